@@ -1,0 +1,149 @@
+//! `/api/messages`: the JSON API the lab's client spoke, plus ids and paging.
+
+use std::io::Cursor;
+
+use bytes::Bytes;
+use rocket::http::{ContentType, Header, Status};
+use rocket::response::{self, Responder, Response};
+use rocket::{get, post, Request, State};
+use serde::Deserialize;
+
+use super::body::Json;
+use super::error::ApiError;
+use crate::chat::{Chat, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::live::json_array;
+use crate::message::{validate_id, Message, NewMessage};
+use crate::store::{Inserted, Page};
+
+/// A JSON body that is already serialized.
+pub struct RawJson(pub Bytes);
+
+impl<'r> Responder<'r, 'static> for RawJson {
+    fn respond_to(self, _: &'r Request<'_>) -> response::Result<'static> {
+        Response::build()
+            .header(ContentType::JSON)
+            .sized_body(self.0.len(), Cursor::new(self.0))
+            .ok()
+    }
+}
+
+#[get("/api/messages?<limit>&<before>&<after>")]
+pub async fn list(
+    chat: &State<Chat>,
+    limit: Option<&str>,
+    before: Option<&str>,
+    after: Option<&str>,
+) -> Result<RawJson, ApiError> {
+    let limit = parse_limit(limit)?;
+    let page = match (before, after) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "before",
+                "give at most one of before and after",
+            ))
+        }
+        (Some(id), None) => Page::Before(anchor("before", id)?),
+        (None, Some(id)) => Page::After(anchor("after", id)?),
+        (None, None) => Page::Latest,
+    };
+    if page == Page::Latest {
+        if let Some(bytes) = chat.live.latest_json(limit) {
+            return Ok(RawJson(bytes));
+        }
+    }
+    let events = chat.list(page, limit).await.map_err(|e| match e {
+        crate::store::StoreError::UnknownId(id) => ApiError {
+            field: Some(if before.is_some() { "before" } else { "after" }),
+            ..ApiError::not_found(format!("no message has id {id}"))
+        },
+        other => other.into(),
+    })?;
+    Ok(RawJson(json_array(&events)))
+}
+
+fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {
+    let Some(raw) = limit else {
+        return Ok(DEFAULT_LIMIT);
+    };
+    match raw.parse::<usize>() {
+        Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        _ => Err(ApiError::bad_request(
+            "limit",
+            format!("limit must be a whole number from 1 to {MAX_LIMIT}"),
+        )),
+    }
+}
+
+fn anchor(field: &'static str, id: &str) -> Result<String, ApiError> {
+    validate_id(id).map_err(|e| ApiError::bad_request(field, e.message))?;
+    Ok(id.to_owned())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PostBody {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub text: String,
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// 201 with the stored message and its `Location`.
+pub struct Created {
+    message: Message,
+    replayed: bool,
+}
+
+impl<'r> Responder<'r, 'static> for Created {
+    fn respond_to(self, _: &'r Request<'_>) -> response::Result<'static> {
+        let body = serde_json::to_vec(&self.message).unwrap_or_default();
+        let mut response = Response::build();
+        response
+            .status(Status::Created)
+            .header(ContentType::JSON)
+            .header(Header::new(
+                "Location",
+                format!("/api/messages/{}", self.message.id),
+            ))
+            .sized_body(body.len(), Cursor::new(body));
+        if self.replayed {
+            // A retry with the same idempotency key: nothing new was stored.
+            response.header(Header::new("Idempotent-Replayed", "true"));
+        }
+        response.ok()
+    }
+}
+
+#[post("/api/messages", data = "<body>")]
+pub async fn create(
+    chat: &State<Chat>,
+    body: Result<Json<PostBody>, ApiError>,
+) -> Result<Created, ApiError> {
+    let Json(body) = body?;
+    let new = NewMessage::validate(&body.name, &body.text, body.id.as_deref())?;
+    Ok(match chat.post(new).await? {
+        Inserted::Created(message) => Created {
+            message,
+            replayed: false,
+        },
+        Inserted::Existing(message) => Created {
+            message,
+            replayed: true,
+        },
+    })
+}
+
+#[get("/api/messages/<id>")]
+pub async fn one(
+    chat: &State<Chat>,
+    id: &str,
+) -> Result<rocket::serde::json::Json<Message>, ApiError> {
+    if validate_id(id).is_err() {
+        return Err(ApiError::not_found(format!("no message has id {id}")));
+    }
+    match chat.get(id).await? {
+        Some(m) => Ok(rocket::serde::json::Json(m)),
+        None => Err(ApiError::not_found(format!("no message has id {id}"))),
+    }
+}

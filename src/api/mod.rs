@@ -1,0 +1,33 @@
+//! The HTTP surface: the page, the JSON API, live events and health.
+
+pub mod assets;
+pub mod body;
+pub mod error;
+pub mod events;
+pub mod headers;
+pub mod messages;
+pub mod openapi;
+pub mod page;
+pub mod status;
+
+use rocket::{catchers, routes, Catcher, Route};
+
+pub fn routes() -> Vec<Route> {
+    routes![
+        page::index,
+        page::post_form,
+        assets::asset,
+        messages::list,
+        messages::create,
+        messages::one,
+        events::events,
+        status::status,
+        status::healthz,
+        status::readyz,
+        openapi::openapi,
+    ]
+}
+
+pub fn catchers() -> Vec<Catcher> {
+    catchers![error::default_catcher]
+}

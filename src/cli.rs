@@ -1,0 +1,121 @@
+//! The command line: what each subcommand does, and how failures end.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config, StoreConfig};
+use crate::replset;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "simplechat",
+    version,
+    about = "A chat service on a MongoDB replica set"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the web server (the default).
+    Serve,
+    /// Print the effective configuration, secrets redacted.
+    Config,
+    /// Administer the MongoDB replica set.
+    Replset {
+        #[command(subcommand)]
+        command: ReplsetCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReplsetCommand {
+    /// Initiate the replica set (if it is not yet) and wait for a primary.
+    Init {
+        /// The replica set's name, as mongod's replSetName.
+        #[arg(long)]
+        name: String,
+        /// A member as HOST:PORT; repeat for each, the first is contacted.
+        #[arg(long = "member", required = true)]
+        members: Vec<String>,
+        /// Connection string for credentials and options (hosts ignored).
+        #[arg(long)]
+        uri: Option<String>,
+    },
+    /// Show every member's state, health and replication lag.
+    Status {
+        /// Connection string (default: the configured mongodb_uri).
+        #[arg(long)]
+        uri: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+    };
+    let result = runtime.block_on(async {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => serve().await,
+            Command::Config => Config::load()
+                .map(|c| print!("{}", config::describe(&c)))
+                .map_err(|e| e.to_string()),
+            Command::Replset { command } => replset_command(command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+fn fail(message: String) -> ExitCode {
+    eprintln!("simplechat: {message}");
+    ExitCode::FAILURE
+}
+
+async fn serve() -> Result<(), String> {
+    let config = Config::load().map_err(|e| e.to_string())?;
+    crate::app::serve(config).await
+}
+
+async fn replset_command(command: ReplsetCommand) -> Result<(), String> {
+    match command {
+        ReplsetCommand::Init { name, members, uri } => {
+            let summary = replset::init(&replset::InitRequest { name, members, uri }).await?;
+            println!("{summary}");
+            Ok(())
+        }
+        ReplsetCommand::Status { uri, json } => {
+            let uri = match uri {
+                Some(uri) => uri,
+                None => match Config::load().map_err(|e| e.to_string())?.store {
+                    StoreConfig::MongoDb { uri, .. } => uri,
+                    StoreConfig::Embedded { .. } => {
+                        return Err(
+                            "replset status needs a MongoDB URI (--uri or mongodb_uri)".into()
+                        )
+                    }
+                },
+            };
+            let status = replset::status(&uri).await?;
+            if json {
+                let text = serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?;
+                println!("{text}");
+            } else {
+                print!("{}", replset::render_status(&status));
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! The live feed: the latest messages kept in memory and a broadcast of each
+//! new one to every Server-Sent-Events subscriber.
+//!
+//! Each message is serialized once, when it is published; every subscriber
+//! and every cached page share those bytes. A subscriber that falls behind the
+//! broadcast learns so (`Lagged`) and catches up from the store, so nobody
+//! silently misses a message.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use time::OffsetDateTime;
+use tokio::sync::broadcast;
+
+use crate::message::Message;
+
+/// The most messages one listing returns; the cache holds that many so any
+/// "latest" listing can be answered from memory.
+pub const CACHE_CAPACITY: usize = 1000;
+/// How many events a subscriber may fall behind before it has to catch up
+/// from the store.
+const BROADCAST_CAPACITY: usize = 1024;
+
+/// A published message with its serialized forms.
+#[derive(Debug)]
+pub struct LiveEvent {
+    pub message: Arc<Message>,
+    /// The message as JSON.
+    pub json: Bytes,
+    /// The whole SSE frame: `event`, `id` and `data` lines.
+    pub frame: Bytes,
+}
+
+impl LiveEvent {
+    pub fn new(message: Message) -> Self {
+        let json = serde_json::to_vec(&message).unwrap_or_default();
+        let frame = sse_frame(&message.id, &json);
+        LiveEvent {
+            message: Arc::new(message),
+            json: Bytes::from(json),
+            frame,
+        }
+    }
+}
+
+/// `serde_json` never writes a raw newline, so the JSON fits one `data:` line;
+/// ids are restricted to characters that need no escaping.
+fn sse_frame(id: &str, json: &[u8]) -> Bytes {
+    let mut frame = Vec::with_capacity(json.len() + id.len() + 32);
+    frame.extend_from_slice(b"event: message\nid: ");
+    frame.extend_from_slice(id.as_bytes());
+    frame.extend_from_slice(b"\ndata: ");
+    frame.extend_from_slice(json);
+    frame.extend_from_slice(b"\n\n");
+    Bytes::from(frame)
+}
+
+#[derive(Default)]
+struct Recent {
+    events: VecDeque<Arc<LiveEvent>>,
+    ids: HashSet<String>,
+    /// The cache is a true suffix of the store order. False until the store
+    /// first resets it, and whenever the store's feed is broken.
+    complete: bool,
+    /// The cache holds every message there is.
+    whole_history: bool,
+    last_delivered: Option<OffsetDateTime>,
+}
+
+pub struct Live {
+    recent: RwLock<Recent>,
+    sender: broadcast::Sender<Arc<LiveEvent>>,
+    /// The default listing, serialized once per change.
+    default_page: Mutex<Option<(usize, Bytes)>>,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live {
+            recent: RwLock::new(Recent::default()),
+            sender: broadcast::channel(BROADCAST_CAPACITY).0,
+            default_page: Mutex::new(None),
+        }
+    }
+}
+
+impl Live {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Live::default())
+    }
+
+    /// Adds a message that follows everything published so far, and sends it
+    /// to every subscriber. A message already in the cache is ignored, so a
+    /// feed that re-reads after a gap cannot deliver a message twice.
+    pub fn publish(&self, message: Message) {
+        let mut recent = self.recent.write().unwrap_or_else(|e| e.into_inner());
+        if recent.ids.contains(&message.id) {
+            return;
+        }
+        let event = Arc::new(LiveEvent::new(message));
+        recent.last_delivered = Some(OffsetDateTime::now_utc());
+        push(&mut recent, event.clone());
+        self.clear_default_page();
+        // Sent while the cache lock is held, so subscribers see events in the
+        // cache's order. No receivers is not an error.
+        let _ = self.sender.send(event);
+    }
+
+    /// Replaces the cache with the latest messages from the store, oldest first.
+    pub fn reset(&self, latest: Vec<Message>, whole_history: bool) {
+        let mut recent = self.recent.write().unwrap_or_else(|e| e.into_inner());
+        recent.events.clear();
+        recent.ids.clear();
+        for m in latest {
+            push(&mut recent, Arc::new(LiveEvent::new(m)));
+        }
+        recent.complete = true;
+        recent.whole_history = whole_history && recent.events.len() <= CACHE_CAPACITY;
+        self.clear_default_page();
+    }
+
+    /// The store can no longer vouch for the cache (its feed broke): listings
+    /// go to the store until the next `reset`.
+    pub fn invalidate(&self) {
+        let mut recent = self.recent.write().unwrap_or_else(|e| e.into_inner());
+        recent.complete = false;
+        self.clear_default_page();
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
+        self.sender.subscribe()
+    }
+
+    pub fn last_delivered(&self) -> Option<OffsetDateTime> {
+        self.recent
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_delivered
+    }
+
+    /// The latest `limit` messages, oldest first, if the cache can answer.
+    pub fn latest(&self, limit: usize) -> Option<Vec<Arc<LiveEvent>>> {
+        let recent = self.recent.read().unwrap_or_else(|e| e.into_inner());
+        if !recent.complete || (recent.events.len() < limit && !recent.whole_history) {
+            return None;
+        }
+        let skip = recent.events.len().saturating_sub(limit);
+        Some(recent.events.iter().skip(skip).cloned().collect())
+    }
+
+    /// Up to `limit` messages after `id`, if `id` is in the cache.
+    pub fn after(&self, id: &str, limit: usize) -> Option<Vec<Arc<LiveEvent>>> {
+        let recent = self.recent.read().unwrap_or_else(|e| e.into_inner());
+        if !recent.complete || !recent.ids.contains(id) {
+            return None;
+        }
+        let pos = recent.events.iter().position(|e| e.message.id == id)?;
+        Some(
+            recent
+                .events
+                .iter()
+                .skip(pos + 1)
+                .take(limit)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// The JSON array of the latest `limit` messages, built once per change.
+    pub fn latest_json(&self, limit: usize) -> Option<Bytes> {
+        let mut page = self.default_page.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((cached_limit, bytes)) = page.as_ref() {
+            if *cached_limit == limit {
+                return Some(bytes.clone());
+            }
+        }
+        let events = self.latest(limit)?;
+        let bytes = json_array(&events);
+        *page = Some((limit, bytes.clone()));
+        Some(bytes)
+    }
+
+    fn clear_default_page(&self) {
+        *self.default_page.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+fn push(recent: &mut Recent, event: Arc<LiveEvent>) {
+    recent.ids.insert(event.message.id.clone());
+    recent.events.push_back(event);
+    while recent.events.len() > CACHE_CAPACITY {
+        if let Some(old) = recent.events.pop_front() {
+            recent.ids.remove(&old.message.id);
+        }
+        recent.whole_history = false;
+    }
+}
+
+/// Joins already-serialized messages into a JSON array.
+pub fn json_array(events: &[Arc<LiveEvent>]) -> Bytes {
+    let len = events.iter().map(|e| e.json.len() + 1).sum::<usize>() + 2;
+    let mut out = Vec::with_capacity(len);
+    out.push(b'[');
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&e.json);
+    }
+    out.push(b']');
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{now_millis, NewMessage};
+
+    fn msg(id: &str) -> Message {
+        NewMessage::validate("n", id, Some(id))
+            .unwrap()
+            .into_message(now_millis())
+    }
+
+    #[test]
+    fn cache_answers_only_when_complete() {
+        let live = Live::new();
+        live.publish(msg("a"));
+        assert!(live.latest(10).is_none(), "not reset yet");
+        live.reset(vec![msg("a"), msg("b")], true);
+        let ids: Vec<_> = live
+            .latest(10)
+            .unwrap()
+            .iter()
+            .map(|e| e.message.id.clone())
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+        live.invalidate();
+        assert!(live.latest(1).is_none());
+    }
+
+    #[test]
+    fn publish_ignores_duplicates_and_broadcasts_in_order() {
+        let live = Live::new();
+        live.reset(vec![], true);
+        let mut rx = live.subscribe();
+        live.publish(msg("a"));
+        live.publish(msg("a"));
+        live.publish(msg("b"));
+        assert_eq!(rx.try_recv().unwrap().message.id, "a");
+        assert_eq!(rx.try_recv().unwrap().message.id, "b");
+        assert!(rx.try_recv().is_err());
+        let json: serde_json::Value =
+            serde_json::from_slice(&live.latest_json(100).unwrap()).unwrap();
+        assert_eq!(json.as_array().unwrap().len(), 2);
+        assert_eq!(json[1]["id"], "b");
+    }
+
+    #[test]
+    fn frame_is_one_sse_event() {
+        let e = LiveEvent::new(msg("x1"));
+        let text = std::str::from_utf8(&e.frame).unwrap();
+        assert!(text.starts_with("event: message\nid: x1\ndata: {"));
+        assert!(text.ends_with("}\n\n"));
+        assert_eq!(text.matches('\n').count(), 4);
+    }
+
+    #[test]
+    fn eviction_keeps_capacity_and_drops_whole_history() {
+        let live = Live::new();
+        live.reset(vec![], true);
+        for i in 0..CACHE_CAPACITY + 5 {
+            live.publish(msg(&format!("m{i}")));
+        }
+        assert_eq!(live.latest(CACHE_CAPACITY).unwrap().len(), CACHE_CAPACITY);
+        assert!(live.latest(CACHE_CAPACITY + 1).is_none());
+        assert!(live.after("m0", 5).is_none(), "evicted");
+        assert_eq!(live.after("m1000", 5).unwrap().len(), 4);
+    }
+}

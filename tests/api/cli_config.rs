@@ -1,0 +1,214 @@
+//! Configuration layering and the command line, through the real binary.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn simplechat(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_simplechat"));
+    command.args(args).current_dir(dir);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SIMPLECHAT_") || key.starts_with("ROCKET_") || key == "MONGO_URI" {
+            command.env_remove(key);
+        }
+    }
+    command.envs(env.iter().copied());
+    command.output().expect("run simplechat")
+}
+
+fn config_lines(dir: &Path, env: &[(&str, &str)]) -> String {
+    let out = simplechat(dir, &["config"], env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn line<'a>(config: &'a str, key: &str) -> &'a str {
+    config
+        .lines()
+        .find(|l| l.starts_with(&format!("{key} ")) || l.starts_with(&format!("# {key} ")))
+        .unwrap_or_else(|| panic!("no line for {key} in:\n{config}"))
+}
+
+#[test]
+fn defaults_then_file_then_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_lines(dir.path(), &[]);
+    assert!(
+        line(&config, "port").starts_with("port = 8000  # from default"),
+        "{config}"
+    );
+    assert!(line(&config, "address").starts_with(r#"address = "127.0.0.1""#));
+    assert!(line(&config, "mongodb_uri").contains("embedded store"));
+    assert!(line(&config, "write_timeout_secs").starts_with("write_timeout_secs = 30"));
+
+    std::fs::write(
+        dir.path().join("simplechat.toml"),
+        "port = 9001\nwrite_timeout_secs = 7\n",
+    )
+    .unwrap();
+    let config = config_lines(dir.path(), &[]);
+    assert!(
+        line(&config, "port").starts_with("port = 9001  # from TOML"),
+        "{config}"
+    );
+    assert!(line(&config, "write_timeout_secs").starts_with("write_timeout_secs = 7"));
+
+    let config = config_lines(dir.path(), &[("SIMPLECHAT_PORT", "9002")]);
+    assert!(
+        line(&config, "port").starts_with("port = 9002  # from SIMPLECHAT_PORT"),
+        "{config}"
+    );
+    assert!(line(&config, "write_timeout_secs").starts_with("write_timeout_secs = 7"));
+
+    let other = dir.path().join("other.toml");
+    std::fs::write(&other, "port = 9003\n").unwrap();
+    let config = config_lines(
+        dir.path(),
+        &[("SIMPLECHAT_CONFIG", other.to_str().unwrap())],
+    );
+    assert!(
+        line(&config, "port").starts_with("port = 9003"),
+        "SIMPLECHAT_CONFIG replaces ./simplechat.toml: {config}"
+    );
+}
+
+#[test]
+fn rocket_settings_keep_working_below_simplechat_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_lines(dir.path(), &[("ROCKET_PORT", "9100")]);
+    assert!(line(&config, "port").starts_with("port = 9100"), "{config}");
+    let config = config_lines(
+        dir.path(),
+        &[("ROCKET_PORT", "9100"), ("SIMPLECHAT_PORT", "9101")],
+    );
+    assert!(line(&config, "port").starts_with("port = 9101"), "{config}");
+}
+
+#[test]
+fn the_labs_mongo_uri_is_an_alias_and_secrets_are_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_lines(
+        dir.path(),
+        &[(
+            "MONGO_URI",
+            "mongodb://chat:hunter2@storage1.local:27017/messages?replicaSet=rs",
+        )],
+    );
+    assert!(!config.contains("hunter2"), "{config}");
+    assert!(
+        line(&config, "mongodb_uri").contains("mongodb://chat:****@storage1.local:27017/messages"),
+        "{config}"
+    );
+    assert!(
+        line(&config, "database").starts_with(r#"database = "messages""#),
+        "{config}"
+    );
+
+    let config = config_lines(
+        dir.path(),
+        &[
+            ("MONGO_URI", "mongodb://h1/a"),
+            ("SIMPLECHAT_MONGODB_URI", "mongodb://h2/b"),
+        ],
+    );
+    assert!(
+        line(&config, "mongodb_uri").contains("mongodb://h2/b"),
+        "{config}"
+    );
+
+    let secret = dir.path().join("uri");
+    std::fs::write(
+        &secret,
+        "mongodb://app:s3cret@h3:27017/chat?replicaSet=rs\n",
+    )
+    .unwrap();
+    let config = config_lines(
+        dir.path(),
+        &[("SIMPLECHAT_MONGODB_URI_FILE", secret.to_str().unwrap())],
+    );
+    assert!(!config.contains("s3cret"), "{config}");
+    assert!(
+        line(&config, "mongodb_uri").contains("mongodb://app:****@h3:27017/chat"),
+        "{config}"
+    );
+}
+
+fn assert_one_line_failure(out: &Output, expect: &str) {
+    assert!(!out.status.success(), "must fail");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("simplechat: ") && last.contains(expect),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_configuration_ends_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert_one_line_failure(
+        &simplechat(d, &["config"], &[("SIMPLECHAT_MONGODB_URI", "http://nope")]),
+        "bad mongodb_uri",
+    );
+    assert_one_line_failure(
+        &simplechat(
+            d,
+            &["config"],
+            &[("SIMPLECHAT_CONFIG", "/nonexistent/x.toml")],
+        ),
+        "cannot read config file",
+    );
+    assert_one_line_failure(
+        &simplechat(
+            d,
+            &["config"],
+            &[("SIMPLECHAT_MONGODB_URI_FILE", "/nonexistent/uri")],
+        ),
+        "cannot read mongodb_uri_file",
+    );
+    assert_one_line_failure(
+        &simplechat(
+            d,
+            &["serve"],
+            &[("SIMPLECHAT_TEMPLATE_DIR", "/nonexistent")],
+        ),
+        "template directory /nonexistent",
+    );
+    assert_one_line_failure(
+        &simplechat(d, &["config"], &[("SIMPLECHAT_PORT", "eighty")]),
+        "bad configuration",
+    );
+    std::fs::write(d.join("simplechat.toml"), "port = = 1\n").unwrap();
+    assert_one_line_failure(&simplechat(d, &["config"], &[]), "bad configuration");
+}
+
+#[test]
+fn a_port_in_use_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = simplechat(dir.path(), &["serve"], &[("SIMPLECHAT_PORT", &port)]);
+    assert_one_line_failure(&out, &format!("cannot listen on 127.0.0.1:{port}"));
+}
+
+#[test]
+fn help_version_and_replset_without_a_uri() {
+    let dir = tempfile::tempdir().unwrap();
+    let version = simplechat(dir.path(), &["--version"], &[]);
+    assert!(version.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("simplechat {}", env!("CARGO_PKG_VERSION"))
+    );
+    let help = String::from_utf8(simplechat(dir.path(), &["--help"], &[]).stdout).unwrap();
+    for sub in ["serve", "config", "replset"] {
+        assert!(help.contains(sub), "{help}");
+    }
+    let status = simplechat(dir.path(), &["replset", "status"], &[]);
+    assert_one_line_failure(&status, "needs a MongoDB URI");
+}

@@ -1,0 +1,15 @@
+//! HTTP behaviour through real sockets, one file per behaviour.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod cli_config;
+mod events;
+mod idempotency;
+mod messages;
+mod openapi;
+mod page;
+mod pagination;
+mod persistence;
+mod status;
+mod validation;

@@ -1,0 +1,120 @@
+use serde_json::{json, Value};
+
+use crate::support::app::{spawn_app, TestApp};
+
+async fn refused(app: &TestApp, body: Value) -> (u16, Value) {
+    let response = app.post_json("/api/messages", &body).await;
+    let status = response.status().as_u16();
+    assert_eq!(response.headers()["content-type"], "application/json");
+    (status, response.json().await.unwrap())
+}
+
+async fn assert_nothing_stored(app: &TestApp) {
+    assert_eq!(app.get_json("/api/messages").await, json!([]));
+}
+
+#[tokio::test]
+async fn every_validation_rule_answers_400_with_the_field() {
+    let app = spawn_app(&[]).await;
+    let cases = [
+        (json!({"name": "", "text": "hi"}), "name"),
+        (json!({"name": "   ", "text": "hi"}), "name"),
+        (json!({"text": "hi"}), "name"),
+        (json!({"name": "a".repeat(65), "text": "hi"}), "name"),
+        (json!({"name": "a\u{0}b", "text": "hi"}), "name"),
+        (json!({"name": "a\nb", "text": "hi"}), "name"),
+        (json!({"name": "ann", "text": ""}), "text"),
+        (json!({"name": "ann", "text": " \n\t "}), "text"),
+        (json!({"name": "ann"}), "text"),
+        (json!({"name": "ann", "text": "x".repeat(2001)}), "text"),
+        (json!({"name": "ann", "text": "bell\u{7}"}), "text"),
+        (json!({"name": "ann", "text": "esc\u{1b}[2J"}), "text"),
+        (
+            json!({"name": "ann", "text": "hi", "id": "has space"}),
+            "id",
+        ),
+        (
+            json!({"name": "ann", "text": "hi", "id": "x".repeat(65)}),
+            "id",
+        ),
+    ];
+    for (body, field) in cases {
+        let (status, error) = refused(&app, body.clone()).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(error["field"], field, "{body} -> {error}");
+        assert!(error["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    assert_nothing_stored(&app).await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn limits_are_counted_in_characters_after_trimming() {
+    let app = spawn_app(&[]).await;
+    let name = "ж".repeat(64);
+    let text = format!("  {}  ", "字".repeat(2000));
+    let response = app
+        .post_json("/api/messages", &json!({"name": name, "text": text}))
+        .await;
+    assert_eq!(response.status(), 201);
+    let stored: Value = response.json().await.unwrap();
+    assert_eq!(stored["text"].as_str().unwrap().chars().count(), 2000);
+    let tabs = app
+        .post_json(
+            "/api/messages",
+            &json!({"name": "a", "text": "col1\tcol2\nline2"}),
+        )
+        .await;
+    assert_eq!(tabs.status(), 201);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_and_wrongly_typed_bodies_are_refused() {
+    let app = spawn_app(&[]).await;
+    let send = |body: &'static str, content_type: Option<&'static str>| {
+        let mut request = app.client.post(app.url("/api/messages")).body(body);
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        request.send()
+    };
+    let malformed = send("{\"name\": \"a\", ", Some("application/json"))
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 400);
+    let wrong_type = send("{\"name\": 5, \"text\": \"x\"}", Some("application/json"))
+        .await
+        .unwrap();
+    assert_eq!(wrong_type.status(), 400);
+    let not_object = send("[1,2]", Some("application/json")).await.unwrap();
+    assert_eq!(not_object.status(), 400);
+    let text_plain = send("{\"name\": \"a\", \"text\": \"b\"}", Some("text/plain"))
+        .await
+        .unwrap();
+    assert_eq!(text_plain.status(), 415);
+    let body: Value = text_plain.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("JSON"));
+    assert_nothing_stored(&app).await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn bodies_over_16_kib_get_413() {
+    let app = spawn_app(&[]).await;
+    let big = json!({"name": "a", "text": "x".repeat(17 * 1024)});
+    let (status, error) = refused(&app, big).await;
+    assert_eq!(status, 413);
+    assert!(error["error"].as_str().unwrap().contains("16 KiB"));
+    let form = app
+        .client
+        .post(app.url("/messages"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("name=a&text={}", "x".repeat(17 * 1024)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 413);
+    assert_nothing_stored(&app).await;
+    app.shutdown().await;
+}

@@ -1,0 +1,55 @@
+//! The embedded store through the store contract, plus what only it promises.
+
+mod contract;
+
+use std::sync::Arc;
+
+use simplechat::live::Live;
+use simplechat::message::NewMessage;
+use simplechat::store::embedded::EmbeddedStore;
+use simplechat::store::{Inserted, ListQuery, Page, Store};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_keeps_the_contract() {
+    let root = tempfile::tempdir().unwrap();
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    contract::run_all(|live| {
+        let dir = root.path().join(n.fetch_add(1, std::sync::atomic::Ordering::SeqCst).to_string());
+        async move { Arc::new(EmbeddedStore::open(&dir, live).await.expect("open")) as Arc<dyn Store> }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopening_keeps_every_message_and_fills_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path(), Live::new()).await.unwrap();
+    for i in 0..10 {
+        let new = NewMessage::validate("a", &format!("t{i}"), None).unwrap();
+        assert!(matches!(store.insert(new).await, Ok(Inserted::Created(_))));
+    }
+    store.close().await;
+    assert!(store
+        .insert(NewMessage::validate("a", "late", None).unwrap())
+        .await
+        .is_err());
+
+    let live = Live::new();
+    let store = EmbeddedStore::open(dir.path(), live.clone()).await.unwrap();
+    let all = store
+        .list(ListQuery {
+            page: Page::Latest,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 10);
+    let cached: Vec<_> = live
+        .latest(100)
+        .unwrap()
+        .iter()
+        .map(|e| e.message.text.clone())
+        .collect();
+    assert_eq!(cached, (0..10).map(|i| format!("t{i}")).collect::<Vec<_>>());
+    store.close().await;
+}

@@ -1,0 +1,133 @@
+//! One way to start the app for a test: the real application, built by the
+//! library as `simplechat serve` builds it, on a real loopback port.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::Serialized;
+use figment::{Figment, Profile};
+use rocket::fairing::AdHoc;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use simplechat::config::{layered, Config};
+
+pub struct TestApp {
+    pub base_url: String,
+    pub client: reqwest::Client,
+    pub data_dir: PathBuf,
+    shutdown: rocket::Shutdown,
+    server: tokio::task::JoinHandle<()>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// Starts the app on the embedded store in a fresh data directory, with the
+/// given configuration keys on top (e.g. `("mongodb_uri", json!(uri))`).
+pub async fn spawn_app(extra: &[(&str, Value)]) -> TestApp {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let mut app = spawn_app_in(temp.path(), extra).await;
+    app._temp = Some(temp);
+    app
+}
+
+/// Starts the app with its embedded store in `data_dir` (kept by the caller,
+/// so a second app can reopen it).
+pub async fn spawn_app_in(data_dir: &Path, extra: &[(&str, Value)]) -> TestApp {
+    try_spawn_app_in(data_dir, extra)
+        .await
+        .unwrap_or_else(|e| panic!("app did not start: {e}"))
+}
+
+pub fn test_figment(data_dir: &Path, extra: &[(&str, Value)]) -> Figment {
+    let base = Figment::from(rocket::Config::debug_default());
+    let mut figment = layered(base, Path::new("/nonexistent/simplechat.toml")).merge(
+        Serialized::globals(json!({
+            "port": 0,
+            "data_dir": data_dir,
+            "log_level": "critical",
+            "shutdown": { "grace": 1, "mercy": 1, "ctrlc": false, "signals": [] },
+        })),
+    );
+    for (key, value) in extra {
+        figment = figment.merge(Serialized::default(key, value).profile(Profile::Global));
+    }
+    figment
+}
+
+pub async fn try_spawn_app_in(data_dir: &Path, extra: &[(&str, Value)]) -> Result<TestApp, String> {
+    let config = Config::from_figment(test_figment(data_dir, extra)).map_err(|e| e.to_string())?;
+    let (port_tx, port_rx) = oneshot::channel();
+    let rocket = simplechat::app::build(config)
+        .await?
+        .attach(AdHoc::on_liftoff("report port", move |rocket| {
+            Box::pin(async move {
+                let _ = port_tx.send(rocket.config().port);
+            })
+        }))
+        .ignite()
+        .await
+        .map_err(|e| e.to_string())?;
+    let shutdown = rocket.shutdown();
+    let server = tokio::spawn(async move {
+        if let Err(e) = rocket.launch().await {
+            eprintln!("server ended with an error: {e}");
+        }
+    });
+    let port = port_rx
+        .await
+        .map_err(|_| "server did not lift off".to_string())?;
+    Ok(TestApp {
+        base_url: format!("http://127.0.0.1:{port}"),
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| e.to_string())?,
+        data_dir: data_dir.to_path_buf(),
+        shutdown,
+        server,
+        _temp: None,
+    })
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("GET")
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = self.get(path).await;
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
+        response.json().await.expect("JSON body")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    /// Posts a message and returns the stored message; panics unless 201.
+    pub async fn post_message(&self, name: &str, text: &str) -> Value {
+        let response = self
+            .post_json("/api/messages", &json!({ "name": name, "text": text }))
+            .await;
+        assert_eq!(response.status(), 201, "POST /api/messages");
+        response.json().await.expect("JSON body")
+    }
+
+    /// Ends the server as SIGTERM would, and waits until the store is closed.
+    pub async fn shutdown(self) {
+        self.shutdown.notify();
+        let _ = self.server.await;
+    }
+}
