@@ -1,0 +1,238 @@
+# The failover VM test: three members built from the same modules and cluster
+# description as the real hosts; the primary is crashed while a writer posts.
+# `pkgs` must allow the unfree mongodb-ce: runNixOSTest hands it to the nodes
+# read-only, so nodes cannot allow it themselves.
+{
+  pkgs,
+  cluster,
+  module,
+}:
+let
+  inherit (pkgs) lib;
+
+  memberNames = lib.attrNames cluster.members;
+
+  # The test driver numbers the nodes in alphabetical order and gives node n
+  # the address 192.168.1.n; the cluster's real addresses do not exist here.
+  testMembers = lib.listToAttrs (
+    lib.imap1 (i: n: lib.nameValuePair n { address = "192.168.1.${toString i}"; }) memberNames
+  );
+
+  appPort = 8000;
+
+  # Posts messages for a while and records each answer's status code and
+  # text, so the test can check that every acknowledged message survived.
+  chatWriter = pkgs.writeShellApplication {
+    name = "chat-writer";
+    runtimeInputs = [
+      pkgs.curl
+      pkgs.coreutils
+    ];
+    text = ''
+      prefix="$1"
+      seconds="$2"
+      log="$3"
+      end=$((SECONDS + seconds))
+      i=0
+      while [ "$SECONDS" -lt "$end" ]; do
+        i=$((i + 1))
+        text="$prefix-$i"
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 60 \
+          -H 'Content-Type: application/json' \
+          -d "{\"name\":\"writer\",\"text\":\"$text\"}" \
+          http://127.0.0.1:${toString appPort}/api/messages) || true
+        echo "$code $text" >>"$log"
+        sleep 0.2
+      done
+      touch "$log.done"
+    '';
+  };
+
+  node = name: {
+    imports = [ module ];
+
+    services.simplechat = {
+      enable = true;
+      replicaSet = {
+        enable = true;
+        inherit (cluster) name domain;
+        members = testMembers;
+        self = name;
+      };
+    };
+
+    # mongod and the app in each VM; the defaults (1 GiB) are too tight.
+    virtualisation.memorySize = 2048;
+    virtualisation.cores = 2;
+    virtualisation.diskSize = 4096;
+
+    environment.systemPackages = [
+      pkgs.curl
+      chatWriter
+    ];
+
+    # The test network also gives every name an IPv6 address, where mongod
+    # does not listen; refusing instead of dropping makes a client that tries
+    # it fall back to IPv4 at once rather than after a connect timeout.
+    networking.firewall.rejectPackets = true;
+  };
+in
+pkgs.testers.runNixOSTest {
+  name = "simplechat-failover";
+
+  nodes = lib.genAttrs memberNames node;
+
+  testScript =
+    { nodes, ... }:
+    let
+      uri = nodes.${lib.head memberNames}.services.simplechat.replicaSet.connectionString;
+    in
+    ''
+      import json
+      import shlex
+      import time
+
+      URI = ${builtins.toJSON uri}
+      APP = "http://127.0.0.1:${toString appPort}"
+      members = [${lib.concatStringsSep ", " memberNames}]
+      by_name = {m.name: m for m in members}
+
+
+      def wait_for(predicate, what, timeout=180, interval=2):
+          """Polls predicate until it returns something truthy, bounded by timeout."""
+          deadline = time.monotonic() + timeout
+          last = None
+          while time.monotonic() < deadline:
+              try:
+                  last = predicate()
+                  if last:
+                      return last
+              except Exception as e:  # an election makes single calls fail
+                  last = e
+              time.sleep(interval)
+          raise Exception(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+      def status(node):
+          return json.loads(node.succeed(f"simplechat replset status --uri {shlex.quote(URI)} --json"))
+
+
+      def states(node):
+          return {m["name"]: m["state"] for m in status(node)["members"]}
+
+
+      def post(node, text):
+          body = json.dumps({"name": "tester", "text": text})
+          out = node.succeed(
+              "curl -sS --fail-with-body --max-time 60 -H 'Content-Type: application/json' "
+              f"-d {shlex.quote(body)} {APP}/api/messages"
+          )
+          return json.loads(out)
+
+
+      def texts(node):
+          out = node.succeed(f"curl -sS --fail --max-time 30 '{APP}/api/messages?limit=1000'")
+          return [m["text"] for m in json.loads(out)]
+
+
+      start_all()
+
+      for m in members:
+          m.wait_for_unit("mongodb.service", timeout=300)
+          m.wait_for_open_port(27017, timeout=300)
+
+      with subtest("the replica set is initiated with exactly one primary"):
+          storage1.wait_until_succeeds(
+              "test \"$(systemctl show -P SubState simplechat-replset-init.service)\" = exited",
+              timeout=600,
+          )
+
+          def one_primary():
+              s = states(storage1)
+              return s if sorted(s.values()) == ["PRIMARY", "SECONDARY", "SECONDARY"] else None
+
+          print(wait_for(one_primary, "one PRIMARY and two SECONDARY members", timeout=300))
+
+      for m in members:
+          m.wait_for_unit("simplechat.service", timeout=120)
+          m.wait_until_succeeds(f"curl -sf {APP}/readyz", timeout=180)
+
+      with subtest("a message posted on storage1 is listed on storage2"):
+          msg = post(storage1, "hello from storage1")
+          storage2.wait_until_succeeds(f"curl -sf {APP}/api/messages/{msg['id']}", timeout=60)
+          assert "hello from storage1" in texts(storage2)
+
+      with subtest("an SSE client on storage3 receives a message posted on storage2"):
+          storage3.succeed(
+              "systemd-run --unit=sse-client --property=Type=exec "
+              f"/run/current-system/sw/bin/curl -sSN --max-time 900 -o /tmp/sse.log {APP}/api/events"
+          )
+          storage3.wait_for_unit("sse-client.service", timeout=30)
+
+          # A message posted before the stream is subscribed is not pushed, so
+          # post fresh probes until one arrives.
+          def sse_delivered():
+              probe = f"sse-probe-{time.time_ns()}"
+              post(storage2, probe)
+              rc, _ = storage3.execute(
+                  f"timeout 10 sh -c 'until grep -q {probe} /tmp/sse.log; do sleep 0.5; done'"
+              )
+              return rc == 0
+
+          wait_for(sse_delivered, "a message event on storage3", timeout=120, interval=1)
+          storage3.succeed("grep -q '^event: message' /tmp/sse.log")
+
+      with subtest("crashing the primary during writes loses nothing acknowledged"):
+          old_primary = status(storage1)["primary"]
+          assert old_primary, "no primary before the crash"
+          victim = by_name[old_primary.split(".")[0]]
+          writer, reader = [m for m in members if m is not victim]
+
+          writer.succeed(
+              "systemd-run --unit=chat-writer --property=Type=exec "
+              "/run/current-system/sw/bin/chat-writer failover 60 /tmp/writer.log"
+          )
+          writer.wait_until_succeeds("test \"$(grep -c '^2' /tmp/writer.log)\" -ge 5", timeout=60)
+
+          victim.crash()
+
+          def new_primary():
+              p = status(writer)["primary"]
+              return p if p and p != old_primary else None
+
+          print("new primary:", wait_for(new_primary, "a new primary", timeout=120))
+
+          post(writer, "after failover via " + writer.name)
+          post(reader, "after failover via " + reader.name)
+
+          writer.wait_until_succeeds("test -e /tmp/writer.log.done", timeout=300)
+          results = [line.split(" ", 1) for line in writer.succeed("cat /tmp/writer.log").splitlines()]
+          acked = [text for code, text in results if code.startswith("2")]
+          print(f"writer: {len(acked)} of {len(results)} posts acknowledged")
+          assert len(acked) >= 5, "the writer got too few acknowledgements"
+
+          listed = set(texts(reader))
+          missing = [t for t in acked if t not in listed]
+          assert not missing, f"acknowledged but not listed: {missing}"
+
+      with subtest("the crashed member rejoins as SECONDARY and lists the full history"):
+          victim.start()
+          victim.wait_for_unit("mongodb.service", timeout=300)
+          victim.wait_for_open_port(27017, timeout=300)
+
+          def rejoined():
+              s = states(writer)
+              return s if s.get(old_primary) == "SECONDARY" else None
+
+          print(wait_for(rejoined, f"{old_primary} to rejoin as SECONDARY", timeout=300))
+
+          victim.wait_for_unit("simplechat.service", timeout=120)
+          victim.wait_until_succeeds(f"curl -sf {APP}/readyz", timeout=180)
+          expected = set(acked) | {
+              "hello from storage1",
+              "after failover via " + writer.name,
+              "after failover via " + reader.name,
+          }
+          wait_for(lambda: expected <= set(texts(victim)), "the full history on the old primary", timeout=120)
+    '';
+}

@@ -1,0 +1,362 @@
+# One member of simplechat's MongoDB replica set. A single cluster description
+# (name, members and their addresses) drives /etc/hosts, mongod, the firewall,
+# the app's connection string and the one-shot initiation on one member.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib)
+    attrNames
+    concatMapStrings
+    concatMapStringsSep
+    concatStringsSep
+    filter
+    hasInfix
+    head
+    length
+    mapAttrs'
+    mkDefault
+    mkIf
+    mkMerge
+    mkOption
+    nameValuePair
+    optional
+    types
+    ;
+
+  app = config.services.simplechat;
+  cfg = app.replicaSet;
+
+  memberNames = attrNames cfg.members;
+  hostOf = name: "${name}.${cfg.domain}";
+  endpointOf = name: "${hostOf name}:${toString cfg.port}";
+  otherMembers = filter (n: n != cfg.self) memberNames;
+  otherAddresses = map (n: cfg.members.${n}.address) otherMembers;
+  isV6 = hasInfix ":";
+
+  # NixOS maps the host's own FQDN and host name to 127.0.0.2, ahead of any
+  # networking.hosts entry, so on a member its own member name resolves to
+  # 127.0.0.2 (when the host name is the member name, as by default).
+  selfResolvesToLoopback =
+    let
+      inherit (config.networking) hostName domain;
+    in
+    hostName == cfg.self && domain == cfg.domain;
+
+  keyFileDir = "/run/mongodb-keyfile";
+
+  initCommand = concatStringsSep " " (
+    [
+      "${lib.getExe app.package}"
+      "replset"
+      "init"
+      "--name"
+      (lib.escapeShellArg cfg.name)
+    ]
+    ++ lib.concatMap (n: [
+      "--member"
+      (lib.escapeShellArg (endpointOf n))
+    ]) memberNames
+  );
+
+  secretPath = types.nullOr (
+    types.pathWith {
+      inStore = false;
+      absolute = true;
+    }
+  );
+in
+{
+  # The member runs the app; importing it here lets this module stand alone.
+  imports = [ ./simplechat.nix ];
+
+  options.services.simplechat.replicaSet = {
+    enable = lib.mkEnableOption "running this host as a member of simplechat's MongoDB replica set";
+
+    name = mkOption {
+      type = types.strMatching "[A-Za-z0-9_-]+";
+      default = "rs";
+      description = "Replica-set name (`replication.replSetName`).";
+    };
+
+    self = mkOption {
+      type = types.str;
+      example = "storage1";
+      description = "Which member of {option}`services.simplechat.replicaSet.members` this host is.";
+    };
+
+    members = mkOption {
+      description = ''
+        Every member of the replica set, by name. The name is also the host
+        name; members reach each other as `<name>.<domain>`.
+      '';
+      example = lib.literalExpression ''
+        {
+          storage1.address = "192.168.1.11";
+          storage2.address = "192.168.1.12";
+          storage3.address = "192.168.1.13";
+        }
+      '';
+      type = types.attrsOf (
+        types.submodule {
+          options.address = mkOption {
+            type = types.str;
+            example = "192.168.1.11";
+            description = "IP address the other members and the apps reach this member at.";
+          };
+        }
+      );
+    };
+
+    domain = mkOption {
+      type = types.str;
+      default = "local";
+      description = "Domain of the member host names (`storage1.local`).";
+    };
+
+    port = mkOption {
+      type = types.port;
+      default = 27017;
+      description = "Port mongod listens on, the same on every member.";
+    };
+
+    bindAddresses = mkOption {
+      type = types.listOf types.str;
+      default = [
+        "127.0.0.1"
+        "127.0.0.2"
+      ]
+      ++ optional (cfg.members ? ${cfg.self}) cfg.members.${cfg.self}.address;
+      defaultText = lib.literalExpression ''[ "127.0.0.1" "127.0.0.2" config.services.simplechat.replicaSet.members.''${self}.address ]'';
+      description = ''
+        Addresses mongod listens on: the member address, for the other members
+        and the apps; 127.0.0.2, which NixOS resolves this host's own name to,
+        so that mongod finds itself in the replica-set configuration and the
+        local app reaches it; and 127.0.0.1 for local tools.
+      '';
+    };
+
+    initiator = mkOption {
+      type = types.str;
+      default = head memberNames;
+      defaultText = lib.literalExpression "the first member name in alphabetical order";
+      description = ''
+        The member that runs `simplechat replset init` once mongod is up. The
+        command is idempotent, so running it on every boot is harmless.
+      '';
+    };
+
+    keyFile = mkOption {
+      type = secretPath;
+      default = null;
+      example = "/run/keys/mongodb-keyfile";
+      description = ''
+        Key file the members authenticate each other with (the same file on
+        every member). It is read at run time through systemd's
+        `LoadCredential=` and never copied into the Nix store. With a key file
+        mongod requires authentication: the app then needs a URI with
+        credentials in {option}`services.simplechat.mongodbUriFile`.
+      '';
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = true;
+      description = "Accept connections to mongod's port from the other members' addresses only.";
+    };
+
+    connectionString = mkOption {
+      type = types.str;
+      readOnly = true;
+      default = "mongodb://${concatMapStringsSep "," endpointOf memberNames}/simplechat?replicaSet=${cfg.name}";
+      defaultText = lib.literalExpression ''"mongodb://storage1.local:27017,.../simplechat?replicaSet=rs"'';
+      description = ''
+        The app's connection string, derived from the members. Add credentials
+        to it in the file given as {option}`services.simplechat.mongodbUriFile`
+        when mongod requires authentication.
+      '';
+    };
+  };
+
+  config = mkIf (app.enable && cfg.enable) (mkMerge [
+    {
+      assertions = [
+        {
+          assertion = cfg.members ? ${cfg.self};
+          message = "services.simplechat.replicaSet.self = \"${cfg.self}\" is not one of the members (${concatStringsSep ", " memberNames}).";
+        }
+        {
+          assertion = cfg.members ? ${cfg.initiator};
+          message = "services.simplechat.replicaSet.initiator = \"${cfg.initiator}\" is not one of the members.";
+        }
+        {
+          # Before any user exists, only a loopback connection may initiate a
+          # set whose members require authentication (MongoDB's localhost
+          # exception); `replset init` connects to the first member by name.
+          assertion = cfg.keyFile != null && cfg.self == cfg.initiator -> selfResolvesToLoopback && head memberNames == cfg.self;
+          message = "services.simplechat.replicaSet.keyFile: the initiator must be the first member and have networking.hostName = self and networking.domain = domain, so that it reaches itself over loopback to initiate the set.";
+        }
+        {
+          assertion = cfg.keyFile != null -> app.mongodbUriFile != null;
+          message = "services.simplechat.replicaSet.keyFile makes mongod require authentication: give the app a URI with credentials in services.simplechat.mongodbUriFile.";
+        }
+      ];
+
+      warnings = optional (lib.mod (length memberNames) 2 == 0) ''
+        services.simplechat.replicaSet has ${toString (length memberNames)} members: with an even number
+        of voting members a split in half has no majority and no primary.
+      '';
+
+      networking.hostName = mkDefault cfg.self;
+      networking.domain = mkDefault cfg.domain;
+
+      # On the member itself the name still resolves to 127.0.0.2 (see
+      # bindAddresses); everywhere else to the member address.
+      networking.hosts = mapAttrs' (
+        n: m:
+        nameValuePair m.address [
+          (hostOf n)
+          n
+        ]
+      ) cfg.members;
+
+      services.mongodb = {
+        enable = true;
+        package = mkDefault pkgs.mongodb-ce;
+        replSetName = cfg.name;
+        bind_ip = concatStringsSep "," cfg.bindAddresses;
+        # The nixpkgs module already writes net.bindIp, storage.dbPath,
+        # systemLog.* and replication.replSetName; only what it lacks goes here.
+        extraConfig = lib.concatLines (
+          optional (cfg.port != 27017) "net.port: ${toString cfg.port}"
+          ++ optional (cfg.keyFile != null) "security.keyFile: ${keyFileDir}/keyfile"
+        );
+      };
+
+      systemd.services.mongodb = mkMerge [
+        {
+          # The bind address must exist before mongod starts; the nixpkgs unit
+          # only orders after network.target.
+          wants = [ "network-online.target" ];
+          after = [ "network-online.target" ];
+          serviceConfig = {
+            Restart = "on-failure";
+            RestartSec = 5;
+          };
+        }
+        (mkIf (cfg.keyFile != null) {
+          # mongod refuses a key file that its group or others could read; a
+          # credential may carry an ACL that shows as group bits, so it is
+          # copied with mode 0400 into a directory only mongod's user can
+          # enter. preStart runs as root (the nixpkgs unit sets
+          # PermissionsStartOnly) and sees the credentials (systemd >= 252).
+          serviceConfig = {
+            LoadCredential = [ "keyfile:${cfg.keyFile}" ];
+            RuntimeDirectory = baseNameOf keyFileDir;
+            RuntimeDirectoryMode = "0700";
+          };
+          preStart = ''
+            install -m 0400 -o ${config.services.mongodb.user} "$CREDENTIALS_DIRECTORY/keyfile" ${keyFileDir}/keyfile
+          '';
+        })
+      ];
+
+      # Only the other members need mongod; the apps on every member reach it
+      # from a member address too.
+      networking.firewall = mkIf cfg.openFirewall (
+        if config.networking.nftables.enable then
+          {
+            extraInputRules = concatMapStrings (
+              a: "${if isV6 a then "ip6" else "ip"} saddr ${a} tcp dport ${toString cfg.port} accept\n"
+            ) otherAddresses;
+          }
+        else
+          {
+            extraCommands = concatMapStrings (
+              a:
+              "${if isV6 a then "ip6tables" else "iptables"} -A nixos-fw -p tcp -s ${a} --dport ${toString cfg.port} -j nixos-fw-accept\n"
+            ) otherAddresses;
+          }
+      );
+
+      services.simplechat.settings.mongodb_uri = mkIf (app.mongodbUriFile == null) (
+        mkDefault cfg.connectionString
+      );
+
+      systemd.services.simplechat = {
+        wants = [ "mongodb.service" ];
+        after = [ "mongodb.service" ];
+      };
+
+      # For operators: `simplechat replset status`, and mongosh.
+      environment.systemPackages = [
+        app.package
+        config.services.mongodb.mongoshPackage
+      ];
+    }
+
+    (mkIf (cfg.self == cfg.initiator) {
+      systemd.services.simplechat-replset-init = {
+        description = "Initiate the MongoDB replica set ${cfg.name}";
+        wantedBy = [ "multi-user.target" ];
+        # mongod's unit counts as started once mongod forked, before it
+        # accepts connections, and the other members may still be booting:
+        # the command waits for every member itself, and the unit retries
+        # until it succeeds. Type=exec so that a switch or boot does not
+        # wait for the other members.
+        wants = [
+          "mongodb.service"
+          "network-online.target"
+        ];
+        after = [
+          "mongodb.service"
+          "network-online.target"
+        ];
+        startLimitIntervalSec = 0;
+        serviceConfig = {
+          Type = "exec";
+          RemainAfterExit = true;
+          ExecStart = initCommand;
+          Restart = "on-failure";
+          RestartSec = 5;
+
+          DynamicUser = true;
+          NoNewPrivileges = true;
+          CapabilityBoundingSet = "";
+          ProtectSystem = "strict";
+          ProtectHome = true;
+          PrivateTmp = true;
+          PrivateDevices = true;
+          PrivateUsers = true;
+          ProtectHostname = true;
+          ProtectClock = true;
+          ProtectKernelTunables = true;
+          ProtectKernelModules = true;
+          ProtectKernelLogs = true;
+          ProtectControlGroups = true;
+          ProtectProc = "invisible";
+          ProcSubset = "pid";
+          RestrictAddressFamilies = [
+            "AF_INET"
+            "AF_INET6"
+            "AF_UNIX"
+          ];
+          RestrictNamespaces = true;
+          RestrictRealtime = true;
+          RestrictSUIDSGID = true;
+          LockPersonality = true;
+          MemoryDenyWriteExecute = true;
+          SystemCallArchitectures = "native";
+          SystemCallFilter = [
+            "@system-service"
+            "~@privileged"
+          ];
+          UMask = "0077";
+        };
+      };
+    })
+  ]);
+}

@@ -1,0 +1,192 @@
+# The simplechat web service.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib)
+    mkEnableOption
+    mkIf
+    mkOption
+    mkPackageOption
+    optional
+    optionalAttrs
+    types
+    ;
+
+  cfg = config.services.simplechat;
+
+  settingsFormat = pkgs.formats.toml { };
+
+  # TOML has no null: an unset key must be absent so the binary's own default
+  # (or the environment) applies.
+  configFile = settingsFormat.generate "simplechat.toml" (
+    lib.filterAttrsRecursive (_: v: v != null) cfg.settings
+  );
+
+  stateDir = "/var/lib/simplechat";
+
+  # A secret path is a string read at run time; a Nix path literal would be
+  # copied into the world-readable store.
+  secretPath = types.nullOr (
+    types.pathWith {
+      inStore = false;
+      absolute = true;
+    }
+  );
+in
+{
+  options.services.simplechat = {
+    enable = mkEnableOption "simplechat, a chat service whose messages live in MongoDB";
+
+    package = mkPackageOption pkgs "simplechat" { };
+
+    settings = mkOption {
+      description = ''
+        simplechat configuration, written to a TOML file handed to the service
+        through `SIMPLECHAT_CONFIG`. Keys are those of `simplechat config`.
+        Do not put credentials here: the file lands in the Nix store. Use
+        {option}`services.simplechat.mongodbUriFile` for a URI with a password.
+      '';
+      default = { };
+      type = types.submodule {
+        freeformType = settingsFormat.type;
+        options = {
+          address = mkOption {
+            type = types.str;
+            default = "127.0.0.1";
+            example = "0.0.0.0";
+            description = "Address the web server listens on.";
+          };
+          port = mkOption {
+            type = types.port;
+            default = 8000;
+            description = "Port the web server listens on.";
+          };
+          mongodb_uri = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            example = "mongodb://storage1.local:27017,storage2.local:27017,storage3.local:27017/simplechat?replicaSet=rs";
+            description = ''
+              MongoDB connection string without credentials; null means the
+              embedded store (or the URI from {option}`services.simplechat.mongodbUriFile`).
+              Set by the replica-set module when it is enabled.
+            '';
+          };
+          database = mkOption {
+            type = types.nullOr types.str;
+            default = null;
+            description = "Database name; null means the connection string's path, else `simplechat`.";
+          };
+          data_dir = mkOption {
+            type = types.str;
+            default = stateDir;
+            description = "Where the embedded store keeps its files (the service's state directory).";
+          };
+          write_timeout_secs = mkOption {
+            type = types.ints.positive;
+            default = 30;
+            description = "How long a POST may wait for a writable primary before answering 503.";
+          };
+        };
+      };
+    };
+
+    mongodbUriFile = mkOption {
+      type = secretPath;
+      default = null;
+      example = "/run/keys/simplechat-mongodb-uri";
+      description = ''
+        File holding the MongoDB connection string, for a URI that carries
+        credentials. It is passed to the service with systemd's
+        `LoadCredential=` and never copied into the Nix store.
+      '';
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open {option}`services.simplechat.settings.port` in the firewall.";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = cfg.mongodbUriFile == null || cfg.settings.mongodb_uri == null;
+        message = "services.simplechat: set either settings.mongodb_uri or mongodbUriFile, not both.";
+      }
+    ];
+
+    networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall [ cfg.settings.port ];
+
+    systemd.services.simplechat = {
+      description = "simplechat chat service";
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+
+      environment = {
+        SIMPLECHAT_CONFIG = "${configFile}";
+      }
+      // optionalAttrs (cfg.mongodbUriFile != null) {
+        # systemd expands %d (the credentials directory) in Environment=, not
+        # in the TOML file, so the path goes through the environment.
+        SIMPLECHAT_MONGODB_URI_FILE = "%d/mongodb-uri";
+      };
+
+      serviceConfig = {
+        ExecStart = "${lib.getExe cfg.package} serve";
+        Restart = "on-failure";
+        RestartSec = 2;
+
+        DynamicUser = true;
+        StateDirectory = "simplechat";
+        StateDirectoryMode = "0700";
+        WorkingDirectory = stateDir;
+        LoadCredential = optional (cfg.mongodbUriFile != null) "mongodb-uri:${cfg.mongodbUriFile}";
+
+        # The service only serves HTTP, talks to MongoDB and writes its state
+        # directory; everything else is taken away.
+        CapabilityBoundingSet = if cfg.settings.port < 1024 then "CAP_NET_BIND_SERVICE" else "";
+        AmbientCapabilities = optional (cfg.settings.port < 1024) "CAP_NET_BIND_SERVICE";
+        NoNewPrivileges = true;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        # A private user namespace would keep CAP_NET_BIND_SERVICE from
+        # counting in the host's network namespace.
+        PrivateUsers = cfg.settings.port >= 1024;
+        DevicePolicy = "closed";
+        ProtectHostname = true;
+        ProtectClock = true;
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        ProtectProc = "invisible";
+        ProcSubset = "pid";
+        RestrictAddressFamilies = [
+          "AF_INET"
+          "AF_INET6"
+          "AF_UNIX"
+        ];
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        LockPersonality = true;
+        MemoryDenyWriteExecute = true;
+        RemoveIPC = true;
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [
+          "@system-service"
+          "~@privileged"
+        ];
+        UMask = "0077";
+      };
+    };
+  };
+}
