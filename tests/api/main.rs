@@ -11,5 +11,6 @@ mod openapi;
 mod page;
 mod pagination;
 mod persistence;
+mod shutdown;
 mod status;
 mod validation;
