@@ -1,1 +1,482 @@
-//! Placeholder: the simulator is being written.
+//! A wire-level MongoDB replica-set simulator for tests.
+//!
+//! [`Cluster::start`] opens one loopback listener per member. Each speaks
+//! enough of the MongoDB wire protocol (OP_MSG, plus the legacy OP_QUERY
+//! handshake) that the official driver discovers them as a replica set,
+//! monitors them with the streaming `hello` protocol, and runs the store's
+//! commands against them. Tests then inject faults: [`Cluster::kill`],
+//! [`Cluster::restart`], [`Cluster::step_down`], [`Cluster::partition`] and
+//! [`Cluster::drop_replies`].
+//!
+//! The model is deliberately simple and is described, with every known
+//! difference from mongod, in `FIDELITY.md` next to this crate's manifest:
+//! one shared, majority-committed log; elections that happen
+//! `election_delay` after the primary is lost; secondaries that see the log
+//! `secondary_lag` late.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! let cluster = replset_sim::Cluster::start(Default::default()).await?;
+//! let uri = cluster.uri("simplechat");
+//! // mongodb::Client::with_uri_str(&uri) ...
+//! cluster.kill(0).await; // member 1 or 2 becomes primary after election_delay
+//! # let _ = uri;
+//! # Ok(())
+//! # }
+//! ```
+
+mod changestream;
+mod commands;
+mod error;
+mod matcher;
+mod server;
+mod state;
+mod wire;
+
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bson::oid::ObjectId;
+use tokio::net::TcpListener;
+use tokio::runtime::{Handle, Runtime};
+use tokio::sync::watch;
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
+
+use state::{Config, ConfigMember, State};
+
+/// How to shape a simulated replica set.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Replica set name (`--replSet`), checked against the driver's
+    /// `replicaSet=` and against `replSetInitiate`'s `_id`.
+    pub set_name: String,
+    /// Number of members (data-bearing, one vote each).
+    pub members: usize,
+    /// `true`: start as an initiated set with member 0 primary (term 1).
+    /// `false`: every member is uninitiated (an RSGhost to the driver) until
+    /// a `replSetInitiate` arrives.
+    pub initiated: bool,
+    /// Time from losing the primary (kill, step-down, partition) or from
+    /// `replSetInitiate` until a reachable majority elects a new one.
+    pub election_delay: Duration,
+    /// How long after the primary applies a write secondaries see it. Writes
+    /// with `w: "majority"` (or `w >= 2`) are acknowledged only after this.
+    pub secondary_lag: Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            set_name: "rs".to_string(),
+            members: 3,
+            initiated: true,
+            election_delay: Duration::from_millis(500),
+            secondary_lag: Duration::ZERO,
+        }
+    }
+}
+
+/// A member's network presence: its listener and every open connection.
+struct Net {
+    listener: JoinHandle<()>,
+    conns: Arc<Mutex<JoinSet<()>>>,
+}
+
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    /// Bumped on every log append or topology change; waiters (awaitable
+    /// hello, change-stream getMore, write concern) re-check on each bump.
+    changed: watch::Sender<u64>,
+    timers: Mutex<Vec<AbortHandle>>,
+    nets: Vec<Mutex<Option<Net>>>,
+    /// Where every simulator task runs, whichever runtime the caller is on.
+    rt: Handle,
+}
+
+fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic in one connection task must not wedge the whole cluster.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        relock(&self.state)
+    }
+
+    pub(crate) fn notify(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Arms the election timer unless one is pending or a primary exists.
+    pub(crate) fn schedule_election(self: &Arc<Self>, st: &mut State) {
+        if st.election_scheduled || st.primary.is_some() || st.config.is_none() {
+            return;
+        }
+        st.election_scheduled = true;
+        let delay = st.election_delay;
+        let me = Arc::clone(self);
+        let handle = self.rt.spawn(async move {
+            tokio::time::sleep(delay).await;
+            let elected = {
+                let mut st = me.lock();
+                st.election_scheduled = false;
+                st.try_elect()
+            };
+            if elected {
+                me.notify();
+            }
+        });
+        let mut timers = relock(&self.timers);
+        timers.retain(|h| !h.is_finished());
+        timers.push(handle.abort_handle());
+    }
+
+    fn start_net(self: &Arc<Self>, member: usize, listener: TcpListener) {
+        let conns = Arc::new(Mutex::new(JoinSet::new()));
+        let accept_conns = Arc::clone(&conns);
+        let shared = Arc::clone(self);
+        let listener = self.rt.spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((sock, _)) => {
+                        let _ = sock.set_nodelay(true);
+                        let mut set = relock(&accept_conns);
+                        while set.try_join_next().is_some() {}
+                        set.spawn(server::serve(Arc::clone(&shared), member, sock));
+                    }
+                    // Out of descriptors or similar: back off instead of spinning.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        });
+        *relock(&self.nets[member]) = Some(Net { listener, conns });
+    }
+
+    /// Binds the member's fixed port on the simulator's own runtime, so the
+    /// socket belongs to the reactor that will serve it.
+    async fn bind(&self, port: u16) -> io::Result<TcpListener> {
+        self.rt
+            .spawn(TcpListener::bind(("127.0.0.1", port)))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    /// Closes the listener first (so nothing new sneaks in), then every
+    /// connection, and waits until all sockets are really gone.
+    async fn stop_net(&self, member: usize) {
+        let net = relock(&self.nets[member]).take();
+        if let Some(net) = net {
+            net.listener.abort();
+            let _ = net.listener.await;
+            let mut set = std::mem::take(&mut *relock(&net.conns));
+            set.shutdown().await;
+        }
+    }
+}
+
+/// A running simulated replica set. Dropping it closes every listener and
+/// connection.
+pub struct Cluster {
+    shared: Arc<Shared>,
+    ports: Vec<u16>,
+    set_name: String,
+    /// Present when started with [`Cluster::start_blocking`].
+    own_runtime: Option<Runtime>,
+}
+
+impl Cluster {
+    /// Starts `opts.members` members on 127.0.0.1 ephemeral ports. Must be
+    /// called inside a Tokio runtime; the simulator's tasks run on it.
+    pub async fn start(opts: ClusterOptions) -> io::Result<Cluster> {
+        if opts.members == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a replica set needs at least one member",
+            ));
+        }
+        let mut listeners = Vec::new();
+        for _ in 0..opts.members {
+            listeners.push(TcpListener::bind(("127.0.0.1", 0)).await?);
+        }
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().map(|a| a.port()))
+            .collect::<io::Result<_>>()?;
+        let mut st = State::new(
+            opts.set_name.clone(),
+            &ports,
+            opts.election_delay,
+            opts.secondary_lag,
+        );
+        if opts.initiated {
+            st.config = Some(Config {
+                version: 1,
+                members: ports
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| ConfigMember {
+                        id: i as i32,
+                        host: format!("127.0.0.1:{p}"),
+                        member: i,
+                    })
+                    .collect(),
+            });
+            st.preferred_candidate = Some(0);
+            st.try_elect();
+        }
+        let (changed, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(st),
+            changed,
+            timers: Mutex::new(Vec::new()),
+            nets: (0..opts.members).map(|_| Mutex::new(None)).collect(),
+            rt: Handle::current(),
+        });
+        for (i, l) in listeners.into_iter().enumerate() {
+            shared.start_net(i, l);
+        }
+        Ok(Cluster {
+            shared,
+            ports,
+            set_name: opts.set_name,
+            own_runtime: None,
+        })
+    }
+
+    /// Starts the cluster on a dedicated background runtime, for synchronous
+    /// tests (for example ones that run the CLI as a subprocess). Drive the
+    /// async fault methods with `cluster.handle().block_on(cluster.kill(0))`.
+    pub fn start_blocking(opts: ClusterOptions) -> io::Result<Cluster> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("replset-sim")
+            .enable_all()
+            .build()?;
+        let mut cluster = rt.block_on(Cluster::start(opts))?;
+        cluster.own_runtime = Some(rt);
+        Ok(cluster)
+    }
+
+    /// The runtime the simulator's tasks run on.
+    pub fn handle(&self) -> &Handle {
+        &self.shared.rt
+    }
+
+    /// `"127.0.0.1:PORT"` per member, in member order. Ports survive restarts.
+    pub fn hosts(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// `mongodb://h1,h2,h3/<database>?replicaSet=<name>`.
+    pub fn uri(&self, database: &str) -> String {
+        format!(
+            "mongodb://{}/{}?replicaSet={}",
+            self.hosts().join(","),
+            database,
+            self.set_name
+        )
+    }
+
+    /// A direct connection to one member (what `replset init` uses).
+    pub fn direct_uri(&self, member: usize) -> String {
+        format!("mongodb://{}/?directConnection=true", self.hosts()[member])
+    }
+
+    /// The member currently acting as primary, if any.
+    pub fn primary(&self) -> Option<usize> {
+        self.shared.lock().primary
+    }
+
+    /// Waits (bounded by `timeout`) until some member is primary.
+    pub async fn wait_for_primary(&self, timeout: Duration) -> Option<usize> {
+        let deadline = Instant::now() + timeout;
+        let mut rx = self.shared.changed.subscribe();
+        loop {
+            rx.borrow_and_update();
+            if let Some(p) = self.primary() {
+                return Some(p);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let _ = tokio::time::timeout(left, rx.changed()).await;
+        }
+    }
+
+    /// Crashes `member`: its listener and every connection close at once,
+    /// in-flight operations see network errors, its cursors are lost. If it
+    /// was primary, or the primary loses its majority, an election follows
+    /// after `election_delay`.
+    pub async fn kill(&self, member: usize) {
+        {
+            let mut st = self.shared.lock();
+            let m = &mut st.members[member];
+            if !m.alive {
+                return;
+            }
+            m.alive = false;
+            m.cursors.clear();
+            st.bump_topology();
+            if st.check_quorum() {
+                self.shared.schedule_election(&mut st);
+            }
+        }
+        self.shared.notify();
+        self.shared.stop_net(member).await;
+    }
+
+    /// Starts a killed member again on the same port (a running member is
+    /// killed first). It rejoins as SECONDARY with the whole log, and takes
+    /// part in the next election if there is no primary.
+    pub async fn restart(&self, member: usize) -> io::Result<()> {
+        self.kill(member).await;
+        let partitioned = self.shared.lock().members[member].partitioned;
+        let listener = if partitioned {
+            None
+        } else {
+            Some(self.shared.bind(self.ports[member]).await?)
+        };
+        {
+            let mut st = self.shared.lock();
+            let m = &mut st.members[member];
+            m.alive = true;
+            m.process_id = ObjectId::new();
+            m.started = Instant::now();
+            m.cursors.clear();
+            st.bump_topology();
+            if st.check_quorum() {
+                self.shared.schedule_election(&mut st);
+            }
+        }
+        if let Some(l) = listener {
+            self.shared.start_net(member, l);
+        }
+        self.shared.notify();
+        Ok(())
+    }
+
+    /// The primary steps down (as `replSetStepDown` does); after
+    /// `election_delay` another reachable member is preferred as the new
+    /// primary, falling back to the old one if it is the only candidate.
+    pub async fn step_down(&self) {
+        {
+            let mut st = self.shared.lock();
+            st.step_down();
+            self.shared.schedule_election(&mut st);
+        }
+        self.shared.notify();
+    }
+
+    /// Cuts `member` off from clients and peers (`true`) or heals it
+    /// (`false`). While cut off its connections are reset and new ones are
+    /// refused; a cut-off primary loses its role and the majority side
+    /// elects a new one. Healing rejoins it as SECONDARY.
+    ///
+    /// Panics if healing cannot rebind the member's port (another process
+    /// took it meanwhile), since the test could not continue meaningfully.
+    pub async fn partition(&self, member: usize, partitioned: bool) {
+        let was = {
+            let mut st = self.shared.lock();
+            let was = st.members[member].partitioned;
+            st.members[member].partitioned = partitioned;
+            was
+        };
+        if was == partitioned {
+            return;
+        }
+        if partitioned {
+            self.reconsider_primary();
+            self.shared.stop_net(member).await;
+        } else {
+            let alive = self.shared.lock().members[member].alive;
+            if alive {
+                let l = self
+                    .shared
+                    .bind(self.ports[member])
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!("replset-sim: cannot rebind member {member}'s port: {e}")
+                    });
+                self.shared.start_net(member, l);
+            }
+            self.reconsider_primary();
+        }
+    }
+
+    /// After membership changes: a primary without a majority steps down,
+    /// and an election is armed if there is no primary.
+    fn reconsider_primary(&self) {
+        {
+            let mut st = self.shared.lock();
+            st.bump_topology();
+            if st.check_quorum() {
+                self.shared.schedule_election(&mut st);
+            }
+        }
+        self.shared.notify();
+    }
+
+    /// Whether `member` is currently cut off by [`Cluster::partition`].
+    pub fn is_partitioned(&self, member: usize) -> bool {
+        self.shared.lock().members[member].partitioned
+    }
+
+    /// `"PRIMARY"`, `"SECONDARY"`, `"DOWN"` (killed) or `"STARTUP"` (no
+    /// replica set config yet). A partitioned member reports its own view
+    /// (see [`Cluster::is_partitioned`]).
+    pub fn member_state(&self, member: usize) -> &'static str {
+        self.shared.lock().role(member).state_str()
+    }
+
+    /// Fault injection for retry tests: the next `times` commands named
+    /// `command` (on any member) are executed, but the connection is then
+    /// closed instead of replying, as if the network failed between the
+    /// server's commit and the client's read.
+    pub fn drop_replies(&self, command: &str, times: u32) {
+        let mut st = self.shared.lock();
+        st.drop_replies.retain(|(_, n)| *n > 0);
+        st.drop_replies.push((command.to_string(), times));
+    }
+
+    /// Every document of `database.collection` as committed (the primary's
+    /// view), in insertion order. For assertions such as "stored once".
+    pub fn documents(&self, database: &str, collection: &str) -> Vec<bson::Document> {
+        let st = self.shared.lock();
+        let ns = format!("{database}.{collection}");
+        st.colls
+            .get(&ns)
+            .map(|c| {
+                c.docs
+                    .iter()
+                    .filter(|d| d.del.is_none())
+                    .map(|d| d.doc.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Current term (0 before the first election).
+    pub fn term(&self) -> i64 {
+        self.shared.lock().term
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for h in relock(&self.shared.timers).drain(..) {
+            h.abort();
+        }
+        for net in &self.shared.nets {
+            if let Some(net) = relock(net).take() {
+                net.listener.abort();
+                relock(&net.conns).abort_all();
+            }
+        }
+        if let Some(rt) = self.own_runtime.take() {
+            // Allowed even when dropped from inside another runtime.
+            rt.shutdown_background();
+        }
+    }
+}

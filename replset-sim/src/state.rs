@@ -1,0 +1,696 @@
+//! The replicated state every member shares: one log, the collections
+//! materialised from it, the retryable-write table, and who is primary.
+//!
+//! Everything here is synchronous and guarded by one mutex; the network layer
+//! never holds it across an await.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bson::{doc, oid::ObjectId, Bson, DateTime, Document, Timestamp};
+
+use crate::error::CmdError;
+
+pub(crate) const MAX_WIRE_VERSION: i32 = 25; // MongoDB 8.0
+pub(crate) const MAX_BSON_OBJECT_SIZE: i32 = 16 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE_SIZE_BYTES: i32 = 48_000_000;
+pub(crate) const MAX_WRITE_BATCH_SIZE: i32 = 100_000;
+pub(crate) const LOGICAL_SESSION_TIMEOUT_MINUTES: i32 = 30;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Process not running.
+    Down,
+    /// Running but without a config that names it (uninitiated or removed).
+    Ghost,
+    Primary,
+    Secondary,
+}
+
+impl Role {
+    pub fn state_code(self) -> i32 {
+        match self {
+            Role::Down => 8,
+            Role::Ghost => 0,
+            Role::Primary => 1,
+            Role::Secondary => 2,
+        }
+    }
+
+    pub fn state_str(self) -> &'static str {
+        match self {
+            Role::Down => "DOWN",
+            Role::Ghost => "STARTUP",
+            Role::Primary => "PRIMARY",
+            Role::Secondary => "SECONDARY",
+        }
+    }
+}
+
+pub(crate) struct Member {
+    pub port: u16,
+    pub alive: bool,
+    pub partitioned: bool,
+    pub process_id: ObjectId,
+    pub started: Instant,
+    pub cursors: HashMap<i64, Cursor>,
+    pub next_connection_id: i64,
+}
+
+#[derive(Clone)]
+pub(crate) struct ConfigMember {
+    pub id: i32,
+    pub host: String,
+    pub member: usize,
+}
+
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub version: i32,
+    pub members: Vec<ConfigMember>,
+}
+
+impl Config {
+    pub fn majority(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
+
+    pub fn entry(&self, member: usize) -> Option<&ConfigMember> {
+        self.members.iter().find(|m| m.member == member)
+    }
+}
+
+pub(crate) enum Op {
+    Insert { ns: String, doc: Document },
+    Drop { ns: String },
+    DropDatabase { db: String },
+}
+
+pub(crate) struct LogEntry {
+    pub ts: Timestamp,
+    pub term: i64,
+    pub wall: DateTime,
+    /// When the primary applied it; secondaries see it `secondary_lag` later.
+    pub at: Instant,
+    pub op: Op,
+}
+
+pub(crate) struct StoredDoc {
+    pub doc: Document,
+    /// 1-based log positions: visible to a member whose applied length is in
+    /// `ins..del`.
+    pub ins: usize,
+    pub del: Option<usize>,
+}
+
+#[derive(Clone)]
+pub(crate) struct IndexSpec {
+    pub name: String,
+    pub key: Document,
+    pub unique: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct Coll {
+    pub docs: Vec<StoredDoc>,
+    pub indexes: Vec<IndexSpec>,
+}
+
+impl Coll {
+    pub fn exists(&self) -> bool {
+        !self.indexes.is_empty()
+    }
+
+    fn ensure_created(&mut self) -> bool {
+        if self.indexes.is_empty() {
+            self.indexes.push(IndexSpec {
+                name: "_id_".into(),
+                key: doc! {"_id": 1},
+                unique: true,
+            });
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// What a retryable write's session remembers, as mongod's
+/// `config.transactions` does: which statements of the latest txnNumber
+/// already ran.
+pub(crate) struct TxnRecord {
+    pub txn_number: i64,
+    pub done: HashSet<i32>,
+}
+
+pub(crate) enum Cursor {
+    Find {
+        ns: String,
+        docs: VecDeque<Document>,
+    },
+    Change(ChangeCursor),
+}
+
+pub(crate) enum NsFilter {
+    Collection(String),
+    Database(String),
+    Cluster,
+}
+
+pub(crate) struct ChangeCursor {
+    /// Namespace reported in cursor replies (`db.coll` or `db.$cmd.aggregate`).
+    pub cursor_ns: String,
+    pub filter: NsFilter,
+    /// Stages after `$changeStream`, applied to each event.
+    pub stages: Vec<Document>,
+    /// Next 0-based log position to scan.
+    pub next: usize,
+    pub batch_size: Option<usize>,
+    pub invalidated: bool,
+    /// Set when resuming right after a drop event whose invalidate is still
+    /// owed to the client.
+    pub invalidate_only_at: Option<usize>,
+}
+
+pub(crate) struct State {
+    pub set_name: String,
+    pub election_delay: Duration,
+    pub secondary_lag: Duration,
+    pub members: Vec<Member>,
+    pub config: Option<Config>,
+    pub replica_set_id: ObjectId,
+    pub term: i64,
+    pub primary: Option<usize>,
+    pub election_ts: Timestamp,
+    pub election_wall: DateTime,
+    pub topology_counter: i64,
+    pub election_scheduled: bool,
+    pub preferred_candidate: Option<usize>,
+    pub avoid_candidate: Option<usize>,
+    pub log: Vec<LogEntry>,
+    pub colls: BTreeMap<String, Coll>,
+    pub sessions: HashMap<Vec<u8>, TxnRecord>,
+    pub next_cursor_id: i64,
+    pub drop_replies: Vec<(String, u32)>,
+    pub last_ts: Timestamp,
+}
+
+fn unix_secs() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0)
+}
+
+/// mongod's electionId layout: a fixed marker followed by the term, so that
+/// ObjectId ordering equals term ordering (the driver compares them).
+pub(crate) fn election_id(term: i64) -> ObjectId {
+    let mut b = [0u8; 12];
+    b[..4].copy_from_slice(&[0x7f, 0xff, 0xff, 0xff]);
+    b[4..].copy_from_slice(&term.to_be_bytes());
+    ObjectId::from_bytes(b)
+}
+
+pub(crate) fn optime(ts: Timestamp, t: i64) -> Document {
+    doc! {"ts": ts, "t": t}
+}
+
+impl State {
+    pub fn new(
+        set_name: String,
+        ports: &[u16],
+        election_delay: Duration,
+        secondary_lag: Duration,
+    ) -> Self {
+        State {
+            set_name,
+            election_delay,
+            secondary_lag,
+            members: ports
+                .iter()
+                .map(|p| Member {
+                    port: *p,
+                    alive: true,
+                    partitioned: false,
+                    process_id: ObjectId::new(),
+                    started: Instant::now(),
+                    cursors: HashMap::new(),
+                    next_connection_id: 1,
+                })
+                .collect(),
+            config: None,
+            replica_set_id: ObjectId::new(),
+            term: 0,
+            primary: None,
+            election_ts: Timestamp {
+                time: 0,
+                increment: 0,
+            },
+            election_wall: DateTime::from_millis(0),
+            topology_counter: 0,
+            election_scheduled: false,
+            preferred_candidate: None,
+            avoid_candidate: None,
+            log: Vec::new(),
+            colls: BTreeMap::new(),
+            sessions: HashMap::new(),
+            next_cursor_id: 0x1000,
+            drop_replies: Vec::new(),
+            last_ts: Timestamp {
+                time: 0,
+                increment: 0,
+            },
+        }
+    }
+
+    pub fn host(&self, member: usize) -> String {
+        match self.config.as_ref().and_then(|c| c.entry(member)) {
+            Some(e) => e.host.clone(),
+            None => format!("127.0.0.1:{}", self.members[member].port),
+        }
+    }
+
+    pub fn role(&self, member: usize) -> Role {
+        let m = &self.members[member];
+        if !m.alive {
+            Role::Down
+        } else if self.config.as_ref().and_then(|c| c.entry(member)).is_none() {
+            Role::Ghost
+        } else if self.primary == Some(member) {
+            Role::Primary
+        } else {
+            Role::Secondary
+        }
+    }
+
+    pub fn reachable(&self, member: usize) -> bool {
+        let m = &self.members[member];
+        m.alive && !m.partitioned
+    }
+
+    fn reachable_voters(&self) -> Vec<usize> {
+        match &self.config {
+            Some(c) => c
+                .members
+                .iter()
+                .map(|e| e.member)
+                .filter(|m| self.reachable(*m))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    pub fn bump_topology(&mut self) {
+        self.topology_counter += 1;
+    }
+
+    /// A primary that can no longer see a majority (or that is itself cut
+    /// off) steps down. mongod does this after an election timeout; here it
+    /// is immediate. Returns true when an election should be scheduled.
+    pub fn check_quorum(&mut self) -> bool {
+        let Some(config) = &self.config else {
+            return false;
+        };
+        let majority = config.majority();
+        if let Some(p) = self.primary {
+            if !self.reachable(p) || self.reachable_voters().len() < majority {
+                self.primary = None;
+                self.bump_topology();
+            }
+        }
+        self.primary.is_none()
+    }
+
+    /// Elects a reachable member if a majority of voters is reachable. New
+    /// term, new electionId, new topologyVersion everywhere.
+    pub fn try_elect(&mut self) -> bool {
+        if self.primary.is_some() {
+            return false;
+        }
+        let Some(config) = &self.config else {
+            return false;
+        };
+        let voters = self.reachable_voters();
+        if voters.len() < config.majority() {
+            return false;
+        }
+        let winner = self
+            .preferred_candidate
+            .filter(|c| voters.contains(c))
+            .or_else(|| {
+                voters
+                    .iter()
+                    .copied()
+                    .find(|m| Some(*m) != self.avoid_candidate)
+            })
+            .unwrap_or(voters[0]);
+        self.preferred_candidate = None;
+        self.avoid_candidate = None;
+        self.term += 1;
+        self.primary = Some(winner);
+        self.election_ts = self.next_ts();
+        self.election_wall = DateTime::now();
+        self.bump_topology();
+        true
+    }
+
+    /// The primary gives up its role; the next election prefers someone
+    /// else, as a stepped-down mongod refuses to stand for a while.
+    pub fn step_down(&mut self) {
+        if let Some(p) = self.primary.take() {
+            self.avoid_candidate = Some(p);
+            self.bump_topology();
+        }
+    }
+
+    pub fn next_ts(&mut self) -> Timestamp {
+        let now = unix_secs();
+        self.last_ts = if now > self.last_ts.time {
+            Timestamp {
+                time: now,
+                increment: 1,
+            }
+        } else {
+            Timestamp {
+                time: self.last_ts.time,
+                increment: self.last_ts.increment + 1,
+            }
+        };
+        self.last_ts
+    }
+
+    /// How many log entries `member` has applied by `now`.
+    pub fn visible_len(&self, member: usize, now: Instant) -> usize {
+        if self.primary == Some(member) || self.secondary_lag.is_zero() {
+            return self.log.len();
+        }
+        let lag = self.secondary_lag;
+        self.log.partition_point(|e| e.at + lag <= now)
+    }
+
+    /// When the next entry secondaries have not applied yet becomes visible
+    /// to them (the same instant for every secondary).
+    pub fn next_visibility(&self, now: Instant) -> Option<Instant> {
+        if self.secondary_lag.is_zero() {
+            return None;
+        }
+        let lag = self.secondary_lag;
+        let n = self.log.partition_point(|e| e.at + lag <= now);
+        self.log.get(n).map(|e| e.at + lag)
+    }
+
+    pub fn last_optime(&self, len: usize) -> (Timestamp, i64, DateTime) {
+        match len.checked_sub(1).and_then(|i| self.log.get(i)) {
+            Some(e) => (e.ts, e.term, e.wall),
+            None => (
+                Timestamp {
+                    time: 0,
+                    increment: 0,
+                },
+                -1,
+                DateTime::from_millis(0),
+            ),
+        }
+    }
+
+    pub fn cluster_time_fields(&self, out: &mut Document, operation_time: Timestamp) {
+        out.insert(
+            "$clusterTime",
+            doc! {
+                "clusterTime": self.last_ts,
+                "signature": {
+                    "hash": Bson::Binary(bson::Binary {
+                        subtype: bson::spec::BinarySubtype::Generic,
+                        bytes: vec![0u8; 20],
+                    }),
+                    "keyId": 0i64,
+                },
+            },
+        );
+        out.insert("operationTime", operation_time);
+    }
+
+    pub fn topology_version(&self, member: usize) -> Document {
+        doc! {
+            "processId": self.members[member].process_id,
+            "counter": self.topology_counter,
+        }
+    }
+
+    pub fn hello(&self, member: usize, legacy: bool, hello_ok: bool, conn_id: i64) -> Document {
+        let writable_key = if legacy {
+            "ismaster"
+        } else {
+            "isWritablePrimary"
+        };
+        let role = self.role(member);
+        let mut d = doc! {"topologyVersion": self.topology_version(member)};
+        match (&self.config, role) {
+            (Some(config), Role::Primary | Role::Secondary) => {
+                let hosts: Vec<Bson> = config
+                    .members
+                    .iter()
+                    .map(|m| Bson::String(m.host.clone()))
+                    .collect();
+                d.insert("hosts", hosts);
+                d.insert("setName", self.set_name.clone());
+                d.insert("setVersion", config.version);
+                d.insert(writable_key, role == Role::Primary);
+                d.insert("secondary", role == Role::Secondary);
+                if let Some(p) = self.primary {
+                    d.insert("primary", self.host(p));
+                }
+                d.insert("me", self.host(member));
+                if role == Role::Primary {
+                    d.insert("electionId", election_id(self.term));
+                }
+                let (ts, t, wall) = self.last_optime(self.visible_len(member, Instant::now()));
+                d.insert(
+                    "lastWrite",
+                    doc! {
+                        "opTime": optime(ts, t),
+                        "lastWriteDate": wall,
+                        "majorityOpTime": optime(ts, t),
+                        "majorityWriteDate": wall,
+                    },
+                );
+            }
+            _ => {
+                d.insert(writable_key, false);
+                d.insert("secondary", false);
+                d.insert("info", "Does not have a valid replica set config");
+                d.insert("isreplicaset", true);
+            }
+        }
+        d.insert("maxBsonObjectSize", MAX_BSON_OBJECT_SIZE);
+        d.insert("maxMessageSizeBytes", MAX_MESSAGE_SIZE_BYTES);
+        d.insert("maxWriteBatchSize", MAX_WRITE_BATCH_SIZE);
+        d.insert("localTime", DateTime::now());
+        d.insert(
+            "logicalSessionTimeoutMinutes",
+            LOGICAL_SESSION_TIMEOUT_MINUTES,
+        );
+        d.insert("connectionId", conn_id);
+        d.insert("minWireVersion", 0);
+        d.insert("maxWireVersion", MAX_WIRE_VERSION);
+        d.insert("readOnly", false);
+        if hello_ok {
+            d.insert("helloOk", true);
+        }
+        d.insert("ok", 1.0);
+        d
+    }
+
+    pub fn new_cursor_id(&mut self) -> i64 {
+        self.next_cursor_id += 1;
+        self.next_cursor_id
+    }
+
+    /// Appends to the shared log; the entry is majority-committed by
+    /// construction (see FIDELITY.md).
+    pub fn append(&mut self, op: Op) -> usize {
+        let ts = self.next_ts();
+        self.log.push(LogEntry {
+            ts,
+            term: self.term,
+            wall: DateTime::now(),
+            at: Instant::now(),
+            op,
+        });
+        self.log.len()
+    }
+
+    /// Inserts one document (already carrying `_id`) into `ns`, enforcing
+    /// unique indexes. Returns the log position.
+    pub fn insert_doc(&mut self, ns: &str, doc: Document) -> Result<usize, CmdError> {
+        let coll = self.colls.entry(ns.to_string()).or_default();
+        coll.ensure_created();
+        for idx in &coll.indexes {
+            if !idx.unique {
+                continue;
+            }
+            let key_of = |d: &Document| -> Vec<Bson> {
+                idx.key
+                    .keys()
+                    .map(|k| crate::matcher::sort_value(d, k).clone())
+                    .collect()
+            };
+            let new_key = key_of(&doc);
+            let clash = coll.docs.iter().filter(|s| s.del.is_none()).any(|s| {
+                key_of(&s.doc)
+                    .iter()
+                    .zip(new_key.iter())
+                    .all(|(a, b)| crate::matcher::values_equal(a, b))
+            });
+            if clash {
+                let dup: Document = idx
+                    .key
+                    .keys()
+                    .zip(new_key.iter())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let dup_shown = dup
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let mut e = CmdError::new(
+                    11000,
+                    "DuplicateKey",
+                    format!(
+                        "E11000 duplicate key error collection: {ns} index: {} dup key: {{ {dup_shown} }}",
+                        idx.name
+                    ),
+                );
+                e.extra = Some(Box::new(
+                    doc! {"keyPattern": idx.key.clone(), "keyValue": dup},
+                ));
+                return Err(e);
+            }
+        }
+        let pos = self.append(Op::Insert {
+            ns: ns.to_string(),
+            doc: doc.clone(),
+        });
+        let coll = self.colls.get_mut(ns).expect("created above");
+        coll.docs.push(StoredDoc {
+            doc,
+            ins: pos,
+            del: None,
+        });
+        Ok(pos)
+    }
+
+    pub fn create_collection(&mut self, ns: &str) {
+        self.colls
+            .entry(ns.to_string())
+            .or_default()
+            .ensure_created();
+    }
+
+    pub fn drop_collection(&mut self, ns: &str) -> bool {
+        let exists = self.colls.get(ns).is_some_and(|c| c.exists());
+        if !exists {
+            return false;
+        }
+        let pos = self.append(Op::Drop { ns: ns.to_string() });
+        if let Some(c) = self.colls.get_mut(ns) {
+            for d in c.docs.iter_mut().filter(|d| d.del.is_none()) {
+                d.del = Some(pos);
+            }
+            c.indexes.clear();
+        }
+        true
+    }
+
+    pub fn drop_database(&mut self, db: &str) {
+        let prefix = format!("{db}.");
+        let names: Vec<String> = self
+            .colls
+            .iter()
+            .filter(|(k, c)| k.starts_with(&prefix) && c.exists())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for ns in &names {
+            self.drop_collection(ns);
+        }
+        self.append(Op::DropDatabase { db: db.to_string() });
+    }
+
+    pub fn create_index(
+        &mut self,
+        ns: &str,
+        spec: IndexSpec,
+    ) -> Result<(usize, usize, bool), CmdError> {
+        let coll = self.colls.entry(ns.to_string()).or_default();
+        let created = coll.ensure_created();
+        let before = coll.indexes.len();
+        if let Some(existing) = coll.indexes.iter().find(|i| i.name == spec.name) {
+            if existing.key != spec.key {
+                return Err(CmdError::new(
+                    86,
+                    "IndexKeySpecsConflict",
+                    format!(
+                        "An existing index has the same name as the requested index but a \
+                         different key. Requested index: {}, existing index: {}",
+                        spec.key, existing.key
+                    ),
+                ));
+            }
+            if existing.unique != spec.unique {
+                return Err(CmdError::new(
+                    85,
+                    "IndexOptionsConflict",
+                    format!(
+                        "An equivalent index already exists with the same name but different \
+                         options. Requested index: {}",
+                        spec.name
+                    ),
+                ));
+            }
+        } else if let Some(existing) = coll.indexes.iter().find(|i| i.key == spec.key) {
+            if existing.unique != spec.unique || existing.name != spec.name {
+                return Err(CmdError::new(
+                    85,
+                    "IndexOptionsConflict",
+                    format!(
+                        "An equivalent index already exists with a different name and options. \
+                         Requested index: {}, existing index: {}",
+                        spec.name, existing.name
+                    ),
+                ));
+            }
+        } else {
+            coll.indexes.push(spec);
+        }
+        let after = coll.indexes.len();
+        Ok((if created { 1 } else { before }, after, created))
+    }
+
+    /// Documents of `ns` as `member` sees them now.
+    pub fn visible_docs(&self, ns: &str, member: usize, now: Instant) -> Vec<&Document> {
+        let len = self.visible_len(member, now);
+        match self.colls.get(ns) {
+            Some(c) => c
+                .docs
+                .iter()
+                .filter(|d| d.ins <= len && d.del.is_none_or(|x| x > len))
+                .map(|d| &d.doc)
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    pub fn take_drop_reply(&mut self, command: &str) -> bool {
+        if let Some(slot) = self
+            .drop_replies
+            .iter_mut()
+            .find(|(c, n)| c == command && *n > 0)
+        {
+            slot.1 -= 1;
+            true
+        } else {
+            false
+        }
+    }
+}
