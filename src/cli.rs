@@ -44,6 +44,10 @@ pub enum ReplsetCommand {
         /// Connection string for credentials and options (hosts ignored).
         #[arg(long)]
         uri: Option<String>,
+        /// Give up when the members have not all answered, or no primary
+        /// is elected, within this many seconds (each).
+        #[arg(long, default_value_t = 120)]
+        wait_secs: u64,
     },
     /// Show every member's state, health and replication lag.
     Status {
@@ -91,8 +95,19 @@ async fn serve() -> Result<(), String> {
 
 async fn replset_command(command: ReplsetCommand) -> Result<(), String> {
     match command {
-        ReplsetCommand::Init { name, members, uri } => {
-            let summary = replset::init(&replset::InitRequest { name, members, uri }).await?;
+        ReplsetCommand::Init {
+            name,
+            members,
+            uri,
+            wait_secs,
+        } => {
+            let request = replset::InitRequest {
+                name,
+                members,
+                uri,
+                wait_secs,
+            };
+            let summary = replset::init(&request).await?;
             println!("{summary}");
             Ok(())
         }

@@ -7,6 +7,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -118,7 +119,11 @@ async fn two_tabs_see_each_others_messages_live_and_markup_stays_text() {
             !required,
             "SIMPLECHAT_REQUIRE_BROWSER=1 but chromium/chromedriver were not found"
         );
-        eprintln!("SKIPPED browser test: chromium and chromedriver not found (install Debian's chromium and chromium-driver)");
+        // Straight to stderr: the test harness would swallow eprintln! output.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED browser test: chromium and chromedriver not found (install Debian's chromium and chromium-driver)"
+        );
         return;
     };
 

@@ -1,6 +1,16 @@
 //! Replica-set administration: `simplechat replset init` and `status`.
 
+pub mod config;
+pub mod init;
+pub mod status;
+
+use std::time::Duration;
+
+use crate::store::mongo::{connect, options, Purpose};
 use crate::store::ReplicaSetStatus;
+
+pub use init::Waits;
+pub use status::{from_topology, parse_status, status_of};
 
 /// What `replset init` is asked to build.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,24 +23,39 @@ pub struct InitRequest {
     /// Connection string whose credentials and options are used for the
     /// direct connection to the first member (its hosts are ignored).
     pub uri: Option<String>,
+    /// Bound, in seconds, on each wait: for the members to answer, then for
+    /// a primary.
+    pub wait_secs: u64,
 }
 
-/// Initiates the replica set if needed and waits for a primary.
-pub async fn init(_request: &InitRequest) -> Result<String, String> {
-    Err("replset init needs the MongoDB store, which this build does not have yet".into())
+/// Initiates the replica set if needed and waits for a primary. Returns a
+/// human summary of what it did.
+pub async fn init(request: &InitRequest) -> Result<String, String> {
+    init::init(request, Waits::bounded(request.wait_secs)).await
 }
 
 /// The replica set as `replSetGetStatus` (or the driver) sees it.
-pub async fn status(_uri: &str) -> Result<ReplicaSetStatus, String> {
-    Err("replset status needs the MongoDB store, which this build does not have yet".into())
+pub async fn status(uri: &str) -> Result<ReplicaSetStatus, String> {
+    let (options, secret) = options(uri).await?;
+    let conn = connect(options, secret, Purpose::Store)?;
+    // Long enough for the driver to find the members and for a server
+    // selection during an election.
+    let result = status_of(&conn, Duration::from_secs(10)).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        conn.client.clone().shutdown().immediate(true),
+    )
+    .await;
+    result
 }
 
 /// A readable table of a replica set's members.
 pub fn render_status(status: &ReplicaSetStatus) -> String {
     let mut out = format!(
-        "replica set {}  primary: {}\n",
+        "replica set {}  primary: {}  (from {})\n",
         status.name,
-        status.primary.as_deref().unwrap_or("(none)")
+        status.primary.as_deref().unwrap_or("(none)"),
+        status.source
     );
     for m in &status.members {
         let lag = m

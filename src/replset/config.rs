@@ -1,0 +1,245 @@
+//! The replica-set configuration `replset init` proposes, and how an existing
+//! configuration is compared with the members asked for.
+
+use std::collections::BTreeSet;
+
+use mongodb::bson::{doc, Bson, Document};
+
+/// A member as `host:port`, lower-cased, with the default port made explicit,
+/// so `Storage1.local` and `storage1.local:27017` are the same member.
+pub fn normalize_member(member: &str) -> Result<String, String> {
+    let m = member.trim();
+    if m.is_empty() {
+        return Err("a member must be HOST:PORT, got an empty string".into());
+    }
+    if m.contains('/') || m.contains(',') || m.contains('@') || m.contains(char::is_whitespace) {
+        return Err(format!("member {m:?} must be HOST:PORT"));
+    }
+    let (host, port) = match m.rsplit_once(':') {
+        // An IPv6 literal in brackets keeps its colons.
+        Some((host, port)) if !port.contains(']') => (host, port),
+        _ => (m, "27017"),
+    };
+    if host.is_empty() {
+        return Err(format!("member {m:?} has no host"));
+    }
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("member {m:?} has an invalid port {port:?}"))?;
+    Ok(format!("{}:{port}", host.to_ascii_lowercase()))
+}
+
+/// Checks and normalizes the requested members.
+pub fn normalize_members(members: &[String]) -> Result<Vec<String>, String> {
+    if members.is_empty() {
+        return Err("at least one --member HOST:PORT is needed".into());
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(members.len());
+    for m in members {
+        let n = normalize_member(m)?;
+        if !seen.insert(n.clone()) {
+            return Err(format!("member {n} is listed twice"));
+        }
+        out.push(n);
+    }
+    Ok(out)
+}
+
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.contains(['/', ' ', '.']) || name.chars().any(char::is_control) {
+        return Err(format!(
+            "replica set name {name:?} must be non-empty without '/', '.' or spaces"
+        ));
+    }
+    Ok(())
+}
+
+/// The `replSetInitiate` document: members in the order given, ids 0, 1, ...
+/// Every member votes and may become primary, as in the lab's `rs.initiate()`.
+pub fn initiate_document(name: &str, members: &[String]) -> Document {
+    let members: Vec<Bson> = members
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            Bson::Document(doc! { "_id": i32::try_from(i).unwrap_or(i32::MAX), "host": host })
+        })
+        .collect();
+    doc! { "_id": name, "members": members }
+}
+
+/// What an existing configuration says, reduced to what `init` compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingConfig {
+    pub name: String,
+    pub members: Vec<String>,
+}
+
+/// Reads a `replSetGetConfig` reply (`{config: {_id, members: [{host}]}}`).
+pub fn parse_config_reply(reply: &Document) -> Result<ExistingConfig, String> {
+    let config = reply
+        .get_document("config")
+        .map_err(|_| "replSetGetConfig answered without a config document".to_owned())?;
+    let name = config
+        .get_str("_id")
+        .map_err(|_| "the replica-set config has no _id".to_owned())?
+        .to_owned();
+    let members = config
+        .get_array("members")
+        .map_err(|_| "the replica-set config has no members".to_owned())?
+        .iter()
+        .filter_map(|m| m.as_document())
+        .filter_map(|m| m.get_str("host").ok())
+        .map(|h| normalize_member(h).unwrap_or_else(|_| h.to_ascii_lowercase()))
+        .collect();
+    Ok(ExistingConfig { name, members })
+}
+
+/// Reads what `hello` says of the set: its name and the members in its
+/// `hosts`, `passives` and `arbiters`.
+pub fn parse_hello(hello: &Document) -> Result<ExistingConfig, String> {
+    let name = hello
+        .get_str("setName")
+        .map_err(|_| "the member is not in an initiated replica set".to_owned())?
+        .to_owned();
+    let members = ["hosts", "passives", "arbiters"]
+        .iter()
+        .filter_map(|key| hello.get_array(key).ok())
+        .flatten()
+        .filter_map(Bson::as_str)
+        .map(|h| normalize_member(h).unwrap_or_else(|_| h.to_ascii_lowercase()))
+        .collect();
+    Ok(ExistingConfig { name, members })
+}
+
+/// `Ok` when the set was initiated with exactly these name and members (in
+/// any order); otherwise what differs, in words.
+pub fn compare(existing: &ExistingConfig, name: &str, members: &[String]) -> Result<(), String> {
+    let mut differences = Vec::new();
+    if existing.name != name {
+        differences.push(format!("its name is {:?}, not {name:?}", existing.name));
+    }
+    let have: BTreeSet<&str> = existing.members.iter().map(String::as_str).collect();
+    let want: BTreeSet<&str> = members.iter().map(String::as_str).collect();
+    let missing: Vec<&str> = want.difference(&have).copied().collect();
+    let extra: Vec<&str> = have.difference(&want).copied().collect();
+    if !missing.is_empty() {
+        differences.push(format!("it lacks {}", missing.join(", ")));
+    }
+    if !extra.is_empty() {
+        differences.push(format!("it also has {}", extra.join(", ")));
+    }
+    if differences.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the replica set is already initiated with other settings: {} (its members: {}). \
+         Nothing was changed; reconfigure it by hand (rs.reconfig) if that is intended",
+        differences.join("; "),
+        existing.members.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn members_are_normalized_and_checked() {
+        assert_eq!(
+            normalize_member("Storage1.LOCAL").unwrap(),
+            "storage1.local:27017"
+        );
+        assert_eq!(normalize_member(" h:27018 ").unwrap(), "h:27018");
+        assert_eq!(normalize_member("[::1]:27019").unwrap(), "[::1]:27019");
+        assert_eq!(normalize_member("[::1]").unwrap(), "[::1]:27017");
+        assert!(normalize_member("h:0").is_err());
+        assert!(normalize_member("h:x").is_err());
+        assert!(normalize_member("mongodb://h:1").is_err());
+        assert!(normalize_member(":27017").is_err());
+        assert!(normalize_members(&[]).is_err());
+        let dup = normalize_members(&strings(&["h:27017", "H"])).unwrap_err();
+        assert!(dup.contains("twice"), "{dup}");
+        assert!(check_name("rs").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name("a/b").is_err());
+    }
+
+    #[test]
+    fn initiate_document_lists_members_in_order() {
+        let members = strings(&["s1.local:27017", "s2.local:27017", "s3.local:27017"]);
+        let d = initiate_document("rs", &members);
+        assert_eq!(
+            d,
+            doc! {
+                "_id": "rs",
+                "members": [
+                    { "_id": 0, "host": "s1.local:27017" },
+                    { "_id": 1, "host": "s2.local:27017" },
+                    { "_id": 2, "host": "s3.local:27017" },
+                ]
+            }
+        );
+    }
+
+    fn reply(name: &str, hosts: &[&str]) -> Document {
+        let members: Vec<Bson> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                Bson::Document(doc! { "_id": i as i32, "host": *h, "priority": 1.0, "votes": 1 })
+            })
+            .collect();
+        doc! { "config": { "_id": name, "version": 1, "term": 1, "members": members }, "ok": 1.0 }
+    }
+
+    #[test]
+    fn same_members_in_any_order_and_spelling_match() {
+        let existing = parse_config_reply(&reply(
+            "rs",
+            &["S2.local:27017", "s1.local", "s3.local:27017"],
+        ))
+        .unwrap();
+        let want =
+            normalize_members(&strings(&["s1.local:27017", "s2.local", "s3.local:27017"])).unwrap();
+        assert_eq!(compare(&existing, "rs", &want), Ok(()));
+    }
+
+    #[test]
+    fn differences_are_spelled_out() {
+        let existing =
+            parse_config_reply(&reply("lab", &["s1:27017", "s2:27017", "old:27017"])).unwrap();
+        let want = strings(&["s1:27017", "s2:27017", "s3:27017"]);
+        let err = compare(&existing, "rs", &want).unwrap_err();
+        assert!(err.contains("its name is \"lab\", not \"rs\""), "{err}");
+        assert!(err.contains("it lacks s3:27017"), "{err}");
+        assert!(err.contains("it also has old:27017"), "{err}");
+        assert!(err.contains("Nothing was changed"), "{err}");
+    }
+
+    #[test]
+    fn hello_lists_the_members_too() {
+        let hello = doc! {
+            "isWritablePrimary": false, "setName": "rs",
+            "hosts": ["s1:27017", "s2:27017"], "passives": ["s3:27017"],
+            "primary": "s1:27017",
+        };
+        let existing = parse_hello(&hello).unwrap();
+        assert_eq!(existing.name, "rs");
+        let want = strings(&["s1:27017", "s2:27017", "s3:27017"]);
+        assert_eq!(compare(&existing, "rs", &want), Ok(()));
+        assert!(parse_hello(&doc! { "isreplicaset": true }).is_err());
+    }
+
+    #[test]
+    fn malformed_replies_are_errors() {
+        assert!(parse_config_reply(&doc! { "ok": 1 }).is_err());
+        assert!(parse_config_reply(&doc! { "config": { "members": [] } }).is_err());
+    }
+}

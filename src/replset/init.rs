@@ -1,0 +1,390 @@
+//! `simplechat replset init`: initiate the replica set once, whoever runs it
+//! and however often.
+//!
+//! Every run talks to the first member only, so runs started on every
+//! member at once meet at one node: mongod lets one `replSetInitiate` win
+//! and answers the others `AlreadyInitialized`, which is then checked like
+//! any existing configuration.
+
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{doc, Document};
+use mongodb::error::{Error, ErrorKind};
+use mongodb::options::{ClientOptions, ServerAddress};
+
+use super::config;
+use super::InitRequest;
+use crate::store::mongo::{connect, describe, options, Connection, Purpose};
+
+/// How long each step may wait, as a whole.
+#[derive(Debug, Clone, Copy)]
+pub struct Waits {
+    /// For every member to answer (at boot, members start in any order).
+    pub members: Duration,
+    /// For an election after initiation.
+    pub primary: Duration,
+    /// Between two tries.
+    pub poll: Duration,
+}
+
+impl Waits {
+    /// Each wait bounded by `secs` (`replset init --wait-secs`).
+    pub fn bounded(secs: u64) -> Waits {
+        let secs = secs.max(1);
+        Waits {
+            members: Duration::from_secs(secs),
+            primary: Duration::from_secs(secs),
+            poll: Duration::from_millis(500),
+        }
+    }
+}
+
+const ALREADY_INITIALIZED: i32 = 23;
+const CONFIGURATION_IN_PROGRESS: i32 = 109;
+const INVALID_REPLICA_SET_CONFIG: i32 = 93;
+const NODE_NOT_FOUND: i32 = 74;
+const UNAUTHORIZED: i32 = 13;
+
+fn code(e: &Error) -> Option<i32> {
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        _ => None,
+    }
+}
+
+struct Member {
+    host: String,
+    conn: Connection,
+}
+
+impl Member {
+    async fn admin(&self, command: Document) -> Result<Document, Error> {
+        self.conn
+            .client
+            .database("admin")
+            .run_command(command)
+            .await
+    }
+
+    fn describe(&self, e: &Error) -> String {
+        describe(e, self.conn.secret.as_deref())
+    }
+
+    async fn close(self) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.conn.client.shutdown().immediate(true),
+        )
+        .await;
+    }
+}
+
+/// What the first member says about initiation.
+enum State {
+    Initiated,
+    NotInitiated,
+}
+
+pub async fn init(request: &InitRequest, waits: Waits) -> Result<String, String> {
+    config::check_name(&request.name)?;
+    let members = config::normalize_members(&request.members)?;
+    let (base, secret) = match &request.uri {
+        Some(uri) => options(uri).await?,
+        None => (ClientOptions::default(), None),
+    };
+    let mut all = Vec::with_capacity(members.len());
+    for host in &members {
+        let mut o = base.clone();
+        o.hosts = vec![ServerAddress::parse(host)
+            .map_err(|e| format!("member {host}: {}", describe(&e, secret.as_deref())))?];
+        let conn = connect(o, secret.clone(), Purpose::Direct)?;
+        all.push(Member {
+            host: host.clone(),
+            conn,
+        });
+    }
+    let result = run(&request.name, &members, &all, waits).await;
+    for m in all {
+        m.close().await;
+    }
+    result
+}
+
+async fn run(
+    name: &str,
+    hosts: &[String],
+    members: &[Member],
+    waits: Waits,
+) -> Result<String, String> {
+    let first = &members[0];
+    let deadline = Instant::now() + waits.members;
+    let state = first_member_state(first, deadline, waits).await?;
+    if let State::Initiated = state {
+        check_existing(first, name, hosts).await?;
+        let primary = wait_for_primary(first, waits).await?;
+        return Ok(format!(
+            "replica set {name} is already initiated with these members; nothing changed. Primary: {primary}"
+        ));
+    }
+    for m in &members[1..] {
+        wait_for_member(m, name, deadline, waits).await?;
+    }
+    let how = match first
+        .admin(doc! { "replSetInitiate": config::initiate_document(name, hosts) })
+        .await
+    {
+        Ok(_) => "initiated",
+        Err(e)
+            if matches!(
+                code(&e),
+                Some(ALREADY_INITIALIZED | CONFIGURATION_IN_PROGRESS)
+            ) =>
+        {
+            // Another run's initiation won; once it has taken effect, its
+            // configuration is checked like any existing one.
+            let deadline = Instant::now() + waits.primary;
+            while !matches!(
+                first_member_state(first, deadline, waits).await?,
+                State::Initiated
+            ) {
+                if Instant::now() + waits.poll >= deadline {
+                    return Err(format!(
+                        "{} reported a concurrent initiation that never took effect",
+                        first.host
+                    ));
+                }
+                tokio::time::sleep(waits.poll).await;
+            }
+            check_existing(first, name, hosts).await?;
+            "was initiated meanwhile (by another run)"
+        }
+        Err(e) => return Err(initiate_error(&first.host, code(&e), &first.describe(&e))),
+    };
+    let primary = wait_for_primary(first, waits).await?;
+    Ok(format!(
+        "replica set {name} {how} with members {}. Primary: {primary}",
+        hosts.join(", ")
+    ))
+}
+
+/// Waits until the first member answers. `hello` needs no privileges, so
+/// a rerun on a cluster whose users exist (keyFile, no localhost exception
+/// any more) still finds it initiated and changes nothing.
+async fn first_member_state(
+    first: &Member,
+    deadline: Instant,
+    waits: Waits,
+) -> Result<State, String> {
+    loop {
+        let last = match first.admin(doc! { "hello": 1 }).await {
+            Ok(hello) => {
+                if hello.get_str("setName").is_ok() {
+                    return Ok(State::Initiated);
+                }
+                if hello.get_bool("isreplicaset").unwrap_or(false) {
+                    return Ok(State::NotInitiated);
+                }
+                return Err(format!(
+                    "mongod at {} is not running as a replica-set member: start it with --replSet (replication.replSetName)",
+                    first.host
+                ));
+            }
+            Err(e) => first.describe(&e),
+        };
+        if Instant::now() + waits.poll >= deadline {
+            return Err(format!(
+                "member {} did not answer within {} s: {last}",
+                first.host,
+                waits.members.as_secs()
+            ));
+        }
+        tokio::time::sleep(waits.poll).await;
+    }
+}
+
+/// Waits until another member answers, and makes sure it is a replica-set
+/// member that belongs to no other set.
+async fn wait_for_member(
+    m: &Member,
+    name: &str,
+    deadline: Instant,
+    waits: Waits,
+) -> Result<(), String> {
+    loop {
+        let last = match m.admin(doc! { "hello": 1 }).await {
+            Ok(hello) => {
+                if let Ok(other) = hello.get_str("setName") {
+                    if other != name {
+                        return Err(format!(
+                            "member {} already belongs to replica set {other:?}",
+                            m.host
+                        ));
+                    }
+                }
+                if !hello.get_bool("isreplicaset").unwrap_or(false)
+                    && hello.get_str("setName").is_err()
+                {
+                    return Err(format!(
+                        "mongod at {} is not running as a replica-set member: start it with --replSet {name}",
+                        m.host
+                    ));
+                }
+                return Ok(());
+            }
+            Err(e) if code(&e) == Some(UNAUTHORIZED) => return Err(unauthorized(m, &e)),
+            Err(e) => m.describe(&e),
+        };
+        if Instant::now() + waits.poll >= deadline {
+            return Err(format!(
+                "member {} did not answer within {} s: {last}",
+                m.host,
+                waits.members.as_secs()
+            ));
+        }
+        tokio::time::sleep(waits.poll).await;
+    }
+}
+
+/// The configuration from `replSetGetConfig`, or, for a user without that
+/// privilege, from `hello` (which lists every member but hidden ones, and
+/// `replset init` never makes hidden ones).
+async fn check_existing(first: &Member, name: &str, hosts: &[String]) -> Result<(), String> {
+    let existing = match first.admin(doc! { "replSetGetConfig": 1 }).await {
+        Ok(reply) => config::parse_config_reply(&reply)?,
+        Err(e) if code(&e) == Some(UNAUTHORIZED) => {
+            let hello = first
+                .admin(doc! { "hello": 1 })
+                .await
+                .map_err(|e| format!("{} stopped answering: {}", first.host, first.describe(&e)))?;
+            config::parse_hello(&hello)?
+        }
+        Err(e) => {
+            return Err(format!(
+                "cannot read the replica-set config from {}: {}",
+                first.host,
+                first.describe(&e)
+            ))
+        }
+    };
+    config::compare(&existing, name, hosts)
+}
+
+async fn wait_for_primary(first: &Member, waits: Waits) -> Result<String, String> {
+    let deadline = Instant::now() + waits.primary;
+    loop {
+        let last = match first.admin(doc! { "hello": 1 }).await {
+            Ok(hello) => match hello.get_str("primary") {
+                Ok(primary) => return Ok(primary.to_owned()),
+                Err(_) => "no primary elected yet".to_owned(),
+            },
+            Err(e) => first.describe(&e),
+        };
+        if Instant::now() + waits.poll >= deadline {
+            return Err(format!(
+                "no primary was elected within {} s ({last})",
+                waits.primary.as_secs()
+            ));
+        }
+        tokio::time::sleep(waits.poll).await;
+    }
+}
+
+fn unauthorized(m: &Member, e: &Error) -> String {
+    format!(
+        "not authorized on {}: {}. Pass --uri with the credentials of a user that may administer the \
+         replica set (clusterManager), or run init on the member itself before any user exists \
+         (mongod's localhost exception)",
+        m.host,
+        m.describe(e)
+    )
+}
+
+fn initiate_error(host: &str, code: Option<i32>, text: &str) -> String {
+    match code {
+        Some(INVALID_REPLICA_SET_CONFIG) if text.contains("maps to this node") => format!(
+            "mongod at {host} finds that no host in the member list maps to this node: the first --member \
+             must be the name and port by which that very mongod is known to the others, and that name \
+             must resolve to one of its own addresses (check /etc/hosts and mongod's port). mongod said: {text}"
+        ),
+        Some(NODE_NOT_FOUND) => format!(
+            "mongod at {host} could not reach every member to check the configuration (each member must \
+             resolve and reach the others by the names given): {text}"
+        ),
+        Some(UNAUTHORIZED) => format!(
+            "not authorized to initiate the replica set on {host}: {text}. Pass --uri with the \
+             credentials of a user that may (clusterManager), or run init on the first member \
+             itself before any user exists (mongod's localhost exception)"
+        ),
+        _ => format!("replSetInitiate on {host} failed: {text}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(members: &[&str]) -> InitRequest {
+        InitRequest {
+            name: "rs".into(),
+            members: members.iter().map(|m| m.to_string()).collect(),
+            uri: None,
+            wait_secs: 120,
+        }
+    }
+
+    fn short() -> Waits {
+        Waits {
+            members: Duration::from_millis(1500),
+            primary: Duration::from_millis(1500),
+            poll: Duration::from_millis(200),
+        }
+    }
+
+    #[test]
+    fn explains_a_member_list_that_does_not_include_the_node() {
+        let text = "InvalidReplicaSetConfig (93): No host described in new configuration with {version: 1, term: 0} for replica set rs maps to this node";
+        let e = initiate_error("storage1.local:27017", Some(93), text);
+        assert!(
+            e.contains("no host in the member list maps to this node"),
+            "{e}"
+        );
+        assert!(e.contains("/etc/hosts"), "{e}");
+        assert!(e.contains("storage1.local:27017"), "{e}");
+        let q = initiate_error("h:1", Some(74), "NodeNotFound (74): quorum check failed");
+        assert!(q.contains("could not reach every member"), "{q}");
+        let other = initiate_error("h:1", Some(2), "BadValue (2): nope");
+        assert_eq!(other, "replSetInitiate on h:1 failed: BadValue (2): nope");
+    }
+
+    #[tokio::test]
+    async fn unreachable_first_member_is_a_clear_error() {
+        let started = Instant::now();
+        let err = init(&request(&["127.0.0.1:1", "127.0.0.1:2"]), short())
+            .await
+            .unwrap_err();
+        assert!(
+            err.starts_with("member 127.0.0.1:1 did not answer within 1 s"),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(15), "bounded");
+    }
+
+    #[tokio::test]
+    async fn bad_requests_fail_before_connecting() {
+        assert!(init(&request(&[]), short())
+            .await
+            .unwrap_err()
+            .contains("--member"));
+        assert!(init(&request(&["h:1", "H:1"]), short())
+            .await
+            .unwrap_err()
+            .contains("twice"));
+        let mut r = request(&["h:1"]);
+        r.name = "a b".into();
+        assert!(init(&r, short()).await.is_err());
+        r = request(&["h:1"]);
+        r.uri = Some("mongodb://u:hunter22@h:notaport".into());
+        let err = init(&r, short()).await.unwrap_err();
+        assert!(!err.contains("hunter22"), "{err}");
+    }
+}

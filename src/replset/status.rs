@@ -1,0 +1,246 @@
+//! The replica set's members, state, health and lag: from `replSetGetStatus`
+//! when the user may run it, otherwise from what the driver sees.
+
+use std::time::Duration;
+
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::options::{ReadPreference, SelectionCriteria};
+
+use crate::store::mongo::{describe, Connection, TopologySnapshot};
+use crate::store::{MemberStatus, ReplicaSetStatus};
+
+pub const SOURCE_COMMAND: &str = "replSetGetStatus";
+/// `Unauthorized`: the user lacks `replSetGetStatus` (clusterMonitor).
+const UNAUTHORIZED: i32 = 13;
+
+/// Asks any member (the primary if there is one) for `replSetGetStatus`;
+/// falls back to the driver's topology when that is refused or times out.
+pub async fn status_of(conn: &Connection, bound: Duration) -> Result<ReplicaSetStatus, String> {
+    let admin = conn.client.database("admin");
+    let command = admin
+        .run_command(doc! { "replSetGetStatus": 1 })
+        .selection_criteria(SelectionCriteria::ReadPreference(
+            ReadPreference::PrimaryPreferred { options: None },
+        ));
+    let why = match tokio::time::timeout(bound, command).await {
+        Ok(Ok(reply)) => return parse_status(&reply),
+        Ok(Err(e)) => {
+            let code = match e.kind.as_ref() {
+                mongodb::error::ErrorKind::Command(c) => Some(c.code),
+                _ => None,
+            };
+            if code == Some(UNAUTHORIZED) {
+                "not authorized to run replSetGetStatus".to_owned()
+            } else {
+                format!(
+                    "replSetGetStatus failed: {}",
+                    describe(&e, conn.secret.as_deref())
+                )
+            }
+        }
+        Err(_) => format!(
+            "replSetGetStatus did not answer within {} s",
+            bound.as_secs()
+        ),
+    };
+    match conn.topology.get() {
+        Some(topology) if !topology.servers.is_empty() => Ok(from_topology(&topology, &why)),
+        _ => Err(why),
+    }
+}
+
+fn number(v: Option<&Bson>) -> Option<f64> {
+    match v? {
+        Bson::Double(d) => Some(*d),
+        Bson::Int32(i) => Some(f64::from(*i)),
+        // Counts in replSetGetStatus are far below 2^53.
+        Bson::Int64(i) => Some(*i as f64),
+        _ => None,
+    }
+}
+
+/// Reads a `replSetGetStatus` reply. Lag is measured against the primary's
+/// last applied operation, or the freshest member's when there is no primary.
+pub fn parse_status(reply: &Document) -> Result<ReplicaSetStatus, String> {
+    let name = reply
+        .get_str("set")
+        .map_err(|_| "replSetGetStatus answered without a set name".to_owned())?
+        .to_owned();
+    let members = reply
+        .get_array("members")
+        .map_err(|_| "replSetGetStatus answered without members".to_owned())?;
+    struct Raw {
+        name: String,
+        state: String,
+        health: f64,
+        optime_ms: Option<i64>,
+    }
+    let raw: Vec<Raw> = members
+        .iter()
+        .filter_map(Bson::as_document)
+        .map(|m| Raw {
+            name: m.get_str("name").unwrap_or("?").to_owned(),
+            state: m.get_str("stateStr").unwrap_or("UNKNOWN").to_owned(),
+            health: number(m.get("health")).unwrap_or(0.0),
+            // An unreachable member reports the epoch: no information.
+            optime_ms: m
+                .get_datetime("optimeDate")
+                .ok()
+                .map(|d| d.timestamp_millis())
+                .filter(|ms| *ms > 0),
+        })
+        .collect();
+    let primary = raw.iter().find(|m| m.state == "PRIMARY");
+    let reference = primary.and_then(|p| p.optime_ms).or_else(|| {
+        raw.iter()
+            .filter(|m| m.health > 0.0)
+            .filter_map(|m| m.optime_ms)
+            .max()
+    });
+    let primary_name = primary.map(|p| p.name.clone());
+    let members = raw
+        .into_iter()
+        .map(|m| {
+            let lag_secs = match (reference, m.optime_ms) {
+                (Some(r), Some(o)) if m.health > 0.0 => Some(((r - o).max(0)) as f64 / 1000.0),
+                _ => None,
+            };
+            MemberStatus {
+                name: m.name,
+                state: m.state,
+                health: m.health,
+                lag_secs,
+            }
+        })
+        .collect();
+    Ok(ReplicaSetStatus {
+        name,
+        primary: primary_name,
+        members,
+        source: SOURCE_COMMAND.to_owned(),
+    })
+}
+
+/// The members as the driver's monitoring sees them: no lag, and health
+/// means "the driver can reach it".
+pub fn from_topology(t: &TopologySnapshot, why: &str) -> ReplicaSetStatus {
+    let members = t
+        .servers
+        .iter()
+        .map(|s| {
+            let state = match s.server_type.as_str() {
+                "RSPrimary" => "PRIMARY",
+                "RSSecondary" => "SECONDARY",
+                "RSArbiter" => "ARBITER",
+                "RSOther" => "OTHER",
+                "RSGhost" => "REMOVED or not initiated",
+                "Standalone" => "STANDALONE",
+                _ if s.error.is_some() => "(not reachable/healthy)",
+                _ => "UNKNOWN",
+            };
+            let reachable = s.error.is_none() && s.server_type != "Unknown";
+            MemberStatus {
+                name: s.address.clone(),
+                state: state.to_owned(),
+                health: if reachable { 1.0 } else { 0.0 },
+                lag_secs: None,
+            }
+        })
+        .collect();
+    ReplicaSetStatus {
+        name: t.set_name.clone().unwrap_or_else(|| "(unknown)".to_owned()),
+        primary: t.primary().map(|p| p.address.clone()),
+        members,
+        source: format!("driver topology ({why})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::mongo::ServerSnapshot;
+    use mongodb::bson::DateTime;
+
+    /// Shaped like the lab report's `rs.status()` after the primary died.
+    fn reply() -> Document {
+        doc! {
+            "set": "rs",
+            "date": DateTime::from_millis(1_700_000_010_000),
+            "myState": 1,
+            "members": [
+                { "_id": 0, "name": "storage1.local:27017", "health": 0.0, "state": 8,
+                  "stateStr": "(not reachable/healthy)", "optimeDate": DateTime::from_millis(0) },
+                { "_id": 1, "name": "storage2.local:27017", "health": 1.0, "state": 1,
+                  "stateStr": "PRIMARY", "optimeDate": DateTime::from_millis(1_700_000_010_000), "self": true },
+                { "_id": 2, "name": "storage3.local:27017", "health": 1, "state": 2,
+                  "stateStr": "SECONDARY", "optimeDate": DateTime::from_millis(1_700_000_007_500) },
+            ],
+            "ok": 1.0,
+        }
+    }
+
+    #[test]
+    fn parses_members_primary_and_lag() {
+        let s = parse_status(&reply()).unwrap();
+        assert_eq!(s.name, "rs");
+        assert_eq!(s.primary.as_deref(), Some("storage2.local:27017"));
+        assert_eq!(s.source, "replSetGetStatus");
+        assert_eq!(s.members.len(), 3);
+        assert_eq!(s.members[0].state, "(not reachable/healthy)");
+        assert_eq!(s.members[0].health, 0.0);
+        assert_eq!(s.members[0].lag_secs, None);
+        assert_eq!(s.members[1].lag_secs, Some(0.0));
+        assert_eq!(s.members[2].health, 1.0);
+        assert_eq!(s.members[2].lag_secs, Some(2.5));
+    }
+
+    #[test]
+    fn lag_without_a_primary_is_against_the_freshest_member() {
+        let mut r = reply();
+        let members = r.get_array_mut("members").unwrap();
+        if let Some(Bson::Document(m)) = members.get_mut(1) {
+            m.insert("stateStr", "SECONDARY");
+        }
+        let s = parse_status(&r).unwrap();
+        assert_eq!(s.primary, None);
+        assert_eq!(s.members[1].lag_secs, Some(0.0));
+        assert_eq!(s.members[2].lag_secs, Some(2.5));
+    }
+
+    #[test]
+    fn malformed_reply_is_an_error() {
+        assert!(parse_status(&doc! { "ok": 1 }).is_err());
+    }
+
+    #[test]
+    fn topology_fallback_names_states_and_why() {
+        let t = TopologySnapshot {
+            topology_type: "ReplicaSetWithPrimary".into(),
+            set_name: Some("rs".into()),
+            writable: true,
+            servers: vec![
+                ServerSnapshot {
+                    address: "a:1".into(),
+                    server_type: "RSPrimary".into(),
+                    error: None,
+                    round_trip: None,
+                },
+                ServerSnapshot {
+                    address: "b:1".into(),
+                    server_type: "Unknown".into(),
+                    error: Some("connection refused".into()),
+                    round_trip: None,
+                },
+            ],
+        };
+        let s = from_topology(&t, "not authorized to run replSetGetStatus");
+        assert_eq!(s.primary.as_deref(), Some("a:1"));
+        assert_eq!(s.members[0].state, "PRIMARY");
+        assert_eq!(s.members[1].state, "(not reachable/healthy)");
+        assert_eq!(s.members[1].health, 0.0);
+        assert_eq!(
+            s.source,
+            "driver topology (not authorized to run replSetGetStatus)"
+        );
+    }
+}

@@ -1,0 +1,364 @@
+//! Which driver errors a write may wait out, and how they read to a person.
+//!
+//! The driver retries a retryable write exactly once. An election takes
+//! longer than that, so the store keeps retrying (same `_id`) on anything that
+//! means "no primary right now" or "the outcome is unknown", and gives up on
+//! everything else at once.
+
+use std::collections::HashSet;
+use std::error::Error as _;
+
+use mongodb::error::{Error, ErrorKind, WriteFailure, RETRYABLE_WRITE_ERROR};
+
+/// `E11000 duplicate key`: the id is already stored.
+pub const DUPLICATE_KEY: i32 = 11000;
+/// The server's authorization refusal (`Unauthorized`).
+pub const UNAUTHORIZED: i32 = 13;
+
+/// NotWritablePrimary, NotPrimaryNoSecondaryOk, LegacyNotPrimary.
+const NOT_PRIMARY: [i32; 3] = [10107, 13435, 10058];
+/// ShutdownInProgress, InterruptedDueToReplStateChange,
+/// NotPrimaryOrSecondary, PrimarySteppedDown, InterruptedAtShutdown.
+const RECOVERING: [i32; 5] = [11600, 11602, 13436, 189, 91];
+/// HostNotFound, HostUnreachable, NetworkTimeout, SocketException,
+/// ExceededTimeLimit, MaxTimeMSExpired, WriteConcernFailed (wtimeout: the
+/// write may or may not have reached a majority), and
+/// ReadConcernMajorityNotAvailableYet (a member just after an election).
+const TRANSIENT: [i32; 8] = [7, 6, 89, 9001, 262, 50, 64, 134];
+
+/// What the store does about a failed operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Class {
+    /// The id is taken: compare with the stored message.
+    Duplicate,
+    /// No primary now, or the outcome is unknown: try again (same `_id`).
+    Retry(String),
+    /// Retrying cannot help, but the request was fine: 503.
+    Unavailable(String),
+    /// A bug or a misconfiguration: 500.
+    Fatal(String),
+}
+
+impl Class {
+    pub fn reason(&self) -> &str {
+        match self {
+            Class::Retry(r) | Class::Unavailable(r) | Class::Fatal(r) => r,
+            Class::Duplicate => "the id is already stored",
+        }
+    }
+}
+
+/// The facts about an error that the decision depends on, gathered from the
+/// error and every error it wraps (the driver nests the first failure of a
+/// retried operation under the last one).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Signals {
+    pub network: bool,
+    pub server_selection: bool,
+    pub dns: bool,
+    pub authentication: bool,
+    pub shutdown: bool,
+    /// Command and write-concern error codes.
+    pub codes: Vec<i32>,
+    /// Per-document write error codes.
+    pub write_codes: Vec<i32>,
+    pub labels: HashSet<String>,
+}
+
+impl Signals {
+    pub fn of(error: &Error) -> Signals {
+        let mut s = Signals::default();
+        let mut current: Option<&Error> = Some(error);
+        while let Some(e) = current {
+            s.add(e);
+            current = e.source().and_then(|src| src.downcast_ref::<Error>());
+        }
+        s
+    }
+
+    fn add(&mut self, e: &Error) {
+        self.labels.extend(e.labels().iter().cloned());
+        match e.kind.as_ref() {
+            ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } => self.network = true,
+            ErrorKind::ServerSelection { .. } => self.server_selection = true,
+            ErrorKind::DnsResolve { .. } => self.dns = true,
+            ErrorKind::Authentication { .. } => self.authentication = true,
+            ErrorKind::Shutdown => self.shutdown = true,
+            ErrorKind::Command(c) => self.codes.push(c.code),
+            ErrorKind::Write(WriteFailure::WriteConcernError(wc)) => self.codes.push(wc.code),
+            ErrorKind::Write(WriteFailure::WriteError(we)) => self.write_codes.push(we.code),
+            ErrorKind::InsertMany(many) => {
+                if let Some(wc) = &many.write_concern_error {
+                    self.codes.push(wc.code);
+                }
+                for we in many.write_errors.iter().flatten() {
+                    self.write_codes.push(we.code);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The decision, separate from the driver's types so it can be tested
+    /// for every case without a server.
+    pub fn class(&self, reason: String) -> Class {
+        if self.write_codes.contains(&DUPLICATE_KEY) || self.codes.contains(&DUPLICATE_KEY) {
+            return Class::Duplicate;
+        }
+        if self.shutdown {
+            return Class::Unavailable("the store is shutting down".into());
+        }
+        let transient_code = self
+            .codes
+            .iter()
+            .any(|c| NOT_PRIMARY.contains(c) || RECOVERING.contains(c) || TRANSIENT.contains(c));
+        if self.network
+            || self.server_selection
+            || self.dns
+            || transient_code
+            || self.labels.contains(RETRYABLE_WRITE_ERROR)
+        {
+            return Class::Retry(reason);
+        }
+        if self.authentication || self.codes.contains(&UNAUTHORIZED) {
+            return Class::Unavailable(reason);
+        }
+        Class::Fatal(reason)
+    }
+}
+
+/// Classifies a driver error, its message already cleaned for people.
+pub fn classify(error: &Error, secret: Option<&str>) -> Class {
+    Signals::of(error).class(describe(error, secret))
+}
+
+/// One line saying what went wrong, without the password even if a server
+/// or a resolver echoed it.
+pub fn describe(error: &Error, secret: Option<&str>) -> String {
+    let text = match error.kind.as_ref() {
+        ErrorKind::Command(c) => format!("{} ({}): {}", c.code_name, c.code, c.message),
+        ErrorKind::Write(WriteFailure::WriteConcernError(wc)) => {
+            format!(
+                "write concern not satisfied: {} ({}): {}",
+                wc.code_name, wc.code, wc.message
+            )
+        }
+        ErrorKind::Write(WriteFailure::WriteError(we)) => format!(
+            "write refused: {} ({}): {}",
+            we.code_name.as_deref().unwrap_or("error"),
+            we.code,
+            we.message
+        ),
+        ErrorKind::ServerSelection { message, .. } => {
+            // The driver appends its whole topology; callers that need it
+            // show the topology themselves, member by member.
+            let short = message.split(" Topology:").next().unwrap_or(message);
+            format!(
+                "no suitable MongoDB server: {}",
+                short.trim_end_matches('.')
+            )
+        }
+        other => other.to_string(),
+    };
+    scrub(&one_line(&text), secret)
+}
+
+pub fn one_line(text: &str) -> String {
+    let flat: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let mut out = flat.split_whitespace().collect::<Vec<_>>().join(" ");
+    // Server-selection messages list every server's full description; the
+    // first few hundred characters say what matters.
+    const MAX: usize = 400;
+    if out.len() > MAX {
+        let mut end = MAX;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+        out.push('…');
+    }
+    out
+}
+
+/// Replaces every occurrence of the password (raw and percent-encoded).
+pub fn scrub(text: &str, secret: Option<&str>) -> String {
+    // Even a short password is hidden: a mangled message beats a leaked one.
+    let Some(secret) = secret.filter(|s| !s.is_empty()) else {
+        return text.to_owned();
+    };
+    let mut out = text.replace(secret, "****");
+    let encoded = percent_encode(secret);
+    if encoded != secret {
+        out = out.replace(&encoded, "****");
+    }
+    out
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::doc;
+    use mongodb::error::{CommandError, WriteError};
+    use std::sync::Arc;
+
+    fn command_error(code: i32, name: &str) -> Error {
+        let c: CommandError = mongodb::bson::from_document(
+            doc! { "code": code, "codeName": name, "errmsg": format!("{name} happened") },
+        )
+        .unwrap();
+        Error::from(ErrorKind::Command(c))
+    }
+
+    fn write_error(code: i32) -> Error {
+        let w: WriteError =
+            mongodb::bson::from_document(doc! { "code": code, "errmsg": "E11000 duplicate key" })
+                .unwrap();
+        Error::from(ErrorKind::Write(WriteFailure::WriteError(w)))
+    }
+
+    fn signals(codes: &[i32]) -> Signals {
+        Signals {
+            codes: codes.to_vec(),
+            ..Signals::default()
+        }
+    }
+
+    fn retried(s: &Signals) -> bool {
+        matches!(s.class("x".into()), Class::Retry(_))
+    }
+
+    #[test]
+    fn no_primary_and_recovering_codes_are_retried() {
+        for code in [10107, 13435, 10058, 11600, 11602, 13436, 189, 91] {
+            assert!(retried(&signals(&[code])), "code {code}");
+        }
+    }
+
+    #[test]
+    fn network_selection_and_unknown_outcome_are_retried() {
+        for code in [7, 6, 89, 9001, 262, 50, 64] {
+            assert!(retried(&signals(&[code])), "code {code}");
+        }
+        let mut s = Signals {
+            network: true,
+            ..Signals::default()
+        };
+        assert!(retried(&s));
+        s = Signals {
+            server_selection: true,
+            ..Signals::default()
+        };
+        assert!(retried(&s));
+        s = Signals::default();
+        s.labels.insert(RETRYABLE_WRITE_ERROR.into());
+        assert!(retried(&s));
+    }
+
+    #[test]
+    fn other_errors_are_not_retried() {
+        assert!(matches!(
+            signals(&[2]).class("bad value".into()),
+            Class::Fatal(_)
+        ));
+        assert!(matches!(
+            signals(&[121]).class("validation".into()),
+            Class::Fatal(_)
+        ));
+        assert!(matches!(
+            signals(&[13]).class("unauthorized".into()),
+            Class::Unavailable(_)
+        ));
+        let auth = Signals {
+            authentication: true,
+            ..Signals::default()
+        };
+        assert!(matches!(auth.class("auth".into()), Class::Unavailable(_)));
+        let shut = Signals {
+            shutdown: true,
+            ..Signals::default()
+        };
+        assert!(matches!(shut.class("x".into()), Class::Unavailable(_)));
+    }
+
+    #[test]
+    fn duplicate_key_wins_over_everything() {
+        let s = Signals {
+            write_codes: vec![11000],
+            network: true,
+            ..Signals::default()
+        };
+        assert_eq!(s.class("x".into()), Class::Duplicate);
+    }
+
+    #[test]
+    fn real_driver_errors_are_read_correctly() {
+        assert!(matches!(
+            classify(&command_error(10107, "NotWritablePrimary"), None),
+            Class::Retry(r) if r.contains("NotWritablePrimary (10107)")
+        ));
+        assert!(matches!(
+            classify(&command_error(189, "PrimarySteppedDown"), None),
+            Class::Retry(_)
+        ));
+        assert!(matches!(
+            classify(&command_error(2, "BadValue"), None),
+            Class::Fatal(_)
+        ));
+        assert_eq!(classify(&write_error(11000), None), Class::Duplicate);
+        let io = Error::from(ErrorKind::Io(Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        ))));
+        assert!(matches!(classify(&io, None), Class::Retry(_)));
+    }
+
+    #[tokio::test]
+    async fn a_real_server_selection_timeout_is_retried_and_reads_short() {
+        // Nothing listens on port 1 of loopback.
+        let client = mongodb::Client::with_uri_str(
+            "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=200&connectTimeoutMS=200",
+        )
+        .await
+        .unwrap();
+        let err = client
+            .database("admin")
+            .run_command(doc! { "ping": 1 })
+            .await
+            .unwrap_err();
+        match classify(&err, None) {
+            Class::Retry(reason) => {
+                assert!(reason.starts_with("no suitable MongoDB server"), "{reason}");
+                assert!(!reason.contains("Topology:"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn descriptions_are_one_line_and_hide_the_password() {
+        let e = command_error(18, "AuthenticationFailed");
+        let text = describe(&e, Some("AuthenticationFailed"));
+        assert!(!text.contains("AuthenticationFailed"), "{text}");
+        assert_eq!(
+            scrub("user p@ss! and p%40ss%21", Some("p@ss!")),
+            "user **** and ****"
+        );
+        assert_eq!(scrub("no secret", None), "no secret");
+        assert_eq!(one_line("a\nb\t c"), "a b c");
+        assert!(one_line(&"x".repeat(1000)).chars().count() <= 401);
+    }
+}

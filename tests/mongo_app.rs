@@ -1,0 +1,302 @@
+//! The whole app on a replica set: two instances sharing one live feed, and
+//! the failover the deployment is built for.
+
+#[path = "support/cluster.rs"]
+mod cluster;
+mod support;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use mongodb::bson::{doc, Document};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use cluster::{say, TestCluster};
+use support::app::{spawn_app, TestApp};
+
+async fn start_app(cluster: &TestCluster, db: &str, write_timeout_secs: u64) -> TestApp {
+    let app = spawn_app(&[
+        ("mongodb_uri", json!(cluster.uri(db))),
+        ("write_timeout_secs", json!(write_timeout_secs)),
+    ])
+    .await;
+    let deadline = Instant::now() + cluster.election_time();
+    loop {
+        let response = app.get("/readyz").await;
+        if response.status() == 200 {
+            return app;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never ready: {}",
+            response.text().await.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The ids of the `message` events an SSE subscriber receives.
+struct Subscriber {
+    ids: mpsc::UnboundedReceiver<String>,
+    received: HashSet<String>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscriber {
+    /// Connects and waits for the server's first comment, so the
+    /// subscription exists before anything is posted.
+    async fn connect(app: &TestApp) -> Subscriber {
+        let response = app.get("/api/events").await;
+        assert_eq!(response.status(), 200);
+        let (tx, ids) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            let mut body = response.bytes_stream();
+            let mut buffer = String::new();
+            while let Some(Ok(chunk)) = body.next().await {
+                buffer.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buffer.find("\n\n") {
+                    let frame: String = buffer.drain(..end + 2).collect();
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(());
+                    }
+                    let is_message = frame.lines().any(|l| l == "event: message");
+                    let id = frame.lines().find_map(|l| l.strip_prefix("id: "));
+                    if let (true, Some(id)) = (is_message, id) {
+                        let _ = tx.send(id.to_owned());
+                    }
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx)
+            .await
+            .expect("the event stream starts")
+            .expect("subscriber running");
+        Subscriber {
+            ids,
+            received: HashSet::new(),
+            task,
+        }
+    }
+
+    /// Waits until every id in `want` has arrived.
+    async fn wait_for(&mut self, want: &[String], within: Duration) {
+        let deadline = Instant::now() + within;
+        while !want.iter().all(|id| self.received.contains(id)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.ids.recv()).await {
+                Ok(Some(id)) => {
+                    self.received.insert(id);
+                }
+                _ => {
+                    let missing: Vec<_> = want
+                        .iter()
+                        .filter(|id| !self.received.contains(*id))
+                        .collect();
+                    panic!("the subscriber never received {missing:?}");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn stored_ids(app: &TestApp) -> HashSet<String> {
+    let list = app.get_json("/api/messages?limit=1000").await;
+    list.as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|m| m["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_posted_to_one_instance_reaches_subscribers_of_the_other() {
+    let cluster =
+        TestCluster::start("a_message_posted_to_one_instance_reaches_subscribers_of_the_other")
+            .await;
+    let a = start_app(&cluster, "twoapps", 20).await;
+    let b = start_app(&cluster, "twoapps", 20).await;
+    let mut on_b = Subscriber::connect(&b).await;
+    let mut on_a = Subscriber::connect(&a).await;
+
+    let posted = a.post_message("ann", "hello from a").await;
+    let id = posted["id"].as_str().expect("id").to_owned();
+    on_b.wait_for(std::slice::from_ref(&id), Duration::from_secs(20))
+        .await;
+    on_a.wait_for(std::slice::from_ref(&id), Duration::from_secs(20))
+        .await;
+
+    let back = b.post_message("bob", "hello from b").await;
+    let back_id = back["id"].as_str().expect("id").to_owned();
+    on_a.wait_for(std::slice::from_ref(&back_id), Duration::from_secs(20))
+        .await;
+    // Each message once, in both instances' listings.
+    for app in [&a, &b] {
+        let ids = stored_ids(app).await;
+        assert!(ids.contains(&id) && ids.contains(&back_id), "{ids:?}");
+    }
+    let status = b.get_json("/api/status").await;
+    assert_eq!(status["store"], "mongodb");
+    assert!(status["feed"]["last_delivered"].is_string(), "{status}");
+    assert_eq!(
+        status["replica_set"]["members"].as_array().map(Vec::len),
+        Some(3),
+        "{status}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_primary_loses_no_acknowledged_message() {
+    let test = "killing_the_primary_loses_no_acknowledged_message";
+    let cluster = TestCluster::start(test).await;
+    let write_timeout = cluster.election_time();
+    let app = start_app(&cluster, "failover", write_timeout.as_secs()).await;
+    let other = start_app(&cluster, "failover", write_timeout.as_secs()).await;
+    let mut subscriber = Subscriber::connect(&app).await;
+    let mut other_subscriber = Subscriber::connect(&other).await;
+
+    let mut acknowledged = Vec::new();
+    let mut refused = Vec::new();
+    let mut longest = Duration::ZERO;
+    let mut killed = None;
+    let mut acked_after_kill = 0;
+    let started = Instant::now();
+    // A writer posting without pause; the primary dies after 20 messages.
+    for n in 0..2000 {
+        if acked_after_kill >= 20 || started.elapsed() > Duration::from_secs(180) {
+            break;
+        }
+        if n == 20 {
+            let primary = cluster.primary().await.expect("a primary");
+            say(&format!("{test}: SIGKILL to member {primary}"));
+            cluster.kill(primary).await;
+            killed = Some(primary);
+        }
+        let id = format!("w{n:04}");
+        let sent = Instant::now();
+        let response = app
+            .post_json(
+                "/api/messages",
+                &json!({ "name": "writer", "text": format!("message {n}"), "id": id }),
+            )
+            .await;
+        let took = sent.elapsed();
+        longest = longest.max(took);
+        match response.status().as_u16() {
+            201 | 200 => {
+                acknowledged.push(id);
+                if killed.is_some() {
+                    acked_after_kill += 1;
+                }
+            }
+            503 => {
+                assert!(
+                    response.headers().contains_key("retry-after"),
+                    "503 without Retry-After"
+                );
+                refused.push(id);
+            }
+            other => panic!(
+                "POST answered {other}: {}",
+                response.text().await.unwrap_or_default()
+            ),
+        }
+    }
+    say(&format!(
+        "{test}: {} acknowledged, {} refused (503), longest write {longest:?}",
+        acknowledged.len(),
+        refused.len()
+    ));
+    let killed = killed.expect("the primary was killed");
+    assert!(acked_after_kill >= 20, "writes resumed on the new primary");
+    assert!(
+        longest <= write_timeout + Duration::from_secs(2),
+        "a write stalled {longest:?}, longer than the write timeout {write_timeout:?}"
+    );
+    assert!(
+        refused.is_empty(),
+        "the election fits in the write timeout: {refused:?}"
+    );
+
+    // Every acknowledged message is stored, and both instances' subscribers
+    // received each of them.
+    let stored = stored_ids(&app).await;
+    let lost: Vec<_> = acknowledged
+        .iter()
+        .filter(|id| !stored.contains(*id))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+    subscriber
+        .wait_for(&acknowledged, Duration::from_secs(60))
+        .await;
+    other_subscriber
+        .wait_for(&acknowledged, Duration::from_secs(60))
+        .await;
+
+    // The old primary comes back as a secondary with the whole history.
+    cluster.restart(killed).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let state = cluster.member_state(killed).await;
+        if state == "SECONDARY" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "old primary is {state}, not SECONDARY"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let host = cluster.hosts()[killed].clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let on_member = ids_on_member(&host, "failover").await;
+        let missing: Vec<_> = acknowledged
+            .iter()
+            .filter(|id| !on_member.contains(*id))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rejoined member lacks {} messages, e.g. {:?}",
+            missing.len(),
+            missing.first()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let status = app.get_json("/api/status").await;
+    say(&format!("{test}: status after rejoin: {status}"));
+    app.shutdown().await;
+    other.shutdown().await;
+}
+
+/// The message ids one member holds, read from that member alone.
+async fn ids_on_member(host: &str, db: &str) -> HashSet<String> {
+    let uri = format!("mongodb://{host}/?directConnection=true&serverSelectionTimeoutMS=2000");
+    let Ok(client) = mongodb::Client::with_uri_str(&uri).await else {
+        return HashSet::new();
+    };
+    let coll = client.database(db).collection::<Document>("messages");
+    let Ok(cursor) = coll.find(doc! {}).await else {
+        return HashSet::new();
+    };
+    let docs: Vec<Document> = cursor.filter_map(|d| async move { d.ok() }).collect().await;
+    let ids = docs
+        .iter()
+        .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
+        .collect();
+    ids
+}

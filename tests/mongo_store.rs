@@ -1,0 +1,278 @@
+//! The MongoDB store against a replica set: the store contract, and what
+//! only a replica set can show (elections, lost replies, the change stream).
+
+#[path = "support/cluster.rs"]
+mod cluster;
+mod contract;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cluster::{fast_sim, say, TestCluster};
+use simplechat::live::Live;
+use simplechat::message::NewMessage;
+use simplechat::store::mongo::MongoStore;
+use simplechat::store::{Inserted, ListQuery, Page, Store, StoreError};
+
+/// Opens a store and waits until the driver has found the primary: the
+/// store opens without waiting, by design.
+async fn open_ready(
+    cluster: &TestCluster,
+    db: &str,
+    write_timeout: Duration,
+    live: Arc<Live>,
+) -> MongoStore {
+    let store = MongoStore::open(&cluster.uri(db), db, write_timeout, live)
+        .await
+        .expect("open");
+    let deadline = Instant::now() + cluster.election_time();
+    while let Err(why) = store.ready().await {
+        assert!(Instant::now() < deadline, "store never became ready: {why}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    store
+}
+
+fn message(id: &str, text: &str) -> NewMessage {
+    NewMessage::validate("tester", text, Some(id)).expect("valid")
+}
+
+fn sim_only(test: &str) {
+    say(&format!(
+        "SKIPPED: {test} on real mongod, because it injects faults only the simulator can; running it on replset-sim"
+    ));
+    say(&format!("{test}: backend: replset-sim"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_store_keeps_the_contract() {
+    let cluster = TestCluster::start("mongo_store_keeps_the_contract").await;
+    let n = AtomicUsize::new(0);
+    contract::run_all(|live| {
+        let db = format!("contract{}", n.fetch_add(1, Ordering::SeqCst));
+        let cluster = &cluster;
+        async move {
+            Arc::new(open_ready(cluster, &db, Duration::from_secs(20), live).await)
+                as Arc<dyn Store>
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_waits_out_an_election() {
+    let cluster = TestCluster::start("a_write_waits_out_an_election").await;
+    let store = open_ready(&cluster, "election", Duration::from_secs(60), Live::new()).await;
+    store
+        .insert(message("before", "before"))
+        .await
+        .expect("insert");
+    let primary = cluster.primary().await.expect("a primary");
+    cluster.kill(primary).await;
+    let started = Instant::now();
+    let outcome = store.insert(message("during", "during")).await;
+    assert!(
+        matches!(outcome, Ok(Inserted::Created(_))),
+        "the write waits for the new primary: {outcome:?}"
+    );
+    say(&format!(
+        "a_write_waits_out_an_election: the write waited {:?} for a new primary",
+        started.elapsed()
+    ));
+    let texts: Vec<String> = store
+        .list(ListQuery {
+            page: Page::Latest,
+            limit: 10,
+        })
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(texts, ["before", "during"]);
+    cluster.restart(primary).await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_is_retried_with_the_same_id() {
+    sim_only("a_lost_reply_is_retried_with_the_same_id");
+    let cluster = TestCluster::start_sim(fast_sim(true)).await;
+    let sim = cluster.sim().expect("simulator");
+    let store = open_ready(&cluster, "lost", Duration::from_secs(20), Live::new()).await;
+    // The driver retries once by itself; losing both replies leaves the
+    // outcome unknown to it, and the store's own retry must find the
+    // document it already stored rather than store it again.
+    sim.drop_replies("insert", 2);
+    let outcome = store.insert(message("once", "stored once")).await;
+    assert!(matches!(outcome, Ok(Inserted::Created(_))), "{outcome:?}");
+    let docs = sim.documents("lost", "messages");
+    assert_eq!(docs.len(), 1, "stored exactly once: {docs:?}");
+    // The same post again (an idempotent retry by the client) stores nothing.
+    let again = store.insert(message("once", "stored once")).await;
+    assert!(matches!(again, Ok(Inserted::Existing(_))), "{again:?}");
+    assert_eq!(sim.documents("lost", "messages").len(), 1);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_majority_a_write_answers_503_after_the_timeout() {
+    let cluster =
+        TestCluster::start("without_a_majority_a_write_answers_503_after_the_timeout").await;
+    let store = open_ready(&cluster, "nomajority", Duration::from_secs(3), Live::new()).await;
+    let primary = cluster.primary().await.expect("primary");
+    for member in 0..3 {
+        if member != primary {
+            cluster.kill(member).await;
+        }
+    }
+    let started = Instant::now();
+    let outcome = store.insert(message("late", "late")).await;
+    let waited = started.elapsed();
+    match outcome {
+        Err(StoreError::Unavailable {
+            reason,
+            retry_after,
+        }) => {
+            assert!(retry_after > Duration::ZERO);
+            assert!(!reason.is_empty());
+        }
+        other => panic!("expected 503 material, got {other:?}"),
+    }
+    assert!(waited >= Duration::from_secs(2), "it waited: {waited:?}");
+    assert!(
+        waited < Duration::from_secs(6),
+        "bounded by the write timeout: {waited:?}"
+    );
+    store.close().await;
+}
+
+async fn wait_for_event(
+    events: &mut tokio::sync::broadcast::Receiver<Arc<simplechat::live::LiveEvent>>,
+    id: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, events.recv()).await {
+            Ok(Ok(e)) if e.message.id == id => return,
+            Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+            other => panic!("{id} never reached the other instance: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_delivers_across_instances_and_survives_failover() {
+    let cluster =
+        TestCluster::start("the_feed_delivers_across_instances_and_survives_failover").await;
+    let live_a = Live::new();
+    let a = open_ready(&cluster, "feed", Duration::from_secs(60), live_a.clone()).await;
+    let b = open_ready(&cluster, "feed", Duration::from_secs(60), Live::new()).await;
+    let mut events = live_a.subscribe();
+
+    b.insert(message("from-b-1", "one"))
+        .await
+        .expect("insert through b");
+    wait_for_event(&mut events, "from-b-1").await;
+
+    let primary = cluster.primary().await.expect("primary");
+    cluster.kill(primary).await;
+    b.insert(message("from-b-2", "two"))
+        .await
+        .expect("insert after failover");
+    wait_for_event(&mut events, "from-b-2").await;
+    let status = a.status().await;
+    let feed = status.feed.expect("feed status");
+    assert!(feed.last_delivered.is_some(), "{feed:?}");
+    cluster.restart(primary).await;
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_every_member() {
+    let cluster = TestCluster::start("status_reports_every_member").await;
+    let store = open_ready(&cluster, "status", Duration::from_secs(20), Live::new()).await;
+    let status = store.status().await;
+    assert_eq!(status.store, "mongodb");
+    assert!(status.ready, "{status:?}");
+    let rs = status.replica_set.expect("replica set status");
+    assert_eq!(rs.name, "rs");
+    assert_eq!(rs.source, "replSetGetStatus");
+    assert_eq!(rs.members.len(), 3);
+    let primary = cluster.hosts()[cluster.primary().await.expect("primary")].clone();
+    assert_eq!(rs.primary.as_deref(), Some(primary.as_str()));
+    assert!(rs.members.iter().all(|m| m.health == 1.0), "{rs:?}");
+    let json = serde_json::to_value(
+        simplechat::replset::status(&cluster.uri("status"))
+            .await
+            .expect("status"),
+    )
+    .expect("json");
+    assert_eq!(json["members"].as_array().map(Vec::len), Some(3));
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_reopens_after_the_whole_set_was_down() {
+    let test = "the_feed_reopens_after_the_whole_set_was_down";
+    let cluster = TestCluster::start(test).await;
+    let live = Live::new();
+    let store = open_ready(&cluster, "outage", Duration::from_secs(60), live.clone()).await;
+    let mut events = live.subscribe();
+    store.insert(message("o1", "before")).await.expect("insert");
+    wait_for_event(&mut events, "o1").await;
+
+    for member in 0..3 {
+        cluster.kill(member).await;
+    }
+    // Longer than the driver's own resume (one server selection).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let feed = store.status().await.feed.expect("feed status");
+        if !feed.running && feed.last_error.is_some() {
+            say(&format!("{test}: feed while the set is down: {feed:?}"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the feed never noticed: {feed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        live.latest(1).is_none(),
+        "the cache is invalidated while the feed is down"
+    );
+    for member in 0..3 {
+        cluster.restart(member).await;
+    }
+    cluster
+        .wait_for_primary(cluster.election_time())
+        .await
+        .expect("a primary after the restart");
+
+    // Another instance writes; this one's feed must come back by itself.
+    let other = open_ready(&cluster, "outage", Duration::from_secs(60), Live::new()).await;
+    other
+        .insert(message("o2", "after"))
+        .await
+        .expect("insert after outage");
+    wait_for_event(&mut events, "o2").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while live.latest(2).is_none() {
+        assert!(Instant::now() < deadline, "the cache is never whole again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cached: Vec<String> = live
+        .latest(2)
+        .unwrap_or_default()
+        .iter()
+        .map(|e| e.message.id.clone())
+        .collect();
+    assert_eq!(cached, ["o1", "o2"]);
+    store.close().await;
+    other.close().await;
+}

@@ -1,0 +1,380 @@
+//! One replica set for the MongoDB tests, on one of two backends:
+//! - real `mongod` processes, when `SIMPLECHAT_TEST_MONGOD` names a mongod
+//!   binary or `mongod` is on PATH: three members on loopback ports with
+//!   temporary dbpaths, initiated by `simplechat replset init`, killed with
+//!   SIGKILL;
+//! - otherwise the wire-level simulator (`replset-sim`).
+//!
+//! Every test says on stderr which backend it ran on, and when the real
+//! backend could not run, one `SKIPPED:` line saying why. Those lines are
+//! written past the test harness's output capture, so they show in CI logs.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use mongodb::bson::doc;
+use mongodb::Client;
+
+pub const SET_NAME: &str = "rs";
+
+/// A line in the test log that output capture does not swallow.
+pub fn say(line: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{line}");
+}
+
+/// The mongod binary to use, or why there is none.
+pub fn mongod_binary() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("SIMPLECHAT_TEST_MONGOD").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!(
+                "SIMPLECHAT_TEST_MONGOD={} is not a file",
+                path.display()
+            ))
+        };
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("mongod"))
+            .find(|candidate| candidate.is_file())
+    });
+    on_path.ok_or_else(|| {
+        "no mongod binary (set SIMPLECHAT_TEST_MONGOD to one, or put mongod on PATH)".to_owned()
+    })
+}
+
+pub enum Backend {
+    Sim(replset_sim::Cluster),
+    Mongod(MongodSet),
+}
+
+pub struct TestCluster {
+    pub backend: Backend,
+}
+
+impl TestCluster {
+    /// The real backend when there is a mongod, else the simulator. Prints
+    /// the backend line (and the SKIPPED line for the real one) for `test`.
+    pub async fn start(test: &str) -> TestCluster {
+        TestCluster::start_with(test, true).await
+    }
+
+    /// Like `start`, but the members are left uninitiated.
+    pub async fn start_uninitiated(test: &str) -> TestCluster {
+        TestCluster::start_with(test, false).await
+    }
+
+    async fn start_with(test: &str, initiated: bool) -> TestCluster {
+        match mongod_binary() {
+            Ok(bin) => {
+                say(&format!("{test}: backend: mongod ({})", bin.display()));
+                let set = MongodSet::start(&bin, initiated)
+                    .await
+                    .unwrap_or_else(|e| panic!("{test}: cannot start mongod replica set: {e}"));
+                TestCluster {
+                    backend: Backend::Mongod(set),
+                }
+            }
+            Err(why) => {
+                say(&format!(
+                    "SKIPPED: {test} on real mongod, because {why}; running it on replset-sim only"
+                ));
+                say(&format!("{test}: backend: replset-sim"));
+                TestCluster::start_sim(fast_sim(initiated)).await
+            }
+        }
+    }
+
+    /// Always the simulator (fault injection the real backend cannot do).
+    pub async fn start_sim(options: replset_sim::ClusterOptions) -> TestCluster {
+        let cluster = replset_sim::Cluster::start(options)
+            .await
+            .expect("start replset-sim");
+        TestCluster {
+            backend: Backend::Sim(cluster),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sim(_) => "replset-sim",
+            Backend::Mongod(_) => "mongod",
+        }
+    }
+
+    pub fn sim(&self) -> Option<&replset_sim::Cluster> {
+        match &self.backend {
+            Backend::Sim(c) => Some(c),
+            Backend::Mongod(_) => None,
+        }
+    }
+
+    pub fn hosts(&self) -> Vec<String> {
+        match &self.backend {
+            Backend::Sim(c) => c.hosts(),
+            Backend::Mongod(m) => m.hosts(),
+        }
+    }
+
+    pub fn uri(&self, database: &str) -> String {
+        format!(
+            "mongodb://{}/{database}?replicaSet={SET_NAME}",
+            self.hosts().join(",")
+        )
+    }
+
+    /// How long an election may take on this backend: mongod's default
+    /// election timeout is 10 s.
+    pub fn election_time(&self) -> Duration {
+        match self.backend {
+            Backend::Sim(_) => Duration::from_secs(3),
+            Backend::Mongod(_) => Duration::from_secs(30),
+        }
+    }
+
+    pub async fn primary(&self) -> Option<usize> {
+        match &self.backend {
+            Backend::Sim(c) => c.primary(),
+            Backend::Mongod(m) => m.primary().await,
+        }
+    }
+
+    pub async fn wait_for_primary(&self, timeout: Duration) -> Option<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(p) = self.primary().await {
+                return Some(p);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Crashes a member (SIGKILL for mongod).
+    pub async fn kill(&self, member: usize) {
+        match &self.backend {
+            Backend::Sim(c) => c.kill(member).await,
+            Backend::Mongod(m) => m.kill(member),
+        }
+    }
+
+    pub async fn restart(&self, member: usize) {
+        match &self.backend {
+            Backend::Sim(c) => c.restart(member).await.expect("restart member"),
+            Backend::Mongod(m) => m.restart(member).expect("restart mongod"),
+        }
+    }
+
+    /// PRIMARY, SECONDARY, ... as the member itself says.
+    pub async fn member_state(&self, member: usize) -> String {
+        match &self.backend {
+            Backend::Sim(c) => c.member_state(member).to_owned(),
+            Backend::Mongod(m) => m.member_state(member).await,
+        }
+    }
+}
+
+/// A simulator shaped for quick tests.
+pub fn fast_sim(initiated: bool) -> replset_sim::ClusterOptions {
+    replset_sim::ClusterOptions {
+        set_name: SET_NAME.to_owned(),
+        members: 3,
+        initiated,
+        election_delay: Duration::from_millis(500),
+        // Zero: with a lag, the simulator's majority wait on the primary
+        // is not woken when a secondary catches up, and writes run into
+        // their wtimeout.
+        secondary_lag: Duration::ZERO,
+    }
+}
+
+/// Three mongod processes on loopback, each with its own temporary dbpath.
+pub struct MongodSet {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    ports: Vec<u16>,
+    children: Mutex<Vec<Option<Child>>>,
+}
+
+fn free_port() -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+impl MongodSet {
+    pub async fn start(bin: &Path, initiated: bool) -> Result<MongodSet, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let mut ports = Vec::new();
+        for _ in 0..3 {
+            ports.push(free_port().map_err(|e| e.to_string())?);
+        }
+        let set = MongodSet {
+            bin: bin.to_path_buf(),
+            dir,
+            ports,
+            children: Mutex::new(Vec::new()),
+        };
+        for i in 0..3 {
+            std::fs::create_dir_all(set.dbpath(i)).map_err(|e| e.to_string())?;
+            let child = set
+                .spawn(i)
+                .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+            set.children.lock().unwrap().push(Some(child));
+        }
+        if initiated {
+            set.initiate().await?;
+        }
+        Ok(set)
+    }
+
+    fn dbpath(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("member{i}"))
+    }
+
+    fn spawn(&self, i: usize) -> std::io::Result<Child> {
+        let log = self.dir.path().join(format!("member{i}.log"));
+        Command::new(&self.bin)
+            .arg("--replSet")
+            .arg(SET_NAME)
+            .arg("--port")
+            .arg(self.ports[i].to_string())
+            .arg("--bind_ip")
+            .arg("127.0.0.1")
+            .arg("--dbpath")
+            .arg(self.dbpath(i))
+            .arg("--logpath")
+            .arg(log)
+            .arg("--wiredTigerCacheSizeGB")
+            .arg("0.25")
+            .arg("--oplogSize")
+            .arg("64")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+    }
+
+    /// Runs the real `simplechat replset init` command against the members.
+    async fn initiate(&self) -> Result<(), String> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_simplechat"));
+        command.args(["replset", "init", "--name", SET_NAME]);
+        for host in self.hosts() {
+            command.args(["--member", &host]);
+        }
+        let output = tokio::task::spawn_blocking(move || command.output())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot run simplechat replset init: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "simplechat replset init failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        say(&format!(
+            "mongod: {}",
+            String::from_utf8_lossy(&output.stdout).trim()
+        ));
+        Ok(())
+    }
+
+    pub fn hosts(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect()
+    }
+
+    pub fn kill(&self, i: usize) {
+        let mut children = self.children.lock().unwrap();
+        if let Some(mut child) = children[i].take() {
+            // std's kill is SIGKILL on Unix: a crash, not a shutdown.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&self, i: usize) -> std::io::Result<()> {
+        self.kill(i);
+        let child = self.spawn(i)?;
+        self.children.lock().unwrap()[i] = Some(child);
+        Ok(())
+    }
+
+    async fn direct(&self, i: usize) -> Option<Client> {
+        let uri = format!(
+            "mongodb://{}/?directConnection=true&serverSelectionTimeoutMS=1000&connectTimeoutMS=1000",
+            self.hosts()[i]
+        );
+        Client::with_uri_str(uri).await.ok()
+    }
+
+    pub async fn primary(&self) -> Option<usize> {
+        for i in 0..self.ports.len() {
+            if self.children.lock().unwrap()[i].is_none() {
+                continue;
+            }
+            let Some(client) = self.direct(i).await else {
+                continue;
+            };
+            let hello = client
+                .database("admin")
+                .run_command(doc! { "hello": 1 })
+                .await;
+            if let Ok(hello) = hello {
+                if hello.get_bool("isWritablePrimary").unwrap_or(false) {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    pub async fn member_state(&self, i: usize) -> String {
+        if self.children.lock().unwrap()[i].is_none() {
+            return "DOWN".into();
+        }
+        let Some(client) = self.direct(i).await else {
+            return "UNREACHABLE".into();
+        };
+        match client
+            .database("admin")
+            .run_command(doc! { "replSetGetStatus": 1 })
+            .await
+        {
+            Ok(status) => status
+                .get_array("members")
+                .ok()
+                .and_then(|members| {
+                    members
+                        .iter()
+                        .filter_map(|m| m.as_document())
+                        .find(|m| m.get_bool("self").unwrap_or(false))
+                        .and_then(|m| m.get_str("stateStr").ok().map(str::to_owned))
+                })
+                .unwrap_or_else(|| "UNKNOWN".into()),
+            Err(e) => format!("UNREACHABLE ({e})"),
+        }
+    }
+}
+
+impl Drop for MongodSet {
+    fn drop(&mut self) {
+        let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        for child in children.iter_mut().filter_map(Option::take) {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
