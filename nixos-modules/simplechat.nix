@@ -149,44 +149,16 @@ in
         LoadCredential = optional (cfg.mongodbUriFile != null) "mongodb-uri:${cfg.mongodbUriFile}";
 
         # The service only serves HTTP, talks to MongoDB and writes its state
-        # directory; everything else is taken away.
+        # directory.
         CapabilityBoundingSet = if cfg.settings.port < 1024 then "CAP_NET_BIND_SERVICE" else "";
         AmbientCapabilities = optional (cfg.settings.port < 1024) "CAP_NET_BIND_SERVICE";
-        NoNewPrivileges = true;
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        PrivateTmp = true;
-        PrivateDevices = true;
         # A private user namespace would keep CAP_NET_BIND_SERVICE from
         # counting in the host's network namespace.
         PrivateUsers = cfg.settings.port >= 1024;
         DevicePolicy = "closed";
-        ProtectHostname = true;
-        ProtectClock = true;
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectProc = "invisible";
-        ProcSubset = "pid";
-        RestrictAddressFamilies = [
-          "AF_INET"
-          "AF_INET6"
-          "AF_UNIX"
-        ];
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        LockPersonality = true;
-        MemoryDenyWriteExecute = true;
         RemoveIPC = true;
-        SystemCallArchitectures = "native";
-        SystemCallFilter = [
-          "@system-service"
-          "~@privileged"
-        ];
-        UMask = "0077";
-      };
+      }
+      // import ./hardening.nix;
     };
   };
 }
