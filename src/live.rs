@@ -66,13 +66,23 @@ struct Recent {
     /// The cache holds every message there is.
     whole_history: bool,
     last_delivered: Option<OffsetDateTime>,
+    /// Changes with every change of the cache, so views built from it (the
+    /// serialized listing, the rendered page) know when to rebuild.
+    version: u64,
+}
+
+impl Recent {
+    fn changed(&mut self) {
+        self.version += 1;
+    }
 }
 
 pub struct Live {
     recent: RwLock<Recent>,
     sender: broadcast::Sender<Arc<LiveEvent>>,
-    /// The default listing, serialized once per change.
-    default_page: Mutex<Option<(usize, Bytes)>>,
+    /// The default listing, serialized once per change: (version, limit, JSON).
+    /// Never held while `recent` is being locked, and the other way round.
+    default_page: Mutex<Option<(u64, usize, Bytes)>>,
 }
 
 impl Default for Live {
@@ -90,42 +100,66 @@ impl Live {
         Arc::new(Live::default())
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Recent> {
+        self.recent.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Recent> {
+        self.recent.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Adds a message that follows everything published so far, and sends it
     /// to every subscriber. A message already in the cache is ignored, so a
     /// feed that re-reads after a gap cannot deliver a message twice.
     pub fn publish(&self, message: Message) {
-        let mut recent = self.recent.write().unwrap_or_else(|e| e.into_inner());
+        let mut recent = self.write();
         if recent.ids.contains(&message.id) {
             return;
         }
         let event = Arc::new(LiveEvent::new(message));
         recent.last_delivered = Some(OffsetDateTime::now_utc());
         push(&mut recent, event.clone());
-        self.clear_default_page();
+        recent.changed();
         // Sent while the cache lock is held, so subscribers see events in the
         // cache's order. No receivers is not an error.
         let _ = self.sender.send(event);
     }
 
-    /// Replaces the cache with the latest messages from the store, oldest first.
+    /// Replaces the cache with the latest messages from the store, oldest
+    /// first. Messages published meanwhile that are newer than the snapshot
+    /// (the store's read can trail the feed) stay, after it.
     pub fn reset(&self, latest: Vec<Message>, whole_history: bool) {
-        let mut recent = self.recent.write().unwrap_or_else(|e| e.into_inner());
-        recent.events.clear();
+        let mut recent = self.write();
+        let old = std::mem::take(&mut recent.events);
         recent.ids.clear();
+        let tail = latest.last().map(|m| (m.datetime, m.id.clone()));
         for m in latest {
             push(&mut recent, Arc::new(LiveEvent::new(m)));
         }
+        let mut whole_history = whole_history;
+        for event in old {
+            let m = &event.message;
+            let newer = tail
+                .as_ref()
+                .is_none_or(|(dt, id)| (m.datetime, &m.id) > (*dt, id));
+            if newer && !recent.ids.contains(&m.id) {
+                push(&mut recent, event);
+            }
+        }
+        if recent.events.len() > CACHE_CAPACITY {
+            whole_history = false;
+        }
         recent.complete = true;
-        recent.whole_history = whole_history && recent.events.len() <= CACHE_CAPACITY;
-        self.clear_default_page();
+        recent.whole_history = whole_history;
+        recent.changed();
     }
 
     /// The store can no longer vouch for the cache (its feed broke): listings
     /// go to the store until the next `reset`.
     pub fn invalidate(&self) {
-        let mut recent = self.recent.write().unwrap_or_else(|e| e.into_inner());
+        let mut recent = self.write();
         recent.complete = false;
-        self.clear_default_page();
+        recent.changed();
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
@@ -133,25 +167,35 @@ impl Live {
     }
 
     pub fn last_delivered(&self) -> Option<OffsetDateTime> {
-        self.recent
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .last_delivered
+        self.read().last_delivered
+    }
+
+    /// Changes whenever what the cache answers may change.
+    pub fn version(&self) -> u64 {
+        self.read().version
     }
 
     /// The latest `limit` messages, oldest first, if the cache can answer.
     pub fn latest(&self, limit: usize) -> Option<Vec<Arc<LiveEvent>>> {
-        let recent = self.recent.read().unwrap_or_else(|e| e.into_inner());
+        self.latest_versioned(limit).map(|(_, events)| events)
+    }
+
+    /// Like `latest`, with the version the answer belongs to.
+    pub fn latest_versioned(&self, limit: usize) -> Option<(u64, Vec<Arc<LiveEvent>>)> {
+        let recent = self.read();
         if !recent.complete || (recent.events.len() < limit && !recent.whole_history) {
             return None;
         }
         let skip = recent.events.len().saturating_sub(limit);
-        Some(recent.events.iter().skip(skip).cloned().collect())
+        Some((
+            recent.version,
+            recent.events.iter().skip(skip).cloned().collect(),
+        ))
     }
 
     /// Up to `limit` messages after `id`, if `id` is in the cache.
     pub fn after(&self, id: &str, limit: usize) -> Option<Vec<Arc<LiveEvent>>> {
-        let recent = self.recent.read().unwrap_or_else(|e| e.into_inner());
+        let recent = self.read();
         if !recent.complete || !recent.ids.contains(id) {
             return None;
         }
@@ -169,20 +213,20 @@ impl Live {
 
     /// The JSON array of the latest `limit` messages, built once per change.
     pub fn latest_json(&self, limit: usize) -> Option<Bytes> {
-        let mut page = self.default_page.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((cached_limit, bytes)) = page.as_ref() {
-            if *cached_limit == limit {
-                return Some(bytes.clone());
+        let version = self.version();
+        {
+            let page = self.default_page.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((v, l, bytes)) = page.as_ref() {
+                if *v == version && *l == limit {
+                    return Some(bytes.clone());
+                }
             }
         }
-        let events = self.latest(limit)?;
+        let (version, events) = self.latest_versioned(limit)?;
         let bytes = json_array(&events);
-        *page = Some((limit, bytes.clone()));
+        *self.default_page.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((version, limit, bytes.clone()));
         Some(bytes)
-    }
-
-    fn clear_default_page(&self) {
-        *self.default_page.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
@@ -255,6 +299,47 @@ mod tests {
             serde_json::from_slice(&live.latest_json(100).unwrap()).unwrap();
         assert_eq!(json.as_array().unwrap().len(), 2);
         assert_eq!(json[1]["id"], "b");
+    }
+
+    #[test]
+    fn serving_the_listing_while_publishing_never_deadlocks() {
+        let live = Live::new();
+        live.reset(vec![], true);
+        let publisher = {
+            let live = live.clone();
+            std::thread::spawn(move || {
+                for i in 0..20_000 {
+                    live.publish(msg(&format!("p{i}")));
+                }
+            })
+        };
+        let mut served = 0;
+        while !publisher.is_finished() {
+            served += usize::from(live.latest_json(100).is_some());
+        }
+        publisher.join().unwrap();
+        assert!(served > 0);
+        let json: serde_json::Value =
+            serde_json::from_slice(&live.latest_json(100).unwrap()).unwrap();
+        assert_eq!(
+            json[99]["id"], "p19999",
+            "the cached listing follows the last change"
+        );
+    }
+
+    #[test]
+    fn reset_keeps_what_was_published_after_the_snapshot() {
+        let live = Live::new();
+        let (a, b, c) = (msg("a"), msg("b"), msg("c"));
+        live.publish(c.clone());
+        live.reset(vec![a, b], true);
+        let ids: Vec<_> = live
+            .latest(10)
+            .unwrap()
+            .iter()
+            .map(|e| e.message.id.clone())
+            .collect();
+        assert_eq!(ids, ["a", "b", "c"]);
     }
 
     #[test]
