@@ -3,11 +3,10 @@
 //! A subscriber first replays what it missed (from `Last-Event-ID`, or the
 //! `after` query parameter a page uses on its first connection), then follows
 //! the live broadcast. If it falls behind the broadcast it catches up from
-//! the store; if even that fails the stream ends, and the browser's
+//! the store; if the store cannot answer, the stream ends, and the browser's
 //! reconnect with `Last-Event-ID` replays the gap.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,9 +20,8 @@ use rocket::tokio::time::{interval_at, Instant};
 use rocket::{get, Shutdown, State};
 
 use crate::chat::{Chat, MAX_LIMIT};
-use crate::live::LiveEvent;
 use crate::message::validate_id;
-use crate::store::Page;
+use crate::store::{Page, StoreError};
 
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Ids remembered to drop an event that both a replay and the broadcast carry.
@@ -87,27 +85,6 @@ impl Seen {
     }
 }
 
-/// Every message after `from`, page by page, or `None` if the store cannot
-/// say (unknown id, store unavailable).
-async fn missed_since(chat: &Chat, from: &str) -> Option<Vec<Arc<LiveEvent>>> {
-    let mut out = Vec::new();
-    let mut cursor = from.to_owned();
-    loop {
-        let page = chat
-            .list(Page::After(cursor.clone()), MAX_LIMIT)
-            .await
-            .ok()?;
-        let done = page.len() < MAX_LIMIT;
-        if let Some(last) = page.last() {
-            cursor = last.message.id.clone();
-        }
-        out.extend(page);
-        if done {
-            return Some(out);
-        }
-    }
-}
-
 #[get("/api/events?<after>")]
 pub async fn events<'r>(
     chat: &'r State<Chat>,
@@ -115,7 +92,7 @@ pub async fn events<'r>(
     after: Option<&str>,
     mut shutdown: Shutdown,
 ) -> EventStream<impl futures::Stream<Item = Bytes> + 'r> {
-    // Subscribe before reading the replay, so nothing falls between the two.
+    // Subscribe before reading anything, so nothing falls between the two.
     let mut rx = chat.live.subscribe();
     let chat: &Chat = chat.inner();
     let resume_from = last_event_id.0.or_else(|| {
@@ -123,27 +100,45 @@ pub async fn events<'r>(
             .filter(|id| validate_id(id).is_ok())
             .map(str::to_owned)
     });
-    let replay = match &resume_from {
-        Some(id) => missed_since(chat, id).await.unwrap_or_default(),
-        None => Vec::new(),
+    // The last message this subscriber has: where a replay or a catch-up
+    // continues from. `None`: the store was empty when it subscribed.
+    let mut last_id = match &resume_from {
+        Some(id) => Some(id.clone()),
+        None => chat.newest_id().await.ok().flatten(),
     };
-    // Where to catch up from if the broadcast outruns this subscriber.
-    let mut last_id = match (replay.last(), resume_from) {
-        (Some(e), _) => Some(e.message.id.clone()),
-        (None, Some(id)) => Some(id),
-        (None, None) => chat.newest_id().await.ok().flatten(),
-    };
+    let mut catching_up = resume_from.is_some();
 
     EventStream(ByteStream! {
         let mut seen = Seen::default();
         // Tells EventSource how soon to reconnect, and flushes the headers.
         yield Bytes::from_static(b"retry: 2000\n: connected\n\n");
-        for event in replay {
-            seen.insert(&event.message.id);
-            yield event.frame.clone();
-        }
         let mut heartbeat = interval_at(Instant::now() + HEARTBEAT, HEARTBEAT);
         loop {
+            if catching_up {
+                // One page at a time, so a long replay never sits in memory.
+                let page = match &last_id {
+                    Some(id) => Page::After(id.clone()),
+                    None => Page::Latest,
+                };
+                match chat.list(page, MAX_LIMIT).await {
+                    Ok(events) => {
+                        catching_up = last_id.is_some() && events.len() == MAX_LIMIT;
+                        for event in events {
+                            if seen.insert(&event.message.id) {
+                                last_id = Some(event.message.id.clone());
+                                yield event.frame.clone();
+                            }
+                        }
+                    }
+                    // An id the store never had: there is nothing to replay.
+                    Err(StoreError::UnknownId(_)) => catching_up = false,
+                    // The store cannot say what was missed right now: end
+                    // the stream, and the client's reconnect with
+                    // Last-Event-ID asks again.
+                    Err(_) => break,
+                }
+                continue;
+            }
             select! {
                 received = rx.recv() => match received {
                     Ok(event) => {
@@ -152,16 +147,7 @@ pub async fn events<'r>(
                             yield event.frame.clone();
                         }
                     }
-                    Err(RecvError::Lagged(_)) => {
-                        let Some(from) = last_id.clone() else { break };
-                        let Some(missed) = missed_since(chat, &from).await else { break };
-                        for event in missed {
-                            if seen.insert(&event.message.id) {
-                                last_id = Some(event.message.id.clone());
-                                yield event.frame.clone();
-                            }
-                        }
-                    }
+                    Err(RecvError::Lagged(_)) => catching_up = true,
                     Err(RecvError::Closed) => break,
                 },
                 _ = heartbeat.tick() => yield Bytes::from_static(b": heartbeat\n\n"),

@@ -195,3 +195,19 @@ async fn streams_end_cleanly_on_shutdown() {
         .expect("shutdown finished")
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_replay_the_store_cannot_answer_ends_the_stream_so_the_client_retries() {
+    // Nothing listens there: every store read fails.
+    let nowhere = "mongodb://127.0.0.1:1/chat?serverSelectionTimeoutMS=200&connectTimeoutMS=200";
+    let app = spawn_app(&[("mongodb_uri", serde_json::json!(nowhere))]).await;
+    let mut sse = Sse::connect(&app, "/api/events", Some("last-seen-id")).await;
+    let hello = sse.next_block(Duration::from_secs(10)).await.expect("opening comment");
+    assert!(hello.comment);
+    assert_eq!(
+        sse.next_block(Duration::from_secs(10)).await,
+        None,
+        "ended instead of going live with a gap"
+    );
+    app.shutdown().await;
+}
