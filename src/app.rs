@@ -14,6 +14,7 @@ pub async fn build(config: Config) -> Result<Rocket<Build>, String> {
     let store = chat.store.clone();
     Ok(rocket::custom(config.figment.clone())
         .manage(chat)
+        .manage(api::page::RenderedHistory::default())
         .mount("/", api::routes())
         .register("/", api::catchers())
         .attach(Template::custom(|engines| {

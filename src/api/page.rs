@@ -1,12 +1,12 @@
 //! The chat page (`GET /`) and the form post that works without JavaScript.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rocket::form::FromForm;
 use rocket::http::{Cookie, CookieJar, SameSite, Status};
 use rocket::response::Redirect;
 use rocket::{get, post, State};
-use rocket_dyn_templates::{context, Template};
+use rocket_dyn_templates::{context, Metadata, Template};
 
 use super::body::Form;
 use super::error::ApiError;
@@ -29,45 +29,116 @@ struct Draft<'a> {
     name: &'a str,
     text: &'a str,
     error: Option<&'a str>,
+    /// The idempotency key to keep: after a failed send the same form may
+    /// have been stored (a timeout), so sending it again must not store it
+    /// twice. `None`: a fresh key.
+    form_id: Option<&'a str>,
 }
 
-async fn render(chat: &Chat, draft: Draft<'_>) -> Template {
+/// The rendered message list, rebuilt only when the live cache changes: the
+/// page is mostly this list, and rendering it is most of a page view's work.
+#[derive(Default)]
+pub struct RenderedHistory(Mutex<Option<History>>);
+
+#[derive(Clone)]
+struct History {
+    version: u64,
+    html: Arc<str>,
+    last_id: Option<String>,
+    count: usize,
+}
+
+fn render_history(
+    metadata: &Metadata<'_>,
+    version: u64,
+    events: &[Arc<LiveEvent>],
+) -> Result<History, String> {
+    let messages: Vec<&Message> = events.iter().map(|e| &*e.message).collect();
+    let (_, html) = metadata
+        .render("messages", context! { messages: &messages })
+        .ok_or("the messages template failed to render")?;
+    Ok(History {
+        version,
+        html: html.into(),
+        last_id: messages.last().map(|m| m.id.clone()),
+        count: messages.len(),
+    })
+}
+
+async fn history(
+    chat: &Chat,
+    rendered: &RenderedHistory,
+    metadata: &Metadata<'_>,
+) -> Result<History, String> {
+    let cached = rendered.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Some(h) = cached.filter(|h| h.version == chat.live.version()) {
+        return Ok(h);
+    }
+    match chat.live.latest_versioned(DEFAULT_LIMIT) {
+        Some((version, events)) => {
+            let h = render_history(metadata, version, &events)?;
+            *rendered.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(h.clone());
+            Ok(h)
+        }
+        // Not from memory, so not kept: the live cache's version does not
+        // follow the store.
+        None => {
+            let events = chat
+                .list(Page::Latest, DEFAULT_LIMIT)
+                .await
+                .map_err(|e| e.to_string())?;
+            render_history(metadata, 0, &events)
+        }
+    }
+}
+
+async fn render(
+    chat: &Chat,
+    rendered: &RenderedHistory,
+    metadata: &Metadata<'_>,
+    draft: Draft<'_>,
+) -> Template {
     // Shown even when the store is down: the page then says why it is empty.
-    let (events, store_error) = match chat.list(Page::Latest, DEFAULT_LIMIT).await {
-        Ok(events) => (events, None),
-        Err(e) => (Vec::new(), Some(e.to_string())),
+    let (history, store_error) = match history(chat, rendered, metadata).await {
+        Ok(h) => (Some(h), None),
+        Err(e) => (None, Some(e)),
     };
-    let messages: Vec<&Message> = events
-        .iter()
-        .map(|e: &Arc<LiveEvent>| &*e.message)
-        .collect();
     Template::render(
         "index",
         context! {
-            messages: &messages,
-            last_id: messages.last().map(|m| m.id.as_str()),
+            messages_html: history.as_ref().map_or("", |h| &*h.html),
+            empty: history.as_ref().is_none_or(|h| h.count == 0),
+            last_id: history.as_ref().and_then(|h| h.last_id.as_deref()),
             name: draft.name,
             text: draft.text,
             error: draft.error.map(str::to_owned).or(store_error),
-            // A fresh idempotency key per rendered form: a double submit
-            // stores the message once.
-            form_id: new_id(),
+            // One idempotency key per rendered form: a double submit stores
+            // the message once.
+            form_id: draft.form_id.map_or_else(new_id, str::to_owned),
         },
     )
 }
 
 #[get("/")]
-pub async fn index(chat: &State<Chat>, cookies: &CookieJar<'_>) -> Template {
+pub async fn index(
+    chat: &State<Chat>,
+    rendered: &State<RenderedHistory>,
+    metadata: Metadata<'_>,
+    cookies: &CookieJar<'_>,
+) -> Template {
     let name = cookies
         .get(NAME_COOKIE)
         .map(|c| c.value().to_owned())
         .unwrap_or_default();
     render(
         chat,
+        rendered,
+        &metadata,
         Draft {
             name: &name,
             text: "",
             error: None,
+            form_id: None,
         },
     )
     .await
@@ -76,6 +147,8 @@ pub async fn index(chat: &State<Chat>, cookies: &CookieJar<'_>) -> Template {
 #[post("/messages", data = "<form>")]
 pub async fn post_form(
     chat: &State<Chat>,
+    rendered: &State<RenderedHistory>,
+    metadata: Metadata<'_>,
     cookies: &CookieJar<'_>,
     form: Result<Form<PostForm>, ApiError>,
 ) -> Result<Redirect, (Status, Template)> {
@@ -86,8 +159,9 @@ pub async fn post_form(
                 name: "",
                 text: "",
                 error: Some(&e.error),
+                form_id: None,
             };
-            return Err((e.status, render(chat, draft).await));
+            return Err((e.status, render(chat, rendered, &metadata, draft).await));
         }
     };
     let outcome = match NewMessage::validate(&form.name, &form.text, form.id.as_deref()) {
@@ -107,12 +181,15 @@ pub async fn post_form(
             Ok(Redirect::to("/"))
         }
         Err(e) => {
+            // A conflict means the key is taken by another message.
+            let keep_id = e.status != Status::Conflict && e.field != Some("id");
             let draft = Draft {
                 name: &form.name,
                 text: &form.text,
                 error: Some(&e.error),
+                form_id: form.id.as_deref().filter(|_| keep_id),
             };
-            Err((e.status, render(chat, draft).await))
+            Err((e.status, render(chat, rendered, &metadata, draft).await))
         }
     }
 }

@@ -35,6 +35,27 @@ async fn the_page_renders_history_escaped_with_a_strict_csp() {
     );
     assert!(html.contains(r#"<form id="send" method="post" action="/messages">"#));
     assert!(html.contains(r#"name="viewport""#), "readable on a phone");
+
+    // The rendered history follows new messages.
+    let newer = app.post_message("bob", "a newer message").await;
+    let html = app.get("/").await.text().await.unwrap();
+    assert!(html.contains("a newer message"));
+    assert!(html.contains(&format!(
+        r#"data-last-id="{}""#,
+        newer["id"].as_str().unwrap()
+    )));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_empty_chat_says_so() {
+    let app = spawn_app(&[]).await;
+    let html = app.get("/").await.text().await.unwrap();
+    assert!(html.contains("No messages yet"));
+    assert!(html.contains(r#"data-last-id="""#));
+    app.post_message("ann", "first").await;
+    let html = app.get("/").await.text().await.unwrap();
+    assert!(!html.contains("No messages yet"));
     app.shutdown().await;
 }
 
