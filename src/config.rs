@@ -23,6 +23,9 @@ pub const KEYS: &[&str] = &[
     "write_timeout_secs",
 ];
 
+/// The page templates the app renders; all must be in `template_dir`.
+pub const TEMPLATES: &[&str] = &["index.html.tera", "messages.html.tera"];
+
 /// The settings as written by the user, before files are read.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
@@ -165,8 +168,16 @@ fn store_config(s: &Settings) -> Result<StoreConfig, ConfigError> {
             data_dir: s.data_dir.clone(),
         });
     };
-    let parsed = mongodb::options::ConnectionString::parse(&uri)
-        .map_err(|e| ConfigError(format!("bad mongodb_uri {}: {}", redact_uri(&uri), e.kind)))?;
+    let parsed = mongodb::options::ConnectionString::parse(&uri).map_err(|e| {
+        // The driver's message may quote pieces of a mangled password.
+        let why = match uri_password(&uri) {
+            Some(_) => "it does not parse (the reason is withheld as it may quote the \
+                        password; percent-encode special characters in passwords)"
+                .to_owned(),
+            None => e.kind.to_string(),
+        };
+        ConfigError(format!("bad mongodb_uri {}: {why}", redact_uri(&uri)))
+    })?;
     let database = s
         .database
         .clone()
@@ -182,11 +193,13 @@ fn resolve_template_dir(configured: Option<&Path>) -> Result<PathBuf, ConfigErro
         Some(dir) => dir.to_path_buf(),
         None => default_template_dir(),
     };
-    if !dir.join("index.html.tera").is_file() {
-        return Err(ConfigError(format!(
-            "template directory {} has no index.html.tera (set template_dir)",
-            dir.display()
-        )));
+    for template in TEMPLATES {
+        if !dir.join(template).is_file() {
+            return Err(ConfigError(format!(
+                "template directory {} has no {template} (set template_dir)",
+                dir.display()
+            )));
+        }
     }
     Ok(dir)
 }
@@ -202,29 +215,39 @@ fn default_template_dir() -> PathBuf {
     }
 }
 
+/// Where the userinfo of a connection string lies: after `://`, up to the
+/// last `@` before the options, which is how the driver splits it (so an
+/// unescaped `/` or `@` in a password is still part of the password).
+fn userinfo_span(uri: &str) -> Option<(usize, usize)> {
+    let start = uri.find("://")? + 3;
+    let end_of_authority = uri[start..].find('?').map_or(uri.len(), |i| start + i);
+    // An unescaped `?` in a password hides the `@` from that rule; the string
+    // is then invalid anyway, and hiding too much beats leaking.
+    let at = start
+        + uri[start..end_of_authority]
+            .rfind('@')
+            .or_else(|| uri[start..].rfind('@'))?;
+    Some((start, at))
+}
+
+/// The password as written in a connection string, to scrub it from
+/// messages that echo the string.
+pub fn uri_password(uri: &str) -> Option<&str> {
+    let (start, at) = userinfo_span(uri)?;
+    let userinfo = &uri[start..at];
+    let colon = userinfo.find(':')?;
+    Some(&userinfo[colon + 1..]).filter(|p| !p.is_empty())
+}
+
 /// Hides the password of a MongoDB connection string.
 pub fn redact_uri(uri: &str) -> String {
-    let Some(scheme_end) = uri.find("://") else {
+    let Some((start, at)) = userinfo_span(uri) else {
         return uri.to_owned();
     };
-    let rest = &uri[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return uri.to_owned();
-    };
-    let userinfo = &rest[..at];
-    let user = userinfo.split(':').next().unwrap_or("");
-    let redacted_userinfo = if userinfo.contains(':') {
-        format!("{user}:****")
-    } else {
-        user.to_owned()
-    };
-    format!(
-        "{}{}{}",
-        &uri[..scheme_end + 3],
-        redacted_userinfo,
-        &rest[at..]
-    )
+    match uri[start..at].find(':') {
+        Some(colon) => format!("{}:****{}", &uri[..start + colon], &uri[at..]),
+        None => uri.to_owned(),
+    }
 }
 
 /// `simplechat config`: each key, its effective value and where it came from.
@@ -293,6 +316,21 @@ mod tests {
             "mongodb://user@h1/?authMechanism=MONGODB-X509"
         );
         assert_eq!(redact_uri("not a uri"), "not a uri");
+        // Unescaped '/', '@' or '?' in a password: split as the driver does.
+        assert_eq!(
+            redact_uri("mongodb://app:s3cr/et@h1/db"),
+            "mongodb://app:****@h1/db"
+        );
+        assert_eq!(
+            redact_uri("mongodb://app:a@b@h1/db?x=1"),
+            "mongodb://app:****@h1/db?x=1"
+        );
+        assert_eq!(uri_password("mongodb://app:s3cr/et@h1/db"), Some("s3cr/et"));
+        assert_eq!(uri_password("mongodb://h1/db"), None);
+        assert_eq!(
+            redact_uri("mongodb://u:hunt?er2@h1/db"),
+            "mongodb://u:****@h1/db"
+        );
     }
 
     #[test]
@@ -315,13 +353,19 @@ mod tests {
 
     #[test]
     fn bad_uri_is_one_clear_error_without_password() {
-        let s = Settings {
-            mongodb_uri: Some("mongodb://u:hunter2@h1:notaport/db".into()),
-            ..Settings::default()
-        };
-        let err = store_config(&s).unwrap_err().0;
-        assert!(err.starts_with("bad mongodb_uri"), "{err}");
-        assert!(!err.contains("hunter2"), "{err}");
-        assert!(!err.contains('\n'));
+        for uri in [
+            "mongodb://u:hunter2@h1:notaport/db",
+            "mongodb://u:hunt/er2@h1/db",
+            "mongodb://u:hunt?er2@h1/db",
+        ] {
+            let s = Settings {
+                mongodb_uri: Some(uri.into()),
+                ..Settings::default()
+            };
+            let err = store_config(&s).unwrap_err().0;
+            assert!(err.starts_with("bad mongodb_uri"), "{err}");
+            assert!(!err.contains("hunter2") && !err.contains("er2"), "{err}");
+            assert!(!err.contains('\n'));
+        }
     }
 }

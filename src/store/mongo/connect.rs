@@ -158,7 +158,16 @@ pub enum Purpose {
 /// Parses the connection string and applies simplechat's settings. A
 /// `mongodb+srv` string is resolved here (DNS); any other does no I/O.
 pub async fn options(uri: &str) -> Result<(ClientOptions, Option<String>), String> {
-    let secret = mongodb::options::ConnectionString::parse(uri)
+    let parsed = mongodb::options::ConnectionString::parse(uri);
+    if parsed.is_err() && crate::config::uri_password(uri).is_some() {
+        // The driver's message may quote pieces of a mangled password.
+        return Err(format!(
+            "bad MongoDB connection string {}: it does not parse (the reason is withheld \
+             as it may quote the password; percent-encode special characters in passwords)",
+            crate::config::redact_uri(uri)
+        ));
+    }
+    let secret = parsed
         .ok()
         .and_then(|c| c.credential)
         .and_then(|c| c.password);
