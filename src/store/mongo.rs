@@ -466,10 +466,13 @@ impl MongoStore {
         &self,
         handles: &Handles,
         new: &NewMessage,
-        remaining: Duration,
+        deadline: Instant,
         tried: &mut Vec<i64>,
     ) -> Result<Message, Class> {
         let mut last = self.inner.order.lock().await;
+        // Measured after the wait for the lock, so a queued write still ends
+        // by its deadline.
+        let remaining = deadline.saturating_duration_since(Instant::now());
         let datetime = now_millis();
         let ms = model::millis(datetime).max(*last);
         *last = ms;
@@ -513,9 +516,17 @@ impl MongoStore {
     /// stored: normally the change stream brings it back within
     /// milliseconds; if it does not, publishing it here keeps read-your-own
     /// writes (`publish` ignores the stream's copy when it comes).
-    async fn deliver(&self, message: &Message, echo: &mut broadcast::Receiver<Arc<LiveEvent>>) {
+    async fn deliver(
+        &self,
+        message: &Message,
+        echo: &mut broadcast::Receiver<Arc<LiveEvent>>,
+        deadline: Instant,
+    ) {
         let running = self.inner.feed_state().running;
-        if running && wait_for_echo(echo, &message.id, FEED_ECHO_WAIT).await {
+        // Never past the write's deadline: the write is done, the answer
+        // must not turn into a timeout.
+        let wait = FEED_ECHO_WAIT.min(deadline.saturating_duration_since(Instant::now()));
+        if running && wait_for_echo(echo, &message.id, wait).await {
             return;
         }
         self.inner.live.publish(message.clone());
@@ -557,10 +568,9 @@ impl Store for MongoStore {
             if self.inner.is_closed() {
                 return Err(closed());
             }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let outcome = match self.attempt(&handles, &new, remaining, &mut tried).await {
+            let outcome = match self.attempt(&handles, &new, deadline, &mut tried).await {
                 Ok(message) => {
-                    self.deliver(&message, &mut echo).await;
+                    self.deliver(&message, &mut echo, deadline).await;
                     return Ok(Inserted::Created(message));
                 }
                 Err(Class::Duplicate) => self.resolve_duplicate(&handles, &new, &tried).await,
@@ -569,7 +579,7 @@ impl Store for MongoStore {
             match outcome {
                 Ok(Some(inserted)) => {
                     if let Inserted::Created(message) = &inserted {
-                        self.deliver(message, &mut echo).await;
+                        self.deliver(message, &mut echo, deadline).await;
                     }
                     return Ok(inserted);
                 }

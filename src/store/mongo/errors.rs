@@ -49,8 +49,8 @@ impl Class {
 }
 
 /// The facts about an error that the decision depends on, gathered from the
-/// error and every error it wraps (the driver nests the first failure of a
-/// retried operation under the last one).
+/// error and every error it wraps (the driver wraps a cause under, for
+/// example, an authentication error that a stepping-down member provoked).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Signals {
     pub network: bool,
@@ -71,7 +71,13 @@ impl Signals {
         let mut current: Option<&Error> = Some(error);
         while let Some(e) = current {
             s.add(e);
-            current = e.source().and_then(|src| src.downcast_ref::<Error>());
+            // The driver keeps its cause as `Option<Box<Error>>`, which
+            // `source()` hands out as the box itself.
+            current = e.source().and_then(|src| {
+                src.downcast_ref::<Box<Error>>()
+                    .map(|boxed| &**boxed)
+                    .or_else(|| src.downcast_ref::<Error>())
+            });
         }
         s
     }

@@ -37,6 +37,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// step 4 are cheaper than event-by-event catch-up.
 const MAX_DRAIN_EVENTS: usize = 10_000;
 const MAX_DRAIN_TIME: Duration = Duration::from_secs(10);
+/// How far instances' clocks may disagree. Datetimes come from the writing
+/// instance's clock, so a message committed later can sort up to this much
+/// earlier: catch-up reads start this far back, and `Live` drops the ones it
+/// already has.
+const CLOCK_SKEW_MS: i64 = 5_000;
 
 type Events = ChangeStream<ChangeStreamEvent<Document>>;
 
@@ -57,10 +62,11 @@ impl Position {
         }
     }
 
+    /// Whether `key` may be a message the feed has not delivered yet.
     fn is_before(&self, key: &Key) -> bool {
         match self {
             Position::Start => true,
-            Position::At(k) => k < key,
+            Position::At(k) => &k.earlier_by(CLOCK_SKEW_MS) < key,
         }
     }
 }
@@ -137,6 +143,9 @@ impl Feed {
                 return Ok(());
             }
         }
+        // A stream that ends by itself was closed by the server; resuming
+        // before that point would only end it again.
+        self.token = None;
         Ok(())
     }
 
@@ -200,7 +209,9 @@ impl Feed {
     async fn catch_up(&mut self) -> Result<(), String> {
         loop {
             let window = match &self.position {
-                Some(Position::At(key)) => Window::Beyond(key.clone(), Direction::Newer),
+                Some(Position::At(key)) => {
+                    Window::Beyond(key.earlier_by(CLOCK_SKEW_MS), Direction::Newer)
+                }
                 _ => Window::First,
             };
             let page = self
@@ -299,8 +310,10 @@ mod tests {
         p.advance(key(5, "b"));
         p.advance(key(3, "z"));
         assert_eq!(p, Position::At(key(5, "b")));
-        assert!(!p.is_before(&key(5, "b")));
-        assert!(!p.is_before(&key(5, "a")));
         assert!(p.is_before(&key(5, "c")));
+        // Within the clock skew a key is still "maybe new"; Live drops the
+        // ones it has.
+        assert!(p.is_before(&key(5 - CLOCK_SKEW_MS + 1, "a")));
+        assert!(!p.is_before(&key(5 - CLOCK_SKEW_MS - 1, "z")));
     }
 }

@@ -64,6 +64,17 @@ pub struct Key {
     pub id: String,
 }
 
+impl Key {
+    /// The position `ms` milliseconds before this one (before every id of
+    /// that millisecond).
+    pub fn earlier_by(&self, ms: i64) -> Key {
+        Key {
+            millis: self.millis.saturating_sub(ms),
+            id: String::new(),
+        }
+    }
+}
+
 impl Ord for Key {
     fn cmp(&self, other: &Self) -> Ordering {
         // MongoDB compares strings by bytes (no collation is set), as does `str`.
