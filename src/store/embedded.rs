@@ -54,6 +54,10 @@ impl EmbeddedStore {
                 limit: CACHE_CAPACITY + 1,
             },
         )?;
+        // Datetimes never go back, even across a restart with an earlier clock.
+        let last_datetime = latest
+            .last()
+            .map_or(OffsetDateTime::UNIX_EPOCH, |m| m.datetime);
         let whole = latest.len() <= CACHE_CAPACITY;
         let skip = latest.len().saturating_sub(CACHE_CAPACITY);
         live.reset(latest.into_iter().skip(skip).collect(), whole);
@@ -62,7 +66,7 @@ impl EmbeddedStore {
         let writer_db = db.clone();
         let thread = std::thread::Builder::new()
             .name("simplechat-writer".into())
-            .spawn(move || write_loop(&writer_db, rx, &live))
+            .spawn(move || write_loop(&writer_db, rx, &live, last_datetime))
             .map_err(|e| StoreError::Internal(format!("cannot start writer thread: {e}")))?;
         Ok(EmbeddedStore {
             db: Mutex::new(Some(db)),
@@ -113,8 +117,12 @@ fn decode(bytes: &[u8]) -> Result<Message, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Internal(format!("corrupt message: {e}")))
 }
 
-fn write_loop(db: &Database, mut rx: mpsc::Receiver<(NewMessage, Reply)>, live: &Live) {
-    let mut last_datetime = OffsetDateTime::UNIX_EPOCH;
+fn write_loop(
+    db: &Database,
+    mut rx: mpsc::Receiver<(NewMessage, Reply)>,
+    live: &Live,
+    mut last_datetime: OffsetDateTime,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
