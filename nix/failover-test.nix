@@ -160,7 +160,8 @@ pkgs.testers.runNixOSTest {
       with subtest("a message posted on storage1 is listed on storage2"):
           msg = post(storage1, "hello from storage1")
           storage2.wait_until_succeeds(f"curl -sf {APP}/api/messages/{msg['id']}", timeout=60)
-          assert "hello from storage1" in texts(storage2)
+          # The listing comes from storage2's live feed, a moment behind the store.
+          wait_for(lambda: "hello from storage1" in texts(storage2), "storage2 to list it", timeout=60, interval=1)
 
       with subtest("an SSE client on storage3 receives a message posted on storage2"):
           storage3.succeed(
@@ -211,9 +212,11 @@ pkgs.testers.runNixOSTest {
           print(f"writer: {len(acked)} of {len(results)} posts acknowledged")
           assert len(acked) >= 5, "the writer got too few acknowledgements"
 
-          listed = set(texts(reader))
-          missing = [t for t in acked if t not in listed]
-          assert not missing, f"acknowledged but not listed: {missing}"
+          def missing_on_reader():
+              listed = set(texts(reader))
+              return [t for t in acked if t not in listed]
+
+          wait_for(lambda: not missing_on_reader(), "every acknowledged message listed", timeout=60, interval=1)
 
       with subtest("the crashed member rejoins as SECONDARY and lists the full history"):
           victim.start()

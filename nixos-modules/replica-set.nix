@@ -185,6 +185,12 @@ in
     {
       assertions = [
         {
+          # The rule below speaks iptables or nftables; under firewalld it
+          # would silently not exist, and the set would never elect a primary.
+          assertion = cfg.openFirewall -> !(config.services.firewalld.enable or false);
+          message = "services.simplechat.replicaSet.openFirewall supports the iptables and nftables firewalls only; with firewalld, open port ${toString cfg.port} to the other members yourself and set openFirewall = false.";
+        }
+        {
           assertion = cfg.members ? ${cfg.self};
           message = "services.simplechat.replicaSet.self = \"${cfg.self}\" is not one of the members (${concatStringsSep ", " memberNames}).";
         }
