@@ -202,7 +202,10 @@ async fn a_replay_the_store_cannot_answer_ends_the_stream_so_the_client_retries(
     let nowhere = "mongodb://127.0.0.1:1/chat?serverSelectionTimeoutMS=200&connectTimeoutMS=200";
     let app = spawn_app(&[("mongodb_uri", serde_json::json!(nowhere))]).await;
     let mut sse = Sse::connect(&app, "/api/events", Some("last-seen-id")).await;
-    let hello = sse.next_block(Duration::from_secs(10)).await.expect("opening comment");
+    let hello = sse
+        .next_block(Duration::from_secs(10))
+        .await
+        .expect("opening comment");
     assert!(hello.comment);
     assert_eq!(
         sse.next_block(Duration::from_secs(10)).await,
