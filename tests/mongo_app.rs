@@ -300,3 +300,43 @@ async fn ids_on_member(host: &str, db: &str) -> HashSet<String> {
         .collect();
     ids
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_starts_without_its_cluster_and_becomes_ready_when_it_appears() {
+    let test = "the_app_starts_without_its_cluster_and_becomes_ready_when_it_appears";
+    let cluster = TestCluster::start(test).await;
+    for member in 0..3 {
+        cluster.kill(member).await;
+    }
+    let app = spawn_app(&[
+        ("mongodb_uri", json!(cluster.uri("late"))),
+        ("write_timeout_secs", json!(2)),
+    ])
+    .await;
+    assert_eq!(app.get("/healthz").await.status(), 200, "it serves");
+    let not_ready = app.get("/readyz").await;
+    assert_eq!(not_ready.status(), 503);
+    let why: serde_json::Value = not_ready.json().await.expect("JSON");
+    assert!(
+        why["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{why}"
+    );
+    let refused = app
+        .post_json("/api/messages", &json!({"name": "a", "text": "too early"}))
+        .await;
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+
+    for member in 0..3 {
+        cluster.restart(member).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while app.get("/readyz").await.status() != 200 {
+        assert!(Instant::now() < deadline, "never became ready by itself");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stored = app.post_message("a", "now it works").await;
+    let listed = app.get_json("/api/messages").await;
+    assert_eq!(listed[0]["id"], stored["id"]);
+    app.shutdown().await;
+}
