@@ -74,6 +74,23 @@ fn invalidate(e: &LogEntry, pos: usize) -> Document {
     }
 }
 
+/// An event that ends the stream watching its namespace: it is followed by
+/// `invalidate` (or only that, when resuming past the event itself).
+fn ending(
+    event: Document,
+    e: &LogEntry,
+    pos: usize,
+    invalidate_only: bool,
+    invalidated: &mut bool,
+) -> Vec<Document> {
+    *invalidated = true;
+    if invalidate_only {
+        vec![invalidate(e, pos)]
+    } else {
+        vec![event, invalidate(e, pos)]
+    }
+}
+
 /// The events one log entry produces for a stream; sets `invalidated` when
 /// the stream must end after them.
 fn events_for(
@@ -115,12 +132,7 @@ fn events_for(
             };
             match filter {
                 NsFilter::Collection(c) if c == ns => {
-                    *invalidated = true;
-                    if invalidate_only {
-                        vec![invalidate(e, pos)]
-                    } else {
-                        vec![drop_ev, invalidate(e, pos)]
-                    }
+                    ending(drop_ev, e, pos, invalidate_only, invalidated)
                 }
                 NsFilter::Database(db) if in_db(ns, db) => vec![drop_ev],
                 NsFilter::Cluster => vec![drop_ev],
@@ -137,12 +149,7 @@ fn events_for(
             };
             match filter {
                 NsFilter::Database(d) if d == db => {
-                    *invalidated = true;
-                    if invalidate_only {
-                        vec![invalidate(e, pos)]
-                    } else {
-                        vec![ev, invalidate(e, pos)]
-                    }
+                    ending(ev, e, pos, invalidate_only, invalidated)
                 }
                 NsFilter::Cluster => vec![ev],
                 _ => Vec::new(),

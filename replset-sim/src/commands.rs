@@ -677,23 +677,31 @@ fn create_indexes(ctx: &Ctx<'_>, db: &str, body: &Document) -> CmdResult {
     Ok(reply)
 }
 
+/// Options the simulator does not implement are refused loudly, so a test
+/// that needs one fails instead of passing on a silently different answer.
+fn refuse_options(body: &Document, command: &str, unsupported: &[&str]) -> Result<(), CmdError> {
+    match unsupported.iter().find(|o| body.contains_key(**o)) {
+        Some(option) => Err(CmdError::bad_value(format!(
+            "{command} option '{option}' is not supported by the simulator"
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn create_coll(ctx: &Ctx<'_>, db: &str, body: &Document) -> CmdResult {
     let coll = coll_name(body, "create")?;
     let ns = format!("{db}.{coll}");
-    for unsupported in [
-        "capped",
-        "timeseries",
-        "validator",
-        "viewOn",
-        "clusteredIndex",
-    ] {
-        if body.contains_key(unsupported) {
-            return Err(CmdError::bad_value(format!(
-                "create option '{unsupported}' is not supported by the simulator"
-            ))
-            .into());
-        }
-    }
+    refuse_options(
+        body,
+        "create",
+        &[
+            "capped",
+            "timeseries",
+            "validator",
+            "viewOn",
+            "clusteredIndex",
+        ],
+    )?;
     let mut st = ctx.shared.lock();
     if st.role(ctx.member) != Role::Primary {
         return Err(CmdError::not_writable_primary(false).into());
@@ -805,21 +813,18 @@ fn run_query(st: &State, member: usize, ns: &str, q: &Query) -> Result<Vec<Docum
 async fn find(ctx: &Ctx<'_>, db: &str, body: &Document) -> CmdResult {
     let coll = coll_name(body, "find")?;
     let ns = format!("{db}.{coll}");
-    for unsupported in [
-        "collation",
-        "min",
-        "max",
-        "returnKey",
-        "showRecordId",
-        "tailable",
-    ] {
-        if body.contains_key(unsupported) {
-            return Err(CmdError::bad_value(format!(
-                "find option '{unsupported}' is not supported by the simulator"
-            ))
-            .into());
-        }
-    }
+    refuse_options(
+        body,
+        "find",
+        &[
+            "collation",
+            "min",
+            "max",
+            "returnKey",
+            "showRecordId",
+            "tailable",
+        ],
+    )?;
     {
         let st = ctx.shared.lock();
         check_readable(&st, ctx.member, body)?;
