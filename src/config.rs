@@ -70,6 +70,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub template_dir: PathBuf,
     pub write_timeout: Duration,
+    /// The settings as the layers gave them, for `simplechat config`.
+    pub settings: Settings,
     /// The layers, for Rocket's own settings and for `simplechat config`.
     pub figment: Figment,
 }
@@ -133,6 +135,7 @@ impl Config {
             store,
             template_dir,
             write_timeout: Duration::from_secs(settings.write_timeout_secs),
+            settings,
             figment,
         })
     }
@@ -253,7 +256,7 @@ pub fn redact_uri(uri: &str) -> String {
 /// `simplechat config`: each key, its effective value and where it came from.
 pub fn describe(config: &Config) -> String {
     let mut out = String::new();
-    let settings: Settings = config.figment.extract().unwrap_or_default();
+    let settings = &config.settings;
     let value = |key: &str| -> String {
         match key {
             "address" => format!("\"{}\"", config.address),

@@ -80,9 +80,33 @@ impl Recent {
 pub struct Live {
     recent: RwLock<Recent>,
     sender: broadcast::Sender<Arc<LiveEvent>>,
-    /// The default listing, serialized once per change: (version, limit, JSON).
-    /// Never held while `recent` is being locked, and the other way round.
-    default_page: Mutex<Option<(u64, usize, Bytes)>>,
+    /// The default listing, serialized once per change: (limit, JSON).
+    default_page: Memo<(usize, Bytes)>,
+}
+
+/// A value built from the cache, kept until the cache's version changes.
+/// Its lock is never held while the cache's is taken, so the two cannot
+/// deadlock.
+pub struct Memo<T>(Mutex<Option<(u64, T)>>);
+
+impl<T> Default for Memo<T> {
+    fn default() -> Self {
+        Memo(Mutex::new(None))
+    }
+}
+
+impl<T: Clone> Memo<T> {
+    /// The value built for `version`, if it is the one kept.
+    pub fn get(&self, version: u64) -> Option<T> {
+        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        kept.as_ref()
+            .filter(|(v, _)| *v == version)
+            .map(|(_, value)| value.clone())
+    }
+
+    pub fn put(&self, version: u64, value: T) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((version, value));
+    }
 }
 
 impl Default for Live {
@@ -90,7 +114,7 @@ impl Default for Live {
         Live {
             recent: RwLock::new(Recent::default()),
             sender: broadcast::channel(BROADCAST_CAPACITY).0,
-            default_page: Mutex::new(None),
+            default_page: Memo::default(),
         }
     }
 }
@@ -213,19 +237,14 @@ impl Live {
 
     /// The JSON array of the latest `limit` messages, built once per change.
     pub fn latest_json(&self, limit: usize) -> Option<Bytes> {
-        let version = self.version();
-        {
-            let page = self.default_page.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((v, l, bytes)) = page.as_ref() {
-                if *v == version && *l == limit {
-                    return Some(bytes.clone());
-                }
+        if let Some((l, bytes)) = self.default_page.get(self.version()) {
+            if l == limit {
+                return Some(bytes);
             }
         }
         let (version, events) = self.latest_versioned(limit)?;
         let bytes = json_array(&events);
-        *self.default_page.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((version, limit, bytes.clone()));
+        self.default_page.put(version, (limit, bytes.clone()));
         Some(bytes)
     }
 }
@@ -261,6 +280,11 @@ mod tests {
     use super::*;
     use crate::message::{now_millis, NewMessage};
 
+    fn cached_ids(live: &Live, limit: usize) -> Vec<String> {
+        let events = live.latest(limit).expect("the cache answers");
+        events.iter().map(|e| e.message.id.clone()).collect()
+    }
+
     fn msg(id: &str) -> Message {
         NewMessage::validate("n", id, Some(id))
             .unwrap()
@@ -273,13 +297,7 @@ mod tests {
         live.publish(msg("a"));
         assert!(live.latest(10).is_none(), "not reset yet");
         live.reset(vec![msg("a"), msg("b")], true);
-        let ids: Vec<_> = live
-            .latest(10)
-            .unwrap()
-            .iter()
-            .map(|e| e.message.id.clone())
-            .collect();
-        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(cached_ids(&live, 10), ["a", "b"]);
         live.invalidate();
         assert!(live.latest(1).is_none());
     }
@@ -333,13 +351,7 @@ mod tests {
         let (a, b, c) = (msg("a"), msg("b"), msg("c"));
         live.publish(c.clone());
         live.reset(vec![a, b], true);
-        let ids: Vec<_> = live
-            .latest(10)
-            .unwrap()
-            .iter()
-            .map(|e| e.message.id.clone())
-            .collect();
-        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(cached_ids(&live, 10), ["a", "b", "c"]);
     }
 
     #[test]

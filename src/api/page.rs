@@ -1,6 +1,6 @@
 //! The chat page (`GET /`) and the form post that works without JavaScript.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rocket::form::FromForm;
 use rocket::http::{Cookie, CookieJar, SameSite, Status};
@@ -11,7 +11,7 @@ use rocket_dyn_templates::{context, Metadata, Template};
 use super::body::Form;
 use super::error::ApiError;
 use crate::chat::{Chat, DEFAULT_LIMIT};
-use crate::live::LiveEvent;
+use crate::live::{LiveEvent, Memo};
 use crate::message::{new_id, Message, NewMessage};
 use crate::store::Page;
 
@@ -38,27 +38,21 @@ struct Draft<'a> {
 /// The rendered message list, rebuilt only when the live cache changes: the
 /// page is mostly this list, and rendering it is most of a page view's work.
 #[derive(Default)]
-pub struct RenderedHistory(Mutex<Option<History>>);
+pub struct RenderedHistory(Memo<History>);
 
 #[derive(Clone)]
 struct History {
-    version: u64,
     html: Arc<str>,
     last_id: Option<String>,
     count: usize,
 }
 
-fn render_history(
-    metadata: &Metadata<'_>,
-    version: u64,
-    events: &[Arc<LiveEvent>],
-) -> Result<History, String> {
+fn render_history(metadata: &Metadata<'_>, events: &[Arc<LiveEvent>]) -> Result<History, String> {
     let messages: Vec<&Message> = events.iter().map(|e| &*e.message).collect();
     let (_, html) = metadata
         .render("messages", context! { messages: &messages })
         .ok_or("the messages template failed to render")?;
     Ok(History {
-        version,
         html: html.into(),
         last_id: messages.last().map(|m| m.id.clone()),
         count: messages.len(),
@@ -70,14 +64,13 @@ async fn history(
     rendered: &RenderedHistory,
     metadata: &Metadata<'_>,
 ) -> Result<History, String> {
-    let cached = rendered.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    if let Some(h) = cached.filter(|h| h.version == chat.live.version()) {
+    if let Some(h) = rendered.0.get(chat.live.version()) {
         return Ok(h);
     }
     match chat.live.latest_versioned(DEFAULT_LIMIT) {
         Some((version, events)) => {
-            let h = render_history(metadata, version, &events)?;
-            *rendered.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(h.clone());
+            let h = render_history(metadata, &events)?;
+            rendered.0.put(version, h.clone());
             Ok(h)
         }
         // Not from memory, so not kept: the live cache's version does not
@@ -87,7 +80,7 @@ async fn history(
                 .list(Page::Latest, DEFAULT_LIMIT)
                 .await
                 .map_err(|e| e.to_string())?;
-            render_history(metadata, 0, &events)
+            render_history(metadata, &events)
         }
     }
 }

@@ -116,6 +116,15 @@ impl TestApp {
             .expect("POST")
     }
 
+    /// How many messages the latest listing (default limit) holds.
+    pub async fn message_count(&self) -> usize {
+        self.get_json("/api/messages")
+            .await
+            .as_array()
+            .expect("a JSON array")
+            .len()
+    }
+
     /// Posts a message and returns the stored message; panics unless 201.
     pub async fn post_message(&self, name: &str, text: &str) -> Value {
         let response = self
