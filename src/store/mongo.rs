@@ -37,20 +37,16 @@ use mongodb::options::{
 };
 use mongodb::{Collection, IndexModel};
 use time::OffsetDateTime;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use super::{FeedStatus, Inserted, ListQuery, Page, Store, StoreError, StoreStatus};
 use crate::live::{Live, LiveEvent};
 use crate::message::{format_datetime, now_millis, Message, NewMessage};
 use model::{Direction, Key, MessageDoc};
-
 /// How long a successful insert waits for its own message to come back
 /// through the change stream before publishing it itself.
 const FEED_ECHO_WAIT: Duration = Duration::from_secs(2);
-/// How long an insert waits for a feed that has never started: the first
-/// write after startup must not race the feed's first read.
-const FEED_START_WAIT: Duration = Duration::from_secs(2);
 /// The store gives up this much before `write_timeout`, so its own, more
 /// precise reason reaches the client rather than the caller's timeout.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(250);
@@ -80,8 +76,9 @@ pub(crate) struct Inner {
     /// change stream (commit order) agrees with the store order.
     order: tokio::sync::Mutex<i64>,
     feed: Mutex<FeedState>,
-    /// Whether the feed has finished its first catch-up since startup.
-    feed_started: watch::Sender<bool>,
+    /// Whether the feed has finished its first catch-up since startup (a
+    /// later start is a resumption, worth a log line).
+    feed_started: AtomicBool,
     index_error: Mutex<Option<String>>,
     closed: AtomicBool,
     /// Background tasks, aborted when the store closes or is dropped.
@@ -128,7 +125,7 @@ impl MongoStore {
             connect_error: Mutex::new(None),
             order: tokio::sync::Mutex::new(0),
             feed: Mutex::new(FeedState::default()),
-            feed_started: watch::channel(false).0,
+            feed_started: AtomicBool::new(false),
             index_error: Mutex::new(None),
             closed: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
@@ -404,10 +401,9 @@ impl Inner {
             state.last_error = None;
             was
         };
-        if !was && *self.feed_started.borrow() {
+        if !was && self.feed_started.swap(true, Ordering::SeqCst) {
             eprintln!("simplechat: mongodb: live feed resumed");
         }
-        self.feed_started.send_replace(true);
     }
 
     fn feed_stopped(&self) {
@@ -451,14 +447,6 @@ fn to_message(doc: MessageDoc) -> Result<Message, StoreError> {
 }
 
 impl MongoStore {
-    /// Waits a little for the feed's first catch-up, so a write made just
-    /// after startup is delivered by the stream rather than swallowed by the
-    /// feed's first `reset`.
-    async fn await_feed_start(&self) {
-        let mut started = self.inner.feed_started.subscribe();
-        let _ = tokio::time::timeout(FEED_START_WAIT, started.wait_for(|s| *s)).await;
-    }
-
     /// One insert attempt under the order lock: the datetime is taken and
     /// the document committed before the next attempt of this instance
     /// takes its datetime.
@@ -556,9 +544,6 @@ impl Store for MongoStore {
         let started = Instant::now();
         let deadline = started + self.inner.write_timeout.saturating_sub(DEADLINE_MARGIN);
         let handles = self.handles()?;
-        if !*self.inner.feed_started.borrow() {
-            self.await_feed_start().await;
-        }
         // Subscribed before the write, so the stream's copy cannot slip by.
         let mut echo = self.inner.live.subscribe();
         let mut tried = Vec::new();
