@@ -9,11 +9,15 @@ use crate::api;
 use crate::chat::Chat;
 use crate::config::Config;
 
+/// The application for `config`, with its store open.
+///
+/// Errors: the store cannot be opened (one line).
 pub async fn build(config: Config) -> Result<Rocket<Build>, String> {
     let chat = Chat::open(&config).await.map_err(|e| e.to_string())?;
-    let store = chat.store.clone();
+    let closing = chat.clone();
     Ok(rocket::custom(config.figment.clone())
         .manage(chat)
+        .manage(api::events::Heartbeat(config.heartbeat))
         .manage(api::page::RenderedHistory::default())
         .mount("/", api::routes())
         .register("/", api::catchers())
@@ -24,7 +28,7 @@ pub async fn build(config: Config) -> Result<Rocket<Build>, String> {
         }))
         .attach(api::headers::SecurityHeaders)
         .attach(AdHoc::on_shutdown("close the store", move |_| {
-            Box::pin(async move { store.close().await })
+            Box::pin(async move { closing.close().await })
         })))
 }
 

@@ -1,84 +1,144 @@
-//! The chat service the HTTP layer talks to: a store, the live feed it keeps
-//! current, and the time a write may wait for the store.
+//! The chat service the HTTP handlers call: post, list, get, subscribe,
+//! status. It owns the store and the cache the store keeps current, and
+//! answers from the cache when it can.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
+use bytes::Bytes;
+use tokio::sync::broadcast;
+
+use crate::cache::{Cache, CachedMessage, CACHE_CAPACITY};
 use crate::config::{Config, StoreConfig};
-use crate::live::{Live, LiveEvent, CACHE_CAPACITY};
 use crate::message::{Message, NewMessage};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::mongo::MongoStore;
-use crate::store::{Inserted, ListQuery, Page, Store, StoreError};
+use crate::store::{Cursor, Inserted, Store, StoreError, StoreStatus};
 
+/// How many messages a listing returns when it does not say.
 pub const DEFAULT_LIMIT: usize = 100;
+/// The most messages one listing returns: what the cache holds.
 pub const MAX_LIMIT: usize = CACHE_CAPACITY;
 
+/// The facade; cheap to clone (every clone shares the same store and cache).
+#[derive(Clone)]
 pub struct Chat {
-    pub store: Arc<dyn Store>,
-    pub live: Arc<Live>,
-    pub write_timeout: Duration,
+    store: Arc<dyn Store>,
+    cache: Arc<Cache>,
+    /// Times an SSE subscriber fell behind the broadcast and caught up from
+    /// the store (shown in `/api/status`).
+    catch_ups: Arc<AtomicU64>,
 }
 
 impl Chat {
+    /// Opens the configured store and fills the cache from it.
+    ///
+    /// Errors: the store cannot be opened (an unusable data directory or
+    /// connection string); an unreachable cluster is not an error.
     pub async fn open(config: &Config) -> Result<Chat, StoreError> {
-        let live = Live::new();
+        let cache = Cache::new();
         let store: Arc<dyn Store> = match &config.store {
             StoreConfig::Embedded { data_dir } => {
-                Arc::new(EmbeddedStore::open(data_dir, live.clone()).await?)
+                Arc::new(EmbeddedStore::open(data_dir, config.write_timeout, cache.clone()).await?)
             }
-            StoreConfig::MongoDb { uri, database } => {
-                Arc::new(MongoStore::open(uri, database, config.write_timeout, live.clone()).await?)
-            }
+            StoreConfig::MongoDb { uri, database } => Arc::new(
+                MongoStore::open(uri, database, config.write_timeout, cache.clone()).await?,
+            ),
         };
         Ok(Chat {
             store,
-            live,
-            write_timeout: config.write_timeout,
+            cache,
+            catch_ups: Arc::default(),
         })
     }
 
-    /// Stores a message, waiting at most `write_timeout` for the store.
+    /// Stores a message; the store bounds the wait by its write deadline.
     pub async fn post(&self, message: NewMessage) -> Result<Inserted, StoreError> {
-        match tokio::time::timeout(self.write_timeout, self.store.insert(message)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(StoreError::Unavailable {
-                reason: format!(
-                    "the store did not accept the write within {} s",
-                    self.write_timeout.as_secs()
-                ),
-                retry_after: Duration::from_secs(5),
-            }),
-        }
+        self.store.insert(message).await
     }
 
-    /// A listing as events (serialized messages), from memory when it can be.
-    pub async fn list(&self, page: Page, limit: usize) -> Result<Vec<Arc<LiveEvent>>, StoreError> {
-        let cached = match &page {
-            Page::Latest => self.live.latest(limit),
-            Page::After(id) => self.live.after(id, limit),
-            Page::Before(_) => None,
+    /// Up to `limit` messages at `cursor`, oldest first, serialized; from
+    /// the cache when it can answer.
+    ///
+    /// Errors: `UnknownId` for a cursor on an id the store does not have.
+    pub async fn list(
+        &self,
+        cursor: Cursor,
+        limit: usize,
+    ) -> Result<Vec<Arc<CachedMessage>>, StoreError> {
+        let cached = match &cursor {
+            Cursor::Latest => self.cache.latest(limit),
+            Cursor::After(id) => self.cache.after(id, limit),
+            Cursor::Before(_) => None,
         };
-        if let Some(events) = cached {
-            return Ok(events);
+        if let Some(messages) = cached {
+            return Ok(messages);
         }
-        let messages = self.store.list(ListQuery { page, limit }).await?;
+        let messages = self.store.list(cursor, limit).await?;
         Ok(messages
             .into_iter()
-            .map(|m| Arc::new(LiveEvent::new(m)))
+            .map(|m| Arc::new(CachedMessage::new(m)))
             .collect())
     }
 
+    /// The latest `limit` messages as one JSON array, if the cache can
+    /// answer (built once per change of the cache).
+    pub fn latest_json(&self, limit: usize) -> Option<Bytes> {
+        self.cache.latest_json(limit)
+    }
+
+    /// The latest `limit` messages with the cache version they belong to,
+    /// if the cache can answer.
+    pub fn latest_cached(&self, limit: usize) -> Option<(u64, Vec<Arc<CachedMessage>>)> {
+        self.cache.latest_versioned(limit)
+    }
+
+    /// Changes whenever what the cache answers may change.
+    pub fn cache_version(&self) -> u64 {
+        self.cache.version()
+    }
+
+    /// The message with this id, if stored.
     pub async fn get(&self, id: &str) -> Result<Option<Message>, StoreError> {
         self.store.get(id).await
     }
 
-    /// The id of the newest message, where a live subscriber starts from.
+    /// The id of the newest message, where a new subscriber starts from.
     pub async fn newest_id(&self) -> Result<Option<String>, StoreError> {
         Ok(self
-            .list(Page::Latest, 1)
+            .list(Cursor::Latest, 1)
             .await?
             .first()
-            .map(|e| e.message.id.clone()))
+            .map(|m| m.message.id.clone()))
+    }
+
+    /// Every message published from now on (see [`Cache::subscribe`]).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<CachedMessage>> {
+        self.cache.subscribe()
+    }
+
+    /// Counts a subscriber's catch-up from the store.
+    pub fn record_catch_up(&self) {
+        self.catch_ups.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many times subscribers caught up from the store since start.
+    pub fn catch_ups(&self) -> u64 {
+        self.catch_ups.load(Ordering::Relaxed)
+    }
+
+    /// `Ok` when a write could be accepted now; otherwise why not.
+    pub async fn ready(&self) -> Result<(), String> {
+        self.store.ready().await
+    }
+
+    /// What `/api/status` shows of the store.
+    pub async fn status(&self) -> StoreStatus {
+        self.store.status().await
+    }
+
+    /// Finishes pending writes and closes the store.
+    pub async fn close(&self) {
+        self.store.close().await
     }
 }

@@ -12,6 +12,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::{Figment, Profile};
 use serde::{Deserialize, Serialize};
 
+use crate::mongo::uri::redact as redact_uri;
+use crate::text::one_line;
+
 pub const KEYS: &[&str] = &[
     "address",
     "port",
@@ -21,6 +24,7 @@ pub const KEYS: &[&str] = &[
     "data_dir",
     "template_dir",
     "write_timeout_secs",
+    "heartbeat_secs",
 ];
 
 /// The page templates the app renders; all must be in `template_dir`.
@@ -37,6 +41,7 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub template_dir: Option<PathBuf>,
     pub write_timeout_secs: u64,
+    pub heartbeat_secs: u64,
 }
 
 impl Default for Settings {
@@ -51,6 +56,7 @@ impl Default for Settings {
             data_dir: PathBuf::from("./simplechat-data"),
             template_dir: None,
             write_timeout_secs: 30,
+            heartbeat_secs: 15,
         }
     }
 }
@@ -70,6 +76,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub template_dir: PathBuf,
     pub write_timeout: Duration,
+    /// How often an idle event stream gets a heartbeat comment.
+    pub heartbeat: Duration,
     /// The settings as the layers gave them, for `simplechat config`.
     pub settings: Settings,
     /// The layers, for Rocket's own settings and for `simplechat config`.
@@ -120,11 +128,14 @@ impl Config {
     pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
         let settings: Settings = figment
             .extract()
-            .map_err(|e| ConfigError(format!("bad configuration: {}", one_line(&e))))?;
+            .map_err(|e| ConfigError(format!("bad configuration: {}", one_line(&e.to_string()))))?;
         let store = store_config(&settings)?;
         let template_dir = resolve_template_dir(settings.template_dir.as_deref())?;
         if settings.write_timeout_secs == 0 {
             return Err(ConfigError("write_timeout_secs must be at least 1".into()));
+        }
+        if settings.heartbeat_secs == 0 {
+            return Err(ConfigError("heartbeat_secs must be at least 1".into()));
         }
         // rocket_dyn_templates reads `template_dir` from Rocket's figment.
         let figment = figment
@@ -135,14 +146,11 @@ impl Config {
             store,
             template_dir,
             write_timeout: Duration::from_secs(settings.write_timeout_secs),
+            heartbeat: Duration::from_secs(settings.heartbeat_secs),
             settings,
             figment,
         })
     }
-}
-
-fn one_line(e: &figment::Error) -> String {
-    e.to_string().replace('\n', " ")
 }
 
 fn store_config(s: &Settings) -> Result<StoreConfig, ConfigError> {
@@ -171,16 +179,8 @@ fn store_config(s: &Settings) -> Result<StoreConfig, ConfigError> {
             data_dir: s.data_dir.clone(),
         });
     };
-    let parsed = mongodb::options::ConnectionString::parse(&uri).map_err(|e| {
-        // The driver's message may quote pieces of a mangled password.
-        let why = match uri_password(&uri) {
-            Some(_) => "it does not parse (the reason is withheld as it may quote the \
-                        password; percent-encode special characters in passwords)"
-                .to_owned(),
-            None => e.kind.to_string(),
-        };
-        ConfigError(format!("bad mongodb_uri {}: {why}", redact_uri(&uri)))
-    })?;
+    let parsed = crate::mongo::uri::parse(&uri)
+        .map_err(|why| ConfigError(format!("bad mongodb_uri {}: {why}", redact_uri(&uri))))?;
     let database = s
         .database
         .clone()
@@ -218,41 +218,6 @@ fn default_template_dir() -> PathBuf {
     }
 }
 
-/// Where the userinfo of a connection string lies: after `://`, up to the
-/// last `@` before the options, which is how the driver splits it (so an
-/// unescaped `/` or `@` in a password is still part of the password).
-fn userinfo_span(uri: &str) -> Option<(usize, usize)> {
-    let start = uri.find("://")? + 3;
-    let end_of_authority = uri[start..].find('?').map_or(uri.len(), |i| start + i);
-    // An unescaped `?` in a password hides the `@` from that rule; the string
-    // is then invalid anyway, and hiding too much beats leaking.
-    let at = start
-        + uri[start..end_of_authority]
-            .rfind('@')
-            .or_else(|| uri[start..].rfind('@'))?;
-    Some((start, at))
-}
-
-/// The password as written in a connection string, to scrub it from
-/// messages that echo the string.
-pub fn uri_password(uri: &str) -> Option<&str> {
-    let (start, at) = userinfo_span(uri)?;
-    let userinfo = &uri[start..at];
-    let colon = userinfo.find(':')?;
-    Some(&userinfo[colon + 1..]).filter(|p| !p.is_empty())
-}
-
-/// Hides the password of a MongoDB connection string.
-pub fn redact_uri(uri: &str) -> String {
-    let Some((start, at)) = userinfo_span(uri) else {
-        return uri.to_owned();
-    };
-    match uri[start..at].find(':') {
-        Some(colon) => format!("{}:****{}", &uri[..start + colon], &uri[at..]),
-        None => uri.to_owned(),
-    }
-}
-
 /// `simplechat config`: each key, its effective value and where it came from.
 pub fn describe(config: &Config) -> String {
     let mut out = String::new();
@@ -276,6 +241,7 @@ pub fn describe(config: &Config) -> String {
             "data_dir" => format!("\"{}\"", settings.data_dir.display()),
             "template_dir" => format!("\"{}\"", config.template_dir.display()),
             "write_timeout_secs" => config.write_timeout.as_secs().to_string(),
+            "heartbeat_secs" => config.heartbeat.as_secs().to_string(),
             _ => String::new(),
         }
     };
@@ -306,35 +272,6 @@ pub fn describe(config: &Config) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_passwords_only() {
-        assert_eq!(
-            redact_uri("mongodb://app:s3cr%40t@h1:27017,h2:27017/db?replicaSet=rs"),
-            "mongodb://app:****@h1:27017,h2:27017/db?replicaSet=rs"
-        );
-        assert_eq!(redact_uri("mongodb://h1/db"), "mongodb://h1/db");
-        assert_eq!(
-            redact_uri("mongodb://user@h1/?authMechanism=MONGODB-X509"),
-            "mongodb://user@h1/?authMechanism=MONGODB-X509"
-        );
-        assert_eq!(redact_uri("not a uri"), "not a uri");
-        // Unescaped '/', '@' or '?' in a password: split as the driver does.
-        assert_eq!(
-            redact_uri("mongodb://app:s3cr/et@h1/db"),
-            "mongodb://app:****@h1/db"
-        );
-        assert_eq!(
-            redact_uri("mongodb://app:a@b@h1/db?x=1"),
-            "mongodb://app:****@h1/db?x=1"
-        );
-        assert_eq!(uri_password("mongodb://app:s3cr/et@h1/db"), Some("s3cr/et"));
-        assert_eq!(uri_password("mongodb://h1/db"), None);
-        assert_eq!(
-            redact_uri("mongodb://u:hunt?er2@h1/db"),
-            "mongodb://u:****@h1/db"
-        );
-    }
 
     #[test]
     fn database_comes_from_key_then_uri_path_then_default() {

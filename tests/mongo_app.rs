@@ -146,7 +146,10 @@ async fn a_message_posted_to_one_instance_reaches_subscribers_of_the_other() {
     }
     let status = b.get_json("/api/status").await;
     assert_eq!(status["store"], "mongodb");
-    assert!(status["feed"]["last_delivered"].is_string(), "{status}");
+    assert!(
+        status["change_stream"]["last_delivered"].is_string(),
+        "{status}"
+    );
     assert_eq!(
         status["replica_set"]["members"].as_array().map(Vec::len),
         Some(3),

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster::{fast_sim, say, TestCluster};
-use simplechat::live::Live;
+use simplechat::cache::Cache;
 use simplechat::message::NewMessage;
 use simplechat::store::mongo::MongoStore;
-use simplechat::store::{Inserted, ListQuery, Page, Store, StoreError};
+use simplechat::store::{Cursor, Inserted, Store, StoreError};
 
 /// Opens a store and waits until the driver has found the primary: the
 /// store opens without waiting, by design.
@@ -21,7 +21,7 @@ async fn open_ready(
     cluster: &TestCluster,
     db: &str,
     write_timeout: Duration,
-    live: Arc<Live>,
+    live: Arc<Cache>,
 ) -> MongoStore {
     let store = MongoStore::open(&cluster.uri(db), db, write_timeout, live)
         .await
@@ -63,7 +63,7 @@ async fn mongo_store_keeps_the_contract() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_waits_out_an_election() {
     let cluster = TestCluster::start("a_write_waits_out_an_election").await;
-    let store = open_ready(&cluster, "election", Duration::from_secs(60), Live::new()).await;
+    let store = open_ready(&cluster, "election", Duration::from_secs(60), Cache::new()).await;
     store
         .insert(message("before", "before"))
         .await
@@ -81,10 +81,7 @@ async fn a_write_waits_out_an_election() {
         started.elapsed()
     ));
     let texts: Vec<String> = store
-        .list(ListQuery {
-            page: Page::Latest,
-            limit: 10,
-        })
+        .list(Cursor::Latest, 10)
         .await
         .expect("list")
         .into_iter()
@@ -100,7 +97,7 @@ async fn a_lost_reply_is_retried_with_the_same_id() {
     sim_only("a_lost_reply_is_retried_with_the_same_id");
     let cluster = TestCluster::start_sim(fast_sim(true)).await;
     let sim = cluster.sim().expect("simulator");
-    let store = open_ready(&cluster, "lost", Duration::from_secs(20), Live::new()).await;
+    let store = open_ready(&cluster, "lost", Duration::from_secs(20), Cache::new()).await;
     // The driver retries once by itself; losing both replies leaves the
     // outcome unknown to it, and the store's own retry must find the
     // document it already stored rather than store it again.
@@ -120,7 +117,7 @@ async fn a_lost_reply_is_retried_with_the_same_id() {
 async fn without_a_majority_a_write_answers_503_after_the_timeout() {
     let cluster =
         TestCluster::start("without_a_majority_a_write_answers_503_after_the_timeout").await;
-    let store = open_ready(&cluster, "nomajority", Duration::from_secs(3), Live::new()).await;
+    let store = open_ready(&cluster, "nomajority", Duration::from_secs(3), Cache::new()).await;
     let primary = cluster.primary().await.expect("primary");
     for member in 0..3 {
         if member != primary {
@@ -149,7 +146,7 @@ async fn without_a_majority_a_write_answers_503_after_the_timeout() {
 }
 
 async fn wait_for_event(
-    events: &mut tokio::sync::broadcast::Receiver<Arc<simplechat::live::LiveEvent>>,
+    events: &mut tokio::sync::broadcast::Receiver<Arc<simplechat::cache::CachedMessage>>,
     id: &str,
 ) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -167,9 +164,9 @@ async fn wait_for_event(
 async fn the_feed_delivers_across_instances_and_survives_failover() {
     let cluster =
         TestCluster::start("the_feed_delivers_across_instances_and_survives_failover").await;
-    let live_a = Live::new();
+    let live_a = Cache::new();
     let a = open_ready(&cluster, "feed", Duration::from_secs(60), live_a.clone()).await;
-    let b = open_ready(&cluster, "feed", Duration::from_secs(60), Live::new()).await;
+    let b = open_ready(&cluster, "feed", Duration::from_secs(60), Cache::new()).await;
     let mut events = live_a.subscribe();
 
     b.insert(message("from-b-1", "one"))
@@ -184,7 +181,7 @@ async fn the_feed_delivers_across_instances_and_survives_failover() {
         .expect("insert after failover");
     wait_for_event(&mut events, "from-b-2").await;
     let status = a.status().await;
-    let feed = status.feed.expect("feed status");
+    let feed = status.mongodb.expect("mongodb status").change_stream;
     assert!(feed.last_delivered.is_some(), "{feed:?}");
     cluster.restart(primary).await;
     a.close().await;
@@ -194,11 +191,14 @@ async fn the_feed_delivers_across_instances_and_survives_failover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_every_member() {
     let cluster = TestCluster::start("status_reports_every_member").await;
-    let store = open_ready(&cluster, "status", Duration::from_secs(20), Live::new()).await;
+    let store = open_ready(&cluster, "status", Duration::from_secs(20), Cache::new()).await;
     let status = store.status().await;
     assert_eq!(status.store, "mongodb");
     assert!(status.ready, "{status:?}");
-    let rs = status.replica_set.expect("replica set status");
+    let rs = status
+        .mongodb
+        .and_then(|m| m.replica_set)
+        .expect("replica set status");
     assert_eq!(rs.name, "rs");
     assert_eq!(rs.source, "replSetGetStatus");
     assert_eq!(rs.members.len(), 3);
@@ -219,7 +219,7 @@ async fn status_reports_every_member() {
 async fn the_feed_reopens_after_the_whole_set_was_down() {
     let test = "the_feed_reopens_after_the_whole_set_was_down";
     let cluster = TestCluster::start(test).await;
-    let live = Live::new();
+    let live = Cache::new();
     let store = open_ready(&cluster, "outage", Duration::from_secs(60), live.clone()).await;
     let mut events = live.subscribe();
     store.insert(message("o1", "before")).await.expect("insert");
@@ -231,7 +231,12 @@ async fn the_feed_reopens_after_the_whole_set_was_down() {
     // Longer than the driver's own resume (one server selection).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let feed = store.status().await.feed.expect("feed status");
+        let feed = store
+            .status()
+            .await
+            .mongodb
+            .expect("mongodb status")
+            .change_stream;
         if !feed.running && feed.last_error.is_some() {
             say(&format!("{test}: feed while the set is down: {feed:?}"));
             break;
@@ -255,7 +260,7 @@ async fn the_feed_reopens_after_the_whole_set_was_down() {
         .expect("a primary after the restart");
 
     // Another instance writes; this one's feed must come back by itself.
-    let other = open_ready(&cluster, "outage", Duration::from_secs(60), Live::new()).await;
+    let other = open_ready(&cluster, "outage", Duration::from_secs(60), Cache::new()).await;
     other
         .insert(message("o2", "after"))
         .await

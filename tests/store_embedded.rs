@@ -4,18 +4,29 @@ mod contract;
 
 use std::sync::Arc;
 
-use simplechat::live::Live;
+use simplechat::cache::Cache;
 use simplechat::message::NewMessage;
 use simplechat::store::embedded::EmbeddedStore;
-use simplechat::store::{Inserted, ListQuery, Page, Store};
+use simplechat::store::{Cursor, Inserted, Store};
+
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_keeps_the_contract() {
     let root = tempfile::tempdir().unwrap();
     let n = std::sync::atomic::AtomicUsize::new(0);
     contract::run_all(|live| {
-        let dir = root.path().join(n.fetch_add(1, std::sync::atomic::Ordering::SeqCst).to_string());
-        async move { Arc::new(EmbeddedStore::open(&dir, live).await.expect("open")) as Arc<dyn Store> }
+        let dir = root.path().join(
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                .to_string(),
+        );
+        async move {
+            Arc::new(
+                EmbeddedStore::open(&dir, WRITE_TIMEOUT, live)
+                    .await
+                    .expect("open"),
+            ) as Arc<dyn Store>
+        }
     })
     .await;
 }
@@ -23,7 +34,9 @@ async fn embedded_store_keeps_the_contract() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reopening_keeps_every_message_and_fills_the_cache() {
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path(), Live::new()).await.unwrap();
+    let store = EmbeddedStore::open(dir.path(), WRITE_TIMEOUT, Cache::new())
+        .await
+        .unwrap();
     for i in 0..10 {
         let new = NewMessage::validate("a", &format!("t{i}"), None).unwrap();
         assert!(matches!(store.insert(new).await, Ok(Inserted::Created(_))));
@@ -34,15 +47,11 @@ async fn reopening_keeps_every_message_and_fills_the_cache() {
         .await
         .is_err());
 
-    let live = Live::new();
-    let store = EmbeddedStore::open(dir.path(), live.clone()).await.unwrap();
-    let all = store
-        .list(ListQuery {
-            page: Page::Latest,
-            limit: 100,
-        })
+    let live = Cache::new();
+    let store = EmbeddedStore::open(dir.path(), WRITE_TIMEOUT, live.clone())
         .await
         .unwrap();
+    let all = store.list(Cursor::Latest, 100).await.unwrap();
     assert_eq!(all.len(), 10);
     let cached: Vec<_> = live
         .latest(100)

@@ -49,29 +49,32 @@ pub fn is_form(req: &Request<'_>) -> bool {
     req.content_type() == Some(&ContentType::Form)
 }
 
-/// A JSON request body as a data guard; take it as `Result<Json<T>, ApiError>`
-/// so the handler answers refusals in the API's error shape.
-pub struct Json<T>(pub T);
+/// A JSON request body as a data guard; take it as
+/// `Result<JsonBody<T>, ApiError>` so the handler answers refusals in the
+/// API's error shape. Not Rocket's `Json`: that one tolerates no missing
+/// Content-Type and its refusals carry no `field` or JSON body.
+pub struct JsonBody<T>(pub T);
 
 #[rocket::async_trait]
-impl<'r, T: serde::de::DeserializeOwned> rocket::data::FromData<'r> for Json<T> {
+impl<'r, T: serde::de::DeserializeOwned> rocket::data::FromData<'r> for JsonBody<T> {
     type Error = ApiError;
 
     async fn from_data(req: &'r Request<'_>, data: Data<'r>) -> rocket::data::Outcome<'r, Self> {
         match json(req, data).await {
-            Ok(value) => rocket::data::Outcome::Success(Json(value)),
+            Ok(value) => rocket::data::Outcome::Success(JsonBody(value)),
             Err(e) => rocket::data::Outcome::Error((e.status, e)),
         }
     }
 }
 
 /// An `application/x-www-form-urlencoded` body, parsed leniently (unknown
-/// fields ignored) into `T`.
-pub struct Form<T>(pub T);
+/// fields ignored) into `T`. Not Rocket's `Form`: its refusals would not
+/// re-render the page with the error.
+pub struct FormBody<T>(pub T);
 
 #[rocket::async_trait]
 impl<'r, T: for<'a> rocket::form::FromForm<'a> + Send + 'static> rocket::data::FromData<'r>
-    for Form<T>
+    for FormBody<T>
 {
     type Error = ApiError;
 
@@ -91,7 +94,7 @@ impl<'r, T: for<'a> rocket::form::FromForm<'a> + Send + 'static> rocket::data::F
         }
         .await;
         match parsed {
-            Ok(value) => rocket::data::Outcome::Success(Form(value)),
+            Ok(value) => rocket::data::Outcome::Success(FormBody(value)),
             Err(e) => rocket::data::Outcome::Error((e.status, e)),
         }
     }

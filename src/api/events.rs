@@ -21,9 +21,13 @@ use rocket::{get, Shutdown, State};
 
 use crate::chat::{Chat, MAX_LIMIT};
 use crate::message::validate_id;
-use crate::store::{Page, StoreError};
+use crate::store::{Cursor, StoreError};
 
-pub const HEARTBEAT: Duration = Duration::from_secs(15);
+/// How often an idle stream gets a comment line (`heartbeat_secs`), so
+/// proxies and browsers keep it open. Rocket state.
+#[derive(Debug, Clone, Copy)]
+pub struct Heartbeat(pub Duration);
+
 /// Ids remembered to drop an event that both a replay and the broadcast carry.
 const SEEN_CAPACITY: usize = 4096;
 
@@ -46,9 +50,12 @@ impl<'r> FromRequest<'r> for LastEventId {
 }
 
 /// A byte stream sent as `text/event-stream`, never cached or buffered.
-pub struct EventStream<S>(ByteStream<S>);
+/// Not Rocket's `EventStream`: every subscriber is sent the same prebuilt
+/// frame bytes ([`crate::cache::CachedMessage::frame`]) instead of a
+/// per-subscriber `Event` serialized again for each.
+pub struct SseBytes<S>(ByteStream<S>);
 
-impl<'r, S> Responder<'r, 'r> for EventStream<S>
+impl<'r, S> Responder<'r, 'r> for SseBytes<S>
 where
     S: futures::Stream<Item = Bytes> + Send + 'r,
 {
@@ -88,13 +95,15 @@ impl Seen {
 #[get("/api/events?<after>")]
 pub async fn events<'r>(
     chat: &'r State<Chat>,
+    heartbeat: &'r State<Heartbeat>,
     last_event_id: LastEventId,
     after: Option<&str>,
     mut shutdown: Shutdown,
-) -> EventStream<impl futures::Stream<Item = Bytes> + 'r> {
+) -> SseBytes<impl futures::Stream<Item = Bytes> + 'r> {
     // Subscribe before reading anything, so nothing falls between the two.
-    let mut rx = chat.live.subscribe();
+    let mut rx = chat.subscribe();
     let chat: &Chat = chat.inner();
+    let every = heartbeat.0;
     let resume_from = last_event_id.0.or_else(|| {
         after
             .filter(|id| validate_id(id).is_ok())
@@ -108,25 +117,25 @@ pub async fn events<'r>(
     };
     let mut catching_up = resume_from.is_some();
 
-    EventStream(ByteStream! {
+    SseBytes(ByteStream! {
         let mut seen = Seen::default();
         // Tells EventSource how soon to reconnect, and flushes the headers.
         yield Bytes::from_static(b"retry: 2000\n: connected\n\n");
-        let mut heartbeat = interval_at(Instant::now() + HEARTBEAT, HEARTBEAT);
+        let mut heartbeat = interval_at(Instant::now() + every, every);
         loop {
             if catching_up {
                 // One page at a time, so a long replay never sits in memory.
-                let page = match &last_id {
-                    Some(id) => Page::After(id.clone()),
-                    None => Page::Latest,
+                let cursor = match &last_id {
+                    Some(id) => Cursor::After(id.clone()),
+                    None => Cursor::Latest,
                 };
-                match chat.list(page, MAX_LIMIT).await {
-                    Ok(events) => {
-                        catching_up = last_id.is_some() && events.len() == MAX_LIMIT;
-                        for event in events {
-                            if seen.insert(&event.message.id) {
-                                last_id = Some(event.message.id.clone());
-                                yield event.frame.clone();
+                match chat.list(cursor, MAX_LIMIT).await {
+                    Ok(messages) => {
+                        catching_up = last_id.is_some() && messages.len() == MAX_LIMIT;
+                        for cached in messages {
+                            if seen.insert(&cached.message.id) {
+                                last_id = Some(cached.message.id.clone());
+                                yield cached.frame.clone();
                             }
                         }
                     }
@@ -141,13 +150,16 @@ pub async fn events<'r>(
             }
             select! {
                 received = rx.recv() => match received {
-                    Ok(event) => {
-                        if seen.insert(&event.message.id) {
-                            last_id = Some(event.message.id.clone());
-                            yield event.frame.clone();
+                    Ok(cached) => {
+                        if seen.insert(&cached.message.id) {
+                            last_id = Some(cached.message.id.clone());
+                            yield cached.frame.clone();
                         }
                     }
-                    Err(RecvError::Lagged(_)) => catching_up = true,
+                    Err(RecvError::Lagged(_)) => {
+                        chat.record_catch_up();
+                        catching_up = true;
+                    }
                     Err(RecvError::Closed) => break,
                 },
                 _ = heartbeat.tick() => yield Bytes::from_static(b": heartbeat\n\n"),

@@ -1,19 +1,17 @@
 //! `/api/messages`: the JSON API the lab's client spoke, plus ids and paging.
 
-use std::io::Cursor;
-
 use bytes::Bytes;
 use rocket::http::{ContentType, Header, Status};
 use rocket::response::{self, Responder, Response};
 use rocket::{get, post, Request, State};
 use serde::Deserialize;
 
-use super::body::Json;
+use super::body::JsonBody;
 use super::error::ApiError;
+use crate::cache::json_array;
 use crate::chat::{Chat, DEFAULT_LIMIT, MAX_LIMIT};
-use crate::live::json_array;
 use crate::message::{validate_id, Message, NewMessage};
-use crate::store::{Inserted, Page};
+use crate::store::{Cursor, Inserted, StoreError};
 
 /// A JSON body that is already serialized.
 pub struct RawJson(pub Bytes);
@@ -22,7 +20,7 @@ impl<'r> Responder<'r, 'static> for RawJson {
     fn respond_to(self, _: &'r Request<'_>) -> response::Result<'static> {
         Response::build()
             .header(ContentType::JSON)
-            .sized_body(self.0.len(), Cursor::new(self.0))
+            .sized_body(self.0.len(), std::io::Cursor::new(self.0))
             .ok()
     }
 }
@@ -35,30 +33,30 @@ pub async fn list(
     after: Option<&str>,
 ) -> Result<RawJson, ApiError> {
     let limit = parse_limit(limit)?;
-    let page = match (before, after) {
+    let cursor = match (before, after) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
                 "before",
                 "give at most one of before and after",
             ))
         }
-        (Some(id), None) => Page::Before(anchor("before", id)?),
-        (None, Some(id)) => Page::After(anchor("after", id)?),
-        (None, None) => Page::Latest,
+        (Some(id), None) => Cursor::Before(cursor_id("before", id)?),
+        (None, Some(id)) => Cursor::After(cursor_id("after", id)?),
+        (None, None) => Cursor::Latest,
     };
-    if page == Page::Latest {
-        if let Some(bytes) = chat.live.latest_json(limit) {
+    if cursor == Cursor::Latest {
+        if let Some(bytes) = chat.latest_json(limit) {
             return Ok(RawJson(bytes));
         }
     }
-    let events = chat.list(page, limit).await.map_err(|e| match e {
-        crate::store::StoreError::UnknownId(id) => ApiError {
+    let messages = chat.list(cursor, limit).await.map_err(|e| match e {
+        StoreError::UnknownId(id) => ApiError {
             field: Some(if before.is_some() { "before" } else { "after" }),
             ..ApiError::not_found(format!("no message has id {id}"))
         },
         other => other.into(),
     })?;
-    Ok(RawJson(json_array(&events)))
+    Ok(RawJson(json_array(&messages)))
 }
 
 fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {
@@ -74,7 +72,8 @@ fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {
     }
 }
 
-fn anchor(field: &'static str, id: &str) -> Result<String, ApiError> {
+/// The id a cursor parameter names, checked like any id.
+fn cursor_id(field: &'static str, id: &str) -> Result<String, ApiError> {
     validate_id(id).map_err(|e| ApiError::bad_request(field, e.message))?;
     Ok(id.to_owned())
 }
@@ -106,7 +105,7 @@ impl<'r> Responder<'r, 'static> for Created {
                 "Location",
                 format!("/api/messages/{}", self.message.id),
             ))
-            .sized_body(body.len(), Cursor::new(body));
+            .sized_body(body.len(), std::io::Cursor::new(body));
         if self.replayed {
             // A retry with the same idempotency key: nothing new was stored.
             response.header(Header::new("Idempotent-Replayed", "true"));
@@ -118,9 +117,9 @@ impl<'r> Responder<'r, 'static> for Created {
 #[post("/api/messages", data = "<body>")]
 pub async fn create(
     chat: &State<Chat>,
-    body: Result<Json<PostBody>, ApiError>,
+    body: Result<JsonBody<PostBody>, ApiError>,
 ) -> Result<Created, ApiError> {
-    let Json(body) = body?;
+    let JsonBody(body) = body?;
     let new = NewMessage::validate(&body.name, &body.text, body.id.as_deref())?;
     Ok(match chat.post(new).await? {
         Inserted::Created(message) => Created {

@@ -8,12 +8,12 @@ use rocket::response::Redirect;
 use rocket::{get, post, State};
 use rocket_dyn_templates::{context, Metadata, Template};
 
-use super::body::Form;
+use super::body::FormBody;
 use super::error::ApiError;
+use crate::cache::{CachedMessage, Memo};
 use crate::chat::{Chat, DEFAULT_LIMIT};
-use crate::live::{LiveEvent, Memo};
 use crate::message::{new_id, Message, NewMessage};
-use crate::store::Page;
+use crate::store::Cursor;
 
 /// The cookie a no-JavaScript form post uses to remember the sender's name.
 const NAME_COOKIE: &str = "simplechat_name";
@@ -35,7 +35,7 @@ struct Draft<'a> {
     form_id: Option<&'a str>,
 }
 
-/// The rendered message list, rebuilt only when the live cache changes: the
+/// The rendered message list, rebuilt only when the cache changes: the
 /// page is mostly this list, and rendering it is most of a page view's work.
 #[derive(Default)]
 pub struct RenderedHistory(Memo<History>);
@@ -47,8 +47,11 @@ struct History {
     count: usize,
 }
 
-fn render_history(metadata: &Metadata<'_>, events: &[Arc<LiveEvent>]) -> Result<History, String> {
-    let messages: Vec<&Message> = events.iter().map(|e| &*e.message).collect();
+fn render_history(
+    metadata: &Metadata<'_>,
+    cached: &[Arc<CachedMessage>],
+) -> Result<History, String> {
+    let messages: Vec<&Message> = cached.iter().map(|c| &*c.message).collect();
     let (_, html) = metadata
         .render("messages", context! { messages: &messages })
         .ok_or("the messages template failed to render")?;
@@ -64,23 +67,23 @@ async fn history(
     rendered: &RenderedHistory,
     metadata: &Metadata<'_>,
 ) -> Result<History, String> {
-    if let Some(h) = rendered.0.get(chat.live.version()) {
+    if let Some(h) = rendered.0.get(chat.cache_version()) {
         return Ok(h);
     }
-    match chat.live.latest_versioned(DEFAULT_LIMIT) {
-        Some((version, events)) => {
-            let h = render_history(metadata, &events)?;
+    match chat.latest_cached(DEFAULT_LIMIT) {
+        Some((version, cached)) => {
+            let h = render_history(metadata, &cached)?;
             rendered.0.put(version, h.clone());
             Ok(h)
         }
-        // Not from memory, so not kept: the live cache's version does not
+        // Not from memory, so not kept: the cache's version does not
         // follow the store.
         None => {
-            let events = chat
-                .list(Page::Latest, DEFAULT_LIMIT)
+            let messages = chat
+                .list(Cursor::Latest, DEFAULT_LIMIT)
                 .await
                 .map_err(|e| e.to_string())?;
-            render_history(metadata, &events)
+            render_history(metadata, &messages)
         }
     }
 }
@@ -143,10 +146,10 @@ pub async fn post_form(
     rendered: &State<RenderedHistory>,
     metadata: Metadata<'_>,
     cookies: &CookieJar<'_>,
-    form: Result<Form<PostForm>, ApiError>,
+    form: Result<FormBody<PostForm>, ApiError>,
 ) -> Result<Redirect, (Status, Template)> {
     let form = match form {
-        Ok(Form(form)) => form,
+        Ok(FormBody(form)) => form,
         Err(e) => {
             let draft = Draft {
                 name: "",

@@ -3,6 +3,7 @@
 use rocket::http::Status;
 use rocket::serde::json::{json, Json, Value};
 use rocket::{get, State};
+use serde::Serialize;
 
 use super::error::ApiError;
 use crate::chat::Chat;
@@ -17,13 +18,34 @@ pub fn healthz() -> Json<Value> {
 /// 200 when a write could be accepted now, else 503 with the reason.
 #[get("/readyz")]
 pub async fn readyz(chat: &State<Chat>) -> Result<Json<Value>, ApiError> {
-    match chat.store.ready().await {
+    match chat.ready().await {
         Ok(()) => Ok(Json(json!({ "ready": true }))),
         Err(reason) => Err(ApiError::new(Status::ServiceUnavailable, reason)),
     }
 }
 
+/// `/api/status`: the store's status and the event streams' figures.
+#[derive(Serialize)]
+pub struct ServiceStatus {
+    #[serde(flatten)]
+    store: StoreStatus,
+    events: EventFigures,
+}
+
+/// What the event streams did since the process started.
+#[derive(Serialize)]
+pub struct EventFigures {
+    /// Times a subscriber fell behind the broadcast and caught up from the
+    /// store.
+    catch_ups: u64,
+}
+
 #[get("/api/status")]
-pub async fn status(chat: &State<Chat>) -> Json<StoreStatus> {
-    Json(chat.store.status().await)
+pub async fn status(chat: &State<Chat>) -> Json<ServiceStatus> {
+    Json(ServiceStatus {
+        store: chat.status().await,
+        events: EventFigures {
+            catch_ups: chat.catch_ups(),
+        },
+    })
 }

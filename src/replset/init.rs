@@ -6,15 +6,22 @@
 //! and answers the others `AlreadyInitialized`, which is then checked like
 //! any existing configuration.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mongodb::bson::{doc, Document};
-use mongodb::error::{Error, ErrorKind};
+use mongodb::error::Error;
 use mongodb::options::{ClientOptions, ServerAddress};
+use tokio::time::Instant;
 
 use super::config;
 use super::InitRequest;
-use crate::store::mongo::{connect, describe, options, Connection, Purpose};
+use crate::mongo::errors::codes::{
+    ALREADY_INITIALIZED, CONFIGURATION_IN_PROGRESS, INVALID_REPLICA_SET_CONFIG, NODE_NOT_FOUND,
+    UNAUTHORIZED,
+};
+use crate::mongo::errors::command_code as code;
+use crate::mongo::{connect, options, reason, Connection, Purpose};
+use crate::retry::{poll_until, Check, PollError};
 
 /// How long each step may wait, as a whole.
 #[derive(Debug, Clone, Copy)]
@@ -39,19 +46,6 @@ impl Waits {
     }
 }
 
-const ALREADY_INITIALIZED: i32 = 23;
-const CONFIGURATION_IN_PROGRESS: i32 = 109;
-const INVALID_REPLICA_SET_CONFIG: i32 = 93;
-const NODE_NOT_FOUND: i32 = 74;
-const UNAUTHORIZED: i32 = 13;
-
-fn code(e: &Error) -> Option<i32> {
-    match e.kind.as_ref() {
-        ErrorKind::Command(c) => Some(c.code),
-        _ => None,
-    }
-}
-
 struct Member {
     host: String,
     conn: Connection,
@@ -66,8 +60,8 @@ impl Member {
             .await
     }
 
-    fn describe(&self, e: &Error) -> String {
-        describe(e, self.conn.secret.as_deref())
+    fn reason(&self, e: &Error) -> String {
+        reason(e, self.conn.secret.as_deref())
     }
 
     async fn close(self) {
@@ -96,7 +90,7 @@ pub async fn init(request: &InitRequest, waits: Waits) -> Result<String, String>
     for host in &members {
         let mut o = base.clone();
         o.hosts = vec![ServerAddress::parse(host)
-            .map_err(|e| format!("member {host}: {}", describe(&e, secret.as_deref())))?];
+            .map_err(|e| format!("member {host}: {}", reason(&e, secret.as_deref())))?];
         let conn = connect(o, secret.clone(), Purpose::Direct)?;
         all.push(Member {
             host: host.clone(),
@@ -143,28 +137,42 @@ async fn run(
             // Another run's initiation won; once it has taken effect, its
             // configuration is checked like any existing one.
             let deadline = Instant::now() + waits.primary;
-            while !matches!(
-                first_member_state(first, deadline, waits).await?,
-                State::Initiated
-            ) {
-                if Instant::now() + waits.poll >= deadline {
-                    return Err(format!(
-                        "{} reported a concurrent initiation that never took effect",
-                        first.host
-                    ));
+            poll_until(deadline, waits.poll, || async {
+                match first_member_state(first, deadline, waits).await {
+                    Ok(State::Initiated) => Check::Done(()),
+                    Ok(State::NotInitiated) => Check::NotYet(String::new()),
+                    Err(e) => Check::Failed(e),
                 }
-                tokio::time::sleep(waits.poll).await;
-            }
+            })
+            .await
+            .map_err(|e| match e {
+                PollError::Failed(why) => why,
+                PollError::TimedOut(_) => format!(
+                    "{} reported a concurrent initiation that never took effect",
+                    first.host
+                ),
+            })?;
             check_existing(first, name, hosts).await?;
             "was initiated meanwhile (by another run)"
         }
-        Err(e) => return Err(initiate_error(&first.host, code(&e), &first.describe(&e))),
+        Err(e) => return Err(initiate_error(&first.host, code(&e), &first.reason(&e))),
     };
     let primary = wait_for_primary(first, waits).await?;
     Ok(format!(
         "replica set {name} {how} with members {}. Primary: {primary}",
         hosts.join(", ")
     ))
+}
+
+/// The error of a wait for `host` to answer.
+fn not_answering(host: &str, waits: Waits) -> impl Fn(PollError) -> String + '_ {
+    move |e| match e {
+        PollError::Failed(why) => why,
+        PollError::TimedOut(last) => format!(
+            "member {host} did not answer within {} s: {last}",
+            waits.members.as_secs()
+        ),
+    }
 }
 
 /// Waits until the first member answers. `hello` needs no privileges, so
@@ -175,31 +183,21 @@ async fn first_member_state(
     deadline: Instant,
     waits: Waits,
 ) -> Result<State, String> {
-    loop {
-        let last = match first.admin(doc! { "hello": 1 }).await {
-            Ok(hello) => {
-                if hello.get_str("setName").is_ok() {
-                    return Ok(State::Initiated);
-                }
-                if hello.get_bool("isreplicaset").unwrap_or(false) {
-                    return Ok(State::NotInitiated);
-                }
-                return Err(format!(
-                    "mongod at {} is not running as a replica-set member: start it with --replSet (replication.replSetName)",
-                    first.host
-                ));
+    poll_until(deadline, waits.poll, || async {
+        match first.admin(doc! { "hello": 1 }).await {
+            Ok(hello) if hello.get_str("setName").is_ok() => Check::Done(State::Initiated),
+            Ok(hello) if hello.get_bool("isreplicaset").unwrap_or(false) => {
+                Check::Done(State::NotInitiated)
             }
-            Err(e) => first.describe(&e),
-        };
-        if Instant::now() + waits.poll >= deadline {
-            return Err(format!(
-                "member {} did not answer within {} s: {last}",
-                first.host,
-                waits.members.as_secs()
-            ));
+            Ok(_) => Check::Failed(format!(
+                "mongod at {} is not running as a replica-set member: start it with --replSet (replication.replSetName)",
+                first.host
+            )),
+            Err(e) => Check::NotYet(first.reason(&e)),
         }
-        tokio::time::sleep(waits.poll).await;
-    }
+    })
+    .await
+    .map_err(not_answering(&first.host, waits))
 }
 
 /// Waits until another member answers, and makes sure it is a replica-set
@@ -210,39 +208,27 @@ async fn wait_for_member(
     deadline: Instant,
     waits: Waits,
 ) -> Result<(), String> {
-    loop {
-        let last = match m.admin(doc! { "hello": 1 }).await {
-            Ok(hello) => {
-                if let Ok(other) = hello.get_str("setName") {
-                    if other != name {
-                        return Err(format!(
-                            "member {} already belongs to replica set {other:?}",
-                            m.host
-                        ));
-                    }
-                }
-                if !hello.get_bool("isreplicaset").unwrap_or(false)
-                    && hello.get_str("setName").is_err()
-                {
-                    return Err(format!(
+    poll_until(deadline, waits.poll, || async {
+        match m.admin(doc! { "hello": 1 }).await {
+            Ok(hello) => match hello.get_str("setName") {
+                Ok(other) if other != name => Check::Failed(format!(
+                    "member {} already belongs to replica set {other:?}",
+                    m.host
+                )),
+                Err(_) if !hello.get_bool("isreplicaset").unwrap_or(false) => {
+                    Check::Failed(format!(
                         "mongod at {} is not running as a replica-set member: start it with --replSet {name}",
                         m.host
-                    ));
+                    ))
                 }
-                return Ok(());
-            }
-            Err(e) if code(&e) == Some(UNAUTHORIZED) => return Err(unauthorized(m, &e)),
-            Err(e) => m.describe(&e),
-        };
-        if Instant::now() + waits.poll >= deadline {
-            return Err(format!(
-                "member {} did not answer within {} s: {last}",
-                m.host,
-                waits.members.as_secs()
-            ));
+                _ => Check::Done(()),
+            },
+            Err(e) if code(&e) == Some(UNAUTHORIZED) => Check::Failed(unauthorized(m, &e)),
+            Err(e) => Check::NotYet(m.reason(&e)),
         }
-        tokio::time::sleep(waits.poll).await;
-    }
+    })
+    .await
+    .map_err(not_answering(&m.host, waits))
 }
 
 /// The configuration from `replSetGetConfig`, or, for a user without that
@@ -255,14 +241,14 @@ async fn check_existing(first: &Member, name: &str, hosts: &[String]) -> Result<
             let hello = first
                 .admin(doc! { "hello": 1 })
                 .await
-                .map_err(|e| format!("{} stopped answering: {}", first.host, first.describe(&e)))?;
+                .map_err(|e| format!("{} stopped answering: {}", first.host, first.reason(&e)))?;
             config::parse_hello(&hello)?
         }
         Err(e) => {
             return Err(format!(
                 "cannot read the replica-set config from {}: {}",
                 first.host,
-                first.describe(&e)
+                first.reason(&e)
             ))
         }
     };
@@ -271,22 +257,23 @@ async fn check_existing(first: &Member, name: &str, hosts: &[String]) -> Result<
 
 async fn wait_for_primary(first: &Member, waits: Waits) -> Result<String, String> {
     let deadline = Instant::now() + waits.primary;
-    loop {
-        let last = match first.admin(doc! { "hello": 1 }).await {
+    poll_until(deadline, waits.poll, || async {
+        match first.admin(doc! { "hello": 1 }).await {
             Ok(hello) => match hello.get_str("primary") {
-                Ok(primary) => return Ok(primary.to_owned()),
-                Err(_) => "no primary elected yet".to_owned(),
+                Ok(primary) => Check::Done(primary.to_owned()),
+                Err(_) => Check::NotYet("no primary elected yet".to_owned()),
             },
-            Err(e) => first.describe(&e),
-        };
-        if Instant::now() + waits.poll >= deadline {
-            return Err(format!(
-                "no primary was elected within {} s ({last})",
-                waits.primary.as_secs()
-            ));
+            Err(e) => Check::NotYet(first.reason(&e)),
         }
-        tokio::time::sleep(waits.poll).await;
-    }
+    })
+    .await
+    .map_err(|e| match e {
+        PollError::Failed(why) => why,
+        PollError::TimedOut(last) => format!(
+            "no primary was elected within {} s ({last})",
+            waits.primary.as_secs()
+        ),
+    })
 }
 
 fn unauthorized(m: &Member, e: &Error) -> String {
@@ -295,7 +282,7 @@ fn unauthorized(m: &Member, e: &Error) -> String {
          replica set (clusterManager), or run init on the member itself before any user exists \
          (mongod's localhost exception)",
         m.host,
-        m.describe(e)
+        m.reason(e)
     )
 }
 

@@ -2,15 +2,12 @@
 
 pub mod config;
 pub mod init;
-pub mod status;
 
 use std::time::Duration;
 
-use crate::store::mongo::{connect, options, Purpose};
-use crate::store::ReplicaSetStatus;
+use crate::mongo::{connect, options, status_of, Purpose, ReplicaSetStatus};
 
 pub use init::Waits;
-pub use status::{from_topology, parse_status, status_of};
 
 /// What `replset init` is asked to build.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,12 +26,13 @@ pub struct InitRequest {
 }
 
 /// Initiates the replica set if needed and waits for a primary. Returns a
-/// human summary of what it did.
+/// human summary of what it did; errors are one line each.
 pub async fn init(request: &InitRequest) -> Result<String, String> {
     init::init(request, Waits::bounded(request.wait_secs)).await
 }
 
-/// The replica set as `replSetGetStatus` (or the driver) sees it.
+/// The replica set as `replSetGetStatus` (or the driver) sees it, through
+/// the connection string `uri`. Errors: a bad string, or nobody answered.
 pub async fn status(uri: &str) -> Result<ReplicaSetStatus, String> {
     let (options, secret) = options(uri).await?;
     let conn = connect(options, secret, Purpose::Store)?;

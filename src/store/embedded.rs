@@ -18,8 +18,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Inserted, ListQuery, Page, Store, StoreError, StoreStatus};
-use crate::live::{Live, CACHE_CAPACITY};
+use super::{Cursor, Inserted, Store, StoreError, StoreStatus};
+use crate::cache::{Cache, CACHE_CAPACITY};
 use crate::message::{now_millis, Message, NewMessage};
 
 /// Store order: a sequence number given at commit.
@@ -31,7 +31,11 @@ const MAX_BATCH: usize = 512;
 
 type Reply = oneshot::Sender<Result<Inserted, StoreError>>;
 
+/// The redb store. Its locks are std `Mutex`es held only to clone or take a
+/// handle, never across `.await`.
 pub struct EmbeddedStore {
+    /// How long an insert may wait for its commit.
+    write_timeout: Duration,
     /// Taken on close, so the file's lock is released for a reopen.
     db: Mutex<Option<Arc<Database>>>,
     writer: Mutex<Option<mpsc::Sender<(NewMessage, Reply)>>>,
@@ -39,36 +43,37 @@ pub struct EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database in `data_dir` and fills `live` with the
-    /// latest messages.
-    pub async fn open(data_dir: &Path, live: Arc<Live>) -> Result<Self, StoreError> {
+    /// Opens (or creates) the database in `data_dir` and fills `cache` with
+    /// the latest messages. An insert that waits longer than `write_timeout`
+    /// for its commit answers `Unavailable`.
+    ///
+    /// Errors: `Internal` when the directory or the file cannot be created
+    /// or opened (for example another process holds it).
+    pub async fn open(
+        data_dir: &Path,
+        write_timeout: Duration,
+        cache: Arc<Cache>,
+    ) -> Result<Self, StoreError> {
         let data_dir = data_dir.to_path_buf();
         let db = tokio::task::spawn_blocking(move || open_db(&data_dir))
             .await
             .map_err(|e| StoreError::Internal(e.to_string()))??;
         let db = Arc::new(db);
-        let latest = read_page(
-            &db,
-            &ListQuery {
-                page: Page::Latest,
-                limit: CACHE_CAPACITY + 1,
-            },
-        )?;
+        let latest = read_range(&db, &Cursor::Latest, CACHE_CAPACITY + 1)?;
         // Datetimes never go back, even across a restart with an earlier clock.
         let last_datetime = latest
             .last()
             .map_or(OffsetDateTime::UNIX_EPOCH, |m| m.datetime);
-        let whole = latest.len() <= CACHE_CAPACITY;
-        let skip = latest.len().saturating_sub(CACHE_CAPACITY);
-        live.reset(latest.into_iter().skip(skip).collect(), whole);
+        cache.reset_from_latest(latest);
 
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let writer_db = db.clone();
         let thread = std::thread::Builder::new()
             .name("simplechat-writer".into())
-            .spawn(move || write_loop(&writer_db, rx, &live, last_datetime))
+            .spawn(move || write_loop(&writer_db, rx, &cache, last_datetime))
             .map_err(|e| StoreError::Internal(format!("cannot start writer thread: {e}")))?;
         Ok(EmbeddedStore {
+            write_timeout,
             db: Mutex::new(Some(db)),
             writer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
@@ -84,7 +89,7 @@ impl EmbeddedStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .ok_or_else(closed)?;
+            .ok_or_else(StoreError::closed)?;
         tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(|e| StoreError::Internal(e.to_string()))?
@@ -120,7 +125,7 @@ fn decode(bytes: &[u8]) -> Result<Message, StoreError> {
 fn write_loop(
     db: &Database,
     mut rx: mpsc::Receiver<(NewMessage, Reply)>,
-    live: &Live,
+    cache: &Cache,
     mut last_datetime: OffsetDateTime,
 ) {
     while let Some(first) = rx.blocking_recv() {
@@ -135,7 +140,7 @@ fn write_loop(
             Ok(outcomes) => {
                 for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
                     if let Ok(Inserted::Created(m)) = &outcome {
-                        live.publish(m.clone());
+                        cache.publish(m.clone());
                     }
                     let _ = reply.send(outcome);
                 }
@@ -205,35 +210,36 @@ fn write_batch(
     Ok(outcomes)
 }
 
-fn read_page(db: &Database, query: &ListQuery) -> Result<Vec<Message>, StoreError> {
+/// Up to `limit` messages at `cursor`, oldest first, in one read transaction.
+fn read_range(db: &Database, cursor: &Cursor, limit: usize) -> Result<Vec<Message>, StoreError> {
     let txn = db.begin_read().map_err(internal)?;
     let messages = txn.open_table(MESSAGES).map_err(internal)?;
     let ids = txn.open_table(IDS).map_err(internal)?;
-    let anchor = |id: &str| -> Result<u64, StoreError> {
+    let position = |id: &str| -> Result<u64, StoreError> {
         ids.get(id)
             .map_err(internal)?
             .map(|v| v.value())
             .ok_or_else(|| StoreError::UnknownId(id.to_owned()))
     };
-    let mut out = Vec::with_capacity(query.limit.min(CACHE_CAPACITY + 1));
-    match &query.page {
-        Page::Latest | Page::Before(_) => {
-            let range = match &query.page {
-                Page::Before(id) => messages.range(..anchor(id)?),
+    let mut out = Vec::with_capacity(limit.min(CACHE_CAPACITY + 1));
+    match cursor {
+        Cursor::Latest | Cursor::Before(_) => {
+            let range = match cursor {
+                Cursor::Before(id) => messages.range(..position(id)?),
                 _ => messages.range::<u64>(..),
             }
             .map_err(internal)?;
-            for entry in range.rev().take(query.limit) {
+            for entry in range.rev().take(limit) {
                 let (_, v) = entry.map_err(internal)?;
                 out.push(decode(v.value())?);
             }
             out.reverse();
         }
-        Page::After(id) => {
+        Cursor::After(id) => {
             for entry in messages
-                .range(anchor(id)? + 1..)
+                .range(position(id)? + 1..)
                 .map_err(internal)?
-                .take(query.limit)
+                .take(limit)
             {
                 let (_, v) = entry.map_err(internal)?;
                 out.push(decode(v.value())?);
@@ -251,10 +257,29 @@ impl Store for EmbeddedStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .ok_or_else(closed)?;
-        let (reply, outcome) = oneshot::channel();
-        sender.send((message, reply)).await.map_err(|_| closed())?;
-        outcome.await.map_err(|_| closed())?
+            .ok_or_else(StoreError::closed)?;
+        let commit = async {
+            let (reply, outcome) = oneshot::channel();
+            sender
+                .send((message, reply))
+                .await
+                .map_err(|_| StoreError::closed())?;
+            outcome.await.map_err(|_| StoreError::closed())?
+        };
+        // A commit that never comes (a stalled disk) must not hold the
+        // request forever; the insert may still commit later, and a retry
+        // with the same id is then answered as a replay.
+        tokio::time::timeout(self.write_timeout, commit)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable {
+                    reason: format!(
+                        "the store did not commit the write within {} s",
+                        self.write_timeout.as_secs()
+                    ),
+                    retry_after: Duration::from_secs(5),
+                })
+            })
     }
 
     async fn get(&self, id: &str) -> Result<Option<Message>, StoreError> {
@@ -272,8 +297,8 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn list(&self, query: ListQuery) -> Result<Vec<Message>, StoreError> {
-        self.read(move |db| read_page(db, &query)).await
+    async fn list(&self, cursor: Cursor, limit: usize) -> Result<Vec<Message>, StoreError> {
+        self.read(move |db| read_range(db, &cursor, limit)).await
     }
 
     async fn ready(&self) -> Result<(), String> {
@@ -295,8 +320,7 @@ impl Store for EmbeddedStore {
             store: "embedded",
             ready: ready.is_ok(),
             reason: ready.err(),
-            replica_set: None,
-            feed: None,
+            mongodb: None,
         }
     }
 
@@ -308,12 +332,5 @@ impl Store for EmbeddedStore {
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
-    }
-}
-
-fn closed() -> StoreError {
-    StoreError::Unavailable {
-        reason: "the store is shutting down".into(),
-        retry_after: Duration::from_secs(1),
     }
 }

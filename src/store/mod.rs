@@ -1,15 +1,18 @@
 //! The one interface every message store implements, and what it promises.
 //!
-//! The promises (checked for every store by `tests/store_contract`):
-//! - `insert` stores a message durably before it returns `Created`; the same id
-//!   again with the same name and text returns `Existing` and stores nothing;
-//!   with other content it fails with `Conflict`.
-//! - Messages have one total "store order", oldest first: `list` returns a
-//!   window of it, `Before`/`After` page through it from a known id.
-//! - The store keeps the [`Live`] feed it was opened with current: every
-//!   message stored (by this process or, for a shared store, any other) is
-//!   published to it in store order, and the feed's cache is reset whenever the
-//!   store cannot vouch for it.
+//! The promises (checked for every store by the contract suite in
+//! `tests/contract/`):
+//! - `insert` stores a message durably before it returns `Created`; the same
+//!   id again with the same name and text returns `Existing` and stores
+//!   nothing; with other content it fails with `Conflict`.
+//! - Messages have one total store order, oldest first: `list` returns part
+//!   of it, chosen by a [`Cursor`].
+//! - The store keeps the [`Cache`] it was opened with current: every message
+//!   stored (by this process or, for a shared store, any other) is published
+//!   to it in store order, and the cache is reset whenever the store cannot
+//!   vouch for it.
+//!
+//! [`Cache`]: crate::cache::Cache
 
 pub mod embedded;
 pub mod mongo;
@@ -21,31 +24,29 @@ use serde::Serialize;
 
 use crate::message::{Message, NewMessage};
 
-/// Which part of the store order a listing wants.
+/// Which part of the store order a listing wants. Positions are named by
+/// message id, as the API names them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Page {
+pub enum Cursor {
     /// The newest messages.
     Latest,
-    /// Messages just older than this id.
+    /// Messages just older than the message with this id.
     Before(String),
-    /// Messages just newer than this id.
+    /// Messages just newer than the message with this id.
     After(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListQuery {
-    pub page: Page,
-    pub limit: usize,
-}
-
+/// What an insert did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inserted {
+    /// Stored now.
     Created(Message),
     /// The id was already stored with the same content: a retry.
     Existing(Message),
 }
 
 impl Inserted {
+    /// The stored message, whichever way it got there.
     pub fn message(&self) -> &Message {
         match self {
             Inserted::Created(m) | Inserted::Existing(m) => m,
@@ -53,73 +54,72 @@ impl Inserted {
     }
 }
 
+/// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// The id is taken by a message with other content (409).
     #[error("a different message already has id {0}")]
     Conflict(String),
+    /// A cursor named an id the store does not have (404).
     #[error("no message has id {0}")]
     UnknownId(String),
-    /// Nothing is wrong with the request; the store cannot take it now.
+    /// Nothing is wrong with the request; the store cannot take it now (503
+    /// with `Retry-After`).
     #[error("{reason}")]
     Unavailable {
         reason: String,
         retry_after: Duration,
     },
+    /// A bug or a misconfiguration (500; the reason is logged, not shown).
     #[error("store error: {0}")]
     Internal(String),
 }
 
-/// What `/api/status` and `simplechat replset status` show.
+impl StoreError {
+    /// The store is closing or closed.
+    pub fn closed() -> StoreError {
+        StoreError::Unavailable {
+            reason: "the store is shutting down".into(),
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What `/api/status` shows of the store.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct StoreStatus {
+    /// `embedded` or `mongodb`.
     pub store: &'static str,
+    /// Whether a write could be accepted now.
     pub ready: bool,
+    /// Why not, when not ready.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub replica_set: Option<ReplicaSetStatus>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub feed: Option<FeedStatus>,
+    /// The MongoDB store's replica set and change stream, at the top level
+    /// of the JSON.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub mongodb: Option<mongo::MongoStatus>,
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct ReplicaSetStatus {
-    pub name: String,
-    pub primary: Option<String>,
-    pub members: Vec<MemberStatus>,
-    /// Where the figures came from: `replSetGetStatus`, or the driver's view
-    /// of the topology when the user may not run that command.
-    pub source: String,
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct MemberStatus {
-    pub name: String,
-    /// PRIMARY, SECONDARY, (not reachable/healthy), ... as mongod names them.
-    pub state: String,
-    pub health: f64,
-    /// Seconds this member's last applied write trails the primary's.
-    pub lag_secs: Option<f64>,
-}
-
-/// How the live feed is doing: a change stream can go quiet without failing.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct FeedStatus {
-    pub running: bool,
-    /// RFC 3339 time the feed last delivered a message, if ever.
-    pub last_delivered: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-}
-
+/// A message store. Every method may be called concurrently.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Stores a message, waiting at most the store's write deadline.
+    ///
+    /// Errors: `Conflict`, `Unavailable` (deadline passed, no primary,
+    /// closing), `Internal`.
     async fn insert(&self, message: NewMessage) -> Result<Inserted, StoreError>;
+    /// The message with this id, if stored.
     async fn get(&self, id: &str) -> Result<Option<Message>, StoreError>;
-    async fn list(&self, query: ListQuery) -> Result<Vec<Message>, StoreError>;
+    /// Up to `limit` messages at `cursor`, oldest first.
+    ///
+    /// Errors: `UnknownId` when the cursor's id is not stored.
+    async fn list(&self, cursor: Cursor, limit: usize) -> Result<Vec<Message>, StoreError>;
     /// `Ok` when a write could be accepted now; otherwise why not.
     async fn ready(&self) -> Result<(), String>;
+    /// What `/api/status` shows.
     async fn status(&self) -> StoreStatus;
-    /// Finishes pending writes and releases the store. Later calls fail.
+    /// Finishes pending writes and releases the store. Later calls fail with
+    /// [`StoreError::closed`].
     async fn close(&self);
 }

@@ -1,14 +1,19 @@
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::app::{spawn_app, TestApp};
 
+type Body = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes, String>> + Send>>;
+
 /// A minimal SSE reader over a real connection.
 pub struct Sse {
-    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
-    buffer: String,
+    body: Body,
+    /// Bytes: a chunk may end inside a UTF-8 character.
+    buffer: Vec<u8>,
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -29,16 +34,60 @@ impl Sse {
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
         Sse {
-            body: Box::pin(response.bytes_stream()),
-            buffer: String::new(),
+            body: Box::pin(
+                response
+                    .bytes_stream()
+                    .map(|r| r.map_err(|e| e.to_string())),
+            ),
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Connects over a plain socket with a receive buffer of 4 KiB and
+    /// HTTP/1.0 (no chunking, no client-side buffering), so a subscriber
+    /// that reads nothing soon stops the server's writes to it.
+    pub async fn connect_with_small_window(app: &TestApp, path: &str) -> Sse {
+        let addr: std::net::SocketAddr = app
+            .base_url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("address");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        // Before connecting: the window is agreed in the handshake.
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let mut stream = socket.connect(addr).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("request");
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8];
+            stream.read_exact(&mut byte).await.expect("response head");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "{head}"
+        );
+        let body = futures::stream::unfold(stream, |mut stream| async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => None,
+                Ok(n) => Some((Ok(Bytes::copy_from_slice(&buf[..n])), stream)),
+            }
+        });
+        Sse {
+            body: Box::pin(body),
+            buffer: Vec::new(),
         }
     }
 
     /// The next block, or None when the server ended the stream.
     pub async fn next_block(&mut self, timeout: Duration) -> Option<Event> {
         loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let bytes: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                let block = String::from_utf8(bytes).expect("UTF-8");
                 let mut event = Event::default();
                 for line in block.lines() {
                     if let Some(v) = line.strip_prefix("event: ") {
@@ -56,8 +105,7 @@ impl Sse {
             let chunk = tokio::time::timeout(timeout, self.body.next())
                 .await
                 .expect("no SSE data within the timeout")?;
-            self.buffer
-                .push_str(std::str::from_utf8(&chunk.ok()?).expect("UTF-8"));
+            self.buffer.extend_from_slice(&chunk.ok()?);
         }
     }
 
@@ -124,15 +172,17 @@ async fn last_event_id_replays_what_was_missed() {
 #[tokio::test]
 async fn a_subscriber_that_falls_far_behind_catches_up_from_the_store() {
     let app = spawn_app(&[]).await;
-    let mut slow = Sse::connect(&app, "/api/events", None).await;
-    // More than the broadcast buffer holds, while this subscriber reads nothing.
+    let mut slow = Sse::connect_with_small_window(&app, "/api/events").await;
+    // The server can buffer at most a few MiB in the socket (tcp_wmem's
+    // maximum is 4 MiB by default) and 1024 messages in the broadcast:
+    // 2000 messages of about 6 KB each are more than both together, so this
+    // subscriber, which reads nothing meanwhile, must fall behind.
+    const TOTAL: usize = 2000;
     let mut texts = Vec::new();
-    for chunk in 0..12 {
+    for chunk in 0..TOTAL / 100 {
         let app = &app;
         let posts = (0..100).map(|i| {
-            // Large frames fill the socket buffers, so the server side of this
-            // stream stops reading the broadcast and falls behind it.
-            let text = format!("burst {} {}", chunk * 100 + i, "x".repeat(1900));
+            let text = format!("burst {} {}", chunk * 100 + i, "字".repeat(1900));
             async move { app.post_message("s", &text).await }
         });
         for m in futures::future::join_all(posts).await {
@@ -148,24 +198,29 @@ async fn a_subscriber_that_falls_far_behind_catches_up_from_the_store() {
         .map(|m| m["id"].as_str().unwrap().to_owned())
         .collect();
     let mut received = Vec::new();
-    while received.len() < 1200 {
+    while received.len() < TOTAL {
         received.push(slow.next_message().await["id"].as_str().unwrap().to_owned());
     }
     let mut unique = received.clone();
     unique.sort();
     unique.dedup();
-    assert_eq!(unique.len(), 1200, "every message exactly once");
-    assert_eq!(&received[200..], &listed[..], "in store order");
+    assert_eq!(unique.len(), TOTAL, "every message exactly once");
+    assert_eq!(&received[TOTAL - 1000..], &listed[..], "in store order");
+    let status = app.get_json("/api/status").await;
+    assert!(
+        status["events"]["catch_ups"].as_u64().unwrap_or(0) >= 1,
+        "the subscriber fell behind the broadcast and caught up from the store: {status}"
+    );
     app.shutdown().await;
 }
 
 #[tokio::test]
 async fn heartbeats_keep_an_idle_stream_alive() {
-    let app = spawn_app(&[]).await;
+    let app = spawn_app(&[("heartbeat_secs", serde_json::json!(1))]).await;
     let mut sse = Sse::connect(&app, "/api/events", None).await;
     let hello = sse.next_block(Duration::from_secs(5)).await.unwrap();
     assert!(hello.comment, "opening comment flushes the headers");
-    let heartbeat = sse.next_block(Duration::from_secs(20)).await.unwrap();
+    let heartbeat = sse.next_block(Duration::from_secs(5)).await.unwrap();
     assert!(
         heartbeat.comment && heartbeat.event.is_empty(),
         "{heartbeat:?}"

@@ -1,4 +1,4 @@
-//! The live feed: the latest messages kept in memory and a broadcast of each
+//! The cache: the latest messages kept in memory, and the broadcast of each
 //! new one to every Server-Sent-Events subscriber.
 //!
 //! Each message is serialized once, when it is published; every subscriber
@@ -22,9 +22,10 @@ pub const CACHE_CAPACITY: usize = 1000;
 /// from the store.
 const BROADCAST_CAPACITY: usize = 1024;
 
-/// A published message with its serialized forms.
+/// A published message with its serialized forms, shared by the cache, the
+/// broadcast and every listing built from them.
 #[derive(Debug)]
-pub struct LiveEvent {
+pub struct CachedMessage {
     pub message: Arc<Message>,
     /// The message as JSON.
     pub json: Bytes,
@@ -32,11 +33,12 @@ pub struct LiveEvent {
     pub frame: Bytes,
 }
 
-impl LiveEvent {
+impl CachedMessage {
+    /// Serializes `message` once, as JSON and as an SSE frame.
     pub fn new(message: Message) -> Self {
         let json = serde_json::to_vec(&message).unwrap_or_default();
         let frame = sse_frame(&message.id, &json);
-        LiveEvent {
+        CachedMessage {
             message: Arc::new(message),
             json: Bytes::from(json),
             frame,
@@ -58,10 +60,10 @@ fn sse_frame(id: &str, json: &[u8]) -> Bytes {
 
 #[derive(Default)]
 struct Recent {
-    events: VecDeque<Arc<LiveEvent>>,
+    events: VecDeque<Arc<CachedMessage>>,
     ids: HashSet<String>,
     /// The cache is a true suffix of the store order. False until the store
-    /// first resets it, and whenever the store's feed is broken.
+    /// first resets it, and whenever the store cannot vouch for it.
     complete: bool,
     /// The cache holds every message there is.
     whole_history: bool,
@@ -77,9 +79,11 @@ impl Recent {
     }
 }
 
-pub struct Live {
+/// The latest [`CACHE_CAPACITY`] messages and the broadcast. Its lock is a
+/// std `RwLock`: held only for in-memory work, never across `.await`.
+pub struct Cache {
     recent: RwLock<Recent>,
-    sender: broadcast::Sender<Arc<LiveEvent>>,
+    sender: broadcast::Sender<Arc<CachedMessage>>,
     /// The default listing, serialized once per change: (limit, JSON).
     default_page: Memo<(usize, Bytes)>,
 }
@@ -104,14 +108,15 @@ impl<T: Clone> Memo<T> {
             .map(|(_, value)| value.clone())
     }
 
+    /// Keeps `value` as the one built for `version`.
     pub fn put(&self, version: u64, value: T) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((version, value));
     }
 }
 
-impl Default for Live {
+impl Default for Cache {
     fn default() -> Self {
-        Live {
+        Cache {
             recent: RwLock::new(Recent::default()),
             sender: broadcast::channel(BROADCAST_CAPACITY).0,
             default_page: Memo::default(),
@@ -119,9 +124,10 @@ impl Default for Live {
     }
 }
 
-impl Live {
+impl Cache {
+    /// An empty cache that answers nothing until its first reset.
     pub fn new() -> Arc<Self> {
-        Arc::new(Live::default())
+        Arc::new(Cache::default())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Recent> {
@@ -134,13 +140,13 @@ impl Live {
 
     /// Adds a message that follows everything published so far, and sends it
     /// to every subscriber. A message already in the cache is ignored, so a
-    /// feed that re-reads after a gap cannot deliver a message twice.
+    /// change stream that re-reads after a gap cannot deliver a message twice.
     pub fn publish(&self, message: Message) {
         let mut recent = self.write();
         if recent.ids.contains(&message.id) {
             return;
         }
-        let event = Arc::new(LiveEvent::new(message));
+        let event = Arc::new(CachedMessage::new(message));
         recent.last_delivered = Some(OffsetDateTime::now_utc());
         push(&mut recent, event.clone());
         recent.changed();
@@ -149,16 +155,25 @@ impl Live {
         let _ = self.sender.send(event);
     }
 
+    /// Replaces the cache with the latest messages a store read, oldest
+    /// first: up to one more than the cache holds, so that fewer means the
+    /// store holds no more (the whole history is cached).
+    pub fn reset_from_latest(&self, mut latest: Vec<Message>) {
+        let whole_history = latest.len() <= CACHE_CAPACITY;
+        let skip = latest.len().saturating_sub(CACHE_CAPACITY);
+        self.reset(latest.split_off(skip), whole_history);
+    }
+
     /// Replaces the cache with the latest messages from the store, oldest
     /// first. Messages published meanwhile that are newer than the snapshot
-    /// (the store's read can trail the feed) stay, after it.
+    /// (the store's read can trail the change stream) stay, after it.
     pub fn reset(&self, latest: Vec<Message>, whole_history: bool) {
         let mut recent = self.write();
         let old = std::mem::take(&mut recent.events);
         recent.ids.clear();
         let tail = latest.last().map(|m| (m.datetime, m.id.clone()));
         for m in latest {
-            push(&mut recent, Arc::new(LiveEvent::new(m)));
+            push(&mut recent, Arc::new(CachedMessage::new(m)));
         }
         let mut whole_history = whole_history;
         for event in old {
@@ -178,7 +193,7 @@ impl Live {
         recent.changed();
     }
 
-    /// The store can no longer vouch for the cache (its feed broke): listings
+    /// The store can no longer vouch for the cache (its change stream broke): listings
     /// go to the store until the next `reset`.
     pub fn invalidate(&self) {
         let mut recent = self.write();
@@ -186,10 +201,13 @@ impl Live {
         recent.changed();
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
+    /// A receiver of every message published from now on, in cache order.
+    /// It lags (`RecvError::Lagged`) after falling 1024 messages behind.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<CachedMessage>> {
         self.sender.subscribe()
     }
 
+    /// When a message was last published, if ever.
     pub fn last_delivered(&self) -> Option<OffsetDateTime> {
         self.read().last_delivered
     }
@@ -200,12 +218,12 @@ impl Live {
     }
 
     /// The latest `limit` messages, oldest first, if the cache can answer.
-    pub fn latest(&self, limit: usize) -> Option<Vec<Arc<LiveEvent>>> {
+    pub fn latest(&self, limit: usize) -> Option<Vec<Arc<CachedMessage>>> {
         self.latest_versioned(limit).map(|(_, events)| events)
     }
 
     /// Like `latest`, with the version the answer belongs to.
-    pub fn latest_versioned(&self, limit: usize) -> Option<(u64, Vec<Arc<LiveEvent>>)> {
+    pub fn latest_versioned(&self, limit: usize) -> Option<(u64, Vec<Arc<CachedMessage>>)> {
         let recent = self.read();
         if !recent.complete || (recent.events.len() < limit && !recent.whole_history) {
             return None;
@@ -218,7 +236,7 @@ impl Live {
     }
 
     /// Up to `limit` messages after `id`, if `id` is in the cache.
-    pub fn after(&self, id: &str, limit: usize) -> Option<Vec<Arc<LiveEvent>>> {
+    pub fn after(&self, id: &str, limit: usize) -> Option<Vec<Arc<CachedMessage>>> {
         let recent = self.read();
         if !recent.complete || !recent.ids.contains(id) {
             return None;
@@ -249,7 +267,7 @@ impl Live {
     }
 }
 
-fn push(recent: &mut Recent, event: Arc<LiveEvent>) {
+fn push(recent: &mut Recent, event: Arc<CachedMessage>) {
     recent.ids.insert(event.message.id.clone());
     recent.events.push_back(event);
     while recent.events.len() > CACHE_CAPACITY {
@@ -261,7 +279,7 @@ fn push(recent: &mut Recent, event: Arc<LiveEvent>) {
 }
 
 /// Joins already-serialized messages into a JSON array.
-pub fn json_array(events: &[Arc<LiveEvent>]) -> Bytes {
+pub fn json_array(events: &[Arc<CachedMessage>]) -> Bytes {
     let len = events.iter().map(|e| e.json.len() + 1).sum::<usize>() + 2;
     let mut out = Vec::with_capacity(len);
     out.push(b'[');
@@ -280,7 +298,7 @@ mod tests {
     use super::*;
     use crate::message::{now_millis, NewMessage};
 
-    fn cached_ids(live: &Live, limit: usize) -> Vec<String> {
+    fn cached_ids(live: &Cache, limit: usize) -> Vec<String> {
         let events = live.latest(limit).expect("the cache answers");
         events.iter().map(|e| e.message.id.clone()).collect()
     }
@@ -293,7 +311,7 @@ mod tests {
 
     #[test]
     fn cache_answers_only_when_complete() {
-        let live = Live::new();
+        let live = Cache::new();
         live.publish(msg("a"));
         assert!(live.latest(10).is_none(), "not reset yet");
         live.reset(vec![msg("a"), msg("b")], true);
@@ -304,7 +322,7 @@ mod tests {
 
     #[test]
     fn publish_ignores_duplicates_and_broadcasts_in_order() {
-        let live = Live::new();
+        let live = Cache::new();
         live.reset(vec![], true);
         let mut rx = live.subscribe();
         live.publish(msg("a"));
@@ -321,7 +339,7 @@ mod tests {
 
     #[test]
     fn serving_the_listing_while_publishing_never_deadlocks() {
-        let live = Live::new();
+        let live = Cache::new();
         live.reset(vec![], true);
         let publisher = {
             let live = live.clone();
@@ -347,7 +365,7 @@ mod tests {
 
     #[test]
     fn reset_keeps_what_was_published_after_the_snapshot() {
-        let live = Live::new();
+        let live = Cache::new();
         let (a, b, c) = (msg("a"), msg("b"), msg("c"));
         live.publish(c.clone());
         live.reset(vec![a, b], true);
@@ -356,7 +374,7 @@ mod tests {
 
     #[test]
     fn frame_is_one_sse_event() {
-        let e = LiveEvent::new(msg("x1"));
+        let e = CachedMessage::new(msg("x1"));
         let text = std::str::from_utf8(&e.frame).unwrap();
         assert!(text.starts_with("event: message\nid: x1\ndata: {"));
         assert!(text.ends_with("}\n\n"));
@@ -365,7 +383,7 @@ mod tests {
 
     #[test]
     fn eviction_keeps_capacity_and_drops_whole_history() {
-        let live = Live::new();
+        let live = Cache::new();
         live.reset(vec![], true);
         for i in 0..CACHE_CAPACITY + 5 {
             live.publish(msg(&format!("m{i}")));

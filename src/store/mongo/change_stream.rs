@@ -1,5 +1,5 @@
-//! The live feed: one change stream per app instance on the messages
-//! collection, publishing every new message to the `Live` feed.
+//! The change stream: one per app instance on the messages collection,
+//! publishing every new message to the cache.
 //!
 //! Every (re)open follows the same steps, so nothing is skipped and nothing
 //! a subscriber already has is sent twice:
@@ -8,7 +8,7 @@
 //! 2. open the stream, from the last resume token if there is one;
 //! 3. catch up: with a resumed stream, drain what it replays; without one
 //!    (first open, or the token is gone from the oplog), read everything
-//!    after the last message this feed knows of;
+//!    after the last message this change stream delivered;
 //! 4. read the latest messages again, publish those newer than anything
 //!    published so far, and `reset` the cache (it is whole again);
 //! 5. publish each insert event as it comes; `publish` ignores ids it has.
@@ -17,8 +17,12 @@
 //! committed after is delivered by the stream (and may also be read, which
 //! `publish` dedupes). When the stream fails beyond the driver's one
 //! automatic resume, the cache is invalidated and the cycle starts again.
+//!
+//! Change streams: <https://www.mongodb.com/docs/manual/changeStreams/>;
+//! resuming: <https://www.mongodb.com/docs/manual/changeStreams/#resume-a-change-stream>.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -26,95 +30,155 @@ use mongodb::bson::{doc, Document};
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
 use mongodb::change_stream::ChangeStream;
 
-use super::errors::{classify, Class};
-use super::model::{Direction, Key, MessageDoc};
-use super::{Handles, Inner, Window};
-use crate::live::CACHE_CAPACITY;
-
-const MIN_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+use super::collections::Collections;
+use super::document::{Direction, MessageDoc, Position, Range};
+use super::Shared;
+use crate::cache::CACHE_CAPACITY;
+use crate::mongo::Class;
+use crate::retry::Backoff;
 /// A resumed stream replays what was missed; past this much the reads of
 /// step 4 are cheaper than event-by-event catch-up.
 const MAX_DRAIN_EVENTS: usize = 10_000;
 const MAX_DRAIN_TIME: Duration = Duration::from_secs(10);
 /// How far instances' clocks may disagree. Datetimes come from the writing
 /// instance's clock, so a message committed later can sort up to this much
-/// earlier: catch-up reads start this far back, and `Live` drops the ones it
+/// earlier: catch-up reads start this far back, and the cache drops the ones it
 /// already has.
 const CLOCK_SKEW_MS: i64 = 5_000;
 
 type Events = ChangeStream<ChangeStreamEvent<Document>>;
 
-/// Where the feed is in the store order.
+/// How the change stream is doing, for `/api/status` and for inserts
+/// (which wait for their echo only while it runs). A std `Mutex`: held only
+/// to copy or set a few fields, never across `.await`.
+#[derive(Default)]
+pub(super) struct ChangeStreamHealth {
+    state: Mutex<HealthState>,
+    /// Whether the stream has finished its first catch-up since startup (a
+    /// later start is a resumption, worth a log line).
+    started_once: AtomicBool,
+}
+
+#[derive(Default)]
+struct HealthState {
+    running: bool,
+    last_error: Option<String>,
+}
+
+impl ChangeStreamHealth {
+    fn state(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the stream is open and caught up.
+    pub(super) fn is_running(&self) -> bool {
+        self.state().running
+    }
+
+    /// `(running, last_error)`.
+    pub(super) fn get(&self) -> (bool, Option<String>) {
+        let state = self.state();
+        (state.running, state.last_error.clone())
+    }
+
+    fn running(&self) {
+        let was = {
+            let mut state = self.state();
+            let was = state.running;
+            state.running = true;
+            state.last_error = None;
+            was
+        };
+        if !was && self.started_once.swap(true, Ordering::SeqCst) {
+            log::info!("change stream resumed");
+        }
+    }
+
+    fn stopped(&self) {
+        self.state().running = false;
+    }
+
+    fn failed(&self, why: String) {
+        let mut state = self.state();
+        if state.running || state.last_error.as_deref() != Some(why.as_str()) {
+            log::warn!("change stream interrupted: {why}");
+        }
+        state.last_error = Some(why);
+    }
+
+    fn note(&self, note: String) {
+        log::warn!("{note}");
+        self.state().last_error = Some(note);
+    }
+}
+
+/// How far the change stream has delivered in the store order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Position {
+enum Delivered {
     /// The store was empty when first read.
-    Start,
-    /// The newest message published or read into the cache.
-    At(Key),
+    Nothing,
+    /// Up to the newest message published or read into the cache.
+    UpTo(Position),
 }
 
-impl Position {
-    fn advance(&mut self, key: Key) {
+impl Delivered {
+    fn advance(&mut self, position: Position) {
         match self {
-            Position::At(k) if *k >= key => {}
-            _ => *self = Position::At(key),
+            Delivered::UpTo(p) if *p >= position => {}
+            _ => *self = Delivered::UpTo(position),
         }
     }
 
-    /// Whether `key` may be a message the feed has not delivered yet.
-    fn is_before(&self, key: &Key) -> bool {
+    /// Whether `position` may be a message not delivered yet.
+    fn may_lack(&self, position: &Position) -> bool {
         match self {
-            Position::Start => true,
-            Position::At(k) => &k.earlier_by(CLOCK_SKEW_MS) < key,
+            Delivered::Nothing => true,
+            Delivered::UpTo(p) => &p.earlier_by(CLOCK_SKEW_MS) < position,
         }
     }
 }
 
-struct Feed {
-    inner: Arc<Inner>,
-    handles: Arc<Handles>,
+/// The change stream's state across its (re)openings.
+struct Watcher {
+    shared: Arc<Shared>,
+    collections: Arc<Collections>,
     token: Option<ResumeToken>,
-    position: Option<Position>,
+    delivered: Option<Delivered>,
 }
 
-pub(super) async fn run(inner: Arc<Inner>, handles: Arc<Handles>) {
-    let mut feed = Feed {
-        inner,
-        handles,
+/// Runs until the store closes: open, catch up, follow; on failure,
+/// invalidate the cache and start again after a backoff.
+pub(super) async fn run(shared: Arc<Shared>, collections: Arc<Collections>) {
+    let mut watcher = Watcher {
+        shared,
+        collections,
         token: None,
-        position: None,
+        delivered: None,
     };
-    let mut backoff = MIN_BACKOFF;
-    loop {
-        if feed.inner.is_closed() {
-            return;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    while !watcher.shared.tasks.is_closed() {
+        match watcher.cycle().await {
+            Ok(()) => backoff.reset(),
+            Err(e) => watcher.shared.change_stream.failed(e),
         }
-        match feed.cycle().await {
-            Ok(()) => backoff = MIN_BACKOFF,
-            Err(e) => {
-                feed.inner.feed_failed(e);
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-        feed.inner.feed_stopped();
-        feed.inner.live.invalidate();
-        tokio::time::sleep(backoff).await;
+        watcher.shared.change_stream.stopped();
+        watcher.shared.cache.invalidate();
+        backoff.wait().await;
     }
 }
 
-impl Feed {
+impl Watcher {
     /// One life of a change stream. `Ok` when the stream ended by itself
     /// (the collection was dropped or renamed), `Err` when it failed.
     async fn cycle(&mut self) -> Result<(), String> {
-        if self.position.is_none() {
+        if self.delivered.is_none() {
             let latest = self.read_latest().await?;
-            let position = latest
+            let delivered = latest
                 .last()
-                .map(|m| Position::At(m.key()))
-                .unwrap_or(Position::Start);
+                .map(|m| Delivered::UpTo(m.position()))
+                .unwrap_or(Delivered::Nothing);
             self.reset(latest)?;
-            self.position = Some(position);
+            self.delivered = Some(delivered);
         }
         let (mut stream, resumed) = self.open().await?;
         if stream.resume_token().is_some() {
@@ -129,15 +193,15 @@ impl Feed {
         }
         let latest = self.read_latest().await?;
         for doc in &latest {
-            if self.is_new(&doc.key()) {
+            if self.may_lack(&doc.position()) {
                 self.publish(doc.clone())?;
             }
         }
         self.reset(latest)?;
-        self.inner.feed_running();
+        self.shared.change_stream.running();
 
         while let Some(event) = stream.next().await {
-            let event = event.map_err(|e| self.inner.describe(&e))?;
+            let event = event.map_err(|e| self.reason(&e))?;
             self.token = stream.resume_token();
             if self.handle(event)? {
                 return Ok(());
@@ -152,7 +216,7 @@ impl Feed {
     async fn open(&mut self) -> Result<(Events, bool), String> {
         // Only inserts matter; invalidate events always pass a $match.
         let pipeline = [doc! { "$match": { "operationType": "insert" } }];
-        let coll = self.handles.coll.clone_with_type::<Document>();
+        let coll = self.collections.messages.clone_with_type::<Document>();
         if let Some(token) = self.token.clone() {
             match coll
                 .watch()
@@ -161,13 +225,13 @@ impl Feed {
                 .await
             {
                 Ok(stream) => return Ok((stream, true)),
-                Err(e) => match classify(&e, self.handles.conn.secret.as_deref()) {
+                Err(e) => match self.collections.class(&e) {
                     Class::Retry(reason) => return Err(reason),
                     // ChangeStreamHistoryLost and friends: the token is no
                     // use any more; step 3 reads what the stream would have
                     // replayed.
                     other => {
-                        self.inner.feed_note(format!(
+                        self.shared.change_stream.note(format!(
                             "resume token no longer usable ({}); re-reading after the last delivered message",
                             other.reason()
                         ));
@@ -180,7 +244,7 @@ impl Feed {
             .watch()
             .pipeline(pipeline)
             .await
-            .map_err(|e| self.inner.describe(&e))?;
+            .map_err(|e| self.reason(&e))?;
         Ok((stream, false))
     }
 
@@ -199,24 +263,24 @@ impl Feed {
                     }
                 }
                 Ok(None) => break,
-                Err(e) => return Err(self.inner.describe(&e)),
+                Err(e) => return Err(self.reason(&e)),
             }
         }
         Ok(!stream.is_alive())
     }
 
-    /// Publishes every stored message after the feed's position, in pages.
+    /// Publishes every stored message after what was delivered, in pages.
     async fn catch_up(&mut self) -> Result<(), String> {
         loop {
-            let window = match &self.position {
-                Some(Position::At(key)) => {
-                    Window::Beyond(key.earlier_by(CLOCK_SKEW_MS), Direction::Newer)
+            let range = match &self.delivered {
+                Some(Delivered::UpTo(position)) => {
+                    Range::Beyond(position.earlier_by(CLOCK_SKEW_MS), Direction::Newer)
                 }
-                _ => Window::First,
+                _ => Range::Oldest,
             };
             let page = self
-                .handles
-                .read(window, CACHE_CAPACITY)
+                .collections
+                .read(range, CACHE_CAPACITY)
                 .await
                 .map_err(|c| c.reason().to_owned())?;
             let full = page.len() == CACHE_CAPACITY;
@@ -230,35 +294,39 @@ impl Feed {
     }
 
     async fn read_latest(&self) -> Result<Vec<MessageDoc>, String> {
-        self.handles
-            .read(Window::Latest, CACHE_CAPACITY + 1)
+        self.collections
+            .read(Range::Latest, CACHE_CAPACITY + 1)
             .await
             .map_err(|c| c.reason().to_owned())
     }
 
-    fn reset(&self, mut latest: Vec<MessageDoc>) -> Result<(), String> {
-        let whole = latest.len() <= CACHE_CAPACITY;
-        let skip = latest.len().saturating_sub(CACHE_CAPACITY);
+    /// Resets the cache from the latest messages (up to one more than it
+    /// holds, so it can tell whether it holds the whole history).
+    fn reset(&self, latest: Vec<MessageDoc>) -> Result<(), String> {
         let messages = latest
-            .drain(skip..)
+            .into_iter()
             .map(MessageDoc::into_message)
             .collect::<Result<Vec<_>, _>>()?;
-        self.inner.live.reset(messages, whole);
+        self.shared.cache.reset_from_latest(messages);
         Ok(())
     }
 
-    fn is_new(&self, key: &Key) -> bool {
-        self.position.as_ref().is_none_or(|p| p.is_before(key))
+    fn may_lack(&self, position: &Position) -> bool {
+        self.delivered.as_ref().is_none_or(|d| d.may_lack(position))
     }
 
     fn publish(&mut self, doc: MessageDoc) -> Result<(), String> {
-        let key = doc.key();
-        self.inner.live.publish(doc.into_message()?);
-        match &mut self.position {
-            Some(p) => p.advance(key),
-            None => self.position = Some(Position::At(key)),
+        let position = doc.position();
+        self.shared.cache.publish(doc.into_message()?);
+        match &mut self.delivered {
+            Some(d) => d.advance(position),
+            None => self.delivered = Some(Delivered::UpTo(position)),
         }
         Ok(())
+    }
+
+    fn reason(&self, e: &mongodb::error::Error) -> String {
+        crate::mongo::reason(e, self.collections.conn.secret.as_deref())
     }
 
     /// `Ok(true)` when the event ends the stream.
@@ -273,8 +341,9 @@ impl Feed {
                     // Something other than simplechat wrote to the
                     // collection; it is not a message, so nobody is sent it.
                     Err(e) => self
-                        .inner
-                        .feed_note(format!("ignored a document that is not a message: {e}")),
+                        .shared
+                        .change_stream
+                        .note(format!("ignored a document that is not a message: {e}")),
                 }
                 Ok(false)
             }
@@ -296,24 +365,24 @@ impl Feed {
 mod tests {
     use super::*;
 
-    fn key(ms: i64, id: &str) -> Key {
-        Key {
+    fn at(ms: i64, id: &str) -> Position {
+        Position {
             millis: ms,
             id: id.into(),
         }
     }
 
     #[test]
-    fn position_only_moves_forward() {
-        let mut p = Position::Start;
-        assert!(p.is_before(&key(0, "a")));
-        p.advance(key(5, "b"));
-        p.advance(key(3, "z"));
-        assert_eq!(p, Position::At(key(5, "b")));
-        assert!(p.is_before(&key(5, "c")));
-        // Within the clock skew a key is still "maybe new"; Live drops the
-        // ones it has.
-        assert!(p.is_before(&key(5 - CLOCK_SKEW_MS + 1, "a")));
-        assert!(!p.is_before(&key(5 - CLOCK_SKEW_MS - 1, "z")));
+    fn delivered_only_moves_forward() {
+        let mut d = Delivered::Nothing;
+        assert!(d.may_lack(&at(0, "a")));
+        d.advance(at(5, "b"));
+        d.advance(at(3, "z"));
+        assert_eq!(d, Delivered::UpTo(at(5, "b")));
+        assert!(d.may_lack(&at(5, "c")));
+        // Within the clock skew a position is still "maybe new"; the cache
+        // drops the ones it has.
+        assert!(d.may_lack(&at(5 - CLOCK_SKEW_MS + 1, "a")));
+        assert!(!d.may_lack(&at(5 - CLOCK_SKEW_MS - 1, "z")));
     }
 }

@@ -5,13 +5,42 @@ use std::time::Duration;
 
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::{ReadPreference, SelectionCriteria};
+use mongodb::ServerType;
+use serde::{Deserialize, Serialize};
 
-use crate::store::mongo::{describe, Connection, TopologySnapshot};
-use crate::store::{MemberStatus, ReplicaSetStatus};
+use super::client::Connection;
+use super::errors::{codes, command_code, reason};
+use super::topology::TopologySnapshot;
 
+/// `ReplicaSetStatus::source` when the figures come from the server.
 pub const SOURCE_COMMAND: &str = "replSetGetStatus";
-/// `Unauthorized`: the user lacks `replSetGetStatus` (clusterMonitor).
-const UNAUTHORIZED: i32 = 13;
+
+/// The replica set as `/api/status` and `simplechat replset status` show it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReplicaSetStatus {
+    /// The set's name (mongod's `replSetName`).
+    pub name: String,
+    /// `host:port` of the primary, if there is one.
+    pub primary: Option<String>,
+    /// Every member, in the order the source lists them.
+    pub members: Vec<MemberStatus>,
+    /// Where the figures came from: `replSetGetStatus`, or the driver's view
+    /// of the topology (with why) when the user may not run that command.
+    pub source: String,
+}
+
+/// One member of the replica set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemberStatus {
+    /// `host:port` as the configuration names it.
+    pub name: String,
+    /// PRIMARY, SECONDARY, (not reachable/healthy), ... as mongod names them.
+    pub state: String,
+    /// 1 when the member is up, 0 when it is not (mongod's `health`).
+    pub health: f64,
+    /// Seconds this member's last applied write trails the primary's.
+    pub lag_secs: Option<f64>,
+}
 
 /// Asks any member (the primary if there is one) for `replSetGetStatus`;
 /// falls back to the driver's topology when that is refused or times out.
@@ -24,20 +53,13 @@ pub async fn status_of(conn: &Connection, bound: Duration) -> Result<ReplicaSetS
         ));
     let why = match tokio::time::timeout(bound, command).await {
         Ok(Ok(reply)) => return parse_status(&reply),
-        Ok(Err(e)) => {
-            let code = match e.kind.as_ref() {
-                mongodb::error::ErrorKind::Command(c) => Some(c.code),
-                _ => None,
-            };
-            if code == Some(UNAUTHORIZED) {
-                "not authorized to run replSetGetStatus".to_owned()
-            } else {
-                format!(
-                    "replSetGetStatus failed: {}",
-                    describe(&e, conn.secret.as_deref())
-                )
-            }
+        Ok(Err(e)) if command_code(&e) == Some(codes::UNAUTHORIZED) => {
+            "not authorized to run replSetGetStatus".to_owned()
         }
+        Ok(Err(e)) => format!(
+            "replSetGetStatus failed: {}",
+            reason(&e, conn.secret.as_deref())
+        ),
         Err(_) => format!(
             "replSetGetStatus did not answer within {} s",
             bound.as_secs()
@@ -128,17 +150,17 @@ pub fn from_topology(t: &TopologySnapshot, why: &str) -> ReplicaSetStatus {
         .servers
         .iter()
         .map(|s| {
-            let state = match s.server_type.as_str() {
-                "RSPrimary" => "PRIMARY",
-                "RSSecondary" => "SECONDARY",
-                "RSArbiter" => "ARBITER",
-                "RSOther" => "OTHER",
-                "RSGhost" => "REMOVED or not initiated",
-                "Standalone" => "STANDALONE",
+            let state = match s.server_type {
+                ServerType::RsPrimary => "PRIMARY",
+                ServerType::RsSecondary => "SECONDARY",
+                ServerType::RsArbiter => "ARBITER",
+                ServerType::RsOther => "OTHER",
+                ServerType::RsGhost => "REMOVED or not initiated",
+                ServerType::Standalone => "STANDALONE",
                 _ if s.error.is_some() => "(not reachable/healthy)",
                 _ => "UNKNOWN",
             };
-            let reachable = s.error.is_none() && s.server_type != "Unknown";
+            let reachable = s.error.is_none() && s.server_type != ServerType::Unknown;
             MemberStatus {
                 name: s.address.clone(),
                 state: state.to_owned(),
@@ -158,7 +180,7 @@ pub fn from_topology(t: &TopologySnapshot, why: &str) -> ReplicaSetStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::mongo::ServerSnapshot;
+    use crate::mongo::ServerSnapshot;
     use mongodb::bson::DateTime;
 
     /// Shaped like the lab report's `rs.status()` after the primary died.
@@ -215,21 +237,18 @@ mod tests {
     #[test]
     fn topology_fallback_names_states_and_why() {
         let t = TopologySnapshot {
-            topology_type: "ReplicaSetWithPrimary".into(),
             set_name: Some("rs".into()),
             writable: true,
             servers: vec![
                 ServerSnapshot {
                     address: "a:1".into(),
-                    server_type: "RSPrimary".into(),
+                    server_type: ServerType::RsPrimary,
                     error: None,
-                    round_trip: None,
                 },
                 ServerSnapshot {
                     address: "b:1".into(),
-                    server_type: "Unknown".into(),
+                    server_type: ServerType::Unknown,
                     error: Some("connection refused".into()),
-                    round_trip: None,
                 },
             ],
         };

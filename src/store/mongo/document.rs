@@ -1,5 +1,5 @@
-//! How a message is stored in MongoDB, and the queries that page through the
-//! store order `(datetime, _id)`.
+//! How a message is stored in MongoDB, its position in the store order
+//! `(datetime, _id)`, and the filters and sorts that walk that order.
 
 use std::cmp::Ordering;
 
@@ -9,7 +9,9 @@ use time::OffsetDateTime;
 
 use crate::message::Message;
 
+/// The collection, as the lab's app named it.
 pub const COLLECTION: &str = "messages";
+/// The index that serves the store order in both directions.
 pub const ORDER_INDEX: &str = "datetime_1__id_1";
 
 /// `{_id, name, text, datetime}`: the lab's fields, the id as `_id` so a
@@ -24,6 +26,7 @@ pub struct MessageDoc {
 }
 
 impl MessageDoc {
+    /// The document for a message about to be inserted.
     pub fn from_message(m: &Message) -> Self {
         MessageDoc {
             id: m.id.clone(),
@@ -33,6 +36,7 @@ impl MessageDoc {
         }
     }
 
+    /// The message the API shows. Errors: a datetime `time` cannot hold.
     pub fn into_message(self) -> Result<Message, String> {
         let nanos = i128::from(self.datetime.timestamp_millis()) * 1_000_000;
         let datetime = OffsetDateTime::from_unix_timestamp_nanos(nanos)
@@ -45,66 +49,84 @@ impl MessageDoc {
         })
     }
 
-    pub fn key(&self) -> Key {
-        Key {
+    /// Where this document stands in the store order.
+    pub fn position(&self) -> Position {
+        Position {
             millis: self.datetime.timestamp_millis(),
             id: self.id.clone(),
         }
     }
 }
 
+/// Milliseconds since the Unix epoch, as a BSON datetime holds them.
 pub fn millis(t: OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
-/// A message's place in the store order.
+/// A message's place in the store order: its datetime, then its id.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Key {
+pub struct Position {
+    /// The `datetime` field, in ms since the epoch.
     pub millis: i64,
+    /// The `_id` field.
     pub id: String,
 }
 
-impl Key {
+impl Position {
     /// The position `ms` milliseconds before this one (before every id of
     /// that millisecond).
-    pub fn earlier_by(&self, ms: i64) -> Key {
-        Key {
+    pub fn earlier_by(&self, ms: i64) -> Position {
+        Position {
             millis: self.millis.saturating_sub(ms),
             id: String::new(),
         }
     }
 }
 
-impl Ord for Key {
+impl Ord for Position {
     fn cmp(&self, other: &Self) -> Ordering {
         // MongoDB compares strings by bytes (no collation is set), as does `str`.
         (self.millis, self.id.as_bytes()).cmp(&(other.millis, other.id.as_bytes()))
     }
 }
 
-impl PartialOrd for Key {
+impl PartialOrd for Position {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
+/// Which way a read walks the store order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
+    /// Towards older messages (newest first).
     Older,
+    /// Towards newer messages (oldest first).
     Newer,
 }
 
-/// Messages strictly before or after `anchor` in the store order.
-pub fn beyond(anchor: &Key, direction: Direction) -> Document {
+/// A cursor on store positions: which part of the order a read wants.
+#[derive(Debug, Clone)]
+pub enum Range {
+    /// The newest messages.
+    Latest,
+    /// The oldest messages.
+    Oldest,
+    /// Messages strictly before or after a position.
+    Beyond(Position, Direction),
+}
+
+/// Messages strictly before or after `from` in the store order.
+pub fn beyond(from: &Position, direction: Direction) -> Document {
     let op = match direction {
         Direction::Older => "$lt",
         Direction::Newer => "$gt",
     };
-    let at = DateTime::from_millis(anchor.millis);
+    let at = DateTime::from_millis(from.millis);
     doc! {
         "$or": [
             { "datetime": { op: at } },
-            { "datetime": at, "_id": { op: anchor.id.as_str() } },
+            { "datetime": at, "_id": { op: from.id.as_str() } },
         ]
     }
 }
@@ -118,6 +140,7 @@ pub fn sort(direction: Direction) -> Document {
     }
 }
 
+/// The keys of [`ORDER_INDEX`].
 pub fn order_index_keys() -> Document {
     doc! { "datetime": 1, "_id": 1 }
 }
@@ -146,8 +169,8 @@ mod tests {
     }
 
     #[test]
-    fn key_orders_by_time_then_id_bytes() {
-        let k = |ms, id: &str| Key {
+    fn position_orders_by_time_then_id_bytes() {
+        let k = |ms, id: &str| Position {
             millis: ms,
             id: id.into(),
         };
@@ -158,17 +181,17 @@ mod tests {
 
     #[test]
     fn beyond_builds_the_tie_breaking_filter() {
-        let anchor = Key {
+        let from = Position {
             millis: 1000,
             id: "m5".into(),
         };
-        let f = beyond(&anchor, Direction::Older);
+        let f = beyond(&from, Direction::Older);
         let expected = doc! { "$or": [
             { "datetime": { "$lt": DateTime::from_millis(1000) } },
             { "datetime": DateTime::from_millis(1000), "_id": { "$lt": "m5" } },
         ]};
         assert_eq!(f, expected);
-        let g = beyond(&anchor, Direction::Newer);
+        let g = beyond(&from, Direction::Newer);
         assert!(g.to_string().contains("$gt"));
         assert_eq!(sort(Direction::Older), doc! { "datetime": -1, "_id": -1 });
     }

@@ -10,10 +10,26 @@ use std::error::Error as _;
 
 use mongodb::error::{Error, ErrorKind, WriteFailure, RETRYABLE_WRITE_ERROR};
 
-/// `E11000 duplicate key`: the id is already stored.
-pub const DUPLICATE_KEY: i32 = 11000;
-/// The server's authorization refusal (`Unauthorized`).
-pub const UNAUTHORIZED: i32 = 13;
+use crate::text::one_line;
+
+/// Server error codes this crate decides on, by mongod's names
+/// (<https://www.mongodb.com/docs/manual/reference/error-codes/>).
+pub mod codes {
+    /// `Unauthorized`: the user lacks a privilege the command needs.
+    pub const UNAUTHORIZED: i32 = 13;
+    /// `AlreadyInitialized`: `replSetInitiate` on an initiated member.
+    pub const ALREADY_INITIALIZED: i32 = 23;
+    /// `NodeNotFound`: a member in a configuration could not be reached.
+    pub const NODE_NOT_FOUND: i32 = 74;
+    /// `InvalidReplicaSetConfig`.
+    pub const INVALID_REPLICA_SET_CONFIG: i32 = 93;
+    /// `ConfigurationInProgress`: another initiation or reconfiguration runs.
+    pub const CONFIGURATION_IN_PROGRESS: i32 = 109;
+    /// `DuplicateKey` (`E11000`): the `_id` is already stored.
+    pub const DUPLICATE_KEY: i32 = 11000;
+}
+
+use codes::{DUPLICATE_KEY, UNAUTHORIZED};
 
 /// NotWritablePrimary, NotPrimaryNoSecondaryOk, LegacyNotPrimary.
 const NOT_PRIMARY: [i32; 3] = [10107, 13435, 10058];
@@ -40,6 +56,7 @@ pub enum Class {
 }
 
 impl Class {
+    /// The one-line reason, password already scrubbed.
     pub fn reason(&self) -> &str {
         match self {
             Class::Retry(r) | Class::Unavailable(r) | Class::Fatal(r) => r,
@@ -135,12 +152,20 @@ impl Signals {
 
 /// Classifies a driver error, its message already cleaned for people.
 pub fn classify(error: &Error, secret: Option<&str>) -> Class {
-    Signals::of(error).class(describe(error, secret))
+    Signals::of(error).class(reason(error, secret))
+}
+
+/// The server's error code of a failed command, if it was one.
+pub fn command_code(error: &Error) -> Option<i32> {
+    match error.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        _ => None,
+    }
 }
 
 /// One line saying what went wrong, without the password even if a server
 /// or a resolver echoed it.
-pub fn describe(error: &Error, secret: Option<&str>) -> String {
+pub fn reason(error: &Error, secret: Option<&str>) -> String {
     let text = match error.kind.as_ref() {
         ErrorKind::Command(c) => format!("{} ({}): {}", c.code_name, c.code, c.message),
         ErrorKind::Write(WriteFailure::WriteConcernError(wc)) => {
@@ -169,27 +194,8 @@ pub fn describe(error: &Error, secret: Option<&str>) -> String {
     scrub(&one_line(&text), secret)
 }
 
-pub fn one_line(text: &str) -> String {
-    let flat: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let mut out = flat.split_whitespace().collect::<Vec<_>>().join(" ");
-    // Server-selection messages list every server's full description; the
-    // first few hundred characters say what matters.
-    const MAX: usize = 400;
-    if out.len() > MAX {
-        let mut end = MAX;
-        while !out.is_char_boundary(end) {
-            end -= 1;
-        }
-        out.truncate(end);
-        out.push('…');
-    }
-    out
-}
-
-/// Replaces every occurrence of the password (raw and percent-encoded).
+/// Replaces every occurrence of the password (raw and percent-encoded) with
+/// `****`.
 pub fn scrub(text: &str, secret: Option<&str>) -> String {
     // Even a short password is hidden: a mangled message beats a leaked one.
     let Some(secret) = secret.filter(|s| !s.is_empty()) else {
@@ -357,14 +363,12 @@ mod tests {
     #[test]
     fn descriptions_are_one_line_and_hide_the_password() {
         let e = command_error(18, "AuthenticationFailed");
-        let text = describe(&e, Some("AuthenticationFailed"));
+        let text = reason(&e, Some("AuthenticationFailed"));
         assert!(!text.contains("AuthenticationFailed"), "{text}");
         assert_eq!(
             scrub("user p@ss! and p%40ss%21", Some("p@ss!")),
             "user **** and ****"
         );
         assert_eq!(scrub("no secret", None), "no secret");
-        assert_eq!(one_line("a\nb\t c"), "a b c");
-        assert!(one_line(&"x".repeat(1000)).chars().count() <= 401);
     }
 }

@@ -1,0 +1,171 @@
+//! Building a driver client from a connection string, tuned for what it is
+//! for, with the driver's topology view attached.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mongodb::event::sdam::SdamEvent;
+use mongodb::event::EventHandler;
+use mongodb::options::ClientOptions;
+use mongodb::Client;
+
+use super::errors::{reason, scrub};
+use super::topology::{address_string, TopologySnapshot, TopologyView};
+use super::uri;
+
+/// Used when the connection string does not choose: short enough that a
+/// write retries several times within `write_timeout_secs` and a read during
+/// an outage fails fast, long enough for an election's server selection.
+pub const DEFAULT_SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A client and what its users need to know about how it was made.
+pub struct Connection {
+    pub client: Client,
+    /// The driver's view of the members, updated in the background.
+    pub topology: Arc<TopologyView>,
+    /// The password, so that no message can show it.
+    pub secret: Option<String>,
+    /// The seed list as `host:port`, for messages before the driver has
+    /// seen anything.
+    pub seeds: Vec<String>,
+}
+
+/// How a client is tuned beyond what the connection string says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// The app's store: the whole replica set.
+    Store,
+    /// `replset` administration of one member, before a set may exist.
+    Direct,
+}
+
+/// Parses the connection string into driver options and its password (to
+/// scrub from messages). A `mongodb+srv` string is resolved here (DNS); any
+/// other does no I/O.
+///
+/// Errors: one line, `bad MongoDB connection string <redacted>: <why>`.
+pub async fn options(text: &str) -> Result<(ClientOptions, Option<String>), String> {
+    let bad = |why: String| format!("bad MongoDB connection string {}: {why}", uri::redact(text));
+    let secret = uri::parse(text)
+        .map_err(bad)?
+        .credential
+        .and_then(|c| c.password);
+    let options = ClientOptions::parse(text)
+        .await
+        .map_err(|e| bad(reason(&e, secret.as_deref())))?;
+    Ok((options, secret))
+}
+
+/// simplechat's settings on top of what the connection string says.
+pub fn tune(options: &mut ClientOptions, purpose: Purpose) {
+    if options.server_selection_timeout.is_none() {
+        options.server_selection_timeout = Some(DEFAULT_SERVER_SELECTION_TIMEOUT);
+    }
+    if options.connect_timeout.is_none() {
+        options.connect_timeout = Some(DEFAULT_CONNECT_TIMEOUT);
+    }
+    if options.app_name.is_none() {
+        options.app_name = Some("simplechat".to_owned());
+    }
+    match purpose {
+        // Retryable writes are part of the durability contract, whatever
+        // the connection string says.
+        Purpose::Store => options.retry_writes = Some(true),
+        Purpose::Direct => {
+            options.direct_connection = Some(true);
+            options.repl_set_name = None;
+        }
+    }
+}
+
+/// Makes the client. The driver connects in the background, so this
+/// returns at once whether or not any server is reachable.
+pub fn connect(
+    mut options: ClientOptions,
+    secret: Option<String>,
+    purpose: Purpose,
+) -> Result<Connection, String> {
+    tune(&mut options, purpose);
+    let seeds = options.hosts.iter().map(address_string).collect();
+    let topology = Arc::new(TopologyView::default());
+    let view = topology.clone();
+    let event_secret = secret.clone();
+    options.sdam_event_handler = Some(EventHandler::callback(move |event| {
+        if let SdamEvent::TopologyDescriptionChanged(change) = event {
+            view.set(TopologySnapshot::from_description(
+                &change.new_description,
+                event_secret.as_deref(),
+            ));
+        }
+    }));
+    let client = Client::with_options(options).map_err(|e| {
+        format!(
+            "cannot create the MongoDB client: {}",
+            reason(&e, secret.as_deref())
+        )
+    })?;
+    Ok(Connection {
+        client,
+        topology,
+        secret,
+        seeds,
+    })
+}
+
+impl Connection {
+    /// Hides the password in any text about this connection.
+    pub fn scrub(&self, text: &str) -> String {
+        scrub(text, self.secret.as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn store_options_keep_the_uri_and_add_durability_settings() {
+        let uri = "mongodb://app:pa%24%24word@127.0.0.1:27017,127.0.0.1:27018/messages?replicaSet=rs&retryWrites=false&serverSelectionTimeoutMS=1500";
+        let (mut o, secret) = options(uri).await.unwrap();
+        assert_eq!(secret.as_deref(), Some("pa$$word"));
+        tune(&mut o, Purpose::Store);
+        assert_eq!(o.retry_writes, Some(true));
+        assert_eq!(
+            o.server_selection_timeout,
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(o.connect_timeout, Some(DEFAULT_CONNECT_TIMEOUT));
+        assert_eq!(o.repl_set_name.as_deref(), Some("rs"));
+        assert_eq!(o.default_database.as_deref(), Some("messages"));
+        let conn = connect(o, secret, Purpose::Store).unwrap();
+        assert_eq!(conn.seeds, ["127.0.0.1:27017", "127.0.0.1:27018"]);
+        assert_eq!(conn.scrub("x pa$$word y pa%24%24word"), "x **** y ****");
+        assert!(conn.topology.get().is_none() || !conn.topology.get().unwrap().writable);
+    }
+
+    #[tokio::test]
+    async fn direct_options_drop_the_set_name() {
+        let (mut o, _) = options("mongodb://h1:27017/?replicaSet=rs").await.unwrap();
+        tune(&mut o, Purpose::Direct);
+        assert_eq!(o.direct_connection, Some(true));
+        assert_eq!(o.repl_set_name, None);
+        assert_eq!(
+            o.server_selection_timeout,
+            Some(DEFAULT_SERVER_SELECTION_TIMEOUT)
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_uri_errors_hide_the_password() {
+        let err = options("mongodb://u:hunter22@h1:notaport/db")
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            err.starts_with("bad MongoDB connection string mongodb://u:****@h1:notaport/db: "),
+            "{err}"
+        );
+        assert!(!err.contains("hunter22"), "{err}");
+    }
+}

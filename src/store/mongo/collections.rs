@@ -1,0 +1,103 @@
+//! The messages collection as the store reads and writes it: one handle per
+//! read preference, and the reads that walk the store order.
+
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use mongodb::bson::doc;
+use mongodb::options::{
+    Acknowledgment, CollectionOptions, ReadConcern, ReadPreference, SelectionCriteria, WriteConcern,
+};
+use mongodb::Collection;
+
+use super::document::{self, Direction, MessageDoc, Range};
+use crate::mongo::{classify, Class, Connection};
+
+/// The client and the collection handles made from it.
+pub(super) struct Collections {
+    pub(super) conn: Connection,
+    /// Reads (`primaryPreferred`, majority) and writes (majority, journal).
+    pub(super) messages: Collection<MessageDoc>,
+    /// The check after a duplicate key must see what a majority has, from
+    /// the primary: a document still waiting for its majority must not be
+    /// reported as stored.
+    messages_on_primary: Collection<MessageDoc>,
+}
+
+impl Collections {
+    /// Write concern `majority` + journal with `write_timeout` as wtimeout;
+    /// read concern `majority`
+    /// (<https://www.mongodb.com/docs/manual/reference/write-concern/>,
+    /// <https://www.mongodb.com/docs/manual/reference/read-concern-majority/>).
+    pub(super) fn new(conn: Connection, database: &str, write_timeout: Duration) -> Collections {
+        let db = conn.client.database(database);
+        let write_concern = WriteConcern::builder()
+            .w(Acknowledgment::Majority)
+            .journal(true)
+            .w_timeout(write_timeout)
+            .build();
+        let with = |preference: ReadPreference| {
+            db.collection_with_options(
+                document::COLLECTION,
+                CollectionOptions::builder()
+                    .write_concern(write_concern.clone())
+                    .read_concern(ReadConcern::majority())
+                    .selection_criteria(SelectionCriteria::ReadPreference(preference))
+                    .build(),
+            )
+        };
+        let messages = with(ReadPreference::PrimaryPreferred { options: None });
+        let messages_on_primary = with(ReadPreference::Primary);
+        Collections {
+            conn,
+            messages,
+            messages_on_primary,
+        }
+    }
+
+    /// What the store does about a driver error, password scrubbed.
+    pub(super) fn class(&self, e: &mongodb::error::Error) -> Class {
+        classify(e, self.conn.secret.as_deref())
+    }
+
+    /// Up to `limit` messages of `range`, oldest first.
+    pub(super) async fn read(&self, range: Range, limit: usize) -> Result<Vec<MessageDoc>, Class> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (filter, direction) = match &range {
+            Range::Latest => (doc! {}, Direction::Older),
+            Range::Oldest => (doc! {}, Direction::Newer),
+            Range::Beyond(from, direction) => (document::beyond(from, *direction), *direction),
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let cursor = self
+            .messages
+            .find(filter)
+            .sort(document::sort(direction))
+            .limit(limit)
+            .await
+            .map_err(|e| self.class(&e))?;
+        let mut docs: Vec<MessageDoc> = cursor.try_collect().await.map_err(|e| self.class(&e))?;
+        if direction == Direction::Older {
+            docs.reverse();
+        }
+        Ok(docs)
+    }
+
+    /// The document with this `_id`; from the primary when `on_primary`.
+    pub(super) async fn find(
+        &self,
+        id: &str,
+        on_primary: bool,
+    ) -> Result<Option<MessageDoc>, Class> {
+        let coll = if on_primary {
+            &self.messages_on_primary
+        } else {
+            &self.messages
+        };
+        coll.find_one(doc! { "_id": id })
+            .await
+            .map_err(|e| self.class(&e))
+    }
+}

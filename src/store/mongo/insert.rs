@@ -1,0 +1,182 @@
+//! The insert protocol: one document per message, retried through an
+//! election until the write deadline, exactly once whatever happens.
+//!
+//! Each attempt takes the order lock, so this instance's messages commit in
+//! datetime order and its change stream (commit order) agrees with the
+//! store order. A duplicate key is then resolved against the stored
+//! document: this post's earlier attempt, an earlier post with the same
+//! idempotency key, or a conflict.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+use tokio::sync::broadcast;
+
+use super::collections::Collections;
+use super::document::{millis, MessageDoc};
+use super::Shared;
+use crate::cache::CachedMessage;
+use crate::message::{now_millis, Message, NewMessage};
+use crate::mongo::Class;
+use crate::retry::Backoff;
+use crate::store::{Inserted, StoreError};
+
+/// How long a successful insert waits for its own message to come back
+/// through the change stream before publishing it itself.
+const ECHO_WAIT: Duration = Duration::from_secs(2);
+/// The store gives up this much before the write deadline, so its own
+/// reason reaches the client before a proxy's or client's timeout.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(250);
+const WRITE_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// What the stored document with a taken id says about this post.
+enum Duplicate {
+    /// One of this post's own attempts stored it.
+    Ours(Message),
+    /// An earlier post with the same id and content: a retry.
+    Earlier(Message),
+    /// Another message has the id.
+    Conflict,
+    /// The other write is not on a majority yet.
+    Pending,
+}
+
+/// Stores `new`, retrying what may be retried until the write deadline.
+pub(super) async fn insert(shared: &Shared, new: NewMessage) -> Result<Inserted, StoreError> {
+    let deadline = Instant::now() + shared.write_timeout.saturating_sub(DEADLINE_MARGIN);
+    let collections = shared.collections()?;
+    // Subscribed before the write, so the change stream's copy cannot slip by.
+    let mut echo = shared.cache.subscribe();
+    let mut tried = Vec::new();
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+    loop {
+        if shared.tasks.is_closed() {
+            return Err(StoreError::closed());
+        }
+        let outcome = match attempt(shared, &collections, &new, deadline, &mut tried).await {
+            Ok(message) => Ok(Duplicate::Ours(message)),
+            Err(Class::Duplicate) => resolve_duplicate(&collections, &new, &tried).await,
+            Err(other) => Err(other),
+        };
+        let reason = match outcome {
+            Ok(Duplicate::Ours(message)) => {
+                deliver(shared, &message, &mut echo, deadline).await;
+                return Ok(Inserted::Created(message));
+            }
+            Ok(Duplicate::Earlier(message)) => return Ok(Inserted::Existing(message)),
+            Ok(Duplicate::Conflict) => return Err(StoreError::Conflict(new.id)),
+            Ok(Duplicate::Pending) => {
+                "another write of this id is not on a majority yet".to_owned()
+            }
+            Err(Class::Retry(reason)) => reason,
+            Err(Class::Unavailable(reason)) => {
+                return Err(StoreError::Unavailable {
+                    reason,
+                    retry_after: WRITE_RETRY_AFTER,
+                })
+            }
+            Err(Class::Fatal(reason)) => return Err(StoreError::Internal(reason)),
+            Err(Class::Duplicate) => "duplicate key".to_owned(),
+        };
+        let delay = backoff.next_delay();
+        if Instant::now() + delay >= deadline {
+            return Err(StoreError::Unavailable {
+                reason: format!(
+                    "no MongoDB primary accepted the write within {} s: {reason}",
+                    shared.write_timeout.as_secs()
+                ),
+                retry_after: WRITE_RETRY_AFTER,
+            });
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// One insert attempt under the order lock: the datetime is taken and the
+/// document committed before the next attempt of this instance takes its
+/// datetime. `tried` collects the datetimes of this post's attempts.
+async fn attempt(
+    shared: &Shared,
+    collections: &Collections,
+    new: &NewMessage,
+    deadline: Instant,
+    tried: &mut Vec<i64>,
+) -> Result<Message, Class> {
+    let mut last = shared.insert_order.lock().await;
+    // Measured after the wait for the lock, so a queued write still ends by
+    // its deadline.
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let now = now_millis();
+    let ms = millis(now).max(*last);
+    *last = ms;
+    let datetime =
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(now);
+    let message = new.clone().into_message(datetime);
+    tried.push(ms);
+    let insert = collections
+        .messages
+        .insert_one(MessageDoc::from_message(&message));
+    match tokio::time::timeout(remaining, insert).await {
+        Ok(Ok(_)) => Ok(message),
+        Ok(Err(e)) => Err(collections.class(&e)),
+        Err(_) => Err(Class::Retry("the write did not finish in time".into())),
+    }
+}
+
+/// Reads the document that holds the id, from the primary with read
+/// concern majority, and says what it is to this post.
+async fn resolve_duplicate(
+    collections: &Collections,
+    new: &NewMessage,
+    tried: &[i64],
+) -> Result<Duplicate, Class> {
+    let Some(stored) = collections.find(&new.id, true).await? else {
+        return Ok(Duplicate::Pending);
+    };
+    let ours = tried.contains(&stored.datetime.timestamp_millis());
+    let stored = stored.into_message().map_err(Class::Fatal)?;
+    Ok(if !new.same_content(&stored) {
+        Duplicate::Conflict
+    } else if ours {
+        Duplicate::Ours(stored)
+    } else {
+        Duplicate::Earlier(stored)
+    })
+}
+
+/// Makes sure subscribers of this instance get a message this instance
+/// stored: normally the change stream brings it back within milliseconds;
+/// if it does not, publishing it here keeps read-your-own-writes (the cache
+/// ignores the stream's copy when it comes).
+async fn deliver(
+    shared: &Shared,
+    message: &Message,
+    echo: &mut broadcast::Receiver<Arc<CachedMessage>>,
+    deadline: Instant,
+) {
+    // Never past the write's deadline: the write is done, the answer must
+    // not turn into a timeout.
+    let wait = ECHO_WAIT.min(deadline.saturating_duration_since(Instant::now()));
+    if shared.change_stream.is_running() && wait_for_echo(echo, &message.id, wait).await {
+        return;
+    }
+    shared.cache.publish(message.clone());
+}
+
+async fn wait_for_echo(
+    echo: &mut broadcast::Receiver<Arc<CachedMessage>>,
+    id: &str,
+    bound: Duration,
+) -> bool {
+    let wait = async {
+        loop {
+            match echo.recv().await {
+                Ok(event) if event.message.id == id => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    };
+    tokio::time::timeout(bound, wait).await.unwrap_or(false)
+}

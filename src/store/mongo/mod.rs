@@ -1,0 +1,419 @@
+//! The MongoDB replica-set store.
+//!
+//! - Writes (`insert.rs`): the message id is `_id`, write concern
+//!   `majority` with journaling, retryable writes. The driver retries a
+//!   write once; an election takes longer, so the store keeps retrying the
+//!   same document until its write deadline. A duplicate key whose stored
+//!   document has the same content is the earlier attempt (or the client's
+//!   earlier post with the same idempotency key): success.
+//! - Reads (`collections.rs`): `primaryPreferred` with read concern
+//!   `majority`, so history stays readable during an election and nothing
+//!   shown can be rolled back.
+//! - Live updates (`change_stream.rs`): one change stream per store keeps
+//!   the cache current with what any instance stores.
+//! - Lifecycle (this file, `tasks.rs`, `index.rs`): opening never waits for
+//!   the cluster: the driver connects in the background, `ready` says why
+//!   writes cannot be taken yet, and the index and the change stream start
+//!   as soon as the cluster answers.
+
+mod change_stream;
+mod collections;
+mod document;
+mod index;
+mod insert;
+mod tasks;
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use super::{Cursor, Inserted, Store, StoreError, StoreStatus};
+use crate::cache::Cache;
+use crate::message::{format_datetime, Message, NewMessage};
+use crate::mongo::{self, Purpose, ReplicaSetStatus};
+use crate::retry::Backoff;
+use change_stream::ChangeStreamHealth;
+use collections::Collections;
+use document::{Direction, MessageDoc, Position, Range};
+use tasks::Tasks;
+
+const READ_RETRY_AFTER: Duration = Duration::from_secs(2);
+/// `/api/status` must answer even when no member does.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A store on a MongoDB replica set (or any deployment the URI names).
+pub struct MongoStore {
+    shared: Arc<Shared>,
+}
+
+/// What `/api/status` shows of a MongoDB store, beside readiness.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MongoStatus {
+    /// The members, from `replSetGetStatus` or the driver; `None` when no
+    /// member answered in time.
+    pub replica_set: Option<ReplicaSetStatus>,
+    /// How this instance's change stream is doing.
+    pub change_stream: ChangeStreamStatus,
+}
+
+/// How the change stream is doing: a change stream can go quiet without
+/// failing, so the last delivery is shown too.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ChangeStreamStatus {
+    /// Open and caught up.
+    pub running: bool,
+    /// RFC 3339 time a message was last published to the cache, if ever.
+    pub last_delivered: Option<String>,
+    /// The last failure or notice, until the stream runs again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// What the store, its change stream and its background tasks share.
+pub(crate) struct Shared {
+    cache: Arc<Cache>,
+    database: String,
+    write_timeout: Duration,
+    /// Set once the client exists; only a `mongodb+srv` string whose DNS
+    /// lookup failed leaves it empty for a while.
+    collections: OnceLock<Arc<Collections>>,
+    /// Why `collections` is still empty.
+    connect_error: Mutex<Option<String>>,
+    /// The datetime of this instance's last insert attempt, in ms; see
+    /// `insert.rs` for why it is held across an attempt.
+    insert_order: tokio::sync::Mutex<i64>,
+    change_stream: ChangeStreamHealth,
+    index_error: Mutex<Option<String>>,
+    tasks: Tasks,
+}
+
+impl MongoStore {
+    /// Returns at once: the driver connects in the background.
+    ///
+    /// Errors: `Internal` for a connection string that cannot be used (a
+    /// `mongodb+srv` string whose DNS lookup fails is retried instead).
+    pub async fn open(
+        uri: &str,
+        database: &str,
+        write_timeout: Duration,
+        cache: Arc<Cache>,
+    ) -> Result<Self, StoreError> {
+        let shared = Arc::new(Shared {
+            cache,
+            database: database.to_owned(),
+            write_timeout,
+            collections: OnceLock::new(),
+            connect_error: Mutex::new(None),
+            insert_order: tokio::sync::Mutex::new(0),
+            change_stream: ChangeStreamHealth::default(),
+            index_error: Mutex::new(None),
+            tasks: Tasks::default(),
+        });
+        // A plain connection string is parsed without I/O; a `mongodb+srv`
+        // one needs DNS, which may be down at boot like everything else.
+        let parsed = tokio::time::timeout(Duration::from_secs(5), mongo::options(uri)).await;
+        match parsed {
+            Ok(Ok((options, secret))) => {
+                let conn = mongo::connect(options, secret, Purpose::Store)
+                    .map_err(StoreError::Internal)?;
+                shared.start(Collections::new(conn, database, write_timeout));
+            }
+            Ok(Err(e)) if !uri.trim_start().starts_with("mongodb+srv://") => {
+                return Err(StoreError::Internal(e));
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e,
+                    _ => "DNS lookup of the mongodb+srv name timed out".to_owned(),
+                };
+                shared.set_connect_error(Some(why));
+                let uri = uri.to_owned();
+                let resolver = shared.clone();
+                shared
+                    .tasks
+                    .push(tokio::spawn(async move { resolver.resolve(&uri).await }));
+            }
+        }
+        Ok(MongoStore { shared })
+    }
+}
+
+impl Shared {
+    /// Keeps the collections and starts what needs them: the index and the
+    /// change stream. Only the first call does anything.
+    fn start(self: &Arc<Self>, collections: Collections) {
+        let collections = Arc::new(collections);
+        if self.collections.set(collections.clone()).is_ok() {
+            self.tasks.push(tokio::spawn(index::ensure(
+                self.clone(),
+                collections.clone(),
+            )));
+            self.tasks
+                .push(tokio::spawn(change_stream::run(self.clone(), collections)));
+            self.set_connect_error(None);
+        }
+    }
+
+    /// Retries a `mongodb+srv` lookup until it succeeds or the store closes.
+    async fn resolve(self: Arc<Self>, uri: &str) {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        loop {
+            backoff.wait().await;
+            if self.tasks.is_closed() {
+                return;
+            }
+            let made = match mongo::options(uri).await {
+                Ok((options, secret)) => mongo::connect(options, secret, Purpose::Store),
+                Err(e) => Err(e),
+            };
+            match made {
+                Ok(conn) => {
+                    self.start(Collections::new(conn, &self.database, self.write_timeout));
+                    return;
+                }
+                Err(e) => self.set_connect_error(Some(e)),
+            }
+        }
+    }
+
+    fn collections(&self) -> Result<Arc<Collections>, StoreError> {
+        if self.tasks.is_closed() {
+            return Err(StoreError::closed());
+        }
+        self.collections
+            .get()
+            .cloned()
+            .ok_or_else(|| StoreError::Unavailable {
+                reason: self
+                    .connect_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                    .unwrap_or_else(|| "not connected to MongoDB yet".to_owned()),
+                retry_after: READ_RETRY_AFTER,
+            })
+    }
+
+    fn set_connect_error(&self, why: Option<String>) {
+        *self.connect_error.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+}
+
+/// A failed read as the API answers it.
+fn read_error(class: mongo::Class) -> StoreError {
+    match class {
+        mongo::Class::Retry(reason) | mongo::Class::Unavailable(reason) => {
+            StoreError::Unavailable {
+                reason,
+                retry_after: READ_RETRY_AFTER,
+            }
+        }
+        mongo::Class::Fatal(reason) => StoreError::Internal(reason),
+        mongo::Class::Duplicate => {
+            StoreError::Internal("unexpected duplicate key on a read".into())
+        }
+    }
+}
+
+/// The position of the message with this id. Errors: `UnknownId`.
+async fn position_of(collections: &Collections, id: &str) -> Result<Position, StoreError> {
+    collections
+        .find(id, false)
+        .await
+        .map_err(read_error)?
+        .map(|doc| doc.position())
+        .ok_or_else(|| StoreError::UnknownId(id.to_owned()))
+}
+
+fn to_message(doc: MessageDoc) -> Result<Message, StoreError> {
+    doc.into_message().map_err(StoreError::Internal)
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    async fn insert(&self, new: NewMessage) -> Result<Inserted, StoreError> {
+        insert::insert(&self.shared, new).await
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Message>, StoreError> {
+        let collections = self.shared.collections()?;
+        collections
+            .find(id, false)
+            .await
+            .map_err(read_error)?
+            .map(to_message)
+            .transpose()
+    }
+
+    async fn list(&self, cursor: Cursor, limit: usize) -> Result<Vec<Message>, StoreError> {
+        let collections = self.shared.collections()?;
+        let range = match cursor {
+            Cursor::Latest => Range::Latest,
+            Cursor::Before(id) => {
+                Range::Beyond(position_of(&collections, &id).await?, Direction::Older)
+            }
+            Cursor::After(id) => {
+                Range::Beyond(position_of(&collections, &id).await?, Direction::Newer)
+            }
+        };
+        collections
+            .read(range, limit)
+            .await
+            .map_err(read_error)?
+            .into_iter()
+            .map(to_message)
+            .collect()
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        let collections = self.shared.collections().map_err(|e| e.to_string())?;
+        match collections.conn.topology.get() {
+            Some(t) if t.writable => Ok(()),
+            Some(t) => Err(t.not_writable_reason()),
+            None => Err(format!(
+                "no MongoDB server has answered yet (seeds: {})",
+                collections.conn.seeds.join(", ")
+            )),
+        }
+    }
+
+    async fn status(&self) -> StoreStatus {
+        let ready = self.ready().await;
+        let replica_set = match self.shared.collections.get() {
+            Some(collections) => mongo::status_of(&collections.conn, STATUS_TIMEOUT)
+                .await
+                .ok(),
+            None => None,
+        };
+        let (running, mut last_error) = self.shared.change_stream.get();
+        let index_error = self
+            .shared
+            .index_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(index) = index_error {
+            last_error = Some(match last_error {
+                Some(e) => format!("{e}; {index}"),
+                None => index,
+            });
+        }
+        StoreStatus {
+            store: "mongodb",
+            ready: ready.is_ok(),
+            reason: ready.err(),
+            mongodb: Some(MongoStatus {
+                replica_set,
+                change_stream: ChangeStreamStatus {
+                    running,
+                    last_delivered: self
+                        .shared
+                        .cache
+                        .last_delivered()
+                        .map(|t| format_datetime(&t)),
+                    last_error,
+                },
+            }),
+        }
+    }
+
+    async fn close(&self) {
+        self.shared.tasks.stop();
+        if let Some(collections) = self.shared.collections.get() {
+            // Waits for operations still running (a write in its retry
+            // loop gives up at its next step, as the store is closed).
+            let shutdown = collections.conn.client.clone().shutdown();
+            let _ = tokio::time::timeout(self.shared.write_timeout, shutdown).await;
+        }
+    }
+}
+
+impl Drop for MongoStore {
+    fn drop(&mut self) {
+        self.shared.tasks.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn msg(id: &str) -> NewMessage {
+        NewMessage::validate("ann", "hello", Some(id)).unwrap()
+    }
+
+    /// Nothing listens on port 1 of loopback: the cluster is "unreachable".
+    const NOWHERE: &str =
+        "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300&connectTimeoutMS=300";
+
+    #[tokio::test]
+    async fn opens_without_a_cluster_and_explains_why_not_ready() {
+        let started = Instant::now();
+        let store = MongoStore::open(NOWHERE, "chat", Duration::from_secs(2), Cache::new())
+            .await
+            .expect("open must not fail without a cluster");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "open must not block"
+        );
+        let why = store.ready().await.unwrap_err();
+        assert!(
+            why.contains("127.0.0.1:1"),
+            "the reason names the unreachable member: {why}"
+        );
+        let status = store.status().await;
+        assert_eq!(status.store, "mongodb");
+        assert!(!status.ready);
+        assert!(status.mongodb.is_some());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn writes_give_up_with_503_after_the_write_timeout() {
+        let store = MongoStore::open(NOWHERE, "chat", Duration::from_secs(2), Cache::new())
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let err = store.insert(msg("k1")).await.unwrap_err();
+        let waited = started.elapsed();
+        match err {
+            StoreError::Unavailable {
+                reason,
+                retry_after,
+            } => {
+                assert!(reason.contains("within 2 s"), "{reason}");
+                assert!(retry_after >= Duration::from_secs(1));
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        assert!(
+            waited >= Duration::from_millis(1200),
+            "it retried: {waited:?}"
+        );
+        assert!(waited < Duration::from_secs(4), "bounded: {waited:?}");
+        let read = store.list(Cursor::Latest, 10).await;
+        assert!(
+            matches!(read, Err(StoreError::Unavailable { .. })),
+            "{read:?}"
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn password_never_reaches_a_reason() {
+        let uri = "mongodb://app:Sup3rSecret@127.0.0.1:1/chat?serverSelectionTimeoutMS=300&connectTimeoutMS=300";
+        let store = MongoStore::open(uri, "chat", Duration::from_secs(1), Cache::new())
+            .await
+            .unwrap();
+        let err = store.insert(msg("k2")).await.unwrap_err().to_string();
+        let why = store.ready().await.unwrap_err();
+        let status = serde_json::to_string(&store.status().await).unwrap();
+        for text in [&err, &why, &status] {
+            assert!(!text.contains("Sup3rSecret"), "{text}");
+        }
+        store.close().await;
+    }
+}
