@@ -1,7 +1,7 @@
 //! The driver's connection and monitoring traffic: `hello` (and the legacy
 //! `isMaster`/`ismaster`), including the awaitable form the driver's
-//! streaming monitor sends, `ping`, `buildInfo`, and `endSessions`, which
-//! drivers send when a client shuts down.
+//! streaming monitor sends, `ping`, and `endSessions`, which drivers send
+//! when a client shuts down.
 
 use std::time::{Duration, Instant};
 
@@ -48,19 +48,4 @@ pub(super) fn ping() -> Document {
 /// `endSessions`: accepted and ignored (sessions never expire here).
 pub(super) fn end_sessions() -> Document {
     doc! {"ok": 1.0}
-}
-
-/// `buildInfo`: reports MongoDB 8.0.0 with `gitVersion: "replset-sim"`.
-pub(super) fn build_info() -> Document {
-    doc! {
-        "version": "8.0.0",
-        "gitVersion": "replset-sim",
-        "versionArray": [8, 0, 0, 0],
-        "bits": 64,
-        "debug": false,
-        "maxBsonObjectSize": crate::state::MAX_BSON_OBJECT_SIZE,
-        "storageEngines": ["replset-sim-memory"],
-        "modules": [],
-        "ok": 1.0,
-    }
 }

@@ -161,7 +161,6 @@ async fn dispatch(ctx: &Ctx<'_>, name: &str, db: &str, body: &Document) -> CmdRe
     match name {
         "hello" | "isMaster" | "ismaster" => handshake::hello(ctx, body, name != "hello").await,
         "ping" => Ok(handshake::ping()),
-        "buildInfo" | "buildinfo" => Ok(handshake::build_info()),
         "endSessions" => Ok(handshake::end_sessions()),
         "insert" => insert::insert(ctx, db, body).await,
         "find" => query::find(ctx, db, body).await,
@@ -178,7 +177,6 @@ async fn dispatch(ctx: &Ctx<'_>, name: &str, db: &str, body: &Document) -> CmdRe
         "replSetGetStatus" => admin_only(name, db).and_then(|_| replset::repl_status(ctx)),
         "replSetGetConfig" => admin_only(name, db).and_then(|_| replset::repl_config(ctx)),
         "replSetInitiate" => admin_only(name, db).and_then(|_| replset::repl_initiate(ctx, body)),
-        "replSetStepDown" => admin_only(name, db).and_then(|_| replset::repl_step_down(ctx)),
         _ => Err(CmdError::new(59, "CommandNotFound", format!("no such command: '{name}'")).into()),
     }
 }

@@ -1,8 +1,9 @@
 //! The `replSet*` admin commands an operator or `replset init` sends:
 //! `replSetGetStatus` and `replSetGetConfig` (mongod's reply shapes, from
-//! this member's point of view), `replSetInitiate` (validated like mongod's,
-//! then an election after `election_delay`) and `replSetStepDown`. The
-//! dispatcher has already refused them outside `admin`.
+//! this member's point of view) and `replSetInitiate` (validated like
+//! mongod's, then an election after `election_delay`). The dispatcher has
+//! already refused them outside `admin`. Tests step a primary down with
+//! `Cluster::step_down`, not with a command.
 
 use std::time::Instant;
 
@@ -286,22 +287,6 @@ pub(super) fn repl_initiate(ctx: &Ctx<'_>, body: &Document) -> CmdResult {
     });
     st.preferred_candidate = Some(ctx.member);
     st.bump_topology();
-    ctx.shared.schedule_election(&mut st);
-    drop(st);
-    ctx.shared.notify();
-    Ok(doc! {"ok": 1.0})
-}
-
-/// `replSetStepDown` on the primary (else `NotWritablePrimary` 10107): it
-/// becomes a secondary at once and an election follows.
-pub(super) fn repl_step_down(ctx: &Ctx<'_>) -> CmdResult {
-    let mut st = ctx.shared.lock();
-    if st.role(ctx.member) != Role::Primary {
-        return Err(CmdError::not_writable_primary(false)
-            .with_msg("not primary so can't step down")
-            .into());
-    }
-    st.step_down();
     ctx.shared.schedule_election(&mut st);
     drop(st);
     ctx.shared.notify();
