@@ -27,11 +27,6 @@ impl CmdError {
         }
     }
 
-    pub fn with_msg(mut self, msg: impl Into<String>) -> Self {
-        self.msg = msg.into();
-        self
-    }
-
     pub fn not_writable_primary(retryable_write: bool) -> Self {
         let mut e = CmdError::new(10107, "NotWritablePrimary", "not primary");
         e.with_topology_version = true;

@@ -457,6 +457,16 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// Whether an election is armed and has not run yet: true from losing
+    /// the primary (kill, step-down, partition, loss of majority) or from
+    /// `replSetInitiate` until `election_delay` later, when the timer either
+    /// elects a primary or, with no reachable majority, gives up until the
+    /// next membership change. Once it is false again, any election that
+    /// could have happened has happened.
+    pub fn election_pending(&self) -> bool {
+        self.shared.lock().election_scheduled
+    }
+
     /// Current term (0 before the first election).
     pub fn term(&self) -> i64 {
         self.shared.lock().term

@@ -28,6 +28,39 @@ fn majority() -> WriteConcern {
     wc
 }
 
+/// Polls `probe` until it returns `true`, panicking with `what` once
+/// `timeout` has passed. The one way these tests wait: for a condition they
+/// observe, never for a fixed time.
+async fn poll_until<F, Fut>(what: &str, timeout: Duration, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if probe().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not observed within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `_id`s a client reads from `chat.messages`, in `_id` order.
+async fn ids(client: &Client) -> Vec<String> {
+    messages(client)
+        .find(doc! {})
+        .sort(doc! {"_id": 1})
+        .await
+        .unwrap()
+        .map(|d| d.unwrap().get_str("_id").unwrap().to_string())
+        .collect()
+        .await
+}
+
 fn code(err: &mongodb::error::Error) -> Option<i32> {
     match *err.kind {
         mongodb::error::ErrorKind::Command(ref c) => Some(c.code),
@@ -80,15 +113,7 @@ async fn killing_the_primary_elects_another_and_writes_continue() {
     cluster.restart(0).await.unwrap();
     assert_eq!(cluster.member_state(0), "SECONDARY");
     let direct = connect(&cluster.direct_uri(0)).await;
-    let ids: Vec<String> = messages(&direct)
-        .find(doc! {})
-        .sort(doc! {"_id": 1})
-        .await
-        .unwrap()
-        .map(|d| d.unwrap().get_str("_id").unwrap().to_string())
-        .collect()
-        .await;
-    assert_eq!(ids, ["after", "before"]);
+    assert_eq!(ids(&direct).await, ["after", "before"]);
 }
 
 #[tokio::test]
@@ -129,7 +154,16 @@ async fn step_down_and_partition_move_the_primary() {
     let other = (0..3).find(|m| *m != p && *m != q).unwrap();
     cluster.kill(other).await;
     assert_eq!(cluster.primary(), None);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The loss armed an election; once its timer has run, a primary would be
+    // there by now if one could be elected.
+    assert!(
+        cluster.election_pending(),
+        "losing the primary arms an election"
+    );
+    poll_until("the election timer ran", Duration::from_secs(5), || async {
+        !cluster.election_pending()
+    })
+    .await;
     assert_eq!(cluster.primary(), None, "no election without a majority");
 
     cluster.partition(p, false).await;
@@ -268,14 +302,17 @@ async fn a_change_stream_resumes_across_failover_without_loss_or_repeats() {
     let expected: Vec<String> = (0..7).map(|i| format!("m{i}")).collect();
     assert_eq!(seen, expected);
     assert_ne!(cluster.primary(), Some(primary));
-    // Nothing is delivered twice.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(rx.try_recv().is_err());
+    // Nothing is delivered twice: the stream is in log order, so a repeat of
+    // m0..m6 would arrive before a later write does. That write comes next.
+    insert(7).await;
+    assert_eq!(recv(&mut rx).await, "m7", "nothing is delivered twice");
 }
 
 #[tokio::test]
 async fn secondaries_lag_and_majority_writes_wait_for_them() {
-    let lag = Duration::from_millis(300);
+    // Long enough that a write acknowledgement and one read on open
+    // connections fit inside it even on a loaded machine.
+    let lag = Duration::from_secs(1);
     let cluster = Cluster::start(ClusterOptions {
         secondary_lag: lag,
         ..Default::default()
@@ -285,24 +322,33 @@ async fn secondaries_lag_and_majority_writes_wait_for_them() {
     let client = connect(&cluster.uri("chat")).await;
     let direct = client_on_secondary(&cluster).await;
 
+    // A majority write is on the secondary once acknowledged; reading it
+    // there shows that reads see what the secondary has applied.
+    messages(&client)
+        .insert_one(doc! {"_id": "w0"})
+        .write_concern(majority())
+        .await
+        .unwrap();
+    assert_eq!(ids(&direct).await, ["w0"]);
+
     let started = Instant::now();
     messages(&client)
         .insert_one(doc! {"_id": "w1"})
         .write_concern(WriteConcern::nodes(1))
         .await
         .unwrap();
-    assert!(started.elapsed() < lag);
-    assert!(messages(&direct)
-        .find_one(doc! {"_id": "w1"})
-        .await
-        .unwrap()
-        .is_none());
-    tokio::time::sleep(lag + Duration::from_millis(50)).await;
-    assert!(messages(&direct)
-        .find_one(doc! {"_id": "w1"})
-        .await
-        .unwrap()
-        .is_some());
+    // The w: 1 acknowledgement did not wait for the secondary: the same read
+    // still sees w0 but not w1.
+    assert_eq!(ids(&direct).await, ["w0"]);
+    poll_until("w1 on the secondary", Duration::from_secs(10), || async {
+        messages(&direct)
+            .find_one(doc! {"_id": "w1"})
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    assert!(started.elapsed() >= lag, "w1 reached the secondary early");
 
     let started = Instant::now();
     messages(&client)

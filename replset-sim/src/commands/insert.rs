@@ -1,0 +1,272 @@
+//! `insert`, the only write command: write concern (implicit majority,
+//! `wtimeout`, `writeConcernError` 64), retryable writes keyed by
+//! lsid + txnNumber (a retried statement is not applied twice), ordered
+//! and unordered batches, and mongod's `_id` rules.
+
+use std::time::{Duration, Instant};
+
+use bson::{doc, oid::ObjectId, Bson, Document};
+
+use super::args::{coll_name, get_doc, get_int};
+use super::{wait_for, CmdResult, Ctx};
+use crate::error::CmdError;
+use crate::state::{optime, Config, Role, State, TxnRecord};
+
+/// A parsed `writeConcern`.
+struct WriteConcern {
+    /// Members that must have applied the write; `None` = unacknowledged.
+    w: Option<usize>,
+    /// How long to wait for `w` members; `None` = until they are there.
+    wtimeout: Option<Duration>,
+    /// As sent, echoed in `writeConcernError.errInfo`.
+    raw: Document,
+}
+
+/// Reads `writeConcern` (absent = `{w: "majority"}`, the default since
+/// 5.0). `UnknownReplWriteConcern` (79) for a named mode,
+/// `UnsatisfiableWriteConcern` (100) for more members than the config has.
+fn parse_write_concern(st: &State, body: &Document) -> Result<WriteConcern, CmdError> {
+    let raw = get_doc(body, "writeConcern")?.unwrap_or_default();
+    let members = st.config.as_ref().map_or(1, |c| c.members.len());
+    let majority_n = st.config.as_ref().map_or(1, Config::majority);
+    let w = match raw.get("w") {
+        None => Some(majority_n), // implicit default {w: "majority"} since 5.0
+        Some(Bson::String(s)) if s == "majority" => Some(majority_n),
+        Some(Bson::String(s)) => {
+            return Err(CmdError::new(
+                79,
+                "UnknownReplWriteConcern",
+                format!("No write concern mode named '{s}' found in replica set configuration"),
+            ))
+        }
+        Some(_) => match get_int(&raw, "w")? {
+            Some(0) => None,
+            Some(n) if n > 0 => Some(n as usize),
+            _ => {
+                return Err(CmdError::failed_to_parse(
+                    "w has to be a non-negative number",
+                ))
+            }
+        },
+    };
+    if w.is_some_and(|n| n > members) {
+        return Err(CmdError::new(
+            100,
+            "UnsatisfiableWriteConcern",
+            "Not enough data-bearing nodes",
+        ));
+    }
+    let wtimeout = get_int(&raw, "wtimeout")?
+        .filter(|ms| *ms > 0)
+        .map(|ms| Duration::from_millis(ms as u64));
+    Ok(WriteConcern { w, wtimeout, raw })
+}
+
+/// Blocks until the write at `pos` is on `w` members. Majority is always
+/// reachable while a primary exists (it steps down otherwise), so this only
+/// waits for the secondary apply delay and for numeric `w` above the number
+/// of reachable members.
+async fn await_write_concern(ctx: &Ctx<'_>, wc: &WriteConcern, pos: usize) -> Option<Document> {
+    let need = wc.w?;
+    if need <= 1 {
+        return None;
+    }
+    let deadline = wc.wtimeout.map(|t| Instant::now() + t);
+    let ok = wait_for(ctx, deadline, |st, now| {
+        let applied = st
+            .config
+            .as_ref()
+            .map(|c| {
+                c.members
+                    .iter()
+                    .filter(|m| st.reachable(m.member) && st.visible_len(m.member, now) >= pos)
+                    .count()
+            })
+            .unwrap_or(0);
+        applied >= need
+    })
+    .await;
+    if ok {
+        None
+    } else {
+        Some(doc! {
+            "code": 64,
+            "codeName": "WriteConcernFailed",
+            "errmsg": "waiting for replication timed out",
+            "errInfo": {"wtimeout": true, "writeConcern": wc.raw.clone()},
+        })
+    }
+}
+
+/// The session's identity as bytes, the key of the retry table.
+fn lsid_key(body: &Document) -> Option<Vec<u8>> {
+    let lsid = body.get_document("lsid").ok()?;
+    let mut key = Vec::new();
+    doc! {"id": lsid.get("id")?.clone()}
+        .to_writer(&mut key)
+        .ok()?;
+    Some(key)
+}
+
+/// `insert`: applies `documents` in order on the primary, then waits for
+/// the write concern. Replies `{n, writeErrors?, retriedStmtIds?,
+/// writeConcernError?, opTime, electionId}`; `NotWritablePrimary` (10107,
+/// with `RetryableWriteError` when retryable) off the primary,
+/// `TransactionTooOld` (225) for an older txnNumber, `IllegalOperation` (20)
+/// inside a transaction.
+pub(super) async fn insert(ctx: &Ctx<'_>, db: &str, body: &Document) -> CmdResult {
+    let coll = coll_name(body, "insert")?;
+    let ns = format!("{db}.{coll}");
+    let docs = match body.get("documents") {
+        Some(Bson::Array(a)) => a.clone(),
+        _ => {
+            return Err(CmdError::failed_to_parse(
+                "BSON field 'insert.documents' is missing but a required field",
+            )
+            .into())
+        }
+    };
+    if docs.is_empty() || docs.len() > crate::state::MAX_WRITE_BATCH_SIZE as usize {
+        return Err(CmdError::new(
+            16,
+            "InvalidLength",
+            format!(
+                "Write batch sizes must be between 1 and 100000. Got {} operations.",
+                docs.len()
+            ),
+        )
+        .into());
+    }
+    if body.contains_key("startTransaction") || body.contains_key("autocommit") {
+        return Err(CmdError::new(
+            20,
+            "IllegalOperation",
+            "multi-document transactions are not simulated",
+        )
+        .into());
+    }
+    let ordered = body.get_bool("ordered").unwrap_or(true);
+    let txn = get_int(body, "txnNumber")?;
+    let session = lsid_key(body);
+
+    let (wc, n, write_errors, retried, last_pos, op_ts, term) = {
+        let mut st = ctx.shared.lock();
+        let wc = parse_write_concern(&st, body)?;
+        if st.role(ctx.member) != Role::Primary {
+            return Err(CmdError::not_writable_primary(txn.is_some()).into());
+        }
+        let retry_key = match (txn, &session) {
+            (Some(t), Some(k)) => {
+                let rec = st.sessions.entry(k.clone()).or_insert(TxnRecord {
+                    txn_number: t,
+                    done: Default::default(),
+                });
+                if rec.txn_number > t {
+                    return Err(CmdError::new(
+                        225,
+                        "TransactionTooOld",
+                        format!(
+                            "Retryable write with txnNumber {t} is prohibited on session because \
+                             a newer retryable write with txnNumber {} has already started on \
+                             this session.",
+                            rec.txn_number
+                        ),
+                    )
+                    .into());
+                }
+                if rec.txn_number < t {
+                    rec.txn_number = t;
+                    rec.done.clear();
+                }
+                Some(k.clone())
+            }
+            _ => None,
+        };
+        let mut n = 0i32;
+        let mut write_errors = Vec::new();
+        let mut retried = Vec::new();
+        let mut last_pos = None;
+        for (i, d) in docs.iter().enumerate() {
+            let stmt = i as i32;
+            if let Some(k) = &retry_key {
+                if st.sessions.get(k).is_some_and(|r| r.done.contains(&stmt)) {
+                    n += 1;
+                    retried.push(Bson::Int32(stmt));
+                    continue;
+                }
+            }
+            let result = match d {
+                Bson::Document(d) => prepare_doc(d.clone()).and_then(|d| st.insert_doc(&ns, d)),
+                _ => Err(CmdError::type_mismatch("documents must be objects")),
+            };
+            match result {
+                Ok(pos) => {
+                    n += 1;
+                    last_pos = Some(pos);
+                    if let Some(k) = &retry_key {
+                        if let Some(r) = st.sessions.get_mut(k) {
+                            r.done.insert(stmt);
+                        }
+                    }
+                }
+                Err(e) => {
+                    let mut we = doc! {"index": stmt, "code": e.code, "errmsg": e.msg.clone()};
+                    if let Some(extra) = &e.extra {
+                        for (k, v) in extra.iter() {
+                            we.insert(k.clone(), v.clone());
+                        }
+                    }
+                    write_errors.push(Bson::Document(we));
+                    if ordered {
+                        break;
+                    }
+                }
+            }
+        }
+        let op_ts = st.last_ts;
+        (wc, n, write_errors, retried, last_pos, op_ts, st.term)
+    };
+    ctx.shared.notify();
+
+    let wce = match last_pos {
+        Some(pos) => await_write_concern(ctx, &wc, pos).await,
+        None => None,
+    };
+    let mut reply = doc! {"n": n};
+    if !write_errors.is_empty() {
+        reply.insert("writeErrors", write_errors);
+    }
+    if !retried.is_empty() {
+        reply.insert("retriedStmtIds", retried);
+    }
+    if let Some(wce) = wce {
+        reply.insert("writeConcernError", wce);
+    }
+    reply.insert("opTime", optime(op_ts, term));
+    reply.insert("electionId", crate::state::election_id(term));
+    reply.insert("ok", 1.0);
+    reply.insert("operationTime", op_ts);
+    Ok(reply)
+}
+
+/// mongod puts a generated `_id` first and refuses arrays as `_id`.
+fn prepare_doc(d: Document) -> Result<Document, CmdError> {
+    match d.get("_id") {
+        Some(Bson::Array(_)) => Err(CmdError::new(
+            53,
+            "InvalidIdField",
+            "The '_id' value cannot be of type array",
+        )),
+        Some(Bson::RegularExpression(_)) => Err(CmdError::new(
+            53,
+            "InvalidIdField",
+            "The '_id' value cannot be of type regex",
+        )),
+        Some(_) => Ok(d),
+        None => {
+            let mut out = doc! {"_id": ObjectId::new()};
+            out.extend(d);
+            Ok(out)
+        }
+    }
+}

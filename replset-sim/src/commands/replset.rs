@@ -1,0 +1,294 @@
+//! The `replSet*` admin commands an operator or `replset init` sends:
+//! `replSetGetStatus` and `replSetGetConfig` (mongod's reply shapes, from
+//! this member's point of view) and `replSetInitiate` (validated like
+//! mongod's, then an election after `election_delay`). The dispatcher has
+//! already refused them outside `admin`. Tests step a primary down with
+//! `Cluster::step_down`, not with a command.
+
+use std::time::Instant;
+
+use bson::{doc, Bson, Document};
+
+use super::args::get_int;
+use super::{CmdResult, Ctx, Fail};
+use crate::error::CmdError;
+use crate::state::{optime, Config, ConfigMember, Role, State};
+
+/// One `members[]` entry of `replSetGetStatus` as `viewer` sees `member`:
+/// a member it cannot reach is reported down (`health: 0`, state 8).
+fn member_status(st: &State, viewer: usize, member: usize, entry: &ConfigMember) -> Document {
+    let now = Instant::now();
+    let seen = st.reachable(viewer) && st.reachable(member) || viewer == member;
+    let role = if seen { st.role(member) } else { Role::Down };
+    let mut d = doc! {"_id": entry.id, "name": entry.host.clone()};
+    d.insert("health", if role == Role::Down { 0.0 } else { 1.0 });
+    d.insert("state", role.state_code());
+    d.insert(
+        "stateStr",
+        if role == Role::Down {
+            "(not reachable/healthy)"
+        } else {
+            role.state_str()
+        },
+    );
+    d.insert(
+        "uptime",
+        if role == Role::Down {
+            0
+        } else {
+            st.members[member].started.elapsed().as_secs() as i32
+        },
+    );
+    let (ts, t, wall) = if role == Role::Down {
+        st.last_optime(0)
+    } else {
+        st.last_optime(st.visible_len(member, now))
+    };
+    d.insert("optime", optime(ts, t));
+    d.insert("optimeDate", wall);
+    let sync_source = match (role, st.primary) {
+        (Role::Secondary, Some(p)) if p != member && st.reachable(p) => st.host(p),
+        _ => String::new(),
+    };
+    d.insert("syncSourceHost", sync_source);
+    if role == Role::Primary {
+        d.insert("electionTime", st.election_ts);
+        d.insert("electionDate", st.election_wall);
+    }
+    if role == Role::Down {
+        d.insert("lastHeartbeatMessage", "Connection refused (simulated)");
+    } else {
+        d.insert("lastHeartbeatMessage", "");
+    }
+    d.insert(
+        "configVersion",
+        if role == Role::Down {
+            -1
+        } else {
+            st.config.as_ref().map_or(-1, |c| c.version)
+        },
+    );
+    if member == viewer {
+        d.insert("self", true);
+    } else {
+        d.insert("lastHeartbeat", bson::DateTime::now());
+        d.insert("pingMs", 0i64);
+    }
+    d
+}
+
+/// `replSetGetStatus`: set name, term, this member's state, optimes and
+/// one entry per configured member. `NotYetInitialized` (94) before a
+/// config exists or when this member is not in it.
+pub(super) fn repl_status(ctx: &Ctx<'_>) -> CmdResult {
+    let st = ctx.shared.lock();
+    let Some(config) = st.config.clone().filter(|c| c.entry(ctx.member).is_some()) else {
+        return Err(CmdError::not_yet_initialized().into());
+    };
+    let me = st.role(ctx.member);
+    let (ts, t, wall) = st.last_optime(st.visible_len(ctx.member, Instant::now()));
+    let members: Vec<Bson> = config
+        .members
+        .iter()
+        .map(|e| Bson::Document(member_status(&st, ctx.member, e.member, e)))
+        .collect();
+    let sync_source = match (me, st.primary) {
+        (Role::Secondary, Some(p)) if st.reachable(p) => st.host(p),
+        _ => String::new(),
+    };
+    let majority = config.majority() as i32;
+    Ok(doc! {
+        "set": st.set_name.clone(),
+        "date": bson::DateTime::now(),
+        "myState": me.state_code(),
+        "term": st.term,
+        "syncSourceHost": sync_source,
+        "heartbeatIntervalMillis": 2000i64,
+        "majorityVoteCount": majority,
+        "writeMajorityCount": majority,
+        "votingMembersCount": config.members.len() as i32,
+        "writableVotingMembersCount": config.members.len() as i32,
+        "optimes": {
+            "lastCommittedOpTime": optime(ts, t),
+            "lastCommittedWallTime": wall,
+            "appliedOpTime": optime(ts, t),
+            "durableOpTime": optime(ts, t),
+            "lastAppliedWallTime": wall,
+            "lastDurableWallTime": wall,
+        },
+        "members": members,
+        "ok": 1.0,
+    })
+}
+
+/// The config document as mongod reports it, with the simulator's fixed
+/// settings (one vote and priority 1 each, `electionTimeoutMillis` =
+/// `election_delay`).
+fn config_doc(st: &State, config: &Config) -> Document {
+    let members: Vec<Bson> = config
+        .members
+        .iter()
+        .map(|m| {
+            Bson::Document(doc! {
+                "_id": m.id,
+                "host": m.host.clone(),
+                "arbiterOnly": false,
+                "buildIndexes": true,
+                "hidden": false,
+                "priority": 1.0,
+                "tags": {},
+                "secondaryDelaySecs": 0i64,
+                "votes": 1,
+            })
+        })
+        .collect();
+    doc! {
+        "_id": st.set_name.clone(),
+        "version": config.version,
+        "term": st.term,
+        "members": members,
+        "protocolVersion": 1i64,
+        "writeConcernMajorityJournalDefault": true,
+        "settings": {
+            "chainingAllowed": true,
+            "heartbeatIntervalMillis": 2000,
+            "heartbeatTimeoutSecs": 10,
+            "electionTimeoutMillis": st.election_delay.as_millis() as i64,
+            "replicaSetId": st.replica_set_id,
+        },
+    }
+}
+
+/// `replSetGetConfig`: `{config}`; `NotYetInitialized` (94) as for status.
+pub(super) fn repl_config(ctx: &Ctx<'_>) -> CmdResult {
+    let st = ctx.shared.lock();
+    let Some(config) = st.config.clone().filter(|c| c.entry(ctx.member).is_some()) else {
+        return Err(CmdError::not_yet_initialized().into());
+    };
+    Ok(doc! {"config": config_doc(&st, &config), "ok": 1.0})
+}
+
+/// mongod's `InvalidReplicaSetConfig` (93).
+fn invalid_config(msg: impl Into<String>) -> Fail {
+    CmdError::new(93, "InvalidReplicaSetConfig", msg).into()
+}
+
+/// Which simulated member a config host names: only loopback names can
+/// map, by port (a real mongod also requires the host to be local).
+fn resolve_host(st: &State, host: &str) -> Option<usize> {
+    let (name, port) = host.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    if !matches!(name, "127.0.0.1" | "localhost") {
+        return None;
+    }
+    st.members.iter().position(|m| m.port == port)
+}
+
+/// `replSetInitiate` with a config document (or none: a one-member set of
+/// this node). The config's `_id` must be the set name and one host must
+/// map to this member (`InvalidReplicaSetConfig` 93); every member must be
+/// up and simulated (`NodeNotFound` 74); a second initiate is
+/// `AlreadyInitialized` (23). This member wins the election that follows.
+pub(super) fn repl_initiate(ctx: &Ctx<'_>, body: &Document) -> CmdResult {
+    let mut st = ctx.shared.lock();
+    if st.config.is_some() {
+        return Err(CmdError::new(23, "AlreadyInitialized", "already initialized").into());
+    }
+    let me_host = format!("127.0.0.1:{}", st.members[ctx.member].port);
+    let cfg = match body.get("replSetInitiate") {
+        Some(Bson::Document(d)) => d.clone(),
+        // rs.initiate() without a config: a one-member set of this node.
+        _ => doc! {"_id": st.set_name.clone(), "members": [{"_id": 0, "host": me_host}]},
+    };
+    let set_id = cfg.get_str("_id").unwrap_or_default().to_string();
+    if set_id != st.set_name {
+        return Err(invalid_config(format!(
+            "Attempting to initiate a replica set with name {set_id}, but command line reports {}; rejecting",
+            st.set_name
+        )));
+    }
+    let version = get_int(&cfg, "version")?.unwrap_or(1) as i32;
+    let raw_members = match cfg.get("members") {
+        Some(Bson::Array(a)) if !a.is_empty() => a.clone(),
+        _ => {
+            return Err(invalid_config(
+                "replica set configuration must have a non-empty members array",
+            ))
+        }
+    };
+    let mut members = Vec::new();
+    let mut unresolved = Vec::new();
+    for m in raw_members {
+        let Bson::Document(m) = m else {
+            return Err(invalid_config("members entries must be objects"));
+        };
+        let id =
+            get_int(&m, "_id")?.ok_or_else(|| invalid_config("member is missing '_id'"))? as i32;
+        let host = m
+            .get_str("host")
+            .map_err(|_| invalid_config("member is missing 'host'"))?
+            .to_string();
+        if members
+            .iter()
+            .any(|x: &(i32, String, Option<usize>)| x.0 == id || x.1 == host)
+        {
+            return Err(invalid_config(format!(
+                "Found two member configurations with the same host field or _id: {id} {host}"
+            )));
+        }
+        let resolved = resolve_host(&st, &host);
+        if resolved.is_none() {
+            unresolved.push(host.clone());
+        }
+        members.push((id, host, resolved));
+    }
+    if !members.iter().any(|m| m.2 == Some(ctx.member)) {
+        return Err(invalid_config(format!(
+            "No host described in new configuration with {{version: {version}, term: 0}} for replica set {} maps to this node",
+            st.set_name
+        )));
+    }
+    let mut dupes = members.iter().filter_map(|m| m.2).collect::<Vec<_>>();
+    dupes.sort();
+    dupes.dedup();
+    if dupes.len() != members.iter().filter(|m| m.2.is_some()).count() {
+        return Err(invalid_config(
+            "two hosts in the configuration map to the same node",
+        ));
+    }
+    let down: Vec<String> = members
+        .iter()
+        .filter(|m| m.2.is_some_and(|i| !st.reachable(i)))
+        .map(|m| m.1.clone())
+        .chain(unresolved)
+        .collect();
+    if !down.is_empty() {
+        return Err(CmdError::new(
+            74,
+            "NodeNotFound",
+            format!(
+                "replSetInitiate quorum check failed because not all proposed set members \
+                 responded affirmatively: {} failed with Connection refused",
+                down.join(", ")
+            ),
+        )
+        .into());
+    }
+    st.config = Some(Config {
+        version,
+        members: members
+            .into_iter()
+            .map(|(id, host, m)| ConfigMember {
+                id,
+                host,
+                member: m.expect("all resolved"),
+            })
+            .collect(),
+    });
+    st.preferred_candidate = Some(ctx.member);
+    st.bump_topology();
+    ctx.shared.schedule_election(&mut st);
+    drop(st);
+    ctx.shared.notify();
+    Ok(doc! {"ok": 1.0})
+}
