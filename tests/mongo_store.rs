@@ -281,3 +281,51 @@ async fn the_feed_reopens_after_the_whole_set_was_down() {
     store.close().await;
     other.close().await;
 }
+
+/// Dropping the collection under a running change stream ends it with an
+/// `invalidate` event (<https://www.mongodb.com/docs/manual/reference/change-events/invalidate/>);
+/// the store must open a new stream by itself, and messages written after
+/// the drop must still reach the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_collection_invalidates_the_change_stream_and_it_reopens() {
+    let cluster =
+        TestCluster::start("a_dropped_collection_invalidates_the_change_stream_and_it_reopens")
+            .await;
+    let cache = Cache::new();
+    let store = open_ready(&cluster, "dropped", Duration::from_secs(30), cache.clone()).await;
+    let other = open_ready(&cluster, "dropped", Duration::from_secs(30), Cache::new()).await;
+    let mut events = cache.subscribe();
+    other
+        .insert(message("before-drop", "one"))
+        .await
+        .expect("insert before the drop");
+    wait_for_event(&mut events, "before-drop").await;
+
+    let client = mongodb::Client::with_uri_str(cluster.uri("dropped"))
+        .await
+        .expect("client");
+    client
+        .database("dropped")
+        .collection::<mongodb::bson::Document>("messages")
+        .drop()
+        .await
+        .expect("drop the collection");
+
+    // Written through the other instance, so only the change stream (not
+    // the writer's own publish) can bring it to this cache.
+    other
+        .insert(message("after-drop", "two"))
+        .await
+        .expect("insert after the drop");
+    wait_for_event(&mut events, "after-drop").await;
+    let listed: Vec<String> = store
+        .list(Cursor::Latest, 10)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(listed, ["after-drop"], "the drop removed the older message");
+    store.close().await;
+    other.close().await;
+}
