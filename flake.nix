@@ -1,10 +1,22 @@
 {
   description = "simplechat: a chat service on a three-member MongoDB replica set";
 
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
+  inputs = {
+    nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
+    crane.url = "github:ipetkov/crane";
+    rust-overlay = {
+      url = "github:oxalica/rust-overlay";
+      inputs.nixpkgs.follows = "nixpkgs";
+    };
+  };
 
   outputs =
-    { self, nixpkgs }:
+    {
+      self,
+      nixpkgs,
+      crane,
+      rust-overlay,
+    }:
     let
       inherit (nixpkgs) lib;
 
@@ -20,23 +32,44 @@
       # that package and nothing else.
       allowMongodb = pkg: lib.getName pkg == "mongodb-ce";
 
-      pkgsWithMongodb =
+      pkgsFor =
         system:
         import nixpkgs {
           inherit system;
+          overlays = [ rust-overlay.overlays.default ];
           config.allowUnfreePredicate = allowMongodb;
         };
 
       src = import ./nix/source.nix { inherit lib; };
+
+      rust = forAllSystems (
+        system:
+        import ./nix/rust.nix {
+          pkgs = pkgsFor system;
+          inherit crane src;
+        }
+      );
     in
     {
       packages = forAllSystems (system: {
-        default = nixpkgs.legacyPackages.${system}.pkgsStatic.callPackage ./nix/package.nix {
-          inherit src;
-        };
+        default = rust.${system}.package;
       });
 
+      # `pkgs.simplechat`: this flake's bundle, for the bare modules.
+      overlays.default =
+        final: _prev:
+        let
+          system = final.stdenv.hostPlatform.system;
+        in
+        {
+          simplechat =
+            self.packages.${system}.default
+              or (throw "simplechat: the flake builds for ${lib.concatStringsSep " and " systems}, not ${system}");
+        };
+
       nixosModules = {
+        # The bare modules: services.simplechat.package defaults to
+        # pkgs.simplechat (use overlays.default, or set the package).
         simplechat = ./nixos-modules/simplechat.nix;
         replicaSet = ./nixos-modules/replica-set.nix;
         # Both modules, with this flake's bundle as the package.
@@ -44,12 +77,12 @@
           { lib, pkgs, ... }:
           {
             imports = [ ./nixos-modules ];
-            services.simplechat.package =
-              lib.mkDefault
-                self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+            services.simplechat.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.default;
           };
       };
 
+      # One configuration per cluster member; nix/cluster.nix says how each
+      # machine is made (hardware profile or file, network, SSH keys).
       nixosConfigurations = lib.genAttrs (lib.attrNames cluster.members) (
         name:
         lib.nixosSystem {
@@ -57,41 +90,43 @@
             self.nixosModules.default
             (import ./nix/host.nix { inherit cluster name; })
             {
-              nixpkgs.hostPlatform = "x86_64-linux";
+              nixpkgs.hostPlatform = cluster.members.${name}.system or "x86_64-linux";
               nixpkgs.config.allowUnfreePredicate = allowMongodb;
             }
           ];
         }
       );
 
-      checks.x86_64-linux =
-        let
-          pkgs = pkgsWithMongodb "x86_64-linux";
-        in
+      checks = forAllSystems (
+        system:
         {
-          package = self.packages.x86_64-linux.default;
+          package = self.packages.${system}.default;
+          inherit (rust.${system}.checks) clippy tests fmt;
+        }
+        // lib.optionalAttrs (system == "x86_64-linux") {
+          static = import ./nix/static-check.nix {
+            pkgs = pkgsFor system;
+            package = self.packages.${system}.default;
+          };
           failover = import ./nix/failover-test.nix {
-            inherit pkgs cluster;
+            pkgs = pkgsFor system;
+            inherit cluster;
             module = self.nixosModules.default;
           };
         }
-        // import ./nix/checks.nix {
-          inherit src;
-          pkgs = nixpkgs.legacyPackages.x86_64-linux;
-        };
+      );
 
       devShells = forAllSystems (
         system:
         let
-          pkgs = pkgsWithMongodb system;
+          pkgs = pkgsFor system;
         in
         {
           default = pkgs.mkShell {
             packages = [
-              pkgs.cargo
-              pkgs.rustc
-              pkgs.clippy
-              pkgs.rustfmt
+              # The same toolchain as the Nix builds (cargo, rustc, clippy,
+              # rustfmt, and the musl standard library).
+              rust.${system}.toolchain
               pkgs.rust-analyzer
               pkgs.mongodb-ce
               pkgs.mongosh

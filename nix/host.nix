@@ -1,13 +1,82 @@
-# One cluster member as a QEMU guest, for `nixos-rebuild switch --flake
-# .#<name> --target-host ...` and `nixos-rebuild build-vm --flake .#<name>`.
-# Everything about the replica set comes from the cluster description.
+# One cluster member, for `nixos-rebuild switch --flake .#<name> --target-host ...`.
+# How the machine is made (hardware, boot loader, network) and everything about
+# the replica set come from the cluster description (nix/cluster.nix).
 { cluster, name }:
-{ modulesPath, ... }:
+{
+  lib,
+  modulesPath,
+  ...
+}:
 let
   member = cluster.members.${name};
+  hardware = member.hardware or "qemu";
+  network = member.network or "dhcp";
+  isStatic = network != "dhcp";
+  system = member.system or "x86_64-linux";
+  sshKeys = cluster.sshKeys or [ ];
+
+  profiles = {
+    # An EC2 instance from the official NixOS AMI: root file system, boot
+    # loader, ENA/NVMe drivers, the launch key pair for root and the address
+    # from DHCP all come from nixpkgs' own EC2 module.
+    amazon = {
+      imports = [ (modulesPath + "/virtualisation/amazon-image.nix") ];
+      # aarch64 instances boot UEFI only; x86_64 AMIs say which in their
+      # /etc/nixos/configuration.nix (`ec2.efi`).
+      ec2.efi = member.efi or (system == "aarch64-linux");
+    };
+
+    # A QEMU/KVM guest installed the way the NixOS manual's legacy BIOS
+    # instructions do it: virtio disk /dev/vda, MBR, ext4 root labelled nixos.
+    qemu = {
+      imports = [ (modulesPath + "/profiles/qemu-guest.nix") ];
+      boot.loader.grub.device = "/dev/vda";
+      fileSystems."/" = {
+        device = "/dev/disk/by-label/nixos";
+        fsType = "ext4";
+      };
+    };
+  };
+
+  # The machine's own hardware-configuration.nix; it has no boot loader.
+  bootLoader = member.bootLoader or null;
+  ownHardware = {
+    imports = [ hardware ];
+    assertions = [
+      {
+        assertion = bootLoader != null;
+        message = "nix/cluster.nix: member ${name} uses its own hardware-configuration.nix; also give bootLoader = \"systemd-boot\" (UEFI) or { grubDevice = \"/dev/...\"; } (BIOS).";
+      }
+    ];
+    boot.loader = lib.mkIf (bootLoader != null) (
+      if bootLoader == "systemd-boot" then
+        {
+          systemd-boot.enable = true;
+          efi.canTouchEfiVariables = true;
+        }
+      else
+        { grub.device = bootLoader.grubDevice; }
+    );
+  };
+
+  machine =
+    if builtins.isString hardware then
+      profiles.${hardware}
+        or (throw "nix/cluster.nix: member ${name}: hardware = \"${hardware}\" is not a profile (amazon, qemu) or a path to a hardware-configuration.nix")
+    else
+      ownHardware;
 in
 {
-  imports = [ (modulesPath + "/profiles/qemu-guest.nix") ];
+  imports = [ machine ];
+
+  assertions = [
+    {
+      # Without a key nobody could log in after the first switch (EC2
+      # instances keep their launch key pair).
+      assertion = sshKeys != [ ] || hardware == "amazon";
+      message = "nix/cluster.nix: sshKeys is empty; add the public key that nixos-rebuild --target-host logs in with.";
+    }
+  ];
 
   services.simplechat = {
     enable = true;
@@ -16,47 +85,43 @@ in
     openFirewall = true;
     replicaSet = {
       enable = true;
-      inherit (cluster) name domain members;
+      inherit (cluster) name domain;
+      members = lib.mapAttrs (_: m: { inherit (m) address; }) cluster.members;
       self = name;
     };
   };
 
-  # A fixed interface name, so that the cluster file can say which NIC carries
-  # the member address. Other NICs keep DHCP (NixOS turns it off only for
-  # interfaces with static addresses).
-  networking.usePredictableInterfaceNames = false;
-  networking.interfaces.${cluster.interface}.ipv4.addresses = [
-    {
-      inherit (member) address;
-      inherit (cluster) prefixLength;
-    }
-  ];
+  # The EC2 module defaults the host name to "" (taken from EC2 at boot); a
+  # member is called by its member name.
+  networking.hostName = name;
 
-  # nixos-rebuild --target-host copies the system over SSH.
-  services.openssh.enable = true;
-
-  boot.loader.grub.device = "/dev/vda";
-  fileSystems."/" = {
-    device = "/dev/disk/by-label/nixos";
-    fsType = "ext4";
-  };
-
-  system.stateVersion = "25.11";
-
-  # `nixos-rebuild build-vm`: one member alone, for a local look at the
-  # units and the page (without the other two it never gets a primary).
-  virtualisation.vmVariant = {
-    virtualisation.memorySize = 2048;
-    virtualisation.cores = 2;
-    # QEMU's user network answers DHCP on the first NIC; the member address
-    # stays on it too, so mongod can bind it.
-    networking.interfaces.${cluster.interface}.useDHCP = true;
-    virtualisation.forwardPorts = [
+  # The member address: from DHCP (nothing to declare), or static on a named
+  # interface with its gateway and nameservers; dhcpcd leaves an interface
+  # with static addresses alone, so the route and DNS must be declared.
+  networking.interfaces = lib.mkIf isStatic {
+    ${network.interface}.ipv4.addresses = [
       {
-        from = "host";
-        host.port = 8000;
-        guest.port = 8000;
+        inherit (member) address;
+        prefixLength = network.prefixLength or 24;
       }
     ];
   };
+  networking.defaultGateway = lib.mkIf (isStatic && network ? gateway) {
+    address = network.gateway;
+    inherit (network) interface;
+  };
+  networking.nameservers = lib.mkIf isStatic (network.nameservers or [ ]);
+
+  # nixos-rebuild --target-host copies the system over SSH, as root.
+  services.openssh = {
+    enable = true;
+    settings = {
+      PermitRootLogin = "prohibit-password";
+      PasswordAuthentication = false;
+      KbdInteractiveAuthentication = false;
+    };
+  };
+  users.users.root.openssh.authorizedKeys.keys = sshKeys;
+
+  system.stateVersion = "26.05";
 }

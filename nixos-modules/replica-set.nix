@@ -168,6 +168,25 @@ in
       description = "Accept connections to mongod's port from the other members' addresses only.";
     };
 
+    compressors = mkOption {
+      type = types.listOf (
+        types.enum [
+          "snappy"
+          "zstd"
+          "disabled"
+        ]
+      );
+      default = [
+        "snappy"
+        "zstd"
+      ];
+      description = ''
+        Wire-protocol compressors mongod offers (`net.compression.compressors`).
+        zlib is not offered: CVE-2025-14847 let unauthenticated clients read
+        mongod's memory through zlib-compressed messages.
+      '';
+    };
+
     connectionString = mkOption {
       type = types.str;
       readOnly = true;
@@ -189,6 +208,13 @@ in
           # would silently not exist, and the set would never elect a primary.
           assertion = cfg.openFirewall -> !(config.services.firewalld.enable or false);
           message = "services.simplechat.replicaSet.openFirewall supports the iptables and nftables firewalls only; with firewalld, open port ${toString cfg.port} to the other members yourself and set openFirewall = false.";
+        }
+        {
+          # With avahi's nssmdns4, glibc programs (mongod, the app) ask mDNS
+          # first for `*.local` names and stop at its "not found", before
+          # /etc/hosts: the members would never find each other.
+          assertion = !(cfg.domain == "local" && (config.services.avahi.enable or false) && (config.services.avahi.nssmdns4 or false));
+          message = "services.simplechat.replicaSet: the member names end in .local, which services.avahi.nssmdns4 sends to mDNS before /etc/hosts; turn nssmdns4 off on the members or choose another services.simplechat.replicaSet.domain.";
         }
         {
           assertion = cfg.members ? ${cfg.self};
@@ -236,19 +262,34 @@ in
         bind_ip = concatStringsSep "," cfg.bindAddresses;
         # The nixpkgs module already writes net.bindIp, storage.dbPath,
         # systemLog.* and replication.replSetName; only what it lacks goes here.
+        # Wire compression without zlib: CVE-2025-14847 (pre-auth memory
+        # disclosure) is in mongod's zlib decompression; snappy and zstd stay.
         extraConfig = lib.concatLines (
-          optional (cfg.port != 27017) "net.port: ${toString cfg.port}"
+          [ "net.compression.compressors: ${concatStringsSep "," cfg.compressors}" ]
+          ++ optional (cfg.port != 27017) "net.port: ${toString cfg.port}"
           ++ optional (cfg.keyFile != null) "security.keyFile: ${keyFileDir}/keyfile"
         );
       };
 
+      # mongod binds the member address, which DHCP (or the address unit) may
+      # configure after mongod starts. Binding an address the host does not
+      # have yet is then allowed, so mongod starts whatever the order and never
+      # fails with "Cannot assign requested address".
+      boot.kernel.sysctl = {
+        "net.ipv4.ip_nonlocal_bind" = mkDefault true;
+        "net.ipv6.ip_nonlocal_bind" = mkDefault true;
+      };
+
       systemd.services.mongodb = mkMerge [
         {
-          # The bind address must exist before mongod starts; the nixpkgs unit
-          # only orders after network.target.
-          wants = [ "network-online.target" ];
-          after = [ "network-online.target" ];
+          # What MongoDB's production notes ask for: enough file descriptors
+          # (connections and data files), and glibc's rseq registration off,
+          # which mongod 8's tcmalloc needs (it warns at startup otherwise).
+          environment.GLIBC_TUNABLES = "glibc.pthread.rseq=0";
           serviceConfig = {
+            LimitNOFILE = 64000;
+            # Only for crashes: the member address does not need to exist
+            # yet (ip_nonlocal_bind above).
             Restart = "on-failure";
             RestartSec = 5;
           };

@@ -1,0 +1,129 @@
+# The Rust side of the flake: one prebuilt toolchain (rust-overlay) that
+# carries the musl standard library, crane on top of it, the dependencies
+# built once, and the bundle, clippy, tests and rustfmt reusing them.
+#
+# `pkgs` must have rust-overlay's overlay applied (`pkgs.rust-bin`).
+{
+  pkgs,
+  crane,
+  src,
+}:
+let
+  inherit (pkgs) lib;
+
+  manifest = lib.importTOML ../Cargo.toml;
+
+  # The released toolchain every Nix build and check uses, downloaded
+  # prebuilt from static.rust-lang.org (no compiler is built from source).
+  # Not older than `rust-version` in Cargo.toml.
+  rustVersion = "1.97.1";
+
+  # Static binaries: the same CPU, musl instead of glibc.
+  target = "${pkgs.stdenv.hostPlatform.parsed.cpu.name}-unknown-linux-musl";
+  targetVar = builtins.replaceStrings [ "-" ] [ "_" ] target;
+
+  toolchainFor =
+    p:
+    p.rust-bin.stable.${rustVersion}.minimal.override {
+      extensions = [
+        "clippy"
+        "rustfmt"
+      ];
+      targets = [ target ];
+    };
+
+  toolchain = toolchainFor pkgs;
+
+  craneLib = (crane.mkLib pkgs).overrideToolchain toolchainFor;
+
+  commonArgs = {
+    inherit src;
+    pname = manifest.package.name;
+    inherit (manifest.package) version;
+    strictDeps = true;
+
+    CARGO_BUILD_TARGET = target;
+    CARGO_BUILD_RUSTFLAGS = "-C target-feature=+crt-static";
+
+    env = {
+      # ring (rustls) and psm (stacker) compile C and assembly with the cc
+      # crate. The host's C compiler is used for the musl target too (it is in
+      # the binary cache; a musl cross compiler would be built from source),
+      # and it links: rustc links musl's own crt and libc.a (self-contained).
+      "CC_${targetVar}" = "cc";
+      "CARGO_TARGET_${lib.toUpper targetVar}_LINKER" = "cc";
+    };
+
+    # The host compiler's glibc headers would turn fortified calls into
+    # __memcpy_chk and friends, which musl's libc.a does not have.
+    hardeningDisable = [ "fortify" ];
+  };
+
+  # Every dependency (and dev-dependency) compiled once for the musl target;
+  # the bundle, clippy and the tests start from these artifacts.
+  cargoArtifacts = craneLib.buildDepsOnly commonArgs;
+
+  package = craneLib.buildPackage (
+    commonArgs
+    // {
+      inherit cargoArtifacts;
+      # Only the app; the simulator is a test-only workspace member.
+      cargoExtraArgs = "--locked --package simplechat";
+      # The tests are their own check (`checks.<system>.tests`).
+      doCheck = false;
+
+      # The binary finds its templates at ../share/simplechat/templates;
+      # scripts and stylesheets are compiled in.
+      postInstall = ''
+        mkdir -p "$out/share/simplechat"
+        cp -r templates "$out/share/simplechat/templates"
+      '';
+
+      meta = {
+        inherit (manifest.package) description;
+        license = lib.licenses.mit;
+        mainProgram = "simplechat";
+        platforms = lib.platforms.linux;
+      };
+    }
+  );
+in
+{
+  inherit
+    toolchain
+    craneLib
+    cargoArtifacts
+    package
+    target
+    ;
+
+  checks = {
+    clippy = craneLib.cargoClippy (
+      commonArgs
+      // {
+        inherit cargoArtifacts;
+        cargoClippyExtraArgs = "--workspace --all-targets -- --deny warnings";
+      }
+    );
+
+    # The workspace tests, as CI runs them. Tests that need Chromium or mongod
+    # skip themselves; those against the replica-set simulator use loopback,
+    # which the build sandbox has.
+    tests = craneLib.cargoTest (
+      commonArgs
+      // {
+        inherit cargoArtifacts;
+        cargoTestExtraArgs = "--workspace";
+        preCheck = ''
+          export HOME="$(mktemp -d)"
+        '';
+      }
+    );
+
+    fmt = craneLib.cargoFmt {
+      inherit src;
+      inherit (commonArgs) pname version;
+      cargoExtraArgs = "--all";
+    };
+  };
+}
