@@ -329,3 +329,128 @@ async fn a_dropped_collection_invalidates_the_change_stream_and_it_reopens() {
     store.close().await;
     other.close().await;
 }
+
+/// The lab's own data: documents written as the lab's Flask app wrote them
+/// (`{_id: ObjectId, name, text, datetime}` with naive datetimes, here out
+/// of arrival order), documents that are no messages, and the lab's app
+/// writing while simplechat runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_labs_documents_are_read_in_one_order_and_new_ones_join_it() {
+    use mongodb::bson::{doc, oid::ObjectId, DateTime, Document};
+
+    let cluster =
+        TestCluster::start("the_labs_documents_are_read_in_one_order_and_new_ones_join_it").await;
+    let client = mongodb::Client::with_uri_str(cluster.uri("messages"))
+        .await
+        .expect("client");
+    let lab = client
+        .database("messages")
+        .collection::<Document>("messages");
+    // Arrival order differs from datetime order: a lab in another time zone.
+    let hours = |h: i64| DateTime::from_millis(1_700_000_000_000 + h * 3_600_000);
+    let lab_ids: Vec<ObjectId> = (0..4).map(|_| ObjectId::new()).collect();
+    for (i, h) in [3, 1, 4, 2].into_iter().enumerate() {
+        lab.insert_one(doc! { "_id": lab_ids[i], "name": "lab", "text": format!("lab {h}"), "datetime": hours(h) })
+            .await
+            .expect("lab insert");
+    }
+    lab.insert_many([
+        doc! { "_id": 17, "name": "x", "text": "int id", "datetime": hours(0) },
+        doc! { "_id": "no-name", "text": "missing name", "datetime": hours(0) },
+        doc! { "_id": "bad-text", "name": "x", "text": 5, "datetime": hours(0) },
+    ])
+    .await
+    .expect("malformed inserts");
+
+    let cache = Cache::new();
+    let store = open_ready(&cluster, "messages", Duration::from_secs(30), cache.clone()).await;
+    let mut events = cache.subscribe();
+    for i in 0..3 {
+        store
+            .insert(message(&format!("sc{i}"), &format!("simplechat {i}")))
+            .await
+            .expect("insert");
+    }
+
+    let texts = |ms: Vec<simplechat::message::Message>| -> Vec<String> {
+        ms.into_iter().map(|m| m.text).collect()
+    };
+    let expected = [
+        "lab 1",
+        "lab 2",
+        "lab 3",
+        "lab 4",
+        "simplechat 0",
+        "simplechat 1",
+        "simplechat 2",
+    ];
+    assert_eq!(
+        texts(store.list(Cursor::Latest, 100).await.unwrap()),
+        expected
+    );
+
+    // Walking the whole history both ways returns every message once.
+    let mut backwards = Vec::new();
+    let mut page = store.list(Cursor::Latest, 2).await.unwrap();
+    while let Some(first) = page.first().cloned() {
+        backwards.splice(0..0, page.iter().map(|m| m.text.clone()));
+        page = store.list(Cursor::Before(first.id), 2).await.unwrap();
+    }
+    assert_eq!(backwards, expected, "backwards");
+    let oldest = store.list(Cursor::Latest, 100).await.unwrap()[0].id.clone();
+    let mut forwards = vec!["lab 1".to_owned()];
+    let mut page = store.list(Cursor::After(oldest), 2).await.unwrap();
+    while let Some(last) = page.last().cloned() {
+        forwards.extend(page.iter().map(|m| m.text.clone()));
+        page = store.list(Cursor::After(last.id), 2).await.unwrap();
+    }
+    assert_eq!(forwards, expected, "forwards");
+
+    // An ObjectId message's id is its hex; a post with that id is a retry.
+    let hex = lab_ids[0].to_hex();
+    let found = store.get(&hex).await.unwrap().expect("found by hex id");
+    assert_eq!(found.text, "lab 3");
+    let retry = NewMessage::validate("lab", "lab 3", Some(&hex)).unwrap();
+    assert!(matches!(
+        store.insert(retry).await,
+        Ok(Inserted::Existing(_))
+    ));
+    let other = NewMessage::validate("lab", "other", Some(&hex)).unwrap();
+    assert!(matches!(
+        store.insert(other).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    let status = store.status().await.mongodb.expect("mongodb status");
+    assert_eq!(
+        status.skipped_documents.get("id_type"),
+        Some(&1),
+        "{status:?}"
+    );
+    assert_eq!(status.skipped_documents.get("name"), Some(&1), "{status:?}");
+    assert_eq!(status.skipped_documents.get("text"), Some(&1), "{status:?}");
+
+    // The lab's app posts while simplechat runs: its message becomes the
+    // newest, whatever its naive datetime says, and reaches the cache.
+    let late = ObjectId::new();
+    lab.insert_one(
+        doc! { "_id": late, "name": "lab", "text": "lab late", "datetime": hours(-100) },
+    )
+    .await
+    .expect("lab insert while running");
+    wait_for_event(&mut events, &late.to_hex()).await;
+    let latest = texts(store.list(Cursor::Latest, 1).await.unwrap());
+    assert_eq!(latest, ["lab late"], "the lab's new message is the newest");
+    let stored = lab
+        .find_one(doc! { "_id": late })
+        .await
+        .unwrap()
+        .expect("still there");
+    assert!(stored.get_timestamp("position").is_ok(), "{stored}");
+    assert_eq!(
+        stored.get_str("text").unwrap(),
+        "lab late",
+        "the lab's fields are untouched"
+    );
+    store.close().await;
+}

@@ -122,6 +122,31 @@ fn events_for(
                 "documentKey": {"_id": id},
             }]
         }
+        Op::Update { ns, id, updated } => {
+            let wanted = match filter {
+                NsFilter::Collection(c) => c == ns,
+                NsFilter::Database(db) => in_db(ns, db),
+                NsFilter::Cluster => true,
+            };
+            if !wanted {
+                return Vec::new();
+            }
+            // Without `fullDocument: updateLookup` mongod sends only the
+            // change itself.
+            vec![doc! {
+                "_id": token(e.ts, pos, KIND_EVENT),
+                "operationType": "update",
+                "clusterTime": e.ts,
+                "wallTime": e.wall,
+                "ns": ns_doc(ns),
+                "documentKey": {"_id": id.clone()},
+                "updateDescription": {
+                    "updatedFields": updated.clone(),
+                    "removedFields": [],
+                    "truncatedArrays": [],
+                },
+            }]
+        }
         Op::Drop { ns } => {
             let drop_ev = doc! {
                 "_id": token(e.ts, pos, KIND_EVENT),

@@ -272,6 +272,16 @@ fn op_matches(values: &[Option<&Bson>], op: &str, arg: &Bson) -> Result<bool, Cm
                 !hit
             }
         }
+        "$type" => {
+            let wanted: Vec<u8> = match arg {
+                Bson::Array(items) => items.iter().map(type_code).collect::<Result<_, _>>()?,
+                single => vec![type_code(single)?],
+            };
+            values
+                .iter()
+                .flatten()
+                .any(|v| wanted.contains(&bson_type_code(v)))
+        }
         "$exists" => {
             let want = match arg {
                 Bson::Boolean(b) => *b,
@@ -293,6 +303,42 @@ fn op_matches(values: &[Option<&Bson>], op: &str, arg: &Bson) -> Result<bool, Cm
         },
         other => return Err(bad_value(format!("unknown operator: {other}"))),
     })
+}
+
+/// The BSON type number of a value, as `$type` names it
+/// (<https://www.mongodb.com/docs/manual/reference/operator/query/type/>).
+fn bson_type_code(v: &Bson) -> u8 {
+    v.element_type() as u8
+}
+
+/// A `$type` operand: a number or one of the aliases this simulator knows.
+fn type_code(arg: &Bson) -> Result<u8, CmdError> {
+    let alias = |name: &str| -> Option<u8> {
+        Some(match name {
+            "double" => 1,
+            "string" => 2,
+            "object" => 3,
+            "array" => 4,
+            "binData" => 5,
+            "objectId" => 7,
+            "bool" => 8,
+            "date" => 9,
+            "null" => 10,
+            "int" => 16,
+            "timestamp" => 17,
+            "long" => 18,
+            _ => return None,
+        })
+    };
+    match arg {
+        Bson::String(name) => {
+            alias(name).ok_or_else(|| bad_value(format!("Unknown type name alias: {name}")))
+        }
+        other => as_f64(other)
+            .filter(|n| (1.0..=19.0).contains(n))
+            .map(|n| n as u8)
+            .ok_or_else(|| bad_value("Invalid numerical type code")),
+    }
 }
 
 /// Validates a sort specification and returns (path, ascending) pairs.

@@ -81,9 +81,23 @@ impl Config {
 }
 
 pub(crate) enum Op {
-    Insert { ns: String, doc: Document },
-    Drop { ns: String },
-    DropDatabase { db: String },
+    Insert {
+        ns: String,
+        doc: Document,
+    },
+    /// One document replaced by its updated version; `updated` holds the
+    /// fields the update set, for the change event's `updateDescription`.
+    Update {
+        ns: String,
+        id: Bson,
+        updated: Document,
+    },
+    Drop {
+        ns: String,
+    },
+    DropDatabase {
+        db: String,
+    },
 }
 
 pub(crate) struct LogEntry {
@@ -579,6 +593,36 @@ impl State {
             del: None,
         });
         Ok(pos)
+    }
+
+    /// Applies an update to the current version of the document with `_id`
+    /// `id`: the old version ends at the new log entry, the new one starts
+    /// there. `None` when no such document exists.
+    pub fn update_doc(&mut self, ns: &str, id: &Bson, updated: Document) -> Option<usize> {
+        let coll = self.colls.get(ns)?;
+        let index = coll.docs.iter().position(|d| {
+            d.del.is_none()
+                && d.doc
+                    .get("_id")
+                    .is_some_and(|v| crate::matcher::values_equal(v, id))
+        })?;
+        let mut doc = coll.docs[index].doc.clone();
+        for (k, v) in updated.iter() {
+            doc.insert(k.clone(), v.clone());
+        }
+        let pos = self.append(Op::Update {
+            ns: ns.to_string(),
+            id: id.clone(),
+            updated,
+        });
+        let coll = self.colls.get_mut(ns)?;
+        coll.docs[index].del = Some(pos);
+        coll.docs.push(StoredDoc {
+            doc,
+            ins: pos,
+            del: None,
+        });
+        Some(pos)
     }
 
     pub fn create_collection(&mut self, ns: &str) {

@@ -132,6 +132,14 @@ async fn pages_back_and_forth(store: &dyn Store, _: &Cache) {
         page = store.list(Cursor::Before(first.id), 3).await.unwrap();
     }
     assert_eq!(seen, (0..7).map(|i| format!("t{i}")).collect::<Vec<_>>());
+    // And forwards from the oldest, exactly once, in the same order.
+    let mut forwards = vec!["t0".to_owned()];
+    let mut page = store.list(Cursor::After("m0".into()), 3).await.unwrap();
+    while let Some(last) = page.last().cloned() {
+        forwards.extend(page.iter().map(|m| m.text.clone()));
+        page = store.list(Cursor::After(last.id), 3).await.unwrap();
+    }
+    assert_eq!(forwards, seen, "forwards and backwards agree");
 }
 
 async fn unknown_ids(store: &dyn Store, _: &Cache) {

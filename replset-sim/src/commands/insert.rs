@@ -13,7 +13,7 @@ use crate::error::CmdError;
 use crate::state::{optime, Config, Role, State, TxnRecord};
 
 /// A parsed `writeConcern`.
-struct WriteConcern {
+pub(super) struct WriteConcern {
     /// Members that must have applied the write; `None` = unacknowledged.
     w: Option<usize>,
     /// How long to wait for `w` members; `None` = until they are there.
@@ -25,7 +25,7 @@ struct WriteConcern {
 /// Reads `writeConcern` (absent = `{w: "majority"}`, the default since
 /// 5.0). `UnknownReplWriteConcern` (79) for a named mode,
 /// `UnsatisfiableWriteConcern` (100) for more members than the config has.
-fn parse_write_concern(st: &State, body: &Document) -> Result<WriteConcern, CmdError> {
+pub(super) fn parse_write_concern(st: &State, body: &Document) -> Result<WriteConcern, CmdError> {
     let raw = get_doc(body, "writeConcern")?.unwrap_or_default();
     let members = st.config.as_ref().map_or(1, |c| c.members.len());
     let majority_n = st.config.as_ref().map_or(1, Config::majority);
@@ -66,7 +66,11 @@ fn parse_write_concern(st: &State, body: &Document) -> Result<WriteConcern, CmdE
 /// reachable while a primary exists (it steps down otherwise), so this only
 /// waits for the secondary apply delay and for numeric `w` above the number
 /// of reachable members.
-async fn await_write_concern(ctx: &Ctx<'_>, wc: &WriteConcern, pos: usize) -> Option<Document> {
+pub(super) async fn await_write_concern(
+    ctx: &Ctx<'_>,
+    wc: &WriteConcern,
+    pos: usize,
+) -> Option<Document> {
     let need = wc.w?;
     if need <= 1 {
         return None;
@@ -196,7 +200,9 @@ pub(super) async fn insert(ctx: &Ctx<'_>, db: &str, body: &Document) -> CmdResul
                 }
             }
             let result = match d {
-                Bson::Document(d) => prepare_doc(d.clone()).and_then(|d| st.insert_doc(&ns, d)),
+                Bson::Document(d) => {
+                    prepare_doc(d.clone(), &mut st).and_then(|d| st.insert_doc(&ns, d))
+                }
                 _ => Err(CmdError::type_mismatch("documents must be objects")),
             };
             match result {
@@ -249,8 +255,24 @@ pub(super) async fn insert(ctx: &Ctx<'_>, db: &str, body: &Document) -> CmdResul
     Ok(reply)
 }
 
-/// mongod puts a generated `_id` first and refuses arrays as `_id`.
-fn prepare_doc(d: Document) -> Result<Document, CmdError> {
+/// mongod puts a generated `_id` first, refuses arrays as `_id`, and
+/// replaces an empty timestamp (`Timestamp(0, 0)`) in a top-level field
+/// other than `_id` with the current cluster time, a value unique within the
+/// mongod (<https://www.mongodb.com/docs/manual/reference/bson-types/#timestamps>).
+/// It takes that value before it writes the oplog entry, whose timestamp is
+/// therefore later: so does this.
+fn prepare_doc(mut d: Document, st: &mut State) -> Result<Document, CmdError> {
+    let empty: Vec<String> = d
+        .iter()
+        .filter(|(k, v)| {
+            k.as_str() != "_id"
+                && matches!(v, Bson::Timestamp(t) if t.time == 0 && t.increment == 0)
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in empty {
+        d.insert(key, st.next_ts());
+    }
     match d.get("_id") {
         Some(Bson::Array(_)) => Err(CmdError::new(
             53,

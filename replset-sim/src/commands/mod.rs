@@ -22,6 +22,7 @@ mod indexes;
 mod insert;
 mod query;
 mod replset;
+mod update;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -163,6 +164,7 @@ async fn dispatch(ctx: &Ctx<'_>, name: &str, db: &str, body: &Document) -> CmdRe
         "ping" => Ok(handshake::ping()),
         "endSessions" => Ok(handshake::end_sessions()),
         "insert" => insert::insert(ctx, db, body).await,
+        "update" => update::update(ctx, db, body).await,
         "find" => query::find(ctx, db, body).await,
         "count" => query::count(ctx, db, body),
         "getMore" => cursors::get_more(ctx, db, body).await,

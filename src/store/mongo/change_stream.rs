@@ -112,6 +112,12 @@ impl ChangeStreamHealth {
     }
 }
 
+/// The latest messages, and whether they are the whole history.
+struct Latest {
+    messages: Vec<MessageDoc>,
+    whole_history: bool,
+}
+
 /// How far the change stream has delivered in the store order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Delivered {
@@ -174,6 +180,7 @@ impl Watcher {
         if self.delivered.is_none() {
             let latest = self.read_latest().await?;
             let delivered = latest
+                .messages
                 .last()
                 .map(|m| Delivered::UpTo(m.position()))
                 .unwrap_or(Delivered::Nothing);
@@ -192,7 +199,7 @@ impl Watcher {
             self.catch_up().await?;
         }
         let latest = self.read_latest().await?;
-        for doc in &latest {
+        for doc in &latest.messages {
             if self.may_lack(&doc.position()) {
                 self.publish(doc.clone())?;
             }
@@ -203,7 +210,7 @@ impl Watcher {
         while let Some(event) = stream.next().await {
             let event = event.map_err(|e| self.reason(&e))?;
             self.token = stream.resume_token();
-            if self.handle(event)? {
+            if self.handle(event).await? {
                 return Ok(());
             }
         }
@@ -258,7 +265,7 @@ impl Watcher {
                 Ok(Some(event)) => {
                     self.token = stream.resume_token();
                     events += 1;
-                    if self.handle(event)? {
+                    if self.handle(event).await? {
                         return Ok(true);
                     }
                 }
@@ -284,7 +291,7 @@ impl Watcher {
                 .await
                 .map_err(|c| c.reason().to_owned())?;
             let full = page.len() == CACHE_CAPACITY;
-            for doc in page {
+            for doc in self.shared.skipped.keep_all(page) {
                 self.publish(doc)?;
             }
             if !full {
@@ -293,21 +300,32 @@ impl Watcher {
         }
     }
 
-    async fn read_latest(&self) -> Result<Vec<MessageDoc>, String> {
-        self.collections
+    /// The latest messages: one more document than the cache holds is
+    /// read, so that fewer means the cache can hold the whole history.
+    async fn read_latest(&self) -> Result<Latest, String> {
+        let docs = self
+            .collections
             .read(Range::Latest, CACHE_CAPACITY + 1)
             .await
-            .map_err(|c| c.reason().to_owned())
+            .map_err(|c| c.reason().to_owned())?;
+        let whole_history = docs.len() <= CACHE_CAPACITY;
+        let mut messages = self.shared.skipped.keep_all(docs);
+        let skip = messages.len().saturating_sub(CACHE_CAPACITY);
+        messages.drain(..skip);
+        Ok(Latest {
+            messages,
+            whole_history,
+        })
     }
 
-    /// Resets the cache from the latest messages (up to one more than it
-    /// holds, so it can tell whether it holds the whole history).
-    fn reset(&self, latest: Vec<MessageDoc>) -> Result<(), String> {
+    /// Resets the cache from the latest messages.
+    fn reset(&self, latest: Latest) -> Result<(), String> {
         let messages = latest
+            .messages
             .into_iter()
             .map(MessageDoc::into_message)
             .collect::<Result<Vec<_>, _>>()?;
-        self.shared.cache.reset_from_latest(messages);
+        self.shared.cache.reset(messages, latest.whole_history);
         Ok(())
     }
 
@@ -330,20 +348,32 @@ impl Watcher {
     }
 
     /// `Ok(true)` when the event ends the stream.
-    fn handle(&mut self, event: ChangeStreamEvent<Document>) -> Result<bool, String> {
+    async fn handle(&mut self, event: ChangeStreamEvent<Document>) -> Result<bool, String> {
         match event.operation_type {
             OperationType::Insert => {
                 let Some(doc) = event.full_document else {
                     return Ok(false);
                 };
-                match mongodb::bson::from_document::<MessageDoc>(doc) {
-                    Ok(message) => self.publish(message)?,
-                    // Something other than simplechat wrote to the
-                    // collection; it is not a message, so nobody is sent it.
-                    Err(e) => self
-                        .shared
-                        .change_stream
-                        .note(format!("ignored a document that is not a message: {e}")),
+                // A document that is no message is counted and sent to
+                // nobody.
+                let Some(message) = self.shared.skipped.keep(doc) else {
+                    return Ok(false);
+                };
+                if message.position.is_some() {
+                    self.publish(message)?;
+                    return Ok(false);
+                }
+                // Another app (the lab's) inserted it: give it its place in
+                // the store order first, so it is the newest message in
+                // every listing, then publish it. On failure the stream
+                // restarts from before this event and tries again.
+                let positioned = self
+                    .collections
+                    .assign_position(&message.id.bson())
+                    .await
+                    .map_err(|c| c.reason().to_owned())?;
+                if let Some(message) = positioned.and_then(|d| self.shared.skipped.keep(d)) {
+                    self.publish(message)?;
                 }
                 Ok(false)
             }
@@ -367,8 +397,9 @@ mod tests {
 
     fn at(ms: i64, id: &str) -> Position {
         Position {
+            stamp: None,
             millis: ms,
-            id: id.into(),
+            id: super::super::document::DocId::Text(id.into()),
         }
     }
 

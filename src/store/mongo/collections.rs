@@ -4,24 +4,24 @@
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use mongodb::bson::doc;
+use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::{
     Acknowledgment, CollectionOptions, ReadConcern, ReadPreference, SelectionCriteria, WriteConcern,
 };
 use mongodb::Collection;
 
-use super::document::{self, Direction, MessageDoc, Range};
+use super::document::{self, Direction, DocId, Range};
 use crate::mongo::{classify, Class, Connection};
 
 /// The client and the collection handles made from it.
 pub(super) struct Collections {
     pub(super) conn: Connection,
     /// Reads (`primaryPreferred`, majority) and writes (majority, journal).
-    pub(super) messages: Collection<MessageDoc>,
+    pub(super) messages: Collection<Document>,
     /// The check after a duplicate key must see what a majority has, from
     /// the primary: a document still waiting for its majority must not be
     /// reported as stored.
-    messages_on_primary: Collection<MessageDoc>,
+    messages_on_primary: Collection<Document>,
 }
 
 impl Collections {
@@ -60,8 +60,9 @@ impl Collections {
         classify(e, self.conn.secret.as_deref())
     }
 
-    /// Up to `limit` messages of `range`, oldest first.
-    pub(super) async fn read(&self, range: Range, limit: usize) -> Result<Vec<MessageDoc>, Class> {
+    /// Up to `limit` documents of `range`, oldest first, as stored (see
+    /// `MessageDoc::from_document`).
+    pub(super) async fn read(&self, range: Range, limit: usize) -> Result<Vec<Document>, Class> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -78,25 +79,41 @@ impl Collections {
             .limit(limit)
             .await
             .map_err(|e| self.class(&e))?;
-        let mut docs: Vec<MessageDoc> = cursor.try_collect().await.map_err(|e| self.class(&e))?;
+        let mut docs: Vec<Document> = cursor.try_collect().await.map_err(|e| self.class(&e))?;
         if direction == Direction::Older {
             docs.reverse();
         }
         Ok(docs)
     }
 
-    /// The document with this `_id`; from the primary when `on_primary`.
-    pub(super) async fn find(
-        &self,
-        id: &str,
-        on_primary: bool,
-    ) -> Result<Option<MessageDoc>, Class> {
+    /// The document with this public id; from the primary when
+    /// `on_primary`.
+    pub(super) async fn find(&self, id: &str, on_primary: bool) -> Result<Option<Document>, Class> {
         let coll = if on_primary {
             &self.messages_on_primary
         } else {
             &self.messages
         };
-        coll.find_one(doc! { "_id": id })
+        coll.find_one(doc! { "_id": DocId::from_public(id).bson() })
+            .await
+            .map_err(|e| self.class(&e))
+    }
+
+    /// Gives a document that another app inserted without a `position` the
+    /// current cluster time as its position, unless someone already did
+    /// (`$currentDate` with `$type: "timestamp"`:
+    /// <https://www.mongodb.com/docs/manual/reference/operator/update/currentDate/>),
+    /// and returns the document as it now is, from the primary.
+    pub(super) async fn assign_position(&self, id: &Bson) -> Result<Option<Document>, Class> {
+        self.messages
+            .update_one(
+                doc! { "_id": id.clone(), document::POSITION: Bson::Null },
+                doc! { "$currentDate": { document::POSITION: { "$type": "timestamp" } } },
+            )
+            .await
+            .map_err(|e| self.class(&e))?;
+        self.messages_on_primary
+            .find_one(doc! { "_id": id.clone() })
             .await
             .map_err(|e| self.class(&e))
     }

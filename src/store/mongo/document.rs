@@ -1,48 +1,201 @@
-//! How a message is stored in MongoDB, its position in the store order
-//! `(datetime, _id)`, and the filters and sorts that walk that order.
+//! How a message is stored in MongoDB, how documents written by others (the
+//! lab's app) are read, a document's position in the store order, and the
+//! filters and sorts that walk that order.
+//!
+//! The store order is `(position, datetime, _id)`:
+//! - `position` is a BSON Timestamp the primary assigns at insert: the
+//!   document is inserted with an empty timestamp in that top-level field,
+//!   and mongod replaces it with its cluster time, a value unique within the
+//!   mongod (<https://www.mongodb.com/docs/manual/reference/bson-types/#timestamps>).
+//!   So the order does not depend on any app instance's clock.
+//! - Documents without `position` (the lab's history) sort first, as BSON
+//!   sorts a missing field like `null` before any timestamp
+//!   (<https://www.mongodb.com/docs/manual/reference/bson-type-comparison-order/>),
+//!   and among themselves by `datetime`, then `_id`.
+//! - `_id` is a string (simplechat's ids) or an ObjectId (the lab's, and
+//!   any id of 24 lower-case hex digits); strings sort before ObjectIds.
 
 use std::cmp::Ordering;
 
-use mongodb::bson::{doc, DateTime, Document};
-use serde::{Deserialize, Serialize};
+use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document, Timestamp};
 use time::OffsetDateTime;
 
 use crate::message::Message;
 
 /// The collection, as the lab's app named it.
 pub const COLLECTION: &str = "messages";
+/// The field that holds the primary-assigned position.
+pub const POSITION: &str = "position";
 /// The index that serves the store order in both directions.
-pub const ORDER_INDEX: &str = "datetime_1__id_1";
+pub const ORDER_INDEX: &str = "position_1_datetime_1__id_1";
 
-/// `{_id, name, text, datetime}`: the lab's fields, the id as `_id` so a
-/// retried insert can never store a message twice.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A document's `_id` as simplechat reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DocId {
+    /// simplechat's own ids, and any other string a user chose.
+    Text(String),
+    /// The lab's ids (pymongo generates them).
+    ObjectId(ObjectId),
+}
+
+impl DocId {
+    /// The `_id` for a public id: 24 lower-case hex digits are an ObjectId
+    /// (so the lab's messages keep their ids and a post that reuses one is
+    /// a retry of that message), anything else a string.
+    pub fn from_public(id: &str) -> DocId {
+        let is_oid_hex = id.len() == 24
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        match ObjectId::parse_str(id) {
+            Ok(oid) if is_oid_hex => DocId::ObjectId(oid),
+            _ => DocId::Text(id.to_owned()),
+        }
+    }
+
+    /// The id the API shows: the string itself, or the ObjectId's hex.
+    pub fn public(&self) -> String {
+        match self {
+            DocId::Text(s) => s.clone(),
+            DocId::ObjectId(oid) => oid.to_hex(),
+        }
+    }
+
+    /// The value stored in `_id`.
+    pub fn bson(&self) -> Bson {
+        match self {
+            DocId::Text(s) => Bson::String(s.clone()),
+            DocId::ObjectId(oid) => Bson::ObjectId(*oid),
+        }
+    }
+}
+
+impl Ord for DocId {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // BSON order: strings before ObjectIds; strings by bytes (no
+        // collation is set), ObjectIds by their 12 bytes.
+        match (self, other) {
+            (DocId::Text(a), DocId::Text(b)) => a.as_bytes().cmp(b.as_bytes()),
+            (DocId::ObjectId(a), DocId::ObjectId(b)) => a.bytes().cmp(&b.bytes()),
+            (DocId::Text(_), DocId::ObjectId(_)) => Ordering::Less,
+            (DocId::ObjectId(_), DocId::Text(_)) => Ordering::Greater,
+        }
+    }
+}
+
+impl PartialOrd for DocId {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Why a document in the collection is not a message simplechat can show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Malformed {
+    /// `_id` is neither a string nor an ObjectId.
+    IdType,
+    /// `_id` is a string no API id can be (see `message::validate_id`).
+    IdText,
+    /// `name` is missing or not a string.
+    Name,
+    /// `text` is missing or not a string.
+    Text,
+    /// `datetime` is missing or not a date.
+    Datetime,
+    /// `position` is there but not a timestamp.
+    Position,
+}
+
+impl Malformed {
+    /// The key `/api/status` counts it under.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Malformed::IdType => "id_type",
+            Malformed::IdText => "id_text",
+            Malformed::Name => "name",
+            Malformed::Text => "text",
+            Malformed::Datetime => "datetime",
+            Malformed::Position => "position",
+        }
+    }
+}
+
+/// A stored message: `{_id, name, text, datetime, position?}`. Other
+/// fields are ignored.
+#[derive(Debug, Clone, PartialEq)]
 pub struct MessageDoc {
-    #[serde(rename = "_id")]
-    pub id: String,
+    pub id: DocId,
     pub name: String,
     pub text: String,
     pub datetime: DateTime,
+    /// `None` for documents simplechat did not write.
+    pub position: Option<Timestamp>,
 }
 
 impl MessageDoc {
-    /// The document for a message about to be inserted.
-    pub fn from_message(m: &Message) -> Self {
-        MessageDoc {
-            id: m.id.clone(),
-            name: m.name.clone(),
-            text: m.text.clone(),
-            datetime: DateTime::from_millis(millis(m.datetime)),
+    /// The document that inserts `m`: the lab's fields, the id as `_id` so
+    /// a retried insert can never store a message twice, and an empty
+    /// `position` for the primary to fill in.
+    pub fn for_insert(m: &Message) -> Document {
+        doc! {
+            "_id": DocId::from_public(&m.id).bson(),
+            "name": m.name.as_str(),
+            "text": m.text.as_str(),
+            "datetime": DateTime::from_millis(millis(m.datetime)),
+            POSITION: Timestamp { time: 0, increment: 0 },
         }
+    }
+
+    /// Reads any document of the collection. A naive datetime (the lab's)
+    /// is taken as UTC, as pymongo stored it.
+    ///
+    /// Errors: why it is not a message.
+    pub fn from_document(d: &Document) -> Result<MessageDoc, Malformed> {
+        let id = match d.get("_id") {
+            Some(Bson::String(s)) => {
+                if crate::message::validate_id(s).is_err() {
+                    return Err(Malformed::IdText);
+                }
+                DocId::from_public(s)
+            }
+            Some(Bson::ObjectId(oid)) => DocId::ObjectId(*oid),
+            _ => return Err(Malformed::IdType),
+        };
+        // A string `_id` that looks like an ObjectId would be a second
+        // message with the same public id.
+        if matches!(
+            (&id, d.get("_id")),
+            (DocId::ObjectId(_), Some(Bson::String(_)))
+        ) {
+            return Err(Malformed::IdText);
+        }
+        let name = d.get_str("name").map_err(|_| Malformed::Name)?.to_owned();
+        let text = d.get_str("text").map_err(|_| Malformed::Text)?.to_owned();
+        let datetime = *d
+            .get_datetime("datetime")
+            .map_err(|_| Malformed::Datetime)?;
+        let position = match d.get(POSITION) {
+            None | Some(Bson::Null) => None,
+            Some(Bson::Timestamp(t)) => Some(*t),
+            Some(_) => return Err(Malformed::Position),
+        };
+        Ok(MessageDoc {
+            id,
+            name,
+            text,
+            datetime,
+            position,
+        })
     }
 
     /// The message the API shows. Errors: a datetime `time` cannot hold.
     pub fn into_message(self) -> Result<Message, String> {
         let nanos = i128::from(self.datetime.timestamp_millis()) * 1_000_000;
+        let id = self.id.public();
         let datetime = OffsetDateTime::from_unix_timestamp_nanos(nanos)
-            .map_err(|e| format!("message {} has an impossible datetime: {e}", self.id))?;
+            .map_err(|e| format!("message {id} has an impossible datetime: {e}"))?;
         Ok(Message {
-            id: self.id,
+            id,
             name: self.name,
             text: self.text,
             datetime,
@@ -52,6 +205,7 @@ impl MessageDoc {
     /// Where this document stands in the store order.
     pub fn position(&self) -> Position {
         Position {
+            stamp: self.position,
             millis: self.datetime.timestamp_millis(),
             id: self.id.clone(),
         }
@@ -63,30 +217,49 @@ pub fn millis(t: OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
-/// A message's place in the store order: its datetime, then its id.
+/// A message's place in the store order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position {
+    /// The primary-assigned `position`; `None` sorts first.
+    pub stamp: Option<Timestamp>,
     /// The `datetime` field, in ms since the epoch.
     pub millis: i64,
     /// The `_id` field.
-    pub id: String,
+    pub id: DocId,
 }
 
 impl Position {
-    /// The position `ms` milliseconds before this one (before every id of
-    /// that millisecond).
-    pub fn earlier_by(&self, ms: i64) -> Position {
+    /// A position at or before every message stored up to `margin_ms`
+    /// before this one (in cluster time for positioned messages, in
+    /// `datetime` for the others).
+    pub fn earlier_by(&self, margin_ms: i64) -> Position {
+        let margin_secs = u32::try_from((margin_ms + 999) / 1000).unwrap_or(u32::MAX);
         Position {
-            millis: self.millis.saturating_sub(ms),
-            id: String::new(),
+            stamp: self.stamp.map(|t| Timestamp {
+                time: t.time.saturating_sub(margin_secs),
+                increment: 0,
+            }),
+            millis: if self.stamp.is_some() {
+                i64::MIN
+            } else {
+                self.millis.saturating_sub(margin_ms)
+            },
+            id: DocId::Text(String::new()),
         }
     }
 }
 
+fn stamp_key(t: &Option<Timestamp>) -> Option<(u32, u32)> {
+    t.map(|t| (t.time, t.increment))
+}
+
 impl Ord for Position {
     fn cmp(&self, other: &Self) -> Ordering {
-        // MongoDB compares strings by bytes (no collation is set), as does `str`.
-        (self.millis, self.id.as_bytes()).cmp(&(other.millis, other.id.as_bytes()))
+        (stamp_key(&self.stamp), self.millis, &self.id).cmp(&(
+            stamp_key(&other.stamp),
+            other.millis,
+            &other.id,
+        ))
     }
 }
 
@@ -116,6 +289,23 @@ pub enum Range {
     Beyond(Position, Direction),
 }
 
+/// `_id` strictly beyond `id`, across types: comparison operators only
+/// match values of the operand's BSON type
+/// (<https://www.mongodb.com/docs/manual/reference/method/db.collection.find/#type-bracketing>),
+/// so the other type is named with `$type`.
+fn id_beyond(id: &DocId, direction: Direction) -> Document {
+    match (id, direction) {
+        (DocId::Text(s), Direction::Newer) => {
+            doc! { "$or": [ { "_id": { "$gt": s.as_str() } }, { "_id": { "$type": "objectId" } } ] }
+        }
+        (DocId::Text(s), Direction::Older) => doc! { "_id": { "$lt": s.as_str() } },
+        (DocId::ObjectId(oid), Direction::Newer) => doc! { "_id": { "$gt": *oid } },
+        (DocId::ObjectId(oid), Direction::Older) => {
+            doc! { "$or": [ { "_id": { "$lt": *oid } }, { "_id": { "$type": "string" } } ] }
+        }
+    }
+}
+
 /// Messages strictly before or after `from` in the store order.
 pub fn beyond(from: &Position, direction: Direction) -> Document {
     let op = match direction {
@@ -123,26 +313,48 @@ pub fn beyond(from: &Position, direction: Direction) -> Document {
         Direction::Newer => "$gt",
     };
     let at = DateTime::from_millis(from.millis);
-    doc! {
-        "$or": [
-            { "datetime": { op: at } },
-            { "datetime": at, "_id": { op: from.id.as_str() } },
-        ]
+    // Same stamp (or none), then the same datetime, then the id decides.
+    let same_stamp = match from.stamp {
+        Some(t) => doc! { POSITION: t },
+        None => doc! { POSITION: Bson::Null },
+    };
+    let mut later_datetime = same_stamp.clone();
+    later_datetime.insert("datetime", doc! { op: at });
+    let mut same_datetime = same_stamp;
+    same_datetime.insert("datetime", at);
+    same_datetime.insert("$and", vec![Bson::Document(id_beyond(&from.id, direction))]);
+    let mut clauses = vec![
+        Bson::Document(later_datetime),
+        Bson::Document(same_datetime),
+    ];
+    match (from.stamp, direction) {
+        (Some(t), Direction::Newer) => {
+            clauses.push(Bson::Document(doc! { POSITION: { "$gt": t } }))
+        }
+        (Some(t), Direction::Older) => {
+            clauses.push(Bson::Document(doc! { POSITION: { "$lt": t } }));
+            clauses.push(Bson::Document(doc! { POSITION: Bson::Null }));
+        }
+        (None, Direction::Newer) => {
+            clauses.push(Bson::Document(doc! { POSITION: { "$type": "timestamp" } }))
+        }
+        (None, Direction::Older) => {}
     }
+    doc! { "$or": clauses }
 }
 
-/// Newest first for `Older` and `Latest` (then reversed), oldest first for
-/// `Newer`; the order index serves both directions.
+/// Newest first for `Older` (then reversed), oldest first for `Newer`; the
+/// order index serves both directions.
 pub fn sort(direction: Direction) -> Document {
     match direction {
-        Direction::Older => doc! { "datetime": -1, "_id": -1 },
-        Direction::Newer => doc! { "datetime": 1, "_id": 1 },
+        Direction::Older => doc! { POSITION: -1, "datetime": -1, "_id": -1 },
+        Direction::Newer => doc! { POSITION: 1, "datetime": 1, "_id": 1 },
     }
 }
 
 /// The keys of [`ORDER_INDEX`].
 pub fn order_index_keys() -> Document {
-    doc! { "datetime": 1, "_id": 1 }
+    doc! { POSITION: 1, "datetime": 1, "_id": 1 }
 }
 
 #[cfg(test)]
@@ -150,49 +362,131 @@ mod tests {
     use super::*;
     use crate::message::NewMessage;
 
+    fn at(stamp: Option<(u32, u32)>, ms: i64, id: DocId) -> Position {
+        Position {
+            stamp: stamp.map(|(time, increment)| Timestamp { time, increment }),
+            millis: ms,
+            id,
+        }
+    }
+
     #[test]
-    fn round_trips_through_bson_with_millis() {
+    fn inserts_carry_an_empty_position_and_reads_round_trip() {
         let m = NewMessage::validate("ann", "hi <b>", Some("k-1"))
             .unwrap()
             .into_message(
                 OffsetDateTime::from_unix_timestamp_nanos(1_572_714_485_123_456_789).unwrap(),
             );
-        let d = MessageDoc::from_message(&m);
-        let bson = mongodb::bson::to_document(&d).unwrap();
-        assert_eq!(bson.get_str("_id").unwrap(), "k-1");
+        let mut d = MessageDoc::for_insert(&m);
+        assert_eq!(d.get_str("_id").unwrap(), "k-1");
         assert_eq!(
-            bson.get_datetime("datetime").unwrap().timestamp_millis(),
-            1_572_714_485_123
+            d.get_timestamp(POSITION).unwrap(),
+            Timestamp {
+                time: 0,
+                increment: 0
+            }
         );
-        let back: MessageDoc = mongodb::bson::from_document(bson).unwrap();
+        d.insert(
+            POSITION,
+            Timestamp {
+                time: 7,
+                increment: 1,
+            },
+        );
+        let back = MessageDoc::from_document(&d).unwrap();
+        assert_eq!(
+            back.position,
+            Some(Timestamp {
+                time: 7,
+                increment: 1
+            })
+        );
         assert_eq!(back.into_message().unwrap(), m);
     }
 
     #[test]
-    fn position_orders_by_time_then_id_bytes() {
-        let k = |ms, id: &str| Position {
-            millis: ms,
-            id: id.into(),
-        };
-        assert!(k(1, "b") < k(2, "a"));
-        assert!(k(1, "a") < k(1, "b"));
-        assert!(k(1, "Z") < k(1, "a"), "byte order, like MongoDB's default");
+    fn lab_documents_are_read_and_malformed_ones_named() {
+        let oid = ObjectId::parse_str("65f0a1b2c3d4e5f601234567").unwrap();
+        let lab = doc! { "_id": oid, "name": "amit", "text": "hi", "datetime": DateTime::from_millis(5), "extra": 1 };
+        let m = MessageDoc::from_document(&lab).unwrap();
+        assert_eq!(m.id.public(), "65f0a1b2c3d4e5f601234567");
+        assert_eq!(m.position, None);
+        let bad = |d: Document| MessageDoc::from_document(&d).unwrap_err();
+        assert_eq!(
+            bad(doc! { "_id": 5, "name": "a", "text": "b", "datetime": DateTime::from_millis(1) }),
+            Malformed::IdType
+        );
+        assert_eq!(
+            bad(
+                doc! { "_id": "a b", "name": "a", "text": "b", "datetime": DateTime::from_millis(1) }
+            ),
+            Malformed::IdText
+        );
+        assert_eq!(
+            bad(doc! { "_id": "x", "text": "b", "datetime": DateTime::from_millis(1) }),
+            Malformed::Name
+        );
+        assert_eq!(
+            bad(doc! { "_id": "x", "name": "a", "text": 3, "datetime": DateTime::from_millis(1) }),
+            Malformed::Text
+        );
+        assert_eq!(
+            bad(doc! { "_id": "x", "name": "a", "text": "b", "datetime": "yesterday" }),
+            Malformed::Datetime
+        );
+        assert_eq!(
+            bad(
+                doc! { "_id": "65f0a1b2c3d4e5f601234567", "name": "a", "text": "b", "datetime": DateTime::from_millis(1) }
+            ),
+            Malformed::IdText
+        );
     }
 
     #[test]
-    fn beyond_builds_the_tie_breaking_filter() {
-        let from = Position {
-            millis: 1000,
-            id: "m5".into(),
-        };
-        let f = beyond(&from, Direction::Older);
-        let expected = doc! { "$or": [
-            { "datetime": { "$lt": DateTime::from_millis(1000) } },
-            { "datetime": DateTime::from_millis(1000), "_id": { "$lt": "m5" } },
-        ]};
-        assert_eq!(f, expected);
-        let g = beyond(&from, Direction::Newer);
-        assert!(g.to_string().contains("$gt"));
-        assert_eq!(sort(Direction::Older), doc! { "datetime": -1, "_id": -1 });
+    fn public_ids_of_24_lower_hex_digits_are_object_ids() {
+        assert!(matches!(
+            DocId::from_public("65f0a1b2c3d4e5f601234567"),
+            DocId::ObjectId(_)
+        ));
+        assert!(matches!(
+            DocId::from_public("65F0A1B2C3D4E5F601234567"),
+            DocId::Text(_)
+        ));
+        assert!(matches!(DocId::from_public("0190c0ffee"), DocId::Text(_)));
+    }
+
+    #[test]
+    fn order_is_position_then_datetime_then_id_with_unpositioned_first() {
+        let oid = DocId::ObjectId(ObjectId::parse_str("65f0a1b2c3d4e5f601234567").unwrap());
+        let text = |s: &str| DocId::Text(s.into());
+        // The lab's history, by datetime, strings before ObjectIds.
+        assert!(at(None, 1, text("z")) < at(None, 2, text("a")));
+        assert!(at(None, 2, text("z")) < at(None, 2, oid.clone()));
+        // Anything positioned is newer than everything unpositioned, whatever
+        // the clocks said.
+        assert!(at(None, i64::MAX, oid.clone()) < at(Some((1, 1)), 0, text("a")));
+        assert!(at(Some((1, 2)), 0, text("a")) < at(Some((2, 1)), -5, text("a")));
+        let p = at(Some((100, 3)), 9, text("m"));
+        assert!(p.earlier_by(5000) < at(Some((95, 1)), i64::MIN + 1, text("")));
+        assert!(p.earlier_by(5000) > at(Some((94, 9)), 0, text("")));
+    }
+
+    #[test]
+    fn beyond_covers_every_case_of_the_order() {
+        let f = beyond(
+            &at(Some((5, 1)), 1000, DocId::Text("m5".into())),
+            Direction::Older,
+        );
+        let text = f.to_string();
+        assert!(text.contains("\"$lt\": Timestamp(5, 1)"), "{text}");
+        assert!(text.contains("\"position\": null"), "{text}");
+        let g = beyond(&at(None, 1000, DocId::Text("m5".into())), Direction::Newer);
+        let text = g.to_string();
+        assert!(text.contains("\"$type\": \"timestamp\""), "{text}");
+        assert!(text.contains("\"$type\": \"objectId\""), "{text}");
+        assert_eq!(
+            sort(Direction::Older),
+            doc! { "position": -1, "datetime": -1, "_id": -1 }
+        );
     }
 }

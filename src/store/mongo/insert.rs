@@ -15,6 +15,7 @@ use tokio::sync::broadcast;
 
 use super::collections::Collections;
 use super::document::{millis, MessageDoc};
+use super::skipped::SkippedDocuments;
 use super::Shared;
 use crate::cache::CachedMessage;
 use crate::message::{now_millis, Message, NewMessage};
@@ -56,7 +57,9 @@ pub(super) async fn insert(shared: &Shared, new: NewMessage) -> Result<Inserted,
         }
         let outcome = match attempt(shared, &collections, &new, deadline, &mut tried).await {
             Ok(message) => Ok(Duplicate::Ours(message)),
-            Err(Class::Duplicate) => resolve_duplicate(&collections, &new, &tried).await,
+            Err(Class::Duplicate) => {
+                resolve_duplicate(&collections, &shared.skipped, &new, &tried).await
+            }
             Err(other) => Err(other),
         };
         let reason = match outcome {
@@ -116,7 +119,7 @@ async fn attempt(
     tried.push(ms);
     let insert = collections
         .messages
-        .insert_one(MessageDoc::from_message(&message));
+        .insert_one(MessageDoc::for_insert(&message));
     match tokio::time::timeout(remaining, insert).await {
         Ok(Ok(_)) => Ok(message),
         Ok(Err(e)) => Err(collections.class(&e)),
@@ -128,11 +131,17 @@ async fn attempt(
 /// concern majority, and says what it is to this post.
 async fn resolve_duplicate(
     collections: &Collections,
+    skipped: &SkippedDocuments,
     new: &NewMessage,
     tried: &[i64],
 ) -> Result<Duplicate, Class> {
     let Some(stored) = collections.find(&new.id, true).await? else {
         return Ok(Duplicate::Pending);
+    };
+    // A document that is no message holds the id: nothing can be stored
+    // under it.
+    let Some(stored) = skipped.keep(stored) else {
+        return Ok(Duplicate::Conflict);
     };
     let ours = tried.contains(&stored.datetime.timestamp_millis());
     let stored = stored.into_message().map_err(Class::Fatal)?;

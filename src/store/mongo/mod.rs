@@ -21,6 +21,7 @@ mod collections;
 mod document;
 mod index;
 mod insert;
+mod skipped;
 mod tasks;
 
 use std::sync::{Arc, Mutex, OnceLock};
@@ -37,6 +38,7 @@ use crate::retry::Backoff;
 use change_stream::ChangeStreamHealth;
 use collections::Collections;
 use document::{Direction, MessageDoc, Position, Range};
+use skipped::SkippedDocuments;
 use tasks::Tasks;
 
 const READ_RETRY_AFTER: Duration = Duration::from_secs(2);
@@ -56,6 +58,10 @@ pub struct MongoStatus {
     pub replica_set: Option<ReplicaSetStatus>,
     /// How this instance's change stream is doing.
     pub change_stream: ChangeStreamStatus,
+    /// Documents in the collection that are not messages (another app's,
+    /// or damaged), skipped wherever they are read: distinct documents per
+    /// reason (`id_type`, `id_text`, `name`, `text`, `datetime`, `position`).
+    pub skipped_documents: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// How the change stream is doing: a change stream can go quiet without
@@ -85,6 +91,7 @@ pub(crate) struct Shared {
     /// `insert.rs` for why it is held across an attempt.
     insert_order: tokio::sync::Mutex<i64>,
     change_stream: ChangeStreamHealth,
+    skipped: SkippedDocuments,
     index_error: Mutex<Option<String>>,
     tasks: Tasks,
 }
@@ -108,6 +115,7 @@ impl MongoStore {
             connect_error: Mutex::new(None),
             insert_order: tokio::sync::Mutex::new(0),
             change_stream: ChangeStreamHealth::default(),
+            skipped: SkippedDocuments::default(),
             index_error: Mutex::new(None),
             tasks: Tasks::default(),
         });
@@ -217,12 +225,18 @@ fn read_error(class: mongo::Class) -> StoreError {
     }
 }
 
-/// The position of the message with this id. Errors: `UnknownId`.
-async fn position_of(collections: &Collections, id: &str) -> Result<Position, StoreError> {
+/// The position of the message with this id. Errors: `UnknownId` (also
+/// for a document that is no message).
+async fn position_of(
+    shared: &Shared,
+    collections: &Collections,
+    id: &str,
+) -> Result<Position, StoreError> {
     collections
         .find(id, false)
         .await
         .map_err(read_error)?
+        .and_then(|doc| shared.skipped.keep(doc))
         .map(|doc| doc.position())
         .ok_or_else(|| StoreError::UnknownId(id.to_owned()))
 }
@@ -239,10 +253,9 @@ impl Store for MongoStore {
 
     async fn get(&self, id: &str) -> Result<Option<Message>, StoreError> {
         let collections = self.shared.collections()?;
-        collections
-            .find(id, false)
-            .await
-            .map_err(read_error)?
+        let found = collections.find(id, false).await.map_err(read_error)?;
+        found
+            .and_then(|doc| self.shared.skipped.keep(doc))
             .map(to_message)
             .transpose()
     }
@@ -251,17 +264,19 @@ impl Store for MongoStore {
         let collections = self.shared.collections()?;
         let range = match cursor {
             Cursor::Latest => Range::Latest,
-            Cursor::Before(id) => {
-                Range::Beyond(position_of(&collections, &id).await?, Direction::Older)
-            }
-            Cursor::After(id) => {
-                Range::Beyond(position_of(&collections, &id).await?, Direction::Newer)
-            }
+            Cursor::Before(id) => Range::Beyond(
+                position_of(&self.shared, &collections, &id).await?,
+                Direction::Older,
+            ),
+            Cursor::After(id) => Range::Beyond(
+                position_of(&self.shared, &collections, &id).await?,
+                Direction::Newer,
+            ),
         };
-        collections
-            .read(range, limit)
-            .await
-            .map_err(read_error)?
+        let docs = collections.read(range, limit).await.map_err(read_error)?;
+        self.shared
+            .skipped
+            .keep_all(docs)
             .into_iter()
             .map(to_message)
             .collect()
@@ -315,6 +330,7 @@ impl Store for MongoStore {
                         .map(|t| format_datetime(&t)),
                     last_error,
                 },
+                skipped_documents: self.shared.skipped.counts(),
             }),
         }
     }

@@ -1,0 +1,137 @@
+//! `update`, as far as the product uses it: one document per statement,
+//! modified by `$set` and `$currentDate` only.
+
+use bson::{doc, Bson, DateTime, Document};
+
+use super::args::coll_name;
+use super::insert::{await_write_concern, parse_write_concern};
+use super::{CmdResult, Ctx};
+use crate::error::CmdError;
+use crate::matcher::matches;
+use crate::state::{optime, Role, State};
+
+/// The fields one update statement sets, with `$currentDate` resolved
+/// (`{$type: "timestamp"}` takes the next cluster time, as mongod does:
+/// <https://www.mongodb.com/docs/manual/reference/operator/update/currentDate/>).
+fn resolve(u: &Document, st: &mut State) -> Result<Document, CmdError> {
+    let mut out = Document::new();
+    for (op, fields) in u {
+        let Bson::Document(fields) = fields else {
+            return Err(CmdError::failed_to_parse(format!(
+                "Modifiers operate on fields but we found type {} instead",
+                fields.element_type() as u8
+            )));
+        };
+        match op.as_str() {
+            "$set" => out.extend(fields.clone()),
+            "$currentDate" => {
+                for (field, spec) in fields {
+                    let value = match spec {
+                        Bson::Boolean(true) => Bson::DateTime(DateTime::now()),
+                        Bson::Document(d) => match d.get_str("$type") {
+                            Ok("timestamp") => Bson::Timestamp(st.next_ts()),
+                            Ok("date") => Bson::DateTime(DateTime::now()),
+                            _ => return Err(CmdError::bad_value(
+                                "The '$type' string field is required to be 'date' or 'timestamp'",
+                            )),
+                        },
+                        _ => {
+                            return Err(CmdError::bad_value(
+                                "$currentDate takes true or {$type: 'date' | 'timestamp'}",
+                            ))
+                        }
+                    };
+                    out.insert(field.clone(), value);
+                }
+            }
+            other if other.starts_with('$') => {
+                return Err(CmdError::new(
+                    9,
+                    "FailedToParse",
+                    format!(
+                        "Unknown modifier: {other}. (only $set and $currentDate are simulated)"
+                    ),
+                ))
+            }
+            _ => {
+                return Err(CmdError::bad_value(
+                    "replacement updates are not simulated; use $set or $currentDate",
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `update` on the primary, then the write concern. Replies `{n,
+/// nModified, writeConcernError?, opTime, electionId}`; `upsert` and
+/// `multi` are refused as not simulated.
+pub(super) async fn update(ctx: &Ctx<'_>, db: &str, body: &Document) -> CmdResult {
+    let coll = coll_name(body, "update")?;
+    let ns = format!("{db}.{coll}");
+    let statements = match body.get("updates") {
+        Some(Bson::Array(a)) if !a.is_empty() => a.clone(),
+        _ => {
+            return Err(CmdError::failed_to_parse(
+                "BSON field 'update.updates' is missing but a required field",
+            )
+            .into())
+        }
+    };
+    let retryable = body.contains_key("txnNumber");
+    let (wc, n, modified, last_pos, op_ts, term) = {
+        let mut st = ctx.shared.lock();
+        let wc = parse_write_concern(&st, body)?;
+        if st.role(ctx.member) != Role::Primary {
+            return Err(CmdError::not_writable_primary(retryable).into());
+        }
+        let (mut n, mut modified, mut last_pos) = (0i32, 0i32, None);
+        for statement in &statements {
+            let Bson::Document(statement) = statement else {
+                return Err(CmdError::type_mismatch("updates must be objects").into());
+            };
+            for refused in ["upsert", "multi"] {
+                if statement.get_bool(refused).unwrap_or(false) {
+                    return Err(
+                        CmdError::bad_value(format!("{refused}: true is not simulated")).into(),
+                    );
+                }
+            }
+            let q = statement.get_document("q").cloned().unwrap_or_default();
+            let u = statement
+                .get_document("u")
+                .map_err(|_| CmdError::failed_to_parse("update statements need 'u' as a document"))?
+                .clone();
+            let now = std::time::Instant::now();
+            let mut target = None;
+            for d in st.visible_docs(&ns, ctx.member, now) {
+                if matches(d, &q)? {
+                    target = d.get("_id").cloned();
+                    break;
+                }
+            }
+            let Some(id) = target else { continue };
+            let updated = resolve(&u, &mut st)?;
+            n += 1;
+            if let Some(pos) = st.update_doc(&ns, &id, updated) {
+                modified += 1;
+                last_pos = Some(pos);
+            }
+        }
+        (wc, n, modified, last_pos, st.last_ts, st.term)
+    };
+    ctx.shared.notify();
+    let wce = match last_pos {
+        Some(pos) => await_write_concern(ctx, &wc, pos).await,
+        None => None,
+    };
+    let mut reply = doc! {"n": n, "nModified": modified};
+    if let Some(wce) = wce {
+        reply.insert("writeConcernError", wce);
+    }
+    reply.insert("opTime", optime(op_ts, term));
+    reply.insert("electionId", crate::state::election_id(term));
+    reply.insert("ok", 1.0);
+    reply.insert("operationTime", op_ts);
+    Ok(reply)
+}

@@ -1,0 +1,71 @@
+//! Documents in the collection that are not messages simplechat can show:
+//! skipped wherever they are read, counted once each for `/api/status`, and
+//! logged once per kind.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+
+use mongodb::bson::{Bson, Document};
+
+use super::document::{Malformed, MessageDoc};
+
+/// How many distinct malformed documents are remembered; past this, counts
+/// stop growing (a log line says so once).
+const REMEMBERED: usize = 10_000;
+
+/// The skipped documents seen so far. A std `Mutex`: held only to update a
+/// count, never across `.await`.
+#[derive(Default)]
+pub(super) struct SkippedDocuments {
+    seen: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// `_id`s already counted, as their BSON text.
+    ids: HashSet<String>,
+    counts: BTreeMap<&'static str, u64>,
+}
+
+impl SkippedDocuments {
+    /// The message in `doc`, or `None` after counting why it is not one.
+    pub(super) fn keep(&self, doc: Document) -> Option<MessageDoc> {
+        match MessageDoc::from_document(&doc) {
+            Ok(message) => Some(message),
+            Err(why) => {
+                self.count(doc.get("_id"), why);
+                None
+            }
+        }
+    }
+
+    /// Every message among `docs`, in the same order.
+    pub(super) fn keep_all(&self, docs: Vec<Document>) -> Vec<MessageDoc> {
+        docs.into_iter().filter_map(|d| self.keep(d)).collect()
+    }
+
+    fn count(&self, id: Option<&Bson>, why: Malformed) {
+        let key = format!("{:?}", id.unwrap_or(&Bson::Null));
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.ids.len() >= REMEMBERED || !seen.ids.insert(key) {
+            return;
+        }
+        let count = seen.counts.entry(why.kind()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            log::warn!(
+                "skipping documents in the messages collection that are not messages ({}); /api/status counts them",
+                why.kind()
+            );
+        }
+    }
+
+    /// Distinct skipped documents per kind (`id_type`, `name`, ...).
+    pub(super) fn counts(&self) -> BTreeMap<&'static str, u64> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .counts
+            .clone()
+    }
+}
