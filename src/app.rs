@@ -10,9 +10,12 @@ use crate::chat::Chat;
 use crate::config::Config;
 
 pub async fn build(config: Config) -> Result<Rocket<Build>, String> {
+    let (figment, built_in_templates) = config.rocket_figment().map_err(|e| e.to_string())?;
     let chat = Chat::open(&config).await.map_err(|e| e.to_string())?;
     let store = chat.store.clone();
-    Ok(rocket::custom(config.figment.clone())
+    Ok(rocket::custom(figment)
+        // Built-in templates are read from this directory while Rocket runs.
+        .manage(built_in_templates)
         .manage(chat)
         .manage(api::page::RenderedHistory::default())
         .mount("/", api::routes())
@@ -32,7 +35,18 @@ pub async fn build(config: Config) -> Result<Rocket<Build>, String> {
 /// streams end, then the store closes.
 pub async fn serve(config: Config) -> Result<(), String> {
     let address = format!("{}:{}", config.address, config.port);
-    let rocket = build(config).await?;
+    let store = crate::config::describe_store(&config.store);
+    let rocket = build(config)
+        .await?
+        .attach(AdHoc::on_liftoff("startup line", |rocket| {
+            Box::pin(async move {
+                // On stdout, beside Rocket's own launch line: Rocket's default
+                // log level in release builds hides `info!`.
+                let config = rocket.config();
+                let listening = std::net::SocketAddr::new(config.address, config.port);
+                println!("simplechat listening on http://{listening}; store: {store}");
+            })
+        }));
     match rocket.launch().await {
         Ok(_) => Ok(()),
         Err(e) => Err(match e.kind() {
