@@ -1,7 +1,7 @@
 //! A newcomer's first run: the binary, copied anywhere, serves its own page
 //! and says on one line where it keeps messages and where it listens.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -17,11 +17,17 @@ struct Server {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
+    /// The line `serve` prints once it listens, and the address it names.
+    startup: String,
+    base: String,
 }
 
 impl Server {
+    /// Starts `simplechat serve` on a free port; returns once it answers.
     fn start(exe: &Path, dir: &Path, env: &[(&str, &str)]) -> Server {
-        let mut child = command(exe, dir, &["serve"], env)
+        let mut env = env.to_vec();
+        env.push(("SIMPLECHAT_PORT", "0"));
+        let mut child = command(exe, dir, &["serve"], &env)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -39,11 +45,27 @@ impl Server {
                 }
             });
         }
-        Server {
+        let mut server = Server {
             child,
             lines,
             seen: Vec::new(),
-        }
+            startup: String::new(),
+            base: String::new(),
+        };
+        // The port is the one the line names, so no other process can take
+        // it between choosing and binding.
+        server.startup = server.line(STARTUP);
+        server.base = base_url(&server.startup);
+        // Rocket installs its SIGTERM handler just after the startup line;
+        // once a request is answered, it is there.
+        let host = server.base.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(host).expect("connect");
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        write!(stream, "GET /healthz HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+        server
     }
 
     /// The first line (stdout or stderr) starting with `prefix`.
@@ -126,13 +148,8 @@ async fn a_copied_binary_serves_its_own_page_and_says_where() {
     let exe = elsewhere.join("simplechat");
     std::fs::copy(env!("CARGO_BIN_EXE_simplechat"), &exe).unwrap();
 
-    let mut server = Server::start(
-        &exe,
-        &run,
-        &[("SIMPLECHAT_PORT", "0"), ("TMPDIR", tmp.to_str().unwrap())],
-    );
-    let startup = server.line(STARTUP);
-    let base = base_url(&startup);
+    let server = Server::start(&exe, &run, &[("TMPDIR", tmp.to_str().unwrap())]);
+    let (startup, base) = (server.startup.clone(), server.base.clone());
     assert_eq!(
         startup,
         format!("{STARTUP}{base}; store: embedded at ./simplechat-data")
@@ -184,13 +201,12 @@ fn the_startup_line_names_the_replica_set_without_the_password() {
     let dir = tempfile::tempdir().unwrap();
     // No member answers: the app starts anyway and says what it will use.
     let uri = "mongodb://chat:hunter2@127.0.0.1:1/messages?replicaSet=rs";
-    let mut server = Server::start(
+    let server = Server::start(
         Path::new(env!("CARGO_BIN_EXE_simplechat")),
         dir.path(),
-        &[("SIMPLECHAT_PORT", "0"), ("MONGO_URI", uri)],
+        &[("MONGO_URI", uri)],
     );
-    let startup = server.line(STARTUP);
-    let base = base_url(&startup);
+    let (startup, base) = (server.startup.clone(), server.base.clone());
     assert_eq!(
         startup,
         format!(
@@ -215,13 +231,14 @@ fn the_startup_line_shows_at_the_release_builds_log_level() {
     // Rocket's default log level is `critical` in release builds, which
     // hides `info!`; the line must not depend on it.
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(
+    let server = Server::start(
         Path::new(env!("CARGO_BIN_EXE_simplechat")),
         dir.path(),
-        &[("SIMPLECHAT_PORT", "0"), ("ROCKET_LOG_LEVEL", "critical")],
+        &[("ROCKET_LOG_LEVEL", "critical")],
     );
-    let startup = server.line(STARTUP);
-    assert!(startup.ends_with("; store: embedded at ./simplechat-data"));
+    assert!(server
+        .startup
+        .ends_with("; store: embedded at ./simplechat-data"));
     let (_, output) = server.stop();
     assert!(
         !output.iter().any(|l| l.starts_with("Configured for")),
@@ -237,16 +254,12 @@ async fn a_configured_template_dir_replaces_the_built_in_page() {
     std::fs::create_dir(&templates).unwrap();
     std::fs::write(templates.join("index.html.tera"), "my own page").unwrap();
     std::fs::write(templates.join("messages.html.tera"), "").unwrap();
-    let mut server = Server::start(
+    let server = Server::start(
         Path::new(env!("CARGO_BIN_EXE_simplechat")),
         dir.path(),
-        &[
-            ("SIMPLECHAT_PORT", "0"),
-            ("SIMPLECHAT_TEMPLATE_DIR", templates.to_str().unwrap()),
-        ],
+        &[("SIMPLECHAT_TEMPLATE_DIR", templates.to_str().unwrap())],
     );
-    let base = base_url(&server.line(STARTUP));
-    let page = reqwest::get(format!("{base}/")).await.unwrap();
+    let page = reqwest::get(format!("{}/", server.base)).await.unwrap();
     assert_eq!(page.text().await.unwrap(), "my own page");
     server.stop();
 }
