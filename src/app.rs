@@ -41,10 +41,15 @@ pub async fn serve(config: Config) -> Result<(), String> {
         .attach(AdHoc::on_liftoff("startup line", |rocket| {
             Box::pin(async move {
                 // On stdout, beside Rocket's own launch line: Rocket's default
-                // log level in release builds hides `info!`.
+                // log level in release builds hides `info!`. A closed stdout
+                // must not stop the server, so no `println!`.
+                use std::io::Write;
                 let config = rocket.config();
                 let listening = std::net::SocketAddr::new(config.address, config.port);
-                println!("simplechat listening on http://{listening}; store: {store}");
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "simplechat listening on http://{listening}; store: {store}"
+                );
             })
         }));
     match rocket.launch().await {

@@ -16,6 +16,29 @@ pub fn command(exe: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> C
     command
 }
 
+/// Copies the binary to `to`, as an install or a bundle would.
+pub fn copy_binary(to: &Path) {
+    std::fs::copy(env!("CARGO_BIN_EXE_simplechat"), to).expect("copy the binary");
+}
+
+/// Runs `attempt` (a spawn) again while the binary just copied is busy: a
+/// process forked meanwhile by another test holds the copy's write handle
+/// until it execs (ETXTBSY), which ends in moments.
+pub fn retry_while_busy<T>(mut attempt: impl FnMut() -> std::io::Result<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match attempt() {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            result => return result.expect("start simplechat"),
+        }
+    }
+}
+
 fn simplechat(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let exe = Path::new(env!("CARGO_BIN_EXE_simplechat"));
     command(exe, dir, args, env)
@@ -184,9 +207,9 @@ fn a_bundle_uses_the_templates_beside_it() {
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::create_dir_all(&share).unwrap();
     let exe = bin.join("simplechat");
-    std::fs::copy(env!("CARGO_BIN_EXE_simplechat"), &exe).unwrap();
+    copy_binary(&exe);
     std::fs::write(share.join("index.html.tera"), "").unwrap();
-    let run = |args: &[&str]| command(&exe, dir.path(), args, &[]).output().unwrap();
+    let run = |args: &[&str]| retry_while_busy(|| command(&exe, dir.path(), args, &[]).output());
     assert_one_line_failure(&run(&["config"]), "has no messages.html.tera");
 
     std::fs::write(share.join("messages.html.tera"), "").unwrap();

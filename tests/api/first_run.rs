@@ -7,7 +7,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use crate::cli_config::command;
+use crate::cli_config::{command, copy_binary, retry_while_busy};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const STARTUP: &str = "simplechat listening on ";
@@ -27,11 +27,12 @@ impl Server {
     fn start(exe: &Path, dir: &Path, env: &[(&str, &str)]) -> Server {
         let mut env = env.to_vec();
         env.push(("SIMPLECHAT_PORT", "0"));
-        let mut child = command(exe, dir, &["serve"], &env)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start simplechat");
+        let mut child = retry_while_busy(|| {
+            command(exe, dir, &["serve"], &env)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+        });
         let (tx, lines) = mpsc::channel();
         let streams: [Box<dyn Read + Send>; 2] = [
             Box::new(child.stdout.take().unwrap()),
@@ -146,7 +147,7 @@ async fn a_copied_binary_serves_its_own_page_and_says_where() {
         std::fs::create_dir(dir).unwrap();
     }
     let exe = elsewhere.join("simplechat");
-    std::fs::copy(env!("CARGO_BIN_EXE_simplechat"), &exe).unwrap();
+    copy_binary(&exe);
 
     let server = Server::start(&exe, &run, &[("TMPDIR", tmp.to_str().unwrap())]);
     let (startup, base) = (server.startup.clone(), server.base.clone());
