@@ -13,9 +13,12 @@ use crate::config::Config;
 ///
 /// Errors: the store cannot be opened (one line).
 pub async fn build(config: Config) -> Result<Rocket<Build>, String> {
+    let (figment, built_in_templates) = config.rocket_figment().map_err(|e| e.to_string())?;
     let chat = Chat::open(&config).await.map_err(|e| e.to_string())?;
     let closing = chat.clone();
-    Ok(rocket::custom(config.figment.clone())
+    Ok(rocket::custom(figment)
+        // Built-in templates are read from this directory while Rocket runs.
+        .manage(built_in_templates)
         .manage(chat)
         .manage(api::events::Heartbeat(config.heartbeat))
         .manage(api::page::RenderedHistory::default())
@@ -36,7 +39,23 @@ pub async fn build(config: Config) -> Result<Rocket<Build>, String> {
 /// streams end, then the store closes.
 pub async fn serve(config: Config) -> Result<(), String> {
     let address = format!("{}:{}", config.address, config.port);
-    let rocket = build(config).await?;
+    let store = crate::config::describe_store(&config.store);
+    let rocket = build(config)
+        .await?
+        .attach(AdHoc::on_liftoff("startup line", |rocket| {
+            Box::pin(async move {
+                // On stdout, beside Rocket's own launch line: Rocket's default
+                // log level in release builds hides `info!`. A closed stdout
+                // must not stop the server, so no `println!`.
+                use std::io::Write;
+                let config = rocket.config();
+                let listening = std::net::SocketAddr::new(config.address, config.port);
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "simplechat listening on http://{listening}; store: {store}"
+                );
+            })
+        }));
     match rocket.launch().await {
         Ok(_) => Ok(()),
         Err(e) => Err(match e.kind() {

@@ -7,11 +7,24 @@ use clap::{Parser, Subcommand};
 use crate::config::{self, Config, StoreConfig};
 use crate::replset;
 
+/// How a newcomer finds the settings, shown by `--help`.
+const CONFIGURATION: &str = "\
+Configuration (later wins):
+  built-in defaults, then Rocket's own Rocket.toml and ROCKET_* variables;
+  a TOML file: the path in SIMPLECHAT_CONFIG, else ./simplechat.toml if it exists;
+  MONGO_URI: a MongoDB connection string (the lab's name for mongodb_uri);
+  SIMPLECHAT_<KEY> variables, e.g. SIMPLECHAT_PORT=8080.
+Keys: address, port, mongodb_uri, mongodb_uri_file, database, data_dir,
+template_dir, write_timeout_secs, heartbeat_secs. Without a MongoDB URI messages are kept in an
+embedded store in ./simplechat-data. `simplechat config` prints each value and
+where it came from.";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "simplechat",
     version,
-    about = "A chat service on a MongoDB replica set"
+    about = "A chat service on a MongoDB replica set, or an embedded store",
+    after_help = CONFIGURATION
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -21,8 +34,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the web server (the default).
+    #[command(after_help = CONFIGURATION)]
     Serve,
-    /// Print the effective configuration, secrets redacted.
+    /// Print the effective configuration, where each value came from,
+    /// secrets redacted.
+    #[command(after_help = CONFIGURATION)]
     Config,
     /// Administer the MongoDB replica set.
     Replset {
@@ -38,8 +54,8 @@ pub enum ReplsetCommand {
         /// The replica set's name, as mongod's replSetName.
         #[arg(long)]
         name: String,
-        /// A member as HOST:PORT; repeat for each, the first is contacted.
-        #[arg(long = "member", required = true)]
+        /// A member; repeat --member for each, the first is contacted.
+        #[arg(long = "member", value_name = "HOST:PORT", required = true)]
         members: Vec<String>,
         /// Connection string for credentials and options (hosts ignored).
         #[arg(long)]

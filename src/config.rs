@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
-use figment::{Figment, Profile};
+use figment::value::{Dict, Map};
+use figment::{Figment, Metadata, Profile, Provider, Source};
 use serde::{Deserialize, Serialize};
 
 use crate::mongo::uri::redact as redact_uri;
@@ -29,6 +30,19 @@ pub const KEYS: &[&str] = &[
 
 /// The page templates the app renders; all must be in `template_dir`.
 pub const TEMPLATES: &[&str] = &["index.html.tera", "messages.html.tera"];
+
+/// The same templates, compiled in: what the binary serves when no
+/// `template_dir` is set and no bundle lies beside it.
+const BUILT_IN_TEMPLATES: &[(&str, &str)] = &[
+    (
+        "index.html.tera",
+        include_str!("../templates/index.html.tera"),
+    ),
+    (
+        "messages.html.tera",
+        include_str!("../templates/messages.html.tera"),
+    ),
+];
 
 /// The settings as written by the user, before files are read.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,13 +82,25 @@ pub enum StoreConfig {
     MongoDb { uri: String, database: String },
 }
 
+/// Where the page templates come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Templates {
+    /// `template_dir`, as configured.
+    Configured(PathBuf),
+    /// The release bundle's: `<prefix>/share/simplechat/templates` beside
+    /// `<prefix>/bin/simplechat`.
+    Bundle(PathBuf),
+    /// Compiled into the binary.
+    BuiltIn,
+}
+
 /// The effective configuration: settings checked and resolved.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub address: IpAddr,
     pub port: u16,
     pub store: StoreConfig,
-    pub template_dir: PathBuf,
+    pub templates: Templates,
     pub write_timeout: Duration,
     /// How often an idle event stream gets a heartbeat comment.
     pub heartbeat: Duration,
@@ -83,6 +109,36 @@ pub struct Config {
     /// The layers, for Rocket's own settings and for `simplechat config`.
     pub figment: Figment,
 }
+
+/// A figment provider with the name a user knows it by: figment names
+/// environment layers by their prefix and values by their key only.
+struct Named<P> {
+    provider: P,
+    metadata: Metadata,
+}
+
+impl<P: Provider> Provider for Named<P> {
+    fn metadata(&self) -> Metadata {
+        self.metadata.clone()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        self.provider.data()
+    }
+
+    fn profile(&self) -> Option<Profile> {
+        self.provider.profile()
+    }
+}
+
+/// Names an environment layer: `var` turns a key into the variable that set it.
+fn environment<P: Provider>(provider: P, var: fn(&str) -> String) -> Named<P> {
+    let metadata = Metadata::named(ENVIRONMENT)
+        .interpolater(move |_: &Profile, keys: &[&str]| var(&keys.join(".")));
+    Named { provider, metadata }
+}
+
+const ENVIRONMENT: &str = "environment variable";
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -97,18 +153,26 @@ pub fn figment() -> Figment {
 }
 
 /// Puts simplechat's layers on top of `base` (Rocket's layers, or a test's).
+/// `file` is read if it exists, from the working directory if relative.
 pub fn layered(base: Figment, file: &Path) -> Figment {
     // Global profile: Rocket selects a debug/release profile, and values in
     // the global profile win over it, so these layers do what their order says.
-    base.join(Serialized::defaults(Settings::default()))
-        .merge(Toml::file(file).profile(Profile::Global))
-        .merge(
+    let mut figment = base.join(Serialized::defaults(Settings::default()));
+    if file.exists() {
+        figment = figment.merge(Toml::file_exact(file).profile(Profile::Global));
+    }
+    figment
+        .merge(environment(
             Env::raw()
                 .only(&["MONGO_URI"])
                 .map(|_| "mongodb_uri".into())
                 .global(),
-        )
-        .merge(Env::prefixed("SIMPLECHAT_").only(KEYS).global())
+            |_| "MONGO_URI".into(),
+        ))
+        .merge(environment(
+            Env::prefixed("SIMPLECHAT_").only(KEYS).global(),
+            |key| format!("SIMPLECHAT_{}", key.to_ascii_uppercase()),
+        ))
 }
 
 impl Config {
@@ -130,21 +194,18 @@ impl Config {
             .extract()
             .map_err(|e| ConfigError(format!("bad configuration: {}", one_line(&e.to_string()))))?;
         let store = store_config(&settings)?;
-        let template_dir = resolve_template_dir(settings.template_dir.as_deref())?;
+        let templates = resolve_templates(settings.template_dir.as_deref())?;
         if settings.write_timeout_secs == 0 {
             return Err(ConfigError("write_timeout_secs must be at least 1".into()));
         }
         if settings.heartbeat_secs == 0 {
             return Err(ConfigError("heartbeat_secs must be at least 1".into()));
         }
-        // rocket_dyn_templates reads `template_dir` from Rocket's figment.
-        let figment = figment
-            .merge(Serialized::default("template_dir", &template_dir).profile(Profile::Global));
         Ok(Config {
             address: settings.address,
             port: settings.port,
             store,
-            template_dir,
+            templates,
             write_timeout: Duration::from_secs(settings.write_timeout_secs),
             heartbeat: Duration::from_secs(settings.heartbeat_secs),
             settings,
@@ -189,89 +250,216 @@ fn store_config(s: &Settings) -> Result<StoreConfig, ConfigError> {
     Ok(StoreConfig::MongoDb { uri, database })
 }
 
-/// The bundle installs templates at `<prefix>/share/simplechat/templates`
-/// beside `<prefix>/bin/simplechat`; a build from source uses the checkout's.
-fn resolve_template_dir(configured: Option<&Path>) -> Result<PathBuf, ConfigError> {
-    let dir = match configured {
-        Some(dir) => dir.to_path_buf(),
-        None => default_template_dir(),
+/// `template_dir` if set; else the bundle's templates, installed at
+/// `<prefix>/share/simplechat/templates` beside `<prefix>/bin/simplechat`;
+/// else the ones compiled into the binary, so a binary copied anywhere
+/// serves its own page.
+fn resolve_templates(configured: Option<&Path>) -> Result<Templates, ConfigError> {
+    let templates = match configured {
+        Some(dir) => Templates::Configured(dir.to_path_buf()),
+        None => match bundle_template_dir() {
+            Some(dir) => Templates::Bundle(dir),
+            None => return Ok(Templates::BuiltIn),
+        },
     };
-    for template in TEMPLATES {
-        if !dir.join(template).is_file() {
-            return Err(ConfigError(format!(
-                "template directory {} has no {template} (set template_dir)",
-                dir.display()
-            )));
+    if let Templates::Configured(dir) | Templates::Bundle(dir) = &templates {
+        for template in TEMPLATES {
+            if !dir.join(template).is_file() {
+                return Err(ConfigError(format!(
+                    "template directory {} has no {template} (set template_dir)",
+                    dir.display()
+                )));
+            }
         }
     }
-    Ok(dir)
+    Ok(templates)
 }
 
-fn default_template_dir() -> PathBuf {
-    let bundled = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.canonicalize().ok())
-        .and_then(|exe| Some(exe.parent()?.parent()?.join("share/simplechat/templates")));
-    match bundled {
-        Some(dir) if dir.is_dir() => dir,
-        _ => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/templates")),
+fn bundle_template_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?.canonicalize().ok()?;
+    let dir = exe.parent()?.parent()?.join("share/simplechat/templates");
+    dir.is_dir().then_some(dir)
+}
+
+impl Config {
+    /// The figment Rocket runs with (rocket_dyn_templates reads
+    /// `template_dir` from it), and what must live as long as Rocket does.
+    ///
+    /// rocket_dyn_templates only reads templates from a directory, so
+    /// built-in templates are written to a private one, removed on drop.
+    pub fn rocket_figment(&self) -> Result<(Figment, Option<BuiltInTemplateDir>), ConfigError> {
+        let (dir, written) = match &self.templates {
+            Templates::Configured(dir) | Templates::Bundle(dir) => (dir.clone(), None),
+            Templates::BuiltIn => {
+                let written = BuiltInTemplateDir::write().map_err(|e| {
+                    ConfigError(format!(
+                        "cannot write the built-in templates to {}: {e} (set template_dir)",
+                        std::env::temp_dir().display()
+                    ))
+                })?;
+                (written.path().to_path_buf(), Some(written))
+            }
+        };
+        let figment = self
+            .figment
+            .clone()
+            .merge(Serialized::default("template_dir", &dir).profile(Profile::Global));
+        Ok((figment, written))
+    }
+}
+
+/// A private directory holding the built-in templates; removed on drop.
+#[derive(Debug)]
+pub struct BuiltInTemplateDir(PathBuf);
+
+impl BuiltInTemplateDir {
+    fn write() -> std::io::Result<BuiltInTemplateDir> {
+        let dir =
+            std::env::temp_dir().join(format!("simplechat-templates-{}", uuid::Uuid::now_v7()));
+        let mut builder = std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        // Fails if the name exists: nobody else's directory is ever used.
+        builder.create(&dir)?;
+        let written = BuiltInTemplateDir(dir);
+        for (name, text) in BUILT_IN_TEMPLATES {
+            std::fs::write(written.0.join(name), text)?;
+        }
+        Ok(written)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for BuiltInTemplateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The database a MongoDB store uses, and whether it came from the URI's path.
+fn uri_database(uri: &str) -> Option<String> {
+    crate::mongo::uri::parse(uri).ok()?.default_database
+}
+
+/// Where the value of `key` came from, in the user's terms: `default`, the
+/// TOML file's path, or the environment variable that set it.
+pub fn source(figment: &Figment, key: &str) -> String {
+    let Some(metadata) = figment.find_metadata(key) else {
+        return "default".into();
+    };
+    match &metadata.source {
+        Some(Source::File(path)) => path.display().to_string(),
+        _ if metadata.name.contains(ENVIRONMENT) => {
+            let var = metadata.interpolate(figment.profile(), &[key]);
+            // figment's own environment layers (Rocket's `ROCKET_`) name
+            // their prefix only in the layer's name: "`ROCKET_` environment
+            // variable(s)"; the variable is the prefix and the key.
+            match metadata.name.split('`').nth(1) {
+                Some(prefix) if !var.starts_with(prefix) => format!("{prefix}{var}"),
+                _ => var,
+            }
+        }
+        // Rocket's and simplechat's built-in values.
+        _ => "default".into(),
     }
 }
 
 /// `simplechat config`: each key, its effective value and where it came from.
 pub fn describe(config: &Config) -> String {
-    let mut out = String::new();
     let settings = &config.settings;
-    let value = |key: &str| -> String {
-        match key {
-            "address" => format!("\"{}\"", config.address),
-            "port" => config.port.to_string(),
-            "mongodb_uri" => match &config.store {
-                StoreConfig::MongoDb { uri, .. } => format!("\"{}\"", redact_uri(uri)),
-                StoreConfig::Embedded { .. } => "# unset: embedded store".into(),
-            },
-            "mongodb_uri_file" => match &settings.mongodb_uri_file {
-                Some(p) => format!("\"{}\"", p.display()),
-                None => "# unset".into(),
-            },
-            "database" => match &config.store {
-                StoreConfig::MongoDb { database, .. } => format!("\"{database}\""),
-                StoreConfig::Embedded { .. } => "# unused: embedded store".into(),
-            },
-            "data_dir" => format!("\"{}\"", settings.data_dir.display()),
-            "template_dir" => format!("\"{}\"", config.template_dir.display()),
-            "write_timeout_secs" => config.write_timeout.as_secs().to_string(),
-            "heartbeat_secs" => config.heartbeat.as_secs().to_string(),
-            _ => String::new(),
+    let from = |key: &str| source(&config.figment, key);
+    let set = |key: &str, value: String, from: String| format!("{key} = {value}  # from {from}\n");
+    let note = |key: &str, note: &str| format!("# {key} {note}\n");
+    let quoted = |p: &Path| format!("\"{}\"", p.display());
+    let mut out = String::new();
+    out += &set(
+        "address",
+        format!("\"{}\"", config.address),
+        from("address"),
+    );
+    out += &set("port", config.port.to_string(), from("port"));
+    out += &match (&config.store, &settings.mongodb_uri) {
+        (StoreConfig::Embedded { .. }, _) => note("mongodb_uri", "unset: embedded store"),
+        (StoreConfig::MongoDb { uri, .. }, Some(_)) => set(
+            "mongodb_uri",
+            format!("\"{}\"", redact_uri(uri)),
+            from("mongodb_uri"),
+        ),
+        (StoreConfig::MongoDb { uri, .. }, None) => set(
+            "mongodb_uri",
+            format!("\"{}\"", redact_uri(uri)),
+            "mongodb_uri_file".into(),
+        ),
+    };
+    out += &match &settings.mongodb_uri_file {
+        Some(path) => set("mongodb_uri_file", quoted(path), from("mongodb_uri_file")),
+        None => note("mongodb_uri_file", "unset"),
+    };
+    out += &match &config.store {
+        StoreConfig::Embedded { .. } => note("database", "unused: embedded store"),
+        StoreConfig::MongoDb { uri, database } => {
+            let from = match (&settings.database, uri_database(uri)) {
+                (Some(_), _) => from("database"),
+                (None, Some(_)) => "the URI's path".into(),
+                (None, None) => "default".into(),
+            };
+            set("database", format!("\"{database}\""), from)
         }
     };
-    for key in KEYS {
-        let source = config
-            .figment
-            .find_metadata(key)
-            .map(|m| match &m.source {
-                Some(src) => format!("{} {src}", m.name),
-                None if m.name.contains("environment") => match m.name.split('`').nth(1) {
-                    Some(prefix) => format!("{prefix}{}", key.to_uppercase()),
-                    None => "MONGO_URI".to_string(),
-                },
-                // Rocket's and simplechat's built-in values.
-                None => "default".to_string(),
-            })
-            .unwrap_or_else(|| "default".into());
-        let v = value(key);
-        if v.starts_with('#') {
-            out.push_str(&format!("# {key} {}\n", v.trim_start_matches("# ")));
-        } else {
-            out.push_str(&format!("{key} = {v}  # from {source}\n"));
+    out += &match &config.store {
+        StoreConfig::Embedded { data_dir } => set("data_dir", quoted(data_dir), from("data_dir")),
+        StoreConfig::MongoDb { .. } => note("data_dir", "unused: MongoDB store"),
+    };
+    out += &match &config.templates {
+        Templates::Configured(dir) => set("template_dir", quoted(dir), from("template_dir")),
+        Templates::Bundle(dir) => note(
+            "template_dir",
+            &format!("unset: the bundle's templates in {}", dir.display()),
+        ),
+        Templates::BuiltIn => note("template_dir", "unset: built-in templates"),
+    };
+    out += &set(
+        "write_timeout_secs",
+        config.write_timeout.as_secs().to_string(),
+        from("write_timeout_secs"),
+    );
+    out += &set(
+        "heartbeat_secs",
+        config.heartbeat.as_secs().to_string(),
+        from("heartbeat_secs"),
+    );
+    out
+}
+
+/// The store, for the startup line: where the messages are kept.
+pub fn describe_store(store: &StoreConfig) -> String {
+    match store {
+        StoreConfig::Embedded { data_dir } => format!("embedded at {}", data_dir.display()),
+        StoreConfig::MongoDb { uri, database } => {
+            let set = crate::mongo::uri::parse(uri)
+                .ok()
+                .and_then(|c| c.replica_set);
+            let kind = match set {
+                Some(name) => format!("MongoDB replica set {name}"),
+                None => "MongoDB".to_owned(),
+            };
+            format!("{kind}, database {database} ({})", redact_uri(uri))
         }
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_built_in_templates_are_the_ones_the_app_renders() {
+        let names: Vec<_> = BUILT_IN_TEMPLATES.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, TEMPLATES);
+    }
 
     #[test]
     fn database_comes_from_key_then_uri_path_then_default() {

@@ -1,5 +1,5 @@
-//! The page's script and stylesheet, compiled into the binary so it serves
-//! them from any working directory.
+//! The page's script, stylesheet and icons, compiled into the binary so it
+//! serves them from any working directory.
 
 use rocket::http::{ContentType, Header};
 use rocket::response::{self, Responder, Response};
@@ -7,20 +7,35 @@ use rocket::{get, Request};
 
 use super::error::ApiError;
 
-const ASSETS: &[(&str, ContentType, &str)] = &[
+const ASSETS: &[(&str, ContentType, &[u8])] = &[
     (
         "app.js",
         ContentType::JavaScript,
-        include_str!("../../static/app.js"),
+        include_bytes!("../../static/app.js"),
     ),
     (
         "app.css",
         ContentType::CSS,
-        include_str!("../../static/app.css"),
+        include_bytes!("../../static/app.css"),
+    ),
+    (
+        "favicon.svg",
+        ContentType::SVG,
+        include_bytes!("../../static/favicon.svg"),
+    ),
+    (
+        "favicon.ico",
+        ContentType::Icon,
+        include_bytes!("../../static/favicon.ico"),
+    ),
+    (
+        "apple-touch-icon.png",
+        ContentType::PNG,
+        include_bytes!("../../static/apple-touch-icon.png"),
     ),
 ];
 
-pub struct Asset(ContentType, &'static str);
+pub struct Asset(ContentType, &'static [u8]);
 
 impl<'r> Responder<'r, 'static> for Asset {
     fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
@@ -39,4 +54,22 @@ pub fn asset(file: &str) -> Result<Asset, ApiError> {
         .find(|(name, _, _)| *name == file)
         .map(|(_, content_type, body)| Asset(content_type.clone(), body))
         .ok_or_else(|| ApiError::not_found(format!("no asset {file}")))
+}
+
+/// Browsers ask for `/favicon.ico` on every load, whatever the page links.
+#[get("/favicon.ico")]
+pub fn favicon() -> Result<Asset, ApiError> {
+    asset("favicon.ico")
+}
+
+/// Safari asks for these at the root when the page is bookmarked or shown
+/// among favourites.
+#[get("/apple-touch-icon.png")]
+pub fn apple_touch_icon() -> Result<Asset, ApiError> {
+    asset("apple-touch-icon.png")
+}
+
+#[get("/apple-touch-icon-precomposed.png")]
+pub fn apple_touch_icon_precomposed() -> Result<Asset, ApiError> {
+    asset("apple-touch-icon.png")
 }

@@ -3,8 +3,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn simplechat(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_simplechat"));
+/// `exe` in `dir`, with only the configuration given in `env`.
+pub fn command(exe: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(exe);
     command.args(args).current_dir(dir);
     for (key, _) in std::env::vars() {
         if key.starts_with("SIMPLECHAT_") || key.starts_with("ROCKET_") || key == "MONGO_URI" {
@@ -12,7 +13,37 @@ fn simplechat(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         }
     }
     command.envs(env.iter().copied());
-    command.output().expect("run simplechat")
+    command
+}
+
+/// Copies the binary to `to`, as an install or a bundle would.
+pub fn copy_binary(to: &Path) {
+    std::fs::copy(env!("CARGO_BIN_EXE_simplechat"), to).expect("copy the binary");
+}
+
+/// Runs `attempt` (a spawn) again while the binary just copied is busy: a
+/// process forked meanwhile by another test holds the copy's write handle
+/// until it execs (ETXTBSY), which ends in moments.
+pub fn retry_while_busy<T>(mut attempt: impl FnMut() -> std::io::Result<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match attempt() {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            result => return result.expect("start simplechat"),
+        }
+    }
+}
+
+fn simplechat(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let exe = Path::new(env!("CARGO_BIN_EXE_simplechat"));
+    command(exe, dir, args, env)
+        .output()
+        .expect("run simplechat")
 }
 
 fn config_lines(dir: &Path, env: &[(&str, &str)]) -> String {
@@ -51,7 +82,7 @@ fn defaults_then_file_then_environment() {
     .unwrap();
     let config = config_lines(dir.path(), &[]);
     assert!(
-        line(&config, "port").starts_with("port = 9001  # from TOML"),
+        line(&config, "port").starts_with("port = 9001  # from simplechat.toml"),
         "{config}"
     );
     assert!(line(&config, "write_timeout_secs").starts_with("write_timeout_secs = 7"));
@@ -70,8 +101,128 @@ fn defaults_then_file_then_environment() {
         &[("SIMPLECHAT_CONFIG", other.to_str().unwrap())],
     );
     assert!(
-        line(&config, "port").starts_with("port = 9003"),
+        line(&config, "port").starts_with(&format!("port = 9003  # from {}", other.display())),
         "SIMPLECHAT_CONFIG replaces ./simplechat.toml: {config}"
+    );
+}
+
+#[test]
+fn config_names_each_source_in_the_users_terms() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("simplechat.toml"),
+        "write_timeout_secs = 7\n",
+    )
+    .unwrap();
+    let config = config_lines(
+        dir.path(),
+        &[
+            ("SIMPLECHAT_PORT", "9002"),
+            ("ROCKET_ADDRESS", "0.0.0.0"),
+            ("MONGO_URI", "mongodb://h1:27017/messages?replicaSet=rs"),
+        ],
+    );
+    assert_eq!(
+        config,
+        "address = \"0.0.0.0\"  # from ROCKET_ADDRESS\n\
+         port = 9002  # from SIMPLECHAT_PORT\n\
+         mongodb_uri = \"mongodb://h1:27017/messages?replicaSet=rs\"  # from MONGO_URI\n\
+         # mongodb_uri_file unset\n\
+         database = \"messages\"  # from the URI's path\n\
+         # data_dir unused: MongoDB store\n\
+         # template_dir unset: built-in templates\n\
+         write_timeout_secs = 7  # from simplechat.toml\n\
+         heartbeat_secs = 15  # from default\n"
+    );
+    assert!(!config.contains(".rs:"), "no code locations: {config}");
+
+    let config = config_lines(
+        dir.path(),
+        &[
+            ("SIMPLECHAT_MONGODB_URI", "mongodb://h1:27017/messages"),
+            ("SIMPLECHAT_DATABASE", "chat"),
+        ],
+    );
+    assert_eq!(
+        line(&config, "mongodb_uri"),
+        r#"mongodb_uri = "mongodb://h1:27017/messages"  # from SIMPLECHAT_MONGODB_URI"#
+    );
+    assert_eq!(
+        line(&config, "database"),
+        r#"database = "chat"  # from SIMPLECHAT_DATABASE"#
+    );
+    let config = config_lines(dir.path(), &[("MONGO_URI", "mongodb://h1:27017")]);
+    assert_eq!(
+        line(&config, "database"),
+        r#"database = "simplechat"  # from default"#
+    );
+
+    let config = config_lines(dir.path(), &[("SIMPLECHAT_DATA_DIR", "/srv/chat")]);
+    assert_eq!(
+        line(&config, "data_dir"),
+        r#"data_dir = "/srv/chat"  # from SIMPLECHAT_DATA_DIR"#
+    );
+    assert_eq!(
+        line(&config, "database"),
+        "# database unused: embedded store"
+    );
+}
+
+#[test]
+fn templates_are_the_binarys_own_unless_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_lines(dir.path(), &[]);
+    assert_eq!(
+        line(&config, "template_dir"),
+        "# template_dir unset: built-in templates"
+    );
+    assert!(
+        !config.contains(env!("CARGO_MANIFEST_DIR")),
+        "nothing from the build's checkout: {config}"
+    );
+
+    let templates = dir.path().join("mine");
+    std::fs::create_dir(&templates).unwrap();
+    for name in ["index.html.tera", "messages.html.tera"] {
+        std::fs::write(templates.join(name), "").unwrap();
+    }
+    let config = config_lines(
+        dir.path(),
+        &[("SIMPLECHAT_TEMPLATE_DIR", templates.to_str().unwrap())],
+    );
+    assert_eq!(
+        line(&config, "template_dir"),
+        format!(
+            r#"template_dir = "{}"  # from SIMPLECHAT_TEMPLATE_DIR"#,
+            templates.display()
+        )
+    );
+}
+
+/// The release bundle: `bin/simplechat` with `share/simplechat/templates`.
+#[test]
+fn a_bundle_uses_the_templates_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    let share = dir.path().join("share/simplechat/templates");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&share).unwrap();
+    let exe = bin.join("simplechat");
+    copy_binary(&exe);
+    std::fs::write(share.join("index.html.tera"), "").unwrap();
+    let run = |args: &[&str]| retry_while_busy(|| command(&exe, dir.path(), args, &[]).output());
+    assert_one_line_failure(&run(&["config"]), "has no messages.html.tera");
+
+    std::fs::write(share.join("messages.html.tera"), "").unwrap();
+    let out = run(&["config"]);
+    assert!(out.status.success(), "{out:?}");
+    let config = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        line(&config, "template_dir"),
+        format!(
+            "# template_dir unset: the bundle's templates in {}",
+            share.canonicalize().unwrap().display()
+        )
     );
 }
 
@@ -79,7 +230,7 @@ fn defaults_then_file_then_environment() {
 fn rocket_settings_keep_working_below_simplechat_ones() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_lines(dir.path(), &[("ROCKET_PORT", "9100")]);
-    assert!(line(&config, "port").starts_with("port = 9100"), "{config}");
+    assert_eq!(line(&config, "port"), "port = 9100  # from ROCKET_PORT");
     let config = config_lines(
         dir.path(),
         &[("ROCKET_PORT", "9100"), ("SIMPLECHAT_PORT", "9101")],
@@ -130,9 +281,16 @@ fn the_labs_mongo_uri_is_an_alias_and_secrets_are_redacted() {
         &[("SIMPLECHAT_MONGODB_URI_FILE", secret.to_str().unwrap())],
     );
     assert!(!config.contains("s3cret"), "{config}");
-    assert!(
-        line(&config, "mongodb_uri").contains("mongodb://app:****@h3:27017/chat"),
-        "{config}"
+    assert_eq!(
+        line(&config, "mongodb_uri"),
+        r#"mongodb_uri = "mongodb://app:****@h3:27017/chat?replicaSet=rs"  # from mongodb_uri_file"#
+    );
+    assert_eq!(
+        line(&config, "mongodb_uri_file"),
+        format!(
+            r#"mongodb_uri_file = "{}"  # from SIMPLECHAT_MONGODB_URI_FILE"#,
+            secret.display()
+        )
     );
 }
 
@@ -209,6 +367,25 @@ fn help_version_and_replset_without_a_uri() {
     for sub in ["serve", "config", "replset"] {
         assert!(help.contains(sub), "{help}");
     }
+    // Where the settings come from, on the first screen a newcomer reads.
+    for args in [&["--help"][..], &["serve", "--help"]] {
+        let help = String::from_utf8(simplechat(dir.path(), args, &[]).stdout).unwrap();
+        for needle in [
+            "simplechat.toml",
+            "SIMPLECHAT_CONFIG",
+            "SIMPLECHAT_<KEY>",
+            "SIMPLECHAT_PORT",
+            "MONGO_URI",
+            "simplechat config",
+        ] {
+            assert!(help.contains(needle), "{args:?} lacks {needle}: {help}");
+        }
+    }
+    let init = simplechat(dir.path(), &["replset", "init", "--help"], &[]);
+    let init = String::from_utf8(init.stdout).unwrap();
+    assert!(init.contains("--member <HOST:PORT>"), "{init}");
+    assert!(init.contains("repeat --member"), "{init}");
+    assert!(!init.contains("<MEMBERS>"), "{init}");
     let status = simplechat(dir.path(), &["replset", "status"], &[]);
     assert_one_line_failure(&status, "needs a MongoDB URI");
 }

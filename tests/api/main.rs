@@ -5,6 +5,7 @@ mod support;
 
 mod cli_config;
 mod events;
+mod first_run;
 mod idempotency;
 mod messages;
 mod openapi;

@@ -1,0 +1,266 @@
+//! A newcomer's first run: the binary, copied anywhere, serves its own page
+//! and says on one line where it keeps messages and where it listens.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use crate::cli_config::{command, copy_binary, retry_while_busy};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const STARTUP: &str = "simplechat listening on ";
+
+/// A running `simplechat serve`; killed if the test ends early.
+struct Server {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    /// The line `serve` prints once it listens, and the address it names.
+    startup: String,
+    base: String,
+}
+
+impl Server {
+    /// Starts `simplechat serve` on a free port; returns once it answers.
+    fn start(exe: &Path, dir: &Path, env: &[(&str, &str)]) -> Server {
+        let mut env = env.to_vec();
+        env.push(("SIMPLECHAT_PORT", "0"));
+        let mut child = retry_while_busy(|| {
+            command(exe, dir, &["serve"], &env)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+        });
+        let (tx, lines) = mpsc::channel();
+        let streams: [Box<dyn Read + Send>; 2] = [
+            Box::new(child.stdout.take().unwrap()),
+            Box::new(child.stderr.take().unwrap()),
+        ];
+        for stream in streams {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let mut server = Server {
+            child,
+            lines,
+            seen: Vec::new(),
+            startup: String::new(),
+            base: String::new(),
+        };
+        // The port is the one the line names, so no other process can take
+        // it between choosing and binding.
+        server.startup = server.line(STARTUP);
+        server.base = base_url(&server.startup);
+        // Rocket installs its SIGTERM handler just after the startup line;
+        // once a request is answered, it is there.
+        let host = server.base.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(host).expect("connect");
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        write!(stream, "GET /healthz HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+        server
+    }
+
+    /// The first line (stdout or stderr) starting with `prefix`.
+    fn line(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) if line.starts_with(prefix) => {
+                    self.seen.push(line.clone());
+                    return line;
+                }
+                Ok(line) => self.seen.push(line),
+                Err(e) => panic!(
+                    "no line starting with {prefix:?} ({e:?}); the server printed:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Stops it as systemd or Ctrl-C would (SIGTERM); waits until it has
+    /// closed its output, then for its exit status.
+    fn stop(mut self) -> (ExitStatus, Vec<String>) {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(killed.success());
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => self.seen.push(line),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "still running a minute after SIGTERM:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+        let status = self.child.wait().expect("wait for simplechat");
+        (status, std::mem::take(&mut self.seen))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `http://127.0.0.1:PORT` from the startup line.
+fn base_url(startup: &str) -> String {
+    let url = startup[STARTUP.len()..]
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(url.starts_with("http://127.0.0.1:"), "{startup}");
+    url
+}
+
+#[tokio::test]
+async fn a_copied_binary_serves_its_own_page_and_says_where() {
+    let root = tempfile::tempdir().unwrap();
+    let (elsewhere, run, tmp) = (
+        root.path().join("elsewhere"),
+        root.path().join("run"),
+        root.path().join("tmp"),
+    );
+    for dir in [&elsewhere, &run, &tmp] {
+        std::fs::create_dir(dir).unwrap();
+    }
+    let exe = elsewhere.join("simplechat");
+    copy_binary(&exe);
+
+    let server = Server::start(&exe, &run, &[("TMPDIR", tmp.to_str().unwrap())]);
+    let (startup, base) = (server.startup.clone(), server.base.clone());
+    assert_eq!(
+        startup,
+        format!("{STARTUP}{base}; store: embedded at ./simplechat-data")
+    );
+    assert!(
+        run.join("simplechat-data").is_dir(),
+        "the store is where the line says"
+    );
+
+    let client = reqwest::Client::new();
+    let get = |path: &str| client.get(format!("{base}{path}")).send();
+    let page = get("/").await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("<title>simplechat</title>"), "{html}");
+    assert!(
+        html.contains(r#"<link rel="icon" href="/favicon.ico""#),
+        "{html}"
+    );
+    assert!(html.contains(r#"<form id="send" method="post" action="/messages">"#));
+
+    // What a browser asks for on every load, besides what the page links.
+    for (path, content_type, magic) in [
+        ("/favicon.ico", "image/x-icon", &[0u8, 0, 1, 0][..]),
+        ("/static/favicon.svg", "image/svg+xml", b"<svg"),
+        ("/apple-touch-icon.png", "image/png", b"\x89PNG"),
+        ("/apple-touch-icon-precomposed.png", "image/png", b"\x89PNG"),
+        ("/static/apple-touch-icon.png", "image/png", b"\x89PNG"),
+    ] {
+        let response = get(path).await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(response.headers()["content-type"], content_type, "{path}");
+        let body = response.bytes().await.unwrap();
+        assert!(body.starts_with(magic), "{path}");
+    }
+
+    let (status, output) = server.stop();
+    assert!(status.success(), "{status}: {}", output.join("\n"));
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "the built-in templates leave nothing behind"
+    );
+}
+
+#[test]
+fn the_startup_line_names_the_replica_set_without_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    // No member answers: the app starts anyway and says what it will use.
+    let uri = "mongodb://chat:hunter2@127.0.0.1:1/messages?replicaSet=rs";
+    let server = Server::start(
+        Path::new(env!("CARGO_BIN_EXE_simplechat")),
+        dir.path(),
+        &[("MONGO_URI", uri)],
+    );
+    let (startup, base) = (server.startup.clone(), server.base.clone());
+    assert_eq!(
+        startup,
+        format!(
+            "{STARTUP}{base}; store: MongoDB replica set rs, database messages \
+             (mongodb://chat:****@127.0.0.1:1/messages?replicaSet=rs)"
+        )
+    );
+    let (_, output) = server.stop();
+    assert!(
+        !output.iter().any(|l| l.contains("hunter2")),
+        "{}",
+        output.join("\n")
+    );
+    assert!(
+        !dir.path().join("simplechat-data").exists(),
+        "nothing embedded"
+    );
+}
+
+#[test]
+fn the_startup_line_shows_at_the_release_builds_log_level() {
+    // Rocket's default log level is `critical` in release builds, which
+    // hides `info!`; the line must not depend on it.
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        Path::new(env!("CARGO_BIN_EXE_simplechat")),
+        dir.path(),
+        &[("ROCKET_LOG_LEVEL", "critical")],
+    );
+    assert!(server
+        .startup
+        .ends_with("; store: embedded at ./simplechat-data"));
+    let (_, output) = server.stop();
+    assert!(
+        !output.iter().any(|l| l.starts_with("Configured for")),
+        "Rocket's info lines are hidden at this level: {}",
+        output.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn a_configured_template_dir_replaces_the_built_in_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let templates = dir.path().join("templates");
+    std::fs::create_dir(&templates).unwrap();
+    std::fs::write(templates.join("index.html.tera"), "my own page").unwrap();
+    std::fs::write(templates.join("messages.html.tera"), "").unwrap();
+    let server = Server::start(
+        Path::new(env!("CARGO_BIN_EXE_simplechat")),
+        dir.path(),
+        &[("SIMPLECHAT_TEMPLATE_DIR", templates.to_str().unwrap())],
+    );
+    let page = reqwest::get(format!("{}/", server.base)).await.unwrap();
+    assert_eq!(page.text().await.unwrap(), "my own page");
+    server.stop();
+}
