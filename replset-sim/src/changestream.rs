@@ -101,14 +101,15 @@ fn events_for(
     invalidated: &mut bool,
 ) -> Vec<Document> {
     let in_db = |ns: &str, db: &str| ns.split_once('.').is_some_and(|(d, _)| d == db);
+    // Whether a document change in `ns` belongs to this stream.
+    let wanted = |ns: &str| match filter {
+        NsFilter::Collection(c) => c == ns,
+        NsFilter::Database(db) => in_db(ns, db),
+        NsFilter::Cluster => true,
+    };
     match &e.op {
         Op::Insert { ns, doc } => {
-            let wanted = match filter {
-                NsFilter::Collection(c) => c == ns,
-                NsFilter::Database(db) => in_db(ns, db),
-                NsFilter::Cluster => true,
-            };
-            if !wanted {
+            if !wanted(ns) {
                 return Vec::new();
             }
             let id = doc.get("_id").cloned().unwrap_or(Bson::Null);
@@ -123,12 +124,7 @@ fn events_for(
             }]
         }
         Op::Update { ns, id, updated } => {
-            let wanted = match filter {
-                NsFilter::Collection(c) => c == ns,
-                NsFilter::Database(db) => in_db(ns, db),
-                NsFilter::Cluster => true,
-            };
-            if !wanted {
+            if !wanted(ns) {
                 return Vec::new();
             }
             // Without `fullDocument: updateLookup` mongod sends only the

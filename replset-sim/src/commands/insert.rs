@@ -245,14 +245,25 @@ pub(super) async fn insert(ctx: &Ctx<'_>, db: &str, body: &Document) -> CmdResul
     if !retried.is_empty() {
         reply.insert("retriedStmtIds", retried);
     }
-    if let Some(wce) = wce {
+    Ok(finish_write_reply(reply, wce, op_ts, term))
+}
+
+/// What every write reply ends with: the write concern error if any, the
+/// operation time and the primary's election id.
+pub(super) fn finish_write_reply(
+    mut reply: Document,
+    write_concern_error: Option<Document>,
+    op_ts: bson::Timestamp,
+    term: i64,
+) -> Document {
+    if let Some(wce) = write_concern_error {
         reply.insert("writeConcernError", wce);
     }
     reply.insert("opTime", optime(op_ts, term));
     reply.insert("electionId", crate::state::election_id(term));
     reply.insert("ok", 1.0);
     reply.insert("operationTime", op_ts);
-    Ok(reply)
+    reply
 }
 
 /// mongod puts a generated `_id` first, refuses arrays as `_id`, and

@@ -4,11 +4,11 @@
 use bson::{doc, Bson, DateTime, Document};
 
 use super::args::coll_name;
-use super::insert::{await_write_concern, parse_write_concern};
+use super::insert::{await_write_concern, finish_write_reply, parse_write_concern};
 use super::{CmdResult, Ctx};
 use crate::error::CmdError;
 use crate::matcher::matches;
-use crate::state::{optime, Role, State};
+use crate::state::{Role, State};
 
 /// The fields one update statement sets, with `$currentDate` resolved
 /// (`{$type: "timestamp"}` takes the next cluster time, as mongod does:
@@ -125,13 +125,6 @@ pub(super) async fn update(ctx: &Ctx<'_>, db: &str, body: &Document) -> CmdResul
         Some(pos) => await_write_concern(ctx, &wc, pos).await,
         None => None,
     };
-    let mut reply = doc! {"n": n, "nModified": modified};
-    if let Some(wce) = wce {
-        reply.insert("writeConcernError", wce);
-    }
-    reply.insert("opTime", optime(op_ts, term));
-    reply.insert("electionId", crate::state::election_id(term));
-    reply.insert("ok", 1.0);
-    reply.insert("operationTime", op_ts);
-    Ok(reply)
+    let reply = doc! {"n": n, "nModified": modified};
+    Ok(finish_write_reply(reply, wce, op_ts, term))
 }
