@@ -343,3 +343,61 @@ async fn the_app_starts_without_its_cluster_and_becomes_ready_when_it_appears() 
     assert_eq!(listed[0]["id"], stored["id"]);
     app.shutdown().await;
 }
+
+/// The lab's app and simplechat side by side on one collection: a message
+/// the other app writes (a plain driver insert, the way the lab's Flask app
+/// wrote it) reaches simplechat's SSE subscribers and listing as the
+/// newest message, and the lab's reading of `name`, `text`, `datetime`
+/// still works on what simplechat wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_labs_app_writes_reaches_simplechats_subscribers() {
+    let cluster =
+        TestCluster::start("a_message_the_labs_app_writes_reaches_simplechats_subscribers").await;
+    let app = start_app(&cluster, "messages", 20).await;
+    let mut subscriber = Subscriber::connect(&app).await;
+    let ours = app.post_message("ann", "from simplechat").await;
+
+    let client = mongodb::Client::with_uri_str(cluster.uri("messages"))
+        .await
+        .expect("client");
+    let lab = client
+        .database("messages")
+        .collection::<Document>("messages");
+    // A naive local time from a clock far behind: it must not decide the order.
+    let lab_id = mongodb::bson::oid::ObjectId::new();
+    lab.insert_one(doc! {
+        "_id": lab_id,
+        "name": "lab",
+        "text": "from the lab's app",
+        "datetime": mongodb::bson::DateTime::from_millis(1_000_000_000_000),
+    })
+    .await
+    .expect("the lab's insert");
+    subscriber
+        .wait_for(&[lab_id.to_hex()], Duration::from_secs(10))
+        .await;
+    let listed = app.get_json("/api/messages?limit=2").await;
+    let texts: Vec<&str> = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|m| m["text"].as_str())
+        .collect();
+    assert_eq!(texts, ["from simplechat", "from the lab's app"]);
+    let one = app
+        .get_json(&format!("/api/messages/{}", lab_id.to_hex()))
+        .await;
+    assert_eq!(one["name"], "lab", "{one}");
+
+    // What the lab's GET /api/messages read: name, text, datetime.
+    let id = ours["id"].as_str().expect("id").to_owned();
+    let stored = lab
+        .find_one(doc! { "_id": &id })
+        .await
+        .expect("find")
+        .expect("simplechat's document");
+    assert_eq!(stored.get_str("name").unwrap(), "ann");
+    assert_eq!(stored.get_str("text").unwrap(), "from simplechat");
+    assert!(stored.get_datetime("datetime").is_ok(), "{stored}");
+    app.shutdown().await;
+}

@@ -63,6 +63,8 @@ pub struct ClusterOptions {
     /// How long after the primary applies a write secondaries see it. Writes
     /// with `w: "majority"` (or `w >= 2`) are acknowledged only after this.
     pub secondary_lag: Duration,
+    /// Loopback ports, one per member; empty: ports the system picks.
+    pub ports: Vec<u16>,
 }
 
 impl Default for ClusterOptions {
@@ -73,6 +75,7 @@ impl Default for ClusterOptions {
             initiated: true,
             election_delay: Duration::from_millis(500),
             secondary_lag: Duration::ZERO,
+            ports: Vec::new(),
         }
     }
 }
@@ -195,9 +198,20 @@ impl Cluster {
                 "a replica set needs at least one member",
             ));
         }
+        if !opts.ports.is_empty() && opts.ports.len() != opts.members {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} ports for {} members: give one port per member",
+                    opts.ports.len(),
+                    opts.members
+                ),
+            ));
+        }
         let mut listeners = Vec::new();
-        for _ in 0..opts.members {
-            listeners.push(TcpListener::bind(("127.0.0.1", 0)).await?);
+        for member in 0..opts.members {
+            let port = opts.ports.get(member).copied().unwrap_or(0);
+            listeners.push(TcpListener::bind(("127.0.0.1", port)).await?);
         }
         let ports: Vec<u16> = listeners
             .iter()

@@ -194,6 +194,7 @@ pub fn fast_sim(initiated: bool) -> replset_sim::ClusterOptions {
         // is not woken when a secondary catches up, and writes run into
         // their wtimeout.
         secondary_lag: Duration::ZERO,
+        ..Default::default()
     }
 }
 
