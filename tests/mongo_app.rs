@@ -48,7 +48,13 @@ impl Subscriber {
     /// Connects and waits for the server's first comment, so the
     /// subscription exists before anything is posted.
     async fn connect(app: &TestApp) -> Subscriber {
-        let response = app.get("/api/events").await;
+        Subscriber::connect_to(app, "/api/events").await
+    }
+
+    /// Connects to `path` (for example `/api/events?after=<id>`, which
+    /// replays what came after that message first).
+    async fn connect_to(app: &TestApp, path: &str) -> Subscriber {
+        let response = app.get(path).await;
         assert_eq!(response.status(), 200);
         let (tx, ids) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
