@@ -6,7 +6,7 @@
 //! broadcast learns so (`Lagged`) and catches up from the store, so nobody
 //! silently misses a message.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
@@ -22,6 +22,35 @@ pub const CACHE_CAPACITY: usize = 1000;
 /// from the store.
 const BROADCAST_CAPACITY: usize = 1024;
 
+/// Where a message arrived in this process's cache: arrivals are numbered
+/// in the order subscribers are sent them, within an epoch that a reset of
+/// the cache starts anew. A subscriber that remembers only the next arrival
+/// it expects can skip what it already has in constant memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    /// Changes with every reset of the cache.
+    pub epoch: u64,
+    /// 0, 1, 2, ... within the epoch.
+    pub seq: u64,
+}
+
+impl Arrival {
+    /// The arrival right after this one.
+    pub fn next(self) -> Arrival {
+        Arrival {
+            epoch: self.epoch,
+            seq: self.seq + 1,
+        }
+    }
+
+    /// Whether a message that arrived at `self` comes at or after `next`
+    /// (the first arrival a subscriber has not been sent). Arrivals of
+    /// different epochs cannot be compared: `None`.
+    pub fn is_at_or_after(self, next: Arrival) -> Option<bool> {
+        (self.epoch == next.epoch).then_some(self.seq >= next.seq)
+    }
+}
+
 /// A published message with its serialized forms, shared by the cache, the
 /// broadcast and every listing built from them.
 #[derive(Debug)]
@@ -31,6 +60,9 @@ pub struct CachedMessage {
     pub json: Bytes,
     /// The whole SSE frame: `event`, `id` and `data` lines.
     pub frame: Bytes,
+    /// Where it arrived in the cache; `None` for a message read from the
+    /// store outside the cache.
+    pub arrival: Option<Arrival>,
 }
 
 impl CachedMessage {
@@ -42,6 +74,17 @@ impl CachedMessage {
             message: Arc::new(message),
             json: Bytes::from(json),
             frame,
+            arrival: None,
+        }
+    }
+
+    /// The same serialized message at another arrival (no copy of the bytes).
+    fn arrived(&self, arrival: Arrival) -> CachedMessage {
+        CachedMessage {
+            message: self.message.clone(),
+            json: self.json.clone(),
+            frame: self.frame.clone(),
+            arrival: Some(arrival),
         }
     }
 }
@@ -60,8 +103,12 @@ fn sse_frame(id: &str, json: &[u8]) -> Bytes {
 
 #[derive(Default)]
 struct Recent {
+    /// In arrival order, every one with `arrival` set.
     events: VecDeque<Arc<CachedMessage>>,
-    ids: HashSet<String>,
+    ids: HashMap<String, Arrival>,
+    /// The current epoch and the next arrival number in it.
+    epoch: u64,
+    next_seq: u64,
     /// The cache is a true suffix of the store order. False until the store
     /// first resets it, and whenever the store cannot vouch for it.
     complete: bool,
@@ -143,12 +190,11 @@ impl Cache {
     /// change stream that re-reads after a gap cannot deliver a message twice.
     pub fn publish(&self, message: Message) {
         let mut recent = self.write();
-        if recent.ids.contains(&message.id) {
+        if recent.ids.contains_key(&message.id) {
             return;
         }
-        let event = Arc::new(CachedMessage::new(message));
         recent.last_delivered = Some(OffsetDateTime::now_utc());
-        push(&mut recent, event.clone());
+        let event = push(&mut recent, &CachedMessage::new(message));
         recent.changed();
         // Sent while the cache lock is held, so subscribers see events in the
         // cache's order. No receivers is not an error.
@@ -165,25 +211,45 @@ impl Cache {
     }
 
     /// Replaces the cache with the latest messages from the store, oldest
-    /// first. Messages published meanwhile that are newer than the snapshot
-    /// (the store's read can trail the change stream) stay, after it.
+    /// first, and starts a new epoch of arrivals. Messages published
+    /// meanwhile that the snapshot lacks (the store's read can trail the
+    /// change stream) stay, after it: those that arrived after the last
+    /// message the snapshot and the old cache share or, when they share
+    /// none, those newer than the snapshot by datetime.
     pub fn reset(&self, latest: Vec<Message>, whole_history: bool) {
         let mut recent = self.write();
         let old = std::mem::take(&mut recent.events);
         recent.ids.clear();
+        recent.epoch += 1;
+        recent.next_seq = 0;
+        let in_snapshot: std::collections::HashSet<&str> =
+            latest.iter().map(|m| m.id.as_str()).collect();
+        let last_shared = old
+            .iter()
+            .rposition(|e| in_snapshot.contains(e.message.id.as_str()));
         let tail = latest.last().map(|m| (m.datetime, m.id.clone()));
+        let kept: Vec<Arc<CachedMessage>> = old
+            .into_iter()
+            .enumerate()
+            .filter(|(i, e)| {
+                let m = &e.message;
+                !in_snapshot.contains(m.id.as_str())
+                    && match last_shared {
+                        Some(shared) => *i > shared,
+                        None => tail
+                            .as_ref()
+                            .is_none_or(|(dt, id)| (m.datetime, &m.id) > (*dt, id)),
+                    }
+            })
+            .map(|(_, e)| e)
+            .collect();
+        drop(in_snapshot);
         for m in latest {
-            push(&mut recent, Arc::new(CachedMessage::new(m)));
+            push(&mut recent, &CachedMessage::new(m));
         }
         let mut whole_history = whole_history;
-        for event in old {
-            let m = &event.message;
-            let newer = tail
-                .as_ref()
-                .is_none_or(|(dt, id)| (m.datetime, &m.id) > (*dt, id));
-            if newer && !recent.ids.contains(&m.id) {
-                push(&mut recent, event);
-            }
+        for event in kept {
+            push(&mut recent, &event);
         }
         if recent.events.len() > CACHE_CAPACITY {
             whole_history = false;
@@ -205,6 +271,54 @@ impl Cache {
     /// It lags (`RecvError::Lagged`) after falling 1024 messages behind.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<CachedMessage>> {
         self.sender.subscribe()
+    }
+
+    /// Like [`Cache::subscribe`], with the first arrival the receiver will
+    /// get when the cache is complete (taken under the lock `publish`
+    /// holds while it sends, so nothing falls between the two).
+    pub fn subscribe_with_next(
+        &self,
+    ) -> (broadcast::Receiver<Arc<CachedMessage>>, Option<Arrival>) {
+        let recent = self.read();
+        let receiver = self.sender.subscribe();
+        let next = recent.complete.then_some(Arrival {
+            epoch: recent.epoch,
+            seq: recent.next_seq,
+        });
+        (receiver, next)
+    }
+
+    /// Up to `limit` messages from arrival `next` on, if the cache still
+    /// holds that arrival (same epoch, not evicted, complete).
+    pub fn since(&self, next: Arrival, limit: usize) -> Option<Vec<Arc<CachedMessage>>> {
+        let recent = self.read();
+        if !recent.complete || next.epoch != recent.epoch || next.seq > recent.next_seq {
+            return None;
+        }
+        let oldest = recent
+            .events
+            .front()
+            .and_then(|e| e.arrival)
+            .map_or(recent.next_seq, |a| a.seq);
+        let skip = usize::try_from(next.seq.checked_sub(oldest)?).ok()?;
+        Some(
+            recent
+                .events
+                .iter()
+                .skip(skip)
+                .take(limit)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Where the message with `id` arrived, if the complete cache holds it.
+    pub fn arrival_of(&self, id: &str) -> Option<Arrival> {
+        let recent = self.read();
+        if !recent.complete {
+            return None;
+        }
+        recent.ids.get(id).copied()
     }
 
     /// When a message was last published, if ever.
@@ -237,20 +351,7 @@ impl Cache {
 
     /// Up to `limit` messages after `id`, if `id` is in the cache.
     pub fn after(&self, id: &str, limit: usize) -> Option<Vec<Arc<CachedMessage>>> {
-        let recent = self.read();
-        if !recent.complete || !recent.ids.contains(id) {
-            return None;
-        }
-        let pos = recent.events.iter().position(|e| e.message.id == id)?;
-        Some(
-            recent
-                .events
-                .iter()
-                .skip(pos + 1)
-                .take(limit)
-                .cloned()
-                .collect(),
-        )
+        self.since(self.arrival_of(id)?.next(), limit)
     }
 
     /// The JSON array of the latest `limit` messages, built once per change.
@@ -267,15 +368,23 @@ impl Cache {
     }
 }
 
-fn push(recent: &mut Recent, event: Arc<CachedMessage>) {
-    recent.ids.insert(event.message.id.clone());
-    recent.events.push_back(event);
+/// Appends `message` at the next arrival and returns it as cached.
+fn push(recent: &mut Recent, message: &CachedMessage) -> Arc<CachedMessage> {
+    let arrival = Arrival {
+        epoch: recent.epoch,
+        seq: recent.next_seq,
+    };
+    recent.next_seq += 1;
+    let event = Arc::new(message.arrived(arrival));
+    recent.ids.insert(event.message.id.clone(), arrival);
+    recent.events.push_back(event.clone());
     while recent.events.len() > CACHE_CAPACITY {
         if let Some(old) = recent.events.pop_front() {
             recent.ids.remove(&old.message.id);
         }
         recent.whole_history = false;
     }
+    event
 }
 
 /// Joins already-serialized messages into a JSON array.
@@ -370,6 +479,38 @@ mod tests {
         live.publish(c.clone());
         live.reset(vec![a, b], true);
         assert_eq!(cached_ids(&live, 10), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn arrivals_number_the_broadcast_and_a_reset_starts_a_new_epoch() {
+        let live = Cache::new();
+        live.reset(vec![msg("a")], true);
+        let (mut rx, next) = live.subscribe_with_next();
+        let next = next.expect("complete cache");
+        live.publish(msg("b"));
+        live.publish(msg("c"));
+        let b = rx.try_recv().unwrap();
+        assert_eq!(b.arrival.unwrap().is_at_or_after(next), Some(true));
+        let since: Vec<_> = live
+            .since(next, 10)
+            .unwrap()
+            .iter()
+            .map(|m| m.message.id.clone())
+            .collect();
+        assert_eq!(since, ["b", "c"]);
+        assert_eq!(live.after("b", 10).unwrap()[0].message.id, "c");
+        assert_eq!(live.arrival_of("c"), Some(b.arrival.unwrap().next()));
+        live.reset(vec![msg("a"), msg("b"), msg("c")], true);
+        assert!(live.since(next, 10).is_none(), "an old epoch's arrival");
+        assert_eq!(
+            b.arrival
+                .unwrap()
+                .is_at_or_after(live.arrival_of("a").unwrap()),
+            None,
+            "arrivals of different epochs do not compare"
+        );
+        live.invalidate();
+        assert!(live.arrival_of("a").is_none());
     }
 
     #[test]

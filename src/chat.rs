@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
-use crate::cache::{Cache, CachedMessage, CACHE_CAPACITY};
+use crate::cache::{Arrival, Cache, CachedMessage, CACHE_CAPACITY};
 use crate::config::{Config, StoreConfig};
 use crate::message::{Message, NewMessage};
 use crate::store::embedded::EmbeddedStore;
@@ -112,9 +112,21 @@ impl Chat {
             .map(|m| m.message.id.clone()))
     }
 
-    /// Every message published from now on (see [`Cache::subscribe`]).
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<CachedMessage>> {
-        self.cache.subscribe()
+    /// Every message published from now on, and the first arrival it will
+    /// bring when the cache is complete (see [`Cache::subscribe_with_next`]).
+    pub fn subscribe(&self) -> (broadcast::Receiver<Arc<CachedMessage>>, Option<Arrival>) {
+        self.cache.subscribe_with_next()
+    }
+
+    /// Up to `limit` cached messages from arrival `next` on, if the cache
+    /// still holds it (see [`Cache::since`]).
+    pub fn since(&self, next: Arrival, limit: usize) -> Option<Vec<Arc<CachedMessage>>> {
+        self.cache.since(next, limit)
+    }
+
+    /// Where the message with `id` arrived in the cache, if it holds it.
+    pub fn arrival_of(&self, id: &str) -> Option<Arrival> {
+        self.cache.arrival_of(id)
     }
 
     /// Counts a subscriber's catch-up from the store.

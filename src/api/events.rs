@@ -2,11 +2,17 @@
 //!
 //! A subscriber first replays what it missed (from `Last-Event-ID`, or the
 //! `after` query parameter a page uses on its first connection), then follows
-//! the live broadcast. If it falls behind the broadcast it catches up from
-//! the store; if the store cannot answer, the stream ends, and the browser's
+//! the live broadcast. If it falls behind the broadcast it catches up, from
+//! the cache while the cache still holds what it missed, else from the
+//! store; if the store cannot answer, the stream ends, and the browser's
 //! reconnect with `Last-Event-ID` replays the gap.
+//!
+//! A subscriber keeps constant state, however long it lives: the next
+//! arrival in the cache it has not been sent ([`Arrival`]: the cache numbers
+//! messages in the order the broadcast sends them) and the id of the last
+//! message it was sent. Overlap between a catch-up and the broadcast is
+//! decided from the arrival alone.
 
-use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +25,7 @@ use rocket::tokio::sync::broadcast::error::RecvError;
 use rocket::tokio::time::{interval_at, Instant};
 use rocket::{get, Shutdown, State};
 
+use crate::cache::Arrival;
 use crate::chat::{Chat, MAX_LIMIT};
 use crate::message::validate_id;
 use crate::store::{Cursor, StoreError};
@@ -27,9 +34,6 @@ use crate::store::{Cursor, StoreError};
 /// proxies and browsers keep it open. Rocket state.
 #[derive(Debug, Clone, Copy)]
 pub struct Heartbeat(pub Duration);
-
-/// Ids remembered to drop an event that both a replay and the broadcast carry.
-const SEEN_CAPACITY: usize = 4096;
 
 /// The `Last-Event-ID` request header, when it names a valid id.
 pub struct LastEventId(Option<String>);
@@ -68,30 +72,6 @@ where
     }
 }
 
-/// Recently sent ids, bounded.
-#[derive(Default)]
-struct Seen {
-    order: VecDeque<String>,
-    ids: HashSet<String>,
-}
-
-impl Seen {
-    /// True if `id` was not seen before.
-    fn insert(&mut self, id: &str) -> bool {
-        if self.ids.contains(id) {
-            return false;
-        }
-        self.ids.insert(id.to_owned());
-        self.order.push_back(id.to_owned());
-        if self.order.len() > SEEN_CAPACITY {
-            if let Some(old) = self.order.pop_front() {
-                self.ids.remove(&old);
-            }
-        }
-        true
-    }
-}
-
 #[get("/api/events?<after>")]
 pub async fn events<'r>(
     chat: &'r State<Chat>,
@@ -101,7 +81,7 @@ pub async fn events<'r>(
     mut shutdown: Shutdown,
 ) -> SseBytes<impl futures::Stream<Item = Bytes> + 'r> {
     // Subscribe before reading anything, so nothing falls between the two.
-    let mut rx = chat.subscribe();
+    let (mut rx, now) = chat.subscribe();
     let chat: &Chat = chat.inner();
     let every = heartbeat.0;
     let resume_from = last_event_id.0.or_else(|| {
@@ -109,34 +89,64 @@ pub async fn events<'r>(
             .filter(|id| validate_id(id).is_ok())
             .map(str::to_owned)
     });
-    // The last message this subscriber has: where a replay or a catch-up
-    // continues from. `None`: the store was empty when it subscribed.
-    let mut last_id = match &resume_from {
-        Some(id) => Some(id.clone()),
-        None => chat.newest_id().await.ok().flatten(),
-    };
-    let mut catching_up = resume_from.is_some();
+    // What this subscriber has, in constant memory: the next arrival in the
+    // cache it has not been sent (while it follows the cache), and the last
+    // message it was sent (where a replay from the store continues).
+    let mut next: Option<Arrival> = None;
+    let mut last_id = resume_from.clone();
+    let catching_up_at_start = resume_from.is_some();
+    if !catching_up_at_start {
+        next = now;
+        if next.is_none() {
+            last_id = chat.newest_id().await.ok().flatten();
+        }
+    }
 
     SseBytes(ByteStream! {
-        let mut seen = Seen::default();
+        let mut catching_up = catching_up_at_start;
+        // Ids of the last page read from the store while the cache could
+        // not answer: the broadcast may bring them again once. Empty unless
+        // the cache was incomplete; at most one page.
+        let mut overlap: Vec<String> = Vec::new();
         // Tells EventSource how soon to reconnect, and flushes the headers.
         yield Bytes::from_static(b"retry: 2000\n: connected\n\n");
         let mut heartbeat = interval_at(Instant::now() + every, every);
         loop {
             if catching_up {
-                // One page at a time, so a long replay never sits in memory.
+                // From the cache, by arrival, while it still holds them.
+                if let Some(batch) = next.and_then(|n| chat.since(n, MAX_LIMIT)) {
+                    catching_up = batch.len() == MAX_LIMIT;
+                    for cached in batch {
+                        next = cached.arrival.map(Arrival::next);
+                        last_id = Some(cached.message.id.clone());
+                        yield cached.frame.clone();
+                    }
+                    continue;
+                }
+                // Otherwise by id, one page at a time (the cache answers
+                // when it holds the id, the store when not).
                 let cursor = match &last_id {
                     Some(id) => Cursor::After(id.clone()),
                     None => Cursor::Latest,
                 };
                 match chat.list(cursor, MAX_LIMIT).await {
-                    Ok(messages) => {
-                        catching_up = last_id.is_some() && messages.len() == MAX_LIMIT;
-                        for cached in messages {
-                            if seen.insert(&cached.message.id) {
-                                last_id = Some(cached.message.id.clone());
-                                yield cached.frame.clone();
-                            }
+                    Ok(batch) => {
+                        let full = batch.len() == MAX_LIMIT;
+                        next = None;
+                        for cached in &batch {
+                            let id = &cached.message.id;
+                            // Once the replay reaches what the cache holds,
+                            // it continues by arrival.
+                            next = cached.arrival.or_else(|| chat.arrival_of(id)).map(Arrival::next);
+                            last_id = Some(id.clone());
+                            yield cached.frame.clone();
+                        }
+                        if batch.is_empty() {
+                            next = last_id.as_deref().and_then(|id| chat.arrival_of(id)).map(Arrival::next);
+                        }
+                        catching_up = full || (next.is_some() && !batch.is_empty());
+                        if !catching_up && last_id.is_some() {
+                            overlap = batch.iter().map(|c| c.message.id.clone()).collect();
                         }
                     }
                     // An id the store never had: there is nothing to replay.
@@ -151,7 +161,14 @@ pub async fn events<'r>(
             select! {
                 received = rx.recv() => match received {
                     Ok(cached) => {
-                        if seen.insert(&cached.message.id) {
+                        let fresh = match (cached.arrival, next) {
+                            (Some(arrival), Some(next)) => arrival.is_at_or_after(next),
+                            _ => None,
+                        }
+                        .unwrap_or_else(|| !overlap.contains(&cached.message.id));
+                        if fresh {
+                            overlap.clear();
+                            next = cached.arrival.map(Arrival::next);
                             last_id = Some(cached.message.id.clone());
                             yield cached.frame.clone();
                         }

@@ -13,18 +13,18 @@ const DEADLINE: Duration = Duration::from_secs(60);
 const STARTUP: &str = "simplechat listening on ";
 
 /// A running `simplechat serve`; killed if the test ends early.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
     /// The line `serve` prints once it listens, and the address it names.
     startup: String,
-    base: String,
+    pub(crate) base: String,
 }
 
 impl Server {
     /// Starts `simplechat serve` on a free port; returns once it answers.
-    fn start(exe: &Path, dir: &Path, env: &[(&str, &str)]) -> Server {
+    pub(crate) fn start(exe: &Path, dir: &Path, env: &[(&str, &str)]) -> Server {
         let mut env = env.to_vec();
         env.push(("SIMPLECHAT_PORT", "0"));
         let mut child = retry_while_busy(|| {
@@ -114,6 +114,19 @@ impl Server {
         }
         let status = self.child.wait().expect("wait for simplechat");
         (status, std::mem::take(&mut self.seen))
+    }
+}
+
+impl Server {
+    /// The server's resident memory, in KiB (`VmRSS` in /proc).
+    pub(crate) fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
     }
 }
 

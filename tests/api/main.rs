@@ -7,6 +7,7 @@ mod cli_config;
 mod events;
 mod first_run;
 mod idempotency;
+mod memory;
 mod messages;
 mod openapi;
 mod page;
