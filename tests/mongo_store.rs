@@ -454,3 +454,55 @@ async fn the_labs_documents_are_read_in_one_order_and_new_ones_join_it() {
     );
     store.close().await;
 }
+
+/// One instance keeps many majority writes in flight at once: with each
+/// majority acknowledgement taking 200 ms, 32 concurrent posts are all
+/// waiting for their acknowledgement together, not one after another, and
+/// each is stored and delivered exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_pipelines_its_majority_writes() {
+    let test = "one_instance_pipelines_its_majority_writes";
+    sim_only(test);
+    let mut options = fast_sim(true);
+    options.secondary_lag = Duration::from_millis(200);
+    let cluster = TestCluster::start_sim(options).await;
+    let cache = Cache::new();
+    let store = Arc::new(
+        open_ready(
+            &cluster,
+            "pipelined",
+            Duration::from_secs(30),
+            cache.clone(),
+        )
+        .await,
+    );
+    let mut events = cache.subscribe();
+    const WRITERS: usize = 32;
+    let writes = (0..WRITERS).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move { store.insert(message(&format!("p{i}"), "pipelined")).await })
+    });
+    for write in futures::future::join_all(writes).await {
+        assert!(matches!(write.expect("task"), Ok(Inserted::Created(_))));
+    }
+    let peak = cluster.sim().expect("simulator").peak_write_concern_waits();
+    assert!(
+        peak >= WRITERS / 2,
+        "at most {peak} of {WRITERS} writes waited for a majority at once"
+    );
+    let listed = store.list(Cursor::Latest, 100).await.expect("list");
+    assert_eq!(listed.len(), WRITERS, "each stored once");
+    let mut delivered = std::collections::HashSet::new();
+    while delivered.len() < WRITERS {
+        let got = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .expect("every write reaches the cache")
+            .expect("cache open");
+        assert!(
+            delivered.insert(got.message.id.clone()),
+            "delivered twice: {}",
+            got.message.id
+        );
+    }
+    store.close().await;
+}

@@ -481,6 +481,13 @@ impl Cluster {
         self.shared.lock().election_scheduled
     }
 
+    /// The most writes that have waited for their write concern at the same
+    /// time since the cluster started: above 1, a client had several
+    /// majority writes in flight at once.
+    pub fn peak_write_concern_waits(&self) -> usize {
+        self.shared.lock().peak_write_concern_waiting
+    }
+
     /// Current term (0 before the first election).
     pub fn term(&self) -> i64 {
         self.shared.lock().term

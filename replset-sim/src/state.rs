@@ -199,6 +199,10 @@ pub(crate) struct State {
     pub election_wall: DateTime,
     pub topology_counter: i64,
     pub election_scheduled: bool,
+    /// Writes waiting for their write concern now, and the most at once
+    /// (what shows whether a client pipelines its majority writes).
+    pub write_concern_waiting: usize,
+    pub peak_write_concern_waiting: usize,
     pub preferred_candidate: Option<usize>,
     pub avoid_candidate: Option<usize>,
     pub log: Vec<LogEntry>,
@@ -263,6 +267,8 @@ impl State {
             election_wall: DateTime::from_millis(0),
             topology_counter: 0,
             election_scheduled: false,
+            write_concern_waiting: 0,
+            peak_write_concern_waiting: 0,
             preferred_candidate: None,
             avoid_candidate: None,
             log: Vec::new(),

@@ -18,6 +18,9 @@ use super::uri;
 /// an outage fails fast, long enough for an election's server selection.
 pub const DEFAULT_SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections per member for the store when the connection string does not
+/// say (`maxPoolSize`): enough for 64 writes in flight at once.
+pub const DEFAULT_MAX_POOL_SIZE: u32 = 64;
 
 /// A client and what its users need to know about how it was made.
 pub struct Connection {
@@ -71,7 +74,16 @@ pub fn tune(options: &mut ClientOptions, purpose: Purpose) {
     match purpose {
         // Retryable writes are part of the durability contract, whatever
         // the connection string says.
-        Purpose::Store => options.retry_writes = Some(true),
+        Purpose::Store => {
+            options.retry_writes = Some(true);
+            // Each insert holds a connection until a majority acknowledges
+            // it; the driver's default of 10 would cap one instance at ten
+            // writes per majority round trip
+            // (`ClientOptions::max_pool_size`: "The default value is 10").
+            if options.max_pool_size.is_none() {
+                options.max_pool_size = Some(DEFAULT_MAX_POOL_SIZE);
+            }
+        }
         Purpose::Direct => {
             options.direct_connection = Some(true);
             options.repl_set_name = None;
@@ -131,6 +143,7 @@ mod tests {
         assert_eq!(secret.as_deref(), Some("pa$$word"));
         tune(&mut o, Purpose::Store);
         assert_eq!(o.retry_writes, Some(true));
+        assert_eq!(o.max_pool_size, Some(DEFAULT_MAX_POOL_SIZE));
         assert_eq!(
             o.server_selection_timeout,
             Some(Duration::from_millis(1500))

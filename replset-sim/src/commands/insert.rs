@@ -75,6 +75,22 @@ pub(super) async fn await_write_concern(
     if need <= 1 {
         return None;
     }
+    {
+        let mut st = ctx.shared.lock();
+        st.write_concern_waiting += 1;
+        st.peak_write_concern_waiting = st.peak_write_concern_waiting.max(st.write_concern_waiting);
+    }
+    let failure = wait_for_write_concern(ctx, wc, pos, need).await;
+    ctx.shared.lock().write_concern_waiting -= 1;
+    failure
+}
+
+async fn wait_for_write_concern(
+    ctx: &Ctx<'_>,
+    wc: &WriteConcern,
+    pos: usize,
+    need: usize,
+) -> Option<Document> {
     let deadline = wc.wtimeout.map(|t| Instant::now() + t);
     let ok = wait_for(ctx, deadline, |st, now| {
         let applied = st

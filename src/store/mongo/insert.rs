@@ -1,12 +1,16 @@
 //! The insert protocol: one document per message, retried through an
 //! election until the write deadline, exactly once whatever happens.
 //!
-//! Each attempt takes the order lock, so this instance's messages commit in
-//! datetime order and its change stream (commit order) agrees with the
-//! store order. A duplicate key is then resolved against the stored
-//! document: this post's earlier attempt, an earlier post with the same
-//! idempotency key, or a conflict.
+//! Inserts of one instance run concurrently (each waits for its own
+//! majority acknowledgement), so one instance's write rate is not bounded by
+//! one majority round trip: the primary assigns each message its position
+//! (see `document.rs`), and subscribers follow arrival order in the cache,
+//! so nothing needs this instance to commit one write at a time. A
+//! duplicate key is resolved against the stored document: this post's
+//! earlier attempt, an earlier post with the same idempotency key, or a
+//! conflict.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,9 +100,9 @@ pub(super) async fn insert(shared: &Shared, new: NewMessage) -> Result<Inserted,
     }
 }
 
-/// One insert attempt under the order lock: the datetime is taken and the
-/// document committed before the next attempt of this instance takes its
-/// datetime. `tried` collects the datetimes of this post's attempts.
+/// One insert attempt. The datetime (what users see, not the order) never
+/// goes back within this instance. `tried` collects the datetimes of this
+/// post's attempts.
 async fn attempt(
     shared: &Shared,
     collections: &Collections,
@@ -106,13 +110,13 @@ async fn attempt(
     deadline: Instant,
     tried: &mut Vec<i64>,
 ) -> Result<Message, Class> {
-    let mut last = shared.insert_order.lock().await;
-    // Measured after the wait for the lock, so a queued write still ends by
-    // its deadline.
     let remaining = deadline.saturating_duration_since(Instant::now());
     let now = now_millis();
-    let ms = millis(now).max(*last);
-    *last = ms;
+    let ms = millis(now).max(
+        shared
+            .last_datetime
+            .fetch_max(millis(now), Ordering::SeqCst),
+    );
     let datetime =
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(now);
     let message = new.clone().into_message(datetime);

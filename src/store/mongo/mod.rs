@@ -24,6 +24,7 @@ mod insert;
 mod skipped;
 mod tasks;
 
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -87,9 +88,9 @@ pub(crate) struct Shared {
     collections: OnceLock<Arc<Collections>>,
     /// Why `collections` is still empty.
     connect_error: Mutex<Option<String>>,
-    /// The datetime of this instance's last insert attempt, in ms; see
-    /// `insert.rs` for why it is held across an attempt.
-    insert_order: tokio::sync::Mutex<i64>,
+    /// The latest datetime this instance gave a message, in ms, so that
+    /// datetimes never go back within an instance.
+    last_datetime: AtomicI64,
     change_stream: ChangeStreamHealth,
     skipped: SkippedDocuments,
     index_error: Mutex<Option<String>>,
@@ -113,7 +114,7 @@ impl MongoStore {
             write_timeout,
             collections: OnceLock::new(),
             connect_error: Mutex::new(None),
-            insert_order: tokio::sync::Mutex::new(0),
+            last_datetime: AtomicI64::new(0),
             change_stream: ChangeStreamHealth::default(),
             skipped: SkippedDocuments::default(),
             index_error: Mutex::new(None),
