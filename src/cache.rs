@@ -55,6 +55,7 @@ impl Arrival {
 /// broadcast and every listing built from them.
 #[derive(Debug)]
 pub struct CachedMessage {
+    /// The message itself, shared with listings and the page.
     pub message: Arc<Message>,
     /// The message as JSON.
     pub json: Bytes,

@@ -17,6 +17,7 @@ use super::uri;
 /// write retries several times within `write_timeout_secs` and a read during
 /// an outage fails fast, long enough for an election's server selection.
 pub const DEFAULT_SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Used when the connection string does not set `connectTimeoutMS`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections per member for the store when the connection string does not
 /// say (`maxPoolSize`): enough for 64 writes in flight at once.
@@ -24,6 +25,7 @@ pub const DEFAULT_MAX_POOL_SIZE: u32 = 64;
 
 /// A client and what its users need to know about how it was made.
 pub struct Connection {
+    /// The driver's client; it connects and reconnects in the background.
     pub client: Client,
     /// The driver's view of the members, updated in the background.
     pub topology: Arc<TopologyView>,

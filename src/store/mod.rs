@@ -67,7 +67,9 @@ pub enum StoreError {
     /// with `Retry-After`).
     #[error("{reason}")]
     Unavailable {
+        /// Why, for a person, without secrets.
         reason: String,
+        /// When a retry may succeed (`Retry-After`).
         retry_after: Duration,
     },
     /// A bug or a misconfiguration (500; the reason is logged, not shown).
