@@ -653,3 +653,107 @@ async fn stacked_combining_marks_paint_only_inside_their_own_message() {
     }
     app.shutdown().await;
 }
+
+/// Stores messages as an older version (or the lab's app) may have: with
+/// names today's rules refuse. The app is then started on that directory.
+async fn seed_unchecked(data_dir: &std::path::Path, messages: &[(&str, &str)]) {
+    use simplechat::store::Store;
+    let store = simplechat::store::embedded::EmbeddedStore::open(
+        data_dir,
+        Duration::from_secs(10),
+        simplechat::cache::Cache::new(),
+    )
+    .await
+    .expect("open the embedded store");
+    for (name, text) in messages {
+        store
+            .insert(simplechat::message::NewMessage {
+                id: simplechat::message::new_id(),
+                name: (*name).to_owned(),
+                text: (*text).to_owned(),
+            })
+            .await
+            .expect("insert");
+    }
+    store.close().await;
+}
+
+/// Fault 3: a Hebrew name reordered the name/time line, a name ending in
+/// U+202E drew the time after it backwards, and RTL texts were left-aligned.
+/// Now each name is a `<bdi>` and each text `dir="auto"`, server-rendered
+/// and live alike: the time reads left to right after the name, and an RTL
+/// text starts at the right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_and_texts_cannot_reorder_what_is_around_them_and_rtl_reads_right_to_left() {
+    let data = tempfile::tempdir().unwrap();
+    // Stored before names refused bidi controls.
+    seed_unchecked(
+        data.path(),
+        &[
+            ("eve\u{202E}", "the name ends in a right-to-left override"),
+            ("\u{2067}mallory", "the name opens an isolate it never closes"),
+            ("ann", "an override left open in a text \u{202E}abc"),
+        ],
+    )
+    .await;
+    let app = support::app::spawn_app_in(data.path(), &[]).await;
+    app.post_message("עמית", "שלום לכולם, מה נשמע?").await;
+    app.post_message("ann", "after the Hebrew one").await;
+    // The time is checked character by character: its first character must
+    // be drawn left of its last, and the name must end before it starts.
+    let check = "return items().map(li => {
+        const name = li.querySelector('.name'), time = li.querySelector('time'), text = li.querySelector('.text');
+        const t = time.firstChild, range = document.createRange();
+        range.setStart(t, 0); range.setEnd(t, 1); const first = range.getBoundingClientRect();
+        range.setStart(t, t.length - 1); range.setEnd(t, t.length); const last = range.getBoundingClientRect();
+        range.selectNodeContents(text); const drawn = range.getBoundingClientRect();
+        const box = text.getBoundingClientRect();
+        return {
+          name: name.textContent,
+          isolated: name.localName === 'bdi' && text.dir === 'auto',
+          timeInOrder: first.left < last.left,
+          nameBeforeTime: name.getBoundingClientRect().right <= first.left,
+          direction: getComputedStyle(text).direction,
+          startsRight: Math.abs(drawn.right - box.right) < 1,
+          startsLeft: Math.abs(drawn.left - box.left) < 1,
+        };
+      })";
+    for (round, size) in [PHONE, DESKTOP].into_iter().enumerate() {
+        let Some(tab) = Browser::open("bidi", size).await else {
+            return;
+        };
+        tab.load(&app.base_url).await;
+        let c = &tab.client;
+        // And the same through the live path (rendered by the script).
+        app.post_message("דנה", "הודעה חיה").await;
+        page_wait(
+            c,
+            &format!("return items().length === {}", 6 + round),
+            "the live message",
+        )
+        .await;
+        let shown = page_eval(c, check).await;
+        for (i, item) in shown.as_array().unwrap().iter().enumerate() {
+            let rtl = i == 3 || i >= 5;
+            assert_eq!(
+                [
+                    &item["isolated"],
+                    &item["timeInOrder"],
+                    &item["nameBeforeTime"],
+                    &item["direction"],
+                    &item[if rtl { "startsRight" } else { "startsLeft" }],
+                ],
+                [
+                    &json!(true),
+                    &json!(true),
+                    &json!(true),
+                    &json!(if rtl { "rtl" } else { "ltr" }),
+                    &json!(true)
+                ],
+                "{size:?}: {item}"
+            );
+        }
+        tab.close().await;
+    }
+    app.shutdown().await;
+}
