@@ -691,7 +691,10 @@ async fn names_and_texts_cannot_reorder_what_is_around_them_and_rtl_reads_right_
         data.path(),
         &[
             ("eve\u{202E}", "the name ends in a right-to-left override"),
-            ("\u{2067}mallory", "the name opens an isolate it never closes"),
+            (
+                "\u{2067}mallory",
+                "the name opens an isolate it never closes",
+            ),
             ("ann", "an override left open in a text \u{202E}abc"),
         ],
     )
@@ -753,6 +756,167 @@ async fn names_and_texts_cannot_reorder_what_is_around_them_and_rtl_reads_right_
                 "{size:?}: {item}"
             );
         }
+        tab.close().await;
+    }
+    app.shutdown().await;
+}
+
+/// Fault 7 with JavaScript: "Older messages" prepends the page before in
+/// place and the message the reader was looking at stays where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_messages_are_prepended_in_place_keeping_the_view() {
+    let app = spawn_app(&[]).await;
+    post_many(&app, "ann", "message ", 250).await;
+    for size in [PHONE, DESKTOP] {
+        let Some(tab) = Browser::open("older", size).await else {
+            return;
+        };
+        tab.load(&app.base_url).await;
+        let c = &tab.client;
+        let texts = "return items().map(li => li.querySelector('.text').textContent)";
+        let expect = |from: usize| -> Value {
+            json!((from..=250)
+                .map(|i| format!("message {i}"))
+                .collect::<Vec<_>>())
+        };
+        assert_eq!(page_eval(c, texts).await, expect(151));
+        for (from, more) in [(51, true), (1, false)] {
+            let before = page_eval(
+                c,
+                "$('#older').scrollIntoView(); const h = $('#history').getBoundingClientRect().top;
+                 window.anchorItem = items().find(li => li.getBoundingClientRect().bottom > h);
+                 return window.anchorItem.getBoundingClientRect().top",
+            )
+            .await;
+            c.find(Locator::Id("older"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            page_wait(
+                c,
+                &format!("return items().length === {}", 251 - from),
+                "older messages",
+            )
+            .await;
+            assert_eq!(page_eval(c, texts).await, expect(from), "{size:?}");
+            let after = page_eval(c, "return window.anchorItem.getBoundingClientRect().top").await;
+            assert!(
+                (after.as_f64().unwrap() - before.as_f64().unwrap()).abs() < 1.0,
+                "{size:?}: the view moved from {before} to {after}"
+            );
+            assert_eq!(
+                page_eval(
+                    c,
+                    "const a = $('#older'); return !!a && a.getAttribute('href') === '/?before=' + items()[0].dataset.id"
+                )
+                .await,
+                json!(more),
+                "{size:?}: the link goes on from the oldest shown, and goes when there is no more"
+            );
+        }
+        // Still live at the end of it.
+        assert_eq!(
+            page_eval(c, "return location.pathname + location.search").await,
+            json!("/")
+        );
+        tab.close().await;
+    }
+    app.shutdown().await;
+}
+
+/// A page of older history is a page to read: not followed live, with a way
+/// back to the latest, and sending from it goes back to the latest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_older_history_links_back_and_sends_by_the_form() {
+    let app = spawn_app(&[]).await;
+    post_many(&app, "ann", "message ", 120).await;
+    let Some(tab) = Browser::open("paged", PHONE).await else {
+        return;
+    };
+    let c = &tab.client;
+    let latest = app.get_json("/api/messages?limit=1").await;
+    let page = format!(
+        "{}/?before={}",
+        app.base_url,
+        latest[0]["id"].as_str().unwrap()
+    );
+    c.goto(&page).await.unwrap();
+    assert_eq!(
+        page_eval(
+            c,
+            "return [items().length, $('#connection').dataset.state, !!$('#latest'), !!$('#older')]"
+        )
+        .await,
+        json!([100, "paged", true, true])
+    );
+    send(c, "me", "sent from an old page").await;
+    page_wait(
+        c,
+        "return location.pathname === '/' && location.search === '' && items().length === 100 \
+         && newest().querySelector('.text').textContent === 'sent from an old page' && bottomShown(newest())",
+        "the latest messages with the one sent",
+    )
+    .await;
+    tab.close().await;
+    app.shutdown().await;
+}
+
+/// Fault 8: on a phone the form took a quarter of the screen. Now it is one
+/// slim row for the name and one for the text and Send, and the text box
+/// grows with what is typed, up to a third of the screen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_form_is_compact_on_a_phone_and_the_text_box_grows() {
+    let app = spawn_app(&[]).await;
+    for size in [PHONE, DESKTOP] {
+        let Some(tab) = Browser::open("form", size).await else {
+            return;
+        };
+        tab.load(&app.base_url).await;
+        let c = &tab.client;
+        let height = "return [$('#send').getBoundingClientRect().height, $('#text').getBoundingClientRect().height]";
+        let empty = page_eval(c, height).await;
+        let form = empty[0].as_f64().unwrap();
+        assert!(
+            form <= 0.15 * f64::from(size.1),
+            "{size:?}: the form is {form} px high"
+        );
+        let text = c.find(Locator::Id("text")).await.unwrap();
+        text.send_keys("one").await.unwrap();
+        for line in ["two", "three", "four"] {
+            // Shift+Enter: a new line, not a send.
+            text.send_keys(&format!("\u{E008}\u{E007}\u{E008}{line}"))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            page_eval(c, "return $('#text').value").await,
+            json!("one\ntwo\nthree\nfour")
+        );
+        let four = page_eval(c, height).await;
+        assert!(
+            four[1].as_f64().unwrap() > empty[1].as_f64().unwrap() + 40.0,
+            "{size:?}: the text box grew with four lines: {empty} -> {four}"
+        );
+        c.execute(
+            "const t = document.getElementById('text'); t.value = 'line\\n'.repeat(80); \
+             t.dispatchEvent(new Event('input')); return true",
+            vec![],
+        )
+        .await
+        .unwrap();
+        let full = page_eval(
+            c,
+            "const s = $('#send-button').getBoundingClientRect(); \
+             return [$('#text').getBoundingClientRect().height, s.bottom <= window.innerHeight]",
+        )
+        .await;
+        assert!(
+            full[0].as_f64().unwrap() <= f64::from(size.1) / 3.0 + 1.0,
+            "{size:?}: at most a third of the screen: {full}"
+        );
+        assert_eq!(full[1], json!(true), "{size:?}: Send stays on screen");
         tab.close().await;
     }
     app.shutdown().await;
