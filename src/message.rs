@@ -1,7 +1,12 @@
 //! The chat message and the rules a posted message must satisfy.
 
+use icu_properties::props::{
+    BidiControl, DefaultIgnorableCodePoint, GeneralCategory, GeneralCategoryGroup, WhiteSpace,
+};
+use icu_properties::{CodePointMapData, CodePointSetData};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use unicode_normalization::UnicodeNormalization;
 
 pub const NAME_MAX_CHARS: usize = 64;
 pub const TEXT_MAX_CHARS: usize = 2000;
@@ -31,7 +36,9 @@ impl NewMessage {
     /// Validates user input. `id` is the client's idempotency key; without one
     /// the server makes a time-ordered id.
     pub fn validate(name: &str, text: &str, id: Option<&str>) -> Result<Self, Invalid> {
-        let name = normalize(name);
+        // NFC first, so the same name typed two ways (a precomposed `é` or
+        // `e` + U+0301) is one name, and is counted as it is stored.
+        let name: String = normalize(name).nfc().collect();
         let text = normalize(text);
         check_len("name", &name, NAME_MAX_CHARS)?;
         check_len("text", &text, TEXT_MAX_CHARS)?;
@@ -42,6 +49,7 @@ impl NewMessage {
                 "name must not contain control characters",
             ));
         }
+        check_name_is_shown_as_typed(&name)?;
         if text
             .chars()
             .any(|c| c.is_control() && c != '\n' && c != '\t')
@@ -96,6 +104,53 @@ impl std::fmt::Display for Invalid {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)
     }
+}
+
+/// The name rules beyond length and control characters, each its own error:
+///
+/// - no Bidi_Control character (U+061C, U+200E, U+200F, U+202A–U+202E,
+///   U+2066–U+2069): they exist to reorder text, and in a name they would
+///   reorder the time and text shown beside it;
+/// - at least one visible character (see [`is_visible`]): a name made only
+///   of zero-width, blank or filler characters shows as nothing, and the
+///   message looks anonymous.
+///
+/// Texts keep bidi controls (people write mixed-direction text with them);
+/// the page isolates every name and text instead.
+fn check_name_is_shown_as_typed(name: &str) -> Result<(), Invalid> {
+    let bidi_control = CodePointSetData::new::<BidiControl>();
+    if let Some(c) = name.chars().find(|&c| bidi_control.contains(c)) {
+        return Err(Invalid::new(
+            "name",
+            format!(
+                "name must not contain bidirectional control characters (found U+{:04X})",
+                u32::from(c)
+            ),
+        ));
+    }
+    if !name.chars().any(is_visible) {
+        return Err(Invalid::new(
+            "name",
+            "name must contain a visible character, not only invisible or blank ones",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `c` shows as something on its own, by Unicode properties
+/// (ICU's data, not a hand list): not White_Space, not
+/// Default_Ignorable_Code_Point (zero-width characters, joiners, variation
+/// selectors, the Hangul fillers), not a format character (Cf), separator
+/// (Z*) or control (Cc), and not a combining mark (M*), which only draws on
+/// the character before it.
+pub fn is_visible(c: char) -> bool {
+    const INVISIBLE: GeneralCategoryGroup = GeneralCategoryGroup::Format
+        .union(GeneralCategoryGroup::Separator)
+        .union(GeneralCategoryGroup::Control)
+        .union(GeneralCategoryGroup::Mark);
+    !(CodePointSetData::new::<WhiteSpace>().contains(c)
+        || CodePointSetData::new::<DefaultIgnorableCodePoint>().contains(c)
+        || INVISIBLE.contains(CodePointMapData::<GeneralCategory>::new().get(c)))
 }
 
 /// Browsers submit textarea newlines as CRLF; storing them as LF keeps a
@@ -239,6 +294,81 @@ mod tests {
             NewMessage::validate("a", "hi", Some("")).unwrap_err().field,
             "id"
         );
+    }
+
+    fn name_error(name: &str) -> Invalid {
+        NewMessage::validate(name, "hi", None).unwrap_err()
+    }
+
+    #[test]
+    fn names_refuse_every_bidi_control_and_texts_keep_them() {
+        for c in [
+            '\u{061C}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}',
+            '\u{202E}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
+        ] {
+            let e = name_error(&format!("ann{c}"));
+            assert_eq!(e.field, "name");
+            assert!(
+                e.message.contains(&format!(
+                    "bidirectional control characters (found U+{:04X})",
+                    u32::from(c)
+                )),
+                "{e}"
+            );
+            let m = NewMessage::validate("ann", &format!("abc{c}def"), None).unwrap();
+            assert!(m.text.contains(c), "texts keep U+{:04X}", u32::from(c));
+        }
+        // Right-to-left letters are not controls.
+        assert_eq!(
+            NewMessage::validate("עמית", "hi", None).unwrap().name,
+            "עמית"
+        );
+        assert!(NewMessage::validate("علي", "hi", None).is_ok());
+    }
+
+    #[test]
+    fn names_of_only_invisible_or_blank_characters_are_refused() {
+        for name in [
+            "\u{200B}",                 // zero-width space (Cf, default ignorable)
+            "\u{200B}\u{200C}\u{200D}", // zero-width space, non-joiner, joiner
+            "\u{2060}\u{FEFF}",         // word joiner, zero-width no-break space
+            "\u{3164}",                 // Hangul filler (Lo, but default ignorable)
+            "\u{115F}\u{1160}\u{FFA0}", // the other Hangul fillers
+            "\u{00AD}",                 // soft hyphen
+            "\u{034F}",                 // combining grapheme joiner
+            "\u{FE0F}",                 // a variation selector alone
+            "\u{00A0}\u{2003}\u{3000}", // no-break, em and ideographic spaces
+            "\u{0301}\u{0301}",         // combining marks with nothing to sit on
+            "\u{1D173}",                // musical symbol begin beam (Cf, outside the BMP)
+            "\u{E0041}",                // a tag character
+        ] {
+            let e = name_error(name);
+            assert_eq!(e.field, "name", "{name:?}");
+            assert!(
+                e.message.contains("visible character") || e.message.contains("must not be empty"),
+                "{name:?}: {e}"
+            );
+        }
+        // One visible character is enough, invisible ones around it stay.
+        assert!(NewMessage::validate("\u{200B}a", "hi", None).is_ok());
+        assert!(NewMessage::validate("👍🏽", "hi", None).is_ok());
+        assert!(NewMessage::validate("👨\u{200D}👩\u{200D}👧", "hi", None).is_ok());
+        assert!(NewMessage::validate("می\u{200C}خواهم", "hi", None).is_ok());
+        // Texts are not held to it: a text of only a zero-width space is a text.
+        assert!(NewMessage::validate("ann", "\u{200B}", None).is_ok());
+    }
+
+    #[test]
+    fn names_are_stored_nfc_so_one_name_typed_two_ways_is_one_name() {
+        let composed = NewMessage::validate("Ren\u{00E9}e", "hi", None).unwrap();
+        let decomposed = NewMessage::validate("Rene\u{0301}e", "hi", None).unwrap();
+        assert_eq!(composed.name, "Ren\u{00E9}e");
+        assert_eq!(decomposed.name, composed.name);
+        // Counted as stored: 64 decomposed letters are 64 characters in NFC.
+        assert!(NewMessage::validate(&"e\u{0301}".repeat(64), "hi", None).is_ok());
+        // Texts are stored as sent.
+        let text = NewMessage::validate("a", "e\u{0301}", None).unwrap();
+        assert_eq!(text.text, "e\u{0301}");
     }
 
     #[test]

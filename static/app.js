@@ -1,5 +1,7 @@
-// Sends without reloading and shows new messages live. Without this script
-// the page still works: the form posts to /messages and the server redirects.
+// Sends without reloading, shows new messages live and loads older ones in
+// place. Without this script the page still works: the form posts to
+// /messages, "Older messages" is a link to /?before=<id>, and the history
+// opens at its newest end by CSS alone.
 "use strict";
 
 (function () {
@@ -11,6 +13,12 @@
   const errorBox = document.getElementById("error");
   const connection = document.getElementById("connection");
   const history = document.getElementById("history");
+  const log = document.getElementById("log");
+  const newMessages = document.getElementById("new-messages");
+  // A page of older history (/?before=<id>) is not followed live, and
+  // sending from it goes back to the latest messages by the plain form post.
+  const paged = history.dataset.before !== undefined;
+  const PAGE = 100;
 
   const NAME_KEY = "simplechat.name";
   if (!nameInput.value) nameInput.value = localStorage.getItem(NAME_KEY) || "";
@@ -30,16 +38,57 @@
     return isNaN(d) ? iso : d.toLocaleString();
   }
 
-  // textContent only: whatever a user typed is shown as text, never markup.
-  function render(message) {
-    if (document.getElementById("m-" + message.id)) return;
+  // --- Scrolling. The history is its own scroll container; measuring by
+  // element positions works whichever way the container counts scrollTop.
+
+  function distanceFromBottom() {
+    return log.getBoundingClientRect().bottom - history.getBoundingClientRect().bottom;
+  }
+
+  function atBottom() {
+    return distanceFromBottom() <= 8;
+  }
+
+  function scrollToBottom() {
+    // Clamped by the browser to the newest end: the largest scrollTop, or
+    // 0 where column-reverse counts it from the bottom.
+    history.scrollTop = history.scrollHeight;
+    newMessages.hidden = true;
+  }
+
+  // The first message at least partly in view, and where it is: after the
+  // list changes above or below it, it is put back where it was.
+  function anchor() {
+    const top = history.getBoundingClientRect().top;
+    for (const item of list.children) {
+      const rect = item.getBoundingClientRect();
+      if (rect.bottom > top) return { item, top: rect.top };
+    }
+    return null;
+  }
+
+  function restore(kept) {
+    if (!kept) return;
+    const moved = kept.item.getBoundingClientRect().top - kept.top;
+    if (moved) history.scrollTop += moved;
+  }
+
+  history.addEventListener("scroll", () => {
+    if (atBottom()) newMessages.hidden = true;
+  }, { passive: true });
+  newMessages.addEventListener("click", scrollToBottom);
+
+  // --- Rendering. textContent only: whatever a user typed is shown as
+  // text, never markup; <bdi> and dir="auto" keep a name or a text from
+  // reordering what is around it.
+  function build(message) {
     const item = document.createElement("li");
     item.className = "message";
     item.id = "m-" + message.id;
     item.dataset.id = message.id;
     const meta = document.createElement("div");
     meta.className = "meta";
-    const name = document.createElement("span");
+    const name = document.createElement("bdi");
     name.className = "name";
     name.textContent = message.name;
     const time = document.createElement("time");
@@ -48,20 +97,88 @@
     meta.append(name, " ", time);
     const text = document.createElement("p");
     text.className = "text";
+    text.dir = "auto";
     text.textContent = message.text;
     item.append(meta, text);
-    const nearBottom = window.innerHeight + window.scrollY >= document.body.scrollHeight - 80;
-    list.append(item);
+    return item;
+  }
+
+  function removeEmpty() {
     const empty = document.getElementById("empty");
     if (empty) empty.remove();
-    if (nearBottom) item.scrollIntoView({ block: "end" });
+  }
+
+  // A new message at the end: followed when the reader is at the bottom or
+  // sent it; otherwise the view stays and "New messages" appears.
+  function append(message, own) {
+    if (document.getElementById("m-" + message.id)) {
+      if (own) scrollToBottom();
+      return;
+    }
+    const follow = own || atBottom();
+    const kept = follow ? null : anchor();
+    list.append(build(message));
+    removeEmpty();
+    if (follow) {
+      scrollToBottom();
+    } else {
+      restore(kept);
+      newMessages.hidden = false;
+    }
   }
 
   for (const time of list.querySelectorAll("time")) {
     time.textContent = formatTime(time.dateTime);
   }
-  window.scrollTo(0, document.body.scrollHeight);
+  if (!paged) scrollToBottom();
 
+  // --- Older messages, prepended in place; the view does not move.
+  const older = document.getElementById("older");
+  if (older) {
+    older.addEventListener("click", async (event) => {
+      event.preventDefault();
+      if (older.dataset.loading) return;
+      older.dataset.loading = "1";
+      try {
+        const response = await fetch("/api/messages?limit=" + PAGE + "&before=" + encodeURIComponent(older.dataset.before));
+        const body = await response.json().catch(() => ({}));
+        if (!response.ok) {
+          showError(body.error || "Could not load older messages (" + response.status + ").");
+          return;
+        }
+        const kept = anchor();
+        const fragment = document.createDocumentFragment();
+        for (const message of body) {
+          if (!document.getElementById("m-" + message.id)) fragment.append(build(message));
+        }
+        list.prepend(fragment);
+        if (body.length) removeEmpty();
+        restore(kept);
+        if (body.length < PAGE) {
+          older.parentElement.remove();
+        } else {
+          older.dataset.before = body[0].id;
+          older.href = "/?before=" + encodeURIComponent(body[0].id);
+        }
+      } catch (e) {
+        showError("Could not reach the server to load older messages.");
+      } finally {
+        delete older.dataset.loading;
+      }
+    });
+  }
+
+  // --- The text box grows with what is typed where CSS cannot do it.
+  if (!(window.CSS && CSS.supports("field-sizing", "content"))) {
+    const grow = () => {
+      textInput.style.height = "auto";
+      textInput.style.height = textInput.scrollHeight + 2 + "px";
+    };
+    textInput.addEventListener("input", grow);
+    grow();
+  }
+
+  // --- Sending.
   function newKey() {
     if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
     return Date.now().toString(36) + Math.random().toString(36).slice(2);
@@ -72,6 +189,7 @@
   let pendingKey = null;
 
   form.addEventListener("submit", async (event) => {
+    if (paged) return;
     event.preventDefault();
     const name = nameInput.value.trim();
     const text = textInput.value.trim();
@@ -92,8 +210,9 @@
       if (response.ok) {
         pendingKey = null;
         textInput.value = "";
+        textInput.dispatchEvent(new Event("input"));
         showError("");
-        render(body);
+        append(body, true);
       } else {
         if (response.status !== 503) pendingKey = null;
         showError(body.error || "Sending failed (" + response.status + ").");
@@ -113,7 +232,7 @@
     }
   });
 
-  if (!window.EventSource) return;
+  if (paged || !window.EventSource) return;
   // The first connection asks for everything after the last rendered message;
   // reconnections send Last-Event-ID themselves.
   const lastId = history.dataset.lastId;
@@ -125,10 +244,12 @@
       source.readyState === EventSource.CLOSED ? "offline: reload the page" : "reconnecting…");
   });
   source.addEventListener("message", (event) => {
+    let message;
     try {
-      render(JSON.parse(event.data));
+      message = JSON.parse(event.data);
     } catch (e) {
-      // A malformed event is skipped rather than stopping the feed.
+      return; // A malformed event is skipped rather than stopping the feed.
     }
+    append(message, false);
   });
 })();

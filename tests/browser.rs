@@ -18,6 +18,10 @@ use serde_json::{json, Value};
 
 use support::app::spawn_app;
 
+/// A phone's viewport and a desktop window's, in CSS pixels.
+const PHONE: (u32, u32) = (390, 844);
+const DESKTOP: (u32, u32) = (1280, 800);
+
 fn find(env: &str, candidates: &[&str]) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(env) {
         return Some(PathBuf::from(path));
@@ -70,7 +74,16 @@ async fn start_driver(chromedriver: &PathBuf) -> Driver {
     panic!("chromedriver did not listen on {port}");
 }
 
-async fn open_browser(driver: &Driver, chromium: &PathBuf, profile: &std::path::Path) -> Client {
+/// A browser window whose viewport is exactly `width` × `height` CSS pixels
+/// at one device pixel per CSS pixel (Chromium's device metrics: a window
+/// cannot be made narrower than 500 px); narrower than 768 px it is a
+/// phone's viewport (the page's `<meta name="viewport">` applies).
+async fn open_browser(
+    driver: &Driver,
+    chromium: &PathBuf,
+    profile: &std::path::Path,
+    (width, height): (u32, u32),
+) -> Client {
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
@@ -79,9 +92,16 @@ async fn open_browser(driver: &Driver, chromium: &PathBuf, profile: &std::path::
             "args": [
                 "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--window-size=420,900",
+                "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+                format!("--window-size={},{}", width.max(500), height + 200),
                 format!("--user-data-dir={}", profile.display()),
-            ]
+            ],
+            "mobileEmulation": {
+                "deviceMetrics": {
+                    "width": width, "height": height, "pixelRatio": 1.0,
+                    "mobile": width < 768, "touch": false,
+                }
+            },
         }),
     );
     ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
@@ -89,6 +109,119 @@ async fn open_browser(driver: &Driver, chromium: &PathBuf, profile: &std::path::
         .connect(&driver.url)
         .await
         .expect("start a browser session")
+}
+
+/// chromium and chromedriver, or `None` after saying loudly that the test
+/// is skipped (a failure when `SIMPLECHAT_REQUIRE_BROWSER=1`).
+fn browser_tools(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let required = std::env::var("SIMPLECHAT_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
+    let chromium = find(
+        "SIMPLECHAT_CHROMIUM",
+        &["chromium", "chromium-browser", "google-chrome"],
+    );
+    let chromedriver = find("SIMPLECHAT_CHROMEDRIVER", &["chromedriver"]);
+    match (chromium, chromedriver) {
+        (Some(chromium), Some(chromedriver)) => Some((chromium, chromedriver)),
+        _ => {
+            assert!(
+                !required,
+                "SIMPLECHAT_REQUIRE_BROWSER=1 but chromium/chromedriver were not found"
+            );
+            // Straight to stderr: the test harness would swallow eprintln! output.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED browser test {test}: chromium and chromedriver not found (install Debian's chromium and chromium-driver)"
+            );
+            None
+        }
+    }
+}
+
+/// One browser with its driver and profile.
+struct Browser {
+    client: Client,
+    size: (u32, u32),
+    _driver: Driver,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn open(test: &str, size: (u32, u32)) -> Option<Browser> {
+        let (chromium, chromedriver) = browser_tools(test)?;
+        let driver = start_driver(&chromedriver).await;
+        let profile = tempfile::tempdir().unwrap();
+        let client = open_browser(&driver, &chromium, profile.path(), size).await;
+        Some(Browser {
+            client,
+            size,
+            _driver: driver,
+            _profile: profile,
+        })
+    }
+
+    /// Loads the page and waits until it follows new messages live.
+    async fn load(&self, url: &str) {
+        self.load_unchecked(url).await;
+        assert_eq!(
+            eval(
+                &self.client,
+                "return [window.innerWidth, window.innerHeight]"
+            )
+            .await,
+            json!([self.size.0, self.size.1]),
+            "the viewport is the size asked for (a phone zooms out of a page wider than itself)"
+        );
+    }
+
+    /// Loads the page and waits until it is live, whatever its width.
+    async fn load_unchecked(&self, url: &str) {
+        self.client.goto(url).await.unwrap();
+        wait_for(
+            &self.client,
+            "return document.getElementById('connection').dataset.state === 'live'",
+            20,
+            "live state",
+        )
+        .await;
+    }
+
+    async fn close(self) {
+        self.client.close().await.unwrap();
+    }
+}
+
+/// Functions the page checks share, put before each script.
+const PAGE_JS: &str = r#"
+const $ = (s) => document.querySelector(s);
+const items = () => [...document.querySelectorAll('#messages li')];
+const newest = () => items()[items().length - 1];
+// The bottom edge of `el` is on screen, above the form and below the
+// header, and what the browser shows there is `el` itself.
+function bottomShown(el) {
+  const r = el.getBoundingClientRect();
+  const form = $('#send').getBoundingClientRect();
+  const header = $('header').getBoundingClientRect();
+  const y = r.bottom - 4;
+  if (!(r.bottom <= form.top + 1 && y > header.bottom && r.bottom <= window.innerHeight)) return false;
+  const hit = document.elementFromPoint(r.left + r.width / 2, y);
+  return hit !== null && el.contains(hit);
+}
+// How far the newest end of the history is below the bottom of its view
+// (a column-reverse scroller counts scrollTop from its bottom, downwards).
+function belowView() {
+  const h = $('#history');
+  return getComputedStyle(h).flexDirection === 'column-reverse'
+    ? -h.scrollTop
+    : h.scrollHeight - h.clientHeight - h.scrollTop;
+}
+"#;
+
+async fn page_eval(client: &Client, script: &str) -> Value {
+    eval(client, &format!("{PAGE_JS}\n{script}")).await
+}
+
+async fn page_wait(client: &Client, script: &str, what: &str) {
+    wait_for(client, &format!("{PAGE_JS}\n{script}"), 20, what).await
 }
 
 async fn eval(client: &Client, script: &str) -> Value {
@@ -108,50 +241,28 @@ async fn wait_for(client: &Client, script: &str, secs: u64, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tabs_see_each_others_messages_live_and_markup_stays_text() {
-    let required = std::env::var("SIMPLECHAT_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
-    let chromium = find(
-        "SIMPLECHAT_CHROMIUM",
-        &["chromium", "chromium-browser", "google-chrome"],
-    );
-    let chromedriver = find("SIMPLECHAT_CHROMEDRIVER", &["chromedriver"]);
-    let (Some(chromium), Some(chromedriver)) = (chromium, chromedriver) else {
-        assert!(
-            !required,
-            "SIMPLECHAT_REQUIRE_BROWSER=1 but chromium/chromedriver were not found"
-        );
-        // Straight to stderr: the test harness would swallow eprintln! output.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED browser test: chromium and chromedriver not found (install Debian's chromium and chromium-driver)"
-        );
+    let test = "two_tabs";
+    let Some(alice_tab) = Browser::open(test, DESKTOP).await else {
         return;
     };
-
+    let Some(bob_tab) = Browser::open(test, PHONE).await else {
+        return;
+    };
     let app = spawn_app(&[]).await;
     app.post_message("history", "rendered by the server").await;
-    let driver = start_driver(&chromedriver).await;
-    let profiles = tempfile::tempdir().unwrap();
-    let alice = open_browser(&driver, &chromium, &profiles.path().join("a")).await;
-    let bob = open_browser(&driver, &chromium, &profiles.path().join("b")).await;
 
-    for tab in [&alice, &bob] {
-        tab.goto(&app.base_url).await.unwrap();
-        wait_for(
-            tab,
-            "return document.getElementById('connection').dataset.state === 'live'",
-            10,
-            "live state",
-        )
-        .await;
+    for tab in [&alice_tab, &bob_tab] {
+        tab.load(&app.base_url).await;
         let history = eval(
-            tab,
+            &tab.client,
             "return document.querySelector('#messages .text').textContent",
         )
         .await;
         assert_eq!(history, "rendered by the server");
     }
+    let (alice, bob) = (&alice_tab.client, &bob_tab.client);
     // Survives only if Bob's tab is never reloaded.
-    eval(&bob, "window.noReload = 42; return true").await;
+    eval(bob, "window.noReload = 42; return true").await;
 
     let evil = "<script>window.pwned = true</script><img src=x onerror=\"window.pwned=true\"> hi";
     alice
@@ -177,22 +288,22 @@ async fn two_tabs_see_each_others_messages_live_and_markup_stays_text() {
         .unwrap();
 
     wait_for(
-        &bob,
+        bob,
         "return [...document.querySelectorAll('#messages .text')].some(e => e.textContent.includes('window.pwned'))",
         10,
         "the message in the other tab",
     )
     .await;
-    let shown = eval(&bob, "const t = document.querySelectorAll('#messages .text'); return t[t.length - 1].textContent").await;
+    let shown = eval(bob, "const t = document.querySelectorAll('#messages .text'); return t[t.length - 1].textContent").await;
     assert_eq!(shown, evil, "shown exactly as typed, as text");
-    let name = eval(&bob, "const n = document.querySelectorAll('#messages .name'); return n[n.length - 1].textContent").await;
+    let name = eval(bob, "const n = document.querySelectorAll('#messages .name'); return n[n.length - 1].textContent").await;
     assert_eq!(name, "Alice");
     assert_eq!(
-        eval(&bob, "return window.noReload").await,
+        eval(bob, "return window.noReload").await,
         json!(42),
         "no reload"
     );
-    for tab in [&alice, &bob] {
+    for tab in [alice, bob] {
         assert_eq!(
             eval(tab, "return window.pwned === undefined").await,
             json!(true),
@@ -209,7 +320,7 @@ async fn two_tabs_see_each_others_messages_live_and_markup_stays_text() {
     }
     // Alice's tab shows her own message once, clears the box, and remembers her name.
     wait_for(
-        &alice,
+        alice,
         "return document.getElementById('text').value === ''",
         5,
         "the text box cleared",
@@ -217,7 +328,7 @@ async fn two_tabs_see_each_others_messages_live_and_markup_stays_text() {
     .await;
     assert_eq!(
         eval(
-            &alice,
+            alice,
             "return document.querySelectorAll('#messages li').length"
         )
         .await,
@@ -225,7 +336,7 @@ async fn two_tabs_see_each_others_messages_live_and_markup_stays_text() {
     );
     alice.refresh().await.unwrap();
     wait_for(
-        &alice,
+        alice,
         "return document.getElementById('name').value === 'Alice'",
         5,
         "the remembered name",
@@ -237,7 +348,576 @@ async fn two_tabs_see_each_others_messages_live_and_markup_stays_text() {
     assert_eq!(list.as_array().unwrap().len(), 2);
     assert_eq!(list[1]["text"], evil);
 
-    alice.close().await.unwrap();
-    bob.close().await.unwrap();
+    alice_tab.close().await;
+    bob_tab.close().await;
+    app.shutdown().await;
+}
+
+/// Posts `count` messages named `name` with texts `"{prefix}{i}"` (1-based).
+async fn post_many(app: &support::app::TestApp, name: &str, prefix: &str, count: usize) {
+    for i in 1..=count {
+        app.post_message(name, &format!("{prefix}{i}")).await;
+    }
+}
+
+/// Fills the text box and presses Send, as a user does.
+async fn send(client: &Client, name: &str, text: &str) {
+    let name_box = client.find(Locator::Id("name")).await.unwrap();
+    name_box.clear().await.unwrap();
+    name_box.send_keys(name).await.unwrap();
+    // Set rather than typed: a long text typed key by key is slow, and a
+    // newline typed would press Enter.
+    client
+        .execute(
+            "document.getElementById('text').value = arguments[0]; return true",
+            vec![json!(text)],
+        )
+        .await
+        .unwrap();
+    client
+        .find(Locator::Id("send-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Fault 1: your own message hid behind the sticky form, and after one long
+/// message the list stopped following. Now the newest message, and your own
+/// just after sending, is shown above the form; the list follows while the
+/// reader is at the bottom and, scrolled up, keeps still and offers "New
+/// messages" instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_message_is_shown_above_the_form_and_followed_only_at_the_bottom() {
+    for size in [PHONE, DESKTOP] {
+        let Some(tab) = Browser::open("follow", size).await else {
+            return;
+        };
+        let app = spawn_app(&[]).await;
+        post_many(&app, "bob", "earlier message ", 40).await;
+        tab.load(&app.base_url).await;
+        let c = &tab.client;
+        assert_eq!(
+            page_eval(c, "return bottomShown(newest()) && belowView() <= 1").await,
+            json!(true),
+            "{size:?}: the page opens at the newest message, above the form"
+        );
+
+        // Your own long message, then somebody else's: both followed.
+        let long = "a long message that wraps over many lines ".repeat(40);
+        send(c, "me", &long).await;
+        page_wait(
+            c,
+            "return items().length === 41 && $('#text').value === ''",
+            "own message",
+        )
+        .await;
+        assert_eq!(
+            page_eval(
+                c,
+                "return [newest().querySelector('.text').textContent, bottomShown(newest())]"
+            )
+            .await,
+            json!([long.trim(), true]),
+            "{size:?}: your own message is shown above the form"
+        );
+        app.post_message("bob", "right after the long one").await;
+        page_wait(c, "return items().length === 42", "bob's message").await;
+        assert_eq!(
+            page_eval(c, "return bottomShown(newest()) && belowView() <= 1").await,
+            json!(true),
+            "{size:?}: the list still follows after a long message"
+        );
+        assert_eq!(
+            page_eval(c, "return $('#new-messages').hidden").await,
+            json!(true)
+        );
+
+        // Scrolled up: a new message neither moves the view nor is hidden
+        // from the reader's knowledge.
+        page_eval(c, "$('#history').scrollBy(0, -600); return true").await;
+        page_wait(c, "return belowView() >= 500", "scrolled up").await;
+        let before = page_eval(
+            c,
+            "const h = $('#history').getBoundingClientRect().top; \
+             const a = items().find(li => li.getBoundingClientRect().bottom > h); \
+             window.anchorItem = a; return a.getBoundingClientRect().top",
+        )
+        .await;
+        app.post_message("bob", "while you read back").await;
+        page_wait(
+            c,
+            "return items().length === 43",
+            "the message while scrolled up",
+        )
+        .await;
+        let after = page_eval(c, "return window.anchorItem.getBoundingClientRect().top").await;
+        // Within a pixel: scroll offsets snap to device pixels; a jump is a
+        // message's height.
+        assert!(
+            (after.as_f64().unwrap() - before.as_f64().unwrap()).abs() < 1.0,
+            "{size:?}: the view moved from {before} to {after}"
+        );
+        assert_eq!(
+            page_eval(
+                c,
+                "const b = $('#new-messages'); const r = b.getBoundingClientRect(); \
+                 return !b.hidden && document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2) === b \
+                   && !bottomShown(newest())"
+            )
+            .await,
+            json!(true),
+            "{size:?}: 'New messages' is offered, the new one not scrolled to"
+        );
+        c.find(Locator::Id("new-messages"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        page_wait(
+            c,
+            "return belowView() <= 1 && bottomShown(newest()) && $('#new-messages').hidden",
+            "the newest message after 'New messages'",
+        )
+        .await;
+        tab.close().await;
+        app.shutdown().await;
+    }
+}
+
+/// Fault 2: a name of 64 × `W` made the page 745 px wide on a phone. Now
+/// nothing is wider than the viewport at 320 px or wider, whatever the
+/// names and texts, and Send stays on screen and clickable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_overflows_sideways_whatever_the_names_and_texts() {
+    let app = spawn_app(&[]).await;
+    app.post_message(&"W".repeat(64), "hello from a very wide name")
+        .await;
+    app.post_message(&"字".repeat(64), "a wide name in another script")
+        .await;
+    app.post_message("ann", &"x".repeat(2000)).await;
+    app.post_message(
+        "url",
+        &format!(
+            "https://example.com/{}",
+            "a-very-long-path-segment".repeat(40)
+        ),
+    )
+    .await;
+    app.post_message("hebrew", &"א".repeat(1500)).await;
+    app.post_message("zed", &zalgo()).await;
+    app.post_message("table", &"\t".repeat(300).replace('\t', "\tcol"))
+        .await;
+    for size in [(320, 640), PHONE, DESKTOP] {
+        let Some(tab) = Browser::open("overflow", size).await else {
+            return;
+        };
+        tab.load_unchecked(&app.base_url).await;
+        let c = &tab.client;
+        // A long name typed into the form too.
+        c.find(Locator::Id("name"))
+            .await
+            .unwrap()
+            .send_keys(&"W".repeat(64))
+            .await
+            .unwrap();
+        let measured = page_eval(
+            c,
+            "const d = document.documentElement, h = $('#history');
+             const send = $('#send-button').getBoundingClientRect();
+             const names = [...document.querySelectorAll('.name')].map(n => n.getBoundingClientRect());
+             return {
+               scrollWidth: d.scrollWidth, viewport: window.innerWidth,
+               historyOverflow: h.scrollWidth - h.clientWidth,
+               namesInside: names.every(r => r.left >= 0 && r.right <= window.innerWidth),
+               sendInside: send.left >= 0 && send.right <= window.innerWidth && send.bottom <= window.innerHeight,
+               sendClickable: document.elementFromPoint(send.left + send.width / 2, send.top + send.height / 2) === $('#send-button'),
+             }",
+        )
+        .await;
+        // A phone zooms out of a page wider than itself, so the viewport
+        // is compared with the screen's width too.
+        assert_eq!(
+            [&measured["scrollWidth"], &measured["viewport"]],
+            [&json!(size.0), &json!(size.0)],
+            "{size:?}: the document is no wider than the viewport: {measured}"
+        );
+        assert_eq!(
+            measured["historyOverflow"],
+            json!(0),
+            "{size:?}: {measured}"
+        );
+        assert_eq!(measured["namesInside"], json!(true), "{size:?}: {measured}");
+        assert_eq!(measured["sendInside"], json!(true), "{size:?}: {measured}");
+        assert_eq!(
+            measured["sendClickable"],
+            json!(true),
+            "{size:?}: {measured}"
+        );
+        tab.close().await;
+    }
+    app.shutdown().await;
+}
+
+/// `Z` and 1,999 combining marks: 2,000 characters, within the limit.
+fn zalgo() -> String {
+    // Marks above (U+0300..U+0314) and below (U+0316..U+0333) in turn, so
+    // the stack grows both ways.
+    let marks: Vec<char> = (0x300..=0x314)
+        .chain(0x316..=0x333)
+        .filter_map(char::from_u32)
+        .collect();
+    std::iter::once('Z')
+        .chain((0..1999).map(|i| marks[i % marks.len()]))
+        .collect()
+}
+
+/// Fault 5: stacked combining marks painted far outside their message box,
+/// over its neighbours. The page is photographed with the message shown and
+/// with it hidden: every pixel that differs lies inside its own box.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stacked_combining_marks_paint_only_inside_their_own_message() {
+    let app = spawn_app(&[]).await;
+    app.post_message("above", "the neighbour above").await;
+    let zed = app.post_message("zed", &zalgo()).await;
+    assert_eq!(zed["text"].as_str().unwrap().chars().count(), 2000);
+    app.post_message("below", "the neighbour below").await;
+    app.post_message("below", "and one more").await;
+    for size in [PHONE, DESKTOP] {
+        let Some(tab) = Browser::open("combining", size).await else {
+            return;
+        };
+        tab.load(&app.base_url).await;
+        let c = &tab.client;
+        let id = zed["id"].as_str().unwrap();
+        let select = format!("const z = document.getElementById('m-{id}');");
+        c.execute(
+            &format!("{select} z.scrollIntoView({{block: 'center'}}); return true"),
+            vec![],
+        )
+        .await
+        .unwrap();
+        let shown = c.screenshot().await.unwrap();
+        let rect = c
+            .execute(
+                &format!(
+                    "{select} z.style.visibility = 'hidden'; const r = z.getBoundingClientRect();
+                     return [r.left, r.top, r.right, r.bottom]"
+                ),
+                vec![],
+            )
+            .await
+            .unwrap();
+        let hidden = c.screenshot().await.unwrap();
+        // Decoded by the browser itself: no image crate for one comparison.
+        let outside = c
+            .execute_async(
+                "const [a, b, r, done] = arguments;
+                 const decode = async (bytes) => {
+                   const bitmap = await createImageBitmap(new Blob([new Uint8Array(bytes)], {type: 'image/png'}));
+                   const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+                   const ctx = canvas.getContext('2d');
+                   ctx.drawImage(bitmap, 0, 0);
+                   return ctx.getImageData(0, 0, bitmap.width, bitmap.height);
+                 };
+                 Promise.all([decode(a), decode(b)]).then(([x, y]) => {
+                   let differing = 0, outside = 0, first = null;
+                   for (let i = 0; i < x.data.length; i += 4) {
+                     if (x.data[i] === y.data[i] && x.data[i + 1] === y.data[i + 1] && x.data[i + 2] === y.data[i + 2]) continue;
+                     differing++;
+                     const px = (i / 4) % x.width, py = Math.floor(i / 4 / x.width);
+                     if (px < Math.floor(r[0]) || px >= Math.ceil(r[2]) || py < Math.floor(r[1]) || py >= Math.ceil(r[3])) {
+                       outside++;
+                       if (!first) first = [px, py];
+                     }
+                   }
+                   done({differing, outside, first, width: x.width, height: x.height});
+                 }, (e) => done({error: String(e)}));",
+                vec![json!(shown), json!(hidden), rect.clone()],
+            )
+            .await
+            .unwrap();
+        assert_eq!(outside["width"], json!(size.0), "{size:?}: {outside}");
+        assert!(
+            outside["differing"].as_u64().unwrap() > 100,
+            "{size:?}: the message was drawn at all: {outside}"
+        );
+        assert_eq!(
+            outside["outside"],
+            json!(0),
+            "{size:?}: pixels painted outside the message box {rect}: {outside}"
+        );
+        tab.close().await;
+    }
+    app.shutdown().await;
+}
+
+/// Stores messages as an older version (or the lab's app) may have: with
+/// names today's rules refuse. The app is then started on that directory.
+async fn seed_unchecked(data_dir: &std::path::Path, messages: &[(&str, &str)]) {
+    use simplechat::store::Store;
+    let store = simplechat::store::embedded::EmbeddedStore::open(
+        data_dir,
+        Duration::from_secs(10),
+        simplechat::cache::Cache::new(),
+    )
+    .await
+    .expect("open the embedded store");
+    for (name, text) in messages {
+        store
+            .insert(simplechat::message::NewMessage {
+                id: simplechat::message::new_id(),
+                name: (*name).to_owned(),
+                text: (*text).to_owned(),
+            })
+            .await
+            .expect("insert");
+    }
+    store.close().await;
+}
+
+/// Fault 3: a Hebrew name reordered the name/time line, a name ending in
+/// U+202E drew the time after it backwards, and RTL texts were left-aligned.
+/// Now each name is a `<bdi>` and each text `dir="auto"`, server-rendered
+/// and live alike: the time reads left to right after the name, and an RTL
+/// text starts at the right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_and_texts_cannot_reorder_what_is_around_them_and_rtl_reads_right_to_left() {
+    let data = tempfile::tempdir().unwrap();
+    // Stored before names refused bidi controls.
+    seed_unchecked(
+        data.path(),
+        &[
+            ("eve\u{202E}", "the name ends in a right-to-left override"),
+            (
+                "\u{2067}mallory",
+                "the name opens an isolate it never closes",
+            ),
+            ("ann", "an override left open in a text \u{202E}abc"),
+        ],
+    )
+    .await;
+    let app = support::app::spawn_app_in(data.path(), &[]).await;
+    app.post_message("עמית", "שלום לכולם, מה נשמע?").await;
+    app.post_message("ann", "after the Hebrew one").await;
+    // The time is checked character by character: its first character must
+    // be drawn left of its last, and the name must end before it starts.
+    let check = "return items().map(li => {
+        const name = li.querySelector('.name'), time = li.querySelector('time'), text = li.querySelector('.text');
+        const t = time.firstChild, range = document.createRange();
+        range.setStart(t, 0); range.setEnd(t, 1); const first = range.getBoundingClientRect();
+        range.setStart(t, t.length - 1); range.setEnd(t, t.length); const last = range.getBoundingClientRect();
+        range.selectNodeContents(text); const drawn = range.getBoundingClientRect();
+        const box = text.getBoundingClientRect();
+        return {
+          name: name.textContent,
+          isolated: name.localName === 'bdi' && text.dir === 'auto',
+          timeInOrder: first.left < last.left,
+          nameBeforeTime: name.getBoundingClientRect().right <= first.left,
+          direction: getComputedStyle(text).direction,
+          startsRight: Math.abs(drawn.right - box.right) < 1,
+          startsLeft: Math.abs(drawn.left - box.left) < 1,
+        };
+      })";
+    for (round, size) in [PHONE, DESKTOP].into_iter().enumerate() {
+        let Some(tab) = Browser::open("bidi", size).await else {
+            return;
+        };
+        tab.load(&app.base_url).await;
+        let c = &tab.client;
+        // And the same through the live path (rendered by the script).
+        app.post_message("דנה", "הודעה חיה").await;
+        page_wait(
+            c,
+            &format!("return items().length === {}", 6 + round),
+            "the live message",
+        )
+        .await;
+        let shown = page_eval(c, check).await;
+        for (i, item) in shown.as_array().unwrap().iter().enumerate() {
+            let rtl = i == 3 || i >= 5;
+            assert_eq!(
+                [
+                    &item["isolated"],
+                    &item["timeInOrder"],
+                    &item["nameBeforeTime"],
+                    &item["direction"],
+                    &item[if rtl { "startsRight" } else { "startsLeft" }],
+                ],
+                [
+                    &json!(true),
+                    &json!(true),
+                    &json!(true),
+                    &json!(if rtl { "rtl" } else { "ltr" }),
+                    &json!(true)
+                ],
+                "{size:?}: {item}"
+            );
+        }
+        tab.close().await;
+    }
+    app.shutdown().await;
+}
+
+/// Fault 7 with JavaScript: "Older messages" prepends the page before in
+/// place and the message the reader was looking at stays where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_messages_are_prepended_in_place_keeping_the_view() {
+    let app = spawn_app(&[]).await;
+    post_many(&app, "ann", "message ", 250).await;
+    for size in [PHONE, DESKTOP] {
+        let Some(tab) = Browser::open("older", size).await else {
+            return;
+        };
+        tab.load(&app.base_url).await;
+        let c = &tab.client;
+        let texts = "return items().map(li => li.querySelector('.text').textContent)";
+        let expect = |from: usize| -> Value {
+            json!((from..=250)
+                .map(|i| format!("message {i}"))
+                .collect::<Vec<_>>())
+        };
+        assert_eq!(page_eval(c, texts).await, expect(151));
+        for (from, more) in [(51, true), (1, false)] {
+            let before = page_eval(
+                c,
+                "$('#older').scrollIntoView(); const h = $('#history').getBoundingClientRect().top;
+                 window.anchorItem = items().find(li => li.getBoundingClientRect().bottom > h);
+                 return window.anchorItem.getBoundingClientRect().top",
+            )
+            .await;
+            c.find(Locator::Id("older"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            page_wait(
+                c,
+                &format!("return items().length === {}", 251 - from),
+                "older messages",
+            )
+            .await;
+            assert_eq!(page_eval(c, texts).await, expect(from), "{size:?}");
+            let after = page_eval(c, "return window.anchorItem.getBoundingClientRect().top").await;
+            assert!(
+                (after.as_f64().unwrap() - before.as_f64().unwrap()).abs() < 1.0,
+                "{size:?}: the view moved from {before} to {after}"
+            );
+            assert_eq!(
+                page_eval(
+                    c,
+                    "const a = $('#older'); return !!a && a.getAttribute('href') === '/?before=' + items()[0].dataset.id"
+                )
+                .await,
+                json!(more),
+                "{size:?}: the link goes on from the oldest shown, and goes when there is no more"
+            );
+        }
+        // Still live at the end of it.
+        assert_eq!(
+            page_eval(c, "return location.pathname + location.search").await,
+            json!("/")
+        );
+        tab.close().await;
+    }
+    app.shutdown().await;
+}
+
+/// A page of older history is a page to read: not followed live, with a way
+/// back to the latest, and sending from it goes back to the latest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_older_history_links_back_and_sends_by_the_form() {
+    let app = spawn_app(&[]).await;
+    post_many(&app, "ann", "message ", 120).await;
+    let Some(tab) = Browser::open("paged", PHONE).await else {
+        return;
+    };
+    let c = &tab.client;
+    let latest = app.get_json("/api/messages?limit=1").await;
+    let page = format!(
+        "{}/?before={}",
+        app.base_url,
+        latest[0]["id"].as_str().unwrap()
+    );
+    c.goto(&page).await.unwrap();
+    assert_eq!(
+        page_eval(
+            c,
+            "return [items().length, $('#connection').dataset.state, !!$('#latest'), !!$('#older')]"
+        )
+        .await,
+        json!([100, "paged", true, true])
+    );
+    send(c, "me", "sent from an old page").await;
+    page_wait(
+        c,
+        "return location.pathname === '/' && location.search === '' && items().length === 100 \
+         && newest().querySelector('.text').textContent === 'sent from an old page' && bottomShown(newest())",
+        "the latest messages with the one sent",
+    )
+    .await;
+    tab.close().await;
+    app.shutdown().await;
+}
+
+/// Fault 8: on a phone the form took a quarter of the screen. Now it is one
+/// slim row for the name and one for the text and Send, and the text box
+/// grows with what is typed, up to a third of the screen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_form_is_compact_on_a_phone_and_the_text_box_grows() {
+    let app = spawn_app(&[]).await;
+    for size in [PHONE, DESKTOP] {
+        let Some(tab) = Browser::open("form", size).await else {
+            return;
+        };
+        tab.load(&app.base_url).await;
+        let c = &tab.client;
+        let height = "return [$('#send').getBoundingClientRect().height, $('#text').getBoundingClientRect().height]";
+        let empty = page_eval(c, height).await;
+        let form = empty[0].as_f64().unwrap();
+        assert!(
+            form <= 0.15 * f64::from(size.1),
+            "{size:?}: the form is {form} px high"
+        );
+        let text = c.find(Locator::Id("text")).await.unwrap();
+        text.send_keys("one").await.unwrap();
+        for line in ["two", "three", "four"] {
+            // Shift+Enter: a new line, not a send.
+            text.send_keys(&format!("\u{E008}\u{E007}\u{E008}{line}"))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            page_eval(c, "return $('#text').value").await,
+            json!("one\ntwo\nthree\nfour")
+        );
+        let four = page_eval(c, height).await;
+        assert!(
+            four[1].as_f64().unwrap() > empty[1].as_f64().unwrap() + 40.0,
+            "{size:?}: the text box grew with four lines: {empty} -> {four}"
+        );
+        c.execute(
+            "const t = document.getElementById('text'); t.value = 'line\\n'.repeat(80); \
+             t.dispatchEvent(new Event('input')); return true",
+            vec![],
+        )
+        .await
+        .unwrap();
+        let full = page_eval(
+            c,
+            "const s = $('#send-button').getBoundingClientRect(); \
+             return [$('#text').getBoundingClientRect().height, s.bottom <= window.innerHeight]",
+        )
+        .await;
+        assert!(
+            full[0].as_f64().unwrap() <= f64::from(size.1) / 3.0 + 1.0,
+            "{size:?}: at most a third of the screen: {full}"
+        );
+        assert_eq!(full[1], json!(true), "{size:?}: Send stays on screen");
+        tab.close().await;
+    }
     app.shutdown().await;
 }

@@ -1,4 +1,5 @@
-//! The chat page (`GET /`) and the form post that works without JavaScript.
+//! The chat page (`GET /`, `GET /?before=<id>` for older history) and the
+//! form post that works without JavaScript.
 
 use std::sync::Arc;
 
@@ -12,8 +13,8 @@ use super::body::FormBody;
 use super::error::ApiError;
 use crate::cache::{CachedMessage, Memo};
 use crate::chat::{Chat, DEFAULT_LIMIT};
-use crate::message::{new_id, Message, NewMessage};
-use crate::store::Cursor;
+use crate::message::{new_id, validate_id, Message, NewMessage};
+use crate::store::{Cursor, StoreError};
 
 /// The cookie a no-JavaScript form post uses to remember the sender's name.
 const NAME_COOKIE: &str = "simplechat_name";
@@ -43,20 +44,34 @@ pub struct RenderedHistory(Memo<History>);
 #[derive(Clone)]
 struct History {
     html: Arc<str>,
+    /// The oldest message shown, when older ones exist: where the
+    /// "older messages" link continues (`/?before=<id>`).
+    older_than: Option<String>,
     last_id: Option<String>,
     count: usize,
 }
 
+/// Renders one page of `fetched`, which holds up to `DEFAULT_LIMIT + 1`
+/// messages: the one more says whether older messages exist.
 fn render_history(
     metadata: &Metadata<'_>,
-    cached: &[Arc<CachedMessage>],
-) -> Result<History, String> {
-    let messages: Vec<&Message> = cached.iter().map(|c| &*c.message).collect();
+    fetched: &[Arc<CachedMessage>],
+) -> Result<History, ApiError> {
+    let shown = &fetched[fetched.len().saturating_sub(DEFAULT_LIMIT)..];
+    let messages: Vec<&Message> = shown.iter().map(|c| &*c.message).collect();
     let (_, html) = metadata
         .render("messages", context! { messages: &messages })
-        .ok_or("the messages template failed to render")?;
+        .ok_or_else(|| {
+            ApiError::new(
+                Status::InternalServerError,
+                "the messages template failed to render",
+            )
+        })?;
     Ok(History {
         html: html.into(),
+        older_than: (fetched.len() > shown.len())
+            .then(|| messages.first().map(|m| m.id.clone()))
+            .flatten(),
         last_id: messages.last().map(|m| m.id.clone()),
         count: messages.len(),
     })
@@ -66,78 +81,122 @@ async fn history(
     chat: &Chat,
     rendered: &RenderedHistory,
     metadata: &Metadata<'_>,
-) -> Result<History, String> {
-    if let Some(h) = rendered.0.get(chat.cache_version()) {
-        return Ok(h);
-    }
-    match chat.latest_cached(DEFAULT_LIMIT) {
-        Some((version, cached)) => {
-            let h = render_history(metadata, &cached)?;
-            rendered.0.put(version, h.clone());
-            Ok(h)
+    shown: &Shown,
+) -> Result<History, ApiError> {
+    let cursor = match shown {
+        Shown::Latest => {
+            if let Some(h) = rendered.0.get(chat.cache_version()) {
+                return Ok(h);
+            }
+            if let Some((version, cached)) = chat.latest_cached(DEFAULT_LIMIT + 1) {
+                let h = render_history(metadata, &cached)?;
+                rendered.0.put(version, h.clone());
+                return Ok(h);
+            }
+            // Not from memory, so not kept: the cache's version does not
+            // follow the store.
+            Cursor::Latest
         }
-        // Not from memory, so not kept: the cache's version does not
-        // follow the store.
-        None => {
-            let messages = chat
-                .list(Cursor::Latest, DEFAULT_LIMIT)
-                .await
-                .map_err(|e| e.to_string())?;
-            render_history(metadata, &messages)
-        }
-    }
+        Shown::Before(id) => Cursor::Before(id.clone()),
+    };
+    let messages = chat
+        .list(cursor, DEFAULT_LIMIT + 1)
+        .await
+        .map_err(|e| match e {
+            StoreError::UnknownId(id) => ApiError {
+                field: Some("before"),
+                ..ApiError::not_found(format!("no message has id {id}"))
+            },
+            other => other.into(),
+        })?;
+    render_history(metadata, &messages)
 }
 
+/// Which part of the history a page shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Shown {
+    /// The latest messages, followed live.
+    Latest,
+    /// The messages just older than this id (`/?before=<id>`): a page of
+    /// history, not followed live, with a link back to the latest.
+    Before(String),
+}
+
+/// The page, and the status a failed history read gives it (the page is
+/// shown even then, saying why it is empty).
 async fn render(
     chat: &Chat,
     rendered: &RenderedHistory,
     metadata: &Metadata<'_>,
+    shown: &Shown,
     draft: Draft<'_>,
-) -> Template {
-    // Shown even when the store is down: the page then says why it is empty.
-    let (history, store_error) = match history(chat, rendered, metadata).await {
+) -> (Option<Status>, Template) {
+    let (history, history_error) = match history(chat, rendered, metadata, shown).await {
         Ok(h) => (Some(h), None),
         Err(e) => (None, Some(e)),
     };
-    Template::render(
+    let status = history_error.as_ref().map(|e| e.status);
+    let template = Template::render(
         "index",
         context! {
             messages_html: history.as_ref().map_or("", |h| &*h.html),
             empty: history.as_ref().is_none_or(|h| h.count == 0),
             last_id: history.as_ref().and_then(|h| h.last_id.as_deref()),
+            older_than: history.as_ref().and_then(|h| h.older_than.as_deref()),
+            before: match shown {
+                Shown::Latest => None,
+                Shown::Before(id) => Some(id.as_str()),
+            },
             name: draft.name,
             text: draft.text,
-            error: draft.error.map(str::to_owned).or(store_error),
+            error: draft.error.map(str::to_owned).or(history_error.map(|e| e.error)),
             // One idempotency key per rendered form: a double submit stores
             // the message once.
             form_id: draft.form_id.map_or_else(new_id, str::to_owned),
         },
-    )
+    );
+    (status, template)
 }
 
-#[get("/")]
+/// The chat page: the latest messages, or with `before=<id>` the page of
+/// history just older than that message (how "older messages" works
+/// without JavaScript). An invalid id is a 400 page, an unknown one a 404
+/// page, each with the form and the reason.
+#[get("/?<before>")]
 pub async fn index(
     chat: &State<Chat>,
     rendered: &State<RenderedHistory>,
     metadata: Metadata<'_>,
     cookies: &CookieJar<'_>,
-) -> Template {
+    before: Option<&str>,
+) -> (Status, Template) {
     let name = cookies
         .get(NAME_COOKIE)
         .map(|c| c.value().to_owned())
         .unwrap_or_default();
-    render(
-        chat,
-        rendered,
-        &metadata,
-        Draft {
-            name: &name,
-            text: "",
-            error: None,
-            form_id: None,
+    let draft = Draft {
+        name: &name,
+        text: "",
+        error: None,
+        form_id: None,
+    };
+    let shown = match before {
+        None => Shown::Latest,
+        Some(id) => match validate_id(id) {
+            Ok(()) => Shown::Before(id.to_owned()),
+            Err(e) => {
+                let error = format!("before: {}", e.message);
+                let draft = Draft {
+                    error: Some(&error),
+                    ..draft
+                };
+                let (_, page) = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
+                return (Status::BadRequest, page);
+            }
         },
-    )
-    .await
+    };
+    let (status, page) = render(chat, rendered, &metadata, &shown, draft).await;
+    (status.unwrap_or(Status::Ok), page)
 }
 
 #[post("/messages", data = "<form>")]
@@ -157,7 +216,8 @@ pub async fn post_form(
                 error: Some(&e.error),
                 form_id: None,
             };
-            return Err((e.status, render(chat, rendered, &metadata, draft).await));
+            let (_, page) = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
+            return Err((e.status, page));
         }
     };
     let outcome = match NewMessage::validate(&form.name, &form.text, form.id.as_deref()) {
@@ -185,7 +245,8 @@ pub async fn post_form(
                 error: Some(&e.error),
                 form_id: form.id.as_deref().filter(|_| keep_id),
             };
-            Err((e.status, render(chat, rendered, &metadata, draft).await))
+            let (_, page) = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
+            Err((e.status, page))
         }
     }
 }

@@ -137,3 +137,108 @@ async fn the_form_works_without_javascript() {
     assert_eq!(app.message_count().await, 1);
     app.shutdown().await;
 }
+
+/// The ids of the messages a page shows, in order.
+fn shown_ids(html: &str) -> Vec<String> {
+    html.split(r#"data-id=""#)
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Fault 7: the page showed the latest 100 and stopped. "Older messages" is
+/// a plain link to `/?before=<id>`, so it works without JavaScript; each
+/// page of history links to the one before it and back to the latest.
+#[tokio::test]
+async fn older_messages_are_pages_of_links_that_work_without_javascript() {
+    let app = spawn_app(&[]).await;
+    let mut ids = Vec::new();
+    for i in 1..=250 {
+        let m = app.post_message("ann", &format!("message {i}")).await;
+        ids.push(m["id"].as_str().unwrap().to_owned());
+    }
+    let latest = app.get("/").await.text().await.unwrap();
+    assert_eq!(shown_ids(&latest), ids[150..]);
+    assert!(latest.contains(&format!(r#"<a id="older" href="/?before={}""#, ids[150])));
+    assert!(!latest.contains(r#"id="latest""#));
+
+    let page = app.get(&format!("/?before={}", ids[150])).await;
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert_eq!(shown_ids(&page), ids[50..150]);
+    assert!(page.contains(&format!(r#"href="/?before={}""#, ids[50])));
+    assert!(page.contains(r#"<a id="latest" href="/">Latest messages</a>"#));
+    assert!(page.contains(&format!(r#"data-before="{}""#, ids[150])));
+    assert!(page.contains(r#"<form id="send" method="post" action="/messages">"#));
+
+    let first = app
+        .get(&format!("/?before={}", ids[50]))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(shown_ids(&first), ids[..50]);
+    assert!(
+        !first.contains(r#"id="older""#),
+        "nothing older than the first"
+    );
+    let none = app
+        .get(&format!("/?before={}", ids[0]))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(shown_ids(&none).is_empty());
+    assert!(none.contains("No older messages."));
+
+    // A bad or unknown id: the page, with the reason and the right status.
+    let bad = app.get("/?before=not%20an%20id").await;
+    assert_eq!(bad.status(), 400);
+    assert!(bad
+        .text()
+        .await
+        .unwrap()
+        .contains("before: id may contain only"));
+    let unknown = app.get("/?before=nosuchmessage").await;
+    assert_eq!(unknown.status(), 404);
+    assert!(unknown
+        .text()
+        .await
+        .unwrap()
+        .contains("no message has id nosuchmessage"));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_older_link_appears_only_when_there_is_more_history() {
+    let app = spawn_app(&[]).await;
+    for i in 1..=100 {
+        app.post_message("ann", &format!("message {i}")).await;
+    }
+    let html = app.get("/").await.text().await.unwrap();
+    assert_eq!(shown_ids(&html).len(), 100);
+    assert!(!html.contains(r#"id="older""#), "exactly one page: no link");
+    app.post_message("ann", "message 101").await;
+    let html = app.get("/").await.text().await.unwrap();
+    assert_eq!(shown_ids(&html).len(), 100);
+    assert!(html.contains(r#"id="older""#));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn names_and_texts_are_isolated_and_the_form_is_compact() {
+    let app = spawn_app(&[]).await;
+    app.post_message("עמית", "שלום").await;
+    let html = app.get("/").await.text().await.unwrap();
+    assert!(html.contains(r#"<bdi class="name">עמית</bdi>"#), "{html}");
+    assert!(html.contains(r#"<p class="text" dir="auto">שלום</p>"#));
+    // One row to start with; it grows as the user types (CSS or script).
+    assert!(html.contains(r#"<textarea id="text" name="text" required rows="1""#));
+    // No maxlength: browsers count it in UTF-16 units, so it would cut
+    // legal names and texts of characters outside the BMP (emoji).
+    assert!(!html.contains("maxlength"));
+    let favicon = app.get("/favicon.ico").await;
+    assert_eq!(favicon.status(), 200);
+    app.shutdown().await;
+}

@@ -48,6 +48,79 @@ async fn every_validation_rule_answers_400_with_the_field() {
     app.shutdown().await;
 }
 
+/// Names refuse what exists to reorder or hide text, each with its own
+/// error; texts keep bidi marks (the page isolates them).
+#[tokio::test]
+async fn names_refuse_bidi_controls_and_invisible_names_and_are_stored_nfc() {
+    let app = spawn_app(&[]).await;
+    let cases = [
+        (
+            "ann\u{202E}",
+            "bidirectional control characters (found U+202E)",
+        ),
+        (
+            "\u{2067}ann\u{2069}",
+            "bidirectional control characters (found U+2067)",
+        ),
+        (
+            "ann\u{200F}",
+            "bidirectional control characters (found U+200F)",
+        ),
+        (
+            "\u{061C}ann",
+            "bidirectional control characters (found U+061C)",
+        ),
+        ("\u{200B}", "visible character"),
+        ("\u{200B}\u{2060}\u{FEFF}", "visible character"),
+        ("\u{3164}\u{3164}", "visible character"),
+        ("\u{0301}", "visible character"),
+    ];
+    for (name, why) in cases {
+        let (status, error) = refused(&app, json!({"name": name, "text": "hi"})).await;
+        assert_eq!(status, 400, "{name:?}");
+        assert_eq!(error["field"], "name", "{name:?} -> {error}");
+        assert!(
+            error["error"].as_str().unwrap().contains(why),
+            "{name:?} -> {error}"
+        );
+    }
+    // The form says the same on the page it shows again.
+    let form = app
+        .client
+        .post(app.url("/messages"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("name=%E2%80%8B&text=keep+this")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 400);
+    assert!(form.text().await.unwrap().contains("visible character"));
+    assert_nothing_stored(&app).await;
+
+    // Texts keep bidi controls; the name is stored NFC, so the same name
+    // typed decomposed is the same name, and the same idempotent post.
+    let first = app
+        .post_json(
+            "/api/messages",
+            &json!({"name": "Rene\u{0301}e", "text": "abc \u{202E}def", "id": "nfc-1"}),
+        )
+        .await;
+    assert_eq!(first.status(), 201);
+    let stored: Value = first.json().await.unwrap();
+    assert_eq!(stored["name"], "Ren\u{00E9}e");
+    assert_eq!(stored["text"], "abc \u{202E}def");
+    let again = app
+        .post_json(
+            "/api/messages",
+            &json!({"name": "Ren\u{00E9}e", "text": "abc \u{202E}def", "id": "nfc-1"}),
+        )
+        .await;
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(app.message_count().await, 1);
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn limits_are_counted_in_characters_after_trimming() {
     let app = spawn_app(&[]).await;
