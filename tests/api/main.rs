@@ -4,6 +4,7 @@
 mod support;
 
 mod cli_config;
+mod cross_site;
 mod events;
 mod first_run;
 mod idempotency;
@@ -14,4 +15,5 @@ mod pagination;
 mod persistence;
 mod shutdown;
 mod status;
+mod strict_input;
 mod validation;
