@@ -4,7 +4,9 @@
 mod support;
 
 mod cli_config;
+mod connections;
 mod cross_site;
+mod disk_full;
 mod events;
 mod first_run;
 mod idempotency;
