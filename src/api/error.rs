@@ -159,7 +159,12 @@ pub fn default_catcher(status: Status, req: &Request<'_>) -> ApiError {
                 allow: Some(allow.clone()),
                 ..ApiError::new(
                     Status::MethodNotAllowed,
-                    format!("{} is not allowed here; allowed: {allow}", req.method()),
+                    format!(
+                        "{} is not allowed here; allowed: {allow}",
+                        req.headers()
+                            .get_one(super::front::ORIGINAL_METHOD)
+                            .unwrap_or(req.method().as_str())
+                    ),
                 )
             },
             None => ApiError::not_found("not found"),

@@ -38,7 +38,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -185,6 +185,22 @@ fn json_response(status: StatusCode, error: &str) -> Response<Body> {
     response
 }
 
+/// The methods Rocket 0.5 can route.
+const ROCKET_METHODS: [Method; 9] = [
+    Method::GET,
+    Method::PUT,
+    Method::POST,
+    Method::DELETE,
+    Method::OPTIONS,
+    Method::HEAD,
+    Method::TRACE,
+    Method::CONNECT,
+    Method::PATCH,
+];
+
+/// A method Rocket cannot name, as the client sent it (set only here).
+pub const ORIGINAL_METHOD: &str = "x-simplechat-original-method";
+
 /// Forwards requests to Rocket.
 struct Forward {
     client: Client<HttpConnector, Incoming>,
@@ -205,6 +221,16 @@ impl Forward {
         };
         parts.uri = uri;
         remove_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(ORIGINAL_METHOD);
+        if !ROCKET_METHODS.contains(&parts.method) {
+            // Rocket refuses a method it cannot name as a malformed request
+            // (400); no route has TRACE, so Rocket answers 405 with the
+            // path's methods, naming the method sent.
+            if let Ok(method) = HeaderValue::from_str(parts.method.as_str()) {
+                parts.headers.insert(ORIGINAL_METHOD, method);
+            }
+            parts.method = Method::TRACE;
+        }
         // Rocket's `client_ip` reads this; a client's own value is replaced.
         if let Ok(ip) = HeaderValue::from_str(&peer.ip().to_string()) {
             parts
