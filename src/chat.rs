@@ -38,9 +38,18 @@ impl Chat {
     pub async fn open(config: &Config) -> Result<Chat, StoreError> {
         let cache = Cache::new();
         let store: Arc<dyn Store> = match &config.store {
-            StoreConfig::Embedded { data_dir } => {
-                Arc::new(EmbeddedStore::open(data_dir, config.write_timeout, cache.clone()).await?)
-            }
+            StoreConfig::Embedded {
+                data_dir,
+                cache_bytes,
+            } => Arc::new(
+                EmbeddedStore::open_with_cache(
+                    data_dir,
+                    *cache_bytes,
+                    config.write_timeout,
+                    cache.clone(),
+                )
+                .await?,
+            ),
             StoreConfig::MongoDb { uri, database } => Arc::new(
                 MongoStore::open(uri, database, config.write_timeout, cache.clone()).await?,
             ),

@@ -26,6 +26,11 @@ pub const KEYS: &[&str] = &[
     "template_dir",
     "write_timeout_secs",
     "heartbeat_secs",
+    "cache_size_mib",
+    "header_timeout_secs",
+    "max_connections",
+    "secure_cookie",
+    "trust_proxy_headers",
 ];
 
 /// The page templates the app renders; all must be in `template_dir`.
@@ -56,6 +61,17 @@ pub struct Settings {
     pub template_dir: Option<PathBuf>,
     pub write_timeout_secs: u64,
     pub heartbeat_secs: u64,
+    /// The embedded store's page cache, in MiB.
+    pub cache_size_mib: u64,
+    /// Seconds a connection may take to send a request's headers, counted
+    /// from when it opens or its previous response ends.
+    pub header_timeout_secs: u64,
+    /// The most connections open at once; more are refused with 503.
+    pub max_connections: usize,
+    /// The name cookie gets `Secure` (the site is served over HTTPS).
+    pub secure_cookie: bool,
+    /// A proxy in front sets `X-Forwarded-Proto`; take its word.
+    pub trust_proxy_headers: bool,
 }
 
 impl Default for Settings {
@@ -71,6 +87,11 @@ impl Default for Settings {
             template_dir: None,
             write_timeout_secs: 30,
             heartbeat_secs: 15,
+            cache_size_mib: 64,
+            header_timeout_secs: 10,
+            max_connections: 1024,
+            secure_cookie: false,
+            trust_proxy_headers: false,
         }
     }
 }
@@ -78,8 +99,15 @@ impl Default for Settings {
 /// Which store the settings select.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreConfig {
-    Embedded { data_dir: PathBuf },
-    MongoDb { uri: String, database: String },
+    Embedded {
+        data_dir: PathBuf,
+        /// redb's page cache, in bytes (`cache_size_mib`).
+        cache_bytes: usize,
+    },
+    MongoDb {
+        uri: String,
+        database: String,
+    },
 }
 
 /// Where the page templates come from.
@@ -104,6 +132,11 @@ pub struct Config {
     pub write_timeout: Duration,
     /// How often an idle event stream gets a heartbeat comment.
     pub heartbeat: Duration,
+    /// How long a connection may take to send a request's headers, and
+    /// stay idle between requests (`header_timeout_secs`).
+    pub header_timeout: Duration,
+    /// The most connections open at once (`max_connections`).
+    pub max_connections: usize,
     /// The settings as the layers gave them, for `simplechat config`.
     pub settings: Settings,
     /// The layers, for Rocket's own settings and for `simplechat config`.
@@ -201,6 +234,15 @@ impl Config {
         if settings.heartbeat_secs == 0 {
             return Err(ConfigError("heartbeat_secs must be at least 1".into()));
         }
+        if settings.cache_size_mib == 0 {
+            return Err(ConfigError("cache_size_mib must be at least 1".into()));
+        }
+        if settings.header_timeout_secs == 0 {
+            return Err(ConfigError("header_timeout_secs must be at least 1".into()));
+        }
+        if settings.max_connections == 0 {
+            return Err(ConfigError("max_connections must be at least 1".into()));
+        }
         Ok(Config {
             address: settings.address,
             port: settings.port,
@@ -208,6 +250,8 @@ impl Config {
             templates,
             write_timeout: Duration::from_secs(settings.write_timeout_secs),
             heartbeat: Duration::from_secs(settings.heartbeat_secs),
+            header_timeout: Duration::from_secs(settings.header_timeout_secs),
+            max_connections: settings.max_connections,
             settings,
             figment,
         })
@@ -238,6 +282,8 @@ fn store_config(s: &Settings) -> Result<StoreConfig, ConfigError> {
     let Some(uri) = uri.filter(|u| !u.is_empty()) else {
         return Ok(StoreConfig::Embedded {
             data_dir: s.data_dir.clone(),
+            cache_bytes: usize::try_from(s.cache_size_mib.saturating_mul(1024 * 1024))
+                .unwrap_or(usize::MAX),
         });
     };
     let parsed = crate::mongo::uri::parse(&uri)
@@ -410,8 +456,18 @@ pub fn describe(config: &Config) -> String {
         }
     };
     out += &match &config.store {
-        StoreConfig::Embedded { data_dir } => set("data_dir", quoted(data_dir), from("data_dir")),
+        StoreConfig::Embedded { data_dir, .. } => {
+            set("data_dir", quoted(data_dir), from("data_dir"))
+        }
         StoreConfig::MongoDb { .. } => note("data_dir", "unused: MongoDB store"),
+    };
+    out += &match &config.store {
+        StoreConfig::Embedded { .. } => set(
+            "cache_size_mib",
+            settings.cache_size_mib.to_string(),
+            from("cache_size_mib"),
+        ),
+        StoreConfig::MongoDb { .. } => note("cache_size_mib", "unused: MongoDB store"),
     };
     out += &match &config.templates {
         Templates::Configured(dir) => set("template_dir", quoted(dir), from("template_dir")),
@@ -431,13 +487,33 @@ pub fn describe(config: &Config) -> String {
         config.heartbeat.as_secs().to_string(),
         from("heartbeat_secs"),
     );
+    out += &set(
+        "header_timeout_secs",
+        settings.header_timeout_secs.to_string(),
+        from("header_timeout_secs"),
+    );
+    out += &set(
+        "max_connections",
+        settings.max_connections.to_string(),
+        from("max_connections"),
+    );
+    out += &set(
+        "secure_cookie",
+        settings.secure_cookie.to_string(),
+        from("secure_cookie"),
+    );
+    out += &set(
+        "trust_proxy_headers",
+        settings.trust_proxy_headers.to_string(),
+        from("trust_proxy_headers"),
+    );
     out
 }
 
 /// The store, for the startup line: where the messages are kept.
 pub fn describe_store(store: &StoreConfig) -> String {
     match store {
-        StoreConfig::Embedded { data_dir } => format!("embedded at {}", data_dir.display()),
+        StoreConfig::Embedded { data_dir, .. } => format!("embedded at {}", data_dir.display()),
         StoreConfig::MongoDb { uri, database } => {
             let set = crate::mongo::uri::parse(uri)
                 .ok()

@@ -1,13 +1,50 @@
 //! Request bodies: size cap, media type and parsing, each with its own error.
 
+use std::collections::HashSet;
+
 use rocket::data::{Data, ToByteUnit};
-use rocket::http::{ContentType, Status};
+use rocket::form::ValueField;
+use rocket::http::{ContentType, RawStr, Status};
 use rocket::Request;
 
 use super::error::ApiError;
+use crate::message::{ID_MAX_CHARS, NAME_MAX_CHARS, TEXT_MAX_CHARS};
 
-/// Larger bodies get 413.
-pub const BODY_LIMIT_BYTES: u64 = 16 * 1024;
+/// The most bytes one accepted character can take in a body, whichever
+/// way a client encodes it:
+/// - JSON: a character outside the Basic Multilingual Plane as a
+///   surrogate pair of `\uXXXX` escapes (12 bytes); a newline sent as CRLF
+///   (normalised to one LF) as `\u000d\u000a` (12 bytes).
+/// - A form: 4 UTF-8 bytes, each percent-encoded (`%F0%9F%98%80`,
+///   12 bytes); CRLF as `%0D%0A` (6 bytes).
+pub const WORST_BYTES_PER_CHAR: u64 = 12;
+
+/// The most bytes one accepted character of a name can take: names are
+/// counted after NFC normalisation, and one composed character may arrive
+/// decomposed as up to 4 code points of up to 3 UTF-8 bytes, each byte
+/// percent-encoded (4 × 3 × 3).
+pub const WORST_BYTES_PER_NAME_CHAR: u64 = 36;
+
+/// What surrounds the three values, at worst: the field names with every
+/// character escaped (`\u006e`, 6 bytes; `%6E` in a form, 3), quotes,
+/// colons, commas and braces (JSON) or `=` and `&` (form), and room for
+/// insignificant whitespace and whitespace trimmed from the values.
+pub const FRAMING_BYTES: u64 = ("name".len() + "text".len() + "id".len()) as u64 * 6 + 13 + 1024;
+
+/// Larger bodies get 413. Derived from the character limits, so every
+/// name, text and id the rules accept fits in every encoding a client may
+/// send: 64 × 36 + (2000 + 64) × 12 + 1,097 = 28,169 bytes.
+pub const BODY_LIMIT_BYTES: u64 = NAME_MAX_CHARS as u64 * WORST_BYTES_PER_NAME_CHAR
+    + (TEXT_MAX_CHARS + ID_MAX_CHARS) as u64 * WORST_BYTES_PER_CHAR
+    + FRAMING_BYTES;
+
+/// The 413 refusal.
+pub fn too_large() -> ApiError {
+    ApiError::new(
+        Status::PayloadTooLarge,
+        format!("request body is larger than {BODY_LIMIT_BYTES} bytes"),
+    )
+}
 
 /// Reads the whole body, refusing it if it is larger than the limit.
 pub async fn read_capped(data: Data<'_>) -> Result<Vec<u8>, ApiError> {
@@ -17,28 +54,32 @@ pub async fn read_capped(data: Data<'_>) -> Result<Vec<u8>, ApiError> {
         .await
         .map_err(|e| ApiError::new(Status::BadRequest, format!("cannot read body: {e}")))?;
     if !capped.is_complete() {
-        return Err(ApiError::new(
-            Status::PayloadTooLarge,
-            "request body is larger than 16 KiB",
-        ));
+        return Err(too_large());
     }
     Ok(capped.into_inner())
 }
 
-/// A JSON body. A missing Content-Type is tolerated (some clients omit it);
-/// any other type than JSON gets 415.
+/// Whether the request says its body is JSON (`application/json`, with
+/// any parameters such as `charset=UTF-8`, or any `+json` type).
+fn is_json(req: &Request<'_>) -> bool {
+    req.content_type()
+        .is_some_and(|ct| ct.is_json() || ct.sub().as_str().ends_with("+json"))
+}
+
+/// A JSON body. The Content-Type must say JSON: anything else, or none,
+/// gets 415 (a form cannot post JSON across sites that way either).
 pub async fn json<T: serde::de::DeserializeOwned>(
     req: &Request<'_>,
     data: Data<'_>,
 ) -> Result<T, ApiError> {
-    if let Some(ct) = req.content_type() {
-        let is_json = ct.is_json() || ct.sub().as_str().ends_with("+json");
-        if !is_json {
-            return Err(ApiError::new(
-                Status::UnsupportedMediaType,
-                format!("expected a JSON body (Content-Type: application/json), got {ct}"),
-            ));
-        }
+    if !is_json(req) {
+        let got = req
+            .content_type()
+            .map_or_else(|| "none".to_owned(), ToString::to_string);
+        return Err(ApiError::new(
+            Status::UnsupportedMediaType,
+            format!("expected a JSON body (Content-Type: application/json), got {got}"),
+        ));
     }
     let bytes = read_capped(data).await?;
     serde_json::from_slice(&bytes)
@@ -51,8 +92,8 @@ pub fn is_form(req: &Request<'_>) -> bool {
 
 /// A JSON request body as a data guard; take it as
 /// `Result<JsonBody<T>, ApiError>` so the handler answers refusals in the
-/// API's error shape. Not Rocket's `Json`: that one tolerates no missing
-/// Content-Type and its refusals carry no `field` or JSON body.
+/// API's error shape. Not Rocket's `Json`: its refusals carry no `field` or
+/// JSON body.
 pub struct JsonBody<T>(pub T);
 
 #[rocket::async_trait]
@@ -67,9 +108,55 @@ impl<'r, T: serde::de::DeserializeOwned> rocket::data::FromData<'r> for JsonBody
     }
 }
 
-/// An `application/x-www-form-urlencoded` body, parsed leniently (unknown
-/// fields ignored) into `T`. Not Rocket's `Form`: its refusals would not
-/// re-render the page with the error.
+/// Decodes an `application/x-www-form-urlencoded` body as strictly as a
+/// JSON body is read: a value or name that is not UTF-8 once decoded is a
+/// 400 (not U+FFFD), and so is a field given twice, naming it.
+pub fn decode_form(body: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::new(Status::BadRequest, "form body is not UTF-8"))?;
+    let mut seen = HashSet::new();
+    let mut fields = Vec::new();
+    for pair in text.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = RawStr::new(name).url_decode().map_err(|_| {
+            ApiError::new(
+                Status::BadRequest,
+                "a form field name is not UTF-8 once decoded",
+            )
+        })?;
+        let field = known_field(&name);
+        let value = RawStr::new(value).url_decode().map_err(|_| ApiError {
+            field,
+            ..ApiError::new(
+                Status::BadRequest,
+                format!("form field {name} is not UTF-8 once decoded"),
+            )
+        })?;
+        if !seen.insert(name.to_string()) {
+            return Err(ApiError {
+                field,
+                ..ApiError::new(
+                    Status::BadRequest,
+                    format!("form field {name} is given more than once"),
+                )
+            });
+        }
+        fields.push((name.into_owned(), value.into_owned()));
+    }
+    Ok(fields)
+}
+
+/// The `field` an error names: a field of a message, or none for others.
+pub fn known_field(name: &str) -> Option<&'static str> {
+    ["name", "text", "id", "limit", "before", "after"]
+        .into_iter()
+        .find(|known| *known == name)
+}
+
+/// An `application/x-www-form-urlencoded` body, decoded by [`decode_form`]
+/// and parsed leniently (unknown fields ignored) into `T`. Not Rocket's
+/// `Form`: it decodes invalid UTF-8 to U+FFFD and keeps one of a repeated
+/// field, and its refusals would not re-render the page with the error.
 pub struct FormBody<T>(pub T);
 
 #[rocket::async_trait]
@@ -87,9 +174,11 @@ impl<'r, T: for<'a> rocket::form::FromForm<'a> + Send + 'static> rocket::data::F
                 ));
             }
             let bytes = read_capped(data).await?;
-            let text = String::from_utf8(bytes)
-                .map_err(|_| ApiError::new(Status::BadRequest, "form body is not UTF-8"))?;
-            rocket::form::Form::<T>::parse_encoded(rocket::http::RawStr::new(&text))
+            let fields = decode_form(&bytes)?;
+            let values = fields
+                .iter()
+                .map(|(name, value)| ValueField::from((name.as_str(), value.as_str())));
+            rocket::form::Form::<T>::parse_iter(values)
                 .map_err(|e| ApiError::new(Status::BadRequest, format!("malformed form: {e}")))
         }
         .await;
@@ -97,5 +186,60 @@ impl<'r, T: for<'a> rocket::form::FromForm<'a> + Send + 'static> rocket::data::F
             Ok(value) => rocket::data::Outcome::Success(FormBody(value)),
             Err(e) => rocket::data::Outcome::Error((e.status, e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_fits_the_longest_values_in_the_worst_encoding() {
+        // 4-byte characters, every byte percent-encoded, in a form.
+        let emoji = "\u{1F600}";
+        let pct = |s: &str| s.bytes().map(|b| format!("%{b:02X}")).collect::<String>();
+        let form = format!(
+            "{}={}&{}={}&{}={}",
+            pct("name"),
+            pct(&emoji.repeat(NAME_MAX_CHARS)),
+            pct("text"),
+            pct(&emoji.repeat(TEXT_MAX_CHARS)),
+            pct("id"),
+            pct(&"a".repeat(ID_MAX_CHARS)),
+        );
+        assert!(form.len() as u64 <= BODY_LIMIT_BYTES, "{}", form.len());
+        // The same as JSON with every character a \u escape.
+        let esc = |s: &str| {
+            s.encode_utf16()
+                .map(|u| format!("\\u{u:04x}"))
+                .collect::<String>()
+        };
+        let json = format!(
+            "{{\"{}\":\"{}\",\"{}\":\"{}\",\"{}\":\"{}\"}}",
+            esc("name"),
+            esc(&emoji.repeat(NAME_MAX_CHARS)),
+            esc("text"),
+            esc(&"\r\n".repeat(TEXT_MAX_CHARS)),
+            esc("id"),
+            esc(&"a".repeat(ID_MAX_CHARS)),
+        );
+        assert!(json.len() as u64 <= BODY_LIMIT_BYTES, "{}", json.len());
+        assert_eq!(BODY_LIMIT_BYTES, 28_169);
+    }
+
+    #[test]
+    fn forms_refuse_invalid_utf8_and_repeated_fields() {
+        assert_eq!(
+            decode_form(b"name=a&text=%FF").unwrap_err().field,
+            Some("text")
+        );
+        assert_eq!(
+            decode_form(b"name=a&name=b").unwrap_err().field,
+            Some("name")
+        );
+        assert_eq!(
+            decode_form(b"name=a+b&text=%E5%AD%97").unwrap(),
+            vec![("name".into(), "a b".into()), ("text".into(), "字".into())]
+        );
     }
 }

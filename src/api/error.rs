@@ -1,22 +1,33 @@
 //! Every error the HTTP surface answers, as JSON `{"error", "field"?}`.
+//!
+//! Handlers return [`ApiError`]; guards and fairings that refuse a request
+//! before its handler runs store theirs with [`refuse`], and the catcher
+//! answers it, so a refusal carries its own message and field whichever
+//! path it took.
 
 use std::io::Cursor;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use rocket::http::{ContentType, Header, Status};
+use rocket::http::{ContentType, Header, Method, Status};
 use rocket::request::Request;
 use rocket::response::{self, Responder, Response};
 use serde::Serialize;
 
+use super::body::BODY_LIMIT_BYTES;
 use crate::message::Invalid;
 use crate::store::StoreError;
 
+/// An error response: `status`, the JSON body `{"error", "field"?}`, and
+/// `Retry-After` (whole seconds, at least 1) when `retry_after` is set.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: Status,
     pub error: String,
     pub field: Option<&'static str>,
     pub retry_after: Option<Duration>,
+    /// The methods the path answers, sent as `Allow` (405 only).
+    pub allow: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -26,6 +37,9 @@ struct Body<'a> {
     field: Option<&'a str>,
 }
 
+/// `Retry-After` of a `/readyz` 503: readiness is polled, so soon.
+pub const READY_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 impl ApiError {
     pub fn new(status: Status, error: impl Into<String>) -> Self {
         ApiError {
@@ -33,6 +47,7 @@ impl ApiError {
             error: error.into(),
             field: None,
             retry_after: None,
+            allow: None,
         }
     }
 
@@ -45,6 +60,14 @@ impl ApiError {
 
     pub fn not_found(error: impl Into<String>) -> Self {
         ApiError::new(Status::NotFound, error)
+    }
+
+    /// 503 with `Retry-After`.
+    pub fn unavailable(error: impl Into<String>, retry_after: Duration) -> Self {
+        ApiError {
+            retry_after: Some(retry_after),
+            ..ApiError::new(Status::ServiceUnavailable, error)
+        }
     }
 }
 
@@ -66,11 +89,15 @@ impl From<StoreError> for ApiError {
             },
             StoreError::UnknownId(_) => ApiError::not_found(e.to_string()),
             StoreError::Unavailable {
-                ref reason,
+                reason,
+                retry_after,
+            } => ApiError::unavailable(reason, retry_after),
+            StoreError::Full {
+                reason,
                 retry_after,
             } => ApiError {
                 retry_after: Some(retry_after),
-                ..ApiError::new(Status::ServiceUnavailable, reason.clone())
+                ..ApiError::new(Status::InsufficientStorage, reason)
             },
             StoreError::Internal(_) => {
                 rocket::error!("{e}");
@@ -98,17 +125,115 @@ impl<'r> Responder<'r, 'static> for ApiError {
                 after.as_secs().max(1).to_string(),
             ));
         }
+        if let Some(allow) = self.allow {
+            response.header(Header::new("Allow", allow));
+        }
         response.ok()
     }
 }
 
-/// Rocket's own refusals (no route, body too large, ...) in the same JSON shape.
+/// The refusal a guard or fairing decided for this request, answered by the
+/// catcher. The first refusal stored wins.
+pub fn refuse(req: &Request<'_>, error: ApiError) -> Status {
+    let status = error.status;
+    let _ = req.local_cache(OnceLock::<ApiError>::new).set(error);
+    status
+}
+
+fn refusal(req: &Request<'_>) -> Option<ApiError> {
+    req.local_cache(OnceLock::<ApiError>::new).get().cloned()
+}
+
+/// Every status without a handler's own error in the same JSON shape: a
+/// refusal stored by a guard or fairing, else Rocket's own (no route, body
+/// too large, malformed request), with 405 and `Allow` for a path that
+/// exists under other methods.
 #[rocket::catch(default)]
-pub fn default_catcher(status: Status, _req: &Request<'_>) -> ApiError {
-    let error = match status.code {
-        404 => "not found".to_string(),
-        413 => "request body is larger than 16 KiB".to_string(),
-        _ => status.reason_lossy().to_lowercase(),
-    };
-    ApiError::new(status, error)
+pub fn default_catcher(status: Status, req: &Request<'_>) -> ApiError {
+    if let Some(error) = refusal(req) {
+        return error;
+    }
+    match status.code {
+        404 => match allowed_methods(req) {
+            Some(allow) => ApiError {
+                allow: Some(allow.clone()),
+                ..ApiError::new(
+                    Status::MethodNotAllowed,
+                    format!(
+                        "{} is not allowed here; allowed: {allow}",
+                        req.headers()
+                            .get_one(super::front::ORIGINAL_METHOD)
+                            .unwrap_or(req.method().as_str())
+                    ),
+                )
+            },
+            None => ApiError::not_found("not found"),
+        },
+        413 => ApiError::new(
+            status,
+            format!("request body is larger than {BODY_LIMIT_BYTES} bytes"),
+        ),
+        _ => ApiError::new(status, status.reason_lossy().to_lowercase()),
+    }
+}
+
+/// The methods the mounted routes answer on the request's path, if any.
+/// HEAD comes with GET, as Rocket answers it.
+fn allowed_methods(req: &Request<'_>) -> Option<String> {
+    let path: Vec<&str> = req.uri().path().segments().collect();
+    let mut methods: Vec<Method> = req
+        .rocket()
+        .routes()
+        .filter(|route| path_matches(route.uri.path(), &path))
+        .map(|route| route.method)
+        .collect();
+    if methods.is_empty() {
+        return None;
+    }
+    if methods.contains(&Method::Get) {
+        methods.push(Method::Head);
+    }
+    methods.sort_by_key(|m| m.as_str());
+    methods.dedup();
+    Some(
+        methods
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}
+
+/// Whether a route path (`/api/messages/<id>`, `/assets/<file..>`) takes
+/// these decoded path segments.
+fn path_matches(route: &str, path: &[&str]) -> bool {
+    let pattern: Vec<&str> = route.split('/').filter(|s| !s.is_empty()).collect();
+    for (i, part) in pattern.iter().enumerate() {
+        if part.starts_with('<') && part.ends_with("..>") {
+            return true;
+        }
+        match path.get(i) {
+            Some(segment) if part.starts_with('<') || part == segment => {}
+            _ => return false,
+        }
+    }
+    pattern.len() == path.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_matches;
+
+    #[test]
+    fn route_paths_match_like_rocket_segments() {
+        assert!(path_matches("/", &[]));
+        assert!(path_matches("/api/messages", &["api", "messages"]));
+        assert!(path_matches(
+            "/api/messages/<id>",
+            &["api", "messages", "x"]
+        ));
+        assert!(!path_matches("/api/messages/<id>", &["api", "messages"]));
+        assert!(path_matches("/assets/<file..>", &["assets", "a", "b"]));
+        assert!(!path_matches("/api/messages", &["api"]));
+    }
 }

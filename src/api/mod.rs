@@ -2,8 +2,11 @@
 
 pub mod assets;
 pub mod body;
+pub mod checks;
+pub mod cookies;
 pub mod error;
 pub mod events;
+pub mod front;
 pub mod headers;
 pub mod messages;
 pub mod openapi;

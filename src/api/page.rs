@@ -4,12 +4,13 @@
 use std::sync::Arc;
 
 use rocket::form::FromForm;
-use rocket::http::{Cookie, CookieJar, SameSite, Status};
+use rocket::http::{CookieJar, Status};
 use rocket::response::Redirect;
 use rocket::{get, post, State};
 use rocket_dyn_templates::{context, Metadata, Template};
 
 use super::body::FormBody;
+use super::cookies::{name_cookie, Https};
 use super::error::ApiError;
 use crate::cache::{CachedMessage, Memo};
 use crate::chat::{Chat, DEFAULT_LIMIT};
@@ -205,6 +206,7 @@ pub async fn post_form(
     rendered: &State<RenderedHistory>,
     metadata: Metadata<'_>,
     cookies: &CookieJar<'_>,
+    https: Https,
     form: Result<FormBody<PostForm>, ApiError>,
 ) -> Result<Redirect, (Status, Template)> {
     let form = match form {
@@ -227,13 +229,7 @@ pub async fn post_form(
     match outcome {
         Ok(inserted) => {
             let name = inserted.message().name.clone();
-            cookies.add(
-                Cookie::build((NAME_COOKIE, name))
-                    .path("/")
-                    .same_site(SameSite::Lax)
-                    .http_only(true)
-                    .permanent(),
-            );
+            cookies.add(name_cookie(NAME_COOKIE, name, https));
             Ok(Redirect::to("/"))
         }
         Err(e) => {

@@ -1,11 +1,10 @@
 //! Health, readiness and the store's status.
 
-use rocket::http::Status;
 use rocket::serde::json::{json, Json, Value};
 use rocket::{get, State};
 use serde::Serialize;
 
-use super::error::ApiError;
+use super::error::{ApiError, READY_RETRY_AFTER};
 use crate::chat::Chat;
 use crate::store::StoreStatus;
 
@@ -15,12 +14,13 @@ pub fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// 200 when a write could be accepted now, else 503 with the reason.
+/// 200 when a write could be accepted now, else 503 with the reason and
+/// `Retry-After`.
 #[get("/readyz")]
 pub async fn readyz(chat: &State<Chat>) -> Result<Json<Value>, ApiError> {
     match chat.ready().await {
         Ok(()) => Ok(Json(json!({ "ready": true }))),
-        Err(reason) => Err(ApiError::new(Status::ServiceUnavailable, reason)),
+        Err(reason) => Err(ApiError::unavailable(reason, READY_RETRY_AFTER)),
     }
 }
 

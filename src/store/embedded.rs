@@ -8,73 +8,219 @@
 //! moment into a single transaction and commits it durably (fsync) before
 //! answering any of them: a burst of posts costs one commit, not one each.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Builder, Database, ReadableDatabase, ReadableTable, TableDefinition};
 use time::OffsetDateTime;
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Cursor, Inserted, Store, StoreError, StoreStatus};
 use crate::cache::{Cache, CACHE_CAPACITY};
 use crate::message::{now_millis, Message, NewMessage};
+use crate::retry::Backoff;
 
 /// Store order: a sequence number given at commit.
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 /// Message id to sequence number.
 const IDS: TableDefinition<&str, u64> = TableDefinition::new("ids");
+/// Written and emptied again after a reopen, to prove a write can succeed
+/// before the store says it is ready.
+const PROBE: TableDefinition<u64, &[u8]> = TableDefinition::new("probe");
 /// The most inserts one transaction takes.
 const MAX_BATCH: usize = 512;
+/// How much the probe writes: about what a busy batch of messages needs.
+const PROBE_BYTES: usize = 256 * 1024;
+/// redb's page cache unless `cache_size_mib` says otherwise (redb's own
+/// default is 1 GiB, which a small server cannot spare).
+pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// `Retry-After` while the disk is full or the store is reopening.
+const FAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 type Reply = oneshot::Sender<Result<Inserted, StoreError>>;
+
+/// Why writes cannot succeed now. redb refuses every operation on a
+/// database after an I/O error until it is reopened, so each fault is
+/// cleared by reopening, which the writer retries with backoff.
+#[derive(Debug, Clone)]
+enum Fault {
+    /// Out of space (`ENOSPC`, `EDQUOT`): 507.
+    Full(String),
+    /// Any other I/O error: 503.
+    Io(String),
+}
+
+impl Fault {
+    fn reason(&self) -> String {
+        match self {
+            Fault::Full(e) => format!(
+                "the disk holding the embedded store is full ({e}); writes resume by \
+                 themselves once space is freed"
+            ),
+            Fault::Io(e) => {
+                format!("the embedded store hit an I/O error ({e}) and is reopening itself")
+            }
+        }
+    }
+
+    fn error(&self) -> StoreError {
+        match self {
+            Fault::Full(_) => StoreError::Full {
+                reason: self.reason(),
+                retry_after: FAULT_RETRY_AFTER,
+            },
+            Fault::Io(_) => StoreError::Unavailable {
+                reason: self.reason(),
+                retry_after: FAULT_RETRY_AFTER,
+            },
+        }
+    }
+}
+
+/// A failed redb operation, classified: a fault of the disk (reopen), or
+/// an error of this one operation.
+#[derive(Debug)]
+enum Failure {
+    Fault(Fault),
+    Other(StoreError),
+}
+
+impl Failure {
+    fn into_store_error(self) -> StoreError {
+        match self {
+            Failure::Fault(f) => f.error(),
+            Failure::Other(e) => e,
+        }
+    }
+}
+
+impl<E: Into<redb::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        match e.into() {
+            redb::Error::Io(io) if is_out_of_space(&io) => {
+                Failure::Fault(Fault::Full(io.to_string()))
+            }
+            redb::Error::Io(io) => Failure::Fault(Fault::Io(io.to_string())),
+            redb::Error::PreviousIo => Failure::Fault(Fault::Io("an earlier I/O error".into())),
+            other => Failure::Other(StoreError::Internal(other.to_string())),
+        }
+    }
+}
+
+/// Out of space, by the error's kind (not its text).
+fn is_out_of_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// What the writer thread and the readers share.
+struct Shared {
+    path: PathBuf,
+    cache_bytes: usize,
+    /// `None` while closed, or after a fault until the reopen.
+    db: Mutex<Option<Arc<Database>>>,
+    /// `Some` from a fault until a reopen proved that writes succeed.
+    fault: Mutex<Option<Fault>>,
+}
+
+impl Shared {
+    fn fault(&self) -> Option<Fault> {
+        self.fault.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_fault(&self, fault: Option<Fault>) {
+        *self.fault.lock().unwrap_or_else(|e| e.into_inner()) = fault;
+    }
+
+    fn db(&self) -> Option<Arc<Database>> {
+        self.db.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
 
 /// The redb store. Its locks are std `Mutex`es held only to clone or take a
 /// handle, never across `.await`.
 pub struct EmbeddedStore {
     /// How long an insert may wait for its commit.
     write_timeout: Duration,
-    /// Taken on close, so the file's lock is released for a reopen.
-    db: Mutex<Option<Arc<Database>>>,
+    shared: Arc<Shared>,
     writer: Mutex<Option<mpsc::Sender<(NewMessage, Reply)>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database in `data_dir` and fills `cache` with
-    /// the latest messages. An insert that waits longer than `write_timeout`
-    /// for its commit answers `Unavailable`.
-    ///
-    /// Errors: `Internal` when the directory or the file cannot be created
-    /// or opened (for example another process holds it).
+    /// [`EmbeddedStore::open_with_cache`] with [`DEFAULT_CACHE_BYTES`].
     pub async fn open(
         data_dir: &Path,
         write_timeout: Duration,
         cache: Arc<Cache>,
     ) -> Result<Self, StoreError> {
-        let data_dir = data_dir.to_path_buf();
-        let db = tokio::task::spawn_blocking(move || open_db(&data_dir))
+        Self::open_with_cache(data_dir, DEFAULT_CACHE_BYTES, write_timeout, cache).await
+    }
+
+    /// Opens (or creates) the database in `data_dir` with a page cache of
+    /// `cache_bytes`, and fills `cache` with the latest messages. An insert
+    /// that waits longer than `write_timeout` for its commit answers
+    /// `Unavailable`.
+    ///
+    /// Errors: `Internal` when the directory or the file cannot be created
+    /// or opened (for example another process holds it).
+    pub async fn open_with_cache(
+        data_dir: &Path,
+        cache_bytes: usize,
+        write_timeout: Duration,
+        cache: Arc<Cache>,
+    ) -> Result<Self, StoreError> {
+        let dir = data_dir.to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            StoreError::Internal(format!("cannot create data_dir {}: {e}", dir.display()))
+        })?;
+        let path = dir.join("messages.redb");
+        let opening = path.clone();
+        let db = tokio::task::spawn_blocking(move || open_db(&opening, cache_bytes))
             .await
-            .map_err(|e| StoreError::Internal(e.to_string()))??;
+            .map_err(|e| StoreError::Internal(e.to_string()))?
+            .map_err(|e| {
+                StoreError::Internal(format!(
+                    "cannot open {}: {}",
+                    path.display(),
+                    e.into_store_error()
+                ))
+            })?;
         let db = Arc::new(db);
-        let latest = read_range(&db, &Cursor::Latest, CACHE_CAPACITY + 1)?;
+        let latest = read_range(&db, &Cursor::Latest, CACHE_CAPACITY + 1)
+            .map_err(Failure::into_store_error)?;
         // Datetimes never go back, even across a restart with an earlier clock.
         let last_datetime = latest
             .last()
             .map_or(OffsetDateTime::UNIX_EPOCH, |m| m.datetime);
         cache.reset_from_latest(latest);
 
+        let shared = Arc::new(Shared {
+            path,
+            cache_bytes,
+            db: Mutex::new(Some(db)),
+            fault: Mutex::new(None),
+        });
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        let writer_db = db.clone();
+        let writer = Writer {
+            shared: shared.clone(),
+            cache,
+            last_datetime,
+            runtime: Handle::current(),
+        };
         let thread = std::thread::Builder::new()
             .name("simplechat-writer".into())
-            .spawn(move || write_loop(&writer_db, rx, &cache, last_datetime))
+            .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Internal(format!("cannot start writer thread: {e}")))?;
         Ok(EmbeddedStore {
             write_timeout,
-            db: Mutex::new(Some(db)),
+            shared,
             writer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
         })
@@ -82,73 +228,168 @@ impl EmbeddedStore {
 
     async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&Database) -> Result<T, Failure> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let db = self
-            .db
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(StoreError::closed)?;
+        let Some(db) = self.shared.db() else {
+            return Err(match self.shared.fault() {
+                Some(fault) => fault.error(),
+                None => StoreError::closed(),
+            });
+        };
         tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(|e| StoreError::Internal(e.to_string()))?
+            .map_err(Failure::into_store_error)
     }
 }
 
-fn open_db(data_dir: &Path) -> Result<Database, StoreError> {
-    std::fs::create_dir_all(data_dir).map_err(|e| {
-        StoreError::Internal(format!(
-            "cannot create data_dir {}: {e}",
-            data_dir.display()
-        ))
-    })?;
-    let path = data_dir.join("messages.redb");
-    let db = Database::create(&path)
-        .map_err(|e| StoreError::Internal(format!("cannot open {}: {e}", path.display())))?;
+fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, Failure> {
+    let db = Builder::new().set_cache_size(cache_bytes).create(path)?;
     // Create the tables up front so readers never meet a missing table.
-    let txn = db.begin_write().map_err(internal)?;
-    txn.open_table(MESSAGES).map_err(internal)?;
-    txn.open_table(IDS).map_err(internal)?;
-    txn.commit().map_err(internal)?;
+    let txn = db.begin_write()?;
+    txn.open_table(MESSAGES)?;
+    txn.open_table(IDS)?;
+    txn.open_table(PROBE)?;
+    txn.commit()?;
     Ok(db)
 }
 
-fn internal(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Internal(e.to_string())
+/// Writes and removes [`PROBE_BYTES`], each durably: after a fault, the
+/// store is ready again only when this succeeds.
+fn probe_write(db: &Database) -> Result<(), Failure> {
+    let txn = db.begin_write()?;
+    txn.open_table(PROBE)?
+        .insert(0, vec![0u8; PROBE_BYTES].as_slice())?;
+    txn.commit()?;
+    let txn = db.begin_write()?;
+    txn.open_table(PROBE)?.remove(0)?;
+    txn.commit()?;
+    Ok(())
 }
 
-fn decode(bytes: &[u8]) -> Result<Message, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Internal(format!("corrupt message: {e}")))
+fn decode(bytes: &[u8]) -> Result<Message, Failure> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Failure::Other(StoreError::Internal(format!("corrupt message: {e}"))))
 }
 
-fn write_loop(
-    db: &Database,
-    mut rx: mpsc::Receiver<(NewMessage, Reply)>,
-    cache: &Cache,
-    mut last_datetime: OffsetDateTime,
-) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
+/// The writer thread: owns the write handle, batches inserts, and after a
+/// fault reopens the database with backoff until a write succeeds.
+struct Writer {
+    shared: Arc<Shared>,
+    cache: Arc<Cache>,
+    last_datetime: OffsetDateTime,
+    /// To wait for an insert or the next reopen attempt, whichever first.
+    runtime: Handle,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<(NewMessage, Reply)>) {
+        let mut db = self.shared.db();
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        loop {
+            let first = if db.is_some() {
+                match rx.blocking_recv() {
+                    Some(item) => Some(item),
+                    None => break,
+                }
+            } else {
+                let wait = backoff.next_delay();
+                match self
+                    .runtime
+                    .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
+                {
+                    Ok(Some(item)) => Some(item),
+                    Ok(None) => break,
+                    Err(_) => None,
+                }
+            };
+            if db.is_none() {
+                db = self.reopen();
+                if db.is_some() {
+                    backoff.reset();
+                }
+            }
+            let Some(first) = first else { continue };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
+            }
+            let Some(handle) = db.as_deref() else {
+                let error = self
+                    .shared
+                    .fault()
+                    .map_or_else(StoreError::closed, |f| f.error());
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                continue;
+            };
+            match write_batch(handle, &batch, &mut self.last_datetime) {
+                Ok(outcomes) => {
+                    for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
+                        if let Ok(Inserted::Created(m)) = &outcome {
+                            self.cache.publish(m.clone());
+                        }
+                        let _ = reply.send(outcome);
+                    }
+                }
+                Err(failure) => {
+                    if let Failure::Fault(fault) = &failure {
+                        log::error!("embedded store: {}", fault.reason());
+                        self.shared.set_fault(Some(fault.clone()));
+                        // Every handle must go before redb lets the file be
+                        // opened again; readers drop theirs as they finish.
+                        self.shared
+                            .db
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .take();
+                        db = None;
+                        backoff.reset();
+                    }
+                    let error = failure.into_store_error();
+                    for (_, reply) in batch {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
             }
         }
-        match write_batch(db, &batch, &mut last_datetime) {
-            Ok(outcomes) => {
-                for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
-                    if let Ok(Inserted::Created(m)) = &outcome {
-                        cache.publish(m.clone());
-                    }
-                    let _ = reply.send(outcome);
+    }
+
+    /// Opens the database again and proves a write succeeds; on success the
+    /// fault clears, the cache is refilled from the store (a commit that
+    /// failed may or may not have reached the disk) and readers get the new
+    /// handle. `None`: not yet.
+    fn reopen(&mut self) -> Option<Arc<Database>> {
+        let opened = open_db(&self.shared.path, self.shared.cache_bytes).and_then(|db| {
+            probe_write(&db)?;
+            let latest = read_range(&db, &Cursor::Latest, CACHE_CAPACITY + 1)?;
+            Ok((db, latest))
+        });
+        match opened {
+            Ok((db, latest)) => {
+                if let Some(newest) = latest.last() {
+                    self.last_datetime = self.last_datetime.max(newest.datetime);
                 }
+                self.cache.reset_from_latest(latest);
+                let db = Arc::new(db);
+                *self.shared.db.lock().unwrap_or_else(|e| e.into_inner()) = Some(db.clone());
+                self.shared.set_fault(None);
+                log::warn!("embedded store: reopened; writes succeed again");
+                Some(db)
             }
-            Err(e) => {
-                for (_, reply) in batch {
-                    let _ = reply.send(Err(e.clone()));
-                }
+            Err(Failure::Fault(fault)) => {
+                self.shared.set_fault(Some(fault));
+                None
+            }
+            // Readers still hold the old handle (redb: already open), or
+            // something else: keep the fault that stopped writes, try again.
+            Err(Failure::Other(e)) => {
+                log::debug!("embedded store: reopen not possible yet: {e}");
+                None
             }
         }
     }
@@ -160,29 +401,29 @@ fn write_batch(
     db: &Database,
     batch: &[(NewMessage, Reply)],
     last_datetime: &mut OffsetDateTime,
-) -> Result<Vec<Result<Inserted, StoreError>>, StoreError> {
-    let txn = db.begin_write().map_err(internal)?;
+) -> Result<Vec<Result<Inserted, StoreError>>, Failure> {
+    let txn = db.begin_write()?;
     let mut outcomes = Vec::with_capacity(batch.len());
+    // Committed only at the end: until then the batch's datetimes are
+    // provisional.
+    let mut newest = *last_datetime;
     {
-        let mut messages = txn.open_table(MESSAGES).map_err(internal)?;
-        let mut ids = txn.open_table(IDS).map_err(internal)?;
-        let mut next_seq = match messages.last().map_err(internal)? {
+        let mut messages = txn.open_table(MESSAGES)?;
+        let mut ids = txn.open_table(IDS)?;
+        let mut next_seq = match messages.last()? {
             Some((k, _)) => k.value() + 1,
             None => 0,
         };
         for (new, _) in batch {
-            let existing = ids
-                .get(new.id.as_str())
-                .map_err(internal)?
-                .map(|v| v.value());
+            let existing = ids.get(new.id.as_str())?.map(|v| v.value());
             if let Some(seq) = existing {
-                let stored = match messages.get(seq).map_err(internal)? {
+                let stored = match messages.get(seq)? {
                     Some(bytes) => decode(bytes.value())?,
                     None => {
-                        return Err(StoreError::Internal(format!(
+                        return Err(Failure::Other(StoreError::Internal(format!(
                             "id {} has no message",
                             new.id
-                        )))
+                        ))))
                     }
                 };
                 outcomes.push(if new.same_content(&stored) {
@@ -193,33 +434,31 @@ fn write_batch(
                 continue;
             }
             // Never earlier than the message before: store order and time agree.
-            let datetime = now_millis().max(*last_datetime);
+            let datetime = now_millis().max(newest);
             let message = new.clone().into_message(datetime);
-            let bytes = serde_json::to_vec(&message).map_err(internal)?;
-            messages
-                .insert(next_seq, bytes.as_slice())
-                .map_err(internal)?;
-            ids.insert(message.id.as_str(), next_seq)
-                .map_err(internal)?;
+            let bytes = serde_json::to_vec(&message)
+                .map_err(|e| Failure::Other(StoreError::Internal(e.to_string())))?;
+            messages.insert(next_seq, bytes.as_slice())?;
+            ids.insert(message.id.as_str(), next_seq)?;
             next_seq += 1;
-            *last_datetime = datetime;
+            newest = datetime;
             outcomes.push(Ok(Inserted::Created(message)));
         }
     }
-    txn.commit().map_err(internal)?;
+    txn.commit()?;
+    *last_datetime = newest;
     Ok(outcomes)
 }
 
 /// Up to `limit` messages at `cursor`, oldest first, in one read transaction.
-fn read_range(db: &Database, cursor: &Cursor, limit: usize) -> Result<Vec<Message>, StoreError> {
-    let txn = db.begin_read().map_err(internal)?;
-    let messages = txn.open_table(MESSAGES).map_err(internal)?;
-    let ids = txn.open_table(IDS).map_err(internal)?;
-    let position = |id: &str| -> Result<u64, StoreError> {
-        ids.get(id)
-            .map_err(internal)?
+fn read_range(db: &Database, cursor: &Cursor, limit: usize) -> Result<Vec<Message>, Failure> {
+    let txn = db.begin_read()?;
+    let messages = txn.open_table(MESSAGES)?;
+    let ids = txn.open_table(IDS)?;
+    let position = |id: &str| -> Result<u64, Failure> {
+        ids.get(id)?
             .map(|v| v.value())
-            .ok_or_else(|| StoreError::UnknownId(id.to_owned()))
+            .ok_or_else(|| Failure::Other(StoreError::UnknownId(id.to_owned())))
     };
     let mut out = Vec::with_capacity(limit.min(CACHE_CAPACITY + 1));
     match cursor {
@@ -227,21 +466,16 @@ fn read_range(db: &Database, cursor: &Cursor, limit: usize) -> Result<Vec<Messag
             let range = match cursor {
                 Cursor::Before(id) => messages.range(..position(id)?),
                 _ => messages.range::<u64>(..),
-            }
-            .map_err(internal)?;
+            }?;
             for entry in range.rev().take(limit) {
-                let (_, v) = entry.map_err(internal)?;
+                let (_, v) = entry?;
                 out.push(decode(v.value())?);
             }
             out.reverse();
         }
         Cursor::After(id) => {
-            for entry in messages
-                .range(position(id)? + 1..)
-                .map_err(internal)?
-                .take(limit)
-            {
-                let (_, v) = entry.map_err(internal)?;
+            for entry in messages.range(position(id)? + 1..)?.take(limit) {
+                let (_, v) = entry?;
                 out.push(decode(v.value())?);
             }
         }
@@ -285,13 +519,13 @@ impl Store for EmbeddedStore {
     async fn get(&self, id: &str) -> Result<Option<Message>, StoreError> {
         let id = id.to_owned();
         self.read(move |db| {
-            let txn = db.begin_read().map_err(internal)?;
-            let ids = txn.open_table(IDS).map_err(internal)?;
-            let Some(seq) = ids.get(id.as_str()).map_err(internal)?.map(|v| v.value()) else {
+            let txn = db.begin_read()?;
+            let ids = txn.open_table(IDS)?;
+            let Some(seq) = ids.get(id.as_str())?.map(|v| v.value()) else {
                 return Ok(None);
             };
-            let messages = txn.open_table(MESSAGES).map_err(internal)?;
-            let found = messages.get(seq).map_err(internal)?;
+            let messages = txn.open_table(MESSAGES)?;
+            let found = messages.get(seq)?;
             found.map(|v| decode(v.value())).transpose()
         })
         .await
@@ -302,6 +536,9 @@ impl Store for EmbeddedStore {
     }
 
     async fn ready(&self) -> Result<(), String> {
+        if let Some(fault) = self.shared.fault() {
+            return Err(fault.reason());
+        }
         if self
             .writer
             .lock()
@@ -327,7 +564,13 @@ impl Store for EmbeddedStore {
     async fn close(&self) {
         // Dropping the sender ends the writer loop once queued inserts are done.
         drop(self.writer.lock().unwrap_or_else(|e| e.into_inner()).take());
-        drop(self.db.lock().unwrap_or_else(|e| e.into_inner()).take());
+        drop(
+            self.shared
+                .db
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;

@@ -72,6 +72,13 @@ pub enum StoreError {
         /// When a retry may succeed (`Retry-After`).
         retry_after: Duration,
     },
+    /// The disk holding the store is full (507 with `Retry-After`); the
+    /// store takes writes again by itself once space is freed.
+    #[error("{reason}")]
+    Full {
+        reason: String,
+        retry_after: Duration,
+    },
     /// A bug or a misconfiguration (500; the reason is logged, not shown).
     #[error("store error: {0}")]
     Internal(String),

@@ -130,9 +130,14 @@ fn config_names_each_source_in_the_users_terms() {
          # mongodb_uri_file unset\n\
          database = \"messages\"  # from the URI's path\n\
          # data_dir unused: MongoDB store\n\
+         # cache_size_mib unused: MongoDB store\n\
          # template_dir unset: built-in templates\n\
          write_timeout_secs = 7  # from simplechat.toml\n\
-         heartbeat_secs = 15  # from default\n"
+         heartbeat_secs = 15  # from default\n\
+         header_timeout_secs = 10  # from default\n\
+         max_connections = 1024  # from default\n\
+         secure_cookie = false  # from default\n\
+         trust_proxy_headers = false  # from default\n"
     );
     assert!(!config.contains(".rs:"), "no code locations: {config}");
 

@@ -173,11 +173,13 @@ async fn last_event_id_replays_what_was_missed() {
 async fn a_subscriber_that_falls_far_behind_catches_up_from_the_store() {
     let app = spawn_app(&[]).await;
     let mut slow = Sse::connect_with_small_window(&app, "/api/events").await;
-    // The server can buffer at most a few MiB in the socket (tcp_wmem's
-    // maximum is 4 MiB by default) and 1024 messages in the broadcast:
-    // 2000 messages of about 6 KB each are more than both together, so this
+    // The server can buffer at most a few MiB in sockets (the front door's
+    // socket to the client and Rocket's to the front door, tcp_wmem's
+    // maximum is 4 MiB each by default, plus the front door's 256 KiB
+    // receive buffer) and 1024 messages in the broadcast: 3000 messages of
+    // about 6 KB each (18 MB) are more than all of them together, so this
     // subscriber, which reads nothing meanwhile, must fall behind.
-    const TOTAL: usize = 2000;
+    const TOTAL: usize = 3000;
     let mut texts = Vec::new();
     for chunk in 0..TOTAL / 100 {
         let app = &app;

@@ -4,6 +4,9 @@
 mod support;
 
 mod cli_config;
+mod connections;
+mod cross_site;
+mod disk_full;
 mod events;
 mod first_run;
 mod idempotency;
@@ -15,4 +18,5 @@ mod pagination;
 mod persistence;
 mod shutdown;
 mod status;
+mod strict_input;
 mod validation;

@@ -41,6 +41,41 @@ async fn the_document_lists_exactly_the_json_routes() {
     app.shutdown().await;
 }
 
+/// What the issue found the document getting wrong: empty values allowed,
+/// `before` with `after` not said to be exclusive, no 405, no
+/// `Retry-After` on `/readyz`'s 503.
+#[tokio::test]
+async fn the_document_states_the_rules_the_server_enforces() {
+    let app = spawn_app(&[]).await;
+    let doc = app.get_json("/api/openapi.json").await;
+    let new = &doc["components"]["schemas"]["NewMessage"];
+    assert_eq!(new["required"], serde_json::json!(["name", "text"]));
+    for (field, max) in [("name", 64), ("text", 2000)] {
+        let schema = &new["properties"][field];
+        assert_eq!(schema["minLength"], 1, "{field}");
+        assert_eq!(schema["maxLength"], max, "{field}");
+        let pattern = schema["pattern"].as_str().unwrap();
+        assert!(pattern.contains("\\s"), "{field}: not only whitespace");
+        // The server agrees: whitespace only is refused.
+        let mut body = serde_json::json!({"name": "a", "text": "b"});
+        body[field] = "   ".into();
+        let refused = app.post_json("/api/messages", &body).await;
+        assert_eq!(refused.status(), 400);
+    }
+    let list = &doc["paths"]["/api/messages"]["get"];
+    assert!(list["description"]
+        .as_str()
+        .unwrap()
+        .contains("mutually exclusive"));
+    assert!(doc["info"]["description"].as_str().unwrap().contains("405"));
+    assert!(
+        doc["paths"]["/readyz"]["get"]["responses"]["503"]["headers"]
+            .get("Retry-After")
+            .is_some()
+    );
+    app.shutdown().await;
+}
+
 fn required_fields(doc: &Value, schema: &str) -> Vec<String> {
     doc["components"]["schemas"][schema]["required"]
         .as_array()
@@ -70,6 +105,8 @@ async fn responses_carry_the_documented_fields() {
     for (path, method, code) in [
         ("/api/messages", "post", "201"),
         ("/api/messages", "post", "400"),
+        ("/api/messages", "post", "403"),
+        ("/api/messages", "post", "507"),
         ("/api/messages", "post", "409"),
         ("/api/messages", "post", "413"),
         ("/api/messages", "post", "415"),

@@ -173,21 +173,81 @@ async fn malformed_and_wrongly_typed_bodies_are_refused() {
 }
 
 #[tokio::test]
-async fn bodies_over_16_kib_get_413() {
+async fn bodies_over_the_cap_get_413() {
     let app = spawn_app(&[]).await;
-    let big = json!({"name": "a", "text": "x".repeat(17 * 1024)});
+    let cap = simplechat::api::body::BODY_LIMIT_BYTES as usize;
+    let big = json!({"name": "a", "text": "x".repeat(cap)});
     let (status, error) = refused(&app, big).await;
     assert_eq!(status, 413);
-    assert!(error["error"].as_str().unwrap().contains("16 KiB"));
+    assert!(
+        error["error"].as_str().unwrap().contains(&cap.to_string()),
+        "{error}"
+    );
     let form = app
         .client
         .post(app.url("/messages"))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("name=a&text={}", "x".repeat(17 * 1024)))
+        .body(format!("name=a&text={}", "x".repeat(cap)))
         .send()
         .await
         .unwrap();
     assert_eq!(form.status(), 413);
     assert_nothing_stored(&app).await;
+    app.shutdown().await;
+}
+
+/// Percent-encodes every byte, as the worst a form encoder may do.
+fn percent_all(s: &str) -> String {
+    s.bytes().map(|b| format!("%{b:02X}")).collect()
+}
+
+/// Escapes every UTF-16 unit as `\uXXXX`, as the worst a JSON encoder may do.
+fn escape_all(s: &str) -> String {
+    s.encode_utf16().map(|u| format!("\\u{u:04x}")).collect()
+}
+
+#[tokio::test]
+async fn the_longest_texts_are_accepted_in_the_worst_encodings() {
+    let app = spawn_app(&[]).await;
+    // 2,000 four-byte characters: 24 KB percent-encoded; and the page's
+    // own example, 2,000 × 字 (18 KB), which the old 16 KiB cap refused.
+    let name = "\u{1F600}".repeat(64);
+    for text in ["\u{1F600}".repeat(2000), "字".repeat(2000)] {
+        let form = format!(
+            "{}={}&{}={}",
+            percent_all("name"),
+            percent_all(&name),
+            percent_all("text"),
+            percent_all(&text)
+        );
+        let response = app
+            .client
+            .post(app.url("/messages"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 303, "form post of {} bytes", text.len());
+        let json = format!(
+            "{{\"{}\":\"{}\",\"{}\":\"{}\"}}",
+            escape_all("name"),
+            escape_all(&name),
+            escape_all("text"),
+            escape_all(&text)
+        );
+        let response = app
+            .client
+            .post(app.url("/api/messages"))
+            .header("content-type", "application/json")
+            .body(json)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let stored: Value = response.json().await.unwrap();
+        assert_eq!(stored["text"], text.as_str());
+    }
+    assert_eq!(app.message_count().await, 4);
     app.shutdown().await;
 }

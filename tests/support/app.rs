@@ -5,9 +5,7 @@ use std::path::{Path, PathBuf};
 
 use figment::providers::Serialized;
 use figment::{Figment, Profile};
-use rocket::fairing::AdHoc;
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 
 use simplechat::config::{layered, Config};
 
@@ -55,26 +53,15 @@ pub fn test_figment(data_dir: &Path, extra: &[(&str, Value)]) -> Figment {
 
 pub async fn try_spawn_app_in(data_dir: &Path, extra: &[(&str, Value)]) -> Result<TestApp, String> {
     let config = Config::from_figment(test_figment(data_dir, extra)).map_err(|e| e.to_string())?;
-    let (port_tx, port_rx) = oneshot::channel();
-    let rocket = simplechat::app::build(config)
-        .await?
-        .attach(AdHoc::on_liftoff("report port", move |rocket| {
-            Box::pin(async move {
-                let _ = port_tx.send(rocket.config().port);
-            })
-        }))
-        .ignite()
-        .await
-        .map_err(|e| e.to_string())?;
-    let shutdown = rocket.shutdown();
+    // The same start as `simplechat serve`: the front door, then Rocket.
+    let server = simplechat::app::start(config).await?;
+    let shutdown = server.shutdown_handle();
+    let port = server.address.port();
     let server = tokio::spawn(async move {
-        if let Err(e) = rocket.launch().await {
+        if let Err(e) = server.wait().await {
             eprintln!("server ended with an error: {e}");
         }
     });
-    let port = port_rx
-        .await
-        .map_err(|_| "server did not lift off".to_string())?;
     Ok(TestApp {
         base_url: format!("http://127.0.0.1:{port}"),
         client: reqwest::Client::builder()

@@ -88,11 +88,22 @@ pub(super) async fn insert(shared: &Shared, new: NewMessage) -> Result<Inserted,
         };
         let delay = backoff.next_delay();
         if Instant::now() + delay >= deadline {
+            let within = shared.write_timeout.as_secs();
+            let reason = if tried.is_empty() {
+                format!("no MongoDB primary took the write within {within} s: {reason}")
+            } else {
+                // An attempt was sent: a primary may have applied it without
+                // a majority confirming in time, so it may yet be stored.
+                format!(
+                    "the write's outcome is unknown: it was sent, but no majority of the \
+                     replica set confirmed it within {within} s ({reason}); it may still be \
+                     stored. Retrying with the same id ({}) is safe: a message is stored at \
+                     most once per id",
+                    new.id
+                )
+            };
             return Err(StoreError::Unavailable {
-                reason: format!(
-                    "no MongoDB primary accepted the write within {} s: {reason}",
-                    shared.write_timeout.as_secs()
-                ),
+                reason,
                 retry_after: WRITE_RETRY_AFTER,
             });
         }

@@ -1,0 +1,169 @@
+//! Checks every request passes before routing: no query field given twice,
+//! and no write from another site. A request that fails one is answered by
+//! the catcher with the refusal stored here (Rocket's fairings cannot
+//! answer a request; they may rewrite it, so a refused request is routed
+//! to a path no route has and never reaches a handler).
+
+use std::collections::HashSet;
+
+use rocket::fairing::{Fairing, Info, Kind};
+use rocket::http::uri::Origin;
+use rocket::http::{Method, Status};
+use rocket::{Data, Request};
+
+use super::body::known_field;
+use super::error::{refuse, ApiError};
+
+/// Where a refused request is routed: no route has this path.
+const REFUSED_PATH: &str = "/.refused";
+
+/// The fairing that runs both checks on every request.
+pub struct RequestChecks;
+
+#[rocket::async_trait]
+impl Fairing for RequestChecks {
+    fn info(&self) -> Info {
+        Info {
+            name: "request checks",
+            kind: Kind::Request,
+        }
+    }
+
+    async fn on_request(&self, req: &mut Request<'_>, _: &mut Data<'_>) {
+        let refusal = repeated_query_field(req).or_else(|| cross_site_write(req));
+        if let Some(error) = refusal {
+            refuse(req, error);
+            req.set_uri(Origin::const_new(REFUSED_PATH, None));
+        }
+    }
+}
+
+/// A query field given twice (`?before=A&before=B`) is ambiguous: 400,
+/// naming it, instead of one of the values silently winning.
+fn repeated_query_field(req: &Request<'_>) -> Option<ApiError> {
+    let query = req.uri().query()?;
+    let mut seen = HashSet::new();
+    for (name, _) in query.segments() {
+        if !seen.insert(name) {
+            return Some(ApiError {
+                field: known_field(name),
+                ..ApiError::new(
+                    Status::BadRequest,
+                    format!("query field {name} is given more than once"),
+                )
+            });
+        }
+    }
+    None
+}
+
+/// A browser write (any method but GET, HEAD, OPTIONS) started by another
+/// site: refused with 403 so a page elsewhere cannot post in a user's name.
+///
+/// Browsers say where a request comes from in `Sec-Fetch-Site` (which a
+/// page cannot set); only `same-origin` and `none` (the user's own action,
+/// such as a bookmark) are let through. Browsers without it send `Origin`
+/// on a POST, which must then name this host. A request with neither is
+/// not a browser's (curl, the lab's scripts) and is let through: it
+/// carries no user's cookies to abuse.
+fn cross_site_write(req: &Request<'_>) -> Option<ApiError> {
+    if matches!(req.method(), Method::Get | Method::Head | Method::Options) {
+        return None;
+    }
+    let refused = |why: String| {
+        Some(ApiError::new(
+            Status::Forbidden,
+            format!("cross-site write refused: {why}"),
+        ))
+    };
+    let headers = req.headers();
+    if let Some(site) = headers.get_one("Sec-Fetch-Site") {
+        let site = site.trim().to_ascii_lowercase();
+        return match site.as_str() {
+            "same-origin" | "none" => None,
+            _ => refused(format!(
+                "the request comes from another site (Sec-Fetch-Site: {site})"
+            )),
+        };
+    }
+    let origin = headers.get_one("Origin")?.trim();
+    let host = req.host().map(|h| h.to_string());
+    match origin_authority(origin) {
+        Some(authority)
+            if host
+                .as_deref()
+                .is_some_and(|h| same_authority(&authority, h)) =>
+        {
+            None
+        }
+        _ => refused(format!(
+            "Origin {origin} is not this site ({})",
+            host.as_deref().unwrap_or("no Host")
+        )),
+    }
+}
+
+/// `http://chat.example:8000` → `chat.example:8000`, with the scheme's
+/// default port made explicit so `Host: chat.example` compares equal.
+fn origin_authority(origin: &str) -> Option<String> {
+    let (scheme, rest) = origin.split_once("://")?;
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') {
+        return None;
+    }
+    Some(with_port(authority, default_port(scheme)?))
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme.to_ascii_lowercase().as_str() {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    }
+}
+
+fn with_port(authority: &str, port: u16) -> String {
+    let authority = authority.to_ascii_lowercase();
+    // An IPv6 literal's colons are inside its brackets.
+    let has_port = match authority.rfind(']') {
+        Some(end) => authority[end..].contains(':'),
+        None => authority.contains(':'),
+    };
+    if has_port {
+        authority
+    } else {
+        format!("{authority}:{port}")
+    }
+}
+
+/// Whether an Origin's authority (port explicit) names the Host header's.
+/// The Host header has no scheme, so a port-less Host matches an Origin on
+/// either default port.
+fn same_authority(origin: &str, host: &str) -> bool {
+    [80, 443]
+        .into_iter()
+        .any(|port| with_port(host, port) == origin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_compare_with_default_ports() {
+        let o = |s| origin_authority(s).unwrap();
+        assert!(same_authority(&o("http://chat.example"), "chat.example"));
+        assert!(same_authority(&o("https://chat.example"), "chat.example"));
+        assert!(same_authority(
+            &o("http://127.0.0.1:8000"),
+            "127.0.0.1:8000"
+        ));
+        assert!(same_authority(&o("http://[::1]:8000"), "[::1]:8000"));
+        assert!(!same_authority(&o("http://evil.example"), "chat.example"));
+        assert!(!same_authority(
+            &o("http://chat.example:8001"),
+            "chat.example:8000"
+        ));
+        assert_eq!(origin_authority("null"), None);
+    }
+}

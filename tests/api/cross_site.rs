@@ -1,0 +1,164 @@
+//! Writes started by another site are refused; same-origin pages and
+//! non-browser clients keep working; the JSON API takes only JSON.
+
+use serde_json::{json, Value};
+
+use crate::support::app::{spawn_app, TestApp};
+
+fn form_post(app: &TestApp) -> reqwest::RequestBuilder {
+    app.client
+        .post(app.url("/messages"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("name=mallory&text=posted+from+elsewhere")
+}
+
+async fn assert_refused(response: reqwest::Response) {
+    assert_eq!(response.status(), 403);
+    assert!(
+        response.headers().get("set-cookie").is_none(),
+        "no name cookie for a refused post"
+    );
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("cross-site"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_form_on_another_site_cannot_post() {
+    let app = spawn_app(&[]).await;
+    // A modern browser says where the form was.
+    let response = form_post(&app)
+        .header("sec-fetch-site", "cross-site")
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_refused(response).await;
+    // A browser without Sec-Fetch-Site still sends Origin.
+    let response = form_post(&app)
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_refused(response).await;
+    // A sandboxed or privacy-stripped origin.
+    let response = form_post(&app)
+        .header("origin", "null")
+        .send()
+        .await
+        .unwrap();
+    assert_refused(response).await;
+    // The JSON API too, even with a JSON body (fetch with CORS preflight
+    // would fail, but a no-cors fetch of text/plain must not get through).
+    let response = app
+        .client
+        .post(app.url("/api/messages"))
+        .header("sec-fetch-site", "same-site")
+        .json(&json!({"name": "m", "text": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_refused(response).await;
+    assert_eq!(app.message_count().await, 0, "nothing stored");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_page_itself_and_non_browser_clients_can_post() {
+    let app = spawn_app(&[]).await;
+    let host = app.base_url.trim_start_matches("http://").to_owned();
+    // The page's own form, as a browser sends it.
+    let response = form_post(&app)
+        .header("sec-fetch-site", "same-origin")
+        .header("origin", app.base_url.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    // An older browser: Origin names this host.
+    let response = form_post(&app)
+        .header("origin", format!("http://{host}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    // The lab's XHR: JSON with a charset, no Sec-Fetch-Site or Origin.
+    let response = app
+        .client
+        .post(app.url("/api/messages"))
+        .header("content-type", "application/json;charset=UTF-8")
+        .body(r#"{"name": "lab", "text": "hello"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    // curl.
+    app.post_message("curl", "hi").await;
+    assert_eq!(app.message_count().await, 4);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_json_api_needs_a_json_content_type() {
+    let app = spawn_app(&[]).await;
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let mut request = app
+            .client
+            .post(app.url("/api/messages"))
+            .body(r#"{"name": "a", "text": "b"}"#);
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 415, "{content_type:?}");
+        let body: Value = response.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains("JSON"), "{body}");
+    }
+    assert_eq!(app.message_count().await, 0);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_name_cookie_lasts_a_year_and_is_secure_over_https() {
+    let cookie = |response: &reqwest::Response| {
+        response.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let app = spawn_app(&[]).await;
+    let plain = form_post(&app).send().await.unwrap();
+    assert_eq!(plain.status(), 303);
+    let set = cookie(&plain);
+    assert!(set.contains("Max-Age=31536000"), "{set}");
+    assert!(!set.contains("Secure"), "plain HTTP: {set}");
+    // X-Forwarded-Proto is only believed when a proxy is declared trusted.
+    let forwarded = form_post(&app)
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    assert!(!cookie(&forwarded).contains("Secure"));
+    app.shutdown().await;
+
+    let app = spawn_app(&[("trust_proxy_headers", json!(true))]).await;
+    let forwarded = form_post(&app)
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    assert!(cookie(&forwarded).contains("Secure"));
+    app.shutdown().await;
+
+    let app = spawn_app(&[("secure_cookie", json!(true))]).await;
+    let always = form_post(&app).send().await.unwrap();
+    assert!(cookie(&always).contains("Secure"));
+    app.shutdown().await;
+}

@@ -1,0 +1,153 @@
+//! The embedded store on a full disk: 507 with `Retry-After`, `/readyz`
+//! says why, and once space is freed writes succeed again without a
+//! restart, with every acknowledged message kept.
+//!
+//! The disk is a real 2 MiB tmpfs, so the errors are the kernel's own
+//! ENOSPC. Mounting needs root; without it the test skips loudly, unless
+//! `SIMPLECHAT_REQUIRE_TMPFS=1` (set by `.ci/run` when it runs as root).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::app::spawn_app_in;
+
+/// A tmpfs of `size` mounted on a fresh directory; unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Result<Tmpfs, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+        }
+        Ok(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Walks the whole history back from the newest message: every id.
+async fn all_ids(app: &crate::support::app::TestApp) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut path = "/api/messages?limit=1000".to_owned();
+    loop {
+        let page = app.get_json(&path).await;
+        let page = page.as_array().unwrap();
+        if page.is_empty() {
+            break;
+        }
+        let mut older: Vec<String> = page
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect();
+        path = format!("/api/messages?limit=1000&before={}", older[0]);
+        older.append(&mut ids);
+        ids = older;
+    }
+    ids
+}
+
+#[tokio::test]
+async fn a_full_disk_answers_507_and_clears_by_itself() {
+    let disk = match Tmpfs::mount("2m") {
+        Ok(disk) => disk,
+        Err(why) if std::env::var_os("SIMPLECHAT_REQUIRE_TMPFS").is_none() => {
+            eprintln!("SKIPPED: disk_full test because a tmpfs cannot be mounted: {why}");
+            return;
+        }
+        Err(why) => panic!("SIMPLECHAT_REQUIRE_TMPFS is set but: {why}"),
+    };
+    // Space to give back later: the store gets the rest.
+    let ballast: PathBuf = disk.path().join("ballast");
+    std::fs::write(&ballast, vec![1u8; 512 * 1024]).unwrap();
+    let data_dir = disk.path().join("data");
+    let app = spawn_app_in(&data_dir, &[("write_timeout_secs", json!(30))]).await;
+
+    let text = "x".repeat(1500);
+    let mut acknowledged = Vec::new();
+    let refusal = loop {
+        let response = app
+            .post_json("/api/messages", &json!({"name": "filler", "text": text}))
+            .await;
+        match response.status().as_u16() {
+            201 => {
+                let m: Value = response.json().await.unwrap();
+                acknowledged.push(m["id"].as_str().unwrap().to_owned());
+                assert!(acknowledged.len() < 10_000, "the disk never filled");
+            }
+            _ => break response,
+        }
+    };
+    assert_eq!(refusal.status(), 507, "a full disk is 507, not 500");
+    assert!(refusal.headers().contains_key("retry-after"));
+    let body: Value = refusal.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("full"), "{body}");
+    // Until space is freed: still refused, and not ready, with the reason.
+    let again = app
+        .post_json("/api/messages", &json!({"name": "filler", "text": "y"}))
+        .await;
+    assert_eq!(again.status(), 507);
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 503);
+    assert!(ready.headers().contains_key("retry-after"));
+    let why: Value = ready.json().await.unwrap();
+    assert!(why["error"].as_str().unwrap().contains("full"), "{why}");
+    assert!(!acknowledged.is_empty());
+
+    // Free space: the store reopens by itself and is ready again.
+    std::fs::remove_file(&ballast).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while app.get("/readyz").await.status() != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the store never became ready after space was freed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = app
+        .post_json(
+            "/api/messages",
+            &json!({"name": "after", "text": "space freed"}),
+        )
+        .await;
+    assert_eq!(after.status(), 201);
+    let after: Value = after.json().await.unwrap();
+
+    // Nothing acknowledged is lost, now and after a restart.
+    let ids = all_ids(&app).await;
+    for id in &acknowledged {
+        assert!(ids.contains(id), "acknowledged {id} is listed");
+    }
+    assert_eq!(ids.last().unwrap(), after["id"].as_str().unwrap());
+    app.shutdown().await;
+    let app = spawn_app_in(&data_dir, &[]).await;
+    let ids = all_ids(&app).await;
+    for id in acknowledged
+        .iter()
+        .chain([after["id"].as_str().unwrap().to_owned()].iter())
+    {
+        assert!(ids.contains(id), "acknowledged {id} survives a restart");
+    }
+    app.shutdown().await;
+}

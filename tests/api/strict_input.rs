@@ -1,0 +1,136 @@
+//! Ambiguous or malformed input is a 400 naming the field, on every path;
+//! errors raised before routing are JSON too; other methods get 405.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use serde_json::Value;
+
+use crate::support::app::spawn_app;
+
+#[tokio::test]
+async fn a_query_field_given_twice_is_a_400_naming_it() {
+    let app = spawn_app(&[]).await;
+    let a = app.post_message("a", "one").await;
+    let b = app.post_message("a", "two").await;
+    let (a, b) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    for (path, field) in [
+        (
+            format!("/api/messages?before={a}&before={b}&limit=2"),
+            "before",
+        ),
+        ("/api/messages?limit=1&limit=2".to_string(), "limit"),
+        (format!("/api/messages?after={a}&aft%65r={b}"), "after"),
+        (format!("/api/events?after={a}&after={b}"), "after"),
+    ] {
+        let response = app.get(&path).await;
+        assert_eq!(response.status(), 400, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["field"], field, "{path}: {body}");
+    }
+    // The page too, whatever it takes.
+    let response = app.get("/?x=1&x=2").await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains('x'), "{body}");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_form_is_as_strict_as_json() {
+    let app = spawn_app(&[]).await;
+    for form in [
+        "name=a&text=%FF",
+        "name=%C3&text=b",
+        "name=a&text=one&text=two",
+        "name=a&name=b&text=c",
+    ] {
+        let response = app
+            .client
+            .post(app.url("/messages"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{form}");
+        let page = response.text().await.unwrap();
+        assert!(
+            page.contains("UTF-8") || page.contains("more than once"),
+            "the page says why: {form}"
+        );
+    }
+    assert_eq!(app.message_count().await, 0, "nothing stored");
+    app.shutdown().await;
+}
+
+/// Sends raw bytes and returns the whole answer (the server closes after
+/// these refusals).
+fn raw(base_url: &str, request: &[u8]) -> String {
+    let address = base_url.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn status_and_body(answer: &str) -> (u16, Value) {
+    let status = answer[9..12].parse().unwrap();
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    (status, body)
+}
+
+#[tokio::test]
+async fn errors_before_routing_are_json() {
+    let app = spawn_app(&[]).await;
+    let base = app.base_url.clone();
+    let cases = tokio::task::spawn_blocking(move || {
+        let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+        let big_header = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(500_000)
+        );
+        vec![
+            (raw(&base, b"GARBAGE\r\n\r\n"), 400),
+            (raw(&base, b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"), 400),
+            (raw(&base, long_uri.as_bytes()), 414),
+            (raw(&base, big_header.as_bytes()), 431),
+        ]
+    })
+    .await
+    .unwrap();
+    for (answer, expected) in cases {
+        let (status, body) = status_and_body(&answer);
+        assert_eq!(status, expected, "{answer}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{answer}"
+        );
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn other_methods_on_a_route_get_405_with_allow() {
+    let app = spawn_app(&[]).await;
+    for (method, path, allow) in [
+        ("TRACE", "/api/messages", "GET, HEAD, POST"),
+        ("DELETE", "/api/messages/abc", "GET, HEAD"),
+        ("PUT", "/readyz", "GET, HEAD"),
+    ] {
+        let response = app
+            .client
+            .request(method.parse().unwrap(), app.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{method} {path}");
+        assert_eq!(response.headers()["allow"], allow);
+        let body: Value = response.json().await.unwrap();
+        assert!(body["error"].as_str().is_some(), "{body}");
+    }
+    assert_eq!(app.get("/no/such/path").await.status(), 404);
+    app.shutdown().await;
+}
