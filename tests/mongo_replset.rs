@@ -322,3 +322,42 @@ async fn init_initiates_a_keyed_set_and_creates_the_user_through_the_localhost_e
         "replSetGetStatus"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_the_primary_the_key_file_creates_the_user() {
+    let test = "off_the_primary_the_key_file_creates_the_user";
+    cluster::say(&format!(
+        "SKIPPED: {test} on real mongod, because it moves the primary with the simulator's step-down; running it on replset-sim"
+    ));
+    let cluster = TestCluster::start_sim(replset_sim::ClusterOptions {
+        key_file: Some(cluster::KEY.to_owned()),
+        ..cluster::fast_sim(true)
+    })
+    .await;
+    let sim = cluster.sim().expect("simulator");
+    sim.step_down().await;
+    let deadline = std::time::Instant::now() + cluster.election_time();
+    while !matches!(sim.primary(), Some(p) if p != 0) {
+        assert!(std::time::Instant::now() < deadline, "no other primary");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let auth = cluster::Auth::new_for_test(&["chat"]);
+
+    // The localhost exception only reaches member 0, which is no primary.
+    let mut args = auth.init_args();
+    args.extend(["--wait-secs".to_string(), "2".to_string()]);
+    let (ok, out) = cluster::run_init(&cluster.hosts(), &args).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("creating the user needs the primary"), "{out}");
+
+    args.extend([
+        "--key-file".to_string(),
+        auth.key_file.display().to_string(),
+    ]);
+    let (ok, out) = cluster::run_init(&cluster.hosts(), &args).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("created user app@admin with roles clusterMonitor@admin, readWrite@chat (authenticated with the key file)"),
+        "{out}"
+    );
+}

@@ -254,9 +254,16 @@ async fn as_the_user(p: &Prepared, conn: &Connection) -> Check<Outcome> {
 
 /// Steps 2 and 3 on a connection that may manage users (or, under the
 /// localhost exception, create the first one): create the user, or, if it
-/// exists with the roles asked for, set its password. `Ok(None)`: this
-/// connection may not (Unauthorized).
-async fn converge(p: &Prepared, conn: &Connection, how: &str) -> Check<Option<String>> {
+/// exists with the roles asked for, set its password. `Done(None)`: this
+/// connection may not (Unauthorized), or, with `defer_off_primary`, it
+/// reaches a member that is not primary (the key file's connection to the
+/// whole set then does it).
+async fn converge(
+    p: &Prepared,
+    conn: &Connection,
+    how: &str,
+    defer_off_primary: bool,
+) -> Check<Option<String>> {
     let db = conn.client.database(&p.request.db);
     let who = format!("{}@{}", p.request.name, p.request.db);
     let created = db
@@ -277,6 +284,9 @@ async fn converge(p: &Prepared, conn: &Connection, how: &str) -> Check<Option<St
         }
         Err(e) if command_code(&e) == Some(UNAUTHORIZED) => return Check::Done(None),
         Err(e) if command_code(&e) == Some(USER_EXISTS) => {}
+        Err(e) if command_code(&e) == Some(NOT_WRITABLE_PRIMARY) && defer_off_primary => {
+            return Check::Done(None)
+        }
         Err(e) if command_code(&e) == Some(NOT_WRITABLE_PRIMARY) => {
             return Check::NotYet(format!(
                 "creating the user needs the primary: {}",
@@ -348,20 +358,22 @@ pub async fn ensure(
     }
     let deadline = Instant::now() + wait;
     let local = poll_until(deadline, poll, || {
-        converge(p, first, "through init's own connection")
+        converge(p, first, "through init's own connection", p.key.is_some())
     })
     .await
     .map_err(timed_out("creating the user", wait))?;
     if let Some(summary) = local {
         return Ok(summary);
     }
+    // Without the localhost exception (a user exists) or off the primary:
+    // the members' key file.
     let Some(key) = &p.key else {
         return Err(wrong_password(p));
     };
     let system = client_as(base, set, hosts, "__system", "local", key)?;
     let deadline = Instant::now() + wait;
     let result = poll_until(deadline, poll, || {
-        converge(p, &system, "authenticated with the key file")
+        converge(p, &system, "authenticated with the key file", false)
     })
     .await;
     close(system).await;
