@@ -113,6 +113,15 @@
             inherit cluster;
             module = self.nixosModules.default;
           };
+          # The same scenario with the key file and the app's user, plus a
+          # non-member that can neither reach nor authenticate to mongod.
+          failover-auth = import ./nix/failover-test.nix {
+            pkgs = pkgsFor system;
+            inherit cluster;
+            module = self.nixosModules.default;
+            auth = true;
+            package = self.packages.${system}.default;
+          };
         }
       );
 

@@ -2,15 +2,36 @@
 # description as the real hosts; the primary is crashed while a writer posts.
 # `pkgs` must allow the unfree mongodb-ce: runNixOSTest hands it to the nodes
 # read-only, so nodes cannot allow it themselves.
+#
+# With `auth = true` (checks.failover-auth) the same scenario runs with access
+# control: the test writes the members' key file and the app's password into
+# every member (never through the Nix store), the initiator creates the app's
+# user, and a fourth node, not a member, must neither reach mongod (firewall)
+# nor authenticate once the firewall lets it through.
 {
   pkgs,
   cluster,
   module,
+  auth ? false,
+  # The bundle, for the non-member's MongoDB client (auth only).
+  package ? null,
 }:
 let
   inherit (pkgs) lib;
 
   memberNames = lib.attrNames cluster.members;
+
+  # Where the test writes the secrets on each member: a tmpfs, as
+  # /run/keys is for deployment tools.
+  keyFile = "/run/keys/mongodb-keyfile";
+  passwordFile = "/run/keys/simplechat-mongodb-password";
+
+  # The non-member node; the driver numbers nodes alphabetically, so it
+  # comes after the members and gets the next address.
+  visitor = "visitor";
+  visitorAddress =
+    assert lib.all (n: n < visitor) memberNames;
+    "192.168.1.${toString (lib.length memberNames + 1)}";
 
   # The test driver numbers the nodes in alphabetical order and gives node n
   # the address 192.168.1.n; the cluster's real addresses do not exist here.
@@ -58,6 +79,10 @@ let
         inherit (cluster) name domain;
         members = testMembers;
         self = name;
+        auth = lib.mkIf auth {
+          enable = true;
+          inherit keyFile passwordFile;
+        };
       };
     };
 
@@ -76,26 +101,51 @@ let
     # it fall back to IPv4 at once rather than after a connect timeout.
     networking.firewall.rejectPackets = true;
   };
+  # A machine on the members' network that is no member: it has the
+  # simplechat CLI (a MongoDB client) and nothing else of the cluster.
+  visitorNode = {
+    environment.systemPackages = [ package ];
+  };
 in
 pkgs.testers.runNixOSTest {
-  name = "simplechat-failover";
+  name = if auth then "simplechat-failover-auth" else "simplechat-failover";
 
-  nodes = lib.genAttrs memberNames node;
+  nodes = lib.genAttrs memberNames node // lib.optionalAttrs auth { ${visitor} = visitorNode; };
 
   testScript =
     { nodes, ... }:
     let
-      uri = nodes.${lib.head memberNames}.services.simplechat.replicaSet.connectionString;
+      first = nodes.${lib.head memberNames};
+      uri = first.services.simplechat.replicaSet.connectionString;
+      appUser = first.services.simplechat.replicaSet.auth.user;
     in
+    assert !(first.networking.nftables.enable or false);
     ''
       import json
+      import secrets
       import shlex
       import time
+      import urllib.parse
 
-      URI = ${builtins.toJSON uri}
+      AUTH = ${if auth then "True" else "False"}
       APP = "http://127.0.0.1:${toString appPort}"
       members = [${lib.concatStringsSep ", " memberNames}]
       by_name = {m.name: m for m in members}
+
+      # The secrets, made here and written into the members by this script:
+      # a key of base64 characters and a password that needs escaping in a
+      # connection string.
+      KEY = secrets.token_hex(48)
+      PASSWORD = "s3cret:p@ss/w%rd " + str(time.time_ns())
+      BASE_URI = ${builtins.toJSON uri}
+      if AUTH:
+          # What the operator uses: the app's user, password escaped.
+          URI = BASE_URI.replace(
+              "mongodb://${appUser}@",
+              "mongodb://${appUser}:" + urllib.parse.quote(PASSWORD, safe="") + "@",
+          )
+      else:
+          URI = BASE_URI
 
 
       def wait_for(predicate, what, timeout=180, interval=2):
@@ -137,6 +187,24 @@ pkgs.testers.runNixOSTest {
 
       start_all()
 
+      if AUTH:
+          with subtest("the secrets are written into the members, and the units started with them"):
+              for m in members:
+                  # Boot is over (the units that need the secrets failed).
+                  m.wait_for_unit("multi-user.target", timeout=600)
+                  m.succeed(
+                      "install -d -m 0700 /run/keys",
+                      f"printf %s {shlex.quote(KEY)} > ${keyFile}",
+                      f"printf '%s\\n' {shlex.quote(PASSWORD)} > ${passwordFile}",
+                      "chmod 0400 ${keyFile} ${passwordFile}",
+                  )
+              for m in members:
+                  m.succeed(
+                      "systemctl reset-failed",
+                      "systemctl restart mongodb.service",
+                  )
+              storage1.succeed("systemctl restart simplechat-replset-init.service")
+
       for m in members:
           m.wait_for_unit("mongodb.service", timeout=300)
           m.wait_for_open_port(27017, timeout=300)
@@ -153,9 +221,47 @@ pkgs.testers.runNixOSTest {
 
           print(wait_for(one_primary, "one PRIMARY and two SECONDARY members", timeout=300))
 
+      if AUTH:
+          with subtest("the app's user exists, with the roles replset status needs"):
+              print(storage1.succeed("journalctl -u simplechat-replset-init.service --no-pager | tail -n 5"))
+              # clusterMonitor: the figures come from replSetGetStatus itself.
+              wait_for(lambda: status(storage1)["source"] == "replSetGetStatus", "replSetGetStatus as the app's user", timeout=120)
+              for m in members:
+                  m.succeed("systemctl reset-failed", "systemctl restart simplechat.service")
+
       for m in members:
           m.wait_for_unit("simplechat.service", timeout=120)
           m.wait_until_succeeds(f"curl -sf {APP}/readyz", timeout=180)
+
+      if AUTH:
+          with subtest("a non-member can neither reach mongod nor authenticate"):
+              visitor = next(m for m in machines if m.name == "${visitor}")
+              addresses = [${lib.concatMapStringsSep ", " (n: builtins.toJSON testMembers.${n}.address) memberNames}]
+              visitor.wait_for_unit("multi-user.target", timeout=600)
+              for address in addresses:
+                  visitor.fail(f"nc -z -w 5 {address} 27017")
+              for m in members:
+                  m.succeed(
+                      "iptables -I nixos-fw -p tcp -s ${visitorAddress} --dport 27017 -j nixos-fw-accept"
+                  )
+              for address in addresses:
+                  visitor.succeed(f"nc -z -w 5 {address} 27017")
+                  direct = f"{address}:27017/?directConnection=true&serverSelectionTimeoutMS=5000"
+                  # No credentials: the handshake works, the data does not.
+                  _, out = visitor.execute(
+                      f"simplechat replset status --json --uri 'mongodb://{direct}' 2>&1"
+                  )
+                  assert "not authorized" in out, out
+                  # A guessed password: refused.
+                  _, out = visitor.execute(
+                      "simplechat replset status --json --uri "
+                      f"'mongodb://${appUser}:guess@{direct}&authSource=admin&authMechanism=SCRAM-SHA-256' 2>&1"
+                  )
+                  assert "authentication failed" in out, out
+              for m in members:
+                  m.succeed(
+                      "iptables -D nixos-fw -p tcp -s ${visitorAddress} --dport 27017 -j nixos-fw-accept"
+                  )
 
       with subtest("a message posted on storage1 is listed on storage2"):
           msg = post(storage1, "hello from storage1")
@@ -237,5 +343,11 @@ pkgs.testers.runNixOSTest {
               "after failover via " + reader.name,
           }
           wait_for(lambda: expected <= set(texts(victim)), "the full history on the old primary", timeout=120)
+
+      if AUTH:
+          with subtest("no password in any journal"):
+              for m in members:
+                  for secret in [PASSWORD, urllib.parse.quote(PASSWORD, safe="")]:
+                      m.fail(f"journalctl -b --no-pager | grep -F -- {shlex.quote(secret)}")
     '';
 }

@@ -48,6 +48,11 @@ let
 
   keyFileDir = "/run/mongodb-keyfile";
 
+  auth = cfg.auth;
+
+  # The database the app's user may read and write: the app's own.
+  appDatabase = if app.settings.database != null then app.settings.database else "simplechat";
+
   initCommand = concatStringsSep " " (
     [
       "${lib.getExe app.package}"
@@ -60,6 +65,19 @@ let
       "--member"
       (lib.escapeShellArg (endpointOf n))
     ]) memberNames
+    # %d is systemd's credentials directory (LoadCredential= below).
+    ++ lib.optionals auth.enable [
+      "--create-user"
+      (lib.escapeShellArg auth.user)
+      "--password-file"
+      "%d/app-password"
+      "--key-file"
+      "%d/keyfile"
+      "--role"
+      (lib.escapeShellArg "readWrite@${appDatabase}")
+      "--role"
+      "clusterMonitor@admin"
+    ]
   );
 
   secretPath = types.nullOr (
@@ -71,7 +89,13 @@ let
 in
 {
   # The member runs the app; importing it here lets this module stand alone.
-  imports = [ ./simplechat.nix ];
+  imports = [
+    ./simplechat.nix
+    (lib.mkRemovedOptionModule [ "services" "simplechat" "replicaSet" "keyFile" ] ''
+      Use services.simplechat.replicaSet.auth = { enable = true; keyFile = ...; passwordFile = ...; }:
+      the key file alone turned access control on without giving the app a user.
+    '')
+  ];
 
   options.services.simplechat.replicaSet = {
     enable = lib.mkEnableOption "running this host as a member of simplechat's MongoDB replica set";
@@ -149,17 +173,46 @@ in
       '';
     };
 
-    keyFile = mkOption {
-      type = secretPath;
-      default = null;
-      example = "/run/keys/mongodb-keyfile";
-      description = ''
-        Key file the members authenticate each other with (the same file on
-        every member). It is read at run time through systemd's
-        `LoadCredential=` and never copied into the Nix store. With a key file
-        mongod requires authentication: the app then needs a URI with
-        credentials in {option}`services.simplechat.mongodbUriFile`.
-      '';
+    auth = {
+      enable = lib.mkEnableOption ''
+        access control: mongod runs with the members' key file
+        (`security.keyFile`, which makes it require authentication), the
+        initiating member creates the app's SCRAM-SHA-256 user with
+        `readWrite` on the app's database and `clusterMonitor` (through
+        MongoDB's localhost exception the first time, with the key file when
+        the password file changed), and the app on every member connects as
+        that user. Both secrets are read at run time through systemd's
+        `LoadCredential=` and never enter the Nix store'';
+
+      keyFile = mkOption {
+        type = secretPath;
+        default = null;
+        example = "/run/keys/mongodb-keyfile";
+        description = ''
+          Key file the members authenticate each other with: the same file on
+          every member, 6 to 1024 base64 characters (for example
+          `openssl rand -base64 756`). Only the initiating member also uses it
+          to set a changed app password.
+        '';
+      };
+
+      passwordFile = mkOption {
+        type = secretPath;
+        default = null;
+        example = "/run/keys/simplechat-mongodb-password";
+        description = ''
+          The app user's password: the same file on every member (the whole
+          file but one final line break). Changing it and restarting
+          `simplechat-replset-init` on the initiator, then `simplechat` on every
+          member, rotates the password.
+        '';
+      };
+
+      user = mkOption {
+        type = types.strMatching "[A-Za-z0-9_.-]+";
+        default = "simplechat";
+        description = "Name of the app's MongoDB user (in the `admin` database).";
+      };
     };
 
     openFirewall = mkOption {
@@ -190,12 +243,18 @@ in
     connectionString = mkOption {
       type = types.str;
       readOnly = true;
-      default = "mongodb://${concatMapStringsSep "," endpointOf memberNames}/simplechat?replicaSet=${cfg.name}";
-      defaultText = lib.literalExpression ''"mongodb://storage1.local:27017,.../simplechat?replicaSet=rs"'';
+      default =
+        "mongodb://${
+          lib.optionalString auth.enable "${auth.user}@"
+        }${concatMapStringsSep "," endpointOf memberNames}/simplechat?replicaSet=${cfg.name}"
+        + lib.optionalString auth.enable "&authSource=admin&authMechanism=SCRAM-SHA-256";
+      defaultText = lib.literalExpression ''"mongodb://[USER@]storage1.local:27017,.../simplechat?replicaSet=rs[&authSource=admin&authMechanism=SCRAM-SHA-256]"'';
       description = ''
-        The app's connection string, derived from the members. Add credentials
-        to it in the file given as {option}`services.simplechat.mongodbUriFile`
-        when mongod requires authentication.
+        The app's connection string, derived from the members; with
+        {option}`services.simplechat.replicaSet.auth.enable` it names the
+        app's user, whose password the app reads from
+        {option}`services.simplechat.replicaSet.auth.passwordFile` at start.
+        It holds no secret.
       '';
     };
   };
@@ -226,14 +285,19 @@ in
         }
         {
           # Before any user exists, only a loopback connection may initiate a
-          # set whose members require authentication (MongoDB's localhost
-          # exception); `replset init` connects to the first member by name.
-          assertion = cfg.keyFile != null && cfg.self == cfg.initiator -> selfResolvesToLoopback && head memberNames == cfg.self;
-          message = "services.simplechat.replicaSet.keyFile: the initiator must be the first member and have networking.hostName = self and networking.domain = domain, so that it reaches itself over loopback to initiate the set.";
+          # set whose members require authentication and create its first
+          # user (MongoDB's localhost exception); `replset init` connects to
+          # the first member by name.
+          assertion = auth.enable && cfg.self == cfg.initiator -> selfResolvesToLoopback && head memberNames == cfg.self;
+          message = "services.simplechat.replicaSet.auth: the initiator must be the first member and have networking.hostName = self and networking.domain = domain, so that it reaches itself over loopback to initiate the set and create the app's user.";
         }
         {
-          assertion = cfg.keyFile != null -> app.mongodbUriFile != null;
-          message = "services.simplechat.replicaSet.keyFile makes mongod require authentication: give the app a URI with credentials in services.simplechat.mongodbUriFile.";
+          assertion = auth.enable -> auth.keyFile != null && auth.passwordFile != null;
+          message = "services.simplechat.replicaSet.auth.enable needs both auth.keyFile (the members' key file) and auth.passwordFile (the app user's password), as paths outside the Nix store.";
+        }
+        {
+          assertion = auth.enable -> app.mongodbUriFile == null;
+          message = "services.simplechat.replicaSet.auth gives the app its user and password itself; unset services.simplechat.mongodbUriFile.";
         }
       ];
 
@@ -267,7 +331,7 @@ in
         extraConfig = lib.concatLines (
           [ "net.compression.compressors: ${concatStringsSep "," cfg.compressors}" ]
           ++ optional (cfg.port != 27017) "net.port: ${toString cfg.port}"
-          ++ optional (cfg.keyFile != null) "security.keyFile: ${keyFileDir}/keyfile"
+          ++ optional auth.enable "security.keyFile: ${keyFileDir}/keyfile"
         );
       };
 
@@ -294,14 +358,14 @@ in
             RestartSec = 5;
           };
         }
-        (mkIf (cfg.keyFile != null) {
+        (mkIf auth.enable {
           # mongod refuses a key file that its group or others could read; a
           # credential may carry an ACL that shows as group bits, so it is
           # copied with mode 0400 into a directory only mongod's user can
           # enter. preStart runs as root (the nixpkgs unit sets
           # PermissionsStartOnly) and sees the credentials (systemd >= 252).
           serviceConfig = {
-            LoadCredential = [ "keyfile:${cfg.keyFile}" ];
+            LoadCredential = [ "keyfile:${toString auth.keyFile}" ];
             RuntimeDirectory = baseNameOf keyFileDir;
             RuntimeDirectoryMode = "0700";
           };
@@ -332,6 +396,7 @@ in
       services.simplechat.settings.mongodb_uri = mkIf (app.mongodbUriFile == null) (
         mkDefault cfg.connectionString
       );
+      services.simplechat.mongodbPasswordFile = mkIf auth.enable auth.passwordFile;
 
       systemd.services.simplechat = {
         wants = [ "mongodb.service" ];
@@ -373,6 +438,12 @@ in
           DynamicUser = true;
           CapabilityBoundingSet = "";
           PrivateUsers = true;
+          # The members' key file only to set a changed password as
+          # __system; the app's password to create or check its user.
+          LoadCredential = lib.optionals auth.enable [
+            "keyfile:${toString auth.keyFile}"
+            "app-password:${toString auth.passwordFile}"
+          ];
         }
         // import ./hardening.nix;
       };

@@ -105,6 +105,19 @@ in
       '';
     };
 
+    mongodbPasswordFile = mkOption {
+      type = secretPath;
+      default = null;
+      example = "/run/keys/simplechat-mongodb-password";
+      description = ''
+        File holding the password of the user named in the connection string
+        (`mongodb://USER@hosts/...`); the app percent-encodes it into the
+        URI at start (`mongodb_password_file`). Passed with systemd's
+        `LoadCredential=`, never copied into the Nix store. The whole file is
+        the password but one final line break.
+      '';
+    };
+
     openFirewall = mkOption {
       type = types.bool;
       default = false;
@@ -117,6 +130,10 @@ in
       {
         assertion = cfg.mongodbUriFile == null || cfg.settings.mongodb_uri == null;
         message = "services.simplechat: set either settings.mongodb_uri or mongodbUriFile, not both.";
+      }
+      {
+        assertion = cfg.mongodbPasswordFile != null -> (cfg.settings.mongodb_uri != null || cfg.mongodbUriFile != null);
+        message = "services.simplechat.mongodbPasswordFile needs a connection string naming the user (settings.mongodb_uri or mongodbUriFile).";
       }
     ];
 
@@ -135,6 +152,9 @@ in
         # systemd expands %d (the credentials directory) in Environment=, not
         # in the TOML file, so the path goes through the environment.
         SIMPLECHAT_MONGODB_URI_FILE = "%d/mongodb-uri";
+      }
+      // optionalAttrs (cfg.mongodbPasswordFile != null) {
+        SIMPLECHAT_MONGODB_PASSWORD_FILE = "%d/mongodb-password";
       };
 
       serviceConfig = {
@@ -146,7 +166,9 @@ in
         StateDirectory = "simplechat";
         StateDirectoryMode = "0700";
         WorkingDirectory = stateDir;
-        LoadCredential = optional (cfg.mongodbUriFile != null) "mongodb-uri:${cfg.mongodbUriFile}";
+        LoadCredential =
+          optional (cfg.mongodbUriFile != null) "mongodb-uri:${cfg.mongodbUriFile}"
+          ++ optional (cfg.mongodbPasswordFile != null) "mongodb-password:${cfg.mongodbPasswordFile}";
 
         # The service only serves HTTP, talks to MongoDB and writes its state
         # directory.

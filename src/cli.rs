@@ -14,8 +14,8 @@ Configuration (later wins):
   a TOML file: the path in SIMPLECHAT_CONFIG, else ./simplechat.toml if it exists;
   MONGO_URI: a MongoDB connection string (the lab's name for mongodb_uri);
   SIMPLECHAT_<KEY> variables, e.g. SIMPLECHAT_PORT=8080.
-Keys: address, port, mongodb_uri, mongodb_uri_file, database, data_dir,
-template_dir, write_timeout_secs, heartbeat_secs. Without a MongoDB URI messages are kept in an
+Keys: address, port, mongodb_uri, mongodb_uri_file, mongodb_password_file,
+database, data_dir, template_dir, write_timeout_secs, heartbeat_secs. Without a MongoDB URI messages are kept in an
 embedded store in ./simplechat-data. `simplechat config` prints each value and
 where it came from.";
 
@@ -64,6 +64,23 @@ pub enum ReplsetCommand {
         /// is elected, within this many seconds (each).
         #[arg(long, default_value_t = 120)]
         wait_secs: u64,
+        /// Then create the app's database user (SCRAM-SHA-256, in admin),
+        /// or set its password when the password file changed; on a fresh
+        /// set through MongoDB's localhost exception.
+        #[arg(long, value_name = "NAME", requires_all = ["password_file", "roles"])]
+        create_user: Option<String>,
+        /// The user's password: the whole file but one final line break.
+        #[arg(long, value_name = "FILE", requires = "create_user")]
+        password_file: Option<std::path::PathBuf>,
+        /// A role of the user, ROLE@DATABASE (e.g. readWrite@simplechat,
+        /// clusterMonitor@admin); repeat for each. A user that exists with
+        /// other roles is an error, never changed.
+        #[arg(long = "role", value_name = "ROLE@DB", requires = "create_user")]
+        roles: Vec<String>,
+        /// The members' key file (security.keyFile): authenticates as
+        /// __system to set a changed password once a user exists.
+        #[arg(long, value_name = "FILE", requires = "create_user")]
+        key_file: Option<std::path::PathBuf>,
     },
     /// Show every member's state, health and replication lag.
     Status {
@@ -116,12 +133,27 @@ async fn replset_command(command: ReplsetCommand) -> Result<(), String> {
             members,
             uri,
             wait_secs,
+            create_user,
+            password_file,
+            roles,
+            key_file,
         } => {
+            let user = match (create_user, password_file) {
+                (Some(name), Some(password_file)) => Some(replset::UserRequest {
+                    name,
+                    db: "admin".to_owned(),
+                    password_file,
+                    roles,
+                    key_file,
+                }),
+                _ => None,
+            };
             let request = replset::InitRequest {
                 name,
                 members,
                 uri,
                 wait_secs,
+                user,
             };
             let summary = replset::init(&request).await?;
             println!("{summary}");

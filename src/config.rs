@@ -21,6 +21,7 @@ pub const KEYS: &[&str] = &[
     "port",
     "mongodb_uri",
     "mongodb_uri_file",
+    "mongodb_password_file",
     "database",
     "data_dir",
     "template_dir",
@@ -56,6 +57,9 @@ pub struct Settings {
     pub port: u16,
     pub mongodb_uri: Option<String>,
     pub mongodb_uri_file: Option<PathBuf>,
+    /// A file holding the password of the URI's user, percent-encoded into
+    /// the URI at start (systemd `LoadCredential`).
+    pub mongodb_password_file: Option<PathBuf>,
     pub database: Option<String>,
     pub data_dir: PathBuf,
     pub template_dir: Option<PathBuf>,
@@ -82,6 +86,7 @@ impl Default for Settings {
             port: 8000,
             mongodb_uri: None,
             mongodb_uri_file: None,
+            mongodb_password_file: None,
             database: None,
             data_dir: PathBuf::from("./simplechat-data"),
             template_dir: None,
@@ -279,13 +284,18 @@ fn store_config(s: &Settings) -> Result<StoreConfig, ConfigError> {
         ),
         (None, None) => None,
     };
-    let Some(uri) = uri.filter(|u| !u.is_empty()) else {
+    let Some(mut uri) = uri.filter(|u| !u.is_empty()) else {
         return Ok(StoreConfig::Embedded {
             data_dir: s.data_dir.clone(),
             cache_bytes: usize::try_from(s.cache_size_mib.saturating_mul(1024 * 1024))
                 .unwrap_or(usize::MAX),
         });
     };
+    if let Some(path) = &s.mongodb_password_file {
+        let password = crate::mongo::uri::read_password_file(path).map_err(ConfigError)?;
+        uri = crate::mongo::uri::with_password(&uri, &password)
+            .map_err(|why| ConfigError(format!("mongodb_password_file: {why}")))?;
+    }
     let parsed = crate::mongo::uri::parse(&uri)
         .map_err(|why| ConfigError(format!("bad mongodb_uri {}: {why}", redact_uri(&uri))))?;
     let database = s
@@ -443,6 +453,14 @@ pub fn describe(config: &Config) -> String {
     out += &match &settings.mongodb_uri_file {
         Some(path) => set("mongodb_uri_file", quoted(path), from("mongodb_uri_file")),
         None => note("mongodb_uri_file", "unset"),
+    };
+    out += &match &settings.mongodb_password_file {
+        Some(path) => set(
+            "mongodb_password_file",
+            quoted(path),
+            from("mongodb_password_file"),
+        ),
+        None => note("mongodb_password_file", "unset"),
     };
     out += &match &config.store {
         StoreConfig::Embedded { .. } => note("database", "unused: embedded store"),

@@ -407,3 +407,142 @@ async fn a_message_the_labs_app_writes_reaches_simplechats_subscribers() {
     assert!(stored.get_datetime("datetime").is_ok(), "{stored}");
     app.shutdown().await;
 }
+
+/// The app as the authenticated deployment runs it: a URI naming the user,
+/// the password from `mongodb_password_file`.
+async fn spawn_with_password(
+    cluster: &TestCluster,
+    db: &str,
+    password_file: &std::path::Path,
+) -> TestApp {
+    spawn_app(&[
+        ("mongodb_uri", json!(cluster.user_uri(db))),
+        ("mongodb_password_file", json!(password_file)),
+        ("write_timeout_secs", json!(2)),
+    ])
+    .await
+}
+
+async fn wait_ready(app: &TestApp, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let response = app.get("/readyz").await;
+        if response.status() == 200 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never ready: {}",
+            response.text().await.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_authentication_everything_works_and_no_password_shows() {
+    let test = "with_authentication_everything_works_and_no_password_shows";
+    let cluster = TestCluster::start_auth(test, &["authapp"]).await;
+    let auth = cluster.auth();
+    let a = spawn_with_password(&cluster, "authapp", &auth.password_file).await;
+    let b = spawn_with_password(&cluster, "authapp", &auth.password_file).await;
+    wait_ready(&a, cluster.election_time()).await;
+    wait_ready(&b, cluster.election_time()).await;
+    let mut on_b = Subscriber::connect(&b).await;
+    let posted = a.post_message("ann", "authenticated hello").await;
+    let id = posted["id"].as_str().expect("id").to_owned();
+    on_b.wait_for(std::slice::from_ref(&id), Duration::from_secs(20))
+        .await;
+    assert!(stored_ids(&b).await.contains(&id));
+
+    let status = b.get_json("/api/status").await;
+    assert_eq!(
+        status["replica_set"]["source"], "replSetGetStatus",
+        "{status}"
+    );
+    assert_eq!(
+        status["replica_set"]["members"].as_array().map(Vec::len),
+        Some(3)
+    );
+    let encoded = simplechat::mongo::uri::encode_userinfo(cluster::APP_PASSWORD);
+    for text in [
+        status.to_string(),
+        a.get("/readyz").await.text().await.unwrap(),
+    ] {
+        assert!(
+            !text.contains(cluster::APP_PASSWORD) && !text.contains(&encoded),
+            "{text}"
+        );
+    }
+
+    // `simplechat config` names the file, never the password.
+    let empty = tempfile::tempdir().expect("temp dir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_simplechat"))
+        .arg("config")
+        .current_dir(empty.path())
+        .env_clear()
+        .env("SIMPLECHAT_MONGODB_URI", cluster.user_uri("authapp"))
+        .env("SIMPLECHAT_MONGODB_PASSWORD_FILE", &auth.password_file)
+        .output()
+        .expect("run simplechat config");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let all = format!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{all}");
+    assert!(
+        !all.contains(cluster::APP_PASSWORD) && !all.contains(&encoded),
+        "{all}"
+    );
+    assert!(
+        text.contains("mongodb_uri = \"mongodb://app:****@"),
+        "{text}"
+    );
+    assert!(text.contains("mongodb_password_file = "), "{text}");
+    drop(on_b);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_starts_the_app_and_readyz_names_authentication() {
+    let test = "a_wrong_password_starts_the_app_and_readyz_names_authentication";
+    let cluster = TestCluster::start_auth(test, &["wrongpw"]).await;
+    let auth = cluster.auth();
+    let wrong = "not-the-p@ssword";
+    let file = auth.other_password_file(wrong);
+    let app = spawn_with_password(&cluster, "wrongpw", &file).await;
+    assert_eq!(app.get("/healthz").await.status(), 200, "it serves");
+    let deadline = Instant::now() + cluster.election_time();
+    let reason = loop {
+        let response = app.get("/readyz").await;
+        assert_eq!(response.status(), 503);
+        let body: serde_json::Value = response.json().await.expect("JSON");
+        let reason = body["error"].as_str().unwrap_or_default().to_owned();
+        if reason.contains("authenticat") {
+            break reason;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no authentication reason: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let refused = app
+        .post_json("/api/messages", &json!({"name": "a", "text": "refused"}))
+        .await;
+    assert_eq!(refused.status(), 503);
+    let refused = refused.text().await.unwrap();
+    let status = app.get("/api/status").await.text().await.unwrap();
+    for text in [&reason, &refused, &status] {
+        for secret in [wrong, "not-the-p%40ssword", cluster::APP_PASSWORD] {
+            assert!(!text.contains(secret), "{text}");
+        }
+    }
+    app.shutdown().await;
+
+    // The right password: as before.
+    let app = spawn_with_password(&cluster, "wrongpw", &auth.password_file).await;
+    wait_ready(&app, cluster.election_time()).await;
+    let stored = app.post_message("a", "right password").await;
+    assert_eq!(app.get_json("/api/messages").await[0]["id"], stored["id"]);
+    app.shutdown().await;
+}

@@ -153,3 +153,211 @@ async fn status_prints_every_member() {
         "{out}"
     );
 }
+
+fn status_args(uri: String) -> Vec<String> {
+    vec![
+        "replset".into(),
+        "status".into(),
+        "--uri".into(),
+        uri,
+        "--json".into(),
+    ]
+}
+
+/// `replset status` as the app user with `password`: where its figures
+/// came from (`replSetGetStatus` needs the user's clusterMonitor role).
+async fn status_source(cluster: &TestCluster, password: &str) -> String {
+    let uri = simplechat::mongo::uri::with_password(&cluster.user_uri("chat"), password).unwrap();
+    let o = simplechat(status_args(uri), &[]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let status: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    status["source"].as_str().unwrap_or_default().to_owned()
+}
+
+fn one_line_failure(o: &Output, secrets: &[&str]) -> String {
+    assert!(!o.status.success(), "{}", text(o));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    for secret in secrets {
+        assert!(!err.contains(secret), "leaks a secret: {err}");
+        assert!(
+            !String::from_utf8_lossy(&o.stdout).contains(secret),
+            "{}",
+            text(o)
+        );
+    }
+    err
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_creates_the_app_user_once_and_converges_on_a_changed_password() {
+    use cluster::APP_PASSWORD;
+    let test = "init_creates_the_app_user_once_and_converges_on_a_changed_password";
+    let cluster = TestCluster::start_auth(test, &["chat"]).await;
+    let auth = cluster.auth();
+    let hosts = cluster.hosts();
+    assert_eq!(
+        status_source(&cluster, APP_PASSWORD).await,
+        "replSetGetStatus"
+    );
+
+    let mut args = init_args(&hosts);
+    args.extend(auth.init_args());
+    let again = simplechat(args.clone(), &[]).await;
+    assert!(again.status.success(), "{}", text(&again));
+    let out = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        out.contains("user app@admin exists with roles clusterMonitor@admin, readWrite@chat; nothing changed"),
+        "{}",
+        text(&again)
+    );
+    assert!(!out.contains(APP_PASSWORD), "{out}");
+
+    // The password file changed: without the key, a clear refusal.
+    let rotated = "n3w:pass@word";
+    let new_file = auth.other_password_file(rotated);
+    let mut changed = init_args(&hosts);
+    let mut user_args = auth.init_args();
+    user_args[3] = new_file.display().to_string();
+    changed.extend(user_args.clone());
+    let err = one_line_failure(
+        &simplechat(changed.clone(), &[]).await,
+        &[rotated, APP_PASSWORD],
+    );
+    assert!(
+        err.contains("does not authenticate user app@admin") && err.contains("--key-file"),
+        "{err}"
+    );
+    assert_eq!(
+        status_source(&cluster, APP_PASSWORD).await,
+        "replSetGetStatus",
+        "unchanged"
+    );
+
+    // With the members' key file it converges, once.
+    changed.extend([
+        "--key-file".to_string(),
+        auth.key_file.display().to_string(),
+    ]);
+    let set = simplechat(changed.clone(), &[]).await;
+    assert!(set.status.success(), "{}", text(&set));
+    assert!(
+        String::from_utf8_lossy(&set.stdout).contains("set the password of user app@admin"),
+        "{}",
+        text(&set)
+    );
+    assert_eq!(status_source(&cluster, rotated).await, "replSetGetStatus");
+    let old = status_source(&cluster, APP_PASSWORD).await;
+    assert!(
+        old.contains("authentication failed"),
+        "the old password is refused: {old}"
+    );
+    let rerun = simplechat(changed, &[]).await;
+    assert!(
+        String::from_utf8_lossy(&rerun.stdout).contains("nothing changed"),
+        "{}",
+        text(&rerun)
+    );
+
+    // A user that exists with other roles is an error, and left alone.
+    let mut other_roles = init_args(&hosts);
+    other_roles.extend(user_args[..4].iter().cloned());
+    other_roles.extend(["--role", "read@chat", "--role", "clusterMonitor@admin"].map(String::from));
+    other_roles.extend([
+        "--key-file".to_string(),
+        auth.key_file.display().to_string(),
+    ]);
+    let err = one_line_failure(&simplechat(other_roles, &[]).await, &[rotated]);
+    assert!(
+        err.contains("user app@admin exists with roles clusterMonitor@admin, readWrite@chat, not clusterMonitor@admin, read@chat"),
+        "{err}"
+    );
+
+    // A missing password file fails at once, before any connection.
+    let mut missing = init_args(&hosts);
+    missing.extend(
+        [
+            "--create-user",
+            "app",
+            "--password-file",
+            "/nonexistent/pw",
+            "--role",
+            "readWrite@chat",
+        ]
+        .map(String::from),
+    );
+    let err = one_line_failure(&simplechat(missing, &[]).await, &[]);
+    assert!(
+        err.starts_with("simplechat: cannot read the password file /nonexistent/pw"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_initiates_a_keyed_set_and_creates_the_user_through_the_localhost_exception() {
+    let test = "init_initiates_a_keyed_set_and_creates_the_user_through_the_localhost_exception";
+    cluster::say(&format!(
+        "SKIPPED: {test} on real mongod, because start_auth covers that path there; running it on replset-sim"
+    ));
+    let mut cluster = TestCluster::start_sim(replset_sim::ClusterOptions {
+        key_file: Some(cluster::KEY.to_owned()),
+        ..cluster::fast_sim(false)
+    })
+    .await;
+    let (ok, out) = cluster::run_init(&cluster.hosts(), &[]).await;
+    assert!(
+        ok,
+        "initiation alone works under the localhost exception: {out}"
+    );
+    let auth = cluster::Auth::new_for_test(&["chat"]);
+    let (ok, out) = cluster::run_init(&cluster.hosts(), &auth.init_args()).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("created user app@admin with roles clusterMonitor@admin, readWrite@chat (through init's own connection)"),
+        "{out}"
+    );
+    cluster.auth = Some(auth);
+    assert_eq!(
+        status_source(&cluster, cluster::APP_PASSWORD).await,
+        "replSetGetStatus"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_the_primary_the_key_file_creates_the_user() {
+    let test = "off_the_primary_the_key_file_creates_the_user";
+    cluster::say(&format!(
+        "SKIPPED: {test} on real mongod, because it moves the primary with the simulator's step-down; running it on replset-sim"
+    ));
+    let cluster = TestCluster::start_sim(replset_sim::ClusterOptions {
+        key_file: Some(cluster::KEY.to_owned()),
+        ..cluster::fast_sim(true)
+    })
+    .await;
+    let sim = cluster.sim().expect("simulator");
+    sim.step_down().await;
+    let deadline = std::time::Instant::now() + cluster.election_time();
+    while !matches!(sim.primary(), Some(p) if p != 0) {
+        assert!(std::time::Instant::now() < deadline, "no other primary");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let auth = cluster::Auth::new_for_test(&["chat"]);
+
+    // The localhost exception only reaches member 0, which is no primary.
+    let mut args = auth.init_args();
+    args.extend(["--wait-secs".to_string(), "2".to_string()]);
+    let (ok, out) = cluster::run_init(&cluster.hosts(), &args).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("creating the user needs the primary"), "{out}");
+
+    args.extend([
+        "--key-file".to_string(),
+        auth.key_file.display().to_string(),
+    ]);
+    let (ok, out) = cluster::run_init(&cluster.hosts(), &args).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("created user app@admin with roles clusterMonitor@admin, readWrite@chat (authenticated with the key file)"),
+        "{out}"
+    );
+}

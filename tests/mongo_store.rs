@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster::{fast_sim, say, TestCluster};
+use cluster::{fast_sim, say, TestCluster, APP_PASSWORD};
 use simplechat::cache::Cache;
 use simplechat::message::NewMessage;
+use simplechat::mongo::uri::with_password;
 use simplechat::store::mongo::MongoStore;
 use simplechat::store::{Cursor, Inserted, Store, StoreError};
 
@@ -23,7 +24,18 @@ async fn open_ready(
     write_timeout: Duration,
     live: Arc<Cache>,
 ) -> MongoStore {
-    let store = MongoStore::open(&cluster.uri(db), db, write_timeout, live)
+    open_ready_at(cluster, &cluster.uri(db), db, write_timeout, live).await
+}
+
+/// `open_ready` with a connection string of its own (credentials).
+async fn open_ready_at(
+    cluster: &TestCluster,
+    uri: &str,
+    db: &str,
+    write_timeout: Duration,
+    live: Arc<Cache>,
+) -> MongoStore {
+    let store = MongoStore::open(uri, db, write_timeout, live)
         .await
         .expect("open");
     let deadline = Instant::now() + cluster.election_time();
@@ -58,6 +70,93 @@ async fn mongo_store_keeps_the_contract() {
         }
     })
     .await;
+}
+
+/// The contract once more, as the deployment runs it: access control on, the
+/// app's least-privilege user, the password percent-encoded into the URI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_store_keeps_the_contract_with_authentication() {
+    const CASES: usize = 16;
+    let dbs: Vec<String> = (0..CASES).map(|i| format!("authcontract{i}")).collect();
+    let names: Vec<&str> = dbs.iter().map(String::as_str).collect();
+    let cluster =
+        TestCluster::start_auth("mongo_store_keeps_the_contract_with_authentication", &names).await;
+    let n = AtomicUsize::new(0);
+    contract::run_all(|live| {
+        let i = n.fetch_add(1, Ordering::SeqCst);
+        assert!(i < CASES, "more contract cases than databases with a role");
+        let db = format!("authcontract{i}");
+        let uri = with_password(&cluster.user_uri(&db), APP_PASSWORD).expect("uri");
+        let cluster = &cluster;
+        async move {
+            Arc::new(open_ready_at(cluster, &uri, &db, Duration::from_secs(20), live).await)
+                as Arc<dyn Store>
+        }
+    })
+    .await;
+}
+
+/// A wrong password: the store opens, says authentication is why it is not
+/// ready (never the password), refuses writes with 503; once the user's
+/// password matches (set with the key file, as after a rotation), it
+/// becomes ready by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_password_is_named_and_clears_without_a_restart() {
+    let test = "a_refused_password_is_named_and_clears_without_a_restart";
+    let cluster = TestCluster::start_auth(test, &["refused"]).await;
+    let wrong = "wr0ng%pass";
+    let uri = with_password(&cluster.user_uri("refused"), wrong).unwrap();
+    let store = MongoStore::open(&uri, "refused", Duration::from_secs(2), Cache::new())
+        .await
+        .expect("opens without checking the password");
+    let deadline = Instant::now() + cluster.election_time();
+    let why = loop {
+        match store.ready().await {
+            Err(why) if why.contains("authenticat") => break why,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no authentication reason: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert!(why.contains("MongoDB refused to authenticate"), "{why}");
+    let status = serde_json::to_string(&store.status().await).unwrap();
+    let err = store.insert(message("w1", "refused")).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+    for text in [&why, &status, &err.to_string()] {
+        for secret in [wrong, "wr0ng%25pass", APP_PASSWORD] {
+            assert!(!text.contains(secret), "{text}");
+        }
+    }
+    // It stays refused while nothing changes (the driver's monitor finds the
+    // members healthy again; the refusal must not flap away).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(store.ready().await.unwrap_err().contains("authenticat"));
+
+    // The operator rotates the password to what this app has.
+    let auth = cluster.auth();
+    let file = auth.other_password_file(wrong);
+    let mut args = auth.init_args();
+    args[3] = file.display().to_string();
+    args.extend([
+        "--key-file".to_string(),
+        auth.key_file.display().to_string(),
+    ]);
+    let (ok, out) = cluster::run_init(&cluster.hosts(), &args).await;
+    assert!(ok, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(why) = store.ready().await {
+        assert!(Instant::now() < deadline, "never cleared: {why}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    store
+        .insert(message("w2", "accepted now"))
+        .await
+        .expect("writes work again");
+    store.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,6 +25,7 @@
 //! # }
 //! ```
 
+mod auth;
 mod changestream;
 mod commands;
 mod error;
@@ -65,6 +66,16 @@ pub struct ClusterOptions {
     pub secondary_lag: Duration,
     /// Loopback ports, one per member; empty: ports the system picks.
     pub ports: Vec<u16>,
+    /// The contents of mongod's `security.keyFile`. With a key, access
+    /// control is on as in mongod: commands need an authenticated user
+    /// (SCRAM-SHA-256) with the right roles, except the handshake and what
+    /// the localhost exception allows while no user exists; `__system@local`
+    /// authenticates with the key. Without one, nothing is enforced.
+    pub key_file: Option<String>,
+    /// Treat every client as connecting from another host, so that the
+    /// localhost exception never applies (the listeners are on loopback,
+    /// which would otherwise always qualify).
+    pub remote_clients: bool,
 }
 
 impl Default for ClusterOptions {
@@ -76,6 +87,8 @@ impl Default for ClusterOptions {
             election_delay: Duration::from_millis(500),
             secondary_lag: Duration::ZERO,
             ports: Vec::new(),
+            key_file: None,
+            remote_clients: false,
         }
     }
 }
@@ -223,6 +236,8 @@ impl Cluster {
             opts.election_delay,
             opts.secondary_lag,
         );
+        st.users = auth::Users::new(opts.key_file.as_deref());
+        st.remote_clients = opts.remote_clients;
         if opts.initiated {
             st.config = Some(Config {
                 version: 1,

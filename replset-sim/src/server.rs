@@ -23,6 +23,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, member: usize, sock: TcpStream) {
         shared: &shared,
         member,
         conn_id,
+        session: Default::default(),
     };
     let (mut rd, mut wr) = sock.into_split();
     loop {

@@ -211,6 +211,10 @@ pub(crate) struct State {
     pub next_cursor_id: i64,
     pub drop_replies: Vec<(String, u32)>,
     pub last_ts: Timestamp,
+    /// Users (`admin.system.users` and friends) and the member key.
+    pub users: crate::auth::Users,
+    /// `ClusterOptions::remote_clients`.
+    pub remote_clients: bool,
 }
 
 fn unix_secs() -> u32 {
@@ -280,6 +284,8 @@ impl State {
                 time: 0,
                 increment: 0,
             },
+            users: crate::auth::Users::default(),
+            remote_clients: false,
         }
     }
 

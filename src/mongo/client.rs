@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use mongodb::event::cmap::CmapEvent;
 use mongodb::event::sdam::SdamEvent;
 use mongodb::event::EventHandler;
 use mongodb::options::ClientOptions;
@@ -105,12 +106,29 @@ pub fn connect(
     let topology = Arc::new(TopologyView::default());
     let view = topology.clone();
     let event_secret = secret.clone();
+    let sdam_view = view.clone();
     options.sdam_event_handler = Some(EventHandler::callback(move |event| {
         if let SdamEvent::TopologyDescriptionChanged(change) = event {
-            view.set(TopologySnapshot::from_description(
+            let secret = event_secret.as_deref();
+            if let Some(why) =
+                TopologySnapshot::authentication_error(&change.new_description, secret)
+            {
+                sdam_view.set_auth_failure(Some(why));
+            }
+            sdam_view.set(TopologySnapshot::from_description(
                 &change.new_description,
-                event_secret.as_deref(),
+                secret,
             ));
+        }
+    }));
+    // A pool connection is ready only once it has authenticated (the
+    // monitor's connections never authenticate and emit no pool events).
+    let user_pool = options.credential.is_some();
+    options.cmap_event_handler = Some(EventHandler::callback(move |event| {
+        if let CmapEvent::ConnectionReady(_) = event {
+            if user_pool {
+                view.set_auth_failure(None);
+            }
         }
     }));
     let client = Client::with_options(options).map_err(|e| {

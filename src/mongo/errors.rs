@@ -180,6 +180,9 @@ pub fn reason(error: &Error, secret: Option<&str>) -> String {
             we.code,
             we.message
         ),
+        // "SCRAM failure: Authentication failed." says what failed but not
+        // that it was the login.
+        ErrorKind::Authentication { message, .. } => format!("authentication failed: {message}"),
         ErrorKind::ServerSelection { message, .. } => {
             // The driver appends its whole topology; callers that need it
             // show the topology themselves, member by member.
@@ -202,21 +205,9 @@ pub fn scrub(text: &str, secret: Option<&str>) -> String {
         return text.to_owned();
     };
     let mut out = text.replace(secret, "****");
-    let encoded = percent_encode(secret);
+    let encoded = super::uri::encode_userinfo(secret);
     if encoded != secret {
         out = out.replace(&encoded, "****");
-    }
-    out
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
     }
     out
 }

@@ -251,6 +251,7 @@ mod tests {
                     error: Some("connection refused".into()),
                 },
             ],
+            auth_failure: None,
         };
         let s = from_topology(&t, "not authorized to run replSetGetStatus");
         assert_eq!(s.primary.as_deref(), Some("a:1"));

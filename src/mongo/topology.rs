@@ -1,5 +1,6 @@
 //! The driver's own view of the replica set, kept current by its monitoring
-//! (SDAM) events: what readiness and the status fallback are decided from.
+//! (SDAM) events, plus whether the credentials were refused: what readiness
+//! and the status fallback are decided from.
 
 use std::sync::RwLock;
 
@@ -7,7 +8,7 @@ use mongodb::event::sdam::TopologyDescription;
 use mongodb::options::ServerAddress;
 use mongodb::ServerType;
 
-use super::errors::reason;
+use super::errors::{reason, Signals};
 use crate::text::one_line;
 
 /// One member as the driver last saw it.
@@ -30,6 +31,9 @@ pub struct TopologySnapshot {
     pub writable: bool,
     /// Every known member, sorted by address.
     pub servers: Vec<ServerSnapshot>,
+    /// Why the last connection attempt failed to authenticate, until a
+    /// connection authenticates again (password scrubbed).
+    pub auth_failure: Option<String>,
 }
 
 impl TopologySnapshot {
@@ -49,7 +53,20 @@ impl TopologySnapshot {
             set_name: d.set_name().cloned(),
             writable: d.has_writable_server(),
             servers,
+            auth_failure: None,
         }
+    }
+
+    /// The first authentication failure among the members' errors: the
+    /// driver marks a member unknown with the error when a new connection
+    /// fails to authenticate, then its monitor (which never authenticates)
+    /// finds it healthy again at the next check.
+    pub fn authentication_error(d: &TopologyDescription, secret: Option<&str>) -> Option<String> {
+        d.servers().into_values().find_map(|info| {
+            info.error()
+                .filter(|e| Signals::of(e).authentication)
+                .map(|e| reason(e, secret))
+        })
     }
 
     /// The member the driver takes for the primary, if any.
@@ -60,8 +77,14 @@ impl TopologySnapshot {
     }
 
     /// Why a write could not be accepted now, from what the driver sees, as
-    /// one line naming every member.
+    /// one line naming every member, or the refused credentials.
     pub fn not_writable_reason(&self) -> String {
+        if let Some(why) = &self.auth_failure {
+            return one_line(&format!(
+                "MongoDB refused to authenticate this app ({why}): check the user and password \
+                 in the connection string or password file, and that the user exists"
+            ));
+        }
         let members = self
             .servers
             .iter()
@@ -89,24 +112,48 @@ pub fn address_string(address: &ServerAddress) -> String {
 }
 
 /// The driver's latest topology, written by its monitoring callback and
-/// read by request handlers. A std `RwLock`: it is held only to copy a
-/// snapshot, never across an `.await`.
+/// read by request handlers, and the last refusal of the credentials,
+/// written by the connection-pool callbacks. Std `RwLock`s: each is held
+/// only to copy or replace a value, never across an `.await`.
 #[derive(Default)]
 pub struct TopologyView {
     latest: RwLock<Option<TopologySnapshot>>,
+    /// Sticky, unlike the members' errors: the monitor clears those at its
+    /// next check while every new connection would still be refused. Only
+    /// a connection that authenticates clears it, so a user created (or a
+    /// password fixed on the server) after the app started clears it
+    /// without a restart.
+    auth_failure: RwLock<Option<String>>,
 }
 
 impl TopologyView {
     /// The latest snapshot; `None` until the driver has described anything.
+    /// While the credentials stand refused it is not writable.
     pub fn get(&self) -> Option<TopologySnapshot> {
-        self.latest
+        let mut snapshot = self
+            .latest
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone()?;
+        snapshot.auth_failure = self
+            .auth_failure
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if snapshot.auth_failure.is_some() {
+            snapshot.writable = false;
+        }
+        Some(snapshot)
     }
 
     pub(super) fn set(&self, snapshot: TopologySnapshot) {
         *self.latest.write().unwrap_or_else(|e| e.into_inner()) = Some(snapshot);
+    }
+
+    /// Records that a connection failed to authenticate (`Some(why)`), or
+    /// that one succeeded (`None`).
+    pub(super) fn set_auth_failure(&self, why: Option<String>) {
+        *self.auth_failure.write().unwrap_or_else(|e| e.into_inner()) = why;
     }
 }
 
@@ -131,11 +178,36 @@ mod tests {
                     error: None,
                 },
             ],
+            auth_failure: None,
         };
         assert_eq!(
             snap.not_writable_reason(),
             "no writable primary in replica set rs: h1:1 unreachable (connection refused); h2:2 RSSecondary"
         );
         assert!(snap.primary().is_none());
+    }
+
+    #[test]
+    fn refused_credentials_make_it_unwritable_until_a_connection_authenticates() {
+        let view = TopologyView::default();
+        view.set(TopologySnapshot {
+            set_name: Some("rs".into()),
+            writable: true,
+            servers: Vec::new(),
+            auth_failure: None,
+        });
+        assert!(view.get().unwrap().writable);
+        view.set_auth_failure(Some(
+            "authentication failed: SCRAM failure: Authentication failed.".into(),
+        ));
+        let snap = view.get().unwrap();
+        assert!(!snap.writable);
+        let why = snap.not_writable_reason();
+        assert!(
+            why.starts_with("MongoDB refused to authenticate this app (authentication failed: "),
+            "{why}"
+        );
+        view.set_auth_failure(None);
+        assert!(view.get().unwrap().writable);
     }
 }

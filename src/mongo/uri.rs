@@ -1,7 +1,75 @@
 //! Connection strings as text: parsing them without leaking the password,
-//! and showing them with the password hidden.
+//! showing them with the password hidden, and adding a password read from a
+//! file.
+
+use std::path::Path;
 
 use mongodb::options::ConnectionString;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+/// What a password keeps unescaped in a connection string: RFC 3986's
+/// unreserved characters. Everything else, `%` included, is escaped, so
+/// any password survives the driver's percent-decoding unchanged.
+const USERINFO: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `text` percent-encoded for the userinfo of a connection string.
+pub fn encode_userinfo(text: &str) -> String {
+    utf8_percent_encode(text, USERINFO).to_string()
+}
+
+/// Adds `password` to a connection string that names a user and no
+/// password (`mongodb://app@h1,h2/db?...`).
+///
+/// Errors (never quoting the password): the string names no user, or
+/// already carries a password.
+pub fn with_password(uri: &str, password: &str) -> Result<String, String> {
+    let Some((start, at)) = userinfo_span(uri) else {
+        return Err(format!(
+            "the connection string {} names no user: write mongodb://USER@HOSTS/... to use a password file",
+            redact(uri)
+        ));
+    };
+    let user = &uri[start..at];
+    if user.contains(':') {
+        return Err(format!(
+            "the connection string {} already has a password; leave it out when a password file is given",
+            redact(uri)
+        ));
+    }
+    if user.is_empty() {
+        return Err("the connection string has an empty user name".to_owned());
+    }
+    Ok(format!(
+        "{}:{}{}",
+        &uri[..at],
+        encode_userinfo(password),
+        &uri[at..]
+    ))
+}
+
+/// Reads a password file: its whole content but one final line break (a
+/// file written with `echo` ends in one). The password may contain any
+/// other character.
+///
+/// Errors name the file, never its content: unreadable, not UTF-8, empty.
+pub fn read_password_file(path: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| format!("the password file {} is not UTF-8 text", path.display()))?;
+    let password = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text);
+    if password.is_empty() {
+        return Err(format!("the password file {} is empty", path.display()));
+    }
+    Ok(password.to_owned())
+}
 
 /// Parses a connection string without I/O.
 ///
@@ -83,6 +151,57 @@ mod tests {
         assert_eq!(
             redact("mongodb://u:hunt?er2@h1/db"),
             "mongodb://u:****@h1/db"
+        );
+    }
+
+    #[test]
+    fn a_password_from_a_file_is_escaped_and_reads_back_unchanged() {
+        for password in [
+            "plain",
+            "p@ss:w/rd?#[]%25 +é\u{1F600}",
+            "%",
+            "a%2Fb",
+            "trailing space ",
+        ] {
+            let uri =
+                with_password("mongodb://app@h1:27017,h2/chat?replicaSet=rs", password).unwrap();
+            let parsed = ConnectionString::parse(&uri).unwrap();
+            let credential = parsed.credential.unwrap();
+            assert_eq!(credential.username.as_deref(), Some("app"));
+            assert_eq!(credential.password.as_deref(), Some(password), "{uri}");
+            assert_eq!(parsed.default_database.as_deref(), Some("chat"));
+            assert_eq!(
+                redact(&uri),
+                "mongodb://app:****@h1:27017,h2/chat?replicaSet=rs"
+            );
+        }
+        let no_user = with_password("mongodb://h1/chat", "hunter22").unwrap_err();
+        assert!(no_user.contains("names no user"), "{no_user}");
+        let twice = with_password("mongodb://app:old@h1/chat", "hunter22").unwrap_err();
+        assert!(
+            twice.contains("already has a password") && !twice.contains("old"),
+            "{twice}"
+        );
+    }
+
+    #[test]
+    fn password_files_lose_one_final_line_break_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        for (content, want) in [
+            ("s3cret\n", "s3cret"),
+            ("s3cret\r\n", "s3cret"),
+            (" s3 \n\n", " s3 \n"),
+        ] {
+            std::fs::write(&path, content).unwrap();
+            assert_eq!(read_password_file(&path).unwrap(), want);
+        }
+        std::fs::write(&path, "\n").unwrap();
+        assert!(read_password_file(&path).unwrap_err().contains("is empty"));
+        let missing = read_password_file(&dir.path().join("nope")).unwrap_err();
+        assert!(
+            missing.starts_with("cannot read the password file"),
+            "{missing}"
         );
     }
 

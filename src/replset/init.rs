@@ -14,6 +14,7 @@ use mongodb::options::{ClientOptions, ServerAddress};
 use tokio::time::Instant;
 
 use super::config;
+use super::user;
 use super::InitRequest;
 use crate::mongo::errors::codes::{
     ALREADY_INITIALIZED, CONFIGURATION_IN_PROGRESS, INVALID_REPLICA_SET_CONFIG, NODE_NOT_FOUND,
@@ -82,6 +83,8 @@ enum State {
 pub async fn init(request: &InitRequest, waits: Waits) -> Result<String, String> {
     config::check_name(&request.name)?;
     let members = config::normalize_members(&request.members)?;
+    // Files first: a missing one must not wait for the members.
+    let user = request.user.as_ref().map(user::prepare).transpose()?;
     let (base, secret) = match &request.uri {
         Some(uri) => options(uri).await?,
         None => (ClientOptions::default(), None),
@@ -97,7 +100,20 @@ pub async fn init(request: &InitRequest, waits: Waits) -> Result<String, String>
             conn,
         });
     }
-    let result = run(&request.name, &members, &all, waits).await;
+    let mut result = run(&request.name, &members, &all, waits).await;
+    if let (Ok(summary), Some(user)) = (&result, &user) {
+        result = user::ensure(
+            user,
+            &base,
+            &request.name,
+            &members,
+            &all[0].conn,
+            waits.members,
+            waits.poll,
+        )
+        .await
+        .map(|done| format!("{summary}. User: {done}"));
+    }
     for m in all {
         m.close().await;
     }
@@ -316,6 +332,7 @@ mod tests {
             members: members.iter().map(|m| m.to_string()).collect(),
             uri: None,
             wait_secs: 120,
+            user: None,
         }
     }
 

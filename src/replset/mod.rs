@@ -1,13 +1,16 @@
-//! Replica-set administration: `simplechat replset init` and `status`.
+//! Replica-set administration: `simplechat replset init` (with the app's
+//! user) and `status`.
 
 pub mod config;
 pub mod init;
+pub mod user;
 
 use std::time::Duration;
 
 use crate::mongo::{connect, options, status_of, Purpose, ReplicaSetStatus};
 
 pub use init::Waits;
+pub use user::UserRequest;
 
 /// What `replset init` is asked to build.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +26,9 @@ pub struct InitRequest {
     /// Bound, in seconds, on each wait: for the members to answer, then for
     /// a primary.
     pub wait_secs: u64,
+    /// The app's database user to create or keep converged, once the set
+    /// has a primary.
+    pub user: Option<UserRequest>,
 }
 
 /// Initiates the replica set if needed and waits for a primary. Returns a

@@ -128,6 +128,7 @@ fn config_names_each_source_in_the_users_terms() {
          port = 9002  # from SIMPLECHAT_PORT\n\
          mongodb_uri = \"mongodb://h1:27017/messages?replicaSet=rs\"  # from MONGO_URI\n\
          # mongodb_uri_file unset\n\
+         # mongodb_password_file unset\n\
          database = \"messages\"  # from the URI's path\n\
          # data_dir unused: MongoDB store\n\
          # cache_size_mib unused: MongoDB store\n\

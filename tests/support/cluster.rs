@@ -8,6 +8,10 @@
 //! Every test says on stderr which backend it ran on, and when the real
 //! backend could not run, one `SKIPPED:` line saying why. Those lines are
 //! written past the test harness's output capture, so they show in CI logs.
+//!
+//! [`TestCluster::start_auth`] gives either backend a member key (access
+//! control on) and the app's user, created by the real
+//! `simplechat replset init --create-user` through the localhost exception.
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -57,6 +61,75 @@ pub enum Backend {
 
 pub struct TestCluster {
     pub backend: Backend,
+    /// Set by [`TestCluster::start_auth`].
+    pub auth: Option<Auth>,
+}
+
+/// The member key file (`security.keyFile`) of an authenticated cluster.
+pub const KEY: &str = "c2ltcGxlY2hhdCB0ZXN0\nbWVtYmVyIGtleQ==\n";
+/// The app user's name and password: every character class a connection
+/// string must escape, so the app's percent-encoding is exercised.
+pub const APP_USER: &str = "app";
+pub const APP_PASSWORD: &str = "pa%ss@w:rd/?# é";
+
+/// The secrets of an authenticated cluster, as files (mode 0400), the way
+/// the deployment hands them over.
+pub struct Auth {
+    dir: tempfile::TempDir,
+    pub key_file: PathBuf,
+    pub password_file: PathBuf,
+    /// The app user's roles, `ROLE@DB`.
+    pub roles: Vec<String>,
+}
+
+impl Auth {
+    /// Fresh secrets for a cluster started another way.
+    pub fn new_for_test(databases: &[&str]) -> Auth {
+        Auth::new(databases)
+    }
+
+    fn new(databases: &[&str]) -> Auth {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key_file = dir.path().join("keyfile");
+        let password_file = dir.path().join("app-password");
+        for (path, content) in [(&key_file, KEY), (&password_file, APP_PASSWORD)] {
+            std::fs::write(path, format!("{content}\n")).expect("write secret");
+            // mongod refuses a key file others may read.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o400))
+                .expect("chmod secret");
+        }
+        let mut roles: Vec<String> = databases.iter().map(|d| format!("readWrite@{d}")).collect();
+        roles.push("clusterMonitor@admin".to_owned());
+        Auth {
+            dir,
+            key_file,
+            password_file,
+            roles,
+        }
+    }
+
+    /// A password file with other content, for wrong-password tests.
+    pub fn other_password_file(&self, password: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("other-{}", password.len()));
+        std::fs::write(&path, format!("{password}\n")).expect("write password");
+        path
+    }
+
+    /// `simplechat replset init` arguments that create the app user.
+    pub fn init_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--create-user".to_owned(),
+            APP_USER.to_owned(),
+            "--password-file".to_owned(),
+            self.password_file.display().to_string(),
+        ];
+        for role in &self.roles {
+            args.push("--role".to_owned());
+            args.push(role.clone());
+        }
+        args
+    }
 }
 
 impl TestCluster {
@@ -75,11 +148,12 @@ impl TestCluster {
         match mongod_binary() {
             Ok(bin) => {
                 say(&format!("{test}: backend: mongod ({})", bin.display()));
-                let set = MongodSet::start(&bin, initiated)
+                let set = MongodSet::start(&bin, initiated, None)
                     .await
                     .unwrap_or_else(|e| panic!("{test}: cannot start mongod replica set: {e}"));
                 TestCluster {
                     backend: Backend::Mongod(set),
+                    auth: None,
                 }
             }
             Err(why) => {
@@ -99,7 +173,51 @@ impl TestCluster {
             .expect("start replset-sim");
         TestCluster {
             backend: Backend::Sim(cluster),
+            auth: None,
         }
+    }
+
+    /// An initiated set with access control (a member key) and the app
+    /// user, `readWrite` on each of `databases` and `clusterMonitor`,
+    /// created by `simplechat replset init --create-user`: on real mongod
+    /// when there is one, else on the simulator.
+    pub async fn start_auth(test: &str, databases: &[&str]) -> TestCluster {
+        let auth = Auth::new(databases);
+        let mut cluster = match mongod_binary() {
+            Ok(bin) => {
+                say(&format!(
+                    "{test}: backend: mongod with keyFile ({})",
+                    bin.display()
+                ));
+                let set = MongodSet::start(&bin, false, Some(&auth.key_file))
+                    .await
+                    .unwrap_or_else(|e| panic!("{test}: cannot start mongod replica set: {e}"));
+                TestCluster {
+                    backend: Backend::Mongod(set),
+                    auth: None,
+                }
+            }
+            Err(why) => {
+                say(&format!(
+                    "SKIPPED: {test} on real mongod, because {why}; running it on replset-sim only"
+                ));
+                say(&format!("{test}: backend: replset-sim with a key"));
+                TestCluster::start_sim(replset_sim::ClusterOptions {
+                    key_file: Some(KEY.to_owned()),
+                    ..fast_sim(true)
+                })
+                .await
+            }
+        };
+        let out = run_init(&cluster.hosts(), &auth.init_args()).await;
+        assert!(
+            out.0,
+            "{test}: replset init --create-user failed: {}",
+            out.1
+        );
+        say(&format!("{test}: {}", out.1.trim()));
+        cluster.auth = Some(auth);
+        cluster
     }
 
     pub fn name(&self) -> &'static str {
@@ -128,6 +246,20 @@ impl TestCluster {
             "mongodb://{}/{database}?replicaSet={SET_NAME}",
             self.hosts().join(",")
         )
+    }
+
+    /// The app's connection string without its password (which comes from
+    /// `mongodb_password_file`), as the deployment writes it.
+    pub fn user_uri(&self, database: &str) -> String {
+        format!(
+            "mongodb://{APP_USER}@{}/{database}?replicaSet={SET_NAME}&authSource=admin&authMechanism=SCRAM-SHA-256",
+            self.hosts().join(",")
+        )
+    }
+
+    /// The secrets of a cluster from [`TestCluster::start_auth`].
+    pub fn auth(&self) -> &Auth {
+        self.auth.as_ref().expect("an authenticated cluster")
     }
 
     /// How long an election may take on this backend: mongod's default
@@ -198,12 +330,38 @@ pub fn fast_sim(initiated: bool) -> replset_sim::ClusterOptions {
     }
 }
 
+/// Runs `simplechat replset init --name rs --member ...` plus `extra`;
+/// returns whether it succeeded and its stdout and stderr.
+pub async fn run_init(hosts: &[String], extra: &[String]) -> (bool, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_simplechat"));
+    command.args(["replset", "init", "--name", SET_NAME]);
+    for host in hosts {
+        command.args(["--member", host]);
+    }
+    command.args(extra);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("run simplechat replset init");
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
 /// Three mongod processes on loopback, each with its own temporary dbpath.
 pub struct MongodSet {
     bin: PathBuf,
     dir: tempfile::TempDir,
     ports: Vec<u16>,
     children: Mutex<Vec<Option<Child>>>,
+    /// `security.keyFile`, when access control is on; the harness's own
+    /// status queries then authenticate as `__system` with the key.
+    key_file: Option<PathBuf>,
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -212,7 +370,11 @@ fn free_port() -> std::io::Result<u16> {
 }
 
 impl MongodSet {
-    pub async fn start(bin: &Path, initiated: bool) -> Result<MongodSet, String> {
+    pub async fn start(
+        bin: &Path,
+        initiated: bool,
+        key_file: Option<&Path>,
+    ) -> Result<MongodSet, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let mut ports = Vec::new();
         for _ in 0..3 {
@@ -223,6 +385,7 @@ impl MongodSet {
             dir,
             ports,
             children: Mutex::new(Vec::new()),
+            key_file: key_file.map(Path::to_path_buf),
         };
         for i in 0..3 {
             std::fs::create_dir_all(set.dbpath(i)).map_err(|e| e.to_string())?;
@@ -243,7 +406,11 @@ impl MongodSet {
 
     fn spawn(&self, i: usize) -> std::io::Result<Child> {
         let log = self.dir.path().join(format!("member{i}.log"));
-        Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        if let Some(key) = &self.key_file {
+            command.arg("--keyFile").arg(key);
+        }
+        command
             .arg("--replSet")
             .arg(SET_NAME)
             .arg("--port")
@@ -266,26 +433,11 @@ impl MongodSet {
 
     /// Runs the real `simplechat replset init` command against the members.
     async fn initiate(&self) -> Result<(), String> {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_simplechat"));
-        command.args(["replset", "init", "--name", SET_NAME]);
-        for host in self.hosts() {
-            command.args(["--member", &host]);
+        let (ok, out) = run_init(&self.hosts(), &[]).await;
+        if !ok {
+            return Err(format!("simplechat replset init failed: {out}"));
         }
-        let output = tokio::task::spawn_blocking(move || command.output())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot run simplechat replset init: {e}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "simplechat replset init failed: {}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            ));
-        }
-        say(&format!(
-            "mongod: {}",
-            String::from_utf8_lossy(&output.stdout).trim()
-        ));
+        say(&format!("mongod: {}", out.trim()));
         Ok(())
     }
 
@@ -313,8 +465,23 @@ impl MongodSet {
     }
 
     async fn direct(&self, i: usize) -> Option<Client> {
+        let credentials = match &self.key_file {
+            Some(path) => {
+                let key: String = std::fs::read_to_string(path)
+                    .ok()?
+                    .split_whitespace()
+                    .collect();
+                format!("__system:{key}@")
+            }
+            None => String::new(),
+        };
+        let auth_source = if self.key_file.is_some() {
+            "&authSource=local&authMechanism=SCRAM-SHA-256"
+        } else {
+            ""
+        };
         let uri = format!(
-            "mongodb://{}/?directConnection=true&serverSelectionTimeoutMS=1000&connectTimeoutMS=1000",
+            "mongodb://{credentials}{}/?directConnection=true&serverSelectionTimeoutMS=1000&connectTimeoutMS=1000{auth_source}",
             self.hosts()[i]
         );
         Client::with_uri_str(uri).await.ok()

@@ -44,6 +44,11 @@ struct Args {
     /// the lab's.
     #[arg(long, default_value = "simplechat")]
     database: String,
+    /// Turn access control on with this member key file (as mongod's
+    /// `security.keyFile`): users must authenticate (SCRAM-SHA-256); while
+    /// none exists, a loopback client may create the first one.
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -64,6 +69,14 @@ impl Args {
             election_delay: Duration::from_millis(self.election_delay_ms),
             secondary_lag: Duration::from_millis(self.lag_ms),
             ports,
+            key_file: match &self.key_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| format!("--key-file {}: {e}", path.display()))?,
+                ),
+                None => None,
+            },
+            ..Default::default()
         })
     }
 }

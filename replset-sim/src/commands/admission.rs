@@ -1,7 +1,8 @@
-//! Checks that run before a command does its work: whether this member's
-//! role lets it serve a read (primary, or secondary with a non-primary read
-//! preference), whether an admin command was sent to `admin`, and the
-//! causal-consistency wait for `readConcern.afterClusterTime`.
+//! Checks that run before a command does its work: access control (with a
+//! key), whether this member's role lets it serve a read (primary, or
+//! secondary with a non-primary read preference), whether an admin command
+//! was sent to `admin`, and the causal-consistency wait for
+//! `readConcern.afterClusterTime`.
 
 use std::time::Instant;
 
@@ -9,8 +10,42 @@ use bson::{Bson, Document};
 
 use super::args::{get_doc, max_time};
 use super::{wait_for, Ctx, Fail};
+use crate::auth::{self, Need};
 use crate::error::CmdError;
 use crate::state::{Role, State};
+
+/// Access control, when the cluster has a key: mongod's `Unauthorized` (13),
+/// worded "command <name> requires authentication" for a connection that
+/// has not authenticated and "not authorized on <db> to execute command"
+/// for a user that lacks the privilege. While no user exists, a loopback
+/// connection may do what the localhost exception allows
+/// (<https://www.mongodb.com/docs/manual/core/localhost-exception/>).
+pub(super) fn authorize(ctx: &Ctx<'_>, name: &str, db: &str, body: &Document) -> Result<(), Fail> {
+    let need = auth::need(name, db, body);
+    if need == Need::Nothing {
+        return Ok(());
+    }
+    let principal = ctx.principal();
+    let st = ctx.shared.lock();
+    if !st.users.enforced() {
+        return Ok(());
+    }
+    let allowed = match (&principal, &need) {
+        (None, need) => {
+            !st.remote_clients && st.users.is_empty() && need.localhost_exception_covers()
+        }
+        (Some(_), Need::Authenticated | Need::Nothing) => true,
+        (Some(p), Need::Privilege(action, resource)) => st.users.allows(p, *action, resource),
+    };
+    if allowed {
+        return Ok(());
+    }
+    let msg = match principal {
+        None => format!("command {name} requires authentication"),
+        Some(_) => format!("not authorized on {db} to execute command {{ {name}: ... }}"),
+    };
+    Err(CmdError::new(13, "Unauthorized", msg).into())
+}
 
 /// `Ok` when `db` is `admin`, else mongod's `Unauthorized` (13) for `name`.
 pub(super) fn admin_only(name: &str, db: &str) -> Result<(), Fail> {

@@ -1,7 +1,8 @@
 //! The driver's connection and monitoring traffic: `hello` (and the legacy
 //! `isMaster`/`ismaster`), including the awaitable form the driver's
-//! streaming monitor sends, `ping`, and `endSessions`, which drivers send
-//! when a client shuts down.
+//! streaming monitor sends and the authentication fields of a connection
+//! handshake, `ping`, and `endSessions`, which drivers send when a client
+//! shuts down.
 
 use std::time::{Duration, Instant};
 
@@ -33,11 +34,15 @@ pub(super) async fn hello(ctx: &Ctx<'_>, body: &Document, legacy: bool) -> CmdRe
         })
         .await;
     }
-    let st = ctx.shared.lock();
-    if !st.reachable(ctx.member) {
-        return Err(Fail::Close);
-    }
-    Ok(st.hello(ctx.member, legacy, hello_ok, ctx.conn_id))
+    let mut reply = {
+        let st = ctx.shared.lock();
+        if !st.reachable(ctx.member) {
+            return Err(Fail::Close);
+        }
+        st.hello(ctx.member, legacy, hello_ok, ctx.conn_id)
+    };
+    super::sasl::hello_fields(ctx, body, &mut reply);
+    Ok(reply)
 }
 
 /// `ping`: `{ok: 1}` on any member in any state.

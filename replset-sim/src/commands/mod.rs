@@ -8,9 +8,10 @@
 //! Families: [`handshake`] (hello, ping, endSessions), [`insert`], [`query`]
 //! (find, count), [`cursors`] (getMore, killCursors and the cursors other
 //! commands open), [`aggregate`] (pipelines and the `$changeStream` entry),
-//! [`indexes`], [`collections`] and [`replset`] (the `replSet*` admin
-//! commands). [`args`] parses command fields; [`admission`] holds the checks
-//! that run before a command does its work.
+//! [`indexes`], [`collections`], [`replset`] (the `replSet*` admin
+//! commands), [`sasl`] (authentication) and [`users`] (user management).
+//! [`args`] parses command fields; [`admission`] holds the checks that run
+//! before a command does its work, access control among them.
 
 mod admission;
 mod aggregate;
@@ -22,25 +23,42 @@ mod indexes;
 mod insert;
 mod query;
 mod replset;
+mod sasl;
 mod update;
+mod users;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bson::{doc, Bson, Document};
 
+use crate::auth::{Principal, Session};
 use crate::error::CmdError;
 use crate::state::{Role, State};
 use crate::Shared;
 
-use admission::admin_only;
+use admission::{admin_only, authorize};
 
-/// Who is asking: the cluster, the member this connection reached, and the
-/// connection's id (reported by `hello` as `connectionId`).
+/// Who is asking: the cluster, the member this connection reached, the
+/// connection's id (reported by `hello` as `connectionId`) and whom it
+/// authenticated as.
 pub(crate) struct Ctx<'a> {
     pub shared: &'a Arc<Shared>,
     pub member: usize,
     pub conn_id: i64,
+    /// A std `Mutex`: held only to read or replace the state, never across
+    /// an `.await`, and never while taking the shared lock.
+    pub session: Mutex<Session>,
+}
+
+impl Ctx<'_> {
+    pub(crate) fn session(&self) -> MutexGuard<'_, Session> {
+        self.session.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn principal(&self) -> Option<Principal> {
+        self.session().principal.clone()
+    }
 }
 
 /// What the connection does with a command's result.
@@ -159,6 +177,7 @@ fn error_doc(st: &State, member: usize, e: &CmdError) -> Document {
 /// Routes a command by name to its family. Unknown names get mongod's
 /// `CommandNotFound` (59).
 async fn dispatch(ctx: &Ctx<'_>, name: &str, db: &str, body: &Document) -> CmdResult {
+    authorize(ctx, name, db, body)?;
     match name {
         "hello" | "isMaster" | "ismaster" => handshake::hello(ctx, body, name != "hello").await,
         "ping" => Ok(handshake::ping()),
@@ -179,6 +198,11 @@ async fn dispatch(ctx: &Ctx<'_>, name: &str, db: &str, body: &Document) -> CmdRe
         "replSetGetStatus" => admin_only(name, db).and_then(|_| replset::repl_status(ctx)),
         "replSetGetConfig" => admin_only(name, db).and_then(|_| replset::repl_config(ctx)),
         "replSetInitiate" => admin_only(name, db).and_then(|_| replset::repl_initiate(ctx, body)),
+        "saslStart" => sasl::sasl_start(ctx, db, body),
+        "saslContinue" => sasl::sasl_continue(ctx, body),
+        "createUser" => users::create_user(ctx, db, body),
+        "updateUser" => users::update_user(ctx, db, body),
+        "usersInfo" => users::users_info(ctx, db, body, ctx.principal()),
         _ => Err(CmdError::new(59, "CommandNotFound", format!("no such command: '{name}'")).into()),
     }
 }
