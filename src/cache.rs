@@ -133,7 +133,26 @@ pub struct Cache {
     recent: RwLock<Recent>,
     sender: broadcast::Sender<Arc<CachedMessage>>,
     /// The default listing, serialized once per change: (limit, JSON).
-    default_page: Memo<(usize, Bytes)>,
+    default_page: Memo<(usize, Listing)>,
+}
+
+/// A listing serialized once, with a tag of its content.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    /// The JSON array.
+    pub json: Bytes,
+    /// [`content_tag`] of `json`.
+    pub tag: Arc<str>,
+}
+
+/// A tag that changes whenever `bytes` do: the first 16 bytes of their
+/// SHA-256 in hex, quoted (an HTTP entity tag), the same on every instance
+/// for the same content.
+pub fn content_tag(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(bytes);
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{hex}\"")
 }
 
 /// A value built from the cache, kept until the cache's version changes.
@@ -355,17 +374,22 @@ impl Cache {
         self.since(self.arrival_of(id)?.next(), limit)
     }
 
-    /// The JSON array of the latest `limit` messages, built once per change.
-    pub fn latest_json(&self, limit: usize) -> Option<Bytes> {
-        if let Some((l, bytes)) = self.default_page.get(self.version()) {
+    /// The JSON array of the latest `limit` messages and its tag, built once
+    /// per change.
+    pub fn latest_json(&self, limit: usize) -> Option<Listing> {
+        if let Some((l, listing)) = self.default_page.get(self.version()) {
             if l == limit {
-                return Some(bytes);
+                return Some(listing);
             }
         }
         let (version, events) = self.latest_versioned(limit)?;
         let bytes = json_array(&events);
-        self.default_page.put(version, (limit, bytes.clone()));
-        Some(bytes)
+        let listing = Listing {
+            tag: content_tag(&bytes).into(),
+            json: bytes,
+        };
+        self.default_page.put(version, (limit, listing.clone()));
+        Some(listing)
     }
 }
 
@@ -442,7 +466,7 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap().message.id, "b");
         assert!(rx.try_recv().is_err());
         let json: serde_json::Value =
-            serde_json::from_slice(&live.latest_json(100).unwrap()).unwrap();
+            serde_json::from_slice(&live.latest_json(100).unwrap().json).unwrap();
         assert_eq!(json.as_array().unwrap().len(), 2);
         assert_eq!(json[1]["id"], "b");
     }
@@ -466,7 +490,7 @@ mod tests {
         publisher.join().unwrap();
         assert!(served > 0);
         let json: serde_json::Value =
-            serde_json::from_slice(&live.latest_json(100).unwrap()).unwrap();
+            serde_json::from_slice(&live.latest_json(100).unwrap().json).unwrap();
         assert_eq!(
             json[99]["id"], "p19999",
             "the cached listing follows the last change"

@@ -5,10 +5,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use tokio::sync::broadcast;
 
-use crate::cache::{Arrival, Cache, CachedMessage, CACHE_CAPACITY};
+use crate::cache::{Arrival, Cache, CachedMessage, Listing, CACHE_CAPACITY};
 use crate::config::{Config, StoreConfig};
 use crate::message::{Message, NewMessage};
 use crate::store::embedded::EmbeddedStore;
@@ -92,7 +91,7 @@ impl Chat {
 
     /// The latest `limit` messages as one JSON array, if the cache can
     /// answer (built once per change of the cache).
-    pub fn latest_json(&self, limit: usize) -> Option<Bytes> {
+    pub fn latest_json(&self, limit: usize) -> Option<Listing> {
         self.cache.latest_json(limit)
     }
 

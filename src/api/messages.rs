@@ -7,6 +7,7 @@ use rocket::{get, post, Request, State};
 use serde::Deserialize;
 
 use super::body::JsonBody;
+use super::conditional::{etag_of, IfNoneMatch, Tagged};
 use super::error::ApiError;
 use crate::cache::json_array;
 use crate::chat::{Chat, DEFAULT_LIMIT, MAX_LIMIT};
@@ -28,10 +29,11 @@ impl<'r> Responder<'r, 'static> for RawJson {
 #[get("/api/messages?<limit>&<before>&<after>")]
 pub async fn list(
     chat: &State<Chat>,
+    if_none_match: IfNoneMatch,
     limit: Option<&str>,
     before: Option<&str>,
     after: Option<&str>,
-) -> Result<RawJson, ApiError> {
+) -> Result<Tagged<RawJson>, ApiError> {
     let limit = parse_limit(limit)?;
     let cursor = match (before, after) {
         (Some(_), Some(_)) => {
@@ -45,8 +47,11 @@ pub async fn list(
         (None, None) => Cursor::Latest,
     };
     if cursor == Cursor::Latest {
-        if let Some(bytes) = chat.latest_json(limit) {
-            return Ok(RawJson(bytes));
+        if let Some(listing) = chat.latest_json(limit) {
+            let json = listing.json;
+            return Ok(Tagged::new(&if_none_match, listing.tag.to_string(), || {
+                RawJson(json)
+            }));
         }
     }
     let messages = chat.list(cursor, limit).await.map_err(|e| match e {
@@ -56,7 +61,9 @@ pub async fn list(
         },
         other => other.into(),
     })?;
-    Ok(RawJson(json_array(&messages)))
+    let json = json_array(&messages);
+    let etag = etag_of(&json);
+    Ok(Tagged::new(&if_none_match, etag, || RawJson(json)))
 }
 
 fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {

@@ -3,6 +3,7 @@
 pub mod assets;
 pub mod body;
 pub mod checks;
+pub mod conditional;
 pub mod cookies;
 pub mod error;
 pub mod events;

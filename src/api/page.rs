@@ -10,12 +10,14 @@ use rocket::{get, post, State};
 use rocket_dyn_templates::{context, Metadata, Template};
 
 use super::body::FormBody;
+use super::conditional::{IfNoneMatch, Tagged};
 use super::cookies::{name_cookie, Https};
 use super::error::ApiError;
 use crate::cache::{CachedMessage, Memo};
 use crate::chat::{Chat, DEFAULT_LIMIT};
 use crate::message::{new_id, validate_id, Message, NewMessage};
 use crate::store::{Cursor, StoreError};
+use rocket::Either;
 
 /// The cookie a no-JavaScript form post uses to remember the sender's name.
 const NAME_COOKIE: &str = "simplechat_name";
@@ -41,6 +43,34 @@ struct Draft<'a> {
 /// page is mostly this list, and rendering it is most of a page view's work.
 #[derive(Default)]
 pub struct RenderedHistory(Memo<History>);
+
+/// Names this process in the page's entity tags: the cache's version
+/// counts changes of this process's cache only, so a tag from another
+/// instance must never match.
+pub struct PageTag {
+    instance: String,
+}
+
+impl Default for PageTag {
+    fn default() -> Self {
+        PageTag { instance: new_id() }
+    }
+}
+
+impl PageTag {
+    /// The latest page's tag for this cache version and sender name. Weak:
+    /// each render carries a fresh form key, but a page with the same
+    /// messages and name is equivalent. A post that stores anything changes
+    /// the version, so a page whose form key was used is never reused.
+    fn latest(&self, version: u64, name: &str) -> String {
+        let name_tag = crate::cache::content_tag(name.as_bytes());
+        format!(
+            "W/\"{}-{version}-{}\"",
+            self.instance,
+            name_tag.trim_matches('"')
+        )
+    }
+}
 
 #[derive(Clone)]
 struct History {
@@ -167,14 +197,35 @@ async fn render(
 pub async fn index(
     chat: &State<Chat>,
     rendered: &State<RenderedHistory>,
+    page_tag: &State<PageTag>,
     metadata: Metadata<'_>,
     cookies: &CookieJar<'_>,
+    if_none_match: IfNoneMatch,
     before: Option<&str>,
-) -> (Status, Template) {
+) -> Either<Tagged<Template>, (Status, Template)> {
     let name = cookies
         .get(NAME_COOKIE)
         .map(|c| c.value().to_owned())
         .unwrap_or_default();
+    // The latest page from a complete cache is tagged, and not rendered at
+    // all when the client already has it.
+    if before.is_none() && chat.latest_cached(1).is_some() {
+        let etag = page_tag.latest(chat.cache_version(), &name);
+        if if_none_match.has(&etag) {
+            return Either::Left(Tagged::NotModified { etag });
+        }
+        let draft = Draft {
+            name: &name,
+            text: "",
+            error: None,
+            form_id: None,
+        };
+        let (status, page) = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
+        return match status {
+            None => Either::Left(Tagged::Fresh { etag, body: page }),
+            Some(status) => Either::Right((status, page)),
+        };
+    }
     let draft = Draft {
         name: &name,
         text: "",
@@ -192,12 +243,12 @@ pub async fn index(
                     ..draft
                 };
                 let (_, page) = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
-                return (Status::BadRequest, page);
+                return Either::Right((Status::BadRequest, page));
             }
         },
     };
     let (status, page) = render(chat, rendered, &metadata, &shown, draft).await;
-    (status.unwrap_or(Status::Ok), page)
+    Either::Right((status.unwrap_or(Status::Ok), page))
 }
 
 #[post("/messages", data = "<form>")]
