@@ -150,6 +150,12 @@ pub async fn start(config: Config) -> Result<Server, String> {
 /// Runs the server until SIGTERM or Ctrl-C; in-flight requests finish, event
 /// streams end, then the store closes.
 pub async fn serve(config: Config) -> Result<(), String> {
+    // A bad log_level is reported by Rocket itself when it starts.
+    let log_level = config
+        .figment
+        .extract::<rocket::Config>()
+        .map_or(rocket::config::LogLevel::Normal, |c| c.log_level);
+    crate::logging::install(log_level);
     let store = crate::config::describe_store(&config.store);
     let server = start(config).await?;
     // On stdout, beside Rocket's own launch line: Rocket's default log level

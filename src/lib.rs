@@ -44,6 +44,7 @@ pub mod cache;
 pub mod chat;
 pub mod cli;
 pub mod config;
+pub mod logging;
 pub mod message;
 pub mod mongo;
 pub mod replset;

@@ -277,3 +277,45 @@ async fn a_configured_template_dir_replaces_the_built_in_page() {
     assert_eq!(page.text().await.unwrap(), "my own page");
     server.stop();
 }
+
+/// Closing a tab ends its event stream from the client's side: that is
+/// normal, and must not print a warning each time.
+#[tokio::test]
+async fn a_closed_event_stream_is_not_a_warning() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(Path::new(env!("CARGO_BIN_EXE_simplechat")), dir.path(), &[]);
+    let host = server.base.trim_start_matches("http://").to_owned();
+    for _ in 0..3 {
+        let mut stream = tokio::net::TcpStream::connect(&host).await.unwrap();
+        stream
+            .write_all(format!("GET /api/events HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains(": connected") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the stream opened");
+            got.extend_from_slice(&buf[..n]);
+        }
+        drop(stream);
+    }
+    // A message makes the server write to the closed streams and notice.
+    let posted = reqwest::Client::new()
+        .post(format!("{}/api/messages", server.base))
+        .json(&serde_json::json!({"name": "ann", "text": "after the tabs closed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 201);
+    let (status, lines) = server.stop();
+    assert!(status.success());
+    let warnings: Vec<_> = lines
+        .iter()
+        .filter(|l| l.starts_with("Warning:") || l.starts_with("Error:"))
+        .filter(|l| !l.contains("custom runtime") && !l.contains("Received SIGTERM"))
+        .collect();
+    assert!(warnings.is_empty(), "closed tabs logged: {warnings:?}");
+}

@@ -1,0 +1,123 @@
+//! The process's logger: Rocket's layout (indented `>>` lines, `Warning:`
+//! and `Error:` prefixes) at Rocket's `log_level`, for Rocket's records and
+//! simplechat's alike, with one change: a client that leaves while its
+//! response is still streaming (a closed tab's event stream) is logged at
+//! debug level, not as a warning on every tab closed.
+//!
+//! Written here because Rocket 0.5's own logger cannot be configured per
+//! record and is private; installing this one first makes Rocket keep it
+//! (Rocket only installs its logger if none is set).
+
+use std::io::Write;
+
+use rocket::config::LogLevel;
+
+struct Logger;
+
+/// Whether `record` is Rocket saying that the peer hung up on a response:
+/// hyper's "connection closed before message completed" (a connection that
+/// ends mid-body) and Rocket's "Remote left" (its body channel closed).
+/// Rocket 0.5 gives no other signal for these than its own wording, so the
+/// wording decides, for these two records of `rocket::server` only.
+fn is_peer_hangup(record: &log::Record<'_>) -> bool {
+    if record.module_path().is_none_or(|m| m != "rocket::server") {
+        return false;
+    }
+    let text = record.args().to_string();
+    text.starts_with("Connection failed: connection closed before message completed")
+        || text.starts_with("Remote left:")
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let mut level = record.level();
+        // Rocket logs its launch banner as warnings so that it shows at
+        // every level, and prints it as information.
+        if level == log::Level::Warn && record.target().starts_with("rocket::launch") {
+            level = log::Level::Info;
+        } else if level == log::Level::Warn && is_peer_hangup(record) {
+            level = log::Level::Debug;
+        }
+        let launch = record.target().starts_with("rocket::launch");
+        if level > log::max_level() && !launch {
+            return;
+        }
+        // Rocket shows hyper's and rustls' own records only when debugging.
+        let from = |path| record.module_path().is_some_and(|m| m.starts_with(path));
+        if (from("hyper") || from("rustls")) && log::max_level() < log::LevelFilter::Debug {
+            return;
+        }
+        // Rocket marks continuation lines with a target ending in `_`.
+        let indented = record.target().ends_with('_');
+        let prefix = match (level, indented) {
+            (_, true) => "   >> ",
+            (log::Level::Error, false) => "Error: ",
+            (log::Level::Warn, false) => "Warning: ",
+            _ => "",
+        };
+        // As Rocket does: a closed stdout must not panic the server.
+        let _ = writeln!(std::io::stdout(), "{prefix}{}", record.args());
+    }
+
+    fn flush(&self) {
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// Installs the logger at `level` (Rocket's `log_level`). Only the first
+/// call in a process installs it; later ones change nothing.
+pub fn install(level: LogLevel) {
+    if log::set_logger(&Logger).is_ok() {
+        log::set_max_level(level.into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record<'a>(
+        args: std::fmt::Arguments<'a>,
+        module: &'a str,
+        level: log::Level,
+    ) -> log::Record<'a> {
+        log::Record::builder()
+            .args(args)
+            .module_path(Some(module))
+            .target(module)
+            .level(level)
+            .build()
+    }
+
+    #[test]
+    fn only_rockets_hangup_records_are_demoted() {
+        let hangup = format_args!("Connection failed: connection closed before message completed");
+        assert!(is_peer_hangup(&record(
+            hangup,
+            "rocket::server",
+            log::Level::Warn
+        )));
+        let left = format_args!("Remote left: channel closed.");
+        assert!(is_peer_hangup(&record(
+            left,
+            "rocket::server",
+            log::Level::Warn
+        )));
+        let other = format_args!("Connection failed: invalid HTTP method parsed");
+        assert!(!is_peer_hangup(&record(
+            other,
+            "rocket::server",
+            log::Level::Warn
+        )));
+        let ours = format_args!("Remote left: channel closed.");
+        assert!(!is_peer_hangup(&record(
+            ours,
+            "simplechat::store",
+            log::Level::Warn
+        )));
+    }
+}
