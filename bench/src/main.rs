@@ -9,9 +9,10 @@
 //! The phases, in order, on one server (plus a few extra starts for the
 //! cold start): seed 100 messages and read the idle RSS; `GET
 //! /api/messages`, `GET /`, then `POST /api/messages` under closed-loop
-//! load ([`load`]); the memory phase and the fan-out phases ([`sse`]). The
-//! POST load runs before the SSE phases so the cache (the latest 1000
-//! messages) is full and does not grow while memory is measured.
+//! load ([`load`]); the memory phase (with its control: the same events
+//! with no subscriber) and the fan-out phases ([`sse`]). The POST load runs
+//! before the SSE phases so the cache (the latest 1000 messages) is full
+//! and does not grow while memory is measured.
 //!
 //! Modules: `load` (HTTP load), `sse` (the event-stream client and its
 //! phases), `proc` (RSS and CPU from `/proc`), `server` (starting the
@@ -43,7 +44,7 @@ struct Args {
     /// The server binary [default: `simplechat` next to this binary].
     #[arg(long, env = "SIMPLECHAT_BENCH_SERVER")]
     server: Option<PathBuf>,
-    /// A short run (about 40 s): 3 s per HTTP phase, 500 memory events,
+    /// A short run (about 30 s): 3 s per HTTP phase, 500 memory events,
     /// 10 fan-out messages, 3 cold starts.
     #[arg(long)]
     quick: bool,
@@ -129,6 +130,7 @@ async fn run(args: Args) -> Result<(), String> {
     );
     println!("- binary size: {} ({})", count(size), bytes(size as f64));
     println!("- machine: {cores} cores, shared by the server and this client");
+    println!("- load average before: {}", proc::load_average());
     println!(
         "- run: {}{} s per HTTP phase, {} connections; open-file limit {files}\n",
         if quick { "quick, " } else { "" },
@@ -234,22 +236,23 @@ async fn run(args: Args) -> Result<(), String> {
     let connected = memory.connected.max(1) as f64;
     memory_table.row(vec![
         format!(
-            "RSS per SSE subscriber at connect ({}/{} subscribers connected)",
-            memory.connected, memory.subscribers
-        ),
-        bytes((memory.rss_connected as f64 - memory.rss_before as f64) / connected),
-    ]);
-    memory_table.row(vec![
-        format!(
-            "RSS growth per subscriber after {} events ({} subscribers{})",
+            "RSS growth per subscriber after {} events ({}/{} subscribers connected{})",
             count(memory.events),
             memory.connected,
+            memory.subscribers,
             match memory.stalled_at {
                 Some(step) => format!(", STALLED at event {step}"),
                 None => String::new(),
             }
         ),
         bytes((memory.rss_after as f64 - memory.rss_warm as f64) / connected),
+    ]);
+    memory_table.row(vec![
+        format!(
+            "control: server RSS growth over {} events with no subscriber (total)",
+            count(memory.events)
+        ),
+        bytes(memory.control_after as f64 - memory.control_warm as f64),
     ]);
     memory_table.row(vec![
         "events delivered/expected in the memory phase".into(),
@@ -275,9 +278,10 @@ async fn run(args: Args) -> Result<(), String> {
     println!(
         "SSE latency is from just before the POST is sent (so it includes the durable write) \
          to the arrival at the subscriber; fan-out posts {fanout_messages} messages at {}/s. \
-         The whole run took {:.0} s.",
+         The whole run took {:.0} s; load average after: {}.",
         args.fanout_rate,
-        whole_run.elapsed().as_secs_f64()
+        whole_run.elapsed().as_secs_f64(),
+        proc::load_average()
     );
     Ok(())
 }

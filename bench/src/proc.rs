@@ -66,6 +66,14 @@ fn clock_ticks_per_second() -> f64 {
     }
 }
 
+/// The machine's 1, 5 and 15 minute load averages (`/proc/loadavg`), for
+/// the record: other work on the machine makes every figure noisier.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|e| format!("unknown ({e})"))
+}
+
 /// Raises this process's soft open-file limit to at least `wanted` (as far
 /// as the hard limit allows) and returns the limit now in force.
 ///

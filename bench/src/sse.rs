@@ -402,12 +402,14 @@ pub async fn fanout(
 pub struct MemoryResult {
     pub subscribers: usize,
     pub connected: usize,
-    /// Server RSS before connecting, once connected, after the warm-up
-    /// events, and after the measured events.
-    pub rss_before: u64,
-    pub rss_connected: u64,
+    /// Server RSS after the warm-up events and after the measured events,
+    /// with the subscribers connected.
     pub rss_warm: u64,
     pub rss_after: u64,
+    /// The same, for the control: the same number of events posted the
+    /// same way once the subscribers have gone.
+    pub control_warm: u64,
+    pub control_after: u64,
     /// Measured events (after the warm-up).
     pub events: u64,
     pub expected: u64,
@@ -416,14 +418,17 @@ pub struct MemoryResult {
     pub stalled_at: Option<u64>,
 }
 
-/// Events posted before the baseline, so per-connection buffers that are
-/// allocated on the first write are not counted as growth.
+/// Events posted before each baseline, so buffers allocated on the first
+/// writes are not counted as growth.
 const WARM_UP_EVENTS: u64 = 20;
 
 /// Connects `n` subscribers, posts [`WARM_UP_EVENTS`] then `events` more,
 /// one at a time, each only when every open subscriber has read the one
 /// before (so unread events queued in socket buffers are not what is
-/// measured), and reads the server's RSS at each stage.
+/// measured), and reads the server's RSS after the warm-up and at the end.
+/// Then, as a control for what the server itself grows by (store, cache,
+/// allocator), closes the subscribers and posts as many events again with
+/// nobody listening.
 ///
 /// Run it when the cache is already full (after the POST load), so the
 /// cache does not grow during the phase.
@@ -431,15 +436,11 @@ const WARM_UP_EVENTS: u64 = 20;
 /// Errors: a POST failed.
 pub async fn memory(server: &Server, n: usize, events: u64) -> Result<MemoryResult, String> {
     let rss = || proc::rss_bytes(server.pid).map_err(|e| e.to_string());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_before = rss()?;
     let group = Subscribers::connect(server.addr, n, false).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss_connected = rss()?;
 
     let mut conn = Conn::open(server.addr).await?;
     let mut stalled_at = None;
-    let mut rss_warm = rss_connected;
+    let mut rss_warm = rss()?;
     for seq in 1..=WARM_UP_EVENTS + events {
         post(&mut conn, seq).await?;
         if !group
@@ -457,13 +458,22 @@ pub async fn memory(server: &Server, n: usize, events: u64) -> Result<MemoryResu
     let connected = group.connected();
     let delivered = group.delivered();
     group.stop().await;
+
+    let mut control_warm = rss()?;
+    for seq in 1..=WARM_UP_EVENTS + events {
+        post(&mut conn, seq).await?;
+        if seq == WARM_UP_EVENTS {
+            control_warm = rss()?;
+        }
+    }
+    let control_after = rss()?;
     Ok(MemoryResult {
         subscribers: n,
         connected,
-        rss_before,
-        rss_connected,
         rss_warm,
         rss_after,
+        control_warm,
+        control_after,
         events,
         expected: connected as u64 * (WARM_UP_EVENTS + events),
         delivered,
