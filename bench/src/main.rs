@@ -48,7 +48,7 @@ struct Args {
     /// 10 fan-out messages, 3 cold starts.
     #[arg(long)]
     quick: bool,
-    /// Skip the 10k-subscriber fan-out (it needs about 10,100 open files
+    /// Skip the 10k-subscriber fan-out (it needs about 10,500 open files
     /// in each process).
     #[arg(long)]
     skip_10k: bool,
