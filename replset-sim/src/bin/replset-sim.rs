@@ -64,6 +64,7 @@ impl Args {
             election_delay: Duration::from_millis(self.election_delay_ms),
             secondary_lag: Duration::from_millis(self.lag_ms),
             ports,
+            ..ClusterOptions::default()
         })
     }
 }

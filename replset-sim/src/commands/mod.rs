@@ -8,8 +8,8 @@
 //! Families: [`handshake`] (hello, ping, endSessions), [`insert`], [`query`]
 //! (find, count), [`cursors`] (getMore, killCursors and the cursors other
 //! commands open), [`aggregate`] (pipelines and the `$changeStream` entry),
-//! [`indexes`], [`collections`] and [`replset`] (the `replSet*` admin
-//! commands). [`args`] parses command fields; [`admission`] holds the checks
+//! [`indexes`], [`collections`], [`replset`] (the `replSet*` admin
+//! commands) and [`reconfig`] (`replSetReconfig`, `replSetStepDown`). [`args`] parses command fields; [`admission`] holds the checks
 //! that run before a command does its work.
 
 mod admission;
@@ -21,6 +21,7 @@ mod handshake;
 mod indexes;
 mod insert;
 mod query;
+mod reconfig;
 mod replset;
 mod update;
 
@@ -177,8 +178,16 @@ async fn dispatch(ctx: &Ctx<'_>, name: &str, db: &str, body: &Document) -> CmdRe
         "drop" => collections::drop_coll(ctx, db, body),
         "dropDatabase" => collections::drop_database(ctx, db),
         "replSetGetStatus" => admin_only(name, db).and_then(|_| replset::repl_status(ctx)),
-        "replSetGetConfig" => admin_only(name, db).and_then(|_| replset::repl_config(ctx)),
+        "replSetGetConfig" => admin_only(name, db).and_then(|_| replset::repl_config(ctx, body)),
         "replSetInitiate" => admin_only(name, db).and_then(|_| replset::repl_initiate(ctx, body)),
+        "replSetReconfig" => match admin_only(name, db) {
+            Ok(()) => reconfig::reconfig(ctx, body).await,
+            Err(e) => Err(e),
+        },
+        "replSetStepDown" => match admin_only(name, db) {
+            Ok(()) => reconfig::step_down(ctx, body).await,
+            Err(e) => Err(e),
+        },
         _ => Err(CmdError::new(59, "CommandNotFound", format!("no such command: '{name}'")).into()),
     }
 }
