@@ -113,6 +113,11 @@
             inherit cluster;
             module = self.nixosModules.default;
           };
+          membership = import ./nix/membership-test.nix {
+            pkgs = pkgsFor system;
+            inherit cluster;
+            module = self.nixosModules.default;
+          };
         }
       );
 
