@@ -122,6 +122,11 @@
             auth = true;
             package = self.packages.${system}.default;
           };
+          membership = import ./nix/membership-test.nix {
+            pkgs = pkgsFor system;
+            inherit cluster;
+            module = self.nixosModules.default;
+          };
         }
       );
 

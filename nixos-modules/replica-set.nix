@@ -80,6 +80,34 @@ let
     ]
   );
 
+  # `replset apply` converges a running set to the declared members (safe
+  # reconfiguration steps; idempotent), so a rebuild with a changed member
+  # list changes the running set.
+  applyCommand = concatStringsSep " " (
+    [
+      "${lib.getExe app.package}"
+      "replset"
+      "apply"
+      "--name"
+      (lib.escapeShellArg cfg.name)
+    ]
+    ++ lib.concatMap (n: [
+      "--member"
+      (lib.escapeShellArg (endpointOf n))
+    ]) memberNames
+    ++ optional cfg.acceptEvenMembers "--allow-even-voters"
+  );
+
+  # init initiates a new set; on a set initiated with other members it fails
+  # and says so, and apply then changes the members. A real failure of init
+  # (members not answering) makes apply fail too, and the unit retries.
+  convergeScript = pkgs.writeShellScript "simplechat-replset-converge" ''
+    if ! ${initCommand}; then
+      echo "replset init changed nothing; replset apply converges the members" >&2
+    fi
+    exec ${applyCommand}
+  '';
+
   secretPath = types.nullOr (
     types.pathWith {
       inStore = false;
@@ -168,8 +196,19 @@ in
       default = head memberNames;
       defaultText = lib.literalExpression "the first member name in alphabetical order";
       description = ''
-        The member that runs `simplechat replset init` once mongod is up. The
-        command is idempotent, so running it on every boot is harmless.
+        The member that runs `simplechat replset init` once mongod is up, then
+        `simplechat replset apply`, which changes the running set's members to
+        the declared ones in safe steps. Both are idempotent, so running them
+        on every boot and every rebuild is harmless.
+      '';
+    };
+
+    acceptEvenMembers = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Let `simplechat replset apply` converge to an even number of members
+        (it refuses otherwise: a split in half leaves no majority).
       '';
     };
 
@@ -412,7 +451,7 @@ in
 
     (mkIf (cfg.self == cfg.initiator) {
       systemd.services.simplechat-replset-init = {
-        description = "Initiate the MongoDB replica set ${cfg.name}";
+        description = "Initiate the MongoDB replica set ${cfg.name} and converge its members";
         wantedBy = [ "multi-user.target" ];
         # mongod's unit counts as started once mongod forked, before it
         # accepts connections, and the other members may still be booting:
@@ -431,7 +470,9 @@ in
         serviceConfig = {
           Type = "exec";
           RemainAfterExit = true;
-          ExecStart = initCommand;
+          # A changed member list changes this script, so a rebuild restarts
+          # the unit and the running set follows the cluster file.
+          ExecStart = convergeScript;
           Restart = "on-failure";
           RestartSec = 5;
 

@@ -82,7 +82,14 @@ pub enum ReplsetCommand {
         #[arg(long, value_name = "FILE", requires = "create_user")]
         key_file: Option<std::path::PathBuf>,
     },
-    /// Show every member's state, health and replication lag.
+    /// Print the safe reconfiguration steps from the running members to
+    /// the declared ones, changing nothing.
+    Plan(MembersArgs),
+    /// Take those steps, one voting member at a time, waiting after each
+    /// until the configuration is committed; idempotent.
+    Apply(MembersArgs),
+    /// Show every member's state, health and replication lag, the
+    /// configuration version and the term.
     Status {
         /// Connection string (default: the configured mongodb_uri).
         #[arg(long)]
@@ -91,6 +98,40 @@ pub enum ReplsetCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The declared members, for `replset plan` and `apply`.
+#[derive(Debug, clap::Args)]
+pub struct MembersArgs {
+    /// The replica set's name; it must be the running set's.
+    #[arg(long)]
+    name: String,
+    /// A member; repeat --member for each. The running set's members not
+    /// listed are removed, listed ones it lacks are added.
+    #[arg(long = "member", value_name = "HOST:PORT", required = true)]
+    members: Vec<String>,
+    /// Connection string for credentials and options (hosts ignored).
+    #[arg(long)]
+    uri: Option<String>,
+    /// Accept an even number of voting members.
+    #[arg(long)]
+    allow_even_voters: bool,
+    /// Give up when a wait (a new member's initial sync, a configuration's
+    /// commitment, an election) takes longer than this many seconds.
+    #[arg(long, default_value_t = 600)]
+    wait_secs: u64,
+}
+
+impl From<MembersArgs> for replset::reconfig::MembersRequest {
+    fn from(a: MembersArgs) -> Self {
+        replset::reconfig::MembersRequest {
+            name: a.name,
+            members: a.members,
+            uri: a.uri,
+            allow_even: a.allow_even_voters,
+            wait_secs: a.wait_secs,
+        }
+    }
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -159,6 +200,27 @@ async fn replset_command(command: ReplsetCommand) -> Result<(), String> {
             println!("{summary}");
             Ok(())
         }
+        ReplsetCommand::Plan(args) => {
+            let planned = replset::reconfig::plan(&args.into()).await?;
+            println!(
+                "replica set {} has {}",
+                planned.running.name,
+                replset::reconfig::describe(&planned.running)
+            );
+            if planned.steps.is_empty() {
+                println!("nothing to do: it has the declared members");
+            }
+            for (i, step) in planned.steps.iter().enumerate() {
+                println!("{}. {step}", i + 1);
+            }
+            Ok(())
+        }
+        ReplsetCommand::Apply(args) => {
+            let summary =
+                replset::reconfig::apply(&args.into(), &mut |line| println!("{line}")).await?;
+            println!("{summary}");
+            Ok(())
+        }
         ReplsetCommand::Status { uri, json } => {
             let uri = match uri {
                 Some(uri) => uri,
@@ -176,7 +238,7 @@ async fn replset_command(command: ReplsetCommand) -> Result<(), String> {
                 let text = serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?;
                 println!("{text}");
             } else {
-                print!("{}", replset::render_status(&status));
+                print!("{}", replset::render_report(&status));
             }
             Ok(())
         }

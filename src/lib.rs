@@ -19,7 +19,7 @@
 //!   `store::embedded` (redb) and `store::mongo`.
 //! - [`mongo`]: connection strings, clients, error classification and
 //!   replica-set status, used by `store::mongo` and [`replset`].
-//! - [`replset`]: `simplechat replset init` and `status`.
+//! - [`replset`]: `simplechat replset init`, `status`, `plan` and `apply`.
 //! - Leaves: [`config`] (every setting; it uses `mongo::uri` to check a
 //!   connection string), [`message`] (the message and its rules),
 //!   [`retry`] (backoff and polling), [`text`] (one-line messages).

@@ -76,6 +76,14 @@ pub struct ClusterOptions {
     /// localhost exception never applies (the listeners are on loopback,
     /// which would otherwise always qualify).
     pub remote_clients: bool,
+    /// With `initiated`: how many of the first members the initial config
+    /// names (`None`: all). The others run empty and uninitiated, ready to
+    /// be added with `replSetReconfig`.
+    pub initial_config: Option<usize>,
+    /// How long a member added by `replSetReconfig` spends in initial sync
+    /// (STARTUP2) before it is SECONDARY with the whole log; it needs a
+    /// reachable member with the data meanwhile.
+    pub initial_sync: Duration,
 }
 
 impl Default for ClusterOptions {
@@ -89,6 +97,8 @@ impl Default for ClusterOptions {
             ports: Vec::new(),
             key_file: None,
             remote_clients: false,
+            initial_config: None,
+            initial_sync: Duration::from_millis(200),
         }
     }
 }
@@ -141,6 +151,53 @@ impl Shared {
             };
             if elected {
                 me.notify();
+            }
+        });
+        let mut timers = relock(&self.timers);
+        timers.retain(|h| !h.is_finished());
+        timers.push(handle.abort_handle());
+    }
+
+    /// Starts `member`'s initial sync unless it has the data or one runs:
+    /// every `initial_sync` it checks whether it is reachable and some
+    /// reachable member of the config holds the data to copy; then it is a
+    /// SECONDARY with the whole log and the primary clears its
+    /// `newlyAdded`. Stops when the member leaves the config.
+    pub(crate) fn schedule_sync(self: &Arc<Self>, st: &mut State, member: usize) {
+        let m = &mut st.members[member];
+        if m.synced || m.syncing {
+            return;
+        }
+        m.syncing = true;
+        let every = st.initial_sync;
+        let me = Arc::clone(self);
+        let handle = self.rt.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let mut st = me.lock();
+                let Some(config) = st.config.clone() else {
+                    st.members[member].syncing = false;
+                    return;
+                };
+                if config.entry(member).is_none() {
+                    st.members[member].syncing = false;
+                    return;
+                }
+                let source = config.members.iter().any(|m| {
+                    m.member != member && st.members[m.member].synced && st.reachable(m.member)
+                });
+                if st.reachable(member) && source {
+                    st.members[member].synced = true;
+                    st.members[member].syncing = false;
+                    st.bump_topology();
+                    st.clear_newly_added();
+                    if st.check_quorum() {
+                        me.schedule_election(&mut st);
+                    }
+                    drop(st);
+                    me.notify();
+                    return;
+                }
             }
         });
         let mut timers = relock(&self.timers);
@@ -238,17 +295,22 @@ impl Cluster {
         );
         st.users = auth::Users::new(opts.key_file.as_deref());
         st.remote_clients = opts.remote_clients;
+        st.initial_sync = opts.initial_sync;
         if opts.initiated {
-            st.config = Some(Config {
+            let named = opts
+                .initial_config
+                .unwrap_or(opts.members)
+                .clamp(1, opts.members);
+            for spare in &mut st.members[named..] {
+                spare.synced = false;
+            }
+            st.install_config(Config {
                 version: 1,
-                members: ports
+                term: 0,
+                members: ports[..named]
                     .iter()
                     .enumerate()
-                    .map(|(i, p)| ConfigMember {
-                        id: i as i32,
-                        host: format!("127.0.0.1:{p}"),
-                        member: i,
-                    })
+                    .map(|(i, p)| ConfigMember::new(i as i32, format!("127.0.0.1:{p}"), i))
                     .collect(),
             });
             st.preferred_candidate = Some(0);
@@ -452,8 +514,9 @@ impl Cluster {
         self.shared.lock().members[member].partitioned
     }
 
-    /// `"PRIMARY"`, `"SECONDARY"`, `"DOWN"` (killed) or `"STARTUP"` (no
-    /// replica set config yet). A partitioned member reports its own view
+    /// `"PRIMARY"`, `"SECONDARY"`, `"DOWN"` (killed), `"STARTUP"` (no
+    /// replica set config yet), `"STARTUP2"` (added, in initial sync) or
+    /// `"REMOVED"` (left the config). A partitioned member reports its own view
     /// (see [`Cluster::is_partitioned`]).
     pub fn member_state(&self, member: usize) -> &'static str {
         self.shared.lock().role(member).state_str()
@@ -506,6 +569,35 @@ impl Cluster {
     /// Current term (0 before the first election).
     pub fn term(&self) -> i64 {
         self.shared.lock().term
+    }
+
+    /// The current config's version (`None` before initiation).
+    pub fn config_version(&self) -> Option<i32> {
+        self.shared.lock().config.as_ref().map(|c| c.version)
+    }
+
+    /// Hosts the current config names, in config order.
+    pub fn config_hosts(&self) -> Vec<String> {
+        let st = self.shared.lock();
+        st.config
+            .as_ref()
+            .map(|c| c.members.iter().map(|m| m.host.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Hosts of the members that vote now (newly added ones do not).
+    pub fn voting_hosts(&self) -> Vec<String> {
+        let st = self.shared.lock();
+        st.config
+            .as_ref()
+            .map(|c| c.voters().map(|m| m.host.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether `member` holds the data: a member of the first config, or
+    /// one whose initial sync finished.
+    pub fn has_data(&self, member: usize) -> bool {
+        self.shared.lock().members[member].synced
     }
 }
 

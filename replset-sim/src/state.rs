@@ -21,8 +21,13 @@ pub(crate) const LOGICAL_SESSION_TIMEOUT_MINUTES: i32 = 30;
 pub(crate) enum Role {
     /// Process not running.
     Down,
-    /// Running but without a config that names it (uninitiated or removed).
+    /// Running but without a config that names it, and never named by one
+    /// (uninitiated).
     Ghost,
+    /// Running, named by an earlier config but not by the current one.
+    Removed,
+    /// In the config but still copying the data (initial sync).
+    Startup2,
     Primary,
     Secondary,
 }
@@ -32,6 +37,8 @@ impl Role {
         match self {
             Role::Down => 8,
             Role::Ghost => 0,
+            Role::Removed => 10,
+            Role::Startup2 => 5,
             Role::Primary => 1,
             Role::Secondary => 2,
         }
@@ -41,6 +48,8 @@ impl Role {
         match self {
             Role::Down => "DOWN",
             Role::Ghost => "STARTUP",
+            Role::Removed => "REMOVED",
+            Role::Startup2 => "STARTUP2",
             Role::Primary => "PRIMARY",
             Role::Secondary => "SECONDARY",
         }
@@ -55,6 +64,14 @@ pub(crate) struct Member {
     pub started: Instant,
     pub cursors: HashMap<i64, Cursor>,
     pub next_connection_id: i64,
+    /// Holds the data: a member of the first config, or one whose initial
+    /// sync finished. A member added later starts empty.
+    pub synced: bool,
+    /// An initial-sync task is running for it.
+    pub syncing: bool,
+    /// Some installed config has named it (so leaving the config makes it
+    /// REMOVED rather than uninitiated).
+    pub was_member: bool,
 }
 
 #[derive(Clone)]
@@ -62,17 +79,59 @@ pub(crate) struct ConfigMember {
     pub id: i32,
     pub host: String,
     pub member: usize,
+    /// As configured: 0 or 1.
+    pub votes: i32,
+    /// As configured; 0 means never primary.
+    pub priority: f64,
+    /// Set by the server for a new voting member until it has caught up:
+    /// it does not vote and cannot be elected meanwhile (mongod 4.4+).
+    pub newly_added: bool,
+}
+
+impl ConfigMember {
+    /// A voting, electable member, as `replSetInitiate` and
+    /// `rs.add(host)` make them.
+    pub fn new(id: i32, host: String, member: usize) -> Self {
+        ConfigMember {
+            id,
+            host,
+            member,
+            votes: 1,
+            priority: 1.0,
+            newly_added: false,
+        }
+    }
+
+    /// mongod's `MemberConfig::isVoter`: votes, and not newly added.
+    pub fn is_voter(&self) -> bool {
+        self.votes > 0 && !self.newly_added
+    }
+
+    /// Electable: priority above 0 and not newly added (whose priority
+    /// mongod treats as 0 meanwhile).
+    pub fn is_electable(&self) -> bool {
+        self.priority > 0.0 && !self.newly_added
+    }
 }
 
 #[derive(Clone)]
 pub(crate) struct Config {
     pub version: i32,
+    /// The term of the primary that installed it (mongod 4.4+); a new
+    /// primary bumps it when it steps up.
+    pub term: i64,
     pub members: Vec<ConfigMember>,
 }
 
 impl Config {
+    /// Votes needed for an election or a `w: "majority"` write: a majority
+    /// of the voting members (newly added members do not count).
     pub fn majority(&self) -> usize {
-        self.members.len() / 2 + 1
+        self.voters().count() / 2 + 1
+    }
+
+    pub fn voters(&self) -> impl Iterator<Item = &ConfigMember> {
+        self.members.iter().filter(|m| m.is_voter())
     }
 
     pub fn entry(&self, member: usize) -> Option<&ConfigMember> {
@@ -192,6 +251,11 @@ pub(crate) struct State {
     pub secondary_lag: Duration,
     pub members: Vec<Member>,
     pub config: Option<Config>,
+    /// Members that have installed the current config (heartbeats bring it
+    /// to every reachable member at once).
+    pub config_installed: HashSet<usize>,
+    /// How long a member added by a reconfig takes to copy the data.
+    pub initial_sync: Duration,
     pub replica_set_id: ObjectId,
     pub term: i64,
     pub primary: Option<usize>,
@@ -258,9 +322,14 @@ impl State {
                     started: Instant::now(),
                     cursors: HashMap::new(),
                     next_connection_id: 1,
+                    synced: true,
+                    syncing: false,
+                    was_member: false,
                 })
                 .collect(),
             config: None,
+            config_installed: HashSet::new(),
+            initial_sync: Duration::from_millis(200),
             replica_set_id: ObjectId::new(),
             term: 0,
             primary: None,
@@ -301,7 +370,13 @@ impl State {
         if !m.alive {
             Role::Down
         } else if self.config.as_ref().and_then(|c| c.entry(member)).is_none() {
-            Role::Ghost
+            if m.was_member {
+                Role::Removed
+            } else {
+                Role::Ghost
+            }
+        } else if !m.synced {
+            Role::Startup2
         } else if self.primary == Some(member) {
             Role::Primary
         } else {
@@ -317,8 +392,7 @@ impl State {
     fn reachable_voters(&self) -> Vec<usize> {
         match &self.config {
             Some(c) => c
-                .members
-                .iter()
+                .voters()
                 .map(|e| e.member)
                 .filter(|m| self.reachable(*m))
                 .collect(),
@@ -334,6 +408,7 @@ impl State {
     /// off) steps down. mongod does this after an election timeout; here it
     /// is immediate. Returns true when an election should be scheduled.
     pub fn check_quorum(&mut self) -> bool {
+        self.refresh_installed();
         let Some(config) = &self.config else {
             return false;
         };
@@ -360,24 +435,109 @@ impl State {
         if voters.len() < config.majority() {
             return false;
         }
+        let electable: Vec<usize> = voters
+            .iter()
+            .copied()
+            .filter(|m| {
+                self.members[*m].synced && config.entry(*m).is_some_and(ConfigMember::is_electable)
+            })
+            .collect();
+        let Some(first) = electable.first().copied() else {
+            return false;
+        };
         let winner = self
             .preferred_candidate
-            .filter(|c| voters.contains(c))
+            .filter(|c| electable.contains(c))
             .or_else(|| {
-                voters
+                electable
                     .iter()
                     .copied()
                     .find(|m| Some(*m) != self.avoid_candidate)
             })
-            .unwrap_or(voters[0]);
+            .unwrap_or(first);
         self.preferred_candidate = None;
         self.avoid_candidate = None;
         self.term += 1;
         self.primary = Some(winner);
         self.election_ts = self.next_ts();
         self.election_wall = DateTime::now();
+        // A new primary bumps the config term (mongod 4.4+ step-up reconfig).
+        let term = self.term;
+        if let Some(c) = self.config.as_mut() {
+            c.term = term;
+        }
+        self.config_installed.clear();
+        self.refresh_installed();
         self.bump_topology();
+        self.clear_newly_added();
         true
+    }
+
+    /// Installs `config` on every reachable member it names.
+    pub fn install_config(&mut self, config: Config) {
+        for m in &config.members {
+            self.members[m.member].was_member = true;
+        }
+        self.config = Some(config);
+        self.config_installed.clear();
+        self.refresh_installed();
+        self.bump_topology();
+    }
+
+    /// Reachable members of the config learn it (through heartbeats).
+    pub fn refresh_installed(&mut self) {
+        let Some(config) = &self.config else {
+            return;
+        };
+        let reachable: Vec<usize> = config
+            .members
+            .iter()
+            .map(|m| m.member)
+            .filter(|m| self.reachable(*m))
+            .collect();
+        self.config_installed.extend(reachable);
+    }
+
+    /// `commitmentStatus`: a majority of the voting members have installed
+    /// the current config. (The oplog half of mongod's condition always
+    /// holds here: the log is shared and majority-committed.)
+    pub fn config_committed(&self) -> bool {
+        match &self.config {
+            Some(c) => {
+                c.voters()
+                    .filter(|m| self.config_installed.contains(&m.member))
+                    .count()
+                    >= c.majority()
+            }
+            None => false,
+        }
+    }
+
+    /// The primary's automatic reconfig: a newly added member that has
+    /// finished its initial sync and is SECONDARY loses `newlyAdded` and
+    /// votes; each removal is its own config version, as in mongod.
+    pub fn clear_newly_added(&mut self) -> bool {
+        if self.primary.is_none() {
+            return false;
+        }
+        let mut changed = false;
+        loop {
+            let Some(config) = self.config.clone() else {
+                return changed;
+            };
+            let ready = config.members.iter().position(|m| {
+                m.newly_added && self.members[m.member].synced && self.reachable(m.member)
+            });
+            let Some(i) = ready else {
+                return changed;
+            };
+            let mut next = config;
+            next.members[i].newly_added = false;
+            next.version += 1;
+            next.term = self.term;
+            self.install_config(next);
+            changed = true;
+        }
     }
 
     /// The primary gives up its role; the next election prefers someone
@@ -407,6 +567,9 @@ impl State {
 
     /// How many log entries `member` has applied by `now`.
     pub fn visible_len(&self, member: usize, now: Instant) -> usize {
+        if !self.members[member].synced {
+            return 0;
+        }
         if self.primary == Some(member) || self.secondary_lag.is_zero() {
             return self.log.len();
         }
@@ -472,13 +635,21 @@ impl State {
         let role = self.role(member);
         let mut d = doc! {"topologyVersion": self.topology_version(member)};
         match (&self.config, role) {
-            (Some(config), Role::Primary | Role::Secondary) => {
-                let hosts: Vec<Bson> = config
-                    .members
-                    .iter()
-                    .map(|m| Bson::String(m.host.clone()))
-                    .collect();
-                d.insert("hosts", hosts);
+            (Some(config), Role::Primary | Role::Secondary | Role::Startup2) => {
+                // mongod lists priority-0 members (newly added ones count as
+                // such) under `passives`, not `hosts`.
+                let (hosts, passives): (Vec<&ConfigMember>, Vec<&ConfigMember>) =
+                    config.members.iter().partition(|m| m.is_electable());
+                let names = |v: Vec<&ConfigMember>| -> Vec<Bson> {
+                    v.iter().map(|m| Bson::String(m.host.clone())).collect()
+                };
+                d.insert("hosts", names(hosts));
+                if !passives.is_empty() {
+                    d.insert("passives", names(passives));
+                }
+                if config.entry(member).is_some_and(|m| !m.is_electable()) {
+                    d.insert("passive", true);
+                }
                 d.insert("setName", self.set_name.clone());
                 d.insert("setVersion", config.version);
                 d.insert(writable_key, role == Role::Primary);

@@ -1,8 +1,11 @@
 //! Replica-set administration: `simplechat replset init` (with the app's
-//! user) and `status`.
+//! user), `status`, and `plan`/`apply` (membership changes, in
+//! [`reconfig`]).
 
 pub mod config;
 pub mod init;
+pub mod plan;
+pub mod reconfig;
 pub mod user;
 
 use std::time::Duration;
@@ -37,20 +40,73 @@ pub async fn init(request: &InitRequest) -> Result<String, String> {
     init::init(request, Waits::bounded(request.wait_secs)).await
 }
 
+/// `replset status`: the members, plus the configuration's version and the
+/// term when the user may read them (`replSetGetConfig`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatusReport {
+    /// Members, states, health, lag.
+    #[serde(flatten)]
+    pub set: ReplicaSetStatus,
+    /// `version` of the installed configuration.
+    pub config_version: Option<i64>,
+    /// The configuration's term: the term of the primary that installed it
+    /// (a new primary bumps it), so the election term in practice.
+    pub term: Option<i64>,
+}
+
 /// The replica set as `replSetGetStatus` (or the driver) sees it, through
 /// the connection string `uri`. Errors: a bad string, or nobody answered.
-pub async fn status(uri: &str) -> Result<ReplicaSetStatus, String> {
+pub async fn status(uri: &str) -> Result<StatusReport, String> {
     let (options, secret) = options(uri).await?;
     let conn = connect(options, secret, Purpose::Store)?;
     // Long enough for the driver to find the members and for a server
     // selection during an election.
     let result = status_of(&conn, Duration::from_secs(10)).await;
+    let config = tokio::time::timeout(
+        Duration::from_secs(10),
+        conn.client
+            .database("admin")
+            .run_command(mongodb::bson::doc! { "replSetGetConfig": 1 })
+            .selection_criteria(mongodb::options::SelectionCriteria::ReadPreference(
+                mongodb::options::ReadPreference::PrimaryPreferred { options: None },
+            )),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok);
+    let number = |d: &mongodb::bson::Document, key: &str| match d.get(key) {
+        Some(mongodb::bson::Bson::Int32(v)) => Some(i64::from(*v)),
+        Some(mongodb::bson::Bson::Int64(v)) => Some(*v),
+        _ => None,
+    };
+    let (config_version, term) = match config.as_ref().and_then(|r| r.get_document("config").ok()) {
+        Some(c) => (number(c, "version"), number(c, "term")),
+        None => (None, None),
+    };
+    let result = result.map(|set| StatusReport {
+        set,
+        config_version,
+        term,
+    });
     let _ = tokio::time::timeout(
         Duration::from_secs(2),
         conn.client.clone().shutdown().immediate(true),
     )
     .await;
     result
+}
+
+/// A readable table of a replica set's members, with the configuration
+/// version and term when known.
+pub fn render_report(report: &StatusReport) -> String {
+    let mut out = render_status(&report.set);
+    let shown = |v: Option<i64>| v.map_or_else(|| "?".to_owned(), |v| v.to_string());
+    out.push_str(&format!(
+        "  configuration version {}, term {}\n",
+        shown(report.config_version),
+        shown(report.term)
+    ));
+    out
 }
 
 /// A readable table of a replica set's members.

@@ -72,7 +72,9 @@ pub(super) fn check_readable(st: &State, member: usize, body: &Document) -> Resu
         Role::Primary => Ok(()),
         Role::Secondary if secondary_ok(body) => Ok(()),
         Role::Secondary => Err(CmdError::not_primary_no_secondary_ok()),
-        Role::Ghost | Role::Down => Err(CmdError::not_primary_or_secondary()),
+        Role::Ghost | Role::Removed | Role::Startup2 | Role::Down => {
+            Err(CmdError::not_primary_or_secondary())
+        }
     }
 }
 

@@ -16,6 +16,9 @@ use crate::state::{optime, Config, Role, State, TxnRecord};
 pub(super) struct WriteConcern {
     /// Members that must have applied the write; `None` = unacknowledged.
     w: Option<usize>,
+    /// `w: "majority"`: a majority of the voting members as the config says
+    /// when the wait ends (a reconfig may change it meanwhile).
+    majority: bool,
     /// How long to wait for `w` members; `None` = until they are there.
     wtimeout: Option<Duration>,
     /// As sent, echoed in `writeConcernError.errInfo`.
@@ -27,6 +30,7 @@ pub(super) struct WriteConcern {
 /// `UnsatisfiableWriteConcern` (100) for more members than the config has.
 pub(super) fn parse_write_concern(st: &State, body: &Document) -> Result<WriteConcern, CmdError> {
     let raw = get_doc(body, "writeConcern")?.unwrap_or_default();
+    let majority = matches!(raw.get("w"), None | Some(Bson::String(_)));
     let members = st.config.as_ref().map_or(1, |c| c.members.len());
     let majority_n = st.config.as_ref().map_or(1, Config::majority);
     let w = match raw.get("w") {
@@ -59,7 +63,12 @@ pub(super) fn parse_write_concern(st: &State, body: &Document) -> Result<WriteCo
     let wtimeout = get_int(&raw, "wtimeout")?
         .filter(|ms| *ms > 0)
         .map(|ms| Duration::from_millis(ms as u64));
-    Ok(WriteConcern { w, wtimeout, raw })
+    Ok(WriteConcern {
+        w,
+        majority,
+        wtimeout,
+        raw,
+    })
 }
 
 /// Blocks until the write at `pos` is on `w` members. Majority is always
@@ -92,18 +101,19 @@ async fn wait_for_write_concern(
     need: usize,
 ) -> Option<Document> {
     let deadline = wc.wtimeout.map(|t| Instant::now() + t);
+    let majority = wc.majority;
     let ok = wait_for(ctx, deadline, |st, now| {
-        let applied = st
-            .config
-            .as_ref()
-            .map(|c| {
-                c.members
-                    .iter()
-                    .filter(|m| st.reachable(m.member) && st.visible_len(m.member, now) >= pos)
-                    .count()
-            })
-            .unwrap_or(0);
-        applied >= need
+        let Some(c) = st.config.as_ref() else {
+            return false;
+        };
+        let has = |m: &&crate::state::ConfigMember| {
+            st.reachable(m.member) && st.visible_len(m.member, now) >= pos
+        };
+        if majority {
+            c.voters().filter(has).count() >= c.majority()
+        } else {
+            c.members.iter().filter(has).count() >= need
+        }
     })
     .await;
     if ok {

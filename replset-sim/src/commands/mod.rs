@@ -9,7 +9,8 @@
 //! (find, count), [`cursors`] (getMore, killCursors and the cursors other
 //! commands open), [`aggregate`] (pipelines and the `$changeStream` entry),
 //! [`indexes`], [`collections`], [`replset`] (the `replSet*` admin
-//! commands), [`sasl`] (authentication) and [`users`] (user management).
+//! commands), [`sasl`] (authentication), [`users`] (user management) and
+//! [`reconfig`] (`replSetReconfig`, `replSetStepDown`).
 //! [`args`] parses command fields; [`admission`] holds the checks that run
 //! before a command does its work, access control among them.
 
@@ -22,6 +23,7 @@ mod handshake;
 mod indexes;
 mod insert;
 mod query;
+mod reconfig;
 mod replset;
 mod sasl;
 mod update;
@@ -196,13 +198,21 @@ async fn dispatch(ctx: &Ctx<'_>, name: &str, db: &str, body: &Document) -> CmdRe
         "drop" => collections::drop_coll(ctx, db, body),
         "dropDatabase" => collections::drop_database(ctx, db),
         "replSetGetStatus" => admin_only(name, db).and_then(|_| replset::repl_status(ctx)),
-        "replSetGetConfig" => admin_only(name, db).and_then(|_| replset::repl_config(ctx)),
+        "replSetGetConfig" => admin_only(name, db).and_then(|_| replset::repl_config(ctx, body)),
         "replSetInitiate" => admin_only(name, db).and_then(|_| replset::repl_initiate(ctx, body)),
         "saslStart" => sasl::sasl_start(ctx, db, body),
         "saslContinue" => sasl::sasl_continue(ctx, body),
         "createUser" => users::create_user(ctx, db, body),
         "updateUser" => users::update_user(ctx, db, body),
         "usersInfo" => users::users_info(ctx, db, body, ctx.principal()),
+        "replSetReconfig" => match admin_only(name, db) {
+            Ok(()) => reconfig::reconfig(ctx, body).await,
+            Err(e) => Err(e),
+        },
+        "replSetStepDown" => match admin_only(name, db) {
+            Ok(()) => reconfig::step_down(ctx, body).await,
+            Err(e) => Err(e),
+        },
         _ => Err(CmdError::new(59, "CommandNotFound", format!("no such command: '{name}'")).into()),
     }
 }

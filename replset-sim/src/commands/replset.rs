@@ -2,8 +2,8 @@
 //! `replSetGetStatus` and `replSetGetConfig` (mongod's reply shapes, from
 //! this member's point of view) and `replSetInitiate` (validated like
 //! mongod's, then an election after `election_delay`). The dispatcher has
-//! already refused them outside `admin`. Tests step a primary down with
-//! `Cluster::step_down`, not with a command.
+//! already refused them outside `admin`. `replSetReconfig` and
+//! `replSetStepDown` live in `reconfig`.
 
 use std::time::Instant;
 
@@ -97,6 +97,7 @@ pub(super) fn repl_status(ctx: &Ctx<'_>) -> CmdResult {
         _ => String::new(),
     };
     let majority = config.majority() as i32;
+    let voters = config.voters().count() as i32;
     Ok(doc! {
         "set": st.set_name.clone(),
         "date": bson::DateTime::now(),
@@ -106,8 +107,8 @@ pub(super) fn repl_status(ctx: &Ctx<'_>) -> CmdResult {
         "heartbeatIntervalMillis": 2000i64,
         "majorityVoteCount": majority,
         "writeMajorityCount": majority,
-        "votingMembersCount": config.members.len() as i32,
-        "writableVotingMembersCount": config.members.len() as i32,
+        "votingMembersCount": voters,
+        "writableVotingMembersCount": voters,
         "optimes": {
             "lastCommittedOpTime": optime(ts, t),
             "lastCommittedWallTime": wall,
@@ -122,30 +123,37 @@ pub(super) fn repl_status(ctx: &Ctx<'_>) -> CmdResult {
 }
 
 /// The config document as mongod reports it, with the simulator's fixed
-/// settings (one vote and priority 1 each, `electionTimeoutMillis` =
-/// `election_delay`).
-fn config_doc(st: &State, config: &Config) -> Document {
+/// settings (`electionTimeoutMillis` = `election_delay`). `newlyAdded` is
+/// shown only when asked with `$_internalIncludeNewlyAdded`, as mongod does
+/// (its own tests read it that way: jstests/replsets/rslib.js
+/// `getConfigWithNewlyAdded`); otherwise a newly added member shows its
+/// configured `votes` and `priority`.
+pub(super) fn config_doc(st: &State, config: &Config, include_newly_added: bool) -> Document {
     let members: Vec<Bson> = config
         .members
         .iter()
         .map(|m| {
-            Bson::Document(doc! {
+            let mut d = doc! {
                 "_id": m.id,
                 "host": m.host.clone(),
                 "arbiterOnly": false,
                 "buildIndexes": true,
                 "hidden": false,
-                "priority": 1.0,
+                "priority": m.priority,
                 "tags": {},
                 "secondaryDelaySecs": 0i64,
-                "votes": 1,
-            })
+                "votes": m.votes,
+            };
+            if include_newly_added && m.newly_added {
+                d.insert("newlyAdded", true);
+            }
+            Bson::Document(d)
         })
         .collect();
     doc! {
         "_id": st.set_name.clone(),
         "version": config.version,
-        "term": st.term,
+        "term": config.term,
         "members": members,
         "protocolVersion": 1i64,
         "writeConcernMajorityJournalDefault": true,
@@ -159,23 +167,40 @@ fn config_doc(st: &State, config: &Config) -> Document {
     }
 }
 
-/// `replSetGetConfig`: `{config}`; `NotYetInitialized` (94) as for status.
-pub(super) fn repl_config(ctx: &Ctx<'_>) -> CmdResult {
+/// `replSetGetConfig`: `{config}`, plus `commitmentStatus` (whether a
+/// majority of voters installed this config, so that another reconfig may
+/// follow) when asked with `commitmentStatus: true`, which only the primary
+/// accepts. `NotYetInitialized` (94) as for status.
+/// <https://www.mongodb.com/docs/manual/reference/command/replSetGetConfig/>
+pub(super) fn repl_config(ctx: &Ctx<'_>, body: &Document) -> CmdResult {
     let st = ctx.shared.lock();
     let Some(config) = st.config.clone().filter(|c| c.entry(ctx.member).is_some()) else {
         return Err(CmdError::not_yet_initialized().into());
     };
-    Ok(doc! {"config": config_doc(&st, &config), "ok": 1.0})
+    let internal = body
+        .get_bool("$_internalIncludeNewlyAdded")
+        .unwrap_or(false);
+    let mut reply = doc! {"config": config_doc(&st, &config, internal)};
+    if body.get_bool("commitmentStatus").unwrap_or(false) {
+        if st.role(ctx.member) != Role::Primary {
+            let mut e = CmdError::not_writable_primary(false);
+            e.msg = "commitmentStatus is only supported on primary.".into();
+            return Err(e.into());
+        }
+        reply.insert("commitmentStatus", st.config_committed());
+    }
+    reply.insert("ok", 1.0);
+    Ok(reply)
 }
 
 /// mongod's `InvalidReplicaSetConfig` (93).
-fn invalid_config(msg: impl Into<String>) -> Fail {
+pub(super) fn invalid_config(msg: impl Into<String>) -> Fail {
     CmdError::new(93, "InvalidReplicaSetConfig", msg).into()
 }
 
 /// Which simulated member a config host names: only loopback names can
 /// map, by port (a real mongod also requires the host to be local).
-fn resolve_host(st: &State, host: &str) -> Option<usize> {
+pub(super) fn resolve_host(st: &State, host: &str) -> Option<usize> {
     let (name, port) = host.rsplit_once(':')?;
     let port: u16 = port.parse().ok()?;
     if !matches!(name, "127.0.0.1" | "localhost") {
@@ -274,15 +299,12 @@ pub(super) fn repl_initiate(ctx: &Ctx<'_>, body: &Document) -> CmdResult {
         )
         .into());
     }
-    st.config = Some(Config {
+    st.install_config(Config {
         version,
+        term: 0,
         members: members
             .into_iter()
-            .map(|(id, host, m)| ConfigMember {
-                id,
-                host,
-                member: m.expect("all resolved"),
-            })
+            .map(|(id, host, m)| ConfigMember::new(id, host, m.expect("all resolved")))
             .collect(),
     });
     st.preferred_candidate = Some(ctx.member);

@@ -1,0 +1,570 @@
+//! `simplechat replset plan` and `apply`: read the running configuration
+//! from the primary, plan the safe steps to the declared members
+//! ([`super::plan`]), and take them one at a time, each followed by a
+//! bounded wait that says what it waits for.
+//!
+//! Every step is planned afresh from what the primary reports, so an apply
+//! that was interrupted, or that runs again, continues from where the set
+//! is (idempotent), and a member that failed meanwhile is seen before the
+//! next step.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::options::{ClientOptions, ReadPreference, SelectionCriteria, ServerAddress};
+use mongodb::Database;
+use tokio::time::Instant;
+
+use super::config;
+use super::plan::{self, Declared, Running, RunningMember, Step};
+use crate::mongo::errors::command_code as code;
+
+/// mongod's `ExceededTimeLimit`: `replSetStepDown` found no electable
+/// secondary caught up within `secondaryCatchUpPeriodSecs`.
+const EXCEEDED_TIME_LIMIT: i32 = 262;
+use crate::mongo::{connect, options, reason, Connection, Purpose};
+use crate::retry::{poll_until, Check, PollError};
+
+/// What `replset plan` / `apply` are asked to converge to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembersRequest {
+    /// The replica set's name; it must be the running set's.
+    pub name: String,
+    /// Every member, as `host:port` (the seed list, too).
+    pub members: Vec<String>,
+    /// Connection string for credentials and options (hosts ignored).
+    pub uri: Option<String>,
+    /// Accept an even number of voting members.
+    pub allow_even: bool,
+    /// Bound, in seconds, on each wait (a new member's initial sync, a
+    /// configuration's commitment, an election after a step-down).
+    pub wait_secs: u64,
+}
+
+/// The set as it was found and the steps that lead to the declared members.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    /// What the primary reported.
+    pub running: Running,
+    /// Empty when the set already has the declared members.
+    pub steps: Vec<Step>,
+}
+
+/// Reads the running set and plans; changes nothing. Errors: one line.
+pub async fn plan(request: &MembersRequest) -> Result<Planned, String> {
+    let session = Session::open(request).await?;
+    let result = session.plan(request, Duration::from_secs(5)).await;
+    session.close().await;
+    result
+}
+
+/// Plans and takes the steps, reporting progress lines through `progress`.
+/// Returns the last line of the summary; errors are one line.
+pub async fn apply(
+    request: &MembersRequest,
+    progress: &mut dyn FnMut(&str),
+) -> Result<String, String> {
+    let session = Session::open(request).await?;
+    let result = session.apply(request, progress).await;
+    session.close().await;
+    result
+}
+
+/// `members a, b, c (configuration version V, term T)`.
+pub fn describe(running: &Running) -> String {
+    let hosts: Vec<&str> = running.members.iter().map(|m| m.host.as_str()).collect();
+    format!(
+        "members {} (configuration version {}, term {})",
+        hosts.join(", "),
+        running.version,
+        running.term
+    )
+}
+
+struct Session {
+    conn: Connection,
+    base: ClientOptions,
+    wait: Duration,
+}
+
+impl Session {
+    async fn open(request: &MembersRequest) -> Result<Session, String> {
+        config::check_name(&request.name)?;
+        let members = config::normalize_members(&request.members)?;
+        let (base, secret) = match &request.uri {
+            Some(uri) => options(uri).await?,
+            None => (ClientOptions::default(), None),
+        };
+        let mut o = base.clone();
+        o.hosts = members
+            .iter()
+            .map(|h| {
+                ServerAddress::parse(h)
+                    .map_err(|e| format!("member {h}: {}", reason(&e, secret.as_deref())))
+            })
+            .collect::<Result<_, _>>()?;
+        // The driver learns the set's name from the members, so that a name
+        // that differs from the declared one is reported by the plan (one
+        // line) rather than as servers that cannot be selected.
+        o.repl_set_name = None;
+        o.direct_connection = None;
+        let conn = connect(o, secret, Purpose::Store)?;
+        Ok(Session {
+            conn,
+            base,
+            wait: Duration::from_secs(request.wait_secs.max(1)),
+        })
+    }
+
+    async fn close(self) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.conn.client.shutdown().immediate(true),
+        )
+        .await;
+    }
+
+    fn admin(&self) -> Database {
+        self.conn.client.database("admin")
+    }
+
+    fn reason(&self, e: &mongodb::error::Error) -> String {
+        reason(e, self.conn.secret.as_deref())
+    }
+
+    /// The configuration (from the primary, with `commitmentStatus`) and
+    /// each member's state.
+    async fn running(&self) -> Result<(Running, Document, bool), String> {
+        let reply = self
+            .admin()
+            .run_command(doc! { "replSetGetConfig": 1, "commitmentStatus": true })
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot read the configuration from the primary: {}",
+                    self.reason(&e)
+                )
+            })?;
+        let cfg = reply
+            .get_document("config")
+            .map_err(|_| "replSetGetConfig answered without a config".to_owned())?
+            .clone();
+        let committed = reply.get_bool("commitmentStatus").unwrap_or(false);
+        let status = self
+            .admin()
+            .run_command(doc! { "replSetGetStatus": 1 })
+            .await
+            .map_err(|e| format!("cannot read the replica set's status: {}", self.reason(&e)))?;
+        Ok((parse_running(&cfg, &status)?, cfg, committed))
+    }
+
+    /// Whether each new host answers as a replica-set member that belongs
+    /// to no other set, waiting up to `bound` for it to start.
+    async fn check_new(
+        &self,
+        name: &str,
+        hosts: Vec<String>,
+        bound: Duration,
+    ) -> BTreeMap<String, Result<(), String>> {
+        let mut out = BTreeMap::new();
+        for host in hosts {
+            let verdict = self.check_one(name, &host, bound).await;
+            out.insert(host, verdict);
+        }
+        out
+    }
+
+    async fn check_one(&self, name: &str, host: &str, bound: Duration) -> Result<(), String> {
+        let mut o = self.base.clone();
+        o.hosts = vec![ServerAddress::parse(host).map_err(|e| self.reason(&e))?];
+        let conn = connect(o, self.conn.secret.clone(), Purpose::Direct)?;
+        let admin = conn.client.database("admin");
+        let deadline = Instant::now() + bound;
+        let result = poll_until(deadline, Duration::from_millis(500), || async {
+            match admin.run_command(doc! { "hello": 1 }).await {
+                Ok(hello) => match hello.get_str("setName") {
+                    Ok(other) if other != name => Check::Failed(format!("it already belongs to replica set {other:?}")),
+                    Ok(_) => Check::Done(()),
+                    Err(_) if hello.get_bool("isreplicaset").unwrap_or(false) => Check::Done(()),
+                    Err(_) => Check::Failed(format!(
+                        "mongod at {host} is not running as a replica-set member: start it with --replSet {name}"
+                    )),
+                },
+                Err(e) => Check::NotYet(reason(&e, conn.secret.as_deref())),
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            PollError::Failed(why) => why,
+            PollError::TimedOut(last) => {
+                format!("it does not answer ({last}): start it, with the same replica set name, before adding it")
+            }
+        });
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            conn.client.shutdown().immediate(true),
+        )
+        .await;
+        result
+    }
+
+    async fn plan(&self, request: &MembersRequest, new_bound: Duration) -> Result<Planned, String> {
+        let members = config::normalize_members(&request.members)?;
+        let (running, _, _) = self.running().await?;
+        let known: Vec<&str> = running.members.iter().map(|m| m.host.as_str()).collect();
+        let new: Vec<String> = members
+            .iter()
+            .filter(|h| !known.contains(&h.as_str()))
+            .cloned()
+            .collect();
+        let checked = self.check_new(&request.name, new, new_bound).await;
+        let declared = Declared {
+            name: &request.name,
+            members: &members,
+            allow_even: request.allow_even,
+        };
+        let steps = plan::plan(&running, &declared, &checked)?;
+        Ok(Planned { running, steps })
+    }
+
+    async fn apply(
+        &self,
+        request: &MembersRequest,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<String, String> {
+        let mut taken = 0;
+        loop {
+            self.wait_settled(progress).await?;
+            let planned = self.plan(request, self.wait).await.map_err(|e| {
+                if taken == 0 {
+                    format!("{e}; nothing changed")
+                } else {
+                    format!("{e}; {taken} step(s) were taken before this")
+                }
+            })?;
+            let Some(step) = planned.steps.first().cloned() else {
+                let now = describe(&planned.running);
+                return Ok(if taken == 0 {
+                    format!(
+                        "replica set {} already has the declared {now}; nothing changed",
+                        request.name
+                    )
+                } else {
+                    format!("replica set {} now has {now}", request.name)
+                });
+            };
+            taken += 1;
+            progress(&format!("step {taken}: {step}"));
+            self.take(&step, &planned.running, progress).await?;
+        }
+    }
+
+    /// Before any step: the current configuration is committed and no
+    /// member is still joining (a newly added member votes only once it
+    /// has caught up; mongod refuses the next reconfig until the current
+    /// one is committed). Says once what it waits for.
+    async fn wait_settled(&self, progress: &mut dyn FnMut(&str)) -> Result<(), String> {
+        let deadline = Instant::now() + self.wait;
+        match self.unsettled().await {
+            Ok(None) => return Ok(()),
+            Ok(Some(why)) | Err(why) => progress(&format!(
+                "  waiting up to {} s for {why}",
+                self.wait.as_secs()
+            )),
+        }
+        poll_until(deadline, Duration::from_millis(250), || async {
+            match self.unsettled().await {
+                Ok(None) => Check::Done(()),
+                Ok(Some(why)) | Err(why) => Check::NotYet(why),
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            PollError::Failed(why) => why,
+            PollError::TimedOut(last) => {
+                format!("gave up after {} s waiting for {last}", self.wait.as_secs())
+            }
+        })
+    }
+
+    /// What the set still has to finish before the next step, if anything.
+    async fn unsettled(&self) -> Result<Option<String>, String> {
+        let (running, _, committed) = self.running().await?;
+        if !committed {
+            return Ok(Some(format!(
+                "configuration version {} to be committed (installed on a majority of the voting members)",
+                running.version
+            )));
+        }
+        let status = self
+            .admin()
+            .run_command(doc! { "replSetGetStatus": 1 })
+            .await
+            .map_err(|e| self.reason(&e))?;
+        let voting = status.get_i32("votingMembersCount").unwrap_or(0);
+        let configured = running.members.iter().filter(|m| m.votes > 0).count() as i32;
+        if voting >= configured {
+            return Ok(None);
+        }
+        let joining: Vec<&str> = running
+            .members
+            .iter()
+            .filter(|m| m.votes > 0 && !m.up)
+            .map(|m| m.host.as_str())
+            .collect();
+        Ok(Some(format!(
+            "{} to finish copying the data and vote ({voting} of {configured} vote now)",
+            if joining.is_empty() {
+                "a new member".to_owned()
+            } else {
+                joining.join(", ")
+            }
+        )))
+    }
+
+    async fn take(
+        &self,
+        step: &Step,
+        running: &Running,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(), String> {
+        let bound = self.wait.as_secs();
+        match step {
+            Step::Add(host) => {
+                let version = self
+                    .reconfig(|members| {
+                        let next = members
+                            .iter()
+                            .filter_map(|m| m.as_document().and_then(member_id))
+                            .max()
+                            .map_or(0, |id| id + 1);
+                        members.push(Bson::Document(doc! { "_id": next, "host": host }));
+                    })
+                    .await?;
+                progress(&format!(
+                    "  configuration version {version}: waiting up to {bound} s for {host} to copy the data and vote"
+                ));
+                self.wait_voting(host).await
+            }
+            Step::StepDown(host) => {
+                // The primary may drop connections as it steps down; the
+                // outcome is checked by waiting for another primary.
+                let stepped = self
+                    .admin()
+                    .run_command(doc! { "replSetStepDown": 60, "secondaryCatchUpPeriodSecs": 15 })
+                    .await;
+                if let Err(e) = stepped {
+                    if code(&e) == Some(EXCEEDED_TIME_LIMIT) {
+                        return Err(format!(
+                            "{host} did not step down: no electable secondary caught up within 15 s ({})",
+                            self.reason(&e)
+                        ));
+                    }
+                }
+                progress(&format!(
+                    "  waiting up to {bound} s for a primary other than {host}"
+                ));
+                self.wait_primary_other_than(host).await
+            }
+            Step::Remove(host) => {
+                if running.primary.as_deref() == Some(host.as_str()) {
+                    return Err(format!("{host} is still the primary; it was not removed"));
+                }
+                let version = self
+                    .reconfig(|members| {
+                        members.retain(|m| {
+                            m.as_document()
+                                .and_then(|d| d.get_str("host").ok())
+                                .map(|h| {
+                                    config::normalize_member(h)
+                                        .unwrap_or_else(|_| h.to_ascii_lowercase())
+                                })
+                                .as_deref()
+                                != Some(host.as_str())
+                        })
+                    })
+                    .await?;
+                progress(&format!(
+                    "  configuration version {version}: {host} removed"
+                ));
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends the current configuration, changed by `edit`, with the next
+    /// version. Returns that version.
+    async fn reconfig(&self, edit: impl FnOnce(&mut Vec<Bson>)) -> Result<i64, String> {
+        let (_, mut cfg, _) = self.running().await?;
+        let version = version_of(&cfg).ok_or("the configuration has no version")? + 1;
+        let mut members = cfg
+            .get_array("members")
+            .map_err(|_| "the configuration has no members")?
+            .clone();
+        edit(&mut members);
+        cfg.insert("members", members);
+        cfg.insert("version", version);
+        cfg.remove("term");
+        let wait_ms = i64::try_from(self.wait.as_millis()).unwrap_or(i64::MAX);
+        self.admin()
+            .run_command(doc! { "replSetReconfig": cfg, "maxTimeMS": wait_ms })
+            .await
+            .map_err(|e| {
+                format!(
+                    "replSetReconfig to version {version} failed: {}",
+                    self.reason(&e)
+                )
+            })?;
+        Ok(version)
+    }
+
+    async fn wait_voting(&self, host: &str) -> Result<(), String> {
+        let deadline = Instant::now() + self.wait;
+        poll_until(deadline, Duration::from_millis(250), || async {
+            let status = match self.admin().run_command(doc! { "replSetGetStatus": 1 }).await {
+                Ok(s) => s,
+                Err(e) => return Check::NotYet(self.reason(&e)),
+            };
+            let state = member_state(&status, host).unwrap_or_else(|| "(not in the status)".into());
+            let voting = status.get_i32("votingMembersCount").unwrap_or(0);
+            let configured = match self.running().await {
+                Ok((r, _, _)) => r.members.iter().filter(|m| m.votes > 0).count() as i32,
+                Err(e) => return Check::NotYet(e),
+            };
+            if matches!(state.as_str(), "SECONDARY" | "PRIMARY") && voting >= configured {
+                Check::Done(())
+            } else {
+                Check::NotYet(format!("{host} is {state}; {voting} of {configured} members vote"))
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            PollError::Failed(why) => why,
+            PollError::TimedOut(last) => format!(
+                "{host} was added but did not catch up and vote within {} s ({last}); run apply again to continue",
+                self.wait.as_secs()
+            ),
+        })
+    }
+
+    async fn wait_primary_other_than(&self, host: &str) -> Result<(), String> {
+        let deadline = Instant::now() + self.wait;
+        poll_until(deadline, Duration::from_millis(250), || async {
+            let status = self
+                .admin()
+                .run_command(doc! { "replSetGetStatus": 1 })
+                .selection_criteria(SelectionCriteria::ReadPreference(
+                    ReadPreference::PrimaryPreferred { options: None },
+                ))
+                .await;
+            match status {
+                Ok(s) => match primary_of(&s) {
+                    Some(p) if p != host => Check::Done(()),
+                    Some(_) => Check::NotYet(format!("{host} is still primary")),
+                    None => Check::NotYet("no primary yet".into()),
+                },
+                Err(e) => Check::NotYet(self.reason(&e)),
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            PollError::Failed(why) => why,
+            PollError::TimedOut(last) => format!(
+                "no other primary than {host} within {} s ({last})",
+                self.wait.as_secs()
+            ),
+        })
+    }
+}
+
+fn member_id(d: &Document) -> Option<i64> {
+    match d.get("_id")? {
+        Bson::Int32(i) => Some(i64::from(*i)),
+        Bson::Int64(i) => Some(*i),
+        Bson::Double(f) => Some(*f as i64),
+        _ => None,
+    }
+}
+
+fn version_of(cfg: &Document) -> Option<i64> {
+    match cfg.get("version")? {
+        Bson::Int32(i) => Some(i64::from(*i)),
+        Bson::Int64(i) => Some(*i),
+        Bson::Double(f) => Some(*f as i64),
+        _ => None,
+    }
+}
+
+fn status_members(status: &Document) -> impl Iterator<Item = &Document> {
+    status
+        .get_array("members")
+        .into_iter()
+        .flatten()
+        .filter_map(Bson::as_document)
+}
+
+fn norm(host: &str) -> String {
+    config::normalize_member(host).unwrap_or_else(|_| host.to_ascii_lowercase())
+}
+
+fn member_state(status: &Document, host: &str) -> Option<String> {
+    status_members(status)
+        .find(|m| m.get_str("name").map(norm).as_deref() == Ok(host))
+        .and_then(|m| m.get_str("stateStr").ok())
+        .map(str::to_owned)
+}
+
+fn primary_of(status: &Document) -> Option<String> {
+    status_members(status)
+        .find(|m| m.get_str("stateStr") == Ok("PRIMARY"))
+        .and_then(|m| m.get_str("name").ok())
+        .map(norm)
+}
+
+/// The running set from a `replSetGetConfig` config and a
+/// `replSetGetStatus` reply.
+pub fn parse_running(cfg: &Document, status: &Document) -> Result<Running, String> {
+    let name = cfg
+        .get_str("_id")
+        .map_err(|_| "the configuration has no _id".to_owned())?
+        .to_owned();
+    let version = version_of(cfg).ok_or("the configuration has no version")?;
+    let term = match status.get("term") {
+        Some(Bson::Int64(t)) => *t,
+        Some(Bson::Int32(t)) => i64::from(*t),
+        _ => 0,
+    };
+    let members = cfg
+        .get_array("members")
+        .map_err(|_| "the configuration has no members".to_owned())?
+        .iter()
+        .filter_map(Bson::as_document)
+        .map(|m| {
+            let host = norm(m.get_str("host").unwrap_or("?"));
+            let votes = match m.get("votes") {
+                Some(Bson::Int32(v)) => *v,
+                Some(Bson::Int64(v)) => i32::from(*v != 0),
+                Some(Bson::Double(v)) => i32::from(*v != 0.0),
+                _ => 1,
+            };
+            let up =
+                member_state(status, &host).is_some_and(|s| s == "PRIMARY" || s == "SECONDARY");
+            RunningMember {
+                id: member_id(m)
+                    .and_then(|i| i32::try_from(i).ok())
+                    .unwrap_or(-1),
+                host,
+                votes,
+                up,
+            }
+        })
+        .collect();
+    Ok(Running {
+        name,
+        version,
+        term,
+        primary: primary_of(status),
+        members,
+    })
+}

@@ -1,0 +1,352 @@
+//! `simplechat replset plan` / `apply`, run as the real binary against the
+//! simulator while a writer posts through the MongoDB store: a set grows
+//! from three members to five and back, a dead member is replaced, and
+//! unsafe requests are refused with nothing changed.
+//!
+//! Simulator only: the members that join later must exist before they are
+//! added, which the test's mongod backend does not provide.
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cluster::{say, SET_NAME};
+use mongodb::bson::doc;
+use mongodb::Client;
+use replset_sim::{Cluster, ClusterOptions};
+use simplechat::cache::Cache;
+use simplechat::message::NewMessage;
+use simplechat::store::mongo::MongoStore;
+use simplechat::store::{Inserted, Store};
+
+const DB: &str = "members";
+/// The simulator elects `ELECTION` after a primary is lost; a period
+/// without a primary longer than this bound is more than one election.
+const ELECTION: Duration = Duration::from_millis(500);
+const GAP_BOUND: Duration = Duration::from_secs(3);
+
+fn sim_only(test: &str) {
+    say(&format!(
+        "SKIPPED: {test} on real mongod, because it adds members that only the simulator starts empty beside the set; running it on replset-sim"
+    ));
+}
+
+async fn start(members: usize, in_config: usize) -> Cluster {
+    Cluster::start(ClusterOptions {
+        set_name: SET_NAME.to_owned(),
+        members,
+        initial_config: Some(in_config),
+        initial_sync: Duration::from_millis(300),
+        election_delay: ELECTION,
+        ..Default::default()
+    })
+    .await
+    .expect("start replset-sim")
+}
+
+async fn simplechat(args: Vec<String>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_simplechat"));
+    command
+        .args(&args)
+        .env_remove("MONGO_URI")
+        .env_remove("SIMPLECHAT_MONGODB_URI");
+    tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("run simplechat")
+}
+
+fn members_args(verb: &str, name: &str, members: &[String], extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec!["replset".into(), verb.into(), "--name".into(), name.into()];
+    for m in members {
+        args.push("--member".into());
+        args.push(m.clone());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn pick(hosts: &[String], which: &[usize]) -> Vec<String> {
+    which.iter().map(|i| hosts[*i].clone()).collect()
+}
+
+/// A writer posting through the store until stopped, and an observer
+/// asking every member `hello` to measure the longest stretch in which no
+/// member said it was a writable primary.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    writer: tokio::task::JoinHandle<(Vec<String>, Vec<String>)>,
+    observer: tokio::task::JoinHandle<Duration>,
+}
+
+impl Traffic {
+    async fn start(cluster: &Cluster) -> Traffic {
+        let store = MongoStore::open(&cluster.uri(DB), DB, Duration::from_secs(30), Cache::new())
+            .await
+            .expect("open store");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Err(why) = store.ready().await {
+            assert!(Instant::now() < deadline, "store never ready: {why}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let writing = stop.clone();
+        let writer = tokio::spawn(async move {
+            let (mut acked, mut failed) = (Vec::new(), Vec::new());
+            let mut i = 0;
+            while !writing.load(Ordering::SeqCst) {
+                i += 1;
+                let id = format!("w{i}");
+                let m = NewMessage::validate("writer", &format!("message {i}"), Some(&id))
+                    .expect("valid");
+                match store.insert(m).await {
+                    Ok(Inserted::Created(_)) => acked.push(id),
+                    Ok(other) => failed.push(format!("{id}: {other:?}")),
+                    Err(e) => failed.push(format!("{id}: {e:?}")),
+                }
+            }
+            store.close().await;
+            (acked, failed)
+        });
+        let mut clients = Vec::new();
+        for host in cluster.hosts() {
+            let uri = format!(
+                "mongodb://{host}/?directConnection=true&serverSelectionTimeoutMS=300&connectTimeoutMS=300"
+            );
+            clients.push(Client::with_uri_str(&uri).await.expect("client"));
+        }
+        let watching = stop.clone();
+        let observer = tokio::spawn(async move {
+            let mut last_primary = Instant::now();
+            let mut longest = Duration::ZERO;
+            while !watching.load(Ordering::SeqCst) {
+                let asks = clients.iter().map(|c| async move {
+                    let admin = c.database("admin");
+                    let hello = admin.run_command(doc! {"hello": 1});
+                    matches!(
+                        tokio::time::timeout(Duration::from_millis(400), hello).await,
+                        Ok(Ok(h)) if h.get_bool("isWritablePrimary") == Ok(true)
+                    )
+                });
+                let seen = futures::future::join_all(asks).await.into_iter().any(|p| p);
+                let now = Instant::now();
+                if seen {
+                    longest = longest.max(now - last_primary);
+                    last_primary = now;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            longest.max(Instant::now() - last_primary)
+        });
+        Traffic {
+            stop,
+            writer,
+            observer,
+        }
+    }
+
+    /// Stops both; checks that every acknowledged message is stored and
+    /// that no period without a primary outlasted an election.
+    async fn finish(self, test: &str, cluster: &Cluster) {
+        // Keep writing a little after the last change.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.stop.store(true, Ordering::SeqCst);
+        let (acked, failed) = self.writer.await.expect("writer");
+        let longest = self.observer.await.expect("observer");
+        assert!(failed.is_empty(), "{test}: writes failed: {failed:?}");
+        assert!(
+            acked.len() > 10,
+            "{test}: the writer kept writing: {}",
+            acked.len()
+        );
+        let stored: std::collections::BTreeSet<String> = cluster
+            .documents(DB, "messages")
+            .iter()
+            .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
+            .collect();
+        let lost: Vec<&String> = acked.iter().filter(|id| !stored.contains(*id)).collect();
+        assert!(lost.is_empty(), "{test}: acknowledged but lost: {lost:?}");
+        assert!(
+            longest < GAP_BOUND,
+            "{test}: no primary for {longest:?}, longer than an election (bound {GAP_BOUND:?})"
+        );
+        say(&format!(
+            "{test}: {} writes acknowledged, none lost; longest time without a primary seen by hello polling: {longest:?} (election delay {ELECTION:?})",
+            acked.len()
+        ));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_to_five_to_three_while_writing() {
+    let test = "three_to_five_to_three_while_writing";
+    sim_only(test);
+    let cluster = start(5, 3).await;
+    let hosts = cluster.hosts();
+    let traffic = Traffic::start(&cluster).await;
+
+    let five = hosts.clone();
+    let plan = simplechat(members_args("plan", SET_NAME, &five, &[])).await;
+    assert!(plan.status.success(), "{}", text(&plan));
+    let out = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        out.contains(&format!("1. add {}", hosts[3])),
+        "{}",
+        text(&plan)
+    );
+    assert!(
+        out.contains(&format!("2. add {}", hosts[4])),
+        "{}",
+        text(&plan)
+    );
+    assert!(out.contains("configuration version 1"), "{out}");
+    assert_eq!(cluster.config_version(), Some(1), "plan changes nothing");
+
+    let grow = simplechat(members_args("apply", SET_NAME, &five, &[])).await;
+    assert!(grow.status.success(), "{}", text(&grow));
+    let out = String::from_utf8_lossy(&grow.stdout);
+    assert!(out.contains(&format!("step 1: add {}", hosts[3])), "{out}");
+    assert!(out.contains("to copy the data and vote"), "{out}");
+    assert_eq!(cluster.config_hosts(), five);
+    assert_eq!(cluster.voting_hosts(), five, "every new member votes");
+    let version = cluster.config_version();
+
+    let again = simplechat(members_args("apply", SET_NAME, &five, &[])).await;
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("nothing changed"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(cluster.config_version(), version, "idempotent");
+
+    // Back to three, dropping the primary (member 0) and member 1.
+    assert_eq!(cluster.primary(), Some(0));
+    let three = pick(&hosts, &[2, 3, 4]);
+    let plan = simplechat(members_args("plan", SET_NAME, &three, &[])).await;
+    let out = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        out.contains(&format!("1. remove {}", hosts[1])),
+        "{}",
+        text(&plan)
+    );
+    assert!(
+        out.contains(&format!("2. step down the primary {}", hosts[0])),
+        "{out}"
+    );
+    assert!(out.contains(&format!("3. remove {}", hosts[0])), "{out}");
+    let shrink = simplechat(members_args("apply", SET_NAME, &three, &[])).await;
+    assert!(shrink.status.success(), "{}", text(&shrink));
+    assert_eq!(cluster.config_hosts(), three);
+    assert!(
+        matches!(cluster.primary(), Some(2..=4)),
+        "{:?}",
+        cluster.primary()
+    );
+    assert_eq!(cluster.member_state(0), "REMOVED");
+
+    traffic.finish(test, &cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_member_is_replaced_while_writing() {
+    let test = "a_dead_member_is_replaced_while_writing";
+    sim_only(test);
+    let cluster = start(4, 3).await;
+    let hosts = cluster.hosts();
+    let traffic = Traffic::start(&cluster).await;
+    cluster.kill(2).await;
+
+    let declared = pick(&hosts, &[0, 1, 3]);
+    let apply = simplechat(members_args("apply", SET_NAME, &declared, &[])).await;
+    assert!(apply.status.success(), "{}", text(&apply));
+    let out = String::from_utf8_lossy(&apply.stdout);
+    let add = out.find(&format!("step 1: add {}", hosts[3]));
+    let remove = out.find(&format!("step 2: remove {}", hosts[2]));
+    assert!(
+        add.is_some() && remove.is_some(),
+        "added, then removed: {out}"
+    );
+    assert_eq!(cluster.config_hosts(), declared);
+    assert_eq!(cluster.voting_hosts(), declared);
+
+    let status = simplechat(vec![
+        "replset".into(),
+        "status".into(),
+        "--uri".into(),
+        cluster.uri(DB),
+    ])
+    .await;
+    assert!(status.status.success(), "{}", text(&status));
+    let out = String::from_utf8_lossy(&status.stdout);
+    let version = cluster.config_version().expect("a config");
+    assert!(
+        out.contains(&format!(
+            "configuration version {version}, term {}",
+            cluster.term()
+        )),
+        "{out}"
+    );
+
+    traffic.finish(test, &cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_requests_are_refused_and_change_nothing() {
+    let test = "unsafe_requests_are_refused_and_change_nothing";
+    sim_only(test);
+    let cluster = start(5, 5).await;
+    let hosts = cluster.hosts();
+    let refused = |args: Vec<String>, expect: &'static str| async move {
+        let o = simplechat(args).await;
+        assert!(!o.status.success(), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.contains(expect), "expected {expect:?}: {}", text(&o));
+        err
+    };
+    let err = refused(
+        members_args("apply", "other", &hosts, &[]),
+        "cannot be renamed",
+    )
+    .await;
+    assert!(err.contains("nothing changed"), "{err}");
+    refused(
+        members_args("apply", SET_NAME, &pick(&hosts, &[0, 1, 2, 3]), &[]),
+        "--allow-even-voters",
+    )
+    .await;
+    refused(
+        members_args("apply", SET_NAME, &pick(&hosts, &[0, 1, 1]), &[]),
+        "listed twice",
+    )
+    .await;
+    let mut silent = hosts.clone();
+    silent.extend(["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()]);
+    refused(
+        members_args("apply", SET_NAME, &silent, &["--wait-secs", "1"]),
+        "cannot add 127.0.0.1:1: it does not answer",
+    )
+    .await;
+    cluster.kill(4).await;
+    refused(
+        members_args("apply", SET_NAME, &pick(&hosts, &[0]), &[]),
+        "a majority, and",
+    )
+    .await;
+    assert_eq!(cluster.config_version(), Some(1));
+    assert_eq!(cluster.config_hosts(), hosts);
+}
