@@ -65,14 +65,17 @@ let
       "--member"
       (lib.escapeShellArg (endpointOf n))
     ]) memberNames
-    # %d is systemd's credentials directory (LoadCredential= below).
+    # These commands run inside convergeScript, where systemd's `%d`
+    # specifier is not expanded: the shell reads the credentials directory
+    # (LoadCredential= below) from $CREDENTIALS_DIRECTORY, which systemd sets
+    # for the unit (systemd.exec(5), "Credentials").
     ++ lib.optionals auth.enable [
       "--create-user"
       (lib.escapeShellArg auth.user)
       "--password-file"
-      "%d/app-password"
+      "\"$CREDENTIALS_DIRECTORY/app-password\""
       "--key-file"
-      "%d/keyfile"
+      "\"$CREDENTIALS_DIRECTORY/keyfile\""
       "--role"
       (lib.escapeShellArg "readWrite@${appDatabase}")
       "--role"
@@ -96,6 +99,12 @@ let
       (lib.escapeShellArg (endpointOf n))
     ]) memberNames
     ++ optional cfg.acceptEvenMembers "--allow-even-voters"
+    # With access control on, the members' key authenticates the
+    # reconfiguration as __system (the app's user may not reconfigure).
+    ++ lib.optionals auth.enable [
+      "--key-file"
+      "\"$CREDENTIALS_DIRECTORY/keyfile\""
+    ]
   );
 
   # init initiates a new set; on a set initiated with other members it fails

@@ -113,6 +113,10 @@ pub struct MembersArgs {
     /// Connection string for credentials and options (hosts ignored).
     #[arg(long)]
     uri: Option<String>,
+    /// The members' key file: authenticate as __system@local with it
+    /// (needed once access control is on and no --uri user may reconfigure).
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<std::path::PathBuf>,
     /// Accept an even number of voting members.
     #[arg(long)]
     allow_even_voters: bool,
@@ -128,6 +132,7 @@ impl From<MembersArgs> for replset::reconfig::MembersRequest {
             name: a.name,
             members: a.members,
             uri: a.uri,
+            key_file: a.key_file,
             allow_even: a.allow_even_voters,
             wait_secs: a.wait_secs,
         }

@@ -350,3 +350,57 @@ async fn unsafe_requests_are_refused_and_change_nothing() {
     assert_eq!(cluster.config_version(), Some(1));
     assert_eq!(cluster.config_hosts(), hosts);
 }
+
+/// With access control on, `apply` changes the members with the members'
+/// key file (as `__system`), as the initiating member's unit runs it;
+/// without credentials the set refuses and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_access_control_apply_uses_the_key_file() {
+    let test = "with_access_control_apply_uses_the_key_file";
+    sim_only(test);
+    let cluster = Cluster::start(ClusterOptions {
+        set_name: SET_NAME.to_owned(),
+        members: 4,
+        initial_config: Some(4),
+        initial_sync: Duration::from_millis(300),
+        election_delay: ELECTION,
+        key_file: Some(cluster::KEY.to_owned()),
+        // No localhost exception: as on a set whose users exist.
+        remote_clients: true,
+        ..Default::default()
+    })
+    .await
+    .expect("start replset-sim");
+    // Declare three of the four: apply removes the last one.
+    let hosts = cluster.hosts()[..3].to_vec();
+    let started = Instant::now();
+    let refused = simplechat(members_args("apply", SET_NAME, &hosts, &[])).await;
+    say(&format!("{test}: refused in {:?}", started.elapsed()));
+    assert!(!refused.status.success(), "{}", text(&refused));
+    let refusal = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        refusal.contains("authenticat"),
+        "says why: {}",
+        text(&refused)
+    );
+    assert_eq!(cluster.config_version(), Some(1), "nothing changed");
+
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("keyfile");
+    std::fs::write(&key_file, cluster::KEY).unwrap();
+    let key_arg = key_file.to_str().unwrap();
+    let applied = simplechat(members_args(
+        "apply",
+        SET_NAME,
+        &hosts,
+        &["--key-file", key_arg],
+    ))
+    .await;
+    assert!(applied.status.success(), "{}", text(&applied));
+    assert_eq!(cluster.config_hosts(), hosts);
+    let output = text(&applied);
+    assert!(
+        !output.contains("bWVtYmVyIGtleQ"),
+        "the key never shows: {output}"
+    );
+}

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::config;
 use super::plan::{self, Declared, Running, RunningMember, Step};
-use crate::mongo::errors::command_code as code;
+use crate::mongo::errors::{codes, command_code as code, Signals};
 
 /// mongod's `ExceededTimeLimit`: `replSetStepDown` found no electable
 /// secondary caught up within `secondaryCatchUpPeriodSecs`.
@@ -35,6 +35,9 @@ pub struct MembersRequest {
     pub members: Vec<String>,
     /// Connection string for credentials and options (hosts ignored).
     pub uri: Option<String>,
+    /// The members' key file: authenticate as `__system@local` with it (what
+    /// the initiating member's unit does once access control is on).
+    pub key_file: Option<std::path::PathBuf>,
     /// Accept an even number of voting members.
     pub allow_even: bool,
     /// Bound, in seconds, on each wait (a new member's initial sync, a
@@ -109,6 +112,21 @@ impl Session {
         // line) rather than as servers that cannot be selected.
         o.repl_set_name = None;
         o.direct_connection = None;
+        let secret = match &request.key_file {
+            Some(path) => {
+                let key = super::user::read_key_file(path)?;
+                o.credential = Some(
+                    mongodb::options::Credential::builder()
+                        .username("__system".to_owned())
+                        .password(key.clone())
+                        .source("local".to_owned())
+                        .mechanism(mongodb::options::AuthMechanism::ScramSha256)
+                        .build(),
+                );
+                Some(key)
+            }
+            None => secret,
+        };
         let conn = connect(o, secret, Purpose::Store)?;
         Ok(Session {
             conn,
@@ -233,6 +251,7 @@ impl Session {
         request: &MembersRequest,
         progress: &mut dyn FnMut(&str),
     ) -> Result<String, String> {
+        self.check_access().await?;
         let mut taken = 0;
         loop {
             self.wait_settled(progress).await?;
@@ -286,6 +305,27 @@ impl Session {
                 format!("gave up after {} s waiting for {last}", self.wait.as_secs())
             }
         })
+    }
+
+    /// Refuses at once when the set will not let these credentials read its
+    /// configuration: the waits below retry what may pass (no primary yet,
+    /// an election), and a refused authentication never passes.
+    async fn check_access(&self) -> Result<(), String> {
+        let Err(e) = self
+            .admin()
+            .run_command(doc! { "replSetGetConfig": 1 })
+            .await
+        else {
+            return Ok(());
+        };
+        let signals = Signals::of(&e);
+        if signals.authentication || signals.codes.contains(&codes::UNAUTHORIZED) {
+            return Err(format!(
+                "the replica set refused access ({}): give the members' key with --key-file, or a --uri whose user has the clusterManager role; nothing changed",
+                self.reason(&e)
+            ));
+        }
+        Ok(())
     }
 
     /// What the set still has to finish before the next step, if anything.

@@ -107,6 +107,19 @@ pub struct Prepared {
     key: Option<String>,
 }
 
+/// The members' key as mongod reads a key file: its characters without
+/// white space (<https://www.mongodb.com/docs/manual/core/security-internal-authentication/#keyfiles>).
+/// Errors: an unreadable or empty file, in one line.
+pub fn read_key_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the key file {}: {e}", path.display()))?;
+    let key: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    if key.is_empty() {
+        return Err(format!("the key file {} is empty", path.display()));
+    }
+    Ok(key)
+}
+
 /// Checks the request and reads its files. Errors are one line and never
 /// quote a file's content.
 pub fn prepare(request: &UserRequest) -> Result<Prepared, String> {
@@ -115,18 +128,7 @@ pub fn prepare(request: &UserRequest) -> Result<Prepared, String> {
     }
     let roles = parse_roles(&request.roles, &request.db)?;
     let password = crate::mongo::uri::read_password_file(&request.password_file)?;
-    let key = match &request.key_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read the key file {}: {e}", path.display()))?;
-            let key: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-            if key.is_empty() {
-                return Err(format!("the key file {} is empty", path.display()));
-            }
-            Some(key)
-        }
-        None => None,
-    };
+    let key = request.key_file.as_deref().map(read_key_file).transpose()?;
     Ok(Prepared {
         request: request.clone(),
         roles,
