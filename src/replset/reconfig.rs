@@ -112,6 +112,11 @@ impl Session {
         // line) rather than as servers that cannot be selected.
         o.repl_set_name = None;
         o.direct_connection = None;
+        // mongod's internal user `__system@local` accepts the key file's
+        // content (white space removed) as its password over SCRAM-SHA-256;
+        // newer servers refuse SCRAM-SHA-1 for it (mongod's own jstests
+        // authenticate `__system` so; key files:
+        // <https://www.mongodb.com/docs/manual/core/security-internal-authentication/#keyfiles>).
         let secret = match &request.key_file {
             Some(path) => {
                 let key = super::user::read_key_file(path)?;
