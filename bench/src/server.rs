@@ -57,11 +57,15 @@ impl Server {
     ///
     /// Settings inherited from the environment (`SIMPLECHAT_*`, `ROCKET_*`,
     /// `MONGO_URI`) are removed, and the working directory is the empty
-    /// data directory, so no `simplechat.toml` is read.
+    /// data directory, so no `simplechat.toml` is read. The front door
+    /// admits `max_connections` at once.
     ///
     /// Errors: spawn failed, the process exited, or no 200 within 30 s; the
     /// message carries the end of the server's output.
-    pub async fn start(binary: &Path) -> Result<(Server, Duration), String> {
+    pub async fn start(
+        binary: &Path,
+        max_connections: usize,
+    ) -> Result<(Server, Duration), String> {
         let data = tempfile::Builder::new()
             .prefix("simplechat-bench-")
             .tempdir()
@@ -83,6 +87,9 @@ impl Server {
             .env("SIMPLECHAT_ADDRESS", "127.0.0.1")
             .env("SIMPLECHAT_PORT", port.to_string())
             .env("SIMPLECHAT_DATA_DIR", data.path().join("store"))
+            // The front door's default bound (1,024 connections) would refuse
+            // most of a large fan-out's subscribers.
+            .env("SIMPLECHAT_MAX_CONNECTIONS", max_connections.to_string())
             .env("ROCKET_LOG_LEVEL", "critical")
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
