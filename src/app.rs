@@ -32,7 +32,7 @@ pub async fn build(config: Config) -> Result<Rocket<Build>, String> {
         .manage(chat)
         .manage(api::events::Heartbeat(config.heartbeat))
         .manage(api::page::RenderedHistory::default())
-        .manage(api::page::PageTag::default())
+        .manage(api::page::PreparedPage::default())
         .manage(api::cookies::CookieSettings {
             always_secure: config.settings.secure_cookie,
             trust_forwarded_proto: config.settings.trust_proxy_headers,

@@ -4,9 +4,11 @@
 use std::sync::Arc;
 
 use rocket::form::FromForm;
-use rocket::http::{CookieJar, Status};
-use rocket::response::Redirect;
-use rocket::{get, post, State};
+use rocket::http::{ContentType, CookieJar, Status};
+use rocket::response::{self, Body, Redirect, Responder, Response};
+use rocket::serde::Serialize;
+use rocket::{get, post, Request, State};
+use rocket_dyn_templates::tera::escape_html;
 use rocket_dyn_templates::{context, Metadata, Template};
 
 use super::body::FormBody;
@@ -47,7 +49,7 @@ pub struct RenderedHistory(Memo<History>);
 /// Names this process in the page's entity tags: the cache's version
 /// counts changes of this process's cache only, so a tag from another
 /// instance must never match.
-pub struct PageTag {
+struct PageTag {
     instance: String,
 }
 
@@ -153,6 +155,38 @@ enum Shown {
     Before(String),
 }
 
+/// What the page template is given.
+#[derive(Serialize)]
+#[serde(crate = "rocket::serde")]
+struct PageContext<'a> {
+    messages_html: &'a str,
+    empty: bool,
+    last_id: Option<&'a str>,
+    older_than: Option<&'a str>,
+    before: Option<&'a str>,
+    name: &'a str,
+    text: &'a str,
+    error: Option<&'a str>,
+    form_id: &'a str,
+}
+
+impl<'a> PageContext<'a> {
+    /// The latest page's context, but for the sender's name and form key.
+    fn latest(history: &'a History, name: &'a str, form_id: &'a str) -> Self {
+        PageContext {
+            messages_html: &history.html,
+            empty: history.count == 0,
+            last_id: history.last_id.as_deref(),
+            older_than: history.older_than.as_deref(),
+            before: None,
+            name,
+            text: "",
+            error: None,
+            form_id,
+        }
+    }
+}
+
 /// The page, and the status a failed history read gives it (the page is
 /// shown even then, saying why it is empty).
 async fn render(
@@ -167,9 +201,16 @@ async fn render(
         Err(e) => (None, Some(e)),
     };
     let status = history_error.as_ref().map(|e| e.status);
+    let error = draft
+        .error
+        .map(str::to_owned)
+        .or(history_error.map(|e| e.error));
+    // One idempotency key per rendered form: a double submit stores the
+    // message once.
+    let form_id = draft.form_id.map_or_else(new_id, str::to_owned);
     let template = Template::render(
         "index",
-        context! {
+        PageContext {
             messages_html: history.as_ref().map_or("", |h| &*h.html),
             empty: history.as_ref().is_none_or(|h| h.count == 0),
             last_id: history.as_ref().and_then(|h| h.last_id.as_deref()),
@@ -180,14 +221,215 @@ async fn render(
             },
             name: draft.name,
             text: draft.text,
-            error: draft.error.map(str::to_owned).or(history_error.map(|e| e.error)),
-            // One idempotency key per rendered form: a double submit stores
-            // the message once.
-            form_id: draft.form_id.map_or_else(new_id, str::to_owned),
+            error: error.as_deref(),
+            form_id: &form_id,
         },
     );
     (status, template)
 }
+
+/// The latest page, rendered once per cache version and kept as bytes: a
+/// page view copies it and splices in the two parts that differ per
+/// request, the sender's remembered name and the form's fresh idempotency
+/// key, escaped as the template escapes them.
+///
+/// The template is rendered with stand-ins for those two values and the
+/// result split where their escaped forms appear. A stand-in holds `&`,
+/// which escaping changes, so a place that did not escape it shows up; and
+/// a random token of this process, which no client knows. Messages cannot
+/// forge one either: the page is only prepared when the rendered messages
+/// contain no stand-in (ids cannot hold `&`), so every occurrence comes
+/// from the template's own use of the two values. Any other use of them
+/// (unescaped, or through a filter) leaves the page rendered per request,
+/// as before.
+pub struct PreparedPage {
+    /// The page kept for a cache version; `None`: this template cannot be
+    /// prepared, so it is rendered per request.
+    kept: Memo<Option<Arc<Prepared>>>,
+    /// The latest page's entity tags.
+    tag: PageTag,
+    name_stand_in: String,
+    form_id_stand_in: String,
+}
+
+impl Default for PreparedPage {
+    fn default() -> Self {
+        let token = new_id();
+        PreparedPage {
+            kept: Memo::default(),
+            tag: PageTag::default(),
+            name_stand_in: format!("{token}&simplechat-name&{token}"),
+            form_id_stand_in: format!("{token}&simplechat-form-id&{token}"),
+        }
+    }
+}
+
+/// A value the latest page shows that differs per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Name,
+    FormId,
+}
+
+/// The latest page for one cache version, split where the per-request
+/// parts go.
+#[derive(Debug)]
+struct Prepared {
+    content_type: ContentType,
+    /// The page without the stand-ins.
+    html: String,
+    /// Where in `html` each part goes, in order.
+    cuts: Vec<(usize, Part)>,
+}
+
+impl Prepared {
+    /// The page for a sender named `name` (from the cookie, not escaped)
+    /// with the form key `form_id`.
+    fn page(&self, name: &str, form_id: &str) -> Vec<u8> {
+        let name = escape_html(name);
+        let form_id = escape_html(form_id);
+        let mut page =
+            Vec::with_capacity(self.html.len() + self.cuts.len() * name.len().max(form_id.len()));
+        let mut at = 0;
+        for &(cut, part) in &self.cuts {
+            page.extend_from_slice(&self.html.as_bytes()[at..cut]);
+            page.extend_from_slice(match part {
+                Part::Name => name.as_bytes(),
+                Part::FormId => form_id.as_bytes(),
+            });
+            at = cut;
+        }
+        page.extend_from_slice(&self.html.as_bytes()[at..]);
+        page
+    }
+}
+
+impl PreparedPage {
+    /// The latest page of `history` split for splicing, if `render` (the
+    /// page template) uses the name and form key only where it escapes
+    /// them and the history holds no stand-in. Errors: the template failed
+    /// to render.
+    fn prepare(
+        &self,
+        history: &History,
+        render: impl FnOnce(&PageContext<'_>) -> Option<(ContentType, String)>,
+    ) -> Result<Option<Prepared>, ApiError> {
+        let stand_ins = [
+            (Part::Name, &self.name_stand_in),
+            (Part::FormId, &self.form_id_stand_in),
+        ];
+        let forged = stand_ins.iter().any(|(_, raw)| {
+            history.html.contains(raw.as_str()) || history.html.contains(&*escape_html(raw))
+        });
+        if forged {
+            return Ok(None);
+        }
+        let context = PageContext::latest(history, &self.name_stand_in, &self.form_id_stand_in);
+        let (content_type, rendered) = render(&context).ok_or_else(|| {
+            ApiError::new(
+                Status::InternalServerError,
+                "the page template failed to render",
+            )
+        })?;
+        let mut found: Vec<(usize, usize, Part)> = Vec::new();
+        for (part, raw) in stand_ins {
+            let escaped = escape_html(raw);
+            found.extend(
+                rendered
+                    .match_indices(escaped.as_str())
+                    .map(|(at, _)| (at, escaped.len(), part)),
+            );
+        }
+        found.sort_unstable_by_key(|&(start, _, _)| start);
+        let mut html = String::with_capacity(rendered.len());
+        let mut cuts = Vec::with_capacity(found.len());
+        let mut at = 0;
+        for (start, len, part) in found {
+            if start < at {
+                // Overlapping stand-ins: not what the template renders.
+                return Ok(None);
+            }
+            html.push_str(&rendered[at..start]);
+            cuts.push((html.len(), part));
+            at = start + len;
+        }
+        html.push_str(&rendered[at..]);
+        // Whatever is left of a token is a use the splicing would miss.
+        let token = &self.name_stand_in[..self.name_stand_in.find('&').unwrap_or(0)];
+        if token.is_empty()
+            || html
+                .to_ascii_lowercase()
+                .contains(&token.to_ascii_lowercase())
+        {
+            return Ok(None);
+        }
+        Ok(Some(Prepared {
+            content_type,
+            html,
+            cuts,
+        }))
+    }
+
+    /// The latest page prepared for the cache version it reports, or
+    /// `None` when the cache cannot answer or the template cannot be
+    /// prepared (the caller renders it as before).
+    fn latest(
+        &self,
+        chat: &Chat,
+        rendered: &RenderedHistory,
+        metadata: &Metadata<'_>,
+    ) -> Option<(u64, Arc<Prepared>)> {
+        // Templates that reload from disk (debug builds) may change under
+        // a kept page, so it is prepared afresh for each request there.
+        let keep = !metadata.reloading();
+        if keep {
+            let version = chat.cache_version();
+            if let Some(kept) = self.kept.get(version) {
+                return kept.map(|page| (version, page));
+            }
+        }
+        let (version, cached) = chat.latest_cached(DEFAULT_LIMIT + 1)?;
+        let history = match rendered.0.get(version) {
+            Some(h) => h,
+            None => {
+                let h = render_history(metadata, &cached).ok()?;
+                rendered.0.put(version, h.clone());
+                h
+            }
+        };
+        let prepared = self
+            .prepare(&history, |context| metadata.render("index", context))
+            .ok()?
+            .map(Arc::new);
+        if keep {
+            self.kept.put(version, prepared.clone());
+        }
+        prepared.map(|page| (version, page))
+    }
+}
+
+/// A page spliced from a [`Prepared`] one.
+pub struct PageBytes {
+    content_type: ContentType,
+    body: Vec<u8>,
+}
+
+impl<'r> Responder<'r, 'static> for PageBytes {
+    fn respond_to(self, _: &'r Request<'_>) -> response::Result<'static> {
+        // Handed on as one chunk: Rocket passes a body to its HTTP server
+        // in chunks of at most 4 KiB by default, each a channel send and a
+        // task wake-up, several per page.
+        let size = self.body.len();
+        Response::build()
+            .header(self.content_type)
+            .max_chunk_size(size.max(Body::DEFAULT_MAX_CHUNK))
+            .sized_body(size, std::io::Cursor::new(self.body))
+            .ok()
+    }
+}
+
+/// The latest page as bytes, or rendered by the template.
+type LatestPage = Either<PageBytes, Template>;
 
 /// The chat page: the latest messages, or with `before=<id>` the page of
 /// history just older than that message (how "older messages" works
@@ -197,12 +439,12 @@ async fn render(
 pub async fn index(
     chat: &State<Chat>,
     rendered: &State<RenderedHistory>,
-    page_tag: &State<PageTag>,
+    prepared: &State<PreparedPage>,
     metadata: Metadata<'_>,
     cookies: &CookieJar<'_>,
     if_none_match: IfNoneMatch,
     before: Option<&str>,
-) -> Either<Tagged<Template>, (Status, Template)> {
+) -> Either<Tagged<LatestPage>, (Status, Template)> {
     let name = cookies
         .get(NAME_COOKIE)
         .map(|c| c.value().to_owned())
@@ -210,9 +452,21 @@ pub async fn index(
     // The latest page from a complete cache is tagged, and not rendered at
     // all when the client already has it.
     if before.is_none() && chat.latest_cached(1).is_some() {
-        let etag = page_tag.latest(chat.cache_version(), &name);
+        let etag = prepared.tag.latest(chat.cache_version(), &name);
         if if_none_match.has(&etag) {
             return Either::Left(Tagged::NotModified { etag });
+        }
+        if let Some((version, page)) = prepared.latest(chat, rendered, &metadata) {
+            // One idempotency key per page view: a double submit stores the
+            // message once.
+            let body = page.page(&name, &new_id());
+            return Either::Left(Tagged::Fresh {
+                etag: prepared.tag.latest(version, &name),
+                body: Either::Left(PageBytes {
+                    content_type: page.content_type.clone(),
+                    body,
+                }),
+            });
         }
         let draft = Draft {
             name: &name,
@@ -222,7 +476,10 @@ pub async fn index(
         };
         let (status, page) = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
         return match status {
-            None => Either::Left(Tagged::Fresh { etag, body: page }),
+            None => Either::Left(Tagged::Fresh {
+                etag,
+                body: Either::Right(page),
+            }),
             Some(status) => Either::Right((status, page)),
         };
     }
@@ -295,5 +552,145 @@ pub async fn post_form(
             let (_, page) = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
             Err((e.status, page))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rocket_dyn_templates::tera::{Context, Tera};
+
+    /// The page templates as the app's engine sets them up: named without
+    /// extensions, everything escaped.
+    fn engine(index: &str) -> Tera {
+        let mut tera = Tera::default();
+        tera.add_raw_templates([
+            ("index", index),
+            (
+                "messages",
+                include_str!("../../templates/messages.html.tera"),
+            ),
+        ])
+        .unwrap();
+        tera.autoescape_on(vec![""]);
+        tera
+    }
+
+    const INDEX: &str = include_str!("../../templates/index.html.tera");
+
+    fn render(tera: &Tera, context: &PageContext<'_>) -> Option<(ContentType, String)> {
+        let context = Context::from_serialize(context).ok()?;
+        Some((ContentType::HTML, tera.render("index", &context).ok()?))
+    }
+
+    fn history(tera: &Tera, texts: &[&str]) -> History {
+        let messages: Vec<_> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                serde_json::json!({
+                    "id": format!("id{i}"),
+                    "name": "ann",
+                    "text": text,
+                    "datetime": "2026-12-05T10:00:00.000Z",
+                })
+            })
+            .collect();
+        let mut context = Context::new();
+        context.insert("messages", &messages);
+        History {
+            html: tera.render("messages", &context).unwrap().into(),
+            older_than: Some("id0".into()),
+            last_id: (!texts.is_empty()).then(|| format!("id{}", texts.len() - 1)),
+            count: texts.len(),
+        }
+    }
+
+    #[test]
+    fn a_spliced_page_is_the_page_the_template_renders() {
+        let tera = engine(INDEX);
+        let prepared = PreparedPage::default();
+        let token = &prepared.name_stand_in[..32];
+        let names = [
+            String::new(),
+            "Zoe".to_owned(),
+            r#"<b>"x" & 'y' / z</b>"#.to_owned(),
+            "עמית 🙂".to_owned(),
+            prepared.name_stand_in.clone(),
+            escape_html(&prepared.form_id_stand_in),
+            token.to_owned(),
+        ];
+        for texts in [&[][..], &["hello", "<script>alert(1)</script> & more"][..]] {
+            let history = history(&tera, texts);
+            let page = prepared
+                .prepare(&history, |c| render(&tera, c))
+                .unwrap()
+                .expect("the built-in template can be prepared");
+            assert_eq!(page.cuts.len(), 2, "the name and the form key");
+            for name in &names {
+                let form_id = new_id();
+                let expected = render(&tera, &PageContext::latest(&history, name, &form_id))
+                    .unwrap()
+                    .1;
+                assert_eq!(
+                    String::from_utf8(page.page(name, &form_id)).unwrap(),
+                    expected,
+                    "name {name:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn messages_holding_a_stand_in_leave_the_page_rendered_per_request() {
+        let tera = engine(INDEX);
+        let prepared = PreparedPage::default();
+        for text in [
+            prepared.name_stand_in.clone(),
+            prepared.form_id_stand_in.clone(),
+            escape_html(&prepared.name_stand_in),
+        ] {
+            let history = history(&tera, &["before", &text, "after"]);
+            assert!(prepared
+                .prepare(&history, |c| render(&tera, c))
+                .unwrap()
+                .is_none());
+        }
+        let history = history(&tera, &["simplechat-name", "&simplechat-form-id&"]);
+        assert!(prepared
+            .prepare(&history, |c| render(&tera, c))
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
+    fn a_template_that_does_not_escape_the_name_is_rendered_per_request() {
+        let prepared = PreparedPage::default();
+        for changed in [
+            r#"value="{{ name | safe }}""#,
+            r#"value="{{ name | upper }}""#,
+            r#"value="{{ name | truncate(length=40) }}""#,
+        ] {
+            let tera = engine(&INDEX.replace(r#"value="{{ name }}""#, changed));
+            let history = history(&tera, &["hello"]);
+            assert!(
+                prepared
+                    .prepare(&history, |c| render(&tera, c))
+                    .unwrap()
+                    .is_none(),
+                "{changed}"
+            );
+        }
+        // The name shown twice, escaped both times: both are spliced.
+        let tera = engine(&INDEX.replace("<title>simplechat</title>", "<title>{{ name }}</title>"));
+        let history = history(&tera, &["hello"]);
+        let page = prepared
+            .prepare(&history, |c| render(&tera, c))
+            .unwrap()
+            .unwrap();
+        assert_eq!(page.cuts.len(), 3);
+        let html = String::from_utf8(page.page("<Zoe>", "key")).unwrap();
+        assert!(html.contains("<title>&lt;Zoe&gt;</title>"), "{html}");
+        assert!(html.contains(r#"value="&lt;Zoe&gt;""#));
     }
 }

@@ -242,3 +242,120 @@ async fn names_and_texts_are_isolated_and_the_form_is_compact() {
     assert_eq!(favicon.status(), 200);
     app.shutdown().await;
 }
+
+/// The idempotency key of the page's form.
+fn form_key(html: &str) -> String {
+    let (_, rest) = html
+        .split_once(r#"<input type="hidden" name="id" value=""#)
+        .expect("the form has a key");
+    rest.split('"').next().unwrap().to_owned()
+}
+
+/// The name the page's form is filled in with.
+fn form_name(html: &str) -> String {
+    let (_, rest) = html
+        .split_once(r#"dir="auto" value=""#)
+        .expect("the form has a name field");
+    rest.split('"').next().unwrap().to_owned()
+}
+
+/// The page as a browser that sent the form before gets it.
+async fn page_with_cookie(app: &crate::support::app::TestApp, cookie: &str) -> String {
+    let response = app
+        .client
+        .get(app.url("/"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn each_page_view_gets_its_own_form_key_and_the_remembered_name_escaped() {
+    let app = spawn_app(&[]).await;
+    app.post_message("ann", "hello").await;
+    let first = app.get("/").await.text().await.unwrap();
+    let second = app.get("/").await.text().await.unwrap();
+    let (k1, k2) = (form_key(&first), form_key(&second));
+    assert!(!k1.is_empty() && k1 != k2, "{k1} {k2}");
+    assert_eq!(form_name(&first), "");
+
+    // A name with markup in it, remembered from the form.
+    let sent = app
+        .client
+        .post(app.url("/messages"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "name=%3Cb%3E%22Zoe%22+%26+%27co%27%3C%2Fb%3E&text=hi&id={k1}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 303);
+    let set_cookie = sent.headers()["set-cookie"].to_str().unwrap();
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let page = page_with_cookie(&app, &cookie).await;
+    assert_eq!(
+        form_name(&page),
+        "&lt;b&gt;&quot;Zoe&quot; &amp; &#x27;co&#x27;&lt;&#x2F;b&gt;"
+    );
+    assert!(!page.contains("<b>"), "the name is never markup");
+    let again = page_with_cookie(&app, &cookie).await;
+    assert_ne!(form_key(&page), form_key(&again));
+    assert_ne!(form_key(&page), k1, "a used key is not served again");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_message_that_looks_like_the_pages_stand_ins_is_shown_as_text() {
+    let app = spawn_app(&[]).await;
+    let tricky = [
+        "&simplechat-name&",
+        "&simplechat-form-id&",
+        "&amp;simplechat-name&amp;",
+        "0123456789abcdef0123456789abcdef&simplechat-name&0123456789abcdef0123456789abcdef",
+        r#"" value="forged"><input name="id" value="x"#,
+    ];
+    for text in tricky {
+        app.post_message("ann", text).await;
+    }
+    let page = page_with_cookie(&app, "simplechat_name=Zoe").await;
+    for text in tricky {
+        let escaped = text
+            .replace('&', "&amp;")
+            .replace('"', "&quot;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;");
+        assert!(
+            page.contains(&format!(r#"<p class="text" dir="auto">{escaped}</p>"#)),
+            "{text}: {page}"
+        );
+    }
+    // The page is whole: every message once, one form with its name and key.
+    assert_eq!(shown_ids(&page).len(), tricky.len());
+    assert_eq!(page.matches(r#"<input type="hidden" name="id""#).count(), 1);
+    assert_eq!(form_name(&page), "Zoe");
+    assert_eq!(form_key(&page).len(), 32);
+    assert!(page.trim_end().ends_with("</html>"));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_next_page_view_shows_a_new_message() {
+    let app = spawn_app(&[]).await;
+    app.post_message("ann", "first").await;
+    let page = page_with_cookie(&app, "simplechat_name=Zoe").await;
+    assert!(page.contains("first") && !page.contains("second"));
+    let second = app.post_message("bob", "second").await;
+    let page = page_with_cookie(&app, "simplechat_name=Zoe").await;
+    assert!(page.contains("second"));
+    assert!(page.contains(&format!(
+        r#"data-last-id="{}""#,
+        second["id"].as_str().unwrap()
+    )));
+    assert_eq!(shown_ids(&page).len(), 2);
+    assert_eq!(form_name(&page), "Zoe");
+    app.shutdown().await;
+}
