@@ -19,18 +19,23 @@ database, data_dir, template_dir, write_timeout_secs, heartbeat_secs. Without a 
 embedded store in ./simplechat-data. `simplechat config` prints each value and
 where it came from.";
 
+/// The parsed command line. `--help` shows `about` and the configuration
+/// summary, not this comment.
 #[derive(Debug, Parser)]
 #[command(
     name = "simplechat",
     version,
     about = "A chat service on a MongoDB replica set, or an embedded store",
+    long_about = None,
     after_help = CONFIGURATION
 )]
 pub struct Cli {
+    /// The subcommand; none means `serve`.
     #[command(subcommand)]
     pub command: Option<Command>,
 }
 
+/// A subcommand of `simplechat`; each variant's comment is its `--help` text.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the web server (the default).
@@ -42,11 +47,14 @@ pub enum Command {
     Config,
     /// Administer the MongoDB replica set.
     Replset {
+        /// Which administration step to take.
         #[command(subcommand)]
         command: ReplsetCommand,
     },
 }
 
+/// A subcommand of `simplechat replset`; each variant's comment, and each
+/// field's, is its `--help` text.
 #[derive(Debug, Subcommand)]
 pub enum ReplsetCommand {
     /// Initiate the replica set (if it is not yet) and wait for a primary.
@@ -139,6 +147,8 @@ impl From<MembersArgs> for replset::reconfig::MembersRequest {
     }
 }
 
+/// Runs the subcommand on a new multi-threaded Tokio runtime. Failure is
+/// one line on stderr, `simplechat: <why>`, and exit status 1.
 pub fn run(cli: Cli) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::mongo::uri::redact as redact_uri;
 use crate::text::one_line;
 
+/// The keys a `SIMPLECHAT_<KEY>` variable may set (`SIMPLECHAT_PORT` sets
+/// `port`); other variables with that prefix are ignored.
 pub const KEYS: &[&str] = &[
     "address",
     "port",
@@ -53,17 +55,31 @@ const BUILT_IN_TEMPLATES: &[(&str, &str)] = &[
 /// The settings as written by the user, before files are read.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
+    /// The address to listen on; the front door binds it, and Rocket stays
+    /// on loopback behind it.
     pub address: IpAddr,
+    /// The TCP port to listen on.
     pub port: u16,
+    /// A MongoDB connection string (`MONGO_URI` is an alias); unset (or
+    /// empty) selects the embedded store.
     pub mongodb_uri: Option<String>,
+    /// A file holding the connection string, trimmed; exclusive with
+    /// `mongodb_uri`.
     pub mongodb_uri_file: Option<PathBuf>,
     /// A file holding the password of the URI's user, percent-encoded into
     /// the URI at start (systemd `LoadCredential`).
     pub mongodb_password_file: Option<PathBuf>,
+    /// The MongoDB database; unset, the URI's path, else `simplechat`.
     pub database: Option<String>,
+    /// The embedded store's directory.
     pub data_dir: PathBuf,
+    /// A directory holding [`TEMPLATES`]; unset, the release bundle's, else
+    /// the built-in ones.
     pub template_dir: Option<PathBuf>,
+    /// The write deadline, in seconds; at least 1.
     pub write_timeout_secs: u64,
+    /// Seconds between heartbeat comments on each event stream, which keep
+    /// proxies and browsers from closing it; at least 1.
     pub heartbeat_secs: u64,
     /// The embedded store's page cache, in MiB.
     pub cache_size_mib: u64,
@@ -104,13 +120,21 @@ impl Default for Settings {
 /// Which store the settings select.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreConfig {
+    /// The embedded (redb) store, chosen when no MongoDB URI is set.
     Embedded {
+        /// The directory of the store's file (`data_dir`).
         data_dir: PathBuf,
         /// redb's page cache, in bytes (`cache_size_mib`).
         cache_bytes: usize,
     },
+    /// A MongoDB deployment, normally a replica set.
     MongoDb {
+        /// The connection string, checked, with the password from
+        /// `mongodb_password_file` filled in: a secret, redact it before
+        /// showing it.
         uri: String,
+        /// The database name (`database`, else the URI's path, else
+        /// `simplechat`).
         database: String,
     },
 }
@@ -130,10 +154,15 @@ pub enum Templates {
 /// The effective configuration: settings checked and resolved.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The address to listen on (`address`).
     pub address: IpAddr,
+    /// The TCP port to listen on (`port`).
     pub port: u16,
+    /// Which store holds the messages.
     pub store: StoreConfig,
+    /// Where the page templates come from.
     pub templates: Templates,
+    /// The write deadline (`write_timeout_secs`), at least 1 s.
     pub write_timeout: Duration,
     /// How often an idle event stream gets a heartbeat comment.
     pub heartbeat: Duration,
@@ -178,6 +207,8 @@ fn environment<P: Provider>(provider: P, var: fn(&str) -> String) -> Named<P> {
 
 const ENVIRONMENT: &str = "environment variable";
 
+/// Why the configuration cannot be used: one line naming the key or file
+/// at fault, without secrets, shown to the user as is.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(pub String);
@@ -214,6 +245,9 @@ pub fn layered(base: Figment, file: &Path) -> Figment {
 }
 
 impl Config {
+    /// Reads every layer ([`figment()`]) and checks the result as
+    /// [`Config::from_figment`] does; a file named by `SIMPLECHAT_CONFIG`
+    /// that cannot be read is an error too.
     pub fn load() -> Result<Config, ConfigError> {
         // A missing ./simplechat.toml is fine; a file named explicitly must exist.
         if let Some(path) = std::env::var_os("SIMPLECHAT_CONFIG") {
@@ -227,6 +261,10 @@ impl Config {
         Config::from_figment(figment())
     }
 
+    /// Checks and resolves the settings `figment` gives. Errors: a value of
+    /// the wrong type; both `mongodb_uri` and `mongodb_uri_file`; an
+    /// unreadable URI or password file; a bad connection string; a template
+    /// directory missing a template; a count or duration of 0.
     pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
         let settings: Settings = figment
             .extract()
@@ -384,6 +422,7 @@ impl BuiltInTemplateDir {
         Ok(written)
     }
 
+    /// The directory, to give Rocket as `template_dir`.
     pub fn path(&self) -> &Path {
         &self.0
     }

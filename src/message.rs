@@ -8,15 +8,24 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use unicode_normalization::UnicodeNormalization;
 
+/// The longest name, in Unicode scalar values (`char`s, not bytes), counted
+/// after trimming and NFC.
 pub const NAME_MAX_CHARS: usize = 64;
+/// The longest text, in Unicode scalar values, counted after trimming and
+/// turning CRLF into LF.
 pub const TEXT_MAX_CHARS: usize = 2000;
+/// The longest id; ids are ASCII, so characters and bytes agree.
 pub const ID_MAX_CHARS: usize = 64;
 
 /// A stored message, exactly as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
+    /// Unique in the store: the client's idempotency key, else a UUIDv7 in
+    /// 32 hex digits ([`new_id`]).
     pub id: String,
+    /// The author's name, trimmed, NFC, at most [`NAME_MAX_CHARS`].
     pub name: String,
+    /// Trimmed, newlines as LF, at most [`TEXT_MAX_CHARS`].
     pub text: String,
     /// RFC 3339, UTC, millisecond precision: MongoDB dates carry milliseconds,
     /// so both stores agree on what a round trip gives back.
@@ -27,8 +36,11 @@ pub struct Message {
 /// A message that passed validation and is about to be stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMessage {
+    /// The id it will be stored under (see [`Message::id`]).
     pub id: String,
+    /// As [`Message::name`].
     pub name: String,
+    /// As [`Message::text`].
     pub text: String,
 }
 
@@ -74,6 +86,7 @@ impl NewMessage {
         self.name == stored.name && self.text == stored.text
     }
 
+    /// The message as stored at `datetime`, truncated to milliseconds.
     pub fn into_message(self, datetime: OffsetDateTime) -> Message {
         Message {
             id: self.id,
@@ -87,11 +100,15 @@ impl NewMessage {
 /// Why input was refused, and which field was at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
+    /// The input field at fault: `name`, `text` or `id`; the API's error
+    /// body repeats it as `field`.
     pub field: &'static str,
+    /// One sentence for the user, naming the rule broken.
     pub message: String,
 }
 
 impl Invalid {
+    /// A refusal of `field` because of `message`.
     pub fn new(field: &'static str, message: impl Into<String>) -> Self {
         Invalid {
             field,
@@ -203,11 +220,15 @@ pub fn new_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
 
+/// `t` without its sub-millisecond part: MongoDB dates hold milliseconds, so
+/// both stores keep exactly this.
 pub fn truncate_to_millis(t: OffsetDateTime) -> OffsetDateTime {
     let nanos = t.nanosecond();
     t.replace_nanosecond(nanos - nanos % 1_000_000).unwrap_or(t)
 }
 
+/// The current time in UTC, to the millisecond: the precision a stored
+/// message's datetime has.
 pub fn now_millis() -> OffsetDateTime {
     truncate_to_millis(OffsetDateTime::now_utc())
 }
@@ -220,6 +241,8 @@ mod rfc3339_millis {
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
 
+    /// RFC 3339 in UTC with exactly three fraction digits, e.g.
+    /// `2024-05-01T12:00:00.250Z`, as the API shows [`super::Message::datetime`].
     pub fn format(t: &OffsetDateTime) -> String {
         t.to_offset(UtcOffset::UTC)
             .format(FORMAT)

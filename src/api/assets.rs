@@ -35,6 +35,8 @@ const ASSETS: &[(&str, ContentType, &[u8])] = &[
     ),
 ];
 
+/// A compiled-in file with its media type, answered 200 with
+/// `Cache-Control: public, max-age=3600` (one hour).
 pub struct Asset(ContentType, &'static [u8]);
 
 impl<'r> Responder<'r, 'static> for Asset {
@@ -47,6 +49,8 @@ impl<'r> Responder<'r, 'static> for Asset {
     }
 }
 
+/// `GET /static/<file>`: the page's `app.js`, `app.css`, `favicon.svg`,
+/// `favicon.ico` or `apple-touch-icon.png`; any other name is a 404.
 #[get("/static/<file>")]
 pub fn asset(file: &str) -> Result<Asset, ApiError> {
     ASSETS
@@ -69,6 +73,9 @@ pub fn apple_touch_icon() -> Result<Asset, ApiError> {
     asset("apple-touch-icon.png")
 }
 
+/// The same icon under the other name Safari looks for at the root when a
+/// page links none (Apple's Safari Web Content Guide, "Configuring Web
+/// Applications").
 #[get("/apple-touch-icon-precomposed.png")]
 pub fn apple_touch_icon_precomposed() -> Result<Asset, ApiError> {
     asset("apple-touch-icon.png")

@@ -86,6 +86,8 @@ pub async fn json<T: serde::de::DeserializeOwned>(
         .map_err(|e| ApiError::new(Status::BadRequest, format!("malformed JSON body: {e}")))
 }
 
+/// Whether the request says its body is a form
+/// (`application/x-www-form-urlencoded`, as the page's form posts it).
 pub fn is_form(req: &Request<'_>) -> bool {
     req.content_type() == Some(&ContentType::Form)
 }

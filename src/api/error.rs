@@ -22,9 +22,14 @@ use crate::store::StoreError;
 /// `Retry-After` (whole seconds, at least 1) when `retry_after` is set.
 #[derive(Debug, Clone)]
 pub struct ApiError {
+    /// The HTTP status answered.
     pub status: Status,
+    /// One line for the user, without secrets.
     pub error: String,
+    /// The input field at fault (`name`, `text`, `id`, `limit`, `before`,
+    /// `after`), if one is.
     pub field: Option<&'static str>,
+    /// When a retry may succeed, sent as `Retry-After` (RFC 9110 §10.2.3).
     pub retry_after: Option<Duration>,
     /// The methods the path answers, sent as `Allow` (405 only).
     pub allow: Option<String>,
@@ -41,6 +46,7 @@ struct Body<'a> {
 pub const READY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl ApiError {
+    /// `status` with `error` and no field or headers.
     pub fn new(status: Status, error: impl Into<String>) -> Self {
         ApiError {
             status,
@@ -51,6 +57,7 @@ impl ApiError {
         }
     }
 
+    /// 400 naming the input `field` at fault.
     pub fn bad_request(field: &'static str, error: impl Into<String>) -> Self {
         ApiError {
             field: Some(field),
@@ -58,6 +65,7 @@ impl ApiError {
         }
     }
 
+    /// 404 without a field.
     pub fn not_found(error: impl Into<String>) -> Self {
         ApiError::new(Status::NotFound, error)
     }

@@ -72,6 +72,12 @@ where
     }
 }
 
+/// `GET /api/events?after`: 200 with a `text/event-stream` (the WHATWG HTML
+/// standard's server-sent events) of `message` events, `id:` the message id
+/// and `data:` the message as JSON: when `Last-Event-ID` (else `after`)
+/// names a valid id, first the messages after it, then each new one; a
+/// `: heartbeat` comment every `heartbeat_secs`. Never an error status: the
+/// stream ends at shutdown, or when the store cannot say what was missed.
 #[get("/api/events?<after>")]
 pub async fn events<'r>(
     chat: &'r State<Chat>,

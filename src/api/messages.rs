@@ -26,6 +26,12 @@ impl<'r> Responder<'r, 'static> for RawJson {
     }
 }
 
+/// `GET /api/messages?limit&before|after`: 200 with a JSON array of up to
+/// `limit` messages (1 to [`MAX_LIMIT`], default [`DEFAULT_LIMIT`]), oldest
+/// first: the latest, or those just before or after the message with that
+/// id. Tagged with an `ETag`; 304 when `If-None-Match` names it. Errors: 400
+/// (bad `limit` or id, both cursors), 404 (`before`/`after` names no
+/// message), 503 (store unavailable).
 #[get("/api/messages?<limit>&<before>&<after>")]
 pub async fn list(
     chat: &State<Chat>,
@@ -85,12 +91,17 @@ fn cursor_id(field: &'static str, id: &str) -> Result<String, ApiError> {
     Ok(id.to_owned())
 }
 
+/// The JSON body of a post, `{"name", "text", "id"?}`; unknown keys are
+/// ignored, and a missing name or text is refused by validation as empty.
 #[derive(Debug, Deserialize)]
 pub struct PostBody {
+    /// The author's name, as typed.
     #[serde(default)]
     pub name: String,
+    /// The message text, as typed.
     #[serde(default)]
     pub text: String,
+    /// The idempotency key, if the client sends one.
     #[serde(default)]
     pub id: Option<String>,
 }
@@ -121,6 +132,12 @@ impl<'r> Responder<'r, 'static> for Created {
     }
 }
 
+/// `POST /api/messages` with a JSON [`PostBody`]: 201 with the stored
+/// message and `Location`; a retry with the same `id` and content gives 201
+/// with `Idempotent-Replayed: true` and stores nothing. Errors: 400 (invalid
+/// field, malformed JSON), 403 (a write from another site), 409 (the id is
+/// taken by other content), 413, 415 (not JSON), 503 (the store cannot take
+/// it now, e.g. no primary within the write deadline), 507 (disk full).
 #[post("/api/messages", data = "<body>")]
 pub async fn create(
     chat: &State<Chat>,
@@ -140,6 +157,8 @@ pub async fn create(
     })
 }
 
+/// `GET /api/messages/<id>`: 200 with that message as JSON. Errors: 404 (no
+/// such message, or not a valid id), 503 (store unavailable).
 #[get("/api/messages/<id>")]
 pub async fn one(
     chat: &State<Chat>,

@@ -16,6 +16,7 @@ pub mod status;
 
 use rocket::{catchers, routes, Catcher, Route};
 
+/// Every route of the HTTP surface, to mount at `/`.
 pub fn routes() -> Vec<Route> {
     routes![
         page::index,
@@ -35,6 +36,8 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
+/// The catcher that answers every error status in the JSON error shape, to
+/// register at `/`.
 pub fn catchers() -> Vec<Catcher> {
     catchers![error::default_catcher]
 }

@@ -4,8 +4,10 @@
 use rocket::get;
 use rocket::http::ContentType;
 
+/// The OpenAPI 3.1 document (`src/api/openapi.json`), compiled in.
 pub const DOCUMENT: &str = include_str!("openapi.json");
 
+/// `GET /api/openapi.json`: 200 with [`DOCUMENT`] as `application/json`.
 #[get("/api/openapi.json")]
 pub fn openapi() -> (ContentType, &'static str) {
     (ContentType::JSON, DOCUMENT)

@@ -40,6 +40,9 @@ pub struct EventFigures {
     catch_ups: u64,
 }
 
+/// `GET /api/status`: always 200, with the store's status (`store`,
+/// `ready`, `reason`?, and for MongoDB the replica set and change stream at
+/// the top level) and `events: {catch_ups}`.
 #[get("/api/status")]
 pub async fn status(chat: &State<Chat>) -> Json<ServiceStatus> {
     Json(ServiceStatus {

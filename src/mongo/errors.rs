@@ -70,19 +70,30 @@ impl Class {
 /// example, an authentication error that a stepping-down member provoked).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Signals {
+    /// An I/O error or a cleared connection pool: the outcome is unknown.
     pub network: bool,
+    /// No member fit the read or write (no primary) within
+    /// `serverSelectionTimeoutMS`.
     pub server_selection: bool,
+    /// A DNS lookup of the driver's own failed (the SRV and TXT records of a
+    /// `mongodb+srv` URI).
     pub dns: bool,
+    /// The login was refused (wrong credentials, or a member stepping down
+    /// mid-handshake).
     pub authentication: bool,
+    /// The client itself is shutting down.
     pub shutdown: bool,
     /// Command and write-concern error codes.
     pub codes: Vec<i32>,
     /// Per-document write error codes.
     pub write_codes: Vec<i32>,
+    /// Error labels, e.g. `RetryableWriteError`
+    /// (<https://www.mongodb.com/docs/manual/core/retryable-writes/>).
     pub labels: HashSet<String>,
 }
 
 impl Signals {
+    /// Gathers the signals of `error` and of every cause it wraps.
     pub fn of(error: &Error) -> Signals {
         let mut s = Signals::default();
         let mut current: Option<&Error> = Some(error);

@@ -48,6 +48,8 @@ pub fn normalize_members(members: &[String]) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// Refuses a replica-set name that is empty or holds `/`, `.`, a space or a
+/// control character, before any member is contacted; the error is one line.
 pub fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.contains(['/', ' ', '.']) || name.chars().any(char::is_control) {
         return Err(format!(
@@ -73,7 +75,10 @@ pub fn initiate_document(name: &str, members: &[String]) -> Document {
 /// What an existing configuration says, reduced to what `init` compares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExistingConfig {
+    /// The set's name (its `_id`, mongod's `replSetName`).
     pub name: String,
+    /// The members as normalized `host:port` ([`normalize_member`]), in the
+    /// order the reply lists them.
     pub members: Vec<String>,
 }
 

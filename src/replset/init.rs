@@ -80,6 +80,13 @@ enum State {
     NotInitiated,
 }
 
+/// `replset init`: unless the first member says the set is initiated (then
+/// it must have this name and these members), waits for every member and
+/// sends `replSetInitiate` to the first
+/// (<https://www.mongodb.com/docs/manual/reference/command/replSetInitiate/>);
+/// then waits for a primary and creates or updates the user if asked. Each
+/// wait is bounded by `waits`. Returns a one-line summary; errors are one
+/// line each, among them a set initiated otherwise, which is never changed.
 pub async fn init(request: &InitRequest, waits: Waits) -> Result<String, String> {
     config::check_name(&request.name)?;
     let members = config::normalize_members(&request.members)?;

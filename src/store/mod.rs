@@ -76,7 +76,9 @@ pub enum StoreError {
     /// store takes writes again by itself once space is freed.
     #[error("{reason}")]
     Full {
+        /// Why, for a person: the disk is full.
         reason: String,
+        /// When to try again (`Retry-After`).
         retry_after: Duration,
     },
     /// A bug or a misconfiguration (500; the reason is logged, not shown).
