@@ -37,6 +37,7 @@
 //! | change stream | MongoDB's stream of inserts that keeps each instance's cache current |
 //! | write deadline | how long an insert may wait for the store (`write_timeout_secs`); the store enforces it |
 //! | member | a mongod of the replica set; the primary takes writes |
+#![warn(missing_docs)]
 
 pub mod api;
 pub mod app;

@@ -46,9 +46,17 @@ pub use crate::cache::content_tag as etag_of;
 /// clients revalidate instead of reusing it unseen.
 pub enum Tagged<R> {
     /// The body, with its tag.
-    Fresh { etag: String, body: R },
+    Fresh {
+        /// The entity tag, quoted (and `W/`-prefixed when weak), RFC 9110 §8.8.3.
+        etag: String,
+        /// What answers the request in full.
+        body: R,
+    },
     /// The client's copy is current.
-    NotModified { etag: String },
+    NotModified {
+        /// The tag the client already holds.
+        etag: String,
+    },
 }
 
 impl<R> Tagged<R> {

@@ -293,6 +293,7 @@ pub struct JsonParseErrors<T> {
 }
 
 impl<T> JsonParseErrors<T> {
+    /// Wraps a connection's IO; nothing is replaced until such a head is seen.
     pub fn new(inner: T) -> Self {
         JsonParseErrors {
             inner,

@@ -24,10 +24,17 @@ use rocket::Either;
 /// The cookie a no-JavaScript form post uses to remember the sender's name.
 const NAME_COOKIE: &str = "simplechat_name";
 
+/// The page's form (`application/x-www-form-urlencoded`), the no-JavaScript
+/// way to post: the same rules as `POST /api/messages`; a field given twice
+/// or not valid UTF-8 is a 400 naming it.
 #[derive(Debug, FromForm)]
 pub struct PostForm {
+    /// The sender's name, at most 64 characters after trimming and NFC.
     pub name: String,
+    /// The message, at most 2,000 characters after trimming.
     pub text: String,
+    /// The idempotency key rendered into the form, so that a double submit
+    /// stores one message.
     pub id: Option<String>,
 }
 
@@ -408,7 +415,7 @@ impl PreparedPage {
     }
 }
 
-/// A page spliced from a [`Prepared`] one.
+/// A page spliced from a prepared one (`Prepared`).
 pub struct PageBytes {
     content_type: ContentType,
     body: Vec<u8>,
@@ -508,6 +515,10 @@ pub async fn index(
     Either::Right((status.unwrap_or(Status::Ok), page))
 }
 
+/// `POST /messages`, the page's form: 303 to `/` with the name remembered in
+/// a cookie (one year, `Secure` over HTTPS); a refused message answers the
+/// page itself with the rule that failed and the draft kept (400, 409,
+/// 413, 503 or 507, as the JSON route would).
 #[post("/messages", data = "<form>")]
 pub async fn post_form(
     chat: &State<Chat>,
