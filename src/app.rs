@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::api;
-use crate::api::front::FrontConfig;
+use crate::api::front::{EventSource, FrontConfig};
 use crate::chat::Chat;
 use crate::config::Config;
 
@@ -115,6 +115,16 @@ pub async fn start(config: Config) -> Result<Server, String> {
         .await
         .map_err(|e| format!("cannot start: {e}"))?;
     let shutdown = rocket.shutdown();
+    let events = EventSource {
+        chat: rocket
+            .state::<Chat>()
+            .cloned()
+            .ok_or("cannot start: the application has no chat")?,
+        heartbeat: rocket
+            .state::<api::events::Heartbeat>()
+            .map(|h| h.0)
+            .ok_or("cannot start: the application has no heartbeat")?,
+    };
     let running = tokio::spawn(async move {
         rocket
             .launch()
@@ -137,6 +147,7 @@ pub async fn start(config: Config) -> Result<Server, String> {
         listener,
         upstream,
         front,
+        events,
         shutdown.clone(),
     ));
     Ok(Server {

@@ -13,6 +13,7 @@
 //! message it was sent. Overlap between a catch-up and the broadcast is
 //! decided from the arrival alone.
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -43,13 +44,9 @@ impl<'r> FromRequest<'r> for LastEventId {
     type Error = ();
 
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, ()> {
-        let id = req
-            .headers()
-            .get_one("Last-Event-ID")
-            .map(str::trim)
-            .filter(|id| validate_id(id).is_ok())
-            .map(str::to_owned);
-        Outcome::Success(LastEventId(id))
+        Outcome::Success(LastEventId(valid_id(
+            req.headers().get_one("Last-Event-ID"),
+        )))
     }
 }
 
@@ -78,38 +75,68 @@ where
 /// names a valid id, first the messages after it, then each new one; a
 /// `: heartbeat` comment every `heartbeat_secs`. Never an error status: the
 /// stream ends at shutdown, or when the store cannot say what was missed.
+///
+/// The front door serves a plain `GET` of this path itself, with the same
+/// [`stream`] and the headers this route's response gets
+/// ([`crate::api::front`]); this route answers the rest (`HEAD`, a query
+/// the front door leaves to Rocket).
 #[get("/api/events?<after>")]
-pub async fn events<'r>(
-    chat: &'r State<Chat>,
-    heartbeat: &'r State<Heartbeat>,
+pub fn events(
+    chat: &State<Chat>,
+    heartbeat: &State<Heartbeat>,
     last_event_id: LastEventId,
     after: Option<&str>,
-    mut shutdown: Shutdown,
-) -> SseBytes<impl futures::Stream<Item = Bytes> + 'r> {
+    shutdown: Shutdown,
+) -> SseBytes<impl futures::Stream<Item = Bytes>> {
+    let resume_from = last_event_id.0.or_else(|| valid_id(after));
+    SseBytes(ByteStream(stream(
+        chat.inner().clone(),
+        heartbeat.0,
+        resume_from,
+        shutdown,
+    )))
+}
+
+/// `id` when it is a valid message id.
+pub fn valid_id(id: Option<&str>) -> Option<String> {
+    id.map(str::trim)
+        .filter(|id| validate_id(id).is_ok())
+        .map(str::to_owned)
+}
+
+/// One subscriber's event stream: the bytes of `/api/events`'s body, from
+/// `retry:` on. When `resume_from` names a message, first the messages after
+/// it, then each new one; a `: heartbeat` comment every `every`; it ends
+/// when `shutdown` resolves or the store cannot say what was missed.
+///
+/// It subscribes to the broadcast now, before the stream is first polled,
+/// so a message published once this returns is in the stream.
+pub fn stream<F>(
+    chat: Chat,
+    every: Duration,
+    resume_from: Option<String>,
+    shutdown: F,
+) -> impl futures::Stream<Item = Bytes> + Send + 'static
+where
+    F: Future<Output = ()> + Send + Unpin + 'static,
+{
     // Subscribe before reading anything, so nothing falls between the two.
     let (mut rx, now) = chat.subscribe();
-    let chat: &Chat = chat.inner();
-    let every = heartbeat.0;
-    let resume_from = last_event_id.0.or_else(|| {
-        after
-            .filter(|id| validate_id(id).is_ok())
-            .map(str::to_owned)
-    });
-    // What this subscriber has, in constant memory: the next arrival in the
-    // cache it has not been sent (while it follows the cache), and the last
-    // message it was sent (where a replay from the store continues).
-    let mut next: Option<Arrival> = None;
-    let mut last_id = resume_from.clone();
-    let catching_up_at_start = resume_from.is_some();
-    if !catching_up_at_start {
-        next = now;
-        if next.is_none() {
-            last_id = chat.newest_id().await.ok().flatten();
+    let mut shutdown = shutdown;
+    async_stream::stream! {
+        // What this subscriber has, in constant memory: the next arrival in
+        // the cache it has not been sent (while it follows the cache), and
+        // the last message it was sent (where a replay from the store
+        // continues).
+        let mut next: Option<Arrival> = None;
+        let mut last_id = resume_from.clone();
+        let mut catching_up = resume_from.is_some();
+        if !catching_up {
+            next = now;
+            if next.is_none() {
+                last_id = chat.newest_id().await.ok().flatten();
+            }
         }
-    }
-
-    SseBytes(ByteStream! {
-        let mut catching_up = catching_up_at_start;
         // Ids of the last page read from the store while the cache could
         // not answer: the broadcast may bring them again once. Empty unless
         // the cache was incomplete; at most one page.
@@ -189,5 +216,5 @@ pub async fn events<'r>(
                 _ = &mut shutdown => break,
             }
         }
-    })
+    }
 }

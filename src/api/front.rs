@@ -21,6 +21,16 @@
 //! - hyper's own answers to unparsable requests get the JSON error shape
 //!   ([`JsonParseErrors`]).
 //!
+//! A plain `GET /api/events` is not forwarded: the front door serves the
+//! event stream itself ([`crate::api::events::stream`]), with the head
+//! Rocket's route gives it, asked of Rocket once at start (`HEAD
+//! /api/events`), so the fairings' headers cannot drift apart. A
+//! subscriber then holds one connection and one task instead of two
+//! connections and a task in each server; subscribers are most of the
+//! open connections, and live for hours. Anything else on that path (a
+//! `HEAD`, a repeated or percent-encoded query field) is forwarded, and
+//! Rocket answers it as before.
+//!
 //! The only hand-written HTTP here is that JSON rewrite of hyper's
 //! three automatic refusals; the protocol itself is hyper's.
 
@@ -34,9 +44,10 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use futures::StreamExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -45,6 +56,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+
+use crate::api::events;
+use crate::chat::Chat;
 
 /// The front door's settings.
 #[derive(Debug, Clone, Copy)]
@@ -66,17 +80,30 @@ const MAX_REFUSALS: usize = 64;
 /// not spin while connections close.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-type Body = BoxBody<Bytes, hyper::Error>;
+type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
-/// Serves clients on `listener`, forwarding to Rocket at `upstream`, until
-/// `shutdown` resolves; then stops accepting, and open connections finish
-/// their response in progress and close.
-pub async fn serve(
+/// What the front door needs to serve `GET /api/events` itself: the
+/// application's [`Chat`] and its heartbeat interval.
+pub struct EventSource {
+    /// The chat Rocket manages (a clone shares its cache and store).
+    pub chat: Chat,
+    /// How often an idle stream gets a heartbeat comment.
+    pub heartbeat: Duration,
+}
+
+/// Serves clients on `listener`, forwarding to Rocket at `upstream` (and
+/// serving plain event-stream requests from `events`), until `shutdown`
+/// resolves; then stops accepting, event streams end, and open connections
+/// finish their response in progress and close.
+pub async fn serve<S>(
     listener: TcpListener,
     upstream: SocketAddr,
     config: FrontConfig,
-    shutdown: impl Future<Output = ()> + Send + Clone + 'static,
-) {
+    events: EventSource,
+    shutdown: S,
+) where
+    S: Future<Output = ()> + Send + Sync + Clone + Unpin + 'static,
+{
     let mut client = Client::builder(TokioExecutor::new());
     client
         .pool_idle_timeout(Duration::from_secs(30))
@@ -90,7 +117,22 @@ pub async fn serve(
     // in this process's sockets.
     connector.set_recv_buffer_size(Some(256 * 1024));
     let client: Client<HttpConnector, Incoming> = client.build(connector);
-    let forward = Arc::new(Forward { client, upstream });
+    let events = match stream_head(upstream).await {
+        Ok(headers) => Some(Events {
+            source: events,
+            headers,
+        }),
+        Err(e) => {
+            log::warn!("event streams go through the application: {e}");
+            None
+        }
+    };
+    let forward = Arc::new(Forward {
+        client,
+        upstream,
+        events,
+        shutdown: shutdown.clone(),
+    });
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -175,7 +217,7 @@ fn json_response(status: StatusCode, error: &str) -> Response<Body> {
     let mut response = Response::new(
         Full::new(Bytes::from(body))
             .map_err(|never| match never {})
-            .boxed(),
+            .boxed_unsync(),
     );
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -201,14 +243,144 @@ const ROCKET_METHODS: [Method; 9] = [
 /// A method Rocket cannot name, as the client sent it (set only here).
 pub const ORIGINAL_METHOD: &str = "x-simplechat-original-method";
 
-/// Forwards requests to Rocket.
-struct Forward {
-    client: Client<HttpConnector, Incoming>,
-    upstream: SocketAddr,
+/// How long the application may take to answer the `HEAD /api/events`
+/// the front door asks at start.
+const STREAM_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The headers Rocket's `/api/events` route answers with (its own and its
+/// fairings'), asked of it with `HEAD`, less those about one connection or
+/// one message's framing and date, which hyper sets.
+///
+/// Errors: the application cannot be reached, or does not answer `200`
+/// with `text/event-stream` (one line).
+async fn stream_head(upstream: SocketAddr) -> Result<HeaderMap, String> {
+    let ask = async {
+        let stream = TcpStream::connect(upstream)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let request = Request::head("/api/events")
+            .header(header::HOST, upstream.to_string())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let response = tokio::time::timeout(STREAM_HEAD_TIMEOUT, ask)
+        .await
+        .map_err(|_| "the application did not answer HEAD /api/events".to_owned())??;
+    let is_stream = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"));
+    if response.status() != StatusCode::OK || !is_stream {
+        return Err(format!(
+            "HEAD /api/events answered {} without an event stream",
+            response.status()
+        ));
+    }
+    let mut headers = response.into_parts().0.headers;
+    remove_hop_by_hop(&mut headers);
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::DATE);
+    Ok(headers)
 }
 
-impl Forward {
+/// The event streams the front door serves itself, and their head.
+struct Events {
+    source: EventSource,
+    headers: HeaderMap,
+}
+
+impl Events {
+    /// The event stream for `req`, when it is a `GET /api/events` whose
+    /// query the front door reads as Rocket would; `None` sends it on to
+    /// Rocket.
+    fn answer<S>(&self, req: &Request<Incoming>, shutdown: &S) -> Option<Response<Body>>
+    where
+        S: Future<Output = ()> + Send + Clone + Unpin + 'static,
+    {
+        if req.method() != Method::GET || req.uri().path() != "/api/events" {
+            return None;
+        }
+        let after = plain_after(req.uri().query())?;
+        let last_event_id = req
+            .headers()
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok());
+        let resume_from = events::valid_id(last_event_id).or_else(|| events::valid_id(after));
+        let stream = events::stream(
+            self.source.chat.clone(),
+            self.source.heartbeat,
+            resume_from,
+            shutdown.clone(),
+        );
+        let body = StreamBody::new(stream.map(|bytes| Ok::<_, hyper::Error>(Frame::data(bytes))));
+        let mut response = Response::new(body.boxed_unsync());
+        *response.headers_mut() = self.headers.clone();
+        Some(response)
+    }
+}
+
+/// The `after` field of an event-stream query, `Some(None)` when it has
+/// none; `None` when the query is one the front door leaves to Rocket: a
+/// field given twice (Rocket refuses it), an empty field, anything
+/// percent- or plus-encoded (Rocket decodes it), or more than
+/// [`MAX_PLAIN_FIELDS`] fields.
+fn plain_after(query: Option<&str>) -> Option<Option<&str>> {
+    let Some(query) = query else {
+        return Some(None);
+    };
+    if query.contains(['%', '+']) {
+        return None;
+    }
+    let mut after = None;
+    let mut names: Vec<&str> = Vec::new();
+    for field in query.split('&') {
+        if names.len() == MAX_PLAIN_FIELDS {
+            return None;
+        }
+        let (name, value) = field.split_once('=').unwrap_or((field, ""));
+        if name.is_empty() || names.contains(&name) {
+            return None;
+        }
+        names.push(name);
+        if name == "after" {
+            after = Some(value);
+        }
+    }
+    Some(after)
+}
+
+/// The most query fields the front door reads itself on an event-stream
+/// request (a browser sends one, `after`); more go to Rocket.
+const MAX_PLAIN_FIELDS: usize = 8;
+
+/// Forwards requests to Rocket, but for the event streams it serves itself.
+struct Forward<S> {
+    client: Client<HttpConnector, Incoming>,
+    upstream: SocketAddr,
+    events: Option<Events>,
+    shutdown: S,
+}
+
+impl<S> Forward<S>
+where
+    S: Future<Output = ()> + Send + Clone + Unpin + 'static,
+{
     async fn send(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        if let Some(response) = self
+            .events
+            .as_ref()
+            .and_then(|events| events.answer(&req, &self.shutdown))
+        {
+            return response;
+        }
         let (mut parts, body) = req.into_parts();
         let path = parts
             .uri
@@ -241,7 +413,7 @@ impl Forward {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 remove_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, body.boxed())
+                Response::from_parts(parts, body.boxed_unsync())
             }
             Err(e) => {
                 log::error!("cannot forward a request to the application: {e}");

@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,7 +31,11 @@ impl Sse {
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
         }
-        let response = request.send().await.expect("connect");
+        Sse::from_response(request.send().await.expect("connect"))
+    }
+
+    /// Reads the event stream of a `200 text/event-stream` response.
+    pub fn from_response(response: reqwest::Response) -> Sse {
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
         Sse {
@@ -139,6 +144,69 @@ async fn new_messages_reach_every_subscriber() {
     assert_eq!(b.next_message().await, posted);
     let second = app.post_message("bob", "two\nlines").await;
     assert_eq!(a.next_message().await, second);
+    app.shutdown().await;
+}
+
+/// The headers of a response but those hyper sets per message.
+fn head_of(headers: &reqwest::header::HeaderMap) -> BTreeMap<String, String> {
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            !["date", "content-length", "transfer-encoding"].contains(&name.as_str())
+        })
+        .map(|(name, value)| (name.to_string(), value.to_str().unwrap_or("?").to_owned()))
+        .collect()
+}
+
+/// A plain subscription is served by the front door itself, anything else
+/// by the route in the application: both must send the same head (the
+/// security headers included) and the same events.
+#[tokio::test]
+async fn every_form_of_subscription_gets_the_same_head_and_events() {
+    let app = spawn_app(&[]).await;
+    let seen = app.post_message("ann", "seen").await;
+    let missed = app.post_message("ann", "missed").await;
+    let route_head = app
+        .client
+        .head(app.url("/api/events"))
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(route_head.status(), 200);
+    let route_head = head_of(route_head.headers());
+    for header in [
+        "content-security-policy",
+        "x-content-type-options",
+        "cache-control",
+    ] {
+        assert!(
+            route_head.contains_key(header),
+            "{header} in {route_head:?}"
+        );
+    }
+    let id = seen["id"].as_str().unwrap();
+    let encoded = format!("%{:02X}{}", id.as_bytes()[0], &id[1..]);
+    for query in [
+        format!("?after={id}"),
+        format!("?after={encoded}"),
+        format!("?lang=en&after={id}"),
+    ] {
+        let response = app
+            .client
+            .get(app.url(&format!("/api/events{query}")))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(head_of(response.headers()), route_head, "{query}");
+        let mut sse = Sse::from_response(response);
+        assert_eq!(sse.next_message().await, missed, "{query}");
+    }
+    let repeated = app.get(&format!("/api/events?after={id}&after={id}")).await;
+    assert_eq!(
+        repeated.status(),
+        400,
+        "a repeated field is refused as before"
+    );
     app.shutdown().await;
 }
 
