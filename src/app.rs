@@ -2,30 +2,30 @@
 //! the front door ([`crate::api::front`]): the same code runs the server
 //! and the tests.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use figment::providers::Serialized;
-use figment::Profile;
-use rocket::fairing::AdHoc;
+use rocket::config::Shutdown as ShutdownConfig;
+use rocket::local::asynchronous::Client;
 use rocket::{Build, Rocket};
 use rocket_dyn_templates::Template;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::api;
-use crate::api::front::{EventSource, FrontConfig};
+use crate::api::dispatch::{Dispatch, EventSource};
+use crate::api::front::FrontConfig;
 use crate::chat::Chat;
 use crate::config::Config;
 
-/// The application for `config`, with its store open. It listens where
-/// `config` says; [`start`] moves it behind the front door.
+/// The application for `config`, with its store open; [`start`] serves it
+/// behind the front door and closes the store when it stops.
 ///
 /// Errors: the store cannot be opened (one line).
 pub async fn build(config: Config) -> Result<Rocket<Build>, String> {
     let (figment, built_in_templates) = config.rocket_figment().map_err(|e| e.to_string())?;
     let chat = Chat::open(&config).await.map_err(|e| e.to_string())?;
-    let closing = chat.clone();
     Ok(rocket::custom(figment)
         // Built-in templates are read from this directory while Rocket runs.
         .manage(built_in_templates)
@@ -45,19 +45,16 @@ pub async fn build(config: Config) -> Result<Rocket<Build>, String> {
             engines.tera.autoescape_on(vec![""]);
         }))
         .attach(api::checks::RequestChecks)
-        .attach(api::headers::SecurityHeaders)
-        .attach(AdHoc::on_shutdown("close the store", move |_| {
-            Box::pin(async move { closing.close().await })
-        })))
+        .attach(api::headers::SecurityHeaders))
 }
 
 /// A running server: clients connect to `address` (the front door), which
-/// forwards to Rocket on a loopback port.
+/// hands each request to Rocket in this process.
 pub struct Server {
     /// Where clients connect.
     pub address: SocketAddr,
     shutdown: rocket::Shutdown,
-    rocket: JoinHandle<Result<(), String>>,
+    chat: Chat,
     front: JoinHandle<()>,
 }
 
@@ -67,20 +64,22 @@ impl Server {
         self.shutdown.clone()
     }
 
-    /// Waits until Rocket has shut down (SIGTERM, Ctrl-C or the handle):
-    /// in-flight requests finished, event streams ended, the store closed.
+    /// Waits until the server has shut down (a signal in Rocket's
+    /// `shutdown` settings, by default SIGTERM and Ctrl-C, or the handle):
+    /// in-flight requests finished, event streams ended, then the store
+    /// closed.
     pub async fn wait(self) -> Result<(), String> {
-        let result = self
-            .rocket
+        let served = self
+            .front
             .await
-            .unwrap_or_else(|e| Err(format!("the server task failed: {e}")));
-        self.front.abort();
-        result
+            .map_err(|e| format!("the server task failed: {e}"));
+        self.chat.close().await;
+        served
     }
 }
 
-/// Binds the configured address, starts Rocket on a loopback port and the
-/// front door in front of it, and returns once both listen.
+/// Binds the configured address, launches the application and starts the
+/// front door in front of it, and returns once it listens.
 ///
 /// Errors: the address cannot be bound, the store cannot be opened,
 /// Rocket cannot start (one line each).
@@ -96,66 +95,84 @@ pub async fn start(config: Config) -> Result<Server, String> {
         header_timeout: config.header_timeout,
         max_connections: config.max_connections,
     };
-    let (port_tx, port_rx) = oneshot::channel();
+    let heartbeat = config.heartbeat;
     let rocket = build(config).await?;
-    // Only the front door reaches Rocket.
-    let figment = rocket
-        .figment()
-        .clone()
-        .merge(Serialized::default("address", Ipv4Addr::LOCALHOST).profile(Profile::Global))
-        .merge(Serialized::default("port", 0).profile(Profile::Global));
-    let rocket = rocket.configure(figment);
-    let rocket = rocket
-        .attach(AdHoc::on_liftoff("report port", move |rocket| {
-            Box::pin(async move {
-                let _ = port_tx.send(rocket.config().port);
-            })
-        }))
-        .ignite()
+    let chat = rocket
+        .state::<Chat>()
+        .cloned()
+        .ok_or("cannot start: the application has no chat")?;
+    // Ignites Rocket (configuration, routes, fairings) and runs its liftoff
+    // fairings; no listener of its own (see `api::dispatch`).
+    let client = Client::untracked(rocket)
         .await
         .map_err(|e| format!("cannot start: {e}"))?;
-    let shutdown = rocket.shutdown();
+    let shutdown = client.rocket().shutdown();
+    let settings = client.rocket().config().shutdown.clone();
+    watch_signals(&settings, shutdown.clone())?;
+    let grace = Duration::from_secs(u64::from(settings.grace) + u64::from(settings.mercy));
     let events = EventSource {
-        chat: rocket
-            .state::<Chat>()
-            .cloned()
-            .ok_or("cannot start: the application has no chat")?,
-        heartbeat: rocket
-            .state::<api::events::Heartbeat>()
-            .map(|h| h.0)
-            .ok_or("cannot start: the application has no heartbeat")?,
+        chat: chat.clone(),
+        heartbeat,
     };
-    let running = tokio::spawn(async move {
-        rocket
-            .launch()
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("cannot start: {}", e.kind()))
-    });
-    let port = match port_rx.await {
-        Ok(port) => port,
-        Err(_) => {
-            return Err(running
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()))
-                .err()
-                .unwrap_or_else(|| "the server did not start".into()))
-        }
-    };
-    let upstream = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
+    let dispatch = Dispatch::new(client, events, shutdown.clone())
+        .await
+        .map_err(|e| format!("cannot start: {e}"))?;
     let front = tokio::spawn(api::front::serve(
         listener,
-        upstream,
+        Arc::new(dispatch),
         front,
-        events,
+        grace,
         shutdown.clone(),
     ));
     Ok(Server {
         address,
         shutdown,
-        rocket: running,
+        chat,
         front,
     })
+}
+
+/// Asks for a graceful shutdown on each signal Rocket's `shutdown`
+/// settings name (`signals`, and SIGINT when `ctrlc`), as Rocket's own
+/// server does.
+///
+/// Errors: a signal handler cannot be installed (one line).
+fn watch_signals(settings: &ShutdownConfig, shutdown: rocket::Shutdown) -> Result<(), String> {
+    use rocket::config::Sig;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut kinds: Vec<(SignalKind, String)> = settings
+        .signals
+        .iter()
+        .map(|sig| {
+            let kind = match sig {
+                Sig::Alrm => SignalKind::alarm(),
+                Sig::Chld => SignalKind::child(),
+                Sig::Hup => SignalKind::hangup(),
+                Sig::Int => SignalKind::interrupt(),
+                Sig::Io => SignalKind::io(),
+                Sig::Pipe => SignalKind::pipe(),
+                Sig::Quit => SignalKind::quit(),
+                Sig::Term => SignalKind::terminate(),
+                Sig::Usr1 => SignalKind::user_defined1(),
+                Sig::Usr2 => SignalKind::user_defined2(),
+            };
+            (kind, sig.to_string())
+        })
+        .collect();
+    if settings.ctrlc && !settings.signals.contains(&Sig::Int) {
+        kinds.push((SignalKind::interrupt(), "SIGINT".to_owned()));
+    }
+    for (kind, name) in kinds {
+        let mut signals = signal(kind).map_err(|e| format!("cannot watch {name}: {e}"))?;
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            while signals.recv().await.is_some() {
+                log::info!("received {name}; shutting down");
+                shutdown.clone().notify();
+            }
+        });
+    }
+    Ok(())
 }
 
 /// Runs the server until SIGTERM or Ctrl-C; in-flight requests finish, event

@@ -170,7 +170,7 @@ pub fn default_catcher(status: Status, req: &Request<'_>) -> ApiError {
                     format!(
                         "{} is not allowed here; allowed: {allow}",
                         req.headers()
-                            .get_one(super::front::ORIGINAL_METHOD)
+                            .get_one(super::dispatch::ORIGINAL_METHOD)
                             .unwrap_or(req.method().as_str())
                     ),
                 )

@@ -6,9 +6,8 @@
 //! line (400), an over-long URI (414) or oversized headers (431) with an
 //! empty body; none of it is configurable and its listener is private. So
 //! clients talk to this hyper 1 server (the same well-kept HTTP stack
-//! Rocket uses, configured here), which forwards each request over a
-//! pooled loopback connection (hyper-util's client) to Rocket, listening
-//! on 127.0.0.1 only:
+//! Rocket uses, configured here), which hands each request to Rocket in
+//! this process ([`crate::api::dispatch`]):
 //!
 //! - a request's headers must arrive within `header_timeout_secs`,
 //!   counted from when the connection opens or its previous response
@@ -19,17 +18,10 @@
 //!   with `Retry-After` and closed, so the process never runs out of file
 //!   descriptors and starves everyone;
 //! - hyper's own answers to unparsable requests get the JSON error shape
-//!   ([`JsonParseErrors`]).
-//!
-//! A plain `GET /api/events` is not forwarded: the front door serves the
-//! event stream itself ([`crate::api::events::stream`]), with the head
-//! Rocket's route gives it, asked of Rocket once at start (`HEAD
-//! /api/events`), so the fairings' headers cannot drift apart. A
-//! subscriber then holds one connection and one task instead of two
-//! connections and a task in each server; subscribers are most of the
-//! open connections, and live for hours. Anything else on that path (a
-//! `HEAD`, a repeated or percent-encoded query field) is forwarded, and
-//! Rocket answers it as before.
+//!   ([`JsonParseErrors`]);
+//! - at shutdown it stops accepting, lets each connection finish the
+//!   response in progress within Rocket's `shutdown.grace`, then closes
+//!   what is left, as Rocket's own server would.
 //!
 //! The only hand-written HTTP here is that JSON rewrite of hyper's
 //! three automatic refusals; the protocol itself is hyper's.
@@ -37,28 +29,20 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::StreamExt;
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::api::events;
-use crate::chat::Chat;
+use crate::api::dispatch::{json_response, Dispatch};
 
 /// The front door's settings.
 #[derive(Debug, Clone, Copy)]
@@ -80,61 +64,23 @@ const MAX_REFUSALS: usize = 64;
 /// not spin while connections close.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-type Body = UnsyncBoxBody<Bytes, hyper::Error>;
-
-/// What the front door needs to serve `GET /api/events` itself: the
-/// application's [`Chat`] and its heartbeat interval.
-pub struct EventSource {
-    /// The chat Rocket manages (a clone shares its cache and store).
-    pub chat: Chat,
-    /// How often an idle stream gets a heartbeat comment.
-    pub heartbeat: Duration,
-}
-
-/// Serves clients on `listener`, forwarding to Rocket at `upstream` (and
-/// serving plain event-stream requests from `events`), until `shutdown`
-/// resolves; then stops accepting, event streams end, and open connections
-/// finish their response in progress and close.
+/// Serves clients on `listener` with `dispatch` until `shutdown` resolves;
+/// then stops accepting and returns once every connection has finished its
+/// response in progress (event streams end at shutdown), or after `grace`,
+/// when the connections left are closed.
 pub async fn serve<S>(
     listener: TcpListener,
-    upstream: SocketAddr,
+    dispatch: Arc<Dispatch<S>>,
     config: FrontConfig,
-    events: EventSource,
+    grace: Duration,
     shutdown: S,
 ) where
     S: Future<Output = ()> + Send + Sync + Clone + Unpin + 'static,
 {
-    let mut client = Client::builder(TokioExecutor::new());
-    client
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(64)
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new());
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    // A fixed receive buffer (no autotuning to several MiB): what a slow
-    // client has not read waits in the application, which bounds it, not
-    // in this process's sockets.
-    connector.set_recv_buffer_size(Some(256 * 1024));
-    let client: Client<HttpConnector, Incoming> = client.build(connector);
-    let events = match stream_head(upstream).await {
-        Ok(headers) => Some(Events {
-            source: events,
-            headers,
-        }),
-        Err(e) => {
-            log::warn!("event streams go through the application: {e}");
-            None
-        }
-    };
-    let forward = Arc::new(Forward {
-        client,
-        upstream,
-        events,
-        shutdown: shutdown.clone(),
-    });
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
+    // Told to every connection once the grace period is over.
+    let (close_tx, close_rx) = tokio::sync::watch::channel(false);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout)
@@ -147,7 +93,7 @@ pub async fn serve<S>(
     loop {
         let (stream, peer) = tokio::select! {
             biased;
-            _ = &mut stop => return,
+            _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -160,11 +106,12 @@ pub async fn serve<S>(
         let _ = stream.set_nodelay(true);
         match slots.clone().try_acquire_owned() {
             Ok(slot) => {
-                let (http, forward, shutdown) = (http.clone(), forward.clone(), shutdown.clone());
+                let (http, dispatch, shutdown) = (http.clone(), dispatch.clone(), shutdown.clone());
+                let mut close = close_rx.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
-                        let forward = forward.clone();
-                        async move { Ok::<_, Infallible>(forward.send(req, peer).await) }
+                        let dispatch = dispatch.clone();
+                        async move { Ok::<_, Infallible>(dispatch.answer(req, peer).await) }
                     });
                     let io = TokioIo::new(JsonParseErrors::new(stream));
                     let conn = http.serve_connection(io, service);
@@ -173,7 +120,10 @@ pub async fn serve<S>(
                         _ = conn.as_mut() => {}
                         _ = shutdown => {
                             conn.as_mut().graceful_shutdown();
-                            let _ = conn.await;
+                            tokio::select! {
+                                _ = conn.as_mut() => {}
+                                _ = close.wait_for(|closing| *closing) => {}
+                            }
                         }
                     }
                     drop(slot);
@@ -189,6 +139,18 @@ pub async fn serve<S>(
                 Err(_) => drop(stream),
             },
         }
+    }
+    drop(listener);
+    let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        log::warn!(
+            "closing {} connections still open after the grace period",
+            config.max_connections - slots.available_permits()
+        );
+        let _ = close_tx.send(true);
     }
 }
 
@@ -210,244 +172,6 @@ async fn refuse(stream: TcpStream, max_connections: usize) {
     });
     let conn = http.serve_connection(TokioIo::new(stream), service);
     let _ = tokio::time::timeout(REFUSAL_TIMEOUT, conn).await;
-}
-
-fn json_response(status: StatusCode, error: &str) -> Response<Body> {
-    let body = serde_json::json!({ "error": error }).to_string();
-    let mut response = Response::new(
-        Full::new(Bytes::from(body))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// The methods Rocket 0.5 can route.
-const ROCKET_METHODS: [Method; 9] = [
-    Method::GET,
-    Method::PUT,
-    Method::POST,
-    Method::DELETE,
-    Method::OPTIONS,
-    Method::HEAD,
-    Method::TRACE,
-    Method::CONNECT,
-    Method::PATCH,
-];
-
-/// A method Rocket cannot name, as the client sent it (set only here).
-pub const ORIGINAL_METHOD: &str = "x-simplechat-original-method";
-
-/// How long the application may take to answer the `HEAD /api/events`
-/// the front door asks at start.
-const STREAM_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The headers Rocket's `/api/events` route answers with (its own and its
-/// fairings'), asked of it with `HEAD`, less those about one connection or
-/// one message's framing and date, which hyper sets.
-///
-/// Errors: the application cannot be reached, or does not answer `200`
-/// with `text/event-stream` (one line).
-async fn stream_head(upstream: SocketAddr) -> Result<HeaderMap, String> {
-    let ask = async {
-        let stream = TcpStream::connect(upstream)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let request = Request::head("/api/events")
-            .header(header::HOST, upstream.to_string())
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())
-    };
-    let response = tokio::time::timeout(STREAM_HEAD_TIMEOUT, ask)
-        .await
-        .map_err(|_| "the application did not answer HEAD /api/events".to_owned())??;
-    let is_stream = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"));
-    if response.status() != StatusCode::OK || !is_stream {
-        return Err(format!(
-            "HEAD /api/events answered {} without an event stream",
-            response.status()
-        ));
-    }
-    let mut headers = response.into_parts().0.headers;
-    remove_hop_by_hop(&mut headers);
-    headers.remove(header::CONTENT_LENGTH);
-    headers.remove(header::DATE);
-    Ok(headers)
-}
-
-/// The event streams the front door serves itself, and their head.
-struct Events {
-    source: EventSource,
-    headers: HeaderMap,
-}
-
-impl Events {
-    /// The event stream for `req`, when it is a `GET /api/events` whose
-    /// query the front door reads as Rocket would; `None` sends it on to
-    /// Rocket.
-    fn answer<S>(&self, req: &Request<Incoming>, shutdown: &S) -> Option<Response<Body>>
-    where
-        S: Future<Output = ()> + Send + Clone + Unpin + 'static,
-    {
-        if req.method() != Method::GET || req.uri().path() != "/api/events" {
-            return None;
-        }
-        let after = plain_after(req.uri().query())?;
-        let last_event_id = req
-            .headers()
-            .get("last-event-id")
-            .and_then(|v| v.to_str().ok());
-        let resume_from = events::valid_id(last_event_id).or_else(|| events::valid_id(after));
-        let stream = events::stream(
-            self.source.chat.clone(),
-            self.source.heartbeat,
-            resume_from,
-            shutdown.clone(),
-        );
-        let body = StreamBody::new(stream.map(|bytes| Ok::<_, hyper::Error>(Frame::data(bytes))));
-        let mut response = Response::new(body.boxed_unsync());
-        *response.headers_mut() = self.headers.clone();
-        Some(response)
-    }
-}
-
-/// The `after` field of an event-stream query, `Some(None)` when it has
-/// none; `None` when the query is one the front door leaves to Rocket: a
-/// field given twice (Rocket refuses it), an empty field, anything
-/// percent- or plus-encoded (Rocket decodes it), or more than
-/// [`MAX_PLAIN_FIELDS`] fields.
-fn plain_after(query: Option<&str>) -> Option<Option<&str>> {
-    let Some(query) = query else {
-        return Some(None);
-    };
-    if query.contains(['%', '+']) {
-        return None;
-    }
-    let mut after = None;
-    let mut names: Vec<&str> = Vec::new();
-    for field in query.split('&') {
-        if names.len() == MAX_PLAIN_FIELDS {
-            return None;
-        }
-        let (name, value) = field.split_once('=').unwrap_or((field, ""));
-        if name.is_empty() || names.contains(&name) {
-            return None;
-        }
-        names.push(name);
-        if name == "after" {
-            after = Some(value);
-        }
-    }
-    Some(after)
-}
-
-/// The most query fields the front door reads itself on an event-stream
-/// request (a browser sends one, `after`); more go to Rocket.
-const MAX_PLAIN_FIELDS: usize = 8;
-
-/// Forwards requests to Rocket, but for the event streams it serves itself.
-struct Forward<S> {
-    client: Client<HttpConnector, Incoming>,
-    upstream: SocketAddr,
-    events: Option<Events>,
-    shutdown: S,
-}
-
-impl<S> Forward<S>
-where
-    S: Future<Output = ()> + Send + Clone + Unpin + 'static,
-{
-    async fn send(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        if let Some(response) = self
-            .events
-            .as_ref()
-            .and_then(|events| events.answer(&req, &self.shutdown))
-        {
-            return response;
-        }
-        let (mut parts, body) = req.into_parts();
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        let uri = match format!("http://{}{}", self.upstream, path).parse() {
-            Ok(uri) => uri,
-            Err(_) => return json_response(StatusCode::BAD_REQUEST, "malformed request target"),
-        };
-        parts.uri = uri;
-        remove_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(ORIGINAL_METHOD);
-        if !ROCKET_METHODS.contains(&parts.method) {
-            // Rocket refuses a method it cannot name as a malformed request
-            // (400); no route has TRACE, so Rocket answers 405 with the
-            // path's methods, naming the method sent.
-            if let Ok(method) = HeaderValue::from_str(parts.method.as_str()) {
-                parts.headers.insert(ORIGINAL_METHOD, method);
-            }
-            parts.method = Method::TRACE;
-        }
-        // Rocket's `client_ip` reads this; a client's own value is replaced.
-        if let Ok(ip) = HeaderValue::from_str(&peer.ip().to_string()) {
-            parts
-                .headers
-                .insert(HeaderName::from_static("x-real-ip"), ip);
-        }
-        match self.client.request(Request::from_parts(parts, body)).await {
-            Ok(response) => {
-                let (mut parts, body) = response.into_parts();
-                remove_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, body.boxed_unsync())
-            }
-            Err(e) => {
-                log::error!("cannot forward a request to the application: {e}");
-                json_response(StatusCode::BAD_GATEWAY, "the application did not answer")
-            }
-        }
-    }
-}
-
-/// Headers about one connection, not the message (RFC 9110, 7.6.1).
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-    ] {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
 }
 
 /// A connection whose writes are watched for hyper's automatic answers to

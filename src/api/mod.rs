@@ -5,6 +5,7 @@ pub mod body;
 pub mod checks;
 pub mod conditional;
 pub mod cookies;
+pub mod dispatch;
 pub mod error;
 pub mod events;
 pub mod front;

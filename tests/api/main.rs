@@ -8,6 +8,7 @@ mod conditional;
 mod connections;
 mod cross_site;
 mod disk_full;
+mod dispatch;
 mod events;
 mod first_run;
 mod idempotency;

@@ -1,0 +1,321 @@
+//! Hands each request the front door ([`crate::api::front`]) reads to Rocket
+//! in this process, and Rocket's response back.
+//!
+//! Rocket 0.5.2's listener is private, so it cannot be given the front
+//! door's connections; its public way to run a request through the whole
+//! application (request fairings, routing, guards, handlers, catchers,
+//! response fairings, the `Server` header, `HEAD` body stripping) without a
+//! socket is the local client ([`rocket::local::asynchronous::Client`]),
+//! whose `dispatch` calls the same `Rocket::dispatch` Rocket's own server
+//! calls. What Rocket's server does before that, building the request from
+//! hyper's (method, origin as sent, `Host`, remote address, cookies from
+//! `Cookie`, every header whose value is UTF-8: `Request::from_hyp` in
+//! Rocket 0.5.2's `request/request.rs`), is done here the same way; the body
+//! is read first, up to one byte more than the largest body any route
+//! accepts ([`BODY_LIMIT_BYTES`]), so a route that reads it still refuses an
+//! oversized one with 413.
+//!
+//! A `GET /api/events` is not handed to Rocket: its body never ends, and
+//! the front door serves the event stream itself
+//! ([`crate::api::events::stream`]), with the head Rocket's route gives it,
+//! asked of Rocket once at start (`HEAD /api/events`), so the fairings'
+//! headers cannot drift apart. Every other response of the application has
+//! a body of known length, read whole before it is sent.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use rocket::http::uri::{Host, Origin};
+use rocket::http::{Cookie, Header};
+use rocket::local::asynchronous::Client;
+
+use crate::api::body::BODY_LIMIT_BYTES;
+use crate::api::events;
+use crate::chat::Chat;
+
+/// A response body the front door sends: whole bytes, or an event stream.
+pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// A method Rocket cannot name, as the client sent it (set only here).
+pub const ORIGINAL_METHOD: &str = "x-simplechat-original-method";
+
+/// The header Rocket's `client_ip` reads before the remote address (its
+/// `ip_header` setting's default): a client's own value is dropped, so
+/// the address is the peer's.
+const REAL_IP: &str = "x-real-ip";
+
+/// What the front door needs to serve `GET /api/events` itself: the
+/// application's [`Chat`] and its heartbeat interval.
+pub struct EventSource {
+    /// The chat Rocket manages (a clone shares its cache and store).
+    pub chat: Chat,
+    /// How often an idle stream gets a heartbeat comment.
+    pub heartbeat: Duration,
+}
+
+/// The application, ready to answer requests: Rocket behind its local
+/// client, and the event streams served beside it.
+pub struct Dispatch<S> {
+    client: Client,
+    events: EventSource,
+    /// The head of every event stream (see the module docs).
+    stream_head: HeaderMap,
+    shutdown: S,
+}
+
+impl<S> Dispatch<S>
+where
+    S: Future<Output = ()> + Send + Clone + Unpin + 'static,
+{
+    /// Wraps a launched local `client`; event streams end when `shutdown`
+    /// resolves.
+    ///
+    /// Errors: Rocket's `/api/events` route does not answer `HEAD` with
+    /// `200` and `text/event-stream` (one line).
+    pub async fn new(client: Client, events: EventSource, shutdown: S) -> Result<Self, String> {
+        let response = client.head("/api/events").dispatch().await;
+        let mut stream_head = HeaderMap::new();
+        copy_headers(response.headers(), &mut stream_head);
+        let is_stream = stream_head
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"));
+        if response.status().code != 200 || !is_stream {
+            return Err(format!(
+                "HEAD /api/events answered {} without an event stream",
+                response.status()
+            ));
+        }
+        stream_head.remove(header::CONTENT_LENGTH);
+        drop(response);
+        Ok(Dispatch {
+            client,
+            events,
+            stream_head,
+            shutdown,
+        })
+    }
+
+    /// The application's answer to `req` from `peer`. Never fails: a body
+    /// the client stops sending gets 400.
+    pub async fn answer(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        if req.method() == Method::GET && req.uri().path() == "/api/events" {
+            if let Some(after) = events_query(req.uri().query()) {
+                return self.event_stream(&req, after);
+            }
+        }
+        let (parts, body) = req.into_parts();
+        let data = match read_body(body).await {
+            Ok(data) => data,
+            Err(e) => {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &format!("cannot read the request body: {e}"),
+                )
+            }
+        };
+        let (method, original) = match rocket_method(&parts.method) {
+            Some(method) => (method, None),
+            // Rocket refuses a method it cannot name as a malformed request
+            // (400); no route has TRACE, so Rocket answers 405 with the
+            // path's methods, naming the method sent.
+            None => (rocket::http::Method::Trace, Some(parts.method.as_str())),
+        };
+        let mut request = self.client.req(method, "/");
+        // As sent, not re-parsed: what Rocket's own server does.
+        let path_and_query = parts.uri.path_and_query();
+        request.set_uri(Origin::new(
+            parts.uri.path().to_owned(),
+            path_and_query.and_then(|p| p.query()).map(str::to_owned),
+        ));
+        if let Some(host) = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| Host::parse_owned(h.to_owned()).ok())
+        {
+            request.set_host(host);
+        }
+        request.set_remote(peer);
+        for value in parts.headers.get_all(header::COOKIE) {
+            let Ok(value) = value.to_str() else { continue };
+            for cookie in value.split(';').map(str::trim) {
+                if let Ok(cookie) = Cookie::parse_encoded(cookie.to_owned()) {
+                    request = request.cookie(cookie);
+                }
+            }
+        }
+        for (name, value) in &parts.headers {
+            if name == REAL_IP || name == ORIGINAL_METHOD {
+                continue;
+            }
+            if let Ok(value) = value.to_str() {
+                request.add_header(Header::new(name.as_str().to_owned(), value.to_owned()));
+            }
+        }
+        if let Some(original) = original {
+            request.add_header(Header::new(ORIGINAL_METHOD, original.to_owned()));
+        }
+        request.set_body(data);
+
+        let response = request.dispatch().await;
+        let status = StatusCode::from_u16(response.status().code)
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut headers = HeaderMap::new();
+        copy_headers(response.headers(), &mut headers);
+        // A HEAD's body was stripped; its length is the GET's, as Rocket's
+        // own server would send it.
+        let head_length = (parts.method == Method::HEAD)
+            .then(|| response.body().preset_size())
+            .flatten();
+        let bytes = response.into_bytes().await.unwrap_or_default();
+        let mut answer = Response::new(
+            Full::new(Bytes::from(bytes))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        *answer.status_mut() = status;
+        if let Some(length) = head_length {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        }
+        *answer.headers_mut() = headers;
+        answer
+    }
+
+    /// The event stream for `req`, resuming after `after` unless
+    /// `Last-Event-ID` names a message.
+    fn event_stream(&self, req: &Request<Incoming>, after: Option<String>) -> Response<Body> {
+        let last_event_id = req
+            .headers()
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok());
+        let resume_from =
+            events::valid_id(last_event_id).or_else(|| events::valid_id(after.as_deref()));
+        let stream = events::stream(
+            self.events.chat.clone(),
+            self.events.heartbeat,
+            resume_from,
+            self.shutdown.clone(),
+        );
+        let body = StreamBody::new(stream.map(|bytes| Ok::<_, hyper::Error>(Frame::data(bytes))));
+        let mut response = Response::new(body.boxed_unsync());
+        *response.headers_mut() = self.stream_head.clone();
+        response
+    }
+}
+
+/// The `after` field of an event-stream query, decoded as Rocket decodes
+/// a query (`+` is a space, then percent-decoding), `Some(None)` when it
+/// has none; `None` when a field is given twice, which Rocket's request
+/// checks refuse ([`crate::api::checks`]), so the request goes to Rocket.
+fn events_query(query: Option<&str>) -> Option<Option<String>> {
+    let Some(query) = query else {
+        return Some(None);
+    };
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let mut names = std::collections::HashSet::new();
+    let mut after = None;
+    for field in query.split('&').filter(|f| !f.is_empty()) {
+        let (name, value) = field.split_once('=').unwrap_or((field, ""));
+        let name = decode(name);
+        if name == "after" {
+            after = Some(decode(value));
+        }
+        if !names.insert(name) {
+            return None;
+        }
+    }
+    Some(after)
+}
+
+/// Reads a request body, up to one byte more than any route accepts.
+async fn read_body(mut body: Incoming) -> Result<Vec<u8>, hyper::Error> {
+    let most = usize::try_from(BODY_LIMIT_BYTES).unwrap_or(usize::MAX - 1) + 1;
+    let mut data = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(chunk) = frame?.into_data() {
+            let room = most - data.len();
+            data.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if data.len() == most {
+                break;
+            }
+        }
+    }
+    Ok(data)
+}
+
+/// The Rocket method for `method`, if Rocket 0.5 can name it.
+fn rocket_method(method: &Method) -> Option<rocket::http::Method> {
+    use rocket::http::Method as M;
+    Some(match *method {
+        Method::GET => M::Get,
+        Method::PUT => M::Put,
+        Method::POST => M::Post,
+        Method::DELETE => M::Delete,
+        Method::OPTIONS => M::Options,
+        Method::HEAD => M::Head,
+        Method::TRACE => M::Trace,
+        Method::CONNECT => M::Connect,
+        Method::PATCH => M::Patch,
+        _ => return None,
+    })
+}
+
+/// Copies Rocket's response headers into hyper's; a name or value hyper
+/// would refuse (none of the application's) is left out.
+fn copy_headers(from: &rocket::http::HeaderMap<'_>, to: &mut HeaderMap) {
+    for h in from.iter() {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name().as_str().as_bytes()),
+            HeaderValue::from_str(h.value()),
+        ) {
+            to.append(name, value);
+        }
+    }
+}
+
+/// A response with `status` and the JSON error shape `{"error": ...}`.
+pub fn json_response(status: StatusCode, error: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": error }).to_string();
+    let mut response = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::events_query;
+
+    #[test]
+    fn event_queries_are_decoded_as_rocket_decodes_them() {
+        assert_eq!(events_query(None), Some(None));
+        assert_eq!(events_query(Some("after=ab")), Some(Some("ab".into())));
+        assert_eq!(
+            events_query(Some("x=1&&after=%61b")),
+            Some(Some("ab".into()))
+        );
+        assert_eq!(events_query(Some("af%74er=a+b")), Some(Some("a b".into())));
+        assert_eq!(events_query(Some("lang=en")), Some(None));
+        assert_eq!(events_query(Some("after=a&after=b")), None);
+        assert_eq!(events_query(Some("after=a&aft%65r=b")), None);
+    }
+}
