@@ -48,12 +48,13 @@ struct Args {
     /// 10 fan-out messages, 3 cold starts.
     #[arg(long)]
     quick: bool,
-    /// Skip the 10k-subscriber fan-out (it needs about 30,500 open files:
-    /// three sockets per subscriber in the server).
+    /// Skip the 10k-subscriber fan-out (it needs about 10,500 open files in
+    /// the bench and in the server: a socket per subscriber in each).
     #[arg(long)]
     skip_10k: bool,
     /// Subscribers of the large fan-out phase: fewer than 10,000 where the
-    /// hard open-file limit is below the 30,500 that needs.
+    /// hard open-file limit is below the 10,500 that needs (servers before
+    /// in-process dispatch used three sockets per subscriber: 30,500).
     #[arg(long, default_value_t = 10_000)]
     large_fanout: u64,
     /// Seconds per HTTP phase [default: 10, quick 3].
@@ -81,12 +82,12 @@ struct Args {
     cold_starts: Option<usize>,
 }
 
-/// Open files a fan-out of `subscribers` needs: the bench holds one socket
-/// per subscriber, the server three (the client's connection to the front
-/// door, and both ends of the one it forwards over to the application),
-/// plus headroom for the store, the load connections and stdio.
+/// Open files a fan-out of `subscribers` needs in each process: one socket
+/// per subscriber in the bench and one in the server (the front door
+/// serves event streams itself), plus headroom for the store, the load
+/// connections and stdio.
 fn files_for(subscribers: u64) -> u64 {
-    3 * subscribers + 512
+    subscribers + 512
 }
 
 #[tokio::main]
