@@ -65,12 +65,27 @@ impl Conn {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<(u16, Bytes), String> {
+        self.request_as(method, path, body, "application/json")
+            .await
+    }
+
+    /// [`Conn::request`] with a body of another type than JSON
+    /// (`content_type`, sent only with a body).
+    ///
+    /// Errors: the connection broke, or no answer within 10 s.
+    pub async fn request_as(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        content_type: &str,
+    ) -> Result<(u16, Bytes), String> {
         let mut builder = Request::builder()
             .method(method)
             .uri(path)
             .header(HOST, &self.host);
         if body.is_some() {
-            builder = builder.header(CONTENT_TYPE, "application/json");
+            builder = builder.header(CONTENT_TYPE, content_type);
         }
         let request = builder
             .body(Full::new(body.unwrap_or_default()))

@@ -14,10 +14,18 @@
 //! before the SSE phases so the cache (the latest 1000 messages) is full
 //! and does not grow while memory is measured.
 //!
+//! With `--anchors` it runs instead the phases the performance targets
+//! compare with anchors (a bare hyper server, a Rocket "hello", Rocket's
+//! SSE chat example), against simplechat and each anchor in interleaved
+//! rounds, and prints the ratios ([`compare`]).
+//!
 //! Modules: `load` (HTTP load), `sse` (the event-stream client and its
 //! phases), `proc` (RSS and CPU from `/proc`), `server` (starting the
-//! binary), `report` (the tables).
+//! binary), `report` (the tables), `anchor` (the anchors, served by this
+//! same binary run again), `compare` (the `--anchors` run).
 
+mod anchor;
+mod compare;
 mod load;
 mod proc;
 mod report;
@@ -32,6 +40,7 @@ use bytes::Bytes;
 use clap::Parser;
 use hyper::Method;
 
+use anchor::AnchorKind;
 use load::{Conn, LoadResult, Target};
 use report::{bytes, count, micros, p50_p99, Table};
 use server::Server;
@@ -80,6 +89,32 @@ struct Args {
     /// quick 3].
     #[arg(long)]
     cold_starts: Option<usize>,
+    /// Compare with the anchors of the performance targets instead: the
+    /// HTTP phases against a bare hyper server and a Rocket "hello", the
+    /// fan-out (at --fanout-rate) and an overload phase (at
+    /// --overload-rate) against Rocket's SSE chat example, with
+    /// --large-fanout subscribers; interleaved rounds, medians and ratios.
+    #[arg(long)]
+    anchors: bool,
+    /// Rounds of the --anchors run.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Messages of the --anchors overload phase [default: 300, quick 60].
+    #[arg(long)]
+    overload_messages: Option<u64>,
+    /// Messages per second of the --anchors overload phase.
+    #[arg(long, default_value_t = 20.0)]
+    overload_rate: f64,
+    /// Serve an anchor on 127.0.0.1 instead of benchmarking (how the bench
+    /// starts its anchors).
+    #[arg(long, hide = true, requires = "port")]
+    serve_anchor: Option<AnchorKind>,
+    /// The port of --serve-anchor.
+    #[arg(long, hide = true)]
+    port: Option<u16>,
+    /// The file whose bytes --serve-anchor serves as the listing.
+    #[arg(long, hide = true)]
+    body: Option<PathBuf>,
 }
 
 /// Open files a fan-out of `subscribers` needs in each process: one socket
@@ -93,7 +128,11 @@ fn files_for(subscribers: u64) -> u64 {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    match run(args).await {
+    let outcome = match args.serve_anchor {
+        Some(kind) => anchor::serve(kind, args.port.unwrap_or_default(), args.body).await,
+        None => run(args).await,
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("simplechat-bench: {e}");
@@ -109,8 +148,8 @@ async fn run(args: Args) -> Result<(), String> {
     let fanout_messages = args.fanout_messages.unwrap_or(if quick { 10 } else { 30 });
     let memory_events = args.memory_events.unwrap_or(if quick { 500 } else { 4500 });
     let cold_starts = args.cold_starts.unwrap_or(if quick { 3 } else { 5 }).max(1);
-    if args.fanout_rate <= 0.0 || args.connections == 0 {
-        return Err("--fanout-rate and --connections must be positive".into());
+    if args.fanout_rate <= 0.0 || args.overload_rate <= 0.0 || args.connections == 0 {
+        return Err("--fanout-rate, --overload-rate and --connections must be positive".into());
     }
     let binary = server::locate(args.server)?;
 
@@ -150,6 +189,29 @@ async fn run(args: Args) -> Result<(), String> {
         duration.as_secs(),
         args.connections
     );
+
+    if args.anchors {
+        if files < wanted {
+            return Err(format!(
+                "the open-file limit is {files} and cannot be raised to the {wanted} that \
+                 {large} subscribers need: pass a smaller --large-fanout"
+            ));
+        }
+        let settings = compare::Settings {
+            rounds: args.rounds.max(1),
+            duration,
+            connections: args.connections,
+            subscribers: large as usize,
+            fanout_messages,
+            fanout_rate: args.fanout_rate,
+            overload_messages: args
+                .overload_messages
+                .unwrap_or(if quick { 60 } else { 300 }),
+            overload_rate: args.overload_rate,
+            max_connections,
+        };
+        return compare::run(&binary, &settings).await;
+    }
 
     // Cold start: extra servers first, each on its own fresh directory.
     let mut starts = Vec::with_capacity(cold_starts);
@@ -237,7 +299,15 @@ async fn run(args: Args) -> Result<(), String> {
             "fan-out: {n} subscribers, {fanout_messages} messages at {}/s",
             args.fanout_rate
         ));
-        let result = sse::fanout(&server, n, fanout_messages, args.fanout_rate).await?;
+        let result = sse::fanout(
+            server.addr,
+            server.pid,
+            sse::SseApi::Simplechat,
+            n,
+            fanout_messages,
+            args.fanout_rate,
+        )
+        .await?;
         fanout_table.row(fanout_row(&result));
     }
 

@@ -162,7 +162,7 @@ async fn healthz(addr: SocketAddr) -> bool {
 
 /// A loopback port nobody listens on now. Another process could take it
 /// before the server binds it; then the start fails and says so.
-fn free_port() -> Result<u16, String> {
+pub fn free_port() -> Result<u16, String> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .map_err(|e| format!("cannot find a free port: {e}"))?;
     listener

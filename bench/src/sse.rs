@@ -4,14 +4,17 @@
 //!
 //! Hand-written rather than an SSE crate: thousands of subscribers must
 //! each cost a socket, a 4 KiB buffer and a task, and the client only needs
-//! two numbers from each event. It sends `GET /api/events` as HTTP/1.0, so
-//! the server answers without chunked encoding and the body is the event
-//! stream itself, read until the server closes it or the phase stops it.
+//! two numbers from each event. It sends `GET /api/events` (or the chat
+//! anchor's `GET /events`) as HTTP/1.0, so the server answers without
+//! chunked encoding and the body is the event stream itself, read until
+//! the server closes it or the phase stops it.
 //!
 //! Every message the bench posts in these phases has the text
 //! `fanout seq=<n> sent_us=<t>`: `n` counts from 1 in each phase, and `t`
 //! is microseconds since [`EPOCH`] taken just before the POST was sent, so
-//! the delivery latency (`arrival - t`) includes the durable write.
+//! the delivery latency (`arrival - t`) includes the durable write. Both
+//! simplechat and the chat anchor send a message as a JSON object in the
+//! event's data, the text in one of its string fields (`text`, `message`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -29,6 +32,26 @@ use tokio::task::JoinHandle;
 use crate::load::{latency_histogram, Conn};
 use crate::proc;
 use crate::server::Server;
+
+/// Where a server's event stream is, and how a message is posted to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SseApi {
+    /// simplechat: `GET /api/events`; `POST /api/messages` with a JSON
+    /// `name` and `text`, answered 201 once the message is durable.
+    Simplechat,
+    /// The chat anchor: `GET /events`; `POST /message` with a form
+    /// `room`, `username`, `message`, answered 200.
+    Chat,
+}
+
+impl SseApi {
+    fn events_path(self) -> &'static str {
+        match self {
+            SseApi::Simplechat => "/api/events",
+            SseApi::Chat => "/events",
+        }
+    }
+}
 
 /// The instant every `sent_us` in a message text counts from.
 pub static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
@@ -60,6 +83,8 @@ struct Shared {
     closed: AtomicUsize,
     /// Bench messages received in order, over all subscribers.
     delivered: AtomicU64,
+    /// When the latest of them arrived, µs since [`EPOCH`].
+    last_delivery_us: AtomicU64,
 }
 
 /// What one subscriber saw.
@@ -84,7 +109,7 @@ impl Subscribers {
     /// and returns when each has its response headers (so the server has
     /// subscribed it) or has failed, or after 20 s plus 1 ms per
     /// subscriber. `record` keeps per-message latencies.
-    pub async fn connect(addr: SocketAddr, n: usize, record: bool) -> Subscribers {
+    pub async fn connect(addr: SocketAddr, api: SseApi, n: usize, record: bool) -> Subscribers {
         let shared = Arc::new(Shared::default());
         let permits = Arc::new(Semaphore::new(CONNECTING_AT_ONCE));
         let (stop, stopped) = watch::channel(false);
@@ -92,6 +117,7 @@ impl Subscribers {
             .map(|_| {
                 tokio::spawn(subscribe(
                     addr,
+                    api,
                     shared.clone(),
                     permits.clone(),
                     stopped.clone(),
@@ -131,15 +157,32 @@ impl Subscribers {
         self.shared.delivered.load(Ordering::Relaxed)
     }
 
+    /// When the latest bench message arrived, µs since [`EPOCH`] (0 if
+    /// none has).
+    fn last_delivery_us(&self) -> u64 {
+        self.shared.last_delivery_us.load(Ordering::Relaxed)
+    }
+
     /// Waits until `target(open subscribers)` messages are delivered, or
-    /// `timeout`. Returns whether they were.
-    async fn wait_delivered(&self, target: impl Fn(usize) -> u64, timeout: Duration) -> bool {
+    /// `timeout`, or (with `idle`) until none has arrived for that long.
+    /// Returns whether they were.
+    async fn wait_delivered(
+        &self,
+        target: impl Fn(usize) -> u64,
+        timeout: Duration,
+        idle: Option<Duration>,
+    ) -> bool {
         let deadline = Instant::now() + timeout;
+        let (mut seen, mut moved) = (self.delivered(), Instant::now());
         loop {
-            if self.delivered() >= target(self.open()) {
+            let delivered = self.delivered();
+            if delivered >= target(self.open()) {
                 return true;
             }
-            if Instant::now() > deadline {
+            if delivered != seen {
+                (seen, moved) = (delivered, Instant::now());
+            }
+            if Instant::now() > deadline || idle.is_some_and(|idle| moved.elapsed() > idle) {
                 return false;
             }
             tokio::time::sleep(Duration::from_micros(200)).await;
@@ -169,6 +212,7 @@ impl Subscribers {
 /// [`SUBSCRIBER_LIFETIME`].
 async fn subscribe(
     addr: SocketAddr,
+    api: SseApi,
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
@@ -178,7 +222,7 @@ async fn subscribe(
     let give_up = tokio::time::Instant::now() + SUBSCRIBER_LIFETIME;
     let opened = {
         let _permit = permits.acquire().await;
-        tokio::time::timeout(CONNECT_TIMEOUT, open_stream(addr)).await
+        tokio::time::timeout(CONNECT_TIMEOUT, open_stream(addr, api.events_path())).await
     };
     let (mut stream, rest) = match opened {
         Ok(Ok(opened)) => opened,
@@ -197,6 +241,9 @@ async fn subscribe(
             if seq > last_seq {
                 last_seq = seq;
                 shared.delivered.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .last_delivery_us
+                    .fetch_max(arrived, Ordering::Relaxed);
                 if record {
                     let latency = arrived.saturating_sub(sent_us);
                     stats
@@ -228,11 +275,11 @@ async fn subscribe(
 /// bytes came with the headers.
 ///
 /// Errors: connect failed, or the answer was not a 200.
-async fn open_stream(addr: SocketAddr) -> std::io::Result<(TcpStream, Vec<u8>)> {
+async fn open_stream(addr: SocketAddr, path: &str) -> std::io::Result<(TcpStream, Vec<u8>)> {
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let request =
-        format!("GET /api/events HTTP/1.0\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+        format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
@@ -297,6 +344,9 @@ impl SseParser {
 }
 
 /// `seq` and `sent_us` from a message's JSON, if its text is a bench text.
+/// The text is found wherever it is in the object, so the same parse reads
+/// simplechat's `text` and the chat anchor's `message`; a bench text has no
+/// character JSON would escape.
 fn bench_fields(data: &[u8]) -> Option<(u64, u64)> {
     let text = std::str::from_utf8(data).ok()?;
     let number_after = |key: &str| -> Option<u64> {
@@ -309,25 +359,53 @@ fn bench_fields(data: &[u8]) -> Option<(u64, u64)> {
     Some((number_after("fanout seq=")?, number_after(" sent_us=")?))
 }
 
-/// Posts bench message number `seq` over `conn`. Returns its POST latency.
+/// Posts bench message number `seq` over `conn`, in `api`'s way. Returns
+/// its POST latency.
 ///
-/// Errors: the POST failed or did not answer 201.
-async fn post(conn: &mut Conn, seq: u64) -> Result<Duration, String> {
+/// Errors: the POST failed or did not answer 201 (simplechat) or 200 (the
+/// chat anchor).
+async fn post(conn: &mut Conn, api: SseApi, seq: u64) -> Result<Duration, String> {
     let sent = Instant::now();
-    let body = format!(
-        r#"{{"name":"bench","text":"fanout seq={seq} sent_us={}"}}"#,
-        now_us()
-    );
+    let text = format!("fanout seq={seq} sent_us={}", now_us());
+    let (path, body, content_type, expected) = match api {
+        SseApi::Simplechat => (
+            "/api/messages",
+            format!(r#"{{"name":"bench","text":"{text}"}}"#),
+            "application/json",
+            201,
+        ),
+        SseApi::Chat => (
+            "/message",
+            format!("room=bench&username=bench&message={}", form_encode(&text)),
+            "application/x-www-form-urlencoded",
+            200,
+        ),
+    };
     match conn
-        .request(Method::POST, "/api/messages", Some(Bytes::from(body)))
+        .request_as(Method::POST, path, Some(Bytes::from(body)), content_type)
         .await?
     {
-        (201, _) => Ok(sent.elapsed()),
+        (status, _) if status == expected => Ok(sent.elapsed()),
         (status, body) => Err(format!(
-            "POST answered {status}: {}",
+            "POST {path} answered {status}: {}",
             String::from_utf8_lossy(&body)
         )),
     }
+}
+
+/// `text` as a form field value (`application/x-www-form-urlencoded`).
+fn form_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b' ' => out.push('+'),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                out.push(byte as char)
+            }
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
 }
 
 /// The outcome of one fan-out phase.
@@ -347,40 +425,58 @@ pub struct FanoutResult {
     pub closed_early: usize,
     /// Post time to arrival, µs, over every delivered message.
     pub latency: Histogram<u64>,
+    /// Messages delivered per second, over all subscribers, from the first
+    /// POST to the last arrival.
+    pub delivery_rate: f64,
 }
 
-/// Connects `n` subscribers, posts `messages` messages at `rate` per
-/// second from one connection, waits (at most 30 s) until every
+/// Gives up waiting for the stragglers of a fan-out when nothing has
+/// arrived for this long: a server that dropped messages (the chat
+/// anchor's subscribers skip what they lagged behind on) will not send
+/// them later.
+const DRAIN_IDLE: Duration = Duration::from_secs(5);
+
+/// Connects `n` subscribers to the server at `addr` (process `pid`),
+/// posts `messages` messages at `rate` per second from one connection,
+/// waits (at most 30 s, or until nothing has arrived for 5 s) until every
 /// subscriber has every message, and measures the delivery latency.
 ///
 /// Errors: a POST failed.
 pub async fn fanout(
-    server: &Server,
+    addr: SocketAddr,
+    pid: u32,
+    api: SseApi,
     n: usize,
     messages: u64,
     rate: f64,
 ) -> Result<FanoutResult, String> {
-    let rss_before = proc::rss_bytes(server.pid).map_err(|e| e.to_string())?;
+    let rss_before = proc::rss_bytes(pid).map_err(|e| e.to_string())?;
     let began = Instant::now();
-    let group = Subscribers::connect(server.addr, n, true).await;
+    let group = Subscribers::connect(addr, api, n, true).await;
     let connect_time = began.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss_connected = proc::rss_bytes(server.pid).map_err(|e| e.to_string())?;
+    let rss_connected = proc::rss_bytes(pid).map_err(|e| e.to_string())?;
 
-    let mut conn = Conn::open(server.addr).await?;
+    let mut conn = Conn::open(addr).await?;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let posting = Instant::now();
+    let posting_us = now_us();
     for seq in 1..=messages {
         tick.tick().await;
-        post(&mut conn, seq).await?;
+        post(&mut conn, api, seq).await?;
     }
     let post_rate = messages as f64 / posting.elapsed().as_secs_f64().max(1e-9);
     group
-        .wait_delivered(|open| open as u64 * messages, DRAIN_TIMEOUT)
+        .wait_delivered(
+            |open| open as u64 * messages,
+            DRAIN_TIMEOUT,
+            Some(DRAIN_IDLE),
+        )
         .await;
     let connected = group.connected();
     let delivered = group.delivered();
+    let delivering_us = group.last_delivery_us().saturating_sub(posting_us).max(1);
     let (latency, out_of_order, closed_early) = group.stop().await;
     Ok(FanoutResult {
         subscribers: n,
@@ -395,6 +491,7 @@ pub async fn fanout(
         out_of_order,
         closed_early,
         latency,
+        delivery_rate: delivered as f64 * 1e6 / delivering_us as f64,
     })
 }
 
@@ -436,15 +533,15 @@ const WARM_UP_EVENTS: u64 = 20;
 /// Errors: a POST failed.
 pub async fn memory(server: &Server, n: usize, events: u64) -> Result<MemoryResult, String> {
     let rss = || proc::rss_bytes(server.pid).map_err(|e| e.to_string());
-    let group = Subscribers::connect(server.addr, n, false).await;
+    let group = Subscribers::connect(server.addr, SseApi::Simplechat, n, false).await;
 
     let mut conn = Conn::open(server.addr).await?;
     let mut stalled_at = None;
     let mut rss_warm = rss()?;
     for seq in 1..=WARM_UP_EVENTS + events {
-        post(&mut conn, seq).await?;
+        post(&mut conn, SseApi::Simplechat, seq).await?;
         if !group
-            .wait_delivered(|open| open as u64 * seq, STEP_TIMEOUT)
+            .wait_delivered(|open| open as u64 * seq, STEP_TIMEOUT, None)
             .await
         {
             stalled_at = Some(seq);
@@ -461,7 +558,7 @@ pub async fn memory(server: &Server, n: usize, events: u64) -> Result<MemoryResu
 
     let mut control_warm = rss()?;
     for seq in 1..=WARM_UP_EVENTS + events {
-        post(&mut conn, seq).await?;
+        post(&mut conn, SseApi::Simplechat, seq).await?;
         if seq == WARM_UP_EVENTS {
             control_warm = rss()?;
         }
@@ -501,5 +598,32 @@ mod tests {
             parser.feed(&stream[cut..], |s, t| seen.push((s, t)));
             assert_eq!(seen, vec![(1, 10), (2, 20)], "split at {cut}");
         }
+    }
+
+    #[test]
+    fn parser_reads_the_chat_anchors_events() {
+        // Rocket writes `data:` with no space, no event type, and a bare
+        // `:` comment line as its heartbeat.
+        let stream = b":\n\n\
+            data:{\"room\":\"bench\",\"username\":\"bench\",\"message\":\"fanout seq=7 sent_us=123456\"}\n\n\
+            :\n\n\
+            data:{\"room\":\"bench\",\"username\":\"x\",\"message\":\"hello\"}\n\n\
+            data:{\"room\":\"bench\",\"username\":\"bench\",\"message\":\"fanout seq=8 sent_us=9\"}\n\n";
+        for cut in 0..stream.len() {
+            let mut parser = SseParser::default();
+            let mut seen = Vec::new();
+            parser.feed(&stream[..cut], |s, t| seen.push((s, t)));
+            parser.feed(&stream[cut..], |s, t| seen.push((s, t)));
+            assert_eq!(seen, vec![(7, 123_456), (8, 9)], "split at {cut}");
+        }
+    }
+
+    #[test]
+    fn form_encoding_of_a_bench_text() {
+        assert_eq!(
+            form_encode("fanout seq=12 sent_us=345"),
+            "fanout+seq%3D12+sent_us%3D345"
+        );
+        assert_eq!(form_encode("a&b/é"), "a%26b%2F%C3%A9");
     }
 }
