@@ -19,7 +19,6 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use hyper::Method;
 
 use crate::anchor::{Anchor, AnchorKind};
@@ -152,21 +151,7 @@ pub async fn run(binary: &Path, settings: &Settings) -> Result<(), String> {
     let (reads, _) = Server::start(binary, settings.max_connections).await?;
     let (writes, _) = Server::start(binary, settings.max_connections).await?;
 
-    progress("seeding 100 messages");
-    let mut conn = Conn::open(reads.addr).await?;
-    for n in 1..=100 {
-        let body = format!(r#"{{"name":"seed","text":"seed message {n} of 100"}}"#);
-        match conn
-            .request(Method::POST, "/api/messages", Some(Bytes::from(body)))
-            .await?
-        {
-            (201, _) => {}
-            (status, _) => return Err(format!("seeding: POST answered {status}")),
-        }
-    }
-    let (_, listing) = conn.request(Method::GET, "/api/messages", None).await?;
-    let (_, page) = conn.request(Method::GET, "/", None).await?;
-    drop(conn);
+    let (listing, page) = load::seed(reads.addr).await?;
 
     // The anchors serve simplechat's own listing, byte for byte.
     let mut listing_file = tempfile::NamedTempFile::new()

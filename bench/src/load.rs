@@ -152,6 +152,28 @@ impl LoadResult {
     }
 }
 
+/// Posts 100 messages to the server at `addr`, then reads its listing and
+/// its page: the state and the bytes every phase and anchor start from.
+///
+/// Errors: a POST was not answered 201, or the connection broke.
+pub async fn seed(addr: SocketAddr) -> Result<(Bytes, Bytes), String> {
+    crate::progress("seeding 100 messages");
+    let mut conn = Conn::open(addr).await?;
+    for n in 1..=100 {
+        let body = format!(r#"{{"name":"seed","text":"seed message {n} of 100"}}"#);
+        match conn
+            .request(Method::POST, "/api/messages", Some(Bytes::from(body)))
+            .await?
+        {
+            (201, _) => {}
+            (status, _) => return Err(format!("seeding: POST answered {status}")),
+        }
+    }
+    let (_, listing) = conn.request(Method::GET, "/api/messages", None).await?;
+    let (_, page) = conn.request(Method::GET, "/", None).await?;
+    Ok((listing, page))
+}
+
 /// A latency histogram in microseconds, 1 µs to 100 s, 3 significant digits.
 pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid histogram bounds")

@@ -36,12 +36,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use clap::Parser;
-use hyper::Method;
 
 use anchor::AnchorKind;
-use load::{Conn, LoadResult, Target};
+use load::{LoadResult, Target};
 use report::{bytes, count, micros, p50_p99, Table};
 use server::Server;
 
@@ -222,21 +220,7 @@ async fn run(args: Args) -> Result<(), String> {
     let (server, took) = Server::start(&binary, max_connections).await?;
     starts.push(took);
 
-    progress("seeding 100 messages");
-    let mut conn = Conn::open(server.addr).await?;
-    for n in 1..=100 {
-        let body = format!(r#"{{"name":"seed","text":"seed message {n} of 100"}}"#);
-        match conn
-            .request(Method::POST, "/api/messages", Some(Bytes::from(body)))
-            .await?
-        {
-            (201, _) => {}
-            (status, _) => return Err(format!("seeding: POST answered {status}")),
-        }
-    }
-    let (_, listing) = conn.request(Method::GET, "/api/messages", None).await?;
-    let (_, page) = conn.request(Method::GET, "/", None).await?;
-    drop(conn);
+    let (listing, page) = load::seed(server.addr).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_idle = proc::rss_bytes(server.pid).map_err(|e| e.to_string())?;
 
