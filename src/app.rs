@@ -40,9 +40,7 @@ pub async fn build(config: Config) -> Result<Rocket<Build>, String> {
         .mount("/", api::routes())
         .register("/", api::catchers())
         .attach(Template::custom(|engines| {
-            // Every template is HTML: escape everything a user typed, whatever
-            // name the template engine gives a file.
-            engines.tera.autoescape_on(vec![""]);
+            api::page::configure(&mut engines.minijinja)
         }))
         .attach(api::checks::RequestChecks)
         .attach(api::headers::SecurityHeaders)

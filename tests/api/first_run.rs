@@ -266,8 +266,8 @@ async fn a_configured_template_dir_replaces_the_built_in_page() {
     let dir = tempfile::tempdir().unwrap();
     let templates = dir.path().join("templates");
     std::fs::create_dir(&templates).unwrap();
-    std::fs::write(templates.join("index.html.tera"), "my own page").unwrap();
-    std::fs::write(templates.join("messages.html.tera"), "").unwrap();
+    std::fs::write(templates.join("index.html.j2"), "my own page").unwrap();
+    std::fs::write(templates.join("messages.html.j2"), "").unwrap();
     let server = Server::start(
         Path::new(env!("CARGO_BIN_EXE_simplechat")),
         dir.path(),
