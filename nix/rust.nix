@@ -46,10 +46,10 @@ let
     CARGO_BUILD_RUSTFLAGS = "-C target-feature=+crt-static";
 
     env = {
-      # ring (rustls) and psm (stacker) compile C and assembly with the cc
-      # crate. The host's C compiler is used for the musl target too (it is in
-      # the binary cache; a musl cross compiler would be built from source),
-      # and it links: rustc links musl's own crt and libc.a (self-contained).
+      # ring (rustls) compiles C and assembly with the cc crate. The host's C
+      # compiler is used for the musl target too (it is in the binary cache;
+      # a musl cross compiler would be built from source), and it links:
+      # rustc links musl's own crt and libc.a (self-contained).
       "CC_${targetVar}" = "cc";
       "CARGO_TARGET_${lib.toUpper targetVar}_LINKER" = "cc";
     };

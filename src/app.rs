@@ -39,10 +39,9 @@ pub async fn build(config: Config) -> Result<Rocket<Build>, String> {
         })
         .mount("/", api::routes())
         .register("/", api::catchers())
-        .attach(Template::custom(|engines| {
-            // Every template is HTML: escape everything a user typed, whatever
-            // name the template engine gives a file.
-            engines.tera.autoescape_on(vec![""]);
+        .attach(Template::try_custom(|engines| {
+            api::page::configure(&mut engines.minijinja);
+            Ok(api::page::check(&engines.minijinja)?)
         }))
         .attach(api::checks::RequestChecks)
         .attach(api::headers::SecurityHeaders))

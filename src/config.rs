@@ -37,18 +37,15 @@ pub const KEYS: &[&str] = &[
 ];
 
 /// The page templates the app renders; all must be in `template_dir`.
-pub const TEMPLATES: &[&str] = &["index.html.tera", "messages.html.tera"];
+pub const TEMPLATES: &[&str] = &["index.html.j2", "messages.html.j2"];
 
 /// The same templates, compiled in: what the binary serves when no
 /// `template_dir` is set and no bundle lies beside it.
 const BUILT_IN_TEMPLATES: &[(&str, &str)] = &[
+    ("index.html.j2", include_str!("../templates/index.html.j2")),
     (
-        "index.html.tera",
-        include_str!("../templates/index.html.tera"),
-    ),
-    (
-        "messages.html.tera",
-        include_str!("../templates/messages.html.tera"),
+        "messages.html.j2",
+        include_str!("../templates/messages.html.j2"),
     ),
 ];
 

@@ -1,6 +1,7 @@
 //! The chat page (`GET /`, `GET /?before=<id>` for older history) and the
 //! form post that works without JavaScript.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use rocket::form::FromForm;
@@ -8,7 +9,7 @@ use rocket::http::{ContentType, CookieJar, Status};
 use rocket::response::{self, Body, Redirect, Responder, Response};
 use rocket::serde::Serialize;
 use rocket::{get, post, Request, State};
-use rocket_dyn_templates::tera::escape_html;
+use rocket_dyn_templates::minijinja::{self, AutoEscape, Environment};
 use rocket_dyn_templates::{context, Metadata, Template};
 
 use super::body::FormBody;
@@ -46,6 +47,59 @@ struct Draft<'a> {
     /// have been stored (a timeout), so sending it again must not store it
     /// twice. `None`: a fresh key.
     form_id: Option<&'a str>,
+}
+
+/// The templates the page renders (`<name>.html.j2` in `template_dir`).
+pub const TEMPLATES: [&str; 2] = ["index", "messages"];
+
+/// Sets up the template engine as the page needs it.
+pub fn configure(engine: &mut Environment<'static>) {
+    // Every template is HTML: escape everything a user typed, whatever
+    // name a file has.
+    engine.set_auto_escape_callback(|_| AutoEscape::Html);
+    // A template's last newline is part of the page, as written.
+    engine.set_keep_trailing_newline(true);
+}
+
+/// Parses every template the page renders, so a missing or broken one
+/// stops the start instead of failing the first page view (MiniJinja reads
+/// a template when it is first asked for).
+///
+/// Errors: a template is missing or does not parse (MiniJinja's message,
+/// naming the template and the line).
+pub fn check(engine: &Environment<'static>) -> Result<(), minijinja::Error> {
+    for name in TEMPLATES {
+        engine.get_template(name)?;
+    }
+    Ok(())
+}
+
+/// `text` escaped as the template engine escapes a value in HTML: `&`, `<`,
+/// `>`, both quotes and `/`, each by the entity the engine writes for it
+/// (`PreparedPage` splices values into a rendered page, so the bytes must
+/// be the engine's).
+fn escape_html(text: &str) -> Cow<'_, str> {
+    let entity = |c: char| match c {
+        '&' => Some("&amp;"),
+        '<' => Some("&lt;"),
+        '>' => Some("&gt;"),
+        '"' => Some("&quot;"),
+        '\'' => Some("&#x27;"),
+        '/' => Some("&#x2f;"),
+        _ => None,
+    };
+    let Some(first) = text.find(|c| entity(c).is_some()) else {
+        return Cow::Borrowed(text);
+    };
+    let mut escaped = String::with_capacity(text.len() + 16);
+    escaped.push_str(&text[..first]);
+    for c in text[first..].chars() {
+        match entity(c) {
+            Some(e) => escaped.push_str(e),
+            None => escaped.push(c),
+        }
+    }
+    Cow::Owned(escaped)
 }
 
 /// The rendered message list, rebuilt only when the cache changes: the
@@ -343,7 +397,7 @@ impl PreparedPage {
             let escaped = escape_html(raw);
             found.extend(
                 rendered
-                    .match_indices(escaped.as_str())
+                    .match_indices(&*escaped)
                     .map(|(at, _)| (at, escaped.len(), part)),
             );
         }
@@ -569,32 +623,33 @@ pub async fn post_form(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rocket_dyn_templates::tera::{Context, Tera};
 
     /// The page templates as the app's engine sets them up: named without
     /// extensions, everything escaped.
-    fn engine(index: &str) -> Tera {
-        let mut tera = Tera::default();
-        tera.add_raw_templates([
-            ("index", index),
-            (
-                "messages",
-                include_str!("../../templates/messages.html.tera"),
-            ),
-        ])
-        .unwrap();
-        tera.autoescape_on(vec![""]);
-        tera
+    fn engine(index: &str) -> Environment<'static> {
+        let mut engine = Environment::new();
+        // First: a template is compiled, and its escaping chosen, when added.
+        configure(&mut engine);
+        engine
+            .add_template_owned("index", index.to_owned())
+            .unwrap();
+        engine
+            .add_template("messages", include_str!("../../templates/messages.html.j2"))
+            .unwrap();
+        engine
     }
 
-    const INDEX: &str = include_str!("../../templates/index.html.tera");
+    const INDEX: &str = include_str!("../../templates/index.html.j2");
 
-    fn render(tera: &Tera, context: &PageContext<'_>) -> Option<(ContentType, String)> {
-        let context = Context::from_serialize(context).ok()?;
-        Some((ContentType::HTML, tera.render("index", &context).ok()?))
+    fn render(
+        engine: &Environment<'_>,
+        context: &PageContext<'_>,
+    ) -> Option<(ContentType, String)> {
+        let page = engine.get_template("index").ok()?.render(context).ok()?;
+        Some((ContentType::HTML, page))
     }
 
-    fn history(tera: &Tera, texts: &[&str]) -> History {
+    fn history(engine: &Environment<'_>, texts: &[&str]) -> History {
         let messages: Vec<_> = texts
             .iter()
             .enumerate()
@@ -607,10 +662,13 @@ mod tests {
                 })
             })
             .collect();
-        let mut context = Context::new();
-        context.insert("messages", &messages);
+        let html = engine
+            .get_template("messages")
+            .unwrap()
+            .render(serde_json::json!({ "messages": messages }))
+            .unwrap();
         History {
-            html: tera.render("messages", &context).unwrap().into(),
+            html: html.into(),
             older_than: Some("id0".into()),
             last_id: (!texts.is_empty()).then(|| format!("id{}", texts.len() - 1)),
             count: texts.len(),
@@ -618,8 +676,26 @@ mod tests {
     }
 
     #[test]
+    fn values_are_escaped_as_the_engine_escapes_them() {
+        let mut engine = Environment::new();
+        configure(&mut engine);
+        engine.add_template("value", "{{ value }}").unwrap();
+        let text: String = (1u8..128)
+            .map(char::from)
+            .chain("é עמית 🙂\u{2028}\u{feff}".chars())
+            .collect();
+        let rendered = engine
+            .get_template("value")
+            .unwrap()
+            .render(serde_json::json!({ "value": text }))
+            .unwrap();
+        assert_eq!(rendered, escape_html(&text));
+        assert_eq!(escape_html("plain"), Cow::Borrowed("plain"));
+    }
+
+    #[test]
     fn a_spliced_page_is_the_page_the_template_renders() {
-        let tera = engine(INDEX);
+        let engine = engine(INDEX);
         let prepared = PreparedPage::default();
         let token = &prepared.name_stand_in[..32];
         let names = [
@@ -628,19 +704,19 @@ mod tests {
             r#"<b>"x" & 'y' / z</b>"#.to_owned(),
             "עמית 🙂".to_owned(),
             prepared.name_stand_in.clone(),
-            escape_html(&prepared.form_id_stand_in),
+            escape_html(&prepared.form_id_stand_in).into_owned(),
             token.to_owned(),
         ];
         for texts in [&[][..], &["hello", "<script>alert(1)</script> & more"][..]] {
-            let history = history(&tera, texts);
+            let history = history(&engine, texts);
             let page = prepared
-                .prepare(&history, |c| render(&tera, c))
+                .prepare(&history, |c| render(&engine, c))
                 .unwrap()
                 .expect("the built-in template can be prepared");
             assert_eq!(page.cuts.len(), 2, "the name and the form key");
             for name in &names {
                 let form_id = new_id();
-                let expected = render(&tera, &PageContext::latest(&history, name, &form_id))
+                let expected = render(&engine, &PageContext::latest(&history, name, &form_id))
                     .unwrap()
                     .1;
                 assert_eq!(
@@ -654,22 +730,22 @@ mod tests {
 
     #[test]
     fn messages_holding_a_stand_in_leave_the_page_rendered_per_request() {
-        let tera = engine(INDEX);
+        let engine = engine(INDEX);
         let prepared = PreparedPage::default();
         for text in [
             prepared.name_stand_in.clone(),
             prepared.form_id_stand_in.clone(),
-            escape_html(&prepared.name_stand_in),
+            escape_html(&prepared.name_stand_in).into_owned(),
         ] {
-            let history = history(&tera, &["before", &text, "after"]);
+            let history = history(&engine, &["before", &text, "after"]);
             assert!(prepared
-                .prepare(&history, |c| render(&tera, c))
+                .prepare(&history, |c| render(&engine, c))
                 .unwrap()
                 .is_none());
         }
-        let history = history(&tera, &["simplechat-name", "&simplechat-form-id&"]);
+        let history = history(&engine, &["simplechat-name", "&simplechat-form-id&"]);
         assert!(prepared
-            .prepare(&history, |c| render(&tera, c))
+            .prepare(&history, |c| render(&engine, c))
             .unwrap()
             .is_some());
     }
@@ -680,23 +756,24 @@ mod tests {
         for changed in [
             r#"value="{{ name | safe }}""#,
             r#"value="{{ name | upper }}""#,
-            r#"value="{{ name | truncate(length=40) }}""#,
+            r#"value="{{ name | replace("&", "+") }}""#,
         ] {
-            let tera = engine(&INDEX.replace(r#"value="{{ name }}""#, changed));
-            let history = history(&tera, &["hello"]);
+            let engine = engine(&INDEX.replace(r#"value="{{ name }}""#, changed));
+            let history = history(&engine, &["hello"]);
             assert!(
                 prepared
-                    .prepare(&history, |c| render(&tera, c))
+                    .prepare(&history, |c| render(&engine, c))
                     .unwrap()
                     .is_none(),
                 "{changed}"
             );
         }
         // The name shown twice, escaped both times: both are spliced.
-        let tera = engine(&INDEX.replace("<title>simplechat</title>", "<title>{{ name }}</title>"));
-        let history = history(&tera, &["hello"]);
+        let engine =
+            engine(&INDEX.replace("<title>simplechat</title>", "<title>{{ name }}</title>"));
+        let history = history(&engine, &["hello"]);
         let page = prepared
-            .prepare(&history, |c| render(&tera, c))
+            .prepare(&history, |c| render(&engine, c))
             .unwrap()
             .unwrap();
         assert_eq!(page.cuts.len(), 3);

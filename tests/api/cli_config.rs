@@ -189,7 +189,7 @@ fn templates_are_the_binarys_own_unless_configured() {
 
     let templates = dir.path().join("mine");
     std::fs::create_dir(&templates).unwrap();
-    for name in ["index.html.tera", "messages.html.tera"] {
+    for name in ["index.html.j2", "messages.html.j2"] {
         std::fs::write(templates.join(name), "").unwrap();
     }
     let config = config_lines(
@@ -215,11 +215,11 @@ fn a_bundle_uses_the_templates_beside_it() {
     std::fs::create_dir_all(&share).unwrap();
     let exe = bin.join("simplechat");
     copy_binary(&exe);
-    std::fs::write(share.join("index.html.tera"), "").unwrap();
+    std::fs::write(share.join("index.html.j2"), "").unwrap();
     let run = |args: &[&str]| retry_while_busy(|| command(&exe, dir.path(), args, &[]).output());
-    assert_one_line_failure(&run(&["config"]), "has no messages.html.tera");
+    assert_one_line_failure(&run(&["config"]), "has no messages.html.j2");
 
-    std::fs::write(share.join("messages.html.tera"), "").unwrap();
+    std::fs::write(share.join("messages.html.j2"), "").unwrap();
     let out = run(&["config"]);
     assert!(out.status.success(), "{out:?}");
     let config = String::from_utf8(out.stdout).unwrap();

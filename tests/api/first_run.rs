@@ -266,8 +266,8 @@ async fn a_configured_template_dir_replaces_the_built_in_page() {
     let dir = tempfile::tempdir().unwrap();
     let templates = dir.path().join("templates");
     std::fs::create_dir(&templates).unwrap();
-    std::fs::write(templates.join("index.html.tera"), "my own page").unwrap();
-    std::fs::write(templates.join("messages.html.tera"), "").unwrap();
+    std::fs::write(templates.join("index.html.j2"), "my own page").unwrap();
+    std::fs::write(templates.join("messages.html.j2"), "").unwrap();
     let server = Server::start(
         Path::new(env!("CARGO_BIN_EXE_simplechat")),
         dir.path(),
@@ -318,4 +318,45 @@ async fn a_closed_event_stream_is_not_a_warning() {
         .filter(|l| !l.contains("custom runtime") && !l.contains("Received SIGTERM"))
         .collect();
     assert!(warnings.is_empty(), "closed tabs logged: {warnings:?}");
+}
+
+/// A template that does not parse stops the start with a line naming it,
+/// rather than failing every page view later.
+#[test]
+fn a_broken_template_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let templates = dir.path().join("templates");
+    std::fs::create_dir(&templates).unwrap();
+    std::fs::write(templates.join("index.html.j2"), "<p>{% if %}</p>").unwrap();
+    std::fs::write(templates.join("messages.html.j2"), "").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_simplechat"))
+        .current_dir(dir.path())
+        .env("SIMPLECHAT_PORT", port.to_string())
+        .env("SIMPLECHAT_TEMPLATE_DIR", &templates)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running with a broken template");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(said.contains("index"), "{said}");
+    assert!(said.contains("syntax error"), "{said}");
 }

@@ -299,7 +299,7 @@ async fn each_page_view_gets_its_own_form_key_and_the_remembered_name_escaped() 
     let page = page_with_cookie(&app, &cookie).await;
     assert_eq!(
         form_name(&page),
-        "&lt;b&gt;&quot;Zoe&quot; &amp; &#x27;co&#x27;&lt;&#x2F;b&gt;"
+        "&lt;b&gt;&quot;Zoe&quot; &amp; &#x27;co&#x27;&lt;&#x2f;b&gt;"
     );
     assert!(!page.contains("<b>"), "the name is never markup");
     let again = page_with_cookie(&app, &cookie).await;
