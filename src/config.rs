@@ -52,8 +52,8 @@ const BUILT_IN_TEMPLATES: &[(&str, &str)] = &[
 /// The settings as written by the user, before files are read.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
-    /// The address to listen on; the front door binds it, and Rocket stays
-    /// on loopback behind it.
+    /// The address to listen on; the front door binds it (Rocket runs in
+    /// the same process behind it and opens no port of its own).
     pub address: IpAddr,
     /// The TCP port to listen on.
     pub port: u16,

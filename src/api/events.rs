@@ -76,10 +76,10 @@ where
 /// `: heartbeat` comment every `heartbeat_secs`. Never an error status: the
 /// stream ends at shutdown, or when the store cannot say what was missed.
 ///
-/// The front door serves a plain `GET` of this path itself, with the same
-/// [`stream`] and the headers this route's response gets
-/// ([`crate::api::front`]); this route answers the rest (`HEAD`, a query
-/// the front door leaves to Rocket).
+/// The front door serves every `GET` of this path itself, with the same
+/// [`stream`] and the head this route's response gets
+/// ([`crate::api::dispatch`]); this route answers the rest (`HEAD`, and a
+/// query field given twice, which the request checks refuse).
 #[get("/api/events?<after>")]
 pub fn events(
     chat: &State<Chat>,

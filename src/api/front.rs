@@ -179,7 +179,7 @@ async fn refuse(stream: TcpStream, max_connections: usize) {
 /// URI too long, 431 headers too large): hyper writes them with an empty
 /// body, whereas every error of this service is JSON. Such an answer is
 /// recognised by its head (that status and `content-length: 0`; every
-/// response forwarded from the application has a JSON body) and replaced
+/// error response of the application has a JSON body) and replaced
 /// by the same status with a JSON body; hyper closes the connection after
 /// it.
 pub struct JsonParseErrors<T> {
