@@ -103,7 +103,11 @@ pub fn connect(
 ) -> Result<Connection, String> {
     tune(&mut options, purpose);
     let seeds = options.hosts.iter().map(address_string).collect();
-    let topology = Arc::new(TopologyView::default());
+    let topology = Arc::new(if options.credential.is_some() {
+        TopologyView::expecting_authentication()
+    } else {
+        TopologyView::default()
+    });
     let view = topology.clone();
     let event_secret = secret.clone();
     let sdam_view = view.clone();

@@ -2,6 +2,7 @@
 //! (SDAM) events, plus whether the credentials were refused: what readiness
 //! and the status fallback are decided from.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
 use mongodb::event::sdam::TopologyDescription;
@@ -34,6 +35,10 @@ pub struct TopologySnapshot {
     /// Why the last connection attempt failed to authenticate, until a
     /// connection authenticates again (password scrubbed).
     pub auth_failure: Option<String>,
+    /// Credentials are configured and no connection has authenticated
+    /// yet: the members answer (their monitors never authenticate), but
+    /// whether they accept this app is not known.
+    pub awaiting_authentication: bool,
 }
 
 impl TopologySnapshot {
@@ -54,6 +59,7 @@ impl TopologySnapshot {
             writable: d.has_writable_server(),
             servers,
             auth_failure: None,
+            awaiting_authentication: false,
         }
     }
 
@@ -84,6 +90,10 @@ impl TopologySnapshot {
                 "MongoDB refused to authenticate this app ({why}): check the user and password \
                  in the connection string or password file, and that the user exists"
             ));
+        }
+        if self.awaiting_authentication {
+            return "MongoDB answers, but no connection has signed in with this app's credentials yet"
+                .to_owned();
         }
         let members = self
             .servers
@@ -124,9 +134,21 @@ pub struct TopologyView {
     /// password fixed on the server) after the app started clears it
     /// without a restart.
     auth_failure: RwLock<Option<String>>,
+    /// Set while credentials are configured and no pool connection has
+    /// authenticated yet.
+    awaiting_authentication: AtomicBool,
 }
 
 impl TopologyView {
+    /// A view for a client with credentials: not writable until a pool
+    /// connection has authenticated, so readiness never reports a set
+    /// that has not accepted this app's credentials yet.
+    pub fn expecting_authentication() -> Self {
+        let view = TopologyView::default();
+        view.awaiting_authentication.store(true, Ordering::Relaxed);
+        view
+    }
+
     /// The latest snapshot; `None` until the driver has described anything.
     /// While the credentials stand refused it is not writable.
     pub fn get(&self) -> Option<TopologySnapshot> {
@@ -140,7 +162,8 @@ impl TopologyView {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        if snapshot.auth_failure.is_some() {
+        snapshot.awaiting_authentication = self.awaiting_authentication.load(Ordering::Relaxed);
+        if snapshot.auth_failure.is_some() || snapshot.awaiting_authentication {
             snapshot.writable = false;
         }
         Some(snapshot)
@@ -153,6 +176,9 @@ impl TopologyView {
     /// Records that a connection failed to authenticate (`Some(why)`), or
     /// that one succeeded (`None`).
     pub(super) fn set_auth_failure(&self, why: Option<String>) {
+        if why.is_none() {
+            self.awaiting_authentication.store(false, Ordering::Relaxed);
+        }
         *self.auth_failure.write().unwrap_or_else(|e| e.into_inner()) = why;
     }
 }
@@ -179,6 +205,7 @@ mod tests {
                 },
             ],
             auth_failure: None,
+            awaiting_authentication: false,
         };
         assert_eq!(
             snap.not_writable_reason(),
@@ -195,6 +222,7 @@ mod tests {
             writable: true,
             servers: Vec::new(),
             auth_failure: None,
+            awaiting_authentication: false,
         });
         assert!(view.get().unwrap().writable);
         view.set_auth_failure(Some(
@@ -207,6 +235,25 @@ mod tests {
             why.starts_with("MongoDB refused to authenticate this app (authentication failed: "),
             "{why}"
         );
+        view.set_auth_failure(None);
+        assert!(view.get().unwrap().writable);
+    }
+
+    #[test]
+    fn with_credentials_it_is_unwritable_until_a_connection_authenticates() {
+        let view = TopologyView::expecting_authentication();
+        view.set(TopologySnapshot {
+            set_name: Some("rs".into()),
+            writable: true,
+            servers: Vec::new(),
+            auth_failure: None,
+            awaiting_authentication: false,
+        });
+        let snap = view.get().unwrap();
+        assert!(!snap.writable);
+        assert!(snap
+            .not_writable_reason()
+            .contains("no connection has signed in"));
         view.set_auth_failure(None);
         assert!(view.get().unwrap().writable);
     }
