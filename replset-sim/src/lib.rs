@@ -39,7 +39,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bson::oid::ObjectId;
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
@@ -105,6 +106,8 @@ impl Default for ClusterOptions {
 
 /// A member's network presence: its listener and every open connection.
 struct Net {
+    /// The port it listens on, kept while it is stopped.
+    port: Option<u16>,
     listener: JoinHandle<()>,
     conns: Arc<Mutex<JoinSet<()>>>,
 }
@@ -116,6 +119,11 @@ pub(crate) struct Shared {
     changed: watch::Sender<u64>,
     timers: Mutex<Vec<AbortHandle>>,
     nets: Vec<Mutex<Option<Net>>>,
+    /// A stopped member's port, bound but not listening: connections to it
+    /// are refused, as to a killed mongod, and nothing else on the machine
+    /// (another test's ephemeral port) can take it before the member comes
+    /// back and listens on this same socket.
+    reserved: Vec<Mutex<Option<TcpSocket>>>,
     /// Where every simulator task runs, whichever runtime the caller is on.
     rt: Handle,
 }
@@ -206,6 +214,7 @@ impl Shared {
     }
 
     fn start_net(self: &Arc<Self>, member: usize, listener: TcpListener) {
+        let port = listener.local_addr().ok().map(|a| a.port());
         let conns = Arc::new(Mutex::new(JoinSet::new()));
         let accept_conns = Arc::clone(&conns);
         let shared = Arc::clone(self);
@@ -223,16 +232,38 @@ impl Shared {
                 }
             }
         });
-        *relock(&self.nets[member]) = Some(Net { listener, conns });
+        *relock(&self.nets[member]) = Some(Net {
+            port,
+            listener,
+            conns,
+        });
     }
 
-    /// Binds the member's fixed port on the simulator's own runtime, so the
-    /// socket belongs to the reactor that will serve it.
-    async fn bind(&self, port: u16) -> io::Result<TcpListener> {
+    /// Listens on the member's fixed port, on the simulator's own runtime,
+    /// so the socket belongs to the reactor that will serve it: on the
+    /// socket that kept the port while the member was stopped, if any.
+    async fn bind(&self, member: usize, port: u16) -> io::Result<TcpListener> {
+        let reserved = relock(&self.reserved[member]).take();
         self.rt
-            .spawn(TcpListener::bind(("127.0.0.1", port)))
+            .spawn(async move {
+                match reserved {
+                    Some(socket) => socket.listen(1024),
+                    None => TcpListener::bind(("127.0.0.1", port)).await,
+                }
+            })
             .await
             .map_err(io::Error::other)?
+    }
+
+    /// Keeps a stopped member's port (see [`Shared::reserved`]); best
+    /// effort: if it cannot be bound, the member rebinds it by number.
+    fn reserve(&self, member: usize, port: u16) {
+        let socket = TcpSocket::new_v4().and_then(|socket| {
+            socket.set_reuseaddr(true)?;
+            socket.bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
+            Ok(socket)
+        });
+        *relock(&self.reserved[member]) = socket.ok();
     }
 
     /// Closes the listener first (so nothing new sneaks in), then every
@@ -242,6 +273,9 @@ impl Shared {
         if let Some(net) = net {
             net.listener.abort();
             let _ = net.listener.await;
+            if let Some(port) = net.port {
+                self.reserve(member, port);
+            }
             let mut set = std::mem::take(&mut *relock(&net.conns));
             set.shutdown().await;
         }
@@ -322,6 +356,7 @@ impl Cluster {
             changed,
             timers: Mutex::new(Vec::new()),
             nets: (0..opts.members).map(|_| Mutex::new(None)).collect(),
+            reserved: (0..opts.members).map(|_| Mutex::new(None)).collect(),
             rt: Handle::current(),
         });
         for (i, l) in listeners.into_iter().enumerate() {
@@ -427,7 +462,7 @@ impl Cluster {
         let listener = if partitioned {
             None
         } else {
-            Some(self.shared.bind(self.ports[member]).await?)
+            Some(self.shared.bind(member, self.ports[member]).await?)
         };
         {
             let mut st = self.shared.lock();
@@ -485,7 +520,7 @@ impl Cluster {
             if alive {
                 let l = self
                     .shared
-                    .bind(self.ports[member])
+                    .bind(member, self.ports[member])
                     .await
                     .unwrap_or_else(|e| {
                         panic!("replset-sim: cannot rebind member {member}'s port: {e}")
