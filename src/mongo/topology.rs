@@ -214,16 +214,21 @@ mod tests {
         assert!(snap.primary().is_none());
     }
 
-    #[test]
-    fn refused_credentials_make_it_unwritable_until_a_connection_authenticates() {
-        let view = TopologyView::default();
-        view.set(TopologySnapshot {
+    /// What the driver describes once the members answer and one is primary.
+    fn with_a_primary() -> TopologySnapshot {
+        TopologySnapshot {
             set_name: Some("rs".into()),
             writable: true,
             servers: Vec::new(),
             auth_failure: None,
             awaiting_authentication: false,
-        });
+        }
+    }
+
+    #[test]
+    fn refused_credentials_make_it_unwritable_until_a_connection_authenticates() {
+        let view = TopologyView::default();
+        view.set(with_a_primary());
         assert!(view.get().unwrap().writable);
         view.set_auth_failure(Some(
             "authentication failed: SCRAM failure: Authentication failed.".into(),
@@ -242,13 +247,7 @@ mod tests {
     #[test]
     fn with_credentials_it_is_unwritable_until_a_connection_authenticates() {
         let view = TopologyView::expecting_authentication();
-        view.set(TopologySnapshot {
-            set_name: Some("rs".into()),
-            writable: true,
-            servers: Vec::new(),
-            auth_failure: None,
-            awaiting_authentication: false,
-        });
+        view.set(with_a_primary());
         let snap = view.get().unwrap();
         assert!(!snap.writable);
         assert!(snap
