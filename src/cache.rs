@@ -70,6 +70,12 @@ impl CachedMessage {
     /// Serializes `message` once, as JSON and as an SSE frame.
     pub fn new(message: Message) -> Self {
         let json = serde_json::to_vec(&message).unwrap_or_default();
+        Self::serialized(message, json)
+    }
+
+    /// `message` with `json`, its JSON as `serde_json::to_vec` writes it
+    /// (the bytes a store already made), and its SSE frame.
+    pub fn serialized(message: Message, json: Vec<u8>) -> Self {
         let frame = sse_frame(&message.id, &json);
         CachedMessage {
             message: Arc::new(message),
@@ -209,12 +215,23 @@ impl Cache {
     /// to every subscriber. A message already in the cache is ignored, so a
     /// change stream that re-reads after a gap cannot deliver a message twice.
     pub fn publish(&self, message: Message) {
+        self.publish_cached(CachedMessage::new(message));
+    }
+
+    /// As [`Cache::publish`], for a message already serialized as JSON
+    /// ([`CachedMessage::serialized`]).
+    pub fn publish_serialized(&self, message: Message, json: Vec<u8>) {
+        self.publish_cached(CachedMessage::serialized(message, json));
+    }
+
+    /// Serialized before the lock is taken: readers wait for the push only.
+    fn publish_cached(&self, cached: CachedMessage) {
         let mut recent = self.write();
-        if recent.ids.contains_key(&message.id) {
+        if recent.ids.contains_key(&cached.message.id) {
             return;
         }
         recent.last_delivered = Some(OffsetDateTime::now_utc());
-        let event = push(&mut recent, &CachedMessage::new(message));
+        let event = push(&mut recent, &cached);
         recent.changed();
         // Sent while the cache lock is held, so subscribers see events in the
         // cache's order. No receivers is not an error.

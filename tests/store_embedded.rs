@@ -62,3 +62,31 @@ async fn reopening_keeps_every_message_and_fills_the_cache() {
     assert_eq!(cached, (0..10).map(|i| format!("t{i}")).collect::<Vec<_>>());
     store.close().await;
 }
+
+/// The cache is handed the bytes the store wrote instead of serializing the
+/// message again: what subscribers and listings are sent must still be the
+/// message exactly as a read of the store gives it, as JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_events_carry_the_stored_message_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = Cache::new();
+    let store = EmbeddedStore::open(dir.path(), WRITE_TIMEOUT, live.clone())
+        .await
+        .unwrap();
+    let mut events = live.subscribe();
+    let new = NewMessage::validate("Zoë", "quote \" and \\ and </script> and é", None).unwrap();
+    let Ok(Inserted::Created(created)) = store.insert(new).await else {
+        panic!("not created");
+    };
+    let event = events.recv().await.unwrap();
+    let stored = store.get(&created.id).await.unwrap().unwrap();
+    assert_eq!(*event.message, stored);
+    let json = serde_json::to_vec(&stored).unwrap();
+    assert_eq!(&event.json[..], &json[..]);
+    let mut frame = format!("event: message\nid: {}\ndata: ", stored.id).into_bytes();
+    frame.extend_from_slice(&json);
+    frame.extend_from_slice(b"\n\n");
+    assert_eq!(&event.frame[..], &frame[..]);
+    let listed = live.latest(1).unwrap();
+    assert_eq!(&listed[0].json[..], &json[..]);
+}

@@ -329,9 +329,11 @@ impl Writer {
             };
             match write_batch(handle, &batch, &mut self.last_datetime) {
                 Ok(outcomes) => {
-                    for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
-                        if let Ok(Inserted::Created(m)) = &outcome {
-                            self.cache.publish(m.clone());
+                    for ((_, reply), (outcome, json)) in batch.into_iter().zip(outcomes) {
+                        if let (Ok(Inserted::Created(m)), Some(json)) = (&outcome, json) {
+                            // The stored bytes are the message's JSON: the
+                            // cache need not serialize it again.
+                            self.cache.publish_serialized(m.clone(), json);
                         }
                         let _ = reply.send(outcome);
                     }
@@ -395,13 +397,16 @@ impl Writer {
     }
 }
 
+/// One insert's outcome, with the bytes stored when it created a message.
+type Outcome = (Result<Inserted, StoreError>, Option<Vec<u8>>);
+
 /// One transaction for the whole batch; each insert's own outcome (created,
 /// retry of a stored message, conflict) is decided inside it.
 fn write_batch(
     db: &Database,
     batch: &[(NewMessage, Reply)],
     last_datetime: &mut OffsetDateTime,
-) -> Result<Vec<Result<Inserted, StoreError>>, Failure> {
+) -> Result<Vec<Outcome>, Failure> {
     let txn = db.begin_write()?;
     let mut outcomes = Vec::with_capacity(batch.len());
     // Committed only at the end: until then the batch's datetimes are
@@ -426,11 +431,14 @@ fn write_batch(
                         ))))
                     }
                 };
-                outcomes.push(if new.same_content(&stored) {
-                    Ok(Inserted::Existing(stored))
-                } else {
-                    Err(StoreError::Conflict(new.id.clone()))
-                });
+                outcomes.push((
+                    if new.same_content(&stored) {
+                        Ok(Inserted::Existing(stored))
+                    } else {
+                        Err(StoreError::Conflict(new.id.clone()))
+                    },
+                    None,
+                ));
                 continue;
             }
             // Never earlier than the message before: store order and time agree.
@@ -442,7 +450,7 @@ fn write_batch(
             ids.insert(message.id.as_str(), next_seq)?;
             next_seq += 1;
             newest = datetime;
-            outcomes.push(Ok(Inserted::Created(message)));
+            outcomes.push((Ok(Inserted::Created(message)), Some(bytes)));
         }
     }
     txn.commit()?;
