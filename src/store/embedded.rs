@@ -151,6 +151,8 @@ pub struct EmbeddedStore {
     shared: Arc<Shared>,
     writer: Mutex<Option<mpsc::Sender<(NewMessage, Reply)>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The task that publishes each commit and answers its inserts.
+    publisher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl EmbeddedStore {
@@ -208,9 +210,12 @@ impl EmbeddedStore {
             fault: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        let (committed, to_publish) = mpsc::unbounded_channel();
+        let publisher = tokio::spawn(publish(cache.clone(), to_publish));
         let writer = Writer {
             shared: shared.clone(),
             cache,
+            committed,
             last_datetime,
             runtime: Handle::current(),
         };
@@ -223,6 +228,7 @@ impl EmbeddedStore {
             shared,
             writer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
+            publisher: Mutex::new(Some(publisher)),
         })
     }
 
@@ -272,11 +278,41 @@ fn decode(bytes: &[u8]) -> Result<Message, Failure> {
         .map_err(|e| Failure::Other(StoreError::Internal(format!("corrupt message: {e}"))))
 }
 
+/// A committed batch: each insert's reply, its outcome, and the stored JSON
+/// of a message it created.
+type Committed = Vec<(Reply, Outcome)>;
+
+/// Publishes each committed batch to the cache (and so to every subscriber),
+/// in commit order, then answers its inserts: a client that was answered
+/// finds its message in the next listing.
+///
+/// A task on the runtime rather than more work for the writer thread: the
+/// writer is the one serial step of every durable post, and a broadcast
+/// sent from a runtime thread wakes the subscribers' tasks into that
+/// thread's own run queue, where a send from outside the runtime queues
+/// each of them through the runtime's shared queue, one lock at a time
+/// (tokio's multi-thread scheduler, `schedule_task`).
+async fn publish(cache: Arc<Cache>, mut committed: mpsc::UnboundedReceiver<Committed>) {
+    while let Some(batch) = committed.recv().await {
+        for (reply, (outcome, json)) in batch {
+            if let (Ok(Inserted::Created(m)), Some(json)) = (&outcome, json) {
+                // The stored bytes are the message's JSON: the cache need
+                // not serialize it again.
+                cache.publish_serialized(m.clone(), json);
+            }
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
 /// The writer thread: owns the write handle, batches inserts, and after a
 /// fault reopens the database with backoff until a write succeeds.
 struct Writer {
     shared: Arc<Shared>,
+    /// Where the cache is refilled from the store after a fault.
     cache: Arc<Cache>,
+    /// Each commit, to [`publish`].
+    committed: mpsc::UnboundedSender<Committed>,
     last_datetime: OffsetDateTime,
     /// To wait for an insert or the next reopen attempt, whichever first.
     runtime: Handle,
@@ -329,14 +365,14 @@ impl Writer {
             };
             match write_batch(handle, &batch, &mut self.last_datetime) {
                 Ok(outcomes) => {
-                    for ((_, reply), (outcome, json)) in batch.into_iter().zip(outcomes) {
-                        if let (Ok(Inserted::Created(m)), Some(json)) = (&outcome, json) {
-                            // The stored bytes are the message's JSON: the
-                            // cache need not serialize it again.
-                            self.cache.publish_serialized(m.clone(), json);
-                        }
-                        let _ = reply.send(outcome);
-                    }
+                    let committed = batch
+                        .into_iter()
+                        .map(|(_, reply)| reply)
+                        .zip(outcomes)
+                        .collect();
+                    // Fails only once the runtime is gone, and with it
+                    // every waiting request.
+                    let _ = self.committed.send(committed);
                 }
                 Err(failure) => {
                     if let Failure::Fault(fault) = &failure {
@@ -582,6 +618,16 @@ impl Store for EmbeddedStore {
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        // The writer is gone, and with it the publisher's sender: this ends
+        // once the last commit is published and answered.
+        let publisher = self
+            .publisher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(publisher) = publisher {
+            let _ = publisher.await;
         }
     }
 }
