@@ -156,9 +156,9 @@ pub fn run(cli: Cli) -> ExitCode {
         // thread handing over a commit) waits in the runtime's shared
         // queue. Left to itself, a busy worker looks there about every
         // 200 µs (tokio 1.x, `runtime::scheduler::multi_thread::stats`),
-        // which every durable post would wait for; every 8 polls it is a
-        // few tens of µs (tokio `Builder::global_queue_interval`: fairer,
-        // for a little more synchronization).
+        // which every durable post would wait for; here it looks after at
+        // most 8 polls of other tasks (tokio `Builder::global_queue_interval`:
+        // fairer, for a little more synchronization).
         .global_queue_interval(8)
         .build()
     {

@@ -248,6 +248,14 @@ pub async fn run(binary: &Path, settings: &Settings) -> Result<(), String> {
                 SseApi::Simplechat => simplechat,
                 SseApi::Chat => chat,
             };
+            figures.add(
+                if overload {
+                    name("simplechat overload cpu", "chat overload cpu")
+                } else {
+                    name("simplechat fan-out cpu", "chat fan-out cpu")
+                },
+                result.cpu_us_per_delivery(),
+            );
             let counts = if overload {
                 figures.add(
                     name("simplechat overload rate", "chat overload rate"),
@@ -295,7 +303,8 @@ pub async fn run(binary: &Path, settings: &Settings) -> Result<(), String> {
          JSON body, storing nothing; `chat`, Rocket's SSE chat example (a broadcast channel \
          of 1024, a form POST /message, GET /events). SSE latency is from just before the \
          POST to the arrival; the overload rate is events delivered per second from the \
-         first POST to the last arrival. The whole run took {:.0} s; load average after: {}.",
+         first POST to the last arrival; server CPU per delivered event is the server's \
+         (user and system) over the same span, its POSTs included. The whole run took {:.0} s; load average after: {}.",
         whole_run.elapsed().as_secs_f64(),
         proc::load_average()
     );
@@ -487,6 +496,22 @@ fn ratio_table(
         "Rocket chat",
         &|v| format!("{} ev/s", count_f(v)),
         Bound::AtLeast(1.5),
+    );
+    row(
+        "… server CPU per delivered event, fan-out".into(),
+        "simplechat fan-out cpu",
+        "chat fan-out cpu",
+        "Rocket chat",
+        &cpu,
+        Bound::None,
+    );
+    row(
+        "… server CPU per delivered event, overload".into(),
+        "simplechat overload cpu",
+        "chat overload cpu",
+        "Rocket chat",
+        &cpu,
+        Bound::None,
     );
     row(
         "RSS per SSE subscriber at connect".into(),

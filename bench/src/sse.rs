@@ -428,6 +428,22 @@ pub struct FanoutResult {
     /// Messages delivered per second, over all subscribers, from the first
     /// POST to the last arrival.
     pub delivery_rate: f64,
+    /// CPU time (user and system, `/proc`) the server used from the first
+    /// POST until every message was delivered or the wait gave up: the
+    /// POSTs' and any heartbeat's included, so a figure of the server alone,
+    /// whatever the bench's clients cost on the same cores.
+    pub server_cpu: Duration,
+}
+
+impl FanoutResult {
+    /// Server CPU per delivered message, in µs (NaN when none was).
+    pub fn cpu_us_per_delivery(&self) -> f64 {
+        if self.delivered == 0 {
+            f64::NAN
+        } else {
+            self.server_cpu.as_secs_f64() * 1e6 / self.delivered as f64
+        }
+    }
 }
 
 /// Gives up waiting for the stragglers of a fan-out when nothing has
@@ -458,6 +474,7 @@ pub async fn fanout(
     let rss_connected = proc::rss_bytes(pid).map_err(|e| e.to_string())?;
 
     let mut conn = Conn::open(addr).await?;
+    let cpu_before = proc::cpu_time(pid).map_err(|e| e.to_string())?;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let posting = Instant::now();
@@ -474,6 +491,9 @@ pub async fn fanout(
             Some(DRAIN_IDLE),
         )
         .await;
+    let server_cpu = proc::cpu_time(pid)
+        .map_err(|e| e.to_string())?
+        .saturating_sub(cpu_before);
     let connected = group.connected();
     let delivered = group.delivered();
     let delivering_us = group.last_delivery_us().saturating_sub(posting_us).max(1);
@@ -492,6 +512,7 @@ pub async fn fanout(
         closed_early,
         latency,
         delivery_rate: delivered as f64 * 1e6 / delivering_us as f64,
+        server_cpu,
     })
 }
 

@@ -210,6 +210,8 @@ impl EmbeddedStore {
             fault: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        // Unbounded, yet never more than the inserts waiting for an answer,
+        // which the bounded channel to the writer and the requests bound.
         let (committed, to_publish) = mpsc::unbounded_channel();
         let publisher = tokio::spawn(publish(cache.clone(), to_publish));
         let writer = Writer {
