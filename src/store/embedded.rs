@@ -7,6 +7,8 @@
 //! Writes go through one thread that takes every insert waiting at that
 //! moment into a single transaction and commits it durably (fsync) before
 //! answering any of them: a burst of posts costs one commit, not one each.
+//! A task on the runtime then publishes the commit to the cache and answers
+//! its inserts, so the thread goes straight on to the next.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
