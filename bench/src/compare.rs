@@ -50,11 +50,11 @@ pub struct Settings {
 
 /// One figure of one round, by name: simplechat's and the anchor's.
 #[derive(Default)]
-struct Figures(BTreeMap<&'static str, Vec<f64>>);
+struct Figures(BTreeMap<String, Vec<f64>>);
 
 impl Figures {
-    fn add(&mut self, name: &'static str, value: f64) {
-        self.0.entry(name).or_default().push(value);
+    fn add(&mut self, name: impl Into<String>, value: f64) {
+        self.0.entry(name.into()).or_default().push(value);
     }
 
     /// The median over the rounds, NaN when never measured.
@@ -101,45 +101,23 @@ enum Side {
     Hyper,
 }
 
-/// The HTTP phases of a round: who, what, and the names of its req/s and
-/// CPU-per-request figures.
-const HTTP_PHASES: [(Side, Target, &str, &str); 6] = [
+/// The HTTP phases of a round: who, what, and the name of its req/s figure
+/// (its CPU per request is the same name and ` cpu`).
+const HTTP_PHASES: [(Side, Target, &str); 6] = [
     (
         Side::Reads,
         Target::Get("/api/messages"),
         "simplechat GET /api/messages",
-        "simplechat GET /api/messages cpu",
     ),
     (
         Side::Hello,
         Target::Get("/api/messages"),
         "hello GET /api/messages",
-        "hello GET /api/messages cpu",
     ),
-    (
-        Side::Hyper,
-        Target::Get("/api/messages"),
-        "hyper GET",
-        "hyper GET cpu",
-    ),
-    (
-        Side::Reads,
-        Target::Get("/"),
-        "simplechat GET /",
-        "simplechat GET / cpu",
-    ),
-    (
-        Side::Writes,
-        Target::PostMessage,
-        "simplechat POST",
-        "simplechat POST cpu",
-    ),
-    (
-        Side::Hello,
-        Target::PostMessage,
-        "hello POST",
-        "hello POST cpu",
-    ),
+    (Side::Hyper, Target::Get("/api/messages"), "hyper GET"),
+    (Side::Reads, Target::Get("/"), "simplechat GET /"),
+    (Side::Writes, Target::PostMessage, "simplechat POST"),
+    (Side::Hello, Target::PostMessage, "hello POST"),
 ];
 
 /// Runs the comparison and prints its tables.
@@ -186,13 +164,13 @@ pub async fn run(binary: &Path, settings: &Settings) -> Result<(), String> {
     );
 
     let mut figures = Figures::default();
-    let mut delivered = BTreeMap::<&'static str, (u64, u64)>::new();
+    let mut delivered = BTreeMap::<String, (u64, u64)>::new();
     for round in 1..=settings.rounds {
         let mut phases = HTTP_PHASES.to_vec();
         if round % 2 == 0 {
             phases.reverse();
         }
-        for (side, target, rate_name, cpu_name) in phases {
+        for (side, target, rate_name) in phases {
             let (addr, pid) = match side {
                 Side::Reads => (reads.addr, reads.pid),
                 Side::Writes => (writes.addr, writes.pid),
@@ -215,7 +193,7 @@ pub async fn run(binary: &Path, settings: &Settings) -> Result<(), String> {
             let result =
                 load::run(addr, pid, target, settings.connections, settings.duration).await?;
             figures.add(rate_name, result.rate());
-            figures.add(cpu_name, result.cpu_us_per_request());
+            figures.add(format!("{rate_name} cpu"), result.cpu_us_per_request());
         }
 
         let mut sse_phases = vec![
@@ -237,36 +215,18 @@ pub async fn run(binary: &Path, settings: &Settings) -> Result<(), String> {
                 SseApi::Simplechat => "simplechat",
                 SseApi::Chat => "chat",
             };
+            let phase = if overload { "overload" } else { "fan-out" };
             progress(&format!(
-                "round {round}/{}: {who} {}: {} subscribers, {messages} messages at {rate}/s",
-                settings.rounds,
-                if overload { "overload" } else { "fan-out" },
-                settings.subscribers
+                "round {round}/{}: {who} {phase}: {} subscribers, {messages} messages at {rate}/s",
+                settings.rounds, settings.subscribers
             ));
             let result = sse_phase(binary, settings, api, messages, rate).await?;
-            let name = |simplechat: &'static str, chat: &'static str| match api {
-                SseApi::Simplechat => simplechat,
-                SseApi::Chat => chat,
-            };
-            figures.add(
-                if overload {
-                    name("simplechat overload cpu", "chat overload cpu")
-                } else {
-                    name("simplechat fan-out cpu", "chat fan-out cpu")
-                },
-                result.cpu_us_per_delivery(),
-            );
-            let counts = if overload {
-                figures.add(
-                    name("simplechat overload rate", "chat overload rate"),
-                    result.delivery_rate,
-                );
-                delivered
-                    .entry(name("simplechat overload", "chat overload"))
-                    .or_default()
+            figures.add(format!("{who} {phase} cpu"), result.cpu_us_per_delivery());
+            if overload {
+                figures.add(format!("{who} overload rate"), result.delivery_rate);
             } else {
                 figures.add(
-                    name("simplechat p99", "chat p99"),
+                    format!("{who} p99"),
                     if result.latency.is_empty() {
                         f64::NAN
                     } else {
@@ -274,14 +234,12 @@ pub async fn run(binary: &Path, settings: &Settings) -> Result<(), String> {
                     },
                 );
                 figures.add(
-                    name("simplechat rss", "chat rss"),
+                    format!("{who} rss"),
                     (result.rss_connected as f64 - result.rss_before as f64)
                         / result.connected.max(1) as f64,
                 );
-                delivered
-                    .entry(name("simplechat fan-out", "chat fan-out"))
-                    .or_default()
-            };
+            }
+            let counts = delivered.entry(format!("{who} {phase}")).or_default();
             counts.0 += result.delivered;
             counts.1 += result.expected;
             if result.connected < result.subscribers {
@@ -358,7 +316,7 @@ enum Bound {
 
 fn ratio_table(
     figures: &Figures,
-    delivered: &BTreeMap<&'static str, (u64, u64)>,
+    delivered: &BTreeMap<String, (u64, u64)>,
     settings: &Settings,
 ) -> Table {
     let mut table = Table::new(&[

@@ -9,7 +9,7 @@ use rocket::http::{ContentType, CookieJar, Status};
 use rocket::response::{self, Body, Redirect, Responder, Response};
 use rocket::serde::Serialize;
 use rocket::{get, post, Request, State};
-use rocket_dyn_templates::minijinja::{self, AutoEscape, Environment};
+use rocket_dyn_templates::minijinja::{self, AutoEscape, Environment, HtmlEscape};
 use rocket_dyn_templates::{context, Metadata, Template};
 
 use super::body::FormBody;
@@ -74,32 +74,17 @@ pub fn check(engine: &Environment<'static>) -> Result<(), minijinja::Error> {
     Ok(())
 }
 
-/// `text` escaped as the template engine escapes a value in HTML: `&`, `<`,
-/// `>`, both quotes and `/`, each by the entity the engine writes for it
-/// (`PreparedPage` splices values into a rendered page, so the bytes must
-/// be the engine's).
+/// `text` escaped as the template engine escapes a value in HTML, by the
+/// engine's own escaper (`PreparedPage` splices values into a rendered page,
+/// so the bytes must be the engine's). Escaping only lengthens a text, so
+/// the same length means nothing was escaped.
 fn escape_html(text: &str) -> Cow<'_, str> {
-    let entity = |c: char| match c {
-        '&' => Some("&amp;"),
-        '<' => Some("&lt;"),
-        '>' => Some("&gt;"),
-        '"' => Some("&quot;"),
-        '\'' => Some("&#x27;"),
-        '/' => Some("&#x2f;"),
-        _ => None,
-    };
-    let Some(first) = text.find(|c| entity(c).is_some()) else {
-        return Cow::Borrowed(text);
-    };
-    let mut escaped = String::with_capacity(text.len() + 16);
-    escaped.push_str(&text[..first]);
-    for c in text[first..].chars() {
-        match entity(c) {
-            Some(e) => escaped.push_str(e),
-            None => escaped.push(c),
-        }
+    let escaped = HtmlEscape(text).to_string();
+    if escaped.len() == text.len() {
+        Cow::Borrowed(text)
+    } else {
+        Cow::Owned(escaped)
     }
-    Cow::Owned(escaped)
 }
 
 /// The rendered message list, rebuilt only when the cache changes: the
@@ -347,17 +332,18 @@ impl Prepared {
     /// The page for a sender named `name` (from the cookie, not escaped)
     /// with the form key `form_id`.
     fn page(&self, name: &str, form_id: &str) -> Vec<u8> {
-        let name = escape_html(name);
-        let form_id = escape_html(form_id);
-        let mut page =
-            Vec::with_capacity(self.html.len() + self.cuts.len() * name.len().max(form_id.len()));
+        use std::io::Write;
+        let longest = name.len().max(form_id.len());
+        let mut page = Vec::with_capacity(self.html.len() + self.cuts.len() * longest);
         let mut at = 0;
         for &(cut, part) in &self.cuts {
             page.extend_from_slice(&self.html.as_bytes()[at..cut]);
-            page.extend_from_slice(match part {
-                Part::Name => name.as_bytes(),
-                Part::FormId => form_id.as_bytes(),
-            });
+            let value = match part {
+                Part::Name => name,
+                Part::FormId => form_id,
+            };
+            // Escaped straight into the page; writing to a Vec cannot fail.
+            let _ = write!(page, "{}", HtmlEscape(value));
             at = cut;
         }
         page.extend_from_slice(&self.html.as_bytes()[at..]);
