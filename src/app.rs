@@ -44,7 +44,8 @@ pub async fn build(config: Config) -> Result<Rocket<Build>, String> {
             Ok(api::page::check(&engines.minijinja)?)
         }))
         .attach(api::checks::RequestChecks)
-        .attach(api::headers::SecurityHeaders))
+        .attach(api::headers::shield())
+        .attach(api::headers::ContentSecurityPolicy))
 }
 
 /// A running server: clients connect to `address` (the front door), which

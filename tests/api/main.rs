@@ -18,6 +18,7 @@ mod openapi;
 mod page;
 mod pagination;
 mod persistence;
+mod security_headers;
 mod shutdown;
 mod status;
 mod strict_input;

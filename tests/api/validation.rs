@@ -196,6 +196,36 @@ async fn bodies_over_the_cap_get_413() {
     app.shutdown().await;
 }
 
+/// The cap is exact: a body of exactly the cap's bytes is read and stored;
+/// one byte more is refused and stores nothing.
+#[tokio::test]
+async fn a_body_of_exactly_the_cap_is_accepted_and_one_byte_more_is_not() {
+    let app = spawn_app(&[]).await;
+    let cap = simplechat::api::body::BODY_LIMIT_BYTES as usize;
+    // Insignificant whitespace pads the JSON to the length wanted.
+    let padded = |len: usize, text: &str| {
+        let mut body = json!({"name": "ann", "text": text}).to_string();
+        body.insert_str(1, &" ".repeat(len - body.len()));
+        assert_eq!(body.len(), len);
+        body
+    };
+    let post = |body: String| {
+        app.client
+            .post(app.url("/api/messages"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let over = post(padded(cap + 1, "one byte over")).await.unwrap();
+    assert_eq!(over.status(), 413);
+    assert_nothing_stored(&app).await;
+    let at = post(padded(cap, "exactly the cap")).await.unwrap();
+    assert_eq!(at.status(), 201);
+    let list = app.get_json("/api/messages").await;
+    assert_eq!(list[0]["text"], "exactly the cap");
+    app.shutdown().await;
+}
+
 /// Percent-encodes every byte, as the worst a form encoder may do.
 fn percent_all(s: &str) -> String {
     s.bytes().map(|b| format!("%{b:02X}")).collect()
