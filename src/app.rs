@@ -44,8 +44,7 @@ pub async fn build(config: Config) -> Result<Rocket<Build>, String> {
             Ok(api::page::check(&engines.minijinja)?)
         }))
         .attach(api::checks::RequestChecks)
-        .attach(api::headers::shield())
-        .attach(api::headers::ContentSecurityPolicy))
+        .attach(api::headers::shield()))
 }
 
 /// A running server: clients connect to `address` (the front door), which

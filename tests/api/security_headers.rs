@@ -1,8 +1,10 @@
 use crate::support::app::spawn_app;
 use serde_json::json;
 
-/// The headers every response carries, whatever answered it: a route, the
-/// prepared page, a catcher, or a refusal.
+/// The headers every response of the application carries, whatever answered
+/// it: a route, the prepared page, a catcher, or a request refused by a
+/// handler. (The front door's own answers to unparsable requests and to
+/// connections over its bound carry only `nosniff`.)
 const EXPECTED: [(&str, &str); 5] = [
     (
         "content-security-policy",
