@@ -46,12 +46,16 @@ let
     CARGO_BUILD_RUSTFLAGS = "-C target-feature=+crt-static";
 
     env = {
-      # ring (rustls) compiles C and assembly with the cc crate. The host's C
+      # ring (rustls) and mimalloc compile C with the cc crate. The host's C
       # compiler is used for the musl target too (it is in the binary cache;
       # a musl cross compiler would be built from source), and it links:
       # rustc links musl's own crt and libc.a (self-contained).
       "CC_${targetVar}" = "cc";
       "CARGO_TARGET_${lib.toUpper targetVar}_LINKER" = "cc";
+      # mimalloc's C sets no dialect. GCC 15 defaults to C23, in which glibc's
+      # headers (2.38 on) turn strtol into __isoc23_strtol, a symbol musl's
+      # libc.a does not have. (ring passes a -std of its own as well.)
+      "CFLAGS_${targetVar}" = "-std=gnu17";
     };
 
     # The host compiler's glibc headers would turn fortified calls into

@@ -2,8 +2,9 @@ use clap::Parser;
 
 /// mimalloc, not the C library's allocator: the release bundle is a static
 /// musl binary, and musl's allocator made every request two to five times
-/// as costly as the same build on glibc (docs/performance.md, 2026-12-05,
-/// night); on glibc too mimalloc is cheaper per request.
+/// as costly as the same build on glibc (docs/performance.md, "mimalloc
+/// instead of the C library's allocator"); on glibc too mimalloc is cheaper
+/// per request.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
