@@ -82,13 +82,7 @@ async fn assets_are_served_from_the_binary() {
 #[tokio::test]
 async fn the_form_works_without_javascript() {
     let app = spawn_app(&[]).await;
-    let form = |body: String| {
-        app.client
-            .post(app.url("/messages"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-    };
+    let form = |body: String| app.post_body("/messages", "application/x-www-form-urlencoded", body);
     let response = form("name=Zoe&text=line+one%0D%0Aline+two&id=form-key-1".into())
         .await
         .unwrap();

@@ -209,13 +209,7 @@ async fn a_body_of_exactly_the_cap_is_accepted_and_one_byte_more_is_not() {
         assert_eq!(body.len(), len);
         body
     };
-    let post = |body: String| {
-        app.client
-            .post(app.url("/api/messages"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-    };
+    let post = |body: String| app.post_body("/api/messages", "application/json", body);
     let over = post(padded(cap + 1, "one byte over")).await.unwrap();
     assert_eq!(over.status(), 413);
     assert_nothing_stored(&app).await;

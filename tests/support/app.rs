@@ -94,6 +94,22 @@ impl TestApp {
         response.json().await.expect("JSON body")
     }
 
+    /// POSTs `body` as it is, with `content_type`; `Err` only when the
+    /// request could not be sent.
+    pub async fn post_body(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Result<reqwest::Response> {
+        self.client
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+    }
+
     pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
         self.client
             .post(self.url(path))
