@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use crate::api;
 use crate::api::dispatch::{Dispatch, EventSource};
 use crate::api::front::FrontConfig;
+use crate::api::shutdown::ShutdownSignal;
 use crate::chat::Chat;
 use crate::config::Config;
 
@@ -113,7 +114,10 @@ pub async fn start(config: Config) -> Result<Server, String> {
         chat: chat.clone(),
         heartbeat,
     };
-    let dispatch = Dispatch::new(client, events, shutdown.clone())
+    // What the front door's connections and event streams watch, instead
+    // of Rocket's `Shutdown` itself (see `api::shutdown`).
+    let signal = ShutdownSignal::after(shutdown.clone());
+    let dispatch = Dispatch::new(client, events, signal.clone())
         .await
         .map_err(|e| format!("cannot start: {e}"))?;
     let front = tokio::spawn(api::front::serve(
@@ -121,7 +125,7 @@ pub async fn start(config: Config) -> Result<Server, String> {
         Arc::new(dispatch),
         front,
         grace,
-        shutdown.clone(),
+        signal,
     ));
     Ok(Server {
         address,

@@ -191,7 +191,13 @@ where
                 }
                 continue;
             }
+            // In this order, and no further once one is ready, so a
+            // stream woken for an event does not poll its heartbeat timer.
+            // The front door's shutdown costs one atomic load a poll
+            // (`api::shutdown`).
             select! {
+                biased;
+                _ = &mut shutdown => break,
                 received = rx.recv() => match received {
                     Ok(cached) => {
                         let fresh = match (cached.arrival, next) {
@@ -213,7 +219,6 @@ where
                     Err(RecvError::Closed) => break,
                 },
                 _ = heartbeat.tick() => yield Bytes::from_static(b": heartbeat\n\n"),
-                _ = &mut shutdown => break,
             }
         }
     }

@@ -115,8 +115,10 @@ pub async fn serve<S>(
                     let io = TokioIo::new(JsonParseErrors::new(stream));
                     let conn = http.serve_connection(io, service);
                     let mut conn = std::pin::pin!(conn);
+                    // Both are polled at each wake of the connection, the
+                    // shutdown first: with `ShutdownSignal` one atomic load.
                     tokio::select! {
-                        _ = conn.as_mut() => {}
+                        biased;
                         _ = shutdown => {
                             conn.as_mut().graceful_shutdown();
                             tokio::select! {
@@ -124,6 +126,7 @@ pub async fn serve<S>(
                                 _ = close.wait_for(|closing| *closing) => {}
                             }
                         }
+                        _ = conn.as_mut() => {}
                     }
                     drop(slot);
                 });

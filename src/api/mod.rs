@@ -13,6 +13,7 @@ pub mod headers;
 pub mod messages;
 pub mod openapi;
 pub mod page;
+pub mod shutdown;
 pub mod status;
 
 use rocket::{catchers, routes, Catcher, Route};
