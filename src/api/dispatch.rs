@@ -36,6 +36,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use rocket::http::uri::{Host, Origin};
 use rocket::http::{Cookie, Header};
 use rocket::local::asynchronous::Client;
+use tokio::io::AsyncReadExt;
 
 use crate::api::body::BODY_LIMIT_BYTES;
 use crate::api::events;
@@ -165,7 +166,7 @@ where
         }
         request.set_body(data);
 
-        let response = request.dispatch().await;
+        let mut response = request.dispatch().await;
         let status = StatusCode::from_u16(response.status().code)
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut headers = HeaderMap::new();
@@ -175,7 +176,17 @@ where
         let head_length = (parts.method == Method::HEAD)
             .then(|| response.body().preset_size())
             .flatten();
-        let bytes = response.into_bytes().await.unwrap_or_default();
+        // Read into a buffer of the body's size when Rocket knows it (every
+        // response but a stream's), instead of one that doubles as it fills
+        // and copies what it holds each time (`into_bytes`).
+        let size = match head_length {
+            Some(_) => 0,
+            None => response.body().preset_size().unwrap_or(0),
+        };
+        let mut bytes = Vec::with_capacity(size);
+        if response.read_to_end(&mut bytes).await.is_err() {
+            bytes.clear();
+        }
         let mut answer = Response::new(
             Full::new(Bytes::from(bytes))
                 .map_err(|never| match never {})
