@@ -40,6 +40,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::api::body::BODY_LIMIT_BYTES;
 use crate::api::events;
+use crate::api::headers::add_security_headers;
 use crate::chat::Chat;
 
 /// A response body the front door sends: whole bytes, or an event stream.
@@ -85,6 +86,7 @@ where
         let response = client.head("/api/events").dispatch().await;
         let mut stream_head = HeaderMap::new();
         copy_headers(response.headers(), &mut stream_head);
+        add_security_headers(&mut stream_head);
         let is_stream = stream_head
             .get(header::CONTENT_TYPE)
             .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"));
@@ -171,6 +173,7 @@ where
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut headers = HeaderMap::new();
         copy_headers(response.headers(), &mut headers);
+        add_security_headers(&mut headers);
         // A HEAD's body was stripped; its length is the GET's, as Rocket's
         // own server would send it.
         let head_length = (parts.method == Method::HEAD)
@@ -309,6 +312,7 @@ pub fn json_response(status: StatusCode, error: &str) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    add_security_headers(response.headers_mut());
     response
 }
 

@@ -43,6 +43,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::api::dispatch::{json_response, Dispatch};
+use crate::api::headers::SECURITY_HEADERS;
 
 /// The front door's settings.
 #[derive(Debug, Clone, Copy)]
@@ -233,14 +234,14 @@ pub fn json_refusal(head: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let body = serde_json::json!({ "error": error }).to_string();
-    Some(
-        format!(
-            "{status_line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-             x-content-type-options: nosniff\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes(),
-    )
+    let mut head = format!(
+        "{status_line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in SECURITY_HEADERS {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    Some(format!("{head}connection: close\r\n\r\n{body}").into_bytes())
 }
 
 impl<T: AsyncWrite + Unpin> JsonParseErrors<T> {
