@@ -171,7 +171,9 @@ where
         let mut response = request.dispatch().await;
         let status = StatusCode::from_u16(response.status().code)
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut headers = HeaderMap::new();
+        // Room for Rocket's headers and the security headers, so the map
+        // is not grown on the way.
+        let mut headers = HeaderMap::with_capacity(response.headers().len() + 6);
         copy_headers(response.headers(), &mut headers);
         add_security_headers(&mut headers);
         // A HEAD's body was stripped; its length is the GET's, as Rocket's
