@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::security_headers::assert_carries_them_once;
 use crate::support::app::{spawn_app, TestApp};
 
 /// A deadline for waiting on the server, far beyond the settings used, so
@@ -106,6 +107,7 @@ async fn a_connection_over_the_limit_gets_503_and_others_keep_working() {
         .unwrap();
     assert_eq!(refused.status(), 503);
     assert_eq!(refused.headers()["retry-after"], "1");
+    assert_carries_them_once("a connection over the bound", refused.headers());
     let body: Value = refused.json().await.unwrap();
     assert!(
         body["error"].as_str().unwrap().contains("connections"),
