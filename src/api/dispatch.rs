@@ -40,7 +40,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::api::body::BODY_LIMIT_BYTES;
 use crate::api::events;
-use crate::api::headers::add_security_headers;
+use crate::api::headers::{add_security_headers, SECURITY_HEADERS};
 use crate::chat::Chat;
 
 /// A response body the front door sends: whole bytes, or an event stream.
@@ -171,23 +171,21 @@ where
         let mut response = request.dispatch().await;
         let status = StatusCode::from_u16(response.status().code)
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        // Room for Rocket's headers and the security headers, so the map
-        // is not grown on the way.
-        let mut headers = HeaderMap::with_capacity(response.headers().len() + 6);
+        // Room for Rocket's headers, the security headers and a HEAD's
+        // length, so the map is not grown on the way.
+        let mut headers =
+            HeaderMap::with_capacity(response.headers().len() + SECURITY_HEADERS.len() + 1);
         copy_headers(response.headers(), &mut headers);
         add_security_headers(&mut headers);
+        let is_head = parts.method == Method::HEAD;
+        let preset_size = response.body().preset_size();
         // A HEAD's body was stripped; its length is the GET's, as Rocket's
         // own server would send it.
-        let head_length = (parts.method == Method::HEAD)
-            .then(|| response.body().preset_size())
-            .flatten();
+        let head_length = preset_size.filter(|_| is_head);
         // Read into a buffer of the body's size when Rocket knows it (every
         // response but a stream's), instead of one that doubles as it fills
         // and copies what it holds each time (`into_bytes`).
-        let size = match head_length {
-            Some(_) => 0,
-            None => response.body().preset_size().unwrap_or(0),
-        };
+        let size = if is_head { 0 } else { preset_size.unwrap_or(0) };
         let mut bytes = Vec::with_capacity(size);
         if response.read_to_end(&mut bytes).await.is_err() {
             bytes.clear();
