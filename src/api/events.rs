@@ -104,6 +104,19 @@ pub fn valid_id(id: Option<&str>) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Sets `last` to `id` in the buffer it already has: a stream remembers
+/// each message it sends, and a copy into the same buffer allocates
+/// nothing.
+fn remember(last: &mut Option<String>, id: &str) {
+    match last {
+        Some(last) => {
+            last.clear();
+            last.push_str(id);
+        }
+        None => *last = Some(id.to_owned()),
+    }
+}
+
 /// One subscriber's event stream: the bytes of `/api/events`'s body, from
 /// `retry:` on. When `resume_from` names a message, first the messages after
 /// it, then each new one; a `: heartbeat` comment every `every`; it ends
@@ -151,7 +164,7 @@ where
                     catching_up = batch.len() == MAX_LIMIT;
                     for cached in batch {
                         next = cached.arrival.map(Arrival::next);
-                        last_id = Some(cached.message.id.clone());
+                        remember(&mut last_id, &cached.message.id);
                         yield cached.frame.clone();
                     }
                     continue;
@@ -171,7 +184,7 @@ where
                             // Once the replay reaches what the cache holds,
                             // it continues by arrival.
                             next = cached.arrival.or_else(|| chat.arrival_of(id)).map(Arrival::next);
-                            last_id = Some(id.clone());
+                            remember(&mut last_id, id);
                             yield cached.frame.clone();
                         }
                         if batch.is_empty() {
@@ -208,7 +221,7 @@ where
                         if fresh {
                             overlap.clear();
                             next = cached.arrival.map(Arrival::next);
-                            last_id = Some(cached.message.id.clone());
+                            remember(&mut last_id, &cached.message.id);
                             yield cached.frame.clone();
                         }
                     }
