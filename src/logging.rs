@@ -1,8 +1,19 @@
 //! The process's logger: Rocket's layout (indented `>>` lines, `Warning:`
 //! and `Error:` prefixes) at Rocket's `log_level`, for Rocket's records and
-//! simplechat's alike, with one change: a client that leaves while its
-//! response is still streaming (a closed tab's event stream) is logged at
-//! debug level, not as a warning on every tab closed.
+//! simplechat's alike, with three changes:
+//!
+//! - a client that leaves while its response is still streaming (a closed
+//!   tab's event stream) is logged at debug level, not as a warning on
+//!   every tab closed;
+//! - a request no route matched, and the catcher that answered it, are
+//!   logged at info level: Rocket logs them as an error and a warning,
+//!   which at the release builds' level (`critical`) printed a line for
+//!   every 404, every `HEAD` (which Rocket first looks up as `HEAD`, then
+//!   answers as `GET`) and every request the request checks refused;
+//! - Rocket's launch lines show at Rocket's level like any other record,
+//!   not at every level: `serve` prints its own startup line, and the
+//!   application's Rocket never listens itself (see `api::dispatch`), so
+//!   Rocket's "launched locally" would only mislead.
 //!
 //! Written here because Rocket 0.5's own logger cannot be configured per
 //! record and is private; installing this one first makes Rocket keep it
@@ -13,6 +24,20 @@ use std::io::Write;
 use rocket::config::LogLevel;
 
 struct Logger;
+
+/// Whether `record` is Rocket's routing telling of a request no route
+/// matched: "No matching routes for …" (`error_!`), then the catcher that
+/// answers it (`warn_!`), in `rocket::server` (Rocket 0.5.2,
+/// `server.rs`). The client's doing, not a fault of the server.
+fn is_unrouted_request(record: &log::Record<'_>) -> bool {
+    if record.module_path().is_none_or(|m| m != "rocket::server") {
+        return false;
+    }
+    let text = record.args().to_string();
+    text.starts_with("No matching routes for ")
+        || text.starts_with("Responding with registered ")
+        || (text.starts_with("No ") && text.ends_with(" catcher registered. Using Rocket default."))
+}
 
 /// Whether `record` is Rocket saying that the peer hung up on a response:
 /// hyper's "connection closed before message completed" (a connection that
@@ -36,14 +61,15 @@ impl log::Log for Logger {
     fn log(&self, record: &log::Record<'_>) {
         let mut level = record.level();
         // Rocket logs its launch banner as warnings so that it shows at
-        // every level, and prints it as information.
+        // every level; here it is information.
         if level == log::Level::Warn && record.target().starts_with("rocket::launch") {
             level = log::Level::Info;
         } else if level == log::Level::Warn && is_peer_hangup(record) {
             level = log::Level::Debug;
+        } else if level <= log::Level::Warn && is_unrouted_request(record) {
+            level = log::Level::Info;
         }
-        let launch = record.target().starts_with("rocket::launch");
-        if level > log::max_level() && !launch {
+        if level > log::max_level() {
             return;
         }
         // Rocket shows hyper's and rustls' own records only when debugging.
@@ -118,6 +144,34 @@ mod tests {
             ours,
             "simplechat::store",
             log::Level::Warn
+        )));
+    }
+
+    #[test]
+    fn only_rockets_unrouted_request_records_are_demoted() {
+        let unrouted = [
+            format_args!("No matching routes for HEAD /api/events."),
+            format_args!("Responding with registered (default_catcher) default catcher."),
+            format_args!("No 404 catcher registered. Using Rocket default."),
+        ];
+        for args in unrouted {
+            assert!(is_unrouted_request(&record(
+                args,
+                "rocket::server",
+                log::Level::Error
+            )));
+        }
+        let fault = format_args!("Handler post_message panicked.");
+        assert!(!is_unrouted_request(&record(
+            fault,
+            "rocket::server",
+            log::Level::Error
+        )));
+        let elsewhere = format_args!("No matching routes for GET /.");
+        assert!(!is_unrouted_request(&record(
+            elsewhere,
+            "simplechat::api",
+            log::Level::Error
         )));
     }
 }
