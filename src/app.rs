@@ -117,7 +117,7 @@ pub async fn start(config: Config) -> Result<Server, String> {
     // What the front door's connections and event streams watch, instead
     // of Rocket's `Shutdown` itself (see `api::shutdown`).
     let signal = ShutdownSignal::after(shutdown.clone());
-    let dispatch = Dispatch::new(client, events, signal.clone())
+    let dispatch = Dispatch::new(client, events, front.header_timeout, signal.clone())
         .await
         .map_err(|e| format!("cannot start: {e}"))?;
     let front = tokio::spawn(api::front::serve(

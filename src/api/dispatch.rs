@@ -21,6 +21,11 @@
 //! asked of Rocket once at start (`HEAD /api/events`), so the fairings'
 //! headers cannot drift apart. Every other response of the application has
 //! a body of known length, read whole before it is sent.
+//!
+//! A request's body must arrive within the same time as its head
+//! (`header_timeout_secs`), counted from when the head has arrived: a
+//! client that stops sending it gets `408` and the connection closes,
+//! instead of holding its connection slot for as long as it likes.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -70,6 +75,8 @@ pub struct Dispatch<S> {
     events: EventSource,
     /// The head of every event stream (see the module docs).
     stream_head: HeaderMap,
+    /// How long a request's body may take to arrive once its head has.
+    body_timeout: Duration,
     shutdown: S,
 }
 
@@ -77,12 +84,18 @@ impl<S> Dispatch<S>
 where
     S: Future<Output = ()> + Send + Clone + Unpin + 'static,
 {
-    /// Wraps a launched local `client`; event streams end when `shutdown`
+    /// Wraps a launched local `client`; a request's body must arrive within
+    /// `body_timeout` of its head; event streams end when `shutdown`
     /// resolves.
     ///
     /// Errors: Rocket's `/api/events` route does not answer `HEAD` with
     /// `200` and `text/event-stream` (one line).
-    pub async fn new(client: Client, events: EventSource, shutdown: S) -> Result<Self, String> {
+    pub async fn new(
+        client: Client,
+        events: EventSource,
+        body_timeout: Duration,
+        shutdown: S,
+    ) -> Result<Self, String> {
         let response = client.head("/api/events").dispatch().await;
         let mut stream_head = HeaderMap::new();
         copy_headers(response.headers(), &mut stream_head);
@@ -102,12 +115,14 @@ where
             client,
             events,
             stream_head,
+            body_timeout,
             shutdown,
         })
     }
 
     /// The application's answer to `req` from `peer`. Never fails: a body
-    /// the client stops sending gets 400.
+    /// that breaks off gets 400, one that stops arriving 408 (and the
+    /// connection closes).
     pub async fn answer(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         if req.method() == Method::GET && req.uri().path() == "/api/events" {
             if let Some(after) = events_query(req.uri().query()) {
@@ -115,13 +130,28 @@ where
             }
         }
         let (parts, body) = req.into_parts();
-        let data = match read_body(body).await {
-            Ok(data) => data,
-            Err(e) => {
+        let data = match tokio::time::timeout(self.body_timeout, read_body(body)).await {
+            Ok(Ok(data)) => data,
+            Ok(Err(e)) => {
                 return json_response(
                     StatusCode::BAD_REQUEST,
                     &format!("cannot read the request body: {e}"),
                 )
+            }
+            Err(_) => {
+                let mut response = json_response(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &format!(
+                        "the request body did not arrive within {} s",
+                        self.body_timeout.as_secs()
+                    ),
+                );
+                // What is left of the body would be read as the next
+                // request: hyper closes the connection after this answer.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return response;
             }
         };
         let (method, original) = match rocket_method(&parts.method) {

@@ -12,8 +12,12 @@
 //! - a request's headers must arrive within `header_timeout_secs`,
 //!   counted from when the connection opens or its previous response
 //!   ends, so a slow or idle connection closes (hyper's
-//!   `header_read_timeout`); a response in progress, such as an event
-//!   stream, is not bounded (its heartbeats keep it alive);
+//!   `header_read_timeout`); its body within as long again
+//!   ([`crate::api::dispatch`]); a response that the client takes nothing
+//!   of for as long fails, and the connection closes
+//!   ([`crate::api::stall`]); a response in progress that the client
+//!   reads, such as an event stream, is not bounded (its heartbeats keep
+//!   it alive);
 //! - at most `max_connections` are open at once; one more is answered 503
 //!   with `Retry-After` and closed, so the process never runs out of file
 //!   descriptors and starves everyone;
@@ -44,12 +48,14 @@ use tokio::sync::Semaphore;
 
 use crate::api::dispatch::{json_response, Dispatch};
 use crate::api::headers::SECURITY_HEADERS;
+use crate::api::stall::WriteTimeout;
 
 /// The front door's settings.
 #[derive(Debug, Clone, Copy)]
 pub struct FrontConfig {
     /// How long a connection may take to send a request's headers, from
-    /// when it opens or its previous response ends.
+    /// when it opens or its previous response ends; and how long a write
+    /// of a response may wait for the client to take any of it.
     pub header_timeout: Duration,
     /// The most client connections open at once.
     pub max_connections: usize,
@@ -113,7 +119,10 @@ pub async fn serve<S>(
                         let dispatch = dispatch.clone();
                         async move { Ok::<_, Infallible>(dispatch.answer(req, peer).await) }
                     });
-                    let io = TokioIo::new(JsonParseErrors::new(stream));
+                    let io = TokioIo::new(JsonParseErrors::new(WriteTimeout::new(
+                        stream,
+                        config.header_timeout,
+                    )));
                     let conn = http.serve_connection(io, service);
                     let mut conn = std::pin::pin!(conn);
                     // Both are polled at each wake of the connection, the

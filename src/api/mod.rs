@@ -14,6 +14,7 @@ pub mod messages;
 pub mod openapi;
 pub mod page;
 pub mod shutdown;
+pub mod stall;
 pub mod status;
 
 use rocket::{catchers, routes, Catcher, Route};

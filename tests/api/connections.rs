@@ -132,3 +132,86 @@ async fn a_connection_over_the_limit_gets_503_and_others_keep_working() {
     drop(held);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_gets_408_and_the_connection_closes() {
+    let app = spawn_app(&[("header_timeout_secs", json!(1))]).await;
+    let before = app.get("/api/messages").await.text().await.unwrap();
+    for head in [
+        // Seven bytes of a hundred, then nothing.
+        "POST /api/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\"",
+        // A chunked body that never ends.
+        "POST /api/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"nam\r\n",
+        // A GET that announces a body it never sends.
+        "GET /api/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n",
+    ] {
+        let mut stalled = connect(&app).await;
+        stalled.write_all(head.as_bytes()).await.unwrap();
+        let answer = until_closed(&mut stalled).await;
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{head}: {answer}");
+        assert!(
+            answer.contains("the request body did not arrive within 1 s"),
+            "{answer}"
+        );
+        assert_carries_them_once("a 408", &head_of(&answer));
+    }
+    let after = app.get("/api/messages").await.text().await.unwrap();
+    assert_eq!(before, after, "nothing was stored");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_reads_nothing_gives_its_slot_back() {
+    let app = spawn_app(&[
+        ("max_connections", json!(1)),
+        ("header_timeout_secs", json!(1)),
+    ])
+    .await;
+    // The one slot: a client that sends requests for pages and reads none
+    // of them, with a small window, so the server's writes soon wait.
+    let addr: std::net::SocketAddr = app.base_url.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut silent = socket.connect(addr).await.unwrap();
+    let requests = "GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2000);
+    silent.write_all(requests.as_bytes()).await.unwrap();
+
+    // Refused while it holds the slot; served once the server gave up on it.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut refused = 0;
+    loop {
+        let response = reqwest::Client::new()
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            break;
+        }
+        assert_eq!(response.status(), 503);
+        refused += 1;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the silent client kept the slot"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused > 0, "the silent client never held the slot");
+    drop(silent);
+    app.shutdown().await;
+}
+
+/// The headers of a raw response.
+fn head_of(answer: &str) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let head = answer.split("\r\n\r\n").next().unwrap_or_default();
+    for line in head.lines().skip(1) {
+        if let Some((name, value)) = line.split_once(':') {
+            headers.append(
+                reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
+                value.trim().parse().unwrap(),
+            );
+        }
+    }
+    headers
+}
