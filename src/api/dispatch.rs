@@ -20,7 +20,10 @@
 //! ([`crate::api::events::stream`]), with the head Rocket's route gives it,
 //! asked of Rocket once at start (`HEAD /api/events`), so the fairings'
 //! headers cannot drift apart. Every other response of the application has
-//! a body of known length, read whole before it is sent.
+//! a body of known length, read whole before it is sent; one of unknown
+//! length is read for as long as a request's body may take, and up to
+//! [`UNSIZED_BODY_LIMIT`], and answered 500 beyond either, so a response
+//! that never ends cannot hold a connection and grow in memory.
 //!
 //! A request's body must arrive within the same time as its head
 //! (`header_timeout_secs`), counted from when the head has arrived: a
@@ -53,6 +56,10 @@ pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
 /// A method Rocket cannot name, as the client sent it (set only here).
 pub const ORIGINAL_METHOD: &str = "x-simplechat-original-method";
+
+/// The most bytes of a Rocket response of unknown length the front door
+/// reads (none of the application's is that long; see the module docs).
+pub const UNSIZED_BODY_LIMIT: u64 = 4 << 20;
 
 /// The header Rocket's `client_ip` reads before the remote address (its
 /// `ip_header` setting's default): a client's own value is dropped, so
@@ -217,8 +224,26 @@ where
         // and copies what it holds each time (`into_bytes`).
         let size = if is_head { 0 } else { preset_size.unwrap_or(0) };
         let mut bytes = Vec::with_capacity(size);
-        if response.read_to_end(&mut bytes).await.is_err() {
-            bytes.clear();
+        if preset_size.is_some() || is_head {
+            if response.read_to_end(&mut bytes).await.is_err() {
+                bytes.clear();
+            }
+        } else {
+            let mut bounded = (&mut response).take(UNSIZED_BODY_LIMIT + 1);
+            let read = tokio::time::timeout(self.body_timeout, bounded.read_to_end(&mut bytes));
+            if !matches!(read.await, Ok(Ok(n)) if (n as u64) <= UNSIZED_BODY_LIMIT) {
+                log::error!(
+                    "{} {}: a response of unknown length did not end within {} s and {} bytes",
+                    parts.method,
+                    parts.uri.path(),
+                    self.body_timeout.as_secs(),
+                    UNSIZED_BODY_LIMIT
+                );
+                return json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the response did not end",
+                );
+            }
         }
         let mut answer = Response::new(
             Full::new(Bytes::from(bytes))

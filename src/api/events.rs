@@ -17,10 +17,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
+use rocket::http::uri::Origin;
 use rocket::http::{ContentType, Header};
 use rocket::request::{FromRequest, Outcome, Request};
 use rocket::response::stream::ByteStream;
-use rocket::response::{self, Responder, Response};
+use rocket::response::{self, Redirect, Responder, Response};
 use rocket::tokio::select;
 use rocket::tokio::sync::broadcast::error::RecvError;
 use rocket::tokio::time::{interval_at, Instant};
@@ -76,25 +77,43 @@ where
 /// `: heartbeat` comment every `heartbeat_secs`. Never an error status: the
 /// stream ends at shutdown, or when the store cannot say what was missed.
 ///
-/// The front door serves every `GET` of this path itself, with the same
-/// [`stream`] and the head this route's response gets
-/// ([`crate::api::dispatch`]); this route answers the rest (`HEAD`, and a
-/// query field given twice, which the request checks refuse).
+/// The front door serves every `GET` of exactly this path itself, with the
+/// same [`stream`] and the head this route's response gets
+/// ([`crate::api::dispatch`]). What reaches this route is a `HEAD`, which
+/// gets that head, or a request for a path Rocket matches to this route in
+/// another spelling (`/api/events/`, `//api/events`, `/api/%65vents`): that
+/// gets a `308` to the path itself, which `EventSource` and other clients
+/// follow. Rocket cannot stream it (the front door reads every response it
+/// hands to Rocket whole, and this one never ends), and the front door
+/// cannot know every spelling Rocket's routing accepts, so the route sends
+/// the client to the one the front door serves. (A query field given twice
+/// never gets here: the request checks refuse it first.)
 #[get("/api/events?<after>")]
 pub fn events(
     chat: &State<Chat>,
     heartbeat: &State<Heartbeat>,
     last_event_id: LastEventId,
     after: Option<&str>,
+    origin: &Origin<'_>,
     shutdown: Shutdown,
-) -> SseBytes<impl futures::Stream<Item = Bytes>> {
+) -> Result<SseBytes<impl futures::Stream<Item = Bytes>>, Box<Redirect>> {
+    // By the path as sent, not the method: Rocket answers a `HEAD` with
+    // its `GET` route, and tells the route it is a `GET`.
+    if origin.path().as_str() != "/api/events" {
+        let to = match origin.query() {
+            Some(query) => format!("/api/events?{query}"),
+            None => "/api/events".to_owned(),
+        };
+        // Rocket answers `Err` with its responder, as it does `Ok`.
+        return Err(Box::new(Redirect::permanent(to)));
+    }
     let resume_from = last_event_id.0.or_else(|| valid_id(after));
-    SseBytes(ByteStream(stream(
+    Ok(SseBytes(ByteStream(stream(
         chat.inner().clone(),
         heartbeat.0,
         resume_from,
         shutdown,
-    )))
+    ))))
 }
 
 /// `id` when it is a valid message id.

@@ -233,6 +233,58 @@ async fn every_form_of_subscription_gets_the_same_head_and_events() {
     app.shutdown().await;
 }
 
+/// Rocket's routing also matches other spellings of the path to the
+/// events route; the front door serves only the path itself, and the
+/// route sends the client there, where the stream is. (A `GET` of them
+/// once went to Rocket, whose answer never ended: no response at all, and
+/// the stream buffered in memory until the client left.)
+#[tokio::test]
+async fn other_spellings_of_the_path_are_sent_to_the_stream() {
+    let app = spawn_app(&[]).await;
+    let seen = app.post_message("ann", "seen").await;
+    let missed = app.post_message("ann", "missed").await;
+    let id = seen["id"].as_str().unwrap();
+    let following = reqwest::Client::new();
+    for path in [
+        "/api/events/",
+        "//api/events",
+        "/api//events",
+        "/api/%65vents",
+    ] {
+        let response = tokio::time::timeout(
+            Duration::from_secs(60),
+            app.client
+                .get(app.url(&format!("{path}?after={id}")))
+                .send(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{path}: no answer"))
+        .expect("GET");
+        assert_eq!(response.status(), 308, "{path}");
+        assert_eq!(
+            response.headers()["location"],
+            format!("/api/events?after={id}").as_str(),
+            "{path}"
+        );
+        // Followed, as EventSource follows it.
+        let response = following
+            .get(app.url(&format!("{path}?after={id}")))
+            .send()
+            .await
+            .expect("GET, redirected");
+        let mut sse = Sse::from_response(response);
+        assert_eq!(sse.next_message().await, missed, "{path}");
+    }
+    let bare = app
+        .client
+        .get(app.url("/api/events/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bare.headers()["location"], "/api/events");
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn last_event_id_replays_what_was_missed() {
     let app = spawn_app(&[]).await;
