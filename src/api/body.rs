@@ -1,12 +1,16 @@
 //! Request bodies: size cap, media type and parsing, each with its own error.
 
 use std::collections::HashSet;
+use std::fmt;
+use std::marker::PhantomData;
 
 use rocket::data::{Data, ToByteUnit};
 use rocket::form::ValueField;
 use rocket::http::{ContentType, RawStr, Status};
 use rocket::tokio::io::AsyncReadExt;
 use rocket::Request;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 
 use super::error::ApiError;
 use crate::message::{ID_MAX_CHARS, NAME_MAX_CHARS, TEXT_MAX_CHARS};
@@ -77,8 +81,37 @@ fn is_json(req: &Request<'_>) -> bool {
         .is_some_and(|ct| ct.is_json() || ct.sub().as_str().ends_with("+json"))
 }
 
-/// A JSON body. The Content-Type must say JSON: anything else, or none,
-/// gets 415 (a form cannot post JSON across sites that way either).
+/// A JSON object read into `T`; any other JSON value is refused with the
+/// parser's own message and position. serde's derived `Deserialize` also
+/// fills a struct from an array, by position (`["ann", "hi"]` as a post),
+/// which the contract does not allow.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct OnlyMap<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for OnlyMap<T> {
+            type Value = T;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+
+        deserializer
+            .deserialize_map(OnlyMap(PhantomData))
+            .map(Object)
+    }
+}
+
+/// A JSON body, which must be an object. The Content-Type must say JSON:
+/// anything else, or none, gets 415 (a form cannot post JSON across sites
+/// that way either).
 pub async fn json<T: serde::de::DeserializeOwned>(
     req: &Request<'_>,
     data: Data<'_>,
@@ -94,6 +127,7 @@ pub async fn json<T: serde::de::DeserializeOwned>(
     }
     let bytes = read_capped(data).await?;
     serde_json::from_slice(&bytes)
+        .map(|Object(value)| value)
         .map_err(|e| ApiError::new(Status::BadRequest, format!("malformed JSON body: {e}")))
 }
 
@@ -103,7 +137,7 @@ pub fn is_form(req: &Request<'_>) -> bool {
     req.content_type() == Some(&ContentType::Form)
 }
 
-/// A JSON request body as a data guard; take it as
+/// A JSON object request body as a data guard; take it as
 /// `Result<JsonBody<T>, ApiError>` so the handler answers refusals in the
 /// API's error shape. Not Rocket's `Json`: its refusals carry no `field` or
 /// JSON body.
@@ -238,6 +272,39 @@ mod tests {
         );
         assert!(json.len() as u64 <= BODY_LIMIT_BYTES, "{}", json.len());
         assert_eq!(BODY_LIMIT_BYTES, 28_169);
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Post {
+        #[serde(default)]
+        name: String,
+        #[allow(dead_code)]
+        #[serde(default)]
+        text: String,
+    }
+
+    #[test]
+    fn json_bodies_must_be_objects_and_other_errors_read_as_before() {
+        let object = |body: &str| serde_json::from_str::<Object<Post>>(body).map(|o| o.0);
+        assert_eq!(object(r#" {"name": "ann"}"#).unwrap().name, "ann");
+        for array in [r#"["ann", "hi"]"#, r#"[{"name": "ann"}]"#] {
+            let e = object(array).unwrap_err().to_string();
+            assert!(e.contains("expected a JSON object"), "{e}");
+        }
+        for malformed in [
+            r#"{"name": 5}"#,
+            r#"{"name": "a", "#,
+            r#"{"name": "a", "name": "b"}"#,
+            r#"{"name": "a"} x"#,
+        ] {
+            assert_eq!(
+                object(malformed).unwrap_err().to_string(),
+                serde_json::from_str::<Post>(malformed)
+                    .unwrap_err()
+                    .to_string(),
+                "{malformed}"
+            );
+        }
     }
 
     #[test]

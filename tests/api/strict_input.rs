@@ -134,3 +134,31 @@ async fn other_methods_on_a_route_get_405_with_allow() {
     assert_eq!(app.get("/no/such/path").await.status(), 404);
     app.shutdown().await;
 }
+
+/// serde fills a struct from an array by position; the contract's body is
+/// an object, so an array is refused like any other malformed body.
+#[tokio::test]
+async fn a_json_array_is_not_a_post() {
+    let app = spawn_app(&[]).await;
+    for body in [
+        r#"["arr","via array","key-arr"]"#,
+        r#" [ "arr", "via array" ]"#,
+        r#"[{"name": "arr", "text": "via array", "id": "key-arr"}]"#,
+    ] {
+        let response = app
+            .post_body("/api/messages", "application/json", body)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let error: Value = response.json().await.unwrap();
+        let message = error["error"].as_str().unwrap();
+        assert!(
+            message.starts_with("malformed JSON body: ") && message.contains("a JSON object"),
+            "{body}: {error}"
+        );
+    }
+    assert_eq!(app.get("/api/messages/key-arr").await.status(), 404);
+    assert_eq!(app.message_count().await, 0, "nothing stored");
+    app.shutdown().await;
+}
