@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 
 use rocket::data::{Data, ToByteUnit};
 use rocket::form::ValueField;
-use rocket::http::{ContentType, RawStr, Status};
+use rocket::http::{RawStr, Status};
 use rocket::tokio::io::AsyncReadExt;
 use rocket::Request;
 use serde::de::value::MapAccessDeserializer;
@@ -74,11 +74,92 @@ pub async fn read_capped(data: Data<'_>) -> Result<Vec<u8>, ApiError> {
     Ok(body)
 }
 
+/// The request's `Content-Type` as sent, if it has one.
+fn content_type<'r>(req: &'r Request<'_>) -> Option<&'r str> {
+    req.headers().get_one("Content-Type")
+}
+
+/// Whether `c` may be in a token (RFC 9110 §5.6.2).
+fn is_tchar(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+}
+
+/// The token `s` starts with, and what follows it.
+fn token(s: &str) -> Option<(&str, &str)> {
+    let end = s.find(|c| !is_tchar(c)).unwrap_or(s.len());
+    (end > 0).then(|| s.split_at(end))
+}
+
+/// What follows a quoted string whose opening quote is already taken off.
+fn after_quoted(s: &str) -> Option<&str> {
+    let mut chars = s.char_indices();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '"' => return Some(&s[at + 1..]),
+            '\\' => {
+                chars.next()?;
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The type and subtype of a `Content-Type` value, if it is a media type
+/// as RFC 9110 §8.3.1 writes one: `type/subtype` and parameters, with
+/// optional whitespace on either side of each `;`. Rocket's parser refuses
+/// the whitespace before one (`application/json ; charset=utf-8`), and its
+/// `None` cannot tell such a header from a missing one. Parameters must be
+/// well formed, and are otherwise ignored.
+fn media_type(value: &str) -> Option<(&str, &str)> {
+    const OWS: [char; 2] = [' ', '\t'];
+    let (kind, rest) = token(value.trim_matches(OWS))?;
+    let (subtype, mut rest) = token(rest.strip_prefix('/')?)?;
+    loop {
+        rest = rest.trim_start_matches(OWS);
+        if rest.is_empty() {
+            return Some((kind, subtype));
+        }
+        rest = rest.strip_prefix(';')?.trim_start_matches(OWS);
+        // RFC 9110 allows an empty parameter (`type/sub;` or `;;`).
+        if rest.is_empty() || rest.starts_with(';') {
+            continue;
+        }
+        let (_, after_name) = token(rest)?;
+        let value = after_name.strip_prefix('=')?;
+        rest = match value.strip_prefix('"') {
+            Some(quoted) => after_quoted(quoted)?,
+            None => token(value)?.1,
+        };
+    }
+}
+
 /// Whether the request says its body is JSON (`application/json`, with
 /// any parameters such as `charset=UTF-8`, or any `+json` type).
 fn is_json(req: &Request<'_>) -> bool {
-    req.content_type()
-        .is_some_and(|ct| ct.is_json() || ct.sub().as_str().ends_with("+json"))
+    content_type(req)
+        .and_then(media_type)
+        .is_some_and(|(kind, subtype)| {
+            // A token is ASCII, so any byte is a char boundary.
+            let suffix = subtype
+                .len()
+                .checked_sub("+json".len())
+                .map(|at| &subtype[at..]);
+            (kind.eq_ignore_ascii_case("application") && subtype.eq_ignore_ascii_case("json"))
+                || suffix.is_some_and(|s| s.eq_ignore_ascii_case("+json"))
+        })
+}
+
+/// The 415 refusal of a body that is not of the type `expected` describes,
+/// naming the Content-Type the request has, as sent.
+fn unsupported(req: &Request<'_>, expected: &str) -> ApiError {
+    ApiError::new(
+        Status::UnsupportedMediaType,
+        format!(
+            "expected {expected}, got {}",
+            content_type(req).unwrap_or("none")
+        ),
+    )
 }
 
 /// A JSON object read into `T`; any other JSON value is refused with the
@@ -117,12 +198,9 @@ pub async fn json<T: serde::de::DeserializeOwned>(
     data: Data<'_>,
 ) -> Result<T, ApiError> {
     if !is_json(req) {
-        let got = req
-            .content_type()
-            .map_or_else(|| "none".to_owned(), ToString::to_string);
-        return Err(ApiError::new(
-            Status::UnsupportedMediaType,
-            format!("expected a JSON body (Content-Type: application/json), got {got}"),
+        return Err(unsupported(
+            req,
+            "a JSON body (Content-Type: application/json)",
         ));
     }
     let bytes = read_capped(data).await?;
@@ -134,7 +212,12 @@ pub async fn json<T: serde::de::DeserializeOwned>(
 /// Whether the request says its body is a form
 /// (`application/x-www-form-urlencoded`, as the page's form posts it).
 pub fn is_form(req: &Request<'_>) -> bool {
-    req.content_type() == Some(&ContentType::Form)
+    content_type(req)
+        .and_then(media_type)
+        .is_some_and(|(kind, subtype)| {
+            kind.eq_ignore_ascii_case("application")
+                && subtype.eq_ignore_ascii_case("x-www-form-urlencoded")
+        })
 }
 
 /// A JSON object request body as a data guard; take it as
@@ -215,9 +298,9 @@ impl<'r, T: for<'a> rocket::form::FromForm<'a> + Send + 'static> rocket::data::F
     async fn from_data(req: &'r Request<'_>, data: Data<'r>) -> rocket::data::Outcome<'r, Self> {
         let parsed = async {
             if !is_form(req) {
-                return Err(ApiError::new(
-                    Status::UnsupportedMediaType,
-                    "expected a form body (application/x-www-form-urlencoded)",
+                return Err(unsupported(
+                    req,
+                    "a form body (application/x-www-form-urlencoded)",
                 ));
             }
             let bytes = read_capped(data).await?;
@@ -304,6 +387,30 @@ mod tests {
                     .to_string(),
                 "{malformed}"
             );
+        }
+    }
+
+    #[test]
+    fn media_types_allow_whitespace_around_parameters() {
+        for (value, expected) in [
+            ("application/json", Some(("application", "json"))),
+            (
+                "application/json ; charset=utf-8",
+                Some(("application", "json")),
+            ),
+            ("text/plain\t;\tcharset=utf-8;", Some(("text", "plain"))),
+            ("a/b;;x=\"q;\\\"\";y=z ;", Some(("a", "b"))),
+            ("json", None),
+            ("application/", None),
+            ("application /json", None),
+            ("application/json charset=utf-8", None),
+            ("application/json; charset", None),
+            ("application/json; charset=", None),
+            ("application/json; charset = utf-8", None),
+            ("application/json; x=\"unterminated", None),
+            ("", None),
+        ] {
+            assert_eq!(media_type(value), expected, "{value:?}");
         }
     }
 

@@ -125,6 +125,78 @@ async fn the_json_api_needs_a_json_content_type() {
     app.shutdown().await;
 }
 
+/// RFC 9110 allows whitespace on either side of a parameter's `;`, and
+/// media types are case-insensitive.
+#[tokio::test]
+async fn a_content_type_may_have_spaces_around_its_parameters() {
+    let app = spawn_app(&[]).await;
+    for (i, content_type) in [
+        "application/json ; charset=utf-8",
+        "application/json\t;charset=UTF-8",
+        "Application/JSON ; Charset=\"utf-8\" ; x=y",
+        "application/json;",
+        "application/problem+json ; charset=utf-8",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = json!({"name": "ann", "text": format!("json {i}")}).to_string();
+        let response = app
+            .post_body("/api/messages", content_type, body)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{content_type:?}");
+    }
+    let form = app
+        .post_body(
+            "/messages",
+            "application/x-www-form-urlencoded ; charset=utf-8",
+            "name=ann&text=form",
+        )
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 303);
+    assert_eq!(app.message_count().await, 6);
+    app.shutdown().await;
+}
+
+/// A Content-Type that is there but is not a media type is named in the
+/// 415, not reported as missing.
+#[tokio::test]
+async fn an_unparsable_content_type_is_named_in_the_415() {
+    let app = spawn_app(&[]).await;
+    for content_type in [
+        "json",
+        "application/json charset=utf-8",
+        "application/json; charset",
+        "application /json",
+    ] {
+        let response = app
+            .post_body(
+                "/api/messages",
+                content_type,
+                r#"{"name": "a", "text": "b"}"#,
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 415, "{content_type:?}");
+        let body: Value = response.json().await.unwrap();
+        let error = body["error"].as_str().unwrap();
+        assert!(error.ends_with(&format!("got {content_type}")), "{body}");
+        let page = app
+            .post_body("/messages", content_type, "name=a&text=b")
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 415, "{content_type:?}");
+        let html = page.text().await.unwrap();
+        // The page escapes `/` as the template engine does.
+        let shown = content_type.replace('/', "&#x2f;");
+        assert!(html.contains(&format!("got {shown}")), "{content_type:?}");
+    }
+    assert_eq!(app.message_count().await, 0);
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_name_cookie_lasts_a_year_and_is_secure_over_https() {
     let cookie = |response: &reqwest::Response| {
