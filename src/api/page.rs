@@ -27,12 +27,16 @@ const NAME_COOKIE: &str = "simplechat_name";
 
 /// The page's form (`application/x-www-form-urlencoded`), the no-JavaScript
 /// way to post: the same rules as `POST /api/messages`; a field given twice
-/// or not valid UTF-8 is a 400 naming it.
+/// or not valid UTF-8 is a 400 naming it. A missing name or text is taken
+/// as empty, as in a JSON post, so validation refuses it with its own
+/// message and the page keeps the rest of the draft.
 #[derive(Debug, FromForm)]
 pub struct PostForm {
     /// The sender's name, at most 64 characters after trimming and NFC.
+    #[field(default = "")]
     pub name: String,
     /// The message, at most 2,000 characters after trimming.
+    #[field(default = "")]
     pub text: String,
     /// The idempotency key rendered into the form, so that a double submit
     /// stores one message.

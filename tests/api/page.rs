@@ -132,6 +132,40 @@ async fn the_form_works_without_javascript() {
     app.shutdown().await;
 }
 
+/// A field left out of the form is refused as an empty one would be, with
+/// the rule's own message and the rest of the draft kept.
+#[tokio::test]
+async fn a_form_missing_a_field_is_refused_like_an_empty_one() {
+    let app = spawn_app(&[]).await;
+    let form =
+        |body: &'static str| app.post_body("/messages", "application/x-www-form-urlencoded", body);
+    let no_name = form("text=keep+this+draft").await.unwrap();
+    assert_eq!(no_name.status(), 400);
+    let html = no_name.text().await.unwrap();
+    assert!(html.contains("name must not be empty"), "{html}");
+    assert!(!html.contains("malformed form"));
+    assert!(
+        html.contains(">keep this draft</textarea>"),
+        "the draft is kept"
+    );
+
+    let no_text = form("name=Zoe").await.unwrap();
+    assert_eq!(no_text.status(), 400);
+    let html = no_text.text().await.unwrap();
+    assert!(html.contains("text must not be empty"), "{html}");
+    assert_eq!(form_name(&html), "Zoe", "the name is kept");
+
+    let nothing = form("").await.unwrap();
+    assert_eq!(nothing.status(), 400);
+    assert!(nothing
+        .text()
+        .await
+        .unwrap()
+        .contains("name must not be empty"));
+    assert_eq!(app.message_count().await, 0, "nothing stored");
+    app.shutdown().await;
+}
+
 /// The ids of the messages a page shows, in order.
 fn shown_ids(html: &str) -> Vec<String> {
     html.split(r#"data-id=""#)
