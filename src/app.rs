@@ -40,6 +40,7 @@ pub async fn build(config: Config) -> Result<Rocket<Build>, String> {
         })
         .mount("/", api::routes())
         .register("/", api::catchers())
+        .register(api::checks::REFUSED_PAGE_PATH, api::page_catchers())
         .attach(Template::try_custom(|engines| {
             api::page::configure(&mut engines.minijinja);
             Ok(api::page::check(&engines.minijinja)?)

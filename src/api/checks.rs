@@ -1,8 +1,9 @@
 //! Checks every request passes before routing: no query field given twice,
 //! and no write from another site. A request that fails one is answered by
-//! the catcher with the refusal stored here (Rocket's fairings cannot
+//! a catcher with the refusal stored here (Rocket's fairings cannot
 //! answer a request; they may rewrite it, so a refused request is routed
-//! to a path no route has and never reaches a handler).
+//! to a path no route has and never reaches a handler): in JSON, or for
+//! the page's routes with the page, as the page answers its own errors.
 
 use std::collections::HashSet;
 
@@ -13,9 +14,14 @@ use rocket::{Data, Request};
 
 use super::body::known_field;
 use super::error::{refuse, ApiError};
+use super::page::is_page_request;
 
 /// Where a refused request is routed: no route has this path.
 const REFUSED_PATH: &str = "/.refused";
+
+/// Where a refused request for the page is routed: no route has this path,
+/// and the page's catcher is registered here ([`super::page::refused`]).
+pub const REFUSED_PAGE_PATH: &str = "/.refused/page";
 
 /// The fairing that runs both checks on every request.
 pub struct RequestChecks;
@@ -32,8 +38,13 @@ impl Fairing for RequestChecks {
     async fn on_request(&self, req: &mut Request<'_>, _: &mut Data<'_>) {
         let refusal = repeated_query_field(req).or_else(|| cross_site_write(req));
         if let Some(error) = refusal {
+            let to = if is_page_request(req) {
+                REFUSED_PAGE_PATH
+            } else {
+                REFUSED_PATH
+            };
             refuse(req, error);
-            req.set_uri(Origin::const_new(REFUSED_PATH, None));
+            req.set_uri(Origin::const_new(to, None));
         }
     }
 }

@@ -148,7 +148,8 @@ pub fn refuse(req: &Request<'_>, error: ApiError) -> Status {
     status
 }
 
-fn refusal(req: &Request<'_>) -> Option<ApiError> {
+/// The refusal stored for this request with [`refuse`], if any.
+pub fn refusal(req: &Request<'_>) -> Option<ApiError> {
     req.local_cache(OnceLock::<ApiError>::new).get().cloned()
 }
 

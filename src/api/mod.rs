@@ -44,3 +44,9 @@ pub fn routes() -> Vec<Route> {
 pub fn catchers() -> Vec<Catcher> {
     catchers![error::default_catcher]
 }
+
+/// The catcher that answers a refused request for the page with the page,
+/// to register at [`checks::REFUSED_PAGE_PATH`].
+pub fn page_catchers() -> Vec<Catcher> {
+    catchers![page::refused]
+}

@@ -5,7 +5,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use rocket::form::FromForm;
-use rocket::http::{ContentType, CookieJar, Status};
+use rocket::http::{ContentType, CookieJar, Method, Status};
+use rocket::outcome::Outcome;
 use rocket::response::{self, Body, Redirect, Responder, Response};
 use rocket::serde::Serialize;
 use rocket::{get, post, Request, State};
@@ -15,7 +16,7 @@ use rocket_dyn_templates::{context, Metadata, Template};
 use super::body::FormBody;
 use super::conditional::{IfNoneMatch, Tagged};
 use super::cookies::{name_cookie, Https};
-use super::error::ApiError;
+use super::error::{default_catcher, refusal, ApiError};
 use crate::cache::{CachedMessage, Memo};
 use crate::chat::{Chat, DEFAULT_LIMIT};
 use crate::message::{new_id, validate_id, Message, NewMessage};
@@ -24,6 +25,27 @@ use rocket::Either;
 
 /// The cookie a no-JavaScript form post uses to remember the sender's name.
 const NAME_COOKIE: &str = "simplechat_name";
+
+/// The name the form is filled in with: the one the last form post
+/// remembered, or none.
+fn remembered_name(cookies: &CookieJar<'_>) -> String {
+    cookies
+        .get(NAME_COOKIE)
+        .map(|c| c.value().to_owned())
+        .unwrap_or_default()
+}
+
+/// Whether `req` is for one of the page's routes (`GET /`, and `HEAD`,
+/// which Rocket answers with it; `POST /messages`), whose errors are
+/// answered with the page.
+pub fn is_page_request(req: &Request<'_>) -> bool {
+    let mut segments = req.uri().path().segments();
+    match req.method() {
+        Method::Get | Method::Head => segments.next().is_none(),
+        Method::Post => segments.next() == Some("messages") && segments.next().is_none(),
+        _ => false,
+    }
+}
 
 /// The page's form (`application/x-www-form-urlencoded`), the no-JavaScript
 /// way to post: the same rules as `POST /api/messages`; a field given twice
@@ -496,10 +518,7 @@ pub async fn index(
     if_none_match: IfNoneMatch,
     before: Option<&str>,
 ) -> Either<Tagged<LatestPage>, (Status, Template)> {
-    let name = cookies
-        .get(NAME_COOKIE)
-        .map(|c| c.value().to_owned())
-        .unwrap_or_default();
+    let name = remembered_name(cookies);
     // The latest page from a complete cache is tagged, and not rendered at
     // all when the client already has it.
     if before.is_none() && chat.latest_cached(1).is_some() {
@@ -608,6 +627,35 @@ pub async fn post_form(
             Err((e.status, page))
         }
     }
+}
+
+/// A request for the page that the request checks refused
+/// ([`super::checks`]) gets the page, with the refusal as its error and
+/// status, as the page answers its own errors. Registered at
+/// [`super::checks::REFUSED_PAGE_PATH`]; a request for that path itself is
+/// answered as any unknown path is.
+#[rocket::catch(default)]
+pub async fn refused(status: Status, req: &Request<'_>) -> Either<(Status, Template), ApiError> {
+    let state = req.rocket();
+    let (Some(error), Some(chat), Some(rendered)) = (
+        refusal(req),
+        state.state::<Chat>(),
+        state.state::<RenderedHistory>(),
+    ) else {
+        return Either::Right(default_catcher(status, req));
+    };
+    let Outcome::Success(metadata) = req.guard::<Metadata<'_>>().await else {
+        return Either::Right(error);
+    };
+    let name = remembered_name(req.cookies());
+    let draft = Draft {
+        name: &name,
+        text: "",
+        error: Some(&error.error),
+        form_id: None,
+    };
+    let (_, page) = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
+    Either::Left((error.status, page))
 }
 
 #[cfg(test)]

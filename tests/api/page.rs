@@ -166,6 +166,62 @@ async fn a_form_missing_a_field_is_refused_like_an_empty_one() {
     app.shutdown().await;
 }
 
+/// A request for the page refused before routing (a query field given
+/// twice) is answered with the page and the reason, as the page answers
+/// its own errors; the JSON API keeps answering in JSON.
+#[tokio::test]
+async fn a_refused_request_for_the_page_gets_the_page() {
+    let app = spawn_app(&[]).await;
+    let m = app.post_message("ann", "hello").await;
+    let id = m["id"].as_str().unwrap();
+    let is_html = |response: &reqwest::Response| {
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    };
+    let page = app
+        .client
+        .get(app.url(&format!("/?before={id}&before={id}")))
+        .header("cookie", "simplechat_name=Zoe")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 400);
+    assert!(is_html(&page));
+    let html = page.text().await.unwrap();
+    assert!(html.contains("query field before is given more than once"));
+    assert!(html.contains(">hello</p>"), "the latest messages");
+    assert_eq!(form_name(&html), "Zoe", "the remembered name");
+    assert_eq!(form_key(&html).len(), 32, "a form to send with");
+
+    let post = app
+        .post_body(
+            "/messages?id=a&id=b",
+            "application/x-www-form-urlencoded",
+            "name=ann&text=twice",
+        )
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 400);
+    assert!(is_html(&post));
+    assert!(post
+        .text()
+        .await
+        .unwrap()
+        .contains("query field id is given more than once"));
+    assert_eq!(app.message_count().await, 1, "nothing stored");
+
+    let api = app.get("/api/messages?limit=1&limit=1").await;
+    assert_eq!(api.status(), 400);
+    assert_eq!(api.headers()["content-type"], "application/json");
+    // The path refused page requests are routed to is no page of its own.
+    let hidden = app.get("/.refused/page").await;
+    assert_eq!(hidden.status(), 404);
+    assert_eq!(hidden.headers()["content-type"], "application/json");
+    app.shutdown().await;
+}
+
 /// The ids of the messages a page shows, in order.
 fn shown_ids(html: &str) -> Vec<String> {
     html.split(r#"data-id=""#)
