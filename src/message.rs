@@ -48,20 +48,9 @@ impl NewMessage {
     /// Validates user input. `id` is the client's idempotency key; without one
     /// the server makes a time-ordered id.
     pub fn validate(name: &str, text: &str, id: Option<&str>) -> Result<Self, Invalid> {
-        // NFC first, so the same name typed two ways (a precomposed `é` or
-        // `e` + U+0301) is one name, and is counted as it is stored.
-        let name: String = normalize(name).nfc().collect();
+        let name = validate_name(name)?;
         let text = normalize(text);
-        check_len("name", &name, NAME_MAX_CHARS)?;
         check_len("text", &text, TEXT_MAX_CHARS)?;
-        // A name is one line: a newline or tab in it would only break layouts.
-        if name.chars().any(char::is_control) {
-            return Err(Invalid::new(
-                "name",
-                "name must not contain control characters",
-            ));
-        }
-        check_name_is_shown_as_typed(&name)?;
         if text
             .chars()
             .any(|c| c.is_control() && c != '\n' && c != '\t')
@@ -95,6 +84,26 @@ impl NewMessage {
             datetime: truncate_to_millis(datetime),
         }
     }
+}
+
+/// Validates a name by the rules of a posted one, and returns it as it
+/// would be stored (trimmed, NFC).
+///
+/// Errors: the first rule the name breaks, with `field` `name`.
+pub fn validate_name(name: &str) -> Result<String, Invalid> {
+    // NFC first, so the same name typed two ways (a precomposed `é` or
+    // `e` + U+0301) is one name, and is counted as it is stored.
+    let name: String = normalize(name).nfc().collect();
+    check_len("name", &name, NAME_MAX_CHARS)?;
+    // A name is one line: a newline or tab in it would only break layouts.
+    if name.chars().any(char::is_control) {
+        return Err(Invalid::new(
+            "name",
+            "name must not contain control characters",
+        ));
+    }
+    check_name_is_shown_as_typed(&name)?;
+    Ok(name)
 }
 
 /// Why input was refused, and which field was at fault.

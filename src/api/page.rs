@@ -19,7 +19,7 @@ use super::cookies::{name_cookie, Https};
 use super::error::{default_catcher, refusal, ApiError};
 use crate::cache::{CachedMessage, Memo};
 use crate::chat::{Chat, DEFAULT_LIMIT};
-use crate::message::{new_id, validate_id, Message, NewMessage};
+use crate::message::{new_id, validate_id, validate_name, Message, NewMessage};
 use crate::store::{Cursor, StoreError};
 use rocket::Either;
 
@@ -27,11 +27,13 @@ use rocket::Either;
 const NAME_COOKIE: &str = "simplechat_name";
 
 /// The name the form is filled in with: the one the last form post
-/// remembered, or none.
+/// remembered, or none. The cookie is the client's to change, so a value
+/// that is not a valid name (a NUL, 7,000 characters) is ignored rather
+/// than put back into the form.
 fn remembered_name(cookies: &CookieJar<'_>) -> String {
     cookies
         .get(NAME_COOKIE)
-        .map(|c| c.value().to_owned())
+        .and_then(|c| validate_name(c.value()).ok())
         .unwrap_or_default()
 }
 

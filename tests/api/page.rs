@@ -392,6 +392,45 @@ async fn each_page_view_gets_its_own_form_key_and_the_remembered_name_escaped() 
     app.shutdown().await;
 }
 
+/// The name cookie is the client's to change: a value the form would
+/// refuse as a name is not put back into it.
+#[tokio::test]
+async fn a_remembered_name_that_is_not_a_valid_name_is_ignored() {
+    let app = spawn_app(&[]).await;
+    app.post_message("ann", "hello").await;
+    for cookie in [
+        format!("simplechat_name={}", "z".repeat(7000)),
+        "simplechat_name=a%00".to_owned(),
+        "simplechat_name=a%0Ab".to_owned(),
+        "simplechat_name=ann%E2%80%AE".to_owned(),
+        "simplechat_name=%E2%80%8B".to_owned(),
+        "simplechat_name=%20".to_owned(),
+    ] {
+        let page = page_with_cookie(&app, &cookie).await;
+        assert_eq!(form_name(&page), "", "{cookie:.40}");
+        assert!(
+            !page.contains('\0') && !page.contains("zzzz"),
+            "{cookie:.40}"
+        );
+        // The page refused before routing fills in the name the same way.
+        let refused = app
+            .client
+            .get(app.url("/?x=1&x=2"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(form_name(&refused), "", "{cookie:.40}");
+    }
+    // A valid name is filled in as it would be stored (NFC, trimmed).
+    let page = page_with_cookie(&app, "simplechat_name=%20Zoe%CC%88%20").await;
+    assert_eq!(form_name(&page), "Zo\u{eb}");
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_message_that_looks_like_the_pages_stand_ins_is_shown_as_text() {
     let app = spawn_app(&[]).await;
