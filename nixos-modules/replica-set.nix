@@ -239,8 +239,9 @@ in
         description = ''
           Key file the members authenticate each other with: the same file on
           every member, 6 to 1024 base64 characters (for example
-          `openssl rand -base64 756`). Only the initiating member also uses it
-          to set a changed app password.
+          `openssl rand -base64 756`). The initiating member's replica-set
+          unit also uses it, as `__system`, to set a changed app password and
+          to change the set's members (`replset apply`).
         '';
       };
 
@@ -488,8 +489,9 @@ in
           DynamicUser = true;
           CapabilityBoundingSet = "";
           PrivateUsers = true;
-          # The members' key file only to set a changed password as
-          # __system; the app's password to create or check its user.
+          # The members' key file to set a changed password and to change
+          # the members (`replset apply`), both as __system; the app's
+          # password to create or check its user.
           LoadCredential = lib.optionals auth.enable [
             "keyfile:${toString auth.keyFile}"
             "app-password:${toString auth.passwordFile}"
