@@ -93,13 +93,30 @@ pub fn configure(engine: &mut Environment<'static>) {
 /// stops the start instead of failing the first page view (MiniJinja reads
 /// a template when it is first asked for).
 ///
-/// Errors: a template is missing or does not parse (MiniJinja's message,
-/// naming the template and the line).
-pub fn check(engine: &Environment<'static>) -> Result<(), minijinja::Error> {
+/// Errors: a template is missing or does not parse: its file name, the
+/// line, and MiniJinja's message (MiniJinja names a template as the app
+/// asks for it, without the file's `.html.j2`, which would not tell a user
+/// which file to open).
+pub fn check(engine: &Environment<'static>) -> Result<(), String> {
     for name in TEMPLATES {
-        engine.get_template(name)?;
+        engine
+            .get_template(name)
+            .map_err(|e| template_error(name, &e))?;
     }
     Ok(())
+}
+
+/// `error` in template `name`, as one line naming its file.
+fn template_error(name: &str, error: &minijinja::Error) -> String {
+    let file = format!("{name}.html.j2");
+    let place = match error.line() {
+        Some(line) => format!("{file}, line {line}"),
+        None => file,
+    };
+    match error.detail() {
+        Some(detail) => format!("template {place}: {}: {detail}", error.kind()),
+        None => format!("template {place}: {}", error.kind()),
+    }
 }
 
 /// `text` escaped as the template engine escapes a value in HTML, by the
