@@ -196,7 +196,9 @@ where
             if name == REAL_IP || name == ORIGINAL_METHOD {
                 continue;
             }
-            if let Ok(value) = value.to_str() {
+            // UTF-8, as Rocket's own server takes a header (`to_str` would
+            // take visible ASCII only, and drop, say, a quoted `é`).
+            if let Ok(value) = std::str::from_utf8(value.as_bytes()) {
                 request.add_header(Header::new(name.as_str().to_owned(), value.to_owned()));
             }
         }

@@ -17,6 +17,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use rocket::http::uri::Origin;
 use rocket::http::{ContentType, Header};
 use rocket::request::{FromRequest, Outcome, Request};
@@ -101,7 +102,10 @@ pub fn events(
     // its `GET` route, and tells the route it is a `GET`.
     if origin.path().as_str() != "/api/events" {
         let to = match origin.query() {
-            Some(query) => format!("/api/events?{query}"),
+            Some(query) => format!(
+                "/api/events?{}",
+                utf8_percent_encode(query.as_str(), NOT_IN_A_QUERY)
+            ),
             None => "/api/events".to_owned(),
         };
         // Rocket answers `Err` with its responder, as it does `Ok`.
@@ -115,6 +119,23 @@ pub fn events(
         shutdown,
     ))))
 }
+
+/// What may come in a request's query (hyper lets through any byte but a
+/// few) but not in a URI's (RFC 3986 §3.4): percent-encoded in the
+/// `Location` of a redirect, which Rocket refuses to send otherwise. A `%`
+/// stays as it is, so the query means the same once decoded.
+const NOT_IN_A_QUERY: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
 
 /// `id` when it is a valid message id.
 pub fn valid_id(id: Option<&str>) -> Option<String> {

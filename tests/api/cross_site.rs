@@ -204,6 +204,22 @@ async fn an_unparsable_content_type_is_named_in_the_415() {
         let shown = content_type.replace('/', "&#x2f;");
         assert!(html.contains(&format!("got {shown}")), "{content_type:?}");
     }
+    // A value with UTF-8 in it (hyper lets such bytes through) is quoted
+    // too, as Rocket's own server would take the header.
+    let raw = "POST /api/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\u{e9}\r\nContent-Length: 26\r\nConnection: close\r\n\r\n{\"name\": \"a\", \"text\": \"b\"}";
+    let mut stream = tokio::net::TcpStream::connect(app.base_url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, raw.as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer)
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 415 "), "{answer}");
+    assert!(answer.contains("got application/json\u{e9}"), "{answer}");
     assert_eq!(app.message_count().await, 0);
     app.shutdown().await;
 }

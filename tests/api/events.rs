@@ -282,6 +282,22 @@ async fn other_spellings_of_the_path_are_sent_to_the_stream() {
         .await
         .unwrap();
     assert_eq!(bare.headers()["location"], "/api/events");
+    // A query as hyper lets it through, raw UTF-8 included, is sent on
+    // percent-encoded: the same query once decoded.
+    let raw =
+        "GET /api/events/?after=\u{e9}&lang=%41 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let mut stream = tokio::net::TcpStream::connect(app.base_url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream.write_all(raw.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 308 "), "{answer}");
+    assert!(
+        answer.contains("\r\nlocation: /api/events?after=%C3%A9&lang=%41\r\n"),
+        "{answer}"
+    );
     app.shutdown().await;
 }
 
