@@ -182,7 +182,7 @@ fn watch_signals(settings: &ShutdownConfig, shutdown: rocket::Shutdown) -> Resul
 /// Runs the server until SIGTERM or Ctrl-C; in-flight requests finish, event
 /// streams end, then the store closes.
 pub async fn serve(config: Config) -> Result<(), String> {
-    // A bad log_level is reported by Rocket itself when it starts.
+    // `Config::from_figment` has checked Rocket's settings already.
     let log_level = config
         .figment
         .extract::<rocket::Config>()

@@ -259,13 +259,17 @@ impl Config {
     }
 
     /// Checks and resolves the settings `figment` gives. Errors: a value of
-    /// the wrong type; both `mongodb_uri` and `mongodb_uri_file`; an
-    /// unreadable URI or password file; a bad connection string; a template
-    /// directory missing a template; a count or duration of 0.
+    /// the wrong type, simplechat's or Rocket's (naming the key, where it
+    /// came from and the value); both `mongodb_uri` and `mongodb_uri_file`;
+    /// an unreadable URI or password file; a bad connection string; a
+    /// template directory missing a template; a count or duration of 0.
     pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
-        let settings: Settings = figment
-            .extract()
-            .map_err(|e| ConfigError(format!("bad configuration: {}", one_line(&e.to_string()))))?;
+        let bad = |e: figment::Error| ConfigError(format!("bad configuration: {}", explain(e)));
+        let settings: Settings = figment.extract().map_err(bad)?;
+        // Rocket reads its own settings from the same figment only when it
+        // ignites, and then says no more than "failed to extract
+        // configuration"; checked here, `config` refuses them too.
+        figment.extract::<rocket::Config>().map_err(bad)?;
         let store = store_config(&settings)?;
         let templates = resolve_templates(settings.template_dir.as_deref())?;
         if settings.write_timeout_secs == 0 {
@@ -444,18 +448,59 @@ pub fn source(figment: &Figment, key: &str) -> String {
     };
     match &metadata.source {
         Some(Source::File(path)) => path.display().to_string(),
-        _ if metadata.name.contains(ENVIRONMENT) => {
-            let var = metadata.interpolate(figment.profile(), &[key]);
-            // figment's own environment layers (Rocket's `ROCKET_`) name
-            // their prefix only in the layer's name: "`ROCKET_` environment
-            // variable(s)"; the variable is the prefix and the key.
-            match metadata.name.split('`').nth(1) {
-                Some(prefix) if !var.starts_with(prefix) => format!("{prefix}{var}"),
-                _ => var,
-            }
-        }
+        _ if metadata.name.contains(ENVIRONMENT) => variable(metadata, figment.profile(), key),
         // Rocket's and simplechat's built-in values.
         _ => "default".into(),
+    }
+}
+
+/// The environment variable an environment layer read `key` from.
+fn variable(metadata: &Metadata, profile: &Profile, key: &str) -> String {
+    let var = metadata.interpolate(profile, &[key]);
+    // figment's own environment layers (Rocket's `ROCKET_`) name their
+    // prefix only in the layer's name: "`ROCKET_` environment variable(s)";
+    // the variable is the prefix and the key.
+    match metadata.name.split('`').nth(1) {
+        Some(prefix) if !var.starts_with(prefix) => format!("{prefix}{var}"),
+        _ => var,
+    }
+}
+
+/// A figment error as one line per fault, in the user's terms: where the
+/// value came from (the variable, or the key and the file), then what is
+/// wrong with it (figment's kind, which quotes the value and says what was
+/// expected).
+fn explain(error: figment::Error) -> String {
+    let faults: Vec<String> = error
+        .into_iter()
+        .map(|e| match whence(&e) {
+            Some(place) => format!("{place}: {}", e.kind),
+            None => e.kind.to_string(),
+        })
+        .collect();
+    one_line(&faults.join("; "))
+}
+
+/// `ROCKET_LOG_LEVEL`, `ROCKET_SHUTDOWN (shutdown.grace)`, `port in
+/// simplechat.toml`, or the bare key; `None` when figment knows neither.
+fn whence(e: &figment::Error) -> Option<String> {
+    let key = e.path.join(".");
+    let metadata = e.metadata.as_ref();
+    match (metadata, metadata.and_then(|m| m.source.as_ref())) {
+        (_, Some(Source::File(path))) if key.is_empty() => Some(path.display().to_string()),
+        (_, Some(Source::File(path))) => Some(format!("{key} in {}", path.display())),
+        (Some(m), _) if m.name.contains(ENVIRONMENT) && !e.path.is_empty() => {
+            let profile = e.profile.clone().unwrap_or_default();
+            // A variable holds a whole value: `ROCKET_SHUTDOWN='{grace=x}'`
+            // fails at `shutdown.grace`.
+            let var = variable(m, &profile, &e.path[0]);
+            Some(match e.path.len() {
+                1 => var,
+                _ => format!("{var} ({key})"),
+            })
+        }
+        _ if !key.is_empty() => Some(key),
+        _ => None,
     }
 }
 

@@ -351,6 +351,29 @@ fn bad_configuration_ends_with_one_clear_line() {
     assert_one_line_failure(&simplechat(d, &["config"], &[]), "bad configuration");
 }
 
+/// Rocket's own settings are checked as simplechat's are: by `config` too,
+/// and the line names the variable and the value.
+#[test]
+fn a_bad_rocket_setting_names_its_variable_and_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for command in ["config", "serve"] {
+        assert_one_line_failure(
+            &simplechat(d, &[command], &[("ROCKET_LOG_LEVEL", "loud")]),
+            r#"bad configuration: ROCKET_LOG_LEVEL: invalid value string "loud""#,
+        );
+        assert_one_line_failure(
+            &simplechat(d, &[command], &[("ROCKET_SHUTDOWN", "{grace=x}")]),
+            r#"bad configuration: ROCKET_SHUTDOWN (shutdown.grace): invalid type: found string "x""#,
+        );
+    }
+    std::fs::write(d.join("simplechat.toml"), "[shutdown]\ngrace = \"x\"\n").unwrap();
+    assert_one_line_failure(
+        &simplechat(d, &["config"], &[]),
+        r#"bad configuration: shutdown.grace in simplechat.toml: invalid type: found string "x""#,
+    );
+}
+
 #[test]
 fn a_port_in_use_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
