@@ -1,8 +1,9 @@
 //! Every setting simplechat has, where it comes from, and its checks.
 //!
 //! Layers, later wins: built-in defaults, Rocket's own (`Rocket.toml`,
-//! `ROCKET_*`), the TOML file (`SIMPLECHAT_CONFIG`, else `./simplechat.toml`),
-//! the lab's `MONGO_URI`, then `SIMPLECHAT_<KEY>`.
+//! `ROCKET_*`), the TOML file (`SIMPLECHAT_CONFIG`, else `./simplechat.toml`;
+//! no profiles, and a key there must be simplechat's or Rocket's), the lab's
+//! `MONGO_URI`, then `SIMPLECHAT_<KEY>`.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -204,6 +205,54 @@ fn environment<P: Provider>(provider: P, var: fn(&str) -> String) -> Named<P> {
 
 const ENVIRONMENT: &str = "environment variable";
 
+/// simplechat's TOML file, refusing a top-level key that neither simplechat
+/// nor Rocket reads: figment passes over keys nothing extracts, so a typo
+/// (`prot = 8200`) would otherwise leave the default in force unnoticed.
+/// Rocket's keys are allowed because Rocket reads this same figment.
+struct KnownKeys<P>(P);
+
+impl<P: Provider> Provider for KnownKeys<P> {
+    fn metadata(&self) -> Metadata {
+        self.0.metadata()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let data = self.0.data()?;
+        let rocket_keys = match figment::value::Value::serialize(rocket::Config::default()) {
+            Ok(figment::value::Value::Dict(_, keys)) => keys,
+            _ => Dict::new(),
+        };
+        for (key, value) in data.values().flatten() {
+            if KEYS.contains(&key.as_str()) || rocket_keys.contains_key(key) {
+                continue;
+            }
+            // The file is read into the global profile (see `layered`);
+            // profiles are Rocket.toml's.
+            let profile = matches!(value, figment::value::Value::Dict(..))
+                && [
+                    Profile::Default,
+                    Profile::Global,
+                    "debug".into(),
+                    "release".into(),
+                ]
+                .iter()
+                .any(|p| p == key.as_str());
+            let why = if profile {
+                "unknown key: this file has no profiles; write its keys at the top level, \
+                 or use Rocket.toml's profiles"
+            } else {
+                "unknown key: not a setting of simplechat (see simplechat --help) or of Rocket"
+            };
+            return Err(figment::Error::from(why).with_path(key));
+        }
+        Ok(data)
+    }
+
+    fn profile(&self) -> Option<Profile> {
+        self.0.profile()
+    }
+}
+
 /// Why the configuration cannot be used: one line naming the key or file
 /// at fault, without secrets, shown to the user as is.
 #[derive(Debug, thiserror::Error)]
@@ -219,13 +268,14 @@ pub fn figment() -> Figment {
 }
 
 /// Puts simplechat's layers on top of `base` (Rocket's layers, or a test's).
-/// `file` is read if it exists, from the working directory if relative.
+/// `file` is read if it exists, from the working directory if relative; a
+/// key in it that neither simplechat nor Rocket reads fails the extraction.
 pub fn layered(base: Figment, file: &Path) -> Figment {
     // Global profile: Rocket selects a debug/release profile, and values in
     // the global profile win over it, so these layers do what their order says.
     let mut figment = base.join(Serialized::defaults(Settings::default()));
     if file.exists() {
-        figment = figment.merge(Toml::file_exact(file).profile(Profile::Global));
+        figment = figment.merge(KnownKeys(Toml::file_exact(file).profile(Profile::Global)));
     }
     figment
         .merge(environment(

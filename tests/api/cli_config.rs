@@ -351,6 +351,54 @@ fn bad_configuration_ends_with_one_clear_line() {
     assert_one_line_failure(&simplechat(d, &["config"], &[]), "bad configuration");
 }
 
+/// A typo in the file is refused, naming the key and the file; Rocket's
+/// keys there, and anything in Rocket's own Rocket.toml, are not.
+#[test]
+fn a_key_neither_simplechat_nor_rocket_reads_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("simplechat.toml"), "prot = 8200\n").unwrap();
+    for command in ["config", "serve"] {
+        assert_one_line_failure(
+            &simplechat(d, &[command], &[]),
+            "bad configuration: prot in simplechat.toml: unknown key",
+        );
+    }
+    let other = d.join("other.toml");
+    std::fs::write(&other, "port = 9005\nPort = 9006\n").unwrap();
+    assert_one_line_failure(
+        &simplechat(
+            d,
+            &["config"],
+            &[("SIMPLECHAT_CONFIG", other.to_str().unwrap())],
+        ),
+        &format!("Port in {}: unknown key", other.display()),
+    );
+    std::fs::write(d.join("simplechat.toml"), "[release]\nport = 9007\n").unwrap();
+    assert_one_line_failure(
+        &simplechat(d, &["config"], &[]),
+        "release in simplechat.toml: unknown key: this file has no profiles",
+    );
+
+    std::fs::write(
+        d.join("simplechat.toml"),
+        "port = 9008\nlog_level = \"critical\"\nkeep_alive = 3\nworkers = 2\n\
+         [shutdown]\ngrace = 1\n[limits]\njson = \"2 MiB\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("Rocket.toml"),
+        "[default]\naddress = \"0.0.0.0\"\nmine = 1\n",
+    )
+    .unwrap();
+    let config = config_lines(d, &[]);
+    assert!(line(&config, "port").starts_with("port = 9008"), "{config}");
+    assert!(
+        line(&config, "address").starts_with(r#"address = "0.0.0.0""#),
+        "{config}"
+    );
+}
+
 /// Rocket's own settings are checked as simplechat's are: by `config` too,
 /// and the line names the variable and the value.
 #[test]
