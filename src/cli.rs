@@ -7,17 +7,53 @@ use clap::{Parser, Subcommand};
 use crate::config::{self, Config, StoreConfig};
 use crate::replset;
 
-/// How a newcomer finds the settings, shown by `--help`.
-const CONFIGURATION: &str = "\
+/// How a newcomer finds the settings, shown by `--help`: the layers, then
+/// [`keys_help`].
+const LAYERS: &str = "\
 Configuration (later wins):
   built-in defaults, then Rocket's own Rocket.toml and ROCKET_* variables;
-  a TOML file: the path in SIMPLECHAT_CONFIG, else ./simplechat.toml if it exists;
+  a TOML file: the path in SIMPLECHAT_CONFIG, else ./simplechat.toml if any;
   MONGO_URI: a MongoDB connection string (the lab's name for mongodb_uri);
-  SIMPLECHAT_<KEY> variables, e.g. SIMPLECHAT_PORT=8080.
-Keys: address, port, mongodb_uri, mongodb_uri_file, mongodb_password_file,
-database, data_dir, template_dir, write_timeout_secs, heartbeat_secs. Without a MongoDB URI messages are kept in an
-embedded store in ./simplechat-data. `simplechat config` prints each value and
-where it came from.";
+  SIMPLECHAT_<KEY> variables, e.g. SIMPLECHAT_PORT=8080.";
+
+/// The widest line of the configuration summary: clap prints `after_help`
+/// as written, and the summary keeps to a terminal of 80 columns.
+const HELP_WIDTH: usize = 79;
+
+/// The layers and every key, the list made from [`config::KEYS`] so that
+/// it cannot fall behind the settings.
+fn configuration_help() -> String {
+    format!("{LAYERS}\n{}", keys_help())
+}
+
+/// `Keys: ...` with what else a newcomer needs, wrapped at [`HELP_WIDTH`].
+fn keys_help() -> String {
+    let text = format!(
+        "Keys: {}. The TOML file may also set Rocket's keys (log_level, shutdown, \
+         limits, ...); any other key there is an error. Without a MongoDB URI \
+         messages are kept in an embedded store in ./simplechat-data. \
+         `simplechat{KEEP}config` prints each value and where it came from.",
+        config::KEYS.join(", ")
+    );
+    let mut out = String::new();
+    let mut line = String::new();
+    for word in text.split(' ') {
+        let width = |s: &str| s.chars().count();
+        if !line.is_empty() && width(&line) + 1 + width(word) > HELP_WIDTH {
+            out.push_str(&line);
+            out.push('\n');
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    (out + &line).replace(KEEP, " ")
+}
+
+/// A space the wrapping keeps: a command stays on one line.
+const KEEP: char = '\u{a0}';
 
 /// The parsed command line. `--help` shows `about` and the configuration
 /// summary, not this comment.
@@ -27,7 +63,7 @@ where it came from.";
     version,
     about = "A chat service on a MongoDB replica set, or an embedded store",
     long_about = None,
-    after_help = CONFIGURATION
+    after_help = configuration_help()
 )]
 pub struct Cli {
     /// The subcommand; none means `serve`.
@@ -39,11 +75,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the web server (the default).
-    #[command(after_help = CONFIGURATION)]
+    #[command(after_help = configuration_help())]
     Serve,
     /// Print the effective configuration, where each value came from,
     /// secrets redacted.
-    #[command(after_help = CONFIGURATION)]
+    #[command(after_help = configuration_help())]
     Config,
     /// Administer the MongoDB replica set.
     Replset {
@@ -265,5 +301,30 @@ async fn replset_command(command: ReplsetCommand) -> Result<(), String> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configuration_help_lists_every_key_within_its_width() {
+        let help = configuration_help();
+        for line in help.lines() {
+            assert!(line.len() <= HELP_WIDTH, "{line:?}");
+        }
+        let listed = help
+            .split("Keys: ")
+            .nth(1)
+            .unwrap()
+            .split(". ")
+            .next()
+            .unwrap();
+        let listed: Vec<&str> = listed
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|k| !k.is_empty())
+            .collect();
+        assert_eq!(listed, config::KEYS);
     }
 }

@@ -17,8 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::mongo::uri::redact as redact_uri;
 use crate::text::one_line;
 
-/// The keys a `SIMPLECHAT_<KEY>` variable may set (`SIMPLECHAT_PORT` sets
-/// `port`); other variables with that prefix are ignored.
+/// Every setting of simplechat, in the order `simplechat config` prints
+/// them and `--help` lists them; the keys a `SIMPLECHAT_<KEY>` variable may
+/// set (`SIMPLECHAT_PORT` sets `port`): other variables with that prefix are
+/// ignored.
 pub const KEYS: &[&str] = &[
     "address",
     "port",
@@ -27,10 +29,10 @@ pub const KEYS: &[&str] = &[
     "mongodb_password_file",
     "database",
     "data_dir",
+    "cache_size_mib",
     "template_dir",
     "write_timeout_secs",
     "heartbeat_secs",
-    "cache_size_mib",
     "header_timeout_secs",
     "max_connections",
     "secure_cookie",
@@ -684,6 +686,32 @@ mod tests {
     fn the_built_in_templates_are_the_ones_the_app_renders() {
         let names: Vec<_> = BUILT_IN_TEMPLATES.iter().map(|(name, _)| *name).collect();
         assert_eq!(names, TEMPLATES);
+    }
+
+    /// A setting added to `Settings` must be listed (for `--help` and
+    /// `SIMPLECHAT_<KEY>`) and printed by `config`, in one order.
+    #[test]
+    fn every_setting_is_a_key_and_config_prints_each_in_order() {
+        let fields = match figment::value::Value::serialize(Settings::default()) {
+            Ok(figment::value::Value::Dict(_, dict)) => dict.into_keys().collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        let mut keys: Vec<String> = KEYS.iter().map(|k| k.to_string()).collect();
+        keys.sort();
+        assert_eq!(fields, keys, "Settings and KEYS");
+
+        let config = Config::from_figment(layered(
+            Figment::from(rocket::Config::debug_default()),
+            Path::new("/nonexistent/simplechat.toml"),
+        ))
+        .unwrap();
+        let described = describe(&config);
+        let printed: Vec<&str> = described
+            .lines()
+            .map(|l| l.trim_start_matches("# "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        assert_eq!(printed, KEYS);
     }
 
     #[test]

@@ -431,6 +431,32 @@ fn a_port_in_use_is_one_clear_line() {
     assert_one_line_failure(&out, &format!("cannot listen on 127.0.0.1:{port}"));
 }
 
+/// `--help` lists exactly the keys `config` prints, and its configuration
+/// summary keeps to 80 columns.
+#[test]
+fn the_help_lists_the_keys_config_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_lines(dir.path(), &[]);
+    let printed: Vec<&str> = config
+        .lines()
+        .map(|l| l.trim_start_matches("# "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    for args in [&["--help"][..], &["serve", "--help"], &["config", "--help"]] {
+        let help = String::from_utf8(simplechat(dir.path(), args, &[]).stdout).unwrap();
+        let summary = help
+            .split("Configuration (later wins):")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{args:?}: {help}"));
+        for l in summary.lines() {
+            assert!(l.chars().count() <= 80, "{args:?}: {l:?}");
+        }
+        let keys = summary.split("Keys: ").nth(1).unwrap().replace('\n', " ");
+        let keys: Vec<&str> = keys.split(". ").next().unwrap().split(", ").collect();
+        assert_eq!(keys, printed, "{args:?}");
+    }
+}
+
 #[test]
 fn help_version_and_replset_without_a_uri() {
     let dir = tempfile::tempdir().unwrap();
