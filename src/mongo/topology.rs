@@ -83,7 +83,9 @@ impl TopologySnapshot {
     }
 
     /// Why a write could not be accepted now, from what the driver sees, as
-    /// one line naming every member, or the refused credentials.
+    /// one line: the refused credentials; else, when the driver itself has
+    /// no member a write could go to, every member and why; else that no
+    /// connection has signed in yet.
     pub fn not_writable_reason(&self) -> String {
         if let Some(why) = &self.auth_failure {
             return one_line(&format!(
@@ -91,7 +93,18 @@ impl TopologySnapshot {
                  in the connection string or password file, and that the user exists"
             ));
         }
-        if self.awaiting_authentication {
+        // Signing in waits for a member to answer: when none does, or none
+        // is primary, that is what keeps writes out.
+        let member_writable = self.servers.iter().any(|s| {
+            matches!(
+                s.server_type,
+                ServerType::RsPrimary
+                    | ServerType::Standalone
+                    | ServerType::Mongos
+                    | ServerType::LoadBalancer
+            )
+        });
+        if self.awaiting_authentication && member_writable {
             return "MongoDB answers, but no connection has signed in with this app's credentials yet"
                 .to_owned();
         }
@@ -219,7 +232,11 @@ mod tests {
         TopologySnapshot {
             set_name: Some("rs".into()),
             writable: true,
-            servers: Vec::new(),
+            servers: vec![ServerSnapshot {
+                address: "h1:1".into(),
+                server_type: ServerType::RsPrimary,
+                error: None,
+            }],
             auth_failure: None,
             awaiting_authentication: false,
         }
@@ -242,6 +259,26 @@ mod tests {
         );
         view.set_auth_failure(None);
         assert!(view.get().unwrap().writable);
+    }
+
+    #[test]
+    fn with_credentials_and_no_member_answering_it_says_unreachable() {
+        let view = TopologyView::expecting_authentication();
+        view.set(TopologySnapshot {
+            set_name: Some("rs".into()),
+            writable: false,
+            servers: vec![ServerSnapshot {
+                address: "127.0.0.1:27999".into(),
+                server_type: ServerType::Unknown,
+                error: Some("Connection refused".into()),
+            }],
+            auth_failure: None,
+            awaiting_authentication: false,
+        });
+        assert_eq!(
+            view.get().unwrap().not_writable_reason(),
+            "no writable primary in replica set rs: 127.0.0.1:27999 unreachable (Connection refused)"
+        );
     }
 
     #[test]

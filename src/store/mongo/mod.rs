@@ -419,6 +419,31 @@ mod tests {
         store.close().await;
     }
 
+    /// Credentials make readiness wait for a signed-in connection, but
+    /// with nothing to sign in to, unreachability is the reason.
+    #[tokio::test]
+    async fn with_credentials_and_no_member_answering_readiness_says_unreachable() {
+        let uri = "mongodb://chat:secret@127.0.0.1:1/messages?replicaSet=rs&serverSelectionTimeoutMS=300&connectTimeoutMS=300";
+        let store = MongoStore::open(uri, "chat", Duration::from_secs(1), Cache::new())
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let why = loop {
+            let why = store.ready().await.unwrap_err();
+            if why.contains("unreachable") || Instant::now() > deadline {
+                break why;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            why.starts_with("no writable primary in replica set rs: 127.0.0.1:1 unreachable ("),
+            "{why}"
+        );
+        let status = store.status().await.reason.unwrap_or_default();
+        assert!(status.contains("127.0.0.1:1 unreachable ("), "{status}");
+        store.close().await;
+    }
+
     #[tokio::test]
     async fn password_never_reaches_a_reason() {
         let uri = "mongodb://app:Sup3rSecret@127.0.0.1:1/chat?serverSelectionTimeoutMS=300&connectTimeoutMS=300";
