@@ -1,6 +1,7 @@
 //! Building a driver client from a connection string, tuned for what it is
 //! for, with the driver's topology view attached.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +36,9 @@ pub struct Connection {
     /// The seed list as `host:port`, for messages before the driver has
     /// seen anything.
     pub seeds: Vec<String>,
+    /// Pool connections checked out so far, by any operation: see
+    /// [`Connection::checkouts`].
+    checkouts: Arc<AtomicU64>,
 }
 
 /// How a client is tuned beyond what the connection string says.
@@ -128,12 +132,14 @@ pub fn connect(
     // A pool connection is ready only once it has authenticated (the
     // monitor's connections never authenticate and emit no pool events).
     let user_pool = options.credential.is_some();
-    options.cmap_event_handler = Some(EventHandler::callback(move |event| {
-        if let CmapEvent::ConnectionReady(_) = event {
-            if user_pool {
-                view.set_auth_failure(None);
-            }
+    let checkouts = Arc::new(AtomicU64::new(0));
+    let counted = checkouts.clone();
+    options.cmap_event_handler = Some(EventHandler::callback(move |event| match event {
+        CmapEvent::ConnectionReady(_) if user_pool => view.set_auth_failure(None),
+        CmapEvent::ConnectionCheckedOut(_) => {
+            counted.fetch_add(1, Ordering::Relaxed);
         }
+        _ => {}
     }));
     let client = Client::with_options(options).map_err(|e| {
         format!(
@@ -146,10 +152,22 @@ pub fn connect(
         topology,
         secret,
         seeds,
+        checkouts,
     })
 }
 
 impl Connection {
+    /// How many times an operation has checked out a pool connection. The
+    /// driver sends a command only on a connection it has checked out of
+    /// the selected server's pool, after server selection; the handler
+    /// counts `ConnectionCheckedOut`, which the pool emits synchronously
+    /// before handing the connection over (CMAP:
+    /// <https://github.com/mongodb/specifications/blob/master/source/connection-monitoring-and-pooling/connection-monitoring-and-pooling.md#events>).
+    /// An operation that ran while this did not move sent nothing.
+    pub fn checkouts(&self) -> u64 {
+        self.checkouts.load(Ordering::Relaxed)
+    }
+
     /// Hides the password in any text about this connection.
     pub fn scrub(&self, text: &str) -> String {
         scrub(text, self.secret.as_deref())

@@ -166,6 +166,20 @@ pub fn classify(error: &Error, secret: Option<&str>) -> Class {
     Signals::of(error).class(reason(error, secret))
 }
 
+/// The operation failed in server selection, so it was never sent: the
+/// driver returns `ErrorKind::ServerSelection` when "the Client was not able
+/// to select a server for the operation"
+/// (<https://docs.rs/mongodb/3/mongodb/error/enum.ErrorKind.html#variant.ServerSelection>),
+/// and when the selection for its own retry fails it returns the first
+/// attempt's error instead ("If the driver cannot select a server for the
+/// retry attempt ... drivers MUST raise the original retryable error",
+/// <https://github.com/mongodb/specifications/blob/master/source/retryable-writes/retryable-writes.md>;
+/// `return_last_error` in the driver's executor). Only the outermost error
+/// counts: one that merely wraps a selection error was raised later.
+pub fn nothing_sent(error: &Error) -> bool {
+    matches!(error.kind.as_ref(), ErrorKind::ServerSelection { .. })
+}
+
 /// The server's error code of a failed command, if it was one.
 pub fn command_code(error: &Error) -> Option<i32> {
     match error.kind.as_ref() {

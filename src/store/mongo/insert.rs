@@ -23,7 +23,7 @@ use super::skipped::SkippedDocuments;
 use super::Shared;
 use crate::cache::CachedMessage;
 use crate::message::{now_millis, Message, NewMessage};
-use crate::mongo::Class;
+use crate::mongo::{self, Class};
 use crate::retry::Backoff;
 use crate::store::{Inserted, StoreError};
 
@@ -54,18 +54,22 @@ pub(super) async fn insert(shared: &Shared, new: NewMessage) -> Result<Inserted,
     // Subscribed before the write, so the change stream's copy cannot slip by.
     let mut echo = shared.cache.subscribe();
     let mut tried = Vec::new();
+    // Whether an attempt may have reached a server: until one has, the
+    // message is certainly not stored.
+    let mut sent = false;
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         if shared.tasks.is_closed() {
             return Err(StoreError::closed());
         }
-        let outcome = match attempt(shared, &collections, &new, deadline, &mut tried).await {
-            Ok(message) => Ok(Duplicate::Ours(message)),
-            Err(Class::Duplicate) => {
-                resolve_duplicate(&collections, &shared.skipped, &new, &tried).await
-            }
-            Err(other) => Err(other),
-        };
+        let outcome =
+            match attempt(shared, &collections, &new, deadline, &mut tried, &mut sent).await {
+                Ok(message) => Ok(Duplicate::Ours(message)),
+                Err(Class::Duplicate) => {
+                    resolve_duplicate(&collections, &shared.skipped, &new, &tried).await
+                }
+                Err(other) => Err(other),
+            };
         let reason = match outcome {
             Ok(Duplicate::Ours(message)) => {
                 deliver(shared, &message, &mut echo, deadline).await;
@@ -89,8 +93,11 @@ pub(super) async fn insert(shared: &Shared, new: NewMessage) -> Result<Inserted,
         let delay = backoff.next_delay();
         if Instant::now() + delay >= deadline {
             let within = shared.write_timeout.as_secs();
-            let reason = if tried.is_empty() {
-                format!("no MongoDB primary took the write within {within} s: {reason}")
+            let reason = if !sent {
+                format!(
+                    "the message was not stored: no MongoDB primary was available to send it \
+                     to within {within} s ({reason})"
+                )
             } else {
                 // An attempt was sent: a primary may have applied it without
                 // a majority confirming in time, so it may yet be stored.
@@ -113,13 +120,18 @@ pub(super) async fn insert(shared: &Shared, new: NewMessage) -> Result<Inserted,
 
 /// One insert attempt. The datetime (what users see, not the order) never
 /// goes back within this instance. `tried` collects the datetimes of this
-/// post's attempts.
+/// post's attempts; `sent` is set unless the attempt certainly sent
+/// nothing: the driver found no server to send it to
+/// ([`mongo::errors::nothing_sent`]), or it was cut off at the deadline
+/// before any operation got a connection to send on
+/// ([`mongo::Connection::checkouts`]).
 async fn attempt(
     shared: &Shared,
     collections: &Collections,
     new: &NewMessage,
     deadline: Instant,
     tried: &mut Vec<i64>,
+    sent: &mut bool,
 ) -> Result<Message, Class> {
     let remaining = deadline.saturating_duration_since(Instant::now());
     let now = now_millis();
@@ -135,7 +147,16 @@ async fn attempt(
     let insert = collections
         .messages
         .insert_one(MessageDoc::for_insert(&message));
-    match tokio::time::timeout(remaining, insert).await {
+    let checkouts = collections.conn.checkouts();
+    let outcome = tokio::time::timeout(remaining, insert).await;
+    *sent |= match &outcome {
+        Ok(Err(e)) => !mongo::errors::nothing_sent(e),
+        // Any checkout meanwhile, even another request's, may have been
+        // this insert's.
+        Err(_) => collections.conn.checkouts() != checkouts,
+        Ok(Ok(_)) => true,
+    };
+    match outcome {
         Ok(Ok(_)) => Ok(message),
         Ok(Err(e)) => Err(collections.class(&e)),
         Err(_) => Err(Class::Retry("the write did not finish in time".into())),

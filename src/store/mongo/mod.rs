@@ -402,6 +402,12 @@ mod tests {
                 retry_after,
             } => {
                 assert!(reason.contains("within 2 s"), "{reason}");
+                // Every attempt failed server selection: nothing was sent.
+                assert!(
+                    reason.starts_with("the message was not stored: no MongoDB primary"),
+                    "{reason}"
+                );
+                assert!(!reason.contains("may still be stored"), "{reason}");
                 assert!(retry_after >= Duration::from_secs(1));
             }
             other => panic!("expected Unavailable, got {other:?}"),
@@ -416,6 +422,27 @@ mod tests {
             matches!(read, Err(StoreError::Unavailable { .. })),
             "{read:?}"
         );
+        store.close().await;
+    }
+
+    /// An attempt still in server selection when the write deadline comes
+    /// has sent nothing either.
+    #[tokio::test]
+    async fn a_write_cut_off_in_server_selection_was_not_stored() {
+        let uri = "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=10000&connectTimeoutMS=300";
+        let store = MongoStore::open(uri, "chat", Duration::from_secs(1), Cache::new())
+            .await
+            .unwrap();
+        match store.insert(msg("k3")).await.unwrap_err() {
+            StoreError::Unavailable { reason, .. } => {
+                assert!(
+                    reason.starts_with("the message was not stored: no MongoDB primary"),
+                    "{reason}"
+                );
+                assert!(reason.contains("did not finish in time"), "{reason}");
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
         store.close().await;
     }
 
