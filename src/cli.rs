@@ -55,6 +55,16 @@ fn keys_help() -> String {
 /// A space the wrapping keeps: a command stays on one line.
 const KEEP: char = '\u{a0}';
 
+/// `replset status`'s exit status when the report shows a set that is not
+/// wholly healthy (see [`STATUS_EXIT`]); 1 stays "could not run".
+pub const EXIT_UNHEALTHY: u8 = 2;
+
+/// How `replset status` ends, for scripts that gate on it.
+const STATUS_EXIT: &str = "\
+Exit status: 0 when there is a primary and every member is healthy (PRIMARY or
+SECONDARY); 2 when not, after printing the report all the same; 1, with one
+line on stderr, when no report could be made (no URI, or a bad one).";
+
 /// The parsed command line. `--help` shows `about` and the configuration
 /// summary, not this comment.
 #[derive(Debug, Parser)]
@@ -134,6 +144,7 @@ pub enum ReplsetCommand {
     Apply(MembersArgs),
     /// Show every member's state, health and replication lag, the
     /// configuration version and the term.
+    #[command(after_help = STATUS_EXIT)]
     Status {
         /// Connection string (default: the configured mongodb_uri).
         #[arg(long)]
@@ -203,15 +214,16 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command.unwrap_or(Command::Serve) {
-            Command::Serve => serve().await,
+            Command::Serve => serve().await.map(|()| ExitCode::SUCCESS),
             Command::Config => Config::load()
                 .map(|c| print!("{}", config::describe(&c)))
+                .map(|()| ExitCode::SUCCESS)
                 .map_err(|e| e.to_string()),
             Command::Replset { command } => replset_command(command).await,
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => fail(e),
     }
 }
@@ -226,7 +238,9 @@ async fn serve() -> Result<(), String> {
     crate::app::serve(config).await
 }
 
-async fn replset_command(command: ReplsetCommand) -> Result<(), String> {
+/// Runs a `replset` subcommand; success is exit status 0, except for a
+/// `status` that is not wholly healthy ([`EXIT_UNHEALTHY`]).
+async fn replset_command(command: ReplsetCommand) -> Result<ExitCode, String> {
     match command {
         ReplsetCommand::Init {
             name,
@@ -257,7 +271,7 @@ async fn replset_command(command: ReplsetCommand) -> Result<(), String> {
             };
             let summary = replset::init(&request).await?;
             println!("{summary}");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         ReplsetCommand::Plan(args) => {
             let planned = replset::reconfig::plan(&args.into()).await?;
@@ -272,13 +286,13 @@ async fn replset_command(command: ReplsetCommand) -> Result<(), String> {
             for (i, step) in planned.steps.iter().enumerate() {
                 println!("{}. {step}", i + 1);
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         ReplsetCommand::Apply(args) => {
             let summary =
                 replset::reconfig::apply(&args.into(), &mut |line| println!("{line}")).await?;
             println!("{summary}");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         ReplsetCommand::Status { uri, json } => {
             let uri = match uri {
@@ -299,7 +313,13 @@ async fn replset_command(command: ReplsetCommand) -> Result<(), String> {
             } else {
                 print!("{}", replset::render_report(&status));
             }
-            Ok(())
+            // Scripts (a rolling restart) wait for this before the next
+            // member, with or without --json.
+            Ok(if status.healthy() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_UNHEALTHY)
+            })
         }
     }
 }

@@ -54,6 +54,20 @@ pub struct StatusReport {
     pub term: Option<i64>,
 }
 
+impl StatusReport {
+    /// There is a primary and every member is up as PRIMARY or SECONDARY:
+    /// what a rolling restart waits for before the next member (a member
+    /// still copying the data, STARTUP2, is up but not yet healthy).
+    pub fn healthy(&self) -> bool {
+        self.set.primary.is_some()
+            && self
+                .set
+                .members
+                .iter()
+                .all(|m| m.health > 0.0 && matches!(m.state.as_str(), "PRIMARY" | "SECONDARY"))
+    }
+}
+
 /// The replica set as `replSetGetStatus` (or the driver) sees it, through
 /// the connection string `uri`. Errors: a bad string, or nobody answered.
 pub async fn status(uri: &str) -> Result<StatusReport, String> {
@@ -128,4 +142,51 @@ pub fn render_status(status: &ReplicaSetStatus) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mongo::MemberStatus;
+
+    fn report(primary: Option<&str>, members: &[(&str, f64)]) -> StatusReport {
+        StatusReport {
+            set: ReplicaSetStatus {
+                name: "rs".into(),
+                primary: primary.map(str::to_owned),
+                members: members
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (state, health))| MemberStatus {
+                        name: format!("h{i}:27017"),
+                        state: (*state).into(),
+                        health: *health,
+                        lag_secs: None,
+                    })
+                    .collect(),
+                source: SOURCE.into(),
+            },
+            config_version: Some(1),
+            term: Some(1),
+        }
+    }
+
+    const SOURCE: &str = crate::mongo::status::SOURCE_COMMAND;
+
+    #[test]
+    fn healthy_is_a_primary_and_every_member_up() {
+        let up = [("PRIMARY", 1.0), ("SECONDARY", 1.0), ("SECONDARY", 1.0)];
+        assert!(report(Some("h0:27017"), &up).healthy());
+        assert!(!report(None, &up).healthy());
+        let one_down = [
+            ("PRIMARY", 1.0),
+            ("SECONDARY", 1.0),
+            ("(not reachable/healthy)", 0.0),
+        ];
+        assert!(!report(Some("h0:27017"), &one_down).healthy());
+        let syncing = [("PRIMARY", 1.0), ("SECONDARY", 1.0), ("STARTUP2", 1.0)];
+        assert!(!report(Some("h0:27017"), &syncing).healthy());
+        let none = [("(not reachable/healthy)", 0.0)];
+        assert!(!report(None, &none).healthy());
+    }
 }
