@@ -60,12 +60,16 @@ pub enum Check<T> {
 pub enum PollError {
     /// A check said it cannot hold.
     Failed(String),
-    /// The deadline passed; the last check's reason.
-    TimedOut(String),
+    /// The deadline passed; the last finished check's reason, `None` when
+    /// the deadline cut the first check short.
+    TimedOut(Option<String>),
 }
 
 /// Checks every `interval` until a check is `Done` or `Failed`, or until the
-/// next check would start after `deadline`. Always checks at least once.
+/// next check would start after `deadline`. Always starts one check; a
+/// check still running at `deadline` is dropped, so the wait ends on time
+/// however long one check may take (a driver's server selection, say): a
+/// check must be safe to abandon.
 pub async fn poll_until<T, F, Fut>(
     deadline: Instant,
     interval: Duration,
@@ -75,14 +79,17 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Check<T>>,
 {
+    let mut last = None;
     loop {
-        match check().await {
-            Check::Done(value) => return Ok(value),
-            Check::Failed(why) => return Err(PollError::Failed(why)),
-            Check::NotYet(why) => {
+        match tokio::time::timeout_at(deadline, check()).await {
+            Err(_) => return Err(PollError::TimedOut(last)),
+            Ok(Check::Done(value)) => return Ok(value),
+            Ok(Check::Failed(why)) => return Err(PollError::Failed(why)),
+            Ok(Check::NotYet(why)) => {
                 if Instant::now() + interval >= deadline {
-                    return Err(PollError::TimedOut(why));
+                    return Err(PollError::TimedOut(Some(why)));
                 }
+                last = Some(why);
             }
         }
         tokio::time::sleep(interval).await;
@@ -129,6 +136,43 @@ mod tests {
             Check::NotYet("still down".into())
         })
         .await;
-        assert_eq!(timed_out, Err(PollError::TimedOut("still down".into())));
+        assert_eq!(
+            timed_out,
+            Err(PollError::TimedOut(Some("still down".into())))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_check_running_at_the_deadline_is_cut_short() {
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(300);
+        let mut n = 0;
+        let timed_out: Result<(), _> = poll_until(deadline, Duration::from_millis(10), || {
+            n += 1;
+            let first = n == 1;
+            async move {
+                if !first {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+                Check::NotYet(format!("first: {first}"))
+            }
+        })
+        .await;
+        assert_eq!(
+            timed_out,
+            Err(PollError::TimedOut(Some("first: true".into())))
+        );
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
+        let slow: Result<(), _> = poll_until(
+            Instant::now() + Duration::from_millis(50),
+            Duration::from_millis(10),
+            || async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                Check::Done(())
+            },
+        )
+        .await;
+        assert_eq!(slow, Err(PollError::TimedOut(None)));
     }
 }

@@ -104,7 +104,9 @@ async fn unreachable_members_are_a_clear_error() {
     say("unreachable_members_are_a_clear_error: backend: none (nothing listens on the members)");
     let mut args = init_args(&["127.0.0.1:1".into(), "127.0.0.1:2".into()]);
     args.extend(["--wait-secs".to_string(), "2".to_string()]);
+    let started = std::time::Instant::now();
     let o = simplechat(args, &[]).await;
+    let waited = started.elapsed();
     assert!(!o.status.success(), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -113,6 +115,34 @@ async fn unreachable_members_are_a_clear_error() {
         text(&o)
     );
     assert_eq!(err.lines().count(), 1, "{err}");
+    // --wait-secs, not the driver's 5 s server selection.
+    assert!(
+        waited < std::time::Duration::from_millis(3500),
+        "{waited:?}"
+    );
+
+    for command in ["plan", "apply"] {
+        let args: Vec<String> = [
+            "replset",
+            command,
+            "--name",
+            SET_NAME,
+            "--member",
+            "127.0.0.1:1",
+            "--wait-secs",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec();
+        let started = std::time::Instant::now();
+        let o = simplechat(args, &[]).await;
+        let waited = started.elapsed();
+        assert!(!o.status.success(), "{}", text(&o));
+        assert!(
+            waited < std::time::Duration::from_millis(3500),
+            "{command}: {waited:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -98,6 +98,23 @@ pub fn tune(options: &mut ClientOptions, purpose: Purpose) {
     }
 }
 
+/// Bounds how long one operation may wait for a server by `bound`, the
+/// time a command has in all: the driver's server selection
+/// (`ClientOptions::server_selection_timeout`, "the amount of time the
+/// Client should attempt to select a server for an operation before timing
+/// out") and its TCP connect (`ClientOptions::connect_timeout`, "the connect
+/// timeout passed to each underlying TcpStream";
+/// <https://docs.rs/mongodb/3/mongodb/options/struct.ClientOptions.html>),
+/// each the connection string's or simplechat's default when shorter.
+pub fn bound_waits(options: &mut ClientOptions, bound: Duration) {
+    let selection = options
+        .server_selection_timeout
+        .unwrap_or(DEFAULT_SERVER_SELECTION_TIMEOUT);
+    options.server_selection_timeout = Some(selection.min(bound));
+    let connect = options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    options.connect_timeout = Some(connect.min(bound));
+}
+
 /// Makes the client. The driver connects in the background, so this
 /// returns at once whether or not any server is reachable.
 pub fn connect(
@@ -157,6 +174,29 @@ pub fn connect(
 }
 
 impl Connection {
+    /// Why no server has answered, from the driver's view: each one it
+    /// could not reach and why, else that none has answered yet.
+    pub fn why_silent(&self) -> String {
+        let unreachable: Vec<String> = self
+            .topology
+            .get()
+            .map(|t| {
+                t.servers
+                    .iter()
+                    .filter_map(|s| {
+                        let why = s.error.as_ref()?;
+                        Some(format!("{} unreachable ({why})", s.address))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if unreachable.is_empty() {
+            format!("no answer yet from {}", self.seeds.join(", "))
+        } else {
+            unreachable.join("; ")
+        }
+    }
+
     /// How many times an operation has checked out a pool connection. The
     /// driver sends a command only on a connection it has checked out of
     /// the selected server's pool, after server selection; the handler
@@ -197,6 +237,23 @@ mod tests {
         assert_eq!(conn.seeds, ["127.0.0.1:27017", "127.0.0.1:27018"]);
         assert_eq!(conn.scrub("x pa$$word y pa%24%24word"), "x **** y ****");
         assert!(conn.topology.get().is_none() || !conn.topology.get().unwrap().writable);
+    }
+
+    #[tokio::test]
+    async fn waits_are_bounded_by_the_shorter_of_the_uri_and_the_bound() {
+        let (mut o, _) = options("mongodb://h1/?serverSelectionTimeoutMS=1500")
+            .await
+            .unwrap();
+        bound_waits(&mut o, Duration::from_secs(2));
+        assert_eq!(
+            o.server_selection_timeout,
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(o.connect_timeout, Some(Duration::from_secs(2)));
+        bound_waits(&mut o, Duration::from_millis(700));
+        assert_eq!(o.server_selection_timeout, Some(Duration::from_millis(700)));
+        tune(&mut o, Purpose::Direct);
+        assert_eq!(o.server_selection_timeout, Some(Duration::from_millis(700)));
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ use crate::mongo::errors::codes::{
     UNAUTHORIZED,
 };
 use crate::mongo::errors::command_code as code;
-use crate::mongo::{connect, options, reason, Connection, Purpose};
+use crate::mongo::{bound_waits, connect, options, reason, Connection, Purpose};
 use crate::retry::{poll_until, Check, PollError};
 
 /// How long each step may wait, as a whole.
@@ -92,10 +92,12 @@ pub async fn init(request: &InitRequest, waits: Waits) -> Result<String, String>
     let members = config::normalize_members(&request.members)?;
     // Files first: a missing one must not wait for the members.
     let user = request.user.as_ref().map(user::prepare).transpose()?;
-    let (base, secret) = match &request.uri {
+    let (mut base, secret) = match &request.uri {
         Some(uri) => options(uri).await?,
         None => (ClientOptions::default(), None),
     };
+    // The driver's own waits (5 s by default) must not outlast ours.
+    bound_waits(&mut base, waits.members.min(waits.primary));
     let mut all = Vec::with_capacity(members.len());
     for host in &members {
         let mut o = base.clone();
@@ -187,13 +189,15 @@ async fn run(
     ))
 }
 
-/// The error of a wait for `host` to answer.
-fn not_answering(host: &str, waits: Waits) -> impl Fn(PollError) -> String + '_ {
+/// The error of a wait for `m` to answer.
+fn not_answering(m: &Member, waits: Waits) -> impl Fn(PollError) -> String + '_ {
     move |e| match e {
         PollError::Failed(why) => why,
         PollError::TimedOut(last) => format!(
-            "member {host} did not answer within {} s: {last}",
-            waits.members.as_secs()
+            "member {} did not answer within {} s: {}",
+            m.host,
+            waits.members.as_secs(),
+            last.unwrap_or_else(|| m.conn.why_silent())
         ),
     }
 }
@@ -220,7 +224,7 @@ async fn first_member_state(
         }
     })
     .await
-    .map_err(not_answering(&first.host, waits))
+    .map_err(not_answering(first, waits))
 }
 
 /// Waits until another member answers, and makes sure it is a replica-set
@@ -251,7 +255,7 @@ async fn wait_for_member(
         }
     })
     .await
-    .map_err(not_answering(&m.host, waits))
+    .map_err(not_answering(m, waits))
 }
 
 /// The configuration from `replSetGetConfig`, or, for a user without that
@@ -293,8 +297,9 @@ async fn wait_for_primary(first: &Member, waits: Waits) -> Result<String, String
     .map_err(|e| match e {
         PollError::Failed(why) => why,
         PollError::TimedOut(last) => format!(
-            "no primary was elected within {} s ({last})",
-            waits.primary.as_secs()
+            "no primary was elected within {} s ({})",
+            waits.primary.as_secs(),
+            last.unwrap_or_else(|| first.conn.why_silent())
         ),
     })
 }
@@ -377,7 +382,9 @@ mod tests {
             err.starts_with("member 127.0.0.1:1 did not answer within 1 s"),
             "{err}"
         );
-        assert!(started.elapsed() < Duration::from_secs(15), "bounded");
+        // The wait, not the driver's 5 s server selection.
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_millis(2500), "{waited:?}");
     }
 
     #[tokio::test]

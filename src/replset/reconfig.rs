@@ -23,7 +23,7 @@ use crate::mongo::errors::{codes, command_code as code, Signals};
 /// mongod's `ExceededTimeLimit`: `replSetStepDown` found no electable
 /// secondary caught up within `secondaryCatchUpPeriodSecs`.
 const EXCEEDED_TIME_LIMIT: i32 = 262;
-use crate::mongo::{connect, options, reason, Connection, Purpose};
+use crate::mongo::{bound_waits, connect, options, reason, Connection, Purpose};
 use crate::retry::{poll_until, Check, PollError};
 
 /// What `replset plan` / `apply` are asked to converge to.
@@ -57,7 +57,9 @@ pub struct Planned {
 /// Reads the running set and plans; changes nothing. Errors: one line.
 pub async fn plan(request: &MembersRequest) -> Result<Planned, String> {
     let session = Session::open(request).await?;
-    let result = session.plan(request, Duration::from_secs(5)).await;
+    let result = session
+        .plan(request, Duration::from_secs(5).min(session.wait))
+        .await;
     session.close().await;
     result
 }
@@ -95,10 +97,13 @@ impl Session {
     async fn open(request: &MembersRequest) -> Result<Session, String> {
         config::check_name(&request.name)?;
         let members = config::normalize_members(&request.members)?;
-        let (base, secret) = match &request.uri {
+        let wait = Duration::from_secs(request.wait_secs.max(1));
+        let (mut base, secret) = match &request.uri {
             Some(uri) => options(uri).await?,
             None => (ClientOptions::default(), None),
         };
+        // The driver's own waits (5 s by default) must not outlast ours.
+        bound_waits(&mut base, wait);
         let mut o = base.clone();
         o.hosts = members
             .iter()
@@ -133,11 +138,7 @@ impl Session {
             None => secret,
         };
         let conn = connect(o, secret, Purpose::Store)?;
-        Ok(Session {
-            conn,
-            base,
-            wait: Duration::from_secs(request.wait_secs.max(1)),
-        })
+        Ok(Session { conn, base, wait })
     }
 
     async fn close(self) {
@@ -220,9 +221,10 @@ impl Session {
         .await
         .map_err(|e| match e {
             PollError::Failed(why) => why,
-            PollError::TimedOut(last) => {
-                format!("it does not answer ({last}): start it, with the same replica set name, before adding it")
-            }
+            PollError::TimedOut(last) => format!(
+                "it does not answer ({}): start it, with the same replica set name, before adding it",
+                last.unwrap_or_else(|| conn.why_silent())
+            ),
         });
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
@@ -256,10 +258,12 @@ impl Session {
         request: &MembersRequest,
         progress: &mut dyn FnMut(&str),
     ) -> Result<String, String> {
+        // Reaching the set counts towards the first wait.
+        let mut settled_by = Instant::now() + self.wait;
         self.check_access().await?;
         let mut taken = 0;
         loop {
-            self.wait_settled(progress).await?;
+            self.wait_settled(settled_by, progress).await?;
             let planned = self.plan(request, self.wait).await.map_err(|e| {
                 if taken == 0 {
                     format!("{e}; nothing changed")
@@ -281,22 +285,29 @@ impl Session {
             taken += 1;
             progress(&format!("step {taken}: {step}"));
             self.take(&step, &planned.running, progress).await?;
+            settled_by = Instant::now() + self.wait;
         }
     }
 
     /// Before any step: the current configuration is committed and no
     /// member is still joining (a newly added member votes only once it
     /// has caught up; mongod refuses the next reconfig until the current
-    /// one is committed). Says once what it waits for.
-    async fn wait_settled(&self, progress: &mut dyn FnMut(&str)) -> Result<(), String> {
-        let deadline = Instant::now() + self.wait;
-        match self.unsettled().await {
-            Ok(None) => return Ok(()),
-            Ok(Some(why)) | Err(why) => progress(&format!(
-                "  waiting up to {} s for {why}",
-                self.wait.as_secs()
-            )),
-        }
+    /// one is committed). Says once what it waits for; gives up at
+    /// `deadline`.
+    async fn wait_settled(
+        &self,
+        deadline: Instant,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(), String> {
+        let first = match tokio::time::timeout_at(deadline, self.unsettled()).await {
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Ok(Some(why)) | Err(why)) => why,
+            Err(_) => self.conn.why_silent(),
+        };
+        progress(&format!(
+            "  waiting up to {} s for {first}",
+            self.wait.as_secs()
+        ));
         poll_until(deadline, Duration::from_millis(250), || async {
             match self.unsettled().await {
                 Ok(None) => Check::Done(()),
@@ -306,9 +317,11 @@ impl Session {
         .await
         .map_err(|e| match e {
             PollError::Failed(why) => why,
-            PollError::TimedOut(last) => {
-                format!("gave up after {} s waiting for {last}", self.wait.as_secs())
-            }
+            PollError::TimedOut(last) => format!(
+                "gave up after {} s waiting for {}",
+                self.wait.as_secs(),
+                last.unwrap_or(first)
+            ),
         })
     }
 
@@ -487,8 +500,9 @@ impl Session {
         .map_err(|e| match e {
             PollError::Failed(why) => why,
             PollError::TimedOut(last) => format!(
-                "{host} was added but did not catch up and vote within {} s ({last}); run apply again to continue",
-                self.wait.as_secs()
+                "{host} was added but did not catch up and vote within {} s ({}); run apply again to continue",
+                self.wait.as_secs(),
+                last.unwrap_or_else(|| self.conn.why_silent())
             ),
         })
     }
@@ -516,8 +530,9 @@ impl Session {
         .map_err(|e| match e {
             PollError::Failed(why) => why,
             PollError::TimedOut(last) => format!(
-                "no other primary than {host} within {} s ({last})",
-                self.wait.as_secs()
+                "no other primary than {host} within {} s ({})",
+                self.wait.as_secs(),
+                last.unwrap_or_else(|| self.conn.why_silent())
             ),
         })
     }

@@ -330,9 +330,11 @@ async fn converge(
 fn timed_out(what: &'static str, wait: Duration) -> impl Fn(PollError) -> String {
     move |e| match e {
         PollError::Failed(why) => why,
-        PollError::TimedOut(last) => {
-            format!("{what} did not succeed within {} s: {last}", wait.as_secs())
-        }
+        PollError::TimedOut(last) => format!(
+            "{what} did not succeed within {} s: {}",
+            wait.as_secs(),
+            last.as_deref().unwrap_or("no answer")
+        ),
     }
 }
 
