@@ -135,9 +135,11 @@ pub fn connect(
     options.sdam_event_handler = Some(EventHandler::callback(move |event| {
         if let SdamEvent::TopologyDescriptionChanged(change) = event {
             let secret = event_secret.as_deref();
-            if let Some(why) =
-                TopologySnapshot::authentication_error(&change.new_description, secret)
-            {
+            if let Some(why) = TopologySnapshot::new_authentication_error(
+                &change.previous_description,
+                &change.new_description,
+                secret,
+            ) {
                 sdam_view.set_auth_failure(Some(why));
             }
             sdam_view.set(TopologySnapshot::from_description(

@@ -7,7 +7,7 @@ use std::sync::RwLock;
 
 use mongodb::event::sdam::TopologyDescription;
 use mongodb::options::ServerAddress;
-use mongodb::ServerType;
+use mongodb::{ServerInfo, ServerType};
 
 use super::errors::{reason, Signals};
 use crate::text::one_line;
@@ -63,15 +63,33 @@ impl TopologySnapshot {
         }
     }
 
-    /// The first authentication failure among the members' errors: the
-    /// driver marks a member unknown with the error when a new connection
-    /// fails to authenticate, then its monitor (which never authenticates)
-    /// finds it healthy again at the next check.
-    pub fn authentication_error(d: &TopologyDescription, secret: Option<&str>) -> Option<String> {
-        d.servers().into_values().find_map(|info| {
+    /// The authentication error a member has in `new` and did not have in
+    /// `previous`, as one line without `secret`: a connection to it has just
+    /// been refused. (The driver marks a member unknown with the error when
+    /// a new connection fails to authenticate; its monitor, which never
+    /// authenticates, finds it healthy again at its next check.)
+    ///
+    /// Only the change counts. A member keeps its error in every later
+    /// description until its monitor checks it again (every heartbeat), and
+    /// the driver describes the whole topology whenever any member changes:
+    /// taken from each description, an error from before the credentials
+    /// were fixed set the refusal again after a connection had signed in
+    /// and cleared it, and it then stayed, with nothing left to clear it.
+    pub fn new_authentication_error(
+        previous: &TopologyDescription,
+        new: &TopologyDescription,
+        secret: Option<&str>,
+    ) -> Option<String> {
+        let auth_error = |info: &ServerInfo<'_>| {
             info.error()
                 .filter(|e| Signals::of(e).authentication)
                 .map(|e| reason(e, secret))
+        };
+        let before = previous.servers();
+        new.servers().into_iter().find_map(|(address, info)| {
+            let why = auth_error(&info)?;
+            let had = before.get(address).and_then(auth_error);
+            (had.as_deref() != Some(why.as_str())).then_some(why)
         })
     }
 
