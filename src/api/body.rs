@@ -139,15 +139,22 @@ fn media_type(value: &str) -> Option<(&str, &str)> {
 fn is_json(req: &Request<'_>) -> bool {
     content_type(req)
         .and_then(media_type)
-        .is_some_and(|(kind, subtype)| {
-            // A token is ASCII, so any byte is a char boundary.
-            let suffix = subtype
-                .len()
-                .checked_sub("+json".len())
-                .map(|at| &subtype[at..]);
-            (kind.eq_ignore_ascii_case("application") && subtype.eq_ignore_ascii_case("json"))
-                || suffix.is_some_and(|s| s.eq_ignore_ascii_case("+json"))
-        })
+        .is_some_and(|(kind, subtype)| is_json_type(kind, subtype))
+}
+
+/// Whether `kind/subtype` is `application/json` or a JSON-based type: a
+/// named subtype with the `+json` suffix (RFC 6839 §3.1), such as
+/// `application/problem+json`; not a wildcard, and not a bare `+json`.
+fn is_json_type(kind: &str, subtype: &str) -> bool {
+    if kind.eq_ignore_ascii_case("application") && subtype.eq_ignore_ascii_case("json") {
+        return true;
+    }
+    // A token is ASCII, so any byte is a char boundary.
+    let name_len = subtype.len().saturating_sub("+json".len());
+    kind != "*"
+        && name_len > 0
+        && !subtype[..name_len].contains('*')
+        && subtype[name_len..].eq_ignore_ascii_case("+json")
 }
 
 /// The 415 refusal of a body that is not of the type `expected` describes,
@@ -387,6 +394,29 @@ mod tests {
                     .to_string(),
                 "{malformed}"
             );
+        }
+    }
+
+    #[test]
+    fn json_types_are_json_and_json_based_types_only() {
+        for (kind, subtype) in [
+            ("application", "json"),
+            ("APPLICATION", "JSON"),
+            ("application", "problem+json"),
+            ("text", "x-custom+JSON"),
+        ] {
+            assert!(is_json_type(kind, subtype), "{kind}/{subtype}");
+        }
+        for (kind, subtype) in [
+            ("text", "json"),
+            ("text", "+json"),
+            ("application", "+json"),
+            ("*", "*+json"),
+            ("application", "*+json"),
+            ("application", "json5"),
+            ("application", "jsonx+xml"),
+        ] {
+            assert!(!is_json_type(kind, subtype), "{kind}/{subtype}");
         }
     }
 
