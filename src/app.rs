@@ -182,12 +182,7 @@ fn watch_signals(settings: &ShutdownConfig, shutdown: rocket::Shutdown) -> Resul
 /// Runs the server until SIGTERM or Ctrl-C; in-flight requests finish, event
 /// streams end, then the store closes.
 pub async fn serve(config: Config) -> Result<(), String> {
-    // `Config::from_figment` has checked Rocket's settings already.
-    let log_level = config
-        .figment
-        .extract::<rocket::Config>()
-        .map_or(rocket::config::LogLevel::Normal, |c| c.log_level);
-    crate::logging::install(log_level);
+    crate::logging::install(config.log_level);
     let store = crate::config::describe_store(&config.store);
     let server = start(config).await?;
     // On stdout, beside Rocket's own launch line: Rocket's default log level

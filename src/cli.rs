@@ -1,6 +1,7 @@
 //! The command line: what each subcommand does, and how failures end.
 
 use std::process::ExitCode;
+use std::sync::LazyLock;
 
 use clap::{Parser, Subcommand};
 
@@ -21,7 +22,10 @@ Configuration (later wins):
 const HELP_WIDTH: usize = 79;
 
 /// The layers and every key, the list made from [`config::KEYS`] so that
-/// it cannot fall behind the settings.
+/// it cannot fall behind the settings; made once, though three commands
+/// show it.
+static CONFIGURATION_HELP: LazyLock<String> = LazyLock::new(configuration_help);
+
 fn configuration_help() -> String {
     format!("{LAYERS}\n{}", keys_help())
 }
@@ -73,7 +77,7 @@ line on stderr, when no report could be made (no URI, or a bad one).";
     version,
     about = "A chat service on a MongoDB replica set, or an embedded store",
     long_about = None,
-    after_help = configuration_help()
+    after_help = CONFIGURATION_HELP.as_str()
 )]
 pub struct Cli {
     /// The subcommand; none means `serve`.
@@ -85,11 +89,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the web server (the default).
-    #[command(after_help = configuration_help())]
+    #[command(after_help = CONFIGURATION_HELP.as_str())]
     Serve,
     /// Print the effective configuration, where each value came from,
     /// secrets redacted.
-    #[command(after_help = configuration_help())]
+    #[command(after_help = CONFIGURATION_HELP.as_str())]
     Config,
     /// Administer the MongoDB replica set.
     Replset {

@@ -5,8 +5,10 @@
 //! no profiles, and a key there must be simplechat's or Rocket's), the lab's
 //! `MONGO_URI`, then `SIMPLECHAT_<KEY>`.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -173,6 +175,9 @@ pub struct Config {
     pub max_connections: usize,
     /// The settings as the layers gave them, for `simplechat config`.
     pub settings: Settings,
+    /// Rocket's `log_level`, from the one extraction of Rocket's settings
+    /// that checked them.
+    pub log_level: rocket::config::LogLevel,
     /// The layers, for Rocket's own settings and for `simplechat config`.
     pub figment: Figment,
 }
@@ -207,6 +212,16 @@ fn environment<P: Provider>(provider: P, var: fn(&str) -> String) -> Named<P> {
 
 const ENVIRONMENT: &str = "environment variable";
 
+/// Rocket's top-level keys, read from its own `Config` once: every
+/// extraction asks the layers for their data again.
+static ROCKET_KEYS: LazyLock<BTreeSet<String>> =
+    LazyLock::new(
+        || match figment::value::Value::serialize(rocket::Config::default()) {
+            Ok(figment::value::Value::Dict(_, keys)) => keys.into_keys().collect(),
+            _ => BTreeSet::new(),
+        },
+    );
+
 /// simplechat's TOML file, refusing a top-level key that neither simplechat
 /// nor Rocket reads: figment passes over keys nothing extracts, so a typo
 /// (`prot = 8200`) would otherwise leave the default in force unnoticed.
@@ -220,12 +235,8 @@ impl<P: Provider> Provider for KnownKeys<P> {
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
         let data = self.0.data()?;
-        let rocket_keys = match figment::value::Value::serialize(rocket::Config::default()) {
-            Ok(figment::value::Value::Dict(_, keys)) => keys,
-            _ => Dict::new(),
-        };
         for (key, value) in data.values().flatten() {
-            if KEYS.contains(&key.as_str()) || rocket_keys.contains_key(key) {
+            if KEYS.contains(&key.as_str()) || ROCKET_KEYS.contains(key) {
                 continue;
             }
             // The file is read into the global profile (see `layered`);
@@ -321,7 +332,7 @@ impl Config {
         // Rocket reads its own settings from the same figment only when it
         // ignites, and then says no more than "failed to extract
         // configuration"; checked here, `config` refuses them too.
-        figment.extract::<rocket::Config>().map_err(bad)?;
+        let rocket = figment.extract::<rocket::Config>().map_err(bad)?;
         let store = store_config(&settings)?;
         let templates = resolve_templates(settings.template_dir.as_deref())?;
         if settings.write_timeout_secs == 0 {
@@ -349,6 +360,7 @@ impl Config {
             header_timeout: Duration::from_secs(settings.header_timeout_secs),
             max_connections: settings.max_connections,
             settings,
+            log_level: rocket.log_level,
             figment,
         })
     }

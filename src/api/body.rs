@@ -109,7 +109,8 @@ fn after_quoted(s: &str) -> Option<&str> {
 /// as RFC 9110 §8.3.1 writes one: `type/subtype` and parameters, with
 /// optional whitespace on either side of each `;`. Rocket's parser refuses
 /// the whitespace before one (`application/json ; charset=utf-8`), and its
-/// `None` cannot tell such a header from a missing one. Parameters must be
+/// `None` cannot tell such a header from a missing one; the `mime` crate
+/// (0.3) refuses that whitespace too, so the grammar is written here. Parameters must be
 /// well formed, and are otherwise ignored.
 fn media_type(value: &str) -> Option<(&str, &str)> {
     const OWS: [char; 2] = [' ', '\t'];

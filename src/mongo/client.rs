@@ -12,7 +12,7 @@ use mongodb::options::ClientOptions;
 use mongodb::Client;
 
 use super::errors::{reason, scrub};
-use super::topology::{address_string, TopologySnapshot, TopologyView};
+use super::topology::{address_string, ServerSnapshot, TopologySnapshot, TopologyView};
 use super::uri;
 
 /// Used when the connection string does not choose: short enough that a
@@ -185,10 +185,7 @@ impl Connection {
             .map(|t| {
                 t.servers
                     .iter()
-                    .filter_map(|s| {
-                        let why = s.error.as_ref()?;
-                        Some(format!("{} unreachable ({why})", s.address))
-                    })
+                    .filter_map(ServerSnapshot::unreachable)
                     .collect()
             })
             .unwrap_or_default();

@@ -23,6 +23,14 @@ pub struct ServerSnapshot {
     pub error: Option<String>,
 }
 
+impl ServerSnapshot {
+    /// `address unreachable (why)`, when the driver could not reach it.
+    pub fn unreachable(&self) -> Option<String> {
+        let why = self.error.as_ref()?;
+        Some(format!("{} unreachable ({why})", self.address))
+    }
+}
+
 /// The replica set as the driver last saw it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TopologySnapshot {
@@ -129,9 +137,9 @@ impl TopologySnapshot {
         let members = self
             .servers
             .iter()
-            .map(|s| match &s.error {
-                Some(e) => format!("{} unreachable ({e})", s.address),
-                None => format!("{} {}", s.address, s.server_type),
+            .map(|s| {
+                s.unreachable()
+                    .unwrap_or_else(|| format!("{} {}", s.address, s.server_type))
             })
             .collect::<Vec<_>>()
             .join("; ");
