@@ -368,6 +368,12 @@ impl Cache {
         self.read().version
     }
 
+    /// Whether the cache is a true suffix of the store order (see
+    /// [`Cache::reset`] and [`Cache::invalidate`]).
+    pub fn is_complete(&self) -> bool {
+        self.read().complete
+    }
+
     /// The latest `limit` messages, oldest first, if the cache can answer.
     pub fn latest(&self, limit: usize) -> Option<Vec<Arc<CachedMessage>>> {
         self.latest_versioned(limit).map(|(_, events)| events)

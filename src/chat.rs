@@ -106,6 +106,11 @@ impl Chat {
         self.cache.version()
     }
 
+    /// Whether the cache has been loaded and answers for the store now.
+    pub fn cache_complete(&self) -> bool {
+        self.cache.is_complete()
+    }
+
     /// The message with this id, if stored.
     pub async fn get(&self, id: &str) -> Result<Option<Message>, StoreError> {
         self.store.get(id).await

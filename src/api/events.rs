@@ -184,10 +184,17 @@ where
         let mut next: Option<Arrival> = None;
         let mut last_id = resume_from.clone();
         let mut catching_up = resume_from.is_some();
+        // Subscribed before the cache was first loaded (a MongoDB store
+        // whose change stream has not started yet): what the load brings
+        // in is not broadcast, so a message stored after `last_id` and
+        // before the load would never reach this stream. Once the cache is
+        // complete, the stream catches up from `last_id` first.
+        let mut before_first_load = false;
         if !catching_up {
             next = now;
             if next.is_none() {
                 last_id = chat.newest_id().await.ok().flatten();
+                before_first_load = true;
             }
         }
         // Ids of the last page read from the store while the cache could
@@ -252,6 +259,11 @@ where
                 biased;
                 _ = &mut shutdown => break,
                 received = rx.recv() => match received {
+                    // The catch-up reads this message too, in its order.
+                    Ok(_) if before_first_load && chat.cache_complete() => {
+                        before_first_load = false;
+                        catching_up = true;
+                    }
                     Ok(cached) => {
                         let fresh = match (cached.arrival, next) {
                             (Some(arrival), Some(next)) => arrival.is_at_or_after(next),
@@ -271,7 +283,13 @@ where
                     }
                     Err(RecvError::Closed) => break,
                 },
-                _ = heartbeat.tick() => yield Bytes::from_static(b": heartbeat\n\n"),
+                _ = heartbeat.tick() => {
+                    if before_first_load && chat.cache_complete() {
+                        before_first_load = false;
+                        catching_up = true;
+                    }
+                    yield Bytes::from_static(b": heartbeat\n\n");
+                }
             }
         }
     }
