@@ -408,6 +408,90 @@ async fn a_message_the_labs_app_writes_reaches_simplechats_subscribers() {
     app.shutdown().await;
 }
 
+/// An ObjectId made at `secs` since the epoch, as a driver on a machine
+/// whose clock said so would make it.
+fn object_id_at(secs: u32) -> mongodb::bson::oid::ObjectId {
+    let mut bytes = [7u8; 12];
+    bytes[..4].copy_from_slice(&secs.to_be_bytes());
+    mongodb::bson::oid::ObjectId::from_bytes(bytes)
+}
+
+/// Waits until the instance's change stream has caught up (`/api/status`).
+async fn wait_for_change_stream(app: &TestApp, within: Duration) {
+    let deadline = Instant::now() + within;
+    while app.get_json("/api/status").await["change_stream"]["running"] != true {
+        assert!(Instant::now() < deadline, "the change stream never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The lab's app wrote while no simplechat instance ran (all stopped for
+/// an upgrade, say): that message is news, not history, so once
+/// simplechat is back it is the newest message, in the listing and to a
+/// subscriber that replays from simplechat's last message, whatever its
+/// naive `datetime` says. The lab's history from before simplechat's first
+/// message stays where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_labs_app_wrote_while_simplechat_was_down_is_the_newest() {
+    let cluster =
+        TestCluster::start("a_message_the_labs_app_wrote_while_simplechat_was_down_is_the_newest")
+            .await;
+    let client = mongodb::Client::with_uri_str(cluster.uri("messages"))
+        .await
+        .expect("client");
+    let lab = client
+        .database("messages")
+        .collection::<Document>("messages");
+    let history = object_id_at(1_700_000_000);
+    lab.insert_one(doc! {
+        "_id": history,
+        "name": "lab",
+        "text": "history",
+        "datetime": mongodb::bson::DateTime::from_millis(1_700_000_000_000),
+    })
+    .await
+    .expect("the lab's history");
+
+    let app = start_app(&cluster, "messages", 20).await;
+    let ours = app.post_message("ann", "before the upgrade").await;
+    app.shutdown().await;
+
+    let news = mongodb::bson::oid::ObjectId::new();
+    lab.insert_one(doc! {
+        "_id": news,
+        "name": "lab",
+        "text": "while simplechat was down",
+        // A naive local time from a clock far behind: it must not decide.
+        "datetime": mongodb::bson::DateTime::from_millis(1_000_000_000_000),
+    })
+    .await
+    .expect("the lab's insert");
+
+    let app = start_app(&cluster, "messages", 20).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    let listed = app.get_json("/api/messages?limit=3").await;
+    let texts: Vec<&str> = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|m| m["text"].as_str())
+        .collect();
+    assert_eq!(
+        texts,
+        ["history", "before the upgrade", "while simplechat was down"]
+    );
+    let ours = ours["id"].as_str().expect("id");
+    let mut subscriber = Subscriber::connect_to(&app, &format!("/api/events?after={ours}")).await;
+    subscriber
+        .wait_for(&[news.to_hex()], Duration::from_secs(10))
+        .await;
+    assert!(
+        !subscriber.received.contains(&history.to_hex()),
+        "history replayed as news"
+    );
+    app.shutdown().await;
+}
+
 /// The app as the authenticated deployment runs it: a URI naming the user,
 /// the password from `mongodb_password_file`.
 async fn spawn_with_password(

@@ -8,7 +8,9 @@
 //! 2. open the stream, from the last resume token if there is one;
 //! 3. catch up: with a resumed stream, drain what it replays; without one
 //!    (first open, or the token is gone from the oplog), read everything
-//!    after the last message this change stream delivered;
+//!    after the last message this change stream delivered; then give a
+//!    position to what another app inserted while no stream watched, and
+//!    publish it ([`Watcher::position_strays`]);
 //! 4. read the latest messages again, publish those newer than anything
 //!    published so far, and `reset` the cache (it is whole again);
 //! 5. publish each insert event as it comes; `publish` ignores ids it has.
@@ -18,6 +20,18 @@
 //! `publish` dedupes). When the stream fails beyond the driver's one
 //! automatic resume, the cache is invalidated and the cycle starts again.
 //!
+//! Another app's message (a document without `position`) is news when the
+//! stream sees its insert, and history otherwise; but an insert made while
+//! no stream watched (every instance down, or this one starting or
+//! recovering) is news all the same. So a document without `position`
+//! whose ObjectId was made after the newest positioned message, less the
+//! clock skew allowed, is a stray: it is left out of every cache reset and
+//! given its position in step 3, or when its insert event comes. Strays
+//! are found by `_id` because an ObjectId begins with the second it was
+//! made on the writer's clock
+//! (<https://www.mongodb.com/docs/manual/reference/method/ObjectId/>),
+//! whatever time zone its `datetime` was written in.
+//!
 //! Change streams: <https://www.mongodb.com/docs/manual/changeStreams/>;
 //! resuming: <https://www.mongodb.com/docs/manual/changeStreams/#resume-a-change-stream>.
 
@@ -26,12 +40,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{doc, Document};
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
 use mongodb::change_stream::ChangeStream;
 
 use super::collections::Collections;
-use super::document::{Direction, MessageDoc, Position, Range};
+use super::document::{self, Direction, DocId, MessageDoc, Position, Range};
 use super::Shared;
 use crate::cache::CACHE_CAPACITY;
 use crate::mongo::Class;
@@ -45,6 +60,8 @@ const MAX_DRAIN_TIME: Duration = Duration::from_secs(10);
 /// earlier: catch-up reads start this far back, and the cache drops the ones it
 /// already has.
 const CLOCK_SKEW_MS: i64 = 5_000;
+/// [`CLOCK_SKEW_MS`] in the seconds of a position or an ObjectId.
+const CLOCK_SKEW_SECS: u32 = 5;
 
 type Events = ChangeStream<ChangeStreamEvent<Document>>;
 
@@ -198,6 +215,7 @@ impl Watcher {
         } else {
             self.catch_up().await?;
         }
+        self.position_strays().await?;
         let latest = self.read_latest().await?;
         for doc in &latest.messages {
             if self.may_lack(&doc.position()) {
@@ -302,7 +320,9 @@ impl Watcher {
 
     /// The latest messages: one more document than the cache holds is
     /// read, so that fewer means the cache can hold the whole history.
+    /// Strays are left out: they are news, published once positioned.
     async fn read_latest(&self) -> Result<Latest, String> {
+        let strays = self.strays_from().await?;
         let docs = self
             .collections
             .read(Range::Latest, CACHE_CAPACITY + 1)
@@ -310,12 +330,77 @@ impl Watcher {
             .map_err(|c| c.reason().to_owned())?;
         let whole_history = docs.len() <= CACHE_CAPACITY;
         let mut messages = self.shared.skipped.keep_all(docs);
+        messages.retain(|m| !is_stray(m, strays));
         let skip = messages.len().saturating_sub(CACHE_CAPACITY);
         messages.drain(..skip);
         Ok(Latest {
             messages,
             whole_history,
         })
+    }
+
+    /// Where strays begin: an ObjectId made [`CLOCK_SKEW_SECS`] before the
+    /// newest position (a position is the primary's cluster time, its
+    /// seconds on the primary's clock). `None` while no message has a
+    /// position: every document without one is then history.
+    async fn strays_from(&self) -> Result<Option<ObjectId>, String> {
+        let newest = self
+            .collections
+            .read(Range::Latest, 1)
+            .await
+            .map_err(|c| c.reason().to_owned())?;
+        // Documents without a position sort first, so the newest has one
+        // whenever any does.
+        let Some(stamp) = newest
+            .first()
+            .and_then(|d| d.get_timestamp(document::POSITION).ok())
+        else {
+            return Ok(None);
+        };
+        let mut bytes = [0u8; 12];
+        bytes[..4].copy_from_slice(&stamp.time.saturating_sub(CLOCK_SKEW_SECS).to_be_bytes());
+        Ok(Some(ObjectId::from_bytes(bytes)))
+    }
+
+    /// Gives each stray its position, oldest `_id` first, and publishes
+    /// it: what another app inserted while no stream watched becomes the
+    /// newest message, as if a stream had seen its insert. Another
+    /// instance doing the same at once changes nothing (a position is only
+    /// set where it is missing).
+    async fn position_strays(&mut self) -> Result<(), String> {
+        let Some(mut from) = self.strays_from().await? else {
+            return Ok(());
+        };
+        let mut inclusive = true;
+        loop {
+            let page = self
+                .collections
+                .unpositioned_from(from, inclusive, CACHE_CAPACITY)
+                .await
+                .map_err(|c| c.reason().to_owned())?;
+            let full = page.len() == CACHE_CAPACITY;
+            for doc in page {
+                let Ok(oid) = doc.get_object_id("_id") else {
+                    continue;
+                };
+                (from, inclusive) = (oid, false);
+                // A document that is no message is counted and left as it is.
+                if self.shared.skipped.keep(doc).is_none() {
+                    continue;
+                }
+                let positioned = self
+                    .collections
+                    .assign_position(&oid.into())
+                    .await
+                    .map_err(|c| c.reason().to_owned())?;
+                if let Some(message) = positioned.and_then(|d| self.shared.skipped.keep(d)) {
+                    self.publish(message)?;
+                }
+            }
+            if !full {
+                return Ok(());
+            }
+        }
     }
 
     /// Resets the cache from the latest messages.
@@ -388,6 +473,15 @@ impl Watcher {
             }
             _ => Ok(false),
         }
+    }
+}
+
+/// Whether `doc` is a stray: no position, and an ObjectId made from
+/// `from` on (see the module docs).
+fn is_stray(doc: &MessageDoc, from: Option<ObjectId>) -> bool {
+    match (&doc.id, from) {
+        (DocId::ObjectId(oid), Some(from)) => doc.position.is_none() && *oid >= from,
+        _ => false,
     }
 }
 

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use futures::TryStreamExt;
+use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::{
     Acknowledgment, CollectionOptions, ReadConcern, ReadPreference, SelectionCriteria, WriteConcern,
@@ -97,6 +98,30 @@ impl Collections {
         coll.find_one(doc! { "_id": DocId::from_public(id).bson() })
             .await
             .map_err(|e| self.class(&e))
+    }
+
+    /// Up to `limit` documents without a `position` whose `_id` is an
+    /// ObjectId from `from` on (`$gte`, or `$gt` unless `inclusive`),
+    /// oldest `_id` first: what another app inserted since. A comparison
+    /// with an ObjectId matches ObjectIds only (type bracketing:
+    /// <https://www.mongodb.com/docs/manual/reference/method/db.collection.find/#type-bracketing>),
+    /// so string ids never come.
+    pub(super) async fn unpositioned_from(
+        &self,
+        from: ObjectId,
+        inclusive: bool,
+        limit: usize,
+    ) -> Result<Vec<Document>, Class> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let op = if inclusive { "$gte" } else { "$gt" };
+        let cursor = self
+            .messages
+            .find(doc! { document::POSITION: Bson::Null, "_id": { op: from } })
+            .sort(doc! { "_id": 1 })
+            .limit(limit)
+            .await
+            .map_err(|e| self.class(&e))?;
+        cursor.try_collect().await.map_err(|e| self.class(&e))
     }
 
     /// Gives a document that another app inserted without a `position` the
