@@ -12,9 +12,12 @@ lib.fileset.toSource {
       ../Cargo.lock
       ../src
       ../templates
-      # A workspace member: cargo reads its manifest even when building only
-      # -p simplechat, and the tests use it.
+      # Workspace members: cargo loads every member's manifest before it
+      # builds anything, even with -p simplechat; the tests use the simulator,
+      # and clippy and the tests cover the bench's sources too.
       ../replset-sim
+      ../bench/Cargo.toml
+      ../bench/src
     ]
     ++ map lib.fileset.maybeMissing [
       ../build.rs
