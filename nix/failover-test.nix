@@ -189,19 +189,23 @@ pkgs.testers.runNixOSTest {
           return [m["text"] for m in json.loads(out)]
 
 
+      def provision(node):
+          # Boot is over (the units that need the secrets failed); write them.
+          node.wait_for_unit("multi-user.target", timeout=600)
+          node.succeed(
+              "install -d -m 0700 /run/keys",
+              f"printf %s {shlex.quote(KEY)} > ${keyFile}",
+              f"printf '%s\\n' {shlex.quote(PASSWORD)} > ${passwordFile}",
+              "chmod 0400 ${keyFile} ${passwordFile}",
+          )
+
+
       start_all()
 
       if AUTH:
           with subtest("the secrets are written into the members, and the units started with them"):
               for m in members:
-                  # Boot is over (the units that need the secrets failed).
-                  m.wait_for_unit("multi-user.target", timeout=600)
-                  m.succeed(
-                      "install -d -m 0700 /run/keys",
-                      f"printf %s {shlex.quote(KEY)} > ${keyFile}",
-                      f"printf '%s\\n' {shlex.quote(PASSWORD)} > ${passwordFile}",
-                      "chmod 0400 ${keyFile} ${passwordFile}",
-                  )
+                  provision(m)
               for m in members:
                   m.succeed(
                       "systemctl reset-failed",
@@ -239,25 +243,27 @@ pkgs.testers.runNixOSTest {
 
       if AUTH:
           with subtest("a non-member can neither reach mongod nor authenticate"):
-              visitor = next(m for m in machines if m.name == "${visitor}")
+              # Looked up by name: the driver's own `${visitor}` exists only in
+              # this variant of the test (and is typed as a QEMU machine).
+              outsider = next(m for m in machines if m.name == "${visitor}")
               addresses = [${lib.concatMapStringsSep ", " (n: builtins.toJSON testMembers.${n}.address) memberNames}]
-              visitor.wait_for_unit("multi-user.target", timeout=600)
+              outsider.wait_for_unit("multi-user.target", timeout=600)
               for address in addresses:
-                  visitor.fail(f"nc -z -w 5 {address} 27017")
+                  outsider.fail(f"nc -z -w 5 {address} 27017")
               for m in members:
                   m.succeed(
                       "iptables -I nixos-fw -p tcp -s ${visitorAddress} --dport 27017 -j nixos-fw-accept"
                   )
               for address in addresses:
-                  visitor.succeed(f"nc -z -w 5 {address} 27017")
+                  outsider.succeed(f"nc -z -w 5 {address} 27017")
                   direct = f"{address}:27017/?directConnection=true&serverSelectionTimeoutMS=5000"
                   # No credentials: the handshake works, the data does not.
-                  _, out = visitor.execute(
+                  _, out = outsider.execute(
                       f"simplechat replset status --json --uri 'mongodb://{direct}' 2>&1"
                   )
                   assert "not authorized" in out, out
                   # A guessed password: refused.
-                  _, out = visitor.execute(
+                  _, out = outsider.execute(
                       "simplechat replset status --json --uri "
                       f"'mongodb://${appUser}:guess@{direct}&authSource=admin&authMechanism=SCRAM-SHA-256' 2>&1"
                   )
@@ -330,6 +336,14 @@ pkgs.testers.runNixOSTest {
 
       with subtest("the crashed member rejoins as SECONDARY and lists the full history"):
           victim.start()
+          if AUTH:
+              # /run/keys is a tmpfs: the secrets went with the crash, as they
+              # go with any reboot, and are written again (as after boot).
+              provision(victim)
+              victim.succeed(
+                  "systemctl reset-failed",
+                  "systemctl restart mongodb.service simplechat.service",
+              )
           victim.wait_for_unit("mongodb.service", timeout=300)
           victim.wait_for_open_port(27017, timeout=300)
 
