@@ -37,9 +37,9 @@ let
   otherAddresses = map (n: cfg.members.${n}.address) otherMembers;
   isV6 = hasInfix ":";
 
-  # NixOS maps the host's own FQDN and host name to 127.0.0.2, ahead of any
-  # networking.hosts entry, so on a member its own member name resolves to
-  # 127.0.0.2 (when the host name is the member name, as by default).
+  # NixOS maps the host's own FQDN and host name to 127.0.0.2 (a
+  # networking.hosts entry of its own), so on a member its own member name
+  # resolves to 127.0.0.2 when the host name is the member name, as by default.
   selfResolvesToLoopback =
     let
       inherit (config.networking) hostName domain;
@@ -358,15 +358,20 @@ in
       networking.hostName = mkDefault cfg.self;
       networking.domain = mkDefault cfg.domain;
 
-      # On the member itself the name still resolves to 127.0.0.2 (see
-      # bindAddresses); everywhere else to the member address.
+      # Every other member by its address. The member's own name is left to
+      # NixOS's 127.0.0.2 entry (see bindAddresses), so that on the member it
+      # resolves to loopback only: /etc/hosts lists networking.hosts sorted by
+      # address as text (a member at 10.0.0.5 would come before 127.0.0.2),
+      # and resolvers may sort the member address first. A client on the
+      # member that reached mongod through the member address would not be
+      # a localhost connection, which the initiation with auth.enable needs.
       networking.hosts = mapAttrs' (
         n: m:
         nameValuePair m.address [
           (hostOf n)
           n
         ]
-      ) cfg.members;
+      ) (if selfResolvesToLoopback then removeAttrs cfg.members [ cfg.self ] else cfg.members);
 
       services.mongodb = {
         enable = true;
