@@ -96,9 +96,18 @@ let
       chatWriter
     ];
 
-    # The test network also gives every name an IPv6 address, where mongod
-    # does not listen; refusing instead of dropping makes a client that tries
-    # it fall back to IPv4 at once rather than after a connect timeout.
+    # Only the names the cluster file gives, as on the real hosts. The test
+    # network adds a line for every node to every /etc/hosts, the node's own
+    # name with its 192.168.1.n and IPv6 addresses included; with an IPv6
+    # answer among them the resolver sorts the addresses, puts the member's
+    # own address ahead of 127.0.0.2, and the initiation with access control
+    # would reach mongod from that address, not over loopback (no localhost
+    # exception). Nothing here looks a node up by a name the cluster file
+    # does not give (the non-member is reached by its address).
+    networking.extraHosts = lib.mkForce "";
+
+    # Refusing instead of dropping makes a connection the firewall does not
+    # let through fail at once rather than after a connect timeout.
     networking.firewall.rejectPackets = true;
   };
   # A machine on the members' network that is no member: it has the
