@@ -21,16 +21,18 @@
 //! automatic resume, the cache is invalidated and the cycle starts again.
 //!
 //! Another app's message (a document without `position`) is news when the
-//! stream sees its insert, and history otherwise; but an insert made while
-//! no stream watched (every instance down, or this one starting or
-//! recovering) is news all the same. So a document without `position`
-//! whose ObjectId was made after the newest positioned message, less the
-//! clock skew allowed, is a stray: it is left out of every cache reset and
-//! given its position in step 3, or when its insert event comes. Strays
-//! are found by `_id` because an ObjectId begins with the second it was
-//! made on the writer's clock
+//! stream sees its insert, and history when it was written before
+//! simplechat's first message; but one written since, while no stream
+//! watched (every instance stopped, or this one starting or recovering),
+//! is news all the same. So a document without `position` whose ObjectId
+//! was made from the second of the oldest position on is a stray: it is
+//! left out of every cache reset and given its position in step 3, or
+//! when its insert event comes. Strays are told by `_id` because an
+//! ObjectId begins with the second it was made on the writer's clock
 //! (<https://www.mongodb.com/docs/manual/reference/method/ObjectId/>),
-//! whatever time zone its `datetime` was written in.
+//! whatever time zone its `datetime` was written in; the oldest position,
+//! unlike the newest, does not move, so whether a document is a stray
+//! does not depend on when it is asked.
 //!
 //! Change streams: <https://www.mongodb.com/docs/manual/changeStreams/>;
 //! resuming: <https://www.mongodb.com/docs/manual/changeStreams/#resume-a-change-stream>.
@@ -46,7 +48,7 @@ use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToke
 use mongodb::change_stream::ChangeStream;
 
 use super::collections::Collections;
-use super::document::{self, Direction, DocId, MessageDoc, Position, Range};
+use super::document::{Direction, DocId, MessageDoc, Position, Range};
 use super::Shared;
 use crate::cache::CACHE_CAPACITY;
 use crate::mongo::Class;
@@ -60,8 +62,6 @@ const MAX_DRAIN_TIME: Duration = Duration::from_secs(10);
 /// earlier: catch-up reads start this far back, and the cache drops the ones it
 /// already has.
 const CLOCK_SKEW_MS: i64 = 5_000;
-/// [`CLOCK_SKEW_MS`] in the seconds of a position or an ObjectId.
-const CLOCK_SKEW_SECS: u32 = 5;
 
 type Events = ChangeStream<ChangeStreamEvent<Document>>;
 
@@ -167,6 +167,8 @@ struct Watcher {
     collections: Arc<Collections>,
     token: Option<ResumeToken>,
     delivered: Option<Delivered>,
+    /// Where strays begin, once a message has a position (it never moves).
+    strays_from: Option<ObjectId>,
 }
 
 /// Runs until the store closes: open, catch up, follow; on failure,
@@ -177,6 +179,7 @@ pub(super) async fn run(shared: Arc<Shared>, collections: Arc<Collections>) {
         collections,
         token: None,
         delivered: None,
+        strays_from: None,
     };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     while !watcher.shared.tasks.is_closed() {
@@ -321,13 +324,15 @@ impl Watcher {
     /// The latest messages: one more document than the cache holds is
     /// read, so that fewer means the cache can hold the whole history.
     /// Strays are left out: they are news, published once positioned.
-    async fn read_latest(&self) -> Result<Latest, String> {
-        let strays = self.strays_from().await?;
+    async fn read_latest(&mut self) -> Result<Latest, String> {
         let docs = self
             .collections
             .read(Range::Latest, CACHE_CAPACITY + 1)
             .await
             .map_err(|c| c.reason().to_owned())?;
+        // Asked after the read, so that a read holding any positioned
+        // message knows where strays begin.
+        let strays = self.strays_from().await?;
         let whole_history = docs.len() <= CACHE_CAPACITY;
         let mut messages = self.shared.skipped.keep_all(docs);
         messages.retain(|m| !is_stray(m, strays));
@@ -339,27 +344,24 @@ impl Watcher {
         })
     }
 
-    /// Where strays begin: an ObjectId made [`CLOCK_SKEW_SECS`] before the
-    /// newest position (a position is the primary's cluster time, its
-    /// seconds on the primary's clock). `None` while no message has a
-    /// position: every document without one is then history.
-    async fn strays_from(&self) -> Result<Option<ObjectId>, String> {
-        let newest = self
-            .collections
-            .read(Range::Latest, 1)
-            .await
-            .map_err(|c| c.reason().to_owned())?;
-        // Documents without a position sort first, so the newest has one
-        // whenever any does.
-        let Some(stamp) = newest
-            .first()
-            .and_then(|d| d.get_timestamp(document::POSITION).ok())
-        else {
-            return Ok(None);
-        };
-        let mut bytes = [0u8; 12];
-        bytes[..4].copy_from_slice(&stamp.time.saturating_sub(CLOCK_SKEW_SECS).to_be_bytes());
-        Ok(Some(ObjectId::from_bytes(bytes)))
+    /// Where strays begin: the first ObjectId of the second of the oldest
+    /// position (a position is the primary's cluster time, its seconds on
+    /// the primary's clock). `None` while no message has a position: every
+    /// document without one is then history.
+    async fn strays_from(&mut self) -> Result<Option<ObjectId>, String> {
+        if self.strays_from.is_none() {
+            let oldest = self
+                .collections
+                .oldest_position()
+                .await
+                .map_err(|c| c.reason().to_owned())?;
+            self.strays_from = oldest.map(|stamp| {
+                let mut bytes = [0u8; 12];
+                bytes[..4].copy_from_slice(&stamp.time.to_be_bytes());
+                ObjectId::from_bytes(bytes)
+            });
+        }
+        Ok(self.strays_from)
     }
 
     /// Gives each stray its position, oldest `_id` first, and publishes

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use mongodb::bson::oid::ObjectId;
-use mongodb::bson::{doc, Bson, Document};
+use mongodb::bson::{doc, Bson, Document, Timestamp};
 use mongodb::options::{
     Acknowledgment, CollectionOptions, ReadConcern, ReadPreference, SelectionCriteria, WriteConcern,
 };
@@ -98,6 +98,24 @@ impl Collections {
         coll.find_one(doc! { "_id": DocId::from_public(id).bson() })
             .await
             .map_err(|e| self.class(&e))
+    }
+
+    /// The oldest `position` of any document: that of the first message
+    /// simplechat stored. `None` while no document has one. An empty
+    /// timestamp (which mongod fills in at insert) does not count.
+    pub(super) async fn oldest_position(&self) -> Result<Option<Timestamp>, Class> {
+        let empty = Timestamp {
+            time: 0,
+            increment: 0,
+        };
+        let first = self
+            .messages
+            .find_one(doc! { document::POSITION: { "$gt": empty } })
+            .sort(document::sort(Direction::Newer))
+            .projection(doc! { document::POSITION: 1 })
+            .await
+            .map_err(|e| self.class(&e))?;
+        Ok(first.and_then(|d| d.get_timestamp(document::POSITION).ok()))
     }
 
     /// Up to `limit` documents without a `position` whose `_id` is an
