@@ -187,10 +187,14 @@
   // The key is kept until the post succeeds, so retrying after a network
   // error cannot store the message twice.
   let pendingKey = null;
+  // One send at a time: Enter pressed while a message is on its way does
+  // nothing, as the disabled Send button does.
+  let sending = false;
 
   form.addEventListener("submit", async (event) => {
     if (paged) return;
     event.preventDefault();
+    if (sending) return;
     const name = nameInput.value.trim();
     const text = textInput.value.trim();
     if (!name || !text) {
@@ -199,6 +203,9 @@
     }
     localStorage.setItem(NAME_KEY, name);
     pendingKey = pendingKey || newKey();
+    // What is typed while the message is on its way is the next draft.
+    const typed = textInput.value;
+    sending = true;
     button.disabled = true;
     try {
       const response = await fetch("/api/messages", {
@@ -209,8 +216,12 @@
       const body = await response.json().catch(() => ({}));
       if (response.ok) {
         pendingKey = null;
-        textInput.value = "";
-        textInput.dispatchEvent(new Event("input"));
+        // Only what was sent goes; what was typed after it stays. A box
+        // changed in what was sent is left as it is.
+        if (textInput.value.startsWith(typed)) {
+          textInput.value = textInput.value.slice(typed.length).trimStart();
+          textInput.dispatchEvent(new Event("input"));
+        }
         showError("");
         append(body, true);
       } else {
@@ -220,6 +231,7 @@
     } catch (e) {
       showError("Could not reach the server; press Send to try again.");
     } finally {
+      sending = false;
       button.disabled = false;
       textInput.focus();
     }

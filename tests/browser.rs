@@ -921,3 +921,68 @@ async fn the_form_is_compact_on_a_phone_and_the_text_box_grows() {
     }
     app.shutdown().await;
 }
+
+/// Holds every `fetch` the page makes until the test calls
+/// `window.releaseFetches()`: a slow network, as during an election.
+const SLOW_NETWORK: &str = "
+    const realFetch = window.fetch;
+    const held = [];
+    window.releaseFetches = () => { held.splice(0).forEach((go) => go()); return true; };
+    window.heldFetches = () => held.length;
+    window.fetch = (...args) => new Promise((go) => held.push(go)).then(() => realFetch(...args));
+    return true";
+
+/// What is typed while a message is on its way is the next draft: the send
+/// completing takes away only what was sent, and Enter pressed again while
+/// it is on its way neither sends it twice nor reports a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_while_a_message_is_sending_keeps_the_new_draft() {
+    let Some(tab) = Browser::open("typing_while_sending", PHONE).await else {
+        return;
+    };
+    let app = spawn_app(&[]).await;
+    tab.load(&app.base_url).await;
+    let c = &tab.client;
+    eval(c, SLOW_NETWORK).await;
+    c.find(Locator::Id("name"))
+        .await
+        .unwrap()
+        .send_keys("ann")
+        .await
+        .unwrap();
+    let text = c.find(Locator::Id("text")).await.unwrap();
+    text.send_keys("first message\u{E007}").await.unwrap();
+    page_wait(
+        c,
+        "return window.heldFetches() === 1",
+        "the send on its way",
+    )
+    .await;
+    // The next message typed after it, and Enter pressed again.
+    text.send_keys(" and now the second\u{E007}").await.unwrap();
+    eval(c, "return window.releaseFetches()").await;
+    page_wait(
+        c,
+        "return items().length === 1 && window.heldFetches() === 0",
+        "the first message shown",
+    )
+    .await;
+    // Anything a second send would bring back.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    eval(c, "return window.releaseFetches()").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        page_eval(
+            c,
+            "return [$('#text').value, $('#error').hidden, $('#error').textContent, \
+             items().map(li => li.querySelector('.text').textContent)]"
+        )
+        .await,
+        json!(["and now the second", true, "", ["first message"]]),
+        "the new draft kept, no error, the first message once"
+    );
+    let stored = app.get_json("/api/messages").await;
+    assert_eq!(stored.as_array().unwrap().len(), 1, "{stored}");
+    tab.close().await;
+    app.shutdown().await;
+}
