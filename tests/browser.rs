@@ -1084,3 +1084,74 @@ async fn back_after_a_post_without_javascript_does_not_offer_the_message_again()
     tab.close().await;
     app.shutdown().await;
 }
+
+/// Contrast ratios (WCAG 2) of what the page shows, against the page's own
+/// background: each colour as computed, composited over it.
+const CONTRAST_JS: &str = r#"
+const parse = (c) => {
+  let m = c.match(/^rgba?\(([^)]*)\)/);
+  if (m) { const v = m[1].split(/[ ,\/]+/).filter(Boolean).map(Number); return [v[0], v[1], v[2], v.length > 3 ? v[3] : 1]; }
+  m = c.match(/^color\(srgb ([^)]*)\)/);
+  if (m) { const v = m[1].split(/[ \/]+/).filter(Boolean).map(Number); return [v[0] * 255, v[1] * 255, v[2] * 255, v.length > 3 ? v[3] : 1]; }
+  throw new Error('unparsed colour ' + c);
+};
+const over = (f, b) => [0, 1, 2].map((i) => f[i] * f[3] + b[i] * (1 - f[3]));
+const lum = (c) => {
+  const [r, g, b] = c.map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+};
+const ratio = (a, b) => { const x = lum(a), y = lum(b); return (Math.max(x, y) + 0.05) / (Math.min(x, y) + 0.05); };
+const probe = document.createElement('div');
+probe.style.background = 'Canvas';
+document.body.append(probe);
+const bg = parse(getComputedStyle(probe).backgroundColor).slice(0, 3);
+probe.remove();
+const color = (sel, pseudo) => over(parse(getComputedStyle($(sel), pseudo).color), bg);
+const round = (x) => Math.floor(x * 100) / 100;
+return {
+  dark: matchMedia('(prefers-color-scheme: dark)').matches,
+  time: round(ratio(color('.meta time'), bg)),
+  error: round(ratio(color('#error'), bg)),
+  placeholder: round(ratio(color('#text', '::placeholder'), bg)),
+  fieldBorder: round(ratio(over(parse(getComputedStyle($('#text')).borderTopColor), bg), bg)),
+};
+"#;
+
+/// In a dark colour scheme the times and the error message were grey and
+/// red at 3.9:1 against the background, and in both schemes the text
+/// fields' borders were 2.1:1 (light) and 2.7:1 (dark). Text is now at
+/// least 4.5:1 and the fields' borders at least 3:1, light and dark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_and_fields_have_enough_contrast_light_and_dark() {
+    let app = spawn_app(&[]).await;
+    app.post_message("ann", "hello").await;
+    for dark in [false, true] {
+        let settings = Settings {
+            dark,
+            ..Settings::default()
+        };
+        let Some(tab) = Browser::open_with("contrast", PHONE, settings).await else {
+            return;
+        };
+        tab.load(&app.base_url).await;
+        let c = &tab.client;
+        // An error, as a user gets one: a message of blanks.
+        send(c, "ann", "   ").await;
+        page_wait(c, "return !$('#error').hidden", "the error").await;
+        let measured = page_eval(c, CONTRAST_JS).await;
+        assert_eq!(measured["dark"], json!(dark), "{measured}");
+        for (what, least) in [
+            ("time", 4.5),
+            ("error", 4.5),
+            ("placeholder", 4.5),
+            ("fieldBorder", 3.0),
+        ] {
+            assert!(
+                measured[what].as_f64().unwrap() >= least,
+                "dark {dark}: {what} below {least}:1: {measured}"
+            );
+        }
+        tab.close().await;
+    }
+    app.shutdown().await;
+}
