@@ -246,22 +246,41 @@
 
   if (paged || !window.EventSource) return;
   // The first connection asks for everything after the last rendered message;
-  // reconnections send Last-Event-ID themselves.
-  const lastId = history.dataset.lastId;
-  const source = new EventSource("/api/events" + (lastId ? "?after=" + encodeURIComponent(lastId) : ""));
+  // the browser's own reconnections send Last-Event-ID themselves.
+  let lastEventId = history.dataset.lastId || "";
+  // A stream the server refused (an error status: every connection taken,
+  // a proxy between restarts) is not tried again by the browser, so the
+  // page does it, later each time, from the last message it was sent.
+  const RETRY_FIRST = 2000;
+  const RETRY_MOST = 30000;
+  let retryDelay = RETRY_FIRST;
+
+  function connect() {
+    const source = new EventSource("/api/events" + (lastEventId ? "?after=" + encodeURIComponent(lastEventId) : ""));
+    source.addEventListener("open", () => {
+      retryDelay = RETRY_FIRST;
+      setConnection("live", "live");
+    });
+    source.addEventListener("error", () => {
+      setConnection("reconnecting", "reconnecting…");
+      if (source.readyState !== EventSource.CLOSED) return;
+      source.close();
+      // Spread out, so that pages refused together do not all come back at once.
+      setTimeout(connect, retryDelay * (0.5 + Math.random() / 2));
+      retryDelay = Math.min(retryDelay * 2, RETRY_MOST);
+    });
+    source.addEventListener("message", (event) => {
+      if (event.lastEventId) lastEventId = event.lastEventId;
+      let message;
+      try {
+        message = JSON.parse(event.data);
+      } catch (e) {
+        return; // A malformed event is skipped rather than stopping the feed.
+      }
+      append(message, false);
+    });
+  }
+
   setConnection("connecting", "connecting…");
-  source.addEventListener("open", () => setConnection("live", "live"));
-  source.addEventListener("error", () => {
-    setConnection(source.readyState === EventSource.CLOSED ? "offline" : "reconnecting",
-      source.readyState === EventSource.CLOSED ? "offline: reload the page" : "reconnecting…");
-  });
-  source.addEventListener("message", (event) => {
-    let message;
-    try {
-      message = JSON.parse(event.data);
-    } catch (e) {
-      return; // A malformed event is skipped rather than stopping the feed.
-    }
-    append(message, false);
-  });
+  connect();
 })();

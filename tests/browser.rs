@@ -1155,3 +1155,82 @@ async fn text_and_fields_have_enough_contrast_light_and_dark() {
     }
     app.shutdown().await;
 }
+
+/// A stream the server refused (503: every connection taken, as after a
+/// restart when every page reconnects at once, or a proxy's own refusal)
+/// left the page "offline: reload the page" for good, missing every new
+/// message although the server was back a moment later. The page now tries
+/// again by itself, later each time, and fills the gap from the last
+/// message it has, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_event_stream_is_tried_again_and_fills_the_gap() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let Some(tab) = Browser::open("refused_stream", PHONE).await else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = support::app::spawn_app_in(data.path(), &[("port", json!(port))]).await;
+    app.post_message("ann", "before the restart").await;
+    tab.load(&app.base_url).await;
+    let c = &tab.client;
+    app.shutdown().await;
+
+    // Back with one connection allowed, and that one taken: the page's
+    // next attempt is refused with a 503.
+    let app = support::app::spawn_app_in(
+        data.path(),
+        &[
+            ("port", json!(port)),
+            ("max_connections", json!(1)),
+            ("header_timeout_secs", json!(60)),
+        ],
+    )
+    .await;
+    let mut taken = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_ne!(
+        page_eval(c, "return $('#connection').dataset.state").await,
+        json!("live"),
+        "the page's attempts were refused"
+    );
+    // The taken connection posts a message the page has not seen, and
+    // closes: the server has room again.
+    let body = json!({"name": "bob", "text": "while the page was refused"}).to_string();
+    let request = format!(
+        "POST /api/messages HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    taken.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    taken.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    drop(taken);
+
+    wait_for(
+        c,
+        "return document.getElementById('connection').dataset.state === 'live'",
+        40,
+        "the page live again by itself",
+    )
+    .await;
+    page_wait(c, "return items().length === 2", "the message it missed").await;
+    assert_eq!(
+        page_eval(
+            c,
+            "return items().map(li => li.querySelector('.text').textContent)"
+        )
+        .await,
+        json!(["before the restart", "while the page was refused"])
+    );
+    tab.close().await;
+    app.shutdown().await;
+}
