@@ -110,14 +110,23 @@
 
   // A new message at the end: followed when the reader is at the bottom or
   // sent it; otherwise the view stays and "New messages" appears.
+  //
+  // The reader's own message is shown as soon as it is stored, before the
+  // event stream brings it; until then it is marked unconfirmed. The stream
+  // brings messages in the chat's order, so one it brings before it (sent
+  // earlier, missed while the stream was down or slow) goes before it.
   function append(message, own) {
-    if (document.getElementById("m-" + message.id)) {
+    const shown = document.getElementById("m-" + message.id);
+    if (shown) {
       if (own) scrollToBottom();
+      else delete shown.dataset.unconfirmed;
       return;
     }
     const follow = own || atBottom();
     const kept = follow ? null : anchor();
-    list.append(build(message));
+    const item = build(message);
+    if (own) item.dataset.unconfirmed = "";
+    list.insertBefore(item, own ? null : list.querySelector("[data-unconfirmed]"));
     removeEmpty();
     if (follow) {
       scrollToBottom();

@@ -1234,3 +1234,159 @@ async fn a_refused_event_stream_is_tried_again_and_fills_the_gap() {
     tab.close().await;
     app.shutdown().await;
 }
+
+/// A proxy in front of the app that lets the test cut the page's event
+/// streams and hold new ones back, as a flaky network does, while every
+/// other request goes through.
+struct StreamGate {
+    url: String,
+    open: tokio::sync::watch::Sender<bool>,
+    streams: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl StreamGate {
+    async fn start(upstream: &str) -> StreamGate {
+        use tokio::io::AsyncReadExt;
+
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (open, opened) = tokio::sync::watch::channel(true);
+        let streams = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = streams.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let mut opened = opened.clone();
+                let kept = kept.clone();
+                let relay = tokio::spawn(async move {
+                    // The request's head says whether it is an event stream.
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match client.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if head.starts_with(b"GET /api/events")
+                        && opened.wait_for(|open| *open).await.is_err()
+                    {
+                        return;
+                    }
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    if tokio::io::AsyncWriteExt::write_all(&mut server, &head)
+                        .await
+                        .is_ok()
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                kept.lock().unwrap().push(relay.abort_handle());
+            }
+        });
+        StreamGate {
+            url,
+            open,
+            streams,
+            accept,
+        }
+    }
+
+    /// Cuts every connection open now (the page's event stream among
+    /// them) and holds back new event streams until `open`.
+    fn cut_and_hold(&self) {
+        self.open.send_replace(false);
+        for relay in self.streams.lock().unwrap().drain(..) {
+            relay.abort();
+        }
+    }
+
+    fn open(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+impl Drop for StreamGate {
+    fn drop(&mut self) {
+        self.accept.abort();
+        for relay in self.streams.lock().unwrap().drain(..) {
+            relay.abort();
+        }
+    }
+}
+
+/// The event stream dropped; meanwhile bob posted, then the reader sent a
+/// message of her own. The page showed hers, and when the stream came back
+/// and replayed what it had missed, bob's below it: the page's order was
+/// not the chat's, until a reload. Messages the stream brings now go
+/// before the reader's own that it has not brought yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_missed_while_the_stream_was_down_go_before_your_own() {
+    let Some(tab) = Browser::open("gap_order", PHONE).await else {
+        return;
+    };
+    let app = spawn_app(&[]).await;
+    app.post_message("ann", "before the drop").await;
+    let gate = StreamGate::start(&app.base_url).await;
+    tab.load(&gate.url).await;
+    let c = &tab.client;
+
+    gate.cut_and_hold();
+    page_wait(
+        c,
+        "return $('#connection').dataset.state === 'reconnecting'",
+        "the stream dropped",
+    )
+    .await;
+    app.post_message("bob", "bob, while the stream was down")
+        .await;
+    send(c, "alice", "alice, after bob").await;
+    page_wait(
+        c,
+        "return items().length === 2 && $('#text').value === ''",
+        "alice's own message",
+    )
+    .await;
+    gate.open();
+    page_wait(
+        c,
+        "return $('#connection').dataset.state === 'live' && items().length === 3",
+        "the missed message",
+    )
+    .await;
+    let stored: Vec<Value> = app
+        .get_json("/api/messages")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].clone())
+        .collect();
+    assert_eq!(
+        page_eval(
+            c,
+            "return items().map(li => li.querySelector('.text').textContent)"
+        )
+        .await,
+        json!(stored),
+        "the page shows the chat's order"
+    );
+    // And it goes on: a new message after all of them.
+    app.post_message("bob", "and one more").await;
+    page_wait(
+        c,
+        "return items().length === 4 && newest().querySelector('.text').textContent === 'and one more'",
+        "the next message last",
+    )
+    .await;
+    tab.close().await;
+    drop(gate);
+    app.shutdown().await;
+}
