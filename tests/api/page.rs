@@ -482,3 +482,23 @@ async fn the_next_page_view_shows_a_new_message() {
     assert_eq!(form_name(&page), "Zoe");
     app.shutdown().await;
 }
+
+/// Without JavaScript a message's time was its raw RFC 3339 stamp,
+/// `2026-12-06T05:11:55.584Z`, which a phone broke across lines at a
+/// hyphen. It now reads `2026-12-06 05:11:55 UTC`; the `datetime`
+/// attribute keeps the exact stamp, which the script shows in the reader's
+/// own time zone.
+#[tokio::test]
+async fn without_javascript_a_time_reads_as_a_date_and_a_utc_time() {
+    let app = spawn_app(&[]).await;
+    let m = app.post_message("ann", "hello").await;
+    let stamp = m["datetime"].as_str().unwrap();
+    let (date, rest) = stamp.split_once('T').unwrap();
+    let html = app.get("/").await.text().await.unwrap();
+    let expected = format!(
+        r#"<time datetime="{stamp}">{date} {} UTC</time>"#,
+        &rest[..8]
+    );
+    assert!(html.contains(&expected), "{expected} in {html}");
+    app.shutdown().await;
+}
