@@ -1390,3 +1390,71 @@ async fn messages_missed_while_the_stream_was_down_go_before_your_own() {
     drop(gate);
     app.shutdown().await;
 }
+
+/// The connection state's words, each drawn on one line, and the state
+/// inside the viewport.
+const STATE_WORDS_JS: &str = "
+const c = $('#connection'), t = c.firstChild, r = document.createRange();
+const broken = [];
+let at = 0;
+for (const word of t.data.split(' ')) {
+  r.setStart(t, at); r.setEnd(t, at + word.length);
+  if ([...r.getClientRects()].filter((x) => x.width > 0).length !== 1) broken.push(word);
+  at += word.length + 1;
+}
+const box = c.getBoundingClientRect();
+return { label: t.data, broken, inside: box.left >= 0 && box.right <= window.innerWidth };
+";
+
+/// With large text (a phone at 200 %: 195 CSS pixels) the connection state
+/// beside the title was squeezed into a column a few letters wide:
+/// \"reconnecting…\" broken over six lines, \"live\" over two. The state now
+/// goes under the title when it does not fit beside it, its words whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_state_keeps_its_words_whole_with_large_text() {
+    let app = spawn_app(&[]).await;
+    app.post_message("ann", "hello").await;
+    let gate = StreamGate::start(&app.base_url).await;
+    for size in [(195, 422), PHONE] {
+        let Some(tab) = Browser::open("state_words", size).await else {
+            return;
+        };
+        gate.open();
+        tab.load(&gate.url).await;
+        let c = &tab.client;
+        let live = page_eval(c, STATE_WORDS_JS).await;
+        gate.cut_and_hold();
+        page_wait(
+            c,
+            "return $('#connection').dataset.state === 'reconnecting'",
+            "the stream dropped",
+        )
+        .await;
+        let reconnecting = page_eval(c, STATE_WORDS_JS).await;
+        for shown in [live, reconnecting] {
+            assert_eq!(
+                [&shown["broken"], &shown["inside"]],
+                [&json!([]), &json!(true)],
+                "{size:?}: {shown}"
+            );
+        }
+        tab.close().await;
+    }
+    let settings = Settings {
+        javascript: false,
+        ..Settings::default()
+    };
+    let Some(tab) = Browser::open_with("state_words", (195, 422), settings).await else {
+        return;
+    };
+    tab.client.goto(&app.base_url).await.unwrap();
+    let offline = page_eval(&tab.client, STATE_WORDS_JS).await;
+    assert_eq!(
+        [&offline["broken"], &offline["inside"]],
+        [&json!([]), &json!(true)],
+        "{offline}"
+    );
+    tab.close().await;
+    drop(gate);
+    app.shutdown().await;
+}
