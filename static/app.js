@@ -194,8 +194,9 @@
   }
 
   // The key is kept until the post succeeds, so retrying after a network
-  // error cannot store the message twice.
-  let pendingKey = null;
+  // error cannot store the message twice; it belongs to that name and text,
+  // and a changed draft is a new message with a key of its own.
+  let pending = null;
   // One send at a time: Enter pressed while a message is on its way does
   // nothing, as the disabled Send button does.
   let sending = false;
@@ -211,7 +212,9 @@
       return;
     }
     localStorage.setItem(NAME_KEY, name);
-    pendingKey = pendingKey || newKey();
+    if (!pending || pending.name !== name || pending.text !== text) {
+      pending = { key: newKey(), name, text };
+    }
     // What is typed while the message is on its way is the next draft.
     const typed = textInput.value;
     sending = true;
@@ -220,11 +223,11 @@
       const response = await fetch("/api/messages", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ name, text, id: pendingKey }),
+        body: JSON.stringify({ name, text, id: pending.key }),
       });
       const body = await response.json().catch(() => ({}));
       if (response.ok) {
-        pendingKey = null;
+        pending = null;
         // Only what was sent goes; what was typed after it stays. A box
         // changed in what was sent is left as it is.
         if (textInput.value.startsWith(typed)) {
@@ -234,7 +237,7 @@
         showError("");
         append(body, true);
       } else {
-        if (response.status !== 503) pendingKey = null;
+        if (response.status !== 503) pending = null;
         showError(body.error || "Sending failed (" + response.status + ").");
       }
     } catch (e) {

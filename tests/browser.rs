@@ -1458,3 +1458,79 @@ async fn the_connection_state_keeps_its_words_whole_with_large_text() {
     drop(gate);
     app.shutdown().await;
 }
+
+/// The answer to a send was lost (the message stored, the connection cut
+/// before the reply): the page kept the draft and its idempotency key, so
+/// that sending it again stores it once. But a draft then changed was sent
+/// under the same key and refused: "a different message already has id
+/// ...". A changed draft is a new message with a key of its own; the same
+/// draft sent again still stores nothing new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_draft_after_a_lost_answer_is_sent_as_a_new_message() {
+    let Some(tab) = Browser::open("lost_answer", PHONE).await else {
+        return;
+    };
+    let app = spawn_app(&[]).await;
+    tab.load(&app.base_url).await;
+    let c = &tab.client;
+    // The next send reaches the server, and its answer is lost.
+    eval(
+        c,
+        "const realFetch = window.fetch;
+         window.fetch = (...args) => { window.fetch = realFetch;
+           return realFetch(...args).then(() => { throw new TypeError('Failed to fetch'); }); };
+         return true",
+    )
+    .await;
+    send(c, "ann", "first try").await;
+    page_wait(
+        c,
+        "return !$('#error').hidden && $('#text').value === 'first try' && items().length === 1",
+        "the lost answer reported, the draft kept, the message shown live",
+    )
+    .await;
+    // Sent again as it is: stored once.
+    c.find(Locator::Id("send-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    page_wait(
+        c,
+        "return $('#error').hidden && $('#text').value === ''",
+        "the retry",
+    )
+    .await;
+    assert_eq!(app.message_count().await, 1);
+
+    // Lost again, then changed before sending.
+    eval(
+        c,
+        "const realFetch = window.fetch;
+         window.fetch = (...args) => { window.fetch = realFetch;
+           return realFetch(...args).then(() => { throw new TypeError('Failed to fetch'); }); };
+         return true",
+    )
+    .await;
+    send(c, "ann", "second").await;
+    page_wait(
+        c,
+        "return !$('#error').hidden && items().length === 2",
+        "the lost answer reported",
+    )
+    .await;
+    send(c, "ann", "second, changed").await;
+    page_wait(c, "return items().length === 3", "the changed message").await;
+    assert_eq!(
+        page_eval(
+            c,
+            "return [$('#error').hidden, $('#error').textContent, $('#text').value, \
+             items().map(li => li.querySelector('.text').textContent)]"
+        )
+        .await,
+        json!([true, "", "", ["first try", "second", "second, changed"]])
+    );
+    tab.close().await;
+    app.shutdown().await;
+}
