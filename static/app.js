@@ -20,8 +20,25 @@
   const paged = history.dataset.before !== undefined;
   const PAGE = 100;
 
+  // The name is remembered where the browser lets the page keep data; a
+  // browser that blocks site data throws at the first touch of storage,
+  // and the page then works as before, only without remembering.
   const NAME_KEY = "simplechat.name";
-  if (!nameInput.value) nameInput.value = localStorage.getItem(NAME_KEY) || "";
+  function rememberedName() {
+    try {
+      return localStorage.getItem(NAME_KEY) || "";
+    } catch (e) {
+      return "";
+    }
+  }
+  function rememberName(name) {
+    try {
+      localStorage.setItem(NAME_KEY, name);
+    } catch (e) {
+      // Not kept: blocked, or the storage is full.
+    }
+  }
+  if (!nameInput.value) nameInput.value = rememberedName();
 
   function setConnection(state, label) {
     connection.dataset.state = state;
@@ -211,7 +228,7 @@
       showError(!name ? "Please enter your name." : "Please write a message.");
       return;
     }
-    localStorage.setItem(NAME_KEY, name);
+    rememberName(name);
     if (!pending || pending.name !== name || pending.text !== text) {
       pending = { key: newKey(), name, text };
     }

@@ -109,6 +109,12 @@ async fn open_browser(
             json!(2),
         );
     }
+    if settings.block_storage {
+        prefs.insert(
+            "profile.default_content_setting_values.cookies".into(),
+            json!(2),
+        );
+    }
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
@@ -138,6 +144,8 @@ struct Settings {
     javascript: bool,
     /// The reader prefers a dark colour scheme.
     dark: bool,
+    /// The reader blocks cookies and site data (`localStorage` throws).
+    block_storage: bool,
 }
 
 impl Default for Settings {
@@ -145,6 +153,7 @@ impl Default for Settings {
         Settings {
             javascript: true,
             dark: false,
+            block_storage: false,
         }
     }
 }
@@ -1530,6 +1539,56 @@ async fn a_changed_draft_after_a_lost_answer_is_sent_as_a_new_message() {
         )
         .await,
         json!([true, "", "", ["first try", "second", "second, changed"]])
+    );
+    tab.close().await;
+    app.shutdown().await;
+}
+
+/// A reader who blocks cookies and site data got a page that never went
+/// live ("not live: reload to see new messages") and sent by reloading:
+/// reading the remembered name from `localStorage` throws there, and the
+/// script stopped at its first line. The page now works as for anyone
+/// else, only without remembering the name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_site_data_leaves_the_page_live() {
+    let settings = Settings {
+        block_storage: true,
+        ..Settings::default()
+    };
+    let Some(tab) = Browser::open_with("blocked_storage", PHONE, settings).await else {
+        return;
+    };
+    let app = spawn_app(&[]).await;
+    let c = &tab.client;
+    c.goto(&app.base_url).await.unwrap();
+    assert_eq!(
+        eval(
+            c,
+            "try { localStorage.length; return 'storage allowed'; } catch (e) { return e.name; }"
+        )
+        .await,
+        json!("SecurityError"),
+        "site data is blocked"
+    );
+    page_wait(
+        c,
+        "return $('#connection').dataset.state === 'live'",
+        "the page live",
+    )
+    .await;
+    eval(c, "window.noReload = true; return true").await;
+    send(c, "ann", "sent without site data").await;
+    page_wait(
+        c,
+        "return items().length === 1 && $('#text').value === '' && $('#error').hidden",
+        "the message sent by the script",
+    )
+    .await;
+    app.post_message("bob", "and a reply, live").await;
+    page_wait(c, "return items().length === 2", "the reply").await;
+    assert_eq!(
+        eval(c, "return window.noReload === true").await,
+        json!(true)
     );
     tab.close().await;
     app.shutdown().await;
