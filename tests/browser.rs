@@ -1593,3 +1593,71 @@ async fn blocked_site_data_leaves_the_page_live() {
     tab.close().await;
     app.shutdown().await;
 }
+
+/// Without JavaScript, a second tab opened on the page got it from the
+/// browser's cache (a 304 on revalidation), form key and all: two tabs held
+/// one key, and whichever sent second was refused, "a different message
+/// already has id ...". Each tab now gets a page of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tabs_without_javascript_each_send_their_own_message() {
+    let settings = Settings {
+        javascript: false,
+        ..Settings::default()
+    };
+    let Some(tab) = Browser::open_with("two_tabs_no_js", PHONE, settings).await else {
+        return;
+    };
+    let app = spawn_app(&[]).await;
+    app.post_message("bob", "hello").await;
+    let c = &tab.client;
+    c.goto(&app.base_url).await.unwrap();
+    let first = c.window().await.unwrap();
+    let second = c.new_window(true).await.unwrap().handle;
+    c.switch_to_window(second).await.unwrap();
+    c.goto(&app.base_url).await.unwrap();
+
+    for (window, text) in [
+        (None, "from the second tab"),
+        (Some(first), "from the first tab"),
+    ] {
+        if let Some(window) = window {
+            c.switch_to_window(window).await.unwrap();
+        }
+        c.find(Locator::Id("name"))
+            .await
+            .unwrap()
+            .send_keys("ann")
+            .await
+            .unwrap();
+        c.find(Locator::Id("text"))
+            .await
+            .unwrap()
+            .send_keys(text)
+            .await
+            .unwrap();
+        c.find(Locator::Id("send-button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        page_wait(
+            c,
+            &format!(
+                "return document.readyState === 'complete' && location.pathname === '/' \
+                 && newest().querySelector('.text').textContent === {}",
+                json!(text)
+            ),
+            "the page after sending",
+        )
+        .await;
+        assert_eq!(
+            page_eval(c, "return [$('#error').hidden, $('#error').textContent]").await,
+            json!([true, ""]),
+            "{text}"
+        );
+    }
+    assert_eq!(app.message_count().await, 3);
+    tab.close().await;
+    app.shutdown().await;
+}

@@ -523,12 +523,51 @@ impl<'r> Responder<'r, 'static> for PageBytes {
 /// The latest page as bytes, or rendered by the template.
 type LatestPage = Either<PageBytes, Template>;
 
+/// A page view, which browsers must not keep: each view's form carries an
+/// idempotency key of its own, and a kept copy (reused after a `304` on
+/// revalidation, in another tab) would carry a key another tab also holds,
+/// so whichever sent second would be refused as a conflict. Its `ETag` is
+/// still sent and `If-None-Match` still honoured, for clients that poll.
+pub struct NotStored<R>(R);
+
+impl<'r, 'o: 'r, R: Responder<'r, 'o>> Responder<'r, 'o> for NotStored<R> {
+    fn respond_to(self, req: &'r Request<'_>) -> response::Result<'o> {
+        Response::build_from(self.0.respond_to(req)?)
+            .header(rocket::http::Header::new("Cache-Control", "no-store"))
+            .ok()
+    }
+}
+
 /// The chat page: the latest messages, or with `before=<id>` the page of
 /// history just older than that message (how "older messages" works
 /// without JavaScript). An invalid id is a 400 page, an unknown one a 404
 /// page, each with the form and the reason.
 #[get("/?<before>")]
 pub async fn index(
+    chat: &State<Chat>,
+    rendered: &State<RenderedHistory>,
+    prepared: &State<PreparedPage>,
+    metadata: Metadata<'_>,
+    cookies: &CookieJar<'_>,
+    if_none_match: IfNoneMatch,
+    before: Option<&str>,
+) -> NotStored<Either<Tagged<LatestPage>, (Status, Template)>> {
+    NotStored(
+        page_view(
+            chat,
+            rendered,
+            prepared,
+            metadata,
+            cookies,
+            if_none_match,
+            before,
+        )
+        .await,
+    )
+}
+
+/// What [`index`] answers.
+async fn page_view(
     chat: &State<Chat>,
     rendered: &State<RenderedHistory>,
     prepared: &State<PreparedPage>,
