@@ -266,8 +266,12 @@
     }
   });
 
+  // With a keyboard Enter sends and Shift+Enter starts a new line. On a
+  // touch screen, whose keyboard has no Shift+Enter, Enter starts a new
+  // line and Send sends.
+  const enterSends = !(window.matchMedia && matchMedia("(pointer: coarse)").matches);
   textInput.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    if (enterSends && event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
       form.requestSubmit();
     }

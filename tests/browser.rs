@@ -125,7 +125,7 @@ async fn open_browser(
             "mobileEmulation": {
                 "deviceMetrics": {
                     "width": width, "height": height, "pixelRatio": 1.0,
-                    "mobile": width < 768, "touch": false,
+                    "mobile": width < 768, "touch": settings.touch,
                 }
             },
         }),
@@ -146,6 +146,8 @@ struct Settings {
     dark: bool,
     /// The reader blocks cookies and site data (`localStorage` throws).
     block_storage: bool,
+    /// A touch screen is the pointer (`pointer: coarse`), as on a phone.
+    touch: bool,
 }
 
 impl Default for Settings {
@@ -154,6 +156,7 @@ impl Default for Settings {
             javascript: true,
             dark: false,
             block_storage: false,
+            touch: false,
         }
     }
 }
@@ -1658,6 +1661,64 @@ async fn two_tabs_without_javascript_each_send_their_own_message() {
         );
     }
     assert_eq!(app.message_count().await, 3);
+    tab.close().await;
+    app.shutdown().await;
+}
+
+/// On a phone, Enter on the on-screen keyboard sent the message, and a
+/// phone keyboard has no Shift+Enter: a phone user could not write a
+/// message of several lines. On a touch screen Enter now starts a new line
+/// and Send sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_touch_screen_enter_starts_a_new_line() {
+    let settings = Settings {
+        touch: true,
+        ..Settings::default()
+    };
+    let Some(tab) = Browser::open_with("touch_enter", PHONE, settings).await else {
+        return;
+    };
+    let app = spawn_app(&[]).await;
+    tab.load(&app.base_url).await;
+    let c = &tab.client;
+    assert_eq!(
+        eval(c, "return matchMedia('(pointer: coarse)').matches").await,
+        json!(true)
+    );
+    c.find(Locator::Id("name"))
+        .await
+        .unwrap()
+        .send_keys("ann")
+        .await
+        .unwrap();
+    c.find(Locator::Id("text"))
+        .await
+        .unwrap()
+        .send_keys("first line\u{E007}second line")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        page_eval(c, "return [$('#text').value, items().length]").await,
+        json!(["first line\nsecond line", 0]),
+        "Enter started a new line and sent nothing"
+    );
+    c.find(Locator::Id("send-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    page_wait(
+        c,
+        "return items().length === 1 && $('#text').value === ''",
+        "the message sent",
+    )
+    .await;
+    assert_eq!(
+        page_eval(c, "return newest().querySelector('.text').textContent").await,
+        json!("first line\nsecond line")
+    );
     tab.close().await;
     app.shutdown().await;
 }
