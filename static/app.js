@@ -45,9 +45,21 @@
     connection.textContent = label;
   }
 
-  function showError(message) {
+  // An error about a field (`invalid`: the name or text box) marks that
+  // field invalid and described by the error, which a screen reader reads
+  // out with it when it gets the focus.
+  function showError(message, invalid) {
     errorBox.textContent = message || "";
     errorBox.hidden = !message;
+    for (const input of [nameInput, textInput]) {
+      if (message && input === invalid) {
+        input.setAttribute("aria-invalid", "true");
+        input.setAttribute("aria-describedby", "error");
+      } else {
+        input.removeAttribute("aria-invalid");
+        input.removeAttribute("aria-describedby");
+      }
+    }
   }
 
   function formatTime(iso) {
@@ -225,7 +237,9 @@
     const name = nameInput.value.trim();
     const text = textInput.value.trim();
     if (!name || !text) {
-      showError(!name ? "Please enter your name." : "Please write a message.");
+      const invalid = !name ? nameInput : textInput;
+      showError(!name ? "Please enter your name." : "Please write a message.", invalid);
+      invalid.focus();
       return;
     }
     rememberName(name);
@@ -236,6 +250,8 @@
     const typed = textInput.value;
     sending = true;
     button.disabled = true;
+    // Where the reader goes on: the text box, or the field an error is about.
+    let next = textInput;
     try {
       const response = await fetch("/api/messages", {
         method: "POST",
@@ -255,14 +271,16 @@
         append(body, true);
       } else {
         if (response.status !== 503) pending = null;
-        showError(body.error || "Sending failed (" + response.status + ").");
+        if (body.field === "name") next = nameInput;
+        showError(body.error || "Sending failed (" + response.status + ").",
+          body.field === "name" || body.field === "text" ? next : null);
       }
     } catch (e) {
       showError("Could not reach the server; press Send to try again.");
     } finally {
       sending = false;
       button.disabled = false;
-      textInput.focus();
+      next.focus();
     }
   });
 

@@ -1722,3 +1722,67 @@ async fn on_a_touch_screen_enter_starts_a_new_line() {
     tab.close().await;
     app.shutdown().await;
 }
+
+/// A refused send left the reader in the text box (with JavaScript) or at
+/// the top of a new page (without), whichever field the error was about,
+/// and nothing tied the error to the field: a screen reader said nothing.
+/// Now the field the error names gets the focus, is marked invalid and is
+/// described by the error, which a screen reader reads out with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_send_puts_the_focus_on_the_field_the_error_names() {
+    let app = spawn_app(&[]).await;
+    for javascript in [false, true] {
+        let settings = Settings {
+            javascript,
+            ..Settings::default()
+        };
+        let Some(tab) = Browser::open_with("error_focus", PHONE, settings).await else {
+            return;
+        };
+        let c = &tab.client;
+        c.goto(&app.base_url).await.unwrap();
+        let long_name = "n".repeat(65);
+        c.find(Locator::Id("name"))
+            .await
+            .unwrap()
+            .send_keys(&long_name)
+            .await
+            .unwrap();
+        c.find(Locator::Id("text"))
+            .await
+            .unwrap()
+            .send_keys("keep this draft")
+            .await
+            .unwrap();
+        c.find(Locator::Id("send-button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        page_wait(
+            c,
+            "return document.readyState === 'complete' && !!$('#error') && !$('#error').hidden",
+            "the error",
+        )
+        .await;
+        assert_eq!(
+            page_eval(
+                c,
+                "const n = $('#name'); return [$('#error').textContent, document.activeElement.id, \
+                 n.getAttribute('aria-invalid'), n.getAttribute('aria-describedby'), $('#text').value]"
+            )
+            .await,
+            json!([
+                "name must be at most 64 characters (got 65)",
+                "name",
+                "true",
+                "error",
+                "keep this draft"
+            ]),
+            "javascript {javascript}"
+        );
+        tab.close().await;
+    }
+    app.shutdown().await;
+}

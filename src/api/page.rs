@@ -71,6 +71,9 @@ struct Draft<'a> {
     name: &'a str,
     text: &'a str,
     error: Option<&'a str>,
+    /// The form field `error` is about (`name` or `text`): it gets the
+    /// focus, marked invalid and described by the error.
+    field: Option<&'a str>,
     /// The idempotency key to keep: after a failed send the same form may
     /// have been stored (a timeout), so sending it again must not store it
     /// twice. `None`: a fresh key.
@@ -258,6 +261,7 @@ struct PageContext<'a> {
     name: &'a str,
     text: &'a str,
     error: Option<&'a str>,
+    error_field: Option<&'a str>,
     form_id: &'a str,
 }
 
@@ -273,6 +277,7 @@ impl<'a> PageContext<'a> {
             name,
             text: "",
             error: None,
+            error_field: None,
             form_id,
         }
     }
@@ -313,6 +318,7 @@ async fn render(
             name: draft.name,
             text: draft.text,
             error: error.as_deref(),
+            error_field: draft.field,
             form_id: &form_id,
         },
     );
@@ -600,6 +606,7 @@ async fn page_view(
             name: &name,
             text: "",
             error: None,
+            field: None,
             form_id: None,
         };
         let (status, page) = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
@@ -615,6 +622,7 @@ async fn page_view(
         name: &name,
         text: "",
         error: None,
+        field: None,
         form_id: None,
     };
     let shown = match before {
@@ -656,6 +664,7 @@ pub async fn post_form(
                 name: "",
                 text: "",
                 error: Some(&e.error),
+                field: e.field,
                 form_id: None,
             };
             let (_, page) = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
@@ -679,6 +688,7 @@ pub async fn post_form(
                 name: &form.name,
                 text: &form.text,
                 error: Some(&e.error),
+                field: e.field,
                 form_id: form.id.as_deref().filter(|_| keep_id),
             };
             let (_, page) = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
@@ -710,6 +720,7 @@ pub async fn refused(status: Status, req: &Request<'_>) -> Either<(Status, Templ
         name: &name,
         text: "",
         error: Some(&error.error),
+        field: None,
         form_id: None,
     };
     let (_, page) = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
