@@ -105,7 +105,15 @@
   history.addEventListener("scroll", () => {
     if (atBottom()) newMessages.hidden = true;
   }, { passive: true });
-  newMessages.addEventListener("click", scrollToBottom);
+  // A control that goes away once used leaves the focus on the history
+  // rather than on the page's body, where a screen reader loses its place.
+  function leaving(control) {
+    if (document.activeElement === control) history.focus({ preventScroll: true });
+  }
+  newMessages.addEventListener("click", () => {
+    leaving(newMessages);
+    scrollToBottom();
+  });
 
   // --- Rendering. textContent only: whatever a user typed is shown as
   // text, never markup; <bdi> and dir="auto" keep a name or a text from
@@ -193,6 +201,7 @@
         if (body.length) removeEmpty();
         restore(kept);
         if (body.length < PAGE) {
+          leaving(older);
           older.parentElement.remove();
         } else {
           older.dataset.before = body[0].id;

@@ -1786,3 +1786,57 @@ async fn a_refused_send_puts_the_focus_on_the_field_the_error_names() {
     }
     app.shutdown().await;
 }
+
+/// "New messages" and the last "Older messages" go away once used; used
+/// from the keyboard, they took the focus with them, to the page's body,
+/// where a screen reader loses its place. The focus now goes to the
+/// history, which is focusable in every browser, so the arrow keys scroll
+/// it on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buttons_that_go_away_leave_the_focus_on_the_history() {
+    let app = spawn_app(&[]).await;
+    post_many(&app, "ann", "message ", 150).await;
+    let Some(tab) = Browser::open("focus_kept", PHONE).await else {
+        return;
+    };
+    tab.load(&app.base_url).await;
+    let c = &tab.client;
+    assert_eq!(
+        page_eval(c, "return $('#history').tabIndex").await,
+        json!(0),
+        "the history is in the tab order"
+    );
+
+    page_eval(c, "$('#history').scrollBy(0, -600); return true").await;
+    page_wait(c, "return belowView() >= 500", "scrolled up").await;
+    app.post_message("bob", "while you read back").await;
+    page_wait(c, "return !$('#new-messages').hidden", "'New messages'").await;
+    let button = c.find(Locator::Id("new-messages")).await.unwrap();
+    eval(
+        c,
+        "document.getElementById('new-messages').focus(); return true",
+    )
+    .await;
+    button.send_keys("\u{E007}").await.unwrap();
+    page_wait(c, "return $('#new-messages').hidden", "'New messages' used").await;
+    assert_eq!(
+        page_eval(c, "return document.activeElement.id").await,
+        json!("history")
+    );
+
+    let older = c.find(Locator::Id("older")).await.unwrap();
+    eval(c, "document.getElementById('older').focus(); return true").await;
+    older.send_keys("\u{E007}").await.unwrap();
+    page_wait(
+        c,
+        "return items().length === 151 && !$('#older')",
+        "the oldest messages",
+    )
+    .await;
+    assert_eq!(
+        page_eval(c, "return document.activeElement.id").await,
+        json!("history")
+    );
+    tab.close().await;
+    app.shutdown().await;
+}
