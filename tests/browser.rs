@@ -1840,3 +1840,38 @@ async fn buttons_that_go_away_leave_the_focus_on_the_history() {
     tab.close().await;
     app.shutdown().await;
 }
+
+/// On a desktop the name box, the text box and Send were three heights in
+/// one row (36, 42 and 40 px), so the "Name" label sat lower than the
+/// "Message" label beside it. They are now one height, the labels on one
+/// line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_desktop_form_is_one_even_row() {
+    let app = spawn_app(&[]).await;
+    let Some(tab) = Browser::open("even_row", DESKTOP).await else {
+        return;
+    };
+    tab.load(&app.base_url).await;
+    let measured = page_eval(
+        &tab.client,
+        "const r = (s) => $(s).getBoundingClientRect();
+         return {
+           labels: Math.abs(r('.name-field .label').top - r('.text-field .label').top),
+           heights: [r('#name').height, r('#text').height, r('#send-button').height],
+         }",
+    )
+    .await;
+    let heights: Vec<f64> = measured["heights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_f64().unwrap())
+        .collect();
+    assert!(
+        measured["labels"].as_f64().unwrap() < 1.0
+            && heights.iter().all(|h| (h - heights[0]).abs() < 1.0),
+        "{measured}"
+    );
+    tab.close().await;
+    app.shutdown().await;
+}
