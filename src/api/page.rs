@@ -263,6 +263,8 @@ struct PageContext<'a> {
     error: Option<&'a str>,
     error_field: Option<&'a str>,
     form_id: &'a str,
+    /// The assets' version, in their URLs ([`crate::api::assets::version`]).
+    asset_version: &'static str,
 }
 
 impl<'a> PageContext<'a> {
@@ -279,6 +281,7 @@ impl<'a> PageContext<'a> {
             error: None,
             error_field: None,
             form_id,
+            asset_version: crate::api::assets::version(),
         }
     }
 }
@@ -320,6 +323,7 @@ async fn render(
             error: error.as_deref(),
             error_field: draft.field,
             form_id: &form_id,
+            asset_version: crate::api::assets::version(),
         },
     );
     (status, template)

@@ -27,7 +27,7 @@ async fn the_page_renders_history_escaped_with_a_strict_csp() {
     assert!(!html.contains("<script>alert"));
     assert!(!html.contains("<img src=x"));
     // The page's own script is external, so the CSP allows it; nothing inline.
-    assert!(html.contains(r#"<script src="/static/app.js" defer></script>"#));
+    assert!(html.contains(r#"<script src="/static/app.js?v="#));
     assert_eq!(html.matches("<script").count(), 1);
     assert!(
         !html.contains("style=") && !html.contains("<style"),
@@ -76,6 +76,50 @@ async fn assets_are_served_from_the_binary() {
         .contains("css"));
     assert_eq!(app.get("/static/nope.js").await.status(), 404);
     assert_eq!(app.get("/static/..%2Fsrc%2Flib.rs").await.status(), 404);
+    app.shutdown().await;
+}
+
+/// After an upgrade a browser must not run the old script with the new
+/// page: the page links each asset by a version of this build's assets,
+/// which may be kept for good; a version this build does not have (a page
+/// from an instance of another build, mid-upgrade) must not be kept.
+#[tokio::test]
+async fn the_page_links_its_assets_by_version_and_only_that_version_is_kept() {
+    let app = spawn_app(&[]).await;
+    let html = app.get("/").await.text().await.unwrap();
+    let linked: Vec<&str> = html
+        .split(['"', '\''])
+        .filter(|s| s.starts_with("/static/"))
+        .collect();
+    assert_eq!(linked.len(), 4, "{linked:?}");
+    let version = linked[0].split_once("?v=").expect("a version").1;
+    assert_eq!(version.len(), 16);
+    for url in &linked {
+        assert_eq!(
+            url.split_once("?v=").map(|(_, v)| v),
+            Some(version),
+            "{url}"
+        );
+        let response = app.get(url).await;
+        assert_eq!(response.status(), 200, "{url}");
+        assert_eq!(
+            response.headers()["cache-control"],
+            "public, max-age=31536000, immutable",
+            "{url}"
+        );
+    }
+    let other = app.get("/static/app.js?v=0123456789abcdef").await;
+    assert_eq!(other.status(), 200);
+    assert_eq!(other.headers()["cache-control"], "no-cache");
+    let unversioned = app.get("/static/app.js").await;
+    assert_eq!(
+        unversioned.headers()["cache-control"],
+        "public, max-age=3600"
+    );
+    assert_eq!(
+        app.get("/favicon.ico").await.headers()["cache-control"],
+        "public, max-age=3600"
+    );
     app.shutdown().await;
 }
 
