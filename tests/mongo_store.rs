@@ -609,3 +609,129 @@ async fn one_instance_pipelines_its_majority_writes() {
     }
     store.close().await;
 }
+
+/// Inserts lab documents (`{_id: ObjectId, name, text, datetime}`, as the
+/// lab's app wrote them) into `db.messages`; returns that collection.
+async fn insert_lab_docs(
+    cluster: &TestCluster,
+    db: &str,
+    docs: Vec<mongodb::bson::Document>,
+) -> mongodb::Collection<mongodb::bson::Document> {
+    let client = mongodb::Client::with_uri_str(cluster.uri(db))
+        .await
+        .expect("client");
+    let lab = client
+        .database(db)
+        .collection::<mongodb::bson::Document>("messages");
+    for chunk in docs.chunks(1000) {
+        lab.insert_many(chunk.to_vec()).await.expect("lab inserts");
+    }
+    lab
+}
+
+/// Documents that are no messages, in a run longer than a page: every
+/// page but the last is full, and walking the history either way returns
+/// every message once (an empty or short page would end a client's walk,
+/// and an SSE replay, early).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_stay_full_across_documents_that_are_skipped() {
+    use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime};
+    let test = "pages_stay_full_across_documents_that_are_skipped";
+    let cluster = TestCluster::start(test).await;
+    let at = |i: i64| DateTime::from_millis(1_700_000_000_000 + i * 60_000);
+    let mut docs = Vec::new();
+    for i in 0..30_i64 {
+        docs.push(doc! { "_id": ObjectId::new(), "name": "lab", "text": format!("m{i:02}"), "datetime": at(i * 100) });
+        if i == 14 {
+            // Between m14 and m15: what the lab's app let through, or
+            // someone's experiments in the shell.
+            for j in 0..25_i64 {
+                let odd = match j % 5 {
+                    0 => {
+                        doc! { "_id": ObjectId::new(), "name": Bson::Null, "text": "null name", "datetime": at(i * 100 + 1 + j) }
+                    }
+                    1 => {
+                        doc! { "_id": ObjectId::new(), "name": 7, "text": "number name", "datetime": at(i * 100 + 1 + j) }
+                    }
+                    2 => {
+                        doc! { "_id": ObjectId::new(), "text": "no name", "datetime": at(i * 100 + 1 + j) }
+                    }
+                    3 => {
+                        doc! { "_id": ObjectId::new(), "name": "x", "text": Bson::Null, "datetime": at(i * 100 + 1 + j) }
+                    }
+                    _ => {
+                        doc! { "_id": format!("bad id {j}"), "name": "x", "text": "y", "datetime": at(i * 100 + 1 + j) }
+                    }
+                };
+                docs.push(odd);
+            }
+        }
+    }
+    // Documents whose order keys have other types: a string datetime, none
+    // at all, a numeric `_id`, a `position` that is no timestamp.
+    docs.push(
+        doc! { "_id": ObjectId::new(), "name": "x", "text": "s", "datetime": "2019-11-02 17:08" },
+    );
+    docs.push(doc! { "_id": ObjectId::new(), "name": "x", "text": "s" });
+    docs.push(doc! { "_id": 42, "name": "x", "text": "s", "datetime": at(1) });
+    docs.push(
+        doc! { "_id": ObjectId::new(), "name": "x", "text": "s", "datetime": at(2), "position": 5 },
+    );
+    insert_lab_docs(&cluster, "skipped", docs).await;
+    let store = open_ready(&cluster, "skipped", Duration::from_secs(30), Cache::new()).await;
+    let expected: Vec<String> = (0..30).map(|i| format!("m{i:02}")).collect();
+    let texts = |ms: &[simplechat::message::Message]| -> Vec<String> {
+        ms.iter().map(|m| m.text.clone()).collect()
+    };
+
+    let mut backwards: Vec<String> = Vec::new();
+    let mut page = store.list(Cursor::Latest, 10).await.expect("latest");
+    loop {
+        assert!(
+            page.len() == 10 || backwards.len() + page.len() == expected.len(),
+            "a short page before the end: {:?} after {backwards:?}",
+            texts(&page)
+        );
+        backwards.splice(0..0, texts(&page));
+        let Some(first) = page.first() else { break };
+        page = store
+            .list(Cursor::Before(first.id.clone()), 10)
+            .await
+            .expect("before");
+    }
+    assert_eq!(backwards, expected, "backwards");
+
+    let oldest = store.list(Cursor::Latest, 1000).await.expect("all")[0].clone();
+    let mut forwards = vec![oldest.text.clone()];
+    let mut page = store
+        .list(Cursor::After(oldest.id), 10)
+        .await
+        .expect("after");
+    loop {
+        assert!(
+            page.len() == 10 || forwards.len() + page.len() == expected.len(),
+            "a short page before the end: {:?} after {forwards:?}",
+            texts(&page)
+        );
+        forwards.extend(texts(&page));
+        let Some(last) = page.last() else { break };
+        page = store
+            .list(Cursor::After(last.id.clone()), 10)
+            .await
+            .expect("after");
+    }
+    assert_eq!(forwards, expected, "forwards");
+
+    let skipped = store
+        .status()
+        .await
+        .mongodb
+        .expect("mongodb")
+        .skipped_documents;
+    let total: u64 = skipped.values().sum();
+    assert_eq!(
+        total, 29,
+        "every skipped document counted once: {skipped:?}"
+    );
+    store.close().await;
+}

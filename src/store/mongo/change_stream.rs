@@ -308,11 +308,11 @@ impl Watcher {
             };
             let page = self
                 .collections
-                .read(range, CACHE_CAPACITY)
+                .read(range, CACHE_CAPACITY, &self.shared.skipped)
                 .await
                 .map_err(|c| c.reason().to_owned())?;
             let full = page.len() == CACHE_CAPACITY;
-            for doc in self.shared.skipped.keep_all(page) {
+            for doc in page {
                 self.publish(doc)?;
             }
             if !full {
@@ -325,16 +325,15 @@ impl Watcher {
     /// read, so that fewer means the cache can hold the whole history.
     /// Strays are left out: they are news, published once positioned.
     async fn read_latest(&mut self) -> Result<Latest, String> {
-        let docs = self
+        let mut messages = self
             .collections
-            .read(Range::Latest, CACHE_CAPACITY + 1)
+            .read(Range::Latest, CACHE_CAPACITY + 1, &self.shared.skipped)
             .await
             .map_err(|c| c.reason().to_owned())?;
         // Asked after the read, so that a read holding any positioned
         // message knows where strays begin.
         let strays = self.strays_from().await?;
-        let whole_history = docs.len() <= CACHE_CAPACITY;
-        let mut messages = self.shared.skipped.keep_all(docs);
+        let whole_history = messages.len() <= CACHE_CAPACITY;
         messages.retain(|m| !is_stray(m, strays));
         let skip = messages.len().saturating_sub(CACHE_CAPACITY);
         messages.drain(..skip);

@@ -11,7 +11,8 @@ use mongodb::options::{
 };
 use mongodb::Collection;
 
-use super::document::{self, Direction, DocId, Range};
+use super::document::{self, Direction, DocId, MessageDoc, Range};
+use super::skipped::SkippedDocuments;
 use crate::mongo::{classify, Class, Connection};
 
 /// The client and the collection handles made from it.
@@ -61,16 +62,56 @@ impl Collections {
         classify(e, self.conn.secret.as_deref())
     }
 
-    /// Up to `limit` documents of `range`, oldest first, as stored (see
-    /// `MessageDoc::from_document`).
-    pub(super) async fn read(&self, range: Range, limit: usize) -> Result<Vec<Document>, Class> {
-        if limit == 0 {
-            return Ok(Vec::new());
+    /// Up to `limit` messages of `range`, oldest first; documents that are
+    /// no messages are counted in `skipped` and read past, so fewer than
+    /// `limit` means the range holds no more messages (a short page would
+    /// end a client's walk through the history, or an SSE replay, early).
+    pub(super) async fn read(
+        &self,
+        range: Range,
+        limit: usize,
+        skipped: &SkippedDocuments,
+    ) -> Result<Vec<MessageDoc>, Class> {
+        let direction = match &range {
+            Range::Latest => Direction::Older,
+            Range::Oldest => Direction::Newer,
+            Range::Beyond(_, direction) => *direction,
+        };
+        let mut range = range;
+        let mut messages = Vec::new();
+        while messages.len() < limit {
+            let want = limit - messages.len();
+            let page = self.page(&range, direction, want).await?;
+            let full = page.len() == want;
+            // Every document of the page has a place in the order
+            // (`well_typed`), a message or not: the next page starts
+            // beyond the last one.
+            let next = page.iter().rev().find_map(document::sort_key);
+            messages.extend(page.into_iter().filter_map(|d| skipped.keep(d)));
+            match next {
+                Some(from) if full => range = Range::Beyond(from, direction),
+                _ => break,
+            }
         }
-        let (filter, direction) = match &range {
-            Range::Latest => (doc! {}, Direction::Older),
-            Range::Oldest => (doc! {}, Direction::Newer),
-            Range::Beyond(from, direction) => (document::beyond(from, *direction), *direction),
+        if direction == Direction::Older {
+            messages.reverse();
+        }
+        Ok(messages)
+    }
+
+    /// Up to `limit` documents of `range` whose order keys are well typed,
+    /// in the order `direction` walks.
+    async fn page(
+        &self,
+        range: &Range,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<Document>, Class> {
+        let filter = match range {
+            Range::Latest | Range::Oldest => document::well_typed(),
+            Range::Beyond(from, direction) => {
+                doc! { "$and": [ document::beyond(from, *direction), document::well_typed() ] }
+            }
         };
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let cursor = self
@@ -80,11 +121,27 @@ impl Collections {
             .limit(limit)
             .await
             .map_err(|e| self.class(&e))?;
-        let mut docs: Vec<Document> = cursor.try_collect().await.map_err(|e| self.class(&e))?;
-        if direction == Direction::Older {
-            docs.reverse();
+        cursor.try_collect().await.map_err(|e| self.class(&e))
+    }
+
+    /// Counts, in `skipped`, up to `limit` documents whose order keys have
+    /// other types: no walk reads them ([`document::well_typed`]).
+    pub(super) async fn count_ill_typed(
+        &self,
+        limit: usize,
+        skipped: &SkippedDocuments,
+    ) -> Result<(), Class> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut cursor = self
+            .messages
+            .find(document::ill_typed())
+            .limit(limit)
+            .await
+            .map_err(|e| self.class(&e))?;
+        while let Some(doc) = cursor.try_next().await.map_err(|e| self.class(&e))? {
+            skipped.keep(doc);
         }
-        Ok(docs)
+        Ok(())
     }
 
     /// The document with this public id; from the primary when

@@ -343,6 +343,48 @@ pub fn beyond(from: &Position, direction: Direction) -> Document {
     doc! { "$or": clauses }
 }
 
+/// Documents whose order keys have the types the order is defined on: an
+/// `_id` that is a string or an ObjectId, a `datetime` that is a date, a
+/// `position` that is missing, null or a timestamp. Reads that walk the
+/// order ask only for these, so that every document a page returns has a
+/// [`Position`] the next page can start from, whatever else it lacks; the
+/// others cannot be placed in the order and are counted apart
+/// ([`ill_typed`]). `$type` with a list matches any of its types
+/// (<https://www.mongodb.com/docs/manual/reference/operator/query/type/>).
+pub fn well_typed() -> Document {
+    doc! {
+        "_id": { "$type": ["string", "objectId"] },
+        "datetime": { "$type": "date" },
+        "$or": [ { POSITION: Bson::Null }, { POSITION: { "$type": "timestamp" } } ],
+    }
+}
+
+/// The documents [`well_typed`] leaves out.
+pub fn ill_typed() -> Document {
+    doc! { "$nor": [ well_typed() ] }
+}
+
+/// Where a document read by a walk stands in the order, whether or not it
+/// is a message (a `name` that is no string still has a place): what the
+/// next page starts beyond. `None` for keys of other types.
+pub fn sort_key(d: &Document) -> Option<Position> {
+    let id = match d.get("_id")? {
+        Bson::String(s) => DocId::Text(s.clone()),
+        Bson::ObjectId(oid) => DocId::ObjectId(*oid),
+        _ => return None,
+    };
+    let stamp = match d.get(POSITION) {
+        None | Some(Bson::Null) => None,
+        Some(Bson::Timestamp(t)) => Some(*t),
+        Some(_) => return None,
+    };
+    Some(Position {
+        stamp,
+        millis: d.get_datetime("datetime").ok()?.timestamp_millis(),
+        id,
+    })
+}
+
 /// Newest first for `Older` (then reversed), oldest first for `Newer`; the
 /// order index serves both directions.
 pub fn sort(direction: Direction) -> Document {

@@ -159,6 +159,10 @@ impl Shared {
                 self.clone(),
                 collections.clone(),
             )));
+            self.tasks.push(tokio::spawn(skipped::count_ill_typed(
+                self.clone(),
+                collections.clone(),
+            )));
             self.tasks
                 .push(tokio::spawn(change_stream::run(self.clone(), collections)));
             self.set_connect_error(None);
@@ -274,10 +278,10 @@ impl Store for MongoStore {
                 Direction::Newer,
             ),
         };
-        let docs = collections.read(range, limit).await.map_err(read_error)?;
-        self.shared
-            .skipped
-            .keep_all(docs)
+        collections
+            .read(range, limit, &self.shared.skipped)
+            .await
+            .map_err(read_error)?
             .into_iter()
             .map(to_message)
             .collect()

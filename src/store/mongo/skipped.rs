@@ -3,11 +3,16 @@
 //! logged once per kind.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use mongodb::bson::{Bson, Document};
 
+use super::collections::Collections;
 use super::document::{Malformed, MessageDoc};
+use super::Shared;
+use crate::mongo::Class;
+use crate::retry::Backoff;
 
 /// How many distinct malformed documents are remembered; past this, counts
 /// stop growing (a log line says so once).
@@ -39,11 +44,6 @@ impl SkippedDocuments {
         }
     }
 
-    /// Every message among `docs`, in the same order.
-    pub(super) fn keep_all(&self, docs: Vec<Document>) -> Vec<MessageDoc> {
-        docs.into_iter().filter_map(|d| self.keep(d)).collect()
-    }
-
     fn count(&self, id: Option<&Bson>, why: Malformed) {
         let key = format!("{:?}", id.unwrap_or(&Bson::Null));
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -67,5 +67,29 @@ impl SkippedDocuments {
             .unwrap_or_else(|e| e.into_inner())
             .counts
             .clone()
+    }
+}
+
+/// Counts, once at start, the documents whose `_id`, `datetime` or
+/// `position` has a type the order is not defined on: no listing reads
+/// them, so they would otherwise never be counted. Waits for a member to
+/// answer as long as it takes.
+pub(super) async fn count_ill_typed(shared: Arc<Shared>, collections: Arc<Collections>) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    while !shared.tasks.is_closed() {
+        match collections
+            .count_ill_typed(REMEMBERED, &shared.skipped)
+            .await
+        {
+            Ok(()) => return,
+            Err(Class::Retry(_)) => backoff.wait().await,
+            Err(other) => {
+                log::warn!(
+                    "cannot count the documents of the messages collection that are not messages: {}",
+                    other.reason()
+                );
+                return;
+            }
+        }
     }
 }
