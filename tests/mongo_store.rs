@@ -629,6 +629,62 @@ async fn insert_lab_docs(
     lab
 }
 
+async fn wait_until_running(store: &MongoStore, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let feed = store.status().await.mongodb.expect("mongodb").change_stream;
+        if feed.running {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the change stream never caught up: {feed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A history denser than the change stream's clock margin (more than the
+/// cache holds within 5 s: a script that filled the lab's collection, or a
+/// busy minute): the change stream still starts, the history is not sent to
+/// subscribers as news, and a new message reaches them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dense_history_neither_stalls_the_change_stream_nor_becomes_news() {
+    use mongodb::bson::{doc, oid::ObjectId, DateTime};
+    let test = "a_dense_history_neither_stalls_the_change_stream_nor_becomes_news";
+    let cluster = TestCluster::start(test).await;
+    let base = 1_700_000_000_000_i64;
+    let docs = (0..2500_i64)
+        .map(|i| {
+            doc! { "_id": ObjectId::new(), "name": "lab", "text": format!("lab {i}"),
+            "datetime": DateTime::from_millis(base + i) }
+        })
+        .collect();
+    let lab = insert_lab_docs(&cluster, "dense", docs).await;
+    let cache = Cache::new();
+    let mut events = cache.subscribe();
+    let store = open_ready(&cluster, "dense", Duration::from_secs(30), cache.clone()).await;
+    wait_until_running(&store, Duration::from_secs(30)).await;
+
+    let late = ObjectId::new();
+    lab.insert_one(doc! { "_id": late, "name": "lab", "text": "late",
+    "datetime": DateTime::from_millis(base + 10_000) })
+        .await
+        .expect("lab insert while running");
+    let first = tokio::time::timeout(Duration::from_secs(30), events.recv())
+        .await
+        .expect("the new message reaches subscribers")
+        .expect("cache open");
+    assert_eq!(
+        first.message.text, "late",
+        "the first news is the new message, not the history"
+    );
+    let latest = store.list(Cursor::Latest, 3).await.expect("list");
+    let texts: Vec<_> = latest.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["lab 2498", "lab 2499", "late"]);
+    store.close().await;
+}
+
 /// Documents that are no messages, in a run longer than a page: every
 /// page but the last is full, and walking the history either way returns
 /// every message once (an empty or short page would end a client's walk,

@@ -169,6 +169,9 @@ struct Watcher {
     delivered: Option<Delivered>,
     /// Where strays begin, once a message has a position (it never moves).
     strays_from: Option<ObjectId>,
+    /// The oldest message the cache was last loaded with, unless it was
+    /// loaded with the whole history: what is older is not news.
+    floor: Option<Position>,
 }
 
 /// Runs until the store closes: open, catch up, follow; on failure,
@@ -180,6 +183,7 @@ pub(super) async fn run(shared: Arc<Shared>, collections: Arc<Collections>) {
         token: None,
         delivered: None,
         strays_from: None,
+        floor: None,
     };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     while !watcher.shared.tasks.is_closed() {
@@ -297,26 +301,35 @@ impl Watcher {
         Ok(!stream.is_alive())
     }
 
-    /// Publishes every stored message after what was delivered, in pages.
+    /// Publishes every stored message after what was delivered, in pages:
+    /// the first starts `CLOCK_SKEW_MS` before it (a message committed late
+    /// may sort a little earlier), each next one beyond the last message
+    /// read, so a history denser than that margin is read once and the
+    /// catch-up ends. Messages older than those the cache was last loaded
+    /// with are history the cache let go of, not news: not published.
     async fn catch_up(&mut self) -> Result<(), String> {
+        let mut range = match &self.delivered {
+            Some(Delivered::UpTo(position)) => {
+                Range::Beyond(position.earlier_by(CLOCK_SKEW_MS), Direction::Newer)
+            }
+            _ => Range::Oldest,
+        };
         loop {
-            let range = match &self.delivered {
-                Some(Delivered::UpTo(position)) => {
-                    Range::Beyond(position.earlier_by(CLOCK_SKEW_MS), Direction::Newer)
-                }
-                _ => Range::Oldest,
-            };
             let page = self
                 .collections
                 .read(range, CACHE_CAPACITY, &self.shared.skipped)
                 .await
                 .map_err(|c| c.reason().to_owned())?;
             let full = page.len() == CACHE_CAPACITY;
+            let next = page.last().map(MessageDoc::position);
             for doc in page {
-                self.publish(doc)?;
+                if !self.is_history(&doc.position()) {
+                    self.publish(doc)?;
+                }
             }
-            if !full {
-                return Ok(());
+            match next {
+                Some(from) if full => range = Range::Beyond(from, Direction::Newer),
+                _ => return Ok(()),
             }
         }
     }
@@ -404,8 +417,19 @@ impl Watcher {
         }
     }
 
+    /// Whether `position` is older than every message the cache was last
+    /// loaded with, when that was not the whole history.
+    fn is_history(&self, position: &Position) -> bool {
+        self.floor.as_ref().is_some_and(|floor| position < floor)
+    }
+
     /// Resets the cache from the latest messages.
-    fn reset(&self, latest: Latest) -> Result<(), String> {
+    fn reset(&mut self, latest: Latest) -> Result<(), String> {
+        self.floor = if latest.whole_history {
+            None
+        } else {
+            latest.messages.first().map(MessageDoc::position)
+        };
         let messages = latest
             .messages
             .into_iter()
