@@ -791,3 +791,34 @@ async fn pages_stay_full_across_documents_that_are_skipped() {
     );
     store.close().await;
 }
+
+/// A date BSON holds but RFC 3339 cannot write (after 9999, before year 0:
+/// `new Date(8.64e15)` in the shell) is a document simplechat cannot show:
+/// skipped and counted like any other, never an error for the listing or
+/// the change stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_datetime_beyond_rfc_3339_is_skipped_not_an_error() {
+    use mongodb::bson::{doc, oid::ObjectId, DateTime};
+    let test = "a_datetime_beyond_rfc_3339_is_skipped_not_an_error";
+    let cluster = TestCluster::start(test).await;
+    let docs = vec![
+        doc! { "_id": ObjectId::new(), "name": "lab", "text": "ok", "datetime": DateTime::from_millis(1_700_000_000_000) },
+        doc! { "_id": ObjectId::new(), "name": "lab", "text": "year 10000", "datetime": DateTime::from_millis(253_402_300_800_000) },
+        doc! { "_id": ObjectId::new(), "name": "lab", "text": "max", "datetime": DateTime::MAX },
+        doc! { "_id": ObjectId::new(), "name": "lab", "text": "year -1", "datetime": DateTime::from_millis(-62_198_755_200_000) },
+    ];
+    insert_lab_docs(&cluster, "fardates", docs).await;
+    let store = open_ready(&cluster, "fardates", Duration::from_secs(30), Cache::new()).await;
+    let listed = store.list(Cursor::Latest, 100).await.expect("the listing");
+    let texts: Vec<_> = listed.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["ok"]);
+    wait_until_running(&store, Duration::from_secs(10)).await;
+    let skipped = store
+        .status()
+        .await
+        .mongodb
+        .expect("mongodb")
+        .skipped_documents;
+    assert_eq!(skipped.get("datetime"), Some(&3), "{skipped:?}");
+    store.close().await;
+}

@@ -120,6 +120,13 @@ impl Malformed {
     }
 }
 
+/// The datetimes the API can show, in ms since the epoch: RFC 3339 writes
+/// a year in four digits (`date-fullyear = 4DIGIT`,
+/// <https://www.rfc-editor.org/rfc/rfc3339#section-5.6>), so from
+/// 0000-01-01T00:00:00.000Z to 9999-12-31T23:59:59.999Z. A BSON date holds
+/// far more (`new Date(8.64e15)` in the shell).
+const SHOWN_MILLIS: std::ops::RangeInclusive<i64> = -62_167_219_200_000..=253_402_300_799_999;
+
 /// A stored message: `{_id, name, text, datetime, position?}`. Other
 /// fields are ignored.
 #[derive(Debug, Clone, PartialEq)]
@@ -174,6 +181,9 @@ impl MessageDoc {
         let datetime = *d
             .get_datetime("datetime")
             .map_err(|_| Malformed::Datetime)?;
+        if !SHOWN_MILLIS.contains(&datetime.timestamp_millis()) {
+            return Err(Malformed::Datetime);
+        }
         let position = match d.get(POSITION) {
             None | Some(Bson::Null) => None,
             Some(Bson::Timestamp(t)) => Some(*t),
@@ -476,6 +486,23 @@ mod tests {
             bad(doc! { "_id": "x", "name": "a", "text": "b", "datetime": "yesterday" }),
             Malformed::Datetime
         );
+        for ms in [253_402_300_800_000, -62_167_219_200_001, i64::MAX, i64::MIN] {
+            assert_eq!(
+                bad(
+                    doc! { "_id": "x", "name": "a", "text": "b", "datetime": DateTime::from_millis(ms) }
+                ),
+                Malformed::Datetime
+            );
+        }
+        for ms in [253_402_300_799_999, -62_167_219_200_000] {
+            let edge = doc! { "_id": "x", "name": "a", "text": "b", "datetime": DateTime::from_millis(ms) };
+            let m = MessageDoc::from_document(&edge)
+                .unwrap()
+                .into_message()
+                .unwrap();
+            let shown = crate::message::format_datetime(&m.datetime);
+            assert!(shown.len() == 24 && shown.ends_with('Z'), "{shown}");
+        }
         assert_eq!(
             bad(
                 doc! { "_id": "65f0a1b2c3d4e5f601234567", "name": "a", "text": "b", "datetime": DateTime::from_millis(1) }
