@@ -156,6 +156,30 @@ async fn a_refused_password_is_named_and_clears_without_a_restart() {
         .insert(message("w2", "accepted now"))
         .await
         .expect("writes work again");
+
+    // What waited for the credentials catches up by itself too: the order
+    // index is created, and `/api/status` no longer reports the refusal.
+    let client = mongodb::Client::with_uri_str(&uri).await.expect("client");
+    let messages = client
+        .database("refused")
+        .collection::<mongodb::bson::Document>("messages");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let feed = store.status().await.mongodb.expect("mongodb").change_stream;
+        let indexes = match messages.list_index_names().await {
+            Ok(names) => names,
+            Err(e) => vec![format!("listIndexes failed: {e}")],
+        };
+        let indexed = indexes.iter().any(|n| n == "position_1_datetime_1__id_1");
+        if feed.running && feed.last_error.is_none() && indexed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still not caught up: {feed:?}, indexes {indexes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     store.close().await;
 }
 

@@ -15,8 +15,9 @@ use crate::retry::Backoff;
 /// Creates the order index, waiting for a primary as long as it takes.
 /// Creating an index that exists with the same keys and name is a no-op
 /// (<https://www.mongodb.com/docs/manual/reference/method/db.collection.createIndex/>),
-/// so every instance does it at every start. A failure other than "no
-/// primary now" is kept for `/api/status`.
+/// so every instance does it at every start. It waits out "no primary now"
+/// and refused credentials (shown in `/api/status` meanwhile); any other
+/// failure is kept for `/api/status`.
 pub(super) async fn ensure(shared: Arc<Shared>, collections: Arc<Collections>) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let index = IndexModel::builder()
@@ -32,6 +33,17 @@ pub(super) async fn ensure(shared: Arc<Shared>, collections: Arc<Collections>) {
             Ok(_) => None,
             Err(e) => match collections.class(&e) {
                 Class::Retry(_) => {
+                    backoff.wait().await;
+                    continue;
+                }
+                // Refused credentials clear by themselves, without a
+                // restart, once the user exists or its password matches:
+                // keep trying, and say why meanwhile.
+                Class::Unavailable(reason) => {
+                    *shared.index_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
+                        "cannot create the {} index yet: {reason}",
+                        document::ORDER_INDEX
+                    ));
                     backoff.wait().await;
                     continue;
                 }

@@ -73,7 +73,7 @@ impl SkippedDocuments {
 /// Counts, once at start, the documents whose `_id`, `datetime` or
 /// `position` has a type the order is not defined on: no listing reads
 /// them, so they would otherwise never be counted. Waits for a member to
-/// answer as long as it takes.
+/// answer, and for the credentials to be accepted, as long as it takes.
 pub(super) async fn count_ill_typed(shared: Arc<Shared>, collections: Arc<Collections>) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     while !shared.tasks.is_closed() {
@@ -82,7 +82,9 @@ pub(super) async fn count_ill_typed(shared: Arc<Shared>, collections: Arc<Collec
             .await
         {
             Ok(()) => return,
-            Err(Class::Retry(_)) => backoff.wait().await,
+            // No member answers yet, or the credentials are refused for
+            // now (that clears without a restart).
+            Err(Class::Retry(_) | Class::Unavailable(_)) => backoff.wait().await,
             Err(other) => {
                 log::warn!(
                     "cannot count the documents of the messages collection that are not messages: {}",
