@@ -846,3 +846,44 @@ async fn a_datetime_beyond_rfc_3339_is_skipped_not_an_error() {
     assert_eq!(skipped.get("datetime"), Some(&3), "{skipped:?}");
     store.close().await;
 }
+
+/// The change stream's resume point left the oplog while the set was away
+/// (`ChangeStreamHistoryLost`): the store opens a fresh stream and reads what
+/// was stored meanwhile, so nothing is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_catches_up_when_its_resume_point_left_the_oplog() {
+    let test = "the_feed_catches_up_when_its_resume_point_left_the_oplog";
+    sim_only(test);
+    let cluster = TestCluster::start_sim(fast_sim(true)).await;
+    let sim = cluster.sim().expect("simulator");
+    let live = Cache::new();
+    let store = open_ready(&cluster, "lost", Duration::from_secs(60), live.clone()).await;
+    let mut events = live.subscribe();
+    store.insert(message("h1", "before")).await.expect("insert");
+    wait_for_event(&mut events, "h1").await;
+
+    for member in 0..3 {
+        cluster.kill(member).await;
+    }
+    sim.truncate_history();
+    for member in 0..3 {
+        cluster.restart(member).await;
+    }
+    let other = open_ready(&cluster, "lost", Duration::from_secs(60), Cache::new()).await;
+    other
+        .insert(message("h2", "while the feed was away"))
+        .await
+        .expect("insert through another instance");
+    wait_for_event(&mut events, "h2").await;
+    wait_until_running(&store, Duration::from_secs(30)).await;
+    let listed: Vec<_> = store
+        .list(Cursor::Latest, 10)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(listed, ["h1", "h2"]);
+    store.close().await;
+    other.close().await;
+}

@@ -37,6 +37,17 @@ fn not_found_token() -> CmdError {
     )
 }
 
+/// mongod's answer when a stream's resume point is older than the oldest
+/// oplog entry
+/// (<https://www.mongodb.com/docs/manual/reference/error-codes/>: 286).
+fn history_lost() -> CmdError {
+    CmdError::new(
+        286,
+        "ChangeStreamHistoryLost",
+        "Resume of change stream was not possible, as the resume point may no longer be in the oplog.",
+    )
+}
+
 fn parse_token(st: &State, v: &Bson) -> Result<(usize, u8), CmdError> {
     let Bson::Document(d) = v else {
         return Err(invalid_token());
@@ -214,6 +225,10 @@ fn scan(
     cur: &mut ChangeCursor,
     limit: usize,
 ) -> Result<Vec<Document>, CmdError> {
+    // An open stream whose next entry left the oplog.
+    if cur.next < st.history_floor {
+        return Err(history_lost());
+    }
     let visible = st.visible_len(member, Instant::now());
     let mut out = Vec::new();
     while cur.next < visible && out.len() < limit && !cur.invalidated {
@@ -399,6 +414,18 @@ pub(crate) fn open(
     } else {
         st.visible_len(ctx.member, Instant::now())
     };
+    // A token names the entry it follows, which must still be in the oplog;
+    // `startAtOperationTime` may name the oldest entry itself.
+    let resumes_at = if spec.contains_key("startAtOperationTime") {
+        next + 1
+    } else if spec.contains_key("resumeAfter") || spec.contains_key("startAfter") {
+        next
+    } else {
+        usize::MAX
+    };
+    if st.history_floor > 0 && resumes_at <= st.history_floor {
+        return Err(history_lost().into());
+    }
     let mut cur = ChangeCursor {
         cursor_ns: cursor_ns.clone(),
         filter,

@@ -567,6 +567,15 @@ impl Cluster {
         st.drop_replies.push((command.to_string(), times));
     }
 
+    /// Every entry of the log so far leaves the oplog, as when a busy set's
+    /// oplog rolls over while a client is away: a change stream resuming
+    /// from before now, or an open one that has not read that far, gets
+    /// `ChangeStreamHistoryLost` 286. Documents stay.
+    pub fn truncate_history(&self) {
+        let mut st = self.shared.lock();
+        st.history_floor = st.log.len();
+    }
+
     /// Every document of `database.collection` as committed (the primary's
     /// view), in insertion order. For assertions such as "stored once".
     pub fn documents(&self, database: &str, collection: &str) -> Vec<bson::Document> {

@@ -270,6 +270,10 @@ pub(crate) struct State {
     pub preferred_candidate: Option<usize>,
     pub avoid_candidate: Option<usize>,
     pub log: Vec<LogEntry>,
+    /// Log entries before this one have left the oplog
+    /// ([`crate::Cluster::truncate_history`]): change streams cannot resume
+    /// from them.
+    pub history_floor: usize,
     pub colls: BTreeMap<String, Coll>,
     pub sessions: HashMap<Vec<u8>, TxnRecord>,
     pub next_cursor_id: i64,
@@ -345,6 +349,7 @@ impl State {
             preferred_candidate: None,
             avoid_candidate: None,
             log: Vec::new(),
+            history_floor: 0,
             colls: BTreeMap::new(),
             sessions: HashMap::new(),
             next_cursor_id: 0x1000,
