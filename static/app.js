@@ -15,6 +15,7 @@
   const history = document.getElementById("history");
   const log = document.getElementById("log");
   const newMessages = document.getElementById("new-messages");
+  const announcer = document.getElementById("announcer");
   // A page of older history (/?before=<id>) is not followed live, and
   // sending from it goes back to the latest messages by the plain form post.
   const paged = history.dataset.before !== undefined;
@@ -140,6 +141,26 @@
     return item;
   }
 
+  // --- Telling screen readers about new messages. The history is not a
+  // live region: it would read out the whole history at load, and a page
+  // of older messages loaded above it. New messages from others are put,
+  // as short text, in a visually hidden region of their own with role
+  // "log" (https://www.w3.org/TR/wai-aria-1.2/#log): polite (read when the
+  // reader is idle, not interrupting) and not atomic, so only what is
+  // added is read, each entry once; by the default aria-relevant
+  // ("additions text", https://www.w3.org/TR/wai-aria-1.2/#aria-relevant)
+  // the old entries removed to keep it short are not read. Not "status",
+  // which is atomic (https://www.w3.org/TR/wai-aria-1.2/#status): each
+  // change reads the whole region again, and a second message could cut
+  // off the first.
+  const KEPT_ANNOUNCEMENTS = 10;
+  function announce(words) {
+    const entry = document.createElement("p");
+    entry.textContent = words;
+    announcer.append(entry);
+    while (announcer.childElementCount > KEPT_ANNOUNCEMENTS) announcer.firstElementChild.remove();
+  }
+
   function removeEmpty() {
     const empty = document.getElementById("empty");
     if (empty) empty.remove();
@@ -152,12 +173,14 @@
   // event stream brings it; until then it is marked unconfirmed. The stream
   // brings messages in the chat's order, so one it brings before it (sent
   // earlier, missed while the stream was down or slow) goes before it.
+  //
+  // Returns whether the message is new to the page.
   function append(message, own) {
     const shown = document.getElementById("m-" + message.id);
     if (shown) {
       if (own) scrollToBottom();
       else delete shown.dataset.unconfirmed;
-      return;
+      return false;
     }
     const follow = own || atBottom();
     const kept = follow ? null : anchor();
@@ -171,6 +194,7 @@
       restore(kept);
       newMessages.hidden = false;
     }
+    return true;
   }
 
   for (const time of list.querySelectorAll("time")) {
@@ -238,6 +262,10 @@
   // One send at a time: Enter pressed while a message is on its way does
   // nothing, as the disabled Send button does.
   let sending = false;
+  // The keys of the messages sent from this page (a message's id is its
+  // key): the stream brings them back, sometimes before the answer to the
+  // send, and the reader is not told about their own message.
+  const sentHere = new Set();
 
   form.addEventListener("submit", async (event) => {
     if (paged) return;
@@ -255,6 +283,7 @@
     if (!pending || pending.name !== name || pending.text !== text) {
       pending = { key: newKey(), name, text };
     }
+    sentHere.add(pending.key);
     // What is typed while the message is on its way is the next draft.
     const typed = textInput.value;
     sending = true;
@@ -315,11 +344,44 @@
   const RETRY_MOST = 30000;
   let retryDelay = RETRY_FIRST;
 
+  // What a stream replays when it opens (the messages missed while it was
+  // down) comes in a burst: counted until none has come for SETTLE ms,
+  // then told as one summary ("5 new messages"), or read as the message if
+  // only one came. The first stream's replay is part of the page load,
+  // which announces nothing. Outside a burst, each message is read.
+  const SETTLE = 700;
+  let burst = null;
+  let opened = false;
+  function settle() {
+    clearTimeout(burst.timer);
+    burst.timer = setTimeout(() => {
+      const done = burst;
+      burst = null;
+      if (done.silent || !done.count) return;
+      announce(done.count === 1 ? spoken(done.last) : done.count + " new messages");
+    }, SETTLE);
+  }
+  function spoken(message) {
+    return message.name + ": " + message.text;
+  }
+  function arrived(message) {
+    if (burst) {
+      burst.count += 1;
+      burst.last = message;
+      settle();
+    } else {
+      announce(spoken(message));
+    }
+  }
+
   function connect() {
     const source = new EventSource("/api/events" + (lastEventId ? "?after=" + encodeURIComponent(lastEventId) : ""));
     source.addEventListener("open", () => {
       retryDelay = RETRY_FIRST;
       setConnection("live", "live");
+      if (!burst) burst = { count: 0, last: null, silent: !opened, timer: null };
+      opened = true;
+      settle();
     });
     source.addEventListener("error", () => {
       setConnection("reconnecting", "reconnecting…");
@@ -337,7 +399,7 @@
       } catch (e) {
         return; // A malformed event is skipped rather than stopping the feed.
       }
-      append(message, false);
+      if (append(message, false) && !sentHere.has(message.id)) arrived(message);
     });
   }
 

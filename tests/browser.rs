@@ -1875,3 +1875,114 @@ async fn the_desktop_form_is_one_even_row() {
     tab.close().await;
     app.shutdown().await;
 }
+
+/// What the page has told screen readers, oldest first: the entries of
+/// its visually hidden live region.
+const ANNOUNCED_JS: &str = "return [...$('#announcer').children].map((e) => e.textContent)";
+
+/// A message that arrived live was never announced: a screen reader user
+/// heard nothing until they went looking. Making the whole history a live
+/// region would read out a hundred messages at load and whenever older
+/// messages are loaded above. Now each new message from someone else is
+/// added, once, to a visually hidden log of its own; nothing is added at
+/// load, for older messages or for the reader's own message; and the
+/// messages a reconnect fills the gap with are told as one summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_new_messages_from_others_are_announced_once_each() {
+    let app = spawn_app(&[]).await;
+    post_many(&app, "ann", "message ", 150).await;
+    let gate = StreamGate::start(&app.base_url).await;
+    let Some(tab) = Browser::open("announced", DESKTOP).await else {
+        return;
+    };
+    tab.load(&gate.url).await;
+    let c = &tab.client;
+    let announced = || page_eval(c, ANNOUNCED_JS);
+    assert_eq!(
+        page_eval(
+            c,
+            "const a = $('#announcer'); return [a.getAttribute('role'), a.closest('#history') === null]"
+        )
+        .await,
+        json!(["log", true]),
+        "a log of its own, outside the history"
+    );
+    // Long enough for the first stream's replay to have settled.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(announced().await, json!([]), "nothing at load");
+
+    page_eval(c, "$('#older').scrollIntoView(); return true").await;
+    c.find(Locator::Id("older"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    page_wait(c, "return items().length === 150", "older messages").await;
+    assert_eq!(announced().await, json!([]), "nothing for older messages");
+
+    send(c, "me", "my own message").await;
+    page_wait(
+        c,
+        "return items().length === 151 && !newest().hasAttribute('data-unconfirmed')",
+        "my own message, confirmed by the stream",
+    )
+    .await;
+    assert_eq!(announced().await, json!([]), "nothing for my own message");
+
+    app.post_message("bob", "hello from bob").await;
+    page_wait(c, "return items().length === 152", "bob's message").await;
+    page_wait(
+        c,
+        &format!("{ANNOUNCED_JS}.length === 1"),
+        "bob's message announced",
+    )
+    .await;
+    assert_eq!(announced().await, json!(["bob: hello from bob"]));
+
+    gate.cut_and_hold();
+    page_wait(
+        c,
+        "return $('#connection').dataset.state === 'reconnecting'",
+        "the stream dropped",
+    )
+    .await;
+    post_many(&app, "bob", "missed ", 5).await;
+    gate.open();
+    page_wait(
+        c,
+        "return $('#connection').dataset.state === 'live' && items().length === 157",
+        "the gap filled",
+    )
+    .await;
+    page_wait(
+        c,
+        &format!("{ANNOUNCED_JS}.length === 2"),
+        "the gap announced",
+    )
+    .await;
+    assert_eq!(
+        announced().await,
+        json!(["bob: hello from bob", "5 new messages"]),
+        "one summary for the gap"
+    );
+
+    app.post_message("carol", "after the gap").await;
+    page_wait(
+        c,
+        &format!("{ANNOUNCED_JS}.length === 3"),
+        "the next message announced",
+    )
+    .await;
+    assert_eq!(
+        announced().await,
+        json!([
+            "bob: hello from bob",
+            "5 new messages",
+            "carol: after the gap"
+        ])
+    );
+    tab.close().await;
+    drop(gate);
+    app.shutdown().await;
+}
