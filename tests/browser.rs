@@ -1986,3 +1986,92 @@ async fn only_new_messages_from_others_are_announced_once_each() {
     drop(gate);
     app.shutdown().await;
 }
+
+/// Without JavaScript, a refused send left the browser on the answer to
+/// the form's POST: reloading the page asked to send the form again. The
+/// page is now reached by a redirect, showing the error and the draft with
+/// the focus on the field the error names; reloading it sends nothing and
+/// shows a fresh form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloading_after_a_refused_send_without_javascript_sends_nothing() {
+    let settings = Settings {
+        javascript: false,
+        ..Settings::default()
+    };
+    let Some(tab) = Browser::open_with("refused_reload", PHONE, settings).await else {
+        return;
+    };
+    let app = spawn_app(&[]).await;
+    app.post_message("bob", "already here").await;
+    let c = &tab.client;
+    c.goto(&app.base_url).await.unwrap();
+    let long_name = "n".repeat(65);
+    c.find(Locator::Id("name"))
+        .await
+        .unwrap()
+        .send_keys(&long_name)
+        .await
+        .unwrap();
+    c.find(Locator::Id("text"))
+        .await
+        .unwrap()
+        .send_keys("keep this draft")
+        .await
+        .unwrap();
+    let key = page_eval(c, "return $('input[name=id]').value").await;
+    c.find(Locator::Id("send-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    page_wait(
+        c,
+        "return document.readyState === 'complete' && !$('#error').hidden",
+        "the error",
+    )
+    .await;
+    assert_eq!(
+        page_eval(
+            c,
+            "return [location.pathname, $('#error').textContent, document.activeElement.id, \
+             $('#name').getAttribute('aria-invalid'), $('#name').value, $('#text').value, \
+             $('input[name=id]').value, performance.getEntriesByType('navigation')[0].type]"
+        )
+        .await,
+        json!([
+            "/",
+            "name must be at most 64 characters (got 65)",
+            "name",
+            "true",
+            long_name,
+            "keep this draft",
+            key,
+            "navigate"
+        ]),
+        "the page reached by a redirect, with the error and the draft"
+    );
+
+    c.refresh().await.unwrap();
+    page_wait(
+        c,
+        "return document.readyState === 'complete' \
+         && performance.getEntriesByType('navigation')[0].type === 'reload'",
+        "the page reloaded",
+    )
+    .await;
+    let reloaded = page_eval(
+        c,
+        "return [location.pathname, $('#error').hidden, $('#text').value, $('input[name=id]').value]",
+    )
+    .await;
+    assert_eq!(
+        reloaded.as_array().unwrap()[..3],
+        [json!("/"), json!(true), json!("")],
+        "a fresh form, nothing sent again: {reloaded}"
+    );
+    assert_ne!(reloaded[3], key, "a fresh key");
+    assert_eq!(app.message_count().await, 1);
+    tab.close().await;
+    app.shutdown().await;
+}

@@ -114,6 +114,14 @@ fn cross_site_write(req: &Request<'_>) -> Option<ApiError> {
     }
 }
 
+/// Whether `req` comes from a browser: browsers say where a request comes
+/// from (`Sec-Fetch-Site`, or `Origin` on a POST); other clients (curl,
+/// scripts) say neither.
+pub fn from_a_browser(req: &Request<'_>) -> bool {
+    let headers = req.headers();
+    headers.contains("Sec-Fetch-Site") || headers.contains("Origin")
+}
+
 /// `http://chat.example:8000` → `chat.example:8000`, with the scheme's
 /// default port made explicit so `Host: chat.example` compares equal.
 fn origin_authority(origin: &str) -> Option<String> {

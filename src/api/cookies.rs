@@ -42,6 +42,29 @@ impl<'r> FromRequest<'r> for Https {
 /// How long the browser keeps the sender's name.
 pub const NAME_COOKIE_LIFETIME: Duration = Duration::days(365);
 
+/// How long the browser keeps a refused form post's draft: it is read by
+/// the page the post redirects to, at once.
+pub const DRAFT_COOKIE_LIFETIME: Duration = Duration::seconds(60);
+
+/// The most a cookie may take, `Set-Cookie` attributes included: browsers
+/// keep cookies of at least 4,096 bytes (RFC 6265, section 6.1), and drop
+/// larger ones.
+pub const MAX_COOKIE_BYTES: usize = 4096;
+
+/// The cookie that carries a refused form post's draft to the page it
+/// redirects to: sent only with this site's own requests started on this
+/// site (`SameSite=Strict`: the redirect after the form's post is one),
+/// never readable by scripts, and gone after a minute if no page reads it.
+pub fn draft_cookie(name: &'static str, value: String, https: Https) -> Cookie<'static> {
+    Cookie::build((name, value))
+        .path("/")
+        .same_site(SameSite::Strict)
+        .http_only(true)
+        .secure(https.0)
+        .max_age(DRAFT_COOKIE_LIFETIME)
+        .build()
+}
+
 /// The cookie that remembers the sender's name: sent back only to this
 /// site's own pages (`SameSite=Lax`), never readable by scripts, kept for
 /// a year, and only over HTTPS when the page is served over HTTPS.

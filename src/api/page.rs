@@ -4,9 +4,12 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use rocket::form::FromForm;
-use rocket::http::{ContentType, CookieJar, Method, Status};
+use rocket::http::{ContentType, Cookie, CookieJar, Method, Status};
 use rocket::outcome::Outcome;
+use rocket::request::FromRequest;
 use rocket::response::{self, Body, Redirect, Responder, Response};
 use rocket::serde::Serialize;
 use rocket::{get, post, Request, State};
@@ -14,8 +17,9 @@ use rocket_dyn_templates::minijinja::{self, AutoEscape, Environment, HtmlEscape}
 use rocket_dyn_templates::{context, Metadata, Template};
 
 use super::body::FormBody;
+use super::checks::from_a_browser;
 use super::conditional::{IfNoneMatch, Tagged};
-use super::cookies::{name_cookie, Https};
+use super::cookies::{draft_cookie, name_cookie, Https, MAX_COOKIE_BYTES};
 use super::error::{default_catcher, refusal, ApiError};
 use crate::cache::{CachedMessage, Memo};
 use crate::chat::{Chat, DEFAULT_LIMIT};
@@ -25,6 +29,104 @@ use rocket::Either;
 
 /// The cookie a no-JavaScript form post uses to remember the sender's name.
 const NAME_COOKIE: &str = "simplechat_name";
+
+/// The cookie that carries a browser's refused form post (the draft, its
+/// key and the error) across the redirect to `/`; the next page view shows
+/// it and clears it.
+const DRAFT_COOKIE: &str = "simplechat_draft";
+
+/// A refused form post's draft and error, as [`DRAFT_COOKIE`] keeps them:
+/// JSON in unpadded base64url (every byte of it allowed in a cookie, a
+/// third larger than the JSON; percent-encoding would take three bytes
+/// for each byte of a non-ASCII letter).
+///
+/// Like the name cookie it is the client's to change, and what it holds
+/// is only ever shown, escaped, to the client that sent it; a key or a
+/// field that is not one the form could have is dropped.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct KeptDraft {
+    #[serde(rename = "n")]
+    name: String,
+    #[serde(rename = "t")]
+    text: String,
+    #[serde(rename = "i", default)]
+    form_id: Option<String>,
+    #[serde(rename = "e")]
+    error: String,
+    #[serde(rename = "f", default)]
+    field: Option<String>,
+}
+
+impl KeptDraft {
+    /// The cookie that keeps this draft, or `None` when it would be larger
+    /// than browsers keep (a long text in a script of several bytes a
+    /// letter: a text may have 2,000 letters of up to four bytes).
+    fn cookie(&self, https: Https) -> Option<Cookie<'static>> {
+        let json = serde_json::to_vec(self).ok()?;
+        let cookie = draft_cookie(DRAFT_COOKIE, URL_SAFE_NO_PAD.encode(json), https);
+        (cookie.to_string().len() <= MAX_COOKIE_BYTES).then_some(cookie)
+    }
+
+    /// The draft the cookie keeps, when it is one.
+    fn from_cookie(value: &str) -> Option<KeptDraft> {
+        let json = URL_SAFE_NO_PAD.decode(value.trim()).ok()?;
+        serde_json::from_slice(&json).ok()
+    }
+
+    /// This draft as the page shows it.
+    fn draft(&self) -> Draft<'_> {
+        Draft {
+            name: &self.name,
+            text: &self.text,
+            error: Some(&self.error),
+            field: match self.field.as_deref() {
+                Some("name") => Some("name"),
+                Some("text") => Some("text"),
+                _ => None,
+            },
+            form_id: self.form_id.as_deref().filter(|id| validate_id(id).is_ok()),
+        }
+    }
+}
+
+/// The draft a refused form post left for this page view, if any; the
+/// cookie is cleared either way, so it is shown once.
+fn take_kept_draft(cookies: &CookieJar<'_>) -> Option<KeptDraft> {
+    let value = cookies.get(DRAFT_COOKIE)?.value().to_owned();
+    cookies.remove(Cookie::build(DRAFT_COOKIE).path("/"));
+    KeptDraft::from_cookie(&value)
+}
+
+/// Whether the request comes from a browser ([`from_a_browser`]); a
+/// request guard.
+pub struct FromBrowser(bool);
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for FromBrowser {
+    type Error = std::convert::Infallible;
+
+    async fn from_request(req: &'r Request<'_>) -> rocket::request::Outcome<Self, Self::Error> {
+        Outcome::Success(FromBrowser(from_a_browser(req)))
+    }
+}
+
+/// A browser's refused form post: `kept` in its cookie and a 303 to `/`
+/// (Post/Redirect/Get), so that reloading the page it lands on does not
+/// send the form again. `None`, and the page is answered at once as
+/// before, for a client that is no browser (it reads the status), or a
+/// draft too large for a cookie.
+fn redirect_with(
+    kept: &KeptDraft,
+    browser: &FromBrowser,
+    cookies: &CookieJar<'_>,
+    https: Https,
+) -> Option<Redirect> {
+    if !browser.0 {
+        return None;
+    }
+    cookies.add(kept.cookie(https)?);
+    Some(Redirect::to("/"))
+}
 
 /// The name the form is filled in with: the one the last form post
 /// remembered, or none. The cookie is the client's to change, so a value
@@ -586,6 +688,15 @@ async fn page_view(
     if_none_match: IfNoneMatch,
     before: Option<&str>,
 ) -> Either<Tagged<LatestPage>, (Status, Template)> {
+    // The page a refused form post redirected to: its draft and error,
+    // once.
+    if before.is_none() {
+        if let Some(kept) = take_kept_draft(cookies) {
+            let (status, page) =
+                render(chat, rendered, &metadata, &Shown::Latest, kept.draft()).await;
+            return Either::Right((status.unwrap_or(Status::Ok), page));
+        }
+    }
     let name = remembered_name(cookies);
     // The latest page from a complete cache is tagged, and not rendered at
     // all when the client already has it.
@@ -649,9 +760,12 @@ async fn page_view(
 }
 
 /// `POST /messages`, the page's form: 303 to `/` with the name remembered in
-/// a cookie (one year, `Secure` over HTTPS); a refused message answers the
-/// page itself with the rule that failed and the draft kept (400, 409,
-/// 413, 503 or 507, as the JSON route would).
+/// a cookie (one year, `Secure` over HTTPS). A refused message from a
+/// browser is also a 303 to `/`, with the draft, its key and the error in
+/// a cookie the page shows once ([`KeptDraft`]); from another client, or
+/// when the draft is too large for a cookie, it answers the page itself
+/// with the rule that failed and the draft kept (400, 409, 413, 503 or
+/// 507, as the JSON route would).
 #[post("/messages", data = "<form>")]
 pub async fn post_form(
     chat: &State<Chat>,
@@ -659,11 +773,22 @@ pub async fn post_form(
     metadata: Metadata<'_>,
     cookies: &CookieJar<'_>,
     https: Https,
+    browser: FromBrowser,
     form: Result<FormBody<PostForm>, ApiError>,
 ) -> Result<Redirect, (Status, Template)> {
     let form = match form {
         Ok(FormBody(form)) => form,
         Err(e) => {
+            let kept = KeptDraft {
+                name: String::new(),
+                text: String::new(),
+                form_id: None,
+                error: e.error.clone(),
+                field: e.field.map(str::to_owned),
+            };
+            if let Some(redirect) = redirect_with(&kept, &browser, cookies, https) {
+                return Ok(redirect);
+            }
             let draft = Draft {
                 name: "",
                 text: "",
@@ -688,6 +813,16 @@ pub async fn post_form(
         Err(e) => {
             // A conflict means the key is taken by another message.
             let keep_id = e.status != Status::Conflict && e.field != Some("id");
+            let kept = KeptDraft {
+                name: form.name.clone(),
+                text: form.text.clone(),
+                form_id: form.id.clone().filter(|_| keep_id),
+                error: e.error.clone(),
+                field: e.field.map(str::to_owned),
+            };
+            if let Some(redirect) = redirect_with(&kept, &browser, cookies, https) {
+                return Ok(redirect);
+            }
             let draft = Draft {
                 name: &form.name,
                 text: &form.text,
@@ -784,6 +919,32 @@ mod tests {
             last_id: (!texts.is_empty()).then(|| format!("id{}", texts.len() - 1)),
             count: texts.len(),
         }
+    }
+
+    #[test]
+    fn a_draft_with_the_longest_ascii_text_fits_its_cookie() {
+        let kept = KeptDraft {
+            name: "n".repeat(64),
+            text: "a text, with words & signs. ".repeat(72)[..2000].to_owned(),
+            form_id: Some("k".repeat(64)),
+            error: format!("a different message already has id {}", "k".repeat(64)),
+            field: Some("text".to_owned()),
+        };
+        let cookie = kept.cookie(Https(true)).expect("it fits");
+        assert!(cookie.to_string().len() <= MAX_COOKIE_BYTES);
+        let back = KeptDraft::from_cookie(cookie.value()).expect("it reads back");
+        assert_eq!(back.name, kept.name);
+        assert_eq!(back.text, kept.text);
+        assert_eq!(back.form_id, kept.form_id);
+
+        // 2,000 letters of three bytes each do not fit: the page is
+        // answered at once instead.
+        let kept = KeptDraft {
+            text: "中".repeat(2000),
+            ..kept
+        };
+        assert!(kept.cookie(Https(true)).is_none());
+        assert!(KeptDraft::from_cookie("not base64 json!").is_none());
     }
 
     #[test]

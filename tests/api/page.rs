@@ -546,3 +546,114 @@ async fn without_javascript_a_time_reads_as_a_date_and_a_utc_time() {
     assert!(html.contains(&expected), "{expected} in {html}");
     app.shutdown().await;
 }
+
+/// A form post as a browser sends it: browsers say where a request comes
+/// from (`Origin`, `Sec-Fetch-Site`).
+fn browser_form_post(app: &crate::support::app::TestApp, body: String) -> reqwest::RequestBuilder {
+    app.client
+        .post(app.url("/messages"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", &app.base_url)
+        .header("sec-fetch-site", "same-origin")
+        .body(body)
+}
+
+/// Without JavaScript, a refused form post left the browser on the answer
+/// to the POST, so reloading the page asked to send the form again. A
+/// browser's refused post is now redirected to `/` (Post/Redirect/Get):
+/// the draft, its key and the error come along in a short-lived cookie,
+/// and the next view of the page shows them once and clears it.
+#[tokio::test]
+async fn a_browsers_refused_form_post_is_redirected_and_shown_once() {
+    let app = spawn_app(&[]).await;
+    let long_name = "n".repeat(65);
+    let refused = browser_form_post(
+        &app,
+        format!("name={long_name}&text=keep+%3Cthis%3E+draft&id=form-key-7"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(refused.status(), 303);
+    assert_eq!(refused.headers()["location"], "/");
+    let set_cookie = refused.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set_cookie.starts_with("simplechat_draft="), "{set_cookie}");
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
+        assert!(set_cookie.contains(attribute), "{attribute}: {set_cookie}");
+    }
+    assert!(
+        set_cookie.len() <= 4096,
+        "a browser keeps it: {}",
+        set_cookie.len()
+    );
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+
+    let page = app
+        .client
+        .get(app.url("/"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let cleared = page.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cleared.starts_with("simplechat_draft=;") && cleared.contains("Max-Age=0"),
+        "the cookie is used once: {cleared}"
+    );
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("name must be at most 64 characters (got 65)"),
+        "{html}"
+    );
+    assert_eq!(form_name(&html), long_name, "the name kept");
+    assert!(
+        html.contains(">keep &lt;this&gt; draft</textarea>"),
+        "the text kept, escaped"
+    );
+    assert_eq!(form_key(&html), "form-key-7", "the same key");
+    assert!(html.contains(r#"autofocus aria-invalid="true" aria-describedby="error""#));
+
+    // The browser has dropped the cookie: the next view is a fresh page.
+    let again = app.get("/").await.text().await.unwrap();
+    assert!(!again.contains("name must be at most"));
+    assert!(!again.contains("keep &lt;this&gt; draft"));
+    assert_ne!(form_key(&again), "form-key-7");
+    assert_eq!(app.message_count().await, 0, "nothing stored");
+
+    // A draft too large for a cookie (2,001 two-byte letters): the page
+    // with the error and the draft at once, at the error's status.
+    let too_long = "é".repeat(2001);
+    let encoded = "%C3%A9".repeat(2001);
+    let refused = browser_form_post(&app, format!("name=ann&text={encoded}&id=form-key-8"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    assert!(refused.headers().get("set-cookie").is_none());
+    let html = refused.text().await.unwrap();
+    assert!(
+        html.contains("text must be at most 2000 characters"),
+        "{html}"
+    );
+    assert!(html.contains(&format!(">{too_long}</textarea>")));
+    assert_eq!(form_key(&html), "form-key-8");
+
+    // A client that does not say where it comes from (curl, a script) is
+    // answered as before: the page at the error's status.
+    let curl = app
+        .post_body(
+            "/messages",
+            "application/x-www-form-urlencoded",
+            format!("name={long_name}&text=hi"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(curl.status(), 400);
+    assert!(curl
+        .text()
+        .await
+        .unwrap()
+        .contains("name must be at most 64 characters"));
+    app.shutdown().await;
+}
