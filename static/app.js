@@ -202,42 +202,62 @@
   }
   if (!paged) scrollToBottom();
 
-  // --- Older messages, prepended in place; the view does not move.
-  const older = document.getElementById("older");
-  if (older) {
-    older.addEventListener("click", async (event) => {
-      event.preventDefault();
-      if (older.dataset.loading) return;
-      older.dataset.loading = "1";
-      try {
-        const response = await fetch("/api/messages?limit=" + PAGE + "&before=" + encodeURIComponent(older.dataset.before));
-        const body = await response.json().catch(() => ({}));
-        if (!response.ok) {
-          showError(body.error || "Could not load older messages (" + response.status + ").");
-          return;
-        }
-        const kept = anchor();
-        const fragment = document.createDocumentFragment();
-        for (const message of body) {
-          if (!document.getElementById("m-" + message.id)) fragment.append(build(message));
-        }
-        list.prepend(fragment);
-        if (body.length) removeEmpty();
-        restore(kept);
-        if (body.length < PAGE) {
-          leaving(older);
-          older.parentElement.remove();
-        } else {
-          older.dataset.before = body[0].id;
-          older.href = "/?before=" + encodeURIComponent(body[0].id);
-        }
-      } catch (e) {
-        showError("Could not reach the server to load older messages.");
-      } finally {
-        delete older.dataset.loading;
-      }
-    });
+  // --- Older messages, prepended in place; the view does not move. The
+  // link may be put back when the history is reloaded, so clicks on it
+  // are taken where they pass, on the log.
+  function setOlder(before) {
+    let older = document.getElementById("older");
+    if (!before) {
+      if (older) older.parentElement.remove();
+      return;
+    }
+    if (!older) {
+      const p = document.createElement("p");
+      p.className = "older";
+      older = document.createElement("a");
+      older.id = "older";
+      p.append(older);
+      older.textContent = "Older messages";
+      log.prepend(p);
+    }
+    older.dataset.before = before;
+    older.href = "/?before=" + encodeURIComponent(before);
   }
+
+  log.addEventListener("click", async (event) => {
+    const older = event.target.closest("#older");
+    if (!older) return;
+    event.preventDefault();
+    if (older.dataset.loading) return;
+    older.dataset.loading = "1";
+    try {
+      const response = await fetch("/api/messages?limit=" + PAGE + "&before=" + encodeURIComponent(older.dataset.before));
+      const body = await response.json().catch(() => ({}));
+      if (!response.ok) {
+        showError(body.error || "Could not load older messages (" + response.status + ").");
+        return;
+      }
+      const kept = anchor();
+      const fragment = document.createDocumentFragment();
+      for (const message of body) {
+        if (!document.getElementById("m-" + message.id)) fragment.append(build(message));
+      }
+      list.prepend(fragment);
+      if (body.length) removeEmpty();
+      restore(kept);
+      if (body.length < PAGE) {
+        leaving(older);
+        older.parentElement.remove();
+      } else {
+        older.dataset.before = body[0].id;
+        older.href = "/?before=" + encodeURIComponent(body[0].id);
+      }
+    } catch (e) {
+      showError("Could not reach the server to load older messages.");
+    } finally {
+      delete older.dataset.loading;
+    }
+  });
 
   // --- The text box grows with what is typed where CSS cannot do it.
   if (!(window.CSS && CSS.supports("field-sizing", "content"))) {
@@ -374,6 +394,42 @@
     }
   }
 
+  // The server sends "reset" when it does not have the message this page
+  // saw last (the store was wiped, or the page came from another
+  // deployment): what was posted since is unknown, so the history is
+  // replaced by the latest messages. What the stream brings meanwhile, and
+  // the reader's own messages it has not brought yet, stay after them.
+  let broughtSinceReset = null;
+  async function reloadHistory() {
+    if (broughtSinceReset) return;
+    broughtSinceReset = new Set();
+    try {
+      const response = await fetch("/api/messages?limit=" + (PAGE + 1));
+      const body = await response.json().catch(() => null);
+      if (!response.ok || !Array.isArray(body)) return;
+      const latest = body.slice(-PAGE);
+      const fetched = new Set(latest.map((m) => m.id));
+      const kept = [...list.children].filter((item) => !fetched.has(item.dataset.id)
+        && (broughtSinceReset.has(item.dataset.id) || item.dataset.unconfirmed !== undefined));
+      list.replaceChildren(...latest.map(build), ...kept);
+      setOlder(body.length > PAGE ? latest[0].id : null);
+      if (list.children.length) {
+        removeEmpty();
+      } else if (!document.getElementById("empty")) {
+        const empty = document.createElement("p");
+        empty.id = "empty";
+        empty.className = "empty";
+        empty.textContent = "No messages yet. Say hello!";
+        list.after(empty);
+      }
+      scrollToBottom();
+    } catch (e) {
+      // The server could not be reached: the history stays as it was.
+    } finally {
+      broughtSinceReset = null;
+    }
+  }
+
   function connect() {
     const source = new EventSource("/api/events" + (lastEventId ? "?after=" + encodeURIComponent(lastEventId) : ""));
     source.addEventListener("open", () => {
@@ -391,6 +447,11 @@
       setTimeout(connect, retryDelay * (0.5 + Math.random() / 2));
       retryDelay = Math.min(retryDelay * 2, RETRY_MOST);
     });
+    source.addEventListener("reset", (event) => {
+      // Where the server went live: a reconnect resumes from there.
+      lastEventId = event.lastEventId;
+      reloadHistory();
+    });
     source.addEventListener("message", (event) => {
       if (event.lastEventId) lastEventId = event.lastEventId;
       let message;
@@ -399,6 +460,7 @@
       } catch (e) {
         return; // A malformed event is skipped rather than stopping the feed.
       }
+      if (broughtSinceReset) broughtSinceReset.add(message.id);
       if (append(message, false) && !sentHere.has(message.id)) arrived(message);
     });
   }

@@ -2075,3 +2075,58 @@ async fn reloading_after_a_refused_send_without_javascript_sends_nothing() {
     tab.close().await;
     app.shutdown().await;
 }
+
+/// The store was wiped while a page was open (as when a page comes from
+/// another deployment): the page's stream came back asking for what came
+/// after a message the server did not have, went live, and the messages
+/// posted before it came back never showed. The server now says the
+/// page's place is unknown, and the page shows the latest messages
+/// instead of its old history, then goes on live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_the_server_cannot_place_shows_the_latest_messages() {
+    let Some(tab) = Browser::open("unknown_place", PHONE).await else {
+        return;
+    };
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let old_data = tempfile::tempdir().unwrap();
+    let app = support::app::spawn_app_in(old_data.path(), &[("port", json!(port))]).await;
+    app.post_message("ann", "from the old store").await;
+    let gate = StreamGate::start(&app.base_url).await;
+    tab.load(&gate.url).await;
+    let c = &tab.client;
+    gate.cut_and_hold();
+    page_wait(
+        c,
+        "return $('#connection').dataset.state === 'reconnecting'",
+        "the stream dropped",
+    )
+    .await;
+    app.shutdown().await;
+
+    let new_data = tempfile::tempdir().unwrap();
+    let app = support::app::spawn_app_in(new_data.path(), &[("port", json!(port))]).await;
+    app.post_message("bob", "posted before the page came back")
+        .await;
+    gate.open();
+    let texts = "return items().map(li => li.querySelector('.text').textContent)";
+    page_wait(
+        c,
+        "return $('#connection').dataset.state === 'live' && items().length === 1 \
+         && newest().querySelector('.text').textContent === 'posted before the page came back'",
+        "the latest messages instead of the old ones",
+    )
+    .await;
+    app.post_message("bob", "and live after").await;
+    page_wait(c, "return items().length === 2", "the next message").await;
+    assert_eq!(
+        page_eval(c, texts).await,
+        json!(["posted before the page came back", "and live after"])
+    );
+    tab.close().await;
+    drop(gate);
+    app.shutdown().await;
+}

@@ -2,10 +2,12 @@
 //!
 //! A subscriber first replays what it missed (from `Last-Event-ID`, or the
 //! `after` query parameter a page uses on its first connection), then follows
-//! the live broadcast. If it falls behind the broadcast it catches up, from
-//! the cache while the cache still holds what it missed, else from the
-//! store; if the store cannot answer, the stream ends, and the browser's
-//! reconnect with `Last-Event-ID` replays the gap.
+//! the live broadcast; when the store does not have the message it names, a
+//! `reset` event says so before the stream goes live. If it falls behind
+//! the broadcast it catches up, from the cache while the cache still holds
+//! what it missed, else from the store; if the store cannot answer, the
+//! stream ends, and the browser's reconnect with `Last-Event-ID` replays
+//! the gap.
 //!
 //! A subscriber keeps constant state, however long it lives: the next
 //! arrival in the cache it has not been sent ([`Arrival`]: the cache numbers
@@ -74,7 +76,8 @@ where
 /// `GET /api/events?after`: 200 with a `text/event-stream` (the WHATWG HTML
 /// standard's server-sent events) of `message` events, `id:` the message id
 /// and `data:` the message as JSON: when `Last-Event-ID` (else `after`)
-/// names a valid id, first the messages after it, then each new one; a
+/// names a valid id, first the messages after it (or, when the store does
+/// not have that message, one `reset` event), then each new one; a
 /// `: heartbeat` comment every `heartbeat_secs`. Never an error status: the
 /// stream ends at shutdown, or when the store cannot say what was missed.
 ///
@@ -142,6 +145,20 @@ pub fn valid_id(id: Option<&str>) -> Option<String> {
     id.map(str::trim)
         .filter(|id| validate_id(id).is_ok())
         .map(str::to_owned)
+}
+
+/// The `reset` event: the stream cannot replay what came after `unknown`,
+/// a message the store does not have, and goes on live. Its `id:` is
+/// `newest`, the newest message now (empty when there is none), so a
+/// client's reconnect resumes from there instead of asking again; its
+/// data says why, in the API's error shape. `EventSource` clients that
+/// listen only for `message` events never see it.
+fn reset_frame(unknown: &str, newest: Option<&str>) -> Bytes {
+    let data = serde_json::json!({ "error": format!("no message has id {unknown}") });
+    Bytes::from(format!(
+        "event: reset\nid: {}\ndata: {data}\n\n",
+        newest.unwrap_or("")
+    ))
 }
 
 /// Sets `last` to `id` in the buffer it already has: a stream remembers
@@ -242,8 +259,15 @@ where
                             overlap = batch.iter().map(|c| c.message.id.clone()).collect();
                         }
                     }
-                    // An id the store never had: there is nothing to replay.
-                    Err(StoreError::UnknownId(_)) => catching_up = false,
+                    // An id the store does not have (it was wiped, or the
+                    // id is another deployment's): nothing can be
+                    // replayed, so the client is told that what it missed
+                    // is unknown, and the stream goes live from here.
+                    Err(StoreError::UnknownId(unknown)) => {
+                        catching_up = false;
+                        last_id = chat.newest_id().await.ok().flatten();
+                        yield reset_frame(&unknown, last_id.as_deref());
+                    }
                     // The store cannot say what was missed right now: end
                     // the stream, and the client's reconnect with
                     // Last-Event-ID asks again.

@@ -423,3 +423,51 @@ async fn a_replay_the_store_cannot_answer_ends_the_stream_so_the_client_retries(
     );
     app.shutdown().await;
 }
+
+/// The next block that is not only a comment or a retry hint.
+async fn next_event(sse: &mut Sse) -> Event {
+    loop {
+        let event = sse
+            .next_block(Duration::from_secs(10))
+            .await
+            .expect("stream open");
+        if !event.event.is_empty() {
+            return event;
+        }
+    }
+}
+
+/// A `Last-Event-ID` naming a message this store does not have (the store
+/// was wiped, or the id comes from another deployment) got a stream that
+/// went live without a word, so its client never learned that what was
+/// posted before it reconnected was not replayed. The stream now begins
+/// with a `reset` event whose `id:` is the newest message, and then goes
+/// live; a client that ignores the event keeps getting new messages.
+#[tokio::test]
+async fn an_unknown_last_event_id_gets_a_reset_event_then_goes_live() {
+    let app = spawn_app(&[]).await;
+    app.post_message("a", "older").await;
+    app.post_message("a", "posted before the reconnect").await;
+    for (path, header) in [
+        ("/api/events", Some("gone-from-this-store")),
+        ("/api/events?after=gone-from-this-store", None),
+    ] {
+        let newest = app.get_json("/api/messages?limit=1").await;
+        let newest_id = newest[0]["id"].as_str().unwrap();
+        let mut sse = Sse::connect(&app, path, header).await;
+        let reset = next_event(&mut sse).await;
+        assert_eq!(reset.event, "reset", "{path}: {reset:?}");
+        assert_eq!(reset.id, newest_id, "{path}: resume from the newest");
+        let data: Value = serde_json::from_str(&reset.data).expect("JSON data");
+        assert!(
+            data["error"]
+                .as_str()
+                .unwrap()
+                .contains("gone-from-this-store"),
+            "{data}"
+        );
+        let live = app.post_message("b", &format!("live after {path}")).await;
+        assert_eq!(sse.next_message().await, live, "{path}");
+    }
+    app.shutdown().await;
+}
