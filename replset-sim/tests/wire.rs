@@ -313,3 +313,42 @@ async fn collections_can_be_created_listed_and_dropped() {
         .await;
     assert_eq!(r.get_str("dropped"), Ok("chat"));
 }
+
+/// A `find` or `getMore` batch stops before the document that would take
+/// it past 16 MiB, as mongod's does, whatever `batchSize` says: a batch of
+/// large documents must still fit a reply.
+#[tokio::test]
+async fn batches_stop_at_16_mib() {
+    let cluster = Cluster::start(ClusterOptions::default()).await.unwrap();
+    let mut raw = Raw::connect(&cluster.hosts()[0]).await;
+    let big = "x".repeat(7 * 1024 * 1024);
+    for i in 0..3 {
+        let stored = raw
+            .command(
+                doc! { "insert": "big", "$db": "chat" },
+                Some(("documents", vec![doc! { "_id": i, "text": &big }])),
+            )
+            .await;
+        assert_eq!(stored.get_i32("n"), Ok(1), "{stored}");
+    }
+    let found = raw
+        .command(
+            doc! { "find": "big", "$db": "chat", "sort": { "_id": 1 }, "batchSize": 10 },
+            None,
+        )
+        .await;
+    let cursor = found.get_document("cursor").unwrap();
+    let first = cursor.get_array("firstBatch").unwrap();
+    assert_eq!(first.len(), 2, "two of 7 MiB fit, three do not");
+    let id = cursor.get_i64("id").unwrap();
+    assert_ne!(id, 0);
+    let more = raw
+        .command(
+            doc! { "getMore": id, "collection": "big", "$db": "chat" },
+            None,
+        )
+        .await;
+    let cursor = more.get_document("cursor").unwrap();
+    assert_eq!(cursor.get_array("nextBatch").unwrap().len(), 1);
+    assert_eq!(cursor.get_i64("id"), Ok(0));
+}

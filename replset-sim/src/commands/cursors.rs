@@ -18,6 +18,27 @@ use crate::state::{Cursor, State};
 /// mongod.
 const DEFAULT_BATCH: usize = 101;
 
+/// The most document bytes in one batch: as in mongod, a `find` or
+/// `getMore` batch stops before the document that would take it past 16 MiB
+/// (but always holds at least one), so a batch always fits a reply.
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// Takes the next batch off `docs`: up to `n` documents, fewer when they
+/// would pass [`MAX_BATCH_BYTES`].
+fn take_batch(docs: &mut VecDeque<Document>, n: usize) -> Vec<Document> {
+    let mut bytes = 0;
+    let mut count = 0;
+    for d in docs.iter().take(n) {
+        let size = bson::to_vec(d).map_or(0, |v| v.len());
+        if count > 0 && bytes + size > MAX_BATCH_BYTES {
+            break;
+        }
+        bytes += size;
+        count += 1;
+    }
+    docs.drain(..count).collect()
+}
+
 /// `{cursor: {<batch_key>: docs, id, ns}, ok: 1}`; `batch_key` is
 /// `firstBatch` or `nextBatch`, `id` 0 means the cursor is exhausted.
 fn cursor_reply(id: i64, ns: &str, batch_key: &str, docs: Vec<Document>) -> Document {
@@ -32,7 +53,8 @@ fn cursor_reply(id: i64, ns: &str, batch_key: &str, docs: Vec<Document>) -> Docu
     }
 }
 
-/// Returns the first batch (`batch_size` documents, default 101) and parks
+/// Returns the first batch (`batch_size` documents, default 101, at most
+/// [`MAX_BATCH_BYTES`]) and parks
 /// the rest in a cursor on `member`, unless `single_batch` or nothing is
 /// left (then the cursor id is 0).
 pub(super) fn start_cursor(
@@ -44,7 +66,7 @@ pub(super) fn start_cursor(
     single_batch: bool,
 ) -> Document {
     let n = batch_size.unwrap_or(DEFAULT_BATCH).min(docs.len());
-    let first: Vec<Document> = docs.drain(..n).collect();
+    let first = take_batch(&mut docs, n);
     let id = if docs.is_empty() || single_batch {
         0
     } else {
@@ -61,7 +83,8 @@ pub(super) fn start_cursor(
     cursor_reply(id, ns, "firstBatch", first)
 }
 
-/// `getMore`: the next batch (`batchSize`, default all that is left) of a
+/// `getMore`: the next batch (`batchSize`, default all that is left, at most
+/// [`MAX_BATCH_BYTES`]) of a
 /// cursor on this member. `CursorNotFound` (43) for an unknown id,
 /// `Unauthorized` (13) when `collection` names another namespace. Change
 /// stream cursors wait up to `maxTimeMS` (default 1 s) for events.
@@ -101,7 +124,7 @@ pub(super) async fn get_more(ctx: &Ctx<'_>, db: &str, body: &Document) -> CmdRes
                 return Err(wrong_ns(&requested_ns, &ns).into());
             }
             let n = batch_size.unwrap_or(usize::MAX).min(docs.len());
-            let batch: Vec<Document> = docs.drain(..n).collect();
+            let batch = take_batch(&mut docs, n);
             let out_id = if docs.is_empty() {
                 0
             } else {
