@@ -18,6 +18,23 @@ use crate::message::Message;
 /// The most messages one listing returns; the cache holds that many so any
 /// "latest" listing can be answered from memory.
 pub const CACHE_CAPACITY: usize = 1000;
+/// The most bytes one message can take in the cache
+/// ([`CachedMessage::held_bytes`]). A message has at most 64 characters of
+/// name and 2,000 of text (another app's longer ones are shown cut, see
+/// `store::mongo::document::shown_text`); a character is at most 4 bytes
+/// in the message and 6 in its JSON (a control character, `\u0001`), so the
+/// message, its JSON and its SSE frame take at most 13 bytes a character:
+/// 26,832 bytes, plus the id (at most 64 bytes, held four times) and the
+/// fixed parts. 32 KiB bounds them all.
+pub const MESSAGE_MAX_BYTES: usize = 32 * 1024;
+/// The most bytes the cache holds ([`Cache::held_bytes`]): it evicts its
+/// oldest messages past this as past [`CACHE_CAPACITY`], so it never holds
+/// more than 1000 messages of the largest size (about 31 MiB). 1000
+/// messages of 2,000 ASCII characters take about 6 MB.
+pub const CACHE_MAX_BYTES: usize = CACHE_CAPACITY * MESSAGE_MAX_BYTES;
+/// What a cached message takes beside its strings and bytes: the structs,
+/// the reference counts, the id's entry in the index.
+const MESSAGE_OVERHEAD_BYTES: usize = 256;
 /// How many events a subscriber may fall behind before it has to catch up
 /// from the store.
 const BROADCAST_CAPACITY: usize = 1024;
@@ -85,6 +102,20 @@ impl CachedMessage {
         }
     }
 
+    /// The bytes the cache counts for this message: its id (also in the
+    /// cache's index), name and text, its JSON, its SSE frame, and
+    /// [`MESSAGE_OVERHEAD_BYTES`]. At most [`MESSAGE_MAX_BYTES`] for any
+    /// message a store shows.
+    pub fn held_bytes(&self) -> usize {
+        let m = &self.message;
+        2 * m.id.len()
+            + m.name.len()
+            + m.text.len()
+            + self.json.len()
+            + self.frame.len()
+            + MESSAGE_OVERHEAD_BYTES
+    }
+
     /// The same serialized message at another arrival (no copy of the bytes).
     fn arrived(&self, arrival: Arrival) -> CachedMessage {
         CachedMessage {
@@ -113,6 +144,8 @@ struct Recent {
     /// In arrival order, every one with `arrival` set.
     events: VecDeque<Arc<CachedMessage>>,
     ids: HashMap<String, Arrival>,
+    /// The sum of `held_bytes` over `events`.
+    bytes: usize,
     /// The current epoch and the next arrival number in it.
     epoch: u64,
     next_seq: u64,
@@ -133,8 +166,12 @@ impl Recent {
     }
 }
 
-/// The latest [`CACHE_CAPACITY`] messages and the broadcast. Its lock is a
-/// std `RwLock`: held only for in-memory work, never across `.await`.
+/// The latest messages, at most [`CACHE_CAPACITY`] of them and at most
+/// [`CACHE_MAX_BYTES`], and the broadcast. What it does not hold (fewer
+/// messages than a listing asks for, when it does not hold the whole
+/// history; an id or an arrival it evicted) it does not answer: the store
+/// does. Its lock is a std `RwLock`: held only for in-memory work, never
+/// across `.await`.
 pub struct Cache {
     recent: RwLock<Recent>,
     sender: broadcast::Sender<Arc<CachedMessage>>,
@@ -257,6 +294,9 @@ impl Cache {
         let mut recent = self.write();
         let old = std::mem::take(&mut recent.events);
         recent.ids.clear();
+        recent.bytes = 0;
+        // An eviction while the cache is filled clears it (`push`).
+        recent.whole_history = whole_history;
         recent.epoch += 1;
         recent.next_seq = 0;
         let in_snapshot: std::collections::HashSet<&str> =
@@ -284,15 +324,10 @@ impl Cache {
         for m in latest {
             push(&mut recent, &CachedMessage::new(m));
         }
-        let mut whole_history = whole_history;
         for event in kept {
             push(&mut recent, &event);
         }
-        if recent.events.len() > CACHE_CAPACITY {
-            whole_history = false;
-        }
         recent.complete = true;
-        recent.whole_history = whole_history;
         recent.changed();
     }
 
@@ -356,6 +391,18 @@ impl Cache {
             return None;
         }
         recent.ids.get(id).copied()
+    }
+
+    /// The bytes the cache holds: the sum of
+    /// [`CachedMessage::held_bytes`] over its messages, at most
+    /// [`CACHE_MAX_BYTES`].
+    pub fn held_bytes(&self) -> usize {
+        self.read().bytes
+    }
+
+    /// How many messages the cache holds, at most [`CACHE_CAPACITY`].
+    pub fn held_messages(&self) -> usize {
+        self.read().events.len()
     }
 
     /// When a message was last published, if ever.
@@ -425,11 +472,17 @@ fn push(recent: &mut Recent, message: &CachedMessage) -> Arc<CachedMessage> {
     recent.next_seq += 1;
     let event = Arc::new(message.arrived(arrival));
     recent.ids.insert(event.message.id.clone(), arrival);
+    recent.bytes += event.held_bytes();
     recent.events.push_back(event.clone());
-    while recent.events.len() > CACHE_CAPACITY {
-        if let Some(old) = recent.events.pop_front() {
-            recent.ids.remove(&old.message.id);
-        }
+    // The oldest go first, so what stays is still the latest messages; a
+    // message larger than the whole budget is not kept at all (it is
+    // still sent to subscribers, and the store answers for it).
+    while recent.events.len() > CACHE_CAPACITY || recent.bytes > CACHE_MAX_BYTES {
+        let Some(old) = recent.events.pop_front() else {
+            break;
+        };
+        recent.ids.remove(&old.message.id);
+        recent.bytes -= old.held_bytes();
         recent.whole_history = false;
     }
     event
@@ -568,6 +621,77 @@ mod tests {
         assert!(text.starts_with("event: message\nid: x1\ndata: {"));
         assert!(text.ends_with("}\n\n"));
         assert_eq!(text.matches('\n').count(), 4);
+    }
+
+    /// A message as a store may hand it, whatever its size.
+    fn sized(id: &str, name: &str, text: String) -> Message {
+        Message {
+            id: id.into(),
+            name: name.into(),
+            text,
+            datetime: now_millis(),
+        }
+    }
+
+    #[test]
+    fn the_largest_message_a_store_shows_fits_its_bound() {
+        let id = "i".repeat(crate::message::ID_MAX_CHARS);
+        for c in ['\u{1}', '\u{10348}', '"'] {
+            let name: String = std::iter::repeat_n(c, crate::message::NAME_MAX_CHARS).collect();
+            let text: String = std::iter::repeat_n(c, crate::message::TEXT_MAX_CHARS).collect();
+            let held = CachedMessage::new(sized(&id, &name, text)).held_bytes();
+            assert!(held <= MESSAGE_MAX_BYTES, "{c:?}: {held}");
+        }
+    }
+
+    #[test]
+    fn the_cache_holds_at_most_its_bytes_and_answers_only_for_what_it_holds() {
+        let live = Cache::new();
+        live.reset(vec![sized("first", "n", "small".into())], true);
+        let mut rx = live.subscribe();
+        for i in 0..400 {
+            live.publish(sized(&format!("m{i}"), "n", "x".repeat(200_000)));
+        }
+        assert!(
+            live.held_bytes() <= CACHE_MAX_BYTES,
+            "{}",
+            live.held_bytes()
+        );
+        let held = live.held_messages();
+        assert!(held > 0 && held < 400, "{held}");
+        // Every message was still sent, in order.
+        for i in 0..400 {
+            assert_eq!(rx.try_recv().unwrap().message.id, format!("m{i}"));
+        }
+        // The latest it holds it answers; more it leaves to the store, as
+        // what it evicted is no longer the whole history.
+        let latest = live.latest(held).expect("what it holds");
+        assert_eq!(latest.last().unwrap().message.id, "m399");
+        assert!(live.latest(held + 1).is_none());
+        assert!(live.after("first", 10).is_none(), "evicted");
+        assert!(live.arrival_of("m0").is_none(), "evicted");
+        let oldest = latest[0].message.id.clone();
+        assert_eq!(live.after(&oldest, 1000).unwrap().len(), held - 1);
+        // A reset accounts anew.
+        live.reset(vec![sized("a", "n", "x".into())], true);
+        assert_eq!(live.held_messages(), 1);
+        assert_eq!(live.held_bytes(), live.latest(1).unwrap()[0].held_bytes());
+    }
+
+    #[test]
+    fn a_reset_that_evicts_is_not_the_whole_history() {
+        let live = Cache::new();
+        let latest: Vec<Message> = (0..CACHE_CAPACITY).map(|i| msg(&format!("m{i}"))).collect();
+        let mut late = msg("late");
+        late.datetime += time::Duration::seconds(1);
+        live.publish(late);
+        // The store held these 1000 only; "late" came after its read.
+        live.reset(latest, true);
+        assert_eq!(live.held_messages(), CACHE_CAPACITY);
+        assert!(
+            live.latest(CACHE_CAPACITY + 1).is_none(),
+            "m0 was evicted: the store answers for it"
+        );
     }
 
     #[test]
