@@ -630,3 +630,77 @@ async fn a_wrong_password_starts_the_app_and_readyz_names_authentication() {
     assert_eq!(app.get_json("/api/messages").await[0]["id"], stored["id"]);
     app.shutdown().await;
 }
+
+/// The lab's app set no limit on a text. Over a history of 1000 messages
+/// of 200 KB each, the latest thousand are one listing of about 2 MB, not
+/// 200 MB: every message is shown cut to 2,000 characters with a marker,
+/// in the listing, the page and the event stream alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_labs_huge_messages_are_listed_and_streamed_cut() {
+    let cluster = TestCluster::start("the_labs_huge_messages_are_listed_and_streamed_cut").await;
+    let client = mongodb::Client::with_uri_str(cluster.uri("messages"))
+        .await
+        .expect("client");
+    let lab = client
+        .database("messages")
+        .collection::<Document>("messages");
+    let big = "y".repeat(200_000);
+    let docs: Vec<Document> = (0..1000_i64)
+        .map(|i| {
+            doc! { "_id": mongodb::bson::oid::ObjectId::new(), "name": "lab",
+            "text": format!("{i:04} {big}"),
+            "datetime": mongodb::bson::DateTime::from_millis(1_700_000_000_000 + i * 1000) }
+        })
+        .collect();
+    for chunk in docs.chunks(100) {
+        lab.insert_many(chunk.to_vec()).await.expect("lab inserts");
+    }
+    drop(docs);
+    let app = start_app(&cluster, "messages", 20).await;
+    wait_for_change_stream(&app, Duration::from_secs(60)).await;
+
+    let response = app.get("/api/messages?limit=1000").await;
+    assert_eq!(response.status(), 200);
+    let body = response.bytes().await.expect("body");
+    assert!(body.len() < 2_200_000, "{} bytes", body.len());
+    let listed: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    let listed = listed.as_array().expect("array");
+    assert_eq!(listed.len(), 1000);
+    for (i, m) in listed.iter().enumerate() {
+        let text = m["text"].as_str().expect("text");
+        assert_eq!(text.chars().count(), 2000);
+        assert!(text.starts_with(&format!("{i:04} yyy")));
+        assert!(text.ends_with("y\u{2026}\n[cut: the message has 200005 characters]"));
+    }
+    let page = app.get("/").await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("page");
+    assert!(html.len() < 1_000_000, "{} bytes", html.len());
+    assert!(html.contains("[cut: the message has 200005 characters]"));
+
+    // A replay from the 990th message sends the rest, cut like the listing.
+    let from = listed[989]["id"].as_str().expect("id");
+    let response = app.get(&format!("/api/events?after={from}")).await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while text.matches("event: message").count() < 10 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, body.next()).await {
+            Ok(Some(Ok(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            _ => panic!("the replay never came: {} bytes", text.len()),
+        }
+    }
+    let frames: Vec<&str> = text
+        .split("\n\n")
+        .filter(|f| f.contains("event: message"))
+        .collect();
+    for (k, frame) in frames.iter().enumerate() {
+        let i = 990 + k;
+        assert!(frame.len() < 2200, "{} bytes", frame.len());
+        assert!(frame.contains(&format!("id: {}", listed[i]["id"].as_str().expect("id"))));
+        assert!(frame.contains(&format!("\"text\":\"{i:04} yyy")));
+    }
+    app.shutdown().await;
+}

@@ -887,3 +887,99 @@ async fn the_feed_catches_up_when_its_resume_point_left_the_oplog() {
     store.close().await;
     other.close().await;
 }
+
+/// The lab's app set no limit on a text: a history of 1000 messages of
+/// 200 KB each (or of megabytes) must not take the cache to gigabytes, nor
+/// make a listing that large. Each is shown cut to a message's 2,000
+/// characters, with a marker; the cache holds the latest 1000 within its
+/// byte bound, and listings, paging and the feed answer as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_labs_huge_messages_are_shown_cut_and_the_cache_stays_within_its_bytes() {
+    use mongodb::bson::{doc, oid::ObjectId, DateTime};
+    use simplechat::cache::{CACHE_CAPACITY, CACHE_MAX_BYTES};
+    let test = "the_labs_huge_messages_are_shown_cut_and_the_cache_stays_within_its_bytes";
+    let cluster = TestCluster::start(test).await;
+    let base = 1_700_000_000_000_i64;
+    let big = "x".repeat(200_000);
+    let docs = (0..1000_i64)
+        .map(|i| {
+            doc! { "_id": ObjectId::new(), "name": "lab", "text": format!("{i:04} {big}"),
+            "datetime": DateTime::from_millis(base + i * 1000) }
+        })
+        .collect();
+    let lab = insert_lab_docs(&cluster, "huge", docs).await;
+    let cache = Cache::new();
+    let mut events = cache.subscribe();
+    let store = open_ready(&cluster, "huge", Duration::from_secs(30), cache.clone()).await;
+    wait_until_running(&store, Duration::from_secs(60)).await;
+
+    let cut = |text: &str, i: usize| {
+        assert_eq!(text.chars().count(), 2000, "cut to a message's length");
+        assert!(text.starts_with(&format!("{i:04} xxx")), "{}", &text[..10]);
+        assert!(
+            text.ends_with("x\u{2026}\n[cut: the message has 200005 characters]"),
+            "{}",
+            &text[text.len() - 50..]
+        );
+    };
+    assert!(
+        cache.held_bytes() <= CACHE_MAX_BYTES,
+        "{} bytes",
+        cache.held_bytes()
+    );
+    assert_eq!(cache.held_messages(), CACHE_CAPACITY);
+    let latest = cache
+        .latest(1000)
+        .expect("the cache answers for the latest 1000");
+    for (i, m) in latest.iter().enumerate() {
+        cut(&m.message.text, i);
+        assert!(m.json.len() < 2100 && m.frame.len() < 2200);
+    }
+
+    // From the store: paging back, forward, one message.
+    let older = store
+        .list(Cursor::Before(latest[500].message.id.clone()), 1000)
+        .await
+        .expect("before");
+    assert_eq!(older.len(), 500);
+    for (i, m) in older.iter().enumerate() {
+        cut(&m.text, i);
+    }
+    let newer = store
+        .list(Cursor::After(latest[0].message.id.clone()), 1000)
+        .await
+        .expect("after");
+    assert_eq!(newer.len(), 999);
+    cut(&newer[998].text, 999);
+    let one = store
+        .get(&latest[7].message.id)
+        .await
+        .expect("get")
+        .expect("found");
+    cut(&one.text, 7);
+
+    // A post that repeats what is shown is no retry of the lab's message.
+    let shown = &latest[3].message;
+    let again = NewMessage::validate("lab", &shown.text, Some(&shown.id)).expect("valid");
+    assert!(
+        matches!(store.insert(again).await, Err(StoreError::Conflict(_))),
+        "the stored text is not the one shown"
+    );
+
+    // A new one from the lab's app reaches subscribers cut too, and the
+    // cache stays within its bound.
+    lab.insert_one(
+        doc! { "_id": ObjectId::new(), "name": "lab", "text": format!("1000 {big}"),
+        "datetime": DateTime::from_millis(base + 1_000_000) },
+    )
+    .await
+    .expect("lab insert while running");
+    let news = tokio::time::timeout(Duration::from_secs(30), events.recv())
+        .await
+        .expect("the new message reaches subscribers")
+        .expect("cache open");
+    cut(&news.message.text, 1000);
+    assert_eq!(cache.held_messages(), CACHE_CAPACITY);
+    assert!(cache.held_bytes() <= CACHE_MAX_BYTES);
+    store.close().await;
+}

@@ -389,17 +389,14 @@ impl Watcher {
         loop {
             let page = self
                 .collections
-                .unpositioned_from(from, inclusive, CACHE_CAPACITY)
+                .unpositioned_from(from, inclusive, CACHE_CAPACITY, &self.shared.skipped)
                 .await
                 .map_err(|c| c.reason().to_owned())?;
             let full = page.len() == CACHE_CAPACITY;
-            for doc in page {
-                let Ok(oid) = doc.get_object_id("_id") else {
-                    continue;
-                };
+            for (oid, message) in page {
                 (from, inclusive) = (oid, false);
                 // A document that is no message is counted and left as it is.
-                if self.shared.skipped.keep(doc).is_none() {
+                if message.is_none() {
                     continue;
                 }
                 let positioned = self

@@ -15,6 +15,14 @@ use super::document::{self, Direction, DocId, MessageDoc, Range};
 use super::skipped::SkippedDocuments;
 use crate::mongo::{classify, Class, Connection};
 
+/// What one page of a read saw.
+struct Page {
+    /// How many documents it read, messages or not.
+    documents: usize,
+    /// Where the last of them stands in the order.
+    last: Option<document::Position>,
+}
+
 /// The client and the collection handles made from it.
 pub(super) struct Collections {
     pub(super) conn: Connection,
@@ -81,15 +89,14 @@ impl Collections {
         let mut messages = Vec::new();
         while messages.len() < limit {
             let want = limit - messages.len();
-            let page = self.page(&range, direction, want).await?;
-            let full = page.len() == want;
+            let page = self
+                .page(&range, direction, want, skipped, &mut messages)
+                .await?;
             // Every document of the page has a place in the order
             // (`well_typed`), a message or not: the next page starts
             // beyond the last one.
-            let next = page.iter().rev().find_map(document::sort_key);
-            messages.extend(page.into_iter().filter_map(|d| skipped.keep(d)));
-            match next {
-                Some(from) if full => range = Range::Beyond(from, direction),
+            match page.last {
+                Some(from) if page.documents == want => range = Range::Beyond(from, direction),
                 _ => break,
             }
         }
@@ -99,29 +106,45 @@ impl Collections {
         Ok(messages)
     }
 
-    /// Up to `limit` documents of `range` whose order keys are well typed,
-    /// in the order `direction` walks.
+    /// Reads up to `limit` documents of `range` whose order keys are well
+    /// typed, in the order `direction` walks, and appends the messages
+    /// among them to `messages`. Each document is read into its message as
+    /// it arrives, so a read holds one batch of the driver's and the
+    /// messages (bounded: [`MessageDoc::from_document`]), never all the
+    /// documents at once: another app's documents may be up to 16 MiB each.
     async fn page(
         &self,
         range: &Range,
         direction: Direction,
         limit: usize,
-    ) -> Result<Vec<Document>, Class> {
+        skipped: &SkippedDocuments,
+        messages: &mut Vec<MessageDoc>,
+    ) -> Result<Page, Class> {
         let filter = match range {
             Range::Latest | Range::Oldest => document::well_typed(),
             Range::Beyond(from, direction) => {
                 doc! { "$and": [ document::beyond(from, *direction), document::well_typed() ] }
             }
         };
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let cursor = self
+        let mut cursor = self
             .messages
             .find(filter)
             .sort(document::sort(direction))
-            .limit(limit)
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .await
             .map_err(|e| self.class(&e))?;
-        cursor.try_collect().await.map_err(|e| self.class(&e))
+        let mut page = Page {
+            documents: 0,
+            last: None,
+        };
+        while let Some(doc) = cursor.try_next().await.map_err(|e| self.class(&e))? {
+            page.documents += 1;
+            if let Some(key) = document::sort_key(&doc) {
+                page.last = Some(key);
+            }
+            messages.extend(skipped.keep(doc));
+        }
+        Ok(page)
     }
 
     /// Counts, in `skipped`, up to `limit` documents whose order keys have
@@ -177,8 +200,10 @@ impl Collections {
 
     /// Up to `limit` documents without a `position` whose `_id` is an
     /// ObjectId from `from` on (`$gte`, or `$gt` unless `inclusive`),
-    /// oldest `_id` first: what another app inserted since. A comparison
-    /// with an ObjectId matches ObjectIds only (type bracketing:
+    /// oldest `_id` first: what another app inserted since. Each is read
+    /// into its message as it arrives (`None`, counted in `skipped`, for
+    /// one that is no message), as [`Collections::read`] does. A
+    /// comparison with an ObjectId matches ObjectIds only (type bracketing:
     /// <https://www.mongodb.com/docs/manual/reference/method/db.collection.find/#type-bracketing>),
     /// so string ids never come.
     pub(super) async fn unpositioned_from(
@@ -186,17 +211,24 @@ impl Collections {
         from: ObjectId,
         inclusive: bool,
         limit: usize,
-    ) -> Result<Vec<Document>, Class> {
+        skipped: &SkippedDocuments,
+    ) -> Result<Vec<(ObjectId, Option<MessageDoc>)>, Class> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let op = if inclusive { "$gte" } else { "$gt" };
-        let cursor = self
+        let mut cursor = self
             .messages
             .find(doc! { document::POSITION: Bson::Null, "_id": { op: from } })
             .sort(doc! { "_id": 1 })
             .limit(limit)
             .await
             .map_err(|e| self.class(&e))?;
-        cursor.try_collect().await.map_err(|e| self.class(&e))
+        let mut found = Vec::new();
+        while let Some(doc) = cursor.try_next().await.map_err(|e| self.class(&e))? {
+            if let Ok(oid) = doc.get_object_id("_id") {
+                found.push((oid, skipped.keep(doc)));
+            }
+        }
+        Ok(found)
     }
 
     /// Gives a document that another app inserted without a `position` the

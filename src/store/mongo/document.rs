@@ -20,7 +20,7 @@ use std::cmp::Ordering;
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document, Timestamp};
 use time::OffsetDateTime;
 
-use crate::message::Message;
+use crate::message::{Message, NAME_MAX_CHARS, TEXT_MAX_CHARS};
 
 /// The collection, as the lab's app named it.
 pub const COLLECTION: &str = "messages";
@@ -132,11 +132,48 @@ const SHOWN_MILLIS: std::ops::RangeInclusive<i64> = -62_167_219_200_000..=253_40
 #[derive(Debug, Clone, PartialEq)]
 pub struct MessageDoc {
     pub id: DocId,
+    /// At most [`NAME_MAX_CHARS`] characters ([`shown_name`]).
     pub name: String,
+    /// At most [`TEXT_MAX_CHARS`] characters ([`shown_text`]).
     pub text: String,
     pub datetime: DateTime,
     /// `None` for documents simplechat did not write.
     pub position: Option<Timestamp>,
+    /// The stored name or text was longer than a message's and is shown
+    /// cut: no post can have the same content.
+    pub cut: bool,
+}
+
+/// The text a message shows for a stored `text` (another app's, which set
+/// no limit: a lab text may be megabytes): itself when it has at most
+/// [`TEXT_MAX_CHARS`] characters; otherwise its beginning and a marker that
+/// says it was cut and how long it is, [`TEXT_MAX_CHARS`] characters in
+/// all. So every message shown, cached, listed or streamed is as bounded
+/// as the messages simplechat accepts. `None` when it was not cut.
+pub fn shown_text(text: &str) -> Option<String> {
+    if text.len() <= TEXT_MAX_CHARS {
+        return None;
+    }
+    let total = text.chars().count();
+    if total <= TEXT_MAX_CHARS {
+        return None;
+    }
+    let marker = format!("\u{2026}\n[cut: the message has {total} characters]");
+    let keep = TEXT_MAX_CHARS - marker.chars().count();
+    let mut shown: String = text.chars().take(keep).collect();
+    shown.push_str(&marker);
+    Some(shown)
+}
+
+/// The name a message shows for a stored `name`: itself when it has at
+/// most [`NAME_MAX_CHARS`] characters, otherwise its beginning and `…`,
+/// [`NAME_MAX_CHARS`] characters in all. `None` when it was not cut.
+pub fn shown_name(name: &str) -> Option<String> {
+    // A character past the limit, or nothing to cut.
+    name.chars().nth(NAME_MAX_CHARS)?;
+    let mut shown: String = name.chars().take(NAME_MAX_CHARS - 1).collect();
+    shown.push('\u{2026}');
+    Some(shown)
 }
 
 impl MessageDoc {
@@ -154,7 +191,8 @@ impl MessageDoc {
     }
 
     /// Reads any document of the collection. A naive datetime (the lab's)
-    /// is taken as UTC, as pymongo stored it.
+    /// is taken as UTC, as pymongo stored it. A name or text longer than a
+    /// message's is cut ([`shown_name`], [`shown_text`]).
     ///
     /// Errors: why it is not a message.
     pub fn from_document(d: &Document) -> Result<MessageDoc, Malformed> {
@@ -176,8 +214,17 @@ impl MessageDoc {
         ) {
             return Err(Malformed::IdText);
         }
-        let name = d.get_str("name").map_err(|_| Malformed::Name)?.to_owned();
-        let text = d.get_str("text").map_err(|_| Malformed::Text)?.to_owned();
+        let name = d.get_str("name").map_err(|_| Malformed::Name)?;
+        let text = d.get_str("text").map_err(|_| Malformed::Text)?;
+        // Only what is shown is copied out of the document.
+        let (name, text, cut) = match (shown_name(name), shown_text(text)) {
+            (None, None) => (name.to_owned(), text.to_owned(), false),
+            (n, t) => (
+                n.unwrap_or_else(|| name.to_owned()),
+                t.unwrap_or_else(|| text.to_owned()),
+                true,
+            ),
+        };
         let datetime = *d
             .get_datetime("datetime")
             .map_err(|_| Malformed::Datetime)?;
@@ -195,6 +242,7 @@ impl MessageDoc {
             text,
             datetime,
             position,
+            cut,
         })
     }
 
@@ -509,6 +557,40 @@ mod tests {
             ),
             Malformed::IdText
         );
+    }
+
+    #[test]
+    fn names_and_texts_longer_than_a_messages_are_shown_cut_with_a_marker() {
+        let oid = ObjectId::new();
+        let text = "é".repeat(200_000);
+        let name = "n".repeat(1000);
+        let lab =
+            doc! { "_id": oid, "name": &name, "text": &text, "datetime": DateTime::from_millis(5) };
+        let m = MessageDoc::from_document(&lab).unwrap();
+        assert!(m.cut);
+        assert_eq!(m.text.chars().count(), TEXT_MAX_CHARS);
+        assert!(m.text.starts_with(&"é".repeat(1900)), "{}", &m.text[..20]);
+        assert!(
+            m.text
+                .ends_with("é\u{2026}\n[cut: the message has 200000 characters]"),
+            "{}",
+            &m.text[m.text.len() - 60..]
+        );
+        assert_eq!(m.name.chars().count(), NAME_MAX_CHARS);
+        assert_eq!(m.name, format!("{}\u{2026}", "n".repeat(63)));
+        // At the limits nothing is cut.
+        let text = "é".repeat(TEXT_MAX_CHARS);
+        let name = "n".repeat(NAME_MAX_CHARS);
+        let lab =
+            doc! { "_id": oid, "name": &name, "text": &text, "datetime": DateTime::from_millis(5) };
+        let m = MessageDoc::from_document(&lab).unwrap();
+        assert!(!m.cut);
+        assert_eq!((m.name, m.text), (name, text));
+        // Only the name is too long.
+        let lab = doc! { "_id": oid, "name": "n".repeat(65), "text": "hi", "datetime": DateTime::from_millis(5) };
+        let m = MessageDoc::from_document(&lab).unwrap();
+        assert!(m.cut);
+        assert_eq!(m.text, "hi");
     }
 
     #[test]

@@ -180,8 +180,11 @@ async fn resolve_duplicate(
         return Ok(Duplicate::Conflict);
     };
     let ours = tried.contains(&stored.datetime.timestamp_millis());
+    // A stored name or text longer than any post's is shown cut: no post
+    // has its content, even one that repeats what is shown.
+    let cut = stored.cut;
     let stored = stored.into_message().map_err(Class::Fatal)?;
-    Ok(if !new.same_content(&stored) {
+    Ok(if cut || !new.same_content(&stored) {
         Duplicate::Conflict
     } else if ours {
         Duplicate::Ours(stored)

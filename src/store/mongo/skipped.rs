@@ -3,6 +3,7 @@
 //! logged once per kind.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +24,8 @@ const REMEMBERED: usize = 10_000;
 #[derive(Default)]
 pub(super) struct SkippedDocuments {
     seen: Mutex<Seen>,
+    /// Whether a message shown cut has been logged.
+    cut_logged: AtomicBool,
 }
 
 #[derive(Default)]
@@ -33,10 +36,18 @@ struct Seen {
 }
 
 impl SkippedDocuments {
-    /// The message in `doc`, or `None` after counting why it is not one.
+    /// The message in `doc` (a name or text longer than a message's cut,
+    /// logged once), or `None` after counting why it is not one.
     pub(super) fn keep(&self, doc: Document) -> Option<MessageDoc> {
         match MessageDoc::from_document(&doc) {
-            Ok(message) => Some(message),
+            Ok(message) => {
+                if message.cut && !self.cut_logged.swap(true, Ordering::Relaxed) {
+                    log::info!(
+                        "the messages collection holds names or texts longer than a message's; they are shown cut (the documents are not changed)"
+                    );
+                }
+                Some(message)
+            }
             Err(why) => {
                 self.count(doc.get("_id"), why);
                 None
