@@ -30,7 +30,7 @@ pub const MESSAGE_MAX_BYTES: usize = 32 * 1024;
 /// The most bytes the cache holds ([`Cache::held_bytes`]): it evicts its
 /// oldest messages past this as past [`CACHE_CAPACITY`], so it never holds
 /// more than 1000 messages of the largest size (about 31 MiB). 1000
-/// messages of 2,000 ASCII characters take about 6 MB.
+/// messages of 2,000 ASCII characters take about 6.5 MB.
 pub const CACHE_MAX_BYTES: usize = CACHE_CAPACITY * MESSAGE_MAX_BYTES;
 /// What a cached message takes beside its strings and bytes: the structs,
 /// the reference counts, the id's entry in the index.
@@ -639,8 +639,12 @@ mod tests {
         for c in ['\u{1}', '\u{10348}', '"'] {
             let name: String = std::iter::repeat_n(c, crate::message::NAME_MAX_CHARS).collect();
             let text: String = std::iter::repeat_n(c, crate::message::TEXT_MAX_CHARS).collect();
-            let held = CachedMessage::new(sized(&id, &name, text)).held_bytes();
+            let cached = CachedMessage::new(sized(&id, &name, text));
+            let held = cached.held_bytes();
             assert!(held <= MESSAGE_MAX_BYTES, "{c:?}: {held}");
+            // So a listing of 1000 is at most about 13 MB.
+            let listing = (cached.json.len() + 1) * CACHE_CAPACITY + 1;
+            assert!(listing < 13_000_000, "{c:?}: {listing}");
         }
     }
 

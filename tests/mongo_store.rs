@@ -928,6 +928,15 @@ async fn the_labs_huge_messages_are_shown_cut_and_the_cache_stays_within_its_byt
         cache.held_bytes()
     );
     assert_eq!(cache.held_messages(), CACHE_CAPACITY);
+    say(&format!(
+        "{test}: the cache holds {} bytes",
+        cache.held_bytes()
+    ));
+    assert!(
+        cache.held_bytes() < 7_000_000,
+        "1000 ASCII messages take about 6.5 MB: {}",
+        cache.held_bytes()
+    );
     let latest = cache
         .latest(1000)
         .expect("the cache answers for the latest 1000");
