@@ -363,12 +363,7 @@ async fn a_message_the_labs_app_writes_reaches_simplechats_subscribers() {
     let mut subscriber = Subscriber::connect(&app).await;
     let ours = app.post_message("ann", "from simplechat").await;
 
-    let client = mongodb::Client::with_uri_str(cluster.uri("messages"))
-        .await
-        .expect("client");
-    let lab = client
-        .database("messages")
-        .collection::<Document>("messages");
+    let lab = cluster.lab_messages("messages").await;
     // A naive local time from a clock far behind: it must not decide the order.
     let lab_id = mongodb::bson::oid::ObjectId::new();
     lab.insert_one(doc! {
@@ -436,12 +431,7 @@ async fn a_message_the_labs_app_wrote_while_simplechat_was_down_is_the_newest() 
     let cluster =
         TestCluster::start("a_message_the_labs_app_wrote_while_simplechat_was_down_is_the_newest")
             .await;
-    let client = mongodb::Client::with_uri_str(cluster.uri("messages"))
-        .await
-        .expect("client");
-    let lab = client
-        .database("messages")
-        .collection::<Document>("messages");
+    let lab = cluster.lab_messages("messages").await;
     let history = object_id_at(1_700_000_000);
     lab.insert_one(doc! {
         "_id": history,
@@ -638,12 +628,7 @@ async fn a_wrong_password_starts_the_app_and_readyz_names_authentication() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_labs_huge_messages_are_listed_and_streamed_cut() {
     let cluster = TestCluster::start("the_labs_huge_messages_are_listed_and_streamed_cut").await;
-    let client = mongodb::Client::with_uri_str(cluster.uri("messages"))
-        .await
-        .expect("client");
-    let lab = client
-        .database("messages")
-        .collection::<Document>("messages");
+    let lab = cluster.lab_messages("messages").await;
     let big = "y".repeat(200_000);
     let docs: Vec<Document> = (0..1000_i64)
         .map(|i| {

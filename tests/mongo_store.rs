@@ -428,12 +428,9 @@ async fn a_dropped_collection_invalidates_the_change_stream_and_it_reopens() {
         .expect("insert before the drop");
     wait_for_event(&mut events, "before-drop").await;
 
-    let client = mongodb::Client::with_uri_str(cluster.uri("dropped"))
+    cluster
+        .lab_messages("dropped")
         .await
-        .expect("client");
-    client
-        .database("dropped")
-        .collection::<mongodb::bson::Document>("messages")
         .drop()
         .await
         .expect("drop the collection");
@@ -463,16 +460,11 @@ async fn a_dropped_collection_invalidates_the_change_stream_and_it_reopens() {
 /// writing while simplechat runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_labs_documents_are_read_in_one_order_and_new_ones_join_it() {
-    use mongodb::bson::{doc, oid::ObjectId, DateTime, Document};
+    use mongodb::bson::{doc, oid::ObjectId, DateTime};
 
     let cluster =
         TestCluster::start("the_labs_documents_are_read_in_one_order_and_new_ones_join_it").await;
-    let client = mongodb::Client::with_uri_str(cluster.uri("messages"))
-        .await
-        .expect("client");
-    let lab = client
-        .database("messages")
-        .collection::<Document>("messages");
+    let lab = cluster.lab_messages("messages").await;
     // Arrival order differs from datetime order: a lab in another time zone.
     let hours = |h: i64| DateTime::from_millis(1_700_000_000_000 + h * 3_600_000);
     let lab_ids: Vec<ObjectId> = (0..4).map(|_| ObjectId::new()).collect();
@@ -641,12 +633,7 @@ async fn insert_lab_docs(
     db: &str,
     docs: Vec<mongodb::bson::Document>,
 ) -> mongodb::Collection<mongodb::bson::Document> {
-    let client = mongodb::Client::with_uri_str(cluster.uri(db))
-        .await
-        .expect("client");
-    let lab = client
-        .database(db)
-        .collection::<mongodb::bson::Document>("messages");
+    let lab = cluster.lab_messages(db).await;
     for chunk in docs.chunks(1000) {
         lab.insert_many(chunk.to_vec()).await.expect("lab inserts");
     }

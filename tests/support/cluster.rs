@@ -248,6 +248,19 @@ impl TestCluster {
         )
     }
 
+    /// The `messages` collection of `database` through a driver client of
+    /// its own, as another app (the lab's) reaches it.
+    pub async fn lab_messages(
+        &self,
+        database: &str,
+    ) -> mongodb::Collection<mongodb::bson::Document> {
+        Client::with_uri_str(self.uri(database))
+            .await
+            .expect("a client of the lab's own")
+            .database(database)
+            .collection("messages")
+    }
+
     /// The app's connection string without its password (which comes from
     /// `mongodb_password_file`), as the deployment writes it.
     pub fn user_uri(&self, database: &str) -> String {
