@@ -263,9 +263,19 @@ where
                     // id is another deployment's): nothing can be
                     // replayed, so the client is told that what it missed
                     // is unknown, and the stream goes live from here.
+                    // The stream goes on after the newest message, which
+                    // the client has once it follows the reset: a message
+                    // the broadcast brings that is not newer (stored after
+                    // this stream subscribed, before the read) is not sent.
                     Err(StoreError::UnknownId(unknown)) => {
                         catching_up = false;
-                        last_id = chat.newest_id().await.ok().flatten();
+                        let newest = chat.list(Cursor::Latest, 1).await.ok().and_then(|b| b.into_iter().last());
+                        last_id = newest.as_ref().map(|c| c.message.id.clone());
+                        next = newest
+                            .as_ref()
+                            .and_then(|c| c.arrival.or_else(|| chat.arrival_of(&c.message.id)))
+                            .map(Arrival::next);
+                        overlap = last_id.iter().cloned().collect();
                         yield reset_frame(&unknown, last_id.as_deref());
                     }
                     // The store cannot say what was missed right now: end
@@ -316,5 +326,83 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use figment::providers::Serialized;
+    use figment::Figment;
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::config::{layered, Config};
+    use crate::message::NewMessage;
+
+    async fn chat_in(dir: &Path) -> Chat {
+        let figment = layered(
+            Figment::from(rocket::Config::debug_default()),
+            Path::new("/nonexistent/simplechat.toml"),
+        )
+        .merge(Serialized::globals(serde_json::json!({ "data_dir": dir })));
+        Chat::open(&Config::from_figment(figment).unwrap())
+            .await
+            .unwrap()
+    }
+
+    async fn post(chat: &Chat, text: &str) -> String {
+        let new = NewMessage::validate("ann", text, None).unwrap();
+        chat.post(new).await.unwrap().message().id.clone()
+    }
+
+    /// The `event:` and `id:` of the next frame that has an event.
+    async fn next_event(
+        frames: &mut (impl futures::Stream<Item = Bytes> + Unpin),
+    ) -> (String, String) {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), frames.next())
+                .await
+                .expect("a frame in time")
+                .expect("the stream is open");
+            let text = String::from_utf8(frame.to_vec()).unwrap();
+            let field = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(str::to_owned)
+            };
+            if let (Some(event), Some(id)) = (field("event: "), field("id: ")) {
+                return (event, id);
+            }
+        }
+    }
+
+    /// A message stored after a stream subscribed and before it learned
+    /// that the id it resumes from is unknown is the newest its `reset`
+    /// names, so a client that follows the reset (reloading the latest
+    /// messages, resuming from that id) has it. It was then also sent as a
+    /// `message` after the reset: once too often, and only when the
+    /// timing fell so. What the reset names is now never sent after it.
+    #[tokio::test]
+    async fn a_message_the_reset_names_is_not_sent_again_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let chat = chat_in(dir.path()).await;
+        post(&chat, "before").await;
+        // Subscribed now, first polled below.
+        let frames = stream(
+            chat.clone(),
+            Duration::from_secs(60),
+            Some("gone-from-this-store".to_owned()),
+            futures::future::pending(),
+        );
+        let mut frames = Box::pin(frames);
+        let around = post(&chat, "posted around the reset").await;
+        assert_eq!(
+            next_event(&mut frames).await,
+            ("reset".to_owned(), around.clone())
+        );
+        let after = post(&chat, "after the reset").await;
+        assert_eq!(next_event(&mut frames).await, ("message".to_owned(), after));
     }
 }
