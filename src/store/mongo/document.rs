@@ -146,10 +146,11 @@ pub struct MessageDoc {
 
 /// The text a message shows for a stored `text` (another app's, which set
 /// no limit: a lab text may be megabytes): itself when it has at most
-/// [`TEXT_MAX_CHARS`] characters; otherwise its beginning and a marker that
-/// says it was cut and how long it is, [`TEXT_MAX_CHARS`] characters in
-/// all. So every message shown, cached, listed or streamed is as bounded
-/// as the messages simplechat accepts. `None` when it was not cut.
+/// [`TEXT_MAX_CHARS`] characters; otherwise its beginning, whole graphemes
+/// only, and a marker that says it was cut and how long it is, at most
+/// [`TEXT_MAX_CHARS`] characters in all. So every message shown, cached,
+/// listed or streamed is as bounded as the messages simplechat accepts.
+/// `None` when it was not cut.
 pub fn shown_text(text: &str) -> Option<String> {
     if text.len() <= TEXT_MAX_CHARS {
         return None;
@@ -160,20 +161,39 @@ pub fn shown_text(text: &str) -> Option<String> {
     }
     let marker = format!("\u{2026}\n[cut: the message has {total} characters]");
     let keep = TEXT_MAX_CHARS - marker.chars().count();
-    let mut shown: String = text.chars().take(keep).collect();
+    let mut shown = whole_graphemes(text, keep).to_owned();
     shown.push_str(&marker);
     Some(shown)
 }
 
 /// The name a message shows for a stored `name`: itself when it has at
-/// most [`NAME_MAX_CHARS`] characters, otherwise its beginning and `…`,
-/// [`NAME_MAX_CHARS`] characters in all. `None` when it was not cut.
+/// most [`NAME_MAX_CHARS`] characters, otherwise its beginning, whole
+/// graphemes only, and `…`, at most [`NAME_MAX_CHARS`] characters in all.
+/// `None` when it was not cut.
 pub fn shown_name(name: &str) -> Option<String> {
     // A character past the limit, or nothing to cut.
     name.chars().nth(NAME_MAX_CHARS)?;
-    let mut shown: String = name.chars().take(NAME_MAX_CHARS - 1).collect();
+    let mut shown = whole_graphemes(name, NAME_MAX_CHARS - 1).to_owned();
     shown.push('\u{2026}');
     Some(shown)
+}
+
+/// The longest beginning of `text` that is whole graphemes (extended
+/// grapheme clusters) and at most `most` characters: a cut between two
+/// characters of one grapheme would drop a letter's accent, halve a flag
+/// or leave a joiner dangling.
+fn whole_graphemes(text: &str, most: usize) -> &str {
+    use unicode_segmentation::UnicodeSegmentation;
+    let mut end = 0;
+    let mut chars = 0;
+    for grapheme in text.graphemes(true) {
+        chars += grapheme.chars().count();
+        if chars > most {
+            break;
+        }
+        end += grapheme.len();
+    }
+    &text[..end]
 }
 
 impl MessageDoc {
@@ -591,6 +611,48 @@ mod tests {
         let m = MessageDoc::from_document(&lab).unwrap();
         assert!(m.cut);
         assert_eq!(m.text, "hi");
+    }
+
+    /// The cut counted characters, so it could end inside a grapheme: a
+    /// letter kept without its accent, a flag halved into a lone regional
+    /// indicator, a family emoji cut to one person and a dangling joiner.
+    /// It now keeps whole graphemes only (and so may keep fewer
+    /// characters than fit).
+    #[test]
+    fn a_cut_never_splits_a_grapheme() {
+        use unicode_segmentation::UnicodeSegmentation;
+        let oid = ObjectId::new();
+        for unit in [
+            "e\u{301}",
+            "\u{1F1EB}\u{1F1F7}",
+            "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}",
+            "\u{1100}\u{1161}\u{11A8}",
+            "a\u{301}\u{302}\u{303}",
+        ] {
+            let lab = doc! {
+                "_id": oid,
+                "name": unit.repeat(100),
+                "text": unit.repeat(3000),
+                "datetime": DateTime::from_millis(5),
+            };
+            let m = MessageDoc::from_document(&lab).unwrap();
+            assert!(m.cut);
+            let (kept_text, marker) = m.text.split_once('\u{2026}').unwrap();
+            assert!(marker.starts_with("\n[cut: "), "{marker}");
+            let (kept_name, rest) = m.name.split_once('\u{2026}').unwrap();
+            assert_eq!(rest, "");
+            for kept in [kept_text, kept_name] {
+                assert!(!kept.is_empty(), "{unit:?}");
+                assert!(
+                    kept.graphemes(true).all(|g| g == unit),
+                    "{unit:?}: cut inside a grapheme: {:?}",
+                    kept.graphemes(true).next_back()
+                );
+            }
+            assert!(m.text.chars().count() <= TEXT_MAX_CHARS);
+            assert!(m.name.chars().count() <= NAME_MAX_CHARS);
+            assert!(m.text.chars().count() > TEXT_MAX_CHARS - unit.chars().count() - 1);
+        }
     }
 
     #[test]
