@@ -110,11 +110,19 @@ let
   # init initiates a new set; on a set initiated with other members it fails
   # and says so, and apply then changes the members. A real failure of init
   # (members not answering) makes apply fail too, and the unit retries.
+  # init refuses a set initiated with other members (a changed cluster
+  # file), and then has not checked the app's user either; apply converges
+  # the members, and init runs again, so the unit fails when init still
+  # cannot finish (say, the app's user exists with other roles) instead of
+  # ending as apply does.
   convergeScript = pkgs.writeShellScript "simplechat-replset-converge" ''
-    if ! ${initCommand}; then
-      echo "replset init changed nothing; replset apply converges the members" >&2
+    init_status=0
+    ${initCommand} || init_status=$?
+    ${applyCommand} || exit $?
+    if [ "$init_status" -ne 0 ]; then
+      echo "replset init did not finish before replset apply; running it again" >&2
+      exec ${initCommand}
     fi
-    exec ${applyCommand}
   '';
 
   secretPath = types.nullOr (
