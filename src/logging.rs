@@ -1,6 +1,6 @@
 //! The process's logger: Rocket's layout (indented `>>` lines, `Warning:`
 //! and `Error:` prefixes) at Rocket's `log_level`, for Rocket's records and
-//! simplechat's alike, with three changes:
+//! simplechat's alike, with four changes:
 //!
 //! - a client that leaves while its response is still streaming (a closed
 //!   tab's event stream) is logged at debug level, not as a warning on
@@ -10,6 +10,9 @@
 //!   which at the release builds' level (`critical`) printed a line for
 //!   every 404, every `HEAD` (which Rocket first looks up as `HEAD`, then
 //!   answers as `GET`) and every request the request checks refused;
+//! - a body over its limit (a `413`) is logged at info level: Rocket warns
+//!   of it, which printed a line at the release level for every oversized
+//!   request any client sends;
 //! - Rocket's launch lines show at Rocket's level like any other record,
 //!   not at every level: `serve` prints its own startup line, and the
 //!   application's Rocket never listens itself (see `api::dispatch`), so
@@ -53,6 +56,21 @@ fn is_peer_hangup(record: &log::Record<'_>) -> bool {
         || text.starts_with("Remote left:")
 }
 
+/// Whether `record` is Rocket's "Data limit reached while reading …"
+/// (`warn_!`, Rocket 0.5.2 `data/data_stream.rs`): a body over its limit,
+/// which the route answers `413`. The client's doing; Rocket also names
+/// the body "an empty stream" there, since the front door hands Rocket
+/// each body already read.
+fn is_data_limit(record: &log::Record<'_>) -> bool {
+    record
+        .module_path()
+        .is_some_and(|m| m.starts_with("rocket::data"))
+        && record
+            .args()
+            .to_string()
+            .starts_with("Data limit reached while reading ")
+}
+
 impl log::Log for Logger {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
         metadata.level() <= log::max_level()
@@ -66,7 +84,9 @@ impl log::Log for Logger {
             level = log::Level::Info;
         } else if level == log::Level::Warn && is_peer_hangup(record) {
             level = log::Level::Debug;
-        } else if level <= log::Level::Warn && is_unrouted_request(record) {
+        } else if level <= log::Level::Warn
+            && (is_unrouted_request(record) || is_data_limit(record))
+        {
             level = log::Level::Info;
         }
         if level > log::max_level() {

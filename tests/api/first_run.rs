@@ -245,7 +245,8 @@ async fn the_startup_line_is_all_the_release_builds_log_level_prints() {
     // Rocket's default log level is `critical` in release builds, which
     // hides `info!`; the line must not depend on it. And nothing else is
     // printed there for what clients do: a request no route takes, a
-    // `HEAD`, a request the request checks refuse, a redirect.
+    // `HEAD`, a request the request checks refuse, a redirect, a body
+    // over the limit.
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(
         Path::new(env!("CARGO_BIN_EXE_simplechat")),
@@ -266,6 +267,13 @@ async fn the_startup_line_is_all_the_release_builds_log_level_prints() {
         (client.get(url("/api/messages?limit=1&limit=2")), 400),
         (client.get(url("/api/events/")), 308),
         (client.delete(url("/api/messages")), 405),
+        (
+            client
+                .post(url("/api/messages"))
+                .header("content-type", "application/json")
+                .body(" ".repeat(28_170)),
+            413,
+        ),
     ] {
         assert_eq!(request.send().await.unwrap().status(), status);
     }
