@@ -5,15 +5,12 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use mongodb::bson::{Bson, Document};
 
 use super::collections::Collections;
 use super::document::{Malformed, MessageDoc};
 use super::Shared;
-use crate::mongo::Class;
-use crate::retry::Backoff;
 
 /// How many distinct malformed documents are remembered; past this, counts
 /// stop growing (a log line says so once).
@@ -86,23 +83,17 @@ impl SkippedDocuments {
 /// them, so they would otherwise never be counted. Waits for a member to
 /// answer, and for the credentials to be accepted, as long as it takes.
 pub(super) async fn count_ill_typed(shared: Arc<Shared>, collections: Arc<Collections>) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    while !shared.tasks.is_closed() {
-        match collections
-            .count_ill_typed(REMEMBERED, &shared.skipped)
-            .await
-        {
-            Ok(()) => return,
-            // No member answers yet, or the credentials are refused for
-            // now (that clears without a restart).
-            Err(Class::Retry(_) | Class::Unavailable(_)) => backoff.wait().await,
-            Err(other) => {
-                log::warn!(
-                    "cannot count the documents of the messages collection that are not messages: {}",
-                    other.reason()
-                );
-                return;
-            }
-        }
+    let settled = shared
+        .tasks
+        .until_settled(
+            || collections.count_ill_typed(REMEMBERED, &shared.skipped),
+            |_| {},
+        )
+        .await;
+    if let Some(Err(other)) = settled {
+        log::warn!(
+            "cannot count the documents of the messages collection that are not messages: {}",
+            other.reason()
+        );
     }
 }

@@ -1,10 +1,16 @@
 //! The store's background tasks (index creation, change stream, SRV
-//! resolution) and the one flag that says the store is closed.
+//! resolution), the one flag that says the store is closed, and the one
+//! way a start-up task waits out what clears by itself.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
+
+use crate::mongo::Class;
+use crate::retry::Backoff;
 
 /// Background tasks, aborted together when the store closes or is dropped.
 /// A std `Mutex`: held only to push or take handles, never across `.await`.
@@ -28,6 +34,33 @@ impl Tasks {
         } else {
             running.push(task);
         }
+    }
+
+    /// Runs `attempt` until it settles, while the store is open: "no
+    /// primary now" and refused credentials clear by themselves, without a
+    /// restart, so both are tried again with backoff (200 ms doubling to
+    /// 5 s), and `waiting` is told each refusal's reason meanwhile. `None`
+    /// when the store closed first; otherwise the success or the failure
+    /// that retrying cannot help.
+    pub(super) async fn until_settled<T, F, Fut>(
+        &self,
+        mut attempt: F,
+        mut waiting: impl FnMut(&str),
+    ) -> Option<Result<T, Class>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Class>>,
+    {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        while !self.is_closed() {
+            match attempt().await {
+                Err(Class::Retry(_)) => {}
+                Err(Class::Unavailable(reason)) => waiting(&reason),
+                settled => return Some(settled),
+            }
+            backoff.wait().await;
+        }
+        None
     }
 
     /// Marks the store closed and aborts every task. The tasks hold nothing
