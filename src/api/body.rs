@@ -138,9 +138,13 @@ fn media_type(value: &str) -> Option<(&str, &str)> {
 /// Whether the request says its body is JSON (`application/json`, with
 /// any parameters such as `charset=UTF-8`, or any `+json` type).
 fn is_json(req: &Request<'_>) -> bool {
-    content_type(req)
-        .and_then(media_type)
-        .is_some_and(|(kind, subtype)| is_json_type(kind, subtype))
+    content_type(req).is_some_and(is_json_content_type)
+}
+
+/// Whether a `Content-Type` value says JSON (`application/json`, with any
+/// parameters such as `charset=UTF-8`, or any `+json` type).
+pub fn is_json_content_type(value: &str) -> bool {
+    media_type(value).is_some_and(|(kind, subtype)| is_json_type(kind, subtype))
 }
 
 /// Whether `kind/subtype` is `application/json` or a JSON-based type: a
@@ -211,8 +215,13 @@ pub async fn json<T: serde::de::DeserializeOwned>(
             "a JSON body (Content-Type: application/json)",
         ));
     }
-    let bytes = read_capped(data).await?;
-    serde_json::from_slice(&bytes)
+    parse_json(&read_capped(data).await?)
+}
+
+/// A JSON object read from `bytes` into `T`. Errors: 400 with the parser's
+/// message and position, for malformed JSON or any value but an object.
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
         .map(|Object(value)| value)
         .map_err(|e| ApiError::new(Status::BadRequest, format!("malformed JSON body: {e}")))
 }

@@ -25,6 +25,10 @@
 //! [`UNSIZED_BODY_LIMIT`], and answered 500 beyond either, so a response
 //! that never ends cannot hold a connection and grow in memory.
 //!
+//! A plain `POST /api/messages` (JSON, from a client that is not a
+//! browser) is answered without Rocket too, by the same functions its route
+//! calls ([`crate::api::plain_post`]).
+//!
 //! A request's body must arrive within the same time as its head
 //! (`header_timeout_secs`), counted from when the head has arrived: a
 //! client that stops sending it gets `408` and the connection closes,
@@ -49,6 +53,7 @@ use tokio::io::AsyncReadExt;
 use crate::api::body::BODY_LIMIT_BYTES;
 use crate::api::events;
 use crate::api::headers::{add_security_headers, SECURITY_HEADERS};
+use crate::api::plain_post;
 use crate::chat::Chat;
 
 /// A response body the front door sends: whole bytes, or an event stream.
@@ -161,6 +166,12 @@ where
                 return response;
             }
         };
+        if plain_post::is_plain(&parts) {
+            let server = self.stream_head.get(header::SERVER);
+            if let Some(response) = plain_post::answer(&self.events.chat, &data, server).await {
+                return response;
+            }
+        }
         let (method, original) = match rocket_method(&parts.method) {
             Some(method) => (method, None),
             // Rocket refuses a method it cannot name as a malformed request

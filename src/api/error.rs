@@ -79,6 +79,22 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The JSON body, `{"error", "field"?}`.
+    pub fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(&Body {
+            error: &self.error,
+            field: self.field,
+        })
+        .unwrap_or_default()
+    }
+
+    /// `Retry-After` in whole seconds, at least 1, when set.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after.map(|after| after.as_secs().max(1))
+    }
+}
+
 impl From<Invalid> for ApiError {
     fn from(e: Invalid) -> Self {
         ApiError::bad_request(e.field, e.message)
@@ -117,21 +133,14 @@ impl From<StoreError> for ApiError {
 
 impl<'r> Responder<'r, 'static> for ApiError {
     fn respond_to(self, _: &'r Request<'_>) -> response::Result<'static> {
-        let body = serde_json::to_vec(&Body {
-            error: &self.error,
-            field: self.field,
-        })
-        .unwrap_or_default();
+        let body = self.body();
         let mut response = Response::build();
         response
             .status(self.status)
             .header(ContentType::JSON)
             .sized_body(body.len(), Cursor::new(body));
-        if let Some(after) = self.retry_after {
-            response.header(Header::new(
-                "Retry-After",
-                after.as_secs().max(1).to_string(),
-            ));
+        if let Some(after) = self.retry_after_secs() {
+            response.header(Header::new("Retry-After", after.to_string()));
         }
         if let Some(allow) = self.allow {
             response.header(Header::new("Allow", allow));

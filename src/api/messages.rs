@@ -11,7 +11,7 @@ use super::conditional::{etag_of, IfNoneMatch, Tagged};
 use super::error::ApiError;
 use crate::cache::json_array;
 use crate::chat::{Chat, DEFAULT_LIMIT, MAX_LIMIT};
-use crate::message::{validate_id, Message, NewMessage};
+use crate::message::{validate_id, Invalid, Message, NewMessage};
 use crate::store::{Cursor, Inserted, StoreError};
 
 /// A JSON body that is already serialized.
@@ -106,30 +106,68 @@ pub struct PostBody {
     pub id: Option<String>,
 }
 
-/// 201 with the stored message and its `Location`.
+impl PostBody {
+    /// The message this body asks to store. Errors: the field at fault.
+    pub fn validate(&self) -> Result<NewMessage, Invalid> {
+        NewMessage::validate(&self.name, &self.text, self.id.as_deref())
+    }
+}
+
+/// 201 with the stored message and its `Location`; with
+/// `Idempotent-Replayed: true` when a retry stored nothing new.
 pub struct Created {
     message: Message,
     replayed: bool,
 }
 
+impl Created {
+    /// The message as JSON, the response's body.
+    pub fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.message).unwrap_or_default()
+    }
+
+    /// The `Location` of the stored message: `/api/messages/<id>`.
+    pub fn location(&self) -> String {
+        format!("/api/messages/{}", self.message.id)
+    }
+
+    /// Whether this answers a retry with the same idempotency key, which
+    /// stored nothing new.
+    pub fn replayed(&self) -> bool {
+        self.replayed
+    }
+}
+
 impl<'r> Responder<'r, 'static> for Created {
     fn respond_to(self, _: &'r Request<'_>) -> response::Result<'static> {
-        let body = serde_json::to_vec(&self.message).unwrap_or_default();
+        let body = self.body();
         let mut response = Response::build();
         response
             .status(Status::Created)
             .header(ContentType::JSON)
-            .header(Header::new(
-                "Location",
-                format!("/api/messages/{}", self.message.id),
-            ))
+            .header(Header::new("Location", self.location()))
             .sized_body(body.len(), std::io::Cursor::new(body));
         if self.replayed {
-            // A retry with the same idempotency key: nothing new was stored.
             response.header(Header::new("Idempotent-Replayed", "true"));
         }
         response.ok()
     }
+}
+
+/// Stores `new`: what `POST /api/messages` answers once its body is
+/// valid, whichever way the request came (see [`crate::api::plain_post`]).
+/// Errors: 409 (the id is taken by other content), 503, 507, 500.
+pub async fn store(chat: &Chat, new: NewMessage) -> Result<Created, ApiError> {
+    Ok(match chat.post(new).await? {
+        Inserted::Created(message) => Created {
+            message,
+            replayed: false,
+        },
+        Inserted::Existing(message) => Created {
+            message,
+            replayed: true,
+        },
+    })
 }
 
 /// `POST /api/messages` with a JSON [`PostBody`]: 201 with the stored
@@ -144,17 +182,7 @@ pub async fn create(
     body: Result<JsonBody<PostBody>, ApiError>,
 ) -> Result<Created, ApiError> {
     let JsonBody(body) = body?;
-    let new = NewMessage::validate(&body.name, &body.text, body.id.as_deref())?;
-    Ok(match chat.post(new).await? {
-        Inserted::Created(message) => Created {
-            message,
-            replayed: false,
-        },
-        Inserted::Existing(message) => Created {
-            message,
-            replayed: true,
-        },
-    })
+    store(chat, body.validate()?).await
 }
 
 /// `GET /api/messages/<id>`: 200 with that message as JSON. Errors: 404 (no

@@ -13,6 +13,7 @@ pub mod headers;
 pub mod messages;
 pub mod openapi;
 pub mod page;
+pub mod plain_post;
 pub mod shutdown;
 pub mod stall;
 pub mod status;

@@ -104,3 +104,86 @@ async fn the_name_cookie_is_read_among_others() {
     }
     app.shutdown().await;
 }
+
+/// A post from a script is answered by the front door itself, one from a
+/// browser (`Sec-Fetch-Site`) by Rocket's route (`api::plain_post`): the
+/// answers are the same, status, header for header and body, for a new
+/// message, a retry, a conflict and each refusal.
+#[tokio::test]
+async fn a_post_is_answered_alike_by_the_front_door_and_by_rocket() {
+    let app = spawn_app(&[]).await;
+    // Status, headers (but the date and length; ids as `<id>`) and body
+    // (the datetime left out), from a browser or not.
+    let send = |browser: bool, body: String| {
+        let request = app
+            .client
+            .post(app.url("/api/messages"))
+            .header("content-type", "application/json");
+        let request = if browser {
+            request.header("sec-fetch-site", "same-origin")
+        } else {
+            request
+        };
+        let key = if browser { "browser-key" } else { "script-key" };
+        async move {
+            let response = request
+                .body(body.replace("<key>", key))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let mut headers: Vec<(String, String)> = response
+                .headers()
+                .iter()
+                .filter(|(name, _)| *name != "date" && *name != "content-length")
+                .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned()))
+                .collect();
+            let mut body: serde_json::Value = response.json().await.unwrap();
+            let id = body["id"].as_str().map(str::to_owned);
+            if let Some(id) = id {
+                body["id"] = json!("<id>");
+                assert!(body["datetime"].as_str().is_some(), "{body}");
+                body["datetime"] = json!("<datetime>");
+                for (_, value) in &mut headers {
+                    *value = value.replace(&id, "<id>");
+                }
+            }
+            if let Some(error) = body["error"].as_str() {
+                body["error"] = json!(error.replace(key, "<key>"));
+            }
+            headers.sort();
+            (status, headers, body)
+        }
+    };
+    let mut statuses = Vec::new();
+    for body in [
+        json!({"name": "ann", "text": "no key"}).to_string(),
+        json!({"name": "ann", "text": "keyed", "id": "<key>"}).to_string(),
+        json!({"name": "ann", "text": "keyed", "id": "<key>"}).to_string(),
+        json!({"name": "bob", "text": "other content", "id": "<key>"}).to_string(),
+        json!({"name": "", "text": "no name"}).to_string(),
+        json!({"name": "ann", "text": "x".repeat(3000)}).to_string(),
+        json!(["ann", "an array"]).to_string(),
+        "{\"name\": \"ann\", \"text\": ".to_owned(),
+        json!({"name": "ann", "text": "z".repeat(30_000)}).to_string(),
+    ] {
+        let (status, script_headers, script_body) = send(false, body.clone()).await;
+        let (browser_status, browser_headers, browser_body) = send(true, body.clone()).await;
+        assert_eq!(status, browser_status, "{body:.80}");
+        assert_eq!(script_headers, browser_headers, "{body:.80}");
+        assert_eq!(script_body, browser_body, "{body:.80}");
+        statuses.push(status.as_u16());
+    }
+    assert_eq!(statuses, [201, 201, 201, 409, 400, 400, 400, 400, 413]);
+    // Each new message was stored once, whichever way it came.
+    let texts: Vec<String> = app
+        .get_json("/api/messages")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(texts, ["no key", "no key", "keyed", "keyed"]);
+    app.shutdown().await;
+}
