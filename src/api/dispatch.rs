@@ -258,17 +258,10 @@ where
                 );
             }
         }
-        let mut answer = Response::new(
-            Full::new(Bytes::from(bytes))
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        );
-        *answer.status_mut() = status;
         if let Some(length) = head_length {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
         }
-        *answer.headers_mut() = headers;
-        answer
+        whole(status, headers, bytes)
     }
 
     /// The event stream for `req`, resuming after `after` unless
@@ -370,17 +363,24 @@ fn copy_headers(from: &rocket::http::HeaderMap<'_>, to: &mut HeaderMap) {
 /// A response with `status` and the JSON error shape `{"error": ...}`.
 pub fn json_response(status: StatusCode, error: &str) -> Response<Body> {
     let body = serde_json::json!({ "error": error }).to_string();
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    add_security_headers(&mut headers);
+    whole(status, headers, body)
+}
+
+/// A response of `status` and `headers` whose body is `bytes`, whole.
+pub fn whole(status: StatusCode, headers: HeaderMap, bytes: impl Into<Bytes>) -> Response<Body> {
     let mut response = Response::new(
-        Full::new(Bytes::from(body))
+        Full::new(bytes.into())
             .map_err(|never| match never {})
             .boxed_unsync(),
     );
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    add_security_headers(response.headers_mut());
+    *response.headers_mut() = headers;
     response
 }
 

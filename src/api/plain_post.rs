@@ -21,14 +21,12 @@
 //! check ([`crate::api::checks`]); a request with neither passes that
 //! check.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{Method, Response, StatusCode};
 
 use super::body::{self, BODY_LIMIT_BYTES};
-use super::dispatch::Body;
+use super::dispatch::{whole, Body};
 use super::headers::add_security_headers;
 use super::messages::{self, PostBody};
 use crate::chat::Chat;
@@ -92,14 +90,7 @@ pub async fn answer(
         headers.insert(header::SERVER, server.clone());
     }
     add_security_headers(&mut headers);
-    let mut response = Response::new(
-        Full::new(Bytes::from(bytes))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *response.status_mut() = status;
-    *response.headers_mut() = headers;
-    Some(response)
+    Some(whole(status, headers, bytes))
 }
 
 #[cfg(test)]
