@@ -77,9 +77,7 @@ impl ApiError {
             ..ApiError::new(Status::ServiceUnavailable, error)
         }
     }
-}
 
-impl ApiError {
     /// The JSON body, `{"error", "field"?}`.
     pub fn body(&self) -> Vec<u8> {
         serde_json::to_vec(&Body {
