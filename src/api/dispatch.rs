@@ -168,7 +168,9 @@ where
         };
         if plain_post::is_plain(&parts) {
             let server = self.stream_head.get(header::SERVER);
-            if let Some(response) = plain_post::answer(&self.events.chat, &data, server).await {
+            if let Some(response) =
+                plain_post::answer(&self.events.chat, &parts, &data, server).await
+            {
                 return response;
             }
         }

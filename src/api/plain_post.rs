@@ -10,9 +10,9 @@
 //! [`PostBody::validate`] and [`messages::store`]. Every other request
 //! goes to Rocket as before, including a post whose body the route would
 //! refuse (its 400, 413 or 415 comes from Rocket), so what a client gets
-//! does not depend on which way its request went, except that Rocket's
-//! request log lines (log level `normal`) are not written for a post
-//! answered here.
+//! does not depend on which way its request went. At log level `normal`
+//! a post answered here is logged as Rocket logs a request, with its
+//! answer's status.
 //!
 //! A post is plain when it is exactly `POST /api/messages`, without a
 //! query (Rocket's checks refuse a repeated query field), says its body
@@ -46,7 +46,7 @@ pub fn is_plain(parts: &Parts) -> bool {
             .is_some_and(body::is_json_content_type)
 }
 
-/// The answer to a plain post whose body is `data`, when the message route
+/// The answer to a plain post (head `parts`) whose body is `data`, when the message route
 /// would store it: 201 with the message, or the store's refusal (409,
 /// 503, 507, 500), each with the headers Rocket's answer has (`server`
 /// is Rocket's, as the front door was given it). `None` when the route
@@ -54,6 +54,7 @@ pub fn is_plain(parts: &Parts) -> bool {
 /// answers that, and nothing was stored.
 pub async fn answer(
     chat: &Chat,
+    parts: &Parts,
     data: &[u8],
     server: Option<&HeaderValue>,
 ) -> Option<Response<Body>> {
@@ -91,6 +92,15 @@ pub async fn answer(
         headers.insert(header::SERVER, server.clone());
     }
     add_security_headers(&mut headers);
+    // Rocket's layout (`crate::logging`): the request, then its outcome on
+    // an indented line (a target ending in `_`).
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    log::info!(target: "simplechat::api::plain_post", "POST /api/messages {content_type}:");
+    log::info!(target: "simplechat::api::plain_post_", "Answered by the front door: {status}");
     Some(whole(status, headers, bytes))
 }
 

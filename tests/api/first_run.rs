@@ -274,11 +274,58 @@ async fn the_startup_line_is_all_the_release_builds_log_level_prints() {
                 .body(" ".repeat(28_170)),
             413,
         ),
+        (
+            client
+                .post(url("/api/messages"))
+                .header("content-type", "application/json")
+                .body(r#"{"name": "ann", "text": "stored by the front door"}"#),
+            201,
+        ),
     ] {
         assert_eq!(request.send().await.unwrap().status(), status);
     }
     let (_, output) = server.stop();
     assert_eq!(output, [server_startup(&output)], "{}", output.join("\n"));
+}
+
+/// At log level `normal` every post is logged as Rocket logs a request,
+/// whether Rocket answered it (a browser's) or the front door did (a
+/// script's, `api::plain_post`), so a developer sees each one.
+#[tokio::test]
+async fn at_the_normal_level_every_post_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        Path::new(env!("CARGO_BIN_EXE_simplechat")),
+        dir.path(),
+        &[("ROCKET_LOG_LEVEL", "normal")],
+    );
+    let client = reqwest::Client::new();
+    for browser in [false, true] {
+        let request = client
+            .post(format!("{}/api/messages", server.base))
+            .header("content-type", "application/json");
+        let request = if browser {
+            request.header("sec-fetch-site", "same-origin")
+        } else {
+            request
+        };
+        let response = request
+            .body(r#"{"name": "ann", "text": "logged"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    let (_, output) = server.stop();
+    let posts: Vec<(&str, &str)> = output
+        .iter()
+        .zip(output.iter().skip(1))
+        .filter(|(line, _)| *line == "POST /api/messages application/json:")
+        .map(|(line, next)| (line.as_str(), next.as_str()))
+        .collect();
+    assert_eq!(posts.len(), 2, "{}", output.join("\n"));
+    assert_eq!(posts[0].1, "   >> Answered by the front door: 201 Created");
+    assert_eq!(posts[1].1, "   >> Matched: (create) POST /api/messages");
 }
 
 /// The startup line among `output`.
