@@ -330,7 +330,12 @@ async fn last_event_id_replays_what_was_missed() {
 
 #[tokio::test]
 async fn a_subscriber_that_falls_far_behind_catches_up_from_the_store() {
-    let app = spawn_app(&[]).await;
+    // The subscriber reads nothing while the messages are posted, so the
+    // server's writes to it stall; a write stalled for `header_timeout_secs`
+    // ends the stream (`api::stall`), which on a loaded machine the posting
+    // outlasted (2 of 16 runs beside other work). What is tested here is
+    // the catch-up, so the stall bound is left far above the posting.
+    let app = spawn_app(&[("header_timeout_secs", serde_json::json!(600))]).await;
     let mut slow = Sse::connect_with_small_window(&app, "/api/events").await;
     // The server can buffer at most a few MiB in sockets (the front door's
     // socket to the client and Rocket's to the front door, tcp_wmem's
