@@ -56,24 +56,30 @@ pub const MAX_COOKIE_BYTES: usize = 4096;
 /// site (`SameSite=Strict`: the redirect after the form's post is one),
 /// never readable by scripts, and gone after a minute if no page reads it.
 pub fn draft_cookie(name: &'static str, value: String, https: Https) -> Cookie<'static> {
-    Cookie::build((name, value))
-        .path("/")
-        .same_site(SameSite::Strict)
-        .http_only(true)
-        .secure(https.0)
-        .max_age(DRAFT_COOKIE_LIFETIME)
-        .build()
+    site_cookie(name, value, https, SameSite::Strict, DRAFT_COOKIE_LIFETIME)
 }
 
 /// The cookie that remembers the sender's name: sent back only to this
 /// site's own pages (`SameSite=Lax`), never readable by scripts, kept for
 /// a year, and only over HTTPS when the page is served over HTTPS.
 pub fn name_cookie(name: &'static str, value: String, https: Https) -> Cookie<'static> {
+    site_cookie(name, value, https, SameSite::Lax, NAME_COOKIE_LIFETIME)
+}
+
+/// A cookie for the whole site that scripts cannot read, `Secure` when the
+/// page is served over HTTPS.
+fn site_cookie(
+    name: &'static str,
+    value: String,
+    https: Https,
+    same_site: SameSite,
+    max_age: Duration,
+) -> Cookie<'static> {
     Cookie::build((name, value))
         .path("/")
-        .same_site(SameSite::Lax)
+        .same_site(same_site)
         .http_only(true)
         .secure(https.0)
-        .max_age(NAME_COOKIE_LIFETIME)
+        .max_age(max_age)
         .build()
 }

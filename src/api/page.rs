@@ -664,99 +664,82 @@ pub async fn index(
     if_none_match: IfNoneMatch,
     before: Option<&str>,
 ) -> NotStored<Either<Tagged<LatestPage>, (Status, Template)>> {
+    // Every view, however it returns, is not stored.
     NotStored(
-        page_view(
-            chat,
-            rendered,
-            prepared,
-            metadata,
-            cookies,
-            if_none_match,
-            before,
-        )
+        async {
+            // The page a refused form post redirected to: its draft and error,
+            // once.
+            if before.is_none() {
+                if let Some(kept) = take_kept_draft(cookies) {
+                    let (status, page) =
+                        render(chat, rendered, &metadata, &Shown::Latest, kept.draft()).await;
+                    return Either::Right((status.unwrap_or(Status::Ok), page));
+                }
+            }
+            let name = remembered_name(cookies);
+            // The latest page from a complete cache is tagged, and not rendered at
+            // all when the client already has it.
+            if before.is_none() && chat.latest_cached(1).is_some() {
+                let etag = prepared.tag.latest(chat.cache_version(), &name);
+                if if_none_match.has(&etag) {
+                    return Either::Left(Tagged::NotModified { etag });
+                }
+                if let Some((version, page)) = prepared.latest(chat, rendered, &metadata) {
+                    // One idempotency key per page view: a double submit stores the
+                    // message once.
+                    let body = page.page(&name, &new_id());
+                    return Either::Left(Tagged::Fresh {
+                        etag: prepared.tag.latest(version, &name),
+                        body: Either::Left(PageBytes {
+                            content_type: page.content_type.clone(),
+                            body,
+                        }),
+                    });
+                }
+                let draft = Draft {
+                    name: &name,
+                    text: "",
+                    error: None,
+                    field: None,
+                    form_id: None,
+                };
+                let (status, page) = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
+                return match status {
+                    None => Either::Left(Tagged::Fresh {
+                        etag,
+                        body: Either::Right(page),
+                    }),
+                    Some(status) => Either::Right((status, page)),
+                };
+            }
+            let draft = Draft {
+                name: &name,
+                text: "",
+                error: None,
+                field: None,
+                form_id: None,
+            };
+            let shown = match before {
+                None => Shown::Latest,
+                Some(id) => match validate_id(id) {
+                    Ok(()) => Shown::Before(id.to_owned()),
+                    Err(e) => {
+                        let error = format!("before: {}", e.message);
+                        let draft = Draft {
+                            error: Some(&error),
+                            ..draft
+                        };
+                        let (_, page) =
+                            render(chat, rendered, &metadata, &Shown::Latest, draft).await;
+                        return Either::Right((Status::BadRequest, page));
+                    }
+                },
+            };
+            let (status, page) = render(chat, rendered, &metadata, &shown, draft).await;
+            Either::Right((status.unwrap_or(Status::Ok), page))
+        }
         .await,
     )
-}
-
-/// What [`index`] answers.
-async fn page_view(
-    chat: &State<Chat>,
-    rendered: &State<RenderedHistory>,
-    prepared: &State<PreparedPage>,
-    metadata: Metadata<'_>,
-    cookies: &CookieJar<'_>,
-    if_none_match: IfNoneMatch,
-    before: Option<&str>,
-) -> Either<Tagged<LatestPage>, (Status, Template)> {
-    // The page a refused form post redirected to: its draft and error,
-    // once.
-    if before.is_none() {
-        if let Some(kept) = take_kept_draft(cookies) {
-            let (status, page) =
-                render(chat, rendered, &metadata, &Shown::Latest, kept.draft()).await;
-            return Either::Right((status.unwrap_or(Status::Ok), page));
-        }
-    }
-    let name = remembered_name(cookies);
-    // The latest page from a complete cache is tagged, and not rendered at
-    // all when the client already has it.
-    if before.is_none() && chat.latest_cached(1).is_some() {
-        let etag = prepared.tag.latest(chat.cache_version(), &name);
-        if if_none_match.has(&etag) {
-            return Either::Left(Tagged::NotModified { etag });
-        }
-        if let Some((version, page)) = prepared.latest(chat, rendered, &metadata) {
-            // One idempotency key per page view: a double submit stores the
-            // message once.
-            let body = page.page(&name, &new_id());
-            return Either::Left(Tagged::Fresh {
-                etag: prepared.tag.latest(version, &name),
-                body: Either::Left(PageBytes {
-                    content_type: page.content_type.clone(),
-                    body,
-                }),
-            });
-        }
-        let draft = Draft {
-            name: &name,
-            text: "",
-            error: None,
-            field: None,
-            form_id: None,
-        };
-        let (status, page) = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
-        return match status {
-            None => Either::Left(Tagged::Fresh {
-                etag,
-                body: Either::Right(page),
-            }),
-            Some(status) => Either::Right((status, page)),
-        };
-    }
-    let draft = Draft {
-        name: &name,
-        text: "",
-        error: None,
-        field: None,
-        form_id: None,
-    };
-    let shown = match before {
-        None => Shown::Latest,
-        Some(id) => match validate_id(id) {
-            Ok(()) => Shown::Before(id.to_owned()),
-            Err(e) => {
-                let error = format!("before: {}", e.message);
-                let draft = Draft {
-                    error: Some(&error),
-                    ..draft
-                };
-                let (_, page) = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
-                return Either::Right((Status::BadRequest, page));
-            }
-        },
-    };
-    let (status, page) = render(chat, rendered, &metadata, &shown, draft).await;
-    Either::Right((status.unwrap_or(Status::Ok), page))
 }
 
 /// `POST /messages`, the page's form: 303 to `/` with the name remembered in
@@ -776,64 +759,51 @@ pub async fn post_form(
     browser: FromBrowser,
     form: Result<FormBody<PostForm>, ApiError>,
 ) -> Result<Redirect, (Status, Template)> {
-    let form = match form {
-        Ok(FormBody(form)) => form,
-        Err(e) => {
-            let kept = KeptDraft {
+    // What a refusal keeps of the form: the draft, its key and the error.
+    let (kept, status) = match form {
+        Err(e) => (
+            KeptDraft {
                 name: String::new(),
                 text: String::new(),
                 form_id: None,
-                error: e.error.clone(),
+                error: e.error,
                 field: e.field.map(str::to_owned),
+            },
+            e.status,
+        ),
+        Ok(FormBody(form)) => {
+            let outcome = match NewMessage::validate(&form.name, &form.text, form.id.as_deref()) {
+                Ok(new) => chat.post(new).await.map_err(ApiError::from),
+                Err(invalid) => Err(ApiError::from(invalid)),
             };
-            if let Some(redirect) = redirect_with(&kept, &browser, cookies, https) {
-                return Ok(redirect);
+            match outcome {
+                Ok(inserted) => {
+                    let name = inserted.message().name.clone();
+                    cookies.add(name_cookie(NAME_COOKIE, name, https));
+                    return Ok(Redirect::to("/"));
+                }
+                Err(e) => {
+                    // A conflict means the key is taken by another message.
+                    let keep_id = e.status != Status::Conflict && e.field != Some("id");
+                    (
+                        KeptDraft {
+                            name: form.name,
+                            text: form.text,
+                            form_id: form.id.filter(|_| keep_id),
+                            error: e.error,
+                            field: e.field.map(str::to_owned),
+                        },
+                        e.status,
+                    )
+                }
             }
-            let draft = Draft {
-                name: "",
-                text: "",
-                error: Some(&e.error),
-                field: e.field,
-                form_id: None,
-            };
-            let (_, page) = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
-            return Err((e.status, page));
         }
     };
-    let outcome = match NewMessage::validate(&form.name, &form.text, form.id.as_deref()) {
-        Ok(new) => chat.post(new).await.map_err(ApiError::from),
-        Err(invalid) => Err(ApiError::from(invalid)),
-    };
-    match outcome {
-        Ok(inserted) => {
-            let name = inserted.message().name.clone();
-            cookies.add(name_cookie(NAME_COOKIE, name, https));
-            Ok(Redirect::to("/"))
-        }
-        Err(e) => {
-            // A conflict means the key is taken by another message.
-            let keep_id = e.status != Status::Conflict && e.field != Some("id");
-            let kept = KeptDraft {
-                name: form.name.clone(),
-                text: form.text.clone(),
-                form_id: form.id.clone().filter(|_| keep_id),
-                error: e.error.clone(),
-                field: e.field.map(str::to_owned),
-            };
-            if let Some(redirect) = redirect_with(&kept, &browser, cookies, https) {
-                return Ok(redirect);
-            }
-            let draft = Draft {
-                name: &form.name,
-                text: &form.text,
-                error: Some(&e.error),
-                field: e.field,
-                form_id: form.id.as_deref().filter(|_| keep_id),
-            };
-            let (_, page) = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
-            Err((e.status, page))
-        }
+    if let Some(redirect) = redirect_with(&kept, &browser, cookies, https) {
+        return Ok(redirect);
     }
+    let (_, page) = render(chat, rendered, &metadata, &Shown::Latest, kept.draft()).await;
+    Err((status, page))
 }
 
 /// A request for the page that the request checks refused
