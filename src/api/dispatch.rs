@@ -266,19 +266,20 @@ where
         whole(status, headers, bytes)
     }
 
-    /// The event stream for `req`, resuming after `after` unless
-    /// `Last-Event-ID` names a message.
+    /// The event stream for `req`, resuming where its `Last-Event-ID`,
+    /// else `after`, says ([`events::Resume`]).
     fn event_stream(&self, req: &Request<Incoming>, after: Option<String>) -> Response<Body> {
+        // A header of bytes that are not visible ASCII is still a named
+        // id, and no message's.
         let last_event_id = req
             .headers()
             .get("last-event-id")
-            .and_then(|v| v.to_str().ok());
-        let resume_from =
-            events::valid_id(last_event_id).or_else(|| events::valid_id(after.as_deref()));
+            .map(|v| String::from_utf8_lossy(v.as_bytes()));
+        let resume = events::Resume::named(last_event_id.as_deref(), after.as_deref());
         let stream = events::stream(
             self.events.chat.clone(),
             self.events.heartbeat,
-            resume_from,
+            resume,
             self.shutdown.clone(),
         );
         let body = StreamBody::new(stream.map(|bytes| Ok::<_, hyper::Error>(Frame::data(bytes))));

@@ -2,8 +2,9 @@
 //!
 //! A subscriber first replays what it missed (from `Last-Event-ID`, or the
 //! `after` query parameter a page uses on its first connection), then follows
-//! the live broadcast; when the store does not have the message it names, a
-//! `reset` event says so before the stream goes live. If it falls behind
+//! the live broadcast; when the store does not have the message it names
+//! (or what it names is no message id at all), a `reset` event says so
+//! before the stream goes live. If it falls behind
 //! the broadcast it catches up, from the cache while the cache still holds
 //! what it missed, else from the store; if the store cannot answer, the
 //! stream ends, and the browser's reconnect with `Last-Event-ID` replays
@@ -40,17 +41,49 @@ use crate::store::{Cursor, StoreError};
 #[derive(Debug, Clone, Copy)]
 pub struct Heartbeat(pub Duration);
 
-/// The `Last-Event-ID` request header, when it names a valid id.
-pub struct LastEventId(Option<String>);
+/// The `Last-Event-ID` request header, as sent.
+pub struct LastEventId<'r>(Option<&'r str>);
 
 #[rocket::async_trait]
-impl<'r> FromRequest<'r> for LastEventId {
+impl<'r> FromRequest<'r> for LastEventId<'r> {
     type Error = ();
 
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, ()> {
-        Outcome::Success(LastEventId(valid_id(
-            req.headers().get_one("Last-Event-ID"),
-        )))
+        Outcome::Success(LastEventId(req.headers().get_one("Last-Event-ID")))
+    }
+}
+
+/// Where a subscriber's stream starts, from what its client names as the
+/// last event it has: `Last-Event-ID` when the request has one that is not
+/// blank (the browser's reconnect sends it, and it is newer than the URL's
+/// `after`), else the `after` query parameter. Surrounding whitespace is
+/// not part of the id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// Nothing named: the stream starts from now.
+    Live,
+    /// A valid message id: first the messages after it.
+    After(String),
+    /// Something that is not a message id (another deployment's, or
+    /// garbage): nothing can be replayed, so the stream begins with a
+    /// `reset`, as for an id the store does not have. Holds what was sent.
+    NotAnId(String),
+}
+
+impl Resume {
+    /// The start a request names with its `Last-Event-ID` header and its
+    /// `after` query parameter (each as sent, `None` when absent).
+    pub fn named(last_event_id: Option<&str>, after: Option<&str>) -> Resume {
+        let named = [last_event_id, after]
+            .into_iter()
+            .flatten()
+            .map(str::trim)
+            .find(|id| !id.is_empty());
+        match named {
+            None => Resume::Live,
+            Some(id) if validate_id(id).is_ok() => Resume::After(id.to_owned()),
+            Some(id) => Resume::NotAnId(id.to_owned()),
+        }
     }
 }
 
@@ -76,8 +109,9 @@ where
 /// `GET /api/events?after`: 200 with a `text/event-stream` (the WHATWG HTML
 /// standard's server-sent events) of `message` events, `id:` the message id
 /// and `data:` the message as JSON: when `Last-Event-ID` (else `after`)
-/// names a valid id, first the messages after it (or, when the store does
-/// not have that message, one `reset` event), then each new one; a
+/// names an id ([`Resume`]), first the messages after it (or, when the
+/// store does not have that message or it is no message id, one `reset`
+/// event), then each new one; a
 /// `: heartbeat` comment every `heartbeat_secs`. Never an error status: the
 /// stream ends at shutdown, or when the store cannot say what was missed.
 ///
@@ -96,7 +130,7 @@ where
 pub fn events(
     chat: &State<Chat>,
     heartbeat: &State<Heartbeat>,
-    last_event_id: LastEventId,
+    last_event_id: LastEventId<'_>,
     after: Option<&str>,
     origin: &Origin<'_>,
     shutdown: Shutdown,
@@ -114,11 +148,10 @@ pub fn events(
         // Rocket answers `Err` with its responder, as it does `Ok`.
         return Err(Box::new(Redirect::permanent(to)));
     }
-    let resume_from = last_event_id.0.or_else(|| valid_id(after));
     Ok(SseBytes(ByteStream(stream(
         chat.inner().clone(),
         heartbeat.0,
-        resume_from,
+        Resume::named(last_event_id.0, after),
         shutdown,
     ))))
 }
@@ -140,25 +173,47 @@ const NOT_IN_A_QUERY: &AsciiSet = &CONTROLS
     .add(b'|')
     .add(b'}');
 
-/// `id` when it is a valid message id.
-pub fn valid_id(id: Option<&str>) -> Option<String> {
-    id.map(str::trim)
-        .filter(|id| validate_id(id).is_ok())
-        .map(str::to_owned)
-}
-
-/// The `reset` event: the stream cannot replay what came after `unknown`,
-/// a message the store does not have, and goes on live. Its `id:` is
-/// `newest`, the newest message now (empty when there is none), so a
-/// client's reconnect resumes from there instead of asking again; its
-/// data says why, in the API's error shape. `EventSource` clients that
-/// listen only for `message` events never see it.
-fn reset_frame(unknown: &str, newest: Option<&str>) -> Bytes {
-    let data = serde_json::json!({ "error": format!("no message has id {unknown}") });
+/// The `reset` event: the stream cannot replay what came after `named`,
+/// which is no message the store has (`why` says how), and goes on live.
+/// Its `id:` is `newest`, the newest message now (empty when there is
+/// none), so a client's reconnect resumes from there instead of asking
+/// again; its data says why, in the API's error shape, with at most
+/// [`ECHOED_CHARS`] of what was named. `EventSource` clients that listen
+/// only for `message` events never see it.
+fn reset_frame(named: &str, why: Option<&str>, newest: Option<&str>) -> Bytes {
+    let mut shown: String = named.chars().take(ECHOED_CHARS).collect();
+    if shown.len() < named.len() {
+        shown.push('…');
+    }
+    let error = match why {
+        Some(why) => format!("no message has id {shown} ({why})"),
+        None => format!("no message has id {shown}"),
+    };
+    let data = serde_json::json!({ "error": error });
     Bytes::from(format!(
         "event: reset\nid: {}\ndata: {data}\n\n",
         newest.unwrap_or("")
     ))
+}
+
+/// The most of an id a client named that its `reset` repeats: enough to
+/// recognise it, and a long one is not sent back whole.
+const ECHOED_CHARS: usize = 80;
+
+/// Where a stream that cannot replay goes live: after the newest message
+/// now, which a client that follows the reset has (its id, and the cache's
+/// next arrival after it; `None`s when the store is empty or cannot say).
+async fn live_after_newest(chat: &Chat) -> (Option<String>, Option<Arrival>) {
+    let newest = chat
+        .list(Cursor::Latest, 1)
+        .await
+        .ok()
+        .and_then(|b| b.into_iter().last());
+    let next = newest
+        .as_ref()
+        .and_then(|c| c.arrival.or_else(|| chat.arrival_of(&c.message.id)))
+        .map(Arrival::next);
+    (newest.map(|c| c.message.id.clone()), next)
 }
 
 /// Sets `last` to `id` in the buffer it already has: a stream remembers
@@ -175,8 +230,8 @@ fn remember(last: &mut Option<String>, id: &str) {
 }
 
 /// One subscriber's event stream: the bytes of `/api/events`'s body, from
-/// `retry:` on. When `resume_from` names a message, first the messages after
-/// it, then each new one; a `: heartbeat` comment every `every`; it ends
+/// `retry:` on. When `resume` names a message, first the messages after
+/// it (a `reset` when there is no such message), then each new one; a `: heartbeat` comment every `every`; it ends
 /// when `shutdown` resolves or the store cannot say what was missed.
 ///
 /// It subscribes to the broadcast now, before the stream is first polled,
@@ -184,7 +239,7 @@ fn remember(last: &mut Option<String>, id: &str) {
 pub fn stream<F>(
     chat: Chat,
     every: Duration,
-    resume_from: Option<String>,
+    resume: Resume,
     shutdown: F,
 ) -> impl futures::Stream<Item = Bytes> + Send + 'static
 where
@@ -199,15 +254,19 @@ where
         // the last message it was sent (where a replay from the store
         // continues).
         let mut next: Option<Arrival> = None;
-        let mut last_id = resume_from.clone();
-        let mut catching_up = resume_from.is_some();
+        let (mut last_id, not_an_id) = match resume {
+            Resume::Live => (None, None),
+            Resume::After(id) => (Some(id), None),
+            Resume::NotAnId(named) => (None, Some(named)),
+        };
+        let mut catching_up = last_id.is_some();
         // Subscribed before the cache was first loaded (a MongoDB store
         // whose change stream has not started yet): what the load brings
         // in is not broadcast, so a message stored after `last_id` and
         // before the load would never reach this stream. Once the cache is
         // complete, the stream catches up from `last_id` first.
         let mut before_first_load = false;
-        if !catching_up {
+        if !catching_up && not_an_id.is_none() {
             next = now;
             if next.is_none() {
                 last_id = chat.newest_id().await.ok().flatten();
@@ -220,6 +279,13 @@ where
         let mut overlap: Vec<String> = Vec::new();
         // Tells EventSource how soon to reconnect, and flushes the headers.
         yield Bytes::from_static(b"retry: 2000\n: connected\n\n");
+        // Nothing can be replayed after what is no message id.
+        if let Some(named) = not_an_id {
+            (last_id, next) = live_after_newest(&chat).await;
+            overlap = last_id.iter().cloned().collect();
+            let why = validate_id(&named).err().map(|e| e.message);
+            yield reset_frame(&named, why.as_deref(), last_id.as_deref());
+        }
         let mut heartbeat = interval_at(Instant::now() + every, every);
         loop {
             if catching_up {
@@ -269,14 +335,9 @@ where
                     // this stream subscribed, before the read) is not sent.
                     Err(StoreError::UnknownId(unknown)) => {
                         catching_up = false;
-                        let newest = chat.list(Cursor::Latest, 1).await.ok().and_then(|b| b.into_iter().last());
-                        last_id = newest.as_ref().map(|c| c.message.id.clone());
-                        next = newest
-                            .as_ref()
-                            .and_then(|c| c.arrival.or_else(|| chat.arrival_of(&c.message.id)))
-                            .map(Arrival::next);
+                        (last_id, next) = live_after_newest(&chat).await;
                         overlap = last_id.iter().cloned().collect();
-                        yield reset_frame(&unknown, last_id.as_deref());
+                        yield reset_frame(&unknown, None, last_id.as_deref());
                     }
                     // The store cannot say what was missed right now: end
                     // the stream, and the client's reconnect with
@@ -383,26 +444,79 @@ mod tests {
     /// names, so a client that follows the reset (reloading the latest
     /// messages, resuming from that id) has it. It was then also sent as a
     /// `message` after the reset: once too often, and only when the
-    /// timing fell so. What the reset names is now never sent after it.
+    /// timing fell so. What the reset names is now never sent after it,
+    /// whether the id was unknown or no id at all.
     #[tokio::test]
     async fn a_message_the_reset_names_is_not_sent_again_after_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let chat = chat_in(dir.path()).await;
-        post(&chat, "before").await;
-        // Subscribed now, first polled below.
-        let frames = stream(
-            chat.clone(),
-            Duration::from_secs(60),
-            Some("gone-from-this-store".to_owned()),
-            futures::future::pending(),
-        );
-        let mut frames = Box::pin(frames);
-        let around = post(&chat, "posted around the reset").await;
+        for resume in [
+            Resume::After("gone-from-this-store".to_owned()),
+            Resume::NotAnId("not an id!".to_owned()),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let chat = chat_in(dir.path()).await;
+            post(&chat, "before").await;
+            // Subscribed now, first polled below.
+            let frames = stream(
+                chat.clone(),
+                Duration::from_secs(60),
+                resume.clone(),
+                futures::future::pending(),
+            );
+            let mut frames = Box::pin(frames);
+            let around = post(&chat, "posted around the reset").await;
+            assert_eq!(
+                next_event(&mut frames).await,
+                ("reset".to_owned(), around.clone()),
+                "{resume:?}"
+            );
+            let after = post(&chat, "after the reset").await;
+            assert_eq!(
+                next_event(&mut frames).await,
+                ("message".to_owned(), after),
+                "{resume:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_header_names_the_start_unless_it_is_blank() {
+        let id = "0192f1c3a5b07d3e8f4a6b1c2d3e4f50";
+        let other = "0192f1c3a5b07d3e8f4a6b1c2d3e4f51";
+        assert_eq!(Resume::named(None, None), Resume::Live);
+        assert_eq!(Resume::named(Some(" "), Some("")), Resume::Live);
         assert_eq!(
-            next_event(&mut frames).await,
-            ("reset".to_owned(), around.clone())
+            Resume::named(Some(id), Some(other)),
+            Resume::After(id.to_owned())
         );
-        let after = post(&chat, "after the reset").await;
-        assert_eq!(next_event(&mut frames).await, ("message".to_owned(), after));
+        assert_eq!(
+            Resume::named(Some("  "), Some(other)),
+            Resume::After(other.to_owned())
+        );
+        assert_eq!(
+            Resume::named(Some(&format!(" {id}\t")), None),
+            Resume::After(id.to_owned())
+        );
+        // A header that names something else is newer than the URL's `after`.
+        assert_eq!(
+            Resume::named(Some("no/such"), Some(id)),
+            Resume::NotAnId("no/such".to_owned())
+        );
+        assert_eq!(
+            Resume::named(None, Some(&"x".repeat(500))),
+            Resume::NotAnId("x".repeat(500))
+        );
+    }
+
+    #[test]
+    fn a_reset_repeats_at_most_the_start_of_what_was_named() {
+        let frame = reset_frame(&"é".repeat(200), Some("too long"), None);
+        let text = String::from_utf8(frame.to_vec()).unwrap();
+        let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+        let data: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(
+            data["error"],
+            format!("no message has id {}… (too long)", "é".repeat(ECHOED_CHARS))
+        );
+        assert!(text.starts_with("event: reset\nid: \ndata: "), "{text}");
     }
 }

@@ -476,3 +476,81 @@ async fn an_unknown_last_event_id_gets_a_reset_event_then_goes_live() {
     }
     app.shutdown().await;
 }
+
+/// A `Last-Event-ID` or `after` that is no message id at all (another
+/// deployment's id format, or garbage) got a stream that went live without
+/// a word, as an unknown id once did: its client never learned that
+/// nothing was replayed. It now gets the same `reset` first, saying what
+/// was wrong with the id; what the client named is repeated only in part
+/// when it is long. A header that names something is newer than the URL's
+/// `after` (the browser's reconnect keeps the first URL), so it decides.
+#[tokio::test]
+async fn a_last_event_id_that_is_no_id_gets_a_reset_too() {
+    let app = spawn_app(&[]).await;
+    let error = |reset: &Event| -> String {
+        let data: Value = serde_json::from_str(&reset.data).expect("JSON data");
+        data["error"].as_str().expect("an error").to_owned()
+    };
+
+    // An empty store: the reset names no message to resume from.
+    let mut sse = Sse::connect(&app, "/api/events", Some("not an id!")).await;
+    let reset = next_event(&mut sse).await;
+    assert_eq!((reset.event.as_str(), reset.id.as_str()), ("reset", ""));
+    assert_eq!(
+        error(&reset),
+        "no message has id not an id! (id may contain only letters, digits, '-' and '_')"
+    );
+    let first = app.post_message("a", "first").await;
+    assert_eq!(sse.next_message().await, first);
+    drop(sse);
+
+    let mut newest = app.post_message("a", "newest").await;
+    let first_id = first["id"].as_str().unwrap();
+    let long = "x".repeat(300);
+    for (path, header, named) in [
+        (
+            format!("/api/events?after={first_id}"),
+            Some("no/such"),
+            "no/such".to_owned(),
+        ),
+        (
+            "/api/events?after=%E2%9C%93%0A".to_owned(),
+            None,
+            "✓".to_owned(),
+        ),
+        (
+            "/api/events".to_owned(),
+            Some(long.as_str()),
+            format!("{}…", "x".repeat(80)),
+        ),
+    ] {
+        let mut sse = Sse::connect(&app, &path, header).await;
+        let reset = next_event(&mut sse).await;
+        assert_eq!(reset.event, "reset", "{path}: {reset:?}");
+        assert_eq!(reset.id, newest["id"], "{path}: resume from the newest");
+        assert!(
+            error(&reset).starts_with(&format!("no message has id {named} (")),
+            "{path}: {}",
+            error(&reset)
+        );
+        newest = app.post_message("b", "live").await;
+        assert_eq!(sse.next_message().await, newest, "{path}");
+    }
+
+    // Bytes that are not ASCII: still a named id, and no message's.
+    let response = app
+        .client
+        .get(app.url("/api/events"))
+        .header(
+            "Last-Event-ID",
+            reqwest::header::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+        )
+        .send()
+        .await
+        .expect("connect");
+    let mut sse = Sse::from_response(response);
+    let reset = next_event(&mut sse).await;
+    assert_eq!(reset.event, "reset", "{reset:?}");
+    assert!(error(&reset).starts_with("no message has id caf\u{fffd} ("));
+    app.shutdown().await;
+}
