@@ -155,6 +155,16 @@ pkgs.testers.runNixOSTest {
           )
       else:
           URI = BASE_URI
+      # The app's database: the connection string's path (the module sets one).
+      DATABASE = urllib.parse.urlsplit(BASE_URI).path.strip("/") or "simplechat"
+      # One member's own mongod, not the set: read as a secondary may be.
+      OWN_URI = "mongodb://127.0.0.1:27017/?directConnection=true&readPreference=secondaryPreferred"
+      if AUTH:
+          OWN_URI = (
+              "mongodb://${appUser}:" + urllib.parse.quote(PASSWORD, safe="")
+              + "@127.0.0.1:27017/?directConnection=true&readPreference=secondaryPreferred"
+              + "&authSource=admin&authMechanism=SCRAM-SHA-256"
+          )
 
 
       def wait_for(predicate, what, timeout=180, interval=2):
@@ -199,8 +209,10 @@ pkgs.testers.runNixOSTest {
 
 
       def provision(node):
-          # Boot is over (the units that need the secrets failed); write them.
-          node.wait_for_unit("multi-user.target", timeout=600)
+          # As soon as the node's shell answers, not once multi-user.target is
+          # reached: the units that need the secrets fail without them and
+          # are restarted (Restart=on-failure), and the target, ordered after
+          # them, may wait for them as long as they keep trying.
           node.succeed(
               "install -d -m 0700 /run/keys",
               f"printf %s {shlex.quote(KEY)} > ${keyFile}",
@@ -370,6 +382,23 @@ pkgs.testers.runNixOSTest {
               "after failover via " + reader.name,
           }
           wait_for(lambda: expected <= set(texts(victim)), "the full history on the old primary", timeout=120)
+
+          # The app reads through the primary, so the listing above says
+          # nothing of the old primary's own copy: read its mongod directly,
+          # as the secondary it now is. mongosh prints the --eval result as
+          # JSON with --json (mongodb.com/docs/mongodb-shell/reference/options/).
+          def own_texts():
+              out = victim.succeed(
+                  f"mongosh --quiet --norc --json=relaxed {shlex.quote(OWN_URI)} --eval "
+                  + shlex.quote(
+                      f"db.getSiblingDB({json.dumps(DATABASE)}).messages"
+                      ".find({}, {_id: 0, text: 1}).toArray().map(d => d.text)"
+                  )
+              )
+              listed, _ = json.JSONDecoder().raw_decode(out[out.index("["):])
+              return set(listed)
+
+          wait_for(lambda: expected <= own_texts(), "the full history in the old primary's own copy", timeout=120)
 
       if AUTH:
           with subtest("no password in any journal"):
