@@ -626,6 +626,94 @@ async fn one_instance_pipelines_its_majority_writes() {
     store.close().await;
 }
 
+/// The lab's app and simplechat writing at once. A lab document gets its
+/// position from an update that follows its insert, so a message stored
+/// between the two comes before it in the store order. The change stream
+/// published the lab's message at its insert, ahead of such messages, so
+/// subscribers (and a replay from their last event) saw another order
+/// than the listing, and two instances each their own. Here each update
+/// the change stream makes waits 500 ms for its majority, so the second
+/// lab message is positioned well after the post that follows it: both
+/// instances now deliver every message in the store order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_the_lab_writes_beside_simplechats_are_delivered_in_the_store_order() {
+    use mongodb::bson::{doc, oid::ObjectId, DateTime};
+    use mongodb::options::{Acknowledgment, WriteConcern};
+    use std::future::IntoFuture;
+
+    let test = "messages_the_lab_writes_beside_simplechats_are_delivered_in_the_store_order";
+    sim_only(test);
+    let mut options = fast_sim(true);
+    options.secondary_lag = Duration::from_millis(500);
+    let cluster = TestCluster::start_sim(options).await;
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let cache = Cache::new();
+        let store = open_ready(&cluster, "beside", Duration::from_secs(30), cache.clone()).await;
+        wait_until_running(&store, Duration::from_secs(30)).await;
+        instances.push((Arc::new(store), cache.subscribe()));
+    }
+    // The lab's app does not wait for a majority.
+    let lab = cluster.lab_messages("beside").await;
+    let w1 = WriteConcern::builder().w(Acknowledgment::Nodes(1)).build();
+    let lab_insert = |text: &str| {
+        lab.insert_one(doc! { "_id": ObjectId::new(), "name": "lab", "text": text,
+        "datetime": DateTime::now() })
+            .write_concern(w1.clone())
+            .into_future()
+    };
+    lab_insert("lab 1").await.expect("lab insert");
+    lab_insert("lab 2").await.expect("lab insert");
+    let store = instances[0].0.clone();
+    let post = tokio::spawn(async move { store.insert(message("sc1", "simplechat 1")).await });
+    lab_insert("lab 3").await.expect("lab insert");
+    assert!(matches!(
+        post.await.expect("task"),
+        Ok(Inserted::Created(_))
+    ));
+
+    let listed: Vec<String> = instances[0]
+        .0
+        .list(Cursor::Latest, 100)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    // The test is only one if a lab message was positioned after the post.
+    assert_ne!(
+        listed.last().map(String::as_str),
+        Some("simplechat 1"),
+        "{listed:?}"
+    );
+    for (i, (store, events)) in instances.iter_mut().enumerate() {
+        let mut delivered = Vec::new();
+        while delivered.len() < listed.len() {
+            let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
+                .await
+                .expect("every message reaches the cache")
+                .expect("cache open");
+            delivered.push(event.message.text.clone());
+        }
+        assert_eq!(
+            delivered, listed,
+            "instance {i}: delivered in the store order"
+        );
+        let again: Vec<String> = store
+            .list(Cursor::Latest, 100)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        assert_eq!(again, listed, "instance {i}: listed alike");
+    }
+    for (store, _) in instances {
+        store.close().await;
+    }
+}
+
 /// Inserts lab documents (`{_id: ObjectId, name, text, datetime}`, as the
 /// lab's app wrote them) into `db.messages`; returns that collection.
 async fn insert_lab_docs(

@@ -13,7 +13,8 @@
 //!    publish it ([`Watcher::position_strays`]);
 //! 4. read the latest messages again, publish those newer than anything
 //!    published so far, and `reset` the cache (it is whole again);
-//! 5. publish each insert event as it comes; `publish` ignores ids it has.
+//! 5. publish each insert event as it comes, and each update that gave
+//!    another app's document its position; `publish` ignores ids it has.
 //!
 //! A message committed before the stream opened is read in step 3 or 4; one
 //! committed after is delivered by the stream (and may also be read, which
@@ -33,6 +34,12 @@
 //! whatever time zone its `datetime` was written in; the oldest position,
 //! unlike the newest, does not move, so whether a document is a stray
 //! does not depend on when it is asked.
+//!
+//! Such a message is published where the update that gives it its
+//! position comes in the stream, not where its insert came: a message
+//! inserted between the two comes before it in the store order, and the
+//! stream, in the oplog's order, brings that insert first. So the cache
+//! (and every subscriber, on every instance) follows the store order.
 //!
 //! Change streams: <https://www.mongodb.com/docs/manual/changeStreams/>;
 //! resuming: <https://www.mongodb.com/docs/manual/changeStreams/#resume-a-change-stream>.
@@ -62,6 +69,10 @@ const MAX_DRAIN_TIME: Duration = Duration::from_secs(10);
 /// earlier: catch-up reads start this far back, and the cache drops the ones it
 /// already has.
 const CLOCK_SKEW_MS: i64 = 5_000;
+
+/// The field an update event names when it set `position`
+/// (<https://www.mongodb.com/docs/manual/reference/change-events/update/>).
+const POSITION_SET: &str = "updateDescription.updatedFields.position";
 
 type Events = ChangeStream<ChangeStreamEvent<Document>>;
 
@@ -246,8 +257,15 @@ impl Watcher {
     }
 
     async fn open(&mut self) -> Result<(Events, bool), String> {
-        // Only inserts matter; invalidate events always pass a $match.
-        let pipeline = [doc! { "$match": { "operationType": "insert" } }];
+        // Inserts, and the updates that give another app's document its
+        // position; invalidate events always pass a $match.
+        let pipeline = [doc! { "$match": { "$or": [
+            { "operationType": "insert" },
+            {
+                "operationType": "update",
+                POSITION_SET: { "$exists": true },
+            },
+        ] } }];
         let coll = self.collections.messages.clone_with_type::<Document>();
         if let Some(token) = self.token.clone() {
             match coll
@@ -399,9 +417,14 @@ impl Watcher {
                 if message.is_none() {
                     continue;
                 }
+                let id = oid.into();
+                self.collections
+                    .set_position(&id)
+                    .await
+                    .map_err(|c| c.reason().to_owned())?;
                 let positioned = self
                     .collections
-                    .assign_position(&oid.into())
+                    .find_by_key(&id)
                     .await
                     .map_err(|c| c.reason().to_owned())?;
                 if let Some(message) = positioned.and_then(|d| self.shared.skipped.keep(d)) {
@@ -471,16 +494,35 @@ impl Watcher {
                     return Ok(false);
                 }
                 // Another app (the lab's) inserted it: give it its place in
-                // the store order first, so it is the newest message in
-                // every listing, then publish it. On failure the stream
-                // restarts from before this event and tries again.
-                let positioned = self
-                    .collections
-                    .assign_position(&message.id.bson())
+                // the store order, so it is the newest message in every
+                // listing (unless another instance already did). It is
+                // published when that update comes through this stream,
+                // not now: messages inserted between the insert and the
+                // update come before it in the store order, and the stream
+                // brings them first. On failure the stream restarts from
+                // before this event and tries again.
+                self.collections
+                    .set_position(&message.id.bson())
                     .await
                     .map_err(|c| c.reason().to_owned())?;
-                if let Some(message) = positioned.and_then(|d| self.shared.skipped.keep(d)) {
-                    self.publish(message)?;
+                Ok(false)
+            }
+            // The update that gave another app's document its position
+            // (the pipeline lets no other through): the document is read as
+            // it now is and published.
+            OperationType::Update => {
+                let Some(id) = event.document_key.and_then(|k| k.get("_id").cloned()) else {
+                    return Ok(false);
+                };
+                let now = self
+                    .collections
+                    .find_by_key(&id)
+                    .await
+                    .map_err(|c| c.reason().to_owned())?;
+                if let Some(message) = now.and_then(|d| self.shared.skipped.keep(d)) {
+                    if message.position.is_some() {
+                        self.publish(message)?;
+                    }
                 }
                 Ok(false)
             }

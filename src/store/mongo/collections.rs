@@ -180,6 +180,14 @@ impl Collections {
             .map_err(|e| self.class(&e))
     }
 
+    /// The document whose `_id` is `id` (as stored), from the primary.
+    pub(super) async fn find_by_key(&self, id: &Bson) -> Result<Option<Document>, Class> {
+        self.messages_on_primary
+            .find_one(doc! { "_id": id.clone() })
+            .await
+            .map_err(|e| self.class(&e))
+    }
+
     /// The oldest `position` of any document: that of the first message
     /// simplechat stored. `None` while no document has one. An empty
     /// timestamp (which mongod fills in at insert) does not count.
@@ -234,9 +242,8 @@ impl Collections {
     /// Gives a document that another app inserted without a `position` the
     /// current cluster time as its position, unless someone already did
     /// (`$currentDate` with `$type: "timestamp"`:
-    /// <https://www.mongodb.com/docs/manual/reference/operator/update/currentDate/>),
-    /// and returns the document as it now is, from the primary.
-    pub(super) async fn assign_position(&self, id: &Bson) -> Result<Option<Document>, Class> {
+    /// <https://www.mongodb.com/docs/manual/reference/operator/update/currentDate/>).
+    pub(super) async fn set_position(&self, id: &Bson) -> Result<(), Class> {
         self.messages
             .update_one(
                 doc! { "_id": id.clone(), document::POSITION: Bson::Null },
@@ -244,9 +251,6 @@ impl Collections {
             )
             .await
             .map_err(|e| self.class(&e))?;
-        self.messages_on_primary
-            .find_one(doc! { "_id": id.clone() })
-            .await
-            .map_err(|e| self.class(&e))
+        Ok(())
     }
 }
