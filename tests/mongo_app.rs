@@ -446,6 +446,9 @@ async fn a_message_the_labs_app_wrote_while_simplechat_was_down_is_the_newest() 
     let ours = app.post_message("ann", "before the upgrade").await;
     app.shutdown().await;
 
+    // In a later second than simplechat's first message: a document of
+    // that very second may have been there before it, and is history.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let news = mongodb::bson::oid::ObjectId::new();
     lab.insert_one(doc! {
         "_id": news,

@@ -457,7 +457,9 @@ async fn a_dropped_collection_invalidates_the_change_stream_and_it_reopens() {
 /// The lab's own data: documents written as the lab's Flask app wrote them
 /// (`{_id: ObjectId, name, text, datetime}` with naive datetimes, here out
 /// of arrival order), documents that are no messages, and the lab's app
-/// writing while simplechat runs.
+/// writing while simplechat runs. The lab's history here is made in the
+/// second of simplechat's first message, and was there before it: it is
+/// history, listed, not a stray waiting for a position no one gives it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_labs_documents_are_read_in_one_order_and_new_ones_join_it() {
     use mongodb::bson::{doc, oid::ObjectId, DateTime};
@@ -712,6 +714,103 @@ async fn messages_the_lab_writes_beside_simplechats_are_delivered_in_the_store_o
     for (store, _) in instances {
         store.close().await;
     }
+}
+
+/// What the lab's app wrote while no simplechat instance ran (strays) is
+/// given its position when an instance starts, one majority write each;
+/// until then the store's reads listed such a message in the history at
+/// its `datetime`, and a walk through the history met it there and again
+/// as the newest message (or missed it). Reads now leave a stray out until
+/// it has its position. Here each position takes 500 ms, and the walk
+/// runs while the three strays wait for theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_walk_while_strays_get_their_positions_meets_each_message_once() {
+    use mongodb::bson::{doc, oid::ObjectId, DateTime};
+    use mongodb::options::{Acknowledgment, WriteConcern};
+
+    let test = "a_walk_while_strays_get_their_positions_meets_each_message_once";
+    sim_only(test);
+    let mut options = fast_sim(true);
+    options.secondary_lag = Duration::from_millis(500);
+    let cluster = TestCluster::start_sim(options).await;
+    let lab = cluster.lab_messages("strays").await;
+    let w1 = WriteConcern::builder().w(Acknowledgment::Nodes(1)).build();
+    let day = |d: i64| DateTime::from_millis(1_577_836_800_000 + d * 86_400_000);
+    // The lab's history, from 2020: ObjectIds of that time.
+    for d in 1..=3_u8 {
+        let mut bytes = [0u8; 12];
+        bytes[..4].copy_from_slice(&1_577_836_800_u32.to_be_bytes());
+        bytes[11] = d;
+        lab.insert_one(doc! { "_id": ObjectId::from_bytes(bytes), "name": "lab",
+        "text": format!("history {d}"), "datetime": day(i64::from(d)) })
+            .write_concern(w1.clone())
+            .await
+            .expect("lab history");
+    }
+    let first = open_ready(&cluster, "strays", Duration::from_secs(30), Cache::new()).await;
+    first
+        .insert(message("sc1", "simplechat 1"))
+        .await
+        .expect("insert");
+    first.close().await;
+    // While no instance runs (from a later second than simplechat's first
+    // message: one of that very second is history), the lab's app writes
+    // three messages, with datetimes older than the whole history (a
+    // clock, or a time zone).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for i in 1..=3 {
+        lab.insert_one(doc! { "_id": ObjectId::new(), "name": "lab",
+        "text": format!("while down {i}"), "datetime": day(-400 + i) })
+            .write_concern(w1.clone())
+            .await
+            .expect("lab insert while down");
+    }
+
+    let cache = Cache::new();
+    let mut events = cache.subscribe();
+    let store = open_ready(&cluster, "strays", Duration::from_secs(30), cache.clone()).await;
+    let mut walk = Vec::new();
+    let mut page = store.list(Cursor::Latest, 2).await.expect("latest");
+    while let Some(oldest) = page.first().cloned() {
+        walk.splice(0..0, page.iter().map(|m| m.text.clone()));
+        page = store
+            .list(Cursor::Before(oldest.id), 2)
+            .await
+            .expect("page");
+    }
+    let history = ["history 1", "history 2", "history 3", "simplechat 1"];
+    let strays = ["while down 1", "while down 2", "while down 3"];
+    assert!(walk.len() >= history.len(), "{walk:?}");
+    assert_eq!(
+        walk[..history.len()],
+        history,
+        "the history first: {walk:?}"
+    );
+    let after: Vec<&str> = walk[history.len()..].iter().map(String::as_str).collect();
+    assert!(
+        strays.starts_with(&after),
+        "then only strays with their position, oldest first: {walk:?}"
+    );
+
+    // Once positioned, each is published, and is the newest.
+    let mut published = Vec::new();
+    while published.len() < strays.len() {
+        let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .expect("every stray is published")
+            .expect("cache open");
+        published.push(event.message.text.clone());
+    }
+    assert_eq!(published, strays);
+    let listed: Vec<String> = store
+        .list(Cursor::Latest, 100)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(listed, [&history[..], &strays[..]].concat());
+    store.close().await;
 }
 
 /// Inserts lab documents (`{_id: ObjectId, name, text, datetime}`, as the

@@ -26,9 +26,10 @@
 //! simplechat's first message; but one written since, while no stream
 //! watched (every instance stopped, or this one starting or recovering),
 //! is news all the same. So a document without `position` whose ObjectId
-//! was made from the second of the oldest position on is a stray: it is
-//! left out of every cache reset and given its position in step 3, or
-//! when its insert event comes. Strays are told by `_id` because an
+//! was made after the second of the oldest position is a stray (one of
+//! that very second may have been there before the first message, and
+//! stays history): it is left out of every read until it is given its
+//! position in step 3, or when its insert event comes. Strays are told by `_id` because an
 //! ObjectId begins with the second it was made on the writer's clock
 //! (<https://www.mongodb.com/docs/manual/reference/method/ObjectId/>),
 //! whatever time zone its `datetime` was written in; the oldest position,
@@ -178,8 +179,6 @@ struct Watcher {
     collections: Arc<Collections>,
     token: Option<ResumeToken>,
     delivered: Option<Delivered>,
-    /// Where strays begin, once a message has a position (it never moves).
-    strays_from: Option<ObjectId>,
     /// The oldest message the cache was last loaded with, unless it was
     /// loaded with the whole history: what is older is not news.
     floor: Option<Position>,
@@ -193,7 +192,6 @@ pub(super) async fn run(shared: Arc<Shared>, collections: Arc<Collections>) {
         collections,
         token: None,
         delivered: None,
-        strays_from: None,
         floor: None,
     };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
@@ -374,24 +372,11 @@ impl Watcher {
         })
     }
 
-    /// Where strays begin: the first ObjectId of the second of the oldest
-    /// position (a position is the primary's cluster time, its seconds on
-    /// the primary's clock). `None` while no message has a position: every
-    /// document without one is then history.
-    async fn strays_from(&mut self) -> Result<Option<ObjectId>, String> {
-        if self.strays_from.is_none() {
-            let oldest = self
-                .collections
-                .oldest_position()
-                .await
-                .map_err(|c| c.reason().to_owned())?;
-            self.strays_from = oldest.map(|stamp| {
-                let mut bytes = [0u8; 12];
-                bytes[..4].copy_from_slice(&stamp.time.to_be_bytes());
-                ObjectId::from_bytes(bytes)
-            });
-        }
-        Ok(self.strays_from)
+    async fn strays_from(&self) -> Result<Option<ObjectId>, String> {
+        self.collections
+            .strays_from()
+            .await
+            .map_err(|c| c.reason().to_owned())
     }
 
     /// Gives each stray its position, oldest `_id` first, and publishes

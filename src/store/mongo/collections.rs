@@ -1,6 +1,7 @@
 //! The messages collection as the store reads and writes it: one handle per
 //! read preference, and the reads that walk the store order.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures::TryStreamExt;
@@ -32,6 +33,9 @@ pub(super) struct Collections {
     /// the primary: a document still waiting for its majority must not be
     /// reported as stored.
     messages_on_primary: Collection<Document>,
+    /// Where strays begin ([`Collections::strays_from`]), once known: it
+    /// never moves.
+    strays_from: OnceLock<ObjectId>,
 }
 
 impl Collections {
@@ -62,6 +66,7 @@ impl Collections {
             conn,
             messages,
             messages_on_primary,
+            strays_from: OnceLock::new(),
         }
     }
 
@@ -74,6 +79,9 @@ impl Collections {
     /// no messages are counted in `skipped` and read past, so fewer than
     /// `limit` means the range holds no more messages (a short page would
     /// end a client's walk through the history, or an SSE replay, early).
+    /// Strays are left out until they have their position: they are news,
+    /// not history, and a walk that met them at their `datetime` would
+    /// meet them again as the newest messages.
     pub(super) async fn read(
         &self,
         range: Range,
@@ -85,12 +93,13 @@ impl Collections {
             Range::Oldest => Direction::Newer,
             Range::Beyond(_, direction) => *direction,
         };
+        let strays = self.strays_from().await?;
         let mut range = range;
         let mut messages = Vec::new();
         while messages.len() < limit {
             let want = limit - messages.len();
             let page = self
-                .page(&range, direction, want, skipped, &mut messages)
+                .page(&range, direction, strays, want, skipped, &mut messages)
                 .await?;
             // Every document of the page has a place in the order
             // (`well_typed`), a message or not: the next page starts
@@ -116,16 +125,19 @@ impl Collections {
         &self,
         range: &Range,
         direction: Direction,
+        strays: Option<ObjectId>,
         limit: usize,
         skipped: &SkippedDocuments,
         messages: &mut Vec<MessageDoc>,
     ) -> Result<Page, Class> {
-        let filter = match range {
-            Range::Latest | Range::Oldest => document::well_typed(),
-            Range::Beyond(from, direction) => {
-                doc! { "$and": [ document::beyond(from, *direction), document::well_typed() ] }
-            }
-        };
+        let mut filter = vec![Bson::Document(document::well_typed())];
+        if let Range::Beyond(from, direction) = range {
+            filter.push(Bson::Document(document::beyond(from, *direction)));
+        }
+        if let Some(strays) = strays {
+            filter.push(Bson::Document(document::not_stray(strays)));
+        }
+        let filter = doc! { "$and": filter };
         let mut cursor = self
             .messages
             .find(filter)
@@ -188,10 +200,30 @@ impl Collections {
             .map_err(|e| self.class(&e))
     }
 
+    /// Where strays begin: the first ObjectId of the second after that of
+    /// the oldest position (a position is the primary's cluster time, its
+    /// seconds on the primary's clock). A document of that very second may
+    /// have been there before the first message, so it stays history. `None` while no message has a position: every
+    /// document without one is then history. Asked of the store until it
+    /// is known, then remembered: the oldest position does not move.
+    pub(super) async fn strays_from(&self) -> Result<Option<ObjectId>, Class> {
+        if let Some(from) = self.strays_from.get() {
+            return Ok(Some(*from));
+        }
+        let Some(oldest) = self.oldest_position().await? else {
+            return Ok(None);
+        };
+        let mut bytes = [0u8; 12];
+        bytes[..4].copy_from_slice(&oldest.time.saturating_add(1).to_be_bytes());
+        Ok(Some(
+            *self.strays_from.get_or_init(|| ObjectId::from_bytes(bytes)),
+        ))
+    }
+
     /// The oldest `position` of any document: that of the first message
     /// simplechat stored. `None` while no document has one. An empty
     /// timestamp (which mongod fills in at insert) does not count.
-    pub(super) async fn oldest_position(&self) -> Result<Option<Timestamp>, Class> {
+    async fn oldest_position(&self) -> Result<Option<Timestamp>, Class> {
         let empty = Timestamp {
             time: 0,
             increment: 0,

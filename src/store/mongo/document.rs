@@ -437,6 +437,14 @@ pub fn well_typed() -> Document {
     }
 }
 
+/// The documents that are not strays from `from` on: a stray has no
+/// position and an ObjectId made from `from` on (a comparison with an
+/// ObjectId matches ObjectIds only, so string ids are never strays:
+/// <https://www.mongodb.com/docs/manual/reference/method/db.collection.find/#type-bracketing>).
+pub fn not_stray(from: ObjectId) -> Document {
+    doc! { "$nor": [ { POSITION: Bson::Null, "_id": { "$gte": from } } ] }
+}
+
 /// The documents [`well_typed`] leaves out.
 pub fn ill_typed() -> Document {
     doc! { "$nor": [ well_typed() ] }
