@@ -692,3 +692,63 @@ async fn the_labs_huge_messages_are_listed_and_streamed_cut() {
     }
     app.shutdown().await;
 }
+
+/// The lab's app took any name and text: an empty name, a text of blanks,
+/// a NUL or an escape sequence, a bidi override in a name. Such messages
+/// were served as stored, against the API's own rules (a name of 1 to 64
+/// characters, no control characters), and the NUL went raw into the
+/// page. They are shown mended, alike in the listing, by id, on the page
+/// and on a retry of the id (a 409: no post has that content).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_labs_messages_that_break_a_posts_rules_are_shown_mended() {
+    use mongodb::bson::oid::ObjectId;
+    let cluster =
+        TestCluster::start("the_labs_messages_that_break_a_posts_rules_are_shown_mended").await;
+    let lab = cluster.lab_messages("mended").await;
+    let ids: Vec<ObjectId> = (0..3).map(|_| ObjectId::new()).collect();
+    let at = mongodb::bson::DateTime::from_millis(1_700_000_000_000);
+    lab.insert_many([
+        doc! { "_id": ids[0], "name": "", "text": "   ", "datetime": at },
+        doc! { "_id": ids[1], "name": " eve\u{202E}gnp.exe ", "text": "a\0b\u{1b}[31m", "datetime": at },
+        doc! { "_id": ids[2], "name": "ann", "text": "fine", "datetime": at },
+    ])
+    .await
+    .expect("lab inserts");
+    let app = start_app(&cluster, "mended", 20).await;
+    let expected = [
+        ("(no name)", "(empty message)"),
+        ("eve\u{FFFD}gnp.exe", "a\u{FFFD}b\u{FFFD}[31m"),
+        ("ann", "fine"),
+    ];
+    let listed = app.get_json("/api/messages").await;
+    let listed: Vec<(&str, &str)> = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap(), m["text"].as_str().unwrap()))
+        .collect();
+    assert_eq!(listed, expected);
+    for (id, (name, text)) in ids.iter().zip(expected) {
+        let one = app
+            .get_json(&format!("/api/messages/{}", id.to_hex()))
+            .await;
+        assert_eq!(
+            (one["name"].as_str(), one["text"].as_str()),
+            (Some(name), Some(text))
+        );
+    }
+    let page = app.get("/").await.text().await.expect("page");
+    assert!(!page.contains('\0') && !page.contains('\u{1b}') && !page.contains('\u{202E}'));
+    assert!(
+        page.contains("(empty message)"),
+        "the page shows the mended text"
+    );
+    let retry = app
+        .post_json(
+            "/api/messages",
+            &json!({ "id": ids[0].to_hex(), "name": "(no name)", "text": "(empty message)" }),
+        )
+        .await;
+    assert_eq!(retry.status(), 409);
+    app.shutdown().await;
+}

@@ -15,12 +15,16 @@
 //! - `_id` is a string (simplechat's ids) or an ObjectId (the lab's, and
 //!   any id of 24 lower-case hex digits); strings sort before ObjectIds.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 
+use icu_properties::props::BidiControl;
+use icu_properties::CodePointSetData;
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document, Timestamp};
 use time::OffsetDateTime;
+use unicode_normalization::{is_nfc, UnicodeNormalization};
 
-use crate::message::{Message, NAME_MAX_CHARS, TEXT_MAX_CHARS};
+use crate::message::{is_visible, Message, NAME_MAX_CHARS, TEXT_MAX_CHARS};
 
 /// The collection, as the lab's app named it.
 pub const COLLECTION: &str = "messages";
@@ -139,9 +143,11 @@ pub struct MessageDoc {
     pub datetime: DateTime,
     /// `None` for documents simplechat did not write.
     pub position: Option<Timestamp>,
-    /// The stored name or text was longer than a message's and is shown
-    /// cut: no post can have the same content.
-    pub cut: bool,
+    /// The stored name or text is shown other than stored: cut, as it was
+    /// longer than a message's, or mended, as it broke another rule a post
+    /// follows ([`mended_name`], [`mended_text`]). No post can have the
+    /// same content.
+    pub altered: bool,
 }
 
 /// The text a message shows for a stored `text` (another app's, which set
@@ -178,6 +184,63 @@ pub fn shown_name(name: &str) -> Option<String> {
     Some(shown)
 }
 
+/// What a message shows for the name of a document another app wrote (the
+/// lab's app had no rules), by the rules a posted name follows besides its
+/// length: trimmed, NFC, each control or bidirectional control character
+/// as U+FFFD (one would break the line, the other reorder what is shown
+/// beside the name), and [`NAMELESS`] when no visible character is left.
+/// `None` when the name keeps those rules.
+pub fn mended_name(name: &str) -> Option<String> {
+    let bidi_control = CodePointSetData::new::<BidiControl>();
+    let breaks_a_rule = |c: char| c.is_control() || bidi_control.contains(c);
+    let trimmed = name.trim();
+    if trimmed.len() == name.len()
+        && !name.chars().any(breaks_a_rule)
+        && is_nfc(name)
+        && name.chars().any(is_visible)
+    {
+        return None;
+    }
+    let mended: String = trimmed
+        .chars()
+        .map(|c| if breaks_a_rule(c) { '\u{FFFD}' } else { c })
+        .nfc()
+        .collect();
+    Some(if mended.chars().any(is_visible) {
+        mended
+    } else {
+        NAMELESS.to_owned()
+    })
+}
+
+/// What a message shows for the text of a document another app wrote, by
+/// the rules a posted text follows besides its length: line breaks as LF,
+/// trimmed, each control character but newline and tab as U+FFFD, and
+/// [`EMPTY_TEXT`] when nothing is left. `None` when the text keeps those
+/// rules.
+pub fn mended_text(text: &str) -> Option<String> {
+    let breaks_a_rule = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.is_empty() && text.trim().len() == text.len() && !text.chars().any(breaks_a_rule) {
+        return None;
+    }
+    let lines = text.replace("\r\n", "\n").replace('\r', "\n");
+    let trimmed = lines.trim();
+    if trimmed.is_empty() {
+        return Some(EMPTY_TEXT.to_owned());
+    }
+    Some(
+        trimmed
+            .chars()
+            .map(|c| if breaks_a_rule(c) { '\u{FFFD}' } else { c })
+            .collect(),
+    )
+}
+
+/// The name shown for a document whose name has no visible character.
+pub const NAMELESS: &str = "(no name)";
+/// The text shown for a document whose text is empty or only blanks.
+pub const EMPTY_TEXT: &str = "(empty message)";
+
 /// The longest beginning of `text` that is whole graphemes (extended
 /// grapheme clusters) and at most `most` characters: a cut between two
 /// characters of one grapheme would drop a letter's accent, halve a flag
@@ -212,7 +275,9 @@ impl MessageDoc {
 
     /// Reads any document of the collection. A naive datetime (the lab's)
     /// is taken as UTC, as pymongo stored it. A name or text longer than a
-    /// message's is cut ([`shown_name`], [`shown_text`]).
+    /// message's is cut ([`shown_name`], [`shown_text`]), and one that
+    /// breaks another rule a post follows is mended ([`mended_name`],
+    /// [`mended_text`]), so every message shown keeps the API's rules.
     ///
     /// Errors: why it is not a message.
     pub fn from_document(d: &Document) -> Result<MessageDoc, Malformed> {
@@ -234,17 +299,28 @@ impl MessageDoc {
         ) {
             return Err(Malformed::IdText);
         }
-        let name = d.get_str("name").map_err(|_| Malformed::Name)?;
-        let text = d.get_str("text").map_err(|_| Malformed::Text)?;
-        // Only what is shown is copied out of the document.
-        let (name, text, cut) = match (shown_name(name), shown_text(text)) {
-            (None, None) => (name.to_owned(), text.to_owned(), false),
-            (n, t) => (
-                n.unwrap_or_else(|| name.to_owned()),
-                t.unwrap_or_else(|| text.to_owned()),
-                true,
-            ),
+        let stored_name = d.get_str("name").map_err(|_| Malformed::Name)?;
+        let stored_text = d.get_str("text").map_err(|_| Malformed::Text)?;
+        // Trimmed and cut before the rest is mended: a text may be
+        // megabytes, and only what is shown is copied out of the document.
+        let (name, text) = (stored_name.trim(), stored_text.trim());
+        let (name, name_cut) = match shown_name(name) {
+            Some(cut) => (Cow::Owned(cut), true),
+            None => (Cow::Borrowed(name), false),
         };
+        let (text, text_cut) = match shown_text(text) {
+            Some(cut) => (Cow::Owned(cut), true),
+            None => (Cow::Borrowed(text), false),
+        };
+        // NFC can make a name longer (U+0958 is two characters in NFC):
+        // cut again, then.
+        let name = match mended_name(&name) {
+            Some(mended) => Cow::Owned(shown_name(&mended).unwrap_or(mended)),
+            None => name,
+        };
+        let text = mended_text(&text).map_or(text, Cow::Owned);
+        let altered = name_cut || text_cut || name != stored_name || text != stored_text;
+        let (name, text) = (name.into_owned(), text.into_owned());
         let datetime = *d
             .get_datetime("datetime")
             .map_err(|_| Malformed::Datetime)?;
@@ -262,7 +338,7 @@ impl MessageDoc {
             text,
             datetime,
             position,
-            cut,
+            altered,
         })
     }
 
@@ -595,7 +671,7 @@ mod tests {
         let lab =
             doc! { "_id": oid, "name": &name, "text": &text, "datetime": DateTime::from_millis(5) };
         let m = MessageDoc::from_document(&lab).unwrap();
-        assert!(m.cut);
+        assert!(m.altered);
         assert_eq!(m.text.chars().count(), TEXT_MAX_CHARS);
         assert!(m.text.starts_with(&"é".repeat(1900)), "{}", &m.text[..20]);
         assert!(
@@ -612,13 +688,63 @@ mod tests {
         let lab =
             doc! { "_id": oid, "name": &name, "text": &text, "datetime": DateTime::from_millis(5) };
         let m = MessageDoc::from_document(&lab).unwrap();
-        assert!(!m.cut);
+        assert!(!m.altered);
         assert_eq!((m.name, m.text), (name, text));
         // Only the name is too long.
         let lab = doc! { "_id": oid, "name": "n".repeat(65), "text": "hi", "datetime": DateTime::from_millis(5) };
         let m = MessageDoc::from_document(&lab).unwrap();
-        assert!(m.cut);
+        assert!(m.altered);
         assert_eq!(m.text, "hi");
+    }
+
+    /// The lab's app had no rules: an empty or blank name or text, control
+    /// characters (a NUL, an ESC, a carriage return) or a bidi override in
+    /// a name were shown as stored, against the API's own rules for a
+    /// message. They are now shown mended; what is shown always passes
+    /// the rules of a post, and the message counts as altered, so no post
+    /// is taken for a retry of it.
+    #[test]
+    fn names_and_texts_no_post_could_have_are_shown_mended() {
+        let shown = |name: &str, text: &str| {
+            let lab = doc! { "_id": ObjectId::new(), "name": name, "text": text,
+            "datetime": DateTime::from_millis(5) };
+            let m = MessageDoc::from_document(&lab).unwrap();
+            assert!(
+                NewMessage::validate(&m.name, &m.text, None).is_ok(),
+                "{:?} {:?}",
+                m.name,
+                m.text
+            );
+            (m.name, m.text, m.altered)
+        };
+        let case = |name: &str, text: &str, altered| (name.to_owned(), text.to_owned(), altered);
+        assert_eq!(shown("ann", "hello"), case("ann", "hello", false));
+        assert_eq!(shown("", ""), case(NAMELESS, EMPTY_TEXT, true));
+        assert_eq!(shown(" \t", " \r\n "), case(NAMELESS, EMPTY_TEXT, true));
+        assert_eq!(shown("\u{200B}", "x"), case(NAMELESS, "x", true));
+        assert_eq!(
+            shown(" bob ", "hi\r\nthere\0!\u{1b}[31m"),
+            case("bob", "hi\nthere\u{FFFD}!\u{FFFD}[31m", true)
+        );
+        assert_eq!(
+            shown("eve\u{202E}gnp.exe", "ok"),
+            case("eve\u{FFFD}gnp.exe", "ok", true)
+        );
+        assert_eq!(shown("\0", "ok"), case("\u{FFFD}", "ok", true));
+        assert_eq!(
+            shown("e\u{301}", "tab\tok\n"),
+            case("\u{e9}", "tab\tok", true)
+        );
+        // Texts keep bidi controls, as posts may.
+        assert_eq!(
+            shown("ann", "\u{202B}abc"),
+            case("ann", "\u{202B}abc", false)
+        );
+        // A name NFC makes longer is cut to a name's length.
+        let (name, _, altered) = shown(&"\u{958}".repeat(NAME_MAX_CHARS), "x");
+        assert!(altered && name.chars().count() <= NAME_MAX_CHARS, "{name}");
+        // A long blank name is nameless, not its cut.
+        assert_eq!(shown(&" ".repeat(100), "x"), case(NAMELESS, "x", true));
     }
 
     /// The cut counted characters, so it could end inside a grapheme: a
@@ -644,12 +770,14 @@ mod tests {
                 "datetime": DateTime::from_millis(5),
             };
             let m = MessageDoc::from_document(&lab).unwrap();
-            assert!(m.cut);
+            assert!(m.altered);
             let (kept_text, marker) = m.text.split_once('\u{2026}').unwrap();
             assert!(marker.starts_with("\n[cut: "), "{marker}");
             let (kept_name, rest) = m.name.split_once('\u{2026}').unwrap();
             assert_eq!(rest, "");
-            for kept in [kept_text, kept_name] {
+            // A name is shown NFC, as a posted one is stored.
+            let nfc_unit: String = unit.nfc().collect();
+            for (kept, unit) in [(kept_text, unit), (kept_name, nfc_unit.as_str())] {
                 assert!(!kept.is_empty(), "{unit:?}");
                 assert!(
                     kept.graphemes(true).all(|g| g == unit),

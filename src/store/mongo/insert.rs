@@ -180,11 +180,11 @@ async fn resolve_duplicate(
         return Ok(Duplicate::Conflict);
     };
     let ours = tried.contains(&stored.datetime.timestamp_millis());
-    // A stored name or text longer than any post's is shown cut: no post
-    // has its content, even one that repeats what is shown.
-    let cut = stored.cut;
+    // A stored name or text no post could have is shown cut or mended: no
+    // post has its content, even one that repeats what is shown.
+    let altered = stored.altered;
     let stored = stored.into_message().map_err(Class::Fatal)?;
-    Ok(if cut || !new.same_content(&stored) {
+    Ok(if altered || !new.same_content(&stored) {
         Duplicate::Conflict
     } else if ours {
         Duplicate::Ours(stored)

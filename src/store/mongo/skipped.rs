@@ -22,7 +22,7 @@ const REMEMBERED: usize = 10_000;
 pub(super) struct SkippedDocuments {
     seen: Mutex<Seen>,
     /// Whether a message shown cut has been logged.
-    cut_logged: AtomicBool,
+    altered_logged: AtomicBool,
 }
 
 #[derive(Default)]
@@ -33,14 +33,14 @@ struct Seen {
 }
 
 impl SkippedDocuments {
-    /// The message in `doc` (a name or text longer than a message's cut,
-    /// logged once), or `None` after counting why it is not one.
+    /// The message in `doc` (a name or text no post could have cut or
+    /// mended, logged once), or `None` after counting why it is not one.
     pub(super) fn keep(&self, doc: Document) -> Option<MessageDoc> {
         match MessageDoc::from_document(&doc) {
             Ok(message) => {
-                if message.cut && !self.cut_logged.swap(true, Ordering::Relaxed) {
+                if message.altered && !self.altered_logged.swap(true, Ordering::Relaxed) {
                     log::info!(
-                        "the messages collection holds names or texts longer than a message's; they are shown cut (the documents are not changed)"
+                        "the messages collection holds names or texts no post could have (too long, empty, or with control characters); they are shown cut or mended (the documents are not changed)"
                     );
                 }
                 Some(message)
