@@ -813,6 +813,60 @@ async fn a_walk_while_strays_get_their_positions_meets_each_message_once() {
     store.close().await;
 }
 
+/// A document of the lab's within about 200 bytes of 16 MiB makes an
+/// insert event larger than mongod sends (`BSONObjectTooLarge`), so every
+/// change stream resumed before it failed again, and live updates stopped
+/// for good on every instance. The stream now drops its resume token on
+/// that error and starts afresh, reading what it missed: the document
+/// itself (shown cut) and what came after it reach subscribers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_too_large_for_its_insert_event_does_not_stop_live_updates() {
+    use mongodb::bson::{doc, oid::ObjectId, DateTime};
+
+    let test = "a_document_too_large_for_its_insert_event_does_not_stop_live_updates";
+    sim_only(test);
+    let cluster = TestCluster::start_sim(fast_sim(true)).await;
+    let cache = Cache::new();
+    let store = open_ready(&cluster, "large", Duration::from_secs(30), cache.clone()).await;
+    wait_until_running(&store, Duration::from_secs(30)).await;
+    store
+        .insert(message("sc1", "simplechat 1"))
+        .await
+        .expect("insert");
+    let mut events = cache.subscribe();
+    // Made in a later second than simplechat's first message: news.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let lab = cluster.lab_messages("large").await;
+    let huge = "x".repeat(16 * 1024 * 1024 - 200);
+    lab.insert_one(doc! { "_id": ObjectId::new(), "name": "lab", "text": &huge,
+    "datetime": DateTime::now() })
+        .await
+        .expect("a document just under 16 MiB");
+    drop(huge);
+    lab.insert_one(
+        doc! { "_id": ObjectId::new(), "name": "lab", "text": "after it",
+        "datetime": DateTime::now() },
+    )
+    .await
+    .expect("lab insert");
+    let mut delivered = Vec::new();
+    while delivered.len() < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .expect("live updates go on")
+            .expect("cache open");
+        delivered.push(event.message.text.clone());
+    }
+    assert!(
+        delivered[0].ends_with("[cut: the message has 16777016 characters]"),
+        "{}",
+        &delivered[0][delivered[0].len() - 60..]
+    );
+    assert_eq!(delivered[1], "after it");
+    wait_until_running(&store, Duration::from_secs(30)).await;
+    store.close().await;
+}
+
 /// Inserts lab documents (`{_id: ObjectId, name, text, datetime}`, as the
 /// lab's app wrote them) into `db.messages`; returns that collection.
 async fn insert_lab_docs(

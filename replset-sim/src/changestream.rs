@@ -9,7 +9,9 @@ use bson::{doc, Bson, Document, Timestamp};
 use crate::commands::{wait_for, CmdResult, Ctx};
 use crate::error::CmdError;
 use crate::matcher;
-use crate::state::{ChangeCursor, Cursor, LogEntry, NsFilter, Op, Role, State};
+use crate::state::{
+    ChangeCursor, Cursor, LogEntry, NsFilter, Op, Role, State, MAX_BSON_OBJECT_SIZE,
+};
 
 const KIND_EVENT: u8 = 0;
 const KIND_INVALIDATE: u8 = 1;
@@ -219,6 +221,24 @@ fn apply_stages(mut ev: Document, stages: &[Document]) -> Result<Option<Document
     Ok(Some(ev))
 }
 
+/// mongod fails a change stream whose next event, after the pipeline, is
+/// larger than a document may be (16 MiB): "If a change stream has large
+/// events that exceed 16 MB, a BSONObjectTooLarge exception is returned"
+/// (<https://www.mongodb.com/docs/manual/reference/operator/aggregation/changeStreamSplitLargeEvent/>).
+/// An insert event carries the whole document, so a document within about
+/// 200 bytes of the limit makes one.
+fn check_size(ev: &Document) -> Result<(), CmdError> {
+    let size = bson::to_vec(ev).map_or(0, |v| v.len());
+    if size > MAX_BSON_OBJECT_SIZE as usize {
+        return Err(CmdError::new(
+            10334,
+            "BSONObjectTooLarge",
+            format!("BSONObj size: {size} (0x{size:X}) is invalid. Size must be between 0 and 16793600(16MB)"),
+        ));
+    }
+    Ok(())
+}
+
 fn scan(
     st: &State,
     member: usize,
@@ -244,6 +264,7 @@ fn scan(
         cur.next += 1;
         for ev in evs {
             if let Some(ev) = apply_stages(ev, &cur.stages)? {
+                check_size(&ev)?;
                 out.push(ev);
             }
         }

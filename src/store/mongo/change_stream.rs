@@ -71,6 +71,9 @@ const MAX_DRAIN_TIME: Duration = Duration::from_secs(10);
 /// already has.
 const CLOCK_SKEW_MS: i64 = 5_000;
 
+/// The server's code for an event larger than it can send.
+const BSON_OBJECT_TOO_LARGE: i32 = 10334;
+
 /// The field an update event names when it set `position`
 /// (<https://www.mongodb.com/docs/manual/reference/change-events/update/>).
 const POSITION_SET: &str = "updateDescription.updatedFields.position";
@@ -242,7 +245,7 @@ impl Watcher {
         self.shared.change_stream.running();
 
         while let Some(event) = stream.next().await {
-            let event = event.map_err(|e| self.reason(&e))?;
+            let event = event.map_err(|e| self.failed(&e))?;
             self.token = stream.resume_token();
             if self.handle(event).await? {
                 return Ok(());
@@ -311,7 +314,7 @@ impl Watcher {
                     }
                 }
                 Ok(None) => break,
-                Err(e) => return Err(self.reason(&e)),
+                Err(e) => return Err(self.failed(&e)),
             }
         }
         Ok(!stream.is_alive())
@@ -460,6 +463,22 @@ impl Watcher {
 
     fn reason(&self, e: &mongodb::error::Error) -> String {
         crate::mongo::reason(e, self.collections.conn.secret.as_deref())
+    }
+
+    /// Why reading the open stream failed. An event the server cannot send
+    /// (`BSONObjectTooLarge` 10334: another app's document within about
+    /// 200 bytes of 16 MiB, which its insert event carries whole:
+    /// <https://www.mongodb.com/docs/manual/reference/operator/aggregation/changeStreamSplitLargeEvent/>)
+    /// fails every stream resumed before it, so the token is dropped and
+    /// the next cycle opens a fresh stream and reads what it missed. (A
+    /// resumed `aggregate` that meets the event fails too, and `open` drops
+    /// the token then; this covers a server that answers the `aggregate`
+    /// before reaching it.)
+    fn failed(&mut self, e: &mongodb::error::Error) -> String {
+        if crate::mongo::errors::command_code(e) == Some(BSON_OBJECT_TOO_LARGE) {
+            self.token = None;
+        }
+        self.reason(e)
     }
 
     /// `Ok(true)` when the event ends the stream.
