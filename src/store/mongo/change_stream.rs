@@ -29,8 +29,9 @@
 //! was made after the second of the oldest position is a stray (one of
 //! that very second may have been there before the first message, and
 //! stays history): it is left out of every read until it is given its
-//! position in step 3, or when its insert event comes. Strays are told by `_id` because an
-//! ObjectId begins with the second it was made on the writer's clock
+//! position in step 3, or when its insert event comes. Strays are told
+//! by `_id` because an ObjectId begins with the second it was made on the
+//! writer's clock
 //! (<https://www.mongodb.com/docs/manual/reference/method/ObjectId/>),
 //! whatever time zone its `datetime` was written in; the oldest position,
 //! unlike the newest, does not move, so whether a document is a stray
@@ -375,6 +376,7 @@ impl Watcher {
         })
     }
 
+    /// Where strays begin ([`Collections::strays_from`]).
     async fn strays_from(&self) -> Result<Option<ObjectId>, String> {
         self.collections
             .strays_from()

@@ -203,9 +203,10 @@ impl Collections {
     /// Where strays begin: the first ObjectId of the second after that of
     /// the oldest position (a position is the primary's cluster time, its
     /// seconds on the primary's clock). A document of that very second may
-    /// have been there before the first message, so it stays history. `None` while no message has a position: every
-    /// document without one is then history. Asked of the store until it
-    /// is known, then remembered: the oldest position does not move.
+    /// have been there before the first message, so it stays history.
+    /// `None` while no message has a position: every document without one
+    /// is then history. Asked of the store until it is known, then
+    /// remembered: the oldest position does not move.
     pub(super) async fn strays_from(&self) -> Result<Option<ObjectId>, Class> {
         if let Some(from) = self.strays_from.get() {
             return Ok(Some(*from));
