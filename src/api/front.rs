@@ -71,6 +71,27 @@ const MAX_REFUSALS: usize = 64;
 /// not spin while connections close.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// The most unsent data an accepted socket holds before a write waits
+/// (`TCP_NOTSENT_LOWAT`, tcp(7)); Linux wakes a waiting write once less
+/// than half of it is left. Without it the kernel's send buffer grows to
+/// megabytes and a waiting write is woken only once a third of it has
+/// drained, which a slow client may take longer than `header_timeout_secs`
+/// to read, though it reads all along ([`crate::api::stall`]). With it, a
+/// client that takes 16 KiB within that time is never cut off, and a
+/// client that reads nothing holds less memory in the kernel.
+const UNSENT_LOW_WATER: u32 = 32 * 1024;
+
+/// Sets [`UNSENT_LOW_WATER`] on `stream`; where the option does not exist
+/// the kernel's default behaviour stays.
+fn keep_little_unsent(stream: &tokio::net::TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_notsent_lowat(UNSENT_LOW_WATER) {
+        log::debug!("cannot set TCP_NOTSENT_LOWAT: {e}");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = stream;
+}
+
 /// Serves clients on `listener` with `dispatch` until `shutdown` resolves;
 /// then stops accepting and returns once every connection has finished its
 /// response in progress (event streams end at shutdown), or after `grace`,
@@ -110,6 +131,7 @@ pub async fn serve<S>(
             },
         };
         let _ = stream.set_nodelay(true);
+        keep_little_unsent(&stream);
         match slots.clone().try_acquire_owned() {
             Ok(slot) => {
                 let (http, dispatch, shutdown) = (http.clone(), dispatch.clone(), shutdown.clone());

@@ -7,7 +7,11 @@
 //! clients lock everyone else out. Through [`WriteTimeout`], a write that
 //! has made no progress for its limit fails with `TimedOut`, and hyper
 //! closes the connection. Any progress starts the clock again, so a slow
-//! reader is never cut off, only one that takes nothing for that long.
+//! reader is never cut off, only one that takes nothing for that long. The
+//! kernel wakes a waiting write only once the client has taken some of
+//! what waits; the front door keeps that to 16 KiB
+//! ([`crate::api::front`]'s `TCP_NOTSENT_LOWAT`), not a third of a send
+//! buffer grown to megabytes.
 //!
 //! An event stream is bounded the same way: its subscriber has stopped
 //! reading, and when it reads again its `EventSource` reconnects with

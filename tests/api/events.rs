@@ -554,3 +554,73 @@ async fn a_last_event_id_that_is_no_id_gets_a_reset_too() {
     assert!(error(&reset).starts_with("no message has id caf\u{fffd} ("));
     app.shutdown().await;
 }
+
+/// A subscriber that reads steadily, if slowly, through a small receive
+/// window was cut off during a burst: the kernel's send buffer grows to
+/// megabytes, and a write waiting for room was woken only once a third of
+/// it had drained, which at a slow client's pace took longer than the
+/// write timeout, though the client was reading all along. The server now
+/// keeps little unsent data per socket (`TCP_NOTSENT_LOWAT`), so a write
+/// is woken each time the client has taken 16 KiB. Reading a burst at such
+/// a pace takes minutes, so this test checks the cause: after a burst of
+/// 1.5 MB to a subscriber that reads nothing, the server's socket holds
+/// what its client's window takes and the low-water mark, not megabytes
+/// (Linux's `/proc/net/tcp` `tx_queue`: bytes written and not acknowledged).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_reads_slowly_is_not_left_megabytes_behind() {
+    let app = spawn_app(&[]).await;
+    let addr: std::net::SocketAddr = app
+        .base_url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("address");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    let client_port = stream.local_addr().expect("local address").port();
+    let request = format!("GET /api/events HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("request");
+    let mut head = [0u8; 64];
+    let _ = stream.read(&mut head).await.expect("the stream's head");
+
+    let text = "x".repeat(1500);
+    for i in 0..1000 {
+        app.post_message("burst", &format!("{i} {text}")).await;
+    }
+    // The server's side of this connection: local port the app's, remote
+    // port the subscriber's.
+    let unacknowledged = || -> Option<u64> {
+        let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+        table.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port = |a: &str| u16::from_str_radix(a.rsplit(':').next()?, 16).ok();
+            (port(fields.get(1)?)? == addr.port() && port(fields.get(2)?)? == client_port)
+                .then(|| u64::from_str_radix(fields.get(4)?.split(':').next()?, 16).ok())
+                .flatten()
+        })
+    };
+    // Settled: the same for half a second.
+    let mut last = None;
+    let mut same_since = tokio::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let queued = loop {
+        let now = unacknowledged();
+        if now != last {
+            (last, same_since) = (now, tokio::time::Instant::now());
+        } else if same_since.elapsed() > Duration::from_millis(500) {
+            break now.expect("the server's socket is in /proc/net/tcp");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never settled: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        queued <= 256 * 1024,
+        "{queued} bytes waiting in the server's socket"
+    );
+    drop(stream);
+    app.shutdown().await;
+}
