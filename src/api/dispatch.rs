@@ -198,7 +198,11 @@ where
         }
         request.set_remote(peer);
         for value in parts.headers.get_all(header::COOKIE) {
-            let Ok(value) = value.to_str() else { continue };
+            // Every cookie of the site comes in one header, other apps' on
+            // this host too: one of them with a byte that is not visible
+            // ASCII (which `to_str` refuses), or not UTF-8 (which Rocket's
+            // own server refuses), must not cost this app its own.
+            let value = String::from_utf8_lossy(value.as_bytes());
             for cookie in value.split(';').map(str::trim) {
                 if let Ok(cookie) = Cookie::parse_encoded(cookie.to_owned()) {
                     request = request.cookie(cookie);

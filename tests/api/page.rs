@@ -436,6 +436,38 @@ async fn each_page_view_gets_its_own_form_key_and_the_remembered_name_escaped() 
     app.shutdown().await;
 }
 
+/// Every cookie of the host comes in one `Cookie` header, other apps' too.
+/// One of them with a byte beyond ASCII (UTF-8, as browsers send a cookie
+/// set so, or Latin-1) made the server drop the whole header: the
+/// remembered name was gone, and so were a refused post's draft and error.
+#[tokio::test]
+async fn another_apps_cookie_beyond_ascii_does_not_hide_ours() {
+    let app = spawn_app(&[]).await;
+    for other in [&b"theme=d\xc3\xa9faut"[..], &b"latin=caf\xe9"[..]] {
+        let mut header = other.to_vec();
+        header.extend_from_slice(b"; simplechat_name=bob");
+        let response = app
+            .client
+            .get(app.url("/"))
+            .header(
+                "cookie",
+                reqwest::header::HeaderValue::from_bytes(&header).unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let page = response.text().await.unwrap();
+        assert_eq!(
+            form_name(&page),
+            "bob",
+            "{}",
+            String::from_utf8_lossy(other)
+        );
+    }
+    app.shutdown().await;
+}
+
 /// The name cookie is the client's to change: a value the form would
 /// refuse as a name is not put back into it.
 #[tokio::test]
