@@ -334,7 +334,7 @@ async fn history(
         .map_err(|e| match e {
             StoreError::UnknownId(id) => ApiError {
                 field: Some("before"),
-                ..ApiError::not_found(format!("no message has id {id}"))
+                ..ApiError::not_found(format!("before: no message has id {id}"))
             },
             other => other.into(),
         })?;
@@ -397,9 +397,15 @@ async fn render(
     shown: &Shown,
     draft: Draft<'_>,
 ) -> (Option<Status>, Template) {
-    let (history, history_error) = match history(chat, rendered, metadata, shown).await {
-        Ok(h) => (Some(h), None),
-        Err(e) => (None, Some(e)),
+    let (history, history_error, shown) = match history(chat, rendered, metadata, shown).await {
+        Ok(h) => (Some(h), None, shown),
+        // `before` names no message: nothing is older than it, so the
+        // latest messages are shown with the error, as for an invalid id.
+        Err(e) if e.status == Status::NotFound && *shown != Shown::Latest => {
+            let latest = history(chat, rendered, metadata, &Shown::Latest).await;
+            (latest.ok(), Some(e), &Shown::Latest)
+        }
+        Err(e) => (None, Some(e), shown),
     };
     let status = history_error.as_ref().map(|e| e.status);
     let error = draft
@@ -653,7 +659,7 @@ impl<'r, 'o: 'r, R: Responder<'r, 'o>> Responder<'r, 'o> for NotStored<R> {
 /// The chat page: the latest messages, or with `before=<id>` the page of
 /// history just older than that message (how "older messages" works
 /// without JavaScript). An invalid id is a 400 page, an unknown one a 404
-/// page, each with the form and the reason.
+/// page, each with the latest messages, the form and the reason.
 #[get("/?<before>")]
 pub async fn index(
     chat: &State<Chat>,
@@ -812,7 +818,10 @@ pub async fn post_form(
 /// [`super::checks::REFUSED_PAGE_PATH`]; a request for that path itself is
 /// answered as any unknown path is.
 #[rocket::catch(default)]
-pub async fn refused(status: Status, req: &Request<'_>) -> Either<(Status, Template), ApiError> {
+pub async fn refused(
+    status: Status,
+    req: &Request<'_>,
+) -> Either<NotStored<(Status, Template)>, ApiError> {
     let state = req.rocket();
     let (Some(error), Some(chat), Some(rendered)) = (
         refusal(req),
@@ -833,7 +842,8 @@ pub async fn refused(status: Status, req: &Request<'_>) -> Either<(Status, Templ
         form_id: None,
     };
     let (_, page) = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
-    Either::Left((error.status, page))
+    // A view of the page like any other: its form has a key of its own.
+    Either::Left(NotStored((error.status, page)))
 }
 
 #[cfg(test)]

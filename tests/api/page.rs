@@ -233,6 +233,8 @@ async fn a_refused_request_for_the_page_gets_the_page() {
         .unwrap();
     assert_eq!(page.status(), 400);
     assert!(is_html(&page));
+    // Its form carries a key of its own, as every view of the page does.
+    assert_eq!(page.headers()["cache-control"], "no-store");
     let html = page.text().await.unwrap();
     assert!(html.contains("query field before is given more than once"));
     assert!(html.contains(">hello</p>"), "the latest messages");
@@ -249,6 +251,7 @@ async fn a_refused_request_for_the_page_gets_the_page() {
         .unwrap();
     assert_eq!(post.status(), 400);
     assert!(is_html(&post));
+    assert_eq!(post.headers()["cache-control"], "no-store");
     assert!(post
         .text()
         .await
@@ -328,13 +331,18 @@ async fn older_messages_are_pages_of_links_that_work_without_javascript() {
         .await
         .unwrap()
         .contains("before: id may contain only"));
+    // An unknown id showed an empty page of history saying "No older
+    // messages", though there are: it now shows the latest messages with
+    // the reason, as an invalid id does.
     let unknown = app.get("/?before=nosuchmessage").await;
     assert_eq!(unknown.status(), 404);
-    assert!(unknown
-        .text()
-        .await
-        .unwrap()
-        .contains("no message has id nosuchmessage"));
+    let unknown = unknown.text().await.unwrap();
+    assert!(unknown.contains("before: no message has id nosuchmessage"));
+    assert!(!unknown.contains("No older messages."));
+    assert_eq!(
+        shown_ids(&unknown),
+        shown_ids(&app.get("/").await.text().await.unwrap())
+    );
     app.shutdown().await;
 }
 
