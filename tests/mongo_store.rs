@@ -203,14 +203,7 @@ async fn a_write_waits_out_an_election() {
         "a_write_waits_out_an_election: the write waited {:?} for a new primary",
         started.elapsed()
     ));
-    let texts: Vec<String> = store
-        .list(Cursor::Latest, 10)
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|m| m.text)
-        .collect();
-    assert_eq!(texts, ["before", "during"]);
+    assert_eq!(latest_texts(&store, 10).await, ["before", "during"]);
     cluster.restart(primary).await;
     store.close().await;
 }
@@ -583,10 +576,7 @@ async fn the_labs_documents_are_read_in_one_order_and_new_ones_join_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_instance_pipelines_its_majority_writes() {
     let test = "one_instance_pipelines_its_majority_writes";
-    sim_only(test);
-    let mut options = fast_sim(true);
-    options.secondary_lag = Duration::from_millis(200);
-    let cluster = TestCluster::start_sim(options).await;
+    let cluster = lagged_sim(test, Duration::from_millis(200)).await;
     let cache = Cache::new();
     let store = Arc::new(
         open_ready(
@@ -640,14 +630,10 @@ async fn one_instance_pipelines_its_majority_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_the_lab_writes_beside_simplechats_are_delivered_in_the_store_order() {
     use mongodb::bson::{doc, oid::ObjectId, DateTime};
-    use mongodb::options::{Acknowledgment, WriteConcern};
     use std::future::IntoFuture;
 
     let test = "messages_the_lab_writes_beside_simplechats_are_delivered_in_the_store_order";
-    sim_only(test);
-    let mut options = fast_sim(true);
-    options.secondary_lag = Duration::from_millis(500);
-    let cluster = TestCluster::start_sim(options).await;
+    let cluster = lagged_sim(test, Duration::from_millis(500)).await;
     let mut instances = Vec::new();
     for _ in 0..2 {
         let cache = Cache::new();
@@ -655,13 +641,11 @@ async fn messages_the_lab_writes_beside_simplechats_are_delivered_in_the_store_o
         wait_until_running(&store, Duration::from_secs(30)).await;
         instances.push((Arc::new(store), cache.subscribe()));
     }
-    // The lab's app does not wait for a majority.
     let lab = cluster.lab_messages("beside").await;
-    let w1 = WriteConcern::builder().w(Acknowledgment::Nodes(1)).build();
     let lab_insert = |text: &str| {
         lab.insert_one(doc! { "_id": ObjectId::new(), "name": "lab", "text": text,
         "datetime": DateTime::now() })
-            .write_concern(w1.clone())
+            .write_concern(lab_write_concern())
             .into_future()
     };
     lab_insert("lab 1").await.expect("lab insert");
@@ -674,14 +658,7 @@ async fn messages_the_lab_writes_beside_simplechats_are_delivered_in_the_store_o
         Ok(Inserted::Created(_))
     ));
 
-    let listed: Vec<String> = instances[0]
-        .0
-        .list(Cursor::Latest, 100)
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|m| m.text)
-        .collect();
+    let listed = latest_texts(&instances[0].0, 100).await;
     assert_eq!(listed.len(), 4, "{listed:?}");
     // The test is only one if a lab message was positioned after the post.
     assert_ne!(
@@ -690,26 +667,16 @@ async fn messages_the_lab_writes_beside_simplechats_are_delivered_in_the_store_o
         "{listed:?}"
     );
     for (i, (store, events)) in instances.iter_mut().enumerate() {
-        let mut delivered = Vec::new();
-        while delivered.len() < listed.len() {
-            let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
-                .await
-                .expect("every message reaches the cache")
-                .expect("cache open");
-            delivered.push(event.message.text.clone());
-        }
         assert_eq!(
-            delivered, listed,
+            next_texts(events, listed.len()).await,
+            listed,
             "instance {i}: delivered in the store order"
         );
-        let again: Vec<String> = store
-            .list(Cursor::Latest, 100)
-            .await
-            .expect("list")
-            .into_iter()
-            .map(|m| m.text)
-            .collect();
-        assert_eq!(again, listed, "instance {i}: listed alike");
+        assert_eq!(
+            latest_texts(store, 100).await,
+            listed,
+            "instance {i}: listed alike"
+        );
     }
     for (store, _) in instances {
         store.close().await;
@@ -726,15 +693,10 @@ async fn messages_the_lab_writes_beside_simplechats_are_delivered_in_the_store_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_walk_while_strays_get_their_positions_meets_each_message_once() {
     use mongodb::bson::{doc, oid::ObjectId, DateTime};
-    use mongodb::options::{Acknowledgment, WriteConcern};
 
     let test = "a_walk_while_strays_get_their_positions_meets_each_message_once";
-    sim_only(test);
-    let mut options = fast_sim(true);
-    options.secondary_lag = Duration::from_millis(500);
-    let cluster = TestCluster::start_sim(options).await;
+    let cluster = lagged_sim(test, Duration::from_millis(500)).await;
     let lab = cluster.lab_messages("strays").await;
-    let w1 = WriteConcern::builder().w(Acknowledgment::Nodes(1)).build();
     let day = |d: i64| DateTime::from_millis(1_577_836_800_000 + d * 86_400_000);
     // The lab's history, from 2020: ObjectIds of that time.
     for d in 1..=3_u8 {
@@ -743,7 +705,7 @@ async fn a_walk_while_strays_get_their_positions_meets_each_message_once() {
         bytes[11] = d;
         lab.insert_one(doc! { "_id": ObjectId::from_bytes(bytes), "name": "lab",
         "text": format!("history {d}"), "datetime": day(i64::from(d)) })
-            .write_concern(w1.clone())
+            .write_concern(lab_write_concern())
             .await
             .expect("lab history");
     }
@@ -761,7 +723,7 @@ async fn a_walk_while_strays_get_their_positions_meets_each_message_once() {
     for i in 1..=3 {
         lab.insert_one(doc! { "_id": ObjectId::new(), "name": "lab",
         "text": format!("while down {i}"), "datetime": day(-400 + i) })
-            .write_concern(w1.clone())
+            .write_concern(lab_write_concern())
             .await
             .expect("lab insert while down");
     }
@@ -793,23 +755,11 @@ async fn a_walk_while_strays_get_their_positions_meets_each_message_once() {
     );
 
     // Once positioned, each is published, and is the newest.
-    let mut published = Vec::new();
-    while published.len() < strays.len() {
-        let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
-            .await
-            .expect("every stray is published")
-            .expect("cache open");
-        published.push(event.message.text.clone());
-    }
-    assert_eq!(published, strays);
-    let listed: Vec<String> = store
-        .list(Cursor::Latest, 100)
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|m| m.text)
-        .collect();
-    assert_eq!(listed, [&history[..], &strays[..]].concat());
+    assert_eq!(next_texts(&mut events, strays.len()).await, strays);
+    assert_eq!(
+        latest_texts(&store, 100).await,
+        [&history[..], &strays[..]].concat()
+    );
     store.close().await;
 }
 
@@ -849,14 +799,7 @@ async fn a_document_too_large_for_its_insert_event_does_not_stop_live_updates() 
     )
     .await
     .expect("lab insert");
-    let mut delivered = Vec::new();
-    while delivered.len() < 2 {
-        let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
-            .await
-            .expect("live updates go on")
-            .expect("cache open");
-        delivered.push(event.message.text.clone());
-    }
+    let delivered = next_texts(&mut events, 2).await;
     assert!(
         delivered[0].ends_with("[cut: the message has 16777016 characters]"),
         "{}",
@@ -865,6 +808,48 @@ async fn a_document_too_large_for_its_insert_event_does_not_stop_live_updates() 
     assert_eq!(delivered[1], "after it");
     wait_until_running(&store, Duration::from_secs(30)).await;
     store.close().await;
+}
+
+/// The texts of the latest `limit` messages, oldest first.
+async fn latest_texts(store: &MongoStore, limit: usize) -> Vec<String> {
+    store
+        .list(Cursor::Latest, limit)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|m| m.text)
+        .collect()
+}
+
+/// The texts of the next `n` messages the cache publishes.
+async fn next_texts(
+    events: &mut tokio::sync::broadcast::Receiver<Arc<simplechat::cache::CachedMessage>>,
+    n: usize,
+) -> Vec<String> {
+    let mut texts = Vec::new();
+    while texts.len() < n {
+        let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .expect("a message reaches the cache in time")
+            .expect("cache open");
+        texts.push(event.message.text.clone());
+    }
+    texts
+}
+
+/// A simulator whose majority acknowledgements take `lag`, for a test
+/// only the simulator can run.
+async fn lagged_sim(test: &str, lag: Duration) -> TestCluster {
+    sim_only(test);
+    let mut options = fast_sim(true);
+    options.secondary_lag = lag;
+    TestCluster::start_sim(options).await
+}
+
+/// The write concern the lab's app wrote with: it waits for no majority.
+fn lab_write_concern() -> mongodb::options::WriteConcern {
+    use mongodb::options::{Acknowledgment, WriteConcern};
+    WriteConcern::builder().w(Acknowledgment::Nodes(1)).build()
 }
 
 /// Inserts lab documents (`{_id: ObjectId, name, text, datetime}`, as the

@@ -10,6 +10,35 @@ use crate::support::app::{spawn_app, TestApp};
 
 type Body = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes, String>> + Send>>;
 
+/// `GET path` over a plain socket with a receive buffer of 4 KiB and
+/// HTTP/1.0 (no chunking), read up to the end of a `200` head: a
+/// subscriber that reads nothing soon stops the server's writes to it.
+pub async fn small_window_stream(app: &TestApp, path: &str) -> tokio::net::TcpStream {
+    let addr: std::net::SocketAddr = app
+        .base_url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("address");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    // Before connecting: the window is agreed in the handshake.
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("request");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        stream.read_exact(&mut byte).await.expect("response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    stream
+}
+
 /// A minimal SSE reader over a real connection.
 pub struct Sse {
     body: Body,
@@ -52,28 +81,7 @@ impl Sse {
     /// HTTP/1.0 (no chunking, no client-side buffering), so a subscriber
     /// that reads nothing soon stops the server's writes to it.
     pub async fn connect_with_small_window(app: &TestApp, path: &str) -> Sse {
-        let addr: std::net::SocketAddr = app
-            .base_url
-            .trim_start_matches("http://")
-            .parse()
-            .expect("address");
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        // Before connecting: the window is agreed in the handshake.
-        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-        let mut stream = socket.connect(addr).await.expect("connect");
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.expect("request");
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut byte = [0u8];
-            stream.read_exact(&mut byte).await.expect("response head");
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8_lossy(&head);
-        assert!(
-            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-            "{head}"
-        );
+        let stream = small_window_stream(app, path).await;
         let body = futures::stream::unfold(stream, |mut stream| async move {
             let mut buf = vec![0u8; 16 * 1024];
             match stream.read(&mut buf).await {
@@ -570,19 +578,9 @@ async fn a_last_event_id_that_is_no_id_gets_a_reset_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_reads_slowly_is_not_left_megabytes_behind() {
     let app = spawn_app(&[]).await;
-    let addr: std::net::SocketAddr = app
-        .base_url
-        .trim_start_matches("http://")
-        .parse()
-        .expect("address");
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    let mut stream = socket.connect(addr).await.expect("connect");
+    let stream = small_window_stream(&app, "/api/events").await;
+    let server_port = stream.peer_addr().expect("peer address").port();
     let client_port = stream.local_addr().expect("local address").port();
-    let request = format!("GET /api/events HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("request");
-    let mut head = [0u8; 64];
-    let _ = stream.read(&mut head).await.expect("the stream's head");
 
     let text = "x".repeat(1500);
     for i in 0..1000 {
@@ -595,7 +593,7 @@ async fn a_subscriber_that_reads_slowly_is_not_left_megabytes_behind() {
         table.lines().skip(1).find_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let port = |a: &str| u16::from_str_radix(a.rsplit(':').next()?, 16).ok();
-            (port(fields.get(1)?)? == addr.port() && port(fields.get(2)?)? == client_port)
+            (port(fields.get(1)?)? == server_port && port(fields.get(2)?)? == client_port)
                 .then(|| u64::from_str_radix(fields.get(4)?.split(':').next()?, 16).ok())
                 .flatten()
         })
