@@ -360,6 +360,9 @@ async fn a_message_the_labs_app_writes_reaches_simplechats_subscribers() {
     let cluster =
         TestCluster::start("a_message_the_labs_app_writes_reaches_simplechats_subscribers").await;
     let app = start_app(&cluster, "messages", 20).await;
+    // Side by side: simplechat is running, its change stream too (ready
+    // means it can write; the stream may start a moment later).
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
     let mut subscriber = Subscriber::connect(&app).await;
     let ours = app.post_message("ann", "from simplechat").await;
 

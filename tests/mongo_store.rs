@@ -450,9 +450,7 @@ async fn a_dropped_collection_invalidates_the_change_stream_and_it_reopens() {
 /// The lab's own data: documents written as the lab's Flask app wrote them
 /// (`{_id: ObjectId, name, text, datetime}` with naive datetimes, here out
 /// of arrival order), documents that are no messages, and the lab's app
-/// writing while simplechat runs. The lab's history here is made in the
-/// second of simplechat's first message, and was there before it: it is
-/// history, listed, not a stray waiting for a position no one gives it.
+/// writing while simplechat runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_labs_documents_are_read_in_one_order_and_new_ones_join_it() {
     use mongodb::bson::{doc, oid::ObjectId, DateTime};
@@ -462,7 +460,15 @@ async fn the_labs_documents_are_read_in_one_order_and_new_ones_join_it() {
     let lab = cluster.lab_messages("messages").await;
     // Arrival order differs from datetime order: a lab in another time zone.
     let hours = |h: i64| DateTime::from_millis(1_700_000_000_000 + h * 3_600_000);
-    let lab_ids: Vec<ObjectId> = (0..4).map(|_| ObjectId::new()).collect();
+    // Made long before simplechat's first message, as the lab's were.
+    let lab_ids: Vec<ObjectId> = (0..4_u8)
+        .map(|i| {
+            let mut bytes = [0u8; 12];
+            bytes[..4].copy_from_slice(&1_700_000_000_u32.to_be_bytes());
+            bytes[11] = i;
+            ObjectId::from_bytes(bytes)
+        })
+        .collect();
     for (i, h) in [3, 1, 4, 2].into_iter().enumerate() {
         lab.insert_one(doc! { "_id": lab_ids[i], "name": "lab", "text": format!("lab {h}"), "datetime": hours(h) })
             .await
@@ -715,10 +721,9 @@ async fn a_walk_while_strays_get_their_positions_meets_each_message_once() {
         .await
         .expect("insert");
     first.close().await;
-    // While no instance runs (from a later second than simplechat's first
-    // message: one of that very second is history), the lab's app writes
-    // three messages, with datetimes older than the whole history (a
-    // clock, or a time zone).
+    // While no instance runs (a while after simplechat's first message),
+    // the lab's app writes three messages, with datetimes older than the
+    // whole history (a clock, or a time zone).
     tokio::time::sleep(Duration::from_millis(1100)).await;
     for i in 1..=3 {
         lab.insert_one(doc! { "_id": ObjectId::new(), "name": "lab",
@@ -763,12 +768,69 @@ async fn a_walk_while_strays_get_their_positions_meets_each_message_once() {
     store.close().await;
 }
 
+/// More strays than the cache holds: each is published as it is given its
+/// position, the cache keeps the newest 1,000, and then the stream brings
+/// each one's update. The updates of those the cache had let go were
+/// published again, and each of those pushed out another, so subscribers
+/// got every stray twice. Now each is published once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_strays_than_the_cache_holds_are_each_published_once() {
+    use mongodb::bson::{doc, oid::ObjectId, DateTime};
+    const STRAYS: usize = 1100;
+
+    let test = "more_strays_than_the_cache_holds_are_each_published_once";
+    let cluster = TestCluster::start(test).await;
+    let first = open_ready(&cluster, "many", Duration::from_secs(30), Cache::new()).await;
+    first
+        .insert(message("sc1", "simplechat 1"))
+        .await
+        .expect("insert");
+    first.close().await;
+    // A while after simplechat's first message.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let docs = (0..STRAYS)
+        .map(|i| {
+            doc! { "_id": ObjectId::new(), "name": "lab", "text": format!("while down {i}"),
+            "datetime": DateTime::now() }
+        })
+        .collect();
+    insert_lab_docs(&cluster, "many", docs).await;
+
+    let cache = Cache::new();
+    let mut events = cache.subscribe();
+    // Counted as they come: the broadcast keeps only so many.
+    let counter = tokio::spawn(async move {
+        let mut seen = std::collections::HashMap::<String, usize>::new();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+                Ok(Ok(event)) => *seen.entry(event.message.text.clone()).or_default() += 1,
+                Ok(Err(e)) => panic!("the counter fell behind: {e}"),
+                // Quiet for 5 s: every update has come through.
+                Err(_) => return seen,
+            }
+        }
+    });
+    let store = open_ready(&cluster, "many", Duration::from_secs(30), cache.clone()).await;
+    wait_until_running(&store, Duration::from_secs(60)).await;
+    let seen = counter.await.expect("counter");
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} published more than once, e.g. {:?}",
+        twice.len(),
+        twice.first()
+    );
+    assert_eq!(seen.len(), STRAYS, "every stray published");
+    store.close().await;
+}
+
 /// A document of the lab's within about 200 bytes of 16 MiB makes an
-/// insert event larger than mongod sends (`BSONObjectTooLarge`), so every
-/// change stream resumed before it failed again, and live updates stopped
-/// for good on every instance. The stream now drops its resume token on
-/// that error and starts afresh, reading what it missed: the document
-/// itself (shown cut) and what came after it reach subscribers.
+/// insert event larger than mongod sends (`BSONObjectTooLarge`), so no
+/// stream can be resumed past it. The simulator delivered such events; it
+/// now fails them as mongod does, and this shows live updates going on:
+/// the store drops its resume token on that error and starts afresh,
+/// reading what it missed, so the document itself (shown cut) and what
+/// came after it reach subscribers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_document_too_large_for_its_insert_event_does_not_stop_live_updates() {
     use mongodb::bson::{doc, oid::ObjectId, DateTime};
@@ -784,7 +846,7 @@ async fn a_document_too_large_for_its_insert_event_does_not_stop_live_updates() 
         .await
         .expect("insert");
     let mut events = cache.subscribe();
-    // Made in a later second than simplechat's first message: news.
+    // A while after simplechat's first message.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let lab = cluster.lab_messages("large").await;
     let huge = "x".repeat(16 * 1024 * 1024 - 200);

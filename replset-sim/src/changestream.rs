@@ -233,7 +233,9 @@ fn check_size(ev: &Document) -> Result<(), CmdError> {
         return Err(CmdError::new(
             10334,
             "BSONObjectTooLarge",
-            format!("BSONObj size: {size} (0x{size:X}) is invalid. Size must be between 0 and 16793600(16MB)"),
+            format!(
+                "BSONObj size: {size} (0x{size:X}) is invalid. Size must be between 0 and {MAX_BSON_OBJECT_SIZE}(16MB)"
+            ),
         ));
     }
     Ok(())

@@ -282,6 +282,9 @@ where
         // Nothing can be replayed after what is no message id.
         if let Some(named) = not_an_id {
             (last_id, next) = live_after_newest(&chat).await;
+            // As on a live start: without the cache, catch up from there
+            // once it is loaded.
+            before_first_load = next.is_none() && now.is_none();
             overlap = last_id.iter().cloned().collect();
             let why = validate_id(&named).err().map(|e| e.message);
             yield reset_frame(&named, why.as_deref(), last_id.as_deref());
@@ -336,6 +339,7 @@ where
                     Err(StoreError::UnknownId(unknown)) => {
                         catching_up = false;
                         (last_id, next) = live_after_newest(&chat).await;
+                        before_first_load = next.is_none() && now.is_none();
                         overlap = last_id.iter().cloned().collect();
                         yield reset_frame(&unknown, None, last_id.as_deref());
                     }

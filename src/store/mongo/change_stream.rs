@@ -28,8 +28,8 @@
 //! is news all the same. So a document without `position` whose ObjectId
 //! was made after the second of the oldest position is a stray (one of
 //! that very second may have been there before the first message, and
-//! stays history): it is left out of every read until it is given its
-//! position in step 3, or when its insert event comes. Strays are told
+//! stays history): it is left out of the cache, listings and pages until
+//! it is given its position in step 3, or when its insert event comes. Strays are told
 //! by `_id` because an ObjectId begins with the second it was made on the
 //! writer's clock
 //! (<https://www.mongodb.com/docs/manual/reference/method/ObjectId/>),
@@ -46,13 +46,14 @@
 //! Change streams: <https://www.mongodb.com/docs/manual/changeStreams/>;
 //! resuming: <https://www.mongodb.com/docs/manual/changeStreams/#resume-a-change-stream>.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use mongodb::bson::oid::ObjectId;
-use mongodb::bson::{doc, Document};
+use mongodb::bson::{doc, Bson, Document};
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
 use mongodb::change_stream::ChangeStream;
 
@@ -186,6 +187,11 @@ struct Watcher {
     /// The oldest message the cache was last loaded with, unless it was
     /// loaded with the whole history: what is older is not news.
     floor: Option<Position>,
+    /// The strays this cycle gave a position and published: the stream
+    /// brings each one's update later, and by then the cache may have let
+    /// it go (more strays than it holds), so the update is not published
+    /// again. One id per stray, emptied each cycle.
+    strays_published: HashSet<ObjectId>,
 }
 
 /// Runs until the store closes: open, catch up, follow; on failure,
@@ -197,6 +203,7 @@ pub(super) async fn run(shared: Arc<Shared>, collections: Arc<Collections>) {
         token: None,
         delivered: None,
         floor: None,
+        strays_published: HashSet::new(),
     };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     while !watcher.shared.tasks.is_closed() {
@@ -214,6 +221,7 @@ impl Watcher {
     /// One life of a change stream. `Ok` when the stream ended by itself
     /// (the collection was dropped or renamed), `Err` when it failed.
     async fn cycle(&mut self) -> Result<(), String> {
+        self.strays_published.clear();
         if self.delivered.is_none() {
             let latest = self.read_latest().await?;
             let delivered = latest
@@ -408,10 +416,9 @@ impl Watcher {
                     continue;
                 }
                 let id = oid.into();
-                self.collections
-                    .set_position(&id)
-                    .await
-                    .map_err(|c| c.reason().to_owned())?;
+                if !self.set_position(&id).await? {
+                    continue;
+                }
                 let positioned = self
                     .collections
                     .find_by_key(&id)
@@ -419,11 +426,29 @@ impl Watcher {
                     .map_err(|c| c.reason().to_owned())?;
                 if let Some(message) = positioned.and_then(|d| self.shared.skipped.keep(d)) {
                     self.publish(message)?;
+                    self.strays_published.insert(oid);
                 }
             }
             if !full {
                 return Ok(());
             }
+        }
+    }
+
+    /// Gives another app's document its position ([`Collections::set_position`]);
+    /// `Ok(false)` when the server refuses it for good: a document within
+    /// 18 bytes of 16 MiB has no room for the field
+    /// (<https://www.mongodb.com/docs/manual/reference/limits/#mongodb-limit-BSON-Document-Size>),
+    /// and one such document must not stop the stream. It is logged and
+    /// stays without a position, so no listing shows it.
+    async fn set_position(&self, id: &Bson) -> Result<bool, String> {
+        match self.collections.set_position(id).await {
+            Ok(()) => Ok(true),
+            Err(Class::Fatal(why)) => {
+                log::warn!("cannot give the document {id} its position: {why}");
+                Ok(false)
+            }
+            Err(other) => Err(other.reason().to_owned()),
         }
     }
 
@@ -505,12 +530,9 @@ impl Watcher {
                 // published when that update comes through this stream,
                 // not now: messages inserted between the insert and the
                 // update come before it in the store order, and the stream
-                // brings them first. On failure the stream restarts from
-                // before this event and tries again.
-                self.collections
-                    .set_position(&message.id.bson())
-                    .await
-                    .map_err(|c| c.reason().to_owned())?;
+                // brings them first. On failure the cycle starts again, and
+                // its step 3 positions the document as a stray.
+                self.set_position(&message.id.bson()).await?;
                 Ok(false)
             }
             // The update that gave another app's document its position
@@ -520,6 +542,11 @@ impl Watcher {
                 let Some(id) = event.document_key.and_then(|k| k.get("_id").cloned()) else {
                     return Ok(false);
                 };
+                if let Bson::ObjectId(oid) = &id {
+                    if self.strays_published.remove(oid) {
+                        return Ok(false);
+                    }
+                }
                 let now = self
                     .collections
                     .find_by_key(&id)
