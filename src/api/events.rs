@@ -4,11 +4,10 @@
 //! `after` query parameter a page uses on its first connection), then follows
 //! the live broadcast; when the store does not have the message it names
 //! (or what it names is no message id at all), a `reset` event says so
-//! before the stream goes live. If it falls behind
-//! the broadcast it catches up, from the cache while the cache still holds
-//! what it missed, else from the store; if the store cannot answer, the
-//! stream ends, and the browser's reconnect with `Last-Event-ID` replays
-//! the gap.
+//! before the stream goes live. If it falls behind the broadcast it
+//! catches up, from the cache while the cache still holds what it missed,
+//! else from the store; if the store cannot answer, the stream ends, and
+//! the browser's reconnect with `Last-Event-ID` replays the gap.
 //!
 //! A subscriber keeps constant state, however long it lives: the next
 //! arrival in the cache it has not been sent ([`Arrival`]: the cache numbers
@@ -231,8 +230,9 @@ fn remember(last: &mut Option<String>, id: &str) {
 
 /// One subscriber's event stream: the bytes of `/api/events`'s body, from
 /// `retry:` on. When `resume` names a message, first the messages after
-/// it (a `reset` when there is no such message), then each new one; a `: heartbeat` comment every `every`; it ends
-/// when `shutdown` resolves or the store cannot say what was missed.
+/// it (a `reset` when there is no such message), then each new one; a
+/// `: heartbeat` comment every `every`; it ends when `shutdown` resolves
+/// or the store cannot say what was missed.
 ///
 /// It subscribes to the broadcast now, before the stream is first polled,
 /// so a message published once this returns is in the stream.
