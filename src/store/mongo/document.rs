@@ -236,6 +236,33 @@ pub fn mended_text(text: &str) -> Option<String> {
     )
 }
 
+/// `stored` as a message shows it, and whether it was cut: mended
+/// (`mend`), then cut if still too long (`cut`). One longer than `small`
+/// bytes cannot fit even mended, and may be megabytes: it is trimmed and
+/// cut first, so only what is shown is copied and mended (and cut again,
+/// should mending make it longer: U+0958 is two characters in NFC).
+fn shown<'a>(
+    stored: &'a str,
+    small: usize,
+    mend: fn(&str) -> Option<String>,
+    cut: fn(&str) -> Option<String>,
+) -> (Cow<'a, str>, bool) {
+    let mut shown = Cow::Borrowed(stored.trim());
+    let mut was_cut = false;
+    if stored.len() > small {
+        if let Some(c) = cut(&shown) {
+            (shown, was_cut) = (Cow::Owned(c), true);
+        }
+    }
+    if let Some(mended) = mend(&shown) {
+        shown = Cow::Owned(mended);
+    }
+    if let Some(c) = cut(&shown) {
+        (shown, was_cut) = (Cow::Owned(c), true);
+    }
+    (shown, was_cut)
+}
+
 /// The name shown for a document whose name has no visible character.
 pub const NAMELESS: &str = "(no name)";
 /// The text shown for a document whose text is empty or only blanks.
@@ -301,24 +328,11 @@ impl MessageDoc {
         }
         let stored_name = d.get_str("name").map_err(|_| Malformed::Name)?;
         let stored_text = d.get_str("text").map_err(|_| Malformed::Text)?;
-        // Trimmed and cut before the rest is mended: a text may be
-        // megabytes, and only what is shown is copied out of the document.
-        let (name, text) = (stored_name.trim(), stored_text.trim());
-        let (name, name_cut) = match shown_name(name) {
-            Some(cut) => (Cow::Owned(cut), true),
-            None => (Cow::Borrowed(name), false),
-        };
-        let (text, text_cut) = match shown_text(text) {
-            Some(cut) => (Cow::Owned(cut), true),
-            None => (Cow::Borrowed(text), false),
-        };
-        // NFC can make a name longer (U+0958 is two characters in NFC):
-        // cut again, then.
-        let name = match mended_name(&name) {
-            Some(mended) => Cow::Owned(shown_name(&mended).unwrap_or(mended)),
-            None => name,
-        };
-        let text = mended_text(&text).map_or(text, Cow::Owned);
+        // A name mended to NFC may be a quarter as long, a text with CRLF
+        // line breaks half: one at most this many bytes may fit once
+        // mended, and is mended before it is cut.
+        let (name, name_cut) = shown(stored_name, NAME_MAX_CHARS * 16, mended_name, shown_name);
+        let (text, text_cut) = shown(stored_text, TEXT_MAX_CHARS * 8, mended_text, shown_text);
         let altered = name_cut || text_cut || name != stored_name || text != stored_text;
         let (name, text) = (name.into_owned(), text.into_owned());
         let datetime = *d
@@ -745,6 +759,33 @@ mod tests {
         assert!(altered && name.chars().count() <= NAME_MAX_CHARS, "{name}");
         // A long blank name is nameless, not its cut.
         assert_eq!(shown(&" ".repeat(100), "x"), case(NAMELESS, "x", true));
+    }
+
+    /// The lab's form sent CRLF line breaks, and a name may be stored
+    /// decomposed (NFD): counted as stored, such a text or name was cut
+    /// though it fits the limits once mended as a post is (LF, NFC).
+    #[test]
+    fn a_text_or_name_that_fits_once_mended_is_not_cut() {
+        let text = "ab\r\n".repeat(666);
+        let name = "e\u{301}".repeat(NAME_MAX_CHARS);
+        let lab = doc! { "_id": ObjectId::new(), "name": &name, "text": &text,
+        "datetime": DateTime::from_millis(5) };
+        let m = MessageDoc::from_document(&lab).unwrap();
+        assert_eq!(m.text, "ab\n".repeat(666).trim_end());
+        assert_eq!(m.name, "\u{e9}".repeat(NAME_MAX_CHARS));
+        assert!(m.altered, "shown other than stored");
+        // One longer than any mended form could fit is still cut, with its
+        // length as stored.
+        let text = "ab\r\n".repeat(10_000);
+        let m = MessageDoc::from_document(&doc! { "_id": ObjectId::new(), "name": "n",
+        "text": &text, "datetime": DateTime::from_millis(5) })
+        .unwrap();
+        assert!(
+            m.text.ends_with("[cut: the message has 39998 characters]"),
+            "{}",
+            m.text
+        );
+        assert!(!m.text.contains('\r'));
     }
 
     /// The cut counted characters, so it could end inside a grapheme: a
