@@ -582,7 +582,7 @@ async fn the_labs_documents_are_read_in_one_order_and_new_ones_join_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_instance_pipelines_its_majority_writes() {
     let test = "one_instance_pipelines_its_majority_writes";
-    let cluster = lagged_sim(test, Duration::from_millis(200)).await;
+    let cluster = sim_for(test, Duration::from_millis(200)).await;
     let cache = Cache::new();
     let store = Arc::new(
         open_ready(
@@ -639,7 +639,7 @@ async fn messages_the_lab_writes_beside_simplechats_are_delivered_in_the_store_o
     use std::future::IntoFuture;
 
     let test = "messages_the_lab_writes_beside_simplechats_are_delivered_in_the_store_order";
-    let cluster = lagged_sim(test, Duration::from_millis(500)).await;
+    let cluster = sim_for(test, Duration::from_millis(500)).await;
     let mut instances = Vec::new();
     for _ in 0..2 {
         let cache = Cache::new();
@@ -701,7 +701,7 @@ async fn a_walk_while_strays_get_their_positions_meets_each_message_once() {
     use mongodb::bson::{doc, oid::ObjectId, DateTime};
 
     let test = "a_walk_while_strays_get_their_positions_meets_each_message_once";
-    let cluster = lagged_sim(test, Duration::from_millis(500)).await;
+    let cluster = sim_for(test, Duration::from_millis(500)).await;
     let lab = cluster.lab_messages("strays").await;
     let day = |d: i64| DateTime::from_millis(1_577_836_800_000 + d * 86_400_000);
     // The lab's history, from 2020: ObjectIds of that time.
@@ -715,16 +715,9 @@ async fn a_walk_while_strays_get_their_positions_meets_each_message_once() {
             .await
             .expect("lab history");
     }
-    let first = open_ready(&cluster, "strays", Duration::from_secs(30), Cache::new()).await;
-    first
-        .insert(message("sc1", "simplechat 1"))
-        .await
-        .expect("insert");
-    first.close().await;
-    // While no instance runs (a while after simplechat's first message),
-    // the lab's app writes three messages, with datetimes older than the
-    // whole history (a clock, or a time zone).
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    first_message_then_stop(&cluster, "strays").await;
+    // While no instance runs, the lab's app writes three messages, with
+    // datetimes older than the whole history (a clock, or a time zone).
     for i in 1..=3 {
         lab.insert_one(doc! { "_id": ObjectId::new(), "name": "lab",
         "text": format!("while down {i}"), "datetime": day(-400 + i) })
@@ -780,14 +773,7 @@ async fn more_strays_than_the_cache_holds_are_each_published_once() {
 
     let test = "more_strays_than_the_cache_holds_are_each_published_once";
     let cluster = TestCluster::start(test).await;
-    let first = open_ready(&cluster, "many", Duration::from_secs(30), Cache::new()).await;
-    first
-        .insert(message("sc1", "simplechat 1"))
-        .await
-        .expect("insert");
-    first.close().await;
-    // A while after simplechat's first message.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    first_message_then_stop(&cluster, "many").await;
     let docs = (0..STRAYS)
         .map(|i| {
             doc! { "_id": ObjectId::new(), "name": "lab", "text": format!("while down {i}"),
@@ -836,8 +822,7 @@ async fn a_document_too_large_for_its_insert_event_does_not_stop_live_updates() 
     use mongodb::bson::{doc, oid::ObjectId, DateTime};
 
     let test = "a_document_too_large_for_its_insert_event_does_not_stop_live_updates";
-    sim_only(test);
-    let cluster = TestCluster::start_sim(fast_sim(true)).await;
+    let cluster = sim_for(test, Duration::ZERO).await;
     let cache = Cache::new();
     let store = open_ready(&cluster, "large", Duration::from_secs(30), cache.clone()).await;
     wait_until_running(&store, Duration::from_secs(30)).await;
@@ -899,9 +884,22 @@ async fn next_texts(
     texts
 }
 
-/// A simulator whose majority acknowledgements take `lag`, for a test
-/// only the simulator can run.
-async fn lagged_sim(test: &str, lag: Duration) -> TestCluster {
+/// An instance stores simplechat's first message ("simplechat 1") in `db`
+/// and stops; this returns a second later, so that what the lab's app
+/// writes next is made after that message's second (a stray, not history).
+async fn first_message_then_stop(cluster: &TestCluster, db: &str) {
+    let first = open_ready(cluster, db, Duration::from_secs(30), Cache::new()).await;
+    first
+        .insert(message("sc1", "simplechat 1"))
+        .await
+        .expect("insert");
+    first.close().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+}
+
+/// The simulator, for a test only it can run, its majority
+/// acknowledgements taking `lag` (none: `Duration::ZERO`).
+async fn sim_for(test: &str, lag: Duration) -> TestCluster {
     sim_only(test);
     let mut options = fast_sim(true);
     options.secondary_lag = lag;
@@ -1128,8 +1126,7 @@ async fn a_datetime_beyond_rfc_3339_is_skipped_not_an_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_feed_catches_up_when_its_resume_point_left_the_oplog() {
     let test = "the_feed_catches_up_when_its_resume_point_left_the_oplog";
-    sim_only(test);
-    let cluster = TestCluster::start_sim(fast_sim(true)).await;
+    let cluster = sim_for(test, Duration::ZERO).await;
     let sim = cluster.sim().expect("simulator");
     let live = Cache::new();
     let store = open_ready(&cluster, "lost", Duration::from_secs(60), live.clone()).await;

@@ -169,6 +169,7 @@ pub struct PostForm {
     pub id: Option<String>,
 }
 
+#[derive(Clone, Copy)]
 struct Draft<'a> {
     name: &'a str,
     text: &'a str,
@@ -180,6 +181,19 @@ struct Draft<'a> {
     /// have been stored (a timeout), so sending it again must not store it
     /// twice. `None`: a fresh key.
     form_id: Option<&'a str>,
+}
+
+impl<'a> Draft<'a> {
+    /// An empty form for a sender remembered as `name`, with a fresh key.
+    fn blank(name: &'a str) -> Draft<'a> {
+        Draft {
+            name,
+            text: "",
+            error: None,
+            field: None,
+            form_id: None,
+        }
+    }
 }
 
 /// The templates the page renders (`<name>.html.j2` in `template_dir`).
@@ -683,6 +697,7 @@ pub async fn index(
                 }
             }
             let name = remembered_name(cookies);
+            let draft = Draft::blank(&name);
             // The latest page from a complete cache is tagged, and not rendered at
             // all when the client already has it.
             if before.is_none() && chat.latest_cached(1).is_some() {
@@ -702,13 +717,6 @@ pub async fn index(
                         }),
                     });
                 }
-                let draft = Draft {
-                    name: &name,
-                    text: "",
-                    error: None,
-                    field: None,
-                    form_id: None,
-                };
                 let (status, page) = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
                 return match status {
                     None => Either::Left(Tagged::Fresh {
@@ -718,13 +726,6 @@ pub async fn index(
                     Some(status) => Either::Right((status, page)),
                 };
             }
-            let draft = Draft {
-                name: &name,
-                text: "",
-                error: None,
-                field: None,
-                form_id: None,
-            };
             let shown = match before {
                 None => Shown::Latest,
                 Some(id) => match validate_id(id) {
@@ -835,11 +836,8 @@ pub async fn refused(
     };
     let name = remembered_name(req.cookies());
     let draft = Draft {
-        name: &name,
-        text: "",
         error: Some(&error.error),
-        field: None,
-        form_id: None,
+        ..Draft::blank(&name)
     };
     let (_, page) = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
     // A view of the page like any other: its form has a key of its own.
