@@ -786,31 +786,60 @@ impl State {
     /// Applies an update to the current version of the document with `_id`
     /// `id`: the old version ends at the new log entry, the new one starts
     /// there. `None` when no such document exists.
-    pub fn update_doc(&mut self, ns: &str, id: &Bson, updated: Document) -> Option<usize> {
-        let coll = self.colls.get(ns)?;
-        let index = coll.docs.iter().position(|d| {
+    /// Sets `updated`'s fields in the document with `_id` `id`. `Ok(None)`
+    /// when there is no such document, or when every field already has its
+    /// value: mongod writes no oplog entry for an update that changes
+    /// nothing, so no change event either, and counts it in `n` but not in
+    /// `nModified`
+    /// (<https://www.mongodb.com/docs/manual/reference/command/update/#output>).
+    /// A result larger than 16 MiB is refused as mongod refuses it (17419).
+    pub fn update_doc(
+        &mut self,
+        ns: &str,
+        id: &Bson,
+        updated: Document,
+    ) -> Result<Option<usize>, CmdError> {
+        let Some(coll) = self.colls.get(ns) else {
+            return Ok(None);
+        };
+        let Some(index) = coll.docs.iter().position(|d| {
             d.del.is_none()
                 && d.doc
                     .get("_id")
                     .is_some_and(|v| crate::matcher::values_equal(v, id))
-        })?;
+        }) else {
+            return Ok(None);
+        };
         let mut doc = coll.docs[index].doc.clone();
+        if updated.iter().all(|(k, v)| doc.get(k) == Some(v)) {
+            return Ok(None);
+        }
         for (k, v) in updated.iter() {
             doc.insert(k.clone(), v.clone());
+        }
+        let size = bson::to_vec(&doc).map_or(usize::MAX, |b| b.len());
+        if size > MAX_BSON_OBJECT_SIZE as usize {
+            return Err(CmdError::new(
+                17419,
+                "Location17419",
+                format!("Resulting document after update is larger than {MAX_BSON_OBJECT_SIZE}"),
+            ));
         }
         let pos = self.append(Op::Update {
             ns: ns.to_string(),
             id: id.clone(),
             updated,
         });
-        let coll = self.colls.get_mut(ns)?;
+        let Some(coll) = self.colls.get_mut(ns) else {
+            return Ok(None);
+        };
         coll.docs[index].del = Some(pos);
         coll.docs.push(StoredDoc {
             doc,
             ins: pos,
             del: None,
         });
-        Some(pos)
+        Ok(Some(pos))
     }
 
     pub fn create_collection(&mut self, ns: &str) {

@@ -83,7 +83,10 @@ fn the_binary_serves_the_labs_database_on_the_ports_given() {
 /// `datetime.now()`), then checks, against what mongod documents: an empty
 /// top-level timestamp is replaced by a non-zero, increasing cluster time
 /// (bson-types#timestamps), `$type` selects by BSON type, and
-/// `$currentDate: {$type: "timestamp"}` sets a timestamp.
+/// `$currentDate: {$type: "timestamp"}` sets a timestamp, one of its own
+/// for each document of an `update_many` (each its own change event); an
+/// update that changes nothing is not counted as modified and makes no
+/// event; one that would take a document past 16 MiB is refused.
 #[test]
 fn pymongo_sees_mongods_documented_behaviour() {
     if !pymongo_available() {
@@ -117,6 +120,29 @@ assert isinstance(pl, Timestamp) and (pl.time, pl.inc) > (pb.time, pb.inc), pl
 # Only where it is still missing: a second update changes nothing.
 r = coll.update_one({"_id": lab_id, "position": None}, {"$currentDate": {"position": {"$type": "timestamp"}}})
 assert r.matched_count == 0 and coll.find_one({"_id": lab_id})["position"] == pl
+# update_many: each document its own cluster time and its own change event.
+with coll.watch([{"$match": {"operationType": "update"}}]) as stream:
+    burst = coll.insert_many([{"name": "lab", "text": str(i), "datetime": datetime.datetime.now()} for i in range(3)]).inserted_ids
+    r = coll.update_many({"_id": {"$in": burst}, "position": None}, {"$currentDate": {"position": {"$type": "timestamp"}}})
+    assert r.matched_count == 3 and r.modified_count == 3, r.raw_result
+    stamps = [coll.find_one({"_id": i})["position"] for i in burst]
+    assert len(set((t.time, t.inc) for t in stamps)) == 3 and min((t.time, t.inc) for t in stamps) > (pl.time, pl.inc), stamps
+    events = [stream.next()["documentKey"]["_id"] for _ in range(3)]
+    assert sorted(events) == sorted(burst), events
+    # An update that changes nothing is matched, not modified, and no event.
+    r = coll.update_one({"_id": burst[0]}, {"$set": {"name": "lab"}})
+    assert r.matched_count == 1 and r.modified_count == 0, r.raw_result
+    coll.update_one({"_id": burst[1]}, {"$set": {"name": "changed"}})
+    assert stream.next()["documentKey"]["_id"] == burst[1]
+# A document the update would take past 16 MiB: refused (17419), unchanged.
+from pymongo.errors import WriteError
+big = coll.insert_one({"name": "lab", "text": "x" * (16 * 1024 * 1024 - 60), "datetime": datetime.datetime.now()}).inserted_id
+try:
+    coll.update_one({"_id": big}, {"$currentDate": {"position": {"$type": "timestamp"}}})
+    raise AssertionError("a 16 MiB document grew")
+except WriteError as e:
+    assert e.code == 17419, e.details
+assert coll.find_one({"_id": big}, {"position": 1}).get("position") is None
 print("ok")
 "#;
     let out = Command::new("python3")

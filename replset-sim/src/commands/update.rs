@@ -1,5 +1,5 @@
-//! `update`, as far as the product uses it: one document per statement,
-//! modified by `$set` and `$currentDate` only.
+//! `update`, as far as the product uses it: documents modified by `$set`
+//! and `$currentDate` only.
 
 use bson::{doc, Bson, DateTime, Document};
 
@@ -63,9 +63,14 @@ fn resolve(u: &Document, st: &mut State) -> Result<Document, CmdError> {
     Ok(out)
 }
 
-/// `update` on the primary, then the write concern. Replies `{n,
-/// nModified, writeConcernError?, opTime, electionId}`; `upsert` and
-/// `multi` are refused as not simulated.
+/// `update` on the primary, then the write concern: the statements in
+/// order, each on the first matching document or, with `multi: true`, on
+/// every one (each document its own write, with its own `$currentDate`
+/// timestamp and change event, as mongod applies a multi-update). Replies
+/// `{n, nModified, writeErrors?, writeConcernError?, opTime, electionId}`;
+/// a statement that fails (a result over 16 MiB) ends the command there, as
+/// an ordered update does, with what went before applied. `upsert` is
+/// refused as not simulated.
 pub(super) async fn update(ctx: &Ctx<'_>, db: &str, body: &Document) -> CmdResult {
     let coll = coll_name(body, "update")?;
     let ns = format!("{db}.{coll}");
@@ -79,52 +84,66 @@ pub(super) async fn update(ctx: &Ctx<'_>, db: &str, body: &Document) -> CmdResul
         }
     };
     let retryable = body.contains_key("txnNumber");
-    let (wc, n, modified, last_pos, op_ts, term) = {
+    let (wc, n, modified, write_errors, last_pos, op_ts, term) = {
         let mut st = ctx.shared.lock();
         let wc = parse_write_concern(&st, body)?;
         if st.role(ctx.member) != Role::Primary {
             return Err(CmdError::not_writable_primary(retryable).into());
         }
         let (mut n, mut modified, mut last_pos) = (0i32, 0i32, None);
-        for statement in &statements {
+        let mut write_errors = Vec::new();
+        'statements: for (index, statement) in statements.iter().enumerate() {
             let Bson::Document(statement) = statement else {
                 return Err(CmdError::type_mismatch("updates must be objects").into());
             };
-            for refused in ["upsert", "multi"] {
-                if statement.get_bool(refused).unwrap_or(false) {
-                    return Err(
-                        CmdError::bad_value(format!("{refused}: true is not simulated")).into(),
-                    );
-                }
+            if statement.get_bool("upsert").unwrap_or(false) {
+                return Err(CmdError::bad_value("upsert: true is not simulated").into());
             }
+            let multi = statement.get_bool("multi").unwrap_or(false);
             let q = statement.get_document("q").cloned().unwrap_or_default();
             let u = statement
                 .get_document("u")
                 .map_err(|_| CmdError::failed_to_parse("update statements need 'u' as a document"))?
                 .clone();
             let now = std::time::Instant::now();
-            let mut target = None;
+            let mut targets = Vec::new();
             for d in st.visible_docs(&ns, ctx.member, now) {
                 if matches(d, &q)? {
-                    target = d.get("_id").cloned();
-                    break;
+                    targets.extend(d.get("_id").cloned());
+                    if !multi {
+                        break;
+                    }
                 }
             }
-            let Some(id) = target else { continue };
-            let updated = resolve(&u, &mut st)?;
-            n += 1;
-            if let Some(pos) = st.update_doc(&ns, &id, updated) {
-                modified += 1;
-                last_pos = Some(pos);
+            for id in targets {
+                let updated = resolve(&u, &mut st)?;
+                match st.update_doc(&ns, &id, updated) {
+                    Ok(pos) => {
+                        n += 1;
+                        if let Some(pos) = pos {
+                            modified += 1;
+                            last_pos = Some(pos);
+                        }
+                    }
+                    Err(e) => {
+                        write_errors.push(Bson::Document(
+                            doc! {"index": index as i32, "code": e.code, "errmsg": e.msg},
+                        ));
+                        break 'statements;
+                    }
+                }
             }
         }
-        (wc, n, modified, last_pos, st.last_ts, st.term)
+        (wc, n, modified, write_errors, last_pos, st.last_ts, st.term)
     };
     ctx.shared.notify();
     let wce = match last_pos {
         Some(pos) => await_write_concern(ctx, &wc, pos).await,
         None => None,
     };
-    let reply = doc! {"n": n, "nModified": modified};
+    let mut reply = doc! {"n": n, "nModified": modified};
+    if !write_errors.is_empty() {
+        reply.insert("writeErrors", write_errors);
+    }
     Ok(finish_write_reply(reply, wce, op_ts, term))
 }
