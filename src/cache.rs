@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use time::OffsetDateTime;
@@ -38,6 +39,11 @@ const MESSAGE_OVERHEAD_BYTES: usize = 256;
 /// How many events a subscriber may fall behind before it has to catch up
 /// from the store.
 const BROADCAST_CAPACITY: usize = 1024;
+/// How long listings go to the store for a message this process stored
+/// that the store has not published ([`Cache::await_echo`]). Normally it
+/// comes within milliseconds; this bounds what a message the store never
+/// publishes (a change stream that cannot follow) costs the listings.
+const ECHO_MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// Where a message arrived in this process's cache: arrivals are numbered
 /// in the order subscribers are sent them, within an epoch that a reset of
@@ -158,11 +164,37 @@ struct Recent {
     /// Changes with every change of the cache, so views built from it (the
     /// serialized listing, the rendered page) know when to rebuild.
     version: u64,
+    /// Messages this process stored that the store has not published yet
+    /// ([`Cache::await_echo`]), and since when.
+    awaited: HashMap<String, Instant>,
 }
 
 impl Recent {
     fn changed(&mut self) {
         self.version += 1;
+    }
+
+    /// Whether listings may be answered from the cache: it is complete,
+    /// and no message this process stored is missing from it (unless it
+    /// has been missing longer than [`ECHO_MAX_WAIT`]).
+    fn answers_listings(&self) -> bool {
+        self.complete
+            && (self.awaited.is_empty()
+                || self
+                    .awaited
+                    .values()
+                    .all(|since| since.elapsed() >= ECHO_MAX_WAIT))
+    }
+
+    /// Forgets the awaited messages the cache now holds, and those awaited
+    /// too long.
+    fn settle_awaited(&mut self) {
+        if self.awaited.is_empty() {
+            return;
+        }
+        let ids = &self.ids;
+        self.awaited
+            .retain(|id, since| !ids.contains_key(id) && since.elapsed() < ECHO_MAX_WAIT);
     }
 }
 
@@ -269,6 +301,7 @@ impl Cache {
         }
         recent.last_delivered = Some(OffsetDateTime::now_utc());
         let event = push(&mut recent, &cached);
+        recent.settle_awaited();
         recent.changed();
         // Sent while the cache lock is held, so subscribers see events in the
         // cache's order. No receivers is not an error.
@@ -328,6 +361,24 @@ impl Cache {
             push(&mut recent, &event);
         }
         recent.complete = true;
+        recent.settle_awaited();
+        recent.changed();
+    }
+
+    /// Says that this process stored the message `id` and the store will
+    /// publish it (a MongoDB store, from its change stream) but has not
+    /// yet: until it does, listings are not answered from the cache (they
+    /// go to the store, which has it), so a client that posted reads its
+    /// own message, while subscribers get it where the store publishes it,
+    /// in the store order. Publishing it here instead would put it ahead of
+    /// messages the store orders before it. A reset that holds it, or
+    /// [`ECHO_MAX_WAIT`], ends the wait too.
+    pub fn await_echo(&self, id: &str) {
+        let mut recent = self.write();
+        if recent.ids.contains_key(id) {
+            return;
+        }
+        recent.awaited.insert(id.to_owned(), Instant::now());
         recent.changed();
     }
 
@@ -429,7 +480,7 @@ impl Cache {
     /// Like `latest`, with the version the answer belongs to.
     pub fn latest_versioned(&self, limit: usize) -> Option<(u64, Vec<Arc<CachedMessage>>)> {
         let recent = self.read();
-        if !recent.complete || (recent.events.len() < limit && !recent.whole_history) {
+        if !recent.answers_listings() || (recent.events.len() < limit && !recent.whole_history) {
             return None;
         }
         let skip = recent.events.len().saturating_sub(limit);
@@ -439,8 +490,12 @@ impl Cache {
         ))
     }
 
-    /// Up to `limit` messages after `id`, if `id` is in the cache.
+    /// Up to `limit` messages after `id`, if `id` is in the cache and the
+    /// cache answers listings (see [`Cache::await_echo`]).
     pub fn after(&self, id: &str, limit: usize) -> Option<Vec<Arc<CachedMessage>>> {
+        if !self.read().answers_listings() {
+            return None;
+        }
         self.since(self.arrival_of(id)?.next(), limit)
     }
 
@@ -528,6 +583,34 @@ mod tests {
         assert_eq!(cached_ids(&live, 10), ["a", "b"]);
         live.invalidate();
         assert!(live.latest(1).is_none());
+    }
+
+    #[test]
+    fn a_message_awaited_from_the_store_keeps_listings_off_the_cache_until_it_comes() {
+        let live = Cache::new();
+        live.reset(vec![msg("a")], true);
+        live.await_echo("a");
+        assert_eq!(cached_ids(&live, 10), ["a"], "one the cache has is no wait");
+        live.await_echo("b");
+        assert!(live.latest(10).is_none(), "the cache lacks b");
+        assert!(live.after("a", 10).is_none());
+        assert!(live.latest_json(10).is_none());
+        live.publish(msg("b"));
+        assert_eq!(cached_ids(&live, 10), ["a", "b"]);
+        assert_eq!(live.after("a", 10).map(|m| m.len()), Some(1));
+
+        // A reset that holds it ends the wait as well.
+        live.await_echo("c");
+        assert!(live.latest(10).is_none());
+        live.reset(vec![msg("a"), msg("b"), msg("c")], true);
+        assert_eq!(cached_ids(&live, 10), ["a", "b", "c"]);
+        live.reset(vec![msg("a")], true);
+        live.await_echo("d");
+        live.reset(vec![msg("a")], true);
+        assert!(
+            live.latest(10).is_none(),
+            "a reset without it goes on waiting"
+        );
     }
 
     #[test]

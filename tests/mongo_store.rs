@@ -689,6 +689,85 @@ async fn messages_the_lab_writes_beside_simplechats_are_delivered_in_the_store_o
     }
 }
 
+/// A burst of the lab's inserts (a script, an `insert_many`) and a post
+/// right after it. The change stream gave each lab document its position
+/// with a majority write of its own, so a burst of 300 held the stream up
+/// for 300 round trips; the post's copy came back after more than 2 s,
+/// and the posting instance published it itself, ahead of lab messages
+/// the store orders before it: its subscribers and its listing had
+/// another order than the store's and the other instance's. The burst is
+/// now positioned in one write, and a post is never published out of the
+/// stream's order: both instances deliver and list the store order, and
+/// the posting instance's cache never answers a listing without the post.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_the_labs_inserts_keeps_a_post_in_its_place() {
+    use mongodb::bson::{doc, oid::ObjectId, DateTime};
+
+    const BURST: usize = 300;
+    let test = "a_burst_of_the_labs_inserts_keeps_a_post_in_its_place";
+    let cluster = sim_for(test, Duration::from_millis(20)).await;
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let cache = Cache::new();
+        let store = open_ready(&cluster, "burst", Duration::from_secs(30), cache.clone()).await;
+        wait_until_running(&store, Duration::from_secs(30)).await;
+        let events = cache.subscribe();
+        instances.push((store, cache, events));
+    }
+    let first = instances[0].0.insert(message("sc0", "simplechat 0")).await;
+    assert!(matches!(first, Ok(Inserted::Created(_))));
+    // The burst is made after the second of simplechat's first message, so
+    // a lab document is listed only once it has its position.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let lab = cluster.lab_messages("burst").await;
+    let burst: Vec<_> = (0..BURST)
+        .map(|i| {
+            doc! { "_id": ObjectId::new(), "name": "lab", "text": format!("lab {i}"),
+            "datetime": DateTime::now() }
+        })
+        .collect();
+    lab.insert_many(burst)
+        .write_concern(lab_write_concern())
+        .await
+        .expect("lab burst");
+    let post = instances[0].0.insert(message("sc1", "simplechat 1")).await;
+    assert!(matches!(post, Ok(Inserted::Created(_))));
+    if let Some(latest) = instances[0].1.latest(simplechat::cache::CACHE_CAPACITY) {
+        assert!(
+            latest.iter().any(|m| m.message.id == "sc1"),
+            "the posting instance's cache answered a listing without the post"
+        );
+    }
+
+    let mut listed = Vec::new();
+    for _ in 0..100 {
+        listed = latest_texts(&instances[0].0, BURST + 2).await;
+        if listed.len() == BURST + 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(listed.len(), BURST + 2, "every lab message positioned");
+    for (i, (store, cache, events)) in instances.iter_mut().enumerate() {
+        assert_eq!(
+            next_texts(events, listed.len()).await,
+            listed,
+            "instance {i}: delivered in the store order"
+        );
+        assert_eq!(latest_texts(store, BURST + 2).await, listed);
+        let cached: Vec<String> = cache
+            .latest(BURST + 2)
+            .expect("the cache answers once the stream caught up")
+            .iter()
+            .map(|m| m.message.text.clone())
+            .collect();
+        assert_eq!(cached, listed, "instance {i}: its cache in the store order");
+    }
+    for (store, _, _) in instances {
+        store.close().await;
+    }
+}
+
 /// What the lab's app wrote while no simplechat instance ran (strays) is
 /// given its position when an instance starts, one majority write each;
 /// until then the store's reads listed such a message in the history at
@@ -718,17 +797,33 @@ async fn a_walk_while_strays_get_their_positions_meets_each_message_once() {
     first_message_then_stop(&cluster, "strays").await;
     // While no instance runs, the lab's app writes three messages, with
     // datetimes older than the whole history (a clock, or a time zone).
+    let mut last_stray = String::new();
     for i in 1..=3 {
-        lab.insert_one(doc! { "_id": ObjectId::new(), "name": "lab",
+        let id = ObjectId::new();
+        lab.insert_one(doc! { "_id": id, "name": "lab",
         "text": format!("while down {i}"), "datetime": day(-400 + i) })
             .write_concern(lab_write_concern())
             .await
             .expect("lab insert while down");
+        last_stray = id.to_hex();
     }
 
     let cache = Cache::new();
     let mut events = cache.subscribe();
     let store = open_ready(&cluster, "strays", Duration::from_secs(30), cache.clone()).await;
+    // The last stray gets its position a second or more from now. Until
+    // then it is not found by its id either: paging from its place at its
+    // `datetime` would replay the history it will come after.
+    assert_eq!(store.get(&last_stray).await.expect("get"), None);
+    for cursor in [
+        Cursor::After(last_stray.clone()),
+        Cursor::Before(last_stray.clone()),
+    ] {
+        assert!(
+            matches!(store.list(cursor, 10).await, Err(StoreError::UnknownId(_))),
+            "paging from a stray without its position"
+        );
+    }
     let mut walk = Vec::new();
     let mut page = store.list(Cursor::Latest, 2).await.expect("latest");
     while let Some(oldest) = page.first().cloned() {
@@ -758,6 +853,16 @@ async fn a_walk_while_strays_get_their_positions_meets_each_message_once() {
         latest_texts(&store, 100).await,
         [&history[..], &strays[..]].concat()
     );
+    let found = store.get(&last_stray).await.expect("get");
+    assert_eq!(found.map(|m| m.text).as_deref(), Some("while down 3"));
+    let older = store
+        .list(Cursor::Before(last_stray.clone()), 100)
+        .await
+        .expect("before the last stray");
+    let older: Vec<String> = older.into_iter().map(|m| m.text).collect();
+    assert_eq!(older, [&history[..], &strays[..2]].concat());
+    let newer = store.list(Cursor::After(last_stray), 100).await;
+    assert!(newer.expect("after the last stray").is_empty());
     store.close().await;
 }
 

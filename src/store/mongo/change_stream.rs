@@ -51,7 +51,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
@@ -72,6 +72,9 @@ const MAX_DRAIN_TIME: Duration = Duration::from_secs(10);
 /// earlier: catch-up reads start this far back, and the cache drops the ones it
 /// already has.
 const CLOCK_SKEW_MS: i64 = 5_000;
+
+/// The most of another app's documents given their positions in one write.
+const POSITION_BATCH: usize = 1000;
 
 /// The server's code for an event larger than it can send.
 const BSON_OBJECT_TOO_LARGE: i32 = 10334;
@@ -192,6 +195,10 @@ struct Watcher {
     /// it go (more strays than it holds), so the update is not published
     /// again. One id per stray, emptied each cycle.
     strays_published: HashSet<ObjectId>,
+    /// Another app's documents whose inserts the stream brought and that
+    /// wait for their position: given in one write when the stream has no
+    /// more events at hand ([`Watcher::set_positions`]).
+    to_position: Vec<Bson>,
 }
 
 /// Runs until the store closes: open, catch up, follow; on failure,
@@ -204,6 +211,7 @@ pub(super) async fn run(shared: Arc<Shared>, collections: Arc<Collections>) {
         delivered: None,
         floor: None,
         strays_published: HashSet::new(),
+        to_position: Vec::new(),
     };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     while !watcher.shared.tasks.is_closed() {
@@ -222,6 +230,8 @@ impl Watcher {
     /// (the collection was dropped or renamed), `Err` when it failed.
     async fn cycle(&mut self) -> Result<(), String> {
         self.strays_published.clear();
+        // Left from a failed cycle: step 3 positions them as strays.
+        self.to_position.clear();
         if self.delivered.is_none() {
             let latest = self.read_latest().await?;
             let delivered = latest
@@ -253,11 +263,24 @@ impl Watcher {
         self.reset(latest)?;
         self.shared.change_stream.running();
 
-        while let Some(event) = stream.next().await {
+        loop {
+            // The driver keeps a `getMore` it started when the future is
+            // dropped, and the next poll goes on with it.
+            let event = match stream.next().now_or_never() {
+                Some(event) => event,
+                None => {
+                    self.set_positions().await?;
+                    stream.next().await
+                }
+            };
+            let Some(event) = event else { break };
             let event = event.map_err(|e| self.failed(&e))?;
             self.token = stream.resume_token();
             if self.handle(event).await? {
                 return Ok(());
+            }
+            if self.to_position.len() >= POSITION_BATCH {
+                self.set_positions().await?;
             }
         }
         // A stream that ends by itself was closed by the server; resuming
@@ -325,7 +348,11 @@ impl Watcher {
                 Ok(None) => break,
                 Err(e) => return Err(self.failed(&e)),
             }
+            if self.to_position.len() >= POSITION_BATCH {
+                self.set_positions().await?;
+            }
         }
+        self.set_positions().await?;
         Ok(!stream.is_alive())
     }
 
@@ -452,6 +479,31 @@ impl Watcher {
         }
     }
 
+    /// Gives the documents in `to_position` their positions, in one write
+    /// ([`Collections::set_positions`]): a burst of the other app's
+    /// inserts waits for one majority acknowledgement, not one each, and
+    /// what the stream brings after it (this instance's own messages among
+    /// them) is not held up behind it. When the server refuses the write
+    /// for good (a document with no room for the field, see
+    /// [`Watcher::set_position`]), each is given its own, so one such
+    /// document costs the others nothing.
+    async fn set_positions(&mut self) -> Result<(), String> {
+        if self.to_position.is_empty() {
+            return Ok(());
+        }
+        let ids = std::mem::take(&mut self.to_position);
+        match self.collections.set_positions(ids.clone()).await {
+            Ok(()) => Ok(()),
+            Err(Class::Fatal(_)) => {
+                for id in &ids {
+                    self.set_position(id).await?;
+                }
+                Ok(())
+            }
+            Err(other) => Err(other.reason().to_owned()),
+        }
+    }
+
     /// Whether `position` is older than every message the cache was last
     /// loaded with, when that was not the whole history.
     fn is_history(&self, position: &Position) -> bool {
@@ -532,7 +584,7 @@ impl Watcher {
                 // update come before it in the store order, and the stream
                 // brings them first. On failure the cycle starts again, and
                 // its step 3 positions the document as a stray.
-                self.set_position(&message.id.bson()).await?;
+                self.to_position.push(message.id.bson());
                 Ok(false)
             }
             // The update that gave another app's document its position

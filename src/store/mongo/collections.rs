@@ -179,15 +179,27 @@ impl Collections {
         Ok(())
     }
 
-    /// The document with this public id; from the primary when
-    /// `on_primary`.
-    pub(super) async fn find(&self, id: &str, on_primary: bool) -> Result<Option<Document>, Class> {
-        let coll = if on_primary {
-            &self.messages_on_primary
-        } else {
-            &self.messages
-        };
-        coll.find_one(doc! { "_id": DocId::from_public(id).bson() })
+    /// The document with this public id, stray or not; from the primary.
+    pub(super) async fn find_on_primary(&self, id: &str) -> Result<Option<Document>, Class> {
+        self.messages_on_primary
+            .find_one(doc! { "_id": DocId::from_public(id).bson() })
+            .await
+            .map_err(|e| self.class(&e))
+    }
+
+    /// The document with this public id if it has its place in the order:
+    /// a stray is left out until it has its position, as [`read`] leaves it
+    /// out, so that an id found here can always be paged from (a stray's
+    /// place at its `datetime` is not where it will stand).
+    ///
+    /// [`read`]: Collections::read
+    pub(super) async fn find_in_order(&self, id: &str) -> Result<Option<Document>, Class> {
+        let mut filter = doc! { "_id": DocId::from_public(id).bson() };
+        if let Some(strays) = self.strays_from().await? {
+            filter.extend(document::not_stray(strays));
+        }
+        self.messages
+            .find_one(filter)
             .await
             .map_err(|e| self.class(&e))
     }
@@ -280,6 +292,27 @@ impl Collections {
         self.messages
             .update_one(
                 doc! { "_id": id.clone(), document::POSITION: Bson::Null },
+                doc! { "$currentDate": { document::POSITION: { "$type": "timestamp" } } },
+            )
+            .await
+            .map_err(|e| self.class(&e))?;
+        Ok(())
+    }
+
+    /// [`Collections::set_position`] for several documents in one write,
+    /// so one majority acknowledgement covers them all. mongod applies a
+    /// multi-document update one document at a time, each its own oplog
+    /// entry (so its own change event), and `$currentDate` takes a new
+    /// cluster time for each document it sets
+    /// (<https://www.mongodb.com/docs/manual/reference/method/db.collection.updateMany/#behavior>),
+    /// so each gets a position of its own. Not retryable (a multi-document
+    /// update is not a retryable write): a failure leaves some documents
+    /// without a position, which the change stream's next cycle gives them
+    /// as strays.
+    pub(super) async fn set_positions(&self, ids: Vec<Bson>) -> Result<(), Class> {
+        self.messages
+            .update_many(
+                doc! { "_id": { "$in": ids }, document::POSITION: Bson::Null },
                 doc! { "$currentDate": { document::POSITION: { "$type": "timestamp" } } },
             )
             .await

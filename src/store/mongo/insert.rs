@@ -28,7 +28,7 @@ use crate::retry::Backoff;
 use crate::store::{Inserted, StoreError};
 
 /// How long a successful insert waits for its own message to come back
-/// through the change stream before publishing it itself.
+/// through the change stream before it is answered without.
 const ECHO_WAIT: Duration = Duration::from_secs(2);
 /// The store gives up this much before the write deadline, so its own
 /// reason reaches the client before a proxy's or client's timeout.
@@ -171,7 +171,7 @@ async fn resolve_duplicate(
     new: &NewMessage,
     tried: &[i64],
 ) -> Result<Duplicate, Class> {
-    let Some(stored) = collections.find(&new.id, true).await? else {
+    let Some(stored) = collections.find_on_primary(&new.id).await? else {
         return Ok(Duplicate::Pending);
     };
     // A document that is no message holds the id: nothing can be stored
@@ -193,10 +193,16 @@ async fn resolve_duplicate(
     })
 }
 
-/// Makes sure subscribers of this instance get a message this instance
-/// stored: normally the change stream brings it back within milliseconds;
-/// if it does not, publishing it here keeps read-your-own-writes (the cache
-/// ignores the stream's copy when it comes).
+/// Waits, a little, for a message this instance stored to come back
+/// through the change stream (normally within milliseconds), so that when
+/// the POST is answered this instance's subscribers have it and its
+/// listings show it. If it does not come in time (the stream is behind or
+/// down), the cache is told to expect it ([`Cache::await_echo`]): this
+/// instance's listings read the store until it comes, and subscribers get
+/// it where the stream brings it. Publishing it here would put it ahead of
+/// the other app's messages that the store orders before it.
+///
+/// [`Cache::await_echo`]: crate::cache::Cache::await_echo
 async fn deliver(
     shared: &Shared,
     message: &Message,
@@ -209,7 +215,7 @@ async fn deliver(
     if shared.change_stream.is_running() && wait_for_echo(echo, &message.id, wait).await {
         return;
     }
-    shared.cache.publish(message.clone());
+    shared.cache.await_echo(&message.id);
 }
 
 async fn wait_for_echo(

@@ -231,14 +231,15 @@ fn read_error(class: mongo::Class) -> StoreError {
 }
 
 /// The position of the message with this id. Errors: `UnknownId` (also
-/// for a document that is no message).
+/// for a document that is no message, and for a stray until it has its
+/// position: [`Collections::find_in_order`]).
 async fn position_of(
     shared: &Shared,
     collections: &Collections,
     id: &str,
 ) -> Result<Position, StoreError> {
     collections
-        .find(id, false)
+        .find_in_order(id)
         .await
         .map_err(read_error)?
         .and_then(|doc| shared.skipped.keep(doc))
@@ -258,7 +259,7 @@ impl Store for MongoStore {
 
     async fn get(&self, id: &str) -> Result<Option<Message>, StoreError> {
         let collections = self.shared.collections()?;
-        let found = collections.find(id, false).await.map_err(read_error)?;
+        let found = collections.find_in_order(id).await.map_err(read_error)?;
         found
             .and_then(|doc| self.shared.skipped.keep(doc))
             .map(to_message)
