@@ -402,15 +402,52 @@ impl<'a> PageContext<'a> {
     }
 }
 
-/// The page, and the status a failed history read gives it (the page is
-/// shown even then, saying why it is empty).
+/// A rendered page and what a failed history read gives it (the page is
+/// shown even then, saying why it is empty): its status and, for a 503 or
+/// 507, the seconds of its `Retry-After`.
+struct Rendered {
+    status: Option<Status>,
+    retry_after: Option<u64>,
+    page: Template,
+}
+
+impl Rendered {
+    /// The page with the history's status, else `status`.
+    fn answer(self, status: Status) -> PageAnswer {
+        PageAnswer {
+            status: self.status.unwrap_or(status),
+            retry_after: self.retry_after,
+            page: self.page,
+        }
+    }
+}
+
+/// The page answered with a status of its own, and `Retry-After` (whole
+/// seconds) when the status is a 503 or 507 that says when to try again,
+/// as every 503 and 507 of the API does.
+pub struct PageAnswer {
+    status: Status,
+    retry_after: Option<u64>,
+    page: Template,
+}
+
+impl<'r> Responder<'r, 'static> for PageAnswer {
+    fn respond_to(self, req: &'r Request<'_>) -> response::Result<'static> {
+        let mut response = (self.status, self.page).respond_to(req)?;
+        if let Some(seconds) = self.retry_after {
+            response.set_raw_header("Retry-After", seconds.to_string());
+        }
+        Ok(response)
+    }
+}
+
 async fn render(
     chat: &Chat,
     rendered: &RenderedHistory,
     metadata: &Metadata<'_>,
     shown: &Shown,
     draft: Draft<'_>,
-) -> (Option<Status>, Template) {
+) -> Rendered {
     let (history, history_error, shown) = match history(chat, rendered, metadata, shown).await {
         Ok(h) => (Some(h), None, shown),
         // `before` names no message: nothing is older than it, so the
@@ -422,6 +459,7 @@ async fn render(
         Err(e) => (None, Some(e), shown),
     };
     let status = history_error.as_ref().map(|e| e.status);
+    let retry_after = history_error.as_ref().and_then(ApiError::retry_after_secs);
     let error = draft
         .error
         .map(str::to_owned)
@@ -448,7 +486,11 @@ async fn render(
             asset_version: crate::api::assets::version(),
         },
     );
-    (status, template)
+    Rendered {
+        status,
+        retry_after,
+        page: template,
+    }
 }
 
 /// The latest page, rendered once per cache version and kept as bytes: a
@@ -683,7 +725,7 @@ pub async fn index(
     cookies: &CookieJar<'_>,
     if_none_match: IfNoneMatch,
     before: Option<&str>,
-) -> NotStored<Either<Tagged<LatestPage>, (Status, Template)>> {
+) -> NotStored<Either<Tagged<LatestPage>, PageAnswer>> {
     // Every view, however it returns, is not stored.
     NotStored(
         async {
@@ -691,9 +733,9 @@ pub async fn index(
             // once.
             if before.is_none() {
                 if let Some(kept) = take_kept_draft(cookies) {
-                    let (status, page) =
+                    let page =
                         render(chat, rendered, &metadata, &Shown::Latest, kept.draft()).await;
-                    return Either::Right((status.unwrap_or(Status::Ok), page));
+                    return Either::Right(page.answer(Status::Ok));
                 }
             }
             let name = remembered_name(cookies);
@@ -717,13 +759,13 @@ pub async fn index(
                         }),
                     });
                 }
-                let (status, page) = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
-                return match status {
+                let page = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
+                return match page.status {
                     None => Either::Left(Tagged::Fresh {
                         etag,
-                        body: Either::Right(page),
+                        body: Either::Right(page.page),
                     }),
-                    Some(status) => Either::Right((status, page)),
+                    Some(_) => Either::Right(page.answer(Status::Ok)),
                 };
             }
             let shown = match before {
@@ -736,14 +778,17 @@ pub async fn index(
                             error: Some(&error),
                             ..draft
                         };
-                        let (_, page) =
-                            render(chat, rendered, &metadata, &Shown::Latest, draft).await;
-                        return Either::Right((Status::BadRequest, page));
+                        let page = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
+                        return Either::Right(PageAnswer {
+                            status: Status::BadRequest,
+                            retry_after: None,
+                            page: page.page,
+                        });
                     }
                 },
             };
-            let (status, page) = render(chat, rendered, &metadata, &shown, draft).await;
-            Either::Right((status.unwrap_or(Status::Ok), page))
+            let page = render(chat, rendered, &metadata, &shown, draft).await;
+            Either::Right(page.answer(Status::Ok))
         }
         .await,
     )
@@ -765,19 +810,23 @@ pub async fn post_form(
     https: Https,
     browser: FromBrowser,
     form: Result<FormBody<PostForm>, ApiError>,
-) -> Result<Redirect, (Status, Template)> {
+) -> Result<Redirect, PageAnswer> {
     // What a refusal keeps of the form: the draft, its key and the error.
-    let (kept, status) = match form {
-        Err(e) => (
-            KeptDraft {
-                name: String::new(),
-                text: String::new(),
-                form_id: None,
-                error: e.error,
-                field: e.field.map(str::to_owned),
-            },
-            e.status,
-        ),
+    let (kept, status, retry_after) = match form {
+        Err(e) => {
+            let retry_after = e.retry_after_secs();
+            (
+                KeptDraft {
+                    name: String::new(),
+                    text: String::new(),
+                    form_id: None,
+                    error: e.error,
+                    field: e.field.map(str::to_owned),
+                },
+                e.status,
+                retry_after,
+            )
+        }
         Ok(FormBody(form)) => {
             let outcome = match NewMessage::validate(&form.name, &form.text, form.id.as_deref()) {
                 Ok(new) => chat.post(new).await.map_err(ApiError::from),
@@ -792,6 +841,7 @@ pub async fn post_form(
                 Err(e) => {
                     // A conflict means the key is taken by another message.
                     let keep_id = e.status != Status::Conflict && e.field != Some("id");
+                    let retry_after = e.retry_after_secs();
                     (
                         KeptDraft {
                             name: form.name,
@@ -801,6 +851,7 @@ pub async fn post_form(
                             field: e.field.map(str::to_owned),
                         },
                         e.status,
+                        retry_after,
                     )
                 }
             }
@@ -809,8 +860,12 @@ pub async fn post_form(
     if let Some(redirect) = redirect_with(&kept, &browser, cookies, https) {
         return Ok(redirect);
     }
-    let (_, page) = render(chat, rendered, &metadata, &Shown::Latest, kept.draft()).await;
-    Err((status, page))
+    let page = render(chat, rendered, &metadata, &Shown::Latest, kept.draft()).await;
+    Err(PageAnswer {
+        status,
+        retry_after,
+        page: page.page,
+    })
 }
 
 /// A request for the page that the request checks refused
@@ -819,10 +874,7 @@ pub async fn post_form(
 /// [`super::checks::REFUSED_PAGE_PATH`]; a request for that path itself is
 /// answered as any unknown path is.
 #[rocket::catch(default)]
-pub async fn refused(
-    status: Status,
-    req: &Request<'_>,
-) -> Either<NotStored<(Status, Template)>, ApiError> {
+pub async fn refused(status: Status, req: &Request<'_>) -> Either<NotStored<PageAnswer>, ApiError> {
     let state = req.rocket();
     let (Some(error), Some(chat), Some(rendered)) = (
         refusal(req),
@@ -839,9 +891,13 @@ pub async fn refused(
         error: Some(&error.error),
         ..Draft::blank(&name)
     };
-    let (_, page) = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
+    let page = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
     // A view of the page like any other: its form has a key of its own.
-    Either::Left(NotStored((error.status, page)))
+    Either::Left(NotStored(PageAnswer {
+        status: error.status,
+        retry_after: error.retry_after_secs(),
+        page: page.page,
+    }))
 }
 
 #[cfg(test)]

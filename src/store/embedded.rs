@@ -30,8 +30,8 @@ use crate::retry::Backoff;
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 /// Message id to sequence number.
 const IDS: TableDefinition<&str, u64> = TableDefinition::new("ids");
-/// Written and emptied again after a reopen, to prove a write can succeed
-/// before the store says it is ready.
+/// Written and emptied after a reopen by earlier versions; created so that
+/// a database they made and this one look alike.
 const PROBE: TableDefinition<u64, &[u8]> = TableDefinition::new("probe");
 /// The most inserts one transaction takes.
 const MAX_BATCH: usize = 512;
@@ -236,13 +236,20 @@ impl EmbeddedStore {
         })
     }
 
+    /// Runs `f` on the database. While a fault stops writes, reads go on
+    /// on the handle reopened for them; between the fault and that reopen
+    /// (no handle), a read is `Unavailable` (503), never `Full`: a full
+    /// disk refuses writes, not reads.
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Database) -> Result<T, Failure> + Send + 'static,
     ) -> Result<T, StoreError> {
         let Some(db) = self.shared.db() else {
             return Err(match self.shared.fault() {
-                Some(fault) => fault.error(),
+                Some(fault) => StoreError::Unavailable {
+                    reason: format!("{}; reads resume in a moment", fault.reason()),
+                    retry_after: FAULT_RETRY_AFTER,
+                },
                 None => StoreError::closed(),
             });
         };
@@ -264,17 +271,26 @@ fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, Failure> {
     Ok(db)
 }
 
-/// Writes and removes [`PROBE_BYTES`], each durably: after a fault, the
-/// store is ready again only when this succeeds.
-fn probe_write(db: &Database) -> Result<(), Failure> {
-    let txn = db.begin_write()?;
-    txn.open_table(PROBE)?
-        .insert(0, vec![0u8; PROBE_BYTES].as_slice())?;
-    txn.commit()?;
-    let txn = db.begin_write()?;
-    txn.open_table(PROBE)?.remove(0)?;
-    txn.commit()?;
-    Ok(())
+/// Writes [`PROBE_BYTES`] to a file beside the database, durably, and
+/// removes it: after a fault, writes resume only when this succeeds. A file
+/// of its own, not a redb write: redb refuses every operation on a handle
+/// after a failed write, reads too, and the reopened handle serves reads
+/// while the disk is still full.
+fn probe_write(dir: &Path) -> Result<(), Fault> {
+    use std::io::Write;
+    let path = dir.join("write-probe");
+    let written = std::fs::File::create(&path).and_then(|mut file| {
+        file.write_all(&vec![0u8; PROBE_BYTES])?;
+        file.sync_data()
+    });
+    let _ = std::fs::remove_file(&path);
+    written.map_err(|e| {
+        if is_out_of_space(&e) {
+            Fault::Full(e.to_string())
+        } else {
+            Fault::Io(e.to_string())
+        }
+    })
 }
 
 fn decode(bytes: &[u8]) -> Result<Message, Failure> {
@@ -325,9 +341,12 @@ struct Writer {
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<(NewMessage, Reply)>) {
         let mut db = self.shared.db();
+        // Whether writes go to `db`; false from a fault until a probe
+        // succeeds, while `db`, once reopened, serves reads.
+        let mut writable = db.is_some();
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
-            let first = if db.is_some() {
+            let first = if writable {
                 match rx.blocking_recv() {
                     Some(item) => Some(item),
                     None => break,
@@ -343,9 +362,12 @@ impl Writer {
                     Err(_) => None,
                 }
             };
-            if db.is_none() {
-                db = self.reopen();
-                if db.is_some() {
+            if !writable {
+                if db.is_none() {
+                    db = self.reopen();
+                }
+                if db.is_some() && self.probe() {
+                    writable = true;
                     backoff.reset();
                 }
             }
@@ -357,7 +379,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let Some(handle) = db.as_deref() else {
+            let Some(handle) = db.as_deref().filter(|_| writable) else {
                 let error = self
                     .shared
                     .fault()
@@ -390,6 +412,7 @@ impl Writer {
                             .unwrap_or_else(|e| e.into_inner())
                             .take();
                         db = None;
+                        writable = false;
                         backoff.reset();
                     }
                     let error = failure.into_store_error();
@@ -401,16 +424,20 @@ impl Writer {
         }
     }
 
-    /// Opens the database again and proves a write succeeds; on success the
-    /// fault clears, the cache is refilled from the store (a commit that
-    /// failed may or may not have reached the disk) and readers get the new
-    /// handle. `None`: not yet.
+    /// Opens the database again after a fault, refills the cache from it
+    /// (a commit that failed may or may not have reached the disk) and
+    /// gives readers the new handle; writes wait for [`Writer::probe`].
+    /// `None`: not yet (readers still hold the old handle, or the disk
+    /// refuses even the opening).
     fn reopen(&mut self) -> Option<Arc<Database>> {
-        let opened = open_db(&self.shared.path, self.shared.cache_bytes).and_then(|db| {
-            probe_write(&db)?;
-            let latest = read_range(&db, &Cursor::Latest, CACHE_CAPACITY + 1)?;
-            Ok((db, latest))
-        });
+        let opened = Builder::new()
+            .set_cache_size(self.shared.cache_bytes)
+            .create(&self.shared.path)
+            .map_err(Failure::from)
+            .and_then(|db| {
+                let latest = read_range(&db, &Cursor::Latest, CACHE_CAPACITY + 1)?;
+                Ok((db, latest))
+            });
         match opened {
             Ok((db, latest)) => {
                 if let Some(newest) = latest.last() {
@@ -419,8 +446,7 @@ impl Writer {
                 self.cache.reset_from_latest(latest);
                 let db = Arc::new(db);
                 *self.shared.db.lock().unwrap_or_else(|e| e.into_inner()) = Some(db.clone());
-                self.shared.set_fault(None);
-                log::warn!("embedded store: reopened; writes succeed again");
+                log::info!("embedded store: reopened; reads go on");
                 Some(db)
             }
             Err(Failure::Fault(fault)) => {
@@ -432,6 +458,23 @@ impl Writer {
             Err(Failure::Other(e)) => {
                 log::debug!("embedded store: reopen not possible yet: {e}");
                 None
+            }
+        }
+    }
+
+    /// Whether a write can succeed now ([`probe_write`]); clears the fault
+    /// when it can, and keeps the latest reason when it cannot.
+    fn probe(&mut self) -> bool {
+        let dir = self.shared.path.parent().unwrap_or(Path::new("."));
+        match probe_write(dir) {
+            Ok(()) => {
+                self.shared.set_fault(None);
+                log::warn!("embedded store: writes succeed again");
+                true
+            }
+            Err(fault) => {
+                self.shared.set_fault(Some(fault));
+                false
             }
         }
     }

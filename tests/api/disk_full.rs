@@ -114,6 +114,54 @@ async fn a_full_disk_answers_507_and_clears_by_itself() {
     let why: Value = ready.json().await.unwrap();
     assert!(why["error"].as_str().unwrap().contains("full"), "{why}");
     assert!(!acknowledged.is_empty());
+    // A full disk refuses writes, not reads: what is stored stays readable
+    // by its id and by paging (after a moment in which the store reopens,
+    // answered 503, never 507).
+    let oldest = &acknowledged[0];
+    let newest = &acknowledged[acknowledged.len() - 1];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let read = app.get(&format!("/api/messages/{oldest}")).await;
+        let status = read.status().as_u16();
+        assert_ne!(status, 507, "a read refused as if it were a write");
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(read.headers().contains_key("retry-after"));
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stored messages never became readable on the full disk"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let older = app
+        .get(&format!("/api/messages?limit=1000&before={newest}"))
+        .await;
+    assert_eq!(older.status(), 200);
+    let older: Value = older.json().await.unwrap();
+    assert_eq!(older.as_array().map(Vec::len), Some(acknowledged.len() - 1));
+    let page = app.get(&format!("/?before={newest}")).await;
+    assert_eq!(page.status(), 200);
+    assert_eq!(
+        app.post_json("/api/messages", &json!({"name": "f", "text": "still full"}))
+            .await
+            .status(),
+        507,
+        "writes are still refused"
+    );
+    // The form post, answered with the page (a client that is no browser):
+    // the same 507, with its Retry-After as every 507 has.
+    let form = app
+        .post_body(
+            "/messages",
+            "application/x-www-form-urlencoded",
+            "name=f&text=still+full",
+        )
+        .await
+        .expect("form post");
+    assert_eq!(form.status(), 507);
+    assert!(form.headers().contains_key("retry-after"), "{form:?}");
 
     // Free space: the store reopens by itself and is ready again.
     std::fs::remove_file(&ballast).unwrap();
