@@ -198,6 +198,37 @@ impl From<MembersArgs> for replset::reconfig::MembersRequest {
     }
 }
 
+/// Parses the command line, as `Cli::parse` does, and when the error is a
+/// setting given as a flag (`serve --port 9000`) says where settings go:
+/// they come from the environment or the TOML file, never from flags.
+pub fn parse() -> Cli {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let error = match Cli::try_parse() {
+        Ok(cli) => return cli,
+        Err(e) => e,
+    };
+    let setting = match (error.kind(), error.get(ContextKind::InvalidArg)) {
+        (ErrorKind::UnknownArgument, Some(ContextValue::String(arg))) => {
+            let key = arg
+                .trim_start_matches('-')
+                .split('=')
+                .next()
+                .unwrap_or_default()
+                .replace('-', "_");
+            crate::config::KEYS.contains(&key.as_str()).then_some(key)
+        }
+        _ => None,
+    };
+    let Some(key) = setting else { error.exit() };
+    let _ = error.print();
+    eprintln!(
+        "\nSettings are not flags: set {key} with SIMPLECHAT_{} in the environment, or in \
+         simplechat.toml (see `simplechat --help`).",
+        key.to_ascii_uppercase()
+    );
+    std::process::exit(error.exit_code())
+}
+
 /// Runs the subcommand on a new multi-threaded Tokio runtime. Failure is
 /// one line on stderr, `simplechat: <why>`, and exit status 1.
 pub fn run(cli: Cli) -> ExitCode {

@@ -1,5 +1,3 @@
-use clap::Parser;
-
 /// mimalloc, not the C library's allocator: the release bundle is a static
 /// musl binary, and musl's allocator made every request two to five times
 /// as costly as the same build on glibc (docs/performance.md, "mimalloc
@@ -9,5 +7,5 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    simplechat::cli::run(simplechat::cli::Cli::parse())
+    simplechat::cli::run(simplechat::cli::parse())
 }

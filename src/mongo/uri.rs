@@ -73,16 +73,54 @@ pub fn read_password_file(path: &Path) -> Result<String, String> {
 
 /// Parses a connection string without I/O.
 ///
-/// Errors: why it does not parse. When the string carries a password the
-/// driver's own reason is withheld, as it may quote pieces of a mangled
-/// password.
+/// Errors: why it does not parse, with what to do for the options this
+/// build refuses. When the string carries a password, the reason is the
+/// driver's for the same string with the password replaced, which quotes
+/// nothing of it; only when that string parses (the password itself is
+/// what breaks it) is the reason withheld, as the driver's may quote pieces
+/// of a mangled password.
 pub fn parse(uri: &str) -> Result<ConnectionString, String> {
-    ConnectionString::parse(uri).map_err(|e| match password(uri) {
-        Some(_) => "it does not parse (the reason is withheld as it may quote the password; \
-                    percent-encode special characters in passwords)"
-            .to_owned(),
-        None => e.kind.to_string(),
+    ConnectionString::parse(uri).map_err(|e| {
+        let Some((start, at)) = password_span(uri) else {
+            return explained(e.kind.to_string());
+        };
+        let stand_in = format!("{}PASSWORD{}", &uri[..start], &uri[at..]);
+        match ConnectionString::parse(&stand_in) {
+            Err(e) => explained(e.kind.to_string()),
+            Ok(_) => "the password does not parse (the driver's reason is withheld as it may \
+                      quote the password; percent-encode special characters in passwords)"
+                .to_owned(),
+        }
     })
+}
+
+/// The driver's reason, and what to do when it refuses an option this
+/// build leaves out: the driver is built without network compression and
+/// Kerberos, and its message for `compressors` ("an option with a similar
+/// name exists: compressors") does not say so.
+fn explained(reason: String) -> String {
+    let lower = reason.to_ascii_lowercase();
+    let refused = ["compressors", "zlibcompressionlevel", "gssapiservicename"]
+        .into_iter()
+        .find(|option| {
+            lower.contains(&format!("{option} is an invalid option"))
+                || lower.contains(&format!("{option} may not be specified"))
+        });
+    match refused {
+        Some(option) => format!(
+            "{reason} (this build of simplechat has no network compression and no Kerberos: \
+             remove {option}= from the connection string)"
+        ),
+        None => reason,
+    }
+}
+
+/// Where the password of a connection string lies (after the user's `:`,
+/// up to the `@`), if it has one.
+fn password_span(uri: &str) -> Option<(usize, usize)> {
+    let (start, at) = userinfo_span(uri)?;
+    let colon = uri[start..at].find(':')?;
+    Some((start + colon + 1, at)).filter(|(from, to)| from < to)
 }
 
 /// Where the userinfo of a connection string lies: after `://`, up to the
@@ -206,14 +244,41 @@ mod tests {
     }
 
     #[test]
-    fn parse_errors_withhold_the_reason_only_with_a_password() {
+    fn parse_errors_withhold_the_reason_only_when_the_password_breaks_it() {
+        // The password is what does not parse: nothing of it is quoted.
+        let why = parse("mongodb://u:hunt%zzer2@h1/db").unwrap_err();
+        assert!(why.contains("withheld") && !why.contains("zzer"), "{why}");
+        // Something else does: the driver's reason, without the password.
         let why = parse("mongodb://u:hunter2@h1:notaport/db").unwrap_err();
         assert!(
-            why.contains("withheld") && !why.contains("hunter2"),
+            !why.contains("withheld") && !why.contains("hunter2"),
             "{why}"
         );
-        let why = parse("mongodb://h1:notaport/db").unwrap_err();
-        assert!(!why.contains("withheld"), "{why}");
+        assert!(why.contains("port"), "{why}");
+        let without = parse("mongodb://h1:notaport/db").unwrap_err();
+        assert_eq!(why, without);
         assert!(parse("mongodb://h1/messages").is_ok());
+    }
+
+    #[test]
+    fn options_this_build_leaves_out_say_what_to_do() {
+        for (uri, option) in [
+            ("mongodb://h1/messages?compressors=disabled", "compressors"),
+            ("mongodb://u:s3cr3t@h1/db?compressors=zlib", "compressors"),
+            (
+                "mongodb://h1/?zlibCompressionLevel=4",
+                "zlibcompressionlevel",
+            ),
+            (
+                "mongodb://h1/?gssapiServiceName=mongodb",
+                "gssapiservicename",
+            ),
+        ] {
+            let why = parse(uri).unwrap_err();
+            assert!(
+                why.contains(&format!("remove {option}=")) && !why.contains("s3cr3t"),
+                "{uri}: {why}"
+            );
+        }
     }
 }

@@ -108,6 +108,13 @@ impl<E: Into<redb::Error>> From<E> for Failure {
             }
             redb::Error::Io(io) => Failure::Fault(Fault::Io(io.to_string())),
             redb::Error::PreviousIo => Failure::Fault(Fault::Io("an earlier I/O error".into())),
+            // redb locks the file; the lock is held by another process (or,
+            // while the store reopens, by this one's readers).
+            redb::Error::DatabaseAlreadyOpen => Failure::Other(StoreError::Internal(
+                "it is already open, by another simplechat using the same data_dir? Each \
+                 instance needs a data_dir of its own"
+                    .into(),
+            )),
             other => Failure::Other(StoreError::Internal(other.to_string())),
         }
     }
@@ -181,6 +188,12 @@ impl EmbeddedStore {
         cache: Arc<Cache>,
     ) -> Result<Self, StoreError> {
         let dir = data_dir.to_path_buf();
+        if dir.exists() && !dir.is_dir() {
+            return Err(StoreError::Internal(format!(
+                "data_dir {} is not a directory",
+                dir.display()
+            )));
+        }
         std::fs::create_dir_all(&dir).map_err(|e| {
             StoreError::Internal(format!("cannot create data_dir {}: {e}", dir.display()))
         })?;
@@ -190,11 +203,11 @@ impl EmbeddedStore {
             .await
             .map_err(|e| StoreError::Internal(e.to_string()))?
             .map_err(|e| {
-                StoreError::Internal(format!(
-                    "cannot open {}: {}",
-                    path.display(),
-                    e.into_store_error()
-                ))
+                let why = match e.into_store_error() {
+                    StoreError::Internal(why) => why,
+                    other => other.to_string(),
+                };
+                StoreError::Internal(format!("cannot open {}: {why}", path.display()))
             })?;
         let db = Arc::new(db);
         let latest = read_range(&db, &Cursor::Latest, CACHE_CAPACITY + 1)

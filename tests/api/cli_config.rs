@@ -492,3 +492,55 @@ fn help_version_and_replset_without_a_uri() {
     let status = simplechat(dir.path(), &["replset", "status"], &[]);
     assert_one_line_failure(&status, "needs a MongoDB URI");
 }
+
+/// A data_dir that is a file, or that another instance has open, is one
+/// line that says so (not "File exists", not a lock error twice prefixed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_taken_or_not_a_directory_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("a-file"), "").unwrap();
+    let free_port = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port().to_string()
+    };
+    let port = free_port();
+    let env = [
+        ("SIMPLECHAT_DATA_DIR", "a-file"),
+        ("SIMPLECHAT_PORT", &port),
+    ];
+    let out = tokio::task::block_in_place(|| simplechat(d, &["serve"], &env));
+    assert_one_line_failure(&out, "data_dir a-file is not a directory");
+
+    let data_dir = d.join("shared-data");
+    let running = crate::support::app::spawn_app_in(&data_dir, &[]).await;
+    let port = free_port();
+    let shared = data_dir.to_string_lossy().into_owned();
+    let env = [
+        ("SIMPLECHAT_DATA_DIR", shared.as_str()),
+        ("SIMPLECHAT_PORT", &port),
+    ];
+    let out = tokio::task::block_in_place(|| simplechat(d, &["serve"], &env));
+    assert_one_line_failure(&out, "another simplechat using the same data_dir");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("store error").count(), 1, "{stderr}");
+    running.shutdown().await;
+}
+
+/// A setting given as a flag is refused, and the refusal says where
+/// settings go.
+#[test]
+fn a_setting_given_as_a_flag_points_to_its_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, variable) in [
+        (&["serve", "--port", "9000"][..], "SIMPLECHAT_PORT"),
+        (&["--data-dir=/srv/chat"][..], "SIMPLECHAT_DATA_DIR"),
+    ] {
+        let out = simplechat(dir.path(), args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(variable), "{args:?}: {stderr}");
+    }
+    let out = simplechat(dir.path(), &["--bogus"], &[]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("SIMPLECHAT_"));
+}
