@@ -40,6 +40,11 @@ pub struct MemberStatus {
     pub health: f64,
     /// Seconds this member's last applied write trails the primary's.
     pub lag_secs: Option<f64>,
+    /// Why it is not reachable, when known: the driver's last error for it
+    /// (password scrubbed) or mongod's `lastHeartbeatMessage`. Left out of
+    /// the JSON when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Asks any member (the primary if there is one) for `replSetGetStatus`;
@@ -96,12 +101,18 @@ pub fn parse_status(reply: &Document) -> Result<ReplicaSetStatus, String> {
         state: String,
         health: f64,
         optime_ms: Option<i64>,
+        error: Option<String>,
     }
     let raw: Vec<Raw> = members
         .iter()
         .filter_map(Bson::as_document)
         .map(|m| Raw {
             name: m.get_str("name").unwrap_or("?").to_owned(),
+            error: m
+                .get_str("lastHeartbeatMessage")
+                .ok()
+                .filter(|message| !message.is_empty())
+                .map(str::to_owned),
             state: m.get_str("stateStr").unwrap_or("UNKNOWN").to_owned(),
             health: number(m.get("health")).unwrap_or(0.0),
             // An unreachable member reports the epoch: no information.
@@ -132,6 +143,7 @@ pub fn parse_status(reply: &Document) -> Result<ReplicaSetStatus, String> {
                 state: m.state,
                 health: m.health,
                 lag_secs,
+                error: m.error,
             }
         })
         .collect();
@@ -166,6 +178,7 @@ pub fn from_topology(t: &TopologySnapshot, why: &str) -> ReplicaSetStatus {
                 state: state.to_owned(),
                 health: if reachable { 1.0 } else { 0.0 },
                 lag_secs: None,
+                error: s.error.clone(),
             }
         })
         .collect();
@@ -191,7 +204,8 @@ mod tests {
             "myState": 1,
             "members": [
                 { "_id": 0, "name": "storage1.local:27017", "health": 0.0, "state": 8,
-                  "stateStr": "(not reachable/healthy)", "optimeDate": DateTime::from_millis(0) },
+                  "stateStr": "(not reachable/healthy)", "optimeDate": DateTime::from_millis(0),
+                  "lastHeartbeatMessage": "Couldn't get a connection within the time limit" },
                 { "_id": 1, "name": "storage2.local:27017", "health": 1.0, "state": 1,
                   "stateStr": "PRIMARY", "optimeDate": DateTime::from_millis(1_700_000_010_000), "self": true },
                 { "_id": 2, "name": "storage3.local:27017", "health": 1, "state": 2,
@@ -209,6 +223,11 @@ mod tests {
         assert_eq!(s.source, "replSetGetStatus");
         assert_eq!(s.members.len(), 3);
         assert_eq!(s.members[0].state, "(not reachable/healthy)");
+        assert_eq!(
+            s.members[0].error.as_deref(),
+            Some("Couldn't get a connection within the time limit")
+        );
+        assert_eq!(s.members[1].error, None);
         assert_eq!(s.members[0].health, 0.0);
         assert_eq!(s.members[0].lag_secs, None);
         assert_eq!(s.members[1].lag_secs, Some(0.0));
@@ -259,6 +278,9 @@ mod tests {
         assert_eq!(s.members[0].state, "PRIMARY");
         assert_eq!(s.members[1].state, "(not reachable/healthy)");
         assert_eq!(s.members[1].health, 0.0);
+        // Why, for someone who asked `replset status` with no member up.
+        assert_eq!(s.members[1].error.as_deref(), Some("connection refused"));
+        assert_eq!(s.members[0].error, None);
         assert_eq!(
             s.source,
             "driver topology (not authorized to run replSetGetStatus)"

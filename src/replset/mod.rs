@@ -140,6 +140,9 @@ pub fn render_status(status: &ReplicaSetStatus) -> String {
             "  {:<28} {:<26} health {}  lag {}\n",
             m.name, m.state, m.health, lag
         ));
+        if let Some(error) = &m.error {
+            out.push_str(&format!("    {error}\n"));
+        }
     }
     out
 }
@@ -162,6 +165,7 @@ mod tests {
                         state: (*state).into(),
                         health: *health,
                         lag_secs: None,
+                        error: None,
                     })
                     .collect(),
                 source: SOURCE.into(),
@@ -188,5 +192,16 @@ mod tests {
         assert!(!report(Some("h0:27017"), &syncing).healthy());
         let none = [("(not reachable/healthy)", 0.0)];
         assert!(!report(None, &none).healthy());
+    }
+
+    #[test]
+    fn the_table_says_why_a_member_is_not_reachable() {
+        let mut status = report(None, &[("(not reachable/healthy)", 0.0)]).set;
+        status.members[0].error = Some("I/O error: Connection refused".into());
+        let table = render_status(&status);
+        assert!(
+            table.contains("h0:27017") && table.contains("\n    I/O error: Connection refused\n"),
+            "{table}"
+        );
     }
 }
