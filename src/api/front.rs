@@ -21,6 +21,8 @@
 //! - at most `max_connections` are open at once; one more is answered 503
 //!   with `Retry-After` and closed, so the process never runs out of file
 //!   descriptors and starves everyone;
+//! - a client that shuts down its sending side after its request still
+//!   gets the answer (hyper's `half_close`);
 //! - hyper's own answers to unparsable requests get the JSON error shape
 //!   ([`JsonParseErrors`]);
 //! - at shutdown it stops accepting, lets each connection finish the
@@ -112,8 +114,12 @@ pub async fn serve<S>(
     let mut http = hyper::server::conn::http1::Builder::new();
     // Vectored writes (hyper's default for a socket): a response's body is
     // sent from its own buffer, not copied behind the head first.
+    // A client may shut down its sending side once its request is sent
+    // and still wait for the answer (RFC 9112 §9.6); hyper's default takes
+    // that end of input as the client gone and drops the request.
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout)
+        .half_close(true)
         .keep_alive(true);
     let http = Arc::new(http);
     let mut stop = std::pin::pin!(shutdown.clone());

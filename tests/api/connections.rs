@@ -215,3 +215,37 @@ fn head_of(answer: &str) -> reqwest::header::HeaderMap {
     }
     headers
 }
+
+/// HTTP/1.1 allows a client to shut down its sending side once its request
+/// is sent (RFC 9112 §9.6); it still gets its answer, whichever way the
+/// request goes: the front door's own post, Rocket's, or a GET with a body.
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
+    let app = spawn_app(&[]).await;
+    let post = |extra: &str, text: &str| {
+        let body = format!(r#"{{"name": "ann", "text": "{text}"}}"#);
+        format!(
+            "POST /api/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    for (request, expected) in [
+        (post("", "plain"), "HTTP/1.1 201 "),
+        (
+            post("Sec-Fetch-Site: same-origin\r\n", "via rocket"),
+            "HTTP/1.1 201 ",
+        ),
+        (
+            "GET /api/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi".to_owned(),
+            "HTTP/1.1 200 ",
+        ),
+    ] {
+        let mut stream = connect(&app).await;
+        stream.write_all(request.as_bytes()).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let answer = until_closed(&mut stream).await;
+        assert!(answer.starts_with(expected), "{request}: {answer:?}");
+    }
+    assert_eq!(app.message_count().await, 2);
+    app.shutdown().await;
+}
