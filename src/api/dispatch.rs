@@ -53,6 +53,7 @@ use tokio::io::AsyncReadExt;
 use crate::api::body::BODY_LIMIT_BYTES;
 use crate::api::events;
 use crate::api::headers::{add_security_headers, SECURITY_HEADERS};
+use crate::api::message_head;
 use crate::api::plain_post;
 use crate::chat::Chat;
 
@@ -132,16 +133,20 @@ where
         })
     }
 
-    /// The application's answer to `req` from `peer`. Never fails: a body
-    /// that breaks off gets 400, one that stops arriving 408 (and the
-    /// connection closes).
+    /// The application's answer to `req` from `peer`. Never fails: a head
+    /// that breaks RFC 9112's rules on `Host` or the request-target gets
+    /// 400 ([`message_head`]); a body that breaks off gets 400, one that
+    /// stops arriving 408 (and the connection closes).
     pub async fn answer(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        if req.method() == Method::GET && req.uri().path() == "/api/events" {
-            if let Some(after) = events_query(req.uri().query()) {
-                return self.event_stream(&req, after);
+        let (parts, body) = req.into_parts();
+        if let Some(refusal) = message_head::refusal(&parts) {
+            return refusal;
+        }
+        if parts.method == Method::GET && parts.uri.path() == "/api/events" {
+            if let Some(after) = events_query(parts.uri.query()) {
+                return self.event_stream(&parts.headers, after);
             }
         }
-        let (parts, body) = req.into_parts();
         let data = match tokio::time::timeout(self.body_timeout, read_body(body)).await {
             Ok(Ok(data)) => data,
             Ok(Err(e)) => {
@@ -270,13 +275,12 @@ where
         whole(status, headers, bytes)
     }
 
-    /// The event stream for `req`, resuming where its `Last-Event-ID`,
+    /// The event stream for a request with `headers`, resuming where its `Last-Event-ID`,
     /// else `after`, says ([`events::Resume`]).
-    fn event_stream(&self, req: &Request<Incoming>, after: Option<String>) -> Response<Body> {
+    fn event_stream(&self, headers: &HeaderMap, after: Option<String>) -> Response<Body> {
         // A header of bytes that are not visible ASCII is still a named
         // id, and no message's.
-        let last_event_id = req
-            .headers()
+        let last_event_id = headers
             .get("last-event-id")
             .map(|v| String::from_utf8_lossy(v.as_bytes()));
         let resume = events::Resume::named(last_event_id.as_deref(), after.as_deref());

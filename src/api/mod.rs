@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod front;
 pub mod headers;
+pub mod message_head;
 pub mod messages;
 pub mod openapi;
 pub mod page;

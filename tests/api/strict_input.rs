@@ -169,3 +169,45 @@ async fn a_json_array_is_not_a_post() {
     assert_eq!(app.message_count().await, 0, "nothing stored");
     app.shutdown().await;
 }
+
+/// RFC 9112 §3.2: an HTTP/1.1 request names exactly one Host, and its
+/// target is in the form its method takes; anything else is a 400.
+#[tokio::test]
+async fn host_lines_and_the_target_form_are_checked() {
+    let app = spawn_app(&[]).await;
+    let base = app.base_url.clone();
+    let post = |hosts: &str| {
+        let body = r#"{"name": "ann", "text": "two hosts"}"#;
+        format!(
+            "POST /api/messages HTTP/1.1\r\n{hosts}Origin: http://evil.example\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let cases = tokio::task::spawn_blocking(move || {
+        [
+            "GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n".to_owned(),
+            "GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n".to_owned(),
+            "GET localhost:80 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_owned(),
+            "GET * HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_owned(),
+            // The cross-site check reads one Host: two cannot pass it.
+            post("Host: evil.example\r\nHost: 127.0.0.1\r\n"),
+            post("Host: 127.0.0.1\r\nHost: evil.example\r\n"),
+        ]
+        .map(|request| (raw(&base, request.as_bytes()), request))
+    })
+    .await
+    .unwrap();
+    for (answer, request) in cases {
+        let (status, body) = status_and_body(&answer);
+        assert_eq!(status, 400, "{request}: {answer}");
+        assert!(body["error"].as_str().is_some(), "{answer}");
+    }
+    assert_eq!(app.message_count().await, 0, "nothing stored");
+    // HTTP/1.0 may leave Host out.
+    let base = app.base_url.clone();
+    let answer = tokio::task::spawn_blocking(move || raw(&base, b"GET /healthz HTTP/1.0\r\n\r\n"))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200 "), "{answer}");
+    app.shutdown().await;
+}
