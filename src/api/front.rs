@@ -30,7 +30,8 @@
 //!   what is left, as Rocket's own server would.
 //!
 //! The only hand-written HTTP here is that JSON rewrite of hyper's
-//! three automatic refusals; the protocol itself is hyper's.
+//! three automatic refusals (with a `Content-Length` hyper cannot hold
+//! told from headers too large); the protocol itself is hyper's.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -48,6 +49,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use crate::api::body;
 use crate::api::dispatch::{json_response, Dispatch};
 use crate::api::headers::SECURITY_HEADERS;
 use crate::api::stall::WriteTimeout;
@@ -222,10 +224,20 @@ async fn refuse(stream: TcpStream, max_connections: usize) {
 /// error response of the application has a JSON body) and replaced
 /// by the same status with a JSON body; hyper closes the connection after
 /// it.
+///
+/// hyper also answers 431 to a `Content-Length` it can parse but not
+/// hold (above 2^64 − 3), which is no header too large but a body: the
+/// reads are watched for such a header line, and that 431 becomes 413
+/// (RFC 9110 §15.5.14).
 pub struct JsonParseErrors<T> {
     inner: T,
     /// The replacement being written, and how much of it is written.
     replacement: Option<(Vec<u8>, usize)>,
+    /// The start of the line being read (enough to tell a `Content-Length`
+    /// line and its value), across reads.
+    line: Vec<u8>,
+    /// Whether a `Content-Length` line too large for hyper was read.
+    length_too_large: bool,
 }
 
 impl<T> JsonParseErrors<T> {
@@ -234,20 +246,68 @@ impl<T> JsonParseErrors<T> {
         JsonParseErrors {
             inner,
             replacement: None,
+            line: Vec::new(),
+            length_too_large: false,
         }
     }
+
+    /// Watches `read` for a `Content-Length` line hyper cannot hold.
+    fn watch_lengths(&mut self, read: &[u8]) {
+        if self.length_too_large {
+            return;
+        }
+        for &byte in read {
+            if byte == b'\n' {
+                if is_length_too_large(&self.line) {
+                    self.length_too_large = true;
+                    return;
+                }
+                self.line.clear();
+            } else if self.line.len() < LENGTH_LINE_BYTES {
+                self.line.push(byte);
+            }
+        }
+    }
+}
+
+/// The most bytes of a line kept to tell a `Content-Length` hyper cannot
+/// hold: the name, the colon, some whitespace and 20 digits, with room.
+const LENGTH_LINE_BYTES: usize = 64;
+
+/// The largest `Content-Length` hyper holds (its `DecodedLength`'s
+/// `MAX_LEN`); above, it answers 431.
+const HYPER_MAX_LENGTH: u64 = u64::MAX - 2;
+
+/// Whether the start of a line, `line`, is a `Content-Length` header whose
+/// value hyper parses (digits, at most `u64::MAX`) but refuses as too large.
+fn is_length_too_large(line: &[u8]) -> bool {
+    const NAME: &[u8] = b"content-length:";
+    let Some(name) = line.get(..NAME.len()) else {
+        return false;
+    };
+    if !name.eq_ignore_ascii_case(NAME) {
+        return false;
+    }
+    let value = line[NAME.len()..].trim_ascii();
+    !value.is_empty()
+        && value.iter().all(u8::is_ascii_digit)
+        && std::str::from_utf8(value)
+            .ok()
+            .and_then(|digits| digits.parse::<u64>().ok())
+            .is_some_and(|length| length > HYPER_MAX_LENGTH)
 }
 
 /// The longest head of one of hyper's automatic refusals (about 100 bytes:
 /// status line, `content-length: 0`, `date`), with room to spare.
 const MAX_REFUSAL_HEAD: usize = 512;
 
-/// The JSON answer for one of hyper's automatic refusals, if `head` is one.
+/// The JSON answer for one of hyper's automatic refusals, if `head` is one;
+/// a 431 becomes 413 when `length_too_large` (see [`JsonParseErrors`]).
 ///
 /// Every write of every response passes through here, so anything that
 /// cannot be such a head (longer, or another status class) is let through
 /// before the text is looked at.
-pub fn json_refusal(head: &[u8]) -> Option<Vec<u8>> {
+pub fn json_refusal(head: &[u8], length_too_large: bool) -> Option<Vec<u8>> {
     if head.len() > MAX_REFUSAL_HEAD || !head.starts_with(b"HTTP/1.1 4") {
         return None;
     }
@@ -256,12 +316,18 @@ pub fn json_refusal(head: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let (status_line, headers) = text.split_once("\r\n")?;
-    let error = match status_line {
-        "HTTP/1.1 400 Bad Request" => {
-            "malformed request: the request line or a header cannot be parsed"
+    let (status_line, error) = match status_line {
+        "HTTP/1.1 400 Bad Request" => (
+            status_line,
+            "malformed request: the request line or a header cannot be parsed".to_owned(),
+        ),
+        "HTTP/1.1 414 URI Too Long" => (status_line, "the request URI is too long".to_owned()),
+        "HTTP/1.1 431 Request Header Fields Too Large" if length_too_large => {
+            ("HTTP/1.1 413 Payload Too Large", body::too_large().error)
         }
-        "HTTP/1.1 414 URI Too Long" => "the request URI is too long",
-        "HTTP/1.1 431 Request Header Fields Too Large" => "the request headers are too large",
+        "HTTP/1.1 431 Request Header Fields Too Large" => {
+            (status_line, "the request headers are too large".to_owned())
+        }
         _ => return None,
     };
     let empty = headers
@@ -306,7 +372,7 @@ impl<T: AsyncWrite + Unpin> JsonParseErrors<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Option<Poll<io::Result<usize>>> {
-        let replacement = json_refusal(buf)?;
+        let replacement = json_refusal(buf, self.length_too_large)?;
         self.replacement = Some((replacement, 0));
         if let Poll::Ready(Err(e)) = self.poll_replacement(cx) {
             return Some(Poll::Ready(Err(e)));
@@ -321,7 +387,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for JsonParseErrors<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        self.watch_lengths(&buf.filled()[before..]);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -371,19 +440,19 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for JsonParseErrors<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::json_refusal;
+    use super::{is_length_too_large, json_refusal};
 
     #[test]
     fn only_hypers_empty_refusals_are_rewritten() {
         let auto =
             b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
-        let rewritten = String::from_utf8(json_refusal(auto).unwrap()).unwrap();
+        let rewritten = String::from_utf8(json_refusal(auto, false).unwrap()).unwrap();
         assert!(rewritten.starts_with("HTTP/1.1 431 "));
         assert!(rewritten.ends_with("{\"error\":\"the request headers are too large\"}"));
         let forwarded = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 17\r\n\r\n";
-        assert_eq!(json_refusal(forwarded), None);
+        assert_eq!(json_refusal(forwarded, false), None);
         assert_eq!(
-            json_refusal(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
+            json_refusal(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", false),
             None
         );
         // Longer than any head hyper refuses with: never looked into.
@@ -391,6 +460,26 @@ mod tests {
             "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nx-pad: {}\r\n\r\n",
             "a".repeat(600)
         );
-        assert_eq!(json_refusal(padded.as_bytes()), None);
+        assert_eq!(json_refusal(padded.as_bytes(), false), None);
+        let length = String::from_utf8(json_refusal(auto, true).unwrap()).unwrap();
+        assert!(length.starts_with("HTTP/1.1 413 "), "{length}");
+    }
+
+    #[test]
+    fn only_a_length_hyper_parses_but_cannot_hold_is_too_large() {
+        assert!(is_length_too_large(
+            b"Content-Length: 18446744073709551614\r"
+        ));
+        assert!(is_length_too_large(b"content-length:018446744073709551615"));
+        assert!(!is_length_too_large(
+            b"Content-Length: 18446744073709551613\r"
+        ));
+        assert!(!is_length_too_large(
+            b"Content-Length: 18446744073709551616"
+        ));
+        assert!(!is_length_too_large(b"Content-Length: 12"));
+        assert!(!is_length_too_large(
+            b"X-Content-Length: 18446744073709551615"
+        ));
     }
 }

@@ -211,3 +211,28 @@ async fn host_lines_and_the_target_form_are_checked() {
     assert!(answer.starts_with("HTTP/1.0 200 "), "{answer}");
     app.shutdown().await;
 }
+
+/// A `Content-Length` hyper parses but cannot hold is a body too large
+/// (413), not headers too large; one too long to parse is malformed (400).
+#[tokio::test]
+async fn a_length_beyond_any_body_is_413() {
+    let app = spawn_app(&[]).await;
+    let base = app.base_url.clone();
+    let cases = tokio::task::spawn_blocking(move || {
+        ["18446744073709551614", "18446744073709551615", "99999999999999999999999"].map(|length| {
+            let request = format!(
+                "POST /api/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{}}"
+            );
+            (length, raw(&base, request.as_bytes()))
+        })
+    })
+    .await
+    .unwrap();
+    for (length, answer) in cases {
+        let (status, body) = status_and_body(&answer);
+        let expected = if length.len() > 20 { 400 } else { 413 };
+        assert_eq!(status, expected, "{length}: {answer}");
+        assert!(body["error"].as_str().is_some(), "{answer}");
+    }
+    app.shutdown().await;
+}
