@@ -135,12 +135,6 @@ fn media_type(value: &str) -> Option<(&str, &str)> {
     }
 }
 
-/// Whether the request says its body is JSON (`application/json`, with
-/// any parameters such as `charset=UTF-8`, or any `+json` type).
-fn is_json(req: &Request<'_>) -> bool {
-    content_type(req).is_some_and(is_json_content_type)
-}
-
 /// Whether a `Content-Type` value says JSON (`application/json`, with any
 /// parameters such as `charset=UTF-8`, or any `+json` type).
 pub fn is_json_content_type(value: &str) -> bool {
@@ -162,14 +156,91 @@ fn is_json_type(kind: &str, subtype: &str) -> bool {
         && subtype[name_len..].eq_ignore_ascii_case("+json")
 }
 
+/// The body a route reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// A JSON object (`POST /api/messages`).
+    Json,
+    /// An `application/x-www-form-urlencoded` form (`POST /messages`).
+    Form,
+}
+
+impl BodyKind {
+    /// The body the route at `path` reads when posted to, if it has one.
+    pub fn of_post(path: &str) -> Option<BodyKind> {
+        match path {
+            "/api/messages" => Some(BodyKind::Json),
+            "/messages" => Some(BodyKind::Form),
+            _ => None,
+        }
+    }
+
+    /// What the route expects, for a 415.
+    fn expected(self) -> &'static str {
+        match self {
+            BodyKind::Json => "a JSON body (Content-Type: application/json)",
+            BodyKind::Form => "a form body (application/x-www-form-urlencoded)",
+        }
+    }
+
+    /// Whether a `Content-Type` value says this kind of body.
+    fn is_sent_as(self, content_type: &str) -> bool {
+        match self {
+            BodyKind::Json => is_json_content_type(content_type),
+            BodyKind::Form => media_type(content_type).is_some_and(|(kind, subtype)| {
+                kind.eq_ignore_ascii_case("application")
+                    && subtype.eq_ignore_ascii_case("x-www-form-urlencoded")
+            }),
+        }
+    }
+}
+
+/// The request headers a body is refused by before it is read, as the
+/// application is given them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BodyHeaders<'a> {
+    /// `Content-Type`, if sent.
+    pub content_type: Option<&'a str>,
+    /// `Content-Length`, if sent (a body sent chunked has none).
+    pub content_length: Option<&'a str>,
+}
+
+impl<'a> BodyHeaders<'a> {
+    /// The headers of a request Rocket holds.
+    fn of(req: &'a Request<'_>) -> Self {
+        BodyHeaders {
+            content_type: content_type(req),
+            content_length: req.headers().get_one("Content-Length"),
+        }
+    }
+}
+
+/// The refusal of a `kind` body from its request's headers alone, so the
+/// body need not be read (nor a `100 Continue` sent, RFC 9110 §10.1.1):
+/// 415 for a `Content-Type` that is not `kind`'s, 413 for a
+/// `Content-Length` above [`BODY_LIMIT_BYTES`]. A body sent without a
+/// length is refused 413 once it is read past the cap ([`read_capped`]).
+pub fn head_refusal(kind: BodyKind, headers: BodyHeaders<'_>) -> Option<ApiError> {
+    if !headers.content_type.is_some_and(|t| kind.is_sent_as(t)) {
+        return Some(unsupported(headers.content_type, kind.expected()));
+    }
+    let length = headers
+        .content_length
+        .and_then(|length| length.trim().parse::<u64>().ok());
+    if length.is_some_and(|length| length > BODY_LIMIT_BYTES) {
+        return Some(too_large());
+    }
+    None
+}
+
 /// The 415 refusal of a body that is not of the type `expected` describes,
 /// naming the Content-Type the request has, as sent.
-fn unsupported(req: &Request<'_>, expected: &str) -> ApiError {
+fn unsupported(content_type: Option<&str>, expected: &str) -> ApiError {
     ApiError::new(
         Status::UnsupportedMediaType,
         format!(
             "expected {expected}, got {}",
-            content_type(req).unwrap_or("none")
+            content_type.unwrap_or("none")
         ),
     )
 }
@@ -204,16 +275,14 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
 
 /// A JSON body, which must be an object. The Content-Type must say JSON:
 /// anything else, or none, gets 415 (a form cannot post JSON across sites
-/// that way either).
+/// that way either); a body longer than the cap gets 413
+/// ([`head_refusal`]).
 pub async fn json<T: serde::de::DeserializeOwned>(
     req: &Request<'_>,
     data: Data<'_>,
 ) -> Result<T, ApiError> {
-    if !is_json(req) {
-        return Err(unsupported(
-            req,
-            "a JSON body (Content-Type: application/json)",
-        ));
+    if let Some(refusal) = head_refusal(BodyKind::Json, BodyHeaders::of(req)) {
+        return Err(refusal);
     }
     parse_json(&read_capped(data).await?)
 }
@@ -224,17 +293,6 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
     serde_json::from_slice(bytes)
         .map(|Object(value)| value)
         .map_err(|e| ApiError::new(Status::BadRequest, format!("malformed JSON body: {e}")))
-}
-
-/// Whether the request says its body is a form
-/// (`application/x-www-form-urlencoded`, as the page's form posts it).
-pub fn is_form(req: &Request<'_>) -> bool {
-    content_type(req)
-        .and_then(media_type)
-        .is_some_and(|(kind, subtype)| {
-            kind.eq_ignore_ascii_case("application")
-                && subtype.eq_ignore_ascii_case("x-www-form-urlencoded")
-        })
 }
 
 /// A JSON object request body as a data guard; take it as
@@ -314,11 +372,8 @@ impl<'r, T: for<'a> rocket::form::FromForm<'a> + Send + 'static> rocket::data::F
 
     async fn from_data(req: &'r Request<'_>, data: Data<'r>) -> rocket::data::Outcome<'r, Self> {
         let parsed = async {
-            if !is_form(req) {
-                return Err(unsupported(
-                    req,
-                    "a form body (application/x-www-form-urlencoded)",
-                ));
+            if let Some(refusal) = head_refusal(BodyKind::Form, BodyHeaders::of(req)) {
+                return Err(refusal);
             }
             let bytes = read_capped(data).await?;
             let fields = decode_form(&bytes)?;

@@ -34,6 +34,7 @@
 //! client that stops sending it gets `408` and the connection closes,
 //! instead of holding its connection slot for as long as it likes.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -44,13 +45,14 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 use rocket::http::uri::{Host, Origin};
 use rocket::http::{Cookie, Header};
 use rocket::local::asynchronous::Client;
 use tokio::io::AsyncReadExt;
 
-use crate::api::body::BODY_LIMIT_BYTES;
+use crate::api::body::{self, BODY_LIMIT_BYTES};
 use crate::api::events;
 use crate::api::headers::{add_security_headers, SECURITY_HEADERS};
 use crate::api::message_head;
@@ -147,31 +149,33 @@ where
                 return self.event_stream(&parts.headers, after);
             }
         }
-        let data = match tokio::time::timeout(self.body_timeout, read_body(body)).await {
-            Ok(Ok(data)) => data,
-            Ok(Err(e)) => {
-                return json_response(
-                    StatusCode::BAD_REQUEST,
-                    &format!("cannot read the request body: {e}"),
-                )
-            }
-            Err(_) => {
-                let mut response = json_response(
-                    StatusCode::REQUEST_TIMEOUT,
-                    &format!(
-                        "the request body did not arrive within {} s",
-                        self.body_timeout.as_secs()
-                    ),
-                );
-                // What is left of the body would be read as the next
-                // request: hyper closes the connection after this answer.
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return response;
-            }
-        };
-        if plain_post::is_plain(&parts) {
+        let refused_by_head = body_refusal(&parts).is_some();
+        let data =
+            match tokio::time::timeout(self.body_timeout, read_body(body, refused_by_head)).await {
+                Ok(Ok(data)) => data,
+                Ok(Err(e)) => {
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        &format!("cannot read the request body: {e}"),
+                    )
+                }
+                Err(_) => {
+                    let mut response = json_response(
+                        StatusCode::REQUEST_TIMEOUT,
+                        &format!(
+                            "the request body did not arrive within {} s",
+                            self.body_timeout.as_secs()
+                        ),
+                    );
+                    // What is left of the body would be read as the next
+                    // request: hyper closes the connection after this answer.
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return response;
+                }
+            };
+        if !refused_by_head && plain_post::is_plain(&parts) {
             let server = self.stream_head.get(header::SERVER);
             if let Some(response) =
                 plain_post::answer(&self.events.chat, &parts, &data, server).await
@@ -272,6 +276,10 @@ where
         if let Some(length) = head_length {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
         }
+        if refused_by_head {
+            // The body is left unread, and would be read as the next request.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         whole(status, headers, bytes)
     }
 
@@ -325,8 +333,39 @@ fn events_query(query: Option<&str>) -> Option<Option<String>> {
     Some(after)
 }
 
-/// Reads a request body, up to one byte more than any route accepts.
-async fn read_body(mut body: Incoming) -> Result<Vec<u8>, hyper::Error> {
+/// The refusal the route a POST goes to makes of its body from its
+/// headers alone ([`body::head_refusal`]), if it makes one: such a body is
+/// not read, so a client that waits for `100 Continue` gets the refusal
+/// instead, and Rocket is handed the request without it, to answer it the
+/// same way (after its own checks, which come first).
+fn body_refusal(parts: &Parts) -> Option<crate::api::error::ApiError> {
+    if parts.method != Method::POST {
+        return None;
+    }
+    let kind = body::BodyKind::of_post(parts.uri.path())?;
+    let text = |name| parts.headers.get(name).map(header_text);
+    let (content_type, content_length) = (text(header::CONTENT_TYPE), text(header::CONTENT_LENGTH));
+    body::head_refusal(
+        kind,
+        body::BodyHeaders {
+            content_type: content_type.as_deref(),
+            content_length: content_length.as_deref(),
+        },
+    )
+}
+
+/// A header's value as text, with U+FFFD for bytes that are not UTF-8:
+/// such a value is refused as not valid, not taken for none.
+fn header_text(value: &HeaderValue) -> Cow<'_, str> {
+    String::from_utf8_lossy(value.as_bytes())
+}
+
+/// Reads a request body, up to one byte more than any route accepts;
+/// nothing when `refused` (the answer does not need it).
+async fn read_body(mut body: Incoming, refused: bool) -> Result<Vec<u8>, hyper::Error> {
+    if refused {
+        return Ok(Vec::new());
+    }
     let most = usize::try_from(BODY_LIMIT_BYTES).unwrap_or(usize::MAX - 1) + 1;
     let mut data = Vec::new();
     while let Some(frame) = body.frame().await {

@@ -10,6 +10,7 @@ mod cross_site;
 mod disk_full;
 mod dispatch;
 mod events;
+mod expect_continue;
 mod first_run;
 mod idempotency;
 mod memory;
