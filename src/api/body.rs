@@ -111,28 +111,57 @@ fn after_quoted(s: &str) -> Option<&str> {
 /// the whitespace before one (`application/json ; charset=utf-8`), and its
 /// `None` cannot tell such a header from a missing one; the `mime` crate
 /// (0.3) refuses that whitespace too, so the grammar is written here. Parameters must be
-/// well formed, and are otherwise ignored.
+/// well formed, and are otherwise ignored ([`media_type_and_charset`]
+/// reads `charset`).
 fn media_type(value: &str) -> Option<(&str, &str)> {
+    media_type_and_charset(value).map(|(kind, subtype, _)| (kind, subtype))
+}
+
+/// [`media_type`], with the value of its `charset` parameter, if it has
+/// one (unquoted; RFC 9110 §8.3.2).
+fn media_type_and_charset(value: &str) -> Option<(&str, &str, Option<String>)> {
     const OWS: [char; 2] = [' ', '\t'];
     let (kind, rest) = token(value.trim_matches(OWS))?;
     let (subtype, mut rest) = token(rest.strip_prefix('/')?)?;
+    let mut charset = None;
     loop {
         rest = rest.trim_start_matches(OWS);
         if rest.is_empty() {
-            return Some((kind, subtype));
+            return Some((kind, subtype, charset));
         }
         rest = rest.strip_prefix(';')?.trim_start_matches(OWS);
         // RFC 9110 allows an empty parameter (`type/sub;` or `;;`).
         if rest.is_empty() || rest.starts_with(';') {
             continue;
         }
-        let (_, after_name) = token(rest)?;
+        let (name, after_name) = token(rest)?;
         let value = after_name.strip_prefix('=')?;
-        rest = match value.strip_prefix('"') {
-            Some(quoted) => after_quoted(quoted)?,
-            None => token(value)?.1,
+        let (parameter, after) = match value.strip_prefix('"') {
+            Some(quoted) => {
+                let after = after_quoted(quoted)?;
+                let inside = &quoted[..quoted.len() - after.len() - 1];
+                (unquote(inside), after)
+            }
+            None => {
+                let (parameter, after) = token(value)?;
+                (parameter.to_owned(), after)
+            }
         };
+        if name.eq_ignore_ascii_case("charset") {
+            charset = Some(parameter);
+        }
+        rest = after;
     }
+}
+
+/// The text of a quoted string's inside, its backslash escapes undone.
+fn unquote(inside: &str) -> String {
+    let mut text = String::with_capacity(inside.len());
+    let mut chars = inside.chars();
+    while let Some(c) = chars.next() {
+        text.extend(if c == '\\' { chars.next() } else { Some(c) });
+    }
+    text
 }
 
 /// Whether a `Content-Type` value says JSON (`application/json`, with any
@@ -197,12 +226,14 @@ impl BodyKind {
 
 /// The request headers a body is refused by before it is read, as the
 /// application is given them.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct BodyHeaders<'a> {
     /// `Content-Type`, if sent.
     pub content_type: Option<&'a str>,
     /// `Content-Length`, if sent (a body sent chunked has none).
     pub content_length: Option<&'a str>,
+    /// Each `Content-Encoding` line, as sent.
+    pub content_encoding: Vec<&'a str>,
 }
 
 impl<'a> BodyHeaders<'a> {
@@ -211,18 +242,47 @@ impl<'a> BodyHeaders<'a> {
         BodyHeaders {
             content_type: content_type(req),
             content_length: req.headers().get_one("Content-Length"),
+            content_encoding: req.headers().get("Content-Encoding").collect(),
         }
     }
 }
 
 /// The refusal of a `kind` body from its request's headers alone, so the
 /// body need not be read (nor a `100 Continue` sent, RFC 9110 §10.1.1):
-/// 415 for a `Content-Type` that is not `kind`'s, 413 for a
-/// `Content-Length` above [`BODY_LIMIT_BYTES`]. A body sent without a
-/// length is refused 413 once it is read past the cap ([`read_capped`]).
+/// - 415 for a `Content-Type` that is not `kind`'s, or whose `charset` is
+///   not UTF-8 (any case): JSON is UTF-8 (RFC 8259 §8.1), and so is every
+///   form this service reads; no `charset` means UTF-8;
+/// - 415 for a content coding other than `identity` (RFC 9110 §8.4,
+///   §15.5.16): bodies are read as sent;
+/// - 413 for a `Content-Length` above [`BODY_LIMIT_BYTES`]. A body sent
+///   without a length is refused 413 once it is read past the cap
+///   ([`read_capped`]).
 pub fn head_refusal(kind: BodyKind, headers: BodyHeaders<'_>) -> Option<ApiError> {
     if !headers.content_type.is_some_and(|t| kind.is_sent_as(t)) {
         return Some(unsupported(headers.content_type, kind.expected()));
+    }
+    let charset = headers
+        .content_type
+        .and_then(media_type_and_charset)
+        .and_then(|(_, _, charset)| charset);
+    if let Some(charset) = charset.filter(|c| !c.eq_ignore_ascii_case("utf-8")) {
+        return Some(ApiError::new(
+            Status::UnsupportedMediaType,
+            format!("charset {charset} is not supported: the body must be UTF-8"),
+        ));
+    }
+    let codings = headers
+        .content_encoding
+        .iter()
+        .flat_map(|line| line.split(','))
+        .map(|coding| coding.trim_matches([' ', '\t']));
+    for coding in codings {
+        if !coding.is_empty() && !coding.eq_ignore_ascii_case("identity") {
+            return Some(ApiError::new(
+                Status::UnsupportedMediaType,
+                format!("content coding {coding} is not supported: send the body unencoded"),
+            ));
+        }
     }
     let length = headers
         .content_length

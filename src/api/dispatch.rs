@@ -223,9 +223,16 @@ where
                 continue;
             }
             // UTF-8, as Rocket's own server takes a header (`to_str` would
-            // take visible ASCII only, and drop, say, a quoted `é`).
+            // take visible ASCII only, and drop, say, a quoted `é`); a body's
+            // encoding that is not is still given, to be refused as the
+            // front door refused it ([`body_refusal`]).
             if let Ok(value) = std::str::from_utf8(value.as_bytes()) {
                 request.add_header(Header::new(name.as_str().to_owned(), value.to_owned()));
+            } else if name == header::CONTENT_ENCODING {
+                request.add_header(Header::new(
+                    name.as_str().to_owned(),
+                    header_text(value).into_owned(),
+                ));
             }
         }
         if let Some(original) = original {
@@ -345,11 +352,18 @@ fn body_refusal(parts: &Parts) -> Option<crate::api::error::ApiError> {
     let kind = body::BodyKind::of_post(parts.uri.path())?;
     let text = |name| parts.headers.get(name).map(header_text);
     let (content_type, content_length) = (text(header::CONTENT_TYPE), text(header::CONTENT_LENGTH));
+    let content_encoding: Vec<_> = parts
+        .headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .map(header_text)
+        .collect();
     body::head_refusal(
         kind,
         body::BodyHeaders {
             content_type: content_type.as_deref(),
             content_length: content_length.as_deref(),
+            content_encoding: content_encoding.iter().map(|c| c.as_ref()).collect(),
         },
     )
 }

@@ -1,6 +1,7 @@
 //! Checks of a request's head that hyper leaves to the server, made by the
-//! front door before the request goes anywhere: the `Host` header and the
-//! form of the request-target (RFC 9112 §3.2, §3.2.2–§3.2.4).
+//! front door before the request goes anywhere: the `Host` header, the
+//! form of the request-target (RFC 9112 §3.2, §3.2.2–§3.2.4) and the
+//! transfer codings (§6.1).
 //!
 //! A request that fails one is refused without its body being read, and
 //! the connection closes after the answer: what is left of the body would
@@ -21,9 +22,14 @@ use super::dispatch::{json_response, Body};
 /// - 400 for a request-target in authority-form (`host:port`) on any
 ///   method but CONNECT (§3.2.3), or in asterisk-form (`*`) on any method
 ///   but OPTIONS (§3.2.4).
+/// - 501 for a transfer coding other than `chunked` (§6.1): hyper undoes
+///   the chunking only, and would hand on a body still coded.
 pub fn refusal(parts: &Parts) -> Option<Response<Body>> {
-    let error = host_error(parts).or_else(|| target_error(parts))?;
-    let mut response = json_response(StatusCode::BAD_REQUEST, error);
+    let (status, error) = match host_error(parts).or_else(|| target_error(parts)) {
+        Some(error) => (StatusCode::BAD_REQUEST, error.to_owned()),
+        None => (StatusCode::NOT_IMPLEMENTED, coding_error(parts)?),
+    };
+    let mut response = json_response(status, &error);
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -56,6 +62,21 @@ fn target_error(parts: &Parts) -> Option<&'static str> {
     None
 }
 
+/// Why the request's transfer codings cannot be undone, if they cannot.
+fn coding_error(parts: &Parts) -> Option<String> {
+    let lines = parts.headers.get_all(header::TRANSFER_ENCODING).iter();
+    lines
+        .flat_map(|line| line.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"chunked"))
+        .map(|coding| {
+            format!(
+                "transfer coding {} is not supported; only chunked is (RFC 9112 §6.1)",
+                String::from_utf8_lossy(coding)
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use hyper::{Request, Version};
@@ -86,5 +107,13 @@ mod tests {
         assert!(!refused(Request::connect("x:80").header("host", "x")));
         assert!(refused(Request::get("*").header("host", "x")));
         assert!(!refused(Request::options("*").header("host", "x")));
+        let coded = |coding| {
+            Request::post("/")
+                .header("host", "x")
+                .header("transfer-encoding", coding)
+        };
+        assert!(!refused(coded("chunked")));
+        assert!(!refused(coded("Chunked")));
+        assert!(refused(coded("gzip, chunked")));
     }
 }

@@ -110,6 +110,7 @@ async fn responses_carry_the_documented_fields() {
         ("/api/messages", "post", "409"),
         ("/api/messages", "post", "413"),
         ("/api/messages", "post", "415"),
+        ("/api/messages", "post", "501"),
         ("/api/messages", "post", "503"),
         ("/api/messages", "get", "200"),
         ("/api/messages", "get", "400"),

@@ -1,0 +1,133 @@
+//! A body is read as UTF-8, unencoded: a declared charset other than UTF-8
+//! or a content coding other than identity is refused with 415 naming it
+//! (RFC 9110 §8.4, §15.5.16; RFC 8259 §8.1), a transfer coding other than
+//! chunked with 501 (RFC 9112 §6.1); nothing is read as what it is not.
+
+use std::io::{Read, Write};
+
+use serde_json::Value;
+
+use crate::support::app::spawn_app;
+
+const POST: &str = r#"{"name": "ann", "text": "héllo"}"#;
+
+#[tokio::test]
+async fn only_utf8_json_is_read() {
+    let app = spawn_app(&[]).await;
+    for browser in [false, true] {
+        for charset in ["iso-8859-1", "utf-16", "UTF-32", "\"latin1\""] {
+            let mut request = app
+                .client
+                .post(app.url("/api/messages"))
+                .header(
+                    "content-type",
+                    format!("application/json; charset={charset}"),
+                )
+                .body(POST);
+            if browser {
+                request = request.header("sec-fetch-site", "same-origin");
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 415, "{charset}");
+            let body: Value = response.json().await.unwrap();
+            let error = body["error"].as_str().unwrap();
+            assert!(
+                error.contains(charset.trim_matches('"')),
+                "{charset}: {error}"
+            );
+        }
+    }
+    assert_eq!(app.message_count().await, 0, "nothing stored");
+    for content_type in [
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/json;charset=UTF-8",
+        "application/json; charset=\"Utf-8\"",
+    ] {
+        let response = app
+            .post_body("/api/messages", content_type, POST)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{content_type}");
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_form_in_another_charset_is_refused() {
+    let app = spawn_app(&[]).await;
+    let response = app
+        .post_body(
+            "/messages",
+            "application/x-www-form-urlencoded; charset=iso-8859-1",
+            "name=ann&text=h%E9llo",
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    let page = response.text().await.unwrap();
+    assert!(page.contains("iso-8859-1"), "{page}");
+    assert_eq!(app.message_count().await, 0, "nothing stored");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_content_coding_is_refused_and_identity_is_not() {
+    let app = spawn_app(&[]).await;
+    for (coding, browser) in [("gzip", false), ("gzip", true), ("identity, br", false)] {
+        let mut request = app
+            .client
+            .post(app.url("/api/messages"))
+            .header("content-type", "application/json")
+            .header("content-encoding", coding)
+            .body(POST);
+        if browser {
+            request = request.header("sec-fetch-site", "same-origin");
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 415, "{coding}");
+        let body: Value = response.json().await.unwrap();
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains("content coding"), "{coding}: {error}");
+        assert!(
+            error.contains(coding.rsplit(", ").next().unwrap()),
+            "{error}"
+        );
+    }
+    assert_eq!(app.message_count().await, 0, "nothing stored");
+    let response = app
+        .client
+        .post(app.url("/api/messages"))
+        .header("content-type", "application/json")
+        .header("content-encoding", "identity")
+        .body(POST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_transfer_coding_other_than_chunked_is_501() {
+    let app = spawn_app(&[]).await;
+    let address = app.base_url.trim_start_matches("http://").to_owned();
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        let request = format!(
+            "POST /api/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n{:x}\r\n{POST}\r\n0\r\n\r\n",
+            POST.len()
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 501 "), "{answer}");
+    let body: Value = serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert!(body["error"].as_str().unwrap().contains("gzip"), "{body}");
+    assert_eq!(app.message_count().await, 0, "nothing stored");
+    app.shutdown().await;
+}
