@@ -9,7 +9,8 @@ use rocket::http::{Header, Status};
 use rocket::request::{FromRequest, Outcome, Request};
 use rocket::response::{self, Responder, Response};
 
-/// The `If-None-Match` request header, if sent.
+/// The `If-None-Match` request header, if sent: its field lines combined
+/// into one list, as RFC 9110 §5.3 reads several lines of a list field.
 pub struct IfNoneMatch(Option<String>);
 
 #[rocket::async_trait]
@@ -17,9 +18,8 @@ impl<'r> FromRequest<'r> for IfNoneMatch {
     type Error = std::convert::Infallible;
 
     async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
-        Outcome::Success(IfNoneMatch(
-            req.headers().get_one("If-None-Match").map(str::to_owned),
-        ))
+        let lines: Vec<&str> = req.headers().get("If-None-Match").collect();
+        Outcome::Success(IfNoneMatch((!lines.is_empty()).then(|| lines.join(", "))))
     }
 }
 

@@ -79,3 +79,34 @@ async fn the_page_answers_304_for_the_same_messages_and_name_only() {
     assert!(fresh.text().await.unwrap().contains("two"));
     app.shutdown().await;
 }
+
+/// RFC 9110 §5.3: `If-None-Match` sent as two field lines is one list; the
+/// current tag in the second line still gets 304.
+#[tokio::test]
+async fn if_none_match_on_two_lines_is_one_list() {
+    let app = spawn_app(&[]).await;
+    app.post_message("ann", "one").await;
+    let address = app.base_url.trim_start_matches("http://").to_owned();
+    for path in ["/api/messages", "/"] {
+        let etag = app.get(path).await.headers()["etag"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"zzz\"\r\nIf-None-Match: {etag}\r\nConnection: close\r\n\r\n"
+        );
+        let address = address.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(address).unwrap();
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer);
+            String::from_utf8_lossy(&answer).into_owned()
+        })
+        .await
+        .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 304 "), "{path}: {answer}");
+    }
+    app.shutdown().await;
+}
