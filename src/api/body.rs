@@ -294,15 +294,18 @@ pub fn head_refusal(kind: BodyKind, headers: BodyHeaders<'_>) -> Option<ApiError
 }
 
 /// The 415 refusal of a body that is not of the type `expected` describes,
-/// naming the Content-Type the request has, as sent.
+/// naming the Content-Type the request has, as sent, and saying when it is
+/// no media type at all (RFC 9110 §8.3.1), as a value that is not UTF-8 is
+/// not.
 fn unsupported(content_type: Option<&str>, expected: &str) -> ApiError {
-    ApiError::new(
-        Status::UnsupportedMediaType,
-        format!(
-            "expected {expected}, got {}",
-            content_type.unwrap_or("none")
+    let error = match content_type {
+        None => format!("expected {expected}, got none"),
+        Some(sent) if media_type(sent).is_none() => format!(
+            "the Content-Type is not a valid media type (RFC 9110 §8.3.1): expected {expected}, got {sent}"
         ),
-    )
+        Some(sent) => format!("expected {expected}, got {sent}"),
+    };
+    ApiError::new(Status::UnsupportedMediaType, error)
 }
 
 /// A JSON object read into `T`; any other JSON value is refused with the

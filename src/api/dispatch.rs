@@ -228,7 +228,7 @@ where
             // front door refused it ([`body_refusal`]).
             if let Ok(value) = std::str::from_utf8(value.as_bytes()) {
                 request.add_header(Header::new(name.as_str().to_owned(), value.to_owned()));
-            } else if name == header::CONTENT_ENCODING {
+            } else if name == header::CONTENT_TYPE || name == header::CONTENT_ENCODING {
                 request.add_header(Header::new(
                     name.as_str().to_owned(),
                     header_text(value).into_owned(),

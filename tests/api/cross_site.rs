@@ -224,6 +224,41 @@ async fn an_unparsable_content_type_is_named_in_the_415() {
     app.shutdown().await;
 }
 
+/// A Content-Type holding a byte that is not UTF-8 is sent, but not valid:
+/// the 415 says so, whichever way the post goes, not that none was sent.
+#[tokio::test]
+async fn a_content_type_that_is_not_utf8_is_named_not_valid() {
+    let app = spawn_app(&[]).await;
+    for (path, extra) in [
+        ("/api/messages", ""),
+        ("/api/messages", "Sec-Fetch-Site: same-origin\r\n"),
+        ("/messages", ""),
+    ] {
+        let mut raw =
+            format!("POST {path} HTTP/1.1\r\nHost: x\r\n{extra}Content-Type: application/json; x=")
+                .into_bytes();
+        raw.push(0xff);
+        raw.extend_from_slice(b"\r\nContent-Length: 26\r\nConnection: close\r\n\r\n{\"name\": \"a\", \"text\": \"b\"}");
+        let mut stream = tokio::net::TcpStream::connect(app.base_url.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &raw)
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 415 "), "{path}: {answer}");
+        assert!(
+            answer.contains("not a valid media type"),
+            "{path}: {answer}"
+        );
+        assert!(!answer.contains("got none"), "{path}: {answer}");
+    }
+    assert_eq!(app.message_count().await, 0);
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_name_cookie_lasts_a_year_and_is_secure_over_https() {
     let cookie = |response: &reqwest::Response| {
