@@ -12,6 +12,7 @@ use rocket::Request;
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 
+use super::echo::echo;
 use super::error::ApiError;
 use crate::message::{ID_MAX_CHARS, NAME_MAX_CHARS, TEXT_MAX_CHARS};
 
@@ -268,7 +269,10 @@ pub fn head_refusal(kind: BodyKind, headers: BodyHeaders<'_>) -> Option<ApiError
     if let Some(charset) = charset.filter(|c| !c.eq_ignore_ascii_case("utf-8")) {
         return Some(ApiError::new(
             Status::UnsupportedMediaType,
-            format!("charset {charset} is not supported: the body must be UTF-8"),
+            format!(
+                "charset {} is not supported: the body must be UTF-8",
+                echo(&charset)
+            ),
         ));
     }
     let codings = headers
@@ -280,7 +284,10 @@ pub fn head_refusal(kind: BodyKind, headers: BodyHeaders<'_>) -> Option<ApiError
         if !coding.is_empty() && !coding.eq_ignore_ascii_case("identity") {
             return Some(ApiError::new(
                 Status::UnsupportedMediaType,
-                format!("content coding {coding} is not supported: send the body unencoded"),
+                format!(
+                    "content coding {} is not supported: send the body unencoded",
+                    echo(coding)
+                ),
             ));
         }
     }
@@ -301,9 +308,10 @@ fn unsupported(content_type: Option<&str>, expected: &str) -> ApiError {
     let error = match content_type {
         None => format!("expected {expected}, got none"),
         Some(sent) if media_type(sent).is_none() => format!(
-            "the Content-Type is not a valid media type (RFC 9110 §8.3.1): expected {expected}, got {sent}"
+            "the Content-Type is not a valid media type (RFC 9110 §8.3.1): expected {expected}, got {}",
+            echo(sent)
         ),
-        Some(sent) => format!("expected {expected}, got {sent}"),
+        Some(sent) => format!("expected {expected}, got {}", echo(sent)),
     };
     ApiError::new(Status::UnsupportedMediaType, error)
 }
@@ -355,7 +363,19 @@ pub async fn json<T: serde::de::DeserializeOwned>(
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes)
         .map(|Object(value)| value)
-        .map_err(|e| ApiError::new(Status::BadRequest, format!("malformed JSON body: {e}")))
+        .map_err(|e| ApiError::new(Status::BadRequest, malformed_json(&e)))
+}
+
+/// The 400's error for a body serde_json could not read: its message may
+/// quote the body (a key, a value), so it is echoed ([`echo`]); the
+/// position stays whole.
+fn malformed_json(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    match message.strip_suffix(&position) {
+        Some(what) => format!("malformed JSON body: {}{position}", echo(what)),
+        None => format!("malformed JSON body: {}", echo(&message)),
+    }
 }
 
 /// A JSON object request body as a data guard; take it as
@@ -397,7 +417,7 @@ pub fn decode_form(body: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
             field,
             ..ApiError::new(
                 Status::BadRequest,
-                format!("form field {name} is not UTF-8 once decoded"),
+                format!("form field {} is not UTF-8 once decoded", echo(&name)),
             )
         })?;
         if !seen.insert(name.to_string()) {
@@ -405,7 +425,7 @@ pub fn decode_form(body: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
                 field,
                 ..ApiError::new(
                     Status::BadRequest,
-                    format!("form field {name} is given more than once"),
+                    format!("form field {} is given more than once", echo(&name)),
                 )
             });
         }
@@ -443,8 +463,12 @@ impl<'r, T: for<'a> rocket::form::FromForm<'a> + Send + 'static> rocket::data::F
             let values = fields
                 .iter()
                 .map(|(name, value)| ValueField::from((name.as_str(), value.as_str())));
-            rocket::form::Form::<T>::parse_iter(values)
-                .map_err(|e| ApiError::new(Status::BadRequest, format!("malformed form: {e}")))
+            rocket::form::Form::<T>::parse_iter(values).map_err(|e| {
+                ApiError::new(
+                    Status::BadRequest,
+                    format!("malformed form: {}", echo(&e.to_string())),
+                )
+            })
         }
         .await;
         match parsed {

@@ -13,6 +13,7 @@ use rocket::http::{Method, Status};
 use rocket::{Data, Request};
 
 use super::body::known_field;
+use super::echo::echo;
 use super::error::{refuse, ApiError};
 use super::page::is_page_request;
 
@@ -60,7 +61,7 @@ fn repeated_query_field(req: &Request<'_>) -> Option<ApiError> {
                 field: known_field(name),
                 ..ApiError::new(
                     Status::BadRequest,
-                    format!("query field {name} is given more than once"),
+                    format!("query field {} is given more than once", echo(name)),
                 )
             });
         }
@@ -93,7 +94,8 @@ fn cross_site_write(req: &Request<'_>) -> Option<ApiError> {
         return match site.as_str() {
             "same-origin" | "none" => None,
             _ => refused(format!(
-                "the request comes from another site (Sec-Fetch-Site: {site})"
+                "the request comes from another site (Sec-Fetch-Site: {})",
+                echo(&site)
             )),
         };
     }
@@ -108,8 +110,9 @@ fn cross_site_write(req: &Request<'_>) -> Option<ApiError> {
             None
         }
         _ => refused(format!(
-            "Origin {origin} is not this site ({})",
-            host.as_deref().unwrap_or("no Host")
+            "Origin {} is not this site ({})",
+            echo(origin),
+            host.as_deref().map_or_else(|| "no Host".to_owned(), echo)
         )),
     }
 }

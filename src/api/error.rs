@@ -15,6 +15,7 @@ use rocket::response::{self, Responder, Response};
 use serde::Serialize;
 
 use super::body::BODY_LIMIT_BYTES;
+use super::echo::echo;
 use crate::message::Invalid;
 use crate::store::StoreError;
 
@@ -177,9 +178,11 @@ pub fn default_catcher(status: Status, req: &Request<'_>) -> ApiError {
                     Status::MethodNotAllowed,
                     format!(
                         "{} is not allowed here; allowed: {allow}",
-                        req.headers()
-                            .get_one(super::dispatch::ORIGINAL_METHOD)
-                            .unwrap_or(req.method().as_str())
+                        echo(
+                            req.headers()
+                                .get_one(super::dispatch::ORIGINAL_METHOD)
+                                .unwrap_or(req.method().as_str())
+                        )
                     ),
                 )
             },

@@ -30,6 +30,7 @@ use rocket::tokio::sync::broadcast::error::RecvError;
 use rocket::tokio::time::{interval_at, Instant};
 use rocket::{get, Shutdown, State};
 
+use crate::api::echo::echo;
 use crate::cache::Arrival;
 use crate::chat::{Chat, MAX_LIMIT};
 use crate::message::validate_id;
@@ -177,13 +178,10 @@ const NOT_IN_A_QUERY: &AsciiSet = &CONTROLS
 /// Its `id:` is `newest`, the newest message now (empty when there is
 /// none), so a client's reconnect resumes from there instead of asking
 /// again; its data says why, in the API's error shape, with at most
-/// [`ECHOED_CHARS`] of what was named. `EventSource` clients that listen
+/// [`ECHO_MAX_CHARS`](crate::api::echo::ECHO_MAX_CHARS) of what was named, made safe to show ([`echo`]). `EventSource` clients that listen
 /// only for `message` events never see it.
 fn reset_frame(named: &str, why: Option<&str>, newest: Option<&str>) -> Bytes {
-    let mut shown: String = named.chars().take(ECHOED_CHARS).collect();
-    if shown.len() < named.len() {
-        shown.push('…');
-    }
+    let shown = echo(named);
     let error = match why {
         Some(why) => format!("no message has id {shown} ({why})"),
         None => format!("no message has id {shown}"),
@@ -194,10 +192,6 @@ fn reset_frame(named: &str, why: Option<&str>, newest: Option<&str>) -> Bytes {
         newest.unwrap_or("")
     ))
 }
-
-/// The most of an id a client named that its `reset` repeats: enough to
-/// recognise it, and a long one is not sent back whole.
-const ECHOED_CHARS: usize = 80;
 
 /// Where a stream that cannot replay goes live: after the newest message
 /// now, which a client that follows the reset has (its id, and the cache's
@@ -519,7 +513,10 @@ mod tests {
         let data: serde_json::Value = serde_json::from_str(data).unwrap();
         assert_eq!(
             data["error"],
-            format!("no message has id {}… (too long)", "é".repeat(ECHOED_CHARS))
+            format!(
+                "no message has id {}… (too long)",
+                "é".repeat(crate::api::echo::ECHO_MAX_CHARS)
+            )
         );
         assert!(text.starts_with("event: reset\nid: \ndata: "), "{text}");
     }

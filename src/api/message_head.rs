@@ -12,6 +12,7 @@ use hyper::http::request::Parts;
 use hyper::{Method, Response, StatusCode, Version};
 
 use super::dispatch::{json_response, Body};
+use super::echo::echo;
 
 /// The refusal of a request whose head `parts` breaks the rules above, in
 /// the JSON error shape with `Connection: close`; `None` when it keeps them.
@@ -72,7 +73,7 @@ fn coding_error(parts: &Parts) -> Option<String> {
         .map(|coding| {
             format!(
                 "transfer coding {} is not supported; only chunked is (RFC 9112 §6.1)",
-                String::from_utf8_lossy(coding)
+                echo(&String::from_utf8_lossy(coding))
             )
         })
 }

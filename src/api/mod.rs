@@ -6,6 +6,7 @@ pub mod checks;
 pub mod conditional;
 pub mod cookies;
 pub mod dispatch;
+pub mod echo;
 pub mod error;
 pub mod events;
 pub mod front;

@@ -20,6 +20,7 @@ use super::body::FormBody;
 use super::checks::from_a_browser;
 use super::conditional::{IfNoneMatch, Tagged};
 use super::cookies::{draft_cookie, name_cookie, Https, MAX_COOKIE_BYTES};
+use super::echo::echo;
 use super::error::{default_catcher, refusal, ApiError};
 use crate::cache::{CachedMessage, Memo};
 use crate::chat::{Chat, DEFAULT_LIMIT};
@@ -348,7 +349,7 @@ async fn history(
         .map_err(|e| match e {
             StoreError::UnknownId(id) => ApiError {
                 field: Some("before"),
-                ..ApiError::not_found(format!("before: no message has id {id}"))
+                ..ApiError::not_found(format!("before: no message has id {}", echo(&id)))
             },
             other => other.into(),
         })?;

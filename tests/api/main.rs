@@ -9,6 +9,7 @@ mod connections;
 mod cross_site;
 mod disk_full;
 mod dispatch;
+mod echoes;
 mod encodings;
 mod events;
 mod expect_continue;
