@@ -13,7 +13,9 @@
 //! Rocket 0.5.2's `request/request.rs`), is done here the same way; the body
 //! is read first, up to one byte more than the largest body any route
 //! accepts ([`BODY_LIMIT_BYTES`]), so a route that reads it still refuses an
-//! oversized one with 413.
+//! oversized one with 413; a post its route refuses from the headers alone
+//! is handed on without its body, which is never read (no `100 Continue`),
+//! and the connection closes after the answer.
 //!
 //! A `GET /api/events` is not handed to Rocket: its body never ends, and
 //! the front door serves the event stream itself
