@@ -251,21 +251,23 @@ impl<T> JsonParseErrors<T> {
         }
     }
 
-    /// Watches `read` for a `Content-Length` line hyper cannot hold.
+    /// Watches `read` for a `Content-Length` line hyper cannot hold. Every
+    /// byte read passes here, bodies too, so line ends are found with
+    /// `memchr` (many bytes at a time) and only the start of each line is
+    /// kept.
     fn watch_lengths(&mut self, read: &[u8]) {
-        if self.length_too_large {
-            return;
-        }
-        for &byte in read {
-            if byte == b'\n' {
-                if is_length_too_large(&self.line) {
-                    self.length_too_large = true;
-                    return;
-                }
-                self.line.clear();
-            } else if self.line.len() < LENGTH_LINE_BYTES {
-                self.line.push(byte);
-            }
+        let mut rest = read;
+        while !self.length_too_large {
+            let (part, next) = match memchr::memchr(b'\n', rest) {
+                Some(end) => (&rest[..end], Some(&rest[end + 1..])),
+                None => (rest, None),
+            };
+            let room = LENGTH_LINE_BYTES.saturating_sub(self.line.len());
+            self.line.extend_from_slice(&part[..room.min(part.len())]);
+            let Some(next) = next else { return };
+            self.length_too_large = is_length_too_large(&self.line);
+            self.line.clear();
+            rest = next;
         }
     }
 }
