@@ -220,10 +220,11 @@ pub fn parse() -> Cli {
         _ => None,
     };
     let Some(key) = setting else { error.exit() };
-    let _ = error.print();
+    // Not clap's message: it quotes the whole argument, and the value of
+    // `--mongodb-uri=...` may hold a password.
     eprintln!(
-        "\nSettings are not flags: set {key} with SIMPLECHAT_{} in the environment, or in \
-         simplechat.toml (see `simplechat --help`).",
+        "error: settings are not flags: set {key} with SIMPLECHAT_{} in the environment, or \
+         in simplechat.toml (see `simplechat --help`)",
         key.to_ascii_uppercase()
     );
     std::process::exit(error.exit_code())

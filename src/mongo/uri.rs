@@ -74,24 +74,78 @@ pub fn read_password_file(path: &Path) -> Result<String, String> {
 /// Parses a connection string without I/O.
 ///
 /// Errors: why it does not parse, with what to do for the options this
-/// build refuses. When the string carries a password, the reason is the
-/// driver's for the same string with the password replaced, which quotes
-/// nothing of it; only when that string parses (the password itself is
-/// what breaks it) is the reason withheld, as the driver's may quote pieces
-/// of a mangled password.
+/// build refuses. The reason never quotes the password: when the string
+/// may carry one ([`secret_span`]), the reason is the driver's for the same
+/// string with that part replaced (and any copy of it scrubbed); when that
+/// string parses, the password itself is what breaks it, and the reason is
+/// withheld, as the driver's may quote pieces of a mangled password.
 pub fn parse(uri: &str) -> Result<ConnectionString, String> {
     ConnectionString::parse(uri).map_err(|e| {
-        let Some((start, at)) = password_span(uri) else {
+        let Some((start, end)) = secret_span(uri) else {
             return explained(e.kind.to_string());
         };
-        let stand_in = format!("{}PASSWORD{}", &uri[..start], &uri[at..]);
+        let stand_in = format!("{}PASSWORD{}", &uri[..start], &uri[end..]);
         match ConnectionString::parse(&stand_in) {
-            Err(e) => explained(e.kind.to_string()),
+            Err(e) => explained(scrub_text(&e.kind.to_string(), &uri[start..end])),
             Ok(_) => "the password does not parse (the driver's reason is withheld as it may \
                       quote the password; percent-encode special characters in passwords)"
                 .to_owned(),
         }
     })
+}
+
+/// Where a password may lie in a string that may not parse, read more
+/// widely than the driver reads a valid one, because hiding too much beats
+/// leaking: after the scheme (`mongodb://`, or the first `:` when the
+/// slashes are missing), from the first `:` up to the last `@` anywhere
+/// (an unescaped `@`, `/` or `?` in a password moves where the driver
+/// splits); without any `@`, what follows a `:` of the first host unless it
+/// is a port (`mongodb://user:pass/db`, the host forgotten).
+fn secret_span(uri: &str) -> Option<(usize, usize)> {
+    let start = match uri.find("://") {
+        Some(at)
+            if uri[..at]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+') =>
+        {
+            at + 3
+        }
+        _ => uri.find(':')? + 1,
+    };
+    let rest = &uri[start..];
+    let (colon, end) = match rest.rfind('@') {
+        Some(at) => (rest[..at].find(':')?, at),
+        None => {
+            let authority = rest.find(['/', '?']).map_or(rest, |end| &rest[..end]);
+            let colon = authority.find(':')?;
+            if is_port_list(&authority[colon + 1..]) {
+                return None;
+            }
+            (colon, authority.len())
+        }
+    };
+    Some((start + colon + 1, start + end)).filter(|(from, to)| from < to)
+}
+
+/// Whether `text` is a port and maybe more `host:port` seeds
+/// (`27017,h2:27017`): what follows the first host's `:` in a list of seeds.
+fn is_port_list(text: &str) -> bool {
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    let mut pieces = text.split(',');
+    pieces.next().is_some_and(digits)
+        && pieces.all(|seed| seed.rsplit_once(':').is_none_or(|(_, port)| digits(port)))
+}
+
+/// `text` with every copy of `secret` (raw and percent-decoded) replaced
+/// by `****`.
+fn scrub_text(text: &str, secret: &str) -> String {
+    let mut out = text.replace(secret, "****");
+    if let Ok(decoded) = percent_encoding::percent_decode_str(secret).decode_utf8() {
+        if !decoded.is_empty() {
+            out = out.replace(decoded.as_ref(), "****");
+        }
+    }
+    out
 }
 
 /// The driver's reason, and what to do when it refuses an option this
@@ -113,14 +167,6 @@ fn explained(reason: String) -> String {
         ),
         None => reason,
     }
-}
-
-/// Where the password of a connection string lies (after the user's `:`,
-/// up to the `@`), if it has one.
-fn password_span(uri: &str) -> Option<(usize, usize)> {
-    let (start, at) = userinfo_span(uri)?;
-    let colon = uri[start..at].find(':')?;
-    Some((start + colon + 1, at)).filter(|(from, to)| from < to)
 }
 
 /// Where the userinfo of a connection string lies: after `://`, up to the
@@ -147,9 +193,15 @@ pub fn password(uri: &str) -> Option<&str> {
     Some(&userinfo[colon + 1..]).filter(|p| !p.is_empty())
 }
 
-/// The connection string with its password replaced by `****`; anything
-/// that is not a connection string comes back unchanged.
+/// The connection string with its password replaced by `****`; one that
+/// does not parse has all that may be a password replaced
+/// ([`secret_span`]); anything else comes back unchanged.
 pub fn redact(uri: &str) -> String {
+    if ConnectionString::parse(uri).is_err() {
+        if let Some((start, end)) = secret_span(uri) {
+            return format!("{}****{}", &uri[..start], &uri[end..]);
+        }
+    }
     let Some((start, at)) = userinfo_span(uri) else {
         return uri.to_owned();
     };
@@ -255,9 +307,47 @@ mod tests {
             "{why}"
         );
         assert!(why.contains("port"), "{why}");
+        // Without a user, what follows a host's `:` and is no port may be a
+        // password with the host forgotten: hidden, the reason kept.
         let without = parse("mongodb://h1:notaport/db").unwrap_err();
-        assert_eq!(why, without);
+        assert!(
+            without.contains("port must be") && !without.contains("notaport"),
+            "{without}"
+        );
         assert!(parse("mongodb://h1/messages").is_ok());
+    }
+
+    #[test]
+    fn no_mangled_connection_string_quotes_its_password() {
+        for (uri, secret) in [
+            // The slashes missing, and a `://` in an option.
+            (
+                "mongodb:chat:hunter2@h1/simplechat?appName=x://y",
+                "hunter2",
+            ),
+            // The host forgotten after the credentials.
+            ("mongodb://chat:hunter2/simplechat", "hunter2"),
+            // An unescaped `@` before an unescaped `?` in the password.
+            ("mongodb://chat:ab@cd?ef@h1/db", "cd?ef"),
+            ("mongodb://chat:ab@cd?ef@h1/db", "ef@h1"),
+            ("mongodb://u:hunter2@h1:notaport/db", "hunter2"),
+        ] {
+            let why = parse(uri).unwrap_err();
+            assert!(!why.contains(secret), "{uri}: {why}");
+            let shown = redact(uri);
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("cd?ef"),
+                "{uri}: {shown}"
+            );
+        }
+        // Seeds with ports are no password.
+        let why = parse("mongodb://h1:27017,h2:27017/db?replicaSet=rs&nope=1").unwrap_err();
+        assert!(!why.contains("****"), "{why}");
+        assert_eq!(
+            redact("mongodb://h1:27017,h2:bad/db"),
+            "mongodb://h1:****/db",
+            "a port that is no port may be a password"
+        );
     }
 
     #[test]

@@ -543,4 +543,15 @@ fn a_setting_given_as_a_flag_points_to_its_variable() {
     }
     let out = simplechat(dir.path(), &["--bogus"], &[]);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("SIMPLECHAT_"));
+    // The value is not echoed: it may hold a password.
+    let out = simplechat(
+        dir.path(),
+        &["serve", "--mongodb-uri=mongodb://chat:hunter2@h1/db"],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("SIMPLECHAT_MONGODB_URI") && !stderr.contains("hunter2"),
+        "{stderr}"
+    );
 }
