@@ -378,6 +378,8 @@ impl Cache {
         if recent.ids.contains_key(id) {
             return;
         }
+        // So the map holds at most the posts of the last ECHO_MAX_WAIT.
+        recent.settle_awaited();
         recent.awaited.insert(id.to_owned(), Instant::now());
         recent.changed();
     }

@@ -847,6 +847,16 @@ async fn a_walk_while_strays_get_their_positions_meets_each_message_once() {
         "then only strays with their position, oldest first: {walk:?}"
     );
 
+    // A post with a waiting stray's id and content is answered once the
+    // stray has its position, as the message a GET then finds.
+    let repeat = NewMessage::validate("lab", "while down 3", Some(&last_stray)).expect("valid");
+    let repeated = store.insert(repeat).await;
+    assert!(
+        matches!(&repeated, Ok(Inserted::Existing(m)) if m.text == "while down 3"),
+        "{repeated:?}"
+    );
+    assert!(store.get(&last_stray).await.expect("get").is_some());
+
     // Once positioned, each is published, and is the newest.
     assert_eq!(next_texts(&mut events, strays.len()).await, strays);
     assert_eq!(

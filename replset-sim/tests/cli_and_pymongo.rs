@@ -136,7 +136,11 @@ with coll.watch([{"$match": {"operationType": "update"}}]) as stream:
     assert stream.next()["documentKey"]["_id"] == burst[1]
 # A document the update would take past 16 MiB: refused (17419), unchanged.
 from pymongo.errors import WriteError
-big = coll.insert_one({"name": "lab", "text": "x" * (16 * 1024 * 1024 - 60), "datetime": datetime.datetime.now()}).inserted_id
+import bson
+doc = {"_id": bson.ObjectId(), "name": "lab", "text": "", "datetime": datetime.datetime.now()}
+doc["text"] = "x" * (16 * 1024 * 1024 - len(bson.encode(doc)) - 10)
+assert len(bson.encode(doc)) == 16 * 1024 * 1024 - 10
+big = coll.insert_one(doc).inserted_id
 try:
     coll.update_one({"_id": big}, {"$currentDate": {"position": {"$type": "timestamp"}}})
     raise AssertionError("a 16 MiB document grew")

@@ -7,7 +7,7 @@ use super::args::coll_name;
 use super::insert::{await_write_concern, finish_write_reply, parse_write_concern};
 use super::{CmdResult, Ctx};
 use crate::error::CmdError;
-use crate::matcher::matches;
+use crate::matcher::{compare, matches};
 use crate::state::{Role, State};
 
 /// The fields one update statement sets, with `$currentDate` resolved
@@ -68,8 +68,10 @@ fn resolve(u: &Document, st: &mut State) -> Result<Document, CmdError> {
 /// every one (each document its own write, with its own `$currentDate`
 /// timestamp and change event, as mongod applies a multi-update). Replies
 /// `{n, nModified, writeErrors?, writeConcernError?, opTime, electionId}`;
-/// a statement that fails (a result over 16 MiB) ends the command there, as
-/// an ordered update does, with what went before applied. `upsert` is
+/// a statement that fails (a result over 16 MiB) is reported in
+/// `writeErrors`, not counted, and ends the command there when `ordered`
+/// (the default), with what went before applied. A multi statement walks
+/// the documents in `_id` order. `upsert` is
 /// refused as not simulated.
 pub(super) async fn update(ctx: &Ctx<'_>, db: &str, body: &Document) -> CmdResult {
     let coll = coll_name(body, "update")?;
@@ -84,6 +86,7 @@ pub(super) async fn update(ctx: &Ctx<'_>, db: &str, body: &Document) -> CmdResul
         }
     };
     let retryable = body.contains_key("txnNumber");
+    let ordered = body.get_bool("ordered").unwrap_or(true);
     let (wc, n, modified, write_errors, last_pos, op_ts, term) = {
         let mut st = ctx.shared.lock();
         let wc = parse_write_concern(&st, body)?;
@@ -115,13 +118,17 @@ pub(super) async fn update(ctx: &Ctx<'_>, db: &str, body: &Document) -> CmdResul
                     }
                 }
             }
+            // In `_id` order, as mongod walks its `_id` index for the
+            // product's `{_id: {$in: [...]}}`.
+            targets.sort_by(compare);
+            let (mut matched, mut changed) = (0, 0);
             for id in targets {
                 let updated = resolve(&u, &mut st)?;
                 match st.update_doc(&ns, &id, updated) {
                     Ok(pos) => {
-                        n += 1;
+                        matched += 1;
                         if let Some(pos) = pos {
-                            modified += 1;
+                            changed += 1;
                             last_pos = Some(pos);
                         }
                     }
@@ -129,10 +136,16 @@ pub(super) async fn update(ctx: &Ctx<'_>, db: &str, body: &Document) -> CmdResul
                         write_errors.push(Bson::Document(
                             doc! {"index": index as i32, "code": e.code, "errmsg": e.msg},
                         ));
-                        break 'statements;
+                        if ordered {
+                            break 'statements;
+                        }
+                        continue 'statements;
                     }
                 }
             }
+            // A failed statement counts in `writeErrors` only.
+            n += matched;
+            modified += changed;
         }
         (wc, n, modified, write_errors, last_pos, st.last_ts, st.term)
     };

@@ -58,7 +58,7 @@ use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToke
 use mongodb::change_stream::ChangeStream;
 
 use super::collections::Collections;
-use super::document::{Direction, DocId, MessageDoc, Position, Range};
+use super::document::{Direction, MessageDoc, Position, Range};
 use super::Shared;
 use crate::cache::CACHE_CAPACITY;
 use crate::mongo::Class;
@@ -402,7 +402,7 @@ impl Watcher {
         // message knows where strays begin.
         let strays = self.strays_from().await?;
         let whole_history = messages.len() <= CACHE_CAPACITY;
-        messages.retain(|m| !is_stray(m, strays));
+        messages.retain(|m| !m.is_stray(strays));
         let skip = messages.len().saturating_sub(CACHE_CAPACITY);
         messages.drain(..skip);
         Ok(Latest {
@@ -481,9 +481,12 @@ impl Watcher {
 
     /// Gives the documents in `to_position` their positions, in one write
     /// ([`Collections::set_positions`]): a burst of the other app's
-    /// inserts waits for one majority acknowledgement, not one each, and
+    /// inserts waits for one majority acknowledgement, not one each, so
     /// what the stream brings after it (this instance's own messages among
-    /// them) is not held up behind it. When the server refuses the write
+    /// them) waits for one round trip, not one per document. The server
+    /// gives the positions in the order it walks the `_id`s (its `_id`
+    /// index), so a burst's messages follow their ObjectIds, which the lab's
+    /// app made in its order of writing. When the server refuses the write
     /// for good (a document with no room for the field, see
     /// [`Watcher::set_position`]), each is given its own, so one such
     /// document costs the others nothing.
@@ -622,15 +625,6 @@ impl Watcher {
             }
             _ => Ok(false),
         }
-    }
-}
-
-/// Whether `doc` is a stray: no position, and an ObjectId made from
-/// `from` on (see the module docs).
-fn is_stray(doc: &MessageDoc, from: Option<ObjectId>) -> bool {
-    match (&doc.id, from) {
-        (DocId::ObjectId(oid), Some(from)) => doc.position.is_none() && *oid >= from,
-        _ => false,
     }
 }
 

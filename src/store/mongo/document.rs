@@ -287,6 +287,15 @@ fn whole_graphemes(text: &str, most: usize) -> &str {
 }
 
 impl MessageDoc {
+    /// Whether this is a stray: no position, and an ObjectId made from
+    /// `from` on ([`not_stray`], the change stream's module docs).
+    pub fn is_stray(&self, from: Option<ObjectId>) -> bool {
+        match (&self.id, from) {
+            (DocId::ObjectId(oid), Some(from)) => self.position.is_none() && *oid >= from,
+            _ => false,
+        }
+    }
+
     /// The document that inserts `m`: the lab's fields, the id as `_id` so
     /// a retried insert can never store a message twice, and an empty
     /// `position` for the primary to fill in.

@@ -179,6 +179,12 @@ async fn resolve_duplicate(
     let Some(stored) = skipped.keep(stored) else {
         return Ok(Duplicate::Conflict);
     };
+    // Another app's message without its place in the order yet: no read
+    // finds it until the change stream gives it one (normally at once), so
+    // neither "stored" nor "taken" would be true to what a GET says.
+    if stored.is_stray(collections.strays_from().await?) {
+        return Ok(Duplicate::Pending);
+    }
     let ours = tried.contains(&stored.datetime.timestamp_millis());
     // A stored name or text no post could have is shown cut or mended: no
     // post has its content, even one that repeats what is shown.
@@ -196,8 +202,8 @@ async fn resolve_duplicate(
 /// Waits, a little, for a message this instance stored to come back
 /// through the change stream (normally within milliseconds), so that when
 /// the POST is answered this instance's subscribers have it and its
-/// listings show it. If it does not come in time (the stream is behind or
-/// down), the cache is told to expect it ([`Cache::await_echo`]): this
+/// listings show it. If it does not come in time (the stream is behind),
+/// the cache is told to expect it ([`Cache::await_echo`]): this
 /// instance's listings read the store until it comes, and subscribers get
 /// it where the stream brings it. Publishing it here would put it ahead of
 /// the other app's messages that the store orders before it.
@@ -212,10 +218,11 @@ async fn deliver(
     // Never past the write's deadline: the write is done, the answer must
     // not turn into a timeout.
     let wait = ECHO_WAIT.min(deadline.saturating_duration_since(Instant::now()));
-    if shared.change_stream.is_running() && wait_for_echo(echo, &message.id, wait).await {
-        return;
+    // While the stream is down the cache does not answer listings, and the
+    // reset that ends the outage reads the store: nothing to wait for.
+    if shared.change_stream.is_running() && !wait_for_echo(echo, &message.id, wait).await {
+        shared.cache.await_echo(&message.id);
     }
-    shared.cache.await_echo(&message.id);
 }
 
 async fn wait_for_echo(
