@@ -3,8 +3,6 @@
 //! (RFC 9110 §8.4, §15.5.16; RFC 8259 §8.1), a transfer coding other than
 //! chunked with 501 (RFC 9112 §6.1); nothing is read as what it is not.
 
-use std::io::{Read, Write};
-
 use serde_json::Value;
 
 use crate::support::app::spawn_app;
@@ -111,20 +109,11 @@ async fn a_content_coding_is_refused_and_identity_is_not() {
 #[tokio::test]
 async fn a_transfer_coding_other_than_chunked_is_501() {
     let app = spawn_app(&[]).await;
-    let address = app.base_url.trim_start_matches("http://").to_owned();
-    let answer = tokio::task::spawn_blocking(move || {
-        let mut stream = std::net::TcpStream::connect(address).unwrap();
-        let request = format!(
-            "POST /api/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n{:x}\r\n{POST}\r\n0\r\n\r\n",
-            POST.len()
-        );
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut answer = Vec::new();
-        let _ = stream.read_to_end(&mut answer);
-        String::from_utf8_lossy(&answer).into_owned()
-    })
-    .await
-    .unwrap();
+    let request = format!(
+        "POST /api/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n{:x}\r\n{POST}\r\n0\r\n\r\n",
+        POST.len()
+    );
+    let answer = app.raw(request.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 501 "), "{answer}");
     let body: Value = serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
     assert!(body["error"].as_str().unwrap().contains("gzip"), "{body}");

@@ -76,6 +76,24 @@ pub async fn try_spawn_app_in(data_dir: &Path, extra: &[(&str, Value)]) -> Resul
 }
 
 impl TestApp {
+    /// Sends `request` as raw bytes on a new connection and returns all the
+    /// server sends until it closes (within a minute, or the test fails).
+    pub async fn raw(&self, request: &[u8]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let address = self.base_url.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            stream.read_to_end(&mut answer),
+        )
+        .await
+        .expect("the server answered and closed the connection")
+        .unwrap_or_default();
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base_url, path)
     }
