@@ -378,7 +378,8 @@ impl Cache {
         if recent.ids.contains_key(id) {
             return;
         }
-        // So the map holds at most the posts of the last ECHO_MAX_WAIT.
+        // So the map holds at most the posts of the last ECHO_MAX_WAIT,
+        // however long the store's stream is away.
         recent.settle_awaited();
         recent.awaited.insert(id.to_owned(), Instant::now());
         recent.changed();
