@@ -202,11 +202,12 @@ async fn resolve_duplicate(
 /// Waits, a little, for a message this instance stored to come back
 /// through the change stream (normally within milliseconds), so that when
 /// the POST is answered this instance's subscribers have it and its
-/// listings show it. If it does not come in time (the stream is behind,
-/// or not running), the cache is told to expect it ([`Cache::await_echo`]): this
+/// listings show it. If it does not come in time (the stream is behind),
+/// the cache is told to expect it ([`Cache::await_echo`]): this
 /// instance's listings read the store until it comes, and subscribers get
 /// it where the stream brings it. Publishing it here would put it ahead of
-/// the other app's messages that the store orders before it.
+/// the other app's messages that the store orders before it. While the
+/// stream is not running, the post is published here.
 ///
 /// [`Cache::await_echo`]: crate::cache::Cache::await_echo
 async fn deliver(
@@ -218,13 +219,18 @@ async fn deliver(
     // Never past the write's deadline: the write is done, the answer must
     // not turn into a timeout.
     let wait = ECHO_WAIT.min(deadline.saturating_duration_since(Instant::now()));
-    // While the stream is not running (starting, or resuming) there is no
-    // wait, but the cache may already answer listings (loaded before the
-    // stream opened): it awaits the post all the same, and forgets what it
-    // awaited longest ago as it adds, so an outage cannot grow it.
-    if !(shared.change_stream.is_running() && wait_for_echo(echo, &message.id, wait).await) {
-        shared.cache.await_echo(&message.id);
+    if shared.change_stream.is_running() {
+        if !wait_for_echo(echo, &message.id, wait).await {
+            shared.cache.await_echo(&message.id);
+        }
+        return;
     }
+    // Not running (starting, before or after the cache's first load, or
+    // resuming after a failure): nothing brings the post back soon, and a
+    // post made before the first load would be loaded as history and sent
+    // to nobody. Published here, as a running stream would; the stream's
+    // catch-up then skips it (`publish` ignores ids the cache has).
+    shared.cache.publish(message.clone());
 }
 
 async fn wait_for_echo(
