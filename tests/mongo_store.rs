@@ -663,6 +663,22 @@ async fn messages_the_lab_writes_beside_simplechats_are_delivered_in_the_store_o
         post.await.expect("task"),
         Ok(Inserted::Created(_))
     ));
+    // The store order is final once every lab message has its position
+    // (until then one made in the second of the first position is listed
+    // as history, at its datetime).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lab
+        .count_documents(doc! { "position": null })
+        .await
+        .expect("count")
+        > 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the lab's messages never got positions"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let listed = latest_texts(&instances[0].0, 100).await;
     assert_eq!(listed.len(), 4, "{listed:?}");
