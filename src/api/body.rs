@@ -1,5 +1,6 @@
 //! Request bodies: size cap, media type and parsing, each with its own error.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::marker::PhantomData;
@@ -119,8 +120,9 @@ fn media_type(value: &str) -> Option<(&str, &str)> {
 }
 
 /// [`media_type`], with the value of its `charset` parameter, if it has
-/// one (unquoted; RFC 9110 §8.3.2).
-fn media_type_and_charset(value: &str) -> Option<(&str, &str, Option<String>)> {
+/// one (unquoted; RFC 9110 §8.3.2). Only a quoted `charset` with escapes
+/// is copied; other parameters are passed over.
+fn media_type_and_charset(value: &str) -> Option<(&str, &str, Option<Cow<'_, str>>)> {
     const OWS: [char; 2] = [' ', '\t'];
     let (kind, rest) = token(value.trim_matches(OWS))?;
     let (subtype, mut rest) = token(rest.strip_prefix('/')?)?;
@@ -140,29 +142,35 @@ fn media_type_and_charset(value: &str) -> Option<(&str, &str, Option<String>)> {
         let (parameter, after) = match value.strip_prefix('"') {
             Some(quoted) => {
                 let after = after_quoted(quoted)?;
-                let inside = &quoted[..quoted.len() - after.len() - 1];
-                (unquote(inside), after)
+                (Err(&quoted[..quoted.len() - after.len() - 1]), after)
             }
             None => {
                 let (parameter, after) = token(value)?;
-                (parameter.to_owned(), after)
+                (Ok(parameter), after)
             }
         };
         if name.eq_ignore_ascii_case("charset") {
-            charset = Some(parameter);
+            charset = Some(match parameter {
+                Ok(token) => Cow::Borrowed(token),
+                Err(inside) => unquote(inside),
+            });
         }
         rest = after;
     }
 }
 
-/// The text of a quoted string's inside, its backslash escapes undone.
-fn unquote(inside: &str) -> String {
+/// The text of a quoted string's inside, its backslash escapes undone
+/// (copied only when it has one).
+fn unquote(inside: &str) -> Cow<'_, str> {
+    if !inside.contains('\\') {
+        return Cow::Borrowed(inside);
+    }
     let mut text = String::with_capacity(inside.len());
     let mut chars = inside.chars();
     while let Some(c) = chars.next() {
         text.extend(if c == '\\' { chars.next() } else { Some(c) });
     }
-    text
+    Cow::Owned(text)
 }
 
 /// Whether a `Content-Type` value says JSON (`application/json`, with any
@@ -213,14 +221,14 @@ impl BodyKind {
         }
     }
 
-    /// Whether a `Content-Type` value says this kind of body.
-    fn is_sent_as(self, content_type: &str) -> bool {
+    /// Whether the media type `kind/subtype` says this kind of body.
+    fn is_type(self, kind: &str, subtype: &str) -> bool {
         match self {
-            BodyKind::Json => is_json_content_type(content_type),
-            BodyKind::Form => media_type(content_type).is_some_and(|(kind, subtype)| {
+            BodyKind::Json => is_json_type(kind, subtype),
+            BodyKind::Form => {
                 kind.eq_ignore_ascii_case("application")
                     && subtype.eq_ignore_ascii_case("x-www-form-urlencoded")
-            }),
+            }
         }
     }
 }
@@ -259,13 +267,13 @@ impl<'a> BodyHeaders<'a> {
 ///   without a length is refused 413 once it is read past the cap
 ///   ([`read_capped`]).
 pub fn head_refusal(kind: BodyKind, headers: BodyHeaders<'_>) -> Option<ApiError> {
-    if !headers.content_type.is_some_and(|t| kind.is_sent_as(t)) {
-        return Some(unsupported(headers.content_type, kind.expected()));
-    }
-    let charset = headers
+    let Some((_, _, charset)) = headers
         .content_type
         .and_then(media_type_and_charset)
-        .and_then(|(_, _, charset)| charset);
+        .filter(|(type_, subtype, _)| kind.is_type(type_, subtype))
+    else {
+        return Some(unsupported(headers.content_type, kind.expected()));
+    };
     if let Some(charset) = charset.filter(|c| !c.eq_ignore_ascii_case("utf-8")) {
         return Some(ApiError::new(
             Status::UnsupportedMediaType,

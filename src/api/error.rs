@@ -71,6 +71,12 @@ impl ApiError {
         ApiError::new(Status::NotFound, error)
     }
 
+    /// 404 for an id no message has, the id shown as [`echo`] shows
+    /// client input.
+    pub fn unknown_id(id: &str) -> Self {
+        ApiError::not_found(format!("no message has id {}", echo(id)))
+    }
+
     /// 503 with `Retry-After`.
     pub fn unavailable(error: impl Into<String>, retry_after: Duration) -> Self {
         ApiError {
@@ -110,7 +116,7 @@ impl From<StoreError> for ApiError {
                     format!("{e}: the same id must come with the same name and text"),
                 )
             },
-            StoreError::UnknownId(_) => ApiError::not_found(e.to_string()),
+            StoreError::UnknownId(id) => ApiError::unknown_id(&id),
             StoreError::Unavailable {
                 reason,
                 retry_after,

@@ -8,7 +8,6 @@ use serde::Deserialize;
 
 use super::body::JsonBody;
 use super::conditional::{etag_of, IfNoneMatch, Tagged};
-use super::echo::echo;
 use super::error::ApiError;
 use crate::cache::json_array;
 use crate::chat::{Chat, DEFAULT_LIMIT, MAX_LIMIT};
@@ -64,7 +63,7 @@ pub async fn list(
     let messages = chat.list(cursor, limit).await.map_err(|e| match e {
         StoreError::UnknownId(id) => ApiError {
             field: Some(if before.is_some() { "before" } else { "after" }),
-            ..ApiError::not_found(format!("no message has id {}", echo(&id)))
+            ..ApiError::unknown_id(&id)
         },
         other => other.into(),
     })?;
@@ -194,16 +193,10 @@ pub async fn one(
     id: &str,
 ) -> Result<rocket::serde::json::Json<Message>, ApiError> {
     if validate_id(id).is_err() {
-        return Err(ApiError::not_found(format!(
-            "no message has id {}",
-            echo(id)
-        )));
+        return Err(ApiError::unknown_id(id));
     }
     match chat.get(id).await? {
         Some(m) => Ok(rocket::serde::json::Json(m)),
-        None => Err(ApiError::not_found(format!(
-            "no message has id {}",
-            echo(id)
-        ))),
+        None => Err(ApiError::unknown_id(id)),
     }
 }

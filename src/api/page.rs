@@ -20,7 +20,6 @@ use super::body::FormBody;
 use super::checks::from_a_browser;
 use super::conditional::{IfNoneMatch, Tagged};
 use super::cookies::{draft_cookie, name_cookie, Https, MAX_COOKIE_BYTES};
-use super::echo::echo;
 use super::error::{default_catcher, refusal, ApiError};
 use crate::cache::{CachedMessage, Memo};
 use crate::chat::{Chat, DEFAULT_LIMIT};
@@ -347,10 +346,14 @@ async fn history(
         .list(cursor, DEFAULT_LIMIT + 1)
         .await
         .map_err(|e| match e {
-            StoreError::UnknownId(id) => ApiError {
-                field: Some("before"),
-                ..ApiError::not_found(format!("before: no message has id {}", echo(&id)))
-            },
+            StoreError::UnknownId(id) => {
+                let unknown = ApiError::unknown_id(&id);
+                ApiError {
+                    field: Some("before"),
+                    error: format!("before: {}", unknown.error),
+                    ..unknown
+                }
+            }
             other => other.into(),
         })?;
     render_history(metadata, &messages)
@@ -418,6 +421,16 @@ impl Rendered {
         PageAnswer {
             status: self.status.unwrap_or(status),
             retry_after: self.retry_after,
+            page: self.page,
+        }
+    }
+
+    /// The page answering a refusal of the request: its `status` and
+    /// `retry_after`, whatever the history read said.
+    fn refusal(self, status: Status, retry_after: Option<u64>) -> PageAnswer {
+        PageAnswer {
+            status,
+            retry_after,
             page: self.page,
         }
     }
@@ -780,11 +793,7 @@ pub async fn index(
                             ..draft
                         };
                         let page = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
-                        return Either::Right(PageAnswer {
-                            status: Status::BadRequest,
-                            retry_after: None,
-                            page: page.page,
-                        });
+                        return Either::Right(page.refusal(Status::BadRequest, None));
                     }
                 },
             };
@@ -862,11 +871,7 @@ pub async fn post_form(
         return Ok(redirect);
     }
     let page = render(chat, rendered, &metadata, &Shown::Latest, kept.draft()).await;
-    Err(PageAnswer {
-        status,
-        retry_after,
-        page: page.page,
-    })
+    Err(page.refusal(status, retry_after))
 }
 
 /// A request for the page that the request checks refused
@@ -894,11 +899,9 @@ pub async fn refused(status: Status, req: &Request<'_>) -> Either<NotStored<Page
     };
     let page = render(chat, rendered, &metadata, &Shown::Latest, draft).await;
     // A view of the page like any other: its form has a key of its own.
-    Either::Left(NotStored(PageAnswer {
-        status: error.status,
-        retry_after: error.retry_after_secs(),
-        page: page.page,
-    }))
+    Either::Left(NotStored(
+        page.refusal(error.status, error.retry_after_secs()),
+    ))
 }
 
 #[cfg(test)]

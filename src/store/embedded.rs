@@ -30,9 +30,6 @@ use crate::retry::Backoff;
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 /// Message id to sequence number.
 const IDS: TableDefinition<&str, u64> = TableDefinition::new("ids");
-/// Written and emptied after a reopen by earlier versions; created so that
-/// a database they made and this one look alike.
-const PROBE: TableDefinition<u64, &[u8]> = TableDefinition::new("probe");
 /// The most inserts one transaction takes.
 const MAX_BATCH: usize = 512;
 /// How much the probe writes: about what a busy batch of messages needs.
@@ -279,7 +276,6 @@ fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, Failure> {
     let txn = db.begin_write()?;
     txn.open_table(MESSAGES)?;
     txn.open_table(IDS)?;
-    txn.open_table(PROBE)?;
     txn.commit()?;
     Ok(db)
 }
