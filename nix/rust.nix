@@ -64,8 +64,24 @@ let
   };
 
   # Every dependency (and dev-dependency) compiled once for the musl target;
-  # the bundle, clippy and the tests start from these artifacts.
+  # the bundle and clippy start from these artifacts.
   cargoArtifacts = craneLib.buildDepsOnly commonArgs;
+
+  # The tests build with cargo's own test profile, as `cargo test` (the
+  # README's test command) does, not with crane's default `--release`: the
+  # release profile's fat LTO over one codegen unit would link each test
+  # binary whole-program on one core. An empty CARGO_PROFILE leaves the
+  # profile flag out (crane's `cargoWithProfile`, docs/API.md). Line tables
+  # only: a failing test's backtrace still names its lines, and the debug
+  # artifacts stay a fraction of full debug info.
+  testArgs = commonArgs // {
+    CARGO_PROFILE = "";
+    env = commonArgs.env // {
+      CARGO_PROFILE_DEV_DEBUG = "line-tables-only";
+      CARGO_PROFILE_TEST_DEBUG = "line-tables-only";
+    };
+  };
+  testArtifacts = craneLib.buildDepsOnly testArgs;
 
   package = craneLib.buildPackage (
     commonArgs
@@ -114,10 +130,12 @@ in
     # skip themselves; those against the replica-set simulator use loopback,
     # which the build sandbox has.
     tests = craneLib.cargoTest (
-      commonArgs
+      testArgs
       // {
-        inherit cargoArtifacts;
+        cargoArtifacts = testArtifacts;
         cargoTestExtraArgs = "--workspace";
+        # Nothing builds on this check's target directory.
+        doInstallCargoArtifacts = false;
         preCheck = ''
           export HOME="$(mktemp -d)"
         '';
