@@ -251,6 +251,11 @@ fn scan(
     if cur.next < st.history_floor {
         return Err(history_lost());
     }
+    // Held: the cursor stays where it is, so what it has not read comes,
+    // in order, once the hold ends.
+    if st.change_streams_held {
+        return Ok(Vec::new());
+    }
     let visible = st.visible_len(member, Instant::now());
     let mut out = Vec::new();
     while cur.next < visible && out.len() < limit && !cur.invalidated {

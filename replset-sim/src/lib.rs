@@ -5,8 +5,8 @@
 //! handshake) that the official driver discovers them as a replica set,
 //! monitors them with the streaming `hello` protocol, and runs the store's
 //! commands against them. Tests then inject faults: [`Cluster::kill`],
-//! [`Cluster::restart`], [`Cluster::step_down`], [`Cluster::partition`] and
-//! [`Cluster::drop_replies`].
+//! [`Cluster::restart`], [`Cluster::step_down`], [`Cluster::partition`],
+//! [`Cluster::drop_replies`] and [`Cluster::hold_change_streams`].
 //!
 //! The model is deliberately simple and is described, with every known
 //! difference from mongod, in `FIDELITY.md` next to this crate's manifest:
@@ -560,11 +560,16 @@ impl Cluster {
     /// Fault injection for retry tests: the next `times` commands named
     /// `command` (on any member) are executed, but the connection is then
     /// closed instead of replying, as if the network failed between the
-    /// server's commit and the client's read.
+    /// server's commit and the client's read. `times` 0 cancels the drops
+    /// still pending for `command` (after a test gave more than it
+    /// needed, to outlast a client's retries).
     pub fn drop_replies(&self, command: &str, times: u32) {
         let mut st = self.shared.lock();
-        st.drop_replies.retain(|(_, n)| *n > 0);
-        st.drop_replies.push((command.to_string(), times));
+        st.drop_replies
+            .retain(|(c, n)| *n > 0 && (times > 0 || c != command));
+        if times > 0 {
+            st.drop_replies.push((command.to_string(), times));
+        }
     }
 
     /// Every entry of the log so far leaves the oplog, as when a busy set's
@@ -574,6 +579,19 @@ impl Cluster {
     pub fn truncate_history(&self) {
         let mut st = self.shared.lock();
         st.history_floor = st.log.len();
+    }
+
+    /// Fault injection for tests of a change stream that trails the
+    /// writes: while `held`, every change stream on every member delivers
+    /// no event (an `aggregate` opens, a `getMore` waits out its
+    /// `maxTimeMS` and returns an empty batch, and the resume token stays
+    /// where the stream had read); released, each delivers what it was
+    /// held back from, in log order. Writes, their write concern and reads
+    /// are not held.
+    pub fn hold_change_streams(&self, held: bool) {
+        self.shared.lock().change_streams_held = held;
+        // Wakes the getMores waiting, so a release delivers at once.
+        self.shared.notify();
     }
 
     /// Every document of `database.collection` as committed (the primary's

@@ -274,6 +274,9 @@ pub(crate) struct State {
     /// ([`crate::Cluster::truncate_history`]): change streams cannot resume
     /// from them.
     pub history_floor: usize,
+    /// Change streams deliver nothing past where each has read while set
+    /// ([`crate::Cluster::hold_change_streams`]).
+    pub change_streams_held: bool,
     pub colls: BTreeMap<String, Coll>,
     pub sessions: HashMap<Vec<u8>, TxnRecord>,
     pub next_cursor_id: i64,
@@ -350,6 +353,7 @@ impl State {
             avoid_candidate: None,
             log: Vec::new(),
             history_floor: 0,
+            change_streams_held: false,
             colls: BTreeMap::new(),
             sessions: HashMap::new(),
             next_cursor_id: 0x1000,

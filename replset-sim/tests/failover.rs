@@ -308,6 +308,43 @@ async fn a_change_stream_resumes_across_failover_without_loss_or_repeats() {
     assert_eq!(recv(&mut rx).await, "m7", "nothing is delivered twice");
 }
 
+/// A held change stream delivers nothing, whatever is written; released,
+/// it delivers what it was held back from, in order, once. Writes go on
+/// meanwhile, and cancelled reply drops drop nothing more.
+#[tokio::test]
+async fn a_held_change_stream_delivers_what_it_missed_once_released() {
+    let cluster = Cluster::start(ClusterOptions::default()).await.unwrap();
+    let client = connect(&cluster.uri("chat")).await;
+    let coll = messages(&client);
+    let stream = coll
+        .watch()
+        .max_await_time(Duration::from_millis(100))
+        .await
+        .unwrap();
+    let mut rx = consume(stream);
+    coll.insert_one(doc! {"_id": "before"}).await.unwrap();
+    assert_eq!(recv(&mut rx).await, "before");
+
+    cluster.hold_change_streams(true);
+    cluster.drop_replies("insert", 100);
+    cluster.drop_replies("insert", 0);
+    for id in ["held1", "held2"] {
+        coll.insert_one(doc! {"_id": id})
+            .write_concern(majority())
+            .await
+            .expect("writes are not held, and no reply is dropped");
+    }
+    // Several empty getMores go by.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(rx.try_recv().is_err(), "nothing delivered while held");
+
+    cluster.hold_change_streams(false);
+    assert_eq!(recv(&mut rx).await, "held1");
+    assert_eq!(recv(&mut rx).await, "held2");
+    coll.insert_one(doc! {"_id": "after"}).await.unwrap();
+    assert_eq!(recv(&mut rx).await, "after", "nothing delivered twice");
+}
+
 #[tokio::test]
 async fn secondaries_lag_and_majority_writes_wait_for_them() {
     // Long enough that a write acknowledgement and one read on open
