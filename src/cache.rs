@@ -365,9 +365,9 @@ impl Cache {
         recent.changed();
     }
 
-    /// Says that this process stored the message `id` and the store will
-    /// publish it (a MongoDB store, from its change stream) but has not
-    /// yet: until it does, listings are not answered from the cache (they
+    /// Says that this process stored the message `id` (or answered a
+    /// client's retry with it) and the store will publish it (a MongoDB
+    /// store, from its change stream) but has not yet: until it does, listings are not answered from the cache (they
     /// go to the store, which has it), so a client that posted reads its
     /// own message, while subscribers get it where the store publishes it,
     /// in the store order. Publishing it here instead would put it ahead of
@@ -436,6 +436,12 @@ impl Cache {
                 .cloned()
                 .collect(),
         )
+    }
+
+    /// Whether the cache holds the message `id` (complete or not): it was
+    /// published, or loaded, and not evicted since.
+    pub fn holds(&self, id: &str) -> bool {
+        self.read().ids.contains_key(id)
     }
 
     /// Where the message with `id` arrived, if the complete cache holds it.

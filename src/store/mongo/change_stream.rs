@@ -86,8 +86,9 @@ const POSITION_SET: &str = "updateDescription.updatedFields.position";
 type Events = ChangeStream<ChangeStreamEvent<Document>>;
 
 /// How the change stream is doing, for `/api/status` and for inserts
-/// (which wait for their echo only while it runs). A std `Mutex`: held only
-/// to copy or set a few fields, never across `.await`.
+/// (which wait for their echo only while it runs, and only for what it may
+/// not have delivered yet). A std `Mutex`: held only to copy or set a few
+/// fields, never across `.await`.
 #[derive(Default)]
 pub(super) struct ChangeStreamHealth {
     state: Mutex<HealthState>,
@@ -100,6 +101,9 @@ pub(super) struct ChangeStreamHealth {
 struct HealthState {
     running: bool,
     last_error: Option<String>,
+    /// How far the stream has delivered, across its (re)openings; `None`
+    /// until the cache's first load.
+    delivered: Option<Delivered>,
 }
 
 impl ChangeStreamHealth {
@@ -116,6 +120,33 @@ impl ChangeStreamHealth {
     pub(super) fn get(&self) -> (bool, Option<String>) {
         let state = self.state();
         (state.running, state.last_error.clone())
+    }
+
+    /// Whether the message at `position` may not have been delivered yet:
+    /// it is newer than what the stream delivered, or within the clock
+    /// margin of it, or the cache has not been loaded yet. A message this
+    /// says no to was published, or loaded as history, long enough ago.
+    pub(super) fn may_lack(&self, position: &Position) -> bool {
+        self.state()
+            .delivered
+            .as_ref()
+            .is_none_or(|d| d.may_lack(position))
+    }
+
+    fn delivered(&self) -> Option<Delivered> {
+        self.state().delivered.clone()
+    }
+
+    fn set_delivered(&self, delivered: Delivered) {
+        self.state().delivered = Some(delivered);
+    }
+
+    fn advance(&self, position: Position) {
+        let mut state = self.state();
+        match &mut state.delivered {
+            Some(d) => d.advance(position),
+            None => state.delivered = Some(Delivered::UpTo(position)),
+        }
     }
 
     fn running(&self) {
@@ -186,7 +217,6 @@ struct Watcher {
     shared: Arc<Shared>,
     collections: Arc<Collections>,
     token: Option<ResumeToken>,
-    delivered: Option<Delivered>,
     /// The oldest message the cache was last loaded with, unless it was
     /// loaded with the whole history: what is older is not news.
     floor: Option<Position>,
@@ -208,7 +238,6 @@ pub(super) async fn run(shared: Arc<Shared>, collections: Arc<Collections>) {
         shared,
         collections,
         token: None,
-        delivered: None,
         floor: None,
         strays_published: HashSet::new(),
         to_position: Vec::new(),
@@ -232,7 +261,7 @@ impl Watcher {
         self.strays_published.clear();
         // Left from a failed cycle: step 3 positions them as strays.
         self.to_position.clear();
-        if self.delivered.is_none() {
+        if self.shared.change_stream.delivered().is_none() {
             let latest = self.read_latest().await?;
             let delivered = latest
                 .messages
@@ -240,7 +269,7 @@ impl Watcher {
                 .map(|m| Delivered::UpTo(m.position()))
                 .unwrap_or(Delivered::Nothing);
             self.reset(latest)?;
-            self.delivered = Some(delivered);
+            self.shared.change_stream.set_delivered(delivered);
         }
         let (mut stream, resumed) = self.open().await?;
         if stream.resume_token().is_some() {
@@ -363,7 +392,7 @@ impl Watcher {
     /// catch-up ends. Messages older than those the cache was last loaded
     /// with are history the cache let go of, not news: not published.
     async fn catch_up(&mut self) -> Result<(), String> {
-        let mut range = match &self.delivered {
+        let mut range = match &self.shared.change_stream.delivered() {
             Some(Delivered::UpTo(position)) => {
                 Range::Beyond(position.earlier_by(CLOCK_SKEW_MS), Direction::Newer)
             }
@@ -530,16 +559,13 @@ impl Watcher {
     }
 
     fn may_lack(&self, position: &Position) -> bool {
-        self.delivered.as_ref().is_none_or(|d| d.may_lack(position))
+        self.shared.change_stream.may_lack(position)
     }
 
     fn publish(&mut self, doc: MessageDoc) -> Result<(), String> {
         let position = doc.position();
         self.shared.cache.publish(doc.into_message()?);
-        match &mut self.delivered {
-            Some(d) => d.advance(position),
-            None => self.delivered = Some(Delivered::UpTo(position)),
-        }
+        self.shared.change_stream.advance(position);
         Ok(())
     }
 
@@ -652,5 +678,16 @@ mod tests {
         // drops the ones it has.
         assert!(d.may_lack(&at(5 - CLOCK_SKEW_MS + 1, "a")));
         assert!(!d.may_lack(&at(5 - CLOCK_SKEW_MS - 1, "z")));
+    }
+
+    #[test]
+    fn before_the_first_load_any_message_may_not_have_been_delivered() {
+        let health = ChangeStreamHealth::default();
+        assert!(health.may_lack(&at(0, "a")));
+        health.set_delivered(Delivered::Nothing);
+        assert!(health.may_lack(&at(0, "a")));
+        health.advance(at(10_000, "b"));
+        assert!(health.may_lack(&at(10_000, "c")));
+        assert!(!health.may_lack(&at(10_000 - CLOCK_SKEW_MS - 1, "a")));
     }
 }

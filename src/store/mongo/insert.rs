@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use tokio::sync::broadcast;
 
 use super::collections::Collections;
-use super::document::{millis, MessageDoc};
+use super::document::{millis, MessageDoc, Position};
 use super::skipped::SkippedDocuments;
 use super::Shared;
 use crate::cache::CachedMessage;
@@ -39,8 +39,10 @@ const WRITE_RETRY_AFTER: Duration = Duration::from_secs(5);
 enum Duplicate {
     /// One of this post's own attempts stored it.
     Ours(Message),
-    /// An earlier post with the same id and content: a retry.
-    Earlier(Message),
+    /// An earlier post with the same id and content: a retry. With the
+    /// stored message's position, to tell whether the change stream may
+    /// not have brought it yet.
+    Earlier(Message, Position),
     /// Another message has the id.
     Conflict,
     /// The other write is not on a majority yet.
@@ -75,7 +77,10 @@ pub(super) async fn insert(shared: &Shared, new: NewMessage) -> Result<Inserted,
                 deliver(shared, &message, &mut echo, deadline).await;
                 return Ok(Inserted::Created(message));
             }
-            Ok(Duplicate::Earlier(message)) => return Ok(Inserted::Existing(message)),
+            Ok(Duplicate::Earlier(message, position)) => {
+                deliver_earlier(shared, &message, &position, &mut echo, deadline).await;
+                return Ok(Inserted::Existing(message));
+            }
             Ok(Duplicate::Conflict) => return Err(StoreError::Conflict(new.id)),
             Ok(Duplicate::Pending) => {
                 "another write of this id is not on a majority yet".to_owned()
@@ -189,13 +194,14 @@ async fn resolve_duplicate(
     // A stored name or text no post could have is shown cut or mended: no
     // post has its content, even one that repeats what is shown.
     let altered = stored.altered;
+    let position = stored.position();
     let stored = stored.into_message().map_err(Class::Fatal)?;
     Ok(if altered || !new.same_content(&stored) {
         Duplicate::Conflict
     } else if ours {
         Duplicate::Ours(stored)
     } else {
-        Duplicate::Earlier(stored)
+        Duplicate::Earlier(stored, position)
     })
 }
 
@@ -216,13 +222,8 @@ async fn deliver(
     echo: &mut broadcast::Receiver<Arc<CachedMessage>>,
     deadline: Instant,
 ) {
-    // Never past the write's deadline: the write is done, the answer must
-    // not turn into a timeout.
-    let wait = ECHO_WAIT.min(deadline.saturating_duration_since(Instant::now()));
     if shared.change_stream.is_running() {
-        if !wait_for_echo(echo, &message.id, wait).await {
-            shared.cache.await_echo(&message.id);
-        }
+        echo_or_await(shared, &message.id, echo, deadline).await;
         return;
     }
     // Not running (starting, before or after the cache's first load, or
@@ -231,6 +232,59 @@ async fn deliver(
     // to nobody. Published here, as a running stream would; the stream's
     // catch-up then skips it (`publish` ignores ids the cache has).
     shared.cache.publish(message.clone());
+}
+
+/// What [`deliver`] does for a fresh post, for a retry answered with what
+/// an earlier post stored (`Existing`). That post's answer may have been a
+/// 503 whose write was applied after all, or it went through another
+/// instance: nothing told this instance's cache to expect the message.
+/// Unless the cache holds it, or the change stream delivered it long enough
+/// ago, it is awaited as a fresh post's is, so the retrying client reads it
+/// in its next listing. It is never published here, stream running or not:
+/// it may be older than messages the cache already holds, and the stream
+/// (or its catch-up when it (re)opens) brings it in the store order, once.
+/// The stored document was read with read concern majority, and a change
+/// stream brings every majority-committed change
+/// (<https://www.mongodb.com/docs/manual/changeStreams/>), but it can trail
+/// the writes, as when it stays idle while writes cannot be
+/// majority-committed
+/// (<https://www.mongodb.com/docs/manual/administration/change-streams-production-recommendations/>).
+async fn deliver_earlier(
+    shared: &Shared,
+    message: &Message,
+    position: &Position,
+    echo: &mut broadcast::Receiver<Arc<CachedMessage>>,
+    deadline: Instant,
+) {
+    if shared.cache.holds(&message.id) || !shared.change_stream.may_lack(position) {
+        return;
+    }
+    if shared.change_stream.is_running() {
+        echo_or_await(shared, &message.id, echo, deadline).await;
+    } else {
+        // Not running: nothing brings it back soon, so there is no use
+        // waiting; listings read the store until the catch-up brings it.
+        shared.cache.await_echo(&message.id);
+    }
+}
+
+/// Waits, at most [`ECHO_WAIT`], for the change stream to bring the
+/// message `id`; if it does not, the cache awaits it
+/// ([`Cache::await_echo`]).
+///
+/// [`Cache::await_echo`]: crate::cache::Cache::await_echo
+async fn echo_or_await(
+    shared: &Shared,
+    id: &str,
+    echo: &mut broadcast::Receiver<Arc<CachedMessage>>,
+    deadline: Instant,
+) {
+    // Never past the write's deadline: the write is done, the answer must
+    // not turn into a timeout.
+    let wait = ECHO_WAIT.min(deadline.saturating_duration_since(Instant::now()));
+    if !wait_for_echo(echo, id, wait).await {
+        shared.cache.await_echo(id);
+    }
 }
 
 async fn wait_for_echo(
