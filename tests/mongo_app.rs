@@ -88,6 +88,25 @@ impl Subscriber {
         }
     }
 
+    /// The next `n` ids, in the order they arrive.
+    async fn next_ids(&mut self, n: usize, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        let mut ids = Vec::new();
+        while ids.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.ids.recv()).await {
+                Ok(Some(id)) => ids.push(id),
+                _ => panic!("the subscriber received only {ids:?} of {n} messages"),
+            }
+        }
+        ids
+    }
+
+    /// The ids that have arrived and were not taken yet.
+    fn arrived(&mut self) -> Vec<String> {
+        std::iter::from_fn(|| self.ids.try_recv().ok()).collect()
+    }
+
     /// Waits until every id in `want` has arrived.
     async fn wait_for(&mut self, want: &[String], within: Duration) {
         let deadline = Instant::now() + within;
@@ -753,5 +772,158 @@ async fn the_labs_messages_that_break_a_posts_rules_are_shown_mended() {
         )
         .await;
     assert_eq!(retry.status(), 409);
+    app.shutdown().await;
+}
+
+/// The ids of the latest listing, oldest first.
+async fn listed_ids(app: &TestApp) -> Vec<String> {
+    app.get_json("/api/messages")
+        .await
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|m| m["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Posts `text` with the idempotency key `id`; the answer's status.
+async fn post_with_id(app: &TestApp, id: &str, text: &str) -> reqwest::StatusCode {
+    app.post_json(
+        "/api/messages",
+        &json!({ "name": "ann", "text": text, "id": id }),
+    )
+    .await
+    .status()
+}
+
+/// The simulator, for a test of faults only it can inject.
+async fn sim_cluster(test: &str) -> TestCluster {
+    say(&format!(
+        "SKIPPED: {test} on real mongod, because it injects faults only the simulator can; running it on replset-sim"
+    ));
+    say(&format!("{test}: backend: replset-sim"));
+    TestCluster::start_sim(cluster::fast_sim(true)).await
+}
+
+/// A POST whose copy the change stream brings back more than 2 s late (a
+/// stream that trails the writes). The POST is answered without it; until
+/// the stream brings it, the instance's listing and page read MongoDB, so
+/// the poster reads the post at once; its subscribers get it once, where
+/// the stream brings it: after the message another instance stored just
+/// before it, as the listing orders them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_whose_echo_is_late_is_listed_at_once_and_delivered_once_in_order() {
+    let test = "a_post_whose_echo_is_late_is_listed_at_once_and_delivered_once_in_order";
+    let cluster = sim_cluster(test).await;
+    let sim = cluster.sim().expect("simulator");
+    let app = start_app(&cluster, "lateecho", 20).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    let mut subscriber = Subscriber::connect(&app).await;
+    assert_eq!(post_with_id(&app, "first", "first").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["first"]
+    );
+
+    sim.hold_change_streams(true);
+    // Another instance's post, as it stores it (the primary fills in the
+    // position), just before this instance's.
+    cluster
+        .lab_messages("lateecho")
+        .await
+        .insert_one(
+            doc! { "_id": "other", "name": "bob", "text": "from another instance",
+            "datetime": mongodb::bson::DateTime::now(),
+            "position": mongodb::bson::Timestamp { time: 0, increment: 0 } },
+        )
+        .await
+        .expect("another instance's insert");
+    assert_eq!(
+        post_with_id(&app, "late", "late echo").await,
+        201,
+        "the POST is answered without its echo"
+    );
+    assert_eq!(
+        listed_ids(&app).await,
+        ["first", "other", "late"],
+        "the poster reads its post at once, in the store order"
+    );
+    let page = app.get("/").await.text().await.expect("the page");
+    assert!(page.contains("late echo"), "the page shows the post");
+    assert_eq!(
+        subscriber.arrived(),
+        Vec::<String>::new(),
+        "nothing is published before the change stream brings it"
+    );
+
+    sim.hold_change_streams(false);
+    assert_eq!(
+        subscriber.next_ids(2, Duration::from_secs(20)).await,
+        ["other", "late"],
+        "delivered where the change stream brings it, in the store order"
+    );
+    // Once: the next message delivered is the next one posted.
+    assert_eq!(post_with_id(&app, "after", "after").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["after"]
+    );
+    assert_eq!(listed_ids(&app).await, ["first", "other", "late", "after"]);
+    app.shutdown().await;
+}
+
+/// A POST answered 503 "outcome unknown" (every reply to its inserts was
+/// lost) whose write was applied all the same, then the client's retry
+/// with the same id, answered from what that write stored
+/// (`Idempotent-Replayed`) while the change stream had not brought it yet.
+/// The retry's instance had never been told to expect the message, so its
+/// cache answered the listing right after the retry without it. The retry
+/// now awaits it as a fresh post does: the listing has it at once, and
+/// subscribers get it once, when the stream brings it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_answered_from_an_earlier_attempt_is_listed_at_once() {
+    let test = "a_retry_answered_from_an_earlier_attempt_is_listed_at_once";
+    let cluster = sim_cluster(test).await;
+    let sim = cluster.sim().expect("simulator");
+    let app = start_app(&cluster, "retried", 2).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    let mut subscriber = Subscriber::connect(&app).await;
+    let body = json!({ "name": "ann", "text": "retried", "id": "retried-1" });
+
+    sim.hold_change_streams(true);
+    // More than the attempts of one write deadline, cancelled after.
+    sim.drop_replies("insert", 1000);
+    let first = app.post_json("/api/messages", &body).await;
+    assert_eq!(first.status(), 503);
+    let why = first.text().await.expect("body");
+    assert!(why.contains("outcome is unknown"), "{why}");
+    sim.drop_replies("insert", 0);
+    assert_eq!(
+        sim.documents("retried", "messages").len(),
+        1,
+        "it was stored"
+    );
+
+    let retry = app.post_json("/api/messages", &body).await;
+    assert_eq!(retry.status(), 201);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        listed_ids(&app).await,
+        ["retried-1"],
+        "the retrying client reads its message at once"
+    );
+    assert_eq!(subscriber.arrived(), Vec::<String>::new());
+
+    sim.hold_change_streams(false);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["retried-1"]
+    );
+    assert_eq!(post_with_id(&app, "after", "after").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["after"],
+        "delivered once"
+    );
     app.shutdown().await;
 }
