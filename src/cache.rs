@@ -367,10 +367,10 @@ impl Cache {
 
     /// Says that this process stored the message `id` (or answered a
     /// client's retry with it) and the store will publish it (a MongoDB
-    /// store, from its change stream) but has not yet: until it does, listings are not answered from the cache (they
-    /// go to the store, which has it), so a client that posted reads its
-    /// own message, while subscribers get it where the store publishes it,
-    /// in the store order. Publishing it here instead would put it ahead of
+    /// store, from its change stream) but has not yet: until it does,
+    /// listings are not answered from the cache (they go to the store,
+    /// which has it), so a client that posted reads its own message, while
+    /// subscribers get it where the store publishes it, in the store order. Publishing it here instead would put it ahead of
     /// messages the store orders before it. A reset that holds it, or
     /// [`ECHO_MAX_WAIT`], ends the wait too.
     pub fn await_echo(&self, id: &str) {
