@@ -7,8 +7,11 @@
 //! the connection closes after the answer: what is left of the body would
 //! be read as the next request.
 
+use std::net::Ipv6Addr;
+
 use hyper::header::{self, HeaderValue};
 use hyper::http::request::Parts;
+use hyper::http::uri::Authority;
 use hyper::{Method, Response, StatusCode, Version};
 
 use super::dispatch::{json_response, Body};
@@ -17,9 +20,9 @@ use super::echo::echo;
 /// The refusal of a request whose head `parts` breaks the rules above, in
 /// the JSON error shape with `Connection: close`; `None` when it keeps them.
 ///
-/// - 400 for an HTTP/1.1 request with no `Host`, or any request with more
-///   than one `Host` line (RFC 9112 §3.2); an HTTP/1.0 request may have
-///   none.
+/// - 400 for an HTTP/1.1 request with no `Host`, any request with more
+///   than one `Host` line, or one whose value is not `uri-host [ ":" port ]`
+///   (RFC 9112 §3.2); an HTTP/1.0 request may have none.
 /// - 400 for a request-target in authority-form (`host:port`) on any
 ///   method but CONNECT (§3.2.3), or in asterisk-form (`*`) on any method
 ///   but OPTIONS (§3.2.4).
@@ -27,7 +30,7 @@ use super::echo::echo;
 ///   the chunking only, and would hand on a body still coded.
 pub fn refusal(parts: &Parts) -> Option<Response<Body>> {
     let (status, error) = match host_error(parts).or_else(|| target_error(parts)) {
-        Some(error) => (StatusCode::BAD_REQUEST, error.to_owned()),
+        Some(error) => (StatusCode::BAD_REQUEST, error),
         None => (StatusCode::NOT_IMPLEMENTED, coding_error(parts)?),
     };
     let mut response = json_response(status, &error);
@@ -37,28 +40,74 @@ pub fn refusal(parts: &Parts) -> Option<Response<Body>> {
     Some(response)
 }
 
-/// Why the request's `Host` lines break RFC 9112 §3.2, if they do.
-fn host_error(parts: &Parts) -> Option<&'static str> {
+/// Why the request's `Host` lines break RFC 9112 §3.2, if they do. The
+/// value is checked with an absolute-form target too, whose authority is
+/// used instead (§3.2.2): the rule on an invalid value has no exception.
+fn host_error(parts: &Parts) -> Option<String> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
-        (_, Some(_)) => Some("the request has more than one Host header (RFC 9112 §3.2)"),
+        (_, Some(_)) => Some("the request has more than one Host header (RFC 9112 §3.2)".into()),
         (None, None) if parts.version >= Version::HTTP_11 => {
-            Some("an HTTP/1.1 request needs a Host header (RFC 9112 §3.2)")
+            Some("an HTTP/1.1 request needs a Host header (RFC 9112 §3.2)".into())
         }
+        (Some(host), None) if !is_valid_host(host.as_bytes()) => Some(format!(
+            "the Host header {} is not a host with an optional port (RFC 9112 §3.2)",
+            echo(&String::from_utf8_lossy(host.as_bytes()))
+        )),
         _ => None,
     }
 }
 
+/// Whether `value` is a valid `Host` value: `uri-host [ ":" port ]` (RFC
+/// 9112 §3.2, RFC 3986 §3.2.2–§3.2.3), or empty, as a client sends for a
+/// target without an authority (RFC 9112 §3.2).
+///
+/// The syntax is http's `Authority` parser (hyper's own), which takes
+/// only URI characters, at most one `:` outside brackets, balanced
+/// brackets; what it lets through that a `Host` may not carry is refused
+/// here: userinfo (`user@`, which RFC 9110 §4.2.4 deprecates and which
+/// `uri-host` lacks), a port that is not digits, brackets that do not
+/// enclose the whole host, and bracketed text that is no IPv6 address
+/// (IPvFuture and zone ids are refused: no client sends them). It also
+/// refuses a `%` in a registered name, which RFC 3986 allows
+/// (pct-encoded) but which no client sends: hosts go out in ASCII
+/// (punycode).
+fn is_valid_host(value: &[u8]) -> bool {
+    if value.is_empty() {
+        return true;
+    }
+    let Ok(authority) = Authority::try_from(value) else {
+        return false;
+    };
+    let text = authority.as_str();
+    if text.contains('@') {
+        return false;
+    }
+    // The port is what follows the last `:` after any closing bracket.
+    let after_brackets = text.rfind(']').map_or(0, |end| end + 1);
+    let (host, port) = match text[after_brackets..].rfind(':') {
+        Some(colon) => text.split_at(after_brackets + colon),
+        None => (text, ""),
+    };
+    if !port.bytes().skip(1).all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(literal) => literal.parse::<Ipv6Addr>().is_ok(),
+        None => !host.contains(['[', ']']),
+    }
+}
+
 /// Why the request-target's form does not fit the method, if it does not.
-fn target_error(parts: &Parts) -> Option<&'static str> {
+fn target_error(parts: &Parts) -> Option<String> {
     let uri = &parts.uri;
     if uri.scheme().is_none() && uri.authority().is_some() && parts.method != Method::CONNECT {
         return Some(
-            "a request-target of the form host:port is for CONNECT only (RFC 9112 §3.2.3)",
+            "a request-target of the form host:port is for CONNECT only (RFC 9112 §3.2.3)".into(),
         );
     }
     if uri.path() == "*" && parts.method != Method::OPTIONS {
-        return Some("the request-target * is for OPTIONS only (RFC 9112 §3.2.4)");
+        return Some("the request-target * is for OPTIONS only (RFC 9112 §3.2.4)".into());
     }
     None
 }
@@ -82,7 +131,7 @@ fn coding_error(parts: &Parts) -> Option<String> {
 mod tests {
     use hyper::{Request, Version};
 
-    use super::refusal;
+    use super::{is_valid_host, refusal};
 
     fn refused(build: hyper::http::request::Builder) -> bool {
         let (parts, ()) = build.body(()).unwrap().into_parts();
@@ -116,5 +165,49 @@ mod tests {
         assert!(!refused(coded("chunked")));
         assert!(!refused(coded("Chunked")));
         assert!(refused(coded("gzip, chunked")));
+    }
+
+    #[test]
+    fn a_host_is_a_uri_host_with_an_optional_port() {
+        for valid in [
+            "",
+            "chat.example",
+            "chat.example:8000",
+            "chat.example:",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:8000",
+            "[2001:db8::7]",
+            "a-b_c~d!$&'()*+,;=",
+        ] {
+            assert!(is_valid_host(valid.as_bytes()), "{valid:?}");
+        }
+        for invalid in [
+            "user@chat.example",
+            "user:pass@chat.example",
+            "chat.example:80:80",
+            "chat.example:http",
+            "chat.example:-1",
+            "chat example",
+            "chat.example/path",
+            "chat.example?x",
+            "chat.example#x",
+            "[::1",
+            "::1",
+            "[chat.example]",
+            "a[::1]",
+            "[::1]x",
+            "[::1]:8000]",
+            "[v1.x]",
+            "[fe80::1%25eth0]",
+            "ch%61t.example",
+            "chat\\.example",
+            "ch\u{e9}t.example",
+            "<chat>",
+        ] {
+            assert!(!is_valid_host(invalid.as_bytes()), "{invalid:?}");
+        }
+        assert!(refused(Request::get("/").header("host", "a@b")));
+        assert!(refused(Request::get("http://x/").header("host", "x:y")));
     }
 }

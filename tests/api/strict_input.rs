@@ -212,6 +212,62 @@ async fn host_lines_and_the_target_form_are_checked() {
     app.shutdown().await;
 }
 
+/// RFC 9112 §3.2: a Host whose value is not `uri-host [ ":" port ]` is a
+/// 400, which names the value as errors echo client input; an empty one is
+/// what a client sends for a target without an authority.
+#[tokio::test]
+async fn an_invalid_host_value_is_a_400() {
+    let app = spawn_app(&[]).await;
+    let base = app.base_url.clone();
+    let post = |host: &[u8]| {
+        let body = r#"{"name": "ann", "text": "bad host"}"#;
+        let mut request = b"POST /api/messages HTTP/1.1\r\nHost: ".to_vec();
+        request.extend_from_slice(host);
+        request.extend_from_slice(
+            format!(
+                "\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        request
+    };
+    let cases = tokio::task::spawn_blocking(move || {
+        [
+            (&b"user@chat.example"[..], "user@chat.example"),
+            (b"chat.example:http", "chat.example:http"),
+            (b"[chat.example]", "[chat.example]"),
+            (b"chat\xe2\x80\xae.example", "chat\\u{202e}.example"),
+        ]
+        .map(|(host, shown)| (raw(&base, &post(host)), shown))
+    })
+    .await
+    .unwrap();
+    for (answer, shown) in cases {
+        let (status, body) = status_and_body(&answer);
+        assert_eq!(status, 400, "{answer}");
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.contains(&format!("the Host header {shown} ")),
+            "{shown}: {error}"
+        );
+    }
+    assert_eq!(app.message_count().await, 0, "nothing stored");
+    let base = app.base_url.clone();
+    let answers = tokio::task::spawn_blocking(move || {
+        ["Host:", "Host: [::1]:8000", "Host: chat.example:"].map(|host| {
+            let request = format!("GET /healthz HTTP/1.1\r\n{host}\r\nConnection: close\r\n\r\n");
+            raw(&base, request.as_bytes())
+        })
+    })
+    .await
+    .unwrap();
+    for answer in answers {
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    }
+    app.shutdown().await;
+}
+
 /// A `Content-Length` hyper parses but cannot hold is a body too large
 /// (413), not headers too large; one too long to parse is malformed (400).
 #[tokio::test]
