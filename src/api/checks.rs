@@ -75,7 +75,9 @@ fn repeated_query_field(req: &Request<'_>) -> Option<ApiError> {
 /// Browsers say where a request comes from in `Sec-Fetch-Site` (which a
 /// page cannot set); only `same-origin` and `none` (the user's own action,
 /// such as a bookmark) are let through. Browsers without it send `Origin`
-/// on a POST, which must then name this host. A request with neither is
+/// on a POST, which must then name this host (the `Host` header, or the
+/// authority of an absolute-form target, which replaces it: RFC 9112
+/// §3.2.2, [`crate::api::dispatch`]). A request with neither is
 /// not a browser's (curl, the lab's scripts) and is let through: it
 /// carries no user's cookies to abuse.
 fn cross_site_write(req: &Request<'_>) -> Option<ApiError> {

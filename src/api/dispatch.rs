@@ -8,7 +8,8 @@
 //! socket is the local client ([`rocket::local::asynchronous::Client`]),
 //! whose `dispatch` calls the same `Rocket::dispatch` Rocket's own server
 //! calls. What Rocket's server does before that, building the request from
-//! hyper's (method, origin as sent, `Host`, remote address, cookies from
+//! hyper's (method, origin as sent, `Host` (the target's authority for an
+//! absolute-form target, RFC 9112 §3.2.2), remote address, cookies from
 //! `Cookie`, every header whose value is UTF-8: `Request::from_hyp` in
 //! Rocket 0.5.2's `request/request.rs`), is done here the same way; the body
 //! is read first, up to one byte more than the largest body any route
@@ -199,11 +200,7 @@ where
             parts.uri.path().to_owned(),
             path_and_query.and_then(|p| p.query()).map(str::to_owned),
         ));
-        if let Some(host) = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| Host::parse_owned(h.to_owned()).ok())
+        if let Some(host) = request_host(&parts).and_then(|h| Host::parse_owned(h.to_owned()).ok())
         {
             request.set_host(host);
         }
@@ -311,6 +308,22 @@ where
         let mut response = Response::new(body.boxed_unsync());
         *response.headers_mut() = self.stream_head.clone();
         response
+    }
+}
+
+/// The host a request is for: the authority of an absolute-form target
+/// (`GET http://chat.example/ HTTP/1.1`), which RFC 9112 §3.2.2 says
+/// replaces `Host` (a server MUST ignore `Host` then), else the `Host`
+/// header. What the request checks compare `Origin` with
+/// ([`crate::api::checks`]), so a `Host` the target contradicts cannot
+/// pass them.
+fn request_host(parts: &Parts) -> Option<&str> {
+    match parts.uri.authority() {
+        Some(authority) if parts.uri.scheme().is_some() => Some(authority.as_str()),
+        _ => parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok()),
     }
 }
 

@@ -296,3 +296,30 @@ async fn the_name_cookie_lasts_a_year_and_is_secure_over_https() {
     assert!(cookie(&always).contains("Secure"));
     app.shutdown().await;
 }
+
+/// RFC 9112 §3.2.2: with an absolute-form target the target's authority is
+/// the host, not `Host`; the cross-site check compares `Origin` with it, so
+/// a `Host` naming this site cannot pass a target naming another.
+#[tokio::test]
+async fn an_absolute_form_target_names_the_host_not_the_host_header() {
+    let app = spawn_app(&[]).await;
+    let post = |target_host: &str, host: &str, origin: &str| {
+        let body = r#"{"name": "ann", "text": "absolute"}"#;
+        format!(
+            "POST http://{target_host}/api/messages HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let answer = app
+        .raw(post("evil.example", "chat.example", "http://chat.example").as_bytes())
+        .await;
+    assert!(answer.starts_with("HTTP/1.1 403 "), "{answer}");
+    assert!(answer.contains("(evil.example)"), "{answer}");
+    assert_eq!(app.message_count().await, 0);
+    let answer = app
+        .raw(post("chat.example", "evil.example", "http://chat.example").as_bytes())
+        .await;
+    assert!(answer.starts_with("HTTP/1.1 201 "), "{answer}");
+    assert_eq!(app.message_count().await, 1);
+    app.shutdown().await;
+}
