@@ -256,13 +256,19 @@ impl<'a> BodyHeaders<'a> {
     }
 }
 
+/// The content codings a request body may have, as the `Accept-Encoding`
+/// of a 415 refusing any other says: none but `identity` (bodies are read
+/// as sent).
+pub const ACCEPTED_CODINGS: &str = "identity";
+
 /// The refusal of a `kind` body from its request's headers alone, so the
 /// body need not be read (nor a `100 Continue` sent, RFC 9110 §10.1.1):
 /// - 415 for a `Content-Type` that is not `kind`'s, or whose `charset` is
 ///   not UTF-8 (any case): JSON is UTF-8 (RFC 8259 §8.1), and so is every
 ///   form this service reads; no `charset` means UTF-8;
 /// - 415 for a content coding other than `identity` (RFC 9110 §8.4,
-///   §15.5.16): bodies are read as sent;
+///   §15.5.16): bodies are read as sent; this 415 alone has
+///   `Accept-Encoding` ([`ACCEPTED_CODINGS`]);
 /// - 413 for a `Content-Length` above [`BODY_LIMIT_BYTES`]. A body sent
 ///   without a length is refused 413 once it is read past the cap
 ///   ([`read_capped`]).
@@ -290,13 +296,19 @@ pub fn head_refusal(kind: BodyKind, headers: BodyHeaders<'_>) -> Option<ApiError
         .map(|coding| coding.trim_matches([' ', '\t']));
     for coding in codings {
         if !coding.is_empty() && !coding.eq_ignore_ascii_case("identity") {
-            return Some(ApiError::new(
-                Status::UnsupportedMediaType,
-                format!(
-                    "content coding {} is not supported: send the body unencoded",
-                    echo(coding)
-                ),
-            ));
+            // RFC 9110 §15.5.16 and §12.5.3: a 415 for a content coding
+            // ought to say which codings are accepted, so a client can tell
+            // it from a 415 for the media type.
+            return Some(ApiError {
+                accept_encoding: Some(ACCEPTED_CODINGS),
+                ..ApiError::new(
+                    Status::UnsupportedMediaType,
+                    format!(
+                        "content coding {} is not supported: send the body unencoded",
+                        echo(coding)
+                    ),
+                )
+            });
         }
     }
     let length = headers

@@ -34,6 +34,10 @@ pub struct ApiError {
     pub retry_after: Option<Duration>,
     /// The methods the path answers, sent as `Allow` (405 only).
     pub allow: Option<String>,
+    /// The content codings a body may have, sent as `Accept-Encoding`: set
+    /// on the 415 refusing a content coding only, since RFC 9110 §12.5.3
+    /// says a 415 for any other reason MUST NOT carry it.
+    pub accept_encoding: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -55,6 +59,7 @@ impl ApiError {
             field: None,
             retry_after: None,
             allow: None,
+            accept_encoding: None,
         }
     }
 
@@ -149,6 +154,9 @@ impl<'r> Responder<'r, 'static> for ApiError {
         }
         if let Some(allow) = self.allow {
             response.header(Header::new("Allow", allow));
+        }
+        if let Some(codings) = self.accept_encoding {
+            response.header(Header::new("Accept-Encoding", codings));
         }
         response.ok()
     }

@@ -421,6 +421,7 @@ impl Rendered {
         PageAnswer {
             status: self.status.unwrap_or(status),
             retry_after: self.retry_after,
+            accept_encoding: None,
             page: self.page,
         }
     }
@@ -431,6 +432,7 @@ impl Rendered {
         PageAnswer {
             status,
             retry_after,
+            accept_encoding: None,
             page: self.page,
         }
     }
@@ -442,6 +444,9 @@ impl Rendered {
 pub struct PageAnswer {
     status: Status,
     retry_after: Option<u64>,
+    /// `Accept-Encoding`, on a 415 refusing a form's content coding only
+    /// ([`ApiError::accept_encoding`]).
+    accept_encoding: Option<&'static str>,
     page: Template,
 }
 
@@ -450,6 +455,9 @@ impl<'r> Responder<'r, 'static> for PageAnswer {
         let mut response = (self.status, self.page).respond_to(req)?;
         if let Some(seconds) = self.retry_after {
             response.set_raw_header("Retry-After", seconds.to_string());
+        }
+        if let Some(codings) = self.accept_encoding {
+            response.set_raw_header("Accept-Encoding", codings);
         }
         Ok(response)
     }
@@ -821,6 +829,7 @@ pub async fn post_form(
     browser: FromBrowser,
     form: Result<FormBody<PostForm>, ApiError>,
 ) -> Result<Redirect, PageAnswer> {
+    let accept_encoding = form.as_ref().err().and_then(|e| e.accept_encoding);
     // What a refusal keeps of the form: the draft, its key and the error.
     let (kept, status, retry_after) = match form {
         Err(e) => {
@@ -871,7 +880,10 @@ pub async fn post_form(
         return Ok(redirect);
     }
     let page = render(chat, rendered, &metadata, &Shown::Latest, kept.draft()).await;
-    Err(page.refusal(status, retry_after))
+    Err(PageAnswer {
+        accept_encoding,
+        ..page.refusal(status, retry_after)
+    })
 }
 
 /// A request for the page that the request checks refused

@@ -84,12 +84,41 @@ async fn a_content_coding_is_refused_and_identity_is_not() {
         }
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), 415, "{coding}");
+        // RFC 9110 §12.5.3: the codings accepted, so the client can tell
+        // this 415 from one for the media type.
+        assert_eq!(response.headers()["accept-encoding"], "identity");
         let body: Value = response.json().await.unwrap();
         let error = body["error"].as_str().unwrap();
         assert!(error.contains("content coding"), "{coding}: {error}");
         assert!(
             error.contains(coding.rsplit(", ").next().unwrap()),
             "{error}"
+        );
+    }
+    // The form's route, which answers with the page, says so too.
+    let response = app
+        .client
+        .post(app.url("/messages"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("content-encoding", "gzip")
+        .body("name=ann&text=hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    assert_eq!(response.headers()["accept-encoding"], "identity");
+    // A 415 for anything but a content coding MUST NOT have it (RFC 9110
+    // §12.5.3).
+    for (path, content_type) in [
+        ("/api/messages", "text/plain"),
+        ("/api/messages", "application/json; charset=latin1"),
+        ("/messages", "text/plain"),
+    ] {
+        let response = app.post_body(path, content_type, "x").await.unwrap();
+        assert_eq!(response.status(), 415, "{path} {content_type}");
+        assert!(
+            response.headers().get("accept-encoding").is_none(),
+            "{path} {content_type}"
         );
     }
     assert_eq!(app.message_count().await, 0, "nothing stored");
