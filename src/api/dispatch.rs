@@ -56,6 +56,7 @@ use rocket::local::asynchronous::Client;
 use tokio::io::AsyncReadExt;
 
 use crate::api::body::{self, BODY_LIMIT_BYTES};
+use crate::api::echo::echo;
 use crate::api::events;
 use crate::api::headers::{add_security_headers, SECURITY_HEADERS};
 use crate::api::message_head;
@@ -268,8 +269,8 @@ where
             if !matches!(read.await, Ok(Ok(n)) if (n as u64) <= UNSIZED_BODY_LIMIT) {
                 log::error!(
                     "{} {}: a response of unknown length did not end within {} s and {} bytes",
-                    parts.method,
-                    parts.uri.path(),
+                    echo(parts.method.as_str()),
+                    echo(parts.uri.path()),
                     self.body_timeout.as_secs(),
                     UNSIZED_BODY_LIMIT
                 );

@@ -27,6 +27,7 @@ use hyper::{Method, Response, StatusCode};
 
 use super::body::{self, BODY_LIMIT_BYTES};
 use super::dispatch::{whole, Body};
+use super::echo::echo;
 use super::headers::add_security_headers;
 use super::messages::{self, PostBody};
 use crate::chat::Chat;
@@ -99,16 +100,39 @@ pub async fn answer(
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default();
-    log::info!(target: "simplechat::api::plain_post", "POST /api/messages {content_type}:");
+    log::info!(target: "simplechat::api::plain_post", "{}", request_line(content_type));
     log::info!(target: "simplechat::api::plain_post_", "Answered by the front door: {status}");
     Some(whole(status, headers, bytes))
+}
+
+/// The log line naming a plain post whose `Content-Type` is
+/// `content_type`: the client's value as an error echoes it ([`echo`]), so
+/// it can neither flood the log nor break or reorder the line.
+fn request_line(content_type: &str) -> String {
+    format!("POST /api/messages {}:", echo(content_type))
 }
 
 #[cfg(test)]
 mod tests {
     use hyper::Request;
 
-    use super::is_plain;
+    use super::{is_plain, request_line};
+
+    #[test]
+    fn the_logged_content_type_is_echoed() {
+        assert_eq!(
+            request_line("application/json"),
+            "POST /api/messages application/json:"
+        );
+        let line = request_line("application/json; x=\"\n\u{202e}\"");
+        assert_eq!(
+            line,
+            "POST /api/messages application/json; x=\"\\u{a}\\u{202e}\":"
+        );
+        let long = format!("application/json; x={}", "y".repeat(500));
+        assert!(request_line(&long).ends_with("y…:"));
+        assert!(request_line(&long).chars().count() < 120);
+    }
 
     fn parts(build: hyper::http::request::Builder) -> hyper::http::request::Parts {
         build.body(()).unwrap().into_parts().0

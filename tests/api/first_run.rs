@@ -328,6 +328,35 @@ async fn at_the_normal_level_every_post_is_logged() {
     assert_eq!(posts[1].1, "   >> Matched: (create) POST /api/messages");
 }
 
+/// What a client sent reaches a log line as an error echoes it: at most 80
+/// characters, controls and bidi controls escaped.
+#[tokio::test]
+async fn client_input_in_a_log_line_is_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        Path::new(env!("CARGO_BIN_EXE_simplechat")),
+        dir.path(),
+        &[("ROCKET_LOG_LEVEL", "normal")],
+    );
+    let long = format!("application/json; x={}", "y".repeat(300));
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/messages", server.base))
+        .header("content-type", &long)
+        .body(r#"{"name": "ann", "text": "logged"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let (_, output) = server.stop();
+    let all = output.join("\n");
+    assert!(!all.contains(&long), "{all}");
+    let shown = format!("{}…", &long[..80]);
+    assert!(
+        output.contains(&format!("POST /api/messages {shown}:")),
+        "{all}"
+    );
+}
+
 /// The startup line among `output`.
 fn server_startup(output: &[String]) -> String {
     output
