@@ -1,6 +1,10 @@
 //! The process's logger: Rocket's layout (indented `>>` lines, `Warning:`
 //! and `Error:` prefixes) at Rocket's `log_level`, for Rocket's records and
-//! simplechat's alike, with four changes:
+//! simplechat's alike, with five changes:
+//!
+//! - control and bidirectional control characters in a record are escaped
+//!   ([`escape_in_log`]): Rocket logs a request's target as the client sent
+//!   it, and one may hold U+0085 (a line end to some viewers) or U+202E;
 //!
 //! - a client that leaves while its response is still streaming (a closed
 //!   tab's event stream) is logged at debug level, not as a warning on
@@ -22,9 +26,12 @@
 //! record and is private; installing this one first makes Rocket keep it
 //! (Rocket only installs its logger if none is set).
 
+use std::borrow::Cow;
 use std::io::Write;
 
 use rocket::config::LogLevel;
+
+use crate::api::echo::escape_in_log;
 
 struct Logger;
 
@@ -105,8 +112,14 @@ impl log::Log for Logger {
             (log::Level::Warn, false) => "Warning: ",
             _ => "",
         };
+        // Rocket's records print a request's target as sent; whatever
+        // client input a record holds must not break or reorder its line.
+        let text = match record.args().as_str() {
+            Some(text) => Cow::Borrowed(text),
+            None => Cow::Owned(record.args().to_string()),
+        };
         // As Rocket does: a closed stdout must not panic the server.
-        let _ = writeln!(std::io::stdout(), "{prefix}{}", record.args());
+        let _ = writeln!(std::io::stdout(), "{prefix}{}", escape_in_log(&text));
     }
 
     fn flush(&self) {

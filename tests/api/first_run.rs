@@ -329,7 +329,8 @@ async fn at_the_normal_level_every_post_is_logged() {
 }
 
 /// What a client sent reaches a log line as an error echoes it: at most 80
-/// characters, controls and bidi controls escaped.
+/// characters, controls and bidi controls escaped; in Rocket's own lines,
+/// which print the target as sent, controls and bidi controls escaped.
 #[tokio::test]
 async fn client_input_in_a_log_line_is_echoed() {
     let dir = tempfile::tempdir().unwrap();
@@ -347,8 +348,32 @@ async fn client_input_in_a_log_line_is_echoed() {
         .await
         .unwrap();
     assert_eq!(response.status(), 201);
+    // Rocket logs the target as sent, and hyper lets UTF-8 through there: a
+    // line end to some viewers (U+0085), a bidi override (U+202E).
+    let host = server.base.trim_start_matches("http://").to_owned();
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(&host).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream
+            .write_all(
+                "GET /a\u{85}b\u{202e}c?before=\u{202e} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                    .as_bytes(),
+            )
+            .unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
     let (_, output) = server.stop();
     let all = output.join("\n");
+    assert!(!all.contains(['\u{85}', '\u{202e}']), "{all}");
+    assert!(
+        output.contains(&"GET /a\\u{85}b\\u{202e}c?before=\\u{202e}:".to_owned()),
+        "{all}"
+    );
     assert!(!all.contains(&long), "{all}");
     let shown = format!("{}…", &long[..80]);
     assert!(
