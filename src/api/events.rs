@@ -56,8 +56,13 @@ impl<'r> FromRequest<'r> for LastEventId<'r> {
 /// Where a subscriber's stream starts, from what its client names as the
 /// last event it has: `Last-Event-ID` when the request has one that is not
 /// blank (the browser's reconnect sends it, and it is newer than the URL's
-/// `after`), else the `after` query parameter. Surrounding whitespace is
-/// not part of the id.
+/// `after`), else the `after` query parameter when it is not empty.
+///
+/// Whitespace around the header's value is not part of it (RFC 9110 §5.5);
+/// `after` is a cursor like the listing's `before` and `after`, a message
+/// id as sent, so one with whitespace around it is no message id (the
+/// listing refuses it with 400; here it gets a `reset`, as a stream
+/// cannot be answered with an error a browser's `EventSource` reads).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resume {
     /// Nothing named: the stream starts from now.
@@ -74,10 +79,9 @@ impl Resume {
     /// The start a request names with its `Last-Event-ID` header and its
     /// `after` query parameter (each as sent, `None` when absent).
     pub fn named(last_event_id: Option<&str>, after: Option<&str>) -> Resume {
-        let named = [last_event_id, after]
+        let named = [last_event_id.map(|id| id.trim_matches([' ', '\t'])), after]
             .into_iter()
             .flatten()
-            .map(str::trim)
             .find(|id| !id.is_empty());
         match named {
             None => Resume::Live,
@@ -494,6 +498,12 @@ mod tests {
             Resume::named(Some(&format!(" {id}\t")), None),
             Resume::After(id.to_owned())
         );
+        // A cursor in the URL is taken as sent, as the listing takes it.
+        assert_eq!(
+            Resume::named(None, Some(&format!(" {id}"))),
+            Resume::NotAnId(format!(" {id}"))
+        );
+        assert_eq!(Resume::named(None, Some(" ")), Resume::NotAnId(" ".into()));
         // A header that names something else is newer than the URL's `after`.
         assert_eq!(
             Resume::named(Some("no/such"), Some(id)),

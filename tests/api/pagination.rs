@@ -77,6 +77,10 @@ async fn bad_paging_parameters_are_refused() {
             "before",
         ),
         ("/api/messages?before=no%20such".to_string(), 400, "before"),
+        // A cursor is a message id as sent: whitespace around it is not
+        // trimmed (nor on the event stream's `after`, `events`).
+        (format!("/api/messages?before=%20{id}"), 400, "before"),
+        (format!("/api/messages?after={id}%09"), 400, "after"),
         ("/api/messages?after=unknownid".to_string(), 404, "after"),
         ("/api/messages?before=unknownid".to_string(), 404, "before"),
     ] {
