@@ -6,6 +6,12 @@
 //! A request that fails one is refused without its body being read, and
 //! the connection closes after the answer: what is left of the body would
 //! be read as the next request.
+//!
+//! A request-target has no fragment (RFC 9112 §3.2), but one sent
+//! (`GET /api/messages#x`) is not refused: hyper's URI parser (http's
+//! `PathAndQuery`) drops `#` and what follows before the request reaches
+//! any code here, and keeps no raw target to check, so the request is
+//! served as if the fragment had not been sent.
 
 use std::net::Ipv6Addr;
 

@@ -268,6 +268,20 @@ async fn an_invalid_host_value_is_a_400() {
     app.shutdown().await;
 }
 
+/// A request-target has no fragment (RFC 9112 §3.2), but hyper drops one
+/// before the server sees the target, so it cannot be refused: the request
+/// is served as if none had been sent. Should hyper ever keep it, this
+/// fails, and the front door can refuse it with 400.
+#[tokio::test]
+async fn a_fragment_in_the_target_is_dropped_before_the_server_sees_it() {
+    let app = spawn_app(&[]).await;
+    let answer = app
+        .raw(b"GET /healthz#x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    app.shutdown().await;
+}
+
 /// A `Content-Length` hyper parses but cannot hold is a body too large
 /// (413), not headers too large; one too long to parse is malformed (400).
 #[tokio::test]
