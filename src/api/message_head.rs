@@ -72,9 +72,10 @@ fn host_error(parts: &Parts) -> Option<String> {
 /// only URI characters, at most one `:` outside brackets, balanced
 /// brackets; what it lets through that a `Host` may not carry is refused
 /// here: userinfo (`user@`, which RFC 9110 §4.2.4 deprecates and which
-/// `uri-host` lacks), a port that is not digits, brackets that do not
-/// enclose the whole host, and bracketed text that is no IPv6 address
-/// (IPvFuture and zone ids are refused: no client sends them). It also
+/// `uri-host` lacks), a port that is not digits or is above 65535,
+/// brackets that do not enclose the whole host, and bracketed text that is
+/// no IPv6 address (IPvFuture and zone ids are refused: no client sends
+/// them). It also
 /// refuses a `%` in a registered name, which RFC 3986 allows
 /// (pct-encoded) but which no client sends: hosts go out in ASCII
 /// (punycode).
@@ -95,7 +96,13 @@ fn is_valid_host(value: &[u8]) -> bool {
         Some(colon) => text.split_at(after_brackets + colon),
         None => (text, ""),
     };
-    if !port.bytes().skip(1).all(|b| b.is_ascii_digit()) {
+    // RFC 3986's port is any run of digits, but no TCP port is above
+    // 65535, and Rocket records no host for one that is (a browser's write
+    // would then be refused for want of a Host, not for its port).
+    let digits = port.strip_prefix(':').unwrap_or_default();
+    let port_valid = digits.is_empty()
+        || (digits.bytes().all(|b| b.is_ascii_digit()) && digits.parse::<u16>().is_ok());
+    if !port_valid {
         return false;
     }
     match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
@@ -181,6 +188,8 @@ mod tests {
             "chat.example:8000",
             "chat.example:",
             "127.0.0.1:80",
+            "127.0.0.1:65535",
+            "chat.example:08000",
             "[::1]",
             "[::1]:8000",
             "[2001:db8::7]",
@@ -194,6 +203,8 @@ mod tests {
             "chat.example:80:80",
             "chat.example:http",
             "chat.example:-1",
+            "chat.example:65536",
+            "chat.example:999999999999",
             "chat example",
             "chat.example/path",
             "chat.example?x",
