@@ -33,6 +33,16 @@ const IDS: TableDefinition<&str, u64> = TableDefinition::new("ids");
 /// The most inserts one transaction takes.
 const MAX_BATCH: usize = 512;
 /// How much the probe writes: about what a busy batch of messages needs.
+/// Not what redb's file grows by next, though that is at least the file's
+/// size (redb 4.6, `PageManager::grow` in
+/// `tree_store/page_store/page_manager.rs`: twice the size below one 4 GiB
+/// region, then a region or two at a time): it grows the file with
+/// `set_len` (`PagedCachedFile::resize`), a sparse file that takes no space
+/// until pages are written, so a commit needs room for its pages only. A
+/// probe the size of the growth would keep a big database from writing on
+/// a disk with ample room for its commits. A commit that fails for space
+/// takes what was free, so the probes after it fail too until space is
+/// freed: one fault and one reopen, not one per post.
 const PROBE_BYTES: usize = 256 * 1024;
 /// redb's page cache unless `cache_size_mib` says otherwise (redb's own
 /// default is 1 GiB, which a small server cannot spare).
