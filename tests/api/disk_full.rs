@@ -2,16 +2,23 @@
 //! says why, and once space is freed writes succeed again without a
 //! restart, with every acknowledged message kept.
 //!
-//! The disk is a real 2 MiB tmpfs, so the errors are the kernel's own
-//! ENOSPC. Mounting needs root; without it the test skips loudly, unless
+//! The disk is a real tmpfs (2 MiB, or 8 MiB for the nearly full one), so
+//! the errors are the kernel's own ENOSPC. Mounting needs root; without it the test skips loudly, unless
 //! `SIMPLECHAT_REQUIRE_TMPFS=1` (set by `.ci/run` when it runs as root).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use simplechat::cache::Cache;
+use simplechat::message::NewMessage;
+use simplechat::store::embedded::EmbeddedStore;
+use simplechat::store::Store;
 
+use crate::first_run::Server;
 use crate::support::app::spawn_app_in;
 
 /// A tmpfs of `size` mounted on a fresh directory; unmounted on drop.
@@ -68,15 +75,23 @@ async fn all_ids(app: &crate::support::app::TestApp) -> Vec<String> {
     ids
 }
 
-#[tokio::test]
-async fn a_full_disk_answers_507_and_clears_by_itself() {
-    let disk = match Tmpfs::mount("2m") {
-        Ok(disk) => disk,
+/// A tmpfs of `size`, or `None` (the test skips) where none can be mounted
+/// and `SIMPLECHAT_REQUIRE_TMPFS` is not set.
+fn tmpfs_or_skip(size: &str) -> Option<Tmpfs> {
+    match Tmpfs::mount(size) {
+        Ok(disk) => Some(disk),
         Err(why) if std::env::var_os("SIMPLECHAT_REQUIRE_TMPFS").is_none() => {
             eprintln!("SKIPPED: disk_full test because a tmpfs cannot be mounted: {why}");
-            return;
+            None
         }
         Err(why) => panic!("SIMPLECHAT_REQUIRE_TMPFS is set but: {why}"),
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_answers_507_and_clears_by_itself() {
+    let Some(disk) = tmpfs_or_skip("2m") else {
+        return;
     };
     // Space to give back later: the store gets the rest.
     let ballast: PathBuf = disk.path().join("ballast");
@@ -198,4 +213,151 @@ async fn a_full_disk_answers_507_and_clears_by_itself() {
         assert!(ids.contains(id), "acknowledged {id} survives a restart");
     }
     app.shutdown().await;
+}
+
+/// Fills the disk under `path` with a file there, then frees `left` bytes
+/// of it: the disk has exactly `left` bytes free.
+fn fill_leaving(path: &Path, left: u64) {
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = vec![1u8; 64 * 1024];
+    let full = loop {
+        if let Err(e) = file.write_all(&chunk) {
+            break e;
+        }
+    };
+    assert_eq!(full.kind(), std::io::ErrorKind::StorageFull, "{full}");
+    let len = file.metadata().unwrap().len();
+    file.set_len(len - left).unwrap();
+}
+
+/// A database whose next growth is far larger than the writer's 256 KiB
+/// test write, on a disk with a little more than that free. redb grows its
+/// file by setting its length (a sparse file), so the growth takes no space:
+/// posts succeed until the pages they write have used what is free, then
+/// the commit that fails uses up the rest, the test write fails from then
+/// on, and the store is reopened once, not on every post. Seen from
+/// outside: the server's own log (a process of its own, to read it).
+#[tokio::test]
+async fn a_nearly_full_disk_refuses_posts_without_reopening_the_store_on_each() {
+    let Some(disk) = tmpfs_or_skip("8m") else {
+        return;
+    };
+    let data_dir = disk.path().join("data");
+    // Staged through the store itself, in batches: quicker than posting.
+    let store = Arc::new(
+        EmbeddedStore::open(&data_dir, Duration::from_secs(30), Cache::new())
+            .await
+            .unwrap(),
+    );
+    let text = "x".repeat(1500);
+    let inserts = (0..1000).map(|i| {
+        let store = store.clone();
+        let new = NewMessage::validate("stager", &format!("{i} {text}"), None).unwrap();
+        async move { store.insert(new).await.unwrap() }
+    });
+    futures::future::join_all(inserts).await;
+    store.close().await;
+    let db_file = data_dir.join("messages.redb");
+    let db_len = std::fs::metadata(&db_file).unwrap().len();
+    // redb at least doubles a database under one region (4 GiB) when it
+    // grows: a growth of at least the file's length.
+    assert!(db_len >= 1024 * 1024, "staged only {db_len} bytes");
+    let ballast = disk.path().join("ballast");
+    fill_leaving(&ballast, 320 * 1024);
+
+    let server = Server::start(
+        Path::new(env!("CARGO_BIN_EXE_simplechat")),
+        disk.path(),
+        &[
+            ("SIMPLECHAT_DATA_DIR", data_dir.to_str().unwrap()),
+            ("SIMPLECHAT_LOG_LEVEL", "normal"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let base = server.base.clone();
+    let post = |text: &str| {
+        client
+            .post(format!("{base}/api/messages"))
+            .json(&json!({"name": "poster", "text": text}))
+            .send()
+    };
+    let mut newest = None;
+    let refusal = loop {
+        let response = post(&text).await.unwrap();
+        if response.status() != 201 {
+            break response;
+        }
+        let m: Value = response.json().await.unwrap();
+        newest = Some(m["id"].as_str().unwrap().to_owned());
+    };
+    // Posts succeed while there is room for their pages, growth or not.
+    let newest = newest.expect("no post succeeded on a disk with 320 KiB free");
+    assert_eq!(refusal.status(), 507);
+    assert!(refusal.headers().contains_key("retry-after"));
+
+    let read_before = || async {
+        client
+            .get(format!("{base}/api/messages?limit=5&before={newest}"))
+            .send()
+            .await
+            .unwrap()
+    };
+    // Reads with a cursor go to the store: 503 until its reopen, then 200.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while read_before().await.status() != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never readable");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let latest = |limit| {
+        client
+            .get(format!("{base}/api/messages?limit={limit}"))
+            .send()
+    };
+    let last_id = |page: Value| page[0]["id"].as_str().map(str::to_owned);
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut refused = 0;
+    while tokio::time::Instant::now() < until {
+        let response = post("still full").await.unwrap();
+        assert_eq!(response.status(), 507, "a post on the full disk");
+        assert!(response.headers().contains_key("retry-after"));
+        refused += 1;
+        let read = read_before().await;
+        assert_eq!(read.status(), 200, "a read while posts are refused");
+        let page: Value = latest(1).await.unwrap().json().await.unwrap();
+        assert_eq!(
+            last_id(page),
+            Some(newest.clone()),
+            "a refused post changed nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused >= 10, "only {refused} posts in 3 s");
+
+    // Space freed: posts succeed again, no restart.
+    std::fs::remove_file(&ballast).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let response = post("space freed").await.unwrap();
+        if response.status() == 201 {
+            break response.json::<Value>().await.unwrap();
+        }
+        assert_eq!(response.status(), 507);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "posts never succeeded after space was freed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let page: Value = latest(1).await.unwrap().json().await.unwrap();
+    assert_eq!(last_id(page).as_deref(), after["id"].as_str());
+
+    let (status, log) = server.stop();
+    assert!(status.success(), "{status}: {}", log.join("\n"));
+    let count = |what: &str| log.iter().filter(|l| l.contains(what)).count();
+    assert_eq!(
+        (count("is full"), count("reopened")),
+        (1, 1),
+        "one fault, one reopen, for {refused} refused posts:\n{}",
+        log.join("\n")
+    );
 }

@@ -92,7 +92,7 @@ impl Server {
 
     /// Stops it as systemd or Ctrl-C would (SIGTERM); waits until it has
     /// closed its output, then for its exit status.
-    fn stop(mut self) -> (ExitStatus, Vec<String>) {
+    pub(crate) fn stop(mut self) -> (ExitStatus, Vec<String>) {
         let killed = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
