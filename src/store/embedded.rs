@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redb::{Builder, Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -364,33 +364,40 @@ impl Writer {
         // succeeds, while `db`, once reopened, serves reads.
         let mut writable = db.is_some();
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        // While writes are stopped: when to try the reopen and the probe
+        // next. On the backoff's schedule alone, not at each post: a busy
+        // server would otherwise probe (a 256 KiB durable write) for every
+        // batch of posts, and posts answered in the meantime get the
+        // fault's 503/507 with its `Retry-After`.
+        let mut next_attempt = Instant::now();
         loop {
-            let first = if writable {
-                match rx.blocking_recv() {
-                    Some(item) => Some(item),
-                    None => break,
-                }
-            } else {
-                let wait = backoff.next_delay();
-                match self
-                    .runtime
-                    .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
-                {
-                    Ok(Some(item)) => Some(item),
-                    Ok(None) => break,
-                    Err(_) => None,
-                }
-            };
-            if !writable {
+            if !writable && Instant::now() >= next_attempt {
                 if db.is_none() {
                     db = self.reopen();
                 }
                 if db.is_some() && self.probe() {
                     writable = true;
                     backoff.reset();
+                } else {
+                    next_attempt = Instant::now() + backoff.next_delay();
                 }
             }
-            let Some(first) = first else { continue };
+            let first = if writable {
+                match rx.blocking_recv() {
+                    Some(item) => item,
+                    None => break,
+                }
+            } else {
+                let wait = next_attempt.saturating_duration_since(Instant::now());
+                match self
+                    .runtime
+                    .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
+                {
+                    Ok(Some(item)) => item,
+                    Ok(None) => break,
+                    Err(_) => continue,
+                }
+            };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -433,6 +440,9 @@ impl Writer {
                         db = None;
                         writable = false;
                         backoff.reset();
+                        // Reopened at once, so reads go on: the loop's
+                        // next turn tries it before it waits for anything.
+                        next_attempt = Instant::now();
                     }
                     let error = failure.into_store_error();
                     for (_, reply) in batch {
