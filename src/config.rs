@@ -541,6 +541,10 @@ fn explain(error: figment::Error) -> String {
             Some(place) => format!("{place}: {}", e.kind),
             None => e.kind.to_string(),
         })
+        // A syntax error quotes the line that broke, a type error the
+        // value, whichever key it is: a connection string's secrets there
+        // are hidden as `config` hides them.
+        .map(|fault| crate::mongo::uri::scrub(&fault))
         .collect();
     one_line(&faults.join("; "))
 }

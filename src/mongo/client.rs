@@ -63,7 +63,7 @@ pub async fn options(text: &str) -> Result<(ClientOptions, Option<String>), Stri
         .and_then(|c| c.password);
     let options = ClientOptions::parse(text)
         .await
-        .map_err(|e| bad(reason(&e, secret.as_deref())))?;
+        .map_err(|e| bad(uri::scrub_options(&reason(&e, secret.as_deref()), text)))?;
     Ok((options, secret))
 }
 

@@ -82,11 +82,14 @@ pub fn read_password_file(path: &Path) -> Result<String, String> {
 pub fn parse(uri: &str) -> Result<ConnectionString, String> {
     ConnectionString::parse(uri).map_err(|e| {
         let Some((start, end)) = secret_span(uri) else {
-            return explained(e.kind.to_string());
+            return explained(scrub_options(&e.kind.to_string(), uri));
         };
         let stand_in = format!("{}PASSWORD{}", &uri[..start], &uri[end..]);
         match ConnectionString::parse(&stand_in) {
-            Err(e) => explained(scrub_text(&e.kind.to_string(), &uri[start..end])),
+            Err(e) => explained(scrub_options(
+                &scrub_text(&e.kind.to_string(), &uri[start..end]),
+                uri,
+            )),
             Ok(_) => "the password does not parse (the driver's reason is withheld as it may \
                       quote the password; percent-encode special characters in passwords)"
                 .to_owned(),
@@ -197,6 +200,10 @@ pub fn password(uri: &str) -> Option<&str> {
 /// does not parse has all that may be a password replaced
 /// ([`secret_span`]); anything else comes back unchanged.
 pub fn redact(uri: &str) -> String {
+    hide_options(&redact_password(uri))
+}
+
+fn redact_password(uri: &str) -> String {
     if ConnectionString::parse(uri).is_err() {
         if let Some((start, end)) = secret_span(uri) {
             return format!("{}****{}", &uri[..start], &uri[end..]);
@@ -209,6 +216,123 @@ pub fn redact(uri: &str) -> String {
         Some(colon) => format!("{}:****{}", &uri[..start + colon], &uri[at..]),
         None => uri.to_owned(),
     }
+}
+
+/// The options whose values are secrets, lower-cased (the driver matches
+/// option names case-insensitively): the key file's password, the
+/// mechanism's properties (`AWS_SESSION_TOKEN:...`), the SOCKS5 proxy's
+/// password, and the legacy spellings some tools still write. MongoDB lists
+/// them among the connection string's authentication, TLS and proxy
+/// options: <https://www.mongodb.com/docs/manual/reference/connection-string-options/>.
+const SECRET_OPTIONS: &[&str] = &[
+    "tlscertificatekeyfilepassword",
+    "sslclientcertificatekeypassword",
+    "sslpemkeypassword",
+    "authmechanismproperties",
+    "proxypassword",
+];
+
+/// Where the values of [`SECRET_OPTIONS`] lie in `text`, a connection
+/// string or any message that may quote one: after `name=` that follows
+/// `?`, `&` or `;` (wherever the `?` is: one in a password moves it), up to
+/// the next separator, quote or white space.
+fn option_spans(text: &str) -> Vec<(usize, usize)> {
+    let lower = text.to_ascii_lowercase();
+    let mut spans = Vec::new();
+    for (at, _) in lower.match_indices(['?', '&', ';']) {
+        let rest = &lower[at + 1..];
+        let Some(name) = SECRET_OPTIONS
+            .iter()
+            .find(|name| rest.starts_with(*name) && rest[name.len()..].starts_with('='))
+        else {
+            continue;
+        };
+        let start = at + 1 + name.len() + 1;
+        let end = text[start..]
+            .find(|c: char| matches!(c, '&' | ';' | '"' | '\'' | '`') || c.is_whitespace())
+            .map_or(text.len(), |i| start + i);
+        if start < end {
+            spans.push((start, end));
+        }
+    }
+    spans
+}
+
+/// `text` with the value of every secret option replaced by `****`.
+fn hide_options(text: &str) -> String {
+    let mut out = text.to_owned();
+    for (start, end) in option_spans(text).into_iter().rev() {
+        out.replace_range(start..end, "****");
+    }
+    out
+}
+
+/// `text` (a driver's message about `uri`) with every copy of a secret
+/// option's value of `uri` scrubbed: whole, and each `key:value` entry and
+/// value of a list such as `authMechanismProperties`, which the driver
+/// quotes one at a time.
+pub fn scrub_options(text: &str, uri: &str) -> String {
+    let mut out = hide_options(text);
+    for (start, end) in option_spans(uri) {
+        let value = &uri[start..end];
+        out = scrub_text(&out, value);
+        for entry in value.split(',') {
+            out = scrub_text(&out, entry);
+            if let Some((_, secret)) = entry.split_once(':') {
+                out = scrub_text(&out, secret);
+            }
+        }
+    }
+    out
+}
+
+/// `text`, any message, with what may be a secret of any connection string
+/// it quotes replaced by `****`: the password ([`secret_span`], read up to
+/// the end of the line, as a password may hold anything) and the secret
+/// options' values. For messages whose source is not known to be a
+/// connection string: a configuration file's syntax error quotes whichever
+/// line broke, a type error any value.
+pub fn scrub(text: &str) -> String {
+    let lines: Vec<String> = text
+        .split('\n')
+        .map(|line| {
+            let lower = line.to_ascii_lowercase();
+            // A scheme, not a word such as the key `mongodb_uri`.
+            let starts: Vec<usize> = lower
+                .match_indices("mongodb")
+                .map(|(at, _)| at)
+                .filter(|&at| {
+                    let after = &lower[at + "mongodb".len()..];
+                    after.starts_with(':') || after.starts_with("+srv:")
+                })
+                .collect();
+            let mut out = String::new();
+            let mut done = 0;
+            for (i, &at) in starts.iter().enumerate() {
+                if at < done {
+                    continue;
+                }
+                let end = starts.get(i + 1).copied().unwrap_or(line.len());
+                let candidate = &line[at..end];
+                if let Some((from, to)) = secret_span(candidate) {
+                    // Without an `@`, the password runs to the end of the
+                    // authority, which here also ends at a quote or a space.
+                    let to = candidate[from..to]
+                        .find(|c: char| matches!(c, '"' | '\'' | '`') || c.is_whitespace())
+                        .filter(|_| !candidate[from..].contains('@'))
+                        .map_or(to, |i| from + i);
+                    if from < to {
+                        out.push_str(&line[done..at + from]);
+                        out.push_str("****");
+                        done = at + to;
+                    }
+                }
+            }
+            out.push_str(&line[done..]);
+            hide_options(&out)
+        })
+        .collect();
+    lines.join("\n")
 }
 
 #[cfg(test)]
@@ -369,6 +493,73 @@ mod tests {
                 why.contains(&format!("remove {option}=")) && !why.contains("s3cr3t"),
                 "{uri}: {why}"
             );
+        }
+    }
+
+    #[test]
+    fn secret_options_are_hidden_wherever_the_string_is_shown() {
+        let uri = "mongodb://u:pw1@h1/db?tls=true&tlsCertificateKeyFilePassword=KeyPw&\
+                   AUTHMECHANISMPROPERTIES=AWS_SESSION_TOKEN:Tok3n,X:y;proxyPassword=Pr0xy&appName=a";
+        let shown = redact(uri);
+        assert_eq!(
+            shown,
+            "mongodb://u:****@h1/db?tls=true&tlsCertificateKeyFilePassword=****&\
+             AUTHMECHANISMPROPERTIES=****;proxyPassword=****&appName=a"
+        );
+        // The driver refuses these in this build, and says why without them.
+        for uri in [
+            "mongodb://h1/db?tlsCertificateKeyFilePassword=KeyPw",
+            "mongodb://h1/db?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:Tok3n",
+            "mongodb://u:pw1@h1/db?authMechanismProperties=Tok3n",
+            "mongodb://h1/db?authMechanismProperties=AWS_SESSION_TOKEN:Tok3n&nope=1",
+        ] {
+            let why = parse(uri).unwrap_err();
+            for secret in ["KeyPw", "Tok3n", "pw1"] {
+                assert!(!why.contains(secret), "{uri}: {why}");
+                assert!(!redact(uri).contains(secret), "{uri}");
+            }
+            assert!(!why.is_empty());
+        }
+    }
+
+    #[test]
+    fn scrub_hides_connection_string_secrets_in_any_text() {
+        for (text, secret, kept) in [
+            (
+                "1 | mongodb_uri = \"mongodb://chat:TomlS3cret@127.0.0.1:27702/simplechat?replicaSet=rs",
+                "TomlS3cret",
+                "mongodb_uri = \"mongodb://chat:****@127.0.0.1:27702/simplechat?replicaSet=rs",
+            ),
+            (
+                "invalid type: found string \"mongodb+srv://chat:hunter2@db.example\", expected u16",
+                "hunter2",
+                "found string \"mongodb+srv://chat:****@db.example\", expected u16",
+            ),
+            (
+                "x = 'MONGODB://chat:hunter2' ; y",
+                "hunter2",
+                "x = 'MONGODB://chat:****' ; y",
+            ),
+            (
+                "a password with a space: mongodb://chat:hun ter2@h1/db\"",
+                "ter2",
+                "mongodb://chat:****@h1/db",
+            ),
+            (
+                "u = \"mongodb://h1/db?tlsCertificateKeyFilePassword=KeyPw\"",
+                "KeyPw",
+                "tlsCertificateKeyFilePassword=****\"",
+            ),
+        ] {
+            let scrubbed = scrub(text);
+            assert!(!scrubbed.contains(secret), "{scrubbed}");
+            assert!(scrubbed.contains(kept), "{scrubbed}");
+        }
+        for plain in [
+            "mongodb_uri in simplechat.toml: invalid type: found integer 5",
+            "found string \"mongodb://h1:27017,h2:27017/db\", expected u16",
+        ] {
+            assert_eq!(scrub(plain), plain);
         }
     }
 }

@@ -351,6 +351,75 @@ fn bad_configuration_ends_with_one_clear_line() {
     assert_one_line_failure(&simplechat(d, &["config"], &[]), "bad configuration");
 }
 
+/// The docs promise credentials never appear in errors: not in a syntax
+/// error quoting the line, a type error quoting the value under any key, or
+/// a refused connection string's options.
+#[test]
+fn configuration_errors_never_quote_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let check = |out: &Output, secrets: &[&str], expect: &str| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        for secret in secrets {
+            assert!(
+                !stderr.contains(secret) && !stdout.contains(secret),
+                "{secret}: {stderr}{stdout}"
+            );
+        }
+        assert_one_line_failure(out, expect);
+    };
+    // The closing quote forgotten: the parser quotes the line.
+    std::fs::write(
+        d.join("simplechat.toml"),
+        "mongodb_uri = \"mongodb://chat:TomlS3cret@127.0.0.1:27702/simplechat?replicaSet=rs\n",
+    )
+    .unwrap();
+    check(
+        &simplechat(d, &["config"], &[]),
+        &["TomlS3cret"],
+        "TOML parse error at line 1",
+    );
+    // A URI under a key that wants a number, with a space in the password.
+    std::fs::write(
+        d.join("simplechat.toml"),
+        "port = \"mongodb://chat:Toml S3cret@h1/db?tlsCertificateKeyFilePassword=KeyPw\"\n",
+    )
+    .unwrap();
+    check(
+        &simplechat(d, &["config"], &[]),
+        &["S3cret", "KeyPw"],
+        "port in simplechat.toml: invalid type",
+    );
+    std::fs::remove_file(d.join("simplechat.toml")).unwrap();
+    for (uri, expect) in [
+        (
+            "mongodb://chat:Pw1@h1/db?tls=true&tlsCertificateKeyFilePassword=KeyPw&bogus=1",
+            "tlsCertificateKeyFilePassword",
+        ),
+        (
+            "mongodb://h1/db?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:Tok3n",
+            "MONGODB-AWS",
+        ),
+        (
+            "mongodb://h1/db?authMechanismProperties=Tok3n",
+            "authMechanismProperties",
+        ),
+    ] {
+        let secrets = ["Pw1", "KeyPw", "Tok3n"];
+        check(
+            &simplechat(d, &["config"], &[("SIMPLECHAT_MONGODB_URI", uri)]),
+            &secrets,
+            "bad mongodb_uri",
+        );
+        check(
+            &simplechat(d, &["replset", "status", "--uri", uri], &[]),
+            &secrets,
+            expect,
+        );
+    }
+}
+
 /// A typo in the file is refused, naming the key and the file; Rocket's
 /// keys there, and anything in Rocket's own Rocket.toml, are not.
 #[test]
