@@ -67,7 +67,8 @@ pub const EXIT_UNHEALTHY: u8 = 2;
 const STATUS_EXIT: &str = "\
 Exit status: 0 when there is a primary and every member is healthy (PRIMARY or
 SECONDARY); 2 when not, after printing the report all the same; 1, with one
-line on stderr, when no report could be made (no URI, or a bad one).";
+line on stderr, when no report could be made (no URI, a bad one, or
+credentials the set refuses).";
 
 /// The parsed command line. `--help` shows `about` and the configuration
 /// summary, not this comment.
@@ -150,7 +151,9 @@ pub enum ReplsetCommand {
     /// configuration version and the term.
     #[command(after_help = STATUS_EXIT)]
     Status {
-        /// Connection string (default: the configured mongodb_uri).
+        /// Connection string (default: the configured mongodb_uri). One
+        /// that names a user and no password takes the password from
+        /// mongodb_password_file, as the app does.
         #[arg(long)]
         uri: Option<String>,
         /// Print JSON instead of a table.
@@ -332,7 +335,12 @@ async fn replset_command(command: ReplsetCommand) -> Result<ExitCode, String> {
         }
         ReplsetCommand::Status { uri, json } => {
             let uri = match uri {
-                Some(uri) => uri,
+                // As the app would connect: the password file completes a
+                // URI that names a user and no password.
+                Some(uri) => {
+                    let file = config::password_file().map_err(|e| e.to_string())?;
+                    config::with_password_file(&uri, file.as_deref()).map_err(|e| e.to_string())?
+                }
                 None => match Config::load().map_err(|e| e.to_string())?.store {
                     StoreConfig::MongoDb { uri, .. } => uri,
                     StoreConfig::Embedded { .. } => {

@@ -366,6 +366,34 @@ impl Config {
     }
 }
 
+/// `mongodb_password_file` from every layer, for a command given its own
+/// connection string (`replset status --uri`): the rest of the
+/// configuration is not checked, as that command does not use it.
+pub fn password_file() -> Result<Option<PathBuf>, ConfigError> {
+    #[derive(Deserialize)]
+    struct Only {
+        mongodb_password_file: Option<PathBuf>,
+    }
+    figment()
+        .extract::<Only>()
+        .map(|only| only.mongodb_password_file)
+        .map_err(|e| ConfigError(format!("bad configuration: {}", explain(e))))
+}
+
+/// `uri` with the password from `file` filled in, when it names a user
+/// and no password; any other connection string is used as written.
+pub fn with_password_file(uri: &str, file: Option<&Path>) -> Result<String, ConfigError> {
+    let Some(path) = file else {
+        return Ok(uri.to_owned());
+    };
+    if !crate::mongo::uri::names_user_without_password(uri) {
+        return Ok(uri.to_owned());
+    }
+    let password = crate::mongo::uri::read_password_file(path).map_err(ConfigError)?;
+    crate::mongo::uri::with_password(uri, &password)
+        .map_err(|why| ConfigError(format!("mongodb_password_file: {why}")))
+}
+
 fn store_config(s: &Settings) -> Result<StoreConfig, ConfigError> {
     let uri = match (&s.mongodb_uri, &s.mongodb_uri_file) {
         (Some(_), Some(_)) => {

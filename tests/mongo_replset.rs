@@ -255,6 +255,49 @@ async fn status_source(cluster: &TestCluster, password: &str) -> String {
     status["source"].as_str().unwrap_or_default().to_owned()
 }
 
+/// Credentials the set refuses are no member's health: `replset status`
+/// says so in one line and exits 1, every time, instead of showing the
+/// member the refused connection went to as down. A URI naming a user and
+/// no password takes the password file's, as the app's does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_with_refused_credentials_is_one_error_not_a_member_down() {
+    use cluster::APP_PASSWORD;
+    let test = "status_with_refused_credentials_is_one_error_not_a_member_down";
+    let cluster = TestCluster::start_auth(test, &["chat"]).await;
+    let no_password = cluster.user_uri("chat");
+    let wrong = simplechat::mongo::uri::with_password(&no_password, "Wr0ngPass").expect("URI");
+    for _ in 0..3 {
+        for uri in [&no_password, &wrong] {
+            for json in [false, true] {
+                let mut args = status_args(uri.clone());
+                if !json {
+                    args.pop();
+                }
+                let o = simplechat(args, &[]).await;
+                assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+                assert!(o.stdout.is_empty(), "no report: {}", text(&o));
+                let err = one_line_failure(&o, &["Wr0ngPass", APP_PASSWORD]);
+                assert!(
+                    err.starts_with("simplechat: authentication failed")
+                        && err.contains("check the user and password"),
+                    "{err}"
+                );
+            }
+        }
+    }
+
+    let password_file = cluster.auth().password_file.display().to_string();
+    let env = [("SIMPLECHAT_MONGODB_PASSWORD_FILE", password_file.as_str())];
+    let o = simplechat(status_args(no_password), &env).await;
+    assert!(matches!(o.status.code(), Some(0 | 2)), "{}", text(&o));
+    let status: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(status["source"], "replSetGetStatus", "{status}");
+    assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
+    // A URI with its own password is used as written.
+    let o = simplechat(status_args(wrong), &env).await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}
+
 fn one_line_failure(o: &Output, secrets: &[&str]) -> String {
     assert!(!o.status.success(), "{}", text(o));
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
@@ -328,10 +371,14 @@ async fn init_creates_the_app_user_once_and_converges_on_a_changed_password() {
         text(&set)
     );
     assert_eq!(status_source(&cluster, rotated).await, "replSetGetStatus");
-    let old = status_source(&cluster, APP_PASSWORD).await;
+    let uri = simplechat::mongo::uri::with_password(&cluster.user_uri("chat"), APP_PASSWORD)
+        .expect("URI");
+    let old = simplechat(status_args(uri), &[]).await;
+    assert_eq!(old.status.code(), Some(1), "{}", text(&old));
+    let err = one_line_failure(&old, &[APP_PASSWORD]);
     assert!(
-        old.contains("authentication failed"),
-        "the old password is refused: {old}"
+        err.contains("authentication failed"),
+        "the old password is refused: {err}"
     );
     let rerun = simplechat(changed, &[]).await;
     assert!(

@@ -9,8 +9,9 @@ use mongodb::ServerType;
 use serde::{Deserialize, Serialize};
 
 use super::client::Connection;
-use super::errors::{codes, command_code, reason};
+use super::errors::{codes, command_code, reason, Signals};
 use super::topology::TopologySnapshot;
+use crate::text::one_line;
 
 /// `ReplicaSetStatus::source` when the figures come from the server.
 pub const SOURCE_COMMAND: &str = "replSetGetStatus";
@@ -58,6 +59,14 @@ pub async fn status_of(conn: &Connection, bound: Duration) -> Result<ReplicaSetS
         ));
     let why = match tokio::time::timeout(bound, command).await {
         Ok(Ok(reply)) => return parse_status(&reply),
+        // The driver marks the member a refused connection went to as
+        // unknown, with the refusal as its error, until its monitor (which
+        // never authenticates) checks it again: the topology would show a
+        // healthy member down, whichever one the command was sent to.
+        // Refused credentials are no member's health.
+        Ok(Err(e)) if Signals::of(&e).authentication => {
+            return Err(refused(&reason(&e, conn.secret.as_deref())))
+        }
         Ok(Err(e)) if command_code(&e) == Some(codes::UNAUTHORIZED) => {
             "not authorized to run replSetGetStatus".to_owned()
         }
@@ -71,9 +80,27 @@ pub async fn status_of(conn: &Connection, bound: Duration) -> Result<ReplicaSetS
         ),
     };
     match conn.topology.get() {
+        Some(TopologySnapshot {
+            auth_failure: Some(why),
+            ..
+        }) => Err(refused(&why)),
         Some(topology) if !topology.servers.is_empty() => Ok(from_topology(&topology, &why)),
         _ => Err(why),
     }
+}
+
+/// The one line for credentials the set refused: `why` is the driver's
+/// reason, already `authentication failed: ...` and without the password.
+fn refused(why: &str) -> String {
+    let why = if why.starts_with("authentication failed") {
+        why.to_owned()
+    } else {
+        format!("authentication failed: {why}")
+    };
+    one_line(&format!(
+        "{why} (check the user and password in the connection string or password file, \
+         and that the user exists)"
+    ))
 }
 
 fn number(v: Option<&Bson>) -> Option<f64> {

@@ -187,6 +187,12 @@ fn userinfo_span(uri: &str) -> Option<(usize, usize)> {
     Some((start, at))
 }
 
+/// Whether the connection string names a user and no password: the
+/// shape a password file completes.
+pub fn names_user_without_password(uri: &str) -> bool {
+    userinfo_span(uri).is_some_and(|(start, at)| start < at && !uri[start..at].contains(':'))
+}
+
 /// The password as written in a connection string (still percent-encoded),
 /// to scrub it from messages that echo the string. `None` without one.
 pub fn password(uri: &str) -> Option<&str> {
