@@ -927,3 +927,76 @@ async fn a_retry_answered_from_an_earlier_attempt_is_listed_at_once() {
     );
     app.shutdown().await;
 }
+
+/// An app pinned to a secondary (`directConnection=true`) can write
+/// nothing: `/readyz` says so and why, and a post is refused at once as
+/// not stored, not left "unknown" after the write timeout. Pinned to the
+/// primary it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_pinned_to_a_secondary_is_not_ready_and_stores_nothing() {
+    let test = "an_app_pinned_to_a_secondary_is_not_ready_and_stores_nothing";
+    let cluster = TestCluster::start(test).await;
+    let writer = start_app(&cluster, "pinned", 10).await;
+    let primary = cluster.primary().await.expect("a primary");
+    let hosts = cluster.hosts();
+    let secondary = &hosts[(primary + 1) % hosts.len()];
+    let pinned = spawn_app(&[
+        (
+            "mongodb_uri",
+            json!(format!(
+                "mongodb://{secondary}/pinned?directConnection=true"
+            )),
+        ),
+        ("write_timeout_secs", json!(10)),
+    ])
+    .await;
+    let deadline = Instant::now() + cluster.election_time();
+    let reason = loop {
+        let response = pinned.get("/readyz").await;
+        assert_eq!(response.status(), 503, "never ready pinned to a secondary");
+        let body: serde_json::Value = response.json().await.expect("JSON");
+        let reason = body["error"].as_str().unwrap_or_default().to_owned();
+        if reason.starts_with("connected directly to a secondary") {
+            break reason;
+        }
+        assert!(Instant::now() < deadline, "no reason naming it: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        reason.contains(secondary.as_str()) && reason.contains("use the replica set's URI"),
+        "{reason}"
+    );
+
+    let started = Instant::now();
+    let refused = pinned
+        .post_json("/api/messages", &json!({"name": "a", "text": "pinned"}))
+        .await;
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: serde_json::Value = refused.json().await.expect("JSON");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("the message was not stored: connected directly to a secondary"),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered at once"
+    );
+    assert!(stored_ids(&writer).await.is_empty(), "nothing stored");
+    pinned.shutdown().await;
+
+    let on_primary = spawn_app(&[(
+        "mongodb_uri",
+        json!(format!(
+            "mongodb://{}/pinned?directConnection=true",
+            hosts[primary]
+        )),
+    )])
+    .await;
+    wait_ready(&on_primary, cluster.election_time()).await;
+    let stored = on_primary.post_message("a", "on the primary").await;
+    assert_eq!(stored["text"], "on the primary");
+    on_primary.shutdown().await;
+    writer.shutdown().await;
+}

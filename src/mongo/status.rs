@@ -299,6 +299,7 @@ mod tests {
             ],
             auth_failure: None,
             awaiting_authentication: false,
+            direct: false,
         };
         let s = from_topology(&t, "not authorized to run replSetGetStatus");
         assert_eq!(s.primary.as_deref(), Some("a:1"));

@@ -7,7 +7,7 @@ use std::sync::RwLock;
 
 use mongodb::event::sdam::TopologyDescription;
 use mongodb::options::ServerAddress;
-use mongodb::{ServerInfo, ServerType};
+use mongodb::{ServerInfo, ServerType, TopologyType};
 
 use super::errors::{reason, Signals};
 use crate::text::one_line;
@@ -47,6 +47,9 @@ pub struct TopologySnapshot {
     /// yet: the members answer (their monitors never authenticate), but
     /// whether they accept this app is not known.
     pub awaiting_authentication: bool,
+    /// The client talks to one member only (`directConnection=true`, the
+    /// driver's `Single` topology).
+    pub direct: bool,
 }
 
 impl TopologySnapshot {
@@ -62,13 +65,49 @@ impl TopologySnapshot {
             })
             .collect();
         servers.sort_by(|a, b| a.address.cmp(&b.address));
-        TopologySnapshot {
+        let mut snapshot = TopologySnapshot {
             set_name: d.set_name().cloned(),
             writable: d.has_writable_server(),
             servers,
             auth_failure: None,
             awaiting_authentication: false,
+            direct: d.topology_type() == TopologyType::Single,
+        };
+        // The driver counts a `Single` topology writable whenever its one
+        // member answers, whatever that member is, and sends it every
+        // write; a secondary refuses them all (NotWritablePrimary).
+        if snapshot.pinned_to_non_primary().is_some() {
+            snapshot.writable = false;
         }
+        snapshot
+    }
+
+    /// Why no write can succeed when the client is pinned to one member
+    /// that is not the primary: with `directConnection=true` the driver
+    /// never looks for the primary
+    /// (<https://www.mongodb.com/docs/manual/reference/connection-string-options/#mongodb-urioption-urioption.directConnection>).
+    pub fn pinned_to_non_primary(&self) -> Option<String> {
+        if !self.direct {
+            return None;
+        }
+        let member = self.servers.first()?;
+        let what = match member.server_type {
+            ServerType::RsSecondary => "a secondary".to_owned(),
+            ServerType::RsArbiter => "an arbiter".to_owned(),
+            ServerType::RsOther | ServerType::RsGhost => {
+                format!(
+                    "a member that is not the primary ({:?})",
+                    member.server_type
+                )
+            }
+            _ => return None,
+        };
+        Some(format!(
+            "connected directly to {what}: {} (directConnection=true), which refuses every \
+             write and is never left for the primary; use the replica set's URI (its members, \
+             or replicaSet=NAME, without directConnection=true)",
+            member.address
+        ))
     }
 
     /// The authentication error a member has in `new` and did not have in
@@ -118,6 +157,9 @@ impl TopologySnapshot {
                 "MongoDB refused to authenticate this app ({why}): check the user and password \
                  in the connection string or password file, and that the user exists"
             ));
+        }
+        if let Some(why) = self.pinned_to_non_primary() {
+            return why;
         }
         // Signing in waits for a member to answer: when none does, or none
         // is primary, that is what keeps writes out.
@@ -245,6 +287,7 @@ mod tests {
             ],
             auth_failure: None,
             awaiting_authentication: false,
+            direct: false,
         };
         assert_eq!(
             snap.not_writable_reason(),
@@ -265,6 +308,7 @@ mod tests {
             }],
             auth_failure: None,
             awaiting_authentication: false,
+            direct: false,
         }
     }
 
@@ -300,6 +344,7 @@ mod tests {
             }],
             auth_failure: None,
             awaiting_authentication: false,
+            direct: false,
         });
         assert_eq!(
             view.get().unwrap().not_writable_reason(),
@@ -318,5 +363,22 @@ mod tests {
             .contains("no connection has signed in"));
         view.set_auth_failure(None);
         assert!(view.get().unwrap().writable);
+    }
+
+    #[test]
+    fn pinned_to_a_secondary_it_is_unwritable_and_says_why() {
+        let mut snap = with_a_primary();
+        snap.direct = true;
+        assert!(snap.pinned_to_non_primary().is_none(), "the primary");
+        snap.servers[0].server_type = ServerType::RsSecondary;
+        let why = snap.pinned_to_non_primary().unwrap();
+        assert!(
+            why.starts_with("connected directly to a secondary: h1:1 ")
+                && why.contains("use the replica set's URI"),
+            "{why}"
+        );
+        assert_eq!(snap.not_writable_reason(), why);
+        snap.direct = false;
+        assert!(snap.pinned_to_non_primary().is_none(), "a set's member");
     }
 }

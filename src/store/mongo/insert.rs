@@ -64,6 +64,25 @@ pub(super) async fn insert(shared: &Shared, new: NewMessage) -> Result<Inserted,
         if shared.tasks.is_closed() {
             return Err(StoreError::closed());
         }
+        // Pinned to a member that is not the primary, every attempt would go
+        // to that member and be refused: nothing is sent, and waiting for
+        // the deadline would only delay the answer (readiness says the same).
+        let pinned = collections
+            .conn
+            .topology
+            .get()
+            .and_then(|t| t.pinned_to_non_primary());
+        if let Some(why) = pinned {
+            let reason = if sent {
+                unknown_outcome(&new, &format!("({why})"))
+            } else {
+                format!("the message was not stored: {why}")
+            };
+            return Err(StoreError::Unavailable {
+                reason,
+                retry_after: WRITE_RETRY_AFTER,
+            });
+        }
         let outcome =
             match attempt(shared, &collections, &new, deadline, &mut tried, &mut sent).await {
                 Ok(message) => Ok(Duplicate::Ours(message)),
@@ -106,13 +125,7 @@ pub(super) async fn insert(shared: &Shared, new: NewMessage) -> Result<Inserted,
             } else {
                 // An attempt was sent: a primary may have applied it without
                 // a majority confirming in time, so it may yet be stored.
-                format!(
-                    "the write's outcome is unknown: it was sent, but no majority of the \
-                     replica set confirmed it within {within} s ({reason}); it may still be \
-                     stored. Retrying with the same id ({}) is safe: a message is stored at \
-                     most once per id",
-                    new.id
-                )
+                unknown_outcome(&new, &format!("within {within} s ({reason})"))
             };
             return Err(StoreError::Unavailable {
                 reason,
@@ -121,6 +134,17 @@ pub(super) async fn insert(shared: &Shared, new: NewMessage) -> Result<Inserted,
         }
         tokio::time::sleep(delay).await;
     }
+}
+
+/// The reason for a post an attempt of which was sent and none confirmed;
+/// `when` says until when, and why.
+fn unknown_outcome(new: &NewMessage, when: &str) -> String {
+    format!(
+        "the write's outcome is unknown: it was sent, but no majority of the replica set \
+         confirmed it {when}; it may still be stored. Retrying with the same id ({}) is \
+         safe: a message is stored at most once per id",
+        new.id
+    )
 }
 
 /// One insert attempt. The datetime (what users see, not the order) never
