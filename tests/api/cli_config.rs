@@ -392,6 +392,20 @@ fn configuration_errors_never_quote_a_secret() {
         "port in simplechat.toml: invalid type",
     );
     std::fs::remove_file(d.join("simplechat.toml")).unwrap();
+    // A URI the driver takes: `config` shows the option, not its value.
+    let config = config_lines(
+        d,
+        &[(
+            "SIMPLECHAT_MONGODB_URI",
+            "mongodb://u@h1/db?authMechanism=MONGODB-OIDC&\
+             authMechanismProperties=ENVIRONMENT:azure,TOKEN_RESOURCE:S3cretRes",
+        )],
+    );
+    assert!(!config.contains("S3cretRes"), "{config}");
+    assert!(
+        line(&config, "mongodb_uri").contains("&authMechanismProperties=****\""),
+        "{config}"
+    );
     for (uri, expect) in [
         (
             "mongodb://chat:Pw1@h1/db?tls=true&tlsCertificateKeyFilePassword=KeyPw&bogus=1",
