@@ -85,7 +85,8 @@ pub async fn status_of(conn: &Connection, bound: Duration) -> Result<ReplicaSetS
             ..
         }) => Err(refused(&why)),
         Some(topology) if !topology.servers.is_empty() => Ok(from_topology(&topology, &why)),
-        _ => Err(why),
+        Some(topology) => Err(topology.no_member_of_the_set().unwrap_or(why)),
+        None => Err(why),
     }
 }
 

@@ -147,6 +147,26 @@ impl TopologySnapshot {
             .find(|s| s.server_type == ServerType::RsPrimary)
     }
 
+    /// Why no member is known at all, when a replica set is named: the
+    /// driver drops a host that answers as a member of another set, a
+    /// standalone or a mongos (the Server Discovery and Monitoring
+    /// specification, `updateRSWithoutPrimary`:
+    /// <https://github.com/mongodb/specifications/blob/master/source/server-discovery-and-monitoring/server-discovery-and-monitoring.md>),
+    /// and keeps one that does not answer; so no member left means every
+    /// host answered, and none as a member of this set.
+    pub fn no_member_of_the_set(&self) -> Option<String> {
+        if !self.servers.is_empty() || self.direct {
+            return None;
+        }
+        let name = self.set_name.as_deref()?;
+        Some(one_line(&format!(
+            "no host in the connection string is a member of replica set {name}: each answered \
+             as a member of another set, a standalone mongod or a mongos, and was dropped; \
+             check replicaSet={name} against the set's name (`simplechat replset status --uri` \
+             with the same hosts and no replicaSet= shows it)"
+        )))
+    }
+
     /// Why a write could not be accepted now, from what the driver sees, as
     /// one line: the refused credentials; else, when the driver itself has
     /// no member a write could go to, every member and why; else that no
@@ -176,12 +196,22 @@ impl TopologySnapshot {
             return "MongoDB answers, but no connection has signed in with this app's credentials yet"
                 .to_owned();
         }
+        if let Some(why) = self.no_member_of_the_set() {
+            return why;
+        }
         let members = self
             .servers
             .iter()
             .map(|s| {
-                s.unreachable()
-                    .unwrap_or_else(|| format!("{} {}", s.address, s.server_type))
+                s.unreachable().unwrap_or_else(|| match s.server_type {
+                    // A mongod started with a set name whose set was never
+                    // initiated, or that was removed from it.
+                    ServerType::RsGhost => format!(
+                        "{} is in no replica set's configuration (RSGhost: not initiated,                          or removed; `simplechat replset init` initiates a new set)",
+                        s.address
+                    ),
+                    other => format!("{} {other}", s.address),
+                })
             })
             .collect::<Vec<_>>()
             .join("; ");
@@ -363,6 +393,31 @@ mod tests {
             .contains("no connection has signed in"));
         view.set_auth_failure(None);
         assert!(view.get().unwrap().writable);
+    }
+
+    #[test]
+    fn no_member_left_names_the_set_name_and_a_ghost_says_it_is_in_no_set() {
+        let mut snap = with_a_primary();
+        assert!(snap.no_member_of_the_set().is_none());
+        snap.servers.clear();
+        snap.writable = false;
+        let why = snap.not_writable_reason();
+        assert!(
+            why.starts_with("no host in the connection string is a member of replica set rs:")
+                && why.contains("check replicaSet=rs"),
+            "{why}"
+        );
+        snap.set_name = None;
+        assert!(snap.no_member_of_the_set().is_none(), "no set named");
+        let mut ghost = with_a_primary();
+        ghost.writable = false;
+        ghost.servers[0].server_type = ServerType::RsGhost;
+        let why = ghost.not_writable_reason();
+        assert!(
+            why.contains("h1:1 is in no replica set's configuration")
+                && why.contains("simplechat replset init"),
+            "{why}"
+        );
     }
 
     #[test]
