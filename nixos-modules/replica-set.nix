@@ -99,6 +99,7 @@ let
       (lib.escapeShellArg (endpointOf n))
     ]) memberNames
     ++ optional cfg.acceptEvenMembers "--allow-even-voters"
+    ++ optional cfg.acceptFewerThanThreeMembers "--allow-fewer-than-three"
     # With access control on, the members' key authenticates the
     # reconfiguration as __system (the app's user may not reconfigure).
     ++ lib.optionals auth.enable [
@@ -226,6 +227,16 @@ in
       description = ''
         Let `simplechat replset apply` converge to an even number of members
         (it refuses otherwise: a split in half leaves no majority).
+      '';
+    };
+
+    acceptFewerThanThreeMembers = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Let `simplechat replset apply` converge to one or two members (it
+        refuses otherwise: while any one of them is down there is no
+        majority, so no primary and no writes).
       '';
     };
 

@@ -182,6 +182,10 @@ pub struct MembersArgs {
     /// Accept an even number of voting members.
     #[arg(long)]
     allow_even_voters: bool,
+    /// Accept one or two voting members: such a set has no primary, so no
+    /// writes, while any one member is down.
+    #[arg(long)]
+    allow_fewer_than_three: bool,
     /// Give up when a wait (a new member's initial sync, a configuration's
     /// commitment, an election) takes longer than this many seconds.
     #[arg(long, default_value_t = 600)]
@@ -196,6 +200,7 @@ impl From<MembersArgs> for replset::reconfig::MembersRequest {
             uri: a.uri,
             key_file: a.key_file,
             allow_even: a.allow_even_voters,
+            allow_fewer: a.allow_fewer_than_three,
             wait_secs: a.wait_secs,
         }
     }

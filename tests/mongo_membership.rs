@@ -341,9 +341,27 @@ async fn unsafe_requests_are_refused_and_change_nothing() {
         "cannot add 127.0.0.1:1: it does not answer",
     )
     .await;
+    // One or two voting members survive no failure: a member list that
+    // shrank by mistake (a script's variable) must not shrink the set.
+    for verb in ["plan", "apply"] {
+        for which in [&[0][..], &[0, 1][..]] {
+            let err = refused(
+                members_args(verb, SET_NAME, &pick(&hosts, which), &[]),
+                "--allow-fewer-than-three",
+            )
+            .await;
+            assert!(err.contains("nothing changed"), "{err}");
+            assert!(err.contains("no majority"), "{err}");
+        }
+    }
     cluster.kill(4).await;
     refused(
-        members_args("apply", SET_NAME, &pick(&hosts, &[0]), &[]),
+        members_args(
+            "apply",
+            SET_NAME,
+            &pick(&hosts, &[0]),
+            &["--allow-fewer-than-three"],
+        ),
         "a majority, and",
     )
     .await;

@@ -129,6 +129,10 @@ async fn unreachable_members_are_a_clear_error() {
             SET_NAME,
             "--member",
             "127.0.0.1:1",
+            "--member",
+            "127.0.0.1:2",
+            "--member",
+            "127.0.0.1:3",
             "--wait-secs",
             "2",
         ]

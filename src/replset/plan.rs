@@ -53,6 +53,8 @@ pub struct Declared<'a> {
     pub members: &'a [String],
     /// The operator accepts an even number of voting members.
     pub allow_even: bool,
+    /// The operator accepts one or two voting members.
+    pub allow_fewer: bool,
 }
 
 /// One reconfiguration step.
@@ -83,6 +85,38 @@ impl fmt::Display for Step {
     }
 }
 
+/// Refuses a declared count of voting members that weakens the set unless
+/// the operator accepted it: fewer than three (`allow_fewer`), or an even
+/// number (`allow_even`). `replset init` and `plan`/`apply` share these
+/// rules so that a set cannot be built in a shape it may not be changed to.
+/// One line, without "nothing changed" (the caller knows whether it is so).
+pub fn check_voters(count: usize, allow_even: bool, allow_fewer: bool) -> Result<(), String> {
+    // Two is also even; --allow-fewer-than-three is the one decision to ask
+    // for, as a pair has exactly the weakness that flag names.
+    if count < 3 {
+        if allow_fewer {
+            return Ok(());
+        }
+        let (declared, down) = if count == 1 {
+            ("1 voting member is declared", "when it is down")
+        } else {
+            ("2 voting members are declared", "when either is down")
+        };
+        return Err(format!(
+            "{declared}: fewer than three survive no member failure ({down} there is no majority, \
+             so no primary and no writes, and fewer copies of the data); declare at least three, \
+             or accept it with --allow-fewer-than-three"
+        ));
+    }
+    if count.is_multiple_of(2) && !allow_even {
+        return Err(format!(
+            "{count} voting members are declared: an even number survives no more failures than one member fewer \
+             and can split its votes evenly; declare an odd number, or accept it with --allow-even-voters"
+        ));
+    }
+    Ok(())
+}
+
 fn majority(voters: usize) -> usize {
     voters / 2 + 1
 }
@@ -106,13 +140,11 @@ pub fn plan(
     if let Some(dup) = declared.members.iter().find(|m| !seen.insert(m.as_str())) {
         return Err(format!("member {dup} is declared twice"));
     }
-    if declared.members.len().is_multiple_of(2) && !declared.allow_even {
-        return Err(format!(
-            "{} voting members are declared: an even number survives no more failures than one member fewer \
-             and can split its votes evenly; declare an odd number, or accept it with --allow-even-voters",
-            declared.members.len()
-        ));
-    }
+    check_voters(
+        declared.members.len(),
+        declared.allow_even,
+        declared.allow_fewer,
+    )?;
     if declared.members.len() > MAX_VOTING_MEMBERS {
         return Err(format!(
             "{} members are declared but MongoDB allows at most {MAX_VOTING_MEMBERS} voting members",
@@ -246,6 +278,7 @@ mod tests {
             name: "rs",
             members,
             allow_even: false,
+            allow_fewer: false,
         }
     }
 
@@ -324,6 +357,7 @@ mod tests {
             name: "other",
             members: &hosts(&["a:1", "b:1", "c:1"]),
             allow_even: false,
+            allow_fewer: false,
         };
         let e = plan(&r, &renamed, &BTreeMap::new()).unwrap_err();
         assert!(e.contains("cannot be renamed"), "{e}");
@@ -339,6 +373,18 @@ mod tests {
             plan(&r, &even_ok, &answering(&["d:1"])),
             Ok(vec![Step::Add("d:1".into())])
         );
+
+        for few in [hosts(&["a:1"]), hosts(&["a:1", "b:1"])] {
+            let e = plan(&r, &declared(&few), &BTreeMap::new()).unwrap_err();
+            assert!(e.contains("--allow-fewer-than-three"), "{e}");
+            assert!(e.contains("no majority"), "{e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+            let accepted = Declared {
+                allow_fewer: true,
+                ..declared(&few)
+            };
+            assert!(plan(&r, &accepted, &BTreeMap::new()).is_ok());
+        }
 
         let twice = hosts(&["a:1", "b:1", "b:1"]);
         let e = plan(&r, &declared(&twice), &BTreeMap::new()).unwrap_err();
@@ -370,7 +416,12 @@ mod tests {
             ],
             "a:1",
         );
-        let e = plan(&r, &declared(&hosts(&["a:1"])), &BTreeMap::new()).unwrap_err();
+        let one = hosts(&["a:1"]);
+        let one = Declared {
+            allow_fewer: true,
+            ..declared(&one)
+        };
+        let e = plan(&r, &one, &BTreeMap::new()).unwrap_err();
         assert!(
             e.contains("drop 4 of the 5 voting members, a majority"),
             "{e}"

@@ -40,6 +40,8 @@ pub struct MembersRequest {
     pub key_file: Option<std::path::PathBuf>,
     /// Accept an even number of voting members.
     pub allow_even: bool,
+    /// Accept one or two voting members.
+    pub allow_fewer: bool,
     /// Bound, in seconds, on each wait (a new member's initial sync, a
     /// configuration's commitment, an election after a step-down).
     pub wait_secs: u64,
@@ -97,6 +99,10 @@ impl Session {
     async fn open(request: &MembersRequest) -> Result<Session, String> {
         config::check_name(&request.name)?;
         let members = config::normalize_members(&request.members)?;
+        // Before connecting: a member list that shrank by mistake is
+        // refused at once, not after waiting for the set.
+        plan::check_voters(members.len(), request.allow_even, request.allow_fewer)
+            .map_err(|e| format!("{e}; nothing changed"))?;
         let wait = Duration::from_secs(request.wait_secs.max(1));
         let (mut base, secret) = match &request.uri {
             Some(uri) => options(uri).await?,
@@ -248,6 +254,7 @@ impl Session {
             name: &request.name,
             members: &members,
             allow_even: request.allow_even,
+            allow_fewer: request.allow_fewer,
         };
         let steps = plan::plan(&running, &declared, &checked)?;
         Ok(Planned { running, steps })
