@@ -65,6 +65,9 @@ let
       "--member"
       (lib.escapeShellArg (endpointOf n))
     ]) memberNames
+    # init keeps the same rules on the number of members as apply.
+    ++ optional cfg.acceptEvenMembers "--allow-even-voters"
+    ++ optional cfg.acceptFewerThanThreeMembers "--allow-fewer-than-three"
     # These commands run inside convergeScript, where systemd's `%d`
     # specifier is not expanded: the shell reads the credentials directory
     # (LoadCredential= below) from $CREDENTIALS_DIRECTORY, which systemd sets
@@ -225,8 +228,9 @@ in
       type = types.bool;
       default = false;
       description = ''
-        Let `simplechat replset apply` converge to an even number of members
-        (it refuses otherwise: a split in half leaves no majority).
+        Let `simplechat replset init` build, and `simplechat replset apply`
+        converge to, an even number of members (they refuse otherwise: a
+        split in half leaves no majority).
       '';
     };
 
@@ -234,9 +238,9 @@ in
       type = types.bool;
       default = false;
       description = ''
-        Let `simplechat replset apply` converge to one or two members (it
-        refuses otherwise: while any one of them is down there is no
-        majority, so no primary and no writes).
+        Let `simplechat replset init` build, and `simplechat replset apply`
+        converge to, one or two members (they refuse otherwise: while any one
+        of them is down there is no majority, so no primary and no writes).
       '';
     };
 

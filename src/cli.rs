@@ -123,6 +123,13 @@ pub enum ReplsetCommand {
         /// is elected, within this many seconds (each).
         #[arg(long, default_value_t = 120)]
         wait_secs: u64,
+        /// Accept an even number of voting members.
+        #[arg(long)]
+        allow_even_voters: bool,
+        /// Accept one or two voting members: such a set has no primary, so
+        /// no writes, while any one member is down.
+        #[arg(long)]
+        allow_fewer_than_three: bool,
         /// Then create the app's database user (SCRAM-SHA-256, in admin),
         /// or set its password when the password file changed; on a fresh
         /// set through MongoDB's localhost exception.
@@ -291,6 +298,8 @@ async fn replset_command(command: ReplsetCommand) -> Result<ExitCode, String> {
             members,
             uri,
             wait_secs,
+            allow_even_voters,
+            allow_fewer_than_three,
             create_user,
             password_file,
             roles,
@@ -311,6 +320,8 @@ async fn replset_command(command: ReplsetCommand) -> Result<ExitCode, String> {
                 members,
                 uri,
                 wait_secs,
+                allow_even: allow_even_voters,
+                allow_fewer: allow_fewer_than_three,
                 user,
             };
             let summary = replset::init(&request).await?;

@@ -71,6 +71,39 @@ async fn init_on_every_member_at_once_initiates_once() {
         .is_some());
 }
 
+/// `init` follows `plan`/`apply`'s rules on the number of voting members,
+/// so a set is never built in a shape `apply` would refuse to keep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_refuses_fewer_than_three_or_an_even_number_of_members() {
+    let cluster = TestCluster::start_uninitiated(
+        "init_refuses_fewer_than_three_or_an_even_number_of_members",
+    )
+    .await;
+    let hosts = cluster.hosts();
+    let mut four = hosts.clone();
+    four.push("127.0.0.1:1".into());
+    for (members, expect) in [
+        (&hosts[..1], "--allow-fewer-than-three"),
+        (&hosts[..2], "--allow-fewer-than-three"),
+        (&four[..], "--allow-even-voters"),
+    ] {
+        let refused = simplechat(init_args(members), &[]).await;
+        assert!(!refused.status.success(), "{}", text(&refused));
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(err.contains(expect), "{}", text(&refused));
+        assert!(err.contains("nothing changed"), "{}", text(&refused));
+        assert_eq!(err.lines().count(), 1, "one clear line: {err}");
+    }
+    // Nothing was initiated: the three members still can be.
+    let init = simplechat(init_args(&hosts), &[]).await;
+    assert!(init.status.success(), "{}", text(&init));
+    assert!(
+        String::from_utf8_lossy(&init.stdout).contains(" initiated with members"),
+        "{}",
+        text(&init)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_again_changes_nothing_and_other_members_are_refused() {
     let cluster =
@@ -102,7 +135,11 @@ async fn init_again_changes_nothing_and_other_members_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_members_are_a_clear_error() {
     say("unreachable_members_are_a_clear_error: backend: none (nothing listens on the members)");
-    let mut args = init_args(&["127.0.0.1:1".into(), "127.0.0.1:2".into()]);
+    let mut args = init_args(&[
+        "127.0.0.1:1".into(),
+        "127.0.0.1:2".into(),
+        "127.0.0.1:3".into(),
+    ]);
     args.extend(["--wait-secs".to_string(), "2".to_string()]);
     let started = std::time::Instant::now();
     let o = simplechat(args, &[]).await;

@@ -90,6 +90,10 @@ enum State {
 pub async fn init(request: &InitRequest, waits: Waits) -> Result<String, String> {
     config::check_name(&request.name)?;
     let members = config::normalize_members(&request.members)?;
+    // The rules `apply` keeps a set to, so that init never builds one that
+    // apply would refuse to converge to.
+    super::plan::check_voters(members.len(), request.allow_even, request.allow_fewer)
+        .map_err(|e| format!("{e}; nothing changed"))?;
     // Files first: a missing one must not wait for the members.
     let user = request.user.as_ref().map(user::prepare).transpose()?;
     let (mut base, secret) = match &request.uri {
@@ -344,6 +348,8 @@ mod tests {
             members: members.iter().map(|m| m.to_string()).collect(),
             uri: None,
             wait_secs: 120,
+            allow_even: false,
+            allow_fewer: false,
             user: None,
         }
     }
@@ -375,9 +381,12 @@ mod tests {
     #[tokio::test]
     async fn unreachable_first_member_is_a_clear_error() {
         let started = Instant::now();
-        let err = init(&request(&["127.0.0.1:1", "127.0.0.1:2"]), short())
-            .await
-            .unwrap_err();
+        let err = init(
+            &request(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]),
+            short(),
+        )
+        .await
+        .unwrap_err();
         assert!(
             err.starts_with("member 127.0.0.1:1 did not answer within 1 s"),
             "{err}"
@@ -397,10 +406,16 @@ mod tests {
             .await
             .unwrap_err()
             .contains("twice"));
-        let mut r = request(&["h:1"]);
+        let one = init(&request(&["h:1"]), short()).await.unwrap_err();
+        assert!(one.contains("--allow-fewer-than-three"), "{one}");
+        let even = init(&request(&["h:1", "h:2", "h:3", "h:4"]), short())
+            .await
+            .unwrap_err();
+        assert!(even.contains("--allow-even-voters"), "{even}");
+        let mut r = request(&["h:1", "h:2", "h:3"]);
         r.name = "a b".into();
         assert!(init(&r, short()).await.is_err());
-        r = request(&["h:1"]);
+        r = request(&["h:1", "h:2", "h:3"]);
         r.uri = Some("mongodb://u:hunter22@h:notaport".into());
         let err = init(&r, short()).await.unwrap_err();
         assert!(!err.contains("hunter22"), "{err}");

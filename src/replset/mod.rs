@@ -29,6 +29,10 @@ pub struct InitRequest {
     /// Bound, in seconds, on each wait: for the members to answer, then for
     /// a primary.
     pub wait_secs: u64,
+    /// Accept an even number of voting members.
+    pub allow_even: bool,
+    /// Accept one or two voting members.
+    pub allow_fewer: bool,
     /// The app's database user to create or keep converged, once the set
     /// has a primary.
     pub user: Option<UserRequest>,
