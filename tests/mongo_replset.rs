@@ -129,6 +129,11 @@ async fn init_again_changes_nothing_and_other_members_are_refused() {
         "{}",
         text(&refused)
     );
+    assert!(
+        err.contains("run `simplechat replset apply --name"),
+        "points to the command that changes members: {}",
+        text(&refused)
+    );
     assert_eq!(err.lines().count(), 1, "one clear line: {err}");
 }
 

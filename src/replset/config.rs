@@ -139,9 +139,21 @@ pub fn compare(existing: &ExistingConfig, name: &str, members: &[String]) -> Res
     if differences.is_empty() {
         return Ok(());
     }
+    // apply changes members but cannot rename a set (mongod refuses a new
+    // `_id` in replSetReconfig), so a name that differs is the request's.
+    let what_to_do = if existing.name != name {
+        format!(
+            "a replica set cannot be renamed: give --name {:?} if that set is meant",
+            existing.name
+        )
+    } else {
+        "to change its members to these, run `simplechat replset apply --name ... --member ...` \
+         with the same options: it reconfigures a running set in safe steps"
+            .to_owned()
+    };
     Err(format!(
         "the replica set is already initiated with other settings: {} (its members: {}). \
-         Nothing was changed; reconfigure it by hand (rs.reconfig) if that is intended",
+         Nothing was changed; {what_to_do}",
         differences.join("; "),
         existing.members.join(", ")
     ))
@@ -226,6 +238,14 @@ mod tests {
         assert!(err.contains("it lacks s3:27017"), "{err}");
         assert!(err.contains("it also has old:27017"), "{err}");
         assert!(err.contains("Nothing was changed"), "{err}");
+        assert!(err.contains("cannot be renamed"), "{err}");
+        assert!(!err.contains("rs.reconfig"), "{err}");
+        let members_only = compare(&existing, "lab", &want).unwrap_err();
+        assert!(
+            members_only.contains("run `simplechat replset apply --name"),
+            "{members_only}"
+        );
+        assert!(!members_only.contains("rs.reconfig"), "{members_only}");
     }
 
     #[test]
