@@ -304,6 +304,46 @@ async fn a_dead_member_is_replaced_while_writing() {
     traffic.finish(test, &cluster).await;
 }
 
+/// Two of three members replaced while one of them is down: a majority
+/// (the primary and the kept member) answers, so the set gets there one
+/// voting member at a time: both new members join, then the dead one and
+/// the primary leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_majority_is_replaced_in_steps_while_a_member_is_down() {
+    let test = "a_majority_is_replaced_in_steps_while_a_member_is_down";
+    sim_only(test);
+    let cluster = start(5, 3).await;
+    let hosts = cluster.hosts();
+    cluster.kill(1).await;
+
+    let declared = pick(&hosts, &[3, 2, 4]);
+    let apply = simplechat(members_args("apply", SET_NAME, &declared, &[])).await;
+    assert!(apply.status.success(), "{}", text(&apply));
+    let out = String::from_utf8_lossy(&apply.stdout);
+    say(&format!("{test}: {out}"));
+    for (i, step) in [
+        format!("add {}", hosts[3]),
+        format!("add {}", hosts[4]),
+        format!("remove {}", hosts[1]),
+        format!("step down the primary {}", hosts[0]),
+        format!("remove {}", hosts[0]),
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(
+            out.contains(&format!("step {}: {step}", i + 1)),
+            "step {}: {step}: {out}",
+            i + 1
+        );
+    }
+    let mut have = cluster.config_hosts();
+    have.sort();
+    let mut want = declared.clone();
+    want.sort();
+    assert_eq!(have, want);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsafe_requests_are_refused_and_change_nothing() {
     let test = "unsafe_requests_are_refused_and_change_nothing";
@@ -354,17 +394,16 @@ async fn unsafe_requests_are_refused_and_change_nothing() {
             assert!(err.contains("no majority"), "{err}");
         }
     }
+    // Two of five down, and live members are the ones to go: the first
+    // removal would leave two of four up.
+    cluster.kill(3).await;
     cluster.kill(4).await;
-    refused(
-        members_args(
-            "apply",
-            SET_NAME,
-            &pick(&hosts, &[0]),
-            &["--allow-fewer-than-three"],
-        ),
-        "a majority, and",
+    let err = refused(
+        members_args("apply", SET_NAME, &pick(&hosts, &[0, 3, 4]), &[]),
+        "would leave 2 of 4 voting members up, not a majority",
     )
     .await;
+    assert!(err.contains("nothing changed"), "{err}");
     assert_eq!(cluster.config_version(), Some(1));
     assert_eq!(cluster.config_hosts(), hosts);
 }

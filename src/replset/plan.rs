@@ -186,26 +186,11 @@ pub fn plan(
         .collect();
     removes.sort_by_key(|m| (m.up, running.primary.as_deref() == Some(m.host.as_str())));
 
-    let leaving_voters: Vec<&RunningMember> =
-        removes.iter().copied().filter(|m| m.votes > 0).collect();
-    let unreachable: Vec<&str> = leaving_voters
-        .iter()
-        .filter(|m| !m.up)
-        .map(|m| m.host.as_str())
-        .collect();
-    if leaving_voters.len() >= majority(voters.len()) && !unreachable.is_empty() {
-        return Err(format!(
-            "the declared members drop {} of the {} voting members, a majority, and {} not reachable: \
-             MongoDB can only change a set whose majority answers; bring them back, or reconfigure by hand with force",
-            leaving_voters.len(),
-            voters.len(),
-            if unreachable.len() == 1 {
-                format!("{} is", unreachable[0])
-            } else {
-                format!("{} are", unreachable.join(", "))
-            }
-        ));
-    }
+    // No check of the whole change up front: a majority of the voting
+    // members may be replaced, even with one of them down, as long as each
+    // step keeps a majority of the voting members up (checked per removal
+    // below). The primary answering shows that a majority answers now, and
+    // the new members join, and vote, before any live member leaves.
 
     let mut steps = Vec::new();
     let mut primary = running.primary.clone();
@@ -225,10 +210,18 @@ pub fn plan(
                 let left: BTreeSet<&String> = voters.iter().filter(|v| **v != m.host).collect();
                 let left_up = left.iter().filter(|v| up.contains(v.as_str())).count();
                 if left_up < majority(left.len()) {
+                    let down: Vec<&str> = left
+                        .iter()
+                        .filter(|v| !up.contains(v.as_str()))
+                        .map(|v| v.as_str())
+                        .collect();
                     return Err(format!(
-                        "removing {} would leave {left_up} of {} voting members up, not a majority",
+                        "removing {} would leave {left_up} of {} voting members up, not a majority, \
+                         so no primary could be elected; bring {} back first, or declare members \
+                         that keep a majority of the voting members up",
                         m.host,
-                        left.len()
+                        left.len(),
+                        down.join(", ")
                     ));
                 }
             }
@@ -337,6 +330,23 @@ mod tests {
     }
 
     #[test]
+    fn a_majority_is_replaced_in_steps_while_a_member_is_down() {
+        // a and c answer, a majority of three: every step keeps one up.
+        let r = running(&[("a:1", true), ("b:1", false), ("c:1", true)], "a:1");
+        let d = hosts(&["d:1", "c:1", "e:1"]);
+        assert_eq!(
+            plan(&r, &declared(&d), &answering(&["d:1", "e:1"])),
+            Ok(vec![
+                Step::Add("d:1".into()),
+                Step::Add("e:1".into()),
+                Step::Remove("b:1".into()),
+                Step::StepDown("a:1".into()),
+                Step::Remove("a:1".into()),
+            ])
+        );
+    }
+
+    #[test]
     fn at_seven_voters_a_member_leaves_before_the_next_joins() {
         let seven: Vec<(&str, bool)> = ["a:1", "b:1", "c:1", "d:1", "e:1", "f:1", "g:1"]
             .iter()
@@ -405,7 +415,8 @@ mod tests {
     }
 
     #[test]
-    fn a_majority_that_is_not_reachable_is_never_removed() {
+    fn a_removal_that_leaves_no_majority_up_is_refused() {
+        // One of five down: shrinking to one member is safe at every step.
         let r = running(
             &[
                 ("a:1", true),
@@ -421,12 +432,12 @@ mod tests {
             allow_fewer: true,
             ..declared(&one)
         };
-        let e = plan(&r, &one, &BTreeMap::new()).unwrap_err();
-        assert!(
-            e.contains("drop 4 of the 5 voting members, a majority"),
-            "{e}"
+        assert_eq!(
+            plan(&r, &one, &BTreeMap::new()),
+            Ok(["e:1", "b:1", "c:1", "d:1"]
+                .map(|h| Step::Remove(h.into()))
+                .to_vec())
         );
-        assert!(e.contains("e:1 is not reachable"), "{e}");
 
         // Two of five down, and the live ones are the ones to go.
         let r = running(
@@ -445,5 +456,7 @@ mod tests {
             e.contains("removing b:1 would leave 2 of 4 voting members up, not a majority"),
             "{e}"
         );
+        assert!(e.contains("bring c:1, d:1 back first"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
     }
 }
