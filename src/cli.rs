@@ -324,7 +324,7 @@ async fn replset_command(command: ReplsetCommand) -> Result<ExitCode, String> {
                 allow_fewer: allow_fewer_than_three,
                 user,
             };
-            let summary = replset::init(&request).await?;
+            let summary = replset::init(&request, &|line| println!("{line}")).await?;
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
         }

@@ -156,7 +156,16 @@ async fn unreachable_members_are_a_clear_error() {
         "{}",
         text(&o)
     );
+    // The cause, as `replset status` names it, not the driver's bare
+    // "No available servers".
+    assert!(err.contains("Connection refused"), "{}", text(&o));
     assert_eq!(err.lines().count(), 1, "{err}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.starts_with("waiting up to 2 s for 127.0.0.1:1 to answer"),
+        "one line says what it waits for: {}",
+        text(&o)
+    );
     // --wait-secs, not the driver's 5 s server selection.
     assert!(
         waited < std::time::Duration::from_millis(3500),
@@ -495,6 +504,42 @@ async fn init_initiates_a_keyed_set_and_creates_the_user_through_the_localhost_e
         status_source(&cluster, cluster::APP_PASSWORD).await,
         "replSetGetStatus"
     );
+}
+
+/// Credentials the members refuse are not a member that does not answer
+/// yet: init fails at once, says so, and never shows the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_with_refused_credentials_fails_at_once() {
+    let test = "init_with_refused_credentials_fails_at_once";
+    cluster::say(&format!(
+        "SKIPPED: {test} on real mongod, because it needs a keyed set without users, which the simulator starts; running it on replset-sim"
+    ));
+    let cluster = TestCluster::start_sim(replset_sim::ClusterOptions {
+        key_file: Some(cluster::KEY.to_owned()),
+        ..cluster::fast_sim(false)
+    })
+    .await;
+    let mut args = init_args(&cluster.hosts());
+    args.extend(
+        [
+            "--uri",
+            "mongodb://admin:not-the-password@ignored/?authSource=admin",
+            "--wait-secs",
+            "30",
+        ]
+        .map(String::from),
+    );
+    let started = std::time::Instant::now();
+    let o = simplechat(args, &[]).await;
+    let waited = started.elapsed();
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    say(&format!("{test}: in {waited:?}: {err}"));
+    assert!(err.contains("refused the credentials"), "{}", text(&o));
+    assert!(!err.contains("did not answer"), "{}", text(&o));
+    assert!(!text(&o).contains("not-the-password"), "{}", text(&o));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(waited < std::time::Duration::from_secs(10), "{waited:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

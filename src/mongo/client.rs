@@ -179,6 +179,14 @@ impl Connection {
     /// Why no server has answered, from the driver's view: each one it
     /// could not reach and why, else that none has answered yet.
     pub fn why_silent(&self) -> String {
+        self.why_unreachable()
+            .unwrap_or_else(|| format!("no answer yet from {}", self.seeds.join(", ")))
+    }
+
+    /// Each server the driver could not reach and why (connection refused,
+    /// a TLS or protocol error...), when it has tried: what a server
+    /// selection timeout's own text ("No available servers") leaves out.
+    pub fn why_unreachable(&self) -> Option<String> {
         let unreachable: Vec<String> = self
             .topology
             .get()
@@ -189,11 +197,7 @@ impl Connection {
                     .collect()
             })
             .unwrap_or_default();
-        if unreachable.is_empty() {
-            format!("no answer yet from {}", self.seeds.join(", "))
-        } else {
-            unreachable.join("; ")
-        }
+        (!unreachable.is_empty()).then(|| unreachable.join("; "))
     }
 
     /// How many times an operation has checked out a pool connection. The

@@ -21,6 +21,7 @@ use crate::mongo::errors::codes::{
     UNAUTHORIZED,
 };
 use crate::mongo::errors::command_code as code;
+use crate::mongo::errors::Signals;
 use crate::mongo::{bound_waits, connect, options, reason, Connection, Purpose};
 use crate::retry::{poll_until, Check, PollError};
 
@@ -65,6 +66,48 @@ impl Member {
         reason(e, self.conn.secret.as_deref())
     }
 
+    /// Why the member did not answer: for a server selection timeout, whose
+    /// text only says "No available servers", the cause the driver saw
+    /// (as `replset status` names it).
+    fn why(&self, e: &Error) -> String {
+        if Signals::of(e).server_selection {
+            if let Some(why) = self.conn.why_unreachable() {
+                return why;
+            }
+        }
+        self.reason(e)
+    }
+
+    /// The refusal of the credentials, if `e` is one. Waiting cannot cure
+    /// it, unlike a member still starting. The driver reports a refused
+    /// handshake either itself or, as the member then counts as unknown, as
+    /// a server selection timeout with the refusal in its view of the set.
+    /// An authentication error caused by a dropped connection is not one.
+    fn refused(&self, e: &Error) -> Option<String> {
+        let signals = Signals::of(e);
+        let why = if signals.authentication && !signals.network {
+            Some(self.reason(e))
+        } else if signals.server_selection {
+            self.conn.topology.get().and_then(|t| t.auth_failure)
+        } else {
+            None
+        }?;
+        Some(format!(
+            "member {} refused the credentials given with --uri ({why}): check the user name, \
+             password and authSource in --uri; nothing changed",
+            self.host
+        ))
+    }
+
+    /// What the member answered, as a poll's check: a refusal of the
+    /// credentials ends the wait, anything else is waited out.
+    fn not_yet<T>(&self, e: &Error) -> Check<T> {
+        match self.refused(e) {
+            Some(why) => Check::Failed(why),
+            None => Check::NotYet(self.why(e)),
+        }
+    }
+
     async fn close(self) {
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
@@ -72,6 +115,34 @@ impl Member {
         )
         .await;
     }
+}
+
+/// How long a wait may go unannounced: a member that answers at once
+/// needs no line, one still starting gets one while it is waited for.
+const ANNOUNCE_AFTER: Duration = Duration::from_millis(500);
+
+/// Runs `wait`; if it has not finished after [`ANNOUNCE_AFTER`], says once
+/// through `progress` what it waits for and how long it may take.
+async fn announced<T>(
+    wait: impl std::future::Future<Output = T>,
+    progress: &dyn Fn(&str),
+    line: impl FnOnce() -> String,
+) -> T {
+    let wait = std::pin::pin!(wait);
+    let mut wait = wait;
+    match tokio::time::timeout(ANNOUNCE_AFTER, &mut wait).await {
+        Ok(out) => out,
+        Err(_) => {
+            progress(&line());
+            wait.await
+        }
+    }
+}
+
+fn secs_until(deadline: Instant) -> u64 {
+    let left = deadline.saturating_duration_since(Instant::now());
+    // Rounded up, so that a 120 s wait announced after half a second says 120.
+    left.as_secs() + u64::from(left.subsec_nanos() > 0)
 }
 
 /// What the first member says about initiation.
@@ -87,7 +158,11 @@ enum State {
 /// then waits for a primary and creates or updates the user if asked. Each
 /// wait is bounded by `waits`. Returns a one-line summary; errors are one
 /// line each, among them a set initiated otherwise, which is never changed.
-pub async fn init(request: &InitRequest, waits: Waits) -> Result<String, String> {
+pub async fn init(
+    request: &InitRequest,
+    waits: Waits,
+    progress: &dyn Fn(&str),
+) -> Result<String, String> {
     config::check_name(&request.name)?;
     let members = config::normalize_members(&request.members)?;
     // The rules `apply` keeps a set to, so that init never builds one that
@@ -113,7 +188,7 @@ pub async fn init(request: &InitRequest, waits: Waits) -> Result<String, String>
             conn,
         });
     }
-    let mut result = run(&request.name, &members, &all, waits).await;
+    let mut result = run(&request.name, &members, &all, waits, progress).await;
     if let (Ok(summary), Some(user)) = (&result, &user) {
         result = user::ensure(
             user,
@@ -138,19 +213,26 @@ async fn run(
     hosts: &[String],
     members: &[Member],
     waits: Waits,
+    progress: &dyn Fn(&str),
 ) -> Result<String, String> {
     let first = &members[0];
     let deadline = Instant::now() + waits.members;
-    let state = first_member_state(first, deadline, waits).await?;
+    let state = announced(first_member_state(first, deadline, waits), progress, || {
+        waiting_for(first, deadline)
+    })
+    .await?;
     if let State::Initiated = state {
         check_existing(first, name, hosts).await?;
-        let primary = wait_for_primary(first, waits).await?;
+        let primary = wait_for_primary(first, waits, progress).await?;
         return Ok(format!(
             "replica set {name} is already initiated with these members; nothing changed. Primary: {primary}"
         ));
     }
     for m in &members[1..] {
-        wait_for_member(m, name, deadline, waits).await?;
+        announced(wait_for_member(m, name, deadline, waits), progress, || {
+            waiting_for(m, deadline)
+        })
+        .await?;
     }
     let how = match first
         .admin(doc! { "replSetInitiate": config::initiate_document(name, hosts) })
@@ -186,11 +268,25 @@ async fn run(
         }
         Err(e) => return Err(initiate_error(&first.host, code(&e), &first.reason(&e))),
     };
-    let primary = wait_for_primary(first, waits).await?;
+    let primary = wait_for_primary(first, waits, progress).await?;
     Ok(format!(
         "replica set {name} {how} with members {}. Primary: {primary}",
         hosts.join(", ")
     ))
+}
+
+/// The progress line of a wait for `m` to answer, with the cause the
+/// driver already saw, if any.
+fn waiting_for(m: &Member, deadline: Instant) -> String {
+    let mut line = format!(
+        "waiting up to {} s for {} to answer",
+        secs_until(deadline),
+        m.host
+    );
+    if let Some(why) = m.conn.why_unreachable() {
+        line.push_str(&format!(" ({why})"));
+    }
+    line
 }
 
 /// The error of a wait for `m` to answer.
@@ -224,7 +320,7 @@ async fn first_member_state(
                 "mongod at {} is not running as a replica-set member: start it with --replSet (replication.replSetName)",
                 first.host
             )),
-            Err(e) => Check::NotYet(first.reason(&e)),
+            Err(e) => first.not_yet(&e),
         }
     })
     .await
@@ -255,7 +351,7 @@ async fn wait_for_member(
                 _ => Check::Done(()),
             },
             Err(e) if code(&e) == Some(UNAUTHORIZED) => Check::Failed(unauthorized(m, &e)),
-            Err(e) => Check::NotYet(m.reason(&e)),
+            Err(e) => m.not_yet(&e),
         }
     })
     .await
@@ -286,16 +382,26 @@ async fn check_existing(first: &Member, name: &str, hosts: &[String]) -> Result<
     config::compare(&existing, name, hosts)
 }
 
-async fn wait_for_primary(first: &Member, waits: Waits) -> Result<String, String> {
+async fn wait_for_primary(
+    first: &Member,
+    waits: Waits,
+    progress: &dyn Fn(&str),
+) -> Result<String, String> {
     let deadline = Instant::now() + waits.primary;
-    poll_until(deadline, waits.poll, || async {
+    let wait = poll_until(deadline, waits.poll, || async {
         match first.admin(doc! { "hello": 1 }).await {
             Ok(hello) => match hello.get_str("primary") {
                 Ok(primary) => Check::Done(primary.to_owned()),
                 Err(_) => Check::NotYet("no primary elected yet".to_owned()),
             },
-            Err(e) => Check::NotYet(first.reason(&e)),
+            Err(e) => first.not_yet(&e),
         }
+    });
+    announced(wait, progress, || {
+        format!(
+            "waiting up to {} s for a primary to be elected",
+            secs_until(deadline)
+        )
     })
     .await
     .map_err(|e| match e {
@@ -381,15 +487,24 @@ mod tests {
     #[tokio::test]
     async fn unreachable_first_member_is_a_clear_error() {
         let started = Instant::now();
+        let lines = std::cell::RefCell::new(Vec::new());
         let err = init(
             &request(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]),
             short(),
+            &|line| lines.borrow_mut().push(line.to_owned()),
         )
         .await
         .unwrap_err();
         assert!(
             err.starts_with("member 127.0.0.1:1 did not answer within 1 s"),
             "{err}"
+        );
+        assert!(!err.contains("No available servers"), "{err}");
+        let lines = lines.into_inner();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].starts_with("waiting up to 1 s for 127.0.0.1:1 to answer"),
+            "{lines:?}"
         );
         // The wait, not the driver's 5 s server selection.
         let waited = started.elapsed();
@@ -398,26 +513,28 @@ mod tests {
 
     #[tokio::test]
     async fn bad_requests_fail_before_connecting() {
-        assert!(init(&request(&[]), short())
+        assert!(init(&request(&[]), short(), &|_| {})
             .await
             .unwrap_err()
             .contains("--member"));
-        assert!(init(&request(&["h:1", "H:1"]), short())
+        assert!(init(&request(&["h:1", "H:1"]), short(), &|_| {})
             .await
             .unwrap_err()
             .contains("twice"));
-        let one = init(&request(&["h:1"]), short()).await.unwrap_err();
+        let one = init(&request(&["h:1"]), short(), &|_| {})
+            .await
+            .unwrap_err();
         assert!(one.contains("--allow-fewer-than-three"), "{one}");
-        let even = init(&request(&["h:1", "h:2", "h:3", "h:4"]), short())
+        let even = init(&request(&["h:1", "h:2", "h:3", "h:4"]), short(), &|_| {})
             .await
             .unwrap_err();
         assert!(even.contains("--allow-even-voters"), "{even}");
         let mut r = request(&["h:1", "h:2", "h:3"]);
         r.name = "a b".into();
-        assert!(init(&r, short()).await.is_err());
+        assert!(init(&r, short(), &|_| {}).await.is_err());
         r = request(&["h:1", "h:2", "h:3"]);
         r.uri = Some("mongodb://u:hunter22@h:notaport".into());
-        let err = init(&r, short()).await.unwrap_err();
+        let err = init(&r, short(), &|_| {}).await.unwrap_err();
         assert!(!err.contains("hunter22"), "{err}");
     }
 }

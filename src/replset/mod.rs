@@ -38,10 +38,11 @@ pub struct InitRequest {
     pub user: Option<UserRequest>,
 }
 
-/// Initiates the replica set if needed and waits for a primary. Returns a
-/// human summary of what it did; errors are one line each.
-pub async fn init(request: &InitRequest) -> Result<String, String> {
-    init::init(request, Waits::bounded(request.wait_secs)).await
+/// Initiates the replica set if needed and waits for a primary, saying
+/// through `progress` what it waits for when a wait does not end at once.
+/// Returns a human summary of what it did; errors are one line each.
+pub async fn init(request: &InitRequest, progress: &dyn Fn(&str)) -> Result<String, String> {
+    init::init(request, Waits::bounded(request.wait_secs), progress).await
 }
 
 /// `replset status`: the members, plus the configuration's version and the
