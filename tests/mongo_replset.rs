@@ -197,6 +197,22 @@ async fn unreachable_members_are_a_clear_error() {
             waited < std::time::Duration::from_millis(3500),
             "{command}: {waited:?}"
         );
+        let out = text(&o);
+        assert!(!out.contains("for cannot"), "{out}");
+        assert!(!out.contains("No available servers"), "{out}");
+        assert!(out.contains("Connection refused"), "names the cause: {out}");
+        if command == "apply" {
+            let stdout = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                stdout.starts_with("  waiting up to 2 s for a primary to answer ("),
+                "{out}"
+            );
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                err.contains("gave up after 2 s waiting for a primary to answer ("),
+                "{out}"
+            );
+        }
     }
 }
 

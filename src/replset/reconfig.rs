@@ -163,6 +163,18 @@ impl Session {
         reason(e, self.conn.secret.as_deref())
     }
 
+    /// Why the set did not answer: for a server selection timeout, whose
+    /// text only says "No available servers", the causes the driver saw
+    /// (as `replset status` names them).
+    fn why(&self, e: &mongodb::error::Error) -> String {
+        if Signals::of(e).server_selection {
+            if let Some(why) = self.conn.why_unreachable() {
+                return format!("no primary answers: {why}");
+            }
+        }
+        self.reason(e)
+    }
+
     /// The configuration (from the primary, with `commitmentStatus`) and
     /// each member's state.
     async fn running(&self) -> Result<(Running, Document, bool), String> {
@@ -173,7 +185,7 @@ impl Session {
             .map_err(|e| {
                 format!(
                     "cannot read the configuration from the primary: {}",
-                    self.reason(&e)
+                    self.why(&e)
                 )
             })?;
         let cfg = reply
@@ -185,7 +197,7 @@ impl Session {
             .admin()
             .run_command(doc! { "replSetGetStatus": 1 })
             .await
-            .map_err(|e| format!("cannot read the replica set's status: {}", self.reason(&e)))?;
+            .map_err(|e| format!("cannot read the replica set's status: {}", self.why(&e)))?;
         Ok((parse_running(&cfg, &status)?, cfg, committed))
     }
 
@@ -306,10 +318,14 @@ impl Session {
         deadline: Instant,
         progress: &mut dyn FnMut(&str),
     ) -> Result<(), String> {
+        // What is awaited, as the end of "waiting for ...": a pending
+        // change as `unsettled` words it, or a primary when none answered.
+        let no_primary = |why: String| format!("a primary to answer ({why})");
         let first = match tokio::time::timeout_at(deadline, self.unsettled()).await {
             Ok(Ok(None)) => return Ok(()),
-            Ok(Ok(Some(why)) | Err(why)) => why,
-            Err(_) => self.conn.why_silent(),
+            Ok(Ok(Some(pending))) => pending,
+            Ok(Err(why)) => no_primary(why),
+            Err(_) => no_primary(self.conn.why_silent()),
         };
         progress(&format!(
             "  waiting up to {} s for {first}",
@@ -318,7 +334,8 @@ impl Session {
         poll_until(deadline, Duration::from_millis(250), || async {
             match self.unsettled().await {
                 Ok(None) => Check::Done(()),
-                Ok(Some(why)) | Err(why) => Check::NotYet(why),
+                Ok(Some(pending)) => Check::NotYet(pending),
+                Err(why) => Check::NotYet(no_primary(why)),
             }
         })
         .await
