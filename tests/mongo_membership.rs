@@ -304,6 +304,56 @@ async fn a_dead_member_is_replaced_while_writing() {
     traffic.finish(test, &cluster).await;
 }
 
+/// Two applies of the same declaration at once (two operators, or a unit
+/// restarted by hand while it ran): the one whose reconfiguration loses
+/// the race re-reads the set and succeeds when it has the declared
+/// members; when it does not yet, it says another reconfiguration ran and
+/// to run apply again; never mongod's bare version conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_applies_at_once_end_with_the_declared_members() {
+    let test = "two_applies_at_once_end_with_the_declared_members";
+    sim_only(test);
+    // One step (four to five): both end with the declared members.
+    let cluster = start(5, 4).await;
+    let five = cluster.hosts();
+    let (a, b) = tokio::join!(
+        simplechat(members_args("apply", SET_NAME, &five, &[])),
+        simplechat(members_args("apply", SET_NAME, &five, &[])),
+    );
+    for o in [&a, &b] {
+        say(&format!("{test}: one step: {}", text(o)));
+        assert!(o.status.success(), "{}", text(o));
+    }
+    assert_eq!(cluster.config_hosts(), five);
+
+    // Two steps (three to five): a loser may find the set half-way.
+    let cluster = start(5, 3).await;
+    let five = cluster.hosts();
+    let (a, b) = tokio::join!(
+        simplechat(members_args("apply", SET_NAME, &five, &[])),
+        simplechat(members_args("apply", SET_NAME, &five, &[])),
+    );
+    for o in [&a, &b] {
+        say(&format!("{test}: two steps: {}", text(o)));
+        let out = text(o);
+        assert!(!out.contains("is not greater than"), "{out}");
+        assert!(!out.contains("same host field"), "{out}");
+        if !o.status.success() {
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                err.contains("another reconfiguration ran at the same time")
+                    && err.contains("run apply again"),
+                "{out}"
+            );
+            assert_eq!(err.lines().count(), 1, "{out}");
+        }
+    }
+    assert!(a.status.success() || b.status.success());
+    let again = simplechat(members_args("apply", SET_NAME, &five, &[])).await;
+    assert!(again.status.success(), "{}", text(&again));
+    assert_eq!(cluster.config_hosts(), five);
+}
+
 /// Two of three members replaced while one of them is down: a majority
 /// (the primary and the kept member) answers, so the set gets there one
 /// voting member at a time: both new members join, then the dead one and

@@ -8,7 +8,7 @@
 //! is (idempotent), and a member that failed meanwhile is seen before the
 //! next step.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use mongodb::bson::{doc, Bson, Document};
@@ -87,6 +87,27 @@ pub fn describe(running: &Running) -> String {
         running.version,
         running.term
     )
+}
+
+/// Why a step was not taken.
+enum StepError {
+    /// The configuration changed between the plan and the step: another
+    /// reconfiguration ran meanwhile.
+    Overtaken(String),
+    /// Anything else, as one line.
+    Failed(String),
+}
+
+impl From<String> for StepError {
+    fn from(why: String) -> Self {
+        StepError::Failed(why)
+    }
+}
+
+impl From<&str> for StepError {
+    fn from(why: &str) -> Self {
+        StepError::Failed(why.to_owned())
+    }
 }
 
 struct Session {
@@ -303,8 +324,50 @@ impl Session {
             };
             taken += 1;
             progress(&format!("step {taken}: {step}"));
-            self.take(&step, &planned.running, progress).await?;
+            match self.take(&step, &planned.running, progress).await {
+                Ok(()) => {}
+                Err(StepError::Failed(e)) => return Err(e),
+                Err(StepError::Overtaken(why)) => {
+                    return self.overtaken(request, &why, progress).await
+                }
+            }
             settled_by = Instant::now() + self.wait;
+        }
+    }
+
+    /// After another reconfiguration changed the set under a step: success
+    /// if the set, once settled, has the declared members (another apply of
+    /// the same declaration got there first), else an error saying so.
+    /// Planning on from what the other run left could undo its steps, and
+    /// two runs with different declarations would then take turns forever.
+    async fn overtaken(
+        &self,
+        request: &MembersRequest,
+        why: &str,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<String, String> {
+        progress(&format!(
+            "  another reconfiguration changed the set meanwhile ({why}); checking it against the declared members"
+        ));
+        self.wait_settled(Instant::now() + self.wait, progress)
+            .await?;
+        let (running, _, _) = self.running().await?;
+        let declared: BTreeSet<String> = config::normalize_members(&request.members)?
+            .into_iter()
+            .collect();
+        let have: BTreeSet<String> = running.members.iter().map(|m| m.host.clone()).collect();
+        if have == declared {
+            Ok(format!(
+                "replica set {} now has the declared {} (another reconfiguration made the last change)",
+                request.name,
+                describe(&running)
+            ))
+        } else {
+            Err(format!(
+                "another reconfiguration ran at the same time as this one ({why}); the set now has {}: \
+                 run apply again to continue from there",
+                describe(&running)
+            ))
         }
     }
 
@@ -410,12 +473,12 @@ impl Session {
         step: &Step,
         running: &Running,
         progress: &mut dyn FnMut(&str),
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let bound = self.wait.as_secs();
         match step {
             Step::Add(host) => {
                 let version = self
-                    .reconfig(|members| {
+                    .reconfig(running.version, |members| {
                         let next = members
                             .iter()
                             .filter_map(|m| m.as_document().and_then(member_id))
@@ -427,7 +490,7 @@ impl Session {
                 progress(&format!(
                     "  configuration version {version}: waiting up to {bound} s for {host} to copy the data and vote"
                 ));
-                self.wait_voting(host).await
+                Ok(self.wait_voting(host).await?)
             }
             Step::StepDown(host) => {
                 // The primary may drop connections as it steps down; the
@@ -441,20 +504,21 @@ impl Session {
                         return Err(format!(
                             "{host} did not step down: no electable secondary caught up within 15 s ({})",
                             self.reason(&e)
-                        ));
+                        )
+                        .into());
                     }
                 }
                 progress(&format!(
                     "  waiting up to {bound} s for a primary other than {host}"
                 ));
-                self.wait_primary_other_than(host).await
+                Ok(self.wait_primary_other_than(host).await?)
             }
             Step::Remove(host) => {
                 if running.primary.as_deref() == Some(host.as_str()) {
-                    return Err(format!("{host} is still the primary; it was not removed"));
+                    return Err(format!("{host} is still the primary; it was not removed").into());
                 }
                 let version = self
-                    .reconfig(|members| {
+                    .reconfig(running.version, |members| {
                         members.retain(|m| {
                             m.as_document()
                                 .and_then(|d| d.get_str("host").ok())
@@ -475,11 +539,28 @@ impl Session {
         }
     }
 
-    /// Sends the current configuration, changed by `edit`, with the next
-    /// version. Returns that version.
-    async fn reconfig(&self, edit: impl FnOnce(&mut Vec<Bson>)) -> Result<i64, String> {
+    /// Sends the configuration `planned` (the version the step was planned
+    /// from), changed by `edit`, with the next version. Returns that
+    /// version. A configuration that is no longer `planned`, before or
+    /// after a refusal, is another reconfiguration's doing: mongod takes
+    /// one configuration per version and refuses a version that is not
+    /// greater than the installed one
+    /// (<https://www.mongodb.com/docs/manual/reference/command/replSetReconfig/>),
+    /// so a refusal's own text ("version 7 is not greater than version 7")
+    /// would not say that.
+    async fn reconfig(
+        &self,
+        planned: i64,
+        edit: impl FnOnce(&mut Vec<Bson>),
+    ) -> Result<i64, StepError> {
         let (_, mut cfg, _) = self.running().await?;
-        let version = version_of(&cfg).ok_or("the configuration has no version")? + 1;
+        let installed = version_of(&cfg).ok_or("the configuration has no version")?;
+        if installed != planned {
+            return Err(StepError::Overtaken(format!(
+                "its configuration is at version {installed}, not {planned} as planned"
+            )));
+        }
+        let version = installed + 1;
         let mut members = cfg
             .get_array("members")
             .map_err(|_| "the configuration has no members")?
@@ -489,16 +570,26 @@ impl Session {
         cfg.insert("version", version);
         cfg.remove("term");
         let wait_ms = i64::try_from(self.wait.as_millis()).unwrap_or(i64::MAX);
-        self.admin()
+        let Err(e) = self
+            .admin()
             .run_command(doc! { "replSetReconfig": cfg, "maxTimeMS": wait_ms })
             .await
-            .map_err(|e| {
-                format!(
-                    "replSetReconfig to version {version} failed: {}",
-                    self.reason(&e)
-                )
-            })?;
-        Ok(version)
+        else {
+            return Ok(version);
+        };
+        let failed = format!(
+            "replSetReconfig to version {version} failed: {}",
+            self.reason(&e)
+        );
+        match self.running().await {
+            Ok((_, now, _)) if version_of(&now) != Some(installed) => {
+                Err(StepError::Overtaken(format!(
+                    "version {version} was refused and the configuration is at version {} now",
+                    version_of(&now).map_or_else(|| "?".to_owned(), |v| v.to_string())
+                )))
+            }
+            _ => Err(StepError::Failed(failed)),
+        }
     }
 
     async fn wait_voting(&self, host: &str) -> Result<(), String> {
