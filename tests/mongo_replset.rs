@@ -256,6 +256,29 @@ async fn status_prints_every_member() {
     );
 }
 
+/// A connection string naming another set than the members' is the
+/// operator's typo to point at, not a timeout: the driver drops every host
+/// that answers as a member of another set, and the one line says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_names_a_replica_set_name_no_host_has() {
+    let cluster = TestCluster::start("status_names_a_replica_set_name_no_host_has").await;
+    let uri = format!(
+        "mongodb://{}/chat?replicaSet=not-{SET_NAME}",
+        cluster.hosts().join(",")
+    );
+    let o = simplechat(status_args(uri), &[]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(o.stdout.is_empty(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "simplechat: no host in the connection string is a member of replica set not-{SET_NAME}"
+        )) && err.contains(&format!("check replicaSet=not-{SET_NAME}")),
+        "{err}"
+    );
+}
+
 /// `replset status` is the gate of a rolling restart: it exits 0 only for
 /// a primary and every member healthy, 2 otherwise, the report printed
 /// either way.
