@@ -490,7 +490,12 @@ impl Config {
         let figment = self
             .figment
             .clone()
-            .merge(Serialized::default("template_dir", &dir).profile(Profile::Global));
+            .merge(Serialized::default("template_dir", &dir).profile(Profile::Global))
+            // Rocket paints its records with ANSI codes on a terminal; the
+            // process's logger (`crate::logging`) escapes every control
+            // character a record holds, the escape that starts a colour
+            // too, so colours would print as `\u{1b}[32m`.
+            .merge(Serialized::default("cli_colors", false).profile(Profile::Global));
         Ok((figment, written))
     }
 }
@@ -725,6 +730,16 @@ pub fn describe_store(store: &StoreConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rocket_never_paints_colours_the_logger_would_escape() {
+        let rocket_layers = Figment::from(rocket::Config::default()).merge(("cli_colors", true));
+        let asked = layered(rocket_layers, Path::new("no-such-simplechat.toml"));
+        let config = Config::from_figment(asked).unwrap();
+        let (figment, _templates) = config.rocket_figment().unwrap();
+        let rocket: rocket::Config = figment.extract().unwrap();
+        assert!(!rocket.cli_colors);
+    }
 
     #[test]
     fn the_built_in_templates_are_the_ones_the_app_renders() {
