@@ -31,7 +31,7 @@ use std::io::Write;
 
 use rocket::config::LogLevel;
 
-use crate::api::echo::escape_in_log;
+use crate::text::escape_in_log;
 
 struct Logger;
 

@@ -1,4 +1,10 @@
-//! Text meant for people: one line, bounded.
+//! Text meant for people: one line, bounded; client input made safe to
+//! show in a line.
+
+use std::borrow::Cow;
+
+use icu_properties::props::BidiControl;
+use icu_properties::{CodePointSetData, CodePointSetDataBorrowed};
 
 /// Folds control characters and runs of white space into single spaces and
 /// caps the result at 400 bytes (then `…`), so an error fits a log line, a
@@ -23,9 +29,60 @@ pub fn one_line(text: &str) -> String {
     out
 }
 
+/// `text` with every character [`needs_escape`] names, but newline,
+/// written as [`escape`] writes it (as an error echoes client input,
+/// `crate::api::echo`); nothing cut, backslashes kept. For a whole log
+/// record, which may carry client input its writer did not echo (Rocket
+/// logs each request's target as sent, and hyper lets any UTF-8 through
+/// there, such as U+0085 or U+202E): such a character would end the line in
+/// some viewers, or reorder it. A newline is kept: hyper refuses it in a
+/// target or header, so no client input carries one, and a record with one
+/// is meant to span lines.
+pub fn escape_in_log(text: &str) -> Cow<'_, str> {
+    let bidi_control = CodePointSetData::new::<BidiControl>();
+    let escaped = |c: char| c != '\n' && needs_escape(c, bidi_control);
+    if !text.chars().any(escaped) {
+        return Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if escaped(c) {
+            shown.push_str(&escape(c));
+        } else {
+            shown.push(c);
+        }
+    }
+    Cow::Owned(shown)
+}
+
+/// Whether `c` is written as an escape where client input is shown: a
+/// control character (general category Cc) or a line or paragraph
+/// separator, which may end the line it is in, or a bidirectional control
+/// (the Unicode Bidi_Control property), which may reorder it.
+pub fn needs_escape(c: char, bidi_control: CodePointSetDataBorrowed<'_>) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || bidi_control.contains(c)
+}
+
+/// `c` as a Rust-style escape: `\u{202e}`.
+pub fn escape(c: char) -> String {
+    format!("\\u{{{:x}}}", u32::from(c))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_record_keeps_its_lines_and_order() {
+        assert_eq!(escape_in_log("GET /a:"), "GET /a:");
+        assert_eq!(
+            escape_in_log("GET /a\u{202e}b\u{85}c\\d\r:"),
+            "GET /a\\u{202e}b\\u{85}c\\d\\u{d}:"
+        );
+        assert_eq!(escape_in_log("one\ntwo\t"), "one\ntwo\\u{9}");
+        let long = "é".repeat(500);
+        assert_eq!(escape_in_log(&long), long);
+    }
 
     #[test]
     fn folds_and_caps() {
