@@ -222,19 +222,13 @@ pub fn reason(error: &Error, secret: Option<&str>) -> String {
     scrub(&one_line(&text), secret)
 }
 
-/// Replaces every occurrence of the password (raw and percent-encoded) with
-/// `****`.
+/// `text` with the password, when there is one, hidden
+/// ([`super::uri::hide_secret`]).
 pub fn scrub(text: &str, secret: Option<&str>) -> String {
-    // Even a short password is hidden: a mangled message beats a leaked one.
-    let Some(secret) = secret.filter(|s| !s.is_empty()) else {
-        return text.to_owned();
-    };
-    let mut out = text.replace(secret, "****");
-    let encoded = super::uri::encode_userinfo(secret);
-    if encoded != secret {
-        out = out.replace(&encoded, "****");
+    match secret {
+        Some(secret) => super::uri::hide_secret(text, secret),
+        None => text.to_owned(),
     }
-    out
 }
 
 #[cfg(test)]

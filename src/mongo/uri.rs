@@ -87,7 +87,7 @@ pub fn parse(uri: &str) -> Result<ConnectionString, String> {
         let stand_in = format!("{}PASSWORD{}", &uri[..start], &uri[end..]);
         match ConnectionString::parse(&stand_in) {
             Err(e) => explained(scrub_options(
-                &scrub_text(&e.kind.to_string(), &uri[start..end]),
+                &hide_secret(&e.kind.to_string(), &uri[start..end]),
                 uri,
             )),
             Ok(_) => "the password does not parse (the driver's reason is withheld as it may \
@@ -139,12 +139,22 @@ fn is_port_list(text: &str) -> bool {
         && pieces.all(|seed| seed.rsplit_once(':').is_none_or(|(_, port)| digits(port)))
 }
 
-/// `text` with every copy of `secret` (raw and percent-decoded) replaced
-/// by `****`.
-fn scrub_text(text: &str, secret: &str) -> String {
+/// `text` with every copy of `secret` replaced by `****`: as given, and
+/// percent-encoded and percent-decoded, as a connection string carries it
+/// and the driver may quote it. An empty secret hides nothing (replacing
+/// "" would put `****` between every character); any other is hidden
+/// however short: a mangled message beats a leaked one.
+pub fn hide_secret(text: &str, secret: &str) -> String {
+    if secret.is_empty() {
+        return text.to_owned();
+    }
     let mut out = text.replace(secret, "****");
+    let encoded = encode_userinfo(secret);
+    if encoded != secret {
+        out = out.replace(&encoded, "****");
+    }
     if let Ok(decoded) = percent_encoding::percent_decode_str(secret).decode_utf8() {
-        if !decoded.is_empty() {
+        if !decoded.is_empty() && decoded != secret {
             out = out.replace(decoded.as_ref(), "****");
         }
     }
@@ -281,11 +291,11 @@ pub fn scrub_options(text: &str, uri: &str) -> String {
     let mut out = hide_options(text);
     for (start, end) in option_spans(uri) {
         let value = &uri[start..end];
-        out = scrub_text(&out, value);
+        out = hide_secret(&out, value);
         for entry in value.split(',') {
-            out = scrub_text(&out, entry);
+            out = hide_secret(&out, entry);
             if let Some((_, secret)) = entry.split_once(':') {
-                out = scrub_text(&out, secret);
+                out = hide_secret(&out, secret);
             }
         }
     }
@@ -526,6 +536,20 @@ mod tests {
             }
             assert!(!why.is_empty());
         }
+    }
+
+    #[test]
+    fn an_empty_secret_option_leaves_the_message_readable() {
+        for uri in [
+            "mongodb://h1/db?authMechanismProperties=SERVICE_NAME:",
+            "mongodb://h1/db?authMechanismProperties=A:b,",
+        ] {
+            let text = "invalid authMechanismProperties";
+            assert_eq!(scrub_options(text, uri), text, "{uri}");
+        }
+        assert_eq!(hide_secret("p@ss and p%40ss", "p@ss"), "**** and ****");
+        assert_eq!(hide_secret("p@ss and p%40ss", "p%40ss"), "**** and ****");
+        assert_eq!(hide_secret("text", ""), "text");
     }
 
     #[test]
