@@ -67,8 +67,8 @@ pub const EXIT_UNHEALTHY: u8 = 2;
 const STATUS_EXIT: &str = "\
 Exit status: 0 when there is a primary and every member is healthy (PRIMARY or
 SECONDARY); 2 when not, after printing the report all the same; 1, with one
-line on stderr, when no report could be made (no URI, a bad one, or
-credentials the set refuses).";
+line on stderr, when no report could be made (no URI, a bad one, a
+replicaSet= no host belongs to, or credentials the set refuses).";
 
 /// The parsed command line. `--help` shows `about` and the configuration
 /// summary, not this comment.
@@ -353,10 +353,13 @@ async fn replset_command(command: ReplsetCommand) -> Result<ExitCode, String> {
             let uri = match uri {
                 // As the app would connect: the password file completes a
                 // URI that names a user and no password.
-                Some(uri) => {
+                // Only such a URI reads the configuration: one that needs
+                // nothing of it works beside a broken simplechat.toml.
+                Some(uri) if crate::mongo::uri::names_user_without_password(&uri) => {
                     let file = config::password_file().map_err(|e| e.to_string())?;
                     config::with_password_file(&uri, file.as_deref()).map_err(|e| e.to_string())?
                 }
+                Some(uri) => uri,
                 None => match Config::load().map_err(|e| e.to_string())?.store {
                     StoreConfig::MongoDb { uri, .. } => uri,
                     StoreConfig::Embedded { .. } => {

@@ -576,6 +576,35 @@ fn help_version_and_replset_without_a_uri() {
     assert_one_line_failure(&status, "needs a MongoDB URI");
 }
 
+/// `replset status --uri` reads the configuration only for a URI that
+/// names a user and no password (the password file completes it): one
+/// that needs nothing of it is not stopped by a broken simplechat.toml.
+#[test]
+fn replset_status_with_a_complete_uri_ignores_a_broken_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("simplechat.toml"), "port = [\n").unwrap();
+    let complete = simplechat(
+        dir.path(),
+        &[
+            "replset",
+            "status",
+            "--uri",
+            "mongodb://u:p@127.0.0.1:1/db?serverSelectionTimeoutMS=300",
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&complete.stderr);
+    assert!(!err.contains("bad configuration"), "{err}");
+    // Nothing answers there: the report says so (exit 2), not the file.
+    assert_eq!(complete.status.code(), Some(2), "{err}");
+    let needs_the_file = simplechat(
+        dir.path(),
+        &["replset", "status", "--uri", "mongodb://u@127.0.0.1:1/db"],
+        &[],
+    );
+    assert_one_line_failure(&needs_the_file, "bad configuration: simplechat.toml");
+}
+
 /// A data_dir that is a file, or that another instance has open, is one
 /// line that says so (not "File exists", not a lock error twice prefixed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
