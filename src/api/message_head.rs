@@ -60,8 +60,27 @@ fn host_error(parts: &Parts) -> Option<String> {
             "the Host header {} is not a host with an optional port (RFC 9112 §3.2)",
             echo(&String::from_utf8_lossy(host.as_bytes()))
         )),
-        _ => None,
+        _ => target_host_error(parts),
     }
+}
+
+/// Why an absolute-form target's authority, which takes `Host`'s place
+/// (RFC 9112 §3.2.2), is no host either: held to the same rules as a `Host`
+/// value, userinfo included (RFC 9110 §4.2.4: a recipient treats it as an
+/// error), so the host the request checks compare is never one a `Host`
+/// header could not have named.
+fn target_host_error(parts: &Parts) -> Option<String> {
+    let authority = parts
+        .uri
+        .authority()
+        .filter(|_| parts.uri.scheme().is_some())?;
+    (!is_valid_host(authority.as_str().as_bytes())).then(|| {
+        format!(
+            "the request-target's authority {} is not a host with an optional port \
+             (RFC 9112 §3.2.2)",
+            echo(authority.as_str())
+        )
+    })
 }
 
 /// Whether `value` is a valid `Host` value: `uri-host [ ":" port ]` (RFC
@@ -225,6 +244,9 @@ mod tests {
             assert!(!is_valid_host(invalid.as_bytes()), "{invalid:?}");
         }
         assert!(refused(Request::get("/").header("host", "a@b")));
+        assert!(refused(Request::get("http://u@x/").header("host", "x")));
+        assert!(refused(Request::get("http://x:70000/").header("host", "x")));
+        assert!(!refused(Request::get("http://x:8000/").header("host", "y")));
         assert!(refused(Request::get("http://x/").header("host", "x:y")));
     }
 }

@@ -207,7 +207,9 @@ impl TopologySnapshot {
                     // A mongod started with a set name whose set was never
                     // initiated, or that was removed from it.
                     ServerType::RsGhost => format!(
-                        "{} is in no replica set's configuration (RSGhost: not initiated,                          or removed; `simplechat replset init` initiates a new set)",
+                        "{} is in no replica set's configuration (RSGhost): not initiated \
+                         yet (`simplechat replset init`), or removed from its set (drop it \
+                         from the connection string)",
                         s.address
                     ),
                     other => format!("{} {other}", s.address),
