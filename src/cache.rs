@@ -370,9 +370,10 @@ impl Cache {
     /// store, from its change stream) but has not yet: until it does,
     /// listings are not answered from the cache (they go to the store,
     /// which has it), so a client that posted reads its own message, while
-    /// subscribers get it where the store publishes it, in the store order. Publishing it here instead would put it ahead of
-    /// messages the store orders before it. A reset that holds it, or
-    /// [`ECHO_MAX_WAIT`], ends the wait too.
+    /// subscribers get it where the store publishes it, in the store order.
+    /// Publishing it here instead would put it ahead of messages the store
+    /// orders before it. A reset that holds it, or [`ECHO_MAX_WAIT`], ends
+    /// the wait too.
     pub fn await_echo(&self, id: &str) {
         let mut recent = self.write();
         if recent.ids.contains_key(id) {

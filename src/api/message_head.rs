@@ -94,10 +94,9 @@ fn target_host_error(parts: &Parts) -> Option<String> {
 /// `uri-host` lacks), a port that is not digits or is above 65535,
 /// brackets that do not enclose the whole host, and bracketed text that is
 /// no IPv6 address (IPvFuture and zone ids are refused: no client sends
-/// them). It also
-/// refuses a `%` in a registered name, which RFC 3986 allows
-/// (pct-encoded) but which no client sends: hosts go out in ASCII
-/// (punycode).
+/// them). http's parser also refuses a `%` in a registered name, which
+/// RFC 3986 allows (pct-encoded) but which no client sends: hosts go out
+/// in ASCII (punycode).
 fn is_valid_host(value: &[u8]) -> bool {
     if value.is_empty() {
         return true;
