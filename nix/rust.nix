@@ -1,6 +1,7 @@
 # The Rust side of the flake: one prebuilt toolchain (rust-overlay) that
 # carries the musl standard library, crane on top of it, the dependencies
-# built once, and the bundle, clippy, tests and rustfmt reusing them.
+# built once for the bundle (release) and once for the checks (clippy and
+# the tests, in cargo's own profiles), and rustfmt.
 #
 # `pkgs` must have rust-overlay's overlay applied (`pkgs.rust-bin`).
 {
@@ -63,25 +64,29 @@ let
     hardeningDisable = [ "fortify" ];
   };
 
-  # Every dependency (and dev-dependency) compiled once for the musl target;
-  # the bundle and clippy start from these artifacts.
-  cargoArtifacts = craneLib.buildDepsOnly commonArgs;
+  # Every dependency of the app compiled once for the musl target, in the
+  # release profile: the bundle starts from these artifacts. No tests here
+  # (they have `checkArtifacts`), so no dev-dependency and no test binary
+  # is built, nor linked with fat LTO.
+  cargoArtifacts = craneLib.buildDepsOnly (commonArgs // { doCheck = false; });
 
-  # The tests build with cargo's own test profile, as `cargo test` (the
-  # README's test command) does, not with crane's default `--release`: the
-  # release profile's fat LTO over one codegen unit would link each test
-  # binary whole-program on one core. An empty CARGO_PROFILE leaves the
-  # profile flag out (crane's `cargoWithProfile`, docs/API.md). Line tables
-  # only: a failing test's backtrace still names its lines, and the debug
-  # artifacts stay a fraction of full debug info.
-  testArgs = commonArgs // {
+  # The checks (clippy, tests) build with cargo's own profiles, as CI's
+  # `cargo clippy --all-targets` and `cargo test` (the README's test
+  # command) do, not with crane's default `--release`: the release
+  # profile's fat LTO over one codegen unit would link each test binary
+  # whole-program on one core. An empty CARGO_PROFILE leaves the profile
+  # flag out (crane's `cargoWithProfile`, docs/API.md). Both checks start
+  # from one build of every dependency and dev-dependency (`checkArtifacts`).
+  # Line tables only: a failing test's backtrace still names its lines, and
+  # the artifacts stay a fraction of full debug info.
+  checkArgs = commonArgs // {
     CARGO_PROFILE = "";
     env = commonArgs.env // {
       CARGO_PROFILE_DEV_DEBUG = "line-tables-only";
       CARGO_PROFILE_TEST_DEBUG = "line-tables-only";
     };
   };
-  testArtifacts = craneLib.buildDepsOnly testArgs;
+  checkArtifacts = craneLib.buildDepsOnly checkArgs;
 
   package = craneLib.buildPackage (
     commonArgs
@@ -119,9 +124,9 @@ in
 
   checks = {
     clippy = craneLib.cargoClippy (
-      commonArgs
+      checkArgs
       // {
-        inherit cargoArtifacts;
+        cargoArtifacts = checkArtifacts;
         cargoClippyExtraArgs = "--workspace --all-targets -- --deny warnings";
       }
     );
@@ -130,9 +135,9 @@ in
     # skip themselves; those against the replica-set simulator use loopback,
     # which the build sandbox has.
     tests = craneLib.cargoTest (
-      testArgs
+      checkArgs
       // {
-        cargoArtifacts = testArtifacts;
+        cargoArtifacts = checkArtifacts;
         cargoTestExtraArgs = "--workspace";
         # Nothing builds on this check's target directory.
         doInstallCargoArtifacts = false;
