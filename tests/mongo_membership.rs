@@ -394,6 +394,51 @@ async fn a_majority_is_replaced_in_steps_while_a_member_is_down() {
     assert_eq!(have, want);
 }
 
+/// A one- or two-member set built before the member-count rules (or with
+/// their flags) is left as it is: run again with the same members, plan,
+/// apply and init exit 0 without the flags and change nothing; a change
+/// to one member still needs the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_set_that_has_the_declared_members_needs_no_flag() {
+    let test = "a_small_set_that_has_the_declared_members_needs_no_flag";
+    sim_only(test);
+    for size in [1, 2] {
+        let cluster = start(size, size).await;
+        assert!(cluster.wait_for_primary(GAP_BOUND).await.is_some());
+        let hosts = cluster.hosts();
+        for (verb, expect) in [
+            ("plan", "nothing to do: it has the declared members"),
+            ("apply", "already has the declared members"),
+            (
+                "init",
+                "already initiated with these members; nothing changed",
+            ),
+        ] {
+            let o = simplechat(members_args(verb, SET_NAME, &hosts, &[])).await;
+            say(&format!("{test}: {size} member(s), {verb}: {}", text(&o)));
+            assert!(o.status.success(), "{size}: {verb}: {}", text(&o));
+            assert!(
+                String::from_utf8_lossy(&o.stdout).contains(expect),
+                "{size}: {verb}: {}",
+                text(&o)
+            );
+        }
+        if size == 2 {
+            for verb in ["plan", "apply"] {
+                let o = simplechat(members_args(verb, SET_NAME, &hosts[..1], &[])).await;
+                assert!(!o.status.success(), "{verb}: {}", text(&o));
+                let err = String::from_utf8_lossy(&o.stderr);
+                assert!(err.contains("--allow-fewer-than-three"), "{}", text(&o));
+                if verb == "apply" {
+                    assert!(err.contains("nothing changed"), "{}", text(&o));
+                }
+            }
+        }
+        assert_eq!(cluster.config_version(), Some(1), "nothing changed");
+        assert_eq!(cluster.config_hosts(), hosts);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsafe_requests_are_refused_and_change_nothing() {
     let test = "unsafe_requests_are_refused_and_change_nothing";
@@ -440,7 +485,10 @@ async fn unsafe_requests_are_refused_and_change_nothing() {
                 "--allow-fewer-than-three",
             )
             .await;
-            assert!(err.contains("nothing changed"), "{err}");
+            // plan never changes anything; apply says so.
+            if verb == "apply" {
+                assert!(err.contains("nothing changed"), "{err}");
+            }
             assert!(err.contains("no majority"), "{err}");
         }
     }

@@ -140,19 +140,24 @@ pub fn plan(
     if let Some(dup) = declared.members.iter().find(|m| !seen.insert(m.as_str())) {
         return Err(format!("member {dup} is declared twice"));
     }
-    check_voters(
-        declared.members.len(),
-        declared.allow_even,
-        declared.allow_fewer,
-    )?;
+    let running_hosts: BTreeSet<&str> = running.members.iter().map(|m| m.host.as_str()).collect();
+    let wanted: BTreeSet<&str> = declared.members.iter().map(String::as_str).collect();
+    // A set that already has the declared members is left as it is, so
+    // that plan and apply stay idempotent for a set built before these
+    // rules, or with the flags once: only a change must follow them.
+    if running_hosts != wanted {
+        check_voters(
+            declared.members.len(),
+            declared.allow_even,
+            declared.allow_fewer,
+        )?;
+    }
     if declared.members.len() > MAX_VOTING_MEMBERS {
         return Err(format!(
             "{} members are declared but MongoDB allows at most {MAX_VOTING_MEMBERS} voting members",
             declared.members.len()
         ));
     }
-    let running_hosts: BTreeSet<&str> = running.members.iter().map(|m| m.host.as_str()).collect();
-    let wanted: BTreeSet<&str> = declared.members.iter().map(String::as_str).collect();
     let adds: Vec<&String> = declared
         .members
         .iter()
@@ -288,6 +293,23 @@ mod tests {
         let r = running(&[("a:1", true), ("b:1", true), ("c:1", true)], "a:1");
         let d = hosts(&["c:1", "a:1", "b:1"]);
         assert_eq!(plan(&r, &declared(&d), &BTreeMap::new()), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_set_that_has_the_declared_members_needs_no_flag() {
+        for have in [
+            &["a:1"][..],
+            &["a:1", "b:1"][..],
+            &["a:1", "b:1", "c:1", "d:1"][..],
+        ] {
+            let r = running(&have.iter().map(|h| (*h, true)).collect::<Vec<_>>(), "a:1");
+            let d = hosts(have);
+            assert_eq!(plan(&r, &declared(&d), &BTreeMap::new()), Ok(vec![]));
+        }
+        // A change to one or two members still needs it.
+        let r = running(&[("a:1", true), ("b:1", true)], "a:1");
+        let e = plan(&r, &declared(&hosts(&["a:1"])), &BTreeMap::new()).unwrap_err();
+        assert!(e.contains("--allow-fewer-than-three"), "{e}");
     }
 
     #[test]
