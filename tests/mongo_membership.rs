@@ -394,6 +394,39 @@ async fn a_majority_is_replaced_in_steps_while_a_member_is_down() {
     assert_eq!(have, want);
 }
 
+/// The primary installs the configuration but its reply is lost (a dropped
+/// connection, or maxTimeMS while it commits): apply reads its own
+/// configuration back and goes on; it is not another reconfiguration's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reconfig_reply_is_our_own_change() {
+    let test = "a_lost_reconfig_reply_is_our_own_change";
+    sim_only(test);
+    let cluster = start(4, 4).await;
+    assert!(cluster.wait_for_primary(GAP_BOUND).await.is_some());
+    let hosts = cluster.hosts();
+    let three = hosts[..3].to_vec();
+    cluster.drop_replies("replSetReconfig", 1);
+    let o = simplechat(members_args(
+        "apply",
+        SET_NAME,
+        &three,
+        &["--allow-even-voters"],
+    ))
+    .await;
+    cluster.drop_replies("replSetReconfig", 0);
+    let out = text(&o);
+    say(&format!("{test}: {out}"));
+    assert!(o.status.success(), "{out}");
+    assert!(!out.contains("another reconfiguration"), "{out}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .contains(&format!("replica set {SET_NAME} now has members")),
+        "{out}"
+    );
+    assert_eq!(cluster.config_hosts(), three);
+    assert_eq!(cluster.config_version(), Some(2));
+}
+
 /// A one- or two-member set built before the member-count rules (or with
 /// their flags) is left as it is: run again with the same members, plan,
 /// apply and init exit 0 without the flags and change nothing; a change

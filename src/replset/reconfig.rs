@@ -541,7 +541,8 @@ impl Session {
     /// Sends the configuration `planned` (the version the step was planned
     /// from), changed by `edit`, with the next version. Returns that
     /// version. A configuration that is no longer `planned`, before or
-    /// after a refusal, is another reconfiguration's doing: mongod takes
+    /// after a failure, is another reconfiguration's doing, unless it is
+    /// the very version and members sent (a lost reply): mongod takes
     /// one configuration per version and refuses a version that is not
     /// greater than the installed one
     /// (<https://www.mongodb.com/docs/manual/reference/command/replSetReconfig/>),
@@ -565,6 +566,7 @@ impl Session {
             .map_err(|_| "the configuration has no members")?
             .clone();
         edit(&mut members);
+        let sent = member_hosts(&members);
         cfg.insert("members", members);
         cfg.insert("version", version);
         cfg.remove("term");
@@ -580,7 +582,17 @@ impl Session {
             "replSetReconfig to version {version} failed: {}",
             self.reason(&e)
         );
+        // The reply may be lost (a dropped connection, maxTimeMS) after the
+        // primary installed this very configuration: then it is ours, and
+        // the wait for the set to settle that follows covers its commitment.
         match self.running().await {
+            Ok((_, now, _))
+                if version_of(&now) == Some(version)
+                    && now.get_array("members").map(|m| member_hosts(m)).ok()
+                        == Some(sent.clone()) =>
+            {
+                Ok(version)
+            }
             Ok((_, now, _)) if version_of(&now) != Some(installed) => {
                 Err(StepError::Overtaken(format!(
                     "version {version} was refused and the configuration is at version {} now",
@@ -659,6 +671,19 @@ fn member_id(d: &Document) -> Option<i64> {
         Bson::Double(f) => Some(*f as i64),
         _ => None,
     }
+}
+
+/// Each member's `_id` and normalized host, sorted: what tells one
+/// configuration's members from another's (mongod adds fields of its own,
+/// such as `newlyAdded` and defaults, to the members it installs).
+fn member_hosts(members: &[Bson]) -> Vec<(Option<i64>, String)> {
+    let mut out: Vec<(Option<i64>, String)> = members
+        .iter()
+        .filter_map(Bson::as_document)
+        .map(|m| (member_id(m), norm(m.get_str("host").unwrap_or("?"))))
+        .collect();
+    out.sort();
+    out
 }
 
 fn version_of(cfg: &Document) -> Option<i64> {
