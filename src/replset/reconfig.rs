@@ -89,6 +89,27 @@ pub fn describe(running: &Running) -> String {
     )
 }
 
+/// What a wait for the set to settle waits for, shown after "waiting up
+/// to N s" and "gave up after N s waiting".
+enum Awaited {
+    /// A change still pending, as `unsettled` words it.
+    Pending(String),
+    /// A primary: no server could be selected, for these causes.
+    Primary(String),
+    /// The set answered with an error, shown as it is.
+    Error(String),
+}
+
+impl std::fmt::Display for Awaited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Awaited::Pending(what) => write!(f, " for {what}"),
+            Awaited::Primary(why) => write!(f, " for a primary to answer ({why})"),
+            Awaited::Error(why) => write!(f, ": {why}"),
+        }
+    }
+}
+
 /// Why a step was not taken.
 enum StepError {
     /// The configuration changed between the plan and the step: another
@@ -380,35 +401,44 @@ impl Session {
         deadline: Instant,
         progress: &mut dyn FnMut(&str),
     ) -> Result<(), String> {
-        // What is awaited, as the end of "waiting for ...": a pending
-        // change as `unsettled` words it, or a primary when none answered.
-        let no_primary = |why: String| format!("a primary to answer ({why})");
         let first = match tokio::time::timeout_at(deadline, self.unsettled()).await {
             Ok(Ok(None)) => return Ok(()),
-            Ok(Ok(Some(pending))) => pending,
-            Ok(Err(why)) => no_primary(why),
-            Err(_) => no_primary(self.conn.why_silent()),
+            Ok(Ok(Some(pending))) => Awaited::Pending(pending),
+            Ok(Err(why)) => why,
+            Err(_) => Awaited::Primary(self.conn.why_silent()),
         };
-        progress(&format!(
-            "  waiting up to {} s for {first}",
-            self.wait.as_secs()
-        ));
+        progress(&format!("  waiting up to {} s{first}", self.wait.as_secs()));
         poll_until(deadline, Duration::from_millis(250), || async {
             match self.unsettled().await {
                 Ok(None) => Check::Done(()),
-                Ok(Some(pending)) => Check::NotYet(pending),
-                Err(why) => Check::NotYet(no_primary(why)),
+                Ok(Some(pending)) => Check::NotYet(Awaited::Pending(pending).to_string()),
+                Err(why) => Check::NotYet(why.to_string()),
             }
         })
         .await
         .map_err(|e| match e {
             PollError::Failed(why) => why,
             PollError::TimedOut(last) => format!(
-                "gave up after {} s waiting for {}",
+                "gave up after {} s waiting{}",
                 self.wait.as_secs(),
-                last.unwrap_or(first)
+                last.unwrap_or_else(|| first.to_string())
             ),
         })
+    }
+
+    /// What a failed read of the set leaves to wait for: a primary when no
+    /// server could be selected (with the causes the driver saw), else the
+    /// error as it is, prefixed by `what` was read.
+    fn awaited(&self, what: &str, e: &mongodb::error::Error) -> Awaited {
+        if Signals::of(e).server_selection {
+            Awaited::Primary(
+                self.conn
+                    .why_unreachable()
+                    .unwrap_or_else(|| self.reason(e)),
+            )
+        } else {
+            Awaited::Error(format!("{what}: {}", self.reason(e)))
+        }
     }
 
     /// Refuses at once when the set will not let these credentials read its
@@ -433,19 +463,28 @@ impl Session {
     }
 
     /// What the set still has to finish before the next step, if anything.
-    async fn unsettled(&self) -> Result<Option<String>, String> {
-        let (running, _, committed) = self.running().await?;
+    async fn unsettled(&self) -> Result<Option<String>, Awaited> {
+        let reply = self
+            .admin()
+            .run_command(doc! { "replSetGetConfig": 1, "commitmentStatus": true })
+            .await
+            .map_err(|e| self.awaited("cannot read the configuration from the primary", &e))?;
+        let committed = reply.get_bool("commitmentStatus").unwrap_or(false);
+        let cfg = reply
+            .get_document("config")
+            .map_err(|_| Awaited::Error("replSetGetConfig answered without a config".to_owned()))?;
+        let status = self
+            .admin()
+            .run_command(doc! { "replSetGetStatus": 1 })
+            .await
+            .map_err(|e| self.awaited("cannot read the replica set's status", &e))?;
+        let running = parse_running(cfg, &status).map_err(Awaited::Error)?;
         if !committed {
             return Ok(Some(format!(
                 "configuration version {} to be committed (installed on a majority of the voting members)",
                 running.version
             )));
         }
-        let status = self
-            .admin()
-            .run_command(doc! { "replSetGetStatus": 1 })
-            .await
-            .map_err(|e| self.reason(&e))?;
         let voting = status.get_i32("votingMembersCount").unwrap_or(0);
         let configured = running.members.iter().filter(|m| m.votes > 0).count() as i32;
         if voting >= configured {
@@ -766,4 +805,30 @@ pub fn parse_running(cfg: &Document, status: &Document) -> Result<Running, Strin
         primary: primary_of(status),
         members,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_names_a_primary_only_when_none_could_be_selected() {
+        let line = |a: Awaited| format!("waiting up to 2 s{a}");
+        assert_eq!(
+            line(Awaited::Pending(
+                "configuration version 3 to be committed".into()
+            )),
+            "waiting up to 2 s for configuration version 3 to be committed"
+        );
+        assert_eq!(
+            line(Awaited::Primary("127.0.0.1:1: Connection refused".into())),
+            "waiting up to 2 s for a primary to answer (127.0.0.1:1: Connection refused)"
+        );
+        assert_eq!(
+            line(Awaited::Error(
+                "cannot read the replica set's status: NotYetInitialized (94)".into()
+            )),
+            "waiting up to 2 s: cannot read the replica set's status: NotYetInitialized (94)"
+        );
+    }
 }
