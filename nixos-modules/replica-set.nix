@@ -230,7 +230,8 @@ in
       description = ''
         Let `simplechat replset init` build, and `simplechat replset apply`
         converge to, an even number of members (they refuse otherwise: a
-        split in half leaves no majority).
+        split in half leaves no majority). Without it, `members` with four or
+        six entries fails at evaluation.
       '';
     };
 
@@ -241,6 +242,7 @@ in
         Let `simplechat replset init` build, and `simplechat replset apply`
         converge to, one or two members (they refuse otherwise: while any one
         of them is down there is no majority, so no primary and no writes).
+        Without it, `members` with one or two entries fails at evaluation.
       '';
     };
 
@@ -371,12 +373,19 @@ in
           assertion = auth.enable -> app.mongodbUriFile == null;
           message = "services.simplechat.replicaSet.auth gives the app its user and password itself; unset services.simplechat.mongodbUriFile.";
         }
+        {
+          # The rules `replset init` and `apply` keep to, at evaluation rather
+          # than when the unit runs at switch time. Two is also even;
+          # acceptFewerThanThreeMembers is the one decision it asks for, as
+          # `replset` asks for --allow-fewer-than-three only.
+          assertion = length memberNames < 3 -> cfg.acceptFewerThanThreeMembers;
+          message = "services.simplechat.replicaSet.members has ${toString (length memberNames)}: fewer than three survive no member failure (while any one is down there is no majority, so no primary and no writes); declare at least three, or set services.simplechat.replicaSet.acceptFewerThanThreeMembers = true.";
+        }
+        {
+          assertion = length memberNames >= 3 && lib.mod (length memberNames) 2 == 0 -> cfg.acceptEvenMembers;
+          message = "services.simplechat.replicaSet.members has ${toString (length memberNames)}: an even number survives no more failures than one member fewer, and a split in half has no majority and no primary; declare an odd number, or set services.simplechat.replicaSet.acceptEvenMembers = true.";
+        }
       ];
-
-      warnings = optional (lib.mod (length memberNames) 2 == 0) ''
-        services.simplechat.replicaSet has ${toString (length memberNames)} members: with an even number
-        of voting members a split in half has no majority and no primary.
-      '';
 
       networking.hostName = mkDefault cfg.self;
       networking.domain = mkDefault cfg.domain;
