@@ -630,6 +630,12 @@ async fn a_wrong_password_starts_the_app_and_readyz_names_authentication() {
         .await;
     assert_eq!(refused.status(), 503);
     let refused = refused.text().await.unwrap();
+    // Nothing was sent: certainly not stored, and why, not a timeout's
+    // "outcome unknown".
+    assert!(
+        refused.contains("the message was not stored: MongoDB refused to authenticate"),
+        "{refused}"
+    );
     let status = app.get("/api/status").await.text().await.unwrap();
     for text in [&reason, &refused, &status] {
         for secret in [wrong, "not-the-p%40ssword", cluster::APP_PASSWORD] {

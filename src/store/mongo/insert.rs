@@ -83,6 +83,21 @@ pub(super) async fn insert(shared: &Shared, new: NewMessage) -> Result<Inserted,
                 retry_after: WRITE_RETRY_AFTER,
             });
         }
+        // While the set refuses this app's credentials (the pool's
+        // callbacks saw the refusal; it stays until a connection
+        // authenticates, which the change stream's retries, every few
+        // seconds, would do once the password is fixed on the server), an
+        // attempt would wait out a server selection and fail the same way:
+        // nothing of this post was sent, so it is certainly not stored,
+        // and the client hears why at once.
+        if !sent {
+            if let Some(why) = auth_refused(&collections) {
+                return Err(StoreError::Unavailable {
+                    reason: format!("the message was not stored: {why}"),
+                    retry_after: WRITE_RETRY_AFTER,
+                });
+            }
+        }
         let outcome =
             match attempt(shared, &collections, &new, deadline, &mut tried, &mut sent).await {
                 Ok(message) => Ok(Duplicate::Ours(message)),
@@ -134,6 +149,18 @@ pub(super) async fn insert(shared: &Shared, new: NewMessage) -> Result<Inserted,
         }
         tokio::time::sleep(delay).await;
     }
+}
+
+/// Why the set refuses this app, while it does: the topology's reason
+/// for refused credentials ([`TopologySnapshot::not_writable_reason`]).
+///
+/// [`TopologySnapshot::not_writable_reason`]: crate::mongo::TopologySnapshot::not_writable_reason
+fn auth_refused(collections: &Collections) -> Option<String> {
+    let topology = collections.conn.topology.get()?;
+    topology
+        .auth_failure
+        .is_some()
+        .then(|| topology.not_writable_reason())
 }
 
 /// The reason for a post an attempt of which was sent and none confirmed;
