@@ -389,6 +389,13 @@ pub fn with_password_file(uri: &str, file: Option<&Path>) -> Result<String, Conf
     if !crate::mongo::uri::names_user_without_password(uri) {
         return Ok(uri.to_owned());
     }
+    fill_password(uri, path)
+}
+
+/// `uri` with the password read from `path` (`mongodb_password_file`).
+/// Errors: the file cannot be read, or the URI names no user or already
+/// carries a password.
+fn fill_password(uri: &str, path: &Path) -> Result<String, ConfigError> {
     let password = crate::mongo::uri::read_password_file(path).map_err(ConfigError)?;
     crate::mongo::uri::with_password(uri, &password)
         .map_err(|why| ConfigError(format!("mongodb_password_file: {why}")))
@@ -423,9 +430,7 @@ fn store_config(s: &Settings) -> Result<StoreConfig, ConfigError> {
         });
     };
     if let Some(path) = &s.mongodb_password_file {
-        let password = crate::mongo::uri::read_password_file(path).map_err(ConfigError)?;
-        uri = crate::mongo::uri::with_password(&uri, &password)
-            .map_err(|why| ConfigError(format!("mongodb_password_file: {why}")))?;
+        uri = fill_password(&uri, path)?;
     }
     let parsed = crate::mongo::uri::parse(&uri)
         .map_err(|why| ConfigError(format!("bad mongodb_uri {}: {why}", redact_uri(&uri))))?;

@@ -15,6 +15,7 @@ use rocket::{Data, Request};
 use super::body::known_field;
 use super::echo::echo;
 use super::error::{refuse, ApiError};
+use super::message_head::split_port;
 use super::page::is_page_request;
 
 /// Where a refused request is routed: no route has this path.
@@ -148,12 +149,7 @@ fn default_port(scheme: &str) -> Option<u16> {
 
 fn with_port(authority: &str, port: u16) -> String {
     let authority = authority.to_ascii_lowercase();
-    // An IPv6 literal's colons are inside its brackets.
-    let has_port = match authority.rfind(']') {
-        Some(end) => authority[end..].contains(':'),
-        None => authority.contains(':'),
-    };
-    if has_port {
+    if !split_port(&authority).1.is_empty() {
         authority
     } else {
         format!("{authority}:{port}")

@@ -83,6 +83,17 @@ fn target_host_error(parts: &Parts) -> Option<String> {
     })
 }
 
+/// `authority` as its host and its port with the `:` before it (empty
+/// when there is none): the port follows the last `:` after any closing
+/// bracket, as an IPv6 literal's colons are inside its brackets.
+pub(crate) fn split_port(authority: &str) -> (&str, &str) {
+    let after_brackets = authority.rfind(']').map_or(0, |end| end + 1);
+    match authority[after_brackets..].rfind(':') {
+        Some(colon) => authority.split_at(after_brackets + colon),
+        None => (authority, ""),
+    }
+}
+
 /// Whether `value` is a valid `Host` value: `uri-host [ ":" port ]` (RFC
 /// 9112 §3.2, RFC 3986 §3.2.2–§3.2.3), or empty, as a client sends for a
 /// target without an authority (RFC 9112 §3.2).
@@ -108,12 +119,7 @@ fn is_valid_host(value: &[u8]) -> bool {
     if text.contains('@') {
         return false;
     }
-    // The port is what follows the last `:` after any closing bracket.
-    let after_brackets = text.rfind(']').map_or(0, |end| end + 1);
-    let (host, port) = match text[after_brackets..].rfind(':') {
-        Some(colon) => text.split_at(after_brackets + colon),
-        None => (text, ""),
-    };
+    let (host, port) = split_port(text);
     // RFC 3986's port is any run of digits, but no TCP port is above
     // 65535, and Rocket records no host for one that is (a browser's write
     // would then be refused for want of a Host, not for its port).

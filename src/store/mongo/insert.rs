@@ -64,15 +64,21 @@ pub(super) async fn insert(shared: &Shared, new: NewMessage) -> Result<Inserted,
         if shared.tasks.is_closed() {
             return Err(StoreError::closed());
         }
-        // Pinned to a member that is not the primary, every attempt would go
-        // to that member and be refused: nothing is sent, and waiting for
-        // the deadline would only delay the answer (readiness says the same).
-        let pinned = collections
-            .conn
-            .topology
-            .get()
-            .and_then(|t| t.pinned_to_non_primary());
-        if let Some(why) = pinned {
+        // What the driver's view says no attempt can change, read once:
+        // - pinned to a member that is not the primary, every attempt would
+        //   go to that member and be refused (readiness says the same);
+        // - while the set refuses this app's credentials (the pool's
+        //   callbacks saw the refusal; it stays until a connection
+        //   authenticates, which the change stream's retries, every few
+        //   seconds, would do once the password is fixed on the server), an
+        //   attempt would wait out a server selection and fail the same way.
+        // Until an attempt was sent the message is certainly not stored, and
+        // the client hears why at once instead of at the deadline.
+        let refusal = collections.conn.topology.get().and_then(|t| {
+            t.pinned_to_non_primary()
+                .or_else(|| (!sent && t.auth_failure.is_some()).then(|| t.not_writable_reason()))
+        });
+        if let Some(why) = refusal {
             let reason = if sent {
                 unknown_outcome(&new, &format!("({why})"))
             } else {
@@ -82,21 +88,6 @@ pub(super) async fn insert(shared: &Shared, new: NewMessage) -> Result<Inserted,
                 reason,
                 retry_after: WRITE_RETRY_AFTER,
             });
-        }
-        // While the set refuses this app's credentials (the pool's
-        // callbacks saw the refusal; it stays until a connection
-        // authenticates, which the change stream's retries, every few
-        // seconds, would do once the password is fixed on the server), an
-        // attempt would wait out a server selection and fail the same way:
-        // nothing of this post was sent, so it is certainly not stored,
-        // and the client hears why at once.
-        if !sent {
-            if let Some(why) = auth_refused(&collections) {
-                return Err(StoreError::Unavailable {
-                    reason: format!("the message was not stored: {why}"),
-                    retry_after: WRITE_RETRY_AFTER,
-                });
-            }
         }
         let outcome =
             match attempt(shared, &collections, &new, deadline, &mut tried, &mut sent).await {
@@ -149,18 +140,6 @@ pub(super) async fn insert(shared: &Shared, new: NewMessage) -> Result<Inserted,
         }
         tokio::time::sleep(delay).await;
     }
-}
-
-/// Why the set refuses this app, while it does: the topology's reason
-/// for refused credentials ([`TopologySnapshot::not_writable_reason`]).
-///
-/// [`TopologySnapshot::not_writable_reason`]: crate::mongo::TopologySnapshot::not_writable_reason
-fn auth_refused(collections: &Collections) -> Option<String> {
-    let topology = collections.conn.topology.get()?;
-    topology
-        .auth_failure
-        .is_some()
-        .then(|| topology.not_writable_reason())
 }
 
 /// The reason for a post an attempt of which was sent and none confirmed;
