@@ -594,6 +594,20 @@ impl Cluster {
         self.shared.notify();
     }
 
+    /// Stages a race mongod has and this simulator otherwise never runs:
+    /// the next `insert` on the primary takes its documents' empty
+    /// timestamps (`Timestamp(0, 0)` replaced with the cluster time), then
+    /// waits `wait` before it commits (its oplog entry, its change event).
+    /// An insert sent meanwhile takes a later timestamp and commits first.
+    /// mongod takes a document's timestamp when it checks the document
+    /// (`fixDocumentForInsert`, `VectorClockMutable::tickClusterTime`) and
+    /// the oplog entry's later, when it writes it, so two inserts on two
+    /// connections can take their timestamps in one order and commit in
+    /// the other (FIDELITY.md, "Writes").
+    pub fn stall_next_insert(&self, wait: std::time::Duration) {
+        self.shared.lock().insert_stall = Some(wait);
+    }
+
     /// Every document of `database.collection` as committed (the primary's
     /// view), in insertion order. For assertions such as "stored once".
     pub fn documents(&self, database: &str, collection: &str) -> Vec<bson::Document> {

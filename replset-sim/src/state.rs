@@ -277,6 +277,9 @@ pub(crate) struct State {
     /// Change streams deliver nothing past where each has read while set
     /// ([`crate::Cluster::hold_change_streams`]).
     pub change_streams_held: bool,
+    /// [`crate::Cluster::stall_next_insert`]: how long the next insert
+    /// waits between taking its documents' timestamps and committing.
+    pub insert_stall: Option<std::time::Duration>,
     pub colls: BTreeMap<String, Coll>,
     pub sessions: HashMap<Vec<u8>, TxnRecord>,
     pub next_cursor_id: i64,
@@ -354,6 +357,7 @@ impl State {
             log: Vec::new(),
             history_floor: 0,
             change_streams_held: false,
+            insert_stall: None,
             colls: BTreeMap::new(),
             sessions: HashMap::new(),
             next_cursor_id: 0x1000,

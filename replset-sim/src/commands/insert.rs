@@ -179,6 +179,29 @@ pub(super) async fn insert(ctx: &Ctx<'_>, db: &str, body: &Document) -> CmdResul
     let txn = get_int(body, "txnNumber")?;
     let session = lsid_key(body);
 
+    // `Cluster::stall_next_insert`: the documents take their timestamps
+    // now, and the commit below waits, as mongod's can between the two.
+    let mut stamped: Option<Vec<Result<Document, CmdError>>> = None;
+    let stall = ctx.shared.lock().insert_stall;
+    if let Some(wait) = stall {
+        {
+            let mut st = ctx.shared.lock();
+            if st.role(ctx.member) != Role::Primary {
+                return Err(CmdError::not_writable_primary(txn.is_some()).into());
+            }
+            st.insert_stall = None;
+            stamped = Some(
+                docs.iter()
+                    .map(|d| match d {
+                        Bson::Document(d) => prepare_doc(d.clone(), &mut st),
+                        _ => Err(CmdError::type_mismatch("documents must be objects")),
+                    })
+                    .collect(),
+            );
+        }
+        tokio::time::sleep(wait).await;
+    }
+
     let (wc, n, write_errors, retried, last_pos, op_ts, term) = {
         let mut st = ctx.shared.lock();
         let wc = parse_write_concern(&st, body)?;
@@ -225,12 +248,17 @@ pub(super) async fn insert(ctx: &Ctx<'_>, db: &str, body: &Document) -> CmdResul
                     continue;
                 }
             }
-            let result = match d {
-                Bson::Document(d) => {
-                    prepare_doc(d.clone(), &mut st).and_then(|d| st.insert_doc(&ns, d))
-                }
-                _ => Err(CmdError::type_mismatch("documents must be objects")),
+            let prepared = match stamped.as_mut() {
+                Some(stamped) => std::mem::replace(
+                    &mut stamped[i],
+                    Err(CmdError::type_mismatch("documents must be objects")),
+                ),
+                None => match d {
+                    Bson::Document(d) => prepare_doc(d.clone(), &mut st),
+                    _ => Err(CmdError::type_mismatch("documents must be objects")),
+                },
             };
+            let result = prepared.and_then(|d| st.insert_doc(&ns, d));
             match result {
                 Ok(pos) => {
                     n += 1;
