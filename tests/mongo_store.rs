@@ -593,6 +593,21 @@ async fn one_instance_pipelines_its_majority_writes() {
         )
         .await,
     );
+    // Writes made before the change stream first loads the cache would be
+    // loaded as history and sent to no subscriber (what this test is not
+    // about): it starts once the stream runs.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !store
+        .status()
+        .await
+        .mongodb
+        .expect("mongodb")
+        .change_stream
+        .running
+    {
+        assert!(Instant::now() < deadline, "the change stream never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut events = cache.subscribe();
     const WRITERS: usize = 32;
     let writes = (0..WRITERS).map(|i| {
