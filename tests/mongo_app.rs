@@ -1006,3 +1006,123 @@ async fn an_app_pinned_to_a_secondary_is_not_ready_and_stores_nothing() {
     on_primary.shutdown().await;
     writer.shutdown().await;
 }
+
+/// Walks the history from the newest message back, `limit` at a time, as a
+/// client paging with `before=` does; oldest first.
+async fn walked_ids(app: &TestApp, limit: usize) -> Vec<String> {
+    let mut walked: Vec<String> = Vec::new();
+    let mut path = format!("/api/messages?limit={limit}");
+    loop {
+        let page: Vec<String> = app
+            .get_json(&path)
+            .await
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(|m| m["id"].as_str().map(str::to_owned))
+            .collect();
+        let Some(oldest) = page.first().cloned() else {
+            break;
+        };
+        walked.splice(0..0, page);
+        path = format!("/api/messages?limit={limit}&before={oldest}");
+    }
+    walked
+}
+
+/// mongod takes an inserted document's empty timestamp (its `position`)
+/// when it checks the document and the oplog entry's later, so two posts
+/// on two connections can take their positions in one order and commit in
+/// the other (the simulator stages it). The change stream brings them in
+/// commit order. The message that commits behind one with a later
+/// position is given a new position, so the store order is the order
+/// subscribers got them in: the listing, paging with `before=` one message
+/// at a time, a new instance's listing (read from the store) and every
+/// subscriber agree, and each message is delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_that_commit_against_their_positions_keep_one_order() {
+    let test = "posts_that_commit_against_their_positions_keep_one_order";
+    let cluster = sim_cluster(test).await;
+    let sim = cluster.sim().expect("simulator");
+    let app = start_app(&cluster, "inverted", 20).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    let mut subscriber = Subscriber::connect(&app).await;
+    assert_eq!(post_with_id(&app, "first", "first").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["first"]
+    );
+
+    // "slow" takes its position, then waits; "quick" takes a later one
+    // and commits first.
+    sim.stall_next_insert(Duration::from_millis(700));
+    let (slow, quick) = tokio::join!(post_with_id(&app, "slow", "slow"), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        post_with_id(&app, "quick", "quick").await
+    });
+    assert_eq!((slow.as_u16(), quick.as_u16()), (201, 201));
+    let delivered = subscriber.next_ids(2, Duration::from_secs(20)).await;
+    assert_eq!(delivered, ["quick", "slow"], "delivered in commit order");
+    let order = ["first", "quick", "slow"];
+    assert_eq!(listed_ids(&app).await, order, "the listing");
+    assert_eq!(walked_ids(&app, 1).await, order, "paging one at a time");
+
+    let other = start_app(&cluster, "inverted", 20).await;
+    wait_for_change_stream(&other, Duration::from_secs(20)).await;
+    assert_eq!(listed_ids(&other).await, order, "read from the store");
+    assert_eq!(walked_ids(&other, 1).await, order);
+
+    assert_eq!(post_with_id(&app, "after", "after").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["after"],
+        "each delivered once"
+    );
+    other.shutdown().await;
+    app.shutdown().await;
+}
+
+/// The same race, seen by an instance that read both messages from the
+/// store before any change stream brought them (it started while the
+/// streams trailed): it loaded them in their first order, and follows the
+/// store when one of them is given its new position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_read_a_message_at_its_first_position_follows_the_new_one() {
+    let test = "an_instance_that_read_a_message_at_its_first_position_follows_the_new_one";
+    let cluster = sim_cluster(test).await;
+    let sim = cluster.sim().expect("simulator");
+    let app = start_app(&cluster, "reread", 20).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    assert_eq!(post_with_id(&app, "first", "first").await, 201);
+
+    sim.hold_change_streams(true);
+    sim.stall_next_insert(Duration::from_millis(700));
+    let (slow, quick) = tokio::join!(post_with_id(&app, "slow", "slow"), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        post_with_id(&app, "quick", "quick").await
+    });
+    assert_eq!((slow.as_u16(), quick.as_u16()), (201, 201));
+    let late = start_app(&cluster, "reread", 20).await;
+    wait_for_change_stream(&late, Duration::from_secs(20)).await;
+    assert_eq!(
+        listed_ids(&late).await,
+        ["first", "slow", "quick"],
+        "read in the first order while no stream has brought them"
+    );
+
+    sim.hold_change_streams(false);
+    let order = ["first", "quick", "slow"];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while listed_ids(&late).await != order {
+        assert!(
+            Instant::now() < deadline,
+            "the reading instance kept the first order"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(walked_ids(&late, 1).await, order);
+    assert_eq!(listed_ids(&app).await, order);
+    assert_eq!(walked_ids(&app, 1).await, order);
+    late.shutdown().await;
+    app.shutdown().await;
+}

@@ -15,6 +15,10 @@
 //!    published so far, and `reset` the cache (it is whole again);
 //! 5. publish each insert event as it comes, and each update that gave
 //!    another app's document its position; `publish` ignores ids it has.
+//!    An insert that comes behind a message already published with a later
+//!    position (mongod takes a position before the commit, so two inserts
+//!    can commit against their positions) is given a new one and published
+//!    at that update, so the store order is the order of publication.
 //!
 //! A message committed before the stream opened is read in step 3 or 4; one
 //! committed after is delivered by the stream (and may also be read, which
@@ -229,6 +233,10 @@ struct Watcher {
     /// wait for their position: given in one write when the stream has no
     /// more events at hand ([`Watcher::set_positions`]).
     to_position: Vec<Bson>,
+    /// Messages that came behind one already published with a later
+    /// position, waiting for a new one ([`Watcher::reposition`]); published
+    /// when the update that gives it comes through the stream.
+    to_reposition: Vec<MessageDoc>,
 }
 
 /// Runs until the store closes: open, catch up, follow; on failure,
@@ -241,6 +249,7 @@ pub(super) async fn run(shared: Arc<Shared>, collections: Arc<Collections>) {
         floor: None,
         strays_published: HashSet::new(),
         to_position: Vec::new(),
+        to_reposition: Vec::new(),
     };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     while !watcher.shared.tasks.is_closed() {
@@ -259,8 +268,10 @@ impl Watcher {
     /// (the collection was dropped or renamed), `Err` when it failed.
     async fn cycle(&mut self) -> Result<(), String> {
         self.strays_published.clear();
-        // Left from a failed cycle: step 3 positions them as strays.
+        // Left from a failed cycle: step 3 positions them as strays, and
+        // reads the others again.
         self.to_position.clear();
+        self.to_reposition.clear();
         if self.shared.change_stream.delivered().is_none() {
             let latest = self.read_latest().await?;
             let delivered = latest
@@ -283,13 +294,7 @@ impl Watcher {
             self.catch_up().await?;
         }
         self.position_strays().await?;
-        let latest = self.read_latest().await?;
-        for doc in &latest.messages {
-            if self.may_lack(&doc.position()) {
-                self.publish(doc.clone())?;
-            }
-        }
-        self.reset(latest)?;
+        self.reload().await?;
         self.shared.change_stream.running();
 
         loop {
@@ -308,7 +313,7 @@ impl Watcher {
             if self.handle(event).await? {
                 return Ok(());
             }
-            if self.to_position.len() >= POSITION_BATCH {
+            if self.to_position.len() + self.to_reposition.len() >= POSITION_BATCH {
                 self.set_positions().await?;
             }
         }
@@ -377,7 +382,7 @@ impl Watcher {
                 Ok(None) => break,
                 Err(e) => return Err(self.failed(&e)),
             }
-            if self.to_position.len() >= POSITION_BATCH {
+            if self.to_position.len() + self.to_reposition.len() >= POSITION_BATCH {
                 self.set_positions().await?;
             }
         }
@@ -416,6 +421,19 @@ impl Watcher {
                 _ => return Ok(()),
             }
         }
+    }
+
+    /// Reads the latest messages, publishes those that may not have been
+    /// delivered, and resets the cache from them (step 4), so it is the
+    /// store order's suffix again.
+    async fn reload(&mut self) -> Result<(), String> {
+        let latest = self.read_latest().await?;
+        for doc in &latest.messages {
+            if self.may_lack(&doc.position()) {
+                self.publish(doc.clone())?;
+            }
+        }
+        self.reset(latest)
     }
 
     /// The latest messages: one more document than the cache holds is
@@ -520,6 +538,7 @@ impl Watcher {
     /// [`Watcher::set_position`]), each is given its own, so one such
     /// document costs the others nothing.
     async fn set_positions(&mut self) -> Result<(), String> {
+        self.reposition().await?;
         if self.to_position.is_empty() {
             return Ok(());
         }
@@ -529,6 +548,43 @@ impl Watcher {
             Err(Class::Fatal(_)) => {
                 for id in &ids {
                     self.set_position(id).await?;
+                }
+                Ok(())
+            }
+            Err(other) => Err(other.reason().to_owned()),
+        }
+    }
+
+    /// Gives the messages in `to_reposition` new positions, in one write
+    /// ([`Collections::reposition`]): each one's insert came after a
+    /// message with a later position was published, so it moves after
+    /// that message in the store order, where the stream brings its update
+    /// and this and every other instance publish it. When the server
+    /// refuses the write for good, they are published where they are: out
+    /// of the store order, but delivered.
+    async fn reposition(&mut self) -> Result<(), String> {
+        if self.to_reposition.is_empty() {
+            return Ok(());
+        }
+        let docs = std::mem::take(&mut self.to_reposition);
+        // A message is only held back behind a positioned one.
+        let Some(Delivered::UpTo(Position {
+            stamp: Some(published),
+            ..
+        })) = self.shared.change_stream.delivered()
+        else {
+            for doc in docs {
+                self.publish_here(doc)?;
+            }
+            return Ok(());
+        };
+        let ids = docs.iter().map(|d| d.id.bson()).collect();
+        match self.collections.reposition(ids, published).await {
+            Ok(()) => Ok(()),
+            Err(Class::Fatal(why)) => {
+                log::warn!("cannot give messages behind the store order new positions: {why}");
+                for doc in docs {
+                    self.publish_here(doc)?;
                 }
                 Ok(())
             }
@@ -562,7 +618,22 @@ impl Watcher {
         self.shared.change_stream.may_lack(position)
     }
 
+    /// Publishes a message, unless it would go behind one already
+    /// published with a later position (and the cache does not hold it):
+    /// then it waits for a new position ([`Watcher::reposition`]).
     fn publish(&mut self, doc: MessageDoc) -> Result<(), String> {
+        let position = doc.position();
+        let behind = position.stamp.is_some()
+            && matches!(self.shared.change_stream.delivered(), Some(Delivered::UpTo(p)) if p > position);
+        if behind && !self.shared.cache.holds(&doc.id.public()) {
+            self.to_reposition.push(doc);
+            return Ok(());
+        }
+        self.publish_here(doc)
+    }
+
+    /// Publishes a message where the stream is now.
+    fn publish_here(&mut self, doc: MessageDoc) -> Result<(), String> {
         let position = doc.position();
         self.shared.cache.publish(doc.into_message()?);
         self.shared.change_stream.advance(position);
@@ -634,7 +705,14 @@ impl Watcher {
                     .await
                     .map_err(|c| c.reason().to_owned())?;
                 if let Some(message) = now.and_then(|d| self.shared.skipped.keep(d)) {
-                    if message.position.is_some() {
+                    if self.shared.cache.holds(&message.id.public()) {
+                        // A message that came behind the store order, given
+                        // a new position (by this instance or another) after
+                        // this cache read it at its first: the cache follows
+                        // the store again.
+                        self.set_positions().await?;
+                        self.reload().await?;
+                    } else if message.position.is_some() {
                         self.publish(message)?;
                     }
                 }

@@ -319,4 +319,33 @@ impl Collections {
             .map_err(|e| self.class(&e))?;
         Ok(())
     }
+
+    /// Gives each of `ids` whose `position` is still before `published` a
+    /// new one, after every position taken so far, in one write: the
+    /// change stream brought its insert after a message whose position is
+    /// later (`published`), so it goes after that message in the store
+    /// order, as the stream delivered them. mongod takes an inserted
+    /// document's empty timestamp when it checks the document and the oplog
+    /// entry's later, so two inserts on two connections can take their
+    /// positions in one order and commit in the other (`fixDocumentForInsert`
+    /// in mongod's `insert.cpp`;
+    /// <https://www.mongodb.com/docs/manual/reference/bson-types/#timestamps>).
+    /// Instances that see the same stream ask the same; the condition makes
+    /// the first one's answer stand, and a comparison matches timestamps
+    /// only (<https://www.mongodb.com/docs/manual/reference/operator/query/lt/>).
+    /// Not retryable, as [`Collections::set_positions`].
+    pub(super) async fn reposition(
+        &self,
+        ids: Vec<Bson>,
+        published: Timestamp,
+    ) -> Result<(), Class> {
+        self.messages
+            .update_many(
+                doc! { "_id": { "$in": ids }, document::POSITION: { "$lt": published } },
+                doc! { "$currentDate": { document::POSITION: { "$type": "timestamp" } } },
+            )
+            .await
+            .map_err(|e| self.class(&e))?;
+        Ok(())
+    }
 }
