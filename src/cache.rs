@@ -74,6 +74,11 @@ impl Arrival {
     }
 }
 
+/// Where the cache's arrivals stood when a store read began
+/// ([`Cache::mark`], [`Cache::reset_since`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark(Arrival);
+
 /// A published message with its serialized forms, shared by the cache, the
 /// broadcast and every listing built from them.
 #[derive(Debug)]
@@ -324,6 +329,34 @@ impl Cache {
     /// message the snapshot and the old cache share or, when they share
     /// none, those newer than the snapshot by datetime.
     pub fn reset(&self, latest: Vec<Message>, whole_history: bool) {
+        self.reset_keeping(latest, whole_history, None);
+    }
+
+    /// Where the cache's arrivals stand now: taken before a store read
+    /// that will [`Cache::reset_since`] the cache.
+    pub fn mark(&self) -> Mark {
+        let recent = self.read();
+        Mark(Arrival {
+            epoch: recent.epoch,
+            seq: recent.next_seq,
+        })
+    }
+
+    /// Replaces the cache with the latest messages from a store read that
+    /// began at `mark`, oldest first, and starts a new epoch of arrivals.
+    /// Messages the read lacks stay, after it, when they were published
+    /// since `mark`, or after the last message the read and the cache
+    /// share (the read trailed what was published: a majority read on a
+    /// member behind). When the read shares no message with the cache,
+    /// only those published since `mark` stay: the store no longer has the
+    /// others (its collection was dropped, the set rebuilt empty), so no
+    /// listing, page or replay may show them. Returns whether the read
+    /// shared a message with the cache (or the cache held none).
+    pub fn reset_since(&self, latest: Vec<Message>, whole_history: bool, mark: Mark) -> bool {
+        self.reset_keeping(latest, whole_history, Some(mark))
+    }
+
+    fn reset_keeping(&self, latest: Vec<Message>, whole_history: bool, mark: Option<Mark>) -> bool {
         let mut recent = self.write();
         let old = std::mem::take(&mut recent.events);
         recent.ids.clear();
@@ -338,15 +371,22 @@ impl Cache {
             .iter()
             .rposition(|e| in_snapshot.contains(e.message.id.as_str()));
         let tail = latest.last().map(|m| (m.datetime, m.id.clone()));
+        let shared = old.is_empty() || last_shared.is_some();
         let kept: Vec<Arc<CachedMessage>> = old
             .into_iter()
             .enumerate()
             .filter(|(i, e)| {
                 let m = &e.message;
+                let since_mark = |Mark(mark): Mark| {
+                    e.arrival
+                        .is_some_and(|a| a.epoch != mark.epoch || a.seq >= mark.seq)
+                };
                 !in_snapshot.contains(m.id.as_str())
-                    && match last_shared {
-                        Some(shared) => *i > shared,
-                        None => tail
+                    && match (mark, last_shared) {
+                        (Some(mark), Some(shared)) => *i > shared || since_mark(mark),
+                        (Some(mark), None) => since_mark(mark),
+                        (None, Some(shared)) => *i > shared,
+                        (None, None) => tail
                             .as_ref()
                             .is_none_or(|(dt, id)| (m.datetime, &m.id) > (*dt, id)),
                     }
@@ -363,6 +403,7 @@ impl Cache {
         recent.complete = true;
         recent.settle_awaited();
         recent.changed();
+        shared
     }
 
     /// Says that this process stored the message `id` (or answered a
@@ -673,6 +714,27 @@ mod tests {
         live.publish(c.clone());
         live.reset(vec![a, b], true);
         assert_eq!(cached_ids(&live, 10), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_reset_from_a_read_that_shares_nothing_keeps_only_what_came_since() {
+        let live = Cache::new();
+        live.reset(vec![msg("old1"), msg("old2")], true);
+        live.publish(msg("old3"));
+        // The store lost them all (a dropped collection): the read is empty.
+        let mark = live.mark();
+        live.publish(msg("new1"));
+        assert!(!live.reset_since(vec![], true, mark));
+        assert_eq!(cached_ids(&live, 10), ["new1"]);
+        assert!(!live.holds("old3"));
+
+        // A read that trails what was published keeps what came after the
+        // last message it shares with the cache, even from before the mark.
+        live.publish(msg("new2"));
+        live.publish(msg("new3"));
+        let mark = live.mark();
+        assert!(live.reset_since(vec![msg("new1")], true, mark));
+        assert_eq!(cached_ids(&live, 10), ["new1", "new2", "new3"]);
     }
 
     #[test]

@@ -64,7 +64,7 @@ use mongodb::change_stream::ChangeStream;
 use super::collections::Collections;
 use super::document::{Direction, MessageDoc, Position, Range};
 use super::Shared;
-use crate::cache::CACHE_CAPACITY;
+use crate::cache::{Mark, CACHE_CAPACITY};
 use crate::mongo::Class;
 use crate::retry::Backoff;
 /// A resumed stream replays what was missed; past this much the reads of
@@ -188,6 +188,8 @@ impl ChangeStreamHealth {
 struct Latest {
     messages: Vec<MessageDoc>,
     whole_history: bool,
+    /// Where the cache stood when the read began.
+    mark: Mark,
 }
 
 /// How far the change stream has delivered in the store order.
@@ -237,6 +239,14 @@ struct Watcher {
     /// position, waiting for a new one ([`Watcher::reposition`]); published
     /// when the update that gives it comes through the stream.
     to_reposition: Vec<MessageDoc>,
+    /// The messages this cycle asked new positions for, until the update
+    /// that gives one comes: each is given one once, so no clock or
+    /// restored set can make a message move for ever.
+    repositioned: HashSet<String>,
+    /// The latest position published since the last read of the latest
+    /// messages began: with that read's newest, how far the stream has
+    /// delivered once the cache is reset from it.
+    published_since_read: Option<Position>,
 }
 
 /// Runs until the store closes: open, catch up, follow; on failure,
@@ -250,6 +260,8 @@ pub(super) async fn run(shared: Arc<Shared>, collections: Arc<Collections>) {
         strays_published: HashSet::new(),
         to_position: Vec::new(),
         to_reposition: Vec::new(),
+        repositioned: HashSet::new(),
+        published_since_read: None,
     };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     while !watcher.shared.tasks.is_closed() {
@@ -272,15 +284,10 @@ impl Watcher {
         // reads the others again.
         self.to_position.clear();
         self.to_reposition.clear();
+        self.repositioned.clear();
         if self.shared.change_stream.delivered().is_none() {
             let latest = self.read_latest().await?;
-            let delivered = latest
-                .messages
-                .last()
-                .map(|m| Delivered::UpTo(m.position()))
-                .unwrap_or(Delivered::Nothing);
             self.reset(latest)?;
-            self.shared.change_stream.set_delivered(delivered);
         }
         let (mut stream, resumed) = self.open().await?;
         if stream.resume_token().is_some() {
@@ -440,6 +447,8 @@ impl Watcher {
     /// read, so that fewer means the cache can hold the whole history.
     /// Strays are left out: they are news, published once positioned.
     async fn read_latest(&mut self) -> Result<Latest, String> {
+        let mark = self.shared.cache.mark();
+        self.published_since_read = None;
         let mut messages = self
             .collections
             .read(Range::Latest, CACHE_CAPACITY + 1, &self.shared.skipped)
@@ -455,6 +464,7 @@ impl Watcher {
         Ok(Latest {
             messages,
             whole_history,
+            mark,
         })
     }
 
@@ -598,19 +608,41 @@ impl Watcher {
         self.floor.as_ref().is_some_and(|floor| position < floor)
     }
 
-    /// Resets the cache from the latest messages.
+    /// Resets the cache from the latest messages ([`Cache::reset_since`]).
+    /// When the read shares no message with the cache, the store lost what
+    /// the cache held (a dropped collection, a set rebuilt empty): the
+    /// stream has then delivered up to the newest message read or published
+    /// since, not beyond, so that messages the store no longer has do not
+    /// make new ones look behind them.
+    ///
+    /// [`Cache::reset_since`]: crate::cache::Cache::reset_since
     fn reset(&mut self, latest: Latest) -> Result<(), String> {
         self.floor = if latest.whole_history {
             None
         } else {
             latest.messages.first().map(MessageDoc::position)
         };
+        let newest = latest
+            .messages
+            .last()
+            .map(MessageDoc::position)
+            .max(self.published_since_read.take());
         let messages = latest
             .messages
             .into_iter()
             .map(MessageDoc::into_message)
             .collect::<Result<Vec<_>, _>>()?;
-        self.shared.cache.reset(messages, latest.whole_history);
+        let shared = self
+            .shared
+            .cache
+            .reset_since(messages, latest.whole_history, latest.mark);
+        let health = &self.shared.change_stream;
+        match newest {
+            // What was delivered is still there (or the read trailed it).
+            Some(newest) if shared => health.advance(newest),
+            None if shared && health.delivered().is_some() => {}
+            newest => health.set_delivered(newest.map_or(Delivered::Nothing, Delivered::UpTo)),
+        }
         Ok(())
     }
 
@@ -625,7 +657,9 @@ impl Watcher {
         let position = doc.position();
         let behind = position.stamp.is_some()
             && matches!(self.shared.change_stream.delivered(), Some(Delivered::UpTo(p)) if p > position);
-        if behind && !self.shared.cache.holds(&doc.id.public()) {
+        let id = doc.id.public();
+        if behind && !self.shared.cache.holds(&id) && !self.repositioned.contains(&id) {
+            self.repositioned.insert(id);
             self.to_reposition.push(doc);
             return Ok(());
         }
@@ -636,6 +670,7 @@ impl Watcher {
     fn publish_here(&mut self, doc: MessageDoc) -> Result<(), String> {
         let position = doc.position();
         self.shared.cache.publish(doc.into_message()?);
+        self.published_since_read = self.published_since_read.take().max(Some(position.clone()));
         self.shared.change_stream.advance(position);
         Ok(())
     }
@@ -705,13 +740,19 @@ impl Watcher {
                     .await
                     .map_err(|c| c.reason().to_owned())?;
                 if let Some(message) = now.and_then(|d| self.shared.skipped.keep(d)) {
-                    if self.shared.cache.holds(&message.id.public()) {
+                    let id = message.id.public();
+                    // Its new position is taken: once is enough, even if
+                    // it came behind again.
+                    let repositioned = self.repositioned.remove(&id);
+                    if self.shared.cache.holds(&id) {
                         // A message that came behind the store order, given
                         // a new position (by this instance or another) after
                         // this cache read it at its first: the cache follows
                         // the store again.
                         self.set_positions().await?;
                         self.reload().await?;
+                    } else if repositioned {
+                        self.publish_here(message)?;
                     } else if message.position.is_some() {
                         self.publish(message)?;
                     }
