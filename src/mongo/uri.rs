@@ -78,8 +78,36 @@ pub fn read_password_file(path: &Path) -> Result<String, String> {
 /// may carry one ([`secret_span`]), the reason is the driver's for the same
 /// string with that part replaced (and any copy of it scrubbed); when that
 /// string parses, the password itself is what breaks it, and the reason is
-/// withheld, as the driver's may quote pieces of a mangled password.
+/// withheld, as the driver's may quote pieces of a mangled password. A
+/// string that parses is still refused when its user name begins or ends
+/// with white space ([`check_user_name`]).
 pub fn parse(uri: &str) -> Result<ConnectionString, String> {
+    let parsed = parse_only(uri)?;
+    if let Some(user) = parsed
+        .credential
+        .as_ref()
+        .and_then(|c| c.username.as_deref())
+    {
+        check_user_name(user)?;
+    }
+    Ok(parsed)
+}
+
+/// Refuses a user name that begins or ends with white space. MongoDB
+/// takes any string as a user name, so `" chat"` is another user than
+/// `chat`, one that a stray space or a tab in a file or a command line
+/// creates or names by mistake, and that reads the same in every message.
+pub fn check_user_name(user: &str) -> Result<(), String> {
+    if user.trim() != user {
+        return Err(format!(
+            "the user name {user:?} begins or ends with white space, which MongoDB would keep \
+             as part of the name; remove it"
+        ));
+    }
+    Ok(())
+}
+
+fn parse_only(uri: &str) -> Result<ConnectionString, String> {
     ConnectionString::parse(uri).map_err(|e| {
         let Some((start, end)) = secret_span(uri) else {
             return explained(scrub_options(&e.kind.to_string(), uri));

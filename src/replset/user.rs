@@ -123,6 +123,8 @@ pub fn read_key_file(path: &std::path::Path) -> Result<String, String> {
 /// Checks the request and reads its files. Errors are one line and never
 /// quote a file's content.
 pub fn prepare(request: &UserRequest) -> Result<Prepared, String> {
+    crate::mongo::uri::check_user_name(&request.name)
+        .map_err(|why| format!("--create-user: {why}; nothing changed"))?;
     if request.name.is_empty() || request.name.contains(char::is_control) {
         return Err("--create-user needs a user name".into());
     }

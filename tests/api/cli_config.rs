@@ -667,3 +667,57 @@ fn a_setting_given_as_a_flag_points_to_its_variable() {
         "{stderr}"
     );
 }
+
+/// A user name that begins or ends with white space is a mistake MongoDB
+/// would keep (the name is any string): refused before anything is
+/// contacted, in the connection string and for `--create-user` alike.
+#[test]
+fn a_user_name_with_surrounding_white_space_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for uri in [
+        "mongodb://%20chat:S3cret@127.0.0.1:1/db?replicaSet=rs",
+        "mongodb://chat%09:S3cret@127.0.0.1:1/db?replicaSet=rs",
+        "mongodb://chat :S3cret@127.0.0.1:1/db?replicaSet=rs",
+    ] {
+        for (args, env) in [
+            (&["config"][..], &[("SIMPLECHAT_MONGODB_URI", uri)][..]),
+            (&["replset", "status", "--uri", uri][..], &[][..]),
+        ] {
+            let out = simplechat(d, args, env);
+            assert_one_line_failure(&out, "begins or ends with white space");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!err.contains("S3cret"), "{err}");
+        }
+    }
+    let password = d.join("pw");
+    std::fs::write(&password, "S3cret\n").unwrap();
+    let password = password.display().to_string();
+    for name in [" app", "app ", "app\t"] {
+        let out = simplechat(
+            d,
+            &[
+                "replset",
+                "init",
+                "--name",
+                "rs",
+                "--member",
+                "127.0.0.1:1",
+                "--allow-fewer-than-three",
+                "--wait-secs",
+                "30",
+                "--create-user",
+                name,
+                "--password-file",
+                &password,
+                "--role",
+                "readWrite@simplechat",
+            ],
+            &[],
+        );
+        // At once: no member is waited for.
+        assert_one_line_failure(&out, "begins or ends with white space");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("nothing changed"), "{err}");
+    }
+}
