@@ -652,6 +652,66 @@ async fn a_wrong_password_starts_the_app_and_readyz_names_authentication() {
     app.shutdown().await;
 }
 
+/// The app's user lives in `admin`, but the URI names the `messages`
+/// database and no `authSource`: the driver looks the user up there and the
+/// set refuses. Readiness, a refused post and `/api/status` say where the
+/// user was looked up and what to add.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_looked_up_in_the_uris_database_is_named_with_the_fix() {
+    let test = "a_user_looked_up_in_the_uris_database_is_named_with_the_fix";
+    let cluster = TestCluster::start_auth(test, &["messages"]).await;
+    let uri = format!(
+        "mongodb://{}@{}/messages?replicaSet={}",
+        cluster::APP_USER,
+        cluster.hosts().join(","),
+        cluster::SET_NAME
+    );
+    let app = spawn_app(&[
+        ("mongodb_uri", json!(uri)),
+        ("mongodb_password_file", json!(cluster.auth().password_file)),
+        ("write_timeout_secs", json!(2)),
+    ])
+    .await;
+    let hint = "(the user is looked up in database `messages`; if it was created in admin, \
+                add authSource=admin)";
+    let deadline = Instant::now() + cluster.election_time();
+    let reason = loop {
+        let response = app.get("/readyz").await;
+        assert_eq!(response.status(), 503);
+        let body: serde_json::Value = response.json().await.expect("JSON");
+        let reason = body["error"].as_str().unwrap_or_default().to_owned();
+        if reason.contains("authenticat") {
+            break reason;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no authentication reason: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let refused = app
+        .post_json("/api/messages", &json!({"name": "a", "text": "refused"}))
+        .await;
+    assert_eq!(refused.status(), 503);
+    let refused = refused.text().await.unwrap();
+    let status = app.get("/api/status").await.text().await.unwrap();
+    say(&format!("{test}: {reason}\n{refused}\n{status}"));
+    assert!(
+        reason.starts_with("MongoDB refused to authenticate this app") && reason.contains(hint),
+        "{reason}"
+    );
+    assert!(
+        refused.contains("the message was not stored: MongoDB refused to authenticate")
+            && refused.contains(hint),
+        "{refused}"
+    );
+    assert!(status.contains(hint), "{status}");
+    for text in [&reason, &refused, &status] {
+        assert!(!text.contains(cluster::APP_PASSWORD), "{text}");
+    }
+    app.shutdown().await;
+}
+
 /// The lab's app set no limit on a text. Over a history of 1000 messages
 /// of 200 KB each, the latest thousand are one listing of about 2 MB, not
 /// 200 MB: every message is shown cut to 2,000 characters with a marker,

@@ -634,3 +634,61 @@ async fn off_the_primary_the_key_file_creates_the_user() {
         "{out}"
     );
 }
+
+/// A user created in `admin` (as `--create-user` and most deployments do)
+/// named by a URI whose path is another database and that has no
+/// `authSource`: the driver looks the user up in that database, the set
+/// refuses, and every command says where the user was looked up and what
+/// to add. With `authSource=admin` the same credentials work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_looked_up_in_the_uris_database_is_named_with_the_fix() {
+    use cluster::{APP_PASSWORD, APP_USER};
+    let test = "a_user_looked_up_in_the_uris_database_is_named_with_the_fix";
+    let cluster = TestCluster::start_auth(test, &["messages"]).await;
+    let hosts = cluster.hosts();
+    let password = simplechat::mongo::uri::encode_userinfo(APP_PASSWORD);
+    let without = format!(
+        "mongodb://{APP_USER}:{password}@{}/messages?replicaSet={SET_NAME}",
+        hosts.join(",")
+    );
+    let hint = "(the user is looked up in database `messages`; if it was created in admin, \
+                add authSource=admin)";
+    let with_uri = |mut args: Vec<String>, uri: &str| {
+        args.extend(["--uri".to_string(), uri.to_string()]);
+        args.extend(["--wait-secs".to_string(), "5".to_string()]);
+        args
+    };
+    let mut plan = vec!["replset".to_string(), "plan".into(), "--name".into()];
+    plan.push(SET_NAME.into());
+    for h in &hosts {
+        plan.extend(["--member".to_string(), h.clone()]);
+    }
+    let mut apply = plan.clone();
+    apply[1] = "apply".into();
+    for args in [
+        status_args(without.clone()),
+        with_uri(init_args(&hosts), &without),
+        with_uri(plan, &without),
+        with_uri(apply, &without),
+    ] {
+        let o = simplechat(args.clone(), &[]).await;
+        say(&format!("{test}: {}: {}", args[1], text(&o)));
+        let err = one_line_failure(&o, &[APP_PASSWORD, &password]);
+        assert!(
+            err.contains("authentication failed") && err.contains(hint),
+            "{}: {err}",
+            args[1]
+        );
+    }
+    // Named where it lives, the same user and password are accepted; a
+    // wrong password there gets no such hint.
+    let with_source = format!("{without}&authSource=admin");
+    let o = simplechat(status_args(with_source.clone()), &[]).await;
+    assert!(matches!(o.status.code(), Some(0 | 2)), "{}", text(&o));
+    let wrong = with_source.replace(&password, "Wr0ngPass");
+    let err = one_line_failure(&simplechat(status_args(wrong), &[]).await, &["Wr0ngPass"]);
+    assert!(
+        err.contains("check the user and password") && !err.contains("looked up"),
+        "{err}"
+    );
+}

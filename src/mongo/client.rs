@@ -25,6 +25,19 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// say (`maxPoolSize`): enough for 64 writes in flight at once.
 pub const DEFAULT_MAX_POOL_SIZE: u32 = 64;
 
+/// What a connection string says about signing in, beyond the driver's
+/// options: what messages must hide, and what they may add when the
+/// credentials are refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Login {
+    /// The password, so that no message can show it.
+    pub secret: Option<String>,
+    /// The database the user is looked up in when the connection string
+    /// chose it only by its path: no `authSource`, and a database other
+    /// than `admin` ([`uri::implied_user_database`]).
+    pub user_database: Option<String>,
+}
+
 /// A client and what its users need to know about how it was made.
 pub struct Connection {
     /// The driver's client; it connects and reconnects in the background.
@@ -50,21 +63,26 @@ pub enum Purpose {
     Direct,
 }
 
-/// Parses the connection string into driver options and its password (to
-/// scrub from messages). A `mongodb+srv` string is resolved here (DNS); any
-/// other does no I/O.
+/// Parses the connection string into driver options and what it says
+/// about signing in ([`Login`]). A `mongodb+srv` string is resolved here
+/// (DNS); any other does no I/O.
 ///
 /// Errors: one line, `bad MongoDB connection string <redacted>: <why>`.
-pub async fn options(text: &str) -> Result<(ClientOptions, Option<String>), String> {
+pub async fn options(text: &str) -> Result<(ClientOptions, Login), String> {
     let bad = |why: String| format!("bad MongoDB connection string {}: {why}", uri::redact(text));
-    let secret = uri::parse(text)
-        .map_err(bad)?
-        .credential
-        .and_then(|c| c.password);
+    let parsed = uri::parse(text).map_err(bad)?;
+    let user_database = uri::implied_user_database(&parsed);
+    let secret = parsed.credential.and_then(|c| c.password);
     let options = ClientOptions::parse(text)
         .await
         .map_err(|e| bad(uri::scrub_options(&reason(&e, secret.as_deref()), text)))?;
-    Ok((options, secret))
+    Ok((
+        options,
+        Login {
+            secret,
+            user_database,
+        },
+    ))
 }
 
 /// simplechat's settings on top of what the connection string says.
@@ -119,13 +137,17 @@ pub fn bound_waits(options: &mut ClientOptions, bound: Duration) {
 /// returns at once whether or not any server is reachable.
 pub fn connect(
     mut options: ClientOptions,
-    secret: Option<String>,
+    login: Login,
     purpose: Purpose,
 ) -> Result<Connection, String> {
     tune(&mut options, purpose);
     let seeds = options.hosts.iter().map(address_string).collect();
+    let Login {
+        secret,
+        user_database,
+    } = login;
     let topology = Arc::new(if options.credential.is_some() {
-        TopologyView::expecting_authentication()
+        TopologyView::expecting_authentication(user_database)
     } else {
         TopologyView::default()
     });
@@ -224,8 +246,8 @@ mod tests {
     #[tokio::test]
     async fn store_options_keep_the_uri_and_add_durability_settings() {
         let uri = "mongodb://app:pa%24%24word@127.0.0.1:27017,127.0.0.1:27018/messages?replicaSet=rs&retryWrites=false&serverSelectionTimeoutMS=1500";
-        let (mut o, secret) = options(uri).await.unwrap();
-        assert_eq!(secret.as_deref(), Some("pa$$word"));
+        let (mut o, login) = options(uri).await.unwrap();
+        assert_eq!(login.secret.as_deref(), Some("pa$$word"));
         tune(&mut o, Purpose::Store);
         assert_eq!(o.retry_writes, Some(true));
         assert_eq!(o.max_pool_size, Some(DEFAULT_MAX_POOL_SIZE));
@@ -236,7 +258,7 @@ mod tests {
         assert_eq!(o.connect_timeout, Some(DEFAULT_CONNECT_TIMEOUT));
         assert_eq!(o.repl_set_name.as_deref(), Some("rs"));
         assert_eq!(o.default_database.as_deref(), Some("messages"));
-        let conn = connect(o, secret, Purpose::Store).unwrap();
+        let conn = connect(o, login, Purpose::Store).unwrap();
         assert_eq!(conn.seeds, ["127.0.0.1:27017", "127.0.0.1:27018"]);
         assert_eq!(conn.scrub("x pa$$word y pa%24%24word"), "x **** y ****");
         assert!(conn.topology.get().is_none() || !conn.topology.get().unwrap().writable);

@@ -222,6 +222,30 @@ pub fn reason(error: &Error, secret: Option<&str>) -> String {
     scrub(&one_line(&text), secret)
 }
 
+/// What to check when MongoDB refuses the credentials, as one clause; with
+/// [`user_database_hint`] when the connection string left the database the
+/// user is looked up in to its path (`user_database`). The app's readiness,
+/// a refused post, `/api/status` and `replset status` all say it so.
+pub fn check_credentials(user_database: Option<&str>) -> String {
+    let advice = "check the user and password in the connection string or password file, \
+                  and that the user exists";
+    match user_database {
+        Some(db) => format!("{advice} {}", user_database_hint(db)),
+        None => advice.to_owned(),
+    }
+}
+
+/// Where the user is looked up when the connection string names no
+/// `authSource` and a database other than `admin` in its path
+/// ([`super::uri::implied_user_database`]), and what to add when the user
+/// lives in `admin`.
+pub fn user_database_hint(db: &str) -> String {
+    format!(
+        "(the user is looked up in database `{db}`; if it was created in admin, add \
+         authSource=admin)"
+    )
+}
+
 /// `text` with the password, when there is one, hidden
 /// ([`super::uri::hide_secret`]).
 pub fn scrub(text: &str, secret: Option<&str>) -> String {

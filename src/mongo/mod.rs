@@ -11,7 +11,7 @@ pub mod status;
 pub mod topology;
 pub mod uri;
 
-pub use client::{bound_waits, connect, options, Connection, Purpose};
+pub use client::{bound_waits, connect, options, Connection, Login, Purpose};
 pub use errors::{classify, reason, Class};
 pub use status::{status_of, MemberStatus, ReplicaSetStatus};
 pub use topology::{ServerSnapshot, TopologySnapshot, TopologyView};

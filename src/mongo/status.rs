@@ -9,7 +9,7 @@ use mongodb::ServerType;
 use serde::{Deserialize, Serialize};
 
 use super::client::Connection;
-use super::errors::{codes, command_code, reason, Signals};
+use super::errors::{check_credentials, codes, command_code, reason, Signals};
 use super::topology::TopologySnapshot;
 use crate::text::one_line;
 
@@ -65,7 +65,10 @@ pub async fn status_of(conn: &Connection, bound: Duration) -> Result<ReplicaSetS
         // healthy member down, whichever one the command was sent to.
         // Refused credentials are no member's health.
         Ok(Err(e)) if Signals::of(&e).authentication => {
-            return Err(refused(&reason(&e, conn.secret.as_deref())))
+            return Err(refused(
+                &reason(&e, conn.secret.as_deref()),
+                conn.topology.user_database(),
+            ))
         }
         Ok(Err(e)) if command_code(&e) == Some(codes::UNAUTHORIZED) => {
             "not authorized to run replSetGetStatus".to_owned()
@@ -83,7 +86,7 @@ pub async fn status_of(conn: &Connection, bound: Duration) -> Result<ReplicaSetS
         Some(TopologySnapshot {
             auth_failure: Some(why),
             ..
-        }) => Err(refused(&why)),
+        }) => Err(refused(&why, conn.topology.user_database())),
         Some(topology) if !topology.servers.is_empty() => Ok(from_topology(&topology, &why)),
         Some(topology) => Err(topology.no_member_of_the_set().unwrap_or(why)),
         None => Err(why),
@@ -91,16 +94,19 @@ pub async fn status_of(conn: &Connection, bound: Duration) -> Result<ReplicaSetS
 }
 
 /// The one line for credentials the set refused: `why` is the driver's
-/// reason, already `authentication failed: ...` and without the password.
-fn refused(why: &str) -> String {
+/// reason, already `authentication failed: ...` and without the password;
+/// `user_database` where the user is looked up, when the connection string
+/// left it to its path.
+fn refused(why: &str, user_database: Option<&str>) -> String {
     let why = if why.starts_with("authentication failed") {
         why.to_owned()
     } else {
         format!("authentication failed: {why}")
     };
     one_line(&format!(
-        "{why} (check the user and password in the connection string or password file, \
-         and that the user exists)"
+        "{}: {}",
+        why.trim_end_matches('.'),
+        check_credentials(user_database)
     ))
 }
 
@@ -301,6 +307,7 @@ mod tests {
             auth_failure: None,
             awaiting_authentication: false,
             direct: false,
+            user_database: None,
         };
         let s = from_topology(&t, "not authorized to run replSetGetStatus");
         assert_eq!(s.primary.as_deref(), Some("a:1"));

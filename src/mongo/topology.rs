@@ -9,7 +9,7 @@ use mongodb::event::sdam::TopologyDescription;
 use mongodb::options::ServerAddress;
 use mongodb::{ServerInfo, ServerType, TopologyType};
 
-use super::errors::{reason, Signals};
+use super::errors::{check_credentials, reason, Signals};
 use crate::text::one_line;
 
 /// One member as the driver last saw it.
@@ -50,6 +50,10 @@ pub struct TopologySnapshot {
     /// The client talks to one member only (`directConnection=true`, the
     /// driver's `Single` topology).
     pub direct: bool,
+    /// Where the user is looked up when the connection string left it to
+    /// its path ([`super::client::Login::user_database`]): said with a
+    /// refusal of the credentials.
+    pub user_database: Option<String>,
 }
 
 impl TopologySnapshot {
@@ -72,6 +76,7 @@ impl TopologySnapshot {
             auth_failure: None,
             awaiting_authentication: false,
             direct: d.topology_type() == TopologyType::Single,
+            user_database: None,
         };
         // The driver counts a `Single` topology writable whenever its one
         // member answers, whatever that member is, and sends it every
@@ -174,8 +179,8 @@ impl TopologySnapshot {
     pub fn not_writable_reason(&self) -> String {
         if let Some(why) = &self.auth_failure {
             return one_line(&format!(
-                "MongoDB refused to authenticate this app ({why}): check the user and password \
-                 in the connection string or password file, and that the user exists"
+                "MongoDB refused to authenticate this app ({why}): {}",
+                check_credentials(self.user_database.as_deref())
             ));
         }
         if let Some(why) = self.pinned_to_non_primary() {
@@ -250,16 +255,30 @@ pub struct TopologyView {
     /// Set while credentials are configured and no pool connection has
     /// authenticated yet.
     awaiting_authentication: AtomicBool,
+    /// Where the user is looked up, when the connection string left it to
+    /// its path.
+    user_database: Option<String>,
 }
 
 impl TopologyView {
     /// A view for a client with credentials: not writable until a pool
     /// connection has authenticated, so readiness never reports a set
     /// that has not accepted this app's credentials yet.
-    pub fn expecting_authentication() -> Self {
-        let view = TopologyView::default();
+    /// `user_database`: where the user is looked up, when the connection
+    /// string left it to its path ([`super::client::Login`]).
+    pub fn expecting_authentication(user_database: Option<String>) -> Self {
+        let view = TopologyView {
+            user_database,
+            ..TopologyView::default()
+        };
         view.awaiting_authentication.store(true, Ordering::Relaxed);
         view
+    }
+
+    /// Where the user is looked up, when the connection string left it to
+    /// its path.
+    pub fn user_database(&self) -> Option<&str> {
+        self.user_database.as_deref()
     }
 
     /// The latest snapshot; `None` until the driver has described anything.
@@ -276,6 +295,7 @@ impl TopologyView {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         snapshot.awaiting_authentication = self.awaiting_authentication.load(Ordering::Relaxed);
+        snapshot.user_database = self.user_database.clone();
         if snapshot.auth_failure.is_some() || snapshot.awaiting_authentication {
             snapshot.writable = false;
         }
@@ -320,6 +340,7 @@ mod tests {
             auth_failure: None,
             awaiting_authentication: false,
             direct: false,
+            user_database: None,
         };
         assert_eq!(
             snap.not_writable_reason(),
@@ -341,6 +362,7 @@ mod tests {
             auth_failure: None,
             awaiting_authentication: false,
             direct: false,
+            user_database: None,
         }
     }
 
@@ -365,7 +387,7 @@ mod tests {
 
     #[test]
     fn with_credentials_and_no_member_answering_it_says_unreachable() {
-        let view = TopologyView::expecting_authentication();
+        let view = TopologyView::expecting_authentication(None);
         view.set(TopologySnapshot {
             set_name: Some("rs".into()),
             writable: false,
@@ -377,6 +399,7 @@ mod tests {
             auth_failure: None,
             awaiting_authentication: false,
             direct: false,
+            user_database: None,
         });
         assert_eq!(
             view.get().unwrap().not_writable_reason(),
@@ -386,7 +409,7 @@ mod tests {
 
     #[test]
     fn with_credentials_it_is_unwritable_until_a_connection_authenticates() {
-        let view = TopologyView::expecting_authentication();
+        let view = TopologyView::expecting_authentication(None);
         view.set(with_a_primary());
         let snap = view.get().unwrap();
         assert!(!snap.writable);

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use mongodb::options::ConnectionString;
+use mongodb::options::{AuthMechanism, ConnectionString};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 /// What a password keeps unescaped in a connection string: RFC 3986's
@@ -123,6 +123,29 @@ fn parse_only(uri: &str) -> Result<ConnectionString, String> {
                 .to_owned(),
         }
     })
+}
+
+/// The database the user of `parsed` is looked up in when the string chose
+/// it only by its path: it names a user, no `authSource` and no mechanism
+/// other than SCRAM, and a database other than `admin`. MongoDB's
+/// connection-string reference: "If authSource is unspecified, authSource
+/// defaults to the defaultauthdb specified in the connection string. If
+/// defaultauthdb is unspecified, then authSource defaults to admin"
+/// (<https://www.mongodb.com/docs/manual/reference/connection-string-options/#mongodb-urioption-urioption.authSource>);
+/// the driver does the same (`ClientOptions::parse`). A user created in
+/// `admin`, as most are, is then not found.
+pub fn implied_user_database(parsed: &ConnectionString) -> Option<String> {
+    let credential = parsed.credential.as_ref()?;
+    credential.username.as_ref()?;
+    if credential.source.is_some() {
+        return None;
+    }
+    let scram = match &credential.mechanism {
+        None => true,
+        Some(m) => matches!(m, AuthMechanism::ScramSha1 | AuthMechanism::ScramSha256),
+    };
+    let db = parsed.default_database.as_deref()?;
+    (scram && db != "admin").then(|| db.to_owned())
 }
 
 /// Where a password may lie in a string that may not parse, read more
@@ -382,6 +405,27 @@ pub fn scrub(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_user_database_is_implied_only_by_a_path_without_auth_source() {
+        let implied = |uri: &str| implied_user_database(&parse(uri).unwrap());
+        let uri = "mongodb://chat:pw@h1,h2,h3/messages?replicaSet=rs0";
+        assert_eq!(implied(uri).as_deref(), Some("messages"));
+        for chosen in [
+            "mongodb://chat:pw@h1/messages?authSource=admin",
+            "mongodb://chat:pw@h1/messages?authSource=messages",
+            "mongodb://chat:pw@h1/admin",
+            "mongodb://chat:pw@h1/",
+            "mongodb://h1/messages",
+            "mongodb://CN=x@h1/messages?authMechanism=MONGODB-X509&tls=true",
+        ] {
+            assert_eq!(implied(chosen), None, "{chosen}");
+        }
+        assert_eq!(
+            implied("mongodb://chat@h1/messages?authMechanism=SCRAM-SHA-256").as_deref(),
+            Some("messages")
+        );
+    }
 
     #[test]
     fn redacts_passwords_only() {

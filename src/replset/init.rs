@@ -21,8 +21,8 @@ use crate::mongo::errors::codes::{
     UNAUTHORIZED,
 };
 use crate::mongo::errors::command_code as code;
-use crate::mongo::errors::Signals;
-use crate::mongo::{bound_waits, connect, options, reason, Connection, Purpose};
+use crate::mongo::errors::{user_database_hint, Signals};
+use crate::mongo::{bound_waits, connect, options, reason, Connection, Login, Purpose};
 use crate::retry::{poll_until, Check, PollError};
 
 /// How long each step may wait, as a whole.
@@ -92,9 +92,15 @@ impl Member {
         } else {
             None
         }?;
+        let hint = self
+            .conn
+            .topology
+            .user_database()
+            .map(|db| format!(" {}", user_database_hint(db)))
+            .unwrap_or_default();
         Some(format!(
             "member {} refused the credentials given with --uri ({why}): check the user name, \
-             password and authSource in --uri; nothing changed",
+             password and authSource in --uri{hint}; nothing changed",
             self.host
         ))
     }
@@ -166,9 +172,9 @@ pub async fn init(
     let members = config::normalize_members(&request.members)?;
     // Files first: a missing one must not wait for the members.
     let user = request.user.as_ref().map(user::prepare).transpose()?;
-    let (mut base, secret) = match &request.uri {
+    let (mut base, login) = match &request.uri {
         Some(uri) => options(uri).await?,
-        None => (ClientOptions::default(), None),
+        None => (ClientOptions::default(), Login::default()),
     };
     // The driver's own waits (5 s by default) must not outlast ours.
     bound_waits(&mut base, waits.members.min(waits.primary));
@@ -176,8 +182,8 @@ pub async fn init(
     for host in &members {
         let mut o = base.clone();
         o.hosts = vec![ServerAddress::parse(host)
-            .map_err(|e| format!("member {host}: {}", reason(&e, secret.as_deref())))?];
-        let conn = connect(o, secret.clone(), Purpose::Direct)?;
+            .map_err(|e| format!("member {host}: {}", reason(&e, login.secret.as_deref())))?];
+        let conn = connect(o, login.clone(), Purpose::Direct)?;
         all.push(Member {
             host: host.clone(),
             conn,

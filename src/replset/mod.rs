@@ -76,8 +76,8 @@ impl StatusReport {
 /// The replica set as `replSetGetStatus` (or the driver) sees it, through
 /// the connection string `uri`. Errors: a bad string, or nobody answered.
 pub async fn status(uri: &str) -> Result<StatusReport, String> {
-    let (options, secret) = options(uri).await?;
-    let conn = connect(options, secret, Purpose::Store)?;
+    let (options, login) = options(uri).await?;
+    let conn = connect(options, login, Purpose::Store)?;
     // Long enough for the driver to find the members and for a server
     // selection during an election.
     let result = status_of(&conn, Duration::from_secs(10)).await;

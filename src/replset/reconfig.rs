@@ -18,12 +18,12 @@ use tokio::time::Instant;
 
 use super::config;
 use super::plan::{self, Declared, Running, RunningMember, Step};
-use crate::mongo::errors::{codes, command_code as code, Signals};
+use crate::mongo::errors::{codes, command_code as code, user_database_hint, Signals};
 
 /// mongod's `ExceededTimeLimit`: `replSetStepDown` found no electable
 /// secondary caught up within `secondaryCatchUpPeriodSecs`.
 const EXCEEDED_TIME_LIMIT: i32 = 262;
-use crate::mongo::{bound_waits, connect, options, reason, Connection, Purpose};
+use crate::mongo::{bound_waits, connect, options, reason, Connection, Login, Purpose};
 use crate::retry::{poll_until, Check, PollError};
 
 /// What `replset plan` / `apply` are asked to converge to.
@@ -134,6 +134,8 @@ impl From<&str> for StepError {
 struct Session {
     conn: Connection,
     base: ClientOptions,
+    /// What signs in, for the connections to new members too.
+    login: Login,
     wait: Duration,
 }
 
@@ -145,9 +147,9 @@ impl Session {
         // when the set must change: a set that already has the declared
         // members is left alone, whatever their number.
         let wait = Duration::from_secs(request.wait_secs.max(1));
-        let (mut base, secret) = match &request.uri {
+        let (mut base, login) = match &request.uri {
             Some(uri) => options(uri).await?,
-            None => (ClientOptions::default(), None),
+            None => (ClientOptions::default(), Login::default()),
         };
         // The driver's own waits (5 s by default) must not outlast ours.
         bound_waits(&mut base, wait);
@@ -156,7 +158,7 @@ impl Session {
             .iter()
             .map(|h| {
                 ServerAddress::parse(h)
-                    .map_err(|e| format!("member {h}: {}", reason(&e, secret.as_deref())))
+                    .map_err(|e| format!("member {h}: {}", reason(&e, login.secret.as_deref())))
             })
             .collect::<Result<_, _>>()?;
         // The driver learns the set's name from the members, so that a name
@@ -169,7 +171,7 @@ impl Session {
         // newer servers refuse SCRAM-SHA-1 for it (mongod's own jstests
         // authenticate `__system` so; key files:
         // <https://www.mongodb.com/docs/manual/core/security-internal-authentication/#keyfiles>).
-        let secret = match &request.key_file {
+        let login = match &request.key_file {
             Some(path) => {
                 let key = super::user::read_key_file(path)?;
                 o.credential = Some(
@@ -180,12 +182,20 @@ impl Session {
                         .mechanism(mongodb::options::AuthMechanism::ScramSha256)
                         .build(),
                 );
-                Some(key)
+                Login {
+                    secret: Some(key),
+                    user_database: None,
+                }
             }
-            None => secret,
+            None => login,
         };
-        let conn = connect(o, secret, Purpose::Store)?;
-        Ok(Session { conn, base, wait })
+        let conn = connect(o, login.clone(), Purpose::Store)?;
+        Ok(Session {
+            conn,
+            base,
+            login,
+            wait,
+        })
     }
 
     async fn close(self) {
@@ -204,6 +214,16 @@ impl Session {
         reason(e, self.conn.secret.as_deref())
     }
 
+    /// For refused credentials, where the user was looked up when the
+    /// connection string left that to its path (with a leading space);
+    /// otherwise nothing.
+    fn refusal_hint(&self, e: &mongodb::error::Error) -> String {
+        match self.login.user_database.as_deref() {
+            Some(db) if Signals::of(e).authentication => format!(" {}", user_database_hint(db)),
+            _ => String::new(),
+        }
+    }
+
     /// Why the set did not answer: for a server selection timeout, whose
     /// text only says "No available servers", the causes the driver saw
     /// (as `replset status` names them).
@@ -213,7 +233,7 @@ impl Session {
                 return format!("no primary answers: {why}");
             }
         }
-        self.reason(e)
+        format!("{}{}", self.reason(e), self.refusal_hint(e))
     }
 
     /// The configuration (from the primary, with `commitmentStatus`) and
@@ -261,7 +281,7 @@ impl Session {
     async fn check_one(&self, name: &str, host: &str, bound: Duration) -> Result<(), String> {
         let mut o = self.base.clone();
         o.hosts = vec![ServerAddress::parse(host).map_err(|e| self.reason(&e))?];
-        let conn = connect(o, self.conn.secret.clone(), Purpose::Direct)?;
+        let conn = connect(o, self.login.clone(), Purpose::Direct)?;
         let admin = conn.client.database("admin");
         let deadline = Instant::now() + bound;
         let result = poll_until(deadline, Duration::from_millis(500), || async {
@@ -455,8 +475,9 @@ impl Session {
         let signals = Signals::of(&e);
         if signals.authentication || signals.codes.contains(&codes::UNAUTHORIZED) {
             return Err(format!(
-                "the replica set refused access ({}): give the members' key with --key-file, or a --uri whose user has the clusterManager role; nothing changed",
-                self.reason(&e)
+                "the replica set refused access ({}): give the members' key with --key-file, or a --uri whose user has the clusterManager role{}; nothing changed",
+                self.reason(&e),
+                self.refusal_hint(&e)
             ));
         }
         Ok(())

@@ -163,7 +163,11 @@ fn client_as(
             .mechanism(AuthMechanism::ScramSha256)
             .build(),
     );
-    connect(o, Some(password.to_owned()), Purpose::Store)
+    let login = crate::mongo::Login {
+        secret: Some(password.to_owned()),
+        user_database: None,
+    };
+    connect(o, login, Purpose::Store)
 }
 
 async fn close(conn: Connection) {

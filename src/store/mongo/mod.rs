@@ -124,9 +124,9 @@ impl MongoStore {
         // one needs DNS, which may be down at boot like everything else.
         let parsed = tokio::time::timeout(Duration::from_secs(5), mongo::options(uri)).await;
         match parsed {
-            Ok(Ok((options, secret))) => {
-                let conn = mongo::connect(options, secret, Purpose::Store)
-                    .map_err(StoreError::Internal)?;
+            Ok(Ok((options, login))) => {
+                let conn =
+                    mongo::connect(options, login, Purpose::Store).map_err(StoreError::Internal)?;
                 shared.start(Collections::new(conn, database, write_timeout));
             }
             Ok(Err(e)) if !uri.trim_start().starts_with("mongodb+srv://") => {
@@ -178,7 +178,7 @@ impl Shared {
                 return;
             }
             let made = match mongo::options(uri).await {
-                Ok((options, secret)) => mongo::connect(options, secret, Purpose::Store),
+                Ok((options, login)) => mongo::connect(options, login, Purpose::Store),
                 Err(e) => Err(e),
             };
             match made {
