@@ -279,6 +279,58 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// How a command that Ctrl-C stopped ends: 128 + SIGINT, as a shell
+/// reports a process that SIGINT ended.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// `replset apply`, stopped by Ctrl-C (SIGINT) with one line that says
+/// during which step, and that plan and apply can be run again: every
+/// step is planned afresh from what the primary reports, so a second
+/// apply continues from wherever the first one stopped.
+async fn apply(request: replset::reconfig::MembersRequest) -> Result<ExitCode, String> {
+    // The step under way, as its progress line names it.
+    let mut step: Option<String> = None;
+    let mut progress = |line: &str| {
+        if line.starts_with("step ") {
+            step = Some(line.to_owned());
+        }
+        println!("{line}");
+    };
+    let outcome = tokio::select! {
+        outcome = replset::reconfig::apply(&request, &mut progress) => Some(outcome),
+        // tokio's handler replaces the default action (ending the process
+        // at once, silently) from the first poll on
+        // (<https://docs.rs/tokio/1/tokio/signal/fn.ctrl_c.html>).
+        signal = tokio::signal::ctrl_c() => {
+            signal.map_err(|e| format!("cannot listen for Ctrl-C: {e}"))?;
+            None
+        }
+    };
+    match outcome {
+        Some(summary) => {
+            println!("{}", summary?);
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            let during = match step {
+                // `step 2: add h:27017: it joins ...`
+                Some(line) => {
+                    let (number, what) = line.split_once(": ").unwrap_or((&line, ""));
+                    let what = what.split(": ").next().unwrap_or(what);
+                    format!("during {number} ({what}); the set may be in the middle of it")
+                }
+                None => "before its first step; nothing was changed".to_owned(),
+            };
+            eprintln!(
+                "simplechat: replset apply was interrupted {during}. Run `simplechat replset plan` \
+                 to see where the set stands and `simplechat replset apply` again to go on: \
+                 apply is idempotent, each step planned afresh from the set as it is"
+            );
+            Ok(ExitCode::from(EXIT_INTERRUPTED))
+        }
+    }
+}
+
 fn fail(message: String) -> ExitCode {
     eprintln!("simplechat: {message}");
     ExitCode::FAILURE
@@ -343,12 +395,7 @@ async fn replset_command(command: ReplsetCommand) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        ReplsetCommand::Apply(args) => {
-            let summary =
-                replset::reconfig::apply(&args.into(), &mut |line| println!("{line}")).await?;
-            println!("{summary}");
-            Ok(ExitCode::SUCCESS)
-        }
+        ReplsetCommand::Apply(args) => apply(args.into()).await,
         ReplsetCommand::Status { uri, json } => {
             let uri = match uri {
                 // As the app would connect: the password file completes a

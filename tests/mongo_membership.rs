@@ -592,3 +592,79 @@ async fn with_access_control_apply_uses_the_key_file() {
         "the key never shows: {output}"
     );
 }
+
+/// Ctrl-C while `apply` waits on a step (a new member's initial sync, made
+/// slow here): one line says that the apply was interrupted, during which
+/// step, and that plan and apply can be run again; exit status 130. Run
+/// again, apply continues from where the set is and finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_apply_says_which_step_and_how_to_go_on() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let test = "ctrl_c_during_apply_says_which_step_and_how_to_go_on";
+    sim_only(test);
+    let cluster = Cluster::start(ClusterOptions {
+        set_name: SET_NAME.to_owned(),
+        members: 5,
+        initial_config: Some(3),
+        initial_sync: Duration::from_secs(3),
+        election_delay: ELECTION,
+        ..Default::default()
+    })
+    .await
+    .expect("start replset-sim");
+    assert!(cluster.wait_for_primary(GAP_BOUND).await.is_some());
+    let hosts = cluster.hosts();
+    let args = members_args("apply", SET_NAME, &hosts, &[]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_simplechat"))
+        .args(&args)
+        .env_remove("MONGO_URI")
+        .env_remove("SIMPLECHAT_MONGODB_URI")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run simplechat");
+    let stdout = child.stdout.take().expect("stdout");
+    let pid = child.id().to_string();
+    let (seen, output) = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let mut seen = Vec::new();
+        // The first step is under way once apply waits for its member.
+        for line in lines.by_ref() {
+            let line = line.expect("stdout");
+            let waiting = line.contains("to copy the data and vote");
+            seen.push(line);
+            if waiting {
+                break;
+            }
+        }
+        let killed = Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        seen.extend(lines.map_while(Result::ok));
+        (seen, child.wait_with_output().expect("wait"))
+    })
+    .await
+    .expect("join");
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    say(&format!(
+        "{test}: exit {:?}\nstdout: {}\nstderr: {stderr}",
+        output.status.code(),
+        seen.join("\n")
+    ));
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.starts_with("simplechat: replset apply was interrupted during step 1 (add ")
+            && stderr.contains("simplechat replset plan")
+            && stderr.contains("simplechat replset apply")
+            && stderr.contains("idempotent"),
+        "{stderr}"
+    );
+    // Run again, it goes on from where the set is.
+    let again = simplechat(args).await;
+    assert!(again.status.success(), "{}", text(&again));
+    assert_eq!(cluster.config_hosts(), hosts);
+}
