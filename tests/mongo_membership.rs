@@ -668,3 +668,80 @@ async fn ctrl_c_during_apply_says_which_step_and_how_to_go_on() {
     assert!(again.status.success(), "{}", text(&again));
     assert_eq!(cluster.config_hosts(), hosts);
 }
+
+/// A set initiated with `localhost:PORT` members: `LOCALHOST:PORT` is the
+/// same member (host names are case-insensitive), while `127.0.0.1:PORT`,
+/// the same mongod under another name, is refused by init, plan and apply
+/// with the configured names, nothing changed; never planned as an add and
+/// a removal of the same process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_named_otherwise_than_the_configuration_is_explained() {
+    let test = "a_member_named_otherwise_than_the_configuration_is_explained";
+    sim_only(test);
+    let cluster = Cluster::start(ClusterOptions {
+        set_name: SET_NAME.to_owned(),
+        members: 3,
+        initiated: false,
+        election_delay: ELECTION,
+        ..Default::default()
+    })
+    .await
+    .expect("start replset-sim");
+    let numeric = cluster.hosts();
+    let named: Vec<String> = numeric
+        .iter()
+        .map(|h| h.replace("127.0.0.1", "localhost"))
+        .collect();
+    let init = simplechat(members_args("init", SET_NAME, &named, &[])).await;
+    assert!(init.status.success(), "{}", text(&init));
+    let version = cluster.config_version();
+    assert_eq!(cluster.config_hosts(), named);
+
+    let mut shouted = named.clone();
+    shouted[0] = shouted[0].to_uppercase();
+    for verb in ["plan", "apply"] {
+        let o = simplechat(members_args(verb, SET_NAME, &shouted, &[])).await;
+        say(&format!("{test}: {verb} {shouted:?}: {}", text(&o)));
+        assert!(o.status.success(), "{}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.contains("nothing to do") || out.contains("already has the declared members"),
+            "{}",
+            text(&o)
+        );
+    }
+
+    let configured = named.join(", ");
+    let o = simplechat(members_args("init", SET_NAME, &numeric, &[])).await;
+    say(&format!("{test}: init {numeric:?}: {}", text(&o)));
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("another spelling than its configuration uses")
+            && err.contains(&format!(
+                "{} is the member it names {}",
+                numeric[0], named[0]
+            ))
+            && err.contains(&format!("as the configuration does: {configured}")),
+        "{err}"
+    );
+    let mut mixed = named.clone();
+    mixed[0] = numeric[0].clone();
+    for verb in ["plan", "apply"] {
+        let o = simplechat(members_args(verb, SET_NAME, &mixed, &[])).await;
+        say(&format!("{test}: {verb} {mixed:?}: {}", text(&o)));
+        assert!(!o.status.success(), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains(&format!(
+                "cannot add {}: it is the member the configuration names {}",
+                numeric[0], named[0]
+            )) && err.contains(&configured),
+            "{err}"
+        );
+        assert!(!String::from_utf8_lossy(&o.stdout).contains("remove"));
+    }
+    assert_eq!(cluster.config_version(), version, "nothing changed");
+    assert_eq!(cluster.config_hosts(), named);
+}

@@ -80,6 +80,22 @@ pub struct ExistingConfig {
     /// The members as normalized `host:port` ([`normalize_member`]), in the
     /// order the reply lists them.
     pub members: Vec<String>,
+    /// The same members' hosts as the configuration writes them.
+    pub configured: Vec<String>,
+}
+
+/// Host names are case-insensitive (RFC 4343) and `host` means
+/// `host:27017`: each member normalized for comparing, and as written for
+/// showing.
+fn existing(name: String, hosts: Vec<&str>) -> ExistingConfig {
+    ExistingConfig {
+        name,
+        members: hosts
+            .iter()
+            .map(|h| normalize_member(h).unwrap_or_else(|_| h.to_ascii_lowercase()))
+            .collect(),
+        configured: hosts.into_iter().map(str::to_owned).collect(),
+    }
 }
 
 /// Reads a `replSetGetConfig` reply (`{config: {_id, members: [{host}]}}`).
@@ -91,15 +107,14 @@ pub fn parse_config_reply(reply: &Document) -> Result<ExistingConfig, String> {
         .get_str("_id")
         .map_err(|_| "the replica-set config has no _id".to_owned())?
         .to_owned();
-    let members = config
+    let hosts = config
         .get_array("members")
         .map_err(|_| "the replica-set config has no members".to_owned())?
         .iter()
         .filter_map(|m| m.as_document())
         .filter_map(|m| m.get_str("host").ok())
-        .map(|h| normalize_member(h).unwrap_or_else(|_| h.to_ascii_lowercase()))
         .collect();
-    Ok(ExistingConfig { name, members })
+    Ok(existing(name, hosts))
 }
 
 /// Reads what `hello` says of the set: its name and the members in its
@@ -109,19 +124,27 @@ pub fn parse_hello(hello: &Document) -> Result<ExistingConfig, String> {
         .get_str("setName")
         .map_err(|_| "the member is not in an initiated replica set".to_owned())?
         .to_owned();
-    let members = ["hosts", "passives", "arbiters"]
+    let hosts = ["hosts", "passives", "arbiters"]
         .iter()
         .filter_map(|key| hello.get_array(key).ok())
         .flatten()
         .filter_map(Bson::as_str)
-        .map(|h| normalize_member(h).unwrap_or_else(|_| h.to_ascii_lowercase()))
         .collect();
-    Ok(ExistingConfig { name, members })
+    Ok(existing(name, hosts))
 }
 
 /// `Ok` when the set was initiated with exactly these name and members (in
-/// any order); otherwise what differs, in words.
-pub fn compare(existing: &ExistingConfig, name: &str, members: &[String]) -> Result<(), String> {
+/// any order); otherwise what differs, in words. `renamed` pairs a requested
+/// member with the host the configuration names it by, for a member that
+/// answered as a configured one (its `hello`'s `me`) under another name
+/// (`127.0.0.1:27017` for `localhost:27017`): said first, as that is then
+/// the difference to fix.
+pub fn compare(
+    existing: &ExistingConfig,
+    name: &str,
+    members: &[String],
+    renamed: &[(String, String)],
+) -> Result<(), String> {
     let mut differences = Vec::new();
     if existing.name != name {
         differences.push(format!("its name is {:?}, not {name:?}", existing.name));
@@ -139,9 +162,27 @@ pub fn compare(existing: &ExistingConfig, name: &str, members: &[String]) -> Res
     if differences.is_empty() {
         return Ok(());
     }
+    if !renamed.is_empty() {
+        let each: Vec<String> = renamed
+            .iter()
+            .map(|(asked, configured)| format!("{asked} is the member it names {configured}"))
+            .collect();
+        differences.insert(
+            0,
+            format!(
+                "a member is named by another spelling than its configuration uses ({})",
+                each.join(", ")
+            ),
+        );
+    }
     // apply changes members but cannot rename a set (mongod refuses a new
     // `_id` in replSetReconfig), so a name that differs is the request's.
-    let what_to_do = if existing.name != name {
+    let what_to_do = if !renamed.is_empty() && existing.name == name {
+        format!(
+            "name each member as the configuration does: {}",
+            existing.configured.join(", ")
+        )
+    } else if existing.name != name {
         format!(
             "a replica set cannot be renamed: give --name {:?} if that set is meant",
             existing.name
@@ -155,7 +196,7 @@ pub fn compare(existing: &ExistingConfig, name: &str, members: &[String]) -> Res
         "the replica set is already initiated with other settings: {} (its members: {}). \
          Nothing was changed; {what_to_do}",
         differences.join("; "),
-        existing.members.join(", ")
+        existing.configured.join(", ")
     ))
 }
 
@@ -225,7 +266,7 @@ mod tests {
         .unwrap();
         let want =
             normalize_members(&strings(&["s1.local:27017", "s2.local", "s3.local:27017"])).unwrap();
-        assert_eq!(compare(&existing, "rs", &want), Ok(()));
+        assert_eq!(compare(&existing, "rs", &want, &[]), Ok(()));
     }
 
     #[test]
@@ -233,19 +274,49 @@ mod tests {
         let existing =
             parse_config_reply(&reply("lab", &["s1:27017", "s2:27017", "old:27017"])).unwrap();
         let want = strings(&["s1:27017", "s2:27017", "s3:27017"]);
-        let err = compare(&existing, "rs", &want).unwrap_err();
+        let err = compare(&existing, "rs", &want, &[]).unwrap_err();
         assert!(err.contains("its name is \"lab\", not \"rs\""), "{err}");
         assert!(err.contains("it lacks s3:27017"), "{err}");
         assert!(err.contains("it also has old:27017"), "{err}");
         assert!(err.contains("Nothing was changed"), "{err}");
         assert!(err.contains("cannot be renamed"), "{err}");
         assert!(!err.contains("rs.reconfig"), "{err}");
-        let members_only = compare(&existing, "lab", &want).unwrap_err();
+        let members_only = compare(&existing, "lab", &want, &[]).unwrap_err();
         assert!(
             members_only.contains("run `simplechat replset apply --name"),
             "{members_only}"
         );
         assert!(!members_only.contains("rs.reconfig"), "{members_only}");
+    }
+
+    #[test]
+    fn another_spelling_is_named_with_the_configured_hosts_as_written() {
+        let existing =
+            parse_config_reply(&reply("rs", &["LocalHost:1", "localhost:2", "localhost:3"]))
+                .unwrap();
+        assert_eq!(
+            existing.members,
+            ["localhost:1", "localhost:2", "localhost:3"]
+        );
+        assert_eq!(
+            existing.configured,
+            ["LocalHost:1", "localhost:2", "localhost:3"]
+        );
+        let same = strings(&["LOCALHOST:1", "localhost:2", "localhost:3"]);
+        assert_eq!(
+            compare(&existing, "rs", &normalize_members(&same).unwrap(), &[]),
+            Ok(())
+        );
+        let want = strings(&["127.0.0.1:1", "localhost:2", "localhost:3"]);
+        let renamed = [("127.0.0.1:1".to_owned(), "LocalHost:1".to_owned())];
+        let err = compare(&existing, "rs", &want, &renamed).unwrap_err();
+        assert!(
+            err.contains("named by another spelling than its configuration uses (127.0.0.1:1 is the member it names LocalHost:1)")
+                && err.ends_with(
+                    "name each member as the configuration does: LocalHost:1, localhost:2, localhost:3"
+                ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -258,7 +329,7 @@ mod tests {
         let existing = parse_hello(&hello).unwrap();
         assert_eq!(existing.name, "rs");
         let want = strings(&["s1:27017", "s2:27017", "s3:27017"]);
-        assert_eq!(compare(&existing, "rs", &want), Ok(()));
+        assert_eq!(compare(&existing, "rs", &want, &[]), Ok(()));
         assert!(parse_hello(&doc! { "isreplicaset": true }).is_err());
     }
 

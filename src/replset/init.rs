@@ -224,7 +224,7 @@ async fn run(
     })
     .await?;
     if let State::Initiated = state {
-        check_existing(first, name, hosts).await?;
+        check_existing(members, name, hosts).await?;
         let primary = wait_for_primary(first, waits, progress).await?;
         return Ok(format!(
             "replica set {name} is already initiated with these members; nothing changed. Primary: {primary}"
@@ -270,7 +270,7 @@ async fn run(
                     first.host
                 ),
             })?;
-            check_existing(first, name, hosts).await?;
+            check_existing(members, name, hosts).await?;
             "was initiated meanwhile (by another run)"
         }
         Err(e) => return Err(initiate_error(&first.host, code(&e), &first.reason(&e))),
@@ -368,7 +368,8 @@ async fn wait_for_member(
 /// The configuration from `replSetGetConfig`, or, for a user without that
 /// privilege, from `hello` (which lists every member but hidden ones, and
 /// `replset init` never makes hidden ones).
-async fn check_existing(first: &Member, name: &str, hosts: &[String]) -> Result<(), String> {
+async fn check_existing(members: &[Member], name: &str, hosts: &[String]) -> Result<(), String> {
+    let first = &members[0];
     let existing = match first.admin(doc! { "replSetGetConfig": 1 }).await {
         Ok(reply) => config::parse_config_reply(&reply)?,
         Err(e) if code(&e) == Some(UNAUTHORIZED) => {
@@ -386,7 +387,36 @@ async fn check_existing(first: &Member, name: &str, hosts: &[String]) -> Result<
             ))
         }
     };
-    config::compare(&existing, name, hosts)
+    if config::compare(&existing, name, hosts, &[]).is_ok() {
+        return Ok(());
+    }
+    // To explain the difference: members asked for under another spelling
+    // than the configuration's.
+    let mut renamed = Vec::new();
+    for m in members
+        .iter()
+        .filter(|m| !existing.members.contains(&m.host))
+    {
+        if let Some(me) = configured_as(m, &existing).await {
+            renamed.push((m.host.clone(), me));
+        }
+    }
+    config::compare(&existing, name, hosts, &renamed)
+}
+
+/// The host the configuration names `m` by, when `m` answers as one of its
+/// members under another name: a member's `hello` says `me`, its host as
+/// the configuration names it
+/// (<https://www.mongodb.com/docs/manual/reference/command/hello/#mongodb-data-hello.me>).
+/// `None` when it does not answer within 2 s, or is no configured member.
+async fn configured_as(m: &Member, existing: &config::ExistingConfig) -> Option<String> {
+    let hello = tokio::time::timeout(Duration::from_secs(2), m.admin(doc! { "hello": 1 }))
+        .await
+        .ok()?
+        .ok()?;
+    let me = hello.get_str("me").ok()?;
+    let normalized = config::normalize_member(me).ok()?;
+    (normalized != m.host && existing.members.contains(&normalized)).then(|| me.to_owned())
 }
 
 async fn wait_for_primary(

@@ -263,22 +263,31 @@ impl Session {
     }
 
     /// Whether each new host answers as a replica-set member that belongs
-    /// to no other set, waiting up to `bound` for it to start.
+    /// to no other set and is not a member of this one under another name,
+    /// waiting up to `bound` for it to start. `configured`: the members'
+    /// hosts as the configuration writes them.
     async fn check_new(
         &self,
         name: &str,
         hosts: Vec<String>,
+        configured: &[String],
         bound: Duration,
     ) -> BTreeMap<String, Result<(), String>> {
         let mut out = BTreeMap::new();
         for host in hosts {
-            let verdict = self.check_one(name, &host, bound).await;
+            let verdict = self.check_one(name, &host, configured, bound).await;
             out.insert(host, verdict);
         }
         out
     }
 
-    async fn check_one(&self, name: &str, host: &str, bound: Duration) -> Result<(), String> {
+    async fn check_one(
+        &self,
+        name: &str,
+        host: &str,
+        configured: &[String],
+        bound: Duration,
+    ) -> Result<(), String> {
         let mut o = self.base.clone();
         o.hosts = vec![ServerAddress::parse(host).map_err(|e| self.reason(&e))?];
         let conn = connect(o, self.login.clone(), Purpose::Direct)?;
@@ -288,7 +297,18 @@ impl Session {
             match admin.run_command(doc! { "hello": 1 }).await {
                 Ok(hello) => match hello.get_str("setName") {
                     Ok(other) if other != name => Check::Failed(format!("it already belongs to replica set {other:?}")),
-                    Ok(_) => Check::Done(()),
+                    // A member answers `hello` with `me`, its host as the
+                    // configuration names it
+                    // (<https://www.mongodb.com/docs/manual/reference/command/hello/#mongodb-data-hello.me>):
+                    // one the configuration has is this set's member,
+                    // declared under another name (`127.0.0.1` for
+                    // `localhost`), which adding would name twice.
+                    Ok(_) => match hello.get_str("me") {
+                        Ok(me) if configured.iter().any(|c| norm(c) == norm(me)) => {
+                            Check::Failed(another_name(me, configured))
+                        }
+                        _ => Check::Done(()),
+                    },
                     Err(_) if hello.get_bool("isreplicaset").unwrap_or(false) => Check::Done(()),
                     Err(_) => Check::Failed(format!(
                         "mongod at {host} is not running as a replica-set member: start it with --replSet {name}"
@@ -315,14 +335,17 @@ impl Session {
 
     async fn plan(&self, request: &MembersRequest, new_bound: Duration) -> Result<Planned, String> {
         let members = config::normalize_members(&request.members)?;
-        let (running, _, _) = self.running().await?;
+        let (running, cfg, _) = self.running().await?;
         let known: Vec<&str> = running.members.iter().map(|m| m.host.as_str()).collect();
         let new: Vec<String> = members
             .iter()
             .filter(|h| !known.contains(&h.as_str()))
             .cloned()
             .collect();
-        let checked = self.check_new(&request.name, new, new_bound).await;
+        let configured = configured_hosts(&cfg);
+        let checked = self
+            .check_new(&request.name, new, &configured, new_bound)
+            .await;
         let declared = Declared {
             name: &request.name,
             members: &members,
@@ -761,6 +784,30 @@ fn status_members(status: &Document) -> impl Iterator<Item = &Document> {
         .into_iter()
         .flatten()
         .filter_map(Bson::as_document)
+}
+
+/// Each member's host exactly as the configuration writes it.
+fn configured_hosts(cfg: &Document) -> Vec<String> {
+    cfg.get_array("members")
+        .map(|members| {
+            members
+                .iter()
+                .filter_map(Bson::as_document)
+                .filter_map(|m| m.get_str("host").ok())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Why a new host cannot be added: it answers as `me`, a member the
+/// configuration already has under that name.
+fn another_name(me: &str, configured: &[String]) -> String {
+    format!(
+        "it is the member the configuration names {me}, declared under another name; name each \
+         member as the configuration does ({})",
+        configured.join(", ")
+    )
 }
 
 fn norm(host: &str) -> String {
