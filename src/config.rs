@@ -573,6 +573,22 @@ fn variable(metadata: &Metadata, profile: &Profile, key: &str) -> String {
 /// wrong with it (figment's kind, which quotes the value and says what was
 /// expected).
 fn explain(error: figment::Error) -> String {
+    // A syntax error in a multi-line string quotes the line that broke,
+    // which may hold a piece of a password without its connection string's
+    // scheme: every piece of every password in the files named is hidden.
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    for e in error.clone() {
+        if let Some(Source::File(path)) = e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+            if !files.contains(path) {
+                files.push(path.clone());
+            }
+        }
+    }
+    let pieces: Vec<String> = files
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .flat_map(|text| crate::mongo::uri::toml_secrets(&text))
+        .collect();
     let faults: Vec<String> = error
         .into_iter()
         .map(|e| match whence(&e) {
@@ -583,6 +599,11 @@ fn explain(error: figment::Error) -> String {
         // value, whichever key it is: a connection string's secrets there
         // are hidden as `config` hides them.
         .map(|fault| crate::mongo::uri::scrub(&fault))
+        .map(|fault| {
+            pieces.iter().fold(fault, |text, piece| {
+                crate::mongo::uri::hide_secret(&text, piece)
+            })
+        })
         .collect();
     one_line(&faults.join("; "))
 }

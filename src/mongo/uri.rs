@@ -402,6 +402,75 @@ pub fn scrub(text: &str) -> String {
     lines.join("\n")
 }
 
+/// The passwords of the connection strings in a TOML document, piece by
+/// piece as its lines hold them: for a message that may quote any one line
+/// of it. A syntax error quotes only the line that broke, which, in a
+/// multi-line string (`"""` or `'''`, or a basic one whose lines end in a
+/// backslash), may be a line with a piece of a password and no scheme,
+/// where [`scrub`] sees no connection string. A string is read as TOML
+/// joins it (a backslash at the end of a line drops the line break and the
+/// white space after it), and its line breaks are dropped too, so that a
+/// password broken by one is still found: hiding too much beats leaking.
+pub fn toml_secrets(toml: &str) -> Vec<String> {
+    let lower = toml.to_ascii_lowercase();
+    let mut pieces = Vec::new();
+    for (at, _) in lower.match_indices("mongodb") {
+        let after = &lower[at + "mongodb".len()..];
+        if !(after.starts_with(':') || after.starts_with("+srv:")) {
+            continue;
+        }
+        let end = string_end(toml, at);
+        // The string from the scheme on, joined, with where each of its
+        // bytes lies in `toml`.
+        let text = &toml[at..end];
+        let mut joined = String::new();
+        let mut origin = Vec::new();
+        let mut i = 0;
+        while i < text.len() {
+            let rest = &text[i..];
+            let c = rest.chars().next().unwrap_or(' ');
+            if c == '\\' {
+                let blank = rest[1..].trim_start_matches([' ', '\t']);
+                if blank.starts_with('\n') || blank.starts_with("\r\n") {
+                    i = text.len() - rest[1..].trim_start().len();
+                    continue;
+                }
+            }
+            if c != '\n' && c != '\r' {
+                joined.push(c);
+                origin.extend((0..c.len_utf8()).map(|k| at + i + k));
+            }
+            i += c.len_utf8();
+        }
+        let Some((from, to)) = secret_span(&joined) else {
+            continue;
+        };
+        let (start, stop) = (origin[from], origin[to - 1] + 1);
+        pieces.extend(
+            toml[start..stop]
+                .split('\n')
+                .map(|line| line.trim().trim_end_matches('\\').trim())
+                .filter(|piece| !piece.is_empty())
+                .map(str::to_owned),
+        );
+    }
+    pieces
+}
+
+/// Where the TOML string holding the text at `at` ends: at the closing
+/// `"""` or `'''` when `at` lies within such a multi-line string (an odd
+/// number of them before it), or at the end of the document when it is
+/// never closed; otherwise at the end of the line.
+fn string_end(toml: &str, at: usize) -> usize {
+    let before = &toml[..at];
+    for delimiter in ["\"\"\"", "'''"] {
+        if before.matches(delimiter).count() % 2 == 1 {
+            return toml[at..].find(delimiter).map_or(toml.len(), |i| at + i);
+        }
+    }
+    toml[at..].find('\n').map_or(toml.len(), |i| at + i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,6 +494,25 @@ mod tests {
             implied("mongodb://chat@h1/messages?authMechanism=SCRAM-SHA-256").as_deref(),
             Some("messages")
         );
+    }
+
+    #[test]
+    fn passwords_split_across_toml_lines_are_found_piece_by_piece() {
+        let toml = "port = 1\nmongodb_uri = \"\"\"mongodb://chat:Pa\\\n    ss@h1/db\"\"\"\n\
+                    other = \"\"\"\nmongodb://u:\nSecond@h2/db\n\"\"\"\n\
+                    single = \"mongodb://u:Third@h3/db\" # ops@example.org\n\
+                    plain = \"mongodb://h1:27017,h2:27017/db\"\n";
+        let pieces = toml_secrets(toml);
+        assert_eq!(
+            pieces,
+            ["Pa", "ss", "Second", "Third@h3/db\" # ops"],
+            "{toml}"
+        );
+        assert_eq!(
+            toml_secrets("x = '''mongodb://u:Lit\neral@h1/db"),
+            ["Lit", "eral"]
+        );
+        assert!(toml_secrets("mongodb_uri = 5").is_empty());
     }
 
     #[test]

@@ -434,6 +434,45 @@ fn configuration_errors_never_quote_a_secret() {
     }
 }
 
+/// A connection string split across the lines of a TOML multi-line string
+/// (`"""` with line-ending backslashes, or `'''`): a syntax error there quotes
+/// the line that broke, a piece of the password without the scheme, and
+/// that piece is hidden too.
+#[test]
+fn configuration_errors_never_quote_a_secret_split_across_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (toml, secrets) in [
+        // Never closed: the error quotes the second line.
+        (
+            "mongodb_uri = \"\"\"mongodb://chat:\\\nTomlS3cret@127.0.0.1:27702/simplechat?replicaSet=rs\n",
+            &["TomlS3cret"][..],
+        ),
+        // Something after the closing quotes, the password itself split.
+        (
+            "mongodb_uri = \"\"\"mongodb://chat:Toml\\\n    S3cret@127.0.0.1/simplechat\"\"\" x\n",
+            &["Toml", "S3cret"][..],
+        ),
+        (
+            "mongodb_uri = \"\"\"\\\n  mongodb+srv://chat:\\\n  TomlS3cret@db.example/chat\"\"\" x\n",
+            &["TomlS3cret"][..],
+        ),
+        // A literal multi-line string, never closed.
+        (
+            "mongodb_uri = '''mongodb://chat:\nTomlS3cret@127.0.0.1/simplechat\n",
+            &["TomlS3cret"][..],
+        ),
+    ] {
+        std::fs::write(d.join("simplechat.toml"), toml).unwrap();
+        let out = simplechat(d, &["config"], &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for secret in secrets {
+            assert!(!stderr.contains(secret), "{toml:?}: {stderr}");
+        }
+        assert_one_line_failure(&out, "TOML parse error at line");
+    }
+}
+
 /// A typo in the file is refused, naming the key and the file; Rocket's
 /// keys there, and anything in Rocket's own Rocket.toml, are not.
 #[test]
