@@ -712,6 +712,81 @@ async fn a_user_looked_up_in_the_uris_database_is_named_with_the_fix() {
     app.shutdown().await;
 }
 
+/// While the set refuses this app's credentials, the driver marks the
+/// member a refused connection went to as unknown until its next heartbeat,
+/// so a table built from the driver's view would show a healthy member down
+/// now and then. `/api/status` shows each member as its heartbeats (which
+/// need no authentication) last described it instead: over many reads,
+/// every member up, exactly one of them the primary, and no lag (nothing
+/// reads the members' optimes without signing in).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_credentials_are_refused_status_shows_the_members_as_their_heartbeats_do() {
+    let test = "while_the_credentials_are_refused_status_shows_the_members_as_their_heartbeats_do";
+    let cluster = TestCluster::start_auth(test, &["refusedstatus"]).await;
+    let wrong = "not-the-p@ssword";
+    let file = cluster.auth().other_password_file(wrong);
+    let app = spawn_with_password(&cluster, "refusedstatus", &file).await;
+    let deadline = Instant::now() + cluster.election_time();
+    loop {
+        let body: serde_json::Value = app.get("/readyz").await.json().await.expect("JSON");
+        if body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("refused to authenticate")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no refusal named: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let hosts: HashSet<String> = cluster.hosts().into_iter().collect();
+    // The refused logins (the change stream's and the index's retries)
+    // keep coming; reads spread over more than a heartbeat interval (10 s
+    // by default) meet the members they marked.
+    for read in 0..30 {
+        let response = app.get("/api/status").await;
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.expect("body");
+        for secret in [wrong, "not-the-p%40ssword", cluster::APP_PASSWORD] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        let status: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(status["ready"], false, "{status}");
+        let set = &status["replica_set"];
+        assert_eq!(set["name"], "rs", "read {read}: {status}");
+        assert!(
+            set["source"]
+                .as_str()
+                .is_some_and(|s| s.contains("refused to authenticate")),
+            "read {read}: {status}"
+        );
+        let members = set["members"].as_array().expect("members");
+        let names: HashSet<String> = members
+            .iter()
+            .filter_map(|m| m["name"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(names, hosts, "read {read}: {status}");
+        let primaries: Vec<&serde_json::Value> =
+            members.iter().filter(|m| m["state"] == "PRIMARY").collect();
+        assert_eq!(primaries.len(), 1, "read {read}: {status}");
+        assert_eq!(
+            set["primary"], primaries[0]["name"],
+            "read {read}: {status}"
+        );
+        for member in members {
+            assert!(
+                member["state"] == "PRIMARY" || member["state"] == "SECONDARY",
+                "read {read}: {status}"
+            );
+            assert_eq!(member["health"], 1.0, "read {read}: {status}");
+            assert!(member["lag_secs"].is_null(), "read {read}: {status}");
+            assert!(member.get("error").is_none(), "read {read}: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    app.shutdown().await;
+}
+
 /// The lab's app set no limit on a text. Over a history of 1000 messages
 /// of 200 KB each, the latest thousand are one listing of about 2 MB, not
 /// 200 MB: every message is shown cut to 2,000 characters with a marker,

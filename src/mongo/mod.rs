@@ -13,5 +13,5 @@ pub mod uri;
 
 pub use client::{bound_waits, connect, options, Connection, Login, Purpose};
 pub use errors::{classify, reason, Class};
-pub use status::{status_of, MemberStatus, ReplicaSetStatus};
+pub use status::{status_of, status_while_serving, MemberStatus, ReplicaSetStatus};
 pub use topology::{ServerSnapshot, TopologySnapshot, TopologyView};

@@ -50,7 +50,59 @@ pub struct MemberStatus {
 
 /// Asks any member (the primary if there is one) for `replSetGetStatus`;
 /// falls back to the driver's topology when that is refused or times out.
+/// Credentials the set refuses are an error: `simplechat replset status`
+/// was given them to read the set, and says so.
 pub async fn status_of(conn: &Connection, bound: Duration) -> Result<ReplicaSetStatus, String> {
+    match ask(conn, bound).await {
+        Asked::Status(status) => Ok(status),
+        Asked::Refused(why) => Err(refused(&why, conn.topology.user_database())),
+        Asked::Failed(why) => Err(why),
+    }
+}
+
+/// Like [`status_of`], for the app, which keeps serving while the set
+/// refuses its credentials: then the members as their heartbeats (which
+/// need no credentials) last described them, with no lag, and nothing is
+/// sent while the refusal stands (a login the set refuses would only mark
+/// another member unknown in the driver's view).
+pub async fn status_while_serving(
+    conn: &Connection,
+    bound: Duration,
+) -> Result<ReplicaSetStatus, String> {
+    let known = conn.topology.get().and_then(|t| t.auth_failure);
+    let why = match known {
+        Some(why) => why,
+        None => match ask(conn, bound).await {
+            Asked::Status(status) => return Ok(status),
+            Asked::Refused(why) => why,
+            Asked::Failed(why) => return Err(why),
+        },
+    };
+    match conn.topology.get() {
+        Some(topology) if !topology.members.is_empty() => Ok(from_topology(
+            &topology,
+            &one_line(&format!(
+                "MongoDB refused to authenticate this app ({}); each member as its \
+                 heartbeats last saw it",
+                authentication_failed(&why)
+            )),
+        )),
+        _ => Err(refused(&why, conn.topology.user_database())),
+    }
+}
+
+/// What asking for `replSetGetStatus` gave.
+enum Asked {
+    /// The members, from the server or, when it may not tell, the driver.
+    Status(ReplicaSetStatus),
+    /// The set refused the credentials (why, without the password).
+    Refused(String),
+    /// Nothing to show: no member answered, none belongs to the set, or
+    /// the reply could not be read.
+    Failed(String),
+}
+
+async fn ask(conn: &Connection, bound: Duration) -> Asked {
     let admin = conn.client.database("admin");
     let command = admin
         .run_command(doc! { "replSetGetStatus": 1 })
@@ -58,17 +110,17 @@ pub async fn status_of(conn: &Connection, bound: Duration) -> Result<ReplicaSetS
             ReadPreference::PrimaryPreferred { options: None },
         ));
     let why = match tokio::time::timeout(bound, command).await {
-        Ok(Ok(reply)) => return parse_status(&reply),
-        // The driver marks the member a refused connection went to as
-        // unknown, with the refusal as its error, until its monitor (which
-        // never authenticates) checks it again: the topology would show a
-        // healthy member down, whichever one the command was sent to.
-        // Refused credentials are no member's health.
+        Ok(Ok(reply)) => {
+            return match parse_status(&reply) {
+                Ok(status) => Asked::Status(status),
+                Err(why) => Asked::Failed(why),
+            }
+        }
+        // Refused credentials are no member's health: the driver marks the
+        // member a refused connection went to as unknown until its next
+        // heartbeat (see `TopologyView::set`).
         Ok(Err(e)) if Signals::of(&e).authentication => {
-            return Err(refused(
-                &reason(&e, conn.secret.as_deref()),
-                conn.topology.user_database(),
-            ))
+            return Asked::Refused(reason(&e, conn.secret.as_deref()))
         }
         Ok(Err(e)) if command_code(&e) == Some(codes::UNAUTHORIZED) => {
             "not authorized to run replSetGetStatus".to_owned()
@@ -86,10 +138,12 @@ pub async fn status_of(conn: &Connection, bound: Duration) -> Result<ReplicaSetS
         Some(TopologySnapshot {
             auth_failure: Some(why),
             ..
-        }) => Err(refused(&why, conn.topology.user_database())),
-        Some(topology) if !topology.servers.is_empty() => Ok(from_topology(&topology, &why)),
-        Some(topology) => Err(topology.no_member_of_the_set().unwrap_or(why)),
-        None => Err(why),
+        }) => Asked::Refused(why),
+        Some(topology) if !topology.members.is_empty() => {
+            Asked::Status(from_topology(&topology, &why))
+        }
+        Some(topology) => Asked::Failed(topology.no_member_of_the_set().unwrap_or(why)),
+        None => Asked::Failed(why),
     }
 }
 
@@ -98,16 +152,20 @@ pub async fn status_of(conn: &Connection, bound: Duration) -> Result<ReplicaSetS
 /// `user_database` where the user is looked up, when the connection string
 /// left it to its path.
 fn refused(why: &str, user_database: Option<&str>) -> String {
-    let why = if why.starts_with("authentication failed") {
+    one_line(&format!(
+        "{}: {}",
+        authentication_failed(why).trim_end_matches('.'),
+        check_credentials(user_database)
+    ))
+}
+
+/// `why` as `authentication failed: ...`.
+fn authentication_failed(why: &str) -> String {
+    if why.starts_with("authentication failed") {
         why.to_owned()
     } else {
         format!("authentication failed: {why}")
-    };
-    one_line(&format!(
-        "{}: {}",
-        why.trim_end_matches('.'),
-        check_credentials(user_database)
-    ))
+    }
 }
 
 fn number(v: Option<&Bson>) -> Option<f64> {
@@ -189,11 +247,13 @@ pub fn parse_status(reply: &Document) -> Result<ReplicaSetStatus, String> {
     })
 }
 
-/// The members as the driver's monitoring sees them: no lag, and health
-/// means "the driver can reach it".
+/// The members as the driver's monitors last described them: no lag, and
+/// health means "its last heartbeat reached it" (a member the driver marked
+/// unknown only because a login to it was refused shows what its last
+/// heartbeat said: [`TopologySnapshot::members`]).
 pub fn from_topology(t: &TopologySnapshot, why: &str) -> ReplicaSetStatus {
     let members = t
-        .servers
+        .members
         .iter()
         .map(|s| {
             let state = match s.server_type {
@@ -218,7 +278,11 @@ pub fn from_topology(t: &TopologySnapshot, why: &str) -> ReplicaSetStatus {
         .collect();
     ReplicaSetStatus {
         name: t.set_name.clone().unwrap_or_else(|| "(unknown)".to_owned()),
-        primary: t.primary().map(|p| p.address.clone()),
+        primary: t
+            .members
+            .iter()
+            .find(|s| s.server_type == ServerType::RsPrimary)
+            .map(|p| p.address.clone()),
         members,
         source: format!("driver topology ({why})"),
     }
@@ -289,21 +353,25 @@ mod tests {
 
     #[test]
     fn topology_fallback_names_states_and_why() {
+        let servers = vec![
+            ServerSnapshot {
+                address: "a:1".into(),
+                server_type: ServerType::RsPrimary,
+                error: None,
+                login_refused: false,
+            },
+            ServerSnapshot {
+                address: "b:1".into(),
+                server_type: ServerType::Unknown,
+                error: Some("connection refused".into()),
+                login_refused: false,
+            },
+        ];
         let t = TopologySnapshot {
             set_name: Some("rs".into()),
             writable: true,
-            servers: vec![
-                ServerSnapshot {
-                    address: "a:1".into(),
-                    server_type: ServerType::RsPrimary,
-                    error: None,
-                },
-                ServerSnapshot {
-                    address: "b:1".into(),
-                    server_type: ServerType::Unknown,
-                    error: Some("connection refused".into()),
-                },
-            ],
+            members: servers.clone(),
+            servers,
             auth_failure: None,
             awaiting_authentication: false,
             direct: false,

@@ -21,6 +21,10 @@ pub struct ServerSnapshot {
     pub server_type: ServerType,
     /// Why the driver marked it unknown, if it did (password scrubbed).
     pub error: Option<String>,
+    /// The driver marked it unknown because a connection to it failed to
+    /// authenticate, not because its monitor found it so: a description
+    /// of the login, not of the member.
+    pub login_refused: bool,
 }
 
 impl ServerSnapshot {
@@ -38,8 +42,15 @@ pub struct TopologySnapshot {
     pub set_name: Option<String>,
     /// Whether a write could be sent now (there is a primary).
     pub writable: bool,
-    /// Every known member, sorted by address.
+    /// Every known member, sorted by address, as the driver describes it
+    /// now (what server selection goes by).
     pub servers: Vec<ServerSnapshot>,
+    /// The same members as their monitors last described them: like
+    /// `servers`, except that a member the driver marked unknown because
+    /// a connection to it failed to authenticate keeps the description its
+    /// last heartbeat gave (see [`TopologyView::set`]). What the status
+    /// table shows.
+    pub members: Vec<ServerSnapshot>,
     /// Why the last connection attempt failed to authenticate, until a
     /// connection authenticates again (password scrubbed).
     pub auth_failure: Option<String>,
@@ -66,12 +77,20 @@ impl TopologySnapshot {
                 address: address_string(address),
                 server_type: info.server_type(),
                 error: info.error().map(|e| reason(e, secret)),
+                // Monitors never authenticate ("Drivers MUST NOT
+                // authenticate on sockets used for monitoring", Server
+                // Monitoring specification:
+                // <https://github.com/mongodb/specifications/blob/master/source/server-discovery-and-monitoring/server-monitoring.md>),
+                // so an authentication error in a description comes from
+                // a pool connection's handshake.
+                login_refused: info.error().is_some_and(|e| Signals::of(e).authentication),
             })
             .collect();
         servers.sort_by(|a, b| a.address.cmp(&b.address));
         let mut snapshot = TopologySnapshot {
             set_name: d.set_name().cloned(),
             writable: d.has_writable_server(),
+            members: servers.clone(),
             servers,
             auth_failure: None,
             awaiting_authentication: false,
@@ -302,8 +321,36 @@ impl TopologyView {
         Some(snapshot)
     }
 
-    pub(super) fn set(&self, snapshot: TopologySnapshot) {
-        *self.latest.write().unwrap_or_else(|e| e.into_inner()) = Some(snapshot);
+    /// Takes the driver's new description. A member it shows refused a
+    /// login keeps, in `members`, what the previous snapshot had for it.
+    ///
+    /// The Server Discovery and Monitoring specification has the driver
+    /// mark a server Unknown, and clear its pool, when authentication fails
+    /// on a new connection, so that operations wait for the server to be
+    /// rediscovered by its monitor ("Why mark a server Unknown after an
+    /// auth error?":
+    /// <https://github.com/mongodb/specifications/blob/master/source/server-discovery-and-monitoring/server-discovery-and-monitoring.md#why-mark-a-server-unknown-after-an-auth-error>).
+    /// That describes the login, not the member: its heartbeats, which
+    /// never authenticate, found it up before and will again at the next
+    /// check. While the set refuses this app's credentials every retried
+    /// login does it to some member, so a table of the driver's
+    /// description would show a healthy member down at random. (A login
+    /// that failed because the member went away is answered by the next
+    /// heartbeat too, which fails and is kept.)
+    pub(super) fn set(&self, mut snapshot: TopologySnapshot) {
+        let mut latest = self.latest.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(previous) = latest.as_ref() {
+            for member in snapshot.members.iter_mut().filter(|m| m.login_refused) {
+                if let Some(seen) = previous
+                    .members
+                    .iter()
+                    .find(|p| p.address == member.address && !p.login_refused)
+                {
+                    *member = seen.clone();
+                }
+            }
+        }
+        *latest = Some(snapshot);
     }
 
     /// Records that a connection failed to authenticate (`Some(why)`), or
@@ -322,21 +369,25 @@ mod tests {
 
     #[test]
     fn reason_lists_members() {
+        let servers = vec![
+            ServerSnapshot {
+                address: "h1:1".into(),
+                server_type: ServerType::Unknown,
+                error: Some("connection refused".into()),
+                login_refused: false,
+            },
+            ServerSnapshot {
+                address: "h2:2".into(),
+                server_type: ServerType::RsSecondary,
+                error: None,
+                login_refused: false,
+            },
+        ];
         let snap = TopologySnapshot {
             set_name: Some("rs".into()),
             writable: false,
-            servers: vec![
-                ServerSnapshot {
-                    address: "h1:1".into(),
-                    server_type: ServerType::Unknown,
-                    error: Some("connection refused".into()),
-                },
-                ServerSnapshot {
-                    address: "h2:2".into(),
-                    server_type: ServerType::RsSecondary,
-                    error: None,
-                },
-            ],
+            members: servers.clone(),
+            servers,
             auth_failure: None,
             awaiting_authentication: false,
             direct: false,
@@ -351,14 +402,17 @@ mod tests {
 
     /// What the driver describes once the members answer and one is primary.
     fn with_a_primary() -> TopologySnapshot {
+        let servers = vec![ServerSnapshot {
+            address: "h1:1".into(),
+            server_type: ServerType::RsPrimary,
+            error: None,
+            login_refused: false,
+        }];
         TopologySnapshot {
             set_name: Some("rs".into()),
             writable: true,
-            servers: vec![ServerSnapshot {
-                address: "h1:1".into(),
-                server_type: ServerType::RsPrimary,
-                error: None,
-            }],
+            members: servers.clone(),
+            servers,
             auth_failure: None,
             awaiting_authentication: false,
             direct: false,
@@ -385,17 +439,56 @@ mod tests {
         assert!(view.get().unwrap().writable);
     }
 
+    /// A member the driver marks unknown for a refused login keeps, in
+    /// the members' table, what its heartbeats said; one its heartbeat
+    /// finds down is shown down.
+    #[test]
+    fn a_refused_login_does_not_make_a_member_look_down() {
+        let view = TopologyView::expecting_authentication(None);
+        view.set(with_a_primary());
+        let mut refused = with_a_primary();
+        refused.writable = false;
+        refused.servers[0] = ServerSnapshot {
+            address: "h1:1".into(),
+            server_type: ServerType::Unknown,
+            error: Some("authentication failed: SCRAM failure".into()),
+            login_refused: true,
+        };
+        refused.members = refused.servers.clone();
+        view.set(refused.clone());
+        let snap = view.get().unwrap();
+        assert_eq!(snap.servers, refused.servers, "the driver's view as it is");
+        assert_eq!(snap.members, with_a_primary().members, "the heartbeat's");
+        // Described again with the same refusal: still the heartbeat's.
+        view.set(refused.clone());
+        assert_eq!(view.get().unwrap().members, with_a_primary().members);
+        // Its heartbeat fails: that is the member's health.
+        let mut down = refused.clone();
+        down.servers[0].error = Some("Connection refused".into());
+        down.servers[0].login_refused = false;
+        down.members = down.servers.clone();
+        view.set(down.clone());
+        assert_eq!(view.get().unwrap().members, down.servers);
+        // Refused with no heartbeat's description before it: shown as is.
+        let fresh = TopologyView::default();
+        fresh.set(refused.clone());
+        assert_eq!(fresh.get().unwrap().members, refused.servers);
+    }
+
     #[test]
     fn with_credentials_and_no_member_answering_it_says_unreachable() {
         let view = TopologyView::expecting_authentication(None);
+        let servers = vec![ServerSnapshot {
+            address: "127.0.0.1:27999".into(),
+            server_type: ServerType::Unknown,
+            error: Some("Connection refused".into()),
+            login_refused: false,
+        }];
         view.set(TopologySnapshot {
             set_name: Some("rs".into()),
             writable: false,
-            servers: vec![ServerSnapshot {
-                address: "127.0.0.1:27999".into(),
-                server_type: ServerType::Unknown,
-                error: Some("Connection refused".into()),
-            }],
+            members: servers.clone(),
+            servers,
             auth_failure: None,
             awaiting_authentication: false,
             direct: false,

@@ -303,7 +303,7 @@ impl Store for MongoStore {
     async fn status(&self) -> StoreStatus {
         let ready = self.ready().await;
         let replica_set = match self.shared.collections.get() {
-            Some(collections) => mongo::status_of(&collections.conn, STATUS_TIMEOUT)
+            Some(collections) => mongo::status_while_serving(&collections.conn, STATUS_TIMEOUT)
                 .await
                 .ok(),
             None => None,
