@@ -56,13 +56,21 @@ impl<'r> FromRequest<'r> for LastEventId<'r> {
 /// Where a subscriber's stream starts, from what its client names as the
 /// last event it has: `Last-Event-ID` when the request has one that is not
 /// blank (the browser's reconnect sends it, and it is newer than the URL's
-/// `after`), else the `after` query parameter when it is not empty.
+/// `after`), else the `after` query parameter when it is given.
 ///
-/// Whitespace around the header's value is not part of it (RFC 9110 §5.5);
-/// `after` is a cursor like the listing's `before` and `after`, a message
-/// id as sent, so one with whitespace around it is no message id (the
-/// listing refuses it with 400; here it gets a `reset`, as a stream
-/// cannot be answered with an error a browser's `EventSource` reads).
+/// Whitespace around the header's value is not part of it (RFC 9110 §5.5),
+/// and a blank one names no event: the header carries the `EventSource`'s
+/// last event ID, which is empty until an event sets one, and which a
+/// browser does not send at all while it is empty (the WHATWG HTML
+/// standard, server-sent events, "last event ID string":
+/// <https://html.spec.whatwg.org/multipage/server-sent-events.html>). `after` is a cursor like the listing's `before` and
+/// `after`, a message id as sent, so one with whitespace around it, or an
+/// empty one, is no message id (the listing refuses either with 400; here
+/// it gets a `reset`, as a stream cannot be answered with an error a
+/// browser's `EventSource` reads). An empty cursor is not taken for a
+/// missing one: it comes from a client whose cursor went missing, which
+/// would otherwise get a live start (or, from the listing, the latest
+/// page) with no sign that what it meant to resume from was lost.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resume {
     /// Nothing named: the stream starts from now.
@@ -79,11 +87,10 @@ impl Resume {
     /// The start a request names with its `Last-Event-ID` header and its
     /// `after` query parameter (each as sent, `None` when absent).
     pub fn named(last_event_id: Option<&str>, after: Option<&str>) -> Resume {
-        let named = [last_event_id.map(|id| id.trim_matches([' ', '\t'])), after]
-            .into_iter()
-            .flatten()
-            .find(|id| !id.is_empty());
-        match named {
+        let header = last_event_id
+            .map(|id| id.trim_matches([' ', '\t']))
+            .filter(|id| !id.is_empty());
+        match header.or(after) {
             None => Resume::Live,
             Some(id) if validate_id(id).is_ok() => Resume::After(id.to_owned()),
             Some(id) => Resume::NotAnId(id.to_owned()),
@@ -185,10 +192,14 @@ const NOT_IN_A_QUERY: &AsciiSet = &CONTROLS
 /// [`ECHO_MAX_CHARS`](crate::api::echo::ECHO_MAX_CHARS) of what was named, made safe to show ([`echo`]). `EventSource` clients that listen
 /// only for `message` events never see it.
 fn reset_frame(named: &str, why: Option<&str>, newest: Option<&str>) -> Bytes {
-    let shown = echo(named);
+    let shown = if named.is_empty() {
+        "an empty id".to_owned()
+    } else {
+        format!("id {}", echo(named))
+    };
     let error = match why {
-        Some(why) => format!("no message has id {shown} ({why})"),
-        None => format!("no message has id {shown}"),
+        Some(why) => format!("no message has {shown} ({why})"),
+        None => format!("no message has {shown}"),
     };
     let data = serde_json::json!({ "error": error });
     Bytes::from(format!(
@@ -485,7 +496,12 @@ mod tests {
         let id = "0192f1c3a5b07d3e8f4a6b1c2d3e4f50";
         let other = "0192f1c3a5b07d3e8f4a6b1c2d3e4f51";
         assert_eq!(Resume::named(None, None), Resume::Live);
-        assert_eq!(Resume::named(Some(" "), Some("")), Resume::Live);
+        assert_eq!(Resume::named(Some(" "), None), Resume::Live);
+        // An empty cursor is no message id, as in the listing.
+        assert_eq!(
+            Resume::named(Some(" "), Some("")),
+            Resume::NotAnId(String::new())
+        );
         assert_eq!(
             Resume::named(Some(id), Some(other)),
             Resume::After(id.to_owned())

@@ -570,6 +570,64 @@ async fn a_last_event_id_that_is_no_id_gets_a_reset_too() {
     app.shutdown().await;
 }
 
+/// One rule for cursors: a cursor is a message id, and an empty value is
+/// none. The listing answers `before=` or `after=` given empty with 400,
+/// as it answers any other value that is no message id; the event stream
+/// took an empty `after=` for "nothing named" and went live without a
+/// word. It now treats it as it treats any other value that is no message
+/// id (it cannot answer 400: an `EventSource` gives up on an error
+/// status): one `reset` first, then live. Left out, nothing is named: live
+/// at once, no `reset`.
+#[tokio::test]
+async fn an_empty_after_is_no_message_id_on_the_stream_as_in_the_listing() {
+    let app = spawn_app(&[]).await;
+    let mut newest = app.post_message("a", "before the stream").await;
+    for path in ["/api/events?after=", "/api/events?after"] {
+        let mut sse = Sse::connect(&app, path, None).await;
+        let reset = next_event(&mut sse).await;
+        assert_eq!(reset.event, "reset", "{path}: {reset:?}");
+        assert_eq!(reset.id, newest["id"], "{path}: resume from the newest");
+        let data: Value = serde_json::from_str(&reset.data).expect("JSON data");
+        assert_eq!(
+            data["error"],
+            format!(
+                "no message has an empty id (id must be 1 to {} characters)",
+                simplechat::message::ID_MAX_CHARS
+            ),
+            "{path}"
+        );
+        newest = app.post_message("b", "live").await;
+        assert_eq!(sse.next_message().await, newest, "{path}");
+    }
+    // A blank Last-Event-ID is no last event (an EventSource never sends
+    // one), so the empty `after` decides.
+    let mut sse = Sse::connect(&app, "/api/events?after=", Some(" ")).await;
+    assert_eq!(next_event(&mut sse).await.event, "reset");
+    drop(sse);
+    // Not named at all: live, without a reset.
+    let mut sse = Sse::connect(&app, "/api/events", None).await;
+    let live = app.post_message("c", "live at once").await;
+    let first = next_event(&mut sse).await;
+    assert_eq!(
+        (first.event.as_str(), first.id.as_str()),
+        ("message", live["id"].as_str().unwrap())
+    );
+    drop(sse);
+    // The listing and the page agree: 400, naming the field.
+    for (path, field) in [
+        ("/api/messages?before=", "before"),
+        ("/api/messages?after=", "after"),
+        ("/api/messages?after", "after"),
+    ] {
+        let response = app.get(path).await;
+        assert_eq!(response.status(), 400, "{path}");
+        let body: Value = response.json().await.expect("JSON");
+        assert_eq!(body["field"], field, "{path}: {body}");
+    }
+    assert_eq!(app.get("/?before=").await.status(), 400);
+    app.shutdown().await;
+}
+
 /// A subscriber that reads steadily, if slowly, through a small receive
 /// window was cut off during a burst: the kernel's send buffer grows to
 /// megabytes, and a write waiting for room was woken only once a third of
