@@ -572,6 +572,18 @@ impl Cluster {
         }
     }
 
+    /// Fault injection: the next `times` commands named `command` (on any
+    /// member) are refused unapplied with `NotWritablePrimary` (10107), as
+    /// by a primary that steps down as it reads them. A write that is not
+    /// retryable (a multi-document update) fails with it.
+    pub fn refuse_next(&self, command: &str, times: u32) {
+        let mut st = self.shared.lock();
+        st.refuse_commands.retain(|(c, n)| *n > 0 && c != command);
+        if times > 0 {
+            st.refuse_commands.push((command.to_string(), times));
+        }
+    }
+
     /// Every entry of the log so far leaves the oplog, as when a busy set's
     /// oplog rolls over while a client is away: a change stream resuming
     /// from before now, or an open one that has not read that far, gets

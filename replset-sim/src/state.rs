@@ -284,6 +284,9 @@ pub(crate) struct State {
     pub sessions: HashMap<Vec<u8>, TxnRecord>,
     pub next_cursor_id: i64,
     pub drop_replies: Vec<(String, u32)>,
+    /// [`crate::Cluster::refuse_next`]: commands to refuse unapplied, and
+    /// how many more times.
+    pub refuse_commands: Vec<(String, u32)>,
     pub last_ts: Timestamp,
     /// Users (`admin.system.users` and friends) and the member key.
     pub users: crate::auth::Users,
@@ -362,6 +365,7 @@ impl State {
             sessions: HashMap::new(),
             next_cursor_id: 0x1000,
             drop_replies: Vec::new(),
+            refuse_commands: Vec::new(),
             last_ts: Timestamp {
                 time: 0,
                 increment: 0,
@@ -947,6 +951,19 @@ impl State {
                 .map(|d| &d.doc)
                 .collect(),
             None => Vec::new(),
+        }
+    }
+
+    pub fn take_refusal(&mut self, command: &str) -> bool {
+        if let Some(slot) = self
+            .refuse_commands
+            .iter_mut()
+            .find(|(c, n)| c == command && *n > 0)
+        {
+            slot.1 -= 1;
+            true
+        } else {
+            false
         }
     }
 

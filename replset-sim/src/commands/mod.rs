@@ -94,9 +94,16 @@ pub(crate) type CmdResult = Result<Document, Fail>;
 pub(crate) async fn run(ctx: &Ctx<'_>, body: Document) -> Outcome {
     let name = body.keys().next().cloned().unwrap_or_default();
     {
-        let st = ctx.shared.lock();
+        let mut st = ctx.shared.lock();
         if !st.reachable(ctx.member) {
             return Outcome::Close;
+        }
+        if st.take_refusal(&name) {
+            return Outcome::Reply(error_doc(
+                &st,
+                ctx.member,
+                &CmdError::not_writable_primary(false),
+            ));
         }
     }
     let result = match body.get("$db") {
