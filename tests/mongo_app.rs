@@ -1261,3 +1261,216 @@ async fn an_instance_that_read_a_message_at_its_first_position_follows_the_new_o
     late.shutdown().await;
     app.shutdown().await;
 }
+
+/// The `position` a document has now.
+async fn position_of(lab: &mongodb::Collection<Document>, id: &str) -> mongodb::bson::Timestamp {
+    lab.find_one(doc! { "_id": id })
+        .await
+        .expect("read")
+        .expect("stored")
+        .get_timestamp("position")
+        .expect("a position")
+}
+
+/// A raced message that a reload reads before the stream brings its
+/// insert (here the reload that follows another instance moving a message
+/// this one holds) is kept out of the cache until its new position comes,
+/// then sent to subscribers: before, the reload loaded it into the cache,
+/// where nothing sent it to anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raced_message_a_reload_reads_first_still_reaches_subscribers() {
+    let test = "a_raced_message_a_reload_reads_first_still_reaches_subscribers";
+    let cluster = sim_cluster(test).await;
+    let sim = cluster.sim().expect("simulator");
+    let app = start_app(&cluster, "reloadfirst", 20).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    let mut subscriber = Subscriber::connect(&app).await;
+    assert_eq!(post_with_id(&app, "first", "first").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["first"]
+    );
+    let lab = cluster.lab_messages("reloadfirst").await;
+
+    sim.hold_change_streams(true);
+    sim.stall_next_insert(Duration::from_millis(1500));
+    let (raced, quick, _) = tokio::join!(
+        post_with_id(&app, "raced", "raced"),
+        async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            post_with_id(&app, "quick", "quick").await
+        },
+        async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            lab.update_one(
+                doc! { "_id": "first" },
+                doc! { "$currentDate": { "position": { "$type": "timestamp" } } },
+            )
+            .await
+            .expect("another instance moves a message");
+        }
+    );
+    assert_eq!((raced.as_u16(), quick.as_u16()), (201, 201));
+    sim.hold_change_streams(false);
+    assert_eq!(
+        subscriber.next_ids(2, Duration::from_secs(20)).await,
+        ["quick", "raced"]
+    );
+    assert_eq!(post_with_id(&app, "after", "after").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["after"],
+        "each delivered once"
+    );
+    let order = ["quick", "first", "raced", "after"];
+    assert_eq!(listed_ids(&app).await, order);
+    let other = start_app(&cluster, "reloadfirst", 20).await;
+    wait_for_change_stream(&other, Duration::from_secs(20)).await;
+    assert_eq!(listed_ids(&other).await, order, "read from the store");
+    other.shutdown().await;
+    app.shutdown().await;
+}
+
+/// An instance whose stream trails brings, in one go, a raced insert,
+/// another instance's new position for it and a later message, before it
+/// sends its own write for the new position. That write moves a message
+/// only from its first position, so it moves nothing: the message moved
+/// once, and subscribers got the store order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trailing_instance_does_not_move_a_message_twice() {
+    let test = "a_trailing_instance_does_not_move_a_message_twice";
+    let cluster = sim_cluster(test).await;
+    let sim = cluster.sim().expect("simulator");
+    let app = start_app(&cluster, "movedonce", 20).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    let mut subscriber = Subscriber::connect(&app).await;
+    assert_eq!(post_with_id(&app, "first", "first").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["first"]
+    );
+    let lab = cluster.lab_messages("movedonce").await;
+
+    sim.hold_change_streams(true);
+    sim.stall_next_insert(Duration::from_millis(700));
+    let (slow, quick) = tokio::join!(post_with_id(&app, "slow", "slow"), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        post_with_id(&app, "quick", "quick").await
+    });
+    assert_eq!((slow.as_u16(), quick.as_u16()), (201, 201));
+    // Another instance, whose stream does not trail, gives "slow" its new
+    // position as the app does: only from its first.
+    let first_position = position_of(&lab, "slow").await;
+    lab.update_many(
+        doc! { "$or": [ { "_id": "slow", "position": first_position } ] },
+        doc! { "$currentDate": { "position": { "$type": "timestamp" } } },
+    )
+    .await
+    .expect("another instance's write");
+    let moved = position_of(&lab, "slow").await;
+    assert_eq!(post_with_id(&app, "after", "after").await, 201);
+    sim.hold_change_streams(false);
+    let delivered = subscriber.next_ids(3, Duration::from_secs(20)).await;
+    assert_eq!(delivered, ["quick", "slow", "after"]);
+    // Long enough for the trailing instance's own write to have been sent.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(position_of(&lab, "slow").await, moved, "moved once");
+    let order = ["first", "quick", "slow", "after"];
+    assert_eq!(listed_ids(&app).await, order);
+    let other = start_app(&cluster, "movedonce", 20).await;
+    wait_for_change_stream(&other, Duration::from_secs(20)).await;
+    assert_eq!(listed_ids(&other).await, order, "read from the store");
+    other.shutdown().await;
+    app.shutdown().await;
+}
+
+/// The write that gives a raced message its new position is refused
+/// unapplied (the primary stepped down as it came): the stream starts
+/// again past the message's insert, and the message, still held, is given
+/// its position by the write sent again, and reaches subscribers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_for_a_new_position_is_sent_again_and_the_message_delivered() {
+    let test = "a_refused_write_for_a_new_position_is_sent_again_and_the_message_delivered";
+    let cluster = sim_cluster(test).await;
+    let sim = cluster.sim().expect("simulator");
+    let app = start_app(&cluster, "refusedmove", 20).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    let mut subscriber = Subscriber::connect(&app).await;
+    assert_eq!(post_with_id(&app, "first", "first").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["first"]
+    );
+
+    sim.hold_change_streams(true);
+    sim.stall_next_insert(Duration::from_millis(700));
+    let (slow, quick) = tokio::join!(post_with_id(&app, "slow", "slow"), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        post_with_id(&app, "quick", "quick").await
+    });
+    assert_eq!((slow.as_u16(), quick.as_u16()), (201, 201));
+    sim.refuse_next("update", 1);
+    sim.hold_change_streams(false);
+    assert_eq!(
+        subscriber.next_ids(2, Duration::from_secs(30)).await,
+        ["quick", "slow"]
+    );
+    assert_eq!(post_with_id(&app, "after", "after").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["after"]
+    );
+    let order = ["first", "quick", "slow", "after"];
+    assert_eq!(listed_ids(&app).await, order);
+    assert_eq!(walked_ids(&app, 1).await, order);
+    app.shutdown().await;
+}
+
+/// A message is moved once. Here a document whose position is an hour
+/// ahead of the set's clock (written by hand, or left by a set whose clock
+/// ran ahead) makes every later post come behind it; each is moved once,
+/// still behind, and then published where it is, instead of being moved
+/// for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_behind_again_after_its_new_position_is_published_not_moved_again() {
+    let test = "a_message_behind_again_after_its_new_position_is_published_not_moved_again";
+    let cluster = sim_cluster(test).await;
+    let app = start_app(&cluster, "aheadclock", 20).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    let mut subscriber = Subscriber::connect(&app).await;
+    let lab = cluster.lab_messages("aheadclock").await;
+    let ahead = mongodb::bson::Timestamp {
+        time: u32::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_secs()
+                + 3600,
+        )
+        .expect("seconds"),
+        increment: 1,
+    };
+    lab.insert_one(doc! { "_id": "ahead", "name": "bob", "text": "ahead",
+    "datetime": mongodb::bson::DateTime::now(), "position": ahead })
+        .await
+        .expect("insert");
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["ahead"]
+    );
+    assert_eq!(post_with_id(&app, "behind", "behind").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["behind"]
+    );
+    let moved = position_of(&lab, "behind").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(position_of(&lab, "behind").await, moved, "moved once");
+    assert_eq!(post_with_id(&app, "next", "next").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["next"],
+        "each delivered once"
+    );
+    app.shutdown().await;
+}

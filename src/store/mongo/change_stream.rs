@@ -50,14 +50,14 @@
 //! Change streams: <https://www.mongodb.com/docs/manual/changeStreams/>;
 //! resuming: <https://www.mongodb.com/docs/manual/changeStreams/#resume-a-change-stream>.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use mongodb::bson::oid::ObjectId;
-use mongodb::bson::{doc, Bson, Document};
+use mongodb::bson::{doc, Bson, Document, Timestamp};
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
 use mongodb::change_stream::ChangeStream;
 
@@ -236,13 +236,16 @@ struct Watcher {
     /// more events at hand ([`Watcher::set_positions`]).
     to_position: Vec<Bson>,
     /// Messages that came behind one already published with a later
-    /// position, waiting for a new one ([`Watcher::reposition`]); published
-    /// when the update that gives it comes through the stream.
-    to_reposition: Vec<MessageDoc>,
-    /// The messages this cycle asked new positions for, until the update
-    /// that gives one comes: each is given one once, so no clock or
-    /// restored set can make a message move for ever.
-    repositioned: HashSet<String>,
+    /// position, by public id, with that first position: each waits, out
+    /// of the cache, for a new one ([`Watcher::reposition`]), and is
+    /// published once it has one, wherever that is. Kept across the
+    /// stream's (re)openings, so a failure between the two loses nothing.
+    held: HashMap<String, Timestamp>,
+    /// The writes that give them new positions, not yet acknowledged:
+    /// `(_id, first position)`. Kept across (re)openings too; each write
+    /// moves a message only from its first position, so sending one again,
+    /// or after another instance, moves nothing twice.
+    to_reposition: Vec<(Bson, Timestamp)>,
     /// The latest position published since the last read of the latest
     /// messages began: with that read's newest, how far the stream has
     /// delivered once the cache is reset from it.
@@ -259,8 +262,8 @@ pub(super) async fn run(shared: Arc<Shared>, collections: Arc<Collections>) {
         floor: None,
         strays_published: HashSet::new(),
         to_position: Vec::new(),
+        held: HashMap::new(),
         to_reposition: Vec::new(),
-        repositioned: HashSet::new(),
         published_since_read: None,
     };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
@@ -280,11 +283,9 @@ impl Watcher {
     /// (the collection was dropped or renamed), `Err` when it failed.
     async fn cycle(&mut self) -> Result<(), String> {
         self.strays_published.clear();
-        // Left from a failed cycle: step 3 positions them as strays, and
-        // reads the others again.
+        // Left from a failed cycle: step 3 positions them as strays. The
+        // held messages and their writes stay (see `held`).
         self.to_position.clear();
-        self.to_reposition.clear();
-        self.repositioned.clear();
         if self.shared.change_stream.delivered().is_none() {
             let latest = self.read_latest().await?;
             self.reset(latest)?;
@@ -434,11 +435,18 @@ impl Watcher {
     /// delivered, and resets the cache from them (step 4), so it is the
     /// store order's suffix again.
     async fn reload(&mut self) -> Result<(), String> {
-        let latest = self.read_latest().await?;
+        let mut latest = self.read_latest().await?;
         for doc in &latest.messages {
             if self.may_lack(&doc.position()) {
                 self.publish(doc.clone())?;
             }
+        }
+        // A held message stays out of the cache until it has its new
+        // position: loaded here, it would be sent to no subscriber.
+        if !self.held.is_empty() {
+            latest
+                .messages
+                .retain(|doc| !self.held.contains_key(&doc.id.public()));
         }
         self.reset(latest)
     }
@@ -565,36 +573,36 @@ impl Watcher {
         }
     }
 
-    /// Gives the messages in `to_reposition` new positions, in one write
-    /// ([`Collections::reposition`]): each one's insert came after a
-    /// message with a later position was published, so it moves after
-    /// that message in the store order, where the stream brings its update
-    /// and this and every other instance publish it. When the server
-    /// refuses the write for good, they are published where they are: out
-    /// of the store order, but delivered.
+    /// Sends the writes in `to_reposition`, in one
+    /// ([`Collections::reposition`]): each held message moves after
+    /// everything published so far, where the stream brings its update and
+    /// this and every other instance publish it. A write that fails for a
+    /// while stays queued (the cycle starts again and sends it again); when
+    /// the server refuses it for good, the messages are published where
+    /// they are: out of the store order, but delivered.
     async fn reposition(&mut self) -> Result<(), String> {
         if self.to_reposition.is_empty() {
             return Ok(());
         }
-        let docs = std::mem::take(&mut self.to_reposition);
-        // A message is only held back behind a positioned one.
-        let Some(Delivered::UpTo(Position {
-            stamp: Some(published),
-            ..
-        })) = self.shared.change_stream.delivered()
-        else {
-            for doc in docs {
-                self.publish_here(doc)?;
+        let writes = self.to_reposition.clone();
+        match self.collections.reposition(&writes).await {
+            Ok(()) => {
+                self.to_reposition.clear();
+                Ok(())
             }
-            return Ok(());
-        };
-        let ids = docs.iter().map(|d| d.id.bson()).collect();
-        match self.collections.reposition(ids, published).await {
-            Ok(()) => Ok(()),
             Err(Class::Fatal(why)) => {
                 log::warn!("cannot give messages behind the store order new positions: {why}");
-                for doc in docs {
-                    self.publish_here(doc)?;
+                self.to_reposition.clear();
+                for (id, _) in writes {
+                    let now = self
+                        .collections
+                        .find_by_key(&id)
+                        .await
+                        .map_err(|c| c.reason().to_owned())?;
+                    if let Some(doc) = now.and_then(|d| self.shared.skipped.keep(d)) {
+                        self.held.remove(&doc.id.public());
+                        self.publish_here(doc)?;
+                    }
                 }
                 Ok(())
             }
@@ -652,18 +660,32 @@ impl Watcher {
 
     /// Publishes a message, unless it would go behind one already
     /// published with a later position (and the cache does not hold it):
-    /// then it waits for a new position ([`Watcher::reposition`]).
+    /// then it is held until it has a new position ([`Watcher::held`]). A
+    /// held message read at another position than its first has its new
+    /// one: it is published there, even if it came behind again (a new
+    /// position races with inserts as the first did), so none moves twice.
     fn publish(&mut self, doc: MessageDoc) -> Result<(), String> {
-        let position = doc.position();
-        let behind = position.stamp.is_some()
-            && matches!(self.shared.change_stream.delivered(), Some(Delivered::UpTo(p)) if p > position);
         let id = doc.id.public();
-        if behind && !self.shared.cache.holds(&id) && !self.repositioned.contains(&id) {
-            self.repositioned.insert(id);
-            self.to_reposition.push(doc);
-            return Ok(());
+        if let Some(first) = self.held.get(&id) {
+            if doc.position == Some(*first) {
+                return Ok(());
+            }
+            self.held.remove(&id);
+            return self.publish_here(doc);
         }
-        self.publish_here(doc)
+        let position = doc.position();
+        let behind = matches!(
+            self.shared.change_stream.delivered(),
+            Some(Delivered::UpTo(p)) if p > position
+        );
+        match doc.position {
+            Some(first) if behind && !self.shared.cache.holds(&id) => {
+                self.to_reposition.push((doc.id.bson(), first));
+                self.held.insert(id, first);
+                Ok(())
+            }
+            _ => self.publish_here(doc),
+        }
     }
 
     /// Publishes a message where the stream is now.
@@ -741,18 +763,13 @@ impl Watcher {
                     .map_err(|c| c.reason().to_owned())?;
                 if let Some(message) = now.and_then(|d| self.shared.skipped.keep(d)) {
                     let id = message.id.public();
-                    // Its new position is taken: once is enough, even if
-                    // it came behind again.
-                    let repositioned = self.repositioned.remove(&id);
-                    if self.shared.cache.holds(&id) {
+                    if !self.held.contains_key(&id) && self.shared.cache.holds(&id) {
                         // A message that came behind the store order, given
-                        // a new position (by this instance or another) after
-                        // this cache read it at its first: the cache follows
-                        // the store again.
+                        // a new position (by another instance) after this
+                        // cache read it at its first: the cache follows the
+                        // store again.
                         self.set_positions().await?;
                         self.reload().await?;
-                    } else if repositioned {
-                        self.publish_here(message)?;
                     } else if message.position.is_some() {
                         self.publish(message)?;
                     }

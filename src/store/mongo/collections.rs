@@ -320,28 +320,26 @@ impl Collections {
         Ok(())
     }
 
-    /// Gives each of `ids` whose `position` is still before `published` a
-    /// new one, after every position taken so far, in one write: the
-    /// change stream brought its insert after a message whose position is
-    /// later (`published`), so it goes after that message in the store
-    /// order, as the stream delivered them. mongod takes an inserted
-    /// document's empty timestamp when it checks the document and the oplog
-    /// entry's later, so two inserts on two connections can take their
-    /// positions in one order and commit in the other (`fixDocumentForInsert`
-    /// in mongod's `insert.cpp`;
+    /// Gives each `(_id, first)` document whose `position` is still
+    /// `first` a new one, after every position taken so far, in one write:
+    /// the change stream brought its insert after a message whose position
+    /// is later, so it goes after that message in the store order. mongod
+    /// takes an inserted document's empty timestamp when it checks the
+    /// document and the oplog entry's later, when it writes it, so two
+    /// inserts on two connections can take their positions in one order and
+    /// commit in the other (`fixDocumentForInsert` in mongod's `insert.cpp`;
     /// <https://www.mongodb.com/docs/manual/reference/bson-types/#timestamps>).
-    /// Instances that see the same stream ask the same; the condition makes
-    /// the first one's answer stand, and a comparison matches timestamps
-    /// only (<https://www.mongodb.com/docs/manual/reference/operator/query/lt/>).
-    /// Not retryable, as [`Collections::set_positions`].
-    pub(super) async fn reposition(
-        &self,
-        ids: Vec<Bson>,
-        published: Timestamp,
-    ) -> Result<(), Class> {
+    /// Instances that see the same stream ask the same; matching the first
+    /// position exactly makes the first write stand, so no message moves
+    /// twice. Not retryable, as [`Collections::set_positions`].
+    pub(super) async fn reposition(&self, writes: &[(Bson, Timestamp)]) -> Result<(), Class> {
+        let each: Vec<Document> = writes
+            .iter()
+            .map(|(id, first)| doc! { "_id": id.clone(), document::POSITION: *first })
+            .collect();
         self.messages
             .update_many(
-                doc! { "_id": { "$in": ids }, document::POSITION: { "$lt": published } },
+                doc! { "$or": each },
                 doc! { "$currentDate": { document::POSITION: { "$type": "timestamp" } } },
             )
             .await
