@@ -43,7 +43,7 @@ trap cleanup EXIT
 
 (cd "$work" && exec env -u MONGO_URI SIMPLECHAT_ADDRESS=127.0.0.1 SIMPLECHAT_PORT="$port" \
   SIMPLECHAT_DATA_DIR="$work/store" SIMPLECHAT_MAX_CONNECTIONS=$((subscribers + 64)) \
-  ROCKET_LOG_LEVEL=critical \
+  SIMPLECHAT_MAX_CONNECTIONS_PER_CLIENT=0 ROCKET_LOG_LEVEL=critical \
   valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.%p" "$server" serve \
   >"$work/server.log" 2>&1) &
 pid=$!

@@ -95,6 +95,7 @@ pub async fn start(config: Config) -> Result<Server, String> {
     let front = FrontConfig {
         header_timeout: config.header_timeout,
         max_connections: config.max_connections,
+        max_connections_per_client: config.max_connections_per_client,
     };
     let heartbeat = config.heartbeat;
     let rocket = build(config).await?;

@@ -37,6 +37,7 @@ pub const KEYS: &[&str] = &[
     "heartbeat_secs",
     "header_timeout_secs",
     "max_connections",
+    "max_connections_per_client",
     "secure_cookie",
     "trust_proxy_headers",
 ];
@@ -90,6 +91,9 @@ pub struct Settings {
     pub header_timeout_secs: u64,
     /// The most connections open at once; more are refused with 503.
     pub max_connections: usize,
+    /// The most connections open at once from one client address; more
+    /// from it are refused with 503. 0: no bound but `max_connections`.
+    pub max_connections_per_client: usize,
     /// The name cookie gets `Secure` (the site is served over HTTPS).
     pub secure_cookie: bool,
     /// A proxy in front sets `X-Forwarded-Proto`; take its word.
@@ -113,6 +117,9 @@ impl Default for Settings {
             cache_size_mib: 64,
             header_timeout_secs: 10,
             max_connections: 1024,
+            // A classroom behind one NAT address: 40 browsers with up to 6
+            // connections each (README, `max_connections_per_client`).
+            max_connections_per_client: 256,
             secure_cookie: false,
             trust_proxy_headers: false,
         }
@@ -173,6 +180,9 @@ pub struct Config {
     pub header_timeout: Duration,
     /// The most connections open at once (`max_connections`).
     pub max_connections: usize,
+    /// The most connections open at once from one client address
+    /// (`max_connections_per_client`); `None`: no such bound.
+    pub max_connections_per_client: Option<usize>,
     /// The settings as the layers gave them, for `simplechat config`.
     pub settings: Settings,
     /// Rocket's `log_level`, from the one extraction of Rocket's settings
@@ -359,6 +369,8 @@ impl Config {
             heartbeat: Duration::from_secs(settings.heartbeat_secs),
             header_timeout: Duration::from_secs(settings.header_timeout_secs),
             max_connections: settings.max_connections,
+            max_connections_per_client: (settings.max_connections_per_client > 0)
+                .then_some(settings.max_connections_per_client),
             settings,
             log_level: rocket.log_level,
             figment,
@@ -722,6 +734,11 @@ pub fn describe(config: &Config) -> String {
         "max_connections",
         settings.max_connections.to_string(),
         from("max_connections"),
+    );
+    out += &set(
+        "max_connections_per_client",
+        settings.max_connections_per_client.to_string(),
+        from("max_connections_per_client"),
     );
     out += &set(
         "secure_cookie",

@@ -58,7 +58,7 @@ impl Server {
     /// Settings inherited from the environment (`SIMPLECHAT_*`, `ROCKET_*`,
     /// `MONGO_URI`) are removed, and the working directory is the empty
     /// data directory, so no `simplechat.toml` is read. The front door
-    /// admits `max_connections` at once.
+    /// admits `max_connections` at once, all from one address.
     ///
     /// Errors: spawn failed, the process exited, or no 200 within 30 s; the
     /// message carries the end of the server's output.
@@ -90,6 +90,8 @@ impl Server {
             // The front door's default bound (1,024 connections) would refuse
             // most of a large fan-out's subscribers.
             .env("SIMPLECHAT_MAX_CONNECTIONS", max_connections.to_string())
+            // Every client of the bench has one address, loopback's.
+            .env("SIMPLECHAT_MAX_CONNECTIONS_PER_CLIENT", "0")
             .env("ROCKET_LOG_LEVEL", "critical")
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)

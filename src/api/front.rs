@@ -21,6 +21,10 @@
 //! - at most `max_connections` are open at once; one more is answered 503
 //!   with `Retry-After` and closed, so the process never runs out of file
 //!   descriptors and starves everyone;
+//! - at most `max_connections_per_client` are open at once from one client
+//!   address; one more from it is answered the same way (with a log line
+//!   at most once a minute), so one client cannot take every connection
+//!   ([`ClientCounts`]);
 //! - a client that shuts down its sending side after its request still
 //!   gets the answer (hyper's `half_close`);
 //! - hyper's own answers to unparsable requests get the JSON error shape
@@ -33,13 +37,16 @@
 //! three automatic refusals (with a `Content-Length` hyper cannot hold
 //! told from headers too large); the protocol itself is hyper's.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -63,6 +70,9 @@ pub struct FrontConfig {
     pub header_timeout: Duration,
     /// The most client connections open at once.
     pub max_connections: usize,
+    /// The most client connections open at once from one address; `None`:
+    /// no bound but `max_connections`.
+    pub max_connections_per_client: Option<usize>,
 }
 
 /// How long a refused connection is given to send its request and read
@@ -71,6 +81,9 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// The most refused connections answered at once; beyond, they are closed
 /// without an answer (each holds a file descriptor while answered).
 const MAX_REFUSALS: usize = 64;
+/// The least time between two log lines about connections refused for
+/// their address's bound ([`RefusalLog`]).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// Wait after `accept` fails (out of file descriptors), so the loop does
 /// not spin while connections close.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -111,6 +124,8 @@ pub async fn serve<S>(
 {
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
+    let per_client = config.max_connections_per_client.map(ClientCounts::new);
+    let mut refusal_log = RefusalLog::default();
     // Told to every connection once the grace period is over.
     let (close_tx, close_rx) = tokio::sync::watch::channel(false);
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -140,6 +155,31 @@ pub async fn serve<S>(
         };
         let _ = stream.set_nodelay(true);
         keep_little_unsent(&stream);
+        // An IPv4 client of an IPv6 socket is counted as the IPv4 address.
+        let address = peer.ip().to_canonical();
+        let client = match &per_client {
+            None => None,
+            Some(counts) => match counts.take(address) {
+                Some(client) => Some(client),
+                None => {
+                    if let Some(refused) = refusal_log.refused(Instant::now()) {
+                        log::warn!(
+                            "refused a connection from {address}, which has {} open \
+                             (max_connections_per_client); {refused} refused for that bound \
+                             since the last such line, which comes at most once a minute",
+                            counts.max
+                        );
+                    }
+                    let why = format!(
+                        "{address} has {} connections open, the most one client address \
+                         may; close one and try again",
+                        counts.max
+                    );
+                    refuse_within(&refusals, stream, why);
+                    continue;
+                }
+            },
+        };
         match slots.clone().try_acquire_owned() {
             Ok(slot) => {
                 let (http, dispatch, shutdown) = (http.clone(), dispatch.clone(), shutdown.clone());
@@ -169,17 +209,17 @@ pub async fn serve<S>(
                         _ = conn.as_mut() => {}
                     }
                     drop(slot);
+                    drop(client);
                 });
             }
-            Err(_) => match refusals.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    tokio::spawn(async move {
-                        refuse(stream, config.max_connections).await;
-                        drop(permit);
-                    });
-                }
-                Err(_) => drop(stream),
-            },
+            Err(_) => {
+                drop(client);
+                let why = format!(
+                    "the server has {} connections open, its most; try again",
+                    config.max_connections
+                );
+                refuse_within(&refusals, stream, why);
+            }
         }
     }
     drop(listener);
@@ -196,24 +236,120 @@ pub async fn serve<S>(
     }
 }
 
-/// Answers one request on a connection over the bound with 503 and closes.
-async fn refuse(stream: TcpStream, max_connections: usize) {
+/// Answers one request on `stream`, a connection over a bound, with 503,
+/// `Retry-After` and `why`, and closes it; or, when [`MAX_REFUSALS`] are
+/// being answered already, closes it at once.
+fn refuse_within(refusals: &Arc<Semaphore>, stream: TcpStream, why: String) {
+    match refusals.clone().try_acquire_owned() {
+        Ok(permit) => {
+            tokio::spawn(async move {
+                refuse(stream, why).await;
+                drop(permit);
+            });
+        }
+        Err(_) => drop(stream),
+    }
+}
+
+/// Answers one request on a connection over a bound with 503 and closes.
+async fn refuse(stream: TcpStream, why: String) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(REFUSAL_TIMEOUT)
         .keep_alive(false);
-    let service = hyper::service::service_fn(move |_req: Request<Incoming>| async move {
-        let mut response = json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("the server has {max_connections} connections open, its most; try again"),
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        Ok::<_, Infallible>(response)
+    let why = Arc::new(why);
+    let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+        let why = why.clone();
+        async move {
+            let mut response = json_response(StatusCode::SERVICE_UNAVAILABLE, &why);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            Ok::<_, Infallible>(response)
+        }
     });
     let conn = http.serve_connection(TokioIo::new(stream), service);
     let _ = tokio::time::timeout(REFUSAL_TIMEOUT, conn).await;
+}
+
+/// The connections open from each client address, for
+/// `max_connections_per_client`: without it, one client could hold every
+/// one of the `max_connections` (an event stream is meant to stay open)
+/// and everyone else would get 503. Counted by the peer's IP address, the
+/// only thing a connection says of its client before its request; behind
+/// a proxy every client has the proxy's.
+struct ClientCounts {
+    max: usize,
+    /// Only addresses with a connection open.
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl ClientCounts {
+    fn new(max: usize) -> Arc<Self> {
+        Arc::new(ClientCounts {
+            max,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Counts one more connection from `address`, unless it has `max` open
+    /// already; uncounted when the slot is dropped.
+    fn take(self: &Arc<Self>, address: IpAddr) -> Option<ClientSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(address).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            counts: self.clone(),
+            address,
+        })
+    }
+}
+
+/// One connection counted against its client's address.
+struct ClientSlot {
+    counts: Arc<ClientCounts>,
+    address: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.counts.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Entry::Occupied(mut count) = open.entry(self.address) {
+            *count.get_mut() -= 1;
+            if *count.get() == 0 {
+                count.remove();
+            }
+        }
+    }
+}
+
+/// When to log connections refused for their address's bound: a client
+/// that opens connections in a loop is refused thousands of times a
+/// second, which must not flood the journal. The first refusal is logged,
+/// then at most one line per [`REFUSAL_LOG_INTERVAL`], counting the ones
+/// in between.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    /// When the next line may come; `None` before the first.
+    next: Option<Instant>,
+    /// Refusals since the last line.
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    /// Counts a refusal at `now`. `Some(n)` when a line is due: `n`
+    /// refusals since the last one, this one included.
+    fn refused(&mut self, now: Instant) -> Option<u64> {
+        self.unlogged += 1;
+        if self.next.is_some_and(|next| now < next) {
+            return None;
+        }
+        self.next = Some(now + REFUSAL_LOG_INTERVAL);
+        Some(std::mem::take(&mut self.unlogged))
+    }
 }
 
 /// A connection whose writes are watched for hyper's automatic answers to
@@ -442,7 +578,38 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for JsonParseErrors<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_length_too_large, json_refusal};
+    use std::net::IpAddr;
+    use std::time::{Duration, Instant};
+
+    use super::{is_length_too_large, json_refusal, ClientCounts, RefusalLog};
+
+    #[test]
+    fn each_address_has_its_own_count_and_a_closed_connection_leaves_it() {
+        let counts = ClientCounts::new(2);
+        let one = IpAddr::from([192, 0, 2, 1]);
+        let other = IpAddr::from([192, 0, 2, 2]);
+        let first = counts.take(one).expect("first");
+        let second = counts.take(one).expect("second");
+        assert!(counts.take(one).is_none(), "a third from the same address");
+        let elsewhere = counts.take(other).expect("another address");
+        drop(second);
+        let again = counts.take(one).expect("a slot freed");
+        drop((first, again, elsewhere));
+        let open = counts.open.lock().unwrap();
+        assert!(open.is_empty(), "no address is kept once closed: {open:?}");
+    }
+
+    #[test]
+    fn refusals_are_logged_at_most_once_an_interval_and_none_is_lost() {
+        let mut log = RefusalLog::default();
+        let start = Instant::now();
+        assert_eq!(log.refused(start), Some(1));
+        for i in 1..1000 {
+            assert_eq!(log.refused(start + Duration::from_millis(i)), None);
+        }
+        assert_eq!(log.refused(start + Duration::from_secs(60)), Some(1000));
+        assert_eq!(log.refused(start + Duration::from_secs(61)), None);
+    }
 
     #[test]
     fn only_hypers_empty_refusals_are_rewritten() {

@@ -137,6 +137,7 @@ fn config_names_each_source_in_the_users_terms() {
          heartbeat_secs = 15  # from default\n\
          header_timeout_secs = 10  # from default\n\
          max_connections = 1024  # from default\n\
+         max_connections_per_client = 256  # from default\n\
          secure_cookie = false  # from default\n\
          trust_proxy_headers = false  # from default\n"
     );

@@ -249,3 +249,111 @@ async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
     assert_eq!(app.message_count().await, 2);
     app.shutdown().await;
 }
+
+/// A client that opens connections from `from`, on a pool of its own.
+fn client_from(from: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(from))
+        .build()
+        .unwrap()
+}
+
+/// One address cannot take every connection: over its own bound it gets
+/// the global bound's answer (503, `Retry-After`, JSON saying why), while
+/// another address is served, and a connection it closes is one it may
+/// open again.
+#[tokio::test]
+async fn one_address_over_its_bound_gets_503_and_other_addresses_are_served() {
+    let app = spawn_app(&[
+        ("max_connections", json!(16)),
+        ("max_connections_per_client", json!(2)),
+        ("header_timeout_secs", json!(600)),
+    ])
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(connect(&app).await);
+    }
+    held[1]
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = held[1].read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    let refused = client_from([127, 0, 0, 1])
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_carries_them_once("a connection over the per-client bound", refused.headers());
+    let body: Value = refused.json().await.unwrap();
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("127.0.0.1") && error.contains("2 connections"),
+        "{body}"
+    );
+
+    // Another address (all of 127/8 is loopback) is not held back.
+    let other = client_from([127, 0, 0, 2])
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+
+    // A connection closed is one this address may open again.
+    held.truncate(1);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let response = client_from([127, 0, 0, 1])
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no slot came free");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(held);
+    app.shutdown().await;
+}
+
+/// `max_connections_per_client = 0` leaves only the global bound.
+#[tokio::test]
+async fn a_per_client_bound_of_0_leaves_only_the_global_one() {
+    let app = spawn_app(&[
+        ("max_connections", json!(3)),
+        ("max_connections_per_client", json!(0)),
+        ("header_timeout_secs", json!(600)),
+    ])
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect(&app).await);
+    }
+    held[2]
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = held[2].read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let refused = reqwest::get(app.url("/healthz")).await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("the server has 3 connections open"),
+        "{body}"
+    );
+    drop(held);
+    app.shutdown().await;
+}
