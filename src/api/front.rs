@@ -25,6 +25,10 @@
 //!   address; one more from it is answered the same way (with a log line
 //!   at most once a minute), so one client cannot take every connection
 //!   ([`ClientCounts`]);
+//! - a request's head (request line, headers and the blank line after
+//!   them) may be [`MAX_HEAD_BYTES`] long; hyper holds it in memory until it
+//!   is whole, and refuses a longer one with 431 (414 when the request line
+//!   alone is longer, see [`JsonParseErrors`]);
 //! - a client that shuts down its sending side after its request still
 //!   gets the answer (hyper's `half_close`);
 //! - hyper's own answers to unparsable requests get the JSON error shape
@@ -34,8 +38,9 @@
 //!   what is left, as Rocket's own server would.
 //!
 //! The only hand-written HTTP here is that JSON rewrite of hyper's
-//! three automatic refusals (with a `Content-Length` hyper cannot hold
-//! told from headers too large); the protocol itself is hyper's.
+//! three automatic refusals (with a `Content-Length` hyper cannot hold,
+//! and a request line longer than the head may be, told from headers too
+//! large); the protocol itself is hyper's.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -74,6 +79,19 @@ pub struct FrontConfig {
     /// no bound but `max_connections`.
     pub max_connections_per_client: Option<usize>,
 }
+
+/// The longest request head taken, request line, headers and the blank
+/// line (hyper's `max_header_size`, exact), and the size of hyper's read
+/// buffer (`max_buf_size`, which it may overshoot by one read), which
+/// holds a head until it is whole. hyper's default, a buffer of about
+/// 400 KB and no other bound, let 600 connections that each sent most of
+/// such a head raise the process from 12 MB to 255 MB; 64 KiB is about
+/// twice the largest body ([`body::BODY_LIMIT_BYTES`]) and far more than
+/// any browser sends (a cookie is at most 4 KB, and this site sets two),
+/// so 1,024 connections hold about 64 MiB of heads at most. The buffer
+/// bound also bounds the response bytes hyper queues before it writes
+/// them to the socket.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// How long a refused connection is given to send its request and read
 /// the 503.
@@ -136,6 +154,8 @@ pub async fn serve<S>(
     // that end of input as the client gone and drops the request.
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout)
+        .max_header_size(MAX_HEAD_BYTES)
+        .max_buf_size(MAX_HEAD_BYTES)
         .half_close(true)
         .keep_alive(true);
     let http = Arc::new(http);
@@ -189,10 +209,10 @@ pub async fn serve<S>(
                         let dispatch = dispatch.clone();
                         async move { Ok::<_, Infallible>(dispatch.answer(req, peer).await) }
                     });
-                    let io = TokioIo::new(JsonParseErrors::new(WriteTimeout::new(
-                        stream,
-                        config.header_timeout,
-                    )));
+                    let io = TokioIo::new(JsonParseErrors::new(
+                        WriteTimeout::new(stream, config.header_timeout),
+                        MAX_HEAD_BYTES,
+                    ));
                     let conn = http.serve_connection(io, service);
                     let mut conn = std::pin::pin!(conn);
                     // Both are polled at each wake of the connection, the
@@ -256,6 +276,8 @@ async fn refuse(stream: TcpStream, why: String) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(REFUSAL_TIMEOUT)
+        .max_header_size(MAX_HEAD_BYTES)
+        .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(false);
     let why = Arc::new(why);
     let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
@@ -365,6 +387,14 @@ impl RefusalLog {
 /// hold (above 2^64 − 3), which is no header too large but a body: the
 /// reads are watched for such a header line, and that 431 becomes 413
 /// (RFC 9110 §15.5.14).
+///
+/// And hyper answers 431 to a head longer than [`MAX_HEAD_BYTES`] even
+/// when its request line alone is that long: that is a URI too long, and
+/// that 431 becomes 414 (RFC 9112 §3; hyper's own 414, for a target over
+/// 65,534 bytes, needs a longer head than it takes). The reads are watched
+/// for the length of the latest line that starts as a request line does
+/// (a method, a token, then a space; a header line has a colon after its
+/// name, and a body line of that length is refused for its body first).
 pub struct JsonParseErrors<T> {
     inner: T,
     /// The replacement being written, and how much of it is written.
@@ -372,25 +402,48 @@ pub struct JsonParseErrors<T> {
     /// The start of the line being read (enough to tell a `Content-Length`
     /// line and its value), across reads.
     line: Vec<u8>,
+    /// The bytes of the line being read, across reads.
+    line_len: usize,
+    /// The bytes of the latest whole line that started as a request line.
+    request_line_len: usize,
+    /// hyper's read buffer, the longest head it takes.
+    head_limit: usize,
     /// Whether a `Content-Length` line too large for hyper was read.
     length_too_large: bool,
 }
 
+/// What one of hyper's 431 answers refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TooLarge {
+    /// The head, longer than [`MAX_HEAD_BYTES`], or with too many headers:
+    /// 431.
+    Head,
+    /// The request line alone, as long as a head may be: 414.
+    RequestLine,
+    /// A `Content-Length` hyper cannot hold: 413.
+    Length,
+}
+
 impl<T> JsonParseErrors<T> {
-    /// Wraps a connection's IO; nothing is replaced until such a head is seen.
-    pub fn new(inner: T) -> Self {
+    /// Wraps a connection's IO, whose heads hyper takes up to `head_limit`
+    /// bytes (its `max_buf_size`); nothing is replaced until such a head is
+    /// seen.
+    pub fn new(inner: T, head_limit: usize) -> Self {
         JsonParseErrors {
             inner,
             replacement: None,
             line: Vec::new(),
+            line_len: 0,
+            request_line_len: 0,
+            head_limit,
             length_too_large: false,
         }
     }
 
-    /// Watches `read` for a `Content-Length` line hyper cannot hold. Every
-    /// byte read passes here, bodies too, so line ends are found with
-    /// `memchr` (many bytes at a time) and only the start of each line is
-    /// kept.
+    /// Watches `read` for a `Content-Length` line hyper cannot hold, and
+    /// counts the line in progress. Every byte read passes here, bodies
+    /// too, so line ends are found with `memchr` (many bytes at a time) and
+    /// only the start of each line is kept.
     fn watch_lengths(&mut self, read: &[u8]) {
         let mut rest = read;
         while !self.length_too_large {
@@ -398,19 +451,51 @@ impl<T> JsonParseErrors<T> {
                 Some(end) => (&rest[..end], Some(&rest[end + 1..])),
                 None => (rest, None),
             };
+            self.line_len = self.line_len.saturating_add(part.len());
             let room = LENGTH_LINE_BYTES.saturating_sub(self.line.len());
             self.line.extend_from_slice(&part[..room.min(part.len())]);
             let Some(next) = next else { return };
             self.length_too_large = is_length_too_large(&self.line);
+            if starts_a_request_line(&self.line) {
+                self.request_line_len = self.line_len;
+            }
             self.line.clear();
+            self.line_len = 0;
             rest = next;
+        }
+    }
+
+    /// What a 431 of hyper's now refuses: the line in progress when it
+    /// is a request line, else the latest whole one.
+    fn too_large(&self) -> TooLarge {
+        let request_line = if starts_a_request_line(&self.line) {
+            self.line_len
+        } else {
+            self.request_line_len
+        };
+        if self.length_too_large {
+            TooLarge::Length
+        } else if request_line >= self.head_limit {
+            TooLarge::RequestLine
+        } else {
+            TooLarge::Head
         }
     }
 }
 
 /// The most bytes of a line kept to tell a `Content-Length` hyper cannot
-/// hold: the name, the colon, some whitespace and 20 digits, with room.
+/// hold (the name, the colon, some whitespace and 20 digits, with room),
+/// or a request line's method.
 const LENGTH_LINE_BYTES: usize = 64;
+
+/// Whether `start`, the start of a line, is a request line's: a method (a
+/// token, RFC 9110 §5.6.2) and a space. A header line's name is followed
+/// by a colon.
+fn starts_a_request_line(start: &[u8]) -> bool {
+    let is_tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    let method = start.iter().take_while(|b| is_tchar(b)).count();
+    method > 0 && start.get(method) == Some(&b' ')
+}
 
 /// The largest `Content-Length` hyper holds (its `DecodedLength`'s
 /// `MAX_LEN`); above, it answers 431.
@@ -440,12 +525,12 @@ fn is_length_too_large(line: &[u8]) -> bool {
 const MAX_REFUSAL_HEAD: usize = 512;
 
 /// The JSON answer for one of hyper's automatic refusals, if `head` is one;
-/// a 431 becomes 413 when `length_too_large` (see [`JsonParseErrors`]).
+/// a 431 becomes 413 or 414 as `too_large` says (see [`JsonParseErrors`]).
 ///
 /// Every write of every response passes through here, so anything that
 /// cannot be such a head (longer, or another status class) is let through
 /// before the text is looked at.
-pub fn json_refusal(head: &[u8], length_too_large: bool) -> Option<Vec<u8>> {
+pub fn json_refusal(head: &[u8], too_large: TooLarge) -> Option<Vec<u8>> {
     if head.len() > MAX_REFUSAL_HEAD || !head.starts_with(b"HTTP/1.1 4") {
         return None;
     }
@@ -460,12 +545,22 @@ pub fn json_refusal(head: &[u8], length_too_large: bool) -> Option<Vec<u8>> {
             "malformed request: the request line or a header cannot be parsed".to_owned(),
         ),
         "HTTP/1.1 414 URI Too Long" => (status_line, "the request URI is too long".to_owned()),
-        "HTTP/1.1 431 Request Header Fields Too Large" if length_too_large => {
-            ("HTTP/1.1 413 Payload Too Large", body::too_large().error)
-        }
-        "HTTP/1.1 431 Request Header Fields Too Large" => {
-            (status_line, "the request headers are too large".to_owned())
-        }
+        "HTTP/1.1 431 Request Header Fields Too Large" => match too_large {
+            TooLarge::Length => ("HTTP/1.1 413 Payload Too Large", body::too_large().error),
+            TooLarge::RequestLine => (
+                "HTTP/1.1 414 URI Too Long",
+                format!(
+                    "the request URI is too long: the request line is over {MAX_HEAD_BYTES} bytes"
+                ),
+            ),
+            TooLarge::Head => (
+                status_line,
+                format!(
+                    "the request headers are too large: at most {MAX_HEAD_BYTES} bytes with \
+                     the request line"
+                ),
+            ),
+        },
         _ => return None,
     };
     let empty = headers
@@ -510,7 +605,7 @@ impl<T: AsyncWrite + Unpin> JsonParseErrors<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Option<Poll<io::Result<usize>>> {
-        let replacement = json_refusal(buf, self.length_too_large)?;
+        let replacement = json_refusal(buf, self.too_large())?;
         self.replacement = Some((replacement, 0));
         if let Poll::Ready(Err(e)) = self.poll_replacement(cx) {
             return Some(Poll::Ready(Err(e)));
@@ -581,7 +676,9 @@ mod tests {
     use std::net::IpAddr;
     use std::time::{Duration, Instant};
 
-    use super::{is_length_too_large, json_refusal, ClientCounts, RefusalLog};
+    use super::{
+        is_length_too_large, json_refusal, ClientCounts, JsonParseErrors, RefusalLog, TooLarge,
+    };
 
     #[test]
     fn each_address_has_its_own_count_and_a_closed_connection_leaves_it() {
@@ -615,13 +712,22 @@ mod tests {
     fn only_hypers_empty_refusals_are_rewritten() {
         let auto =
             b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
-        let rewritten = String::from_utf8(json_refusal(auto, false).unwrap()).unwrap();
+        let rewritten = String::from_utf8(json_refusal(auto, TooLarge::Head).unwrap()).unwrap();
         assert!(rewritten.starts_with("HTTP/1.1 431 "));
-        assert!(rewritten.ends_with("{\"error\":\"the request headers are too large\"}"));
+        assert!(
+            rewritten.ends_with(
+                "{\"error\":\"the request headers are too large: at most 65536 bytes with the \
+                 request line\"}"
+            ),
+            "{rewritten}"
+        );
         let forwarded = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 17\r\n\r\n";
-        assert_eq!(json_refusal(forwarded, false), None);
+        assert_eq!(json_refusal(forwarded, TooLarge::Head), None);
         assert_eq!(
-            json_refusal(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", false),
+            json_refusal(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+                TooLarge::Head
+            ),
             None
         );
         // Longer than any head hyper refuses with: never looked into.
@@ -629,9 +735,36 @@ mod tests {
             "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nx-pad: {}\r\n\r\n",
             "a".repeat(600)
         );
-        assert_eq!(json_refusal(padded.as_bytes(), false), None);
-        let length = String::from_utf8(json_refusal(auto, true).unwrap()).unwrap();
+        assert_eq!(json_refusal(padded.as_bytes(), TooLarge::Head), None);
+        let length = String::from_utf8(json_refusal(auto, TooLarge::Length).unwrap()).unwrap();
         assert!(length.starts_with("HTTP/1.1 413 "), "{length}");
+        let line = String::from_utf8(json_refusal(auto, TooLarge::RequestLine).unwrap()).unwrap();
+        assert!(line.starts_with("HTTP/1.1 414 "), "{line}");
+    }
+
+    #[test]
+    fn a_431_refuses_the_request_line_only_when_it_alone_is_as_long_as_a_head() {
+        let mut watched = JsonParseErrors::new((), 16);
+        // A body without a line end, then a head whose request line ends.
+        watched.watch_lengths(b"{}GET /aaaa HTTP/1.1\r\nX-Pad: aaaa");
+        assert_eq!(watched.too_large(), TooLarge::Head);
+        // A header line of 16 bytes or more is no request line.
+        watched.watch_lengths(b"aaaaaaaaaaaaaaaa");
+        assert_eq!(watched.too_large(), TooLarge::Head);
+        // A request line of 16 bytes so far, across reads; still the one
+        // refused once whole and followed by headers.
+        let mut watched = JsonParseErrors::new((), 16);
+        watched.watch_lengths(b"GET /aaaa");
+        assert_eq!(watched.too_large(), TooLarge::Head);
+        watched.watch_lengths(b"aaaaaaa");
+        assert_eq!(watched.too_large(), TooLarge::RequestLine);
+        watched.watch_lengths(b"a HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(watched.too_large(), TooLarge::RequestLine);
+        // The next request's line is a short one.
+        watched.watch_lengths(b"GET / HTTP/1.1\r\nX-Pad: aaaaaaaaaaaaaaaaaa");
+        assert_eq!(watched.too_large(), TooLarge::Head);
+        watched.watch_lengths(b"\r\nContent-Length: 18446744073709551615\r\n");
+        assert_eq!(watched.too_large(), TooLarge::Length);
     }
 
     #[test]

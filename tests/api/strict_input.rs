@@ -119,6 +119,72 @@ async fn errors_before_routing_are_json() {
     app.shutdown().await;
 }
 
+/// The headers after the request line in [`head_with`]'s heads, with the
+/// blank line that ends them.
+const HEAD_END: &str = "Host: x\r\nConnection: close\r\n\r\n";
+
+/// A request head whose request line (`GET /?aaa… HTTP/1.1` and its line
+/// end) is `line` bytes long, then [`HEAD_END`], then an `X-Pad` header
+/// filling the head to `len` bytes (the request line, the headers and the
+/// blank line), if `len` leaves room for one.
+fn head_with(line: usize, len: usize) -> Vec<u8> {
+    let fill = line - "GET /? HTTP/1.1\r\n".len();
+    let mut head = format!("GET /?{} HTTP/1.1\r\n", "a".repeat(fill));
+    let pad = len.saturating_sub(line + HEAD_END.len());
+    if pad > 0 {
+        let value = pad - "X-Pad: \r\n".len();
+        head.push_str(&format!("X-Pad: {}\r\n", "a".repeat(value)));
+    }
+    head.push_str(HEAD_END);
+    assert_eq!(head.len(), len.max(line + HEAD_END.len()));
+    head.into_bytes()
+}
+
+/// A request head is held in memory until it is whole: each connection
+/// may send one of 64 KiB (the limit, about twice the largest body), and
+/// one byte more is refused with 431 as JSON; a request line that alone
+/// is longer is a URI too long, 414. So a client cannot make the server
+/// hold 400 KB per connection, as hyper's default allowed.
+#[tokio::test]
+async fn a_request_head_of_64_kib_is_taken_and_one_byte_more_refused() {
+    const LIMIT: usize = 64 * 1024;
+    let line = "GET /? HTTP/1.1\r\n".len();
+    let app = spawn_app(&[]).await;
+    let base = app.base_url.clone();
+    let answers = tokio::task::spawn_blocking(move || {
+        [
+            ("headers", line, LIMIT, 200),
+            ("headers", line, LIMIT + 1, 431),
+            ("the target", LIMIT - HEAD_END.len(), LIMIT, 200),
+            ("the target", LIMIT - HEAD_END.len() + 1, LIMIT + 1, 431),
+            ("the target", LIMIT + 1, 0, 414),
+        ]
+        .map(|(long, line, len, expected)| {
+            let head = head_with(line, len);
+            let what = format!("{} bytes, long {long}", head.len());
+            (what, expected, raw(&base, &head))
+        })
+    })
+    .await
+    .unwrap();
+    for (what, expected, answer) in answers {
+        let status: u16 = answer
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{what}: {answer:?}"));
+        let start = &answer[..answer.len().min(300)];
+        assert_eq!(status, expected, "{what}: {start}");
+        if expected != 200 {
+            let (_, body) = status_and_body(&answer);
+            assert!(
+                body["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{what}: {answer}"
+            );
+        }
+    }
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn other_methods_on_a_route_get_405_with_allow() {
     let app = spawn_app(&[]).await;
