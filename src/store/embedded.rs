@@ -9,6 +9,18 @@
 //! answering any of them: a burst of posts costs one commit, not one each.
 //! A task on the runtime then publishes the commit to the cache and answers
 //! its inserts, so the thread goes straight on to the next.
+//!
+//! A 201 says the message will be there after a restart, which reads the
+//! file at `data_dir/messages.redb`. The file open is the one that was at
+//! that path at start; if it is removed or replaced while the server runs
+//! (the directory deleted, a backup copied over it), writes go to a file
+//! nobody will read again. So before each batch the writer compares the
+//! open file's device and inode with a `stat` of the path, and refuses the
+//! batch (503) when they differ; `/readyz` does the same. A `stat` costs
+//! about a microsecond, against the fsync of the commit it guards (a
+//! millisecond or more), and is taken once per batch, not per insert, so
+//! it is not worth caching: a check on a timer would let a write through
+//! in between.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -16,6 +28,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use redb::backends::FileBackend;
 use redb::{Builder, Database, ReadableDatabase, ReadableTable, TableDefinition};
 use time::OffsetDateTime;
 use tokio::runtime::Handle;
@@ -49,6 +62,57 @@ const PROBE_BYTES: usize = 256 * 1024;
 pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// `Retry-After` while the disk is full or the store is reopening.
 const FAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// Which file a path names: its device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    fn of(metadata: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+        }
+    }
+}
+
+/// `Ok` while `path` names `opened`, the file the store has open; else why
+/// a write to it would not be the durable write a 201 promises. Read only,
+/// never creates anything.
+fn check_path(path: &Path, opened: FileId) -> Result<(), String> {
+    let lost = "so a message written now would be lost at the next start";
+    match std::fs::metadata(path) {
+        Ok(now) if FileId::of(&now) == opened => Ok(()),
+        Ok(_) => Err(format!(
+            "the data file {} was replaced while the server ran (another file is at that \
+             path now), {lost}; writes are refused until the original is moved back, or \
+             the server restarted (it then opens the file now at that path)",
+            path.display()
+        )),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Err(format!(
+                "the data file {} was removed (or moved away) while the server ran, {lost}; \
+                 writes are refused until the file is moved back, or the server restarted \
+                 (with no file at that path, it starts an empty store)",
+                path.display()
+            ))
+        }
+        Err(e) => Err(format!(
+            "cannot tell whether the data file {} is still the one the server has open \
+             ({e}); writes are refused until it can",
+            path.display()
+        )),
+    }
+}
 
 type Reply = oneshot::Sender<Result<Inserted, StoreError>>;
 
@@ -138,6 +202,8 @@ fn is_out_of_space(e: &std::io::Error) -> bool {
 /// What the writer thread and the readers share.
 struct Shared {
     path: PathBuf,
+    /// The file opened at `path` at start; the store never opens another.
+    file: FileId,
     cache_bytes: usize,
     /// `None` while closed, or after a fault until the reopen.
     db: Mutex<Option<Arc<Database>>>,
@@ -156,6 +222,11 @@ impl Shared {
 
     fn db(&self) -> Option<Arc<Database>> {
         self.db.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// [`check_path`] for the store's file.
+    fn check_file(&self) -> Result<(), String> {
+        check_path(&self.path, self.file)
     }
 }
 
@@ -206,7 +277,7 @@ impl EmbeddedStore {
         })?;
         let path = dir.join("messages.redb");
         let opening = path.clone();
-        let db = tokio::task::spawn_blocking(move || open_db(&opening, cache_bytes))
+        let (db, file) = tokio::task::spawn_blocking(move || open_db(&opening, cache_bytes))
             .await
             .map_err(|e| StoreError::Internal(e.to_string()))?
             .map_err(|e| {
@@ -227,6 +298,7 @@ impl EmbeddedStore {
 
         let shared = Arc::new(Shared {
             path,
+            file,
             cache_bytes,
             db: Mutex::new(Some(db)),
             fault: Mutex::new(None),
@@ -280,14 +352,25 @@ impl EmbeddedStore {
     }
 }
 
-fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, Failure> {
-    let db = Builder::new().set_cache_size(cache_bytes).create(path)?;
+/// Opens (or creates) the database at `path`, as redb's `Builder::create`
+/// does, and tells which file it opened.
+fn open_db(path: &Path, cache_bytes: usize) -> Result<(Database, FileId), Failure> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let id = FileId::of(&file.metadata()?);
+    let db = Builder::new()
+        .set_cache_size(cache_bytes)
+        .create_with_backend(FileBackend::new(file)?)?;
     // Create the tables up front so readers never meet a missing table.
     let txn = db.begin_write()?;
     txn.open_table(MESSAGES)?;
     txn.open_table(IDS)?;
     txn.commit()?;
-    Ok(db)
+    Ok((db, id))
 }
 
 /// Writes [`PROBE_BYTES`] to a file beside the database, durably, and
@@ -370,6 +453,9 @@ impl Writer {
         // batch of posts, and posts answered in the meantime get the
         // fault's 503/507 with its `Retry-After`.
         let mut next_attempt = Instant::now();
+        // Whether the last batch found another file, or none, at the
+        // store's path ([`check_path`]): said once in the log, not per batch.
+        let mut elsewhere = false;
         loop {
             if !writable && Instant::now() >= next_attempt {
                 if db.is_none() {
@@ -404,6 +490,27 @@ impl Writer {
                     Ok(item) => batch.push(item),
                     Err(_) => break,
                 }
+            }
+            if let Err(why) = self.shared.check_file() {
+                if !elsewhere {
+                    log::error!("embedded store: {why}");
+                    elsewhere = true;
+                }
+                let error = StoreError::Unavailable {
+                    reason: why,
+                    retry_after: FAULT_RETRY_AFTER,
+                };
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                continue;
+            }
+            if elsewhere {
+                log::warn!(
+                    "embedded store: {} is the open data file again; writes go on",
+                    self.shared.path.display()
+                );
+                elsewhere = false;
             }
             let Some(handle) = db.as_deref().filter(|_| writable) else {
                 let error = self
@@ -459,10 +566,33 @@ impl Writer {
     /// `None`: not yet (readers still hold the old handle, or the disk
     /// refuses even the opening).
     fn reopen(&mut self) -> Option<Arc<Database>> {
-        let opened = Builder::new()
-            .set_cache_size(self.shared.cache_bytes)
-            .create(&self.shared.path)
+        // The file the store opened at start, or nothing: another file at
+        // its path (or a new, empty one created there) would drop every
+        // message stored so far without a word.
+        if let Err(why) = self.shared.check_file() {
+            log::debug!("embedded store: not reopened: {why}");
+            return None;
+        }
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.shared.path)
             .map_err(Failure::from)
+            .and_then(|file| {
+                let id = FileId::of(&file.metadata()?);
+                if id != self.shared.file {
+                    return Err(Failure::Other(StoreError::Internal(
+                        "another file is at the path now".into(),
+                    )));
+                }
+                Ok(file)
+            })
+            .and_then(|file| {
+                let backend = FileBackend::new(file)?;
+                Ok(Builder::new()
+                    .set_cache_size(self.shared.cache_bytes)
+                    .create_with_backend(backend)?)
+            })
             .and_then(|db| {
                 let latest = read_range(&db, &Cursor::Latest, CACHE_CAPACITY + 1)?;
                 Ok((db, latest))
@@ -656,18 +786,22 @@ impl Store for EmbeddedStore {
     }
 
     async fn ready(&self) -> Result<(), String> {
-        if let Some(fault) = self.shared.fault() {
-            return Err(fault.reason());
-        }
         if self
             .writer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+            .is_none()
         {
-            Ok(())
-        } else {
-            Err("the store is closed".into())
+            return Err("the store is closed".into());
+        }
+        // A `stat`, off the runtime's threads as every file access here.
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.check_file())
+            .await
+            .map_err(|e| format!("cannot check the data file: {e}"))??;
+        match self.shared.fault() {
+            Some(fault) => Err(fault.reason()),
+            None => Ok(()),
         }
     }
 
