@@ -191,6 +191,16 @@ impl<E: Into<redb::Error>> From<E> for Failure {
     }
 }
 
+/// Why the store cannot start, in the system's words: at start nothing is
+/// retried, so not a fault's reason, which says how writes resume.
+fn at_start(failure: Failure) -> String {
+    match failure {
+        Failure::Fault(Fault::Io(e) | Fault::Full(e)) => e,
+        Failure::Other(StoreError::Internal(why)) => why,
+        Failure::Other(other) => other.to_string(),
+    }
+}
+
 /// Out of space, by the error's kind (not its text).
 fn is_out_of_space(e: &std::io::Error) -> bool {
     matches!(
@@ -277,19 +287,34 @@ impl EmbeddedStore {
         })?;
         let path = dir.join("messages.redb");
         let opening = path.clone();
-        let (db, file) = tokio::task::spawn_blocking(move || open_db(&opening, cache_bytes))
-            .await
-            .map_err(|e| StoreError::Internal(e.to_string()))?
-            .map_err(|e| {
-                let why = match e.into_store_error() {
-                    StoreError::Internal(why) => why,
-                    other => other.to_string(),
-                };
-                StoreError::Internal(format!("cannot open {}: {why}", path.display()))
-            })?;
+        let (existed, opened) = tokio::task::spawn_blocking(move || {
+            let existed = opening.exists();
+            (existed, open_db(&opening, cache_bytes))
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let (db, file) = opened.map_err(|failure| {
+            let action = if existed { "open" } else { "create" };
+            // redb opens its file for both: a file this user may only
+            // read is refused as any other.
+            let also = match &failure {
+                Failure::Fault(Fault::Io(_)) if existed => " for reading and writing",
+                _ => "",
+            };
+            StoreError::Internal(format!(
+                "cannot {action} {}{also}: {}",
+                path.display(),
+                at_start(failure)
+            ))
+        })?;
         let db = Arc::new(db);
-        let latest = read_range(&db, &Cursor::Latest, CACHE_CAPACITY + 1)
-            .map_err(Failure::into_store_error)?;
+        let latest = read_range(&db, &Cursor::Latest, CACHE_CAPACITY + 1).map_err(|failure| {
+            StoreError::Internal(format!(
+                "cannot read {}: {}",
+                path.display(),
+                at_start(failure)
+            ))
+        })?;
         // Datetimes never go back, even across a restart with an earlier clock.
         let last_datetime = latest
             .last()

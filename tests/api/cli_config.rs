@@ -679,6 +679,76 @@ async fn a_data_dir_taken_or_not_a_directory_is_one_clear_line() {
     running.shutdown().await;
 }
 
+/// A data_dir or a data file the server may not write stops the start with
+/// one line that says the file cannot be opened (or created) and the
+/// system's reason, not that the store "is reopening itself": nothing
+/// retries at start. As root, which may write anything, the server runs
+/// as `nobody` (uid 65534) from a copy of the binary the test can hand it.
+#[test]
+fn a_data_dir_or_file_the_server_may_not_write_is_one_plain_line() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let set_mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    set_mode(d, 0o755);
+    let as_root = std::fs::metadata(d).unwrap().uid() == 0;
+    let exe = d.join("simplechat");
+    copy_binary(&exe);
+    set_mode(&exe, 0o755);
+
+    let read_only_dir = d.join("read-only-dir");
+    std::fs::create_dir(&read_only_dir).unwrap();
+    set_mode(&read_only_dir, 0o555);
+    let read_only_file = d.join("read-only-file");
+    std::fs::create_dir(&read_only_file).unwrap();
+    set_mode(&read_only_file, 0o777);
+    // An existing store, written by the user who owns it.
+    let store = read_only_file.join("messages.redb");
+    drop(redb::Database::create(&store).unwrap());
+    set_mode(&store, 0o444);
+
+    for (data_dir, expect) in [
+        (
+            &read_only_dir,
+            format!(
+                "cannot create {}: Permission denied (os error 13)",
+                read_only_dir.join("messages.redb").display()
+            ),
+        ),
+        (
+            &read_only_file,
+            format!(
+                "cannot open {} for reading and writing: Permission denied (os error 13)",
+                store.display()
+            ),
+        ),
+    ] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+            .to_string();
+        let env = [
+            ("SIMPLECHAT_DATA_DIR", data_dir.to_str().unwrap()),
+            ("SIMPLECHAT_PORT", port.as_str()),
+        ];
+        let mut run = command(&exe, d, &["serve"], &env);
+        if as_root {
+            run.uid(65534).gid(65534);
+        }
+        let out = retry_while_busy(|| run.output());
+        assert_one_line_failure(&out, &expect);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("reopening"), "{stderr}");
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+    }
+}
+
 /// A setting given as a flag is refused, and the refusal says where
 /// settings go.
 #[test]
