@@ -60,6 +60,7 @@ const BUILT_IN_TEMPLATES: &[(&str, &str)] = &[
 pub struct Settings {
     /// The address to listen on; the front door binds it (Rocket runs in
     /// the same process behind it and opens no port of its own).
+    #[serde(deserialize_with = "ip_address")]
     pub address: IpAddr,
     /// The TCP port to listen on.
     pub port: u16,
@@ -68,16 +69,20 @@ pub struct Settings {
     pub mongodb_uri: Option<String>,
     /// A file holding the connection string, trimmed; exclusive with
     /// `mongodb_uri`.
+    #[serde(default, deserialize_with = "some_path")]
     pub mongodb_uri_file: Option<PathBuf>,
     /// A file holding the password of the URI's user, percent-encoded into
     /// the URI at start (systemd `LoadCredential`).
+    #[serde(default, deserialize_with = "some_path")]
     pub mongodb_password_file: Option<PathBuf>,
     /// The MongoDB database; unset, the URI's path, else `simplechat`.
     pub database: Option<String>,
     /// The embedded store's directory.
+    #[serde(deserialize_with = "path")]
     pub data_dir: PathBuf,
     /// A directory holding [`TEMPLATES`]; unset, the release bundle's, else
     /// the built-in ones.
+    #[serde(default, deserialize_with = "some_path")]
     pub template_dir: Option<PathBuf>,
     /// The write deadline, in seconds; at least 1.
     pub write_timeout_secs: u64,
@@ -124,6 +129,54 @@ impl Default for Settings {
             trust_proxy_headers: false,
         }
     }
+}
+
+/// An IP address, as [`IpAddr`] reads it; the refusal of anything else
+/// quotes the value and says what is expected (std's says only "invalid
+/// IP address syntax").
+fn ip_address<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<IpAddr, D::Error> {
+    const EXPECTED: &str = "an IP address, not a host name or a port: 127.0.0.1 or ::1 for \
+                            this machine only, 0.0.0.0 or :: for every interface";
+    struct Address;
+    impl serde::de::Visitor<'_> for Address {
+        type Value = IpAddr;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(EXPECTED)
+        }
+
+        fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<IpAddr, E> {
+            // In the words figment gives a value of the wrong type.
+            value.parse().map_err(|_| {
+                E::custom(format_args!(
+                    "invalid value: found string {value:?}, expected {EXPECTED}"
+                ))
+            })
+        }
+    }
+    deserializer.deserialize_str(Address)
+}
+
+/// A path that is not empty: an empty one (`SIMPLECHAT_DATA_DIR=`) would
+/// be read as the working directory, or name no file at all.
+fn path<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<PathBuf, D::Error> {
+    let path = PathBuf::deserialize(deserializer)?;
+    if path.as_os_str().is_empty() {
+        // As figment refuses an empty port.
+        return Err(serde::de::Error::custom(
+            "invalid value: found string \"\", expected a path",
+        ));
+    }
+    Ok(path)
+}
+
+/// [`path`] for a setting that may be unset.
+fn some_path<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    struct Path(#[serde(deserialize_with = "path")] PathBuf);
+    Ok(Option::<Path>::deserialize(deserializer)?.map(|Path(path)| path))
 }
 
 /// Which store the settings select.
@@ -384,6 +437,7 @@ impl Config {
 pub fn password_file() -> Result<Option<PathBuf>, ConfigError> {
     #[derive(Deserialize)]
     struct Only {
+        #[serde(default, deserialize_with = "some_path")]
         mongodb_password_file: Option<PathBuf>,
     }
     figment()

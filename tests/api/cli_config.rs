@@ -679,6 +679,68 @@ async fn a_data_dir_taken_or_not_a_directory_is_one_clear_line() {
     running.shutdown().await;
 }
 
+/// An empty path is refused as an empty port is, naming the variable,
+/// rather than read as the working directory; an address that is no IP
+/// address is refused quoting it and saying what is expected.
+#[test]
+fn an_empty_path_or_a_host_name_for_address_is_refused_saying_what_is_expected() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A port in use: a `serve` that got past its configuration would stop
+    // there, not run on.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    for variable in [
+        "SIMPLECHAT_DATA_DIR",
+        "SIMPLECHAT_TEMPLATE_DIR",
+        "SIMPLECHAT_MONGODB_URI_FILE",
+        "SIMPLECHAT_MONGODB_PASSWORD_FILE",
+    ] {
+        for args in [&["config"][..], &["serve"][..]] {
+            let out = simplechat(d, args, &[(variable, ""), ("SIMPLECHAT_PORT", &port)]);
+            assert_one_line_failure(
+                &out,
+                &format!("bad configuration: {variable}: invalid value: found string \"\""),
+            );
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains("expected a path"), "{stderr}");
+        }
+    }
+    assert!(
+        !d.join("messages.redb").exists(),
+        "no store in the working directory"
+    );
+    std::fs::write(d.join("simplechat.toml"), "data_dir = \"\"\n").unwrap();
+    assert_one_line_failure(
+        &simplechat(d, &["config"], &[]),
+        "bad configuration: data_dir in simplechat.toml: invalid value: found string \"\"",
+    );
+    std::fs::remove_file(d.join("simplechat.toml")).unwrap();
+
+    for value in ["localhost", "chat.example", "127.0.0.1:8000"] {
+        let out = simplechat(d, &["config"], &[("SIMPLECHAT_ADDRESS", value)]);
+        assert_one_line_failure(
+            &out,
+            &format!(
+                "bad configuration: SIMPLECHAT_ADDRESS: invalid value: found string \"{value}\", \
+                 expected an IP address"
+            ),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("127.0.0.1") && stderr.contains("0.0.0.0"),
+            "{stderr}"
+        );
+    }
+    for value in ["::1", "0.0.0.0"] {
+        let config = config_lines(d, &[("SIMPLECHAT_ADDRESS", value)]);
+        assert!(
+            config.contains(&format!("address = \"{value}\"")),
+            "{config}"
+        );
+    }
+}
+
 /// A data_dir or a data file the server may not write stops the start with
 /// one line that says the file cannot be opened (or created) and the
 /// system's reason, not that the store "is reopening itself": nothing
