@@ -493,7 +493,9 @@ async fn render(
         "index",
         PageContext {
             messages_html: history.as_ref().map_or("", |h| &*h.html),
-            empty: history.as_ref().is_none_or(|h| h.count == 0),
+            // A history that could not be read is not an empty one: the
+            // error says why nothing is shown.
+            empty: history.as_ref().is_some_and(|h| h.count == 0),
             last_id: history.as_ref().and_then(|h| h.last_id.as_deref()),
             older_than: history.as_ref().and_then(|h| h.older_than.as_deref()),
             before: match shown {

@@ -697,3 +697,34 @@ async fn a_browsers_refused_form_post_is_redirected_and_shown_once() {
         .contains("name must be at most 64 characters"));
     app.shutdown().await;
 }
+
+/// A history the store cannot read is not an empty one: the page shows why
+/// (503, `Retry-After`) and never "No messages yet", which would tell the
+/// reader there is nothing to read.
+#[tokio::test]
+async fn a_history_that_cannot_be_read_is_not_shown_as_empty() {
+    // Nothing listens there: every store read fails.
+    let nowhere = "mongodb://127.0.0.1:1/chat?serverSelectionTimeoutMS=200&connectTimeoutMS=200";
+    let app = spawn_app(&[("mongodb_uri", serde_json::json!(nowhere))]).await;
+    for path in ["/", "/?before=0123456789abcdef0123456789abcdef"] {
+        let response = app.get(path).await;
+        assert_eq!(response.status(), 503, "{path}");
+        assert!(response.headers().contains_key("retry-after"), "{path}");
+        let page = response.text().await.unwrap();
+        let error = page
+            .split(r#"<p id="error""#)
+            .nth(1)
+            .and_then(|rest| rest.split("</p>").next())
+            .unwrap_or_else(|| panic!("{path}: no error element: {page}"));
+        assert!(
+            !error.contains("hidden") && error.split('>').nth(1).is_some_and(|e| !e.is_empty()),
+            "{path}: the reason is shown: {error}"
+        );
+        assert!(
+            !page.contains("No messages yet") && !page.contains("No older messages"),
+            "{path}: {page}"
+        );
+        assert!(!page.contains(r#"id="empty""#), "{path}");
+    }
+    app.shutdown().await;
+}
