@@ -17,8 +17,10 @@
 //!    another app's document its position; `publish` ignores ids it has.
 //!    An insert that comes behind a message already published with a later
 //!    position (mongod takes a position before the commit, so two inserts
-//!    can commit against their positions) is given a new one and published
-//!    at that update, so the store order is the order of publication.
+//!    can commit against their positions) is held out of the cache and
+//!    given a new one, and published where it is next seen at another
+//!    position, so the store order is the order of publication
+//!    ([`Watcher::publish`]).
 //!
 //! A message committed before the stream opened is read in step 3 or 4; one
 //! committed after is delivered by the stream (and may also be read, which
@@ -62,7 +64,7 @@ use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToke
 use mongodb::change_stream::ChangeStream;
 
 use super::collections::Collections;
-use super::document::{Direction, MessageDoc, Position, Range};
+use super::document::{Direction, DocId, MessageDoc, Position, Range};
 use super::Shared;
 use crate::cache::{Mark, CACHE_CAPACITY};
 use crate::mongo::Class;
@@ -79,6 +81,10 @@ const CLOCK_SKEW_MS: i64 = 5_000;
 
 /// The most of another app's documents given their positions in one write.
 const POSITION_BATCH: usize = 1000;
+
+/// How long the stream may be quiet while a message is held before the
+/// held messages are read again ([`Watcher::recheck_held`]).
+const HELD_RECHECK: Duration = Duration::from_secs(2);
 
 /// The server's code for an event larger than it can send.
 const BSON_OBJECT_TOO_LARGE: i32 = 10334;
@@ -312,7 +318,17 @@ impl Watcher {
                 Some(event) => event,
                 None => {
                     self.set_positions().await?;
-                    stream.next().await
+                    if self.held.is_empty() {
+                        stream.next().await
+                    } else {
+                        match tokio::time::timeout(HELD_RECHECK, stream.next()).await {
+                            Ok(event) => event,
+                            Err(_) => {
+                                self.recheck_held().await?;
+                                continue;
+                            }
+                        }
+                    }
                 }
             };
             let Some(event) = event else { break };
@@ -592,21 +608,70 @@ impl Watcher {
             }
             Err(Class::Fatal(why)) => {
                 log::warn!("cannot give messages behind the store order new positions: {why}");
-                self.to_reposition.clear();
-                for (id, _) in writes {
+                // Each leaves the queue once it is published (or gone), so a
+                // read that fails leaves the rest queued, and still held.
+                while let Some((id, _)) = self.to_reposition.first().cloned() {
                     let now = self
                         .collections
                         .find_by_key(&id)
                         .await
                         .map_err(|c| c.reason().to_owned())?;
-                    if let Some(doc) = now.and_then(|d| self.shared.skipped.keep(d)) {
-                        self.held.remove(&doc.id.public());
-                        self.publish_here(doc)?;
-                    }
+                    self.to_reposition.remove(0);
+                    self.release(&id, now)?;
                 }
                 Ok(())
             }
             Err(other) => Err(other.reason().to_owned()),
+        }
+    }
+
+    /// Reads every held message again, for the ones whose update this
+    /// stream will not bring: moved by a write whose change event came
+    /// before this stream began (a fresh stream starts after the last write
+    /// the member applied, <https://www.mongodb.com/docs/manual/changeStreams/#start-time>,
+    /// which may not be majority-committed yet, so the reads that found it
+    /// held saw it at its first position), or deleted. One moved is
+    /// published; one gone is forgotten; one still at its first position
+    /// whose write is not queued gets it queued again.
+    async fn recheck_held(&mut self) -> Result<(), String> {
+        let held: Vec<(String, Timestamp)> =
+            self.held.iter().map(|(id, t)| (id.clone(), *t)).collect();
+        for (id, first) in held {
+            let key = DocId::from_public(&id).bson();
+            let now = self
+                .collections
+                .find_by_key(&key)
+                .await
+                .map_err(|c| c.reason().to_owned())?;
+            match now {
+                Some(doc) if doc.get_timestamp(super::document::POSITION).ok() == Some(first) => {
+                    if !self.to_reposition.iter().any(|(queued, _)| *queued == key) {
+                        self.to_reposition.push((key, first));
+                    }
+                }
+                now => self.release(&key, now)?,
+            }
+        }
+        self.set_positions().await
+    }
+
+    /// Ends the hold of the message `id`: publishes it as `now` shows it
+    /// (wherever that is), or forgets it when it is gone (or no message).
+    fn release(&mut self, id: &Bson, now: Option<Document>) -> Result<(), String> {
+        match now.and_then(|d| self.shared.skipped.keep(d)) {
+            Some(doc) => {
+                self.held.remove(&doc.id.public());
+                self.publish_here(doc)
+            }
+            None => {
+                let public = match id {
+                    Bson::ObjectId(oid) => oid.to_hex(),
+                    Bson::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                self.held.remove(&public);
+                Ok(())
+            }
         }
     }
 
@@ -644,6 +709,11 @@ impl Watcher {
             .shared
             .cache
             .reset_since(messages, latest.whole_history, latest.mark);
+        if !shared {
+            // What was held is gone with the rest.
+            self.held.clear();
+            self.to_reposition.clear();
+        }
         let health = &self.shared.change_stream;
         match newest {
             // What was delivered is still there (or the read trailed it).
@@ -781,8 +851,11 @@ impl Watcher {
             | OperationType::DropDatabase
             | OperationType::Rename => {
                 // An invalidated stream cannot be resumed with resumeAfter;
-                // a fresh one plus step 3 covers the gap.
+                // a fresh one plus step 3 covers the gap. What was held is
+                // gone with the collection.
                 self.token = None;
+                self.held.clear();
+                self.to_reposition.clear();
                 Ok(true)
             }
             _ => Ok(false),
