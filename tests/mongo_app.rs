@@ -955,16 +955,8 @@ async fn sim_cluster(test: &str) -> TestCluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_whose_echo_is_late_is_listed_at_once_and_delivered_once_in_order() {
     let test = "a_post_whose_echo_is_late_is_listed_at_once_and_delivered_once_in_order";
-    let cluster = sim_cluster(test).await;
+    let (cluster, app, mut subscriber) = race_set_up(test, "lateecho").await;
     let sim = cluster.sim().expect("simulator");
-    let app = start_app(&cluster, "lateecho", 20).await;
-    wait_for_change_stream(&app, Duration::from_secs(20)).await;
-    let mut subscriber = Subscriber::connect(&app).await;
-    assert_eq!(post_with_id(&app, "first", "first").await, 201);
-    assert_eq!(
-        subscriber.next_ids(1, Duration::from_secs(20)).await,
-        ["first"]
-    );
 
     sim.hold_change_streams(true);
     // Another instance's post, as it stores it (the primary fills in the
@@ -1165,6 +1157,32 @@ async fn walked_ids(app: &TestApp, limit: usize) -> Vec<String> {
     walked
 }
 
+/// The race tests' start: the simulator, an app whose change stream runs,
+/// and a subscriber that got the app's first message, `first`.
+async fn race_set_up(test: &str, db: &str) -> (TestCluster, TestApp, Subscriber) {
+    let cluster = sim_cluster(test).await;
+    let app = start_app(&cluster, db, 20).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    let mut subscriber = Subscriber::connect(&app).await;
+    assert_eq!(post_with_id(&app, "first", "first").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["first"]
+    );
+    (cluster, app, subscriber)
+}
+
+/// Posts `slow` and `quick` so that `slow` takes its position first and
+/// commits after `quick` (the simulator stalls its insert), both 201.
+async fn post_raced(app: &TestApp, sim: &replset_sim::Cluster) {
+    sim.stall_next_insert(Duration::from_millis(700));
+    let (slow, quick) = tokio::join!(post_with_id(app, "slow", "slow"), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        post_with_id(app, "quick", "quick").await
+    });
+    assert_eq!((slow.as_u16(), quick.as_u16()), (201, 201));
+}
+
 /// mongod takes an inserted document's empty timestamp (its `position`)
 /// when it checks the document and the oplog entry's later, so two posts
 /// on two connections can take their positions in one order and commit in
@@ -1177,25 +1195,12 @@ async fn walked_ids(app: &TestApp, limit: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn posts_that_commit_against_their_positions_keep_one_order() {
     let test = "posts_that_commit_against_their_positions_keep_one_order";
-    let cluster = sim_cluster(test).await;
+    let (cluster, app, mut subscriber) = race_set_up(test, "inverted").await;
     let sim = cluster.sim().expect("simulator");
-    let app = start_app(&cluster, "inverted", 20).await;
-    wait_for_change_stream(&app, Duration::from_secs(20)).await;
-    let mut subscriber = Subscriber::connect(&app).await;
-    assert_eq!(post_with_id(&app, "first", "first").await, 201);
-    assert_eq!(
-        subscriber.next_ids(1, Duration::from_secs(20)).await,
-        ["first"]
-    );
 
     // "slow" takes its position, then waits; "quick" takes a later one
     // and commits first.
-    sim.stall_next_insert(Duration::from_millis(700));
-    let (slow, quick) = tokio::join!(post_with_id(&app, "slow", "slow"), async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        post_with_id(&app, "quick", "quick").await
-    });
-    assert_eq!((slow.as_u16(), quick.as_u16()), (201, 201));
+    post_raced(&app, sim).await;
     let delivered = subscriber.next_ids(2, Duration::from_secs(20)).await;
     assert_eq!(delivered, ["quick", "slow"], "delivered in commit order");
     let order = ["first", "quick", "slow"];
@@ -1231,12 +1236,7 @@ async fn an_instance_that_read_a_message_at_its_first_position_follows_the_new_o
     assert_eq!(post_with_id(&app, "first", "first").await, 201);
 
     sim.hold_change_streams(true);
-    sim.stall_next_insert(Duration::from_millis(700));
-    let (slow, quick) = tokio::join!(post_with_id(&app, "slow", "slow"), async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        post_with_id(&app, "quick", "quick").await
-    });
-    assert_eq!((slow.as_u16(), quick.as_u16()), (201, 201));
+    post_raced(&app, sim).await;
     let late = start_app(&cluster, "reread", 20).await;
     wait_for_change_stream(&late, Duration::from_secs(20)).await;
     assert_eq!(
@@ -1280,16 +1280,8 @@ async fn position_of(lab: &mongodb::Collection<Document>, id: &str) -> mongodb::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raced_message_a_reload_reads_first_still_reaches_subscribers() {
     let test = "a_raced_message_a_reload_reads_first_still_reaches_subscribers";
-    let cluster = sim_cluster(test).await;
+    let (cluster, app, mut subscriber) = race_set_up(test, "reloadfirst").await;
     let sim = cluster.sim().expect("simulator");
-    let app = start_app(&cluster, "reloadfirst", 20).await;
-    wait_for_change_stream(&app, Duration::from_secs(20)).await;
-    let mut subscriber = Subscriber::connect(&app).await;
-    assert_eq!(post_with_id(&app, "first", "first").await, 201);
-    assert_eq!(
-        subscriber.next_ids(1, Duration::from_secs(20)).await,
-        ["first"]
-    );
     let lab = cluster.lab_messages("reloadfirst").await;
 
     sim.hold_change_streams(true);
@@ -1339,25 +1331,12 @@ async fn a_raced_message_a_reload_reads_first_still_reaches_subscribers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trailing_instance_does_not_move_a_message_twice() {
     let test = "a_trailing_instance_does_not_move_a_message_twice";
-    let cluster = sim_cluster(test).await;
+    let (cluster, app, mut subscriber) = race_set_up(test, "movedonce").await;
     let sim = cluster.sim().expect("simulator");
-    let app = start_app(&cluster, "movedonce", 20).await;
-    wait_for_change_stream(&app, Duration::from_secs(20)).await;
-    let mut subscriber = Subscriber::connect(&app).await;
-    assert_eq!(post_with_id(&app, "first", "first").await, 201);
-    assert_eq!(
-        subscriber.next_ids(1, Duration::from_secs(20)).await,
-        ["first"]
-    );
     let lab = cluster.lab_messages("movedonce").await;
 
     sim.hold_change_streams(true);
-    sim.stall_next_insert(Duration::from_millis(700));
-    let (slow, quick) = tokio::join!(post_with_id(&app, "slow", "slow"), async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        post_with_id(&app, "quick", "quick").await
-    });
-    assert_eq!((slow.as_u16(), quick.as_u16()), (201, 201));
+    post_raced(&app, sim).await;
     // Another instance, whose stream does not trail, gives "slow" its new
     // position as the app does: only from its first.
     let first_position = position_of(&lab, "slow").await;
@@ -1391,24 +1370,11 @@ async fn a_trailing_instance_does_not_move_a_message_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_write_for_a_new_position_is_sent_again_and_the_message_delivered() {
     let test = "a_refused_write_for_a_new_position_is_sent_again_and_the_message_delivered";
-    let cluster = sim_cluster(test).await;
+    let (cluster, app, mut subscriber) = race_set_up(test, "refusedmove").await;
     let sim = cluster.sim().expect("simulator");
-    let app = start_app(&cluster, "refusedmove", 20).await;
-    wait_for_change_stream(&app, Duration::from_secs(20)).await;
-    let mut subscriber = Subscriber::connect(&app).await;
-    assert_eq!(post_with_id(&app, "first", "first").await, 201);
-    assert_eq!(
-        subscriber.next_ids(1, Duration::from_secs(20)).await,
-        ["first"]
-    );
 
     sim.hold_change_streams(true);
-    sim.stall_next_insert(Duration::from_millis(700));
-    let (slow, quick) = tokio::join!(post_with_id(&app, "slow", "slow"), async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        post_with_id(&app, "quick", "quick").await
-    });
-    assert_eq!((slow.as_u16(), quick.as_u16()), (201, 201));
+    post_raced(&app, sim).await;
     sim.refuse_next("update", 1);
     sim.hold_change_streams(false);
     assert_eq!(

@@ -954,29 +954,25 @@ impl State {
         }
     }
 
+    /// Whether the next `command` is refused ([`crate::Cluster::refuse_next`]),
+    /// counting it.
     pub fn take_refusal(&mut self, command: &str) -> bool {
-        if let Some(slot) = self
-            .refuse_commands
-            .iter_mut()
-            .find(|(c, n)| c == command && *n > 0)
-        {
-            slot.1 -= 1;
-            true
-        } else {
-            false
-        }
+        take_one(&mut self.refuse_commands, command)
     }
 
     pub fn take_drop_reply(&mut self, command: &str) -> bool {
-        if let Some(slot) = self
-            .drop_replies
-            .iter_mut()
-            .find(|(c, n)| c == command && *n > 0)
-        {
+        take_one(&mut self.drop_replies, command)
+    }
+}
+
+/// Counts one use of a fault injected for `command` (`(command, uses
+/// left)`); false when none is left.
+fn take_one(faults: &mut [(String, u32)], command: &str) -> bool {
+    match faults.iter_mut().find(|(c, n)| c == command && *n > 0) {
+        Some(slot) => {
             slot.1 -= 1;
             true
-        } else {
-            false
         }
+        None => false,
     }
 }
