@@ -86,19 +86,7 @@ async fn a_connection_over_the_limit_gets_503_and_others_keep_working() {
         ("header_timeout_secs", json!(600)),
     ])
     .await;
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        held.push(connect(&app).await);
-    }
-    // Accepted in order: one request on the last held connection proves
-    // the server has taken all three.
-    held[2]
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 1024];
-    let n = held[2].read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let mut held = hold_connections(&app, 3).await;
 
     let refused = reqwest::Client::new()
         .get(app.url("/healthz"))
@@ -333,17 +321,7 @@ async fn a_per_client_bound_of_0_leaves_only_the_global_one() {
         ("header_timeout_secs", json!(600)),
     ])
     .await;
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        held.push(connect(&app).await);
-    }
-    held[2]
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 1024];
-    let n = held[2].read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let held = hold_connections(&app, 3).await;
     let refused = reqwest::get(app.url("/healthz")).await.unwrap();
     assert_eq!(refused.status(), 503);
     let body: Value = refused.json().await.unwrap();
@@ -356,4 +334,21 @@ async fn a_per_client_bound_of_0_leaves_only_the_global_one() {
     );
     drop(held);
     app.shutdown().await;
+}
+
+/// Opens `n` connections and has the server take them all: they are
+/// accepted in order, so one request answered on the last proves it.
+async fn hold_connections(app: &TestApp, n: usize) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(connect(app).await);
+    }
+    let last = held.last_mut().expect("at least one connection");
+    last.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = last.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    held
 }
