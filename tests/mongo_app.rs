@@ -1157,6 +1157,28 @@ async fn walked_ids(app: &TestApp, limit: usize) -> Vec<String> {
     walked
 }
 
+/// Waits until an insert the simulator stalls has taken its timestamps.
+async fn until_stalled(sim: &replset_sim::Cluster) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sim.stalled_inserts() == 0 {
+        assert!(Instant::now() < deadline, "no insert was stalled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until the simulator has run `n` `update` commands in all.
+async fn until_updates(sim: &replset_sim::Cluster, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sim.commands_run("update") < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} updates",
+            sim.commands_run("update")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The race tests' start: the simulator, an app whose change stream runs,
 /// and a subscriber that got the app's first message, `first`.
 async fn race_set_up(test: &str, db: &str) -> (TestCluster, TestApp, Subscriber) {
@@ -1175,9 +1197,9 @@ async fn race_set_up(test: &str, db: &str) -> (TestCluster, TestApp, Subscriber)
 /// Posts `slow` and `quick` so that `slow` takes its position first and
 /// commits after `quick` (the simulator stalls its insert), both 201.
 async fn post_raced(app: &TestApp, sim: &replset_sim::Cluster) {
-    sim.stall_next_insert(Duration::from_millis(700));
+    sim.stall_insert_of("slow", Duration::from_millis(700));
     let (slow, quick) = tokio::join!(post_with_id(app, "slow", "slow"), async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        until_stalled(sim).await;
         post_with_id(app, "quick", "quick").await
     });
     assert_eq!((slow.as_u16(), quick.as_u16()), (201, 201));
@@ -1285,15 +1307,25 @@ async fn a_raced_message_a_reload_reads_first_still_reaches_subscribers() {
     let lab = cluster.lab_messages("reloadfirst").await;
 
     sim.hold_change_streams(true);
-    sim.stall_next_insert(Duration::from_millis(1500));
+    sim.stall_insert_of("raced", Duration::from_millis(1500));
     let (raced, quick, _) = tokio::join!(
         post_with_id(&app, "raced", "raced"),
         async {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            until_stalled(sim).await;
             post_with_id(&app, "quick", "quick").await
         },
         async {
-            tokio::time::sleep(Duration::from_millis(400)).await;
+            // Once "quick" is stored, while "raced" waits to commit.
+            until_stalled(sim).await;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !sim
+                .documents("reloadfirst", "messages")
+                .iter()
+                .any(|d| d.get_str("_id") == Ok("quick"))
+            {
+                assert!(Instant::now() < deadline, "quick was never stored");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             lab.update_one(
                 doc! { "_id": "first" },
                 doc! { "$currentDate": { "position": { "$type": "timestamp" } } },
@@ -1340,6 +1372,7 @@ async fn a_trailing_instance_does_not_move_a_message_twice() {
     // Another instance, whose stream does not trail, gives "slow" its new
     // position as the app does: only from its first.
     let first_position = position_of(&lab, "slow").await;
+    let updates = sim.commands_run("update");
     lab.update_many(
         doc! { "$or": [ { "_id": "slow", "position": first_position } ] },
         doc! { "$currentDate": { "position": { "$type": "timestamp" } } },
@@ -1351,8 +1384,8 @@ async fn a_trailing_instance_does_not_move_a_message_twice() {
     sim.hold_change_streams(false);
     let delivered = subscriber.next_ids(3, Duration::from_secs(20)).await;
     assert_eq!(delivered, ["quick", "slow", "after"]);
-    // Long enough for the trailing instance's own write to have been sent.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The other instance's write and this one's own, sent too late.
+    until_updates(sim, updates + 2).await;
     assert_eq!(position_of(&lab, "slow").await, moved, "moved once");
     let order = ["first", "quick", "slow", "after"];
     assert_eq!(listed_ids(&app).await, order);
@@ -1401,6 +1434,7 @@ async fn a_refused_write_for_a_new_position_is_sent_again_and_the_message_delive
 async fn a_message_behind_again_after_its_new_position_is_published_not_moved_again() {
     let test = "a_message_behind_again_after_its_new_position_is_published_not_moved_again";
     let cluster = sim_cluster(test).await;
+    let sim = cluster.sim().expect("simulator");
     let app = start_app(&cluster, "aheadclock", 20).await;
     wait_for_change_stream(&app, Duration::from_secs(20)).await;
     let mut subscriber = Subscriber::connect(&app).await;
@@ -1424,19 +1458,21 @@ async fn a_message_behind_again_after_its_new_position_is_published_not_moved_ag
         subscriber.next_ids(1, Duration::from_secs(20)).await,
         ["ahead"]
     );
+    let updates = sim.commands_run("update");
     assert_eq!(post_with_id(&app, "behind", "behind").await, 201);
     assert_eq!(
         subscriber.next_ids(1, Duration::from_secs(20)).await,
         ["behind"]
     );
     let moved = position_of(&lab, "behind").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(position_of(&lab, "behind").await, moved, "moved once");
     assert_eq!(post_with_id(&app, "next", "next").await, 201);
     assert_eq!(
         subscriber.next_ids(1, Duration::from_secs(20)).await,
         ["next"],
         "each delivered once"
     );
+    // One write each: "behind" was not moved again.
+    assert_eq!(sim.commands_run("update"), updates + 2);
+    assert_eq!(position_of(&lab, "behind").await, moved, "moved once");
     app.shutdown().await;
 }

@@ -1428,3 +1428,70 @@ async fn the_labs_huge_messages_are_shown_cut_and_the_cache_stays_within_its_byt
     assert!(cache.held_bytes() <= CACHE_MAX_BYTES);
     store.close().await;
 }
+
+/// More messages than the cache holds, stored within the stream's catch-up
+/// margin (5 s), then a fresh stream (its resume point left the oplog): the
+/// catch-up reads them all again, and those the cache let go of were
+/// published, not held back as if they had come behind the store order,
+/// so none is given a new position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_larger_than_the_cache_read_again_by_a_catch_up_moves_nothing() {
+    use mongodb::bson::{doc, DateTime, Timestamp};
+    use simplechat::cache::CACHE_CAPACITY;
+    let test = "a_burst_larger_than_the_cache_read_again_by_a_catch_up_moves_nothing";
+    let cluster = sim_for(test, Duration::ZERO).await;
+    let sim = cluster.sim().expect("simulator");
+    let live = Cache::new();
+    let store = open_ready(&cluster, "burst", Duration::from_secs(60), live.clone()).await;
+    wait_until_running(&store, Duration::from_secs(30)).await;
+    let mut events = live.subscribe();
+    let burst = CACHE_CAPACITY + 100;
+    let docs: Vec<_> = (0..burst)
+        .map(|i| {
+            doc! { "_id": format!("b{i:04}"), "name": "n", "text": "burst",
+            "datetime": DateTime::now(), "position": Timestamp { time: 0, increment: 0 } }
+        })
+        .collect();
+    cluster
+        .lab_messages("burst")
+        .await
+        .insert_many(docs)
+        .await
+        .expect("the burst");
+    let last = format!("b{:04}", burst - 1);
+    wait_for_event(&mut events, &last).await;
+    let positions = |sim: &replset_sim::Cluster| -> Vec<Timestamp> {
+        sim.documents("burst", "messages")
+            .iter()
+            .map(|d| d.get_timestamp("position").expect("a position"))
+            .collect()
+    };
+    let before = positions(sim);
+    let updates = sim.commands_run("update");
+
+    // The stream's next reads fail beyond its one automatic resume, and
+    // its resume point has left the oplog: the next stream is a fresh one.
+    sim.truncate_history();
+    sim.drop_replies("getMore", 2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store
+        .status()
+        .await
+        .mongodb
+        .expect("mongodb")
+        .change_stream
+        .running
+    {
+        assert!(Instant::now() < deadline, "the stream never failed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_until_running(&store, Duration::from_secs(30)).await;
+    store
+        .insert(message("after", "after"))
+        .await
+        .expect("insert");
+    wait_for_event(&mut events, "after").await;
+    assert_eq!(sim.commands_run("update"), updates, "no message was moved");
+    assert_eq!(positions(sim)[..burst], before[..]);
+    store.close().await;
+}

@@ -607,17 +607,36 @@ impl Cluster {
     }
 
     /// Stages a race mongod has and this simulator otherwise never runs:
-    /// the next `insert` on the primary takes its documents' empty
-    /// timestamps (`Timestamp(0, 0)` replaced with the cluster time), then
-    /// waits `wait` before it commits (its oplog entry, its change event).
-    /// An insert sent meanwhile takes a later timestamp and commits first.
-    /// mongod takes a document's timestamp when it checks the document
-    /// (`fixDocumentForInsert`, `VectorClockMutable::tickClusterTime`) and
-    /// the oplog entry's later, when it writes it, so two inserts on two
-    /// connections can take their timestamps in one order and commit in
-    /// the other (FIDELITY.md, "Writes").
-    pub fn stall_next_insert(&self, wait: std::time::Duration) {
-        self.shared.lock().insert_stall = Some(wait);
+    /// the `insert` of the document whose `_id` is `id` takes its
+    /// documents' empty timestamps (`Timestamp(0, 0)` replaced with the
+    /// cluster time), then waits `wait` before it commits (its oplog entry,
+    /// its change event). An insert sent meanwhile takes a later timestamp
+    /// and commits first ([`Cluster::stalled_inserts`] says when the
+    /// timestamps are taken). mongod takes a document's timestamp when it
+    /// checks the document (`fixDocumentForInsert`,
+    /// `VectorClockMutable::tickClusterTime`) and the oplog entry's later,
+    /// when it writes it, so two inserts on two connections can take their
+    /// timestamps in one order and commit in the other (FIDELITY.md,
+    /// "Writes"). Once: the next such insert, on the primary.
+    pub fn stall_insert_of(&self, id: impl Into<bson::Bson>, wait: std::time::Duration) {
+        self.shared.lock().insert_stall = Some((id.into(), wait));
+    }
+
+    /// How many inserts [`Cluster::stall_insert_of`] holds between their
+    /// timestamps and their commit now.
+    pub fn stalled_inserts(&self) -> usize {
+        self.shared.lock().stalled_inserts
+    }
+
+    /// How many commands named `command` the members ran (or refused, or
+    /// dropped the reply of) since the start.
+    pub fn commands_run(&self, command: &str) -> u64 {
+        self.shared
+            .lock()
+            .commands_run
+            .get(command)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Every document of `database.collection` as committed (the primary's

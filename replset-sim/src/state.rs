@@ -277,9 +277,14 @@ pub(crate) struct State {
     /// Change streams deliver nothing past where each has read while set
     /// ([`crate::Cluster::hold_change_streams`]).
     pub change_streams_held: bool,
-    /// [`crate::Cluster::stall_next_insert`]: how long the next insert
-    /// waits between taking its documents' timestamps and committing.
-    pub insert_stall: Option<std::time::Duration>,
+    /// [`crate::Cluster::stall_insert_of`]: the `_id` whose insert waits,
+    /// and how long, between taking its documents' timestamps and
+    /// committing.
+    pub insert_stall: Option<(Bson, std::time::Duration)>,
+    /// Inserts waiting so now ([`crate::Cluster::stalled_inserts`]).
+    pub stalled_inserts: usize,
+    /// How many commands of each name ran ([`crate::Cluster::commands_run`]).
+    pub commands_run: HashMap<String, u64>,
     pub colls: BTreeMap<String, Coll>,
     pub sessions: HashMap<Vec<u8>, TxnRecord>,
     pub next_cursor_id: i64,
@@ -361,6 +366,8 @@ impl State {
             history_floor: 0,
             change_streams_held: false,
             insert_stall: None,
+            stalled_inserts: 0,
+            commands_run: HashMap::new(),
             colls: BTreeMap::new(),
             sessions: HashMap::new(),
             next_cursor_id: 0x1000,

@@ -93,6 +93,12 @@ pub struct FrontConfig {
 /// them to the socket.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
+/// The most header lines a request may have: hyper's default for HTTP/1
+/// (`DEFAULT_MAX_HEADERS`, left as it is: `http1::Builder::max_headers`
+/// would size its parse by it on every request), which answers more with
+/// 431 too.
+pub const MAX_HEADERS: usize = 100;
+
 /// How long a refused connection is given to send its request and read
 /// the 503.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -550,14 +556,14 @@ pub fn json_refusal(head: &[u8], too_large: TooLarge) -> Option<Vec<u8>> {
             TooLarge::RequestLine => (
                 "HTTP/1.1 414 URI Too Long",
                 format!(
-                    "the request URI is too long: the request line is over {MAX_HEAD_BYTES} bytes"
+                    "the request URI is too long: the request line is {MAX_HEAD_BYTES} bytes or more"
                 ),
             ),
             TooLarge::Head => (
                 status_line,
                 format!(
                     "the request headers are too large: at most {MAX_HEAD_BYTES} bytes with \
-                     the request line"
+                     the request line, and {MAX_HEADERS} headers"
                 ),
             ),
         },
@@ -717,7 +723,7 @@ mod tests {
         assert!(
             rewritten.ends_with(
                 "{\"error\":\"the request headers are too large: at most 65536 bytes with the \
-                 request line\"}"
+                 request line, and 100 headers\"}"
             ),
             "{rewritten}"
         );

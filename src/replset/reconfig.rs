@@ -133,9 +133,14 @@ impl From<&str> for StepError {
 
 struct Session {
     conn: Connection,
+    /// The connection string's options, for the connections to new
+    /// members, which sign in as it says (not with the key file).
     base: ClientOptions,
-    /// What signs in, for the connections to new members too.
+    /// What signs in to the set (the key file's user when one is given).
     login: Login,
+    /// What signs in with `base`: the connection string's password, to
+    /// keep out of errors.
+    base_login: Login,
     wait: Duration,
 }
 
@@ -171,6 +176,7 @@ impl Session {
         // newer servers refuse SCRAM-SHA-1 for it (mongod's own jstests
         // authenticate `__system` so; key files:
         // <https://www.mongodb.com/docs/manual/core/security-internal-authentication/#keyfiles>).
+        let base_login = login.clone();
         let login = match &request.key_file {
             Some(path) => {
                 let key = super::user::read_key_file(path)?;
@@ -194,6 +200,7 @@ impl Session {
             conn,
             base,
             login,
+            base_login,
             wait,
         })
     }
@@ -290,7 +297,7 @@ impl Session {
     ) -> Result<(), String> {
         let mut o = self.base.clone();
         o.hosts = vec![ServerAddress::parse(host).map_err(|e| self.reason(&e))?];
-        let conn = connect(o, self.login.clone(), Purpose::Direct)?;
+        let conn = connect(o, self.base_login.clone(), Purpose::Direct)?;
         let admin = conn.client.database("admin");
         let deadline = Instant::now() + bound;
         let result = poll_until(deadline, Duration::from_millis(500), || async {

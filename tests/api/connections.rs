@@ -258,17 +258,7 @@ async fn one_address_over_its_bound_gets_503_and_other_addresses_are_served() {
         ("header_timeout_secs", json!(600)),
     ])
     .await;
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        held.push(connect(&app).await);
-    }
-    held[1]
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 1024];
-    let n = held[1].read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let mut held = hold_connections(&app, 2).await;
 
     let refused = client_from([127, 0, 0, 1])
         .get(app.url("/healthz"))
@@ -285,13 +275,23 @@ async fn one_address_over_its_bound_gets_503_and_other_addresses_are_served() {
         "{body}"
     );
 
-    // Another address (all of 127/8 is loopback) is not held back.
-    let other = client_from([127, 0, 0, 2])
-        .get(app.url("/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(other.status(), 200);
+    // Another address is not held back. Linux has all of 127/8 on
+    // loopback; elsewhere (macOS) 127.0.0.2 may not exist.
+    if std::net::TcpListener::bind("127.0.0.2:0").is_ok() {
+        let other = client_from([127, 0, 0, 2])
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(other.status(), 200);
+    } else if std::env::var_os("SIMPLECHAT_REQUIRE_LOOPBACK_RANGE").is_some() {
+        panic!("SIMPLECHAT_REQUIRE_LOOPBACK_RANGE is set but 127.0.0.2 cannot be bound");
+    } else {
+        eprintln!(
+            "SKIPPED: part of one_address_over_its_bound_gets_503_and_other_addresses_are_served: \
+             127.0.0.2 is not a loopback address here, so no second client address"
+        );
+    }
 
     // A connection closed is one this address may open again.
     held.truncate(1);

@@ -308,7 +308,6 @@ async fn sigterm_lets_a_slow_client_take_all_of_a_large_response() {
     );
 
     let response = reader.finish();
-    let finished = Instant::now();
     let (head, body, length) = split_response(&response);
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
     assert_eq!(body.len(), length, "the whole body arrived");
@@ -316,11 +315,6 @@ async fn sigterm_lets_a_slow_client_take_all_of_a_large_response() {
         read_at_signal < response.len() / 2,
         "the response was in progress at SIGTERM: {read_at_signal} of {} bytes read",
         response.len()
-    );
-    assert!(
-        finished - signalled > Duration::from_millis(500),
-        "the client took its time after SIGTERM: {:?}",
-        finished - signalled
     );
     let list: serde_json::Value = serde_json::from_slice(body).expect("JSON");
     assert_eq!(list.as_array().map(Vec::len), Some(250));

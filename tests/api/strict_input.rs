@@ -182,6 +182,36 @@ async fn a_request_head_of_64_kib_is_taken_and_one_byte_more_refused() {
             );
         }
     }
+    // A short head with more header lines than the server takes: 431 too,
+    // saying so.
+    let base = app.base_url.clone();
+    let answers = tokio::task::spawn_blocking(move || {
+        [100, 101].map(|n| {
+            let mut head = String::from("GET /healthz HTTP/1.1\r\nHost: x\r\n");
+            for i in 1..n {
+                head.push_str(&format!("X-{i}: y\r\n"));
+            }
+            head.push_str("\r\n");
+            (n, raw(&base, head.as_bytes()))
+        })
+    })
+    .await
+    .unwrap();
+    for (n, answer) in answers {
+        let start = &answer[..answer.len().min(300)];
+        if n <= 100 {
+            assert!(answer.starts_with("HTTP/1.1 200"), "{n} headers: {start}");
+        } else {
+            assert!(answer.starts_with("HTTP/1.1 431"), "{n} headers: {start}");
+            let (_, body) = status_and_body(&answer);
+            assert!(
+                body["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("100 headers")),
+                "{answer}"
+            );
+        }
+    }
     app.shutdown().await;
 }
 

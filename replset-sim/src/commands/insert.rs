@@ -179,17 +179,17 @@ pub(super) async fn insert(ctx: &Ctx<'_>, db: &str, body: &Document) -> CmdResul
     let txn = get_int(body, "txnNumber")?;
     let session = lsid_key(body);
 
-    // `Cluster::stall_next_insert`: the documents take their timestamps
+    // `Cluster::stall_insert_of`: the documents take their timestamps
     // now, and the commit below waits, as mongod's can between the two.
     let mut stamped: Option<Vec<Result<Document, CmdError>>> = None;
-    let stall = ctx.shared.lock().insert_stall;
-    if let Some(wait) = stall {
-        {
-            let mut st = ctx.shared.lock();
-            if st.role(ctx.member) != Role::Primary {
-                return Err(CmdError::not_writable_primary(txn.is_some()).into());
-            }
-            st.insert_stall = None;
+    let stall = {
+        let mut st = ctx.shared.lock();
+        let stalls_this = st.insert_stall.as_ref().is_some_and(|(id, _)| {
+            docs.iter()
+                .any(|d| matches!(d, Bson::Document(d) if d.get("_id") == Some(id)))
+        });
+        if stalls_this && st.role(ctx.member) == Role::Primary {
+            let wait = st.insert_stall.take().map(|(_, wait)| wait);
             stamped = Some(
                 docs.iter()
                     .map(|d| match d {
@@ -198,8 +198,15 @@ pub(super) async fn insert(ctx: &Ctx<'_>, db: &str, body: &Document) -> CmdResul
                     })
                     .collect(),
             );
+            st.stalled_inserts += 1;
+            wait
+        } else {
+            None
         }
+    };
+    if let Some(wait) = stall {
         tokio::time::sleep(wait).await;
+        ctx.shared.lock().stalled_inserts -= 1;
     }
 
     let (wc, n, write_errors, retried, last_pos, op_ts, term) = {

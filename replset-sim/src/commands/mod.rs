@@ -98,6 +98,7 @@ pub(crate) async fn run(ctx: &Ctx<'_>, body: Document) -> Outcome {
         if !st.reachable(ctx.member) {
             return Outcome::Close;
         }
+        *st.commands_run.entry(name.clone()).or_default() += 1;
         if st.take_refusal(&name) {
             return Outcome::Reply(error_doc(
                 &st,

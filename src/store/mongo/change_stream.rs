@@ -52,7 +52,7 @@
 //! Change streams: <https://www.mongodb.com/docs/manual/changeStreams/>;
 //! resuming: <https://www.mongodb.com/docs/manual/changeStreams/#resume-a-change-stream>.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -252,6 +252,12 @@ struct Watcher {
     /// moves a message only from its first position, so sending one again,
     /// or after another instance, moves nothing twice.
     to_reposition: Vec<(Bson, Timestamp)>,
+    /// The messages published within the clock margin of the newest, by
+    /// position (oldest first) and by id: a catch-up reads that margin
+    /// again, and a message it finds that the cache let go of (more than
+    /// the cache holds were published in it) was published, not held back.
+    recent: VecDeque<(Position, String)>,
+    recent_ids: HashSet<String>,
     /// The latest position published since the last read of the latest
     /// messages began: with that read's newest, how far the stream has
     /// delivered once the cache is reset from it.
@@ -270,6 +276,8 @@ pub(super) async fn run(shared: Arc<Shared>, collections: Arc<Collections>) {
         to_position: Vec::new(),
         held: HashMap::new(),
         to_reposition: Vec::new(),
+        recent: VecDeque::new(),
+        recent_ids: HashSet::new(),
         published_since_read: None,
     };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
@@ -664,12 +672,9 @@ impl Watcher {
                 self.publish_here(doc)
             }
             None => {
-                let public = match id {
-                    Bson::ObjectId(oid) => oid.to_hex(),
-                    Bson::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                self.held.remove(&public);
+                if let Some(id) = DocId::from_bson(id) {
+                    self.held.remove(&id.public());
+                }
                 Ok(())
             }
         }
@@ -710,9 +715,11 @@ impl Watcher {
             .cache
             .reset_since(messages, latest.whole_history, latest.mark);
         if !shared {
-            // What was held is gone with the rest.
+            // What was held or published is gone with the rest.
             self.held.clear();
             self.to_reposition.clear();
+            self.recent.clear();
+            self.recent_ids.clear();
         }
         let health = &self.shared.change_stream;
         match newest {
@@ -749,7 +756,9 @@ impl Watcher {
             Some(Delivered::UpTo(p)) if p > position
         );
         match doc.position {
-            Some(first) if behind && !self.shared.cache.holds(&id) => {
+            Some(first)
+                if behind && !self.shared.cache.holds(&id) && !self.recent_ids.contains(&id) =>
+            {
                 self.to_reposition.push((doc.id.bson(), first));
                 self.held.insert(id, first);
                 Ok(())
@@ -761,9 +770,21 @@ impl Watcher {
     /// Publishes a message where the stream is now.
     fn publish_here(&mut self, doc: MessageDoc) -> Result<(), String> {
         let position = doc.position();
+        let id = doc.id.public();
         self.shared.cache.publish(doc.into_message()?);
+        if self.recent_ids.insert(id.clone()) {
+            self.recent.push_back((position.clone(), id));
+        }
         self.published_since_read = self.published_since_read.take().max(Some(position.clone()));
         self.shared.change_stream.advance(position);
+        if let Some(Delivered::UpTo(newest)) = self.shared.change_stream.delivered() {
+            let margin = newest.earlier_by(CLOCK_SKEW_MS);
+            while self.recent.front().is_some_and(|(p, _)| *p < margin) {
+                if let Some((_, old)) = self.recent.pop_front() {
+                    self.recent_ids.remove(&old);
+                }
+            }
+        }
         Ok(())
     }
 

@@ -65,6 +65,16 @@ impl DocId {
         }
     }
 
+    /// The `_id` a document holds, if it is of a type messages have (a
+    /// string or an ObjectId).
+    pub fn from_bson(id: &Bson) -> Option<DocId> {
+        match id {
+            Bson::String(s) => Some(DocId::Text(s.clone())),
+            Bson::ObjectId(oid) => Some(DocId::ObjectId(*oid)),
+            _ => None,
+        }
+    }
+
     /// The value stored in `_id`.
     pub fn bson(&self) -> Bson {
         match self {
@@ -553,11 +563,7 @@ pub fn ill_typed() -> Document {
 /// is a message (a `name` that is no string still has a place): what the
 /// next page starts beyond. `None` for keys of other types.
 pub fn sort_key(d: &Document) -> Option<Position> {
-    let id = match d.get("_id")? {
-        Bson::String(s) => DocId::Text(s.clone()),
-        Bson::ObjectId(oid) => DocId::ObjectId(*oid),
-        _ => return None,
-    };
+    let id = DocId::from_bson(d.get("_id")?)?;
     let stamp = match d.get(POSITION) {
         None | Some(Bson::Null) => None,
         Some(Bson::Timestamp(t)) => Some(*t),
