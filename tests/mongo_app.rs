@@ -1476,3 +1476,43 @@ async fn a_message_behind_again_after_its_new_position_is_published_not_moved_ag
     assert_eq!(position_of(&lab, "behind").await, moved, "moved once");
     app.shutdown().await;
 }
+
+/// Posts acknowledged while the change stream is down (between a failure
+/// and its reopening, as in a failover) wait for the reopened stream, which
+/// brings them in the store order: published in the order their writes
+/// were acknowledged, the one that raced would have gone ahead of the one
+/// the store orders before it, for good (the stream found both in the
+/// cache and moved neither).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_acknowledged_while_the_stream_is_down_keep_the_store_order() {
+    let test = "posts_acknowledged_while_the_stream_is_down_keep_the_store_order";
+    let (cluster, app, mut subscriber) = race_set_up(test, "streamdown").await;
+    let sim = cluster.sim().expect("simulator");
+    // The stream's next read fails and it cannot reopen until released.
+    sim.drop_replies("aggregate", 1000);
+    sim.drop_replies("getMore", 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.get_json("/api/status").await["change_stream"]["running"] == true {
+        assert!(Instant::now() < deadline, "the change stream never failed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    post_raced(&app, sim).await;
+    let order = ["first", "slow", "quick"];
+    assert_eq!(
+        listed_ids(&app).await,
+        order,
+        "read from the store meanwhile"
+    );
+
+    sim.drop_replies("aggregate", 0);
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    assert_eq!(
+        subscriber.next_ids(2, Duration::from_secs(20)).await,
+        ["quick", "slow"],
+        "in the order the reopened stream brought them"
+    );
+    let order = ["first", "quick", "slow"];
+    assert_eq!(listed_ids(&app).await, order);
+    assert_eq!(walked_ids(&app, 1).await, order);
+    app.shutdown().await;
+}

@@ -143,6 +143,11 @@ impl ChangeStreamHealth {
             .is_none_or(|d| d.may_lack(position))
     }
 
+    /// Whether the cache has been loaded from the store at least once.
+    pub(super) fn has_loaded(&self) -> bool {
+        self.state().delivered.is_some()
+    }
+
     fn delivered(&self) -> Option<Delivered> {
         self.state().delivered.clone()
     }

@@ -242,8 +242,8 @@ async fn resolve_duplicate(
 /// the cache is told to expect it ([`Cache::await_echo`]): this
 /// instance's listings read the store until it comes, and subscribers get
 /// it where the stream brings it. Publishing it here would put it ahead of
-/// the other app's messages that the store orders before it. While the
-/// stream is not running, the post is published here.
+/// the other app's messages that the store orders before it. Before the
+/// cache's first load, the post is published here.
 ///
 /// [`Cache::await_echo`]: crate::cache::Cache::await_echo
 async fn deliver(
@@ -256,11 +256,20 @@ async fn deliver(
         echo_or_await(shared, &message.id, echo, deadline).await;
         return;
     }
-    // Not running (starting, before or after the cache's first load, or
-    // resuming after a failure): nothing brings the post back soon, and a
-    // post made before the first load would be loaded as history and sent
-    // to nobody. Published here, as a running stream would; the stream's
-    // catch-up then skips it (`publish` ignores ids the cache has).
+    if shared.change_stream.has_loaded() {
+        // Reopening after a failure (a failover): the reopened stream's
+        // replay or catch-up brings the post in the store order, as it
+        // brings the other instances' posts of the same moments, so it
+        // waits for that. Published here in the order writes are
+        // acknowledged, it could go ahead of a message the store orders
+        // before it, which no later step could move.
+        shared.cache.await_echo(&message.id);
+        return;
+    }
+    // Before the first load: a post made now would be loaded as history
+    // and sent to nobody. Published here, as a running stream would; the
+    // stream's first load then keeps it (`reset` keeps what was published
+    // while it read, `publish` ignores ids the cache has).
     shared.cache.publish(message.clone());
 }
 
