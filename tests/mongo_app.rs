@@ -610,21 +610,7 @@ async fn a_wrong_password_starts_the_app_and_readyz_names_authentication() {
     let file = auth.other_password_file(wrong);
     let app = spawn_with_password(&cluster, "wrongpw", &file).await;
     assert_eq!(app.get("/healthz").await.status(), 200, "it serves");
-    let deadline = Instant::now() + cluster.election_time();
-    let reason = loop {
-        let response = app.get("/readyz").await;
-        assert_eq!(response.status(), 503);
-        let body: serde_json::Value = response.json().await.expect("JSON");
-        let reason = body["error"].as_str().unwrap_or_default().to_owned();
-        if reason.contains("authenticat") {
-            break reason;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no authentication reason: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let reason = authentication_refusal(&app, cluster.election_time()).await;
     let refused = app
         .post_json("/api/messages", &json!({"name": "a", "text": "refused"}))
         .await;
@@ -674,21 +660,7 @@ async fn a_user_looked_up_in_the_uris_database_is_named_with_the_fix() {
     .await;
     let hint = "(the user is looked up in database `messages`; if it was created in admin, \
                 add authSource=admin)";
-    let deadline = Instant::now() + cluster.election_time();
-    let reason = loop {
-        let response = app.get("/readyz").await;
-        assert_eq!(response.status(), 503);
-        let body: serde_json::Value = response.json().await.expect("JSON");
-        let reason = body["error"].as_str().unwrap_or_default().to_owned();
-        if reason.contains("authenticat") {
-            break reason;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no authentication reason: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let reason = authentication_refusal(&app, cluster.election_time()).await;
     let refused = app
         .post_json("/api/messages", &json!({"name": "a", "text": "refused"}))
         .await;
@@ -1176,6 +1148,25 @@ async fn until_updates(sim: &replset_sim::Cluster, n: u64) {
             sim.commands_run("update")
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `/readyz`'s reason once it names authentication (503 all along).
+async fn authentication_refusal(app: &TestApp, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let response = app.get("/readyz").await;
+        assert_eq!(response.status(), 503);
+        let body: serde_json::Value = response.json().await.expect("JSON");
+        let reason = body["error"].as_str().unwrap_or_default().to_owned();
+        if reason.contains("authenticat") {
+            return reason;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no authentication reason: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

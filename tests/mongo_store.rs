@@ -614,18 +614,7 @@ async fn one_instance_pipelines_its_majority_writes() {
     // Writes made before the change stream first loads the cache would be
     // loaded as history and sent to no subscriber (what this test is not
     // about): it starts once the stream runs.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !store
-        .status()
-        .await
-        .mongodb
-        .expect("mongodb")
-        .change_stream
-        .running
-    {
-        assert!(Instant::now() < deadline, "the change stream never ran");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_running(&store, Duration::from_secs(30)).await;
     let mut events = cache.subscribe();
     const WRITERS: usize = 32;
     let writes = (0..WRITERS).map(|i| {
@@ -1091,17 +1080,22 @@ async fn insert_lab_docs(
 }
 
 async fn wait_until_running(store: &MongoStore, within: Duration) {
+    wait_for_feed(store, true, within).await;
+}
+
+/// Waits until the store's change stream is running, or not, as `running` says.
+async fn wait_for_feed(store: &MongoStore, running: bool, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
         let feed = store.status().await.mongodb.expect("mongodb").change_stream;
-        if feed.running {
+        if feed.running == running {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "the change stream never caught up: {feed:?}"
+            "the change stream never became running={running}: {feed:?}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -1473,18 +1467,7 @@ async fn a_burst_larger_than_the_cache_read_again_by_a_catch_up_moves_nothing() 
     // its resume point has left the oplog: the next stream is a fresh one.
     sim.truncate_history();
     sim.drop_replies("getMore", 2);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while store
-        .status()
-        .await
-        .mongodb
-        .expect("mongodb")
-        .change_stream
-        .running
-    {
-        assert!(Instant::now() < deadline, "the stream never failed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_feed(&store, false, Duration::from_secs(30)).await;
     wait_until_running(&store, Duration::from_secs(30)).await;
     store
         .insert(message("after", "after"))

@@ -90,12 +90,30 @@ pub struct ExistingConfig {
 fn existing(name: String, hosts: Vec<&str>) -> ExistingConfig {
     ExistingConfig {
         name,
-        members: hosts
-            .iter()
-            .map(|h| normalize_member(h).unwrap_or_else(|_| h.to_ascii_lowercase()))
-            .collect(),
+        members: hosts.iter().map(|h| comparable(h)).collect(),
         configured: hosts.into_iter().map(str::to_owned).collect(),
     }
+}
+
+/// A host as written in a configuration, normalized for comparing
+/// ([`normalize_member`]); one it cannot read, lower-cased.
+pub fn comparable(host: &str) -> String {
+    normalize_member(host).unwrap_or_else(|_| host.to_ascii_lowercase())
+}
+
+/// The members' hosts as a replica-set configuration document
+/// (`{_id, members: [{host}]}`) writes them, in its order.
+pub fn member_hosts(config: &Document) -> Vec<&str> {
+    config
+        .get_array("members")
+        .map(|members| {
+            members
+                .iter()
+                .filter_map(|m| m.as_document())
+                .filter_map(|m| m.get_str("host").ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Reads a `replSetGetConfig` reply (`{config: {_id, members: [{host}]}}`).
@@ -107,14 +125,10 @@ pub fn parse_config_reply(reply: &Document) -> Result<ExistingConfig, String> {
         .get_str("_id")
         .map_err(|_| "the replica-set config has no _id".to_owned())?
         .to_owned();
-    let hosts = config
-        .get_array("members")
-        .map_err(|_| "the replica-set config has no members".to_owned())?
-        .iter()
-        .filter_map(|m| m.as_document())
-        .filter_map(|m| m.get_str("host").ok())
-        .collect();
-    Ok(existing(name, hosts))
+    if config.get_array("members").is_err() {
+        return Err("the replica-set config has no members".to_owned());
+    }
+    Ok(existing(name, member_hosts(config)))
 }
 
 /// Reads what `hello` says of the set: its name and the members in its

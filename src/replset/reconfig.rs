@@ -349,7 +349,10 @@ impl Session {
             .filter(|h| !known.contains(&h.as_str()))
             .cloned()
             .collect();
-        let configured = configured_hosts(&cfg);
+        let configured: Vec<String> = config::member_hosts(&cfg)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         let checked = self
             .check_new(&request.name, new, &configured, new_bound)
             .await;
@@ -793,20 +796,6 @@ fn status_members(status: &Document) -> impl Iterator<Item = &Document> {
         .filter_map(Bson::as_document)
 }
 
-/// Each member's host exactly as the configuration writes it.
-fn configured_hosts(cfg: &Document) -> Vec<String> {
-    cfg.get_array("members")
-        .map(|members| {
-            members
-                .iter()
-                .filter_map(Bson::as_document)
-                .filter_map(|m| m.get_str("host").ok())
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Why a new host cannot be added: it answers as `me`, a member the
 /// configuration already has under that name.
 fn another_name(me: &str, configured: &[String]) -> String {
@@ -818,7 +807,7 @@ fn another_name(me: &str, configured: &[String]) -> String {
 }
 
 fn norm(host: &str) -> String {
-    config::normalize_member(host).unwrap_or_else(|_| host.to_ascii_lowercase())
+    config::comparable(host)
 }
 
 fn member_state(status: &Document, host: &str) -> Option<String> {

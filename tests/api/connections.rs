@@ -104,19 +104,7 @@ async fn a_connection_over_the_limit_gets_503_and_others_keep_working() {
 
     // A slot freed is a slot taken again.
     held.truncate(1);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let response = reqwest::Client::new()
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap();
-        if response.status() == 200 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no slot came free");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_served(&reqwest::Client::new(), &app).await;
     drop(held);
     app.shutdown().await;
 }
@@ -295,19 +283,7 @@ async fn one_address_over_its_bound_gets_503_and_other_addresses_are_served() {
 
     // A connection closed is one this address may open again.
     held.truncate(1);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let response = client_from([127, 0, 0, 1])
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap();
-        if response.status() == 200 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no slot came free");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_served(&client_from([127, 0, 0, 1]), &app).await;
     drop(held);
     app.shutdown().await;
 }
@@ -351,4 +327,17 @@ async fn hold_connections(app: &TestApp, n: usize) -> Vec<TcpStream> {
     let n = last.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     held
+}
+
+/// Waits until `client` gets 200 from `/healthz`: a slot came free.
+async fn until_served(client: &reqwest::Client, app: &TestApp) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let response = client.get(app.url("/healthz")).send().await.unwrap();
+        if response.status() == 200 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no slot came free");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

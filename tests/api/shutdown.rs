@@ -266,12 +266,8 @@ fn refused_now(address: SocketAddr) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_slow_client_take_all_of_a_large_response() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let base = format!("http://{address}");
-    let mut server = start_with_grace(dir.path(), port, "{grace=10,mercy=5}");
-    wait_until_serving(&base).await;
-    post_long_messages(&base, 250).await;
+    let (mut server, address, base) =
+        serving_250_long_messages(dir.path(), "{grace=10,mercy=5}").await;
     let mut events = reqwest::Client::new()
         .get(format!("{base}/api/events"))
         .send()
@@ -337,12 +333,7 @@ async fn sigterm_lets_a_slow_client_take_all_of_a_large_response() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_cuts_a_response_still_untaken_when_the_grace_ends() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let base = format!("http://{address}");
-    let mut server = start_with_grace(dir.path(), port, "{grace=1,mercy=1}");
-    wait_until_serving(&base).await;
-    post_long_messages(&base, 250).await;
+    let (mut server, address, _) = serving_250_long_messages(dir.path(), "{grace=1,mercy=1}").await;
 
     let reader = SlowReader::get(address, "/api/messages?limit=1000");
     reader.wait_for_bytes(16 * 1024).await;
@@ -360,4 +351,19 @@ async fn sigterm_cuts_a_response_still_untaken_when_the_grace_ends() {
     let response = reader.finish();
     let (_, body, length) = split_response(&response);
     assert!(body.len() < length, "cut: {} of {length} bytes", body.len());
+}
+
+/// A server with `grace` (Rocket's `{grace=..,mercy=..}`) on a free port,
+/// serving, with 250 long messages stored: its process, address and URL.
+async fn serving_250_long_messages(
+    data_dir: &std::path::Path,
+    grace: &str,
+) -> (std::process::Child, SocketAddr, String) {
+    let port = free_port();
+    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let base = format!("http://{address}");
+    let server = start_with_grace(data_dir, port, grace);
+    wait_until_serving(&base).await;
+    post_long_messages(&base, 250).await;
+    (server, address, base)
 }
