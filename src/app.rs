@@ -98,6 +98,7 @@ pub async fn start(config: Config) -> Result<Server, String> {
         max_connections_per_client: config.max_connections_per_client,
     };
     let heartbeat = config.heartbeat;
+    let hosts = config.allowed_hosts.clone();
     let rocket = build(config).await?;
     let chat = rocket
         .state::<Chat>()
@@ -119,7 +120,7 @@ pub async fn start(config: Config) -> Result<Server, String> {
     // What the front door's connections and event streams watch, instead
     // of Rocket's `Shutdown` itself (see `api::shutdown`).
     let signal = ShutdownSignal::after(shutdown.clone());
-    let dispatch = Dispatch::new(client, events, front.header_timeout, signal.clone())
+    let dispatch = Dispatch::new(client, hosts, events, front.header_timeout, signal.clone())
         .await
         .map_err(|e| format!("cannot start: {e}"))?;
     let front = tokio::spawn(api::front::serve(

@@ -16,6 +16,7 @@ use figment::value::{Dict, Map};
 use figment::{Figment, Metadata, Profile, Provider, Source};
 use serde::{Deserialize, Serialize};
 
+use crate::hosts::AllowedHosts;
 use crate::mongo::uri::redact as redact_uri;
 use crate::text::one_line;
 
@@ -40,6 +41,7 @@ pub const KEYS: &[&str] = &[
     "max_connections_per_client",
     "secure_cookie",
     "trust_proxy_headers",
+    "allowed_hosts",
 ];
 
 /// The page templates the app renders; all must be in `template_dir`.
@@ -103,6 +105,12 @@ pub struct Settings {
     pub secure_cookie: bool,
     /// A proxy in front sets `X-Forwarded-Proto`; take its word.
     pub trust_proxy_headers: bool,
+    /// The host names this server answers for beside IP addresses and
+    /// `localhost` ([`crate::hosts`]); a list, or one string of names
+    /// separated by commas or spaces (`SIMPLECHAT_ALLOWED_HOSTS=a,b`).
+    /// Empty: none on a loopback address, any on another.
+    #[serde(deserialize_with = "host_list")]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for Settings {
@@ -127,6 +135,7 @@ impl Default for Settings {
             max_connections_per_client: 256,
             secure_cookie: false,
             trust_proxy_headers: false,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -155,6 +164,39 @@ fn ip_address<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<IpAdd
         }
     }
     deserializer.deserialize_str(Address)
+}
+
+/// `allowed_hosts`: a list of names, or one string of them separated by
+/// commas or white space (what an environment variable can hold), each
+/// checked by [`crate::hosts::check_entry`].
+fn host_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    struct Hosts;
+    impl<'de> serde::de::Visitor<'de> for Hosts {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of host names, or one string of names separated by commas")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Vec<String>, E> {
+            text.split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|e| !e.is_empty())
+                .map(|e| crate::hosts::check_entry(e).map_err(E::custom))
+                .collect()
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<String>, A::Error> {
+            let mut entries = Vec::new();
+            while let Some(entry) = seq.next_element::<String>()? {
+                entries.push(crate::hosts::check_entry(&entry).map_err(serde::de::Error::custom)?);
+            }
+            Ok(entries)
+        }
+    }
+    deserializer.deserialize_any(Hosts)
 }
 
 /// A path that is not empty: an empty one (`SIMPLECHAT_DATA_DIR=`) would
@@ -236,6 +278,8 @@ pub struct Config {
     /// The most connections open at once from one client address
     /// (`max_connections_per_client`); `None`: no such bound.
     pub max_connections_per_client: Option<usize>,
+    /// The `Host` values answered (`allowed_hosts` and `address`).
+    pub allowed_hosts: AllowedHosts,
     /// The settings as the layers gave them, for `simplechat config`.
     pub settings: Settings,
     /// Rocket's `log_level`, from the one extraction of Rocket's settings
@@ -424,6 +468,7 @@ impl Config {
             max_connections: settings.max_connections,
             max_connections_per_client: (settings.max_connections_per_client > 0)
                 .then_some(settings.max_connections_per_client),
+            allowed_hosts: AllowedHosts::new(settings.address, &settings.allowed_hosts),
             settings,
             log_level: rocket.log_level,
             figment,
@@ -804,6 +849,20 @@ pub fn describe(config: &Config) -> String {
         settings.trust_proxy_headers.to_string(),
         from("trust_proxy_headers"),
     );
+    out += &if settings.allowed_hosts.is_empty() {
+        let answered = if config.address.to_canonical().is_loopback() {
+            "localhost and IP addresses only, as address is loopback"
+        } else {
+            "any host, as address is not loopback"
+        };
+        note("allowed_hosts", &format!("unset: {answered}"))
+    } else {
+        set(
+            "allowed_hosts",
+            format!("{:?}", settings.allowed_hosts),
+            from("allowed_hosts"),
+        )
+    };
     out
 }
 

@@ -21,7 +21,8 @@
 //!   replica-set status, used by `store::mongo` and [`replset`].
 //! - [`replset`]: `simplechat replset init`, `status`, `plan` and `apply`.
 //! - Leaves: [`config`] (every setting; it uses `mongo::uri` to check a
-//!   connection string), [`message`] (the message and its rules),
+//!   connection string), [`hosts`] (which `Host` values are answered),
+//!   [`message`] (the message and its rules),
 //!   [`retry`] (backoff and polling), [`text`] (one-line messages).
 //!
 //! # Glossary
@@ -45,6 +46,7 @@ pub mod cache;
 pub mod chat;
 pub mod cli;
 pub mod config;
+pub mod hosts;
 pub mod logging;
 pub mod message;
 pub mod mongo;

@@ -15,8 +15,8 @@ use rocket::{Data, Request};
 use super::body::known_field;
 use super::echo::echo;
 use super::error::{refuse, ApiError};
-use super::message_head::split_port;
 use super::page::is_page_request;
+use crate::hosts::split_port;
 
 /// Where a refused request is routed: no route has this path.
 const REFUSED_PATH: &str = "/.refused";

@@ -40,7 +40,8 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -58,10 +59,12 @@ use tokio::io::AsyncReadExt;
 use crate::api::body::{self, BODY_LIMIT_BYTES};
 use crate::api::echo::echo;
 use crate::api::events;
+use crate::api::front::RefusalLog;
 use crate::api::headers::{add_security_headers, SECURITY_HEADERS};
 use crate::api::message_head;
 use crate::api::plain_post;
 use crate::chat::Chat;
+use crate::hosts::AllowedHosts;
 
 /// A response body the front door sends: whole bytes, or an event stream.
 pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -91,6 +94,10 @@ pub struct EventSource {
 /// client, and the event streams served beside it.
 pub struct Dispatch<S> {
     client: Client,
+    /// The `Host` values answered; any other gets 421.
+    hosts: AllowedHosts,
+    /// When a refused host is logged.
+    host_refusals: Mutex<RefusalLog>,
     events: EventSource,
     /// The head of every event stream (see the module docs).
     stream_head: HeaderMap,
@@ -103,7 +110,8 @@ impl<S> Dispatch<S>
 where
     S: Future<Output = ()> + Send + Clone + Unpin + 'static,
 {
-    /// Wraps a launched local `client`; a request's body must arrive within
+    /// Wraps a launched local `client`; a request for a host `hosts` does
+    /// not answer gets 421; a request's body must arrive within
     /// `body_timeout` of its head; event streams end when `shutdown`
     /// resolves.
     ///
@@ -111,6 +119,7 @@ where
     /// `200` and `text/event-stream` (one line).
     pub async fn new(
         client: Client,
+        hosts: AllowedHosts,
         events: EventSource,
         body_timeout: Duration,
         shutdown: S,
@@ -132,6 +141,8 @@ where
         drop(response);
         Ok(Dispatch {
             client,
+            hosts,
+            host_refusals: Mutex::new(RefusalLog::default()),
             events,
             stream_head,
             body_timeout,
@@ -141,12 +152,16 @@ where
 
     /// The application's answer to `req` from `peer`. Never fails: a head
     /// that breaks RFC 9112's rules on `Host` or the request-target gets
-    /// 400 ([`message_head`]); a body that breaks off gets 400, one that
+    /// 400 ([`message_head`]); a host not answered 421
+    /// ([`crate::hosts`]); a body that breaks off gets 400, one that
     /// stops arriving 408 (and the connection closes).
     pub async fn answer(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let (parts, body) = req.into_parts();
         if let Some(refusal) = message_head::refusal(&parts) {
             return refusal;
+        }
+        if let Err(why) = self.hosts.answers(request_host(&parts)) {
+            return self.refuse_host(&why, peer);
         }
         if parts.method == Method::GET && parts.uri.path() == "/api/events" {
             if let Some(after) = events_query(parts.uri.query()) {
@@ -288,6 +303,31 @@ where
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         whole(status, headers, bytes)
+    }
+
+    /// 421 with `why`, logged at most once a minute ([`RefusalLog`]): a
+    /// proxy forwarding a name not in `allowed_hosts` shows in the journal,
+    /// a client sending such requests in a loop does not flood it. The
+    /// connection closes after it, as the request was meant for another
+    /// server (RFC 9110 §15.5.20 lets the client retry on a new one).
+    fn refuse_host(&self, why: &str, peer: SocketAddr) -> Response<Body> {
+        let due = self
+            .host_refusals
+            .lock()
+            .map(|mut log| log.refused(Instant::now()))
+            .unwrap_or_default();
+        if let Some(refused) = due {
+            log::warn!(
+                "refused a request from {}: {why}; {refused} refused so since the last such \
+                 line, which comes at most once a minute",
+                peer.ip().to_canonical()
+            );
+        }
+        let mut response = json_response(StatusCode::MISDIRECTED_REQUEST, why);
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
     }
 
     /// The event stream for a request with `headers`, resuming where its `Last-Event-ID`,

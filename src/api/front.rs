@@ -354,13 +354,14 @@ impl Drop for ClientSlot {
     }
 }
 
-/// When to log connections refused for their address's bound: a client
-/// that opens connections in a loop is refused thousands of times a
-/// second, which must not flood the journal. The first refusal is logged,
+/// When to log refusals a client can repeat at will (a connection over its
+/// address's bound, a request for a host not answered): a client that
+/// opens connections in a loop is refused thousands of times a second,
+/// which must not flood the journal. The first refusal is logged,
 /// then at most one line per [`REFUSAL_LOG_INTERVAL`], counting the ones
 /// in between.
 #[derive(Debug, Default)]
-struct RefusalLog {
+pub(crate) struct RefusalLog {
     /// When the next line may come; `None` before the first.
     next: Option<Instant>,
     /// Refusals since the last line.
@@ -370,7 +371,7 @@ struct RefusalLog {
 impl RefusalLog {
     /// Counts a refusal at `now`. `Some(n)` when a line is due: `n`
     /// refusals since the last one, this one included.
-    fn refused(&mut self, now: Instant) -> Option<u64> {
+    pub(crate) fn refused(&mut self, now: Instant) -> Option<u64> {
         self.unlogged += 1;
         if self.next.is_some_and(|next| now < next) {
             return None;

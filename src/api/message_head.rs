@@ -18,6 +18,8 @@ use std::net::Ipv6Addr;
 use hyper::header::{self, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::http::uri::Authority;
+
+use crate::hosts::split_port;
 use hyper::{Method, Response, StatusCode, Version};
 
 use super::dispatch::{json_response, Body};
@@ -81,17 +83,6 @@ fn target_host_error(parts: &Parts) -> Option<String> {
             echo(authority.as_str())
         )
     })
-}
-
-/// `authority` as its host and its port with the `:` before it (empty
-/// when there is none): the port follows the last `:` after any closing
-/// bracket, as an IPv6 literal's colons are inside its brackets.
-pub(crate) fn split_port(authority: &str) -> (&str, &str) {
-    let after_brackets = authority.rfind(']').map_or(0, |end| end + 1);
-    match authority[after_brackets..].rfind(':') {
-        Some(colon) => authority.split_at(after_brackets + colon),
-        None => (authority, ""),
-    }
 }
 
 /// Whether `value` is a valid `Host` value: `uri-host [ ":" port ]` (RFC

@@ -139,7 +139,8 @@ fn config_names_each_source_in_the_users_terms() {
          max_connections = 1024  # from default\n\
          max_connections_per_client = 256  # from default\n\
          secure_cookie = false  # from default\n\
-         trust_proxy_headers = false  # from default\n"
+         trust_proxy_headers = false  # from default\n\
+         # allowed_hosts unset: any host, as address is not loopback\n"
     );
     assert!(!config.contains(".rs:"), "no code locations: {config}");
 
@@ -891,5 +892,46 @@ fn a_user_name_with_surrounding_white_space_is_refused() {
         assert_one_line_failure(&out, "begins or ends with white space");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("nothing changed"), "{err}");
+    }
+}
+
+/// `allowed_hosts` comes as a list from the file or as names separated by
+/// commas from the environment, is shown normalised by `config`, says
+/// what its absence means for the configured address, and refuses what is
+/// no host name (a port, a URL) naming the entry.
+#[test]
+fn allowed_hosts_from_a_file_or_a_variable_and_what_unset_means() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert_eq!(
+        line(&config_lines(d, &[]), "allowed_hosts"),
+        "# allowed_hosts unset: localhost and IP addresses only, as address is loopback"
+    );
+    let from_variable = config_lines(
+        d,
+        &[("SIMPLECHAT_ALLOWED_HOSTS", "chat.example, *.lab.example")],
+    );
+    assert_eq!(
+        line(&from_variable, "allowed_hosts"),
+        "allowed_hosts = [\"chat.example\", \"*.lab.example\"]  # from SIMPLECHAT_ALLOWED_HOSTS"
+    );
+    std::fs::write(
+        d.join("simplechat.toml"),
+        "allowed_hosts = [\"Chat.Example.\"]\n",
+    )
+    .unwrap();
+    assert!(
+        line(&config_lines(d, &[]), "allowed_hosts")
+            .starts_with("allowed_hosts = [\"chat.example\"]  # from "),
+        "trimmed, lower case, no trailing dot"
+    );
+    for bad in ["chat.example:8000", "http://chat.example"] {
+        let out = simplechat(d, &["config"], &[("SIMPLECHAT_ALLOWED_HOSTS", bad)]);
+        assert_one_line_failure(&out, &format!("{bad:?} is not a host name"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.to_lowercase().contains("allowed_hosts"),
+            "names the setting: {stderr}"
+        );
     }
 }

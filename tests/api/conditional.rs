@@ -92,7 +92,7 @@ async fn if_none_match_on_two_lines_is_one_list() {
             .unwrap()
             .to_owned();
         let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"zzz\"\r\nIf-None-Match: {etag}\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nIf-None-Match: \"zzz\"\r\nIf-None-Match: {etag}\r\nConnection: close\r\n\r\n"
         );
         let answer = app.raw(request.as_bytes()).await;
         assert!(answer.starts_with("HTTP/1.1 304 "), "{path}: {answer}");

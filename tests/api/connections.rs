@@ -36,7 +36,7 @@ async fn headers_that_never_finish_and_idle_keep_alive_are_closed() {
     let app = spawn_app(&[("header_timeout_secs", json!(1))]).await;
     // Headers started, never finished.
     let mut slow = connect(&app).await;
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
         .await
         .unwrap();
     until_closed(&mut slow).await;
@@ -45,7 +45,7 @@ async fn headers_that_never_finish_and_idle_keep_alive_are_closed() {
     until_closed(&mut silent).await;
     // One request answered, then idle on keep-alive.
     let mut idle = connect(&app).await;
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     let answer = until_closed(&mut idle).await;
@@ -62,7 +62,7 @@ async fn an_event_stream_outlives_the_header_timeout() {
     .await;
     let mut stream = connect(&app).await;
     stream
-        .write_all(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /api/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     // Three heartbeats take three header timeouts: the stream is open all along.
@@ -115,11 +115,11 @@ async fn a_body_that_stops_arriving_gets_408_and_the_connection_closes() {
     let before = app.get("/api/messages").await.text().await.unwrap();
     for head in [
         // Seven bytes of a hundred, then nothing.
-        "POST /api/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\"",
+        "POST /api/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\"",
         // A chunked body that never ends.
-        "POST /api/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"nam\r\n",
+        "POST /api/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"nam\r\n",
         // A GET that announces a body it never sends.
-        "GET /api/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n",
+        "GET /api/messages HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n",
     ] {
         let mut stalled = connect(&app).await;
         stalled.write_all(head.as_bytes()).await.unwrap();
@@ -149,7 +149,7 @@ async fn a_client_that_reads_nothing_gives_its_slot_back() {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut silent = socket.connect(addr).await.unwrap();
-    let requests = "GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2000);
+    let requests = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(2000);
     silent.write_all(requests.as_bytes()).await.unwrap();
 
     // Refused while it holds the slot; served once the server gave up on it.
@@ -201,7 +201,7 @@ async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
     let post = |extra: &str, text: &str| {
         let body = format!(r#"{{"name": "ann", "text": "{text}"}}"#);
         format!(
-            "POST /api/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            "POST /api/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
             body.len()
         )
     };
@@ -212,7 +212,8 @@ async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
             "HTTP/1.1 201 ",
         ),
         (
-            "GET /api/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi".to_owned(),
+            "GET /api/messages HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nhi"
+                .to_owned(),
             "HTTP/1.1 200 ",
         ),
     ] {
@@ -320,7 +321,7 @@ async fn hold_connections(app: &TestApp, n: usize) -> Vec<TcpStream> {
         held.push(connect(app).await);
     }
     let last = held.last_mut().expect("at least one connection");
-    last.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    last.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     let mut buf = [0u8; 1024];

@@ -139,7 +139,7 @@ async fn a_content_coding_is_refused_and_identity_is_not() {
 async fn a_transfer_coding_other_than_chunked_is_501() {
     let app = spawn_app(&[]).await;
     let request = format!(
-        "POST /api/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n{:x}\r\n{POST}\r\n0\r\n\r\n",
+        "POST /api/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n{:x}\r\n{POST}\r\n0\r\n\r\n",
         POST.len()
     );
     let answer = app.raw(request.as_bytes()).await;

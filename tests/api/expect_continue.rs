@@ -22,7 +22,7 @@ async fn a_condemned_body_is_refused_before_100_continue() {
     let app = spawn_app(&[]).await;
     let head = |path: &str, extra: &str, content_type: &str, length: u64| {
         format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n{extra}Content-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n"
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n{extra}Content-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n"
         )
     };
     let same_origin = "Sec-Fetch-Site: same-origin\r\n";
@@ -82,7 +82,7 @@ async fn a_body_the_headers_allow_is_asked_for_with_100_continue() {
     let body = r#"{"name": "ann", "text": "after 100"}"#;
     let mut stream = connect(&app).await;
     let head = format!(
-        "POST /api/messages HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST /api/messages HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();

@@ -14,6 +14,7 @@ mod encodings;
 mod events;
 mod expect_continue;
 mod first_run;
+mod hosts;
 mod idempotency;
 mod memory;
 mod messages;

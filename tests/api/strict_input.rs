@@ -94,9 +94,12 @@ async fn errors_before_routing_are_json() {
     let app = spawn_app(&[]).await;
     let base = app.base_url.clone();
     let cases = tokio::task::spawn_blocking(move || {
-        let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+        let long_uri = format!(
+            "GET /{} HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            "a".repeat(70_000)
+        );
         let big_header = format!(
-            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
             "a".repeat(500_000)
         );
         vec![
@@ -121,7 +124,7 @@ async fn errors_before_routing_are_json() {
 
 /// The headers after the request line in [`head_with`]'s heads, with the
 /// blank line that ends them.
-const HEAD_END: &str = "Host: x\r\nConnection: close\r\n\r\n";
+const HEAD_END: &str = "Host: localhost\r\nConnection: close\r\n\r\n";
 
 /// A request head whose request line (`GET /?aaa… HTTP/1.1` and its line
 /// end) is `line` bytes long, then [`HEAD_END`], then an `X-Pad` header
@@ -187,7 +190,7 @@ async fn a_request_head_of_64_kib_is_taken_and_one_byte_more_refused() {
     let base = app.base_url.clone();
     let answers = tokio::task::spawn_blocking(move || {
         [100, 101].map(|n| {
-            let mut head = String::from("GET /healthz HTTP/1.1\r\nHost: x\r\n");
+            let mut head = String::from("GET /healthz HTTP/1.1\r\nHost: localhost\r\n");
             for i in 1..n {
                 head.push_str(&format!("X-{i}: y\r\n"));
             }
@@ -351,7 +354,7 @@ async fn an_invalid_host_value_is_a_400() {
     assert_eq!(app.message_count().await, 0, "nothing stored");
     let base = app.base_url.clone();
     let answers = tokio::task::spawn_blocking(move || {
-        ["Host:", "Host: [::1]:8000", "Host: chat.example:"].map(|host| {
+        ["Host:", "Host: [::1]:8000", "Host: chat.localhost:"].map(|host| {
             let request = format!("GET /healthz HTTP/1.1\r\n{host}\r\nConnection: close\r\n\r\n");
             raw(&base, request.as_bytes())
         })
@@ -372,7 +375,7 @@ async fn an_invalid_host_value_is_a_400() {
 async fn a_fragment_in_the_target_is_dropped_before_the_server_sees_it() {
     let app = spawn_app(&[]).await;
     let answer = app
-        .raw(b"GET /healthz#x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .raw(b"GET /healthz#x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await;
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     app.shutdown().await;
@@ -387,7 +390,7 @@ async fn a_length_beyond_any_body_is_413() {
     let cases = tokio::task::spawn_blocking(move || {
         ["18446744073709551614", "18446744073709551615", "99999999999999999999999"].map(|length| {
             let request = format!(
-                "POST /api/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{}}"
+                "POST /api/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{}}"
             );
             (length, raw(&base, request.as_bytes()))
         })

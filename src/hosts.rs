@@ -1,0 +1,238 @@
+//! Which hosts this server answers for: the defence against DNS rebinding;
+//! and how a `Host` value splits into host and port.
+//!
+//! A page of another site can make the browser resolve its own name to
+//! this machine (DNS rebinding: the name's record is switched to
+//! 127.0.0.1 once the page has loaded); its scripts then read and post as
+//! a page of that name, which every same-origin check takes for this
+//! site's own, since `Origin` and `Host` both carry the attacker's name.
+//! Only the `Host` value tells: a request for a name this server is not
+//! reached by is refused with 421 Misdirected Request (RFC 9110 §15.5.20:
+//! "the server is not able or willing to produce an authoritative response
+//! for the target URI") before it goes anywhere.
+//!
+//! The rule, from `allowed_hosts` and the address the server listens on:
+//!
+//! - An IP address (`127.0.0.1`, `[::1]`, `192.168.1.5`) is always
+//!   answered: a browser's origin for it is that address, which no other
+//!   site's page has.
+//! - `localhost` and names under it (`chat.localhost`) are always
+//!   answered: RFC 6761 §6.3 reserves them for this machine, and browsers
+//!   resolve them to loopback without asking DNS.
+//! - Each name of `allowed_hosts` is answered; `*.example.com` answers the
+//!   names under `example.com` (not `example.com` itself), and `*` any name.
+//! - With `allowed_hosts` empty (the default), a server listening on a
+//!   loopback address answers nothing more, since no other machine can
+//!   reach it by name and a proxy in front can be named; one listening on
+//!   any other address answers any name, as it is reachable by whatever
+//!   names its network gives it. Jupyter's server makes the same choice
+//!   (its `local_hostnames` check applies when it listens on localhost).
+//!
+//! The port of `Host` is not compared: a proxy may forward to another port
+//! than the one the browser connected to.
+
+use std::net::IpAddr;
+
+/// The hosts a server answers for (see the module docs). Built once at
+/// start; [`AllowedHosts::answers`] is called for every request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedHosts {
+    /// Every name answers (`*`, or an empty list on a non-loopback address).
+    any: bool,
+    /// Names answered exactly: lower case, no trailing dot.
+    names: Vec<String>,
+    /// Suffixes whose names answer (`*.example.com` as `.example.com`).
+    suffixes: Vec<String>,
+    /// Whether the list was empty and the address loopback: the refusal
+    /// then says why a name that reaches the server is not answered.
+    loopback_default: bool,
+}
+
+impl AllowedHosts {
+    /// The hosts a server listening on `address` answers for, given the
+    /// `allowed_hosts` entries `entries`, each already checked by
+    /// [`check_entry`] (lower case, no trailing dot).
+    pub fn new(address: IpAddr, entries: &[String]) -> AllowedHosts {
+        let loopback = address.to_canonical().is_loopback();
+        let mut hosts = AllowedHosts {
+            any: entries.is_empty() && !loopback,
+            names: Vec::new(),
+            suffixes: Vec::new(),
+            loopback_default: entries.is_empty() && loopback,
+        };
+        for entry in entries {
+            if entry == "*" {
+                hosts.any = true;
+            } else if let Some(suffix) = entry.strip_prefix('*') {
+                hosts.suffixes.push(suffix.to_owned());
+            } else {
+                hosts.names.push(entry.clone());
+            }
+        }
+        hosts
+    }
+
+    /// Whether a request whose `Host` (or absolute-form authority) is
+    /// `host` is answered: `Ok` when it is, else the refusal's text, which
+    /// says what to set. `host` is a valid `uri-host [ ":" port ]` (the
+    /// front door checked it); `None`, a request without one (HTTP/1.0),
+    /// is answered: no browser leaves `Host` out.
+    pub fn answers(&self, host: Option<&str>) -> Result<(), String> {
+        if self.any {
+            return Ok(());
+        }
+        let Some(authority) = host.filter(|h| !h.is_empty()) else {
+            return Ok(());
+        };
+        let name = split_port(authority).0;
+        let bare = name.trim_start_matches('[').trim_end_matches(']');
+        if bare.parse::<IpAddr>().is_ok() {
+            return Ok(());
+        }
+        let name = name.to_ascii_lowercase();
+        let name = name.strip_suffix('.').unwrap_or(&name);
+        if name == "localhost"
+            || name.ends_with(".localhost")
+            || self.names.iter().any(|n| n == name)
+            || self.suffixes.iter().any(|s| name.ends_with(s.as_str()))
+        {
+            return Ok(());
+        }
+        // Only URI characters reach here (the front door checked the
+        // value), so the name is shown as it is.
+        let shown = name;
+        Err(if self.loopback_default {
+            format!(
+                "this server does not answer for host {shown}: it listens on a loopback \
+                 address and answers localhost and IP addresses only, so that pages of \
+                 other sites cannot reach it by DNS rebinding; if a proxy forwards this \
+                 name, add it to allowed_hosts (SIMPLECHAT_ALLOWED_HOSTS)"
+            )
+        } else {
+            format!(
+                "this server does not answer for host {shown}: it is not in allowed_hosts \
+                 (SIMPLECHAT_ALLOWED_HOSTS), which guards against DNS rebinding; add it \
+                 there if the server is reached by that name"
+            )
+        })
+    }
+}
+
+/// One `allowed_hosts` entry as [`AllowedHosts::new`] takes it: trimmed,
+/// lower case, without a trailing dot. Accepted: `*`; a host name
+/// (letters, digits, `-` and `_` in dot-separated labels); `*.` before a
+/// host name; an IP address (answered anyway).
+///
+/// Errors: anything else, such as a port, a scheme or a path (one line
+/// saying what an entry is).
+pub fn check_entry(entry: &str) -> Result<String, String> {
+    let entry = entry.trim().to_ascii_lowercase();
+    if entry == "*" {
+        return Ok(entry);
+    }
+    // `*.` is no name, not `*` with a trailing dot.
+    let entry = match entry.strip_suffix('.') {
+        Some(name) if name != "*" => name.to_owned(),
+        _ => entry,
+    };
+    let bare = entry.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<IpAddr>().is_ok() {
+        return Ok(entry);
+    }
+    let name = entry.strip_prefix("*.").unwrap_or(&entry);
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if name.split('.').all(label_ok) {
+        Ok(entry)
+    } else {
+        Err(format!(
+            "{entry:?} is not a host name: give names only, without scheme, port or path \
+             (chat.example.com, *.example.com for the names under it, or * for any)"
+        ))
+    }
+}
+
+/// `authority` as its host and its port with the `:` before it (empty
+/// when there is none): the port follows the last `:` after any closing
+/// bracket, as an IPv6 literal's colons are inside its brackets.
+pub fn split_port(authority: &str) -> (&str, &str) {
+    let after_brackets = authority.rfind(']').map_or(0, |end| end + 1);
+    match authority[after_brackets..].rfind(':') {
+        Some(colon) => authority.split_at(after_brackets + colon),
+        None => (authority, ""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(address: &str, entries: &[&str]) -> AllowedHosts {
+        let entries: Vec<String> = entries.iter().map(|e| check_entry(e).unwrap()).collect();
+        AllowedHosts::new(address.parse().unwrap(), &entries)
+    }
+
+    #[test]
+    fn a_loopback_server_answers_loopback_names_and_addresses_only() {
+        let local = hosts("127.0.0.1", &[]);
+        for ok in [
+            "127.0.0.1:8000",
+            "localhost",
+            "LocalHost:8000",
+            "localhost.",
+            "chat.localhost:80",
+            "[::1]:8000",
+            "192.168.1.5",
+        ] {
+            assert_eq!(local.answers(Some(ok)), Ok(()), "{ok}");
+        }
+        assert_eq!(local.answers(None), Ok(()));
+        for refused in ["evil.example:8000", "localhost.evil.example", "x"] {
+            let why = local.answers(Some(refused)).unwrap_err();
+            assert!(why.contains("allowed_hosts"), "{why}");
+        }
+        assert!(hosts("::1", &[]).answers(Some("evil.example")).is_err());
+        assert!(hosts("::ffff:127.0.0.1", &[])
+            .answers(Some("evil.example"))
+            .is_err());
+    }
+
+    #[test]
+    fn a_server_on_another_address_answers_any_name_unless_given_a_list() {
+        assert_eq!(hosts("0.0.0.0", &[]).answers(Some("chat.example")), Ok(()));
+        assert_eq!(hosts("::", &[]).answers(Some("chat.example")), Ok(()));
+        let listed = hosts("0.0.0.0", &["Chat.Example.", "*.lab.example"]);
+        assert_eq!(listed.answers(Some("chat.example:8000")), Ok(()));
+        assert_eq!(listed.answers(Some("a.lab.example")), Ok(()));
+        assert_eq!(listed.answers(Some("10.0.0.5:8000")), Ok(()));
+        assert_eq!(listed.answers(Some("localhost")), Ok(()));
+        assert!(listed.answers(Some("lab.example")).is_err());
+        assert!(listed.answers(Some("evil.example")).is_err());
+        assert!(listed.answers(Some("xlab.example")).is_err());
+        let any = hosts("127.0.0.1", &["*"]);
+        assert_eq!(any.answers(Some("evil.example")), Ok(()));
+    }
+
+    #[test]
+    fn entries_are_names_not_addresses_with_ports_or_urls() {
+        assert_eq!(check_entry(" Chat.Example. ").unwrap(), "chat.example");
+        assert_eq!(check_entry("*.example.com").unwrap(), "*.example.com");
+        assert_eq!(check_entry("[::1]").unwrap(), "[::1]");
+        for bad in [
+            "",
+            "chat.example:8000",
+            "http://chat.example",
+            "chat.example/",
+            "*example.com",
+            "a..b",
+            "*.",
+        ] {
+            let why = check_entry(bad).unwrap_err();
+            assert!(why.contains("not a host name"), "{bad}: {why}");
+        }
+    }
+}

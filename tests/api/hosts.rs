@@ -1,0 +1,114 @@
+//! DNS rebinding: a page of another site whose name was switched to this
+//! machine's address sends requests with its own name in `Host` (and in
+//! `Origin`, so the cross-site check takes them for this site's own). A
+//! server on a loopback address answers only loopback names and IP
+//! addresses, and `allowed_hosts` names the rest.
+
+use serde_json::{json, Value};
+
+use crate::support::app::{spawn_app, TestApp};
+
+/// The status, the `Connection` header and the JSON body of a raw answer.
+fn parse(answer: &str) -> (u16, bool, Value) {
+    let status = answer
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status: {answer}"));
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((answer, ""));
+    let closes = head
+        .lines()
+        .any(|l| l.eq_ignore_ascii_case("connection: close"));
+    (
+        status,
+        closes,
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+fn port(app: &TestApp) -> &str {
+    app.base_url.rsplit(':').next().unwrap()
+}
+
+fn get(path: &str, host: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+}
+
+/// A post as a rebinding page's script sends it: same origin by its name.
+fn post_from(host: &str, fetch_site: bool) -> String {
+    let body = r#"{"name": "mallory", "text": "rebound"}"#;
+    let site = if fetch_site {
+        "Sec-Fetch-Site: same-origin\r\n"
+    } else {
+        ""
+    };
+    format!(
+        "POST /api/messages HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\n{site}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test]
+async fn a_loopback_server_refuses_a_rebound_name_and_answers_its_own() {
+    let app = spawn_app(&[]).await;
+    app.post_message("ann", "private").await;
+    let rebound = format!("rebind.example:{}", port(&app));
+    for request in [
+        get("/api/messages", &rebound),
+        get("/", &rebound),
+        get("/api/events", &rebound),
+        post_from(&rebound, false),
+        post_from(&rebound, true),
+    ] {
+        let answer = app.raw(request.as_bytes()).await;
+        let (status, closes, body) = parse(&answer);
+        assert_eq!(status, 421, "{request}\n{answer}");
+        assert!(closes, "{answer}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("rebind.example") && error.contains("allowed_hosts"),
+            "says which host and what to set: {answer}"
+        );
+        assert!(!answer.contains("private"), "no message read: {answer}");
+    }
+    assert_eq!(app.message_count().await, 1, "no message posted");
+
+    for host in [
+        format!("localhost:{}", port(&app)),
+        format!("127.0.0.1:{}", port(&app)),
+        format!("[::1]:{}", port(&app)),
+        format!("chat.localhost:{}", port(&app)),
+    ] {
+        let answer = app.raw(get("/api/messages", &host).as_bytes()).await;
+        assert_eq!(parse(&answer).0, 200, "{host}: {answer}");
+        let answer = app.raw(post_from(&host, true).as_bytes()).await;
+        assert_eq!(parse(&answer).0, 201, "{host}: {answer}");
+    }
+    // HTTP/1.0 without Host: no browser's.
+    let answer = app.raw(b"GET /healthz HTTP/1.0\r\n\r\n").await;
+    assert_eq!(parse(&answer).0, 200, "{answer}");
+    app.shutdown().await;
+}
+
+/// A proxy in front forwards its own name: `allowed_hosts` lists it, and
+/// names under a listed `*.` suffix; other names are still refused.
+#[tokio::test]
+async fn allowed_hosts_names_what_a_proxy_forwards() {
+    let app = spawn_app(&[("allowed_hosts", json!(["chat.example", "*.lab.example"]))]).await;
+    for host in ["chat.example", "CHAT.example.", "room1.lab.example:443"] {
+        let answer = app.raw(post_from(host, true).as_bytes()).await;
+        assert_eq!(parse(&answer).0, 201, "{host}: {answer}");
+    }
+    for host in ["lab.example", "rebind.example"] {
+        let answer = app.raw(get("/", host).as_bytes()).await;
+        let (status, _, body) = parse(&answer);
+        assert_eq!(status, 421, "{host}: {answer}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("not in allowed_hosts"),
+            "{answer}"
+        );
+    }
+    app.shutdown().await;
+}
