@@ -163,13 +163,25 @@ fn check_name_is_shown_as_typed(name: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// U+2800, the braille cell with no dot raised (see [`is_visible`]).
+const BRAILLE_PATTERN_BLANK: char = '\u{2800}';
+
 /// Whether `c` shows as something on its own, by Unicode properties
-/// (ICU's data, not a hand list): not White_Space, not
+/// (ICU's data) with one exception: not White_Space, not
 /// Default_Ignorable_Code_Point (zero-width characters, joiners, variation
 /// selectors, the Hangul fillers), not a format character (Cf), separator
 /// (Z*) or control (Cc), and not a combining mark (M*), which only draws on
 /// the character before it.
+///
+/// One graphic character shows as nothing too: U+2800 BRAILLE PATTERN
+/// BLANK, a symbol (So) whose glyph is the braille cell with no dot raised.
+/// No Unicode property sets it apart from the other 255 patterns, so it is
+/// named here; it is the blank that "invisible name" tricks use once the
+/// Hangul fillers (default ignorable) are refused.
 pub fn is_visible(c: char) -> bool {
+    if c == BRAILLE_PATTERN_BLANK {
+        return false;
+    }
     const INVISIBLE: GeneralCategoryGroup = GeneralCategoryGroup::Format
         .union(GeneralCategoryGroup::Separator)
         .union(GeneralCategoryGroup::Control)
@@ -373,6 +385,8 @@ mod tests {
             "\u{0301}\u{0301}",         // combining marks with nothing to sit on
             "\u{1D173}",                // musical symbol begin beam (Cf, outside the BMP)
             "\u{E0041}",                // a tag character
+            "\u{2800}\u{2800}",         // braille pattern blank (So, but no dot)
+            "\u{2800}\u{200B}\u{3164}", // the blanks together
         ] {
             let e = name_error(name);
             assert_eq!(e.field, "name", "{name:?}");
@@ -383,6 +397,7 @@ mod tests {
         }
         // One visible character is enough, invisible ones around it stay.
         assert!(NewMessage::validate("\u{200B}a", "hi", None).is_ok());
+        assert!(NewMessage::validate("\u{2800}\u{2801}", "hi", None).is_ok());
         assert!(NewMessage::validate("👍🏽", "hi", None).is_ok());
         assert!(NewMessage::validate("👨\u{200D}👩\u{200D}👧", "hi", None).is_ok());
         assert!(NewMessage::validate("می\u{200C}خواهم", "hi", None).is_ok());
