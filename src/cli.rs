@@ -288,13 +288,13 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 /// step is planned afresh from what the primary reports, so a second
 /// apply continues from wherever the first one stopped.
 async fn apply(request: replset::reconfig::MembersRequest) -> Result<ExitCode, String> {
-    // The step under way, as its progress line names it.
-    let mut step: Option<String> = None;
-    let mut progress = |line: &str| {
-        if line.starts_with("step ") {
-            step = Some(line.to_owned());
+    // The step under way: its number and what it does.
+    let mut step: Option<(usize, String)> = None;
+    let mut progress = |report: replset::reconfig::Progress<'_>| {
+        if let replset::reconfig::Progress::Step { number, step: s } = report {
+            step = Some((number, s.action()));
         }
-        println!("{line}");
+        println!("{report}");
     };
     let outcome = tokio::select! {
         outcome = replset::reconfig::apply(&request, &mut progress) => Some(outcome),
@@ -313,11 +313,8 @@ async fn apply(request: replset::reconfig::MembersRequest) -> Result<ExitCode, S
         }
         None => {
             let during = match step {
-                // `step 2: add h:27017: it joins ...`
-                Some(line) => {
-                    let (number, what) = line.split_once(": ").unwrap_or((&line, ""));
-                    let what = what.split(": ").next().unwrap_or(what);
-                    format!("during {number} ({what}); the set may be in the middle of it")
+                Some((number, action)) => {
+                    format!("during step {number} ({action}); the set may be in the middle of it")
                 }
                 None => "before its first step; nothing was changed".to_owned(),
             };

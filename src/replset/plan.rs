@@ -69,18 +69,30 @@ pub enum Step {
     Remove(String),
 }
 
+impl Step {
+    /// What the step does, in a few words: `add h:27017`.
+    pub fn action(&self) -> String {
+        match self {
+            Step::Add(h) => format!("add {h}"),
+            Step::StepDown(h) => format!("step down the primary {h}"),
+            Step::Remove(h) => format!("remove {h}"),
+        }
+    }
+}
+
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let action = self.action();
         match self {
-            Step::Add(h) => write!(
+            Step::Add(_) => write!(
                 f,
-                "add {h}: it joins without a vote, copies the data, then votes"
+                "{action}: it joins without a vote, copies the data, then votes"
             ),
-            Step::StepDown(h) => write!(
+            Step::StepDown(_) => write!(
                 f,
-                "step down the primary {h}, so that another member takes over before it is removed"
+                "{action}, so that another member takes over before it is removed"
             ),
-            Step::Remove(h) => write!(f, "remove {h}"),
+            Step::Remove(_) => f.write_str(&action),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! next step.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::time::Duration;
 
 use mongodb::bson::{doc, Bson, Document};
@@ -66,11 +67,36 @@ pub async fn plan(request: &MembersRequest) -> Result<Planned, String> {
     result
 }
 
-/// Plans and takes the steps, reporting progress lines through `progress`.
-/// Returns the last line of the summary; errors are one line.
+/// What `apply` reports while it works: each step as it is taken, and
+/// lines on what it waits for. Its `Display` is the line printed.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// Step `number` (from 1) begins.
+    Step {
+        /// Its place among the steps this run took.
+        number: usize,
+        /// The step.
+        step: &'a plan::Step,
+    },
+    /// A line on a wait or a check within a step, indented.
+    Detail(&'a str),
+}
+
+impl fmt::Display for Progress<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Progress::Step { number, step } => write!(f, "step {number}: {step}"),
+            Progress::Detail(line) => f.write_str(line),
+        }
+    }
+}
+
+/// Plans and takes the steps, reporting through `progress` each step as
+/// it begins and what it waits for. Returns the last line of the
+/// summary; errors are one line.
 pub async fn apply(
     request: &MembersRequest,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<String, String> {
     let session = Session::open(request).await?;
     let result = session.apply(request, progress).await;
@@ -369,7 +395,7 @@ impl Session {
     async fn apply(
         &self,
         request: &MembersRequest,
-        progress: &mut dyn FnMut(&str),
+        progress: &mut dyn FnMut(Progress<'_>),
     ) -> Result<String, String> {
         // Reaching the set counts towards the first wait.
         let mut settled_by = Instant::now() + self.wait;
@@ -396,7 +422,10 @@ impl Session {
                 });
             };
             taken += 1;
-            progress(&format!("step {taken}: {step}"));
+            progress(Progress::Step {
+                number: taken,
+                step: &step,
+            });
             match self.take(&step, &planned.running, progress).await {
                 Ok(()) => {}
                 Err(StepError::Failed(e)) => return Err(e),
@@ -417,11 +446,11 @@ impl Session {
         &self,
         request: &MembersRequest,
         why: &str,
-        progress: &mut dyn FnMut(&str),
+        progress: &mut dyn FnMut(Progress<'_>),
     ) -> Result<String, String> {
-        progress(&format!(
+        progress(Progress::Detail(&format!(
             "  another reconfiguration changed the set meanwhile ({why}); checking it against the declared members"
-        ));
+        )));
         self.wait_settled(Instant::now() + self.wait, progress)
             .await?;
         let (running, _, _) = self.running().await?;
@@ -452,7 +481,7 @@ impl Session {
     async fn wait_settled(
         &self,
         deadline: Instant,
-        progress: &mut dyn FnMut(&str),
+        progress: &mut dyn FnMut(Progress<'_>),
     ) -> Result<(), String> {
         let first = match tokio::time::timeout_at(deadline, self.unsettled()).await {
             Ok(Ok(None)) => return Ok(()),
@@ -460,7 +489,10 @@ impl Session {
             Ok(Err(why)) => why,
             Err(_) => Awaited::Primary(self.conn.why_silent()),
         };
-        progress(&format!("  waiting up to {} s{first}", self.wait.as_secs()));
+        progress(Progress::Detail(&format!(
+            "  waiting up to {} s{first}",
+            self.wait.as_secs()
+        )));
         poll_until(deadline, Duration::from_millis(250), || async {
             match self.unsettled().await {
                 Ok(None) => Check::Done(()),
@@ -564,7 +596,7 @@ impl Session {
         &self,
         step: &Step,
         running: &Running,
-        progress: &mut dyn FnMut(&str),
+        progress: &mut dyn FnMut(Progress<'_>),
     ) -> Result<(), StepError> {
         let bound = self.wait.as_secs();
         match step {
@@ -579,9 +611,9 @@ impl Session {
                         members.push(Bson::Document(doc! { "_id": next, "host": host }));
                     })
                     .await?;
-                progress(&format!(
+                progress(Progress::Detail(&format!(
                     "  configuration version {version}: waiting up to {bound} s for {host} to copy the data and vote"
-                ));
+                )));
                 Ok(self.wait_voting(host).await?)
             }
             Step::StepDown(host) => {
@@ -600,9 +632,9 @@ impl Session {
                         .into());
                     }
                 }
-                progress(&format!(
+                progress(Progress::Detail(&format!(
                     "  waiting up to {bound} s for a primary other than {host}"
-                ));
+                )));
                 Ok(self.wait_primary_other_than(host).await?)
             }
             Step::Remove(host) => {
@@ -623,9 +655,9 @@ impl Session {
                         })
                     })
                     .await?;
-                progress(&format!(
+                progress(Progress::Detail(&format!(
                     "  configuration version {version}: {host} removed"
-                ));
+                )));
                 Ok(())
             }
         }
