@@ -1507,3 +1507,67 @@ async fn posts_acknowledged_while_the_stream_is_down_keep_the_store_order() {
     assert_eq!(walked_ids(&app, 1).await, order);
     app.shutdown().await;
 }
+
+/// A restore (`mongorestore`) or an import writes messages with the
+/// positions they had: far older than anything a post's insert can race
+/// past (a post takes its position and commits within one insert, and is
+/// answered within the write deadline). Such a message is history coming
+/// back, not a raced post: it keeps its position (before, the stream held
+/// it and gave it a new one, so a restored history moved to the moment of
+/// the restore, after everything posted since), takes its place in the
+/// listing, and is not sent to subscribers as news.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_message_keeps_its_position_and_takes_its_place() {
+    let test = "a_restored_message_keeps_its_position_and_takes_its_place";
+    let (cluster, app, mut subscriber) = race_set_up(test, "restored").await;
+    let sim = cluster.sim().expect("simulator");
+    let lab = cluster.lab_messages("restored").await;
+    assert_eq!(post_with_id(&app, "second", "second").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["second"]
+    );
+
+    // As a backup of an hour ago holds it: a copy of "first", an hour older.
+    let mut restored = lab
+        .find_one(doc! { "_id": "first" })
+        .await
+        .expect("read")
+        .expect("stored");
+    let first = restored.get_timestamp("position").expect("a position");
+    let old = mongodb::bson::Timestamp {
+        time: first.time - 3600,
+        increment: 1,
+    };
+    restored.insert("_id", "restored");
+    restored.insert("text", "restored");
+    restored.insert("position", old);
+    let updates = sim.commands_run("update");
+    lab.insert_one(restored).await.expect("restore");
+
+    let order = ["restored", "first", "second"];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while listed_ids(&app).await != order {
+        assert!(
+            Instant::now() < deadline,
+            "not listed in its place: {:?}",
+            listed_ids(&app).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(walked_ids(&app, 1).await, order);
+    assert_eq!(position_of(&lab, "restored").await, old, "not moved");
+    assert_eq!(sim.commands_run("update"), updates, "no write for it");
+
+    assert_eq!(post_with_id(&app, "after", "after").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["after"],
+        "the restored message is not news"
+    );
+    assert_eq!(
+        listed_ids(&app).await,
+        ["restored", "first", "second", "after"]
+    );
+    app.shutdown().await;
+}

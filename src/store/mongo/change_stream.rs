@@ -267,6 +267,11 @@ struct Watcher {
     /// messages began: with that read's newest, how far the stream has
     /// delivered once the cache is reset from it.
     published_since_read: Option<Position>,
+    /// Messages inserted with positions from long before (a restore, an
+    /// import: [`Watcher::restored_far_behind`]) newer than the cache's
+    /// oldest, since the cache was last reset: it reloads when the stream
+    /// has no more events at hand, so they take their places.
+    restored: usize,
 }
 
 /// Runs until the store closes: open, catch up, follow; on failure,
@@ -284,6 +289,7 @@ pub(super) async fn run(shared: Arc<Shared>, collections: Arc<Collections>) {
         recent: VecDeque::new(),
         recent_ids: HashSet::new(),
         published_since_read: None,
+        restored: 0,
     };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     while !watcher.shared.tasks.is_closed() {
@@ -331,6 +337,15 @@ impl Watcher {
                 Some(event) => event,
                 None => {
                     self.set_positions().await?;
+                    if self.restored > 0 {
+                        log::info!(
+                            "{} messages were inserted with positions from long before (a \
+                             restore or an import): listed where their positions put them, not \
+                             sent to subscribers as new",
+                            self.restored
+                        );
+                        self.reload().await?;
+                    }
                     if self.held.is_empty() {
                         stream.next().await
                     } else {
@@ -464,6 +479,7 @@ impl Watcher {
     /// delivered, and resets the cache from them (step 4), so it is the
     /// store order's suffix again.
     async fn reload(&mut self) -> Result<(), String> {
+        self.restored = 0;
         let mut latest = self.read_latest().await?;
         for doc in &latest.messages {
             if self.may_lack(&doc.position()) {
@@ -772,6 +788,24 @@ impl Watcher {
         }
     }
 
+    /// Whether an insert committed at cluster time `committed` (the change
+    /// event's `clusterTime`, the oplog entry's timestamp:
+    /// <https://www.mongodb.com/docs/manual/reference/change-events/insert/>)
+    /// was written with a `position` from long before: by a restore
+    /// (`mongorestore` keeps every field) or an import, not by a post.
+    /// mongod takes a post's position and commits it within one insert,
+    /// which the app gives up on after the write deadline; a position more
+    /// than that (and the clock margin) older than its commit is history
+    /// coming back. Held and moved as a raced post is, a restored history
+    /// would move to the moment of the restore, after everything posted
+    /// since; instead it keeps its position, is not sent to subscribers
+    /// (it is older than what they have), and the cache reloads so it is
+    /// listed in its place.
+    fn restored_far_behind(&self, committed: Option<Timestamp>, position: Timestamp) -> bool {
+        let bound = self.shared.write_timeout.as_secs() + CLOCK_SKEW_MS.unsigned_abs() / 1000;
+        committed.is_some_and(|c| u64::from(c.time) > u64::from(position.time) + bound)
+    }
+
     /// Publishes a message where the stream is now.
     fn publish_here(&mut self, doc: MessageDoc) -> Result<(), String> {
         let position = doc.position();
@@ -825,7 +859,14 @@ impl Watcher {
                 let Some(message) = self.shared.skipped.keep(doc) else {
                     return Ok(false);
                 };
-                if message.position.is_some() {
+                if let Some(position) = message.position {
+                    if self.restored_far_behind(event.cluster_time, position) {
+                        // Not news, and no race: see the function.
+                        if !self.is_history(&message.position()) {
+                            self.restored += 1;
+                        }
+                        return Ok(false);
+                    }
                     self.publish(message)?;
                     return Ok(false);
                 }
