@@ -72,17 +72,31 @@ pub async fn list(
     Ok(Tagged::new(&if_none_match, etag, || RawJson(json)))
 }
 
+/// The `limit` query field: plain decimal digits (leading zeros allowed)
+/// spelling 1 to [`MAX_LIMIT`], [`DEFAULT_LIMIT`] when it is left out.
+/// Only digits: Rust's integer parsing also takes a leading `+` (`%2B5`
+/// would be 5), which the OpenAPI document's integer never is; a sign,
+/// whitespace or any other character gets the 400 a word gets.
 fn parse_limit(limit: Option<&str>) -> Result<usize, ApiError> {
     let Some(raw) = limit else {
         return Ok(DEFAULT_LIMIT);
     };
-    match raw.parse::<usize>() {
-        Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+    match decimal_digits(raw) {
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
         _ => Err(ApiError::bad_request(
             "limit",
-            format!("limit must be a whole number from 1 to {MAX_LIMIT}"),
+            format!("limit must be a whole number from 1 to {MAX_LIMIT}, in decimal digits"),
         )),
     }
+}
+
+/// The number `raw` spells when it is one or more ASCII decimal digits and
+/// nothing else (no sign, no whitespace); `None` otherwise or past `usize`.
+fn decimal_digits(raw: &str) -> Option<usize> {
+    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    raw.parse().ok()
 }
 
 /// The id a cursor parameter names, checked like any id.
@@ -198,5 +212,21 @@ pub async fn one(
     match chat.get(id).await? {
         Some(m) => Ok(rocket::serde::json::Json(m)),
         None => Err(ApiError::unknown_id(id)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decimal_digits;
+
+    #[test]
+    fn only_plain_decimal_digits_are_a_number() {
+        assert_eq!(decimal_digits("5"), Some(5));
+        assert_eq!(decimal_digits("0005"), Some(5));
+        assert_eq!(decimal_digits("1000"), Some(1000));
+        for not_digits in ["", "+5", "-5", " 5", "5 ", "5\n", "5.0", "0x5", "\u{ff15}"] {
+            assert_eq!(decimal_digits(not_digits), None, "{not_digits:?}");
+        }
+        assert_eq!(decimal_digits(&"9".repeat(40)), None, "past usize");
     }
 }

@@ -90,3 +90,38 @@ async fn bad_paging_parameters_are_refused() {
     }
     app.shutdown().await;
 }
+
+/// `limit` is plain decimal digits, as the OpenAPI document's integer is
+/// sent: a sign (`%2B5` is `+5`; a raw `+` is a space once decoded),
+/// whitespace, a fraction, an exponent or other digits than ASCII get the
+/// 400 a word gets, naming the field, never the number they might be read as.
+#[tokio::test]
+async fn a_limit_is_plain_decimal_digits() {
+    let app = spawn_app(&[]).await;
+    for i in 0..6 {
+        app.post_message("p", &format!("m{i}")).await;
+    }
+    let (_, not_a_number) = error(&app, "/api/messages?limit=ten").await;
+    for limit in [
+        "%2B5",
+        "+5",
+        "%205",
+        "5%20",
+        "5+",
+        "%2B%2B5",
+        "-0",
+        "5.0",
+        "5e0",
+        "0x5",
+        "%EF%BC%95",
+    ] {
+        let path = format!("/api/messages?limit={limit}");
+        let (status, body) = error(&app, &path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body, not_a_number, "{path}");
+    }
+    // Plain digits, leading zeros too, are the number they spell.
+    assert_eq!(texts(&app, "/api/messages?limit=5").await.len(), 5);
+    assert_eq!(texts(&app, "/api/messages?limit=005").await.len(), 5);
+    app.shutdown().await;
+}
