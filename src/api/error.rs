@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rocket::http::{ContentType, Header, Method, Status};
 use rocket::request::Request;
-use rocket::response::{self, Responder, Response};
+use rocket::response::{self, Redirect, Responder, Response};
 use serde::Serialize;
 
 use super::body::BODY_LIMIT_BYTES;
@@ -175,12 +175,25 @@ pub fn refusal(req: &Request<'_>) -> Option<ApiError> {
     req.local_cache(OnceLock::<ApiError>::new).get().cloned()
 }
 
-/// Every status without a handler's own error in the same JSON shape: a
-/// refusal stored by a guard or fairing, else Rocket's own (no route, body
-/// too large, malformed request), with 405 and `Allow` for a path that
-/// exists under other methods.
+/// Every status without a handler's own error in the same JSON shape
+/// ([`error_for`]), except that a browser's `GET` or `HEAD` of the form's
+/// address, which has only `POST`, is sent to the page with a 303
+/// ([`super::page::form_address_redirect`]).
 #[rocket::catch(default)]
-pub fn default_catcher(status: Status, req: &Request<'_>) -> ApiError {
+pub fn default_catcher(status: Status, req: &Request<'_>) -> Result<Redirect, ApiError> {
+    if refusal(req).is_none() && status == Status::NotFound {
+        if let Some(redirect) = super::page::form_address_redirect(req) {
+            return Ok(redirect);
+        }
+    }
+    Err(error_for(status, req))
+}
+
+/// The error for a status without a handler's own error: a refusal stored
+/// by a guard or fairing, else Rocket's own (no route, body too large,
+/// malformed request), with 405 and `Allow` for a path that exists under
+/// other methods.
+pub fn error_for(status: Status, req: &Request<'_>) -> ApiError {
     if let Some(error) = refusal(req) {
         return error;
     }

@@ -20,7 +20,7 @@ use super::body::FormBody;
 use super::checks::from_a_browser;
 use super::conditional::{IfNoneMatch, Tagged};
 use super::cookies::{draft_cookie, name_cookie, Https, MAX_COOKIE_BYTES};
-use super::error::{default_catcher, refusal, ApiError};
+use super::error::{error_for, refusal, ApiError};
 use crate::cache::{CachedMessage, Memo};
 use crate::chat::{Chat, DEFAULT_LIMIT};
 use crate::message::{new_id, validate_id, validate_name, Message, NewMessage};
@@ -149,6 +149,59 @@ pub fn is_page_request(req: &Request<'_>) -> bool {
         Method::Post => segments.next() == Some("messages") && segments.next().is_none(),
         _ => false,
     }
+}
+
+/// The answer to a browser's `GET` or `HEAD` of the form's address
+/// (`/messages`, which the address bar shows after a form post, and which a
+/// user may reload or type): 303 See Other to the page, instead of the 405
+/// the path's other methods and other clients get. `None` for any other
+/// request. Asked by the catcher before it answers 405
+/// ([`super::error::default_catcher`]), so the path keeps `POST` as its
+/// one method in `Allow`.
+pub fn form_address_redirect(req: &Request<'_>) -> Option<Redirect> {
+    let mut segments = req.uri().path().segments();
+    let form_address = segments.next() == Some("messages") && segments.next().is_none();
+    let read = matches!(req.method(), Method::Get | Method::Head);
+    (read && form_address && is_navigation(req)).then(|| Redirect::to("/"))
+}
+
+/// Whether `req` is a browser's navigation, whose answer it shows as a page:
+/// it says `Sec-Fetch-Mode: navigate`, or its `Accept` ranks `text/html`
+/// above `application/json` (every browser's address bar and reload send
+/// `text/html,...,*/*;q=0.8`; curl's `*/*`, a script's `application/json`
+/// or no `Accept` at all rank them alike or the other way).
+pub fn is_navigation(req: &Request<'_>) -> bool {
+    let navigate = req
+        .headers()
+        .get_one("Sec-Fetch-Mode")
+        .is_some_and(|mode| mode.trim().eq_ignore_ascii_case("navigate"));
+    navigate
+        || req.accept().is_some_and(|accept| {
+            quality(accept, "text", "html") > quality(accept, "application", "json")
+        })
+}
+
+/// The weight `accept` gives `top/sub`: that of the most specific range
+/// naming it (`top/sub`, then `top/*`, then `*/*`; the highest of equally
+/// specific ones), 1 when it has no `q`; 0 when no range names it
+/// (RFC 9110 §12.5.1).
+fn quality(accept: &rocket::http::Accept, top: &str, sub: &str) -> f32 {
+    let mut best: Option<(u8, f32)> = None;
+    for range in accept.iter() {
+        let media = range.media_type();
+        let specificity = match (media.top().as_str(), media.sub().as_str()) {
+            (t, s) if t.eq_ignore_ascii_case(top) && s.eq_ignore_ascii_case(sub) => 2,
+            (t, "*") if t.eq_ignore_ascii_case(top) => 1,
+            ("*", "*") => 0,
+            _ => continue,
+        };
+        let weight = range.weight_or(1.0);
+        best = match best {
+            Some((s, w)) if s > specificity || (s == specificity && w >= weight) => Some((s, w)),
+            _ => Some((specificity, weight)),
+        };
+    }
+    best.map_or(0.0, |(_, weight)| weight)
 }
 
 /// The page's form (`application/x-www-form-urlencoded`), the no-JavaScript
@@ -901,7 +954,7 @@ pub async fn refused(status: Status, req: &Request<'_>) -> Either<NotStored<Page
         state.state::<Chat>(),
         state.state::<RenderedHistory>(),
     ) else {
-        return Either::Right(default_catcher(status, req));
+        return Either::Right(error_for(status, req));
     };
     let Outcome::Success(metadata) = req.guard::<Metadata<'_>>().await else {
         return Either::Right(error);
@@ -1104,5 +1157,25 @@ mod tests {
         let html = String::from_utf8(page.page("<Zoe>", "key")).unwrap();
         assert!(html.contains("<title>&lt;Zoe&gt;</title>"), "{html}");
         assert!(html.contains(r#"value="&lt;Zoe&gt;""#));
+    }
+
+    /// The weights an `Accept` gives HTML and JSON, which decide whether a
+    /// request for the form's address is a browser's navigation.
+    #[test]
+    fn accept_weights_come_from_the_most_specific_range() {
+        let weights = |header: &str| {
+            let accept: rocket::http::Accept = header.parse().unwrap();
+            (
+                quality(&accept, "text", "html"),
+                quality(&accept, "application", "json"),
+            )
+        };
+        let browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+        assert_eq!(weights(browser), (1.0, 0.8));
+        assert_eq!(weights("*/*"), (1.0, 1.0));
+        assert_eq!(weights("application/json"), (0.0, 1.0));
+        assert_eq!(weights("TEXT/HTML;q=0.5, application/*"), (0.5, 1.0));
+        assert_eq!(weights("text/*;q=0.3, text/html;q=0.1, */*"), (0.1, 1.0));
+        assert_eq!(weights("text/html;q=0.2, text/html;q=0.7"), (0.7, 0.0));
     }
 }

@@ -728,3 +728,74 @@ async fn a_history_that_cannot_be_read_is_not_shown_as_empty() {
     }
     app.shutdown().await;
 }
+
+/// The form's action, `/messages`, is an address a browser user may type,
+/// or reload after a refused send: a browser's `GET` or `HEAD` of it (it
+/// prefers HTML, as every address bar and reload asks) is sent to the page
+/// with a 303. Other clients, and other methods, get the JSON 405 naming
+/// the one method the path has.
+#[tokio::test]
+async fn a_browser_asking_for_the_forms_address_is_sent_to_the_page() {
+    const NAVIGATION: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    let app = spawn_app(&[]).await;
+    let request =
+        |method: &str, path: &str| app.client.request(method.parse().unwrap(), app.url(path));
+    for (method, path, headers) in [
+        ("GET", "/messages", vec![("accept", NAVIGATION)]),
+        ("HEAD", "/messages", vec![("accept", NAVIGATION)]),
+        ("GET", "/messages?before=x", vec![("accept", "text/html")]),
+        ("GET", "/messages/", vec![("accept", NAVIGATION)]),
+        (
+            "GET",
+            "/messages",
+            vec![("accept", "*/*"), ("sec-fetch-mode", "navigate")],
+        ),
+        (
+            "GET",
+            "/messages",
+            vec![("accept", "application/json;q=0.5, text/html")],
+        ),
+    ] {
+        let mut to_send = request(method, path);
+        for (name, value) in &headers {
+            to_send = to_send.header(*name, *value);
+        }
+        let response = to_send.send().await.unwrap();
+        assert_eq!(response.status(), 303, "{method} {path} {headers:?}");
+        assert_eq!(response.headers()["location"], "/", "{method} {path}");
+    }
+    for (method, path, headers) in [
+        ("GET", "/messages", vec![]),
+        ("GET", "/messages", vec![("accept", "*/*")]),
+        ("GET", "/messages", vec![("accept", "application/json")]),
+        (
+            "GET",
+            "/messages",
+            vec![("accept", "text/html;q=0.5, application/json")],
+        ),
+        ("GET", "/messages", vec![("sec-fetch-mode", "cors")]),
+        (
+            "PUT",
+            "/messages",
+            vec![("accept", NAVIGATION), ("sec-fetch-site", "same-origin")],
+        ),
+        ("DELETE", "/messages", vec![("accept", NAVIGATION)]),
+    ] {
+        let mut to_send = request(method, path);
+        for (name, value) in &headers {
+            to_send = to_send.header(*name, *value);
+        }
+        let response = to_send.send().await.unwrap();
+        assert_eq!(response.status(), 405, "{method} {path} {headers:?}");
+        assert_eq!(response.headers()["allow"], "POST", "{method} {path}");
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not allowed here")),
+            "{body}"
+        );
+    }
+    app.shutdown().await;
+}
