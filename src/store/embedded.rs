@@ -16,11 +16,17 @@
 //! (the directory deleted, a backup copied over it), writes go to a file
 //! nobody will read again. So before each batch the writer compares the
 //! open file's device and inode with a `stat` of the path, and refuses the
-//! batch (503) when they differ; `/readyz` does the same. A `stat` costs
-//! about a microsecond, against the fsync of the commit it guards (a
-//! millisecond or more), and is taken once per batch, not per insert, so
-//! it is not worth caching: a check on a timer would let a write through
-//! in between.
+//! batch (503) when they differ; `/readyz` does the same. It compares them
+//! again once the commit is on disk: a file removed or replaced between the
+//! two checks took the batch with it, so none of its inserts is
+//! acknowledged (503: the message may not be kept; it is in the open file,
+//! and kept if that file is moved back). A `stat` costs about a
+//! microsecond, against the fsync of the commit it guards (a millisecond or
+//! more), and is taken twice per batch, not per insert, so it is not worth
+//! caching: a check on a timer would let a write through in between. What
+//! no check covers: a file removed after the second one, whose 201s were
+//! true when given; and a file overwritten in place (the same inode, as
+//! `cp backup messages.redb` does), which is the same file to a `stat`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -80,38 +86,87 @@ impl FileId {
     }
 }
 
-/// `Ok` while `path` names `opened`, the file the store has open; else why
-/// a write to it would not be the durable write a 201 promises. Read only,
-/// never creates anything.
-fn check_path(path: &Path, opened: FileId) -> Result<(), String> {
-    let lost = "so a message written now would be lost at the next start";
+/// Why `path` may no longer name the file the store has open.
+enum Elsewhere {
+    /// Nothing is at the path (the file or its directory removed or moved).
+    Removed,
+    /// Another file is at the path.
+    Replaced,
+    /// The path cannot be examined: the system's reason.
+    Unknown(std::io::Error),
+}
+
+/// `Ok` while `path` names `opened`, the file the store has open. Read
+/// only, never creates anything.
+fn locate(path: &Path, opened: FileId) -> Result<(), Elsewhere> {
     match std::fs::metadata(path) {
         Ok(now) if FileId::of(&now) == opened => Ok(()),
-        Ok(_) => Err(format!(
-            "the data file {} was replaced while the server ran (another file is at that \
-             path now), {lost}; writes are refused until the original is moved back, or \
-             the server restarted (it then opens the file now at that path)",
-            path.display()
-        )),
+        Ok(_) => Err(Elsewhere::Replaced),
         Err(e)
             if matches!(
                 e.kind(),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
             ) =>
         {
-            Err(format!(
-                "the data file {} was removed (or moved away) while the server ran, {lost}; \
-                 writes are refused until the file is moved back, or the server restarted \
-                 (with no file at that path, it starts an empty store)",
-                path.display()
-            ))
+            Err(Elsewhere::Removed)
         }
-        Err(e) => Err(format!(
+        Err(e) => Err(Elsewhere::Unknown(e)),
+    }
+}
+
+/// `Ok` while `path` names `opened`, the file the store has open; else why
+/// a write to it would not be the durable write a 201 promises.
+fn check_path(path: &Path, opened: FileId) -> Result<(), String> {
+    let lost = "so a message written now would be lost at the next start";
+    locate(path, opened).map_err(|elsewhere| match elsewhere {
+        Elsewhere::Replaced => format!(
+            "the data file {} was replaced while the server ran (another file is at that \
+             path now), {lost}; writes are refused until the original is moved back, or \
+             the server restarted (it then opens the file now at that path)",
+            path.display()
+        ),
+        Elsewhere::Removed => format!(
+            "the data file {} was removed (or moved away) while the server ran, {lost}; \
+             writes are refused until the file is moved back, or the server restarted \
+             (with no file at that path, it starts an empty store)",
+            path.display()
+        ),
+        Elsewhere::Unknown(e) => format!(
             "cannot tell whether the data file {} is still the one the server has open \
              ({e}); writes are refused until it can",
             path.display()
-        )),
-    }
+        ),
+    })
+}
+
+/// [`check_path`] once a batch is committed: `Err` when `path` stopped
+/// naming `opened` while the batch was written (after the check before
+/// it), so its messages are in a file the next start may not read and
+/// must not be acknowledged.
+fn check_path_after_commit(path: &Path, opened: FileId) -> Result<(), String> {
+    let kept = "so this message may not be kept: it was written to the file the server \
+                has open, which the next start does not read";
+    locate(path, opened).map_err(|elsewhere| match elsewhere {
+        Elsewhere::Replaced => format!(
+            "the data file {} was replaced while this message was written (another file \
+             is at that path now), {kept}; writes are refused until the original is moved \
+             back (which keeps the message), or the server restarted (it then opens the \
+             file now at that path)",
+            path.display()
+        ),
+        Elsewhere::Removed => format!(
+            "the data file {} was removed (or moved away) while this message was written, \
+             {kept}; writes are refused until the file is moved back (which keeps the \
+             message), or the server restarted (with no file at that path, it starts an \
+             empty store)",
+            path.display()
+        ),
+        Elsewhere::Unknown(e) => format!(
+            "cannot tell whether the data file {} is still the one the server has open \
+             ({e}), so this message may not be kept; writes are refused until it can",
+            path.display()
+        ),
+    })
 }
 
 type Reply = oneshot::Sender<Result<Inserted, StoreError>>;
@@ -219,6 +274,11 @@ struct Shared {
     db: Mutex<Option<Arc<Database>>>,
     /// `Some` from a fault until a reopen proved that writes succeed.
     fault: Mutex<Option<Fault>>,
+    /// Run by the writer once a batch passed the check of the data file
+    /// and before its commit: the moment a unit test removes or replaces
+    /// the file in, which no test can otherwise stage.
+    #[cfg(test)]
+    before_commit: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl Shared {
@@ -237,6 +297,11 @@ impl Shared {
     /// [`check_path`] for the store's file.
     fn check_file(&self) -> Result<(), String> {
         check_path(&self.path, self.file)
+    }
+
+    /// [`check_path_after_commit`] for the store's file.
+    fn check_file_after_commit(&self) -> Result<(), String> {
+        check_path_after_commit(&self.path, self.file)
     }
 }
 
@@ -327,6 +392,8 @@ impl EmbeddedStore {
             cache_bytes,
             db: Mutex::new(Some(db)),
             fault: Mutex::new(None),
+            #[cfg(test)]
+            before_commit: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         // Unbounded, yet never more than the inserts waiting for an answer,
@@ -426,8 +493,13 @@ fn decode(bytes: &[u8]) -> Result<Message, Failure> {
 }
 
 /// A committed batch: each insert's reply, its outcome, and the stored JSON
-/// of a message it created.
-type Committed = Vec<(Reply, Outcome)>;
+/// of a message it created; `refused` when the data file was removed or
+/// replaced while the batch was written, which every insert of it is then
+/// answered with.
+struct Committed {
+    inserts: Vec<(Reply, Outcome)>,
+    refused: Option<StoreError>,
+}
 
 /// Publishes each committed batch to the cache (and so to every subscriber),
 /// in commit order, then answers its inserts: a client that was answered
@@ -440,14 +512,20 @@ type Committed = Vec<(Reply, Outcome)>;
 /// each of them through the runtime's shared queue, one lock at a time
 /// (tokio's multi-thread scheduler, `schedule_task`).
 async fn publish(cache: Arc<Cache>, mut committed: mpsc::UnboundedReceiver<Committed>) {
-    while let Some(batch) = committed.recv().await {
-        for (reply, (outcome, json)) in batch {
+    while let Some(Committed { inserts, refused }) = committed.recv().await {
+        for (reply, (outcome, json)) in inserts {
+            // Published even when refused: the message is in the open file,
+            // which reads serve, and which keeps it if it is moved back; the
+            // cache must agree with what reads find.
             if let (Ok(Inserted::Created(m)), Some(json)) = (&outcome, json) {
                 // The stored bytes are the message's JSON: the cache need
                 // not serialize it again.
                 cache.publish_serialized(m.clone(), json);
             }
-            let _ = reply.send(outcome);
+            let _ = reply.send(match &refused {
+                Some(error) => Err(error.clone()),
+                None => outcome,
+            });
         }
     }
 }
@@ -547,16 +625,37 @@ impl Writer {
                 }
                 continue;
             };
+            #[cfg(test)]
+            if let Some(hook) = self
+                .shared
+                .before_commit
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            {
+                hook();
+            }
             match write_batch(handle, &batch, &mut self.last_datetime) {
                 Ok(outcomes) => {
-                    let committed = batch
+                    // The file may have gone since the check before the
+                    // commit: then the batch is in a file the next start
+                    // may not read, and nothing of it is acknowledged.
+                    let refused = self.shared.check_file_after_commit().err().map(|why| {
+                        log::error!("embedded store: {why}");
+                        elsewhere = true;
+                        StoreError::Unavailable {
+                            reason: why,
+                            retry_after: FAULT_RETRY_AFTER,
+                        }
+                    });
+                    let inserts = batch
                         .into_iter()
                         .map(|(_, reply)| reply)
                         .zip(outcomes)
                         .collect();
                     // Fails only once the runtime is gone, and with it
                     // every waiting request.
-                    let _ = self.committed.send(committed);
+                    let _ = self.committed.send(Committed { inserts, refused });
                 }
                 Err(failure) => {
                     if let Failure::Fault(fault) = &failure {
@@ -864,5 +963,104 @@ impl Store for EmbeddedStore {
         if let Some(publisher) = publisher {
             let _ = publisher.await;
         }
+    }
+}
+
+/// The window between the writer's two checks of the data file, staged
+/// with the `before_commit` hook: no test can time a removal into it
+/// otherwise. A removal during the commit itself (between its writes and
+/// its fsync) is met by the same check after it, and not staged apart:
+/// redb has no seam inside a commit.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+    fn post(text: &str) -> NewMessage {
+        NewMessage::validate("w", text, None).unwrap()
+    }
+
+    /// The file removed (here moved away, so it can come back) after the
+    /// writer's check and before its commit: the commit goes to a file the
+    /// next start would not read, so the post is not acknowledged, and the
+    /// store refuses writes as for any removed file until the file is back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_removed_while_a_batch_commits_is_no_acknowledged_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), WRITE_TIMEOUT, Cache::new())
+            .await
+            .unwrap();
+        store.insert(post("before")).await.unwrap();
+        let file = dir.path().join("messages.redb");
+        let away = dir.path().join("away.redb");
+        let (from, to) = (file.clone(), away.clone());
+        *store.shared.before_commit.lock().unwrap() =
+            Some(Box::new(move || std::fs::rename(from, to).unwrap()));
+
+        let refused = store.insert(post("in the window")).await;
+        let Err(StoreError::Unavailable { reason, .. }) = refused else {
+            panic!("acknowledged a write to a removed file: {refused:?}");
+        };
+        assert!(
+            reason.contains("messages.redb")
+                && reason.contains("removed")
+                && reason.contains("may not be kept"),
+            "{reason}"
+        );
+        // As for any removed file: writes and readiness refused.
+        let Err(StoreError::Unavailable { reason, .. }) = store.insert(post("after")).await else {
+            panic!("a write after the removal was taken");
+        };
+        assert!(reason.contains("removed"), "{reason}");
+        assert!(store.ready().await.unwrap_err().contains("removed"));
+
+        // Moved back, the file holds the refused message, and writes go on.
+        std::fs::rename(&away, &file).unwrap();
+        store.ready().await.unwrap();
+        store.insert(post("back")).await.unwrap();
+        let texts: Vec<String> = store
+            .list(Cursor::Latest, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        assert_eq!(texts, ["before", "in the window", "back"]);
+        store.close().await;
+    }
+
+    /// Another file put at the path in the same moment (a backup copied
+    /// over it): the same refusal, saying the file was replaced.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_replaced_while_a_batch_commits_is_no_acknowledged_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), WRITE_TIMEOUT, Cache::new())
+            .await
+            .unwrap();
+        store.insert(post("before")).await.unwrap();
+        let file = dir.path().join("messages.redb");
+        let (moved, copy) = (dir.path().join("moved.redb"), dir.path().join("copy.redb"));
+        let (f, m, c) = (file.clone(), moved.clone(), copy.clone());
+        *store.shared.before_commit.lock().unwrap() = Some(Box::new(move || {
+            std::fs::copy(&f, &c).unwrap();
+            std::fs::rename(&f, &m).unwrap();
+            std::fs::rename(&c, &f).unwrap();
+        }));
+
+        let refused = store.insert(post("in the window")).await;
+        let Err(StoreError::Unavailable { reason, .. }) = refused else {
+            panic!("acknowledged a write to a replaced file: {refused:?}");
+        };
+        assert!(
+            reason.contains("replaced") && reason.contains("may not be kept"),
+            "{reason}"
+        );
+        assert!(store.ready().await.unwrap_err().contains("replaced"));
+
+        std::fs::rename(&file, &copy).unwrap();
+        std::fs::rename(&moved, &file).unwrap();
+        store.insert(post("back")).await.unwrap();
+        store.close().await;
     }
 }
