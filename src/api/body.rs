@@ -379,23 +379,180 @@ pub async fn json<T: serde::de::DeserializeOwned>(
 }
 
 /// A JSON object read from `bytes` into `T`. Errors: 400 with the parser's
-/// message and position, for malformed JSON or any value but an object.
+/// message and position, for malformed JSON or any value but an object;
+/// for a lone surrogate escape, in words of its own naming the field
+/// ([`LoneSurrogate`]).
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes)
         .map(|Object(value)| value)
-        .map_err(|e| ApiError::new(Status::BadRequest, malformed_json(&e)))
+        .map_err(|e| malformed(bytes, &e))
+}
+
+/// The 400 for `bytes`, a body serde_json could not read with `e`.
+fn malformed(bytes: &[u8], e: &serde_json::Error) -> ApiError {
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    let at = byte_offset(bytes, e.line(), e.column());
+    if let Some(lone) = LoneSurrogate::at(bytes, at) {
+        return ApiError {
+            field: lone.field,
+            ..ApiError::new(
+                Status::BadRequest,
+                format!("malformed JSON body: {}{position}", lone.what()),
+            )
+        };
+    }
+    ApiError::new(Status::BadRequest, malformed_json(e, &position))
 }
 
 /// The 400's error for a body serde_json could not read: its message may
 /// quote the body (a key, a value), so it is echoed ([`echo`]); the
 /// position stays whole.
-fn malformed_json(e: &serde_json::Error) -> String {
+fn malformed_json(e: &serde_json::Error, position: &str) -> String {
     let message = e.to_string();
-    let position = format!(" at line {} column {}", e.line(), e.column());
-    match message.strip_suffix(&position) {
+    match message.strip_suffix(position) {
         Some(what) => format!("malformed JSON body: {}{position}", echo(what)),
         None => format!("malformed JSON body: {}", echo(&message)),
     }
+}
+
+/// The index in `bytes` of serde_json's error position: `line` counts
+/// from 1, `column` the bytes read on that line (0 before its first).
+fn byte_offset(bytes: &[u8], line: usize, column: usize) -> usize {
+    let start = match line {
+        0 | 1 => 0,
+        _ => bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(line - 2)
+            .map_or(bytes.len(), |(at, _)| at + 1),
+    };
+    (start + column).min(bytes.len())
+}
+
+/// A `\u` escape of a UTF-16 surrogate (U+D800 to U+DFFF) without its pair,
+/// where serde_json stopped reading a body. JSON text is Unicode (RFC 8259
+/// §8.2): a surrogate is half of a pair of escapes that encodes one
+/// character beyond U+FFFF, and no character alone. serde_json refuses one
+/// as "lone leading surrogate in hex escape" (a trailing one too) or
+/// "unexpected end of hex escape"; the refusal here says what is wrong in
+/// the words of the other body errors, and names the field.
+#[derive(Debug, PartialEq, Eq)]
+struct LoneSurrogate<'a> {
+    /// The escape, as sent (`\ud800`, `\uDC00`).
+    escape: &'a str,
+    /// The message field whose value holds it, if it is one.
+    field: Option<&'static str>,
+    /// Where it is: a key of the object, or a value (of `key`).
+    in_key: bool,
+}
+
+impl<'a> LoneSurrogate<'a> {
+    /// The lone surrogate that stopped the parser at byte `at` of `bytes`:
+    /// the first in the string literal that `at` is in (or just past), and
+    /// before `at`, so an error of another kind is not taken for one. The
+    /// JSON before `at` is well formed, as the parser read it so far.
+    fn at(bytes: &'a [u8], at: usize) -> Option<Self> {
+        let mut depth = 0usize;
+        // At depth 1, whether the next string is a key, and the last key.
+        let mut expect_key = false;
+        let mut key: Option<String> = None;
+        let mut i = 0;
+        while i < at.min(bytes.len()) {
+            match bytes[i] {
+                b'{' => {
+                    depth += 1;
+                    expect_key = depth == 1;
+                }
+                b'[' => depth += 1,
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                b',' if depth == 1 => expect_key = true,
+                b'"' => {
+                    // An unterminated string is an error of its own.
+                    let end = i + 1 + string_length(&bytes[i + 1..])?;
+                    let in_key = depth == 1 && expect_key;
+                    if at <= end + 1 {
+                        let (start, escape) = first_lone_surrogate(&bytes[i + 1..end])?;
+                        if i + 1 + start >= at {
+                            return None;
+                        }
+                        let field = match (in_key, depth) {
+                            (false, 1) => key.as_deref().and_then(known_field),
+                            _ => None,
+                        };
+                        return Some(LoneSurrogate {
+                            escape,
+                            field,
+                            in_key,
+                        });
+                    }
+                    if in_key {
+                        key = serde_json::from_slice(&bytes[i..=end]).ok();
+                        expect_key = false;
+                    }
+                    i = end;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// What is wrong, in the API's words.
+    fn what(&self) -> String {
+        let whose = match (self.field, self.in_key) {
+            (_, true) => "a key of the object".to_owned(),
+            (Some(field), false) => field.to_owned(),
+            (None, false) => "a string".to_owned(),
+        };
+        format!(
+            "{whose} is not valid Unicode: {} is a lone surrogate, which is not a character \
+             (a surrogate escape is half of a pair that encodes one character, as \
+             \\ud83d\\ude00 does)",
+            // Six bytes of ASCII, `\u` and four hex digits: nothing to echo.
+            self.escape
+        )
+    }
+}
+
+/// The length of the string literal whose opening quote is just before
+/// `rest`, up to its closing quote; `None` when it has none.
+fn string_length(rest: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < rest.len() {
+        match rest[i] {
+            b'"' => return Some(i),
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The first `\u` escape of a surrogate without its pair in the inside of
+/// a string literal, with its index there.
+fn first_lone_surrogate(literal: &[u8]) -> Option<(usize, &str)> {
+    let unit = |at: usize| -> Option<u16> {
+        let hex = literal.get(at..at + 6)?.strip_prefix(b"\\u")?;
+        u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    };
+    let mut i = 0;
+    while i < literal.len() {
+        if literal[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        match unit(i) {
+            Some(0xD800..=0xDBFF) if matches!(unit(i + 6), Some(0xDC00..=0xDFFF)) => i += 12,
+            Some(0xD800..=0xDFFF) => {
+                return Some((i, std::str::from_utf8(&literal[i..i + 6]).ok()?));
+            }
+            Some(_) => i += 6,
+            None => i += 2,
+        }
+    }
+    None
 }
 
 /// A JSON object request body as a data guard; take it as
@@ -567,6 +724,46 @@ mod tests {
                 "{malformed}"
             );
         }
+    }
+
+    /// A lone surrogate escape is told in the API's words, naming the
+    /// field; any other error, even in the same string, keeps the parser's.
+    #[test]
+    fn a_lone_surrogate_is_named_with_its_field() {
+        let refusal = |body: &str| parse_json::<Post>(body.as_bytes()).unwrap_err();
+        let e = refusal(r#"{"name":"a","text":"\ud800"}"#);
+        assert_eq!(e.field, Some("text"));
+        assert_eq!(
+            e.error,
+            "malformed JSON body: text is not valid Unicode: \\ud800 is a lone surrogate, \
+             which is not a character (a surrogate escape is half of a pair that encodes one \
+             character, as \\ud83d\\ude00 does) at line 1 column 27"
+        );
+        assert!(refusal(r#"{"\ud800":1}"#)
+            .error
+            .contains("a key of the object"));
+        // Each of these fails for another reason than the surrogate.
+        for (body, why) in [
+            (r#"{"name":"a\x \ud800"}"#, "invalid escape"),
+            (r#"{"name":"\ud800"#, "EOF while parsing a string"),
+            (r#"{"x":"\ud800","name":5}"#, "invalid type"),
+            (r#"{"name":"\ud83d\ude00","text":7}"#, "invalid type"),
+        ] {
+            let e = refusal(body);
+            assert!(e.error.contains(why) && e.field.is_none(), "{body}: {e:?}");
+        }
+        // A pair is a character: parsed.
+        let post = parse_json::<Post>(r#"{"name":"\ud83d\ude00"}"#.as_bytes()).unwrap();
+        assert_eq!(post.name, "\u{1F600}");
+    }
+
+    #[test]
+    fn serde_positions_are_byte_offsets() {
+        let body = b"{\n  \"a\": 1,\n  \"b\"";
+        assert_eq!(byte_offset(body, 1, 0), 0);
+        assert_eq!(byte_offset(body, 2, 3), 5);
+        assert_eq!(byte_offset(body, 3, 2), 14);
+        assert_eq!(byte_offset(body, 9, 9), body.len());
     }
 
     #[test]

@@ -275,3 +275,60 @@ async fn the_longest_texts_are_accepted_in_the_worst_encodings() {
     assert_eq!(app.message_count().await, 4);
     app.shutdown().await;
 }
+
+/// JSON text is Unicode: a `\u` escape of a surrogate (U+D800 to U+DFFF)
+/// is half of a pair that encodes one character beyond U+FFFF, never a
+/// character by itself. One alone is refused in plain words, naming the
+/// field it is in and the escape as sent, not in the parser's ("lone
+/// leading surrogate in hex escape", said of a trailing one too).
+#[tokio::test]
+async fn a_lone_surrogate_escape_is_refused_naming_its_field() {
+    let app = spawn_app(&[]).await;
+    for (body, field, escape) in [
+        (r#"{"name":"a","text":"\ud800"}"#, Some("text"), r"\ud800"),
+        (r#"{"name":"\uDC00x","text":"b"}"#, Some("name"), r"\uDC00"),
+        (
+            r#"{"name":"a","text":"b","id":"\ud83d\u0041"}"#,
+            Some("id"),
+            r"\ud83d",
+        ),
+        (
+            r#"{"name":"a","text":"ok \ud83d\ude00 then \ud800\ud800 end"}"#,
+            Some("text"),
+            r"\ud800",
+        ),
+        (
+            "{\"name\": \"a\",\n \"text\": \"\\ud800\\n\"}",
+            Some("text"),
+            r"\ud800",
+        ),
+        (
+            r#"{"n\u0061me":"\udfff","text":"b"}"#,
+            Some("name"),
+            r"\udfff",
+        ),
+        (r#"{"\ud800":"a","name":"a","text":"b"}"#, None, r"\ud800"),
+    ] {
+        let response = app
+            .post_body("/api/messages", "application/json", body)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        let error: Value = response.json().await.unwrap();
+        let message = error["error"].as_str().unwrap();
+        assert_eq!(error["field"].as_str(), field, "{body}: {error}");
+        assert!(
+            message.starts_with("malformed JSON body: ")
+                && message.contains("not valid Unicode")
+                && message.contains(&format!("{escape} is a lone surrogate"))
+                && message.contains(" at line ")
+                && !message.contains("hex escape"),
+            "{body}: {message}"
+        );
+        if field.is_none() {
+            assert!(message.contains("a key"), "{body}: {message}");
+        }
+    }
+    assert_nothing_stored(&app).await;
+    app.shutdown().await;
+}
