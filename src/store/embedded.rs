@@ -462,7 +462,36 @@ fn open_db(path: &Path, cache_bytes: usize) -> Result<(Database, FileId), Failur
     txn.open_table(MESSAGES)?;
     txn.open_table(IDS)?;
     txn.commit()?;
+    sync_directories(path);
     Ok((db, id))
+}
+
+/// Makes the file at `path` durable by name: a created file's directory
+/// entry (and a created `data_dir`'s, in its parent) is only on disk once
+/// its directory is synced, which redb's commits do not do (they sync the
+/// file's data), so a power cut right after the first start could lose
+/// the whole file with every message it had acknowledged (`fsync(2)`:
+/// "Calling fsync() does not necessarily ensure that the entry in the
+/// directory containing the file has also reached disk. For that an
+/// explicit fsync() on a file descriptor for the directory is also
+/// needed."). Done at every open, new file or not: two syncs at start. A
+/// directory that cannot be synced (one the server may not read) is
+/// logged, not fatal: the store works, with that one guarantee weaker.
+fn sync_directories(path: &Path) {
+    for dir in path.ancestors().skip(1).take(2) {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+            log::warn!(
+                "cannot sync the directory {} ({e}): a power cut soon after a first start \
+                 could lose the data file's name in it",
+                dir.display()
+            );
+        }
+    }
 }
 
 /// Writes [`PROBE_BYTES`] to a file beside the database, durably, and
