@@ -21,6 +21,24 @@
   const paged = history.dataset.before !== undefined;
   const PAGE = 100;
 
+  // How many messages the page keeps. Left open all day in a busy room (a
+  // class of 40), a page that kept every message would grow without
+  // bound: thousands of messages of up to 2,000 characters each, in the
+  // document, in the browser's memory and in every layout. 500 is five
+  // pages of history to scroll through without a fetch, and at most about
+  // a million characters of text, which a phone lays out without a pause.
+  // Past it the oldest messages are dropped and "Older messages" brings
+  // them back from the server, as on a freshly loaded page.
+  //
+  // `data-keep` on the history sets another bound (the browser tests set
+  // a small one, to go past it with a few hundred messages); never less
+  // than two pages, a page loaded and the one being read.
+  const KEEP = 500;
+  function keep() {
+    const asked = parseInt(history.dataset.keep, 10);
+    return asked > 0 ? Math.max(asked, 2 * PAGE) : KEEP;
+  }
+
   // The name is remembered where the browser lets the page keep data; a
   // browser that blocks site data throws at the first touch of storage,
   // and the page then works as before, only without remembering.
@@ -161,6 +179,28 @@
     while (announcer.childElementCount > KEPT_ANNOUNCEMENTS) announcer.firstElementChild.remove();
   }
 
+  // Drops the oldest messages past the bound, those wholly above the view
+  // only, so nothing the reader sees moves; "Older messages" then goes on
+  // from the oldest kept. The reader's own messages not yet confirmed by
+  // the stream stay: they are the newest.
+  function dropOldest() {
+    const excess = list.children.length - keep();
+    if (excess <= 0) return;
+    const top = history.getBoundingClientRect().top;
+    const items = list.children;
+    let cut = 0;
+    while (cut < excess && items[cut].dataset.unconfirmed === undefined
+      && items[cut].getBoundingClientRect().bottom <= top) cut++;
+    if (!cut) return;
+    const kept = anchor();
+    const dropped = document.createRange();
+    dropped.setStartBefore(items[0]);
+    dropped.setEndAfter(items[cut - 1]);
+    dropped.deleteContents();
+    setOlder(list.firstElementChild.dataset.id);
+    restore(kept);
+  }
+
   function removeEmpty() {
     const empty = document.getElementById("empty");
     if (empty) empty.remove();
@@ -190,6 +230,7 @@
     removeEmpty();
     if (follow) {
       scrollToBottom();
+      dropOldest();
     } else {
       restore(kept);
       newMessages.hidden = false;
@@ -230,13 +271,18 @@
     event.preventDefault();
     if (older.dataset.loading) return;
     older.dataset.loading = "1";
+    const before = older.dataset.before;
     try {
-      const response = await fetch("/api/messages?limit=" + PAGE + "&before=" + encodeURIComponent(older.dataset.before));
+      const response = await fetch("/api/messages?limit=" + PAGE + "&before=" + encodeURIComponent(before));
       const body = await response.json().catch(() => ({}));
       if (!response.ok) {
         showError(body.error || "Could not load older messages (" + response.status + ").");
         return;
       }
+      // The oldest messages were dropped, or the history replaced, while
+      // these were on their way: they would not join on. The link goes on
+      // from the oldest shown now.
+      if (!list.firstElementChild || list.firstElementChild.dataset.id !== before) return;
       const kept = anchor();
       const fragment = document.createDocumentFragment();
       for (const message of body) {

@@ -880,6 +880,161 @@ async fn older_messages_are_prepended_in_place_keeping_the_view() {
     app.shutdown().await;
 }
 
+/// How many messages the bounded-page tests let the page keep: the
+/// smallest bound the page takes (two pages of 100), set on the history's
+/// `data-keep` once the page has loaded, so that a few hundred posts go
+/// over it; the page's own bound is larger.
+const KEEP: usize = 200;
+
+/// Posts messages named `name` with texts `"message {i}"` for each `i` in
+/// `numbers`, in order.
+async fn post_numbered(
+    app: &support::app::TestApp,
+    name: &str,
+    numbers: std::ops::RangeInclusive<usize>,
+) {
+    for i in numbers {
+        app.post_message(name, &format!("message {i}")).await;
+    }
+}
+
+/// The numbers of the shown messages' texts (`"message {i}"`), oldest first.
+async fn shown_numbers(client: &Client) -> Vec<usize> {
+    let texts = page_eval(
+        client,
+        "return items().map(li => li.querySelector('.text').textContent)",
+    )
+    .await;
+    texts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let t = t.as_str().unwrap();
+            t.strip_prefix("message ")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("not a numbered message: {t:?}"))
+        })
+        .collect()
+}
+
+/// Clicks "Older messages" and waits until it has loaded (the oldest shown
+/// message changed); the message in view must stay where it was.
+async fn click_older(client: &Client, size: (u32, u32)) {
+    let before = page_eval(
+        client,
+        "$('#older').scrollIntoView(); const h = $('#history').getBoundingClientRect().top;
+         window.anchorItem = items().find(li => li.getBoundingClientRect().bottom > h);
+         window.oldestId = items()[0].dataset.id;
+         return window.anchorItem.getBoundingClientRect().top",
+    )
+    .await;
+    client
+        .find(Locator::Id("older"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    page_wait(
+        client,
+        "return items()[0].dataset.id !== window.oldestId && !$('#older[data-loading]')",
+        "older messages",
+    )
+    .await;
+    let after = page_eval(
+        client,
+        "return window.anchorItem.isConnected && window.anchorItem.getBoundingClientRect().top",
+    )
+    .await;
+    assert!(
+        after
+            .as_f64()
+            .is_some_and(|a| (a - before.as_f64().unwrap()).abs() < 1.0),
+        "{size:?}: the view moved from {before} to {after}"
+    );
+}
+
+/// A page left open all day in a busy room kept every live message: the
+/// document, the browser's memory and the cost of layout grew without
+/// bound. The page now keeps a bounded number of messages: while the
+/// reader follows the newest, the oldest are dropped, and "Older
+/// messages" brings them back as for a freshly loaded page, so walking
+/// back still shows every message exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_open_all_day_keeps_a_bounded_history_and_walks_back_to_every_message() {
+    const TOTAL: usize = 2 * KEEP + 50;
+    for size in [PHONE, DESKTOP] {
+        let Some(tab) = Browser::open("bounded", size).await else {
+            return;
+        };
+        let app = spawn_app(&[]).await;
+        post_numbered(&app, "ann", 1..=50).await;
+        tab.load(&app.base_url).await;
+        let c = &tab.client;
+        page_eval(
+            c,
+            &format!("$('#history').dataset.keep = '{KEEP}'; return true"),
+        )
+        .await;
+
+        // A busy room: many more messages than the page keeps, live.
+        post_numbered(&app, "bob", 51..=TOTAL).await;
+        page_wait(
+            c,
+            &format!("return newest().querySelector('.text').textContent === 'message {TOTAL}'"),
+            "the last live message",
+        )
+        .await;
+        let shown = shown_numbers(c).await;
+        assert!(
+            shown.len() <= KEEP,
+            "{size:?}: the page holds {} messages, more than the {KEEP} it keeps",
+            shown.len()
+        );
+        assert_eq!(
+            shown,
+            (TOTAL - KEEP + 1..=TOTAL).collect::<Vec<_>>(),
+            "{size:?}: the newest {KEEP} messages are kept, the oldest dropped"
+        );
+        assert_eq!(
+            page_eval(
+                c,
+                "return [bottomShown(newest()) && belowView() <= 1, \
+                 $('#older').getAttribute('href') === '/?before=' + items()[0].dataset.id, \
+                 $('#connection').dataset.state]"
+            )
+            .await,
+            json!([true, true, "live"]),
+            "{size:?}: still following, live, and 'Older messages' goes on from the oldest kept"
+        );
+
+        // Walking back brings every dropped message back, once, in order.
+        let mut seen: Vec<usize> = shown_numbers(c).await;
+        while page_eval(c, "return !!$('#older')").await == json!(true) {
+            click_older(c, size).await;
+            let shown = shown_numbers(c).await;
+            assert!(
+                shown.windows(2).all(|w| w[1] == w[0] + 1),
+                "{size:?}: the page shows consecutive messages, each once: {shown:?}"
+            );
+            assert_eq!(
+                shown[0] + 100.min(seen[0] - 1),
+                seen[0],
+                "{size:?}: a page of 100 before the oldest shown"
+            );
+            seen.splice(0..0, shown[..seen[0] - shown[0]].iter().copied());
+        }
+        assert_eq!(
+            seen,
+            (1..=TOTAL).collect::<Vec<_>>(),
+            "{size:?}: every message once, in order"
+        );
+        tab.close().await;
+        app.shutdown().await;
+    }
+}
+
 /// A page of older history is a page to read: not followed live, with a way
 /// back to the latest, and sending from it goes back to the latest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
