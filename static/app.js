@@ -27,8 +27,13 @@
   // document, in the browser's memory and in every layout. 500 is five
   // pages of history to scroll through without a fetch, and at most about
   // a million characters of text, which a phone lays out without a pause.
-  // Past it the oldest messages are dropped and "Older messages" brings
-  // them back from the server, as on a freshly loaded page.
+  // Past it the page drops messages from the end away from the reader:
+  // following the newest (or walking forward with "Newer messages"), the
+  // oldest, which "Older messages" brings back from the server as on a
+  // freshly loaded page; reading back (scrolled up with the page full, or
+  // loading older messages), the newest, below the view, and live messages
+  // are then no longer added below. Nothing the reader is reading, or is
+  // about to read in the direction they are going, is taken away.
   //
   // `data-keep` on the history sets another bound (the browser tests set
   // a small one, to go past it with a few hundred messages); never less
@@ -38,6 +43,11 @@
     const asked = parseInt(history.dataset.keep, 10);
     return asked > 0 ? Math.max(asked, 2 * PAGE) : KEEP;
   }
+  // Whether messages newer than the last one shown exist that the page
+  // does not show: it gave way at its newest end while the reader read
+  // back. "Newer messages" at the bottom then brings them, a page at a
+  // time, up to the live end, and "New messages" goes to the latest.
+  let behind = false;
 
   // The name is remembered where the browser lets the page keep data; a
   // browser that blocks site data throws at the first touch of storage,
@@ -122,7 +132,7 @@
   }
 
   history.addEventListener("scroll", () => {
-    if (atBottom()) newMessages.hidden = true;
+    if (atBottom() && !behind) newMessages.hidden = true;
   }, { passive: true });
   // A control that goes away once used leaves the focus on the history
   // rather than on the page's body, where a screen reader loses its place.
@@ -131,7 +141,8 @@
   }
   newMessages.addEventListener("click", () => {
     leaving(newMessages);
-    scrollToBottom();
+    if (behind) showLatest(true);
+    else scrollToBottom();
   });
 
   // --- Rendering. textContent only: whatever a user typed is shown as
@@ -201,6 +212,54 @@
     restore(kept);
   }
 
+  // Drops the newest messages past the bound, those wholly below the view
+  // only; the page is then behind, and "Newer messages" goes on from the
+  // newest kept.
+  function dropNewest() {
+    const items = list.children;
+    const excess = items.length - keep();
+    if (excess <= 0) return;
+    const bottom = history.getBoundingClientRect().bottom;
+    let cut = items.length;
+    while (items.length - cut < excess && items[cut - 1].getBoundingClientRect().top >= bottom) cut--;
+    if (cut === items.length) return;
+    const kept = anchor();
+    const dropped = document.createRange();
+    dropped.setStartBefore(items[cut]);
+    dropped.setEndAfter(items[items.length - 1]);
+    dropped.deleteContents();
+    setBehind(true);
+    restore(kept);
+  }
+
+  // Behind, the last message shown is where "Newer messages" goes on
+  // from, so the reader's own messages not yet confirmed by the stream,
+  // which stand after it out of the chat's order, go too: they are stored,
+  // and come back in their place with the newer ones.
+  function setBehind(now) {
+    behind = now;
+    let newer = document.getElementById("newer");
+    if (!now) {
+      if (newer) {
+        leaving(newer);
+        newer.parentElement.remove();
+      }
+      return;
+    }
+    for (const item of list.querySelectorAll("[data-unconfirmed]")) item.remove();
+    if (!newer) {
+      const p = document.createElement("p");
+      p.className = "newer";
+      newer = document.createElement("a");
+      newer.id = "newer";
+      // Opened on its own (in another tab), it is the latest messages.
+      newer.href = "/";
+      newer.textContent = "Newer messages";
+      p.append(newer);
+      list.after(p);
+    }
+  }
+
   function removeEmpty() {
     const empty = document.getElementById("empty");
     if (empty) empty.remove();
@@ -214,6 +273,10 @@
   // brings messages in the chat's order, so one it brings before it (sent
   // earlier, missed while the stream was down or slow) goes before it.
   //
+  // Scrolled up with the page full, the page gives way at its newest end
+  // instead of above the view: the message is not added, and "New
+  // messages" and "Newer messages" bring it.
+  //
   // Returns whether the message is new to the page.
   function append(message, own) {
     const shown = document.getElementById("m-" + message.id);
@@ -222,7 +285,22 @@
       else delete shown.dataset.unconfirmed;
       return false;
     }
+    // The latest messages are on their way: this one goes after them.
+    if (reloading) {
+      reloading.push({ message, own });
+      return true;
+    }
     const follow = own || atBottom();
+    if (!behind && !follow && list.children.length >= keep()) {
+      const kept = anchor();
+      setBehind(true);
+      restore(kept);
+    }
+    if (behind) {
+      if (caught) caught.push(message);
+      newMessages.hidden = false;
+      return true;
+    }
     const kept = follow ? null : anchor();
     const item = build(message);
     if (own) item.dataset.unconfirmed = "";
@@ -265,10 +343,15 @@
     older.href = "/?before=" + encodeURIComponent(before);
   }
 
-  log.addEventListener("click", async (event) => {
-    const older = event.target.closest("#older");
-    if (!older) return;
+  log.addEventListener("click", (event) => {
+    const control = event.target.closest("#older, #newer");
+    if (!control) return;
     event.preventDefault();
+    if (control.id === "older") loadOlder(control);
+    else loadNewer(control);
+  });
+
+  async function loadOlder(older) {
     if (older.dataset.loading) return;
     older.dataset.loading = "1";
     const before = older.dataset.before;
@@ -298,12 +381,102 @@
         older.dataset.before = body[0].id;
         older.href = "/?before=" + encodeURIComponent(body[0].id);
       }
+      dropNewest();
     } catch (e) {
       showError("Could not reach the server to load older messages.");
     } finally {
       delete older.dataset.loading;
     }
-  });
+  }
+
+  // --- Newer messages, while the page is behind: appended in place after
+  // the newest shown; the view does not move. What the stream brings
+  // meanwhile is kept (`caught`): once the answer reaches the newest
+  // message stored, those go after it, and the page has its live end again.
+  let caught = null;
+  async function loadNewer(newer) {
+    if (newer.dataset.loading) return;
+    newer.dataset.loading = "1";
+    const last = list.lastElementChild;
+    caught = paged ? null : [];
+    try {
+      const response = await fetch("/api/messages?limit=" + PAGE + "&after=" + encodeURIComponent(last.dataset.id));
+      const body = await response.json().catch(() => ({}));
+      if (!response.ok) {
+        // The server no longer has that message (its store was wiped):
+        // the latest messages instead, as for a page it cannot place.
+        if (response.status === 404 && !paged) showLatest(true);
+        else showError(body.error || "Could not load newer messages (" + response.status + ").");
+        return;
+      }
+      // The history was replaced, or its newest end dropped, meanwhile.
+      if (!behind || list.lastElementChild !== last) return;
+      const reached = body.length < PAGE;
+      const kept = anchor();
+      const added = new Set();
+      const fragment = document.createDocumentFragment();
+      for (const message of reached && caught ? body.concat(caught) : body) {
+        if (added.has(message.id) || document.getElementById("m-" + message.id)) continue;
+        added.add(message.id);
+        fragment.append(build(message));
+      }
+      list.append(fragment);
+      if (reached) setBehind(false);
+      restore(kept);
+      dropOldest();
+    } catch (e) {
+      showError("Could not reach the server to load newer messages.");
+    } finally {
+      caught = null;
+      delete newer.dataset.loading;
+    }
+  }
+
+  // --- The latest messages in place of the history shown: when the
+  // server cannot place the page (it sends "reset": the store was wiped,
+  // or the page came from another deployment, so what was posted since is
+  // unknown), and when the reader asks for them while the page is behind
+  // ("New messages", or sending). What the stream brings meanwhile, and
+  // the reader's own message, are kept (`reloading`) and then added as
+  // they would have been: after the latest, or, when those could not be
+  // loaded, to the page as it was.
+  let reloading = null;
+  async function showLatest(asked) {
+    if (reloading) return;
+    reloading = [];
+    let body = null;
+    try {
+      const response = await fetch("/api/messages?limit=" + (PAGE + 1));
+      body = await response.json().catch(() => null);
+      if (!response.ok || !Array.isArray(body)) body = null;
+    } catch (e) {
+      // The server could not be reached: the history stays as it was.
+    }
+    const brought = reloading;
+    reloading = null;
+    if (body) {
+      const latest = body.slice(-PAGE);
+      const fetched = new Set(latest.map((m) => m.id));
+      const kept = [...list.querySelectorAll("[data-unconfirmed]")]
+        .filter((item) => !fetched.has(item.dataset.id));
+      list.replaceChildren(...latest.map(build), ...kept);
+      setOlder(body.length > PAGE ? latest[0].id : null);
+      setBehind(false);
+      if (list.children.length) {
+        removeEmpty();
+      } else if (!document.getElementById("empty")) {
+        const empty = document.createElement("p");
+        empty.id = "empty";
+        empty.className = "empty";
+        empty.textContent = "No messages yet. Say hello!";
+        list.after(empty);
+      }
+      scrollToBottom();
+    } else if (asked) {
+      showError("Could not reach the server to load the latest messages.");
+    }
+    for (const { message, own } of brought) append(message, own);
+  }
 
   // --- The text box grows with what is typed where CSS cannot do it.
   if (!(window.CSS && CSS.supports("field-sizing", "content"))) {
@@ -372,6 +545,8 @@
           textInput.dispatchEvent(new Event("input"));
         }
         showError("");
+        // Sent while the page is behind: the latest, with it.
+        if (behind) showLatest(true);
         append(body, true);
       } else {
         if (response.status !== 503) pending = null;
@@ -440,42 +615,6 @@
     }
   }
 
-  // The server sends "reset" when it does not have the message this page
-  // saw last (the store was wiped, or the page came from another
-  // deployment): what was posted since is unknown, so the history is
-  // replaced by the latest messages. What the stream brings meanwhile, and
-  // the reader's own messages it has not brought yet, stay after them.
-  let broughtSinceReset = null;
-  async function reloadHistory() {
-    if (broughtSinceReset) return;
-    broughtSinceReset = new Set();
-    try {
-      const response = await fetch("/api/messages?limit=" + (PAGE + 1));
-      const body = await response.json().catch(() => null);
-      if (!response.ok || !Array.isArray(body)) return;
-      const latest = body.slice(-PAGE);
-      const fetched = new Set(latest.map((m) => m.id));
-      const kept = [...list.children].filter((item) => !fetched.has(item.dataset.id)
-        && (broughtSinceReset.has(item.dataset.id) || item.dataset.unconfirmed !== undefined));
-      list.replaceChildren(...latest.map(build), ...kept);
-      setOlder(body.length > PAGE ? latest[0].id : null);
-      if (list.children.length) {
-        removeEmpty();
-      } else if (!document.getElementById("empty")) {
-        const empty = document.createElement("p");
-        empty.id = "empty";
-        empty.className = "empty";
-        empty.textContent = "No messages yet. Say hello!";
-        list.after(empty);
-      }
-      scrollToBottom();
-    } catch (e) {
-      // The server could not be reached: the history stays as it was.
-    } finally {
-      broughtSinceReset = null;
-    }
-  }
-
   function connect() {
     const source = new EventSource("/api/events" + (lastEventId ? "?after=" + encodeURIComponent(lastEventId) : ""));
     source.addEventListener("open", () => {
@@ -496,7 +635,7 @@
     source.addEventListener("reset", (event) => {
       // Where the server went live: a reconnect resumes from there.
       lastEventId = event.lastEventId;
-      reloadHistory();
+      showLatest(false);
     });
     source.addEventListener("message", (event) => {
       if (event.lastEventId) lastEventId = event.lastEventId;
@@ -506,7 +645,6 @@
       } catch (e) {
         return; // A malformed event is skipped rather than stopping the feed.
       }
-      if (broughtSinceReset) broughtSinceReset.add(message.id);
       if (append(message, false) && !sentHere.has(message.id)) arrived(message);
     });
   }

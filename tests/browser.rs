@@ -918,19 +918,31 @@ async fn shown_numbers(client: &Client) -> Vec<usize> {
         .collect()
 }
 
-/// Clicks "Older messages" and waits until it has loaded (the oldest shown
-/// message changed); the message in view must stay where it was.
-async fn click_older(client: &Client, size: (u32, u32)) {
+/// The first and last of `shown`, consecutive numbers, and how many they are.
+fn span(shown: &[usize]) -> (usize, usize, usize) {
+    assert!(
+        shown.windows(2).all(|w| w[1] == w[0] + 1),
+        "the page shows consecutive messages, each once: {shown:?}"
+    );
+    (shown[0], shown[shown.len() - 1], shown.len())
+}
+
+/// Clicks "Older messages" (`control` "older") or "Newer messages"
+/// ("newer") and waits until it has loaded: the messages shown changed, or
+/// the control went. The message in view must stay where it was.
+async fn click_keeping_the_view(client: &Client, size: (u32, u32), control: &str) {
     let before = page_eval(
         client,
-        "$('#older').scrollIntoView(); const h = $('#history').getBoundingClientRect().top;
-         window.anchorItem = items().find(li => li.getBoundingClientRect().bottom > h);
-         window.oldestId = items()[0].dataset.id;
-         return window.anchorItem.getBoundingClientRect().top",
+        &format!(
+            "$('#{control}').scrollIntoView(); const h = $('#history').getBoundingClientRect().top;
+             window.anchorItem = items().find(li => li.getBoundingClientRect().bottom > h);
+             window.ends = items()[0].dataset.id + ' ' + newest().dataset.id;
+             return window.anchorItem.getBoundingClientRect().top"
+        ),
     )
     .await;
     client
-        .find(Locator::Id("older"))
+        .find(Locator::Id(control))
         .await
         .unwrap()
         .click()
@@ -938,8 +950,11 @@ async fn click_older(client: &Client, size: (u32, u32)) {
         .unwrap();
     page_wait(
         client,
-        "return items()[0].dataset.id !== window.oldestId && !$('#older[data-loading]')",
-        "older messages",
+        &format!(
+            "return !$('#{control}[data-loading]') \
+             && (!$('#{control}') || items()[0].dataset.id + ' ' + newest().dataset.id !== window.ends)"
+        ),
+        control,
     )
     .await;
     let after = page_eval(
@@ -951,7 +966,7 @@ async fn click_older(client: &Client, size: (u32, u32)) {
         after
             .as_f64()
             .is_some_and(|a| (a - before.as_f64().unwrap()).abs() < 1.0),
-        "{size:?}: the view moved from {before} to {after}"
+        "{size:?}: the view moved from {before} to {after} ({control})"
     );
 }
 
@@ -1012,11 +1027,13 @@ async fn a_page_open_all_day_keeps_a_bounded_history_and_walks_back_to_every_mes
         // Walking back brings every dropped message back, once, in order.
         let mut seen: Vec<usize> = shown_numbers(c).await;
         while page_eval(c, "return !!$('#older')").await == json!(true) {
-            click_older(c, size).await;
+            click_keeping_the_view(c, size, "older").await;
             let shown = shown_numbers(c).await;
+            span(&shown);
             assert!(
-                shown.windows(2).all(|w| w[1] == w[0] + 1),
-                "{size:?}: the page shows consecutive messages, each once: {shown:?}"
+                shown.len() <= KEEP,
+                "{size:?}: walking back, the page holds {} messages, more than the {KEEP} it keeps",
+                shown.len()
             );
             assert_eq!(
                 shown[0] + 100.min(seen[0] - 1),
@@ -1030,6 +1047,193 @@ async fn a_page_open_all_day_keeps_a_bounded_history_and_walks_back_to_every_mes
             (1..=TOTAL).collect::<Vec<_>>(),
             "{size:?}: every message once, in order"
         );
+        tab.close().await;
+        app.shutdown().await;
+    }
+}
+
+/// Reading back with the page full, nothing above the view may go: live
+/// messages and pages of older ones would otherwise grow the page again,
+/// or take away what the reader is about to read. The newest end gives way
+/// instead: live messages are no longer added below (they are still
+/// announced, and "New messages" offered), and older pages drop the newest
+/// messages below the view. "Newer messages" at the bottom brings those
+/// back, page by page, each message once and in order, up to the live end,
+/// and "New messages" goes straight to the latest, followed live again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_back_keeps_the_view_and_newer_messages_walk_forward_to_the_live_end() {
+    for size in [PHONE, DESKTOP] {
+        let Some(tab) = Browser::open("reading_back", size).await else {
+            return;
+        };
+        let app = spawn_app(&[]).await;
+        post_numbered(&app, "ann", 1..=320).await;
+        tab.load(&app.base_url).await;
+        let c = &tab.client;
+        page_eval(
+            c,
+            &format!("$('#history').dataset.keep = '{KEEP}'; return true"),
+        )
+        .await;
+        click_keeping_the_view(c, size, "older").await;
+        assert_eq!(span(&shown_numbers(c).await), (121, 320, KEEP));
+        // Long enough for the first stream's replay, which is part of the
+        // page load and announced by nobody, to have settled.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+
+        // Full and reading back: live messages keep still what is shown.
+        let before = page_eval(
+            c,
+            "const h = $('#history').getBoundingClientRect().top;
+             window.anchorItem = items().find(li => li.getBoundingClientRect().bottom > h);
+             return window.anchorItem.getBoundingClientRect().top",
+        )
+        .await;
+        post_numbered(&app, "bob", 321..=325).await;
+        page_wait(
+            c,
+            &format!("{ANNOUNCED_JS}.includes('bob: message 325')"),
+            "the live messages announced",
+        )
+        .await;
+        assert_eq!(
+            span(&shown_numbers(c).await),
+            (121, 320, KEEP),
+            "{size:?}: nothing dropped above the view, nothing added past the bound \
+             (the first, last and count of the messages shown)"
+        );
+        let after = page_eval(c, "return window.anchorItem.getBoundingClientRect().top").await;
+        assert!(
+            (after.as_f64().unwrap() - before.as_f64().unwrap()).abs() < 1.0,
+            "{size:?}: the view moved from {before} to {after}"
+        );
+        assert_eq!(
+            page_eval(
+                c,
+                "return [!$('#new-messages').hidden, !!$('#newer'), $('#connection').dataset.state]"
+            )
+            .await,
+            json!([true, true, "live"]),
+            "{size:?}: 'New messages' offered, 'Newer messages' at the bottom, still live"
+        );
+
+        // Older pages: the newest messages below the view give way.
+        click_keeping_the_view(c, size, "older").await;
+        assert_eq!(
+            span(&shown_numbers(c).await),
+            (21, 220, KEEP),
+            "{size:?}: a page older, the newest page below the view dropped"
+        );
+        click_keeping_the_view(c, size, "older").await;
+        assert_eq!(span(&shown_numbers(c).await), (1, KEEP, KEEP));
+        assert_eq!(page_eval(c, "return !!$('#older')").await, json!(false));
+
+        // Forward again, a page at a time, the oldest above the view
+        // giving way.
+        click_keeping_the_view(c, size, "newer").await;
+        assert_eq!(span(&shown_numbers(c).await), (101, 300, KEEP));
+        // The last page, with a message the stream brings while it is on
+        // its way: the answer is held until the message was announced.
+        page_eval(
+            c,
+            "const send = window.fetch;
+             window.fetch = async (url, options) => {
+               const response = await send(url, options);
+               if (String(url).includes('after=')) {
+                 while (![...$('#announcer').children].some((e) => e.textContent === 'bob: message 326')) {
+                   await new Promise((r) => setTimeout(r, 50));
+                 }
+               }
+               return response;
+             };
+             return true",
+        )
+        .await;
+        tokio::join!(click_keeping_the_view(c, size, "newer"), async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            app.post_message("bob", "message 326").await;
+        });
+        assert_eq!(
+            span(&shown_numbers(c).await),
+            (127, 326, KEEP),
+            "{size:?}: up to the live end, the message brought meanwhile after the page"
+        );
+        assert_eq!(
+            page_eval(
+                c,
+                "return [!!$('#newer'), $('#older').getAttribute('href') === '/?before=' + items()[0].dataset.id]"
+            )
+            .await,
+            json!([false, true]),
+            "{size:?}: no more newer; 'Older messages' goes on from the oldest kept"
+        );
+
+        // At the live end again: "New messages" goes down to it, and the
+        // page follows the next live message there.
+        c.find(Locator::Id("new-messages"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        page_wait(
+            c,
+            "return $('#new-messages').hidden && belowView() <= 1 && bottomShown(newest())",
+            "the newest message",
+        )
+        .await;
+        app.post_message("bob", "message 327").await;
+        page_wait(
+            c,
+            "return newest().querySelector('.text').textContent === 'message 327' \
+             && bottomShown(newest()) && belowView() <= 1",
+            "the next live message, followed",
+        )
+        .await;
+        assert_eq!(span(&shown_numbers(c).await), (128, 327, KEEP));
+
+        // Behind again, "New messages" goes to the latest messages, and
+        // the page follows them live.
+        click_keeping_the_view(c, size, "older").await;
+        assert_eq!(span(&shown_numbers(c).await), (28, 227, KEEP));
+        app.post_message("bob", "message 328").await;
+        page_wait(c, "return !$('#new-messages').hidden", "'New messages'").await;
+        c.find(Locator::Id("new-messages"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        page_wait(
+            c,
+            "return !$('#newer') && $('#new-messages').hidden && belowView() <= 1 \
+             && newest().querySelector('.text').textContent === 'message 328' && bottomShown(newest())",
+            "the latest messages",
+        )
+        .await;
+        assert_eq!(span(&shown_numbers(c).await), (229, 328, 100));
+
+        // Sending while behind: the latest, with the message sent.
+        click_keeping_the_view(c, size, "older").await;
+        click_keeping_the_view(c, size, "older").await;
+        assert_eq!(span(&shown_numbers(c).await), (29, 228, KEEP));
+        send(c, "me", "message 329").await;
+        page_wait(
+            c,
+            "return !$('#newer') && newest().querySelector('.text').textContent === 'message 329' \
+             && bottomShown(newest()) && belowView() <= 1",
+            "the latest with the message sent",
+        )
+        .await;
+        assert_eq!(span(&shown_numbers(c).await), (230, 329, 100));
+        app.post_message("bob", "message 330").await;
+        page_wait(
+            c,
+            "return newest().querySelector('.text').textContent === 'message 330' \
+             && bottomShown(newest())",
+            "live after sending",
+        )
+        .await;
         tab.close().await;
         app.shutdown().await;
     }
