@@ -390,7 +390,9 @@
   }
 
   // --- Newer messages, while the page is behind: appended in place after
-  // the newest shown; the view does not move. What the stream brings
+  // the newest shown; the view does not move (but where the last of them
+  // are shorter than the link they replace, the view can only settle at
+  // the end of the history). What the stream brings
   // meanwhile is kept (`caught`): once the answer reaches the newest
   // message stored, those go after it, and the page has its live end again.
   let caught = null;

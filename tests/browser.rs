@@ -1276,6 +1276,69 @@ async fn a_page_of_older_history_links_back_and_sends_by_the_form() {
     app.shutdown().await;
 }
 
+/// A page of older history (`/?before=<id>`) loads older messages in place
+/// too: it keeps the same bound, the newest end giving way, and "Newer
+/// messages" walks forward again, past the page's own end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_older_history_keeps_the_same_bound() {
+    for size in [PHONE, DESKTOP] {
+        let app = spawn_app(&[]).await;
+        post_numbered(&app, "ann", 1..=330).await;
+        let Some(tab) = Browser::open("paged_bound", size).await else {
+            return;
+        };
+        let c = &tab.client;
+        let latest = app.get_json("/api/messages?limit=1").await;
+        c.goto(&format!(
+            "{}/?before={}",
+            app.base_url,
+            latest[0]["id"].as_str().unwrap()
+        ))
+        .await
+        .unwrap();
+        page_eval(
+            c,
+            &format!("$('#history').dataset.keep = '{KEEP}'; return true"),
+        )
+        .await;
+        assert_eq!(span(&shown_numbers(c).await), (230, 329, 100));
+        click_keeping_the_view(c, size, "older").await;
+        click_keeping_the_view(c, size, "older").await;
+        assert_eq!(
+            span(&shown_numbers(c).await),
+            (30, 229, KEEP),
+            "{size:?}: the newest page below the view dropped"
+        );
+        assert_eq!(
+            page_eval(
+                c,
+                "return [$('#connection').dataset.state, !!$('#newer'), \
+                 $('#newer').parentElement.nextElementSibling === $('#latest').parentElement]"
+            )
+            .await,
+            json!(["paged", true, true]),
+            "{size:?}: 'Newer messages' above 'Latest messages'"
+        );
+        click_keeping_the_view(c, size, "newer").await;
+        assert_eq!(span(&shown_numbers(c).await), (130, 329, KEEP));
+        // Enough past the page's own end to fill the place of the link
+        // (were it less, the view could only settle at the end).
+        post_numbered(&app, "bob", 331..=340).await;
+        click_keeping_the_view(c, size, "newer").await;
+        assert_eq!(
+            span(&shown_numbers(c).await),
+            (141, 340, KEEP),
+            "{size:?}: forward past the page's own end, to the newest"
+        );
+        assert_eq!(
+            page_eval(c, "return [!!$('#newer'), !!$('#latest')]").await,
+            json!([false, true])
+        );
+        tab.close().await;
+        app.shutdown().await;
+    }
+}
+
 /// Fault 8: on a phone the form took a quarter of the screen. Now it is one
 /// slim row for the name and one for the text and Send, and the text box
 /// grows with what is typed, up to a third of the screen.
