@@ -73,11 +73,12 @@ impl AllowedHosts {
     }
 
     /// Whether a request whose `Host` (or absolute-form authority) is
-    /// `host` is answered: `Ok` when it is, else the refusal's text, which
-    /// says what to set. `host` is a valid `uri-host [ ":" port ]` (the
-    /// front door checked it); `None`, a request without one (HTTP/1.0),
-    /// is answered: no browser leaves `Host` out.
-    pub fn answers(&self, host: Option<&str>) -> Result<(), String> {
+    /// `host` is answered: `Ok` when it is, else the [`Misdirected`]
+    /// refusal, which names the host. `host` is a valid
+    /// `uri-host [ ":" port ]` (the front door checked it); `None`, a
+    /// request without one (HTTP/1.0), is answered: no browser leaves
+    /// `Host` out.
+    pub fn answers(&self, host: Option<&str>) -> Result<(), Misdirected> {
         if self.any {
             return Ok(());
         }
@@ -98,10 +99,30 @@ impl AllowedHosts {
         {
             return Ok(());
         }
-        // Only URI characters reach here (the front door checked the
-        // value), so the name is shown as it is.
-        let shown = name;
-        Err(if self.loopback_default {
+        Err(Misdirected {
+            name: name.to_owned(),
+            loopback_default: self.loopback_default,
+        })
+    }
+}
+
+/// A request for a host this server does not answer for (421).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Misdirected {
+    /// The host refused: the client's, lower case, without port or
+    /// trailing dot, and of any length (a `Host` may fill most of a
+    /// request head).
+    pub name: String,
+    /// Whether `allowed_hosts` was left empty and the address is loopback.
+    loopback_default: bool,
+}
+
+impl Misdirected {
+    /// The refusal's text, which says what to set, naming the host as
+    /// `shown`: [`Misdirected::name`] as the caller repeats client input in
+    /// an error (bounded and escaped, `crate::api::echo`).
+    pub fn explain(&self, shown: &str) -> String {
+        if self.loopback_default {
             format!(
                 "this server does not answer for host {shown}: it listens on a loopback \
                  address and answers localhost and IP addresses only, so that pages of \
@@ -114,7 +135,7 @@ impl AllowedHosts {
                  (SIMPLECHAT_ALLOWED_HOSTS), which guards against DNS rebinding; add it \
                  there if the server is reached by that name"
             )
-        })
+        }
     }
 }
 
@@ -192,7 +213,9 @@ mod tests {
         }
         assert_eq!(local.answers(None), Ok(()));
         for refused in ["evil.example:8000", "localhost.evil.example", "x"] {
-            let why = local.answers(Some(refused)).unwrap_err();
+            let refusal = local.answers(Some(refused)).unwrap_err();
+            assert_eq!(refusal.name, refused.split(':').next().unwrap());
+            let why = refusal.explain(&refusal.name);
             assert!(why.contains("allowed_hosts"), "{why}");
         }
         assert!(hosts("::1", &[]).answers(Some("evil.example")).is_err());

@@ -160,8 +160,8 @@ where
         if let Some(refusal) = message_head::refusal(&parts) {
             return refusal;
         }
-        if let Err(why) = self.hosts.answers(request_host(&parts)) {
-            return self.refuse_host(&why, peer);
+        if let Err(refused) = self.hosts.answers(request_host(&parts)) {
+            return self.refuse_host(&refused.explain(&echo(&refused.name)), peer);
         }
         if parts.method == Method::GET && parts.uri.path() == "/api/events" {
             if let Some(after) = events_query(parts.uri.query()) {

@@ -112,3 +112,22 @@ async fn allowed_hosts_names_what_a_proxy_forwards() {
     }
     app.shutdown().await;
 }
+
+/// The refused host is echoed as every error echoes what a client sent:
+/// at most 80 characters, then `…` (a `Host` may be most of a 64 KiB head).
+#[tokio::test]
+async fn a_refused_host_is_echoed_at_most_80_characters() {
+    let app = spawn_app(&[]).await;
+    let name = format!("{}.rebind.example", "a".repeat(20_000));
+    let answer = app.raw(get("/", &name).as_bytes()).await;
+    let (status, _, body) = parse(&answer);
+    assert_eq!(status, 421, "{}", &answer[..200]);
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("{}…", "a".repeat(80))),
+        "cut at 80: {}",
+        &error[..200.min(error.len())]
+    );
+    assert!(error.chars().count() < 500, "{} characters", error.len());
+    app.shutdown().await;
+}
