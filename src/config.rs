@@ -108,9 +108,10 @@ pub struct Settings {
     /// The host names this server answers for beside IP addresses and
     /// `localhost` ([`crate::hosts`]); a list, or one string of names
     /// separated by commas or spaces (`SIMPLECHAT_ALLOWED_HOSTS=a,b`).
-    /// Empty: none on a loopback address, any on another.
-    #[serde(deserialize_with = "host_list")]
-    pub allowed_hosts: Vec<String>,
+    /// Unset: none on a loopback address, any on another; empty (`[]`, or
+    /// an empty variable): none on any address.
+    #[serde(default, deserialize_with = "some_host_list")]
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 impl Default for Settings {
@@ -135,7 +136,7 @@ impl Default for Settings {
             max_connections_per_client: 256,
             secure_cookie: false,
             trust_proxy_headers: false,
-            allowed_hosts: Vec::new(),
+            allowed_hosts: None,
         }
     }
 }
@@ -197,6 +198,15 @@ fn host_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<St
         }
     }
     deserializer.deserialize_any(Hosts)
+}
+
+/// [`host_list`] for a setting that may be unset.
+fn some_host_list<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Hosts(#[serde(deserialize_with = "host_list")] Vec<String>);
+    Ok(Option::<Hosts>::deserialize(deserializer)?.map(|Hosts(hosts)| hosts))
 }
 
 /// A path that is not empty: an empty one (`SIMPLECHAT_DATA_DIR=`) would
@@ -468,7 +478,7 @@ impl Config {
             max_connections: settings.max_connections,
             max_connections_per_client: (settings.max_connections_per_client > 0)
                 .then_some(settings.max_connections_per_client),
-            allowed_hosts: AllowedHosts::new(settings.address, &settings.allowed_hosts),
+            allowed_hosts: AllowedHosts::new(settings.address, settings.allowed_hosts.as_deref()),
             settings,
             log_level: rocket.log_level,
             figment,
@@ -849,19 +859,16 @@ pub fn describe(config: &Config) -> String {
         settings.trust_proxy_headers.to_string(),
         from("trust_proxy_headers"),
     );
-    out += &if settings.allowed_hosts.is_empty() {
-        let answered = if config.address.to_canonical().is_loopback() {
-            "localhost and IP addresses only, as address is loopback"
-        } else {
-            "any host, as address is not loopback"
-        };
-        note("allowed_hosts", &format!("unset: {answered}"))
-    } else {
-        set(
+    out += &match &settings.allowed_hosts {
+        None if config.allowed_hosts.answers_any() => note(
             "allowed_hosts",
-            format!("{:?}", settings.allowed_hosts),
-            from("allowed_hosts"),
-        )
+            "unset: any host, as address is not loopback",
+        ),
+        None => note(
+            "allowed_hosts",
+            "unset: localhost and IP addresses only, as address is loopback",
+        ),
+        Some(hosts) => set("allowed_hosts", format!("{hosts:?}"), from("allowed_hosts")),
     };
     out
 }

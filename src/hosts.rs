@@ -21,12 +21,14 @@
 //!   resolve them to loopback without asking DNS.
 //! - Each name of `allowed_hosts` is answered; `*.example.com` answers the
 //!   names under `example.com` (not `example.com` itself), and `*` any name.
-//! - With `allowed_hosts` empty (the default), a server listening on a
+//! - With `allowed_hosts` unset (the default), a server listening on a
 //!   loopback address answers nothing more, since no other machine can
 //!   reach it by name and a proxy in front can be named; one listening on
 //!   any other address answers any name, as it is reachable by whatever
 //!   names its network gives it. Jupyter's server makes the same choice
 //!   (its `local_hostnames` check applies when it listens on localhost).
+//!   Set to an empty list, it answers nothing more on any address: an
+//!   operator who wrote `[]` asked for no names.
 //!
 //! The port of `Host` is not compared: a proxy may forward to another port
 //! than the one the browser connected to.
@@ -37,29 +39,31 @@ use std::net::IpAddr;
 /// start; [`AllowedHosts::answers`] is called for every request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowedHosts {
-    /// Every name answers (`*`, or an empty list on a non-loopback address).
+    /// Every name answers (`*`, or no list on a non-loopback address).
     any: bool,
     /// Names answered exactly: lower case, no trailing dot.
     names: Vec<String>,
     /// Suffixes whose names answer (`*.example.com` as `.example.com`).
     suffixes: Vec<String>,
-    /// Whether the list was empty and the address loopback: the refusal
+    /// Whether there was no list and the address is loopback: the refusal
     /// then says why a name that reaches the server is not answered.
     loopback_default: bool,
 }
 
 impl AllowedHosts {
     /// The hosts a server listening on `address` answers for, given the
-    /// `allowed_hosts` entries `entries`, each already checked by
-    /// [`check_entry`] (lower case, no trailing dot).
-    pub fn new(address: IpAddr, entries: &[String]) -> AllowedHosts {
+    /// `allowed_hosts` entries `entries` (`None`: the setting is unset),
+    /// each already checked by [`check_entry`] (lower case, no trailing
+    /// dot).
+    pub fn new(address: IpAddr, entries: Option<&[String]>) -> AllowedHosts {
         let loopback = address.to_canonical().is_loopback();
         let mut hosts = AllowedHosts {
-            any: entries.is_empty() && !loopback,
+            any: entries.is_none() && !loopback,
             names: Vec::new(),
             suffixes: Vec::new(),
-            loopback_default: entries.is_empty() && loopback,
+            loopback_default: entries.is_none() && loopback,
         };
+        let entries = entries.unwrap_or_default();
         for entry in entries {
             if entry == "*" {
                 hosts.any = true;
@@ -70,6 +74,12 @@ impl AllowedHosts {
             }
         }
         hosts
+    }
+
+    /// Whether every host is answered (`*`, or no list on an address that
+    /// is not loopback).
+    pub fn answers_any(&self) -> bool {
+        self.any
     }
 
     /// Whether a request whose `Host` (or absolute-form authority) is
@@ -113,7 +123,7 @@ pub struct Misdirected {
     /// trailing dot, and of any length (a `Host` may fill most of a
     /// request head).
     pub name: String,
-    /// Whether `allowed_hosts` was left empty and the address is loopback.
+    /// Whether `allowed_hosts` was left unset and the address is loopback.
     loopback_default: bool,
 }
 
@@ -192,9 +202,11 @@ pub fn split_port(authority: &str) -> (&str, &str) {
 mod tests {
     use super::*;
 
+    /// The hosts answered on `address` with `entries`; none: unset.
     fn hosts(address: &str, entries: &[&str]) -> AllowedHosts {
         let entries: Vec<String> = entries.iter().map(|e| check_entry(e).unwrap()).collect();
-        AllowedHosts::new(address.parse().unwrap(), &entries)
+        let entries = (!entries.is_empty()).then_some(entries.as_slice());
+        AllowedHosts::new(address.parse().unwrap(), entries)
     }
 
     #[test]
@@ -238,6 +250,21 @@ mod tests {
         assert!(listed.answers(Some("xlab.example")).is_err());
         let any = hosts("127.0.0.1", &["*"]);
         assert_eq!(any.answers(Some("evil.example")), Ok(()));
+        assert!(any.answers_any() && hosts("::", &[]).answers_any());
+        assert!(!listed.answers_any() && !hosts("::1", &[]).answers_any());
+    }
+
+    #[test]
+    fn an_empty_list_answers_no_names_on_any_address() {
+        for address in ["0.0.0.0", "::", "127.0.0.1"] {
+            let empty = AllowedHosts::new(address.parse().unwrap(), Some(&[]));
+            assert!(!empty.answers_any(), "{address}");
+            let refusal = empty.answers(Some("evil.example")).unwrap_err();
+            let why = refusal.explain(&refusal.name);
+            assert!(why.contains("not in allowed_hosts"), "{address}: {why}");
+            assert_eq!(empty.answers(Some("chat.localhost")), Ok(()), "{address}");
+            assert_eq!(empty.answers(Some("[::1]:8000")), Ok(()), "{address}");
+        }
     }
 
     #[test]

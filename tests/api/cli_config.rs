@@ -925,6 +925,29 @@ fn allowed_hosts_from_a_file_or_a_variable_and_what_unset_means() {
             .starts_with("allowed_hosts = [\"chat.example\"]  # from "),
         "trimmed, lower case, no trailing dot"
     );
+    // Set to no names, it says so: not "unset", which means any name on
+    // this address.
+    std::fs::write(
+        d.join("simplechat.toml"),
+        "address = \"0.0.0.0\"\nallowed_hosts = []\n",
+    )
+    .unwrap();
+    assert!(
+        line(&config_lines(d, &[]), "allowed_hosts").starts_with("allowed_hosts = []  # from "),
+        "an empty list is set"
+    );
+    assert_eq!(
+        line(
+            &config_lines(d, &[("SIMPLECHAT_ALLOWED_HOSTS", "")]),
+            "allowed_hosts"
+        ),
+        "allowed_hosts = []  # from SIMPLECHAT_ALLOWED_HOSTS"
+    );
+    std::fs::write(d.join("simplechat.toml"), "address = \"0.0.0.0\"\n").unwrap();
+    assert_eq!(
+        line(&config_lines(d, &[]), "allowed_hosts"),
+        "# allowed_hosts unset: any host, as address is not loopback"
+    );
     for bad in ["chat.example:8000", "http://chat.example"] {
         let out = simplechat(d, &["config"], &[("SIMPLECHAT_ALLOWED_HOSTS", bad)]);
         assert_one_line_failure(&out, &format!("{bad:?} is not a host name"));

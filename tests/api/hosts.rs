@@ -6,7 +6,9 @@
 
 use serde_json::{json, Value};
 
-use crate::support::app::{spawn_app, TestApp};
+use simplechat::config::Config;
+
+use crate::support::app::{spawn_app, test_figment, TestApp};
 
 /// The status, the `Connection` header and the JSON body of a raw answer.
 fn parse(answer: &str) -> (u16, bool, Value) {
@@ -130,4 +132,35 @@ async fn a_refused_host_is_echoed_at_most_80_characters() {
     );
     assert!(error.chars().count() < 500, "{} characters", error.len());
     app.shutdown().await;
+}
+
+/// An empty `allowed_hosts` is a list without names, not the setting left
+/// out: on any address it answers IP addresses and localhost only, where
+/// left out such an address answers any name.
+#[test]
+fn an_empty_list_answers_no_names_on_any_address() {
+    let dir = tempfile::tempdir().unwrap();
+    for address in ["0.0.0.0", "::", "192.0.2.7", "127.0.0.1"] {
+        let hosts = |extra: &[(&str, Value)]| {
+            let mut settings = vec![("address", json!(address))];
+            settings.extend_from_slice(extra);
+            Config::from_figment(test_figment(dir.path(), &settings))
+                .unwrap()
+                .allowed_hosts
+        };
+        let empty = hosts(&[("allowed_hosts", json!([]))]);
+        assert!(
+            empty.answers(Some("rebind.example")).is_err(),
+            "{address}: an empty list answers no name"
+        );
+        assert_eq!(empty.answers(Some("localhost:8000")), Ok(()), "{address}");
+        assert_eq!(empty.answers(Some("10.0.0.5:8000")), Ok(()), "{address}");
+        let unset = hosts(&[]);
+        let loopback = address == "127.0.0.1";
+        assert_eq!(
+            unset.answers(Some("rebind.example")).is_ok(),
+            !loopback,
+            "{address}: left out"
+        );
+    }
 }
