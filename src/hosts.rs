@@ -33,7 +33,7 @@
 //! The port of `Host` is not compared: a proxy may forward to another port
 //! than the one the browser connected to.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 /// The hosts a server answers for (see the module docs). Built once at
 /// start; [`AllowedHosts::answers`] is called for every request.
@@ -150,14 +150,17 @@ impl Misdirected {
 }
 
 /// One `allowed_hosts` entry as [`AllowedHosts::new`] takes it: trimmed,
-/// lower case, without a trailing dot. Accepted: `*`; a host name
-/// (letters, digits, `-` and `_` in dot-separated labels); `*.` before a
-/// host name; an IP address (answered anyway).
+/// lower case, without a trailing dot. Accepted: `*`; a host name (ASCII
+/// letters, digits, `-` and `_` in dot-separated labels); `*.` before a
+/// host name; an IP address, an IPv6 one with or without its brackets
+/// (answered anyway).
 ///
-/// Errors: anything else, such as a port, a scheme or a path (one line
-/// saying what an entry is).
+/// Errors: anything else, such as a port, a scheme, a path, or a name not
+/// in ASCII (one line naming the entry as written and saying what an entry
+/// is).
 pub fn check_entry(entry: &str) -> Result<String, String> {
-    let entry = entry.trim().to_ascii_lowercase();
+    let given = entry.trim();
+    let entry = given.to_ascii_lowercase();
     if entry == "*" {
         return Ok(entry);
     }
@@ -166,8 +169,11 @@ pub fn check_entry(entry: &str) -> Result<String, String> {
         Some(name) if name != "*" => name.to_owned(),
         _ => entry,
     };
-    let bare = entry.trim_start_matches('[').trim_end_matches(']');
-    if bare.parse::<IpAddr>().is_ok() {
+    let is_address = match entry.strip_prefix('[').and_then(|e| e.strip_suffix(']')) {
+        Some(literal) => literal.parse::<Ipv6Addr>().is_ok(),
+        None => entry.parse::<IpAddr>().is_ok(),
+    };
+    if is_address {
         return Ok(entry);
     }
     let name = entry.strip_prefix("*.").unwrap_or(&entry);
@@ -179,9 +185,14 @@ pub fn check_entry(entry: &str) -> Result<String, String> {
     };
     if name.split('.').all(label_ok) {
         Ok(entry)
+    } else if !given.is_ascii() {
+        Err(format!(
+            "{given:?} is not a host name: give a name with letters beyond ASCII as browsers \
+             send it, in its xn-- form (punycode)"
+        ))
     } else {
         Err(format!(
-            "{entry:?} is not a host name: give names only, without scheme, port or path \
+            "{given:?} is not a host name: give names only, without scheme, port or path \
              (chat.example.com, *.example.com for the names under it, or * for any)"
         ))
     }
@@ -280,9 +291,25 @@ mod tests {
             "*example.com",
             "a..b",
             "*.",
+            ".",
+            "[[::1]]",
+            "[::1",
+            "::1]",
+            "[127.0.0.1]",
+            "Chat.Example:80",
         ] {
             let why = check_entry(bad).unwrap_err();
             assert!(why.contains("not a host name"), "{bad}: {why}");
+            // Named as written, not as it would have been stored.
+            assert!(
+                why.starts_with(&format!("{:?} ", bad.trim())),
+                "{bad}: {why}"
+            );
         }
+        assert_eq!(check_entry("::1").unwrap(), "::1");
+        assert_eq!(check_entry("127.0.0.1").unwrap(), "127.0.0.1");
+        // A name that is not ASCII is asked for as browsers send it.
+        let why = check_entry("bücher.example").unwrap_err();
+        assert!(why.contains("xn--"), "{why}");
     }
 }
