@@ -17,8 +17,13 @@
 //!   answered: a browser's origin for it is that address, which no other
 //!   site's page has.
 //! - `localhost` and names under it (`chat.localhost`) are always
-//!   answered: RFC 6761 §6.3 reserves them for this machine, and browsers
-//!   resolve them to loopback without asking DNS.
+//!   answered: RFC 6761 §6.3 reserves them for this machine, so a page
+//!   under one comes from this machine. Chrome and Firefox resolve them to
+//!   loopback without asking DNS; Safari asks the system's resolver, but
+//!   the root zone has no `localhost` and resolvers answer none of them,
+//!   so only a resolver the attacker runs for the user could give one
+//!   another address, and such a resolver could as well rebind any name
+//!   `allowed_hosts` lists.
 //! - Each name of `allowed_hosts` is answered; `*.example.com` answers the
 //!   names under `example.com` (not `example.com` itself), and `*` any name.
 //! - With `allowed_hosts` unset (the default), a server listening on a
