@@ -18,12 +18,11 @@ use std::net::Ipv6Addr;
 use hyper::header::{self, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::http::uri::Authority;
-
-use crate::hosts::split_port;
 use hyper::{Method, Response, StatusCode, Version};
 
 use super::dispatch::{json_response, Body};
 use super::echo::echo;
+use crate::hosts::split_port;
 
 /// The refusal of a request whose head `parts` breaks the rules above, in
 /// the JSON error shape with `Connection: close`; `None` when it keeps them.
