@@ -1571,3 +1571,70 @@ async fn a_restored_message_keeps_its_position_and_takes_its_place() {
     );
     app.shutdown().await;
 }
+
+/// A restored message a little older than the newest one published (within
+/// the clock margin, which every reload publishes again in case the stream
+/// had not brought it) is history all the same: it keeps its position, is
+/// listed in its place and is not sent to subscribers. Before, the reload
+/// that lists it published it as a message that came behind, so it was
+/// held, given a new position after the newest and sent live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_message_just_before_the_newest_keeps_its_position() {
+    let test = "a_restored_message_just_before_the_newest_keeps_its_position";
+    let cluster = sim_cluster(test).await;
+    let sim = cluster.sim().expect("simulator");
+    // A short write deadline: a restored message is one more than 2 s + 5 s
+    // older than its commit.
+    let app = start_app(&cluster, "restored_near", 2).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    let mut subscriber = Subscriber::connect(&app).await;
+    let lab = cluster.lab_messages("restored_near").await;
+    assert_eq!(post_with_id(&app, "newest", "newest").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["newest"]
+    );
+    tokio::time::sleep(Duration::from_secs(8)).await;
+
+    // A backup holds a message posted a second before "newest".
+    let mut restored = lab
+        .find_one(doc! { "_id": "newest" })
+        .await
+        .expect("read")
+        .expect("stored");
+    let newest = restored.get_timestamp("position").expect("a position");
+    let old = mongodb::bson::Timestamp {
+        time: newest.time - 1,
+        increment: 1,
+    };
+    restored.insert("_id", "restored");
+    restored.insert("text", "restored");
+    restored.insert("position", old);
+    let updates = sim.commands_run("update");
+    lab.insert_one(restored).await.expect("restore");
+
+    let order = ["restored", "newest"];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while listed_ids(&app).await != order {
+        assert!(
+            Instant::now() < deadline,
+            "not listed in its place: {:?}",
+            listed_ids(&app).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Long enough for a hold and a move to have happened.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(position_of(&lab, "restored").await, old, "not moved");
+    assert_eq!(sim.commands_run("update"), updates, "no write for it");
+    assert_eq!(listed_ids(&app).await, order);
+
+    assert_eq!(post_with_id(&app, "after", "after").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["after"],
+        "the restored message is not news"
+    );
+    assert_eq!(listed_ids(&app).await, ["restored", "newest", "after"]);
+    app.shutdown().await;
+}

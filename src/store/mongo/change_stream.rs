@@ -268,10 +268,14 @@ struct Watcher {
     /// delivered once the cache is reset from it.
     published_since_read: Option<Position>,
     /// Messages inserted with positions from long before (a restore, an
-    /// import: [`Watcher::restored_far_behind`]) newer than the cache's
-    /// oldest, since the cache was last reset: it reloads when the stream
-    /// has no more events at hand, so they take their places.
-    restored: usize,
+    /// import: [`Watcher::restored_far_behind`]) behind what was delivered
+    /// and newer than the cache's oldest, by public id, since the cache was
+    /// last reset: it reloads when the stream has no more events at hand, so
+    /// they take their places, and that reload does not publish them (those
+    /// within the clock margin of the newest it would otherwise take for
+    /// posts that came behind, and move). At most one reload's worth: a
+    /// drain's events, or what the stream had at hand.
+    restored: HashSet<String>,
 }
 
 /// Runs until the store closes: open, catch up, follow; on failure,
@@ -289,7 +293,7 @@ pub(super) async fn run(shared: Arc<Shared>, collections: Arc<Collections>) {
         recent: VecDeque::new(),
         recent_ids: HashSet::new(),
         published_since_read: None,
-        restored: 0,
+        restored: HashSet::new(),
     };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     while !watcher.shared.tasks.is_closed() {
@@ -337,12 +341,12 @@ impl Watcher {
                 Some(event) => event,
                 None => {
                     self.set_positions().await?;
-                    if self.restored > 0 {
+                    if !self.restored.is_empty() {
                         log::info!(
                             "{} messages were inserted with positions from long before (a \
                              restore or an import): listed where their positions put them, not \
                              sent to subscribers as new",
-                            self.restored
+                            self.restored.len()
                         );
                         self.reload().await?;
                     }
@@ -479,10 +483,10 @@ impl Watcher {
     /// delivered, and resets the cache from them (step 4), so it is the
     /// store order's suffix again.
     async fn reload(&mut self) -> Result<(), String> {
-        self.restored = 0;
+        let restored = std::mem::take(&mut self.restored);
         let mut latest = self.read_latest().await?;
         for doc in &latest.messages {
-            if self.may_lack(&doc.position()) {
+            if self.may_lack(&doc.position()) && !restored.contains(&doc.id.public()) {
                 self.publish(doc.clone())?;
             }
         }
@@ -771,11 +775,7 @@ impl Watcher {
             self.held.remove(&id);
             return self.publish_here(doc);
         }
-        let position = doc.position();
-        let behind = matches!(
-            self.shared.change_stream.delivered(),
-            Some(Delivered::UpTo(p)) if p > position
-        );
+        let behind = self.is_behind(&doc.position());
         match doc.position {
             Some(first)
                 if behind && !self.shared.cache.holds(&id) && !self.recent_ids.contains(&id) =>
@@ -786,6 +786,14 @@ impl Watcher {
             }
             _ => self.publish_here(doc),
         }
+    }
+
+    /// Whether a message at `position` goes behind one already delivered.
+    fn is_behind(&self, position: &Position) -> bool {
+        matches!(
+            self.shared.change_stream.delivered(),
+            Some(Delivered::UpTo(p)) if p > *position
+        )
     }
 
     /// Whether an insert committed at cluster time `committed` (the change
@@ -860,10 +868,14 @@ impl Watcher {
                     return Ok(false);
                 };
                 if let Some(position) = message.position {
-                    if self.restored_far_behind(event.cluster_time, position) {
-                        // Not news, and no race: see the function.
+                    // Not news, and no race: see the function. One newer
+                    // than all that was delivered is published where it
+                    // is, as any message that comes in order.
+                    if self.restored_far_behind(event.cluster_time, position)
+                        && self.is_behind(&message.position())
+                    {
                         if !self.is_history(&message.position()) {
-                            self.restored += 1;
+                            self.restored.insert(message.id.public());
                         }
                         return Ok(false);
                     }
