@@ -1638,3 +1638,33 @@ async fn a_restored_message_just_before_the_newest_keeps_its_position() {
     assert_eq!(listed_ids(&app).await, ["restored", "newest", "after"]);
     app.shutdown().await;
 }
+
+/// A post whose insert sees the set's cluster time jump ahead between
+/// taking its position and committing (a member gossiped a `$clusterTime`
+/// from a clock that runs fast), while another post commits first, comes
+/// behind that one and far behind its own commit, as a restored message
+/// does; but the primary's wall clock at the commit (`wallTime`) did not
+/// jump, so it is a raced post: moved behind the other and delivered live.
+/// Taken for history, it would have reached no subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_across_a_jump_of_the_cluster_time_is_still_delivered_live() {
+    let test = "a_post_across_a_jump_of_the_cluster_time_is_still_delivered_live";
+    let (cluster, app, mut subscriber) = race_set_up(test, "jumped").await;
+    let sim = cluster.sim().expect("simulator");
+    sim.stall_insert_of("jumped", Duration::from_millis(700));
+    let (jumped, quick) = tokio::join!(post_with_id(&app, "jumped", "jumped"), async {
+        until_stalled(sim).await;
+        sim.advance_cluster_time(3600);
+        post_with_id(&app, "quick", "quick").await
+    });
+    assert_eq!((jumped.as_u16(), quick.as_u16()), (201, 201));
+    assert_eq!(
+        subscriber.next_ids(2, Duration::from_secs(20)).await,
+        ["quick", "jumped"],
+        "both delivered live"
+    );
+    let order = ["first", "quick", "jumped"];
+    assert_eq!(listed_ids(&app).await, order);
+    assert_eq!(walked_ids(&app, 1).await, order);
+    app.shutdown().await;
+}

@@ -622,6 +622,18 @@ impl Cluster {
         self.shared.lock().insert_stall = Some((id.into(), wait));
     }
 
+    /// The set's cluster time jumps `secs` ahead of its clock, as mongod's
+    /// does when a member or a client gossips a `$clusterTime` from a clock
+    /// that runs fast (mongod takes the greatest signed cluster time it
+    /// sees, up to `maxAcceptableLogicalClockDriftSecs`, a year by
+    /// default). Timestamps taken after it (an insert's empty timestamps,
+    /// oplog entries, change events' `clusterTime`) continue from there;
+    /// wall clocks (`wallTime`) do not move.
+    pub fn advance_cluster_time(&self, secs: u32) {
+        let mut st = self.shared.lock();
+        st.last_ts.time = st.last_ts.time.saturating_add(secs);
+    }
+
     /// How many inserts [`Cluster::stall_insert_of`] holds between their
     /// timestamps and their commit now.
     pub fn stalled_inserts(&self) -> usize {

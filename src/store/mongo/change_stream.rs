@@ -809,9 +809,26 @@ impl Watcher {
     /// since; instead it keeps its position, is not sent to subscribers
     /// (it is older than what they have), and the cache reloads so it is
     /// listed in its place.
-    fn restored_far_behind(&self, committed: Option<Timestamp>, position: Timestamp) -> bool {
+    ///
+    /// The event's `wallTime` (the primary's wall clock at the commit,
+    /// MongoDB 6.0 on) must agree when the server sends it: a primary's
+    /// cluster time can jump ahead between the two readings (a `$clusterTime`
+    /// gossiped by a member whose clock runs fast), which its wall clock
+    /// does not, and a post taken for history would reach no subscriber
+    /// live. Both readings far ahead of the position: history for sure.
+    fn restored_far_behind(
+        &self,
+        committed: Option<Timestamp>,
+        wall: Option<mongodb::bson::DateTime>,
+        position: Timestamp,
+    ) -> bool {
         let bound = self.shared.write_timeout.as_secs() + CLOCK_SKEW_MS.unsigned_abs() / 1000;
-        committed.is_some_and(|c| u64::from(c.time) > u64::from(position.time) + bound)
+        let since = u64::from(position.time) + bound;
+        let by_cluster_time = committed.is_some_and(|c| u64::from(c.time) > since);
+        let by_wall_clock = wall.is_none_or(|w| {
+            u64::try_from(w.timestamp_millis() / 1000).is_ok_and(|secs| secs > since)
+        });
+        by_cluster_time && by_wall_clock
     }
 
     /// Publishes a message where the stream is now.
@@ -871,7 +888,7 @@ impl Watcher {
                     // Not news, and no race: see the function. One newer
                     // than all that was delivered is published where it
                     // is, as any message that comes in order.
-                    if self.restored_far_behind(event.cluster_time, position)
+                    if self.restored_far_behind(event.cluster_time, event.wall_time, position)
                         && self.is_behind(&message.position())
                     {
                         if !self.is_history(&message.position()) {
