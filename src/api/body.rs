@@ -378,15 +378,26 @@ pub async fn json<T: serde::de::DeserializeOwned>(
     parse_json(&read_capped(data).await?)
 }
 
-/// A JSON object read from `bytes` into `T`. Errors: 400 with the parser's
-/// message and position, for malformed JSON or any value but an object;
-/// for a lone surrogate escape, in words of its own naming the field
-/// ([`LoneSurrogate`]).
+/// A JSON object read from `bytes` into `T`, after a UTF-8 byte order
+/// mark if it has one. Errors: 400 with the parser's message and position
+/// (in the text after such a mark), for malformed JSON or any value but an
+/// object; for a lone surrogate escape, in words of its own naming the
+/// field ([`LoneSurrogate`]).
+///
+/// The mark: RFC 8259 §8.1 says senders must not add one and lets a parser
+/// ignore it "in the interests of interoperability"; Windows tools and
+/// editors write UTF-8 with one, and serde_json refuses it as "expected
+/// value at line 1 column 1". Its three bytes fit in the body limit's room
+/// for whitespace ([`FRAMING_BYTES`]).
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
     serde_json::from_slice(bytes)
         .map(|Object(value)| value)
         .map_err(|e| malformed(bytes, &e))
 }
+
+/// U+FEFF, the byte order mark, in UTF-8.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// The 400 for `bytes`, a body serde_json could not read with `e`.
 fn malformed(bytes: &[u8], e: &serde_json::Error) -> ApiError {
