@@ -17,10 +17,11 @@
 //! - a body over its limit (a `413`) is logged at info level: Rocket warns
 //!   of it, which printed a line at the release level for every oversized
 //!   request any client sends;
-//! - Rocket's launch lines show at Rocket's level like any other record,
-//!   not at every level: `serve` prints its own startup line, and the
-//!   application's Rocket never listens itself (see `api::dispatch`), so
-//!   Rocket's "launched locally" would only mislead.
+//! - Rocket's launch banner (and the templates fairing's part of it) shows
+//!   at the debug level only, not at every level: `serve` prints its own
+//!   startup line, and the application's Rocket never listens itself (see
+//!   `api::dispatch`), so the banner's keep-alive, HTTP/2 and body limits,
+//!   which are its listener's, and its "launched locally", would mislead.
 //!
 //! Written here because Rocket 0.5's own logger cannot be configured per
 //! record and is private; installing this one first makes Rocket keep it
@@ -28,6 +29,7 @@
 
 use std::borrow::Cow;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rocket::config::LogLevel;
 
@@ -78,25 +80,74 @@ fn is_data_limit(record: &log::Record<'_>) -> bool {
             .starts_with("Data limit reached while reading ")
 }
 
+/// Whether `record` is part of Rocket's launch banner (its configuration,
+/// routes, catchers, fairings: `launch_info!`/`launch_meta!`, target
+/// `rocket::launch`, Rocket 0.5.2 `log.rs`) or the templates fairing's
+/// lines of it (`rocket_dyn_templates`' liftoff: its directory and
+/// engines).
+fn is_launch_banner(record: &log::Record<'_>) -> bool {
+    record.target().starts_with("rocket::launch")
+        || record
+            .module_path()
+            .is_some_and(|m| m.starts_with("rocket_dyn_templates"))
+            && record.level() >= log::Level::Info
+}
+
+/// The level `record` is shown at (see the module docs).
+fn shown_level(record: &log::Record<'_>) -> log::Level {
+    let level = record.level();
+    if is_launch_banner(record) {
+        // Rocket logs its banner as warnings so that it shows at every
+        // level. It describes Rocket's own listener (its keep-alive, its
+        // HTTP/2, its `json` limit), which never runs here: the front door
+        // serves every connection with bounds of its own. Shown only when
+        // debugging; `serve` prints its own startup line.
+        log::Level::Debug
+    } else if level == log::Level::Warn && is_peer_hangup(record) {
+        log::Level::Debug
+    } else if level <= log::Level::Warn && (is_unrouted_request(record) || is_data_limit(record)) {
+        log::Level::Info
+    } else {
+        level
+    }
+}
+
+/// Set while the application answers a request of its own making (the
+/// front door's `HEAD /api/events` at start, [`own_request`]): Rocket's
+/// request lines for it would read as a client's request.
+static OWN_REQUEST: AtomicBool = AtomicBool::new(false);
+
+/// Runs `request`, a request the server makes of its own application,
+/// with Rocket's information lines about requests left out. Only at start,
+/// before any client is served, so no client's lines are lost.
+pub async fn own_request<T>(request: impl std::future::Future<Output = T>) -> T {
+    OWN_REQUEST.store(true, Ordering::Relaxed);
+    let answer = request.await;
+    OWN_REQUEST.store(false, Ordering::Relaxed);
+    answer
+}
+
+/// Whether `record`, shown at `level`, is Rocket's information about a
+/// request the server made of itself ([`own_request`]).
+fn is_own_request_line(record: &log::Record<'_>, level: log::Level) -> bool {
+    level >= log::Level::Info
+        && OWN_REQUEST.load(Ordering::Relaxed)
+        && record
+            .module_path()
+            .is_some_and(|m| m.starts_with("rocket"))
+}
+
 impl log::Log for Logger {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
         metadata.level() <= log::max_level()
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        let mut level = record.level();
-        // Rocket logs its launch banner as warnings so that it shows at
-        // every level; here it is information.
-        if level == log::Level::Warn && record.target().starts_with("rocket::launch") {
-            level = log::Level::Info;
-        } else if level == log::Level::Warn && is_peer_hangup(record) {
-            level = log::Level::Debug;
-        } else if level <= log::Level::Warn
-            && (is_unrouted_request(record) || is_data_limit(record))
-        {
-            level = log::Level::Info;
-        }
+        let level = shown_level(record);
         if level > log::max_level() {
+            return;
+        }
+        if is_own_request_line(record, level) {
             return;
         }
         // Rocket shows hyper's and rustls' own records only when debugging.
@@ -178,6 +229,57 @@ mod tests {
             "simplechat::store",
             log::Level::Warn
         )));
+    }
+
+    /// The banner would show at Rocket's `normal` level (the debug
+    /// profile's, so every `cargo run`) with its listener's settings,
+    /// which are not the server's.
+    #[test]
+    fn rockets_launch_banner_shows_only_when_debugging() {
+        let configured = format_args!("Configured for debug.");
+        let keep_alive = format_args!("keep-alive: 5s");
+        let templates = format_args!("directory: ../simplechat-templates");
+        for record in [
+            record(configured, "rocket::launch", log::Level::Warn),
+            record(keep_alive, "rocket::launch_", log::Level::Info),
+            record(templates, "rocket_dyn_templates::fairing", log::Level::Info),
+        ] {
+            assert_eq!(shown_level(&record), log::Level::Debug, "{}", record.args());
+        }
+        let ours = format_args!("simplechat listening");
+        assert_eq!(
+            shown_level(&record(ours, "simplechat::app", log::Level::Warn)),
+            log::Level::Warn
+        );
+        let template_error = format_args!("Template 'index' failed to render.");
+        assert_eq!(
+            shown_level(&record(
+                template_error,
+                "rocket_dyn_templates::fairing",
+                log::Level::Error
+            )),
+            log::Level::Error
+        );
+    }
+
+    /// The front door's own `HEAD /api/events` at start is no client's
+    /// request; a fault while it runs still shows.
+    #[tokio::test]
+    async fn rockets_lines_about_the_servers_own_request_are_left_out() {
+        let line = format_args!("HEAD /api/events:");
+        let request = record(line, "rocket::server", log::Level::Info);
+        assert!(!is_own_request_line(&request, log::Level::Info));
+        own_request(async {
+            assert!(is_own_request_line(&request, log::Level::Info));
+            let fault = format_args!("Handler events panicked.");
+            let fault = record(fault, "rocket::server", log::Level::Error);
+            assert!(!is_own_request_line(&fault, log::Level::Error));
+            let ours = format_args!("cannot read");
+            let ours = record(ours, "simplechat::store", log::Level::Info);
+            assert!(!is_own_request_line(&ours, log::Level::Info));
+        })
+        .await;
+        assert!(!is_own_request_line(&request, log::Level::Info));
     }
 
     #[test]

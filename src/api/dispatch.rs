@@ -124,7 +124,7 @@ where
         body_timeout: Duration,
         shutdown: S,
     ) -> Result<Self, String> {
-        let response = client.head("/api/events").dispatch().await;
+        let response = crate::logging::own_request(client.head("/api/events").dispatch()).await;
         let mut stream_head = HeaderMap::new();
         copy_headers(response.headers(), &mut stream_head);
         add_security_headers(&mut stream_head);
