@@ -93,3 +93,123 @@ async fn published_events_carry_the_stored_message_as_json() {
     assert_eq!(&event.frame[..], &frame[..]);
     assert_eq!(&listed[0].json[..], &json[..]);
 }
+
+/// Makes `path` immutable (`chattr +i`) until dropped: every write to it
+/// then fails with EPERM, through descriptors already open too, and it
+/// cannot be opened for writing, as on a disk remounted read-only. `None`
+/// where that is not possible (no `chattr`, not root, a file system
+/// without the attribute).
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(path: &std::path::Path) -> Option<Immutable> {
+        let made = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .output()
+            .map(|out| out.status.success())
+            .unwrap_or(false);
+        made.then(|| Immutable(path.to_owned()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A data file that becomes unwritable while the server runs: the post that
+/// meets it gets 503, then every stored message stays readable (from the
+/// file opened read-only), writes and readiness are refused saying the file
+/// cannot be opened for writing and why, and once it can be again writes
+/// resume by themselves, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_file_that_cannot_be_written_stays_readable_and_writes_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path(), WRITE_TIMEOUT, Cache::new())
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let new = NewMessage::validate("a", &format!("t{i}"), None).unwrap();
+        ids.push(store.insert(new).await.unwrap().message().id.clone());
+    }
+    let file = dir.path().join("messages.redb");
+    let Some(immutable) = Immutable::set(&file) else {
+        eprintln!(
+            "SKIPPED a_data_file_that_cannot_be_written_stays_readable_and_writes_resume: \
+             `chattr +i` is not possible here (needs the chattr command, root and a file \
+             system with the immutable attribute); the read-only reopen is not tested"
+        );
+        store.close().await;
+        return;
+    };
+
+    let post = |text: &str| NewMessage::validate("a", text, None).unwrap();
+    let Err(simplechat::store::StoreError::Unavailable { .. }) = store.insert(post("x")).await
+    else {
+        panic!("a write to an immutable file was taken");
+    };
+    // Reads come from the file, opened read-only: at once, or after the
+    // store's first reopen.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let older = loop {
+        match store.list(Cursor::Before(ids[2].clone()), 10).await {
+            Ok(older) => break older,
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert!(!e.to_string().is_empty());
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("reads did not resume while the file is unwritable: {e}"),
+        }
+    };
+    let texts: Vec<_> = older.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["t0", "t1"]);
+    assert_eq!(store.get(&ids[1]).await.unwrap().unwrap().text, "t1");
+
+    // Writes and readiness refused, saying why in plain words.
+    let Err(simplechat::store::StoreError::Unavailable { reason, .. }) =
+        store.insert(post("refused")).await
+    else {
+        panic!("a write to an immutable file was taken");
+    };
+    assert!(
+        reason.contains("cannot be opened for writing")
+            && reason.contains("Operation not permitted")
+            && !reason.contains("in a moment"),
+        "{reason}"
+    );
+    let not_ready = store.ready().await.unwrap_err();
+    assert!(
+        not_ready.contains("cannot be opened for writing"),
+        "{not_ready}"
+    );
+
+    // Writable again: writes resume by themselves, nothing lost.
+    drop(immutable);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        match store.insert(post("after")).await {
+            Ok(_) => break,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("writes did not resume once the file was writable: {e}"),
+        }
+    }
+    store.ready().await.unwrap();
+    let texts: Vec<String> = store
+        .list(Cursor::Latest, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(texts, ["t0", "t1", "t2", "after"]);
+    store.close().await;
+}

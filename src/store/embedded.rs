@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redb::backends::FileBackend;
-use redb::{Builder, Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Builder, Database, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition};
 use time::OffsetDateTime;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
@@ -180,6 +180,13 @@ enum Fault {
     Full(String),
     /// Any other I/O error: 503.
     Io(String),
+    /// The reopen after a fault found that the data file cannot be opened
+    /// for writing (the system's reason): 503 for writes, while reads go
+    /// on from the file opened read-only ([`ReadOnlyFile`]).
+    ReadOnly(String),
+    /// The reopen after a fault cannot open the data file at all, not even
+    /// for reading (the system's reason): 503, reads too.
+    Unopenable(String),
 }
 
 impl Fault {
@@ -192,6 +199,32 @@ impl Fault {
             Fault::Io(e) => {
                 format!("the embedded store hit an I/O error ({e}) and is reopening itself")
             }
+            Fault::ReadOnly(e) => format!(
+                "the embedded store's data file cannot be opened for writing ({e}); stored \
+                 messages stay readable, and writes resume by themselves once it can be (see \
+                 whether the file or its directory lost write permission or was made \
+                 immutable, `lsattr`, or its file system was remounted read-only)"
+            ),
+            Fault::Unopenable(e) => format!(
+                "the embedded store's data file cannot be opened, not even for reading \
+                 ({e}); reads and writes resume by themselves once it can be"
+            ),
+        }
+    }
+
+    /// Why a read finds no handle: a reopen is under way, or it failed.
+    fn read_reason(&self) -> String {
+        match self {
+            // No reopen has failed yet: one is under way.
+            Fault::Full(_) | Fault::Io(_) => format!("{}; reads resume in a moment", self.reason()),
+            // A read-only handle served reads until the writer dropped it
+            // for the writable reopen it is making now.
+            Fault::ReadOnly(_) => format!(
+                "{}; the data file can be opened for writing again and is being reopened, \
+                 reads resume in a moment",
+                self.reason()
+            ),
+            Fault::Unopenable(_) => self.reason(),
         }
     }
 
@@ -201,7 +234,7 @@ impl Fault {
                 reason: self.reason(),
                 retry_after: FAULT_RETRY_AFTER,
             },
-            Fault::Io(_) => StoreError::Unavailable {
+            Fault::Io(_) | Fault::ReadOnly(_) | Fault::Unopenable(_) => StoreError::Unavailable {
                 reason: self.reason(),
                 retry_after: FAULT_RETRY_AFTER,
             },
@@ -250,7 +283,9 @@ impl<E: Into<redb::Error>> From<E> for Failure {
 /// retried, so not a fault's reason, which says how writes resume.
 fn at_start(failure: Failure) -> String {
     match failure {
-        Failure::Fault(Fault::Io(e) | Fault::Full(e)) => e,
+        Failure::Fault(
+            Fault::Io(e) | Fault::Full(e) | Fault::ReadOnly(e) | Fault::Unopenable(e),
+        ) => e,
         Failure::Other(StoreError::Internal(why)) => why,
         Failure::Other(other) => other.to_string(),
     }
@@ -406,6 +441,7 @@ impl EmbeddedStore {
             committed,
             last_datetime,
             runtime: Handle::current(),
+            read_only: false,
         };
         let thread = std::thread::Builder::new()
             .name("simplechat-writer".into())
@@ -431,7 +467,7 @@ impl EmbeddedStore {
         let Some(db) = self.shared.db() else {
             return Err(match self.shared.fault() {
                 Some(fault) => StoreError::Unavailable {
-                    reason: format!("{}; reads resume in a moment", fault.reason()),
+                    reason: fault.read_reason(),
                     retry_after: FAULT_RETRY_AFTER,
                 },
                 None => StoreError::closed(),
@@ -491,6 +527,126 @@ fn sync_directories(path: &Path) {
                 dir.display()
             );
         }
+    }
+}
+
+/// The data file opened read-only, for a store whose file cannot be opened
+/// for writing after a fault: reads go on from it while writes are refused.
+///
+/// Not redb's `ReadOnlyDatabase` (redb 4.6, `db.rs`): it opens only a file
+/// closed cleanly, whose last commit recorded the allocator state, and
+/// otherwise returns `RepairAborted` ("A database requiring recovery is
+/// rejected rather than repaired", `Builder::open_read_only_with_backend`).
+/// A file that became unwritable while the store had it open was never
+/// closed cleanly: the close that would record that state is itself a
+/// write. Nor a `FileBackend` on a read-only descriptor: a `Database`
+/// writes its header as it opens (it marks the file as needing recovery),
+/// which fails with EBADF. So this backend reads the file through a
+/// read-only descriptor and keeps whatever redb writes (that mark, and the
+/// allocator state its recovery rebuilds and records at open and close) in
+/// memory, for its own reads: the file is never written. The store commits
+/// nothing through such a handle; the writer refuses every insert until it
+/// reopens the file for writing.
+///
+/// No locks (the trait's defaults, `Unsupported`: redb then runs unlocked
+/// in its default mode, `StorageBackend` in `db.rs`): an exclusive
+/// byte-range lock needs a descriptor open for writing.
+#[derive(Debug)]
+struct ReadOnlyFile {
+    file: std::fs::File,
+    overlay: Mutex<Overlay>,
+}
+
+/// What redb wrote to a [`ReadOnlyFile`], over the file's own bytes.
+#[derive(Debug)]
+struct Overlay {
+    /// The storage's length, as redb last set it.
+    len: u64,
+    /// Bytes below this come from the file; above it, zeros (the length
+    /// redb set shrank below the file's at some point).
+    from_file: u64,
+    /// Writes, oldest first; a later one wins where they overlap.
+    writes: Vec<(u64, Vec<u8>)>,
+}
+
+impl ReadOnlyFile {
+    fn new(file: std::fs::File) -> std::io::Result<ReadOnlyFile> {
+        let len = file.metadata()?.len();
+        Ok(ReadOnlyFile {
+            file,
+            overlay: Mutex::new(Overlay {
+                len,
+                from_file: len,
+                writes: Vec::new(),
+            }),
+        })
+    }
+
+    fn overlay(&self) -> std::sync::MutexGuard<'_, Overlay> {
+        self.overlay.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl StorageBackend for ReadOnlyFile {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.overlay().len)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let overlay = self.overlay();
+        let end = offset + out.len() as u64;
+        if end > overlay.len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("read to {end} past the end, {}", overlay.len),
+            ));
+        }
+        let from_file = overlay
+            .from_file
+            .saturating_sub(offset)
+            .min(out.len() as u64) as usize;
+        self.file.read_exact_at(&mut out[..from_file], offset)?;
+        out[from_file..].fill(0);
+        for (at, data) in &overlay.writes {
+            let (at, data_end) = (*at, *at + data.len() as u64);
+            if data_end <= offset || at >= end {
+                continue;
+            }
+            let start = at.max(offset);
+            let stop = data_end.min(end);
+            out[(start - offset) as usize..(stop - offset) as usize]
+                .copy_from_slice(&data[(start - at) as usize..(stop - at) as usize]);
+        }
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        let mut overlay = self.overlay();
+        overlay.from_file = overlay.from_file.min(len);
+        overlay.writes.retain_mut(|(at, data)| {
+            data.truncate(len.saturating_sub(*at) as usize);
+            !data.is_empty()
+        });
+        overlay.len = len;
+        Ok(())
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let mut overlay = self.overlay();
+        let end = offset + data.len() as u64;
+        // Writes it covers whole are dead: drop them, so rewriting the same
+        // pages (the header) does not grow the list.
+        overlay
+            .writes
+            .retain(|(at, old)| *at < offset || *at + old.len() as u64 > end);
+        overlay.writes.push((offset, data.to_vec()));
+        overlay.len = overlay.len.max(end);
+        Ok(())
     }
 }
 
@@ -570,6 +726,9 @@ struct Writer {
     last_datetime: OffsetDateTime,
     /// To wait for an insert or the next reopen attempt, whichever first.
     runtime: Handle,
+    /// Whether the handle readers have is the file opened read-only
+    /// ([`ReadOnlyFile`]): writes wait for a reopen for writing.
+    read_only: bool,
 }
 
 impl Writer {
@@ -590,10 +749,22 @@ impl Writer {
         let mut elsewhere = false;
         loop {
             if !writable && Instant::now() >= next_attempt {
+                // Read-only until the file can be opened for writing: then
+                // its handle goes, for the reopen below to replace (reads
+                // get 503 for that moment).
+                if self.read_only && self.open_file(true).is_ok() {
+                    self.shared
+                        .db
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take();
+                    db = None;
+                    self.read_only = false;
+                }
                 if db.is_none() {
                     db = self.reopen();
                 }
-                if db.is_some() && self.probe() {
+                if db.is_some() && !self.read_only && self.probe() {
                     writable = true;
                     backoff.reset();
                 } else {
@@ -716,8 +887,10 @@ impl Writer {
     /// Opens the database again after a fault, refills the cache from it
     /// (a commit that failed may or may not have reached the disk) and
     /// gives readers the new handle; writes wait for [`Writer::probe`].
-    /// `None`: not yet (readers still hold the old handle, or the disk
-    /// refuses even the opening).
+    /// A file that cannot be opened for writing is opened read-only
+    /// ([`ReadOnlyFile`]), for reads alone: `read_only` says so, and the
+    /// fault says why writes are refused. `None`: not yet (readers still
+    /// hold the old handle, or the file cannot be opened at all).
     fn reopen(&mut self) -> Option<Arc<Database>> {
         // The file the store opened at start, or nothing: another file at
         // its path (or a new, empty one created there) would drop every
@@ -726,42 +899,50 @@ impl Writer {
             log::debug!("embedded store: not reopened: {why}");
             return None;
         }
-        let opened = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&self.shared.path)
-            .map_err(Failure::from)
-            .and_then(|file| {
-                let id = FileId::of(&file.metadata()?);
-                if id != self.shared.file {
-                    return Err(Failure::Other(StoreError::Internal(
-                        "another file is at the path now".into(),
-                    )));
+        let opened = match self.open_file(true) {
+            Ok(file) => self
+                .load(FileBackend::new(file).map_err(Failure::from))
+                .map(|(db, latest)| (db, latest, None)),
+            Err(Failure::Fault(Fault::Io(cannot_write) | Fault::Full(cannot_write))) => {
+                match self.open_file(false) {
+                    Ok(file) => self
+                        .load(ReadOnlyFile::new(file).map_err(Failure::from))
+                        .map(|(db, latest)| (db, latest, Some(cannot_write.clone())))
+                        .map_err(|failure| match failure {
+                            Failure::Fault(_) => Failure::Fault(Fault::ReadOnly(cannot_write)),
+                            other => other,
+                        }),
+                    Err(Failure::Fault(
+                        Fault::Io(cannot_read)
+                        | Fault::Full(cannot_read)
+                        | Fault::ReadOnly(cannot_read)
+                        | Fault::Unopenable(cannot_read),
+                    )) => Err(Failure::Fault(Fault::Unopenable(cannot_read))),
+                    Err(other) => Err(other),
                 }
-                Ok(file)
-            })
-            .and_then(|file| {
-                let backend = FileBackend::new(file)?;
-                Ok(Builder::new()
-                    .set_cache_size(self.shared.cache_bytes)
-                    .create_with_backend(backend)?)
-            })
-            .and_then(|db| {
-                let latest = read_range(&db, &Cursor::Latest, CACHE_CAPACITY + 1)?;
-                Ok((db, latest))
-            });
+            }
+            Err(other) => Err(other),
+        };
         match opened {
-            Ok((db, latest)) => {
+            Ok((db, latest, cannot_write)) => {
                 if let Some(newest) = latest.last() {
                     self.last_datetime = self.last_datetime.max(newest.datetime);
                 }
                 self.cache.reset_from_latest(latest);
                 let db = Arc::new(db);
                 *self.shared.db.lock().unwrap_or_else(|e| e.into_inner()) = Some(db.clone());
-                log::info!("embedded store: reopened; reads go on");
+                self.read_only = cannot_write.is_some();
+                if let Some(why) = cannot_write {
+                    let fault = Fault::ReadOnly(why);
+                    log::error!("embedded store: reopened read-only; {}", fault.reason());
+                    self.shared.set_fault(Some(fault));
+                } else {
+                    log::info!("embedded store: reopened; reads go on");
+                }
                 Some(db)
             }
             Err(Failure::Fault(fault)) => {
+                log::debug!("embedded store: not reopened: {}", fault.reason());
                 self.shared.set_fault(Some(fault));
                 None
             }
@@ -772,6 +953,33 @@ impl Writer {
                 None
             }
         }
+    }
+
+    /// The store's data file, opened for reading and, if `write`, writing;
+    /// refused if another file is at the path now.
+    fn open_file(&self, write: bool) -> Result<std::fs::File, Failure> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(&self.shared.path)?;
+        if FileId::of(&file.metadata()?) != self.shared.file {
+            return Err(Failure::Other(StoreError::Internal(
+                "another file is at the path now".into(),
+            )));
+        }
+        Ok(file)
+    }
+
+    /// The database on `backend` and its latest messages.
+    fn load(
+        &self,
+        backend: Result<impl StorageBackend, Failure>,
+    ) -> Result<(Database, Vec<Message>), Failure> {
+        let db = Builder::new()
+            .set_cache_size(self.shared.cache_bytes)
+            .create_with_backend(backend?)?;
+        let latest = read_range(&db, &Cursor::Latest, CACHE_CAPACITY + 1)?;
+        Ok((db, latest))
     }
 
     /// Whether a write can succeed now ([`probe_write`]); clears the fault
