@@ -263,8 +263,14 @@ pub fn run(cli: Cli) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the async runtime: {e}")),
     };
+    let command = cli.command.unwrap_or(Command::Serve);
+    if matches!(command, Command::Serve | Command::Config) {
+        for warning in config::unknown_variables() {
+            eprintln!("simplechat: warning: {warning}");
+        }
+    }
     let result = runtime.block_on(async {
-        match cli.command.unwrap_or(Command::Serve) {
+        match command {
             Command::Serve => serve().await.map(|()| ExitCode::SUCCESS),
             Command::Config => Config::load()
                 .map(|c| print!("{}", config::describe(&c)))

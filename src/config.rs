@@ -23,7 +23,7 @@ use crate::text::one_line;
 /// Every setting of simplechat, in the order `simplechat config` prints
 /// them and `--help` lists them; the keys a `SIMPLECHAT_<KEY>` variable may
 /// set (`SIMPLECHAT_PORT` sets `port`): other variables with that prefix are
-/// ignored.
+/// ignored, with a warning unless they are [`NOT_SETTINGS`].
 pub const KEYS: &[&str] = &[
     "address",
     "port",
@@ -419,6 +419,93 @@ pub fn layered(base: Figment, file: &Path) -> Figment {
             Env::prefixed("SIMPLECHAT_").only(KEYS).global(),
             |key| format!("SIMPLECHAT_{}", key.to_ascii_uppercase()),
         ))
+}
+
+/// The variables with simplechat's prefix that are not settings: the TOML
+/// file's path, and what the project's tests, bench and CI read
+/// (`SIMPLECHAT_TEST_MONGOD`, `SIMPLECHAT_REQUIRE_BROWSER`,
+/// `SIMPLECHAT_BENCH_SERVER`, ...). A name here, or under a prefix in
+/// [`NOT_SETTING_PREFIXES`], never warns; one used anywhere else in the
+/// project belongs here too.
+pub const NOT_SETTINGS: &[&str] = &[
+    "SIMPLECHAT_CONFIG",
+    "SIMPLECHAT_CHROMIUM",
+    "SIMPLECHAT_CHROMEDRIVER",
+];
+
+/// Prefixes of variables that are not settings: the test suites'
+/// (`SIMPLECHAT_TEST_`, `SIMPLECHAT_REQUIRE_`) and the bench's.
+pub const NOT_SETTING_PREFIXES: &[&str] = &[
+    "SIMPLECHAT_TEST_",
+    "SIMPLECHAT_REQUIRE_",
+    "SIMPLECHAT_BENCH_",
+];
+
+/// One warning per variable of the environment with simplechat's prefix
+/// that is neither a setting nor one of [`NOT_SETTINGS`]: a typo there
+/// (`SIMPLECHAT_PROT=8200`) would leave the default in force unnoticed.
+///
+/// A warning, not an error as a typo in the TOML file is: the environment
+/// is shared. CI and test harnesses export their own `SIMPLECHAT_*`
+/// variables to every process they start, and an older or newer
+/// simplechat's settings may be there too; refusing to start over a
+/// variable this binary does not read would break those runs.
+pub fn unknown_variables() -> Vec<String> {
+    unknown_variable_warnings(
+        std::env::vars_os().map(|(name, _)| name.to_string_lossy().into_owned()),
+    )
+}
+
+fn unknown_variable_warnings(names: impl Iterator<Item = String>) -> Vec<String> {
+    const PREFIX: &str = "SIMPLECHAT_";
+    let mut warnings = Vec::new();
+    for name in names {
+        // As figment matches them: the prefix in any case, the key trimmed
+        // and lower-cased (`simplechat_port` sets `port` too).
+        let trimmed = name.trim();
+        let Some(key) = trimmed
+            .get(..PREFIX.len())
+            .filter(|p| p.eq_ignore_ascii_case(PREFIX))
+            .map(|_| trimmed[PREFIX.len()..].to_ascii_lowercase())
+        else {
+            continue;
+        };
+        let upper = trimmed.to_ascii_uppercase();
+        if KEYS.contains(&key.as_str())
+            || NOT_SETTINGS.contains(&upper.as_str())
+            || NOT_SETTING_PREFIXES.iter().any(|p| upper.starts_with(p))
+        {
+            continue;
+        }
+        // The value is never quoted: it may be a password.
+        let hint = if ROCKET_KEYS.contains(&key) {
+            format!(
+                "; Rocket's {key} is set with ROCKET_{}",
+                key.to_ascii_uppercase()
+            )
+        } else {
+            match closest(&key) {
+                Some(meant) => format!("; did you mean {PREFIX}{}?", meant.to_ascii_uppercase()),
+                None => " (see simplechat --help)".to_owned(),
+            }
+        };
+        warnings.push(format!("{name} is not a setting and is ignored{hint}"));
+    }
+    warnings.sort();
+    warnings
+}
+
+/// The setting (or `config`, for `SIMPLECHAT_CONFIG`) closest to `key`,
+/// if one is close: Jaro similarity above 0.7, as clap suggests a
+/// subcommand.
+fn closest(key: &str) -> Option<&'static str> {
+    KEYS.iter()
+        .copied()
+        .chain(["config"])
+        .map(|candidate| (strsim::jaro(key, candidate), candidate))
+        .filter(|(similarity, _)| *similarity > 0.7)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, candidate)| candidate)
 }
 
 impl Config {
@@ -934,6 +1021,46 @@ mod tests {
             .filter_map(|l| l.split(' ').next())
             .collect();
         assert_eq!(printed, KEYS);
+    }
+
+    #[test]
+    fn a_mistyped_variable_is_named_with_the_setting_meant() {
+        let warn = |name: &str| unknown_variable_warnings([name.to_owned()].into_iter());
+        for (typo, meant) in [
+            ("SIMPLECHAT_PROT", "SIMPLECHAT_PORT"),
+            ("SIMPLECHAT_ADRESS", "SIMPLECHAT_ADDRESS"),
+            ("SIMPLECHAT_MONGO_URI", "SIMPLECHAT_MONGODB_URI"),
+            ("SIMPLECHAT_DATADIR", "SIMPLECHAT_DATA_DIR"),
+            ("SIMPLECHAT_TEMPLATES_DIR", "SIMPLECHAT_TEMPLATE_DIR"),
+            ("SIMPLECHAT_WRITE_TIMEOUT", "SIMPLECHAT_WRITE_TIMEOUT_SECS"),
+            ("SIMPLECHAT_MAX_CONNECTION", "SIMPLECHAT_MAX_CONNECTIONS"),
+            ("SIMPLECHAT_ALLOWED_HOST", "SIMPLECHAT_ALLOWED_HOSTS"),
+            ("SIMPLECHAT_CONFG", "SIMPLECHAT_CONFIG"),
+        ] {
+            assert_eq!(
+                warn(typo),
+                [format!(
+                    "{typo} is not a setting and is ignored; did you mean {meant}?"
+                )]
+            );
+        }
+        assert_eq!(
+            warn("SIMPLECHAT_XYZZY"),
+            ["SIMPLECHAT_XYZZY is not a setting and is ignored (see simplechat --help)"]
+        );
+        for quiet in [
+            "SIMPLECHAT_PORT",
+            "simplechat_port",
+            "SIMPLECHAT_CONFIG",
+            "SIMPLECHAT_TEST_MONGOD",
+            "SIMPLECHAT_REQUIRE_TMPFS",
+            "SIMPLECHAT_BENCH_SERVER",
+            "SIMPLECHAT_CHROMEDRIVER",
+            "ROCKET_PROT",
+            "SIMPLECHATPORT",
+        ] {
+            assert_eq!(warn(quiet), Vec::<String>::new(), "{quiet}");
+        }
     }
 
     #[test]

@@ -958,3 +958,70 @@ fn allowed_hosts_from_a_file_or_a_variable_and_what_unset_means() {
         );
     }
 }
+
+/// A `SIMPLECHAT_` variable that is no setting (a typo) is not silently
+/// ignored, as a typo in the TOML file is not: one warning line each,
+/// naming the setting meant when one is close, and the command goes on.
+/// The variables the project's own tests, bench and CI read do not warn.
+#[test]
+fn an_unknown_simplechat_variable_warns_naming_the_setting_meant() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("other.toml");
+    std::fs::write(&file, "").unwrap();
+    let ours = [
+        ("SIMPLECHAT_CONFIG", file.to_str().unwrap()),
+        ("SIMPLECHAT_TEST_MONGOD", "/nonexistent/mongod"),
+        ("SIMPLECHAT_REQUIRE_BROWSER", "1"),
+        ("SIMPLECHAT_BENCH_SERVER", "/nonexistent/simplechat"),
+        ("SIMPLECHAT_CHROMIUM", "/nonexistent/chromium"),
+    ];
+    let out = simplechat(dir.path(), &["config"], &ours);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+
+    let mut env = ours.to_vec();
+    env.extend([
+        ("SIMPLECHAT_PROT", "8200"),
+        ("SIMPLECHAT_FROBNICATE", "secret"),
+        ("SIMPLECHAT_LOG_LEVEL", "debug"),
+    ]);
+    let out = simplechat(dir.path(), &["config"], &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(line(&stdout, "port").starts_with("port = 8000  # from default"));
+    let mut warnings: Vec<&str> = stderr.lines().collect();
+    warnings.sort();
+    assert_eq!(
+        warnings,
+        [
+            "simplechat: warning: SIMPLECHAT_FROBNICATE is not a setting and is ignored \
+             (see simplechat --help)",
+            "simplechat: warning: SIMPLECHAT_LOG_LEVEL is not a setting and is ignored; \
+             Rocket's log_level is set with ROCKET_LOG_LEVEL",
+            "simplechat: warning: SIMPLECHAT_PROT is not a setting and is ignored; \
+             did you mean SIMPLECHAT_PORT?",
+        ],
+        "{stderr}"
+    );
+
+    // `serve` warns too, before anything else can stop it.
+    let out = simplechat(
+        dir.path(),
+        &["serve"],
+        &[
+            ("SIMPLECHAT_PROT", "8200"),
+            ("SIMPLECHAT_HEARTBEAT_SECS", "0"),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.lines().next(),
+        Some(
+            "simplechat: warning: SIMPLECHAT_PROT is not a setting and is ignored; \
+             did you mean SIMPLECHAT_PORT?"
+        ),
+        "{stderr}"
+    );
+    assert_one_line_failure(&out, "heartbeat_secs must be at least 1");
+}

@@ -271,7 +271,7 @@ async fn a_nearly_full_disk_refuses_posts_without_reopening_the_store_on_each() 
         disk.path(),
         &[
             ("SIMPLECHAT_DATA_DIR", data_dir.to_str().unwrap()),
-            ("SIMPLECHAT_LOG_LEVEL", "normal"),
+            ("ROCKET_LOG_LEVEL", "normal"),
         ],
     );
     let client = reqwest::Client::new();
