@@ -64,7 +64,9 @@ pub struct Settings {
     /// the same process behind it and opens no port of its own).
     #[serde(deserialize_with = "ip_address")]
     pub address: IpAddr,
-    /// The TCP port to listen on.
+    /// The TCP port to listen on; 0: any free one, which the startup line
+    /// names.
+    #[serde(deserialize_with = "port")]
     pub port: u16,
     /// A MongoDB connection string (`MONGO_URI` is an alias); unset (or
     /// empty) selects the embedded store.
@@ -165,6 +167,57 @@ fn ip_address<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<IpAdd
         }
     }
     deserializer.deserialize_str(Address)
+}
+
+/// A TCP port, as `u16` reads one; the refusal of anything else quotes the
+/// value and says what a port is (serde's says only "expected u16").
+fn port<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
+    // 0 asks the system for a free port: the front door binds it and the
+    // startup line names the one it got (`app::start`).
+    const EXPECTED: &str = "a port: a number from 0 to 65535 (0: any free one)";
+    // In the words figment gives a value it refuses: "invalid type" for
+    // one that is no integer, "invalid value" for one out of range.
+    fn refuse<E: serde::de::Error>(what: &str, found: std::fmt::Arguments<'_>) -> E {
+        E::custom(format_args!(
+            "invalid {what}: found {found}, expected {EXPECTED}"
+        ))
+    }
+    struct Port;
+    impl serde::de::Visitor<'_> for Port {
+        type Value = u16;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(EXPECTED)
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<u16, E> {
+            self.visit_u128(value.into())
+        }
+
+        fn visit_u128<E: serde::de::Error>(self, value: u128) -> Result<u16, E> {
+            u16::try_from(value).map_err(|_| refuse("value", format_args!("number `{value}`")))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<u16, E> {
+            self.visit_i128(value.into())
+        }
+
+        fn visit_i128<E: serde::de::Error>(self, value: i128) -> Result<u16, E> {
+            u16::try_from(value).map_err(|_| refuse("value", format_args!("number `{value}`")))
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<u16, E> {
+            Err(refuse("type", format_args!("number `{value}`")))
+        }
+
+        fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<u16, E> {
+            // A number in a variable reaches `visit_u64`; a string here is
+            // no number, or one quoted in the TOML file, which `u16`
+            // refuses too.
+            Err(refuse("type", format_args!("string {value:?}")))
+        }
+    }
+    deserializer.deserialize_u16(Port)
 }
 
 /// `allowed_hosts`: a list of names, or one string of them separated by
@@ -538,7 +591,15 @@ impl Config {
         // configuration"; checked here, `config` refuses them too.
         let rocket = figment.extract::<rocket::Config>().map_err(bad)?;
         let store = store_config(&settings)?;
-        let templates = resolve_templates(settings.template_dir.as_deref())?;
+        let templates = resolve_templates(settings.template_dir.as_deref(), || {
+            match figment
+                .find_metadata("template_dir")
+                .and_then(|m| m.source.as_ref())
+            {
+                Some(Source::File(path)) => format!("template_dir in {}", path.display()),
+                _ => source(&figment, "template_dir"),
+            }
+        })?;
         if settings.write_timeout_secs == 0 {
             return Err(ConfigError("write_timeout_secs must be at least 1".into()));
         }
@@ -654,7 +715,13 @@ fn store_config(s: &Settings) -> Result<StoreConfig, ConfigError> {
 /// `<prefix>/share/simplechat/templates` beside `<prefix>/bin/simplechat`;
 /// else the ones compiled into the binary, so a binary copied anywhere
 /// serves its own page.
-fn resolve_templates(configured: Option<&Path>) -> Result<Templates, ConfigError> {
+///
+/// `whence` names where `template_dir` was set (its variable, or the key
+/// and the file), for a directory that is not there.
+fn resolve_templates(
+    configured: Option<&Path>,
+    whence: impl FnOnce() -> String,
+) -> Result<Templates, ConfigError> {
     let templates = match configured {
         Some(dir) => Templates::Configured(dir.to_path_buf()),
         None => match bundle_template_dir() {
@@ -662,6 +729,22 @@ fn resolve_templates(configured: Option<&Path>) -> Result<Templates, ConfigError
             None => return Ok(Templates::BuiltIn),
         },
     };
+    if let Templates::Configured(dir) = &templates {
+        // Not "has no index.html.j2" for a directory that is not there.
+        let why = match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => None,
+            Ok(_) => Some("is not a directory".to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("does not exist".to_owned()),
+            Err(e) => Some(format!("cannot be read: {e}")),
+        };
+        if let Some(why) = why {
+            return Err(ConfigError(format!(
+                "template directory {} {why} ({})",
+                dir.display(),
+                whence()
+            )));
+        }
+    }
     if let Templates::Configured(dir) | Templates::Bundle(dir) = &templates {
         for template in TEMPLATES {
             if !dir.join(template).is_file() {

@@ -1025,3 +1025,65 @@ fn an_unknown_simplechat_variable_warns_naming_the_setting_meant() {
     );
     assert_one_line_failure(&out, "heartbeat_secs must be at least 1");
 }
+
+/// A port out of range or not a number is refused saying what a port is,
+/// with the variable or file it came from and the value quoted.
+#[test]
+fn a_bad_port_is_refused_saying_what_a_port_is() {
+    let dir = tempfile::tempdir().unwrap();
+    const PORT: &str = "expected a port: a number from 0 to 65535 (0: any free one)";
+    for (value, found) in [
+        ("70000", "value: found number `70000`"),
+        ("-1", "value: found number `-1`"),
+        ("abc", "type: found string \"abc\""),
+        ("1.5", "type: found number `1.5`"),
+    ] {
+        let out = simplechat(dir.path(), &["config"], &[("SIMPLECHAT_PORT", value)]);
+        assert_one_line_failure(&out, &format!("SIMPLECHAT_PORT: invalid {found}, {PORT}"));
+    }
+    let file = dir.path().join("simplechat.toml");
+    std::fs::write(&file, "port = 65536\n").unwrap();
+    assert_one_line_failure(
+        &simplechat(dir.path(), &["config"], &[]),
+        &format!("port in simplechat.toml: invalid value: found number `65536`, {PORT}"),
+    );
+    std::fs::remove_file(&file).unwrap();
+    // 0 stays a port: the system picks a free one, and the startup line
+    // names it.
+    let config = config_lines(dir.path(), &[("SIMPLECHAT_PORT", "0")]);
+    assert!(line(&config, "port").starts_with("port = 0  # from SIMPLECHAT_PORT"));
+}
+
+/// A template directory that is missing, or a file, is refused saying so,
+/// not as if one template were missing from it.
+#[test]
+fn a_template_dir_that_is_no_directory_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    let file = file.to_str().unwrap();
+    for (path, why) in [
+        (
+            "/nonexistent",
+            "template directory /nonexistent does not exist",
+        ),
+        (
+            file,
+            &format!("template directory {file} is not a directory"),
+        ),
+    ] {
+        for command in ["config", "serve"] {
+            let out = simplechat(dir.path(), &[command], &[("SIMPLECHAT_TEMPLATE_DIR", path)]);
+            assert_one_line_failure(&out, &format!("{why} (SIMPLECHAT_TEMPLATE_DIR)"));
+        }
+    }
+    // One that exists without a template still names the template.
+    assert_one_line_failure(
+        &simplechat(
+            dir.path(),
+            &["config"],
+            &[("SIMPLECHAT_TEMPLATE_DIR", dir.path().to_str().unwrap())],
+        ),
+        "has no index.html.j2",
+    );
+}
