@@ -797,13 +797,36 @@ impl Config {
 }
 
 /// A private directory holding the built-in templates; removed on drop.
+///
+/// Its name, `simplechat-templates-<pid>-<uuid>` in the system's temporary
+/// directory, carries the id of the process that wrote it: a process
+/// killed with SIGKILL never drops it, and the next start removes it
+/// ([`remove_stale_template_dirs`]) once that process is gone.
+///
+/// Not one fixed directory per user (`simplechat-templates-<uid>`), though
+/// that would leave at most one behind: in a temporary directory shared by
+/// every local user, another user could create that name first (a
+/// directory they own, or a link to one), so each start would have to
+/// check its owner and mode and refuse to serve when they are wrong; and
+/// two servers of one user (another `data_dir`, another version) would
+/// write, and on exit remove, each other's templates. A fresh name that
+/// creation refuses when it exists needs no such checks.
 #[derive(Debug)]
 pub struct BuiltInTemplateDir(PathBuf);
 
+/// The start of a built-in templates' directory's name.
+const TEMPLATE_DIR_PREFIX: &str = "simplechat-templates-";
+
 impl BuiltInTemplateDir {
     fn write() -> std::io::Result<BuiltInTemplateDir> {
-        let dir =
-            std::env::temp_dir().join(format!("simplechat-templates-{}", uuid::Uuid::now_v7()));
+        let temp = std::env::temp_dir();
+        #[cfg(unix)]
+        remove_stale_template_dirs(&temp);
+        let dir = temp.join(format!(
+            "{TEMPLATE_DIR_PREFIX}{}-{}",
+            std::process::id(),
+            uuid::Uuid::now_v7()
+        ));
         let mut builder = std::fs::DirBuilder::new();
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
@@ -826,6 +849,68 @@ impl Drop for BuiltInTemplateDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Removes from `temp` the built-in templates' directories that processes
+/// no longer running left behind, and nothing else: only an entry named
+/// as [`BuiltInTemplateDir`] names them (with a process id and a UUID;
+/// older names carry no process and are left alone), that is a directory
+/// itself (a symbolic link is never followed or removed), that the
+/// current user owns, and whose process `kill(pid, 0)` says does not
+/// exist (ESRCH; a process of another user answers EPERM, and stays).
+/// A process id taken again by another process only keeps a directory
+/// longer. Failures are ignored: this is housekeeping, and the start
+/// goes on.
+///
+/// The probe sees this machine's processes in this process's PID
+/// namespace: two containers that run as one user and share one
+/// temporary directory (not the usual setup; each has its own `/tmp`)
+/// could remove each other's directory. Such a setup can set
+/// `template_dir`, which writes no directory at all.
+#[cfg(unix)]
+fn remove_stale_template_dirs(temp: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(temp) else {
+        return;
+    };
+    let me = rustix::process::geteuid().as_raw();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(template_dir_pid) else {
+            continue;
+        };
+        if pid == rustix::process::getpid() {
+            continue;
+        }
+        let path = entry.path();
+        // Of the entry itself, never of what a link names.
+        let Ok(metadata) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !metadata.file_type().is_dir() || metadata.uid() != me {
+            continue;
+        }
+        if rustix::process::test_kill_process(pid) != Err(rustix::io::Errno::SRCH) {
+            continue;
+        }
+        // Removes a link inside as a link, never what it names.
+        let _ = std::fs::remove_dir_all(&path);
+    }
+}
+
+/// The process id in a built-in templates' directory's name,
+/// `simplechat-templates-<pid>-<uuid>`; `None` for any other name (and
+/// for pid 0, which `kill` reads as "my process group").
+#[cfg(unix)]
+fn template_dir_pid(name: &str) -> Option<rustix::process::Pid> {
+    let (pid, uuid) = name.strip_prefix(TEMPLATE_DIR_PREFIX)?.split_once('-')?;
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // As `Uuid`'s `Display` writes one: 36 characters, hyphenated.
+    if uuid.len() != 36 || uuid::Uuid::try_parse(uuid).is_err() {
+        return None;
+    }
+    rustix::process::Pid::from_raw(pid.parse().ok()?)
 }
 
 /// The database a MongoDB store uses, and whether it came from the URI's path.
@@ -1143,6 +1228,27 @@ mod tests {
             "SIMPLECHATPORT",
         ] {
             assert_eq!(warn(quiet), Vec::<String>::new(), "{quiet}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn only_names_with_a_process_and_a_uuid_are_template_dirs() {
+        let uuid = "0190f0c4-9b1e-7cc2-8a4f-4b5e3f6a7d21";
+        let pid = |name: &str| template_dir_pid(name).map(|p| p.as_raw_nonzero().get());
+        assert_eq!(pid(&format!("simplechat-templates-42-{uuid}")), Some(42));
+        for other in [
+            format!("simplechat-templates-{uuid}"),
+            format!("simplechat-templates-0-{uuid}"),
+            format!("simplechat-templates--42-{uuid}"),
+            format!("simplechat-templates-+42-{uuid}"),
+            format!("simplechat-templates-99999999999-{uuid}"),
+            format!("simplechat-templates-42-{}", uuid.replace('-', "")),
+            format!("simplechat-templates-42-{{{uuid}}}"),
+            "simplechat-templates-42-".to_owned(),
+            format!("other-42-{uuid}"),
+        ] {
+            assert_eq!(pid(&other), None, "{other}");
         }
     }
 

@@ -1087,3 +1087,59 @@ fn a_template_dir_that_is_no_directory_says_so() {
         "has no index.html.j2",
     );
 }
+
+/// The built-in templates' directory of a server killed with SIGKILL is
+/// removed by the next start, and nothing else is: not a live process's,
+/// not one of another naming, not a symbolic link or a file of that name.
+#[test]
+fn a_start_removes_the_template_directories_killed_servers_left() {
+    let root = tempfile::tempdir().unwrap();
+    let (tmp, run, elsewhere) = (
+        root.path().join("tmp"),
+        root.path().join("run"),
+        root.path().join("elsewhere"),
+    );
+    for dir in [&tmp, &run, &elsewhere] {
+        std::fs::create_dir(dir).unwrap();
+    }
+    std::fs::write(elsewhere.join("keep"), "").unwrap();
+    let uuid = "0190f0c4-9b1e-7cc2-8a4f-4b5e3f6a7d21";
+    // No process has this id: Linux caps them at 2^22.
+    let gone = i32::MAX;
+    let stale = tmp.join(format!("simplechat-templates-{gone}-{uuid}"));
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::write(stale.join("index.html.j2"), "old").unwrap();
+    let kept = [
+        // This test's own process runs.
+        format!("simplechat-templates-{}-{uuid}", std::process::id()),
+        // Before the name carried the process: whose it is is unknown.
+        format!("simplechat-templates-{uuid}"),
+        format!("simplechat-templates-0-{uuid}"),
+        format!("simplechat-templates-{gone}-not-a-uuid"),
+        format!("other-{gone}-{uuid}"),
+    ];
+    for name in &kept {
+        std::fs::create_dir(tmp.join(name)).unwrap();
+    }
+    let link = format!("simplechat-templates-{}-{uuid}", gone - 1);
+    std::os::unix::fs::symlink(&elsewhere, tmp.join(&link)).unwrap();
+    let file = format!("simplechat-templates-{}-{uuid}", gone - 2);
+    std::fs::write(tmp.join(&file), "").unwrap();
+
+    let server = crate::first_run::Server::start(
+        Path::new(env!("CARGO_BIN_EXE_simplechat")),
+        &run,
+        &[("TMPDIR", tmp.to_str().unwrap())],
+    );
+    let (status, output) = server.stop();
+    assert!(status.success(), "{status}: {}", output.join("\n"));
+    let mut left: Vec<String> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    let mut expected: Vec<String> = kept.iter().cloned().chain([link, file]).collect();
+    expected.sort();
+    assert_eq!(left, expected, "{}", output.join("\n"));
+    assert!(elsewhere.join("keep").exists(), "a link is never followed");
+}
