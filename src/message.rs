@@ -93,13 +93,30 @@ impl NewMessage {
 pub fn validate_name(name: &str) -> Result<String, Invalid> {
     // NFC first, so the same name typed two ways (a precomposed `é` or
     // `e` + U+0301) is one name, and is counted as it is stored.
-    let name: String = normalize(name).nfc().collect();
+    let typed: String = normalize(name).nfc().collect();
+    let name = trim_invisible_ends(&typed);
+    if name.is_empty() && !typed.is_empty() {
+        // Typed, but only characters that show as nothing.
+        return Err(invisible_name());
+    }
     check_len("name", &name, NAME_MAX_CHARS)?;
     // A name is one line: a newline or tab in it would only break layouts.
     if name.chars().any(char::is_control) {
         return Err(Invalid::new(
             "name",
             "name must not contain control characters",
+        ));
+    }
+    // The line and paragraph separators (general categories Zl and Zp,
+    // one character each) break a line as a newline does.
+    if let Some(c) = name.chars().find(|c| matches!(c, '\u{2028}' | '\u{2029}')) {
+        return Err(Invalid::new(
+            "name",
+            format!(
+                "name must be one line: it must not contain a line or paragraph separator \
+                 (found U+{:04X})",
+                u32::from(c)
+            ),
         ));
     }
     check_name_is_shown_as_typed(&name)?;
@@ -155,12 +172,17 @@ fn check_name_is_shown_as_typed(name: &str) -> Result<(), Invalid> {
         ));
     }
     if !name.chars().any(is_visible) {
-        return Err(Invalid::new(
-            "name",
-            "name must contain a visible character, not only invisible or blank ones",
-        ));
+        return Err(invisible_name());
     }
     Ok(())
+}
+
+/// The refusal of a name made only of characters that show as nothing.
+fn invisible_name() -> Invalid {
+    Invalid::new(
+        "name",
+        "name must contain a visible character, not only invisible or blank ones",
+    )
 }
 
 /// U+2800, the braille cell with no dot raised (see [`is_visible`]).
@@ -189,6 +211,25 @@ pub fn is_visible(c: char) -> bool {
     !(CodePointSetData::new::<WhiteSpace>().contains(c)
         || CodePointSetData::new::<DefaultIgnorableCodePoint>().contains(c)
         || INVISIBLE.contains(CodePointMapData::<GeneralCategory>::new().get(c)))
+}
+
+/// `name` without the format characters (general category Cf: zero-width
+/// space and joiners, the byte order mark, soft hyphen, word joiner) and
+/// white space at either end: there they join or separate nothing and show
+/// as nothing, so `U+FEFF` + `ann` would be a second `ann` that looks like
+/// the first. Inside a name they stay (a ZWNJ in a Persian word, the ZWJ of
+/// an emoji sequence); a variation selector (a mark, not Cf) stays too, as
+/// it changes how an emoji before it is drawn.
+fn trim_invisible_ends(name: &str) -> String {
+    // Bidi controls are format characters too, but a name may not hold
+    // one anywhere: left for that rule's own error.
+    let bidi_control = CodePointSetData::new::<BidiControl>();
+    let invisible = |c: char| {
+        c.is_whitespace()
+            || (CodePointMapData::<GeneralCategory>::new().get(c) == GeneralCategory::Format
+                && !bidi_control.contains(c))
+    };
+    name.trim_matches(invisible).to_owned()
 }
 
 /// Browsers submit textarea newlines as CRLF; storing them as LF keeps a
@@ -395,7 +436,7 @@ mod tests {
                 "{name:?}: {e}"
             );
         }
-        // One visible character is enough, invisible ones around it stay.
+        // One visible character is enough.
         assert!(NewMessage::validate("\u{200B}a", "hi", None).is_ok());
         assert!(NewMessage::validate("\u{2800}\u{2801}", "hi", None).is_ok());
         assert!(NewMessage::validate("👍🏽", "hi", None).is_ok());
@@ -403,6 +444,33 @@ mod tests {
         assert!(NewMessage::validate("می\u{200C}خواهم", "hi", None).is_ok());
         // Texts are not held to it: a text of only a zero-width space is a text.
         assert!(NewMessage::validate("ann", "\u{200B}", None).is_ok());
+    }
+
+    /// A format character or space at either end of a name shows as
+    /// nothing, so it would make a second name that looks like the first;
+    /// inside a name format characters stay, and a name is one line.
+    #[test]
+    fn names_lose_invisible_characters_at_their_ends_and_stay_one_line() {
+        for (typed, stored) in [
+            ("\u{FEFF}ann", "ann"),
+            ("ann\u{200B}", "ann"),
+            (" \u{200D}bob\u{2060}\u{00AD} ", "bob"),
+            ("\u{3000}zoe\u{200C}", "zoe"),
+            ("می\u{200C}خواهم", "می\u{200C}خواهم"),
+            ("👨\u{200D}👩\u{200D}👧", "👨\u{200D}👩\u{200D}👧"),
+            ("❤\u{FE0F}", "❤\u{FE0F}"),
+        ] {
+            let message = NewMessage::validate(typed, "hi", None).unwrap();
+            assert_eq!(message.name, stored, "{typed:?}");
+        }
+        for name in ["a\u{2028}b", "a\u{2029}b"] {
+            let e = name_error(name);
+            assert_eq!(e.field, "name");
+            assert!(e.message.contains("one line"), "{name:?}: {e}");
+        }
+        // Texts keep theirs.
+        let text = NewMessage::validate("ann", "\u{FEFF}hi\u{2028}there", None).unwrap();
+        assert_eq!(text.text, "\u{FEFF}hi\u{2028}there");
     }
 
     #[test]
