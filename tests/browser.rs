@@ -886,6 +886,16 @@ async fn older_messages_are_prepended_in_place_keeping_the_view() {
 /// over it; the page's own bound is larger.
 const KEEP: usize = 200;
 
+/// Sets the page's bound to [`KEEP`] messages (its `data-keep` seam), so
+/// the tests post hundreds of messages, not thousands.
+async fn keep_at_most_the_tests_bound(client: &Client) {
+    page_eval(
+        client,
+        &format!("$('#history').dataset.keep = '{KEEP}'; return true"),
+    )
+    .await;
+}
+
 /// Posts messages named `name` with texts `"message {i}"` for each `i` in
 /// `numbers`, in order.
 async fn post_numbered(
@@ -987,11 +997,7 @@ async fn a_page_open_all_day_keeps_a_bounded_history_and_walks_back_to_every_mes
         post_numbered(&app, "ann", 1..=50).await;
         tab.load(&app.base_url).await;
         let c = &tab.client;
-        page_eval(
-            c,
-            &format!("$('#history').dataset.keep = '{KEEP}'; return true"),
-        )
-        .await;
+        keep_at_most_the_tests_bound(c).await;
 
         // A busy room: many more messages than the page keeps, live.
         post_numbered(&app, "bob", 51..=TOTAL).await;
@@ -1070,11 +1076,7 @@ async fn reading_back_keeps_the_view_and_newer_messages_walk_forward_to_the_live
         post_numbered(&app, "ann", 1..=320).await;
         tab.load(&app.base_url).await;
         let c = &tab.client;
-        page_eval(
-            c,
-            &format!("$('#history').dataset.keep = '{KEEP}'; return true"),
-        )
-        .await;
+        keep_at_most_the_tests_bound(c).await;
         click_keeping_the_view(c, size, "older").await;
         assert_eq!(span(&shown_numbers(c).await), (121, 320, KEEP));
         // Long enough for the first stream's replay, which is part of the
@@ -1296,11 +1298,7 @@ async fn a_page_of_older_history_keeps_the_same_bound() {
         ))
         .await
         .unwrap();
-        page_eval(
-            c,
-            &format!("$('#history').dataset.keep = '{KEEP}'; return true"),
-        )
-        .await;
+        keep_at_most_the_tests_bound(c).await;
         assert_eq!(span(&shown_numbers(c).await), (230, 329, 100));
         click_keeping_the_view(c, size, "older").await;
         click_keeping_the_view(c, size, "older").await;

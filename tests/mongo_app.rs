@@ -1260,19 +1260,50 @@ async fn an_instance_that_read_a_message_at_its_first_position_follows_the_new_o
 
     sim.hold_change_streams(false);
     let order = ["first", "quick", "slow"];
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while listed_ids(&late).await != order {
-        assert!(
-            Instant::now() < deadline,
-            "the reading instance kept the first order"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_listed(&late, &order, "the reading instance kept the first order").await;
     assert_eq!(walked_ids(&late, 1).await, order);
     assert_eq!(listed_ids(&app).await, order);
     assert_eq!(walked_ids(&app, 1).await, order);
     late.shutdown().await;
     app.shutdown().await;
+}
+
+/// Waits (20 s at most) until `app` lists exactly `order`; else fails
+/// saying `why`.
+async fn until_listed(app: &TestApp, order: &[&str], why: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = listed_ids(app).await;
+        if listed == order {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{why}: {listed:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The document a restore writes for a backup's copy of message `of`:
+/// `_id` and `text` "restored", at a position `secs` seconds before
+/// `of`'s; with that position.
+async fn restored_copy(
+    lab: &mongodb::Collection<Document>,
+    of: &str,
+    secs: u32,
+) -> (Document, mongodb::bson::Timestamp) {
+    let mut restored = lab
+        .find_one(doc! { "_id": of })
+        .await
+        .expect("read")
+        .expect("stored");
+    let position = restored.get_timestamp("position").expect("a position");
+    let old = mongodb::bson::Timestamp {
+        time: position.time - secs,
+        increment: 1,
+    };
+    restored.insert("_id", "restored");
+    restored.insert("text", "restored");
+    restored.insert("position", old);
+    (restored, old)
 }
 
 /// The `position` a document has now.
@@ -1529,32 +1560,12 @@ async fn a_restored_message_keeps_its_position_and_takes_its_place() {
     );
 
     // As a backup of an hour ago holds it: a copy of "first", an hour older.
-    let mut restored = lab
-        .find_one(doc! { "_id": "first" })
-        .await
-        .expect("read")
-        .expect("stored");
-    let first = restored.get_timestamp("position").expect("a position");
-    let old = mongodb::bson::Timestamp {
-        time: first.time - 3600,
-        increment: 1,
-    };
-    restored.insert("_id", "restored");
-    restored.insert("text", "restored");
-    restored.insert("position", old);
+    let (restored, old) = restored_copy(&lab, "first", 3600).await;
     let updates = sim.commands_run("update");
     lab.insert_one(restored).await.expect("restore");
 
     let order = ["restored", "first", "second"];
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while listed_ids(&app).await != order {
-        assert!(
-            Instant::now() < deadline,
-            "not listed in its place: {:?}",
-            listed_ids(&app).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_listed(&app, &order, "not listed in its place").await;
     assert_eq!(walked_ids(&app, 1).await, order);
     assert_eq!(position_of(&lab, "restored").await, old, "not moved");
     assert_eq!(sim.commands_run("update"), updates, "no write for it");
@@ -1597,32 +1608,12 @@ async fn a_restored_message_just_before_the_newest_keeps_its_position() {
     tokio::time::sleep(Duration::from_secs(8)).await;
 
     // A backup holds a message posted a second before "newest".
-    let mut restored = lab
-        .find_one(doc! { "_id": "newest" })
-        .await
-        .expect("read")
-        .expect("stored");
-    let newest = restored.get_timestamp("position").expect("a position");
-    let old = mongodb::bson::Timestamp {
-        time: newest.time - 1,
-        increment: 1,
-    };
-    restored.insert("_id", "restored");
-    restored.insert("text", "restored");
-    restored.insert("position", old);
+    let (restored, old) = restored_copy(&lab, "newest", 1).await;
     let updates = sim.commands_run("update");
     lab.insert_one(restored).await.expect("restore");
 
     let order = ["restored", "newest"];
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while listed_ids(&app).await != order {
-        assert!(
-            Instant::now() < deadline,
-            "not listed in its place: {:?}",
-            listed_ids(&app).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_listed(&app, &order, "not listed in its place").await;
     // Long enough for a hold and a move to have happened.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(position_of(&lab, "restored").await, old, "not moved");

@@ -160,7 +160,9 @@ where
         if let Some(refusal) = message_head::refusal(&parts) {
             return refusal;
         }
-        if let Err(refused) = self.hosts.answers(request_host(&parts)) {
+        // Checked here, and given to Rocket below as the request's host.
+        let host = request_host(&parts);
+        if let Err(refused) = self.hosts.answers(host) {
             return self.refuse_host(&refused.explain(&echo(&refused.name)), peer);
         }
         if parts.method == Method::GET && parts.uri.path() == "/api/events" {
@@ -216,8 +218,7 @@ where
             parts.uri.path().to_owned(),
             path_and_query.and_then(|p| p.query()).map(str::to_owned),
         ));
-        if let Some(host) = request_host(&parts).and_then(|h| Host::parse_owned(h.to_owned()).ok())
-        {
+        if let Some(host) = host.and_then(|h| Host::parse_owned(h.to_owned()).ok()) {
             request.set_host(host);
         }
         request.set_remote(peer);

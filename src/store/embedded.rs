@@ -114,57 +114,50 @@ fn locate(path: &Path, opened: FileId) -> Result<(), Elsewhere> {
     }
 }
 
-/// `Ok` while `path` names `opened`, the file the store has open; else why
-/// a write to it would not be the durable write a 201 promises.
-fn check_path(path: &Path, opened: FileId) -> Result<(), String> {
-    let lost = "so a message written now would be lost at the next start";
-    locate(path, opened).map_err(|elsewhere| match elsewhere {
-        Elsewhere::Replaced => format!(
-            "the data file {} was replaced while the server ran (another file is at that \
-             path now), {lost}; writes are refused until the original is moved back, or \
-             the server restarted (it then opens the file now at that path)",
-            path.display()
-        ),
-        Elsewhere::Removed => format!(
-            "the data file {} was removed (or moved away) while the server ran, {lost}; \
-             writes are refused until the file is moved back, or the server restarted \
-             (with no file at that path, it starts an empty store)",
-            path.display()
-        ),
-        Elsewhere::Unknown(e) => format!(
-            "cannot tell whether the data file {} is still the one the server has open \
-             ({e}); writes are refused until it can",
-            path.display()
-        ),
-    })
+/// When [`check_path`] looks at the data file.
+#[derive(Clone, Copy)]
+enum Moment {
+    /// Before a batch of writes: nothing is written yet.
+    BeforeWrite,
+    /// Once a batch is committed (after the check before it): its
+    /// messages are in a file the next start may not read and must not be
+    /// acknowledged.
+    AfterCommit,
 }
 
-/// [`check_path`] once a batch is committed: `Err` when `path` stopped
-/// naming `opened` while the batch was written (after the check before
-/// it), so its messages are in a file the next start may not read and
-/// must not be acknowledged.
-fn check_path_after_commit(path: &Path, opened: FileId) -> Result<(), String> {
-    let kept = "so this message may not be kept: it was written to the file the server \
-                has open, which the next start does not read";
+/// `Ok` while `path` names `opened`, the file the store has open; else why
+/// a write to it, at `moment`, is not the durable write a 201 promises.
+fn check_path(path: &Path, opened: FileId, moment: Moment) -> Result<(), String> {
+    let (when, consequence, keeps, unsure) = match moment {
+        Moment::BeforeWrite => (
+            "the server ran",
+            "so a message written now would be lost at the next start",
+            "",
+            "",
+        ),
+        Moment::AfterCommit => (
+            "this message was written",
+            "so this message may not be kept: it was written to the file the server has \
+             open, which the next start does not read",
+            " (which keeps the message)",
+            ", so this message may not be kept",
+        ),
+    };
+    let shown = path.display();
     locate(path, opened).map_err(|elsewhere| match elsewhere {
         Elsewhere::Replaced => format!(
-            "the data file {} was replaced while this message was written (another file \
-             is at that path now), {kept}; writes are refused until the original is moved \
-             back (which keeps the message), or the server restarted (it then opens the \
-             file now at that path)",
-            path.display()
+            "the data file {shown} was replaced while {when} (another file is at that path \
+             now), {consequence}; writes are refused until the original is moved back{keeps}, \
+             or the server restarted (it then opens the file now at that path)"
         ),
         Elsewhere::Removed => format!(
-            "the data file {} was removed (or moved away) while this message was written, \
-             {kept}; writes are refused until the file is moved back (which keeps the \
-             message), or the server restarted (with no file at that path, it starts an \
-             empty store)",
-            path.display()
+            "the data file {shown} was removed (or moved away) while {when}, {consequence}; \
+             writes are refused until the file is moved back{keeps}, or the server restarted \
+             (with no file at that path, it starts an empty store)"
         ),
         Elsewhere::Unknown(e) => format!(
-            "cannot tell whether the data file {} is still the one the server has open \
-             ({e}), so this message may not be kept; writes are refused until it can",
-            path.display()
+            "cannot tell whether the data file {shown} is still the one the server has open \
+             ({e}){unsure}; writes are refused until it can"
         ),
     })
 }
@@ -331,12 +324,12 @@ impl Shared {
 
     /// [`check_path`] for the store's file.
     fn check_file(&self) -> Result<(), String> {
-        check_path(&self.path, self.file)
+        check_path(&self.path, self.file, Moment::BeforeWrite)
     }
 
-    /// [`check_path_after_commit`] for the store's file.
+    /// [`check_path`] once a batch is committed.
     fn check_file_after_commit(&self) -> Result<(), String> {
-        check_path_after_commit(&self.path, self.file)
+        check_path(&self.path, self.file, Moment::AfterCommit)
     }
 }
 
@@ -1218,6 +1211,15 @@ mod tests {
         NewMessage::validate("w", text, None).unwrap()
     }
 
+    /// A store in `dir` holding one message, `before`.
+    async fn holding_before(dir: &Path) -> EmbeddedStore {
+        let store = EmbeddedStore::open(dir, WRITE_TIMEOUT, Cache::new())
+            .await
+            .unwrap();
+        store.insert(post("before")).await.unwrap();
+        store
+    }
+
     /// The file removed (here moved away, so it can come back) after the
     /// writer's check and before its commit: the commit goes to a file the
     /// next start would not read, so the post is not acknowledged, and the
@@ -1225,10 +1227,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_file_removed_while_a_batch_commits_is_no_acknowledged_write() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path(), WRITE_TIMEOUT, Cache::new())
-            .await
-            .unwrap();
-        store.insert(post("before")).await.unwrap();
+        let store = holding_before(dir.path()).await;
         let file = dir.path().join("messages.redb");
         let away = dir.path().join("away.redb");
         let (from, to) = (file.clone(), away.clone());
@@ -1272,10 +1271,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_file_replaced_while_a_batch_commits_is_no_acknowledged_write() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path(), WRITE_TIMEOUT, Cache::new())
-            .await
-            .unwrap();
-        store.insert(post("before")).await.unwrap();
+        let store = holding_before(dir.path()).await;
         let file = dir.path().join("messages.redb");
         let (moved, copy) = (dir.path().join("moved.redb"), dir.path().join("copy.redb"));
         let (f, m, c) = (file.clone(), moved.clone(), copy.clone());
