@@ -14,14 +14,26 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use cluster::{say, TestCluster};
+use replset_sim::HoldPoint;
 use support::app::{spawn_app, TestApp};
 
 async fn start_app(cluster: &TestCluster, db: &str, write_timeout_secs: u64) -> TestApp {
-    let app = spawn_app(&[
+    start_app_with(cluster, db, write_timeout_secs, &[]).await
+}
+
+/// [`start_app`] with more settings.
+async fn start_app_with(
+    cluster: &TestCluster,
+    db: &str,
+    write_timeout_secs: u64,
+    extra: &[(&str, serde_json::Value)],
+) -> TestApp {
+    let mut settings = vec![
         ("mongodb_uri", json!(cluster.uri(db))),
         ("write_timeout_secs", json!(write_timeout_secs)),
-    ])
-    .await;
+    ];
+    settings.extend(extra.iter().cloned());
+    let app = spawn_app(&settings).await;
     let deadline = Instant::now() + cluster.election_time();
     loop {
         let response = app.get("/readyz").await;
@@ -1657,5 +1669,89 @@ async fn a_post_across_a_jump_of_the_cluster_time_is_still_delivered_live() {
     let order = ["first", "quick", "jumped"];
     assert_eq!(listed_ids(&app).await, order);
     assert_eq!(walked_ids(&app, 1).await, order);
+    app.shutdown().await;
+}
+
+/// A number field of a command document, whatever its BSON number type.
+fn number_in(command: &Document, key: &str) -> i64 {
+    match command.get(key) {
+        Some(mongodb::bson::Bson::Int32(n)) => i64::from(*n),
+        Some(mongodb::bson::Bson::Int64(n)) => *n,
+        // Only whole numbers of documents are asked for.
+        Some(mongodb::bson::Bson::Double(n)) => *n as i64,
+        _ => 0,
+    }
+}
+
+/// Waits until the simulator holds a command named `command`.
+async fn until_held(sim: &replset_sim::Cluster, command: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sim.held(command) == 0 {
+        assert!(Instant::now() < deadline, "no {command} was held");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A post made through an instance while its change stream makes its
+/// first load (the instance is starting), stored before that load read the
+/// latest messages and answered after it, reaches the instance's
+/// subscribers at once. Before, the load took it for history: the
+/// subscriber got it only with the next message posted (or at its next
+/// heartbeat, here an hour away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_made_during_the_first_load_reaches_subscribers_at_once() {
+    let test = "a_post_made_during_the_first_load_reaches_subscribers_at_once";
+    let cluster = sim_cluster(test).await;
+    let sim = cluster.sim().expect("simulator");
+    cluster
+        .lab_messages("firstload")
+        .await
+        .insert_one(doc! { "_id": "first", "name": "bob", "text": "first",
+        "datetime": mongodb::bson::DateTime::now(),
+        "position": mongodb::bson::Timestamp { time: 0, increment: 0 } })
+        .await
+        .expect("an earlier message");
+    // The first load's read of the latest messages (a page of them, in
+    // the store order) waits; the subscriber's start, which reads the
+    // newest message only, does not.
+    sim.hold_next("find", HoldPoint::BeforeRunning, |command| {
+        command.contains_key("sort") && number_in(command, "limit") > 1
+    });
+    let app = start_app_with(
+        &cluster,
+        "firstload",
+        20,
+        &[("heartbeat_secs", json!(3600))],
+    )
+    .await;
+    until_held(sim, "find").await;
+    let mut subscriber = Subscriber::connect(&app).await;
+
+    // Stored while the load waits; its answer comes once the load is done.
+    sim.hold_next("insert", HoldPoint::BeforeReplying, |command| {
+        command.get_array("documents").is_ok_and(|docs| {
+            docs.iter()
+                .any(|d| d.as_document().and_then(|d| d.get_str("_id").ok()) == Some("during"))
+        })
+    });
+    let (during, ()) = tokio::join!(post_with_id(&app, "during", "during"), async {
+        until_held(sim, "insert").await;
+        sim.release("find");
+        wait_for_change_stream(&app, Duration::from_secs(20)).await;
+        sim.release("insert");
+    });
+    assert_eq!(during, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["during"],
+        "delivered without another post"
+    );
+    assert_eq!(post_with_id(&app, "after", "after").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["after"],
+        "delivered once"
+    );
+    assert_eq!(listed_ids(&app).await, ["first", "during", "after"]);
     app.shutdown().await;
 }

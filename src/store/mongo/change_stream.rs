@@ -114,6 +114,9 @@ struct HealthState {
     /// How far the stream has delivered, across its (re)openings; `None`
     /// until the cache's first load.
     delivered: Option<Delivered>,
+    /// This instance's posts sent before the cache's first load, by id,
+    /// until each is answered ([`ChangeStreamHealth::post_before_load`]).
+    posts_before_load: HashSet<String>,
 }
 
 impl ChangeStreamHealth {
@@ -146,6 +149,28 @@ impl ChangeStreamHealth {
     /// Whether the cache has been loaded from the store at least once.
     pub(super) fn has_loaded(&self) -> bool {
         self.state().delivered.is_some()
+    }
+
+    /// Notes that this instance is storing the message `id`, if the cache
+    /// has not been loaded yet; `true` if so, and then
+    /// [`ChangeStreamHealth::post_answered`] must follow. The first load
+    /// publishes such a post when it reads it (it would otherwise load it
+    /// as history, sent to no subscriber, while the post, answered after
+    /// the load, no longer publishes it itself).
+    pub(super) fn post_before_load(&self, id: &str) -> bool {
+        let mut state = self.state();
+        state.delivered.is_none() && state.posts_before_load.insert(id.to_owned())
+    }
+
+    /// The post `id` noted by [`ChangeStreamHealth::post_before_load`] was
+    /// answered (its message published or awaited, or not stored).
+    pub(super) fn post_answered(&self, id: &str) {
+        self.state().posts_before_load.remove(id);
+    }
+
+    /// The posts sent before the first load and not answered yet.
+    fn take_posts_before_load(&self) -> HashSet<String> {
+        std::mem::take(&mut self.state().posts_before_load)
     }
 
     fn delivered(&self) -> Option<Delivered> {
@@ -316,8 +341,7 @@ impl Watcher {
         // held messages and their writes stay (see `held`).
         self.to_position.clear();
         if self.shared.change_stream.delivered().is_none() {
-            let latest = self.read_latest().await?;
-            self.reset(latest)?;
+            self.first_load().await?;
         }
         let (mut stream, resumed) = self.open().await?;
         if stream.resume_token().is_some() {
@@ -477,6 +501,36 @@ impl Watcher {
                 _ => return Ok(()),
             }
         }
+    }
+
+    /// Step 1: loads the cache with the latest messages, as history. A
+    /// post this instance made meanwhile may be among them, answered only
+    /// now that the cache is loaded, when it no longer publishes its
+    /// message itself (see `insert::deliver`): so the first such post read,
+    /// and every message after it, are published, in the store order,
+    /// instead of loaded. Noted before it was sent, such a post is noted
+    /// before the read began, whatever the moment it is answered.
+    async fn first_load(&mut self) -> Result<(), String> {
+        let mut latest = self.read_latest().await?;
+        let posts = self.shared.change_stream.take_posts_before_load();
+        let news = match latest
+            .messages
+            .iter()
+            .position(|m| posts.contains(&m.id.public()))
+        {
+            Some(first) => latest.messages.split_off(first),
+            None => Vec::new(),
+        };
+        let floor = (!latest.whole_history)
+            .then(|| latest.messages.first().or(news.first()))
+            .flatten()
+            .map(MessageDoc::position);
+        self.reset(latest)?;
+        self.floor = floor;
+        for doc in news {
+            self.publish(doc)?;
+        }
+        Ok(())
     }
 
     /// Reads the latest messages, publishes those that may not have been
