@@ -1755,3 +1755,83 @@ async fn a_post_made_during_the_first_load_reaches_subscribers_at_once() {
     assert_eq!(listed_ids(&app).await, ["first", "during", "after"]);
     app.shutdown().await;
 }
+
+/// The ids of every message, oldest first (at most 1,000).
+async fn all_ids(app: &TestApp) -> Vec<String> {
+    app.get_json("/api/messages?limit=1000")
+        .await
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|m| m["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A restore writes an older backup's messages, with their positions, in
+/// many inserts, and the change stream brings them in as many batches.
+/// The instance's cache (which holds the whole history here) is reloaded
+/// once for them, when the stream goes quiet: before, it was reloaded
+/// after each batch, each time reading the latest 1,001 messages, so a
+/// restore of 100,000 messages read the collection hundreds of times. The
+/// restored messages take their places and are not sent to subscribers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_in_many_inserts_reloads_the_cache_once() {
+    const BATCHES: u32 = 20;
+    const EACH: u32 = 10;
+    let test = "a_restore_in_many_inserts_reloads_the_cache_once";
+    let (cluster, app, mut subscriber) = race_set_up(test, "restoredmany").await;
+    let sim = cluster.sim().expect("simulator");
+    let lab = cluster.lab_messages("restoredmany").await;
+    let first = position_of(&lab, "first").await;
+
+    let finds = sim.commands_run("find");
+    let mut restored = Vec::new();
+    for batch in 0..BATCHES {
+        let docs: Vec<Document> = (0..EACH)
+            .map(|i| {
+                let n = batch * EACH + i;
+                let id = format!("restored-{n:03}");
+                restored.push(id.clone());
+                // As a backup of an hour ago holds them, in their order.
+                doc! { "_id": id, "name": "bob", "text": "restored",
+                "datetime": mongodb::bson::DateTime::from_millis(
+                    (i64::from(first.time) - 3600) * 1000 + i64::from(n)),
+                "position": mongodb::bson::Timestamp {
+                    time: first.time - 3600, increment: n + 1 } }
+            })
+            .collect();
+        // Each batch once the stream has asked for more after the one
+        // before, so that it brings each in a batch of its own, as it
+        // does a restore's that come slower than it reads them.
+        let asked = sim.commands_run("getMore");
+        lab.insert_many(docs).await.expect("restore");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while sim.commands_run("getMore") <= asked {
+            assert!(Instant::now() < deadline, "the stream never asked for more");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(post_with_id(&app, "after", "after").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["after"],
+        "the restored messages are not news"
+    );
+    let mut order = restored.clone();
+    order.extend(["first".to_owned(), "after".to_owned()]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while all_ids(&app).await != order {
+        assert!(Instant::now() < deadline, "not listed in their places");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One reload: its read of the latest messages and, the first time,
+    // of where strays begin.
+    let reads = sim.commands_run("find") - finds;
+    say(&format!("{test}: {reads} finds for {BATCHES} batches"));
+    assert!(
+        reads <= 2,
+        "{reads} reads of the collection for a restore in {BATCHES} batches"
+    );
+    assert_eq!(subscriber.arrived(), Vec::<String>::new());
+    app.shutdown().await;
+}
