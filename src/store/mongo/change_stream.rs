@@ -534,21 +534,28 @@ impl Watcher {
     /// and every message after it, are published, in the store order,
     /// instead of loaded. Noted before it was sent, such a post is noted
     /// before the read began, whatever the moment it is answered.
+    ///
+    /// Among those, a post of this instance answered before the load
+    /// published itself: it is loaded, not sent twice, and so comes before
+    /// the others, in the order the posts were answered, as the posts
+    /// published before the load all do.
     async fn first_load(&mut self) -> Result<(), String> {
         let mut latest = self.read_latest().await?;
+        let floor = (!latest.whole_history)
+            .then(|| latest.messages.first().map(MessageDoc::position))
+            .flatten();
         let posts = self.shared.change_stream.take_posts_before_load();
-        let news = match latest
-            .messages
-            .iter()
-            .position(|m| posts.contains(&m.id.public()))
-        {
+        let cache = &self.shared.cache;
+        let news = match latest.messages.iter().position(|m| {
+            let id = m.id.public();
+            posts.contains(&id) && !cache.holds(&id)
+        }) {
             Some(first) => latest.messages.split_off(first),
             None => Vec::new(),
         };
-        let floor = (!latest.whole_history)
-            .then(|| latest.messages.first().or(news.first()))
-            .flatten()
-            .map(MessageDoc::position);
+        let (sent, news): (Vec<_>, Vec<_>) =
+            news.into_iter().partition(|m| cache.holds(&m.id.public()));
+        latest.messages.extend(sent);
         self.reset(latest)?;
         self.floor = floor;
         for doc in news {
