@@ -535,10 +535,10 @@ impl Watcher {
     /// instead of loaded. Noted before it was sent, such a post is noted
     /// before the read began, whatever the moment it is answered.
     ///
-    /// Among those, a post of this instance answered before the load
-    /// published itself: it is loaded, not sent twice, and so comes before
-    /// the others, in the order the posts were answered, as the posts
-    /// published before the load all do.
+    /// A post among those that was answered before the load published its
+    /// message itself then: it is loaded, not sent again, so it comes
+    /// before the others, in the order the posts were answered, as every
+    /// post published before the load does.
     async fn first_load(&mut self) -> Result<(), String> {
         let mut latest = self.read_latest().await?;
         let floor = (!latest.whole_history)
