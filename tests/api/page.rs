@@ -787,7 +787,11 @@ async fn a_browser_asking_for_the_forms_address_is_sent_to_the_page() {
         }
         let response = to_send.send().await.unwrap();
         assert_eq!(response.status(), 405, "{method} {path} {headers:?}");
-        assert_eq!(response.headers()["allow"], "POST", "{method} {path}");
+        assert_eq!(
+            response.headers()["allow"],
+            "OPTIONS, POST",
+            "{method} {path}"
+        );
         assert_eq!(response.headers()["content-type"], "application/json");
         let body: serde_json::Value = response.json().await.unwrap();
         assert!(
