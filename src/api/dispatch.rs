@@ -169,6 +169,13 @@ where
         if let Some(refusal) = message_head::refusal(&parts) {
             return refusal;
         }
+        if let Some(scheme) = foreign_scheme(&parts) {
+            let why = format!(
+                "this server does not answer for {}: URIs, only http and https ones",
+                echo(scheme)
+            );
+            return self.refuse_host(&why, peer);
+        }
         // Checked here, and given to Rocket below as the request's host.
         let host = request_host(&parts);
         if let Err(refused) = self.hosts.answers(host) {
@@ -334,7 +341,8 @@ where
         whole(status, headers, Bytes::new())
     }
 
-    /// 421 with `why`, logged at most once a minute ([`RefusalLog`]): a
+    /// 421 with `why` (a host, or a scheme, this server does not answer
+    /// for), logged at most once a minute ([`RefusalLog`]): a
     /// proxy forwarding a name not in `allowed_hosts` shows in the journal,
     /// a client sending such requests in a loop does not flood it. The
     /// connection closes after it, as the request was meant for another
@@ -395,6 +403,20 @@ fn request_host(parts: &Parts) -> Option<&str> {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok()),
     }
+}
+
+/// The scheme of an absolute-form target (`GET ftp://chat.example/ HTTP/1.1`)
+/// other than `http` and `https`, the schemes whose resources this server
+/// serves (RFC 9110 §4.2): for any other it can give no authoritative
+/// answer, which is a 421 (RFC 9110 §15.5.20), as for a host it does not
+/// answer. `https` is answered though the connection is not TLS: behind a
+/// proxy that ends TLS, that is the scheme the client used.
+fn foreign_scheme(parts: &Parts) -> Option<&str> {
+    let scheme = parts.uri.scheme_str()?;
+    let served = ["http", "https"]
+        .iter()
+        .any(|ours| scheme.eq_ignore_ascii_case(ours));
+    (!served).then_some(scheme)
 }
 
 /// The `after` field of an event-stream query, decoded as Rocket decodes
