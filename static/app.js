@@ -214,39 +214,53 @@
 
   // Drops the newest messages past the bound, those wholly below the view
   // only; the page is then behind, and "Newer messages" goes on from the
-  // newest kept.
+  // newest kept. The reader's own messages not yet confirmed by the stream
+  // are not dropped: they stay shown, below "Newer messages" (setBehind).
   function dropNewest() {
     const items = list.children;
-    const excess = items.length - keep();
+    const own = list.querySelectorAll("[data-unconfirmed]").length;
+    const excess = items.length - own - keep();
     if (excess <= 0) return;
     const bottom = history.getBoundingClientRect().bottom;
     let cut = items.length;
-    while (items.length - cut < excess && items[cut - 1].getBoundingClientRect().top >= bottom) cut--;
-    if (cut === items.length) return;
+    let dropping = 0;
+    while (dropping < excess && items[cut - 1].getBoundingClientRect().top >= bottom) {
+      cut--;
+      if (items[cut].dataset.unconfirmed === undefined) dropping++;
+    }
+    if (!dropping) return;
     const kept = anchor();
-    const dropped = document.createRange();
-    dropped.setStartBefore(items[cut]);
-    dropped.setEndAfter(items[items.length - 1]);
-    dropped.deleteContents();
+    const dropped = [...items].slice(cut);
     setBehind(true);
+    for (const item of dropped) {
+      if (item.parentElement === list) item.remove();
+    }
     restore(kept);
   }
 
   // Behind, the last message shown is where "Newer messages" goes on
   // from, so the reader's own messages not yet confirmed by the stream,
-  // which stand after it out of the chat's order, go too: they are stored,
-  // and come back in their place with the newer ones.
+  // which stand after it out of the chat's order, move below the link, to
+  // a list of their own (#sent): whoever just sent a message sees it
+  // there, whenever the page gives way (a page of older messages loaded,
+  // or a live one while scrolled up, before the stream brought the
+  // message back). Back at the live end they go back to its end; those
+  // the history brought meanwhile are shown there in their place instead.
   function setBehind(now) {
     behind = now;
     let newer = document.getElementById("newer");
+    let sent = document.getElementById("sent");
     if (!now) {
+      if (sent) {
+        list.append(...sent.children);
+        sent.remove();
+      }
       if (newer) {
         leaving(newer);
         newer.parentElement.remove();
       }
       return;
     }
-    for (const item of list.querySelectorAll("[data-unconfirmed]")) item.remove();
     if (!newer) {
       const p = document.createElement("p");
       p.className = "newer";
@@ -258,6 +272,16 @@
       p.append(newer);
       list.after(p);
     }
+    const own = list.querySelectorAll("[data-unconfirmed]");
+    if (!own.length) return;
+    if (!sent) {
+      sent = document.createElement("ol");
+      sent.id = "sent";
+      sent.className = "sent";
+      sent.setAttribute("aria-label", "Your messages");
+      newer.parentElement.after(sent);
+    }
+    sent.append(...own);
   }
 
   function removeEmpty() {
@@ -418,7 +442,10 @@
       const added = new Set();
       const fragment = document.createDocumentFragment();
       for (const message of reached && caught ? body.concat(caught) : body) {
-        if (added.has(message.id) || document.getElementById("m-" + message.id)) continue;
+        const shown = document.getElementById("m-" + message.id);
+        if (added.has(message.id) || (shown && shown.parentElement === list)) continue;
+        // The reader's own, kept below "Newer messages": now in its place.
+        if (shown) shown.remove();
         added.add(message.id);
         fragment.append(build(message));
       }
@@ -459,9 +486,13 @@
     if (body) {
       const latest = body.slice(-PAGE);
       const fetched = new Set(latest.map((m) => m.id));
-      const kept = [...list.querySelectorAll("[data-unconfirmed]")]
+      const kept = [...log.querySelectorAll("[data-unconfirmed]")]
         .filter((item) => !fetched.has(item.dataset.id));
       list.replaceChildren(...latest.map(build), ...kept);
+      // The reader's own kept below "Newer messages" that the stream has
+      // brought back are among the latest, or older than all of them.
+      const sent = document.getElementById("sent");
+      if (sent) sent.remove();
       setOlder(body.length > PAGE ? latest[0].id : null);
       setBehind(false);
       if (list.children.length) {

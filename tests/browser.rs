@@ -1241,6 +1241,152 @@ async fn reading_back_keeps_the_view_and_newer_messages_walk_forward_to_the_live
     }
 }
 
+/// The text of the reader's own message kept below "Newer messages", or
+/// `null` when there is none; whether its bottom is shown once the history
+/// is scrolled to its end; and how many copies of it the document holds.
+const SENT_JS: &str = "
+const kept = $('#sent li');
+if (!kept) return null;
+const h = $('#history');
+h.scrollTop = h.scrollHeight;
+const text = kept.querySelector('.text').textContent;
+const copies = [...document.querySelectorAll('li .text')].filter((t) => t.textContent === text).length;
+return [text, bottomShown(kept), copies];
+";
+
+/// The page gives way at its newest end while the reader reads back. If
+/// it did so between the answer to a send (201) and the event stream
+/// bringing that message back, the reader's own message left the document
+/// until "Newer messages" or "New messages" brought it back: a user who had
+/// just sent a message no longer saw it. The window is forced by holding
+/// the event stream back (the message cannot be brought back until it is
+/// let through). The reader's own message now stays shown, below "Newer
+/// messages", and once the history reaches it, it is shown in its place,
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn your_own_message_stays_shown_when_the_page_gives_way_before_the_stream_brings_it() {
+    for size in [PHONE, DESKTOP] {
+        let Some(tab) = Browser::open("own_kept", size).await else {
+            return;
+        };
+        let app = spawn_app(&[]).await;
+        post_numbered(&app, "ann", 1..=320).await;
+        let gate = StreamGate::start(&app.base_url).await;
+        tab.load(&gate.url).await;
+        let c = &tab.client;
+        keep_at_most_the_tests_bound(c).await;
+
+        // Sent while the stream is held: shown, not yet brought back.
+        gate.cut_and_hold();
+        page_wait(
+            c,
+            "return $('#connection').dataset.state === 'reconnecting'",
+            "the stream dropped",
+        )
+        .await;
+        send(c, "me", "message 321").await;
+        page_wait(
+            c,
+            "return $('#text').value === '' && newest().querySelector('.text').textContent === 'message 321'",
+            "my message shown",
+        )
+        .await;
+        // Reading back: two pages of older messages go past the bound, and
+        // the newest end, my message with it, gives way.
+        click_keeping_the_view(c, size, "older").await;
+        click_keeping_the_view(c, size, "older").await;
+        assert_eq!(span(&shown_numbers(c).await), (21, 220, KEEP));
+        assert_eq!(
+            page_eval(c, "return !!$('#newer')").await,
+            json!(true),
+            "{size:?}: behind, 'Newer messages' at the bottom"
+        );
+        assert_eq!(
+            page_eval(c, SENT_JS).await,
+            json!(["message 321", true, 1]),
+            "{size:?}: my message still shown, once, at the bottom"
+        );
+
+        // The stream brings it back; "Newer messages" walks to the live
+        // end, where it is shown once, in its place.
+        gate.open();
+        page_wait(
+            c,
+            "return $('#connection').dataset.state === 'live' && !$('#sent [data-unconfirmed]')",
+            "my message brought back",
+        )
+        .await;
+        assert_eq!(
+            page_eval(c, SENT_JS).await.get(0),
+            Some(&json!("message 321"))
+        );
+        click_keeping_the_view(c, size, "newer").await;
+        assert_eq!(span(&shown_numbers(c).await), (121, 320, KEEP));
+        // The last page, my message alone, is shorter than the link and
+        // the copy it replaces: the view settles at the end.
+        c.find(Locator::Id("newer"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        page_wait(c, "return !$('#newer')", "the live end").await;
+        assert_eq!(span(&shown_numbers(c).await), (122, 321, KEEP));
+        assert_eq!(page_eval(c, SENT_JS).await, Value::Null);
+
+        // Again, the page giving way for a live message while scrolled
+        // up: bob's, stored before mine, comes first when the stream is
+        // let through.
+        gate.cut_and_hold();
+        page_wait(
+            c,
+            "return $('#connection').dataset.state === 'reconnecting'",
+            "the stream dropped",
+        )
+        .await;
+        app.post_message("bob", "message 322").await;
+        send(c, "me", "message 323").await;
+        page_wait(
+            c,
+            "return $('#text').value === '' && newest().querySelector('.text').textContent === 'message 323'",
+            "my second message shown",
+        )
+        .await;
+        page_eval(c, "items()[0].scrollIntoView(); return true").await;
+        gate.open();
+        page_wait(
+            c,
+            "return $('#connection').dataset.state === 'live' && !!$('#newer') \
+             && !$('#sent [data-unconfirmed]') && !$('#new-messages').hidden",
+            "the page behind, my message brought back",
+        )
+        .await;
+        assert_eq!(
+            page_eval(c, SENT_JS).await,
+            json!(["message 323", true, 1]),
+            "{size:?}: my message still shown, once, at the bottom"
+        );
+        c.find(Locator::Id("new-messages"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        page_wait(
+            c,
+            "return !$('#newer') && newest().querySelector('.text').textContent === 'message 323' \
+             && bottomShown(newest()) && belowView() <= 1",
+            "the latest messages",
+        )
+        .await;
+        assert_eq!(span(&shown_numbers(c).await), (224, 323, 100));
+        assert_eq!(page_eval(c, SENT_JS).await, Value::Null);
+        tab.close().await;
+        drop(gate);
+        app.shutdown().await;
+    }
+}
+
 /// A page of older history is a page to read: not followed live, with a way
 /// back to the latest, and sending from it goes back to the latest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
