@@ -535,9 +535,25 @@
   // nothing, as the disabled Send button does.
   let sending = false;
   // The keys of the messages sent from this page (a message's id is its
-  // key): the stream brings them back, sometimes before the answer to the
-  // send, and the reader is not told about their own message.
+  // key) that the stream may still bring back, sometimes before the
+  // answer to the send: the reader is not told about their own message.
+  // The stream brings each message once (a reconnection resumes after the
+  // last one it brought), so a key goes when its message comes, or when
+  // the send is refused (a 4xx other than 409: nothing was stored under
+  // it). A key is added once, when the draft gets it, so a retry does not
+  // put back one whose message already came. What may stay is the key of
+  // a message whose fate is unknown (its answer lost, then the draft
+  // changed; the store wiped before the stream brought it): at most
+  // SENT_KEPT keys are kept, the oldest going first, so a tab left open
+  // for weeks holds no more than that. Only more sends than that waiting
+  // for the stream at once (sent while it is down) could let one of the
+  // reader's own be read out.
   const sentHere = new Set();
+  const SENT_KEPT = 100;
+  function sentFromHere(key) {
+    sentHere.add(key);
+    if (sentHere.size > SENT_KEPT) sentHere.delete(sentHere.values().next().value);
+  }
 
   form.addEventListener("submit", async (event) => {
     if (paged) return;
@@ -554,8 +570,9 @@
     rememberName(name);
     if (!pending || pending.name !== name || pending.text !== text) {
       pending = { key: newKey(), name, text };
+      sentFromHere(pending.key);
     }
-    sentHere.add(pending.key);
+    const key = pending.key;
     // What is typed while the message is on its way is the next draft.
     const typed = textInput.value;
     sending = true;
@@ -566,7 +583,7 @@
       const response = await fetch("/api/messages", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ name, text, id: pending.key }),
+        body: JSON.stringify({ name, text, id: key }),
       });
       const body = await response.json().catch(() => ({}));
       if (response.ok) {
@@ -583,6 +600,10 @@
         append(body, true);
       } else {
         if (response.status !== 503) pending = null;
+        // Refused, nothing stored; but a 409 says a message has that key.
+        if (response.status >= 400 && response.status < 500 && response.status !== 409) {
+          sentHere.delete(key);
+        }
         if (body.field === "name") next = nameInput;
         showError(body.error || "Sending failed (" + response.status + ").",
           body.field === "name" || body.field === "text" ? next : null);
@@ -678,7 +699,8 @@
       } catch (e) {
         return; // A malformed event is skipped rather than stopping the feed.
       }
-      if (append(message, false) && !sentHere.has(message.id)) arrived(message);
+      const own = sentHere.delete(message.id);
+      if (append(message, false) && !own) arrived(message);
     });
   }
 

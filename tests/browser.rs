@@ -2582,6 +2582,130 @@ async fn only_new_messages_from_others_are_announced_once_each() {
     app.shutdown().await;
 }
 
+/// The page keeps the keys of the messages it sent, so that the reader is
+/// not told about their own message when the stream brings it back. It
+/// kept every one for as long as the tab stayed open; it now lets a key go
+/// once the stream has brought its message (it never brings one twice),
+/// or the send was refused. Still nothing is read out for the reader's own
+/// messages, however late the stream brings them: after the answers to
+/// several sends made while it was down, or after an answer that was lost
+/// and a send again; and others' messages are still read out, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn your_own_messages_are_not_announced_however_late_the_stream_brings_them() {
+    let app = spawn_app(&[]).await;
+    app.post_message("ann", "before").await;
+    let gate = StreamGate::start(&app.base_url).await;
+    let Some(tab) = Browser::open("own_not_announced", PHONE).await else {
+        return;
+    };
+    tab.load(&gate.url).await;
+    let c = &tab.client;
+    // Long enough for the first stream's replay to have settled.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Three sends answered while the stream is held, then bob's message:
+    // the stream brings all four back once it is let through.
+    gate.cut_and_hold();
+    page_wait(
+        c,
+        "return $('#connection').dataset.state === 'reconnecting'",
+        "the stream dropped",
+    )
+    .await;
+    for i in 1..=3 {
+        send(c, "me", &format!("mine {i}")).await;
+        page_wait(
+            c,
+            &format!(
+                "return $('#text').value === '' && items().length === {}",
+                1 + i
+            ),
+            "my message shown",
+        )
+        .await;
+    }
+    app.post_message("bob", "while the stream was down").await;
+    gate.open();
+    page_wait(
+        c,
+        "return $('#connection').dataset.state === 'live' && items().length === 5 \
+         && !$('[data-unconfirmed]')",
+        "the stream back, my messages brought back",
+    )
+    .await;
+    page_wait(
+        c,
+        &format!("{ANNOUNCED_JS}.length === 1"),
+        "bob's message announced",
+    )
+    .await;
+
+    // An answer lost while the stream is held: the page has not shown the
+    // message when the stream brings it back, and sending it again stores
+    // and tells nothing new.
+    gate.cut_and_hold();
+    page_wait(
+        c,
+        "return $('#connection').dataset.state === 'reconnecting'",
+        "the stream dropped",
+    )
+    .await;
+    eval(
+        c,
+        "const realFetch = window.fetch;
+         window.fetch = (...args) => { window.fetch = realFetch;
+           return realFetch(...args).then(() => { throw new TypeError('Failed to fetch'); }); };
+         return true",
+    )
+    .await;
+    send(c, "me", "mine, answer lost").await;
+    page_wait(
+        c,
+        "return !$('#error').hidden && !$('#send-button').disabled",
+        "the lost answer reported",
+    )
+    .await;
+    assert_eq!(app.message_count().await, 6, "stored all the same");
+    gate.open();
+    page_wait(
+        c,
+        "return $('#connection').dataset.state === 'live' && items().length === 6",
+        "the message brought by the stream",
+    )
+    .await;
+    c.find(Locator::Id("send-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    page_wait(
+        c,
+        "return $('#error').hidden && $('#text').value === ''",
+        "the retry",
+    )
+    .await;
+    assert_eq!(app.message_count().await, 6);
+
+    // Everything announced so far comes before the next message from
+    // someone else, read out as it comes.
+    app.post_message("carol", "after all of mine").await;
+    page_wait(
+        c,
+        &format!("{ANNOUNCED_JS}.length === 2"),
+        "carol's message announced",
+    )
+    .await;
+    assert_eq!(
+        page_eval(c, ANNOUNCED_JS).await,
+        json!(["bob: while the stream was down", "carol: after all of mine"]),
+        "only others' messages, each once"
+    );
+    tab.close().await;
+    drop(gate);
+    app.shutdown().await;
+}
+
 /// Without JavaScript, a refused send left the browser on the answer to
 /// the form's POST: reloading the page asked to send the form again. The
 /// page is now reached by a redirect, showing the error and the draft with
