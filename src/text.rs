@@ -3,8 +3,8 @@
 
 use std::borrow::Cow;
 
-use icu_properties::props::BidiControl;
-use icu_properties::{CodePointSetData, CodePointSetDataBorrowed};
+use icu_properties::props::{BidiControl, DefaultIgnorableCodePoint, GeneralCategory};
+use icu_properties::{CodePointMapData, CodePointSetData, CodePointSetDataBorrowed};
 
 /// Folds control characters and runs of white space into single spaces and
 /// caps the result at 400 bytes (then `…`), so an error fits a log line, a
@@ -55,6 +55,42 @@ pub fn escape_in_log(text: &str) -> Cow<'_, str> {
     Cow::Owned(shown)
 }
 
+/// `text` with every character that shows as nothing or changes how the
+/// text around it is drawn written as [`escape`] writes it (`\u{202e}`);
+/// nothing cut, backslashes kept. Those are the ones [`needs_escape`] names
+/// (controls, line and paragraph separators, bidirectional controls) and
+/// the other invisible ones: format characters (general category Cf: the
+/// zero-width space and joiners, the byte order mark, the soft hyphen, tag
+/// characters) and Default_Ignorable_Code_Point characters (variation
+/// selectors, the Hangul fillers). For a text the server wrote but a client
+/// can hand back changed, such as a refused form post's error kept in a
+/// cookie: the server's own texts hold none of them (what an error repeats
+/// of client input is escaped the same way, `crate::api::echo`), so such a
+/// text reads as written, and a forged one shows what it holds instead of
+/// reordering or hiding it.
+pub fn escape_invisible(text: &str) -> Cow<'_, str> {
+    let bidi_control = CodePointSetData::new::<BidiControl>();
+    let ignorable = CodePointSetData::new::<DefaultIgnorableCodePoint>();
+    let categories = CodePointMapData::<GeneralCategory>::new();
+    let escaped = |c: char| {
+        needs_escape(c, bidi_control)
+            || categories.get(c) == GeneralCategory::Format
+            || ignorable.contains(c)
+    };
+    if !text.chars().any(escaped) {
+        return Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if escaped(c) {
+            shown.push_str(&escape(c));
+        } else {
+            shown.push(c);
+        }
+    }
+    Cow::Owned(shown)
+}
+
 /// Whether `c` is written as an escape where client input is shown: a
 /// control character (general category Cc) or a line or paragraph
 /// separator, which may end the line it is in, or a bidirectional control
@@ -82,6 +118,20 @@ mod tests {
         assert_eq!(escape_in_log("one\ntwo\t"), "one\ntwo\\u{9}");
         let long = "é".repeat(500);
         assert_eq!(escape_in_log(&long), long);
+    }
+
+    #[test]
+    fn invisible_and_reordering_characters_show_as_escapes() {
+        let written = "name must be at most 64 characters (got 65): \\u{202e} é字 👍🏽";
+        assert_eq!(escape_invisible(written), written);
+        assert_eq!(
+            escape_invisible("a\u{202e}b\u{2067}c\u{200b}d\u{feff}e\u{ad}f\u{e0041}g"),
+            "a\\u{202e}b\\u{2067}c\\u{200b}d\\u{feff}e\\u{ad}f\\u{e0041}g"
+        );
+        assert_eq!(
+            escape_invisible("x\u{fe0f}\u{3164}\u{2028}\n\u{85}"),
+            "x\\u{fe0f}\\u{3164}\\u{2028}\\u{a}\\u{85}"
+        );
     }
 
     #[test]

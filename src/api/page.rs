@@ -25,6 +25,7 @@ use crate::cache::{CachedMessage, Memo};
 use crate::chat::{Chat, DEFAULT_LIMIT};
 use crate::message::{new_id, validate_id, validate_name, Message, NewMessage};
 use crate::store::{Cursor, StoreError};
+use crate::text::escape_invisible;
 use rocket::Either;
 
 /// The cookie a no-JavaScript form post uses to remember the sender's name.
@@ -42,7 +43,8 @@ const DRAFT_COOKIE: &str = "simplechat_draft";
 ///
 /// Like the name cookie it is the client's to change, and what it holds
 /// is only ever shown, escaped, to the client that sent it; a key or a
-/// field that is not one the form could have is dropped.
+/// field that is not one the form could have is dropped, and the error's
+/// invisible and reordering characters are shown as escapes.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct KeptDraft {
     #[serde(rename = "n")]
@@ -67,10 +69,19 @@ impl KeptDraft {
         (cookie.to_string().len() <= MAX_COOKIE_BYTES).then_some(cookie)
     }
 
-    /// The draft the cookie keeps, when it is one.
+    /// The draft the cookie keeps, when it is one. Its error is shown as
+    /// the page's own words, so a character that hides or reorders text is
+    /// shown as an escape ([`escape_invisible`]): the server writes none,
+    /// and a forged one (U+202E) would make the error read otherwise than
+    /// it is written. The name and text stay as typed: they go back into
+    /// the form's fields, each its own isolated box, to be sent again.
     fn from_cookie(value: &str) -> Option<KeptDraft> {
         let json = URL_SAFE_NO_PAD.decode(value.trim()).ok()?;
-        serde_json::from_slice(&json).ok()
+        let mut kept: KeptDraft = serde_json::from_slice(&json).ok()?;
+        if let Cow::Owned(shown) = escape_invisible(&kept.error) {
+            kept.error = shown;
+        }
+        Some(kept)
     }
 
     /// This draft as the page shows it.

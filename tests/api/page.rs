@@ -698,6 +698,62 @@ async fn a_browsers_refused_form_post_is_redirected_and_shown_once() {
     app.shutdown().await;
 }
 
+/// The draft cookie is the client's to change. A forged one's error was
+/// shown HTML-escaped, but with its bidirectional controls and invisible
+/// characters as they were: U+202E made the error read backwards from
+/// where it was put, and a zero-width space hid in it. They are now shown
+/// as escapes (`\u{202e}`), as everywhere the server repeats client
+/// input; markup stays text, and the draft's name and text go back into
+/// the form as typed.
+#[tokio::test]
+async fn a_forged_drafts_error_cannot_reorder_or_hide_what_it_says() {
+    use base64::Engine;
+
+    let app = spawn_app(&[]).await;
+    let forged = serde_json::json!({
+        "n": "ann",
+        "t": "my \u{202e}draft",
+        "e": "Sending failed: \u{202e}<b>gnorw</b>\u{202c} \u{200b}zero\u{2066}\u{feff}",
+        "f": "text",
+    });
+    let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(forged.to_string());
+    let page = page_with_cookie(&app, &format!("simplechat_draft={value}")).await;
+    let error = page
+        .split_once(r#"<p id="error" class="error" role="alert" dir="auto">"#)
+        .and_then(|(_, rest)| rest.split_once("</p>"))
+        .map(|(error, _)| error)
+        .unwrap_or_else(|| panic!("the error is shown: {page}"));
+    assert_eq!(
+        error,
+        r"Sending failed: \u{202e}&lt;b&gt;gnorw&lt;&#x2f;b&gt;\u{202c} \u{200b}zero\u{2066}\u{feff}"
+    );
+    assert!(
+        ['\u{202e}', '\u{202c}', '\u{200b}', '\u{2066}', '\u{feff}']
+            .iter()
+            .all(|c| !page.replace("my \u{202e}draft", "").contains(*c)),
+        "no such character anywhere on the page but in the draft's own text"
+    );
+    assert_eq!(form_name(&page), "ann");
+    assert!(
+        page.contains(">my \u{202e}draft</textarea>"),
+        "the draft as typed"
+    );
+
+    // The server's own error, kept in the cookie, reads as written.
+    let refused = browser_form_post(&app, "name=a%E2%80%AEb&text=hi".to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 303);
+    let cookie = refused.headers()["set-cookie"].to_str().unwrap();
+    let page = page_with_cookie(&app, cookie.split(';').next().unwrap()).await;
+    assert!(
+        page.contains("name must not contain bidirectional control characters (found U+202E)"),
+        "{page}"
+    );
+    app.shutdown().await;
+}
+
 /// A history the store cannot read is not an empty one: the page shows why
 /// (503, `Retry-After`) and never "No messages yet", which would tell the
 /// reader there is nothing to read.
