@@ -567,7 +567,6 @@
       invalid.focus();
       return;
     }
-    rememberName(name);
     if (!pending || pending.name !== name || pending.text !== text) {
       pending = { key: newKey(), name, text };
       sentFromHere(pending.key);
@@ -588,6 +587,9 @@
       const body = await response.json().catch(() => ({}));
       if (response.ok) {
         pending = null;
+        // Remembered once a message was sent with it, as the form post's
+        // cookie is: a name the server refused is not filled in next time.
+        rememberName(name);
         // Only what was sent goes; what was typed after it stays. A box
         // changed in what was sent is left as it is.
         if (textInput.value.startsWith(typed)) {

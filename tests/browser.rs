@@ -2113,6 +2113,44 @@ async fn a_changed_draft_after_a_lost_answer_is_sent_as_a_new_message() {
     app.shutdown().await;
 }
 
+/// The page remembered the name in the box whenever Send was pressed, so a
+/// name the server refused (65 characters) was filled in again at the next
+/// visit, to be refused again. A name is now remembered once a message was
+/// sent with it, as the form post's cookie is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_name_is_not_remembered() {
+    let Some(tab) = Browser::open("refused_name", PHONE).await else {
+        return;
+    };
+    let app = spawn_app(&[]).await;
+    tab.load(&app.base_url).await;
+    let c = &tab.client;
+    send(c, "ann", "hello").await;
+    page_wait(
+        c,
+        "return $('#text').value === '' && items().length === 1",
+        "sent as ann",
+    )
+    .await;
+    let long = "n".repeat(65);
+    send(c, &long, "again").await;
+    page_wait(
+        c,
+        "return !$('#error').hidden && $('#error').textContent.includes('at most 64')",
+        "the long name refused",
+    )
+    .await;
+    tab.load(&app.base_url).await;
+    assert_eq!(
+        page_eval(c, "return $('#name').value").await,
+        json!("ann"),
+        "the name last sent with"
+    );
+    assert_eq!(app.message_count().await, 1);
+    tab.close().await;
+    app.shutdown().await;
+}
+
 /// A reader who blocks cookies and site data got a page that never went
 /// live ("not live: reload to see new messages") and sent by reloading:
 /// reading the remembered name from `localStorage` throws there, and the
