@@ -249,8 +249,8 @@
   function setBehind(now) {
     behind = now;
     let newer = document.getElementById("newer");
-    let sent = document.getElementById("sent");
     if (!now) {
+      const sent = document.getElementById("sent");
       if (sent) {
         list.append(...sent.children);
         sent.remove();
@@ -273,15 +273,21 @@
       list.after(p);
     }
     const own = list.querySelectorAll("[data-unconfirmed]");
-    if (!own.length) return;
+    if (own.length) sentList().append(...own);
+  }
+
+  // The list below "Newer messages" of the reader's own messages the
+  // history shown does not reach yet; made when first needed.
+  function sentList() {
+    let sent = document.getElementById("sent");
     if (!sent) {
       sent = document.createElement("ol");
       sent.id = "sent";
       sent.className = "sent";
       sent.setAttribute("aria-label", "Your messages");
-      newer.parentElement.after(sent);
+      document.getElementById("newer").parentElement.after(sent);
     }
-    sent.append(...own);
+    return sent;
   }
 
   function removeEmpty() {
@@ -321,7 +327,16 @@
       restore(kept);
     }
     if (behind) {
-      if (caught) caught.push(message);
+      if (own) {
+        // Sent while behind and the latest could not be loaded: shown
+        // below "Newer messages", as when the page gave way after it.
+        const item = build(message);
+        item.dataset.unconfirmed = "";
+        sentList().append(item);
+        scrollToBottom();
+      } else if (caught) {
+        caught.push(message);
+      }
       newMessages.hidden = false;
       return true;
     }

@@ -1262,7 +1262,8 @@ return [text, bottomShown(kept), copies];
 /// the event stream back (the message cannot be brought back until it is
 /// let through). The reader's own message now stays shown, below "Newer
 /// messages", and once the history reaches it, it is shown in its place,
-/// once.
+/// once. So is a message sent while behind when the latest messages, which
+/// such a send goes to, cannot be loaded: it was not shown at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn your_own_message_stays_shown_when_the_page_gives_way_before_the_stream_brings_it() {
     for size in [PHONE, DESKTOP] {
@@ -1380,6 +1381,59 @@ async fn your_own_message_stays_shown_when_the_page_gives_way_before_the_stream_
         )
         .await;
         assert_eq!(span(&shown_numbers(c).await), (224, 323, 100));
+        assert_eq!(page_eval(c, SENT_JS).await, Value::Null);
+
+        // Sent while behind, and the latest messages, which a send while
+        // behind goes to, cannot be loaded (the network failing just for
+        // that): the message is shown below "Newer messages" all the same.
+        click_keeping_the_view(c, size, "older").await;
+        click_keeping_the_view(c, size, "older").await;
+        assert_eq!(page_eval(c, "return !!$('#newer')").await, json!(true));
+        page_eval(
+            c,
+            "const send = window.fetch;
+             window.fetch = (url, options) => {
+               if (String(url).startsWith('/api/messages?limit=') && !String(url).includes('before=')
+                   && !String(url).includes('after=')) {
+                 window.fetch = send;
+                 return Promise.reject(new TypeError('Failed to fetch'));
+               }
+               return send(url, options);
+             };
+             return true",
+        )
+        .await;
+        send(c, "me", "message 324").await;
+        page_wait(
+            c,
+            "return $('#text').value === '' && !$('#error').hidden && !!$('#sent li')",
+            "my message sent, the latest not loaded",
+        )
+        .await;
+        assert_eq!(
+            page_eval(c, SENT_JS).await,
+            json!(["message 324", true, 1]),
+            "{size:?}: my message shown, once, at the bottom"
+        );
+        assert_eq!(
+            page_eval(c, "return !$('#new-messages').hidden").await,
+            json!(true),
+            "{size:?}: 'New messages' still goes to the latest"
+        );
+        c.find(Locator::Id("new-messages"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        page_wait(
+            c,
+            "return !$('#newer') && newest().querySelector('.text').textContent === 'message 324' \
+             && bottomShown(newest())",
+            "the latest messages",
+        )
+        .await;
+        assert_eq!(span(&shown_numbers(c).await), (225, 324, 100));
         assert_eq!(page_eval(c, SENT_JS).await, Value::Null);
         tab.close().await;
         drop(gate);
