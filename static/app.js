@@ -385,6 +385,10 @@
   log.addEventListener("click", (event) => {
     const control = event.target.closest("#older, #newer");
     if (!control) return;
+    // A click with a modifier (Ctrl or Cmd: a new tab; Shift: a new
+    // window) or another button asks the browser to open the link
+    // elsewhere, which it does as without the script.
+    if (event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey || event.altKey) return;
     event.preventDefault();
     if (control.id === "older") loadOlder(control);
     else loadNewer(control);

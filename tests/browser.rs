@@ -1441,6 +1441,86 @@ async fn your_own_message_stays_shown_when_the_page_gives_way_before_the_stream_
     }
 }
 
+/// "Older messages" is a link to a page of older history, and "Newer
+/// messages" one to the latest; opened in a new tab (Ctrl+click) they
+/// loaded in place instead, and no tab opened. A click with a modifier is
+/// now left to the browser: the page stays as it was, and the new tab
+/// shows the page the link names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_opened_in_a_new_tab_opens_there() {
+    use fantoccini::actions::{
+        InputSource, KeyAction, KeyActions, MouseActions, PointerAction, MOUSE_BUTTON_LEFT,
+    };
+    use fantoccini::key::Key;
+
+    let Some(tab) = Browser::open("new_tab", DESKTOP).await else {
+        return;
+    };
+    let app = spawn_app(&[]).await;
+    post_many(&app, "ann", "message ", 150).await;
+    tab.load(&app.base_url).await;
+    let c = &tab.client;
+    page_eval(c, "$('#older').scrollIntoView(); return true").await;
+    let older = c.find(Locator::Id("older")).await.unwrap();
+    // Ctrl held down over the click: each sequence's actions run tick by
+    // tick, side by side.
+    let keys = KeyActions::new("keyboard".to_owned())
+        .then(KeyAction::Down {
+            value: Key::Control.into(),
+        })
+        .then(KeyAction::Pause {
+            duration: Duration::ZERO,
+        })
+        .then(KeyAction::Pause {
+            duration: Duration::ZERO,
+        })
+        .then(KeyAction::Up {
+            value: Key::Control.into(),
+        });
+    let mouse = MouseActions::new("mouse".to_owned())
+        .then(PointerAction::MoveToElement {
+            element: older,
+            duration: None,
+            x: 0.0,
+            y: 0.0,
+        })
+        .then(PointerAction::Down {
+            button: MOUSE_BUTTON_LEFT,
+        })
+        .then(PointerAction::Up {
+            button: MOUSE_BUTTON_LEFT,
+        });
+    c.perform_actions(fantoccini::actions::Actions::from(keys).and(mouse))
+        .await
+        .unwrap();
+    let mut opened = Vec::new();
+    for _ in 0..100 {
+        opened = c.windows().await.unwrap();
+        if opened.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(opened.len(), 2, "a new tab opened");
+    assert_eq!(
+        page_eval(c, "return [items().length, !!$('#older[data-loading]')]").await,
+        json!([100, false]),
+        "this page left as it was"
+    );
+    let here = c.window().await.unwrap();
+    let new_tab = opened.into_iter().find(|w| *w != here).unwrap();
+    c.switch_to_window(new_tab).await.unwrap();
+    page_wait(
+        c,
+        "return location.search.startsWith('?before=') && items().length === 50 \
+         && items()[0].querySelector('.text').textContent === 'message 1'",
+        "the older page in the new tab",
+    )
+    .await;
+    tab.close().await;
+    app.shutdown().await;
+}
+
 /// A page of older history is a page to read: not followed live, with a way
 /// back to the latest, and sending from it goes back to the latest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
