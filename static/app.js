@@ -664,7 +664,10 @@
   // down) comes in a burst: counted until none has come for SETTLE ms,
   // then told as one summary ("5 new messages"), or read as the message if
   // only one came. The first stream's replay is part of the page load,
-  // which announces nothing. Outside a burst, each message is read.
+  // which announces nothing: it comes as the stream opens, so it is over
+  // SETTLE ms after that, however busy the room. (Were it over only once
+  // none had come for SETTLE ms, messages coming more often than that
+  // would keep the page silent.) Outside a burst, each message is read.
   const SETTLE = 700;
   let burst = null;
   let opened = false;
@@ -684,7 +687,7 @@
     if (burst) {
       burst.count += 1;
       burst.last = message;
-      settle();
+      if (!burst.silent) settle();
     } else {
       announce(spoken(message));
     }

@@ -2878,6 +2878,36 @@ async fn your_own_messages_are_not_announced_however_late_the_stream_brings_them
     app.shutdown().await;
 }
 
+/// What the first event stream replays as the page opens is part of the
+/// page load, and is not read out: it was taken to be over only once no
+/// message had come for 0.7 s, so in a busy room, with messages coming
+/// more often than that, a screen reader user who had just opened the page
+/// heard nothing at all. The page load is now over that long after the
+/// stream opened, and the messages after it are read out as they come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_room_is_read_out_from_the_start() {
+    let Some(tab) = Browser::open("busy_room", DESKTOP).await else {
+        return;
+    };
+    let app = spawn_app(&[]).await;
+    app.post_message("ann", "before the page opened").await;
+    tab.load(&app.base_url).await;
+    let c = &tab.client;
+    // A message every fifth of a second from the moment the page is live.
+    for i in 1..=15 {
+        app.post_message("bob", &format!("busy {i}")).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    page_wait(
+        c,
+        &format!("{ANNOUNCED_JS}.includes('bob: busy 15')"),
+        "the last message read out",
+    )
+    .await;
+    tab.close().await;
+    app.shutdown().await;
+}
+
 /// Without JavaScript, a refused send left the browser on the answer to
 /// the form's POST: reloading the page asked to send the form again. The
 /// page is now reached by a redirect, showing the error and the draft with
