@@ -1660,15 +1660,18 @@ async fn a_post_across_a_jump_of_the_cluster_time_is_still_delivered_live() {
     app.shutdown().await;
 }
 
-/// The lab's messages, `n` of them, as its app wrote them: ObjectIds,
-/// naive datetimes a millisecond apart, no `position`. Their ids, oldest
-/// first.
-async fn lab_history(lab: &mongodb::Collection<Document>, n: usize) -> Vec<String> {
-    let start = mongodb::bson::DateTime::now().timestamp_millis() - 60_000;
+/// The lab's messages, `n` of them, as its app wrote them `ago` seconds
+/// ago: ObjectIds of that second, naive datetimes a millisecond apart, no
+/// `position`. Their ids, oldest first.
+async fn lab_history(lab: &mongodb::Collection<Document>, n: usize, ago: i64) -> Vec<String> {
+    let start = mongodb::bson::DateTime::now().timestamp_millis() - ago * 1000;
+    let made = u32::try_from(start / 1000).expect("seconds");
     let docs: Vec<Document> = (0..n)
         .map(|i| {
+            let mut id = mongodb::bson::oid::ObjectId::new().bytes();
+            id[..4].copy_from_slice(&made.to_be_bytes());
             doc! {
-                "_id": mongodb::bson::oid::ObjectId::new(),
+                "_id": mongodb::bson::oid::ObjectId::from_bytes(id),
                 "name": "lab",
                 "text": format!("history {i}"),
                 "datetime": mongodb::bson::DateTime::from_millis(start + i as i64),
@@ -1732,7 +1735,7 @@ async fn positions_older_than_simplechats_first_leave_the_labs_history_as_it_was
     let test = "positions_older_than_simplechats_first_leave_the_labs_history_as_it_was";
     let cluster = TestCluster::start(test).await;
     let lab = cluster.lab_messages("foreign").await;
-    let history = lab_history(&lab, 200).await;
+    let history = lab_history(&lab, 200, 60).await;
 
     let app = start_app(&cluster, "foreign", 20).await;
     wait_for_change_stream(&app, Duration::from_secs(20)).await;
@@ -1905,5 +1908,66 @@ async fn a_position_far_ahead_of_the_clock_is_skipped_alike_everywhere() {
     assert_eq!(listed_ids(&app).await, order);
     assert_eq!(walked_ids(&app, 2).await, order);
     assert_eq!(skipped(&app, "position_ahead").await, 1);
+    app.shutdown().await;
+}
+
+/// A store that an earlier simplechat wrote before where its history
+/// begins was recorded, and where another client has since written a
+/// position from 1970: the first instance takes simplechat's oldest real
+/// position as the beginning, records it, and the lab's history stays
+/// history. Before, the 1970 position was taken for simplechat's first: at
+/// start every lab message was given a position and listed after
+/// simplechat's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_the_record_begins_at_its_oldest_real_position() {
+    let test = "a_store_without_the_record_begins_at_its_oldest_real_position";
+    let cluster = TestCluster::start(test).await;
+    let lab = cluster.lab_messages("unrecorded").await;
+    let mut expected = lab_history(&lab, 20, 3600).await;
+    let then = mongodb::bson::DateTime::now().timestamp_millis() - 1_800_000;
+    let first = mongodb::bson::Timestamp {
+        time: u32::try_from(then / 1000).expect("seconds"),
+        increment: 1,
+    };
+    lab.insert_one(doc! {
+        "_id": "earlier",
+        "name": "ann",
+        "text": "stored by an earlier simplechat",
+        "datetime": mongodb::bson::DateTime::from_millis(then),
+        "position": first,
+    })
+    .await
+    .expect("an earlier simplechat's message");
+    lab.insert_one(doc! {
+        "_id": mongodb::bson::oid::ObjectId::new(),
+        "name": "someone",
+        "text": "from 1970",
+        "datetime": mongodb::bson::DateTime::now(),
+        "position": mongodb::bson::Timestamp { time: 1, increment: 1 },
+    })
+    .await
+    .expect("another client's insert");
+    expected.push("earlier".to_owned());
+
+    let app = start_app(&cluster, "unrecorded", 20).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    assert_eq!(all_listed(&app).await, expected);
+    assert_eq!(
+        lab.count_documents(doc! { "position": null })
+            .await
+            .expect("count"),
+        20,
+        "no position was written into the lab's history"
+    );
+    assert_eq!(skipped(&app, "position_before_written").await, 1);
+    let record = lab
+        .client()
+        .database("unrecorded")
+        .collection::<Document>("simplechat_meta")
+        .find_one(doc! { "_id": "history" })
+        .await
+        .expect("read")
+        .expect("recorded");
+    assert_eq!(record.get_timestamp("first_position"), Ok(first));
     app.shutdown().await;
 }

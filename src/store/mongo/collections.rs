@@ -1,6 +1,7 @@
 //! The messages collection as the store reads and writes it: one handle per
 //! read preference, and the reads that walk the store order.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +42,8 @@ pub(super) struct Collections {
     /// ([`Collections::history_from`]), and what decides whether a
     /// document is a message.
     skipped: Arc<SkippedDocuments>,
+    /// Whether a refusal to record it has been logged.
+    record_refusal_logged: AtomicBool,
 }
 
 /// The collection of simplechat's own records, beside `messages`: no read
@@ -89,6 +92,7 @@ impl Collections {
             meta: with(META_COLLECTION, preferred()),
             meta_on_primary: with(META_COLLECTION, ReadPreference::Primary),
             skipped,
+            record_refusal_logged: AtomicBool::new(false),
         }
     }
 
@@ -285,6 +289,9 @@ impl Collections {
         {
             Ok(_) | Err(Class::Duplicate) => {}
             Err(Class::Fatal(why)) => {
+                if self.record_refusal_logged.swap(true, Ordering::Relaxed) {
+                    return Ok(computed);
+                }
                 log::warn!(
                     "cannot record where simplechat's history begins in the {META_COLLECTION} collection ({why}); it is computed again at each read, and moves if documents with older positions are written"
                 );

@@ -465,10 +465,11 @@ impl Position {
     /// Why this position cannot be one MongoDB gave, if it cannot:
     /// - more than [`AHEAD_LIMIT_SECS`] ahead of `now_secs` (this
     ///   instance's clock, in seconds since the epoch): no cluster time is;
-    /// - before `history_from` (simplechat's first position; `None` while
-    ///   not known, when any position may be) and more than
-    ///   [`WRITTEN_MARGIN_SECS`] before the second its ObjectId `_id` was
-    ///   made or its `datetime`: taken before the document was written.
+    /// - before `history_from` (simplechat's first position; `None` to
+    ///   check every position, as the search for that first one does) and
+    ///   more than [`WRITTEN_MARGIN_SECS`] before the second its ObjectId
+    ///   `_id` was made or its `datetime`: taken before the document was
+    ///   written.
     ///
     /// Positions from `history_from` on were taken by this deployment, so
     /// they are not checked against the document's own times: a post may
@@ -968,7 +969,7 @@ mod tests {
     /// before simplechat's first that is more than a day older than its
     /// own document, is no position MongoDB gave; one of this deployment
     /// (from simplechat's first on) is never checked against the
-    /// document's times, and nothing is before the first is known.
+    /// document's times.
     #[test]
     fn positions_no_mongodb_could_give_are_named() {
         let now = 1_800_000_000_i64;

@@ -49,11 +49,15 @@ impl SkippedDocuments {
     ///
     /// [`Position::impossible`]: super::document::Position::impossible
     pub(super) fn keep(&self, doc: Document) -> Option<MessageDoc> {
+        // Until simplechat's first position is known, no position is
+        // taken for one before it: a document is not skipped one moment and
+        // listed the next.
+        let first = self.history_from().unwrap_or(Timestamp {
+            time: 0,
+            increment: 0,
+        });
         let read = MessageDoc::from_document(&doc).and_then(|message| {
-            match message
-                .position()
-                .impossible(self.history_from(), now_secs())
-            {
+            match message.position().impossible(Some(first), now_secs()) {
                 Some(why) => Err(why),
                 None => Ok(message),
             }
