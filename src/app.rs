@@ -187,13 +187,13 @@ pub async fn serve(config: Config) -> Result<(), String> {
     crate::logging::install(config.log_level);
     let store = crate::config::describe_store(&config.store);
     let server = start(config).await?;
-    // On stdout, beside Rocket's own launch line: Rocket's default log level
-    // in release builds hides `info!`. A closed stdout must not stop the
-    // server, so no `println!`.
+    // Written, not logged: Rocket's default log level in release builds
+    // hides `info!`. On stderr with the log lines (`crate::logging`); a
+    // closed stderr must not stop the server, so no `eprintln!`.
     {
         use std::io::Write;
         let _ = writeln!(
-            std::io::stdout(),
+            std::io::stderr(),
             "simplechat listening on http://{}; store: {store}",
             server.address
         );

@@ -1,6 +1,6 @@
 //! The process's logger: Rocket's layout (indented `>>` lines, `Warning:`
 //! and `Error:` prefixes) at Rocket's `log_level`, for Rocket's records and
-//! simplechat's alike, with five changes:
+//! simplechat's alike, on stderr, with five changes:
 //!
 //! - control and bidirectional control characters in a record are escaped
 //!   ([`escape_in_log`]): Rocket logs a request's target as the client sent
@@ -26,6 +26,12 @@
 //! Written here because Rocket 0.5's own logger cannot be configured per
 //! record and is private; installing this one first makes Rocket keep it
 //! (Rocket only installs its logger if none is set).
+//!
+//! Every line goes to stderr (Rocket's own logger writes to stdout): the
+//! stream for diagnostics, which a terminal shows and a supervisor can keep
+//! apart, while stdout is left to what a command prints as its result
+//! (`simplechat config`, the `replset` commands), for a script to read or
+//! redirect without log lines mixed in.
 
 use std::borrow::Cow;
 use std::io::Write;
@@ -169,12 +175,13 @@ impl log::Log for Logger {
             Some(text) => Cow::Borrowed(text),
             None => Cow::Owned(record.args().to_string()),
         };
-        // As Rocket does: a closed stdout must not panic the server.
-        let _ = writeln!(std::io::stdout(), "{prefix}{}", escape_in_log(&text));
+        // As Rocket does with its stream: a closed stderr must not panic
+        // the server (`eprintln!` would).
+        let _ = writeln!(std::io::stderr(), "{prefix}{}", escape_in_log(&text));
     }
 
     fn flush(&self) {
-        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
     }
 }
 

@@ -14,14 +14,26 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use cluster::{say, TestCluster};
+use replset_sim::HoldPoint;
 use support::app::{spawn_app, TestApp};
 
 async fn start_app(cluster: &TestCluster, db: &str, write_timeout_secs: u64) -> TestApp {
-    let app = spawn_app(&[
+    start_app_with(cluster, db, write_timeout_secs, &[]).await
+}
+
+/// [`start_app`] with more settings.
+async fn start_app_with(
+    cluster: &TestCluster,
+    db: &str,
+    write_timeout_secs: u64,
+    extra: &[(&str, serde_json::Value)],
+) -> TestApp {
+    let mut settings = vec![
         ("mongodb_uri", json!(cluster.uri(db))),
         ("write_timeout_secs", json!(write_timeout_secs)),
-    ])
-    .await;
+    ];
+    settings.extend(extra.iter().cloned());
+    let app = spawn_app(&settings).await;
     let deadline = Instant::now() + cluster.election_time();
     loop {
         let response = app.get("/readyz").await;
@@ -1660,6 +1672,170 @@ async fn a_post_across_a_jump_of_the_cluster_time_is_still_delivered_live() {
     app.shutdown().await;
 }
 
+/// A number field of a command document, whatever its BSON number type.
+fn number_in(command: &Document, key: &str) -> i64 {
+    match command.get(key) {
+        Some(mongodb::bson::Bson::Int32(n)) => i64::from(*n),
+        Some(mongodb::bson::Bson::Int64(n)) => *n,
+        // Only whole numbers of documents are asked for.
+        Some(mongodb::bson::Bson::Double(n)) => *n as i64,
+        _ => 0,
+    }
+}
+
+/// Waits until the simulator holds a command named `command`.
+async fn until_held(sim: &replset_sim::Cluster, command: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sim.held(command) == 0 {
+        assert!(Instant::now() < deadline, "no {command} was held");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A post made through an instance while its change stream makes its
+/// first load (the instance is starting), stored before that load read the
+/// latest messages and answered after it, reaches the instance's
+/// subscribers at once. Before, the load took it for history: the
+/// subscriber got it only with the next message posted (or at its next
+/// heartbeat, here an hour away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_made_during_the_first_load_reaches_subscribers_at_once() {
+    let test = "a_post_made_during_the_first_load_reaches_subscribers_at_once";
+    let cluster = sim_cluster(test).await;
+    let sim = cluster.sim().expect("simulator");
+    cluster
+        .lab_messages("firstload")
+        .await
+        .insert_one(doc! { "_id": "first", "name": "bob", "text": "first",
+        "datetime": mongodb::bson::DateTime::now(),
+        "position": mongodb::bson::Timestamp { time: 0, increment: 0 } })
+        .await
+        .expect("an earlier message");
+    // The first load's read of the latest messages (a page of them, in
+    // the store order) waits; the subscriber's start, which reads the
+    // newest message only, does not.
+    sim.hold_next("find", HoldPoint::BeforeRunning, |command| {
+        command.contains_key("sort") && number_in(command, "limit") > 1
+    });
+    let app = start_app_with(
+        &cluster,
+        "firstload",
+        20,
+        &[("heartbeat_secs", json!(3600))],
+    )
+    .await;
+    until_held(sim, "find").await;
+    let mut subscriber = Subscriber::connect(&app).await;
+
+    // Stored while the load waits; its answer comes once the load is done.
+    sim.hold_next("insert", HoldPoint::BeforeReplying, |command| {
+        command.get_array("documents").is_ok_and(|docs| {
+            docs.iter()
+                .any(|d| d.as_document().and_then(|d| d.get_str("_id").ok()) == Some("during"))
+        })
+    });
+    let (during, ()) = tokio::join!(post_with_id(&app, "during", "during"), async {
+        until_held(sim, "insert").await;
+        sim.release("find");
+        wait_for_change_stream(&app, Duration::from_secs(20)).await;
+        sim.release("insert");
+    });
+    assert_eq!(during, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["during"],
+        "delivered without another post"
+    );
+    assert_eq!(post_with_id(&app, "after", "after").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["after"],
+        "delivered once"
+    );
+    assert_eq!(listed_ids(&app).await, ["first", "during", "after"]);
+    app.shutdown().await;
+}
+
+/// The ids of every message, oldest first (at most 1,000).
+async fn all_ids(app: &TestApp) -> Vec<String> {
+    app.get_json("/api/messages?limit=1000")
+        .await
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|m| m["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A restore writes an older backup's messages, with their positions, in
+/// many inserts, and the change stream brings them in as many batches.
+/// The instance's cache (which holds the whole history here) is reloaded
+/// once for them, when the stream goes quiet: before, it was reloaded
+/// after each batch, each time reading the latest 1,001 messages, so a
+/// restore of 100,000 messages read the collection hundreds of times. The
+/// restored messages take their places and are not sent to subscribers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_in_many_inserts_reloads_the_cache_once() {
+    const BATCHES: u32 = 20;
+    const EACH: u32 = 10;
+    let test = "a_restore_in_many_inserts_reloads_the_cache_once";
+    let (cluster, app, mut subscriber) = race_set_up(test, "restoredmany").await;
+    let sim = cluster.sim().expect("simulator");
+    let lab = cluster.lab_messages("restoredmany").await;
+    let first = position_of(&lab, "first").await;
+
+    let finds = sim.commands_run("find");
+    let mut restored = Vec::new();
+    for batch in 0..BATCHES {
+        let docs: Vec<Document> = (0..EACH)
+            .map(|i| {
+                let n = batch * EACH + i;
+                let id = format!("restored-{n:03}");
+                restored.push(id.clone());
+                // As a backup of an hour ago holds them, in their order.
+                doc! { "_id": id, "name": "bob", "text": "restored",
+                "datetime": mongodb::bson::DateTime::from_millis(
+                    (i64::from(first.time) - 3600) * 1000 + i64::from(n)),
+                "position": mongodb::bson::Timestamp {
+                    time: first.time - 3600, increment: n + 1 } }
+            })
+            .collect();
+        // Each batch once the stream has asked for more after the one
+        // before, so that it brings each in a batch of its own, as it
+        // does a restore's that come slower than it reads them.
+        let asked = sim.commands_run("getMore");
+        lab.insert_many(docs).await.expect("restore");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while sim.commands_run("getMore") <= asked {
+            assert!(Instant::now() < deadline, "the stream never asked for more");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(post_with_id(&app, "after", "after").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["after"],
+        "the restored messages are not news"
+    );
+    let mut order = restored.clone();
+    order.extend(["first".to_owned(), "after".to_owned()]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while all_ids(&app).await != order {
+        assert!(Instant::now() < deadline, "not listed in their places");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One reload: its read of the latest messages and, the first time,
+    // of where strays begin.
+    let reads = sim.commands_run("find") - finds;
+    say(&format!("{test}: {reads} finds for {BATCHES} batches"));
+    assert!(
+        reads <= 2,
+        "{reads} reads of the collection for a restore in {BATCHES} batches"
+    );
+    assert_eq!(subscriber.arrived(), Vec::<String>::new());
+    app.shutdown().await;
+}
+
 /// The lab's messages, `n` of them, as its app wrote them `ago` seconds
 /// ago: ObjectIds of that second, naive datetimes a millisecond apart, no
 /// `position`. Their ids, oldest first.
@@ -1684,17 +1860,6 @@ async fn lab_history(lab: &mongodb::Collection<Document>, n: usize, ago: i64) ->
         .collect();
     lab.insert_many(docs).await.expect("the lab's history");
     ids
-}
-
-/// The ids `/api/messages?limit=1000` lists, in order.
-async fn all_listed(app: &TestApp) -> Vec<String> {
-    app.get_json("/api/messages?limit=1000")
-        .await
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|m| m["id"].as_str().map(str::to_owned))
-        .collect()
 }
 
 /// How many documents `/api/status` says were skipped for `kind`.
@@ -1774,7 +1939,7 @@ async fn positions_older_than_simplechats_first_leave_the_labs_history_as_it_was
     expected.push(ours.clone());
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let listed = all_listed(&app).await;
+        let listed = all_ids(&app).await;
         if listed.contains(&"imported".to_owned()) {
             assert_eq!(listed.len(), 202, "the lab's history is listed");
             assert_eq!(listed, expected);
@@ -1819,7 +1984,7 @@ async fn positions_older_than_simplechats_first_leave_the_labs_history_as_it_was
     let app = start_app(&cluster, "foreign", 20).await;
     wait_for_change_stream(&app, Duration::from_secs(20)).await;
     expected.push("next".to_owned());
-    assert_eq!(all_listed(&app).await, expected, "after a restart");
+    assert_eq!(all_ids(&app).await, expected, "after a restart");
     assert_eq!(
         lab.count_documents(doc! { "position": null })
             .await
@@ -1887,7 +2052,7 @@ async fn a_position_far_ahead_of_the_clock_is_skipped_alike_everywhere() {
 
     let order = ["a", "b", "c", "d"];
     assert_eq!(listed_ids(&app).await, order);
-    assert_eq!(all_listed(&app).await, order);
+    assert_eq!(all_ids(&app).await, order);
     assert_eq!(walked_ids(&app, 2).await, order);
     assert_eq!(walked_ids(&app, 1).await, order);
     assert_eq!(
@@ -1951,7 +2116,7 @@ async fn a_store_without_the_record_begins_at_its_oldest_real_position() {
 
     let app = start_app(&cluster, "unrecorded", 20).await;
     wait_for_change_stream(&app, Duration::from_secs(20)).await;
-    assert_eq!(all_listed(&app).await, expected);
+    assert_eq!(all_ids(&app).await, expected);
     assert_eq!(
         lab.count_documents(doc! { "position": null })
             .await

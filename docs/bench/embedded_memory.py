@@ -40,7 +40,7 @@ def main():
     data = tempfile.mkdtemp()
     env = dict(os.environ, SIMPLECHAT_PORT=str(port), SIMPLECHAT_DATA_DIR=data,
                SIMPLECHAT_CACHE_SIZE_MIB=cache_mib, ROCKET_LOG_LEVEL="critical")
-    server = subprocess.Popen([binary], env=env, stdout=subprocess.DEVNULL)
+    server = subprocess.Popen([binary], env=env, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):

@@ -47,6 +47,17 @@ use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
 use state::{Config, ConfigMember, State};
 
+/// Where a command [`Cluster::hold_next`] holds waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldPoint {
+    /// Before it runs: it has read or written nothing yet.
+    BeforeRunning,
+    /// After it ran, before its reply is sent: what it wrote is committed,
+    /// seen by every read and change stream, and its client hears nothing
+    /// yet.
+    BeforeReplying,
+}
+
 /// How to shape a simulated replica set.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -604,6 +615,53 @@ impl Cluster {
         self.shared.lock().change_streams_held = held;
         // Wakes the getMores waiting, so a release delivers at once.
         self.shared.notify();
+    }
+
+    /// Test control: the next command named `command` (on any member) for
+    /// which `matching` is true of its document waits at `at` until
+    /// [`Cluster::release`] of `command` ([`Cluster::held`] says when it
+    /// waits). mongod has no such knob; it stands for what a slow member or
+    /// network does to one operation: a read that takes long to run, a
+    /// reply that takes long to arrive after the write it answers was
+    /// committed. Once per call; several may be armed.
+    pub fn hold_next(
+        &self,
+        command: &str,
+        at: HoldPoint,
+        matching: impl Fn(&bson::Document) -> bool + Send + Sync + 'static,
+    ) {
+        let mut st = self.shared.lock();
+        let gate = st
+            .hold_gates
+            .entry(command.to_owned())
+            .or_insert_with(|| watch::channel(false).0)
+            .subscribe();
+        st.holds.push(state::Hold {
+            command: command.to_owned(),
+            at,
+            matching: Arc::new(matching),
+            gate,
+        });
+    }
+
+    /// Lets every command held for `command` go on, and disarms the holds
+    /// for it not taken yet.
+    pub fn release(&self, command: &str) {
+        let mut st = self.shared.lock();
+        st.holds.retain(|h| h.command != command);
+        if let Some(gate) = st.hold_gates.remove(command) {
+            gate.send_replace(true);
+        }
+    }
+
+    /// How many commands named `command` wait at a hold now.
+    pub fn held(&self, command: &str) -> usize {
+        self.shared
+            .lock()
+            .held_now
+            .get(command)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Stages a race mongod has and this simulator otherwise never runs:

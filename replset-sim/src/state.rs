@@ -297,6 +297,21 @@ pub(crate) struct State {
     pub users: crate::auth::Users,
     /// `ClusterOptions::remote_clients`.
     pub remote_clients: bool,
+    /// [`crate::Cluster::hold_next`]: holds armed and not yet taken.
+    pub holds: Vec<Hold>,
+    /// The gate of each command's holds, opened by
+    /// [`crate::Cluster::release`].
+    pub hold_gates: HashMap<String, tokio::sync::watch::Sender<bool>>,
+    /// Commands waiting at a hold now, by name ([`crate::Cluster::held`]).
+    pub held_now: HashMap<String, usize>,
+}
+
+/// One armed [`crate::Cluster::hold_next`].
+pub(crate) struct Hold {
+    pub command: String,
+    pub at: crate::HoldPoint,
+    pub matching: std::sync::Arc<dyn Fn(&Document) -> bool + Send + Sync>,
+    pub gate: tokio::sync::watch::Receiver<bool>,
 }
 
 fn unix_secs() -> u32 {
@@ -379,6 +394,9 @@ impl State {
             },
             users: crate::auth::Users::default(),
             remote_clients: false,
+            holds: Vec::new(),
+            hold_gates: HashMap::new(),
+            held_now: HashMap::new(),
         }
     }
 
@@ -969,6 +987,21 @@ impl State {
 
     pub fn take_drop_reply(&mut self, command: &str) -> bool {
         take_one(&mut self.drop_replies, command)
+    }
+
+    /// The gate `body` (a command named `command`) waits at, at `at`, if a
+    /// hold armed for it matches; the hold is used up.
+    pub fn take_hold(
+        &mut self,
+        command: &str,
+        at: crate::HoldPoint,
+        body: &Document,
+    ) -> Option<tokio::sync::watch::Receiver<bool>> {
+        let i = self
+            .holds
+            .iter()
+            .position(|h| h.command == command && h.at == at && (h.matching)(body))?;
+        Some(self.holds.remove(i).gate)
     }
 }
 

@@ -352,3 +352,80 @@ async fn batches_stop_at_16_mib() {
     assert_eq!(cursor.get_array("nextBatch").unwrap().len(), 1);
     assert_eq!(cursor.get_i64("id"), Ok(0));
 }
+
+/// `Cluster::hold_next`: a find held before it runs reads what was written
+/// while it waited; an insert held before its reply is committed (another
+/// connection reads it) while its client still waits. Commands the hold
+/// does not match, and those of other names, go on.
+#[tokio::test]
+async fn held_commands_wait_until_released() {
+    use replset_sim::HoldPoint;
+    use std::time::Duration;
+
+    let cluster = Cluster::start(ClusterOptions::default()).await.unwrap();
+    let host = cluster.hosts()[0].clone();
+    let find =
+        |limit: i32| doc! { "find": "messages", "$db": "chat", "filter": {}, "limit": limit };
+    let ids = |reply: &Document| -> Vec<String> {
+        reply
+            .get_document("cursor")
+            .and_then(|c| c.get_array("firstBatch"))
+            .map(|b| {
+                b.iter()
+                    .filter_map(|d| d.as_document()?.get_str("_id").ok().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let until_held = |command: &'static str| {
+        let cluster = &cluster;
+        async move {
+            for _ in 0..2000 {
+                if cluster.held(command) > 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            panic!("no {command} was held");
+        }
+    };
+
+    cluster.hold_next("find", HoldPoint::BeforeRunning, |cmd| {
+        cmd.get_i32("limit") == Ok(10)
+    });
+    let held_find = tokio::spawn({
+        let host = host.clone();
+        let body = find(10);
+        async move { Raw::connect(&host).await.command(body, None).await }
+    });
+    until_held("find").await;
+    let mut raw = Raw::connect(&host).await;
+    assert!(
+        ids(&raw.command(find(5), None).await).is_empty(),
+        "not held"
+    );
+
+    cluster.hold_next("insert", HoldPoint::BeforeReplying, |_| true);
+    let held_insert = tokio::spawn({
+        let host = host.clone();
+        async move {
+            Raw::connect(&host)
+                .await
+                .command(
+                    doc! { "insert": "messages", "$db": "chat" },
+                    Some(("documents", vec![doc! {"_id": "m1"}])),
+                )
+                .await
+        }
+    });
+    until_held("insert").await;
+    assert_eq!(ids(&raw.command(find(5), None).await), ["m1"], "committed");
+    assert!(!held_insert.is_finished(), "its reply waits");
+
+    cluster.release("find");
+    assert_eq!(ids(&held_find.await.unwrap()), ["m1"], "ran once released");
+    assert!(!held_insert.is_finished(), "released by name");
+    cluster.release("insert");
+    assert_eq!(held_insert.await.unwrap().get_i32("n"), Ok(1));
+    assert_eq!(cluster.held("insert"), 0);
+}

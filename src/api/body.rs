@@ -382,7 +382,14 @@ pub async fn json<T: serde::de::DeserializeOwned>(
 /// mark if it has one. Errors: 400 with the parser's message and position
 /// (in the text after such a mark), for malformed JSON or any value but an
 /// object; for a lone surrogate escape, in words of its own naming the
-/// field ([`LoneSurrogate`]).
+/// field ([`LoneSurrogate`]); for bytes that are not UTF-8, naming the
+/// first.
+///
+/// The whole body is held to these, fields `T` has no use for too: serde
+/// skips such a field's value without decoding it, and would let through
+/// what no JSON text may hold (a lone surrogate, bytes that are not UTF-8:
+/// RFC 8259 §8.1, §8.2; I-JSON, RFC 7493 §2.1, says such strings MUST NOT
+/// appear).
 ///
 /// The mark: RFC 8259 §8.1 says senders must not add one and lets a parser
 /// ignore it "in the interests of interoperability"; Windows tools and
@@ -391,9 +398,56 @@ pub async fn json<T: serde::de::DeserializeOwned>(
 /// for whitespace ([`FRAMING_BYTES`]).
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
-    serde_json::from_slice(bytes)
-        .map(|Object(value)| value)
-        .map_err(|e| malformed(bytes, &e))
+    let Object(value) = serde_json::from_slice(bytes).map_err(|e| malformed(bytes, &e))?;
+    match not_unicode(bytes) {
+        Some(refusal) => Err(refusal),
+        None => Ok(value),
+    }
+}
+
+/// The 400 for `bytes`, JSON that serde_json read whole, when a string in
+/// it is not Unicode: bytes that are not UTF-8, or a lone surrogate escape.
+/// serde_json checks both in what it decodes, so only a value it skipped
+/// (a field no message has) can hold either.
+fn not_unicode(bytes: &[u8]) -> Option<ApiError> {
+    if let Err(e) = std::str::from_utf8(bytes) {
+        let at = e.valid_up_to();
+        // Bytes serde_json skipped are in a string: outside one it reads
+        // every byte.
+        let place = string_literals(bytes, at + 1, |literal| {
+            (at < literal.end).then_some(literal.place)
+        })
+        .unwrap_or(Place::Unknown);
+        return Some(ApiError::new(
+            Status::BadRequest,
+            format!(
+                "malformed JSON body: {} is not valid UTF-8: byte 0x{:02X} is no part of a \
+                 UTF-8 character (JSON text is UTF-8, RFC 8259 §8.1){}",
+                place.whose(),
+                bytes[at],
+                position(bytes, at + 1)
+            ),
+        ));
+    }
+    // Most bodies have no escape of a character: no walk through them.
+    if !bytes.windows(2).any(|pair| pair == br"\u") {
+        return None;
+    }
+    let (lone, at) = LoneSurrogate::first(bytes)?;
+    Some(lone.refusal(&position(bytes, at)))
+}
+
+/// ` at line L column C` for byte `end` of `bytes`, as serde_json says a
+/// position: `end` bytes read, lines counted from 1, a column the bytes
+/// read on its line.
+fn position(bytes: &[u8], end: usize) -> String {
+    let before = &bytes[..end.min(bytes.len())];
+    let line = 1 + before.iter().filter(|b| **b == b'\n').count();
+    let start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |at| at + 1);
+    format!(" at line {line} column {}", before.len() - start)
 }
 
 /// U+FEFF, the byte order mark, in UTF-8.
@@ -404,13 +458,7 @@ fn malformed(bytes: &[u8], e: &serde_json::Error) -> ApiError {
     let position = format!(" at line {} column {}", e.line(), e.column());
     let at = byte_offset(bytes, e.line(), e.column());
     if let Some(lone) = LoneSurrogate::at(bytes, at) {
-        return ApiError {
-            field: lone.field,
-            ..ApiError::new(
-                Status::BadRequest,
-                format!("malformed JSON body: {}{position}", lone.what()),
-            )
-        };
+        return lone.refusal(&position);
     }
     ApiError::new(Status::BadRequest, malformed_json(e, &position))
 }
@@ -442,20 +490,118 @@ fn byte_offset(bytes: &[u8], line: usize, column: usize) -> usize {
 }
 
 /// A `\u` escape of a UTF-16 surrogate (U+D800 to U+DFFF) without its pair,
-/// where serde_json stopped reading a body. JSON text is Unicode (RFC 8259
-/// §8.2): a surrogate is half of a pair of escapes that encodes one
-/// character beyond U+FFFF, and no character alone. serde_json refuses one
-/// as "lone leading surrogate in hex escape" (a trailing one too) or
-/// "unexpected end of hex escape"; the refusal here says what is wrong in
-/// the words of the other body errors, and names the field.
+/// in a body. JSON text is Unicode (RFC 8259 §8.2): a surrogate is half
+/// of a pair of escapes that encodes one character beyond U+FFFF, and no
+/// character alone. serde_json refuses one it decodes as "lone leading
+/// surrogate in hex escape" (a trailing one too) or "unexpected end of hex
+/// escape", and lets one through in a value it skips; the refusal here
+/// says what is wrong in the words of the other body errors, and names
+/// the field.
 #[derive(Debug, PartialEq, Eq)]
 struct LoneSurrogate<'a> {
     /// The escape, as sent (`\ud800`, `\uDC00`).
     escape: &'a str,
-    /// The message field whose value holds it, if it is one.
-    field: Option<&'static str>,
-    /// Where it is: a key of the object, or a value (of `key`).
-    in_key: bool,
+    /// Where it is.
+    place: Place,
+}
+
+/// Where in a body's object a string is.
+#[derive(Debug, PartialEq, Eq)]
+enum Place {
+    /// A key of the object.
+    Key,
+    /// The value of a message field.
+    Field(&'static str),
+    /// Within the value of another key of the object (as sent, decoded):
+    /// that value itself when `whole`, else a string inside it.
+    Other { key: String, whole: bool },
+    /// Anywhere else (a key that could not be decoded).
+    Unknown,
+}
+
+impl Place {
+    /// The string this place holds, in the API's words: the field, or the
+    /// key as errors echo client input ([`echo`]).
+    fn whose(&self) -> String {
+        match self {
+            Place::Key => "a key of the object".to_owned(),
+            Place::Field(field) => (*field).to_owned(),
+            Place::Other { key, whole: true } => format!("the value of {}", echo(key)),
+            Place::Other { key, whole: false } => format!("a string in {}", echo(key)),
+            Place::Unknown => "a string".to_owned(),
+        }
+    }
+}
+
+/// A string literal of a body, as [`string_literals`] finds it.
+struct Literal {
+    /// The index of its opening quote.
+    start: usize,
+    /// The index of its closing quote.
+    end: usize,
+    /// Where it is in the object.
+    place: Place,
+}
+
+/// Calls `visit` with each string literal of `bytes` (a JSON text well
+/// formed up to where the walk stops) that starts before `until`, in
+/// order, until `visit` returns `Some`, and returns that.
+fn string_literals<R>(
+    bytes: &[u8],
+    until: usize,
+    mut visit: impl FnMut(Literal) -> Option<R>,
+) -> Option<R> {
+    let mut depth = 0usize;
+    // At depth 1, whether the next string is a key, and the last key.
+    let mut expect_key = false;
+    let mut key: Option<String> = None;
+    let mut i = 0;
+    while i < until.min(bytes.len()) {
+        match bytes[i] {
+            b'{' => {
+                depth += 1;
+                expect_key = depth == 1;
+            }
+            b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' if depth == 1 => expect_key = true,
+            b'"' => {
+                // An unterminated string is an error of its own.
+                let end = i + 1 + string_length(&bytes[i + 1..])?;
+                let in_key = depth == 1 && expect_key;
+                let place = match (in_key, depth, key.as_deref()) {
+                    (true, _, _) => Place::Key,
+                    (false, 1, Some(key)) => match known_field(key) {
+                        Some(field) => Place::Field(field),
+                        None => Place::Other {
+                            key: key.to_owned(),
+                            whole: true,
+                        },
+                    },
+                    (false, _, Some(key)) => Place::Other {
+                        key: key.to_owned(),
+                        whole: false,
+                    },
+                    (false, _, None) => Place::Unknown,
+                };
+                if let Some(found) = visit(Literal {
+                    start: i,
+                    end,
+                    place,
+                }) {
+                    return Some(found);
+                }
+                if in_key {
+                    key = serde_json::from_slice(&bytes[i..=end]).ok();
+                    expect_key = false;
+                }
+                i = end;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 impl<'a> LoneSurrogate<'a> {
@@ -464,63 +610,56 @@ impl<'a> LoneSurrogate<'a> {
     /// before `at`, so an error of another kind is not taken for one. The
     /// JSON before `at` is well formed, as the parser read it so far.
     fn at(bytes: &'a [u8], at: usize) -> Option<Self> {
-        let mut depth = 0usize;
-        // At depth 1, whether the next string is a key, and the last key.
-        let mut expect_key = false;
-        let mut key: Option<String> = None;
-        let mut i = 0;
-        while i < at.min(bytes.len()) {
-            match bytes[i] {
-                b'{' => {
-                    depth += 1;
-                    expect_key = depth == 1;
-                }
-                b'[' => depth += 1,
-                b'}' | b']' => depth = depth.saturating_sub(1),
-                b',' if depth == 1 => expect_key = true,
-                b'"' => {
-                    // An unterminated string is an error of its own.
-                    let end = i + 1 + string_length(&bytes[i + 1..])?;
-                    let in_key = depth == 1 && expect_key;
-                    if at <= end + 1 {
-                        let (start, escape) = first_lone_surrogate(&bytes[i + 1..end])?;
-                        if i + 1 + start >= at {
-                            return None;
-                        }
-                        let field = match (in_key, depth) {
-                            (false, 1) => key.as_deref().and_then(known_field),
-                            _ => None,
-                        };
-                        return Some(LoneSurrogate {
-                            escape,
-                            field,
-                            in_key,
-                        });
-                    }
-                    if in_key {
-                        key = serde_json::from_slice(&bytes[i..=end]).ok();
-                        expect_key = false;
-                    }
-                    i = end;
-                }
-                _ => {}
-            }
-            i += 1;
+        let found = string_literals(bytes, at, |literal| {
+            (at <= literal.end + 1).then(|| {
+                let (start, escape) = first_lone_surrogate(&bytes[literal.start + 1..literal.end])?;
+                (literal.start + 1 + start < at).then_some(LoneSurrogate {
+                    escape,
+                    place: literal.place,
+                })
+            })
+        });
+        found.flatten()
+    }
+
+    /// The first lone surrogate in `bytes`, a JSON text serde_json read
+    /// whole, and the index of the byte just past its escape.
+    fn first(bytes: &'a [u8]) -> Option<(Self, usize)> {
+        string_literals(bytes, bytes.len(), |literal| {
+            let (start, escape) = first_lone_surrogate(&bytes[literal.start + 1..literal.end])?;
+            Some((
+                LoneSurrogate {
+                    escape,
+                    place: literal.place,
+                },
+                literal.start + 1 + start + escape.len(),
+            ))
+        })
+    }
+
+    /// The 400 refusing it, with ` at line L column C`, and the message
+    /// field it is in, if it is in one.
+    fn refusal(&self, position: &str) -> ApiError {
+        let field = match self.place {
+            Place::Field(field) => Some(field),
+            _ => None,
+        };
+        ApiError {
+            field,
+            ..ApiError::new(
+                Status::BadRequest,
+                format!("malformed JSON body: {}{position}", self.what()),
+            )
         }
-        None
     }
 
     /// What is wrong, in the API's words.
     fn what(&self) -> String {
-        let whose = match (self.field, self.in_key) {
-            (_, true) => "a key of the object".to_owned(),
-            (Some(field), false) => field.to_owned(),
-            (None, false) => "a string".to_owned(),
-        };
         format!(
-            "{whose} is not valid Unicode: {} is a lone surrogate, which is not a character \
+            "{} is not valid Unicode: {} is a lone surrogate, which is not a character \
              (a surrogate escape is half of a pair that encodes one character, as \
              \\ud83d\\ude00 does)",
+            self.place.whose(),
             // Six bytes of ASCII, `\u` and four hex digits: nothing to echo.
             self.escape
         )
@@ -766,6 +905,60 @@ mod tests {
         // A pair is a character: parsed.
         let post = parse_json::<Post>(r#"{"name":"\ud83d\ude00"}"#.as_bytes()).unwrap();
         assert_eq!(post.name, "\u{1F600}");
+    }
+
+    /// serde skips a field the message has no use for without decoding
+    /// it; a lone surrogate there is refused all the same, saying where.
+    #[test]
+    fn a_lone_surrogate_is_refused_in_a_field_serde_skips() {
+        let refusal = |body: &str| parse_json::<Post>(body.as_bytes()).unwrap_err();
+        for (body, whose, position) in [
+            (
+                r#"{"name":"a","x":"\ud800"}"#,
+                "the value of x",
+                "at line 1 column 23",
+            ),
+            (
+                "{\"name\":\"a\",\n\"x\":[1,{\"y\":\"ok \\udfff\"}]}",
+                "a string in x",
+                "at line 2 column 22",
+            ),
+            (
+                r#"{"name":"a","x":{"\uDBFF":1}}"#,
+                "a string in x",
+                "at line 1 column 24",
+            ),
+        ] {
+            let e = refusal(body);
+            assert_eq!(e.field, None, "{body}");
+            assert!(
+                e.error.starts_with(&format!(
+                    "malformed JSON body: {whose} is not valid Unicode: \\u"
+                )) && e.error.ends_with(position),
+                "{body}: {}",
+                e.error
+            );
+        }
+        let e = refusal(r#"{"name":"a","limit":"\ud800"}"#);
+        assert_eq!(e.field, Some("limit"));
+        // Pairs and other escapes are characters: parsed.
+        let post = parse_json::<Post>(r#"{"name":"a","x":"\ud83d\ude00\u0041\\u"}"#.as_bytes());
+        assert_eq!(post.unwrap().name, "a");
+    }
+
+    /// serde reads a skipped value's bytes without decoding them as UTF-8.
+    #[test]
+    fn bytes_that_are_not_utf8_are_refused_in_a_field_serde_skips() {
+        let e = parse_json::<Post>(b"{\"name\":\"a\",\"x\":\"b\xffc\"}").unwrap_err();
+        assert_eq!(e.field, None);
+        assert_eq!(
+            e.error,
+            "malformed JSON body: the value of x is not valid UTF-8: byte 0xFF is no part of a \
+             UTF-8 character (JSON text is UTF-8, RFC 8259 §8.1) at line 1 column 19"
+        );
+        // In a field the message has, serde's own refusal stands.
+        let e = parse_json::<Post>(b"{\"name\":\"a\xed\xa0\x80\"}").unwrap_err();
+        assert!(e.error.starts_with("malformed JSON body: "), "{}", e.error);
     }
 
     #[test]

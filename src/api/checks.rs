@@ -15,7 +15,7 @@ use rocket::{Data, Request};
 use super::body::known_field;
 use super::echo::echo;
 use super::error::{refuse, ApiError};
-use super::page::is_page_request;
+use super::page::{form_address_redirect, is_page_request};
 use crate::hosts::split_port;
 
 /// Where a refused request is routed: no route has this path.
@@ -38,7 +38,14 @@ impl Fairing for RequestChecks {
     }
 
     async fn on_request(&self, req: &mut Request<'_>, _: &mut Data<'_>) {
-        let refusal = repeated_query_field(req).or_else(|| cross_site_write(req));
+        // A browser's read of the form's address is sent to the page,
+        // whatever its query, which nothing reads: a field given twice
+        // there is no ambiguity, and a JSON error no answer for a page.
+        let repeated = match form_address_redirect(req) {
+            Some(_) => None,
+            None => repeated_query_field(req),
+        };
+        let refusal = repeated.or_else(|| cross_site_write(req));
         if let Some(error) = refusal {
             let to = if is_page_request(req) {
                 REFUSED_PAGE_PATH

@@ -2,12 +2,19 @@
 //! an `ETag`, and a request whose `If-None-Match` names it gets `304 Not
 //! Modified` with no body, so a client that polls (the lab's page did)
 //! costs almost nothing while nothing changed.
+//!
+//! A post to the listing may carry preconditions too ([`Preconditions`]):
+//! `If-Match` and `If-None-Match` are held against the listing's current
+//! `ETag`, and a post whose preconditions fail stores nothing and gets
+//! `412 Precondition Failed` (RFC 9110 §13.1.1, §13.1.2).
 
 use std::io::Cursor;
 
 use rocket::http::{Header, Status};
 use rocket::request::{FromRequest, Outcome, Request};
 use rocket::response::{self, Responder, Response};
+
+use super::error::ApiError;
 
 /// The `If-None-Match` request header, if sent: its field lines combined
 /// into one list, as RFC 9110 §5.3 reads several lines of a list field.
@@ -40,6 +47,90 @@ impl IfNoneMatch {
 }
 
 pub use crate::cache::content_tag as etag_of;
+
+/// A header's field lines combined into one list (RFC 9110 §5.3), if sent.
+fn list_header(req: &Request<'_>, name: &str) -> Option<String> {
+    let lines: Vec<&str> = req.headers().get(name).collect();
+    (!lines.is_empty()).then(|| lines.join(", "))
+}
+
+/// The opaque part of an entity tag (its quoted string), and whether it is
+/// weak (`W/`), RFC 9110 §8.8.3.
+fn parts(tag: &str) -> (&str, bool) {
+    let tag = tag.trim();
+    match tag.strip_prefix("W/") {
+        Some(opaque) => (opaque, true),
+        None => (tag, false),
+    }
+}
+
+/// The preconditions of a request that would change a resource: its
+/// `If-Match` and `If-None-Match` (RFC 9110 §13.1.1, §13.1.2), each with
+/// its field lines combined.
+pub struct Preconditions {
+    if_match: Option<String>,
+    if_none_match: Option<String>,
+}
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for Preconditions {
+    type Error = std::convert::Infallible;
+
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
+        Outcome::Success(Preconditions {
+            if_match: list_header(req, "If-Match"),
+            if_none_match: list_header(req, "If-None-Match"),
+        })
+    }
+}
+
+impl Preconditions {
+    /// Whether the request has any.
+    pub fn any(&self) -> bool {
+        self.if_match.is_some() || self.if_none_match.is_some()
+    }
+
+    /// Whether they hold for a resource that has a current representation,
+    /// tagged `etag` (strong, quoted), in the order of RFC 9110 §13.2.2:
+    /// `If-Match` holds for `*` or a tag equal to `etag` by the strong
+    /// comparison (§8.8.3.2: neither weak); then `If-None-Match` holds for
+    /// neither `*` nor a tag equal by the weak comparison.
+    ///
+    /// Errors: 412 naming the header that failed and the current tag.
+    pub fn check(&self, etag: &str) -> Result<(), ApiError> {
+        let failed = |header: &str| {
+            Err(ApiError::new(
+                Status::PreconditionFailed,
+                format!(
+                    "precondition failed: {header} does not hold for the listing, whose \
+                     ETag is {etag}; nothing was stored"
+                ),
+            ))
+        };
+        let (current, _) = parts(etag);
+        if let Some(tags) = &self.if_match {
+            let strong_match = |tag: &str| match parts(tag) {
+                (opaque, false) => opaque == current,
+                (_, true) => false,
+            };
+            if !tags
+                .split(',')
+                .any(|tag| tag.trim() == "*" || strong_match(tag))
+            {
+                return failed("If-Match");
+            }
+        }
+        if let Some(tags) = &self.if_none_match {
+            if tags
+                .split(',')
+                .any(|tag| tag.trim() == "*" || parts(tag).0 == current)
+            {
+                return failed("If-None-Match");
+            }
+        }
+        Ok(())
+    }
+}
 
 /// A body tagged with its `ETag`, or `304 Not Modified` when the client has
 /// it already. Either way the response says `Cache-Control: no-cache`, so
@@ -103,5 +194,39 @@ mod tests {
         assert!(!has("\"other\""));
         assert!(!IfNoneMatch(None).has(&tag));
         assert_ne!(etag_of(b"[1]"), tag);
+    }
+
+    #[test]
+    fn if_match_is_strong_and_if_none_match_weak_on_a_change() {
+        let tag = etag_of(b"[]");
+        let check = |if_match: Option<&str>, if_none_match: Option<&str>| {
+            Preconditions {
+                if_match: if_match.map(str::to_owned),
+                if_none_match: if_none_match.map(str::to_owned),
+            }
+            .check(&tag)
+            .map_err(|e| (e.status.code, e.error))
+        };
+        assert!(check(None, None).is_ok());
+        assert!(check(Some("*"), None).is_ok());
+        assert!(check(Some(&tag), None).is_ok());
+        assert!(check(Some(&format!("\"x\", {tag}")), None).is_ok());
+        let weak = format!("W/{tag}");
+        let (status, error) = check(Some(&weak), None).unwrap_err();
+        assert_eq!(status, 412);
+        assert!(
+            error.contains("If-Match") && error.contains(&tag),
+            "{error}"
+        );
+        assert!(check(Some("\"x\""), None).is_err());
+        assert!(check(None, Some("\"x\"")).is_ok());
+        for refused in ["*", tag.as_str(), weak.as_str()] {
+            let (status, error) = check(None, Some(refused)).unwrap_err();
+            assert_eq!(status, 412);
+            assert!(error.contains("If-None-Match"), "{error}");
+        }
+        // If-Match is evaluated first.
+        let (_, error) = check(Some("\"x\""), Some("*")).unwrap_err();
+        assert!(error.contains("If-Match"), "{error}");
     }
 }

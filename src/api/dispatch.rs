@@ -30,7 +30,9 @@
 //!
 //! A plain `POST /api/messages` (JSON, from a client that is not a
 //! browser) is answered without Rocket too, by the same functions its route
-//! calls ([`crate::api::plain_post`]).
+//! calls ([`crate::api::plain_post`]); so is `OPTIONS *`, whose target is
+//! no path for Rocket to route, with the methods of Rocket's routes
+//! ([`crate::api::options`]).
 //!
 //! A request's body must arrive within the same time as its head
 //! (`header_timeout_secs`), counted from when the head has arrived: a
@@ -62,6 +64,7 @@ use crate::api::events;
 use crate::api::front::RefusalLog;
 use crate::api::headers::{add_security_headers, SECURITY_HEADERS};
 use crate::api::message_head;
+use crate::api::options;
 use crate::api::plain_post;
 use crate::chat::Chat;
 use crate::hosts::AllowedHosts;
@@ -101,6 +104,8 @@ pub struct Dispatch<S> {
     events: EventSource,
     /// The head of every event stream (see the module docs).
     stream_head: HeaderMap,
+    /// The `Allow` of `OPTIONS *`: every method the routes take.
+    server_allow: HeaderValue,
     /// How long a request's body may take to arrive once its head has.
     body_timeout: Duration,
     shutdown: S,
@@ -139,12 +144,16 @@ where
         }
         stream_head.remove(header::CONTENT_LENGTH);
         drop(response);
+        let server_allow =
+            HeaderValue::from_str(&options::server_methods(client.rocket().routes()))
+                .map_err(|e| format!("the methods of the routes are no Allow value: {e}"))?;
         Ok(Dispatch {
             client,
             hosts,
             host_refusals: Mutex::new(RefusalLog::default()),
             events,
             stream_head,
+            server_allow,
             body_timeout,
             shutdown,
         })
@@ -159,6 +168,13 @@ where
         let (parts, body) = req.into_parts();
         if let Some(refusal) = message_head::refusal(&parts) {
             return refusal;
+        }
+        if let Some(scheme) = foreign_scheme(&parts) {
+            let why = format!(
+                "this server does not answer for {}: URIs, only http and https ones",
+                echo(scheme)
+            );
+            return self.refuse_host(&why, peer);
         }
         // Checked here, and given to Rocket below as the request's host.
         let host = request_host(&parts);
@@ -196,6 +212,9 @@ where
                     return response;
                 }
             };
+        if parts.method == Method::OPTIONS && parts.uri.path() == "*" {
+            return self.server_options();
+        }
         if !refused_by_head && plain_post::is_plain(&parts) {
             let server = self.stream_head.get(header::SERVER);
             if let Some(response) =
@@ -306,7 +325,24 @@ where
         whole(status, headers, bytes)
     }
 
-    /// 421 with `why`, logged at most once a minute ([`RefusalLog`]): a
+    /// The answer to `OPTIONS *` (RFC 9110 §9.3.7): 204 with the methods
+    /// the server answers in `Allow`, and the headers every answer has;
+    /// logged as Rocket logs a request (level `normal`).
+    fn server_options(&self) -> Response<Body> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ALLOW, self.server_allow.clone());
+        if let Some(server) = self.stream_head.get(header::SERVER) {
+            headers.insert(header::SERVER, server.clone());
+        }
+        add_security_headers(&mut headers);
+        let status = StatusCode::NO_CONTENT;
+        log::info!(target: "simplechat::api::options", "OPTIONS *:");
+        log::info!(target: "simplechat::api::options_", "Answered by the front door: {status}");
+        whole(status, headers, Bytes::new())
+    }
+
+    /// 421 with `why` (a host, or a scheme, this server does not answer
+    /// for), logged at most once a minute ([`RefusalLog`]): a
     /// proxy forwarding a name not in `allowed_hosts` shows in the journal,
     /// a client sending such requests in a loop does not flood it. The
     /// connection closes after it, as the request was meant for another
@@ -367,6 +403,20 @@ fn request_host(parts: &Parts) -> Option<&str> {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok()),
     }
+}
+
+/// The scheme of an absolute-form target (`GET ftp://chat.example/ HTTP/1.1`)
+/// other than `http` and `https`, the schemes whose resources this server
+/// serves (RFC 9110 §4.2): for any other it can give no authoritative
+/// answer, which is a 421 (RFC 9110 §15.5.20), as for a host it does not
+/// answer. `https` is answered though the connection is not TLS: behind a
+/// proxy that ends TLS, that is the scheme the client used.
+fn foreign_scheme(parts: &Parts) -> Option<&str> {
+    let scheme = parts.uri.scheme_str()?;
+    let served = ["http", "https"]
+        .iter()
+        .any(|ours| scheme.eq_ignore_ascii_case(ours));
+    (!served).then_some(scheme)
 }
 
 /// The `after` field of an event-stream query, decoded as Rocket decodes

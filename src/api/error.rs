@@ -223,31 +223,35 @@ pub fn error_for(status: Status, req: &Request<'_>) -> ApiError {
     }
 }
 
-/// The methods the mounted routes answer on the request's path, if any.
-/// HEAD comes with GET, as Rocket answers it.
-fn allowed_methods(req: &Request<'_>) -> Option<String> {
+/// The methods the mounted routes answer on the request's path, if any,
+/// as [`allow_list`] lists them. The `OPTIONS` route, which takes every
+/// path ([`super::options`]), does not make a path one that exists.
+pub fn allowed_methods(req: &Request<'_>) -> Option<String> {
     let path: Vec<&str> = req.uri().path().segments().collect();
-    let mut methods: Vec<Method> = req
+    let methods: Vec<Method> = req
         .rocket()
         .routes()
-        .filter(|route| path_matches(route.uri.path(), &path))
+        .filter(|route| route.method != Method::Options && path_matches(route.uri.path(), &path))
         .map(|route| route.method)
         .collect();
-    if methods.is_empty() {
-        return None;
-    }
+    (!methods.is_empty()).then(|| allow_list(methods))
+}
+
+/// `methods` as an `Allow` value (RFC 9110 §10.2.1): with HEAD where there
+/// is GET, as Rocket answers it, and OPTIONS, which every path that exists
+/// answers ([`super::options`]); sorted, each once.
+pub fn allow_list(mut methods: Vec<Method>) -> String {
     if methods.contains(&Method::Get) {
         methods.push(Method::Head);
     }
+    methods.push(Method::Options);
     methods.sort_by_key(|m| m.as_str());
     methods.dedup();
-    Some(
-        methods
-            .iter()
-            .map(|m| m.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-    )
+    methods
+        .iter()
+        .map(|m| m.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Whether a route path (`/api/messages/<id>`, `/assets/<file..>`) takes

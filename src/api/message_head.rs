@@ -1,7 +1,7 @@
 //! Checks of a request's head that hyper leaves to the server, made by the
 //! front door before the request goes anywhere: the `Host` header, the
-//! form of the request-target (RFC 9112 §3.2, §3.2.2–§3.2.4) and the
-//! transfer codings (§6.1).
+//! form of the request-target (RFC 9112 §3.2, §3.2.2–§3.2.4), the
+//! transfer codings (§6.1) and the expectations (RFC 9110 §10.1.1).
 //!
 //! A request that fails one is refused without its body being read, and
 //! the connection closes after the answer: what is left of the body would
@@ -35,10 +35,18 @@ use crate::hosts::split_port;
 ///   but OPTIONS (§3.2.4).
 /// - 501 for a transfer coding other than `chunked` (§6.1): hyper undoes
 ///   the chunking only, and would hand on a body still coded.
+/// - 417 for an HTTP/1.1 request whose `Expect` asks for anything but
+///   `100-continue` (RFC 9110 §10.1.1 lets a server refuse it so), rather
+///   than a silence the client would take for an expectation met. An
+///   HTTP/1.0 request's `Expect` is ignored, as §10.1.1 has a server do
+///   with its `100-continue`: HTTP/1.0 has no expectations.
 pub fn refusal(parts: &Parts) -> Option<Response<Body>> {
-    let (status, error) = match host_error(parts).or_else(|| target_error(parts)) {
-        Some(error) => (StatusCode::BAD_REQUEST, error),
-        None => (StatusCode::NOT_IMPLEMENTED, coding_error(parts)?),
+    let (status, error) = if let Some(error) = host_error(parts).or_else(|| target_error(parts)) {
+        (StatusCode::BAD_REQUEST, error)
+    } else if let Some(error) = coding_error(parts) {
+        (StatusCode::NOT_IMPLEMENTED, error)
+    } else {
+        (StatusCode::EXPECTATION_FAILED, expectation_error(parts)?)
     };
     let mut response = json_response(status, &error);
     response
@@ -154,6 +162,27 @@ fn coding_error(parts: &Parts) -> Option<String> {
         })
 }
 
+/// Why the request's `Expect` cannot be met, if it cannot: it lists an
+/// expectation other than `100-continue`, the one this server meets
+/// (hyper sends `100 Continue` when a body is read).
+fn expectation_error(parts: &Parts) -> Option<String> {
+    if parts.version < Version::HTTP_11 {
+        return None;
+    }
+    let lines = parts.headers.get_all(header::EXPECT).iter();
+    lines
+        .flat_map(|line| line.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .find(|member| !member.is_empty() && !member.eq_ignore_ascii_case(b"100-continue"))
+        .map(|member| {
+            format!(
+                "the expectation {} cannot be met; this server meets 100-continue only \
+                 (RFC 9110 §10.1.1)",
+                echo(&String::from_utf8_lossy(member))
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use hyper::{Request, Version};
@@ -192,6 +221,22 @@ mod tests {
         assert!(!refused(coded("chunked")));
         assert!(!refused(coded("Chunked")));
         assert!(refused(coded("gzip, chunked")));
+    }
+
+    #[test]
+    fn only_100_continue_is_an_expectation_met() {
+        let expect = |value| {
+            Request::post("/")
+                .header("host", "x")
+                .header("expect", value)
+        };
+        assert!(!refused(expect("100-continue")));
+        assert!(!refused(expect("100-Continue")));
+        assert!(!refused(expect(" 100-continue , ")));
+        assert!(refused(expect("200-ok")));
+        assert!(refused(expect("100-continue, x=1")));
+        assert!(refused(expect("100-continue=1")));
+        assert!(!refused(expect("200-ok").version(Version::HTTP_10)));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use rocket::{get, post, Request, State};
 use serde::Deserialize;
 
 use super::body::JsonBody;
-use super::conditional::{etag_of, IfNoneMatch, Tagged};
+use super::conditional::{etag_of, IfNoneMatch, Preconditions, Tagged};
 use super::error::ApiError;
 use crate::cache::json_array;
 use crate::chat::{Chat, DEFAULT_LIMIT, MAX_LIMIT};
@@ -188,15 +188,46 @@ pub async fn store(chat: &Chat, new: NewMessage) -> Result<Created, ApiError> {
 /// message and `Location`; a retry with the same `id` and content gives 201
 /// with `Idempotent-Replayed: true` and stores nothing. Errors: 400 (invalid
 /// field, malformed JSON), 403 (a write from another site), 409 (the id is
-/// taken by other content), 413, 415 (not JSON), 503 (the store cannot take
-/// it now, e.g. no primary within the write deadline), 507 (disk full).
+/// taken by other content), 412 (`If-Match` or `If-None-Match` does not
+/// hold for the listing: [`Preconditions`]), 413, 415 (not JSON), 503 (the
+/// store cannot take it now, e.g. no primary within the write deadline),
+/// 507 (disk full).
+///
+/// Preconditions are held against the `ETag` a `GET /api/messages` would
+/// have now, just before the message is stored (not atomically with it: a
+/// post from another client may come between). A retry whose first try was
+/// stored, named by its `id`, is answered as a retry is (201, or 409)
+/// whatever its preconditions: RFC 9110 §13.1.1 lets a server answer 2xx
+/// when the change asked for has already been made.
 #[post("/api/messages", data = "<body>")]
 pub async fn create(
     chat: &State<Chat>,
+    preconditions: Preconditions,
     body: Result<JsonBody<PostBody>, ApiError>,
 ) -> Result<Created, ApiError> {
     let JsonBody(body) = body?;
-    store(chat, body.validate()?).await
+    let new = body.validate()?;
+    if preconditions.any() {
+        if let Err(failed) = preconditions.check(&latest_tag(chat).await?) {
+            let stored_before = match &body.id {
+                Some(id) => chat.get(id).await?.is_some(),
+                None => false,
+            };
+            if !stored_before {
+                return Err(failed);
+            }
+        }
+    }
+    store(chat, new).await
+}
+
+/// The `ETag` of `GET /api/messages` as it would be answered now.
+async fn latest_tag(chat: &Chat) -> Result<String, ApiError> {
+    if let Some(listing) = chat.latest_json(DEFAULT_LIMIT) {
+        return Ok(listing.tag.to_string());
+    }
+    let messages = chat.list(Cursor::Latest, DEFAULT_LIMIT).await?;
+    Ok(etag_of(&json_array(&messages)))
 }
 
 /// `GET /api/messages/<id>`: 200 with that message as JSON. Errors: 404 (no

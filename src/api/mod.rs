@@ -14,6 +14,7 @@ pub mod headers;
 pub mod message_head;
 pub mod messages;
 pub mod openapi;
+pub mod options;
 pub mod page;
 pub mod plain_post;
 pub mod shutdown;
@@ -39,6 +40,7 @@ pub fn routes() -> Vec<Route> {
         status::healthz,
         status::readyz,
         openapi::openapi,
+        options::options,
     ]
 }
 

@@ -19,7 +19,8 @@
 //! is JSON, and carries neither `Origin` nor `Sec-Fetch-Site`: browsers
 //! send one of them, and their posts go through Rocket's cross-site
 //! check ([`crate::api::checks`]); a request with neither passes that
-//! check.
+//! check. Nor does it carry a precondition (`If-Match`, `If-None-Match`),
+//! which the route evaluates ([`crate::api::messages::create`]).
 
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::http::request::Parts;
@@ -40,6 +41,8 @@ pub fn is_plain(parts: &Parts) -> bool {
         && parts.uri.query().is_none()
         && !parts.headers.contains_key(header::ORIGIN)
         && !parts.headers.contains_key("sec-fetch-site")
+        && !parts.headers.contains_key(header::IF_MATCH)
+        && !parts.headers.contains_key(header::IF_NONE_MATCH)
         && parts
             .headers
             .get(header::CONTENT_TYPE)

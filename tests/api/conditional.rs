@@ -99,3 +99,74 @@ async fn if_none_match_on_two_lines_is_one_list() {
     }
     app.shutdown().await;
 }
+
+/// A post may be made conditional on the listing (RFC 9110 §13.1.1,
+/// §13.1.2): `If-Match` with the listing's `ETag` posts only if nothing
+/// was posted since it was read, `If-None-Match: *` never (the listing
+/// always exists). A precondition that fails is a 412 that stores
+/// nothing, whether a script or a browser posts; a retry of a post that
+/// was stored is still answered as a retry.
+#[tokio::test]
+async fn a_post_whose_precondition_fails_is_412_and_stores_nothing() {
+    let app = spawn_app(&[]).await;
+    let read = app.get("/api/messages").await;
+    let seen = read.headers()["etag"].to_str().unwrap().to_owned();
+    let post = |headers: Vec<(&'static str, String)>, id: &str| {
+        let mut request = app
+            .client
+            .post(app.url("/api/messages"))
+            .json(&serde_json::json!({"name": "ann", "text": format!("post {id}"), "id": id}));
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    // Nothing posted since the read: stored.
+    let first = post(vec![("if-match", seen.clone())], "first")
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 201);
+    assert_eq!(app.message_count().await, 1);
+    // The listing has changed since.
+    for headers in [
+        vec![("if-match", seen.clone())],
+        vec![("if-match", format!("W/{seen}"))],
+        vec![("if-match", "\"other\"".to_owned())],
+        vec![("if-none-match", "*".to_owned())],
+        vec![
+            ("if-none-match", "*".to_owned()),
+            ("sec-fetch-site", "same-origin".to_owned()),
+        ],
+    ] {
+        let refused = post(headers.clone(), "second").await.unwrap();
+        assert_eq!(refused.status(), 412, "{headers:?}");
+        let body: serde_json::Value = refused.json().await.unwrap();
+        let error = body["error"].as_str().unwrap();
+        assert!(error.starts_with("precondition failed: If-"), "{error}");
+        assert_eq!(app.message_count().await, 1, "{headers:?}: nothing stored");
+    }
+    // The current tag, or `*`, holds; a tag that is not current in
+    // If-None-Match holds too.
+    let now = app.get("/api/messages").await.headers()["etag"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let second = post(vec![("if-match", now.clone())], "second")
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 201);
+    let third = post(vec![("if-match", "*".to_owned())], "third")
+        .await
+        .unwrap();
+    assert_eq!(third.status(), 201);
+    let fourth = post(vec![("if-none-match", now)], "fourth").await.unwrap();
+    assert_eq!(fourth.status(), 201);
+    assert_eq!(app.message_count().await, 4);
+    // A retry of the first post, with its stale precondition: its answer
+    // again, not a 412, and nothing new stored.
+    let retry = post(vec![("if-match", seen)], "first").await.unwrap();
+    assert_eq!(retry.status(), 201);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(app.message_count().await, 4);
+    app.shutdown().await;
+}

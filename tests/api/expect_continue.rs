@@ -99,3 +99,40 @@ async fn a_body_the_headers_allow_is_asked_for_with_100_continue() {
     assert!(rest.contains("HTTP/1.1 201 "), "{rest}");
     app.shutdown().await;
 }
+
+/// An expectation the server cannot meet (anything but `100-continue`) is
+/// refused with 417 (RFC 9110 §10.1.1) before the body is read: nothing
+/// is stored, and the connection closes. HTTP/1.0 has no expectations:
+/// there the header is ignored.
+#[tokio::test]
+async fn an_expectation_other_than_100_continue_is_417() {
+    let app = spawn_app(&[]).await;
+    let body = r#"{"name": "ann", "text": "expected"}"#;
+    let post = |version: &str, expect: &str| {
+        format!(
+            "POST /api/messages {version}\r\nHost: localhost\r\nExpect: {expect}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    for expect in ["200-ok", "100-continue, x-later", "100-continue=now"] {
+        let answer = app.raw(post("HTTP/1.1", expect).as_bytes()).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 417 Expectation Failed\r\n"),
+            "{expect}: {answer}"
+        );
+        let lower = answer.to_ascii_lowercase();
+        assert!(lower.contains("\r\nconnection: close\r\n"), "{answer}");
+        assert!(answer.contains("100-continue only"), "{answer}");
+    }
+    assert_eq!(app.message_count().await, 0);
+    let answer = app.raw(post("HTTP/1.0", "200-ok").as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.0 201 "), "{answer}");
+    // Its name is case-insensitive: met, as ever.
+    let answer = app.raw(post("HTTP/1.1", "100-Continue").as_bytes()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 "),
+        "{answer}"
+    );
+    assert_eq!(app.message_count().await, 2);
+    app.shutdown().await;
+}

@@ -1,5 +1,6 @@
 //! A newcomer's first run: the binary, copied anywhere, serves its own page
-//! and says on one line where it keeps messages and where it listens.
+//! and says on one line where it keeps messages and where it listens; that
+//! line and every log line go to stderr, stdout staying empty.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -12,11 +13,21 @@ use crate::cli_config::{command, copy_binary, retry_while_busy};
 const DEADLINE: Duration = Duration::from_secs(60);
 const STARTUP: &str = "simplechat listening on ";
 
+/// Which of the server's streams a line came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
 /// A running `simplechat serve`; killed if the test ends early.
 pub(crate) struct Server {
     child: Child,
-    lines: mpsc::Receiver<String>,
+    lines: mpsc::Receiver<(Stream, String)>,
+    /// The lines read from stderr so far: the log.
     seen: Vec<String>,
+    /// The lines read from stdout so far.
+    printed: Vec<String>,
     /// The line `serve` prints once it listens, and the address it names.
     startup: String,
     pub(crate) base: String,
@@ -34,15 +45,15 @@ impl Server {
                 .spawn()
         });
         let (tx, lines) = mpsc::channel();
-        let streams: [Box<dyn Read + Send>; 2] = [
-            Box::new(child.stdout.take().unwrap()),
-            Box::new(child.stderr.take().unwrap()),
+        let streams: [(Stream, Box<dyn Read + Send>); 2] = [
+            (Stream::Stdout, Box::new(child.stdout.take().unwrap())),
+            (Stream::Stderr, Box::new(child.stderr.take().unwrap())),
         ];
-        for stream in streams {
+        for (which, stream) in streams {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let _ = tx.send(line);
+                    let _ = tx.send((which, line));
                 }
             });
         }
@@ -50,6 +61,7 @@ impl Server {
             child,
             lines,
             seen: Vec::new(),
+            printed: Vec::new(),
             startup: String::new(),
             base: String::new(),
         };
@@ -69,7 +81,7 @@ impl Server {
         server
     }
 
-    /// The first line (stdout or stderr) starting with `prefix`.
+    /// The first line on stderr starting with `prefix`.
     fn line(&mut self, prefix: &str) -> String {
         let deadline = Instant::now() + DEADLINE;
         loop {
@@ -77,22 +89,38 @@ impl Server {
                 .lines
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             {
-                Ok(line) if line.starts_with(prefix) => {
+                Ok((Stream::Stderr, line)) if line.starts_with(prefix) => {
                     self.seen.push(line.clone());
                     return line;
                 }
-                Ok(line) => self.seen.push(line),
+                Ok(line) => self.keep(line),
                 Err(e) => panic!(
-                    "no line starting with {prefix:?} ({e:?}); the server printed:\n{}",
-                    self.seen.join("\n")
+                    "no line on stderr starting with {prefix:?} ({e:?}); the server logged:\n{}\n\
+                     and printed on stdout:\n{}",
+                    self.seen.join("\n"),
+                    self.printed.join("\n")
                 ),
             }
         }
     }
 
+    fn keep(&mut self, (stream, line): (Stream, String)) {
+        match stream {
+            Stream::Stdout => self.printed.push(line),
+            Stream::Stderr => self.seen.push(line),
+        }
+    }
+
     /// Stops it as systemd or Ctrl-C would (SIGTERM); waits until it has
-    /// closed its output, then for its exit status.
-    pub(crate) fn stop(mut self) -> (ExitStatus, Vec<String>) {
+    /// closed its output, then for its exit status. Returns that and its
+    /// log (the lines on stderr).
+    pub(crate) fn stop(self) -> (ExitStatus, Vec<String>) {
+        let (status, log, _) = self.stop_with_stdout();
+        (status, log)
+    }
+
+    /// [`Server::stop`], with the lines printed on stdout too.
+    fn stop_with_stdout(mut self) -> (ExitStatus, Vec<String>, Vec<String>) {
         let killed = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -104,7 +132,7 @@ impl Server {
                 .lines
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             {
-                Ok(line) => self.seen.push(line),
+                Ok(line) => self.keep(line),
                 Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => panic!(
                     "still running a minute after SIGTERM:\n{}",
@@ -113,7 +141,11 @@ impl Server {
             }
         }
         let status = self.child.wait().expect("wait for simplechat");
-        (status, std::mem::take(&mut self.seen))
+        (
+            status,
+            std::mem::take(&mut self.seen),
+            std::mem::take(&mut self.printed),
+        )
     }
 }
 
@@ -284,8 +316,114 @@ async fn the_startup_line_is_all_the_release_builds_log_level_prints() {
     ] {
         assert_eq!(request.send().await.unwrap().status(), status);
     }
-    let (_, output) = server.stop();
+    let (_, output, printed) = server.stop_with_stdout();
     assert_eq!(output, [server_startup(&output)], "{}", output.join("\n"));
+    assert!(printed.is_empty(), "on stdout: {printed:?}");
+}
+
+/// Diagnostics go where a terminal shows them and a supervisor keeps them
+/// apart from output: stderr, with the rest of the log. `serve` prints
+/// nothing on stdout.
+#[tokio::test]
+async fn warnings_go_to_stderr_and_stdout_stays_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        Path::new(env!("CARGO_BIN_EXE_simplechat")),
+        dir.path(),
+        &[("ROCKET_LOG_LEVEL", "normal")],
+    );
+    // A host the server does not answer for is a warning (a proxy
+    // forwarding the wrong name shows in the log).
+    let refused = reqwest::Client::new()
+        .get(format!("{}/api/messages", server.base))
+        .header("host", "elsewhere.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 421);
+    let answered = reqwest::get(format!("{}/healthz", server.base))
+        .await
+        .unwrap();
+    assert_eq!(answered.status(), 200);
+    let (status, log, printed) = server.stop_with_stdout();
+    assert!(status.success(), "{status}: {}", log.join("\n"));
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("Warning: refused a request from 127.0.0.1")),
+        "{}",
+        log.join("\n")
+    );
+    assert!(
+        log.iter().any(|l| l == "GET /healthz:"),
+        "{}",
+        log.join("\n")
+    );
+    assert!(printed.is_empty(), "on stdout: {printed:?}");
+}
+
+/// A log with no reader (a supervisor gone, `| head` done) loses lines,
+/// not the server: every request it logs is still answered, and SIGTERM
+/// still ends it cleanly.
+#[tokio::test]
+async fn a_closed_stderr_does_not_stop_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_simplechat"));
+    let env = [("SIMPLECHAT_PORT", "0"), ("ROCKET_LOG_LEVEL", "normal")];
+    let mut child = retry_while_busy(|| {
+        command(exe, dir.path(), &["serve"], &env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+    });
+    let mut log = BufReader::new(child.stderr.take().unwrap());
+    let startup = loop {
+        let mut line = String::new();
+        assert!(log.read_line(&mut line).unwrap() > 0, "no startup line");
+        if line.starts_with(STARTUP) {
+            break line.trim_end().to_owned();
+        }
+    };
+    // The read end closed: each line logged from now on fails to write.
+    drop(log);
+    let base = base_url(&startup);
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let posted = client
+            .post(format!("{base}/api/messages"))
+            .json(&serde_json::json!({"name": "ann", "text": "logged to no one"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(posted.status(), 201);
+        assert_eq!(
+            client
+                .get(format!("{base}/nothing"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+    }
+    let listed: serde_json::Value = client
+        .get(format!("{base}/api/messages"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(3));
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
 }
 
 /// At log level `normal` every post is logged as Rocket logs a request,

@@ -91,6 +91,43 @@ async fn a_loopback_server_refuses_a_rebound_name_and_answers_its_own() {
     app.shutdown().await;
 }
 
+/// An absolute-form target names its scheme too: a URI of another scheme
+/// than http or https (`ftp://localhost/...`) is no resource of this
+/// server, whatever its host, and gets the 421 a host it does not answer
+/// for gets (RFC 9110 §15.5.20). `https` is answered over plain HTTP, as
+/// it arrives from a proxy that ended TLS.
+#[tokio::test]
+async fn an_absolute_target_of_another_scheme_is_421() {
+    let app = spawn_app(&[]).await;
+    app.post_message("ann", "private").await;
+    let host = format!("localhost:{}", port(&app));
+    for scheme in ["ftp", "ws", "file", "FTP"] {
+        let request = format!(
+            "GET {scheme}://{host}/api/messages HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        );
+        let answer = app.raw(request.as_bytes()).await;
+        let (status, closes, body) = parse(&answer);
+        assert_eq!(status, 421, "{request}\n{answer}");
+        assert!(closes, "{answer}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(error.contains(&format!("{scheme}: URIs")), "{answer}");
+        assert!(!answer.contains("private"), "no message read: {answer}");
+        let post = format!(
+            "POST {scheme}://{host}/api/messages HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 24\r\nConnection: close\r\n\r\n{{\"name\":\"a\",\"text\":\"b\"}}"
+        );
+        assert_eq!(parse(&app.raw(post.as_bytes()).await).0, 421, "{post}");
+    }
+    assert_eq!(app.message_count().await, 1, "no message posted");
+    for scheme in ["http", "https", "HTTP"] {
+        let request = format!(
+            "GET {scheme}://{host}/api/messages HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        );
+        let answer = app.raw(request.as_bytes()).await;
+        assert_eq!(parse(&answer).0, 200, "{request}\n{answer}");
+    }
+    app.shutdown().await;
+}
+
 /// A proxy in front forwards its own name: `allowed_hosts` lists it, and
 /// names under a listed `*.` suffix; other names are still refused.
 #[tokio::test]

@@ -19,6 +19,7 @@ mod idempotency;
 mod memory;
 mod messages;
 mod openapi;
+mod options;
 mod page;
 mod pagination;
 mod persistence;

@@ -38,6 +38,22 @@ async fn the_document_lists_exactly_the_json_routes() {
     let doc = app.get_json("/api/openapi.json").await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     assert_eq!(documented(&doc), mounted_json_routes());
+    // Every path says what OPTIONS answers there, and the server agrees.
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        let declared = &item["options"]["responses"]["204"]["$ref"];
+        assert_eq!(declared, "#/components/responses/Options", "{path}");
+        let response = app
+            .client
+            .request(
+                reqwest::Method::OPTIONS,
+                app.url(&path.replace("{id}", "x")),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 204, "{path}");
+        assert!(response.headers().contains_key("allow"), "{path}");
+    }
     app.shutdown().await;
 }
 

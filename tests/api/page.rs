@@ -732,8 +732,9 @@ async fn a_history_that_cannot_be_read_is_not_shown_as_empty() {
 /// The form's action, `/messages`, is an address a browser user may type,
 /// or reload after a refused send: a browser's `GET` or `HEAD` of it (it
 /// prefers HTML, as every address bar and reload asks) is sent to the page
-/// with a 303. Other clients, and other methods, get the JSON 405 naming
-/// the one method the path has.
+/// with a 303, whatever its query, which nothing reads (a field given
+/// twice too: the page, not a JSON error). Other clients, and other
+/// methods, get the JSON 405 naming the methods the path has.
 #[tokio::test]
 async fn a_browser_asking_for_the_forms_address_is_sent_to_the_page() {
     const NAVIGATION: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
@@ -744,6 +745,18 @@ async fn a_browser_asking_for_the_forms_address_is_sent_to_the_page() {
         ("GET", "/messages", vec![("accept", NAVIGATION)]),
         ("HEAD", "/messages", vec![("accept", NAVIGATION)]),
         ("GET", "/messages?before=x", vec![("accept", "text/html")]),
+        // A query nothing reads: a field given twice is no matter.
+        ("GET", "/messages?x=1&x=2", vec![("accept", NAVIGATION)]),
+        (
+            "HEAD",
+            "/messages?before=a&before=b",
+            vec![("accept", NAVIGATION)],
+        ),
+        (
+            "GET",
+            "/messages?limit=1&limit=2",
+            vec![("accept", "*/*"), ("sec-fetch-mode", "navigate")],
+        ),
         ("GET", "/messages/", vec![("accept", NAVIGATION)]),
         (
             "GET",
@@ -787,7 +800,11 @@ async fn a_browser_asking_for_the_forms_address_is_sent_to_the_page() {
         }
         let response = to_send.send().await.unwrap();
         assert_eq!(response.status(), 405, "{method} {path} {headers:?}");
-        assert_eq!(response.headers()["allow"], "POST", "{method} {path}");
+        assert_eq!(
+            response.headers()["allow"],
+            "OPTIONS, POST",
+            "{method} {path}"
+        );
         assert_eq!(response.headers()["content-type"], "application/json");
         let body: serde_json::Value = response.json().await.unwrap();
         assert!(
@@ -797,5 +814,15 @@ async fn a_browser_asking_for_the_forms_address_is_sent_to_the_page() {
             "{body}"
         );
     }
+    // Another client's read with a field given twice gets the 400 every
+    // path gives it, naming the field.
+    let response = request("GET", "/messages?limit=1&limit=2")
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["field"], "limit", "{body}");
     app.shutdown().await;
 }

@@ -222,9 +222,9 @@ async fn a_request_head_of_64_kib_is_taken_and_one_byte_more_refused() {
 async fn other_methods_on_a_route_get_405_with_allow() {
     let app = spawn_app(&[]).await;
     for (method, path, allow) in [
-        ("TRACE", "/api/messages", "GET, HEAD, POST"),
-        ("DELETE", "/api/messages/abc", "GET, HEAD"),
-        ("PUT", "/readyz", "GET, HEAD"),
+        ("TRACE", "/api/messages", "GET, HEAD, OPTIONS, POST"),
+        ("DELETE", "/api/messages/abc", "GET, HEAD, OPTIONS"),
+        ("PUT", "/readyz", "GET, HEAD, OPTIONS"),
     ] {
         let response = app
             .client

@@ -332,3 +332,68 @@ async fn a_lone_surrogate_escape_is_refused_naming_its_field() {
     assert_nothing_stored(&app).await;
     app.shutdown().await;
 }
+
+/// JSON text is Unicode wherever it is (RFC 8259 §8.1, §8.2; I-JSON, RFC
+/// 7493 §2.1: such strings MUST NOT appear), in a field the message has
+/// no use for too, which the parser skips without decoding: a lone
+/// surrogate escape or bytes that are not UTF-8 there are refused as in a
+/// field, saying where, and nothing is stored. Whichever way the post
+/// goes: answered by the front door (a script's) or by the route (a
+/// browser's).
+#[tokio::test]
+async fn a_string_that_is_not_unicode_is_refused_in_any_field() {
+    let app = spawn_app(&[]).await;
+    let cases: [(&[u8], &str); 4] = [
+        (
+            br#"{"name":"a","text":"b","x":"\ud800"}"#,
+            r"the value of x is not valid Unicode: \ud800 is a lone surrogate",
+        ),
+        (
+            br#"{"name":"a","text":"b","meta":{"tags":["ok","\uDC00"]}}"#,
+            r"a string in meta is not valid Unicode: \uDC00 is a lone surrogate",
+        ),
+        (
+            br#"{"x":"\udbff\u0041","name":"a","text":"b"}"#,
+            r"the value of x is not valid Unicode: \udbff is a lone surrogate",
+        ),
+        (
+            b"{\"name\":\"a\",\"text\":\"b\",\"x\":\"\xc3\x28\"}",
+            "the value of x is not valid UTF-8: byte 0xC3 is no part of a UTF-8 character",
+        ),
+    ];
+    for (body, says) in cases {
+        for browser in [false, true] {
+            let mut request = app
+                .client
+                .post(app.url("/api/messages"))
+                .header("content-type", "application/json")
+                .body(body.to_vec());
+            if browser {
+                request = request.header("sec-fetch-site", "same-origin");
+            }
+            let response = request.send().await.unwrap();
+            let shown = String::from_utf8_lossy(body);
+            assert_eq!(response.status(), 400, "{shown}");
+            let error: Value = response.json().await.unwrap();
+            let message = error["error"].as_str().unwrap();
+            assert!(
+                message.starts_with(&format!("malformed JSON body: {says}"))
+                    && message.contains(" at line 1 column "),
+                "{shown}: {message}"
+            );
+            assert!(error.get("field").is_none(), "{shown}: {error}");
+        }
+    }
+    assert_nothing_stored(&app).await;
+    // A pair of escapes is one character, wherever it is.
+    let stored = app
+        .post_body(
+            "/api/messages",
+            "application/json",
+            r#"{"name":"a","text":"b","x":"\ud83d\ude00"}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 201);
+    app.shutdown().await;
+}

@@ -37,7 +37,7 @@ use bson::{doc, Bson, Document};
 use crate::auth::{Principal, Session};
 use crate::error::CmdError;
 use crate::state::{Role, State};
-use crate::Shared;
+use crate::{HoldPoint, Shared};
 
 use admission::{admin_only, authorize};
 
@@ -93,7 +93,7 @@ pub(crate) type CmdResult = Result<Document, Fail>;
 /// unreachable (killed or partitioned) or an injected fault drops the reply.
 pub(crate) async fn run(ctx: &Ctx<'_>, body: Document) -> Outcome {
     let name = body.keys().next().cloned().unwrap_or_default();
-    {
+    let gate = {
         let mut st = ctx.shared.lock();
         if !st.reachable(ctx.member) {
             return Outcome::Close;
@@ -106,6 +106,10 @@ pub(crate) async fn run(ctx: &Ctx<'_>, body: Document) -> Outcome {
                 &CmdError::not_writable_primary(false),
             ));
         }
+        st.take_hold(&name, HoldPoint::BeforeRunning, &body)
+    };
+    if let Some(gate) = gate {
+        wait_at(ctx, &name, gate).await;
     }
     let result = match body.get("$db") {
         Some(Bson::String(db)) => {
@@ -118,6 +122,13 @@ pub(crate) async fn run(ctx: &Ctx<'_>, body: Document) -> Outcome {
             "OP_MSG requests require a $db argument",
         ))),
     };
+    let gate = ctx
+        .shared
+        .lock()
+        .take_hold(&name, HoldPoint::BeforeReplying, &body);
+    if let Some(gate) = gate {
+        wait_at(ctx, &name, gate).await;
+    }
     let mut reply = match result {
         Ok(d) => d,
         Err(Fail::Close) => return Outcome::Close,
@@ -145,6 +156,21 @@ pub(crate) async fn run(ctx: &Ctx<'_>, body: Document) -> Outcome {
         st.cluster_time_fields(&mut reply, op_time);
     }
     Outcome::Reply(reply)
+}
+
+/// Waits at a [`crate::Cluster::hold_next`] until the test releases
+/// `command`, counted in [`crate::Cluster::held`] meanwhile.
+async fn wait_at(ctx: &Ctx<'_>, command: &str, mut gate: tokio::sync::watch::Receiver<bool>) {
+    *ctx.shared
+        .lock()
+        .held_now
+        .entry(command.to_owned())
+        .or_default() += 1;
+    // A gate dropped unopened (the cluster is going away) lets it go too.
+    let _ = gate.wait_for(|open| *open).await;
+    if let Some(n) = ctx.shared.lock().held_now.get_mut(command) {
+        *n -= 1;
+    }
 }
 
 /// `REPLSET_SIM_TRACE=1` prints every command and reply to stderr, which is

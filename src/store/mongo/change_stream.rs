@@ -86,6 +86,16 @@ const POSITION_BATCH: usize = 1000;
 /// held messages are read again ([`Watcher::recheck_held`]).
 const HELD_RECHECK: Duration = Duration::from_secs(2);
 
+/// How long the stream must bring nothing, after messages with positions
+/// from long before came (a restore, an import), before the cache is
+/// reloaded for them: a restore's inserts come in many batches, and one
+/// reload, which reads the latest messages, places them all.
+const RESTORED_QUIET: Duration = Duration::from_secs(1);
+
+/// How long the cache goes at most without the restored messages while a
+/// restore keeps the stream busy: one reload each this long.
+const RESTORED_RELOAD_EVERY: Duration = Duration::from_secs(10);
+
 /// The server's code for an event larger than it can send.
 const BSON_OBJECT_TOO_LARGE: i32 = 10334;
 
@@ -114,6 +124,9 @@ struct HealthState {
     /// How far the stream has delivered, across its (re)openings; `None`
     /// until the cache's first load.
     delivered: Option<Delivered>,
+    /// This instance's posts sent before the cache's first load, by id,
+    /// until each is answered ([`ChangeStreamHealth::post_before_load`]).
+    posts_before_load: HashSet<String>,
 }
 
 impl ChangeStreamHealth {
@@ -146,6 +159,28 @@ impl ChangeStreamHealth {
     /// Whether the cache has been loaded from the store at least once.
     pub(super) fn has_loaded(&self) -> bool {
         self.state().delivered.is_some()
+    }
+
+    /// Notes that this instance is storing the message `id`, if the cache
+    /// has not been loaded yet; `true` if so, and then
+    /// [`ChangeStreamHealth::post_answered`] must follow. The first load
+    /// publishes such a post when it reads it (it would otherwise load it
+    /// as history, sent to no subscriber, while the post, answered after
+    /// the load, no longer publishes it itself).
+    pub(super) fn post_before_load(&self, id: &str) -> bool {
+        let mut state = self.state();
+        state.delivered.is_none() && state.posts_before_load.insert(id.to_owned())
+    }
+
+    /// The post `id` noted by [`ChangeStreamHealth::post_before_load`] was
+    /// answered (its message published or awaited, or not stored).
+    pub(super) fn post_answered(&self, id: &str) {
+        self.state().posts_before_load.remove(id);
+    }
+
+    /// The posts sent before the first load and not answered yet.
+    fn take_posts_before_load(&self) -> HashSet<String> {
+        std::mem::take(&mut self.state().posts_before_load)
     }
 
     fn delivered(&self) -> Option<Delivered> {
@@ -269,12 +304,18 @@ struct Watcher {
     published_since_read: Option<Position>,
     /// Messages inserted with positions from long before (a restore, an
     /// import: [`Watcher::restored_far_behind`]) behind what was delivered
-    /// and newer than the cache's oldest, by public id, since the cache was
-    /// last reset: it reloads when the stream has no more events at hand, so
-    /// they take their places, and that reload does not publish them (those
-    /// within the clock margin of the newest it would otherwise take for
-    /// posts that came behind, and move). At most one reload's worth: a
-    /// drain's events, or what the stream had at hand.
+    /// and newer than the cache's oldest, since the cache was last reset:
+    /// when the first came, and how many. The cache reloads once the stream
+    /// has brought nothing for [`RESTORED_QUIET`], or has kept busy for
+    /// [`RESTORED_RELOAD_EVERY`] since, so they take their places: one
+    /// reload for a restore's many batches, not one each.
+    restored_since: Option<(Instant, usize)>,
+    /// Of those, by public id, the ones within the clock margin of what was
+    /// delivered: a reload publishes what it reads there, in case the
+    /// stream had not brought it, and would take these for posts that came
+    /// behind, and move them; it leaves them alone. (How far the stream has
+    /// delivered only moves on until that reload, so the others stay out
+    /// of its margin.)
     restored: HashSet<String>,
 }
 
@@ -293,6 +334,7 @@ pub(super) async fn run(shared: Arc<Shared>, collections: Arc<Collections>) {
         recent: VecDeque::new(),
         recent_ids: HashSet::new(),
         published_since_read: None,
+        restored_since: None,
         restored: HashSet::new(),
     };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
@@ -316,8 +358,7 @@ impl Watcher {
         // held messages and their writes stay (see `held`).
         self.to_position.clear();
         if self.shared.change_stream.delivered().is_none() {
-            let latest = self.read_latest().await?;
-            self.reset(latest)?;
+            self.first_load().await?;
         }
         let (mut stream, resumed) = self.open().await?;
         if stream.resume_token().is_some() {
@@ -341,25 +382,32 @@ impl Watcher {
                 Some(event) => event,
                 None => {
                     self.set_positions().await?;
-                    if !self.restored.is_empty() {
-                        log::info!(
-                            "{} messages were inserted with positions from long before (a \
-                             restore or an import): listed where their positions put them, not \
-                             sent to subscribers as new",
-                            self.restored.len()
-                        );
-                        self.reload().await?;
+                    if self
+                        .restored_since
+                        .is_some_and(|(since, _)| since.elapsed() >= RESTORED_RELOAD_EVERY)
+                    {
+                        self.reload_restored().await?;
                     }
-                    if self.held.is_empty() {
-                        stream.next().await
+                    let quiet = if self.restored_since.is_some() {
+                        Some(RESTORED_QUIET)
+                    } else if !self.held.is_empty() {
+                        Some(HELD_RECHECK)
                     } else {
-                        match tokio::time::timeout(HELD_RECHECK, stream.next()).await {
+                        None
+                    };
+                    match quiet {
+                        None => stream.next().await,
+                        Some(quiet) => match tokio::time::timeout(quiet, stream.next()).await {
                             Ok(event) => event,
+                            Err(_) if self.restored_since.is_some() => {
+                                self.reload_restored().await?;
+                                continue;
+                            }
                             Err(_) => {
                                 self.recheck_held().await?;
                                 continue;
                             }
-                        }
+                        },
                     }
                 }
             };
@@ -479,10 +527,61 @@ impl Watcher {
         }
     }
 
+    /// Step 1: loads the cache with the latest messages, as history. A
+    /// post this instance made meanwhile may be among them, answered only
+    /// now that the cache is loaded, when it no longer publishes its
+    /// message itself (see `insert::deliver`): so the first such post read,
+    /// and every message after it, are published, in the store order,
+    /// instead of loaded. Noted before it was sent, such a post is noted
+    /// before the read began, whatever the moment it is answered.
+    ///
+    /// A post among those that was answered before the load published its
+    /// message itself then: it is loaded, not sent again, so it comes
+    /// before the others, in the order the posts were answered, as every
+    /// post published before the load does.
+    async fn first_load(&mut self) -> Result<(), String> {
+        let mut latest = self.read_latest().await?;
+        let floor = (!latest.whole_history)
+            .then(|| latest.messages.first().map(MessageDoc::position))
+            .flatten();
+        let posts = self.shared.change_stream.take_posts_before_load();
+        let cache = &self.shared.cache;
+        let news = match latest.messages.iter().position(|m| {
+            let id = m.id.public();
+            posts.contains(&id) && !cache.holds(&id)
+        }) {
+            Some(first) => latest.messages.split_off(first),
+            None => Vec::new(),
+        };
+        let (sent, news): (Vec<_>, Vec<_>) =
+            news.into_iter().partition(|m| cache.holds(&m.id.public()));
+        latest.messages.extend(sent);
+        self.reset(latest)?;
+        self.floor = floor;
+        for doc in news {
+            self.publish(doc)?;
+        }
+        Ok(())
+    }
+
+    /// Reloads the cache for the messages with positions from long before
+    /// that came since it was last reset ([`Watcher::restored_since`]).
+    async fn reload_restored(&mut self) -> Result<(), String> {
+        if let Some((_, count)) = self.restored_since {
+            log::info!(
+                "{count} messages were inserted with positions from long before (a restore or \
+                 an import): listed where their positions put them, not sent to subscribers as \
+                 new"
+            );
+        }
+        self.reload().await
+    }
+
     /// Reads the latest messages, publishes those that may not have been
     /// delivered, and resets the cache from them (step 4), so it is the
     /// store order's suffix again.
     async fn reload(&mut self) -> Result<(), String> {
+        self.restored_since = None;
         let restored = std::mem::take(&mut self.restored);
         let mut latest = self.read_latest().await?;
         for doc in &latest.messages {
@@ -888,11 +987,18 @@ impl Watcher {
                     // Not news, and no race: see the function. One newer
                     // than all that was delivered is published where it
                     // is, as any message that comes in order.
+                    let at = message.position();
                     if self.restored_far_behind(event.cluster_time, event.wall_time, position)
-                        && self.is_behind(&message.position())
+                        && self.is_behind(&at)
                     {
-                        if !self.is_history(&message.position()) {
-                            self.restored.insert(message.id.public());
+                        if !self.is_history(&at) {
+                            let (_, count) = self
+                                .restored_since
+                                .get_or_insert_with(|| (Instant::now(), 0));
+                            *count += 1;
+                            if self.may_lack(&at) {
+                                self.restored.insert(message.id.public());
+                            }
                         }
                         return Ok(false);
                     }

@@ -51,6 +51,19 @@ enum Duplicate {
 
 /// Stores `new`, retrying what may be retried until the write deadline.
 pub(super) async fn insert(shared: &Shared, new: NewMessage) -> Result<Inserted, StoreError> {
+    // Noted before anything is sent, so the change stream's first load
+    // knows it, whenever that load reads it.
+    let id = new.id.clone();
+    let before_load = shared.change_stream.post_before_load(&id);
+    let inserted = store(shared, new).await;
+    if before_load {
+        shared.change_stream.post_answered(&id);
+    }
+    inserted
+}
+
+/// [`insert`]'s work.
+async fn store(shared: &Shared, new: NewMessage) -> Result<Inserted, StoreError> {
     let deadline = Instant::now() + shared.write_timeout.saturating_sub(DEADLINE_MARGIN);
     let collections = shared.collections()?;
     // Subscribed before the write, so the change stream's copy cannot slip by.
@@ -262,7 +275,9 @@ async fn deliver(
         // brings the other instances' posts of the same moments, so it
         // waits for that. Published here in the order writes are
         // acknowledged, it could go ahead of a message the store orders
-        // before it, which no later step could move.
+        // before it, which no later step could move. (A post sent before
+        // the first load and read by it was published by that load,
+        // `Watcher::first_load`: the cache holds it, and this does nothing.)
         shared.cache.await_echo(&message.id);
         return;
     }
