@@ -1835,3 +1835,304 @@ async fn a_restore_in_many_inserts_reloads_the_cache_once() {
     assert_eq!(subscriber.arrived(), Vec::<String>::new());
     app.shutdown().await;
 }
+
+/// The lab's messages, `n` of them, as its app wrote them `ago` seconds
+/// ago: ObjectIds of that second, naive datetimes a millisecond apart, no
+/// `position`. Their ids, oldest first.
+async fn lab_history(lab: &mongodb::Collection<Document>, n: usize, ago: i64) -> Vec<String> {
+    let start = mongodb::bson::DateTime::now().timestamp_millis() - ago * 1000;
+    let made = u32::try_from(start / 1000).expect("seconds");
+    let docs: Vec<Document> = (0..n)
+        .map(|i| {
+            let mut id = mongodb::bson::oid::ObjectId::new().bytes();
+            id[..4].copy_from_slice(&made.to_be_bytes());
+            doc! {
+                "_id": mongodb::bson::oid::ObjectId::from_bytes(id),
+                "name": "lab",
+                "text": format!("history {i}"),
+                "datetime": mongodb::bson::DateTime::from_millis(start + i as i64),
+            }
+        })
+        .collect();
+    let ids = docs
+        .iter()
+        .filter_map(|d| d.get_object_id("_id").ok().map(|id| id.to_hex()))
+        .collect();
+    lab.insert_many(docs).await.expect("the lab's history");
+    ids
+}
+
+/// How many documents `/api/status` says were skipped for `kind`.
+async fn skipped(app: &TestApp, kind: &str) -> u64 {
+    app.get_json("/api/status").await["skipped_documents"][kind]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Waits until `/api/status` counts `n` documents skipped for `kind`.
+async fn until_skipped(app: &TestApp, kind: &str, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while skipped(app, kind).await < n {
+        assert!(
+            Instant::now() < deadline,
+            "never counted as {kind}: {}",
+            app.get_json("/api/status").await["skipped_documents"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Another client writes a document whose `position` is from 1970 (its own
+/// ObjectId and datetime say now), and an import brings another
+/// deployment's message with its older position. Where simplechat's
+/// history begins does not move: the lab's 200 messages stay history,
+/// listed, found by id and paged to, unchanged (no `position` written
+/// into them), and are never sent as news, before or after a restart. The
+/// 1970 position, before simplechat's first and a day before its own
+/// document was written, cannot be one MongoDB gave: it is skipped and
+/// counted. The imported message keeps its position, between the lab's
+/// history and simplechat's messages. Before, the oldest position in the
+/// collection was taken for simplechat's first: the lab's history turned
+/// into strays at once (2 messages listed, a lab id 404) and was given
+/// positions and sent to subscribers as news at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn positions_older_than_simplechats_first_leave_the_labs_history_as_it_was() {
+    let test = "positions_older_than_simplechats_first_leave_the_labs_history_as_it_was";
+    let cluster = TestCluster::start(test).await;
+    let lab = cluster.lab_messages("foreign").await;
+    let history = lab_history(&lab, 200, 60).await;
+
+    let app = start_app(&cluster, "foreign", 20).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    let ours = app.post_message("ann", "ours").await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let mut subscriber = Subscriber::connect(&app).await;
+
+    lab.insert_one(doc! {
+        "_id": mongodb::bson::oid::ObjectId::new(),
+        "name": "someone",
+        "text": "from 1970",
+        "datetime": mongodb::bson::DateTime::now(),
+        "position": mongodb::bson::Timestamp { time: 1, increment: 1 },
+    })
+    .await
+    .expect("another client's insert");
+    // Another deployment's message, a year old, as an import writes it.
+    let year_ago = mongodb::bson::DateTime::now().timestamp_millis() - 365 * 86_400_000;
+    lab.insert_one(doc! {
+        "_id": "imported",
+        "name": "bob",
+        "text": "from the old deployment",
+        "datetime": mongodb::bson::DateTime::from_millis(year_ago),
+        "position": mongodb::bson::Timestamp {
+            time: u32::try_from(year_ago / 1000).expect("seconds"),
+            increment: 1,
+        },
+    })
+    .await
+    .expect("the import");
+
+    let mut expected = history.clone();
+    expected.push("imported".to_owned());
+    expected.push(ours.clone());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = all_ids(&app).await;
+        if listed.contains(&"imported".to_owned()) {
+            assert_eq!(listed.len(), 202, "the lab's history is listed");
+            assert_eq!(listed, expected);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the import is never listed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    until_skipped(&app, "position_before_written", 1).await;
+    assert_eq!(
+        app.get(&format!("/api/messages/{}", history[150]))
+            .await
+            .status(),
+        200,
+        "a lab message is found by its id"
+    );
+    let before_import = app
+        .get_json("/api/messages?limit=2&before=imported")
+        .await
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|m| m["id"].as_str().map(str::to_owned))
+        .collect::<Vec<_>>();
+    assert_eq!(before_import, history[198..]);
+    assert_eq!(walked_ids(&app, 50).await, expected);
+    assert_eq!(
+        lab.count_documents(doc! { "position": null })
+            .await
+            .expect("count"),
+        200,
+        "the lab's history is unchanged"
+    );
+    assert_eq!(post_with_id(&app, "next", "next").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["next"],
+        "nothing else is news"
+    );
+    app.shutdown().await;
+
+    let app = start_app(&cluster, "foreign", 20).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    expected.push("next".to_owned());
+    assert_eq!(all_ids(&app).await, expected, "after a restart");
+    assert_eq!(
+        lab.count_documents(doc! { "position": null })
+            .await
+            .expect("count"),
+        200,
+        "no position was written into the lab's history"
+    );
+    let mut replay = Subscriber::connect_to(&app, &format!("/api/events?after={ours}")).await;
+    assert_eq!(
+        replay.next_ids(1, Duration::from_secs(20)).await,
+        ["next"],
+        "a client reconnecting after our message is sent what came after it"
+    );
+    assert_eq!(post_with_id(&app, "last", "last").await, 201);
+    assert_eq!(
+        replay.next_ids(1, Duration::from_secs(20)).await,
+        ["last"],
+        "the lab's history is not sent as news"
+    );
+    assert_eq!(skipped(&app, "position_before_written").await, 1);
+    app.shutdown().await;
+}
+
+/// A document whose `position` is from the year 2096 (no cluster time can
+/// be that far ahead of the clock) is skipped alike by the cache and by
+/// reads of MongoDB, and counted: the latest page, a walk two messages at
+/// a time and a listing of a thousand show the same messages, and later
+/// posts reach subscribers as before. Before, the cache listed it between
+/// the posts before and after it while MongoDB sorted it after all of
+/// them, so a walk with `before=` missed it and a long listing showed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_far_ahead_of_the_clock_is_skipped_alike_everywhere() {
+    let test = "a_position_far_ahead_of_the_clock_is_skipped_alike_everywhere";
+    let cluster = TestCluster::start(test).await;
+    let lab = cluster.lab_messages("ahead").await;
+    let app = start_app(&cluster, "ahead", 20).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    let mut subscriber = Subscriber::connect(&app).await;
+    for id in ["a", "b"] {
+        assert_eq!(post_with_id(&app, id, id).await, 201);
+    }
+    assert_eq!(
+        subscriber.next_ids(2, Duration::from_secs(20)).await,
+        ["a", "b"]
+    );
+    let future = mongodb::bson::oid::ObjectId::new();
+    lab.insert_one(doc! {
+        "_id": future,
+        "name": "someone",
+        "text": "from 2096",
+        "datetime": mongodb::bson::DateTime::now(),
+        "position": mongodb::bson::Timestamp { time: 4_000_000_000, increment: 1 },
+    })
+    .await
+    .expect("another client's insert");
+    for id in ["c", "d"] {
+        assert_eq!(post_with_id(&app, id, id).await, 201);
+    }
+    assert_eq!(
+        subscriber.next_ids(2, Duration::from_secs(20)).await,
+        ["c", "d"],
+        "later posts are delivered in order"
+    );
+    until_skipped(&app, "position_ahead", 1).await;
+
+    let order = ["a", "b", "c", "d"];
+    assert_eq!(listed_ids(&app).await, order);
+    assert_eq!(all_ids(&app).await, order);
+    assert_eq!(walked_ids(&app, 2).await, order);
+    assert_eq!(walked_ids(&app, 1).await, order);
+    assert_eq!(
+        app.get(&format!("/api/messages/{}", future.to_hex()))
+            .await
+            .status(),
+        404
+    );
+    assert!(
+        !subscriber.arrived().contains(&future.to_hex()),
+        "never sent to subscribers"
+    );
+    app.shutdown().await;
+
+    // A new instance, which reads it from MongoDB only, agrees.
+    let app = start_app(&cluster, "ahead", 20).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    assert_eq!(listed_ids(&app).await, order);
+    assert_eq!(walked_ids(&app, 2).await, order);
+    assert_eq!(skipped(&app, "position_ahead").await, 1);
+    app.shutdown().await;
+}
+
+/// A store that an earlier simplechat wrote before where its history
+/// begins was recorded, and where another client has since written a
+/// position from 1970: the first instance takes simplechat's oldest real
+/// position as the beginning, records it, and the lab's history stays
+/// history. Before, the 1970 position was taken for simplechat's first: at
+/// start every lab message was given a position and listed after
+/// simplechat's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_the_record_begins_at_its_oldest_real_position() {
+    let test = "a_store_without_the_record_begins_at_its_oldest_real_position";
+    let cluster = TestCluster::start(test).await;
+    let lab = cluster.lab_messages("unrecorded").await;
+    let mut expected = lab_history(&lab, 20, 3600).await;
+    let then = mongodb::bson::DateTime::now().timestamp_millis() - 1_800_000;
+    let first = mongodb::bson::Timestamp {
+        time: u32::try_from(then / 1000).expect("seconds"),
+        increment: 1,
+    };
+    lab.insert_one(doc! {
+        "_id": "earlier",
+        "name": "ann",
+        "text": "stored by an earlier simplechat",
+        "datetime": mongodb::bson::DateTime::from_millis(then),
+        "position": first,
+    })
+    .await
+    .expect("an earlier simplechat's message");
+    lab.insert_one(doc! {
+        "_id": mongodb::bson::oid::ObjectId::new(),
+        "name": "someone",
+        "text": "from 1970",
+        "datetime": mongodb::bson::DateTime::now(),
+        "position": mongodb::bson::Timestamp { time: 1, increment: 1 },
+    })
+    .await
+    .expect("another client's insert");
+    expected.push("earlier".to_owned());
+
+    let app = start_app(&cluster, "unrecorded", 20).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    assert_eq!(all_ids(&app).await, expected);
+    assert_eq!(
+        lab.count_documents(doc! { "position": null })
+            .await
+            .expect("count"),
+        20,
+        "no position was written into the lab's history"
+    );
+    assert_eq!(skipped(&app, "position_before_written").await, 1);
+    let record = lab
+        .client()
+        .database("unrecorded")
+        .collection::<Document>("simplechat_meta")
+        .find_one(doc! { "_id": "history" })
+        .await
+        .expect("read")
+        .expect("recorded");
+    assert_eq!(record.get_timestamp("first_position"), Ok(first));
+    app.shutdown().await;
+}

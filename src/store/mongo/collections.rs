@@ -1,7 +1,8 @@
 //! The messages collection as the store reads and writes it: one handle per
 //! read preference, and the reads that walk the store order.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::TryStreamExt;
@@ -13,7 +14,7 @@ use mongodb::options::{
 use mongodb::Collection;
 
 use super::document::{self, Direction, DocId, MessageDoc, Range};
-use super::skipped::SkippedDocuments;
+use super::skipped::{self, SkippedDocuments};
 use crate::mongo::{classify, Class, Connection};
 
 /// What one page of a read saw.
@@ -33,26 +34,49 @@ pub(super) struct Collections {
     /// the primary: a document still waiting for its majority must not be
     /// reported as stored.
     messages_on_primary: Collection<Document>,
-    /// Where strays begin ([`Collections::strays_from`]), once known: it
-    /// never moves.
-    strays_from: OnceLock<ObjectId>,
+    /// simplechat's own records ([`META_COLLECTION`]), read and written
+    /// as `messages` is.
+    meta: Collection<Document>,
+    meta_on_primary: Collection<Document>,
+    /// Where simplechat's first position is kept once known
+    /// ([`Collections::history_from`]), and what decides whether a
+    /// document is a message.
+    skipped: Arc<SkippedDocuments>,
+    /// Whether a refusal to record it has been logged.
+    record_refusal_logged: AtomicBool,
 }
+
+/// The collection of simplechat's own records, beside `messages`: no read
+/// of messages meets them, and the change stream does not watch it.
+pub(super) const META_COLLECTION: &str = "simplechat_meta";
+/// The record of where simplechat's history begins:
+/// `{_id: "history", first_position: <Timestamp>}`.
+const HISTORY_RECORD: &str = "history";
+const FIRST_POSITION: &str = "first_position";
+/// How many of the oldest positions are looked at for a plausible one
+/// ([`Collections::oldest_position`]).
+const OLDEST_SCAN: i64 = 1000;
 
 impl Collections {
     /// Write concern `majority` + journal with `write_timeout` as wtimeout;
     /// read concern `majority`
     /// (<https://www.mongodb.com/docs/manual/reference/write-concern/>,
     /// <https://www.mongodb.com/docs/manual/reference/read-concern-majority/>).
-    pub(super) fn new(conn: Connection, database: &str, write_timeout: Duration) -> Collections {
+    pub(super) fn new(
+        conn: Connection,
+        database: &str,
+        write_timeout: Duration,
+        skipped: Arc<SkippedDocuments>,
+    ) -> Collections {
         let db = conn.client.database(database);
         let write_concern = WriteConcern::builder()
             .w(Acknowledgment::Majority)
             .journal(true)
             .w_timeout(write_timeout)
             .build();
-        let with = |preference: ReadPreference| {
+        let with = |name: &str, preference: ReadPreference| {
             db.collection_with_options(
-                document::COLLECTION,
+                name,
                 CollectionOptions::builder()
                     .write_concern(write_concern.clone())
                     .read_concern(ReadConcern::majority())
@@ -60,13 +84,15 @@ impl Collections {
                     .build(),
             )
         };
-        let messages = with(ReadPreference::PrimaryPreferred { options: None });
-        let messages_on_primary = with(ReadPreference::Primary);
+        let preferred = || ReadPreference::PrimaryPreferred { options: None };
         Collections {
             conn,
-            messages,
-            messages_on_primary,
-            strays_from: OnceLock::new(),
+            messages: with(document::COLLECTION, preferred()),
+            messages_on_primary: with(document::COLLECTION, ReadPreference::Primary),
+            meta: with(META_COLLECTION, preferred()),
+            meta_on_primary: with(META_COLLECTION, ReadPreference::Primary),
+            skipped,
+            record_refusal_logged: AtomicBool::new(false),
         }
     }
 
@@ -212,43 +238,115 @@ impl Collections {
             .map_err(|e| self.class(&e))
     }
 
-    /// Where strays begin: the first ObjectId of the second after that of
-    /// the oldest position (a position is the primary's cluster time, its
-    /// seconds on the primary's clock). A document of that very second may
-    /// have been there before the first message, so it stays history.
-    /// `None` while no message has a position: every document without one
-    /// is then history. Asked of the store until it is known, then
-    /// remembered: the oldest position does not move.
+    /// Where strays begin ([`document::strays_from`] of
+    /// [`Collections::history_from`]). `None` while that is not known:
+    /// every document without a position is then history.
     pub(super) async fn strays_from(&self) -> Result<Option<ObjectId>, Class> {
-        if let Some(from) = self.strays_from.get() {
-            return Ok(Some(*from));
-        }
-        let Some(oldest) = self.oldest_position().await? else {
-            return Ok(None);
-        };
-        let mut bytes = [0u8; 12];
-        bytes[..4].copy_from_slice(&oldest.time.saturating_add(1).to_be_bytes());
-        Ok(Some(
-            *self.strays_from.get_or_init(|| ObjectId::from_bytes(bytes)),
-        ))
+        Ok(self.history_from().await?.map(document::strays_from))
     }
 
-    /// The oldest `position` of any document: that of the first message
-    /// simplechat stored. `None` while no document has one. An empty
-    /// timestamp (which mongod fills in at insert) does not count.
+    /// Where simplechat's history begins: its first position in this
+    /// deployment, or, on a collection that had no position when
+    /// simplechat first looked, the cluster time of that look. It never
+    /// moves: documents written later with older positions (an import of
+    /// another deployment's messages, or one written by hand) must not
+    /// turn the lab's history into strays. So it is recorded once, in
+    /// [`META_COLLECTION`], with write concern majority and journal (the
+    /// collection's: <https://www.mongodb.com/docs/manual/reference/write-concern/>),
+    /// and read back from there, with read concern majority
+    /// (<https://www.mongodb.com/docs/manual/reference/read-concern-majority/>),
+    /// so a rollback cannot take it back and every instance reads the
+    /// same. Only a store without the record computes it
+    /// ([`Collections::oldest_position`]); instances that do so at once
+    /// race to insert it under one `_id`, the losers get a duplicate key
+    /// and read the winner's. Remembered once read (in `skipped`).
+    ///
+    /// `None` while it cannot be recorded or read back (no primary): the
+    /// computed value is used for that read, not remembered.
+    pub(super) async fn history_from(&self) -> Result<Option<Timestamp>, Class> {
+        if let Some(from) = self.skipped.history_from() {
+            return Ok(Some(from));
+        }
+        if let Some(from) = self.recorded_history_from(&self.meta).await? {
+            return Ok(Some(self.skipped.set_history_from(from)));
+        }
+        let computed = self.oldest_position().await?;
+        // An empty timestamp in a top-level field is replaced by the
+        // cluster time at the insert
+        // (<https://www.mongodb.com/docs/manual/reference/bson-types/#timestamps>):
+        // on a collection with no position yet, history is what was there
+        // when simplechat first looked.
+        let empty = Timestamp {
+            time: 0,
+            increment: 0,
+        };
+        let record = doc! { "_id": HISTORY_RECORD, FIRST_POSITION: computed.unwrap_or(empty) };
+        match self
+            .meta
+            .insert_one(record)
+            .await
+            .map_err(|e| self.class(&e))
+        {
+            Ok(_) | Err(Class::Duplicate) => {}
+            Err(Class::Fatal(why)) => {
+                if self.record_refusal_logged.swap(true, Ordering::Relaxed) {
+                    return Ok(computed);
+                }
+                log::warn!(
+                    "cannot record where simplechat's history begins in the {META_COLLECTION} collection ({why}); it is computed again at each read, and moves if documents with older positions are written"
+                );
+                return Ok(computed);
+            }
+            Err(_) => return Ok(computed),
+        }
+        match self.recorded_history_from(&self.meta_on_primary).await? {
+            Some(from) => Ok(Some(self.skipped.set_history_from(from))),
+            None => Ok(computed),
+        }
+    }
+
+    /// The recorded first position, if any.
+    async fn recorded_history_from(
+        &self,
+        meta: &Collection<Document>,
+    ) -> Result<Option<Timestamp>, Class> {
+        let record = meta
+            .find_one(doc! { "_id": HISTORY_RECORD })
+            .await
+            .map_err(|e| self.class(&e))?;
+        Ok(record
+            .and_then(|d| d.get_timestamp(FIRST_POSITION).ok())
+            .filter(|t| t.time != 0 || t.increment != 0))
+    }
+
+    /// The oldest `position` that MongoDB could have given
+    /// ([`document::Position::impossible`], nothing known yet of where
+    /// history begins): that of the first message simplechat stored, on a
+    /// store that has no record of it yet (one written before the record
+    /// existed). Up to [`OLDEST_SCAN`] of the oldest are looked at. `None`
+    /// while no document has one. An empty timestamp (which mongod fills in
+    /// at insert) does not count.
     async fn oldest_position(&self) -> Result<Option<Timestamp>, Class> {
         let empty = Timestamp {
             time: 0,
             increment: 0,
         };
-        let first = self
+        let mut cursor = self
             .messages
-            .find_one(doc! { document::POSITION: { "$gt": empty } })
+            .find(doc! { document::POSITION: { "$gt": empty } })
             .sort(document::sort(Direction::Newer))
-            .projection(doc! { document::POSITION: 1 })
+            .projection(doc! { "_id": 1, "datetime": 1, document::POSITION: 1 })
+            .limit(OLDEST_SCAN)
             .await
             .map_err(|e| self.class(&e))?;
-        Ok(first.and_then(|d| d.get_timestamp(document::POSITION).ok()))
+        let now = skipped::now_secs();
+        while let Some(d) = cursor.try_next().await.map_err(|e| self.class(&e))? {
+            match document::sort_key(&d) {
+                Some(at) if at.impossible(None, now).is_none() => return Ok(at.stamp),
+                _ => {}
+            }
+        }
+        Ok(None)
     }
 
     /// Up to `limit` documents without a `position` whose `_id` is an

@@ -118,6 +118,13 @@ pub enum Malformed {
     Datetime,
     /// `position` is there but not a timestamp.
     Position,
+    /// `position` is further ahead of the clock than any cluster time can
+    /// be ([`AHEAD_LIMIT_SECS`]).
+    PositionAhead,
+    /// `position` is before simplechat's first and more than
+    /// [`WRITTEN_MARGIN_SECS`] before the time the document's own ObjectId
+    /// or `datetime` says it was written ([`Position::impossible`]).
+    PositionBeforeWritten,
 }
 
 impl Malformed {
@@ -130,9 +137,48 @@ impl Malformed {
             Malformed::Text => "text",
             Malformed::Datetime => "datetime",
             Malformed::Position => "position",
+            Malformed::PositionAhead => "position_ahead",
+            Malformed::PositionBeforeWritten => "position_before_written",
+        }
+    }
+
+    /// What the kind means, for the log.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Malformed::IdType => "an _id that is neither a string nor an ObjectId",
+            Malformed::IdText => "a string _id no message id can be",
+            Malformed::Name => "a missing name, or one that is no string",
+            Malformed::Text => "a missing text, or one that is no string",
+            Malformed::Datetime => "a missing datetime, or one that is no date of the years 0000 to 9999",
+            Malformed::Position => "a position that is neither null nor a timestamp",
+            Malformed::PositionAhead => {
+                "a position more than a year ahead of the clock, which no MongoDB cluster time can be"
+            }
+            Malformed::PositionBeforeWritten => {
+                "a position before simplechat's first message and more than a day before the document's own ObjectId or datetime says it was written"
+            }
         }
     }
 }
+
+/// How far ahead of this instance's clock, in seconds, a `position` can
+/// be: mongod does not let its cluster time (which every position is)
+/// advance more than `maxAcceptableLogicalClockDriftSecs` (default one
+/// year) past its wall clock
+/// (<https://www.mongodb.com/docs/manual/reference/parameters/#mongodb-parameter-param.maxAcceptableLogicalClockDriftSecs>),
+/// plus a day for this instance's clock against the primary's. A position
+/// further ahead was written by hand (or by another program), and has no
+/// place the cache and MongoDB's sort could agree on: every later message
+/// would sort before it.
+pub const AHEAD_LIMIT_SECS: i64 = 366 * 86_400;
+
+/// How much earlier, in seconds, than the time a document says it was
+/// written (its ObjectId's second, or its `datetime`) its `position` may be.
+/// A position is the primary's cluster time when the document was inserted
+/// (or, for the lab's documents, positioned later), so it comes after
+/// both, but on other clocks: the lab stored naive local times (up to 14
+/// hours ahead of UTC), and machines' clocks differ.
+pub const WRITTEN_MARGIN_SECS: i64 = 86_400;
 
 /// The datetimes the API can show, in ms since the epoch: RFC 3339 writes
 /// a year in four digits (`date-fullyear = 4DIGIT`,
@@ -416,6 +462,39 @@ pub struct Position {
 }
 
 impl Position {
+    /// Why this position cannot be one MongoDB gave, if it cannot:
+    /// - more than [`AHEAD_LIMIT_SECS`] ahead of `now_secs` (this
+    ///   instance's clock, in seconds since the epoch): no cluster time is;
+    /// - before `history_from` (simplechat's first position; `None` to
+    ///   check every position, as the search for that first one does) and
+    ///   more than [`WRITTEN_MARGIN_SECS`] before the second its ObjectId
+    ///   `_id` was made or its `datetime`: taken before the document was
+    ///   written.
+    ///
+    /// Positions from `history_from` on were taken by this deployment, so
+    /// they are not checked against the document's own times: a post may
+    /// have an id of 24 hex digits from any second, and a lab document
+    /// positioned by simplechat may carry any `datetime`. Positions before
+    /// it are another deployment's (an import, a restore) or written by
+    /// hand.
+    pub fn impossible(&self, history_from: Option<Timestamp>, now_secs: i64) -> Option<Malformed> {
+        let stamp = self.stamp?;
+        let secs = i64::from(stamp.time);
+        if secs > now_secs.saturating_add(AHEAD_LIMIT_SECS) {
+            return Some(Malformed::PositionAhead);
+        }
+        if history_from.is_some_and(|from| stamp_key(&Some(stamp)) >= stamp_key(&Some(from))) {
+            return None;
+        }
+        let id_secs = match &self.id {
+            DocId::ObjectId(oid) => oid.timestamp().timestamp_millis().div_euclid(1000),
+            DocId::Text(_) => i64::MIN,
+        };
+        let written = id_secs.max(self.millis.div_euclid(1000));
+        (written > secs.saturating_add(WRITTEN_MARGIN_SECS))
+            .then_some(Malformed::PositionBeforeWritten)
+    }
+
     /// A position at or before every message stored up to `margin_ms`
     /// before this one (in cluster time for positioned messages, in
     /// `datetime` for the others).
@@ -552,6 +631,16 @@ pub fn well_typed() -> Document {
 /// <https://www.mongodb.com/docs/manual/reference/method/db.collection.find/#type-bracketing>).
 pub fn not_stray(from: ObjectId) -> Document {
     doc! { "$nor": [ { POSITION: Bson::Null, "_id": { "$gte": from } } ] }
+}
+
+/// The first ObjectId of the second after `history_from`'s: where strays
+/// begin (the change stream's module docs). A document of that very second
+/// may have been there before simplechat's first message, so it stays
+/// history.
+pub fn strays_from(history_from: Timestamp) -> ObjectId {
+    let mut bytes = [0u8; 12];
+    bytes[..4].copy_from_slice(&history_from.time.saturating_add(1).to_be_bytes());
+    ObjectId::from_bytes(bytes)
 }
 
 /// The documents [`well_typed`] leaves out.
@@ -874,6 +963,95 @@ mod tests {
         let p = at(Some((100, 3)), 9, text("m"));
         assert!(p.earlier_by(5000) < at(Some((95, 1)), i64::MIN + 1, text("")));
         assert!(p.earlier_by(5000) > at(Some((94, 9)), 0, text("")));
+    }
+
+    /// A position more than a year and a day ahead of the clock, or one
+    /// before simplechat's first that is more than a day older than its
+    /// own document, is no position MongoDB gave; one of this deployment
+    /// (from simplechat's first on) is never checked against the
+    /// document's times.
+    #[test]
+    fn positions_no_mongodb_could_give_are_named() {
+        let now = 1_800_000_000_i64;
+        let secs = |s: i64| u32::try_from(s).unwrap();
+        let oid_at = |s: i64| {
+            let mut bytes = [1u8; 12];
+            bytes[..4].copy_from_slice(&secs(s).to_be_bytes());
+            DocId::ObjectId(ObjectId::from_bytes(bytes))
+        };
+        let first = Some(Timestamp {
+            time: secs(now - 1000),
+            increment: 1,
+        });
+        let text = |s: &str| DocId::Text(s.into());
+        let check = |stamp: i64, millis: i64, id: DocId, from| {
+            at(Some((secs(stamp), 1)), millis, id).impossible(from, now)
+        };
+        // Ahead of the clock: a year and a day is the limit.
+        assert_eq!(
+            check(4_000_000_000, 0, text("x"), first),
+            Some(Malformed::PositionAhead)
+        );
+        assert_eq!(check(now + AHEAD_LIMIT_SECS, 0, text("x"), first), None);
+        assert_eq!(
+            check(now + AHEAD_LIMIT_SECS + 1, 0, text("x"), first),
+            Some(Malformed::PositionAhead)
+        );
+        // Before the first, and before its own ObjectId or datetime.
+        let day = WRITTEN_MARGIN_SECS;
+        assert_eq!(
+            check(1, now * 1000, oid_at(now), first),
+            Some(Malformed::PositionBeforeWritten)
+        );
+        assert_eq!(
+            check(1, 0, oid_at(now), None),
+            Some(Malformed::PositionBeforeWritten)
+        );
+        assert_eq!(
+            check(1, now * 1000, text("x"), first),
+            Some(Malformed::PositionBeforeWritten)
+        );
+        assert_eq!(
+            check(
+                now - 2000,
+                (now - 2000 + day) * 1000,
+                oid_at(now - 2000 + day),
+                first
+            ),
+            None
+        );
+        assert_eq!(
+            check(now - 2000, 0, oid_at(now - 2000 + day + 1), first),
+            Some(Malformed::PositionBeforeWritten)
+        );
+        // An import: older than the first, agreeing with its own times.
+        assert_eq!(
+            check(
+                now - 86_400 * 365,
+                (now - 86_400 * 365) * 1000,
+                oid_at(now - 86_400 * 365),
+                first
+            ),
+            None
+        );
+        // From the first on, a post's id or a lab datetime may say anything.
+        assert_eq!(
+            check(now - 1000, i64::MAX / 2, oid_at(now + 10 * day), first),
+            None
+        );
+        assert_eq!(check(now, 0, oid_at(i64::from(u32::MAX)), first), None);
+        // No position: nothing to check.
+        assert_eq!(at(None, 0, oid_at(now)).impossible(first, now), None);
+    }
+
+    #[test]
+    fn strays_begin_the_second_after_the_first_position() {
+        let from = strays_from(Timestamp {
+            time: 1_700_000_000,
+            increment: 9,
+        });
+        assert_eq!(from.bytes()[..4], 1_700_000_001_u32.to_be_bytes());
+        assert_eq!(from.bytes()[4..], [0u8; 8]);
     }
 
     #[test]

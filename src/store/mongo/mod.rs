@@ -92,7 +92,7 @@ pub(crate) struct Shared {
     /// datetimes never go back within an instance.
     last_datetime: AtomicI64,
     change_stream: ChangeStreamHealth,
-    skipped: SkippedDocuments,
+    skipped: Arc<SkippedDocuments>,
     index_error: Mutex<Option<String>>,
     tasks: Tasks,
 }
@@ -116,7 +116,7 @@ impl MongoStore {
             connect_error: Mutex::new(None),
             last_datetime: AtomicI64::new(0),
             change_stream: ChangeStreamHealth::default(),
-            skipped: SkippedDocuments::default(),
+            skipped: Arc::default(),
             index_error: Mutex::new(None),
             tasks: Tasks::default(),
         });
@@ -127,7 +127,12 @@ impl MongoStore {
             Ok(Ok((options, login))) => {
                 let conn =
                     mongo::connect(options, login, Purpose::Store).map_err(StoreError::Internal)?;
-                shared.start(Collections::new(conn, database, write_timeout));
+                shared.start(Collections::new(
+                    conn,
+                    database,
+                    write_timeout,
+                    shared.skipped.clone(),
+                ));
             }
             Ok(Err(e)) if !uri.trim_start().starts_with("mongodb+srv://") => {
                 return Err(StoreError::Internal(e));
@@ -183,7 +188,12 @@ impl Shared {
             };
             match made {
                 Ok(conn) => {
-                    self.start(Collections::new(conn, &self.database, self.write_timeout));
+                    self.start(Collections::new(
+                        conn,
+                        &self.database,
+                        self.write_timeout,
+                        self.skipped.clone(),
+                    ));
                     return;
                 }
                 Err(e) => self.set_connect_error(Some(e)),

@@ -4,9 +4,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use mongodb::bson::{Bson, Document};
+use mongodb::bson::{Bson, Document, Timestamp};
 
 use super::collections::Collections;
 use super::document::{Malformed, MessageDoc};
@@ -16,13 +16,21 @@ use super::Shared;
 /// stop growing (a log line says so once).
 const REMEMBERED: usize = 10_000;
 
-/// The skipped documents seen so far. A std `Mutex`: held only to update a
-/// count, never across `.await`.
+/// The skipped documents seen so far, and what decides whether a
+/// `position` can be real. A std `Mutex`: held only to update a count,
+/// never across `.await`.
 #[derive(Default)]
 pub(super) struct SkippedDocuments {
     seen: Mutex<Seen>,
     /// Whether a message shown cut has been logged.
     altered_logged: AtomicBool,
+    /// simplechat's first position in this deployment, once known
+    /// ([`Collections::strays_from`]): positions before it are checked
+    /// against the document's own times ([`Position::impossible`]).
+    ///
+    /// [`Collections::strays_from`]: super::collections::Collections::strays_from
+    /// [`Position::impossible`]: super::document::Position::impossible
+    history_from: OnceLock<Timestamp>,
 }
 
 #[derive(Default)]
@@ -35,8 +43,26 @@ struct Seen {
 impl SkippedDocuments {
     /// The message in `doc` (a name or text no post could have cut or
     /// mended, logged once), or `None` after counting why it is not one.
+    /// A `position` no MongoDB could have given ([`Position::impossible`])
+    /// makes it no message: every read, the cache's and MongoDB's, leaves
+    /// it out alike, so it has no place in one and another in the other.
+    ///
+    /// [`Position::impossible`]: super::document::Position::impossible
     pub(super) fn keep(&self, doc: Document) -> Option<MessageDoc> {
-        match MessageDoc::from_document(&doc) {
+        // Until simplechat's first position is known, no position is
+        // taken for one before it: a document is not skipped one moment and
+        // listed the next.
+        let first = self.history_from().unwrap_or(Timestamp {
+            time: 0,
+            increment: 0,
+        });
+        let read = MessageDoc::from_document(&doc).and_then(|message| {
+            match message.position().impossible(Some(first), now_secs()) {
+                Some(why) => Err(why),
+                None => Ok(message),
+            }
+        });
+        match read {
             Ok(message) => {
                 if message.altered && !self.altered_logged.swap(true, Ordering::Relaxed) {
                     log::info!(
@@ -62,10 +88,24 @@ impl SkippedDocuments {
         *count += 1;
         if *count == 1 {
             log::warn!(
-                "skipping documents in the messages collection that are not messages ({}); /api/status counts them",
-                why.kind()
+                "skipping documents in the messages collection that are not messages ({}: {}); /api/status counts them",
+                why.kind(),
+                why.meaning()
             );
         }
+    }
+
+    /// simplechat's first position, once known.
+    pub(super) fn history_from(&self) -> Option<Timestamp> {
+        self.history_from.get().copied()
+    }
+
+    /// Sets simplechat's first position; only the first call counts (it
+    /// never moves: [`Collections::strays_from`]).
+    ///
+    /// [`Collections::strays_from`]: super::collections::Collections::strays_from
+    pub(super) fn set_history_from(&self, from: Timestamp) -> Timestamp {
+        *self.history_from.get_or_init(|| from)
     }
 
     /// Distinct skipped documents per kind (`id_type`, `name`, ...).
@@ -76,6 +116,13 @@ impl SkippedDocuments {
             .counts
             .clone()
     }
+}
+
+/// This instance's clock, in seconds since the epoch.
+pub(super) fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Counts, once at start, the documents whose `_id`, `datetime` or
