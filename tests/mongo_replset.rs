@@ -231,6 +231,189 @@ async fn unreachable_members_are_a_clear_error() {
     }
 }
 
+/// A name with an empty label, the typo `storage2..local`: glibc's
+/// resolver refuses it without asking a name server (it cannot be put in
+/// a DNS query), so the lookup says "does not exist" at once, with or
+/// without a network, as a misspelled name in /etc/hosts' domain does.
+const TYPO: &str = "storage2..local";
+
+/// `args` with a wait bound the test could never sit out: the command must
+/// end on the resolution error, not on its wait (the harness's own timeout
+/// is the guard).
+fn with_long_wait(mut args: Vec<String>) -> Vec<String> {
+    args.extend(["--wait-secs".to_string(), "3600".to_string()]);
+    args
+}
+
+/// The member init connects to must resolve from here: a typo in its name
+/// is said at once, naming the member as written, with what to check, and
+/// nothing is initiated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_says_at_once_that_the_first_member_does_not_resolve() {
+    let cluster =
+        TestCluster::start_uninitiated("init_says_at_once_that_the_first_member_does_not_resolve")
+            .await;
+    let hosts = cluster.hosts();
+    let port = hosts[0].rsplit_once(':').unwrap().1;
+    let written = format!("Storage1..Local:{port}");
+    let mut members = hosts.clone();
+    members[0] = written.clone();
+    let o = simplechat(with_long_wait(init_args(&members)), &[]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "simplechat: member {written} does not resolve from this machine ("
+        )),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        err.contains("check its spelling, and /etc/hosts or DNS on this machine")
+            && err.contains("Nothing changed"),
+        "{}",
+        text(&o)
+    );
+    assert!(!err.contains("did not answer within"), "{}", text(&o));
+    assert!(o.stdout.is_empty(), "no wait was announced: {}", text(&o));
+    // Nothing was initiated: the right names still initiate the set.
+    let init = simplechat(init_args(&hosts), &[]).await;
+    assert!(
+        String::from_utf8_lossy(&init.stdout).contains(" initiated with members"),
+        "{}",
+        text(&init)
+    );
+}
+
+/// Another member is resolved by mongod, not by init: a name that does not
+/// resolve here is a warning, at once, and mongod's own answer is relayed,
+/// the member named with what to check. A set is initiated only when every
+/// member answers the first (mongod's quorum check), so mongod refuses
+/// this one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_leaves_another_member_that_does_not_resolve_here_to_mongod() {
+    let cluster = TestCluster::start_uninitiated(
+        "init_leaves_another_member_that_does_not_resolve_here_to_mongod",
+    )
+    .await;
+    let hosts = cluster.hosts();
+    let mut members = hosts.clone();
+    members[1] = TYPO.to_owned();
+    let o = simplechat(with_long_wait(init_args(&members)), &[]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.starts_with(&format!(
+            "warning: member {TYPO} does not resolve from this machine ("
+        )) && out.contains(&format!("mongod at {}", hosts[0])),
+        "{}",
+        text(&o)
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // mongod's answer: its quorum check names the member and its resolver's
+    // error (`HostNotFound`, "Could not find address for ...").
+    assert!(
+        err.contains(&format!(
+            "NodeNotFound (74): replSetInitiate quorum check failed because not all proposed set \
+             members responded affirmatively: {TYPO}:27017 failed with Could not find address \
+             for {TYPO}:27017"
+        )),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        err.ends_with(&format!(
+            "{TYPO} did not resolve from this machine either: check the spelling, and /etc/hosts \
+             or DNS on the members\n"
+        )),
+        "{}",
+        text(&o)
+    );
+    assert!(!err.contains("did not answer within"), "{}", text(&o));
+    let init = simplechat(init_args(&hosts), &[]).await;
+    assert!(
+        String::from_utf8_lossy(&init.stdout).contains(" initiated with members"),
+        "{}",
+        text(&init)
+    );
+}
+
+/// plan and apply check a new member from here before adding it (mongod
+/// would add one nobody can reach): one whose name does not resolve is
+/// refused at once, and a set none of whose declared members resolves is
+/// not waited for; `status` likewise for a URI none of whose hosts does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_and_status_say_at_once_that_names_do_not_resolve() {
+    let cluster =
+        TestCluster::start("membership_and_status_say_at_once_that_names_do_not_resolve").await;
+    let hosts = cluster.hosts();
+    let members_args = |verb: &str, members: &[String]| {
+        let mut args: Vec<String> = ["replset", verb, "--name", SET_NAME]
+            .map(String::from)
+            .to_vec();
+        for m in members {
+            args.extend(["--member".to_string(), m.clone()]);
+        }
+        args.push("--allow-even-voters".into());
+        with_long_wait(args)
+    };
+    let mut grown = hosts.clone();
+    grown.push(TYPO.to_owned());
+    for verb in ["plan", "apply"] {
+        let o = simplechat(members_args(verb, &grown), &[]).await;
+        assert_eq!(o.status.code(), Some(1), "{verb}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.starts_with(&format!(
+                "simplechat: cannot add {TYPO}:27017: its name does not resolve from this machine ("
+            )) && err.contains("check its spelling, and /etc/hosts or DNS here"),
+            "{verb}: {}",
+            text(&o)
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    let typos: Vec<String> = (1..=3).map(|i| format!("storage{i}..local")).collect();
+    let o = simplechat(members_args("apply", &typos), &[]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "simplechat: no --member resolves from this machine: {} (",
+            typos.join(", ")
+        )) && err.contains("nothing changed"),
+        "{}",
+        text(&o)
+    );
+    assert!(o.stdout.is_empty(), "no wait was announced: {}", text(&o));
+
+    let o = simplechat(
+        status_args(format!(
+            "mongodb://{TYPO},{TYPO}:27018/?replicaSet={SET_NAME}"
+        )),
+        &[],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "simplechat: no host in the connection string resolves from this machine: \
+             {TYPO}:27017, {TYPO}:27018 ("
+        )),
+        "{}",
+        text(&o)
+    );
+    // Nothing changed.
+    let o = simplechat(members_args("plan", &hosts), &[]).await;
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("nothing to do"),
+        "{}",
+        text(&o)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_prints_every_member() {
     let cluster = TestCluster::start("status_prints_every_member").await;

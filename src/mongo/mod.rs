@@ -7,11 +7,13 @@
 
 pub mod client;
 pub mod errors;
+pub mod resolve;
 pub mod status;
 pub mod topology;
 pub mod uri;
 
 pub use client::{bound_waits, connect, options, Connection, Login, Purpose};
 pub use errors::{classify, reason, Class};
+pub use resolve::{lookup, none_resolves, Lookup};
 pub use status::{status_of, status_while_serving, MemberStatus, ReplicaSetStatus};
 pub use topology::{ServerSnapshot, TopologySnapshot, TopologyView};

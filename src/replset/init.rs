@@ -13,6 +13,7 @@ use mongodb::error::Error;
 use mongodb::options::{ClientOptions, ServerAddress};
 use tokio::time::Instant;
 
+use super::announced;
 use super::config;
 use super::user;
 use super::InitRequest;
@@ -22,7 +23,9 @@ use crate::mongo::errors::codes::{
 };
 use crate::mongo::errors::command_code as code;
 use crate::mongo::errors::{user_database_hint, Signals};
-use crate::mongo::{bound_waits, connect, options, reason, Connection, Login, Purpose};
+use crate::mongo::{
+    bound_waits, connect, lookup, options, reason, Connection, Login, Lookup, Purpose,
+};
 use crate::retry::{poll_until, Check, PollError};
 
 /// How long each step may wait, as a whole.
@@ -49,8 +52,24 @@ impl Waits {
 }
 
 struct Member {
+    /// Normalized ([`config::normalize_member`]): what the configuration
+    /// names it.
     host: String,
+    /// As `--member` gave it, for the messages that ask to fix it.
+    written: String,
+    address: ServerAddress,
     conn: Connection,
+}
+
+/// Why a member did not answer, as a wait reads it.
+enum Silence {
+    /// It refused the credentials: no wait cures that.
+    Refused(String),
+    /// The resolver says its name does not exist here: no wait cures that
+    /// either ([`Lookup::NoSuchName`]).
+    NoSuchName(String),
+    /// Anything else: it may still be starting.
+    NotYet(String),
 }
 
 impl Member {
@@ -114,33 +133,49 @@ impl Member {
         }
     }
 
+    /// Why the member did not answer `e`, looking its name up again when
+    /// the credentials are not the cause: a resolver that did not answer
+    /// at first may answer later that the name does not exist.
+    async fn silence(&self, e: &Error) -> Silence {
+        if let Some(why) = self.refused(e) {
+            return Silence::Refused(why);
+        }
+        match lookup(&self.address).await {
+            Lookup::NoSuchName(why) => Silence::NoSuchName(why),
+            _ => Silence::NotYet(self.why(e)),
+        }
+    }
+
+    /// The error when the first member's name does not resolve here. init
+    /// connects to it from this machine, through the system resolver as
+    /// the driver does ([`crate::mongo::resolve`]), so no wait helps.
+    fn unresolvable_first(&self, why: &str) -> String {
+        format!(
+            "member {} does not resolve from this machine ({why}): init connects to the first \
+             --member from here, so its name must resolve here, to the mongod that is to \
+             initiate the set; check its spelling, and /etc/hosts or DNS on this machine. \
+             Nothing changed",
+            self.written
+        )
+    }
+
+    /// The warning when another member's name does not resolve here.
+    fn unresolvable_other(&self, first: &Member, why: &str) -> String {
+        format!(
+            "warning: member {} does not resolve from this machine ({why}), so init cannot \
+             check it from here; mongod at {} resolves every member itself when it checks the \
+             configuration, and a name may resolve on the members and not here, so init leaves \
+             it to mongod, which refuses the set if it cannot reach a member",
+            self.written, first.host
+        )
+    }
+
     async fn close(self) {
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
             self.conn.client.shutdown().immediate(true),
         )
         .await;
-    }
-}
-
-/// How long a wait may go unannounced: a member that answers at once
-/// needs no line, one still starting gets one while it is waited for.
-const ANNOUNCE_AFTER: Duration = Duration::from_millis(500);
-
-/// Runs `wait`; if it has not finished after [`ANNOUNCE_AFTER`], says once
-/// through `progress` what it waits for and how long it may take.
-async fn announced<T>(
-    wait: impl std::future::Future<Output = T>,
-    progress: &dyn Fn(&str),
-    line: impl FnOnce() -> String,
-) -> T {
-    let mut wait = std::pin::pin!(wait);
-    match tokio::time::timeout(ANNOUNCE_AFTER, &mut wait).await {
-        Ok(out) => out,
-        Err(_) => {
-            progress(&line());
-            wait.await
-        }
     }
 }
 
@@ -179,13 +214,16 @@ pub async fn init(
     // The driver's own waits (5 s by default) must not outlast ours.
     bound_waits(&mut base, waits.members.min(waits.primary));
     let mut all = Vec::with_capacity(members.len());
-    for host in &members {
+    for (host, written) in members.iter().zip(&request.members) {
         let mut o = base.clone();
-        o.hosts = vec![ServerAddress::parse(host)
-            .map_err(|e| format!("member {host}: {}", reason(&e, login.secret.as_deref())))?];
+        let address = ServerAddress::parse(host)
+            .map_err(|e| format!("member {host}: {}", reason(&e, login.secret.as_deref())))?;
+        o.hosts = vec![address.clone()];
         let conn = connect(o, login.clone(), Purpose::Direct)?;
         all.push(Member {
             host: host.clone(),
+            written: written.trim().to_owned(),
+            address,
             conn,
         });
     }
@@ -218,9 +256,12 @@ async fn run(
 ) -> Result<String, String> {
     let name = request.name.as_str();
     let first = &members[0];
+    // Every name is looked up before any wait, so that a typo is told at
+    // once rather than after the wait bound.
+    let mut unresolved = unresolvable(members, progress).await?;
     let deadline = Instant::now() + waits.members;
-    let state = announced(first_member_state(first, deadline, waits), progress, || {
-        waiting_for(first, deadline)
+    let state = announced(first_member_state(first, deadline, waits), || {
+        progress(&waiting_for(first, deadline))
     })
     .await?;
     if let State::Initiated = state {
@@ -236,10 +277,17 @@ async fn run(
     super::plan::check_voters(hosts.len(), request.allow_even, request.allow_fewer)
         .map_err(|e| format!("{e}; nothing changed"))?;
     for m in &members[1..] {
-        announced(wait_for_member(m, name, deadline, waits), progress, || {
-            waiting_for(m, deadline)
+        if unresolved.iter().any(|u| u.host == m.host) {
+            continue;
+        }
+        let answer = announced(wait_for_member(m, name, deadline, waits), || {
+            progress(&waiting_for(m, deadline))
         })
         .await?;
+        if let Answer::NoSuchName(why) = answer {
+            progress(&m.unresolvable_other(first, &why));
+            unresolved.push(m);
+        }
     }
     let how = match first
         .admin(doc! { "replSetInitiate": config::initiate_document(name, hosts) })
@@ -273,13 +321,58 @@ async fn run(
             check_existing(members, name, hosts).await?;
             "was initiated meanwhile (by another run)"
         }
-        Err(e) => return Err(initiate_error(&first.host, code(&e), &first.reason(&e))),
+        Err(e) => {
+            let unresolved: Vec<&str> = unresolved.iter().map(|m| m.written.as_str()).collect();
+            return Err(initiate_error(
+                &first.host,
+                code(&e),
+                &first.reason(&e),
+                &unresolved,
+            ));
+        }
     };
     let primary = wait_for_primary(first, waits, progress).await?;
     Ok(format!(
         "replica set {name} {how} with members {}. Primary: {primary}",
         hosts.join(", ")
     ))
+}
+
+/// Looks every member's name up at once, before any wait. The first
+/// member's must resolve: init connects to it. Another's that does not is
+/// said through `progress` and returned, left to mongod: the
+/// first member resolves the members itself when it checks the
+/// configuration, and answers `replSetInitiate` with `NodeNotFound` when
+/// not every member responded, naming each one and why ("replSetInitiate
+/// quorum check failed because not all proposed set members responded
+/// affirmatively: HOST failed with Could not find address for HOST: ...",
+/// mongod's `QuorumChecker`, `check_quorum_for_config_change.cpp`, and its
+/// resolver's `HostNotFound`). The manual asks that every member be able
+/// to connect to every other
+/// (<https://www.mongodb.com/docs/manual/tutorial/deploy-replica-set/#requirements>,
+/// and how to test it:
+/// <https://www.mongodb.com/docs/manual/tutorial/troubleshoot-replica-sets/#test-connections-between-all-members>);
+/// it is the members' resolvers that must know the names, and a machine
+/// that runs init elsewhere may not. So init warns, and refuses nothing
+/// mongod would accept. A resolver that does not answer now is waited
+/// out, as a member still starting is.
+async fn unresolvable<'a>(
+    members: &'a [Member],
+    progress: &dyn Fn(&str),
+) -> Result<Vec<&'a Member>, String> {
+    let found = futures::future::join_all(members.iter().map(|m| lookup(&m.address))).await;
+    let mut unresolved = Vec::new();
+    for (i, (m, found)) in members.iter().zip(found).enumerate() {
+        let Lookup::NoSuchName(why) = found else {
+            continue;
+        };
+        if i == 0 {
+            return Err(m.unresolvable_first(&why));
+        }
+        progress(&m.unresolvable_other(&members[0], &why));
+        unresolved.push(m);
+    }
+    Ok(unresolved)
 }
 
 /// The progress line of a wait for `m` to answer, with the cause the
@@ -327,11 +420,24 @@ async fn first_member_state(
                 "mongod at {} is not running as a replica-set member: start it with --replSet (replication.replSetName)",
                 first.host
             )),
-            Err(e) => first.not_yet(&e),
+            Err(e) => match first.silence(&e).await {
+                Silence::Refused(why) => Check::Failed(why),
+                Silence::NoSuchName(why) => Check::Failed(first.unresolvable_first(&why)),
+                Silence::NotYet(why) => Check::NotYet(why),
+            },
         }
     })
     .await
     .map_err(not_answering(first, waits))
+}
+
+/// How a wait for another member ended well.
+enum Answer {
+    /// It answered as a replica-set member of no other set.
+    Answered,
+    /// Its name stopped resolving here during the wait (the resolver had
+    /// not answered at first): left to mongod, as [`unresolvable`] says.
+    NoSuchName(String),
 }
 
 /// Waits until another member answers, and makes sure it is a replica-set
@@ -341,7 +447,7 @@ async fn wait_for_member(
     name: &str,
     deadline: Instant,
     waits: Waits,
-) -> Result<(), String> {
+) -> Result<Answer, String> {
     poll_until(deadline, waits.poll, || async {
         match m.admin(doc! { "hello": 1 }).await {
             Ok(hello) => match hello.get_str("setName") {
@@ -355,10 +461,14 @@ async fn wait_for_member(
                         m.host
                     ))
                 }
-                _ => Check::Done(()),
+                _ => Check::Done(Answer::Answered),
             },
             Err(e) if code(&e) == Some(UNAUTHORIZED) => Check::Failed(unauthorized(m, &e)),
-            Err(e) => m.not_yet(&e),
+            Err(e) => match m.silence(&e).await {
+                Silence::Refused(why) => Check::Failed(why),
+                Silence::NoSuchName(why) => Check::Done(Answer::NoSuchName(why)),
+                Silence::NotYet(why) => Check::NotYet(why),
+            },
         }
     })
     .await
@@ -434,11 +544,11 @@ async fn wait_for_primary(
             Err(e) => first.not_yet(&e),
         }
     });
-    announced(wait, progress, || {
-        format!(
+    announced(wait, || {
+        progress(&format!(
             "waiting up to {} s for a primary to be elected",
             secs_until(deadline)
-        )
+        ))
     })
     .await
     .map_err(|e| match e {
@@ -461,17 +571,30 @@ fn unauthorized(m: &Member, e: &Error) -> String {
     )
 }
 
-fn initiate_error(host: &str, code: Option<i32>, text: &str) -> String {
+/// What mongod's refusal of `replSetInitiate` means, in words.
+/// `unresolved`: the members whose names did not resolve here either.
+fn initiate_error(host: &str, code: Option<i32>, text: &str, unresolved: &[&str]) -> String {
     match code {
         Some(INVALID_REPLICA_SET_CONFIG) if text.contains("maps to this node") => format!(
             "mongod at {host} finds that no host in the member list maps to this node: the first --member \
              must be the name and port by which that very mongod is known to the others, and that name \
              must resolve to one of its own addresses (check /etc/hosts and mongod's port). mongod said: {text}"
         ),
-        Some(NODE_NOT_FOUND) => format!(
-            "mongod at {host} could not reach every member to check the configuration (each member must \
-             resolve and reach the others by the names given): {text}"
-        ),
+        Some(NODE_NOT_FOUND) => {
+            let here = if unresolved.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ". {} did not resolve from this machine either: check the spelling, and \
+                     /etc/hosts or DNS on the members",
+                    unresolved.join(", ")
+                )
+            };
+            format!(
+                "mongod at {host} could not reach every member to check the configuration (each \
+                 member must resolve and reach the others by the names given): {text}{here}"
+            )
+        }
         Some(UNAUTHORIZED) => format!(
             "not authorized to initiate the replica set on {host}: {text}. Pass --uri with the \
              credentials of a user that may (clusterManager), or run init on the first member \
@@ -508,16 +631,30 @@ mod tests {
     #[test]
     fn explains_a_member_list_that_does_not_include_the_node() {
         let text = "InvalidReplicaSetConfig (93): No host described in new configuration with {version: 1, term: 0} for replica set rs maps to this node";
-        let e = initiate_error("storage1.local:27017", Some(93), text);
+        let e = initiate_error("storage1.local:27017", Some(93), text, &[]);
         assert!(
             e.contains("no host in the member list maps to this node"),
             "{e}"
         );
         assert!(e.contains("/etc/hosts"), "{e}");
         assert!(e.contains("storage1.local:27017"), "{e}");
-        let q = initiate_error("h:1", Some(74), "NodeNotFound (74): quorum check failed");
+        let q = initiate_error(
+            "h:1",
+            Some(74),
+            "NodeNotFound (74): quorum check failed",
+            &[],
+        );
         assert!(q.contains("could not reach every member"), "{q}");
-        let other = initiate_error("h:1", Some(2), "BadValue (2): nope");
+        assert!(!q.contains("either"), "{q}");
+        let typo = initiate_error("h:1", Some(74), "NodeNotFound (74): x", &["Storage2.lcoal"]);
+        assert!(
+            typo.ends_with(
+                "NodeNotFound (74): x. Storage2.lcoal did not resolve from this machine either: \
+                 check the spelling, and /etc/hosts or DNS on the members"
+            ),
+            "{typo}"
+        );
+        let other = initiate_error("h:1", Some(2), "BadValue (2): nope", &[]);
         assert_eq!(other, "replSetInitiate on h:1 failed: BadValue (2): nope");
     }
 
@@ -547,6 +684,26 @@ mod tests {
         // The wait, not the driver's 5 s server selection.
         let waited = started.elapsed();
         assert!(waited < Duration::from_millis(2500), "{waited:?}");
+    }
+
+    /// Within a wait bound no test sits out: the lookup, not the wait,
+    /// ends it.
+    #[tokio::test]
+    async fn a_first_member_that_does_not_resolve_ends_init_before_any_wait() {
+        let lines = std::cell::RefCell::new(Vec::new());
+        let long = Waits::bounded(3600);
+        let err = init(
+            &request(&[" Storage1..Local ", "127.0.0.1:2", "127.0.0.1:3"]),
+            long,
+            &|line| lines.borrow_mut().push(line.to_owned()),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.starts_with("member Storage1..Local does not resolve from this machine ("),
+            "{err}"
+        );
+        assert!(lines.into_inner().is_empty());
     }
 
     #[tokio::test]

@@ -10,10 +10,29 @@ pub mod user;
 
 use std::time::Duration;
 
-use crate::mongo::{connect, options, status_of, Purpose, ReplicaSetStatus};
+use crate::mongo::topology::address_string;
+use crate::mongo::{connect, none_resolves, options, status_of, Purpose, ReplicaSetStatus};
 
 pub use init::Waits;
 pub use user::UserRequest;
+
+/// How long a wait may go unannounced: a member that answers at once
+/// needs no line, one still starting gets one while it is waited for.
+const ANNOUNCE_AFTER: Duration = Duration::from_millis(500);
+
+/// Runs `wait`; if it has not finished after [`ANNOUNCE_AFTER`], calls
+/// `say` once (to say what it waits for and how long it may take), then
+/// waits on.
+async fn announced<T>(wait: impl std::future::Future<Output = T>, say: impl FnOnce()) -> T {
+    let mut wait = std::pin::pin!(wait);
+    match tokio::time::timeout(ANNOUNCE_AFTER, &mut wait).await {
+        Ok(out) => out,
+        Err(_) => {
+            say();
+            wait.await
+        }
+    }
+}
 
 /// What `replset init` is asked to build.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +96,18 @@ impl StatusReport {
 /// the connection string `uri`. Errors: a bad string, or nobody answered.
 pub async fn status(uri: &str) -> Result<StatusReport, String> {
     let (options, login) = options(uri).await?;
+    // No wait can reach a set none of whose seeds resolves here.
+    let named: Vec<_> = options
+        .hosts
+        .iter()
+        .map(|a| (address_string(a), a.clone()))
+        .collect();
+    if let Some(which) = none_resolves(&named).await {
+        return Err(format!(
+            "no host in the connection string resolves from this machine: {which}; check the \
+             host names, and /etc/hosts or DNS on this machine"
+        ));
+    }
     let conn = connect(options, login, Purpose::Store)?;
     // Long enough for the driver to find the members and for a server
     // selection during an election.

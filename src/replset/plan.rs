@@ -175,12 +175,19 @@ pub fn plan(
         .iter()
         .filter(|h| !running_hosts.contains(h.as_str()))
         .collect();
-    for host in &adds {
-        match new_members.get(host.as_str()) {
-            Some(Ok(())) => {}
-            Some(Err(why)) => return Err(format!("cannot add {host}: {why}")),
-            None => return Err(format!("cannot add {host}: it was not checked")),
-        }
+    // A refusal first: the checks stop at the first one, leaving others
+    // unchecked.
+    let refused = adds
+        .iter()
+        .find_map(|host| match new_members.get(host.as_str()) {
+            Some(Err(why)) => Some((host, why)),
+            _ => None,
+        });
+    if let Some((host, why)) = refused {
+        return Err(format!("cannot add {host}: {why}"));
+    }
+    if let Some(host) = adds.iter().find(|h| !new_members.contains_key(h.as_str())) {
+        return Err(format!("cannot add {host}: it was not checked"));
     }
     let mut voters: BTreeSet<String> = running
         .members

@@ -24,7 +24,10 @@ use crate::mongo::errors::{codes, command_code as code, user_database_hint, Sign
 /// mongod's `ExceededTimeLimit`: `replSetStepDown` found no electable
 /// secondary caught up within `secondaryCatchUpPeriodSecs`.
 const EXCEEDED_TIME_LIMIT: i32 = 262;
-use crate::mongo::{bound_waits, connect, options, reason, Connection, Login, Purpose};
+use crate::mongo::{
+    bound_waits, connect, lookup, none_resolves, options, reason, Connection, Login, Lookup,
+    Purpose,
+};
 use crate::retry::{poll_until, Check, PollError};
 
 /// What `replset plan` / `apply` are asked to converge to.
@@ -60,8 +63,14 @@ pub struct Planned {
 /// Reads the running set and plans; changes nothing. Errors: one line.
 pub async fn plan(request: &MembersRequest) -> Result<Planned, String> {
     let session = Session::open(request).await?;
+    // A plan is a preview, printed whole: it waits for new members
+    // briefly, and silently.
     let result = session
-        .plan(request, Duration::from_secs(5).min(session.wait))
+        .plan(
+            request,
+            Duration::from_secs(5).min(session.wait),
+            &mut |_| {},
+        )
         .await;
     session.close().await;
     result
@@ -192,6 +201,22 @@ impl Session {
                     .map_err(|e| format!("member {h}: {}", reason(&e, login.secret.as_deref())))
             })
             .collect::<Result<_, _>>()?;
+        // The set is read through any declared member that answers; when
+        // the resolver says none of their names exists here, none ever
+        // will answer, and waiting out the bound would only hide that.
+        let named: Vec<(String, ServerAddress)> = request
+            .members
+            .iter()
+            .map(|written| written.trim().to_owned())
+            .zip(o.hosts.iter().cloned())
+            .collect();
+        if let Some(which) = none_resolves(&named).await {
+            return Err(format!(
+                "no --member resolves from this machine: {which}; the set is reached through \
+                 them, so at least one must resolve here: check their spelling, and /etc/hosts \
+                 or DNS on this machine; nothing changed"
+            ));
+        }
         // The driver learns the set's name from the members, so that a name
         // that differs from the declared one is reported by the plan (one
         // line) rather than as servers that cannot be selected.
@@ -297,8 +322,11 @@ impl Session {
 
     /// Whether each new host answers as a replica-set member that belongs
     /// to no other set and is not a member of this one under another name,
-    /// waiting up to `bound` for it to start. `configured`: the members'
-    /// hosts as the configuration writes them.
+    /// waiting up to `bound` for it to start: all at once, so that the
+    /// whole check takes at most one `bound`, and only until one is
+    /// refused, as one refusal stops the plan (the hosts not checked by
+    /// then are left out). `configured`: the members' hosts as the
+    /// configuration writes them.
     async fn check_new(
         &self,
         name: &str,
@@ -306,14 +334,34 @@ impl Session {
         configured: &[String],
         bound: Duration,
     ) -> BTreeMap<String, Result<(), String>> {
+        use futures::StreamExt;
+        let mut checks: futures::stream::FuturesUnordered<_> = hosts
+            .into_iter()
+            .map(|host| async move {
+                let verdict = self.check_one(name, &host, configured, bound).await;
+                (host, verdict)
+            })
+            .collect();
         let mut out = BTreeMap::new();
-        for host in hosts {
-            let verdict = self.check_one(name, &host, configured, bound).await;
+        while let Some((host, verdict)) = checks.next().await {
+            let refused = verdict.is_err();
             out.insert(host, verdict);
+            if refused {
+                break;
+            }
         }
         out
     }
 
+    /// One new host, as [`Session::check_new`] says. A name the resolver
+    /// says does not exist here is refused at once: unlike
+    /// `replSetInitiate`, whose quorum check needs every member to answer
+    /// the initiating mongod, `replSetReconfig` needs only a majority of
+    /// the voting members, and a new member joins without a vote
+    /// (<https://www.mongodb.com/docs/manual/reference/command/replSetReconfig/>),
+    /// so mongod would add a member nobody can reach. This check is what
+    /// keeps such a member out, and it cannot be made from a machine where
+    /// the name does not resolve.
     async fn check_one(
         &self,
         name: &str,
@@ -321,8 +369,19 @@ impl Session {
         configured: &[String],
         bound: Duration,
     ) -> Result<(), String> {
+        let address = ServerAddress::parse(host).map_err(|e| self.reason(&e))?;
+        let no_such_name = |why: String| {
+            format!(
+                "its name does not resolve from this machine ({why}), so it cannot be checked to \
+                 run, empty, with --replSet {name} before it is added: check its spelling, and \
+                 /etc/hosts or DNS here (on a member, where mongod resolves it)"
+            )
+        };
+        if let Lookup::NoSuchName(why) = lookup(&address).await {
+            return Err(no_such_name(why));
+        }
         let mut o = self.base.clone();
-        o.hosts = vec![ServerAddress::parse(host).map_err(|e| self.reason(&e))?];
+        o.hosts = vec![address.clone()];
         let conn = connect(o, self.base_login.clone(), Purpose::Direct)?;
         let admin = conn.client.database("admin");
         let deadline = Instant::now() + bound;
@@ -347,7 +406,11 @@ impl Session {
                         "mongod at {host} is not running as a replica-set member: start it with --replSet {name}"
                     )),
                 },
-                Err(e) => Check::NotYet(reason(&e, conn.secret.as_deref())),
+                Err(e) => match lookup(&address).await {
+                    Lookup::NoSuchName(why) => Check::Failed(no_such_name(why)),
+                    _ if Signals::of(&e).server_selection => Check::NotYet(conn.why_silent()),
+                    _ => Check::NotYet(reason(&e, conn.secret.as_deref())),
+                },
             }
         })
         .await
@@ -366,7 +429,15 @@ impl Session {
         result
     }
 
-    async fn plan(&self, request: &MembersRequest, new_bound: Duration) -> Result<Planned, String> {
+    /// The steps from the set as the primary reports it now, after
+    /// checking each new member, for up to `new_bound`; a check that does
+    /// not end at once is said through `progress`.
+    async fn plan(
+        &self,
+        request: &MembersRequest,
+        new_bound: Duration,
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> Result<Planned, String> {
         let members = config::normalize_members(&request.members)?;
         let (running, cfg, _) = self.running().await?;
         let known: Vec<&str> = running.members.iter().map(|m| m.host.as_str()).collect();
@@ -379,9 +450,18 @@ impl Session {
             .into_iter()
             .map(str::to_owned)
             .collect();
-        let checked = self
-            .check_new(&request.name, new, &configured, new_bound)
-            .await;
+        let waiting = format!(
+            "  waiting up to {} s for {} to answer (a member to be added must run, empty, with \
+             --replSet {})",
+            new_bound.as_secs(),
+            new.join(", "),
+            request.name
+        );
+        let checked = super::announced(
+            self.check_new(&request.name, new, &configured, new_bound),
+            || progress(Progress::Detail(&waiting)),
+        )
+        .await;
         let declared = Declared {
             name: &request.name,
             members: &members,
@@ -403,7 +483,7 @@ impl Session {
         let mut taken = 0;
         loop {
             self.wait_settled(settled_by, progress).await?;
-            let planned = self.plan(request, self.wait).await.map_err(|e| {
+            let planned = self.plan(request, self.wait, progress).await.map_err(|e| {
                 if taken == 0 {
                     format!("{e}; nothing changed")
                 } else {

@@ -209,10 +209,63 @@ pub(super) fn resolve_host(st: &State, host: &str) -> Option<usize> {
     st.members.iter().position(|m| m.port == port)
 }
 
+/// Why mongod's heartbeat to `host` fails, as its quorum check words it
+/// after "HOST failed with ": `host` names no simulated member, or one
+/// that is down. mongod resolves the name with the system resolver
+/// (asio's, over `getaddrinfo`) and answers `HostNotFound` with "Could not
+/// find address for HOST: SocketException: <asio's netdb message>" when it
+/// does not resolve (`WrappedResolver::_checkResults` in mongod's
+/// `asio_transport_layer.cpp`); a connection that fails is "Error connecting
+/// to HOST (ADDRESS) :: caused by :: <why>" (`makeConnectError`, the
+/// address only when it reads otherwise than HOST). The simulator looks the
+/// name up the same way, but never connects to an address it does not
+/// simulate: such a member is refused.
+fn unreachable_reason(host: &str) -> String {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) => (name, port),
+        None => (host, "27017"),
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    let hints = dns_lookup::AddrInfoHints {
+        socktype: dns_lookup::SockType::Stream.into(),
+        ..Default::default()
+    };
+    match dns_lookup::getaddrinfo(Some(name), Some(port), Some(hints)) {
+        Ok(mut found) => {
+            let address = found
+                .next()
+                .and_then(Result::ok)
+                .map(|a| a.sockaddr.to_string())
+                .filter(|a| a != host)
+                .map(|a| format!(" ({a})"))
+                .unwrap_or_default();
+            format!("Error connecting to {host}{address} :: caused by :: Connection refused")
+        }
+        Err(e) => {
+            // asio's `translate_addrinfo_error` and its netdb category's
+            // messages.
+            let why = match e.kind() {
+                dns_lookup::LookupErrorKind::NoName | dns_lookup::LookupErrorKind::NoData => {
+                    "Host not found (authoritative)".to_owned()
+                }
+                dns_lookup::LookupErrorKind::Again => {
+                    "Host not found (non-authoritative), try again later".to_owned()
+                }
+                dns_lookup::LookupErrorKind::Fail => {
+                    "A non-recoverable error occurred during database lookup".to_owned()
+                }
+                _ => e.to_string(),
+            };
+            format!("Could not find address for {host}: SocketException: {why}")
+        }
+    }
+}
+
 /// `replSetInitiate` with a config document (or none: a one-member set of
 /// this node). The config's `_id` must be the set name and one host must
 /// map to this member (`InvalidReplicaSetConfig` 93); every member must be
-/// up and simulated (`NodeNotFound` 74); a second initiate is
+/// up and simulated (`NodeNotFound` 74, each other member named with why
+/// its heartbeat failed, [`unreachable_reason`]); a second initiate is
 /// `AlreadyInitialized` (23). This member wins the election that follows.
 pub(super) fn repl_initiate(ctx: &Ctx<'_>, body: &Document) -> CmdResult {
     let mut st = ctx.shared.lock();
@@ -242,7 +295,6 @@ pub(super) fn repl_initiate(ctx: &Ctx<'_>, body: &Document) -> CmdResult {
         }
     };
     let mut members = Vec::new();
-    let mut unresolved = Vec::new();
     for m in raw_members {
         let Bson::Document(m) = m else {
             return Err(invalid_config("members entries must be objects"));
@@ -262,9 +314,6 @@ pub(super) fn repl_initiate(ctx: &Ctx<'_>, body: &Document) -> CmdResult {
             )));
         }
         let resolved = resolve_host(&st, &host);
-        if resolved.is_none() {
-            unresolved.push(host.clone());
-        }
         members.push((id, host, resolved));
     }
     if !members.iter().any(|m| m.2 == Some(ctx.member)) {
@@ -283,18 +332,23 @@ pub(super) fn repl_initiate(ctx: &Ctx<'_>, body: &Document) -> CmdResult {
     }
     let down: Vec<String> = members
         .iter()
-        .filter(|m| m.2.is_some_and(|i| !st.reachable(i)))
+        .filter(|m| m.2.is_none_or(|i| !st.reachable(i)))
         .map(|m| m.1.clone())
-        .chain(unresolved)
         .collect();
     if !down.is_empty() {
+        // No lock while names are looked up: nothing changes on this path.
+        drop(st);
+        let each: Vec<String> = down
+            .iter()
+            .map(|host| format!("{host} failed with {}", unreachable_reason(host)))
+            .collect();
         return Err(CmdError::new(
             74,
             "NodeNotFound",
             format!(
                 "replSetInitiate quorum check failed because not all proposed set members \
-                 responded affirmatively: {} failed with Connection refused",
-                down.join(", ")
+                 responded affirmatively: {}",
+                each.join(", ")
             ),
         )
         .into());
