@@ -334,6 +334,36 @@ async fn apply(request: replset::reconfig::MembersRequest) -> Result<ExitCode, S
     }
 }
 
+/// `replset init`, stopped by Ctrl-C (SIGINT) with one line that says it
+/// can be run again (what it waited for is the progress line above it): it
+/// initiates a set only when the first member says it is not yet, checks
+/// one that is against the request, and converges the user afresh, so a
+/// second run goes on from wherever the first one stopped.
+async fn init(request: replset::InitRequest) -> Result<ExitCode, String> {
+    let outcome = tokio::select! {
+        outcome = replset::init(&request, &|line| println!("{line}")) => Some(outcome),
+        // As in `apply`: tokio's handler replaces the default action from
+        // its first poll on.
+        signal = tokio::signal::ctrl_c() => {
+            signal.map_err(|e| format!("cannot listen for Ctrl-C: {e}"))?;
+            None
+        }
+    };
+    match outcome {
+        Some(summary) => {
+            println!("{}", summary?);
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!(
+                "simplechat: replset init was interrupted. Run it again to go on: it initiates \
+                 the set only if it is not initiated yet, and checks the rest afresh"
+            );
+            Ok(ExitCode::from(EXIT_INTERRUPTED))
+        }
+    }
+}
+
 fn fail(message: String) -> ExitCode {
     eprintln!("simplechat: {message}");
     ExitCode::FAILURE
@@ -379,9 +409,7 @@ async fn replset_command(command: ReplsetCommand) -> Result<ExitCode, String> {
                 allow_fewer: allow_fewer_than_three,
                 user,
             };
-            let summary = replset::init(&request, &|line| println!("{line}")).await?;
-            println!("{summary}");
-            Ok(ExitCode::SUCCESS)
+            init(request).await
         }
         ReplsetCommand::Plan(args) => {
             let planned = replset::reconfig::plan(&args.into()).await?;

@@ -414,6 +414,159 @@ async fn membership_and_status_say_at_once_that_names_do_not_resolve() {
     );
 }
 
+/// What an operator may give instead of HOST:PORT is refused before any
+/// connection, with the member as it should be written: a connection
+/// string's hosts (never its password), an IPv6 address in brackets, what a
+/// port is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_written_otherwise_are_refused_with_how_to_write_them() {
+    say("members_written_otherwise_are_refused_with_how_to_write_them: backend: none");
+    for (member, says) in [
+        (
+            "mongodb://admin:hunter22@storage1.local:27017,storage2.local:27017/?replicaSet=rs",
+            "not a connection string: give its hosts one each, --member storage1.local:27017 \
+             --member storage2.local:27017, and its credentials and options with --uri",
+        ),
+        (
+            "::1:28101",
+            "is an IPv6 address without brackets, so where its port begins cannot be told: \
+             write [::1]:28101",
+        ),
+        ("[::1", "has no closing ']'"),
+        ("h:70000", "(a port is a number from 1 to 65535)"),
+    ] {
+        for verb in ["init", "plan", "apply"] {
+            let args: Vec<String> = [
+                "replset",
+                verb,
+                "--name",
+                SET_NAME,
+                "--member",
+                member,
+                "--member",
+                "127.0.0.1:2",
+                "--member",
+                "127.0.0.1:3",
+            ]
+            .map(String::from)
+            .to_vec();
+            let o = simplechat(with_long_wait(args), &[]).await;
+            assert_eq!(o.status.code(), Some(1), "{verb} {member}: {}", text(&o));
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.contains(says), "{verb} {member}: {}", text(&o));
+            assert!(!err.contains("hunter22"), "{}", text(&o));
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+    }
+}
+
+/// Two names of one mongod (`localhost:PORT` and `127.0.0.1:PORT`) would
+/// be two members of the configuration: init tells them apart by the
+/// process id each mongod answers `hello` with, and initiates nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_refuses_one_mongod_named_twice() {
+    let cluster = TestCluster::start_uninitiated("init_refuses_one_mongod_named_twice").await;
+    let hosts = cluster.hosts();
+    let port = hosts[2].rsplit_once(':').unwrap().1;
+    let mut members = hosts.clone();
+    members[1] = format!("localhost:{port}");
+    let o = simplechat(init_args(&members), &[]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "simplechat: members localhost:{port} and {} are one mongod (both answer with process id ",
+            hosts[2]
+        )) && err.contains("name each mongod once")
+            && err.contains("nothing changed"),
+        "{}",
+        text(&o)
+    );
+    let init = simplechat(init_args(&hosts), &[]).await;
+    assert!(
+        String::from_utf8_lossy(&init.stdout).contains(" initiated with members"),
+        "{}",
+        text(&init)
+    );
+}
+
+/// Ctrl-C while init waits for a member: one line saying it can be run
+/// again, exit 130 (128 + SIGINT, as apply).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_init_says_it_can_be_run_again() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    say("ctrl_c_during_init_says_it_can_be_run_again: backend: none (nothing listens on the members)");
+    let args = with_long_wait(init_args(&[
+        "127.0.0.1:1".into(),
+        "127.0.0.1:2".into(),
+        "127.0.0.1:3".into(),
+    ]));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_simplechat"))
+        .args(&args)
+        .env_remove("MONGO_URI")
+        .env_remove("SIMPLECHAT_MONGODB_URI")
+        .stdout(std::process::Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run simplechat");
+    let stdout = child.stdout.take().expect("stdout");
+    let pid = child.id().to_string();
+    let (first, output) = tokio::task::spawn_blocking(move || {
+        // The wait is under way once it is announced.
+        let first = BufReader::new(stdout).lines().next();
+        let killed = Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        (first, child.wait_with_output().expect("wait"))
+    })
+    .await
+    .expect("join");
+    let first = first.expect("a line").expect("stdout");
+    assert!(
+        first.starts_with("waiting up to 3600 s for 127.0.0.1:1 to answer"),
+        "{first}"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert_eq!(
+        stderr,
+        "simplechat: replset init was interrupted. Run it again to go on: it initiates the set \
+         only if it is not initiated yet, and checks the rest afresh\n"
+    );
+}
+
+/// `status` with no member answering names each and why, and says so in
+/// the header, not the driver's bare "No available servers".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_with_no_member_answering_says_why_of_each() {
+    say("status_with_no_member_answering_says_why_of_each: backend: none");
+    let o = simplechat(
+        vec![
+            "replset".into(),
+            "status".into(),
+            "--uri".into(),
+            "mongodb://127.0.0.1:1,[::1]:2/?serverSelectionTimeoutMS=300".into(),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!out.contains("No available servers"), "{}", text(&o));
+    assert!(
+        out.contains("(replSetGetStatus was not sent: no member answered)"),
+        "{out}"
+    );
+    // An IPv6 member is shown as written, in brackets.
+    assert!(
+        out.contains("\n  [::1]:2 ") && out.contains("\n  127.0.0.1:1 "),
+        "{out}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_prints_every_member() {
     let cluster = TestCluster::start("status_prints_every_member").await;

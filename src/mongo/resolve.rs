@@ -46,7 +46,7 @@ pub async fn lookup(address: &ServerAddress) -> Lookup {
     if host.parse::<IpAddr>().is_ok() {
         return Lookup::Found;
     }
-    tokio::task::spawn_blocking(move || lookup_name(&host))
+    tokio::task::spawn_blocking(move || with_dot_explained(&host, lookup_name(&host)))
         .await
         .unwrap_or_else(|e| Lookup::NoAnswer(format!("the lookup did not finish: {e}")))
 }
@@ -69,6 +69,29 @@ pub async fn none_resolves(hosts: &[(String, ServerAddress)]) -> Option<String> 
     }
     let names: Vec<&str> = hosts.iter().map(|(name, _)| name.as_str()).collect();
     (!names.is_empty()).then(|| format!("{} ({})", names.join(", "), whys.join("; ")))
+}
+
+/// `found` for `host`, and when `host` ends in a dot and does not resolve
+/// while the name without it does, why: a final dot makes a DNS name
+/// absolute (the same name to DNS), but glibc's /etc/hosts lookup compares
+/// names as written, so `storage1.local.` is not found where the line says
+/// `storage1.local`; mongod, which looks names up the same way, would not
+/// find it either.
+fn with_dot_explained(host: &str, found: Lookup) -> Lookup {
+    let bare = host.trim_end_matches('.');
+    match found {
+        Lookup::NoSuchName(why) if bare != host && !bare.is_empty() => {
+            if lookup_name(bare) == Lookup::Found {
+                Lookup::NoSuchName(format!(
+                    "{why}; without its final dot, {bare} resolves: /etc/hosts matches a name \
+                     as written, so write it without the dot"
+                ))
+            } else {
+                Lookup::NoSuchName(why)
+            }
+        }
+        other => other,
+    }
 }
 
 fn lookup_name(host: &str) -> Lookup {
@@ -94,6 +117,27 @@ mod tests {
 
     fn address(text: &str) -> ServerAddress {
         ServerAddress::parse(text).unwrap()
+    }
+
+    /// /etc/hosts has `localhost` (every system's does), not `localhost.`.
+    #[tokio::test]
+    async fn a_final_dot_that_keeps_a_name_from_resolving_is_explained() {
+        match lookup(&address("localhost.:27017")).await {
+            // A resolver that asks DNS for it may find it: nothing to explain.
+            Lookup::Found => {}
+            Lookup::NoSuchName(why) => assert!(
+                why.ends_with(
+                    "without its final dot, localhost resolves: /etc/hosts matches a name as \
+                     written, so write it without the dot"
+                ),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            with_dot_explained("a..b.", Lookup::NoSuchName("x".into())),
+            Lookup::NoSuchName("x".into())
+        );
     }
 
     #[tokio::test]

@@ -125,6 +125,11 @@ async fn ask(conn: &Connection, bound: Duration) -> Asked {
         Ok(Err(e)) if command_code(&e) == Some(codes::UNAUTHORIZED) => {
             "not authorized to run replSetGetStatus".to_owned()
         }
+        // The driver's own words ("Server selection timeout: No available
+        // servers") say nothing the members' lines below do not say better.
+        Ok(Err(e)) if Signals::of(&e).server_selection => {
+            "replSetGetStatus was not sent: no member answered".to_owned()
+        }
         Ok(Err(e)) => format!(
             "replSetGetStatus failed: {}",
             reason(&e, conn.secret.as_deref())

@@ -250,9 +250,15 @@ impl TopologySnapshot {
     }
 }
 
-/// `host:port`, with MongoDB's default port made explicit.
+/// `host:port`, with MongoDB's default port made explicit, and an IPv6
+/// address in the brackets that tell it from its port (`[::1]:27017`, as
+/// a connection string and `--member` write it; the driver keeps the
+/// address without them).
 pub fn address_string(address: &ServerAddress) -> String {
     match address {
+        ServerAddress::Tcp { host, port } if host.contains(':') => {
+            format!("[{host}]:{}", port.unwrap_or(27017))
+        }
         ServerAddress::Tcp { host, port } => format!("{host}:{}", port.unwrap_or(27017)),
         other => other.to_string(),
     }
@@ -366,6 +372,15 @@ impl TopologyView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_address_is_shown_in_brackets() {
+        let shown = |text: &str| address_string(&ServerAddress::parse(text).unwrap());
+        assert_eq!(shown("[::1]:28101"), "[::1]:28101");
+        assert_eq!(shown("[fe80::1]"), "[fe80::1]:27017");
+        assert_eq!(shown("h"), "h:27017");
+        assert_eq!(shown("127.0.0.1:1"), "127.0.0.1:1");
+    }
 
     #[test]
     fn reason_lists_members() {

@@ -7,28 +7,94 @@ use mongodb::bson::{doc, Bson, Document};
 
 /// A member as `host:port`, lower-cased, with the default port made explicit,
 /// so `Storage1.local` and `storage1.local:27017` are the same member.
+///
+/// Errors say what a member is and, for the shapes an operator may give
+/// instead, the member as it should be written: a connection string (its
+/// hosts, one `--member` each, never its password), an IPv6 address
+/// without the brackets the port needs.
 pub fn normalize_member(member: &str) -> Result<String, String> {
     let m = member.trim();
     if m.is_empty() {
         return Err("a member must be HOST:PORT, got an empty string".into());
     }
+    if let Some(why) = connection_string(m) {
+        return Err(why);
+    }
     if m.contains('/') || m.contains(',') || m.contains('@') || m.contains(char::is_whitespace) {
         return Err(format!("member {m:?} must be HOST:PORT"));
+    }
+    if m.starts_with('[') && !m.contains(']') {
+        return Err(format!(
+            "member {m:?} has no closing ']' after its IPv6 address: write [ADDRESS]:PORT"
+        ));
     }
     let (host, port) = match m.rsplit_once(':') {
         // An IPv6 literal in brackets keeps its colons.
         Some((host, port)) if !port.contains(']') => (host, port),
         _ => (m, "27017"),
     };
+    if !host.starts_with('[') && host.contains(':') {
+        return Err(unbracketed(m, host, port));
+    }
     if host.is_empty() {
         return Err(format!("member {m:?} has no host"));
     }
-    let port: u16 = port
-        .parse()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| format!("member {m:?} has an invalid port {port:?}"))?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+        format!("member {m:?} has an invalid port {port:?} (a port is a number from 1 to 65535)")
+    })?;
     Ok(format!("{}:{port}", host.to_ascii_lowercase()))
+}
+
+/// Why `m`, a connection string, is no member, with its hosts as
+/// `--member` arguments; `None` for anything else. The string itself is
+/// never shown: it may carry a password.
+fn connection_string(m: &str) -> Option<String> {
+    let lower = m.to_ascii_lowercase();
+    if lower.starts_with("mongodb+srv://") {
+        return Some(
+            "a member must be HOST:PORT, not a mongodb+srv:// connection string (which names a \
+             DNS record, not the members): give each member as --member HOST:PORT, and the \
+             string's credentials and options with --uri"
+                .to_owned(),
+        );
+    }
+    let rest = lower
+        .strip_prefix("mongodb://")
+        .map(|_| &m["mongodb://".len()..])?;
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    let hosts = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, hosts)| hosts);
+    let each: Vec<String> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("--member {h}"))
+        .collect();
+    Some(format!(
+        "a member must be HOST:PORT, not a connection string: give its hosts one each, {}, \
+         and its credentials and options with --uri",
+        each.join(" ")
+    ))
+}
+
+/// Why `m`, whose host `host` holds a colon without brackets, is no
+/// member: an IPv6 address needs brackets before a port (RFC 3986's
+/// IP-literal, as connection strings write it). Suggests the bracketed
+/// form when `m` reads as one.
+fn unbracketed(m: &str, host: &str, port: &str) -> String {
+    use std::net::Ipv6Addr;
+    let with_port = host.parse::<Ipv6Addr>().is_ok() && port.parse::<u16>().is_ok();
+    let suggestion = if with_port {
+        format!(": write [{host}]:{port}")
+    } else if m.parse::<Ipv6Addr>().is_ok() {
+        format!(": write [{m}]:27017")
+    } else {
+        ": write [ADDRESS]:PORT".to_owned()
+    };
+    format!(
+        "member {m:?} is an IPv6 address without brackets, so where its port begins cannot be \
+         told{suggestion}"
+    )
 }
 
 /// Checks and normalizes the requested members.
@@ -234,6 +300,8 @@ mod tests {
         assert!(normalize_member("h:0").is_err());
         assert!(normalize_member("h:x").is_err());
         assert!(normalize_member("mongodb://h:1").is_err());
+        let port = normalize_member("h:65536").unwrap_err();
+        assert!(port.contains("a number from 1 to 65535"), "{port}");
         assert!(normalize_member(":27017").is_err());
         assert!(normalize_members(&[]).is_err());
         let dup = normalize_members(&strings(&["h:27017", "H"])).unwrap_err();
@@ -241,6 +309,52 @@ mod tests {
         assert!(check_name("rs").is_ok());
         assert!(check_name("").is_err());
         assert!(check_name("a/b").is_err());
+    }
+
+    #[test]
+    fn a_connection_string_given_as_a_member_is_written_as_members() {
+        let e = normalize_member(
+            "mongodb://admin:hunter22@Storage1.local:27017,storage2.local/simplechat?replicaSet=rs",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "a member must be HOST:PORT, not a connection string: give its hosts one each, \
+             --member Storage1.local:27017 --member storage2.local, and its credentials and \
+             options with --uri"
+        );
+        let srv = normalize_member("MONGODB+SRV://u:hunter22@cluster.example/").unwrap_err();
+        assert!(
+            srv.contains("names a DNS record") && !srv.contains("hunter22"),
+            "{srv}"
+        );
+        let odd = normalize_member("mongodb://u:p@w@h1?x=1").unwrap_err();
+        assert!(
+            odd.contains("--member h1,") && !odd.contains("p@w"),
+            "{odd}"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_address_needs_its_brackets() {
+        assert_eq!(normalize_member("[::1]:27019").unwrap(), "[::1]:27019");
+        assert_eq!(normalize_member("[FE80::1]").unwrap(), "[fe80::1]:27017");
+        for (written, fix) in [
+            ("::1:28101", "write [::1]:28101"),
+            ("fe80::1", "write [fe80::1]:27017"),
+            ("::1", "write [::1]:27017"),
+            ("a:b:c", "write [ADDRESS]:PORT"),
+        ] {
+            let e = normalize_member(written).unwrap_err();
+            assert!(
+                e.starts_with(&format!(
+                    "member {written:?} is an IPv6 address without brackets"
+                )) && e.ends_with(fix),
+                "{written}: {e}"
+            );
+        }
+        let open = normalize_member("[::1").unwrap_err();
+        assert!(open.contains("no closing ']'"), "{open}");
     }
 
     #[test]

@@ -289,6 +289,7 @@ async fn run(
             unresolved.push(m);
         }
     }
+    one_mongod_once(members, &unresolved).await?;
     let how = match first
         .admin(doc! { "replSetInitiate": config::initiate_document(name, hosts) })
         .await
@@ -373,6 +374,44 @@ async fn unresolvable<'a>(
         unresolved.push(m);
     }
     Ok(unresolved)
+}
+
+/// Refuses two members that are one mongod named two ways
+/// (`127.0.0.1:27017` and `localhost:27017`), which the configuration
+/// would hold as two members. Every mongod process answers `hello` with a
+/// `topologyVersion` whose `processId` is its own, on every connection
+/// (Server Discovery and Monitoring specification, "topologyVersion":
+/// <https://github.com/mongodb/specifications/blob/master/source/server-discovery-and-monitoring/server-discovery-and-monitoring.md#topologyversion>).
+/// Asked once every member has answered; a member that does not answer
+/// within 2 s now, or answers without one, is left out.
+async fn one_mongod_once(members: &[Member], unresolved: &[&Member]) -> Result<(), String> {
+    let asked = members
+        .iter()
+        .filter(|m| !unresolved.iter().any(|u| u.host == m.host))
+        .map(|m| async move {
+            let hello = tokio::time::timeout(Duration::from_secs(2), m.admin(doc! { "hello": 1 }))
+                .await
+                .ok()?
+                .ok()?;
+            let process = hello
+                .get_document("topologyVersion")
+                .ok()?
+                .get_object_id("processId")
+                .ok()?;
+            Some((m, process))
+        });
+    let mut seen: Vec<(&Member, mongodb::bson::oid::ObjectId)> = Vec::new();
+    for (m, process) in futures::future::join_all(asked).await.into_iter().flatten() {
+        if let Some((other, _)) = seen.iter().find(|(_, p)| *p == process) {
+            return Err(format!(
+                "members {} and {} are one mongod (both answer with process id {process}): name \
+                 each mongod once, by the name the other members reach it by; nothing changed",
+                other.written, m.written
+            ));
+        }
+        seen.push((m, process));
+    }
+    Ok(())
 }
 
 /// The progress line of a wait for `m` to answer, with the cause the

@@ -166,6 +166,10 @@ impl From<&str> for StepError {
     }
 }
 
+/// How long after one new member's refusal the others' verdicts are still
+/// taken ([`Session::check_new`]).
+const REFUSALS_TOGETHER: Duration = Duration::from_millis(500);
+
 struct Session {
     conn: Connection,
     /// The connection string's options, for the connections to new
@@ -324,9 +328,11 @@ impl Session {
     /// to no other set and is not a member of this one under another name,
     /// waiting up to `bound` for it to start: all at once, so that the
     /// whole check takes at most one `bound`, and only until one is
-    /// refused, as one refusal stops the plan (the hosts not checked by
-    /// then are left out). `configured`: the members' hosts as the
-    /// configuration writes them.
+    /// refused, as one refusal stops the plan: the hosts not checked by
+    /// then are left out, except those refused within [`REFUSALS_TOGETHER`]
+    /// of it (checks that time out end together, at the bound, and the
+    /// plan names the first refused host in declared order).
+    /// `configured`: the members' hosts as the configuration writes them.
     async fn check_new(
         &self,
         name: &str,
@@ -347,6 +353,12 @@ impl Session {
             let refused = verdict.is_err();
             out.insert(host, verdict);
             if refused {
+                let together = Instant::now() + REFUSALS_TOGETHER;
+                while let Ok(Some((host, verdict))) =
+                    tokio::time::timeout_at(together, checks.next()).await
+                {
+                    out.insert(host, verdict);
+                }
                 break;
             }
         }
