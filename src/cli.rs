@@ -329,7 +329,7 @@ async fn apply(request: replset::reconfig::MembersRequest) -> Result<ExitCode, S
                  to see where the set stands and `simplechat replset apply` again to go on: \
                  apply is idempotent, each step planned afresh from the set as it is"
             );
-            Ok(ExitCode::from(EXIT_INTERRUPTED))
+            exit_interrupted()
         }
     }
 }
@@ -359,9 +359,23 @@ async fn init(request: replset::InitRequest) -> Result<ExitCode, String> {
                 "simplechat: replset init was interrupted. Run it again to go on: it initiates \
                  the set only if it is not initiated yet, and checks the rest afresh"
             );
-            Ok(ExitCode::from(EXIT_INTERRUPTED))
+            exit_interrupted()
         }
     }
+}
+
+/// Ends the process at once with [`EXIT_INTERRUPTED`], after the line
+/// that says what was interrupted, as SIGINT's default action would, but
+/// with that line. Not by returning: the interrupted command's driver
+/// client is dropped mid-operation, and the runtime's shutdown that a
+/// return leads to can then panic in the driver (its connection requester
+/// unwraps a send to a pool worker the shutdown already dropped, mongodb
+/// 3.9 `cmap/connection_requester.rs`), printing a backtrace after the
+/// line. Nothing is left to clean up: the connections close with the
+/// process, and every line printed so far ended in a newline, which
+/// flushes standard output.
+fn exit_interrupted() -> ! {
+    std::process::exit(i32::from(EXIT_INTERRUPTED))
 }
 
 fn fail(message: String) -> ExitCode {
