@@ -154,3 +154,45 @@ async fn initiate_status_and_config() {
         .await
         .unwrap();
 }
+
+/// mongod's quorum check names each member that did not answer and why,
+/// in its own words: its resolver's `HostNotFound` for a name that does
+/// not resolve, a refused connection for a member that is down (see
+/// FIDELITY.md). A name with an empty label never resolves, with or
+/// without a network.
+#[tokio::test]
+async fn initiate_names_each_member_that_did_not_answer_as_mongod_does() {
+    let cluster = Cluster::start(ClusterOptions {
+        initiated: false,
+        election_delay: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let hosts = cluster.hosts();
+    cluster.kill(2).await;
+    let uri = format!("{}&serverSelectionTimeoutMS=5000", cluster.direct_uri(0));
+    let client = Client::with_uri_str(&uri).await.unwrap();
+    let config = doc! {"_id": "rs", "members": [
+        {"_id": 0, "host": &hosts[0]},
+        {"_id": 1, "host": "storage2..local:27017"},
+        {"_id": 2, "host": &hosts[2]},
+    ]};
+    let err = client
+        .database("admin")
+        .run_command(doc! {"replSetInitiate": config})
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), 74, "{err}");
+    assert_eq!(
+        message(&err),
+        format!(
+            "replSetInitiate quorum check failed because not all proposed set members responded \
+             affirmatively: storage2..local:27017 failed with Could not find address for \
+             storage2..local:27017: SocketException: Host not found (authoritative), {} failed \
+             with Error connecting to {} :: caused by :: Connection refused",
+            hosts[2], hosts[2]
+        )
+    );
+    assert_eq!(cluster.member_state(0), "STARTUP", "nothing initiated");
+}
