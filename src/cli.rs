@@ -295,43 +295,27 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 /// apply continues from wherever the first one stopped.
 async fn apply(request: replset::reconfig::MembersRequest) -> Result<ExitCode, String> {
     // The step under way: its number and what it does.
-    let mut step: Option<(usize, String)> = None;
+    let step: std::cell::RefCell<Option<(usize, String)>> = std::cell::RefCell::new(None);
     let mut progress = |report: replset::reconfig::Progress<'_>| {
         if let replset::reconfig::Progress::Step { number, step: s } = report {
-            step = Some((number, s.action()));
+            *step.borrow_mut() = Some((number, s.action()));
         }
         println!("{report}");
     };
-    let outcome = tokio::select! {
-        outcome = replset::reconfig::apply(&request, &mut progress) => Some(outcome),
-        // tokio's handler replaces the default action (ending the process
-        // at once, silently) from the first poll on
-        // (<https://docs.rs/tokio/1/tokio/signal/fn.ctrl_c.html>).
-        signal = tokio::signal::ctrl_c() => {
-            signal.map_err(|e| format!("cannot listen for Ctrl-C: {e}"))?;
-            None
-        }
-    };
-    match outcome {
-        Some(summary) => {
-            println!("{}", summary?);
-            Ok(ExitCode::SUCCESS)
-        }
-        None => {
-            let during = match step {
-                Some((number, action)) => {
-                    format!("during step {number} ({action}); the set may be in the middle of it")
-                }
-                None => "before its first step; nothing was changed".to_owned(),
-            };
-            eprintln!(
-                "simplechat: replset apply was interrupted {during}. Run `simplechat replset plan` \
-                 to see where the set stands and `simplechat replset apply` again to go on: \
-                 apply is idempotent, each step planned afresh from the set as it is"
-            );
-            exit_interrupted()
-        }
-    }
+    interruptible(replset::reconfig::apply(&request, &mut progress), || {
+        let during = match step.borrow().as_ref() {
+            Some((number, action)) => {
+                format!("during step {number} ({action}); the set may be in the middle of it")
+            }
+            None => "before its first step; nothing was changed".to_owned(),
+        };
+        format!(
+            "replset apply was interrupted {during}. Run `simplechat replset plan` to see where \
+             the set stands and `simplechat replset apply` again to go on: apply is idempotent, \
+             each step planned afresh from the set as it is"
+        )
+    })
+    .await
 }
 
 /// `replset init`, stopped by Ctrl-C (SIGINT) with one line that says it
@@ -340,28 +324,33 @@ async fn apply(request: replset::reconfig::MembersRequest) -> Result<ExitCode, S
 /// one that is against the request, and converges the user afresh, so a
 /// second run goes on from wherever the first one stopped.
 async fn init(request: replset::InitRequest) -> Result<ExitCode, String> {
-    let outcome = tokio::select! {
-        outcome = replset::init(&request, &|line| println!("{line}")) => Some(outcome),
-        // As in `apply`: tokio's handler replaces the default action from
-        // its first poll on.
+    interruptible(replset::init(&request, &|line| println!("{line}")), || {
+        "replset init was interrupted. Run it again to go on: it initiates the set only if it \
+         is not initiated yet, and checks the rest afresh"
+            .to_owned()
+    })
+    .await
+}
+
+/// Runs `work`, a command that ends in a one-line summary, printed; or,
+/// when Ctrl-C (SIGINT) comes first, prints `interrupted`'s line and ends
+/// the process ([`exit_interrupted`]). tokio's handler replaces the
+/// default action (ending the process at once, silently) from the first
+/// poll on (<https://docs.rs/tokio/1/tokio/signal/fn.ctrl_c.html>).
+async fn interruptible(
+    work: impl std::future::Future<Output = Result<String, String>>,
+    interrupted: impl FnOnce() -> String,
+) -> Result<ExitCode, String> {
+    let summary = tokio::select! {
+        summary = work => summary?,
         signal = tokio::signal::ctrl_c() => {
             signal.map_err(|e| format!("cannot listen for Ctrl-C: {e}"))?;
-            None
-        }
-    };
-    match outcome {
-        Some(summary) => {
-            println!("{}", summary?);
-            Ok(ExitCode::SUCCESS)
-        }
-        None => {
-            eprintln!(
-                "simplechat: replset init was interrupted. Run it again to go on: it initiates \
-                 the set only if it is not initiated yet, and checks the rest afresh"
-            );
+            eprintln!("simplechat: {}", interrupted());
             exit_interrupted()
         }
-    }
+    };
+    println!("{summary}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Ends the process at once with [`EXIT_INTERRUPTED`], after the line

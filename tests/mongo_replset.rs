@@ -38,6 +38,18 @@ fn init_args(members: &[String]) -> Vec<String> {
     args
 }
 
+/// `replset init` with `hosts` initiates the set: what a refused request
+/// left unchanged.
+async fn initiates(hosts: &[String]) {
+    let init = simplechat(init_args(hosts), &[]).await;
+    assert!(init.status.success(), "{}", text(&init));
+    assert!(
+        String::from_utf8_lossy(&init.stdout).contains(" initiated with members"),
+        "{}",
+        text(&init)
+    );
+}
+
 fn text(o: &Output) -> String {
     format!(
         "exit {:?}\nstdout: {}\nstderr: {}",
@@ -95,13 +107,7 @@ async fn init_refuses_fewer_than_three_or_an_even_number_of_members() {
         assert_eq!(err.lines().count(), 1, "one clear line: {err}");
     }
     // Nothing was initiated: the three members still can be.
-    let init = simplechat(init_args(&hosts), &[]).await;
-    assert!(init.status.success(), "{}", text(&init));
-    assert!(
-        String::from_utf8_lossy(&init.stdout).contains(" initiated with members"),
-        "{}",
-        text(&init)
-    );
+    initiates(&hosts).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,12 +284,7 @@ async fn init_says_at_once_that_the_first_member_does_not_resolve() {
     assert!(!err.contains("did not answer within"), "{}", text(&o));
     assert!(o.stdout.is_empty(), "no wait was announced: {}", text(&o));
     // Nothing was initiated: the right names still initiate the set.
-    let init = simplechat(init_args(&hosts), &[]).await;
-    assert!(
-        String::from_utf8_lossy(&init.stdout).contains(" initiated with members"),
-        "{}",
-        text(&init)
-    );
+    initiates(&hosts).await;
 }
 
 /// Another member is resolved by mongod, not by init: a name that does not
@@ -332,12 +333,7 @@ async fn init_leaves_another_member_that_does_not_resolve_here_to_mongod() {
         text(&o)
     );
     assert!(!err.contains("did not answer within"), "{}", text(&o));
-    let init = simplechat(init_args(&hosts), &[]).await;
-    assert!(
-        String::from_utf8_lossy(&init.stdout).contains(" initiated with members"),
-        "{}",
-        text(&init)
-    );
+    initiates(&hosts).await;
 }
 
 /// plan and apply check a new member from here before adding it (mongod
@@ -482,12 +478,7 @@ async fn init_refuses_one_mongod_named_twice() {
         "{}",
         text(&o)
     );
-    let init = simplechat(init_args(&hosts), &[]).await;
-    assert!(
-        String::from_utf8_lossy(&init.stdout).contains(" initiated with members"),
-        "{}",
-        text(&init)
-    );
+    initiates(&hosts).await;
 }
 
 /// Ctrl-C while init waits for a member: one line saying it can be run
