@@ -2136,3 +2136,61 @@ async fn a_store_without_the_record_begins_at_its_oldest_real_position() {
     assert_eq!(record.get_timestamp("first_position"), Ok(first));
     app.shutdown().await;
 }
+
+/// Another client made `name` unique (`createIndex({name: 1}, {unique:
+/// true})`). A post by a name already used is refused by that index, not
+/// because its id is taken: the answer says at once that it was not stored,
+/// names the index and says an operator must drop it, and `/api/status`
+/// says so too. Before, the duplicate key was taken for a clash on `_id`
+/// with a write not yet on a majority, and the post waited out the write
+/// timeout to answer that its outcome was unknown and a retry was safe,
+/// which no retry could ever make true.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unique_index_of_another_client_refuses_a_post_at_once_naming_it() {
+    let cluster =
+        TestCluster::start("a_unique_index_of_another_client_refuses_a_post_at_once_naming_it")
+            .await;
+    let app = start_app(&cluster, "foreignunique", 20).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    let lab = cluster.lab_messages("foreignunique").await;
+    let unique = mongodb::IndexModel::builder()
+        .keys(doc! { "name": 1 })
+        .options(
+            mongodb::options::IndexOptions::builder()
+                .unique(true)
+                .build(),
+        )
+        .build();
+    lab.create_index(unique)
+        .await
+        .expect("another client's index");
+
+    app.post_message("bob", "hello").await;
+    let refused = app
+        .post_json(
+            "/api/messages",
+            &json!({ "name": "bob", "text": "hello 2", "id": "second" }),
+        )
+        .await;
+    assert_eq!(refused.status(), 503);
+    let body = refused.text().await.expect("body");
+    assert!(body.contains("not stored"), "{body}");
+    assert!(body.contains("name_1"), "{body}");
+    assert!(body.contains("did not create"), "{body}");
+    assert!(!body.contains("outcome is unknown"), "{body}");
+    assert!(
+        lab.find_one(doc! { "_id": "second" })
+            .await
+            .expect("find")
+            .is_none(),
+        "nothing is stored"
+    );
+    let status = app.get_json("/api/status").await;
+    assert!(
+        status.to_string().contains("name_1"),
+        "/api/status names the index: {status}"
+    );
+    // Another name is stored as before.
+    app.post_message("ann", "hello").await;
+    app.shutdown().await;
+}

@@ -180,6 +180,38 @@ pub fn nothing_sent(error: &Error) -> bool {
     matches!(error.kind.as_ref(), ErrorKind::ServerSelection { .. })
 }
 
+/// The name of the index a duplicate key error (`E11000`) was raised on,
+/// when it was another index than `_id`'s (always named `_id_`: an index
+/// another client created, such as `createIndex({name: 1}, {unique: true})`).
+/// mongod's write error names the index in its message ("E11000 duplicate
+/// key error collection: db.messages index: name_1 dup key: { name: \"bob\" }")
+/// and adds `keyPattern` and `keyValue` beside it
+/// (<https://www.mongodb.com/docs/manual/core/index-unique/>), but the
+/// driver keeps only `code`, `codeName`, `errmsg` and `errInfo` of a write
+/// error (`mongodb::error::WriteError`), so the message is what is left to
+/// read. `None` for a clash on `_id`, for another error, and for a message
+/// that names no index (then the clash is taken to be on `_id`, as before).
+pub fn duplicate_on_other_index(error: &Error) -> Option<String> {
+    let message = match error.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(we)) if we.code == DUPLICATE_KEY => &we.message,
+        ErrorKind::Command(c) if c.code == DUPLICATE_KEY => &c.message,
+        _ => return None,
+    };
+    duplicate_index_named(message).filter(|index| index != "_id_")
+}
+
+/// The index an `E11000` message names: what follows " index: ", up to
+/// " dup key" (an index name may hold spaces).
+fn duplicate_index_named(message: &str) -> Option<String> {
+    let (_, after) = message.split_once(" index: ")?;
+    let name = match after.split_once(" dup key") {
+        Some((name, _)) => name,
+        None => after.split_whitespace().next()?,
+    };
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
 /// The server's error code of a failed command, if it was one.
 pub fn command_code(error: &Error) -> Option<i32> {
     match error.kind.as_ref() {
@@ -258,6 +290,25 @@ pub fn scrub(text: &str, secret: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_index_of_a_duplicate_key_is_read_from_mongods_message() {
+        let on = |m: &str| duplicate_index_named(m);
+        assert_eq!(
+            on("E11000 duplicate key error collection: chat.messages index: name_1 dup key: { name: \"bob\" }").as_deref(),
+            Some("name_1")
+        );
+        assert_eq!(
+            on("E11000 duplicate key error collection: chat.messages index: _id_ dup key: { _id: \"x\" }").as_deref(),
+            Some("_id_")
+        );
+        assert_eq!(
+            on("E11000 duplicate key error collection: c.m index: by name dup key: { name: 1 }")
+                .as_deref(),
+            Some("by name")
+        );
+        assert_eq!(on("E11000 duplicate key"), None);
+    }
     use mongodb::bson::doc;
     use mongodb::error::{CommandError, WriteError};
     use std::sync::Arc;

@@ -60,3 +60,27 @@ pub(super) async fn ensure(shared: Arc<Shared>, collections: Arc<Collections>) {
         None => {}
     }
 }
+
+/// The reason for a post that another client's unique index `index` (any
+/// but `_id`'s, which simplechat relies on) refused as a duplicate key: the
+/// message is not stored, and no retry can store it until an operator
+/// drops the index. Shown in `/api/status` (beside the order index's
+/// state) until the store next creates its own index (after the collection
+/// is dropped, which drops that index too) or restarts, and logged once per
+/// index meanwhile, so that a chat refusing post after post does not fill
+/// the log.
+pub(super) fn refused_by_foreign_index(shared: &Shared, index: &str) -> String {
+    let why = format!(
+        "the unique index `{index}` on the {} collection, which simplechat did not create (another \
+         client did), refuses messages as duplicates of stored ones; an operator must drop it \
+         (db.{}.dropIndex(\"{index}\")): simplechat needs no unique index but the one on _id",
+        document::COLLECTION,
+        document::COLLECTION,
+    );
+    let mut noted = shared.index_error.lock().unwrap_or_else(|e| e.into_inner());
+    if noted.as_deref() != Some(why.as_str()) {
+        log::error!("{why}");
+        *noted = Some(why.clone());
+    }
+    format!("the message was not stored: {why}")
+}

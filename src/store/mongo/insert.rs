@@ -19,6 +19,7 @@ use tokio::sync::broadcast;
 
 use super::collections::Collections;
 use super::document::{millis, MessageDoc, Position};
+use super::index;
 use super::skipped::SkippedDocuments;
 use super::Shared;
 use crate::cache::CachedMessage;
@@ -206,7 +207,15 @@ async fn attempt(
     };
     match outcome {
         Ok(Ok(_)) => Ok(message),
-        Ok(Err(e)) => Err(collections.class(&e)),
+        Ok(Err(e)) => match mongo::errors::duplicate_on_other_index(&e) {
+            // Not a clash on the id, which reading the stored message
+            // resolves: another client's unique index refused the document,
+            // and will refuse every retry of it.
+            Some(index) => Err(Class::Unavailable(index::refused_by_foreign_index(
+                shared, &index,
+            ))),
+            None => Err(collections.class(&e)),
+        },
         Err(_) => Err(Class::Retry("the write did not finish in time".into())),
     }
 }
