@@ -2194,3 +2194,45 @@ async fn a_unique_index_of_another_client_refuses_a_post_at_once_naming_it() {
     app.post_message("ann", "hello").await;
     app.shutdown().await;
 }
+
+/// Another client drops the collection while the app runs: its indexes go
+/// with it, and the app creates its order index again, so listings keep
+/// using it (on mongod, a listing without it sorts in memory). Before, the
+/// index came back only with a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_index_is_created_again_after_the_collection_is_dropped() {
+    let cluster =
+        TestCluster::start("the_order_index_is_created_again_after_the_collection_is_dropped")
+            .await;
+    let app = start_app(&cluster, "droppedindex", 20).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    app.post_message("ann", "before the drop").await;
+    let lab = cluster.lab_messages("droppedindex").await;
+    let index_names = || async { lab.list_index_names().await.unwrap_or_default() };
+    let order_index = "position_1_datetime_1__id_1".to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !index_names().await.contains(&order_index) {
+        assert!(Instant::now() < deadline, "no order index at start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    lab.drop()
+        .await
+        .expect("another client drops the collection");
+    app.post_message("ann", "after the drop").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let names = index_names().await;
+        if names.contains(&order_index) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the order index was not created again: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listed = listed_ids(&app).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    app.shutdown().await;
+}

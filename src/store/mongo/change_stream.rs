@@ -340,7 +340,17 @@ pub(super) async fn run(shared: Arc<Shared>, collections: Arc<Collections>) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     while !watcher.shared.tasks.is_closed() {
         match watcher.cycle().await {
-            Ok(()) => backoff.reset(),
+            Ok(()) => {
+                backoff.reset();
+                // The stream ends by itself only when the collection was
+                // dropped or renamed (its `invalidate` event, which the
+                // driver ends the stream on): its indexes went with it.
+                // Created again beside the stream, waiting for a primary if
+                // need be.
+                let again =
+                    super::index::ensure_again(watcher.shared.clone(), watcher.collections.clone());
+                watcher.shared.tasks.push(tokio::spawn(again));
+            }
             Err(e) => watcher.shared.change_stream.failed(e),
         }
         watcher.shared.change_stream.stopped();

@@ -84,3 +84,19 @@ pub(super) fn refused_by_foreign_index(shared: &Shared, index: &str) -> String {
     }
     format!("the message was not stored: {why}")
 }
+
+/// Creates the order index again after the change stream saw the
+/// collection dropped (or renamed, or its database dropped): its indexes go
+/// with it, and without the order index every listing would sort in memory
+/// on mongod. The next insert creates the collection again, without it
+/// (<https://www.mongodb.com/docs/manual/reference/method/db.collection.drop/>).
+/// Creating the index creates the collection too, which a restore running
+/// meanwhile takes as it is (it restores into an existing collection).
+pub(super) async fn ensure_again(shared: Arc<Shared>, collections: Arc<Collections>) {
+    log::warn!(
+        "the {} collection was dropped or renamed; creating its {} index again",
+        document::COLLECTION,
+        document::ORDER_INDEX
+    );
+    ensure(shared, collections).await;
+}
