@@ -2236,3 +2236,62 @@ async fn the_order_index_is_created_again_after_the_collection_is_dropped() {
     assert_eq!(listed.len(), 1, "{listed:?}");
     app.shutdown().await;
 }
+
+/// The lab's history (documents without `position`, ObjectIds and
+/// datetimes from long ago) restored while the app runs: another client
+/// drops the collection and inserts the same documents again, one by one,
+/// as `mongorestore` of an unchanged backup does. They are history coming
+/// back, not the lab's app's new posts: they keep no position, no
+/// subscriber is sent them, and they are listed in their places, before
+/// what is posted next. Before, each was given a position and sent to
+/// subscribers as new, and the lab's history became the newest messages
+/// for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_labs_history_restored_while_the_app_runs_stays_history() {
+    const HISTORY: u32 = 1000;
+    let cluster =
+        TestCluster::start("the_labs_history_restored_while_the_app_runs_stays_history").await;
+    let lab = cluster.lab_messages("restoredlab").await;
+    let history: Vec<Document> = (0..HISTORY)
+        .map(|i| {
+            let secs = 1_600_000_000 + i * 60;
+            doc! {
+                "_id": object_id_at(secs),
+                "name": "lab",
+                "text": format!("old {i}"),
+                "datetime": mongodb::bson::DateTime::from_millis(i64::from(secs) * 1000),
+            }
+        })
+        .collect();
+    lab.insert_many(history.clone()).await.expect("the history");
+    let app = start_app(&cluster, "restoredlab", 20).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    let mut subscriber = Subscriber::connect(&app).await;
+
+    lab.drop().await.expect("the restore drops the collection");
+    for doc in history {
+        lab.insert_one(doc).await.expect("the restore's insert");
+    }
+    assert_eq!(post_with_id(&app, "after", "after").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(30)).await,
+        ["after"],
+        "the restored history is not news"
+    );
+    let positioned = lab
+        .count_documents(doc! { "position": { "$exists": true } })
+        .await
+        .expect("count");
+    assert_eq!(positioned, 1, "only the post has a position");
+    let mut expected: Vec<String> = (1..HISTORY)
+        .map(|i| object_id_at(1_600_000_000 + i * 60).to_hex())
+        .collect();
+    expected.push("after".to_owned());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while all_ids(&app).await != expected {
+        assert!(Instant::now() < deadline, "not listed in their places");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(subscriber.arrived(), Vec::<String>::new());
+    app.shutdown().await;
+}

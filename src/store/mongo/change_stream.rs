@@ -28,7 +28,9 @@
 //! automatic resume, the cache is invalidated and the cycle starts again.
 //!
 //! Another app's message (a document without `position`) is news when the
-//! stream sees its insert, and history when it was written before
+//! stream sees its insert (unless its ObjectId was made long before: the
+//! lab's history restored, [`Watcher::history_coming_back`]), and history
+//! when it was written before
 //! simplechat's first message; but one written since, while no stream
 //! watched (every instance stopped, or this one starting or recovering),
 //! is news all the same. So a document without `position` whose ObjectId
@@ -95,6 +97,10 @@ const RESTORED_QUIET: Duration = Duration::from_secs(1);
 /// How long the cache goes at most without the restored messages while a
 /// restore keeps the stream busy: one reload each this long.
 const RESTORED_RELOAD_EVERY: Duration = Duration::from_secs(10);
+
+/// How far a naive local `datetime` (the lab's, taken for UTC) can be
+/// behind UTC: time zones run from UTC-12 to UTC+14.
+const TIME_ZONE_SPREAD_SECS: u64 = 26 * 3600;
 
 /// The server's code for an event larger than it can send.
 const BSON_OBJECT_TOO_LARGE: i32 = 10334;
@@ -526,7 +532,8 @@ impl Watcher {
             let full = page.len() == CACHE_CAPACITY;
             let next = page.last().map(MessageDoc::position);
             for doc in page {
-                if !self.is_history(&doc.position()) {
+                // Without position: the lab's history (see `reload`).
+                if doc.position.is_some() && !self.is_history(&doc.position()) {
                     self.publish(doc)?;
                 }
             }
@@ -595,7 +602,12 @@ impl Watcher {
         let restored = std::mem::take(&mut self.restored);
         let mut latest = self.read_latest().await?;
         for doc in &latest.messages {
-            if self.may_lack(&doc.position()) && !restored.contains(&doc.id.public()) {
+            // A document without position that a read finds (strays are
+            // left out) is the lab's history: never news.
+            if doc.position.is_some()
+                && self.may_lack(&doc.position())
+                && !restored.contains(&doc.id.public())
+            {
                 self.publish(doc.clone())?;
             }
         }
@@ -931,8 +943,51 @@ impl Watcher {
         wall: Option<mongodb::bson::DateTime>,
         position: Timestamp,
     ) -> bool {
+        self.written_far_behind(committed, wall, u64::from(position.time))
+    }
+
+    /// Whether a document without `position` whose insert event the stream
+    /// brings is the lab's history coming back (a restore, an import of its
+    /// documents), not a new post of the lab's app: it was made (its
+    /// ObjectId's second, <https://www.mongodb.com/docs/manual/reference/method/ObjectId/>)
+    /// long before its insert committed, as [`Watcher::restored_far_behind`]
+    /// tells for a position. The lab's app makes the ObjectId as it inserts.
+    /// A document whose `_id` is no ObjectId is judged by its `datetime`,
+    /// which the lab wrote in local time taken for UTC: up to
+    /// [`TIME_ZONE_SPREAD_SECS`] more behind for a post made now.
+    fn history_coming_back(
+        &self,
+        committed: Option<Timestamp>,
+        wall: Option<mongodb::bson::DateTime>,
+        doc: &MessageDoc,
+    ) -> bool {
+        let made = match &doc.id {
+            DocId::ObjectId(oid) => {
+                u64::try_from(oid.timestamp().timestamp_millis() / 1000).unwrap_or(0)
+            }
+            DocId::Text(_) => {
+                let secs = doc.datetime.timestamp_millis() / 1000;
+                match u64::try_from(secs) {
+                    Ok(secs) => secs + TIME_ZONE_SPREAD_SECS,
+                    // Before 1970: long ago, whatever its time zone.
+                    Err(_) => 0,
+                }
+            }
+        };
+        self.written_far_behind(committed, wall, made)
+    }
+
+    /// Whether a document written at `written` (seconds since the epoch)
+    /// committed more than the write deadline and the clock margin after:
+    /// by both the event's cluster time and, when sent, its wall time.
+    fn written_far_behind(
+        &self,
+        committed: Option<Timestamp>,
+        wall: Option<mongodb::bson::DateTime>,
+        written: u64,
+    ) -> bool {
         let bound = self.shared.write_timeout.as_secs() + CLOCK_SKEW_MS.unsigned_abs() / 1000;
-        let since = u64::from(position.time) + bound;
+        let since = written + bound;
         let by_cluster_time = committed.is_some_and(|c| u64::from(c.time) > since);
         let by_wall_clock = wall.is_none_or(|w| {
             u64::try_from(w.timestamp_millis() / 1000).is_ok_and(|secs| secs > since)
@@ -1013,6 +1068,16 @@ impl Watcher {
                         return Ok(false);
                     }
                     self.publish(message)?;
+                    return Ok(false);
+                }
+                // The lab's history restored while the app runs: it keeps no
+                // position, is not news, and takes its place with the
+                // coalesced reload restored messages get.
+                if self.history_coming_back(event.cluster_time, event.wall_time, &message) {
+                    let (_, count) = self
+                        .restored_since
+                        .get_or_insert_with(|| (Instant::now(), 0));
+                    *count += 1;
                     return Ok(false);
                 }
                 // Another app (the lab's) inserted it: give it its place in
