@@ -41,18 +41,7 @@ pub fn one_line(text: &str) -> String {
 pub fn escape_in_log(text: &str) -> Cow<'_, str> {
     let bidi_control = CodePointSetData::new::<BidiControl>();
     let escaped = |c: char| c != '\n' && needs_escape(c, bidi_control);
-    if !text.chars().any(escaped) {
-        return Cow::Borrowed(text);
-    }
-    let mut shown = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        if escaped(c) {
-            shown.push_str(&escape(c));
-        } else {
-            shown.push(c);
-        }
-    }
-    Cow::Owned(shown)
+    escape_where(text, escaped)
 }
 
 /// `text` with every character that shows as nothing or changes how the
@@ -77,7 +66,13 @@ pub fn escape_invisible(text: &str) -> Cow<'_, str> {
             || categories.get(c) == GeneralCategory::Format
             || ignorable.contains(c)
     };
-    if !text.chars().any(escaped) {
+    escape_where(text, escaped)
+}
+
+/// `text` with each character `escaped` names written as [`escape`]
+/// writes it; borrowed when there is none.
+fn escape_where(text: &str, escaped: impl Fn(char) -> bool) -> Cow<'_, str> {
+    if !text.chars().any(&escaped) {
         return Cow::Borrowed(text);
     }
     let mut shown = String::with_capacity(text.len() + 16);
