@@ -291,6 +291,10 @@ pub fn scrub(text: &str, secret: Option<&str>) -> String {
 mod tests {
     use super::*;
 
+    use mongodb::bson::doc;
+    use mongodb::error::{CommandError, WriteError};
+    use std::sync::Arc;
+
     #[test]
     fn the_index_of_a_duplicate_key_is_read_from_mongods_message() {
         let on = |m: &str| duplicate_index_named(m);
@@ -309,9 +313,6 @@ mod tests {
         );
         assert_eq!(on("E11000 duplicate key"), None);
     }
-    use mongodb::bson::doc;
-    use mongodb::error::{CommandError, WriteError};
-    use std::sync::Arc;
 
     fn command_error(code: i32, name: &str) -> Error {
         let c: CommandError = mongodb::bson::from_document(
