@@ -147,19 +147,30 @@ fn target_error(parts: &Parts) -> Option<String> {
     None
 }
 
-/// Why the request's transfer codings cannot be undone, if they cannot.
-fn coding_error(parts: &Parts) -> Option<String> {
-    let lines = parts.headers.get_all(header::TRANSFER_ENCODING).iter();
-    lines
+/// The first member of the comma-separated list `name`'s lines make
+/// (RFC 9110 §5.6.1) that is not `known` (compared without case), if one is.
+fn first_other_than<'a>(
+    parts: &'a Parts,
+    name: header::HeaderName,
+    known: &'static [u8],
+) -> Option<&'a [u8]> {
+    parts
+        .headers
+        .get_all(name)
+        .iter()
         .flat_map(|line| line.as_bytes().split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
-        .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"chunked"))
-        .map(|coding| {
-            format!(
-                "transfer coding {} is not supported; only chunked is (RFC 9112 §6.1)",
-                echo(&String::from_utf8_lossy(coding))
-            )
-        })
+        .find(|member| !member.is_empty() && !member.eq_ignore_ascii_case(known))
+}
+
+/// Why the request's transfer codings cannot be undone, if they cannot.
+fn coding_error(parts: &Parts) -> Option<String> {
+    first_other_than(parts, header::TRANSFER_ENCODING, b"chunked").map(|coding| {
+        format!(
+            "transfer coding {} is not supported; only chunked is (RFC 9112 §6.1)",
+            echo(&String::from_utf8_lossy(coding))
+        )
+    })
 }
 
 /// Why the request's `Expect` cannot be met, if it cannot: it lists an
@@ -169,18 +180,13 @@ fn expectation_error(parts: &Parts) -> Option<String> {
     if parts.version < Version::HTTP_11 {
         return None;
     }
-    let lines = parts.headers.get_all(header::EXPECT).iter();
-    lines
-        .flat_map(|line| line.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .find(|member| !member.is_empty() && !member.eq_ignore_ascii_case(b"100-continue"))
-        .map(|member| {
-            format!(
-                "the expectation {} cannot be met; this server meets 100-continue only \
-                 (RFC 9110 §10.1.1)",
-                echo(&String::from_utf8_lossy(member))
-            )
-        })
+    first_other_than(parts, header::EXPECT, b"100-continue").map(|member| {
+        format!(
+            "the expectation {} cannot be met; this server meets 100-continue only \
+             (RFC 9110 §10.1.1)",
+            echo(&String::from_utf8_lossy(member))
+        )
+    })
 }
 
 #[cfg(test)]

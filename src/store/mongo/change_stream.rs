@@ -581,6 +581,15 @@ impl Watcher {
         Ok(())
     }
 
+    /// Counts one more message restored since the cache was last reset
+    /// ([`Watcher::restored_since`]), starting the count's clock at the first.
+    fn count_restored(&mut self) {
+        let (_, count) = self
+            .restored_since
+            .get_or_insert_with(|| (Instant::now(), 0));
+        *count += 1;
+    }
+
     /// Reloads the cache for the messages with positions from long before
     /// that came since it was last reset ([`Watcher::restored_since`]).
     async fn reload_restored(&mut self) -> Result<(), String> {
@@ -1057,10 +1066,7 @@ impl Watcher {
                         && self.is_behind(&at)
                     {
                         if !self.is_history(&at) {
-                            let (_, count) = self
-                                .restored_since
-                                .get_or_insert_with(|| (Instant::now(), 0));
-                            *count += 1;
+                            self.count_restored();
                             if self.may_lack(&at) {
                                 self.restored.insert(message.id.public());
                             }
@@ -1074,10 +1080,7 @@ impl Watcher {
                 // position, is not news, and takes its place with the
                 // coalesced reload restored messages get.
                 if self.history_coming_back(event.cluster_time, event.wall_time, &message) {
-                    let (_, count) = self
-                        .restored_since
-                        .get_or_insert_with(|| (Instant::now(), 0));
-                    *count += 1;
+                    self.count_restored();
                     return Ok(false);
                 }
                 // Another app (the lab's) inserted it: give it its place in

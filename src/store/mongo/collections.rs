@@ -276,11 +276,7 @@ impl Collections {
         // (<https://www.mongodb.com/docs/manual/reference/bson-types/#timestamps>):
         // on a collection with no position yet, history is what was there
         // when simplechat first looked.
-        let empty = Timestamp {
-            time: 0,
-            increment: 0,
-        };
-        let record = doc! { "_id": HISTORY_RECORD, FIRST_POSITION: computed.unwrap_or(empty) };
+        let record = doc! { "_id": HISTORY_RECORD, FIRST_POSITION: computed.unwrap_or(document::EMPTY_POSITION) };
         match self
             .meta
             .insert_one(record)
@@ -316,7 +312,7 @@ impl Collections {
             .map_err(|e| self.class(&e))?;
         Ok(record
             .and_then(|d| d.get_timestamp(FIRST_POSITION).ok())
-            .filter(|t| t.time != 0 || t.increment != 0))
+            .filter(|t| *t != document::EMPTY_POSITION))
     }
 
     /// The oldest `position` that MongoDB could have given
@@ -327,13 +323,9 @@ impl Collections {
     /// while no document has one. An empty timestamp (which mongod fills in
     /// at insert) does not count.
     async fn oldest_position(&self) -> Result<Option<Timestamp>, Class> {
-        let empty = Timestamp {
-            time: 0,
-            increment: 0,
-        };
         let mut cursor = self
             .messages
-            .find(doc! { document::POSITION: { "$gt": empty } })
+            .find(doc! { document::POSITION: { "$gt": document::EMPTY_POSITION } })
             .sort(document::sort(Direction::Newer))
             .projection(doc! { "_id": 1, "datetime": 1, document::POSITION: 1 })
             .limit(OLDEST_SCAN)

@@ -30,6 +30,15 @@ use crate::message::{is_visible, Message, NAME_MAX_CHARS, TEXT_MAX_CHARS};
 pub const COLLECTION: &str = "messages";
 /// The field that holds the primary-assigned position.
 pub const POSITION: &str = "position";
+
+/// The empty timestamp a message is inserted with in `position`: mongod
+/// replaces one in a top-level field with the cluster time at the insert
+/// (<https://www.mongodb.com/docs/manual/reference/bson-types/#timestamps>),
+/// so it is never a position of its own.
+pub(super) const EMPTY_POSITION: Timestamp = Timestamp {
+    time: 0,
+    increment: 0,
+};
 /// The index that serves the store order in both directions.
 pub const ORDER_INDEX: &str = "position_1_datetime_1__id_1";
 
@@ -361,7 +370,7 @@ impl MessageDoc {
             "name": m.name.as_str(),
             "text": m.text.as_str(),
             "datetime": DateTime::from_millis(millis(m.datetime)),
-            POSITION: Timestamp { time: 0, increment: 0 },
+            POSITION: EMPTY_POSITION,
         }
     }
 
