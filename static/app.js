@@ -566,16 +566,63 @@
   // SENT_KEPT keys are kept, the oldest going first, so a tab left open
   // for weeks holds no more than that. Only more sends than that waiting
   // for the stream at once (sent while it is down) could let one of the
-  // reader's own be read out.
-  const sentHere = new Set();
+  // reader's own be read out. The keys the reader's other tabs send with
+  // are kept here too, in the same bound (below).
+  const ownKeys = new Set();
   const SENT_KEPT = 100;
+  function keepOwn(key) {
+    ownKeys.add(key);
+    if (ownKeys.size > SENT_KEPT) ownKeys.delete(ownKeys.values().next().value);
+  }
   function sentFromHere(key) {
-    sentHere.add(key);
-    if (sentHere.size > SENT_KEPT) sentHere.delete(sentHere.values().next().value);
+    keepOwn(key);
+    tellOtherTabs(key);
   }
 
+  // --- The reader's other tabs. Someone with two tabs of the page open
+  // heard their own message, sent from one, read out in the other as
+  // another's. So each tab tells the others the key of every message it
+  // sends, before it sends it: the other tabs know the key long before
+  // their streams can bring the message, which comes only once the server
+  // has stored it. By a BroadcastChannel where the browser has one
+  // (https://html.spec.whatwg.org/multipage/web-messaging.html#broadcasting-to-other-browsing-contexts),
+  // elsewhere by writing the key to localStorage, whose "storage" event
+  // fires in every other tab of the site and not in the one that wrote it
+  // (https://html.spec.whatwg.org/multipage/webstorage.html#the-storage-event).
+  // Where the browser refuses both, each tab knows only its own messages,
+  // as before.
+  const SENT_KEY = "simplechat.sent";
+  let channel = null;
+  try {
+    if (window.BroadcastChannel) channel = new BroadcastChannel(SENT_KEY);
+  } catch (e) {
+    channel = null;
+  }
+  function tellOtherTabs(key) {
+    try {
+      if (channel) channel.postMessage(key);
+      else localStorage.setItem(SENT_KEY, key);
+    } catch (e) {
+      // Not told: storage blocked or full.
+    }
+  }
+  if (channel) {
+    channel.addEventListener("message", (event) => {
+      if (typeof event.data === "string") keepOwn(event.data);
+    });
+  }
+  window.addEventListener("storage", (event) => {
+    if (event.key === SENT_KEY && event.newValue) keepOwn(event.newValue);
+  });
+
   form.addEventListener("submit", async (event) => {
-    if (paged) return;
+    if (paged) {
+      // Sent by the form post under the form's key, which is the
+      // message's id: the other tabs are told of it as of any other.
+      const key = form.querySelector("input[name=id]").value;
+      if (key) tellOtherTabs(key);
+      return;
+    }
     event.preventDefault();
     if (sending) return;
     const name = nameInput.value.trim();
@@ -623,7 +670,7 @@
         if (response.status !== 503) pending = null;
         // Refused, nothing stored; but a 409 says a message has that key.
         if (response.status >= 400 && response.status < 500 && response.status !== 409) {
-          sentHere.delete(key);
+          ownKeys.delete(key);
         }
         if (body.field === "name") next = nameInput;
         showError(body.error || "Sending failed (" + response.status + ").",
@@ -723,7 +770,7 @@
       } catch (e) {
         return; // A malformed event is skipped rather than stopping the feed.
       }
-      const own = sentHere.delete(message.id);
+      const own = ownKeys.delete(message.id);
       if (append(message, false) && !own) arrived(message);
     });
   }

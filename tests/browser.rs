@@ -2878,6 +2878,203 @@ async fn your_own_messages_are_not_announced_however_late_the_stream_brings_them
     app.shutdown().await;
 }
 
+/// A DevTools command, through chromedriver's own endpoint for them: what
+/// WebDriver cannot do, such as running a script in a tab before the page's.
+#[derive(Debug)]
+struct DevTools {
+    cmd: &'static str,
+    params: Value,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for DevTools {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        let body = json!({ "cmd": self.cmd, "params": self.params });
+        (http::Method::POST, Some(body.to_string()))
+    }
+}
+
+/// Opens the page in the tab's current window, as a browser without
+/// `BroadcastChannel` would run it.
+async fn load_without_broadcast_channel(tab: &Browser, url: &str) {
+    tab.client
+        .issue_cmd(DevTools {
+            cmd: "Page.addScriptToEvaluateOnNewDocument",
+            params: json!({ "source": "delete window.BroadcastChannel" }),
+        })
+        .await
+        .expect("a script before the page's");
+    tab.load(url).await;
+    assert_eq!(
+        eval(&tab.client, "return typeof BroadcastChannel").await,
+        json!("undefined"),
+        "no BroadcastChannel"
+    );
+}
+
+/// Someone with two tabs of the page open in one browser heard their own
+/// message, sent from one tab, read out in the other as someone else's:
+/// each tab knew only the keys it had sent with itself. The tabs now tell
+/// each other (by BroadcastChannel, or where a browser has none by a
+/// `storage` event), so neither tab reads out the reader's own messages,
+/// sent from either by the script or by a page of older history's form,
+/// and both still read out everyone else's.
+async fn two_tabs_of_one_browser(test: &str, size: (u32, u32), broadcast_channel: bool) {
+    let Some(tab) = Browser::open(test, size).await else {
+        return;
+    };
+    let app = spawn_app(&[]).await;
+    app.post_message("ann", "before").await;
+    let c = &tab.client;
+    let load = || async {
+        if broadcast_channel {
+            tab.load(&app.base_url).await;
+        } else {
+            load_without_broadcast_channel(&tab, &app.base_url).await;
+        }
+    };
+    load().await;
+    let first = c.window().await.unwrap();
+    let second = c.new_window(true).await.unwrap().handle;
+    c.switch_to_window(second.clone()).await.unwrap();
+    load().await;
+    // Long enough for each first stream's replay to have settled.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    c.switch_to_window(first.clone()).await.unwrap();
+    send(c, "me", "from my first tab").await;
+    page_wait(
+        c,
+        "return $('#text').value === '' && items().length === 2",
+        "sent from the first tab",
+    )
+    .await;
+
+    c.switch_to_window(second.clone()).await.unwrap();
+    page_wait(
+        c,
+        "return items().some((m) => m.querySelector('.text').textContent === 'from my first tab')",
+        "the first tab's message in the second",
+    )
+    .await;
+    // The stream brings messages in order and each is read out as it
+    // comes: once bob's is read out, the reader's own would have been.
+    app.post_message("bob", "after yours").await;
+    page_wait(
+        c,
+        &format!("{ANNOUNCED_JS}.length > 0"),
+        "bob's message read out in the second tab",
+    )
+    .await;
+    assert_eq!(
+        page_eval(c, ANNOUNCED_JS).await,
+        json!(["bob: after yours"]),
+        "the second tab reads out only bob's message, not the reader's own"
+    );
+
+    // And the other way round.
+    send(c, "me", "from my second tab").await;
+    page_wait(
+        c,
+        "return $('#text').value === '' && items().length === 4",
+        "sent from the second tab",
+    )
+    .await;
+    c.switch_to_window(first).await.unwrap();
+    page_wait(
+        c,
+        "return items().length === 4",
+        "the second tab's message in the first",
+    )
+    .await;
+    app.post_message("carol", "after both").await;
+    page_wait(
+        c,
+        &format!("{ANNOUNCED_JS}.length > 1"),
+        "carol's message read out in the first tab",
+    )
+    .await;
+    assert_eq!(
+        page_eval(c, ANNOUNCED_JS).await,
+        json!(["bob: after yours", "carol: after both"]),
+        "the first tab reads out only others' messages"
+    );
+
+    // Sent by the form post from a page of older history, under the
+    // form's key: the second tab takes that one for the reader's own too.
+    let oldest = page_eval(c, "return items()[1].dataset.id").await;
+    let older_page = format!("{}/?before={}", app.base_url, oldest.as_str().unwrap());
+    c.goto(&older_page).await.unwrap();
+    page_wait(
+        c,
+        "return $('#connection').dataset.state === 'paged' && $('#name').value === 'me'",
+        "the page of older history",
+    )
+    .await;
+    c.find(Locator::Id("text"))
+        .await
+        .unwrap()
+        .send_keys("from a page of older history")
+        .await
+        .unwrap();
+    c.find(Locator::Id("send-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.switch_to_window(second).await.unwrap();
+    page_wait(
+        c,
+        "return items().length === 6",
+        "the form post in the second tab",
+    )
+    .await;
+    app.post_message("dave", "after the form").await;
+    page_wait(
+        c,
+        &format!("{ANNOUNCED_JS}.length > 2"),
+        "dave's message read out in the second tab",
+    )
+    .await;
+    assert_eq!(
+        page_eval(c, ANNOUNCED_JS).await,
+        json!([
+            "bob: after yours",
+            "carol: after both",
+            "dave: after the form"
+        ]),
+        "the form post not read out"
+    );
+    tab.close().await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn your_messages_from_another_tab_are_not_announced_on_a_phone() {
+    two_tabs_of_one_browser("other_tab_phone", PHONE, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn your_messages_from_another_tab_are_not_announced_on_a_desktop() {
+    two_tabs_of_one_browser("other_tab_desktop", DESKTOP, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn your_messages_from_another_tab_are_not_announced_without_broadcast_channel() {
+    two_tabs_of_one_browser("other_tab_storage", PHONE, false).await;
+}
+
 /// What the first event stream replays as the page opens is part of the
 /// page load, and is not read out: it was taken to be over only once no
 /// message had come for 0.7 s, so in a busy room, with messages coming
