@@ -613,6 +613,16 @@
   }
   window.addEventListener("storage", (event) => {
     if (event.key === SENT_KEY && event.newValue) keepOwn(event.newValue);
+    // A name another tab sent with is filled in here too, where the box
+    // holds nothing typed in this tab (it is empty, or holds the name
+    // remembered before) and the reader is not in it. Not while a send of
+    // this tab is unsettled: its retry goes under the name it was sent
+    // with, or it would be a new message and could be stored twice.
+    if (event.key === NAME_KEY && event.newValue && !pending
+      && document.activeElement !== nameInput
+      && (!nameInput.value || nameInput.value === event.oldValue)) {
+      nameInput.value = event.newValue;
+    }
   });
 
   form.addEventListener("submit", async (event) => {

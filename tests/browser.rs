@@ -2928,7 +2928,9 @@ async fn load_without_broadcast_channel(tab: &Browser, url: &str) {
 /// each other (by BroadcastChannel, or where a browser has none by a
 /// `storage` event), so neither tab reads out the reader's own messages,
 /// sent from either by the script or by a page of older history's form,
-/// and both still read out everyone else's.
+/// and both still read out everyone else's. A name sent with in one tab is
+/// filled in the other where its box is empty, and the draft in the other
+/// tab is left as it was.
 async fn two_tabs_of_one_browser(test: &str, size: (u32, u32), broadcast_channel: bool) {
     let Some(tab) = Browser::open(test, size).await else {
         return;
@@ -2950,6 +2952,9 @@ async fn two_tabs_of_one_browser(test: &str, size: (u32, u32), broadcast_channel
     load().await;
     // Long enough for each first stream's replay to have settled.
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    let draft = c.find(Locator::Id("text")).await.unwrap();
+    draft.send_keys("half a thought").await.unwrap();
+    assert_eq!(page_eval(c, "return $('#name').value").await, json!(""));
 
     c.switch_to_window(first.clone()).await.unwrap();
     send(c, "me", "from my first tab").await;
@@ -2980,6 +2985,17 @@ async fn two_tabs_of_one_browser(test: &str, size: (u32, u32), broadcast_channel
         page_eval(c, ANNOUNCED_JS).await,
         json!(["bob: after yours"]),
         "the second tab reads out only bob's message, not the reader's own"
+    );
+    page_wait(
+        c,
+        "return $('#name').value === 'me'",
+        "the name sent with in the first tab filled in",
+    )
+    .await;
+    assert_eq!(
+        page_eval(c, "return $('#text').value").await,
+        json!("half a thought"),
+        "the second tab's draft left as it was"
     );
 
     // And the other way round.
