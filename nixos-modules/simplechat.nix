@@ -28,6 +28,12 @@ let
 
   stateDir = "/var/lib/simplechat";
 
+  # The open files the app keeps for itself beside one per connection
+  # (`open_files::RESERVED` in the app), for the check below.
+  reservedFiles = 128;
+  openFiles = config.systemd.services.simplechat.serviceConfig.LimitNOFILE;
+  maxConnections = cfg.settings.max_connections or 1024;
+
   # A secret path is a string read at run time; a Nix path literal would be
   # copied into the world-readable store.
   secretPath = types.nullOr (
@@ -135,6 +141,11 @@ in
         assertion = cfg.mongodbPasswordFile != null -> (cfg.settings.mongodb_uri != null || cfg.mongodbUriFile != null);
         message = "services.simplechat.mongodbPasswordFile needs a connection string naming the user (settings.mongodb_uri or mongodbUriFile).";
       }
+      {
+        # A string ("infinity", "soft:hard") is the user's own choice.
+        assertion = !(builtins.isInt openFiles) || maxConnections + reservedFiles <= openFiles;
+        message = "services.simplechat: settings.max_connections (${toString maxConnections}) needs systemd.services.simplechat.serviceConfig.LimitNOFILE of at least ${toString (maxConnections + reservedFiles)}; the app would serve fewer connections.";
+      }
     ];
 
     networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall [ cfg.settings.port ];
@@ -161,6 +172,13 @@ in
         ExecStart = "${lib.getExe cfg.package} serve";
         Restart = "on-failure";
         RestartSec = 2;
+        # One descriptor per connection: systemd's default soft limit, 1024,
+        # is the default max_connections with nothing left for the process,
+        # and the hard limit the app raises it to (systemd.exec(5),
+        # LimitNOFILE=) is the host's DefaultLimitNOFILE, not this unit's.
+        # 65536, as nixpkgs' nomad and minio units set it, fits 65,408
+        # connections beside the 128 the app keeps.
+        LimitNOFILE = lib.mkDefault 65536;
 
         DynamicUser = true;
         StateDirectory = "simplechat";

@@ -82,9 +82,19 @@ impl Server {
 /// Binds the configured address, launches the application and starts the
 /// front door in front of it, and returns once it listens.
 ///
-/// Errors: the address cannot be bound, the store cannot be opened,
-/// Rocket cannot start (one line each).
+/// The soft open files limit is raised to the hard one first, and
+/// `max_connections` lowered (with a warning) to what it fits
+/// ([`crate::open_files`]).
+///
+/// Errors: the open files limit fits no connection, the address cannot be
+/// bound, the store cannot be opened, Rocket cannot start (one line each).
 pub async fn start(config: Config) -> Result<Server, String> {
+    // The connection bound is what the open files limit leaves once
+    // raised; a start it cannot fit stops before anything is opened.
+    let fit = crate::open_files::fit(config.max_connections, crate::open_files::raise())?;
+    if let Some(warning) = &fit.warning {
+        log::warn!("{warning}");
+    }
     let address = SocketAddr::new(config.address, config.port);
     let listener = TcpListener::bind(address)
         .await
@@ -94,7 +104,7 @@ pub async fn start(config: Config) -> Result<Server, String> {
         .map_err(|e| format!("cannot listen on {address}: {e}"))?;
     let front = FrontConfig {
         header_timeout: config.header_timeout,
-        max_connections: config.max_connections,
+        max_connections: fit.max_connections,
         max_connections_per_client: config.max_connections_per_client,
     };
     let heartbeat = config.heartbeat;

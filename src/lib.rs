@@ -22,7 +22,8 @@
 //! - [`replset`]: `simplechat replset init`, `status`, `plan` and `apply`.
 //! - Leaves: [`config`] (every setting; it uses `mongo::uri` to check a
 //!   connection string), [`hosts`] (which `Host` values are answered),
-//!   [`message`] (the message and its rules),
+//!   [`message`] (the message and its rules), [`open_files`] (the open
+//!   files limit and the connections it fits),
 //!   [`retry`] (backoff and polling), [`text`] (one-line messages).
 //!
 //! # Glossary
@@ -50,6 +51,7 @@ pub mod hosts;
 pub mod logging;
 pub mod message;
 pub mod mongo;
+pub mod open_files;
 pub mod replset;
 pub mod retry;
 pub mod store;

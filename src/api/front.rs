@@ -65,6 +65,7 @@ use crate::api::body;
 use crate::api::dispatch::{json_response, Dispatch};
 use crate::api::headers::SECURITY_HEADERS;
 use crate::api::stall::WriteTimeout;
+use crate::retry::Backoff;
 
 /// The front door's settings.
 #[derive(Debug, Clone, Copy)]
@@ -108,9 +109,14 @@ const MAX_REFUSALS: usize = 64;
 /// The least time between two log lines about connections refused for
 /// their address's bound ([`RefusalLog`]).
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
-/// Wait after `accept` fails (out of file descriptors), so the loop does
-/// not spin while connections close.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// The first wait after `accept` fails (out of file descriptors), so the
+/// loop does not spin while connections close; it doubles up to
+/// [`ACCEPT_BACKOFF_MAX`] while the failures go on.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// The longest wait between two tries of a failing `accept`: a connection
+/// waiting in the backlog is taken at most this late once a descriptor is
+/// free.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// The most unsent data an accepted socket holds before a write waits
 /// (`TCP_NOTSENT_LOWAT`, tcp(7)); Linux wakes a waiting write once less
@@ -150,6 +156,8 @@ pub async fn serve<S>(
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let per_client = config.max_connections_per_client.map(ClientCounts::new);
     let mut refusal_log = RefusalLog::default();
+    let mut accept_failures = AcceptFailures::default();
+    let mut accept_backoff = Backoff::new(ACCEPT_BACKOFF, ACCEPT_BACKOFF_MAX);
     // Told to every connection once the grace period is over.
     let (close_tx, close_rx) = tokio::sync::watch::channel(false);
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -171,10 +179,23 @@ pub async fn serve<S>(
             biased;
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    if let Some(recovered) = accept_failures.accepted(Instant::now()) {
+                        log::warn!("{recovered}");
+                        accept_backoff.reset();
+                    }
+                    accepted
+                }
                 Err(e) => {
-                    log::warn!("cannot accept a connection: {e}");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    if let Some(first) = accept_failures.failed(&e, Instant::now()) {
+                        log::warn!("{first}");
+                    }
+                    // The shutdown is not held up by the wait.
+                    tokio::select! {
+                        biased;
+                        _ = &mut stop => break,
+                        _ = accept_backoff.wait() => {}
+                    }
                     continue;
                 }
             },
@@ -261,6 +282,50 @@ pub async fn serve<S>(
         let _ = close_tx.send(true);
     }
 }
+
+/// A run of failed `accept`s (an episode), told in two log lines: when it
+/// starts, and when a connection is accepted again. Out of file
+/// descriptors, `accept` fails until a connection closes, and a line per
+/// failure filled the log (77 in 8 s) while saying nothing new.
+#[derive(Debug, Default)]
+struct AcceptFailures {
+    /// When the episode in progress started, and its failures so far.
+    since: Option<(Instant, u64)>,
+}
+
+impl AcceptFailures {
+    /// Counts a failure; the line to log when it starts an episode.
+    fn failed(&mut self, error: &io::Error, now: Instant) -> Option<String> {
+        if let Some((_, failures)) = &mut self.since {
+            *failures += 1;
+            return None;
+        }
+        self.since = Some((now, 1));
+        let hint = if error.raw_os_error() == Some(EMFILE) {
+            "; raise the open files limit (ulimit -n, systemd's LimitNOFILE) or lower \
+             max_connections"
+        } else {
+            ""
+        };
+        Some(format!(
+            "cannot accept connections: {error}; new connections wait until a descriptor \
+             is free, tried again up to once a second, and a line says when they are \
+             accepted again{hint}"
+        ))
+    }
+
+    /// Ends the episode in progress, if any; the line to log then.
+    fn accepted(&mut self, now: Instant) -> Option<String> {
+        let (since, failures) = self.since.take()?;
+        Some(format!(
+            "accepting connections again, after {failures} failed tries over {:.1} s",
+            now.saturating_duration_since(since).as_secs_f64()
+        ))
+    }
+}
+
+/// "Too many open files" (errno 24 on Linux, the BSDs and macOS).
+const EMFILE: i32 = 24;
 
 /// Answers one request on `stream`, a connection over a bound, with 503,
 /// `Retry-After` and `why`, and closes it; or, when [`MAX_REFUSALS`] are
@@ -684,8 +749,38 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::{
-        is_length_too_large, json_refusal, ClientCounts, JsonParseErrors, RefusalLog, TooLarge,
+        is_length_too_large, json_refusal, AcceptFailures, ClientCounts, JsonParseErrors,
+        RefusalLog, TooLarge,
     };
+
+    #[test]
+    fn failed_accepts_are_told_once_when_they_start_and_once_when_they_end() {
+        let mut failures = AcceptFailures::default();
+        let start = Instant::now();
+        let emfile = std::io::Error::from_raw_os_error(24);
+        let first = failures.failed(&emfile, start).expect("the first failure");
+        assert!(
+            first.contains("cannot accept connections") && first.contains("ulimit -n"),
+            "{first}"
+        );
+        for i in 1..77 {
+            assert_eq!(
+                failures.failed(&emfile, start + Duration::from_millis(i * 100)),
+                None
+            );
+        }
+        let again = failures
+            .accepted(start + Duration::from_secs(8))
+            .expect("the episode ends");
+        assert_eq!(
+            again,
+            "accepting connections again, after 77 failed tries over 8.0 s"
+        );
+        assert_eq!(failures.accepted(start + Duration::from_secs(9)), None);
+        let other = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
+        let next = failures.failed(&other, start).expect("a new episode");
+        assert!(!next.contains("ulimit"), "{next}");
+    }
 
     #[test]
     fn each_address_has_its_own_count_and_a_closed_connection_leaves_it() {

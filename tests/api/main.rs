@@ -18,6 +18,7 @@ mod hosts;
 mod idempotency;
 mod memory;
 mod messages;
+mod open_files;
 mod openapi;
 mod options;
 mod page;
