@@ -88,15 +88,15 @@ pub struct Settings {
     /// the built-in ones.
     #[serde(default, deserialize_with = "some_path")]
     pub template_dir: Option<PathBuf>,
-    /// The write deadline, in seconds; at least 1.
+    /// The write deadline, in seconds; 1 to [`MAX_SECS`].
     pub write_timeout_secs: u64,
     /// Seconds between heartbeat comments on each event stream, which keep
-    /// proxies and browsers from closing it; at least 1.
+    /// proxies and browsers from closing it; 1 to [`MAX_SECS`].
     pub heartbeat_secs: u64,
     /// The embedded store's page cache, in MiB.
     pub cache_size_mib: u64,
     /// Seconds a connection may take to send a request's headers, counted
-    /// from when it opens or its previous response ends.
+    /// from when it opens or its previous response ends; 1 to [`MAX_SECS`].
     pub header_timeout_secs: u64,
     /// The most connections open at once; more are refused with 503.
     pub max_connections: usize,
@@ -582,7 +582,8 @@ impl Config {
     /// the wrong type, simplechat's or Rocket's (naming the key, where it
     /// came from and the value); both `mongodb_uri` and `mongodb_uri_file`;
     /// an unreadable URI or password file; a bad connection string; a
-    /// template directory missing a template; a count or duration of 0.
+    /// template directory missing a template; a count of 0; seconds out of
+    /// range (1 to [`MAX_SECS`]).
     pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
         let bad = |e: figment::Error| ConfigError(format!("bad configuration: {}", explain(e)));
         let settings: Settings = figment.extract().map_err(bad)?;
@@ -600,18 +601,16 @@ impl Config {
                 _ => source(&figment, "template_dir"),
             }
         })?;
-        if settings.write_timeout_secs == 0 {
-            return Err(ConfigError("write_timeout_secs must be at least 1".into()));
-        }
-        if settings.heartbeat_secs == 0 {
-            return Err(ConfigError("heartbeat_secs must be at least 1".into()));
-        }
+        let write_timeout = seconds(&figment, "write_timeout_secs", settings.write_timeout_secs)?;
+        let heartbeat = seconds(&figment, "heartbeat_secs", settings.heartbeat_secs)?;
         if settings.cache_size_mib == 0 {
             return Err(ConfigError("cache_size_mib must be at least 1".into()));
         }
-        if settings.header_timeout_secs == 0 {
-            return Err(ConfigError("header_timeout_secs must be at least 1".into()));
-        }
+        let header_timeout = seconds(
+            &figment,
+            "header_timeout_secs",
+            settings.header_timeout_secs,
+        )?;
         if settings.max_connections == 0 {
             return Err(ConfigError("max_connections must be at least 1".into()));
         }
@@ -620,9 +619,9 @@ impl Config {
             port: settings.port,
             store,
             templates,
-            write_timeout: Duration::from_secs(settings.write_timeout_secs),
-            heartbeat: Duration::from_secs(settings.heartbeat_secs),
-            header_timeout: Duration::from_secs(settings.header_timeout_secs),
+            write_timeout,
+            heartbeat,
+            header_timeout,
             max_connections: settings.max_connections,
             max_connections_per_client: (settings.max_connections_per_client > 0)
                 .then_some(settings.max_connections_per_client),
@@ -632,6 +631,31 @@ impl Config {
             figment,
         })
     }
+}
+
+/// The most seconds any `*_secs` setting may hold: a day. A wait longer
+/// than that means nothing to a client, a proxy or a browser's
+/// `EventSource`, and a value near `u64::MAX` was accepted, then panicked
+/// each event stream or connection it timed ("overflow when adding
+/// duration to instant").
+pub const MAX_SECS: u64 = 24 * 60 * 60;
+
+/// The `*_secs` setting `key`, whose value is `value`, as a duration.
+///
+/// Errors: below 1 or above [`MAX_SECS`], naming where the value came
+/// from (the variable, or the key and the file), the key and the range.
+fn seconds(figment: &Figment, key: &str, value: u64) -> Result<Duration, ConfigError> {
+    if (1..=MAX_SECS).contains(&value) {
+        return Ok(Duration::from_secs(value));
+    }
+    let whence = match figment.find_metadata(key).and_then(|m| m.source.as_ref()) {
+        Some(Source::File(path)) => format!("{key} in {}", path.display()),
+        _ => source(figment, key),
+    };
+    Err(ConfigError(format!(
+        "bad configuration: {whence}: {key} is {value}, expected a number of seconds \
+         from 1 to {MAX_SECS} (a day)"
+    )))
 }
 
 /// `mongodb_password_file` from every layer, for a command given its own

@@ -1023,7 +1023,10 @@ fn an_unknown_simplechat_variable_warns_naming_the_setting_meant() {
         ),
         "{stderr}"
     );
-    assert_one_line_failure(&out, "heartbeat_secs must be at least 1");
+    assert_one_line_failure(
+        &out,
+        "heartbeat_secs is 0, expected a number of seconds from 1",
+    );
 }
 
 /// A port out of range or not a number is refused saying what a port is,
@@ -1142,4 +1145,69 @@ fn a_start_removes_the_template_directories_killed_servers_left() {
     expected.sort();
     assert_eq!(left, expected, "{}", output.join("\n"));
     assert!(elsewhere.join("keep").exists(), "a link is never followed");
+}
+
+/// Every seconds setting is bounded, 1 to 86400 (a day): a value near
+/// `u64::MAX` was accepted at start and then panicked every event stream
+/// (`heartbeat_secs`) or every connection (`header_timeout_secs`) with an
+/// overflow. `config` and `serve` refuse it with one line naming where it
+/// came from, the setting and the range; the bound itself is accepted.
+#[test]
+fn seconds_out_of_range_are_refused_naming_the_setting_and_the_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for key in [
+        "write_timeout_secs",
+        "heartbeat_secs",
+        "header_timeout_secs",
+    ] {
+        let var = format!("SIMPLECHAT_{}", key.to_ascii_uppercase());
+        for value in ["18446744073709551615", "86401", "0"] {
+            assert_one_line_failure(
+                &simplechat(d, &["config"], &[(&var, value)]),
+                &format!(
+                    "bad configuration: {var}: {key} is {value}, expected a number of \
+                     seconds from 1 to 86400 (a day)"
+                ),
+            );
+        }
+        let config = config_lines(d, &[(&var, "86400")]);
+        assert_eq!(line(&config, key), format!("{key} = 86400  # from {var}"));
+    }
+
+    let file = d.join("simplechat.toml");
+    std::fs::write(&file, "heartbeat_secs = 86401\n").unwrap();
+    assert_one_line_failure(
+        &simplechat(d, &["config"], &[]),
+        "heartbeat_secs in simplechat.toml: heartbeat_secs is 86401",
+    );
+    std::fs::remove_file(&file).unwrap();
+
+    // The start is refused, not the first event stream or connection.
+    for var in [
+        "SIMPLECHAT_HEARTBEAT_SECS",
+        "SIMPLECHAT_HEADER_TIMEOUT_SECS",
+    ] {
+        let exe = Path::new(env!("CARGO_BIN_EXE_simplechat"));
+        let mut serve = command(
+            exe,
+            d,
+            &["serve"],
+            &[(var, "18446744073709551615"), ("SIMPLECHAT_PORT", "0")],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start simplechat");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while serve.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = serve.kill();
+                let _ = serve.wait();
+                panic!("serve started with {var}=18446744073709551615");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_one_line_failure(&serve.wait_with_output().unwrap(), &format!("{var}: "));
+    }
 }
