@@ -150,7 +150,7 @@ pub async fn start(config: Config) -> Result<Server, String> {
 
 /// Asks for a graceful shutdown on each signal Rocket's `shutdown`
 /// settings name (`signals`, and SIGINT when `ctrlc`), as Rocket's own
-/// server does.
+/// server does, and on SIGHUP ([`watch_hangup`]).
 ///
 /// Errors: a signal handler cannot be installed (one line).
 fn watch_signals(settings: &ShutdownConfig, shutdown: rocket::Shutdown) -> Result<(), String> {
@@ -188,11 +188,63 @@ fn watch_signals(settings: &ShutdownConfig, shutdown: rocket::Shutdown) -> Resul
             }
         });
     }
+    if !settings.signals.contains(&Sig::Hup) && !hangup_ignored() {
+        watch_hangup(shutdown)?;
+    }
     Ok(())
 }
 
-/// Runs the server until SIGTERM or Ctrl-C; in-flight requests finish, event
-/// streams end, then the store closes.
+/// Shuts down gracefully on SIGHUP, whatever Rocket's `shutdown` settings
+/// say, with one line saying why.
+///
+/// Left to its default action, SIGHUP ended the process at once (status
+/// 129), cutting event streams mid-body and logging nothing: a server
+/// started by hand died so when its SSH session closed. Daemons often read
+/// their configuration again on SIGHUP; this one reads it only at start
+/// (the store, the listener and the bounds are fixed then), so a reload
+/// asked that way is a restart's first half, and the line says so.
+///
+/// Not called when SIGHUP is ignored already (`nohup`): a handler would
+/// undo what was asked.
+///
+/// Errors: the handler cannot be installed (one line).
+fn watch_hangup(shutdown: rocket::Shutdown) -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups =
+        signal(SignalKind::hangup()).map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            // A warning: shown at every log level but `off`, as the
+            // process goes away, which may not be what was meant.
+            log::warn!(
+                "received SIGHUP (the terminal or session closed, or a reload was asked); \
+                 shutting down gracefully as on SIGTERM. The configuration is read only at \
+                 start: start the server again to apply a change, and run it under a service \
+                 manager or with nohup to outlive a session"
+            );
+            shutdown.clone().notify();
+        }
+    });
+    Ok(())
+}
+
+/// Whether this process ignores SIGHUP, as `nohup` or `trap '' HUP` leave
+/// it: the `SigIgn` mask of `/proc/self/status` (proc(5)), whose lowest
+/// bit is signal 1, SIGHUP. Where there is no such file, not ignored.
+fn hangup_ignored() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("SigIgn:"))
+                .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        })
+        .is_some_and(|mask| mask & 1 != 0)
+}
+
+/// Runs the server until SIGTERM, SIGHUP or Ctrl-C; in-flight requests
+/// finish, event streams end, then the store closes.
 pub async fn serve(config: Config) -> Result<(), String> {
     crate::logging::install(config.log_level);
     let store = crate::config::describe_store(&config.store);

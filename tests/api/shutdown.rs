@@ -367,3 +367,91 @@ async fn serving_250_long_messages(
     post_long_messages(&base, 250).await;
     (server, address, base)
 }
+
+/// SIGHUP (a closed terminal or SSH session) shuts down as SIGTERM does,
+/// saying so: the open event stream ends cleanly, the exit is clean, and
+/// the line says the configuration is read only at start. It used to end
+/// the process at once (status 129), cutting the stream mid-body. Under
+/// `nohup` (SIGHUP ignored when started), SIGHUP changes nothing.
+#[tokio::test]
+async fn sighup_shuts_down_gracefully_saying_so_and_nohup_still_ignores_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let log = dir.path().join("stderr.log");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_simplechat"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("SIMPLECHAT_PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start simplechat");
+    wait_until_serving(&base).await;
+    let mut events = reqwest::get(format!("{base}/api/events"))
+        .await
+        .unwrap()
+        .bytes_stream();
+    events.next().await.expect("stream opened").unwrap();
+
+    let hup = Command::new("kill")
+        .args(["-HUP", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = events.next().await {
+            chunk.map_err(|e| e.to_string())?;
+        }
+        Ok::<(), String>(())
+    })
+    .await;
+    assert_eq!(
+        ended,
+        Ok(Ok(())),
+        "the event stream ended cleanly on SIGHUP"
+    );
+    let exit = exit_within(&mut server, Duration::from_secs(10)).await;
+    assert!(exit.success(), "clean exit: {exit:?}");
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    let said: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.contains("received SIGHUP"))
+        .collect();
+    assert_eq!(said.len(), 1, "{stderr}");
+    assert!(
+        said[0].contains("shutting down gracefully")
+            && said[0].contains("configuration is read only at start"),
+        "{stderr}"
+    );
+
+    let mut server = Command::new("sh")
+        .args(["-c", "trap '' HUP && exec \"$0\" serve"])
+        .arg(env!("CARGO_BIN_EXE_simplechat"))
+        .current_dir(dir.path())
+        .env("SIMPLECHAT_PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start simplechat with SIGHUP ignored");
+    wait_until_serving(&base).await;
+    let hup = Command::new("kill")
+        .args(["-HUP", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    // Still serving after the signal: a request answered after it was
+    // delivered, and the process has not exited.
+    let posted = reqwest::Client::new()
+        .post(format!("{base}/api/messages"))
+        .json(&serde_json::json!({"name": "t", "text": "after SIGHUP"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 201);
+    assert!(server.try_wait().unwrap().is_none(), "exited under nohup");
+    sigterm(&server);
+    assert!(exit_within(&mut server, Duration::from_secs(10))
+        .await
+        .success());
+}
