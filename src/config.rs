@@ -798,10 +798,18 @@ impl Config {
         let (dir, written) = match &self.templates {
             Templates::Configured(dir) | Templates::Bundle(dir) => (dir.clone(), None),
             Templates::BuiltIn => {
+                // rocket_dyn_templates 0.2 finds templates only by walking
+                // `template_dir` (`Context::initialize`), and its MiniJinja
+                // loader reads each file from there, so the built-in ones
+                // must be files; what the user can do about a temporary
+                // directory that takes none is said in full.
                 let written = BuiltInTemplateDir::write().map_err(|e| {
                     ConfigError(format!(
-                        "cannot write the built-in templates to {}: {e} (set template_dir)",
-                        std::env::temp_dir().display()
+                        "cannot write the built-in templates to {} (the temporary directory, \
+                         TMPDIR): {e}; free space there or set TMPDIR to another directory, \
+                         or set template_dir to a directory holding {}, which needs no writing",
+                        std::env::temp_dir().display(),
+                        TEMPLATES.join(" and ")
                     ))
                 })?;
                 (written.path().to_path_buf(), Some(written))

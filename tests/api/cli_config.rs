@@ -1211,3 +1211,33 @@ fn seconds_out_of_range_are_refused_naming_the_setting_and_the_range() {
         assert_one_line_failure(&serve.wait_with_output().unwrap(), &format!("{var}: "));
     }
 }
+
+/// A temporary directory that takes no built-in templates (full, or not a
+/// directory at all) stops the start with one line naming it and both ways
+/// out: another `TMPDIR`, or a `template_dir`.
+#[test]
+fn a_temporary_directory_that_takes_no_templates_says_both_ways_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_dir = dir.path().join("tmp-is-a-file");
+    std::fs::write(&not_a_dir, "").unwrap();
+    let tmpdir = not_a_dir.to_str().unwrap();
+    let out = simplechat(
+        dir.path(),
+        &["serve"],
+        &[("TMPDIR", tmpdir), ("SIMPLECHAT_PORT", "0")],
+    );
+    assert_one_line_failure(
+        &out,
+        &format!(
+            "cannot write the built-in templates to {tmpdir} (the temporary directory, TMPDIR)"
+        ),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("set TMPDIR to another directory")
+            && stderr.contains(
+                "or set template_dir to a directory holding index.html.j2 and messages.html.j2"
+            ),
+        "{stderr}"
+    );
+}
