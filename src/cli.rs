@@ -289,10 +289,18 @@ pub fn run(cli: Cli) -> ExitCode {
 /// reports a process that SIGINT ended.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
+/// Prints a line of progress: on stderr, so that stdout carries only the
+/// command's result (`replset plan > plan.txt` holds the plan alone,
+/// whatever the command waited for on the way).
+fn progress(line: &dyn std::fmt::Display) {
+    eprintln!("{line}");
+}
+
 /// `replset apply`, stopped by Ctrl-C (SIGINT) with one line that says
 /// during which step, and that plan and apply can be run again: every
 /// step is planned afresh from what the primary reports, so a second
-/// apply continues from wherever the first one stopped.
+/// apply continues from wherever the first one stopped. Each step and
+/// wait is progress ([`progress`]); the summary is the result.
 async fn apply(request: replset::reconfig::MembersRequest) -> Result<ExitCode, String> {
     // The step under way: its number and what it does.
     let step: std::cell::RefCell<Option<(usize, String)>> = std::cell::RefCell::new(None);
@@ -300,7 +308,7 @@ async fn apply(request: replset::reconfig::MembersRequest) -> Result<ExitCode, S
         if let replset::reconfig::Progress::Step { number, step: s } = report {
             *step.borrow_mut() = Some((number, s.action()));
         }
-        println!("{report}");
+        progress(&report);
     };
     interruptible(replset::reconfig::apply(&request, &mut progress), || {
         let during = match step.borrow().as_ref() {
@@ -324,7 +332,7 @@ async fn apply(request: replset::reconfig::MembersRequest) -> Result<ExitCode, S
 /// one that is against the request, and converges the user afresh, so a
 /// second run goes on from wherever the first one stopped.
 async fn init(request: replset::InitRequest) -> Result<ExitCode, String> {
-    interruptible(replset::init(&request, &|line| println!("{line}")), || {
+    interruptible(replset::init(&request, &|line| progress(&line)), || {
         "replset init was interrupted. Run it again to go on: it initiates the set only if it \
          is not initiated yet, and checks the rest afresh"
             .to_owned()
@@ -415,7 +423,7 @@ async fn replset_command(command: ReplsetCommand) -> Result<ExitCode, String> {
             init(request).await
         }
         ReplsetCommand::Plan(args) => {
-            let planned = replset::reconfig::plan(&args.into()).await?;
+            let planned = replset::reconfig::plan(&args.into(), &mut |p| progress(&p)).await?;
             println!(
                 "replica set {} has {}",
                 planned.running.name,

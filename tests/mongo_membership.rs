@@ -217,7 +217,7 @@ async fn three_to_five_to_three_while_writing() {
 
     let grow = simplechat(members_args("apply", SET_NAME, &five, &[])).await;
     assert!(grow.status.success(), "{}", text(&grow));
-    let out = String::from_utf8_lossy(&grow.stdout);
+    let out = String::from_utf8_lossy(&grow.stderr);
     assert!(out.contains(&format!("step 1: add {}", hosts[3])), "{out}");
     assert!(out.contains("to copy the data and vote"), "{out}");
     assert_eq!(cluster.config_hosts(), five);
@@ -273,7 +273,7 @@ async fn a_dead_member_is_replaced_while_writing() {
     let declared = pick(&hosts, &[0, 1, 3]);
     let apply = simplechat(members_args("apply", SET_NAME, &declared, &[])).await;
     assert!(apply.status.success(), "{}", text(&apply));
-    let out = String::from_utf8_lossy(&apply.stdout);
+    let out = String::from_utf8_lossy(&apply.stderr);
     let add = out.find(&format!("step 1: add {}", hosts[3]));
     let remove = out.find(&format!("step 2: remove {}", hosts[2]));
     assert!(
@@ -339,13 +339,15 @@ async fn two_applies_at_once_end_with_the_declared_members() {
         assert!(!out.contains("is not greater than"), "{out}");
         assert!(!out.contains("same host field"), "{out}");
         if !o.status.success() {
-            let err = String::from_utf8_lossy(&o.stderr);
+            // The steps and waits it took, then the error in one line.
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            let err = stderr.lines().last().unwrap_or_default();
             assert!(
-                err.contains("another reconfiguration ran at the same time")
+                err.starts_with("simplechat: ")
+                    && err.contains("another reconfiguration ran at the same time")
                     && err.contains("run apply again"),
                 "{out}"
             );
-            assert_eq!(err.lines().count(), 1, "{out}");
         }
     }
     assert!(a.status.success() || b.status.success());
@@ -369,7 +371,7 @@ async fn a_majority_is_replaced_in_steps_while_a_member_is_down() {
     let declared = pick(&hosts, &[3, 2, 4]);
     let apply = simplechat(members_args("apply", SET_NAME, &declared, &[])).await;
     assert!(apply.status.success(), "{}", text(&apply));
-    let out = String::from_utf8_lossy(&apply.stdout);
+    let out = String::from_utf8_lossy(&apply.stderr);
     say(&format!("{test}: {out}"));
     for (i, step) in [
         format!("add {}", hosts[3]),
@@ -481,8 +483,10 @@ async fn unsafe_requests_are_refused_and_change_nothing() {
     let refused = |args: Vec<String>, expect: &'static str| async move {
         let o = simplechat(args).await;
         assert!(!o.status.success(), "{}", text(&o));
-        let err = String::from_utf8_lossy(&o.stderr).to_string();
-        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        // What it waited for, if anything, then the error in one line.
+        let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+        let err = stderr.lines().last().unwrap_or_default().to_owned();
+        assert!(err.starts_with("simplechat: "), "{}", text(&o));
         assert!(err.contains(expect), "expected {expect:?}: {}", text(&o));
         err
     };
@@ -624,14 +628,14 @@ async fn ctrl_c_during_apply_says_which_step_and_how_to_go_on() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run simplechat");
-    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
     let pid = child.id().to_string();
-    let (seen, output) = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
+    let (mut seen, output) = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stderr).lines();
         let mut seen = Vec::new();
         // The first step is under way once apply waits for its member.
         for line in lines.by_ref() {
-            let line = line.expect("stdout");
+            let line = line.expect("stderr");
             let waiting = line.contains("to copy the data and vote");
             seen.push(line);
             if waiting {
@@ -648,14 +652,16 @@ async fn ctrl_c_during_apply_says_which_step_and_how_to_go_on() {
     })
     .await
     .expect("join");
-    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     say(&format!(
-        "{test}: exit {:?}\nstdout: {}\nstderr: {stderr}",
+        "{test}: exit {:?}\nstdout: {}\nstderr: {}",
         output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
         seen.join("\n")
     ));
+    // The progress lines, then the one that says what was interrupted.
+    let stderr = seen.pop().unwrap_or_default();
     assert_eq!(output.status.code(), Some(130), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(output.stdout.is_empty(), "no result: {output:?}");
     assert!(
         stderr.starts_with("simplechat: replset apply was interrupted during step 1 (add ")
             && stderr.contains("simplechat replset plan")
@@ -740,8 +746,100 @@ async fn a_member_named_otherwise_than_the_configuration_is_explained() {
             )) && err.contains(&configured),
             "{err}"
         );
-        assert!(!String::from_utf8_lossy(&o.stdout).contains("remove"));
+        assert!(!text(&o).contains("remove"), "{}", text(&o));
     }
     assert_eq!(cluster.config_version(), version, "nothing changed");
     assert_eq!(cluster.config_hosts(), named);
+}
+
+/// stdout carries the command's result alone, for a script that captures
+/// it (`replset plan > plan.txt`): what `plan` waits for, and each step and
+/// wait of `apply`, go to stderr. The plan waits here for a new member
+/// that starts only once the wait was announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdout_holds_the_result_and_waits_go_to_stderr() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let test = "stdout_holds_the_result_and_waits_go_to_stderr";
+    sim_only(test);
+    let cluster = start(4, 3).await;
+    assert!(cluster.wait_for_primary(GAP_BOUND).await.is_some());
+    let hosts = cluster.hosts();
+    cluster.kill(3).await;
+    let args = members_args("plan", SET_NAME, &hosts, &["--allow-even-voters"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_simplechat"))
+        .args(&args)
+        .env_remove("MONGO_URI")
+        .env_remove("SIMPLECHAT_MONGODB_URI")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run simplechat");
+    let stderr = child.stderr.take().expect("stderr");
+    let (first, lines) = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stderr).lines();
+        (lines.next(), lines)
+    })
+    .await
+    .expect("join");
+    let first = first.expect("a line").expect("stderr");
+    assert!(
+        first.starts_with(&format!("  waiting up to 5 s for {} to answer", hosts[3])),
+        "{first}"
+    );
+    cluster.restart(3).await.expect("restart member 3");
+    let (rest, plan) = tokio::task::spawn_blocking(move || {
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        (rest, child.wait_with_output().expect("wait"))
+    })
+    .await
+    .expect("join");
+    let out = String::from_utf8_lossy(&plan.stdout);
+    say(&format!(
+        "{test}: plan: stdout: {out}stderr: {first} {rest:?}"
+    ));
+    assert!(plan.status.success(), "{out} {rest:?}");
+    assert!(rest.is_empty(), "{rest:?}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "the plan alone: {out}");
+    assert!(
+        lines[0].starts_with(&format!("replica set {SET_NAME} has members ")),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("1. add {}: ", hosts[3])),
+        "{out}"
+    );
+
+    let apply = simplechat(members_args(
+        "apply",
+        SET_NAME,
+        &hosts,
+        &["--allow-even-voters"],
+    ))
+    .await;
+    assert!(apply.status.success(), "{}", text(&apply));
+    let out = String::from_utf8_lossy(&apply.stdout);
+    assert_eq!(
+        out.lines().count(),
+        1,
+        "the summary alone: {}",
+        text(&apply)
+    );
+    assert!(
+        out.starts_with(&format!(
+            "replica set {SET_NAME} now has members {}",
+            hosts.join(", ")
+        )),
+        "{}",
+        text(&apply)
+    );
+    let err = String::from_utf8_lossy(&apply.stderr);
+    assert!(
+        err.starts_with(&format!("step 1: add {}: ", hosts[3]))
+            && err.contains(&format!("s for {} to copy the data and vote", hosts[3])),
+        "{}",
+        text(&apply)
+    );
+    assert_eq!(cluster.config_hosts(), hosts);
 }

@@ -157,21 +157,23 @@ async fn unreachable_members_are_a_clear_error() {
     let waited = started.elapsed();
     assert!(!o.status.success(), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "a wait, then the error: {}", text(&o));
     assert!(
-        err.starts_with("simplechat: member 127.0.0.1:1 did not answer within 2 s"),
+        lines[1].starts_with("simplechat: member 127.0.0.1:1 did not answer within 2 s"),
         "{}",
         text(&o)
     );
     // The cause, as `replset status` names it, not the driver's bare
     // "No available servers".
-    assert!(err.contains("Connection refused"), "{}", text(&o));
-    assert_eq!(err.lines().count(), 1, "{err}");
-    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(lines[1].contains("Connection refused"), "{}", text(&o));
     assert!(
-        out.starts_with("waiting up to ") && out.contains(" s for 127.0.0.1:1 to answer"),
+        lines[0].starts_with("waiting up to ") && lines[0].contains(" s for 127.0.0.1:1 to answer"),
         "one line says what it waits for: {}",
         text(&o)
     );
+    // No result: stdout is for it alone.
+    assert!(o.stdout.is_empty(), "{}", text(&o));
     // --wait-secs, not the driver's 5 s server selection.
     assert!(
         waited < std::time::Duration::from_millis(3500),
@@ -220,12 +222,12 @@ async fn unreachable_members_are_a_clear_error() {
         assert!(!out.contains("No available servers"), "{out}");
         assert!(out.contains("Connection refused"), "names the cause: {out}");
         if command == "apply" {
-            let stdout = String::from_utf8_lossy(&o.stdout);
+            assert!(o.stdout.is_empty(), "{out}");
+            let err = String::from_utf8_lossy(&o.stderr);
             assert!(
-                stdout.starts_with("  waiting up to 2 s for a primary to answer ("),
+                err.starts_with("  waiting up to 2 s for a primary to answer ("),
                 "{out}"
             );
-            let err = String::from_utf8_lossy(&o.stderr);
             assert!(
                 err.contains("gave up after 2 s waiting for a primary to answer ("),
                 "{out}"
@@ -282,7 +284,7 @@ async fn init_says_at_once_that_the_first_member_does_not_resolve() {
         text(&o)
     );
     assert!(!err.contains("did not answer within"), "{}", text(&o));
-    assert!(o.stdout.is_empty(), "no wait was announced: {}", text(&o));
+    assert!(o.stdout.is_empty(), "{}", text(&o));
     // Nothing was initiated: the right names still initiate the set.
     initiates(&hosts).await;
 }
@@ -303,15 +305,16 @@ async fn init_leaves_another_member_that_does_not_resolve_here_to_mongod() {
     members[1] = TYPO.to_owned();
     let o = simplechat(with_long_wait(init_args(&members)), &[]).await;
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.stdout.is_empty(), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let (warning, err) = stderr.split_once('\n').expect("two lines");
     assert!(
-        out.starts_with(&format!(
+        warning.starts_with(&format!(
             "warning: member {TYPO} does not resolve from this machine ("
-        )) && out.contains(&format!("mongod at {}", hosts[0])),
+        )) && warning.contains(&format!("mongod at {}", hosts[0])),
         "{}",
         text(&o)
     );
-    let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     // mongod's answer: its quorum check names the member and its resolver's
     // error (`HostNotFound`, "Could not find address for ...").
@@ -382,7 +385,13 @@ async fn membership_and_status_say_at_once_that_names_do_not_resolve() {
         "{}",
         text(&o)
     );
-    assert!(o.stdout.is_empty(), "no wait was announced: {}", text(&o));
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "no wait was announced: {}",
+        text(&o)
+    );
+    assert!(o.stdout.is_empty(), "{}", text(&o));
 
     let o = simplechat(
         status_args(format!(
@@ -501,32 +510,34 @@ async fn ctrl_c_during_init_says_it_can_be_run_again() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run simplechat");
-    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
     let pid = child.id().to_string();
-    let (first, output) = tokio::task::spawn_blocking(move || {
+    let (first, rest, output) = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stderr).lines();
         // The wait is under way once it is announced.
-        let first = BufReader::new(stdout).lines().next();
+        let first = lines.next();
         let killed = Command::new("kill")
             .args(["-INT", &pid])
             .status()
             .expect("kill");
         assert!(killed.success());
-        (first, child.wait_with_output().expect("wait"))
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        (first, rest, child.wait_with_output().expect("wait"))
     })
     .await
     .expect("join");
-    let first = first.expect("a line").expect("stdout");
+    let first = first.expect("a line").expect("stderr");
     assert!(
         first.starts_with("waiting up to 3600 s for 127.0.0.1:1 to answer"),
         "{first}"
     );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert_eq!(output.status.code(), Some(130), "{rest:?}");
     assert_eq!(
-        stderr,
-        "simplechat: replset init was interrupted. Run it again to go on: it initiates the set \
-         only if it is not initiated yet, and checks the rest afresh\n"
+        rest,
+        ["simplechat: replset init was interrupted. Run it again to go on: it initiates the set \
+          only if it is not initiated yet, and checks the rest afresh"]
     );
+    assert!(output.stdout.is_empty(), "{output:?}");
 }
 
 /// `status` with no member answering names each and why, and says so in

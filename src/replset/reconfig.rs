@@ -60,17 +60,17 @@ pub struct Planned {
     pub steps: Vec<Step>,
 }
 
-/// Reads the running set and plans; changes nothing. Errors: one line.
-pub async fn plan(request: &MembersRequest) -> Result<Planned, String> {
+/// Reads the running set and plans; changes nothing. A wait for new
+/// members that does not end at once is said through `progress`, which
+/// the command line prints apart from the plan. Errors: one line.
+pub async fn plan(
+    request: &MembersRequest,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<Planned, String> {
     let session = Session::open(request).await?;
-    // A plan is a preview, printed whole: it waits for new members
-    // briefly, and silently.
+    // A plan is a preview: it waits for new members briefly.
     let result = session
-        .plan(
-            request,
-            Duration::from_secs(5).min(session.wait),
-            &mut |_| {},
-        )
+        .plan(request, Duration::from_secs(5).min(session.wait), progress)
         .await;
     session.close().await;
     result
