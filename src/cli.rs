@@ -458,7 +458,7 @@ async fn replset_command(command: ReplsetCommand) -> Result<ExitCode, String> {
                     }
                 },
             };
-            let status = replset::status(&uri).await?;
+            let status = replset::status(&uri, &|line| progress(&line)).await?;
             if json {
                 let text = serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?;
                 println!("{text}");

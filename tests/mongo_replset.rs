@@ -569,6 +569,79 @@ async fn status_with_no_member_answering_says_why_of_each() {
     );
 }
 
+/// `status` with every member down says on stderr, at once, what it waits
+/// for and for how long, and at the end why each member did not answer,
+/// in words: a refused connection, a name that does not resolve, a
+/// timeout (a listener here that accepts and never answers). stdout holds
+/// the report alone, table or JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_with_every_member_down_says_what_it_waits_for_and_why_each() {
+    say("status_with_every_member_down_says_what_it_waits_for_and_why_each: backend: none");
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        // Each connection is kept open, unanswered, until the test ends.
+        let mut held = Vec::new();
+        for connection in silent.incoming() {
+            held.push(connection);
+        }
+    });
+    let uri = format!(
+        "mongodb://127.0.0.1:1,{TYPO},127.0.0.1:{port}/?replicaSet={SET_NAME}\
+         &connectTimeoutMS=500&serverSelectionTimeoutMS=2000"
+    );
+    for json in [false, true] {
+        let mut args = status_args(uri.clone());
+        if !json {
+            args.retain(|a| a != "--json");
+        }
+        let o = simplechat(args, &[]).await;
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 5, "{}", text(&o));
+        assert_eq!(
+            lines[0],
+            format!(
+                "waiting up to 2 s for a member to answer: 127.0.0.1:1, {TYPO}:27017, \
+                 127.0.0.1:{port}"
+            ),
+            "{}",
+            text(&o)
+        );
+        assert_eq!(lines[1], "no member answered within 2 s:", "{}", text(&o));
+        for (member, why) in [
+            (
+                "127.0.0.1:1".to_owned(),
+                "connection refused: nothing listens on that port",
+            ),
+            (
+                format!("{TYPO}:27017"),
+                "its name does not resolve from this machine (",
+            ),
+            (format!("127.0.0.1:{port}"), "timed out: no answer within"),
+        ] {
+            let said = format!("  {member}: {why}");
+            assert!(
+                lines[2..].iter().any(|l| l.starts_with(&said)),
+                "{said}: {}",
+                text(&o)
+            );
+        }
+        if json {
+            let status: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+            assert_eq!(
+                status["members"].as_array().map(Vec::len),
+                Some(3),
+                "{status}"
+            );
+        } else {
+            let out = String::from_utf8_lossy(&o.stdout);
+            assert!(out.starts_with("replica set rs  primary: (none)"), "{out}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_prints_every_member() {
     let cluster = TestCluster::start("status_prints_every_member").await;

@@ -326,7 +326,7 @@ async fn status_reports_every_member() {
     assert_eq!(rs.primary.as_deref(), Some(primary.as_str()));
     assert!(rs.members.iter().all(|m| m.health == 1.0), "{rs:?}");
     let json = serde_json::to_value(
-        simplechat::replset::status(&cluster.uri("status"))
+        simplechat::replset::status(&cluster.uri("status"), &|_| {})
             .await
             .expect("status"),
     )

@@ -161,6 +161,43 @@ impl Signals {
     }
 }
 
+/// What kind of failure kept the driver from a server, when it is one an
+/// operator acts on differently from the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The connection was refused: nothing listens on that port (or a
+    /// firewall rejects it).
+    Refused,
+    /// No answer within the connect timeout: the driver's own timeout is
+    /// an I/O error of kind `TimedOut` (`Error::network_timeout`, mongodb
+    /// 3.9 `error.rs`), as is the operating system's.
+    TimedOut,
+    /// Anything else; the error's text says what.
+    Other,
+}
+
+impl Failure {
+    /// The kind of `error`, or of the first error it wraps that has one.
+    pub fn of(error: &Error) -> Failure {
+        let mut current: Option<&Error> = Some(error);
+        while let Some(e) = current {
+            if let ErrorKind::Io(io) = e.kind.as_ref() {
+                match io.kind() {
+                    std::io::ErrorKind::ConnectionRefused => return Failure::Refused,
+                    std::io::ErrorKind::TimedOut => return Failure::TimedOut,
+                    _ => {}
+                }
+            }
+            current = e.source().and_then(|src| {
+                src.downcast_ref::<Box<Error>>()
+                    .map(|boxed| &**boxed)
+                    .or_else(|| src.downcast_ref::<Error>())
+            });
+        }
+        Failure::Other
+    }
+}
+
 /// Classifies a driver error, its message already cleaned for people.
 pub fn classify(error: &Error, secret: Option<&str>) -> Class {
     Signals::of(error).class(reason(error, secret))
@@ -422,6 +459,19 @@ mod tests {
             std::io::ErrorKind::ConnectionRefused,
         ))));
         assert!(matches!(classify(&io, None), Class::Retry(_)));
+    }
+
+    #[test]
+    fn refused_and_timed_out_connections_are_told_apart() {
+        let io = |kind: std::io::ErrorKind| Error::from(ErrorKind::Io(Arc::new(kind.into())));
+        use std::io::ErrorKind as Io;
+        assert_eq!(Failure::of(&io(Io::ConnectionRefused)), Failure::Refused);
+        assert_eq!(Failure::of(&io(Io::TimedOut)), Failure::TimedOut);
+        assert_eq!(Failure::of(&io(Io::UnexpectedEof)), Failure::Other);
+        assert_eq!(
+            Failure::of(&command_error(13, "Unauthorized")),
+            Failure::Other
+        );
     }
 
     #[tokio::test]

@@ -364,12 +364,14 @@ mod tests {
                 server_type: ServerType::RsPrimary,
                 error: None,
                 login_refused: false,
+                failure: None,
             },
             ServerSnapshot {
                 address: "b:1".into(),
                 server_type: ServerType::Unknown,
                 error: Some("connection refused".into()),
                 login_refused: false,
+                failure: None,
             },
         ];
         let t = TopologySnapshot {

@@ -9,7 +9,7 @@ use mongodb::event::sdam::TopologyDescription;
 use mongodb::options::ServerAddress;
 use mongodb::{ServerInfo, ServerType, TopologyType};
 
-use super::errors::{check_credentials, reason, Signals};
+use super::errors::{check_credentials, reason, Failure, Signals};
 use crate::text::one_line;
 
 /// One member as the driver last saw it.
@@ -25,6 +25,8 @@ pub struct ServerSnapshot {
     /// authenticate, not because its monitor found it so: a description
     /// of the login, not of the member.
     pub login_refused: bool,
+    /// What kind of failure `error` is, when there is one.
+    pub failure: Option<Failure>,
 }
 
 impl ServerSnapshot {
@@ -84,6 +86,7 @@ impl TopologySnapshot {
                 // so an authentication error in a description comes from
                 // a pool connection's handshake.
                 login_refused: info.error().is_some_and(|e| Signals::of(e).authentication),
+                failure: info.error().map(Failure::of),
             })
             .collect();
         servers.sort_by(|a, b| a.address.cmp(&b.address));
@@ -390,12 +393,14 @@ mod tests {
                 server_type: ServerType::Unknown,
                 error: Some("connection refused".into()),
                 login_refused: false,
+                failure: None,
             },
             ServerSnapshot {
                 address: "h2:2".into(),
                 server_type: ServerType::RsSecondary,
                 error: None,
                 login_refused: false,
+                failure: None,
             },
         ];
         let snap = TopologySnapshot {
@@ -422,6 +427,7 @@ mod tests {
             server_type: ServerType::RsPrimary,
             error: None,
             login_refused: false,
+            failure: None,
         }];
         TopologySnapshot {
             set_name: Some("rs".into()),
@@ -468,6 +474,7 @@ mod tests {
             server_type: ServerType::Unknown,
             error: Some("authentication failed: SCRAM failure".into()),
             login_refused: true,
+            failure: None,
         };
         refused.members = refused.servers.clone();
         view.set(refused.clone());
@@ -498,6 +505,7 @@ mod tests {
             server_type: ServerType::Unknown,
             error: Some("Connection refused".into()),
             login_refused: false,
+            failure: None,
         }];
         view.set(TopologySnapshot {
             set_name: Some("rs".into()),

@@ -10,8 +10,16 @@ pub mod user;
 
 use std::time::Duration;
 
+use mongodb::options::ServerAddress;
+use mongodb::ServerType;
+
+use crate::mongo::client::DEFAULT_SERVER_SELECTION_TIMEOUT;
+use crate::mongo::errors::Failure;
 use crate::mongo::topology::address_string;
-use crate::mongo::{connect, none_resolves, options, status_of, Purpose, ReplicaSetStatus};
+use crate::mongo::{
+    connect, lookup, none_resolves, options, status_of, Lookup, Purpose, ReplicaSetStatus,
+    ServerSnapshot, TopologySnapshot,
+};
 
 pub use init::Waits;
 pub use user::UserRequest;
@@ -92,10 +100,29 @@ impl StatusReport {
     }
 }
 
+/// The bound on each of `replset status`'s reads: long enough for the
+/// driver to find the members and for a server selection during an
+/// election.
+const STATUS_WAIT: Duration = Duration::from_secs(10);
+
+/// `d` in whole seconds, rounded up: a wait of 1.5 s is announced as 2.
+fn whole_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
 /// The replica set as `replSetGetStatus` (or the driver) sees it, through
-/// the connection string `uri`. Errors: a bad string, or nobody answered.
-pub async fn status(uri: &str) -> Result<StatusReport, String> {
+/// the connection string `uri`. A wait for the members that does not end at
+/// once is said through `progress`, and when no member answered, each one
+/// and why. Errors: a bad string, or nobody answered.
+pub async fn status(uri: &str, progress: &dyn Fn(&str)) -> Result<StatusReport, String> {
     let (options, login) = options(uri).await?;
+    // How long the driver looks for a member that answers before it gives
+    // up on a command (its server selection), as the connection string
+    // sets it or simplechat's default.
+    let selection = options
+        .server_selection_timeout
+        .unwrap_or(DEFAULT_SERVER_SELECTION_TIMEOUT)
+        .min(STATUS_WAIT);
     // No wait can reach a set none of whose seeds resolves here.
     let named: Vec<_> = options
         .hosts
@@ -109,21 +136,47 @@ pub async fn status(uri: &str) -> Result<StatusReport, String> {
         ));
     }
     let conn = connect(options, login, Purpose::Store)?;
-    // Long enough for the driver to find the members and for a server
-    // selection during an election.
-    let result = status_of(&conn, Duration::from_secs(10)).await;
-    let config = tokio::time::timeout(
-        Duration::from_secs(10),
-        conn.client
-            .database("admin")
-            .run_command(mongodb::bson::doc! { "replSetGetConfig": 1 })
-            .selection_criteria(mongodb::options::SelectionCriteria::ReadPreference(
-                mongodb::options::ReadPreference::PrimaryPreferred { options: None },
-            )),
-    )
-    .await
-    .ok()
-    .and_then(Result::ok);
+    // Members that answered and refuse the credentials, or are no members
+    // of the set named, are said in one line at the end, not waited for.
+    let result = announced(status_of(&conn, STATUS_WAIT), || {
+        if none_answered(conn.topology.get().as_ref()) {
+            progress(&format!(
+                "waiting up to {} s for a member to answer: {}",
+                whole_secs(selection),
+                conn.seeds.join(", ")
+            ))
+        }
+    })
+    .await;
+    let topology = conn.topology.get();
+    let answered = !none_answered(topology.as_ref());
+    // With no member answering, the configuration would only be waited
+    // for as long again.
+    let config = if answered {
+        tokio::time::timeout(
+            STATUS_WAIT,
+            conn.client
+                .database("admin")
+                .run_command(mongodb::bson::doc! { "replSetGetConfig": 1 })
+                .selection_criteria(mongodb::options::SelectionCriteria::ReadPreference(
+                    mongodb::options::ReadPreference::PrimaryPreferred { options: None },
+                )),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+    } else {
+        None
+    };
+    if let Some(t) = topology.filter(|t| !answered && !t.servers.is_empty()) {
+        progress(&format!(
+            "no member answered within {} s:",
+            whole_secs(selection)
+        ));
+        for line in silent_members(&t).await {
+            progress(&line);
+        }
+    }
     let number = |d: &mongodb::bson::Document, key: &str| match d.get(key) {
         Some(mongodb::bson::Bson::Int32(v)) => Some(i64::from(*v)),
         Some(mongodb::bson::Bson::Int64(v)) => Some(*v),
@@ -144,6 +197,63 @@ pub async fn status(uri: &str) -> Result<StatusReport, String> {
     )
     .await;
     result
+}
+
+/// Whether no member has answered the driver: it has described none yet,
+/// or every one it knows is unknown for another reason than a refused
+/// login. Hosts that all answered as no member of the set named were
+/// dropped (an empty list), so they answered.
+fn none_answered(t: Option<&TopologySnapshot>) -> bool {
+    t.is_none_or(|t| {
+        t.auth_failure.is_none()
+            && !t.servers.is_empty()
+            && t.servers
+                .iter()
+                .all(|s| s.server_type == ServerType::Unknown && !s.login_refused)
+    })
+}
+
+/// One line for each member of `t`, saying why it did not answer, in the
+/// terms an operator acts on: a name the resolver says does not exist here
+/// (asked again, as the driver's text for it is only an I/O error), a
+/// refused connection, a timeout, or the driver's own words.
+async fn silent_members(t: &TopologySnapshot) -> Vec<String> {
+    let lines = t.servers.iter().map(|s| async move {
+        let unresolved = match ServerAddress::parse(&s.address) {
+            Ok(address) => match lookup(&address).await {
+                Lookup::NoSuchName(why) => Some(why),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        format!("  {}: {}", s.address, silence(s, unresolved))
+    });
+    futures::future::join_all(lines).await
+}
+
+/// Why `s` did not answer; `unresolved` is the resolver's answer when it
+/// says the name does not exist.
+fn silence(s: &ServerSnapshot, unresolved: Option<String>) -> String {
+    if let Some(why) = unresolved {
+        return format!(
+            "its name does not resolve from this machine ({why}): check its spelling, and \
+             /etc/hosts or DNS here"
+        );
+    }
+    match (&s.failure, &s.error) {
+        (Some(Failure::Refused), _) => {
+            "connection refused: nothing listens on that port (is mongod running, on that \
+             port?), or a firewall refuses it"
+                .to_owned()
+        }
+        (Some(Failure::TimedOut), _) => {
+            "timed out: no answer within the connect timeout (a host that is down, a firewall \
+             that drops the packets, or a program that accepts connections and never answers)"
+                .to_owned()
+        }
+        (_, Some(error)) => error.clone(),
+        (_, None) => "no answer yet".to_owned(),
+    }
 }
 
 /// A readable table of a replica set's members, with the configuration
