@@ -843,3 +843,52 @@ async fn stdout_holds_the_result_and_waits_go_to_stderr() {
     );
     assert_eq!(cluster.config_hosts(), hosts);
 }
+
+/// A new member's port where another program answers (an HTTP server)
+/// ends `apply` at once, with a wait bound the test could never sit out,
+/// naming the member and what answered; nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_member_where_another_program_answers_is_refused_at_once() {
+    use std::io::{Read, Write};
+    let test = "a_new_member_where_another_program_answers_is_refused_at_once";
+    sim_only(test);
+    let cluster = start(3, 3).await;
+    assert!(cluster.wait_for_primary(GAP_BOUND).await.is_some());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let web = format!(
+        "127.0.0.1:{}",
+        listener.local_addr().expect("address").port()
+    );
+    std::thread::spawn(move || {
+        // As a web server answers a request it cannot read.
+        for mut connection in listener.incoming().map_while(Result::ok) {
+            let mut request = [0u8; 1024];
+            let _ = connection.read(&mut request);
+            let _ = connection.write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n");
+        }
+    });
+    let mut declared = cluster.hosts();
+    declared.push(web.clone());
+    let o = simplechat(members_args(
+        "apply",
+        SET_NAME,
+        &declared,
+        &["--allow-even-voters", "--wait-secs", "3600"],
+    ))
+    .await;
+    say(&format!("{test}: {}", text(&o)));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(o.stdout.is_empty(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!(
+            "simplechat: cannot add {web}: it answered, but not as MongoDB (Invalid wire \
+             protocol opcode: "
+        )) && last.contains("another program listens on that port")
+            && last.ends_with("nothing changed"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(cluster.config_version(), Some(1), "nothing changed");
+}

@@ -490,6 +490,73 @@ async fn init_refuses_one_mongod_named_twice() {
     initiates(&hosts).await;
 }
 
+/// A listener on loopback that answers every connection as an HTTP server
+/// answers a request it cannot read, then closes it: what a web server on a
+/// port given by mistake does. Returns its port.
+fn http_listener() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        for mut connection in listener.incoming().map_while(Result::ok) {
+            let mut request = [0u8; 1024];
+            let _ = connection.read(&mut request);
+            let _ = connection.write_all(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    port
+}
+
+/// A member's port where another program answers (an HTTP server) ends
+/// init at once, naming the member and what answered, with a wait bound
+/// the test could never sit out; nothing is initiated. `status` names it
+/// among the members that did not answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_where_another_program_answers_is_said_at_once() {
+    let test = "a_port_where_another_program_answers_is_said_at_once";
+    let cluster = TestCluster::start_uninitiated(test).await;
+    let hosts = cluster.hosts();
+    let web = format!("127.0.0.1:{}", http_listener());
+    for which in [0, 1] {
+        let mut members = hosts.clone();
+        members[which] = web.clone();
+        let o = simplechat(with_long_wait(init_args(&members)), &[]).await;
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(o.stdout.is_empty(), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with(&format!(
+                "simplechat: member {web} answered, but not as MongoDB (Invalid wire protocol \
+                 opcode: "
+            )) && last.contains("another program listens on that port")
+                && last.ends_with("Nothing changed"),
+            "{which}: {}",
+            text(&o)
+        );
+    }
+    initiates(&hosts).await;
+
+    let o = simplechat(
+        status_args(format!(
+            "mongodb://{web}/?directConnection=true&serverSelectionTimeoutMS=1000"
+        )),
+        &[],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "\n  {web}: answered, but not as MongoDB (Invalid wire protocol opcode: "
+        )),
+        "{}",
+        text(&o)
+    );
+}
+
 /// Ctrl-C while init waits for a member: one line saying it can be run
 /// again, exit 130 (128 + SIGINT, as apply).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use mongodb::event::EventHandler;
 use mongodb::options::ClientOptions;
 use mongodb::Client;
 
-use super::errors::{reason, scrub};
+use super::errors::{reason, scrub, Failure};
 use super::topology::{address_string, ServerSnapshot, TopologySnapshot, TopologyView};
 use super::uri;
 
@@ -220,6 +220,33 @@ impl Connection {
             })
             .unwrap_or_default();
         (!unreachable.is_empty()).then(|| unreachable.join("; "))
+    }
+
+    /// The first server that answered, but not as MongoDB
+    /// ([`Failure::NotMongoDb`]), and the driver's words for what it
+    /// answered. No wait cures that, unlike a server that does not answer
+    /// yet.
+    pub fn not_mongodb(&self) -> Option<(String, String)> {
+        let topology = self.topology.get()?;
+        topology.servers.iter().find_map(|s| match &s.failure {
+            Some(Failure::NotMongoDb(why)) => Some((s.address.clone(), self.scrub(why))),
+            _ => None,
+        })
+    }
+
+    /// Ends once a server answered, but not as MongoDB ([`Self::not_mongodb`]),
+    /// with its address and what it answered; never otherwise, so it is
+    /// raced against a command. The driver does not end a command's server
+    /// selection for that: it waits out `serverSelectionTimeoutMS` for the
+    /// monitor to find a server it can use. The view is looked at every
+    /// 100 ms, a small cost beside that wait.
+    pub async fn answered_not_as_mongodb(&self) -> (String, String) {
+        loop {
+            if let Some(found) = self.not_mongodb() {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// How many times an operation has checked out a pool connection. The

@@ -172,6 +172,22 @@ pub enum Failure {
     /// an I/O error of kind `TimedOut` (`Error::network_timeout`, mongodb
     /// 3.9 `error.rs`), as is the operating system's.
     TimedOut,
+    /// Something answered, but not in MongoDB's wire protocol (another
+    /// program on that port: an HTTP server, sshd): the driver's words.
+    /// The driver reads every reply's 16-byte header first and refuses an
+    /// op code that is none of MongoDB's ("Invalid wire protocol opcode",
+    /// `OpCode::from_i32`) or a length over the maximum ("Message length
+    /// ... over maximum", `Message::read_from`), as `ErrorKind::InvalidResponse`
+    /// (mongo-rust-driver 3.9, `src/cmap/conn/wire/header.rs` and
+    /// `message.rs`: <https://github.com/mongodb/mongo-rust-driver/blob/v3.9.1/src/cmap/conn/wire/header.rs>);
+    /// its monitor puts that handshake error in the server's description
+    /// and marks it Unknown, to be checked again at the next heartbeat
+    /// (Server Monitoring specification, "Network or command error during
+    /// server check": <https://github.com/mongodb/specifications/blob/master/source/server-discovery-and-monitoring/server-monitoring.md>),
+    /// so that a command waits out its server selection. mongod always
+    /// answers `hello` in its protocol, whatever state it is in, so no
+    /// wait cures this.
+    NotMongoDb(String),
     /// Anything else; the error's text says what.
     Other,
 }
@@ -181,12 +197,16 @@ impl Failure {
     pub fn of(error: &Error) -> Failure {
         let mut current: Option<&Error> = Some(error);
         while let Some(e) = current {
-            if let ErrorKind::Io(io) = e.kind.as_ref() {
-                match io.kind() {
+            match e.kind.as_ref() {
+                ErrorKind::Io(io) => match io.kind() {
                     std::io::ErrorKind::ConnectionRefused => return Failure::Refused,
                     std::io::ErrorKind::TimedOut => return Failure::TimedOut,
                     _ => {}
+                },
+                ErrorKind::InvalidResponse { message, .. } => {
+                    return Failure::NotMongoDb(one_line(message))
                 }
+                _ => {}
             }
             current = e.source().and_then(|src| {
                 src.downcast_ref::<Box<Error>>()

@@ -68,6 +68,9 @@ enum Silence {
     /// The resolver says its name does not exist here: no wait cures that
     /// either ([`Lookup::NoSuchName`]).
     NoSuchName(String),
+    /// Another program answered on its port: nor that
+    /// ([`Connection::not_mongodb`]). The error, in full.
+    NotMongoDb(String),
     /// Anything else: it may still be starting.
     NotYet(String),
 }
@@ -124,6 +127,26 @@ impl Member {
         ))
     }
 
+    /// The error when another program answered on the member's port:
+    /// `what` is the driver's words for its answer.
+    fn not_mongodb(&self, what: &str) -> String {
+        format!(
+            "member {} answered, but not as MongoDB ({what}): another program listens on that \
+             port (an HTTP server, sshd?); check the port given with --member (mongod's default \
+             is 27017). Nothing changed",
+            self.written
+        )
+    }
+
+    /// `hello`, or, as soon as the member answered but not as MongoDB,
+    /// the error that says so ([`Connection::answered_not_as_mongodb`]).
+    async fn hello(&self) -> Result<Result<Document, Error>, String> {
+        tokio::select! {
+            reply = self.admin(doc! { "hello": 1 }) => Ok(reply),
+            (_, what) = self.conn.answered_not_as_mongodb() => Err(self.not_mongodb(&what)),
+        }
+    }
+
     /// What the member answered, as a poll's check: a refusal of the
     /// credentials ends the wait, anything else is waited out.
     fn not_yet<T>(&self, e: &Error) -> Check<T> {
@@ -139,6 +162,9 @@ impl Member {
     async fn silence(&self, e: &Error) -> Silence {
         if let Some(why) = self.refused(e) {
             return Silence::Refused(why);
+        }
+        if let Some((_, what)) = self.conn.not_mongodb() {
+            return Silence::NotMongoDb(self.not_mongodb(&what));
         }
         match lookup(&self.address).await {
             Lookup::NoSuchName(why) => Silence::NoSuchName(why),
@@ -450,7 +476,11 @@ async fn first_member_state(
     waits: Waits,
 ) -> Result<State, String> {
     poll_until(deadline, waits.poll, || async {
-        match first.admin(doc! { "hello": 1 }).await {
+        let reply = match first.hello().await {
+            Ok(reply) => reply,
+            Err(other_program) => return Check::Failed(other_program),
+        };
+        match reply {
             Ok(hello) if hello.get_str("setName").is_ok() => Check::Done(State::Initiated),
             Ok(hello) if hello.get_bool("isreplicaset").unwrap_or(false) => {
                 Check::Done(State::NotInitiated)
@@ -460,7 +490,7 @@ async fn first_member_state(
                 first.host
             )),
             Err(e) => match first.silence(&e).await {
-                Silence::Refused(why) => Check::Failed(why),
+                Silence::Refused(why) | Silence::NotMongoDb(why) => Check::Failed(why),
                 Silence::NoSuchName(why) => Check::Failed(first.unresolvable_first(&why)),
                 Silence::NotYet(why) => Check::NotYet(why),
             },
@@ -488,7 +518,11 @@ async fn wait_for_member(
     waits: Waits,
 ) -> Result<Answer, String> {
     poll_until(deadline, waits.poll, || async {
-        match m.admin(doc! { "hello": 1 }).await {
+        let reply = match m.hello().await {
+            Ok(reply) => reply,
+            Err(other_program) => return Check::Failed(other_program),
+        };
+        match reply {
             Ok(hello) => match hello.get_str("setName") {
                 Ok(other) if other != name => Check::Failed(format!(
                     "member {} already belongs to replica set {other:?}",
@@ -504,7 +538,7 @@ async fn wait_for_member(
             },
             Err(e) if code(&e) == Some(UNAUTHORIZED) => Check::Failed(unauthorized(m, &e)),
             Err(e) => match m.silence(&e).await {
-                Silence::Refused(why) => Check::Failed(why),
+                Silence::Refused(why) | Silence::NotMongoDb(why) => Check::Failed(why),
                 Silence::NoSuchName(why) => Check::Done(Answer::NoSuchName(why)),
                 Silence::NotYet(why) => Check::NotYet(why),
             },

@@ -246,6 +246,10 @@ fn silence(s: &ServerSnapshot, unresolved: Option<String>) -> String {
              port?), or a firewall refuses it"
                 .to_owned()
         }
+        (Some(Failure::NotMongoDb(what)), _) => format!(
+            "answered, but not as MongoDB ({what}): another program listens on that port (an \
+             HTTP server, sshd?)"
+        ),
         (Some(Failure::TimedOut), _) => {
             "timed out: no answer within the connect timeout (a host that is down, a firewall \
              that drops the packets, or a program that accepts connections and never answers)"

@@ -397,8 +397,18 @@ impl Session {
         let conn = connect(o, self.base_login.clone(), Purpose::Direct)?;
         let admin = conn.client.database("admin");
         let deadline = Instant::now() + bound;
+        let not_mongodb = |what: &str| {
+            format!(
+                "it answered, but not as MongoDB ({what}): another program listens on that port \
+                 (an HTTP server, sshd?); check its port (mongod's default is 27017)"
+            )
+        };
         let result = poll_until(deadline, Duration::from_millis(500), || async {
-            match admin.run_command(doc! { "hello": 1 }).await {
+            let reply = tokio::select! {
+                reply = admin.run_command(doc! { "hello": 1 }) => reply,
+                (_, what) = conn.answered_not_as_mongodb() => return Check::Failed(not_mongodb(&what)),
+            };
+            match reply {
                 Ok(hello) => match hello.get_str("setName") {
                     Ok(other) if other != name => Check::Failed(format!("it already belongs to replica set {other:?}")),
                     // A member answers `hello` with `me`, its host as the
@@ -418,8 +428,9 @@ impl Session {
                         "mongod at {host} is not running as a replica-set member: start it with --replSet {name}"
                     )),
                 },
-                Err(e) => match lookup(&address).await {
-                    Lookup::NoSuchName(why) => Check::Failed(no_such_name(why)),
+                Err(e) => match (lookup(&address).await, conn.not_mongodb()) {
+                    (Lookup::NoSuchName(why), _) => Check::Failed(no_such_name(why)),
+                    (_, Some((_, what))) => Check::Failed(not_mongodb(&what)),
                     _ if Signals::of(&e).server_selection => Check::NotYet(conn.why_silent()),
                     _ => Check::NotYet(reason(&e, conn.secret.as_deref())),
                 },
