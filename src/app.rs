@@ -246,7 +246,7 @@ fn hangup_ignored() -> bool {
 /// Runs the server until SIGTERM, SIGHUP or Ctrl-C; in-flight requests
 /// finish, event streams end, then the store closes.
 pub async fn serve(config: Config) -> Result<(), String> {
-    crate::logging::install(config.log_level);
+    crate::logging::install(config.rocket.log_level);
     let store = crate::config::describe_store(&config.store);
     let server = start(config).await?;
     // Written, not logged: Rocket's default log level in release builds

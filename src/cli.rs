@@ -33,8 +33,9 @@ fn configuration_help() -> String {
 /// `Keys: ...` with what else a newcomer needs, wrapped at [`HELP_WIDTH`].
 fn keys_help() -> String {
     let text = format!(
-        "Keys: {}. The TOML file may also set Rocket's keys (log_level, shutdown, \
-         limits, ...); any other key there is an error. Without a MongoDB URI \
+        "Keys: {}. The TOML file may also set Rocket's log_level, ident and \
+         shutdown (the others have no effect); any other key there is an error. \
+         Without a MongoDB URI \
          messages are kept in an embedded store in ./simplechat-data. \
          `simplechat{KEEP}config` prints each value and where it came from.",
         config::KEYS.join(", ")
@@ -272,10 +273,9 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = runtime.block_on(async {
         match command {
             Command::Serve => serve().await.map(|()| ExitCode::SUCCESS),
-            Command::Config => Config::load()
+            Command::Config => load()
                 .map(|c| print!("{}", config::describe(&c)))
-                .map(|()| ExitCode::SUCCESS)
-                .map_err(|e| e.to_string()),
+                .map(|()| ExitCode::SUCCESS),
             Command::Replset { command } => replset_command(command).await,
         }
     });
@@ -381,8 +381,17 @@ fn fail(message: String) -> ExitCode {
 }
 
 async fn serve() -> Result<(), String> {
-    let config = Config::load().map_err(|e| e.to_string())?;
+    let config = load()?;
     crate::app::serve(config).await
+}
+
+/// [`Config::load`], then its warnings on stderr, one line each.
+fn load() -> Result<Config, String> {
+    let config = Config::load().map_err(|e| e.to_string())?;
+    for warning in &config.warnings {
+        eprintln!("simplechat: warning: {warning}");
+    }
+    Ok(config)
 }
 
 /// Runs a `replset` subcommand; success is exit status 0, except for a
@@ -449,7 +458,7 @@ async fn replset_command(command: ReplsetCommand) -> Result<ExitCode, String> {
                     config::with_password_file(&uri, file.as_deref()).map_err(|e| e.to_string())?
                 }
                 Some(uri) => uri,
-                None => match Config::load().map_err(|e| e.to_string())?.store {
+                None => match load()?.store {
                     StoreConfig::MongoDb { uri, .. } => uri,
                     StoreConfig::Embedded { .. } => {
                         return Err(

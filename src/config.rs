@@ -345,9 +345,13 @@ pub struct Config {
     pub allowed_hosts: AllowedHosts,
     /// The settings as the layers gave them, for `simplechat config`.
     pub settings: Settings,
-    /// Rocket's `log_level`, from the one extraction of Rocket's settings
-    /// that checked them.
-    pub log_level: rocket::config::LogLevel,
+    /// Rocket's settings, from the one extraction of them that checked
+    /// them; the server uses `log_level`, `ident` and `shutdown`
+    /// ([`ROCKET_USED`]).
+    pub rocket: rocket::Config,
+    /// What is set but has no effect, one line each, for the command to
+    /// show before it goes on.
+    pub warnings: Vec<String>,
     /// The layers, for Rocket's own settings and for `simplechat config`.
     pub figment: Figment,
 }
@@ -392,6 +396,98 @@ static ROCKET_KEYS: LazyLock<BTreeSet<String>> =
         },
     );
 
+/// Rocket's settings the server uses besides `address` and `port`, which
+/// are simplechat's keys too: the log's level, the `Server` header, and
+/// when and how gracefully it shuts down (`app::start` watches the
+/// `shutdown` signals and gives connections `grace` + `mercy` seconds).
+pub const ROCKET_USED: &[&str] = &["log_level", "ident", "shutdown"];
+
+/// Rocket's settings that have no effect here, and why: they configure
+/// Rocket's own listener and runtime, which never run (the front door,
+/// `api::front`, serves every connection, on simplechat's runtime).
+pub const ROCKET_UNUSED: &[(&str, &str)] = &[
+    ("workers", "it starts its own async runtime"),
+    ("max_blocking", "it starts its own async runtime"),
+    (
+        "keep_alive",
+        "its front door serves every connection (see header_timeout_secs)",
+    ),
+    (
+        "limits",
+        "request bodies have a fixed cap derived from the message limits",
+    ),
+    (
+        "ip_header",
+        "a client's address is always the connection's peer",
+    ),
+    ("temp_dir", "nothing is uploaded to a file"),
+    ("cli_colors", "its log is never coloured"),
+];
+
+/// Why `tls` (Rocket's, in a build with its `tls` feature) is refused
+/// wherever it is set: this build would take it and serve plain HTTP.
+const NO_TLS: &str = "simplechat serves plain HTTP only: terminate TLS in front of it, in \
+                      a reverse proxy (nginx, Caddy), and set secure_cookie or \
+                      trust_proxy_headers";
+
+/// Refuses, in any layer, `tls` ([`NO_TLS`]) and a key inside one of
+/// Rocket's tables that Rocket does not read (`shutdown.grase`): Rocket
+/// passes over both, so the setting meant would be missing unnoticed.
+/// `limits` is left alone: its names are open, a data guard may ask for
+/// any (and it has no effect here, [`ROCKET_UNUSED`]).
+fn check_rocket_keys(figment: &Figment) -> Result<(), Box<figment::Error>> {
+    use figment::value::Value;
+    let at = |path: &str, why: String| {
+        let mut error = figment::Error::from(why).with_path(path);
+        error.metadata = figment.find_metadata(path).cloned();
+        error.profile = Some(figment.profile().clone());
+        Box::new(error)
+    };
+    if figment.contains("tls") {
+        return Err(at("tls", NO_TLS.to_owned()));
+    }
+    let Ok(Value::Dict(_, defaults)) = Value::serialize(rocket::Config::default()) else {
+        return Ok(());
+    };
+    for (table, default) in defaults.iter().filter(|(key, _)| *key != "limits") {
+        let (Value::Dict(_, known), Ok(Value::Dict(_, set))) = (default, figment.find_value(table))
+        else {
+            continue;
+        };
+        if let Some(key) = set.keys().find(|key| !known.contains_key(*key)) {
+            let keys: Vec<&str> = known.keys().map(String::as_str).collect();
+            return Err(at(
+                &format!("{table}.{key}"),
+                format!("unknown key: Rocket's {table} has {}", keys.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Where a layer other than the defaults sets `path`, or a key inside it
+/// ([`place`]); `None` when none does.
+fn set_at(figment: &Figment, path: &str) -> Option<String> {
+    match figment.find_value(path).ok()? {
+        figment::value::Value::Dict(_, dict) => dict
+            .keys()
+            .find_map(|key| set_at(figment, &format!("{path}.{key}"))),
+        _ => (source(figment, path) != "default").then(|| place(figment, path)),
+    }
+}
+
+/// Where `key` was set, to name it in a message: `key in FILE`, the
+/// variable that set it, or the bare key.
+fn place(figment: &Figment, key: &str) -> String {
+    match figment.find_metadata(key).and_then(|m| m.source.as_ref()) {
+        Some(Source::File(path)) => format!("{key} in {}", path.display()),
+        _ => match source(figment, key).as_str() {
+            "default" => key.to_owned(),
+            variable => variable.to_owned(),
+        },
+    }
+}
+
 /// simplechat's TOML file, refusing a top-level key that neither simplechat
 /// nor Rocket reads: figment passes over keys nothing extracts, so a typo
 /// (`prot = 8200`) would otherwise leave the default in force unnoticed.
@@ -420,7 +516,9 @@ impl<P: Provider> Provider for KnownKeys<P> {
                 ]
                 .iter()
                 .any(|p| p == key.as_str());
-            let why = if profile {
+            let why = if key == "tls" {
+                NO_TLS
+            } else if profile {
                 "unknown key: this file has no profiles; write its keys at the top level, \
                  or use Rocket.toml's profiles"
             } else {
@@ -516,11 +614,17 @@ fn unknown_variable_warnings(names: impl Iterator<Item = String>) -> Vec<String>
         // As figment matches them: the prefix in any case, the key trimmed
         // and lower-cased (`simplechat_port` sets `port` too).
         let trimmed = name.trim();
-        let Some(key) = trimmed
-            .get(..PREFIX.len())
-            .filter(|p| p.eq_ignore_ascii_case(PREFIX))
-            .map(|_| trimmed[PREFIX.len()..].to_ascii_lowercase())
-        else {
+        let key_after = |prefix: &str| {
+            trimmed
+                .get(..prefix.len())
+                .filter(|p| p.eq_ignore_ascii_case(prefix))
+                .map(|_| trimmed[prefix.len()..].to_ascii_lowercase())
+        };
+        if let Some(key) = key_after(ROCKET_PREFIX) {
+            warnings.extend(unknown_rocket_variable(&name, &key));
+            continue;
+        }
+        let Some(key) = key_after(PREFIX) else {
             continue;
         };
         let upper = trimmed.to_ascii_uppercase();
@@ -537,7 +641,7 @@ fn unknown_variable_warnings(names: impl Iterator<Item = String>) -> Vec<String>
                 key.to_ascii_uppercase()
             )
         } else {
-            match closest(&key) {
+            match closest(&key, KEYS.iter().copied().chain(["config"])) {
                 Some(meant) => format!("; did you mean {PREFIX}{}?", meant.to_ascii_uppercase()),
                 None => " (see simplechat --help)".to_owned(),
             }
@@ -548,13 +652,55 @@ fn unknown_variable_warnings(names: impl Iterator<Item = String>) -> Vec<String>
     warnings
 }
 
-/// The setting (or `config`, for `SIMPLECHAT_CONFIG`) closest to `key`,
-/// if one is close: Jaro similarity above 0.7, as clap suggests a
-/// subcommand.
-fn closest(key: &str) -> Option<&'static str> {
-    KEYS.iter()
-        .copied()
-        .chain(["config"])
+/// The prefix of Rocket's variables.
+const ROCKET_PREFIX: &str = "ROCKET_";
+
+/// The variables Rocket reads that are no key: `ROCKET_PROFILE` selects
+/// the profile of `Rocket.toml`, `ROCKET_CONFIG` names that file.
+const ROCKET_NOT_KEYS: &[&str] = &["profile", "config"];
+
+/// The warning for `ROCKET_<KEY>` (`name`), if any: Rocket's layer takes
+/// every such variable, and nothing reads a key that is neither Rocket's
+/// nor simplechat's, so `ROCKET_PROT=9000` would leave the port as it was
+/// unnoticed. Rocket's keys that have no effect here are named by
+/// [`Config::warnings`] from whichever layer sets them, and `tls` is
+/// refused; simplechat's keys are taken from this layer too, below
+/// simplechat's own.
+fn unknown_rocket_variable(name: &str, key: &str) -> Option<String> {
+    // `tls` is refused at load, with why.
+    if KEYS.contains(&key)
+        || ROCKET_KEYS.contains(key)
+        || ROCKET_NOT_KEYS.contains(&key)
+        || key == "tls"
+    {
+        return None;
+    }
+    let rocket_own = |k: &str| {
+        ["address", "port"].contains(&k) || ROCKET_USED.contains(&k) || ROCKET_NOT_KEYS.contains(&k)
+    };
+    let candidates = KEYS
+        .iter()
+        .chain(ROCKET_USED)
+        .chain(ROCKET_NOT_KEYS)
+        .copied();
+    let hint = match closest(key, candidates) {
+        // Rocket's own keys by Rocket's variable; simplechat's by its own.
+        Some(meant) if rocket_own(meant) => {
+            format!(
+                "; did you mean {ROCKET_PREFIX}{}?",
+                meant.to_ascii_uppercase()
+            )
+        }
+        Some(meant) => format!("; did you mean SIMPLECHAT_{}?", meant.to_ascii_uppercase()),
+        None => " (see simplechat --help)".to_owned(),
+    };
+    Some(format!("{name} is not a setting and is ignored{hint}"))
+}
+
+/// The candidate closest to `key`, if one is close: Jaro similarity above
+/// 0.7, as clap suggests a subcommand.
+fn closest(key: &str, candidates: impl Iterator<Item = &'static str>) -> Option<&'static str> {
+    candidates
         .map(|candidate| (strsim::jaro(key, candidate), candidate))
         .filter(|(similarity, _)| *similarity > 0.7)
         .max_by(|a, b| a.0.total_cmp(&b.0))
@@ -591,15 +737,19 @@ impl Config {
         // ignites, and then says no more than "failed to extract
         // configuration"; checked here, `config` refuses them too.
         let rocket = figment.extract::<rocket::Config>().map_err(bad)?;
+        check_rocket_keys(&figment).map_err(|e| bad(*e))?;
+        let warnings = ROCKET_UNUSED
+            .iter()
+            .filter_map(|(key, why)| {
+                let place = set_at(&figment, key)?;
+                Some(format!(
+                    "{place} has no effect on simplechat and is ignored: {why}"
+                ))
+            })
+            .collect();
         let store = store_config(&settings)?;
         let templates = resolve_templates(settings.template_dir.as_deref(), || {
-            match figment
-                .find_metadata("template_dir")
-                .and_then(|m| m.source.as_ref())
-            {
-                Some(Source::File(path)) => format!("template_dir in {}", path.display()),
-                _ => source(&figment, "template_dir"),
-            }
+            place(&figment, "template_dir")
         })?;
         let write_timeout = seconds(&figment, "write_timeout_secs", settings.write_timeout_secs)?;
         let heartbeat = seconds(&figment, "heartbeat_secs", settings.heartbeat_secs)?;
@@ -627,7 +777,8 @@ impl Config {
                 .then_some(settings.max_connections_per_client),
             allowed_hosts: AllowedHosts::new(settings.address, settings.allowed_hosts.as_deref()),
             settings,
-            log_level: rocket.log_level,
+            rocket,
+            warnings,
             figment,
         })
     }
@@ -958,7 +1109,12 @@ pub fn source(figment: &Figment, key: &str) -> String {
     };
     match &metadata.source {
         Some(Source::File(path)) => path.display().to_string(),
-        _ if metadata.name.contains(ENVIRONMENT) => variable(metadata, figment.profile(), key),
+        // A variable holds a whole top-level value: `ROCKET_SHUTDOWN`
+        // sets `shutdown.grace`.
+        _ if metadata.name.contains(ENVIRONMENT) => {
+            let top = key.split('.').next().unwrap_or(key);
+            variable(metadata, figment.profile(), top)
+        }
         // Rocket's and simplechat's built-in values.
         _ => "default".into(),
     }
@@ -1157,8 +1313,51 @@ pub fn describe(config: &Config) -> String {
         ),
         Some(hosts) => set("allowed_hosts", format!("{hosts:?}"), from("allowed_hosts")),
     };
+    out += ROCKET_HEADING;
+    let rocket = &config.rocket;
+    out += &set(
+        "log_level",
+        format!("\"{}\"", rocket.log_level),
+        from("log_level"),
+    );
+    out += &match rocket.ident.as_str() {
+        Some(ident) => set("ident", format!("{ident:?}"), from("ident")),
+        None => set("ident", "false".into(), from("ident")),
+    };
+    let shutdown = &rocket.shutdown;
+    out += &set(
+        "shutdown.ctrlc",
+        shutdown.ctrlc.to_string(),
+        from("shutdown.ctrlc"),
+    );
+    // As they are written: lower case, without `SIG`.
+    let mut signals: Vec<String> = shutdown
+        .signals
+        .iter()
+        .map(|sig| sig.to_string().trim_start_matches("SIG").to_lowercase())
+        .collect();
+    signals.sort();
+    out += &set(
+        "shutdown.signals",
+        format!("{signals:?}"),
+        from("shutdown.signals"),
+    );
+    out += &set(
+        "shutdown.grace",
+        shutdown.grace.to_string(),
+        from("shutdown.grace"),
+    );
+    out += &set(
+        "shutdown.mercy",
+        shutdown.mercy.to_string(),
+        from("shutdown.mercy"),
+    );
     out
 }
+
+/// The line of `simplechat config` after simplechat's keys, before the
+/// Rocket settings the server uses ([`ROCKET_USED`]).
+pub const ROCKET_HEADING: &str = "# Rocket's settings the server uses:\n";
 
 /// The store, for the startup line: where the messages are kept.
 pub fn describe_store(store: &StoreConfig) -> String {
@@ -1215,12 +1414,32 @@ mod tests {
         ))
         .unwrap();
         let described = describe(&config);
-        let printed: Vec<&str> = described
+        let (own, rocket) = described.split_once(ROCKET_HEADING).unwrap();
+        let rocket: BTreeSet<&str> = rocket
+            .lines()
+            .filter_map(|l| l.split(['.', ' ']).next())
+            .collect();
+        assert_eq!(rocket, ROCKET_USED.iter().copied().collect());
+        let printed: Vec<&str> = own
             .lines()
             .map(|l| l.trim_start_matches("# "))
             .filter_map(|l| l.split(' ').next())
             .collect();
         assert_eq!(printed, KEYS);
+    }
+
+    /// Each of Rocket's keys is either simplechat's too, used, or said to
+    /// have no effect: a key a newer Rocket adds fails here until sorted.
+    #[test]
+    fn every_rocket_key_is_used_or_said_to_have_no_effect() {
+        let mut sorted: Vec<&str> = ["address", "port"]
+            .into_iter()
+            .chain(ROCKET_USED.iter().copied())
+            .chain(ROCKET_UNUSED.iter().map(|(key, _)| *key))
+            .collect();
+        sorted.sort();
+        let rocket: Vec<&str> = ROCKET_KEYS.iter().map(String::as_str).collect();
+        assert_eq!(rocket, sorted);
     }
 
     #[test]
@@ -1244,6 +1463,19 @@ mod tests {
                 )]
             );
         }
+        for (typo, meant) in [
+            ("ROCKET_PROT", "ROCKET_PORT"),
+            ("ROCKET_LOG_LEVLE", "ROCKET_LOG_LEVEL"),
+            ("ROCKET_SHUTDWON", "ROCKET_SHUTDOWN"),
+            ("ROCKET_DATADIR", "SIMPLECHAT_DATA_DIR"),
+        ] {
+            assert_eq!(
+                warn(typo),
+                [format!(
+                    "{typo} is not a setting and is ignored; did you mean {meant}?"
+                )]
+            );
+        }
         assert_eq!(
             warn("SIMPLECHAT_XYZZY"),
             ["SIMPLECHAT_XYZZY is not a setting and is ignored (see simplechat --help)"]
@@ -1256,7 +1488,12 @@ mod tests {
             "SIMPLECHAT_REQUIRE_TMPFS",
             "SIMPLECHAT_BENCH_SERVER",
             "SIMPLECHAT_CHROMEDRIVER",
-            "ROCKET_PROT",
+            "ROCKET_PORT",
+            "ROCKET_LOG_LEVEL",
+            "ROCKET_PROFILE",
+            "ROCKET_DATA_DIR",
+            "ROCKET_KEEP_ALIVE",
+            "ROCKET_TLS",
             "SIMPLECHATPORT",
         ] {
             assert_eq!(warn(quiet), Vec::<String>::new(), "{quiet}");

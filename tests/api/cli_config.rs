@@ -140,7 +140,14 @@ fn config_names_each_source_in_the_users_terms() {
          max_connections_per_client = 256  # from default\n\
          secure_cookie = false  # from default\n\
          trust_proxy_headers = false  # from default\n\
-         # allowed_hosts unset: any host, as address is not loopback\n"
+         # allowed_hosts unset: any host, as address is not loopback\n\
+         # Rocket's settings the server uses:\n\
+         log_level = \"normal\"  # from default\n\
+         ident = \"Rocket\"  # from default\n\
+         shutdown.ctrlc = true  # from default\n\
+         shutdown.signals = [\"term\"]  # from default\n\
+         shutdown.grace = 2  # from default\n\
+         shutdown.mercy = 3  # from default\n"
     );
     assert!(!config.contains(".rs:"), "no code locations: {config}");
 
@@ -546,6 +553,171 @@ fn a_bad_rocket_setting_names_its_variable_and_value() {
     );
 }
 
+/// A typo inside one of Rocket's tables is refused as one at the top is,
+/// naming the key's path and where it was set: Rocket passes over it, and
+/// the grace period would stay at its default unnoticed.
+#[test]
+fn a_typo_inside_a_rocket_table_is_refused_naming_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A port in use: a `serve` that got past its configuration stops there.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let port = ("SIMPLECHAT_PORT", port.as_str());
+    const KNOWN: &str = "unknown key: Rocket's shutdown has ctrlc, force, grace, mercy, signals";
+    std::fs::write(d.join("simplechat.toml"), "shutdown = { grase = 10 }\n").unwrap();
+    for command in ["config", "serve"] {
+        assert_one_line_failure(
+            &simplechat(d, &[command], &[port]),
+            &format!("bad configuration: shutdown.grase in simplechat.toml: {KNOWN}"),
+        );
+    }
+    std::fs::remove_file(d.join("simplechat.toml")).unwrap();
+    for command in ["config", "serve"] {
+        assert_one_line_failure(
+            &simplechat(d, &[command], &[("ROCKET_SHUTDOWN", "{grase=10}"), port]),
+            &format!("bad configuration: ROCKET_SHUTDOWN (shutdown.grase): {KNOWN}"),
+        );
+    }
+    std::fs::write(d.join("Rocket.toml"), "[default.shutdown]\ngrase = 10\n").unwrap();
+    assert_one_line_failure(
+        &simplechat(d, &["config"], &[]),
+        &format!("Rocket.toml: {KNOWN}"),
+    );
+    // Spelled right, it is what the server uses.
+    std::fs::write(d.join("Rocket.toml"), "[default.shutdown]\ngrace = 10\n").unwrap();
+    let config = config_lines(d, &[]);
+    assert!(
+        line(&config, "shutdown.grace").starts_with("shutdown.grace = 10  # from ")
+            && line(&config, "shutdown.grace").ends_with("Rocket.toml"),
+        "{config}"
+    );
+}
+
+/// `config` prints the Rocket settings the server uses, with where each
+/// came from, as it does simplechat's.
+#[test]
+fn config_prints_the_rocket_settings_the_server_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("simplechat.toml"),
+        "log_level = \"critical\"\nident = false\n",
+    )
+    .unwrap();
+    let config = config_lines(
+        d,
+        &[("ROCKET_SHUTDOWN", "{grace=10,signals=[\"term\",\"hup\"]}")],
+    );
+    let rocket = config.split_once("# Rocket's settings the server uses:\n");
+    assert_eq!(
+        rocket.map(|(_, rocket)| rocket),
+        Some(
+            "log_level = \"critical\"  # from simplechat.toml\n\
+             ident = false  # from simplechat.toml\n\
+             shutdown.ctrlc = true  # from default\n\
+             shutdown.signals = [\"hup\", \"term\"]  # from ROCKET_SHUTDOWN\n\
+             shutdown.grace = 10  # from ROCKET_SHUTDOWN\n\
+             shutdown.mercy = 3  # from default\n"
+        ),
+        "{config}"
+    );
+}
+
+/// TLS is refused wherever it is set, saying it is terminated in front:
+/// this build has no TLS, and Rocket would take `ROCKET_TLS` and serve
+/// plain HTTP.
+#[test]
+fn tls_is_refused_wherever_it_is_set_saying_it_is_terminated_in_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let port = ("SIMPLECHAT_PORT", port.as_str());
+    const WHY: &str = "simplechat serves plain HTTP only: terminate TLS in front of it";
+    let tls = "{certs=\"/etc/chat/cert.pem\",key=\"/etc/chat/key.pem\"}";
+    for command in ["config", "serve"] {
+        assert_one_line_failure(
+            &simplechat(d, &[command], &[("ROCKET_TLS", tls), port]),
+            &format!("bad configuration: ROCKET_TLS: {WHY}"),
+        );
+    }
+    let table = "[tls]\ncerts = \"cert.pem\"\nkey = \"key.pem\"\n";
+    std::fs::write(d.join("simplechat.toml"), table).unwrap();
+    assert_one_line_failure(
+        &simplechat(d, &["serve"], &[port]),
+        &format!("bad configuration: tls in simplechat.toml: {WHY}"),
+    );
+    std::fs::remove_file(d.join("simplechat.toml")).unwrap();
+    std::fs::write(d.join("Rocket.toml"), format!("[default.{}", &table[1..])).unwrap();
+    assert_one_line_failure(
+        &simplechat(d, &["serve"], &[port]),
+        &format!("Rocket.toml: {WHY}"),
+    );
+}
+
+/// A `ROCKET_` variable that nothing reads (a typo) warns as a
+/// `SIMPLECHAT_` one does, naming the variable meant; one of Rocket's
+/// settings that has no effect here says so, from a variable or a file.
+#[test]
+fn an_unknown_rocket_variable_warns_and_one_without_effect_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let honoured = [
+        ("ROCKET_LOG_LEVEL", "critical"),
+        ("ROCKET_SHUTDOWN", "{grace=4}"),
+        ("ROCKET_IDENT", "chat"),
+        ("ROCKET_PROFILE", "release"),
+        ("ROCKET_ADDRESS", "127.0.0.1"),
+        ("ROCKET_HEARTBEAT_SECS", "20"),
+    ];
+    let out = simplechat(d, &["config"], &honoured);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+
+    let mut env = honoured.to_vec();
+    env.extend([("ROCKET_PROT", "9000"), ("ROCKET_KEEP_ALIVE", "3")]);
+    let out = simplechat(d, &["config"], &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(line(&stdout, "port").starts_with("port = 8000  # from default"));
+    let mut warnings: Vec<&str> = stderr.lines().collect();
+    warnings.sort();
+    assert_eq!(
+        warnings,
+        [
+            "simplechat: warning: ROCKET_KEEP_ALIVE has no effect on simplechat and is \
+             ignored: its front door serves every connection (see header_timeout_secs)",
+            "simplechat: warning: ROCKET_PROT is not a setting and is ignored; \
+             did you mean ROCKET_PORT?",
+        ],
+        "{stderr}"
+    );
+
+    std::fs::write(
+        d.join("simplechat.toml"),
+        "workers = 2\n[limits]\njson = \"2 MiB\"\n",
+    )
+    .unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = simplechat(d, &["serve"], &[("SIMPLECHAT_PORT", &port)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(
+        warnings,
+        [
+            "simplechat: warning: workers in simplechat.toml has no effect on simplechat and \
+             is ignored: it starts its own async runtime",
+            "simplechat: warning: limits.json in simplechat.toml has no effect on simplechat \
+             and is ignored: request bodies have a fixed cap derived from the message limits",
+        ],
+        "{stderr}"
+    );
+    assert_one_line_failure(&out, "cannot listen");
+}
+
 #[test]
 fn a_port_in_use_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -561,7 +733,8 @@ fn a_port_in_use_is_one_clear_line() {
 fn the_help_lists_the_keys_config_prints() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_lines(dir.path(), &[]);
-    let printed: Vec<&str> = config
+    let (own, _rocket) = config.split_once("# Rocket's settings").unwrap();
+    let printed: Vec<&str> = own
         .lines()
         .map(|l| l.trim_start_matches("# "))
         .filter_map(|l| l.split(' ').next())
