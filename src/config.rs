@@ -207,7 +207,12 @@ fn port<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u16, D::Err
         }
 
         fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<u16, E> {
-            Err(refuse("type", format_args!("number `{value}`")))
+            // `{value}` would print 8000.0 as `8000`, a value that looks
+            // valid; `{value:?}` keeps the decimal point.
+            Err(E::custom(format_args!(
+                "invalid type: found a floating-point number {value:?}, expected an \
+                 integer: {EXPECTED}"
+            )))
         }
 
         fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<u16, E> {
@@ -262,8 +267,12 @@ fn some_host_list<'de, D: serde::Deserializer<'de>>(
     Ok(Option::<Hosts>::deserialize(deserializer)?.map(|Hosts(hosts)| hosts))
 }
 
-/// A path that is not empty: an empty one (`SIMPLECHAT_DATA_DIR=`) would
-/// be read as the working directory, or name no file at all.
+/// A path that is not empty and does not start with `~`: an empty one
+/// (`SIMPLECHAT_DATA_DIR=`) would be read as the working directory, or name
+/// no file at all; `~` is expanded by a shell, never in a file or a
+/// variable a service manager sets, so `~/chat` would name a directory
+/// `~` in the working directory, which reads like the home directory (and
+/// `rm -rf ~` to remove it removes that).
 fn path<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<PathBuf, D::Error> {
     let path = PathBuf::deserialize(deserializer)?;
     if path.as_os_str().is_empty() {
@@ -271,6 +280,19 @@ fn path<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<PathBuf, D:
         return Err(serde::de::Error::custom(
             "invalid value: found string \"\", expected a path",
         ));
+    }
+    if path.as_os_str().as_encoded_bytes().starts_with(b"~") {
+        // The full path meant, when it can be told: `~/x` with HOME set.
+        let meant = std::env::var_os("HOME")
+            .filter(|home| !home.is_empty())
+            .zip(path.strip_prefix("~").ok())
+            .map(|(home, rest)| format!(" such as {:?}", Path::new(&home).join(rest)))
+            .unwrap_or_default();
+        return Err(serde::de::Error::custom(format_args!(
+            "invalid value: found string {path:?}, expected a full path: `~` is not \
+             expanded here (only a shell expands it); write the full path{meant}, or \
+             ./~ for a directory named ~"
+        )));
     }
     Ok(path)
 }
@@ -738,7 +760,7 @@ impl Config {
         // configuration"; checked here, `config` refuses them too.
         let rocket = figment.extract::<rocket::Config>().map_err(bad)?;
         check_rocket_keys(&figment).map_err(|e| bad(*e))?;
-        let warnings = ROCKET_UNUSED
+        let mut warnings: Vec<String> = ROCKET_UNUSED
             .iter()
             .filter_map(|(key, why)| {
                 let place = set_at(&figment, key)?;
@@ -748,6 +770,15 @@ impl Config {
             })
             .collect();
         let store = store_config(&settings)?;
+        #[cfg(unix)]
+        warnings.extend(
+            [
+                ("mongodb_uri_file", &settings.mongodb_uri_file),
+                ("mongodb_password_file", &settings.mongodb_password_file),
+            ]
+            .into_iter()
+            .filter_map(|(setting, path)| open_to_others(setting, path.as_deref()?)),
+        );
         let templates = resolve_templates(settings.template_dir.as_deref(), || {
             place(&figment, "template_dir")
         })?;
@@ -809,6 +840,24 @@ fn seconds(figment: &Figment, key: &str, value: u64) -> Result<Duration, ConfigE
     )))
 }
 
+/// The warning for a secret's file (`setting`, at `path`) that users other
+/// than its owner may read or write (mode & 0o077), naming the file and
+/// the fix, never its content; `None` for a private file, or one that
+/// cannot be read (its error is told where it is read).
+#[cfg(unix)]
+fn open_to_others(setting: &str, path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "{setting} {} is open to other users (mode {mode:o}) and holds a secret: \
+             chmod 600 {}",
+            path.display(),
+            path.display()
+        )
+    })
+}
+
 /// `mongodb_password_file` from every layer, for a command given its own
 /// connection string (`replset status --uri`): the rest of the
 /// configuration is not checked, as that command does not use it.
@@ -853,17 +902,15 @@ fn store_config(s: &Settings) -> Result<StoreConfig, ConfigError> {
             ))
         }
         (Some(uri), None) => Some(uri.trim().to_owned()),
-        (None, Some(path)) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|e| {
-                    ConfigError(format!(
-                        "cannot read mongodb_uri_file {}: {e}",
-                        path.display()
-                    ))
-                })?
-                .trim()
-                .to_owned(),
-        ),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError(format!(
+                    "cannot read mongodb_uri_file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            Some(crate::mongo::uri::without_bom(&text).trim().to_owned())
+        }
         (None, None) => None,
     };
     let Some(mut uri) = uri.filter(|u| !u.is_empty()) else {
@@ -1362,7 +1409,15 @@ pub const ROCKET_HEADING: &str = "# Rocket's settings the server uses:\n";
 /// The store, for the startup line: where the messages are kept.
 pub fn describe_store(store: &StoreConfig) -> String {
     match store {
-        StoreConfig::Embedded { data_dir, .. } => format!("embedded at {}", data_dir.display()),
+        // Absolute: the directory to look in (or remove) whatever the
+        // reader's working directory.
+        StoreConfig::Embedded { data_dir, .. } => format!(
+            "embedded at {}",
+            std::path::absolute(data_dir)
+                .as_deref()
+                .unwrap_or(data_dir)
+                .display()
+        ),
         StoreConfig::MongoDb { uri, database } => {
             let set = crate::mongo::uri::parse(uri)
                 .ok()

@@ -51,9 +51,17 @@ pub fn with_password(uri: &str, password: &str) -> Result<String, String> {
     ))
 }
 
-/// Reads a password file: its whole content but one final line break (a
-/// file written with `echo` ends in one). The password may contain any
-/// other character.
+/// `text` without the UTF-8 byte order mark a Windows editor writes at the
+/// start of a file (U+FEFF): invisible in every message, it would be the
+/// first character of a connection string ("unsupported scheme") or a
+/// password.
+pub fn without_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
+/// Reads a password file: its whole content but a leading byte order mark
+/// ([`without_bom`]) and one final line break (a file written with `echo`
+/// ends in one). The password may contain any other character.
 ///
 /// Errors name the file, never its content: unreadable, not UTF-8, empty.
 pub fn read_password_file(path: &Path) -> Result<String, String> {
@@ -61,10 +69,11 @@ pub fn read_password_file(path: &Path) -> Result<String, String> {
         .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?;
     let text = String::from_utf8(bytes)
         .map_err(|_| format!("the password file {} is not UTF-8 text", path.display()))?;
+    let text = without_bom(&text);
     let password = text
         .strip_suffix("\r\n")
         .or_else(|| text.strip_suffix('\n'))
-        .unwrap_or(&text);
+        .unwrap_or(text);
     if password.is_empty() {
         return Err(format!("the password file {} is empty", path.display()));
     }
@@ -582,6 +591,8 @@ mod tests {
             ("s3cret\n", "s3cret"),
             ("s3cret\r\n", "s3cret"),
             (" s3 \n\n", " s3 \n"),
+            ("\u{feff}s3cret\n", "s3cret"),
+            ("\u{feff}\u{feff}s3cret", "\u{feff}s3cret"),
         ] {
             std::fs::write(&path, content).unwrap();
             assert_eq!(read_password_file(&path).unwrap(), want);

@@ -718,6 +718,110 @@ fn an_unknown_rocket_variable_warns_and_one_without_effect_says_so() {
     assert_one_line_failure(&out, "cannot listen");
 }
 
+/// A path that starts with `~` is refused: nothing expands it but a shell,
+/// and `~/chat` would make a directory named `~` in the working directory.
+#[test]
+fn a_path_starting_with_a_tilde_is_refused_saying_it_is_not_expanded() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let home = ("HOME", "/home/ann");
+    for command in ["config", "serve"] {
+        let out = simplechat(
+            d,
+            &[command],
+            &[
+                ("SIMPLECHAT_DATA_DIR", "~/chat"),
+                ("SIMPLECHAT_PORT", &port),
+                home,
+            ],
+        );
+        assert_one_line_failure(
+            &out,
+            "bad configuration: SIMPLECHAT_DATA_DIR: invalid value: found string \"~/chat\", \
+             expected a full path: `~` is not expanded here (only a shell expands it); write \
+             the full path such as \"/home/ann/chat\", or ./~ for a directory named ~",
+        );
+    }
+    std::fs::write(d.join("simplechat.toml"), "template_dir = \"~ann/t\"\n").unwrap();
+    assert_one_line_failure(
+        &simplechat(d, &["config"], &[home]),
+        "bad configuration: template_dir in simplechat.toml: invalid value: found string \
+         \"~ann/t\", expected a full path: `~` is not expanded here (only a shell expands \
+         it); write the full path, or ./~ for a directory named ~",
+    );
+    assert!(!d.join("~").exists(), "no directory named ~");
+}
+
+/// A byte order mark at the start of a secret's file (Windows editors
+/// write one) is no part of the secret; a secret's file other users may
+/// open warns once, naming the file and the fix, never the secret.
+#[test]
+fn secret_files_lose_a_byte_order_mark_and_warn_when_others_may_open_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let uri = d.join("uri");
+    std::fs::write(
+        &uri,
+        "\u{feff}mongodb://app:s3cret@h3:27017/chat?replicaSet=rs\r\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&uri, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let env = [("SIMPLECHAT_MONGODB_URI_FILE", uri.to_str().unwrap())];
+    let out = simplechat(d, &["config"], &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr, "");
+    let config = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        line(&config, "mongodb_uri"),
+        r#"mongodb_uri = "mongodb://app:****@h3:27017/chat?replicaSet=rs"  # from mongodb_uri_file"#
+    );
+
+    std::fs::set_permissions(&uri, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = simplechat(d, &["config"], &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "simplechat: warning: mongodb_uri_file {0} is open to other users (mode 644) and \
+             holds a secret: chmod 600 {0}\n",
+            uri.display()
+        )
+    );
+
+    // The password file too; its password never shows.
+    let password = d.join("password");
+    std::fs::write(&password, "\u{feff}S3cretPw\n").unwrap();
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = simplechat(
+        d,
+        &["config"],
+        &[
+            ("SIMPLECHAT_MONGODB_URI", "mongodb://app@h3:27017/chat"),
+            (
+                "SIMPLECHAT_MONGODB_PASSWORD_FILE",
+                password.to_str().unwrap(),
+            ),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("S3cretPw") && !stdout.contains("S3cretPw"));
+    assert_eq!(
+        stderr,
+        format!(
+            "simplechat: warning: mongodb_password_file {0} is open to other users (mode 640) \
+             and holds a secret: chmod 600 {0}\n",
+            password.display()
+        )
+    );
+}
+
 #[test]
 fn a_port_in_use_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -1212,11 +1316,26 @@ fn a_bad_port_is_refused_saying_what_a_port_is() {
         ("70000", "value: found number `70000`"),
         ("-1", "value: found number `-1`"),
         ("abc", "type: found string \"abc\""),
-        ("1.5", "type: found number `1.5`"),
+        (
+            "1.5",
+            "type: found a floating-point number 1.5, expected an integer: a port",
+        ),
     ] {
         let out = simplechat(dir.path(), &["config"], &[("SIMPLECHAT_PORT", value)]);
-        assert_one_line_failure(&out, &format!("SIMPLECHAT_PORT: invalid {found}, {PORT}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_one_line_failure(&out, &format!("SIMPLECHAT_PORT: invalid {found}"));
+        let what = PORT.trim_start_matches("expected ");
+        assert!(stderr.trim_end().ends_with(what), "{stderr}");
     }
+    // Not "found number `8000`", a value that looks valid.
+    let file = dir.path().join("simplechat.toml");
+    std::fs::write(&file, "port = 8000.0\n").unwrap();
+    assert_one_line_failure(
+        &simplechat(dir.path(), &["config"], &[]),
+        "port in simplechat.toml: invalid type: found a floating-point number 8000.0, \
+         expected an integer: a port: a number from 0 to 65535 (0: any free one)",
+    );
+    std::fs::remove_file(&file).unwrap();
     let file = dir.path().join("simplechat.toml");
     std::fs::write(&file, "port = 65536\n").unwrap();
     assert_one_line_failure(

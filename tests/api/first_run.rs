@@ -198,7 +198,10 @@ async fn a_copied_binary_serves_its_own_page_and_says_where() {
     let (startup, base) = (server.startup.clone(), server.base.clone());
     assert_eq!(
         startup,
-        format!("{STARTUP}{base}; store: embedded at ./simplechat-data")
+        format!(
+            "{STARTUP}{base}; store: embedded at {}",
+            run.join("simplechat-data").display()
+        )
     );
     assert!(
         run.join("simplechat-data").is_dir(),
@@ -285,9 +288,15 @@ async fn the_startup_line_is_all_the_release_builds_log_level_prints() {
         dir.path(),
         &[("ROCKET_LOG_LEVEL", "critical")],
     );
-    assert!(server
-        .startup
-        .ends_with("; store: embedded at ./simplechat-data"));
+    // Absolute: where to look whatever the reader's working directory.
+    let data_dir = dir.path().join("simplechat-data");
+    assert!(
+        server
+            .startup
+            .ends_with(&format!("; store: embedded at {}", data_dir.display())),
+        "{}",
+        server.startup
+    );
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
