@@ -630,13 +630,29 @@ impl Cluster {
         at: HoldPoint,
         matching: impl Fn(&bson::Document) -> bool + Send + Sync + 'static,
     ) {
+        self.hold_next_as(command, command, at, matching);
+    }
+
+    /// [`Cluster::hold_next`], released by [`Cluster::release`] of `label`
+    /// and counted by [`Cluster::held`] of `label` instead of the command's
+    /// name: two commands of one name (two reads) held at once can then be
+    /// let go one at a time, in the order a test stages. No mongod
+    /// counterpart either.
+    pub fn hold_next_as(
+        &self,
+        label: &str,
+        command: &str,
+        at: HoldPoint,
+        matching: impl Fn(&bson::Document) -> bool + Send + Sync + 'static,
+    ) {
         let mut st = self.shared.lock();
         let gate = st
             .hold_gates
-            .entry(command.to_owned())
+            .entry(label.to_owned())
             .or_insert_with(|| watch::channel(false).0)
             .subscribe();
         st.holds.push(state::Hold {
+            label: label.to_owned(),
             command: command.to_owned(),
             at,
             matching: Arc::new(matching),
@@ -644,24 +660,21 @@ impl Cluster {
         });
     }
 
-    /// Lets every command held for `command` go on, and disarms the holds
-    /// for it not taken yet.
-    pub fn release(&self, command: &str) {
+    /// Lets every command held under `label` (a command's name, or the
+    /// label of [`Cluster::hold_next_as`]) go on, and disarms the holds
+    /// under it not taken yet.
+    pub fn release(&self, label: &str) {
         let mut st = self.shared.lock();
-        st.holds.retain(|h| h.command != command);
-        if let Some(gate) = st.hold_gates.remove(command) {
+        st.holds.retain(|h| h.label != label);
+        if let Some(gate) = st.hold_gates.remove(label) {
             gate.send_replace(true);
         }
     }
 
-    /// How many commands named `command` wait at a hold now.
-    pub fn held(&self, command: &str) -> usize {
-        self.shared
-            .lock()
-            .held_now
-            .get(command)
-            .copied()
-            .unwrap_or(0)
+    /// How many commands wait now at a hold under `label` (a command's
+    /// name, or the label of [`Cluster::hold_next_as`]).
+    pub fn held(&self, label: &str) -> usize {
+        self.shared.lock().held_now.get(label).copied().unwrap_or(0)
     }
 
     /// Stages a race mongod has and this simulator otherwise never runs:

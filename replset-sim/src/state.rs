@@ -299,15 +299,19 @@ pub(crate) struct State {
     pub remote_clients: bool,
     /// [`crate::Cluster::hold_next`]: holds armed and not yet taken.
     pub holds: Vec<Hold>,
-    /// The gate of each command's holds, opened by
+    /// The gate of each label's holds (a command's name, unless
+    /// [`crate::Cluster::hold_next_as`] names another), opened by
     /// [`crate::Cluster::release`].
     pub hold_gates: HashMap<String, tokio::sync::watch::Sender<bool>>,
-    /// Commands waiting at a hold now, by name ([`crate::Cluster::held`]).
+    /// Commands waiting at a hold now, by the hold's label
+    /// ([`crate::Cluster::held`]).
     pub held_now: HashMap<String, usize>,
 }
 
 /// One armed [`crate::Cluster::hold_next`].
 pub(crate) struct Hold {
+    /// What releases it and counts it.
+    pub label: String,
     pub command: String,
     pub at: crate::HoldPoint,
     pub matching: std::sync::Arc<dyn Fn(&Document) -> bool + Send + Sync>,
@@ -989,19 +993,20 @@ impl State {
         take_one(&mut self.drop_replies, command)
     }
 
-    /// The gate `body` (a command named `command`) waits at, at `at`, if a
-    /// hold armed for it matches; the hold is used up.
+    /// The label and gate `body` (a command named `command`) waits at, at
+    /// `at`, if a hold armed for it matches; the hold is used up.
     pub fn take_hold(
         &mut self,
         command: &str,
         at: crate::HoldPoint,
         body: &Document,
-    ) -> Option<tokio::sync::watch::Receiver<bool>> {
+    ) -> Option<(String, tokio::sync::watch::Receiver<bool>)> {
         let i = self
             .holds
             .iter()
             .position(|h| h.command == command && h.at == at && (h.matching)(body))?;
-        Some(self.holds.remove(i).gate)
+        let hold = self.holds.remove(i);
+        Some((hold.label, hold.gate))
     }
 }
 

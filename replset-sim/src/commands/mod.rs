@@ -108,8 +108,8 @@ pub(crate) async fn run(ctx: &Ctx<'_>, body: Document) -> Outcome {
         }
         st.take_hold(&name, HoldPoint::BeforeRunning, &body)
     };
-    if let Some(gate) = gate {
-        wait_at(ctx, &name, gate).await;
+    if let Some((label, gate)) = gate {
+        wait_at(ctx, &label, gate).await;
     }
     let result = match body.get("$db") {
         Some(Bson::String(db)) => {
@@ -126,8 +126,8 @@ pub(crate) async fn run(ctx: &Ctx<'_>, body: Document) -> Outcome {
         .shared
         .lock()
         .take_hold(&name, HoldPoint::BeforeReplying, &body);
-    if let Some(gate) = gate {
-        wait_at(ctx, &name, gate).await;
+    if let Some((label, gate)) = gate {
+        wait_at(ctx, &label, gate).await;
     }
     let mut reply = match result {
         Ok(d) => d,
@@ -159,16 +159,16 @@ pub(crate) async fn run(ctx: &Ctx<'_>, body: Document) -> Outcome {
 }
 
 /// Waits at a [`crate::Cluster::hold_next`] until the test releases
-/// `command`, counted in [`crate::Cluster::held`] meanwhile.
-async fn wait_at(ctx: &Ctx<'_>, command: &str, mut gate: tokio::sync::watch::Receiver<bool>) {
+/// `label`, counted in [`crate::Cluster::held`] meanwhile.
+async fn wait_at(ctx: &Ctx<'_>, label: &str, mut gate: tokio::sync::watch::Receiver<bool>) {
     *ctx.shared
         .lock()
         .held_now
-        .entry(command.to_owned())
+        .entry(label.to_owned())
         .or_default() += 1;
     // A gate dropped unopened (the cluster is going away) lets it go too.
     let _ = gate.wait_for(|open| *open).await;
-    if let Some(n) = ctx.shared.lock().held_now.get_mut(command) {
+    if let Some(n) = ctx.shared.lock().held_now.get_mut(label) {
         *n -= 1;
     }
 }
