@@ -31,7 +31,6 @@ pub async fn build(config: Config) -> Result<Rocket<Build>, String> {
         // Built-in templates are read from this directory while Rocket runs.
         .manage(built_in_templates)
         .manage(chat)
-        .manage(api::events::Heartbeat(config.heartbeat))
         .manage(api::page::RenderedHistory::default())
         .manage(api::page::PreparedPage::default())
         .manage(api::cookies::CookieSettings {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use time::OffsetDateTime;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::message::Message;
 
@@ -212,6 +212,9 @@ impl Recent {
 pub struct Cache {
     recent: RwLock<Recent>,
     sender: broadcast::Sender<Arc<CachedMessage>>,
+    /// Whether the cache is complete, for subscribers that wait for it
+    /// ([`Cache::completeness`]); set under the `recent` lock.
+    complete: watch::Sender<bool>,
     /// The default listing, serialized once per change: (limit, JSON).
     default_page: Memo<(usize, Listing)>,
 }
@@ -266,6 +269,7 @@ impl Default for Cache {
         Cache {
             recent: RwLock::new(Recent::default()),
             sender: broadcast::channel(BROADCAST_CAPACITY).0,
+            complete: watch::channel(false).0,
             default_page: Memo::default(),
         }
     }
@@ -403,6 +407,7 @@ impl Cache {
         recent.complete = true;
         recent.settle_awaited();
         recent.changed();
+        self.complete.send_replace(true);
         shared
     }
 
@@ -433,6 +438,7 @@ impl Cache {
         let mut recent = self.write();
         recent.complete = false;
         recent.changed();
+        self.complete.send_replace(false);
     }
 
     /// A receiver of every message published from now on, in cache order.
@@ -454,6 +460,13 @@ impl Cache {
             seq: recent.next_seq,
         });
         (receiver, next)
+    }
+
+    /// Tells when the cache becomes complete ([`Cache::is_complete`]), or
+    /// stops being: what a subscriber placed by message id waits for
+    /// before it catches up (see `api::events`).
+    pub fn completeness(&self) -> watch::Receiver<bool> {
+        self.complete.subscribe()
     }
 
     /// Up to `limit` messages from arrival `next` on, if the cache still

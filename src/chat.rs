@@ -111,6 +111,12 @@ impl Chat {
         self.cache.is_complete()
     }
 
+    /// Tells when the cache becomes complete, or stops being
+    /// ([`Cache::completeness`]).
+    pub fn completeness(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.cache.completeness()
+    }
+
     /// The message with this id, if stored.
     pub async fn get(&self, id: &str) -> Result<Option<Message>, StoreError> {
         self.store.get(id).await

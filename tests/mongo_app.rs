@@ -66,7 +66,12 @@ impl Subscriber {
     /// Connects to `path` (for example `/api/events?after=<id>`, which
     /// replays what came after that message first).
     async fn connect_to(app: &TestApp, path: &str) -> Subscriber {
-        let response = app.get(path).await;
+        Subscriber::reading(app.get(path).await).await
+    }
+
+    /// Reads the event stream `response` opened, once its first comment
+    /// came.
+    async fn reading(response: reqwest::Response) -> Subscriber {
         assert_eq!(response.status(), 200);
         let (tx, ids) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -2294,4 +2299,150 @@ async fn the_labs_history_restored_while_the_app_runs_stays_history() {
     }
     assert_eq!(subscriber.arrived(), Vec::<String>::new());
     app.shutdown().await;
+}
+
+// Subscribers that connect to an instance before its first load.
+
+/// Holds, under `label`, the next read of the messages in the store order
+/// whose `limit` `wanted` accepts: a page of the latest (a first load's,
+/// more than one) or the newest message alone (a live start's, one).
+fn hold_read_of_messages(sim: &replset_sim::Cluster, label: &str, wanted: fn(i64) -> bool) {
+    sim.hold_next_as(label, "find", HoldPoint::BeforeRunning, move |command| {
+        command.get_str("find") == Ok("messages")
+            && command.contains_key("sort")
+            && wanted(number_in(command, "limit"))
+    });
+}
+
+/// A subscriber that connects to an instance before its first load (the
+/// instance is starting, its cache empty) starts after the newest message
+/// the store has. That was read after the subscription, and after the
+/// stream had opened (its response sent): a message stored in between
+/// reached the subscriber only if the subscriber saw it before the load
+/// was done, and was otherwise taken for one it had and never sent; the
+/// simulator holds the read of the newest message to store one there. The
+/// stream now opens once it knows where it starts: every message stored
+/// after it opened reaches the subscriber, once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_connecting_before_the_first_load_gets_every_message_stored_after_it_opened() {
+    let test =
+        "a_subscriber_connecting_before_the_first_load_gets_every_message_stored_after_it_opened";
+    let cluster = sim_cluster(test).await;
+    let sim = cluster.sim().expect("simulator");
+    cluster
+        .lab_messages("firstopen")
+        .await
+        .insert_one(doc! { "_id": "first", "name": "bob", "text": "first",
+        "datetime": mongodb::bson::DateTime::now(),
+        "position": mongodb::bson::Timestamp { time: 0, increment: 0 } })
+        .await
+        .expect("an earlier message");
+    hold_read_of_messages(sim, "load", |limit| limit > 1);
+    let app = start_app_with(
+        &cluster,
+        "firstopen",
+        20,
+        &[("heartbeat_secs", json!(3600))],
+    )
+    .await;
+    until_held(sim, "load").await;
+    hold_read_of_messages(sim, "newest", |limit| limit == 1);
+    let opened = std::sync::atomic::AtomicBool::new(false);
+    let (mut subscriber, opened_before_during) = tokio::join!(
+        async {
+            let response = app.get("/api/events").await;
+            opened.store(true, std::sync::atomic::Ordering::SeqCst);
+            Subscriber::reading(response).await
+        },
+        async {
+            until_held(sim, "newest").await;
+            let opened_before_during = opened.load(std::sync::atomic::Ordering::SeqCst);
+            // Published at once (the instance has not loaded yet), and
+            // read as the newest message.
+            assert_eq!(post_with_id(&app, "during", "during").await, 201);
+            sim.release("load");
+            wait_for_change_stream(&app, Duration::from_secs(20)).await;
+            sim.release("newest");
+            opened_before_during
+        }
+    );
+    assert_eq!(post_with_id(&app, "after", "after").await, 201);
+    let expected: &[&str] = if opened_before_during {
+        &["during", "after"]
+    } else {
+        &["after"]
+    };
+    assert_eq!(
+        subscriber
+            .next_ids(expected.len(), Duration::from_secs(20))
+            .await,
+        expected,
+        "every message stored after the stream opened, once, in order"
+    );
+    assert!(
+        !opened_before_during,
+        "the stream opened before it knew where it starts"
+    );
+    assert_eq!(listed_ids(&app).await, ["first", "during", "after"]);
+    assert_eq!(subscriber.arrived(), Vec::<String>::new());
+    app.shutdown().await;
+}
+
+/// Subscribers that connect to an instance before its first load get what
+/// another instance stores and what this one stores before that load in
+/// the store order, once: one that starts live, one that resumes from a
+/// message (`after`, as `Last-Event-ID`) and one that names no message id
+/// (it gets a `reset` first). The instance publishes its own post at once
+/// before its load, and only the load brings in the other instance's
+/// message: before, the post was sent as it came, and the other message,
+/// which comes before it, never (the resuming subscriber did not look for
+/// what the load brought in; the others looked only after the post).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_connecting_before_the_first_load_get_what_is_stored_in_the_store_order() {
+    let test = "subscribers_connecting_before_the_first_load_get_what_is_stored_in_the_store_order";
+    let cluster = sim_cluster(test).await;
+    let sim = cluster.sim().expect("simulator");
+    let other = start_app(&cluster, "firstorder", 20).await;
+    wait_for_change_stream(&other, Duration::from_secs(20)).await;
+    assert_eq!(post_with_id(&other, "first", "first").await, 201);
+    hold_read_of_messages(sim, "load", |limit| limit > 1);
+    let app = start_app_with(
+        &cluster,
+        "firstorder",
+        20,
+        &[("heartbeat_secs", json!(3600))],
+    )
+    .await;
+    until_held(sim, "load").await;
+    let mut subscribers = Vec::new();
+    for path in [
+        "/api/events",
+        "/api/events?after=first",
+        "/api/events?after=not%20an%20id",
+    ] {
+        subscribers.push((path, Subscriber::connect_to(&app, path).await));
+    }
+
+    assert_eq!(post_with_id(&other, "elsewhere", "elsewhere").await, 201);
+    assert_eq!(post_with_id(&app, "here", "here").await, 201);
+    sim.release("load");
+    for (path, subscriber) in &mut subscribers {
+        assert_eq!(
+            subscriber.next_ids(2, Duration::from_secs(20)).await,
+            ["elsewhere", "here"],
+            "{path}"
+        );
+    }
+    assert_eq!(listed_ids(&app).await, ["first", "elsewhere", "here"]);
+    assert_eq!(post_with_id(&app, "after", "after").await, 201);
+    for (path, subscriber) in &mut subscribers {
+        assert_eq!(
+            subscriber.next_ids(1, Duration::from_secs(20)).await,
+            ["after"],
+            "{path}: once"
+        );
+        assert_eq!(subscriber.arrived(), Vec::<String>::new(), "{path}");
+    }
+    app.shutdown().await;
+    other.shutdown().await;
 }

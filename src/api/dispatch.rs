@@ -183,7 +183,7 @@ where
         }
         if parts.method == Method::GET && parts.uri.path() == "/api/events" {
             if let Some(after) = events_query(parts.uri.query()) {
-                return self.event_stream(&parts.headers, after);
+                return self.event_stream(&parts.headers, after).await;
             }
         }
         let refused_by_head = body_refusal(&parts).is_some();
@@ -368,8 +368,9 @@ where
     }
 
     /// The event stream for a request with `headers`, resuming where its `Last-Event-ID`,
-    /// else `after`, says ([`events::Resume`]).
-    fn event_stream(&self, headers: &HeaderMap, after: Option<String>) -> Response<Body> {
+    /// else `after`, says ([`events::Resume`]); answered once the stream
+    /// knows where it starts ([`events::stream`]).
+    async fn event_stream(&self, headers: &HeaderMap, after: Option<String>) -> Response<Body> {
         // A header of bytes that are not visible ASCII is still a named
         // id, and no message's.
         let last_event_id = headers
@@ -381,7 +382,8 @@ where
             self.events.heartbeat,
             resume,
             self.shutdown.clone(),
-        );
+        )
+        .await;
         let body = StreamBody::new(stream.map(|bytes| Ok::<_, hyper::Error>(Frame::data(bytes))));
         let mut response = Response::new(body.boxed_unsync());
         *response.headers_mut() = self.stream_head.clone();

@@ -20,38 +20,21 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
+use rocket::get;
 use rocket::http::uri::Origin;
 use rocket::http::{ContentType, Header};
-use rocket::request::{FromRequest, Outcome, Request};
+use rocket::request::Request;
 use rocket::response::stream::ByteStream;
 use rocket::response::{self, Redirect, Responder, Response};
 use rocket::tokio::select;
 use rocket::tokio::sync::broadcast::error::RecvError;
 use rocket::tokio::time::{interval_at, Instant};
-use rocket::{get, Shutdown, State};
 
 use crate::api::echo::echo;
 use crate::cache::Arrival;
 use crate::chat::{Chat, MAX_LIMIT};
 use crate::message::validate_id;
 use crate::store::{Cursor, StoreError};
-
-/// How often an idle stream gets a comment line (`heartbeat_secs`), so
-/// proxies and browsers keep it open. Rocket state.
-#[derive(Debug, Clone, Copy)]
-pub struct Heartbeat(pub Duration);
-
-/// The `Last-Event-ID` request header, as sent.
-pub struct LastEventId<'r>(Option<&'r str>);
-
-#[rocket::async_trait]
-impl<'r> FromRequest<'r> for LastEventId<'r> {
-    type Error = ();
-
-    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, ()> {
-        Outcome::Success(LastEventId(req.headers().get_one("Last-Event-ID")))
-    }
-}
 
 /// Where a subscriber's stream starts, from what its client names as the
 /// last event it has: `Last-Event-ID` when the request has one that is not
@@ -126,10 +109,12 @@ where
 /// `: heartbeat` comment every `heartbeat_secs`. Never an error status: the
 /// stream ends at shutdown, or when the store cannot say what was missed.
 ///
-/// The front door serves every `GET` of exactly this path itself, with the
-/// same [`stream`] and the head this route's response gets
+/// The front door serves every `GET` of exactly this path itself, with
+/// [`stream`] and the head this route's response gets
 /// ([`crate::api::dispatch`]). What reaches this route is a `HEAD`, which
-/// gets that head, or a request for a path Rocket matches to this route in
+/// gets that head (and no stream: a `HEAD`'s body is never sent, and a
+/// stream would have to read the store before it could start), or a
+/// request for a path Rocket matches to this route in
 /// another spelling (`/api/events/`, `//api/events`, `/api/%65vents`): that
 /// gets a `308` to the path itself, which `EventSource` and other clients
 /// follow. Rocket cannot stream it (the front door reads every response it
@@ -137,15 +122,10 @@ where
 /// cannot know every spelling Rocket's routing accepts, so the route sends
 /// the client to the one the front door serves. (A query field given twice
 /// never gets here: the request checks refuse it first.)
-#[get("/api/events?<after>")]
+#[get("/api/events")]
 pub fn events(
-    chat: &State<Chat>,
-    heartbeat: &State<Heartbeat>,
-    last_event_id: LastEventId<'_>,
-    after: Option<&str>,
     origin: &Origin<'_>,
-    shutdown: Shutdown,
-) -> Result<SseBytes<impl futures::Stream<Item = Bytes>>, Box<Redirect>> {
+) -> Result<SseBytes<futures::stream::Empty<Bytes>>, Box<Redirect>> {
     // By the path as sent, not the method: Rocket answers a `HEAD` with
     // its `GET` route, and tells the route it is a `GET`.
     if origin.path().as_str() != "/api/events" {
@@ -159,12 +139,7 @@ pub fn events(
         // Rocket answers `Err` with its responder, as it does `Ok`.
         return Err(Box::new(Redirect::permanent(to)));
     }
-    Ok(SseBytes(ByteStream(stream(
-        chat.inner().clone(),
-        heartbeat.0,
-        Resume::named(last_event_id.0, after),
-        shutdown,
-    ))))
+    Ok(SseBytes(ByteStream(futures::stream::empty())))
 }
 
 /// What may come in a request's query (hyper lets through any byte but a
@@ -243,9 +218,16 @@ fn remember(last: &mut Option<String>, id: &str) {
 /// `: heartbeat` comment every `every`; it ends when `shutdown` resolves
 /// or the store cannot say what was missed.
 ///
-/// It subscribes to the broadcast now, before the stream is first polled,
-/// so a message published once this returns is in the stream.
-pub fn stream<F>(
+/// It subscribes to the broadcast before it returns, so a message
+/// published once it has returned is in the stream, and the response,
+/// sent once it has returned, opens it only then. A live start the cache
+/// cannot place (a MongoDB store before its first load, or while its
+/// change stream reopens) reads the newest message from the store first,
+/// and subscribes after: what is stored from then on comes after that
+/// message, and the stream sends it once the cache is complete. When that
+/// read fails, the stream ends after its `retry:` line, and the client's
+/// reconnect asks again.
+pub async fn stream<F>(
     chat: Chat,
     every: Duration,
     resume: Resume,
@@ -254,8 +236,20 @@ pub fn stream<F>(
 where
     F: Future<Output = ()> + Send + Unpin + 'static,
 {
+    // Before anything else, so that the cache's completion, whenever it
+    // comes, is news to it.
+    let mut completeness = chat.completeness();
     // Subscribe before reading anything, so nothing falls between the two.
-    let (mut rx, now) = chat.subscribe();
+    let (mut rx, mut now) = chat.subscribe();
+    // The cache cannot say where now is: the store can, and the
+    // subscription follows its answer. Read after subscribing, the newest
+    // message could be one stored after the subscription, taken as
+    // already sent and never sent.
+    let mut live_after = None;
+    if resume == Resume::Live && now.is_none() {
+        live_after = Some(chat.newest_id().await);
+        (rx, now) = chat.subscribe();
+    }
     let mut shutdown = shutdown;
     async_stream::stream! {
         // What this subscriber has, in constant memory: the next arrival in
@@ -269,17 +263,32 @@ where
             Resume::NotAnId(named) => (None, Some(named)),
         };
         let mut catching_up = last_id.is_some();
-        // Subscribed before the cache was first loaded (a MongoDB store
-        // whose change stream has not started yet): what the load brings
-        // in is not broadcast, so a message stored after `last_id` and
-        // before the load would never reach this stream. Once the cache is
-        // complete, the stream catches up from `last_id` first.
-        let mut before_first_load = false;
-        if !catching_up && not_an_id.is_none() {
-            next = now;
-            if next.is_none() {
-                last_id = chat.newest_id().await.ok().flatten();
-                before_first_load = true;
+        // Placed by message id while the cache is not complete (a MongoDB
+        // store before its first load, or while its change stream
+        // reopens): the broadcast is not followed until it is. What the
+        // first load brings in is not broadcast, and what this instance
+        // publishes before it (its own posts) can come, in the store
+        // order, after messages stored elsewhere that only the load brings
+        // in: sent as they come, these would be missed, or sent out of
+        // order. Once the cache is complete, the stream catches up from
+        // `last_id`, in the store order.
+        let mut until_complete = false;
+        match live_after {
+            None => {
+                if !catching_up && not_an_id.is_none() {
+                    next = now;
+                }
+            }
+            Some(Ok(newest)) => {
+                last_id = newest;
+                // Complete by the time it subscribed: the catch-up from
+                // the cache can begin at once.
+                catching_up = now.is_some();
+                until_complete = now.is_none();
+            }
+            Some(Err(_)) => {
+                yield Bytes::from_static(b"retry: 2000\n\n");
+                return;
             }
         }
         // Ids of the last page read from the store while the cache could
@@ -290,10 +299,14 @@ where
         yield Bytes::from_static(b"retry: 2000\n: connected\n\n");
         // Nothing can be replayed after what is no message id.
         if let Some(named) = not_an_id {
+            // Read after subscribing, unlike a live start's: a message
+            // stored in between is the newest the reset names, which a
+            // client that follows the reset (reloading the latest
+            // messages) has.
             (last_id, next) = live_after_newest(&chat).await;
             // As on a live start: without the cache, catch up from there
-            // once it is loaded.
-            before_first_load = next.is_none() && now.is_none();
+            // once it is complete.
+            until_complete = next.is_none() && !chat.cache_complete();
             overlap = last_id.iter().cloned().collect();
             let why = validate_id(&named).err().map(|e| e.message);
             yield reset_frame(&named, why.as_deref(), last_id.as_deref());
@@ -336,6 +349,12 @@ where
                         if !catching_up && last_id.is_some() {
                             overlap = batch.iter().map(|c| c.message.id.clone()).collect();
                         }
+                        // Read from the store before the cache was
+                        // complete: what the load brings in after this read
+                        // is not broadcast.
+                        if !catching_up && next.is_none() && !chat.cache_complete() {
+                            until_complete = true;
+                        }
                     }
                     // An id the store does not have (it was wiped, or the
                     // id is another deployment's): nothing can be
@@ -348,7 +367,7 @@ where
                     Err(StoreError::UnknownId(unknown)) => {
                         catching_up = false;
                         (last_id, next) = live_after_newest(&chat).await;
-                        before_first_load = next.is_none() && now.is_none();
+                        until_complete = next.is_none() && !chat.cache_complete();
                         overlap = last_id.iter().cloned().collect();
                         yield reset_frame(&unknown, None, last_id.as_deref());
                     }
@@ -366,11 +385,19 @@ where
             select! {
                 biased;
                 _ = &mut shutdown => break,
-                received = rx.recv() => match received {
-                    // The catch-up reads this message too, in its order.
-                    Ok(_) if before_first_load && chat.cache_complete() => {
-                        before_first_load = false;
+                Ok(()) = completeness.changed(), if until_complete => {
+                    if chat.cache_complete() {
+                        until_complete = false;
                         catching_up = true;
+                    }
+                }
+                received = rx.recv() => match received {
+                    // The catch-up sends this message too, in its order.
+                    Ok(_) if until_complete => {
+                        if chat.cache_complete() {
+                            until_complete = false;
+                            catching_up = true;
+                        }
                     }
                     Ok(cached) => {
                         let fresh = match (cached.arrival, next) {
@@ -392,10 +419,6 @@ where
                     Err(RecvError::Closed) => break,
                 },
                 _ = heartbeat.tick() => {
-                    if before_first_load && chat.cache_complete() {
-                        before_first_load = false;
-                        catching_up = true;
-                    }
                     yield Bytes::from_static(b": heartbeat\n\n");
                 }
             }
@@ -474,7 +497,8 @@ mod tests {
                 Duration::from_secs(60),
                 resume.clone(),
                 futures::future::pending(),
-            );
+            )
+            .await;
             let mut frames = Box::pin(frames);
             let around = post(&chat, "posted around the reset").await;
             assert_eq!(
