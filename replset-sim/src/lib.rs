@@ -30,6 +30,7 @@ mod changestream;
 mod commands;
 mod error;
 mod matcher;
+mod raw_strings;
 mod server;
 mod state;
 mod wire;

@@ -76,7 +76,11 @@ fn read_document(buf: &[u8], pos: &mut usize) -> io::Result<Document> {
     let slice = buf
         .get(*pos..end)
         .ok_or_else(|| bad("truncated document"))?;
-    let doc = Document::from_reader(slice).map_err(|e| bad(format!("invalid BSON: {e}")))?;
+    // A string that is not UTF-8 is no reason to refuse a document: mongod
+    // checks structure only (`raw_strings`).
+    let marked = crate::raw_strings::mark_invalid(slice)?;
+    let doc = Document::from_reader(marked.as_deref().unwrap_or(slice))
+        .map_err(|e| bad(format!("invalid BSON: {e}")))?;
     *pos = end;
     Ok(doc)
 }
@@ -165,6 +169,15 @@ fn parse_op_query(buf: &[u8]) -> io::Result<RequestKind> {
     Ok(RequestKind::Query { collection, query })
 }
 
+/// `body` encoded as mongod would send it: strings that arrived as other
+/// than UTF-8 go back as the bytes they were (`raw_strings`).
+fn encode(body: &Document) -> io::Result<Vec<u8>> {
+    let mut doc = Vec::new();
+    body.to_writer(&mut doc)
+        .map_err(|e| bad(format!("cannot encode reply: {e}")))?;
+    Ok(crate::raw_strings::unmark(&doc)?.unwrap_or(doc))
+}
+
 fn header(len: usize, response_to: i32, op_code: i32) -> (i32, Vec<u8>) {
     let request_id = next_request_id();
     let mut out = Vec::with_capacity(len);
@@ -183,9 +196,7 @@ pub(crate) async fn write_msg<W: AsyncWrite + Unpin>(
     flags: u32,
     body: &Document,
 ) -> io::Result<i32> {
-    let mut doc = Vec::new();
-    body.to_writer(&mut doc)
-        .map_err(|e| bad(format!("cannot encode reply: {e}")))?;
+    let doc = encode(body)?;
     let len = 16 + 4 + 1 + doc.len();
     let (id, mut out) = header(len, response_to, OP_MSG);
     out.extend_from_slice(&flags.to_le_bytes());
@@ -201,9 +212,7 @@ pub(crate) async fn write_reply<W: AsyncWrite + Unpin>(
     response_to: i32,
     body: &Document,
 ) -> io::Result<()> {
-    let mut doc = Vec::new();
-    body.to_writer(&mut doc)
-        .map_err(|e| bad(format!("cannot encode reply: {e}")))?;
+    let doc = encode(body)?;
     let len = 16 + 4 + 8 + 4 + 4 + doc.len();
     let (_, mut out) = header(len, response_to, OP_REPLY);
     out.extend_from_slice(&0i32.to_le_bytes()); // responseFlags

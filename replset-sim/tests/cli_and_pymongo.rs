@@ -160,3 +160,67 @@ print("ok")
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A string that is not UTF-8 is stored as sent: mongod checks what it
+/// receives for BSON structure only, not for UTF-8 (`validateBSON`'s
+/// default mode, `src/mongo/bson/bson_validate.h`; only the `validate`
+/// command's `checkBSONConformance` checks UTF-8). pymongo writes raw BSON
+/// holding one (as the lab's app could, from a Python 2 `str`), and gets
+/// the same bytes back from `find`, from a `getMore`, and in the change
+/// event's `fullDocument`. The simulator used to close the connection on
+/// such a document, so no read of it could fail as it fails on mongod.
+#[test]
+fn a_string_that_is_not_utf8_is_stored_and_returned_byte_for_byte() {
+    if !pymongo_available() {
+        assert!(
+            std::env::var_os("SIMPLECHAT_REQUIRE_PYMONGO").is_none(),
+            "SIMPLECHAT_REQUIRE_PYMONGO is set but python3 cannot import pymongo"
+        );
+        eprintln!("SKIPPED: a_string_that_is_not_utf8_is_stored_and_returned_byte_for_byte, because python3 cannot import pymongo (pip install pymongo)");
+        return;
+    }
+    let (_sim, uri) = start(&["--database", "messages"]);
+    let script = r#"
+import sys, datetime
+import bson
+from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
+from pymongo import MongoClient
+db = MongoClient(sys.argv[1], serverSelectionTimeoutMS=10000).get_default_database()
+raw = db.messages.with_options(codec_options=CodecOptions(document_class=RawBSONDocument))
+
+def latin1(field):
+    # Four bytes of Latin-1 where UTF-8 was due, in place of four ASCII ones.
+    d = {"_id": bson.ObjectId(), "name": "lab", "text": "ok", "datetime": datetime.datetime(2024, 5, 1)}
+    d[field] = {"list": ["XXXX"]} if field == "extra" else "XXXX"
+    return d["_id"], RawBSONDocument(bson.encode(d).replace(b"XXXX", b"caf\xe9", 1))
+
+sent = [latin1(f) for f in ["text", "name", "extra", "text"]]
+with raw.watch([{"$match": {"operationType": "insert"}}]) as stream:
+    for _, d in sent:
+        raw.insert_one(d)
+    events = [stream.next() for _ in sent]
+assert [e["fullDocument"].raw for e in events] == [d.raw for _, d in sent], events
+# find, and getMore in batches of one: every document whole, as sent.
+got = list(raw.find({}, batch_size=1).sort("_id", 1))
+assert [d.raw for d in got] == [d.raw for _, d in sent], got
+assert raw.find_one({"_id": sent[0][0]}).raw == sent[0][1].raw
+# What a strict decoder makes of it: an error, not a document.
+try:
+    db.messages.find_one({"_id": sent[0][0]})
+    raise AssertionError("a strict decoder read invalid UTF-8")
+except bson.errors.InvalidBSON:
+    pass
+print("ok")
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &uri])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
