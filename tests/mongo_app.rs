@@ -2446,3 +2446,224 @@ async fn subscribers_connecting_before_the_first_load_get_what_is_stored_in_the_
     app.shutdown().await;
     other.shutdown().await;
 }
+
+/// Runs `script` with python3 and pymongo (a client nobody here wrote,
+/// which can send raw BSON), with `args` after it; its standard output.
+/// `None`, after saying so loudly, when pymongo cannot be imported
+/// (`SIMPLECHAT_REQUIRE_PYMONGO=1` makes that a failure).
+fn pymongo(test: &str, script: &str, args: &[&str]) -> Option<String> {
+    let available = std::process::Command::new("python3")
+        .args(["-c", "import pymongo"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !available {
+        assert!(
+            std::env::var_os("SIMPLECHAT_REQUIRE_PYMONGO").is_none(),
+            "SIMPLECHAT_REQUIRE_PYMONGO is set but python3 cannot import pymongo"
+        );
+        say(&format!(
+            "SKIPPED: {test}, because python3 cannot import pymongo (pip install pymongo)"
+        ));
+        return None;
+    }
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "pymongo failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// pymongo, writing raw BSON, stores documents whose strings are not UTF-8
+/// (four bytes of Latin-1, `caf\xe9`), as mongod lets any client do (it
+/// checks BSON structure only): with `phase` `history`, the lab's history,
+/// where such a `text`, `name` and string `_id` lie among messages old
+/// enough to be read only from MongoDB and one among the latest, which the
+/// cache's first load reads, and a message whose only such string is in a
+/// field simplechat does not read; with `phase` `live`, one without a
+/// position (the lab's app) and one with the empty position simplechat's
+/// own inserts carry, while the app runs. Prints the ids as JSON.
+const NOT_UTF8_SCRIPT: &str = r#"
+import sys, json, datetime
+import bson
+from bson.raw_bson import RawBSONDocument
+from pymongo import MongoClient
+db = MongoClient(sys.argv[1], serverSelectionTimeoutMS=10000).get_default_database()
+start = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None) - datetime.timedelta(hours=2)
+
+def at(ms):
+    return start + datetime.timedelta(milliseconds=ms)
+
+def message(ms, **fields):
+    d = {"_id": bson.ObjectId(), "name": "lab", "text": "ok", "datetime": at(ms)}
+    d.update(fields)
+    return d
+
+def not_utf8(d):
+    # "XXXX" in place of four bytes of Latin-1, where UTF-8 was due.
+    return RawBSONDocument(bson.encode(d).replace(b"XXXX", b"caf\xe9", 1))
+
+if sys.argv[2] == "history":
+    good, bad, docs = [], [], []
+    def keep(d):
+        good.append(str(d["_id"])); docs.append(d)
+    def spoil(d):
+        if isinstance(d["_id"], bson.ObjectId):
+            bad.append(str(d["_id"]))
+        docs.append(not_utf8(d))
+    keep(message(0, text="h0"))
+    spoil(message(1, text="XXXX"))
+    keep(message(2, text="h1"))
+    spoil(message(3, name="XXXX"))
+    keep(message(4, text="h2"))
+    extra = message(5, text="extra", note={"said": ["XXXX"]})
+    good.append(str(extra["_id"])); docs.append(not_utf8(extra))
+    keep(message(6, text="h3"))
+    spoil(message(7, _id="XXXX"))
+    for i in range(1100):
+        keep(message(10 + i, text="f%d" % i))
+    spoil(message(2000, text="XXXX"))
+    keep(message(2001, text="last"))
+    db.messages.insert_many(docs)
+    print(json.dumps({"good": good, "bad": bad, "extra": str(extra["_id"])}))
+else:
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    lab = message(0, text="XXXX", datetime=now)
+    ours = message(0, _id="notutf8-live", text="XXXX", datetime=now, position=bson.Timestamp(0, 0))
+    db.messages.insert_one(not_utf8(lab))
+    db.messages.insert_one(not_utf8(ours))
+    print(json.dumps({"bad": [str(lab["_id"]), "notutf8-live"]}))
+"#;
+
+/// Walks the history by `after=` from `from`, `limit` at a time, `steps`
+/// times: what it met, in order.
+async fn walked_forward(app: &TestApp, from: &str, limit: usize, steps: usize) -> Vec<String> {
+    let mut walked = vec![from.to_owned()];
+    for _ in 0..steps {
+        let last = walked.last().cloned().expect("a message");
+        let page = app
+            .get_json(&format!("/api/messages?limit={limit}&after={last}"))
+            .await;
+        let page: Vec<String> = page
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(|m| m["id"].as_str().map(str::to_owned))
+            .collect();
+        if page.is_empty() {
+            break;
+        }
+        walked.extend(page);
+    }
+    walked
+}
+
+/// Documents whose `name`, `text` or string `_id` is not UTF-8 (another
+/// client wrote raw bytes; mongod stores them, as it checks BSON structure
+/// only) are skipped and counted under `utf8` everywhere the store reads:
+/// the cache's first load, paging from MongoDB both ways, one at a time
+/// too, a message by its id (404), and the change stream, whose
+/// subscribers still get the posts that follow, in order. A message whose
+/// only such string is in a field simplechat does not read is listed as
+/// any other. Before, the driver refused the whole batch: the first load
+/// failed, so did every listing that met one, and the change stream
+/// failed on the event and started over on it for ever, so subscribers
+/// got nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strings_that_are_not_utf8_are_skipped_and_the_rest_listed() {
+    let test = "strings_that_are_not_utf8_are_skipped_and_the_rest_listed";
+    let cluster = TestCluster::start(test).await;
+    let uri = cluster.uri("notutf8");
+    let Some(written) = pymongo(test, NOT_UTF8_SCRIPT, &[&uri, "history"]) else {
+        return;
+    };
+    let written: serde_json::Value = serde_json::from_str(&written).expect("ids");
+    let ids = |key: &str| -> Vec<String> {
+        written[key]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    let (good, bad) = (ids("good"), ids("bad"));
+    let extra = written["extra"].as_str().expect("id").to_owned();
+
+    let app = start_app(&cluster, "notutf8", 20).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    // The cache's first load met the one among the latest.
+    until_skipped(&app, "utf8", 1).await;
+    assert_eq!(listed_ids(&app).await, good[good.len() - 100..]);
+    assert_eq!(all_ids(&app).await, good[good.len() - 1000..]);
+
+    // Paging from MongoDB: the whole history, and one at a time across the
+    // old ones both ways.
+    assert_eq!(walked_ids(&app, 100).await, good);
+    let (first, fifth) = (&good[0], &good[5]);
+    let back = app
+        .get_json(&format!("/api/messages?limit=5&before={}", good[6]))
+        .await;
+    let back: Vec<&str> = back
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(
+        back,
+        good[1..6].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    let mut one_back = vec![fifth.clone()];
+    loop {
+        let page = app
+            .get_json(&format!("/api/messages?limit=1&before={}", one_back[0]))
+            .await;
+        let Some(id) = page[0]["id"].as_str() else {
+            break;
+        };
+        one_back.insert(0, id.to_owned());
+    }
+    assert_eq!(one_back, good[..6]);
+    assert_eq!(walked_forward(&app, first, 1, 5).await, good[..6]);
+    assert_eq!(walked_forward(&app, first, 2, 3).await, good[..7]);
+    assert_eq!(skipped(&app, "utf8").await, 4, "each counted once");
+
+    // By id: a document that is no message is not found; the message with
+    // an unread field that is not UTF-8 is.
+    assert_eq!(
+        app.get(&format!("/api/messages/{}", bad[0])).await.status(),
+        404
+    );
+    let found = app.get_json(&format!("/api/messages/{extra}")).await;
+    assert_eq!(found["text"], "extra");
+
+    // Live: the change stream skips them and goes on.
+    let mut subscriber = Subscriber::connect(&app).await;
+    assert_eq!(post_with_id(&app, "before", "before").await, 201);
+    let Some(live) = pymongo(test, NOT_UTF8_SCRIPT, &[&uri, "live"]) else {
+        return;
+    };
+    assert!(live.contains("notutf8-live"), "{live}");
+    assert_eq!(post_with_id(&app, "after", "after").await, 201);
+    assert_eq!(post_with_id(&app, "later", "later").await, 201);
+    assert_eq!(
+        subscriber.next_ids(3, Duration::from_secs(20)).await,
+        ["before", "after", "later"]
+    );
+    until_skipped(&app, "utf8", 6).await;
+    let mut expected: Vec<String> = good[good.len() - 97..].to_vec();
+    expected.extend(["before", "after", "later"].map(str::to_owned));
+    assert_eq!(listed_ids(&app).await, expected);
+    assert_eq!(
+        app.get_json("/api/status").await["skipped_documents"],
+        json!({ "utf8": 6 }),
+        "nothing else skipped: the unread field skips nothing"
+    );
+    app.shutdown().await;
+}

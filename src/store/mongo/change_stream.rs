@@ -61,7 +61,7 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use mongodb::bson::oid::ObjectId;
-use mongodb::bson::{doc, Bson, Document, Timestamp};
+use mongodb::bson::{doc, Bson, RawDocumentBuf, Timestamp};
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
 use mongodb::change_stream::ChangeStream;
 
@@ -109,7 +109,14 @@ const BSON_OBJECT_TOO_LARGE: i32 = 10334;
 /// (<https://www.mongodb.com/docs/manual/reference/change-events/update/>).
 const POSITION_SET: &str = "updateDescription.updatedFields.position";
 
-type Events = ChangeStream<ChangeStreamEvent<Document>>;
+/// Events come as raw documents and are decoded by [`Watcher::decode`]:
+/// decoded by the driver, one string that is not UTF-8 in an event (which
+/// mongod sends as a client stored it) failed the stream, and every
+/// reopen met the same event again.
+type Events = ChangeStream<RawDocumentBuf>;
+
+/// An event, its document still raw ([`super::skipped::SkippedDocuments::keep`]).
+type Event = ChangeStreamEvent<RawDocumentBuf>;
 
 /// How the change stream is doing, for `/api/status` and for inserts
 /// (which wait for their echo only while it runs, and only for what it may
@@ -430,6 +437,9 @@ impl Watcher {
             let Some(event) = event else { break };
             let event = event.map_err(|e| self.failed(&e))?;
             self.token = stream.resume_token();
+            let Some(event) = self.decode(&event) else {
+                continue;
+            };
             if self.handle(event).await? {
                 return Ok(());
             }
@@ -453,7 +463,10 @@ impl Watcher {
                 POSITION_SET: { "$exists": true },
             },
         ] } }];
-        let coll = self.collections.messages.clone_with_type::<Document>();
+        let coll = self
+            .collections
+            .messages
+            .clone_with_type::<RawDocumentBuf>();
         if let Some(token) = self.token.clone() {
             match coll
                 .watch()
@@ -461,7 +474,7 @@ impl Watcher {
                 .resume_after(token)
                 .await
             {
-                Ok(stream) => return Ok((stream, true)),
+                Ok(stream) => return Ok((stream.with_type(), true)),
                 Err(e) => match self.collections.class(&e) {
                     Class::Retry(reason) => return Err(reason),
                     // ChangeStreamHistoryLost and friends: the token is no
@@ -482,7 +495,7 @@ impl Watcher {
             .pipeline(pipeline)
             .await
             .map_err(|e| self.reason(&e))?;
-        Ok((stream, false))
+        Ok((stream.with_type(), false))
     }
 
     /// Publishes what a resumed stream replays, until it has nothing more
@@ -495,6 +508,9 @@ impl Watcher {
                 Ok(Some(event)) => {
                     self.token = stream.resume_token();
                     events += 1;
+                    let Some(event) = self.decode(&event) else {
+                        continue;
+                    };
                     if self.handle(event).await? {
                         return Ok(true);
                     }
@@ -695,7 +711,7 @@ impl Watcher {
                     .find_by_key(&id)
                     .await
                     .map_err(|c| c.reason().to_owned())?;
-                if let Some(message) = positioned.and_then(|d| self.shared.skipped.keep(d)) {
+                if let Some(message) = positioned.and_then(|d| self.shared.skipped.keep(&d)) {
                     self.publish(message)?;
                     self.strays_published.insert(oid);
                 }
@@ -820,8 +836,8 @@ impl Watcher {
 
     /// Ends the hold of the message `id`: publishes it as `now` shows it
     /// (wherever that is), or forgets it when it is gone (or no message).
-    fn release(&mut self, id: &Bson, now: Option<Document>) -> Result<(), String> {
-        match now.and_then(|d| self.shared.skipped.keep(d)) {
+    fn release(&mut self, id: &Bson, now: Option<RawDocumentBuf>) -> Result<(), String> {
+        match now.and_then(|d| self.shared.skipped.keep(&d)) {
             Some(doc) => {
                 self.held.remove(&doc.id.public());
                 self.publish_here(doc)
@@ -1045,8 +1061,23 @@ impl Watcher {
         self.reason(e)
     }
 
+    /// The event in `raw`, its document left raw. `None` for one whose
+    /// own fields are not UTF-8 (the `_id` in `documentKey`): an insert's
+    /// document is counted as no message, and the stream goes on.
+    fn decode(&self, raw: &RawDocumentBuf) -> Option<Event> {
+        match mongodb::bson::from_slice::<Event>(raw.as_bytes()) {
+            Ok(event) => Some(event),
+            Err(_) => {
+                if let Ok(document) = raw.get_document("fullDocument") {
+                    self.shared.skipped.keep(document);
+                }
+                None
+            }
+        }
+    }
+
     /// `Ok(true)` when the event ends the stream.
-    async fn handle(&mut self, event: ChangeStreamEvent<Document>) -> Result<bool, String> {
+    async fn handle(&mut self, event: Event) -> Result<bool, String> {
         match event.operation_type {
             OperationType::Insert => {
                 let Some(doc) = event.full_document else {
@@ -1054,7 +1085,7 @@ impl Watcher {
                 };
                 // A document that is no message is counted and sent to
                 // nobody.
-                let Some(message) = self.shared.skipped.keep(doc) else {
+                let Some(message) = self.shared.skipped.keep(&doc) else {
                     return Ok(false);
                 };
                 if let Some(position) = message.position {
@@ -1111,7 +1142,7 @@ impl Watcher {
                     .find_by_key(&id)
                     .await
                     .map_err(|c| c.reason().to_owned())?;
-                if let Some(message) = now.and_then(|d| self.shared.skipped.keep(d)) {
+                if let Some(message) = now.and_then(|d| self.shared.skipped.keep(&d)) {
                     let id = message.id.public();
                     if !self.held.contains_key(&id) && self.shared.cache.holds(&id) {
                         // A message that came behind the store order, given

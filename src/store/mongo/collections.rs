@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use mongodb::bson::oid::ObjectId;
-use mongodb::bson::{doc, Bson, Document, Timestamp};
+use mongodb::bson::{doc, Bson, Document, RawDocumentBuf, Timestamp};
 use mongodb::options::{
     Acknowledgment, CollectionOptions, ReadConcern, ReadPreference, SelectionCriteria, WriteConcern,
 };
@@ -16,6 +16,14 @@ use mongodb::Collection;
 use super::document::{self, Direction, DocId, MessageDoc, Range};
 use super::skipped::{self, SkippedDocuments};
 use crate::mongo::{classify, Class, Connection};
+
+/// `messages` read as raw documents: the driver's `Document` refuses a
+/// whole batch for one string that is not UTF-8, which mongod stores as a
+/// client sent it; [`SkippedDocuments::keep`] decodes only what a message
+/// is read from.
+fn raw(messages: &Collection<Document>) -> Collection<RawDocumentBuf> {
+    messages.clone_with_type()
+}
 
 /// What one page of a read saw.
 struct Page {
@@ -122,19 +130,31 @@ impl Collections {
         let strays = self.strays_from().await?;
         let mut range = range;
         let mut messages = Vec::new();
+        // Documents a page reads beyond the messages still wanted: one
+        // more each time a page ends on the key it started beyond.
+        let mut more = 0;
         while messages.len() < limit {
-            let want = limit - messages.len();
+            let want = limit - messages.len() + more;
             let page = self
                 .page(&range, direction, strays, want, skipped, &mut messages)
                 .await?;
             // Every document of the page has a place in the order
             // (`well_typed`), a message or not: the next page starts
-            // beyond the last one.
+            // beyond the last one. A string `_id` that is not UTF-8 is
+            // given a key that is not its own (`raw_sort_key`), so the
+            // page beyond it may be that document again: a larger page
+            // gets past it.
             match page.last {
-                Some(from) if page.documents == want => range = Range::Beyond(from, direction),
+                Some(from) if page.documents == want => {
+                    if matches!(&range, Range::Beyond(at, _) if *at == from) {
+                        more += 1;
+                    }
+                    range = Range::Beyond(from, direction);
+                }
                 _ => break,
             }
         }
+        messages.truncate(limit);
         if direction == Direction::Older {
             messages.reverse();
         }
@@ -164,8 +184,7 @@ impl Collections {
             filter.push(Bson::Document(document::not_stray(strays)));
         }
         let filter = doc! { "$and": filter };
-        let mut cursor = self
-            .messages
+        let mut cursor = raw(&self.messages)
             .find(filter)
             .sort(document::sort(direction))
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -177,10 +196,10 @@ impl Collections {
         };
         while let Some(doc) = cursor.try_next().await.map_err(|e| self.class(&e))? {
             page.documents += 1;
-            if let Some(key) = document::sort_key(&doc) {
+            if let Some(key) = document::raw_sort_key(&doc) {
                 page.last = Some(key);
             }
-            messages.extend(skipped.keep(doc));
+            messages.extend(skipped.keep(&doc));
         }
         Ok(page)
     }
@@ -193,21 +212,20 @@ impl Collections {
         skipped: &SkippedDocuments,
     ) -> Result<(), Class> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut cursor = self
-            .messages
+        let mut cursor = raw(&self.messages)
             .find(document::ill_typed())
             .limit(limit)
             .await
             .map_err(|e| self.class(&e))?;
         while let Some(doc) = cursor.try_next().await.map_err(|e| self.class(&e))? {
-            skipped.keep(doc);
+            skipped.keep(&doc);
         }
         Ok(())
     }
 
     /// The document with this public id, stray or not; from the primary.
-    pub(super) async fn find_on_primary(&self, id: &str) -> Result<Option<Document>, Class> {
-        self.messages_on_primary
+    pub(super) async fn find_on_primary(&self, id: &str) -> Result<Option<RawDocumentBuf>, Class> {
+        raw(&self.messages_on_primary)
             .find_one(doc! { "_id": DocId::from_public(id).bson() })
             .await
             .map_err(|e| self.class(&e))
@@ -219,20 +237,20 @@ impl Collections {
     /// place at its `datetime` is not where it will stand).
     ///
     /// [`read`]: Collections::read
-    pub(super) async fn find_in_order(&self, id: &str) -> Result<Option<Document>, Class> {
+    pub(super) async fn find_in_order(&self, id: &str) -> Result<Option<RawDocumentBuf>, Class> {
         let mut filter = doc! { "_id": DocId::from_public(id).bson() };
         if let Some(strays) = self.strays_from().await? {
             filter.extend(document::not_stray(strays));
         }
-        self.messages
+        raw(&self.messages)
             .find_one(filter)
             .await
             .map_err(|e| self.class(&e))
     }
 
     /// The document whose `_id` is `id` (as stored), from the primary.
-    pub(super) async fn find_by_key(&self, id: &Bson) -> Result<Option<Document>, Class> {
-        self.messages_on_primary
+    pub(super) async fn find_by_key(&self, id: &Bson) -> Result<Option<RawDocumentBuf>, Class> {
+        raw(&self.messages_on_primary)
             .find_one(doc! { "_id": id.clone() })
             .await
             .map_err(|e| self.class(&e))
@@ -323,8 +341,7 @@ impl Collections {
     /// while no document has one. An empty timestamp (which mongod fills in
     /// at insert) does not count.
     async fn oldest_position(&self) -> Result<Option<Timestamp>, Class> {
-        let mut cursor = self
-            .messages
+        let mut cursor = raw(&self.messages)
             .find(doc! { document::POSITION: { "$gt": document::EMPTY_POSITION } })
             .sort(document::sort(Direction::Newer))
             .projection(doc! { "_id": 1, "datetime": 1, document::POSITION: 1 })
@@ -333,7 +350,11 @@ impl Collections {
             .map_err(|e| self.class(&e))?;
         let now = skipped::now_secs();
         while let Some(d) = cursor.try_next().await.map_err(|e| self.class(&e))? {
-            match document::sort_key(&d) {
+            match document::read_fields(&d)
+                .ok()
+                .as_ref()
+                .and_then(document::sort_key)
+            {
                 Some(at) if at.impossible(None, now).is_none() => return Ok(at.stamp),
                 _ => {}
             }
@@ -358,8 +379,7 @@ impl Collections {
     ) -> Result<Vec<(ObjectId, Option<MessageDoc>)>, Class> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let op = if inclusive { "$gte" } else { "$gt" };
-        let mut cursor = self
-            .messages
+        let mut cursor = raw(&self.messages)
             .find(doc! { document::POSITION: Bson::Null, "_id": { op: from } })
             .sort(doc! { "_id": 1 })
             .limit(limit)
@@ -368,7 +388,7 @@ impl Collections {
         let mut found = Vec::new();
         while let Some(doc) = cursor.try_next().await.map_err(|e| self.class(&e))? {
             if let Ok(oid) = doc.get_object_id("_id") {
-                found.push((oid, skipped.keep(doc)));
+                found.push((oid, skipped.keep(&doc)));
             }
         }
         Ok(found)

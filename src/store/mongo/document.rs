@@ -20,7 +20,8 @@ use std::cmp::Ordering;
 
 use icu_properties::props::BidiControl;
 use icu_properties::CodePointSetData;
-use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document, Timestamp};
+use mongodb::bson::serde_helpers::Utf8LossyDeserialization;
+use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document, RawDocument, Timestamp};
 use time::OffsetDateTime;
 use unicode_normalization::{is_nfc, UnicodeNormalization};
 
@@ -134,6 +135,10 @@ pub enum Malformed {
     /// [`WRITTEN_MARGIN_SECS`] before the time the document's own ObjectId
     /// or `datetime` says it was written ([`Position::impossible`]).
     PositionBeforeWritten,
+    /// A field simplechat reads (`_id`, `name`, `text`, `datetime`,
+    /// `position`) holds a string that is not UTF-8, or a field name before
+    /// it is not UTF-8 ([`read_fields`]).
+    Utf8,
 }
 
 impl Malformed {
@@ -148,6 +153,7 @@ impl Malformed {
             Malformed::Position => "position",
             Malformed::PositionAhead => "position_ahead",
             Malformed::PositionBeforeWritten => "position_before_written",
+            Malformed::Utf8 => "utf8",
         }
     }
 
@@ -165,6 +171,9 @@ impl Malformed {
             }
             Malformed::PositionBeforeWritten => {
                 "a position before simplechat's first message and more than a day before the document's own ObjectId or datetime says it was written"
+            }
+            Malformed::Utf8 => {
+                "a string _id, name or text that is not valid UTF-8 (another client wrote raw bytes)"
             }
         }
     }
@@ -349,6 +358,59 @@ fn whole_graphemes(text: &str, most: usize) -> &str {
         end += grapheme.len();
     }
     &text[..end]
+}
+
+/// The fields a message is read from.
+const READ_FIELDS: [&str; 5] = ["_id", "name", "text", "datetime", POSITION];
+
+/// The fields of `raw` a message is read from ([`READ_FIELDS`]), and no
+/// other, so a string that is not UTF-8 elsewhere (an extra field another
+/// app keeps) is never decoded and changes nothing. mongod stores strings
+/// as a client sends them: what it receives is checked for BSON structure
+/// only, UTF-8 only by the `validate` command's `checkBSONConformance`
+/// (`validateBSON` in mongod's `src/mongo/bson/bson_validate.h`;
+/// <https://www.mongodb.com/docs/manual/reference/command/validate/>), so
+/// documents come as raw bytes, and each field is decoded only here.
+///
+/// Errors: [`Malformed::Utf8`] when one of those fields holds a string
+/// that is not UTF-8, or a field name before the last of them is not
+/// UTF-8 (the walk through the document cannot go past it).
+pub fn read_fields(raw: &RawDocument) -> Result<Document, Malformed> {
+    let mut fields = Document::new();
+    for element in raw.iter_elements() {
+        let element = element.map_err(|_| Malformed::Utf8)?;
+        if !READ_FIELDS.contains(&element.key()) {
+            continue;
+        }
+        // Only UTF-8 can fail here: mongod checked the structure.
+        let value = element.value().map_err(|_| Malformed::Utf8)?;
+        let value = Bson::try_from(value.to_raw_bson()).map_err(|_| Malformed::Utf8)?;
+        fields.insert(element.key(), value);
+        if fields.len() == READ_FIELDS.len() {
+            break;
+        }
+    }
+    Ok(fields)
+}
+
+/// Where `raw` stands in the store order, whatever its strings:
+/// [`sort_key`] of its fields, or for a string `_id` that is not UTF-8,
+/// of its fields with each such sequence as U+FFFD. That key is not the
+/// document's own (MongoDB compares the bytes), so a read that starts
+/// beyond it may meet the document again ([`super::collections`] reads on
+/// past it).
+pub fn raw_sort_key(raw: &RawDocument) -> Option<Position> {
+    match read_fields(raw) {
+        Ok(fields) => sort_key(&fields),
+        Err(_) => sort_key(&lossy(raw)?),
+    }
+}
+
+/// `raw` with each sequence that is not UTF-8 in its strings as U+FFFD.
+pub fn lossy(raw: &RawDocument) -> Option<Document> {
+    mongodb::bson::from_slice::<Utf8LossyDeserialization<Document>>(raw.as_bytes())
+        .ok()
+        .map(|d| d.0)
 }
 
 impl MessageDoc {
@@ -788,6 +850,32 @@ mod tests {
             ),
             Malformed::IdText
         );
+    }
+
+    /// A string that is not UTF-8 (`caf\xe9`, Latin-1) in a field a
+    /// message is read from makes the document no message; in another
+    /// field it is never decoded.
+    #[test]
+    fn only_the_fields_a_message_is_read_from_must_be_utf8() {
+        let raw = |field: &str| {
+            let mut d = doc! { "_id": "x", "name": "a", "text": "b",
+            "datetime": DateTime::from_millis(1), "extra": "c" };
+            d.insert(field, "XXXX");
+            let mut bytes = Vec::new();
+            d.to_writer(&mut bytes).unwrap();
+            let at = bytes.windows(4).position(|w| w == b"XXXX").unwrap();
+            bytes[at..at + 4].copy_from_slice(b"caf\xe9");
+            mongodb::bson::RawDocumentBuf::from_bytes(bytes).unwrap()
+        };
+        for field in ["_id", "name", "text"] {
+            assert_eq!(read_fields(&raw(field)), Err(Malformed::Utf8), "{field}");
+        }
+        let fields = read_fields(&raw("extra")).unwrap();
+        assert!(!fields.contains_key("extra"));
+        assert_eq!(MessageDoc::from_document(&fields).unwrap().text, "b");
+        // The key of a document whose `_id` is not UTF-8 is its lossy one.
+        let key = raw_sort_key(&raw("_id")).unwrap();
+        assert_eq!(key.id, DocId::Text("caf\u{FFFD}".into()));
     }
 
     #[test]

@@ -233,7 +233,7 @@ async fn resolve_duplicate(
     };
     // A document that is no message holds the id: nothing can be stored
     // under it.
-    let Some(stored) = skipped.keep(stored) else {
+    let Some(stored) = skipped.keep(&stored) else {
         return Ok(Duplicate::Conflict);
     };
     // Another app's message without its place in the order yet: no read

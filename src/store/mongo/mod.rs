@@ -252,7 +252,7 @@ async fn position_of(
         .find_in_order(id)
         .await
         .map_err(read_error)?
-        .and_then(|doc| shared.skipped.keep(doc))
+        .and_then(|doc| shared.skipped.keep(&doc))
         .map(|doc| doc.position())
         .ok_or_else(|| StoreError::UnknownId(id.to_owned()))
 }
@@ -271,7 +271,7 @@ impl Store for MongoStore {
         let collections = self.shared.collections()?;
         let found = collections.find_in_order(id).await.map_err(read_error)?;
         found
-            .and_then(|doc| self.shared.skipped.keep(doc))
+            .and_then(|doc| self.shared.skipped.keep(&doc))
             .map(to_message)
             .transpose()
     }

@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use mongodb::bson::{Bson, Document, Timestamp};
+use mongodb::bson::{Bson, RawDocument, Timestamp};
 
 use super::collections::Collections;
-use super::document::{Malformed, MessageDoc};
+use super::document::{self, Malformed, MessageDoc};
 use super::Shared;
 
 /// How many distinct malformed documents are remembered; past this, counts
@@ -41,14 +41,18 @@ struct Seen {
 }
 
 impl SkippedDocuments {
-    /// The message in `doc` (a name or text no post could have cut or
+    /// The message in `raw` (a name or text no post could have cut or
     /// mended, logged once), or `None` after counting why it is not one.
+    /// Documents come as raw bytes, and only the fields a message is read
+    /// from are decoded ([`document::read_fields`]): a string that is not
+    /// UTF-8 in one of them makes the document no message, one elsewhere
+    /// changes nothing.
     /// A `position` no MongoDB could have given ([`Position::impossible`])
     /// makes it no message: every read, the cache's and MongoDB's, leaves
     /// it out alike, so it has no place in one and another in the other.
     ///
     /// [`Position::impossible`]: super::document::Position::impossible
-    pub(super) fn keep(&self, doc: Document) -> Option<MessageDoc> {
+    pub(super) fn keep(&self, raw: &RawDocument) -> Option<MessageDoc> {
         // Until simplechat's first position is known, no position is
         // taken for one before it: a document is not skipped one moment and
         // listed the next.
@@ -56,12 +60,17 @@ impl SkippedDocuments {
             time: 0,
             increment: 0,
         });
-        let read = MessageDoc::from_document(&doc).and_then(|message| {
-            match message.position().impossible(Some(first), now_secs()) {
-                Some(why) => Err(why),
-                None => Ok(message),
-            }
-        });
+        let fields = document::read_fields(raw);
+        let read = fields
+            .as_ref()
+            .map_err(|why| *why)
+            .and_then(MessageDoc::from_document)
+            .and_then(
+                |message| match message.position().impossible(Some(first), now_secs()) {
+                    Some(why) => Err(why),
+                    None => Ok(message),
+                },
+            );
         match read {
             Ok(message) => {
                 if message.altered && !self.altered_logged.swap(true, Ordering::Relaxed) {
@@ -72,7 +81,15 @@ impl SkippedDocuments {
                 Some(message)
             }
             Err(why) => {
-                self.count(doc.get("_id"), why);
+                match &fields {
+                    Ok(doc) => self.count(doc.get("_id"), why),
+                    // Its `_id` may be the string that is not UTF-8: counted
+                    // by the `_id` with U+FFFD in its place.
+                    Err(_) => {
+                        let lossy = document::lossy(raw);
+                        self.count(lossy.as_ref().and_then(|d| d.get("_id")), why);
+                    }
+                }
                 None
             }
         }
