@@ -213,3 +213,83 @@ async fn a_data_file_that_cannot_be_written_stays_readable_and_writes_resume() {
     assert_eq!(texts, ["t0", "t1", "t2", "after"]);
     store.close().await;
 }
+
+/// A page damaged under a running store (a backup copied over its file, a
+/// bad disk) is met by a read: that read, and every later read, write and
+/// readiness check, is refused saying the file is damaged and naming it,
+/// never a panic (redb panics on some damage).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_met_by_a_read_is_told_and_stops_reads_writes_and_readiness() {
+    use simplechat::store::StoreError;
+    use std::os::unix::fs::FileExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    // No page cache to speak of: reads go to the file, as they do for
+    // history older than what the cache holds.
+    let store = Arc::new(
+        EmbeddedStore::open_with_cache(dir.path(), 0, WRITE_TIMEOUT, Cache::new())
+            .await
+            .unwrap(),
+    );
+    let posts: Vec<_> = (0..1604)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let text = format!("message {i} {}", "x".repeat(200));
+                store
+                    .insert(NewMessage::validate("ann", &text, None).unwrap())
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for post in posts {
+        post.await.unwrap();
+    }
+    // `dd if=/dev/urandom of=messages.redb bs=4096 seek=2 count=1
+    // conv=notrunc`, with a fixed pattern.
+    let file = dir.path().join("messages.redb");
+    let page: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .write_all_at(&page, 2 * 4096)
+        .unwrap();
+
+    // Walk the history back, as paging does, until the damage stops it.
+    let mut cursor = Cursor::Latest;
+    let mut seen = 0;
+    let refused = loop {
+        match store.list(cursor.clone(), 1000).await {
+            Ok(page) if page.is_empty() => panic!("walked all {seen} messages past the damage"),
+            Ok(page) => {
+                seen += page.len();
+                cursor = Cursor::Before(page[0].id.clone());
+            }
+            Err(e) => break e,
+        }
+    };
+    let StoreError::Unavailable { reason, .. } = refused else {
+        panic!("not told as unavailable: {refused:?}");
+    };
+    let shown = file.display().to_string();
+    assert!(reason.contains(&format!("{shown} is damaged")), "{reason}");
+    assert!(reason.contains("restore a backup"), "{reason}");
+    let not_ready = store.ready().await.unwrap_err();
+    assert!(not_ready.contains("is damaged"), "{not_ready}");
+    let Err(StoreError::Unavailable { reason, .. }) = store.list(Cursor::Latest, 10).await else {
+        panic!("a read after the damage was served");
+    };
+    assert!(reason.contains("is damaged"), "{reason}");
+    let Err(StoreError::Unavailable { reason, .. }) = store
+        .insert(NewMessage::validate("ann", "after", None).unwrap())
+        .await
+    else {
+        panic!("a write after the damage was taken");
+    };
+    assert!(reason.contains("is damaged"), "{reason}");
+    store.close().await;
+}

@@ -27,9 +27,21 @@
 //! no check covers: a file removed after the second one, whose 201s were
 //! true when given; and a file overwritten in place (the same inode, as
 //! `cp backup messages.redb` does), which is the same file to a `stat`.
+//!
+//! A damaged file (a backup copied over it while the server ran, a page of
+//! garbage) is told as such, naming the file, never as a panic: redb
+//! reports most damage as `StorageError::Corrupted`, but on some damage
+//! it panics (`unreachable!`, or a debug assertion), so every call into it
+//! runs in [`contained`]. A clean close skips redb's own check of the
+//! file at the next open, so the start checks every page's checksum
+//! ([`Database::check_integrity`]) before serving. Damage met later, on a
+//! read or a write, stops writes and readiness until an operator acts: the
+//! file does not mend itself.
 
+use std::cell::Cell;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -180,6 +192,10 @@ enum Fault {
     /// The reopen after a fault cannot open the data file at all, not even
     /// for reading (the system's reason): 503, reads too.
     Unopenable(String),
+    /// The data file is damaged ([`damaged`]'s whole sentence): 503 for
+    /// reads and writes until an operator restores or moves the file and
+    /// restarts; never cleared by the store itself.
+    Damaged(String),
 }
 
 impl Fault {
@@ -202,6 +218,7 @@ impl Fault {
                 "the embedded store's data file cannot be opened, not even for reading \
                  ({e}); reads and writes resume by themselves once it can be"
             ),
+            Fault::Damaged(why) => why.clone(),
         }
     }
 
@@ -217,7 +234,7 @@ impl Fault {
                  reads resume in a moment",
                 self.reason()
             ),
-            Fault::Unopenable(_) => self.reason(),
+            Fault::Unopenable(_) | Fault::Damaged(_) => self.reason(),
         }
     }
 
@@ -227,10 +244,12 @@ impl Fault {
                 reason: self.reason(),
                 retry_after: FAULT_RETRY_AFTER,
             },
-            Fault::Io(_) | Fault::ReadOnly(_) | Fault::Unopenable(_) => StoreError::Unavailable {
-                reason: self.reason(),
-                retry_after: FAULT_RETRY_AFTER,
-            },
+            Fault::Io(_) | Fault::ReadOnly(_) | Fault::Unopenable(_) | Fault::Damaged(_) => {
+                StoreError::Unavailable {
+                    reason: self.reason(),
+                    retry_after: FAULT_RETRY_AFTER,
+                }
+            }
         }
     }
 }
@@ -241,15 +260,70 @@ impl Fault {
 enum Failure {
     Fault(Fault),
     Other(StoreError),
+    /// The file is damaged: redb's words (`Corrupted`, or its panic), to
+    /// be told with the file's name ([`damaged`]).
+    Damaged(String),
 }
 
 impl Failure {
-    fn into_store_error(self) -> StoreError {
+    /// The error for the request, with the file's name for damage.
+    fn into_store_error(self, path: &Path) -> StoreError {
         match self {
             Failure::Fault(f) => f.error(),
             Failure::Other(e) => e,
+            Failure::Damaged(detail) => Fault::Damaged(damaged(path, &detail)).error(),
         }
     }
+}
+
+/// What an operator reads about a damaged data file: which, redb's words,
+/// and what to do.
+fn damaged(path: &Path, detail: &str) -> String {
+    format!(
+        "the data file {} is damaged ({detail}); stop the server, then restore a backup \
+         taken as the README's \"Backups\" says, or move the file aside to start an empty \
+         store",
+        path.display()
+    )
+}
+
+thread_local! {
+    /// Whether this thread is in [`contained`]: its panics are redb's
+    /// answer to a damaged file, caught and told as such, not printed.
+    static CONTAINING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, a call into redb, turning a panic in it into
+/// [`Failure::Damaged`]. redb 4.6 meets some damage with a panic instead
+/// of `StorageError::Corrupted`: a page of garbage reaches
+/// `unreachable!()` in `tree_store/btree.rs` (`RawBtree::new`, the walks
+/// of `btree_cursor.rs`), and debug builds assert on page contents. The
+/// panic hook stays quiet for these, so the log carries one line naming
+/// the file rather than a panic message and a backtrace hint; other panics
+/// go to the hook that was there. Needs `panic = "unwind"`, the default.
+fn contained<T>(f: impl FnOnce() -> Result<T, Failure>) -> Result<T, Failure> {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !CONTAINING.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let outer = CONTAINING.with(|c| c.replace(true));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(f));
+    CONTAINING.with(|c| c.set(outer));
+    result.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(Failure::Damaged(format!(
+            "the database library failed: {what}"
+        )))
+    })
 }
 
 impl<E: Into<redb::Error>> From<E> for Failure {
@@ -260,6 +334,7 @@ impl<E: Into<redb::Error>> From<E> for Failure {
             }
             redb::Error::Io(io) => Failure::Fault(Fault::Io(io.to_string())),
             redb::Error::PreviousIo => Failure::Fault(Fault::Io("an earlier I/O error".into())),
+            redb::Error::Corrupted(why) => Failure::Damaged(why),
             // redb locks the file; the lock is held by another process (or,
             // while the store reopens, by this one's readers).
             redb::Error::DatabaseAlreadyOpen => Failure::Other(StoreError::Internal(
@@ -277,10 +352,15 @@ impl<E: Into<redb::Error>> From<E> for Failure {
 fn at_start(failure: Failure) -> String {
     match failure {
         Failure::Fault(
-            Fault::Io(e) | Fault::Full(e) | Fault::ReadOnly(e) | Fault::Unopenable(e),
+            Fault::Io(e)
+            | Fault::Full(e)
+            | Fault::ReadOnly(e)
+            | Fault::Unopenable(e)
+            | Fault::Damaged(e),
         ) => e,
         Failure::Other(StoreError::Internal(why)) => why,
         Failure::Other(other) => other.to_string(),
+        Failure::Damaged(why) => why,
     }
 }
 
@@ -314,12 +394,40 @@ impl Shared {
         self.fault.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Sets or clears the fault; damage stays, as nothing the store does
+    /// mends it.
     fn set_fault(&self, fault: Option<Fault>) {
-        *self.fault.lock().unwrap_or_else(|e| e.into_inner()) = fault;
+        let mut now = self.fault.lock().unwrap_or_else(|e| e.into_inner());
+        if !matches!(*now, Some(Fault::Damaged(_))) {
+            *now = fault;
+        }
     }
 
     fn db(&self) -> Option<Arc<Database>> {
         self.db.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records damage met by a read or a write: logged once, naming the
+    /// file, and from then on every read, write and `/readyz` refused with
+    /// it. Returns the error for the request that met it.
+    fn damage(&self, failure: Failure) -> StoreError {
+        let Failure::Damaged(detail) = failure else {
+            return failure.into_store_error(&self.path);
+        };
+        let mut fault = self.fault.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(known @ Fault::Damaged(_)) = &*fault {
+            return known.error();
+        }
+        let known = Fault::Damaged(damaged(&self.path, &detail));
+        log::error!("embedded store: {}", known.reason());
+        let error = known.error();
+        *fault = Some(known);
+        error
+    }
+
+    /// The damage recorded by [`Shared::damage`], if any.
+    fn damaged(&self) -> Option<Fault> {
+        self.fault().filter(|f| matches!(f, Fault::Damaged(_)))
     }
 
     /// [`check_path`] for the store's file.
@@ -382,11 +490,14 @@ impl EmbeddedStore {
         let opening = path.clone();
         let (existed, opened) = tokio::task::spawn_blocking(move || {
             let existed = opening.exists();
-            (existed, open_db(&opening, cache_bytes))
+            (existed, contained(|| open_db(&opening, cache_bytes)))
         })
         .await
         .map_err(|e| StoreError::Internal(e.to_string()))?;
         let (db, file) = opened.map_err(|failure| {
+            if let Failure::Damaged(detail) = &failure {
+                return StoreError::Internal(damaged(&path, detail));
+            }
             let action = if existed { "open" } else { "create" };
             // redb opens its file for both: a file this user may only
             // read is refused as any other.
@@ -401,13 +512,16 @@ impl EmbeddedStore {
             ))
         })?;
         let db = Arc::new(db);
-        let latest = read_range(&db, &Cursor::Latest, CACHE_CAPACITY + 1).map_err(|failure| {
-            StoreError::Internal(format!(
-                "cannot read {}: {}",
-                path.display(),
-                at_start(failure)
-            ))
-        })?;
+        let latest = contained(|| read_range(&db, &Cursor::Latest, CACHE_CAPACITY + 1)).map_err(
+            |failure| match failure {
+                Failure::Damaged(detail) => StoreError::Internal(damaged(&path, &detail)),
+                failure => StoreError::Internal(format!(
+                    "cannot read {}: {}",
+                    path.display(),
+                    at_start(failure)
+                )),
+            },
+        )?;
         // Datetimes never go back, even across a restart with an earlier clock.
         let last_datetime = latest
             .last()
@@ -457,6 +571,9 @@ impl EmbeddedStore {
         &self,
         f: impl FnOnce(&Database) -> Result<T, Failure> + Send + 'static,
     ) -> Result<T, StoreError> {
+        if let Some(damage) = self.shared.damaged() {
+            return Err(damage.error());
+        }
         let Some(db) = self.shared.db() else {
             return Err(match self.shared.fault() {
                 Some(fault) => StoreError::Unavailable {
@@ -466,10 +583,10 @@ impl EmbeddedStore {
                 None => StoreError::closed(),
             });
         };
-        tokio::task::spawn_blocking(move || f(&db))
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || contained(|| f(&db)).map_err(|e| shared.damage(e)))
             .await
             .map_err(|e| StoreError::Internal(e.to_string()))?
-            .map_err(Failure::into_store_error)
     }
 }
 
@@ -483,9 +600,20 @@ fn open_db(path: &Path, cache_bytes: usize) -> Result<(Database, FileId), Failur
         .truncate(false)
         .open(path)?;
     let id = FileId::of(&file.metadata()?);
-    let db = Builder::new()
+    let mut db = Builder::new()
         .set_cache_size(cache_bytes)
         .create_with_backend(FileBackend::new(file)?)?;
+    // redb checks the checksums only when the file was not closed cleanly;
+    // a page damaged since (a backup copied over the live file, a bad
+    // disk) would otherwise be met by a reader, much later, as a failed
+    // request. It reads the whole file once: seconds for a large store.
+    if !db.check_integrity()? {
+        log::warn!(
+            "embedded store: {} failed its integrity check and was repaired (the last \
+             commits before the damage may be gone)",
+            path.display()
+        );
+    }
     // Create the tables up front so readers never meet a missing table.
     let txn = db.begin_write()?;
     txn.open_table(MESSAGES)?;
@@ -808,6 +936,15 @@ impl Writer {
                 );
                 elsewhere = false;
             }
+            // Damage stops writes for good: a commit over damaged pages
+            // could only spread it.
+            if let Some(damage) = self.shared.damaged() {
+                let error = damage.error();
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                continue;
+            }
             let Some(handle) = db.as_deref().filter(|_| writable) else {
                 let error = self
                     .shared
@@ -828,7 +965,7 @@ impl Writer {
             {
                 hook();
             }
-            match write_batch(handle, &batch, &mut self.last_datetime) {
+            match contained(|| write_batch(handle, &batch, &mut self.last_datetime)) {
                 Ok(outcomes) => {
                     // The file may have gone since the check before the
                     // commit: then the batch is in a file the next start
@@ -868,13 +1005,19 @@ impl Writer {
                         // next turn tries it before it waits for anything.
                         next_attempt = Instant::now();
                     }
-                    let error = failure.into_store_error();
+                    let error = self.shared.damage(failure);
                     for (_, reply) in batch {
                         let _ = reply.send(Err(error.clone()));
                     }
                 }
             }
         }
+        // The last handle may be this one; closing writes to the file,
+        // which may be damaged.
+        let _ = contained(|| {
+            drop(db);
+            Ok(())
+        });
     }
 
     /// Opens the database again after a fault, refills the cache from it
@@ -945,6 +1088,11 @@ impl Writer {
                 log::debug!("embedded store: reopen not possible yet: {e}");
                 None
             }
+            // No reopen mends it: readers and writers are refused from now on.
+            Err(damage @ Failure::Damaged(_)) => {
+                self.shared.damage(damage);
+                None
+            }
         }
     }
 
@@ -968,11 +1116,14 @@ impl Writer {
         &self,
         backend: Result<impl StorageBackend, Failure>,
     ) -> Result<(Database, Vec<Message>), Failure> {
-        let db = Builder::new()
-            .set_cache_size(self.shared.cache_bytes)
-            .create_with_backend(backend?)?;
-        let latest = read_range(&db, &Cursor::Latest, CACHE_CAPACITY + 1)?;
-        Ok((db, latest))
+        let backend = backend?;
+        contained(|| {
+            let db = Builder::new()
+                .set_cache_size(self.shared.cache_bytes)
+                .create_with_backend(backend)?;
+            let latest = read_range(&db, &Cursor::Latest, CACHE_CAPACITY + 1)?;
+            Ok((db, latest))
+        })
     }
 
     /// Whether a write can succeed now ([`probe_write`]); clears the fault
@@ -1172,13 +1323,17 @@ impl Store for EmbeddedStore {
     async fn close(&self) {
         // Dropping the sender ends the writer loop once queued inserts are done.
         drop(self.writer.lock().unwrap_or_else(|e| e.into_inner()).take());
-        drop(
-            self.shared
-                .db
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take(),
-        );
+        let db = self
+            .shared
+            .db
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        // Closing writes to the file, which may be damaged.
+        let _ = contained(|| {
+            drop(db);
+            Ok(())
+        });
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;

@@ -7,6 +7,7 @@ mod cli_config;
 mod conditional;
 mod connections;
 mod cross_site;
+mod damaged_file;
 mod disk_full;
 mod dispatch;
 mod echoes;

@@ -1,0 +1,154 @@
+//! A damaged data file, as an operator meets one: the real binary started
+//! on a copy of a real data file that was damaged, refuses to start with
+//! one line naming the file and what to do, never a panic.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::cli_config::command;
+use crate::first_run::Server;
+
+/// Posts messages `from..from + n` to the server at `base`, 16 at a time
+/// (below the per-client connection bound), as busy clients do; the
+/// statuses answered.
+async fn post_many(base: &str, from: usize, n: usize) -> Vec<u16> {
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for chunk in (from..from + n).collect::<Vec<_>>().chunks(16) {
+        let posts = chunk.iter().map(|i| {
+            let body = json!({"name": "ann", "text": format!("message {i} {}", "x".repeat(200))});
+            client
+                .post(format!("{base}/api/messages"))
+                .json(&body)
+                .send()
+        });
+        for answer in futures::future::join_all(posts).await {
+            statuses.push(answer.expect("an answer").status().as_u16());
+        }
+    }
+    statuses
+}
+
+/// A data file in `dir/simplechat-data` written by the server itself,
+/// holding `n` messages.
+async fn store_with(dir: &Path, n: usize) {
+    let server = Server::start(Path::new(env!("CARGO_BIN_EXE_simplechat")), dir, &[]);
+    assert!(post_many(&server.base, 0, n)
+        .await
+        .iter()
+        .all(|s| *s == 201));
+    let (status, log) = server.stop();
+    assert!(status.success(), "{}", log.join("\n"));
+}
+
+/// One page of the file overwritten with bytes that are no page, as
+/// `dd if=/dev/urandom of=messages.redb bs=4096 seek=2 count=1
+/// conv=notrunc` does (a fixed pattern, so every run damages alike).
+fn garbage_page(file: &Path) {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let page: Vec<u8> = (0..4096)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    f.write_all_at(&page, 2 * 4096).unwrap();
+}
+
+/// `simplechat serve` in `dir`, which must refuse to start: its exit code
+/// and what it wrote on stderr. One still running after a minute started
+/// on the damaged file, which fails the test.
+fn refused_start(dir: &Path) -> (Option<i32>, String) {
+    let exe = Path::new(env!("CARGO_BIN_EXE_simplechat"));
+    let mut child = command(exe, dir, &["serve"], &[("SIMPLECHAT_PORT", "0")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run simplechat");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait for simplechat").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("simplechat's output");
+            panic!(
+                "started on a damaged file:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("simplechat's output");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// What an operator must read: one line, naming the file, saying it is
+/// damaged and what to do; no panic, no backtrace.
+fn assert_told_damaged(code: Option<i32>, stderr: &str) {
+    assert_eq!(code, Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    let line = lines[0];
+    for words in [
+        "simplechat-data/messages.redb is damaged",
+        "restore a backup",
+        "move the file aside",
+    ] {
+        assert!(line.contains(words), "{words:?} missing: {line}");
+    }
+    assert!(!line.contains("panicked"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_page_stops_the_start_with_one_line_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with(dir.path(), 1604).await;
+    let file = dir.path().join("simplechat-data/messages.redb");
+    garbage_page(&file);
+
+    let (code, stderr) = refused_start(dir.path());
+    assert_told_damaged(code, &stderr);
+    // Refused again on the next start: a restart loop says the same.
+    let (code, again) = refused_start(dir.path());
+    assert_told_damaged(code, &again);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_copied_over_the_live_file_is_told_as_damage_at_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("simplechat-data/messages.redb");
+    let server = Server::start(Path::new(env!("CARGO_BIN_EXE_simplechat")), dir.path(), &[]);
+    assert!(post_many(&server.base, 0, 300)
+        .await
+        .iter()
+        .all(|s| *s == 201));
+    let backup = dir.path().join("bk.redb");
+    std::fs::copy(&file, &backup).unwrap();
+    assert!(post_many(&server.base, 300, 700)
+        .await
+        .iter()
+        .all(|s| *s == 201));
+    // `cp bk.redb messages.redb` while the server runs: the same inode,
+    // the backup's pages under the server's own.
+    std::fs::copy(&backup, &file).unwrap();
+    // Taken, or refused as damage once the server meets it; never a 500.
+    let statuses = post_many(&server.base, 1000, 50).await;
+    assert!(
+        statuses.iter().all(|s| [201, 503].contains(s)),
+        "{statuses:?}"
+    );
+    let (status, log) = server.stop();
+    assert!(status.success(), "{}", log.join("\n"));
+
+    let (code, stderr) = refused_start(dir.path());
+    assert_told_damaged(code, &stderr);
+}
