@@ -246,10 +246,11 @@ async fn damage_met_by_a_read_is_told_and_stops_reads_writes_and_readiness() {
     for post in posts {
         post.await.unwrap();
     }
-    // `dd if=/dev/urandom of=messages.redb bs=4096 seek=2 count=1
-    // conv=notrunc`, with a fixed pattern.
+    // `dd if=/dev/urandom of=messages.redb bs=4096 seek=2 count=16
+    // conv=notrunc`, with a fixed pattern: sixteen pages, so that some hold
+    // messages whichever pages the commits left free.
     let file = dir.path().join("messages.redb");
-    let page: Vec<u8> = (0..4096u32)
+    let page: Vec<u8> = (0..16 * 4096u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     std::fs::OpenOptions::new()
