@@ -289,6 +289,25 @@ pub fn truncate_to_millis(t: OffsetDateTime) -> OffsetDateTime {
     t.replace_nanosecond(nanos - nanos % 1_000_000).unwrap_or(t)
 }
 
+/// How far behind the newest message's datetime the clock may be and a
+/// new message still get that datetime rather than the clock's: a clock
+/// NTP steps back a little keeps times in store order. Further behind,
+/// the clock's time is taken (and warned of): one post made with a clock
+/// far ahead must not stamp every later message with its time. Store
+/// order never depends on datetimes, so either is in order.
+pub const CLOCK_SLACK_MILLIS: i64 = 1_000;
+
+/// The datetime, in Unix milliseconds, of a message stored at `now` after
+/// one stamped `newest`: `newest` when the clock is behind it by at most
+/// [`CLOCK_SLACK_MILLIS`], else `now`.
+pub fn stamp_millis(now: i64, newest: i64) -> i64 {
+    if now < newest && newest - now <= CLOCK_SLACK_MILLIS {
+        newest
+    } else {
+        now
+    }
+}
+
 /// The current time in UTC, to the millisecond: the precision a stored
 /// message's datetime has.
 pub fn now_millis() -> OffsetDateTime {

@@ -54,7 +54,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Cursor, Inserted, Store, StoreError, StoreStatus};
 use crate::cache::{Cache, CACHE_CAPACITY};
-use crate::message::{now_millis, Message, NewMessage};
+use crate::message::{now_millis, stamp_millis, Message, NewMessage, CLOCK_SLACK_MILLIS};
 use crate::retry::Backoff;
 
 /// Store order: a sequence number given at commit.
@@ -522,7 +522,8 @@ impl EmbeddedStore {
                 )),
             },
         )?;
-        // Datetimes never go back, even across a restart with an earlier clock.
+        // A clock a little behind the newest message keeps its time, across
+        // a restart too ([`stamp_millis`]).
         let last_datetime = latest
             .last()
             .map_or(OffsetDateTime::UNIX_EPOCH, |m| m.datetime);
@@ -549,6 +550,7 @@ impl EmbeddedStore {
             last_datetime,
             runtime: Handle::current(),
             read_only: false,
+            clock_warned: None,
         };
         let thread = std::thread::Builder::new()
             .name("simplechat-writer".into())
@@ -850,6 +852,8 @@ struct Writer {
     /// Whether the handle readers have is the file opened read-only
     /// ([`ReadOnlyFile`]): writes wait for a reopen for writing.
     read_only: bool,
+    /// When the clock was last said to be behind the newest message.
+    clock_warned: Option<Instant>,
 }
 
 impl Writer {
@@ -966,7 +970,10 @@ impl Writer {
                 hook();
             }
             match contained(|| write_batch(handle, &batch, &mut self.last_datetime)) {
-                Ok(outcomes) => {
+                Ok((outcomes, behind)) => {
+                    if let Some(ms) = behind {
+                        self.warn_clock(ms);
+                    }
                     // The file may have gone since the check before the
                     // commit: then the batch is in a file the next start
                     // may not read, and nothing of it is acknowledged.
@@ -1018,6 +1025,26 @@ impl Writer {
             drop(db);
             Ok(())
         });
+    }
+
+    /// Says, at most once a minute, that the clock is `ms` behind the
+    /// newest message's datetime: new messages then carry times earlier
+    /// than older ones (in store order all the same).
+    fn warn_clock(&mut self, ms: i64) {
+        if self
+            .clock_warned
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(60))
+        {
+            return;
+        }
+        self.clock_warned = Some(Instant::now());
+        log::warn!(
+            "embedded store: this machine's clock is {:.1} s behind the newest message's \
+             time; new messages get the clock's time, earlier than that message's (their \
+             order is the store's all the same). Check the clock (timedatectl), or whether \
+             that message was posted while it was ahead",
+            ms as f64 / 1000.0
+        );
     }
 
     /// Opens the database again after a fault, refills the cache from it
@@ -1147,13 +1174,21 @@ impl Writer {
 /// One insert's outcome, with the bytes stored when it created a message.
 type Outcome = (Result<Inserted, StoreError>, Option<Vec<u8>>);
 
+/// Unix milliseconds, as message datetimes hold them.
+fn unix_millis(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
 /// One transaction for the whole batch; each insert's own outcome (created,
-/// retry of a stored message, conflict) is decided inside it.
+/// retry of a stored message, conflict) is decided inside it. Also how far
+/// the clock was behind the newest message, when by more than
+/// [`CLOCK_SLACK_MILLIS`], for the writer to warn of.
 fn write_batch(
     db: &Database,
     batch: &[(NewMessage, Reply)],
     last_datetime: &mut OffsetDateTime,
-) -> Result<Vec<Outcome>, Failure> {
+) -> Result<(Vec<Outcome>, Option<i64>), Failure> {
+    let mut behind = None;
     let txn = db.begin_write()?;
     let mut outcomes = Vec::with_capacity(batch.len());
     // Committed only at the end: until then the batch's datetimes are
@@ -1188,8 +1223,15 @@ fn write_batch(
                 ));
                 continue;
             }
-            // Never earlier than the message before: store order and time agree.
-            let datetime = now_millis().max(newest);
+            let now = now_millis();
+            let (now_ms, newest_ms) = (unix_millis(now), unix_millis(newest));
+            if newest_ms - now_ms > CLOCK_SLACK_MILLIS {
+                behind = Some(newest_ms - now_ms);
+            }
+            let datetime = OffsetDateTime::from_unix_timestamp_nanos(
+                i128::from(stamp_millis(now_ms, newest_ms)) * 1_000_000,
+            )
+            .unwrap_or(now);
             let message = new.clone().into_message(datetime);
             let bytes = serde_json::to_vec(&message)
                 .map_err(|e| Failure::Other(StoreError::Internal(e.to_string())))?;
@@ -1202,7 +1244,7 @@ fn write_batch(
     }
     txn.commit()?;
     *last_datetime = newest;
-    Ok(outcomes)
+    Ok((outcomes, behind))
 }
 
 /// Up to `limit` messages at `cursor`, oldest first, in one read transaction.

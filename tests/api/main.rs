@@ -4,6 +4,7 @@
 mod support;
 
 mod cli_config;
+mod clock;
 mod conditional;
 mod connections;
 mod cross_site;

@@ -23,7 +23,7 @@ use super::index;
 use super::skipped::SkippedDocuments;
 use super::Shared;
 use crate::cache::CachedMessage;
-use crate::message::{now_millis, Message, NewMessage};
+use crate::message::{now_millis, stamp_millis, Message, NewMessage};
 use crate::mongo::{self, Class};
 use crate::retry::Backoff;
 use crate::store::{Inserted, StoreError};
@@ -184,11 +184,15 @@ async fn attempt(
 ) -> Result<Message, Class> {
     let remaining = deadline.saturating_duration_since(Instant::now());
     let now = now_millis();
-    let ms = millis(now).max(
-        shared
-            .last_datetime
-            .fetch_max(millis(now), Ordering::SeqCst),
-    );
+    // As the embedded store stamps: a clock far behind this instance's
+    // last stamp (which a clock far ahead made) is taken as it is.
+    let newest = shared
+        .last_datetime
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |newest| {
+            Some(stamp_millis(millis(now), newest))
+        })
+        .unwrap_or_else(|newest| newest);
+    let ms = stamp_millis(millis(now), newest);
     let datetime =
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(now);
     let message = new.clone().into_message(datetime);

@@ -89,7 +89,8 @@ pub(crate) struct Shared {
     /// Why `collections` is still empty.
     connect_error: Mutex<Option<String>>,
     /// The latest datetime this instance gave a message, in ms, so that
-    /// datetimes never go back within an instance.
+    /// datetimes do not go back by a small step of the clock within an
+    /// instance ([`crate::message::stamp_millis`]).
     last_datetime: AtomicI64,
     change_stream: ChangeStreamHealth,
     skipped: Arc<SkippedDocuments>,
