@@ -70,9 +70,16 @@ impl NewMessage {
         Ok(NewMessage { id, name, text })
     }
 
-    /// The same post again: what an idempotent retry must match.
+    /// The same post again: what an idempotent retry must match. Both
+    /// sides under the current rules: a message stored by an older version
+    /// may keep what the rules now trim (format characters at a name's
+    /// ends), and the same body retried after an upgrade is still the
+    /// same post.
     pub fn same_content(&self, stored: &Message) -> bool {
-        self.name == stored.name && self.text == stored.text
+        let name = self.name == stored.name
+            || validate_name(&stored.name).is_ok_and(|current| current == self.name);
+        let text = self.text == stored.text || normalize(&stored.text) == self.text;
+        name && text
     }
 
     /// The message as stored at `datetime`, truncated to milliseconds.
