@@ -487,6 +487,19 @@ impl EmbeddedStore {
             StoreError::Internal(format!("cannot create data_dir {}: {e}", dir.display()))
         })?;
         let path = dir.join("messages.redb");
+        // redb writes its header as it creates a file, so a store this
+        // server made is never empty: an empty one is what a failed copy
+        // (or a restore onto a full disk) left, and opened as a new store it
+        // would hide that the history is gone.
+        if std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+            return Err(StoreError::Internal(format!(
+                "the data file {} is empty (0 bytes), so it holds no messages: no file this \
+                 server writes is empty, so it is what a failed copy left; restore a backup \
+                 taken as the README's \"Backups\" says, or remove the empty file to start an \
+                 empty store",
+                path.display()
+            )));
+        }
         let opening = path.clone();
         let (existed, opened) = tokio::task::spawn_blocking(move || {
             let existed = opening.exists();

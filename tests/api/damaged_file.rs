@@ -154,3 +154,48 @@ async fn a_backup_copied_over_the_live_file_is_told_as_damage_at_the_restart() {
     let (code, stderr) = refused_start(dir.path());
     assert_told_damaged(code, &stderr);
 }
+
+/// What a failed copy leaves: no store simplechat wrote is empty, so an
+/// empty file is refused, naming it, and left as it is.
+#[test]
+fn an_empty_data_file_is_refused_not_taken_for_a_new_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("simplechat-data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("messages.redb"), b"").unwrap();
+    let mut child = command(
+        Path::new(env!("CARGO_BIN_EXE_simplechat")),
+        dir.path(),
+        &["serve"],
+        &[("SIMPLECHAT_PORT", "0")],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "started on an empty data file:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("simplechat-data/messages.redb is empty (0 bytes)")
+            && stderr.contains("restore a backup"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::metadata(data.join("messages.redb")).unwrap().len(),
+        0
+    );
+}
