@@ -51,6 +51,8 @@ async fn start_app_with(
 
 /// The ids of the `message` events an SSE subscriber receives.
 struct Subscriber {
+    /// What it asked for (path and query), for the failure messages.
+    path: String,
     ids: mpsc::UnboundedReceiver<String>,
     received: HashSet<String>,
     task: tokio::task::JoinHandle<()>,
@@ -73,6 +75,12 @@ impl Subscriber {
     /// came.
     async fn reading(response: reqwest::Response) -> Subscriber {
         assert_eq!(response.status(), 200);
+        let url = response.url();
+        let path = format!(
+            "{}{}",
+            url.path(),
+            url.query().map_or(String::new(), |q| format!("?{q}"))
+        );
         let (tx, ids) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
@@ -99,6 +107,7 @@ impl Subscriber {
             .expect("the event stream starts")
             .expect("subscriber running");
         Subscriber {
+            path,
             ids,
             received: HashSet::new(),
             task,
@@ -113,7 +122,10 @@ impl Subscriber {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, self.ids.recv()).await {
                 Ok(Some(id)) => ids.push(id),
-                _ => panic!("the subscriber received only {ids:?} of {n} messages"),
+                _ => panic!(
+                    "the subscriber of {} received only {ids:?} of {n} messages",
+                    self.path
+                ),
             }
         }
         ids

@@ -199,6 +199,15 @@ async fn live_after_newest(chat: &Chat) -> (Option<String>, Option<Arrival>) {
     (newest.map(|c| c.message.id.clone()), next)
 }
 
+/// Whether a stream placed by a read that began when the cache was
+/// `complete_before` (and placed at `next`, if the cache could) must wait
+/// for the cache to be complete and catch up: the read may have gone to
+/// the store before a load whose messages are not broadcast, even if the
+/// cache became complete while it ran.
+fn read_without_the_cache(complete_before: bool, next: Option<Arrival>, chat: &Chat) -> bool {
+    !complete_before || (next.is_none() && !chat.cache_complete())
+}
+
 /// Sets `last` to `id` in the buffer it already has: a stream remembers
 /// each message it sends, and a copy into the same buffer allocates
 /// nothing.
@@ -226,7 +235,9 @@ fn remember(last: &mut Option<String>, id: &str) {
 /// and subscribes after: what is stored from then on comes after that
 /// message, and the stream sends it once the cache is complete. When that
 /// read fails, the stream ends after its `retry:` line, and the client's
-/// reconnect asks again.
+/// reconnect asks again. The `reset` for what is no message id reads the
+/// newest message before it returns too, so it names none stored once the
+/// stream is open.
 pub async fn stream<F>(
     chat: Chat,
     every: Duration,
@@ -250,6 +261,22 @@ where
         live_after = Some(chat.newest_id().await);
         (rx, now) = chat.subscribe();
     }
+    // Nothing can be replayed after what is no message id: the stream goes
+    // on after the newest message, read after subscribing, unlike a live
+    // start's: a message stored in between is the newest the reset names,
+    // which a client that follows the reset (reloading the latest
+    // messages) has. Read before the response goes out, so that what is
+    // stored once the stream is open comes after the message it names.
+    let reset = match &resume {
+        Resume::NotAnId(named) => {
+            let complete_before = chat.cache_complete();
+            let (newest, next) = live_after_newest(&chat).await;
+            let why = validate_id(named).err().map(|e| e.message);
+            let frame = reset_frame(named, why.as_deref(), newest.as_deref());
+            Some((frame, newest, next, complete_before))
+        }
+        _ => None,
+    };
     let mut shutdown = shutdown;
     async_stream::stream! {
         // What this subscriber has, in constant memory: the next arrival in
@@ -257,10 +284,9 @@ where
         // the last message it was sent (where a replay from the store
         // continues).
         let mut next: Option<Arrival> = None;
-        let (mut last_id, not_an_id) = match resume {
-            Resume::Live => (None, None),
-            Resume::After(id) => (Some(id), None),
-            Resume::NotAnId(named) => (None, Some(named)),
+        let mut last_id = match resume {
+            Resume::After(id) => Some(id),
+            Resume::Live | Resume::NotAnId(_) => None,
         };
         let mut catching_up = last_id.is_some();
         // Placed by message id while the cache is not complete (a MongoDB
@@ -275,7 +301,7 @@ where
         let mut until_complete = false;
         match live_after {
             None => {
-                if !catching_up && not_an_id.is_none() {
+                if !catching_up && reset.is_none() {
                     next = now;
                 }
             }
@@ -297,22 +323,22 @@ where
         let mut overlap: Vec<String> = Vec::new();
         // Tells EventSource how soon to reconnect, and flushes the headers.
         yield Bytes::from_static(b"retry: 2000\n: connected\n\n");
-        // Nothing can be replayed after what is no message id.
-        if let Some(named) = not_an_id {
-            // Read after subscribing, unlike a live start's: a message
-            // stored in between is the newest the reset names, which a
-            // client that follows the reset (reloading the latest
-            // messages) has.
-            (last_id, next) = live_after_newest(&chat).await;
-            // As on a live start: without the cache, catch up from there
-            // once it is complete.
-            until_complete = next.is_none() && !chat.cache_complete();
+        if let Some((frame, newest, placed, complete_before)) = reset {
+            (last_id, next) = (newest, placed);
+            // As on a live start: read without the cache, catch up from
+            // there once it is complete.
+            until_complete = read_without_the_cache(complete_before, next, &chat);
             overlap = last_id.iter().cloned().collect();
-            let why = validate_id(&named).err().map(|e| e.message);
-            yield reset_frame(&named, why.as_deref(), last_id.as_deref());
+            yield frame;
         }
         let mut heartbeat = interval_at(Instant::now() + every, every);
         loop {
+            // Complete already (its change was seen before, or it came
+            // while the stream was reading): the watch would not wake it.
+            if until_complete && chat.cache_complete() {
+                until_complete = false;
+                catching_up = true;
+            }
             if catching_up {
                 // From the cache, by arrival, while it still holds them.
                 if let Some(batch) = next.and_then(|n| chat.since(n, MAX_LIMIT)) {
@@ -330,6 +356,7 @@ where
                     Some(id) => Cursor::After(id.clone()),
                     None => Cursor::Latest,
                 };
+                let complete_before = chat.cache_complete();
                 match chat.list(cursor, MAX_LIMIT).await {
                     Ok(batch) => {
                         let full = batch.len() == MAX_LIMIT;
@@ -349,10 +376,11 @@ where
                         if !catching_up && last_id.is_some() {
                             overlap = batch.iter().map(|c| c.message.id.clone()).collect();
                         }
-                        // Read from the store before the cache was
-                        // complete: what the load brings in after this read
-                        // is not broadcast.
-                        if !catching_up && next.is_none() && !chat.cache_complete() {
+                        // Begun before the cache was complete: what the load
+                        // brings in after this read is not broadcast, even
+                        // when the cache has become complete since and
+                        // placed the read's last message.
+                        if !catching_up && !complete_before {
                             until_complete = true;
                         }
                     }
@@ -366,8 +394,9 @@ where
                     // this stream subscribed, before the read) is not sent.
                     Err(StoreError::UnknownId(unknown)) => {
                         catching_up = false;
+                        let complete_before = chat.cache_complete();
                         (last_id, next) = live_after_newest(&chat).await;
-                        until_complete = next.is_none() && !chat.cache_complete();
+                        until_complete = read_without_the_cache(complete_before, next, &chat);
                         overlap = last_id.iter().cloned().collect();
                         yield reset_frame(&unknown, None, last_id.as_deref());
                     }
@@ -401,6 +430,13 @@ where
                     }
                     Ok(cached) => {
                         let fresh = match (cached.arrival, next) {
+                            // Published before the reset that began the
+                            // epoch this stream follows: that reset placed
+                            // it (or dropped it, when the store does not
+                            // have it) ahead of `next`, and the catch-up
+                            // from the cache sent it then. Sent again here,
+                            // it would come twice, and out of order.
+                            (Some(arrival), Some(next)) if arrival.epoch < next.epoch => Some(false),
                             (Some(arrival), Some(next)) => arrival.is_at_or_after(next),
                             _ => None,
                         }
@@ -480,14 +516,11 @@ mod tests {
     /// names, so a client that follows the reset (reloading the latest
     /// messages, resuming from that id) has it. It was then also sent as a
     /// `message` after the reset: once too often, and only when the
-    /// timing fell so. What the reset names is now never sent after it,
-    /// whether the id was unknown or no id at all.
+    /// timing fell so. What the reset names is now never sent after it.
     #[tokio::test]
     async fn a_message_the_reset_names_is_not_sent_again_after_it() {
-        for resume in [
-            Resume::After("gone-from-this-store".to_owned()),
-            Resume::NotAnId("not an id!".to_owned()),
-        ] {
+        {
+            let resume = Resume::After("gone-from-this-store".to_owned());
             let dir = tempfile::tempdir().unwrap();
             let chat = chat_in(dir.path()).await;
             post(&chat, "before").await;
@@ -513,6 +546,32 @@ mod tests {
                 "{resume:?}"
             );
         }
+    }
+
+    /// What is no message id gets a `reset` naming the newest message
+    /// before the stream is returned (and its response sent): what is
+    /// stored once it is open comes after, as messages, each once.
+    #[tokio::test]
+    async fn a_reset_for_no_id_names_the_newest_before_the_stream_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let chat = chat_in(dir.path()).await;
+        let before = post(&chat, "before").await;
+        let frames = stream(
+            chat.clone(),
+            Duration::from_secs(60),
+            Resume::NotAnId("not an id!".to_owned()),
+            futures::future::pending(),
+        )
+        .await;
+        let mut frames = Box::pin(frames);
+        let opened = post(&chat, "stored once it is open").await;
+        assert_eq!(next_event(&mut frames).await, ("reset".to_owned(), before));
+        assert_eq!(
+            next_event(&mut frames).await,
+            ("message".to_owned(), opened)
+        );
+        let after = post(&chat, "after the reset").await;
+        assert_eq!(next_event(&mut frames).await, ("message".to_owned(), after));
     }
 
     #[test]
