@@ -1288,6 +1288,13 @@ async fn the_feed_catches_up_when_its_resume_point_left_the_oplog() {
     let sim = cluster.sim().expect("simulator");
     let live = Cache::new();
     let store = open_ready(&cluster, "lost", Duration::from_secs(60), live.clone()).await;
+    // The feed must be following the set before it goes away, with a
+    // resume point to lose. Until the cache's first load, the post's own
+    // echo is all `h1` proves, and a first load that runs late (a slow
+    // machine) reads `h2` as history, which is not sent to the cache's
+    // subscribers (the event stream catches its clients up from the store
+    // instead).
+    wait_until_running(&store, Duration::from_secs(30)).await;
     let mut events = live.subscribe();
     store.insert(message("h1", "before")).await.expect("insert");
     wait_for_event(&mut events, "h1").await;
