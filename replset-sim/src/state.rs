@@ -183,6 +183,30 @@ pub(crate) struct IndexSpec {
     pub unique: bool,
 }
 
+/// The name mongod gives the index on `_id`, which only dropping the
+/// collection removes.
+pub(crate) const ID_INDEX: &str = "_id_";
+
+/// The indexes a `dropIndexes` names.
+pub(crate) enum IndexTarget {
+    /// `"*"`: every index but `_id`'s.
+    All,
+    /// One name, or a list of names.
+    Names(Vec<String>),
+    /// The index with this key pattern.
+    Key(Document),
+}
+
+/// Whether two key patterns are the same, as mongod compares them: the
+/// same fields in the same order, with numerically equal directions
+/// (`{a: 1}` is `{a: 1.0}`).
+fn same_key(a: &Document, b: &Document) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b.iter())
+            .all(|((ka, va), (kb, vb))| ka == kb && crate::matcher::compare(va, vb).is_eq())
+}
+
 #[derive(Default)]
 pub(crate) struct Coll {
     pub docs: Vec<StoredDoc>,
@@ -197,7 +221,7 @@ impl Coll {
     fn ensure_created(&mut self) -> bool {
         if self.indexes.is_empty() {
             self.indexes.push(IndexSpec {
-                name: "_id_".into(),
+                name: ID_INDEX.into(),
                 key: doc! {"_id": 1},
                 unique: true,
             });
@@ -967,6 +991,57 @@ impl State {
         }
         let after = coll.indexes.len();
         Ok((if created { 1 } else { before }, after, created))
+    }
+
+    /// Drops the indexes `which` names from `ns`, all of them or none
+    /// (mongod drops a list in one write unit, so a name it cannot find
+    /// leaves every index in place). Returns how many indexes the
+    /// collection had (`nIndexesWas`). Errors as mongod's
+    /// (`src/mongo/db/catalog/drop_indexes.cpp`): `NamespaceNotFound` (26)
+    /// for a collection that does not exist, `IndexNotFound` (27) for a
+    /// name or key pattern no index has, `InvalidOptions` (72) for the
+    /// `_id` index.
+    pub fn drop_indexes(&mut self, ns: &str, which: &IndexTarget) -> Result<usize, CmdError> {
+        let Some(coll) = self.colls.get_mut(ns).filter(|c| c.exists()) else {
+            return Err(CmdError::new(
+                26,
+                "NamespaceNotFound",
+                format!("ns not found {ns}"),
+            ));
+        };
+        let was = coll.indexes.len();
+        let id_index = || CmdError::new(72, "InvalidOptions", "cannot drop _id index");
+        let names: Vec<String> = match which {
+            IndexTarget::All => {
+                coll.indexes.retain(|i| i.name == ID_INDEX);
+                return Ok(was);
+            }
+            IndexTarget::Key(key) => {
+                let Some(found) = coll.indexes.iter().find(|i| same_key(&i.key, key)) else {
+                    return Err(CmdError::new(
+                        27,
+                        "IndexNotFound",
+                        format!("can't find index with key: {key}"),
+                    ));
+                };
+                vec![found.name.clone()]
+            }
+            IndexTarget::Names(names) => names.clone(),
+        };
+        for name in &names {
+            if !coll.indexes.iter().any(|i| i.name == *name) {
+                return Err(CmdError::new(
+                    27,
+                    "IndexNotFound",
+                    format!("index not found with name [{name}]"),
+                ));
+            }
+            if name == ID_INDEX {
+                return Err(id_index());
+            }
+        }
+        coll.indexes.retain(|i| !names.contains(&i.name));
+        Ok(was)
     }
 
     /// Documents of `ns` as `member` sees them now.

@@ -224,3 +224,76 @@ print("ok")
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// pymongo drops indexes as an operator tidying them would, and gets what
+/// mongod documents for `dropIndexes`
+/// (<https://www.mongodb.com/docs/manual/reference/command/dropIndexes/>):
+/// `drop_index` by name or by key spec, `drop_indexes` for all but `_id`'s;
+/// the `_id` index refused with `InvalidOptions` (72), an unknown one with
+/// `IndexNotFound` (27), and a list naming one unknown index drops none.
+/// pymongo's own `drop_index` takes a missing collection (26) as done.
+#[test]
+fn pymongo_drops_indexes_as_mongod_documents() {
+    if !pymongo_available() {
+        assert!(
+            std::env::var_os("SIMPLECHAT_REQUIRE_PYMONGO").is_none(),
+            "SIMPLECHAT_REQUIRE_PYMONGO is set but python3 cannot import pymongo"
+        );
+        eprintln!("SKIPPED: pymongo_drops_indexes_as_mongod_documents, because python3 cannot import pymongo (pip install pymongo)");
+        return;
+    }
+    let (_sim, uri) = start(&["--database", "messages"]);
+    let script = r#"
+import sys
+from pymongo import MongoClient, ASCENDING, DESCENDING
+from pymongo.errors import OperationFailure
+db = MongoClient(sys.argv[1], serverSelectionTimeoutMS=10000).get_default_database()
+coll = db.messages
+coll.drop_index("position_1")  # no collection yet: pymongo allows NamespaceNotFound
+coll.insert_one({"_id": "a", "name": "n", "text": "t"})
+order = coll.create_index([("position", ASCENDING), ("datetime", ASCENDING), ("_id", ASCENDING)])
+assert order == "position_1_datetime_1__id_1", order
+coll.create_index("name")
+coll.create_index([("text", DESCENDING)])
+def names():
+    return sorted(coll.index_information())
+assert names() == ["_id_", "name_1", order, "text_-1"], names()
+
+def refused(code, name, *args, **kwargs):
+    try:
+        db.command(*args, **kwargs)
+    except OperationFailure as e:
+        assert e.code == code and e.details["codeName"] == name, e.details
+        return
+    raise AssertionError(f"not refused: {args} {kwargs}")
+
+for index in ["_id_", {"_id": 1}]:
+    refused(72, "InvalidOptions", "dropIndexes", "messages", index=index)
+for index in ["nope_1", {"nope": 1}, ["name_1", "nope_1"]]:
+    refused(27, "IndexNotFound", "dropIndexes", "messages", index=index)
+try:
+    coll.drop_index("_id_")
+    raise AssertionError("the _id index was dropped")
+except OperationFailure as e:
+    assert e.code == 72, e.details
+assert names() == ["_id_", "name_1", order, "text_-1"], names()
+
+coll.drop_index([("text", DESCENDING)])
+coll.drop_index(order)
+assert names() == ["_id_", "name_1"], names()
+coll.drop_indexes()
+assert names() == ["_id_"], names()
+assert coll.find_one({"_id": "a"})["name"] == "n"
+print("ok")
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &uri])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

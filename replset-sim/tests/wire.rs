@@ -314,6 +314,104 @@ async fn collections_can_be_created_listed_and_dropped() {
     assert_eq!(r.get_str("dropped"), Ok("chat"));
 }
 
+/// `dropIndexes` as mongod documents it
+/// (<https://www.mongodb.com/docs/manual/reference/command/dropIndexes/>):
+/// by name, by key pattern, a list of names (all or none), `"*"` for every
+/// index but `_id`'s; the `_id` index and an unknown index are refused with
+/// mongod's codes, changing nothing. Before, it was `no such command`.
+#[tokio::test]
+async fn indexes_are_dropped_as_mongod_drops_them() {
+    let cluster = Cluster::start(ClusterOptions::default()).await.unwrap();
+    let mut raw = Raw::connect(&cluster.hosts()[0]).await;
+    let names = async |raw: &mut Raw| -> Vec<String> {
+        let r = raw
+            .command(
+                doc! {"listIndexes": "messages", "$db": "chat", "cursor": {}},
+                None,
+            )
+            .await;
+        r.get_document("cursor")
+            .and_then(|c| c.get_array("firstBatch"))
+            .map(|b| {
+                b.iter()
+                    .filter_map(|d| d.as_document()?.get_str("name").ok().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let drop = |index: Bson| doc! {"dropIndexes": "messages", "$db": "chat", "index": index};
+
+    let r = raw.command(drop("a_1".into()), None).await;
+    assert_eq!(r.get_i32("code"), Ok(26), "no collection: {r}");
+    let r = raw
+        .command(
+            doc! {"createIndexes": "messages", "$db": "chat", "indexes": [
+                {"key": {"a": 1}, "name": "a_1"},
+                {"key": {"b": -1, "c": 1}, "name": "b_-1_c_1"},
+                {"key": {"d": 1}, "name": "d_1"},
+                {"key": {"e": 1}, "name": "e_1"},
+            ]},
+            None,
+        )
+        .await;
+    assert_eq!(r.get_i32("numIndexesAfter"), Ok(5), "{r}");
+
+    for (index, code, code_name) in [
+        (Bson::from("_id_"), 72, "InvalidOptions"),
+        (Bson::from(doc! {"_id": 1}), 72, "InvalidOptions"),
+        (Bson::from("nope_1"), 27, "IndexNotFound"),
+        (Bson::from(doc! {"b": 1, "c": 1}), 27, "IndexNotFound"),
+        (
+            Bson::from(vec![Bson::from("a_1"), "nope_1".into()]),
+            27,
+            "IndexNotFound",
+        ),
+        (
+            Bson::from(vec![Bson::from("a_1"), 1.into()]),
+            14,
+            "TypeMismatch",
+        ),
+        (Bson::from(7), 14, "TypeMismatch"),
+    ] {
+        let r = raw.command(drop(index.clone()), None).await;
+        assert_eq!(r.get_i32("code"), Ok(code), "{index}: {r}");
+        assert_eq!(r.get_str("codeName"), Ok(code_name), "{index}: {r}");
+    }
+    let r = raw
+        .command(doc! {"dropIndexes": "messages", "$db": "chat"}, None)
+        .await;
+    assert_eq!(r.get_i32("code"), Ok(40414), "no index field: {r}");
+    assert_eq!(
+        names(&mut raw).await,
+        ["_id_", "a_1", "b_-1_c_1", "d_1", "e_1"],
+        "a refused drop drops nothing"
+    );
+
+    let r = raw.command(drop("a_1".into()), None).await;
+    assert_eq!(r.get_i32("nIndexesWas"), Ok(5), "{r}");
+    // A key pattern matches whatever number type its directions have.
+    let r = raw
+        .command(drop(doc! {"b": -1.0, "c": 1_i64}.into()), None)
+        .await;
+    assert_eq!(r.get_i32("nIndexesWas"), Ok(4), "{r}");
+    assert_eq!(names(&mut raw).await, ["_id_", "d_1", "e_1"]);
+    let r = raw
+        .command(drop(vec![Bson::from("d_1")].into()), None)
+        .await;
+    assert_eq!(r.get_i32("nIndexesWas"), Ok(3), "{r}");
+    let r = raw.command(drop("*".into()), None).await;
+    assert_eq!(r.get_i32("nIndexesWas"), Ok(2), "{r}");
+    assert_eq!(
+        r.get_str("msg"),
+        Ok("non-_id indexes dropped for collection")
+    );
+    assert_eq!(names(&mut raw).await, ["_id_"]);
+
+    let mut secondary = Raw::connect(&cluster.hosts()[1]).await;
+    let r = secondary.command(drop("*".into()), None).await;
+    assert_eq!(r.get_i32("code"), Ok(10107), "only the primary drops: {r}");
+}
+
 /// A `find` or `getMore` batch stops before the document that would take
 /// it past 16 MiB, as mongod's does, whatever `batchSize` says: a batch of
 /// large documents must still fit a reply.

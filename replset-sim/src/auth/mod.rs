@@ -33,6 +33,7 @@ pub(crate) enum Action {
     CreateCollection,
     CreateIndex,
     DropCollection,
+    DropIndex,
     DropDatabase,
     ListCollections,
     ListIndexes,
@@ -61,6 +62,7 @@ impl Action {
                     | Action::CreateCollection
                     | Action::CreateIndex
                     | Action::DropCollection
+                    | Action::DropIndex
             )
     }
 
@@ -155,6 +157,7 @@ impl RoleRef {
                             | Action::DropCollection
                             | Action::CreateCollection
                             | Action::CreateIndex
+                            | Action::DropIndex
                             | Action::ListCollections
                             | Action::ListIndexes
                     )
@@ -345,6 +348,7 @@ pub(crate) fn need(name: &str, db: &str, body: &Document) -> Need {
         },
         "createIndexes" => on_db(Action::CreateIndex),
         "listIndexes" => on_db(Action::ListIndexes),
+        "dropIndexes" => on_db(Action::DropIndex),
         "create" => on_db(Action::CreateCollection),
         "listCollections" => on_db(Action::ListCollections),
         "drop" => on_db(Action::DropCollection),
@@ -406,6 +410,7 @@ mod tests {
             Action::Find,
             Action::ChangeStream,
             Action::CreateIndex,
+            Action::DropIndex,
         ] {
             assert!(rw.grants(a, &chat), "{a:?}");
         }

@@ -1,6 +1,6 @@
 //! Indexes: `createIndexes` records ascending/descending key specs (unique
-//! ones are enforced on insert; none is used to plan queries) and
-//! `listIndexes` lists them.
+//! ones are enforced on insert; none is used to plan queries),
+//! `listIndexes` lists them and `dropIndexes` drops them.
 
 use std::collections::VecDeque;
 
@@ -11,7 +11,7 @@ use super::args::{coll_name, get_doc, get_int};
 use super::cursors::start_cursor;
 use super::{CmdResult, Ctx};
 use crate::error::CmdError;
-use crate::state::{IndexSpec, Role};
+use crate::state::{IndexSpec, IndexTarget, Role};
 
 /// `createIndexes` on the primary: `{numIndexesBefore, numIndexesAfter,
 /// createdCollectionAutomatically, note?}`. Keys must be 1/-1
@@ -113,4 +113,63 @@ pub(super) fn list_indexes(ctx: &Ctx<'_>, db: &str, body: &Document) -> CmdResul
     Ok(start_cursor(
         &mut st, ctx.member, &cursor_ns, docs, batch, false,
     ))
+}
+
+/// `dropIndexes` on the primary: `{nIndexesWas, msg?}`, as mongod documents
+/// it (<https://www.mongodb.com/docs/manual/reference/command/dropIndexes/>):
+/// `index` is `"*"` (every index but `_id`'s, with mongod's `msg`), one
+/// name, a key pattern, or a list of names, dropped all or none. The `_id`
+/// index is refused (`InvalidOptions` 72), as is a name or key pattern no
+/// index has (`IndexNotFound` 27, <https://www.mongodb.com/docs/manual/reference/error-codes/>);
+/// see [`crate::state::State::drop_indexes`]. A missing `index` is
+/// mongod's parser error (40414), one of another type `TypeMismatch` (14).
+/// Like mongod before 6.0, and after without `showExpandedEvents`, no
+/// change stream sees it.
+pub(super) fn drop_indexes(ctx: &Ctx<'_>, db: &str, body: &Document) -> CmdResult {
+    let coll = coll_name(body, "dropIndexes")?;
+    let ns = format!("{db}.{coll}");
+    let wrong_type = |what: &str| {
+        CmdError::type_mismatch(format!(
+            "BSON field 'dropIndexes.index' is the wrong type '{what}', expected types \
+             '[string, object, array]'"
+        ))
+    };
+    let which = match body.get("index") {
+        None => {
+            return Err(CmdError::new(
+                40414,
+                "Location40414",
+                "BSON field 'dropIndexes.index' is missing but a required field",
+            )
+            .into())
+        }
+        Some(Bson::String(s)) if s == "*" => IndexTarget::All,
+        Some(Bson::String(s)) => IndexTarget::Names(vec![s.clone()]),
+        Some(Bson::Document(key)) => IndexTarget::Key(key.clone()),
+        Some(Bson::Array(names)) => IndexTarget::Names(
+            names
+                .iter()
+                .map(|n| match n {
+                    Bson::String(s) => Ok(s.clone()),
+                    other => Err(CmdError::type_mismatch(format!(
+                        "dropIndexes {ns} failed to drop multiple indexes: index name must be a \
+                         string, not {:?}",
+                        other.element_type()
+                    ))),
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        Some(other) => return Err(wrong_type(&format!("{:?}", other.element_type())).into()),
+    };
+    let mut st = ctx.shared.lock();
+    if st.role(ctx.member) != Role::Primary {
+        return Err(CmdError::not_writable_primary(false).into());
+    }
+    let was = st.drop_indexes(&ns, &which)?;
+    let mut reply = doc! {"nIndexesWas": was as i32};
+    if matches!(which, IndexTarget::All) {
+        reply.insert("msg", "non-_id indexes dropped for collection");
+    }
+    reply.insert("ok", 1.0);
+    Ok(reply)
 }

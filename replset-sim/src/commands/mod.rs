@@ -227,6 +227,7 @@ async fn dispatch(ctx: &Ctx<'_>, name: &str, db: &str, body: &Document) -> CmdRe
         "aggregate" => aggregate::aggregate(ctx, db, body).await,
         "createIndexes" => indexes::create_indexes(ctx, db, body),
         "listIndexes" => indexes::list_indexes(ctx, db, body),
+        "dropIndexes" => indexes::drop_indexes(ctx, db, body),
         "create" => collections::create_coll(ctx, db, body),
         "listCollections" => collections::list_collections(ctx, db, body),
         "drop" => collections::drop_coll(ctx, db, body),
