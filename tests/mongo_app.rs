@@ -2679,3 +2679,68 @@ async fn strings_that_are_not_utf8_are_skipped_and_the_rest_listed() {
     );
     app.shutdown().await;
 }
+
+// --- The order index dropped by itself --------------------------------------
+
+/// The names of the indexes on `lab`'s collection, read by another client.
+async fn index_names(lab: &mongodb::Collection<Document>) -> Vec<String> {
+    lab.list_index_names().await.unwrap_or_default()
+}
+
+/// Another client drops the order index alone (`dropIndex`, as an operator
+/// tidying indexes would) while the app runs: the app finds it gone and
+/// creates it again, without a restart, and listings, the latest and
+/// older pages read from MongoDB, keep the store order. Before, the index
+/// came back only at the next start, and until then every listing on
+/// mongod sorted the whole collection in memory (and on MongoDB before
+/// 6.0 failed past 100 MB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_index_dropped_by_another_client_is_created_again() {
+    const ORDER_INDEX: &str = "position_1_datetime_1__id_1";
+    let cluster =
+        TestCluster::start("the_order_index_dropped_by_another_client_is_created_again").await;
+    let app = start_app(&cluster, "droppedorderindex", 20).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    for id in ["first", "second", "third"] {
+        assert_eq!(post_with_id(&app, id, id).await, 201);
+    }
+    let lab = cluster.lab_messages("droppedorderindex").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !index_names(&lab).await.iter().any(|n| n == ORDER_INDEX) {
+        assert!(Instant::now() < deadline, "no order index at start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    lab.drop_index(ORDER_INDEX)
+        .await
+        .expect("another client drops the order index");
+    assert!(
+        !index_names(&lab).await.iter().any(|n| n == ORDER_INDEX),
+        "the order index was dropped"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let names = index_names(&lab).await;
+        if names.iter().any(|n| n == ORDER_INDEX) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the order index was not created again: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(listed_ids(&app).await, ["first", "second", "third"]);
+    assert_eq!(
+        walked_ids(&app, 1).await,
+        ["first", "second", "third"],
+        "paged from MongoDB, one at a time"
+    );
+    assert_eq!(post_with_id(&app, "fourth", "fourth").await, 201);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while listed_ids(&app).await != ["first", "second", "third", "fourth"] {
+        assert!(Instant::now() < deadline, "{:?}", listed_ids(&app).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.shutdown().await;
+}

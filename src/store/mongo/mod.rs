@@ -156,15 +156,14 @@ impl MongoStore {
 }
 
 impl Shared {
-    /// Keeps the collections and starts what needs them: the index and the
-    /// change stream. Only the first call does anything.
+    /// Keeps the collections and starts what needs them: the index (and
+    /// the look for it gone) and the change stream. Only the first call
+    /// does anything.
     fn start(self: &Arc<Self>, collections: Collections) {
         let collections = Arc::new(collections);
         if self.collections.set(collections.clone()).is_ok() {
-            self.tasks.push(tokio::spawn(index::ensure(
-                self.clone(),
-                collections.clone(),
-            )));
+            self.tasks
+                .push(tokio::spawn(index::keep(self.clone(), collections.clone())));
             self.tasks.push(tokio::spawn(skipped::count_ill_typed(
                 self.clone(),
                 collections.clone(),

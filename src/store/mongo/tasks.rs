@@ -1,6 +1,7 @@
-//! The store's background tasks (index creation, change stream, SRV
-//! resolution), the one flag that says the store is closed, and the one
-//! way a start-up task waits out what clears by itself.
+//! The store's background tasks (the order index and the look for it
+//! gone, change stream, SRV resolution), the one flag that says the store
+//! is closed, and the one way a start-up task waits out what clears by
+//! itself.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
