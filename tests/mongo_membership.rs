@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster::{say, SET_NAME};
+use cluster::{http_listener, say, SET_NAME};
 use mongodb::bson::doc;
 use mongodb::Client;
 use replset_sim::{Cluster, ClusterOptions};
@@ -849,24 +849,11 @@ async fn stdout_holds_the_result_and_waits_go_to_stderr() {
 /// naming the member and what answered; nothing changed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_member_where_another_program_answers_is_refused_at_once() {
-    use std::io::{Read, Write};
     let test = "a_new_member_where_another_program_answers_is_refused_at_once";
     sim_only(test);
     let cluster = start(3, 3).await;
     assert!(cluster.wait_for_primary(GAP_BOUND).await.is_some());
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let web = format!(
-        "127.0.0.1:{}",
-        listener.local_addr().expect("address").port()
-    );
-    std::thread::spawn(move || {
-        // As a web server answers a request it cannot read.
-        for mut connection in listener.incoming().map_while(Result::ok) {
-            let mut request = [0u8; 1024];
-            let _ = connection.read(&mut request);
-            let _ = connection.write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n");
-        }
-    });
+    let web = format!("127.0.0.1:{}", http_listener());
     let mut declared = cluster.hosts();
     declared.push(web.clone());
     let o = simplechat(members_args(

@@ -6,7 +6,7 @@ mod cluster;
 
 use std::process::{Command, Output};
 
-use cluster::{say, TestCluster, SET_NAME};
+use cluster::{http_listener, say, TestCluster, SET_NAME};
 
 async fn simplechat(args: Vec<String>, env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_simplechat"));
@@ -488,25 +488,6 @@ async fn init_refuses_one_mongod_named_twice() {
         text(&o)
     );
     initiates(&hosts).await;
-}
-
-/// A listener on loopback that answers every connection as an HTTP server
-/// answers a request it cannot read, then closes it: what a web server on a
-/// port given by mistake does. Returns its port.
-fn http_listener() -> u16 {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("address").port();
-    std::thread::spawn(move || {
-        for mut connection in listener.incoming().map_while(Result::ok) {
-            let mut request = [0u8; 1024];
-            let _ = connection.read(&mut request);
-            let _ = connection.write_all(
-                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            );
-        }
-    });
-    port
 }
 
 /// A member's port where another program answers (an HTTP server) ends

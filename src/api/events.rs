@@ -333,8 +333,10 @@ where
         }
         let mut heartbeat = interval_at(Instant::now() + every, every);
         loop {
-            // Complete already (its change was seen before, or it came
-            // while the stream was reading): the watch would not wake it.
+            // The one place a stream waiting for the cache starts its
+            // catch-up: woken by the watch or a broadcast below, or
+            // complete already (the watch's change seen before, or come
+            // while the stream was reading, would not wake it).
             if until_complete && chat.cache_complete() {
                 until_complete = false;
                 catching_up = true;
@@ -414,20 +416,13 @@ where
             select! {
                 biased;
                 _ = &mut shutdown => break,
-                Ok(()) = completeness.changed(), if until_complete => {
-                    if chat.cache_complete() {
-                        until_complete = false;
-                        catching_up = true;
-                    }
-                }
+                // Woken to look again: the loop's first check turns a
+                // complete cache into the catch-up.
+                Ok(()) = completeness.changed(), if until_complete => {}
                 received = rx.recv() => match received {
-                    // The catch-up sends this message too, in its order.
-                    Ok(_) if until_complete => {
-                        if chat.cache_complete() {
-                            until_complete = false;
-                            catching_up = true;
-                        }
-                    }
+                    // The catch-up sends this message too, in its order
+                    // (the loop's first check starts it).
+                    Ok(_) if until_complete => {}
                     Ok(cached) => {
                         let fresh = match (cached.arrival, next) {
                             // Published before the reset that began the

@@ -25,6 +25,25 @@ use mongodb::Client;
 
 pub const SET_NAME: &str = "rs";
 
+/// A listener on loopback that answers every connection as an HTTP server
+/// answers a request it cannot read, then closes it: what a web server on a
+/// port given by mistake does. Returns its port.
+pub fn http_listener() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        for mut connection in listener.incoming().map_while(Result::ok) {
+            let mut request = [0u8; 1024];
+            let _ = connection.read(&mut request);
+            let _ = connection.write_all(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    port
+}
+
 /// A line in the test log that output capture does not swallow.
 pub fn say(line: &str) {
     let mut err = std::io::stderr().lock();
