@@ -1950,6 +1950,14 @@ async fn a_refused_event_stream_is_tried_again_and_fills_the_gap() {
 /// A proxy in front of the app that lets the test cut the page's event
 /// streams and hold new ones back, as a flaky network does, while every
 /// other request goes through.
+///
+/// It carries one request per connection: it looks only at the first
+/// request's head, and a browser sends its next request on a connection
+/// it holds open. An event stream reopened on the connection of an
+/// earlier post went through a closed gate, so the stream brought the
+/// reader's message back whenever the test was slower than the browser's
+/// reconnection delay (a loaded machine), and what the test held back
+/// was not held.
 struct StreamGate {
     url: String,
     open: tokio::sync::watch::Sender<bool>,
@@ -1993,6 +2001,7 @@ impl StreamGate {
                     let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
                         return;
                     };
+                    let head = one_request_per_connection(&head);
                     if tokio::io::AsyncWriteExt::write_all(&mut server, &head)
                         .await
                         .is_ok()
@@ -2023,6 +2032,26 @@ impl StreamGate {
     fn open(&self) {
         self.open.send_replace(true);
     }
+}
+
+/// `head` (a request's head and what came after it) asking the server to
+/// close the connection after its answer, so that the browser sends its
+/// next request on a new connection, whose head the gate sees.
+fn one_request_per_connection(head: &[u8]) -> Vec<u8> {
+    let end = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a whole head");
+    let text = std::str::from_utf8(&head[..end]).expect("an ASCII head");
+    let mut rewritten: String = text
+        .split("\r\n")
+        .filter(|line| !line.to_ascii_lowercase().starts_with("connection:"))
+        .map(|line| format!("{line}\r\n"))
+        .collect();
+    rewritten.push_str("Connection: close\r\n\r\n");
+    let mut out = rewritten.into_bytes();
+    out.extend_from_slice(&head[end + 4..]);
+    out
 }
 
 impl Drop for StreamGate {
