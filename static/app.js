@@ -170,6 +170,21 @@
     return item;
   }
 
+  // The reader's own message, shown as soon as the server stored it, is
+  // "unconfirmed" until the event stream brings it back: it never gives
+  // way meanwhile (the reader just sent it), and at the end of the
+  // history it may stand before messages stored earlier that the stream
+  // has yet to bring. `data-sent` numbers the reader's messages in the
+  // order they were sent.
+  let sends = 0;
+  function unconfirmed(item) {
+    return item.dataset.unconfirmed !== undefined;
+  }
+  function markUnconfirmed(item) {
+    item.dataset.unconfirmed = "";
+    if (!item.dataset.sent) item.dataset.sent = String(++sends);
+  }
+
   // --- Telling screen readers about new messages. The history is not a
   // live region: it would read out the whole history at load, and a page
   // of older messages loaded above it. New messages from others are put,
@@ -192,15 +207,15 @@
 
   // Drops the oldest messages past the bound, those wholly above the view
   // only, so nothing the reader sees moves; "Older messages" then goes on
-  // from the oldest kept. The reader's own messages not yet confirmed by
-  // the stream stay: they are the newest.
+  // from the oldest kept. It stops at the reader's own messages not yet
+  // confirmed by the stream (see `unconfirmed` below): they stay shown.
   function dropOldest() {
     const excess = list.children.length - keep();
     if (excess <= 0) return;
     const top = history.getBoundingClientRect().top;
     const items = list.children;
     let cut = 0;
-    while (cut < excess && items[cut].dataset.unconfirmed === undefined
+    while (cut < excess && !unconfirmed(items[cut])
       && items[cut].getBoundingClientRect().bottom <= top) cut++;
     if (!cut) return;
     const kept = anchor();
@@ -215,7 +230,8 @@
   // Drops the newest messages past the bound, those wholly below the view
   // only; the page is then behind, and "Newer messages" goes on from the
   // newest kept. The reader's own messages not yet confirmed by the stream
-  // are not dropped: they stay shown, below "Newer messages" (setBehind).
+  // are not dropped: they stay shown, below "Newer messages" (setBehind),
+  // whether they stood at the end or in their place among the dropped.
   function dropNewest() {
     const items = list.children;
     const own = list.querySelectorAll("[data-unconfirmed]").length;
@@ -226,12 +242,13 @@
     let dropping = 0;
     while (dropping < excess && items[cut - 1].getBoundingClientRect().top >= bottom) {
       cut--;
-      if (items[cut].dataset.unconfirmed === undefined) dropping++;
+      if (!unconfirmed(items[cut])) dropping++;
     }
     if (!dropping) return;
     const kept = anchor();
     const dropped = [...items].slice(cut);
     setBehind(true);
+    keepBelow(dropped.filter((item) => item.parentElement === list && unconfirmed(item)));
     for (const item of dropped) {
       if (item.parentElement === list) item.remove();
     }
@@ -239,14 +256,16 @@
   }
 
   // Behind, the last message shown is where "Newer messages" goes on
-  // from, so the reader's own messages not yet confirmed by the stream,
-  // which stand after it out of the chat's order, move below the link, to
-  // a list of their own (#sent): whoever just sent a message sees it
-  // there, whenever the page gives way (a page of older messages loaded,
-  // or a live one while scrolled up, before the stream brought the
-  // message back). Back at the live end they go back to its end; those
-  // the history brought meanwhile are shown there in their place instead.
+  // from, so the reader's own messages not yet confirmed by the stream
+  // that stand at the end, after it and maybe out of the chat's order,
+  // move below the link, to a list of their own (#sent): whoever just
+  // sent a message sees it there, whenever the page gives way (a page of
+  // older messages loaded, or a live one while scrolled up, before the
+  // stream brought the message back). Back at the live end they go back
+  // to its end; those the history brought meanwhile are shown there in
+  // their place instead.
   function setBehind(now) {
+    const was = behind;
     behind = now;
     let newer = document.getElementById("newer");
     if (!now) {
@@ -272,8 +291,29 @@
       p.append(newer);
       list.after(p);
     }
-    const own = list.querySelectorAll("[data-unconfirmed]");
-    if (own.length) sentList().append(...own);
+    // Already behind, every message in the history is in its place.
+    if (!was) keepBelow(ownAtEnd());
+  }
+
+  // The reader's own messages at the end of the history that the stream
+  // has not brought back yet, oldest first.
+  function ownAtEnd() {
+    const own = [];
+    for (let item = list.lastElementChild; item && unconfirmed(item); item = item.previousElementSibling) {
+      own.unshift(item);
+    }
+    return own;
+  }
+
+  // Moves the reader's own `items` below "Newer messages", in the order
+  // they were sent (which is the chat's order: one send at a time, each
+  // stored before the next goes), whatever order they come in.
+  function keepBelow(items) {
+    if (!items.length) return;
+    const sent = sentList();
+    const all = [...sent.children, ...items];
+    all.sort((a, b) => Number(a.dataset.sent) - Number(b.dataset.sent));
+    sent.append(...all);
   }
 
   // The list below "Newer messages" of the reader's own messages the
@@ -299,9 +339,10 @@
   // sent it; otherwise the view stays and "New messages" appears.
   //
   // The reader's own message is shown as soon as it is stored, before the
-  // event stream brings it; until then it is marked unconfirmed. The stream
-  // brings messages in the chat's order, so one it brings before it (sent
-  // earlier, missed while the stream was down or slow) goes before it.
+  // event stream brings it; until then it is marked unconfirmed (see
+  // `unconfirmed`). The stream brings messages in the chat's order, so one
+  // it brings before it (sent earlier, missed while the stream was down or
+  // slow) goes before it.
   //
   // Scrolled up with the page full, the page gives way at its newest end
   // instead of above the view: the message is not added, and "New
@@ -311,8 +352,16 @@
   function append(message, own) {
     const shown = document.getElementById("m-" + message.id);
     if (shown) {
-      if (own) scrollToBottom();
-      else delete shown.dataset.unconfirmed;
+      if (own) {
+        // Already shown in its place by a load of the history (the
+        // latest, while the answer was on its way), which rebuilds it
+        // without the mark: still the reader's own, until the stream
+        // brings it.
+        if (ownKeys.has(message.id) && !unconfirmed(shown)) markUnconfirmed(shown);
+        scrollToBottom();
+      } else {
+        delete shown.dataset.unconfirmed;
+      }
       return false;
     }
     // The latest messages are on their way: this one goes after them.
@@ -331,8 +380,8 @@
         // Sent while behind and the latest could not be loaded: shown
         // below "Newer messages", as when the page gave way after it.
         const item = build(message);
-        item.dataset.unconfirmed = "";
-        sentList().append(item);
+        markUnconfirmed(item);
+        keepBelow([item]);
         scrollToBottom();
       } else if (caught) {
         caught.push(message);
@@ -342,8 +391,8 @@
     }
     const kept = follow ? null : anchor();
     const item = build(message);
-    if (own) item.dataset.unconfirmed = "";
-    list.insertBefore(item, own ? null : list.querySelector("[data-unconfirmed]"));
+    if (own) markUnconfirmed(item);
+    list.insertBefore(item, own ? null : ownAtEnd()[0] || null);
     removeEmpty();
     if (follow) {
       scrollToBottom();
@@ -463,10 +512,11 @@
       for (const message of reached && caught ? body.concat(caught) : body) {
         const shown = document.getElementById("m-" + message.id);
         if (added.has(message.id) || (shown && shown.parentElement === list)) continue;
-        // The reader's own, kept below "Newer messages": now in its place.
-        if (shown) shown.remove();
+        // The reader's own, kept below "Newer messages": now in its place,
+        // still marked if the stream has not brought it yet, so that it
+        // cannot give way before it has.
         added.add(message.id);
-        fragment.append(build(message));
+        fragment.append(shown || build(message));
       }
       list.append(fragment);
       if (reached) setBehind(false);
@@ -488,9 +538,21 @@
   // the reader's own message, are kept (`reloading`) and then added as
   // they would have been: after the latest, or, when those could not be
   // loaded, to the page as it was.
+  //
+  // The reader's own messages that the stream has not brought yet keep
+  // their mark when the latest include them: rebuilt without it, a page
+  // giving way before the stream brought them took them out of view. Not
+  // those at or before where a `reset` went live (`passed`, its id): the
+  // stream will never bring them, and they are in their place.
   let reloading = null;
-  async function showLatest(asked) {
-    if (reloading) return;
+  // A reset that came while the latest were on their way: they may not
+  // reach where it went live, so they are loaded again after.
+  let resetAgain = null;
+  async function showLatest(asked, passed) {
+    if (reloading) {
+      if (passed !== undefined) resetAgain = passed;
+      return;
+    }
     reloading = [];
     let body = null;
     try {
@@ -504,10 +566,19 @@
     reloading = null;
     if (body) {
       const latest = body.slice(-PAGE);
-      const fetched = new Set(latest.map((m) => m.id));
-      const kept = [...log.querySelectorAll("[data-unconfirmed]")]
-        .filter((item) => !fetched.has(item.dataset.id));
-      list.replaceChildren(...latest.map(build), ...kept);
+      const own = new Map([...log.querySelectorAll("[data-unconfirmed]")].map((item) => [item.dataset.id, item]));
+      const live = passed === undefined ? -1 : latest.findIndex((m) => m.id === passed);
+      const items = latest.map((message, i) => {
+        const item = own.get(message.id);
+        own.delete(message.id);
+        if (i <= live) {
+          // Never brought by the stream, so never to be read out by it.
+          ownKeys.delete(message.id);
+          if (item) delete item.dataset.unconfirmed;
+        }
+        return item || build(message);
+      });
+      list.replaceChildren(...items, ...own.values());
       // The reader's own kept below "Newer messages" that the stream has
       // brought back are among the latest, or older than all of them.
       const sent = document.getElementById("sent");
@@ -528,6 +599,11 @@
       showError("Could not reach the server to load the latest messages.");
     }
     for (const { message, own } of brought) append(message, own);
+    if (resetAgain !== null) {
+      const again = resetAgain;
+      resetAgain = null;
+      showLatest(false, again);
+    }
   }
 
   // --- The text box grows with what is typed where CSS cannot do it.
@@ -770,7 +846,7 @@
     source.addEventListener("reset", (event) => {
       // Where the server went live: a reconnect resumes from there.
       lastEventId = event.lastEventId;
-      showLatest(false);
+      showLatest(false, event.lastEventId);
     });
     source.addEventListener("message", (event) => {
       if (event.lastEventId) lastEventId = event.lastEventId;

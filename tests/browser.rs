@@ -1441,6 +1441,85 @@ async fn your_own_message_stays_shown_when_the_page_gives_way_before_the_stream_
     }
 }
 
+/// Sending while the page is behind loads the latest messages, and they
+/// include the message just sent; the page rebuilt it from them without
+/// its mark as the reader's own, not yet brought back by the event stream.
+/// Reading back then, the page gave way at its newest end and took the
+/// message out of view, though the stream had still not brought it. (A
+/// `reset`'s reload of the latest rebuilt it the same way.) The window is
+/// forced by holding the event stream back. The message now keeps its
+/// mark in its place among the latest, and stays shown below "Newer
+/// messages" when the page gives way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn your_own_message_stays_shown_when_the_latest_are_loaded_before_the_stream_brings_it() {
+    for size in [PHONE, DESKTOP] {
+        let Some(tab) = Browser::open("own_kept_latest", size).await else {
+            return;
+        };
+        let app = spawn_app(&[]).await;
+        post_numbered(&app, "ann", 1..=320).await;
+        let gate = StreamGate::start(&app.base_url).await;
+        tab.load(&gate.url).await;
+        let c = &tab.client;
+        keep_at_most_the_tests_bound(c).await;
+        click_keeping_the_view(c, size, "older").await;
+        click_keeping_the_view(c, size, "older").await;
+        assert_eq!(span(&shown_numbers(c).await), (21, 220, KEEP));
+
+        // Sent while behind, with the stream held: the latest, with it.
+        gate.cut_and_hold();
+        page_wait(
+            c,
+            "return $('#connection').dataset.state === 'reconnecting'",
+            "the stream dropped",
+        )
+        .await;
+        send(c, "me", "message 321").await;
+        page_wait(
+            c,
+            "return $('#text').value === '' && !$('#newer') \
+             && newest().querySelector('.text').textContent === 'message 321'",
+            "the latest with my message",
+        )
+        .await;
+        assert_eq!(span(&shown_numbers(c).await), (222, 321, 100));
+
+        // Reading back: the newest end gives way, my message with it
+        // unless it is still known as mine.
+        click_keeping_the_view(c, size, "older").await;
+        click_keeping_the_view(c, size, "older").await;
+        assert_eq!(span(&shown_numbers(c).await), (22, 221, KEEP));
+        assert_eq!(
+            page_eval(c, SENT_JS).await,
+            json!(["message 321", true, 1]),
+            "{size:?}: my message still shown, once, at the bottom"
+        );
+
+        // The stream brings it back; walking forward shows it in its
+        // place, once.
+        gate.open();
+        page_wait(
+            c,
+            "return $('#connection').dataset.state === 'live' && !$('#sent [data-unconfirmed]')",
+            "my message brought back",
+        )
+        .await;
+        click_keeping_the_view(c, size, "newer").await;
+        c.find(Locator::Id("newer"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        page_wait(c, "return !$('#newer')", "the live end").await;
+        assert_eq!(span(&shown_numbers(c).await), (122, 321, KEEP));
+        assert_eq!(page_eval(c, SENT_JS).await, Value::Null);
+        tab.close().await;
+        drop(gate);
+        app.shutdown().await;
+    }
+}
+
 /// "Older messages" is a link to a page of older history, and "Newer
 /// messages" one to the latest; opened in a new tab (Ctrl+click) they
 /// loaded in place instead, and no tab opened. A click with a modifier is
