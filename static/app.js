@@ -662,12 +662,36 @@
   // their streams can bring the message, which comes only once the server
   // has stored it. By a BroadcastChannel where the browser has one
   // (https://html.spec.whatwg.org/multipage/web-messaging.html#broadcasting-to-other-browsing-contexts),
-  // elsewhere by writing the key to localStorage, whose "storage" event
-  // fires in every other tab of the site and not in the one that wrote it
-  // (https://html.spec.whatwg.org/multipage/webstorage.html#the-storage-event).
-  // Where the browser refuses both, each tab knows only its own messages,
-  // as before.
+  // and by keeping the latest SENT_KEPT keys in localStorage, whose
+  // "storage" event fires in every other tab of the site and not in the
+  // one that wrote it
+  // (https://html.spec.whatwg.org/multipage/webstorage.html#the-storage-event),
+  // which tells the others where there is no BroadcastChannel. The keys
+  // kept there also reach a tab opened later, or this one reloaded, while
+  // a message is still on its way (a send waiting out an election, or
+  // retried): the stream brings it to that tab after it has opened, and
+  // it was read out as another's. Where the browser refuses both, each
+  // tab knows only the messages it sent itself.
   const SENT_KEY = "simplechat.sent";
+  // The keys in `value` as kept: a JSON array, or one key alone as an
+  // older page wrote it; nothing from what cannot be read.
+  function keysIn(value) {
+    if (!value) return [];
+    try {
+      const keys = JSON.parse(value);
+      return Array.isArray(keys) ? keys.filter((key) => typeof key === "string") : [];
+    } catch (e) {
+      return [value];
+    }
+  }
+  function storedKeys() {
+    try {
+      return keysIn(localStorage.getItem(SENT_KEY));
+    } catch (e) {
+      return []; // Site data blocked.
+    }
+  }
+  for (const key of storedKeys()) keepOwn(key);
   let channel = null;
   try {
     if (window.BroadcastChannel) channel = new BroadcastChannel(SENT_KEY);
@@ -677,9 +701,15 @@
   function tellOtherTabs(key) {
     try {
       if (channel) channel.postMessage(key);
-      else localStorage.setItem(SENT_KEY, key);
     } catch (e) {
-      // Not told: storage blocked or full.
+      // Not told this way: the channel is closed.
+    }
+    try {
+      const keys = storedKeys().filter((kept) => kept !== key);
+      keys.push(key);
+      localStorage.setItem(SENT_KEY, JSON.stringify(keys.slice(-SENT_KEPT)));
+    } catch (e) {
+      // Not kept: storage blocked or full.
     }
   }
   if (channel) {
@@ -688,7 +718,14 @@
     });
   }
   window.addEventListener("storage", (event) => {
-    if (event.key === SENT_KEY && event.newValue) keepOwn(event.newValue);
+    if (event.key === SENT_KEY) {
+      // Only the keys added: those kept before are known here already,
+      // or were brought by the stream and forgotten.
+      const before = new Set(keysIn(event.oldValue));
+      for (const key of keysIn(event.newValue)) {
+        if (!before.has(key)) keepOwn(key);
+      }
+    }
     // A name another tab sent with is filled in here too, where the box
     // holds nothing typed in this tab (it is empty, or holds the name
     // remembered before) and the reader is not in it. Not while a send of

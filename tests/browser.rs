@@ -3199,6 +3199,93 @@ async fn your_messages_from_another_tab_are_not_announced_without_broadcast_chan
     two_tabs_of_one_browser("other_tab_storage", PHONE, false).await;
 }
 
+/// A tab opened while a message sent from another tab was still on its
+/// way (a post waiting out an election, or retried after a lost answer)
+/// had not been told its key, which each tab told only the tabs open at
+/// the time: when the stream brought the message, after that tab had
+/// opened, it read the reader's own message out as someone else's. The
+/// keys are now also kept in the browser's storage, which a tab reads
+/// as it opens.
+async fn a_tab_opened_while_your_message_is_on_its_way(test: &str, size: (u32, u32)) {
+    let Some(tab) = Browser::open(test, size).await else {
+        return;
+    };
+    let app = spawn_app(&[]).await;
+    app.post_message("ann", "before").await;
+    let c = &tab.client;
+    tab.load(&app.base_url).await;
+    let first = c.window().await.unwrap();
+    // The post leaves only once the test lets it go.
+    page_eval(
+        c,
+        "const send = window.fetch;
+         window.fetch = async (url, options) => {
+           if (options && options.method === 'POST') {
+             while (!window.letGo) await new Promise((r) => setTimeout(r, 50));
+           }
+           return send(url, options);
+         };
+         return true",
+    )
+    .await;
+    send(c, "me", "on its way").await;
+    page_wait(
+        c,
+        "return $('#send-button').disabled",
+        "the send on its way",
+    )
+    .await;
+
+    let second = c.new_window(true).await.unwrap().handle;
+    c.switch_to_window(second.clone()).await.unwrap();
+    tab.load(&app.base_url).await;
+    // Long enough for the first stream's replay to have settled: what
+    // comes after it is read out.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    c.switch_to_window(first).await.unwrap();
+    page_eval(c, "window.letGo = true; return true").await;
+    page_wait(
+        c,
+        "return $('#text').value === '' && items().length === 2",
+        "sent from the first tab",
+    )
+    .await;
+    c.switch_to_window(second).await.unwrap();
+    page_wait(
+        c,
+        "return items().some((m) => m.querySelector('.text').textContent === 'on its way')",
+        "the first tab's message in the second",
+    )
+    .await;
+    // The stream brings messages in order and each is read out as it
+    // comes: once bob's is read out, the reader's own would have been.
+    app.post_message("bob", "after yours").await;
+    page_wait(
+        c,
+        &format!("{ANNOUNCED_JS}.length > 0"),
+        "bob's message read out in the second tab",
+    )
+    .await;
+    assert_eq!(
+        page_eval(c, ANNOUNCED_JS).await,
+        json!(["bob: after yours"]),
+        "{size:?}: the tab opened later reads out only bob's message, not the reader's own"
+    );
+    tab.close().await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tab_opened_while_your_message_is_on_its_way_does_not_read_it_out_on_a_phone() {
+    a_tab_opened_while_your_message_is_on_its_way("opened_later_phone", PHONE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tab_opened_while_your_message_is_on_its_way_does_not_read_it_out_on_a_desktop() {
+    a_tab_opened_while_your_message_is_on_its_way("opened_later_desktop", DESKTOP).await;
+}
+
 /// What the first event stream replays as the page opens is part of the
 /// page load, and is not read out: it was taken to be over only once no
 /// message had come for 0.7 s, so in a busy room, with messages coming
