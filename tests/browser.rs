@@ -3286,6 +3286,65 @@ async fn a_tab_opened_while_your_message_is_on_its_way_does_not_read_it_out_on_a
     a_tab_opened_while_your_message_is_on_its_way("opened_later_desktop", DESKTOP).await;
 }
 
+/// A name sent with in one tab fills the other tabs' name box only where
+/// nothing was typed in it: a name typed in the other tab (and left, to
+/// write the text) stays as typed. Nothing tested that it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_typed_in_another_tab_is_left_alone() {
+    for size in [PHONE, DESKTOP] {
+        let Some(tab) = Browser::open("typed_name", size).await else {
+            return;
+        };
+        let app = spawn_app(&[]).await;
+        let c = &tab.client;
+        tab.load(&app.base_url).await;
+        let first = c.window().await.unwrap();
+        let second = c.new_window(true).await.unwrap().handle;
+        c.switch_to_window(second.clone()).await.unwrap();
+        tab.load(&app.base_url).await;
+        c.find(Locator::Id("name"))
+            .await
+            .unwrap()
+            .send_keys("bo")
+            .await
+            .unwrap();
+        c.find(Locator::Id("text"))
+            .await
+            .unwrap()
+            .send_keys("half a thought")
+            .await
+            .unwrap();
+        // Every change of the remembered name this tab is told of, after
+        // the page's own listener has seen it.
+        page_eval(
+            c,
+            "window.told = [];
+             window.addEventListener('storage', (e) => { if (e.key === 'simplechat.name') told.push(e.newValue) });
+             return document.activeElement.id",
+        )
+        .await;
+
+        c.switch_to_window(first).await.unwrap();
+        send(c, "me", "hello").await;
+        page_wait(
+            c,
+            "return $('#text').value === '' && items().length === 1",
+            "sent",
+        )
+        .await;
+
+        c.switch_to_window(second).await.unwrap();
+        page_wait(c, "return window.told.includes('me')", "the name told").await;
+        assert_eq!(
+            page_eval(c, "return [$('#name').value, $('#text').value]").await,
+            json!(["bo", "half a thought"]),
+            "{size:?}: the name typed in this tab, and its draft, left as they were"
+        );
+        tab.close().await;
+        app.shutdown().await;
+    }
+}
+
 /// What the first event stream replays as the page opens is part of the
 /// page load, and is not read out: it was taken to be over only once no
 /// message had come for 0.7 s, so in a busy room, with messages coming
