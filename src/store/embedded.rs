@@ -1283,8 +1283,12 @@ fn read_range(db: &Database, cursor: &Cursor, limit: usize) -> Result<Vec<Messag
             }
             out.reverse();
         }
-        Cursor::After(id) => {
-            for entry in messages.range(position(id)? + 1..)?.take(limit) {
+        Cursor::Oldest | Cursor::After(_) => {
+            let from = match cursor {
+                Cursor::After(id) => position(id)? + 1,
+                _ => 0,
+            };
+            for entry in messages.range(from..)?.take(limit) {
                 let (_, v) = entry?;
                 out.push(decode(v.value())?);
             }

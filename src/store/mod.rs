@@ -30,6 +30,9 @@ use crate::message::{Message, NewMessage};
 pub enum Cursor {
     /// The newest messages.
     Latest,
+    /// The oldest messages: where a walk through the whole history
+    /// forward begins.
+    Oldest,
     /// Messages just older than the message with this id.
     Before(String),
     /// Messages just newer than the message with this id.

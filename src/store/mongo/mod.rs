@@ -280,6 +280,7 @@ impl Store for MongoStore {
         let collections = self.shared.collections()?;
         let range = match cursor {
             Cursor::Latest => Range::Latest,
+            Cursor::Oldest => Range::Oldest,
             Cursor::Before(id) => Range::Beyond(
                 position_of(&self.shared, &collections, &id).await?,
                 Direction::Older,
