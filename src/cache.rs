@@ -74,6 +74,18 @@ impl Arrival {
     }
 }
 
+/// Where a subscriber to a complete cache starts ([`Cache::subscribe_at`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Start {
+    /// The first arrival the subscriber is sent.
+    pub next: Arrival,
+    /// The newest message before it, which a subscriber that falls behind
+    /// before it was sent anything catches up after (once the cache has
+    /// let go of `next`, or begun a new epoch); `None` when the store has
+    /// no message, so that everything stored is after it.
+    pub after: Option<String>,
+}
+
 /// Where the cache's arrivals stood when a store read began
 /// ([`Cache::mark`], [`Cache::reset_since`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -453,13 +465,31 @@ impl Cache {
     pub fn subscribe_with_next(
         &self,
     ) -> (broadcast::Receiver<Arc<CachedMessage>>, Option<Arrival>) {
+        let (receiver, start) = self.subscribe_at();
+        (receiver, start.map(|s| s.next))
+    }
+
+    /// Like [`Cache::subscribe`], with where the receiver starts in the
+    /// store order ([`Start`]) when the cache can say: it is complete, and
+    /// holds the newest message or knows the store has none.
+    pub fn subscribe_at(&self) -> (broadcast::Receiver<Arc<CachedMessage>>, Option<Start>) {
         let recent = self.read();
         let receiver = self.sender.subscribe();
-        let next = recent.complete.then_some(Arrival {
-            epoch: recent.epoch,
-            seq: recent.next_seq,
+        let after = match recent.events.back() {
+            Some(newest) => Some(Some(newest.message.id.clone())),
+            None if recent.whole_history => Some(None),
+            // Complete and empty, yet not the whole history: every message
+            // was larger than the cache's budget. The store can say.
+            None => None,
+        };
+        let start = after.filter(|_| recent.complete).map(|after| Start {
+            next: Arrival {
+                epoch: recent.epoch,
+                seq: recent.next_seq,
+            },
+            after,
         });
-        (receiver, next)
+        (receiver, start)
     }
 
     /// Tells when the cache becomes complete ([`Cache::is_complete`]), or

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
-use crate::cache::{Arrival, Cache, CachedMessage, Listing, CACHE_CAPACITY};
+use crate::cache::{Arrival, Cache, CachedMessage, Listing, Start, CACHE_CAPACITY};
 use crate::config::{Config, StoreConfig};
 use crate::message::{Message, NewMessage};
 use crate::store::embedded::EmbeddedStore;
@@ -77,7 +77,7 @@ impl Chat {
         let cached = match &cursor {
             Cursor::Latest => self.cache.latest(limit),
             Cursor::After(id) => self.cache.after(id, limit),
-            Cursor::Before(_) => None,
+            Cursor::Before(_) | Cursor::Oldest => None,
         };
         if let Some(messages) = cached {
             return Ok(messages);
@@ -131,16 +131,21 @@ impl Chat {
             .map(|m| m.message.id.clone()))
     }
 
-    /// Every message published from now on, and the first arrival it will
-    /// bring when the cache is complete (see [`Cache::subscribe_with_next`]).
-    pub fn subscribe(&self) -> (broadcast::Receiver<Arc<CachedMessage>>, Option<Arrival>) {
-        self.cache.subscribe_with_next()
+    /// Every message published from now on, and where it starts when the
+    /// cache can say (see [`Cache::subscribe_at`]).
+    pub fn subscribe(&self) -> (broadcast::Receiver<Arc<CachedMessage>>, Option<Start>) {
+        self.cache.subscribe_at()
     }
 
     /// Up to `limit` cached messages from arrival `next` on, if the cache
     /// still holds it (see [`Cache::since`]).
     pub fn since(&self, next: Arrival, limit: usize) -> Option<Vec<Arc<CachedMessage>>> {
         self.cache.since(next, limit)
+    }
+
+    /// Whether the cache holds the message `id` (see [`Cache::holds`]).
+    pub fn holds(&self, id: &str) -> bool {
+        self.cache.holds(id)
     }
 
     /// Where the message with `id` arrived in the cache, if it holds it.

@@ -2744,3 +2744,221 @@ async fn the_order_index_dropped_by_another_client_is_created_again() {
     }
     app.shutdown().await;
 }
+
+// Event streams that the cache cannot place: more messages than it holds
+// stored before its first load, a reset of the cache under a live stream,
+// and streams that wait for the cache.
+
+/// More messages than the cache holds (1,000), stored by another writer
+/// into an empty store while an instance makes its first load, all reach
+/// a subscriber that connected to that instance before the load: every
+/// one, in the store order, once. Before, the subscriber, placed before
+/// any message was stored, caught up with "the latest" page once the load
+/// was done, and the 200 oldest never came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_messages_than_the_cache_holds_stored_during_the_first_load_all_reach_a_live_subscriber(
+) {
+    let test =
+        "more_messages_than_the_cache_holds_stored_during_the_first_load_all_reach_a_live_subscriber";
+    let cluster = sim_cluster(test).await;
+    let sim = cluster.sim().expect("simulator");
+    hold_read_of_messages(sim, "load", |limit| limit > 1);
+    let app = start_app_with(
+        &cluster,
+        "manyfirst",
+        20,
+        &[("heartbeat_secs", json!(3600))],
+    )
+    .await;
+    until_held(sim, "load").await;
+    let mut subscriber = Subscriber::connect(&app).await;
+
+    // Stored as another instance stores them: the server stamps each
+    // position, in the order of the batch.
+    let stored: Vec<String> = (0..1200).map(|i| format!("m{i:04}")).collect();
+    let documents = stored.iter().map(|id| {
+        doc! { "_id": id, "name": "bob", "text": id,
+        "datetime": mongodb::bson::DateTime::now(),
+        "position": mongodb::bson::Timestamp { time: 0, increment: 0 } }
+    });
+    cluster
+        .lab_messages("manyfirst")
+        .await
+        .insert_many(documents)
+        .await
+        .expect("stored by another writer");
+    sim.release("load");
+    assert_eq!(
+        subscriber
+            .next_ids(stored.len(), Duration::from_secs(30))
+            .await,
+        stored,
+        "every message stored after the stream opened, once, in order"
+    );
+    assert_eq!(post_with_id(&app, "after", "after").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["after"]
+    );
+    assert_eq!(subscriber.arrived(), Vec::<String>::new());
+    app.shutdown().await;
+}
+
+/// The `event:` and `id:` of every event a stream opened by `response`
+/// sends (`message` and `reset`), in order.
+async fn events_of(response: reqwest::Response) -> mpsc::UnboundedReceiver<(String, String)> {
+    assert_eq!(response.status(), 200);
+    let (tx, events) = mpsc::unbounded_channel();
+    let (opened, open) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut opened = Some(opened);
+        let mut body = response.bytes_stream();
+        let mut buffer = String::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let frame: String = buffer.drain(..end + 2).collect();
+                if let Some(opened) = opened.take() {
+                    let _ = opened.send(());
+                }
+                let field = |name: &str| frame.lines().find_map(|l| l.strip_prefix(name));
+                if let (Some(event), Some(id)) = (field("event: "), field("id: ")) {
+                    if tx.send((event.to_owned(), id.to_owned())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), open)
+        .await
+        .expect("the event stream starts")
+        .expect("reader running");
+    events
+}
+
+/// The next event of `events`, as `(event, id)`.
+async fn next_event(events: &mut mpsc::UnboundedReceiver<(String, String)>) -> (String, String) {
+    tokio::time::timeout(Duration::from_secs(20), events.recv())
+        .await
+        .expect("an event in time")
+        .expect("the stream is open")
+}
+
+/// A subscriber following live while the store loses every message (another
+/// client drops the collection): the instance's cache is reset from the
+/// empty store, a new epoch of its arrivals, and the next message posted
+/// is the first of that epoch the subscriber is sent. It is told, with a
+/// `reset` naming that message, that what it has is gone (a page then
+/// shows the latest messages), then goes on live. Before, a message of a
+/// newer epoch than the subscriber's place was sent as the next message:
+/// the page went on showing messages the store no longer has, above it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_subscriber_whose_messages_the_store_lost_is_sent_a_reset() {
+    let test = "a_live_subscriber_whose_messages_the_store_lost_is_sent_a_reset";
+    let cluster = sim_cluster(test).await;
+    let sim = cluster.sim().expect("simulator");
+    let app = start_app_with(&cluster, "lost", 20, &[("heartbeat_secs", json!(3600))]).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    let mut events = events_of(app.get("/api/events").await).await;
+    assert_eq!(post_with_id(&app, "before", "before").await, 201);
+    assert_eq!(
+        next_event(&mut events).await,
+        ("message".to_owned(), "before".to_owned())
+    );
+
+    // The reopened change stream's read of the latest messages (one more
+    // than the cache holds; a catch-up reads a page of 1,000) waits, so the
+    // cache is reset from the empty store before anything is posted.
+    hold_read_of_messages(sim, "reload", |limit| limit > 1000);
+    cluster
+        .lab_messages("lost")
+        .await
+        .drop()
+        .await
+        .expect("another client drops the collection");
+    until_held(sim, "reload").await;
+    sim.release("reload");
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    assert_eq!(listed_ids(&app).await, Vec::<String>::new());
+
+    assert_eq!(post_with_id(&app, "after", "after").await, 201);
+    assert_eq!(
+        next_event(&mut events).await,
+        ("reset".to_owned(), "after".to_owned()),
+        "what the subscriber has is gone"
+    );
+    assert_eq!(post_with_id(&app, "later", "later").await, 201);
+    assert_eq!(
+        next_event(&mut events).await,
+        ("message".to_owned(), "later".to_owned())
+    );
+    assert_eq!(listed_ids(&app).await, ["after", "later"]);
+    app.shutdown().await;
+}
+
+/// Subscribers that connect to an instance while its first load waits
+/// (resuming from a message with `after=` or `Last-Event-ID`, or live) are
+/// sent the instance's own post at once, after the message another
+/// instance stored before it, in the store order, while the load still
+/// waits; once it is done, what follows, once. Before, they were sent
+/// nothing until the load was done, however long it took: a user whose
+/// page connected while the instance started saw no one's messages, even
+/// those posted through the same instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_waiting_for_the_first_load_get_the_instances_posts_meanwhile() {
+    let test = "subscribers_waiting_for_the_first_load_get_the_instances_posts_meanwhile";
+    let cluster = sim_cluster(test).await;
+    let sim = cluster.sim().expect("simulator");
+    let other = start_app(&cluster, "waitload", 20).await;
+    wait_for_change_stream(&other, Duration::from_secs(20)).await;
+    assert_eq!(post_with_id(&other, "first", "first").await, 201);
+    hold_read_of_messages(sim, "load", |limit| limit > 1);
+    let app = start_app_with(&cluster, "waitload", 20, &[("heartbeat_secs", json!(3600))]).await;
+    until_held(sim, "load").await;
+    let with_header = reqwest::Client::new()
+        .get(app.url("/api/events"))
+        .header("Last-Event-ID", "first")
+        .send()
+        .await
+        .expect("GET");
+    let mut subscribers = vec![
+        (
+            "after=first",
+            Subscriber::connect_to(&app, "/api/events?after=first").await,
+        ),
+        (
+            "Last-Event-ID: first",
+            Subscriber::reading(with_header).await,
+        ),
+        ("live", Subscriber::connect(&app).await),
+    ];
+
+    assert_eq!(post_with_id(&other, "elsewhere", "elsewhere").await, 201);
+    assert_eq!(post_with_id(&app, "here", "here").await, 201);
+    for (how, subscriber) in &mut subscribers {
+        assert_eq!(
+            subscriber.next_ids(2, Duration::from_secs(20)).await,
+            ["elsewhere", "here"],
+            "{how}"
+        );
+    }
+    assert_eq!(sim.held("load"), 1, "sent while the load still waits");
+    sim.release("load");
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    assert_eq!(post_with_id(&app, "after", "after").await, 201);
+    for (how, subscriber) in &mut subscribers {
+        assert_eq!(
+            subscriber.next_ids(1, Duration::from_secs(20)).await,
+            ["after"],
+            "{how}: once"
+        );
+        assert_eq!(subscriber.arrived(), Vec::<String>::new(), "{how}");
+    }
+    assert_eq!(
+        listed_ids(&app).await,
+        ["first", "elsewhere", "here", "after"]
+    );
+    app.shutdown().await;
+    other.shutdown().await;
+}

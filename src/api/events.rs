@@ -27,7 +27,7 @@ use rocket::request::Request;
 use rocket::response::stream::ByteStream;
 use rocket::response::{self, Redirect, Responder, Response};
 use rocket::tokio::select;
-use rocket::tokio::sync::broadcast::error::RecvError;
+use rocket::tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use rocket::tokio::time::{interval_at, Instant};
 
 use crate::api::echo::echo;
@@ -185,18 +185,19 @@ fn reset_frame(named: &str, why: Option<&str>, newest: Option<&str>) -> Bytes {
 
 /// Where a stream that cannot replay goes live: after the newest message
 /// now, which a client that follows the reset has (its id, and the cache's
-/// next arrival after it; `None`s when the store is empty or cannot say).
-async fn live_after_newest(chat: &Chat) -> (Option<String>, Option<Arrival>) {
-    let newest = chat
-        .list(Cursor::Latest, 1)
-        .await
-        .ok()
-        .and_then(|b| b.into_iter().last());
+/// next arrival after it, if the cache holds it; no id when the store has
+/// no message, so that everything stored from then on is after it).
+///
+/// Errors: the store cannot say which message is the newest. The stream
+/// then ends, and the client's reconnect asks again: going on from a
+/// guess, it would replay history the client has, or skip what it lacks.
+async fn live_after_newest(chat: &Chat) -> Result<(Option<String>, Option<Arrival>), StoreError> {
+    let newest = chat.list(Cursor::Latest, 1).await?.into_iter().last();
     let next = newest
         .as_ref()
         .and_then(|c| c.arrival.or_else(|| chat.arrival_of(&c.message.id)))
         .map(Arrival::next);
-    (newest.map(|c| c.message.id.clone()), next)
+    Ok((newest.map(|c| c.message.id.clone()), next))
 }
 
 /// Whether a stream placed by a read that began when the cache was
@@ -233,7 +234,8 @@ fn remember(last: &mut Option<String>, id: &str) {
 /// cannot place (a MongoDB store before its first load, or while its
 /// change stream reopens) reads the newest message from the store first,
 /// and subscribes after: what is stored from then on comes after that
-/// message, and the stream sends it once the cache is complete. When that
+/// message, and the stream sends it when a message published meanwhile
+/// sends it to the store, or once the cache is complete. When that
 /// read fails, the stream ends after its `retry:` line, and the client's
 /// reconnect asks again. The `reset` for what is no message id reads the
 /// newest message before it returns too, so it names none stored once the
@@ -270,10 +272,11 @@ where
     let reset = match &resume {
         Resume::NotAnId(named) => {
             let complete_before = chat.cache_complete();
-            let (newest, next) = live_after_newest(&chat).await;
-            let why = validate_id(named).err().map(|e| e.message);
-            let frame = reset_frame(named, why.as_deref(), newest.as_deref());
-            Some((frame, newest, next, complete_before))
+            Some(live_after_newest(&chat).await.map(|(newest, next)| {
+                let why = validate_id(named).err().map(|e| e.message);
+                let frame = reset_frame(named, why.as_deref(), newest.as_deref());
+                (frame, newest, next, complete_before)
+            }))
         }
         _ => None,
     };
@@ -282,7 +285,9 @@ where
         // What this subscriber has, in constant memory: the next arrival in
         // the cache it has not been sent (while it follows the cache), and
         // the last message it was sent (where a replay from the store
-        // continues).
+        // continues). No last message means none was stored when the
+        // stream was placed: a replay then begins at the oldest message,
+        // not at the latest page, which would skip what is before it.
         let mut next: Option<Arrival> = None;
         let mut last_id = match resume {
             Resume::After(id) => Some(id),
@@ -296,13 +301,16 @@ where
         // publishes before it (its own posts) can come, in the store
         // order, after messages stored elsewhere that only the load brings
         // in: sent as they come, these would be missed, or sent out of
-        // order. Once the cache is complete, the stream catches up from
-        // `last_id`, in the store order.
+        // order. Each one published sends the stream to the store instead,
+        // for what is after `last_id`, in the store order; once the cache
+        // is complete, it catches up from `last_id` once more and follows
+        // the broadcast.
         let mut until_complete = false;
         match live_after {
             None => {
-                if !catching_up && reset.is_none() {
-                    next = now;
+                if let (false, None, Some(start)) = (catching_up, &reset, now) {
+                    next = Some(start.next);
+                    last_id = start.after;
                 }
             }
             Some(Ok(newest)) => {
@@ -321,6 +329,14 @@ where
         // not answer: the broadcast may bring them again once. Empty unless
         // the cache was incomplete; at most one page.
         let mut overlap: Vec<String> = Vec::new();
+        let reset = match reset {
+            Some(Ok(reset)) => Some(reset),
+            None => None,
+            Some(Err(_)) => {
+                yield Bytes::from_static(b"retry: 2000\n\n");
+                return;
+            }
+        };
         // Tells EventSource how soon to reconnect, and flushes the headers.
         yield Bytes::from_static(b"retry: 2000\n: connected\n\n");
         if let Some((frame, newest, placed, complete_before)) = reset {
@@ -356,7 +372,7 @@ where
                 // when it holds the id, the store when not).
                 let cursor = match &last_id {
                     Some(id) => Cursor::After(id.clone()),
-                    None => Cursor::Latest,
+                    None => Cursor::Oldest,
                 };
                 let complete_before = chat.cache_complete();
                 match chat.list(cursor, MAX_LIMIT).await {
@@ -397,7 +413,10 @@ where
                     Err(StoreError::UnknownId(unknown)) => {
                         catching_up = false;
                         let complete_before = chat.cache_complete();
-                        (last_id, next) = live_after_newest(&chat).await;
+                        let Ok(placed) = live_after_newest(&chat).await else {
+                            break;
+                        };
+                        (last_id, next) = placed;
                         until_complete = read_without_the_cache(complete_before, next, &chat);
                         overlap = last_id.iter().cloned().collect();
                         yield reset_frame(&unknown, None, last_id.as_deref());
@@ -420,9 +439,43 @@ where
                 // complete cache into the catch-up.
                 Ok(()) = completeness.changed(), if until_complete => {}
                 received = rx.recv() => match received {
-                    // The catch-up sends this message too, in its order
-                    // (the loop's first check starts it).
-                    Ok(_) if until_complete => {}
+                    // Something was published (this instance's own post,
+                    // before its first load): the store has it, in its
+                    // order, behind what another instance stored before
+                    // it, which only the load would bring in. So it is
+                    // read from the store now, not when the load is done,
+                    // however long that takes, and the stream goes on
+                    // waiting for the cache; what else was published
+                    // meanwhile is in the same read.
+                    Ok(_) if until_complete => {
+                        while !matches!(
+                            rx.try_recv(),
+                            Err(TryRecvError::Empty | TryRecvError::Closed)
+                        ) {}
+                        catching_up = true;
+                    }
+                    // Published after a reset of the cache that this
+                    // stream has not caught up with (a new epoch, whose
+                    // arrivals do not compare with `next`), which let go
+                    // of the message the stream was last sent: the store
+                    // may have lost it (its collection was dropped), and
+                    // then what the stream sent is gone, and this message
+                    // is no continuation of it. So the stream catches up
+                    // from that message, which tells the client so with a
+                    // `reset`, or sends what the store has after it. A
+                    // reset that kept it is followed as before (below):
+                    // catching up from it in the new order would send
+                    // again a message the stream has that moved after it
+                    // (a raced post's new position).
+                    Ok(cached)
+                        if cached
+                            .arrival
+                            .zip(next)
+                            .is_some_and(|(arrival, next)| arrival.epoch > next.epoch)
+                            && last_id.as_deref().is_some_and(|id| !chat.holds(id)) =>
+                    {
+                        catching_up = true;
+                    }
                     Ok(cached) => {
                         let fresh = match (cached.arrival, next) {
                             // Published before the reset that began the
