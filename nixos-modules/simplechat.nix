@@ -172,6 +172,19 @@ in
         ExecStart = "${lib.getExe cfg.package} serve";
         Restart = "on-failure";
         RestartSec = 2;
+        # A start that fails for a reason no restart mends exits with its
+        # own status (README, "Exit status"): 78 (EX_CONFIG) a configuration
+        # that cannot be used, 65 (EX_DATAERR) a damaged data file, 73
+        # (EX_CANTCREAT) a data directory or file that cannot be written.
+        # Restarting would only say it again until the start limit
+        # (systemd.service(5), RestartPreventExitStatus=); the unit stays
+        # failed with that line in its log. Status 1 (a port in use, a full
+        # disk, an I/O error) is still restarted.
+        RestartPreventExitStatus = [
+          65
+          73
+          78
+        ];
         # One descriptor per connection: systemd's default soft limit, 1024,
         # is the default max_connections with nothing left for the process,
         # and the hard limit the app raises it to (systemd.exec(5),

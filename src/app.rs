@@ -19,14 +19,100 @@ use crate::api::front::FrontConfig;
 use crate::api::shutdown::ShutdownSignal;
 use crate::chat::Chat;
 use crate::config::Config;
+use crate::store::{Refusal, StoreError};
+
+/// Why the server did not start: one line, and whether starting it again
+/// as it is could help ([`Cause`]), for the exit status.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct StartError {
+    /// What went wrong, for an operator: one line.
+    pub message: String,
+    /// Which kind of failure.
+    pub cause: Cause,
+}
+
+/// The kinds of failure a start tells apart: those that starting again
+/// cannot mend, as the process's exit status says to a service manager
+/// (`simplechat::cli`), and the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The configuration cannot be used as it is: a setting, a file it
+    /// names, Rocket's settings, a template, the open files limit, a port
+    /// the process may not bind.
+    Configuration,
+    /// The stored data is damaged ([`Refusal::Damaged`]).
+    Damaged,
+    /// The data directory or file cannot be created or opened for writing
+    /// ([`Refusal::Unwritable`]).
+    Unwritable,
+    /// Anything else, which may pass by itself (a port in use, a full
+    /// disk, an I/O error): starting again may succeed.
+    Other,
+}
+
+impl StartError {
+    /// A failure of kind `cause`.
+    pub fn new(cause: Cause, message: impl Into<String>) -> StartError {
+        StartError {
+            message: message.into(),
+            cause,
+        }
+    }
+}
+
+impl From<String> for StartError {
+    fn from(message: String) -> StartError {
+        StartError::new(Cause::Other, message)
+    }
+}
+
+impl From<&str> for StartError {
+    fn from(message: &str) -> StartError {
+        StartError::new(Cause::Other, message)
+    }
+}
+
+impl From<StartError> for String {
+    fn from(e: StartError) -> String {
+        e.message
+    }
+}
+
+impl From<StoreError> for StartError {
+    fn from(e: StoreError) -> StartError {
+        let cause = match &e {
+            StoreError::Refused { fault, .. } => match fault {
+                Refusal::Configuration => Cause::Configuration,
+                Refusal::Damaged => Cause::Damaged,
+                Refusal::Unwritable => Cause::Unwritable,
+            },
+            _ => Cause::Other,
+        };
+        StartError::new(cause, e.to_string())
+    }
+}
+
+/// Rocket's refusal to ignite: its configuration, or a fairing (the
+/// templates' check), is a [`Cause::Configuration`].
+fn ignition(e: rocket::Error) -> StartError {
+    use rocket::error::ErrorKind;
+    let cause = match e.kind() {
+        ErrorKind::Config(_) | ErrorKind::FailedFairings(_) => Cause::Configuration,
+        _ => Cause::Other,
+    };
+    StartError::new(cause, format!("cannot start: {e}"))
+}
 
 /// The application for `config`, with its store open; [`start`] serves it
 /// behind the front door and closes the store when it stops.
 ///
-/// Errors: the store cannot be opened (one line).
-pub async fn build(config: Config) -> Result<Rocket<Build>, String> {
+/// Errors: the store cannot be opened, or the built-in templates cannot
+/// be written (one line).
+pub async fn build(config: Config) -> Result<Rocket<Build>, StartError> {
+    // A temporary directory that takes no files may be full for a moment.
     let (figment, built_in_templates) = config.rocket_figment().map_err(|e| e.to_string())?;
-    let chat = Chat::open(&config).await.map_err(|e| e.to_string())?;
+    let chat = Chat::open(&config).await?;
     Ok(rocket::custom(figment)
         // Built-in templates are read from this directory while Rocket runs.
         .manage(built_in_templates)
@@ -87,17 +173,24 @@ impl Server {
 ///
 /// Errors: the open files limit fits no connection, the address cannot be
 /// bound, the store cannot be opened, Rocket cannot start (one line each).
-pub async fn start(config: Config) -> Result<Server, String> {
+pub async fn start(config: Config) -> Result<Server, StartError> {
     // The connection bound is what the open files limit leaves once
     // raised; a start it cannot fit stops before anything is opened.
-    let fit = crate::open_files::fit(config.max_connections, crate::open_files::raise())?;
+    let fit = crate::open_files::fit(config.max_connections, crate::open_files::raise())
+        .map_err(|e| StartError::new(Cause::Configuration, e))?;
     if let Some(warning) = &fit.warning {
         log::warn!("{warning}");
     }
     let address = SocketAddr::new(config.address, config.port);
-    let listener = TcpListener::bind(address)
-        .await
-        .map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    let listener = TcpListener::bind(address).await.map_err(|e| {
+        // A port in use may be freed (an old instance still closing); a
+        // port below 1024 without the capability to bind it is not.
+        let cause = match e.kind() {
+            std::io::ErrorKind::PermissionDenied => Cause::Configuration,
+            _ => Cause::Other,
+        };
+        StartError::new(cause, format!("cannot listen on {address}: {e}"))
+    })?;
     let address = listener
         .local_addr()
         .map_err(|e| format!("cannot listen on {address}: {e}"))?;
@@ -115,9 +208,7 @@ pub async fn start(config: Config) -> Result<Server, String> {
         .ok_or("cannot start: the application has no chat")?;
     // Ignites Rocket (configuration, routes, fairings) and runs its liftoff
     // fairings; no listener of its own (see `api::dispatch`).
-    let client = Client::untracked(rocket)
-        .await
-        .map_err(|e| format!("cannot start: {e}"))?;
+    let client = Client::untracked(rocket).await.map_err(ignition)?;
     let shutdown = client.rocket().shutdown();
     let settings = client.rocket().config().shutdown.clone();
     watch_signals(&settings, shutdown.clone())?;
@@ -244,7 +335,7 @@ fn hangup_ignored() -> bool {
 
 /// Runs the server until SIGTERM, SIGHUP or Ctrl-C; in-flight requests
 /// finish, event streams end, then the store closes.
-pub async fn serve(config: Config) -> Result<(), String> {
+pub async fn serve(config: Config) -> Result<(), StartError> {
     crate::logging::install(config.rocket.log_level);
     let store = crate::config::describe_store(&config.store);
     let server = start(config).await?;
@@ -259,5 +350,5 @@ pub async fn serve(config: Config) -> Result<(), String> {
             server.address
         );
     }
-    server.wait().await
+    Ok(server.wait().await?)
 }

@@ -5,6 +5,7 @@ use std::sync::LazyLock;
 
 use clap::{Parser, Subcommand};
 
+use crate::app::{Cause, StartError};
 use crate::config::{self, Config, StoreConfig};
 use crate::replset;
 
@@ -70,6 +71,38 @@ Exit status: 0 when there is a primary and every member is healthy (PRIMARY or
 SECONDARY); 2 when not, after printing the report all the same; 1, with one
 line on stderr, when no report could be made (no URI, a bad one, a
 replicaSet= no host belongs to, or credentials the set refuses).";
+
+/// `serve`'s and `config`'s exit status when the configuration cannot be
+/// used (sysexits.h `EX_CONFIG`, "something was found in an unconfigured
+/// or misconfigured state"): a setting, a file one names, the open files
+/// limit. Starting again as it is cannot help.
+pub const EX_CONFIG: u8 = 78;
+
+/// `serve`'s exit status when the embedded store's data file is damaged,
+/// or empty (sysexits.h `EX_DATAERR`, "the input data was incorrect in
+/// some way"): an operator restores a backup or moves the file aside.
+pub const EX_DATAERR: u8 = 65;
+
+/// `serve`'s exit status when the data directory or file cannot be
+/// created or opened for writing: permission denied, a read-only file
+/// system, a file where the directory should be, another process holding
+/// the file (sysexits.h `EX_CANTCREAT`, "a (user specified) output file
+/// cannot be created", which `EX_NOPERM` there points file system problems
+/// to).
+pub const EX_CANTCREAT: u8 = 73;
+
+/// The exit status of a start that failed for `cause`: a failure that
+/// starting again cannot mend has its own ([`EX_CONFIG`], [`EX_DATAERR`],
+/// [`EX_CANTCREAT`]), which a service manager can be told not to restart
+/// on; anything else is 1, which may pass.
+pub fn exit_status(cause: Cause) -> u8 {
+    match cause {
+        Cause::Configuration => EX_CONFIG,
+        Cause::Damaged => EX_DATAERR,
+        Cause::Unwritable => EX_CANTCREAT,
+        Cause::Other => 1,
+    }
+}
 
 /// The parsed command line. `--help` shows `about` and the configuration
 /// summary, not this comment.
@@ -247,7 +280,8 @@ pub fn parse() -> Cli {
 }
 
 /// Runs the subcommand on a new multi-threaded Tokio runtime. Failure is
-/// one line on stderr, `simplechat: <why>`, and exit status 1.
+/// one line on stderr, `simplechat: <why>`, and exit status 1, or for
+/// `serve` and `config` the one [`exit_status`] gives.
 pub fn run(cli: Cli) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -262,7 +296,7 @@ pub fn run(cli: Cli) -> ExitCode {
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+        Err(e) => return fail(format!("cannot start the async runtime: {e}").into()),
     };
     let command = cli.command.unwrap_or(Command::Serve);
     if matches!(command, Command::Serve | Command::Config) {
@@ -276,7 +310,10 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Config => load()
                 .map(|c| print!("{}", config::describe(&c)))
                 .map(|()| ExitCode::SUCCESS),
-            Command::Replset { command } => replset_command(command).await,
+            // Status 1 when a command cannot run (see STATUS_EXIT).
+            Command::Replset { command } => {
+                replset_command(command).await.map_err(StartError::from)
+            }
         }
     });
     match result {
@@ -375,19 +412,20 @@ fn exit_interrupted() -> ! {
     std::process::exit(i32::from(EXIT_INTERRUPTED))
 }
 
-fn fail(message: String) -> ExitCode {
-    eprintln!("simplechat: {message}");
-    ExitCode::FAILURE
+fn fail(error: StartError) -> ExitCode {
+    eprintln!("simplechat: {}", error.message);
+    ExitCode::from(exit_status(error.cause))
 }
 
-async fn serve() -> Result<(), String> {
+async fn serve() -> Result<(), StartError> {
     let config = load()?;
     crate::app::serve(config).await
 }
 
 /// [`Config::load`], then its warnings on stderr, one line each.
-fn load() -> Result<Config, String> {
-    let config = Config::load().map_err(|e| e.to_string())?;
+fn load() -> Result<Config, StartError> {
+    let config =
+        Config::load().map_err(|e| StartError::new(Cause::Configuration, e.to_string()))?;
     for warning in &config.warnings {
         eprintln!("simplechat: warning: {warning}");
     }
@@ -458,7 +496,7 @@ async fn replset_command(command: ReplsetCommand) -> Result<ExitCode, String> {
                     config::with_password_file(&uri, file.as_deref()).map_err(|e| e.to_string())?
                 }
                 Some(uri) => uri,
-                None => match load()?.store {
+                None => match load().map_err(String::from)?.store {
                     StoreConfig::MongoDb { uri, .. } => uri,
                     StoreConfig::Embedded { .. } => {
                         return Err(

@@ -133,7 +133,8 @@ impl From<StoreError> for ApiError {
                 retry_after: Some(retry_after),
                 ..ApiError::new(Status::InsufficientStorage, reason)
             },
-            StoreError::Internal(_) => {
+            // Refused is met only at start, before any request.
+            StoreError::Internal(_) | StoreError::Refused { .. } => {
                 rocket::error!("{e}");
                 ApiError::new(Status::InternalServerError, "internal error")
             }

@@ -52,7 +52,7 @@ use time::OffsetDateTime;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Cursor, Inserted, Store, StoreError, StoreStatus};
+use super::{Cursor, Inserted, Refusal, Store, StoreError, StoreStatus};
 use crate::cache::{Cache, CACHE_CAPACITY};
 use crate::message::{now_millis, stamp_millis, Message, NewMessage, CLOCK_SLACK_MILLIS};
 use crate::retry::Backoff;
@@ -263,6 +263,12 @@ enum Failure {
     /// The file is damaged: redb's words (`Corrupted`, or its panic), to
     /// be told with the file's name ([`damaged`]).
     Damaged(String),
+    /// At start, the file cannot be opened for writing, and trying again
+    /// will not change that ([`Refusal::Unwritable`]): the system's
+    /// reason.
+    Unwritable(String),
+    /// At start, another process holds the file's lock ([`ALREADY_OPEN`]).
+    Held,
 }
 
 impl Failure {
@@ -272,6 +278,8 @@ impl Failure {
             Failure::Fault(f) => f.error(),
             Failure::Other(e) => e,
             Failure::Damaged(detail) => Fault::Damaged(damaged(path, &detail)).error(),
+            Failure::Unwritable(why) => StoreError::Internal(why),
+            Failure::Held => StoreError::Internal(ALREADY_OPEN.into()),
         }
     }
 }
@@ -337,13 +345,49 @@ impl<E: Into<redb::Error>> From<E> for Failure {
             redb::Error::Corrupted(why) => Failure::Damaged(why),
             // redb locks the file; the lock is held by another process (or,
             // while the store reopens, by this one's readers).
-            redb::Error::DatabaseAlreadyOpen => Failure::Other(StoreError::Internal(
-                "it is already open, by another simplechat using the same data_dir? Each \
-                 instance needs a data_dir of its own"
-                    .into(),
-            )),
+            redb::Error::DatabaseAlreadyOpen => {
+                Failure::Other(StoreError::Internal(ALREADY_OPEN.into()))
+            }
             other => Failure::Other(StoreError::Internal(other.to_string())),
         }
+    }
+}
+
+/// Why redb refuses to open a file whose lock another process holds.
+const ALREADY_OPEN: &str = "it is already open, by another simplechat using the same data_dir? \
+                            Each instance needs a data_dir of its own";
+
+/// Whether an I/O error opening the data file or creating its directory
+/// is one that trying again does not mend: only an operator can (a
+/// permission, a read-only mount, a file where a directory should be).
+/// A full disk or an I/O error may pass, and stays restartable.
+fn lasting(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::PermissionDenied
+            | ErrorKind::ReadOnlyFilesystem
+            | ErrorKind::NotADirectory
+            | ErrorKind::IsADirectory
+    )
+}
+
+/// A failure opening the data file: [`Failure::Unwritable`] when it is
+/// [`lasting`], else as any I/O error.
+fn opening(e: std::io::Error) -> Failure {
+    if lasting(&e) {
+        Failure::Unwritable(e.to_string())
+    } else {
+        e.into()
+    }
+}
+
+/// A failure of redb's open: another process holding the file's lock is
+/// [`Failure::Held`].
+fn locking(e: redb::DatabaseError) -> Failure {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => Failure::Held,
+        e => e.into(),
     }
 }
 
@@ -360,7 +404,8 @@ fn at_start(failure: Failure) -> String {
         ) => e,
         Failure::Other(StoreError::Internal(why)) => why,
         Failure::Other(other) => other.to_string(),
-        Failure::Damaged(why) => why,
+        Failure::Damaged(why) | Failure::Unwritable(why) => why,
+        Failure::Held => ALREADY_OPEN.to_owned(),
     }
 }
 
@@ -477,14 +522,20 @@ impl EmbeddedStore {
         cache: Arc<Cache>,
     ) -> Result<Self, StoreError> {
         let dir = data_dir.to_path_buf();
+        let refused = |fault, reason| StoreError::Refused { reason, fault };
         if dir.exists() && !dir.is_dir() {
-            return Err(StoreError::Internal(format!(
-                "data_dir {} is not a directory",
-                dir.display()
-            )));
+            return Err(refused(
+                Refusal::Unwritable,
+                format!("data_dir {} is not a directory", dir.display()),
+            ));
         }
         std::fs::create_dir_all(&dir).map_err(|e| {
-            StoreError::Internal(format!("cannot create data_dir {}: {e}", dir.display()))
+            let reason = format!("cannot create data_dir {}: {e}", dir.display());
+            if lasting(&e) {
+                refused(Refusal::Unwritable, reason)
+            } else {
+                StoreError::Internal(reason)
+            }
         })?;
         let path = dir.join("messages.redb");
         // redb writes its header as it creates a file, so a store this
@@ -492,13 +543,16 @@ impl EmbeddedStore {
         // (or a restore onto a full disk) left, and opened as a new store it
         // would hide that the history is gone.
         if std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == 0) {
-            return Err(StoreError::Internal(format!(
-                "the data file {} is empty (0 bytes), so it holds no messages: no file this \
+            return Err(refused(
+                Refusal::Damaged,
+                format!(
+                    "the data file {} is empty (0 bytes), so it holds no messages: no file this \
                  server writes is empty, so it is what a failed copy left; restore a backup \
                  taken as the README's \"Backups\" says, or remove the empty file to start an \
                  empty store",
-                path.display()
-            )));
+                    path.display()
+                ),
+            ));
         }
         let opening = path.clone();
         let (existed, opened) = tokio::task::spawn_blocking(move || {
@@ -509,25 +563,33 @@ impl EmbeddedStore {
         .map_err(|e| StoreError::Internal(e.to_string()))?;
         let (db, file) = opened.map_err(|failure| {
             if let Failure::Damaged(detail) = &failure {
-                return StoreError::Internal(damaged(&path, detail));
+                return refused(Refusal::Damaged, damaged(&path, detail));
             }
             let action = if existed { "open" } else { "create" };
             // redb opens its file for both: a file this user may only
             // read is refused as any other.
             let also = match &failure {
-                Failure::Fault(Fault::Io(_)) if existed => " for reading and writing",
+                Failure::Fault(Fault::Io(_)) | Failure::Unwritable(_) if existed => {
+                    " for reading and writing"
+                }
                 _ => "",
             };
-            StoreError::Internal(format!(
+            let lasting = matches!(failure, Failure::Unwritable(_) | Failure::Held);
+            let reason = format!(
                 "cannot {action} {}{also}: {}",
                 path.display(),
                 at_start(failure)
-            ))
+            );
+            if lasting {
+                refused(Refusal::Unwritable, reason)
+            } else {
+                StoreError::Internal(reason)
+            }
         })?;
         let db = Arc::new(db);
         let latest = contained(|| read_range(&db, &Cursor::Latest, CACHE_CAPACITY + 1)).map_err(
             |failure| match failure {
-                Failure::Damaged(detail) => StoreError::Internal(damaged(&path, &detail)),
+                Failure::Damaged(detail) => refused(Refusal::Damaged, damaged(&path, &detail)),
                 failure => StoreError::Internal(format!(
                     "cannot read {}: {}",
                     path.display(),
@@ -613,11 +675,13 @@ fn open_db(path: &Path, cache_bytes: usize) -> Result<(Database, FileId), Failur
         .write(true)
         .create(true)
         .truncate(false)
-        .open(path)?;
+        .open(path)
+        .map_err(opening)?;
     let id = FileId::of(&file.metadata()?);
     let mut db = Builder::new()
         .set_cache_size(cache_bytes)
-        .create_with_backend(FileBackend::new(file)?)?;
+        .create_with_backend(FileBackend::new(file).map_err(locking)?)
+        .map_err(locking)?;
     // redb checks the checksums only when the file was not closed cleanly;
     // a page damaged since (a backup copied over the live file, a bad
     // disk) would otherwise be met by a reader, much later, as a failed
@@ -1126,6 +1190,14 @@ impl Writer {
             // something else: keep the fault that stopped writes, try again.
             Err(Failure::Other(e)) => {
                 log::debug!("embedded store: reopen not possible yet: {e}");
+                None
+            }
+            // Made by the open at start only.
+            Err(failure @ (Failure::Unwritable(_) | Failure::Held)) => {
+                log::debug!(
+                    "embedded store: reopen not possible yet: {}",
+                    at_start(failure)
+                );
                 None
             }
             // No reopen mends it: readers and writers are refused from now on.

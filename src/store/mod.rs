@@ -87,6 +87,29 @@ pub enum StoreError {
     /// A bug or a misconfiguration (500; the reason is logged, not shown).
     #[error("store error: {0}")]
     Internal(String),
+    /// The store cannot be opened, and opening it again will not help
+    /// until an operator acts: met only at start, never by a request.
+    #[error("store error: {reason}")]
+    Refused {
+        /// Why, for an operator: what is wrong and what to do.
+        reason: String,
+        /// Which kind of fault, for the process's exit status.
+        fault: Refusal,
+    },
+}
+
+/// Why a store refused to open ([`StoreError::Refused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its settings cannot be used (a connection string the driver refuses).
+    Configuration,
+    /// Its data is damaged: a data file that fails its check, or an empty
+    /// one.
+    Damaged,
+    /// Its data directory or file cannot be created or opened for writing:
+    /// permission denied, a read-only file system, a file where the
+    /// directory should be, or another process holding the file.
+    Unwritable,
 }
 
 impl StoreError {

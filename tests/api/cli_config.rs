@@ -309,6 +309,22 @@ fn the_labs_mongo_uri_is_an_alias_and_secrets_are_redacted() {
     );
 }
 
+/// The exit statuses of a start that no restart mends (sysexits.h), as
+/// the README documents them and the NixOS unit's
+/// `RestartPreventExitStatus=` lists them; 1 is any other failure.
+const EX_CONFIG: i32 = 78;
+const EX_CANTCREAT: i32 = 73;
+
+/// `out` ended with exit status `code`.
+fn assert_status(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn assert_one_line_failure(out: &Output, expect: &str) {
     assert!(!out.status.success(), "must fail");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -324,40 +340,42 @@ fn assert_one_line_failure(out: &Output, expect: &str) {
 fn bad_configuration_ends_with_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    assert_one_line_failure(
-        &simplechat(d, &["config"], &[("SIMPLECHAT_MONGODB_URI", "http://nope")]),
+    // Each is the configuration's fault: EX_CONFIG, for `serve` too,
+    // which a service manager then does not restart.
+    let refused = |args: &[&str], env: &[(&str, &str)], expect: &str| {
+        for args in [args, &["serve"][..]] {
+            let out = simplechat(d, args, env);
+            assert_one_line_failure(&out, expect);
+            assert_status(&out, EX_CONFIG);
+        }
+    };
+    refused(
+        &["config"],
+        &[("SIMPLECHAT_MONGODB_URI", "http://nope")],
         "bad mongodb_uri",
     );
-    assert_one_line_failure(
-        &simplechat(
-            d,
-            &["config"],
-            &[("SIMPLECHAT_CONFIG", "/nonexistent/x.toml")],
-        ),
+    refused(
+        &["config"],
+        &[("SIMPLECHAT_CONFIG", "/nonexistent/x.toml")],
         "cannot read config file",
     );
-    assert_one_line_failure(
-        &simplechat(
-            d,
-            &["config"],
-            &[("SIMPLECHAT_MONGODB_URI_FILE", "/nonexistent/uri")],
-        ),
+    refused(
+        &["config"],
+        &[("SIMPLECHAT_MONGODB_URI_FILE", "/nonexistent/uri")],
         "cannot read mongodb_uri_file",
     );
-    assert_one_line_failure(
-        &simplechat(
-            d,
-            &["serve"],
-            &[("SIMPLECHAT_TEMPLATE_DIR", "/nonexistent")],
-        ),
+    refused(
+        &["serve"],
+        &[("SIMPLECHAT_TEMPLATE_DIR", "/nonexistent")],
         "template directory /nonexistent",
     );
-    assert_one_line_failure(
-        &simplechat(d, &["config"], &[("SIMPLECHAT_PORT", "eighty")]),
+    refused(
+        &["config"],
+        &[("SIMPLECHAT_PORT", "eighty")],
         "bad configuration",
     );
     std::fs::write(d.join("simplechat.toml"), "port = = 1\n").unwrap();
-    assert_one_line_failure(&simplechat(d, &["config"], &[]), "bad configuration");
+    refused(&["config"], &[], "bad configuration");
 }
 
 /// The docs promise credentials never appear in errors: not in a syntax
@@ -829,6 +847,9 @@ fn a_port_in_use_is_one_clear_line() {
     let port = taken.local_addr().unwrap().port().to_string();
     let out = simplechat(dir.path(), &["serve"], &[("SIMPLECHAT_PORT", &port)]);
     assert_one_line_failure(&out, &format!("cannot listen on 127.0.0.1:{port}"));
+    // The port may be freed (an old instance still closing): 1, which a
+    // service manager restarts on.
+    assert_status(&out, 1);
 }
 
 /// `--help` lists exactly the keys `config` prints, and its configuration
@@ -941,6 +962,7 @@ async fn a_data_dir_taken_or_not_a_directory_is_one_clear_line() {
     ];
     let out = tokio::task::block_in_place(|| simplechat(d, &["serve"], &env));
     assert_one_line_failure(&out, "data_dir a-file is not a directory");
+    assert_status(&out, EX_CANTCREAT);
 
     let data_dir = d.join("shared-data");
     let running = crate::support::app::spawn_app_in(&data_dir, &[]).await;
@@ -952,6 +974,7 @@ async fn a_data_dir_taken_or_not_a_directory_is_one_clear_line() {
     ];
     let out = tokio::task::block_in_place(|| simplechat(d, &["serve"], &env));
     assert_one_line_failure(&out, "another simplechat using the same data_dir");
+    assert_status(&out, EX_CANTCREAT);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.matches("store error").count(), 1, "{stderr}");
     running.shutdown().await;
@@ -1085,7 +1108,7 @@ fn a_data_dir_or_file_the_server_may_not_write_is_one_plain_line() {
         assert_one_line_failure(&out, &expect);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains("reopening"), "{stderr}");
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(out.status.code(), Some(EX_CANTCREAT), "{stderr}");
     }
 }
 
@@ -1532,4 +1555,37 @@ fn a_temporary_directory_that_takes_no_templates_says_both_ways_out() {
             ),
         "{stderr}"
     );
+}
+
+/// The NixOS unit is told not to restart on exactly the statuses of a
+/// start that no restart mends, and the tests above check the statuses
+/// the binary gives: a status added to one place and not the other fails
+/// here.
+#[test]
+fn the_unit_restarts_on_every_status_but_those_no_restart_mends() {
+    use simplechat::app::Cause;
+    use simplechat::cli::exit_status;
+    let module = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/nixos-modules/simplechat.nix"
+    ))
+    .unwrap();
+    let list = module
+        .split("RestartPreventExitStatus = [")
+        .nth(1)
+        .and_then(|rest| rest.split(']').next())
+        .expect("RestartPreventExitStatus in the module");
+    let mut listed: Vec<u8> = list
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    listed.sort();
+    let mut lasting = [Cause::Configuration, Cause::Damaged, Cause::Unwritable].map(exit_status);
+    lasting.sort();
+    assert_eq!(listed, lasting);
+    assert_eq!(
+        [EX_CONFIG, EX_CANTCREAT].map(|c| u8::try_from(c).unwrap()),
+        [simplechat::cli::EX_CONFIG, simplechat::cli::EX_CANTCREAT]
+    );
+    assert_eq!(exit_status(Cause::Other), 1);
 }

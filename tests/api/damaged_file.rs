@@ -93,10 +93,15 @@ fn refused_start(dir: &Path) -> (Option<i32>, String) {
     )
 }
 
+/// The exit status of a start refused for damaged data (sysexits.h
+/// `EX_DATAERR`), which the NixOS unit does not restart on.
+const EX_DATAERR: i32 = 65;
+
 /// What an operator must read: one line, naming the file, saying it is
-/// damaged and what to do; no panic, no backtrace.
+/// damaged and what to do; no panic, no backtrace; and the status a
+/// service manager does not restart on.
 fn assert_told_damaged(code: Option<i32>, stderr: &str) {
-    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(code, Some(EX_DATAERR), "{stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{stderr}");
     let line = lines[0];
@@ -187,7 +192,7 @@ fn an_empty_data_file_is_refused_not_taken_for_a_new_store() {
     }
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(EX_DATAERR), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
         stderr.contains("simplechat-data/messages.redb is empty (0 bytes)")

@@ -31,7 +31,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use super::{Cursor, Inserted, Store, StoreError, StoreStatus};
+use super::{Cursor, Inserted, Refusal, Store, StoreError, StoreStatus};
 use crate::cache::Cache;
 use crate::message::{format_datetime, Message, NewMessage};
 use crate::mongo::{self, Purpose, ReplicaSetStatus};
@@ -101,8 +101,10 @@ pub(crate) struct Shared {
 impl MongoStore {
     /// Returns at once: the driver connects in the background.
     ///
-    /// Errors: `Internal` for a connection string that cannot be used (a
-    /// `mongodb+srv` string whose DNS lookup fails is retried instead).
+    /// Errors: `Refused` (a [`Refusal::Configuration`]) for a connection
+    /// string or options the driver cannot use (a `mongodb+srv` string
+    /// whose DNS lookup fails is retried instead, as is a deployment that
+    /// does not answer: neither is an error).
     pub async fn open(
         uri: &str,
         database: &str,
@@ -126,8 +128,7 @@ impl MongoStore {
         let parsed = tokio::time::timeout(Duration::from_secs(5), mongo::options(uri)).await;
         match parsed {
             Ok(Ok((options, login))) => {
-                let conn =
-                    mongo::connect(options, login, Purpose::Store).map_err(StoreError::Internal)?;
+                let conn = mongo::connect(options, login, Purpose::Store).map_err(misconfigured)?;
                 shared.start(Collections::new(
                     conn,
                     database,
@@ -136,7 +137,7 @@ impl MongoStore {
                 ));
             }
             Ok(Err(e)) if !uri.trim_start().starts_with("mongodb+srv://") => {
-                return Err(StoreError::Internal(e));
+                return Err(misconfigured(e));
             }
             failed => {
                 let why = match failed {
@@ -152,6 +153,14 @@ impl MongoStore {
             }
         }
         Ok(MongoStore { shared })
+    }
+}
+
+/// A connection string or options the driver refuses: no retry mends it.
+fn misconfigured(reason: String) -> StoreError {
+    StoreError::Refused {
+        reason,
+        fault: Refusal::Configuration,
     }
 }
 
