@@ -1293,8 +1293,10 @@ pub fn describe(config: &Config) -> String {
         }
     };
     out += &match &config.store {
+        // As the startup line names it: the directory the server uses,
+        // whatever the reader's working directory.
         StoreConfig::Embedded { data_dir, .. } => {
-            set("data_dir", quoted(data_dir), from("data_dir"))
+            set("data_dir", quoted(&absolute(data_dir)), from("data_dir"))
         }
         StoreConfig::MongoDb { .. } => note("data_dir", "unused: MongoDB store"),
     };
@@ -1406,18 +1408,22 @@ pub fn describe(config: &Config) -> String {
 /// Rocket settings the server uses ([`ROCKET_USED`]).
 pub const ROCKET_HEADING: &str = "# Rocket's settings the server uses:\n";
 
+/// `path` made absolute against the working directory, as the server
+/// opens it (`.` components dropped, links and `..` kept:
+/// [`std::path::absolute`]); as written when the working directory cannot
+/// be read.
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// The store, for the startup line: where the messages are kept.
 pub fn describe_store(store: &StoreConfig) -> String {
     match store {
         // Absolute: the directory to look in (or remove) whatever the
         // reader's working directory.
-        StoreConfig::Embedded { data_dir, .. } => format!(
-            "embedded at {}",
-            std::path::absolute(data_dir)
-                .as_deref()
-                .unwrap_or(data_dir)
-                .display()
-        ),
+        StoreConfig::Embedded { data_dir, .. } => {
+            format!("embedded at {}", absolute(data_dir).display())
+        }
         StoreConfig::MongoDb { uri, database } => {
             let set = crate::mongo::uri::parse(uri)
                 .ok()

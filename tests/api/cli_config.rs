@@ -1589,3 +1589,42 @@ fn the_unit_restarts_on_every_status_but_those_no_restart_mends() {
     );
     assert_eq!(exit_status(Cause::Other), 1);
 }
+
+/// `config` names the data directory as the server uses it and its
+/// startup line names it: absolute, whatever the working directory, so it
+/// can be copied into a backup command.
+#[test]
+fn config_names_the_data_directory_the_startup_line_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let here = d.canonicalize().unwrap();
+    for (env, expect) in [
+        (&[][..], r#"  # from default"#),
+        (
+            &[("SIMPLECHAT_DATA_DIR", "./chat")][..],
+            "  # from SIMPLECHAT_DATA_DIR",
+        ),
+    ] {
+        let data_dir = match env {
+            [] => here.join("simplechat-data"),
+            _ => here.join("chat"),
+        };
+        let config = config_lines(d, env);
+        assert_eq!(
+            line(&config, "data_dir"),
+            format!("data_dir = \"{}\"{expect}", data_dir.display())
+        );
+        let server =
+            crate::first_run::Server::start(Path::new(env!("CARGO_BIN_EXE_simplechat")), d, env);
+        let (status, log) = server.stop();
+        assert!(status.success(), "{}", log.join("\n"));
+        let startup = log
+            .iter()
+            .find(|l| l.starts_with("simplechat listening on "))
+            .expect("the startup line");
+        assert!(
+            startup.ends_with(&format!("store: embedded at {}", data_dir.display())),
+            "{startup}"
+        );
+    }
+}
