@@ -35,8 +35,8 @@ fn configuration_help() -> String {
 fn keys_help() -> String {
     let text = format!(
         "Keys: {}. The TOML file may also set Rocket's log_level, ident and \
-         shutdown (the others have no effect); any other key there is an error. \
-         Without a MongoDB URI \
+         shutdown (but shutdown.force; the others have no effect); any other key \
+         there, or in Rocket.toml, is an error. Without a MongoDB URI \
          messages are kept in an embedded store in ./simplechat-data. \
          `simplechat{KEEP}config` prints each value and where it came from.",
         config::KEYS.join(", ")

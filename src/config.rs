@@ -446,6 +446,15 @@ pub const ROCKET_UNUSED: &[(&str, &str)] = &[
     ("cli_colors", "its log is never coloured"),
 ];
 
+/// Keys inside Rocket's used tables ([`ROCKET_USED`]) that have no effect
+/// here, and why; warned about as [`ROCKET_UNUSED`] are.
+pub const ROCKET_UNUSED_INSIDE: &[(&str, &str)] = &[(
+    "shutdown.force",
+    "Rocket ends by force only a runtime it started itself, and simplechat runs its own; \
+     connections still open once shutdown.grace + shutdown.mercy have passed are closed \
+     all the same",
+)];
+
 /// Why `tls` (Rocket's, in a build with its `tls` feature) is refused
 /// wherever it is set: this build would take it and serve plain HTTP.
 const NO_TLS: &str = "simplechat serves plain HTTP only: terminate TLS in front of it, in \
@@ -485,6 +494,53 @@ fn check_rocket_keys(figment: &Figment) -> Result<(), Box<figment::Error>> {
         }
     }
     Ok(())
+}
+
+/// Refuses a top-level key that neither simplechat nor Rocket reads when
+/// it comes from a file outside simplechat's own ([`KnownKeys`] checks
+/// that one): Rocket's `Rocket.toml`, in any of its profiles. Rocket
+/// passes over such a key, so a typo (`prot = 8200`) would leave the
+/// default in force unnoticed. `ROCKET_<KEY>` variables only warn
+/// ([`unknown_variables`]): the environment is shared.
+fn check_rocket_file_keys(figment: &Figment) -> Result<(), Box<figment::Error>> {
+    let data = Provider::data(figment).map_err(Box::new)?;
+    for (profile, dict) in &data {
+        for (key, value) in dict {
+            // `tls` is refused by `check_rocket_keys`, saying why.
+            if KEYS.contains(&key.as_str()) || ROCKET_KEYS.contains(key) || key == "tls" {
+                continue;
+            }
+            let Some(metadata) = figment.get_metadata(value.tag()) else {
+                continue;
+            };
+            if !matches!(metadata.source, Some(Source::File(_))) {
+                continue;
+            }
+            let mut error = figment::Error::from(format!(
+                "unknown key in its [{profile}] profile: {}",
+                unknown_key(key)
+            ))
+            .with_path(key);
+            error.metadata = Some(metadata.clone());
+            error.profile = Some(profile.clone());
+            return Err(Box::new(error));
+        }
+    }
+    Ok(())
+}
+
+/// Why `key`, at the top level of a file, is refused: it is nobody's
+/// setting, and the key meant when one is close.
+fn unknown_key(key: &str) -> String {
+    let known = KEYS
+        .iter()
+        .copied()
+        .chain(ROCKET_KEYS.iter().map(String::as_str));
+    let hint = match closest(key, known) {
+        Some(meant) => format!("; did you mean {meant}?"),
+        None => String::new(),
+    };
+    format!("not a setting of simplechat (see simplechat --help) or of Rocket{hint}")
 }
 
 /// Where a layer other than the defaults sets `path`, or a key inside it
@@ -539,12 +595,13 @@ impl<P: Provider> Provider for KnownKeys<P> {
                 .iter()
                 .any(|p| p == key.as_str());
             let why = if key == "tls" {
-                NO_TLS
+                NO_TLS.to_owned()
             } else if profile {
                 "unknown key: this file has no profiles; write its keys at the top level, \
                  or use Rocket.toml's profiles"
+                    .to_owned()
             } else {
-                "unknown key: not a setting of simplechat (see simplechat --help) or of Rocket"
+                format!("unknown key: {}", unknown_key(key))
             };
             return Err(figment::Error::from(why).with_path(key));
         }
@@ -760,8 +817,10 @@ impl Config {
         // configuration"; checked here, `config` refuses them too.
         let rocket = figment.extract::<rocket::Config>().map_err(bad)?;
         check_rocket_keys(&figment).map_err(|e| bad(*e))?;
+        check_rocket_file_keys(&figment).map_err(|e| bad(*e))?;
         let mut warnings: Vec<String> = ROCKET_UNUSED
             .iter()
+            .chain(ROCKET_UNUSED_INSIDE)
             .filter_map(|(key, why)| {
                 let place = set_at(&figment, key)?;
                 Some(format!(

@@ -501,7 +501,7 @@ fn configuration_errors_never_quote_a_secret_split_across_lines() {
 }
 
 /// A typo in the file is refused, naming the key and the file; Rocket's
-/// keys there, and anything in Rocket's own Rocket.toml, are not.
+/// keys there, and Rocket's and simplechat's in Rocket.toml, are not.
 #[test]
 fn a_key_neither_simplechat_nor_rocket_reads_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -537,7 +537,7 @@ fn a_key_neither_simplechat_nor_rocket_reads_is_refused() {
     .unwrap();
     std::fs::write(
         d.join("Rocket.toml"),
-        "[default]\naddress = \"0.0.0.0\"\nmine = 1\n",
+        "[default]\naddress = \"0.0.0.0\"\nlog_level = \"off\"\n",
     )
     .unwrap();
     let config = config_lines(d, &[]);
@@ -1627,4 +1627,105 @@ fn config_names_the_data_directory_the_startup_line_names() {
             "{startup}"
         );
     }
+}
+
+/// A top-level key of Rocket.toml that neither Rocket nor simplechat reads
+/// (a typo) is refused, in any profile, naming the file, the profile and
+/// the key meant, as one in simplechat.toml is: Rocket passes over it,
+/// and the default would stay in force unnoticed.
+#[test]
+fn an_unknown_key_in_rocket_toml_is_refused_naming_the_key_meant() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let port = ("SIMPLECHAT_PORT", port.as_str());
+    for (toml, expect) in [
+        (
+            "[default]\nprot = 8200\n",
+            "prot in {file}: unknown key in its [default] profile: not a setting of \
+             simplechat (see simplechat --help) or of Rocket; did you mean port?",
+        ),
+        (
+            "[release]\nlog_levle = \"normal\"\n",
+            "log_levle in {file}: unknown key in its [release] profile: not a setting of \
+             simplechat (see simplechat --help) or of Rocket; did you mean log_level?",
+        ),
+        (
+            "[global]\nxyzzy = 1\n",
+            "xyzzy in {file}: unknown key in its [global] profile: not a setting of \
+             simplechat (see simplechat --help) or of Rocket",
+        ),
+    ] {
+        std::fs::write(d.join("Rocket.toml"), toml).unwrap();
+        let file = d.canonicalize().unwrap().join("Rocket.toml");
+        let expect = format!(
+            "bad configuration: {}",
+            expect.replace("{file}", &file.display().to_string())
+        );
+        for command in ["config", "serve"] {
+            let out = simplechat(d, &[command], &[port]);
+            assert_one_line_failure(&out, &expect);
+            assert_status(&out, EX_CONFIG);
+        }
+    }
+    std::fs::remove_file(d.join("Rocket.toml")).unwrap();
+    std::fs::write(d.join("simplechat.toml"), "prot = 8200\n").unwrap();
+    assert_one_line_failure(
+        &simplechat(d, &["config"], &[]),
+        "bad configuration: prot in simplechat.toml: unknown key: not a setting of simplechat \
+         (see simplechat --help) or of Rocket; did you mean port?",
+    );
+}
+
+/// Rocket's `shutdown.force` has no effect here, and says so wherever it
+/// is set, as Rocket's other settings without effect do; the server
+/// starts all the same.
+#[test]
+fn shutdown_force_warns_that_it_has_no_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    const WHY: &str = "has no effect on simplechat and is ignored: Rocket ends by force only \
+                       a runtime it started itself, and simplechat runs its own; connections \
+                       still open once shutdown.grace + shutdown.mercy have passed are closed \
+                       all the same";
+    let warnings = |out: &Output| -> Vec<String> {
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    let out = simplechat(
+        d,
+        &["config"],
+        &[("ROCKET_SHUTDOWN", "{force=false,grace=4}")],
+    );
+    assert_eq!(
+        warnings(&out),
+        [format!("simplechat: warning: ROCKET_SHUTDOWN {WHY}")]
+    );
+    std::fs::write(d.join("simplechat.toml"), "[shutdown]\nforce = false\n").unwrap();
+    assert_eq!(
+        warnings(&simplechat(d, &["config"], &[])),
+        [format!(
+            "simplechat: warning: shutdown.force in simplechat.toml {WHY}"
+        )]
+    );
+    std::fs::remove_file(d.join("simplechat.toml")).unwrap();
+    std::fs::write(d.join("Rocket.toml"), "[default.shutdown]\nforce = true\n").unwrap();
+    let file = d.canonicalize().unwrap().join("Rocket.toml");
+    assert_eq!(
+        warnings(&simplechat(d, &["config"], &[])),
+        [format!(
+            "simplechat: warning: shutdown.force in {} {WHY}",
+            file.display()
+        )]
+    );
+    // Set nowhere, nothing is said.
+    std::fs::remove_file(d.join("Rocket.toml")).unwrap();
+    assert_eq!(
+        warnings(&simplechat(d, &["config"], &[])),
+        Vec::<String>::new()
+    );
 }
