@@ -76,9 +76,18 @@ impl NewMessage {
     /// ends), and the same body retried after an upgrade is still the
     /// same post.
     pub fn same_content(&self, stored: &Message) -> bool {
-        let name = self.name == stored.name
-            || validate_name(&stored.name).is_ok_and(|current| current == self.name);
-        let text = self.text == stored.text || normalize(&stored.text) == self.text;
+        self.same_as_stored(&stored.name, &stored.text)
+    }
+
+    /// [`NewMessage::same_content`] for a name and text as a store holds
+    /// them, whoever wrote them: each is taken through the rules of a post,
+    /// and must then be this post's. One those rules refuse (too long, a
+    /// control character, a bidi control in a name, nothing visible) is no
+    /// post's, whatever a read shows in its place.
+    pub fn same_as_stored(&self, name: &str, text: &str) -> bool {
+        let name =
+            self.name == name || validate_name(name).is_ok_and(|current| current == self.name);
+        let text = self.text == text || normalize(text) == self.text;
         name && text
     }
 
@@ -537,5 +546,27 @@ mod tests {
         let b = new_id();
         assert_ne!(a, b);
         assert!(validate_id(&a).is_ok());
+    }
+
+    /// A stored name and text are this post when today's rules make them
+    /// its own; one those rules refuse is no post's, even when the post
+    /// repeats what a read shows for it.
+    #[test]
+    fn a_stored_name_and_text_are_compared_under_todays_rules() {
+        let post = NewMessage::validate("Zo\u{eb}", "line one\nline two", None).unwrap();
+        // Not NFC, untrimmed, CRLF, format characters at the name's ends.
+        assert!(post.same_as_stored("Zoe\u{308}", "line one\nline two"));
+        assert!(post.same_as_stored(" \u{feff}Zoe\u{308}\u{200b}", " line one\r\nline two\n"));
+        assert!(!post.same_as_stored("Zoe", "line one\nline two"));
+        assert!(!post.same_as_stored("Zo\u{eb}", "line one"));
+        // Refused by today's rules: a bidi control, a control character, a
+        // name too long, whatever stands in their place when shown.
+        let shown = NewMessage::validate("eve\u{fffd}x", "a\u{fffd}b", None).unwrap();
+        assert!(!shown.same_as_stored("eve\u{202e}x", "a\u{fffd}b"));
+        assert!(!shown.same_as_stored("eve\u{fffd}x", "a\u{0}b"));
+        let long = "n".repeat(NAME_MAX_CHARS + 1);
+        let shown_cut = format!("{}\u{2026}", &long[..NAME_MAX_CHARS - 1]);
+        let cut = NewMessage::validate(&shown_cut, "hi", None).unwrap();
+        assert!(!cut.same_as_stored(&long, "hi"));
     }
 }

@@ -2962,3 +2962,110 @@ async fn subscribers_waiting_for_the_first_load_get_the_instances_posts_meanwhil
     app.shutdown().await;
     other.shutdown().await;
 }
+
+// --- A retry of what an older version stored -------------------------------
+
+/// Posts an older simplechat stored as it stored them (its id as `_id`, the
+/// empty position the primary fills in), under rules since tightened: names
+/// were not NFC before, and kept format characters at their ends; the lab's
+/// app trimmed nothing. The same body retried through today's instance is
+/// the same post under today's rules, on both sides, and is answered as a
+/// retry: 201 with `Idempotent-Replayed` and the stored message as every
+/// read shows it, nothing stored. Before, a stored name a read mends (the
+/// NFD one, shown in NFC) made every retry of it a 409. Other content
+/// under such an id is still the 409 it always was, with the same body; a
+/// name today's rules refuse (a bidi control, which an older version took)
+/// is a 400 sent as it was, and a 409 sent as it is shown, `U+FFFD` in its
+/// place: that is not the stored name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_of_a_post_an_older_version_stored_is_answered_as_a_retry() {
+    use mongodb::bson::{oid::ObjectId, DateTime, Timestamp};
+    let cluster =
+        TestCluster::start("a_retry_of_a_post_an_older_version_stored_is_answered_as_a_retry")
+            .await;
+    let older = cluster.lab_messages("messages").await;
+    let at = DateTime::from_millis(1_764_000_000_000);
+    let empty = Timestamp {
+        time: 0,
+        increment: 0,
+    };
+    let lab = ObjectId::new();
+    let stored = [
+        doc! { "_id": "older-nfd", "name": "Zoe\u{308}", "text": "bonjour", "datetime": at, "position": empty },
+        doc! { "_id": "older-format", "name": "\u{feff}ann\u{200b}", "text": "hello", "datetime": at, "position": empty },
+        doc! { "_id": "older-both", "name": "\u{200b}Zoe\u{308}", "text": "line one\nline two", "datetime": at, "position": empty },
+        doc! { "_id": "older-bidi", "name": "eve\u{202e}x", "text": "hi", "datetime": at, "position": empty },
+        doc! { "_id": lab, "name": " bob ", "text": "hi\r\nthere ", "datetime": at },
+    ];
+    for d in stored {
+        older
+            .insert_one(d)
+            .await
+            .expect("the older version's insert");
+    }
+    let app = start_app(&cluster, "messages", 20).await;
+
+    // Each body as its client sent it the first time (the lab's, with its
+    // message's id).
+    let lab = lab.to_hex();
+    let retries = [
+        ("older-nfd", "Zoe\u{308}", "bonjour"),
+        ("older-format", "\u{feff}ann\u{200b}", "hello"),
+        ("older-both", "\u{200b}Zoe\u{308} ", "line one\r\nline two"),
+        (lab.as_str(), " bob ", "hi\r\nthere "),
+    ];
+    for (id, name, text) in retries {
+        let body = json!({ "id": id, "name": name, "text": text });
+        let retry = app.post_json("/api/messages", &body).await;
+        assert_eq!(retry.status(), 201, "{id}: {:?}", retry.text().await);
+        assert_eq!(retry.headers()["idempotent-replayed"], "true", "{id}");
+        let answered: serde_json::Value = retry.json().await.expect("json");
+        assert_eq!(
+            answered,
+            app.get_json(&format!("/api/messages/{id}")).await,
+            "{id}: the stored message, as every read shows it"
+        );
+    }
+
+    let other = app
+        .post_json(
+            "/api/messages",
+            &json!({ "id": "older-nfd", "name": "Zoe\u{308}", "text": "au revoir" }),
+        )
+        .await;
+    assert_eq!(other.status(), 409);
+    assert_eq!(
+        other.json::<serde_json::Value>().await.expect("json"),
+        json!({
+            "error": "a different message already has id older-nfd: the same id must come with the same name and text",
+            "field": "id"
+        })
+    );
+    let as_sent = app
+        .post_json(
+            "/api/messages",
+            &json!({ "id": "older-bidi", "name": "eve\u{202e}x", "text": "hi" }),
+        )
+        .await;
+    assert_eq!(as_sent.status(), 400);
+    assert_eq!(
+        as_sent.json::<serde_json::Value>().await.expect("json")["field"],
+        "name"
+    );
+    let shown = app.get_json("/api/messages/older-bidi").await;
+    assert_eq!(shown["name"], "eve\u{FFFD}x");
+    let as_shown = app
+        .post_json(
+            "/api/messages",
+            &json!({ "id": "older-bidi", "name": "eve\u{FFFD}x", "text": "hi" }),
+        )
+        .await;
+    assert_eq!(as_shown.status(), 409);
+
+    assert_eq!(
+        older.count_documents(doc! {}).await.expect("count"),
+        5,
+        "nothing new stored"
+    );
+    app.shutdown().await;
+}

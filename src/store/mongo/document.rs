@@ -219,8 +219,9 @@ pub struct MessageDoc {
     pub position: Option<Timestamp>,
     /// The stored name or text is shown other than stored: cut, as it was
     /// longer than a message's, or mended, as it broke another rule a post
-    /// follows ([`mended_name`], [`mended_text`]). No post can have the
-    /// same content.
+    /// follows ([`mended_name`], [`mended_text`]). Only logged: whether a
+    /// post is the stored one is decided on the stored name and text
+    /// (`insert::resolve_duplicate`).
     pub altered: bool,
 }
 

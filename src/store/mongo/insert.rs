@@ -14,11 +14,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mongodb::bson::RawDocument;
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
 
 use super::collections::Collections;
-use super::document::{millis, MessageDoc, Position};
+use super::document::{self, millis, MessageDoc, Position};
 use super::index;
 use super::skipped::SkippedDocuments;
 use super::Shared;
@@ -232,12 +233,13 @@ async fn resolve_duplicate(
     new: &NewMessage,
     tried: &[i64],
 ) -> Result<Duplicate, Class> {
-    let Some(stored) = collections.find_on_primary(&new.id).await? else {
+    let Some(raw) = collections.find_on_primary(&new.id).await? else {
         return Ok(Duplicate::Pending);
     };
     // A document that is no message holds the id: nothing can be stored
-    // under it.
-    let Some(stored) = skipped.keep(&stored) else {
+    // under it. That includes one whose datetime or position no message
+    // can have: those are never mended, only skipped.
+    let Some(stored) = skipped.keep(&raw) else {
         return Ok(Duplicate::Conflict);
     };
     // Another app's message without its place in the order yet: no read
@@ -247,18 +249,49 @@ async fn resolve_duplicate(
         return Ok(Duplicate::Pending);
     }
     let ours = tried.contains(&stored.datetime.timestamp_millis());
-    // A stored name or text no post could have is shown cut or mended: no
-    // post has its content, even one that repeats what is shown.
-    let altered = stored.altered;
+    // Whether this post is the stored one is decided on the name and text
+    // as stored, taken through today's rules of a post as this post was,
+    // not on whether a read shows them other than stored (`altered`): what
+    // a read does to a stored name or text is, per kind,
+    // - trimmed, line breaks as LF, a name in NFC: a post gets the same.
+    //   A post an older version stored before a rule came (names were not
+    //   NFC) is, sent again after an upgrade, the same post, and its
+    //   client is owed the stored message, not a 409, as the embedded
+    //   store answers. So is a lab message posted again with its id.
+    //   (Format characters at a name's ends a read keeps and a post
+    //   loses: under the same rules, the same post too.)
+    // - cut (longer than a post may be), a control character (or a bidi
+    //   control in a name) shown as U+FFFD, a name with nothing visible
+    //   shown as `(no name)`, an empty text as `(empty message)`: the
+    //   stored one breaks a rule a post is refused for, so no post is it,
+    //   not even one that repeats what is shown (which is not what is
+    //   stored): a 409.
+    // The datetime and position are no part of a post: a retry is
+    // answered with them as stored.
+    let same = is_same_post(new, &raw);
     let position = stored.position();
     let stored = stored.into_message().map_err(Class::Fatal)?;
-    Ok(if altered || !new.same_content(&stored) {
+    Ok(if !same {
         Duplicate::Conflict
     } else if ours {
         Duplicate::Ours(stored)
     } else {
         Duplicate::Earlier(stored, position)
     })
+}
+
+/// Whether `new` is the post `raw` holds: its `name` and `text` as
+/// stored, not as a read shows them ([`NewMessage::same_as_stored`]).
+/// `raw` is a message ([`SkippedDocuments::keep`] took it), so both are
+/// strings.
+fn is_same_post(new: &NewMessage, raw: &RawDocument) -> bool {
+    let Ok(fields) = document::read_fields(raw) else {
+        return false;
+    };
+    match (fields.get_str("name"), fields.get_str("text")) {
+        (Ok(name), Ok(text)) => new.same_as_stored(name, text),
+        _ => false,
+    }
 }
 
 /// Waits, a little, for a message this instance stored to come back
