@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster::{http_listener, say, SET_NAME};
+use cluster::{closing_listener, http_listener, say, SET_NAME};
 use mongodb::bson::doc;
 use mongodb::Client;
 use replset_sim::{Cluster, ClusterOptions};
@@ -877,5 +877,50 @@ async fn a_new_member_where_another_program_answers_is_refused_at_once() {
         "{}",
         text(&o)
     );
+    assert_eq!(cluster.config_version(), Some(1), "nothing changed");
+}
+
+/// A new member's port where a program accepts each connection and closes
+/// it without a reply (a mongod that requires TLS, to a client without it)
+/// is refused by `plan` and `apply` within seconds, with a wait bound the
+/// test could never sit out, asking whether TLS is required there; nothing
+/// changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_member_that_closes_connections_unanswered_is_refused_within_seconds() {
+    let test = "a_new_member_that_closes_connections_unanswered_is_refused_within_seconds";
+    sim_only(test);
+    let cluster = start(3, 3).await;
+    assert!(cluster.wait_for_primary(GAP_BOUND).await.is_some());
+    let closing = format!("127.0.0.1:{}", closing_listener());
+    let mut declared = cluster.hosts();
+    declared.push(closing.clone());
+    for verb in ["plan", "apply"] {
+        let o = simplechat(members_args(
+            verb,
+            SET_NAME,
+            &declared,
+            &["--allow-even-voters", "--wait-secs", "3600"],
+        ))
+        .await;
+        say(&format!("{test}: {verb}: {}", text(&o)));
+        assert_eq!(o.status.code(), Some(1), "{verb}: {}", text(&o));
+        assert!(o.stdout.is_empty(), "{verb}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with(&format!(
+                "simplechat: cannot add {closing}: connection closed by the peer without a \
+                 reply, "
+            )) && last.contains(
+                "is TLS required on this member? simplechat connects without TLS unless --uri \
+                 says tls=true"
+            ),
+            "{verb}: {}",
+            text(&o)
+        );
+        if verb == "apply" {
+            assert!(last.ends_with("nothing changed"), "{}", text(&o));
+        }
+    }
     assert_eq!(cluster.config_version(), Some(1), "nothing changed");
 }

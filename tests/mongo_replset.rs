@@ -6,7 +6,7 @@ mod cluster;
 
 use std::process::{Command, Output};
 
-use cluster::{http_listener, say, TestCluster, SET_NAME};
+use cluster::{closing_listener, http_listener, say, TestCluster, SET_NAME};
 
 async fn simplechat(args: Vec<String>, env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_simplechat"));
@@ -493,7 +493,8 @@ async fn init_refuses_one_mongod_named_twice() {
 /// A member's port where another program answers (an HTTP server) ends
 /// init at once, naming the member and what answered, with a wait bound
 /// the test could never sit out; nothing is initiated. `status` names it
-/// among the members that did not answer.
+/// as soon as it answers and, as no other member could answer, ends there
+/// rather than waiting out its bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_where_another_program_answers_is_said_at_once() {
     let test = "a_port_where_another_program_answers_is_said_at_once";
@@ -520,9 +521,11 @@ async fn a_port_where_another_program_answers_is_said_at_once() {
     }
     initiates(&hosts).await;
 
+    // Its longest wait (10 s) would show as the "no member answered
+    // within" line.
     let o = simplechat(
         status_args(format!(
-            "mongodb://{web}/?directConnection=true&serverSelectionTimeoutMS=1000"
+            "mongodb://{web}/?directConnection=true&serverSelectionTimeoutMS=3600000"
         )),
         &[],
     )
@@ -530,12 +533,125 @@ async fn a_port_where_another_program_answers_is_said_at_once() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains(&format!(
-            "\n  {web}: answered, but not as MongoDB (Invalid wire protocol opcode: "
-        )),
+        err.starts_with(&format!(
+            "{web}: answered, but not as MongoDB (Invalid wire protocol opcode: "
+        )) && err.contains("another program listens on that port"),
         "{}",
         text(&o)
     );
+    assert!(!err.contains("no member answered within"), "{}", text(&o));
+    let status: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(status["members"][0]["name"], web.as_str(), "{status}");
+}
+
+/// A member's port where a program accepts each connection and closes it
+/// without a reply (what a client without TLS sees of a mongod that
+/// requires TLS) ends init within seconds, with a wait bound the test
+/// could never sit out, naming the member and asking whether TLS is
+/// required, or, when --uri asks for TLS, whether it is off there; nothing
+/// is initiated. `status` names it as soon as it is judged so and, as no
+/// other member could answer, ends there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_that_closes_connections_unanswered_is_said_within_seconds() {
+    let test = "a_port_that_closes_connections_unanswered_is_said_within_seconds";
+    let cluster = TestCluster::start_uninitiated(test).await;
+    let hosts = cluster.hosts();
+    let closing = format!("127.0.0.1:{}", closing_listener());
+    for (which, tls) in [(0, false), (1, false), (0, true)] {
+        let mut members = hosts.clone();
+        members[which] = closing.clone();
+        let mut args = with_long_wait(init_args(&members));
+        if tls {
+            args.extend([
+                "--uri".to_string(),
+                "mongodb://ignored/?tls=true".to_string(),
+            ]);
+        }
+        let o = simplechat(args, &[]).await;
+        assert_eq!(o.status.code(), Some(1), "{which}: {}", text(&o));
+        assert!(o.stdout.is_empty(), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        let last = err.lines().last().unwrap_or_default();
+        let asks = if tls {
+            "is TLS off on this member? --uri says tls=true"
+        } else {
+            "is TLS required on this member? simplechat connects without TLS unless --uri says \
+             tls=true"
+        };
+        assert!(
+            last.starts_with(&format!(
+                "simplechat: member {closing}: connection closed by the peer without a reply, "
+            )) && last.contains(" times in a row over ")
+                && last.contains(asks)
+                && last.ends_with("Nothing changed"),
+            "{which}, tls {tls}: {}",
+            text(&o)
+        );
+    }
+    initiates(&hosts).await;
+
+    let o = simplechat(
+        status_args(format!(
+            "mongodb://{closing}/?serverSelectionTimeoutMS=3600000"
+        )),
+        &[],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.lines().any(|l| l.starts_with(&format!(
+            "{closing}: connection closed by the peer without a reply, "
+        )) && l.contains("unless the connection string says tls=true")),
+        "{}",
+        text(&o)
+    );
+    assert!(!err.contains("no member answered within"), "{}", text(&o));
+    let status: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(status["members"][0]["name"], closing.as_str(), "{status}");
+}
+
+/// plan and apply read the set through the declared members: when none of
+/// them is a mongod (HTTP servers, a port that closes each connection
+/// unanswered), they end within seconds, naming each and what it did,
+/// with wait bounds the test could never sit out; nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_and_apply_through_members_that_are_no_mongod_end_within_seconds() {
+    say("plan_and_apply_through_members_that_are_no_mongod_end_within_seconds: backend: none");
+    let web = format!("127.0.0.1:{}", http_listener());
+    let closing = format!("127.0.0.1:{}", closing_listener());
+    let other_web = format!("127.0.0.1:{}", http_listener());
+    for verb in ["plan", "apply"] {
+        let mut args: Vec<String> = ["replset", verb, "--name", SET_NAME]
+            .map(String::from)
+            .to_vec();
+        for m in [&web, &closing, &other_web] {
+            args.extend(["--member".to_string(), m.clone()]);
+        }
+        // The driver's own server selection as long as the wait.
+        args.extend([
+            "--uri".to_string(),
+            "mongodb://ignored/?serverSelectionTimeoutMS=3600000".to_string(),
+        ]);
+        let o = simplechat(with_long_wait(args), &[]).await;
+        assert_eq!(o.status.code(), Some(1), "{verb}: {}", text(&o));
+        assert!(o.stdout.is_empty(), "{verb}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("simplechat: no --member answers as MongoDB: ")
+                && last.contains(&format!(
+                    "{web}: answered, but not as MongoDB (Invalid wire protocol opcode: "
+                ))
+                && last.contains(&format!("{other_web}: answered, but not as MongoDB ("))
+                && last.contains(&format!(
+                    "{closing}: connection closed by the peer without a reply, "
+                ))
+                && last.ends_with("nothing changed"),
+            "{verb}: {}",
+            text(&o)
+        );
+    }
 }
 
 /// Ctrl-C while init waits for a member: one line saying it can be run

@@ -12,7 +12,7 @@ use mongodb::options::ClientOptions;
 use mongodb::Client;
 
 use super::errors::{reason, scrub, Failure};
-use super::topology::{address_string, ServerSnapshot, TopologySnapshot, TopologyView};
+use super::topology::{address_string, Closes, ServerSnapshot, TopologySnapshot, TopologyView};
 use super::uri;
 
 /// Used when the connection string does not choose: short enough that a
@@ -52,6 +52,19 @@ pub struct Connection {
     /// Pool connections checked out so far, by any operation: see
     /// [`Connection::checkouts`].
     checkouts: Arc<AtomicU64>,
+    /// The connection string asks for TLS (`tls=true`).
+    tls: bool,
+}
+
+/// How a server answers that no wait cures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unusable {
+    /// It answered, but not as MongoDB ([`Failure::NotMongoDb`]): the
+    /// driver's words for what it answered.
+    NotMongoDb(String),
+    /// It accepted each connection and closed it without a reply, so many
+    /// times in a row that it is no restart ([`Closes::settled`]).
+    ClosesUnanswered(Closes),
 }
 
 /// How a client is tuned beyond what the connection string says.
@@ -142,6 +155,7 @@ pub fn connect(
 ) -> Result<Connection, String> {
     tune(&mut options, purpose);
     let seeds = options.hosts.iter().map(address_string).collect();
+    let tls = matches!(options.tls, Some(mongodb::options::Tls::Enabled(_)));
     let Login {
         secret,
         user_database,
@@ -154,8 +168,8 @@ pub fn connect(
     let view = topology.clone();
     let event_secret = secret.clone();
     let sdam_view = view.clone();
-    options.sdam_event_handler = Some(EventHandler::callback(move |event| {
-        if let SdamEvent::TopologyDescriptionChanged(change) = event {
+    options.sdam_event_handler = Some(EventHandler::callback(move |event| match event {
+        SdamEvent::TopologyDescriptionChanged(change) => {
             let secret = event_secret.as_deref();
             if let Some(why) = TopologySnapshot::new_authentication_error(
                 &change.previous_description,
@@ -169,6 +183,20 @@ pub fn connect(
                 secret,
             ));
         }
+        // Each check of the monitor, even one that fails as the last did:
+        // the description does not change then, and no other event says
+        // how often a member closed the connection in a row.
+        SdamEvent::ServerHeartbeatSucceeded(beat) => sdam_view.heartbeat(
+            address_string(&beat.server_address),
+            None,
+            std::time::Instant::now(),
+        ),
+        SdamEvent::ServerHeartbeatFailed(beat) => sdam_view.heartbeat(
+            address_string(&beat.server_address),
+            Some(Failure::of(&beat.failure)),
+            std::time::Instant::now(),
+        ),
+        _ => {}
     }));
     // A pool connection is ready only once it has authenticated (the
     // monitor's connections never authenticate and emit no pool events).
@@ -194,6 +222,7 @@ pub fn connect(
         secret,
         seeds,
         checkouts,
+        tls,
     })
 }
 
@@ -222,30 +251,104 @@ impl Connection {
         (!unreachable.is_empty()).then(|| unreachable.join("; "))
     }
 
-    /// The first server that answered, but not as MongoDB
-    /// ([`Failure::NotMongoDb`]), and the driver's words for what it
-    /// answered. No wait cures that, unlike a server that does not answer
-    /// yet.
-    pub fn not_mongodb(&self) -> Option<(String, String)> {
-        let topology = self.topology.get()?;
-        topology.servers.iter().find_map(|s| match &s.failure {
-            Some(Failure::NotMongoDb(why)) => Some((s.address.clone(), self.scrub(why))),
-            _ => None,
-        })
+    /// Every server the driver knows that answers as no wait cures
+    /// ([`Unusable`]), with its address: one that answered, but not as
+    /// MongoDB, with the driver's words for what it answered, and one that
+    /// closes each connection without a reply ([`Closes::settled`]).
+    pub fn unusable_servers(&self) -> Vec<(String, Unusable)> {
+        let Some(topology) = self.topology.get() else {
+            return Vec::new();
+        };
+        topology
+            .servers
+            .iter()
+            .filter_map(|s| {
+                let unusable = match &s.failure {
+                    Some(Failure::NotMongoDb(why)) => Unusable::NotMongoDb(self.scrub(why)),
+                    _ => Unusable::ClosesUnanswered(
+                        self.topology.closes(&s.address).filter(Closes::settled)?,
+                    ),
+                };
+                Some((s.address.clone(), unusable))
+            })
+            .collect()
     }
 
-    /// Ends once a server answered, but not as MongoDB ([`Self::not_mongodb`]),
-    /// with its address and what it answered; never otherwise, so it is
-    /// raced against a command. The driver does not end a command's server
-    /// selection for that: it waits out `serverSelectionTimeoutMS` for the
-    /// monitor to find a server it can use. The view is looked at every
-    /// 100 ms, a small cost beside that wait.
-    pub async fn answered_not_as_mongodb(&self) -> (String, String) {
+    /// The first server that answers as no wait cures
+    /// ([`Self::unusable_servers`]), unlike one that does not answer yet.
+    pub fn unusable(&self) -> Option<(String, Unusable)> {
+        self.unusable_servers().into_iter().next()
+    }
+
+    /// Every server the driver knows, when each answers as no wait cures
+    /// ([`Self::unusable_servers`]), so that no command can ever be sent.
+    pub fn none_usable(&self) -> Option<Vec<(String, Unusable)>> {
+        let known = self.topology.get()?.servers.len();
+        let unusable = self.unusable_servers();
+        (known > 0 && unusable.len() == known).then_some(unusable)
+    }
+
+    /// Ends once a server answers as no wait cures ([`Self::unusable`]),
+    /// with its address and how; never otherwise, so it is raced against
+    /// a command. The driver does not end a command's server selection for
+    /// that: it waits out `serverSelectionTimeoutMS` for the monitor to
+    /// find a server it can use. The view is looked at every 100 ms, a
+    /// small cost beside that wait.
+    pub async fn found_unusable(&self) -> (String, Unusable) {
         loop {
-            if let Some(found) = self.not_mongodb() {
+            if let Some(found) = self.unusable() {
                 return found;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Ends once every server the driver knows answers as no wait cures
+    /// ([`Self::none_usable`]), with each; never otherwise. `seen` is told
+    /// of each such server once, as soon as it is found so, whether or not
+    /// the others are.
+    pub async fn found_none_usable(
+        &self,
+        mut seen: impl FnMut(&str, &Unusable),
+    ) -> Vec<(String, Unusable)> {
+        let mut told = std::collections::BTreeSet::new();
+        loop {
+            for (address, how) in self.unusable_servers() {
+                if told.insert(address.clone()) {
+                    seen(&address, &how);
+                }
+            }
+            if let Some(all) = self.none_usable() {
+                return all;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// What `closes` says, in words, and what to check: whether TLS is
+    /// required on the member (or, when this connection string asks for
+    /// TLS, whether it is off there), naming `tls_in`, where the
+    /// connection string's `tls=true` is given (`--uri`), or whether the
+    /// member is at its connection limit.
+    pub fn closes_unanswered(&self, closes: &Closes, tls_in: &str) -> String {
+        let seen = format!(
+            "connection closed by the peer without a reply, {} times in a row over {} s",
+            closes.times,
+            closes.over().as_secs()
+        );
+        let limit = "a mongod at its connection limit (net.maxIncomingConnections) closes new \
+                     connections so too";
+        if self.tls {
+            format!(
+                "{seen}: is TLS off on this member? {tls_in} says tls=true, and a mongod \
+                 without TLS closes a TLS handshake so; {limit}"
+            )
+        } else {
+            format!(
+                "{seen}: is TLS required on this member? simplechat connects without TLS \
+                 unless {tls_in} says tls=true (with tlsCAFile=FILE when the members' \
+                 certificates come from a private CA); {limit}"
+            )
         }
     }
 
@@ -317,6 +420,50 @@ mod tests {
         assert_eq!(
             o.server_selection_timeout,
             Some(DEFAULT_SERVER_SELECTION_TIMEOUT)
+        );
+    }
+
+    /// A real listener that accepts each connection and closes it
+    /// unanswered: the driver's monitor finds it so at each check, and
+    /// once that has lasted, the server is one no wait cures.
+    #[tokio::test]
+    async fn a_server_that_closes_every_connection_is_found_unusable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for connection in listener.incoming() {
+                drop(connection);
+            }
+        });
+        let (o, login) = options(&format!(
+            "mongodb://127.0.0.1:{port}/?directConnection=true"
+        ))
+        .await
+        .unwrap();
+        let conn = connect(o, login, Purpose::Direct).unwrap();
+        // A command keeps the monitor checking (every half second).
+        let admin = conn.client.database("admin");
+        let command = admin.run_command(mongodb::bson::doc! { "ping": 1 });
+        let found = tokio::select! {
+            _ = command => None,
+            found = conn.found_none_usable(|_, _| {}) => Some(found),
+        };
+        let found = found.expect("found before the command's server selection ended");
+        assert_eq!(found.len(), 1);
+        let (address, how) = &found[0];
+        assert_eq!(address, &format!("127.0.0.1:{port}"));
+        let Unusable::ClosesUnanswered(closes) = how else {
+            panic!("{how:?}");
+        };
+        assert!(closes.settled(), "{closes:?}");
+        let words = conn.closes_unanswered(closes, "--uri");
+        assert!(
+            words.starts_with("connection closed by the peer without a reply, ")
+                && words.contains(
+                    "is TLS required on this member? simplechat connects without \
+                                   TLS unless --uri says tls=true"
+                ),
+            "{words}"
         );
     }
 

@@ -188,6 +188,22 @@ pub enum Failure {
     /// answers `hello` in its protocol, whatever state it is in, so no
     /// wait cures this.
     NotMongoDb(String),
+    /// The connection was accepted and then closed without a reply: the
+    /// driver's read of the reply found the end of the stream
+    /// (`UnexpectedEof`), or the peer reset or aborted the connection
+    /// (`ConnectionReset`, `ConnectionAborted`, or `BrokenPipe` on the
+    /// write). A mongod that requires TLS does that to a client without it:
+    /// it reads the first message, finds no TLS handshake and ends the
+    /// session ("The server is configured to only allow SSL connections",
+    /// `maybeHandshakeSSLForIngress` in mongod's
+    /// `src/mongo/transport/session_asio.h`:
+    /// <https://github.com/mongodb/mongo/blob/r4.4.0/src/mongo/transport/session_asio.h>),
+    /// as does one at its connection limit ("connection refused because
+    /// too many open connections", `ServiceEntryPointImpl::startSession`);
+    /// a mongod stopping closes the connections it has once, after it has
+    /// stopped listening. How many in a row mean the first two is
+    /// [`super::topology::Closes::settled`]'s to say.
+    Closed,
     /// Anything else; the error's text says what.
     Other,
 }
@@ -201,6 +217,10 @@ impl Failure {
                 ErrorKind::Io(io) => match io.kind() {
                     std::io::ErrorKind::ConnectionRefused => return Failure::Refused,
                     std::io::ErrorKind::TimedOut => return Failure::TimedOut,
+                    std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe => return Failure::Closed,
                     _ => {}
                 },
                 ErrorKind::InvalidResponse { message, .. } => {
@@ -482,12 +502,14 @@ mod tests {
     }
 
     #[test]
-    fn refused_and_timed_out_connections_are_told_apart() {
+    fn refused_timed_out_and_closed_connections_are_told_apart() {
         let io = |kind: std::io::ErrorKind| Error::from(ErrorKind::Io(Arc::new(kind.into())));
         use std::io::ErrorKind as Io;
         assert_eq!(Failure::of(&io(Io::ConnectionRefused)), Failure::Refused);
         assert_eq!(Failure::of(&io(Io::TimedOut)), Failure::TimedOut);
-        assert_eq!(Failure::of(&io(Io::UnexpectedEof)), Failure::Other);
+        assert_eq!(Failure::of(&io(Io::UnexpectedEof)), Failure::Closed);
+        assert_eq!(Failure::of(&io(Io::ConnectionReset)), Failure::Closed);
+        assert_eq!(Failure::of(&io(Io::PermissionDenied)), Failure::Other);
         assert_eq!(
             Failure::of(&command_error(13, "Unauthorized")),
             Failure::Other

@@ -12,7 +12,7 @@ pub mod status;
 pub mod topology;
 pub mod uri;
 
-pub use client::{bound_waits, connect, options, Connection, Login, Purpose};
+pub use client::{bound_waits, connect, options, Connection, Login, Purpose, Unusable};
 pub use errors::{classify, reason, Class};
 pub use resolve::{lookup, none_resolves, Lookup};
 pub use status::{status_of, status_while_serving, MemberStatus, ReplicaSetStatus};

@@ -2,8 +2,10 @@
 //! (SDAM) events, plus whether the credentials were refused: what readiness
 //! and the status fallback are decided from.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
+use std::time::{Duration, Instant};
 
 use mongodb::event::sdam::TopologyDescription;
 use mongodb::options::ServerAddress;
@@ -267,6 +269,52 @@ pub fn address_string(address: &ServerAddress) -> String {
     }
 }
 
+/// How many heartbeats in a row must find a member closing the connection
+/// without a reply ([`Failure::Closed`]) before that is taken for how it
+/// answers: see [`Closes::settled`].
+pub const CLOSES_IN_A_ROW: u32 = 3;
+/// How long at least from the first of those closes to the last.
+pub const CLOSES_OVER: Duration = Duration::from_secs(2);
+
+/// The heartbeats in a row, up to the latest, that found one member
+/// closing the connection without a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closes {
+    /// How many.
+    pub times: u32,
+    /// When the first of them ended.
+    pub first: Instant,
+    /// When the latest ended.
+    pub last: Instant,
+}
+
+impl Closes {
+    /// How long from the first close to the latest.
+    pub fn over(&self) -> Duration {
+        self.last.saturating_duration_since(self.first)
+    }
+
+    /// Whether these closes say how the member answers, not a moment of
+    /// its restart: [`CLOSES_IN_A_ROW`] of them over [`CLOSES_OVER`] at
+    /// least. A mongod that stops closes its listening sockets first ("so
+    /// that new connections aren't accepted", `shutdownTask` in mongod's
+    /// `src/mongo/db/mongod_main.cpp`:
+    /// <https://github.com/mongodb/mongo/blob/r4.4.0/src/mongo/db/mongod_main.cpp>)
+    /// and then ends the connections it has, and one killed has its
+    /// connections closed by the kernel: either way the monitor's
+    /// connection is closed once, and its next try is refused until the
+    /// mongod listens again, when it answers. A connection accepted just
+    /// before the listener closed may be closed too: two in a row. Three,
+    /// two seconds apart at least (the monitor tries again every half
+    /// second while a command waits, the Server Monitoring specification's
+    /// `minHeartbeatFrequencyMS`), are no restart; a mongod that requires
+    /// TLS, or is at its connection limit, closes every one, and the wait
+    /// would never end.
+    pub fn settled(&self) -> bool {
+        self.times >= CLOSES_IN_A_ROW && self.over() >= CLOSES_OVER
+    }
+}
+
 /// The driver's latest topology, written by its monitoring callback and
 /// read by request handlers, and the last refusal of the credentials,
 /// written by the connection-pool callbacks. Std `RwLock`s: each is held
@@ -286,6 +334,9 @@ pub struct TopologyView {
     /// Where the user is looked up, when the connection string left it to
     /// its path.
     user_database: Option<String>,
+    /// Per member (`host:port`), the heartbeats in a row that found it
+    /// closing the connection without a reply; none once one did not.
+    closes: RwLock<HashMap<String, Closes>>,
 }
 
 impl TopologyView {
@@ -360,6 +411,40 @@ impl TopologyView {
             }
         }
         *latest = Some(snapshot);
+    }
+
+    /// The heartbeats in a row, up to the latest, that found `address`
+    /// closing the connection without a reply, if the latest did.
+    pub fn closes(&self, address: &str) -> Option<Closes> {
+        self.closes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(address)
+            .copied()
+    }
+
+    /// Takes a heartbeat of `address` that ended at `at`: `failure` when it
+    /// failed, `None` when the member answered.
+    pub(super) fn heartbeat(&self, address: String, failure: Option<Failure>, at: Instant) {
+        let mut closes = self.closes.write().unwrap_or_else(|e| e.into_inner());
+        match failure {
+            Some(Failure::Closed) => {
+                closes
+                    .entry(address)
+                    .and_modify(|c| {
+                        c.times = c.times.saturating_add(1);
+                        c.last = at;
+                    })
+                    .or_insert(Closes {
+                        times: 1,
+                        first: at,
+                        last: at,
+                    });
+            }
+            _ => {
+                closes.remove(&address);
+            }
+        }
     }
 
     /// Records that a connection failed to authenticate (`Some(why)`), or
@@ -559,6 +644,50 @@ mod tests {
                 && why.contains("simplechat replset init"),
             "{why}"
         );
+    }
+
+    /// The heartbeats a restart gives (one close, then refused until it
+    /// answers) never settle; a member that closes every connection does,
+    /// once three closes in a row span two seconds.
+    #[test]
+    fn only_closes_in_a_row_over_seconds_settle() {
+        let view = TopologyView::default();
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let beat =
+            |failure: Option<Failure>, ms: u64| view.heartbeat("h:1".into(), failure, at(ms));
+        let settled = || view.closes("h:1").is_some_and(|c| c.settled());
+        // A restart: the open connection closed, then refused, then up.
+        beat(None, 0);
+        beat(Some(Failure::Closed), 500);
+        beat(Some(Failure::Refused), 1000);
+        assert_eq!(view.closes("h:1"), None);
+        beat(Some(Failure::Closed), 1500);
+        beat(Some(Failure::Closed), 2000);
+        beat(Some(Failure::Refused), 4000);
+        beat(None, 4500);
+        assert!(!settled());
+        // Closed each time: three within a second are not enough...
+        for ms in [5000, 5500, 6000] {
+            beat(Some(Failure::Closed), ms);
+        }
+        assert_eq!(view.closes("h:1").map(|c| c.times), Some(3));
+        assert!(!settled());
+        // ...but over two seconds they are.
+        beat(Some(Failure::Closed), 7000);
+        assert!(settled());
+        assert_eq!(
+            view.closes("h:1").map(|c| c.over()),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(view.closes("other:1"), None);
+        // An answer ends the run.
+        beat(None, 7500);
+        assert_eq!(view.closes("h:1"), None);
+        // Two in a row over longer still are not.
+        beat(Some(Failure::Closed), 8000);
+        beat(Some(Failure::Closed), 20000);
+        assert!(!settled());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::mongo::errors::codes::{
 use crate::mongo::errors::command_code as code;
 use crate::mongo::errors::{user_database_hint, Signals};
 use crate::mongo::{
-    bound_waits, connect, lookup, options, reason, Connection, Login, Lookup, Purpose,
+    bound_waits, connect, lookup, options, reason, Connection, Login, Lookup, Purpose, Unusable,
 };
 use crate::retry::{poll_until, Check, PollError};
 
@@ -68,9 +68,10 @@ enum Silence {
     /// The resolver says its name does not exist here: no wait cures that
     /// either ([`Lookup::NoSuchName`]).
     NoSuchName(String),
-    /// Another program answered on its port: nor that
-    /// ([`Connection::not_mongodb`]). The error, in full.
-    NotMongoDb(String),
+    /// Another program answered on its port, or the member closes each
+    /// connection without a reply: nor that ([`Connection::unusable`]).
+    /// The error, in full.
+    Unusable(String),
     /// Anything else: it may still be starting.
     NotYet(String),
 }
@@ -138,12 +139,25 @@ impl Member {
         )
     }
 
-    /// `hello`, or, as soon as the member answered but not as MongoDB,
-    /// the error that says so ([`Connection::answered_not_as_mongodb`]).
+    /// The error when the member answers as no wait cures: another
+    /// program on its port, or connections closed without a reply.
+    fn unusable(&self, how: &Unusable) -> String {
+        match how {
+            Unusable::NotMongoDb(what) => self.not_mongodb(what),
+            Unusable::ClosesUnanswered(closes) => format!(
+                "member {}: {}. Nothing changed",
+                self.written,
+                self.conn.closes_unanswered(closes, "--uri")
+            ),
+        }
+    }
+
+    /// `hello`, or, as soon as the member answers as no wait cures, the
+    /// error that says so ([`Connection::found_unusable`]).
     async fn hello(&self) -> Result<Result<Document, Error>, String> {
         tokio::select! {
             reply = self.admin(doc! { "hello": 1 }) => Ok(reply),
-            (_, what) = self.conn.answered_not_as_mongodb() => Err(self.not_mongodb(&what)),
+            (_, how) = self.conn.found_unusable() => Err(self.unusable(&how)),
         }
     }
 
@@ -163,8 +177,8 @@ impl Member {
         if let Some(why) = self.refused(e) {
             return Silence::Refused(why);
         }
-        if let Some((_, what)) = self.conn.not_mongodb() {
-            return Silence::NotMongoDb(self.not_mongodb(&what));
+        if let Some((_, how)) = self.conn.unusable() {
+            return Silence::Unusable(self.unusable(&how));
         }
         match lookup(&self.address).await {
             Lookup::NoSuchName(why) => Silence::NoSuchName(why),
@@ -490,7 +504,7 @@ async fn first_member_state(
                 first.host
             )),
             Err(e) => match first.silence(&e).await {
-                Silence::Refused(why) | Silence::NotMongoDb(why) => Check::Failed(why),
+                Silence::Refused(why) | Silence::Unusable(why) => Check::Failed(why),
                 Silence::NoSuchName(why) => Check::Failed(first.unresolvable_first(&why)),
                 Silence::NotYet(why) => Check::NotYet(why),
             },
@@ -538,7 +552,7 @@ async fn wait_for_member(
             },
             Err(e) if code(&e) == Some(UNAUTHORIZED) => Check::Failed(unauthorized(m, &e)),
             Err(e) => match m.silence(&e).await {
-                Silence::Refused(why) | Silence::NotMongoDb(why) => Check::Failed(why),
+                Silence::Refused(why) | Silence::Unusable(why) => Check::Failed(why),
                 Silence::NoSuchName(why) => Check::Done(Answer::NoSuchName(why)),
                 Silence::NotYet(why) => Check::NotYet(why),
             },

@@ -17,8 +17,8 @@ use crate::mongo::client::DEFAULT_SERVER_SELECTION_TIMEOUT;
 use crate::mongo::errors::Failure;
 use crate::mongo::topology::address_string;
 use crate::mongo::{
-    connect, lookup, none_resolves, options, status_of, Lookup, Purpose, ReplicaSetStatus,
-    ServerSnapshot, TopologySnapshot,
+    connect, lookup, none_resolves, options, status_of, Connection, Lookup, Purpose,
+    ReplicaSetStatus, ServerSnapshot, TopologySnapshot, Unusable,
 };
 
 pub use init::Waits;
@@ -138,7 +138,17 @@ pub async fn status(uri: &str, progress: &dyn Fn(&str)) -> Result<StatusReport, 
     let conn = connect(options, login, Purpose::Store)?;
     // Members that answered and refuse the credentials, or are no members
     // of the set named, are said in one line at the end, not waited for.
-    let result = announced(status_of(&conn, STATUS_WAIT), || {
+    // A member that answers as no wait cures is named as soon as it is
+    // found so; when every one does, nothing is waited for any more.
+    let reading = async {
+        tokio::select! {
+            result = status_of(&conn, STATUS_WAIT) => Some(result),
+            _ = conn.found_none_usable(|address, how| {
+                progress(&format!("{address}: {}", unusable(&conn, how)))
+            }) => None,
+        }
+    };
+    let result = announced(reading, || {
         if none_answered(conn.topology.get().as_ref()) {
             progress(&format!(
                 "waiting up to {} s for a member to answer: {}",
@@ -149,6 +159,14 @@ pub async fn status(uri: &str, progress: &dyn Fn(&str)) -> Result<StatusReport, 
     })
     .await;
     let topology = conn.topology.get();
+    let cut_short = result.is_none();
+    let result = result.unwrap_or_else(|| match &topology {
+        Some(t) => Ok(crate::mongo::status::from_topology(
+            t,
+            "replSetGetStatus was not sent: no member answers as MongoDB",
+        )),
+        None => Err("no member answers as MongoDB".to_owned()),
+    });
     let answered = !none_answered(topology.as_ref());
     // With no member answering, the configuration would only be waited
     // for as long again.
@@ -168,7 +186,8 @@ pub async fn status(uri: &str, progress: &dyn Fn(&str)) -> Result<StatusReport, 
     } else {
         None
     };
-    if let Some(t) = topology.filter(|t| !answered && !t.servers.is_empty()) {
+    // Cut short, each member was named as it was found.
+    if let Some(t) = topology.filter(|t| !answered && !cut_short && !t.servers.is_empty()) {
         progress(&format!(
             "no member answered within {} s:",
             whole_secs(selection)
@@ -197,6 +216,26 @@ pub async fn status(uri: &str, progress: &dyn Fn(&str)) -> Result<StatusReport, 
     )
     .await;
     result
+}
+
+/// How a member answers that no wait cures, in words, with what to
+/// check.
+fn unusable(conn: &Connection, how: &Unusable) -> String {
+    match how {
+        Unusable::NotMongoDb(what) => not_mongodb(what),
+        Unusable::ClosesUnanswered(closes) => {
+            conn.closes_unanswered(closes, "the connection string")
+        }
+    }
+}
+
+/// A member that answered, but not as MongoDB: `what` is the driver's
+/// words for what it answered.
+fn not_mongodb(what: &str) -> String {
+    format!(
+        "answered, but not as MongoDB ({what}): another program listens on that port (an \
+         HTTP server, sshd?)"
+    )
 }
 
 /// Whether no member has answered the driver: it has described none yet,
@@ -246,9 +285,10 @@ fn silence(s: &ServerSnapshot, unresolved: Option<String>) -> String {
              port?), or a firewall refuses it"
                 .to_owned()
         }
-        (Some(Failure::NotMongoDb(what)), _) => format!(
-            "answered, but not as MongoDB ({what}): another program listens on that port (an \
-             HTTP server, sshd?)"
+        (Some(Failure::NotMongoDb(what)), _) => not_mongodb(what),
+        (Some(Failure::Closed), Some(error)) => format!(
+            "connection closed by the peer without a reply ({error}): a mongod that requires \
+             TLS does that to a client without it, one stopping once"
         ),
         (Some(Failure::TimedOut), _) => {
             "timed out: no answer within the connect timeout (a host that is down, a firewall \

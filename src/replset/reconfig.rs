@@ -26,7 +26,7 @@ use crate::mongo::errors::{codes, command_code as code, user_database_hint, Sign
 const EXCEEDED_TIME_LIMIT: i32 = 262;
 use crate::mongo::{
     bound_waits, connect, lookup, none_resolves, options, reason, Connection, Login, Lookup,
-    Purpose,
+    Purpose, Unusable,
 };
 use crate::retry::{poll_until, Check, PollError};
 
@@ -70,7 +70,7 @@ pub async fn plan(
     let session = Session::open(request).await?;
     // A plan is a preview: it waits for new members briefly.
     let result = session
-        .plan(request, Duration::from_secs(5).min(session.wait), progress)
+        .reachable(session.plan(request, Duration::from_secs(5).min(session.wait), progress))
         .await;
     session.close().await;
     result
@@ -268,6 +268,44 @@ impl Session {
         .await;
     }
 
+    /// `reading`, a read of the set through the declared members, or, as
+    /// soon as every one of them answers as no wait cures (another program
+    /// on its port, connections closed without a reply:
+    /// [`Connection::none_usable`]), the error that names each and how.
+    /// The driver would wait out its server selection, and apply its whole
+    /// bound, for a member that never comes.
+    async fn reachable<T>(
+        &self,
+        reading: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        tokio::select! {
+            result = reading => result,
+            every = self.conn.found_none_usable(|_, _| {}) => {
+                let each: Vec<String> = every
+                    .iter()
+                    .map(|(address, how)| format!("{address}: {}", self.unusable(how)))
+                    .collect();
+                Err(format!(
+                    "no --member answers as MongoDB: {}; the set is read through them; nothing \
+                     changed",
+                    each.join("; ")
+                ))
+            }
+        }
+    }
+
+    /// How a server answers that no wait cures, in words, with what to
+    /// check.
+    fn unusable(&self, how: &Unusable) -> String {
+        match how {
+            Unusable::NotMongoDb(what) => format!(
+                "answered, but not as MongoDB ({what}): another program listens on that port \
+                 (an HTTP server, sshd?); check its port (mongod's default is 27017)"
+            ),
+            Unusable::ClosesUnanswered(closes) => self.conn.closes_unanswered(closes, "--uri"),
+        }
+    }
+
     fn admin(&self) -> Database {
         self.conn.client.database("admin")
     }
@@ -397,16 +435,14 @@ impl Session {
         let conn = connect(o, self.base_login.clone(), Purpose::Direct)?;
         let admin = conn.client.database("admin");
         let deadline = Instant::now() + bound;
-        let not_mongodb = |what: &str| {
-            format!(
-                "it answered, but not as MongoDB ({what}): another program listens on that port \
-                 (an HTTP server, sshd?); check its port (mongod's default is 27017)"
-            )
+        let unusable = |how: &Unusable| match how {
+            Unusable::NotMongoDb(_) => format!("it {}", self.unusable(how)),
+            Unusable::ClosesUnanswered(closes) => conn.closes_unanswered(closes, "--uri"),
         };
         let result = poll_until(deadline, Duration::from_millis(500), || async {
             let reply = tokio::select! {
                 reply = admin.run_command(doc! { "hello": 1 }) => reply,
-                (_, what) = conn.answered_not_as_mongodb() => return Check::Failed(not_mongodb(&what)),
+                (_, how) = conn.found_unusable() => return Check::Failed(unusable(&how)),
             };
             match reply {
                 Ok(hello) => match hello.get_str("setName") {
@@ -428,9 +464,9 @@ impl Session {
                         "mongod at {host} is not running as a replica-set member: start it with --replSet {name}"
                     )),
                 },
-                Err(e) => match (lookup(&address).await, conn.not_mongodb()) {
+                Err(e) => match (lookup(&address).await, conn.unusable()) {
                     (Lookup::NoSuchName(why), _) => Check::Failed(no_such_name(why)),
-                    (_, Some((_, what))) => Check::Failed(not_mongodb(&what)),
+                    (_, Some((_, how))) => Check::Failed(unusable(&how)),
                     _ if Signals::of(&e).server_selection => Check::NotYet(conn.why_silent()),
                     _ => Check::NotYet(reason(&e, conn.secret.as_deref())),
                 },
@@ -501,11 +537,14 @@ impl Session {
         progress: &mut dyn FnMut(Progress<'_>),
     ) -> Result<String, String> {
         // Reaching the set counts towards the first wait.
-        let mut settled_by = Instant::now() + self.wait;
-        self.check_access().await?;
+        let settled_by = Instant::now() + self.wait;
+        self.reachable(async {
+            self.check_access().await?;
+            self.wait_settled(settled_by, progress).await
+        })
+        .await?;
         let mut taken = 0;
         loop {
-            self.wait_settled(settled_by, progress).await?;
             let planned = self.plan(request, self.wait, progress).await.map_err(|e| {
                 if taken == 0 {
                     format!("{e}; nothing changed")
@@ -536,7 +575,8 @@ impl Session {
                     return self.overtaken(request, &why, progress).await
                 }
             }
-            settled_by = Instant::now() + self.wait;
+            self.wait_settled(Instant::now() + self.wait, progress)
+                .await?;
         }
     }
 

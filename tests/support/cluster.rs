@@ -44,6 +44,24 @@ pub fn http_listener() -> u16 {
     port
 }
 
+/// A listener on loopback that accepts every connection, reads what the
+/// client sends first, and closes it without a word: what a client
+/// without TLS sees of a mongod that requires TLS (mongod reads the first
+/// message, finds no TLS handshake and ends the session), or of one at its
+/// connection limit. Returns its port.
+pub fn closing_listener() -> u16 {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        for mut connection in listener.incoming().map_while(Result::ok) {
+            let mut first = [0u8; 1024];
+            let _ = connection.read(&mut first);
+        }
+    });
+    port
+}
+
 /// A line in the test log that output capture does not swallow.
 pub fn say(line: &str) {
     let mut err = std::io::stderr().lock();
