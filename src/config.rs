@@ -829,14 +829,15 @@ impl Config {
             })
             .collect();
         let store = store_config(&settings)?;
-        #[cfg(unix)]
         warnings.extend(
             [
                 ("mongodb_uri_file", &settings.mongodb_uri_file),
                 ("mongodb_password_file", &settings.mongodb_password_file),
             ]
             .into_iter()
-            .filter_map(|(setting, path)| open_to_others(setting, path.as_deref()?)),
+            .filter_map(|(setting, path)| {
+                crate::mongo::uri::open_to_others(setting, path.as_deref()?)
+            }),
         );
         let templates = resolve_templates(settings.template_dir.as_deref(), || {
             place(&figment, "template_dir")
@@ -897,24 +898,6 @@ fn seconds(figment: &Figment, key: &str, value: u64) -> Result<Duration, ConfigE
         "bad configuration: {whence}: {key} is {value}, expected a number of seconds \
          from 1 to {MAX_SECS} (a day)"
     )))
-}
-
-/// The warning for a secret's file (`setting`, at `path`) that users other
-/// than its owner may read or write (mode & 0o077), naming the file and
-/// the fix, never its content; `None` for a private file, or one that
-/// cannot be read (its error is told where it is read).
-#[cfg(unix)]
-fn open_to_others(setting: &str, path: &Path) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
-    (mode & 0o077 != 0).then(|| {
-        format!(
-            "{setting} {} is open to other users (mode {mode:o}) and holds a secret: \
-             chmod 600 {}",
-            path.display(),
-            path.display()
-        )
-    })
 }
 
 /// `mongodb_password_file` from every layer, for a command given its own

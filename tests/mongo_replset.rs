@@ -1020,6 +1020,40 @@ async fn init_creates_the_app_user_once_and_converges_on_a_changed_password() {
         text(&again)
     );
     assert!(!out.contains(APP_PASSWORD), "{out}");
+    assert!(again.stderr.is_empty(), "a private file: {}", text(&again));
+
+    // A password file other users may read is warned about, as the app
+    // warns about its own, and used all the same.
+    let open = {
+        use std::os::unix::fs::PermissionsExt;
+        let open = auth.other_password_file(APP_PASSWORD);
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        open
+    };
+    let mut open_args = init_args(&hosts);
+    let mut user_args = auth.init_args();
+    user_args[3] = open.display().to_string();
+    open_args.extend(user_args);
+    let o = simplechat(open_args, &[]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("nothing changed"),
+        "{}",
+        text(&o)
+    );
+    let warning = format!(
+        "warning: --password-file {0} is open to other users (mode 644) and holds a secret: \
+         chmod 600 {0}",
+        open.display()
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .any(|l| l == warning),
+        "{warning}: {}",
+        text(&o)
+    );
+    assert!(!text(&o).contains(APP_PASSWORD), "{}", text(&o));
 
     // The password file changed: without the key, a clear refusal.
     let rotated = "n3w:pass@word";

@@ -80,6 +80,32 @@ pub fn read_password_file(path: &Path) -> Result<String, String> {
     Ok(password.to_owned())
 }
 
+/// The warning for a secret's file (`setting`, at `path`) that users other
+/// than its owner may read or write (mode & 0o077), naming the file and
+/// the fix, never its content; `None` for a private file, or one that
+/// cannot be read (its error is told where it is read). The app says it
+/// of `mongodb_uri_file` and `mongodb_password_file`, `replset init` of
+/// `--password-file`.
+#[cfg(unix)]
+pub fn open_to_others(setting: &str, path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "{setting} {} is open to other users (mode {mode:o}) and holds a secret: \
+             chmod 600 {}",
+            path.display(),
+            path.display()
+        )
+    })
+}
+
+/// Elsewhere no mode says who may read a file.
+#[cfg(not(unix))]
+pub fn open_to_others(_setting: &str, _path: &Path) -> Option<String> {
+    None
+}
+
 /// Parses a connection string without I/O.
 ///
 /// Errors: why it does not parse, with what to do for the options this

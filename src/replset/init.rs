@@ -247,6 +247,14 @@ pub async fn init(
     let members = config::normalize_members(&request.members)?;
     // Files first: a missing one must not wait for the members.
     let user = request.user.as_ref().map(user::prepare).transpose()?;
+    // Read all the same, as the app reads its own password file.
+    if let Some(open) = request
+        .user
+        .as_ref()
+        .and_then(|u| crate::mongo::uri::open_to_others("--password-file", &u.password_file))
+    {
+        progress(&format!("warning: {open}"));
+    }
     let (mut base, login) = match &request.uri {
         Some(uri) => options(uri).await?,
         None => (ClientOptions::default(), Login::default()),

@@ -148,8 +148,13 @@ impl Auth {
 
     /// A password file with other content, for wrong-password tests.
     pub fn other_password_file(&self, password: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
         let path = self.dir.path().join(format!("other-{}", password.len()));
         std::fs::write(&path, format!("{password}\n")).expect("write password");
+        // Private, as a deployment keeps it: a file others may read is
+        // warned about.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod password");
         path
     }
 
