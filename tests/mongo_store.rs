@@ -1485,3 +1485,46 @@ async fn a_burst_larger_than_the_cache_read_again_by_a_catch_up_moves_nothing() 
     assert_eq!(positions(sim)[..burst], before[..]);
     store.close().await;
 }
+
+/// The driver resumes a change stream itself after a network error, with an
+/// `aggregate` naming the stream's resume token. When that `aggregate` is
+/// lost after it was sent (the primary going away as it answers), the
+/// driver's retryable-reads retry of it (mongodb 3.9) is built without the
+/// token: the stream would open at "now" and skip, without an error, what
+/// was stored while it was away. The store's stream has retryable reads
+/// off, so such a loss is an error and the store resumes from its own token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_resume_of_the_change_stream_skips_nothing() {
+    let test = "a_lost_resume_of_the_change_stream_skips_nothing";
+    let cluster = sim_for(test, Duration::ZERO).await;
+    let sim = cluster.sim().expect("simulator");
+    let live = Cache::new();
+    let store = open_ready(&cluster, "resume", Duration::from_secs(60), live.clone()).await;
+    wait_until_running(&store, Duration::from_secs(30)).await;
+    let mut events = live.subscribe();
+    store.insert(message("r1", "before")).await.expect("insert");
+    wait_for_event(&mut events, "r1").await;
+
+    // Stored while the store's stream waits in a getMore that brings
+    // nothing (held), by another instance, so only the stream can tell.
+    sim.hold_change_streams(true);
+    let other = open_ready(&cluster, "resume", Duration::from_secs(60), Cache::new()).await;
+    other
+        .insert(message("r2", "while the stream was held"))
+        .await
+        .expect("insert through another instance");
+    other.close().await;
+    // The stream's getMore fails with the primary; the driver's resume
+    // `aggregate` runs and its reply is lost.
+    sim.drop_replies("aggregate", 1);
+    let primary = cluster.primary().await.expect("a primary");
+    cluster.kill(primary).await;
+    cluster
+        .wait_for_primary(Duration::from_secs(30))
+        .await
+        .expect("a new primary");
+    sim.hold_change_streams(false);
+    wait_for_event(&mut events, "r2").await;
+    cluster.restart(primary).await;
+    store.close().await;
+}

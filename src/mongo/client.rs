@@ -54,6 +54,21 @@ pub struct Connection {
     checkouts: Arc<AtomicU64>,
     /// The connection string asks for TLS (`tls=true`).
     tls: bool,
+    /// The client a store's change stream runs on ([`Purpose::Store`]):
+    /// the same settings with retryable reads off; for [`Purpose::Direct`],
+    /// `client` itself.
+    ///
+    /// The driver resumes a change stream itself after a resumable error,
+    /// once, with an `aggregate` naming the stream's resume token (the
+    /// driver's change streams specification, "Resume Process"). With
+    /// retryable reads on, that `aggregate` is retried once when its reply
+    /// is lost, and the mongodb 3.9 driver builds the retry without the
+    /// token (`ChangeStreamAggregate::build` takes it out of the resume
+    /// data): the stream opens at the present and skips, without any
+    /// error, what was stored while it was away. Off, the lost reply is
+    /// the stream's error, and the store opens the stream again from the
+    /// token it kept itself.
+    pub change_streams: Client,
 }
 
 /// How a server answers that no wait cures.
@@ -154,6 +169,13 @@ pub fn connect(
     purpose: Purpose,
 ) -> Result<Connection, String> {
     tune(&mut options, purpose);
+    // Taken before the event handlers are set: what they count is the
+    // main client's (see `Connection::change_streams`).
+    let stream_options = (purpose == Purpose::Store).then(|| {
+        let mut o = options.clone();
+        o.retry_reads = Some(false);
+        o
+    });
     let seeds = options.hosts.iter().map(address_string).collect();
     let tls = matches!(options.tls, Some(mongodb::options::Tls::Enabled(_)));
     let Login {
@@ -210,14 +232,22 @@ pub fn connect(
         }
         _ => {}
     }));
-    let client = Client::with_options(options).map_err(|e| {
-        format!(
-            "cannot create the MongoDB client: {}",
-            reason(&e, secret.as_deref())
-        )
-    })?;
+    let create = |options: ClientOptions| {
+        Client::with_options(options).map_err(|e| {
+            format!(
+                "cannot create the MongoDB client: {}",
+                reason(&e, secret.as_deref())
+            )
+        })
+    };
+    let client = create(options)?;
+    let change_streams = match stream_options {
+        Some(o) => create(o)?,
+        None => client.clone(),
+    };
     Ok(Connection {
         client,
+        change_streams,
         topology,
         secret,
         seeds,

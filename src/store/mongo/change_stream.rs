@@ -465,7 +465,7 @@ impl Watcher {
         ] } }];
         let coll = self
             .collections
-            .messages
+            .messages_watched
             .clone_with_type::<RawDocumentBuf>();
         if let Some(token) = self.token.clone() {
             match coll

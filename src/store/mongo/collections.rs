@@ -38,6 +38,10 @@ pub(super) struct Collections {
     pub(super) conn: Connection,
     /// Reads (`primaryPreferred`, majority) and writes (majority, journal).
     pub(super) messages: Collection<Document>,
+    /// `messages` on the change streams' own client, whose reads are not
+    /// retried ([`Connection::change_streams`]): what the change stream
+    /// watches.
+    pub(super) messages_watched: Collection<Document>,
     /// The check after a duplicate key must see what a majority has, from
     /// the primary: a document still waiting for its majority must not be
     /// reported as stored.
@@ -82,25 +86,28 @@ impl Collections {
             .journal(true)
             .w_timeout(write_timeout)
             .build();
+        let watched_db = conn.change_streams.database(database);
+        let options = |preference: ReadPreference| {
+            CollectionOptions::builder()
+                .write_concern(write_concern.clone())
+                .read_concern(ReadConcern::majority())
+                .selection_criteria(SelectionCriteria::ReadPreference(preference))
+                .build()
+        };
         let with = |name: &str, preference: ReadPreference| {
-            db.collection_with_options(
-                name,
-                CollectionOptions::builder()
-                    .write_concern(write_concern.clone())
-                    .read_concern(ReadConcern::majority())
-                    .selection_criteria(SelectionCriteria::ReadPreference(preference))
-                    .build(),
-            )
+            db.collection_with_options(name, options(preference))
         };
         let preferred = || ReadPreference::PrimaryPreferred { options: None };
         Collections {
-            conn,
             messages: with(document::COLLECTION, preferred()),
+            messages_watched: watched_db
+                .collection_with_options(document::COLLECTION, options(preferred())),
             messages_on_primary: with(document::COLLECTION, ReadPreference::Primary),
             meta: with(META_COLLECTION, preferred()),
             meta_on_primary: with(META_COLLECTION, ReadPreference::Primary),
             skipped,
             record_refusal_logged: AtomicBool::new(false),
+            conn,
         }
     }
 

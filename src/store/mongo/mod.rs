@@ -368,6 +368,9 @@ impl Store for MongoStore {
             // loop gives up at its next step, as the store is closed).
             let shutdown = collections.conn.client.clone().shutdown();
             let _ = tokio::time::timeout(self.shared.write_timeout, shutdown).await;
+            // Only the change stream runs there, and the store has stopped it.
+            let streams = collections.conn.change_streams.clone().shutdown();
+            let _ = tokio::time::timeout(self.shared.write_timeout, streams).await;
         }
     }
 }
