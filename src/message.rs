@@ -70,20 +70,15 @@ impl NewMessage {
         Ok(NewMessage { id, name, text })
     }
 
-    /// The same post again: what an idempotent retry must match. Both
-    /// sides under the current rules: a message stored by an older version
-    /// may keep what the rules now trim (format characters at a name's
-    /// ends), and the same body retried after an upgrade is still the
-    /// same post.
-    pub fn same_content(&self, stored: &Message) -> bool {
-        self.same_as_stored(&stored.name, &stored.text)
-    }
-
-    /// [`NewMessage::same_content`] for a name and text as a store holds
-    /// them, whoever wrote them: each is taken through the rules of a post,
-    /// and must then be this post's. One those rules refuse (too long, a
-    /// control character, a bidi control in a name, nothing visible) is no
-    /// post's, whatever a read shows in its place.
+    /// The same post again: what an idempotent retry must match, against a
+    /// name and text as a store holds them, whoever wrote them. Each is
+    /// taken through the rules of a post, and must then be this post's: a
+    /// message stored by an older version may keep what the rules now
+    /// mend (format characters at a name's ends, a name not in NFC), and
+    /// the same body retried after an upgrade is still the same post. One
+    /// those rules refuse (too long, a control character, a bidi control in
+    /// a name, nothing visible) is no post's, whatever a read shows in its
+    /// place.
     pub fn same_as_stored(&self, name: &str, text: &str) -> bool {
         let name =
             self.name == name || validate_name(name).is_ok_and(|current| current == self.name);

@@ -1299,7 +1299,7 @@ fn write_batch(
                     }
                 };
                 outcomes.push((
-                    if new.same_content(&stored) {
+                    if new.same_as_stored(&stored.name, &stored.text) {
                         Ok(Inserted::Existing(stored))
                     } else {
                         Err(StoreError::Conflict(new.id.clone()))

@@ -366,11 +366,15 @@ impl Store for MongoStore {
         if let Some(collections) = self.shared.collections.get() {
             // Waits for operations still running (a write in its retry
             // loop gives up at its next step, as the store is closed).
-            let shutdown = collections.conn.client.clone().shutdown();
+            // The change streams' client, beside it, holds only the stream
+            // the store has stopped: both within one bound, not one each.
+            let shutdown = async {
+                tokio::join!(
+                    collections.conn.client.clone().shutdown(),
+                    collections.conn.change_streams.clone().shutdown()
+                )
+            };
             let _ = tokio::time::timeout(self.shared.write_timeout, shutdown).await;
-            // Only the change stream runs there, and the store has stopped it.
-            let streams = collections.conn.change_streams.clone().shutdown();
-            let _ = tokio::time::timeout(self.shared.write_timeout, streams).await;
         }
     }
 }
