@@ -523,6 +523,23 @@ impl Cache {
         )
     }
 
+    /// The first arrival of the current epoch, when the cache is complete
+    /// and holds the whole history: from there, [`Cache::since`] answers
+    /// with every message the store had when the cache last read it, and
+    /// every one published since. `None` when the store may have messages
+    /// the cache does not hold.
+    pub fn oldest_arrival(&self) -> Option<Arrival> {
+        let recent = self.read();
+        (recent.complete && recent.whole_history).then(|| Arrival {
+            epoch: recent.epoch,
+            seq: recent
+                .events
+                .front()
+                .and_then(|e| e.arrival)
+                .map_or(recent.next_seq, |a| a.seq),
+        })
+    }
+
     /// Whether the cache holds the message `id` (complete or not): it was
     /// published, or loaded, and not evicted since.
     pub fn holds(&self, id: &str) -> bool {

@@ -143,6 +143,12 @@ impl Chat {
         self.cache.since(next, limit)
     }
 
+    /// The cache's first arrival, when it holds the whole history (see
+    /// [`Cache::oldest_arrival`]).
+    pub fn oldest_arrival(&self) -> Option<Arrival> {
+        self.cache.oldest_arrival()
+    }
+
     /// Whether the cache holds the message `id` (see [`Cache::holds`]).
     pub fn holds(&self, id: &str) -> bool {
         self.cache.holds(id)

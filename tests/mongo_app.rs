@@ -552,7 +552,9 @@ async fn spawn_with_password(
 }
 
 async fn wait_ready(app: &TestApp, within: Duration) {
-    let deadline = Instant::now() + within;
+    // Signing in derives SCRAM's keys, slow in an unoptimised test build
+    // on a loaded machine: readiness is waited for here, never timed.
+    let deadline = Instant::now() + within.max(Duration::from_secs(20));
     loop {
         let response = app.get("/readyz").await;
         if response.status() == 200 {
@@ -2801,6 +2803,91 @@ async fn more_messages_than_the_cache_holds_stored_during_the_first_load_all_rea
         ["after"]
     );
     assert_eq!(subscriber.arrived(), Vec::<String>::new());
+    app.shutdown().await;
+}
+
+/// A subscriber placed before the instance's first load, on an empty
+/// store, is sent what the cache holds once the load is done, and nothing
+/// ahead of it. It used to read the store from its oldest message: a
+/// message another instance had just stored, which this instance's change
+/// stream had yet to bring, was on the stream while this instance's
+/// listings did not show it (a page reloaded then lost it from view). The
+/// simulator holds the first load's reply until such a message is stored,
+/// and the opening of the change stream that would bring it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_is_not_sent_a_message_before_the_instances_listings_show_it() {
+    let test = "a_subscriber_is_not_sent_a_message_before_the_instances_listings_show_it";
+    let cluster = sim_cluster(test).await;
+    let sim = cluster.sim().expect("simulator");
+    // The load's read of the latest messages, the newest first.
+    sim.hold_next_as("load", "find", HoldPoint::BeforeReplying, |command| {
+        command.get_str("find") == Ok("messages")
+            && number_in(command, "limit") > 1
+            && command
+                .get_document("sort")
+                .is_ok_and(|sort| sort.values().all(|v| v.as_i32() == Some(-1)))
+    });
+    sim.hold_next_as("open", "aggregate", HoldPoint::BeforeRunning, |command| {
+        command.get_str("aggregate") == Ok("messages")
+            && command
+                .get_array("pipeline")
+                .ok()
+                .and_then(|stages| stages.first())
+                .and_then(|stage| stage.as_document())
+                .is_some_and(|stage| stage.contains_key("$changeStream"))
+    });
+    let app = start_app_with(
+        &cluster,
+        "aheadofcache",
+        20,
+        &[("heartbeat_secs", json!(3600))],
+    )
+    .await;
+    until_held(sim, "load").await;
+    let mut subscriber = Subscriber::connect(&app).await;
+    // After the load's read, before this instance's change stream runs.
+    cluster
+        .lab_messages("aheadofcache")
+        .await
+        .insert_one(
+            doc! { "_id": "elsewhere", "name": "bob", "text": "stored elsewhere",
+            "datetime": mongodb::bson::DateTime::now(),
+            "position": mongodb::bson::Timestamp { time: 0, increment: 0 } },
+        )
+        .write_concern(mongodb::options::WriteConcern::majority())
+        .await
+        .expect("stored by another instance");
+    sim.release("load");
+    // Listings come from the store until the cache is complete, then
+    // from the cache, which does not have the message yet.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stored_ids(&app).await.contains("elsewhere") {
+        assert!(Instant::now() < deadline, "the first load never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A subscriber waiting for the cache catches up as soon as it is
+    // complete: given time to.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = subscriber.arrived();
+    let listed = stored_ids(&app).await;
+    assert!(
+        sent.iter().all(|id| listed.contains(id)),
+        "sent {sent:?} while the listing had {listed:?}"
+    );
+
+    sim.release("open");
+    let mut sent = sent;
+    if sent.is_empty() {
+        sent = subscriber.next_ids(1, Duration::from_secs(20)).await;
+    }
+    assert_eq!(sent, ["elsewhere"]);
+    assert!(stored_ids(&app).await.contains("elsewhere"));
+    assert_eq!(post_with_id(&app, "after", "after").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["after"],
+        "once, then what follows"
+    );
     app.shutdown().await;
 }
 

@@ -368,6 +368,15 @@ where
                     }
                     continue;
                 }
+                // Sent nothing yet, and the cache holds everything: from
+                // its oldest message. The store could be read too, but it
+                // may already have messages the change stream has yet to
+                // bring into the cache: sent now, they would be on this
+                // stream before this instance's listings show them.
+                if let (None, None, Some(oldest)) = (&last_id, next, chat.oldest_arrival()) {
+                    next = Some(oldest);
+                    continue;
+                }
                 // Otherwise by id, one page at a time (the cache answers
                 // when it holds the id, the store when not).
                 let cursor = match &last_id {
