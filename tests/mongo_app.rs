@@ -2806,6 +2806,110 @@ async fn more_messages_than_the_cache_holds_stored_during_the_first_load_all_rea
     app.shutdown().await;
 }
 
+/// A primary that vanishes (a machine powered off, its network gone: no
+/// connection is closed or refused, nothing more is answered) loses no
+/// acknowledged message and stops no instance's live updates. Each
+/// instance's change stream waits in a `getMore` on that primary, and the
+/// driver has no socket timeout; what ends the wait is the driver's
+/// monitor of that member: once it hears of the new primary, its next
+/// check times out after `connectTimeoutMS` (5 s here, as in production),
+/// which clears the member's pool and interrupts the connections in use
+/// (the CMAP specification's `interruptInUseConnections`), and the stream
+/// resumes on the new primary. Simulator only: it keeps the vanished
+/// member's sockets open and silent (a real mongod would need SIGSTOP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_that_vanishes_without_closing_its_connections_loses_nothing_and_stops_no_stream()
+{
+    let test =
+        "a_primary_that_vanishes_without_closing_its_connections_loses_nothing_and_stops_no_stream";
+    let cluster = sim_cluster(test).await;
+    let sim = cluster.sim().expect("simulator");
+    let write_timeout = 40;
+    let app = start_app(&cluster, "vanish", write_timeout).await;
+    let other = start_app(&cluster, "vanish", write_timeout).await;
+    let mut subscriber = Subscriber::connect(&app).await;
+    let mut other_subscriber = Subscriber::connect(&other).await;
+    let first = post_with_id(&app, "before", "before").await;
+    assert_eq!(first, 201);
+    subscriber
+        .wait_for(&["before".to_owned()], Duration::from_secs(20))
+        .await;
+    other_subscriber
+        .wait_for(&["before".to_owned()], Duration::from_secs(20))
+        .await;
+
+    let primary = cluster.primary().await.expect("a primary");
+    say(&format!("{test}: member {primary} vanishes"));
+    sim.vanish(primary);
+    let vanished = Instant::now();
+    let mut acknowledged = Vec::new();
+    let mut refused = Vec::new();
+    for n in 0..200 {
+        if acknowledged.len() >= 10 || vanished.elapsed() > Duration::from_secs(150) {
+            break;
+        }
+        let id = format!("v{n:03}");
+        let response = app
+            .post_json(
+                "/api/messages",
+                &json!({ "name": "writer", "text": format!("message {n}"), "id": id }),
+            )
+            .await;
+        match response.status().as_u16() {
+            201 | 200 => acknowledged.push(id),
+            503 => {
+                assert!(
+                    response.headers().contains_key("retry-after"),
+                    "503 without Retry-After"
+                );
+                refused.push(id);
+            }
+            status => panic!(
+                "POST answered {status}: {}",
+                response.text().await.unwrap_or_default()
+            ),
+        }
+    }
+    let first_ack = vanished.elapsed();
+    say(&format!(
+        "{test}: {} acknowledged, {} refused (503) within {first_ack:?}",
+        acknowledged.len(),
+        refused.len()
+    ));
+    assert_eq!(acknowledged.len(), 10, "writes resumed on the new primary");
+    subscriber
+        .wait_for(&acknowledged, Duration::from_secs(60))
+        .await;
+    other_subscriber
+        .wait_for(&acknowledged, Duration::from_secs(60))
+        .await;
+    say(&format!(
+        "{test}: both instances' subscribers had every acknowledged message {:?} after the primary vanished",
+        vanished.elapsed()
+    ));
+    for instance in [&app, &other] {
+        let listed = stored_ids(instance).await;
+        let missing: Vec<_> = acknowledged
+            .iter()
+            .filter(|id| !listed.contains(*id))
+            .collect();
+        assert!(missing.is_empty(), "acknowledged, not listed: {missing:?}");
+    }
+
+    // Back (its sockets closed as the machine restarts): it rejoins, and
+    // what is posted next reaches both.
+    sim.restart(primary).await.expect("restart");
+    assert_eq!(post_with_id(&app, "back", "back").await, 201);
+    subscriber
+        .wait_for(&["back".to_owned()], Duration::from_secs(30))
+        .await;
+    other_subscriber
+        .wait_for(&["back".to_owned()], Duration::from_secs(30))
+        .await;
+    app.shutdown().await;
+    other.shutdown().await;
+}
+
 /// A subscriber placed before the instance's first load, on an empty
 /// store, is sent what the cache holds once the load is done, and nothing
 /// ahead of it. It used to read the store from its oldest message: a

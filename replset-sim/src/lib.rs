@@ -448,21 +448,44 @@ impl Cluster {
     /// was primary, or the primary loses its majority, an election follows
     /// after `election_delay`.
     pub async fn kill(&self, member: usize) {
-        {
-            let mut st = self.shared.lock();
-            let m = &mut st.members[member];
-            if !m.alive {
-                return;
-            }
-            m.alive = false;
-            m.cursors.clear();
-            st.bump_topology();
-            if st.check_quorum() {
-                self.shared.schedule_election(&mut st);
-            }
+        if self.crash(member) {
+            self.shared.notify();
         }
-        self.shared.notify();
+        // Also after [`Cluster::vanish`]: its sockets close now.
         self.shared.stop_net(member).await;
+        self.shared.lock().members[member].silent = false;
+    }
+
+    /// Crashes `member` as a machine that vanishes does (powered off, its
+    /// network gone): for the set, as [`Cluster::kill`]; for clients, no
+    /// connection closes or is refused, and nothing more is ever sent on
+    /// one: operations in flight (a `getMore` waiting, a write waiting for
+    /// its write concern) and new requests wait without end, as on a
+    /// socket whose peer is gone without a FIN or a reset, until the
+    /// client gives up on it. New connections are accepted and never
+    /// answered (a vanished host does not complete the TCP handshake:
+    /// there, the client's connect times out). [`Cluster::restart`] (or
+    /// `kill`) closes the sockets and brings it back.
+    pub fn vanish(&self, member: usize) {
+        self.shared.lock().members[member].silent = true;
+        self.crash(member);
+        self.shared.notify();
+    }
+
+    /// Marks `member` dead for the set; false if it was already.
+    fn crash(&self, member: usize) -> bool {
+        let mut st = self.shared.lock();
+        let m = &mut st.members[member];
+        if !m.alive {
+            return false;
+        }
+        m.alive = false;
+        m.cursors.clear();
+        st.bump_topology();
+        if st.check_quorum() {
+            self.shared.schedule_election(&mut st);
+        }
+        true
     }
 
     /// Starts a killed member again on the same port (a running member is
@@ -554,6 +577,12 @@ impl Cluster {
             }
         }
         self.shared.notify();
+    }
+
+    /// Whether `member` vanished ([`Cluster::vanish`]) and was not
+    /// restarted since.
+    pub fn is_silent(&self, member: usize) -> bool {
+        self.shared.lock().members[member].silent
     }
 
     /// Whether `member` is currently cut off by [`Cluster::partition`].

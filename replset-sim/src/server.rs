@@ -1,6 +1,8 @@
 //! One task per client connection: read a request, run it, write the reply.
 //! Killing a member aborts these tasks, which drops the sockets mid-operation
-//! exactly as a crashed mongod would.
+//! exactly as a crashed mongod would. A member that vanished
+//! (`Cluster::vanish`) sends nothing more: each task waits, its socket
+//! open, until the member is killed or restarted.
 
 use std::sync::Arc;
 
@@ -31,6 +33,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, member: usize, sock: TcpStream) {
             Ok(Some(r)) => r,
             Ok(None) | Err(_) => return,
         };
+        // A vanished host runs nothing it is sent.
+        fall_silent_if_vanished(&shared, member).await;
         match req.kind {
             RequestKind::Msg { flags, body } => {
                 let awaitable = is_awaitable_hello(&body);
@@ -39,6 +43,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, member: usize, sock: TcpStream) {
                     Outcome::Reply(d) => d,
                     Outcome::Close => return,
                 };
+                fall_silent_if_vanished(&shared, member).await;
                 if flags & FLAG_MORE_TO_COME != 0 {
                     // Unacknowledged request: mongod sends nothing back.
                     continue;
@@ -65,6 +70,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, member: usize, sock: TcpStream) {
                             o = commands::run(&ctx, body.clone()) => o,
                         };
                         let Outcome::Reply(d) = next else { return };
+                        fall_silent_if_vanished(&shared, member).await;
                         match wire::write_msg(&mut wr, last_id, FLAG_MORE_TO_COME, &d).await {
                             Ok(id) => last_id = id,
                             Err(_) => return,
@@ -85,6 +91,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, member: usize, sock: TcpStream) {
                     Some(r) => r,
                     None => return,
                 };
+                fall_silent_if_vanished(&shared, member).await;
                 if wire::write_reply(&mut wr, req.request_id, &reply)
                     .await
                     .is_err()
@@ -96,6 +103,14 @@ pub(crate) async fn serve(shared: Arc<Shared>, member: usize, sock: TcpStream) {
             // compression, so a client sending it is broken; hang up.
             RequestKind::Unsupported => return,
         }
+    }
+}
+
+/// Never returns once the member vanished: nothing is sent, and the
+/// socket stays open until the member's connections are aborted.
+async fn fall_silent_if_vanished(shared: &Shared, member: usize) {
+    if shared.lock().members[member].silent {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -60,6 +60,9 @@ pub(crate) struct Member {
     pub port: u16,
     pub alive: bool,
     pub partitioned: bool,
+    /// Crashed without closing anything ([`crate::Cluster::vanish`]): its
+    /// connections stay open and nothing more is sent on them.
+    pub silent: bool,
     pub process_id: ObjectId,
     pub started: Instant,
     pub cursors: HashMap<i64, Cursor>,
@@ -379,6 +382,7 @@ impl State {
                     port: *p,
                     alive: true,
                     partitioned: false,
+                    silent: false,
                     process_id: ObjectId::new(),
                     started: Instant::now(),
                     cursors: HashMap::new(),

@@ -527,3 +527,42 @@ async fn held_commands_wait_until_released() {
     assert_eq!(held_insert.await.unwrap().get_i32("n"), Ok(1));
     assert_eq!(cluster.held("insert"), 0);
 }
+
+/// A vanished member (a machine powered off) closes nothing and answers
+/// nothing: a connection opened before gets no reply, a new one is accepted
+/// and gets none either, and neither is closed until the member restarts.
+#[tokio::test]
+async fn a_vanished_member_answers_nothing_and_closes_nothing_until_it_restarts() {
+    use std::time::Duration;
+
+    let cluster = Cluster::start(ClusterOptions::default()).await.unwrap();
+    let host = cluster.hosts()[0].clone();
+    let ping = doc! { "ping": 1, "$db": "admin" };
+    let mut before = Raw::connect(&host).await;
+    assert_eq!(
+        before.command(ping.clone(), None).await.get_f64("ok"),
+        Ok(1.0)
+    );
+
+    cluster.vanish(0);
+    assert!(cluster.is_silent(0));
+    assert_eq!(cluster.member_state(0), "DOWN");
+    let mut after = Raw::connect(&host).await;
+    for raw in [&mut before, &mut after] {
+        let asked =
+            tokio::time::timeout(Duration::from_millis(500), raw.command(ping.clone(), None));
+        assert!(asked.await.is_err(), "no reply, no error");
+    }
+
+    cluster.restart(0).await.unwrap();
+    assert!(!cluster.is_silent(0));
+    for raw in [&mut before, &mut after] {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), raw.sock.read(&mut byte))
+            .await
+            .expect("closed at the restart");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    let mut again = Raw::connect(&host).await;
+    assert_eq!(again.command(ping, None).await.get_f64("ok"), Ok(1.0));
+}
