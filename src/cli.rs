@@ -333,6 +333,19 @@ fn progress(line: &dyn std::fmt::Display) {
     eprintln!("{line}");
 }
 
+/// A line on stderr when `--key-file` is open to other users, as `replset
+/// init` says of its secret files; the key is used all the same (mongod
+/// itself refuses such a key file, but this may be a copy of it).
+fn warn_of_an_open_key_file(args: &MembersArgs) {
+    if let Some(open) = args
+        .key_file
+        .as_deref()
+        .and_then(|path| crate::mongo::uri::open_to_others("--key-file", path))
+    {
+        progress(&format!("warning: {open}"));
+    }
+}
+
 /// `replset apply`, stopped by Ctrl-C (SIGINT) with one line that says
 /// during which step, and that plan and apply can be run again: every
 /// step is planned afresh from what the primary reports, so a second
@@ -470,6 +483,7 @@ async fn replset_command(command: ReplsetCommand) -> Result<ExitCode, String> {
             init(request).await
         }
         ReplsetCommand::Plan(args) => {
+            warn_of_an_open_key_file(&args);
             let planned = replset::reconfig::plan(&args.into(), &mut |p| progress(&p)).await?;
             println!(
                 "replica set {} has {}",
@@ -484,7 +498,10 @@ async fn replset_command(command: ReplsetCommand) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        ReplsetCommand::Apply(args) => apply(args.into()).await,
+        ReplsetCommand::Apply(args) => {
+            warn_of_an_open_key_file(&args);
+            apply(args.into()).await
+        }
         ReplsetCommand::Status { uri, json } => {
             let uri = match uri {
                 // As the app would connect: the password file completes a

@@ -580,7 +580,16 @@ async fn with_access_control_apply_uses_the_key_file() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("keyfile");
     std::fs::write(&key_file, cluster::KEY).unwrap();
+    let mode = |mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    mode(0o600);
     let key_arg = key_file.to_str().unwrap();
+    let warning = format!(
+        "warning: --key-file {key_arg} is open to other users (mode 640) and holds a secret: \
+         chmod 600 {key_arg}"
+    );
     let applied = simplechat(members_args(
         "apply",
         SET_NAME,
@@ -595,6 +604,28 @@ async fn with_access_control_apply_uses_the_key_file() {
         !output.contains("bWVtYmVyIGtleQ"),
         "the key never shows: {output}"
     );
+    assert!(!output.contains("warning:"), "a private key file: {output}");
+
+    // A key file its group may read is warned about, and used all the same.
+    mode(0o640);
+    for command in ["plan", "apply"] {
+        let run = simplechat(members_args(
+            command,
+            SET_NAME,
+            &hosts,
+            &["--key-file", key_arg],
+        ))
+        .await;
+        assert!(run.status.success(), "{}", text(&run));
+        assert!(
+            String::from_utf8_lossy(&run.stderr)
+                .lines()
+                .any(|line| line == warning),
+            "{command}: {warning}: {}",
+            text(&run)
+        );
+        assert!(!text(&run).contains("bWVtYmVyIGtleQ"), "{}", text(&run));
+    }
 }
 
 /// Ctrl-C while `apply` waits on a step (a new member's initial sync, made

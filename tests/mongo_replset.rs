@@ -1098,10 +1098,40 @@ async fn init_creates_the_app_user_once_and_converges_on_a_changed_password() {
         err.contains("authentication failed"),
         "the old password is refused: {err}"
     );
-    let rerun = simplechat(changed, &[]).await;
+    let rerun = simplechat(changed.clone(), &[]).await;
     assert!(
         String::from_utf8_lossy(&rerun.stdout).contains("nothing changed"),
         "{}",
+        text(&rerun)
+    );
+
+    // A key file other users may read is warned about too.
+    let open_key = {
+        use std::os::unix::fs::PermissionsExt;
+        let open_key = new_file.with_file_name("open-keyfile");
+        std::fs::copy(&auth.key_file, &open_key).expect("copy the key file");
+        std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        open_key
+    };
+    let mut with_open_key = changed.clone();
+    *with_open_key.last_mut().expect("the key file") = open_key.display().to_string();
+    let o = simplechat(with_open_key, &[]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let warning = format!(
+        "warning: --key-file {0} is open to other users (mode 644) and holds a secret: \
+         chmod 600 {0}",
+        open_key.display()
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .any(|l| l == warning),
+        "{warning}: {}",
+        text(&o)
+    );
+    assert!(
+        !String::from_utf8_lossy(&rerun.stderr).contains("warning:"),
+        "a private key file: {}",
         text(&rerun)
     );
 

@@ -248,12 +248,16 @@ pub async fn init(
     // Files first: a missing one must not wait for the members.
     let user = request.user.as_ref().map(user::prepare).transpose()?;
     // Read all the same, as the app reads its own password file.
-    if let Some(open) = request
-        .user
-        .as_ref()
-        .and_then(|u| crate::mongo::uri::open_to_others("--password-file", &u.password_file))
-    {
-        progress(&format!("warning: {open}"));
+    if let Some(user) = &request.user {
+        let files = [
+            ("--password-file", Some(user.password_file.as_path())),
+            ("--key-file", user.key_file.as_deref()),
+        ];
+        for (setting, path) in files {
+            if let Some(open) = path.and_then(|p| crate::mongo::uri::open_to_others(setting, p)) {
+                progress(&format!("warning: {open}"));
+            }
+        }
     }
     let (mut base, login) = match &request.uri {
         Some(uri) => options(uri).await?,
