@@ -41,8 +41,8 @@ struct Seen {
 }
 
 impl SkippedDocuments {
-    /// The message in `raw` (a name or text no post could have cut or
-    /// mended, logged once), or `None` after counting why it is not one.
+    /// The message in `raw` (a name or text today's rules for a post
+    /// would not take as stored cut or mended, logged once), or `None` after counting why it is not one.
     /// Documents come as raw bytes, and only the fields a message is read
     /// from are decoded ([`document::read_fields`]): a string that is not
     /// UTF-8 in one of them makes the document no message, one elsewhere
@@ -75,7 +75,7 @@ impl SkippedDocuments {
             Ok(message) => {
                 if message.altered && !self.altered_logged.swap(true, Ordering::Relaxed) {
                     log::info!(
-                        "the messages collection holds names or texts no post could have (too long, empty, or with control characters); they are shown cut or mended (the documents are not changed)"
+                        "the messages collection holds names or texts that today's rules for a post would not take as stored (too long, blank at the ends, not in Unicode NFC, CRLF line breaks, control characters); they are shown cut or mended as those rules make them (the documents are not changed)"
                     );
                 }
                 Some(message)
