@@ -1291,6 +1291,9 @@ pub fn describe(config: &Config) -> String {
     let set = |key: &str, value: String, from: String| format!("{key} = {value}  # from {from}\n");
     let note = |key: &str, note: &str| format!("# {key} {note}\n");
     let quoted = |p: &Path| format!("\"{}\"", p.display());
+    // Files as the server opens them ([`absolute`]), like the data
+    // directory: the same whatever the reader's working directory.
+    let opened = |p: &Path| quoted(&absolute(p));
     let mut out = String::new();
     out += &set(
         "address",
@@ -1312,13 +1315,13 @@ pub fn describe(config: &Config) -> String {
         ),
     };
     out += &match &settings.mongodb_uri_file {
-        Some(path) => set("mongodb_uri_file", quoted(path), from("mongodb_uri_file")),
+        Some(path) => set("mongodb_uri_file", opened(path), from("mongodb_uri_file")),
         None => note("mongodb_uri_file", "unset"),
     };
     out += &match &settings.mongodb_password_file {
         Some(path) => set(
             "mongodb_password_file",
-            quoted(path),
+            opened(path),
             from("mongodb_password_file"),
         ),
         None => note("mongodb_password_file", "unset"),
@@ -1338,7 +1341,7 @@ pub fn describe(config: &Config) -> String {
         // As the startup line names it: the directory the server uses,
         // whatever the reader's working directory.
         StoreConfig::Embedded { data_dir, .. } => {
-            set("data_dir", quoted(&absolute(data_dir)), from("data_dir"))
+            set("data_dir", opened(data_dir), from("data_dir"))
         }
         StoreConfig::MongoDb { .. } => note("data_dir", "unused: MongoDB store"),
     };
@@ -1351,7 +1354,7 @@ pub fn describe(config: &Config) -> String {
         StoreConfig::MongoDb { .. } => note("cache_size_mib", "unused: MongoDB store"),
     };
     out += &match &config.templates {
-        Templates::Configured(dir) => set("template_dir", quoted(dir), from("template_dir")),
+        Templates::Configured(dir) => set("template_dir", opened(dir), from("template_dir")),
         Templates::Bundle(dir) => note(
             "template_dir",
             &format!("unset: the bundle's templates in {}", dir.display()),

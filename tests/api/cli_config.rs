@@ -1629,6 +1629,57 @@ fn config_names_the_data_directory_the_startup_line_names() {
     }
 }
 
+/// `config` names the other files it was given as the server opens them:
+/// absolute, as the data directory, so a path set relative to where the
+/// server starts reads the same from anywhere. Before, they were printed
+/// as written (`./tpl`).
+#[test]
+fn config_names_the_template_directory_and_secret_files_as_the_server_opens_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let here = d.canonicalize().unwrap();
+    let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+    std::fs::create_dir(d.join("tpl")).unwrap();
+    for entry in std::fs::read_dir(&templates).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), d.join("tpl").join(entry.file_name())).unwrap();
+    }
+    std::fs::write(
+        d.join("uri"),
+        "mongodb://app@127.0.0.1:27017/chat?replicaSet=rs\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("pw"), "s3cret\n").unwrap();
+    for file in ["uri", "pw"] {
+        std::fs::set_permissions(d.join(file), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let config = config_lines(
+        d,
+        &[
+            ("SIMPLECHAT_TEMPLATE_DIR", "./tpl"),
+            ("SIMPLECHAT_MONGODB_URI_FILE", "uri"),
+            ("SIMPLECHAT_MONGODB_PASSWORD_FILE", "./pw"),
+        ],
+    );
+    for (key, file, from) in [
+        ("template_dir", "tpl", "SIMPLECHAT_TEMPLATE_DIR"),
+        ("mongodb_uri_file", "uri", "SIMPLECHAT_MONGODB_URI_FILE"),
+        (
+            "mongodb_password_file",
+            "pw",
+            "SIMPLECHAT_MONGODB_PASSWORD_FILE",
+        ),
+    ] {
+        assert_eq!(
+            line(&config, key),
+            format!("{key} = \"{}\"  # from {from}", here.join(file).display()),
+            "{config}"
+        );
+    }
+    assert!(!config.contains("s3cret"), "{config}");
+}
+
 /// A top-level key of Rocket.toml that neither Rocket nor simplechat reads
 /// (a typo) is refused, in any profile, naming the file, the profile and
 /// the key meant, as one in simplechat.toml is: Rocket passes over it,
