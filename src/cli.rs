@@ -435,10 +435,18 @@ async fn serve() -> Result<(), StartError> {
     crate::app::serve(config).await
 }
 
-/// [`Config::load`], then its warnings on stderr, one line each.
+/// [`Config::load`], then its warnings on stderr, one line each. The page
+/// templates of a template directory (or the bundle's) are parsed too: one
+/// that does not parse is a configuration error, named before Rocket
+/// starts (whose own check at launch says only that a fairing failed), and
+/// by `simplechat config` as well.
 fn load() -> Result<Config, StartError> {
     let config =
         Config::load().map_err(|e| StartError::new(Cause::Configuration, e.to_string()))?;
+    if let config::Templates::Configured(dir) | config::Templates::Bundle(dir) = &config.templates {
+        crate::api::page::check_dir(&config::absolute(dir))
+            .map_err(|why| StartError::new(Cause::Configuration, why))?;
+    }
     for warning in &config.warnings {
         eprintln!("simplechat: warning: {warning}");
     }

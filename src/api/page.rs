@@ -284,17 +284,35 @@ pub fn check(engine: &Environment<'static>) -> Result<(), String> {
     for name in TEMPLATES {
         engine
             .get_template(name)
-            .map_err(|e| template_error(name, &e))?;
+            .map_err(|e| template_error(&format!("{name}.html.j2"), &e))?;
     }
     Ok(())
 }
 
-/// `error` in template `name`, as one line naming its file.
-fn template_error(name: &str, error: &minijinja::Error) -> String {
-    let file = format!("{name}.html.j2");
+/// Parses the page's templates in `dir` as the server's engine will
+/// ([`configure`]), before anything starts.
+///
+/// Errors: a template that cannot be read or does not parse, as
+/// [`check`] names it.
+pub fn check_dir(dir: &std::path::Path) -> Result<(), String> {
+    let mut engine = Environment::new();
+    configure(&mut engine);
+    for name in TEMPLATES {
+        let file = dir.join(format!("{name}.html.j2"));
+        let source = std::fs::read_to_string(&file)
+            .map_err(|e| format!("template {}: {e}", file.display()))?;
+        engine
+            .add_template_owned(name, source)
+            .map_err(|e| template_error(&file.display().to_string(), &e))?;
+    }
+    Ok(())
+}
+
+/// `error` in the template `file`, as one line naming it.
+fn template_error(file: &str, error: &minijinja::Error) -> String {
     let place = match error.line() {
         Some(line) => format!("{file}, line {line}"),
-        None => file,
+        None => file.to_owned(),
     };
     match error.detail() {
         Some(detail) => format!("template {place}: {}: {detail}", error.kind()),

@@ -597,8 +597,11 @@ async fn a_closed_event_stream_is_not_a_warning() {
     assert!(warnings.is_empty(), "closed tabs logged: {warnings:?}");
 }
 
-/// A template that does not parse stops the start with a line naming it,
-/// rather than failing every page view later.
+/// A template that does not parse stops the start with a line naming its
+/// file and the line, as a configuration error (78), rather than failing
+/// every page view later; `simplechat config` says the same. Before,
+/// `config` passed it (exit 0), and the start's last line said only that
+/// a launch fairing failed.
 #[test]
 fn a_broken_template_stops_the_start() {
     let dir = tempfile::tempdir().unwrap();
@@ -628,14 +631,26 @@ fn a_broken_template_stops_the_start() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let output = child.wait_with_output().unwrap();
-    assert!(!output.status.success());
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+    let broken = format!(
+        "simplechat: template {}, line 1: syntax error",
+        templates
+            .canonicalize()
+            .unwrap()
+            .join("index.html.j2")
+            .display()
     );
-    assert!(
-        said.contains("template index.html.j2, line 1: syntax error"),
-        "the file a user must open, and the line: {said}"
-    );
+    let config = std::process::Command::new(env!("CARGO_BIN_EXE_simplechat"))
+        .arg("config")
+        .current_dir(dir.path())
+        .env("SIMPLECHAT_TEMPLATE_DIR", &templates)
+        .output()
+        .unwrap();
+    for output in [output, config] {
+        assert_eq!(output.status.code(), Some(78), "{output:?}");
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            said.lines().last().is_some_and(|l| l.starts_with(&broken)),
+            "the file a user must open, and the line, last: {said}"
+        );
+    }
 }
