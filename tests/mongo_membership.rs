@@ -586,10 +586,7 @@ async fn with_access_control_apply_uses_the_key_file() {
     };
     mode(0o600);
     let key_arg = key_file.to_str().unwrap();
-    let warning = format!(
-        "warning: --key-file {key_arg} is open to other users (mode 640) and holds a secret: \
-         chmod 600 {key_arg}"
-    );
+    let warning = cluster::open_file_warning("--key-file", &key_file, "640");
     let applied = simplechat(members_args(
         "apply",
         SET_NAME,
@@ -618,9 +615,7 @@ async fn with_access_control_apply_uses_the_key_file() {
         .await;
         assert!(run.status.success(), "{}", text(&run));
         assert!(
-            String::from_utf8_lossy(&run.stderr)
-                .lines()
-                .any(|line| line == warning),
+            cluster::has_line(&run.stderr, &warning),
             "{command}: {warning}: {}",
             text(&run)
         );

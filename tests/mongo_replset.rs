@@ -1041,15 +1041,9 @@ async fn init_creates_the_app_user_once_and_converges_on_a_changed_password() {
         "{}",
         text(&o)
     );
-    let warning = format!(
-        "warning: --password-file {0} is open to other users (mode 644) and holds a secret: \
-         chmod 600 {0}",
-        open.display()
-    );
+    let warning = cluster::open_file_warning("--password-file", &open, "644");
     assert!(
-        String::from_utf8_lossy(&o.stderr)
-            .lines()
-            .any(|l| l == warning),
+        cluster::has_line(&o.stderr, &warning),
         "{warning}: {}",
         text(&o)
     );
@@ -1117,15 +1111,9 @@ async fn init_creates_the_app_user_once_and_converges_on_a_changed_password() {
     *with_open_key.last_mut().expect("the key file") = open_key.display().to_string();
     let o = simplechat(with_open_key, &[]).await;
     assert!(o.status.success(), "{}", text(&o));
-    let warning = format!(
-        "warning: --key-file {0} is open to other users (mode 644) and holds a secret: \
-         chmod 600 {0}",
-        open_key.display()
-    );
+    let warning = cluster::open_file_warning("--key-file", &open_key, "644");
     assert!(
-        String::from_utf8_lossy(&o.stderr)
-            .lines()
-            .any(|l| l == warning),
+        cluster::has_line(&o.stderr, &warning),
         "{warning}: {}",
         text(&o)
     );

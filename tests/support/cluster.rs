@@ -63,6 +63,21 @@ pub fn closing_listener() -> u16 {
 }
 
 /// A line in the test log that output capture does not swallow.
+/// The line `replset` commands print on stderr for a secret file given
+/// with `setting` that other users may read (mode `mode`, octal digits).
+pub fn open_file_warning(setting: &str, path: &Path, mode: &str) -> String {
+    format!(
+        "warning: {setting} {0} is open to other users (mode {mode}) and holds a secret: \
+         chmod 600 {0}",
+        path.display()
+    )
+}
+
+/// Whether `stderr` has `line` as one of its lines.
+pub fn has_line(stderr: &[u8], line: &str) -> bool {
+    String::from_utf8_lossy(stderr).lines().any(|l| l == line)
+}
+
 pub fn say(line: &str) {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "{line}");
