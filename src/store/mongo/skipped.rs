@@ -41,8 +41,9 @@ struct Seen {
 }
 
 impl SkippedDocuments {
-    /// The message in `raw` (a name or text today's rules for a post
-    /// would not take as stored cut or mended, logged once), or `None` after counting why it is not one.
+    /// The message in `raw` (a name or text that today's rules for a post
+    /// would change is cut or mended, which is logged once), or `None`
+    /// after counting why it is not one.
     /// Documents come as raw bytes, and only the fields a message is read
     /// from are decoded ([`document::read_fields`]): a string that is not
     /// UTF-8 in one of them makes the document no message, one elsewhere
