@@ -340,6 +340,13 @@ impl<E: Into<redb::Error>> From<E> for Failure {
             redb::Error::Io(io) if is_out_of_space(&io) => {
                 Failure::Fault(Fault::Full(io.to_string()))
             }
+            // redb's own verdict on a file whose header is not its own
+            // ("Not a redb database: magic number mismatch", redb 4.6
+            // `StorageError::not_a_database`); reading and writing files
+            // give no such kind.
+            redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                Failure::Damaged(io.to_string())
+            }
             redb::Error::Io(io) => Failure::Fault(Fault::Io(io.to_string())),
             redb::Error::PreviousIo => Failure::Fault(Fault::Io("an earlier I/O error".into())),
             redb::Error::Corrupted(why) => Failure::Damaged(why),

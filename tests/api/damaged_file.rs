@@ -129,6 +129,26 @@ async fn garbage_pages_stop_the_start_with_one_line_naming_the_file() {
     assert_told_damaged(code, &again);
 }
 
+/// The file's first bytes (redb's header, its magic number first)
+/// overwritten, or a file that is no database at all in its place: told as
+/// damage, with status 65, like a damaged page. Before, redb's "Not a redb
+/// database" came as a failure to open the file for reading and writing,
+/// with status 1, which a service manager restarts on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_whose_header_is_overwritten_is_told_as_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with(dir.path(), 3).await;
+    let file = dir.path().join("simplechat-data/messages.redb");
+    let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    f.write_all_at(&[0xaa; 16], 0).unwrap();
+    let (code, stderr) = refused_start(dir.path());
+    assert_told_damaged(code, &stderr);
+
+    std::fs::write(&file, b"these bytes are no database at all\n".repeat(200)).unwrap();
+    let (code, stderr) = refused_start(dir.path());
+    assert_told_damaged(code, &stderr);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_copied_over_the_live_file_is_told_as_damage_at_the_restart() {
     let dir = tempfile::tempdir().unwrap();
