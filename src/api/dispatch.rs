@@ -46,7 +46,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -66,6 +66,7 @@ use crate::api::headers::{add_security_headers, SECURITY_HEADERS};
 use crate::api::message_head;
 use crate::api::options;
 use crate::api::plain_post;
+use crate::api::socket::PeerClosed;
 use crate::chat::Chat;
 use crate::hosts::AllowedHosts;
 
@@ -164,7 +165,13 @@ where
     /// 400 ([`message_head`]); a host not answered 421
     /// ([`crate::hosts`]); a body that breaks off gets 400, one that
     /// stops arriving 408 (and the connection closes).
-    pub async fn answer(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    /// An event stream also ends when `closed` says the client has gone.
+    pub async fn answer(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        closed: PeerClosed,
+    ) -> Response<Body> {
         let (parts, body) = req.into_parts();
         if let Some(refusal) = message_head::refusal(&parts) {
             return refusal;
@@ -183,7 +190,7 @@ where
         }
         if parts.method == Method::GET && parts.uri.path() == "/api/events" {
             if let Some(after) = events_query(parts.uri.query()) {
-                return self.event_stream(&parts.headers, after).await;
+                return self.event_stream(&parts.headers, after, closed).await;
             }
         }
         let refused_by_head = body_refusal(&parts).is_some();
@@ -370,20 +377,25 @@ where
     /// The event stream for a request with `headers`, resuming where its `Last-Event-ID`,
     /// else `after`, says ([`events::Resume`]); answered once the stream
     /// knows where it starts ([`events::stream`]).
-    async fn event_stream(&self, headers: &HeaderMap, after: Option<String>) -> Response<Body> {
+    async fn event_stream(
+        &self,
+        headers: &HeaderMap,
+        after: Option<String>,
+        closed: PeerClosed,
+    ) -> Response<Body> {
         // A header of bytes that are not visible ASCII is still a named
         // id, and no message's.
         let last_event_id = headers
             .get("last-event-id")
             .map(|v| String::from_utf8_lossy(v.as_bytes()));
         let resume = events::Resume::named(last_event_id.as_deref(), after.as_deref());
-        let stream = events::stream(
-            self.events.chat.clone(),
-            self.events.heartbeat,
-            resume,
-            self.shutdown.clone(),
-        )
-        .await;
+        // Ends at shutdown, or once the client has closed the connection:
+        // a stream whose client went no longer holds its connection until
+        // its next heartbeat.
+        let end =
+            futures::future::select(self.shutdown.clone(), Box::pin(closed.closed())).map(|_| ());
+        let stream =
+            events::stream(self.events.chat.clone(), self.events.heartbeat, resume, end).await;
         let body = StreamBody::new(stream.map(|bytes| Ok::<_, hyper::Error>(Frame::data(bytes))));
         let mut response = Response::new(body.boxed_unsync());
         *response.headers_mut() = self.stream_head.clone();

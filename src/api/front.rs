@@ -30,7 +30,8 @@
 //!   is whole, and refuses a longer one with 431 (414 when the request line
 //!   alone is longer, see [`JsonParseErrors`]);
 //! - a client that shuts down its sending side after its request still
-//!   gets the answer (hyper's `half_close`);
+//!   gets the answer (hyper's `half_close`), except an event stream, which
+//!   ends when its client closes either way ([`crate::api::socket`]);
 //! - hyper's own answers to unparsable requests get the JSON error shape
 //!   ([`JsonParseErrors`]);
 //! - at shutdown it stops accepting, lets each connection finish the
@@ -64,6 +65,7 @@ use tokio::sync::Semaphore;
 use crate::api::body;
 use crate::api::dispatch::{json_response, Dispatch};
 use crate::api::headers::SECURITY_HEADERS;
+use crate::api::socket::SharedSocket;
 use crate::api::stall::WriteTimeout;
 use crate::retry::Backoff;
 
@@ -232,12 +234,13 @@ pub async fn serve<S>(
                 let (http, dispatch, shutdown) = (http.clone(), dispatch.clone(), shutdown.clone());
                 let mut close = close_rx.clone();
                 tokio::spawn(async move {
+                    let (socket, closed) = SharedSocket::new(stream);
                     let service = hyper::service::service_fn(move |req| {
-                        let dispatch = dispatch.clone();
-                        async move { Ok::<_, Infallible>(dispatch.answer(req, peer).await) }
+                        let (dispatch, closed) = (dispatch.clone(), closed.clone());
+                        async move { Ok::<_, Infallible>(dispatch.answer(req, peer, closed).await) }
                     });
                     let io = TokioIo::new(JsonParseErrors::new(
-                        WriteTimeout::new(stream, config.header_timeout),
+                        WriteTimeout::new(socket, config.header_timeout),
                         MAX_HEAD_BYTES,
                     ));
                     let conn = http.serve_connection(io, service);

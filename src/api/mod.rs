@@ -18,6 +18,7 @@ pub mod options;
 pub mod page;
 pub mod plain_post;
 pub mod shutdown;
+pub mod socket;
 pub mod stall;
 pub mod status;
 

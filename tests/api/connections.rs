@@ -342,3 +342,63 @@ async fn until_served(client: &reqwest::Client, app: &TestApp) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// An event stream whose client has closed its connection gives back its
+/// connection at once, not at its next heartbeat: the server watches for
+/// the client's end of the connection. Before, with heartbeats an hour
+/// apart, both slots of this address stayed taken for the hour, and every
+/// new connection from it got 503. A client that only shuts its sending
+/// side (a half-close) is taken as gone too: a stream has no end to wait
+/// for.
+#[tokio::test]
+async fn an_event_stream_whose_client_closed_frees_its_connection_at_once() {
+    let app = spawn_app(&[
+        ("max_connections", json!(16)),
+        ("max_connections_per_client", json!(2)),
+        ("heartbeat_secs", json!(3600)),
+    ])
+    .await;
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut stream = connect(&app).await;
+        stream
+            .write_all(b"GET /api/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains(": connected") {
+            let mut buf = [0u8; 1024];
+            let n = tokio::time::timeout(PATIENCE, stream.read(&mut buf))
+                .await
+                .expect("the stream opens")
+                .unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+        streams.push(stream);
+    }
+    let client = client_from([127, 0, 0, 1]);
+    let refused = client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(
+        refused.status(),
+        503,
+        "both of the address's slots are taken"
+    );
+
+    // One closed, one half-closed.
+    let mut half_closed = streams.pop().expect("a stream");
+    half_closed.shutdown().await.unwrap();
+    drop(streams);
+    until_served(&client, &app).await;
+    let second = client_from([127, 0, 0, 1]);
+    until_served(&second, &app).await;
+    let (first, again) = tokio::join!(
+        client.get(app.url("/healthz")).send(),
+        second.get(app.url("/healthz")).send()
+    );
+    assert_eq!(first.unwrap().status(), 200);
+    assert_eq!(again.unwrap().status(), 200, "both slots came free");
+    // The half-closed stream ended: the server closed its side.
+    until_closed(&mut half_closed).await;
+    app.shutdown().await;
+}
