@@ -1,7 +1,8 @@
 //! The chat message and the rules a posted message must satisfy.
 
 use icu_properties::props::{
-    BidiControl, DefaultIgnorableCodePoint, GeneralCategory, GeneralCategoryGroup, WhiteSpace,
+    BidiControl, DefaultIgnorableCodePoint, Emoji, GeneralCategory, GeneralCategoryGroup,
+    WhiteSpace,
 };
 use icu_properties::{CodePointMapData, CodePointSetData};
 use serde::{Deserialize, Serialize};
@@ -230,7 +231,9 @@ pub fn is_visible(c: char) -> bool {
 /// as nothing, so `U+FEFF` + `ann` would be a second `ann` that looks like
 /// the first. Inside a name they stay (a ZWNJ in a Persian word, the ZWJ of
 /// an emoji sequence); a variation selector (a mark, not Cf) stays too, as
-/// it changes how an emoji before it is drawn.
+/// it changes how an emoji before it is drawn. So does an emoji tag
+/// sequence at the end (a subdivision flag, 🏴 then tag characters, Cf,
+/// then CANCEL TAG): it is drawn as one flag.
 fn trim_invisible_ends(name: &str) -> String {
     // Bidi controls are format characters too, but a name may not hold
     // one anywhere: left for that rule's own error.
@@ -240,7 +243,33 @@ fn trim_invisible_ends(name: &str) -> String {
             || (CodePointMapData::<GeneralCategory>::new().get(c) == GeneralCategory::Format
                 && !bidi_control.contains(c))
     };
-    name.trim_matches(invisible).to_owned()
+    let mut kept = name.trim_start_matches(invisible);
+    while !ends_with_emoji_tag_sequence(kept) {
+        match kept.chars().next_back() {
+            Some(c) if invisible(c) => kept = &kept[..kept.len() - c.len_utf8()],
+            _ => break,
+        }
+    }
+    kept.to_owned()
+}
+
+/// Whether `s` ends with an emoji tag sequence: an emoji, one or more tag
+/// characters (U+E0020 to U+E007E), then CANCEL TAG (U+E007F), as UTS #51
+/// defines it (ED-14a, <https://www.unicode.org/reports/tr51/#def_emoji_tag_sequence>).
+fn ends_with_emoji_tag_sequence(s: &str) -> bool {
+    let mut back = s.chars().rev();
+    if back.next() != Some('\u{E007F}') {
+        return false;
+    }
+    let mut tags = 0;
+    for c in back {
+        if ('\u{E0020}'..='\u{E007E}').contains(&c) {
+            tags += 1;
+        } else {
+            return tags > 0 && CodePointSetData::new::<Emoji>().contains(c);
+        }
+    }
+    false
 }
 
 /// Browsers submit textarea newlines as CRLF; storing them as LF keeps a
@@ -489,6 +518,14 @@ mod tests {
             ("می\u{200C}خواهم", "می\u{200C}خواهم"),
             ("👨\u{200D}👩\u{200D}👧", "👨\u{200D}👩\u{200D}👧"),
             ("❤\u{FE0F}", "❤\u{FE0F}"),
+            // Scotland's flag, and a space after it.
+            (
+                "Ann \u{1F3F4}\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F} ",
+                "Ann \u{1F3F4}\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}",
+            ),
+            // Tag characters after no emoji draw nothing.
+            ("ann\u{E0067}\u{E007F}", "ann"),
+            ("\u{1F3F4}\u{E007F}", "\u{1F3F4}"),
         ] {
             let message = NewMessage::validate(typed, "hi", None).unwrap();
             assert_eq!(message.name, stored, "{typed:?}");
