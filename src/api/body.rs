@@ -418,16 +418,19 @@ fn not_unicode(bytes: &[u8]) -> Option<ApiError> {
             (at < literal.end).then_some(literal.place)
         })
         .unwrap_or(Place::Unknown);
-        return Some(ApiError::new(
-            Status::BadRequest,
-            format!(
-                "malformed JSON body: {} is not valid UTF-8: byte 0x{:02X} is no part of a \
-                 UTF-8 character (JSON text is UTF-8, RFC 8259 §8.1){}",
-                place.whose(),
-                bytes[at],
-                position(bytes, at + 1)
-            ),
-        ));
+        return Some(ApiError {
+            field: place.field(),
+            ..ApiError::new(
+                Status::BadRequest,
+                format!(
+                    "malformed JSON body: {} is not valid UTF-8: byte 0x{:02X} is no part of a \
+                     UTF-8 character (JSON text is UTF-8, RFC 8259 §8.1){}",
+                    place.whose(),
+                    bytes[at],
+                    position(bytes, at + 1)
+                ),
+            )
+        });
     }
     // Most bodies have no escape of a character: no walk through them.
     if !bytes.windows(2).any(|pair| pair == br"\u") {
@@ -459,6 +462,14 @@ fn malformed(bytes: &[u8], e: &serde_json::Error) -> ApiError {
     let at = byte_offset(bytes, e.line(), e.column());
     if let Some(lone) = LoneSurrogate::at(bytes, at) {
         return lone.refusal(&position);
+    }
+    // Stopped at bytes that are not UTF-8 (in a field it decodes, serde
+    // says "invalid unicode code point"): said as for a field it skips,
+    // naming the field.
+    if std::str::from_utf8(bytes).is_err_and(|bad| bad.valid_up_to() < at) {
+        if let Some(refusal) = not_unicode(bytes) {
+            return refusal;
+        }
     }
     ApiError::new(Status::BadRequest, malformed_json(e, &position))
 }
@@ -520,6 +531,14 @@ enum Place {
 }
 
 impl Place {
+    /// The message field this place is, which the 400 names.
+    fn field(&self) -> Option<&'static str> {
+        match self {
+            Place::Field(field) => Some(field),
+            _ => None,
+        }
+    }
+
     /// The string this place holds, in the API's words: the field, or the
     /// key as errors echo client input ([`echo`]).
     fn whose(&self) -> String {
@@ -640,12 +659,8 @@ impl<'a> LoneSurrogate<'a> {
     /// The 400 refusing it, with ` at line L column C`, and the message
     /// field it is in, if it is in one.
     fn refusal(&self, position: &str) -> ApiError {
-        let field = match self.place {
-            Place::Field(field) => Some(field),
-            _ => None,
-        };
         ApiError {
-            field,
+            field: self.place.field(),
             ..ApiError::new(
                 Status::BadRequest,
                 format!("malformed JSON body: {}{position}", self.what()),
@@ -956,9 +971,26 @@ mod tests {
             "malformed JSON body: the value of x is not valid UTF-8: byte 0xFF is no part of a \
              UTF-8 character (JSON text is UTF-8, RFC 8259 §8.1) at line 1 column 19"
         );
-        // In a field the message has, serde's own refusal stands.
-        let e = parse_json::<Post>(b"{\"name\":\"a\xed\xa0\x80\"}").unwrap_err();
-        assert!(e.error.starts_with("malformed JSON body: "), "{}", e.error);
+        // In a field the message has, the same words, naming it (before:
+        // serde's "invalid unicode code point", no field).
+        let e = parse_json::<Post>(b"{\"name\":\"a\xff\",\"text\":\"x\"}").unwrap_err();
+        assert_eq!(e.field, Some("name"));
+        assert_eq!(
+            e.error,
+            "malformed JSON body: name is not valid UTF-8: byte 0xFF is no part of a \
+             UTF-8 character (JSON text is UTF-8, RFC 8259 §8.1) at line 1 column 11"
+        );
+        let e = parse_json::<Post>(b"{\"name\":\"a\",\"text\":\"a\xed\xa0\x80\"}").unwrap_err();
+        assert_eq!(e.field, Some("text"));
+        assert!(
+            e.error
+                .starts_with("malformed JSON body: text is not valid UTF-8"),
+            "{}",
+            e.error
+        );
+        // A syntax error before such bytes is told first, as serde finds it.
+        let e = parse_json::<Post>(b"{\"name\" 1, \"text\":\"\xff\"}").unwrap_err();
+        assert!(e.error.contains("expected `:`"), "{}", e.error);
     }
 
     #[test]
