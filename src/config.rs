@@ -1244,6 +1244,7 @@ fn explain(error: figment::Error) -> String {
         .collect();
     let faults: Vec<String> = error
         .into_iter()
+        .map(in_words)
         .map(|e| match whence(&e) {
             Some(place) => format!("{place}: {}", e.kind),
             None => e.kind.to_string(),
@@ -1259,6 +1260,25 @@ fn explain(error: figment::Error) -> String {
         })
         .collect();
     one_line(&faults.join("; "))
+}
+
+/// `e` with serde's "expected u64" (any unsigned integer type: a negative
+/// number or a word given for a count or a time) in the words a range
+/// error says: seconds from 1 to [`MAX_SECS`] for a `*_secs` key, else a
+/// whole number.
+fn in_words(mut e: figment::Error) -> figment::Error {
+    use figment::error::Kind;
+    let seconds = e.path.last().is_some_and(|key| key.ends_with("_secs"));
+    if let Kind::InvalidType(_, expected) | Kind::InvalidValue(_, expected) = &mut e.kind {
+        if ["u8", "u16", "u32", "u64", "usize"].contains(&expected.as_str()) {
+            *expected = if seconds {
+                format!("a number of seconds from 1 to {MAX_SECS} (a day)")
+            } else {
+                "a whole number, 0 or more".to_owned()
+            };
+        }
+    }
+    e
 }
 
 /// `ROCKET_LOG_LEVEL`, `ROCKET_SHUTDOWN (shutdown.grace)`, `port in

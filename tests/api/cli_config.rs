@@ -336,6 +336,38 @@ fn assert_one_line_failure(out: &Output, expect: &str) {
     );
 }
 
+/// A negative number or a word for a count or a time is refused in the
+/// words of a value out of range, not serde's type names. Before:
+/// "invalid value signed int `-5`, expected u64".
+#[test]
+fn a_negative_or_wordy_number_is_refused_saying_what_is_expected() {
+    let dir = tempfile::tempdir().unwrap();
+    for (var, value, expected) in [
+        (
+            "SIMPLECHAT_HEARTBEAT_SECS",
+            "-5",
+            "SIMPLECHAT_HEARTBEAT_SECS: invalid value signed int `-5`, expected a number of \
+             seconds from 1 to 86400 (a day)",
+        ),
+        (
+            "SIMPLECHAT_WRITE_TIMEOUT_SECS",
+            "ten",
+            "SIMPLECHAT_WRITE_TIMEOUT_SECS: invalid type: found string \"ten\", expected a \
+             number of seconds from 1 to 86400 (a day)",
+        ),
+        (
+            "SIMPLECHAT_MAX_CONNECTIONS_PER_CLIENT",
+            "-1",
+            "SIMPLECHAT_MAX_CONNECTIONS_PER_CLIENT: invalid value signed int `-1`, expected a \
+             whole number, 0 or more",
+        ),
+    ] {
+        let out = simplechat(dir.path(), &["config"], &[(var, value)]);
+        assert_eq!(out.status.code(), Some(78), "{out:?}");
+        assert_one_line_failure(&out, expected);
+    }
+}
+
 #[test]
 fn bad_configuration_ends_with_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
