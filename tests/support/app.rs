@@ -66,6 +66,11 @@ pub async fn try_spawn_app_in(data_dir: &Path, extra: &[(&str, Value)]) -> Resul
         base_url: format!("http://127.0.0.1:{port}"),
         client: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // The server closes a kept-alive connection once idle for its
+            // header timeout (1 s in some tests): a request sent on one
+            // as it closes meets the close (`IncompleteMessage`), which a
+            // browser would retry and reqwest does not.
+            .pool_idle_timeout(std::time::Duration::from_millis(500))
             .build()
             .map_err(|e| e.to_string())?,
         data_dir: data_dir.to_path_buf(),
