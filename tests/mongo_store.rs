@@ -700,7 +700,6 @@ async fn messages_the_lab_writes_beside_simplechats_are_delivered_in_the_store_o
     for _ in 0..2 {
         let cache = Cache::new();
         let store = open_ready(&cluster, "beside", Duration::from_secs(30), cache.clone()).await;
-        wait_until_running(&store, Duration::from_secs(30)).await;
         instances.push((Arc::new(store), cache.subscribe()));
     }
     let lab = cluster.lab_messages("beside").await;
@@ -782,7 +781,6 @@ async fn a_burst_of_the_labs_inserts_keeps_a_post_in_its_place() {
     for _ in 0..2 {
         let cache = Cache::new();
         let store = open_ready(&cluster, "burst", Duration::from_secs(30), cache.clone()).await;
-        wait_until_running(&store, Duration::from_secs(30)).await;
         let events = cache.subscribe();
         instances.push((store, cache, events));
     }
@@ -1020,7 +1018,6 @@ async fn a_document_too_large_for_its_insert_event_does_not_stop_live_updates() 
     let cluster = sim_for(test, Duration::ZERO).await;
     let cache = Cache::new();
     let store = open_ready(&cluster, "large", Duration::from_secs(30), cache.clone()).await;
-    wait_until_running(&store, Duration::from_secs(30)).await;
     store
         .insert(message("sc1", "simplechat 1"))
         .await
@@ -1161,7 +1158,6 @@ async fn a_dense_history_neither_stalls_the_change_stream_nor_becomes_news() {
     let cache = Cache::new();
     let mut events = cache.subscribe();
     let store = open_ready(&cluster, "dense", Duration::from_secs(30), cache.clone()).await;
-    wait_until_running(&store, Duration::from_secs(30)).await;
 
     let late = ObjectId::new();
     lab.insert_one(doc! { "_id": late, "name": "lab", "text": "late",
@@ -1496,7 +1492,6 @@ async fn a_burst_larger_than_the_cache_read_again_by_a_catch_up_moves_nothing() 
     let sim = cluster.sim().expect("simulator");
     let live = Cache::new();
     let store = open_ready(&cluster, "burst", Duration::from_secs(60), live.clone()).await;
-    wait_until_running(&store, Duration::from_secs(30)).await;
     let mut events = live.subscribe();
     let burst = CACHE_CAPACITY + 100;
     let docs: Vec<_> = (0..burst)
@@ -1552,7 +1547,6 @@ async fn a_lost_resume_of_the_change_stream_skips_nothing() {
     let sim = cluster.sim().expect("simulator");
     let live = Cache::new();
     let store = open_ready(&cluster, "resume", Duration::from_secs(60), live.clone()).await;
-    wait_until_running(&store, Duration::from_secs(30)).await;
     let mut events = live.subscribe();
     store.insert(message("r1", "before")).await.expect("insert");
     wait_for_event(&mut events, "r1").await;
