@@ -949,6 +949,63 @@ async fn sim_cluster(test: &str) -> TestCluster {
     TestCluster::start_sim(cluster::fast_sim(true)).await
 }
 
+/// A change stream whose connection dies without being closed (a firewall
+/// or a NAT that forgets the flow) while its member still answers: the
+/// driver's monitors see nothing wrong and the driver sets no socket
+/// timeout, so only the store's own deadline for an answer ends the wait.
+/// The stream reopens from its resume token: what was posted meanwhile
+/// reaches the subscriber once, and later posts follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_stream_whose_connection_goes_silent_is_reopened_and_loses_nothing() {
+    let test = "a_change_stream_whose_connection_goes_silent_is_reopened_and_loses_nothing";
+    let cluster = sim_cluster(test).await;
+    let sim = cluster.sim().expect("simulator");
+    // Short waits for a server, so the deadline for an answer (its
+    // maxAwaitTimeMS, these two and a margin of 10 s) is 13 s, not 21 s.
+    let uri = format!(
+        "{}&serverSelectionTimeoutMS=1000&connectTimeoutMS=1000",
+        cluster.uri("silent")
+    );
+    let app = start_app_with(&cluster, "silent", 10, &[("mongodb_uri", json!(uri))]).await;
+    let mut subscriber = Subscriber::connect(&app).await;
+    assert_eq!(post_with_id(&app, "before", "before").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["before"]
+    );
+
+    // The next getMore on messages runs and is never answered: the change
+    // stream's (this store's reads are answered in their first batch).
+    sim.hold_next_as("silent", "getMore", HoldPoint::BeforeReplying, |command| {
+        command.get_str("collection") == Ok("messages")
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sim.held("silent") == 0 {
+        assert!(Instant::now() < deadline, "no getMore was held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let silent = Instant::now();
+    assert_eq!(post_with_id(&app, "meanwhile", "meanwhile").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(60)).await,
+        ["meanwhile"],
+        "the message posted while the stream's connection was silent"
+    );
+    say(&format!(
+        "{test}: the subscriber had it {:?} after the getMore went unanswered",
+        silent.elapsed()
+    ));
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    assert_eq!(post_with_id(&app, "after", "after").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["after"],
+        "the next message, and no copy of the one before"
+    );
+    sim.release("silent");
+    app.shutdown().await;
+}
+
 /// A POST whose copy the change stream brings back more than 2 s late (a
 /// stream that trails the writes). The POST is answered without it; until
 /// the stream brings it, the instance's listing and page read MongoDB, so

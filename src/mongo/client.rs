@@ -69,6 +69,10 @@ pub struct Connection {
     /// the stream's error, and the store opens the stream again from the
     /// token it kept itself.
     pub change_streams: Client,
+    /// The longest the driver waits on its own before a command reaches a
+    /// server: its server selection plus one TCP connect
+    /// ([`Connection::longest_wait_for_a_server`]).
+    wait_for_a_server: Duration,
 }
 
 /// How a server answers that no wait cures.
@@ -177,6 +181,10 @@ pub fn connect(
         o
     });
     let seeds = options.hosts.iter().map(address_string).collect();
+    let wait_for_a_server = options
+        .server_selection_timeout
+        .unwrap_or(DEFAULT_SERVER_SELECTION_TIMEOUT)
+        + options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
     let tls = matches!(options.tls, Some(mongodb::options::Tls::Enabled(_)));
     let Login {
         secret,
@@ -253,10 +261,23 @@ pub fn connect(
         seeds,
         checkouts,
         tls,
+        wait_for_a_server,
     })
 }
 
 impl Connection {
+    /// The longest the driver waits, with these settings, before a command
+    /// reaches a server, and the time it ends such a wait with an error of
+    /// its own: server selection (`serverSelectionTimeoutMS`) and a new
+    /// connection's TCP connect (`connectTimeoutMS`), each the connection
+    /// string's or simplechat's default
+    /// (<https://docs.rs/mongodb/3/mongodb/options/struct.ClientOptions.html>).
+    /// A reply awaited much longer than this, and than what the command
+    /// itself may take, is not coming.
+    pub fn longest_wait_for_a_server(&self) -> Duration {
+        self.wait_for_a_server
+    }
+
     /// Why no server has answered, from the driver's view: each one it
     /// could not reach and why, else that none has answered yet.
     pub fn why_silent(&self) -> String {

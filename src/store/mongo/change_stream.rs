@@ -59,7 +59,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{doc, Bson, RawDocumentBuf, Timestamp};
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
@@ -102,12 +102,62 @@ const RESTORED_RELOAD_EVERY: Duration = Duration::from_secs(10);
 /// behind UTC: time zones run from UTC-12 to UTC+14.
 const TIME_ZONE_SPREAD_SECS: u64 = 26 * 3600;
 
+/// The stream's `maxAwaitTimeMS`: how long one of its `getMore`s waits for
+/// an event before the server answers it with an empty batch
+/// (<https://www.mongodb.com/docs/manual/reference/method/db.collection.watch/>;
+/// mongod's own default for a change stream is 1 s as well). Set here
+/// because the deadline for a reply counts on it ([`Watcher::reply_deadline`]).
+const MAX_AWAIT: Duration = Duration::from_secs(1);
+
+/// How much longer than [`MAX_AWAIT`] and the driver's own waits a reply to
+/// the stream may take before its connection is taken for dead
+/// ([`Watcher::reply_deadline`]). Taken too soon, the stream only reopens
+/// from its resume token.
+const REPLY_MARGIN: Duration = Duration::from_secs(10);
+
 /// The server's code for an event larger than it can send.
 const BSON_OBJECT_TOO_LARGE: i32 = 10334;
 
 /// The field an update event names when it set `position`
 /// (<https://www.mongodb.com/docs/manual/reference/change-events/update/>).
 const POSITION_SET: &str = "updateDescription.updatedFields.position";
+
+/// The stream's next answer under way: an event it has at hand, or one
+/// `getMore`. The future owns the stream while it runs and hands it back
+/// with the answer, so the loop can wait for it, do other work, and wait
+/// again: `ChangeStream::next_if_any` dropped half-way would lose the
+/// batch a `getMore` brought, and only the whole stream is dropped when
+/// no answer comes.
+struct Asking {
+    answer: futures::future::BoxFuture<
+        'static,
+        (Events, mongodb::error::Result<Option<RawDocumentBuf>>),
+    >,
+    /// When it was asked.
+    since: Instant,
+}
+
+impl Asking {
+    fn start(mut stream: Events) -> Asking {
+        Asking {
+            answer: async move {
+                let answer = stream.next_if_any().await;
+                (stream, answer)
+            }
+            .boxed(),
+            since: Instant::now(),
+        }
+    }
+}
+
+/// Why the stream is given up when no answer came within `deadline`.
+fn unanswered(deadline: Duration) -> String {
+    format!(
+        "no answer from the server in {} s (a connection lost without being closed?); \
+         reopening the stream from its resume token",
+        deadline.as_secs()
+    )
+}
 
 /// Events come as raw documents and are decoded by [`Watcher::decode`]:
 /// decoded by the driver, one string that is not UTF-8 in an event (which
@@ -398,11 +448,14 @@ impl Watcher {
         self.reload().await?;
         self.shared.change_stream.running();
 
+        let reply_deadline = self.reply_deadline();
+        let mut asking = Asking::start(stream);
+        // Since when the stream has brought no event: the quiet waits
+        // below count from there, not from each empty batch.
+        let mut idle_since: Option<Instant> = None;
         loop {
-            // The driver keeps a `getMore` it started when the future is
-            // dropped, and the next poll goes on with it.
-            let event = match stream.next().now_or_never() {
-                Some(event) => event,
+            let (stream, answer) = match (&mut asking.answer).now_or_never() {
+                Some(answered) => answered,
                 None => {
                     self.set_positions().await?;
                     if self
@@ -418,25 +471,44 @@ impl Watcher {
                     } else {
                         None
                     };
-                    match quiet {
-                        None => stream.next().await,
-                        Some(quiet) => match tokio::time::timeout(quiet, stream.next()).await {
-                            Ok(event) => event,
-                            Err(_) if self.restored_since.is_some() => {
+                    let give_up = asking.since + reply_deadline;
+                    let until = match quiet {
+                        Some(quiet) => {
+                            give_up.min(*idle_since.get_or_insert_with(Instant::now) + quiet)
+                        }
+                        None => give_up,
+                    };
+                    match tokio::time::timeout_at(until.into(), &mut asking.answer).await {
+                        Ok(answered) => answered,
+                        Err(_) if Instant::now() >= give_up => {
+                            return Err(unanswered(reply_deadline));
+                        }
+                        Err(_) => {
+                            idle_since = None;
+                            if self.restored_since.is_some() {
                                 self.reload_restored().await?;
-                                continue;
-                            }
-                            Err(_) => {
+                            } else {
                                 self.recheck_held().await?;
-                                continue;
                             }
-                        },
+                            continue;
+                        }
                     }
                 }
             };
-            let Some(event) = event else { break };
-            let event = event.map_err(|e| self.failed(&e))?;
+            let event = answer.map_err(|e| self.failed(&e))?;
+            // After an event, its own token; after an empty batch, the
+            // batch's `postBatchResumeToken`, so that a stream that was
+            // quiet for long resumes from where the oplog still is.
             self.token = stream.resume_token();
+            let Some(event) = event else {
+                if !stream.is_alive() {
+                    break;
+                }
+                asking = Asking::start(stream);
+                continue;
+            };
+            idle_since = None;
+            asking = Asking::start(stream);
             let Some(event) = self.decode(&event) else {
                 continue;
             };
@@ -471,6 +543,7 @@ impl Watcher {
             match coll
                 .watch()
                 .pipeline(pipeline.clone())
+                .max_await_time(MAX_AWAIT)
                 .resume_after(token)
                 .await
             {
@@ -493,6 +566,7 @@ impl Watcher {
         let stream = coll
             .watch()
             .pipeline(pipeline)
+            .max_await_time(MAX_AWAIT)
             .await
             .map_err(|e| self.reason(&e))?;
         Ok((stream.with_type(), false))
@@ -503,8 +577,14 @@ impl Watcher {
     async fn drain(&mut self, stream: &mut Events) -> Result<bool, String> {
         let started = Instant::now();
         let mut events = 0;
+        let reply_deadline = self.reply_deadline();
         while events < MAX_DRAIN_EVENTS && started.elapsed() < MAX_DRAIN_TIME {
-            match stream.next_if_any().await {
+            // Failing the cycle drops the stream: a batch lost with this
+            // unfinished `getMore` is replayed from the token kept.
+            let answer = tokio::time::timeout(reply_deadline, stream.next_if_any())
+                .await
+                .map_err(|_| unanswered(reply_deadline))?;
+            match answer {
                 Ok(Some(event)) => {
                     self.token = stream.resume_token();
                     events += 1;
@@ -1039,6 +1119,21 @@ impl Watcher {
             }
         }
         Ok(())
+    }
+
+    /// How long the stream waits for an answer (an event, or a `getMore`'s
+    /// empty batch) before it takes its connection for dead and fails the
+    /// cycle: [`MAX_AWAIT`], the driver's own waits for a server (its
+    /// server selection and a TCP connect, which end in errors of their
+    /// own) and [`REPLY_MARGIN`]; 21 s with simplechat's defaults. A
+    /// member that vanishes is noticed sooner, by the driver's monitors
+    /// (docs/mongodb.md); a connection that dies alone, without being
+    /// closed, while its member still answers, is noticed only here: the
+    /// driver sets no socket timeout, and TCP keepalive (its 120 s, then
+    /// the system's probes: about 13 minutes with Linux's defaults) would
+    /// end it much later.
+    fn reply_deadline(&self) -> Duration {
+        MAX_AWAIT + self.collections.conn.longest_wait_for_a_server() + REPLY_MARGIN
     }
 
     fn reason(&self, e: &mongodb::error::Error) -> String {
