@@ -6,7 +6,7 @@
 //! broadcast learns so (`Lagged`) and catches up from the store, so nobody
 //! silently misses a message.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -345,7 +345,7 @@ impl Cache {
     /// message the snapshot and the old cache share or, when they share
     /// none, those newer than the snapshot by datetime.
     pub fn reset(&self, latest: Vec<Message>, whole_history: bool) {
-        self.reset_keeping(latest, whole_history, None);
+        self.reset_keeping(latest, whole_history, None, &HashSet::new());
     }
 
     /// Where the cache's arrivals stand now: taken before a store read
@@ -366,13 +366,28 @@ impl Cache {
     /// member behind). When the read shares no message with the cache,
     /// only those published since `mark` stay: the store no longer has the
     /// others (its collection was dropped, the set rebuilt empty), so no
-    /// listing, page or replay may show them. Returns whether the read
-    /// shared a message with the cache (or the cache held none).
-    pub fn reset_since(&self, latest: Vec<Message>, whole_history: bool, mark: Mark) -> bool {
-        self.reset_keeping(latest, whole_history, Some(mark))
+    /// listing, page or replay may show them. None of the messages
+    /// `changed` stays unless the read has it: another client changed or
+    /// deleted them, so the read has them as they are now, or not at all.
+    /// Returns whether the read shared a message with the cache (or the
+    /// cache held none).
+    pub fn reset_since(
+        &self,
+        latest: Vec<Message>,
+        whole_history: bool,
+        mark: Mark,
+        changed: &HashSet<String>,
+    ) -> bool {
+        self.reset_keeping(latest, whole_history, Some(mark), changed)
     }
 
-    fn reset_keeping(&self, latest: Vec<Message>, whole_history: bool, mark: Option<Mark>) -> bool {
+    fn reset_keeping(
+        &self,
+        latest: Vec<Message>,
+        whole_history: bool,
+        mark: Option<Mark>,
+        changed: &HashSet<String>,
+    ) -> bool {
         let mut recent = self.write();
         let old = std::mem::take(&mut recent.events);
         recent.ids.clear();
@@ -381,8 +396,7 @@ impl Cache {
         recent.whole_history = whole_history;
         recent.epoch += 1;
         recent.next_seq = 0;
-        let in_snapshot: std::collections::HashSet<&str> =
-            latest.iter().map(|m| m.id.as_str()).collect();
+        let in_snapshot: HashSet<&str> = latest.iter().map(|m| m.id.as_str()).collect();
         let last_shared = old
             .iter()
             .rposition(|e| in_snapshot.contains(e.message.id.as_str()));
@@ -398,6 +412,7 @@ impl Cache {
                         .is_some_and(|a| a.epoch != mark.epoch || a.seq >= mark.seq)
                 };
                 !in_snapshot.contains(m.id.as_str())
+                    && !changed.contains(&m.id)
                     && match (mark, last_shared) {
                         (Some(mark), Some(shared)) => *i > shared || since_mark(mark),
                         (Some(mark), None) => since_mark(mark),
@@ -784,7 +799,7 @@ mod tests {
         // The store lost them all (a dropped collection): the read is empty.
         let mark = live.mark();
         live.publish(msg("new1"));
-        assert!(!live.reset_since(vec![], true, mark));
+        assert!(!live.reset_since(vec![], true, mark, &HashSet::new()));
         assert_eq!(cached_ids(&live, 10), ["new1"]);
         assert!(!live.holds("old3"));
 
@@ -793,8 +808,34 @@ mod tests {
         live.publish(msg("new2"));
         live.publish(msg("new3"));
         let mark = live.mark();
-        assert!(live.reset_since(vec![msg("new1")], true, mark));
+        assert!(live.reset_since(vec![msg("new1")], true, mark, &HashSet::new()));
         assert_eq!(cached_ids(&live, 10), ["new1", "new2", "new3"]);
+    }
+
+    #[test]
+    fn a_reset_keeps_no_message_another_client_changed_or_deleted() {
+        let live = Cache::new();
+        live.reset(vec![msg("a"), msg("b"), msg("spam")], true);
+        // Deleted: the read lacks it, and it is no message the read
+        // trails, though it comes after the last one they share.
+        let mark = live.mark();
+        let changed = HashSet::from(["spam".to_owned()]);
+        assert!(live.reset_since(vec![msg("a"), msg("b")], true, mark, &changed));
+        assert_eq!(cached_ids(&live, 10), ["a", "b"]);
+        assert!(!live.holds("spam"));
+        // Without the note, such a message stays (the read may trail).
+        live.publish(msg("c"));
+        let mark = live.mark();
+        assert!(live.reset_since(vec![msg("a"), msg("b")], true, mark, &HashSet::new()));
+        assert_eq!(cached_ids(&live, 10), ["a", "b", "c"]);
+        // Edited: the read's copy stands.
+        let mut edited = msg("b");
+        edited.text = "edited".to_owned();
+        let mark = live.mark();
+        let changed = HashSet::from(["b".to_owned()]);
+        assert!(live.reset_since(vec![msg("a"), edited, msg("c")], true, mark, &changed));
+        let listed = live.latest(10).expect("complete");
+        assert_eq!(listed[1].message.text, "edited");
     }
 
     #[test]

@@ -949,6 +949,89 @@ async fn sim_cluster(test: &str) -> TestCluster {
     TestCluster::start_sim(cluster::fast_sim(true)).await
 }
 
+/// An operator deletes a spam message and corrects another with the
+/// MongoDB shell, as the lab's users moderated: every listing and the page
+/// show the collection as it now is, without a restart, and the chat goes
+/// on. (Before, the cache kept both as they were until the instance
+/// restarted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_another_client_deletes_or_edits_is_listed_as_it_now_is() {
+    let test = "a_message_another_client_deletes_or_edits_is_listed_as_it_now_is";
+    let cluster = TestCluster::start(test).await;
+    let app = start_app(&cluster, "moderated", 20).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    let mut events = events_of(app.get("/api/events").await).await;
+    for (id, text) in [("a", "helo"), ("b", "hi"), ("spam", "buy now")] {
+        assert_eq!(post_with_id(&app, id, text).await, 201);
+        assert_eq!(
+            next_event(&mut events).await,
+            ("message".to_owned(), id.to_owned())
+        );
+    }
+    let page = app.get("/").await.text().await.expect("page");
+    assert!(page.contains("buy now"), "the page showed the spam before");
+
+    let shell = cluster.lab_messages("moderated").await;
+    let deleted = shell
+        .delete_one(doc! { "_id": "spam" })
+        .await
+        .expect("deleteOne");
+    assert_eq!(deleted.deleted_count, 1);
+    shell
+        .update_one(doc! { "_id": "a" }, doc! { "$set": { "text": "hello" } })
+        .await
+        .expect("updateOne");
+
+    let listed = |list: &serde_json::Value| -> Vec<(String, String)> {
+        list.as_array()
+            .expect("array")
+            .iter()
+            .map(|m| {
+                (
+                    m["id"].as_str().unwrap_or_default().to_owned(),
+                    m["text"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let want = vec![
+        ("a".to_owned(), "hello".to_owned()),
+        ("b".to_owned(), "hi".to_owned()),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = listed(&app.get_json("/api/messages").await);
+        if now == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the listing still shows {now:?}, not the collection as it is"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    say(&format!("{test}: the listing follows the shell's changes"));
+    let page = app.get("/").await.text().await.expect("page");
+    assert!(!page.contains("buy now"), "the page still shows the spam");
+    assert!(page.contains("hello"), "the page shows the corrected text");
+    assert_eq!(app.get("/api/messages/spam").await.status(), 404);
+
+    // The first subscriber was last sent the deleted message: it is told
+    // that what it has is gone, with the next message, then goes on live;
+    // a new one is sent the next message.
+    let mut later = Subscriber::connect(&app).await;
+    assert_eq!(post_with_id(&app, "after", "after").await, 201);
+    assert_eq!(
+        next_event(&mut events).await,
+        ("reset".to_owned(), "after".to_owned())
+    );
+    assert_eq!(later.next_ids(1, Duration::from_secs(20)).await, ["after"]);
+    let mut want = want;
+    want.push(("after".to_owned(), "after".to_owned()));
+    assert_eq!(listed(&app.get_json("/api/messages").await), want);
+    app.shutdown().await;
+}
+
 /// A change stream whose connection dies without being closed (a firewall
 /// or a NAT that forgets the flow) while its member still answers: the
 /// driver's monitors see nothing wrong and the driver sets no socket

@@ -156,6 +156,21 @@ fn events_for(
                 },
             }]
         }
+        Op::Delete { ns, id } => {
+            if !wanted(ns) {
+                return Vec::new();
+            }
+            // The document is gone: only its key, as mongod sends it
+            // without pre-images.
+            vec![doc! {
+                "_id": token(e.ts, pos, KIND_EVENT),
+                "operationType": "delete",
+                "clusterTime": e.ts,
+                "wallTime": e.wall,
+                "ns": ns_doc(ns),
+                "documentKey": {"_id": id.clone()},
+            }]
+        }
         Op::Drop { ns } => {
             let drop_ev = doc! {
                 "_id": token(e.ts, pos, KIND_EVENT),

@@ -154,6 +154,11 @@ pub(crate) enum Op {
         id: Bson,
         updated: Document,
     },
+    /// One document removed by `delete`.
+    Delete {
+        ns: String,
+        id: Bson,
+    },
     Drop {
         ns: String,
     },
@@ -909,6 +914,23 @@ impl State {
             del: None,
         });
         Ok(Some(pos))
+    }
+
+    /// Removes the document whose `_id` is `id`: its own log entry (and
+    /// change event). `None` when no such document is there.
+    pub fn delete_doc(&mut self, ns: &str, id: &Bson) -> Option<usize> {
+        let index = self.colls.get(ns)?.docs.iter().position(|d| {
+            d.del.is_none()
+                && d.doc
+                    .get("_id")
+                    .is_some_and(|v| crate::matcher::values_equal(v, id))
+        })?;
+        let pos = self.append(Op::Delete {
+            ns: ns.to_string(),
+            id: id.clone(),
+        });
+        self.colls.get_mut(ns)?.docs[index].del = Some(pos);
+        Some(pos)
     }
 
     pub fn create_collection(&mut self, ns: &str) {

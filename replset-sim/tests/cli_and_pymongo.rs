@@ -161,6 +161,59 @@ print("ok")
     );
 }
 
+/// pymongo deletes as an operator cleaning up the lab's collection would
+/// (`delete_one`, `delete_many`), and sees what mongod documents: `n` is
+/// how many went, each deleted document is its own `delete` change event
+/// with only its `documentKey` (no pre-image), a filter that matches
+/// nothing deletes nothing and makes no event, and reads no longer find
+/// what was deleted
+/// (<https://www.mongodb.com/docs/manual/reference/change-events/delete/>).
+#[test]
+fn pymongo_deletes_as_mongod_documents() {
+    if !pymongo_available() {
+        assert!(
+            std::env::var_os("SIMPLECHAT_REQUIRE_PYMONGO").is_none(),
+            "SIMPLECHAT_REQUIRE_PYMONGO is set but python3 cannot import pymongo"
+        );
+        eprintln!("SKIPPED: pymongo_deletes_as_mongod_documents, because python3 cannot import pymongo (pip install pymongo)");
+        return;
+    }
+    let (_sim, uri) = start(&["--database", "messages"]);
+    let script = r#"
+import sys, datetime
+from pymongo import MongoClient
+db = MongoClient(sys.argv[1], serverSelectionTimeoutMS=10000).get_default_database()
+coll = db.messages
+ids = coll.insert_many([{"name": "lab", "text": t, "datetime": datetime.datetime.now()} for t in ["spam", "spam", "ham", "spam"]]).inserted_ids
+with coll.watch([{"$match": {"operationType": "delete"}}]) as stream:
+    r = coll.delete_one({"_id": ids[2]})
+    assert r.deleted_count == 1, r.raw_result
+    event = stream.next()
+    assert event["operationType"] == "delete" and event["documentKey"] == {"_id": ids[2]}, event
+    assert "fullDocument" not in event, event
+    assert coll.find_one({"_id": ids[2]}) is None
+    r = coll.delete_one({"_id": ids[2]})
+    assert r.deleted_count == 0, r.raw_result
+    r = coll.delete_many({"text": "spam"})
+    assert r.deleted_count == 3, r.raw_result
+    keys = sorted(stream.next()["documentKey"]["_id"] for _ in range(3))
+    assert keys == sorted([ids[0], ids[1], ids[3]]), keys
+    assert stream.try_next() is None
+assert coll.count_documents({}) == 0
+print("ok")
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &uri])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A string that is not UTF-8 is stored as sent: mongod checks what it
 /// receives for BSON structure only, not for UTF-8 (`validateBSON`'s
 /// default mode, `src/mongo/bson/bson_validate.h`; only the `validate`

@@ -5,7 +5,8 @@
 //! may do in its current role, then answers with mongod's reply shape, error
 //! codes and error labels.
 //!
-//! Families: [`handshake`] (hello, ping, endSessions), [`insert`], [`query`]
+//! Families: [`handshake`] (hello, ping, endSessions), [`insert`],
+//! [`update`], [`delete`], [`query`]
 //! (find, count), [`cursors`] (getMore, killCursors and the cursors other
 //! commands open), [`aggregate`] (pipelines and the `$changeStream` entry),
 //! [`indexes`], [`collections`], [`replset`] (the `replSet*` admin
@@ -19,6 +20,7 @@ mod aggregate;
 mod args;
 mod collections;
 mod cursors;
+mod delete;
 mod handshake;
 mod indexes;
 mod insert;
@@ -220,6 +222,7 @@ async fn dispatch(ctx: &Ctx<'_>, name: &str, db: &str, body: &Document) -> CmdRe
         "endSessions" => Ok(handshake::end_sessions()),
         "insert" => insert::insert(ctx, db, body).await,
         "update" => update::update(ctx, db, body).await,
+        "delete" => delete::delete(ctx, db, body).await,
         "find" => query::find(ctx, db, body).await,
         "count" => query::count(ctx, db, body),
         "getMore" => cursors::get_more(ctx, db, body).await,

@@ -66,7 +66,7 @@ use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToke
 use mongodb::change_stream::ChangeStream;
 
 use super::collections::Collections;
-use super::document::{Direction, DocId, MessageDoc, Position, Range};
+use super::document::{self, Direction, DocId, MessageDoc, Position, Range};
 use super::Shared;
 use crate::cache::{Mark, CACHE_CAPACITY};
 use crate::mongo::Class;
@@ -89,14 +89,16 @@ const POSITION_BATCH: usize = 1000;
 const HELD_RECHECK: Duration = Duration::from_secs(2);
 
 /// How long the stream must bring nothing, after messages with positions
-/// from long before came (a restore, an import), before the cache is
-/// reloaded for them: a restore's inserts come in many batches, and one
-/// reload, which reads the latest messages, places them all.
-const RESTORED_QUIET: Duration = Duration::from_secs(1);
+/// from long before came (a restore, an import), or after another client
+/// changed or deleted cached messages, before the cache is reloaded for
+/// them: a restore's inserts, or a `deleteMany`'s deletes, come one event
+/// each, and one reload, which reads the latest messages, places them all.
+const RELOAD_QUIET: Duration = Duration::from_secs(1);
 
-/// How long the cache goes at most without the restored messages while a
-/// restore keeps the stream busy: one reload each this long.
-const RESTORED_RELOAD_EVERY: Duration = Duration::from_secs(10);
+/// How long the cache goes at most without those messages as they are
+/// while a restore, or a stream of changes, keeps the stream busy: one
+/// reload each this long.
+const RELOAD_EVERY: Duration = Duration::from_secs(10);
 
 /// How far a naive local `datetime` (the lab's, taken for UTC) can be
 /// behind UTC: time zones run from UTC-12 to UTC+14.
@@ -117,10 +119,6 @@ const REPLY_MARGIN: Duration = Duration::from_secs(10);
 
 /// The server's code for an event larger than it can send.
 const BSON_OBJECT_TOO_LARGE: i32 = 10334;
-
-/// The field an update event names when it set `position`
-/// (<https://www.mongodb.com/docs/manual/reference/change-events/update/>).
-const POSITION_SET: &str = "updateDescription.updatedFields.position";
 
 /// The stream's next answer under way: an event it has at hand, or one
 /// `getMore`. The future owns the stream while it runs and hands it back
@@ -369,8 +367,8 @@ struct Watcher {
     /// import: [`Watcher::restored_far_behind`]) behind what was delivered
     /// and newer than the cache's oldest, since the cache was last reset:
     /// when the first came, and how many. The cache reloads once the stream
-    /// has brought nothing for [`RESTORED_QUIET`], or has kept busy for
-    /// [`RESTORED_RELOAD_EVERY`] since, so they take their places: one
+    /// has brought nothing for [`RELOAD_QUIET`], or has kept busy for
+    /// [`RELOAD_EVERY`] since, so they take their places: one
     /// reload for a restore's many batches, not one each.
     restored_since: Option<(Instant, usize)>,
     /// Of those, by public id, the ones within the clock margin of what was
@@ -380,6 +378,13 @@ struct Watcher {
     /// delivered only moves on until that reload, so the others stay out
     /// of its margin.)
     restored: HashSet<String>,
+    /// Cached messages, by public id, that another client changed (an
+    /// update that does not set `position`, a replacement) or deleted
+    /// since the cache was last reset, and since when: the cache reloads
+    /// for them as for restored messages, and the reload keeps none of
+    /// them as it was ([`Watcher::changed_elsewhere`]).
+    changed: HashSet<String>,
+    changed_since: Option<Instant>,
 }
 
 /// Runs until the store closes: open, catch up, follow; on failure,
@@ -399,6 +404,8 @@ pub(super) async fn run(shared: Arc<Shared>, collections: Arc<Collections>) {
         published_since_read: None,
         restored_since: None,
         restored: HashSet::new(),
+        changed: HashSet::new(),
+        changed_since: None,
     };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     while !watcher.shared.tasks.is_closed() {
@@ -460,12 +467,17 @@ impl Watcher {
                     self.set_positions().await?;
                     if self
                         .restored_since
-                        .is_some_and(|(since, _)| since.elapsed() >= RESTORED_RELOAD_EVERY)
+                        .is_some_and(|(since, _)| since.elapsed() >= RELOAD_EVERY)
                     {
                         self.reload_restored().await?;
+                    } else if self
+                        .changed_since
+                        .is_some_and(|since| since.elapsed() >= RELOAD_EVERY)
+                    {
+                        self.reload_changed().await?;
                     }
-                    let quiet = if self.restored_since.is_some() {
-                        Some(RESTORED_QUIET)
+                    let quiet = if self.restored_since.is_some() || self.changed_since.is_some() {
+                        Some(RELOAD_QUIET)
                     } else if !self.held.is_empty() {
                         Some(HELD_RECHECK)
                     } else {
@@ -487,6 +499,8 @@ impl Watcher {
                             idle_since = None;
                             if self.restored_since.is_some() {
                                 self.reload_restored().await?;
+                            } else if self.changed_since.is_some() {
+                                self.reload_changed().await?;
                             } else {
                                 self.recheck_held().await?;
                             }
@@ -526,15 +540,12 @@ impl Watcher {
     }
 
     async fn open(&mut self) -> Result<(Events, bool), String> {
-        // Inserts, and the updates that give another app's document its
-        // position; invalidate events always pass a $match.
-        let pipeline = [doc! { "$match": { "$or": [
-            { "operationType": "insert" },
-            {
-                "operationType": "update",
-                POSITION_SET: { "$exists": true },
-            },
-        ] } }];
+        // Inserts, the updates that give another app's document its
+        // position, and what other clients change or delete in cached
+        // messages; invalidate events always pass a $match.
+        let pipeline = [doc! { "$match": {
+            "operationType": { "$in": ["insert", "update", "replace", "delete"] },
+        } }];
         let coll = self
             .collections
             .messages_watched
@@ -702,6 +713,32 @@ impl Watcher {
     /// Reads the latest messages, publishes those that may not have been
     /// delivered, and resets the cache from them (step 4), so it is the
     /// store order's suffix again.
+    /// Another client changed or deleted the document `key` names. The
+    /// cache shows messages as they were when it read or published them,
+    /// so one it holds is noted for a reload ([`Watcher::changed`]); one it
+    /// does not hold is read from the store whenever it is asked for.
+    fn changed_elsewhere(&mut self, key: Option<&mongodb::bson::Document>) {
+        let Some(id) = key.and_then(|k| k.get("_id")).and_then(DocId::from_bson) else {
+            return;
+        };
+        let id = id.public();
+        if self.shared.cache.holds(&id) {
+            self.changed.insert(id);
+            self.changed_since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Reloads the cache for the messages other clients changed or deleted
+    /// ([`Watcher::changed`]).
+    async fn reload_changed(&mut self) -> Result<(), String> {
+        log::info!(
+            "{} cached messages were changed or deleted by another client: the listings show \
+             them as they are now (subscribers sent them keep what they were sent)",
+            self.changed.len()
+        );
+        self.reload().await
+    }
+
     async fn reload(&mut self) -> Result<(), String> {
         self.restored_since = None;
         let restored = std::mem::take(&mut self.restored);
@@ -961,10 +998,13 @@ impl Watcher {
             .into_iter()
             .map(MessageDoc::into_message)
             .collect::<Result<Vec<_>, _>>()?;
-        let shared = self
-            .shared
-            .cache
-            .reset_since(messages, latest.whole_history, latest.mark);
+        // Taken by any reset: each reads the store as it is now.
+        self.changed_since = None;
+        let changed = std::mem::take(&mut self.changed);
+        let shared =
+            self.shared
+                .cache
+                .reset_since(messages, latest.whole_history, latest.mark, &changed);
         if !shared {
             // What was held or published is gone with the rest.
             self.held.clear();
@@ -1220,9 +1260,25 @@ impl Watcher {
                 self.to_position.push(message.id.bson());
                 Ok(false)
             }
-            // The update that gave another app's document its position
-            // (the pipeline lets no other through): the document is read as
-            // it now is and published.
+            // Another client's change to a message: anything but the
+            // position, which simplechat's own updates set (an update
+            // event's `updateDescription.updatedFields`:
+            // <https://www.mongodb.com/docs/manual/reference/change-events/update/>).
+            OperationType::Update
+                if event
+                    .update_description
+                    .as_ref()
+                    .is_some_and(|u| !u.updated_fields.contains_key(document::POSITION)) =>
+            {
+                self.changed_elsewhere(event.document_key.as_ref());
+                Ok(false)
+            }
+            OperationType::Replace | OperationType::Delete => {
+                self.changed_elsewhere(event.document_key.as_ref());
+                Ok(false)
+            }
+            // The update that gave another app's document its position:
+            // the document is read as it now is and published.
             OperationType::Update => {
                 let Some(id) = event.document_key.and_then(|k| k.get("_id").cloned()) else {
                     return Ok(false);
