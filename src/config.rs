@@ -68,8 +68,8 @@ pub struct Settings {
     /// names.
     #[serde(deserialize_with = "port")]
     pub port: u16,
-    /// A MongoDB connection string (`MONGO_URI` is an alias); unset (or
-    /// empty) selects the embedded store.
+    /// A MongoDB connection string (`MONGO_URI` is an alias); unset selects
+    /// the embedded store. Blank is refused ([`Config::from_figment`]).
     pub mongodb_uri: Option<String>,
     /// A file holding the connection string, trimmed; exclusive with
     /// `mongodb_uri`.
@@ -943,6 +943,16 @@ fn store_config(s: &Settings) -> Result<StoreConfig, ConfigError> {
                 "set only one of mongodb_uri (or MONGO_URI) and mongodb_uri_file".into(),
             ))
         }
+        // Set, yet blank: a variable or a credential file never filled in.
+        // Taken for unset, it would start an empty chat of this machine's
+        // own, beside the replica set's, with no word said.
+        (Some(uri), None) if uri.trim().is_empty() => {
+            return Err(ConfigError(
+                "mongodb_uri (or MONGO_URI) is set but empty: give the connection string, or \
+                 unset it to use the embedded store"
+                    .into(),
+            ))
+        }
         (Some(uri), None) => Some(uri.trim().to_owned()),
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
@@ -951,11 +961,18 @@ fn store_config(s: &Settings) -> Result<StoreConfig, ConfigError> {
                     path.display()
                 ))
             })?;
-            Some(crate::mongo::uri::without_bom(&text).trim().to_owned())
+            let uri = crate::mongo::uri::without_bom(&text).trim().to_owned();
+            if uri.is_empty() {
+                return Err(ConfigError(format!(
+                    "mongodb_uri_file {} is empty: write the connection string into it",
+                    path.display()
+                )));
+            }
+            Some(uri)
         }
         (None, None) => None,
     };
-    let Some(mut uri) = uri.filter(|u| !u.is_empty()) else {
+    let Some(mut uri) = uri else {
         return Ok(StoreConfig::Embedded {
             data_dir: s.data_dir.clone(),
             cache_bytes: usize::try_from(s.cache_size_mib.saturating_mul(1024 * 1024))

@@ -396,6 +396,21 @@ fn bad_configuration_ends_with_one_clear_line() {
         &[("SIMPLECHAT_MONGODB_URI_FILE", "/nonexistent/uri")],
         "cannot read mongodb_uri_file",
     );
+    // Set but blank: an empty chat of this machine's own would start.
+    for (key, value) in [("MONGO_URI", ""), ("SIMPLECHAT_MONGODB_URI", "  ")] {
+        refused(
+            &["config"],
+            &[(key, value)],
+            "mongodb_uri (or MONGO_URI) is set but empty",
+        );
+    }
+    std::fs::write(d.join("blank-uri"), "\u{feff}\n").unwrap();
+    let blank = d.join("blank-uri");
+    refused(
+        &["config"],
+        &[("SIMPLECHAT_MONGODB_URI_FILE", blank.to_str().unwrap())],
+        "is empty: write the connection string into it",
+    );
     refused(
         &["serve"],
         &[("SIMPLECHAT_TEMPLATE_DIR", "/nonexistent")],
