@@ -438,6 +438,30 @@ impl Cache {
         shared
     }
 
+    /// Takes the message `id` out of the cache, the others kept in their
+    /// order, and starts a new epoch of arrivals (an arrival numbers a
+    /// place in one epoch, and the places after it move). For a message
+    /// the cache holds where it no longer stands in the store order: it is
+    /// published next, where it now stands. Nothing happens when the cache
+    /// does not hold it.
+    pub fn take_out(&self, id: &str) {
+        let mut recent = self.write();
+        if !recent.ids.contains_key(id) {
+            return;
+        }
+        let old = std::mem::take(&mut recent.events);
+        recent.ids.clear();
+        recent.bytes = 0;
+        recent.epoch += 1;
+        recent.next_seq = 0;
+        let whole_history = recent.whole_history;
+        for event in old.iter().filter(|e| e.message.id != id) {
+            push(&mut recent, event);
+        }
+        recent.whole_history = whole_history;
+        recent.changed();
+    }
+
     /// Says that this process stored the message `id` (or answered a
     /// client's retry with it) and the store will publish it (a MongoDB
     /// store, from its change stream) but has not yet: until it does,

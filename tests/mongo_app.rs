@@ -881,6 +881,10 @@ async fn the_labs_messages_that_break_a_posts_rules_are_shown_mended() {
     .await
     .expect("lab inserts");
     let app = start_app(&cluster, "mended", 20).await;
+    // Written in the second simplechat first looks at the collection (most
+    // likely): strays, listed once the change stream's first opening has
+    // given them their positions (docs/mongodb.md).
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
     let expected = [
         ("(no name)", "(empty message)"),
         ("eve\u{FFFD}gnp.exe", "a\u{FFFD}b\u{FFFD}[31m"),
@@ -947,6 +951,174 @@ async fn sim_cluster(test: &str) -> TestCluster {
     ));
     say(&format!("{test}: backend: replset-sim"));
     TestCluster::start_sim(cluster::fast_sim(true)).await
+}
+
+/// The lab's app keeps writing while two instances start at once on its
+/// history (the migration's first start): each instance's subscriber,
+/// placed as soon as the instance answers, is sent every message written
+/// after its first one, once, in the order written, and both instances
+/// list them all in that order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_starting_while_the_labs_app_writes_send_every_message_in_order() {
+    let test = "two_instances_starting_while_the_labs_app_writes_send_every_message_in_order";
+    let cluster = TestCluster::start(test).await;
+    let lab = cluster.lab_messages("startwrite").await;
+    let base = 1_572_566_400_000; // 2019-11-01, as the lab's naive times
+    let history: Vec<Document> = (0..200)
+        .map(|i| {
+            doc! {
+                "name": "h",
+                "text": format!("hist {i}"),
+                "datetime": mongodb::bson::DateTime::from_millis(base + i * 60_000),
+            }
+        })
+        .collect();
+    lab.insert_many(history).await.expect("the lab's history");
+    const WRITES: usize = 150;
+    let writer = tokio::spawn(async move {
+        let mut ids = Vec::new();
+        for i in 0..WRITES {
+            let id = mongodb::bson::oid::ObjectId::new();
+            lab.insert_one(doc! {
+                "_id": id,
+                "name": "lab",
+                "text": format!("cw {i}"),
+                "datetime": mongodb::bson::DateTime::now(),
+            })
+            .await
+            .expect("the lab's insert");
+            ids.push(id.to_hex());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ids
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let settings = [
+        ("mongodb_uri", json!(cluster.uri("startwrite"))),
+        ("write_timeout_secs", json!(20)),
+    ];
+    let (a, b) = tokio::join!(spawn_app(&settings), spawn_app(&settings));
+    let mut subscribers = Vec::new();
+    for app in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let response = app.get("/api/events").await;
+            if response.status() == 200 {
+                subscribers.push(Subscriber::reading(response).await);
+                break;
+            }
+            assert!(Instant::now() < deadline, "no event stream");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let written = writer.await.expect("writer");
+    let last = written.last().cloned().expect("writes");
+    for (name, subscriber) in ["a", "b"].iter().zip(subscribers.iter_mut()) {
+        let mut sent = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while sent.last() != Some(&last) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, subscriber.ids.recv()).await {
+                Ok(Some(id)) => sent.push(id),
+                _ => panic!(
+                    "instance {name}'s subscriber got {} messages, not the last",
+                    sent.len()
+                ),
+            }
+        }
+        let sent: Vec<usize> = sent
+            .iter()
+            .filter_map(|id| written.iter().position(|w| w == id))
+            .collect();
+        let first = sent[0];
+        let want: Vec<usize> = (first..WRITES).collect();
+        say(&format!(
+            "{test}: instance {name}'s subscriber from write {first}"
+        ));
+        assert_eq!(
+            sent, want,
+            "instance {name}'s subscriber, from its first message on"
+        );
+    }
+    for (name, app) in [("a", &a), ("b", &b)] {
+        let listed: Vec<String> = app
+            .get_json("/api/messages?limit=1000")
+            .await
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(|m| m["id"].as_str().map(str::to_owned))
+            .filter(|id| written.contains(id))
+            .collect();
+        assert_eq!(
+            listed, written,
+            "instance {name}'s listing of what the lab wrote"
+        );
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Both instances stopped (an upgrade), the lab's app writes, and both
+/// start again at once: each gives the documents written meanwhile their
+/// positions as the other does, and both list them, and replay them to a
+/// subscriber that asks for what came after the last message it had, in
+/// the order written, once. (Before, a document one instance positioned
+/// could reach the other's stream after that one had published a later
+/// one, and was moved after the rest.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_restarted_at_once_keep_the_order_of_what_the_lab_wrote_meanwhile() {
+    let test = "two_instances_restarted_at_once_keep_the_order_of_what_the_lab_wrote_meanwhile";
+    let cluster = TestCluster::start(test).await;
+    let first = start_app(&cluster, "restarted", 20).await;
+    assert_eq!(post_with_id(&first, "before", "before").await, 201);
+    first.shutdown().await;
+    // Past the second of the first message: documents of that very second
+    // are the lab's history (docs/mongodb.md).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let lab = cluster.lab_messages("restarted").await;
+    let mut written = Vec::new();
+    for i in 0..20 {
+        let id = mongodb::bson::oid::ObjectId::new();
+        lab.insert_one(doc! {
+            "_id": id,
+            "name": "lab",
+            "text": format!("while down {i}"),
+            "datetime": mongodb::bson::DateTime::now(),
+        })
+        .await
+        .expect("the lab's insert");
+        written.push(id.to_hex());
+    }
+    let settings = [
+        ("mongodb_uri", json!(cluster.uri("restarted"))),
+        ("write_timeout_secs", json!(20)),
+    ];
+    let (a, b) = tokio::join!(spawn_app(&settings), spawn_app(&settings));
+    for (name, app) in [("a", &a), ("b", &b)] {
+        wait_for_change_stream(app, Duration::from_secs(20)).await;
+        let mut replay = Subscriber::connect_to(app, "/api/events?after=before").await;
+        let sent = replay
+            .next_ids(written.len(), Duration::from_secs(20))
+            .await;
+        assert_eq!(
+            sent, written,
+            "instance {name}'s replay after the last message"
+        );
+        let listed: Vec<String> = app
+            .get_json("/api/messages?limit=1000")
+            .await
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(|m| m["id"].as_str().map(str::to_owned))
+            .collect();
+        let mut want = vec!["before".to_owned()];
+        want.extend(written.iter().cloned());
+        assert_eq!(listed, want, "instance {name}'s listing");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
 }
 
 /// An operator deletes a spam message and corrects another with the

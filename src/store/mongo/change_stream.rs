@@ -385,6 +385,12 @@ struct Watcher {
     /// them as it was ([`Watcher::changed_elsewhere`]).
     changed: HashSet<String>,
     changed_since: Option<Instant>,
+    /// The cached messages the last reset read without a position (the
+    /// lab's history, and another app's documents no stream has positioned
+    /// yet), by public id. One of them read or brought with a position
+    /// later was given it because a stream saw its insert: it is news, and
+    /// is published where it now stands ([`Watcher::publish_here`]).
+    unpositioned: HashSet<String>,
 }
 
 /// Runs until the store closes: open, catch up, follow; on failure,
@@ -406,6 +412,7 @@ pub(super) async fn run(shared: Arc<Shared>, collections: Arc<Collections>) {
         restored: HashSet::new(),
         changed: HashSet::new(),
         changed_since: None,
+        unpositioned: HashSet::new(),
     };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     while !watcher.shared.tasks.is_closed() {
@@ -639,8 +646,14 @@ impl Watcher {
             let full = page.len() == CACHE_CAPACITY;
             let next = page.last().map(MessageDoc::position);
             for doc in page {
-                // Without position: the lab's history (see `reload`).
-                if doc.position.is_some() && !self.is_history(&doc.position()) {
+                // Without position: the lab's history (see `reload`). One
+                // published within the margin read again may be one the
+                // cache let go of since (more were published in it than
+                // it holds): `recent` knows it.
+                if doc.position.is_some()
+                    && !self.is_history(&doc.position())
+                    && !self.recent_ids.contains(&doc.id.public())
+                {
                     self.publish(doc)?;
                 }
             }
@@ -813,26 +826,24 @@ impl Watcher {
                 .await
                 .map_err(|c| c.reason().to_owned())?;
             let full = page.len() == CACHE_CAPACITY;
+            let mut positioned = Vec::new();
             for (oid, message) in page {
                 (from, inclusive) = (oid, false);
                 // A document that is no message is counted and left as it is.
                 if message.is_none() {
                     continue;
                 }
-                let id = oid.into();
-                if !self.set_position(&id).await? {
-                    continue;
-                }
-                let positioned = self
-                    .collections
-                    .find_by_key(&id)
-                    .await
-                    .map_err(|c| c.reason().to_owned())?;
-                if let Some(message) = positioned.and_then(|d| self.shared.skipped.keep(&d)) {
-                    self.publish(message)?;
-                    self.strays_published.insert(oid);
+                if self.set_position(&oid.into()).await? {
+                    positioned.push(oid);
                 }
             }
+            // Published by a read in the store order, not one by one as
+            // positioned: another instance positioning the same strays at
+            // once may have given some of them earlier positions, which
+            // this stream brings later; published behind, they would be
+            // moved again ([`Watcher::publish`]).
+            self.catch_up().await?;
+            self.strays_published.extend(positioned);
             if !full {
                 return Ok(());
             }
@@ -872,7 +883,8 @@ impl Watcher {
         if self.to_position.is_empty() {
             return Ok(());
         }
-        let ids = std::mem::take(&mut self.to_position);
+        let mut ids = std::mem::take(&mut self.to_position);
+        self.older_strays_first(&mut ids).await?;
         match self.collections.set_positions(ids.clone()).await {
             Ok(()) => Ok(()),
             Err(Class::Fatal(_)) => {
@@ -883,6 +895,44 @@ impl Watcher {
             }
             Err(other) => Err(other.reason().to_owned()),
         }
+    }
+
+    /// Adds to `ids` (documents whose inserts the stream brought) the
+    /// strays older than the newest of them that nobody has positioned yet,
+    /// so that one write, which mongod applies in `_id` order for an `$in`
+    /// (see [`Collections::set_positions`]), positions them first. Without
+    /// them, an instance whose stream opened between two of another app's
+    /// inserts positioned the second while the first waited for a
+    /// catch-up's positioning, and came after it in the store order. When
+    /// more than [`POSITION_BATCH`] wait, those older ones go alone and
+    /// `ids` wait for the next write.
+    async fn older_strays_first(&mut self, ids: &mut Vec<Bson>) -> Result<(), String> {
+        let Some(from) = self.strays_from().await? else {
+            return Ok(());
+        };
+        let Some(newest) = ids
+            .iter()
+            .filter_map(Bson::as_object_id)
+            .filter(|oid| *oid >= from)
+            .max()
+        else {
+            return Ok(());
+        };
+        let older = self
+            .collections
+            .unpositioned_before(from, newest, POSITION_BATCH)
+            .await
+            .map_err(|c| c.reason().to_owned())?;
+        if older.len() == POSITION_BATCH {
+            self.to_position = std::mem::replace(ids, older);
+        } else {
+            for id in older {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Sends the writes in `to_reposition`, in one
@@ -983,6 +1033,12 @@ impl Watcher {
     ///
     /// [`Cache::reset_since`]: crate::cache::Cache::reset_since
     fn reset(&mut self, latest: Latest) -> Result<(), String> {
+        self.unpositioned = latest
+            .messages
+            .iter()
+            .filter(|m| m.position.is_none())
+            .map(|m| m.id.public())
+            .collect();
         self.floor = if latest.whole_history {
             None
         } else {
@@ -1144,6 +1200,16 @@ impl Watcher {
     fn publish_here(&mut self, doc: MessageDoc) -> Result<(), String> {
         let position = doc.position();
         let id = doc.id.public();
+        // The cache holds it where reads showed it without a position,
+        // among the lab's history, and sent it to nobody: a document of
+        // the very second history ends in (history to a read, news to a
+        // stream that sees its insert), or one whose `_id` no read can
+        // tell for a stray (a string, an ObjectId from a clock behind).
+        // It now stands after everything delivered: taken out of the
+        // cache, it is published there, and subscribers get it.
+        if doc.position.is_some() && self.unpositioned.remove(&id) {
+            self.shared.cache.take_out(&id);
+        }
         self.shared.cache.publish(doc.into_message()?);
         if self.recent_ids.insert(id.clone()) {
             self.recent.push_back((position.clone(), id));
@@ -1295,7 +1361,10 @@ impl Watcher {
                     .map_err(|c| c.reason().to_owned())?;
                 if let Some(message) = now.and_then(|d| self.shared.skipped.keep(&d)) {
                     let id = message.id.public();
-                    if !self.held.contains_key(&id) && self.shared.cache.holds(&id) {
+                    if !self.held.contains_key(&id)
+                        && self.shared.cache.holds(&id)
+                        && !self.unpositioned.contains(&id)
+                    {
                         // A message that came behind the store order, given
                         // a new position (by another instance) after this
                         // cache read it at its first: the cache follows the

@@ -65,6 +65,16 @@ pub(super) const META_COLLECTION: &str = "simplechat_meta";
 /// `{_id: "history", first_position: <Timestamp>}`.
 const HISTORY_RECORD: &str = "history";
 const FIRST_POSITION: &str = "first_position";
+/// Set in a record written for a collection that had no position yet:
+/// `first_position` is then the cluster time of that first look, and the
+/// documents of that very second (an ObjectId has only seconds) were as
+/// likely written just after the look as before it. Another app writing on
+/// (the lab's, during the move) would write history that reads show, and
+/// that a stream seeing its insert makes news. So such a record's second
+/// holds strays, not history: from it on, every document without position
+/// is positioned and sent as news. Records written without the field (a
+/// first position that was a message's) keep their second as history.
+const AT_FIRST_LOOK: &str = "at_first_look";
 /// How many of the oldest positions are looked at for a plausible one
 /// ([`Collections::oldest_position`]).
 const OLDEST_SCAN: i64 = 1000;
@@ -272,7 +282,8 @@ impl Collections {
 
     /// Where simplechat's history begins: its first position in this
     /// deployment, or, on a collection that had no position when
-    /// simplechat first looked, the cluster time of that look. It never
+    /// simplechat first looked, the end of the second before that look
+    /// ([`AT_FIRST_LOOK`]). It never
     /// moves: documents written later with older positions (an import of
     /// another deployment's messages, or one written by hand) must not
     /// turn the lab's history into strays. So it is recorded once, in
@@ -301,7 +312,11 @@ impl Collections {
         // (<https://www.mongodb.com/docs/manual/reference/bson-types/#timestamps>):
         // on a collection with no position yet, history is what was there
         // when simplechat first looked.
-        let record = doc! { "_id": HISTORY_RECORD, FIRST_POSITION: computed.unwrap_or(document::EMPTY_POSITION) };
+        let record = doc! {
+            "_id": HISTORY_RECORD,
+            FIRST_POSITION: computed.unwrap_or(document::EMPTY_POSITION),
+            AT_FIRST_LOOK: computed.is_none(),
+        };
         match self
             .meta
             .insert_one(record)
@@ -335,9 +350,21 @@ impl Collections {
             .find_one(doc! { "_id": HISTORY_RECORD })
             .await
             .map_err(|e| self.class(&e))?;
-        Ok(record
-            .and_then(|d| d.get_timestamp(FIRST_POSITION).ok())
-            .filter(|t| *t != document::EMPTY_POSITION))
+        Ok(record.and_then(|d| {
+            let first = d
+                .get_timestamp(FIRST_POSITION)
+                .ok()
+                .filter(|t| *t != document::EMPTY_POSITION)?;
+            // Just before the look's second, so that strays begin with it
+            // (`document::strays_from`).
+            Some(match d.get_bool(AT_FIRST_LOOK) {
+                Ok(true) => Timestamp {
+                    time: first.time.saturating_sub(1),
+                    increment: u32::MAX,
+                },
+                _ => first,
+            })
+        }))
     }
 
     /// The oldest `position` that MongoDB could have given
@@ -396,6 +423,34 @@ impl Collections {
         while let Some(doc) = cursor.try_next().await.map_err(|e| self.class(&e))? {
             if let Ok(oid) = doc.get_object_id("_id") {
                 found.push((oid, skipped.keep(&doc)));
+            }
+        }
+        Ok(found)
+    }
+
+    /// The `_id`s of up to `limit` documents without a `position` whose
+    /// `_id` is an ObjectId from `from` on and before `before`, oldest
+    /// first, read from the primary: strays older than one about to be
+    /// positioned ([`Collections::set_positions`]).
+    pub(super) async fn unpositioned_before(
+        &self,
+        from: ObjectId,
+        before: ObjectId,
+        limit: usize,
+    ) -> Result<Vec<Bson>, Class> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut cursor = self
+            .messages_on_primary
+            .find(doc! { document::POSITION: Bson::Null, "_id": { "$gte": from, "$lt": before } })
+            .projection(doc! { "_id": 1 })
+            .sort(doc! { "_id": 1 })
+            .limit(limit)
+            .await
+            .map_err(|e| self.class(&e))?;
+        let mut found = Vec::new();
+        while let Some(doc) = cursor.try_next().await.map_err(|e| self.class(&e))? {
+            if let Some(id) = doc.get("_id") {
+                found.push(id.clone());
             }
         }
         Ok(found)
