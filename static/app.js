@@ -738,6 +738,7 @@
     }
   });
 
+  const SEND_WAIT_MS = 45000;
   form.addEventListener("submit", async (event) => {
     if (paged) {
       // Sent by the form post under the form's key, which is the
@@ -767,13 +768,22 @@
     button.disabled = true;
     // Where the reader goes on: the text box, or the field an error is about.
     let next = textInput;
+    // A network path that passes nothing more answers nothing, and the
+    // browser would wait for ever with Send greyed out. Given up after
+    // SEND_WAIT_MS (longer than the server's default wait for a primary,
+    // 30 s, after which it answers itself), the message keeps its key: sent
+    // again, it is stored once.
+    const abort = new AbortController();
+    const gaveUp = setTimeout(() => abort.abort(), SEND_WAIT_MS);
     try {
       const response = await fetch("/api/messages", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ name, text, id: key }),
+        signal: abort.signal,
       });
       const body = await response.json().catch(() => ({}));
+      if (abort.signal.aborted) throw new Error("no answer in time");
       if (response.ok) {
         pending = null;
         // Remembered once a message was sent with it, as the form post's
@@ -800,8 +810,11 @@
           body.field === "name" || body.field === "text" ? next : null);
       }
     } catch (e) {
-      showError("Could not reach the server; press Send to try again.");
+      showError(abort.signal.aborted
+        ? "No answer from the server; press Send to try again (it is stored once)."
+        : "Could not reach the server; press Send to try again.");
     } finally {
+      clearTimeout(gaveUp);
       sending = false;
       button.disabled = false;
       next.focus();
@@ -863,9 +876,43 @@
     }
   }
 
+  // A network path that stops passing data closes nothing: the browser
+  // would wait on such a stream for ever, and the page would say "live".
+  // The stream is asked for heartbeats as events (a comment reaches no
+  // page), whose data is how many seconds apart they come, the first as
+  // it opens; one that brings nothing for MISSED_BEATS of them, or that
+  // does not open within that long, is closed and opened again.
+  const MISSED_BEATS = 3;
+  let beatSecs = 15;
+  let current = null;
+  let stalled = null;
+  function retryLater() {
+    // Spread out, so that pages refused together do not all come back at once.
+    setTimeout(connect, retryDelay * (0.5 + Math.random() / 2));
+    retryDelay = Math.min(retryDelay * 2, RETRY_MOST);
+  }
+  function alive(source) {
+    clearTimeout(stalled);
+    stalled = setTimeout(() => {
+      if (current !== source) return;
+      current = null;
+      source.close();
+      setConnection("reconnecting", "reconnecting…");
+      retryLater();
+    }, beatSecs * MISSED_BEATS * 1000);
+  }
+
   function connect() {
-    const source = new EventSource("/api/events" + (lastEventId ? "?after=" + encodeURIComponent(lastEventId) : ""));
+    const source = new EventSource("/api/events?heartbeat=event" + (lastEventId ? "&after=" + encodeURIComponent(lastEventId) : ""));
+    current = source;
+    alive(source);
+    source.addEventListener("heartbeat", (event) => {
+      const secs = Number(event.data);
+      if (secs > 0) beatSecs = secs;
+      alive(source);
+    });
     source.addEventListener("open", () => {
+      alive(source);
       retryDelay = RETRY_FIRST;
       setConnection("live", "live");
       if (!burst) burst = { count: 0, last: null, silent: !opened, timer: null };
@@ -873,19 +920,22 @@
       settle();
     });
     source.addEventListener("error", () => {
+      if (current !== source) return;
       setConnection("reconnecting", "reconnecting…");
       if (source.readyState !== EventSource.CLOSED) return;
+      current = null;
+      clearTimeout(stalled);
       source.close();
-      // Spread out, so that pages refused together do not all come back at once.
-      setTimeout(connect, retryDelay * (0.5 + Math.random() / 2));
-      retryDelay = Math.min(retryDelay * 2, RETRY_MOST);
+      retryLater();
     });
     source.addEventListener("reset", (event) => {
+      alive(source);
       // Where the server went live: a reconnect resumes from there.
       lastEventId = event.lastEventId;
       showLatest(false, event.lastEventId);
     });
     source.addEventListener("message", (event) => {
+      alive(source);
       if (event.lastEventId) lastEventId = event.lastEventId;
       let message;
       try {

@@ -2026,6 +2026,189 @@ async fn a_refused_event_stream_is_tried_again_and_fills_the_gap() {
     app.shutdown().await;
 }
 
+/// A network path that stops passing data (a phone between cells, a proxy
+/// that hangs) closes nothing: the page said "live" while its stream
+/// brought nothing more, and missed what was posted. It now takes a stream
+/// that brings no heartbeat for three of them for dead, says so, opens
+/// another, and fills the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_stops_bringing_anything_is_replaced_and_fills_the_gap() {
+    let Some(tab) = Browser::open("stalled_stream", PHONE).await else {
+        return;
+    };
+    let app = support::app::spawn_app(&[("heartbeat_secs", json!(1))]).await;
+    app.post_message("ann", "before the stall").await;
+    let path = Stall::start(&app.base_url).await;
+    tab.load(&path.url).await;
+    let c = &tab.client;
+    wait_for(
+        c,
+        "return document.getElementById('connection').dataset.state === 'live'",
+        20,
+        "the page live",
+    )
+    .await;
+
+    // Every connection open now passes nothing more, and stays open.
+    path.freeze_open_connections();
+    app.post_message("bob", "while the path was stalled").await;
+    wait_for(
+        c,
+        "return document.getElementById('connection').dataset.state !== 'live'",
+        20,
+        "the page no longer saying live",
+    )
+    .await;
+    wait_for(
+        c,
+        "return document.getElementById('connection').dataset.state === 'live'",
+        40,
+        "the page live again on a new stream",
+    )
+    .await;
+    page_wait(c, "return items().length === 2", "the message it missed").await;
+    assert_eq!(
+        page_eval(
+            c,
+            "return items().map(li => li.querySelector('.text').textContent)"
+        )
+        .await,
+        json!(["before the stall", "while the path was stalled"])
+    );
+    tab.close().await;
+    app.shutdown().await;
+}
+
+/// A send over a network path that passes nothing more: the page waited
+/// for ever, Send greyed out, and said nothing. It now gives up after 45 s,
+/// says so, and the same message sent again is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_that_gets_no_answer_says_so_and_is_stored_once_when_sent_again() {
+    let Some(tab) = Browser::open("stalled_send", PHONE).await else {
+        return;
+    };
+    let app = support::app::spawn_app(&[]).await;
+    let path = Stall::start(&app.base_url).await;
+    tab.load(&path.url).await;
+    let c = &tab.client;
+    wait_for(
+        c,
+        "return document.getElementById('connection').dataset.state === 'live'",
+        20,
+        "the page live",
+    )
+    .await;
+    path.freeze_everything();
+    send(c, "ann", "into the void").await;
+    wait_for(
+        c,
+        "const e = document.getElementById('error'); \
+         return !e.hidden && e.textContent.startsWith('No answer from the server') \
+         && !document.getElementById('send-button').disabled",
+        70,
+        "the page saying the send got no answer",
+    )
+    .await;
+    path.let_new_connections_pass();
+    c.find(Locator::Id("send-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    page_wait(
+        c,
+        "return document.getElementById('error').hidden",
+        "the second send answered",
+    )
+    .await;
+    let listed = app.get_json("/api/messages").await;
+    let texts: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["text"].as_str())
+        .collect();
+    // Whether the first send reached the server or not, one message.
+    assert_eq!(texts, ["into the void"]);
+    tab.close().await;
+    app.shutdown().await;
+}
+
+/// A proxy in front of the app whose open connections can be frozen: they
+/// stay open and pass nothing more, either way, while new ones pass, as
+/// when a network path forgets a flow.
+struct Stall {
+    url: String,
+    /// Connections are numbered as they come; those numbered below this
+    /// are frozen.
+    frozen_before: tokio::sync::watch::Sender<u64>,
+    made: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Stall {
+    async fn start(upstream: &str) -> Stall {
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (frozen_before, frozen) = tokio::sync::watch::channel(0u64);
+        let made = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = made.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let mut frozen = frozen.clone();
+                let this = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let froze = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => false,
+                        _ = frozen.wait_for(|before| *before > this) => true,
+                    };
+                    if froze {
+                        // Open, silent: held until the test ends.
+                        std::future::pending::<()>().await;
+                    }
+                });
+            }
+        });
+        Stall {
+            url,
+            frozen_before,
+            made,
+            accept,
+        }
+    }
+
+    /// Freezes every connection made so far; later ones pass.
+    fn freeze_open_connections(&self) {
+        let made = self.made.load(std::sync::atomic::Ordering::SeqCst);
+        self.frozen_before.send_replace(made);
+    }
+
+    /// Freezes every connection, those made later too.
+    fn freeze_everything(&self) {
+        self.frozen_before.send_replace(u64::MAX);
+    }
+
+    /// Lets connections made from now on pass (those frozen stay so).
+    fn let_new_connections_pass(&self) {
+        self.freeze_open_connections();
+    }
+}
+
+impl Drop for Stall {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
 /// A proxy in front of the app that lets the test cut the page's event
 /// streams and hold new ones back, as a flaky network does, while every
 /// other request goes through.

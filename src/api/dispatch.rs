@@ -190,8 +190,8 @@ where
             return self.refuse_host(&refused.explain(&echo(&refused.name)), peer);
         }
         if parts.method == Method::GET && parts.uri.path() == "/api/events" {
-            if let Some(after) = events_query(parts.uri.query()) {
-                return self.event_stream(&parts.headers, after, closed).await;
+            if let Some(query) = events_query(parts.uri.query()) {
+                return self.event_stream(&parts.headers, query, closed).await;
             }
         }
         let refused_by_head = body_refusal(&parts).is_some();
@@ -376,14 +376,19 @@ where
     }
 
     /// The event stream for a request with `headers`, resuming where its `Last-Event-ID`,
-    /// else `after`, says ([`events::Resume`]); answered once the stream
-    /// knows where it starts ([`events::stream`]).
+    /// else `after`, says ([`events::Resume`]), with the heartbeat the
+    /// query asks for; answered once the stream knows where it starts
+    /// ([`events::stream`]).
     async fn event_stream(
         &self,
         headers: &HeaderMap,
-        after: Option<String>,
+        query: EventsQuery,
         closed: PeerClosed,
     ) -> Response<Body> {
+        let EventsQuery {
+            after,
+            heartbeat_events,
+        } = query;
         // A header of bytes that are not visible ASCII is still a named
         // id, and no message's.
         let last_event_id = headers
@@ -398,8 +403,11 @@ where
         // instructions per event (callgrind).
         let watch: FuturesUnordered<_> = std::iter::once(closed.closed()).collect();
         let end = futures::future::select(self.shutdown.clone(), watch.into_future()).map(|_| ());
-        let stream =
-            events::stream(self.events.chat.clone(), self.events.heartbeat, resume, end).await;
+        let heartbeat = events::Heartbeat {
+            every: self.events.heartbeat,
+            as_event: heartbeat_events,
+        };
+        let stream = events::stream(self.events.chat.clone(), heartbeat, resume, end).await;
         let body = StreamBody::new(stream.map(|bytes| Ok::<_, hyper::Error>(Frame::data(bytes))));
         let mut response = Response::new(body.boxed_unsync());
         *response.headers_mut() = self.stream_head.clone();
@@ -437,13 +445,23 @@ fn foreign_scheme(parts: &Parts) -> Option<&str> {
     (!served).then_some(scheme)
 }
 
-/// The `after` field of an event-stream query, decoded as Rocket decodes
-/// a query (`+` is a space, then percent-decoding), `Some(None)` when it
-/// has none; `None` when a field is given twice, which Rocket's request
-/// checks refuse ([`crate::api::checks`]), so the request goes to Rocket.
-fn events_query(query: Option<&str>) -> Option<Option<String>> {
+/// What an event-stream query asks for.
+#[derive(Debug, Default, PartialEq)]
+struct EventsQuery {
+    /// The `after` field, if any.
+    after: Option<String>,
+    /// `heartbeat=event`: heartbeats as events ([`events::Heartbeat`]);
+    /// another value is ignored, as an unknown field is.
+    heartbeat_events: bool,
+}
+
+/// The fields of an event-stream query, decoded as Rocket decodes a query
+/// (`+` is a space, then percent-decoding); `None` when a field is given
+/// twice, which Rocket's request checks refuse ([`crate::api::checks`]),
+/// so the request goes to Rocket.
+fn events_query(query: Option<&str>) -> Option<EventsQuery> {
     let Some(query) = query else {
-        return Some(None);
+        return Some(EventsQuery::default());
     };
     let decode = |s: &str| {
         percent_encoding::percent_decode_str(&s.replace('+', " "))
@@ -451,18 +469,20 @@ fn events_query(query: Option<&str>) -> Option<Option<String>> {
             .into_owned()
     };
     let mut names = std::collections::HashSet::new();
-    let mut after = None;
+    let mut fields = EventsQuery::default();
     for field in query.split('&').filter(|f| !f.is_empty()) {
         let (name, value) = field.split_once('=').unwrap_or((field, ""));
         let name = decode(name);
-        if name == "after" {
-            after = Some(decode(value));
+        match name.as_str() {
+            "after" => fields.after = Some(decode(value)),
+            "heartbeat" => fields.heartbeat_events = decode(value) == "event",
+            _ => {}
         }
         if !names.insert(name) {
             return None;
         }
     }
-    Some(after)
+    Some(fields)
 }
 
 /// The refusal the route a POST goes to makes of its body from its
@@ -575,19 +595,34 @@ pub fn whole(status: StatusCode, headers: HeaderMap, bytes: impl Into<Bytes>) ->
 
 #[cfg(test)]
 mod tests {
-    use super::events_query;
+    use super::{events_query, EventsQuery};
 
     #[test]
     fn event_queries_are_decoded_as_rocket_decodes_them() {
-        assert_eq!(events_query(None), Some(None));
-        assert_eq!(events_query(Some("after=ab")), Some(Some("ab".into())));
-        assert_eq!(
-            events_query(Some("x=1&&after=%61b")),
-            Some(Some("ab".into()))
-        );
-        assert_eq!(events_query(Some("af%74er=a+b")), Some(Some("a b".into())));
-        assert_eq!(events_query(Some("lang=en")), Some(None));
+        let after = |a: &str| {
+            Some(EventsQuery {
+                after: Some(a.into()),
+                heartbeat_events: false,
+            })
+        };
+        assert_eq!(events_query(None), Some(EventsQuery::default()));
+        assert_eq!(events_query(Some("after=ab")), after("ab"));
+        assert_eq!(events_query(Some("x=1&&after=%61b")), after("ab"));
+        assert_eq!(events_query(Some("af%74er=a+b")), after("a b"));
+        assert_eq!(events_query(Some("lang=en")), Some(EventsQuery::default()));
         assert_eq!(events_query(Some("after=a&after=b")), None);
         assert_eq!(events_query(Some("after=a&aft%65r=b")), None);
+        assert_eq!(
+            events_query(Some("heartbeat=event&after=x")),
+            Some(EventsQuery {
+                after: Some("x".into()),
+                heartbeat_events: true,
+            })
+        );
+        assert_eq!(
+            events_query(Some("heartbeat=comment")),
+            Some(EventsQuery::default())
+        );
+        assert_eq!(events_query(Some("heartbeat=event&heartbeat=event")), None);
     }
 }

@@ -222,10 +222,39 @@ fn remember(last: &mut Option<String>, id: &str) {
     }
 }
 
+/// How an event stream shows it is alive while no message comes.
+#[derive(Debug, Clone, Copy)]
+pub struct Heartbeat {
+    /// How often (`heartbeat_secs`).
+    pub every: Duration,
+    /// `false`: a `: heartbeat` comment, which no `EventSource` shows its
+    /// page. `true` (`?heartbeat=event`): a `heartbeat` event whose data is
+    /// `every` in whole seconds, also sent as the stream opens, so that a
+    /// page can tell a stream that stopped bringing anything (a network
+    /// path that passes nothing more closes nothing: the browser waits on
+    /// it for ever) from a quiet one. A client that listens only for
+    /// `message` events never sees it.
+    pub as_event: bool,
+}
+
+impl Heartbeat {
+    /// The frame sent every [`Heartbeat::every`].
+    fn frame(self) -> Bytes {
+        if self.as_event {
+            Bytes::from(format!(
+                "event: heartbeat\ndata: {}\n\n",
+                self.every.as_secs().max(1)
+            ))
+        } else {
+            Bytes::from_static(b": heartbeat\n\n")
+        }
+    }
+}
+
 /// One subscriber's event stream: the bytes of `/api/events`'s body, from
 /// `retry:` on. When `resume` names a message, first the messages after
 /// it (a `reset` when there is no such message), then each new one; a
-/// `: heartbeat` comment every `every`; it ends when `shutdown` resolves
+/// heartbeat every `heartbeat.every` ([`Heartbeat`]); it ends when `shutdown` resolves
 /// or the store cannot say what was missed.
 ///
 /// It subscribes to the broadcast before it returns, so a message
@@ -242,7 +271,7 @@ fn remember(last: &mut Option<String>, id: &str) {
 /// stream is open.
 pub async fn stream<F>(
     chat: Chat,
-    every: Duration,
+    heartbeat: Heartbeat,
     resume: Resume,
     shutdown: F,
 ) -> impl futures::Stream<Item = Bytes> + Send + 'static
@@ -339,6 +368,10 @@ where
         };
         // Tells EventSource how soon to reconnect, and flushes the headers.
         yield Bytes::from_static(b"retry: 2000\n: connected\n\n");
+        let beat = heartbeat.frame();
+        if heartbeat.as_event {
+            yield beat.clone();
+        }
         if let Some((frame, newest, placed, complete_before)) = reset {
             (last_id, next) = (newest, placed);
             // As on a live start: read without the cache, catch up from
@@ -347,6 +380,7 @@ where
             overlap = last_id.iter().cloned().collect();
             yield frame;
         }
+        let every = heartbeat.every;
         let mut heartbeat = interval_at(Instant::now() + every, every);
         loop {
             // The one place a stream waiting for the cache starts its
@@ -512,7 +546,7 @@ where
                     Err(RecvError::Closed) => break,
                 },
                 _ = heartbeat.tick() => {
-                    yield Bytes::from_static(b": heartbeat\n\n");
+                    yield beat.clone();
                 }
             }
         }
@@ -584,7 +618,10 @@ mod tests {
             // Subscribed now, first polled below.
             let frames = stream(
                 chat.clone(),
-                Duration::from_secs(60),
+                Heartbeat {
+                    every: Duration::from_secs(60),
+                    as_event: false,
+                },
                 resume.clone(),
                 futures::future::pending(),
             )
@@ -615,7 +652,10 @@ mod tests {
         let before = post(&chat, "before").await;
         let frames = stream(
             chat.clone(),
-            Duration::from_secs(60),
+            Heartbeat {
+                every: Duration::from_secs(60),
+                as_event: false,
+            },
             Resume::NotAnId("not an id!".to_owned()),
             futures::future::pending(),
         )

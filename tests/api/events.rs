@@ -402,6 +402,35 @@ async fn heartbeats_keep_an_idle_stream_alive() {
     app.shutdown().await;
 }
 
+/// A page cannot see comments (an `EventSource` shows none), so it asks
+/// for heartbeats as events, and learns their interval as the stream
+/// opens: a stream that then brings nothing for several of them is dead,
+/// however open its connection looks. Messages come as before.
+#[tokio::test]
+async fn heartbeats_asked_for_as_events_come_as_events_from_the_start() {
+    let app = spawn_app(&[("heartbeat_secs", serde_json::json!(2))]).await;
+    let mut sse = Sse::connect(&app, "/api/events?heartbeat=event", None).await;
+    let hello = sse.next_block(Duration::from_secs(5)).await.unwrap();
+    assert!(hello.comment, "opening comment flushes the headers");
+    let first = sse.next_block(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(
+        (first.event.as_str(), first.data.as_str(), first.comment),
+        ("heartbeat", "2", false),
+        "the interval, as the stream opens: {first:?}"
+    );
+    let posted = app.post_message("ann", "between heartbeats").await;
+    let message = sse.next_block(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(message.event, "message");
+    assert_eq!(message.id, posted["id"].as_str().unwrap());
+    let next = sse.next_block(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (next.event.as_str(), next.data.as_str()),
+        ("heartbeat", "2"),
+        "{next:?}"
+    );
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn streams_end_cleanly_on_shutdown() {
     let app = spawn_app(&[]).await;
