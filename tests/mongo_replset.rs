@@ -5,6 +5,7 @@
 mod cluster;
 
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use cluster::{closing_listener, http_listener, say, TestCluster, SET_NAME};
 
@@ -803,6 +804,54 @@ async fn status_with_every_member_down_says_what_it_waits_for_and_why_each() {
             let out = String::from_utf8_lossy(&o.stdout);
             assert!(out.starts_with("replica set rs  primary: (none)"), "{out}");
         }
+    }
+}
+
+/// Every mongod answers, none is initiated: `status` said the command
+/// "was not sent: no member answered" beside members listed with health 1,
+/// `plan` gave the driver's server selection timeout, and `apply` waited
+/// ten minutes for a primary that no wait brings. Each now says the set is
+/// not initiated and what to run, and ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_on_a_set_nobody_initiated_say_to_run_init() {
+    let test = "commands_on_a_set_nobody_initiated_say_to_run_init";
+    let cluster = TestCluster::start_uninitiated(test).await;
+    let hosts = cluster.hosts();
+    let mut plan = vec![
+        "replset".into(),
+        "plan".into(),
+        "--name".into(),
+        SET_NAME.into(),
+    ];
+    for h in &hosts {
+        plan.push("--member".into());
+        plan.push(h.clone());
+    }
+    let mut apply = plan.clone();
+    apply[1] = "apply".into();
+    let status = vec![
+        "replset".into(),
+        "status".into(),
+        "--uri".into(),
+        cluster.uri("chat"),
+    ];
+    for args in [status, plan, apply] {
+        let verb = args[1].clone();
+        let o = tokio::time::timeout(Duration::from_secs(120), simplechat(args, &[]))
+            .await
+            .unwrap_or_else(|_| panic!("`replset {verb}` still waiting after 120 s"));
+        assert!(!o.status.success(), "{verb}: {}", text(&o));
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            all.contains("the replica set is not initiated")
+                && all.contains("simplechat replset init"),
+            "{verb}: {}",
+            text(&o)
+        );
     }
 }
 

@@ -302,6 +302,11 @@ impl Connection {
         (!unreachable.is_empty()).then(|| unreachable.join("; "))
     }
 
+    /// [`TopologySnapshot::not_initiated`] of the driver's view.
+    pub fn not_initiated(&self) -> Option<String> {
+        self.topology.get().and_then(|t| t.not_initiated())
+    }
+
     /// Every server the driver knows that answers as no wait cures
     /// ([`Unusable`]), with its address: one that answered, but not as
     /// MongoDB, with the driver's words for what it answered, and one that

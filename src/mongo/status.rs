@@ -127,9 +127,9 @@ async fn ask(conn: &Connection, bound: Duration) -> Asked {
         }
         // The driver's own words ("Server selection timeout: No available
         // servers") say nothing the members' lines below do not say better.
-        Ok(Err(e)) if Signals::of(&e).server_selection => {
-            "replSetGetStatus was not sent: no member answered".to_owned()
-        }
+        Ok(Err(e)) if Signals::of(&e).server_selection => conn
+            .not_initiated()
+            .unwrap_or_else(|| "replSetGetStatus was not sent: no member answered".to_owned()),
         Ok(Err(e)) => format!(
             "replSetGetStatus failed: {}",
             reason(&e, conn.secret.as_deref())

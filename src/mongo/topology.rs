@@ -196,6 +196,29 @@ impl TopologySnapshot {
         )))
     }
 
+    /// Every host answers as a mongod whose replica set was never initiated
+    /// (or that every member was removed from): no command that needs a
+    /// member of the set will ever be sent until `replset init` runs, so
+    /// the one line that says so, instead of the driver's "no available
+    /// servers". `None` while any host is unknown, unreachable or a
+    /// member.
+    pub fn not_initiated(&self) -> Option<String> {
+        let every_ghost = !self.servers.is_empty()
+            && self
+                .servers
+                .iter()
+                .all(|s| s.server_type == ServerType::RsGhost);
+        every_ghost.then(|| {
+            let hosts: Vec<&str> = self.servers.iter().map(|s| s.address.as_str()).collect();
+            one_line(&format!(
+                "the replica set is not initiated: {} answer as mongods in no replica set's \
+                 configuration (RSGhost); run `simplechat replset init --name NAME --member \
+                 HOST:PORT ...` with every member first",
+                hosts.join(", ")
+            ))
+        })
+    }
+
     /// Why a write could not be accepted now, from what the driver sees, as
     /// one line: the refused credentials; else, when the driver itself has
     /// no member a write could go to, every member and why; else that no

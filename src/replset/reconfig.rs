@@ -329,6 +329,9 @@ impl Session {
     /// (as `replset status` names them).
     fn why(&self, e: &mongodb::error::Error) -> String {
         if Signals::of(e).server_selection {
+            if let Some(why) = self.conn.not_initiated() {
+                return why;
+            }
             if let Some(why) = self.conn.why_unreachable() {
                 return format!("no primary answers: {why}");
             }
@@ -629,8 +632,16 @@ impl Session {
         let first = match tokio::time::timeout_at(deadline, self.unsettled()).await {
             Ok(Ok(None)) => return Ok(()),
             Ok(Ok(Some(pending))) => Awaited::Pending(pending),
-            Ok(Err(why)) => why,
-            Err(_) => Awaited::Primary(self.conn.why_silent()),
+            failed => {
+                // No wait makes a primary of a set nobody initiated.
+                if let Some(why) = self.conn.not_initiated() {
+                    return Err(why);
+                }
+                match failed {
+                    Ok(Err(why)) => why,
+                    _ => Awaited::Primary(self.conn.why_silent()),
+                }
+            }
         };
         progress(Progress::Detail(&format!(
             "  waiting up to {} s{first}",
