@@ -60,14 +60,32 @@
       return "";
     }
   }
+  // The server fills the box from the cookie of the last form post (a
+  // page of older history sends by the form), which a send with
+  // JavaScript does not change. So the name sent last with JavaScript is
+  // kept beside what the box was filled with then: while the box is still
+  // filled so, no form post came since, and that name is the newer.
+  const FILLED_KEY = "simplechat.name.filled";
+  const filled = nameInput.value;
   function rememberName(name) {
     try {
       localStorage.setItem(NAME_KEY, name);
+      localStorage.setItem(FILLED_KEY, filled);
     } catch (e) {
       // Not kept: blocked, or the storage is full.
     }
   }
-  if (!nameInput.value) nameInput.value = rememberedName();
+  function filledWhenRemembered() {
+    try {
+      return localStorage.getItem(FILLED_KEY);
+    } catch (e) {
+      return null;
+    }
+  }
+  const remembered = rememberedName();
+  if (!filled || (remembered && filledWhenRemembered() === filled)) {
+    nameInput.value = remembered || filled;
+  }
 
   function setConnection(state, label) {
     connection.dataset.state = state;

@@ -1637,6 +1637,55 @@ async fn a_page_of_older_history_links_back_and_sends_by_the_form() {
     app.shutdown().await;
 }
 
+/// The name box is filled with the name sent last, whichever way: the
+/// form of a page of older history (its cookie) or JavaScript (kept in the
+/// browser). The cookie of an earlier form post won over a later name sent
+/// with JavaScript, for as long as the cookie lasted (a year), and the next
+/// message went out under the old name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_name_sent_last_is_filled_in_whichever_way_it_was_sent() {
+    let app = spawn_app(&[]).await;
+    let first = app.post_message("ann", "the first").await;
+    let Some(tab) = Browser::open("name_sent_last", DESKTOP).await else {
+        return;
+    };
+    let c = &tab.client;
+    let older_page = format!("{}/?before={}", app.base_url, first["id"].as_str().unwrap());
+    let name_box = "return document.getElementById('name').value";
+    c.goto(&older_page).await.unwrap();
+    send(c, "carol", "by the form").await;
+    page_wait(
+        c,
+        "return location.search === '' && items().length === 2",
+        "back on the latest page",
+    )
+    .await;
+    assert_eq!(page_eval(c, name_box).await, json!("carol"));
+    send(c, "bob", "with javascript").await;
+    page_wait(c, "return items().length === 3", "bob's message shown").await;
+    tab.load(&app.base_url).await;
+    assert_eq!(
+        page_eval(c, name_box).await,
+        json!("bob"),
+        "the name sent last, with JavaScript, not the form's cookie"
+    );
+    c.goto(&older_page).await.unwrap();
+    send(c, "dave", "by the form again").await;
+    page_wait(
+        c,
+        "return location.search === '' && items().length === 4",
+        "back on the latest page",
+    )
+    .await;
+    assert_eq!(
+        page_eval(c, name_box).await,
+        json!("dave"),
+        "the name sent last, by the form"
+    );
+    tab.close().await;
+    app.shutdown().await;
+}
+
 /// A page of older history (`/?before=<id>`) loads older messages in place
 /// too: it keeps the same bound, the newest end giving way, and "Newer
 /// messages" walks forward again, past the page's own end.
