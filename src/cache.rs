@@ -191,6 +191,16 @@ impl Recent {
         self.version += 1;
     }
 
+    /// Empties the cache for a new epoch of arrivals, to be filled again
+    /// with [`push`]; what it held, in order.
+    fn new_epoch(&mut self) -> VecDeque<Arc<CachedMessage>> {
+        self.ids.clear();
+        self.bytes = 0;
+        self.epoch += 1;
+        self.next_seq = 0;
+        std::mem::take(&mut self.events)
+    }
+
     /// Whether listings may be answered from the cache: it is complete,
     /// and no message this process stored is missing from it (unless it
     /// has been missing longer than [`ECHO_MAX_WAIT`]).
@@ -389,13 +399,9 @@ impl Cache {
         changed: &HashSet<String>,
     ) -> bool {
         let mut recent = self.write();
-        let old = std::mem::take(&mut recent.events);
-        recent.ids.clear();
-        recent.bytes = 0;
+        let old = recent.new_epoch();
         // An eviction while the cache is filled clears it (`push`).
         recent.whole_history = whole_history;
-        recent.epoch += 1;
-        recent.next_seq = 0;
         let in_snapshot: HashSet<&str> = latest.iter().map(|m| m.id.as_str()).collect();
         let last_shared = old
             .iter()
@@ -449,16 +455,10 @@ impl Cache {
         if !recent.ids.contains_key(id) {
             return;
         }
-        let old = std::mem::take(&mut recent.events);
-        recent.ids.clear();
-        recent.bytes = 0;
-        recent.epoch += 1;
-        recent.next_seq = 0;
-        let whole_history = recent.whole_history;
-        for event in old.iter().filter(|e| e.message.id != id) {
+        // One fewer than it held: `push` evicts nothing.
+        for event in recent.new_epoch().iter().filter(|e| e.message.id != id) {
             push(&mut recent, event);
         }
-        recent.whole_history = whole_history;
         recent.changed();
     }
 

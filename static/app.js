@@ -53,11 +53,11 @@
   // browser that blocks site data throws at the first touch of storage,
   // and the page then works as before, only without remembering.
   const NAME_KEY = "simplechat.name";
-  function rememberedName() {
+  function stored(key) {
     try {
-      return localStorage.getItem(NAME_KEY) || "";
+      return localStorage.getItem(key);
     } catch (e) {
-      return "";
+      return null;
     }
   }
   // The server fills the box from the cookie of the last form post (a
@@ -75,15 +75,8 @@
       // Not kept: blocked, or the storage is full.
     }
   }
-  function filledWhenRemembered() {
-    try {
-      return localStorage.getItem(FILLED_KEY);
-    } catch (e) {
-      return null;
-    }
-  }
-  const remembered = rememberedName();
-  if (!filled || (remembered && filledWhenRemembered() === filled)) {
+  const remembered = stored(NAME_KEY) || "";
+  if (!filled || (remembered && stored(FILLED_KEY) === filled)) {
     nameInput.value = remembered || filled;
   }
 
@@ -909,14 +902,17 @@
     setTimeout(connect, retryDelay * (0.5 + Math.random() / 2));
     retryDelay = Math.min(retryDelay * 2, RETRY_MOST);
   }
+  function replace(source) {
+    current = null;
+    clearTimeout(stalled);
+    source.close();
+    setConnection("reconnecting", "reconnecting…");
+    retryLater();
+  }
   function alive(source) {
     clearTimeout(stalled);
     stalled = setTimeout(() => {
-      if (current !== source) return;
-      current = null;
-      source.close();
-      setConnection("reconnecting", "reconnecting…");
-      retryLater();
+      if (current === source) replace(source);
     }, beatSecs * MISSED_BEATS * 1000);
   }
 
@@ -940,11 +936,8 @@
     source.addEventListener("error", () => {
       if (current !== source) return;
       setConnection("reconnecting", "reconnecting…");
-      if (source.readyState !== EventSource.CLOSED) return;
-      current = null;
-      clearTimeout(stalled);
-      source.close();
-      retryLater();
+      // Closed for good (a refusal): the browser will not try again.
+      if (source.readyState === EventSource.CLOSED) replace(source);
     });
     source.addEventListener("reset", (event) => {
       alive(source);

@@ -1041,13 +1041,9 @@ async fn two_instances_starting_while_the_labs_app_writes_send_every_message_in_
         );
     }
     for (name, app) in [("a", &a), ("b", &b)] {
-        let listed: Vec<String> = app
-            .get_json("/api/messages?limit=1000")
+        let listed: Vec<String> = all_ids(app)
             .await
-            .as_array()
-            .expect("array")
-            .iter()
-            .filter_map(|m| m["id"].as_str().map(str::to_owned))
+            .into_iter()
             .filter(|id| written.contains(id))
             .collect();
         assert_eq!(
@@ -1105,14 +1101,7 @@ async fn two_instances_restarted_at_once_keep_the_order_of_what_the_lab_wrote_me
             sent, written,
             "instance {name}'s replay after the last message"
         );
-        let listed: Vec<String> = app
-            .get_json("/api/messages?limit=1000")
-            .await
-            .as_array()
-            .expect("array")
-            .iter()
-            .filter_map(|m| m["id"].as_str().map(str::to_owned))
-            .collect();
+        let listed = all_ids(app).await;
         let mut want = vec!["before".to_owned()];
         want.extend(written.iter().cloned());
         assert_eq!(listed, want, "instance {name}'s listing");

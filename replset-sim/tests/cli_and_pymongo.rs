@@ -48,6 +48,36 @@ fn pymongo_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Whether `test` can run: python3 imports pymongo. When it cannot, says
+/// loudly that `test` skipped, and fails where `SIMPLECHAT_REQUIRE_PYMONGO`
+/// says it must run.
+fn pymongo_or_skip(test: &str) -> bool {
+    if pymongo_available() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("SIMPLECHAT_REQUIRE_PYMONGO").is_none(),
+        "SIMPLECHAT_REQUIRE_PYMONGO is set but python3 cannot import pymongo"
+    );
+    eprintln!("SKIPPED: {test}, because python3 cannot import pymongo (pip install pymongo)");
+    false
+}
+
+/// Runs the Python `script` with the connection string `uri` as its
+/// argument; it must succeed and print `ok`.
+fn run_pymongo(script: &str, uri: &str) {
+    let out = Command::new("python3")
+        .args(["-c", script, uri])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn the_binary_serves_the_labs_database_on_the_ports_given() {
     let ports = free_ports(3);
@@ -89,12 +119,7 @@ fn the_binary_serves_the_labs_database_on_the_ports_given() {
 /// event; one that would take a document past 16 MiB is refused.
 #[test]
 fn pymongo_sees_mongods_documented_behaviour() {
-    if !pymongo_available() {
-        assert!(
-            std::env::var_os("SIMPLECHAT_REQUIRE_PYMONGO").is_none(),
-            "SIMPLECHAT_REQUIRE_PYMONGO is set but python3 cannot import pymongo"
-        );
-        eprintln!("SKIPPED: pymongo_sees_mongods_documented_behaviour, because python3 cannot import pymongo (pip install pymongo)");
+    if !pymongo_or_skip("pymongo_sees_mongods_documented_behaviour") {
         return;
     }
     let (_sim, uri) = start(&["--database", "messages"]);
@@ -149,16 +174,7 @@ except WriteError as e:
 assert coll.find_one({"_id": big}, {"position": 1}).get("position") is None
 print("ok")
 "#;
-    let out = Command::new("python3")
-        .args(["-c", script, &uri])
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_pymongo(script, &uri);
 }
 
 /// pymongo deletes as an operator cleaning up the lab's collection would
@@ -170,12 +186,7 @@ print("ok")
 /// (<https://www.mongodb.com/docs/manual/reference/change-events/delete/>).
 #[test]
 fn pymongo_deletes_as_mongod_documents() {
-    if !pymongo_available() {
-        assert!(
-            std::env::var_os("SIMPLECHAT_REQUIRE_PYMONGO").is_none(),
-            "SIMPLECHAT_REQUIRE_PYMONGO is set but python3 cannot import pymongo"
-        );
-        eprintln!("SKIPPED: pymongo_deletes_as_mongod_documents, because python3 cannot import pymongo (pip install pymongo)");
+    if !pymongo_or_skip("pymongo_deletes_as_mongod_documents") {
         return;
     }
     let (_sim, uri) = start(&["--database", "messages"]);
@@ -202,16 +213,7 @@ with coll.watch([{"$match": {"operationType": "delete"}}]) as stream:
 assert coll.count_documents({}) == 0
 print("ok")
 "#;
-    let out = Command::new("python3")
-        .args(["-c", script, &uri])
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_pymongo(script, &uri);
 }
 
 /// A string that is not UTF-8 is stored as sent: mongod checks what it
@@ -224,12 +226,7 @@ print("ok")
 /// such a document, so no read of it could fail as it fails on mongod.
 #[test]
 fn a_string_that_is_not_utf8_is_stored_and_returned_byte_for_byte() {
-    if !pymongo_available() {
-        assert!(
-            std::env::var_os("SIMPLECHAT_REQUIRE_PYMONGO").is_none(),
-            "SIMPLECHAT_REQUIRE_PYMONGO is set but python3 cannot import pymongo"
-        );
-        eprintln!("SKIPPED: a_string_that_is_not_utf8_is_stored_and_returned_byte_for_byte, because python3 cannot import pymongo (pip install pymongo)");
+    if !pymongo_or_skip("a_string_that_is_not_utf8_is_stored_and_returned_byte_for_byte") {
         return;
     }
     let (_sim, uri) = start(&["--database", "messages"]);
@@ -266,16 +263,7 @@ except bson.errors.InvalidBSON:
     pass
 print("ok")
 "#;
-    let out = Command::new("python3")
-        .args(["-c", script, &uri])
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_pymongo(script, &uri);
 }
 
 /// pymongo drops indexes as an operator tidying them would, and gets what
@@ -287,12 +275,7 @@ print("ok")
 /// pymongo's own `drop_index` takes a missing collection (26) as done.
 #[test]
 fn pymongo_drops_indexes_as_mongod_documents() {
-    if !pymongo_available() {
-        assert!(
-            std::env::var_os("SIMPLECHAT_REQUIRE_PYMONGO").is_none(),
-            "SIMPLECHAT_REQUIRE_PYMONGO is set but python3 cannot import pymongo"
-        );
-        eprintln!("SKIPPED: pymongo_drops_indexes_as_mongod_documents, because python3 cannot import pymongo (pip install pymongo)");
+    if !pymongo_or_skip("pymongo_drops_indexes_as_mongod_documents") {
         return;
     }
     let (_sim, uri) = start(&["--database", "messages"]);
@@ -339,14 +322,5 @@ assert names() == ["_id_"], names()
 assert coll.find_one({"_id": "a"})["name"] == "n"
 print("ok")
 "#;
-    let out = Command::new("python3")
-        .args(["-c", script, &uri])
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_pymongo(script, &uri);
 }

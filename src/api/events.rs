@@ -380,8 +380,7 @@ where
             overlap = last_id.iter().cloned().collect();
             yield frame;
         }
-        let every = heartbeat.every;
-        let mut heartbeat = interval_at(Instant::now() + every, every);
+        let mut beats = interval_at(Instant::now() + heartbeat.every, heartbeat.every);
         loop {
             // The one place a stream waiting for the cache starts its
             // catch-up: woken by the watch or a broadcast below, or
@@ -545,7 +544,7 @@ where
                     }
                     Err(RecvError::Closed) => break,
                 },
-                _ = heartbeat.tick() => {
+                _ = beats.tick() => {
                     yield beat.clone();
                 }
             }

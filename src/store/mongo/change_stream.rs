@@ -148,6 +148,21 @@ impl Asking {
     }
 }
 
+/// Whether `event` is another client's change to a message: a replacement,
+/// a delete, or an update of anything but the position, which simplechat's
+/// own updates set (an update event's `updateDescription.updatedFields`:
+/// <https://www.mongodb.com/docs/manual/reference/change-events/update/>).
+fn is_another_clients_change(event: &Event) -> bool {
+    match event.operation_type {
+        OperationType::Replace | OperationType::Delete => true,
+        OperationType::Update => event
+            .update_description
+            .as_ref()
+            .is_some_and(|u| !u.updated_fields.contains_key(document::POSITION)),
+        _ => false,
+    }
+}
+
 /// Why the stream is given up when no answer came within `deadline`.
 fn unanswered(deadline: Duration) -> String {
     format!(
@@ -473,17 +488,12 @@ impl Watcher {
                 None => {
                     self.set_positions().await?;
                     if self
-                        .restored_since
-                        .is_some_and(|(since, _)| since.elapsed() >= RELOAD_EVERY)
-                    {
-                        self.reload_restored().await?;
-                    } else if self
-                        .changed_since
+                        .reload_due_since()
                         .is_some_and(|since| since.elapsed() >= RELOAD_EVERY)
                     {
-                        self.reload_changed().await?;
+                        self.reload_due().await?;
                     }
-                    let quiet = if self.restored_since.is_some() || self.changed_since.is_some() {
+                    let quiet = if self.reload_due_since().is_some() {
                         Some(RELOAD_QUIET)
                     } else if !self.held.is_empty() {
                         Some(HELD_RECHECK)
@@ -504,10 +514,8 @@ impl Watcher {
                         }
                         Err(_) => {
                             idle_since = None;
-                            if self.restored_since.is_some() {
-                                self.reload_restored().await?;
-                            } else if self.changed_since.is_some() {
-                                self.reload_changed().await?;
+                            if self.reload_due_since().is_some() {
+                                self.reload_due().await?;
                             } else {
                                 self.recheck_held().await?;
                             }
@@ -710,22 +718,6 @@ impl Watcher {
         *count += 1;
     }
 
-    /// Reloads the cache for the messages with positions from long before
-    /// that came since it was last reset ([`Watcher::restored_since`]).
-    async fn reload_restored(&mut self) -> Result<(), String> {
-        if let Some((_, count)) = self.restored_since {
-            log::info!(
-                "{count} messages were inserted with positions from long before (a restore or \
-                 an import): listed where their positions put them, not sent to subscribers as \
-                 new"
-            );
-        }
-        self.reload().await
-    }
-
-    /// Reads the latest messages, publishes those that may not have been
-    /// delivered, and resets the cache from them (step 4), so it is the
-    /// store order's suffix again.
     /// Another client changed or deleted the document `key` names. The
     /// cache shows messages as they were when it read or published them,
     /// so one it holds is noted for a reload ([`Watcher::changed`]); one it
@@ -741,17 +733,37 @@ impl Watcher {
         }
     }
 
-    /// Reloads the cache for the messages other clients changed or deleted
-    /// ([`Watcher::changed`]).
-    async fn reload_changed(&mut self) -> Result<(), String> {
-        log::info!(
-            "{} cached messages were changed or deleted by another client: the listings show \
-             them as they are now (subscribers sent them keep what they were sent)",
-            self.changed.len()
-        );
+    /// Since when a reload is due: for messages with positions from long
+    /// before ([`Watcher::restored_since`]) or for messages other clients
+    /// changed or deleted ([`Watcher::changed`]), whichever came first.
+    fn reload_due_since(&self) -> Option<Instant> {
+        let restored = self.restored_since.map(|(since, _)| since);
+        restored.into_iter().chain(self.changed_since).min()
+    }
+
+    /// The reload [`Watcher::reload_due_since`] says is due, logged once
+    /// for what it is for.
+    async fn reload_due(&mut self) -> Result<(), String> {
+        if let Some((_, count)) = self.restored_since {
+            log::info!(
+                "{count} messages were inserted with positions from long before (a restore or \
+                 an import): listed where their positions put them, not sent to subscribers as \
+                 new"
+            );
+        }
+        if !self.changed.is_empty() {
+            log::info!(
+                "{} cached messages were changed or deleted by another client: the listings show \
+                 them as they are now (subscribers sent them keep what they were sent)",
+                self.changed.len()
+            );
+        }
         self.reload().await
     }
 
+    /// Reads the latest messages, publishes those that may not have been
+    /// delivered, and resets the cache from them (step 4), so it is the
+    /// store order's suffix again.
     async fn reload(&mut self) -> Result<(), String> {
         self.restored_since = None;
         let restored = std::mem::take(&mut self.restored);
@@ -1326,20 +1338,7 @@ impl Watcher {
                 self.to_position.push(message.id.bson());
                 Ok(false)
             }
-            // Another client's change to a message: anything but the
-            // position, which simplechat's own updates set (an update
-            // event's `updateDescription.updatedFields`:
-            // <https://www.mongodb.com/docs/manual/reference/change-events/update/>).
-            OperationType::Update
-                if event
-                    .update_description
-                    .as_ref()
-                    .is_some_and(|u| !u.updated_fields.contains_key(document::POSITION)) =>
-            {
-                self.changed_elsewhere(event.document_key.as_ref());
-                Ok(false)
-            }
-            OperationType::Replace | OperationType::Delete => {
+            _ if is_another_clients_change(&event) => {
                 self.changed_elsewhere(event.document_key.as_ref());
                 Ok(false)
             }
