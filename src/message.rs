@@ -2,7 +2,7 @@
 
 use icu_properties::props::{
     BidiControl, DefaultIgnorableCodePoint, Emoji, GeneralCategory, GeneralCategoryGroup,
-    WhiteSpace,
+    Ideographic, Script, VariationSelector, WhiteSpace,
 };
 use icu_properties::{CodePointMapData, CodePointSetData};
 use serde::{Deserialize, Serialize};
@@ -225,32 +225,63 @@ pub fn is_visible(c: char) -> bool {
         || INVISIBLE.contains(CodePointMapData::<GeneralCategory>::new().get(c)))
 }
 
-/// `name` without the format characters (general category Cf: zero-width
-/// space and joiners, the byte order mark, soft hyphen, word joiner) and
-/// white space at either end: there they join or separate nothing and show
-/// as nothing, so `U+FEFF` + `ann` would be a second `ann` that looks like
-/// the first. Inside a name they stay (a ZWNJ in a Persian word, the ZWJ of
-/// an emoji sequence); a variation selector (a mark, not Cf) stays too, as
-/// it changes how an emoji before it is drawn. So does an emoji tag
-/// sequence at the end (a subdivision flag, 🏴 then tag characters, Cf,
-/// then CANCEL TAG): it is drawn as one flag.
+/// `name` without what shows as nothing at either end: white space,
+/// format characters (general category Cf: zero-width space and joiners,
+/// the byte order mark, soft hyphen, word joiner), the other
+/// Default_Ignorable_Code_Point characters (the combining grapheme joiner,
+/// the Hangul fillers, variation selectors that select nothing) and U+2800
+/// BRAILLE PATTERN BLANK. There they join or separate nothing, so
+/// `U+FEFF` + `ann`, `ann` + `U+FE0F` or `ann` + `U+3164` would be a
+/// second `ann` that looks like the first. Inside a name they stay (a ZWNJ
+/// in a Persian word, the ZWJ of an emoji sequence). At the end a
+/// variation selector stays where it selects a glyph (see
+/// [`selects_a_variant`]), and so does an emoji tag sequence (a
+/// subdivision flag, 🏴 then tag characters, Cf, then CANCEL TAG): it is
+/// drawn as one flag.
 fn trim_invisible_ends(name: &str) -> String {
     // Bidi controls are format characters too, but a name may not hold
     // one anywhere: left for that rule's own error.
     let bidi_control = CodePointSetData::new::<BidiControl>();
+    let ignorable = CodePointSetData::new::<DefaultIgnorableCodePoint>();
     let invisible = |c: char| {
         c.is_whitespace()
-            || (CodePointMapData::<GeneralCategory>::new().get(c) == GeneralCategory::Format
+            || c == BRAILLE_PATTERN_BLANK
+            || ((ignorable.contains(c)
+                || CodePointMapData::<GeneralCategory>::new().get(c) == GeneralCategory::Format)
                 && !bidi_control.contains(c))
     };
     let mut kept = name.trim_start_matches(invisible);
     while !ends_with_emoji_tag_sequence(kept) {
-        match kept.chars().next_back() {
-            Some(c) if invisible(c) => kept = &kept[..kept.len() - c.len_utf8()],
+        let mut back = kept.chars().rev();
+        match (back.next(), back.next()) {
+            (Some(c), Some(base)) if selects_a_variant(base, c) => break,
+            (Some(c), _) if invisible(c) => kept = &kept[..kept.len() - c.len_utf8()],
             _ => break,
         }
     }
     kept.to_owned()
+}
+
+/// Whether the variation selector `selector` after `base` may select a
+/// glyph of it, by where Unicode defines variation sequences
+/// (<https://www.unicode.org/faq/vs.html>): VS15 and VS16 (text and emoji
+/// presentation) after an emoji, the other selectors after an ideograph
+/// (ideographic variation sequences and the CJK compatibility
+/// ideographs), a Mongolian letter (the free variation selectors choose its
+/// form) or a symbol (the standardized variants of mathematical and other
+/// symbols). After a letter of another script, `ann` + `U+FE0F`, nothing
+/// is defined and nothing changes. Not a variation selector: `false`.
+fn selects_a_variant(base: char, selector: char) -> bool {
+    if !CodePointSetData::new::<VariationSelector>().contains(selector) {
+        return false;
+    }
+    if matches!(selector, '\u{FE0E}' | '\u{FE0F}') {
+        return CodePointSetData::new::<Emoji>().contains(base);
+    }
+    CodePointSetData::new::<Ideographic>().contains(base)
+        || CodePointMapData::<Script>::new().get(base) == Script::Mongolian
+        || GeneralCategoryGroup::Symbol
+            .contains(CodePointMapData::<GeneralCategory>::new().get(base))
 }
 
 /// Whether `s` ends with an emoji tag sequence: an emoji, one or more tag
@@ -526,6 +557,24 @@ mod tests {
             // Tag characters after no emoji draw nothing.
             ("ann\u{E0067}\u{E007F}", "ann"),
             ("\u{1F3F4}\u{E007F}", "\u{1F3F4}"),
+            // Default ignorable, blank or selecting nothing at the ends.
+            ("ann\u{FE0F}", "ann"),
+            ("ann\u{FE0E}\u{FE0F}", "ann"),
+            ("\u{FE0F}ann", "ann"),
+            ("ann\u{034F}", "ann"),
+            ("\u{034F}ann\u{E0100}", "ann"),
+            ("ann\u{3164}", "ann"),
+            ("\u{115F}\u{1160}ann\u{FFA0}", "ann"),
+            ("\u{2800}ann\u{2800}", "ann"),
+            ("a\u{2800}b", "a\u{2800}b"),
+            // Selecting a glyph at the end: an emoji's presentation, an
+            // ideograph's variant, a Mongolian letter's form, a symbol's.
+            ("ann \u{263A}\u{FE0F}", "ann \u{263A}\u{FE0F}"),
+            ("ann \u{263A}\u{FE0E}", "ann \u{263A}\u{FE0E}"),
+            ("\u{845B}\u{E0100}", "\u{845B}\u{E0100}"),
+            ("\u{1820}\u{180B}", "\u{1820}\u{180B}"),
+            ("a\u{2229}\u{FE00}", "a\u{2229}\u{FE00}"),
+            ("\u{845B}\u{FE0F}", "\u{845B}"),
         ] {
             let message = NewMessage::validate(typed, "hi", None).unwrap();
             assert_eq!(message.name, stored, "{typed:?}");
