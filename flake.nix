@@ -41,12 +41,18 @@
         };
 
       src = import ./nix/source.nix { inherit lib; };
+      # The tests also read the app module's restart rules
+      # (`cli_config::the_unit_restarts_on_every_status_but_those_no_restart_mends`).
+      testSrc = import ./nix/source.nix {
+        inherit lib;
+        extra = [ ./nixos-modules/simplechat.nix ];
+      };
 
       rust = forAllSystems (
         system:
         import ./nix/rust.nix {
           pkgs = pkgsFor system;
-          inherit crane src;
+          inherit crane src testSrc;
         }
       );
     in

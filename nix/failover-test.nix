@@ -109,6 +109,9 @@ let
     # Refusing instead of dropping makes a connection the firewall does not
     # let through fail at once rather than after a connect timeout.
     networking.firewall.rejectPackets = true;
+    # The script edits the iptables firewall's chain (nixos-fw), whatever
+    # nixpkgs' default firewall becomes.
+    networking.nftables.enable = false;
   };
   # A machine on the members' network that is no member: it has the
   # simplechat CLI (a MongoDB client) and nothing else of the cluster.
@@ -165,7 +168,6 @@ pkgs.testers.runNixOSTest {
                 )
       '';
     in
-    assert !(first.networking.nftables.enable or false);
     ''
       import json
       import secrets

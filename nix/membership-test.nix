@@ -80,6 +80,9 @@ let
       chatWriter
     ];
     networking.firewall.rejectPackets = true;
+    # The script reads the iptables firewall's chain (nixos-fw), whatever
+    # nixpkgs' default firewall becomes.
+    networking.nftables.enable = false;
   };
 
   # A member of the first cluster file, with the changed file as a

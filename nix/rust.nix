@@ -8,6 +8,8 @@
   pkgs,
   crane,
   src,
+  # `src` and the files only the tests read.
+  testSrc,
 }:
 let
   inherit (pkgs) lib;
@@ -86,7 +88,17 @@ let
       CARGO_PROFILE_TEST_DEBUG = "line-tables-only";
     };
   };
-  checkArtifacts = craneLib.buildDepsOnly checkArgs;
+  # Every workspace member's dependencies, as the checks build them with
+  # `--workspace`: crane's `buildDepsOnly` passes only `cargoExtraArgs`
+  # (default `--locked`), and without `--workspace` cargo would build the
+  # root package's alone, leaving the simulator's and the bench's (and any
+  # feature that unification across members turns on) to both checks.
+  checkArtifacts = craneLib.buildDepsOnly (
+    checkArgs
+    // {
+      cargoExtraArgs = "--locked --workspace";
+    }
+  );
 
   package = craneLib.buildPackage (
     commonArgs
@@ -137,6 +149,7 @@ in
     tests = craneLib.cargoTest (
       checkArgs
       // {
+        src = testSrc;
         cargoArtifacts = checkArtifacts;
         cargoTestExtraArgs = "--workspace";
         # Nothing builds on this check's target directory.

@@ -29,6 +29,9 @@ let
 
   app = config.services.simplechat;
   cfg = app.replicaSet;
+  firewallBackend =
+    config.networking.firewall.backend
+      or (if config.networking.nftables.enable then "nftables" else "iptables");
 
   memberNames = attrNames cfg.members;
   hostOf = name: "${name}.${cfg.domain}";
@@ -462,21 +465,23 @@ in
       ];
 
       # Only the other members need mongod; the apps on every member reach it
-      # from a member address too.
-      networking.firewall = mkIf cfg.openFirewall (
-        if config.networking.nftables.enable then
-          {
-            extraInputRules = concatMapStrings (
-              a: "${if isV6 a then "ip6" else "ip"} saddr ${a} tcp dport ${toString cfg.port} accept\n"
-            ) otherAddresses;
-          }
-        else
-          {
-            extraCommands = concatMapStrings (
-              a:
-              "${if isV6 a then "ip6tables" else "iptables"} -A nixos-fw -p tcp -s ${a} --dport ${toString cfg.port} -j nixos-fw-accept\n"
-            ) otherAddresses;
-          }
+      # from a member address too. The rule is written for the firewall's
+      # backend (nixpkgs' networking.firewall.backend, which defaults from
+      # networking.nftables.enable but may be set apart from it; the
+      # nftables backend refuses extraCommands), or, in a nixpkgs without
+      # that option, for what networking.nftables.enable chooses. One
+      # definition per option, each under its own condition: a condition on
+      # the whole networking.firewall set would read the set it defines.
+      networking.firewall.extraInputRules = mkIf (cfg.openFirewall && firewallBackend == "nftables") (
+        concatMapStrings (
+          a: "${if isV6 a then "ip6" else "ip"} saddr ${a} tcp dport ${toString cfg.port} accept\n"
+        ) otherAddresses
+      );
+      networking.firewall.extraCommands = mkIf (cfg.openFirewall && firewallBackend == "iptables") (
+        concatMapStrings (
+          a:
+          "${if isV6 a then "ip6tables" else "iptables"} -A nixos-fw -p tcp -s ${a} --dport ${toString cfg.port} -j nixos-fw-accept\n"
+        ) otherAddresses
       );
 
       services.simplechat.settings.mongodb_uri = mkIf (app.mongodbUriFile == null) (
