@@ -145,14 +145,14 @@ pub fn check_user_name(user: &str) -> Result<(), String> {
 fn parse_only(uri: &str) -> Result<ConnectionString, String> {
     ConnectionString::parse(uri).map_err(|e| {
         let Some((start, end)) = secret_span(uri) else {
-            return explained(scrub_options(&e.kind.to_string(), uri));
+            return explained(scrub_options(&e.kind.to_string(), uri), uri);
         };
         let stand_in = format!("{}PASSWORD{}", &uri[..start], &uri[end..]);
         match ConnectionString::parse(&stand_in) {
-            Err(e) => explained(scrub_options(
-                &hide_secret(&e.kind.to_string(), &uri[start..end]),
+            Err(e) => explained(
+                scrub_options(&hide_secret(&e.kind.to_string(), &uri[start..end]), uri),
                 uri,
-            )),
+            ),
             Ok(_) => "the password does not parse (the driver's reason is withheld as it may \
                       quote the password; percent-encode special characters in passwords)"
                 .to_owned(),
@@ -247,25 +247,46 @@ pub fn hide_secret(text: &str, secret: &str) -> String {
     out
 }
 
+/// The options this build leaves out: the driver is built without network
+/// compression and Kerberos. Lower case: option names are case-insensitive.
+const LEFT_OUT: [&str; 3] = ["compressors", "zlibcompressionlevel", "gssapiservicename"];
+
 /// The driver's reason, and what to do when it refuses an option this
-/// build leaves out: the driver is built without network compression and
-/// Kerberos, and its message for `compressors` ("an option with a similar
-/// name exists: compressors") does not say so.
-fn explained(reason: String) -> String {
+/// build leaves out ([`LEFT_OUT`]): its message for `compressors` ("an
+/// option with a similar name exists: compressors") does not say so, and it
+/// names only the first such option, so every one `uri` holds is named, as
+/// written, and a second start does not fail on the next.
+fn explained(reason: String, uri: &str) -> String {
     let lower = reason.to_ascii_lowercase();
-    let refused = ["compressors", "zlibcompressionlevel", "gssapiservicename"]
-        .into_iter()
-        .find(|option| {
-            lower.contains(&format!("{option} is an invalid option"))
-                || lower.contains(&format!("{option} may not be specified"))
-        });
-    match refused {
-        Some(option) => format!(
-            "{reason} (this build of simplechat has no network compression and no Kerberos: \
-             remove {option}= from the connection string)"
-        ),
-        None => reason,
+    let refused = LEFT_OUT.into_iter().any(|option| {
+        lower.contains(&format!("{option} is an invalid option"))
+            || lower.contains(&format!("{option} may not be specified"))
+    });
+    if !refused {
+        return reason;
     }
+    let query = uri.split_once('?').map_or("", |(_, query)| query);
+    let mut named: Vec<String> = Vec::new();
+    for key in query
+        .split(['&', ';'])
+        .filter_map(|pair| pair.split('=').next())
+    {
+        let shown = format!("{key}=");
+        if LEFT_OUT.contains(&key.to_ascii_lowercase().as_str()) && !named.contains(&shown) {
+            named.push(shown);
+        }
+    }
+    let remove = if named.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ": remove {} from the connection string",
+            named.join(" and ")
+        )
+    };
+    format!(
+        "{reason} (this build of simplechat has no network compression and no Kerberos{remove})"
+    )
 }
 
 /// Where the userinfo of a connection string lies: after `://`, up to the
@@ -703,10 +724,20 @@ mod tests {
         ] {
             let why = parse(uri).unwrap_err();
             assert!(
-                why.contains(&format!("remove {option}=")) && !why.contains("s3cr3t"),
+                why.to_ascii_lowercase()
+                    .contains(&format!("remove {option}= from"))
+                    && !why.contains("s3cr3t"),
                 "{uri}: {why}"
             );
         }
+        // The lab's shell printed two: both are named, as written.
+        let why =
+            parse("mongodb://127.0.0.1:27017/?compressors=disabled&gssapiServiceName=mongodb")
+                .unwrap_err();
+        assert!(
+            why.contains("remove compressors= and gssapiServiceName= from"),
+            "{why}"
+        );
     }
 
     #[test]
