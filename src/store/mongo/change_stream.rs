@@ -406,6 +406,13 @@ struct Watcher {
     /// later was given it because a stream saw its insert: it is news, and
     /// is published where it now stands ([`Watcher::publish_here`]).
     unpositioned: HashSet<String>,
+    /// The furthest the stream had delivered when the store lost every
+    /// message the cache held (a dropped or emptied collection, [`Watcher::reset`]),
+    /// which makes how far it has delivered start again from what the store
+    /// still has. Subscribers keep what they were sent: a backup restored
+    /// afterwards brings back messages at positions up to here, which they
+    /// have, and which are history coming back, not news.
+    delivered_before_loss: Option<Position>,
 }
 
 /// Runs until the store closes: open, catch up, follow; on failure,
@@ -428,6 +435,7 @@ pub(super) async fn run(shared: Arc<Shared>, collections: Arc<Collections>) {
         changed: HashSet::new(),
         changed_since: None,
         unpositioned: HashSet::new(),
+        delivered_before_loss: None,
     };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     while !watcher.shared.tasks.is_closed() {
@@ -718,19 +726,49 @@ impl Watcher {
         *count += 1;
     }
 
-    /// Another client changed or deleted the document `key` names. The
-    /// cache shows messages as they were when it read or published them,
-    /// so one it holds is noted for a reload ([`Watcher::changed`]); one it
-    /// does not hold is read from the store whenever it is asked for.
-    fn changed_elsewhere(&mut self, key: Option<&mongodb::bson::Document>) {
-        let Some(id) = key.and_then(|k| k.get("_id")).and_then(DocId::from_bson) else {
-            return;
+    /// Another client changed or deleted the document the event's
+    /// `documentKey` names. The cache shows messages as they were when it
+    /// read or published them, so one it holds is noted for a reload
+    /// ([`Watcher::changed`]). One it does not hold is read from the store
+    /// whenever it is asked for, unless it is one the cache should list
+    /// now: a document that was no message (skipped: a name that is no
+    /// string, a missing text), corrected by hand. Read as it now is: one
+    /// without a position is given one, as the lab's inserts are, and
+    /// published as the newest message; one the cache's range covers is
+    /// listed in its place by a reload, and sent to no subscriber (it was
+    /// written then).
+    async fn changed_elsewhere(&mut self, event: &Event) -> Result<(), String> {
+        let Some(key) = event.document_key.as_ref().and_then(|k| k.get("_id")) else {
+            return Ok(());
+        };
+        let Some(id) = DocId::from_bson(key) else {
+            return Ok(());
         };
         let id = id.public();
         if self.shared.cache.holds(&id) {
             self.changed.insert(id);
             self.changed_since.get_or_insert_with(Instant::now);
+            return Ok(());
         }
+        if event.operation_type == OperationType::Delete || self.held.contains_key(&id) {
+            return Ok(());
+        }
+        let now = self
+            .collections
+            .find_by_key(key)
+            .await
+            .map_err(|c| c.reason().to_owned())?;
+        let Some(message) = now.and_then(|d| self.shared.skipped.keep(&d)) else {
+            return Ok(());
+        };
+        match message.position {
+            None => self.to_position.push(message.id.bson()),
+            Some(_) if !self.is_history(&message.position()) => {
+                self.changed_since.get_or_insert_with(Instant::now);
+            }
+            Some(_) => {}
+        }
+        Ok(())
     }
 
     /// Since when a reload is due: for messages with positions from long
@@ -1074,6 +1112,9 @@ impl Watcher {
                 .cache
                 .reset_since(messages, latest.whole_history, latest.mark, &changed);
         if !shared {
+            if let Some(Delivered::UpTo(delivered)) = self.shared.change_stream.delivered() {
+                self.delivered_before_loss = self.delivered_before_loss.take().max(Some(delivered));
+            }
             // What was held or published is gone with the rest.
             self.held.clear();
             self.to_reposition.clear();
@@ -1128,6 +1169,14 @@ impl Watcher {
             self.shared.change_stream.delivered(),
             Some(Delivered::UpTo(p)) if p > *position
         )
+    }
+
+    /// Whether subscribers were sent messages up to `position` or beyond
+    /// before the store lost them ([`Watcher::delivered_before_loss`]).
+    fn was_delivered_before_loss(&self, position: &Position) -> bool {
+        self.delivered_before_loss
+            .as_ref()
+            .is_some_and(|p| p >= position)
     }
 
     /// Whether an insert committed at cluster time `committed` (the change
@@ -1303,11 +1352,12 @@ impl Watcher {
                 };
                 if let Some(position) = message.position {
                     // Not news, and no race: see the function. One newer
-                    // than all that was delivered is published where it
-                    // is, as any message that comes in order.
+                    // than all that was delivered (also before the store
+                    // lost what it had) is published where it is, as any
+                    // message that comes in order.
                     let at = message.position();
                     if self.restored_far_behind(event.cluster_time, event.wall_time, position)
-                        && self.is_behind(&at)
+                        && (self.is_behind(&at) || self.was_delivered_before_loss(&at))
                     {
                         if !self.is_history(&at) {
                             self.count_restored();
@@ -1339,7 +1389,7 @@ impl Watcher {
                 Ok(false)
             }
             _ if is_another_clients_change(&event) => {
-                self.changed_elsewhere(event.document_key.as_ref());
+                self.changed_elsewhere(&event).await?;
                 Ok(false)
             }
             // The update that gave another app's document its position:
