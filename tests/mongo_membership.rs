@@ -950,3 +950,54 @@ async fn a_new_member_that_closes_connections_unanswered_is_refused_within_secon
     }
     assert_eq!(cluster.config_version(), Some(1), "nothing changed");
 }
+
+/// A member removed from the set answers as a mongod in no set's
+/// configuration, as one never initiated does. Asked directly, `status`
+/// says it was removed and where to ask instead, and `init` refuses to
+/// initiate it, changing nothing. Before, status said the set was not
+/// initiated and to run `init`, and init then failed saying a
+/// "concurrent initiation never took effect".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_asked_directly_says_it_was_removed() {
+    let test = "a_removed_member_asked_directly_says_it_was_removed";
+    sim_only(test);
+    let cluster = start(4, 4).await;
+    let hosts = cluster.hosts();
+    let kept = pick(&hosts, &[0, 1, 2]);
+    let apply = simplechat(members_args("apply", SET_NAME, &kept, &[])).await;
+    assert!(apply.status.success(), "{}", text(&apply));
+    assert_eq!(cluster.config_hosts(), kept);
+
+    let removed = &hosts[3];
+    let status = simplechat(vec![
+        "replset".into(),
+        "status".into(),
+        "--uri".into(),
+        format!("mongodb://{removed}/?replicaSet={SET_NAME}"),
+    ])
+    .await;
+    assert!(!status.status.success(), "{}", text(&status));
+    let said = text(&status);
+    assert!(
+        said.contains(&format!(
+            "{removed} answers as removed from the replica set"
+        )) && said.contains("simplechat replset apply")
+            && !said.contains("not initiated"),
+        "{said}"
+    );
+
+    let init = simplechat(members_args(
+        "init",
+        SET_NAME,
+        &[removed.clone(), hosts[0].clone(), hosts[1].clone()],
+        &["--wait-secs", "10"],
+    ))
+    .await;
+    assert!(!init.status.success(), "{}", text(&init));
+    let said = text(&init);
+    assert!(
+        said.contains("removed from the replica set") && said.contains("nothing changed"),
+        "{said}"
+    );
+    assert_eq!(cluster.config_hosts(), kept, "nothing changed");
+}

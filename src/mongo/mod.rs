@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod errors;
+pub mod removed;
 pub mod resolve;
 pub mod status;
 pub mod topology;

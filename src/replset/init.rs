@@ -23,6 +23,7 @@ use crate::mongo::errors::codes::{
 };
 use crate::mongo::errors::command_code as code;
 use crate::mongo::errors::{user_database_hint, Signals};
+use crate::mongo::removed::removed_members;
 use crate::mongo::{
     bound_waits, connect, lookup, options, reason, Connection, Login, Lookup, Purpose, Unusable,
 };
@@ -509,7 +510,14 @@ async fn first_member_state(
         match reply {
             Ok(hello) if hello.get_str("setName").is_ok() => Check::Done(State::Initiated),
             Ok(hello) if hello.get_bool("isreplicaset").unwrap_or(false) => {
-                Check::Done(State::NotInitiated)
+                // Or removed from its set, which hello does not tell
+                // (`crate::mongo::removed`): no initiation would take.
+                match first.admin(doc! { "replSetGetStatus": 1 }).await {
+                    Err(e) if code(&e) == Some(INVALID_REPLICA_SET_CONFIG) => Check::Failed(
+                        format!("{}; nothing changed", removed_members(std::slice::from_ref(&first.host))),
+                    ),
+                    _ => Check::Done(State::NotInitiated),
+                }
             }
             Ok(_) => Check::Failed(format!(
                 "mongod at {} is not running as a replica-set member: start it with --replSet (replication.replSetName)",

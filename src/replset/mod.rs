@@ -15,6 +15,7 @@ use mongodb::ServerType;
 
 use crate::mongo::client::DEFAULT_SERVER_SELECTION_TIMEOUT;
 use crate::mongo::errors::Failure;
+use crate::mongo::removed::{is_removed, removed_members};
 use crate::mongo::topology::address_string;
 use crate::mongo::{
     connect, lookup, none_resolves, options, status_of, Connection, Lookup, Purpose,
@@ -167,6 +168,24 @@ pub async fn status(uri: &str, progress: &dyn Fn(&str)) -> Result<StatusReport, 
         )),
         None => Err("no member answers as MongoDB".to_owned()),
     });
+    // Every host answers as in no set's configuration: one removed from
+    // the set is told apart from one never initiated, which `init` mends.
+    if let Some(t) = topology.as_ref().filter(|t| t.not_initiated().is_some()) {
+        let mut removed = Vec::new();
+        for server in &t.servers {
+            if is_removed(uri, &server.address).await {
+                removed.push(server.address.clone());
+            }
+        }
+        if !removed.is_empty() {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                conn.client.clone().shutdown().immediate(true),
+            )
+            .await;
+            return Err(removed_members(&removed));
+        }
+    }
     let answered = !none_answered(topology.as_ref());
     // With no member answering, the configuration would only be waited
     // for as long again.

@@ -79,12 +79,19 @@ fn member_status(st: &State, viewer: usize, member: usize, entry: &ConfigMember)
 
 /// `replSetGetStatus`: set name, term, this member's state, optimes and
 /// one entry per configured member. `NotYetInitialized` (94) before a
-/// config exists or when this member is not in it.
+/// config exists; `InvalidReplicaSetConfig` (93) on a member the config
+/// does not include (removed), with mongod's message
+/// (`TopologyCoordinator::prepareStatusResponse`).
 pub(super) fn repl_status(ctx: &Ctx<'_>) -> CmdResult {
     let st = ctx.shared.lock();
-    let Some(config) = st.config.clone().filter(|c| c.entry(ctx.member).is_some()) else {
+    let Some(config) = st.config.clone() else {
         return Err(CmdError::not_yet_initialized().into());
     };
+    if config.entry(ctx.member).is_none() {
+        return Err(invalid_config(
+            "Our replica set config is invalid or we are not a member of it",
+        ));
+    }
     let me = st.role(ctx.member);
     let (ts, t, wall) = st.last_optime(st.visible_len(ctx.member, Instant::now()));
     let members: Vec<Bson> = config
