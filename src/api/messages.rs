@@ -67,9 +67,60 @@ pub async fn list(
         },
         other => other.into(),
     })?;
-    let json = json_array(&messages);
-    let etag = etag_of(&json);
+    let (json, etag) = listing_body(messages).await?;
     Ok(Tagged::new(&if_none_match, etag, || RawJson(json)))
+}
+
+/// A listing past this many bytes of JSON is built off the async workers
+/// ([`listing_body`]). The page of the latest 100 messages of the longest
+/// ASCII texts is about 220 KB.
+const LARGE_LISTING: usize = 1 << 20;
+
+/// Large listings being built at once, as many as there are cores.
+fn large_listings() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    })
+}
+
+/// The JSON array of `messages` and its `ETag`. A large one (past
+/// [`LARGE_LISTING`]; 1,000 messages of 2,000 characters outside the BMP
+/// are 8 MB) is copied together and hashed on a blocking thread, at most
+/// one per core at once ([`large_listings`]), the rest waiting their turn
+/// without work or a copy of their own. Built where requests are served, a
+/// burst of them (one client sent 200, each with a new connection it
+/// closed at once) kept every async worker busy for tens of seconds, and
+/// every other client's request (a post, `/healthz`) waited; the 200
+/// copies also grew the process by 1.6 GB.
+///
+/// Errors: 503 if the blocking thread could not run it (the runtime is
+/// shutting down).
+async fn listing_body(
+    messages: Vec<std::sync::Arc<crate::cache::CachedMessage>>,
+) -> Result<(Bytes, String), ApiError> {
+    let size: usize = messages.iter().map(|m| m.json.len()).sum();
+    let build = move || {
+        let json = json_array(&messages);
+        let etag = etag_of(&json);
+        (json, etag)
+    };
+    if size <= LARGE_LISTING {
+        return Ok(build());
+    }
+    let unavailable = || {
+        ApiError::unavailable(
+            "the server is shutting down",
+            std::time::Duration::from_secs(1),
+        )
+    };
+    let _permit = large_listings()
+        .acquire()
+        .await
+        .map_err(|_| unavailable())?;
+    tokio::task::spawn_blocking(build)
+        .await
+        .map_err(|_| unavailable())
 }
 
 /// The `limit` query field: plain decimal digits (leading zeros allowed)

@@ -125,3 +125,38 @@ async fn a_limit_is_plain_decimal_digits() {
     assert_eq!(texts(&app, "/api/messages?limit=005").await.len(), 5);
     app.shutdown().await;
 }
+
+/// A page larger than a megabyte (140 messages of 2,000 characters outside
+/// the BMP, 8 KB each) is built apart from the small ones: it still lists
+/// every message once, oldest first, with an `ETag` that `If-None-Match`
+/// is answered 304 on, as a small page.
+#[tokio::test]
+async fn a_page_of_more_than_a_megabyte_is_listed_and_tagged_as_any_other() {
+    let app = spawn_app(&[]).await;
+    let wide = "\u{124AB}".repeat(1990);
+    let mut ids = Vec::new();
+    for i in 0..141 {
+        let posted = app.post_message("big", &format!("{i:03}{wide}")).await;
+        ids.push(posted["id"].as_str().unwrap().to_owned());
+    }
+    let path = format!("/api/messages?limit=1000&before={}", ids[140]);
+    let response = app.get(&path).await;
+    assert_eq!(response.status(), 200);
+    let etag = response.headers()["etag"].to_str().unwrap().to_owned();
+    let body = response.bytes().await.unwrap();
+    assert!(body.len() > 1 << 20, "{} bytes", body.len());
+    let listed: Vec<Value> = serde_json::from_slice(&body).unwrap();
+    let expected: Vec<String> = (0..140).map(|i| format!("{i:03}{wide}")).collect();
+    let texts: Vec<&str> = listed.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, expected);
+
+    let again = reqwest::Client::new()
+        .get(app.url(&path))
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    assert_eq!(again.headers()["etag"], etag.as_str());
+    app.shutdown().await;
+}
