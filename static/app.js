@@ -932,6 +932,11 @@
       if (!burst) burst = { count: 0, last: null, silent: !opened, timer: null };
       opened = true;
       settle();
+      // Nothing to resume from (the room had no message, or the store was
+      // emptied): this stream, as the browser's own reconnection of it,
+      // starts live, and what was posted since the page last knew is
+      // loaded instead.
+      if (!lastEventId) showLatest(false);
     });
     source.addEventListener("error", () => {
       if (current !== source) return;

@@ -2128,6 +2128,65 @@ async fn a_stream_that_stops_bringing_anything_is_replaced_and_fills_the_gap() {
     app.shutdown().await;
 }
 
+/// The same in a room with no message yet: a stream that names no message
+/// starts live, and so did the one that replaced it (the page had no id to
+/// resume from, and the browser sends no `Last-Event-ID` before an event
+/// set one), so the message posted in between never showed, until a
+/// reload. The page now loads the latest messages whenever a stream opens
+/// with nothing to resume from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_an_empty_room_fills_the_gap_when_its_stream_is_replaced() {
+    let Some(tab) = Browser::open("stalled_empty_room", PHONE).await else {
+        return;
+    };
+    let app = support::app::spawn_app(&[("heartbeat_secs", json!(1))]).await;
+    let path = Stall::start(&app.base_url).await;
+    tab.load(&path.url).await;
+    let c = &tab.client;
+    wait_for(
+        c,
+        "return document.getElementById('connection').dataset.state === 'live'",
+        20,
+        "the page live",
+    )
+    .await;
+
+    path.freeze_open_connections();
+    app.post_message("bob", "while the path was stalled").await;
+    wait_for(
+        c,
+        "return document.getElementById('connection').dataset.state !== 'live'",
+        20,
+        "the page no longer saying live",
+    )
+    .await;
+    wait_for(
+        c,
+        "return document.getElementById('connection').dataset.state === 'live'",
+        40,
+        "the page live again on a new stream",
+    )
+    .await;
+    page_wait(c, "return items().length === 1", "the message it missed").await;
+    app.post_message("ann", "after").await;
+    page_wait(c, "return items().length === 2", "the next message").await;
+    assert_eq!(
+        page_eval(
+            c,
+            "return items().map(li => li.querySelector('.text').textContent)"
+        )
+        .await,
+        json!(["while the path was stalled", "after"])
+    );
+    assert_eq!(
+        page_eval(c, "return document.getElementById('empty') === null").await,
+        json!(true),
+        "no \"No messages yet\" beside them"
+    );
+    tab.close().await;
+    app.shutdown().await;
+}
+
 /// A send over a network path that passes nothing more: the page waited
 /// for ever, Send greyed out, and said nothing. It now gives up after 45 s,
 /// says so, and the same message sent again is stored once.
