@@ -105,6 +105,14 @@ pub fn asset(file: &str, v: Option<&str>) -> Result<Asset, ApiError> {
     find(file, keep)
 }
 
+/// The path of [`asset`]'s route, as Rocket holds it.
+pub const ASSET_ROUTE_PATH: &str = "/static/<file>";
+
+/// Whether `/static/<file>` names one of the page's files.
+pub fn is_asset(file: &str) -> bool {
+    ASSETS.iter().any(|(name, _, _)| *name == file)
+}
+
 fn find(file: &str, keep: Keep) -> Result<Asset, ApiError> {
     ASSETS
         .iter()

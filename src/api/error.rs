@@ -233,6 +233,14 @@ pub fn allowed_methods(req: &Request<'_>) -> Option<String> {
         .rocket()
         .routes()
         .filter(|route| route.method != Method::Options && path_matches(route.uri.path(), &path))
+        // `/static/<file>` has a route for every name and a resource for
+        // the page's few files only: another name exists for no method.
+        .filter(|route| {
+            route.uri.path() != super::assets::ASSET_ROUTE_PATH
+                || path
+                    .get(1)
+                    .is_some_and(|file| super::assets::is_asset(file))
+        })
         .map(|route| route.method)
         .collect();
     (!methods.is_empty()).then(|| allow_list(methods))

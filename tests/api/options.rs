@@ -54,6 +54,7 @@ async fn options_of_a_path_names_its_methods_and_does_nothing_else() {
         ("/messages", "OPTIONS, POST"),
         ("/", "GET, HEAD, OPTIONS"),
         ("/healthz", "GET, HEAD, OPTIONS"),
+        ("/static/app.js", "GET, HEAD, OPTIONS"),
     ] {
         let response = options(path).await.unwrap();
         assert_eq!(response.status(), 204, "{path}");
@@ -80,6 +81,22 @@ async fn options_of_a_path_names_its_methods_and_does_nothing_else() {
     assert_eq!(missing.status(), 404);
     let body: Value = missing.json().await.unwrap();
     assert_eq!(body["error"], "not found");
+    // A file the page does not have exists for no method: 404, as its GET,
+    // and no `Allow`.
+    for method in [
+        reqwest::Method::OPTIONS,
+        reqwest::Method::GET,
+        reqwest::Method::PATCH,
+    ] {
+        let response = app
+            .client
+            .request(method.clone(), app.url("/static/nothere.js"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{method}");
+        assert!(response.headers().get("allow").is_none(), "{method}");
+    }
     let repeated = options("/api/messages?limit=1&limit=2").await.unwrap();
     assert_eq!(repeated.status(), 400);
     let body: Value = repeated.json().await.unwrap();
