@@ -141,6 +141,13 @@ fn target_error(parts: &Parts) -> Option<String> {
             "a request-target of the form host:port is for CONNECT only (RFC 9112 §3.2.3)".into(),
         );
     }
+    // CONNECT names where to tunnel, `host:port`, and nothing else
+    // (RFC 9112 §3.2.3; this server tunnels nothing, and would answer 405).
+    if parts.method == Method::CONNECT && (uri.scheme().is_some() || uri.authority().is_none()) {
+        return Some(
+            "CONNECT takes a request-target of the form host:port only (RFC 9112 §3.2.3)".into(),
+        );
+    }
     if uri.path() == "*" && parts.method != Method::OPTIONS {
         return Some("the request-target * is for OPTIONS only (RFC 9112 §3.2.4)".into());
     }

@@ -288,6 +288,8 @@ async fn host_lines_and_the_target_form_are_checked() {
             "GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n".to_owned(),
             "GET localhost:80 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_owned(),
             "GET * HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_owned(),
+            "CONNECT /api/messages HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+                .to_owned(),
             // The cross-site check reads one Host: two cannot pass it.
             post("Host: evil.example\r\nHost: 127.0.0.1\r\n"),
             post("Host: 127.0.0.1\r\nHost: evil.example\r\n"),
