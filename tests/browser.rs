@@ -2087,6 +2087,27 @@ async fn a_stream_that_stops_bringing_anything_is_replaced_and_fills_the_gap() {
     };
     let app = support::app::spawn_app(&[("heartbeat_secs", json!(1))]).await;
     app.post_message("ann", "before the stall").await;
+    let _path = post_while_the_stream_is_stalled(&tab, &app).await;
+    let c = &tab.client;
+    page_wait(c, "return items().length === 2", "the message it missed").await;
+    assert_eq!(
+        page_eval(
+            c,
+            "return items().map(li => li.querySelector('.text').textContent)"
+        )
+        .await,
+        json!(["before the stall", "while the path was stalled"])
+    );
+    tab.close().await;
+    app.shutdown().await;
+}
+
+/// Loads the page through a path that then passes nothing more on the
+/// connections it has open (the page's stream among them), posts "while
+/// the path was stalled" directly, and waits until the page has said it is
+/// no longer live and is live again on a new stream. The path is returned:
+/// dropped, it stops.
+async fn post_while_the_stream_is_stalled(tab: &Browser, app: &support::app::TestApp) -> Stall {
     let path = Stall::start(&app.base_url).await;
     tab.load(&path.url).await;
     let c = &tab.client;
@@ -2115,17 +2136,7 @@ async fn a_stream_that_stops_bringing_anything_is_replaced_and_fills_the_gap() {
         "the page live again on a new stream",
     )
     .await;
-    page_wait(c, "return items().length === 2", "the message it missed").await;
-    assert_eq!(
-        page_eval(
-            c,
-            "return items().map(li => li.querySelector('.text').textContent)"
-        )
-        .await,
-        json!(["before the stall", "while the path was stalled"])
-    );
-    tab.close().await;
-    app.shutdown().await;
+    path
 }
 
 /// The same in a room with no message yet: a stream that names no message
@@ -2140,33 +2151,8 @@ async fn a_page_of_an_empty_room_fills_the_gap_when_its_stream_is_replaced() {
         return;
     };
     let app = support::app::spawn_app(&[("heartbeat_secs", json!(1))]).await;
-    let path = Stall::start(&app.base_url).await;
-    tab.load(&path.url).await;
+    let _path = post_while_the_stream_is_stalled(&tab, &app).await;
     let c = &tab.client;
-    wait_for(
-        c,
-        "return document.getElementById('connection').dataset.state === 'live'",
-        20,
-        "the page live",
-    )
-    .await;
-
-    path.freeze_open_connections();
-    app.post_message("bob", "while the path was stalled").await;
-    wait_for(
-        c,
-        "return document.getElementById('connection').dataset.state !== 'live'",
-        20,
-        "the page no longer saying live",
-    )
-    .await;
-    wait_for(
-        c,
-        "return document.getElementById('connection').dataset.state === 'live'",
-        40,
-        "the page live again on a new stream",
-    )
-    .await;
     page_wait(c, "return items().length === 1", "the message it missed").await;
     app.post_message("ann", "after").await;
     page_wait(c, "return items().length === 2", "the next message").await;

@@ -60,6 +60,7 @@ use rocket::local::asynchronous::Client;
 use tokio::io::AsyncReadExt;
 
 use crate::api::body::{self, BODY_LIMIT_BYTES};
+use crate::api::budget;
 use crate::api::echo::echo;
 use crate::api::events;
 use crate::api::front::RefusalLog;
@@ -283,7 +284,9 @@ where
         }
         request.set_body(data);
 
-        let mut response = request.dispatch().await;
+        // What a large response took from the budget is held by its body
+        // until it is sent (`api::budget`).
+        let (mut response, held) = budget::scope(request.dispatch()).await;
         let status = StatusCode::from_u16(response.status().code)
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         // Room for Rocket's headers, the security headers and a HEAD's
@@ -329,6 +332,16 @@ where
         if refused_by_head {
             // The body is left unread, and would be read as the next request.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if held.is_some() {
+            let mut answer = Response::new(
+                budget::Holding::new(Full::new(Bytes::from(bytes)), held)
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            );
+            *answer.status_mut() = status;
+            *answer.headers_mut() = headers;
+            return answer;
         }
         whole(status, headers, bytes)
     }

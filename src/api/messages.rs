@@ -7,6 +7,7 @@ use rocket::{get, post, Request, State};
 use serde::Deserialize;
 
 use super::body::JsonBody;
+use super::budget;
 use super::conditional::{etag_of, IfNoneMatch, Preconditions, Tagged};
 use super::error::ApiError;
 use crate::cache::json_array;
@@ -71,11 +72,6 @@ pub async fn list(
     Ok(Tagged::new(&if_none_match, etag, || RawJson(json)))
 }
 
-/// A listing past this many bytes of JSON is built off the async workers
-/// ([`listing_body`]). The page of the latest 100 messages of the longest
-/// ASCII texts is about 220 KB.
-const LARGE_LISTING: usize = 1 << 20;
-
 /// Large listings being built at once, as many as there are cores.
 fn large_listings() -> &'static tokio::sync::Semaphore {
     static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
@@ -85,14 +81,15 @@ fn large_listings() -> &'static tokio::sync::Semaphore {
 }
 
 /// The JSON array of `messages` and its `ETag`. A large one (past
-/// [`LARGE_LISTING`]; 1,000 messages of 2,000 characters outside the BMP
-/// are 8 MB) is copied together and hashed on a blocking thread, at most
-/// one per core at once ([`large_listings`]), the rest waiting their turn
-/// without work or a copy of their own. Built where requests are served, a
-/// burst of them (one client sent 200, each with a new connection it
-/// closed at once) kept every async worker busy for tens of seconds, and
-/// every other client's request (a post, `/healthz`) waited; the 200
-/// copies also grew the process by 1.6 GB.
+/// [`budget::LARGE`]; 1,000 messages of 2,000 characters outside the BMP
+/// are 8 MB) first takes its size from the budget of large responses in
+/// flight ([`budget::reserve`]), then is copied together and hashed on a
+/// blocking thread, at most one per core at once ([`large_listings`]); the
+/// rest wait their turn without work or a copy of their own. Built where
+/// requests are served, a burst of them (one client sent 200, each on a
+/// connection it closed at once) kept every async worker busy for tens of
+/// seconds, every other client's request (a post, `/healthz`) waited, and
+/// the copies grew the process by gigabytes.
 ///
 /// Errors: 503 if the blocking thread could not run it (the runtime is
 /// shutting down).
@@ -105,9 +102,10 @@ async fn listing_body(
         let etag = etag_of(&json);
         (json, etag)
     };
-    if size <= LARGE_LISTING {
+    if size <= budget::LARGE {
         return Ok(build());
     }
+    budget::reserve(size).await;
     let unavailable = || {
         ApiError::unavailable(
             "the server is shutting down",

@@ -2,6 +2,7 @@
 
 pub mod assets;
 pub mod body;
+pub mod budget;
 pub mod checks;
 pub mod conditional;
 pub mod cookies;

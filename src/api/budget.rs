@@ -1,0 +1,136 @@
+//! A bound on the memory large responses hold while they are built and
+//! sent.
+//!
+//! A listing of 1,000 long messages is 8 MB of JSON, built per request.
+//! One client that sent 200 such requests at once, each on a connection
+//! it closed at once, grew the server by 2 GB: every answer was built,
+//! copied to the front door and held until its write failed. Each
+//! response past [`LARGE`] bytes now takes its size from a budget of
+//! [`BUDGET_BYTES`] before it is built ([`reserve`]), and gives it back
+//! once the front door has sent it or dropped it (the budget rides in the
+//! response body, [`Holding`]); the rest wait, without a copy of their
+//! own. Smaller responses (every page of 100 messages, every listing of
+//! short ones) take nothing.
+//!
+//! The budget goes from the handler to the front door through a task-local
+//! slot ([`scope`]): Rocket runs the handler within the front door's
+//! dispatch, in its task, and gives back only a body to read.
+
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// A response past this many bytes takes from the budget.
+pub const LARGE: usize = 1 << 20;
+
+/// The bytes of large responses built or in flight at once: eight
+/// listings of 1,000 messages of 2,000 characters outside the BMP.
+pub const BUDGET_BYTES: usize = 64 << 20;
+
+/// The budget is counted in KiB (a semaphore's permits are a `u32`).
+const UNIT: usize = 1024;
+
+tokio::task_local! {
+    /// What the handler of the request being dispatched took.
+    static HELD: RefCell<Option<OwnedSemaphorePermit>>;
+}
+
+fn budget() -> &'static Arc<Semaphore> {
+    static BUDGET: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    BUDGET.get_or_init(|| Arc::new(Semaphore::new(BUDGET_BYTES / UNIT)))
+}
+
+/// Waits until the budget has room for a response of `bytes` (the whole
+/// budget for one larger than it), and takes it for the request being
+/// dispatched: the front door gives it back when the response is sent or
+/// dropped ([`scope`]). Outside a dispatch (a handler run by Rocket's own
+/// local client) it is given back at once. Nothing for `bytes` up to
+/// [`LARGE`].
+pub async fn reserve(bytes: usize) {
+    if bytes <= LARGE {
+        return;
+    }
+    let units = bytes.div_ceil(UNIT).min(BUDGET_BYTES / UNIT);
+    let units = u32::try_from(units).unwrap_or(u32::MAX);
+    // The semaphore is never closed.
+    let Ok(permit) = budget().clone().acquire_many_owned(units).await else {
+        return;
+    };
+    let _ = HELD.try_with(|held| *held.borrow_mut() = Some(permit));
+}
+
+/// Runs `dispatch` (Rocket's handling of one request and the reading of
+/// its body) with a slot for what its handler takes from the budget, and
+/// returns its output with what was taken.
+pub async fn scope<F: std::future::Future>(
+    dispatch: F,
+) -> (F::Output, Option<OwnedSemaphorePermit>) {
+    HELD.scope(RefCell::new(None), async {
+        let out = dispatch.await;
+        let held = HELD.with(|held| held.borrow_mut().take());
+        (out, held)
+    })
+    .await
+}
+
+/// A response body that keeps what its response took from the budget
+/// until hyper has sent it, or dropped it with its connection.
+pub struct Holding<B> {
+    body: B,
+    _held: Option<OwnedSemaphorePermit>,
+}
+
+impl<B> Holding<B> {
+    /// `body`, holding `held` as long as it lives.
+    pub fn new(body: B, held: Option<OwnedSemaphorePermit>) -> Self {
+        Holding { body, _held: held }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Holding<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_large_response_holds_its_size_until_its_body_is_dropped() {
+        let free = || budget().available_permits();
+        let before = free();
+        let ((), held) = scope(reserve(8 << 20)).await;
+        assert_eq!(free(), before - (8 << 20) / UNIT, "taken");
+        let body = Holding::new(http_body_util::Full::new(Bytes::from_static(b"[]")), held);
+        assert_eq!(free(), before - (8 << 20) / UNIT, "held by the body");
+        drop(body);
+        assert_eq!(free(), before, "given back");
+
+        // Small ones take nothing; outside a dispatch, nothing is kept.
+        let ((), held) = scope(reserve(LARGE)).await;
+        assert!(held.is_none());
+        reserve(2 << 20).await;
+        assert_eq!(free(), before);
+    }
+}
