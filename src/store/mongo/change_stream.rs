@@ -732,7 +732,10 @@ impl Watcher {
     /// ([`Watcher::changed`]). One it does not hold is read from the store
     /// whenever it is asked for, unless it is one the cache should list
     /// now: a document that was no message (skipped: a name that is no
-    /// string, a missing text), corrected by hand. Read as it now is: one
+    /// string, a missing text), corrected by hand. Only a document this
+    /// instance skipped is read again: an update of the whole history
+    /// (the lab's times corrected with one `updateMany`) reads nothing
+    /// more than before. Read as it now is: one
     /// without a position is given one, as the lab's inserts are, and
     /// published as the newest message; one the cache's range covers is
     /// listed in its place by a reload, and sent to no subscriber (it was
@@ -750,7 +753,10 @@ impl Watcher {
             self.changed_since.get_or_insert_with(Instant::now);
             return Ok(());
         }
-        if event.operation_type == OperationType::Delete || self.held.contains_key(&id) {
+        if event.operation_type == OperationType::Delete
+            || self.held.contains_key(&id)
+            || !self.shared.skipped.was_skipped(key)
+        {
             return Ok(());
         }
         let now = self

@@ -113,6 +113,17 @@ impl SkippedDocuments {
         }
     }
 
+    /// Whether the document whose `_id` is `id` was skipped, as far as
+    /// this instance remembers (the first [`REMEMBERED`] it counted).
+    pub(super) fn was_skipped(&self, id: &Bson) -> bool {
+        let key = format!("{id:?}");
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ids
+            .contains(&key)
+    }
+
     /// simplechat's first position, once known.
     pub(super) fn history_from(&self) -> Option<Timestamp> {
         self.history_from.get().copied()
