@@ -6,11 +6,13 @@
 //! it closed at once, grew the server by 2 GB: every answer was built,
 //! copied to the front door and held until its write failed. Each
 //! response past [`LARGE`] bytes now takes its size from a budget of
-//! [`BUDGET_BYTES`] before it is built ([`reserve`]), and gives it back
-//! once the front door has sent it or dropped it (the budget rides in the
-//! response body, [`Holding`]); the rest wait, without a copy of their
-//! own. Smaller responses (every page of 100 messages, every listing of
-//! short ones) take nothing.
+//! [`BUDGET_BYTES`]: a listing before it reads its messages, for the
+//! most its `limit` may bring ([`reserve`]), then keeps what it needs
+//! ([`settle`]); any other before the front door copies it ([`take`]). It
+//! gives it back once the front door has sent it or dropped it (the budget
+//! rides in the response body, [`Holding`]); the rest wait, without a copy
+//! of their own. Smaller responses (every page of 100 messages, every
+//! listing of up to 124 messages) take nothing.
 //!
 //! The budget goes from the handler to the front door through a task-local
 //! slot ([`scope`]): Rocket runs the handler within the front door's
@@ -47,21 +49,55 @@ fn budget() -> &'static Arc<Semaphore> {
 
 /// Waits until the budget has room for a response of `bytes` (the whole
 /// budget for one larger than it), and takes it for the request being
-/// dispatched: the front door gives it back when the response is sent or
-/// dropped ([`scope`]). Outside a dispatch (a handler run by Rocket's own
-/// local client) it is given back at once. Nothing for `bytes` up to
-/// [`LARGE`].
+/// dispatched, beside what it took already: the front door gives it back
+/// when the response is sent or dropped ([`scope`]). Outside a dispatch
+/// (a handler run by Rocket's own local client) it is given back at once.
+/// Nothing for `bytes` up to [`LARGE`].
 pub async fn reserve(bytes: usize) {
-    if bytes <= LARGE {
+    let Some(permit) = take(bytes).await else {
         return;
+    };
+    let _ = HELD.try_with(|held| match &mut *held.borrow_mut() {
+        Some(taken) => taken.merge(permit),
+        none => *none = Some(permit),
+    });
+}
+
+/// Waits until the budget has room for `bytes` (the whole budget for more
+/// than it), and takes it; `None` for `bytes` up to [`LARGE`]. For the
+/// front door, which copies a response's body before it sends it: a large
+/// one whose handler took nothing (the latest messages, shared by every
+/// request for them until one is posted) takes its size here.
+pub async fn take(bytes: usize) -> Option<OwnedSemaphorePermit> {
+    if bytes <= LARGE {
+        return None;
     }
     let units = bytes.div_ceil(UNIT).min(BUDGET_BYTES / UNIT);
     let units = u32::try_from(units).unwrap_or(u32::MAX);
     // The semaphore is never closed.
-    let Ok(permit) = budget().clone().acquire_many_owned(units).await else {
-        return;
+    budget().clone().acquire_many_owned(units).await.ok()
+}
+
+/// Keeps, of what the request being dispatched took, what a response of
+/// `bytes` needs, and gives the rest back: a request takes for the most it
+/// may answer before it knows what it will ([`reserve`]), then settles.
+pub fn settle(bytes: usize) {
+    let keep = if bytes <= LARGE {
+        0
+    } else {
+        bytes.div_ceil(UNIT).min(BUDGET_BYTES / UNIT)
     };
-    let _ = HELD.try_with(|held| *held.borrow_mut() = Some(permit));
+    let _ = HELD.try_with(|held| {
+        let mut held = held.borrow_mut();
+        let Some(taken) = held.as_mut() else {
+            return;
+        };
+        if keep == 0 {
+            *held = None;
+        } else if let Some(extra) = taken.num_permits().checked_sub(keep) {
+            drop(taken.split(extra));
+        }
+    });
 }
 
 /// Runs `dispatch` (Rocket's handling of one request and the reading of
@@ -131,6 +167,24 @@ mod tests {
         let ((), held) = scope(reserve(LARGE)).await;
         assert!(held.is_none());
         reserve(2 << 20).await;
+        assert_eq!(free(), before);
+
+        // Taken for the most a request may answer, then settled to what it
+        // answers: the rest is given back at once, all of it for a small
+        // answer.
+        let ((), held) = scope(async {
+            reserve(8 << 20).await;
+            settle(3 << 20);
+        })
+        .await;
+        assert_eq!(free(), before - (3 << 20) / UNIT);
+        drop(held);
+        let ((), held) = scope(async {
+            reserve(8 << 20).await;
+            settle(1000);
+        })
+        .await;
+        assert!(held.is_none());
         assert_eq!(free(), before);
     }
 }

@@ -286,7 +286,7 @@ where
 
         // What a large response took from the budget is held by its body
         // until it is sent (`api::budget`).
-        let (mut response, held) = budget::scope(request.dispatch()).await;
+        let (mut response, mut held) = budget::scope(request.dispatch()).await;
         let status = StatusCode::from_u16(response.status().code)
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         // Room for Rocket's headers, the security headers and a HEAD's
@@ -304,6 +304,9 @@ where
         // response but a stream's), instead of one that doubles as it fills
         // and copies what it holds each time (`into_bytes`).
         let size = if is_head { 0 } else { preset_size.unwrap_or(0) };
+        if held.is_none() {
+            held = budget::take(size).await;
+        }
         let mut bytes = Vec::with_capacity(size);
         if preset_size.is_some() || is_head {
             if response.read_to_end(&mut bytes).await.is_err() {

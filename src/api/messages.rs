@@ -12,7 +12,9 @@ use super::conditional::{etag_of, IfNoneMatch, Preconditions, Tagged};
 use super::error::ApiError;
 use crate::cache::json_array;
 use crate::chat::{Chat, DEFAULT_LIMIT, MAX_LIMIT};
-use crate::message::{validate_id, Invalid, Message, NewMessage};
+use crate::message::{
+    validate_id, Invalid, Message, NewMessage, ID_MAX_CHARS, NAME_MAX_CHARS, TEXT_MAX_CHARS,
+};
 use crate::store::{Cursor, Inserted, StoreError};
 
 /// A JSON body that is already serialized.
@@ -61,6 +63,9 @@ pub async fn list(
             }));
         }
     }
+    // Read before the answer's size is known: taken for the longest it
+    // may be, settled once it is built.
+    budget::reserve(limit * LONGEST_MESSAGE_JSON).await;
     let messages = chat.list(cursor, limit).await.map_err(|e| match e {
         StoreError::UnknownId(id) => ApiError {
             field: Some(if before.is_some() { "before" } else { "after" }),
@@ -72,6 +77,12 @@ pub async fn list(
     Ok(Tagged::new(&if_none_match, etag, || RawJson(json)))
 }
 
+/// The most bytes of JSON one message can be: every character of its
+/// text and name four bytes in UTF-8 (control characters are refused, or
+/// shown as U+FFFD in a lab message, so none is escaped longer), its id and
+/// time, and the keys and quotes around them.
+const LONGEST_MESSAGE_JSON: usize = 4 * (TEXT_MAX_CHARS + NAME_MAX_CHARS) + ID_MAX_CHARS + 128;
+
 /// Large listings being built at once, as many as there are cores.
 fn large_listings() -> &'static tokio::sync::Semaphore {
     static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
@@ -80,12 +91,14 @@ fn large_listings() -> &'static tokio::sync::Semaphore {
     })
 }
 
-/// The JSON array of `messages` and its `ETag`. A large one (past
+/// The JSON array of `messages` and its `ETag`. The route took from the
+/// budget of large responses in flight for the longest answer `limit` may
+/// give ([`budget::reserve`]) before it read them; what this one does not
+/// need is given back ([`budget::settle`]). A large one (past
 /// [`budget::LARGE`]; 1,000 messages of 2,000 characters outside the BMP
-/// are 8 MB) first takes its size from the budget of large responses in
-/// flight ([`budget::reserve`]), then is copied together and hashed on a
-/// blocking thread, at most one per core at once ([`large_listings`]); the
-/// rest wait their turn without work or a copy of their own. Built where
+/// are 8 MB) is copied together and hashed on a blocking thread, at most
+/// one per core at once ([`large_listings`]); the rest wait their turn
+/// without work or a copy of their own. Built where
 /// requests are served, a burst of them (one client sent 200, each on a
 /// connection it closed at once) kept every async worker busy for tens of
 /// seconds, every other client's request (a post, `/healthz`) waited, and
@@ -102,10 +115,10 @@ async fn listing_body(
         let etag = etag_of(&json);
         (json, etag)
     };
+    budget::settle(size);
     if size <= budget::LARGE {
         return Ok(build());
     }
-    budget::reserve(size).await;
     let unavailable = || {
         ApiError::unavailable(
             "the server is shutting down",
