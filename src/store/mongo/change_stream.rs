@@ -1358,12 +1358,15 @@ impl Watcher {
                 };
                 if let Some(position) = message.position {
                     // Not news, and no race: see the function. One newer
-                    // than all that was delivered (also before the store
-                    // lost what it had) is published where it is, as any
-                    // message that comes in order.
+                    // than all that was delivered is published where it
+                    // is, as any message that comes in order. One at or
+                    // before what was delivered before the store lost
+                    // everything is a message subscribers were sent, come
+                    // back (a restore), however recent the backup.
                     let at = message.position();
-                    if self.restored_far_behind(event.cluster_time, event.wall_time, position)
-                        && (self.is_behind(&at) || self.was_delivered_before_loss(&at))
+                    if (self.restored_far_behind(event.cluster_time, event.wall_time, position)
+                        && self.is_behind(&at))
+                        || self.was_delivered_before_loss(&at)
                     {
                         if !self.is_history(&at) {
                             self.count_restored();
