@@ -98,11 +98,11 @@ fn large_listings() -> &'static tokio::sync::Semaphore {
 /// [`budget::LARGE`]; 1,000 messages of 2,000 characters outside the BMP
 /// are 8 MB) is copied together and hashed on a blocking thread, at most
 /// one per core at once ([`large_listings`]); the rest wait their turn
-/// without work or a copy of their own. Built where
-/// requests are served, a burst of them (one client sent 200, each on a
-/// connection it closed at once) kept every async worker busy for tens of
-/// seconds, every other client's request (a post, `/healthz`) waited, and
-/// the copies grew the process by gigabytes.
+/// without work or a copy of their own. Built where requests are served, a
+/// burst of them (one client sent 200, each on a connection it closed at
+/// once) kept every async worker busy for tens of seconds, every other
+/// client's request (a post, `/healthz`) waited, and the copies grew the
+/// process by gigabytes.
 ///
 /// Errors: 503 if the blocking thread could not run it (the runtime is
 /// shutting down).
