@@ -827,7 +827,7 @@ async fn older_messages_are_prepended_in_place_keeping_the_view() {
         };
         tab.load(&app.base_url).await;
         let c = &tab.client;
-        let texts = "return items().map(li => li.querySelector('.text').textContent)";
+        let texts = SHOWN_TEXTS;
         let expect = |from: usize| -> Value {
             json!((from..=250)
                 .map(|i| format!("message {i}"))
@@ -909,12 +909,17 @@ async fn post_numbered(
 }
 
 /// The numbers of the shown messages' texts (`"message {i}"`), oldest first.
+/// The script that gives the texts of the messages the page shows, in
+/// order.
+const SHOWN_TEXTS: &str = "return items().map(li => li.querySelector('.text').textContent)";
+
+/// The texts of the messages the page shows, in order, as a JSON array.
+async fn shown_texts(client: &Client) -> Value {
+    page_eval(client, SHOWN_TEXTS).await
+}
+
 async fn shown_numbers(client: &Client) -> Vec<usize> {
-    let texts = page_eval(
-        client,
-        "return items().map(li => li.querySelector('.text').textContent)",
-    )
-    .await;
+    let texts = shown_texts(client).await;
     texts
         .as_array()
         .unwrap()
@@ -2064,11 +2069,7 @@ async fn a_refused_event_stream_is_tried_again_and_fills_the_gap() {
     .await;
     page_wait(c, "return items().length === 2", "the message it missed").await;
     assert_eq!(
-        page_eval(
-            c,
-            "return items().map(li => li.querySelector('.text').textContent)"
-        )
-        .await,
+        shown_texts(c).await,
         json!(["before the restart", "while the page was refused"])
     );
     tab.close().await;
@@ -2091,11 +2092,7 @@ async fn a_stream_that_stops_bringing_anything_is_replaced_and_fills_the_gap() {
     let c = &tab.client;
     page_wait(c, "return items().length === 2", "the message it missed").await;
     assert_eq!(
-        page_eval(
-            c,
-            "return items().map(li => li.querySelector('.text').textContent)"
-        )
-        .await,
+        shown_texts(c).await,
         json!(["before the stall", "while the path was stalled"])
     );
     tab.close().await;
@@ -2157,11 +2154,7 @@ async fn a_page_of_an_empty_room_fills_the_gap_when_its_stream_is_replaced() {
     app.post_message("ann", "after").await;
     page_wait(c, "return items().length === 2", "the next message").await;
     assert_eq!(
-        page_eval(
-            c,
-            "return items().map(li => li.querySelector('.text').textContent)"
-        )
-        .await,
+        shown_texts(c).await,
         json!(["while the path was stalled", "after"])
     );
     assert_eq!(
@@ -2472,11 +2465,7 @@ async fn messages_missed_while_the_stream_was_down_go_before_your_own() {
         .map(|m| m["text"].clone())
         .collect();
     assert_eq!(
-        page_eval(
-            c,
-            "return items().map(li => li.querySelector('.text').textContent)"
-        )
-        .await,
+        shown_texts(c).await,
         json!(stored),
         "the page shows the chat's order"
     );
@@ -3782,7 +3771,7 @@ async fn a_page_the_server_cannot_place_shows_the_latest_messages() {
     app.post_message("bob", "posted before the page came back")
         .await;
     gate.open();
-    let texts = "return items().map(li => li.querySelector('.text').textContent)";
+    let texts = SHOWN_TEXTS;
     page_wait(
         c,
         "return $('#connection').dataset.state === 'live' && items().length === 1 \

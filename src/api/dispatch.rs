@@ -337,14 +337,10 @@ where
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if held.is_some() {
-            let mut answer = Response::new(
-                budget::Holding::new(Full::new(Bytes::from(bytes)), held)
-                    .map_err(|never| match never {})
-                    .boxed_unsync(),
-            );
-            *answer.status_mut() = status;
-            *answer.headers_mut() = headers;
-            return answer;
+            let body = budget::Holding::new(Full::new(Bytes::from(bytes)), held)
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            return with_head(status, headers, body);
         }
         whole(status, headers, bytes)
     }
@@ -599,11 +595,15 @@ pub fn json_response(status: StatusCode, error: &str) -> Response<Body> {
 
 /// A response of `status` and `headers` whose body is `bytes`, whole.
 pub fn whole(status: StatusCode, headers: HeaderMap, bytes: impl Into<Bytes>) -> Response<Body> {
-    let mut response = Response::new(
-        Full::new(bytes.into())
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
+    let body = Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    with_head(status, headers, body)
+}
+
+/// A response of `status` and `headers` with `body`.
+fn with_head(status: StatusCode, headers: HeaderMap, body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response

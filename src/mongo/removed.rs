@@ -58,19 +58,16 @@ pub async fn is_removed(uri: &str, host: &str) -> bool {
 /// The one line for members `hosts` that [`is_removed`] says were removed,
 /// reached through a connection string that names no other member.
 pub fn removed_members(hosts: &[String]) -> String {
+    let (verb, holds, them) = match hosts {
+        [_] => ("answers", "it holds", "it"),
+        _ => ("answer", "each holds", "them"),
+    };
     format!(
-        "{} answer{} as removed from the replica set: {} a replica set configuration that does \
-         not include {} (replSetGetStatus: InvalidReplicaSetConfig); ask a current member \
-         (`simplechat replset status --uri mongodb://MEMBER:PORT/?replicaSet=NAME`), and to \
-         add {} back, run `simplechat replset apply` with every member against the running set",
+        "{} {verb} as removed from the replica set: {holds} a replica set configuration that \
+         does not include {them} (replSetGetStatus: InvalidReplicaSetConfig); ask a current \
+         member (`simplechat replset status --uri mongodb://MEMBER:PORT/?replicaSet=NAME`), and \
+         to add {them} back, run `simplechat replset apply` with every member against the \
+         running set",
         hosts.join(", "),
-        if hosts.len() == 1 { "s" } else { "" },
-        if hosts.len() == 1 {
-            "it holds"
-        } else {
-            "each holds"
-        },
-        if hosts.len() == 1 { "it" } else { "them" },
-        if hosts.len() == 1 { "it" } else { "them" },
     )
 }
