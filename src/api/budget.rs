@@ -72,8 +72,7 @@ pub async fn take(bytes: usize) -> Option<OwnedSemaphorePermit> {
     if bytes <= LARGE {
         return None;
     }
-    let units = bytes.div_ceil(UNIT).min(BUDGET_BYTES / UNIT);
-    let units = u32::try_from(units).unwrap_or(u32::MAX);
+    let units = u32::try_from(units(bytes)).unwrap_or(u32::MAX);
     // The semaphore is never closed.
     budget().clone().acquire_many_owned(units).await.ok()
 }
@@ -82,22 +81,26 @@ pub async fn take(bytes: usize) -> Option<OwnedSemaphorePermit> {
 /// `bytes` needs, and gives the rest back: a request takes for the most it
 /// may answer before it knows what it will ([`reserve`]), then settles.
 pub fn settle(bytes: usize) {
-    let keep = if bytes <= LARGE {
-        0
-    } else {
-        bytes.div_ceil(UNIT).min(BUDGET_BYTES / UNIT)
+    let _ = HELD.try_with(|held| keep(&mut held.borrow_mut(), bytes));
+}
+
+/// Keeps, of what `taken` holds, what `bytes` need, and gives the rest
+/// back: all of it for `bytes` up to [`LARGE`]. For what is taken outside
+/// a dispatch ([`take`]), such as an event stream's replay from the store.
+pub fn keep(taken: &mut Option<OwnedSemaphorePermit>, bytes: usize) {
+    let Some(permit) = taken.as_mut() else {
+        return;
     };
-    let _ = HELD.try_with(|held| {
-        let mut held = held.borrow_mut();
-        let Some(taken) = held.as_mut() else {
-            return;
-        };
-        if keep == 0 {
-            *held = None;
-        } else if let Some(extra) = taken.num_permits().checked_sub(keep) {
-            drop(taken.split(extra));
-        }
-    });
+    if bytes <= LARGE {
+        *taken = None;
+    } else if let Some(extra) = permit.num_permits().checked_sub(units(bytes)) {
+        drop(permit.split(extra));
+    }
+}
+
+/// The budget's units `bytes` take: the whole budget at most.
+fn units(bytes: usize) -> usize {
+    bytes.div_ceil(UNIT).min(BUDGET_BYTES / UNIT)
 }
 
 /// Runs `dispatch` (Rocket's handling of one request and the reading of
@@ -148,12 +151,24 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Holding<B> {
     }
 }
 
+/// The bytes the budget has free, and the lock a test holds while it
+/// counts them: the budget is the process's, and tests run side by side.
+#[cfg(test)]
+pub(crate) mod counted {
+    pub(crate) static BY_ONE_TEST: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    pub(crate) fn free_bytes() -> usize {
+        super::budget().available_permits() * super::UNIT
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
     async fn a_large_response_holds_its_size_until_its_body_is_dropped() {
+        let _alone = counted::BY_ONE_TEST.lock().await;
         let free = || budget().available_permits();
         let before = free();
         let ((), held) = scope(reserve(8 << 20)).await;

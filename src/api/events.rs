@@ -30,8 +30,9 @@ use rocket::tokio::select;
 use rocket::tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use rocket::tokio::time::{interval_at, Instant};
 
+use crate::api::budget;
 use crate::api::echo::echo;
-use crate::cache::Arrival;
+use crate::cache::{Arrival, MESSAGE_MAX_BYTES};
 use crate::chat::{Chat, MAX_LIMIT};
 use crate::message::validate_id;
 use crate::store::{Cursor, StoreError};
@@ -416,9 +417,29 @@ where
                     Some(id) => Cursor::After(id.clone()),
                     None => Cursor::Oldest,
                 };
+                // A page the store reads is new memory, held until its
+                // frames are sent: taken from the budget of large
+                // responses in flight before the read, for the most it may
+                // hold, then kept for what it holds. Many streams replaying
+                // from an old id (forged, or after a long absence) wait
+                // their turn there instead of each holding a page of its
+                // own. The cache's pages are shared, and take nothing.
+                let from_store = !matches!(&cursor, Cursor::After(id) if chat.holds(id));
+                // Waiting its turn, it still ends at shutdown or once its
+                // client has gone.
+                let mut held = if from_store {
+                    select! {
+                        biased;
+                        _ = &mut shutdown => break,
+                        taken = budget::take(MAX_LIMIT * MESSAGE_MAX_BYTES) => taken,
+                    }
+                } else {
+                    None
+                };
                 let complete_before = chat.cache_complete();
                 match chat.list(cursor, MAX_LIMIT).await {
                     Ok(batch) => {
+                        budget::keep(&mut held, batch.iter().map(|c| c.held_bytes()).sum());
                         let full = batch.len() == MAX_LIMIT;
                         next = None;
                         for cached in &batch {
@@ -599,6 +620,68 @@ mod tests {
                 return (event, id);
             }
         }
+    }
+
+    /// A replay from an id older than the cache reads its pages from the
+    /// store: each takes from the budget of large responses in flight for
+    /// as long as its frames are being sent, so a crowd of streams
+    /// resuming from an old id (or forging one) waits its turn instead of
+    /// each holding up to 32 MB. It took nothing before: 200 such streams
+    /// left unread held a page each.
+    #[tokio::test]
+    async fn a_replay_from_the_store_holds_its_page_in_the_budget_until_it_is_sent() {
+        use crate::api::budget::counted;
+        let dir = tempfile::tempdir().unwrap();
+        let chat = chat_in(dir.path()).await;
+        let text = "x".repeat(crate::message::TEXT_MAX_CHARS);
+        // More than the cache holds, posted side by side (one commit each
+        // would take seconds).
+        for _ in 0..(crate::cache::CACHE_CAPACITY + MAX_LIMIT / 10) / 50 {
+            futures::future::join_all((0..50).map(|_| post(&chat, &text))).await;
+        }
+        let oldest = chat.list(Cursor::Oldest, 1).await.unwrap()[0]
+            .message
+            .id
+            .clone();
+        assert!(
+            !chat.holds(&oldest),
+            "the oldest message is out of the cache"
+        );
+
+        let _alone = counted::BY_ONE_TEST.lock().await;
+        let before = counted::free_bytes();
+        let heartbeat = Heartbeat {
+            every: Duration::from_secs(60),
+            as_event: false,
+        };
+        let mut frames = Box::pin(
+            stream(
+                chat.clone(),
+                heartbeat,
+                Resume::After(oldest),
+                futures::future::pending(),
+            )
+            .await,
+        );
+        // 1,000 messages of 2,000 characters, as JSON and as frames.
+        let page_bytes = 2 * MAX_LIMIT * crate::message::TEXT_MAX_CHARS;
+        for sent in 1..=MAX_LIMIT {
+            next_event(&mut frames).await;
+            if sent == 1 || sent == MAX_LIMIT {
+                let taken = before - counted::free_bytes();
+                assert!(
+                    taken >= page_bytes,
+                    "after {sent} of the page's frames, {taken} bytes taken; its page holds more than {page_bytes}"
+                );
+            }
+        }
+        // The next is the cache's, shared: the page is given back.
+        next_event(&mut frames).await;
+        assert_eq!(
+            counted::free_bytes(),
+            before,
+            "the page given back once sent"
+        );
     }
 
     /// A message stored after a stream subscribed and before it learned
