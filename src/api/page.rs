@@ -364,6 +364,23 @@ impl PageTag {
             name_tag.trim_matches('"')
         )
     }
+
+    /// The tag of a page of history (`/?before=<id>`) that shows `history`
+    /// to a sender named `name`. Weak, as the latest page's; by content,
+    /// not by the cache's version: a page of history changes only when one
+    /// of its messages does (a lab document corrected by hand) or older
+    /// ones come or go (its "older messages" link).
+    fn history(&self, history: &History, name: &str) -> String {
+        let older_than = history.older_than.as_deref().unwrap_or("");
+        let shown = [
+            history.html.as_bytes(),
+            older_than.as_bytes(),
+            name.as_bytes(),
+        ]
+        .join(&0);
+        let tag = crate::cache::content_tag(&shown);
+        format!("W/\"{}-h{}\"", self.instance, tag.trim_matches('"'))
+    }
 }
 
 #[derive(Clone)]
@@ -495,6 +512,9 @@ struct Rendered {
     status: Option<Status>,
     retry_after: Option<u64>,
     page: Template,
+    /// The history shown, when it was read (the page's status is then
+    /// `None`): what a page of history is tagged by.
+    history: Option<History>,
 }
 
 impl Rendered {
@@ -596,6 +616,7 @@ async fn render(
         status,
         retry_after,
         page: template,
+        history: history.filter(|_| status.is_none()),
     }
 }
 
@@ -890,7 +911,21 @@ pub async fn index(
                 },
             };
             let page = render(chat, rendered, &metadata, &shown, draft).await;
-            Either::Right(page.answer(Status::Ok))
+            // A page of history is tagged by what it shows, and not
+            // rendered at all when the client already has it.
+            match (&shown, &page.history) {
+                (Shown::Before(_), Some(history)) => {
+                    let etag = prepared.tag.history(history, &name);
+                    if if_none_match.has(&etag) {
+                        return Either::Left(Tagged::NotModified { etag });
+                    }
+                    Either::Left(Tagged::Fresh {
+                        etag,
+                        body: Either::Right(page.page),
+                    })
+                }
+                _ => Either::Right(page.answer(Status::Ok)),
+            }
         }
         .await,
     )

@@ -80,6 +80,57 @@ async fn the_page_answers_304_for_the_same_messages_and_name_only() {
     app.shutdown().await;
 }
 
+/// A page of history (`/?before=<id>`, the "older messages" link without
+/// JavaScript) is tagged too, by what it shows: it answers 304 while its
+/// messages and the sender's name are the same, a new message (which is
+/// on the latest page, not on it) included. It had no `ETag` at all.
+#[tokio::test]
+async fn a_page_of_history_answers_304_while_what_it_shows_is_the_same() {
+    let app = spawn_app(&[]).await;
+    let mut ids = Vec::new();
+    for n in 0..102 {
+        let posted = app.post_message("ann", &format!("m{n:03}")).await;
+        ids.push(posted["id"].as_str().unwrap().to_owned());
+    }
+    let path = format!("/?before={}", ids[101]);
+    let page = app.get(&path).await;
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    let etag = page.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(etag.starts_with("W/"), "{etag}");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("m100") && html.contains("m001") && !html.contains("m101"));
+    let get_with = |path: &str, tag: &str, cookie: Option<&'static str>| {
+        let mut request = app.client.get(app.url(path)).header("If-None-Match", tag);
+        if let Some(cookie) = cookie {
+            request = request.header("Cookie", cookie);
+        }
+        request.send()
+    };
+    let again = get_with(&path, &etag, None).await.unwrap();
+    assert_eq!(again.status(), 304);
+    assert_eq!(again.headers()["etag"], etag.as_str());
+    app.post_message("bob", "newer than the page").await;
+    let after_a_post = get_with(&path, &etag, None).await.unwrap();
+    assert_eq!(
+        after_a_post.status(),
+        304,
+        "a new message is not on this page"
+    );
+    // Another sender's page shows another name in the form; the page
+    // before the next message shows other messages.
+    let named = get_with(&path, &etag, Some("simplechat_name=bob"))
+        .await
+        .unwrap();
+    assert_eq!(named.status(), 200);
+    let other = get_with(&format!("/?before={}", ids[100]), &etag, None)
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    assert!(other.text().await.unwrap().contains("m000"));
+    app.shutdown().await;
+}
+
 /// RFC 9110 §5.3: `If-None-Match` sent as two field lines is one list; the
 /// current tag in the second line still gets 304.
 #[tokio::test]
