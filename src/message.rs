@@ -379,6 +379,38 @@ pub fn stamp_millis(now: i64, newest: i64) -> i64 {
     }
 }
 
+/// Says in the log, at most once a minute, that this machine's clock is
+/// behind the newest message's datetime by more than
+/// [`CLOCK_SLACK_MILLIS`]: new messages then carry times earlier than
+/// older ones (in store order all the same), which readers see.
+#[derive(Debug, Default)]
+pub struct ClockBehind {
+    warned: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl ClockBehind {
+    /// A message is being stamped while the clock is `behind` ms behind
+    /// the newest message's datetime (no warning up to
+    /// [`CLOCK_SLACK_MILLIS`]); `store` names the store in the warning.
+    pub fn check(&self, store: &str, behind: i64) {
+        if behind <= CLOCK_SLACK_MILLIS {
+            return;
+        }
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        if warned.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(60)) {
+            return;
+        }
+        *warned = Some(std::time::Instant::now());
+        log::warn!(
+            "{store}: this machine's clock is {:.1} s behind the newest message's time; new \
+             messages get the clock's time, earlier than that message's (their order is the \
+             store's all the same). Check the clock (timedatectl), or whether that message \
+             was posted while it was ahead",
+            behind as f64 / 1000.0
+        );
+    }
+}
+
 /// The current time in UTC, to the millisecond: the precision a stored
 /// message's datetime has.
 pub fn now_millis() -> OffsetDateTime {

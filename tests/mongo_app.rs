@@ -454,6 +454,50 @@ async fn a_message_the_labs_app_writes_reaches_simplechats_subscribers() {
     app.shutdown().await;
 }
 
+/// A clock up to a second behind the newest message's time gives a new
+/// message that time, whoever stored the newest (README): another
+/// instance, or the lab's app, whose clock is a little ahead. The MongoDB
+/// store followed only its own last stamp, so a post right after the
+/// lab's message was stamped before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_right_after_a_message_stamped_a_little_ahead_takes_its_time() {
+    let cluster =
+        TestCluster::start("a_post_right_after_a_message_stamped_a_little_ahead_takes_its_time")
+            .await;
+    let app = start_app(&cluster, "messages", 20).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    let mut subscriber = Subscriber::connect(&app).await;
+    let lab = cluster.lab_messages("messages").await;
+    let lab_id = mongodb::bson::oid::ObjectId::new();
+    let sent = Instant::now();
+    let ahead = mongodb::bson::DateTime::now().timestamp_millis() + 950;
+    lab.insert_one(doc! {
+        "_id": lab_id,
+        "name": "lab",
+        "text": "from a clock a little ahead",
+        "datetime": mongodb::bson::DateTime::from_millis(ahead),
+    })
+    .await
+    .expect("the lab's insert");
+    subscriber
+        .wait_for(&[lab_id.to_hex()], Duration::from_secs(10))
+        .await;
+    let ours = app.post_message("ann", "right after it").await;
+    let stamped = time::OffsetDateTime::parse(
+        ours["datetime"].as_str().expect("datetime"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("RFC 3339");
+    let stamped = i64::try_from(stamped.unix_timestamp_nanos() / 1_000_000).unwrap();
+    if sent.elapsed() < Duration::from_millis(900) {
+        assert_eq!(stamped, ahead, "stamped with the newest message's time");
+    } else {
+        // Too slow a machine to tell: the clock has caught up since.
+        assert!(stamped >= ahead, "{stamped} before {ahead}");
+    }
+    app.shutdown().await;
+}
+
 /// An ObjectId made at `secs` since the epoch, as a driver on a machine
 /// whose clock said so would make it.
 fn object_id_at(secs: u32) -> mongodb::bson::oid::ObjectId {

@@ -54,7 +54,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Cursor, Inserted, Refusal, Store, StoreError, StoreStatus};
 use crate::cache::{Cache, CACHE_CAPACITY};
-use crate::message::{now_millis, stamp_millis, Message, NewMessage, CLOCK_SLACK_MILLIS};
+use crate::message::{
+    now_millis, stamp_millis, ClockBehind, Message, NewMessage, CLOCK_SLACK_MILLIS,
+};
 use crate::retry::Backoff;
 
 /// Store order: a sequence number given at commit.
@@ -632,7 +634,7 @@ impl EmbeddedStore {
             last_datetime,
             runtime: Handle::current(),
             read_only: false,
-            clock_warned: None,
+            clock_behind: ClockBehind::default(),
         };
         let thread = std::thread::Builder::new()
             .name("simplechat-writer".into())
@@ -936,8 +938,8 @@ struct Writer {
     /// Whether the handle readers have is the file opened read-only
     /// ([`ReadOnlyFile`]): writes wait for a reopen for writing.
     read_only: bool,
-    /// When the clock was last said to be behind the newest message.
-    clock_warned: Option<Instant>,
+    /// Whether the clock was said to be behind the newest message lately.
+    clock_behind: ClockBehind,
 }
 
 impl Writer {
@@ -1056,7 +1058,7 @@ impl Writer {
             match contained(|| write_batch(handle, &batch, &mut self.last_datetime)) {
                 Ok((outcomes, behind)) => {
                     if let Some(ms) = behind {
-                        self.warn_clock(ms);
+                        self.clock_behind.check("embedded store", ms);
                     }
                     // The file may have gone since the check before the
                     // commit: then the batch is in a file the next start
@@ -1109,26 +1111,6 @@ impl Writer {
             drop(db);
             Ok(())
         });
-    }
-
-    /// Says, at most once a minute, that the clock is `ms` behind the
-    /// newest message's datetime: new messages then carry times earlier
-    /// than older ones (in store order all the same).
-    fn warn_clock(&mut self, ms: i64) {
-        if self
-            .clock_warned
-            .is_some_and(|at| at.elapsed() < Duration::from_secs(60))
-        {
-            return;
-        }
-        self.clock_warned = Some(Instant::now());
-        log::warn!(
-            "embedded store: this machine's clock is {:.1} s behind the newest message's \
-             time; new messages get the clock's time, earlier than that message's (their \
-             order is the store's all the same). Check the clock (timedatectl), or whether \
-             that message was posted while it was ahead",
-            ms as f64 / 1000.0
-        );
     }
 
     /// Opens the database again after a fault, refills the cache from it

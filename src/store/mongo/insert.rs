@@ -185,15 +185,25 @@ async fn attempt(
 ) -> Result<Message, Class> {
     let remaining = deadline.saturating_duration_since(Instant::now());
     let now = now_millis();
-    // As the embedded store stamps: a clock far behind this instance's
-    // last stamp (which a clock far ahead made) is taken as it is.
+    // As the embedded store stamps, after the newest message this instance
+    // knows of: its own last stamp, or the newest the cache holds (another
+    // instance's, or the lab's). A clock far behind it (a clock far ahead
+    // made it) is taken as it is, and warned of.
+    let seen = shared
+        .cache
+        .latest(1)
+        .and_then(|newest| newest.first().map(|m| millis(m.message.datetime)))
+        .unwrap_or(i64::MIN);
+    shared
+        .clock_behind
+        .check("MongoDB store", seen.saturating_sub(millis(now)));
     let newest = shared
         .last_datetime
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |newest| {
-            Some(stamp_millis(millis(now), newest))
+            Some(stamp_millis(millis(now), newest.max(seen)))
         })
         .unwrap_or_else(|newest| newest);
-    let ms = stamp_millis(millis(now), newest);
+    let ms = stamp_millis(millis(now), newest.max(seen));
     let datetime =
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(now);
     let message = new.clone().into_message(datetime);

@@ -92,6 +92,8 @@ pub(crate) struct Shared {
     /// datetimes do not go back by a small step of the clock within an
     /// instance ([`crate::message::stamp_millis`]).
     last_datetime: AtomicI64,
+    /// Whether the clock was said to be behind the newest message lately.
+    clock_behind: crate::message::ClockBehind,
     change_stream: ChangeStreamHealth,
     skipped: Arc<SkippedDocuments>,
     index_error: Mutex<Option<String>>,
@@ -118,6 +120,7 @@ impl MongoStore {
             collections: OnceLock::new(),
             connect_error: Mutex::new(None),
             last_datetime: AtomicI64::new(0),
+            clock_behind: crate::message::ClockBehind::default(),
             change_stream: ChangeStreamHealth::default(),
             skipped: Arc::default(),
             index_error: Mutex::new(None),
