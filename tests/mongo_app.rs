@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use mongodb::bson::{doc, Document};
+use mongodb::bson::{doc, Bson, Document};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -3595,6 +3595,74 @@ async fn a_skipped_document_corrected_by_hand_is_listed_by_every_instance() {
     assert_eq!(shown["name"], "fixed");
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// A document of the lab's history (written before simplechat's first
+/// start) that was no message, corrected by hand: it is listed in its
+/// place among the lab's history, as every other of them, gets no
+/// `position`, and is no news to subscribers. It was given a position and
+/// made the newest message, sent to every subscriber, when the instance
+/// had skipped it; in its place when it had not: one correction, two
+/// outcomes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_document_of_the_labs_history_corrected_by_hand_keeps_its_place() {
+    let test = "a_skipped_document_of_the_labs_history_corrected_by_hand_keeps_its_place";
+    let cluster = TestCluster::start(test).await;
+    let lab = cluster.lab_messages("historyfix").await;
+    // 2019-01-01, -02 and -03, one a day.
+    let day = |n: u32| object_id_at(1_546_300_800 + n * 86_400);
+    for (n, name) in [
+        (0, Bson::from("lab")),
+        (1, Bson::from(42)),
+        (2, Bson::from("lab")),
+    ] {
+        lab.insert_one(doc! {
+            "_id": day(n),
+            "name": name,
+            "text": format!("day {n}"),
+            "datetime": mongodb::bson::DateTime::from_millis(1_546_300_800_000 + i64::from(n) * 86_400_000),
+        })
+        .await
+        .expect("the lab's insert");
+    }
+    let (first, bad, third) = (day(0).to_hex(), day(1).to_hex(), day(2).to_hex());
+    let app = start_app(&cluster, "historyfix", 20).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    until_skipped(&app, "name", 1).await;
+    let mut subscriber = Subscriber::connect(&app).await;
+    assert_eq!(post_with_id(&app, "ours", "ours").await, 201);
+    until_listed(
+        &app,
+        &[&first, &third, "ours"],
+        "the lab's history, then ours",
+    )
+    .await;
+    subscriber
+        .wait_for(&["ours".to_owned()], Duration::from_secs(10))
+        .await;
+
+    lab.update_one(doc! { "_id": day(1) }, doc! { "$set": { "name": "fixed" } })
+        .await
+        .expect("corrected by hand");
+    until_listed(&app, &[&first, &bad, &third, "ours"], "listed in its place").await;
+    assert_eq!(
+        walked_ids(&app, 1).await,
+        listed_ids(&app).await,
+        "the walk back agrees"
+    );
+    let stored = lab
+        .find_one(doc! { "_id": day(1) })
+        .await
+        .expect("read")
+        .expect("stored");
+    assert!(stored.get("position").is_none(), "no position: {stored:?}");
+    assert_eq!(post_with_id(&app, "after", "after").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(10)).await,
+        ["after"],
+        "the corrected document is no news"
+    );
+    app.shutdown().await;
 }
 
 /// Subscribers that connect to an instance while its first load waits

@@ -767,12 +767,22 @@ impl Watcher {
         let Some(message) = now.and_then(|d| self.shared.skipped.keep(&d)) else {
             return Ok(());
         };
-        match message.position {
-            None => self.to_position.push(message.id.bson()),
-            Some(_) if !self.is_history(&message.position()) => {
-                self.changed_since.get_or_insert_with(Instant::now);
+        // A stray (no position, made after simplechat's history began) is
+        // positioned and published, as the lab's next insert is. Any other
+        // is listed where it is, by the coalesced reload when the cache's
+        // range may hold it: a document of the lab's history keeps its place
+        // (and gets no position), a positioned one its position; neither is
+        // news to subscribers.
+        let in_range = match message.position {
+            None if message.is_stray(self.strays_from().await?) => {
+                self.to_position.push(message.id.bson());
+                false
             }
-            Some(_) => {}
+            None => true,
+            Some(_) => !self.is_history(&message.position()),
+        };
+        if in_range {
+            self.changed_since.get_or_insert_with(Instant::now);
         }
         Ok(())
     }
