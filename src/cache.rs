@@ -184,6 +184,31 @@ struct Recent {
     /// Messages this process stored that the store has not published yet
     /// ([`Cache::await_echo`]), and since when.
     awaited: HashMap<String, Instant>,
+    /// Messages another client deleted, the latest [`CACHE_CAPACITY`]:
+    /// each with the message just older than it that is still stored
+    /// ([`Cache::still_stored_before`]).
+    deleted: Deleted,
+}
+
+/// Deleted messages and what was just older than each, oldest first,
+/// evicted past [`CACHE_CAPACITY`].
+#[derive(Default)]
+struct Deleted {
+    before: HashMap<String, String>,
+    order: VecDeque<String>,
+}
+
+impl Deleted {
+    fn insert(&mut self, id: String, still_stored: String) {
+        if self.before.insert(id.clone(), still_stored).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > CACHE_CAPACITY {
+            if let Some(oldest) = self.order.pop_front() {
+                self.before.remove(&oldest);
+            }
+        }
+    }
 }
 
 impl Recent {
@@ -408,6 +433,18 @@ impl Cache {
             .rposition(|e| in_snapshot.contains(e.message.id.as_str()));
         let tail = latest.last().map(|m| (m.datetime, m.id.clone()));
         let shared = old.is_empty() || last_shared.is_some();
+        // A message another client changed that the read has not is
+        // deleted: what was just older than it in the old order and is in
+        // the read stays the place a subscriber it was sent to goes on from.
+        let mut still_stored = None;
+        for e in &old {
+            let id = &e.message.id;
+            if in_snapshot.contains(id.as_str()) {
+                still_stored = Some(id.clone());
+            } else if let (true, Some(before)) = (changed.contains(id), &still_stored) {
+                recent.deleted.insert(id.clone(), before.clone());
+            }
+        }
         let kept: Vec<Arc<CachedMessage>> = old
             .into_iter()
             .enumerate()
@@ -442,6 +479,15 @@ impl Cache {
         recent.changed();
         self.complete.send_replace(true);
         shared
+    }
+
+    /// For the message `id` another client deleted (a cache reset saw it
+    /// gone), the message just older than it that the store still had
+    /// then: a subscriber whose last message was `id` goes on after that
+    /// one, and misses nothing. `None` for any other id, and for one with
+    /// no such message among those the reset read.
+    pub fn still_stored_before(&self, id: &str) -> Option<String> {
+        self.read().deleted.before.get(id).cloned()
     }
 
     /// Takes the message `id` out of the cache, the others kept in their

@@ -154,6 +154,12 @@ impl Chat {
         self.cache.holds(id)
     }
 
+    /// For a message another client deleted, the message just older than
+    /// it that is still stored ([`Cache::still_stored_before`]).
+    pub fn still_stored_before(&self, id: &str) -> Option<String> {
+        self.cache.still_stored_before(id)
+    }
+
     /// Where the message with `id` arrived in the cache, if it holds it.
     pub fn arrival_of(&self, id: &str) -> Option<Arrival> {
         self.cache.arrival_of(id)

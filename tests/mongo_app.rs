@@ -3665,6 +3665,46 @@ async fn a_skipped_document_of_the_labs_history_corrected_by_hand_keeps_its_plac
     app.shutdown().await;
 }
 
+/// The newest message deleted by another client (a moderator, from the
+/// shell) after subscribers were sent it: the next message reaches them
+/// as a message. Their stream used to meet the deleted id as unknown, send
+/// a `reset` naming the next message instead, and go on after it: a client
+/// that listens for messages alone never got it, and its `Last-Event-ID`
+/// was already past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_message_after_a_deleted_newest_one_reaches_subscribers() {
+    let test = "the_message_after_a_deleted_newest_one_reaches_subscribers";
+    let cluster = TestCluster::start(test).await;
+    let app = start_app(&cluster, "deletednewest", 20).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    let mut subscriber = Subscriber::connect(&app).await;
+    assert_eq!(post_with_id(&app, "kept", "kept").await, 201);
+    assert_eq!(post_with_id(&app, "doomed", "doomed").await, 201);
+    assert_eq!(
+        subscriber.next_ids(2, Duration::from_secs(10)).await,
+        ["kept", "doomed"]
+    );
+    let lab = cluster.lab_messages("deletednewest").await;
+    lab.delete_one(doc! { "_id": "doomed" })
+        .await
+        .expect("deleted by hand");
+    until_listed(&app, &["kept"], "the deletion seen").await;
+    assert_eq!(post_with_id(&app, "after", "after").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(10)).await,
+        ["after"],
+        "the next message sent as a message"
+    );
+    // A reconnect from the deleted message replays what came after it.
+    let mut resumed = Subscriber::connect_to(&app, "/api/events?after=doomed").await;
+    assert_eq!(
+        resumed.next_ids(1, Duration::from_secs(10)).await,
+        ["after"],
+        "replayed from the deleted message's place"
+    );
+    app.shutdown().await;
+}
+
 /// Subscribers that connect to an instance while its first load waits
 /// (resuming from a message with `after=` or `Last-Event-ID`, or live) are
 /// sent the instance's own post at once, after the message another
