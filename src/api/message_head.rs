@@ -33,6 +33,8 @@ use crate::hosts::split_port;
 /// - 400 for a request-target in authority-form (`host:port`) on any
 ///   method but CONNECT (§3.2.3), or in asterisk-form (`*`) on any method
 ///   but OPTIONS (§3.2.4).
+/// - 400 for `chunked` listed more than once in `Transfer-Encoding`: a
+///   sender must not chunk a body twice (§6.1), and hyper undoes one.
 /// - 501 for a transfer coding other than `chunked` (§6.1): hyper undoes
 ///   the chunking only, and would hand on a body still coded.
 /// - 417 for an HTTP/1.1 request whose `Expect` asks for anything but
@@ -41,7 +43,10 @@ use crate::hosts::split_port;
 ///   HTTP/1.0 request's `Expect` is ignored, as §10.1.1 has a server do
 ///   with its `100-continue`: HTTP/1.0 has no expectations.
 pub fn refusal(parts: &Parts) -> Option<Response<Body>> {
-    let (status, error) = if let Some(error) = host_error(parts).or_else(|| target_error(parts)) {
+    let (status, error) = if let Some(error) = host_error(parts)
+        .or_else(|| target_error(parts))
+        .or_else(|| chunked_twice(parts))
+    {
         (StatusCode::BAD_REQUEST, error)
     } else if let Some(error) = coding_error(parts) {
         (StatusCode::NOT_IMPLEMENTED, error)
@@ -170,6 +175,23 @@ fn first_other_than<'a>(
         .find(|member| !member.is_empty() && !member.eq_ignore_ascii_case(known))
 }
 
+/// Why the request's transfer codings break RFC 9112 §6.1, if they list
+/// `chunked` more than once.
+fn chunked_twice(parts: &Parts) -> Option<String> {
+    let chunked = parts
+        .headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|line| line.as_bytes().split(|&b| b == b','))
+        .filter(|member| member.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        .count();
+    (chunked > 1).then(|| {
+        "transfer coding chunked is listed more than once; a body is chunked once at most \
+         (RFC 9112 §6.1)"
+            .to_owned()
+    })
+}
+
 /// Why the request's transfer codings cannot be undone, if they cannot.
 fn coding_error(parts: &Parts) -> Option<String> {
     first_other_than(parts, header::TRANSFER_ENCODING, b"chunked").map(|coding| {
@@ -234,6 +256,20 @@ mod tests {
         assert!(!refused(coded("chunked")));
         assert!(!refused(coded("Chunked")));
         assert!(refused(coded("gzip, chunked")));
+        let twice = |lines: &[&str]| {
+            let (parts, ()) = lines
+                .iter()
+                .fold(Request::post("/").header("host", "x"), |r, line| {
+                    r.header("transfer-encoding", *line)
+                })
+                .body(())
+                .unwrap()
+                .into_parts();
+            refusal(&parts).map(|r| r.status().as_u16())
+        };
+        assert_eq!(twice(&["chunked, chunked"]), Some(400));
+        assert_eq!(twice(&["chunked", "Chunked"]), Some(400));
+        assert_eq!(twice(&["chunked"]), None);
     }
 
     #[test]
