@@ -99,6 +99,16 @@ fn cross_site_write(req: &Request<'_>) -> Option<ApiError> {
         ))
     };
     let headers = req.headers();
+    // Each says one thing of one request: given twice, which one would
+    // decide is arbitrary (no browser sends either twice).
+    for name in ["Sec-Fetch-Site", "Origin"] {
+        if headers.get(name).nth(1).is_some() {
+            return Some(ApiError::new(
+                Status::BadRequest,
+                format!("header {name} is given more than once"),
+            ));
+        }
+    }
     if let Some(site) = headers.get_one("Sec-Fetch-Site") {
         let site = site.trim().to_ascii_lowercase();
         return match site.as_str() {

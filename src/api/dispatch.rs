@@ -401,6 +401,13 @@ where
             after,
             heartbeat_events,
         } = query;
+        // Which of two would name where to resume is arbitrary.
+        if headers.get_all("last-event-id").iter().nth(1).is_some() {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                "header Last-Event-ID is given more than once",
+            );
+        }
         // A header of bytes that are not visible ASCII is still a named
         // id, and no message's.
         let last_event_id = headers

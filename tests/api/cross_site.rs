@@ -77,6 +77,37 @@ async fn a_form_on_another_site_cannot_post() {
     app.shutdown().await;
 }
 
+/// `Sec-Fetch-Site` or `Origin` sent twice, this site's first and another's
+/// second: which would decide is arbitrary, so the write is a 400. The
+/// first one was taken, and the post stored.
+#[tokio::test]
+async fn a_write_that_names_its_site_twice_is_refused() {
+    let app = spawn_app(&[]).await;
+    let origin = app.base_url.clone();
+    for (name, ours, theirs) in [
+        ("sec-fetch-site", "same-origin", "cross-site"),
+        ("origin", origin.as_str(), "http://evil.example"),
+    ] {
+        let response = app
+            .client
+            .post(app.url("/api/messages"))
+            .header(name, ours)
+            .header(name, theirs)
+            .json(&json!({"name": "m", "text": "x"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{name}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(
+            body["error"].as_str().unwrap().contains("more than once"),
+            "{body}"
+        );
+    }
+    assert_eq!(app.message_count().await, 0, "nothing stored");
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_page_itself_and_non_browser_clients_can_post() {
     let app = spawn_app(&[]).await;

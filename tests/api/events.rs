@@ -642,6 +642,21 @@ async fn an_empty_after_is_no_message_id_on_the_stream_as_in_the_listing() {
         ("message", live["id"].as_str().unwrap())
     );
     drop(sse);
+    // Two, which would name two places to resume from: 400.
+    let response = app
+        .client
+        .get(app.url("/api/events"))
+        .header("Last-Event-ID", live["id"].as_str().unwrap())
+        .header("Last-Event-ID", "another")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.expect("JSON");
+    assert!(
+        body["error"].as_str().unwrap().contains("more than once"),
+        "{body}"
+    );
     // The listing and the page agree: 400, naming the field.
     for (path, field) in [
         ("/api/messages?before=", "before"),
