@@ -3705,6 +3705,33 @@ async fn the_message_after_a_deleted_newest_one_reaches_subscribers() {
     app.shutdown().await;
 }
 
+/// With every member down, a read the cache cannot answer is a 503 that
+/// names each member and why, as readiness does, not the driver's
+/// "Server selection timeout: No available servers".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_with_every_member_down_names_each_member() {
+    let test = "a_read_with_every_member_down_names_each_member";
+    let cluster = TestCluster::start(test).await;
+    let app = start_app(&cluster, "alldown", 20).await;
+    assert_eq!(post_with_id(&app, "first", "first").await, 201);
+    for member in 0..3 {
+        cluster.kill(member).await;
+    }
+    let response = app.get("/api/messages/not-in-the-cache").await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: serde_json::Value = response.json().await.unwrap();
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("can be read from"), "{error}");
+    for host in cluster.hosts() {
+        assert!(
+            error.contains(&format!("{host} unreachable")),
+            "{host}: {error}"
+        );
+    }
+    app.shutdown().await;
+}
+
 /// Subscribers that connect to an instance while its first load waits
 /// (resuming from a message with `after=` or `Last-Event-ID`, or live) are
 /// sent the instance's own post at once, after the message another

@@ -251,8 +251,55 @@ impl TopologySnapshot {
         if let Some(why) = self.no_member_of_the_set() {
             return why;
         }
-        let members = self
-            .servers
+        one_line(&format!(
+            "no writable primary in {}: {}",
+            self.set_named(),
+            self.members_described()
+        ))
+    }
+
+    /// Why a read finds no member now, when the driver sees none it could
+    /// read from (reads go to the primary, else a secondary): the refused
+    /// credentials, else every member and why. `None` while one can be
+    /// read from.
+    pub fn not_readable_reason(&self) -> Option<String> {
+        let readable = self.servers.iter().any(|s| {
+            matches!(
+                s.server_type,
+                ServerType::RsPrimary
+                    | ServerType::RsSecondary
+                    | ServerType::Standalone
+                    | ServerType::Mongos
+                    | ServerType::LoadBalancer
+            )
+        });
+        if readable {
+            return None;
+        }
+        if self.auth_failure.is_some() {
+            return Some(self.not_writable_reason());
+        }
+        if let Some(why) = self.no_member_of_the_set() {
+            return Some(why);
+        }
+        Some(one_line(&format!(
+            "no member of {} can be read from: {}",
+            self.set_named(),
+            self.members_described()
+        )))
+    }
+
+    /// `replica set <name>`, or `MongoDB` before a member has named it.
+    fn set_named(&self) -> String {
+        self.set_name
+            .as_deref()
+            .map(|n| format!("replica set {n}"))
+            .unwrap_or_else(|| "MongoDB".to_owned())
+    }
+
+    /// Each member and what the driver knows of it, `; `-separated.
+    fn members_described(&self) -> String {
+        self.servers
             .iter()
             .map(|s| {
                 s.unreachable().unwrap_or_else(|| match s.server_type {
@@ -268,13 +315,7 @@ impl TopologySnapshot {
                 })
             })
             .collect::<Vec<_>>()
-            .join("; ");
-        let set = self
-            .set_name
-            .as_deref()
-            .map(|n| format!("replica set {n}"))
-            .unwrap_or_else(|| "MongoDB".to_owned());
-        one_line(&format!("no writable primary in {set}: {members}"))
+            .join("; ")
     }
 }
 

@@ -236,10 +236,19 @@ impl Shared {
     }
 }
 
-/// A failed read as the API answers it.
-fn read_error(class: mongo::Class) -> StoreError {
-    match class {
+/// A failed read as the API answers it: when the driver now sees no
+/// member to read from (all down, say), every member and why, as
+/// readiness says them, rather than the driver's "Server selection
+/// timeout: No available servers".
+fn read_error(collections: &Collections) -> impl Fn(mongo::Class) -> StoreError + '_ {
+    move |class| match class {
         mongo::Class::Retry(reason) | mongo::Class::Unavailable(reason) => {
+            let reason = collections
+                .conn
+                .topology
+                .get()
+                .and_then(|t| t.not_readable_reason())
+                .unwrap_or(reason);
             StoreError::Unavailable {
                 reason,
                 retry_after: READ_RETRY_AFTER,
@@ -263,7 +272,7 @@ async fn position_of(
     collections
         .find_in_order(id)
         .await
-        .map_err(read_error)?
+        .map_err(read_error(collections))?
         .and_then(|doc| shared.skipped.keep(&doc))
         .map(|doc| doc.position())
         .ok_or_else(|| StoreError::UnknownId(id.to_owned()))
@@ -281,7 +290,10 @@ impl Store for MongoStore {
 
     async fn get(&self, id: &str) -> Result<Option<Message>, StoreError> {
         let collections = self.shared.collections()?;
-        let found = collections.find_in_order(id).await.map_err(read_error)?;
+        let found = collections
+            .find_in_order(id)
+            .await
+            .map_err(read_error(&collections))?;
         found
             .and_then(|doc| self.shared.skipped.keep(&doc))
             .map(to_message)
@@ -305,7 +317,7 @@ impl Store for MongoStore {
         collections
             .read(range, limit, &self.shared.skipped)
             .await
-            .map_err(read_error)?
+            .map_err(read_error(&collections))?
             .into_iter()
             .map(to_message)
             .collect()
