@@ -89,6 +89,12 @@
   // field invalid and described by the error, which a screen reader reads
   // out with it when it gets the focus.
   function showError(message, invalid) {
+    // The line the error takes in the form, or gives back, changes the
+    // history's height: the message being read stays where it was, as
+    // the newest stays in view when the reader is at the bottom.
+    const follow = atBottom();
+    const kept = follow ? null : anchor();
+    loadError = null;
     errorBox.textContent = message || "";
     errorBox.hidden = !message;
     for (const input of [nameInput, textInput]) {
@@ -100,6 +106,19 @@
         input.removeAttribute("aria-describedby");
       }
     }
+    if (follow) history.scrollTop = history.scrollHeight;
+    else restore(kept);
+  }
+
+  // An error from loading messages (older, newer, the latest) is taken
+  // back once a load succeeds, as a send's error is once a send does.
+  let loadError = null;
+  function showLoadError(message) {
+    showError(message);
+    loadError = message;
+  }
+  function loaded() {
+    if (loadError !== null && errorBox.textContent === loadError) showError("");
   }
 
   function formatTime(iso) {
@@ -126,12 +145,21 @@
   }
 
   // The first message at least partly in view, and where it is: after the
-  // list changes above or below it, it is put back where it was.
+  // list changes above or below it, it is put back where it was. A scroll
+  // offset snaps to whole device pixels, so a message put back is off by
+  // a fraction of one: taken as its place, each new message moved the
+  // view by that much more (a third of a pixel a message, a message's
+  // height in a busy hour). So the place it was put back to stands for
+  // it while it is within a pixel of it.
+  let placed = null;
   function anchor() {
     const top = history.getBoundingClientRect().top;
     for (const item of list.children) {
       const rect = item.getBoundingClientRect();
-      if (rect.bottom > top) return { item, top: rect.top };
+      if (rect.bottom > top) {
+        const near = placed && placed.item === item && Math.abs(placed.top - rect.top) < 1;
+        return { item, top: near ? placed.top : rect.top };
+      }
     }
     return null;
   }
@@ -140,6 +168,7 @@
     if (!kept) return;
     const moved = kept.item.getBoundingClientRect().top - kept.top;
     if (moved) history.scrollTop += moved;
+    placed = kept;
   }
 
   history.addEventListener("scroll", () => {
@@ -462,7 +491,7 @@
       const response = await fetch("/api/messages?limit=" + PAGE + "&before=" + encodeURIComponent(before));
       const body = await response.json().catch(() => ({}));
       if (!response.ok) {
-        showError(body.error || "Could not load older messages (" + response.status + ").");
+        showLoadError(body.error || "Could not load older messages (" + response.status + ").");
         return;
       }
       // The oldest messages were dropped, or the history replaced, while
@@ -477,6 +506,7 @@
       list.prepend(fragment);
       if (body.length) removeEmpty();
       restore(kept);
+      loaded();
       if (body.length < PAGE) {
         leaving(older);
         older.parentElement.remove();
@@ -486,7 +516,7 @@
       }
       dropNewest();
     } catch (e) {
-      showError("Could not reach the server to load older messages.");
+      showLoadError("Could not reach the server to load older messages.");
     } finally {
       delete older.dataset.loading;
     }
@@ -511,7 +541,7 @@
         // The server no longer has that message (its store was wiped):
         // the latest messages instead, as for a page it cannot place.
         if (response.status === 404 && !paged) showLatest(true);
-        else showError(body.error || "Could not load newer messages (" + response.status + ").");
+        else showLoadError(body.error || "Could not load newer messages (" + response.status + ").");
         return;
       }
       // The history was replaced, or its newest end dropped, meanwhile.
@@ -532,9 +562,10 @@
       list.append(fragment);
       if (reached) setBehind(false);
       restore(kept);
+      loaded();
       dropOldest();
     } catch (e) {
-      showError("Could not reach the server to load newer messages.");
+      showLoadError("Could not reach the server to load newer messages.");
     } finally {
       caught = null;
       delete newer.dataset.loading;
@@ -606,8 +637,9 @@
         list.after(empty);
       }
       scrollToBottom();
+      loaded();
     } else if (asked) {
-      showError("Could not reach the server to load the latest messages.");
+      showLoadError("Could not reach the server to load the latest messages.");
     }
     for (const { message, own } of brought) append(message, own);
     if (resetAgain !== null) {

@@ -880,6 +880,121 @@ async fn older_messages_are_prepended_in_place_keeping_the_view() {
     app.shutdown().await;
 }
 
+/// Where the first message in view is, kept in `window.anchorItem`.
+const MARK_ANCHOR_JS: &str = "const h = $('#history').getBoundingClientRect().top; \
+     window.anchorItem = items().find(li => li.getBoundingClientRect().bottom > h); \
+     return window.anchorItem.getBoundingClientRect().top";
+
+/// How far the message marked by [`MARK_ANCHOR_JS`] has moved since.
+async fn anchor_moved(c: &Client, before: &Value) -> f64 {
+    let after = page_eval(c, "return window.anchorItem.getBoundingClientRect().top").await;
+    (after.as_f64().unwrap() - before.as_f64().unwrap()).abs()
+}
+
+/// Reading back while others post: the message being read stays where it
+/// is however many come (it crept up a third of a pixel a message, 17 px
+/// for 60, as each put-back snapped to whole pixels), and so it does when
+/// an error line comes into the form (it jumped by the line's height).
+/// A failed load of older messages says so, and the next that succeeds
+/// takes the error back (it stayed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_back_the_view_stays_put_through_many_messages_and_an_error() {
+    for size in [PHONE, DESKTOP] {
+        let Some(tab) = Browser::open("stays_put", size).await else {
+            return;
+        };
+        let app = spawn_app(&[]).await;
+        post_many(&app, "ann", "earlier ", 150).await;
+        tab.load(&app.base_url).await;
+        let c = &tab.client;
+        page_eval(c, "$('#history').scrollBy(0, -1200); return true").await;
+        page_wait(c, "return belowView() >= 1000", "scrolled up").await;
+        let before = page_eval(c, MARK_ANCHOR_JS).await;
+        for n in 0..60 {
+            app.post_message("bob", &format!("while you read back {n}"))
+                .await;
+        }
+        page_wait(c, "return items().length === 160", "the 60 messages").await;
+        let moved = anchor_moved(c, &before).await;
+        assert!(moved < 1.0, "{size:?}: moved {moved} px over 60 messages");
+
+        let before = page_eval(c, MARK_ANCHOR_JS).await;
+        c.find(Locator::Id("name"))
+            .await
+            .unwrap()
+            .send_keys("me")
+            .await
+            .unwrap();
+        // Blank, which the browser's own check lets through.
+        c.find(Locator::Id("text"))
+            .await
+            .unwrap()
+            .send_keys("   ")
+            .await
+            .unwrap();
+        c.find(Locator::Id("send-button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        page_wait(c, "return !$('#error').hidden", "the error line").await;
+        let moved = anchor_moved(c, &before).await;
+        assert!(moved < 1.0, "{size:?}: moved {moved} px by the error line");
+
+        // The first load of older messages fails as a dropped connection
+        // does; the second succeeds.
+        page_eval(
+            c,
+            "const send = window.fetch; let failed = false;
+             window.fetch = (url, options) => {
+               if (!failed && String(url).includes('before=')) {
+                 failed = true;
+                 return Promise.reject(new TypeError('Failed to fetch'));
+               }
+               return send(url, options);
+             };
+             return true",
+        )
+        .await;
+        for _ in 0..2 {
+            page_eval(c, "$('#older').scrollIntoView(); return true").await;
+            c.find(Locator::Id("older"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if page_eval(c, "return $('#error').textContent").await
+                == json!("Could not reach the server to load older messages.")
+            {
+                break;
+            }
+        }
+        page_wait(
+            c,
+            "return $('#error').textContent === 'Could not reach the server to load older messages.'",
+            "the failed load said",
+        )
+        .await;
+        c.find(Locator::Id("older"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        page_wait(c, "return items().length === 210", "the older messages").await;
+        assert_eq!(
+            page_eval(c, "return $('#error').hidden").await,
+            json!(true),
+            "{size:?}: the error taken back"
+        );
+        tab.close().await;
+        app.shutdown().await;
+    }
+}
+
 /// How many messages the bounded-page tests let the page keep: the
 /// smallest bound the page takes (two pages of 100), set on the history's
 /// `data-keep` once the page has loaded, so that a few hundred posts go
