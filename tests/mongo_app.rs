@@ -3732,6 +3732,75 @@ async fn a_read_with_every_member_down_names_each_member() {
     app.shutdown().await;
 }
 
+/// A set rebuilt from scratch on the same addresses (its members wiped and
+/// initiated again) has a primary this instance's driver takes for stale
+/// for ever: its configuration's election id is older than the one seen
+/// before. Readiness said the member was unreachable, which it was not,
+/// and nothing said what mends it; it now says so (restart). Simulator
+/// only: it rebuilds a set on the ports a running one had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_rebuilt_on_the_same_addresses_is_named_as_such_by_readiness() {
+    let first = replset_sim::Cluster::start(cluster::fast_sim(true))
+        .await
+        .expect("start replset-sim");
+    first
+        .wait_for_primary(Duration::from_secs(10))
+        .await
+        .expect("a primary");
+    let ports: Vec<u16> = first
+        .hosts()
+        .iter()
+        .map(|h| h.rsplit(':').next().unwrap().parse().unwrap())
+        .collect();
+    let app = spawn_app(&[
+        ("mongodb_uri", json!(first.uri("rebuilt"))),
+        ("write_timeout_secs", json!(5)),
+    ])
+    .await;
+    assert_eq!(post_with_id(&app, "before", "before").await, 201);
+    // Two elections: the election id the driver keeps grows with each.
+    first.step_down().await;
+    first.wait_for_primary(Duration::from_secs(10)).await;
+    first.step_down().await;
+    first.wait_for_primary(Duration::from_secs(10)).await;
+    assert_eq!(post_with_id(&app, "between", "between").await, 201);
+    drop(first);
+
+    // The old set's listeners close as their aborted tasks are dropped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rebuilt = loop {
+        let options = replset_sim::ClusterOptions {
+            ports: ports.clone(),
+            ..cluster::fast_sim(true)
+        };
+        match replset_sim::Cluster::start(options).await {
+            Ok(rebuilt) => break rebuilt,
+            Err(e) if Instant::now() < deadline => {
+                say(&format!("the rebuilt set's ports not free yet: {e}"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the rebuilt set: {e}"),
+        }
+    };
+    rebuilt
+        .wait_for_primary(Duration::from_secs(10))
+        .await
+        .expect("a primary");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = app.get("/readyz").await;
+        let text = response.text().await.unwrap();
+        if text.contains("taken for stale") {
+            assert!(text.contains("restarted"), "{text}");
+            assert!(!text.contains("unreachable"), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never named: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    app.shutdown().await;
+}
+
 /// Subscribers that connect to an instance while its first load waits
 /// (resuming from a message with `after=` or `Last-Event-ID`, or live) are
 /// sent the instance's own post at once, after the message another

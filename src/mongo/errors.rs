@@ -204,6 +204,19 @@ pub enum Failure {
     /// stopped listening. How many in a row mean the first two is
     /// [`super::topology::Closes::settled`]'s to say.
     Closed,
+    /// The member says it is primary, but the driver took it for a stale
+    /// one: its replica set config version (or, at the same version, its
+    /// election id) is older than the newest this client has seen, which
+    /// the Server Discovery and Monitoring specification has a driver
+    /// ignore ("updateRSFromPrimary":
+    /// <https://github.com/mongodb/specifications/blob/master/source/server-discovery-and-monitoring/server-discovery-and-monitoring.md>).
+    /// After an election that passes in seconds, as the old primary steps
+    /// down; a set rebuilt from scratch on the same addresses starts again
+    /// at version 1, and this client never takes its primary. The driver
+    /// says so only in words, as an invalid response ("primary marked
+    /// stale due to electionId/setVersion mismatch", mongodb 3.9's
+    /// `sdam/description/topology.rs`).
+    StalePrimary,
     /// Anything else; the error's text says what.
     Other,
 }
@@ -223,6 +236,11 @@ impl Failure {
                     | std::io::ErrorKind::BrokenPipe => return Failure::Closed,
                     _ => {}
                 },
+                ErrorKind::InvalidResponse { message, .. }
+                    if message.contains("electionId/setVersion mismatch") =>
+                {
+                    return Failure::StalePrimary
+                }
                 ErrorKind::InvalidResponse { message, .. } => {
                     return Failure::NotMongoDb(one_line(message))
                 }

@@ -32,9 +32,19 @@ pub struct ServerSnapshot {
 }
 
 impl ServerSnapshot {
-    /// `address unreachable (why)`, when the driver could not reach it.
+    /// `address unreachable (why)`, when the driver could not reach it;
+    /// for a primary it takes for stale ([`Failure::StalePrimary`]), that.
     pub fn unreachable(&self) -> Option<String> {
         let why = self.error.as_ref()?;
+        if self.failure == Some(Failure::StalePrimary) {
+            return Some(format!(
+                "{} says it is primary, of a replica set configuration older than one this \
+                 instance saw before, and is taken for stale: after an election this passes in \
+                 seconds; if the set was rebuilt from scratch on the same addresses it never \
+                 does, and this instance must be restarted",
+                self.address
+            ));
+        }
         Some(format!("{} unreachable ({why})", self.address))
     }
 }
