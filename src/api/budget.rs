@@ -117,37 +117,64 @@ pub async fn scope<F: std::future::Future>(
     .await
 }
 
-/// A response body that keeps what its response took from the budget
-/// until hyper has sent it, or dropped it with its connection.
-pub struct Holding<B> {
-    body: B,
-    _held: Option<OwnedSemaphorePermit>,
+/// How much of a large response [`Holding`] hands hyper at a time.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// A large response's body that keeps what its response took from the
+/// budget until the last of it has been handed to hyper, or it is dropped
+/// with its connection.
+///
+/// It hands hyper a copy of one [`CHUNK_BYTES`] part at a time, and hyper
+/// asks for the next only once what it holds unsent (its write queue) has
+/// room, so the response stays here, counted, while its client does not
+/// read it. Handed over whole, it went into hyper's queue at once, hyper
+/// dropped the body, and with it the budget: 120 clients asking for
+/// 2 MB listings and reading nothing held 500 MB, every one of them
+/// built. Copies, not slices: a slice keeps the whole buffer it is cut
+/// from alive, so the response's last part in hyper's queue would have
+/// held all of it once the budget was given back.
+pub struct Holding {
+    rest: Bytes,
+    held: Option<OwnedSemaphorePermit>,
 }
 
-impl<B> Holding<B> {
-    /// `body`, holding `held` as long as it lives.
-    pub fn new(body: B, held: Option<OwnedSemaphorePermit>) -> Self {
-        Holding { body, _held: held }
+impl Holding {
+    /// `body`, holding `held` until the last of it is handed over.
+    pub fn new(body: Bytes, held: Option<OwnedSemaphorePermit>) -> Self {
+        Holding { rest: body, held }
     }
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for Holding<B> {
+impl Body for Holding {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = std::convert::Infallible;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        _: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        if self.rest.is_empty() {
+            self.held = None;
+            return Poll::Ready(None);
+        }
+        let part = self.rest.len().min(CHUNK_BYTES);
+        let chunk = Bytes::copy_from_slice(&self.rest[..part]);
+        if part == self.rest.len() {
+            // The buffer and what it took go together.
+            self.rest = Bytes::new();
+            self.held = None;
+        } else {
+            bytes::Buf::advance(&mut self.rest, part);
+        }
+        Poll::Ready(Some(Ok(Frame::data(chunk))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.rest.is_empty()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        SizeHint::with_exact(self.rest.len() as u64)
     }
 }
 
@@ -173,10 +200,24 @@ mod tests {
         let before = free();
         let ((), held) = scope(reserve(8 << 20)).await;
         assert_eq!(free(), before - (8 << 20) / UNIT, "taken");
-        let body = Holding::new(http_body_util::Full::new(Bytes::from_static(b"[]")), held);
+        let body = Holding::new(Bytes::from(vec![b' '; 3 * CHUNK_BYTES + 1]), held);
         assert_eq!(free(), before - (8 << 20) / UNIT, "held by the body");
         drop(body);
         assert_eq!(free(), before, "given back");
+
+        // Handed to hyper a part at a time, and held until the last part
+        // is: hyper asks for the next only once it has room for it.
+        let ((), held) = scope(reserve(8 << 20)).await;
+        let mut body = Holding::new(Bytes::from(vec![b' '; 3 * CHUNK_BYTES + 1]), held);
+        let mut parts = Vec::new();
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+            let data = frame.unwrap().into_data().unwrap();
+            parts.push(data.len());
+            let taken = free() < before;
+            assert_eq!(taken, parts.len() < 4, "after part {}", parts.len());
+        }
+        assert_eq!(parts, [CHUNK_BYTES, CHUNK_BYTES, CHUNK_BYTES, 1]);
+        assert_eq!(free(), before);
 
         // Small ones take nothing; outside a dispatch, nothing is kept.
         let ((), held) = scope(reserve(LARGE)).await;

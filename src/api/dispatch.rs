@@ -337,7 +337,7 @@ where
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if held.is_some() {
-            let body = budget::Holding::new(Full::new(Bytes::from(bytes)), held)
+            let body = budget::Holding::new(Bytes::from(bytes), held)
                 .map_err(|never| match never {})
                 .boxed_unsync();
             return with_head(status, headers, body);
