@@ -473,19 +473,17 @@ where
                     // the client has once it follows the reset: a message
                     // the broadcast brings that is not newer (stored after
                     // this stream subscribed, before the read) is not sent.
-                    // The stream's last message, deleted by another client
-                    // (a moderator, from the shell): it goes on after the
-                    // message just older than it that is still stored, and
-                    // misses nothing (the deleted one it has; nothing it
-                    // was not sent was between the two).
-                    Err(StoreError::UnknownId(unknown))
-                        if last_id.as_deref() == Some(unknown.as_str())
-                            && chat.still_stored_before(&unknown).is_some() =>
-                    {
-                        last_id = chat.still_stored_before(&unknown);
-                        next = None;
-                    }
+                    // Unless it is the stream's last message, deleted by
+                    // another client (a moderator, from the shell): then it
+                    // goes on after the message just older than it that is
+                    // still stored, and misses nothing (the deleted one it
+                    // has; nothing it was not sent was between the two).
                     Err(StoreError::UnknownId(unknown)) => {
+                        let deleted = last_id.as_deref() == Some(unknown.as_str());
+                        if let Some(before) = chat.still_stored_before(&unknown).filter(|_| deleted) {
+                            (last_id, next) = (Some(before), None);
+                            continue;
+                        }
                         catching_up = false;
                         let complete_before = chat.cache_complete();
                         let Ok(placed) = live_after_newest(&chat).await else {
