@@ -492,13 +492,7 @@ async fn the_newest_message_is_shown_above_the_form_and_followed_only_at_the_bot
         // from the reader's knowledge.
         page_eval(c, "$('#history').scrollBy(0, -600); return true").await;
         page_wait(c, "return belowView() >= 500", "scrolled up").await;
-        let before = page_eval(
-            c,
-            "const h = $('#history').getBoundingClientRect().top; \
-             const a = items().find(li => li.getBoundingClientRect().bottom > h); \
-             window.anchorItem = a; return a.getBoundingClientRect().top",
-        )
-        .await;
+        let before = page_eval(c, MARK_ANCHOR_JS).await;
         app.post_message("bob", "while you read back").await;
         page_wait(
             c,
@@ -506,13 +500,10 @@ async fn the_newest_message_is_shown_above_the_form_and_followed_only_at_the_bot
             "the message while scrolled up",
         )
         .await;
-        let after = page_eval(c, "return window.anchorItem.getBoundingClientRect().top").await;
         // Within a pixel: scroll offsets snap to device pixels; a jump is a
         // message's height.
-        assert!(
-            (after.as_f64().unwrap() - before.as_f64().unwrap()).abs() < 1.0,
-            "{size:?}: the view moved from {before} to {after}"
-        );
+        let moved = anchor_moved(c, &before).await;
+        assert!(moved < 1.0, "{size:?}: the view moved by {moved} px");
         assert_eq!(
             page_eval(
                 c,
