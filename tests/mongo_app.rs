@@ -3798,6 +3798,16 @@ async fn a_set_rebuilt_on_the_same_addresses_is_named_as_such_by_readiness() {
         assert!(Instant::now() < deadline, "never named: {text}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // A post waits out its deadline, and says why, as readiness does.
+    let refused = app
+        .post_json(
+            "/api/messages",
+            &json!({"id": "after", "name": "ann", "text": "after"}),
+        )
+        .await;
+    assert_eq!(refused.status(), 503);
+    let text = refused.text().await.unwrap();
+    assert!(text.contains("taken for stale"), "{text}");
     app.shutdown().await;
 }
 

@@ -139,9 +139,17 @@ async fn store(shared: &Shared, new: NewMessage) -> Result<Inserted, StoreError>
         if Instant::now() + delay >= deadline {
             let within = shared.write_timeout.as_secs();
             let reason = if !sent {
+                // What the driver sees now says more than the last
+                // attempt's error (its server selection's timeout).
+                let why = collections
+                    .conn
+                    .topology
+                    .get()
+                    .filter(|t| !t.writable)
+                    .map_or(reason, |t| t.not_writable_reason());
                 format!(
                     "the message was not stored: no MongoDB primary was available to send it \
-                     to within {within} s ({reason})"
+                     to within {within} s ({why})"
                 )
             } else {
                 // An attempt was sent: a primary may have applied it without
