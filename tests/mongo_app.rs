@@ -1221,14 +1221,15 @@ async fn a_message_another_client_deletes_or_edits_is_listed_as_it_now_is() {
     assert!(page.contains("hello"), "the page shows the corrected text");
     assert_eq!(app.get("/api/messages/spam").await.status(), 404);
 
-    // The first subscriber was last sent the deleted message: it is told
-    // that what it has is gone, with the next message, then goes on live;
+    // The first subscriber was last sent the deleted message: it goes on
+    // after the message before it, and is sent the next message as any
+    // other (test `the_message_after_a_deleted_newest_one_reaches_subscribers`);
     // a new one is sent the next message.
     let mut later = Subscriber::connect(&app).await;
     assert_eq!(post_with_id(&app, "after", "after").await, 201);
     assert_eq!(
         next_event(&mut events).await,
-        ("reset".to_owned(), "after".to_owned())
+        ("message".to_owned(), "after".to_owned())
     );
     assert_eq!(later.next_ids(1, Duration::from_secs(20)).await, ["after"]);
     let mut want = want;
