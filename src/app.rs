@@ -220,9 +220,17 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     // What the front door's connections and event streams watch, instead
     // of Rocket's `Shutdown` itself (see `api::shutdown`).
     let signal = ShutdownSignal::after(shutdown.clone());
-    let dispatch = Dispatch::new(client, hosts, events, front.header_timeout, signal.clone())
-        .await
-        .map_err(|e| format!("cannot start: {e}"))?;
+    let by_address = front.max_connections_per_client.is_some();
+    let dispatch = Dispatch::new(
+        client,
+        hosts,
+        events,
+        front.header_timeout,
+        by_address,
+        signal.clone(),
+    )
+    .await
+    .map_err(|e| format!("cannot start: {e}"))?;
     let front = tokio::spawn(api::front::serve(
         listener,
         Arc::new(dispatch),

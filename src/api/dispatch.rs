@@ -41,7 +41,7 @@
 
 use std::borrow::Cow;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -111,6 +111,9 @@ pub struct Dispatch<S> {
     server_allow: HeaderValue,
     /// How long a request's body may take to arrive once its head has.
     body_timeout: Duration,
+    /// Whether clients are told apart by address, each with its share of
+    /// the budget of large responses ([`budget`]).
+    by_address: bool,
     shutdown: S,
 }
 
@@ -120,8 +123,9 @@ where
 {
     /// Wraps a launched local `client`; a request for a host `hosts` does
     /// not answer gets 421; a request's body must arrive within
-    /// `body_timeout` of its head; event streams end when `shutdown`
-    /// resolves.
+    /// `body_timeout` of its head; clients are told apart by address when
+    /// `by_address` (`max_connections_per_client` is on); event streams
+    /// end when `shutdown` resolves.
     ///
     /// Errors: Rocket's `/api/events` route does not answer `HEAD` with
     /// `200` and `text/event-stream` (one line).
@@ -130,6 +134,7 @@ where
         hosts: AllowedHosts,
         events: EventSource,
         body_timeout: Duration,
+        by_address: bool,
         shutdown: S,
     ) -> Result<Self, String> {
         let response = crate::logging::own_request(client.head("/api/events").dispatch()).await;
@@ -158,6 +163,7 @@ where
             stream_head,
             server_allow,
             body_timeout,
+            by_address,
             shutdown,
         })
     }
@@ -190,9 +196,13 @@ where
         if let Err(refused) = self.hosts.answers(host) {
             return self.refuse_host(&refused.explain(&echo(&refused.name)), peer);
         }
+        // Whose share of the budget of large responses it takes from.
+        let client = self.by_address.then(|| peer.ip().to_canonical());
         if parts.method == Method::GET && parts.uri.path() == "/api/events" {
             if let Some(query) = events_query(parts.uri.query()) {
-                return self.event_stream(&parts.headers, query, closed).await;
+                return self
+                    .event_stream(&parts.headers, query, client, closed)
+                    .await;
             }
         }
         let refused_by_head = body_refusal(&parts).is_some();
@@ -286,7 +296,7 @@ where
 
         // What a large response took from the budget is held by its body
         // until it is sent (`api::budget`).
-        let (mut response, mut held) = budget::scope(request.dispatch()).await;
+        let (mut response, mut held) = budget::scope(client, request.dispatch()).await;
         let status = StatusCode::from_u16(response.status().code)
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         // Room for Rocket's headers, the security headers and a HEAD's
@@ -305,7 +315,7 @@ where
         // and copies what it holds each time (`into_bytes`).
         let size = if is_head { 0 } else { preset_size.unwrap_or(0) };
         if held.is_none() {
-            held = budget::take(size).await;
+            held = budget::take(client, size).await;
         }
         let mut bytes = Vec::with_capacity(size);
         if preset_size.is_some() || is_head {
@@ -395,6 +405,7 @@ where
         &self,
         headers: &HeaderMap,
         query: EventsQuery,
+        client: Option<IpAddr>,
         closed: PeerClosed,
     ) -> Response<Body> {
         let EventsQuery {
@@ -426,7 +437,7 @@ where
             every: self.events.heartbeat,
             as_event: heartbeat_events,
         };
-        let stream = events::stream(self.events.chat.clone(), heartbeat, resume, end).await;
+        let stream = events::stream(self.events.chat.clone(), heartbeat, resume, client, end).await;
         let body = StreamBody::new(stream.map(|bytes| Ok::<_, hyper::Error>(Frame::data(bytes))));
         let mut response = Response::new(body.boxed_unsync());
         *response.headers_mut() = self.stream_head.clone();

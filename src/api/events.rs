@@ -274,6 +274,7 @@ pub async fn stream<F>(
     chat: Chat,
     heartbeat: Heartbeat,
     resume: Resume,
+    client: Option<std::net::IpAddr>,
     shutdown: F,
 ) -> impl futures::Stream<Item = Bytes> + Send + 'static
 where
@@ -431,7 +432,7 @@ where
                     select! {
                         biased;
                         _ = &mut shutdown => break,
-                        taken = budget::take(MAX_LIMIT * MESSAGE_MAX_BYTES) => taken,
+                        taken = budget::take(client, MAX_LIMIT * MESSAGE_MAX_BYTES) => taken,
                     }
                 } else {
                     None
@@ -669,6 +670,7 @@ mod tests {
                 chat.clone(),
                 heartbeat,
                 Resume::After(oldest),
+                None,
                 futures::future::pending(),
             )
             .await,
@@ -715,6 +717,7 @@ mod tests {
                     as_event: false,
                 },
                 resume.clone(),
+                None,
                 futures::future::pending(),
             )
             .await;
@@ -749,6 +752,7 @@ mod tests {
                 as_event: false,
             },
             Resume::NotAnId("not an id!".to_owned()),
+            None,
             futures::future::pending(),
         )
         .await;
