@@ -295,7 +295,7 @@ impl Connection {
             .map(|t| {
                 t.servers
                     .iter()
-                    .filter_map(ServerSnapshot::unreachable)
+                    .filter_map(ServerSnapshot::unusable)
                     .collect()
             })
             .unwrap_or_default();

@@ -32,9 +32,10 @@ pub struct ServerSnapshot {
 }
 
 impl ServerSnapshot {
-    /// `address unreachable (why)`, when the driver could not reach it;
-    /// for a primary it takes for stale ([`Failure::StalePrimary`]), that.
-    pub fn unreachable(&self) -> Option<String> {
+    /// Why the driver cannot use this member, when it cannot: `address
+    /// unreachable (why)`, or that it takes it for a stale primary
+    /// ([`Failure::StalePrimary`]).
+    pub fn unusable(&self) -> Option<String> {
         let why = self.error.as_ref()?;
         if self.failure == Some(Failure::StalePrimary) {
             return Some(format!(
@@ -312,7 +313,7 @@ impl TopologySnapshot {
         self.servers
             .iter()
             .map(|s| {
-                s.unreachable().unwrap_or_else(|| match s.server_type {
+                s.unusable().unwrap_or_else(|| match s.server_type {
                     // A mongod started with a set name whose set was never
                     // initiated, or that was removed from it.
                     ServerType::RsGhost => format!(

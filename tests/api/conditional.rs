@@ -87,11 +87,9 @@ async fn the_page_answers_304_for_the_same_messages_and_name_only() {
 #[tokio::test]
 async fn a_page_of_history_answers_304_while_what_it_shows_is_the_same() {
     let app = spawn_app(&[]).await;
-    let mut ids = Vec::new();
-    for n in 0..102 {
-        let posted = app.post_message("ann", &format!("m{n:03}")).await;
-        ids.push(posted["id"].as_str().unwrap().to_owned());
-    }
+    let ids = app
+        .post_texts("ann", (0..102).map(|n| format!("m{n:03}")))
+        .await;
     let path = format!("/?before={}", ids[101]);
     let page = app.get(&path).await;
     assert_eq!(page.status(), 200);

@@ -284,11 +284,9 @@ fn shown_ids(html: &str) -> Vec<String> {
 #[tokio::test]
 async fn older_messages_are_pages_of_links_that_work_without_javascript() {
     let app = spawn_app(&[]).await;
-    let mut ids = Vec::new();
-    for i in 1..=250 {
-        let m = app.post_message("ann", &format!("message {i}")).await;
-        ids.push(m["id"].as_str().unwrap().to_owned());
-    }
+    let ids = app
+        .post_texts("ann", (1..=250).map(|i| format!("message {i}")))
+        .await;
     let latest = app.get("/").await.text().await.unwrap();
     assert_eq!(shown_ids(&latest), ids[150..]);
     assert!(latest.contains(&format!(r#"<a id="older" href="/?before={}""#, ids[150])));

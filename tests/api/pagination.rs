@@ -20,15 +20,7 @@ async fn error(app: &TestApp, path: &str) -> (u16, Value) {
 #[tokio::test]
 async fn limit_before_and_after_page_through_history() {
     let app = spawn_app(&[]).await;
-    let mut ids = Vec::new();
-    for i in 0..10 {
-        ids.push(
-            app.post_message("p", &format!("t{i}")).await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
-    }
+    let ids = app.post_texts("p", (0..10).map(|i| format!("t{i}"))).await;
     assert_eq!(
         texts(&app, "/api/messages?limit=3").await,
         ["t7", "t8", "t9"]
@@ -134,11 +126,9 @@ async fn a_limit_is_plain_decimal_digits() {
 async fn a_page_of_more_than_a_megabyte_is_listed_and_tagged_as_any_other() {
     let app = spawn_app(&[]).await;
     let wide = "\u{124AB}".repeat(1990);
-    let mut ids = Vec::new();
-    for i in 0..141 {
-        let posted = app.post_message("big", &format!("{i:03}{wide}")).await;
-        ids.push(posted["id"].as_str().unwrap().to_owned());
-    }
+    let ids = app
+        .post_texts("big", (0..141).map(|i| format!("{i:03}{wide}")))
+        .await;
     let path = format!("/api/messages?limit=1000&before={}", ids[140]);
     let response = app.get(&path).await;
     assert_eq!(response.status(), 200);

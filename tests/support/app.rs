@@ -160,6 +160,21 @@ impl TestApp {
         response.json().await.expect("JSON body")
     }
 
+    /// Posts each of `texts` under `name`, in order; the stored ids, in the
+    /// same order.
+    pub async fn post_texts(
+        &self,
+        name: &str,
+        texts: impl IntoIterator<Item = String>,
+    ) -> Vec<String> {
+        let mut ids = Vec::new();
+        for text in texts {
+            let posted = self.post_message(name, &text).await;
+            ids.push(posted["id"].as_str().expect("an id").to_owned());
+        }
+        ids
+    }
+
     /// Ends the server as SIGTERM would, and waits until the store is closed.
     pub async fn shutdown(self) {
         self.shutdown.notify();
