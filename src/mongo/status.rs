@@ -120,7 +120,14 @@ async fn ask(conn: &Connection, bound: Duration) -> Asked {
         // member a refused connection went to as unknown until its next
         // heartbeat (see `TopologyView::set`).
         Ok(Err(e)) if Signals::of(&e).authentication => {
-            return Asked::Refused(reason(&e, conn.secret.as_deref()))
+            let why = reason(&e, conn.secret.as_deref());
+            // The view hears of the refusal from the driver's events, which
+            // can come after this error (see `TopologyView`); what reads
+            // the view next must already know a member answered.
+            if !Signals::of(&e).network {
+                conn.topology.set_auth_failure(Some(why.clone()));
+            }
+            return Asked::Refused(why);
         }
         Ok(Err(e)) if command_code(&e) == Some(codes::UNAUTHORIZED) => {
             "not authorized to run replSetGetStatus".to_owned()

@@ -392,8 +392,15 @@ impl Closes {
 
 /// The driver's latest topology, written by its monitoring callback and
 /// read by request handlers, and the last refusal of the credentials,
-/// written by the connection-pool callbacks. Std `RwLock`s: each is held
-/// only to copy or replace a value, never across an `.await`.
+/// written by the connection-pool callbacks and by an operation refused.
+/// Std `RwLock`s: each is held only to copy or replace a value, never
+/// across an `.await`.
+///
+/// The view can trail the driver: the mongodb 3.9 driver hands its
+/// monitoring events to the callback through a channel, on a task of its
+/// own (`SdamEventEmitter` in `sdam/topology.rs`), so an operation can
+/// return the error of a change before the callback has seen the change,
+/// or the descriptions before it (on a loaded machine, seconds before).
 #[derive(Default)]
 pub struct TopologyView {
     latest: RwLock<Option<TopologySnapshot>>,

@@ -186,7 +186,10 @@ pub async fn status(uri: &str, progress: &dyn Fn(&str)) -> Result<StatusReport, 
             return Err(removed_members(&removed));
         }
     }
-    let answered = !none_answered(topology.as_ref());
+    // The view can trail the driver (see `TopologyView`): a status the
+    // set itself sent is an answer whatever the view shows yet.
+    let answered = matches!(&result, Ok(set) if set.source == crate::mongo::status::SOURCE_COMMAND)
+        || !none_answered(topology.as_ref());
     // With no member answering, the configuration would only be waited
     // for as long again.
     let config = if answered {
