@@ -3708,7 +3708,8 @@ async fn the_message_after_a_deleted_newest_one_reaches_subscribers() {
 
 /// With every member down, a read the cache cannot answer is a 503 that
 /// names each member and why, as readiness does, not the driver's
-/// "Server selection timeout: No available servers".
+/// "Server selection timeout: No available servers"; so does the change
+/// stream's last error in the status.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_with_every_member_down_names_each_member() {
     let test = "a_read_with_every_member_down_names_each_member";
@@ -3728,6 +3729,27 @@ async fn a_read_with_every_member_down_names_each_member() {
         assert!(
             error.contains(&format!("{host} unreachable")),
             "{host}: {error}"
+        );
+    }
+    // The change stream, which cannot reopen either, says the same in the
+    // status (and its log line) once its own wait for a member ends.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stream_error = loop {
+        let status = app.get_json("/api/status").await;
+        let last = status["change_stream"]["last_error"].as_str().unwrap_or("");
+        if last.contains("can be read from") || Instant::now() > deadline {
+            break last.to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        !stream_error.contains("No available servers"),
+        "{stream_error}"
+    );
+    for host in cluster.hosts() {
+        assert!(
+            stream_error.contains(&format!("{host} unreachable")),
+            "{host}: {stream_error}"
         );
     }
     app.shutdown().await;

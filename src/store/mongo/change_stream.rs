@@ -451,7 +451,20 @@ pub(super) async fn run(shared: Arc<Shared>, collections: Arc<Collections>) {
                     super::index::ensure_again(watcher.shared.clone(), watcher.collections.clone());
                 watcher.shared.tasks.push(tokio::spawn(again));
             }
-            Err(e) => watcher.shared.change_stream.failed(e),
+            Err(e) => {
+                // With no member to read from, that is why the stream
+                // stopped, whatever the failed operation's error said (the
+                // driver's "No available servers", a closed connection):
+                // each member and why, as readiness and reads say them.
+                let why = watcher
+                    .collections
+                    .conn
+                    .topology
+                    .get()
+                    .and_then(|t| t.not_readable_reason())
+                    .unwrap_or(e);
+                watcher.shared.change_stream.failed(why)
+            }
         }
         watcher.shared.change_stream.stopped();
         watcher.shared.cache.invalidate();
