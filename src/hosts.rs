@@ -101,15 +101,18 @@ impl AllowedHosts {
             return Ok(());
         };
         let name = split_port(authority).0;
+        // `127.0.0.1.` is that address: a browser reads a host whose last
+        // label is a number as an IPv4 address, a trailing dot dropped (the
+        // WHATWG URL standard's host parser, "ends in a number").
+        let name = name.strip_suffix('.').unwrap_or(name);
         let bare = name.trim_start_matches('[').trim_end_matches(']');
         if bare.parse::<IpAddr>().is_ok() {
             return Ok(());
         }
         let name = name.to_ascii_lowercase();
-        let name = name.strip_suffix('.').unwrap_or(&name);
         if name == "localhost"
             || name.ends_with(".localhost")
-            || self.names.iter().any(|n| n == name)
+            || self.names.contains(&name)
             || self.suffixes.iter().any(|s| name.ends_with(s.as_str()))
         {
             return Ok(());
@@ -236,6 +239,7 @@ mod tests {
             "chat.localhost:80",
             "[::1]:8000",
             "192.168.1.5",
+            "127.0.0.1.:8000",
         ] {
             assert_eq!(local.answers(Some(ok)), Ok(()), "{ok}");
         }

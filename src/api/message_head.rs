@@ -98,8 +98,8 @@ fn target_host_error(parts: &Parts) -> Option<String> {
 }
 
 /// Whether `value` is a valid `Host` value: `uri-host [ ":" port ]` (RFC
-/// 9112 §3.2, RFC 3986 §3.2.2–§3.2.3), or empty, as a client sends for a
-/// target without an authority (RFC 9112 §3.2).
+/// 9112 §3.2, RFC 3986 §3.2.2–§3.2.3) with a host (not `:80`), or empty,
+/// as a client sends for a target without an authority (RFC 9112 §3.2).
 ///
 /// The syntax is http's `Authority` parser (hyper's own), which takes
 /// only URI characters, at most one `:` outside brackets, balanced
@@ -123,6 +123,12 @@ fn is_valid_host(value: &[u8]) -> bool {
         return false;
     }
     let (host, port) = split_port(text);
+    // `:80` names no host: "A recipient that processes such a URI reference
+    // MUST reject it as invalid" (RFC 9110 §4.2.1, an http URI with an
+    // empty host identifier).
+    if host.is_empty() {
+        return false;
+    }
     // RFC 3986's port is any run of digits, but no TCP port is above
     // 65535, and Rocket records no host for one that is (a browser's write
     // would then be refused for want of a Host, not for its port).
@@ -329,6 +335,8 @@ mod tests {
             "chat\\.example",
             "ch\u{e9}t.example",
             "<chat>",
+            ":80",
+            ":",
         ] {
             assert!(!is_valid_host(invalid.as_bytes()), "{invalid:?}");
         }
