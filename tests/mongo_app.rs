@@ -3809,16 +3809,20 @@ async fn a_set_rebuilt_on_the_same_addresses_is_named_as_such_by_readiness() {
         .wait_for_primary(Duration::from_secs(10))
         .await
         .expect("a primary");
+    // Each member comes back into the driver's view at its own monitor's
+    // next check: until then one may still be unreachable.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let response = app.get("/readyz").await;
         let text = response.text().await.unwrap();
-        if text.contains("taken for stale") {
+        if text.contains("taken for stale") && !text.contains("unreachable") {
             assert!(text.contains("restarted"), "{text}");
-            assert!(!text.contains("unreachable"), "{text}");
             break;
         }
-        assert!(Instant::now() < deadline, "never named: {text}");
+        assert!(
+            Instant::now() < deadline,
+            "never named, every member up: {text}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // A post waits out its deadline, and says why, as readiness does.
