@@ -740,7 +740,8 @@ impl<'r, T: serde::de::DeserializeOwned> rocket::data::FromData<'r> for JsonBody
 
 /// Decodes an `application/x-www-form-urlencoded` body as strictly as a
 /// JSON body is read: a value or name that is not UTF-8 once decoded is a
-/// 400 (not U+FFFD), and so is a field given twice, naming it.
+/// 400 (not U+FFFD), and so is a field given twice (by one name, or two
+/// that set one field: [`field_key`]), naming it.
 pub fn decode_form(body: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::new(Status::BadRequest, "form body is not UTF-8"))?;
@@ -754,7 +755,7 @@ pub fn decode_form(body: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
                 "a form field name is not UTF-8 once decoded",
             )
         })?;
-        let field = known_field(&name);
+        let field = known_field(field_key(&name));
         let value = RawStr::new(value).url_decode().map_err(|_| ApiError {
             field,
             ..ApiError::new(
@@ -762,18 +763,29 @@ pub fn decode_form(body: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
                 format!("form field {} is not UTF-8 once decoded", echo(&name)),
             )
         })?;
-        if !seen.insert(name.to_string()) {
+        if !seen.insert(field_key(&name).to_owned()) {
             return Err(ApiError {
                 field,
                 ..ApiError::new(
                     Status::BadRequest,
-                    format!("form field {} is given more than once", echo(&name)),
+                    format!(
+                        "form field {} is given more than once",
+                        echo(field_key(&name))
+                    ),
                 )
             });
         }
         fields.push((name.into_owned(), value.into_owned()));
     }
     Ok(fields)
+}
+
+/// The field a form or query name sets, as Rocket reads names: what comes
+/// before the first `.` or `[` (`text[]` and `text.x` set `text`; Rocket's
+/// form guide, "Field names"). Two names with one key are one field given
+/// twice.
+pub fn field_key(name: &str) -> &str {
+    name.split(['.', '[']).next().unwrap_or(name)
 }
 
 /// The `field` an error names: a field of a message, or none for others.

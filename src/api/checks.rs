@@ -12,7 +12,7 @@ use rocket::http::uri::Origin;
 use rocket::http::{Method, Status};
 use rocket::{Data, Request};
 
-use super::body::known_field;
+use super::body::{field_key, known_field};
 use super::echo::echo;
 use super::error::{refuse, ApiError};
 use super::page::{form_address_redirect, is_page_request};
@@ -38,6 +38,18 @@ impl Fairing for RequestChecks {
     }
 
     async fn on_request(&self, req: &mut Request<'_>, _: &mut Data<'_>) {
+        // Rocket took a form post whose first field is `_method=get` for a
+        // GET (`preprocess_request`, before fairings run): the method sent
+        // is the request's, as the front door names it.
+        if let Some(sent) = req
+            .headers()
+            .get_one(super::dispatch::ORIGINAL_METHOD)
+            .and_then(|m| m.parse::<Method>().ok())
+        {
+            if sent != req.method() {
+                req.set_method(sent);
+            }
+        }
         // A browser's read of the form's address is sent to the page,
         // whatever its query, which nothing reads: a field given twice
         // there is no ambiguity, and a JSON error no answer for a page.
@@ -58,18 +70,23 @@ impl Fairing for RequestChecks {
     }
 }
 
-/// A query field given twice (`?before=A&before=B`) is ambiguous: 400,
-/// naming it, instead of one of the values silently winning.
+/// A query field given twice (`?before=A&before=B`, or `before[]=B` or
+/// `before.x=B` beside it, which Rocket reads as the same field) is
+/// ambiguous: 400, naming it, instead of one of the values silently
+/// winning or, as Rocket takes a field given twice, none.
 fn repeated_query_field(req: &Request<'_>) -> Option<ApiError> {
     let query = req.uri().query()?;
     let mut seen = HashSet::new();
     for (name, _) in query.segments() {
-        if !seen.insert(name) {
+        if !seen.insert(field_key(name)) {
             return Some(ApiError {
-                field: known_field(name),
+                field: known_field(field_key(name)),
                 ..ApiError::new(
                     Status::BadRequest,
-                    format!("query field {} is given more than once", echo(name)),
+                    format!(
+                        "query field {} is given more than once",
+                        echo(field_key(name))
+                    ),
                 )
             });
         }

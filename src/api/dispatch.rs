@@ -75,7 +75,9 @@ use crate::hosts::AllowedHosts;
 /// A response body the front door sends: whole bytes, or an event stream.
 pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
-/// A method Rocket cannot name, as the client sent it (set only here).
+/// The method the client sent, where Rocket would take another: one it
+/// cannot name (Rocket is given TRACE), or a POST (which Rocket's form
+/// `_method` field would rename). Set only here.
 pub const ORIGINAL_METHOD: &str = "x-simplechat-original-method";
 
 /// The most bytes of a Rocket response of unknown length the front door
@@ -243,6 +245,11 @@ where
             }
         }
         let (method, original) = match rocket_method(&parts.method) {
+            // Rocket takes a form post whose first field is `_method` for
+            // that method before any fairing runs (its own form feature,
+            // which this application does not offer): the method sent goes
+            // with it, and `checks` puts it back.
+            Some(method) if parts.method == Method::POST => (method, Some("POST")),
             Some(method) => (method, None),
             // Rocket refuses a method it cannot name as a malformed request
             // (400); no route has TRACE, so Rocket answers 405 with the
@@ -276,18 +283,15 @@ where
             if name == REAL_IP || name == ORIGINAL_METHOD {
                 continue;
             }
-            // UTF-8, as Rocket's own server takes a header (`to_str` would
-            // take visible ASCII only, and drop, say, a quoted `é`); a body's
-            // encoding that is not is still given, to be refused as the
-            // front door refused it ([`body_refusal`]).
-            if let Ok(value) = std::str::from_utf8(value.as_bytes()) {
-                request.add_header(Header::new(name.as_str().to_owned(), value.to_owned()));
-            } else if name == header::CONTENT_TYPE || name == header::CONTENT_ENCODING {
-                request.add_header(Header::new(
-                    name.as_str().to_owned(),
-                    header_text(value).into_owned(),
-                ));
-            }
+            // As UTF-8 (`to_str` would take visible ASCII only, and drop,
+            // say, a quoted `é`), with U+FFFD for bytes that are not: a
+            // value left out would be a condition, an `Origin` or a second
+            // `Origin` not sent, while RFC 9110 §5.5 lets a value hold such
+            // bytes (an entity-tag may); taken so, it matches nothing.
+            request.add_header(Header::new(
+                name.as_str().to_owned(),
+                header_text(value).into_owned(),
+            ));
         }
         if let Some(original) = original {
             request.add_header(Header::new(ORIGINAL_METHOD, original.to_owned()));

@@ -35,6 +35,7 @@ use crate::hosts::split_port;
 ///   but OPTIONS (§3.2.4).
 /// - 400 for `chunked` listed more than once in `Transfer-Encoding`: a
 ///   sender must not chunk a body twice (§6.1), and hyper undoes one.
+/// - 400 for `Content-Type` on more than one line (RFC 9110 §5.3).
 /// - 501 for a transfer coding other than `chunked` (§6.1): hyper undoes
 ///   the chunking only, and would hand on a body still coded.
 /// - 417 for an HTTP/1.1 request whose `Expect` asks for anything but
@@ -46,6 +47,7 @@ pub fn refusal(parts: &Parts) -> Option<Response<Body>> {
     let (status, error) = if let Some(error) = host_error(parts)
         .or_else(|| target_error(parts))
         .or_else(|| chunked_twice(parts))
+        .or_else(|| content_type_twice(parts))
     {
         (StatusCode::BAD_REQUEST, error)
     } else if let Some(error) = coding_error(parts) {
@@ -98,8 +100,10 @@ fn target_host_error(parts: &Parts) -> Option<String> {
 }
 
 /// Whether `value` is a valid `Host` value: `uri-host [ ":" port ]` (RFC
-/// 9112 §3.2, RFC 3986 §3.2.2–§3.2.3) with a host (not `:80`), or empty,
-/// as a client sends for a target without an authority (RFC 9112 §3.2).
+/// 9112 §3.2, RFC 3986 §3.2.2–§3.2.3) with a host. An empty value, or
+/// `:80`, names none: a client sends an empty `Host` only for a target
+/// URI without an authority (RFC 9112 §3.2), which an http URI always has,
+/// and an http URI with an empty host is invalid (RFC 9110 §4.2.1).
 ///
 /// The syntax is http's `Authority` parser (hyper's own), which takes
 /// only URI characters, at most one `:` outside brackets, balanced
@@ -112,9 +116,6 @@ fn target_host_error(parts: &Parts) -> Option<String> {
 /// RFC 3986 allows (pct-encoded) but which no client sends: hosts go out
 /// in ASCII (punycode).
 fn is_valid_host(value: &[u8]) -> bool {
-    if value.is_empty() {
-        return true;
-    }
     let Ok(authority) = Authority::try_from(value) else {
         return false;
     };
@@ -198,6 +199,18 @@ fn chunked_twice(parts: &Parts) -> Option<String> {
     })
 }
 
+/// Why the request's `Content-Type` is ambiguous, if it is given on more
+/// than one line: it is no list, so one request has one (RFC 9110 §5.3,
+/// §8.3), and whichever line was read would decide how the body is taken.
+fn content_type_twice(parts: &Parts) -> Option<String> {
+    let mut lines = parts.headers.get_all(header::CONTENT_TYPE).iter();
+    lines.nth(1).map(|_| {
+        "the request has more than one Content-Type header; a body has one media type \
+         (RFC 9110 §8.3)"
+            .to_owned()
+    })
+}
+
 /// Why the request's transfer codings cannot be undone, if they cannot.
 fn coding_error(parts: &Parts) -> Option<String> {
     first_other_than(parts, header::TRANSFER_ENCODING, b"chunked").map(|coding| {
@@ -276,6 +289,17 @@ mod tests {
         assert_eq!(twice(&["chunked, chunked"]), Some(400));
         assert_eq!(twice(&["chunked", "Chunked"]), Some(400));
         assert_eq!(twice(&["chunked"]), None);
+        assert!(refused(Request::get("/").header("host", "")));
+        let typed = |types: &[&str]| {
+            types
+                .iter()
+                .fold(Request::post("/").header("host", "x"), |r, t| {
+                    r.header("content-type", *t)
+                })
+        };
+        assert!(!refused(typed(&["application/json"])));
+        assert!(refused(typed(&["application/json", "text/plain"])));
+        assert!(refused(typed(&["application/json", "application/json"])));
     }
 
     #[test]
@@ -297,7 +321,6 @@ mod tests {
     #[test]
     fn a_host_is_a_uri_host_with_an_optional_port() {
         for valid in [
-            "",
             "chat.example",
             "chat.example:8000",
             "chat.example:",
@@ -337,6 +360,7 @@ mod tests {
             "<chat>",
             ":80",
             ":",
+            "",
         ] {
             assert!(!is_valid_host(invalid.as_bytes()), "{invalid:?}");
         }

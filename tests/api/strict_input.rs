@@ -20,6 +20,14 @@ async fn a_query_field_given_twice_is_a_400_naming_it() {
             "before",
         ),
         ("/api/messages?limit=1&limit=2".to_string(), "limit"),
+        // Rocket reads `before[]` and `before.x` as `before`: one field
+        // given twice, not a second value that silently voids the first.
+        (
+            format!("/api/messages?before={a}&before[]={b}&limit=2"),
+            "before",
+        ),
+        ("/api/messages?limit=2&limit[]=3".to_string(), "limit"),
+        (format!("/api/messages?after={a}&after.x={b}"), "after"),
         (format!("/api/messages?after={a}&aft%65r={b}"), "after"),
         (format!("/api/events?after={a}&after={b}"), "after"),
     ] {
@@ -40,6 +48,13 @@ async fn a_query_field_given_twice_is_a_400_naming_it() {
         page.contains("query field x is given more than once"),
         "{page}"
     );
+    let response = app.get(&format!("/?before={a}&before.x={b}")).await;
+    assert_eq!(response.status(), 400);
+    let page = response.text().await.unwrap();
+    assert!(
+        page.contains("query field before is given more than once"),
+        "{page}"
+    );
     app.shutdown().await;
 }
 
@@ -51,6 +66,9 @@ async fn a_form_is_as_strict_as_json() {
         "name=%C3&text=b",
         "name=a&text=one&text=two",
         "name=a&name=b&text=c",
+        "name=a&text=one&text[]=two",
+        "name[]=x&name=y&text=z",
+        "name=a&text.x=one&text=two",
     ] {
         let response = app
             .client
@@ -356,7 +374,7 @@ async fn an_invalid_host_value_is_a_400() {
     assert_eq!(app.message_count().await, 0, "nothing stored");
     let base = app.base_url.clone();
     let answers = tokio::task::spawn_blocking(move || {
-        ["Host:", "Host: [::1]:8000", "Host: chat.localhost:"].map(|host| {
+        ["Host: [::1]:8000", "Host: chat.localhost:"].map(|host| {
             let request = format!("GET /healthz HTTP/1.1\r\n{host}\r\nConnection: close\r\n\r\n");
             raw(&base, request.as_bytes())
         })
@@ -405,5 +423,141 @@ async fn a_length_beyond_any_body_is_413() {
         assert_eq!(status, expected, "{length}: {answer}");
         assert!(body["error"].as_str().is_some(), "{answer}");
     }
+    app.shutdown().await;
+}
+
+/// Rocket takes a form post whose first field is `_method` for the method
+/// it names; this API has no such field, so such a post is the POST it is:
+/// 405 where POST is not allowed, a message posted where it is.
+#[tokio::test]
+async fn a_form_field_named_method_does_not_change_the_method() {
+    let app = spawn_app(&[]).await;
+    let form_post = |path: &str, body: &str, extra: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    for path in ["/healthz", "/api/status", "/api/events", "/"] {
+        let answer = app.raw(form_post(path, "_method=get", "").as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 405"), "{path}: {answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("\r\nallow: "),
+            "{path}: {answer}"
+        );
+        assert!(
+            answer.contains("POST is not allowed here"),
+            "{path}: {answer}"
+        );
+    }
+    // The page's form post is a post, whatever else the form holds.
+    let answer = app
+        .raw(form_post("/messages", "_method=get&name=ann&text=hello", "").as_bytes())
+        .await;
+    assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+    let answer = app
+        .raw(
+            form_post(
+                "/messages",
+                "_method=get&name=eve&text=x",
+                "Origin: http://evil.example\r\n",
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    let listed = app.get_json("/api/messages").await;
+    let texts: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["hello"]);
+    app.shutdown().await;
+}
+
+/// A header this server reads whose value holds a byte that is not UTF-8
+/// (RFC 9110 §5.5 allows such bytes) is read as sent, with U+FFFD for the
+/// byte: a condition no tag matches, an `Origin` of another site, a second
+/// `Origin`. Left out, each let a post through.
+#[tokio::test]
+async fn a_header_value_that_is_not_utf8_is_read_not_left_out() {
+    let app = spawn_app(&[]).await;
+    let first = app.post_message("ann", "first").await;
+    let json_post = |extra: &[u8]| {
+        let body = br#"{"name":"mallory","text":"should not be stored"}"#;
+        let mut request = format!(
+            "POST /api/messages HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(extra);
+        request.extend_from_slice(b"\r\n");
+        request.extend_from_slice(body);
+        request
+    };
+    for (extra, status) in [
+        (&b"If-Match: \"x\xe9\"\r\n"[..], "412"),
+        (&b"Origin: http://evil\xe9.example\r\n"[..], "403"),
+        (&b"Sec-Fetch-Site: cross-site\xe9\r\n"[..], "403"),
+        (
+            &b"Origin: http://localhost\r\nOrigin: http://evil\xe9.example\r\n"[..],
+            "400",
+        ),
+    ] {
+        let answer = app.raw(&json_post(extra)).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{}: {answer}",
+            String::from_utf8_lossy(extra)
+        );
+    }
+    assert_eq!(app.message_count().await, 1, "nothing more stored");
+    // A GET whose If-None-Match lists the current tag beside such a value
+    // is answered 304.
+    let etag = app.get("/api/messages").await.headers()["etag"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut request =
+        b"GET /api/messages HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nIf-None-Match: \"x\xe9\", "
+            .to_vec();
+    request.extend_from_slice(etag.as_bytes());
+    request.extend_from_slice(b"\r\n\r\n");
+    let answer = app.raw(&request).await;
+    assert!(answer.starts_with("HTTP/1.1 304"), "{answer}");
+    assert!(first["id"].is_string());
+    app.shutdown().await;
+}
+
+/// `Host:` with no value, and a `Content-Type` given twice, are 400s
+/// before anything is stored.
+#[tokio::test]
+async fn an_empty_host_or_two_content_types_are_refused() {
+    let app = spawn_app(&[]).await;
+    let body = r#"{"name":"ann","text":"hello"}"#;
+    for head in [
+        "Host:\r\nContent-Type: application/json\r\n",
+        "Host: localhost\r\nContent-Type: application/json\r\nContent-Type: text/plain\r\n",
+        "Host: localhost\r\nContent-Type: text/plain\r\nContent-Type: application/json\r\n",
+    ] {
+        let request = format!(
+            "POST /api/messages HTTP/1.1\r\n{head}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let answer = app.raw(request.as_bytes()).await;
+        let (status, error) = status_and_body(&answer);
+        assert_eq!(status, 400, "{head}: {answer}");
+        assert!(
+            error["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("Host") || e.contains("Content-Type")),
+            "{answer}"
+        );
+    }
+    assert_eq!(app.message_count().await, 0, "nothing stored");
     app.shutdown().await;
 }
