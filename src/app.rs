@@ -189,7 +189,21 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             std::io::ErrorKind::PermissionDenied => Cause::Configuration,
             _ => Cause::Other,
         };
-        StartError::new(cause, format!("cannot listen on {address}: {e}"))
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                "; another program listens there (another simplechat?): stop it, or choose \
+                 another port (port, SIMPLECHAT_PORT)"
+            }
+            std::io::ErrorKind::PermissionDenied if config.port < 1024 => {
+                "; ports below 1024 need root or CAP_NET_BIND_SERVICE: choose another port \
+                 (port, SIMPLECHAT_PORT)"
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                "; no interface of this machine has that address (address, SIMPLECHAT_ADDRESS)"
+            }
+            _ => "",
+        };
+        StartError::new(cause, format!("cannot listen on {address}: {e}{hint}"))
     })?;
     let address = listener
         .local_addr()

@@ -844,17 +844,22 @@ impl Config {
         })?;
         let write_timeout = seconds(&figment, "write_timeout_secs", settings.write_timeout_secs)?;
         let heartbeat = seconds(&figment, "heartbeat_secs", settings.heartbeat_secs)?;
-        if settings.cache_size_mib == 0 {
-            return Err(ConfigError("cache_size_mib must be at least 1".into()));
+        for (key, value) in [
+            ("cache_size_mib", settings.cache_size_mib),
+            ("max_connections", settings.max_connections as u64),
+        ] {
+            if value == 0 {
+                return Err(ConfigError(format!(
+                    "bad configuration: {}: {key} is 0, expected a whole number, 1 or more",
+                    whence_of(&figment, key)
+                )));
+            }
         }
         let header_timeout = seconds(
             &figment,
             "header_timeout_secs",
             settings.header_timeout_secs,
         )?;
-        if settings.max_connections == 0 {
-            return Err(ConfigError("max_connections must be at least 1".into()));
-        }
         Ok(Config {
             address: settings.address,
             port: settings.port,
@@ -890,14 +895,23 @@ fn seconds(figment: &Figment, key: &str, value: u64) -> Result<Duration, ConfigE
     if (1..=MAX_SECS).contains(&value) {
         return Ok(Duration::from_secs(value));
     }
-    let whence = match figment.find_metadata(key).and_then(|m| m.source.as_ref()) {
+    Err(ConfigError(format!(
+        "bad configuration: {}: {key} is {value}, expected a number of seconds \
+         from 1 to {MAX_SECS} (a day)",
+        whence_of(figment, key)
+    )))
+}
+
+/// The counts that must be 1 or more (0 is refused, not taken for "off").
+const AT_LEAST_ONE: [&str; 2] = ["cache_size_mib", "max_connections"];
+
+/// Where `key`'s value came from, for an error: the key and its file, or
+/// the variable.
+fn whence_of(figment: &Figment, key: &str) -> String {
+    match figment.find_metadata(key).and_then(|m| m.source.as_ref()) {
         Some(Source::File(path)) => format!("{key} in {}", path.display()),
         _ => source(figment, key),
-    };
-    Err(ConfigError(format!(
-        "bad configuration: {whence}: {key} is {value}, expected a number of seconds \
-         from 1 to {MAX_SECS} (a day)"
-    )))
+    }
 }
 
 /// `mongodb_password_file` from every layer, for a command given its own
@@ -973,6 +987,16 @@ fn store_config(s: &Settings) -> Result<StoreConfig, ConfigError> {
         (None, None) => None,
     };
     let Some(mut uri) = uri else {
+        // A password for MongoDB says MongoDB was meant: served from the
+        // embedded store, this machine would hold a chat of its own.
+        if let Some(path) = &s.mongodb_password_file {
+            return Err(ConfigError(format!(
+                "mongodb_password_file ({}) is set but no connection string is: set mongodb_uri \
+                 (MONGO_URI) or mongodb_uri_file naming the user, or unset \
+                 mongodb_password_file to use the embedded store",
+                path.display()
+            )));
+        }
         return Ok(StoreConfig::Embedded {
             data_dir: s.data_dir.clone(),
             cache_bytes: usize::try_from(s.cache_size_mib.saturating_mul(1024 * 1024))
@@ -984,12 +1008,58 @@ fn store_config(s: &Settings) -> Result<StoreConfig, ConfigError> {
     }
     let parsed = crate::mongo::uri::parse(&uri)
         .map_err(|why| ConfigError(format!("bad mongodb_uri {}: {why}", redact_uri(&uri))))?;
+    if let Some(credential) = &parsed.credential {
+        use mongodb::options::AuthMechanism;
+        // X.509, AWS and Kerberos logins need no password; the others
+        // refuse every login without one ("no password supplied"), and the
+        // app would serve on, never ready.
+        let needs_password = matches!(
+            credential.mechanism,
+            None | Some(
+                AuthMechanism::ScramSha1 | AuthMechanism::ScramSha256 | AuthMechanism::Plain
+            )
+        );
+        if needs_password && credential.username.is_some() && credential.password.is_none() {
+            return Err(ConfigError(format!(
+                "mongodb_uri {} names a user and no password: set mongodb_password_file to a \
+                 file holding the password (or write it into the connection string)",
+                redact_uri(&uri)
+            )));
+        }
+    }
     let database = s
         .database
         .clone()
         .or(parsed.default_database.clone())
         .unwrap_or_else(|| "simplechat".to_owned());
+    check_database_name(&database)?;
     Ok(StoreConfig::MongoDb { uri, database })
+}
+
+/// Refuses a database name MongoDB does not take: empty, 64 bytes or more,
+/// or holding `/\. "$` or NUL (the rules for Unix:
+/// <https://www.mongodb.com/docs/manual/reference/limits/#naming-restrictions>).
+/// mongod would refuse it only at the first write, with the app up.
+fn check_database_name(name: &str) -> Result<(), ConfigError> {
+    let why = if name.is_empty() {
+        Some("is empty".to_owned())
+    } else if name.len() >= 64 {
+        Some(format!(
+            "is {} bytes long; MongoDB takes under 64",
+            name.len()
+        ))
+    } else {
+        name.chars()
+            .find(|c| matches!(c, '/' | '\\' | '.' | ' ' | '"' | '$' | '\0'))
+            .map(|c| format!("holds {c:?}, which MongoDB does not take in a database name"))
+    };
+    match why {
+        Some(why) => Err(ConfigError(format!(
+            "bad configuration: database {name:?} {why} (set by database, \
+             SIMPLECHAT_DATABASE, or the connection string's path)"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// `template_dir` if set; else the bundle's templates, installed at
@@ -1285,11 +1355,14 @@ fn explain(error: figment::Error) -> String {
 /// whole number.
 fn in_words(mut e: figment::Error) -> figment::Error {
     use figment::error::Kind;
-    let seconds = e.path.last().is_some_and(|key| key.ends_with("_secs"));
+    let key = e.path.last().map(String::as_str).unwrap_or_default();
+    let seconds = key.ends_with("_secs");
     if let Kind::InvalidType(_, expected) | Kind::InvalidValue(_, expected) = &mut e.kind {
         if ["u8", "u16", "u32", "u64", "usize"].contains(&expected.as_str()) {
             *expected = if seconds {
                 format!("a number of seconds from 1 to {MAX_SECS} (a day)")
+            } else if AT_LEAST_ONE.contains(&key) {
+                "a whole number, 1 or more".to_owned()
             } else {
                 "a whole number, 0 or more".to_owned()
             };

@@ -421,6 +421,49 @@ fn bad_configuration_ends_with_one_clear_line() {
         &[("SIMPLECHAT_PORT", "eighty")],
         "bad configuration",
     );
+    // MongoDB meant, and not said how: a password file without a
+    // connection string; a user without a password; a database name
+    // MongoDB does not take.
+    std::fs::write(d.join("pw"), "secret\n").unwrap();
+    let pw = d.join("pw");
+    refused(
+        &["config"],
+        &[("SIMPLECHAT_MONGODB_PASSWORD_FILE", pw.to_str().unwrap())],
+        "is set but no connection string is",
+    );
+    refused(
+        &["config"],
+        &[(
+            "MONGO_URI",
+            "mongodb://chat@h1,h2,h3/messages?replicaSet=rs",
+        )],
+        "names a user and no password: set mongodb_password_file",
+    );
+    for database in ["", "a/b", "a b", "a.b", "x$", &"d".repeat(64)] {
+        refused(
+            &["config"],
+            &[
+                ("MONGO_URI", "mongodb://h1,h2,h3/messages?replicaSet=rs"),
+                ("SIMPLECHAT_DATABASE", database),
+            ],
+            &format!("database {database:?} "),
+        );
+    }
+    for (var, key) in [
+        ("SIMPLECHAT_CACHE_SIZE_MIB", "cache_size_mib"),
+        ("SIMPLECHAT_MAX_CONNECTIONS", "max_connections"),
+    ] {
+        refused(
+            &["config"],
+            &[(var, "0")],
+            &format!("bad configuration: {var}: {key} is 0, expected a whole number, 1 or more"),
+        );
+        refused(
+            &["config"],
+            &[(var, "-3")],
+            "expected a whole number, 1 or more",
+        );
+    }
     std::fs::write(d.join("simplechat.toml"), "port = = 1\n").unwrap();
     refused(&["config"], &[], "bad configuration");
 }
@@ -894,6 +937,7 @@ fn a_port_in_use_is_one_clear_line() {
     let port = taken.local_addr().unwrap().port().to_string();
     let out = simplechat(dir.path(), &["serve"], &[("SIMPLECHAT_PORT", &port)]);
     assert_one_line_failure(&out, &format!("cannot listen on 127.0.0.1:{port}"));
+    assert_one_line_failure(&out, "choose another port (port, SIMPLECHAT_PORT)");
     // The port may be freed (an old instance still closing): 1, which a
     // service manager restarts on.
     assert_status(&out, 1);
