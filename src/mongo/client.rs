@@ -99,15 +99,27 @@ pub enum Purpose {
 /// about signing in ([`Login`]). A `mongodb+srv` string is resolved here
 /// (DNS); any other does no I/O.
 ///
-/// Errors: one line, `bad MongoDB connection string <redacted>: <why>`.
+/// Errors: one line, `bad MongoDB connection string <redacted>: <why>`,
+/// or for a `mongodb+srv` name DNS does not answer, `DNS lookup for
+/// MongoDB connection string <redacted> failed: <why>: ...`.
 pub async fn options(text: &str) -> Result<(ClientOptions, Login), String> {
     let bad = |why: String| format!("bad MongoDB connection string {}: {why}", uri::redact(text));
     let parsed = uri::parse(text).map_err(bad)?;
     let user_database = uri::implied_user_database(&parsed);
     let secret = parsed.credential.and_then(|c| c.password);
-    let options = ClientOptions::parse(text)
-        .await
-        .map_err(|e| bad(uri::scrub_options(&reason(&e, secret.as_deref()), text)))?;
+    let options = ClientOptions::parse(text).await.map_err(|e| {
+        let why = uri::scrub_options(&reason(&e, secret.as_deref()), text);
+        // A `mongodb+srv` name the resolver does not answer is no fault of
+        // the string: DNS may answer later, and the lookup is retried.
+        match e.kind.as_ref() {
+            mongodb::error::ErrorKind::DnsResolve { .. } => format!(
+                "DNS lookup for MongoDB connection string {} failed: {why}: check the name, \
+                 and DNS on this machine (retried meanwhile)",
+                uri::redact(text)
+            ),
+            _ => bad(why),
+        }
+    })?;
     Ok((
         options,
         Login {

@@ -275,6 +275,39 @@ fn the_startup_line_names_the_replica_set_without_the_password() {
     );
 }
 
+/// A `mongodb+srv` name DNS does not answer is no bad connection string:
+/// the server starts, says so in its log (readiness alone said it), and
+/// readiness names the lookup, which is retried.
+#[tokio::test]
+async fn a_mongodb_srv_name_dns_does_not_answer_is_logged_and_named_as_a_lookup() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(
+        Path::new(env!("CARGO_BIN_EXE_simplechat")),
+        dir.path(),
+        &[("MONGO_URI", "mongodb+srv://chat.example.invalid/messages")],
+    );
+    // Whether the resolver says there is no such name or does not answer
+    // within the start's wait, the line names the lookup; it may come
+    // before the startup line.
+    let prefix = "Warning: cannot connect to MongoDB yet: DNS lookup";
+    let logged = match server.seen.iter().find(|l| l.starts_with(prefix)) {
+        Some(line) => line.clone(),
+        None => server.line(prefix),
+    };
+    assert!(
+        !logged.contains("bad MongoDB connection string"),
+        "{logged}"
+    );
+    let ready = reqwest::get(format!("{}/readyz", server.base))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let body = ready.text().await.unwrap();
+    assert!(body.contains("DNS lookup"), "{body}");
+    assert!(!body.contains("bad MongoDB connection string"), "{body}");
+    server.stop();
+}
+
 #[tokio::test]
 async fn the_startup_line_is_all_the_release_builds_log_level_prints() {
     // Rocket's default log level is `critical` in release builds, which

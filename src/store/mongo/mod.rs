@@ -231,8 +231,14 @@ impl Shared {
             })
     }
 
+    /// Keeps why the client cannot be made yet, and logs it when it is new:
+    /// readiness alone would say it.
     fn set_connect_error(&self, why: Option<String>) {
-        *self.connect_error.lock().unwrap_or_else(|e| e.into_inner()) = why;
+        let mut error = self.connect_error.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(new) = why.as_deref().filter(|new| error.as_deref() != Some(new)) {
+            log::warn!("cannot connect to MongoDB yet: {new}");
+        }
+        *error = why;
     }
 }
 
