@@ -382,6 +382,15 @@ pub fn scrub(text: &str, secret: Option<&str>) -> String {
     }
 }
 
+/// What a server that answered, but not as MongoDB ([`Failure::NotMongoDb`]),
+/// is: `what` is the driver's words for its answer.
+pub fn not_mongodb(what: &str) -> String {
+    format!(
+        "answered, but not as MongoDB ({what}): another program listens on that port (an \
+         HTTP server, sshd?)"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,6 +46,13 @@ impl ServerSnapshot {
                 self.address
             ));
         }
+        if let Some(Failure::NotMongoDb(what)) = &self.failure {
+            return Some(format!(
+                "{} {}",
+                self.address,
+                super::errors::not_mongodb(what)
+            ));
+        }
         Some(format!("{} unreachable ({why})", self.address))
     }
 }

@@ -133,10 +133,10 @@ impl Member {
     /// `what` is the driver's words for its answer.
     fn not_mongodb(&self, what: &str) -> String {
         format!(
-            "member {} answered, but not as MongoDB ({what}): another program listens on that \
-             port (an HTTP server, sshd?); check the port given with --member (mongod's default \
-             is 27017). Nothing changed",
-            self.written
+            "member {} {}; check the port given with --member (mongod's default is 27017). \
+             Nothing changed",
+            self.written,
+            crate::mongo::errors::not_mongodb(what)
         )
     }
 

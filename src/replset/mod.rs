@@ -14,7 +14,7 @@ use mongodb::options::ServerAddress;
 use mongodb::ServerType;
 
 use crate::mongo::client::DEFAULT_SERVER_SELECTION_TIMEOUT;
-use crate::mongo::errors::Failure;
+use crate::mongo::errors::{not_mongodb, Failure};
 use crate::mongo::removed::{is_removed, removed_members};
 use crate::mongo::topology::address_string;
 use crate::mongo::{
@@ -249,15 +249,6 @@ fn unusable(conn: &Connection, how: &Unusable) -> String {
             conn.closes_unanswered(closes, "the connection string")
         }
     }
-}
-
-/// A member that answered, but not as MongoDB: `what` is the driver's
-/// words for what it answered.
-fn not_mongodb(what: &str) -> String {
-    format!(
-        "answered, but not as MongoDB ({what}): another program listens on that port (an \
-         HTTP server, sshd?)"
-    )
 }
 
 /// Whether no member has answered the driver: it has described none yet,
