@@ -264,11 +264,18 @@ pub fn parse() -> Cli {
                 .next()
                 .unwrap_or_default()
                 .replace('-', "_");
-            crate::config::KEYS.contains(&key.as_str()).then_some(key)
+            (key == "config" || crate::config::KEYS.contains(&key.as_str())).then_some(key)
         }
         _ => None,
     };
     let Some(key) = setting else { error.exit() };
+    if key == "config" {
+        eprintln!(
+            "error: the configuration file is not a flag: name it with SIMPLECHAT_CONFIG in the \
+             environment (by default ./simplechat.toml is read; see `simplechat --help`)"
+        );
+        std::process::exit(error.exit_code())
+    }
     // Not clap's message: it quotes the whole argument, and the value of
     // `--mongodb-uri=...` may hold a password.
     eprintln!(

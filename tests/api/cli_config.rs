@@ -1211,6 +1211,8 @@ fn a_setting_given_as_a_flag_points_to_its_variable() {
     for (args, variable) in [
         (&["serve", "--port", "9000"][..], "SIMPLECHAT_PORT"),
         (&["--data-dir=/srv/chat"][..], "SIMPLECHAT_DATA_DIR"),
+        (&["--config", "x.toml"][..], "SIMPLECHAT_CONFIG"),
+        (&["serve", "--config=x.toml"][..], "SIMPLECHAT_CONFIG"),
     ] {
         let out = simplechat(dir.path(), args, &[]);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
