@@ -46,6 +46,16 @@ impl ServerSnapshot {
                 self.address
             ));
         }
+        // Once a login is accepted again (a password fixed), the member
+        // the driver marked unknown for a refused one stays unused until
+        // its monitor's next check (`heartbeatFrequencyMS`, 10 s): it is
+        // up, and said so.
+        if self.login_refused {
+            return Some(format!(
+                "{} refused a login ({why}); it is used again after the driver's next check of it",
+                self.address
+            ));
+        }
         if let Some(Failure::NotMongoDb(what)) = &self.failure {
             return Some(format!(
                 "{} {}",
@@ -654,6 +664,15 @@ mod tests {
         view.set(refused.clone());
         let snap = view.get().unwrap();
         assert_eq!(snap.servers, refused.servers, "the driver's view as it is");
+        // Once a login is accepted again, the member is not called down
+        // while the driver waits to check it.
+        view.set_auth_failure(None);
+        let why = view.get().unwrap().not_writable_reason();
+        assert!(
+            why.contains("h1:1 refused a login (authentication failed: SCRAM failure)")
+                && !why.contains("unreachable"),
+            "{why}"
+        );
         assert_eq!(snap.members, with_a_primary().members, "the heartbeat's");
         // Described again with the same refusal: still the heartbeat's.
         view.set(refused.clone());
