@@ -2,16 +2,6 @@ use serde_json::Value;
 
 use crate::support::app::{spawn_app, TestApp};
 
-async fn texts(app: &TestApp, path: &str) -> Vec<String> {
-    app.get_json(path)
-        .await
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["text"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 async fn error(app: &TestApp, path: &str) -> (u16, Value) {
     let response = app.get(path).await;
     (response.status().as_u16(), response.json().await.unwrap())
@@ -21,33 +11,34 @@ async fn error(app: &TestApp, path: &str) -> (u16, Value) {
 async fn limit_before_and_after_page_through_history() {
     let app = spawn_app(&[]).await;
     let ids = app.post_texts("p", (0..10).map(|i| format!("t{i}"))).await;
+    assert_eq!(app.texts("/api/messages?limit=3").await, ["t7", "t8", "t9"]);
     assert_eq!(
-        texts(&app, "/api/messages?limit=3").await,
-        ["t7", "t8", "t9"]
-    );
-    assert_eq!(
-        texts(&app, &format!("/api/messages?before={}&limit=3", ids[7])).await,
+        app.texts(&format!("/api/messages?before={}&limit=3", ids[7]))
+            .await,
         ["t4", "t5", "t6"]
     );
     assert_eq!(
-        texts(&app, &format!("/api/messages?before={}", ids[2])).await,
+        app.texts(&format!("/api/messages?before={}", ids[2])).await,
         ["t0", "t1"]
     );
     assert_eq!(
-        texts(&app, &format!("/api/messages?after={}&limit=2", ids[2])).await,
+        app.texts(&format!("/api/messages?after={}&limit=2", ids[2]))
+            .await,
         ["t3", "t4"]
     );
     assert_eq!(
-        texts(&app, &format!("/api/messages?after={}", ids[7])).await,
+        app.texts(&format!("/api/messages?after={}", ids[7])).await,
         ["t8", "t9"]
     );
-    assert!(texts(&app, &format!("/api/messages?after={}", ids[9]))
+    assert!(app
+        .texts(&format!("/api/messages?after={}", ids[9]))
         .await
         .is_empty());
-    assert!(texts(&app, &format!("/api/messages?before={}", ids[0]))
+    assert!(app
+        .texts(&format!("/api/messages?before={}", ids[0]))
         .await
         .is_empty());
-    assert_eq!(texts(&app, "/api/messages?limit=1000").await.len(), 10);
+    assert_eq!(app.texts("/api/messages?limit=1000").await.len(), 10);
     app.shutdown().await;
 }
 
@@ -113,8 +104,8 @@ async fn a_limit_is_plain_decimal_digits() {
         assert_eq!(body, not_a_number, "{path}");
     }
     // Plain digits, leading zeros too, are the number they spell.
-    assert_eq!(texts(&app, "/api/messages?limit=5").await.len(), 5);
-    assert_eq!(texts(&app, "/api/messages?limit=005").await.len(), 5);
+    assert_eq!(app.texts("/api/messages?limit=5").await.len(), 5);
+    assert_eq!(app.texts("/api/messages?limit=005").await.len(), 5);
     app.shutdown().await;
 }
 

@@ -467,14 +467,7 @@ async fn a_form_field_named_method_does_not_change_the_method() {
         )
         .await;
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
-    let listed = app.get_json("/api/messages").await;
-    let texts: Vec<&str> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["text"].as_str().unwrap())
-        .collect();
-    assert_eq!(texts, ["hello"]);
+    assert_eq!(app.texts("/api/messages").await, ["hello"]);
     app.shutdown().await;
 }
 

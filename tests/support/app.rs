@@ -143,6 +143,18 @@ impl TestApp {
     }
 
     /// How many messages the latest listing (default limit) holds.
+    /// The texts of the messages the JSON listing at `path` answers with,
+    /// in its order.
+    pub async fn texts(&self, path: &str) -> Vec<String> {
+        self.get_json(path)
+            .await
+            .as_array()
+            .expect("a JSON array")
+            .iter()
+            .map(|m| m["text"].as_str().expect("a text").to_owned())
+            .collect()
+    }
+
     pub async fn message_count(&self) -> usize {
         self.get_json("/api/messages")
             .await
