@@ -780,12 +780,15 @@ pub fn decode_form(body: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
     Ok(fields)
 }
 
-/// The field a form or query name sets, as Rocket reads names: what comes
-/// before the first `.` or `[` (`text[]` and `text.x` set `text`; Rocket's
-/// form guide, "Field names"). Two names with one key are one field given
+/// The field a form or query name sets, as Rocket reads names: its first
+/// key, the first run between `.`, `[` and `]` that is not empty
+/// (`text[]`, `text.x`, `.text` and `[text]` all set `text`; Rocket's form
+/// guide, "Field names"). Two names with one key are one field given
 /// twice.
 pub fn field_key(name: &str) -> &str {
-    name.split(['.', '[']).next().unwrap_or(name)
+    name.split(['.', '[', ']'])
+        .find(|key| !key.is_empty())
+        .unwrap_or_default()
 }
 
 /// The `field` an error names: a field of a message, or none for others.

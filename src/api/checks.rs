@@ -41,10 +41,12 @@ impl Fairing for RequestChecks {
         // Rocket took a form post whose first field is `_method=get` for a
         // GET (`preprocess_request`, before fairings run): the method sent
         // is the request's, as the front door names it.
+        // Method names are case-sensitive (RFC 9110 §9.1) and Rocket's
+        // parser is not: `post`, which Rocket was given as TRACE, stays so.
         if let Some(sent) = req
             .headers()
             .get_one(super::dispatch::ORIGINAL_METHOD)
-            .and_then(|m| m.parse::<Method>().ok())
+            .and_then(|m| m.parse::<Method>().ok().filter(|p| p.as_str() == m))
         {
             if sent != req.method() {
                 req.set_method(sent);

@@ -490,9 +490,10 @@ struct EventsQuery {
 }
 
 /// The fields of an event-stream query, decoded as Rocket decodes a query
-/// (`+` is a space, then percent-decoding); `None` when a field is given
-/// twice, which Rocket's request checks refuse ([`crate::api::checks`]),
-/// so the request goes to Rocket.
+/// (`+` is a space, then percent-decoding), each named by its key as
+/// Rocket reads names ([`body::field_key`]: `after[]` is `after`); `None`
+/// when a field is given twice, which Rocket's request checks refuse
+/// ([`crate::api::checks`]), so the request goes to Rocket.
 fn events_query(query: Option<&str>) -> Option<EventsQuery> {
     let Some(query) = query else {
         return Some(EventsQuery::default());
@@ -507,12 +508,13 @@ fn events_query(query: Option<&str>) -> Option<EventsQuery> {
     for field in query.split('&').filter(|f| !f.is_empty()) {
         let (name, value) = field.split_once('=').unwrap_or((field, ""));
         let name = decode(name);
-        match name.as_str() {
+        let key = body::field_key(&name);
+        match key {
             "after" => fields.after = Some(decode(value)),
             "heartbeat" => fields.heartbeat_events = decode(value) == "event",
             _ => {}
         }
-        if !names.insert(name) {
+        if !names.insert(key.to_owned()) {
             return None;
         }
     }

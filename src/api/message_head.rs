@@ -130,6 +130,14 @@ fn is_valid_host(value: &[u8]) -> bool {
     if host.is_empty() {
         return false;
     }
+    // Nor do `.`, `.chat.example` or `chat..example`: a name's labels are
+    // not empty (RFC 1034 §3.1), but for the root's, a trailing dot.
+    if !host.starts_with('[') {
+        let name = host.strip_suffix('.').unwrap_or(host);
+        if name.split('.').any(str::is_empty) {
+            return false;
+        }
+    }
     // RFC 3986's port is any run of digits, but no TCP port is above
     // 65535, and Rocket records no host for one that is (a browser's write
     // would then be refused for want of a Host, not for its port).
@@ -361,6 +369,10 @@ mod tests {
             ":80",
             ":",
             "",
+            ".",
+            ".:80",
+            ".lab.example",
+            "chat..example",
         ] {
             assert!(!is_valid_host(invalid.as_bytes()), "{invalid:?}");
         }

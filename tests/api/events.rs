@@ -333,6 +333,16 @@ async fn last_event_id_replays_what_was_missed() {
     )
     .await;
     assert_eq!(page.next_message().await, live);
+    // `after[]` and `.after` set `after`, as on every route.
+    for name in ["after[]", ".after"] {
+        let mut page = Sse::connect(
+            &app,
+            &format!("/api/events?{name}={}", missed2["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+        assert_eq!(page.next_message().await, live, "{name}");
+    }
     app.shutdown().await;
 }
 

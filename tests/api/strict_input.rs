@@ -28,6 +28,10 @@ async fn a_query_field_given_twice_is_a_400_naming_it() {
         ),
         ("/api/messages?limit=2&limit[]=3".to_string(), "limit"),
         (format!("/api/messages?after={a}&after.x={b}"), "after"),
+        (format!("/api/messages?before={a}&[before]={b}"), "before"),
+        (format!("/api/messages?before={a}&.before={b}"), "before"),
+        (format!("/api/events?after={a}&after[]={b}"), "after"),
+        (format!("/api/events?after={a}&after%5B%5D={b}"), "after"),
         (format!("/api/messages?after={a}&aft%65r={b}"), "after"),
         (format!("/api/events?after={a}&after={b}"), "after"),
     ] {
@@ -69,6 +73,8 @@ async fn a_form_is_as_strict_as_json() {
         "name=a&text=one&text[]=two",
         "name[]=x&name=y&text=z",
         "name=a&text.x=one&text=two",
+        "name=a&text=one&.text=two",
+        "name=a&text=one&[text]=two",
     ] {
         let response = app
             .client
@@ -451,6 +457,29 @@ async fn a_form_field_named_method_does_not_change_the_method() {
             "{path}: {answer}"
         );
     }
+    // Method names are case-sensitive: `post` is no POST, and `get` no GET.
+    let body = r#"{"name":"lc","text":"lower case"}"#;
+    for method in ["post", "Post"] {
+        let answer = app
+            .raw(
+                format!(
+                    "{method} /api/messages HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+                     Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await;
+        assert!(answer.starts_with("HTTP/1.1 405"), "{method}: {answer}");
+        assert!(
+            answer.contains(&format!("{method} is not allowed here")),
+            "{answer}"
+        );
+    }
+    let answer = app
+        .raw(b"get /api/messages HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
     // The page's form post is a post, whatever else the form holds.
     let answer = app
         .raw(form_post("/messages", "_method=get&name=ann&text=hello", "").as_bytes())
