@@ -1019,7 +1019,9 @@ fn store_config(s: &Settings) -> Result<StoreConfig, ConfigError> {
                 AuthMechanism::ScramSha1 | AuthMechanism::ScramSha256 | AuthMechanism::Plain
             )
         );
-        if needs_password && credential.username.is_some() && credential.password.is_none() {
+        // MongoDB takes no empty password (`chat:@host` gives one).
+        let no_password = credential.password.as_deref().is_none_or(str::is_empty);
+        if needs_password && credential.username.is_some() && no_password {
             return Err(ConfigError(format!(
                 "mongodb_uri {} names a user and no password: set mongodb_password_file to a \
                  file holding the password (or write it into the connection string)",
@@ -1038,10 +1040,19 @@ fn store_config(s: &Settings) -> Result<StoreConfig, ConfigError> {
 
 /// Refuses a database name MongoDB does not take: empty, 64 bytes or more,
 /// or holding `/\. "$` or NUL (the rules for Unix:
-/// <https://www.mongodb.com/docs/manual/reference/limits/#naming-restrictions>).
-/// mongod would refuse it only at the first write, with the app up.
+/// <https://www.mongodb.com/docs/manual/reference/limits/#naming-restrictions>);
+/// mongod would refuse it only at the first write, with the app up. And
+/// `admin`, `local` and `config`, on which no change stream opens ("You
+/// cannot open a change stream against the admin, local, or config
+/// database": <https://www.mongodb.com/docs/manual/changeStreams/>), so
+/// no instance would see another's messages.
 fn check_database_name(name: &str) -> Result<(), ConfigError> {
-    let why = if name.is_empty() {
+    let why = if matches!(name, "admin" | "local" | "config") {
+        Some(
+            "is one of MongoDB's own, on which no change stream opens (live updates need one)"
+                .to_owned(),
+        )
+    } else if name.is_empty() {
         Some("is empty".to_owned())
     } else if name.len() >= 64 {
         Some(format!(

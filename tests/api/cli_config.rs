@@ -431,15 +431,26 @@ fn bad_configuration_ends_with_one_clear_line() {
         &[("SIMPLECHAT_MONGODB_PASSWORD_FILE", pw.to_str().unwrap())],
         "is set but no connection string is",
     );
-    refused(
-        &["config"],
-        &[(
-            "MONGO_URI",
-            "mongodb://chat@h1,h2,h3/messages?replicaSet=rs",
-        )],
-        "names a user and no password: set mongodb_password_file",
-    );
-    for database in ["", "a/b", "a b", "a.b", "x$", &"d".repeat(64)] {
+    for uri in [
+        "mongodb://chat@h1,h2,h3/messages?replicaSet=rs",
+        "mongodb://chat:@h1,h2,h3/messages?replicaSet=rs",
+    ] {
+        refused(
+            &["config"],
+            &[("MONGO_URI", uri)],
+            "names a user and no password: set mongodb_password_file",
+        );
+    }
+    for database in [
+        "",
+        "a/b",
+        "a b",
+        "a.b",
+        "x$",
+        &"d".repeat(64),
+        "admin",
+        "local",
+    ] {
         refused(
             &["config"],
             &[
