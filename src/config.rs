@@ -159,11 +159,20 @@ fn ip_address<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<IpAdd
 
         fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<IpAddr, E> {
             // In the words figment gives a value of the wrong type.
-            value.parse().map_err(|_| {
+            let refused = |what: &str| {
                 E::custom(format_args!(
-                    "invalid value: found string {value:?}, expected {EXPECTED}"
+                    "invalid value: found string {value:?}{what}, expected {EXPECTED}"
                 ))
-            })
+            };
+            match value.parse::<IpAddr>() {
+                // The kernel lets a server bind one, and no client can
+                // connect to it: the server would start and be unreachable.
+                Ok(ip) if ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255]) => Err(
+                    refused(", a multicast or broadcast address, which no client connects to"),
+                ),
+                Ok(ip) => Ok(ip),
+                Err(_) => Err(refused("")),
+            }
         }
     }
     deserializer.deserialize_str(Address)
@@ -1004,6 +1013,20 @@ fn store_config(s: &Settings) -> Result<StoreConfig, ConfigError> {
         });
     };
     if let Some(path) = &s.mongodb_password_file {
+        // An X.509 login is the client certificate's: the driver refuses a
+        // password beside it, and its words would blame the string.
+        let mechanism = crate::mongo::uri::parse(&uri)
+            .ok()
+            .and_then(|c| c.credential)
+            .and_then(|c| c.mechanism);
+        if mechanism == Some(mongodb::options::AuthMechanism::MongoDbX509) {
+            return Err(ConfigError(format!(
+                "mongodb_password_file ({}) is set, but the connection string signs in with \
+                 authMechanism=MONGODB-X509, whose client certificate takes no password: unset \
+                 mongodb_password_file",
+                path.display()
+            )));
+        }
         uri = fill_password(&uri, path)?;
     }
     let parsed = crate::mongo::uri::parse(&uri)

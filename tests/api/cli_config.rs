@@ -431,6 +431,17 @@ fn bad_configuration_ends_with_one_clear_line() {
         &[("SIMPLECHAT_MONGODB_PASSWORD_FILE", pw.to_str().unwrap())],
         "is set but no connection string is",
     );
+    refused(
+        &["config"],
+        &[
+            (
+                "MONGO_URI",
+                "mongodb://chat@h1,h2,h3/messages?replicaSet=rs&authMechanism=MONGODB-X509",
+            ),
+            ("SIMPLECHAT_MONGODB_PASSWORD_FILE", pw.to_str().unwrap()),
+        ],
+        "whose client certificate takes no password: unset mongodb_password_file",
+    );
     for uri in [
         "mongodb://chat@h1,h2,h3/messages?replicaSet=rs",
         "mongodb://chat:@h1,h2,h3/messages?replicaSet=rs",
@@ -1133,6 +1144,18 @@ fn an_empty_path_or_a_host_name_for_address_is_refused_saying_what_is_expected()
         assert!(
             stderr.contains("127.0.0.1") && stderr.contains("0.0.0.0"),
             "{stderr}"
+        );
+    }
+    // Bound, and never reached.
+    for value in ["224.0.0.1", "255.255.255.255", "ff02::1"] {
+        let out = simplechat(d, &["config"], &[("SIMPLECHAT_ADDRESS", value)]);
+        assert_one_line_failure(
+            &out,
+            &format!(
+                "bad configuration: SIMPLECHAT_ADDRESS: invalid value: found string \"{value}\", \
+                 a multicast or broadcast address, which no client connects to, expected an IP \
+                 address"
+            ),
         );
     }
     for value in ["::1", "0.0.0.0"] {
