@@ -126,12 +126,9 @@ fn is_valid_host(value: &[u8]) -> bool {
     let (host, port) = split_port(text);
     // `:80` names no host: "A recipient that processes such a URI reference
     // MUST reject it as invalid" (RFC 9110 §4.2.1, an http URI with an
-    // empty host identifier).
-    if host.is_empty() {
-        return false;
-    }
-    // Nor do `.`, `.chat.example` or `chat..example`: a name's labels are
-    // not empty (RFC 1034 §3.1), but for the root's, a trailing dot.
+    // empty host identifier). Nor do `.`, `.chat.example` or
+    // `chat..example`: a name's labels are not empty (RFC 1034 §3.1), but
+    // for the root's, a trailing dot.
     if !host.starts_with('[') {
         let name = host.strip_suffix('.').unwrap_or(host);
         if name.split('.').any(str::is_empty) {

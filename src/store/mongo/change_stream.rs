@@ -456,13 +456,7 @@ pub(super) async fn run(shared: Arc<Shared>, collections: Arc<Collections>) {
                 // stopped, whatever the failed operation's error said (the
                 // driver's "No available servers", a closed connection):
                 // each member and why, as readiness and reads say them.
-                let why = watcher
-                    .collections
-                    .conn
-                    .topology
-                    .get()
-                    .and_then(|t| t.not_readable_reason())
-                    .unwrap_or(e);
+                let why = watcher.collections.unreadable_or(e);
                 watcher.shared.change_stream.failed(why)
             }
         }

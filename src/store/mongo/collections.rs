@@ -121,6 +121,17 @@ impl Collections {
         }
     }
 
+    /// Why nothing can be read now, when the driver sees no member to read
+    /// from (every member and why, as readiness says them); else `reason`,
+    /// the failed operation's own.
+    pub(super) fn unreadable_or(&self, reason: String) -> String {
+        self.conn
+            .topology
+            .get()
+            .and_then(|t| t.not_readable_reason())
+            .unwrap_or(reason)
+    }
+
     /// What the store does about a driver error, password scrubbed.
     pub(super) fn class(&self, e: &mongodb::error::Error) -> Class {
         classify(e, self.conn.secret.as_deref())

@@ -249,14 +249,8 @@ impl Shared {
 fn read_error(collections: &Collections) -> impl Fn(mongo::Class) -> StoreError + '_ {
     move |class| match class {
         mongo::Class::Retry(reason) | mongo::Class::Unavailable(reason) => {
-            let reason = collections
-                .conn
-                .topology
-                .get()
-                .and_then(|t| t.not_readable_reason())
-                .unwrap_or(reason);
             StoreError::Unavailable {
-                reason,
+                reason: collections.unreadable_or(reason),
                 retry_after: READ_RETRY_AFTER,
             }
         }
