@@ -837,7 +837,7 @@ impl Config {
                 ))
             })
             .collect();
-        let store = store_config(&settings)?;
+        let store = store_config(&settings, &|key| whence_of(&figment, key))?;
         warnings.extend(
             [
                 ("mongodb_uri_file", &settings.mongodb_uri_file),
@@ -959,12 +959,24 @@ fn fill_password(uri: &str, path: &Path) -> Result<String, ConfigError> {
         .map_err(|why| ConfigError(format!("mongodb_password_file: {why}")))
 }
 
-fn store_config(s: &Settings) -> Result<StoreConfig, ConfigError> {
+/// The store `s` selects. `whence` names where a key's value came from (its
+/// variable, or the key and its file: [`whence_of`]), so that a refusal
+/// says which setting to change.
+///
+/// Errors: a connection string that is set but empty, does not parse, names
+/// a user without a password, or is given twice (`mongodb_uri` and
+/// `mongodb_uri_file`); a file that cannot be read; a database name MongoDB
+/// does not take ([`check_database_name`]); a password file with no
+/// connection string or beside an X.509 login.
+fn store_config(s: &Settings, whence: &dyn Fn(&str) -> String) -> Result<StoreConfig, ConfigError> {
     let uri = match (&s.mongodb_uri, &s.mongodb_uri_file) {
         (Some(_), Some(_)) => {
-            return Err(ConfigError(
-                "set only one of mongodb_uri (or MONGO_URI) and mongodb_uri_file".into(),
-            ))
+            return Err(ConfigError(format!(
+                "set only one of mongodb_uri (or MONGO_URI) and mongodb_uri_file: {} sets the \
+                 one and {} the other",
+                whence("mongodb_uri"),
+                whence("mongodb_uri_file")
+            )))
         }
         // Set, yet blank: a variable or a credential file never filled in.
         // Taken for unset, it would start an empty chat of this machine's
@@ -980,15 +992,18 @@ fn store_config(s: &Settings) -> Result<StoreConfig, ConfigError> {
         (None, Some(path)) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 ConfigError(format!(
-                    "cannot read mongodb_uri_file {}: {e}",
-                    path.display()
+                    "cannot read mongodb_uri_file {} (set by {}): {e}",
+                    path.display(),
+                    whence("mongodb_uri_file")
                 ))
             })?;
             let uri = crate::mongo::uri::without_bom(&text).trim().to_owned();
             if uri.is_empty() {
                 return Err(ConfigError(format!(
-                    "mongodb_uri_file {} is empty: write the connection string into it",
-                    path.display()
+                    "mongodb_uri_file {} (set by {}) is empty: write the connection string \
+                     into it",
+                    path.display(),
+                    whence("mongodb_uri_file")
                 )));
             }
             Some(uri)
@@ -1000,10 +1015,11 @@ fn store_config(s: &Settings) -> Result<StoreConfig, ConfigError> {
         // embedded store, this machine would hold a chat of its own.
         if let Some(path) = &s.mongodb_password_file {
             return Err(ConfigError(format!(
-                "mongodb_password_file ({}) is set but no connection string is: set mongodb_uri \
-                 (MONGO_URI) or mongodb_uri_file naming the user, or unset \
+                "mongodb_password_file ({}, set by {}) is set but no connection string is: set \
+                 mongodb_uri (MONGO_URI) or mongodb_uri_file naming the user, or unset \
                  mongodb_password_file to use the embedded store",
-                path.display()
+                path.display(),
+                whence("mongodb_password_file")
             )));
         }
         return Ok(StoreConfig::Embedded {
@@ -1021,16 +1037,30 @@ fn store_config(s: &Settings) -> Result<StoreConfig, ConfigError> {
             .and_then(|c| c.mechanism);
         if mechanism == Some(mongodb::options::AuthMechanism::MongoDbX509) {
             return Err(ConfigError(format!(
-                "mongodb_password_file ({}) is set, but the connection string signs in with \
-                 authMechanism=MONGODB-X509, whose client certificate takes no password: unset \
-                 mongodb_password_file",
-                path.display()
+                "mongodb_password_file ({}, set by {}) is set, but the connection string signs \
+                 in with authMechanism=MONGODB-X509, whose client certificate takes no password: \
+                 unset mongodb_password_file",
+                path.display(),
+                whence("mongodb_password_file")
             )));
         }
         uri = fill_password(&uri, path)?;
     }
-    let parsed = crate::mongo::uri::parse(&uri)
-        .map_err(|why| ConfigError(format!("bad mongodb_uri {}: {why}", redact_uri(&uri))))?;
+    // The variable or file a refusal of the string names.
+    let uri_whence = match &s.mongodb_uri_file {
+        Some(path) => format!(
+            "mongodb_uri_file {}, set by {}",
+            path.display(),
+            whence("mongodb_uri_file")
+        ),
+        None => whence("mongodb_uri"),
+    };
+    let parsed = crate::mongo::uri::parse(&uri).map_err(|why| {
+        ConfigError(format!(
+            "bad mongodb_uri {} (from {uri_whence}): {why}",
+            redact_uri(&uri)
+        ))
+    })?;
     if let Some(credential) = &parsed.credential {
         use mongodb::options::AuthMechanism;
         // X.509, AWS and Kerberos logins need no password; the others
@@ -1046,18 +1076,22 @@ fn store_config(s: &Settings) -> Result<StoreConfig, ConfigError> {
         let no_password = credential.password.as_deref().is_none_or(str::is_empty);
         if needs_password && credential.username.is_some() && no_password {
             return Err(ConfigError(format!(
-                "mongodb_uri {} names a user and no password: set mongodb_password_file to a \
-                 file holding the password (or write it into the connection string)",
+                "mongodb_uri {} (from {uri_whence}) names a user and no password: set \
+                 mongodb_password_file to a file holding the password (or write it into the \
+                 connection string)",
                 redact_uri(&uri)
             )));
         }
     }
-    let database = s
-        .database
-        .clone()
-        .or(parsed.default_database.clone())
-        .unwrap_or_else(|| "simplechat".to_owned());
-    check_database_name(&database)?;
+    let (database, database_whence) = match (&s.database, &parsed.default_database) {
+        (Some(name), _) => (name.clone(), whence("database")),
+        (None, Some(name)) => (
+            name.clone(),
+            format!("the connection string's path, from {uri_whence}"),
+        ),
+        (None, None) => ("simplechat".to_owned(), "default".to_owned()),
+    };
+    check_database_name(&database, &database_whence)?;
     Ok(StoreConfig::MongoDb { uri, database })
 }
 
@@ -1069,7 +1103,9 @@ fn store_config(s: &Settings) -> Result<StoreConfig, ConfigError> {
 /// cannot open a change stream against the admin, local, or config
 /// database": <https://www.mongodb.com/docs/manual/changeStreams/>), so
 /// no instance would see another's messages.
-fn check_database_name(name: &str) -> Result<(), ConfigError> {
+///
+/// `whence` says where the name was set, for the error.
+fn check_database_name(name: &str, whence: &str) -> Result<(), ConfigError> {
     let why = if matches!(name, "admin" | "local" | "config") {
         Some(
             "is one of MongoDB's own, on which no change stream opens (live updates need one)"
@@ -1089,8 +1125,7 @@ fn check_database_name(name: &str) -> Result<(), ConfigError> {
     };
     match why {
         Some(why) => Err(ConfigError(format!(
-            "bad configuration: database {name:?} {why} (set by database, \
-             SIMPLECHAT_DATABASE, or the connection string's path)"
+            "bad configuration: database {name:?} {why} (set by {whence})"
         ))),
         None => Ok(()),
     }
@@ -1401,6 +1436,13 @@ fn in_words(mut e: figment::Error) -> figment::Error {
                 "a whole number, 0 or more".to_owned()
             };
         }
+    }
+    // figment words a negative number "invalid value signed int `-5`",
+    // a type's name; said as a port's or an address's refusal says it.
+    if let Kind::InvalidValue(figment::error::Actual::Signed(n), expected) = &e.kind {
+        e.kind = Kind::Message(format!(
+            "invalid value: found number `{n}`, expected {expected}"
+        ));
     }
     e
 }
@@ -1777,7 +1819,7 @@ mod tests {
             mongodb_uri: Some("mongodb://h1:27017/messages?replicaSet=rs".into()),
             ..Settings::default()
         };
-        let db = |s: &Settings| match store_config(s).unwrap() {
+        let db = |s: &Settings| match store_config(s, &|k| k.to_owned()).unwrap() {
             StoreConfig::MongoDb { database, .. } => database,
             other => panic!("{other:?}"),
         };
@@ -1800,7 +1842,7 @@ mod tests {
                 mongodb_uri: Some(uri.into()),
                 ..Settings::default()
             };
-            let err = store_config(&s).unwrap_err().0;
+            let err = store_config(&s, &|k| k.to_owned()).unwrap_err().0;
             assert!(err.starts_with("bad mongodb_uri"), "{err}");
             assert!(!err.contains("hunter2") && !err.contains("er2"), "{err}");
             assert!(!err.contains('\n'));

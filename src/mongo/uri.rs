@@ -251,12 +251,25 @@ pub fn hide_secret(text: &str, secret: &str) -> String {
 /// compression and Kerberos. Lower case: option names are case-insensitive.
 const LEFT_OUT: [&str; 3] = ["compressors", "zlibcompressionlevel", "gssapiservicename"];
 
-/// The driver's reason, and what to do when it refuses an option this
+/// The driver's reason, with a database name's character it refuses quoted,
+/// the schemes a string begins with when it has none of them, and what to
+/// do when it refuses an option this
 /// build leaves out ([`LEFT_OUT`]): its message for `compressors` ("an
 /// option with a similar name exists: compressors") does not say so, and it
 /// names only the first such option, so every one `uri` holds is named, as
 /// written, and a second start does not fail on the next.
 fn explained(reason: String, uri: &str) -> String {
+    // The driver names the character bare, so a space (`/a%20b`) reads as
+    // nothing at all; the rule is MongoDB's, as for a name set elsewhere.
+    if let Some((_, c)) = reason.split_once("illegal character in database name: ") {
+        return format!(
+            "the database name in its path holds {c:?}, which MongoDB does not take in a \
+             database name"
+        );
+    }
+    if reason.contains("no scheme") || reason.contains("unsupported connection string scheme") {
+        return format!("{reason} (a connection string begins with mongodb:// or mongodb+srv://)");
+    }
     let lower = reason.to_ascii_lowercase();
     let refused = LEFT_OUT.into_iter().any(|option| {
         lower.contains(&format!("{option} is an invalid option"))

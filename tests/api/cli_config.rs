@@ -337,8 +337,8 @@ fn assert_one_line_failure(out: &Output, expect: &str) {
 }
 
 /// A negative number or a word for a count or a time is refused in the
-/// words of a value out of range, not serde's type names. Before:
-/// "invalid value signed int `-5`, expected u64".
+/// words of a value out of range, not serde's or figment's type names.
+/// Before: "invalid value signed int `-5`, expected u64".
 #[test]
 fn a_negative_or_wordy_number_is_refused_saying_what_is_expected() {
     let dir = tempfile::tempdir().unwrap();
@@ -346,8 +346,8 @@ fn a_negative_or_wordy_number_is_refused_saying_what_is_expected() {
         (
             "SIMPLECHAT_HEARTBEAT_SECS",
             "-5",
-            "SIMPLECHAT_HEARTBEAT_SECS: invalid value signed int `-5`, expected a number of \
-             seconds from 1 to 86400 (a day)",
+            "SIMPLECHAT_HEARTBEAT_SECS: invalid value: found number `-5`, expected a number \
+             of seconds from 1 to 86400 (a day)",
         ),
         (
             "SIMPLECHAT_WRITE_TIMEOUT_SECS",
@@ -358,14 +358,80 @@ fn a_negative_or_wordy_number_is_refused_saying_what_is_expected() {
         (
             "SIMPLECHAT_MAX_CONNECTIONS_PER_CLIENT",
             "-1",
-            "SIMPLECHAT_MAX_CONNECTIONS_PER_CLIENT: invalid value signed int `-1`, expected a \
-             whole number, 0 or more",
+            "SIMPLECHAT_MAX_CONNECTIONS_PER_CLIENT: invalid value: found number `-1`, expected \
+             a whole number, 0 or more",
         ),
     ] {
         let out = simplechat(dir.path(), &["config"], &[(var, value)]);
         assert_eq!(out.status.code(), Some(78), "{out:?}");
         assert_one_line_failure(&out, expected);
     }
+}
+
+/// A refused store setting names where it was set, so the operator knows
+/// which variable or file to change: the database, the connection string
+/// (its path too), its file. Before: "(set by database, SIMPLECHAT_DATABASE,
+/// or the connection string's path)", and a space in a percent-encoded
+/// path was the driver's "illegal character in database name: " followed by
+/// nothing visible.
+#[test]
+fn a_refused_store_setting_names_where_it_was_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let refused = |env: &[(&str, &str)], expect: &str| {
+        let out = simplechat(d, &["config"], env);
+        assert_status(&out, EX_CONFIG);
+        assert_one_line_failure(&out, expect);
+    };
+    let set = "mongodb://h1,h2,h3/messages?replicaSet=rs";
+    refused(
+        &[("MONGO_URI", set), ("SIMPLECHAT_DATABASE", "a.b")],
+        "database \"a.b\" holds '.', which MongoDB does not take in a database name (set by \
+         SIMPLECHAT_DATABASE)",
+    );
+    refused(
+        &[("MONGO_URI", "mongodb://h1,h2,h3/a.b?replicaSet=rs")],
+        "(set by the connection string's path, from MONGO_URI)",
+    );
+    refused(
+        &[("MONGO_URI", "mongodb://h1,h2,h3/a%20b?replicaSet=rs")],
+        "(from MONGO_URI): the database name in its path holds \" \", which MongoDB does not \
+         take in a database name",
+    );
+    refused(
+        &[("SIMPLECHAT_MONGODB_URI_FILE", "/nonexistent/uri")],
+        "cannot read mongodb_uri_file /nonexistent/uri (set by SIMPLECHAT_MONGODB_URI_FILE)",
+    );
+    let file = d.join("uri");
+    std::fs::write(&file, "http://h1/messages\n").unwrap();
+    let file = file.to_str().unwrap();
+    refused(
+        &[("SIMPLECHAT_MONGODB_URI_FILE", file)],
+        &format!(
+            "(from mongodb_uri_file {file}, set by SIMPLECHAT_MONGODB_URI_FILE): An invalid \
+             argument was provided: unsupported connection string scheme: http (a connection \
+             string begins with mongodb:// or mongodb+srv://)"
+        ),
+    );
+    refused(
+        &[("MONGO_URI", set), ("SIMPLECHAT_MONGODB_URI_FILE", file)],
+        "MONGO_URI sets the one and SIMPLECHAT_MONGODB_URI_FILE the other",
+    );
+    std::fs::write(
+        d.join("simplechat.toml"),
+        "database = \"config\"\nmax_connections = -5\n",
+    )
+    .unwrap();
+    refused(
+        &[],
+        "max_connections in simplechat.toml: invalid value: found number `-5`, expected a whole \
+         number, 1 or more",
+    );
+    std::fs::write(d.join("simplechat.toml"), "database = \"config\"\n").unwrap();
+    refused(
+        &[("MONGO_URI", set)],
+        "(set by database in simplechat.toml)",
+    );
 }
 
 #[test]
