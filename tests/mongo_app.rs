@@ -3752,6 +3752,14 @@ async fn a_read_with_every_member_down_names_each_member() {
             "{host}: {stream_error}"
         );
     }
+    // The status's own command waits in server selection and never
+    // leaves: it says so, not that a member failed to answer it.
+    let status = app.get_json("/api/status").await;
+    let source = status["replica_set"]["source"].as_str().unwrap_or("");
+    assert!(
+        source.contains("replSetGetStatus was not sent: no member answered within 2 s"),
+        "{status}"
+    );
     app.shutdown().await;
 }
 

@@ -141,10 +141,18 @@ async fn ask(conn: &Connection, bound: Duration) -> Asked {
             "replSetGetStatus failed: {}",
             reason(&e, conn.secret.as_deref())
         ),
-        Err(_) => format!(
-            "replSetGetStatus did not answer within {} s",
-            bound.as_secs()
-        ),
+        // Still in server selection when no member has answered: the
+        // command never left, and "did not answer" would blame a server.
+        Err(_) => match conn.topology.get() {
+            Some(t) if t.servers.iter().all(|s| s.server_type == ServerType::Unknown) => format!(
+                "replSetGetStatus was not sent: no member answered within {} s",
+                bound.as_secs()
+            ),
+            _ => format!(
+                "replSetGetStatus did not answer within {} s",
+                bound.as_secs()
+            ),
+        },
     };
     match conn.topology.get() {
         Some(TopologySnapshot {
