@@ -697,8 +697,29 @@ async fn a_wrong_password_starts_the_app_and_readyz_names_authentication() {
         refused.contains("the message was not stored: MongoDB refused to authenticate"),
         "{refused}"
     );
+    // Reads say so too, each time: a read's own error came as the bare
+    // "authentication failed: SCRAM failure" whenever the members'
+    // heartbeats (which need no login) said they could be read from.
+    let mut reads = Vec::new();
+    for _ in 0..3 {
+        for path in [
+            "/api/messages",
+            "/api/messages?before=not-in-the-cache",
+            "/api/messages/not-in-the-cache",
+        ] {
+            let response = app.get(path).await;
+            assert_eq!(response.status(), 503, "{path}");
+            let text = response.text().await.unwrap();
+            assert!(
+                text.contains("MongoDB refused to authenticate this app (authentication failed")
+                    && text.contains("check the user and password"),
+                "{path}: {text}"
+            );
+            reads.push(text);
+        }
+    }
     let status = app.get("/api/status").await.text().await.unwrap();
-    for text in [&reason, &refused, &status] {
+    for text in reads.iter().chain([&reason, &refused, &status]) {
         for secret in [wrong, "not-the-p%40ssword", cluster::APP_PASSWORD] {
             assert!(!text.contains(secret), "{text}");
         }

@@ -11,7 +11,7 @@ use mongodb::event::EventHandler;
 use mongodb::options::ClientOptions;
 use mongodb::Client;
 
-use super::errors::{reason, scrub, Failure};
+use super::errors::{classify, reason, scrub, Class, Failure, Signals};
 use super::topology::{address_string, Closes, ServerSnapshot, TopologySnapshot, TopologyView};
 use super::uri;
 
@@ -278,6 +278,29 @@ pub fn connect(
 }
 
 impl Connection {
+    /// What the store does about `e` ([`classify`], password scrubbed). A
+    /// refused login is recorded in [`Connection::topology`] at once
+    /// ([`Connection::note_refused_login`]).
+    pub fn class(&self, e: &mongodb::error::Error) -> Class {
+        self.note_refused_login(e);
+        classify(e, self.secret.as_deref())
+    }
+
+    /// Records in the view that `e` is a refused login, when it is one
+    /// (not a connection lost mid-handshake): the driver's events that say
+    /// so can come after the operation's error ([`TopologyView`]), and what
+    /// explains the error next (readiness, a read's 503) must already know.
+    /// Returns the refusal's reason, password scrubbed.
+    pub fn note_refused_login(&self, e: &mongodb::error::Error) -> Option<String> {
+        let signals = Signals::of(e);
+        if !signals.authentication || signals.network {
+            return None;
+        }
+        let why = reason(e, self.secret.as_deref());
+        self.topology.set_auth_failure(Some(why.clone()));
+        Some(why)
+    }
+
     /// The longest the driver waits, with these settings, before a command
     /// reaches a server, and the time it ends such a wait with an error of
     /// its own: server selection (`serverSelectionTimeoutMS`) and a new

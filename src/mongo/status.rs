@@ -120,13 +120,10 @@ async fn ask(conn: &Connection, bound: Duration) -> Asked {
         // member a refused connection went to as unknown until its next
         // heartbeat (see `TopologyView::set`).
         Ok(Err(e)) if Signals::of(&e).authentication => {
-            let why = reason(&e, conn.secret.as_deref());
-            // The view hears of the refusal from the driver's events, which
-            // can come after this error (see `TopologyView`); what reads
-            // the view next must already know a member answered.
-            if !Signals::of(&e).network {
-                conn.topology.set_auth_failure(Some(why.clone()));
-            }
+            // What reads the view next must already know a member answered.
+            let why = conn
+                .note_refused_login(&e)
+                .unwrap_or_else(|| reason(&e, conn.secret.as_deref()));
             return Asked::Refused(why);
         }
         Ok(Err(e)) if command_code(&e) == Some(codes::UNAUTHORIZED) => {
@@ -144,10 +141,16 @@ async fn ask(conn: &Connection, bound: Duration) -> Asked {
         // Still in server selection when no member has answered: the
         // command never left, and "did not answer" would blame a server.
         Err(_) => match conn.topology.get() {
-            Some(t) if t.servers.iter().all(|s| s.server_type == ServerType::Unknown) => format!(
-                "replSetGetStatus was not sent: no member answered within {} s",
-                bound.as_secs()
-            ),
+            Some(t)
+                if t.servers
+                    .iter()
+                    .all(|s| s.server_type == ServerType::Unknown) =>
+            {
+                format!(
+                    "replSetGetStatus was not sent: no member answered within {} s",
+                    bound.as_secs()
+                )
+            }
             _ => format!(
                 "replSetGetStatus did not answer within {} s",
                 bound.as_secs()

@@ -286,11 +286,16 @@ impl TopologySnapshot {
         ))
     }
 
-    /// Why a read finds no member now, when the driver sees none it could
-    /// read from (reads go to the primary, else a secondary): the refused
-    /// credentials, else every member and why. `None` while one can be
-    /// read from.
+    /// Why a read cannot be served now: the refused credentials, whatever
+    /// the members' heartbeats say; else, when the driver sees no member it
+    /// could read from (reads go to the primary, else a secondary), every
+    /// member and why. `None` while one can be read from.
     pub fn not_readable_reason(&self) -> Option<String> {
+        // Members that answer their heartbeats (which need no login) are
+        // no use to a read the set refuses to authenticate.
+        if self.auth_failure.is_some() {
+            return Some(self.not_writable_reason());
+        }
         let readable = self.servers.iter().any(|s| {
             matches!(
                 s.server_type,
@@ -303,9 +308,6 @@ impl TopologySnapshot {
         });
         if readable {
             return None;
-        }
-        if self.auth_failure.is_some() {
-            return Some(self.not_writable_reason());
         }
         if let Some(why) = self.no_member_of_the_set() {
             return Some(why);

@@ -15,7 +15,7 @@ use mongodb::Collection;
 
 use super::document::{self, Direction, DocId, MessageDoc, Range};
 use super::skipped::{self, SkippedDocuments};
-use crate::mongo::{classify, Class, Connection};
+use crate::mongo::{Class, Connection};
 
 /// `messages` read as raw documents: the driver's `Document` refuses a
 /// whole batch for one string that is not UTF-8, which mongod stores as a
@@ -132,9 +132,10 @@ impl Collections {
             .unwrap_or(reason)
     }
 
-    /// What the store does about a driver error, password scrubbed.
+    /// What the store does about a driver error, password scrubbed; a
+    /// refused login is recorded in the view ([`Connection::class`]).
     pub(super) fn class(&self, e: &mongodb::error::Error) -> Class {
-        classify(e, self.conn.secret.as_deref())
+        self.conn.class(e)
     }
 
     /// Up to `limit` messages of `range`, oldest first; documents that are
