@@ -106,7 +106,7 @@ pub fn validate_name(name: &str) -> Result<String, Invalid> {
     // NFC first, so the same name typed two ways (a precomposed `é` or
     // `e` + U+0301) is one name, and is counted as it is stored.
     let typed: String = normalize(name).nfc().collect();
-    let name = trim_invisible_ends(&typed);
+    let name = trim_invisible_ends(&typed).to_owned();
     if name.is_empty() && !typed.is_empty() {
         // Typed, but only characters that show as nothing.
         return Err(invisible_name());
@@ -237,8 +237,9 @@ pub fn is_visible(c: char) -> bool {
 /// variation selector stays where it selects a glyph (see
 /// [`selects_a_variant`]), and so does an emoji tag sequence (a
 /// subdivision flag, 🏴 then tag characters, Cf, then CANCEL TAG): it is
-/// drawn as one flag.
-fn trim_invisible_ends(name: &str) -> String {
+/// drawn as one flag. A post's name is trimmed so, and so is the name of a
+/// document another app wrote when it is read.
+pub fn trim_invisible_ends(name: &str) -> &str {
     // Bidi controls are format characters too, but a name may not hold
     // one anywhere: left for that rule's own error.
     let bidi_control = CodePointSetData::new::<BidiControl>();
@@ -259,7 +260,7 @@ fn trim_invisible_ends(name: &str) -> String {
             _ => break,
         }
     }
-    kept.to_owned()
+    kept
 }
 
 /// Whether the variation selector `selector` after `base` may select a

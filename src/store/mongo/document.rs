@@ -25,7 +25,7 @@ use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document, RawDocument, T
 use time::OffsetDateTime;
 use unicode_normalization::{is_nfc, UnicodeNormalization};
 
-use crate::message::{is_visible, Message, NAME_MAX_CHARS, TEXT_MAX_CHARS};
+use crate::message::{is_visible, trim_invisible_ends, Message, NAME_MAX_CHARS, TEXT_MAX_CHARS};
 
 /// The collection, as the lab's app named it.
 pub const COLLECTION: &str = "messages";
@@ -261,25 +261,26 @@ pub fn shown_name(name: &str) -> Option<String> {
 
 /// What a message shows for the name of a document another app wrote (the
 /// lab's app had no rules), by the rules a posted name follows besides its
-/// length: trimmed, NFC, each control or bidirectional control character
-/// as U+FFFD (one would break the line, the other reorder what is shown
-/// beside the name), and [`NAMELESS`] when no visible character is left.
-/// `None` when the name keeps those rules.
+/// length: NFC, without what shows as nothing at either end (white space,
+/// zero-width and format characters, Hangul fillers, the blank braille
+/// cell: [`trim_invisible_ends`], as a post's), each control or
+/// bidirectional control character as U+FFFD (one would break the line,
+/// the other reorder what is shown beside the name), and [`NAMELESS`] when
+/// no visible character is left. `None` when the name keeps those rules.
 pub fn mended_name(name: &str) -> Option<String> {
     let bidi_control = CodePointSetData::new::<BidiControl>();
     let breaks_a_rule = |c: char| c.is_control() || bidi_control.contains(c);
-    let trimmed = name.trim();
-    if trimmed.len() == name.len()
+    if is_nfc(name)
+        && trim_invisible_ends(name).len() == name.len()
         && !name.chars().any(breaks_a_rule)
-        && is_nfc(name)
         && name.chars().any(is_visible)
     {
         return None;
     }
-    let mended: String = trimmed
+    let composed: String = name.nfc().collect();
+    let mended: String = trim_invisible_ends(&composed)
         .chars()
         .map(|c| if breaks_a_rule(c) { '\u{FFFD}' } else { c })
-        .nfc()
         .collect();
     Some(if mended.chars().any(is_visible) {
         mended
@@ -925,12 +926,10 @@ mod tests {
             let lab = doc! { "_id": ObjectId::new(), "name": name, "text": text,
             "datetime": DateTime::from_millis(5) };
             let m = MessageDoc::from_document(&lab).unwrap();
-            assert!(
-                NewMessage::validate(&m.name, &m.text, None).is_ok(),
-                "{:?} {:?}",
-                m.name,
-                m.text
-            );
+            // As a post would store them: the rules change nothing more.
+            let posted = NewMessage::validate(&m.name, &m.text, None)
+                .unwrap_or_else(|e| panic!("{e}: {:?} {:?}", m.name, m.text));
+            assert_eq!((&posted.name, &posted.text), (&m.name, &m.text));
             (m.name, m.text, m.altered)
         };
         let case = |name: &str, text: &str, altered| (name.to_owned(), text.to_owned(), altered);
@@ -938,6 +937,20 @@ mod tests {
         assert_eq!(shown("", ""), case(NAMELESS, EMPTY_TEXT, true));
         assert_eq!(shown(" \t", " \r\n "), case(NAMELESS, EMPTY_TEXT, true));
         assert_eq!(shown("\u{200B}", "x"), case(NAMELESS, "x", true));
+        // What shows as nothing at a name's ends, as a post's name loses it:
+        // else a second "zero" that looks like the first.
+        for (stored, name) in [
+            ("\u{200B}zero", "zero"),
+            ("\u{FEFF}bom", "bom"),
+            ("ann\u{3164}", "ann"),
+            ("ann\u{2800}", "ann"),
+            ("\u{2060}ann\u{FE0F}", "ann"),
+            ("\u{00AD} e\u{301}va \u{200D}", "\u{e9}va"),
+        ] {
+            assert_eq!(shown(stored, "x"), case(name, "x", true), "{stored:?}");
+        }
+        // Inside a name they stay, as in a post's.
+        assert_eq!(shown("a\u{200D}b", "x"), case("a\u{200D}b", "x", false));
         assert_eq!(
             shown(" bob ", "hi\r\nthere\0!\u{1b}[31m"),
             case("bob", "hi\nthere\u{FFFD}!\u{FFFD}[31m", true)
