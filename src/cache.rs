@@ -631,6 +631,15 @@ impl Cache {
         self.read().ids.contains_key(id)
     }
 
+    /// The ids of every message the cache holds, oldest first.
+    pub fn held_ids(&self) -> Vec<String> {
+        self.read()
+            .events
+            .iter()
+            .map(|e| e.message.id.clone())
+            .collect()
+    }
+
     /// Where the message with `id` arrived, if the complete cache holds it.
     pub fn arrival_of(&self, id: &str) -> Option<Arrival> {
         let recent = self.read();

@@ -42,7 +42,7 @@ impl ServerSnapshot {
                 "{} says it is primary, of a replica set configuration older than one this \
                  instance saw before, and is taken for stale: after an election this passes in \
                  seconds; if the set was rebuilt from scratch on the same addresses it never \
-                 does, and this instance must be restarted",
+                 does, and the app starts its MongoDB client afresh after 30 s of it",
                 self.address
             ));
         }

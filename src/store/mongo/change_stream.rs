@@ -288,11 +288,11 @@ impl ChangeStreamHealth {
         }
     }
 
-    fn stopped(&self) {
+    pub(super) fn stopped(&self) {
         self.state().running = false;
     }
 
-    fn failed(&self, why: String) {
+    pub(super) fn failed(&self, why: String) {
         let mut state = self.state();
         if state.running || state.last_error.as_deref() != Some(why.as_str()) {
             log::warn!("change stream interrupted: {why}");
@@ -449,7 +449,7 @@ pub(super) async fn run(shared: Arc<Shared>, collections: Arc<Collections>) {
                 // need be.
                 let again =
                     super::index::ensure_again(watcher.shared.clone(), watcher.collections.clone());
-                watcher.shared.tasks.push(tokio::spawn(again));
+                watcher.shared.tasks.push_for_client(tokio::spawn(again));
             }
             Err(e) => {
                 // With no member to read from, that is why the stream
@@ -485,6 +485,13 @@ impl Watcher {
             if self.drain(&mut stream).await? {
                 return Ok(());
             }
+        } else if self.store_lost_the_cache().await? {
+            // What came after the last delivered message is not to be
+            // published after it: those messages are gone (a set rebuilt
+            // empty, with posts that waited for it stored since). Read
+            // from the store first, before strays are positioned and
+            // published: see `reload`.
+            self.reload().await?;
         } else {
             self.catch_up().await?;
         }
@@ -829,6 +836,15 @@ impl Watcher {
         self.restored_since = None;
         let restored = std::mem::take(&mut self.restored);
         let mut latest = self.read_latest().await?;
+        // A read that shares no message with the cache is of a store that
+        // lost them all: what it holds is not published after what
+        // subscribers have (it would keep the lost ones shown above it), it
+        // is loaded, and `reset` tells them.
+        let held = self.shared.cache.held_ids();
+        let read: HashSet<String> = latest.messages.iter().map(|d| d.id.public()).collect();
+        if !held.is_empty() && !held.iter().any(|id| read.contains(id)) {
+            return self.reload_after_loss(latest, &restored);
+        }
         for doc in &latest.messages {
             // A document without position that a read finds (strays are
             // left out) is the lab's history: never news.
@@ -847,6 +863,49 @@ impl Watcher {
                 .retain(|doc| !self.held.contains_key(&doc.id.public()));
         }
         self.reset(latest)
+    }
+
+    /// [`Watcher::reload`] when the read shares no message with the cache:
+    /// the store lost what subscribers were sent (a set rebuilt empty, a
+    /// collection dropped), and what it holds past the last delivered
+    /// message came since (posts that waited for the rebuilt set). Those
+    /// are published after the cache is reset from the rest, the first of
+    /// a new epoch: a subscriber following live is sent a `reset` naming
+    /// the first, then the others. Published first, they would follow the
+    /// lost messages, which the page would go on showing above them.
+    fn reload_after_loss(
+        &mut self,
+        mut latest: Latest,
+        restored: &HashSet<String>,
+    ) -> Result<(), String> {
+        let (news, history): (Vec<MessageDoc>, Vec<MessageDoc>) =
+            latest.messages.into_iter().partition(|doc| {
+                doc.position.is_some()
+                    && self.may_lack(&doc.position())
+                    && !restored.contains(&doc.id.public())
+            });
+        latest.messages = history;
+        self.reset(latest)?;
+        for doc in news {
+            self.publish(doc)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the store holds none of the messages the cache holds (and
+    /// the cache holds some): its collection was dropped or emptied, or
+    /// the set rebuilt empty, while the stream was away.
+    async fn store_lost_the_cache(&self) -> Result<bool, String> {
+        let held = self.shared.cache.held_ids();
+        if held.is_empty() {
+            return Ok(false);
+        }
+        let holds = self
+            .collections
+            .holds_any(&held)
+            .await
+            .map_err(|c| c.reason().to_owned())?;
+        Ok(!holds)
     }
 
     /// The latest messages: one more document than the cache holds is

@@ -277,6 +277,18 @@ impl Collections {
             .map_err(|e| self.class(&e))
     }
 
+    /// Whether the store holds a document under any of the public `ids`
+    /// (whatever it is now: a message, or one skipped), read as reads are.
+    pub(super) async fn holds_any(&self, ids: &[String]) -> Result<bool, Class> {
+        let keys: Vec<Bson> = ids.iter().map(|id| DocId::from_public(id).bson()).collect();
+        raw(&self.messages)
+            .find_one(doc! { "_id": { "$in": keys } })
+            .projection(doc! { "_id": 1 })
+            .await
+            .map(|found| found.is_some())
+            .map_err(|e| self.class(&e))
+    }
+
     /// The document whose `_id` is `id` (as stored), from the primary.
     pub(super) async fn find_by_key(&self, id: &Bson) -> Result<Option<RawDocumentBuf>, Class> {
         raw(&self.messages_on_primary)

@@ -17,6 +17,7 @@
 //!   as soon as the cluster answers.
 
 mod change_stream;
+mod client_renewal;
 mod collections;
 mod document;
 mod index;
@@ -25,7 +26,7 @@ mod skipped;
 mod tasks;
 
 use std::sync::atomic::AtomicI64;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -83,9 +84,14 @@ pub(crate) struct Shared {
     cache: Arc<Cache>,
     database: String,
     write_timeout: Duration,
-    /// Set once the client exists; only a `mongodb+srv` string whose DNS
-    /// lookup failed leaves it empty for a while.
-    collections: OnceLock<Arc<Collections>>,
+    /// The connection string, to start a client afresh
+    /// ([`client_renewal`]).
+    uri: String,
+    /// Set once the client exists (only a `mongodb+srv` string whose DNS
+    /// lookup failed leaves it empty for a while); replaced only when the
+    /// client's view of the set can no longer mend ([`client_renewal`]).
+    /// A std lock, never held across `.await`: read with [`Shared::current`].
+    collections: RwLock<Option<Arc<Collections>>>,
     /// Why `collections` is still empty.
     connect_error: Mutex<Option<String>>,
     /// The latest datetime this instance gave a message, in ms, so that
@@ -117,7 +123,8 @@ impl MongoStore {
             cache,
             database: database.to_owned(),
             write_timeout,
-            collections: OnceLock::new(),
+            uri: uri.to_owned(),
+            collections: RwLock::new(None),
             connect_error: Mutex::new(None),
             last_datetime: AtomicI64::new(0),
             clock_behind: crate::message::ClockBehind::default(),
@@ -169,21 +176,62 @@ fn misconfigured(reason: String) -> StoreError {
 
 impl Shared {
     /// Keeps the collections and starts what needs them: the index (and
-    /// the look for it gone) and the change stream. Only the first call
-    /// does anything.
+    /// the look for it gone), the change stream, and the watch on the
+    /// client's view ([`client_renewal`]). Only the first call does
+    /// anything.
     fn start(self: &Arc<Self>, collections: Collections) {
         let collections = Arc::new(collections);
-        if self.collections.set(collections.clone()).is_ok() {
-            self.tasks
-                .push(tokio::spawn(index::keep(self.clone(), collections.clone())));
-            self.tasks.push(tokio::spawn(skipped::count_ill_typed(
+        {
+            let mut current = self.collections.write().unwrap_or_else(|e| e.into_inner());
+            if current.is_some() {
+                return;
+            }
+            *current = Some(collections.clone());
+        }
+        self.start_client_tasks(collections);
+        self.tasks
+            .push(tokio::spawn(client_renewal::watch(self.clone())));
+        self.set_connect_error(None);
+    }
+
+    /// Puts `collections`, on a new client, in the place of the current
+    /// ones: the old client's tasks are aborted, and the change stream
+    /// starts again on the new one, as after a failure (the cache
+    /// invalidated; how far it delivered is kept, so subscribers get what
+    /// the set now holds past that, or a `reset` if it lost what they
+    /// have). Operations already running finish on the old client, which
+    /// closes once the last of them lets go of it.
+    fn replace(self: &Arc<Self>, collections: Collections) {
+        let collections = Arc::new(collections);
+        *self.collections.write().unwrap_or_else(|e| e.into_inner()) = Some(collections.clone());
+        self.tasks.abort_client_tasks();
+        self.change_stream
+            .failed("the MongoDB client was started afresh; opening the stream again".to_owned());
+        self.change_stream.stopped();
+        self.cache.invalidate();
+        self.start_client_tasks(collections);
+    }
+
+    /// The index, the count of documents that are not messages, and the
+    /// change stream, on `collections`' client.
+    fn start_client_tasks(self: &Arc<Self>, collections: Arc<Collections>) {
+        self.tasks
+            .push_for_client(tokio::spawn(index::keep(self.clone(), collections.clone())));
+        self.tasks
+            .push_for_client(tokio::spawn(skipped::count_ill_typed(
                 self.clone(),
                 collections.clone(),
             )));
-            self.tasks
-                .push(tokio::spawn(change_stream::run(self.clone(), collections)));
-            self.set_connect_error(None);
-        }
+        self.tasks
+            .push_for_client(tokio::spawn(change_stream::run(self.clone(), collections)));
+    }
+
+    /// The current collections, once the client exists.
+    fn current(&self) -> Option<Arc<Collections>> {
+        self.collections
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Retries a `mongodb+srv` lookup until it succeeds or the store closes.
@@ -217,18 +265,15 @@ impl Shared {
         if self.tasks.is_closed() {
             return Err(StoreError::closed());
         }
-        self.collections
-            .get()
-            .cloned()
-            .ok_or_else(|| StoreError::Unavailable {
-                reason: self
-                    .connect_error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone()
-                    .unwrap_or_else(|| "not connected to MongoDB yet".to_owned()),
-                retry_after: READ_RETRY_AFTER,
-            })
+        self.current().ok_or_else(|| StoreError::Unavailable {
+            reason: self
+                .connect_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .unwrap_or_else(|| "not connected to MongoDB yet".to_owned()),
+            retry_after: READ_RETRY_AFTER,
+        })
     }
 
     /// Keeps why the client cannot be made yet, and logs it when it is new:
@@ -337,7 +382,7 @@ impl Store for MongoStore {
 
     async fn status(&self) -> StoreStatus {
         let ready = self.ready().await;
-        let replica_set = match self.shared.collections.get() {
+        let replica_set = match self.shared.current() {
             Some(collections) => mongo::status_while_serving(&collections.conn, STATUS_TIMEOUT)
                 .await
                 .ok(),
@@ -378,7 +423,7 @@ impl Store for MongoStore {
 
     async fn close(&self) {
         self.shared.tasks.stop();
-        if let Some(collections) = self.shared.collections.get() {
+        if let Some(collections) = self.shared.current() {
             // Waits for operations still running (a write in its retry
             // loop gives up at its next step, as the store is closed).
             // The change streams' client, beside it, holds only the stream

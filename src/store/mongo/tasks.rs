@@ -1,5 +1,5 @@
 //! The store's background tasks (the order index and the look for it
-//! gone, change stream, SRV resolution), the one flag that says the store
+//! gone, change stream, SRV resolution, the client's renewal), the one flag that says the store
 //! is closed, and the one way a start-up task waits out what clears by
 //! itself.
 
@@ -19,6 +19,10 @@ use crate::retry::Backoff;
 pub(super) struct Tasks {
     closed: AtomicBool,
     running: Mutex<Vec<JoinHandle<()>>>,
+    /// The tasks of the current driver client (its index, change stream
+    /// and counts), aborted when another client replaces it
+    /// ([`super::client_renewal`]).
+    of_client: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Tasks {
@@ -34,6 +38,26 @@ impl Tasks {
             task.abort();
         } else {
             running.push(task);
+        }
+    }
+
+    /// Keeps `task`, one of the current client's, to abort when the client
+    /// is replaced ([`Tasks::abort_client_tasks`]) or the store closes.
+    pub(super) fn push_for_client(&self, task: JoinHandle<()>) {
+        let mut running = self.of_client.lock().unwrap_or_else(|e| e.into_inner());
+        if self.is_closed() {
+            task.abort();
+        } else {
+            running.push(task);
+        }
+    }
+
+    /// Aborts the tasks of the client being replaced.
+    pub(super) fn abort_client_tasks(&self) {
+        let running =
+            std::mem::take(&mut *self.of_client.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in running {
+            task.abort();
         }
     }
 
@@ -72,5 +96,6 @@ impl Tasks {
         for task in running {
             task.abort();
         }
+        self.abort_client_tasks();
     }
 }
