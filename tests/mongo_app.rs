@@ -3404,6 +3404,27 @@ async fn next_event(events: &mut mpsc::UnboundedReceiver<(String, String)>) -> (
         .expect("the stream is open")
 }
 
+/// After the store lost what a live subscriber was sent: its next event is
+/// a `reset` naming `first`, the newest message now; the next post is sent
+/// as a message; the listing is those two.
+async fn reset_then_live(
+    app: &TestApp,
+    events: &mut mpsc::UnboundedReceiver<(String, String)>,
+    first: &str,
+) {
+    assert_eq!(
+        next_event(events).await,
+        ("reset".to_owned(), first.to_owned()),
+        "what the subscriber has is gone"
+    );
+    assert_eq!(post_with_id(app, "later", "later").await, 201);
+    assert_eq!(
+        next_event(events).await,
+        ("message".to_owned(), "later".to_owned())
+    );
+    assert_eq!(listed_ids(app).await, [first, "later"]);
+}
+
 /// A subscriber following live while the store loses every message (another
 /// client drops the collection): the instance's cache is reset from the
 /// empty store, a new epoch of its arrivals, and the next message posted
@@ -3442,17 +3463,7 @@ async fn a_live_subscriber_whose_messages_the_store_lost_is_sent_a_reset() {
     assert_eq!(listed_ids(&app).await, Vec::<String>::new());
 
     assert_eq!(post_with_id(&app, "after", "after").await, 201);
-    assert_eq!(
-        next_event(&mut events).await,
-        ("reset".to_owned(), "after".to_owned()),
-        "what the subscriber has is gone"
-    );
-    assert_eq!(post_with_id(&app, "later", "later").await, 201);
-    assert_eq!(
-        next_event(&mut events).await,
-        ("message".to_owned(), "later".to_owned())
-    );
-    assert_eq!(listed_ids(&app).await, ["after", "later"]);
+    reset_then_live(&app, &mut events, "after").await;
     app.shutdown().await;
 }
 
@@ -3857,17 +3868,7 @@ async fn a_set_wiped_while_a_post_waits_sends_live_subscribers_a_reset() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _rebuilt = sim_rebuilt_on(&ports).await;
     assert_eq!(waiting.await.unwrap(), 201);
-    assert_eq!(
-        next_event(&mut events).await,
-        ("reset".to_owned(), "waited".to_owned()),
-        "what the subscriber has is gone"
-    );
-    assert_eq!(post_with_id(&app, "later", "later").await, 201);
-    assert_eq!(
-        next_event(&mut events).await,
-        ("message".to_owned(), "later".to_owned())
-    );
-    assert_eq!(listed_ids(&app).await, ["waited", "later"]);
+    reset_then_live(&app, &mut events, "waited").await;
     Arc::into_inner(app).expect("one owner").shutdown().await;
 }
 
@@ -3940,12 +3941,7 @@ async fn a_set_rebuilt_on_the_same_addresses_is_named_as_such_by_readiness() {
     }
     wait_for_change_stream(&app, Duration::from_secs(20)).await;
     assert_eq!(post_with_id(&app, "renewed", "renewed").await, 201);
-    assert_eq!(
-        next_event(&mut events).await,
-        ("reset".to_owned(), "renewed".to_owned()),
-        "what the subscriber has is gone"
-    );
-    assert_eq!(listed_ids(&app).await, ["renewed"]);
+    reset_then_live(&app, &mut events, "renewed").await;
     app.shutdown().await;
 }
 
