@@ -161,6 +161,15 @@ impl log::Log for Logger {
         if (from("hyper") || from("rustls")) && log::max_level() < log::LevelFilter::Debug {
             return;
         }
+        // Off before each record is formatted: Rocket paints its records
+        // when colours are on, and pear, the parser of Rocket's headers,
+        // turns them on for the whole process each time it shows a parse
+        // error (`ParseError`'s `Display` ends in `yansi::whenever(
+        // Condition::DEFAULT)`, on for any terminal or file: pear 0.2.9,
+        // `src/error.rs`), which Rocket does for every `Content-Type` it
+        // cannot parse (`MediaType::from_str`). One such request made every
+        // later line of the log a run of escaped colour codes.
+        yansi::disable();
         // Rocket marks continuation lines with a target ending in `_`.
         let indented = record.target().ends_with('_');
         let prefix = match (level, indented) {

@@ -562,6 +562,35 @@ async fn client_input_in_a_log_line_is_echoed() {
     );
 }
 
+/// A `Content-Type` Rocket cannot parse (a blank before `;`) made its
+/// parser turn colours on for the whole process: every later line of the
+/// log was a run of escaped colour codes (`\u{1b}[32mGET\u{1b}[0m ...`),
+/// until a restart. The log stays plain text.
+#[tokio::test]
+async fn a_content_type_rocket_cannot_parse_leaves_the_log_plain() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        Path::new(env!("CARGO_BIN_EXE_simplechat")),
+        dir.path(),
+        &[("ROCKET_LOG_LEVEL", "normal")],
+    );
+    let client = reqwest::Client::new();
+    for content_type in [None, Some("a ; b=c"), None] {
+        let request = client.get(format!("{}/healthz", server.base));
+        let request = match content_type {
+            Some(value) => request.header("content-type", value),
+            None => request,
+        };
+        assert_eq!(request.send().await.unwrap().status(), 200);
+    }
+    let (_, output) = server.stop();
+    let all = output.join("\n");
+    assert!(!all.contains("\\u{1b}") && !all.contains('\u{1b}'), "{all}");
+    // Three, after the start's own (`Server::start` waits for an answer).
+    let healthz = output.iter().filter(|l| *l == "GET /healthz:").count();
+    assert_eq!(healthz, 4, "{all}");
+}
+
 /// The startup line among `output`.
 fn server_startup(output: &[String]) -> String {
     output
