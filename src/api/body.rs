@@ -471,7 +471,36 @@ fn malformed(bytes: &[u8], e: &serde_json::Error) -> ApiError {
             return refusal;
         }
     }
-    ApiError::new(Status::BadRequest, malformed_json(e, &position))
+    ApiError {
+        field: field_of(bytes, at, e),
+        ..ApiError::new(Status::BadRequest, malformed_json(e, &position))
+    }
+}
+
+/// The message field a body's data error is about, as every other refusal
+/// of a field names it: the one serde_json names (`duplicate field
+/// `name``, `missing field `text``), else the field whose value stopped it
+/// at byte `at` (`invalid type: integer `5`, expected a string`), the last
+/// key of the object before `at`. `None` for a syntax error, and for a key
+/// that is no message field.
+fn field_of(bytes: &[u8], at: usize, e: &serde_json::Error) -> Option<&'static str> {
+    if e.classify() != serde_json::error::Category::Data {
+        return None;
+    }
+    let message = e.to_string();
+    for named in ["duplicate field `", "missing field `"] {
+        if let Some((_, rest)) = message.split_once(named) {
+            return rest.split_once('`').and_then(|(name, _)| known_field(name));
+        }
+    }
+    let mut last_key = None;
+    string_literals(bytes, at, |literal| {
+        if literal.place == Place::Key {
+            last_key = serde_json::from_slice::<String>(&bytes[literal.start..=literal.end]).ok();
+        }
+        None::<()>
+    });
+    last_key.as_deref().and_then(known_field)
 }
 
 /// The 400's error for a body serde_json could not read: its message may
@@ -906,6 +935,27 @@ mod tests {
         }
     }
 
+    /// A value of the wrong type, or a field given twice, is refused naming
+    /// the field, as every other refusal of one; a syntax error or another
+    /// key names none.
+    #[test]
+    fn a_wrongly_typed_or_repeated_field_is_named() {
+        let field = |body: &str| parse_json::<Post>(body.as_bytes()).unwrap_err().field;
+        for (body, named) in [
+            (r#"{"name": 5, "text": "x"}"#, Some("name")),
+            (r#"{"name": "a", "text": 5}"#, Some("text")),
+            (r#"{"name": null}"#, Some("name")),
+            (r#"{"x": {"name": 1}, "text": [1]}"#, Some("text")),
+            ("{\"na\\u006de\": true}", Some("name")),
+            (r#"{"name": "a", "name": "b"}"#, Some("name")),
+            (r#"{"name": "a", "text": "b", "text": "c"}"#, Some("text")),
+            (r#"{"name": "a", "#, None),
+            (r#"{"name": "a"} x"#, None),
+        ] {
+            assert_eq!(field(body), named, "{body}");
+        }
+    }
+
     /// A lone surrogate escape is told in the API's words, naming the
     /// field; any other error, even in the same string, keeps the parser's.
     #[test]
@@ -922,15 +972,23 @@ mod tests {
         assert!(refusal(r#"{"\ud800":1}"#)
             .error
             .contains("a key of the object"));
-        // Each of these fails for another reason than the surrogate.
-        for (body, why) in [
-            (r#"{"name":"a\x \ud800"}"#, "invalid escape"),
-            (r#"{"name":"\ud800"#, "EOF while parsing a string"),
-            (r#"{"x":"\ud800","name":5}"#, "invalid type"),
-            (r#"{"name":"\ud83d\ude00","text":7}"#, "invalid type"),
+        // Each of these fails for another reason than the surrogate, and
+        // names the field that reason is about, if any.
+        for (body, why, field) in [
+            (r#"{"name":"a\x \ud800"}"#, "invalid escape", None),
+            (r#"{"name":"\ud800"#, "EOF while parsing a string", None),
+            (r#"{"x":"\ud800","name":5}"#, "invalid type", Some("name")),
+            (
+                r#"{"name":"\ud83d\ude00","text":7}"#,
+                "invalid type",
+                Some("text"),
+            ),
         ] {
             let e = refusal(body);
-            assert!(e.error.contains(why) && e.field.is_none(), "{body}: {e:?}");
+            assert!(
+                e.error.contains(why) && !e.error.contains("surrogate") && e.field == field,
+                "{body}: {e:?}"
+            );
         }
         // A pair is a character: parsed.
         let post = parse_json::<Post>(r#"{"name":"\ud83d\ude00"}"#.as_bytes()).unwrap();

@@ -172,6 +172,31 @@ async fn malformed_and_wrongly_typed_bodies_are_refused() {
     app.shutdown().await;
 }
 
+/// A value of the wrong type or a field given twice names the field, as
+/// the OpenAPI document says of every refusal of one ("Anything else is
+/// 400 with field name"); before, only the parser's message said it.
+#[tokio::test]
+async fn a_wrongly_typed_or_repeated_field_is_refused_naming_it() {
+    let app = spawn_app(&[]).await;
+    for (body, field) in [
+        (r#"{"name": 5, "text": "x"}"#, "name"),
+        (r#"{"name": null, "text": "x"}"#, "name"),
+        (r#"{"name": "a", "text": 5}"#, "text"),
+        (r#"{"name": "a", "text": "x", "id": true}"#, "id"),
+        (r#"{"name": "a", "name": "b", "text": "x"}"#, "name"),
+    ] {
+        let response = app
+            .post_body("/api/messages", "application/json", body)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["field"], field, "{body} -> {error}");
+    }
+    assert_nothing_stored(&app).await;
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn bodies_over_the_cap_get_413() {
     let app = spawn_app(&[]).await;
