@@ -565,6 +565,15 @@ impl<'r> Responder<'r, 'static> for PageAnswer {
     }
 }
 
+/// `typed` with each NUL as U+FFFD.
+fn without_nul(typed: &str) -> Cow<'_, str> {
+    if typed.contains('\0') {
+        Cow::Owned(typed.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(typed)
+    }
+}
+
 async fn render(
     chat: &Chat,
     rendered: &RenderedHistory,
@@ -591,6 +600,10 @@ async fn render(
     // One idempotency key per rendered form: a double submit stores the
     // message once.
     let form_id = draft.form_id.map_or_else(new_id, str::to_owned);
+    // A refused draft goes back into the form as typed, but for NUL, which
+    // HTML may not hold (a parse error, and a browser shows U+FFFD in its
+    // place: WHATWG HTML, "unexpected-null-character"): written as that.
+    let (name, text) = (without_nul(draft.name), without_nul(draft.text));
     let template = Template::render(
         "index",
         PageContext {
@@ -604,8 +617,8 @@ async fn render(
                 Shown::Latest => None,
                 Shown::Before(id) => Some(id.as_str()),
             },
-            name: draft.name,
-            text: draft.text,
+            name: &name,
+            text: &text,
             error: error.as_deref(),
             error_field: draft.field,
             form_id: &form_id,

@@ -474,6 +474,29 @@ async fn another_apps_cookie_beyond_ascii_does_not_hide_ours() {
     app.shutdown().await;
 }
 
+/// A refused form post's page puts the draft back into the form as typed,
+/// but for NUL, which HTML may not hold: written as U+FFFD, as a browser
+/// shows it. Before, the NUL went into the page raw.
+#[tokio::test]
+async fn a_refused_drafts_nul_is_not_written_into_the_page() {
+    let app = spawn_app(&[]).await;
+    let refused = app
+        .post_body(
+            "/messages",
+            "application/x-www-form-urlencoded",
+            "name=a%00b&text=x%00y",
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let page = refused.text().await.unwrap();
+    assert!(!page.contains('\0'), "{page}");
+    assert_eq!(form_name(&page), "a\u{FFFD}b");
+    assert!(page.contains(">x\u{FFFD}y</textarea>"), "{page}");
+    assert_eq!(app.message_count().await, 0);
+    app.shutdown().await;
+}
+
 /// The name cookie is the client's to change: a value the form would
 /// refuse as a name is not put back into it.
 #[tokio::test]
