@@ -40,10 +40,17 @@ impl IfNoneMatch {
         };
         let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
         let wanted = opaque(etag);
-        header
-            .split(',')
-            .any(|tag| tag.trim() == "*" || opaque(tag) == wanted)
+        is_any(header) || header.split(',').any(|tag| opaque(tag) == wanted)
     }
+}
+
+/// Whether a precondition's value is `*`, any current representation. The
+/// grammar is `"*" / #entity-tag` (RFC 9110 §13.1.1, §13.1.2): `*` is the
+/// whole value or none of it, so in a list of tags (`W/"x", *`, which no
+/// client means) it matches nothing, and a write's `If-Match` so written
+/// fails rather than holds.
+fn is_any(value: &str) -> bool {
+    value.trim() == "*"
 }
 
 pub use crate::cache::content_tag as etag_of;
@@ -113,18 +120,12 @@ impl Preconditions {
                 (opaque, false) => opaque == current,
                 (_, true) => false,
             };
-            if !tags
-                .split(',')
-                .any(|tag| tag.trim() == "*" || strong_match(tag))
-            {
+            if !is_any(tags) && !tags.split(',').any(strong_match) {
                 return failed("If-Match");
             }
         }
         if let Some(tags) = &self.if_none_match {
-            if tags
-                .split(',')
-                .any(|tag| tag.trim() == "*" || parts(tag).0 == current)
-            {
+            if is_any(tags) || tags.split(',').any(|tag| parts(tag).0 == current) {
                 return failed("If-None-Match");
             }
         }
@@ -191,6 +192,9 @@ mod tests {
         assert!(has(&format!("W/{tag}")));
         assert!(has(&format!("\"other\", {tag}")));
         assert!(has("*"));
+        assert!(has(" * "));
+        // `*` is a whole value, never one of a list.
+        assert!(!has("\"other\", *"));
         assert!(!has("\"other\""));
         assert!(!IfNoneMatch(None).has(&tag));
         assert_ne!(etag_of(b"[1]"), tag);
@@ -225,6 +229,11 @@ mod tests {
             assert_eq!(status, 412);
             assert!(error.contains("If-None-Match"), "{error}");
         }
+        // `*` in a list of tags is none of them: the write's If-Match fails.
+        assert!(check(Some("W/\"x\", *"), None).is_err());
+        assert!(check(Some("*, *"), None).is_err());
+        assert!(check(Some(&format!("*, {tag}")), None).is_ok());
+        assert!(check(None, Some("\"x\", *")).is_ok());
         // If-Match is evaluated first.
         let (_, error) = check(Some("\"x\""), Some("*")).unwrap_err();
         assert!(error.contains("If-Match"), "{error}");

@@ -181,6 +181,13 @@ async fn a_post_whose_precondition_fails_is_412_and_stores_nothing() {
         vec![("if-match", seen.clone())],
         vec![("if-match", format!("W/{seen}"))],
         vec![("if-match", "\"other\"".to_owned())],
+        // `*` is the whole value or none of it: in a list, no tag.
+        vec![("if-match", "W/\"x\", *".to_owned())],
+        vec![
+            ("if-match", "W/\"x\", *".to_owned()),
+            ("sec-fetch-site", "same-origin".to_owned()),
+        ],
+        vec![("if-match", "*".to_owned()), ("if-match", "*".to_owned())],
         vec![("if-none-match", "*".to_owned())],
         vec![
             ("if-none-match", "*".to_owned()),
