@@ -478,16 +478,25 @@ fn malformed(bytes: &[u8], e: &serde_json::Error) -> ApiError {
 }
 
 /// The message field a body's data error is about, as every other refusal
-/// of a field names it: the one serde_json names (`duplicate field
+/// of a field names it: the string a raw control character is in; the one
+/// serde_json names (`duplicate field
 /// `name``, `missing field `text``), else the field whose value stopped it
 /// at byte `at` (`invalid type: integer `5`, expected a string`), the last
 /// key of the object before `at`. `None` for a syntax error, and for a key
 /// that is no message field.
 fn field_of(bytes: &[u8], at: usize, e: &serde_json::Error) -> Option<&'static str> {
+    let message = e.to_string();
+    // A raw control character stops the parser inside the string that
+    // holds it: that string's field.
+    if message.starts_with("control character") {
+        return string_literals(bytes, at, |literal| {
+            (at <= literal.end + 1).then(|| literal.place.field())
+        })
+        .flatten();
+    }
     if e.classify() != serde_json::error::Category::Data {
         return None;
     }
-    let message = e.to_string();
     for named in ["duplicate field `", "missing field `"] {
         if let Some((_, rest)) = message.split_once(named) {
             return rest.split_once('`').and_then(|(name, _)| known_field(name));
@@ -508,6 +517,14 @@ fn field_of(bytes: &[u8], at: usize, e: &serde_json::Error) -> Option<&'static s
 /// position stays whole.
 fn malformed_json(e: &serde_json::Error, position: &str) -> String {
     let message = e.to_string();
+    // serde_json's own words, which quote nothing of the body: echoed, its
+    // backslashes would read doubled (`\\u0000`).
+    if message.starts_with("control character (\\u0000-\\u001F) found while parsing a string") {
+        return format!(
+            "malformed JSON body: a control character (U+0000 to U+001F) in a string, which \
+             JSON writes escaped (\\n, \\t, \\u0000){position}"
+        );
+    }
     match message.strip_suffix(position) {
         Some(what) => format!("malformed JSON body: {}{position}", echo(what)),
         None => format!("malformed JSON body: {}", echo(&message)),
@@ -933,6 +950,19 @@ mod tests {
                 "{malformed}"
             );
         }
+    }
+
+    /// A raw control character in a string is said in words whose
+    /// backslashes read as written, not doubled as an echo of input.
+    #[test]
+    fn a_raw_control_character_is_said_with_single_backslashes() {
+        let e = parse_json::<Post>(b"{\"name\":\"a\",\"text\":\"x\x00y\"}").unwrap_err();
+        assert_eq!(e.field, Some("text"));
+        assert_eq!(
+            e.error,
+            "malformed JSON body: a control character (U+0000 to U+001F) in a string, which \
+             JSON writes escaped (\\n, \\t, \\u0000) at line 1 column 22"
+        );
     }
 
     /// A value of the wrong type, or a field given twice, is refused naming
