@@ -399,10 +399,43 @@ pub async fn json<T: serde::de::DeserializeOwned>(
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
     let Object(value) = serde_json::from_slice(bytes).map_err(|e| malformed(bytes, &e))?;
-    match not_unicode(bytes) {
+    match not_unicode(bytes).or_else(|| key_given_twice(bytes)) {
         Some(refusal) => Err(refusal),
         None => Ok(value),
     }
+}
+
+/// The 400 for `bytes`, a JSON object serde_json read whole, when a key of
+/// it is given twice: I-JSON, RFC 7493 §2.3, says objects "MUST NOT have
+/// members with duplicate names", and which of the two a reader takes is
+/// its own choice. serde_json refuses a message field given twice itself
+/// ("duplicate field"); another key is skipped, both times.
+fn key_given_twice(bytes: &[u8]) -> Option<ApiError> {
+    let mut keys: Vec<Cow<'_, str>> = Vec::new();
+    string_literals(bytes, bytes.len(), |literal| {
+        if literal.place != Place::Key {
+            return None;
+        }
+        // Decoded only when it holds an escape: most keys are as written.
+        let raw = &bytes[literal.start + 1..literal.end];
+        let key: Cow<'_, str> = if raw.contains(&b'\\') {
+            Cow::Owned(serde_json::from_slice(&bytes[literal.start..=literal.end]).ok()?)
+        } else {
+            Cow::Borrowed(std::str::from_utf8(raw).ok()?)
+        };
+        if keys.contains(&key) {
+            return Some(ApiError::new(
+                Status::BadRequest,
+                format!(
+                    "malformed JSON body: key {} is given twice (I-JSON, RFC 7493 §2.3){}",
+                    echo(&key),
+                    position(bytes, literal.end + 1)
+                ),
+            ));
+        }
+        keys.push(key);
+        None
+    })
 }
 
 /// The 400 for `bytes`, JSON that serde_json read whole, when a string in
@@ -952,6 +985,19 @@ mod tests {
         }
     }
 
+    /// A key given twice is refused, whichever key: which of the two a
+    /// reader takes is its own choice (I-JSON, RFC 7493 §2.3).
+    #[test]
+    fn a_key_given_twice_is_refused() {
+        let e = parse_json::<Post>(br#"{"name": "a", "z": 1, "\u007a": [2]}"#).unwrap_err();
+        assert_eq!(
+            e.error,
+            "malformed JSON body: key z is given twice (I-JSON, RFC 7493 §2.3) at line 1 \
+             column 30"
+        );
+        assert!(parse_json::<Post>(br#"{"name": "a", "z": {"z": 1}, "y": 1}"#).is_ok());
+    }
+
     /// A raw control character in a string is said in words whose
     /// backslashes read as written, not doubled as an echo of input.
     #[test]
@@ -979,6 +1025,7 @@ mod tests {
             ("{\"na\\u006de\": true}", Some("name")),
             (r#"{"name": "a", "name": "b"}"#, Some("name")),
             (r#"{"name": "a", "text": "b", "text": "c"}"#, Some("text")),
+            (r#"{"name": "a", "z": 1, "z": [2]}"#, None),
             (r#"{"name": "a", "#, None),
             (r#"{"name": "a"} x"#, None),
         ] {

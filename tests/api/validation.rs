@@ -193,6 +193,26 @@ async fn a_wrongly_typed_or_repeated_field_is_refused_naming_it() {
         let error: Value = response.json().await.unwrap();
         assert_eq!(error["field"], field, "{body} -> {error}");
     }
+    // Another key given twice: which one counts is the reader's choice
+    // (I-JSON, RFC 7493 §2.3), so it is refused too, on the front door's
+    // path and a browser's.
+    for browser in [false, true] {
+        let mut request = app
+            .client
+            .post(app.url("/api/messages"))
+            .header("content-type", "application/json")
+            .body(r#"{"name": "a", "text": "x", "z": 1, "z": 2}"#);
+        if browser {
+            request = request.header("sec-fetch-site", "same-origin");
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 400);
+        let error: Value = response.json().await.unwrap();
+        assert!(
+            error["error"].as_str().unwrap().contains("key z is given twice"),
+            "{error}"
+        );
+    }
     assert_nothing_stored(&app).await;
     app.shutdown().await;
 }
