@@ -838,6 +838,16 @@ impl Config {
             })
             .collect();
         let store = store_config(&settings, &|key| whence_of(&figment, key))?;
+        // MongoDB was meant, and the connection string forgotten: the
+        // embedded store serves a chat of this machine's own.
+        if let (StoreConfig::Embedded { .. }, Some(_)) = (&store, &settings.database) {
+            warnings.push(format!(
+                "database is set ({}) but no MongoDB connection string is: serving from the \
+                 embedded store, where database has no effect; set mongodb_uri (MONGO_URI) to \
+                 use MongoDB",
+                whence_of(&figment, "database")
+            ));
+        }
         warnings.extend(
             [
                 ("mongodb_uri_file", &settings.mongodb_uri_file),
@@ -1044,7 +1054,9 @@ fn store_config(s: &Settings, whence: &dyn Fn(&str) -> String) -> Result<StoreCo
                 whence("mongodb_password_file")
             )));
         }
-        uri = fill_password(&uri, path)?;
+        uri = fill_password(&uri, path).map_err(|ConfigError(why)| {
+            ConfigError(format!("{}: {why}", whence("mongodb_password_file")))
+        })?;
     }
     // The variable or file a refusal of the string names.
     let uri_whence = match &s.mongodb_uri_file {

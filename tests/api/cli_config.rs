@@ -432,6 +432,36 @@ fn a_refused_store_setting_names_where_it_was_set() {
         &[("MONGO_URI", set)],
         "(set by database in simplechat.toml)",
     );
+    let user = "mongodb://chat@h1,h2,h3/messages?replicaSet=rs";
+    refused(
+        &[
+            ("MONGO_URI", user),
+            ("SIMPLECHAT_MONGODB_PASSWORD_FILE", "/nonexistent/pw"),
+        ],
+        "SIMPLECHAT_MONGODB_PASSWORD_FILE: cannot read the password file /nonexistent/pw",
+    );
+    std::fs::write(
+        d.join("simplechat.toml"),
+        "mongodb_password_file = \"/nonexistent/pw\"\n",
+    )
+    .unwrap();
+    refused(
+        &[("MONGO_URI", user)],
+        "mongodb_password_file in simplechat.toml: cannot read the password file",
+    );
+    std::fs::remove_file(d.join("simplechat.toml")).unwrap();
+    // MongoDB meant, and its connection string forgotten: said, not refused
+    // (the embedded store serves).
+    let out = simplechat(d, &["config"], &[("SIMPLECHAT_DATABASE", "messages")]);
+    assert_status(&out, 0);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "simplechat: warning: database is set (SIMPLECHAT_DATABASE) but no MongoDB \
+             connection string is: serving from the embedded store"
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]

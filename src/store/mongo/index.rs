@@ -49,7 +49,8 @@ pub(super) async fn keep(shared: Arc<Shared>, collections: Arc<Collections>) {
             Ok(names) if names.iter().any(|n| n == document::ORDER_INDEX) => present = true,
             Ok(_) if present => {
                 log::warn!(
-                    "the {} index of the {} collection is gone (another client dropped it); \
+                    "the {} index of the {} collection is gone (another client dropped it, or \
+                     the replica set was rebuilt or restored without it); \
                      creating it again",
                     document::ORDER_INDEX,
                     document::COLLECTION
