@@ -3796,12 +3796,21 @@ async fn a_read_with_every_member_down_names_each_member() {
     app.shutdown().await;
 }
 
-/// The simulator's ports, for a set rebuilt on them.
-fn ports_of(sim: &replset_sim::Cluster) -> Vec<u16> {
-    sim.hosts()
+/// A simulated set with a primary, and its ports, for a set rebuilt on
+/// them ([`sim_rebuilt_on`]).
+async fn sim_with_primary() -> (replset_sim::Cluster, Vec<u16>) {
+    let sim = replset_sim::Cluster::start(cluster::fast_sim(true))
+        .await
+        .expect("start replset-sim");
+    sim.wait_for_primary(Duration::from_secs(10))
+        .await
+        .expect("a primary");
+    let ports = sim
+        .hosts()
         .iter()
         .map(|h| h.rsplit(':').next().unwrap().parse().unwrap())
-        .collect()
+        .collect();
+    (sim, ports)
 }
 
 /// A new, empty simulated set on the `ports` a dropped one had, with a
@@ -3840,14 +3849,7 @@ async fn sim_rebuilt_on(ports: &[u16]) -> replset_sim::Cluster {
 /// new set's primary at once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_set_wiped_while_a_post_waits_sends_live_subscribers_a_reset() {
-    let first = replset_sim::Cluster::start(cluster::fast_sim(true))
-        .await
-        .expect("start replset-sim");
-    first
-        .wait_for_primary(Duration::from_secs(10))
-        .await
-        .expect("a primary");
-    let ports = ports_of(&first);
+    let (first, ports) = sim_with_primary().await;
     let app = Arc::new(
         spawn_app(&[
             ("mongodb_uri", json!(first.uri("wiped"))),
@@ -3883,14 +3885,7 @@ async fn a_set_wiped_while_a_post_waits_sends_live_subscribers_a_reset() {
 /// Simulator only: it rebuilds a set on the ports a running one had.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_set_rebuilt_on_the_same_addresses_is_named_as_such_by_readiness() {
-    let first = replset_sim::Cluster::start(cluster::fast_sim(true))
-        .await
-        .expect("start replset-sim");
-    first
-        .wait_for_primary(Duration::from_secs(10))
-        .await
-        .expect("a primary");
-    let ports = ports_of(&first);
+    let (first, ports) = sim_with_primary().await;
     let app = spawn_app(&[
         ("mongodb_uri", json!(first.uri("rebuilt"))),
         ("write_timeout_secs", json!(5)),

@@ -35,6 +35,16 @@ pub(crate) struct Server {
 
 impl Server {
     /// Starts `simplechat serve` on a free port; returns once it answers.
+    /// The server built with the tests, in `dir`, at log level `normal`,
+    /// which logs every request.
+    pub(crate) fn logging_every_request(dir: &Path) -> Server {
+        Server::start(
+            Path::new(env!("CARGO_BIN_EXE_simplechat")),
+            dir,
+            &[("ROCKET_LOG_LEVEL", "normal")],
+        )
+    }
+
     pub(crate) fn start(exe: &Path, dir: &Path, env: &[(&str, &str)]) -> Server {
         let mut env = env.to_vec();
         env.push(("SIMPLECHAT_PORT", "0"));
@@ -369,11 +379,7 @@ async fn the_startup_line_is_all_the_release_builds_log_level_prints() {
 #[tokio::test]
 async fn warnings_go_to_stderr_and_stdout_stays_empty() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(
-        Path::new(env!("CARGO_BIN_EXE_simplechat")),
-        dir.path(),
-        &[("ROCKET_LOG_LEVEL", "normal")],
-    );
+    let server = Server::logging_every_request(dir.path());
     // A host the server does not answer for is a warning (a proxy
     // forwarding the wrong name shows in the log).
     let refused = reqwest::Client::new()
@@ -474,11 +480,7 @@ async fn a_closed_stderr_does_not_stop_the_server() {
 #[tokio::test]
 async fn at_the_normal_level_every_post_is_logged() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(
-        Path::new(env!("CARGO_BIN_EXE_simplechat")),
-        dir.path(),
-        &[("ROCKET_LOG_LEVEL", "normal")],
-    );
+    let server = Server::logging_every_request(dir.path());
     let client = reqwest::Client::new();
     for browser in [false, true] {
         let request = client
@@ -514,11 +516,7 @@ async fn at_the_normal_level_every_post_is_logged() {
 #[tokio::test]
 async fn client_input_in_a_log_line_is_echoed() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(
-        Path::new(env!("CARGO_BIN_EXE_simplechat")),
-        dir.path(),
-        &[("ROCKET_LOG_LEVEL", "normal")],
-    );
+    let server = Server::logging_every_request(dir.path());
     let long = format!("application/json; x={}", "y".repeat(300));
     let response = reqwest::Client::new()
         .post(format!("{}/api/messages", server.base))
@@ -569,11 +567,7 @@ async fn client_input_in_a_log_line_is_echoed() {
 #[tokio::test]
 async fn a_content_type_rocket_cannot_parse_leaves_the_log_plain() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(
-        Path::new(env!("CARGO_BIN_EXE_simplechat")),
-        dir.path(),
-        &[("ROCKET_LOG_LEVEL", "normal")],
-    );
+    let server = Server::logging_every_request(dir.path());
     let client = reqwest::Client::new();
     for content_type in [None, Some("a ; b=c"), None] {
         let request = client.get(format!("{}/healthz", server.base));

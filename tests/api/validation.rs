@@ -209,7 +209,10 @@ async fn a_wrongly_typed_or_repeated_field_is_refused_naming_it() {
         assert_eq!(response.status(), 400);
         let error: Value = response.json().await.unwrap();
         assert!(
-            error["error"].as_str().unwrap().contains("key z is given twice"),
+            error["error"]
+                .as_str()
+                .unwrap()
+                .contains("key z is given twice"),
             "{error}"
         );
     }
