@@ -427,7 +427,7 @@ fn key_given_twice(bytes: &[u8]) -> Option<ApiError> {
             return Some(ApiError::new(
                 Status::BadRequest,
                 format!(
-                    "malformed JSON body: key {} is given twice (I-JSON, RFC 7493 §2.3){}",
+                    "malformed JSON body: key \"{}\" is given twice (I-JSON, RFC 7493 §2.3){}",
                     echo(&key),
                     position(bytes, literal.end + 1)
                 ),
@@ -504,6 +504,26 @@ fn malformed(bytes: &[u8], e: &serde_json::Error) -> ApiError {
             return refusal;
         }
     }
+    // A raw control character stops the parser inside the string that
+    // holds it: said, in words of ours (serde_json's, echoed as input,
+    // would read with doubled backslashes), with where that string is.
+    if e.to_string().starts_with("control character") {
+        let place = string_literals(bytes, at, |literal| {
+            (at <= literal.end + 1).then_some(literal.place)
+        })
+        .unwrap_or(Place::Unknown);
+        return ApiError {
+            field: place.field(),
+            ..ApiError::new(
+                Status::BadRequest,
+                format!(
+                    "malformed JSON body: a control character (U+0000 to U+001F) in {}, which \
+                     JSON writes escaped (\\n, \\t, \\u0000){position}",
+                    place.whose()
+                ),
+            )
+        };
+    }
     ApiError {
         field: field_of(bytes, at, e),
         ..ApiError::new(Status::BadRequest, malformed_json(e, &position))
@@ -511,25 +531,16 @@ fn malformed(bytes: &[u8], e: &serde_json::Error) -> ApiError {
 }
 
 /// The message field a body's data error is about, as every other refusal
-/// of a field names it: the string a raw control character is in; the one
-/// serde_json names (`duplicate field
+/// of a field names it: the one serde_json names (`duplicate field
 /// `name``, `missing field `text``), else the field whose value stopped it
 /// at byte `at` (`invalid type: integer `5`, expected a string`), the last
 /// key of the object before `at`. `None` for a syntax error, and for a key
 /// that is no message field.
 fn field_of(bytes: &[u8], at: usize, e: &serde_json::Error) -> Option<&'static str> {
-    let message = e.to_string();
-    // A raw control character stops the parser inside the string that
-    // holds it: that string's field.
-    if message.starts_with("control character") {
-        return string_literals(bytes, at, |literal| {
-            (at <= literal.end + 1).then(|| literal.place.field())
-        })
-        .flatten();
-    }
     if e.classify() != serde_json::error::Category::Data {
         return None;
     }
+    let message = e.to_string();
     for named in ["duplicate field `", "missing field `"] {
         if let Some((_, rest)) = message.split_once(named) {
             return rest.split_once('`').and_then(|(name, _)| known_field(name));
@@ -550,14 +561,6 @@ fn field_of(bytes: &[u8], at: usize, e: &serde_json::Error) -> Option<&'static s
 /// position stays whole.
 fn malformed_json(e: &serde_json::Error, position: &str) -> String {
     let message = e.to_string();
-    // serde_json's own words, which quote nothing of the body: echoed, its
-    // backslashes would read doubled (`\\u0000`).
-    if message.starts_with("control character (\\u0000-\\u001F) found while parsing a string") {
-        return format!(
-            "malformed JSON body: a control character (U+0000 to U+001F) in a string, which \
-             JSON writes escaped (\\n, \\t, \\u0000){position}"
-        );
-    }
     match message.strip_suffix(position) {
         Some(what) => format!("malformed JSON body: {}{position}", echo(what)),
         None => format!("malformed JSON body: {}", echo(&message)),
@@ -992,8 +995,8 @@ mod tests {
         let e = parse_json::<Post>(br#"{"name": "a", "z": 1, "\u007a": [2]}"#).unwrap_err();
         assert_eq!(
             e.error,
-            "malformed JSON body: key z is given twice (I-JSON, RFC 7493 §2.3) at line 1 \
-             column 30"
+            "malformed JSON body: key \"z\" is given twice (I-JSON, RFC 7493 §2.3) at line \
+             1 column 30"
         );
         assert!(parse_json::<Post>(br#"{"name": "a", "z": {"z": 1}, "y": 1}"#).is_ok());
     }
@@ -1006,9 +1009,12 @@ mod tests {
         assert_eq!(e.field, Some("text"));
         assert_eq!(
             e.error,
-            "malformed JSON body: a control character (U+0000 to U+001F) in a string, which \
-             JSON writes escaped (\\n, \\t, \\u0000) at line 1 column 22"
+            "malformed JSON body: a control character (U+0000 to U+001F) in text, which JSON \
+             writes escaped (\\n, \\t, \\u0000) at line 1 column 22"
         );
+        let e = parse_json::<Post>(b"{\"name\":\"a\",\"zz\":\"\x01\"}").unwrap_err();
+        assert_eq!(e.field, None);
+        assert!(e.error.contains("in the value of zz,"), "{}", e.error);
     }
 
     /// A value of the wrong type, or a field given twice, is refused naming
