@@ -405,37 +405,65 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
     }
 }
 
-/// The 400 for `bytes`, a JSON object serde_json read whole, when a key of
-/// it is given twice: I-JSON, RFC 7493 §2.3, says objects "MUST NOT have
-/// members with duplicate names", and which of the two a reader takes is
-/// its own choice. serde_json refuses a message field given twice itself
-/// ("duplicate field"); another key is skipped, both times.
+/// The 400 for `bytes`, a JSON object serde_json read whole, when an object
+/// in it (the body, or one in a value) has a key twice: I-JSON, RFC 7493
+/// §2.3, says objects "MUST NOT have members with duplicate names", and
+/// which of the two a reader takes is its own choice. serde_json refuses a
+/// message field given twice itself ("duplicate field"); another key, and
+/// any key in a value it skips, it lets through.
 fn key_given_twice(bytes: &[u8]) -> Option<ApiError> {
-    let mut keys: Vec<Cow<'_, str>> = Vec::new();
-    string_literals(bytes, bytes.len(), |literal| {
-        if literal.place != Place::Key {
-            return None;
+    // The keys of each object open around the byte read; `None` for an
+    // array. serde_json read the body whole, so it nests at most 128 deep.
+    let mut open: Vec<Option<Vec<Cow<'_, str>>>> = Vec::new();
+    let mut expect_key = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' => {
+                open.push(Some(Vec::new()));
+                expect_key = true;
+            }
+            b'[' => {
+                open.push(None);
+                expect_key = false;
+            }
+            b'}' | b']' => {
+                open.pop();
+                expect_key = false;
+            }
+            b',' => expect_key = matches!(open.last(), Some(Some(_))),
+            b'"' => {
+                let end = i + 1 + string_length(&bytes[i + 1..])?;
+                if let (true, Some(Some(keys))) = (expect_key, open.last_mut()) {
+                    // Decoded only when it holds an escape: most keys are
+                    // as written.
+                    let raw = &bytes[i + 1..end];
+                    let key: Cow<'_, str> = if raw.contains(&b'\\') {
+                        Cow::Owned(serde_json::from_slice(&bytes[i..=end]).ok()?)
+                    } else {
+                        Cow::Borrowed(std::str::from_utf8(raw).ok()?)
+                    };
+                    if keys.contains(&key) {
+                        return Some(ApiError::new(
+                            Status::BadRequest,
+                            format!(
+                                "malformed JSON body: key \"{}\" is given twice in one object \
+                                 (I-JSON, RFC 7493 §2.3){}",
+                                echo(&key),
+                                position(bytes, end + 1)
+                            ),
+                        ));
+                    }
+                    keys.push(key);
+                    expect_key = false;
+                }
+                i = end;
+            }
+            _ => {}
         }
-        // Decoded only when it holds an escape: most keys are as written.
-        let raw = &bytes[literal.start + 1..literal.end];
-        let key: Cow<'_, str> = if raw.contains(&b'\\') {
-            Cow::Owned(serde_json::from_slice(&bytes[literal.start..=literal.end]).ok()?)
-        } else {
-            Cow::Borrowed(std::str::from_utf8(raw).ok()?)
-        };
-        if keys.contains(&key) {
-            return Some(ApiError::new(
-                Status::BadRequest,
-                format!(
-                    "malformed JSON body: key \"{}\" is given twice (I-JSON, RFC 7493 §2.3){}",
-                    echo(&key),
-                    position(bytes, literal.end + 1)
-                ),
-            ));
-        }
-        keys.push(key);
-        None
-    })
+        i += 1;
+    }
+    None
 }
 
 /// The 400 for `bytes`, JSON that serde_json read whole, when a string in
@@ -995,10 +1023,26 @@ mod tests {
         let e = parse_json::<Post>(br#"{"name": "a", "z": 1, "\u007a": [2]}"#).unwrap_err();
         assert_eq!(
             e.error,
-            "malformed JSON body: key \"z\" is given twice (I-JSON, RFC 7493 §2.3) at line \
-             1 column 30"
+            "malformed JSON body: key \"z\" is given twice in one object (I-JSON, RFC 7493 \
+             §2.3) at line 1 column 30"
         );
-        assert!(parse_json::<Post>(br#"{"name": "a", "z": {"z": 1}, "y": 1}"#).is_ok());
+        assert!(
+            parse_json::<Post>(br#"{"name": "a", "z": {"z": 1}, "y": [{"y": 1}, {"y": 2}]}"#)
+                .is_ok()
+        );
+        // In a value the message has no use for too: every object.
+        for body in [
+            &br#"{"name": "a", "x": {"z": 1, "z": 2}}"#[..],
+            br#"{"name": "a", "x": [1, {"z": ",", "\u007a": 2}]}"#,
+            br#"{"x": {"y": {"name": 1, "name": 2}}, "name": "a"}"#,
+        ] {
+            let e = parse_json::<Post>(body).unwrap_err();
+            assert!(
+                e.error.contains("is given twice in one object"),
+                "{}",
+                e.error
+            );
+        }
     }
 
     /// A raw control character in a string is said in words whose

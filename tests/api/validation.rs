@@ -212,7 +212,7 @@ async fn a_wrongly_typed_or_repeated_field_is_refused_naming_it() {
             error["error"]
                 .as_str()
                 .unwrap()
-                .contains("key \"z\" is given twice"),
+                .contains("key \"z\" is given twice in one object"),
             "{error}"
         );
     }
