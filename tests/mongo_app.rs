@@ -3898,6 +3898,10 @@ async fn a_set_rebuilt_on_the_same_addresses_is_named_as_such_by_readiness() {
     first.step_down().await;
     first.wait_for_primary(Duration::from_secs(10)).await;
     assert_eq!(post_with_id(&app, "between", "between").await, 201);
+    // The elections interrupted the change stream: a subscriber placed
+    // before it brought "between" back would be sent it.
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    assert_eq!(listed_ids(&app).await, ["before", "between"]);
     let mut events = events_of(app.get("/api/events").await).await;
     drop(first);
 
