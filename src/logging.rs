@@ -184,6 +184,14 @@ impl log::Log for Logger {
             Some(text) => Cow::Borrowed(text),
             None => Cow::Owned(record.args().to_string()),
         };
+        // A backslash a client typed (`?x=\u{1b}`) would read as an escape
+        // the logger wrote: doubled in Rocket's records, as our own records
+        // already echo client input (`api::echo`), so every single-backslash
+        // escape in the log is the logger's.
+        let text = match text {
+            text if from("rocket") && text.contains('\\') => Cow::Owned(text.replace('\\', "\\\\")),
+            text => text,
+        };
         // As Rocket does with its stream: a closed stderr must not panic
         // the server (`eprintln!` would).
         let _ = writeln!(std::io::stderr(), "{prefix}{}", escape_in_log(&text));
