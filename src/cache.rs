@@ -631,6 +631,14 @@ impl Cache {
         self.read().ids.contains_key(id)
     }
 
+    /// Whether the cache holds messages and none of `ids`: a store read of
+    /// them comes from a store that lost what the cache holds (the rule
+    /// [`Cache::reset_since`] applies, asked before the reset).
+    pub fn shares_none_of<'a>(&self, mut ids: impl Iterator<Item = &'a str>) -> bool {
+        let recent = self.read();
+        !recent.events.is_empty() && !ids.any(|id| recent.ids.contains_key(id))
+    }
+
     /// The ids of every message the cache holds, oldest first.
     pub fn held_ids(&self) -> Vec<String> {
         self.read()

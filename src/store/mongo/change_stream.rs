@@ -840,18 +840,16 @@ impl Watcher {
         // lost them all: what it holds is not published after what
         // subscribers have (it would keep the lost ones shown above it), it
         // is loaded, and `reset` tells them.
-        let held = self.shared.cache.held_ids();
-        let read: HashSet<String> = latest.messages.iter().map(|d| d.id.public()).collect();
-        if !held.is_empty() && !held.iter().any(|id| read.contains(id)) {
+        let read: Vec<String> = latest.messages.iter().map(|d| d.id.public()).collect();
+        if self
+            .shared
+            .cache
+            .shares_none_of(read.iter().map(String::as_str))
+        {
             return self.reload_after_loss(latest, &restored);
         }
         for doc in &latest.messages {
-            // A document without position that a read finds (strays are
-            // left out) is the lab's history: never news.
-            if doc.position.is_some()
-                && self.may_lack(&doc.position())
-                && !restored.contains(&doc.id.public())
-            {
+            if self.is_news(doc, &restored) {
                 self.publish(doc.clone())?;
             }
         }
@@ -878,18 +876,27 @@ impl Watcher {
         mut latest: Latest,
         restored: &HashSet<String>,
     ) -> Result<(), String> {
-        let (news, history): (Vec<MessageDoc>, Vec<MessageDoc>) =
-            latest.messages.into_iter().partition(|doc| {
-                doc.position.is_some()
-                    && self.may_lack(&doc.position())
-                    && !restored.contains(&doc.id.public())
-            });
+        let (news, history): (Vec<MessageDoc>, Vec<MessageDoc>) = latest
+            .messages
+            .into_iter()
+            .partition(|doc| self.is_news(doc, restored));
         latest.messages = history;
         self.reset(latest)?;
         for doc in news {
             self.publish(doc)?;
         }
         Ok(())
+    }
+
+    /// Whether a document a reload read is news to publish, not history to
+    /// load: it has a position the stream may not have delivered, and is
+    /// not one a restore brought back (`restored`). A document without
+    /// position that a read finds (strays are left out) is the lab's
+    /// history: never news.
+    fn is_news(&self, doc: &MessageDoc, restored: &HashSet<String>) -> bool {
+        doc.position.is_some()
+            && self.may_lack(&doc.position())
+            && !restored.contains(&doc.id.public())
     }
 
     /// Whether the store holds none of the messages the cache holds (and

@@ -33,31 +33,27 @@ impl Tasks {
 
     /// Keeps `task` to abort on close; aborts it at once if already closed.
     pub(super) fn push(&self, task: JoinHandle<()>) {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        if self.is_closed() {
-            task.abort();
-        } else {
-            running.push(task);
-        }
+        self.keep(&self.running, task);
     }
 
     /// Keeps `task`, one of the current client's, to abort when the client
     /// is replaced ([`Tasks::abort_client_tasks`]) or the store closes.
     pub(super) fn push_for_client(&self, task: JoinHandle<()>) {
-        let mut running = self.of_client.lock().unwrap_or_else(|e| e.into_inner());
-        if self.is_closed() {
-            task.abort();
-        } else {
-            running.push(task);
-        }
+        self.keep(&self.of_client, task);
     }
 
     /// Aborts the tasks of the client being replaced.
     pub(super) fn abort_client_tasks(&self) {
-        let running =
-            std::mem::take(&mut *self.of_client.lock().unwrap_or_else(|e| e.into_inner()));
-        for task in running {
+        abort_all(&self.of_client);
+    }
+
+    /// Keeps `task` in `tasks`; aborts it at once if the store is closed.
+    fn keep(&self, tasks: &Mutex<Vec<JoinHandle<()>>>, task: JoinHandle<()>) {
+        let mut running = tasks.lock().unwrap_or_else(|e| e.into_inner());
+        if self.is_closed() {
             task.abort();
+        } else {
+            running.push(task);
         }
     }
 
@@ -92,10 +88,15 @@ impl Tasks {
     /// that needs finishing.
     pub(super) fn stop(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        let running = std::mem::take(&mut *self.running.lock().unwrap_or_else(|e| e.into_inner()));
-        for task in running {
-            task.abort();
-        }
-        self.abort_client_tasks();
+        abort_all(&self.running);
+        abort_all(&self.of_client);
+    }
+}
+
+/// Aborts every task in `tasks` and empties it.
+fn abort_all(tasks: &Mutex<Vec<JoinHandle<()>>>) {
+    let running = std::mem::take(&mut *tasks.lock().unwrap_or_else(|e| e.into_inner()));
+    for task in running {
+        task.abort();
     }
 }
