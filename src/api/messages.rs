@@ -251,7 +251,8 @@ pub async fn store(chat: &Chat, new: NewMessage) -> Result<Created, ApiError> {
 /// with `Idempotent-Replayed: true` and stores nothing. Errors: 400 (invalid
 /// field, malformed JSON), 403 (a write from another site), 409 (the id is
 /// taken by other content), 412 (`If-Match` or `If-None-Match` does not
-/// hold for the listing: [`Preconditions`]), 413, 415 (not JSON), 503 (the
+/// hold for the listing: [`Preconditions`]; 400 when either is not `*` or a
+/// list of entity tags), 413, 415 (not JSON), 503 (the
 /// store cannot take it now, e.g. no primary within the write deadline),
 /// 507 (disk full).
 ///
@@ -270,7 +271,7 @@ pub async fn create(
     let JsonBody(body) = body?;
     let new = body.validate()?;
     if preconditions.any() {
-        if let Err(failed) = preconditions.check(&latest_tag(chat).await?) {
+        if let Err(failed) = preconditions.check(&latest_tag(chat).await?)? {
             let stored_before = match &body.id {
                 Some(id) => chat.get(id).await?.is_some(),
                 None => false,
