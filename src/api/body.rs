@@ -909,9 +909,9 @@ pub fn known_field(name: &str) -> Option<&'static str> {
 }
 
 /// An `application/x-www-form-urlencoded` body, decoded by [`decode_form`]
-/// and parsed leniently (unknown fields ignored) into `T`. Not Rocket's
-/// `Form`: it decodes invalid UTF-8 to U+FFFD and keeps one of a repeated
-/// field, and its refusals would not re-render the page with the error.
+/// (a value that is not UTF-8, or a field given twice, is a 400) and parsed
+/// leniently (unknown fields ignored) into `T`. Not Rocket's `Form`, whose
+/// refusals would not re-render the page with the error.
 pub struct FormBody<T>(pub T);
 
 #[rocket::async_trait]
