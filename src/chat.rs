@@ -60,6 +60,17 @@ impl Chat {
         })
     }
 
+    /// A chat on `store`, which keeps `cache` current: for unit tests that
+    /// need a store whose publishing they control.
+    #[cfg(test)]
+    pub(crate) fn on(store: Arc<dyn Store>, cache: Arc<Cache>) -> Chat {
+        Chat {
+            store,
+            cache,
+            catch_ups: Arc::default(),
+        }
+    }
+
     /// Stores a message; the store bounds the wait by its write deadline.
     pub async fn post(&self, message: NewMessage) -> Result<Inserted, StoreError> {
         self.store.insert(message).await

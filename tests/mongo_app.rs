@@ -1376,6 +1376,59 @@ async fn a_post_whose_echo_is_late_is_listed_at_once_and_delivered_once_in_order
     app.shutdown().await;
 }
 
+/// A subscriber that resumes from a message another instance stored a
+/// moment ago, which this instance's change stream has yet to bring (an
+/// `EventSource` reconnecting to another instance behind a load
+/// balancer): it is sent what the store has after that message, and when
+/// the stream brings the messages, none of them again. Before, what the
+/// stream brought was sent a second time from the first message not on
+/// the page read (an older one): the message resumed from, and the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_from_a_message_the_change_stream_has_yet_to_bring_sends_each_once() {
+    let test = "a_resume_from_a_message_the_change_stream_has_yet_to_bring_sends_each_once";
+    let cluster = sim_cluster(test).await;
+    let sim = cluster.sim().expect("simulator");
+    let app = start_app(&cluster, "resumeahead", 2).await;
+    wait_for_change_stream(&app, Duration::from_secs(20)).await;
+    assert_eq!(post_with_id(&app, "first", "first").await, 201);
+
+    sim.hold_change_streams(true);
+    // Another instance's posts, as it stores them.
+    let messages = cluster.lab_messages("resumeahead").await;
+    for id in ["o1", "o2", "o3", "o4"] {
+        messages
+            .insert_one(doc! { "_id": id, "name": "bob", "text": id,
+            "datetime": mongodb::bson::DateTime::now(),
+            "position": mongodb::bson::Timestamp { time: 0, increment: 0 } })
+            .write_concern(mongodb::options::WriteConcern::majority())
+            .await
+            .expect("stored by another instance");
+    }
+    let mut subscriber = Subscriber::connect_to(&app, "/api/events?after=o2").await;
+    assert_eq!(
+        subscriber.next_ids(2, Duration::from_secs(20)).await,
+        ["o3", "o4"],
+        "what the store has after the message resumed from"
+    );
+
+    sim.hold_change_streams(false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !listed_ids(&app).await.contains(&"o4".to_owned()) {
+        assert!(
+            Instant::now() < deadline,
+            "the change stream never brought o4"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(post_with_id(&app, "after", "after").await, 201);
+    assert_eq!(
+        subscriber.next_ids(1, Duration::from_secs(20)).await,
+        ["after"],
+        "the next message posted, and nothing the change stream brought again"
+    );
+    app.shutdown().await;
+}
+
 /// A POST answered 503 "outcome unknown" (every reply to its inserts was
 /// lost) whose write was applied all the same, then the client's retry
 /// with the same id, answered from what that write stored
