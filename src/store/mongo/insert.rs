@@ -178,7 +178,8 @@ fn unknown_outcome(new: &NewMessage, when: &str) -> String {
 
 /// One insert attempt. The datetime (what users see, not the order) never
 /// goes back within this instance. `tried` collects the datetimes of this
-/// post's attempts; `sent` is set unless the attempt certainly sent
+/// post's attempts that may have stored it (all but those refused for the
+/// id); `sent` is set unless the attempt certainly sent
 /// nothing: the driver found no server to send it to
 /// ([`mongo::errors::nothing_sent`]), or it was cut off at the deadline
 /// before any operation got a connection to send on
@@ -237,7 +238,22 @@ async fn attempt(
             Some(index) => Err(Class::Unavailable(index::refused_by_foreign_index(
                 shared, &index,
             ))),
-            None => Err(collections.class(&e)),
+            None => {
+                let class = collections.class(&e);
+                if matches!(class, Class::Duplicate) {
+                    // Refused for its id, this attempt stored nothing: the
+                    // document holding the id is not its own, even with its
+                    // datetime (a retry sent at the same moment, through
+                    // this instance or another, is stamped the same
+                    // millisecond), so it is not one of the attempts
+                    // `resolve_duplicate` may take the document for. (With
+                    // retryable writes, a driver's retry of a write that was
+                    // applied is answered as the write was, not refused:
+                    // <https://www.mongodb.com/docs/manual/core/retryable-writes/>.)
+                    tried.pop();
+                }
+                Err(class)
+            }
         },
         Err(_) => Err(Class::Retry("the write did not finish in time".into())),
     }
