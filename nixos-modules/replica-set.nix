@@ -390,7 +390,13 @@ in
         }
       ];
 
-      networking.hostName = mkDefault cfg.self;
+      # Above mkDefault (1000), below a plain definition (100): the cloud
+      # images' profiles (amazon-image.nix, google-compute-config.nix,
+      # openstack-config.nix) set `networking.hostName = mkDefault ""` to
+      # take the name from the cloud at boot, and two definitions of one
+      # string at one priority are a conflict, so at mkDefault a member on
+      # EC2 would not evaluate unless its host name were set by hand.
+      networking.hostName = lib.mkOverride 900 cfg.self;
       networking.domain = mkDefault cfg.domain;
 
       # Every other member by its address. The member's own name is left to
