@@ -214,6 +214,98 @@ async fn a_message_posted_to_one_instance_reaches_subscribers_of_the_other() {
     b.shutdown().await;
 }
 
+/// The server's log says when the primary is lost and which member is
+/// primary after the election: an operator reading it learns when posts
+/// stopped and went on, not only that some were answered 503. Before, an
+/// election left no line at all. The served binary, its standard error
+/// read line by line; the primary gets SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_says_when_the_primary_is_lost_and_who_is_elected() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let test = "the_log_says_when_the_primary_is_lost_and_who_is_elected";
+    let cluster = TestCluster::start(test).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_simplechat"))
+        .arg("serve")
+        .current_dir(data.path())
+        .env_clear()
+        .env("SIMPLECHAT_MONGODB_URI", cluster.uri("primarylog"))
+        .env("SIMPLECHAT_PORT", port.to_string())
+        .env("SIMPLECHAT_ADDRESS", "127.0.0.1")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run simplechat serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, mut lines) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut until = async |wanted: &dyn Fn(&str) -> bool, within: Duration| -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, lines.recv()).await {
+                Ok(Some(line)) => {
+                    seen.push(line.clone());
+                    if wanted(&line) {
+                        return line;
+                    }
+                }
+                _ => panic!("no such line in time; the log so far:\n{}", seen.join("\n")),
+            }
+        }
+    };
+    let first = until(
+        &|l| l.contains("MongoDB: ") && l.contains(" is the primary of replica set "),
+        Duration::from_secs(30),
+    )
+    .await;
+    let primary = cluster.primary().await.expect("a primary");
+    let address = cluster.hosts()[primary].clone();
+    assert!(first.contains(&address), "{first} names {address}");
+
+    say(&format!("{test}: SIGKILL to member {primary} ({address})"));
+    cluster.kill(primary).await;
+    let lost = until(
+        &|l| l.contains("is no longer the primary"),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        lost.contains(&format!(
+            "MongoDB: {address} is no longer the primary, and no member is ("
+        )),
+        "{lost}"
+    );
+    let elected = until(
+        &|l| l.contains("is the primary now"),
+        cluster.election_time() + Duration::from_secs(60),
+    )
+    .await;
+    let now = cluster.primary().await.expect("a new primary");
+    assert!(
+        elected.contains(&format!(
+            "MongoDB: {} is the primary now (was {address}); posts go on",
+            cluster.hosts()[now]
+        )),
+        "{elected}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    cluster.restart(primary).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_primary_loses_no_acknowledged_message() {
     let test = "killing_the_primary_loses_no_acknowledged_message";

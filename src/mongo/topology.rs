@@ -197,6 +197,15 @@ impl TopologySnapshot {
         })
     }
 
+    /// The member its monitor last described as the primary, if any: a
+    /// login refused on it does not count ([`TopologyView::set`]).
+    fn member_primary(&self) -> Option<&str> {
+        self.members
+            .iter()
+            .find(|s| s.server_type == ServerType::RsPrimary)
+            .map(|s| s.address.as_str())
+    }
+
     /// The member the driver takes for the primary, if any.
     pub fn primary(&self) -> Option<&ServerSnapshot> {
         self.servers
@@ -349,6 +358,55 @@ impl TopologySnapshot {
     }
 }
 
+/// The log line for the primary's change from `previous` (none before the
+/// driver's first description) to `next`, if it changed: an operator reads
+/// in the log when writes stopped and when they could go on, and who was
+/// primary, as the members' monitors described them. `last_primary`: the
+/// member last seen primary, if any was.
+///
+/// A loss or a change is a warning (an election; posts wait meanwhile), a
+/// set's first primary at a start is information. Nothing while no member
+/// was ever primary: readiness says why, and a start would otherwise say
+/// it once for every member not described yet.
+fn primary_change(
+    previous: Option<&TopologySnapshot>,
+    next: &TopologySnapshot,
+    last_primary: Option<&str>,
+) -> Option<(log::Level, String)> {
+    let before = previous.and_then(TopologySnapshot::member_primary);
+    match (before, next.member_primary()) {
+        (Some(was), None) => Some((
+            log::Level::Warn,
+            format!(
+                "MongoDB: {was} is no longer the primary, and no member is ({}); posts wait for \
+                 an election, each at most write_timeout_secs",
+                next.not_writable_reason()
+            ),
+        )),
+        (Some(was), Some(now)) if was != now => Some((
+            log::Level::Warn,
+            format!("MongoDB: {now} is the primary now (was {was}); posts go on"),
+        )),
+        (None, Some(now)) => match last_primary {
+            // The driver marks a member unknown when an operation's
+            // connection to it fails, until its monitor's next check.
+            Some(was) if was == now => Some((
+                log::Level::Warn,
+                format!("MongoDB: {now} is the primary again; posts go on"),
+            )),
+            Some(was) => Some((
+                log::Level::Warn,
+                format!("MongoDB: {now} is the primary now (was {was}); posts go on"),
+            )),
+            None => Some((
+                log::Level::Info,
+                format!("MongoDB: {now} is the primary of {}", next.set_named()),
+            )),
+        },
+        _ => None,
+    }
+}
+
 /// `host:port`, with MongoDB's default port made explicit, and an IPv6
 /// address in the brackets that tell it from its port (`[::1]:27017`, as
 /// a connection string and `--member` write it; the driver keeps the
@@ -438,6 +496,9 @@ pub struct TopologyView {
     /// Per member (`host:port`), the heartbeats in a row that found it
     /// closing the connection without a reply; none once one did not.
     closes: RwLock<HashMap<String, Closes>>,
+    /// The member last seen primary, if one ever was: what a primary that
+    /// comes after none is told from (the same again, or another).
+    last_primary: RwLock<Option<String>>,
 }
 
 impl TopologyView {
@@ -498,7 +559,15 @@ impl TopologyView {
     /// description would show a healthy member down at random. (A login
     /// that failed because the member went away is answered by the next
     /// heartbeat too, which fails and is kept.)
-    pub(super) fn set(&self, mut snapshot: TopologySnapshot) {
+    pub(super) fn set(&self, snapshot: TopologySnapshot) {
+        if let Some((level, line)) = self.take(snapshot) {
+            log::log!(level, "{line}");
+        }
+    }
+
+    /// What [`TopologyView::set`] does but log: returns the log line for
+    /// the primary's change, if it changed ([`primary_change`]).
+    fn take(&self, mut snapshot: TopologySnapshot) -> Option<(log::Level, String)> {
         let mut latest = self.latest.write().unwrap_or_else(|e| e.into_inner());
         if let Some(previous) = latest.as_ref() {
             for member in snapshot.members.iter_mut().filter(|m| m.login_refused) {
@@ -511,7 +580,14 @@ impl TopologyView {
                 }
             }
         }
+        let mut last_primary = self.last_primary.write().unwrap_or_else(|e| e.into_inner());
+        let change = primary_change(latest.as_ref(), &snapshot, last_primary.as_deref());
+        if let Some(primary) = snapshot.member_primary() {
+            *last_primary = Some(primary.to_owned());
+        }
+        drop(last_primary);
         *latest = Some(snapshot);
+        change
     }
 
     /// The heartbeats in a row, up to the latest, that found `address`
@@ -625,6 +701,103 @@ mod tests {
             direct: false,
             user_database: None,
         }
+    }
+
+    /// `with_a_primary`, with `primary` the primary and `h9:9` a
+    /// secondary, or no primary (`None`: both secondaries).
+    fn primary_at(primary: Option<&str>) -> TopologySnapshot {
+        let mut snap = with_a_primary();
+        let member = |address: &str, server_type| ServerSnapshot {
+            address: address.into(),
+            server_type,
+            error: None,
+            login_refused: false,
+            failure: None,
+        };
+        snap.servers = vec![
+            member(primary.unwrap_or("h1:1"), ServerType::RsSecondary),
+            member("h9:9", ServerType::RsSecondary),
+        ];
+        if primary.is_some() {
+            snap.servers[0].server_type = ServerType::RsPrimary;
+        }
+        snap.writable = primary.is_some();
+        snap.members = snap.servers.clone();
+        snap
+    }
+
+    /// The log names each change of the primary once: the set's first
+    /// one, a loss (with what the members are), an election's winner, the
+    /// same member again, a change without a gap; nothing while it stays,
+    /// nor while none ever was.
+    #[test]
+    fn each_change_of_the_primary_is_logged_once() {
+        let line =
+            |previous: Option<&TopologySnapshot>, next, last| primary_change(previous, &next, last);
+        let none = primary_at(None);
+        let one = primary_at(Some("h1:1"));
+        let two = primary_at(Some("h2:2"));
+        assert_eq!(line(None, none.clone(), None), None);
+        assert_eq!(line(Some(&none), none.clone(), None), None);
+        assert_eq!(
+            line(Some(&none), one.clone(), None),
+            Some((
+                log::Level::Info,
+                "MongoDB: h1:1 is the primary of replica set rs".into()
+            ))
+        );
+        assert_eq!(line(Some(&one), one.clone(), Some("h1:1")), None);
+        let (level, lost) = line(Some(&one), none.clone(), Some("h1:1")).unwrap();
+        assert_eq!(level, log::Level::Warn);
+        assert!(
+            lost.starts_with("MongoDB: h1:1 is no longer the primary, and no member is (no writable primary in replica set rs: h1:1 RSSecondary; h9:9 RSSecondary); posts wait for an election"),
+            "{lost}"
+        );
+        assert_eq!(line(Some(&none), none.clone(), Some("h1:1")), None);
+        assert_eq!(
+            line(Some(&none), two.clone(), Some("h1:1")),
+            Some((
+                log::Level::Warn,
+                "MongoDB: h2:2 is the primary now (was h1:1); posts go on".into()
+            ))
+        );
+        assert_eq!(
+            line(Some(&none), one.clone(), Some("h1:1")),
+            Some((
+                log::Level::Warn,
+                "MongoDB: h1:1 is the primary again; posts go on".into()
+            ))
+        );
+        assert_eq!(
+            line(Some(&one), two.clone(), Some("h1:1")),
+            Some((
+                log::Level::Warn,
+                "MongoDB: h2:2 is the primary now (was h1:1); posts go on".into()
+            ))
+        );
+    }
+
+    /// A login refused on the primary makes the driver mark it unknown
+    /// until its monitor's next check: while the set refuses the app's
+    /// credentials that happens at every retried login, and is no change
+    /// of the primary (the members' table keeps what the heartbeats said).
+    #[test]
+    fn a_refused_login_on_the_primary_is_no_change_of_it() {
+        let view = TopologyView::expecting_authentication(None);
+        assert_eq!(
+            view.take(primary_at(Some("h1:1"))).map(|(level, _)| level),
+            Some(log::Level::Info)
+        );
+        let mut refused = primary_at(Some("h1:1"));
+        refused.servers[0].server_type = ServerType::Unknown;
+        refused.servers[0].login_refused = true;
+        refused.servers[0].error = Some("authentication failed".into());
+        refused.members = refused.servers.clone();
+        assert_eq!(view.take(refused), None);
+        assert_eq!(view.take(primary_at(Some("h1:1"))), None);
+        // A primary the heartbeats find gone is a loss.
+        let (level, _) = view.take(primary_at(None)).expect("a loss");
+        assert_eq!(level, log::Level::Warn);
     }
 
     #[test]
