@@ -110,11 +110,11 @@ enum Elsewhere {
     Unknown(std::io::Error),
 }
 
-/// `Ok` while `path` names `opened`, the file the store has open. Read
-/// only, never creates anything.
-fn locate(path: &Path, opened: FileId) -> Result<(), Elsewhere> {
+/// `Ok` while `path` names `opened`, the file the store has open, with
+/// the file's length in bytes. Read only, never creates anything.
+fn locate(path: &Path, opened: FileId) -> Result<u64, Elsewhere> {
     match std::fs::metadata(path) {
-        Ok(now) if FileId::of(&now) == opened => Ok(()),
+        Ok(now) if FileId::of(&now) == opened => Ok(now.len()),
         Ok(_) => Err(Elsewhere::Replaced),
         Err(e)
             if matches!(
@@ -139,9 +139,10 @@ enum Moment {
     AfterCommit,
 }
 
-/// `Ok` while `path` names `opened`, the file the store has open; else why
-/// a write to it, at `moment`, is not the durable write a 201 promises.
-fn check_path(path: &Path, opened: FileId, moment: Moment) -> Result<(), String> {
+/// `Ok` while `path` names `opened`, the file the store has open, with its
+/// length in bytes; else why a write to it, at `moment`, is not the
+/// durable write a 201 promises.
+fn check_path(path: &Path, opened: FileId, moment: Moment) -> Result<u64, String> {
     let (when, consequence, keeps, unsure) = match moment {
         Moment::BeforeWrite => (
             "the server ran",
@@ -484,13 +485,13 @@ impl Shared {
         self.fault().filter(|f| matches!(f, Fault::Damaged(_)))
     }
 
-    /// [`check_path`] for the store's file.
-    fn check_file(&self) -> Result<(), String> {
+    /// [`check_path`] for the store's file: its length.
+    fn check_file(&self) -> Result<u64, String> {
         check_path(&self.path, self.file, Moment::BeforeWrite)
     }
 
-    /// [`check_path`] once a batch is committed.
-    fn check_file_after_commit(&self) -> Result<(), String> {
+    /// [`check_path`] once a batch is committed: the file's length.
+    fn check_file_after_commit(&self) -> Result<u64, String> {
         check_path(&self.path, self.file, Moment::AfterCommit)
     }
 }
@@ -635,6 +636,7 @@ impl EmbeddedStore {
             runtime: Handle::current(),
             read_only: false,
             clock_behind: ClockBehind::default(),
+            committed_len: std::fs::metadata(&shared.path).ok().map(|m| m.len()),
         };
         let thread = std::thread::Builder::new()
             .name("simplechat-writer".into())
@@ -678,14 +680,54 @@ impl EmbeddedStore {
 
 /// Opens (or creates) the database at `path`, as redb's `Builder::create`
 /// does, and tells which file it opened.
+///
+/// A file this call creates is removed again when the database cannot be
+/// made in it (a full disk, an I/O error): left behind without redb's
+/// header, it would be refused as damaged by every later start (exit 65,
+/// which a service manager does not restart on) once the fault had passed.
+/// It is removed while this call still holds it open, so its locks are
+/// held until its name is gone: another start cannot take it up meanwhile
+/// (one that took it first is left to it).
 fn open_db(path: &Path, cache_bytes: usize) -> Result<(Database, FileId), Failure> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(opening)?;
+    let open = |create_new| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .create_new(create_new)
+            .truncate(false)
+            .open(path)
+    };
+    let (file, created) = match open(true) {
+        Ok(file) => (file, true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            (open(false).map_err(opening)?, false)
+        }
+        Err(e) => return Err(opening(e)),
+    };
+    let held = if created {
+        Some(file.try_clone()?)
+    } else {
+        None
+    };
+    let made = make_db(file, path, cache_bytes);
+    // Not when another start took the new file first: that one is making
+    // the database in it.
+    if made.as_ref().is_err_and(|e| !matches!(e, Failure::Held)) {
+        if let Some(held) = held {
+            let _ = std::fs::remove_file(path);
+            drop(held);
+        }
+    }
+    made
+}
+
+/// [`open_db`]'s work on the file it opened.
+fn make_db(
+    file: std::fs::File,
+    path: &Path,
+    cache_bytes: usize,
+) -> Result<(Database, FileId), Failure> {
     let id = FileId::of(&file.metadata()?);
     let mut db = Builder::new()
         .set_cache_size(cache_bytes)
@@ -940,6 +982,30 @@ struct Writer {
     read_only: bool,
     /// Whether the clock was said to be behind the newest message lately.
     clock_behind: ClockBehind,
+    /// The data file's length in bytes after the last commit (or the open):
+    /// redb changes it only in a commit (it grows and shrinks the file
+    /// there), so a file shorter before the next one was cut by someone
+    /// else ([`shrunk`]).
+    committed_len: Option<u64>,
+}
+
+/// Why a data file `now` bytes long, `before` after the store's last
+/// commit, is damaged, when it is shorter: the pages past its end, which
+/// redb believes are there, are gone (`truncate`, a copy over it that
+/// stopped short). redb would go on committing, the page cache answering
+/// reads of what is gone, and acknowledge posts the next start cannot
+/// read; an emptied file it would take for a new database at its reopen.
+fn shrunk(before: Option<u64>, now: u64) -> Option<String> {
+    let before = before.filter(|before| now < *before)?;
+    Some(if now == 0 {
+        "it was emptied (0 bytes) while the server ran, so the messages it held are gone from it"
+            .to_owned()
+    } else {
+        format!(
+            "it was cut from {before} to {now} bytes while the server ran, so messages it held \
+             may be gone from it"
+        )
+    })
 }
 
 impl Writer {
@@ -1005,7 +1071,19 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if let Err(why) = self.shared.check_file() {
+            let length = self.shared.check_file();
+            if let Some(cut) = length
+                .as_ref()
+                .ok()
+                .and_then(|now| shrunk(self.committed_len, *now))
+            {
+                let error = self.shared.damage(Failure::Damaged(cut));
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                continue;
+            }
+            if let Err(why) = length {
                 if !elsewhere {
                     log::error!("embedded store: {why}");
                     elsewhere = true;
@@ -1063,7 +1141,11 @@ impl Writer {
                     // The file may have gone since the check before the
                     // commit: then the batch is in a file the next start
                     // may not read, and nothing of it is acknowledged.
-                    let refused = self.shared.check_file_after_commit().err().map(|why| {
+                    let length = self.shared.check_file_after_commit();
+                    if let Ok(now) = length {
+                        self.committed_len = Some(now);
+                    }
+                    let refused = length.err().map(|why| {
                         log::error!("embedded store: {why}");
                         elsewhere = true;
                         StoreError::Unavailable {
@@ -1081,6 +1163,9 @@ impl Writer {
                     let _ = self.committed.send(Committed { inserts, refused });
                 }
                 Err(failure) => {
+                    // A failed commit may have left the file at any length;
+                    // the reopen reads it anew.
+                    self.committed_len = None;
                     if let Failure::Fault(fault) = &failure {
                         log::error!("embedded store: {}", fault.reason());
                         self.shared.set_fault(Some(fault.clone()));
@@ -1158,6 +1243,8 @@ impl Writer {
                     self.last_datetime = self.last_datetime.max(newest.datetime);
                 }
                 self.cache.reset_from_latest(latest);
+                // redb may have resized the file as it opened it.
+                self.committed_len = std::fs::metadata(&self.shared.path).ok().map(|m| m.len());
                 let db = Arc::new(db);
                 *self.shared.db.lock().unwrap_or_else(|e| e.into_inner()) = Some(db.clone());
                 self.read_only = cannot_write.is_some();
@@ -1204,10 +1291,22 @@ impl Writer {
             .read(true)
             .write(write)
             .open(&self.shared.path)?;
-        if FileId::of(&file.metadata()?) != self.shared.file {
+        let metadata = file.metadata()?;
+        if FileId::of(&metadata) != self.shared.file {
             return Err(Failure::Other(StoreError::Internal(
                 "another file is at the path now".into(),
             )));
+        }
+        // redb takes an empty file for a new database and writes one into
+        // it: the store would go on, and start next time, with none of
+        // the messages the file held. The start refuses an empty file for
+        // the same reason.
+        if metadata.len() == 0 {
+            return Err(Failure::Damaged(
+                "it was emptied (0 bytes) while the server ran, so the messages it held are \
+                 gone from it"
+                    .into(),
+            ));
         }
         Ok(file)
     }

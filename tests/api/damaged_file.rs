@@ -180,6 +180,62 @@ async fn a_backup_copied_over_the_live_file_is_told_as_damage_at_the_restart() {
     assert_told_damaged(code, &stderr);
 }
 
+/// The live data file emptied (`truncate -s 0 messages.redb`, a restore
+/// gone wrong) or cut short (a copy over it that stopped): the server
+/// tells it as damage at its next write, acknowledges nothing more and
+/// writes nothing more to the file, and the next start refuses it. Before,
+/// posts went on being answered 201 into the cut file (the page cache
+/// answering for what was gone), which the next start refused, and an
+/// emptied file, reopened after an I/O error, was taken for a new store:
+/// the next start served an empty history, the loss unsaid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_file_emptied_or_cut_is_told_as_damage_and_acknowledges_nothing_more() {
+    for (cut_to, told) in [
+        (0, "it was emptied (0 bytes) while the server ran"),
+        (16 * 1024, "bytes while the server ran"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("simplechat-data/messages.redb");
+        let server = Server::start(Path::new(env!("CARGO_BIN_EXE_simplechat")), dir.path(), &[]);
+        assert!(post_many(&server.base, 0, 300)
+            .await
+            .iter()
+            .all(|s| *s == 201));
+        let before = std::fs::metadata(&file).unwrap().len();
+        assert!(before > cut_to, "{before}");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_len(cut_to)
+            .unwrap();
+        let statuses = post_many(&server.base, 300, 16).await;
+        assert!(
+            statuses.iter().all(|s| *s == 503),
+            "cut to {cut_to}: {statuses:?}"
+        );
+        let ready = reqwest::get(format!("{}/readyz", server.base))
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 503);
+        let why = ready.text().await.unwrap();
+        assert!(
+            why.contains("messages.redb is damaged (") && why.contains(told),
+            "cut to {cut_to}: {why}"
+        );
+        let (status, log) = server.stop();
+        assert!(status.success(), "{}", log.join("\n"));
+
+        let (code, stderr) = refused_start(dir.path());
+        assert_eq!(code, Some(EX_DATAERR), "cut to {cut_to}: {stderr}");
+        assert!(
+            stderr.contains("simplechat-data/messages.redb is")
+                && stderr.contains("restore a backup"),
+            "{stderr}"
+        );
+    }
+}
+
 /// What a failed copy leaves: no store simplechat wrote is empty, so an
 /// empty file is refused, naming it, and left as it is.
 #[test]

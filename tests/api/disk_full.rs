@@ -366,3 +366,53 @@ async fn a_nearly_full_disk_refuses_posts_without_reopening_the_store_on_each() 
         log.join("\n")
     );
 }
+
+/// A very first start on a full disk: it fails (status 1, which a service
+/// manager restarts on, the README's exit statuses) and leaves no data
+/// file, so the start after space is freed makes the store and serves.
+/// Before, it left a file without redb's header, which every later start
+/// refused as damaged (65, not restarted on), with the disk long freed.
+#[tokio::test]
+async fn a_first_start_on_a_full_disk_leaves_nothing_that_stops_the_next() {
+    let Some(disk) = tmpfs_or_skip("2m") else {
+        return;
+    };
+    let data_dir = disk.path().join("data");
+    let ballast = disk.path().join("ballast");
+    fill_leaving(&ballast, 0);
+    let exe = Path::new(env!("CARGO_BIN_EXE_simplechat"));
+    let out = crate::cli_config::command(
+        exe,
+        disk.path(),
+        &["serve"],
+        &[
+            ("SIMPLECHAT_DATA_DIR", data_dir.to_str().unwrap()),
+            ("SIMPLECHAT_PORT", "0"),
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    assert!(
+        !data_dir.join("messages.redb").exists(),
+        "a data file was left: {stderr}"
+    );
+
+    std::fs::remove_file(&ballast).unwrap();
+    let server = Server::start(
+        exe,
+        disk.path(),
+        &[("SIMPLECHAT_DATA_DIR", data_dir.to_str().unwrap())],
+    );
+    let posted = reqwest::Client::new()
+        .post(format!("{}/api/messages", server.base))
+        .json(&json!({"name": "ann", "text": "the disk has room now"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 201);
+    let (status, log) = server.stop();
+    assert!(status.success(), "{}", log.join("\n"));
+}
