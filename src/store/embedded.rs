@@ -799,9 +799,10 @@ fn sync_directories(path: &Path) {
 /// nothing through such a handle; the writer refuses every insert until it
 /// reopens the file for writing.
 ///
-/// No locks (the trait's defaults, `Unsupported`: redb then runs unlocked
-/// in its default mode, `StorageBackend` in `db.rs`): an exclusive
-/// byte-range lock needs a descriptor open for writing.
+/// No byte-range locks (the trait's defaults, `Unsupported`: redb then
+/// runs unlocked in its default mode, `StorageBackend` in `db.rs`): an
+/// exclusive one needs a descriptor open for writing. The file is held
+/// with a shared `flock` instead ([`ReadOnlyFile::new`]).
 #[derive(Debug)]
 struct ReadOnlyFile {
     file: std::fs::File,
@@ -821,7 +822,30 @@ struct Overlay {
 }
 
 impl ReadOnlyFile {
+    /// `file`, held with a shared lock (`flock(2)`, which a descriptor
+    /// open for reading may take) for as long as the store reads from it:
+    /// redb's own open of the file takes the whole-file `flock` of its
+    /// older versions beside its byte-range locks (redb 4.6,
+    /// `file_backend/optimized.rs`), exclusive for a writer, so another
+    /// start on the same data_dir is refused as for a file the store has
+    /// open for writing. A file system without `flock` goes unlocked, as
+    /// redb's own backend does there.
+    ///
+    /// Errors: the file is locked already (`WouldBlock`: another process
+    /// holds it), or cannot be read.
     fn new(file: std::fs::File) -> std::io::Result<ReadOnlyFile> {
+        match file.try_lock_shared() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    ALREADY_OPEN,
+                ))
+            }
+            Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
         let len = file.metadata()?.len();
         Ok(ReadOnlyFile {
             file,
@@ -1669,5 +1693,28 @@ mod tests {
         std::fs::rename(&moved, &file).unwrap();
         store.insert(post("back")).await.unwrap();
         store.close().await;
+    }
+
+    /// The file opened read-only after a fault (the store's fallback for
+    /// reads while it cannot write) is still held against another start
+    /// on the same data_dir: that start is refused as for a file the store
+    /// has open for writing. Before, the read-only handle held no lock, and
+    /// a second server started on the file and wrote to it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_opened_read_only_is_held_against_another_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = holding_before(dir.path()).await;
+        store.close().await;
+        let path = dir.path().join("messages.redb");
+        let read_only = ReadOnlyFile::new(std::fs::File::open(&path).unwrap()).unwrap();
+        let db = Builder::new().create_with_backend(read_only).unwrap();
+        let other = open_db(&path, 1 << 20);
+        assert!(
+            matches!(other, Err(Failure::Held)),
+            "another start opened it: {:?}",
+            other.map(|_| ())
+        );
+        drop(db);
+        open_db(&path, 1 << 20).expect("free once the read-only handle is gone");
     }
 }
