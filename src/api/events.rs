@@ -541,26 +541,25 @@ where
                     {
                         catching_up = true;
                     }
-                    // Placed by a read from the store, whose last message the
-                    // cache did not hold: the store was ahead of this
-                    // instance's change stream (the message was stored
-                    // through another instance a moment ago). The cache is
-                    // published in the store order, so whatever it brings
-                    // before that message is at or before it, and sent, or
-                    // the client had it. Until the cache holds it, each
-                    // message published sends the stream to the store for
-                    // what is after it; once the cache holds it, the stream
-                    // follows the broadcast from there.
-                    Ok(_) if next.is_none()
-                        && last_id
-                            .as_deref()
-                            .is_some_and(|id| chat.arrival_of(id).is_none()) =>
-                    {
-                        catching_up = true;
-                    }
                     Ok(cached) => {
-                        if next.is_none() {
-                            next = last_id.as_deref().and_then(|id| chat.arrival_of(id)).map(Arrival::next);
+                        // Placed by a read from the store, whose last message
+                        // the cache did not hold: the store was ahead of this
+                        // instance's change stream (the message was stored
+                        // through another instance a moment ago). The cache
+                        // is published in the store order, so whatever it
+                        // brings before that message is at or before it, and
+                        // sent, or the client had it. Until the cache holds
+                        // it, each message published sends the stream to the
+                        // store for what is after it; once the cache holds
+                        // it, the stream follows the broadcast from there.
+                        if let (None, Some(id)) = (next, &last_id) {
+                            match chat.arrival_of(id) {
+                                Some(arrival) => next = Some(arrival.next()),
+                                None => {
+                                    catching_up = true;
+                                    continue;
+                                }
+                            }
                         }
                         let fresh = match (cached.arrival, next) {
                             // Published before the reset that began the
@@ -571,10 +570,12 @@ where
                             // it would come twice, and out of order.
                             (Some(arrival), Some(next)) if arrival.epoch < next.epoch => Some(false),
                             (Some(arrival), Some(next)) => arrival.is_at_or_after(next),
-                            // Nothing sent yet, and the store had no message
-                            // when the stream was placed: all of it is new.
                             _ => None,
                         }
+                        // A later epoch's (a reset that kept the stream's
+                        // last message), or nothing sent yet from a store
+                        // that had no message when the stream was placed:
+                        // new.
                         .unwrap_or(true);
                         if fresh {
                             next = cached.arrival.map(Arrival::next);
@@ -752,9 +753,10 @@ mod tests {
 
     /// A store whose publishing the test does: a store that took messages
     /// its change stream has yet to bring into this instance's cache (one
-    /// instance's view of what another stored a moment ago). A stand-in:
-    /// how far a real change stream trails is a matter of timing, which a
-    /// test cannot hold still.
+    /// instance's view of what another stored a moment ago). A stand-in
+    /// for MongoDB where the test must bring the cache part of what the
+    /// store has, one message at a time, which the simulator cannot stage
+    /// (it holds every change stream or none).
     struct TrailingStore(std::sync::Mutex<Vec<crate::message::Message>>);
 
     #[async_trait::async_trait]

@@ -45,6 +45,17 @@ async fn store_with(dir: &Path, n: usize) {
     assert!(status.success(), "{}", log.join("\n"));
 }
 
+/// The server running in `dir` on a store of its own holding 300
+/// messages, and its data file.
+async fn serving_300(dir: &Path) -> (Server, std::path::PathBuf) {
+    let server = Server::start(Path::new(env!("CARGO_BIN_EXE_simplechat")), dir, &[]);
+    assert!(post_many(&server.base, 0, 300)
+        .await
+        .iter()
+        .all(|s| *s == 201));
+    (server, dir.join("simplechat-data/messages.redb"))
+}
+
 /// Pages of the file overwritten with bytes that are no page, as `dd
 /// if=/dev/urandom of=messages.redb bs=4096 seek=2 count=16 conv=notrunc`
 /// does (a fixed pattern, so every run damages alike). Sixteen pages, not
@@ -152,12 +163,7 @@ async fn a_file_whose_header_is_overwritten_is_told_as_damage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_copied_over_the_live_file_is_told_as_damage_at_the_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("simplechat-data/messages.redb");
-    let server = Server::start(Path::new(env!("CARGO_BIN_EXE_simplechat")), dir.path(), &[]);
-    assert!(post_many(&server.base, 0, 300)
-        .await
-        .iter()
-        .all(|s| *s == 201));
+    let (server, file) = serving_300(dir.path()).await;
     let backup = dir.path().join("bk.redb");
     std::fs::copy(&file, &backup).unwrap();
     assert!(post_many(&server.base, 300, 700)
@@ -195,12 +201,7 @@ async fn a_live_file_emptied_or_cut_is_told_as_damage_and_acknowledges_nothing_m
         (16 * 1024, "bytes while the server ran"),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("simplechat-data/messages.redb");
-        let server = Server::start(Path::new(env!("CARGO_BIN_EXE_simplechat")), dir.path(), &[]);
-        assert!(post_many(&server.base, 0, 300)
-            .await
-            .iter()
-            .all(|s| *s == 201));
+        let (server, file) = serving_300(dir.path()).await;
         let before = std::fs::metadata(&file).unwrap().len();
         assert!(before > cut_to, "{before}");
         std::fs::OpenOptions::new()
