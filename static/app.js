@@ -658,6 +658,22 @@
     textInput.addEventListener("input", grow);
     grow();
   }
+  // As the box grows or shrinks with what is typed, the history's height
+  // changes: the message being read stays where it was (as for the error
+  // line), and the newest stays in view at the bottom. Where it was is
+  // taken before the edit, and put back after it (and after `grow`).
+  let typing = null;
+  textInput.addEventListener("beforeinput", () => {
+    const follow = atBottom();
+    typing = { follow, kept: follow ? null : anchor() };
+  });
+  textInput.addEventListener("input", () => {
+    if (!typing) return;
+    const { follow, kept } = typing;
+    typing = null;
+    if (follow) history.scrollTop = history.scrollHeight;
+    else restore(kept);
+  });
 
   // --- Sending.
   function newKey() {

@@ -933,6 +933,26 @@ async fn reading_back_the_view_stays_put_through_many_messages_and_an_error() {
         let moved = anchor_moved(c, &before).await;
         assert!(moved < 1.0, "{size:?}: moved {moved} px by the error line");
 
+        // The text box grows with each line typed, and shrinks as they go:
+        // the message being read stays where it is (it moved by the box's
+        // growth, 95 px for five lines at phone width).
+        let before = page_eval(c, MARK_ANCHOR_JS).await;
+        let text = c.find(Locator::Id("text")).await.unwrap();
+        for line in 0..5 {
+            text.send_keys(&format!("\u{E008}\u{E007}\u{E008}line {line}"))
+                .await
+                .unwrap();
+        }
+        let grown = page_eval(c, "return $('#text').getBoundingClientRect().height").await;
+        assert!(grown.as_f64().unwrap() > 80.0, "{size:?}: the box grew: {grown}");
+        let moved = anchor_moved(c, &before).await;
+        assert!(moved < 1.0, "{size:?}: moved {moved} px as the box grew");
+        for _ in 0..5 * "line 0".len() + 5 {
+            text.send_keys("\u{E003}").await.unwrap();
+        }
+        let moved = anchor_moved(c, &before).await;
+        assert!(moved < 1.0, "{size:?}: moved {moved} px as the box shrank");
+
         // The first load of older messages fails as a dropped connection
         // does; the second succeeds.
         page_eval(
