@@ -944,7 +944,10 @@ async fn reading_back_the_view_stays_put_through_many_messages_and_an_error() {
                 .unwrap();
         }
         let grown = page_eval(c, "return $('#text').getBoundingClientRect().height").await;
-        assert!(grown.as_f64().unwrap() > 80.0, "{size:?}: the box grew: {grown}");
+        assert!(
+            grown.as_f64().unwrap() > 80.0,
+            "{size:?}: the box grew: {grown}"
+        );
         let moved = anchor_moved(c, &before).await;
         assert!(moved < 1.0, "{size:?}: moved {moved} px as the box grew");
         for _ in 0..5 * "line 0".len() + 5 {

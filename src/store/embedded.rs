@@ -350,6 +350,14 @@ impl<E: Into<redb::Error>> From<E> for Failure {
             redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
                 Failure::Damaged(io.to_string())
             }
+            // A read past the end of the file: it is shorter than the
+            // pages its header describes (cut short), which no retry mends.
+            redb::Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Failure::Damaged(format!(
+                    "it ends before the pages its header describes, as a file cut short does \
+                     ({io})"
+                ))
+            }
             redb::Error::Io(io) => Failure::Fault(Fault::Io(io.to_string())),
             redb::Error::PreviousIo => Failure::Fault(Fault::Io("an earlier I/O error".into())),
             redb::Error::Corrupted(why) => Failure::Damaged(why),
@@ -478,6 +486,26 @@ impl Shared {
         let error = known.error();
         *fault = Some(known);
         error
+    }
+
+    /// Lets go of a handle on the database. Dropping the last one closes
+    /// it, which writes to the file (redb records its allocator state, and
+    /// may shrink the file); a panic there, redb's answer to some damage,
+    /// is contained. Once the file is known damaged the handle is leaked
+    /// instead, so the database is never closed: nothing is written to the
+    /// file from then on, as the damage's reason says (an emptied file
+    /// would get a fresh database at the close, a cut one the lengths of
+    /// what it lost). Its descriptor closes with the process, which a
+    /// damaged store leaves to an operator anyway.
+    fn let_go(&self, db: Option<Arc<Database>>) {
+        if self.damaged().is_some() {
+            std::mem::forget(db);
+            return;
+        }
+        let _ = contained(|| {
+            drop(db);
+            Ok(())
+        });
     }
 
     /// The damage recorded by [`Shared::damage`], if any.
@@ -1214,12 +1242,7 @@ impl Writer {
                 }
             }
         }
-        // The last handle may be this one; closing writes to the file,
-        // which may be damaged.
-        let _ = contained(|| {
-            drop(db);
-            Ok(())
-        });
+        self.shared.let_go(db);
     }
 
     /// Opens the database again after a fault, refills the cache from it
@@ -1572,11 +1595,7 @@ impl Store for EmbeddedStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        // Closing writes to the file, which may be damaged.
-        let _ = contained(|| {
-            drop(db);
-            Ok(())
-        });
+        self.shared.let_go(db);
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
